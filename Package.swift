@@ -1,0 +1,106 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Tessera",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+        .executable(name: "tessera-scheduler", targets: ["TesseraSchedulerMain"]),
+        .executable(name: "tessera-worker", targets: ["TesseraWorkerMain"]),
+        .library(name: "TesseraClient", targets: ["TesseraClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+    ],
+    targets: [
+        // System libraries from Debian, each wrapped once.
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CFITSIO", pkgConfig: "cfitsio", providers: [.apt(["libcfitsio-dev"])]),
+
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        .target(
+            name: "TesseraProtocol",
+            dependencies: ["CLZ4", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
+        .target(
+            name: "TesseraScheduler",
+            dependencies: [
+                "TesseraProtocol",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "TesseraWorker",
+            dependencies: [
+                "TesseraProtocol", "TesseraCompute",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The socket loops around the engines: the only code above ZeroMQ that knows about it.
+        .target(
+            name: "TesseraDaemon",
+            dependencies: [
+                "ZeroMQ", "TesseraProtocol", "TesseraScheduler", "TesseraWorker", "TesseraCompute",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute"]),
+        .target(name: "TesseraCluster", dependencies: ["TesseraClient"]),
+        .executableTarget(
+            name: "tessera",
+            dependencies: [
+                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "TesseraSchedulerMain",
+            dependencies: [
+                "TesseraDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Scheduler"
+        ),
+        .executableTarget(
+            name: "TesseraWorkerMain",
+            dependencies: [
+                "TesseraDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Worker"
+        ),
+        .executableTarget(name: "SumOfSquares", dependencies: ["TesseraClient", "TesseraCluster"], path: "Examples/SumOfSquares"),
+
+        .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient"], path: "Tests/TesseraTestKit"),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
+        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
+        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol"]),
+        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: [
+                "TesseraTestKit", "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "ZeroMQ",
+                "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
+            ]
+        ),
+    ]
+)
+
+// One line of policy for every target.
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+    ]
+}

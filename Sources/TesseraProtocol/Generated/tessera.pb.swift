@@ -532,6 +532,11 @@ public nonisolated struct Tessera_V1_ValueInfo: Sendable {
   /// Index of the bulk frame (0-based, after the header) holding the value.
   public var frame: UInt32 = 0
 
+  /// The value's bytes within that frame (several small values share one frame).
+  public var offset: UInt64 = 0
+
+  public var length: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -739,12 +744,16 @@ public nonisolated struct Tessera_V1_ReleaseResults: Sendable {
   public init() {}
 }
 
+/// Forget these jobs: drop their queued tasks and stored results. Also tells of workers the
+/// scheduler declared dead, so fetches from them fail at once instead of waiting.
 public nonisolated struct Tessera_V1_CancelTasks: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var jobIds: [UInt32] = []
+
+  public var lostWorkers: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1657,7 +1666,7 @@ nonisolated extension Tessera_V1_OperatorParams: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ValueInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}count\0\u{1}frame\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}count\0\u{1}frame\0\u{1}offset\0\u{1}length\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1669,6 +1678,8 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.count) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.frame) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.length) }()
       default: break
       }
     }
@@ -1687,6 +1698,12 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
     if self.frame != 0 {
       try visitor.visitSingularUInt32Field(value: self.frame, fieldNumber: 4)
     }
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 5)
+    }
+    if self.length != 0 {
+      try visitor.visitSingularUInt64Field(value: self.length, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1695,6 +1712,8 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.kind != rhs.kind {return false}
     if lhs.count != rhs.count {return false}
     if lhs.frame != rhs.frame {return false}
+    if lhs.offset != rhs.offset {return false}
+    if lhs.length != rhs.length {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2167,7 +2186,7 @@ nonisolated extension Tessera_V1_ReleaseResults: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CancelTasks"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0\u{3}lost_workers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2176,6 +2195,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.jobIds) }()
+      case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.lostWorkers) }()
       default: break
       }
     }
@@ -2185,11 +2205,15 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
     if !self.jobIds.isEmpty {
       try visitor.visitPackedUInt32Field(value: self.jobIds, fieldNumber: 1)
     }
+    if !self.lostWorkers.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.lostWorkers, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_CancelTasks, rhs: Tessera_V1_CancelTasks) -> Bool {
     if lhs.jobIds != rhs.jobIds {return false}
+    if lhs.lostWorkers != rhs.lostWorkers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,77 @@
+import TesseraProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything one task invocation sees.
+public struct OperatorContext: Sendable {
+    /// The task's integer argument.
+    public var arg: Int64
+    /// The task's named parameters (empty when it has none).
+    public var params: Tessera_V1_OperatorParams
+    /// Values of the task's inputs, in the order the graph lists them.
+    public var inputs: [Value]
+    /// The data (shard, tile) the task reads, if any.
+    public var dataKey: String?
+    /// Long-running operators poll this and stop early when the job was cancelled.
+    public var isCancelled: @Sendable () -> Bool
+
+    public init(arg: Int64 = 0, params: Tessera_V1_OperatorParams = .init(), inputs: [Value] = [], dataKey: String? = nil,
+                isCancelled: @escaping @Sendable () -> Bool = { false }) {
+        self.arg = arg
+        self.params = params
+        self.inputs = inputs
+        self.dataKey = dataKey
+        self.isCancelled = isCancelled
+    }
+
+    /// A numeric parameter, or `default` when absent.
+    public func number(_ name: String, default d: Double) -> Double { params.numbers[name] ?? d }
+}
+
+/// Why an operator could not produce a value; the message reaches the client as the job's error.
+public struct OperatorError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let operatorName: String
+    public let message: String
+
+    public init(_ operatorName: String, _ message: String) {
+        self.operatorName = operatorName
+        self.message = message
+    }
+
+    public var description: String { "operator `\(operatorName)`: \(message)" }
+}
+
+/// An operator a worker can run: a name and a function from context to value. Dataframe and
+/// image operators register here the same way as the built-in ones.
+public struct TaskOperator: Sendable {
+    public let name: String
+    public let summary: String
+    public let run: @Sendable (OperatorContext) throws(OperatorError) -> Value
+
+    public init(_ name: String, _ summary: String, run: @escaping @Sendable (OperatorContext) throws(OperatorError) -> Value) {
+        self.name = name
+        self.summary = summary
+        self.run = run
+    }
+}
+
+/// Maps operator names to implementations.
+public struct OperatorRegistry: Sendable {
+    private var table: [String: TaskOperator] = [:]
+
+    public init(_ operators: [TaskOperator] = []) {
+        for o in operators { register(o) }
+    }
+
+    public mutating func register(_ op: TaskOperator) { table[op.name] = op }
+
+    public subscript(name: String) -> TaskOperator? { table[name] }
+
+    /// Registered names, sorted.
+    public var names: [String] { table.keys.sorted() }
+
+    /// The registry every worker starts with.
+    public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all) }
+}

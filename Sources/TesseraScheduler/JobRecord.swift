@@ -1,0 +1,139 @@
+import TesseraProtocol
+
+/// Where a task is in its life. Raw values are stored in a byte per task.
+enum TaskState: UInt8 {
+    /// Some input is not available yet.
+    case waiting
+    /// Queued at the scheduler, not yet sent to a worker.
+    case ready
+    /// Sent to a worker, not yet reported.
+    case running
+    /// Finished; its value is held by `holder` because some dependent still needs it.
+    case done
+    /// Finished, and its value is no longer held anywhere (nothing needs it).
+    case released
+    /// Briefly, while recovery decides whether it waits or is ready.
+    case recovering
+}
+
+/// One job's tasks as parallel arrays (struct of arrays: a million tasks are a few dozen MB, and
+/// every update is an index, not a hash lookup or an object).
+///
+/// A reference type because the state machine updates it in place through many helpers; it
+/// never leaves the scheduler's one thread.
+final class JobRecord {
+    let id: JobID
+    let client: ConnectionID
+    let clientTag: UInt64
+    let name: String
+    let operators: [String]
+    let params: [Tessera_V1_OperatorParams]
+    let dataKeys: [String]
+    let batchResults: Bool
+    let submittedAt: UInt64
+
+    // The graph.
+    let op: [UInt16]
+    let arg: [Int64]
+    let paramIndex: [UInt32]
+    let dataKey: [UInt32]
+    let inputOffsets: [UInt32]
+    let inputs: [UInt32]
+    let dependentOffsets: [UInt32]
+    let dependents: [UInt32]
+    let isOutput: [Bool]
+    let outputCount: Int
+
+    // Mutable per-task state.
+    var state: [TaskState]
+    /// Inputs not yet available, for waiting tasks.
+    var waitCount: [UInt32]
+    /// Dependents not yet done: the value is released when this reaches zero.
+    var pendingDependents: [UInt32]
+    /// The worker holding the value (done tasks) or running the task (running tasks); 0 = none.
+    var worker: [WorkerID]
+    var resultBytes: [UInt32]
+    var operatorFailures: [UInt8]
+    var lostRuns: [UInt8]
+    var delivered: [Bool]
+
+    var doneCount = 0
+    var runs = 0
+    /// Workers that have received this job's operator table.
+    var setUpOn: Set<WorkerID> = []
+
+    // Results waiting to be streamed to the client.
+    var pendingValues: [Tessera_V1_ValueInfo] = []
+    var pendingBytes: [UInt8] = []
+    var lastResultsSentAt: UInt64 = 0
+
+    var taskCount: Int { op.count }
+
+    init(id: JobID, client: ConnectionID, submit: Tessera_V1_SubmitJob, graph: TaskGraph, now: UInt64) {
+        self.id = id
+        self.client = client
+        clientTag = submit.clientTag
+        name = submit.name
+        batchResults = submit.batchResults
+        submittedAt = now
+        operators = graph.operators
+        params = graph.params
+        dataKeys = graph.dataKeys
+        op = graph.op
+        arg = graph.arg
+        paramIndex = graph.paramIndex
+        dataKey = graph.dataKey
+        inputOffsets = graph.inputOffsets
+        inputs = graph.inputs
+        let n = graph.taskCount
+
+        // Reverse edges, as a second CSR.
+        var counts = [UInt32](repeating: 0, count: n + 1)
+        for i in graph.inputs { counts[Int(i) + 1] += 1 }
+        for i in 0..<n { counts[i + 1] += counts[i] }
+        var fill = counts
+        var deps = [UInt32](repeating: 0, count: graph.inputs.count)
+        for t in 0..<n {
+            for j in Int(graph.inputOffsets[t])..<Int(graph.inputOffsets[t + 1]) {
+                let src = Int(graph.inputs[j])
+                deps[Int(fill[src])] = UInt32(t)
+                fill[src] += 1
+            }
+        }
+        dependentOffsets = counts
+        dependents = deps
+
+        var out = [Bool](repeating: false, count: n)
+        if graph.outputs.isEmpty {
+            for t in 0..<n where counts[t + 1] == counts[t] { out[t] = true }
+        } else {
+            for o in graph.outputs { out[Int(o)] = true }
+        }
+        isOutput = out
+        outputCount = out.reduce(0) { $0 + ($1 ? 1 : 0) }
+
+        state = [TaskState](repeating: .waiting, count: n)
+        waitCount = (0..<n).map { graph.inputOffsets[$0 + 1] - graph.inputOffsets[$0] }
+        pendingDependents = (0..<n).map { counts[$0 + 1] - counts[$0] }
+        worker = [WorkerID](repeating: 0, count: n)
+        resultBytes = [UInt32](repeating: 0, count: n)
+        operatorFailures = [UInt8](repeating: 0, count: n)
+        lostRuns = [UInt8](repeating: 0, count: n)
+        delivered = [Bool](repeating: false, count: n)
+    }
+
+    @inline(__always) func hasDependents(_ t: Int) -> Bool { dependentOffsets[t + 1] > dependentOffsets[t] }
+
+    @inline(__always) func inputRange(_ t: Int) -> Range<Int> { Int(inputOffsets[t])..<Int(inputOffsets[t + 1]) }
+
+    @inline(__always) func dependentRange(_ t: Int) -> Range<Int> { Int(dependentOffsets[t])..<Int(dependentOffsets[t + 1]) }
+
+    /// The data key a task reads, if any.
+    func dataKeyName(_ t: Int) -> String? {
+        guard !dataKey.isEmpty, dataKey[t] > 0 else { return nil }
+        return dataKeys[Int(dataKey[t]) - 1]
+    }
+
+    var runningCount: Int { state.reduce(0) { $0 + ($1 == .running ? 1 : 0) } }
+    var readyCount: Int { state.reduce(0) { $0 + ($1 == .ready ? 1 : 0) } }
+}

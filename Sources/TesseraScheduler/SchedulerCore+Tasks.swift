@@ -1,0 +1,372 @@
+import DequeModule
+import TesseraProtocol
+
+/// Assignment flags on the wire (`AssignTasks.flags`).
+public enum AssignFlags {
+    /// Send the value to the scheduler, which streams it to the client.
+    public static let output: UInt32 = 1
+    /// Keep the value: other tasks will read it.
+    public static let keep: UInt32 = 2
+}
+
+extension SchedulerCore {
+    // MARK: - Ready tasks and placement
+
+    /// Queues a task whose inputs are all available, where it should run.
+    mutating func makeReady(_ job: JobRecord, _ t: Int) {
+        job.state[t] = .ready
+        let key = TaskKey.make(job: job.id, task: UInt32(t))
+        if let dk = job.dataKeyName(t) {
+            // Data lives on local disks: the task must run on a worker that holds it.
+            guard let best = (holders[dk] ?? []).compactMap({ workers[$0] }).min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) else {
+                finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
+                return
+            }
+            best.pinned.append(key)
+            return
+        }
+        let range = job.inputRange(t)
+        if !range.isEmpty {
+            // Go where most input bytes already are; ties go to the first input's holder.
+            var bestWorker: WorkerID = 0
+            var bestBytes: UInt64 = 0
+            if range.count == 1 {
+                bestWorker = job.worker[Int(job.inputs[range.lowerBound])]
+            } else {
+                var bytes: [WorkerID: UInt64] = [:]
+                for j in range {
+                    let i = Int(job.inputs[j])
+                    let b = bytes[job.worker[i], default: 0] + UInt64(job.resultBytes[i]) + 1
+                    bytes[job.worker[i]] = b
+                    if b > bestBytes { bestBytes = b; bestWorker = job.worker[i] }
+                }
+            }
+            if let w = workers[bestWorker] {
+                w.preferred.append(key)
+                return
+            }
+        }
+        readyAnywhere.append(key)
+    }
+
+    /// The job and task of a queued key, if it is still ready (queues keep stale keys of cancelled
+    /// jobs and re-queued tasks; they are skipped here rather than searched for and removed).
+    func readyTask(_ key: UInt64) -> (JobRecord, Int)? {
+        guard let job = jobs[TaskKey.job(key)] else { return nil }
+        let t = Int(TaskKey.task(key))
+        guard t < job.taskCount, job.state[t] == .ready else { return nil }
+        return (job, t)
+    }
+
+    mutating func nextOwnTask(_ w: WorkerRecord) -> (JobRecord, Int)? {
+        while let k = w.pinned.popFirst() { if let r = readyTask(k) { return r } }
+        while let k = w.preferred.popFirst() { if let r = readyTask(k) { return r } }
+        while let k = readyAnywhere.popFirst() { if let r = readyTask(k) { return r } }
+        return nil
+    }
+
+    mutating func stealTask(for w: WorkerRecord) -> (JobRecord, Int)? {
+        for id in workerOrder where id != w.id {
+            guard let other = workers[id], other.inFlight >= other.inFlightLimit(config) else { continue }
+            while let k = other.preferred.popLast() { if let r = readyTask(k) { return r } }
+        }
+        return nil
+    }
+
+    /// Hands ready tasks to workers with room: each takes its own queue and the shared one in
+    /// turn (round robin keeps load even); then idle workers take tasks that merely prefer a busy one.
+    mutating func place() {
+        if workers.isEmpty { return }
+        var limits: [WorkerID: Int] = [:]
+        for w in workers.values { limits[w.id] = w.inFlightLimit(config) }
+        for stealing in [false, true] {
+            var progress = true
+            while progress {
+                progress = false
+                for id in workerOrder {
+                    guard let w = workers[id], w.inFlight < limits[id]! else { continue }
+                    guard let (job, t) = stealing ? stealTask(for: w) : nextOwnTask(w) else { continue }
+                    assign(job, t, to: w)
+                    progress = true
+                }
+            }
+        }
+    }
+
+    mutating func assign(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
+        job.state[t] = .running
+        job.worker[t] = w.id
+        job.runs += 1
+        w.inFlight += 1
+        if !job.setUpOn.contains(w.id) {
+            job.setUpOn.insert(w.id)
+            var setup = Tessera_V1_JobSetup()
+            setup.jobID = job.id
+            setup.operators = job.operators
+            setup.params = job.params
+            w.assignment.jobs.append(setup)
+        }
+        var flags: UInt32 = 0
+        if job.isOutput[t] && !job.delivered[t] { flags |= AssignFlags.output }
+        if job.hasDependents(t) { flags |= AssignFlags.keep }
+        let range = job.inputRange(t)
+        w.assignment.keys.append(TaskKey.make(job: job.id, task: UInt32(t)))
+        w.assignment.ops.append(UInt32(job.op[t]))
+        w.assignment.args.append(job.arg[t])
+        w.assignment.paramIndex.append(job.paramIndex[t])
+        w.assignment.flags.append(flags)
+        w.assignment.inputCounts.append(UInt32(range.count))
+        for j in range {
+            let i = Int(job.inputs[j])
+            let holder = job.worker[i]
+            w.assignment.inputKeys.append(TaskKey.make(job: job.id, task: UInt32(i)))
+            w.assignment.inputHolders.append(holder)
+            if holder != w.id, !w.peersInAssignment.contains(holder), let h = workers[holder] {
+                w.peersInAssignment.insert(holder)
+                var p = Tessera_V1_Peer()
+                p.workerID = holder
+                p.endpoint = h.peerEndpoint
+                w.assignment.peers.append(p)
+            }
+        }
+        w.assignedCount += 1
+    }
+
+    // MARK: - Reports
+
+    mutating func taskReport(_ w: WorkerRecord, _ r: Tessera_V1_TaskReport, frames: [[UInt8]], now: UInt64) {
+        let hasCompute = r.computeUs.count == r.doneKeys.count
+        let hasBytes = r.resultBytes.count == r.doneKeys.count
+        for (n, key) in r.doneKeys.enumerated() {
+            guard let job = jobs[TaskKey.job(key)] else { continue }
+            let t = Int(TaskKey.task(key))
+            guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else {
+                // A duplicate or stale report (e.g. for a task re-run elsewhere): drop its value.
+                w.releases.append(key)
+                continue
+            }
+            w.inFlight -= 1
+            w.tasksDone += 1
+            tasksCompleted += 1
+            if hasCompute { w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n]) }
+            job.resultBytes[t] = hasBytes ? UInt32(clamping: r.resultBytes[n]) : 0
+            complete(job, t, on: w, now: now)
+        }
+        for v in r.outputs {
+            guard let job = jobs[TaskKey.job(v.key)] else { continue }
+            let t = Int(TaskKey.task(v.key))
+            guard t < job.taskCount, job.isOutput[t], !job.delivered[t],
+                  job.state[t] == .done || job.state[t] == .released,
+                  Int(v.frame) < frames.count, v.offset <= UInt64(frames[Int(v.frame)].count),
+                  v.length <= UInt64(frames[Int(v.frame)].count) - v.offset
+            else { continue }
+            let f = frames[Int(v.frame)]
+            var info = v
+            info.frame = 0
+            info.offset = UInt64(job.pendingBytes.count)
+            job.pendingBytes.append(contentsOf: f[Int(v.offset)..<Int(v.offset + v.length)])
+            job.pendingValues.append(info)
+            job.delivered[t] = true
+            jobsWithResults.insert(job.id)
+        }
+        for f in r.failures {
+            guard let job = jobs[TaskKey.job(f.key)] else { continue }
+            let t = Int(TaskKey.task(f.key))
+            guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
+            w.inFlight -= 1
+            switch f.kind {
+            case .failureMissingInput:
+                for m in f.missingInputs where TaskKey.job(m) == job.id {
+                    let i = Int(TaskKey.task(m))
+                    if i < job.taskCount, job.state[i] == .done { undo(job, i) }
+                }
+                reschedule(job, t)
+            case .failureUnknownOperator:
+                finish(job, .jobFailed, error: "worker \(w.name) cannot run task \(t): \(f.message)", now: now)
+            default:
+                job.operatorFailures[t] &+= 1
+                if Int(job.operatorFailures[t]) >= config.maxOperatorFailures {
+                    let opName = job.operators[Int(job.op[t])]
+                    finish(job, .jobFailed, error: "task \(t) (`\(opName)`) failed \(job.operatorFailures[t]) times; last error: \(f.message)", now: now)
+                } else {
+                    reschedule(job, t)
+                }
+            }
+        }
+        // Finishing is checked last so that outputs that came with the final report are delivered.
+        for id in Set(r.doneKeys.map(TaskKey.job)) {
+            if let job = jobs[id], job.doneCount == job.taskCount { finish(job, .jobDone, error: "", now: now) }
+        }
+    }
+
+    mutating func complete(_ job: JobRecord, _ t: Int, on w: WorkerRecord, now: UInt64) {
+        job.doneCount += 1
+        if job.pendingDependents[t] > 0 {
+            job.state[t] = .done
+            job.worker[t] = w.id
+        } else {
+            job.state[t] = .released
+            job.worker[t] = 0
+            if job.hasDependents(t) { w.releases.append(TaskKey.make(job: job.id, task: UInt32(t))) }
+        }
+        for j in job.inputRange(t) {
+            let i = Int(job.inputs[j])
+            job.pendingDependents[i] -= 1
+            if job.pendingDependents[i] == 0 && job.state[i] == .done { release(job, i) }
+        }
+        for j in job.dependentRange(t) {
+            let d = Int(job.dependents[j])
+            if job.state[d] == .waiting {
+                job.waitCount[d] -= 1
+                if job.waitCount[d] == 0 { makeReady(job, d) }
+            }
+        }
+    }
+
+    mutating func release(_ job: JobRecord, _ i: Int) {
+        workers[job.worker[i]]?.releases.append(TaskKey.make(job: job.id, task: UInt32(i)))
+        job.state[i] = .released
+        job.worker[i] = 0
+    }
+
+    // MARK: - Recovery from lineage
+
+    /// True when task `i`'s value can be read now.
+    func isAvailable(_ job: JobRecord, _ i: Int) -> Bool {
+        job.state[i] == .done && workers[job.worker[i]] != nil
+    }
+
+    /// Puts a task back to wait for its inputs, recomputing any that are no longer held.
+    mutating func reschedule(_ job: JobRecord, _ t: Int) {
+        job.state[t] = .recovering
+        job.worker[t] = 0
+        for j in job.inputRange(t) {
+            let i = Int(job.inputs[j])
+            if !isAvailable(job, i) { ensureComputing(job, i) }
+        }
+        guard jobs[job.id] != nil else { return }
+        waitForInputs(job, t)
+    }
+
+    /// Counts a task's unavailable inputs afresh and queues it when there are none.
+    mutating func waitForInputs(_ job: JobRecord, _ t: Int) {
+        var missing: UInt32 = 0
+        for j in job.inputRange(t) where !isAvailable(job, Int(job.inputs[j])) { missing += 1 }
+        job.state[t] = .waiting
+        job.waitCount[t] = missing
+        if missing == 0 { makeReady(job, t) }
+    }
+
+    /// Makes sure a needed value will be produced: nothing to do if it is on its way; a finished
+    /// task whose value was lost or released runs again.
+    mutating func ensureComputing(_ job: JobRecord, _ i: Int) {
+        switch job.state[i] {
+        case .done, .released: undo(job, i)
+        case .waiting, .ready, .running, .recovering: break
+        }
+    }
+
+    /// Turns a finished task back into one to run (its value is gone but still needed).
+    mutating func undo(_ job: JobRecord, _ i: Int) {
+        job.doneCount -= 1
+        job.state[i] = .recovering
+        job.worker[i] = 0
+        for j in job.inputRange(i) { job.pendingDependents[Int(job.inputs[j])] += 1 }
+        for j in job.dependentRange(i) {
+            let d = Int(job.dependents[j])
+            switch job.state[d] {
+            case .waiting: job.waitCount[d] += 1
+            case .ready: job.state[d] = .waiting; job.waitCount[d] = 1  // recounted below if needed
+            default: break  // running ones fail to fetch it and are rescheduled
+            }
+        }
+        for j in job.inputRange(i) {
+            let k = Int(job.inputs[j])
+            if !isAvailable(job, k) { ensureComputing(job, k) }
+        }
+        waitForInputs(job, i)
+        // Dependents pulled back from the ready queue recount what they miss.
+        for j in job.dependentRange(i) {
+            let d = Int(job.dependents[j])
+            if job.state[d] == .waiting {
+                var missing: UInt32 = 0
+                for q in job.inputRange(d) where !isAvailable(job, Int(job.inputs[q])) { missing += 1 }
+                job.waitCount[d] = missing
+                if missing == 0 { makeReady(job, d) }
+            }
+        }
+    }
+
+    /// A worker died or left: its running tasks run elsewhere, values only it held are recomputed
+    /// if still needed, and every other worker learns not to wait for it.
+    mutating func removeWorker(_ id: WorkerID, now: UInt64, handedBack: Set<UInt64>, reason: String) {
+        guard let w = workers.removeValue(forKey: id) else { return }
+        workerByConnection.removeValue(forKey: w.connection)
+        workerOrder.removeAll { $0 == id }
+        for key in w.holdings { holders[key]?.removeAll { $0 == id } }
+        for other in workers.values { other.lostWorkers.append(id) }
+        lostWorkerLog.append((id, w.name, reason))
+
+        for jobID in jobs.keys.sorted() {
+            guard let job = jobs[jobID] else { continue }
+            var restart: [Int] = []
+            var lost: [Int] = []
+            for t in 0..<job.taskCount where job.worker[t] == id {
+                if job.state[t] == .running { restart.append(t) } else if job.state[t] == .done { lost.append(t) }
+            }
+            for t in lost where job.state[t] == .done {
+                if job.pendingDependents[t] > 0 { undo(job, t) } else { job.state[t] = .released; job.worker[t] = 0 }
+                if jobs[jobID] == nil { break }
+            }
+            for t in restart where jobs[jobID] != nil && job.state[t] == .running {
+                if !handedBack.contains(TaskKey.make(job: jobID, task: UInt32(t))) {
+                    job.lostRuns[t] &+= 1
+                    if Int(job.lostRuns[t]) >= config.maxLostRuns {
+                        finish(job, .jobFailed, error: "task \(t) was running on \(job.lostRuns[t]) workers that died; giving up (last: \(w.name), \(reason))", now: now)
+                        break
+                    }
+                }
+                reschedule(job, t)
+            }
+            job.setUpOn.remove(id)
+        }
+        // Tasks queued for the departed worker go elsewhere.
+        for key in w.pinned + w.preferred {
+            if let (job, t) = readyTask(key) { makeReady(job, t) }
+        }
+    }
+
+    // MARK: - Finishing
+
+    mutating func finish(_ job: JobRecord, _ state: Tessera_V1_JobState, error: String, now: UInt64) {
+        guard jobs[job.id] != nil else { return }
+        sendResults(job, now: now)
+        var f = Tessera_V1_JobFinished()
+        f.jobID = job.id
+        f.state = state
+        f.error = error
+        f.tasksDone = UInt64(job.doneCount)
+        f.taskCount = UInt64(job.taskCount)
+        f.reruns = UInt64(max(0, job.runs - job.taskCount))
+        f.seconds = Double(now &- job.submittedAt) / 1e9
+        var e = Envelope()
+        e.jobFinished = f
+        send(.client(job.client), e)
+        for t in 0..<job.taskCount where job.state[t] == .running {
+            workers[job.worker[t]]?.inFlight -= 1
+        }
+        for id in job.setUpOn { workers[id]?.cancelledJobs.append(job.id) }
+        jobs.removeValue(forKey: job.id)
+        jobsWithResults.remove(job.id)
+        if state == .jobDone { jobsCompleted += 1 }
+        var js = Tessera_V1_JobStatus()
+        js.jobID = job.id
+        js.name = job.name
+        js.state = state
+        js.taskCount = UInt64(job.taskCount)
+        js.tasksDone = UInt64(job.doneCount)
+        js.seconds = f.seconds
+        finishedJobs.append(js)
+        if finishedJobs.count > 100 { finishedJobs.removeFirst(finishedJobs.count - 100) }
+    }
+}

@@ -1,0 +1,329 @@
+import DequeModule
+import TesseraProtocol
+
+/// A message the state machine wants sent; the socket loop encodes and sends it.
+public struct OutgoingMessage {
+    public enum Destination: Equatable, Sendable {
+        case worker(ConnectionID)
+        case client(ConnectionID)
+    }
+
+    public var destination: Destination
+    public var envelope: Envelope
+    public var frames: [[UInt8]]
+
+    public init(_ destination: Destination, _ envelope: Envelope, frames: [[UInt8]] = []) {
+        self.destination = destination
+        self.envelope = envelope
+        self.frames = frames
+    }
+}
+
+/// The scheduler, as a state machine with no I/O: it takes events (a message from a worker or a
+/// client, a clock tick) and returns the messages to send. The socket loop around it only decodes,
+/// calls, and sends; tests drive it with thousands of fake workers and a fake clock.
+///
+/// Call the `handle…` methods for every event of an event-loop turn, then ``flush(now:)`` once:
+/// that is where ready tasks are placed and where per-worker and per-client messages are batched.
+public struct SchedulerCore {
+    public var config: SchedulerConfig
+    var workers: [WorkerID: WorkerRecord] = [:]
+    var workerByConnection: [ConnectionID: WorkerID] = [:]
+    /// Live workers in registration order, for round-robin placement.
+    var workerOrder: [WorkerID] = []
+    /// Which live workers hold each data key.
+    var holders: [String: [WorkerID]] = [:]
+    var jobs: [JobID: JobRecord] = [:]
+    /// Ready tasks that may run anywhere.
+    var readyAnywhere: Deque<UInt64> = []
+    var outbox: [OutgoingMessage] = []
+    var nextWorkerID: WorkerID = 1
+    var nextJobID: JobID = 1
+    var startedAt: UInt64
+    /// Jobs whose results changed this turn.
+    var jobsWithResults: Set<JobID> = []
+    var finishedJobs: [Tessera_V1_JobStatus] = []
+    /// Workers that left, most recent last (id, name, why), for status and logs.
+    public internal(set) var lostWorkerLog: [(WorkerID, String, String)] = []
+    /// The time of the event being handled.
+    var lastNow: UInt64 = 0
+
+    public internal(set) var tasksCompleted: UInt64 = 0
+    public internal(set) var jobsCompleted: UInt64 = 0
+
+    public init(config: SchedulerConfig = .init(), now: UInt64) {
+        self.config = config
+        startedAt = now
+    }
+
+    /// Live workers.
+    public var workerCount: Int { workers.count }
+    /// Jobs not yet finished.
+    public var activeJobCount: Int { jobs.count }
+
+    // MARK: - Worker events
+
+    /// A message arrived on the worker socket from `connection`.
+    public mutating func handleWorker(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64) {
+        lastNow = now
+        if case .registerWorker(let r) = env.body {
+            register(connection, r, now: now)
+            return
+        }
+        guard let wid = workerByConnection[connection], let w = workers[wid] else {
+            // A worker we do not know (declared dead, or the scheduler restarted): it re-registers.
+            send(.worker(connection), errorEnvelope(.errorUnknownWorker, "unknown worker: register again"))
+            return
+        }
+        w.lastSeen = now
+        switch env.body {
+        case .heartbeat(let h):
+            let gap = now &- w.lastHeartbeat
+            if gap > w.maxHeartbeatGap { w.maxHeartbeatGap = gap }
+            w.lastHeartbeat = now
+            w.rssBytes = h.rssBytes
+            w.storedBytes = h.storedBytes
+            w.storedResults = h.storedResults
+        case .taskReport(let r):
+            taskReport(w, r, frames: frames, now: now)
+        case .deregister(let d):
+            removeWorker(wid, now: now, handedBack: Set(d.handedBack), reason: "deregistered: \(d.reason)")
+        default:
+            send(.worker(connection), errorEnvelope(.errorMalformedMessage, "message not expected from a worker"))
+        }
+    }
+
+    mutating func register(_ connection: ConnectionID, _ r: Tessera_V1_RegisterWorker, now: UInt64) {
+        if let old = workerByConnection[connection] {
+            // The same connection registering again (a restarted worker process reusing its routing id).
+            removeWorker(old, now: now, handedBack: [], reason: "re-registered")
+        }
+        let id = nextWorkerID
+        nextWorkerID += 1
+        let w = WorkerRecord(id: id, connection: connection, registration: r, now: now)
+        workers[id] = w
+        workerByConnection[connection] = id
+        workerOrder.append(id)
+        for key in w.holdings { holders[key, default: []].append(id) }
+        var ack = Tessera_V1_RegisterAck()
+        ack.workerID = id
+        ack.heartbeatIntervalMs = config.heartbeatIntervalMs
+        var e = Envelope()
+        e.registerAck = ack
+        send(.worker(connection), e)
+    }
+
+    // MARK: - Client events
+
+    /// A message arrived on the client socket from `connection`.
+    public mutating func handleClient(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64) {
+        lastNow = now
+        switch env.body {
+        case .submitJob(let s):
+            submit(connection, s, frames: frames, now: now)
+        case .cancelJob(let c):
+            guard let job = jobs[c.jobID] else {
+                send(.client(connection), errorEnvelope(.errorUnknownJob, "no running job \(c.jobID) (finished, cancelled or never submitted)", jobID: c.jobID))
+                return
+            }
+            guard job.client == connection else {
+                send(.client(connection), errorEnvelope(.errorNotAllowed, "job \(c.jobID) belongs to another client", jobID: c.jobID))
+                return
+            }
+            finish(job, .jobCancelled, error: "cancelled by the client", now: now)
+        case .statusRequest:
+            var e = Envelope()
+            e.statusReply = status(now: now)
+            send(.client(connection), e)
+        case .ping(let p):
+            var e = Envelope()
+            var pong = Tessera_V1_Pong()
+            pong.nonce = p.nonce
+            e.pong = pong
+            send(.client(connection), e)
+        default:
+            send(.client(connection), errorEnvelope(.errorMalformedMessage, "message not expected from a client"))
+        }
+    }
+
+    mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64) {
+        let graph: TaskGraph
+        do throws(ProtocolError) {
+            switch s.work {
+            case .graph(let spec):
+                graph = try TaskGraph(spec: spec, frames: frames, maximumTasks: config.maxTasksPerJob)
+            case .plan(let plan):
+                graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
+            case nil:
+                throw .invalidContent("job has neither a graph nor a plan")
+            }
+        } catch {
+            send(.client(connection), errorEnvelope(.errorInvalidGraph, "\(error)", clientTag: s.clientTag))
+            return
+        }
+        // Operators no live worker knows are refused up front (with no workers, the workers will say).
+        if !workers.isEmpty {
+            let known = workers.values.reduce(into: Set<String>()) { $0.formUnion($1.operators) }
+            if let bad = graph.operators.first(where: { !known.contains($0) }) {
+                send(.client(connection), errorEnvelope(
+                    .errorUnknownOperator, "unknown operator `\(bad)`; workers offer: \(known.sorted().joined(separator: ", "))",
+                    clientTag: s.clientTag))
+                return
+            }
+        }
+        for key in graph.dataKeys where (holders[key] ?? []).isEmpty {
+            send(.client(connection), errorEnvelope(.errorInvalidGraph, "no live worker holds data `\(key)`", clientTag: s.clientTag))
+            return
+        }
+        let id = nextJobID
+        nextJobID += 1
+        let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
+        jobs[id] = job
+        var acc = Tessera_V1_JobAccepted()
+        acc.clientTag = s.clientTag
+        acc.jobID = id
+        acc.taskCount = UInt64(job.taskCount)
+        acc.outputCount = UInt64(job.outputCount)
+        var e = Envelope()
+        e.jobAccepted = acc
+        send(.client(connection), e)
+        for t in 0..<job.taskCount where job.waitCount[t] == 0 {
+            makeReady(job, t)
+        }
+    }
+
+    // MARK: - Time
+
+    /// The clock advanced: workers silent past the timeout are declared dead.
+    public mutating func tick(now: UInt64) {
+        lastNow = now
+        let dead = workers.values.filter { now &- $0.lastSeen > config.workerTimeoutNs }.map(\.id)
+        for id in dead.sorted() {
+            removeWorker(id, now: now, handedBack: [], reason: "missed heartbeats")
+        }
+    }
+
+    // MARK: - Output
+
+    mutating func send(_ d: OutgoingMessage.Destination, _ e: Envelope, frames: [[UInt8]] = []) {
+        outbox.append(OutgoingMessage(d, e, frames: frames))
+    }
+
+    func errorEnvelope(_ code: Tessera_V1_ErrorCode, _ message: String, clientTag: UInt64 = 0, jobID: JobID = 0) -> Envelope {
+        var err = Tessera_V1_ErrorReply()
+        err.code = code
+        err.message = message
+        err.clientTag = clientTag
+        err.jobID = jobID
+        var e = Envelope()
+        e.error = err
+        return e
+    }
+
+    /// Places ready tasks, then returns every message this turn produced: one assignment batch per
+    /// worker, one results message per job.
+    public mutating func flush(now: UInt64) -> [OutgoingMessage] {
+        lastNow = now
+        place()
+        for w in workers.values { flushWorker(w) }
+        for id in jobsWithResults.sorted() {
+            if let job = jobs[id], !job.batchResults, now &- job.lastResultsSentAt >= config.resultIntervalNs {
+                sendResults(job, now: now)
+                jobsWithResults.remove(id)
+            }
+        }
+        let out = outbox
+        outbox.removeAll(keepingCapacity: true)
+        return out
+    }
+
+    /// Jobs whose streamed results are held back by the rate limit.
+    public var hasDeferredResults: Bool { !jobsWithResults.isEmpty }
+
+    mutating func flushWorker(_ w: WorkerRecord) {
+        if w.assignedCount > 0 {
+            var e = Envelope()
+            e.assignTasks = w.assignment
+            send(.worker(w.connection), e)
+            w.assignment = Tessera_V1_AssignTasks()
+            w.assignedCount = 0
+            w.peersInAssignment.removeAll(keepingCapacity: true)
+        }
+        if !w.releases.isEmpty {
+            var r = Tessera_V1_ReleaseResults()
+            r.keys = w.releases
+            var e = Envelope()
+            e.releaseResults = r
+            send(.worker(w.connection), e)
+            w.releases.removeAll(keepingCapacity: true)
+        }
+        if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty {
+            var c = Tessera_V1_CancelTasks()
+            c.jobIds = w.cancelledJobs
+            c.lostWorkers = w.lostWorkers
+            var e = Envelope()
+            e.cancelTasks = c
+            send(.worker(w.connection), e)
+            w.cancelledJobs.removeAll()
+            w.lostWorkers.removeAll()
+        }
+    }
+
+    mutating func sendResults(_ job: JobRecord, now: UInt64) {
+        guard !job.pendingValues.isEmpty else { return }
+        var r = Tessera_V1_JobResults()
+        r.jobID = job.id
+        r.values = job.pendingValues
+        r.tasksDone = UInt64(job.doneCount)
+        r.taskCount = UInt64(job.taskCount)
+        var e = Envelope()
+        e.jobResults = r
+        send(.client(job.client), e, frames: [job.pendingBytes])
+        job.pendingValues = []
+        job.pendingBytes = []
+        job.lastResultsSentAt = now
+    }
+
+    // MARK: - Status
+
+    public func status(now: UInt64) -> Tessera_V1_StatusReply {
+        var s = Tessera_V1_StatusReply()
+        for id in workerOrder {
+            guard let w = workers[id] else { continue }
+            var ws = Tessera_V1_WorkerStatus()
+            ws.id = w.id
+            ws.name = w.name
+            ws.peerEndpoint = w.peerEndpoint
+            ws.threads = UInt32(w.threads)
+            ws.inFlight = UInt32(w.inFlight)
+            ws.inFlightLimit = UInt32(w.inFlightLimit(config))
+            ws.storedBytes = w.storedBytes
+            ws.storedResults = w.storedResults
+            ws.rssBytes = w.rssBytes
+            ws.memoryLimit = w.memoryLimit
+            ws.lastHeartbeatMs = UInt32(min((now &- w.lastHeartbeat) / 1_000_000, UInt64(UInt32.max)))
+            ws.tasksDone = w.tasksDone
+            ws.pid = w.pid
+            s.workers.append(ws)
+            s.maxHeartbeatGapMs = max(s.maxHeartbeatGapMs, UInt32(min(w.maxHeartbeatGap / 1_000_000, UInt64(UInt32.max))))
+        }
+        for id in jobs.keys.sorted() {
+            let j = jobs[id]!
+            var js = Tessera_V1_JobStatus()
+            js.jobID = j.id
+            js.name = j.name
+            js.state = .jobRunning
+            js.taskCount = UInt64(j.taskCount)
+            js.tasksDone = UInt64(j.doneCount)
+            js.running = UInt64(j.runningCount)
+            js.ready = UInt64(j.readyCount)
+            js.seconds = Double(now &- j.submittedAt) / 1e9
+            s.jobs.append(js)
+        }
+        s.jobs.append(contentsOf: finishedJobs.suffix(20))
+        s.tasksCompleted = tasksCompleted
+        s.jobsCompleted = jobsCompleted
+        s.uptimeSeconds = Double(now &- startedAt) / 1e9
+        return s
+    }
+}

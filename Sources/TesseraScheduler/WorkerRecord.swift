@@ -1,0 +1,67 @@
+import DequeModule
+import TesseraProtocol
+
+/// What the scheduler knows of one live worker, and the messages it is building for it.
+final class WorkerRecord {
+    let id: WorkerID
+    let connection: ConnectionID
+    let name: String
+    let threads: Int
+    let memoryLimit: UInt64
+    let peerEndpoint: String
+    let pid: Int32
+    let holdings: Set<String>
+    let operators: Set<String>
+    let registeredAt: UInt64
+
+    var lastSeen: UInt64
+    var lastHeartbeat: UInt64
+    var maxHeartbeatGap: UInt64 = 0
+    var rssBytes: UInt64 = 0
+    var storedBytes: UInt64 = 0
+    var storedResults: UInt32 = 0
+    var tasksDone: UInt64 = 0
+    /// Tasks sent and not yet reported.
+    var inFlight = 0
+    /// Smoothed task duration, microseconds.
+    var meanTaskMicros = 1_000.0
+
+    /// Ready tasks that must run here (they read data only this worker and its replicas hold).
+    var pinned: Deque<UInt64> = []
+    /// Ready tasks that prefer to run here (most of their input bytes are here); idle workers steal them.
+    var preferred: Deque<UInt64> = []
+
+    // Outgoing, flushed once per event-loop turn.
+    var assignment = Tessera_V1_AssignTasks()
+    var assignedCount = 0
+    var releases: [UInt64] = []
+    var cancelledJobs: [JobID] = []
+    var lostWorkers: [WorkerID] = []
+    /// Peers already described in the assignment being built.
+    var peersInAssignment: Set<WorkerID> = []
+
+    init(id: WorkerID, connection: ConnectionID, registration r: Tessera_V1_RegisterWorker, now: UInt64) {
+        self.id = id
+        self.connection = connection
+        name = r.name
+        threads = max(1, Int(r.threads))
+        memoryLimit = r.memoryLimit
+        peerEndpoint = r.peerEndpoint
+        pid = r.pid
+        holdings = Set(r.holdings)
+        operators = Set(r.operators)
+        registeredAt = now
+        lastSeen = now
+        lastHeartbeat = now
+    }
+
+    /// Tasks this worker may have in flight now, from its thread count and measured task times.
+    func inFlightLimit(_ c: SchedulerConfig) -> Int {
+        let perThread = min(
+            Double(c.maxInFlightPerThread),
+            max(Double(c.minInFlightPerThread), (c.queuedWorkTargetMicros / max(meanTaskMicros, 0.5)).rounded(.up)))
+        return threads * Int(perThread)
+    }
+
+    var queuedCount: Int { pinned.count + preferred.count }
+}

@@ -1,1 +1,52 @@
-print("placeholder")
+import ArgumentParser
+import Foundation
+import Logging
+import TesseraDaemon
+import TesseraScheduler
+
+/// `tessera-scheduler`: binds the client and worker endpoints and runs the scheduler's loop.
+struct SchedulerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tessera-scheduler",
+        abstract: "The Tessera scheduler: accepts jobs from clients and places their tasks on workers.")
+
+    @Option(help: "Endpoint clients connect to (a * port picks a free one).")
+    var clients = "tcp://127.0.0.1:7700"
+
+    @Option(help: "Endpoint workers connect to.")
+    var workers = "tcp://127.0.0.1:7701"
+
+    @Option(help: "Milliseconds between worker heartbeats.")
+    var heartbeatMs: UInt32 = 500
+
+    @Option(help: "Milliseconds of silence after which a worker is declared dead.")
+    var workerTimeoutMs: UInt64 = 5000
+
+    @Option(help: "Exit when the process with this pid is no longer the parent.")
+    var exitWithParent: Int32?
+
+    @Flag(help: "Log debug messages.")
+    var verbose = false
+
+    func validate() throws {
+        guard workerTimeoutMs > UInt64(heartbeatMs) else {
+            throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
+        }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        var logger = Logger(label: "tessera.scheduler")
+        logger.logLevel = verbose ? .debug : .info
+        var config = SchedulerConfig()
+        config.heartbeatIntervalMs = heartbeatMs
+        config.workerTimeoutNs = workerTimeoutMs * 1_000_000
+        let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, parentPID: exitWithParent, logger: logger)
+        // The first line of stdout names the bound endpoints: launchers read it.
+        print("tessera-scheduler clients=\(daemon.clientEndpoint) workers=\(daemon.workerEndpoint)")
+        fflush(nil)
+        try daemon.run()
+    }
+}
+
+SchedulerCommand.main()

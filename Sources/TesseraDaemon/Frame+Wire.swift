@@ -1,0 +1,17 @@
+import TesseraProtocol
+import ZeroMQ
+
+extension Frame: RawBytesProviding {
+    public func withRawBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(bytes)
+    }
+}
+
+extension Socket {
+    /// Sends an encoded message, prefixed by a routing id when sending on a ROUTER.
+    func sendMessage(to identity: [UInt8]? = nil, _ envelope: Envelope, frames: [[UInt8]] = []) throws(ZeroMQError) {
+        var parts = WireProtocol.encode(envelope, frames: frames)
+        if let identity { parts.insert(identity, at: 0) }
+        try send(parts: parts)
+    }
+}

@@ -1,0 +1,47 @@
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Turns SIGTERM and SIGINT into a flag and a wake-up of the event loop, and optionally watches
+/// for the parent process going away (so a crashed test or CLI leaves no daemons behind).
+/// `@unchecked`: the signal sources are only touched in `init`; the rest is atomic.
+final class ShutdownSignals: @unchecked Sendable {
+    private let requested = Atomic<Bool>(false)
+    private let sources: [any DispatchSourceSignal]
+    let wake: EventFD
+    private let parentPID: Int32?
+
+    init(wake: EventFD, parentPID: Int32?) {
+        self.wake = wake
+        self.parentPID = parentPID
+        var srcs: [any DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            srcs.append(s)
+        }
+        sources = srcs
+        for s in sources {
+            s.setEventHandler { [self] in
+                requested.store(true, ordering: .releasing)
+                wake.signal()
+            }
+            s.resume()
+        }
+    }
+
+    /// True once a stop signal arrived or the parent died.
+    var isRequested: Bool {
+        if requested.load(ordering: .acquiring) { return true }
+        if let p = parentPID, getppid() != p { return true }
+        return false
+    }
+
+    func request() {
+        requested.store(true, ordering: .releasing)
+        wake.signal()
+    }
+}

@@ -1,0 +1,248 @@
+import Logging
+import TesseraCompute
+import TesseraProtocol
+import TesseraWorker
+import ZeroMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Settings of one worker process.
+public struct WorkerSettings: Sendable {
+    public var schedulerEndpoint: String
+    /// Where this worker's peer ROUTER binds (`tcp://127.0.0.1:*` picks a free port).
+    public var peerBind = "tcp://127.0.0.1:*"
+    /// The endpoint peers should dial, when it differs from the bound one (another host's view).
+    public var peerAdvertise: String?
+    public var name: String
+    public var threads: Int
+    public var memoryLimit: UInt64
+    /// Data keys this worker holds locally.
+    public var holdings: [String] = []
+    public var parentPID: Int32?
+
+    public init(schedulerEndpoint: String, name: String, threads: Int, memoryLimit: UInt64) {
+        self.schedulerEndpoint = schedulerEndpoint
+        self.name = name
+        self.threads = threads
+        self.memoryLimit = memoryLimit
+    }
+}
+
+/// The worker's socket loop: one thread owns the DEALER to the scheduler, the ROUTER peers fetch
+/// from, and one DEALER per peer it fetches from; executor threads wake it through an eventfd.
+public final class WorkerDaemon {
+    private let settings: WorkerSettings
+    private let logger: Logger
+    private let context: ZMQContext
+    private let scheduler: Socket
+    private let peerRouter: Socket
+    public let peerEndpoint: String
+    private var peers: [WorkerID: Socket] = [:]
+    private var engine: WorkerEngine
+    private let wake: EventFD
+    private let signals: ShutdownSignals
+    private let pool: ExecutorPool
+    private var registered = false
+    private var lastRegister: UInt64 = 0
+    private var heartbeatIntervalNs: UInt64 = 500_000_000
+
+    public init(_ settings: WorkerSettings, registry: OperatorRegistry = .standard, logger: Logger) throws {
+        self.settings = settings
+        self.logger = logger
+        context = try ZMQContext()
+        scheduler = try context.socket(.dealer)
+        try scheduler.setSendHighWaterMark(0)
+        try scheduler.setReceiveHighWaterMark(0)
+        // A deregistration still reaches the scheduler after close.
+        try scheduler.setLinger(milliseconds: 2000)
+        try scheduler.connect(settings.schedulerEndpoint)
+        peerRouter = try context.socket(.router)
+        try peerRouter.setSendHighWaterMark(0)
+        let bound = try peerRouter.bind(settings.peerBind)
+        peerEndpoint = settings.peerAdvertise ?? bound
+        engine = WorkerEngine(registry: registry)
+        let wake = try EventFD()
+        self.wake = wake
+        signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
+        pool = ExecutorPool(threads: settings.threads) { wake.signal() }
+    }
+
+    /// Registers, then serves until SIGTERM/SIGINT; then hands back unstarted tasks, reports the
+    /// running ones, and deregisters.
+    public func run() throws {
+        var lastHeartbeat: UInt64 = 0
+        var lastTick: UInt64 = 0
+        var poller = makePoller()
+        var peerCount = peers.count
+        while !signals.isRequested {
+            let now = monotonicNanos()
+            if !registered && (lastRegister == 0 || now &- lastRegister > 5_000_000_000) {
+                try sendToScheduler(registration(), [])
+                lastRegister = now
+            }
+            if registered && now &- lastHeartbeat >= heartbeatIntervalNs {
+                try sendToScheduler(engine.heartbeat(rssBytes: ProcessMemory.residentBytes), [])
+                lastHeartbeat = now
+            }
+            if now &- lastTick > 1_000_000_000 {
+                try perform(engine.tick(now: now))
+                lastTick = now
+            }
+            if peers.count != peerCount {
+                poller = makePoller()
+                peerCount = peers.count
+            }
+            try poller.wait(timeoutMs: 100)
+            wake.drain()
+            try drainCompletions()
+            try drainScheduler()
+            try drainPeerRequests()
+            for (id, s) in peers { try drainPeerReplies(id, s) }
+            try drainCompletions()
+        }
+        try shutDown()
+    }
+
+    private func makePoller() -> Poller {
+        var p = Poller()
+        p.add(scheduler)
+        p.add(peerRouter)
+        p.add(fileDescriptor: wake.fd)
+        for id in peers.keys.sorted() { p.add(peers[id]!) }
+        return p
+    }
+
+    private func registration() -> Envelope {
+        engine.registration(name: settings.name, threads: pool.threadCount, memoryLimit: settings.memoryLimit,
+                            peerEndpoint: peerEndpoint, pid: getpid(), holdings: settings.holdings)
+    }
+
+    private func sendToScheduler(_ e: Envelope, _ frames: [[UInt8]]) throws {
+        try scheduler.sendMessage(e, frames: frames)
+    }
+
+    private func drainScheduler() throws {
+        while let parts = try scheduler.receive(dontWait: true) {
+            let env: Envelope
+            let frames: [[UInt8]]
+            do throws(ProtocolError) {
+                (env, frames) = try WireProtocol.decode(parts)
+            } catch {
+                logger.warning("malformed message from the scheduler", metadata: ["worker/error": "\(error)"])
+                continue
+            }
+            _ = frames
+            let now = monotonicNanos()
+            switch env.body {
+            case .registerAck(let a):
+                engine.registered(as: a.workerID)
+                registered = true
+                heartbeatIntervalNs = UInt64(max(a.heartbeatIntervalMs, 10)) * 1_000_000
+                logger.info("registered", metadata: ["worker/id": "\(a.workerID)", "worker/peer": "\(peerEndpoint)"])
+            case .assignTasks(let a):
+                try perform(engine.assign(a, now: now))
+            case .releaseResults(let r):
+                engine.release(r)
+            case .cancelTasks(let c):
+                try perform(engine.cancel(c, pool: pool))
+            case .error(let e) where e.code == .errorUnknownWorker:
+                // The scheduler restarted or declared us dead: start afresh.
+                if registered {
+                    logger.warning("scheduler no longer knows this worker; registering again")
+                    registered = false
+                    _ = pool.takeQueued()
+                    try sendToScheduler(registration(), [])
+                    lastRegister = monotonicNanos()
+                }
+            case .error(let e):
+                logger.warning("scheduler reported an error", metadata: ["worker/error": "\(e.message)"])
+            default:
+                logger.warning("unexpected message from the scheduler")
+            }
+        }
+    }
+
+    private func drainPeerRequests() throws {
+        while let parts = try peerRouter.receive(dontWait: true) {
+            guard parts.count >= 2 else { continue }
+            let identity = parts[0].array
+            let env: Envelope
+            do throws(ProtocolError) {
+                (env, _) = try WireProtocol.decode(Array(parts.dropFirst()))
+            } catch {
+                var reply = WireProtocol.errorReply(.errorMalformedMessage, "\(error)")
+                reply.insert(identity, at: 0)
+                _ = try? peerRouter.send(parts: reply, dontWait: true)
+                continue
+            }
+            guard case .fetchRequest(let r) = env.body else { continue }
+            try perform([engine.serveFetch(r, from: identity)])
+        }
+    }
+
+    private func drainPeerReplies(_ id: WorkerID, _ socket: Socket) throws {
+        while let parts = try socket.receive(dontWait: true) {
+            let env: Envelope
+            let frames: [[UInt8]]
+            do throws(ProtocolError) {
+                (env, frames) = try WireProtocol.decode(parts)
+            } catch {
+                logger.warning("malformed reply from peer", metadata: ["worker/peer": "\(id)", "worker/error": "\(error)"])
+                continue
+            }
+            guard case .fetchReply(let r) = env.body else { continue }
+            try perform(engine.fetched(r, frames: frames))
+        }
+    }
+
+    private func drainCompletions() throws {
+        let done = pool.drainCompletions()
+        if !done.isEmpty { try perform(engine.completed(done)) }
+    }
+
+    private func perform(_ actions: [WorkerAction]) throws {
+        for a in actions {
+            switch a {
+            case .toScheduler(let e, let f):
+                try sendToScheduler(e, f)
+            case .toPeer(let id, let endpoint, let e):
+                let s: Socket
+                if let existing = peers[id] {
+                    s = existing
+                } else {
+                    s = try context.socket(.dealer)
+                    try s.setSendHighWaterMark(0)
+                    try s.connect(endpoint)
+                    peers[id] = s
+                }
+                try s.sendMessage(e)
+            case .replyToPeer(let identity, let e, let f):
+                try peerRouter.sendMessage(to: identity, e, frames: f)
+            case .execute(let tasks):
+                pool.submit(tasks)
+            }
+        }
+    }
+
+    private func shutDown() throws {
+        logger.info("stopping: handing back unstarted tasks")
+        // Unstarted tasks go back first, so the scheduler can re-place them while we finish the rest.
+        let goodbye = engine.deregister(reason: "shutting down", pool: pool)
+        let deadline = monotonicNanos() + 10_000_000_000
+        while pool.busyCount > 0 && monotonicNanos() < deadline {
+            var p = Poller()
+            p.add(fileDescriptor: wake.fd)
+            try p.wait(timeoutMs: 50)
+            wake.drain()
+            try drainCompletions()
+        }
+        try drainCompletions()
+        if registered { try sendToScheduler(goodbye, []) }
+        pool.stop()
+        for s in peers.values { s.close() }
+        peerRouter.close()
+        scheduler.close()
+    }
+}

@@ -1,0 +1,106 @@
+import DequeModule
+import Dispatch
+import Foundation
+import Synchronization
+import TesseraCompute
+
+/// A task ready to run: its operator, everything it reads, and what to do with its value.
+public struct ExecutableTask: Sendable {
+    public var key: UInt64
+    public var op: TaskOperator
+    public var context: OperatorContext
+    public var flags: UInt32
+}
+
+/// What running a task produced.
+public struct Completion: Sendable {
+    public var key: UInt64
+    public var flags: UInt32
+    public var result: Result<Value, OperatorError>
+    public var micros: UInt32
+}
+
+/// A fixed set of threads running tasks from one queue. Finished tasks collect in a list the
+/// event loop drains; `wake` tells the loop there is something to drain (it is called only when
+/// the list goes from empty to non-empty, so a burst of completions costs one wake-up).
+public final class ExecutorPool: Sendable {
+    private let queue = Mutex<Deque<ExecutableTask>>([])
+    private let available = DispatchSemaphore(value: 0)
+    private let completions = Mutex<[Completion]>([])
+    private let running = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let wake: @Sendable () -> Void
+    public let threadCount: Int
+
+    public init(threads: Int, wake: @escaping @Sendable () -> Void) {
+        threadCount = max(1, threads)
+        self.wake = wake
+        for i in 0..<threadCount {
+            let t = Thread { [self] in self.loop() }
+            t.name = "tessera-executor-\(i)"
+            t.start()
+        }
+    }
+
+    /// Queues tasks to run, in order.
+    public func submit(_ tasks: [ExecutableTask]) {
+        if tasks.isEmpty { return }
+        queue.withLock { $0.append(contentsOf: tasks) }
+        for _ in tasks { available.signal() }
+    }
+
+    /// Takes back queued tasks that have not started (all of them, or those matching `where`).
+    public func takeQueued(where predicate: (ExecutableTask) -> Bool = { _ in true }) -> [ExecutableTask] {
+        queue.withLock { q in
+            var taken: [ExecutableTask] = []
+            var kept = Deque<ExecutableTask>()
+            for t in q { if predicate(t) { taken.append(t) } else { kept.append(t) } }
+            q = kept
+            return taken
+        }
+    }
+
+    /// Completions since the last call.
+    public func drainCompletions() -> [Completion] {
+        completions.withLock { c in
+            let out = c
+            c.removeAll(keepingCapacity: true)
+            return out
+        }
+    }
+
+    /// Tasks queued or running.
+    public var busyCount: Int { queue.withLock { $0.count } + running.load(ordering: .relaxed) }
+
+    /// Stops the threads after the tasks they are running.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        for _ in 0..<threadCount { available.signal() }
+    }
+
+    private func loop() {
+        while true {
+            available.wait()
+            if stopping.load(ordering: .acquiring) { return }
+            guard let task = queue.withLock({ q -> ExecutableTask? in
+                guard let t = q.popFirst() else { return nil }
+                running.add(1, ordering: .relaxed)
+                return t
+            }) else { continue }
+            let start = DispatchTime.now().uptimeNanoseconds
+            let result: Result<Value, OperatorError>
+            do throws(OperatorError) {
+                result = .success(try task.op.run(task.context))
+            } catch {
+                result = .failure(error)
+            }
+            let micros = UInt32(clamping: (DispatchTime.now().uptimeNanoseconds - start) / 1000)
+            let wasEmpty = completions.withLock { c in
+                c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros))
+                return c.count == 1
+            }
+            running.subtract(1, ordering: .relaxed)
+            if wasEmpty { wake() }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+import Dispatch
+import Synchronization
+import TesseraCompute
+import TesseraProtocol
+
+/// Something the worker's event loop must do for the engine.
+public enum WorkerAction {
+    /// Send to the scheduler.
+    case toScheduler(Envelope, [[UInt8]])
+    /// Send a fetch request to a peer worker's ROUTER.
+    case toPeer(WorkerID, endpoint: String, Envelope)
+    /// Reply on the peer ROUTER to the peer with this routing id.
+    case replyToPeer(routingID: [UInt8], Envelope, [[UInt8]])
+    /// Give these tasks to the executor pool.
+    case execute([ExecutableTask])
+}
+
+/// Cancellation flags per job, shared with the executor threads so long operators stop early.
+public final class CancelledJobs: Sendable {
+    private let jobs = Mutex<Set<JobID>>([])
+    public init() {}
+    public func insert(_ id: JobID) { _ = jobs.withLock { $0.insert(id) } }
+    public func contains(_ id: JobID) -> Bool { jobs.withLock { $0.contains(id) } }
+}
+
+/// The worker's logic without sockets: it takes assignments, releases, cancellations, peer
+/// fetches and finished tasks, and says what to send and run. One thread (the event loop) owns it.
+public struct WorkerEngine {
+    struct JobSetup {
+        var operators: [TaskOperator?]
+        var names: [String]
+        var params: [Tessera_V1_OperatorParams]
+    }
+
+    /// A task waiting for inputs from peers.
+    struct PendingTask {
+        var key: UInt64
+        var op: UInt32
+        var arg: Int64
+        var paramIndex: UInt32
+        var flags: UInt32
+        var inputKeys: [UInt64]
+        var values: [Value?]
+        var missing: Int
+        var holders: [WorkerID]
+    }
+
+    public let registry: OperatorRegistry
+    public private(set) var workerID: WorkerID = 0
+    let cancelled = CancelledJobs()
+
+    var jobs: [JobID: JobSetup] = [:]
+    /// Values kept because other tasks will read them.
+    var store: [UInt64: Value] = [:]
+    public private(set) var storedBytes = 0
+    var pending: [UInt64: PendingTask] = [:]
+    /// Input key → tasks waiting for it.
+    var waitingFor: [UInt64: [UInt64]] = [:]
+    /// Outstanding fetches: request id → (peer, keys, sent at).
+    var fetches: [UInt64: (peer: WorkerID, keys: [UInt64], sentAt: UInt64)] = [:]
+    var nextRequestID: UInt64 = 1
+    var lostPeers: Set<WorkerID> = []
+    /// Tasks handed to the pool and not yet completed.
+    var executing: Set<UInt64> = []
+    var failures: [Tessera_V1_TaskFailure] = []
+    public private(set) var tasksDone: UInt64 = 0
+    /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
+    public var fetchTimeoutNs: UInt64 = 30_000_000_000
+
+    public init(registry: OperatorRegistry = .standard) {
+        self.registry = registry
+    }
+
+    public var storedResults: Int { store.count }
+    public var busy: Int { executing.count + pending.count }
+
+    // MARK: Registration
+
+    public func registration(name: String, threads: Int, memoryLimit: UInt64, peerEndpoint: String, pid: Int32, holdings: [String]) -> Envelope {
+        var r = Tessera_V1_RegisterWorker()
+        r.name = name
+        r.threads = UInt32(threads)
+        r.memoryLimit = memoryLimit
+        r.peerEndpoint = peerEndpoint
+        r.pid = pid
+        r.holdings = holdings
+        r.operators = registry.names
+        var e = Envelope()
+        e.registerWorker = r
+        return e
+    }
+
+    /// The scheduler accepted us. Anything from a previous registration is void.
+    public mutating func registered(as id: WorkerID) {
+        workerID = id
+        jobs.removeAll()
+        store.removeAll()
+        storedBytes = 0
+        pending.removeAll()
+        waitingFor.removeAll()
+        fetches.removeAll()
+        lostPeers.removeAll()
+        failures.removeAll()
+    }
+
+    public func heartbeat(rssBytes: UInt64) -> Envelope {
+        var h = Tessera_V1_Heartbeat()
+        h.workerID = workerID
+        h.rssBytes = rssBytes
+        h.storedBytes = UInt64(storedBytes)
+        h.storedResults = UInt32(store.count)
+        h.running = UInt32(executing.count)
+        var e = Envelope()
+        e.heartbeat = h
+        return e
+    }
+
+    // MARK: From the scheduler
+
+    /// A batch of tasks: those with every input at hand run now; the rest fetch from peers first.
+    public mutating func assign(_ a: Tessera_V1_AssignTasks, now: UInt64) -> [WorkerAction] {
+        for s in a.jobs {
+            jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params)
+        }
+        var peers: [WorkerID: String] = [:]
+        for p in a.peers { peers[p.workerID] = p.endpoint }
+        let n = a.keys.count
+        guard a.ops.count == n, a.args.count == n, a.paramIndex.count == n, a.flags.count == n, a.inputCounts.count == n,
+              a.inputKeys.count == a.inputHolders.count
+        else {
+            return [malformed("assignment arrays have different lengths")]
+        }
+        var runNow: [ExecutableTask] = []
+        var toFetch: [WorkerID: [UInt64]] = [:]
+        var inputCursor = 0
+        for i in 0..<n {
+            let key = a.keys[i]
+            let count = Int(a.inputCounts[i])
+            guard inputCursor + count <= a.inputKeys.count else { return [malformed("assignment input counts exceed its inputs")] }
+            let inKeys = Array(a.inputKeys[inputCursor..<(inputCursor + count)])
+            let holders = Array(a.inputHolders[inputCursor..<(inputCursor + count)])
+            inputCursor += count
+            var task = PendingTask(key: key, op: a.ops[i], arg: a.args[i], paramIndex: a.paramIndex[i], flags: a.flags[i],
+                                   inputKeys: inKeys, values: Array(repeating: nil, count: count), missing: 0, holders: holders)
+            var localMissing: [UInt64] = []
+            for j in 0..<count {
+                if holders[j] == workerID || holders[j] == 0 {
+                    if let v = store[inKeys[j]] { task.values[j] = v } else { localMissing.append(inKeys[j]) }
+                } else {
+                    task.missing += 1
+                }
+            }
+            if !localMissing.isEmpty {
+                fail(key, .failureMissingInput, "inputs not held here", missing: localMissing)
+                continue
+            }
+            if task.missing == 0 {
+                if let t = executable(task) { runNow.append(t) }
+                continue
+            }
+            for j in 0..<count where task.values[j] == nil {
+                let h = holders[j]
+                if lostPeers.contains(h) || peers[h] == nil {
+                    task.missing = -1
+                    break
+                }
+                waitingFor[inKeys[j], default: []].append(key)
+                toFetch[h, default: []].append(inKeys[j])
+            }
+            if task.missing < 0 {
+                let lost = (0..<count).filter { task.values[$0] == nil }.map { inKeys[$0] }
+                fail(key, .failureMissingInput, "input holder is gone", missing: lost)
+                for k in lost { waitingFor[k]?.removeAll { $0 == key } }
+                continue
+            }
+            pending[key] = task
+        }
+        var actions: [WorkerAction] = []
+        if !runNow.isEmpty {
+            for t in runNow { executing.insert(t.key) }
+            actions.append(.execute(runNow))
+        }
+        for (peer, keys) in toFetch.sorted(by: { $0.key < $1.key }) {
+            let uniq = Array(Set(keys)).sorted()
+            let id = nextRequestID
+            nextRequestID += 1
+            fetches[id] = (peer, uniq, now)
+            var f = Tessera_V1_FetchRequest()
+            f.requestID = id
+            f.keys = uniq
+            var e = Envelope()
+            e.fetchRequest = f
+            actions.append(.toPeer(peer, endpoint: peers[peer] ?? "", e))
+        }
+        if let r = takeFailureReport() { actions.append(r) }
+        return actions
+    }
+
+    /// The task as the pool runs it; nil (and a failure queued) when its operator is unknown.
+    mutating func executable(_ t: PendingTask) -> ExecutableTask? {
+        let jobID = TaskKey.job(t.key)
+        guard let setup = jobs[jobID], Int(t.op) < setup.operators.count else {
+            fail(t.key, .failureOperator, "no operator table for job \(jobID)")
+            return nil
+        }
+        guard let op = setup.operators[Int(t.op)] else {
+            fail(t.key, .failureUnknownOperator, "this worker has no operator `\(setup.names[Int(t.op)])`")
+            return nil
+        }
+        let params = t.paramIndex > 0 && Int(t.paramIndex) <= setup.params.count ? setup.params[Int(t.paramIndex) - 1] : .init()
+        let flags = cancelled
+        let ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty },
+                                  isCancelled: { flags.contains(jobID) })
+        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags)
+    }
+
+    public mutating func release(_ r: Tessera_V1_ReleaseResults) {
+        for k in r.keys {
+            if let v = store.removeValue(forKey: k) { storedBytes -= v.byteCount }
+        }
+    }
+
+    /// Forgets cancelled or finished jobs; fails tasks that wait on peers the scheduler declared dead.
+    public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: ExecutorPool?) -> [WorkerAction] {
+        let gone = Set(c.jobIds)
+        if !gone.isEmpty {
+            for j in gone {
+                cancelled.insert(j)
+                jobs.removeValue(forKey: j)
+            }
+            for k in store.keys where gone.contains(TaskKey.job(k)) {
+                if let v = store.removeValue(forKey: k) { storedBytes -= v.byteCount }
+            }
+            for k in pending.keys where gone.contains(TaskKey.job(k)) { dropPending(k) }
+            if let pool {
+                for t in pool.takeQueued(where: { gone.contains(TaskKey.job($0.key)) }) { executing.remove(t.key) }
+            }
+        }
+        if !c.lostWorkers.isEmpty {
+            lostPeers.formUnion(c.lostWorkers)
+            let lost = Set(c.lostWorkers)
+            for (id, f) in fetches where lost.contains(f.peer) {
+                fetches.removeValue(forKey: id)
+                failWaiting(on: f.keys, "input holder worker \(f.peer) is gone")
+            }
+        }
+        return takeFailureReport().map { [$0] } ?? []
+    }
+
+    // MARK: From peers
+
+    /// A peer asks for values we hold.
+    public func serveFetch(_ r: Tessera_V1_FetchRequest, from routingID: [UInt8]) -> WorkerAction {
+        var reply = Tessera_V1_FetchReply()
+        reply.requestID = r.requestID
+        var frame: [UInt8] = []
+        for k in r.keys {
+            if let v = store[k] {
+                reply.values.append(v.append(to: &frame, key: k, frameIndex: 0))
+            } else {
+                reply.missing.append(k)
+            }
+        }
+        var e = Envelope()
+        e.fetchReply = reply
+        return .replyToPeer(routingID: routingID, e, [frame])
+    }
+
+    /// A peer answered a fetch: tasks with every input now run.
+    public mutating func fetched(_ r: Tessera_V1_FetchReply, frames: [[UInt8]]) -> [WorkerAction] {
+        guard let req = fetches.removeValue(forKey: r.requestID) else { return [] }
+        var runNow: [ExecutableTask] = []
+        for info in r.values {
+            guard let waiting = waitingFor.removeValue(forKey: info.key) else { continue }
+            guard let v = try? Value(info: info, frames: frames) else {
+                failWaiting(on: [info.key], "peer sent an unreadable value")
+                continue
+            }
+            for tk in waiting {
+                guard var t = pending[tk] else { continue }
+                for j in 0..<t.inputKeys.count where t.inputKeys[j] == info.key && t.values[j] == nil {
+                    t.values[j] = v
+                    t.missing -= 1
+                }
+                if t.missing == 0 {
+                    pending.removeValue(forKey: tk)
+                    if let e = executable(t) { runNow.append(e) }
+                } else {
+                    pending[tk] = t
+                }
+            }
+        }
+        let answered = Set(r.values.map(\.key))
+        let unanswered = req.keys.filter { !answered.contains($0) }
+        if !unanswered.isEmpty { failWaiting(on: unanswered, "peer worker \(req.peer) does not hold it") }
+        var actions: [WorkerAction] = []
+        if !runNow.isEmpty {
+            for t in runNow { executing.insert(t.key) }
+            actions.append(.execute(runNow))
+        }
+        if let f = takeFailureReport() { actions.append(f) }
+        return actions
+    }
+
+    /// Fails tasks whose fetches took too long (the scheduler then decides what to recompute).
+    public mutating func tick(now: UInt64) -> [WorkerAction] {
+        for (id, f) in fetches where now &- f.sentAt > fetchTimeoutNs {
+            fetches.removeValue(forKey: id)
+            failWaiting(on: f.keys, "fetch from worker \(f.peer) timed out")
+        }
+        return takeFailureReport().map { [$0] } ?? []
+    }
+
+    // MARK: From the executor pool
+
+    /// Finished tasks: keep values others need, report all of them in one message.
+    public mutating func completed(_ done: [Completion]) -> [WorkerAction] {
+        var report = Tessera_V1_TaskReport()
+        report.workerID = workerID
+        var frame: [UInt8] = []
+        for c in done {
+            guard executing.remove(c.key) != nil else { continue }  // cancelled meanwhile
+            if cancelled.contains(TaskKey.job(c.key)) { continue }
+            switch c.result {
+            case .success(let v):
+                tasksDone += 1
+                report.doneKeys.append(c.key)
+                report.resultBytes.append(UInt64(v.byteCount))
+                report.computeUs.append(c.micros)
+                if c.flags & 2 != 0 {
+                    store[c.key] = v
+                    storedBytes += v.byteCount
+                }
+                if c.flags & 1 != 0 {
+                    report.outputs.append(v.append(to: &frame, key: c.key, frameIndex: 0))
+                }
+            case .failure(let err):
+                var f = Tessera_V1_TaskFailure()
+                f.key = c.key
+                f.kind = .failureOperator
+                f.message = err.description
+                report.failures.append(f)
+            }
+        }
+        report.failures.append(contentsOf: failures)
+        failures.removeAll()
+        if report.doneKeys.isEmpty && report.failures.isEmpty { return [] }
+        var e = Envelope()
+        e.taskReport = report
+        return [.toScheduler(e, report.outputs.isEmpty ? [] : [frame])]
+    }
+
+    // MARK: Shutdown
+
+    /// Takes back every task not yet started (waiting for inputs or queued in the pool) and says
+    /// goodbye, so the scheduler re-runs them elsewhere without counting a failure.
+    public mutating func deregister(reason: String, pool: ExecutorPool?) -> Envelope {
+        var back = Array(pending.keys)
+        pending.removeAll()
+        waitingFor.removeAll()
+        if let pool {
+            for t in pool.takeQueued() {
+                executing.remove(t.key)
+                back.append(t.key)
+            }
+        }
+        var d = Tessera_V1_Deregister()
+        d.workerID = workerID
+        d.reason = reason
+        d.handedBack = back.sorted()
+        var e = Envelope()
+        e.deregister = d
+        return e
+    }
+
+    // MARK: Helpers
+
+    mutating func fail(_ key: UInt64, _ kind: Tessera_V1_FailureKind, _ message: String, missing: [UInt64] = []) {
+        var f = Tessera_V1_TaskFailure()
+        f.key = key
+        f.kind = kind
+        f.message = message
+        f.missingInputs = missing
+        failures.append(f)
+    }
+
+    mutating func failWaiting(on keys: [UInt64], _ why: String) {
+        for k in keys {
+            for tk in waitingFor.removeValue(forKey: k) ?? [] {
+                guard let t = pending[tk] else { continue }
+                dropPending(tk)
+                let missing = (0..<t.inputKeys.count).filter { t.values[$0] == nil }.map { t.inputKeys[$0] }
+                fail(tk, .failureMissingInput, why, missing: missing)
+            }
+        }
+    }
+
+    mutating func dropPending(_ key: UInt64) {
+        guard let t = pending.removeValue(forKey: key) else { return }
+        for k in t.inputKeys { waitingFor[k]?.removeAll { $0 == key } }
+    }
+
+    mutating func takeFailureReport() -> WorkerAction? {
+        guard !failures.isEmpty else { return nil }
+        var report = Tessera_V1_TaskReport()
+        report.workerID = workerID
+        report.failures = failures
+        failures.removeAll()
+        var e = Envelope()
+        e.taskReport = report
+        return .toScheduler(e, [])
+    }
+
+    func malformed(_ why: String) -> WorkerAction {
+        var err = Tessera_V1_ErrorReply()
+        err.code = .errorMalformedMessage
+        err.message = why
+        var e = Envelope()
+        e.error = err
+        return .toScheduler(e, [])
+    }
+}

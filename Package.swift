@@ -53,7 +53,7 @@ let package = Package(
             ]
         ),
         .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute"]),
-        .target(name: "TesseraCluster", dependencies: ["TesseraClient"]),
+        .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol"]),
         .executableTarget(
             name: "tessera",
             dependencies: [

@@ -83,7 +83,7 @@ public final class WorkerDaemon {
                 lastRegister = now
             }
             if registered && now &- lastHeartbeat >= heartbeatIntervalNs {
-                try sendToScheduler(engine.heartbeat(rssBytes: ProcessMemory.residentBytes), [])
+                try sendToScheduler(engine.heartbeat(rssBytes: ProcessMemory.residentBytes, peakRSSBytes: ProcessMemory.peakResidentBytes), [])
                 lastHeartbeat = now
             }
             if now &- lastTick > 1_000_000_000 {

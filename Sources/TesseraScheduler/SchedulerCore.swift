@@ -82,6 +82,7 @@ public struct SchedulerCore {
             if gap > w.maxHeartbeatGap { w.maxHeartbeatGap = gap }
             w.lastHeartbeat = now
             w.rssBytes = h.rssBytes
+            w.peakRSSBytes = h.peakRssBytes
             w.storedBytes = h.storedBytes
             w.storedResults = h.storedResults
         case .taskReport(let r):
@@ -300,6 +301,7 @@ public struct SchedulerCore {
             ws.storedBytes = w.storedBytes
             ws.storedResults = w.storedResults
             ws.rssBytes = w.rssBytes
+            ws.peakRssBytes = w.peakRSSBytes
             ws.memoryLimit = w.memoryLimit
             ws.lastHeartbeatMs = UInt32(min((now &- w.lastHeartbeat) / 1_000_000, UInt64(UInt32.max)))
             ws.tasksDone = w.tasksDone

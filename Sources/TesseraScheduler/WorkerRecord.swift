@@ -18,6 +18,7 @@ final class WorkerRecord {
     var lastHeartbeat: UInt64
     var maxHeartbeatGap: UInt64 = 0
     var rssBytes: UInt64 = 0
+    var peakRSSBytes: UInt64 = 0
     var storedBytes: UInt64 = 0
     var storedResults: UInt32 = 0
     var tasksDone: UInt64 = 0

@@ -103,10 +103,11 @@ public struct WorkerEngine {
         failures.removeAll()
     }
 
-    public func heartbeat(rssBytes: UInt64) -> Envelope {
+    public func heartbeat(rssBytes: UInt64, peakRSSBytes: UInt64) -> Envelope {
         var h = Tessera_V1_Heartbeat()
         h.workerID = workerID
         h.rssBytes = rssBytes
+        h.peakRssBytes = peakRSSBytes
         h.storedBytes = UInt64(storedBytes)
         h.storedResults = UInt32(store.count)
         h.running = UInt32(executing.count)

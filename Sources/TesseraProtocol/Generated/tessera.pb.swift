@@ -598,6 +598,9 @@ public nonisolated struct Tessera_V1_Heartbeat: Sendable {
 
   public var running: UInt32 = 0
 
+  /// Highest resident memory since the worker started.
+  public var peakRssBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1090,6 +1093,8 @@ public nonisolated struct Tessera_V1_WorkerStatus: Sendable {
   public var tasksDone: UInt64 = 0
 
   public var pid: Int32 = 0
+
+  public var peakRssBytes: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1816,7 +1821,7 @@ nonisolated extension Tessera_V1_RegisterAck: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1829,6 +1834,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.storedBytes) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.storedResults) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.running) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
       default: break
       }
     }
@@ -1850,6 +1856,9 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if self.running != 0 {
       try visitor.visitSingularUInt32Field(value: self.running, fieldNumber: 5)
     }
+    if self.peakRssBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.peakRssBytes, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1859,6 +1868,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.storedBytes != rhs.storedBytes {return false}
     if lhs.storedResults != rhs.storedResults {return false}
     if lhs.running != rhs.running {return false}
+    if lhs.peakRssBytes != rhs.peakRssBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2839,7 +2849,7 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2860,6 +2870,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.lastHeartbeatMs) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.tasksDone) }()
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
+      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
       default: break
       }
     }
@@ -2905,6 +2916,9 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if self.pid != 0 {
       try visitor.visitSingularInt32Field(value: self.pid, fieldNumber: 13)
     }
+    if self.peakRssBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.peakRssBytes, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2922,6 +2936,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if lhs.lastHeartbeatMs != rhs.lastHeartbeatMs {return false}
     if lhs.tasksDone != rhs.tasksDone {return false}
     if lhs.pid != rhs.pid {return false}
+    if lhs.peakRssBytes != rhs.peakRssBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

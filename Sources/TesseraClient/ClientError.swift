@@ -1,0 +1,29 @@
+import TesseraProtocol
+
+/// Why a client call failed, in words a user can act on.
+public enum ClientError: Error, CustomStringConvertible {
+    /// Nothing answered at the endpoint in time.
+    case noScheduler(endpoint: String, seconds: Double)
+    /// The scheduler refused the request.
+    case rejected(code: Tessera_V1_ErrorCode, message: String)
+    /// The scheduler went quiet in the middle of a job.
+    case timedOut(String)
+    /// A reply could not be decoded.
+    case protocolError(ProtocolError)
+    /// The job ended without completing.
+    case jobEnded(state: Tessera_V1_JobState, message: String)
+    /// A socket error.
+    case transport(String)
+
+    public var description: String {
+        switch self {
+        case .noScheduler(let ep, let s):
+            "no scheduler answered at \(ep) within \(s) s: start one (`tessera local`, or tessera-scheduler) or check the endpoint"
+        case .rejected(let code, let m): "the scheduler refused the request (\(code)): \(m)"
+        case .timedOut(let what): "timed out: \(what)"
+        case .protocolError(let e): "bad reply from the scheduler: \(e)"
+        case .jobEnded(let state, let m): "job \(state == .jobCancelled ? "was cancelled" : "failed"): \(m)"
+        case .transport(let m): "transport error: \(m)"
+        }
+    }
+}

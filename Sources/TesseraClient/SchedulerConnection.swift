@@ -1,0 +1,229 @@
+import Dispatch
+import TesseraCompute
+import TesseraProtocol
+import ZeroMQ
+
+/// What the scheduler told a client about one of its jobs.
+public enum JobEvent {
+    /// Output values (by task index) that just became available, and the job's progress.
+    case results([(task: UInt32, value: Value)], tasksDone: UInt64, taskCount: UInt64)
+    /// The job ended (done, failed or cancelled).
+    case finished(Tessera_V1_JobFinished)
+}
+
+/// The work a job does: an explicit graph, or a plan the scheduler expands.
+public enum JobWork {
+    case graph(TaskGraph)
+    case plan(Tessera_V1_Plan)
+}
+
+/// A finished job's outputs.
+public struct JobOutcome {
+    public var jobID: JobID
+    public var values: [UInt32: Value]
+    public var finished: Tessera_V1_JobFinished
+    /// Seconds from submission until the scheduler accepted the job.
+    public var acceptSeconds: Double
+    /// Seconds from submission until the first result arrived (nil if none did before the end).
+    public var firstResultSeconds: Double?
+    /// Seconds from submission until the job finished.
+    public var seconds: Double
+    /// Result messages received (more than one means the results streamed).
+    public var resultMessages: Int
+}
+
+/// A blocking connection to a scheduler's client endpoint. It owns one DEALER socket and so
+/// belongs to one thread; several jobs can run over it at once.
+public final class SchedulerConnection {
+    public let endpoint: String
+    private let context: ZMQContext
+    private let socket: Socket
+    private var nextTag: UInt64 = 1
+    private var events: [JobID: [JobEvent]] = [:]
+    private var accepted: [UInt64: Result<Tessera_V1_JobAccepted, ClientError>] = [:]
+    private var statusReplies: [Tessera_V1_StatusReply] = []
+    private var pongs: Set<UInt64> = []
+    private var jobErrors: [JobID: ClientError] = [:]
+
+    /// Connects and checks that a scheduler answers within `timeout` seconds.
+    public init(endpoint: String, timeout: Double = 5) throws {
+        self.endpoint = endpoint
+        do {
+            context = try ZMQContext()
+            socket = try context.socket(.dealer)
+            try socket.setSendHighWaterMark(0)
+            try socket.setReceiveHighWaterMark(0)
+            try socket.connect(endpoint)
+        } catch {
+            throw ClientError.transport("\(error)")
+        }
+        try ping(timeout: timeout)
+    }
+
+    /// Round trip to the scheduler; throws `noScheduler` when it does not answer in time.
+    public func ping(timeout: Double = 5) throws {
+        let nonce = nextTag
+        nextTag += 1
+        var p = Tessera_V1_Ping()
+        p.nonce = nonce
+        var e = Envelope()
+        e.ping = p
+        try send(e)
+        try waitUntil(timeout: timeout, onTimeout: ClientError.noScheduler(endpoint: endpoint, seconds: timeout)) { $0.pongs.remove(nonce) != nil }
+    }
+
+    /// Submits a job and waits for the scheduler to accept it.
+    /// - Parameter batchResults: deliver outputs only at the end instead of as they are computed.
+    @discardableResult
+    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false, timeout: Double = 30) throws -> Tessera_V1_JobAccepted {
+        let tag = nextTag
+        nextTag += 1
+        var s = Tessera_V1_SubmitJob()
+        s.clientTag = tag
+        s.name = name
+        s.batchResults = batchResults
+        var frames: [[UInt8]] = []
+        switch work {
+        case .graph(let g):
+            let (spec, f) = g.encoded()
+            s.graph = spec
+            frames = f
+        case .plan(let p):
+            s.plan = p
+        }
+        var e = Envelope()
+        e.submitJob = s
+        try send(e, frames: frames)
+        try waitUntil(timeout: timeout, onTimeout: .timedOut("the scheduler did not accept the job within \(timeout) s")) { $0.accepted[tag] != nil }
+        return try accepted.removeValue(forKey: tag)!.get()
+    }
+
+    /// The next event of a job, waiting at most `timeout` seconds (nil if none came).
+    public func nextEvent(job: JobID, timeout: Double) throws -> JobEvent? {
+        if let err = jobErrors.removeValue(forKey: job) { throw err }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeout * 1e9)
+        while events[job, default: []].isEmpty {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return nil }
+            try receiveOne(timeoutMs: Int((deadline - now) / 1_000_000) + 1)
+            if let err = jobErrors.removeValue(forKey: job) { throw err }
+        }
+        return events[job]!.removeFirst()
+    }
+
+    /// Submits a job and collects all its outputs.
+    /// - Parameters:
+    ///   - idleTimeout: fail when nothing at all is heard of the job for this long.
+    ///   - onEvent: called with each event as it arrives (progress display, streaming consumers).
+    public func run(_ work: JobWork, name: String = "", idleTimeout: Double = 60, onEvent: (JobEvent) -> Void = { _ in }) throws -> JobOutcome {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let acc = try submit(work, name: name)
+        let acceptSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        var values: [UInt32: Value] = [:]
+        var first: Double?
+        var messages = 0
+        while true {
+            guard let ev = try nextEvent(job: acc.jobID, timeout: idleTimeout) else {
+                throw ClientError.timedOut("no news of job \(acc.jobID) for \(idleTimeout) s")
+            }
+            onEvent(ev)
+            switch ev {
+            case .results(let vs, _, _):
+                messages += 1
+                if first == nil { first = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+                for (t, v) in vs { values[t] = v }
+            case .finished(let f):
+                let secs = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                return JobOutcome(jobID: acc.jobID, values: values, finished: f, acceptSeconds: acceptSeconds,
+                                  firstResultSeconds: first, seconds: secs, resultMessages: messages)
+            }
+        }
+    }
+
+    /// Asks the scheduler to cancel a job of ours.
+    public func cancel(job: JobID) throws {
+        var c = Tessera_V1_CancelJob()
+        c.jobID = job
+        var e = Envelope()
+        e.cancelJob = c
+        try send(e)
+    }
+
+    /// Workers, their load and memory, and jobs.
+    public func status(timeout: Double = 5) throws -> Tessera_V1_StatusReply {
+        var e = Envelope()
+        e.statusRequest = Tessera_V1_StatusRequest()
+        try send(e)
+        try waitUntil(timeout: timeout, onTimeout: .noScheduler(endpoint: endpoint, seconds: timeout)) { !$0.statusReplies.isEmpty }
+        return statusReplies.removeFirst()
+    }
+
+    // MARK: Plumbing
+
+    private func send(_ e: Envelope, frames: [[UInt8]] = []) throws {
+        do {
+            try socket.send(parts: WireProtocol.encode(e, frames: frames))
+        } catch {
+            throw ClientError.transport("\(error)")
+        }
+    }
+
+    private func waitUntil(timeout: Double, onTimeout: ClientError, _ done: (SchedulerConnection) -> Bool) throws {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeout * 1e9)
+        while !done(self) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { throw onTimeout }
+            try receiveOne(timeoutMs: Int((deadline - now) / 1_000_000) + 1)
+        }
+    }
+
+    /// Receives and files at most one message.
+    private func receiveOne(timeoutMs: Int) throws {
+        var poller = Poller()
+        poller.add(socket)
+        let parts: [[UInt8]]
+        do {
+            guard try poller.wait(timeoutMs: timeoutMs) > 0, let p = try socket.receiveParts(dontWait: true) else { return }
+            parts = p
+        } catch {
+            throw ClientError.transport("\(error)")
+        }
+        let env: Envelope
+        let frames: [[UInt8]]
+        do throws(ProtocolError) {
+            (env, frames) = try WireProtocol.decode(parts)
+        } catch {
+            throw ClientError.protocolError(error)
+        }
+        switch env.body {
+        case .jobAccepted(let a):
+            accepted[a.clientTag] = .success(a)
+        case .jobResults(let r):
+            var vs: [(UInt32, Value)] = []
+            vs.reserveCapacity(r.values.count)
+            for info in r.values {
+                do throws(ProtocolError) {
+                    vs.append((TaskKey.task(info.key), try Value(info: info, frames: frames)))
+                } catch {
+                    throw ClientError.protocolError(error)
+                }
+            }
+            events[r.jobID, default: []].append(.results(vs, tasksDone: r.tasksDone, taskCount: r.taskCount))
+        case .jobFinished(let f):
+            events[f.jobID, default: []].append(.finished(f))
+        case .statusReply(let s):
+            statusReplies.append(s)
+        case .pong(let p):
+            pongs.insert(p.nonce)
+        case .error(let err):
+            let e = ClientError.rejected(code: err.code, message: err.message)
+            if err.clientTag != 0 {
+                accepted[err.clientTag] = .failure(e)
+            } else if err.jobID != 0 {
+                jobErrors[err.jobID] = e
+            }
+        default:
+            break
+        }
+    }
+}

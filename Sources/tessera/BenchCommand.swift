@@ -1,0 +1,180 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmarks; each prints one JSON line per result.",
+        subcommands: [SchedulerBench.self])
+}
+
+/// Where a benchmark runs: a given scheduler, or a local cluster it starts and stops itself.
+struct ClusterTarget: ParsableArguments {
+    @Option(help: "Use this scheduler instead of starting a local cluster.")
+    var scheduler: String?
+
+    @Option(help: "Workers of the local cluster.")
+    var workers = 2
+
+    @Option(help: "Executor threads per worker of the local cluster.")
+    var threads = 1
+
+    /// Runs `body` with a connection, starting (and afterwards stopping) a local cluster if needed.
+    func with<R>(_ body: (SchedulerConnection) throws -> R) throws -> R {
+        if let scheduler { return try body(SchedulerConnection(endpoint: scheduler)) }
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.threadsPerWorker = threads
+        o.logFile = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench-\(getpid()).log").path
+        let cluster = try LocalCluster(o)
+        defer { cluster.stop() }
+        return try body(SchedulerConnection(endpoint: cluster.clientEndpoint))
+    }
+}
+
+/// One JSON line, fields in the order given.
+func jsonLine(_ fields: [(String, Any)]) -> String {
+    func enc(_ v: Any) -> String {
+        switch v {
+        case let s as String: return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        case let d as Double: return d.isFinite ? String(format: "%.6g", d) : "null"
+        case let b as Bool: return b ? "true" : "false"
+        case let o as [(String, Any)]: return jsonLine(o)
+        default: return "\(v)"
+        }
+    }
+    return "{" + fields.map { "\"\($0.0)\":\(enc($0.1))" }.joined(separator: ",") + "}"
+}
+
+struct SchedulerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scheduler",
+        abstract: "Scheduler throughput and latency: independent tasks, a tree reduction, a dependency chain, a 1M-task graph.")
+
+    @Option(help: "Tasks in the independent and tree-reduce workloads.")
+    var tasks = 20_000
+
+    @Option(help: "Length of the chain workload.")
+    var chain = 1_000
+
+    @Option(help: "Tasks in the large explicit graph (0 skips it).")
+    var graphTasks = 1_000_000
+
+    @OptionGroup var target: ClusterTarget
+
+    func validate() throws {
+        guard tasks >= 1 && tasks <= 50_000_000 else { throw ValidationError("--tasks must be between 1 and 50,000,000") }
+        guard chain >= 2 else { throw ValidationError("--chain must be at least 2") }
+    }
+
+    func run() throws {
+        try target.with { conn in
+            // Warm-up: workers connected to each other and the code paths hot.
+            _ = try conn.run(.plan(treeReducePlan(leaves: 64)))
+
+            var p = Tessera_V1_Plan()
+            var ind = Tessera_V1_IndependentPlan()
+            ind.tasks = UInt64(tasks)
+            ind.operator = "inc"
+            p.independent = ind
+            let a = try conn.run(.plan(p))
+            try check(a, "independent")
+            print(jsonLine([("engine", "tessera"), ("workload", "independent"), ("tasks", tasks), ("seconds", a.seconds),
+                            ("tasks_per_s", Double(tasks) / a.seconds), ("streamed_messages", a.resultMessages)]))
+            fflush(nil)
+
+            let tr = try conn.run(.plan(treeReducePlan(leaves: tasks)))
+            try check(tr, "tree_reduce")
+            let total = Int(tr.finished.taskCount)
+            let sum: Int64 = if case .int64(let v) = tr.values.values.first { v } else { -1 }
+            print(jsonLine([("engine", "tessera"), ("workload", "tree_reduce"), ("tasks", total), ("seconds", tr.seconds),
+                            ("tasks_per_s", Double(total) / tr.seconds), ("result", sum)]))
+            fflush(nil)
+
+            // A chain whose every link is an output, so the client sees each hop as it happens.
+            var g = TaskGraph(operators: ["inc"])
+            var prev = g.add(operatorIndex: 0, arg: 0)
+            for _ in 1..<chain { prev = g.add(operatorIndex: 0, inputs: [prev]) }
+            g.outputs = (0..<UInt32(chain)).map { $0 }
+            var arrivals: [UInt64] = []
+            let c = try conn.run(.graph(g)) { ev in
+                if case .results(let vs, _, _) = ev {
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    arrivals.append(contentsOf: repeatElement(now, count: vs.count))
+                }
+            }
+            try check(c, "chain")
+            var hops = zip(arrivals.dropFirst(), arrivals).map { Double($0 - $1) / 1000 }.sorted()
+            if hops.isEmpty { hops = [0] }
+            let last: Int64 = if case .int64(let v) = c.values[UInt32(chain - 1)] { v } else { -1 }
+            print(jsonLine([("engine", "tessera"), ("workload", "chain"), ("tasks", chain), ("seconds", c.seconds),
+                            ("median_hop_us", hops[hops.count / 2]), ("p99_hop_us", hops[min(hops.count - 1, hops.count * 99 / 100)]),
+                            ("mean_hop_us", c.seconds * 1e6 / Double(chain)), ("result", last)]))
+            fflush(nil)
+
+            if graphTasks > 0 { try graphBench(conn) }
+
+            let s = try conn.status()
+            print(jsonLine([("engine", "tessera"), ("workload", "workers"), ("workers", s.workers.count),
+                            ("peak_rss_mib", s.workers.map { Double($0.peakRssBytes) / 1_048_576 }.max() ?? 0),
+                            ("max_heartbeat_gap_ms", Int(s.maxHeartbeatGapMs))]))
+        }
+    }
+
+    /// A tree reduction written out as an explicit graph: submitted as arrays, accepted, run.
+    func graphBench(_ conn: SchedulerConnection) throws {
+        let leaves = graphTasks * 7 / 8
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var g = TaskGraph(operators: ["inc", "sum"])
+        g.reserve(tasks: graphTasks + 16, inputs: graphTasks + 16)
+        var layer = (0..<leaves).map { g.add(operatorIndex: 0, arg: Int64($0)) }
+        while layer.count > 1 {
+            var next: [UInt32] = []
+            var i = 0
+            while i < layer.count {
+                next.append(g.add(operatorIndex: 1, inputs: Array(layer[i..<min(i + 8, layer.count)])))
+                i += 8
+            }
+            layer = next
+        }
+        let built = DispatchTime.now().uptimeNanoseconds
+        // The wire size, as the submit will send it.
+        let (spec, frames) = g.encoded()
+        var env = Envelope()
+        var s = Tessera_V1_SubmitJob()
+        s.graph = spec
+        env.submitJob = s
+        let wireBytes = WireProtocol.encode(env, frames: frames).reduce(0) { $0 + $1.count }
+        let r = try conn.run(.graph(g), idleTimeout: 120)
+        try check(r, "graph_1m")
+        let expect = Int64(leaves) * Int64(leaves + 1) / 2
+        let got: Int64 = if case .int64(let v) = r.values.values.first { v } else { -1 }
+        let status = try conn.status()
+        print(jsonLine([("engine", "tessera"), ("workload", "graph_1m"), ("tasks", g.taskCount),
+                        ("build_seconds", Double(built - t0) / 1e9), ("wire_bytes_per_task", Double(wireBytes) / Double(g.taskCount)),
+                        ("accept_seconds", r.acceptSeconds), ("seconds", r.seconds), ("tasks_per_s", Double(g.taskCount) / r.seconds),
+                        ("max_heartbeat_gap_ms", Int(status.maxHeartbeatGapMs)), ("result", got), ("expected", expect)]))
+        fflush(nil)
+    }
+
+    func treeReducePlan(leaves: Int) -> Tessera_V1_Plan {
+        var p = Tessera_V1_Plan()
+        var t = Tessera_V1_TreeReducePlan()
+        t.leaves = UInt64(leaves)
+        t.leafOperator = "inc"
+        t.reduceOperator = "sum"
+        t.fanIn = 8
+        p.treeReduce = t
+        return p
+    }
+
+    func check(_ o: JobOutcome, _ what: String) throws {
+        guard o.finished.state == .jobDone else {
+            throw ClientError.jobEnded(state: o.finished.state, message: "\(what): \(o.finished.error)")
+        }
+    }
+}

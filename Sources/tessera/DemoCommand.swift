@@ -1,0 +1,67 @@
+import ArgumentParser
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run a small job on a local cluster and show its results arriving.")
+
+    @Option(help: "Workers of the local cluster.")
+    var workers = 2
+
+    @Option(help: "Partitions of generated data.")
+    var partitions = 64
+
+    @Option(help: "Values per partition.")
+    var rows = 200_000
+
+    func run() throws {
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.logFile = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-demo.log").path
+        print("starting a local cluster of \(workers) workers ...")
+        let cluster = try LocalCluster(o)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        print("scheduler at \(cluster.clientEndpoint)")
+
+        // Mean and spread of normal deviates generated on the workers, partition by partition,
+        // merged in a tree: each partition's moments stream back as they are computed.
+        var g = TaskGraph(operators: ["random_normal", "moments", "merge_moments"])
+        var leaves: [UInt32] = []
+        for i in 0..<partitions {
+            var params = Tessera_V1_OperatorParams()
+            params.numbers = ["seed": Double(i + 1), "mean": 20, "sigma": 2]
+            g.params.append(params)
+            let gen = g.add(operatorIndex: 0, arg: Int64(rows), paramIndex: UInt32(g.params.count))
+            leaves.append(g.add(operatorIndex: 1, inputs: [gen]))
+        }
+        var layer = leaves
+        while layer.count > 1 {
+            layer = stride(from: 0, to: layer.count, by: 8).map { g.add(operatorIndex: 2, inputs: Array(layer[$0..<min($0 + 8, layer.count)])) }
+        }
+        g.outputs = leaves + layer
+        let total = Double(partitions * rows)
+        print("job: \(g.taskCount) tasks over \(partitions) partitions of \(rows) values")
+        var running = Moments()
+        let root = layer[0]
+        let outcome = try conn.run(.graph(g), name: "demo") { ev in
+            guard case .results(let vs, let done, let count) = ev else { return }
+            for (t, v) in vs where t != root {
+                if case .moments(let m) = v { running.merge(m) }
+            }
+            print(String(format: "  partial: %4.0f%% of values  mean %.5f  std %.5f   (%d/%d tasks)",
+                         100 * running.count / total, running.mean, running.standardDeviation, done, count))
+        }
+        guard outcome.finished.state == .jobDone, case .moments(let m)? = outcome.values[root] else {
+            throw ClientError.jobEnded(state: outcome.finished.state, message: outcome.finished.error)
+        }
+        print(String(format: "final: %.0f values, mean %.6f, std %.6f, min %.3f, max %.3f (expected mean 20, std 2)",
+                     m.count, m.mean, m.standardDeviation, m.min, m.max))
+        print(String(format: "%.3f s, first partial after %.3f s, %d result messages", outcome.seconds, outcome.firstResultSeconds ?? 0, outcome.resultMessages))
+    }
+}

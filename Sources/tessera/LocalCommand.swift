@@ -1,0 +1,54 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TesseraCluster
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct LocalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "local",
+        abstract: "Start a scheduler and N workers on this machine; stop them all on Ctrl-C or SIGTERM.")
+
+    @Option(help: "Worker processes.")
+    var workers = 2
+
+    @Option(help: "Client port (the worker port is the next one).")
+    var port = 7700
+
+    @Option(help: "Executor threads per worker (default: one per core).")
+    var threads: Int?
+
+    func validate() throws {
+        guard workers >= 1 && workers <= 256 else { throw ValidationError("--workers must be between 1 and 256") }
+        guard port > 0 && port < 65535 else { throw ValidationError("--port must be between 1 and 65534") }
+    }
+
+    func run() throws {
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.port = port
+        o.threadsPerWorker = threads
+        let cluster = try LocalCluster(o)
+        print("Tessera local cluster: \(workers) workers")
+        print("  client endpoint: \(cluster.clientEndpoint)")
+        print("  worker endpoint: \(cluster.workerEndpoint)")
+        print("Press Ctrl-C to stop.")
+        fflush(nil)
+        let stop = DispatchSemaphore(value: 0)
+        var sources: [any DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { stop.signal() }
+            s.resume()
+            sources.append(s)
+        }
+        stop.wait()
+        print("stopping the local cluster")
+        cluster.stop()
+        _ = sources
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import TesseraClient
+import TesseraProtocol
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show a cluster's workers, their load and memory, and its jobs.")
+
+    @Option(help: "The scheduler's client endpoint.")
+    var scheduler = defaultSchedulerEndpoint
+
+    @Option(help: "Seconds to wait for the scheduler.")
+    var timeout = 5.0
+
+    func run() throws {
+        let conn = try SchedulerConnection(endpoint: scheduler, timeout: timeout)
+        let s = try conn.status(timeout: timeout)
+        print(StatusReport.render(s, endpoint: scheduler))
+    }
+}
+
+enum StatusReport {
+    static func render(_ s: Tessera_V1_StatusReply, endpoint: String) -> String {
+        var out = "scheduler \(endpoint): up \(String(format: "%.0f", s.uptimeSeconds)) s, \(s.tasksCompleted) tasks and \(s.jobsCompleted) jobs completed\n"
+        out += "\nworkers (\(s.workers.count)):\n"
+        out += pad(["id", "name", "threads", "in flight", "stored", "rss", "peak rss", "tasks done", "heartbeat"]) + "\n"
+        for w in s.workers {
+            out += pad([
+                "\(w.id)", w.name, "\(w.threads)", "\(w.inFlight)/\(w.inFlightLimit)",
+                "\(w.storedResults) (\(mib(w.storedBytes)))", mib(w.rssBytes), mib(w.peakRssBytes), "\(w.tasksDone)", "\(w.lastHeartbeatMs) ms ago",
+            ]) + "\n"
+        }
+        out += "\njobs:\n"
+        if s.jobs.isEmpty { out += "  (none)\n" }
+        for j in s.jobs {
+            let state = switch j.state {
+            case .jobRunning: "running"
+            case .jobDone: "done"
+            case .jobFailed: "failed"
+            case .jobCancelled: "cancelled"
+            default: "?"
+            }
+            out += pad(["\(j.jobID)", j.name.isEmpty ? "-" : j.name, state, "\(j.tasksDone)/\(j.taskCount) tasks",
+                        "\(j.running) running", String(format: "%.2f s", j.seconds)]) + "\n"
+        }
+        return out
+    }
+
+    static func mib(_ b: UInt64) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+
+    static func pad(_ cols: [String]) -> String {
+        "  " + cols.map { $0.count >= 14 ? $0 + " " : $0 + String(repeating: " ", count: 14 - $0.count) }.joined()
+    }
+}

@@ -85,13 +85,14 @@ let package = Package(
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
-        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol"]),
+        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
                 "TesseraTestKit", "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "ZeroMQ",
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
     ]

@@ -1,7 +1,7 @@
 /// Count, mean, sum of squared deviations, min, max and sum of a set of numbers: a mergeable
 /// aggregate state (Welford's update, Chan et al.'s merge), so partial results combine in any
 /// order and tree shape to the same answer within rounding. NaN values are skipped, as pandas does.
-public struct Moments: Sendable, Equatable {
+public struct Moments: Sendable, Hashable {
     public var count: Double = 0
     public var mean: Double = 0
     /// Sum of squared deviations from the mean.

@@ -4,7 +4,7 @@ import TesseraProtocol
 ///
 /// Values are immutable and cheap to share (arrays are copy-on-write), so a stored result can be
 /// handed to several reading tasks on other threads without copying.
-public enum Value: Sendable, Equatable {
+public enum Value: Sendable, Hashable {
     case empty
     case int64(Int64)
     case float64(Double)

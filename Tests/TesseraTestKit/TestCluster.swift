@@ -1,0 +1,52 @@
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraProtocol
+
+/// A local cluster for end-to-end tests: real scheduler and worker processes on loopback, on
+/// ports the OS picks (so parallel runs never collide), logs in a temporary file, and fast
+/// failure detection. Stopped by `stop()` or when dropped.
+public enum TestCluster {
+    public static func start(workers: Int = 2, threads: Int = 1, heartbeatMs: Int = 100, workerTimeoutMs: Int = 800) throws -> LocalCluster {
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.threadsPerWorker = threads
+        o.heartbeatMs = heartbeatMs
+        o.workerTimeoutMs = workerTimeoutMs
+        o.logFile = FileManager.default.temporaryDirectory
+            .appendingPathComponent("tessera-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log").path
+        return try LocalCluster(o)
+    }
+
+    /// A plan of `n` independent `inc` tasks, each sleeping `sleepMicros`.
+    public static func independent(_ n: Int, sleepMicros: Double = 0) -> Tessera_V1_Plan {
+        var p = Tessera_V1_Plan()
+        var i = Tessera_V1_IndependentPlan()
+        i.tasks = UInt64(n)
+        i.operator = "inc"
+        if sleepMicros > 0 {
+            var params = Tessera_V1_OperatorParams()
+            params.numbers["sleep_us"] = sleepMicros
+            i.params = params
+        }
+        p.independent = i
+        return p
+    }
+
+    /// A tree reduction: `leaves` `inc` tasks (argument i, so the sum is leaves·(leaves+1)/2) summed with fan-in `fanIn`.
+    public static func treeReduce(_ leaves: Int, fanIn: UInt32 = 8, sleepMicros: Double = 0) -> Tessera_V1_Plan {
+        var p = Tessera_V1_Plan()
+        var t = Tessera_V1_TreeReducePlan()
+        t.leaves = UInt64(leaves)
+        t.leafOperator = "inc"
+        t.reduceOperator = "sum"
+        t.fanIn = fanIn
+        if sleepMicros > 0 {
+            var params = Tessera_V1_OperatorParams()
+            params.numbers["sleep_us"] = sleepMicros
+            t.leafParams = params
+        }
+        p.treeReduce = t
+        return p
+    }
+}

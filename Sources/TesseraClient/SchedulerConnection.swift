@@ -53,6 +53,7 @@ public final class SchedulerConnection {
             socket = try context.socket(.dealer)
             try socket.setSendHighWaterMark(0)
             try socket.setReceiveHighWaterMark(0)
+            try socket.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
             try socket.connect(endpoint)
         } catch {
             throw ClientError.transport("\(error)")

@@ -57,6 +57,9 @@ public final class WorkerDaemon {
         try scheduler.setReceiveHighWaterMark(0)
         // A deregistration still reaches the scheduler after close.
         try scheduler.setLinger(milliseconds: 2000)
+        // ZMTP heartbeats (answered by libzmq's own I/O thread) drop a dead TCP link, so the
+        // socket reconnects to a restarted scheduler instead of writing into the void.
+        try scheduler.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
         try scheduler.connect(settings.schedulerEndpoint)
         peerRouter = try context.socket(.router)
         try peerRouter.setSendHighWaterMark(0)

@@ -10,6 +10,8 @@ public struct ExecutableTask: Sendable {
     public var op: TaskOperator
     public var context: OperatorContext
     public var flags: UInt32
+    /// Tasks with the same profile (one job's uses of one operator) take about as long as each other.
+    public var profile: UInt64
 }
 
 /// What running a task produced.
@@ -31,6 +33,11 @@ public final class ExecutorPool: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let wake: @Sendable () -> Void
     public let threadCount: Int
+    /// Smoothed durations per task profile, in microseconds.
+    private let durations = Mutex<[UInt64: Double]>([:])
+    /// Tasks measured shorter than this run on the caller's thread when the pool is idle: a
+    /// hand-off to an executor thread and back costs more than they do.
+    public static let inlineLimitMicros = 30.0
 
     public init(threads: Int, wake: @escaping @Sendable () -> Void) {
         threadCount = max(1, threads)
@@ -42,9 +49,16 @@ public final class ExecutorPool: Sendable {
         }
     }
 
-    /// Queues tasks to run, in order.
+    /// Queues tasks to run, in order. When the pool is idle and the tasks are known to be tiny,
+    /// runs them right here instead (their completions are then ready to drain on return).
     public func submit(_ tasks: [ExecutableTask]) {
         if tasks.isEmpty { return }
+        if tasks.count <= threadCount, busyCount == 0, durations.withLock({ d in
+            tasks.allSatisfy { (d[$0.profile] ?? .infinity) < Self.inlineLimitMicros }
+        }) {
+            for t in tasks { execute(t) }
+            return
+        }
         queue.withLock { $0.append(contentsOf: tasks) }
         for _ in tasks { available.signal() }
     }
@@ -58,6 +72,11 @@ public final class ExecutorPool: Sendable {
             q = kept
             return taken
         }
+    }
+
+    /// Drops the duration records of finished jobs.
+    public func forgetProfiles(jobs: Set<UInt32>) {
+        durations.withLock { d in d = d.filter { !jobs.contains(UInt32(truncatingIfNeeded: $0.key >> 32)) } }
     }
 
     /// Completions since the last call.
@@ -87,20 +106,30 @@ public final class ExecutorPool: Sendable {
                 running.add(1, ordering: .relaxed)
                 return t
             }) else { continue }
-            let start = DispatchTime.now().uptimeNanoseconds
-            let result: Result<Value, OperatorError>
-            do throws(OperatorError) {
-                result = .success(try task.op.run(task.context))
-            } catch {
-                result = .failure(error)
-            }
-            let micros = UInt32(clamping: (DispatchTime.now().uptimeNanoseconds - start) / 1000)
-            let wasEmpty = completions.withLock { c in
-                c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros))
-                return c.count == 1
-            }
+            let wasEmpty = execute(task)
             running.subtract(1, ordering: .relaxed)
             if wasEmpty { wake() }
+        }
+    }
+
+    /// Runs one task, records its duration and completion. Returns true when the completion list was empty.
+    @discardableResult
+    private func execute(_ task: ExecutableTask) -> Bool {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let result: Result<Value, OperatorError>
+        do throws(OperatorError) {
+            result = .success(try task.op.run(task.context))
+        } catch {
+            result = .failure(error)
+        }
+        let micros = UInt32(clamping: (DispatchTime.now().uptimeNanoseconds - start) / 1000)
+        durations.withLock { d in
+            let m = Double(micros)
+            d[task.profile] = d[task.profile].map { 0.8 * $0 + 0.2 * m } ?? m
+        }
+        return completions.withLock { c in
+            c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros))
+            return c.count == 1
         }
     }
 }

@@ -212,7 +212,7 @@ public struct WorkerEngine {
         let flags = cancelled
         let ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty },
                                   isCancelled: { flags.contains(jobID) })
-        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags)
+        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op))
     }
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {
@@ -235,6 +235,7 @@ public struct WorkerEngine {
             for k in pending.keys where gone.contains(TaskKey.job(k)) { dropPending(k) }
             if let pool {
                 for t in pool.takeQueued(where: { gone.contains(TaskKey.job($0.key)) }) { executing.remove(t.key) }
+                pool.forgetProfiles(jobs: gone)
             }
         }
         if !c.lostWorkers.isEmpty {

@@ -52,7 +52,7 @@ public final class LocalCluster {
         self.options = options
         binDirectory = options.binDirectory ?? ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? Self.defaultBinDirectory()
         if let path = options.logFile {
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
             logHandle = FileHandle(forWritingAtPath: path)
             logHandle?.seekToEndOfFile()
         } else {

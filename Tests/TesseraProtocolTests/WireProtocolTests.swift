@@ -1,6 +1,7 @@
 import Testing
 import TesseraProtocol
 import TesseraCompute
+import SwiftProtobuf
 
 // MARK: Helpers
 
@@ -35,7 +36,7 @@ func header(of parts: [[UInt8]]) throws -> Envelope {
 
 /// Re-serialises an altered header (without going through `encode`, which would fix the version).
 func reserialize(_ env: Envelope) throws -> [UInt8] {
-    try env.serializedBytes()
+    try env.serializedBytes() as [UInt8]
 }
 
 // MARK: Round trips and codec choice
@@ -95,8 +96,23 @@ struct WireProtocolTests {
         let h = try header(of: parts)
         #expect(h.frames[0].codec == .lz4)
         #expect(h.frames[0].rawLength == 800_000)
-        #expect(parts[1].count < raw.count / 2, "sorted int64 should compress well; got \(parts[1].count) bytes")
+        // Distinct consecutive values only share their high zero bytes: roughly half the size.
+        #expect(parts[1].count < raw.count * 6 / 10, "sorted int64 should compress; got \(parts[1].count) bytes")
         #expect(try WireProtocol.decode(parts).1 == [raw])
+    }
+
+    @Test func lz4ShrinksSortedColumnWithRepeatsDramatically() throws {
+        // A sorted column of 100k random values from a small range (long runs of equal values).
+        var rng = SplitMix64(seed: 2024)
+        let values = (0..<100_000).map { _ in Int64(rng.next() % 1000) }.sorted()
+        let raw = values.littleEndianBytes
+        let parts = WireProtocol.encode(pingEnvelope(), frames: [raw])
+        let h = try header(of: parts)
+        #expect(h.frames[0].codec == .lz4)
+        #expect(h.frames[0].rawLength == UInt64(raw.count))
+        #expect(parts[1].count < raw.count / 20, "got \(parts[1].count) of \(raw.count) bytes")
+        let decoded = try WireProtocol.decode(parts).1
+        #expect([Int64](littleEndianBytes: decoded[0]) == values)
     }
 
     @Test func compressFalseSendsRaw() throws {
@@ -272,7 +288,7 @@ struct WireProtocolErrorTests {
     @Test func headerWithoutBodyIsMalformed() throws {
         var e = Envelope()
         e.version = WireProtocol.version
-        let bytes = try e.serializedBytes()
+        let bytes: [UInt8] = try e.serializedBytes()
         let err = #expect(throws: ProtocolError.self) { try WireProtocol.decode([bytes]) }
         guard case .malformedHeader = err else {
             Issue.record("expected malformedHeader, got \(String(describing: err))"); return
@@ -383,5 +399,41 @@ struct WireProtocolFuzzTests {
         }
         // Sanity: the mutations do reject a good share of messages.
         #expect(decodedIntact < 2000)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("WireProtocol allocation limits")
+struct WireProtocolAllocationTests {
+    /// A ~30-byte message whose header claims an LZ4 frame of 2,000,000,000 bytes makes the receiver
+    /// allocate and zero-fill 2 GB before LZ4 reports the frame as corrupt. LZ4 cannot expand data
+    /// more than ~255×, so a declared length far above 255 × the compressed size is corrupt on
+    /// its face and should be rejected before allocating. Runs in a child process and checks its
+    /// peak RSS.
+    @Test func tinyLZ4FrameClaimingHugeLengthIsRejectedWithoutAllocating() async {
+        await #expect(processExitsWith: .success) {
+            var env = Envelope()
+            env.ping = Tessera_V1_Ping()
+            var info = Tessera_V1_FrameInfo()
+            info.codec = .lz4
+            info.rawLength = 2_000_000_000
+            env.version = WireProtocol.version
+            env.frames = [info]
+            let headerBytes: [UInt8] = (try? env.serializedBytes()) ?? []
+            let parts: [[UInt8]] = [headerBytes, [0x1F, 0, 1, 0]]
+            do {
+                _ = try WireProtocol.decode(parts)
+                exit(3) // decoded garbage into 2 GB: wrong as well
+            } catch {
+                guard case .corruptFrame = error else { exit(4) }
+            }
+            var usage = rusage()
+            getrusage(RUSAGE_SELF, &usage)
+            let peakMB = usage.ru_maxrss / 1024 // kilobytes on Linux
+            exit(peakMB < 1000 ? 0 : 1)
+        }
     }
 }

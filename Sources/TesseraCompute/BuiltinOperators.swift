@@ -41,7 +41,11 @@ public enum BuiltinOperators {
     /// for the same seed on every machine.
     public static let randomNormal = TaskOperator("random_normal", "float64 column of arg normal deviates") { ctx throws(OperatorError) in
         guard ctx.arg >= 0, ctx.arg <= 1 << 28 else { throw OperatorError("random_normal", "length \(ctx.arg) is outside 0...\(1 << 28)") }
-        var rng = SplitMix64(seed: UInt64(bitPattern: Int64(ctx.number("seed", default: 0))))
+        let seed = ctx.number("seed", default: 0)
+        guard let seedInt = Int64(exactly: seed.rounded(.towardZero)) else {
+            throw OperatorError("random_normal", "seed \(seed) is not a representable integer")
+        }
+        var rng = SplitMix64(seed: UInt64(bitPattern: seedInt))
         let mu = ctx.number("mean", default: 0), sigma = ctx.number("sigma", default: 1)
         let n = Int(ctx.arg)
         var out = [Double](repeating: 0, count: n)

@@ -98,6 +98,10 @@ extension Value {
         }
         let lo = Int(info.offset), hi = lo + Int(info.length)
         let bytes = Array(frame[lo..<hi])
+        // Element counts come from outside: bound them by the bytes present before any arithmetic.
+        guard info.count <= UInt64(bytes.count) else {
+            throw .invalidContent("value \(info.key) claims \(info.count) elements in \(bytes.count) bytes")
+        }
         func expect(_ n: Int) throws(ProtocolError) {
             guard bytes.count == n else {
                 throw .invalidContent("value \(info.key) of kind \(info.kind) has \(bytes.count) bytes, expected \(n)")

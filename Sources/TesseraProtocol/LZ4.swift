@@ -43,6 +43,10 @@ public enum LZ4 {
         guard rawLength >= 0, rawLength <= Int(LZ4_MAX_INPUT_SIZE) else {
             throw .corruptFrame(index: -1, reason: "declared raw length \(rawLength) is out of range")
         }
+        // LZ4 expands at most ~255×: a larger claim is a lie, refused before allocating for it.
+        guard rawLength <= bytes.count * 255 + 16 else {
+            throw .corruptFrame(index: -1, reason: "declares \(rawLength) bytes from \(bytes.count) compressed, beyond what LZ4 can expand to")
+        }
         var out = [UInt8](repeating: 0, count: rawLength)
         if rawLength == 0 { return out }
         let got = out.withUnsafeMutableBytes { dst in

@@ -112,6 +112,9 @@ public struct TaskGraph: Sendable, Equatable {
             }
             let lo = inputOffsets[i], hi = inputOffsets[i + 1]
             guard lo <= hi else { throw .invalidContent("task \(i) has decreasing input offsets") }
+            guard Int(hi) <= inputs.count else {
+                throw .invalidContent("task \(i)'s input offset \(hi) is past the \(inputs.count) inputs")
+            }
             for j in Int(lo)..<Int(hi) where inputs[j] >= UInt32(i) {
                 throw .invalidContent(
                     "task \(i) reads task \(inputs[j]), which does not come before it (inputs must precede their readers; cycles are impossible)")

@@ -424,14 +424,14 @@ struct WireProtocolAllocationTests {
             env.frames = [info]
             let headerBytes: [UInt8] = (try? env.serializedBytes()) ?? []
             let parts: [[UInt8]] = [headerBytes, [0x1F, 0, 1, 0]]
-            do {
+            do throws(ProtocolError) {
                 _ = try WireProtocol.decode(parts)
                 exit(3) // decoded garbage into 2 GB: wrong as well
             } catch {
                 guard case .corruptFrame = error else { exit(4) }
             }
             var usage = rusage()
-            getrusage(RUSAGE_SELF, &usage)
+            getrusage(RUSAGE_SELF.rawValue, &usage)
             let peakMB = usage.ru_maxrss / 1024 // kilobytes on Linux
             exit(peakMB < 1000 ? 0 : 1)
         }

@@ -371,7 +371,7 @@ struct PollerTests {
         #expect(elapsed < .seconds(2))
     }
 
-    @Test func pollingAClosedDescriptorFails() throws {
+    @Test func pollingAnInvalidDescriptorNeverReportsReadable() throws {
         var poller = Poller()
         poller.add(fileDescriptor: 987_654) // not an open descriptor
         // poll(2) marks it POLLNVAL (libzmq reports that as an error on some builds, or as not readable).

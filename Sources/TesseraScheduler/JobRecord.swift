@@ -58,7 +58,11 @@ final class JobRecord {
     var delivered: [Bool]
 
     var doneCount = 0
+    /// Task runs, all told.
     var runs = 0
+    /// Task runs beyond each task's first.
+    var reruns = 0
+    var attempted: [Bool]
     /// Workers that have received this job's operator table.
     var setUpOn: Set<WorkerID> = []
 
@@ -120,6 +124,7 @@ final class JobRecord {
         operatorFailures = [UInt8](repeating: 0, count: n)
         lostRuns = [UInt8](repeating: 0, count: n)
         delivered = [Bool](repeating: false, count: n)
+        attempted = [Bool](repeating: false, count: n)
     }
 
     @inline(__always) func hasDependents(_ t: Int) -> Bool { dependentOffsets[t + 1] > dependentOffsets[t] }

@@ -97,6 +97,7 @@ extension SchedulerCore {
         job.state[t] = .running
         job.worker[t] = w.id
         job.runs += 1
+        if job.attempted[t] { job.reruns += 1 } else { job.attempted[t] = true }
         w.inFlight += 1
         if !job.setUpOn.contains(w.id) {
             job.setUpOn.insert(w.id)
@@ -174,11 +175,20 @@ extension SchedulerCore {
             let t = Int(TaskKey.task(f.key))
             guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
             w.inFlight -= 1
+            // No longer running anywhere: finishing the job must not count it in flight again.
+            job.state[t] = .recovering
+            job.worker[t] = 0
             switch f.kind {
             case .failureMissingInput:
-                for m in f.missingInputs where TaskKey.job(m) == job.id {
+                let hasHolders = f.missingHolders.count == f.missingInputs.count
+                for (n, m) in f.missingInputs.enumerated() where TaskKey.job(m) == job.id {
                     let i = Int(TaskKey.task(m))
-                    if i < job.taskCount, job.state[i] == .done { undo(job, i) }
+                    guard i < job.taskCount, job.state[i] == .done else { continue }
+                    // A report about a copy that has since been replaced changes nothing.
+                    if hasHolders && f.missingHolders[n] != job.worker[i] { continue }
+                    // The holder may still have it (a fetch timed out): it goes, so it is not leaked.
+                    workers[job.worker[i]]?.releases.append(m)
+                    undo(job, i)
                 }
                 reschedule(job, t)
             case .failureUnknownOperator:
@@ -347,7 +357,7 @@ extension SchedulerCore {
         f.error = error
         f.tasksDone = UInt64(job.doneCount)
         f.taskCount = UInt64(job.taskCount)
-        f.reruns = UInt64(max(0, job.runs - job.taskCount))
+        f.reruns = UInt64(job.reruns)
         f.seconds = Double(now &- job.submittedAt) / 1e9
         var e = Envelope()
         e.jobFinished = f

@@ -296,8 +296,8 @@ public struct SchedulerCore {
             ws.name = w.name
             ws.peerEndpoint = w.peerEndpoint
             ws.threads = UInt32(w.threads)
-            ws.inFlight = UInt32(w.inFlight)
-            ws.inFlightLimit = UInt32(w.inFlightLimit(config))
+            ws.inFlight = UInt32(clamping: w.inFlight)
+            ws.inFlightLimit = UInt32(clamping: w.inFlightLimit(config))
             ws.storedBytes = w.storedBytes
             ws.storedResults = w.storedResults
             ws.rssBytes = w.rssBytes

@@ -152,7 +152,8 @@ public struct WorkerEngine {
                 }
             }
             if !localMissing.isEmpty {
-                fail(key, .failureMissingInput, "inputs not held here", missing: localMissing)
+                fail(key, .failureMissingInput, "inputs not held here", missing: localMissing,
+                     holders: Array(repeating: workerID, count: localMissing.count))
                 continue
             }
             if task.missing == 0 {
@@ -169,8 +170,9 @@ public struct WorkerEngine {
                 toFetch[h, default: []].append(inKeys[j])
             }
             if task.missing < 0 {
-                let lost = (0..<count).filter { task.values[$0] == nil }.map { inKeys[$0] }
-                fail(key, .failureMissingInput, "input holder is gone", missing: lost)
+                let gone = (0..<count).filter { task.values[$0] == nil }
+                let lost = gone.map { inKeys[$0] }
+                fail(key, .failureMissingInput, "input holder is gone", missing: lost, holders: gone.map { holders[$0] })
                 for k in lost { waitingFor[k]?.removeAll { $0 == key } }
                 continue
             }
@@ -273,11 +275,12 @@ public struct WorkerEngine {
         guard let req = fetches.removeValue(forKey: r.requestID) else { return [] }
         var runNow: [ExecutableTask] = []
         for info in r.values {
-            guard let waiting = waitingFor.removeValue(forKey: info.key) else { continue }
+            guard waitingFor[info.key] != nil else { continue }
             guard let v = try? Value(info: info, frames: frames) else {
-                failWaiting(on: [info.key], "peer sent an unreadable value")
+                failWaiting(on: [info.key], "peer worker \(req.peer) sent an unreadable value")
                 continue
             }
+            let waiting = waitingFor.removeValue(forKey: info.key) ?? []
             for tk in waiting {
                 guard var t = pending[tk] else { continue }
                 for j in 0..<t.inputKeys.count where t.inputKeys[j] == info.key && t.values[j] == nil {
@@ -377,12 +380,13 @@ public struct WorkerEngine {
 
     // MARK: Helpers
 
-    mutating func fail(_ key: UInt64, _ kind: Tessera_V1_FailureKind, _ message: String, missing: [UInt64] = []) {
+    mutating func fail(_ key: UInt64, _ kind: Tessera_V1_FailureKind, _ message: String, missing: [UInt64] = [], holders: [WorkerID] = []) {
         var f = Tessera_V1_TaskFailure()
         f.key = key
         f.kind = kind
         f.message = message
         f.missingInputs = missing
+        if holders.count == missing.count { f.missingHolders = holders }
         failures.append(f)
     }
 
@@ -391,8 +395,8 @@ public struct WorkerEngine {
             for tk in waitingFor.removeValue(forKey: k) ?? [] {
                 guard let t = pending[tk] else { continue }
                 dropPending(tk)
-                let missing = (0..<t.inputKeys.count).filter { t.values[$0] == nil }.map { t.inputKeys[$0] }
-                fail(tk, .failureMissingInput, why, missing: missing)
+                let gone = (0..<t.inputKeys.count).filter { t.values[$0] == nil }
+                fail(tk, .failureMissingInput, why, missing: gone.map { t.inputKeys[$0] }, holders: gone.map { t.holders[$0] })
             }
         }
     }

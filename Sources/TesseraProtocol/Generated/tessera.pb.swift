@@ -705,6 +705,10 @@ public nonisolated struct Tessera_V1_TaskFailure: Sendable {
 
   public var missingInputs: [UInt64] = []
 
+  /// Per missing input, the worker it was to be read from (so a stale report about an old copy
+  /// does not discard a newer one).
+  public var missingHolders: [UInt32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2066,7 +2070,7 @@ nonisolated extension Tessera_V1_AssignTasks: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_TaskFailure: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskFailure"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}message\0\u{3}missing_inputs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}message\0\u{3}missing_inputs\0\u{3}missing_holders\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2078,6 +2082,7 @@ nonisolated extension Tessera_V1_TaskFailure: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 4: try { try decoder.decodeRepeatedFixed64Field(value: &self.missingInputs) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.missingHolders) }()
       default: break
       }
     }
@@ -2096,6 +2101,9 @@ nonisolated extension Tessera_V1_TaskFailure: SwiftProtobuf.Message, SwiftProtob
     if !self.missingInputs.isEmpty {
       try visitor.visitPackedFixed64Field(value: self.missingInputs, fieldNumber: 4)
     }
+    if !self.missingHolders.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.missingHolders, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2104,6 +2112,7 @@ nonisolated extension Tessera_V1_TaskFailure: SwiftProtobuf.Message, SwiftProtob
     if lhs.kind != rhs.kind {return false}
     if lhs.message != rhs.message {return false}
     if lhs.missingInputs != rhs.missingInputs {return false}
+    if lhs.missingHolders != rhs.missingHolders {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

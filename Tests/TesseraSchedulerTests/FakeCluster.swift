@@ -1,0 +1,535 @@
+import TesseraCompute
+import TesseraProtocol
+@testable import TesseraScheduler
+
+/// A task a fake worker was assigned and has not reported yet.
+struct QueuedTask {
+    var key: UInt64
+    var op: UInt32
+    var arg: Int64
+    var paramIndex: UInt32
+    var flags: UInt32
+    var inputKeys: [UInt64]
+    var inputHolders: [WorkerID]
+}
+
+/// A worker with no sockets: it keeps the values it was asked to keep and computes with the real operators.
+final class FakeWorker {
+    let connection: ConnectionID
+    let name: String
+    let threads: Int
+    let operators: [String]
+    var id: WorkerID = 0
+    var alive = true
+    /// When true, the worker receives assignments but runs nothing.
+    var paused = false
+    var store: [UInt64: Value] = [:]
+    var queue: [QueuedTask] = []
+    var setups: [JobID: Tessera_V1_JobSetup] = [:]
+    var cancelMessages: [Tessera_V1_CancelTasks] = []
+    var releasedKeys: [UInt64] = []
+    var errors: [Tessera_V1_ErrorReply] = []
+    var assignMessages = 0
+    var assignedKeys: [UInt64] = []
+    /// Keys to report as missing-input failures once even though the holder has them (a fetch timeout).
+    var failFetchOf: Set<UInt64> = []
+
+    init(connection: ConnectionID, name: String, threads: Int, operators: [String]) {
+        self.connection = connection
+        self.name = name
+        self.threads = threads
+        self.operators = operators
+    }
+}
+
+/// What a client connection learned about one of its jobs.
+struct ClientJob {
+    var owner: ConnectionID
+    var accepted: Tessera_V1_JobAccepted
+    var results: [UInt32: Value] = [:]
+    var finished: Tessera_V1_JobFinished?
+}
+
+let standardOperators = ["inc", "sum", "noop", "fail", "count", "moments", "merge_moments"]
+
+/// Drives a `SchedulerCore` with fake workers and clients and records everything it sees, plus any
+/// broken invariant in `violations`.
+final class FakeCluster {
+    var core: SchedulerCore
+    var now: UInt64 = 1_000_000_000
+    var workers: [FakeWorker] = []
+    var workerByConnection: [ConnectionID: FakeWorker] = [:]
+    var workerByID: [WorkerID: FakeWorker] = [:]
+    let registry = OperatorRegistry.standard
+    var nextConnection: ConnectionID = 1
+    var nextClientTag: UInt64 = 100
+    var jobs: [JobID: ClientJob] = [:]
+    var clientErrors: [ConnectionID: [Tessera_V1_ErrorReply]] = [:]
+    var statusReplies: [ConnectionID: [Tessera_V1_StatusReply]] = [:]
+    /// Job ids each client connection heard about (results or finish).
+    var jobsSeenByClient: [ConnectionID: Set<JobID>] = [:]
+    var acceptedByTag: [UInt64: JobID] = [:]
+    var violations: [String] = []
+    /// Values read from another fake worker's store.
+    var transfers = 0
+    var missingInputReports = 0
+    /// Kept values still stored when a CancelTasks for a job that finished `done` arrived (never released).
+    var droppedByCancel: [UInt64] = []
+    /// Keys currently outstanding (assigned, unreported) per worker id.
+    var outstanding: [UInt64: WorkerID] = [:]
+    /// Workers the scheduler has been told (or has decided) are gone.
+    var departed: Set<WorkerID> = []
+    /// Killed workers the scheduler does not yet know are dead.
+    var undetectedDeaths: [FakeWorker] = []
+    var lastFlush: [OutgoingMessage] = []
+    let computeMicros: UInt32 = 1000
+    var rng: SplitMix64
+
+    init(config: SchedulerConfig = .init(), seed: UInt64 = 1) {
+        core = SchedulerCore(config: config, now: now)
+        rng = SplitMix64(seed: seed)
+    }
+
+    // MARK: Workers
+
+    @discardableResult
+    func addWorker(name: String? = nil, threads: Int = 1, operators: [String] = standardOperators, flush: Bool = true) -> FakeWorker {
+        let c = nextConnection
+        nextConnection += 1
+        let w = FakeWorker(connection: c, name: name ?? "w\(c)", threads: threads, operators: operators)
+        workers.append(w)
+        workerByConnection[c] = w
+        var r = Tessera_V1_RegisterWorker()
+        r.name = w.name
+        r.threads = UInt32(threads)
+        r.peerEndpoint = "tcp://fake-\(c):7000"
+        r.pid = Int32(c)
+        r.operators = operators
+        var e = Envelope()
+        e.registerWorker = r
+        core.handleWorker(c, e, frames: [], now: now)
+        if flush { flushAndProcess() }
+        return w
+    }
+
+    func addWorkers(_ n: Int, threads: [Int] = [1]) -> [FakeWorker] {
+        let ws = (0..<n).map { addWorker(threads: threads[$0 % threads.count], flush: false) }
+        flushAndProcess()
+        return ws
+    }
+
+    var liveWorkers: [FakeWorker] { workers.filter(\.alive) }
+
+    /// Tasks a worker of `threads` threads may have in flight, from the config, given that every
+    /// report says each task took `computeMicros`.
+    func expectedLimit(_ w: FakeWorker) -> Int {
+        let c = core.config
+        let perThread = min(Double(c.maxInFlightPerThread),
+                            max(Double(c.minInFlightPerThread), (c.queuedWorkTargetMicros / Double(computeMicros)).rounded(.up)))
+        return w.threads * Int(perThread)
+    }
+
+    /// The worker process vanishes: nothing it holds can be fetched any more; the scheduler finds out later.
+    func kill(_ w: FakeWorker) {
+        w.alive = false
+        for t in w.queue { outstanding.removeValue(forKey: t.key) }
+        w.queue = []
+        undetectedDeaths.append(w)
+    }
+
+    /// Advances the clock past the heartbeat timeout (live workers heartbeat) and ticks.
+    func detectDeaths() {
+        now += core.config.workerTimeoutNs + 1
+        for w in liveWorkers where w.id != 0 { heartbeat(w) }
+        core.tick(now: now)
+        for w in undetectedDeaths { departed.insert(w.id) }
+        undetectedDeaths = []
+        flushAndProcess()
+    }
+
+    func heartbeat(_ w: FakeWorker) {
+        var h = Tessera_V1_Heartbeat()
+        h.workerID = w.id
+        h.storedResults = UInt32(w.store.count)
+        var e = Envelope()
+        e.heartbeat = h
+        core.handleWorker(w.connection, e, frames: [], now: now)
+    }
+
+    /// A graceful goodbye that hands back every task not started.
+    func deregister(_ w: FakeWorker) {
+        var d = Tessera_V1_Deregister()
+        d.workerID = w.id
+        d.reason = "test"
+        d.handedBack = w.queue.map(\.key)
+        var e = Envelope()
+        e.deregister = d
+        core.handleWorker(w.connection, e, frames: [], now: now)
+        w.alive = false
+        for t in w.queue { outstanding.removeValue(forKey: t.key) }
+        w.queue = []
+        departed.insert(w.id)
+        flushAndProcess()
+    }
+
+    // MARK: Clients
+
+    /// Submits a job; returns its id, or nil when it was refused (see `clientErrors`).
+    @discardableResult
+    func submit(_ plan: Tessera_V1_Plan, client: ConnectionID = 1000, name: String = "job") -> JobID? {
+        var s = Tessera_V1_SubmitJob()
+        s.plan = plan
+        return submit(s, frames: [], client: client, name: name)
+    }
+
+    @discardableResult
+    func submit(_ graph: TaskGraph, client: ConnectionID = 1000, name: String = "graph") -> JobID? {
+        let (spec, frames) = graph.encoded()
+        var s = Tessera_V1_SubmitJob()
+        s.graph = spec
+        return submit(s, frames: frames, client: client, name: name)
+    }
+
+    func submit(_ submission: Tessera_V1_SubmitJob, frames: [[UInt8]], client: ConnectionID, name: String) -> JobID? {
+        var s = submission
+        s.name = name
+        s.clientTag = nextClientTag
+        nextClientTag += 1
+        var e = Envelope()
+        e.submitJob = s
+        core.handleClient(client, e, frames: frames, now: now)
+        flushAndProcess()
+        return acceptedByTag[s.clientTag]
+    }
+
+    func cancel(_ job: JobID, client: ConnectionID = 1000) {
+        var c = Tessera_V1_CancelJob()
+        c.jobID = job
+        var e = Envelope()
+        e.cancelJob = c
+        core.handleClient(client, e, frames: [], now: now)
+        flushAndProcess()
+    }
+
+    func requestStatus(client: ConnectionID = 1000) -> Tessera_V1_StatusReply? {
+        var e = Envelope()
+        e.statusRequest = Tessera_V1_StatusRequest()
+        core.handleClient(client, e, frames: [], now: now)
+        flushAndProcess()
+        return statusReplies[client]?.last
+    }
+
+    // MARK: Running
+
+    /// Every live, unpaused worker runs up to `perWorker` of its queued tasks (all when nil; a
+    /// random number when `random`) and reports; then the scheduler flushes once.
+    func step(perWorker: Int? = nil, random: Bool = false) {
+        for w in workers where w.alive && !w.paused && w.id != 0 && !w.queue.isEmpty {
+            var k = perWorker ?? w.queue.count
+            if random { k = Int(rng.next() % UInt64(w.queue.count + 1)) }
+            k = min(k, w.queue.count)
+            if k == 0 { continue }
+            let batch: [QueuedTask]
+            if random {
+                w.queue.shuffle(using: &rng)
+            }
+            batch = Array(w.queue.prefix(k))
+            w.queue.removeFirst(k)
+            report(batch, from: w)
+        }
+        now += 1_000_000
+        flushAndProcess()
+    }
+
+    /// Runs until every listed job has finished; false if it stalls or runs out of steps.
+    @discardableResult
+    func run(until ids: [JobID], perWorker: Int? = nil, random: Bool = false, maxSteps: Int = 200_000) -> Bool {
+        for _ in 0..<maxSteps {
+            if ids.allSatisfy({ jobs[$0]?.finished != nil }) { return true }
+            let busy = workers.contains { $0.alive && !$0.paused && !$0.queue.isEmpty }
+            if !busy {
+                if !undetectedDeaths.isEmpty { detectDeaths(); continue }
+                // Nothing queued anywhere: one more flush must produce work, or we are stuck.
+                step()
+                if !workers.contains(where: { $0.alive && !$0.paused && !$0.queue.isEmpty }) && !ids.allSatisfy({ jobs[$0]?.finished != nil }) {
+                    violations.append("stalled at t=\(now) with jobs \(ids.filter { jobs[$0]?.finished == nil }) unfinished")
+                    return false
+                }
+                continue
+            }
+            step(perWorker: perWorker, random: random)
+        }
+        violations.append("ran out of steps")
+        return false
+    }
+
+    func report(_ batch: [QueuedTask], from w: FakeWorker) {
+        var r = Tessera_V1_TaskReport()
+        r.workerID = w.id
+        var frame: [UInt8] = []
+        for t in batch {
+            outstanding.removeValue(forKey: t.key)
+            execute(t, on: w, report: &r, frame: &frame)
+        }
+        var e = Envelope()
+        e.taskReport = r
+        core.handleWorker(w.connection, e, frames: r.outputs.isEmpty ? [] : [frame], now: now)
+    }
+
+    func execute(_ t: QueuedTask, on w: FakeWorker, report r: inout Tessera_V1_TaskReport, frame: inout [UInt8]) {
+        func fail(_ kind: Tessera_V1_FailureKind, _ message: String, missing: [UInt64] = [], holders: [WorkerID] = []) {
+            var f = Tessera_V1_TaskFailure()
+            f.key = t.key
+            f.kind = kind
+            f.message = message
+            f.missingInputs = missing
+            f.missingHolders = holders
+            r.failures.append(f)
+        }
+        let job = TaskKey.job(t.key)
+        guard let setup = w.setups[job], Int(t.op) < setup.operators.count else {
+            violations.append("worker \(w.name) got task \(t.key) with no operator table for job \(job)")
+            return fail(.failureOperator, "no operator table")
+        }
+        let name = setup.operators[Int(t.op)]
+        guard w.operators.contains(name), let op = registry[name] else {
+            return fail(.failureUnknownOperator, "no operator `\(name)`")
+        }
+        var inputs: [Value] = []
+        var missing: [UInt64] = []
+        var missingHolders: [WorkerID] = []
+        for (k, h) in zip(t.inputKeys, t.inputHolders) {
+            if w.failFetchOf.remove(k) != nil { missing.append(k); missingHolders.append(h); continue }
+            if h == w.id || h == 0 {
+                if let v = w.store[k] { inputs.append(v) } else { missing.append(k); missingHolders.append(h) }
+            } else if let other = workerByID[h], other.alive, let v = other.store[k] {
+                inputs.append(v)
+                transfers += 1
+            } else {
+                missing.append(k)
+                missingHolders.append(h)
+            }
+        }
+        if !missing.isEmpty {
+            missingInputReports += 1
+            return fail(.failureMissingInput, "inputs missing", missing: missing, holders: missingHolders)
+        }
+        let params = t.paramIndex > 0 && Int(t.paramIndex) <= setup.params.count ? setup.params[Int(t.paramIndex) - 1] : .init()
+        do throws(OperatorError) {
+            let v = try op.run(OperatorContext(arg: t.arg, params: params, inputs: inputs))
+            r.doneKeys.append(t.key)
+            r.resultBytes.append(UInt64(v.byteCount))
+            r.computeUs.append(computeMicros)
+            if t.flags & AssignFlags.keep != 0 { w.store[t.key] = v }
+            if t.flags & AssignFlags.output != 0 { r.outputs.append(v.append(to: &frame, key: t.key, frameIndex: 0)) }
+        } catch {
+            fail(.failureOperator, error.description)
+        }
+    }
+
+    // MARK: Messages out of the scheduler
+
+    func flushAndProcess() {
+        lastFlush = core.flush(now: now)
+        process(lastFlush)
+    }
+
+    func process(_ messages: [OutgoingMessage]) {
+        var assignsPerWorker: [ConnectionID: Int] = [:]
+        for m in messages {
+            switch m.destination {
+            case .worker(let c):
+                guard let w = workerByConnection[c] else {
+                    violations.append("message to unknown worker connection \(c)")
+                    continue
+                }
+                switch m.envelope.body {
+                case .registerAck(let a):
+                    w.id = a.workerID
+                    workerByID[a.workerID] = w
+                case .assignTasks(let a):
+                    assignsPerWorker[c, default: 0] += 1
+                    if assignsPerWorker[c]! > 1 { violations.append("two AssignTasks for \(w.name) in one flush") }
+                    receive(a, on: w)
+                case .releaseResults(let r):
+                    for k in r.keys { w.store.removeValue(forKey: k) }
+                    w.releasedKeys.append(contentsOf: r.keys)
+                case .cancelTasks(let ct):
+                    w.cancelMessages.append(ct)
+                    let gone = Set(ct.jobIds)
+                    for k in w.store.keys where gone.contains(TaskKey.job(k)) {
+                        if w.alive, jobs[TaskKey.job(k)]?.finished?.state == .jobDone { droppedByCancel.append(k) }
+                        w.store.removeValue(forKey: k)
+                    }
+                    for t in w.queue where gone.contains(TaskKey.job(t.key)) { outstanding.removeValue(forKey: t.key) }
+                    w.queue.removeAll { gone.contains(TaskKey.job($0.key)) }
+                case .error(let err):
+                    w.errors.append(err)
+                default:
+                    violations.append("unexpected message to worker: \(m.envelope)")
+                }
+            case .client(let c):
+                switch m.envelope.body {
+                case .jobAccepted(let a):
+                    jobs[a.jobID] = ClientJob(owner: c, accepted: a)
+                    acceptedByTag[a.clientTag] = a.jobID
+                case .jobResults(let r):
+                    jobsSeenByClient[c, default: []].insert(r.jobID)
+                    guard jobs[r.jobID]?.owner == c else {
+                        violations.append("results of job \(r.jobID) sent to client \(c), not its owner")
+                        continue
+                    }
+                    for info in r.values {
+                        let t = TaskKey.task(info.key)
+                        if TaskKey.job(info.key) != r.jobID { violations.append("value \(info.key) in results of job \(r.jobID)") }
+                        guard let v = try? Value(info: info, frames: m.frames) else {
+                            violations.append("unreadable value \(info.key)")
+                            continue
+                        }
+                        if jobs[r.jobID]!.results[t] != nil { violations.append("output \(t) of job \(r.jobID) delivered twice") }
+                        jobs[r.jobID]!.results[t] = v
+                    }
+                case .jobFinished(let f):
+                    jobsSeenByClient[c, default: []].insert(f.jobID)
+                    guard jobs[f.jobID]?.owner == c else {
+                        violations.append("JobFinished of job \(f.jobID) sent to client \(c), not its owner")
+                        continue
+                    }
+                    if jobs[f.jobID]!.finished != nil { violations.append("job \(f.jobID) finished twice") }
+                    jobs[f.jobID]!.finished = f
+                case .error(let err):
+                    clientErrors[c, default: []].append(err)
+                case .statusReply(let s):
+                    statusReplies[c, default: []].append(s)
+                case .pong:
+                    break
+                default:
+                    violations.append("unexpected message to client: \(m.envelope)")
+                }
+            }
+        }
+        // In flight, once the whole turn's messages (cancellations included) have arrived.
+        for c in assignsPerWorker.keys {
+            guard let w = workerByConnection[c], w.alive else { continue }
+            if w.queue.count > expectedLimit(w) {
+                violations.append("\(w.name) has \(w.queue.count) tasks in flight, limit \(expectedLimit(w))")
+            }
+        }
+    }
+
+    func receive(_ a: Tessera_V1_AssignTasks, on w: FakeWorker) {
+        w.assignMessages += 1
+        for s in a.jobs { w.setups[s.jobID] = s }
+        let n = a.keys.count
+        guard a.ops.count == n, a.args.count == n, a.paramIndex.count == n, a.flags.count == n, a.inputCounts.count == n,
+              a.inputKeys.count == a.inputHolders.count,
+              a.inputCounts.reduce(0, { $0 + Int($1) }) == a.inputKeys.count
+        else {
+            violations.append("malformed assignment to \(w.name)")
+            return
+        }
+        if !w.alive { return }  // it never arrives
+        let peerIDs = Set(a.peers.map(\.workerID))
+        var cursor = 0
+        for i in 0..<n {
+            let c = Int(a.inputCounts[i])
+            let keys = Array(a.inputKeys[cursor..<(cursor + c)])
+            let holders = Array(a.inputHolders[cursor..<(cursor + c)])
+            cursor += c
+            let key = a.keys[i]
+            if let other = outstanding[key] {
+                violations.append("task \(key) assigned to \(w.name) while outstanding on worker \(other)")
+            }
+            for h in holders {
+                if h == 0 { violations.append("task \(key) assigned with an input held by no worker") }
+                if departed.contains(h) { violations.append("task \(key) assigned with an input held by departed worker \(h)") }
+                if h != w.id, h != 0, !peerIDs.contains(h) { violations.append("assignment names holder \(h) without its endpoint") }
+            }
+            outstanding[key] = w.id
+            w.assignedKeys.append(key)
+            w.queue.append(QueuedTask(key: key, op: a.ops[i], arg: a.args[i], paramIndex: a.paramIndex[i], flags: a.flags[i],
+                                      inputKeys: keys, inputHolders: holders))
+        }
+    }
+
+    /// Values still stored on live workers.
+    var storedValues: Int { workers.filter(\.alive).reduce(0) { $0 + $1.store.count } }
+}
+
+// MARK: Plans and graphs
+
+func treeReducePlan(leaves: UInt64, fanIn: UInt32, leaf: String = "inc", reduce: String = "sum") -> Tessera_V1_Plan {
+    var p = Tessera_V1_TreeReducePlan()
+    p.leaves = leaves
+    p.fanIn = fanIn
+    p.leafOperator = leaf
+    p.reduceOperator = reduce
+    var plan = Tessera_V1_Plan()
+    plan.treeReduce = p
+    return plan
+}
+
+func independentPlan(tasks: UInt64, op: String = "inc", params: Tessera_V1_OperatorParams? = nil) -> Tessera_V1_Plan {
+    var p = Tessera_V1_IndependentPlan()
+    p.tasks = tasks
+    p.operator = op
+    if let params { p.params = params }
+    var plan = Tessera_V1_Plan()
+    plan.independent = p
+    return plan
+}
+
+func chainPlan(length: UInt64, op: String = "inc") -> Tessera_V1_Plan {
+    var p = Tessera_V1_ChainPlan()
+    p.length = length
+    p.operator = op
+    var plan = Tessera_V1_Plan()
+    plan.chain = p
+    return plan
+}
+
+/// A random DAG: every task is `inc` (the sum of its inputs plus one; arg + 1 with none), reading
+/// up to `maxInputs` earlier tasks, mostly recent ones so that the graph is deep.
+func randomGraph(tasks n: Int, seed: UInt64, maxInputs: Int = 4, explicitOutputs: Bool = false) -> TaskGraph {
+    var rng = SplitMix64(seed: seed)
+    var g = TaskGraph(operators: ["inc"])
+    for t in 0..<n {
+        var ins: [UInt32] = []
+        if t > 0 {
+            let k = Int(rng.next() % UInt64(min(t, maxInputs) + 1))
+            var chosen = Set<UInt32>()
+            while chosen.count < k {
+                let window = min(t, 12)
+                let i = rng.next() % 4 == 0 ? Int(rng.next() % UInt64(t)) : t - 1 - Int(rng.next() % UInt64(window))
+                chosen.insert(UInt32(i))
+            }
+            ins = chosen.sorted()
+        }
+        g.add(operatorIndex: 0, arg: Int64(rng.next() % 100), inputs: ins)
+    }
+    if explicitOutputs {
+        // Every sink plus some tasks that others also read.
+        var hasDependents = [Bool](repeating: false, count: n)
+        for i in g.inputs { hasDependents[Int(i)] = true }
+        g.outputs = (0..<n).filter { !hasDependents[$0] || rng.next() % 5 == 0 }.map(UInt32.init)
+    }
+    return g
+}
+
+/// Brute force: every task's value, evaluated in index order with plain integer arithmetic.
+func bruteForce(_ g: TaskGraph) -> [Int64] {
+    var v = [Int64](repeating: 0, count: g.taskCount)
+    for t in 0..<g.taskCount {
+        let r = Int(g.inputOffsets[t])..<Int(g.inputOffsets[t + 1])
+        if r.isEmpty { v[t] = g.arg[t] &+ 1 } else { v[t] = r.reduce(Int64(1)) { $0 &+ v[Int(g.inputs[$1])] } }
+    }
+    return v
+}
+
+/// The output task indices of a graph (explicit, or every task nothing reads).
+func outputTasks(_ g: TaskGraph) -> [UInt32] {
+    if !g.outputs.isEmpty { return g.outputs }
+    var hasDependents = [Bool](repeating: false, count: g.taskCount)
+    for i in g.inputs { hasDependents[Int(i)] = true }
+    return (0..<g.taskCount).filter { !hasDependents[$0] }.map(UInt32.init)
+}

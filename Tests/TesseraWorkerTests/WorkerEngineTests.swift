@@ -1,0 +1,528 @@
+import Dispatch
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+import TesseraCompute
+import TesseraProtocol
+@testable import TesseraWorker
+
+// MARK: Helpers
+
+struct TaskSpec {
+    var key: UInt64
+    var op: UInt32 = 0
+    var arg: Int64 = 0
+    var paramIndex: UInt32 = 0
+    var flags: UInt32 = 0
+    var inputs: [(UInt64, WorkerID)] = []
+}
+
+func key(_ job: JobID, _ task: UInt32) -> UInt64 { TaskKey.make(job: job, task: task) }
+
+func assignment(job: JobID? = nil, operators: [String] = ["inc", "sum", "noop", "fail"], params: [Tessera_V1_OperatorParams] = [],
+                _ tasks: [TaskSpec], peers: [WorkerID: String] = [:]) -> Tessera_V1_AssignTasks {
+    var a = Tessera_V1_AssignTasks()
+    if let job {
+        var s = Tessera_V1_JobSetup()
+        s.jobID = job
+        s.operators = operators
+        s.params = params
+        a.jobs = [s]
+    }
+    for t in tasks {
+        a.keys.append(t.key)
+        a.ops.append(t.op)
+        a.args.append(t.arg)
+        a.paramIndex.append(t.paramIndex)
+        a.flags.append(t.flags)
+        a.inputCounts.append(UInt32(t.inputs.count))
+        for (k, h) in t.inputs {
+            a.inputKeys.append(k)
+            a.inputHolders.append(h)
+        }
+    }
+    for (id, ep) in peers.sorted(by: { $0.key < $1.key }) {
+        var p = Tessera_V1_Peer()
+        p.workerID = id
+        p.endpoint = ep
+        a.peers.append(p)
+    }
+    return a
+}
+
+func engine(id: WorkerID) -> WorkerEngine {
+    var e = WorkerEngine()
+    e.registered(as: id)
+    return e
+}
+
+func executed(_ actions: [WorkerAction]) -> [ExecutableTask] {
+    var out: [ExecutableTask] = []
+    for a in actions { if case .execute(let t) = a { out += t } }
+    return out
+}
+
+func reports(_ actions: [WorkerAction]) -> [(Tessera_V1_TaskReport, [[UInt8]])] {
+    var out: [(Tessera_V1_TaskReport, [[UInt8]])] = []
+    for a in actions { if case .toScheduler(let e, let f) = a, case .taskReport(let r) = e.body { out.append((r, f)) } }
+    return out
+}
+
+func fetchRequests(_ actions: [WorkerAction]) -> [(WorkerID, String, Tessera_V1_FetchRequest)] {
+    var out: [(WorkerID, String, Tessera_V1_FetchRequest)] = []
+    for a in actions { if case .toPeer(let id, let ep, let e) = a, case .fetchRequest(let r) = e.body { out.append((id, ep, r)) } }
+    return out
+}
+
+/// Runs tasks right here with their real operators.
+func run(_ tasks: [ExecutableTask]) -> [Completion] {
+    tasks.map { t in
+        let result: Result<Value, OperatorError>
+        do throws(OperatorError) { result = .success(try t.op.run(t.context)) } catch { result = .failure(error) }
+        return Completion(key: t.key, flags: t.flags, result: result, micros: 5)
+    }
+}
+
+func outputValues(_ r: Tessera_V1_TaskReport, _ frames: [[UInt8]]) throws -> [UInt64: Value] {
+    var out: [UInt64: Value] = [:]
+    for info in r.outputs { out[info.key] = try Value(info: info, frames: frames) }
+    return out
+}
+
+// MARK: Tests
+
+@Suite("WorkerEngine")
+struct WorkerEngineTests {
+    @Test("registration lists the registry's operators")
+    func registration() throws {
+        let e = WorkerEngine()
+        let env = e.registration(name: "w", threads: 3, memoryLimit: 10, peerEndpoint: "tcp://x:1", pid: 12, holdings: ["a"])
+        #expect(env.registerWorker.name == "w")
+        #expect(env.registerWorker.threads == 3)
+        #expect(env.registerWorker.holdings == ["a"])
+        #expect(env.registerWorker.operators == OperatorRegistry.standard.names)
+        #expect(env.registerWorker.operators.contains("inc"))
+    }
+
+    @Test("tasks with local inputs execute at once and report their outputs")
+    func executeLocal() throws {
+        var e = engine(id: 1)
+        let a = assignment(job: 3, [
+            TaskSpec(key: key(3, 0), op: 0, arg: 41, flags: 1),
+            TaskSpec(key: key(3, 1), op: 1, arg: 7, flags: 1),
+            TaskSpec(key: key(3, 2), op: 2, flags: 0),
+        ])
+        let actions = e.assign(a, now: 0)
+        #expect(actions.count == 1)
+        let tasks = executed(actions)
+        #expect(tasks.map(\.key) == [key(3, 0), key(3, 1), key(3, 2)])
+        #expect(e.busy == 3)
+        let out = e.completed(run(tasks))
+        let (r, frames) = try #require(reports(out).first)
+        #expect(r.workerID == 1)
+        #expect(r.doneKeys == [key(3, 0), key(3, 1), key(3, 2)])
+        #expect(r.resultBytes == [8, 8, 0])
+        #expect(r.computeUs == [5, 5, 5])
+        #expect(r.failures.isEmpty)
+        let values = try outputValues(r, frames)
+        #expect(values == [key(3, 0): .int64(42), key(3, 1): .int64(7)])
+        #expect(e.busy == 0)
+        #expect(e.tasksDone == 3)
+        #expect(e.storedBytes == 0)
+    }
+
+    @Test("keep stores values; inputs held here are read; release frees them")
+    func keepAndRelease() throws {
+        var e = engine(id: 1)
+        let first = executed(e.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 0), arg: 1, flags: 2),
+            TaskSpec(key: key(1, 1), arg: 2, flags: 3),
+        ]), now: 0))
+        let (r1, f1) = try #require(reports(e.completed(run(first))).first)
+        #expect(r1.doneKeys.count == 2)
+        #expect(try outputValues(r1, f1) == [key(1, 1): .int64(3)])
+        #expect(e.storedBytes == 16)
+        #expect(e.storedResults == 2)
+        let hb = e.heartbeat(rssBytes: 1, peakRSSBytes: 2)
+        #expect(hb.heartbeat.storedBytes == 16)
+        #expect(hb.heartbeat.storedResults == 2)
+
+        // A reader of both; holder 0 also means "here".
+        let second = executed(e.assign(assignment([
+            TaskSpec(key: key(1, 2), op: 0, flags: 1, inputs: [(key(1, 0), 1), (key(1, 1), 0)]),
+        ]), now: 1))
+        #expect(second.count == 1)
+        #expect(second.first?.context.inputs == [.int64(2), .int64(3)])
+        let (r2, f2) = try #require(reports(e.completed(run(second))).first)
+        #expect(try outputValues(r2, f2) == [key(1, 2): .int64(6)])
+
+        var rel = Tessera_V1_ReleaseResults()
+        rel.keys = [key(1, 0)]
+        e.release(rel)
+        #expect(e.storedBytes == 8)
+        rel.keys = [key(1, 1), key(1, 0), key(9, 9)]  // repeated and unknown keys are harmless
+        e.release(rel)
+        #expect(e.storedBytes == 0)
+        #expect(e.storedResults == 0)
+    }
+
+    @Test("an input said to be here but not stored fails with missingInput")
+    func localMissing() throws {
+        var e = engine(id: 1)
+        let actions = e.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 5), inputs: [(key(1, 4), 1)]),
+        ]), now: 0)
+        #expect(executed(actions).isEmpty)
+        let (r, _) = try #require(reports(actions).first)
+        #expect(r.failures.count == 1)
+        #expect(r.failures.first?.kind == .failureMissingInput)
+        #expect(r.failures.first?.missingInputs == [key(1, 4)])
+        #expect(e.busy == 0)
+    }
+
+    @Test("inputs on a peer are fetched, served by the peer, and the task then runs")
+    func fetchFromPeer() throws {
+        // Worker 2 computes and keeps two values.
+        var b = engine(id: 2)
+        let made = executed(b.assign(assignment(job: 4, [
+            TaskSpec(key: key(4, 0), arg: 10, flags: 2),
+            TaskSpec(key: key(4, 1), op: 1, arg: 5, flags: 2),
+        ]), now: 0))
+        _ = b.completed(run(made))
+        #expect(b.storedResults == 2)
+
+        // Worker 1 is asked to sum them, plus one of its own.
+        var a = engine(id: 1)
+        _ = a.completed(run(executed(a.assign(assignment(job: 4, [TaskSpec(key: key(4, 2), arg: 99, flags: 2)]), now: 0))))
+        let actions = a.assign(assignment([
+            TaskSpec(key: key(4, 3), op: 1, flags: 1, inputs: [(key(4, 0), 2), (key(4, 2), 1), (key(4, 1), 2)]),
+            TaskSpec(key: key(4, 4), op: 0, flags: 1, inputs: [(key(4, 1), 2)]),
+        ], peers: [2: "tcp://b:1"]), now: 10)
+        #expect(executed(actions).isEmpty)
+        let fetches = fetchRequests(actions)
+        #expect(fetches.count == 1)
+        let (peer, endpoint, req) = try #require(fetches.first)
+        #expect(peer == 2)
+        #expect(endpoint == "tcp://b:1")
+        #expect(req.keys == [key(4, 0), key(4, 1)])  // each key once
+        #expect(a.busy == 2)
+
+        guard case .replyToPeer(let rid, let env, let frames) = b.serveFetch(req, from: [7, 7]) else {
+            Issue.record("serveFetch did not reply")
+            return
+        }
+        #expect(rid == [7, 7])
+        #expect(env.fetchReply.requestID == req.requestID)
+        #expect(env.fetchReply.missing.isEmpty)
+        #expect(env.fetchReply.values.count == 2)
+
+        let after = a.fetched(env.fetchReply, frames: frames)
+        let tasks = executed(after)
+        #expect(tasks.map(\.key).sorted() == [key(4, 3), key(4, 4)])
+        let sum = try #require(tasks.first { $0.key == key(4, 3) })
+        #expect(sum.context.inputs == [.int64(11), .int64(100), .int64(5)])
+        let (r, f) = try #require(reports(a.completed(run(tasks))).first)
+        #expect(try outputValues(r, f) == [key(4, 3): .int64(116), key(4, 4): .int64(6)])
+        // A second reply to the same request is ignored.
+        #expect(a.fetched(env.fetchReply, frames: frames).isEmpty)
+    }
+
+    @Test("a value missing in the peer's reply fails the task with the missing keys")
+    func peerMissing() throws {
+        var b = engine(id: 2)
+        _ = b.completed(run(executed(b.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), arg: 1, flags: 2)]), now: 0))))
+        var a = engine(id: 1)
+        let actions = a.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 9), op: 1, inputs: [(key(1, 0), 2), (key(1, 1), 2)]),
+        ], peers: [2: "b"]), now: 0)
+        let (_, _, req) = try #require(fetchRequests(actions).first)
+        guard case .replyToPeer(_, let env, let frames) = b.serveFetch(req, from: []) else {
+            Issue.record("no reply")
+            return
+        }
+        #expect(env.fetchReply.missing == [key(1, 1)])
+        let after = a.fetched(env.fetchReply, frames: frames)
+        #expect(executed(after).isEmpty)
+        let (r, _) = try #require(reports(after).first)
+        let f = try #require(r.failures.first)
+        #expect(r.failures.count == 1)
+        #expect(f.key == key(1, 9))
+        #expect(f.kind == .failureMissingInput)
+        #expect(Set(f.missingInputs) == [key(1, 1)])
+        #expect(a.busy == 0)
+    }
+
+    /// BUG: `fetched` removes `waitingFor[info.key]` before decoding the value, so the
+    /// `failWaiting` it calls on a decode error finds no task: the task stays pending forever
+    /// (no report, and the fetch entry is gone so `tick` cannot time it out either).
+    @Test("an unreadable value in a fetch reply fails the task")
+    func corruptFetchReply() throws {
+        var a = engine(id: 1)
+        let actions = a.assign(assignment(job: 1, [TaskSpec(key: key(1, 3), inputs: [(key(1, 0), 2)])], peers: [2: "b"]), now: 0)
+        let (_, _, req) = try #require(fetchRequests(actions).first)
+        var reply = Tessera_V1_FetchReply()
+        reply.requestID = req.requestID
+        var info = Tessera_V1_ValueInfo()
+        info.key = key(1, 0)
+        info.kind = .valueInt64
+        info.length = 8
+        info.offset = 100
+        reply.values = [info]
+        let after = a.fetched(reply, frames: [[1, 2, 3]])
+        let (r, _) = try #require(reports(after).first)
+        #expect(r.failures.first?.kind == .failureMissingInput)
+        #expect(a.busy == 0)
+    }
+
+    @Test("a holder without an endpoint, or already lost, fails the task at once")
+    func holderGone() throws {
+        var a = engine(id: 1)
+        var c = Tessera_V1_CancelTasks()
+        c.lostWorkers = [3]
+        #expect(a.cancel(c, pool: nil).isEmpty)
+        let actions = a.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 5), inputs: [(key(1, 0), 2)]),  // no endpoint for 2
+            TaskSpec(key: key(1, 6), inputs: [(key(1, 1), 3)]),  // 3 is lost
+        ], peers: [3: "c"]), now: 0)
+        #expect(fetchRequests(actions).isEmpty)
+        let (r, _) = try #require(reports(actions).first)
+        #expect(r.failures.map(\.key) == [key(1, 5), key(1, 6)])
+        #expect(r.failures.allSatisfy { $0.kind == .failureMissingInput })
+        #expect(r.failures.map(\.missingInputs) == [[key(1, 0)], [key(1, 1)]])
+        #expect(a.busy == 0)
+    }
+
+    @Test("cancel with lostWorkers fails tasks waiting on that peer")
+    func lostWorkerCancel() throws {
+        var a = engine(id: 1)
+        let actions = a.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 10), op: 1, inputs: [(key(1, 0), 2), (key(1, 1), 3)]),
+            TaskSpec(key: key(1, 11), op: 1, inputs: [(key(1, 2), 3)]),
+        ], peers: [2: "b", 3: "c"]), now: 0)
+        #expect(fetchRequests(actions).count == 2)
+        var c = Tessera_V1_CancelTasks()
+        c.lostWorkers = [2]
+        let out = a.cancel(c, pool: nil)
+        let (r, _) = try #require(reports(out).first)
+        #expect(r.failures.count == 1)
+        #expect(r.failures.first?.key == key(1, 10))
+        #expect(r.failures.first?.kind == .failureMissingInput)
+        #expect(Set(r.failures.first?.missingInputs ?? []) == [key(1, 0), key(1, 1)])
+        #expect(a.busy == 1)
+        // The other task still runs when its peer answers.
+        let (_, _, req) = try #require(fetchRequests(actions).first { $0.0 == 3 })
+        var reply = Tessera_V1_FetchReply()
+        reply.requestID = req.requestID
+        var frame: [UInt8] = []
+        reply.values = [Value.int64(4).append(to: &frame, key: key(1, 1), frameIndex: 0),
+                        Value.int64(5).append(to: &frame, key: key(1, 2), frameIndex: 0)]
+        let after = a.fetched(reply, frames: [frame])
+        let tasks = executed(after)
+        #expect(tasks.map(\.key) == [key(1, 11)])
+        #expect(tasks.first?.context.inputs == [.int64(5)])
+    }
+
+    @Test("cancel with a job id drops that job's stored values and pending tasks")
+    func cancelJob() throws {
+        var e = engine(id: 1)
+        _ = e.completed(run(executed(e.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 0), arg: 1, flags: 2),
+            TaskSpec(key: key(1, 1), op: 3, arg: 1, flags: 2),  // fails: nothing stored
+        ]), now: 0))))
+        _ = e.completed(run(executed(e.assign(assignment(job: 2, [
+            TaskSpec(key: key(2, 0), arg: 1, flags: 2),
+        ]), now: 0))))
+        #expect(e.storedBytes == 16)
+        let waiting = e.assign(assignment([TaskSpec(key: key(1, 5), inputs: [(key(1, 3), 9)])], peers: [9: "z"]), now: 0)
+        let (_, _, req) = try #require(fetchRequests(waiting).first)
+        let running = executed(e.assign(assignment([TaskSpec(key: key(1, 6), arg: 3, flags: 1)]), now: 0))
+        #expect(e.busy == 2)
+
+        var c = Tessera_V1_CancelTasks()
+        c.jobIds = [1]
+        #expect(e.cancel(c, pool: nil).isEmpty)
+        #expect(e.storedBytes == 8)
+        #expect(e.storedResults == 1)
+        // The task that was running finishes: nothing is reported for a cancelled job.
+        #expect(e.completed(run(running)).isEmpty)
+        // A late reply for the dropped task runs nothing.
+        var reply = Tessera_V1_FetchReply()
+        reply.requestID = req.requestID
+        var frame: [UInt8] = []
+        reply.values = [Value.int64(1).append(to: &frame, key: key(1, 3), frameIndex: 0)]
+        #expect(executed(e.fetched(reply, frames: [frame])).isEmpty)
+        #expect(e.busy == 0)
+        // Job 2 is untouched.
+        let reader = executed(e.assign(assignment([TaskSpec(key: key(2, 1), flags: 1, inputs: [(key(2, 0), 1)])]), now: 1))
+        #expect(reader.first?.context.inputs == [.int64(2)])
+    }
+
+    @Test("a malformed assignment gets an error envelope, not a crash")
+    func malformed() throws {
+        var e = engine(id: 1)
+        var a = assignment(job: 1, [TaskSpec(key: key(1, 0)), TaskSpec(key: key(1, 1))])
+        a.args.removeLast()
+        let actions = e.assign(a, now: 0)
+        #expect(actions.count == 1)
+        guard case .toScheduler(let env, _) = actions.first else {
+            Issue.record("no error sent")
+            return
+        }
+        #expect(env.error.code == .errorMalformedMessage)
+        #expect(e.busy == 0)
+
+        var b = assignment(job: 1, [TaskSpec(key: key(1, 0), inputs: [(key(1, 9), 1)])])
+        b.inputHolders.removeAll()
+        guard case .toScheduler(let env2, _) = e.assign(b, now: 0).first else {
+            Issue.record("no error sent")
+            return
+        }
+        #expect(env2.error.code == .errorMalformedMessage)
+
+        var c = assignment(job: 1, [TaskSpec(key: key(1, 0), inputs: [(key(1, 9), 1)])])
+        c.inputCounts = [5]
+        guard case .toScheduler(let env3, _) = e.assign(c, now: 0).first else {
+            Issue.record("no error sent")
+            return
+        }
+        #expect(env3.error.code == .errorMalformedMessage)
+
+        // Operator index out of the job's table, a job with no table, an operator this worker lacks.
+        let actions4 = e.assign(assignment(job: 1, operators: ["inc", "no_such_op"], [
+            TaskSpec(key: key(1, 0), op: 7),
+            TaskSpec(key: key(1, 1), op: 1),
+        ]), now: 0)
+        let actions5 = e.assign(assignment([TaskSpec(key: key(77, 0))]), now: 0)
+        let (r4, _) = try #require(reports(actions4).first)
+        let (r5, _) = try #require(reports(actions5).first)
+        #expect(r4.failures.map(\.kind) == [.failureOperator, .failureUnknownOperator])
+        #expect(r4.failures.last?.message.contains("no_such_op") == true)
+        #expect(r5.failures.map(\.kind) == [.failureOperator])
+        #expect(e.busy == 0)
+    }
+
+    @Test("operator errors are reported as failures with the operator's message")
+    func operatorFailure() throws {
+        var e = engine(id: 1)
+        var p = Tessera_V1_OperatorParams()
+        p.strings["message"] = "nope-123"
+        let tasks = executed(e.assign(assignment(job: 1, params: [p], [TaskSpec(key: key(1, 0), op: 3, paramIndex: 1, flags: 3)]), now: 0))
+        let (r, frames) = try #require(reports(e.completed(run(tasks))).first)
+        #expect(r.doneKeys.isEmpty)
+        #expect(frames.isEmpty)
+        #expect(r.failures.first?.kind == .failureOperator)
+        #expect(r.failures.first?.message.contains("nope-123") == true)
+        #expect(e.storedBytes == 0)
+    }
+
+    @Test("parameters reach the operator")
+    func params() throws {
+        var e = engine(id: 1)
+        var p = Tessera_V1_OperatorParams()
+        p.numbers["start"] = 10
+        p.numbers["step"] = 2
+        let tasks = executed(e.assign(assignment(job: 1, operators: ["arange"], params: [p], [
+            TaskSpec(key: key(1, 0), arg: 3, paramIndex: 1, flags: 1),
+        ]), now: 0))
+        let (r, f) = try #require(reports(e.completed(run(tasks))).first)
+        #expect(try outputValues(r, f) == [key(1, 0): .float64Column([10, 12, 14])])
+    }
+
+    @Test("fetches that take too long fail their tasks")
+    func fetchTimeout() throws {
+        var e = engine(id: 1)
+        e.fetchTimeoutNs = 1000
+        _ = e.assign(assignment(job: 1, [TaskSpec(key: key(1, 1), inputs: [(key(1, 0), 2)])], peers: [2: "b"]), now: 0)
+        #expect(e.tick(now: 500).isEmpty)
+        let (r, _) = try #require(reports(e.tick(now: 2000)).first)
+        #expect(r.failures.first?.key == key(1, 1))
+        #expect(r.failures.first?.kind == .failureMissingInput)
+        #expect(r.failures.first?.missingInputs == [key(1, 0)])
+        #expect(e.busy == 0)
+        #expect(e.tick(now: 5000).isEmpty)
+    }
+
+    @Test("deregister hands back tasks waiting for inputs")
+    func deregister() throws {
+        var e = engine(id: 5)
+        _ = e.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 3), inputs: [(key(1, 0), 2)]),
+            TaskSpec(key: key(1, 4), inputs: [(key(1, 1), 2)]),
+        ], peers: [2: "b"]), now: 0)
+        let env = e.deregister(reason: "bye", pool: nil)
+        #expect(env.deregister.workerID == 5)
+        #expect(env.deregister.reason == "bye")
+        #expect(env.deregister.handedBack == [key(1, 3), key(1, 4)])
+    }
+
+    @Test("registering again forgets everything")
+    func reRegister() throws {
+        var e = engine(id: 1)
+        _ = e.completed(run(executed(e.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), flags: 2)]), now: 0))))
+        #expect(e.storedResults == 1)
+        e.registered(as: 8)
+        #expect(e.workerID == 8)
+        #expect(e.storedResults == 0)
+        #expect(e.storedBytes == 0)
+    }
+}
+
+@Suite("WorkerEngine with an ExecutorPool")
+struct WorkerEnginePoolTests {
+    func drain(_ pool: ExecutorPool, count: Int) -> [Completion] {
+        var got: [Completion] = []
+        for _ in 0..<5000 where got.count < count {
+            got += pool.drainCompletions()
+            if got.count < count { usleep(1000) }
+        }
+        return got
+    }
+
+    @Test("tasks run on the pool and their completions are reported")
+    func pool() throws {
+        let pool = ExecutorPool(threads: 1, wake: {})
+        defer { pool.stop() }
+        var e = engine(id: 1)
+        let tasks = executed(e.assign(assignment(job: 1, (0..<20).map { TaskSpec(key: key(1, UInt32($0)), arg: Int64($0), flags: 1) }), now: 0))
+        pool.submit(tasks)
+        let done = drain(pool, count: 20)
+        #expect(done.count == 20)
+        let (r, f) = try #require(reports(e.completed(done)).first)
+        let values = try outputValues(r, f)
+        #expect(values.count == 20)
+        for i in 0..<20 { #expect(values[key(1, UInt32(i))] == .int64(Int64(i) + 1)) }
+    }
+
+    @Test("deregister and cancel take back queued tasks from the pool")
+    func poolTakeBack() throws {
+        let pool = ExecutorPool(threads: 1, wake: {})
+        defer { pool.stop() }
+        var e = engine(id: 1)
+        var slow = Tessera_V1_OperatorParams()
+        slow.numbers["sleep_us"] = 200_000
+        // One slow task occupies the single thread; the rest wait in the queue.
+        let tasks = executed(e.assign(assignment(job: 1, params: [slow], [TaskSpec(key: key(1, 0), paramIndex: 1, flags: 1)]
+            + (1..<6).map { TaskSpec(key: key(1, UInt32($0)), flags: 1) }), now: 0))
+        let other = executed(e.assign(assignment(job: 2, (0..<3).map { TaskSpec(key: key(2, UInt32($0)), flags: 1) }), now: 0))
+        pool.submit(tasks)
+        pool.submit(other)
+        // Cancel job 2: its queued tasks leave the pool.
+        var c = Tessera_V1_CancelTasks()
+        c.jobIds = [2]
+        _ = e.cancel(c, pool: pool)
+        #expect(e.busy <= 6)
+        let env = e.deregister(reason: "stop", pool: pool)
+        let back = Set(env.deregister.handedBack)
+        #expect(!back.isEmpty)
+        #expect(back.isSubset(of: Set((1..<6).map { key(1, UInt32($0)) }).union([key(1, 0)])))
+        #expect(back.allSatisfy { TaskKey.job($0) == 1 })
+        // Whatever was running finishes and is reported; nothing handed back is.
+        for _ in 0..<5000 where pool.busyCount > 0 { usleep(1000) }
+        let done = pool.drainCompletions()
+        #expect(done.count >= tasks.count - back.count)
+        let reported = reports(e.completed(done)).flatMap(\.0.doneKeys)
+        #expect(Set(reported).isDisjoint(with: back))
+        #expect(reported.allSatisfy { TaskKey.job($0) == 1 })
+    }
+}

@@ -48,18 +48,19 @@ public final class SchedulerDaemon {
         var poller = Poller()
         let iClients = poller.add(clients)
         let iWorkers = poller.add(workerSocket)
-        poller.add(fileDescriptor: wake.fd)
+        let iWake = poller.add(fileDescriptor: wake.fd)
         var lastTick = monotonicNanos()
         let tickNs: UInt64 = 50_000_000
         while !signals.isRequested {
             let timeout = core.hasDeferredResults ? 5 : 50
             try poller.wait(timeoutMs: timeout)
-            wake.drain()
+            if poller.isReadable(iWake) { wake.drain() }
             if poller.isReadable(iWorkers) { try drain(workerSocket, fromWorkers: true) }
             if poller.isReadable(iClients) { try drain(clients, fromWorkers: false) }
             let now = monotonicNanos()
             if now &- lastTick >= tickNs {
                 core.tick(now: now)
+                signals.checkParent()
                 lastTick = now
             }
             try send(core.flush(now: now))

@@ -33,11 +33,13 @@ final class ShutdownSignals: @unchecked Sendable {
         }
     }
 
-    /// True once a stop signal arrived or the parent died.
-    var isRequested: Bool {
-        if requested.load(ordering: .acquiring) { return true }
-        if let p = parentPID, getppid() != p { return true }
-        return false
+    /// True once a stop signal arrived (or ``checkParent()`` found the parent gone).
+    var isRequested: Bool { requested.load(ordering: .acquiring) }
+
+    /// Requests a stop when the parent process we were told to follow has exited. Called on the
+    /// loop's slow tick, not every turn (it is a system call).
+    func checkParent() {
+        if let p = parentPID, getppid() != p { request() }
     }
 
     func request() {

@@ -78,7 +78,7 @@ public final class WorkerDaemon {
         var lastHeartbeat: UInt64 = 0
         var lastTick: UInt64 = 0
         var poller = makePoller()
-        var peerCount = peers.count
+        var polledPeers = peers.keys.sorted()
         while !signals.isRequested {
             let now = monotonicNanos()
             if !registered && (lastRegister == 0 || now &- lastRegister > 5_000_000_000) {
@@ -91,18 +91,25 @@ public final class WorkerDaemon {
             }
             if now &- lastTick > 1_000_000_000 {
                 try perform(engine.tick(now: now))
+                signals.checkParent()
                 lastTick = now
             }
-            if peers.count != peerCount {
+            if peers.count != polledPeers.count {
                 poller = makePoller()
-                peerCount = peers.count
+                polledPeers = peers.keys.sorted()
             }
             try poller.wait(timeoutMs: 100)
-            wake.drain()
-            try drainCompletions()
-            try drainScheduler()
-            try drainPeerRequests()
-            for (id, s) in peers { try drainPeerReplies(id, s) }
+            // Only sockets that have something are read: an empty read is a system call or two.
+            if poller.isReadable(2) {
+                wake.drain()
+                try drainCompletions()
+            }
+            if poller.isReadable(0) { try drainScheduler() }
+            if poller.isReadable(1) { try drainPeerRequests() }
+            for (n, id) in polledPeers.enumerated() where poller.isReadable(3 + n) {
+                if let s = peers[id] { try drainPeerReplies(id, s) }
+            }
+            // Tasks run inline just now have completions waiting.
             try drainCompletions()
         }
         try shutDown()

@@ -60,9 +60,10 @@ final class JobRecord {
     var doneCount = 0
     /// Task runs, all told.
     var runs = 0
-    /// Task runs beyond each task's first.
-    var reruns = 0
-    var attempted: [Bool]
+    /// Times each task was run (a run that found an input missing did not execute and is not counted).
+    var runCount: [UInt16]
+    /// Runs beyond each task's first.
+    var reruns: Int { runCount.reduce(0) { $0 + max(0, Int($1) - 1) } }
     /// Workers that have received this job's operator table.
     var setUpOn: Set<WorkerID> = []
 
@@ -124,7 +125,7 @@ final class JobRecord {
         operatorFailures = [UInt8](repeating: 0, count: n)
         lostRuns = [UInt8](repeating: 0, count: n)
         delivered = [Bool](repeating: false, count: n)
-        attempted = [Bool](repeating: false, count: n)
+        runCount = [UInt16](repeating: 0, count: n)
     }
 
     @inline(__always) func hasDependents(_ t: Int) -> Bool { dependentOffsets[t + 1] > dependentOffsets[t] }

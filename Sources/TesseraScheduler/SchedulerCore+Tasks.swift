@@ -93,11 +93,29 @@ extension SchedulerCore {
         }
     }
 
+    /// Sends a task to a worker, and with it the pipeline that follows: while the task's only
+    /// dependent reads nothing else, that dependent goes to the same worker at once, to run there
+    /// as soon as its input is done — a chain of per-partition steps then needs no round trip
+    /// per step (within the worker's in-flight limit).
     mutating func assign(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
+        assignOne(job, t, to: w)
+        var cur = t
+        let limit = w.inFlightLimit(config)
+        while w.inFlight < limit {
+            let deps = job.dependentRange(cur)
+            guard deps.count == 1 else { break }
+            let d = Int(job.dependents[deps.lowerBound])
+            guard job.state[d] == .waiting, job.inputRange(d).count == 1, job.dataKeyName(d) == nil else { break }
+            assignOne(job, d, to: w)
+            cur = d
+        }
+    }
+
+    mutating func assignOne(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
         job.state[t] = .running
         job.worker[t] = w.id
         job.runs += 1
-        if job.attempted[t] { job.reruns += 1 } else { job.attempted[t] = true }
+        job.runCount[t] &+= 1
         w.inFlight += 1
         if !job.setUpOn.contains(w.id) {
             job.setUpOn.insert(w.id)
@@ -180,6 +198,8 @@ extension SchedulerCore {
             job.worker[t] = 0
             switch f.kind {
             case .failureMissingInput:
+                // The task did not execute: this run does not count.
+                if job.runCount[t] > 0 { job.runCount[t] -= 1 }
                 let hasHolders = f.missingHolders.count == f.missingInputs.count
                 for (n, m) in f.missingInputs.enumerated() where TaskKey.job(m) == job.id {
                     let i = Int(TaskKey.task(m))

@@ -146,7 +146,14 @@ public struct WorkerEngine {
             var localMissing: [UInt64] = []
             for j in 0..<count {
                 if holders[j] == workerID || holders[j] == 0 {
-                    if let v = store[inKeys[j]] { task.values[j] = v } else { localMissing.append(inKeys[j]) }
+                    if let v = store[inKeys[j]] {
+                        task.values[j] = v
+                    } else if holders[j] == workerID && (executing.contains(inKeys[j]) || pending[inKeys[j]] != nil) {
+                        // Pipelined: the input is being computed here; run when it is done, no round trip.
+                        task.missing += 1
+                    } else {
+                        localMissing.append(inKeys[j])
+                    }
                 } else {
                     task.missing += 1
                 }
@@ -157,11 +164,18 @@ public struct WorkerEngine {
                 continue
             }
             if task.missing == 0 {
-                if let t = executable(task) { runNow.append(t) }
+                if let t = executable(task) {
+                    runNow.append(t)
+                    executing.insert(t.key)
+                }
                 continue
             }
             for j in 0..<count where task.values[j] == nil {
                 let h = holders[j]
+                if h == workerID {
+                    waitingFor[inKeys[j], default: []].append(key)
+                    continue
+                }
                 if lostPeers.contains(h) || peers[h] == nil {
                     task.missing = -1
                     break
@@ -179,10 +193,7 @@ public struct WorkerEngine {
             pending[key] = task
         }
         var actions: [WorkerAction] = []
-        if !runNow.isEmpty {
-            for t in runNow { executing.insert(t.key) }
-            actions.append(.execute(runNow))
-        }
+        if !runNow.isEmpty { actions.append(.execute(runNow)) }
         for (peer, keys) in toFetch.sorted(by: { $0.key < $1.key }) {
             let uniq = Array(Set(keys)).sorted()
             let id = nextRequestID
@@ -280,31 +291,35 @@ public struct WorkerEngine {
                 failWaiting(on: [info.key], "peer worker \(req.peer) sent an unreadable value")
                 continue
             }
-            let waiting = waitingFor.removeValue(forKey: info.key) ?? []
-            for tk in waiting {
-                guard var t = pending[tk] else { continue }
-                for j in 0..<t.inputKeys.count where t.inputKeys[j] == info.key && t.values[j] == nil {
-                    t.values[j] = v
-                    t.missing -= 1
-                }
-                if t.missing == 0 {
-                    pending.removeValue(forKey: tk)
-                    if let e = executable(t) { runNow.append(e) }
-                } else {
-                    pending[tk] = t
-                }
-            }
+            deliver(info.key, v, into: &runNow)
         }
         let answered = Set(r.values.map(\.key))
         let unanswered = req.keys.filter { !answered.contains($0) }
         if !unanswered.isEmpty { failWaiting(on: unanswered, "peer worker \(req.peer) does not hold it") }
         var actions: [WorkerAction] = []
-        if !runNow.isEmpty {
-            for t in runNow { executing.insert(t.key) }
-            actions.append(.execute(runNow))
-        }
+        if !runNow.isEmpty { actions.append(.execute(runNow)) }
         if let f = takeFailureReport() { actions.append(f) }
         return actions
+    }
+
+    /// Hands an input value to the tasks waiting for it; those now complete go to `runNow`.
+    mutating func deliver(_ key: UInt64, _ v: Value, into runNow: inout [ExecutableTask]) {
+        for tk in waitingFor.removeValue(forKey: key) ?? [] {
+            guard var t = pending[tk] else { continue }
+            for j in 0..<t.inputKeys.count where t.inputKeys[j] == key && t.values[j] == nil {
+                t.values[j] = v
+                t.missing -= 1
+            }
+            if t.missing == 0 {
+                pending.removeValue(forKey: tk)
+                if let e = executable(t) {
+                    runNow.append(e)
+                    executing.insert(e.key)
+                }
+            } else {
+                pending[tk] = t
+            }
+        }
     }
 
     /// Fails tasks whose fetches took too long (the scheduler then decides what to recompute).
@@ -323,11 +338,13 @@ public struct WorkerEngine {
         var report = Tessera_V1_TaskReport()
         report.workerID = workerID
         var frame: [UInt8] = []
+        var runNow: [ExecutableTask] = []
         for c in done {
             guard executing.remove(c.key) != nil else { continue }  // cancelled meanwhile
             if cancelled.contains(TaskKey.job(c.key)) { continue }
             switch c.result {
             case .success(let v):
+                deliver(c.key, v, into: &runNow)
                 tasksDone += 1
                 report.doneKeys.append(c.key)
                 report.resultBytes.append(UInt64(v.byteCount))
@@ -345,14 +362,19 @@ public struct WorkerEngine {
                 f.kind = .failureOperator
                 f.message = err.description
                 report.failures.append(f)
+                failWaiting(on: [c.key], "its input task failed here")
             }
         }
         report.failures.append(contentsOf: failures)
         failures.removeAll()
-        if report.doneKeys.isEmpty && report.failures.isEmpty { return [] }
-        var e = Envelope()
-        e.taskReport = report
-        return [.toScheduler(e, report.outputs.isEmpty ? [] : [frame])]
+        var actions: [WorkerAction] = []
+        if !report.doneKeys.isEmpty || !report.failures.isEmpty {
+            var e = Envelope()
+            e.taskReport = report
+            actions.append(.toScheduler(e, report.outputs.isEmpty ? [] : [frame]))
+        }
+        if !runNow.isEmpty { actions.append(.execute(runNow)) }
+        return actions
     }
 
     // MARK: Shutdown

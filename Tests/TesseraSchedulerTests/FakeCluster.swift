@@ -229,12 +229,28 @@ final class FakeCluster {
             if random { k = Int(rng.next() % UInt64(w.queue.count + 1)) }
             k = min(k, w.queue.count)
             if k == 0 { continue }
-            let batch: [QueuedTask]
             if random {
                 w.queue.shuffle(using: &rng)
             }
-            batch = Array(w.queue.prefix(k))
-            w.queue.removeFirst(k)
+            // As a real worker does, a pipelined task waits for an input still being computed
+            // here (queued, not yet run) instead of reporting it missing.
+            let queued = Set(w.queue.map(\.key))
+            var batch: [QueuedTask] = []
+            var inBatch = Set<UInt64>()
+            var rest: [QueuedTask] = []
+            for t in w.queue {
+                let blocked = zip(t.inputKeys, t.inputHolders).contains { key, h in
+                    h == w.id && w.store[key] == nil && queued.contains(key) && !inBatch.contains(key)
+                }
+                if batch.count < k && !blocked {
+                    batch.append(t)
+                    inBatch.insert(t.key)
+                } else {
+                    rest.append(t)
+                }
+            }
+            w.queue = rest
+            if batch.isEmpty { continue }
             report(batch, from: w)
         }
         now += 1_000_000

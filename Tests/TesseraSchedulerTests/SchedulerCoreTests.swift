@@ -606,3 +606,26 @@ struct SchedulerReleaseTests {
         expectClean(c)
     }
 }
+
+@Suite("SchedulerCore: pipelining")
+struct SchedulerPipelineTests {
+    /// A chain's next links go to the worker running the current one, up to its in-flight limit,
+    /// each naming that worker as its input's holder, so the worker runs them back to back.
+    @Test func chainLinksArePipelinedOntoTheWorkerRunningTheirInput() throws {
+        let c = FakeCluster()
+        let w = c.addWorker(threads: 2)
+        let id = try #require(c.submit(chainPlan(length: 50)))
+        let limit = c.expectedLimit(w)
+        #expect(limit > 1)
+        #expect(w.queue.count == limit)
+        for (prev, next) in zip(w.queue, w.queue.dropFirst()) {
+            #expect(next.inputKeys == [prev.key])
+            #expect(next.inputHolders == [w.id])
+        }
+        #expect(c.run(until: [id]))
+        #expect(int(c.jobs[id]?.results[49]) == 50)
+        #expect(c.missingInputReports == 0)
+        #expect(c.jobs[id]?.finished?.reruns == 0)
+        #expect(c.violations.isEmpty, "\(c.violations.prefix(3))")
+    }
+}

@@ -526,3 +526,50 @@ struct WorkerEnginePoolTests {
         #expect(reported.allSatisfy { TaskKey.job($0) == 1 })
     }
 }
+
+@Suite("WorkerEngine: pipelined dependents")
+struct WorkerEnginePipelineTests {
+    /// A dependent whose input is being computed on this same worker waits for it locally and runs
+    /// as soon as it is done: no missing-input report, no round trip to the scheduler.
+    @Test func dependentRunsWhenItsLocalInputCompletes() throws {
+        var e = engine(id: 3)
+        let a = key(9, 0), b = key(9, 1), c = key(9, 2)
+        let first = e.assign(assignment(job: 9, [
+            TaskSpec(key: a, arg: 41, flags: 2),
+            TaskSpec(key: b, flags: 2, inputs: [(a, 3)]),
+            TaskSpec(key: c, flags: 1, inputs: [(b, 3)]),
+        ]), now: 0)
+        #expect(executed(first).map(\.key) == [a])
+        #expect(reports(first).isEmpty)
+        let second = e.completed(run(executed(first)))
+        #expect(executed(second).map(\.key) == [b])
+        #expect(reports(second).first?.0.doneKeys == [a])
+        let third = e.completed(run(executed(second)))
+        #expect(executed(third).map(\.key) == [c])
+        let last = e.completed(run(executed(third)))
+        let (r, frames) = try #require(reports(last).first)
+        #expect(r.doneKeys == [c])
+        #expect(try Value(info: #require(r.outputs.first), frames: frames) == .int64(44))
+    }
+
+    /// When the local input fails, the waiting dependent is reported as missing that input (named
+    /// with this worker as its holder), so the scheduler re-runs both.
+    @Test func dependentFailsWhenItsLocalInputFails() throws {
+        var e = engine(id: 3)
+        let a = key(4, 0), b = key(4, 1)
+        let first = e.assign(assignment(job: 4, [
+            TaskSpec(key: a, op: 3, flags: 2),
+            TaskSpec(key: b, flags: 1, inputs: [(a, 3)]),
+        ]), now: 0)
+        #expect(executed(first).map(\.key) == [a])
+        let after = e.completed(run(executed(first)))
+        #expect(executed(after).isEmpty)
+        let failures = reports(after).flatMap(\.0.failures)
+        #expect(failures.first { $0.key == a }?.kind == .failureOperator)
+        let missing = try #require(failures.first { $0.key == b })
+        #expect(missing.kind == .failureMissingInput)
+        #expect(missing.missingInputs == [a])
+        #expect(missing.missingHolders == [3])
+        #expect(e.busy == 0)
+    }
+}

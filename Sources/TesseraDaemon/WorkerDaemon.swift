@@ -207,9 +207,14 @@ public final class WorkerDaemon {
         }
     }
 
+    /// Reports finished tasks; dependents they unblock may run inline and finish at once, so
+    /// this repeats until nothing is left.
     private func drainCompletions() throws {
-        let done = pool.drainCompletions()
-        if !done.isEmpty { try perform(engine.completed(done)) }
+        while true {
+            let done = pool.drainCompletions()
+            if done.isEmpty { return }
+            try perform(engine.completed(done))
+        }
     }
 
     private func perform(_ actions: [WorkerAction]) throws {

@@ -107,7 +107,8 @@ struct SchedulerBench: ParsableCommand {
                             ("tasks_per_s", Double(total) / tr.seconds), ("result", sum)]))
             fflush(nil)
 
-            // A chain whose only output is its end: the plain dependent round trip.
+            // A chain: each link reads the one before. Single-input links are pipelined onto the
+            // worker running their input, so they need no scheduler round trip.
             var plain = Tessera_V1_Plan()
             var ch = Tessera_V1_ChainPlan()
             ch.length = UInt64(chain)
@@ -115,30 +116,17 @@ struct SchedulerBench: ParsableCommand {
             plain.chain = ch
             let pc = try conn.run(.plan(plain))
             try check(pc, "chain")
-
-            // The same chain with every 10th link an output: the client times each 10-hop window
-            // (forwarding every link would time the forwarding: on 2 cores the client's wake-ups
-            // land on the hop's critical path).
-            let window = 10
-            var g = TaskGraph(operators: ["inc"])
-            var prev = g.add(operatorIndex: 0, arg: 0)
-            for _ in 1..<chain { prev = g.add(operatorIndex: 0, inputs: [prev]) }
-            g.outputs = stride(from: UInt32(window - 1), to: UInt32(chain), by: window).map { $0 }
-            var arrivals: [UInt64] = []
-            let c = try conn.run(.graph(g)) { ev in
-                if case .results(let vs, _, _) = ev {
-                    let now = DispatchTime.now().uptimeNanoseconds
-                    arrivals.append(contentsOf: repeatElement(now, count: vs.count))
-                }
-            }
-            try check(c, "chain")
-            var hops = zip(arrivals.dropFirst(), arrivals).map { Double($0 - $1) / 1000 / Double(window) }.sorted()
-            if hops.isEmpty { hops = [0] }
             let last: Int64 = if case .int64(let v) = pc.values[UInt32(chain - 1)] { v } else { -1 }
+            let (med, p99) = try hopTimes(conn, twoInputs: false)
             print(jsonLine([("engine", "tessera"), ("workload", "chain"), ("tasks", chain), ("seconds", pc.seconds),
-                            ("mean_hop_us", pc.seconds * 1e6 / Double(chain)),
-                            ("median_hop_us", hops[hops.count / 2]), ("p99_hop_us", hops[min(hops.count - 1, hops.count * 99 / 100)]),
-                            ("hop_window", window), ("result", last)]))
+                            ("mean_hop_us", pc.seconds * 1e6 / Double(chain)), ("median_hop_us", med), ("p99_hop_us", p99),
+                            ("result", last)]))
+            fflush(nil)
+            // The same with every link also reading a constant task, which defeats pipelining: each
+            // hop is a full worker → scheduler → worker round trip.
+            let (rtMed, rtP99) = try hopTimes(conn, twoInputs: true)
+            print(jsonLine([("engine", "tessera"), ("workload", "chain_round_trip"), ("tasks", chain),
+                            ("median_hop_us", rtMed), ("p99_hop_us", rtP99)]))
             fflush(nil)
 
             if graphTasks > 0 { try graphBench(conn) }
@@ -148,6 +136,28 @@ struct SchedulerBench: ParsableCommand {
                             ("peak_rss_mib", s.workers.map { Double($0.peakRssBytes) / 1_048_576 }.max() ?? 0),
                             ("max_heartbeat_gap_ms", Int(s.maxHeartbeatGapMs))]))
         }
+    }
+
+    /// Per-hop times of a chain, from when its outputs (every 10th link) reach the client: each
+    /// results message stands for the hops since the previous one, each hop taking an equal share.
+    func hopTimes(_ conn: SchedulerConnection, twoInputs: Bool) throws -> (median: Double, p99: Double) {
+        var g = TaskGraph(operators: ["inc", "sum"])
+        let constant = g.add(operatorIndex: 0, arg: 0)
+        var prev = constant
+        for _ in 0..<chain { prev = g.add(operatorIndex: 1, inputs: twoInputs ? [prev, constant] : [prev]) }
+        g.outputs = stride(from: UInt32(10), through: UInt32(chain), by: 10).map { $0 }
+        var arrivals: [(UInt64, Int)] = []
+        let out = try conn.run(.graph(g)) { ev in
+            if case .results(let vs, _, _) = ev { arrivals.append((DispatchTime.now().uptimeNanoseconds, vs.count * 10)) }
+        }
+        try check(out, "chain")
+        var hops: [Double] = []
+        for (a, b) in zip(arrivals, arrivals.dropFirst()) {
+            hops += repeatElement(Double(b.0 - a.0) / 1000 / Double(b.1), count: b.1)
+        }
+        hops.sort()
+        guard !hops.isEmpty else { return (0, 0) }
+        return (hops[hops.count / 2], hops[min(hops.count - 1, hops.count * 99 / 100)])
     }
 
     /// A tree reduction written out as an explicit graph: submitted as arrays, accepted, run.

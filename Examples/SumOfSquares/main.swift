@@ -35,13 +35,10 @@ for p in 0..<partitions {
     let slice = graph.add(operatorIndex: 0, arg: Int64(per), paramIndex: UInt32(graph.params.count))
     partials.append(graph.add(operatorIndex: 1, inputs: [slice]))
 }
-var layer = partials
-while layer.count > 1 {
-    layer = stride(from: 0, to: layer.count, by: 8).map { graph.add(operatorIndex: 2, inputs: Array(layer[$0..<min($0 + 8, layer.count)])) }
-}
+let root = graph.addReduction(of: partials, operatorIndex: 2, fanIn: 8)
 
 let outcome = try conn.run(.graph(graph), name: "sum-of-squares")
-guard case .moments(let m)? = outcome.values[layer[0]] else {
+guard case .moments(let m)? = outcome.values[root] else {
     fatalError("job ended: \(outcome.finished.state) \(outcome.finished.error)")
 }
 let sumOfSquares = m.m2 + m.count * m.mean * m.mean

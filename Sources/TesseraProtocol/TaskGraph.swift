@@ -44,6 +44,26 @@ public struct TaskGraph: Sendable, Equatable {
         return index
     }
 
+    /// Adds a reduction tree over `inputs`: tasks of `operatorIndex` each reading up to `fanIn`
+    /// values, layer by layer, down to one. Returns the root (a single input still gets its own
+    /// reduction, so the answer has the same shape whatever the count).
+    @discardableResult
+    public mutating func addReduction(of inputs: [UInt32], operatorIndex: Int, fanIn: Int) -> UInt32 {
+        precondition(fanIn >= 2 && !inputs.isEmpty)
+        var layer = inputs
+        repeat {
+            var next: [UInt32] = []
+            next.reserveCapacity(layer.count / fanIn + 1)
+            var i = 0
+            while i < layer.count {
+                next.append(add(operatorIndex: operatorIndex, inputs: Array(layer[i..<min(i + fanIn, layer.count)])))
+                i += fanIn
+            }
+            layer = next
+        } while layer.count > 1
+        return layer[0]
+    }
+
     /// Reserves room for `tasks` tasks with `inputs` inputs in all.
     public mutating func reserve(tasks: Int, inputs n: Int) {
         op.reserveCapacity(tasks); arg.reserveCapacity(tasks); paramIndex.reserveCapacity(tasks)

@@ -23,21 +23,8 @@ public enum PlanExpansion {
             let leaves = Int(p.leaves), fanIn = Int(p.fanIn)
             g.reserve(tasks: leaves + leaves / (fanIn - 1) + 1, inputs: leaves * 2)
             let pi: UInt32 = p.hasLeafParams ? 1 : 0
-            var layer = (0..<leaves).map { g.add(operatorIndex: 0, arg: Int64($0), paramIndex: pi) }
-            if layer.count == 1 {
-                // A single leaf still gets its reduction, so the answer has the same shape.
-                layer = [g.add(operatorIndex: 1, inputs: layer)]
-            }
-            while layer.count > 1 {
-                var next: [UInt32] = []
-                next.reserveCapacity(layer.count / fanIn + 1)
-                var i = 0
-                while i < layer.count {
-                    next.append(g.add(operatorIndex: 1, inputs: Array(layer[i..<min(i + fanIn, layer.count)])))
-                    i += fanIn
-                }
-                layer = next
-            }
+            let layer = (0..<leaves).map { g.add(operatorIndex: 0, arg: Int64($0), paramIndex: pi) }
+            g.addReduction(of: layer, operatorIndex: 1, fanIn: fanIn)
             guard g.taskCount <= maximumTasks else { throw .invalidContent("tree-reduce plan expands to \(g.taskCount) tasks, more than \(maximumTasks)") }
             return g
         case .chain(let p):

@@ -166,16 +166,7 @@ struct SchedulerBench: ParsableCommand {
         let t0 = DispatchTime.now().uptimeNanoseconds
         var g = TaskGraph(operators: ["inc", "sum"])
         g.reserve(tasks: graphTasks + 16, inputs: graphTasks + 16)
-        var layer = (0..<leaves).map { g.add(operatorIndex: 0, arg: Int64($0)) }
-        while layer.count > 1 {
-            var next: [UInt32] = []
-            var i = 0
-            while i < layer.count {
-                next.append(g.add(operatorIndex: 1, inputs: Array(layer[i..<min(i + 8, layer.count)])))
-                i += 8
-            }
-            layer = next
-        }
+        g.addReduction(of: (0..<leaves).map { g.add(operatorIndex: 0, arg: Int64($0)) }, operatorIndex: 1, fanIn: 8)
         let built = DispatchTime.now().uptimeNanoseconds
         // The wire size, as the submit will send it.
         let (spec, frames) = g.encoded()

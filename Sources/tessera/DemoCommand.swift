@@ -40,15 +40,11 @@ struct DemoCommand: ParsableCommand {
             let gen = g.add(operatorIndex: 0, arg: Int64(rows), paramIndex: UInt32(g.params.count))
             leaves.append(g.add(operatorIndex: 1, inputs: [gen]))
         }
-        var layer = leaves
-        while layer.count > 1 {
-            layer = stride(from: 0, to: layer.count, by: 8).map { g.add(operatorIndex: 2, inputs: Array(layer[$0..<min($0 + 8, layer.count)])) }
-        }
-        g.outputs = leaves + layer
+        let root = g.addReduction(of: leaves, operatorIndex: 2, fanIn: 8)
+        g.outputs = leaves + [root]
         let total = Double(partitions * rows)
         print("job: \(g.taskCount) tasks over \(partitions) partitions of \(rows) values")
         var running = Moments()
-        let root = layer[0]
         let outcome = try conn.run(.graph(g), name: "demo") { ev in
             guard case .results(let vs, let done, let count) = ev else { return }
             for (t, v) in vs where t != root {

@@ -27,6 +27,11 @@ let package = Package(
             name: "TesseraProtocol",
             dependencies: ["CLZ4", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
+        .target(name: "TesseraSky"),
+        .target(
+            name: "TesseraStorage",
+            dependencies: ["TesseraProtocol", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
         .target(
             name: "TesseraScheduler",
@@ -85,6 +90,8 @@ let package = Package(
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
+        .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol"]),
         .testTarget(

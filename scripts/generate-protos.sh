@@ -14,8 +14,8 @@ fi
 protoc --plugin=protoc-gen-swift="$plugin" \
   --swift_opt=Visibility=Public --swift_opt=FileNaming=DropPath \
   --swift_out=Sources/TesseraProtocol/Generated \
-  -I Protos Protos/tessera/v1/tessera.proto
+  -I Protos Protos/tessera/v1/tessera.proto Protos/tessera/v1/storage.proto
 if [ -d Clients/python/tessera ]; then
-  protoc --python_out=Clients/python/tessera -I Protos Protos/tessera/v1/tessera.proto
+  protoc --python_out=Clients/python/tessera -I Protos Protos/tessera/v1/*.proto
 fi
-echo "generated Sources/TesseraProtocol/Generated/tessera.pb.swift" >&2
+echo "generated Sources/TesseraProtocol/Generated/*.pb.swift" >&2

@@ -1,0 +1,62 @@
+extension HEALPix {
+    /// Pixels at `order` covering a region, as sorted, merged ranges of pixel indices.
+    ///
+    /// - Parameter inclusive: true gives every pixel that may overlap the region (a superset,
+    ///   for pruning shards and row groups); false gives the pixels whose centres are in it
+    ///   (healpy's `inclusive=False`).
+    public static func coverage(of region: some SkyRegion, order: Int, inclusive: Bool) -> [Range<Int64>] {
+        precondition(order >= 0 && order <= maxOrder)
+        // A little slack on the bound so rounding never drops an overlapping pixel.
+        let radii = (0...order).map { maxPixelRadius(order: $0) * (1 + 1e-9) + 1e-15 }
+        var out: [Range<Int64>] = []
+        func emit(_ r: Range<Int64>) {
+            if let last = out.last, last.upperBound == r.lowerBound {
+                out[out.count - 1] = last.lowerBound..<r.upperBound
+            } else {
+                out.append(r)
+            }
+        }
+        // Depth first in nested order, so ranges come out sorted.
+        var stack: [(level: Int, pix: Int64)] = (0..<12).reversed().map { (0, Int64($0)) }
+        while let (level, pix) = stack.popLast() {
+            let c = centerVector(order: level, pixel: pix)
+            switch region.classify(center: c, radius: radii[level]) {
+            case .outside:
+                continue
+            case .inside:
+                emit(children(pix, order: level, to: order))
+            case .partial:
+                if level == order {
+                    if inclusive || region.contains(c) { emit(pix..<(pix + 1)) }
+                } else {
+                    for k in (0..<Int64(4)).reversed() { stack.append((level + 1, pix * 4 + k)) }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Order-29 spatial-index ranges that contain every point of a region, for pruning shards and
+    /// row groups. The walk stops at `resolution` (finer orders cost time along the boundary and
+    /// prune little more); its pixels are then widened to the index ranges they span.
+    public static func indexRanges(of region: some SkyRegion, resolution: Int = 14) -> [Range<Int64>] {
+        let r = min(max(resolution, 0), maxOrder)
+        let shift = 2 * Int64(maxOrder - r)
+        return coverage(of: region, order: r, inclusive: true).map { ($0.lowerBound << shift)..<($0.upperBound << shift) }
+    }
+
+    /// The pixels of `coverage(of:order:inclusive:)`, one by one.
+    public static func pixels(of region: some SkyRegion, order: Int, inclusive: Bool) -> [Int64] {
+        coverage(of: region, order: order, inclusive: inclusive).flatMap { Array($0) }
+    }
+
+    /// Pixels within `radius` radians of `center`: centres inside (exact), or any overlap (inclusive).
+    public static func queryDisc(order: Int, center: Vec3, radius: Double, inclusive: Bool) -> [Int64] {
+        pixels(of: ConeRegion(center: center, radius: radius), order: order, inclusive: inclusive)
+    }
+
+    /// Pixels of a convex polygon: centres inside (exact), or any overlap (inclusive).
+    public static func queryPolygon(order: Int, vertices: [Vec3], inclusive: Bool) throws(SkyError) -> [Int64] {
+        pixels(of: try PolygonRegion(vertices: vertices), order: order, inclusive: inclusive)
+    }
+}

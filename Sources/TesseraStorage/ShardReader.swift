@@ -1,0 +1,136 @@
+import SwiftProtobuf
+import TesseraProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads a shard file through a read-only memory map: the footer is checked (magic, length,
+/// checksum) when the file is opened, and each column chunk's checksum when it is read; only the
+/// columns and row groups asked for are touched.
+public final class ShardReader {
+    public let path: String
+    public let footer: Tessera_V1_ShardFooter
+    private let base: UnsafeRawPointer
+    private let size: Int
+
+    public init(path: String) throws(ShardError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
+        let size = Int(st.st_size)
+        let tail = 8 + 8 + 8
+        guard size >= ShardWriter.magic.count + tail else {
+            throw .corruptFile(path: path, reason: "only \(size) bytes: truncated or not a shard file")
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw .io(path: path, operation: "mmap", errno: errno)
+        }
+        let base = UnsafeRawPointer(p)
+        func fail(_ why: String) -> ShardError {
+            munmap(p, size)
+            return .corruptFile(path: path, reason: why)
+        }
+        let magic = ShardWriter.magic
+        guard (0..<8).allSatisfy({ base.load(fromByteOffset: $0, as: UInt8.self) == magic[$0] }) else {
+            throw fail("it does not start with the shard magic")
+        }
+        guard (0..<8).allSatisfy({ base.load(fromByteOffset: size - 8 + $0, as: UInt8.self) == magic[$0] }) else {
+            throw fail("it does not end with the shard magic (truncated?)")
+        }
+        let footerLength = Int(clamping: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: size - tail, as: UInt64.self)))
+        let footerHash = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: size - 16, as: UInt64.self))
+        guard footerLength <= size - tail - 8 else { throw fail("footer length \(footerLength) exceeds the file") }
+        let footerStart = size - tail - footerLength
+        let footerBytes = UnsafeRawBufferPointer(start: base + footerStart, count: footerLength)
+        guard XXHash64.hash(footerBytes) == footerHash else { throw fail("footer checksum mismatch") }
+        let f: Tessera_V1_ShardFooter
+        do {
+            f = try Tessera_V1_ShardFooter(serializedBytes: Array(footerBytes))
+        } catch {
+            throw fail("footer does not decode: \(error)")
+        }
+        guard f.formatVersion == ShardWriter.formatVersion else { throw fail("format version \(f.formatVersion) is not supported") }
+        for (g, group) in f.rowGroups.enumerated() {
+            guard group.chunks.count == f.columns.count else { throw fail("row group \(g) has \(group.chunks.count) chunks for \(f.columns.count) columns") }
+            for (c, chunk) in group.chunks.enumerated() {
+                guard chunk.offset >= 8, chunk.storedLength <= UInt64(footerStart), chunk.offset <= UInt64(footerStart) - chunk.storedLength else {
+                    throw fail("row group \(g), column `\(f.columns[c].name)`: chunk lies outside the data area")
+                }
+                guard chunk.rawLength == group.rows * UInt64(ColumnData.width(f.columns[c].type)) else {
+                    throw fail("row group \(g), column `\(f.columns[c].name)`: \(chunk.rawLength) bytes for \(group.rows) rows")
+                }
+            }
+        }
+        self.base = base
+        self.size = size
+        footer = f
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+
+    public var columnNames: [String] { footer.columns.map(\.name) }
+    public var rowGroupCount: Int { footer.rowGroups.count }
+    /// Row groups holding the shard's own rows (the rest are margin).
+    public var ownRowGroups: Range<Int> { 0..<Int(footer.marginFirstGroup) }
+    public var marginRowGroups: Range<Int> { Int(footer.marginFirstGroup)..<footer.rowGroups.count }
+
+    public func columnIndex(_ name: String) throws(ShardError) -> Int {
+        guard let i = footer.columns.firstIndex(where: { $0.name == name }) else {
+            throw .unknownColumn(path: path, column: name, available: columnNames)
+        }
+        return i
+    }
+
+    /// One column of one row group, checksum verified.
+    public func read(column c: Int, rowGroup g: Int) throws(ShardError) -> ColumnData {
+        guard g >= 0 && g < footer.rowGroups.count else { throw .rowGroupOutOfRange(path: path, rowGroup: g, count: footer.rowGroups.count) }
+        let chunk = footer.rowGroups[g].chunks[c]
+        let name = footer.columns[c].name
+        let stored = UnsafeRawBufferPointer(start: base + Int(chunk.offset), count: Int(chunk.storedLength))
+        guard XXHash64.hash(stored) == chunk.checksum else {
+            throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "checksum mismatch")
+        }
+        let type = footer.columns[c].type
+        switch chunk.codec {
+        case .chunkRaw:
+            guard chunk.storedLength == chunk.rawLength else {
+                throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "raw chunk of \(chunk.storedLength) bytes, expected \(chunk.rawLength)")
+            }
+            return ColumnData.fromStored(type, stored)
+        case .chunkLz4:
+            let bytes: [UInt8]
+            do {
+                bytes = try LZ4.decompress(stored, rawLength: Int(chunk.rawLength))
+            } catch {
+                throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "\(error)")
+            }
+            return bytes.withUnsafeBytes { ColumnData.fromStored(type, $0) }
+        case .UNRECOGNIZED(let k):
+            throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "unknown codec \(k)")
+        }
+    }
+
+    /// The named columns over the given row groups (default: the shard's own rows), concatenated.
+    public func read(columns names: [String], rowGroups: [Int]? = nil) throws(ShardError) -> [ColumnData] {
+        let idx = try names.map { (n) throws(ShardError) in try columnIndex(n) }
+        let groups = rowGroups ?? Array(ownRowGroups)
+        var out = idx.map { ColumnData.empty(footer.columns[$0].type) }
+        for g in groups {
+            for (k, c) in idx.enumerated() { out[k].append(try read(column: c, rowGroup: g)) }
+        }
+        return out
+    }
+
+    /// Row groups whose spatial-index range meets one of the given index ranges (order 29).
+    public func rowGroups(overlapping ranges: [Range<Int64>], margin: Bool = false) -> [Int] {
+        let groups = margin ? Array(marginRowGroups) : Array(ownRowGroups)
+        return groups.filter { g in
+            let rg = footer.rowGroups[g]
+            return ranges.contains { $0.lowerBound <= rg.indexMax && rg.indexMin < $0.upperBound }
+        }
+    }
+}

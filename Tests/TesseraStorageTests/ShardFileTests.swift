@@ -1,0 +1,204 @@
+import Foundation
+import Testing
+import TesseraProtocol
+import TesseraSky
+@testable import TesseraStorage
+
+/// Reference values from Python's `xxhash` package (xxhash.xxh64(data).intdigest()).
+let xxHashVectors: [(data: [UInt8], hash: UInt64)] = [
+    ([], 0xEF46_DB37_51D8_E999),
+    (Array("a".utf8), 0xD24E_C4F1_A98C_6E5B),
+    (Array("abc".utf8), 0x44BC_2CF5_AD77_0999),
+    (Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8), 0x6919_6C1B_3AF0_BFF9),
+    ((0..<768).map { UInt8($0 % 256) }, 0x8E03_C838_C596_036F),
+]
+
+@Test func xxHash64MatchesTheReference() {
+    for v in xxHashVectors { #expect(XXHash64.hash(v.data) == v.hash, "\(v.data.count) bytes") }
+}
+
+/// A small deterministic catalog: positions, a sorted-ish id, noisy fluxes, flags.
+struct TestCatalog {
+    var ra: [Double] = [], dec: [Double] = [], index: [Int64] = [], id: [Int64] = []
+    var flux: [Float] = [], mag: [Double] = [], band: [Int32] = [], cell: [Int16] = [], ext: [UInt8] = [], primary: [Bool] = []
+
+    init(rows: Int, seed: UInt64) {
+        var s = seed
+        func next() -> Double {
+            s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Double(s >> 11) * 0x1.0p-53
+        }
+        for i in 0..<rows {
+            let r = 50 + 20 * next(), d = -45 + 20 * next()
+            ra.append(r); dec.append(d)
+            index.append(HEALPix.spatialIndex(ra: r, dec: d))
+            id.append(Int64(1 << 32) + Int64(i))
+            flux.append(Float(1000 * next() + 1))
+            mag.append(i % 97 == 0 ? .nan : 16 + 10 * next())
+            band.append(Int32(i % 6)); cell.append(Int16(i % 400)); ext.append(UInt8(i % 2)); primary.append(i % 33 != 0)
+        }
+    }
+
+    static let schema: [ColumnSpec] = [
+        ColumnSpec("coord_ra", .columnFloat64, unit: "deg"), ColumnSpec("coord_dec", .columnFloat64, unit: "deg"),
+        ColumnSpec("_healpix_29", .columnInt64), ColumnSpec("objectId", .columnInt64),
+        ColumnSpec("r_psfFlux", .columnFloat32, unit: "nJy", description: "PSF flux"), ColumnSpec("r_mag", .columnFloat64),
+        ColumnSpec("band", .columnInt32), ColumnSpec("cell", .columnInt16), ColumnSpec("ext", .columnUint8),
+        ColumnSpec("detect_isPrimary", .columnBool),
+    ]
+
+    var columns: [ColumnData] {
+        [.float64(ra), .float64(dec), .int64(index), .int64(id), .float32(flux), .float64(mag), .int32(band), .int16(cell), .uint8(ext), .bool(primary)]
+    }
+}
+
+func tempPath(_ name: String) -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-shard-tests-\(getpid())")
+    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir.appendingPathComponent(name).path
+}
+
+@Suite struct ShardFileTests {
+    @Test func roundTripReproducesEveryRowSortedByIndex() throws {
+        let cat = TestCatalog(rows: 150_000, seed: 1)
+        let path = tempPath("roundtrip.shard")
+        let summary = try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0, rowGroupRows: 65_536)
+        #expect(summary.rows == 150_000)
+        #expect(summary.rowGroups == 3)
+        let r = try ShardReader(path: path)
+        #expect(r.columnNames == TestCatalog.schema.map(\.name))
+        #expect(r.footer.columns[4].unit == "nJy")
+        let all = try r.read(columns: r.columnNames)
+        // Sorted by index, and the same multiset of rows: compare against the input sorted the same way.
+        guard case .int64(let idx) = all[2], case .int64(let ids) = all[3] else { Issue.record("wrong types"); return }
+        #expect(zip(idx, idx.dropFirst()).allSatisfy { $0 <= $1 })
+        let order = cat.index.indices.sorted { cat.index[$0] < cat.index[$1] || (cat.index[$0] == cat.index[$1] && $0 < $1) }
+        #expect(ids == order.map { cat.id[$0] })
+        for (k, col) in cat.columns.enumerated() where k != 5 {
+            #expect(all[k] == col.gathered(order), "column \(TestCatalog.schema[k].name)")
+        }
+        // NaN-aware comparison for the float column with gaps.
+        guard case .float64(let mags) = all[5] else { return }
+        let expected = order.map { cat.mag[$0] }
+        #expect(zip(mags, expected).allSatisfy { $0.bitPattern == $1.bitPattern })
+        // Statistics in the footer match the data.
+        let g0 = r.footer.rowGroups[0]
+        #expect(g0.indexMin == idx[0])
+        #expect(g0.indexMax == idx[65_535])
+        #expect(g0.chunks[5].nanCount == UInt64(mags[0..<65_536].filter(\.isNaN).count))
+        #expect(g0.chunks[5].min == mags[0..<65_536].filter { !$0.isNaN }.min())
+    }
+
+    @Test func compressionOnlyWherePays() throws {
+        let cat = TestCatalog(rows: 65_536, seed: 2)
+        let path = tempPath("codecs.shard")
+        try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0)
+        let r = try ShardReader(path: path)
+        let codecs = Dictionary(uniqueKeysWithValues: zip(r.columnNames, r.footer.rowGroups[0].chunks.map(\.codec)))
+        // Consecutive ids and small-range integers and flags shrink; noisy floats stay raw.
+        #expect(codecs["objectId"] == .chunkLz4)
+        #expect(codecs["band"] == .chunkLz4)
+        #expect(codecs["detect_isPrimary"] == .chunkLz4)
+        #expect(codecs["r_psfFlux"] == .chunkRaw)
+        #expect(codecs["coord_ra"] == .chunkRaw)
+        // The rule itself, chunk by chunk: compressed exactly where LZ4 saves at least 10%.
+        let data = try r.read(columns: r.columnNames, rowGroups: [0])
+        for (k, chunk) in r.footer.rowGroups[0].chunks.enumerated() {
+            let rawBytes = data[k].withStoredBytes { Array($0) }
+            let lz4 = rawBytes.withUnsafeBytes { LZ4.compress($0) }
+            let pays = Double(lz4.count) <= 0.9 * Double(rawBytes.count)
+            #expect((chunk.codec == .chunkLz4) == pays, "\(r.columnNames[k]): raw \(rawBytes.count), lz4 \(lz4.count)")
+        }
+    }
+
+    @Test func readsOnlyWhatIsAskedAndPrunesRowGroups() throws {
+        let cat = TestCatalog(rows: 200_000, seed: 3)
+        let path = tempPath("prune.shard")
+        try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0, rowGroupRows: 10_000)
+        let r = try ShardReader(path: path)
+        let cone = ConeRegion(ra: 60, dec: -35, radius: 0.5)
+        let ranges = HEALPix.indexRanges(of: cone)
+        let groups = r.rowGroups(overlapping: ranges)
+        #expect(!groups.isEmpty && groups.count < r.rowGroupCount)
+        // Brute force: every row in the cone lies in a selected group.
+        let cols = try r.read(columns: ["coord_ra", "coord_dec"], rowGroups: groups)
+        guard case .float64(let ra) = cols[0], case .float64(let dec) = cols[1] else { return }
+        let inside = zip(ra, dec).filter { cone.contains(ra: $0.0, dec: $0.1) }.count
+        let bruteForce = zip(cat.ra, cat.dec).filter { cone.contains(ra: $0.0, dec: $0.1) }.count
+        #expect(inside == bruteForce)
+        #expect(bruteForce > 0)
+    }
+
+    @Test func marginRowsAreKeptApart() throws {
+        let own = TestCatalog(rows: 1000, seed: 4), margin = TestCatalog(rows: 100, seed: 5)
+        let path = tempPath("margin.shard")
+        let s = try ShardWriter.write(to: path, columns: TestCatalog.schema, data: own.columns, indexColumn: "_healpix_29", order: 3, pixel: 0, margin: margin.columns)
+        #expect(s.rows == 1000 && s.marginRows == 100)
+        let r = try ShardReader(path: path)
+        #expect(try r.read(columns: ["objectId"])[0].count == 1000)
+        #expect(try r.read(columns: ["objectId"], rowGroups: Array(r.marginRowGroups))[0].count == 100)
+    }
+
+    @Test func corruptionIsReportedByFileRowGroupAndColumn() throws {
+        let cat = TestCatalog(rows: 30_000, seed: 6)
+        let path = tempPath("corrupt.shard")
+        try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0, rowGroupRows: 10_000)
+        let good = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        let r = try ShardReader(path: path)
+        let chunk = r.footer.rowGroups[1].chunks[4]
+
+        // A bit flip inside row group 1's r_psfFlux chunk.
+        var flipped = good
+        flipped[Int(chunk.offset) + 17] ^= 0x10
+        let p1 = tempPath("flipped.shard")
+        try Data(flipped).write(to: URL(fileURLWithPath: p1))
+        let r1 = try ShardReader(path: p1)
+        #expect(throws: ShardError.corruptChunk(path: p1, rowGroup: 1, column: "r_psfFlux", reason: "checksum mismatch")) {
+            _ = try r1.read(columns: ["r_psfFlux"])
+        }
+        _ = try r1.read(columns: ["objectId"])  // other columns still read
+
+        // Truncated.
+        let p2 = tempPath("truncated.shard")
+        try Data(good.prefix(good.count / 2)).write(to: URL(fileURLWithPath: p2))
+        #expect { _ = try ShardReader(path: p2) } throws: { e in
+            guard case ShardError.corruptFile(let p, _) = e else { return false }
+            return p == p2 && "\(e)".contains(p2)
+        }
+
+        // A flipped footer byte.
+        var badFooter = good
+        badFooter[good.count - 40] ^= 0x01
+        let p3 = tempPath("footer.shard")
+        try Data(badFooter).write(to: URL(fileURLWithPath: p3))
+        #expect { _ = try ShardReader(path: p3) } throws: { e in
+            if case ShardError.corruptFile = e { return true } else { return false }
+        }
+
+        // Not a shard file at all; a missing file.
+        let p4 = tempPath("text.shard")
+        try Data(String(repeating: "hello, world\n", count: 10).utf8).write(to: URL(fileURLWithPath: p4))
+        #expect(throws: ShardError.self) { _ = try ShardReader(path: p4) }
+        #expect { _ = try ShardReader(path: tempPath("missing.shard")) } throws: { e in
+            if case ShardError.io(_, "open", _) = e { return true } else { return false }
+        }
+        #expect(throws: ShardError.self) { _ = try r.read(columns: ["r_psfFlx"]) }
+    }
+
+    @Test func badInputIsRefusedAndNothingIsWritten() throws {
+        let cat = TestCatalog(rows: 10, seed: 7)
+        let path = tempPath("refused.shard")
+        var cols = cat.columns
+        cols[4] = .float64(Array(repeating: 1, count: 10))
+        #expect(throws: ShardError.self) {
+            try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cols, indexColumn: "_healpix_29", order: 3, pixel: 0)
+        }
+        #expect(throws: ShardError.self) {
+            try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "coord_ra", order: 3, pixel: 0)
+        }
+        #expect(!FileManager.default.fileExists(atPath: path))
+        #expect(throws: ShardError.self) {
+            try ShardWriter.write(to: "/nonexistent-folder/x.shard", columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0)
+        }
+    }
+}

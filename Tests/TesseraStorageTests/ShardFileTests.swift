@@ -202,3 +202,60 @@ func tempPath(_ name: String) -> String {
         }
     }
 }
+
+@Suite struct SkyPartitionerTests {
+    @Test func shardsTileTheRowsAndRespectTheLimit() {
+        var cat = TestCatalog(rows: 50_000, seed: 11)
+        // A dense clump, so that the order adapts.
+        for i in 0..<20_000 {
+            let r = 60 + 0.05 * sin(Double(i)), d = -35 + 0.05 * cos(Double(i) * 1.7)
+            cat.ra.append(r); cat.dec.append(d); cat.index.append(HEALPix.spatialIndex(ra: r, dec: d))
+        }
+        let order = cat.index.indices.sorted { cat.index[$0] < cat.index[$1] }
+        let sorted = order.map { cat.index[$0] }
+        let shards = SkyPartitioner.partition(sortedIndex: sorted, maxRows: 5_000)
+        #expect(shards.first?.rows.lowerBound == 0)
+        #expect(shards.last?.rows.upperBound == sorted.count)
+        for (a, b) in zip(shards, shards.dropFirst()) { #expect(a.rows.upperBound == b.rows.lowerBound) }
+        for s in shards {
+            #expect(s.rows.count <= 5_000)
+            // Every row's index lies in its shard's pixel.
+            #expect(sorted[s.rows].allSatisfy { s.indexRange.contains($0) })
+        }
+        // Orders adapt: the clump gets finer shards than the field.
+        #expect(Set(shards.map(\.order)).count > 1)
+    }
+
+    /// Brute force over all row–shard pairs, with the distance to a shard taken from a dense
+    /// boundary sampling: every row within the radius of another shard is in that shard's margin.
+    @Test func marginsHoldEveryRowWithinTheRadius() {
+        let cat = TestCatalog(rows: 4_000, seed: 12)
+        let order = cat.index.indices.sorted { cat.index[$0] < cat.index[$1] }
+        let ra = order.map { cat.ra[$0] }, dec = order.map { cat.dec[$0] }
+        var shards = SkyPartitioner.partition(sortedIndex: order.map { cat.index[$0] }, maxRows: 300)
+        let radius = 600.0 / 3600 * .pi / 180  // 10 arcmin, so that many rows qualify
+        SkyPartitioner.addMargins(&shards, ra: ra, dec: dec, radius: radius)
+        var expectedPairs = 0
+        for (s, shard) in shards.enumerated() {
+            let dense = HEALPix.boundaries(order: shard.order, pixel: shard.pixel, step: 500)
+            let center = HEALPix.centerVector(order: shard.order, pixel: shard.pixel)
+            let reach = HEALPix.maxPixelRadius(order: shard.order) + 2 * radius
+            let margin = Set(shard.margin)
+            for row in 0..<ra.count where !shard.rows.contains(row) {
+                let v = Vec3(ra: ra[row], dec: dec[row])
+                // Far from the pixel altogether: neither expected nor allowed in the margin.
+                if center.angle(to: v) > reach {
+                    #expect(!margin.contains(row))
+                    continue
+                }
+                let d = dense.map { $0.angle(to: v) }.min()!
+                if d <= radius * 0.999 {
+                    expectedPairs += 1
+                    #expect(margin.contains(row), "row \(row) is \(d / radius) radii from shard \(s) but not in its margin")
+                }
+                if margin.contains(row) { #expect(d <= radius * 1.13, "row \(row) in shard \(s)'s margin is \(d / radius) radii away") }
+            }
+        }
+        #expect(expectedPairs > 50)
+    }
+}

@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "TesseraSky"),
         .target(
             name: "TesseraStorage",
-            dependencies: ["TesseraProtocol", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: ["TesseraProtocol", "TesseraSky", "CFITSIO", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
         .target(
@@ -91,7 +91,7 @@ let package = Package(
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol"]),
+        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol"]),
         .testTarget(

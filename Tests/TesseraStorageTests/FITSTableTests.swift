@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+import TesseraProtocol
+@testable import TesseraStorage
+
+let astropyFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/astropy_table.fits").path
+
+/// Reads the table `scripts/make_fits_fixtures.py` wrote with astropy; values follow its formulas.
+@Suite struct FITSTableTests {
+    @Test func readsEveryColumnTypeAstropyWrites() throws {
+        let t = try FITSTableReader(path: astropyFixture)
+        #expect(t.rowCount == 1000)
+        #expect(t.columns.map(\.name) == ["coord_ra", "coord_dec", "r_psfFlux", "objectId", "cell", "band", "ext", "detect_isPrimary", "name", "shape", "visits"])
+        #expect(t.columns[2].unit == "nJy")
+        let i = (0..<1000).map(Double.init)
+        #expect(try t.read(column: "coord_ra") == .float64(i.map { $0 * 0.36 }))
+        #expect(try t.read(column: "coord_dec") == .float64(i.map { -45 + $0 * 0.09 }))
+        guard case .float32(let flux) = try t.read(column: "r_psfFlux") else { Issue.record("flux type"); return }
+        for k in 0..<1000 {
+            if k % 10 == 0 { #expect(flux[k].isNaN) } else { #expect(flux[k] == Float(Double(k) * 1.5)) }
+        }
+        #expect(try t.read(column: "objectId") == .int64((0..<1000).map { (Int64(1) << 40) + Int64($0) }))
+        #expect(try t.read(column: "cell") == .int32((0..<1000).map { Int32($0 % 400) }))
+        #expect(try t.read(column: "band") == .int16((0..<1000).map { Int16($0 % 6 - 3) }))
+        #expect(try t.read(column: "ext") == .uint8((0..<1000).map { UInt8($0 % 2) }))
+        #expect(try t.read(column: "detect_isPrimary") == .bool((0..<1000).map { $0 % 3 != 0 }))
+        // A part of the rows.
+        #expect(try t.read(column: "cell", rows: 10..<13) == .int32([10, 11, 12]))
+    }
+
+    @Test func integerNullsBecomeNaNAsPandasReadsThem() throws {
+        let t = try FITSTableReader(path: astropyFixture)
+        guard case .float64(let v) = try t.read(column: "visits") else { Issue.record("expected float64 with NaN"); return }
+        for k in 0..<1000 {
+            if k % 7 == 0 { #expect(v[k].isNaN) } else { #expect(v[k] == Double(k % 50)) }
+        }
+    }
+
+    @Test func unsupportedAndUnknownColumnsAreNamed() throws {
+        let t = try FITSTableReader(path: astropyFixture)
+        #expect { try t.read(column: "name") } throws: { e in
+            guard case FITSError.unsupportedColumn(let p, "name", let why) = e else { return false }
+            return p == astropyFixture && why.contains("string")
+        }
+        #expect { try t.read(column: "shape") } throws: { e in
+            guard case FITSError.unsupportedColumn(_, "shape", let why) = e else { return false }
+            return why.contains("array")
+        }
+        #expect { try t.read(column: "coord_raa") } throws: { e in
+            guard case FITSError.unknownColumn(_, "coord_raa", let avail) = e else { return false }
+            return avail.contains("coord_ra")
+        }
+    }
+
+    @Test func badFilesAreReportedByName() throws {
+        #expect { _ = try FITSTableReader(path: "/nonexistent/table.fits") } throws: { e in
+            guard case FITSError.cfitsio(let p, "open", _, _) = e else { return false }
+            return p == "/nonexistent/table.fits"
+        }
+        let junk = tempPath("junk.fits")
+        try Data(String(repeating: "not a FITS file\n", count: 300).utf8).write(to: URL(fileURLWithPath: junk))
+        #expect(throws: FITSError.self) { _ = try FITSTableReader(path: junk) }
+        // A truncated copy of a real table.
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: astropyFixture))
+        let cut = tempPath("truncated.fits")
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cut))
+        #expect(throws: FITSError.self) {
+            let t = try FITSTableReader(path: cut)
+            _ = try t.read(column: "visits")
+        }
+    }
+
+    @Test func writtenTablesReadBack() throws {
+        let path = tempPath("written.fits")
+        let specs = [ColumnSpec("a", .columnFloat64, unit: "deg"), ColumnSpec("b", .columnFloat32), ColumnSpec("c", .columnInt64),
+                     ColumnSpec("d", .columnInt32), ColumnSpec("e", .columnInt16), ColumnSpec("f", .columnUint8), ColumnSpec("g", .columnBool)]
+        let data: [ColumnData] = [.float64([1.5, -2, .nan]), .float32([1, 2, 3]), .int64([Int64.max, 0, -5]), .int32([1, -2, 3]),
+                                  .int16([-7, 8, 9]), .uint8([0, 255, 7]), .bool([true, false, true])]
+        try FITSTableWriter.write(to: path, columns: specs, data: data)
+        let t = try FITSTableReader(path: path)
+        #expect(t.columns.map(\.name) == specs.map(\.name))
+        #expect(t.columns[0].unit == "deg")
+        for (k, s) in specs.enumerated() where k != 0 { #expect(try t.read(column: s.name) == data[k], "\(s.name)") }
+        guard case .float64(let a) = try t.read(column: "a") else { return }
+        #expect(a[0] == 1.5 && a[1] == -2 && a[2].isNaN)
+    }
+}

@@ -33,6 +33,7 @@ let package = Package(
             dependencies: ["TesseraProtocol", "TesseraSky", "CFITSIO", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
+        .target(name: "TesseraSurvey", dependencies: ["TesseraStorage", "TesseraCompute", "TesseraSky", "TesseraProtocol"]),
         .target(
             name: "TesseraScheduler",
             dependencies: [
@@ -62,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute",
+                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -91,7 +92,7 @@ let package = Package(
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol"]),
         .testTarget(

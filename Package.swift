@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // System libraries from Debian, each wrapped once.
@@ -30,7 +31,11 @@ let package = Package(
         .target(name: "TesseraSky"),
         .target(
             name: "TesseraStorage",
-            dependencies: ["TesseraProtocol", "TesseraSky", "CFITSIO", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: [
+                "TesseraProtocol", "TesseraSky", "CFITSIO",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
         .target(name: "TesseraSurvey", dependencies: ["TesseraStorage", "TesseraCompute", "TesseraSky", "TesseraProtocol"]),

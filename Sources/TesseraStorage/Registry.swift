@@ -1,0 +1,230 @@
+import Foundation
+import GRDB
+
+/// A registry problem a user can act on.
+public enum RegistryError: Error, CustomStringConvertible, Equatable {
+    case datasetExists(String)
+    case unknownDataset(String)
+    case database(String)
+
+    public var description: String {
+        switch self {
+        case .datasetExists(let n): "a dataset named `\(n)` exists already: choose another name, or replace it (--replace)"
+        case .unknownDataset(let n): "there is no dataset named `\(n)`"
+        case .database(let m): "registry database error: \(m)"
+        }
+    }
+}
+
+/// A dataset as the registry knows it.
+public struct DatasetRecord: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+    public static let databaseTableName = "dataset"
+    public var id: Int64?
+    public var name: String
+    /// "catalog" (later also "coadd").
+    public var kind: String
+    /// The schema, as `ShardFooter.columns` serialized (protobuf).
+    public var schema: Data
+    public var raColumn: String
+    public var decColumn: String
+    public var maxRowsPerShard: Int64
+    public var marginArcsec: Double
+    public var rows: Int64
+    public var createdAt: Date
+
+    public init(name: String, kind: String = "catalog", schema: Data, raColumn: String, decColumn: String,
+                maxRowsPerShard: Int64, marginArcsec: Double, rows: Int64, createdAt: Date = Date()) {
+        self.name = name; self.kind = kind; self.schema = schema; self.raColumn = raColumn; self.decColumn = decColumn
+        self.maxRowsPerShard = maxRowsPerShard; self.marginArcsec = marginArcsec; self.rows = rows; self.createdAt = createdAt
+    }
+
+    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+}
+
+/// One shard of a dataset: a HEALPix pixel, its size and checksum.
+public struct ShardRecord: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+    public static let databaseTableName = "shard"
+    public var id: Int64?
+    public var datasetId: Int64
+    public var order: Int
+    public var pixel: Int64
+    public var rows: Int64
+    public var marginRows: Int64
+    public var bytes: Int64
+    /// xxHash64 of the shard file's footer (its content identity), as a signed integer.
+    public var checksum: Int64
+    /// Per-column statistics: `ShardFooter` row-group stats summarised (protobuf), for planning.
+    public var statistics: Data
+
+    public init(datasetId: Int64 = 0, order: Int, pixel: Int64, rows: Int64, marginRows: Int64, bytes: Int64, checksum: Int64, statistics: Data = Data()) {
+        self.datasetId = datasetId; self.order = order; self.pixel = pixel; self.rows = rows
+        self.marginRows = marginRows; self.bytes = bytes; self.checksum = checksum; self.statistics = statistics
+    }
+
+    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+
+    /// The shard's name on disk and in worker manifests.
+    public func key(dataset: String) -> String { "\(dataset)/order\(order)-pix\(pixel)" }
+}
+
+/// A copy of a shard on a worker (named by its stable worker name, not the per-run id).
+public struct ReplicaRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "replica"
+    public var shardId: Int64
+    public var worker: String
+}
+
+/// The registry: datasets, shards, replicas and workers, in one SQLite file at the scheduler.
+/// Every change is one transaction: an interrupted ingest leaves the previous state.
+public final class Registry: Sendable {
+    let db: DatabaseQueue
+
+    /// Opens (creating if needed) the registry at `path` and brings its schema up to date.
+    public init(path: String) throws {
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        db = try DatabaseQueue(path: path, configuration: config)
+        try Self.migrator.migrate(db)
+    }
+
+    /// An in-memory registry (tests).
+    public init() throws {
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        db = try DatabaseQueue(configuration: config)
+        try Self.migrator.migrate(db)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1: datasets, shards, replicas, workers") { db in
+            try db.create(table: "dataset") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("name", .text).notNull().unique()
+                t.column("kind", .text).notNull()
+                t.column("schema", .blob).notNull()
+                t.column("raColumn", .text).notNull()
+                t.column("decColumn", .text).notNull()
+                t.column("maxRowsPerShard", .integer).notNull()
+                t.column("marginArcsec", .double).notNull()
+                t.column("rows", .integer).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(table: "shard") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("datasetId", .integer).notNull().indexed().references("dataset", onDelete: .cascade)
+                t.column("order", .integer).notNull()
+                t.column("pixel", .integer).notNull()
+                t.column("rows", .integer).notNull()
+                t.column("marginRows", .integer).notNull()
+                t.column("bytes", .integer).notNull()
+                t.column("checksum", .integer).notNull()
+                t.column("statistics", .blob).notNull()
+                t.uniqueKey(["datasetId", "order", "pixel"])
+            }
+            try db.create(table: "replica") { t in
+                t.column("shardId", .integer).notNull().references("shard", onDelete: .cascade)
+                t.column("worker", .text).notNull().indexed()
+                t.primaryKey(["shardId", "worker"])
+            }
+            try db.create(table: "worker") { t in
+                t.primaryKey("name", .text)
+                t.column("peerEndpoint", .text).notNull()
+                t.column("lastSeen", .datetime).notNull()
+            }
+        }
+        return m
+    }
+
+    /// Versions of the schema applied, oldest first.
+    public func appliedMigrations() throws -> [String] {
+        try db.read { try Self.migrator.appliedMigrations($0) }
+    }
+
+    public func datasets() throws -> [DatasetRecord] {
+        try db.read { try DatasetRecord.order(Column("name")).fetchAll($0) }
+    }
+
+    public func dataset(named name: String) throws -> DatasetRecord? {
+        try db.read { try DatasetRecord.filter(Column("name") == name).fetchOne($0) }
+    }
+
+    public func shards(of dataset: DatasetRecord) throws -> [ShardRecord] {
+        try db.read { try ShardRecord.filter(Column("datasetId") == dataset.id).order(Column("order"), Column("pixel")).fetchAll($0) }
+    }
+
+    /// Workers holding each shard of a dataset, by shard id.
+    public func replicas(of dataset: DatasetRecord) throws -> [Int64: [String]] {
+        try db.read { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT replica.shardId, replica.worker FROM replica JOIN shard ON shard.id = replica.shardId
+                WHERE shard.datasetId = ? ORDER BY replica.shardId, replica.worker
+                """, arguments: [dataset.id])
+            var out: [Int64: [String]] = [:]
+            for r in rows { out[r["shardId"], default: []].append(r["worker"]) }
+            return out
+        }
+    }
+
+    /// Records a finished ingest: the dataset, its shards and where their replicas are, in one
+    /// transaction. A dataset of that name is refused unless `replace`, which swaps it atomically.
+    /// - Parameter replicas: per shard (same order as `shards`), the workers holding a copy.
+    @discardableResult
+    public func commitIngest(_ dataset: DatasetRecord, shards: [ShardRecord], replicas: [[String]], replace: Bool) throws -> DatasetRecord {
+        precondition(shards.count == replicas.count)
+        return try db.write { db in
+            if let old = try DatasetRecord.filter(Column("name") == dataset.name).fetchOne(db) {
+                guard replace else { throw RegistryError.datasetExists(dataset.name) }
+                _ = try old.delete(db)
+            }
+            var d = dataset
+            d.id = nil
+            try d.insert(db)
+            let datasetID = db.lastInsertedRowID
+            d.id = datasetID
+            for (s, holders) in zip(shards, replicas) {
+                var rec = s
+                rec.id = nil
+                rec.datasetId = datasetID
+                try rec.insert(db)
+                let shardID = db.lastInsertedRowID
+                for w in holders { try ReplicaRecord(shardId: shardID, worker: w).insert(db) }
+            }
+            return d
+        }
+    }
+
+    /// Drops a dataset with its shards and replicas.
+    public func dropDataset(named name: String) throws {
+        try db.write { db in
+            guard let d = try DatasetRecord.filter(Column("name") == name).fetchOne(db) else { throw RegistryError.unknownDataset(name) }
+            _ = try d.delete(db)
+        }
+    }
+
+    /// Notes a worker's stable name and endpoint.
+    public func recordWorker(name: String, peerEndpoint: String, seen: Date = Date()) throws {
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO worker (name, peerEndpoint, lastSeen) VALUES (?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET peerEndpoint = excluded.peerEndpoint, lastSeen = excluded.lastSeen
+                """, arguments: [name, peerEndpoint, seen])
+        }
+    }
+
+    /// Compares what a worker reports holding with what the registry expects it to hold.
+    /// - Returns: shard keys the registry expects but the worker lacks (lost: to be reported, never
+    ///   silently dropped), and keys the worker has that no dataset lists (orphans, e.g. of an
+    ///   ingest that never committed).
+    public func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String]) {
+        let expected: [String] = try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT dataset.name, shard."order", shard.pixel FROM replica
+                JOIN shard ON shard.id = replica.shardId JOIN dataset ON dataset.id = shard.datasetId
+                WHERE replica.worker = ?
+                """, arguments: [worker]).map { r in "\(r["name"] as String)/order\(r["order"] as Int)-pix\(r["pixel"] as Int64)" }
+        }
+        let e = Set(expected)
+        return (e.subtracting(holdings).sorted(), holdings.subtracting(e).sorted())
+    }
+}

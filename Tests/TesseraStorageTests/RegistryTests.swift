@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+@testable import TesseraStorage
+
+func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
+    DatasetRecord(name: name, schema: Data([1, 2, 3]), raColumn: "coord_ra", decColumn: "coord_dec",
+                  maxRowsPerShard: 1000, marginArcsec: 10, rows: rows)
+}
+
+@Suite struct RegistryTests {
+    /// A real SQLite file in a temporary folder, opened again to show it persists.
+    @Test func ingestIsRecordedAndSurvivesReopening() throws {
+        let path = tempPath("registry-\(UInt32.random(in: 0...UInt32.max)).sqlite")
+        do {
+            let r = try Registry(path: path)
+            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers"])
+            let shards = [ShardRecord(order: 5, pixel: 10, rows: 60, marginRows: 3, bytes: 1000, checksum: -5),
+                          ShardRecord(order: 6, pixel: 44, rows: 40, marginRows: 1, bytes: 800, checksum: 7)]
+            let d = try r.commitIngest(sampleDataset("object"), shards: shards, replicas: [["w0", "w1"], ["w1", "w2"]], replace: false)
+            #expect(d.id != nil)
+        }
+        let r = try Registry(path: path)
+        let d = try #require(try r.dataset(named: "object"))
+        #expect(d.rows == 100 && d.schema == Data([1, 2, 3]))
+        let shards = try r.shards(of: d)
+        #expect(shards.map(\.pixel) == [10, 44])
+        #expect(shards.map(\.checksum) == [-5, 7])
+        let reps = try r.replicas(of: d)
+        #expect(reps[shards[0].id!] == ["w0", "w1"])
+        #expect(reps[shards[1].id!] == ["w1", "w2"])
+    }
+
+    @Test func existingNamesAreRefusedUnlessReplacedAtomically() throws {
+        let r = try Registry()
+        try r.commitIngest(sampleDataset("object", rows: 1), shards: [ShardRecord(order: 1, pixel: 1, rows: 1, marginRows: 0, bytes: 1, checksum: 1)],
+                           replicas: [["w0"]], replace: false)
+        #expect(throws: RegistryError.datasetExists("object")) {
+            try r.commitIngest(sampleDataset("object", rows: 2), shards: [], replicas: [], replace: false)
+        }
+        #expect(try r.dataset(named: "object")?.rows == 1)
+        try r.commitIngest(sampleDataset("object", rows: 2), shards: [ShardRecord(order: 2, pixel: 9, rows: 2, marginRows: 0, bytes: 1, checksum: 2)],
+                           replicas: [["w1"]], replace: true)
+        let d = try #require(try r.dataset(named: "object"))
+        #expect(d.rows == 2)
+        #expect(try r.shards(of: d).map(\.pixel) == [9])
+        #expect(try r.datasets().count == 1)
+    }
+
+    /// A failure in the middle of recording an ingest (here: two shards for the same pixel)
+    /// leaves the registry exactly as it was.
+    @Test func aFailedIngestLeavesThePreviousState() throws {
+        let r = try Registry()
+        try r.commitIngest(sampleDataset("object", rows: 1), shards: [ShardRecord(order: 1, pixel: 1, rows: 1, marginRows: 0, bytes: 1, checksum: 1)],
+                           replicas: [["w0"]], replace: false)
+        let dup = ShardRecord(order: 3, pixel: 3, rows: 1, marginRows: 0, bytes: 1, checksum: 1)
+        #expect(throws: (any Error).self) {
+            try r.commitIngest(sampleDataset("object", rows: 2), shards: [dup, dup], replicas: [["w0"], ["w1"]], replace: true)
+        }
+        let d = try #require(try r.dataset(named: "object"))
+        #expect(d.rows == 1)
+        #expect(try r.shards(of: d).map(\.pixel) == [1])
+        #expect(try r.replicas(of: d).values.flatMap { $0 } == ["w0"])
+    }
+
+    @Test func reconcileReportsLostAndOrphanedShards() throws {
+        let r = try Registry()
+        try r.commitIngest(sampleDataset("object"), shards: [
+            ShardRecord(order: 5, pixel: 10, rows: 1, marginRows: 0, bytes: 1, checksum: 1),
+            ShardRecord(order: 5, pixel: 11, rows: 1, marginRows: 0, bytes: 1, checksum: 1),
+        ], replicas: [["w0", "w1"], ["w0"]], replace: false)
+        let (missing, orphans) = try r.reconcile(worker: "w0", holdings: ["object/order5-pix10", "old/order2-pix3"])
+        #expect(missing == ["object/order5-pix11"])
+        #expect(orphans == ["old/order2-pix3"])
+        let w1 = try r.reconcile(worker: "w1", holdings: ["object/order5-pix10"])
+        #expect(w1.missing.isEmpty && w1.orphans.isEmpty)
+        try r.recordWorker(name: "w0", peerEndpoint: "tcp://127.0.0.1:9000")
+        try r.recordWorker(name: "w0", peerEndpoint: "tcp://127.0.0.1:9001")
+        try r.dropDataset(named: "object")
+        #expect(try r.datasets().isEmpty)
+        #expect(throws: RegistryError.unknownDataset("object")) { try r.dropDataset(named: "object") }
+    }
+}

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+import TesseraSurvey
+
+/// `tessera bench scan`: how fast shard files decode on one core, beside the machine's ceilings.
+struct ScanBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scan",
+        abstract: "Decode throughput of shard files (1, 4 and all columns) on one core, beside memcpy and raw LZ4.")
+
+    @Option(help: "Rows of synthetic catalog to write as shards (once) and scan.")
+    var rows = 4_000_000
+
+    @Option(help: "Where the shard files are kept between runs.")
+    var dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench-scan").path
+
+    @Option(help: "Timed passes over the data per workload (the best is reported).")
+    var passes = 5
+
+    func run() throws {
+        let paths = try prepare()
+        let readers = try paths.map { try ShardReader(path: $0) }
+        let schema = SyntheticCatalog.schema
+        // Warm the page cache and the code.
+        for r in readers { _ = try r.read(columns: r.columnNames) }
+        let total = readers.reduce(0) { $0 + Int($1.footer.rows) }
+
+        func best(_ body: () throws -> Int) rethrows -> (seconds: Double, bytes: Int) {
+            var bestT = Double.infinity
+            var bytes = 0
+            for _ in 0..<passes {
+                let t = DispatchTime.now().uptimeNanoseconds
+                bytes = try body()
+                bestT = min(bestT, Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9)
+            }
+            return (bestT, bytes)
+        }
+        func report(_ workload: String, _ r: (seconds: Double, bytes: Int), rows: Int?, extra: [(String, Any)] = []) {
+            var f: [(String, Any)] = [("engine", "tessera"), ("workload", workload)]
+            if let rows { f += [("rows", rows), ("mrows_per_s", Double(rows) / r.seconds / 1e6)] }
+            f += [("bytes", r.bytes), ("seconds", r.seconds), ("gb_per_s_per_core", Double(r.bytes) / r.seconds / 1e9)]
+            print(jsonLine(f + extra))
+            fflush(nil)
+        }
+
+        // Ceilings: memcpy of a buffer the size of the 4-column scan, and raw LZ4 decompression.
+        let fourBytes = total * 4 * 4
+        let src = [UInt8](repeating: 7, count: fourBytes)
+        var dst = [UInt8](repeating: 0, count: fourBytes)
+        report("memcpy", best {
+            src.withUnsafeBytes { s in dst.withUnsafeMutableBytes { d in d.copyMemory(from: s) } }
+            return fourBytes
+        }, rows: nil)
+        let ids = (0..<(1 << 22)).map { Int64($0) + 1 << 32 }
+        let packed = ids.withUnsafeBytes { LZ4.compress($0) }
+        report("lz4_decompress", try best {
+            let out = try packed.withUnsafeBytes { try LZ4.decompress($0, rawLength: ids.count * 8) }
+            return out.count
+        }, rows: nil, extra: [("ratio", Double(ids.count * 8) / Double(packed.count))])
+
+        // Decoding, checksums verified, into typed arrays.
+        func scan(_ cols: [String]) throws -> Int {
+            var bytes = 0
+            for r in readers {
+                for c in try r.read(columns: cols) { bytes += c.count * ColumnData.width(c.type) }
+            }
+            return bytes
+        }
+        report("scan_1_column", try best { try scan(["coord_ra"]) }, rows: total, extra: [("columns", 1)])
+        let four = ["g_psfFlux", "r_psfFlux", "i_psfFlux", "z_psfFlux"]
+        report("scan_4_float_columns", try best { try scan(four) }, rows: total, extra: [("columns", 4)])
+        report("scan_all_columns", try best { try scan(schema.map(\.name)) }, rows: total, extra: [("columns", schema.count)])
+    }
+
+    /// Writes the synthetic catalog as shard files (1M rows each) unless they are there already.
+    func prepare() throws -> [String] {
+        let folder = (dir as NSString).appendingPathComponent("rows\(rows)")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let perShard = 1_000_000
+        var paths: [String] = []
+        let catalog = SyntheticCatalog(seed: 42)
+        var schema = SyntheticCatalog.schema
+        schema.append(ColumnSpec("_healpix_29", .columnInt64))
+        var first = 0
+        while first < rows {
+            let n = min(perShard, rows - first)
+            let path = (folder as NSString).appendingPathComponent("shard\(paths.count).shard")
+            if !FileManager.default.fileExists(atPath: path) {
+                var cols = catalog.rows(first, count: n)
+                guard case .float64(let ra) = cols[1], case .float64(let dec) = cols[2] else { break }
+                cols.append(.int64(zip(ra, dec).map { HEALPix.spatialIndex(ra: $0, dec: $1) }))
+                try ShardWriter.write(to: path, columns: schema, data: cols, indexColumn: "_healpix_29", order: 0, pixel: 0)
+            }
+            paths.append(path)
+            first += n
+        }
+        return paths
+    }
+}

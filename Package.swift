@@ -42,7 +42,7 @@ let package = Package(
         .target(
             name: "TesseraScheduler",
             dependencies: [
-                "TesseraProtocol",
+                "TesseraProtocol", "TesseraStorage", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "TesseraWorker",
             dependencies: [
-                "TesseraProtocol", "TesseraCompute",
+                "TesseraProtocol", "TesseraCompute", "TesseraStorage",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -59,11 +59,11 @@ let package = Package(
         .target(
             name: "TesseraDaemon",
             dependencies: [
-                "ZeroMQ", "TesseraProtocol", "TesseraScheduler", "TesseraWorker", "TesseraCompute",
+                "ZeroMQ", "TesseraProtocol", "TesseraScheduler", "TesseraWorker", "TesseraCompute", "TesseraStorage",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute"]),
+        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky"]),
         .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol"]),
         .executableTarget(
             name: "tessera",
@@ -104,6 +104,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "TesseraTestKit", "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "ZeroMQ",
+                "TesseraStorage", "TesseraSurvey",
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]

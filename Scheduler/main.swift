@@ -22,6 +22,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Milliseconds of silence after which a worker is declared dead.")
     var workerTimeoutMs: UInt64 = 5000
 
+    @Option(help: "The registry of datasets (an SQLite file, created if missing).")
+    var registry: String?
+
     @Option(help: "Exit when the process with this pid is no longer the parent.")
     var exitWithParent: Int32?
 
@@ -41,7 +44,7 @@ struct SchedulerCommand: ParsableCommand {
         var config = SchedulerConfig()
         config.heartbeatIntervalMs = heartbeatMs
         config.workerTimeoutNs = workerTimeoutMs * 1_000_000
-        let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, parentPID: exitWithParent, logger: logger)
+        let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry, parentPID: exitWithParent, logger: logger)
         // The first line of stdout names the bound endpoints: launchers read it.
         print("tessera-scheduler clients=\(daemon.clientEndpoint) workers=\(daemon.workerEndpoint)")
         fflush(nil)

@@ -27,6 +27,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "A name shown in status (default: host-pid).")
     var name: String?
 
+    @Option(help: "Folder for this worker's catalog shards (created if missing).")
+    var data: String?
+
     @Option(help: "Exit when the process with this pid is no longer the parent.")
     var exitWithParent: Int32?
 
@@ -48,6 +51,7 @@ struct WorkerCommand: ParsableCommand {
         s.peerBind = peerBind
         s.peerAdvertise = peerAdvertise
         s.parentPID = exitWithParent
+        s.dataDirectory = data
         let daemon = try WorkerDaemon(s, logger: logger)
         print("tessera-worker peer=\(daemon.peerEndpoint) scheduler=\(scheduler)")
         fflush(nil)

@@ -44,6 +44,8 @@ public final class SchedulerConnection {
     private var statusReplies: [Tessera_V1_StatusReply] = []
     private var pongs: Set<UInt64> = []
     private var jobErrors: [JobID: ClientError] = [:]
+    /// Replies matched by client tag (ingest plans and commits).
+    private var tagged: [UInt64: Result<Envelope, ClientError>] = [:]
 
     /// Connects and checks that a scheduler answers within `timeout` seconds.
     public init(endpoint: String, timeout: Double = 5) throws {
@@ -141,6 +143,20 @@ public final class SchedulerConnection {
         }
     }
 
+    /// Sends a request carrying `tag` and waits for the reply with the same tag.
+    public func request(_ e: Envelope, tag: UInt64, frames: [[UInt8]] = [], timeout: Double = 60) throws -> Envelope {
+        try send(e, frames: frames)
+        try waitUntil(timeout: timeout, onTimeout: .timedOut("no reply from the scheduler within \(timeout) s")) { $0.tagged[tag] != nil }
+        accepted.removeValue(forKey: tag)
+        return try tagged.removeValue(forKey: tag)!.get()
+    }
+
+    /// A fresh tag for a request.
+    public func makeTag() -> UInt64 {
+        defer { nextTag += 1 }
+        return nextTag
+    }
+
     /// Asks the scheduler to cancel a job of ours.
     public func cancel(job: JobID) throws {
         var c = Tessera_V1_CancelJob()
@@ -216,10 +232,15 @@ public final class SchedulerConnection {
             statusReplies.append(s)
         case .pong(let p):
             pongs.insert(p.nonce)
+        case .ingestPlan(let p):
+            tagged[p.clientTag] = .success(env)
+        case .ingestCommitted(let c):
+            tagged[c.clientTag] = .success(env)
         case .error(let err):
             let e = ClientError.rejected(code: err.code, message: err.message)
             if err.clientTag != 0 {
                 accepted[err.clientTag] = .failure(e)
+                tagged[err.clientTag] = .failure(e)
             } else if err.jobID != 0 {
                 jobErrors[err.jobID] = e
             }

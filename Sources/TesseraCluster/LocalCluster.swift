@@ -35,6 +35,10 @@ public final class LocalCluster {
         public var logFile: String?
         /// The folder holding tessera-scheduler and tessera-worker; nil: next to this executable.
         public var binDirectory: String?
+        /// Where the registry (`registry.sqlite`) and each worker's shards (`worker-N/`) live; nil:
+        /// no registry and no storage (compute only). A cluster restarted on the same folder finds
+        /// its datasets again.
+        public var dataDirectory: String?
 
         public init() {}
     }
@@ -62,11 +66,13 @@ public final class LocalCluster {
         let clients = port.map { "tcp://127.0.0.1:\($0)" } ?? "tcp://127.0.0.1:*"
         let workerBind = port.map { "tcp://127.0.0.1:\($0 + 1)" } ?? "tcp://127.0.0.1:*"
         let out = Pipe()
-        scheduler = try Self.launch(
-            binDirectory + "/tessera-scheduler",
-            ["--clients", clients, "--workers", workerBind, "--heartbeat-ms", "\(options.heartbeatMs)",
-             "--worker-timeout-ms", "\(options.workerTimeoutMs)", "--exit-with-parent", "\(getpid())"],
-            stdout: out, stderr: logHandle)
+        var schedulerArgs = ["--clients", clients, "--workers", workerBind, "--heartbeat-ms", "\(options.heartbeatMs)",
+                             "--worker-timeout-ms", "\(options.workerTimeoutMs)", "--exit-with-parent", "\(getpid())"]
+        if let dir = options.dataDirectory {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            schedulerArgs += ["--registry", dir + "/registry.sqlite"]
+        }
+        scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle)
         guard let line = Self.readLine(out.fileHandleForReading, timeoutMs: 10_000) else {
             scheduler.terminate()
             throw ClusterError.startFailed("tessera-scheduler printed no endpoints (is the port \(port.map(String.init) ?? "?") in use? see its log)")
@@ -90,6 +96,7 @@ public final class LocalCluster {
     public func startWorker() throws {
         var args = ["--scheduler", workerEndpoint, "--exit-with-parent", "\(getpid())", "--name", "local-\(workers.count)"]
         if let t = options.threadsPerWorker { args += ["--threads", "\(t)"] }
+        if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(workers.count)"] }
         workers.append(try Self.launch(binDirectory + "/tessera-worker", args, stdout: nil, stderr: logHandle))
     }
 

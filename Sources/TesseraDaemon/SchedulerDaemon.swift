@@ -1,6 +1,7 @@
 import Logging
 import TesseraProtocol
 import TesseraScheduler
+import TesseraStorage
 import ZeroMQ
 
 #if canImport(Glibc)
@@ -25,7 +26,9 @@ public final class SchedulerDaemon {
     private let drainBudget = 4096
 
     /// Binds both endpoints (a `*` port picks a free one; the chosen endpoints are in the properties).
-    public init(clientBind: String, workerBind: String, config: SchedulerConfig, parentPID: Int32? = nil, logger: Logger) throws {
+    /// - Parameter registryPath: the SQLite registry of datasets (created if missing); nil runs without one.
+    public init(clientBind: String, workerBind: String, config: SchedulerConfig, registryPath: String? = nil,
+                parentPID: Int32? = nil, logger: Logger) throws {
         self.logger = logger
         context = try ZMQContext()
         clients = try context.socket(.router)
@@ -41,6 +44,7 @@ public final class SchedulerDaemon {
         wake = try EventFD()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
         core = SchedulerCore(config: config, now: monotonicNanos())
+        if let registryPath { core.catalog = try Registry(path: registryPath) }
     }
 
     /// Runs until SIGTERM or SIGINT (or the parent process exits, when one was given).
@@ -64,6 +68,8 @@ public final class SchedulerDaemon {
                 lastTick = now
             }
             try send(core.flush(now: now))
+            for n in core.notices { logger.notice("\(n)") }
+            core.notices.removeAll()
         }
         logger.info("scheduler stopping", metadata: ["scheduler/workers": "\(core.workerCount)", "scheduler/jobs": "\(core.activeJobCount)"])
     }

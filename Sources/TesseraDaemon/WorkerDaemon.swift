@@ -1,5 +1,6 @@
 import Logging
 import TesseraCompute
+import TesseraStorage
 import TesseraProtocol
 import TesseraWorker
 import ZeroMQ
@@ -18,8 +19,8 @@ public struct WorkerSettings: Sendable {
     public var name: String
     public var threads: Int
     public var memoryLimit: UInt64
-    /// Data keys this worker holds locally.
-    public var holdings: [String] = []
+    /// Where this worker keeps its catalog shards (nil: it holds none and refuses to store any).
+    public var dataDirectory: String?
     public var parentPID: Int32?
 
     public init(schedulerEndpoint: String, name: String, threads: Int, memoryLimit: UInt64) {
@@ -44,6 +45,7 @@ public final class WorkerDaemon {
     private let wake: EventFD
     private let signals: ShutdownSignals
     private let pool: ExecutorPool
+    private let shards: ShardStore?
     private var registered = false
     private var lastRegister: UInt64 = 0
     private var heartbeatIntervalNs: UInt64 = 500_000_000
@@ -70,6 +72,7 @@ public final class WorkerDaemon {
         self.wake = wake
         signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
         pool = ExecutorPool(threads: settings.threads) { wake.signal() }
+        shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
     }
 
     /// Registers, then serves until SIGTERM/SIGINT; then hands back unstarted tasks, reports the
@@ -126,7 +129,7 @@ public final class WorkerDaemon {
 
     private func registration() -> Envelope {
         engine.registration(name: settings.name, threads: pool.threadCount, memoryLimit: settings.memoryLimit,
-                            peerEndpoint: peerEndpoint, pid: getpid(), holdings: settings.holdings)
+                            peerEndpoint: peerEndpoint, pid: getpid(), holdings: shards?.manifest().map(\.description) ?? [])
     }
 
     private func sendToScheduler(_ e: Envelope, _ frames: [[UInt8]]) throws {
@@ -179,16 +182,35 @@ public final class WorkerDaemon {
             guard parts.count >= 2 else { continue }
             let identity = parts[0].array
             let env: Envelope
+            let frames: [[UInt8]]
             do throws(ProtocolError) {
-                (env, _) = try WireProtocol.decode(Array(parts.dropFirst()))
+                (env, frames) = try WireProtocol.decode(Array(parts.dropFirst()))
             } catch {
                 var reply = WireProtocol.errorReply(.errorMalformedMessage, "\(error)")
                 reply.insert(identity, at: 0)
                 _ = try? peerRouter.send(parts: reply, dontWait: true)
                 continue
             }
-            guard case .fetchRequest(let r) = env.body else { continue }
-            try perform([engine.serveFetch(r, from: identity)])
+            switch env.body {
+            case .fetchRequest(let r):
+                try perform([engine.serveFetch(r, from: identity)])
+            case .storeShard(let r):
+                var reply = Envelope()
+                if let shards {
+                    reply.shardStored = shards.store(r, frames: frames, workerName: settings.name)
+                    logger.info("stored shard", metadata: ["worker/shard": "\(r.dataset)/order\(r.order)-pix\(r.pixel)", "worker/rows": "\(r.rows)"])
+                } else {
+                    var s = Tessera_V1_ShardStored()
+                    s.requestID = r.requestID
+                    s.error = "worker \(settings.name) has no data folder (start it with --data)"
+                    reply.shardStored = s
+                }
+                try peerRouter.sendMessage(to: identity, reply)
+            default:
+                var reply = WireProtocol.errorReply(.errorMalformedMessage, "message not expected on a worker's peer endpoint")
+                reply.insert(identity, at: 0)
+                _ = try? peerRouter.send(parts: reply, dontWait: true)
+            }
         }
     }
 

@@ -48,6 +48,13 @@ public struct SchedulerCore {
     /// The time of the event being handled.
     var lastNow: UInt64 = 0
 
+    /// The registry, when the scheduler has one.
+    public var catalog: (any DatasetCatalog)?
+    var pendingIngests: [String: PendingIngest] = [:]
+    var nextIngest: UInt64 = 1
+    /// Things worth a log line (registry mismatches, commits), for the loop to drain.
+    public var notices: [String] = []
+
     public internal(set) var tasksCompleted: UInt64 = 0
     public internal(set) var jobsCompleted: UInt64 = 0
 
@@ -106,6 +113,7 @@ public struct SchedulerCore {
         workerByConnection[connection] = id
         workerOrder.append(id)
         for key in w.holdings { holders[key, default: []].append(id) }
+        reconcileHoldings(w)
         var ack = Tessera_V1_RegisterAck()
         ack.workerID = id
         ack.heartbeatIntervalMs = config.heartbeatIntervalMs
@@ -136,6 +144,10 @@ public struct SchedulerCore {
             var e = Envelope()
             e.statusReply = status(now: now)
             send(.client(connection), e)
+        case .ingestBegin(let b):
+            ingestBegin(connection, b)
+        case .ingestCommit(let c):
+            ingestCommit(connection, c)
         case .ping(let p):
             var e = Envelope()
             var pong = Tessera_V1_Pong()
@@ -325,6 +337,7 @@ public struct SchedulerCore {
         s.jobs.append(contentsOf: finishedJobs.suffix(20))
         s.tasksCompleted = tasksCompleted
         s.jobsCompleted = jobsCompleted
+        s.datasets = datasetStatuses()
         s.uptimeSeconds = Double(now &- startedAt) / 1e9
         return s
     }

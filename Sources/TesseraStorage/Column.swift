@@ -99,6 +99,9 @@ public enum ColumnData: Sendable, Equatable {
         }
     }
 
+    /// The values' bytes as stored (little-endian; Bool as 0/1 bytes), copied.
+    public var storedBytes: [UInt8] { withStoredBytes { Array($0) } }
+
     /// The values' bytes as stored (little-endian; Bool as 0/1 bytes).
     func withStoredBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         switch self {
@@ -110,6 +113,16 @@ public enum ColumnData: Sendable, Equatable {
         case .uint8(let a): a.withUnsafeBytes(body)
         case .bool(let a): a.map { $0 ? UInt8(1) : 0 }.withUnsafeBytes(body)
         }
+    }
+
+    /// Values of `type` from their stored bytes (little-endian; Bool as one byte each), which must
+    /// hold exactly `rows` values.
+    public init(type: ColumnType, rows: Int, storedBytes: UnsafeRawBufferPointer) throws(ShardError) {
+        let need = rows * Self.width(type)
+        guard storedBytes.count == need else {
+            throw .invalidInput("a \(type) column of \(rows) rows needs \(need) bytes, got \(storedBytes.count)")
+        }
+        self = Self.fromStored(type, storedBytes)
     }
 
     /// Decodes stored bytes (their length already checked against the type's width).

@@ -1,6 +1,34 @@
 import Foundation
 import GRDB
 
+/// Names a shard file: `DATASET/INGEST/orderK-pixP`, also its path (plus `.shard`) under a
+/// worker's `catalogs/` folder. A new ingest writes a new folder, so replacing a dataset never
+/// touches the files of the one in use.
+public struct ShardKey: Hashable, Sendable, CustomStringConvertible {
+    public var dataset: String
+    public var ingestId: String
+    public var order: Int
+    public var pixel: Int64
+
+    public init(dataset: String, ingestId: String, order: Int, pixel: Int64) {
+        self.dataset = dataset; self.ingestId = ingestId; self.order = order; self.pixel = pixel
+    }
+
+    /// Parses a key or a relative path (with or without `.shard`).
+    public init?(_ text: String) {
+        var parts = text.split(separator: "/").map(String.init)
+        guard parts.count == 3 else { return nil }
+        if parts[2].hasSuffix(".shard") { parts[2] = String(parts[2].dropLast(6)) }
+        let op = parts[2].split(separator: "-")
+        guard op.count == 2, op[0].hasPrefix("order"), op[1].hasPrefix("pix"),
+              let o = Int(op[0].dropFirst(5)), let p = Int64(op[1].dropFirst(3)) else { return nil }
+        self.init(dataset: parts[0], ingestId: parts[1], order: o, pixel: p)
+    }
+
+    public var description: String { "\(dataset)/\(ingestId)/order\(order)-pix\(pixel)" }
+    public var relativePath: String { "catalogs/\(description).shard" }
+}
+
 /// A registry problem a user can act on.
 public enum RegistryError: Error, CustomStringConvertible, Equatable {
     case datasetExists(String)
@@ -31,11 +59,14 @@ public struct DatasetRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public var marginArcsec: Double
     public var rows: Int64
     public var createdAt: Date
+    /// The ingest that wrote the current shards (their folder on the workers).
+    public var ingestId: String
 
     public init(name: String, kind: String = "catalog", schema: Data, raColumn: String, decColumn: String,
-                maxRowsPerShard: Int64, marginArcsec: Double, rows: Int64, createdAt: Date = Date()) {
+                maxRowsPerShard: Int64, marginArcsec: Double, rows: Int64, createdAt: Date = Date(), ingestId: String = "") {
         self.name = name; self.kind = kind; self.schema = schema; self.raColumn = raColumn; self.decColumn = decColumn
         self.maxRowsPerShard = maxRowsPerShard; self.marginArcsec = marginArcsec; self.rows = rows; self.createdAt = createdAt
+        self.ingestId = ingestId
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
@@ -63,8 +94,10 @@ public struct ShardRecord: Codable, Sendable, Equatable, FetchableRecord, Mutabl
 
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 
-    /// The shard's name on disk and in worker manifests.
-    public func key(dataset: String) -> String { "\(dataset)/order\(order)-pix\(pixel)" }
+    /// The shard's name in worker manifests.
+    public func key(dataset: DatasetRecord) -> String {
+        ShardKey(dataset: dataset.name, ingestId: dataset.ingestId, order: order, pixel: pixel).description
+    }
 }
 
 /// A copy of a shard on a worker (named by its stable worker name, not the per-run id).
@@ -132,6 +165,9 @@ public final class Registry: Sendable {
                 t.column("peerEndpoint", .text).notNull()
                 t.column("lastSeen", .datetime).notNull()
             }
+        }
+        m.registerMigration("v2: ingest ids") { db in
+            try db.alter(table: "dataset") { t in t.add(column: "ingestId", .text).notNull().defaults(to: "") }
         }
         return m
     }
@@ -219,10 +255,12 @@ public final class Registry: Sendable {
     public func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String]) {
         let expected: [String] = try db.read { db in
             try Row.fetchAll(db, sql: """
-                SELECT dataset.name, shard."order", shard.pixel FROM replica
+                SELECT dataset.name, dataset.ingestId, shard."order", shard.pixel FROM replica
                 JOIN shard ON shard.id = replica.shardId JOIN dataset ON dataset.id = shard.datasetId
                 WHERE replica.worker = ?
-                """, arguments: [worker]).map { r in "\(r["name"] as String)/order\(r["order"] as Int)-pix\(r["pixel"] as Int64)" }
+                """, arguments: [worker]).map { r in
+                ShardKey(dataset: r["name"], ingestId: r["ingestId"], order: r["order"], pixel: r["pixel"]).description
+            }
         }
         let e = Set(expected)
         return (e.subtracting(holdings).sorted(), holdings.subtracting(e).sorted())

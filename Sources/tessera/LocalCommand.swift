@@ -21,6 +21,9 @@ struct LocalCommand: ParsableCommand {
     @Option(help: "Executor threads per worker (default: one per core).")
     var threads: Int?
 
+    @Option(help: "Folder for the registry and the workers' shards (a restarted cluster finds its datasets there).")
+    var data = "tessera-data"
+
     func validate() throws {
         guard workers >= 1 && workers <= 256 else { throw ValidationError("--workers must be between 1 and 256") }
         guard port > 0 && port < 65535 else { throw ValidationError("--port must be between 1 and 65534") }
@@ -31,10 +34,12 @@ struct LocalCommand: ParsableCommand {
         o.workers = workers
         o.port = port
         o.threadsPerWorker = threads
+        o.dataDirectory = data
         let cluster = try LocalCluster(o)
         print("Tessera local cluster: \(workers) workers")
         print("  client endpoint: \(cluster.clientEndpoint)")
         print("  worker endpoint: \(cluster.workerEndpoint)")
+        print("  data folder:     \(data)")
         print("Press Ctrl-C to stop.")
         fflush(nil)
         let stop = DispatchSemaphore(value: 0)

@@ -31,6 +31,12 @@ enum StatusReport {
                 "\(w.storedResults) (\(mib(w.storedBytes)))", mib(w.rssBytes), mib(w.peakRssBytes), "\(w.tasksDone)", "\(w.lastHeartbeatMs) ms ago",
             ]) + "\n"
         }
+        out += "\ndatasets (\(s.datasets.count)):\n"
+        if s.datasets.isEmpty { out += "  (none)\n" }
+        for d in s.datasets {
+            let warn = d.shardsWithoutLiveReplica > 0 ? "  ⚠ \(d.shardsWithoutLiveReplica) shards have no live copy" : ""
+            out += pad([d.name, d.kind, "\(d.rows) rows", "\(d.shards) shards", mib(d.bytes), "≥\(d.minReplicas) live copies"]) + warn + "\n"
+        }
         out += "\njobs:\n"
         if s.jobs.isEmpty { out += "  (none)\n" }
         for j in s.jobs {

@@ -4,7 +4,17 @@ import Testing
 
 func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
     DatasetRecord(name: name, schema: Data([1, 2, 3]), raColumn: "coord_ra", decColumn: "coord_dec",
-                  maxRowsPerShard: 1000, marginArcsec: 10, rows: rows)
+                  maxRowsPerShard: 1000, marginArcsec: 10, rows: rows, ingestId: "i1")
+}
+
+@Test func shardKeysRoundTrip() {
+    let k = ShardKey(dataset: "object", ingestId: "a1b2", order: 7, pixel: 12345)
+    #expect(k.description == "object/a1b2/order7-pix12345")
+    #expect(ShardKey(k.description) == k)
+    #expect(ShardKey("object/a1b2/order7-pix12345.shard") == k)
+    #expect(k.relativePath == "catalogs/object/a1b2/order7-pix12345.shard")
+    #expect(ShardKey("object/order7-pix1") == nil)
+    #expect(ShardKey("a/b/orderx-pix1") == nil)
 }
 
 @Suite struct RegistryTests {
@@ -13,7 +23,7 @@ func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
         let path = tempPath("registry-\(UInt32.random(in: 0...UInt32.max)).sqlite")
         do {
             let r = try Registry(path: path)
-            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers"])
+            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers", "v2: ingest ids"])
             let shards = [ShardRecord(order: 5, pixel: 10, rows: 60, marginRows: 3, bytes: 1000, checksum: -5),
                           ShardRecord(order: 6, pixel: 44, rows: 40, marginRows: 1, bytes: 800, checksum: 7)]
             let d = try r.commitIngest(sampleDataset("object"), shards: shards, replicas: [["w0", "w1"], ["w1", "w2"]], replace: false)
@@ -68,10 +78,10 @@ func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
             ShardRecord(order: 5, pixel: 10, rows: 1, marginRows: 0, bytes: 1, checksum: 1),
             ShardRecord(order: 5, pixel: 11, rows: 1, marginRows: 0, bytes: 1, checksum: 1),
         ], replicas: [["w0", "w1"], ["w0"]], replace: false)
-        let (missing, orphans) = try r.reconcile(worker: "w0", holdings: ["object/order5-pix10", "old/order2-pix3"])
-        #expect(missing == ["object/order5-pix11"])
-        #expect(orphans == ["old/order2-pix3"])
-        let w1 = try r.reconcile(worker: "w1", holdings: ["object/order5-pix10"])
+        let (missing, orphans) = try r.reconcile(worker: "w0", holdings: ["object/i1/order5-pix10", "old/i0/order2-pix3"])
+        #expect(missing == ["object/i1/order5-pix11"])
+        #expect(orphans == ["old/i0/order2-pix3"])
+        let w1 = try r.reconcile(worker: "w1", holdings: ["object/i1/order5-pix10"])
         #expect(w1.missing.isEmpty && w1.orphans.isEmpty)
         try r.recordWorker(name: "w0", peerEndpoint: "tcp://127.0.0.1:9000")
         try r.recordWorker(name: "w0", peerEndpoint: "tcp://127.0.0.1:9001")

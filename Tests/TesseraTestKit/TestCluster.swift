@@ -7,8 +7,10 @@ import TesseraProtocol
 /// ports the OS picks (so parallel runs never collide), logs in a temporary file, and fast
 /// failure detection. Stopped by `stop()` or when dropped.
 public enum TestCluster {
-    public static func start(workers: Int = 2, threads: Int = 1, heartbeatMs: Int = 100, workerTimeoutMs: Int = 800) throws -> LocalCluster {
+    public static func start(workers: Int = 2, threads: Int = 1, heartbeatMs: Int = 100, workerTimeoutMs: Int = 800,
+                             dataDirectory: String? = nil) throws -> LocalCluster {
         var o = LocalCluster.Options()
+        o.dataDirectory = dataDirectory
         o.workers = workers
         o.threadsPerWorker = threads
         o.heartbeatMs = heartbeatMs
@@ -49,4 +51,11 @@ public enum TestCluster {
         p.treeReduce = t
         return p
     }
+}
+
+/// A fresh temporary folder.
+public func temporaryFolder(_ name: String) -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
 }

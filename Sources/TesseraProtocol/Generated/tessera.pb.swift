@@ -442,6 +442,55 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     set {body = .pong(newValue)}
   }
 
+  /// ingest: client -> scheduler, scheduler -> client, client -> worker, worker -> client
+  public var ingestBegin: Tessera_V1_IngestBegin {
+    get {
+      if case .ingestBegin(let v)? = body {return v}
+      return Tessera_V1_IngestBegin()
+    }
+    set {body = .ingestBegin(newValue)}
+  }
+
+  public var ingestPlan: Tessera_V1_IngestPlan {
+    get {
+      if case .ingestPlan(let v)? = body {return v}
+      return Tessera_V1_IngestPlan()
+    }
+    set {body = .ingestPlan(newValue)}
+  }
+
+  public var storeShard: Tessera_V1_StoreShard {
+    get {
+      if case .storeShard(let v)? = body {return v}
+      return Tessera_V1_StoreShard()
+    }
+    set {body = .storeShard(newValue)}
+  }
+
+  public var shardStored: Tessera_V1_ShardStored {
+    get {
+      if case .shardStored(let v)? = body {return v}
+      return Tessera_V1_ShardStored()
+    }
+    set {body = .shardStored(newValue)}
+  }
+
+  public var ingestCommit: Tessera_V1_IngestCommit {
+    get {
+      if case .ingestCommit(let v)? = body {return v}
+      return Tessera_V1_IngestCommit()
+    }
+    set {body = .ingestCommit(newValue)}
+  }
+
+  public var ingestCommitted: Tessera_V1_IngestCommitted {
+    get {
+      if case .ingestCommitted(let v)? = body {return v}
+      return Tessera_V1_IngestCommitted()
+    }
+    set {body = .ingestCommitted(newValue)}
+  }
+
   /// any direction
   public var error: Tessera_V1_ErrorReply {
     get {
@@ -478,6 +527,13 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     case jobFinished(Tessera_V1_JobFinished)
     case statusReply(Tessera_V1_StatusReply)
     case pong(Tessera_V1_Pong)
+    /// ingest: client -> scheduler, scheduler -> client, client -> worker, worker -> client
+    case ingestBegin(Tessera_V1_IngestBegin)
+    case ingestPlan(Tessera_V1_IngestPlan)
+    case storeShard(Tessera_V1_StoreShard)
+    case shardStored(Tessera_V1_ShardStored)
+    case ingestCommit(Tessera_V1_IngestCommit)
+    case ingestCommitted(Tessera_V1_IngestCommitted)
     /// any direction
     case error(Tessera_V1_ErrorReply)
 
@@ -1149,6 +1205,234 @@ public nonisolated struct Tessera_V1_StatusReply: Sendable {
 
   public var uptimeSeconds: Double = 0
 
+  public var datasets: [Tessera_V1_DatasetStatus] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_ShardSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var order: UInt32 = 0
+
+  public var pixel: Int64 = 0
+
+  public var rows: UInt64 = 0
+
+  /// approximate, for balancing
+  public var bytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_IngestBegin: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var dataset: String = String()
+
+  public var replace: Bool = false
+
+  public var replicas: UInt32 = 0
+
+  public var shards: [Tessera_V1_ShardSpec] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Per shard (same order as IngestBegin.shards), the workers to store it on.
+public nonisolated struct Tessera_V1_ShardPlacement: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var workers: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_IngestPlan: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var ingestID: String = String()
+
+  public var placements: [Tessera_V1_ShardPlacement] = []
+
+  public var workers: [Tessera_V1_Peer] = []
+
+  /// parallel to workers
+  public var workerNames: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sent to a worker's peer endpoint. Frames: the own rows' columns in schema order, then the
+/// margin rows' columns (raw little-endian; Bool as one byte per value).
+public nonisolated struct Tessera_V1_StoreShard: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: UInt64 = 0
+
+  public var ingestID: String = String()
+
+  public var dataset: String = String()
+
+  public var order: UInt32 = 0
+
+  public var pixel: Int64 = 0
+
+  public var columns: [Tessera_V1_ColumnSchema] = []
+
+  public var indexColumn: String = String()
+
+  public var rows: UInt64 = 0
+
+  public var marginRows: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_ShardStored: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: UInt64 = 0
+
+  public var rows: UInt64 = 0
+
+  public var marginRows: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
+  /// empty on success
+  public var error: String = String()
+
+  public var workerName: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_CommittedShard: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var order: UInt32 = 0
+
+  public var pixel: Int64 = 0
+
+  public var rows: UInt64 = 0
+
+  public var marginRows: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
+  /// worker names holding a durable copy
+  public var workers: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_IngestCommit: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var ingestID: String = String()
+
+  public var dataset: String = String()
+
+  public var replace: Bool = false
+
+  public var columns: [Tessera_V1_ColumnSchema] = []
+
+  public var raColumn: String = String()
+
+  public var decColumn: String = String()
+
+  public var maxRowsPerShard: UInt64 = 0
+
+  public var marginArcsec: Double = 0
+
+  public var shards: [Tessera_V1_CommittedShard] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_IngestCommitted: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var dataset: String = String()
+
+  public var rows: UInt64 = 0
+
+  public var shards: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_DatasetStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var kind: String = String()
+
+  public var rows: UInt64 = 0
+
+  public var shards: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  /// live copies of its least-replicated shard
+  public var minReplicas: UInt32 = 0
+
+  public var shardsWithoutLiveReplica: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1222,7 +1506,7 @@ nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{4}\u{7}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{4}\u{7}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1492,6 +1776,84 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
           self.body = .error(v)
         }
       }()
+      case 70: try {
+        var v: Tessera_V1_IngestBegin?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ingestBegin(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ingestBegin(v)
+        }
+      }()
+      case 71: try {
+        var v: Tessera_V1_IngestPlan?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ingestPlan(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ingestPlan(v)
+        }
+      }()
+      case 72: try {
+        var v: Tessera_V1_StoreShard?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .storeShard(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .storeShard(v)
+        }
+      }()
+      case 73: try {
+        var v: Tessera_V1_ShardStored?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .shardStored(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .shardStored(v)
+        }
+      }()
+      case 74: try {
+        var v: Tessera_V1_IngestCommit?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ingestCommit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ingestCommit(v)
+        }
+      }()
+      case 75: try {
+        var v: Tessera_V1_IngestCommitted?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ingestCommitted(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ingestCommitted(v)
+        }
+      }()
       default: break
       }
     }
@@ -1588,6 +1950,30 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
     case .error?: try {
       guard case .error(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
+    }()
+    case .ingestBegin?: try {
+      guard case .ingestBegin(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 70)
+    }()
+    case .ingestPlan?: try {
+      guard case .ingestPlan(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 71)
+    }()
+    case .storeShard?: try {
+      guard case .storeShard(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 72)
+    }()
+    case .shardStored?: try {
+      guard case .shardStored(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 73)
+    }()
+    case .ingestCommit?: try {
+      guard case .ingestCommit(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 74)
+    }()
+    case .ingestCommitted?: try {
+      guard case .ingestCommitted(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 75)
     }()
     case nil: break
     }
@@ -3018,7 +3404,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0\u{1}datasets\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3032,6 +3418,7 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.jobsCompleted) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxHeartbeatGapMs) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.uptimeSeconds) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.datasets) }()
       default: break
       }
     }
@@ -3056,6 +3443,9 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if self.uptimeSeconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.uptimeSeconds, fieldNumber: 6)
     }
+    if !self.datasets.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.datasets, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3066,6 +3456,552 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.jobsCompleted != rhs.jobsCompleted {return false}
     if lhs.maxHeartbeatGapMs != rhs.maxHeartbeatGapMs {return false}
     if lhs.uptimeSeconds != rhs.uptimeSeconds {return false}
+    if lhs.datasets != rhs.datasets {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ShardSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShardSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}pixel\0\u{1}rows\0\u{1}bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.pixel) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 1)
+    }
+    if self.pixel != 0 {
+      try visitor.visitSingularInt64Field(value: self.pixel, fieldNumber: 2)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 3)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ShardSpec, rhs: Tessera_V1_ShardSpec) -> Bool {
+    if lhs.order != rhs.order {return false}
+    if lhs.pixel != rhs.pixel {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestBegin"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.replace) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.replicas) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 2)
+    }
+    if self.replace != false {
+      try visitor.visitSingularBoolField(value: self.replace, fieldNumber: 3)
+    }
+    if self.replicas != 0 {
+      try visitor.visitSingularUInt32Field(value: self.replicas, fieldNumber: 4)
+    }
+    if !self.shards.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestBegin, rhs: Tessera_V1_IngestBegin) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.replace != rhs.replace {return false}
+    if lhs.replicas != rhs.replicas {return false}
+    if lhs.shards != rhs.shards {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ShardPlacement: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShardPlacement"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.workers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.workers.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.workers, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ShardPlacement, rhs: Tessera_V1_ShardPlacement) -> Bool {
+    if lhs.workers != rhs.workers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestPlan"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}placements\0\u{1}workers\0\u{3}worker_names\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.placements) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.workers) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.workerNames) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 2)
+    }
+    if !self.placements.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.placements, fieldNumber: 3)
+    }
+    if !self.workers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.workers, fieldNumber: 4)
+    }
+    if !self.workerNames.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.workerNames, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestPlan, rhs: Tessera_V1_IngestPlan) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.placements != rhs.placements {return false}
+    if lhs.workers != rhs.workers {return false}
+    if lhs.workerNames != rhs.workerNames {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreShard"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0\u{1}columns\0\u{3}index_column\0\u{1}rows\0\u{3}margin_rows\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.pixel) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.columns) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.indexColumn) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.marginRows) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 2)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 3)
+    }
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 4)
+    }
+    if self.pixel != 0 {
+      try visitor.visitSingularInt64Field(value: self.pixel, fieldNumber: 5)
+    }
+    if !self.columns.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.columns, fieldNumber: 6)
+    }
+    if !self.indexColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.indexColumn, fieldNumber: 7)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 8)
+    }
+    if self.marginRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.marginRows, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_StoreShard, rhs: Tessera_V1_StoreShard) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.order != rhs.order {return false}
+    if lhs.pixel != rhs.pixel {return false}
+    if lhs.columns != rhs.columns {return false}
+    if lhs.indexColumn != rhs.indexColumn {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.marginRows != rhs.marginRows {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShardStored"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}error\0\u{3}worker_name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.marginRows) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 5: try { try decoder.decodeSingularFixed64Field(value: &self.checksum) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 2)
+    }
+    if self.marginRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.marginRows, fieldNumber: 3)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 4)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularFixed64Field(value: self.checksum, fieldNumber: 5)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 6)
+    }
+    if !self.workerName.isEmpty {
+      try visitor.visitSingularStringField(value: self.workerName, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ShardStored, rhs: Tessera_V1_ShardStored) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.marginRows != rhs.marginRows {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.checksum != rhs.checksum {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.workerName != rhs.workerName {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommittedShard"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}pixel\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}workers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.pixel) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.marginRows) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 6: try { try decoder.decodeSingularFixed64Field(value: &self.checksum) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.workers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 1)
+    }
+    if self.pixel != 0 {
+      try visitor.visitSingularInt64Field(value: self.pixel, fieldNumber: 2)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 3)
+    }
+    if self.marginRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.marginRows, fieldNumber: 4)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 5)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularFixed64Field(value: self.checksum, fieldNumber: 6)
+    }
+    if !self.workers.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.workers, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_CommittedShard, rhs: Tessera_V1_CommittedShard) -> Bool {
+    if lhs.order != rhs.order {return false}
+    if lhs.pixel != rhs.pixel {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.marginRows != rhs.marginRows {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.checksum != rhs.checksum {return false}
+    if lhs.workers != rhs.workers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestCommit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestCommit"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}dataset\0\u{1}replace\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{3}max_rows_per_shard\0\u{3}margin_arcsec\0\u{1}shards\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.replace) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.columns) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.maxRowsPerShard) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.marginArcsec) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 2)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 3)
+    }
+    if self.replace != false {
+      try visitor.visitSingularBoolField(value: self.replace, fieldNumber: 4)
+    }
+    if !self.columns.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.columns, fieldNumber: 5)
+    }
+    if !self.raColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.raColumn, fieldNumber: 6)
+    }
+    if !self.decColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 7)
+    }
+    if self.maxRowsPerShard != 0 {
+      try visitor.visitSingularUInt64Field(value: self.maxRowsPerShard, fieldNumber: 8)
+    }
+    if self.marginArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.marginArcsec, fieldNumber: 9)
+    }
+    if !self.shards.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestCommit, rhs: Tessera_V1_IngestCommit) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.replace != rhs.replace {return false}
+    if lhs.columns != rhs.columns {return false}
+    if lhs.raColumn != rhs.raColumn {return false}
+    if lhs.decColumn != rhs.decColumn {return false}
+    if lhs.maxRowsPerShard != rhs.maxRowsPerShard {return false}
+    if lhs.marginArcsec != rhs.marginArcsec {return false}
+    if lhs.shards != rhs.shards {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestCommitted"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}rows\0\u{1}shards\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.shards) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 2)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 3)
+    }
+    if self.shards != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shards, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestCommitted, rhs: Tessera_V1_IngestCommitted) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.shards != rhs.shards {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DatasetStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.shards) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.shardsWithoutLiveReplica) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 2)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 3)
+    }
+    if self.shards != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shards, fieldNumber: 4)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 5)
+    }
+    if self.minReplicas != 0 {
+      try visitor.visitSingularUInt32Field(value: self.minReplicas, fieldNumber: 6)
+    }
+    if self.shardsWithoutLiveReplica != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shardsWithoutLiveReplica, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_DatasetStatus, rhs: Tessera_V1_DatasetStatus) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.shards != rhs.shards {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.minReplicas != rhs.minReplicas {return false}
+    if lhs.shardsWithoutLiveReplica != rhs.shardsWithoutLiveReplica {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

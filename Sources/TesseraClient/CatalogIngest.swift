@@ -1,0 +1,290 @@
+import Dispatch
+import Foundation
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+import ZeroMQ
+
+/// What to ingest and how.
+public struct IngestOptions: Sendable {
+    public var dataset: String
+    public var files: [String]
+    public var raColumn = "coord_ra"
+    public var decColumn = "coord_dec"
+    public var maxRowsPerShard = 1_000_000
+    public var replicas = 2
+    public var marginArcsec = 10.0
+    public var replace = false
+    /// Seconds to wait for a worker to confirm a stored shard.
+    public var storeTimeout = 120.0
+
+    public init(dataset: String, files: [String]) {
+        self.dataset = dataset
+        self.files = files
+    }
+}
+
+/// Why an ingest stopped. Nothing is committed then: the catalog stays as it was.
+public enum IngestError: Error, CustomStringConvertible {
+    case input(String)
+    case badCoordinate(file: String, row: Int, what: String)
+    case schemaMismatch(file: String, reason: String)
+    case store(String)
+
+    public var description: String {
+        switch self {
+        case .input(let m): m
+        case .badCoordinate(let f, let r, let what): "\(f), row \(r): \(what); fix or drop the row and ingest again"
+        case .schemaMismatch(let f, let why): "\(f) does not match the first file's columns: \(why)"
+        case .store(let m): "ingest failed, nothing was committed: \(m)"
+        }
+    }
+}
+
+/// Loads catalog files through the cluster: reads FITS binary tables (cfitsio) or CSV, adds the
+/// order-29 spatial index, partitions the sky adaptively with margins, sends each shard's columns
+/// (LZ4 where it pays) straight to the workers the scheduler chose, and commits the dataset in one
+/// registry transaction once every copy is durably written.
+public enum CatalogIngest {
+    public static let indexColumn = "_healpix_29"
+
+    /// - Parameter progress: short lines for a terminal.
+    public static func run(_ o: IngestOptions, connection conn: SchedulerConnection, progress: (String) -> Void = { _ in }) throws -> Tessera_V1_IngestCommitted {
+        var (specs, data, warnings) = try readInputs(o)
+        for w in warnings { progress("warning: \(w)") }
+        let rows = data.first?.count ?? 0
+        progress("read \(rows) rows, \(specs.count) columns from \(o.files.count) file(s)")
+
+        // Sort by spatial index and cut into shards.
+        guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
+            throw IngestError.input("no columns `\(o.raColumn)` and `\(o.decColumn)` (use --ra and --dec); columns are: \(specs.map(\.name).joined(separator: ", "))")
+        }
+        let ra = doubles(data[ri]), dec = doubles(data[di])
+        var index = [Int64](repeating: 0, count: rows)
+        for i in 0..<rows { index[i] = HEALPix.spatialIndex(ra: ra[i], dec: dec[i]) }
+        let order = index.indices.sorted { index[$0] < index[$1] || (index[$0] == index[$1] && $0 < $1) }
+        if let k = specs.firstIndex(where: { $0.name == indexColumn }) {
+            specs.remove(at: k)
+            data.remove(at: k)
+        }
+        specs.append(ColumnSpec(indexColumn, .columnInt64, description: "HEALPix order-29 nested index"))
+        data.append(.int64(index))
+        data = data.map { $0.gathered(order) }
+        let sortedIndex = order.map { index[$0] }
+        var shards = SkyPartitioner.partition(sortedIndex: sortedIndex, maxRows: o.maxRowsPerShard)
+        SkyPartitioner.addMargins(&shards, ra: order.map { ra[$0] }, dec: order.map { dec[$0] }, radius: o.marginArcsec / 3600 * .pi / 180)
+        progress("\(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ",")))")
+
+        // Where each shard goes.
+        let rowBytes = specs.reduce(0) { $0 + ColumnData.width($1.type) }
+        var begin = Tessera_V1_IngestBegin()
+        begin.clientTag = conn.makeTag()
+        begin.dataset = o.dataset
+        begin.replace = o.replace
+        begin.replicas = UInt32(o.replicas)
+        begin.shards = shards.map {
+            var s = Tessera_V1_ShardSpec()
+            s.order = UInt32($0.order); s.pixel = $0.pixel; s.rows = UInt64($0.rows.count)
+            s.bytes = UInt64(($0.rows.count + $0.margin.count) * rowBytes)
+            return s
+        }
+        var be = Envelope()
+        be.ingestBegin = begin
+        guard case .ingestPlan(let plan) = try conn.request(be, tag: begin.clientTag).body else {
+            throw IngestError.store("unexpected reply to the ingest request")
+        }
+        let schema = specs.map {
+            var c = Tessera_V1_ColumnSchema()
+            c.name = $0.name; c.type = $0.type; c.unit = $0.unit; c.description_p = $0.description
+            return c
+        }
+
+        // Send every copy, a few at a time per worker, and collect the confirmations.
+        let stored = try store(plan: plan, shards: shards, data: data, schema: schema, o: o, progress: progress)
+
+        var commit = Tessera_V1_IngestCommit()
+        commit.clientTag = conn.makeTag()
+        commit.ingestID = plan.ingestID
+        commit.dataset = o.dataset
+        commit.replace = o.replace
+        commit.columns = schema
+        commit.raColumn = o.raColumn
+        commit.decColumn = o.decColumn
+        commit.maxRowsPerShard = UInt64(o.maxRowsPerShard)
+        commit.marginArcsec = o.marginArcsec
+        for (k, s) in shards.enumerated() {
+            var c = Tessera_V1_CommittedShard()
+            c.order = UInt32(s.order); c.pixel = s.pixel
+            let copies = stored[k]
+            c.rows = copies.first?.rows ?? 0
+            c.marginRows = copies.first?.marginRows ?? 0
+            c.bytes = copies.first?.bytes ?? 0
+            c.checksum = copies.first?.checksum ?? 0
+            c.workers = copies.map(\.workerName)
+            commit.shards.append(c)
+        }
+        var ce = Envelope()
+        ce.ingestCommit = commit
+        guard case .ingestCommitted(let done) = try conn.request(ce, tag: commit.clientTag).body else {
+            throw IngestError.store("unexpected reply to the commit")
+        }
+        return done
+    }
+
+    static func store(plan: Tessera_V1_IngestPlan, shards: [ShardPlan], data: [ColumnData], schema: [Tessera_V1_ColumnSchema],
+                      o: IngestOptions, progress: (String) -> Void) throws -> [[Tessera_V1_ShardStored]] {
+        let ctx = try ZMQContext()
+        var sockets: [WorkerID: Socket] = [:]
+        defer { for s in sockets.values { s.close() } }
+        for (peer, _) in zip(plan.workers, plan.workerNames) {
+            let s = try ctx.socket(.dealer)
+            try s.setSendHighWaterMark(0)
+            try s.connect(peer.endpoint)
+            sockets[peer.workerID] = s
+        }
+        // Work list: (shard, worker) pairs.
+        var queue: [(shard: Int, worker: WorkerID)] = []
+        for (k, p) in plan.placements.enumerated() { for w in p.workers { queue.append((k, w)) } }
+        let totalCopies = queue.count
+        var outstanding: [UInt64: (shard: Int, worker: WorkerID, sentAt: UInt64)] = [:]
+        var perWorker: [WorkerID: Int] = [:]
+        var results = [[Tessera_V1_ShardStored]](repeating: [], count: shards.count)
+        var nextRequest: UInt64 = 1
+        var done = 0
+        var lastReport = DispatchTime.now().uptimeNanoseconds
+        while done < totalCopies {
+            // Keep up to 2 shards in flight per worker.
+            var i = 0
+            while i < queue.count {
+                let (k, w) = queue[i]
+                if perWorker[w, default: 0] >= 2 { i += 1; continue }
+                queue.remove(at: i)
+                guard let sock = sockets[w] else { throw IngestError.store("the plan names worker \(w), which it does not describe") }
+                let s = shards[k]
+                var req = Tessera_V1_StoreShard()
+                req.requestID = nextRequest
+                req.ingestID = plan.ingestID
+                req.dataset = o.dataset
+                req.order = UInt32(s.order)
+                req.pixel = s.pixel
+                req.columns = schema
+                req.indexColumn = indexColumn
+                req.rows = UInt64(s.rows.count)
+                req.marginRows = UInt64(s.margin.count)
+                var frames = data.map { $0.slice(s.rows).storedBytes }
+                if !s.margin.isEmpty { frames += data.map { $0.gathered(s.margin).storedBytes } }
+                var e = Envelope()
+                e.storeShard = req
+                try sock.send(parts: WireProtocol.encode(e, frames: frames))
+                outstanding[nextRequest] = (k, w, DispatchTime.now().uptimeNanoseconds)
+                perWorker[w, default: 0] += 1
+                nextRequest += 1
+            }
+            // Wait for confirmations.
+            var poller = Poller()
+            let ids = sockets.keys.sorted()
+            for id in ids { poller.add(sockets[id]!) }
+            try poller.wait(timeoutMs: 200)
+            for (n, id) in ids.enumerated() where poller.isReadable(n) {
+                while let parts = try sockets[id]!.receiveParts(dontWait: true) {
+                    let (env, _) = try WireProtocol.decode(parts)
+                    if case .error(let err) = env.body { throw IngestError.store("worker \(id): \(err.message)") }
+                    guard case .shardStored(let r) = env.body, let o = outstanding.removeValue(forKey: r.requestID) else { continue }
+                    guard r.error.isEmpty else { throw IngestError.store("worker \(r.workerName) could not store shard order\(shards[o.shard].order)-pix\(shards[o.shard].pixel): \(r.error)") }
+                    results[o.shard].append(r)
+                    perWorker[o.worker, default: 1] -= 1
+                    done += 1
+                }
+            }
+            let now = DispatchTime.now().uptimeNanoseconds
+            if let late = outstanding.values.first(where: { now - $0.sentAt > UInt64(o.storeTimeout * 1e9) }) {
+                let name = plan.workerNames[plan.workers.firstIndex { $0.workerID == late.worker } ?? 0]
+                throw IngestError.store("worker \(name) did not confirm shard order\(shards[late.shard].order)-pix\(shards[late.shard].pixel) within \(o.storeTimeout) s (is it still running?)")
+            }
+            if now - lastReport > 500_000_000 {
+                progress("stored \(done)/\(totalCopies) shard copies")
+                lastReport = now
+            }
+        }
+        progress("stored \(done)/\(totalCopies) shard copies")
+        return results
+    }
+
+    /// Reads every input file; all must have the same columns.
+    static func readInputs(_ o: IngestOptions) throws -> ([ColumnSpec], [ColumnData], [String]) {
+        guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
+        var specs: [ColumnSpec] = []
+        var data: [ColumnData] = []
+        var warnings: [String] = []
+        for (n, path) in o.files.enumerated() {
+            var fileSpecs: [ColumnSpec] = []
+            var fileData: [ColumnData] = []
+            let lower = path.lowercased()
+            if lower.hasSuffix(".csv") {
+                (fileSpecs, fileData) = try CSVTable.read(path: path)
+            } else {
+                let t = try FITSTableReader(path: path)
+                guard t.rowCount > 0 else { throw IngestError.input("\(path) has no rows") }
+                for c in t.columns {
+                    switch c.columnType {
+                    case .success(let type):
+                        let col = try t.read(column: c.name)
+                        // Integer columns with nulls come back as Float64.
+                        fileSpecs.append(ColumnSpec(c.name, col.type == type ? type : col.type, unit: c.unit))
+                        fileData.append(col)
+                    case .failure(let e):
+                        if n == 0 { warnings.append("\(path): skipping column `\(c.name)`: \(e)".replacingOccurrences(of: ":  column", with: ": column")) }
+                    }
+                }
+            }
+            try validateCoordinates(path, fileSpecs, fileData, o)
+            if n == 0 {
+                specs = fileSpecs
+                data = fileData
+                continue
+            }
+            guard fileSpecs.map(\.name) == specs.map(\.name) else {
+                throw IngestError.schemaMismatch(file: path, reason: "columns \(fileSpecs.map(\.name)) vs \(specs.map(\.name))")
+            }
+            for (k, col) in fileData.enumerated() {
+                if col.type != data[k].type {
+                    // Promote where a later file has nulls in an integer column.
+                    if col.type == .columnFloat64 || data[k].type == .columnFloat64 {
+                        data[k] = .float64(doubles(data[k]) + doubles(col))
+                        specs[k].type = .columnFloat64
+                        continue
+                    }
+                    throw IngestError.schemaMismatch(file: path, reason: "column `\(specs[k].name)` is \(col.type), was \(data[k].type)")
+                }
+                data[k].append(col)
+            }
+        }
+        return (specs, data, warnings)
+    }
+
+    static func validateCoordinates(_ path: String, _ specs: [ColumnSpec], _ data: [ColumnData], _ o: IngestOptions) throws {
+        guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }) else {
+            throw IngestError.input("\(path) has no column `\(o.raColumn)` (choose the RA column with --ra); it has: \(specs.map(\.name).joined(separator: ", "))")
+        }
+        guard let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
+            throw IngestError.input("\(path) has no column `\(o.decColumn)` (choose the Dec column with --dec); it has: \(specs.map(\.name).joined(separator: ", "))")
+        }
+        let ra = doubles(data[ri]), dec = doubles(data[di])
+        for i in 0..<ra.count {
+            if !ra[i].isFinite { throw IngestError.badCoordinate(file: path, row: i + 1, what: "\(o.raColumn) is \(ra[i])") }
+            if !dec[i].isFinite || abs(dec[i]) > 90 { throw IngestError.badCoordinate(file: path, row: i + 1, what: "\(o.decColumn) is \(dec[i]), outside −90…90") }
+        }
+    }
+
+    static func doubles(_ c: ColumnData) -> [Double] {
+        switch c {
+        case .float64(let a): a
+        case .float32(let a): a.map(Double.init)
+        case .int64(let a): a.map(Double.init)
+        case .int32(let a): a.map(Double.init)
+        case .int16(let a): a.map(Double.init)
+        case .uint8(let a): a.map(Double.init)
+        case .bool(let a): a.map { $0 ? 1 : 0 }
+        }
+    }
+}

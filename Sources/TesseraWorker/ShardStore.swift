@@ -1,0 +1,64 @@
+import Foundation
+import TesseraProtocol
+import TesseraStorage
+
+/// The catalog shards on this worker's disk: `ROOT/catalogs/DATASET/INGEST/orderK-pixP.shard`.
+public struct ShardStore: Sendable {
+    public let root: String
+
+    public init(root: String) throws {
+        self.root = root
+        try FileManager.default.createDirectory(atPath: root + "/catalogs", withIntermediateDirectories: true)
+    }
+
+    public func path(_ key: ShardKey) -> String { root + "/" + key.relativePath }
+
+    /// Every complete shard file here (temporary files of interrupted writes are not shards).
+    public func manifest() -> [ShardKey] {
+        let base = root + "/catalogs"
+        guard let e = FileManager.default.enumerator(atPath: base) else { return [] }
+        var keys: [ShardKey] = []
+        while let rel = e.nextObject() as? String {
+            if rel.hasSuffix(".shard"), let k = ShardKey(rel) { keys.append(k) }
+        }
+        return keys.sorted { $0.description < $1.description }
+    }
+
+    /// Writes one shard from a client's `StoreShard` message; the file is complete and on disk
+    /// before the reply says so.
+    public func store(_ r: Tessera_V1_StoreShard, frames: [[UInt8]], workerName: String) -> Tessera_V1_ShardStored {
+        var reply = Tessera_V1_ShardStored()
+        reply.requestID = r.requestID
+        reply.workerName = workerName
+        do {
+            let n = r.columns.count
+            guard !r.dataset.isEmpty, !r.dataset.contains("/"), !r.ingestID.isEmpty, !r.ingestID.contains("/"), !r.dataset.hasPrefix(".") else {
+                throw ShardError.invalidInput("bad dataset name `\(r.dataset)` or ingest id `\(r.ingestID)`")
+            }
+            let withMargin = r.marginRows > 0
+            guard frames.count == (withMargin ? 2 * n : n) else {
+                throw ShardError.invalidInput("expected \(withMargin ? 2 * n : n) column frames, got \(frames.count)")
+            }
+            func columns(_ offset: Int, _ rows: Int) throws -> [ColumnData] {
+                try (0..<n).map { c in
+                    try frames[offset + c].withUnsafeBytes { try ColumnData(type: r.columns[c].type, rows: rows, storedBytes: $0) }
+                }
+            }
+            let own = try columns(0, Int(r.rows))
+            let margin = withMargin ? try columns(n, Int(r.marginRows)) : nil
+            let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
+            let p = path(key)
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let specs = r.columns.map { ColumnSpec($0.name, $0.type, unit: $0.unit, description: $0.description_p) }
+            let s = try ShardWriter.write(to: p, columns: specs, data: own, indexColumn: r.indexColumn,
+                                          order: Int(r.order), pixel: r.pixel, margin: margin)
+            reply.rows = UInt64(s.rows)
+            reply.marginRows = UInt64(s.marginRows)
+            reply.bytes = UInt64(s.bytes)
+            reply.checksum = s.checksum
+        } catch {
+            reply.error = "\(error)"
+        }
+        return reply
+    }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import Testing
+import TesseraClient
+import TesseraCluster
+import TesseraProtocol
+import TesseraStorage
+import TesseraSurvey
+import TesseraTestKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Ingest through real scheduler and worker processes, with a real SQLite registry and real
+/// shard files on the workers' disks.
+@Suite(.serialized)
+struct IngestEndToEndTests {
+    static let rows = 30_000
+
+    /// Synthetic FITS input written once per test.
+    func input() throws -> (dir: String, files: [String]) {
+        let dir = temporaryFolder("ingest-input")
+        let files = try SyntheticCatalog(seed: 5).writeFITS(rows: Self.rows, rowsPerFile: 12_000, to: dir)
+        return (dir, files)
+    }
+
+    /// Every shard file of a dataset on every worker.
+    func shardFiles(_ data: String, _ dataset: String) -> [String] {
+        let e = FileManager.default.enumerator(atPath: data)
+        var out: [String] = []
+        while let rel = e?.nextObject() as? String {
+            guard rel.hasSuffix(".shard"), rel.contains("catalogs/\(dataset)/") else { continue }
+            out.append(data + "/" + rel)
+        }
+        return out.sorted()
+    }
+
+    @Test func ingestedRowsReadBackExactlyWithTwoReplicas() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-data")
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: files)
+        o.maxRowsPerShard = 4_000
+        let done = try CatalogIngest.run(o, connection: conn)
+        #expect(done.rows == UInt64(Self.rows))
+        let status = try conn.status()
+        let ds = try #require(status.datasets.first { $0.name == "object" })
+        #expect(ds.rows == UInt64(Self.rows))
+        #expect(ds.shards == done.shards)
+        #expect(ds.minReplicas == 2)
+
+        // Every shard is on both workers, byte-identical, and together they hold every input row once.
+        let paths = shardFiles(data, "object")
+        #expect(paths.count == Int(done.shards) * 2)
+        var byKey: [String: [String]] = [:]
+        for p in paths { byKey[(p as NSString).lastPathComponent, default: []].append(p) }
+        #expect(byKey.values.allSatisfy { $0.count == 2 })
+        let catalog = SyntheticCatalog(seed: 5)
+        let expected = catalog.rows(0, count: Self.rows)
+        let names = SyntheticCatalog.schema.map(\.name)
+        var got = names.map { name in ColumnData.empty(SyntheticCatalog.schema.first { $0.name == name }!.type) }
+        for copies in byKey.values {
+            let a = try ShardReader(path: copies[0]), b = try ShardReader(path: copies[1])
+            #expect(a.footer == b.footer)
+            let cols = try a.read(columns: names)
+            for k in 0..<names.count { got[k].append(cols[k]) }
+        }
+        // Order aside: sort both sides by objectId (column 0) and compare every column.
+        guard case .int64(let gotIDs) = got[0], case .int64(let expIDs) = expected[0] else { Issue.record("id column"); return }
+        let gOrder = gotIDs.indices.sorted { gotIDs[$0] < gotIDs[$1] }
+        let eOrder = expIDs.indices.sorted { expIDs[$0] < expIDs[$1] }
+        for k in 0..<names.count {
+            #expect(got[k].gathered(gOrder) == expected[k].gathered(eOrder), "column \(names[k])")
+        }
+    }
+
+    @Test func existingNamesAreRefusedAndReplaceSwapsAtomically() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-replace")
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: [files[0]])
+        o.replicas = 1
+        try CatalogIngest.run(o, connection: conn)
+        #expect(throws: ClientError.self) { try CatalogIngest.run(o, connection: conn) }
+        #expect(try conn.status().datasets.first?.rows == 12_000)
+        o.files = files
+        o.replace = true
+        try CatalogIngest.run(o, connection: conn)
+        #expect(try conn.status().datasets.map(\.rows) == [UInt64(Self.rows)])
+    }
+
+    @Test func aWorkerDyingDuringIngestLeavesThePreviousState() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-kill-worker")
+        let cluster = try TestCluster.start(workerTimeoutMs: 4000, dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: [files[0]])
+        try CatalogIngest.run(o, connection: conn)
+        // Killed before the scheduler can notice: it still plans copies on it.
+        cluster.killWorker(1)
+        o.files = files
+        o.replace = true
+        o.storeTimeout = 2
+        #expect { try CatalogIngest.run(o, connection: conn) } throws: { e in
+            "\(e)".contains("nothing was committed") && "\(e)".contains("local-1")
+        }
+        let ds = try #require(try conn.status().datasets.first)
+        #expect(ds.rows == 12_000)
+    }
+
+    @Test func aKilledIngestClientLeavesNoPartialDataset() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-kill-client")
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let tessera = Process()
+        tessera.executableURL = URL(fileURLWithPath: (cluster.scheduler.executableURL!.path as NSString).deletingLastPathComponent + "/tessera")
+        tessera.arguments = ["ingest", "object"] + files + ["--scheduler", cluster.clientEndpoint, "--max-rows-per-shard", "500"]
+        tessera.standardOutput = FileHandle.nullDevice
+        tessera.standardError = FileHandle.nullDevice
+        try tessera.run()
+        usleep(700_000)
+        kill(tessera.processIdentifier, SIGKILL)
+        tessera.waitUntilExit()
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        #expect(try conn.status().datasets.isEmpty)
+    }
+
+    @Test func badInputIsRefusedWithWhereItIs() throws {
+        let data = temporaryFolder("ingest-bad")
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let dir = temporaryFolder("ingest-bad-input")
+        func csv(_ name: String, _ text: String) throws -> String {
+            let p = dir + "/" + name
+            try Data(text.utf8).write(to: URL(fileURLWithPath: p))
+            return p
+        }
+        let noDec = try csv("nodec.csv", "id,coord_ra,declination\n1,10,5\n")
+        #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [noDec]), connection: conn) } throws: { e in
+            "\(e)".contains("coord_dec") && "\(e)".contains("--dec")
+        }
+        let nanDec = try csv("nandec.csv", "id,coord_ra,coord_dec\n1,10,5\n2,11,\n")
+        #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [nanDec]), connection: conn) } throws: { e in
+            "\(e)".contains("row 2") && "\(e)".contains("nandec.csv")
+        }
+        let farDec = try csv("fardec.csv", "id,coord_ra,coord_dec\n1,10,95\n")
+        #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [farDec]), connection: conn) } throws: { e in
+            "\(e)".contains("row 1") && "\(e)".contains("95")
+        }
+        let ragged = try csv("ragged.csv", "id,coord_ra,coord_dec\n1,10,5\n2,11\n")
+        #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [ragged]), connection: conn) } throws: { e in
+            "\(e)".contains("line 3")
+        }
+        let empty = try csv("empty.csv", "")
+        #expect(throws: (any Error).self) { try CatalogIngest.run(IngestOptions(dataset: "x", files: [empty]), connection: conn) }
+        #expect(try conn.status().datasets.isEmpty)
+        // A good CSV still goes in.
+        let good = try csv("good.csv", "id,coord_ra,coord_dec,flux\n1,10,5,1.5\n2,11,6,\n3,350,-89.9,2\n")
+        var o = IngestOptions(dataset: "small", files: [good])
+        o.replicas = 1
+        let done = try CatalogIngest.run(o, connection: conn)
+        #expect(done.rows == 3)
+    }
+}

@@ -50,10 +50,12 @@ public enum CatalogIngest {
 
     /// - Parameter progress: short lines for a terminal.
     public static func run(_ o: IngestOptions, connection conn: SchedulerConnection, progress: (String) -> Void = { _ in }) throws -> Tessera_V1_IngestCommitted {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        func elapsed() -> String { String(format: "%.2f s", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
         var (specs, data, warnings) = try readInputs(o)
         for w in warnings { progress("warning: \(w)") }
         let rows = data.first?.count ?? 0
-        progress("read \(rows) rows, \(specs.count) columns from \(o.files.count) file(s)")
+        progress("read \(rows) rows, \(specs.count) columns from \(o.files.count) file(s) [\(elapsed())]")
 
         // Sort by spatial index and cut into shards.
         guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
@@ -72,8 +74,9 @@ public enum CatalogIngest {
         data = data.map { $0.gathered(order) }
         let sortedIndex = order.map { index[$0] }
         var shards = SkyPartitioner.partition(sortedIndex: sortedIndex, maxRows: o.maxRowsPerShard)
+        progress("indexed and sorted [\(elapsed())]")
         SkyPartitioner.addMargins(&shards, ra: order.map { ra[$0] }, dec: order.map { dec[$0] }, radius: o.marginArcsec / 3600 * .pi / 180)
-        progress("\(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ",")))")
+        progress("\(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))), margins \(shards.reduce(0) { $0 + $1.margin.count }) rows [\(elapsed())]")
 
         // Where each shard goes.
         let rowBytes = specs.reduce(0) { $0 + ColumnData.width($1.type) }
@@ -101,6 +104,7 @@ public enum CatalogIngest {
 
         // Send every copy, a few at a time per worker, and collect the confirmations.
         let stored = try store(plan: plan, shards: shards, data: data, schema: schema, o: o, progress: progress)
+        progress("stored [\(elapsed())]")
 
         var commit = Tessera_V1_IngestCommit()
         commit.clientTag = conn.makeTag()

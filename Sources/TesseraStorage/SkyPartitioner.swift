@@ -58,16 +58,19 @@ public enum SkyPartitioner {
     }
 
     /// Fills each shard's margin: rows of other shards within `radius` (radians) of the shard's
-    /// pixel. A row is tested against the shards of its pixel's neighbours at an order whose
-    /// pixels are wider than the radius, by its distance to points along the shard's boundary
-    /// spaced at most radius/4 apart: the margin holds every row within the radius, and may hold
-    /// some up to 1/8 of the radius further (readers filter by exact distance).
+    /// pixel. Rows far from every shard boundary are skipped by a cheap test (the shards that meet
+    /// their pixel's neighbourhood at an order whose pixels are wider than the radius); for the
+    /// rest, the cone of the radius around the row is covered at an order whose pixels are at
+    /// most 1/16 of it, and the row joins the margin of every other shard that cover touches. So
+    /// the margin holds every row within the radius, and perhaps some up to 1/8 of the radius
+    /// further (readers filter by exact distance).
     public static func addMargins(_ shards: inout [ShardPlan], ra: [Double], dec: [Double], radius: Double) {
         guard !shards.isEmpty, radius > 0 else { return }
-        // The finest order whose pixels still exceed the radius: neighbours then cover it.
-        var mOrder = 0
         // (A quarter of the largest pixel radius is a safe lower bound on any pixel's width.)
+        var mOrder = 0
         while mOrder < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: mOrder + 1) * 0.25 > radius { mOrder += 1 }
+        var fine = mOrder
+        while fine < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: fine) > radius / 16 { fine += 1 }
         let starts = shards.map { $0.indexRange.lowerBound }
         func shardOf(_ index: Int64) -> Int? {
             var lo = 0, hi = starts.count
@@ -78,36 +81,28 @@ public enum SkyPartitioner {
             let s = lo - 1
             return s >= 0 && shards[s].indexRange.contains(index) ? s : nil
         }
-        // Boundary samples per shard, spaced at most ~radius/4 apart.
-        var boundaryCache: [Int: [Vec3]] = [:]
-        func boundary(_ s: Int) -> [Vec3] {
-            if let b = boundaryCache[s] { return b }
-            // An upper bound on an edge's length (corners are within the pixel radius of the centre; edges bow a little).
-            let side = HEALPix.maxPixelRadius(order: shards[s].order) * 3
-            let step = max(1, min(1 << 16, Int((side / (radius / 4)).rounded(.up))))
-            let b = HEALPix.boundaries(order: shards[s].order, pixel: shards[s].pixel, step: step)
-            boundaryCache[s] = b
-            return b
-        }
-        // The nearest sample is at most half a spacing (radius/8) from the nearest boundary point.
-        let threshold = radius * (1 + 1.0 / 8) * (1 + 1e-9) + 1e-12
         for (home, shard) in shards.enumerated() {
             for row in shard.rows {
                 let v = Vec3(ra: ra[row], dec: dec[row])
                 let p = HEALPix.pixel(order: mOrder, vector: v)
-                var candidates = Set<Int>()
+                var candidates: [Int] = []
                 for n in HEALPix.neighbours(order: mOrder, pixel: p) + [p] where n >= 0 {
                     // Every shard that overlaps the neighbour pixel: it may be coarser or finer.
                     let range = HEALPix.children(n, order: mOrder, to: HEALPix.maxOrder)
                     var idx = range.lowerBound
                     while idx < range.upperBound, let s = shardOf(idx) ?? nextShard(after: idx, starts) {
                         if shards[s].indexRange.lowerBound >= range.upperBound { break }
-                        if s != home { candidates.insert(s) }
+                        if s != home && !candidates.contains(s) { candidates.append(s) }
                         idx = shards[s].indexRange.upperBound
                     }
                 }
-                for s in candidates where boundary(s).contains(where: { $0.angle(to: v) <= threshold }) {
-                    shards[s].margin.append(row)
+                if candidates.isEmpty { continue }
+                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine)
+                for s in candidates {
+                    let r = shards[s].indexRange
+                    if cone.contains(where: { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }) {
+                        shards[s].margin.append(row)
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSurvey
 
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,15 +20,23 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Values per partition.")
     var rows = 200_000
 
+    @Option(help: "Rows of the generated demo catalog.")
+    var catalogRows = 500_000
+
+    @Option(help: "Folder for the cluster's registry, shards and the generated input.")
+    var data = "tessera-data"
+
     func run() throws {
         var o = LocalCluster.Options()
         o.workers = workers
+        o.dataDirectory = data
         o.logFile = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-demo.log").path
-        print("starting a local cluster of \(workers) workers ...")
+        print("starting a local cluster of \(workers) workers (data in \(data)/) ...")
         let cluster = try LocalCluster(o)
         defer { cluster.stop() }
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
         print("scheduler at \(cluster.clientEndpoint)")
+        try ingestDemoCatalog(conn)
 
         // Mean and spread of normal deviates generated on the workers, partition by partition,
         // merged in a tree: each partition's moments stream back as they are computed.
@@ -59,5 +68,23 @@ struct DemoCommand: ParsableCommand {
         print(String(format: "final: %.0f values, mean %.6f, std %.6f, min %.3f, max %.3f (expected mean 20, std 2)",
                      m.count, m.mean, m.standardDeviation, m.min, m.max))
         print(String(format: "%.3f s, first partial after %.3f s, %d result messages", outcome.seconds, outcome.firstResultSeconds ?? 0, outcome.resultMessages))
+        print(StatusReport.render(try conn.status(), endpoint: cluster.clientEndpoint))
+    }
+
+    /// Generates the demo catalog (once) and ingests it (unless a restarted cluster has it already).
+    func ingestDemoCatalog(_ conn: SchedulerConnection) throws {
+        if try conn.status().datasets.contains(where: { $0.name == "demo_object" }) {
+            print("catalog `demo_object` is already ingested (registry in \(data)/)")
+            return
+        }
+        let input = data + "/demo-input-\(catalogRows)"
+        print("generating a \(catalogRows)-row synthetic catalog in \(input)/ ...")
+        let files = try SyntheticCatalog(seed: 42).writeFITS(rows: catalogRows, rowsPerFile: 250_000, to: input)
+        var o = IngestOptions(dataset: "demo_object", files: files)
+        o.maxRowsPerShard = 50_000
+        o.replicas = min(2, workers)
+        let start = Date()
+        let done = try CatalogIngest.run(o, connection: conn) { print("  " + $0) }
+        print(String(format: "ingested `demo_object`: %d rows in %d shards (%.1f s)", done.rows, done.shards, Date().timeIntervalSince(start)))
     }
 }

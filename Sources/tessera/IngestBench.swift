@@ -1,0 +1,72 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraProtocol
+import TesseraSurvey
+
+/// `tessera bench ingest`: end-to-end ingest throughput on a local cluster.
+struct IngestBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Ingest rate end to end (read FITS, index, partition, ship, write, commit) on a fresh local cluster.")
+
+    @Option(help: "Rows of synthetic catalog to generate (once) and ingest; ignored with --files.")
+    var rows = 2_000_000
+
+    @Option(parsing: .upToNextOption, help: "Ingest these FITS files instead (e.g. what anchor_catalog.py --only-data wrote).")
+    var files: [String] = []
+
+    @Option(help: "Workers of the local cluster.")
+    var workers = 2
+
+    @Option(help: "Copies of each shard.")
+    var replicas = 2
+
+    @Option(help: "Most rows per shard.")
+    var maxRowsPerShard = 1_000_000
+
+    @Option(help: "Where generated input is kept between runs.")
+    var dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench-ingest").path
+
+    func run() throws {
+        var inputs = files
+        if inputs.isEmpty {
+            inputs = try SyntheticCatalog(seed: 42).writeFITS(rows: rows, rowsPerFile: 1_000_000, to: dir + "/input-\(rows)")
+        }
+        let data = dir + "/cluster-\(getpid())"
+        try? FileManager.default.removeItem(atPath: data)
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.dataDirectory = data
+        o.logFile = dir + "/cluster.log"
+        let cluster = try LocalCluster(o)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var opts = IngestOptions(dataset: "bench", files: inputs)
+        opts.replicas = replicas
+        opts.maxRowsPerShard = maxRowsPerShard
+        var phases: [String] = []
+        let t = DispatchTime.now().uptimeNanoseconds
+        let done = try CatalogIngest.run(opts, connection: conn) { phases.append($0) }
+        let secs = Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
+        let s = try conn.status()
+        let ds = s.datasets.first { $0.name == "bench" }
+        print(jsonLine([
+            ("engine", "tessera"), ("workload", "ingest"), ("rows", Int(done.rows)), ("shards", Int(done.shards)), ("replicas", replicas),
+            ("seconds", secs), ("mrows_per_s", Double(done.rows) / secs / 1e6),
+            ("stored_mib", Double(ds?.bytes ?? 0) / 1_048_576), ("min_live_replicas", Int(ds?.minReplicas ?? 0)),
+            ("client_peak_rss_mib", Double(peakRSS()) / 1_048_576),
+            ("worker_peak_rss_mib", s.workers.map { Double($0.peakRssBytes) / 1_048_576 }.max() ?? 0),
+        ]))
+        for p in phases where p.contains("[") { FileHandle.standardError.write(Data("  \(p)\n".utf8)) }
+    }
+
+    func peakRSS() -> UInt64 {
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return 0 }
+        return (UInt64(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? 0) * 1024
+    }
+}

@@ -64,7 +64,7 @@ public enum CatalogIngest {
         let ra = doubles(data[ri]), dec = doubles(data[di])
         var index = [Int64](repeating: 0, count: rows)
         for i in 0..<rows { index[i] = HEALPix.spatialIndex(ra: ra[i], dec: dec[i]) }
-        let order = index.indices.sorted { index[$0] < index[$1] || (index[$0] == index[$1] && $0 < $1) }
+        let order = RadixSort.order(index)
         if let k = specs.firstIndex(where: { $0.name == indexColumn }) {
             specs.remove(at: k)
             data.remove(at: k)

@@ -128,7 +128,7 @@ public enum ShardWriter {
     static func sortedByIndex(_ cols: [ColumnData], _ ic: Int) -> [ColumnData] {
         guard case .int64(let idx) = cols[ic] else { return cols }
         if zip(idx, idx.dropFirst()).allSatisfy({ $0 <= $1 }) { return cols }
-        let order = idx.indices.sorted { idx[$0] < idx[$1] || (idx[$0] == idx[$1] && $0 < $1) }
+        let order = idx.allSatisfy({ $0 >= 0 }) ? RadixSort.order(idx) : idx.indices.sorted { idx[$0] < idx[$1] || (idx[$0] == idx[$1] && $0 < $1) }
         return cols.map { $0.gathered(order) }
     }
 }

@@ -82,9 +82,28 @@ public enum SkyPartitioner {
             return s >= 0 && shards[s].indexRange.contains(index) ? s : nil
         }
         for (home, shard) in shards.enumerated() {
+            // Rows come sorted by index, so neighbours share their pixel: work out each pixel's
+            // candidate shards once.
+            var lastPixel: Int64 = -1
+            var candidates: [Int] = []
             for row in shard.rows {
                 let v = Vec3(ra: ra[row], dec: dec[row])
                 let p = HEALPix.pixel(order: mOrder, vector: v)
+                if p != lastPixel {
+                    lastPixel = p
+                    candidates = candidateShards(p)
+                }
+                if candidates.isEmpty { continue }
+                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine)
+                for s in candidates {
+                    let r = shards[s].indexRange
+                    if cone.contains(where: { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }) {
+                        shards[s].margin.append(row)
+                    }
+                }
+            }
+            /// Shards other than `home` meeting pixel `p`'s neighbourhood at the margin order.
+            func candidateShards(_ p: Int64) -> [Int] {
                 var candidates: [Int] = []
                 for n in HEALPix.neighbours(order: mOrder, pixel: p) + [p] where n >= 0 {
                     // Every shard that overlaps the neighbour pixel: it may be coarser or finer.
@@ -96,14 +115,7 @@ public enum SkyPartitioner {
                         idx = shards[s].indexRange.upperBound
                     }
                 }
-                if candidates.isEmpty { continue }
-                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine)
-                for s in candidates {
-                    let r = shards[s].indexRange
-                    if cone.contains(where: { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }) {
-                        shards[s].margin.append(row)
-                    }
-                }
+                return candidates
             }
         }
     }

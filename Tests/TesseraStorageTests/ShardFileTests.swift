@@ -259,3 +259,18 @@ func tempPath(_ name: String) -> String {
         #expect(expectedPairs > 50)
     }
 }
+
+@Test func radixOrderMatchesAStableComparisonSort() {
+    var s: UInt64 = 9
+    var keys: [Int64] = []
+    for _ in 0..<50_000 {
+        s = s &* 6_364_136_223_846_793_005 &+ 1
+        // Many ties, and the full 62-bit range.
+        keys.append(s % 3 == 0 ? Int64(s >> 40) : Int64(s >> 2))
+    }
+    let expected = keys.indices.sorted { keys[$0] < keys[$1] || (keys[$0] == keys[$1] && $0 < $1) }
+    #expect(RadixSort.order(keys) == expected)
+    #expect(RadixSort.order([]) == [])
+    #expect(RadixSort.order([5]) == [0])
+    #expect(RadixSort.order([0, 0, 0]) == [0, 1, 2])
+}

@@ -5,9 +5,16 @@ extension HEALPix {
     ///   for pruning shards and row groups); false gives the pixels whose centres are in it
     ///   (healpy's `inclusive=False`).
     public static func coverage(of region: some SkyRegion, order: Int, inclusive: Bool) -> [Range<Int64>] {
-        precondition(order >= 0 && order <= maxOrder)
+        coverage(of: region, order: order, inclusive: inclusive, within: (0..<12).map { Int64($0) }, rootOrder: 0)
+    }
+
+    /// Like `coverage(of:order:inclusive:)`, searching only inside the given pixels of
+    /// `rootOrder` (ascending, for sorted output): much less work for a small region whose
+    /// neighbourhood is known.
+    public static func coverage(of region: some SkyRegion, order: Int, inclusive: Bool, within roots: [Int64], rootOrder: Int) -> [Range<Int64>] {
+        precondition(order >= 0 && order <= maxOrder && rootOrder <= order)
         // A little slack on the bound so rounding never drops an overlapping pixel.
-        let radii = (0...order).map { maxPixelRadius(order: $0) * (1 + 1e-9) + 1e-15 }
+        let radii = (0...order).map { $0 < rootOrder ? 0 : maxPixelRadius(order: $0) * (1 + 1e-9) + 1e-15 }
         var out: [Range<Int64>] = []
         func emit(_ r: Range<Int64>) {
             if let last = out.last, last.upperBound == r.lowerBound {
@@ -17,7 +24,7 @@ extension HEALPix {
             }
         }
         // Depth first in nested order, so ranges come out sorted.
-        var stack: [(level: Int, pix: Int64)] = (0..<12).reversed().map { (0, Int64($0)) }
+        var stack: [(level: Int, pix: Int64)] = roots.reversed().map { (rootOrder, $0) }
         while let (level, pix) = stack.popLast() {
             let c = centerVector(order: level, pixel: pix)
             switch region.classify(center: c, radius: radii[level]) {
@@ -43,6 +50,14 @@ extension HEALPix {
         let r = min(max(resolution, 0), maxOrder)
         let shift = 2 * Int64(maxOrder - r)
         return coverage(of: region, order: r, inclusive: true).map { ($0.lowerBound << shift)..<($0.upperBound << shift) }
+    }
+
+    /// `indexRanges(of:resolution:)` searching only inside the given pixels of `rootOrder`.
+    public static func indexRanges(of region: some SkyRegion, resolution: Int, within roots: [Int64], rootOrder: Int) -> [Range<Int64>] {
+        let r = min(max(resolution, rootOrder), maxOrder)
+        let shift = 2 * Int64(maxOrder - r)
+        return coverage(of: region, order: r, inclusive: true, within: roots, rootOrder: rootOrder)
+            .map { ($0.lowerBound << shift)..<($0.upperBound << shift) }
     }
 
     /// The pixels of `coverage(of:order:inclusive:)`, one by one.

@@ -86,15 +86,18 @@ public enum SkyPartitioner {
             // candidate shards once.
             var lastPixel: Int64 = -1
             var candidates: [Int] = []
+            var neighbourhood: [Int64] = []
             for row in shard.rows {
                 let v = Vec3(ra: ra[row], dec: dec[row])
                 let p = HEALPix.pixel(order: mOrder, vector: v)
                 if p != lastPixel {
                     lastPixel = p
                     candidates = candidateShards(p)
+                    neighbourhood = (HEALPix.neighbours(order: mOrder, pixel: p) + [p]).filter { $0 >= 0 }.sorted()
                 }
                 if candidates.isEmpty { continue }
-                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine)
+                // The cone lies within the pixel's neighbourhood: search only there.
+                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine, within: neighbourhood, rootOrder: mOrder)
                 for s in candidates {
                     let r = shards[s].indexRange
                     if cone.contains(where: { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }) {

@@ -124,6 +124,7 @@ public enum CatalogIngest {
             c.marginRows = copies.first?.marginRows ?? 0
             c.bytes = copies.first?.bytes ?? 0
             c.checksum = copies.first?.checksum ?? 0
+            c.footer = copies.first?.footer ?? Data()
             c.workers = copies.map(\.workerName)
             commit.shards.append(c)
         }

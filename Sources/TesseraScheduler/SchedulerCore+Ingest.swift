@@ -13,6 +13,8 @@ public protocol DatasetCatalog: AnyObject {
     func shardHolders() throws -> [(dataset: DatasetRecord, shards: [(key: String, bytes: Int64, workers: [String])])]
     /// What a worker holds that the registry does not expect, and the reverse.
     func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String])
+    /// Notes a worker's stable name and where peers reach it.
+    func recordWorker(name: String, peerEndpoint: String, seen: Date) throws
 }
 
 extension Registry: DatasetCatalog {
@@ -27,7 +29,7 @@ extension Registry: DatasetCatalog {
             rows: Int64(c.shards.reduce(0) { $0 + $1.rows }), ingestId: ingestId)
         let shards = c.shards.map {
             ShardRecord(order: Int($0.order), pixel: $0.pixel, rows: Int64($0.rows), marginRows: Int64($0.marginRows),
-                        bytes: Int64($0.bytes), checksum: Int64(bitPattern: $0.checksum))
+                        bytes: Int64($0.bytes), checksum: Int64(bitPattern: $0.checksum), statistics: $0.footer)
         }
         try commitIngest(d, shards: shards, replicas: c.shards.map(\.workers), replace: c.replace)
     }
@@ -158,7 +160,13 @@ extension SchedulerCore {
 
     /// A worker registered: compare its holdings with the registry and say what differs.
     mutating func reconcileHoldings(_ w: WorkerRecord) {
-        guard let catalog, let (missing, orphans) = try? catalog.reconcile(worker: w.name, holdings: w.holdings) else { return }
+        guard let catalog else { return }
+        do {
+            try catalog.recordWorker(name: w.name, peerEndpoint: w.peerEndpoint, seen: Date())
+        } catch {
+            notices.append("registry: cannot record worker \(w.name): \(error)")
+        }
+        guard let (missing, orphans) = try? catalog.reconcile(worker: w.name, holdings: w.holdings) else { return }
         if !missing.isEmpty {
             notices.append("worker \(w.name) lacks \(missing.count) shard(s) the registry expects it to hold, e.g. \(missing[0])")
         }

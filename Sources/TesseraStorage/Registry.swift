@@ -248,6 +248,13 @@ public final class Registry: Sendable {
         }
     }
 
+    /// Workers the registry has seen: name, peer endpoint, last registration.
+    public func workers() throws -> [(name: String, peerEndpoint: String, lastSeen: Date)] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT name, peerEndpoint, lastSeen FROM worker ORDER BY name").map { ($0["name"], $0["peerEndpoint"], $0["lastSeen"]) }
+        }
+    }
+
     /// Compares what a worker reports holding with what the registry expects it to hold.
     /// - Returns: shard keys the registry expects but the worker lacks (lost: to be reported, never
     ///   silently dropped), and keys the worker has that no dataset lists (orphans, e.g. of an

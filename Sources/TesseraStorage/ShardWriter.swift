@@ -25,6 +25,8 @@ public enum ShardWriter {
         public var rawChunks: Int
         /// xxHash64 of the whole footer: identifies the shard's content.
         public var checksum: UInt64
+        /// The footer (schema, row groups, statistics), serialized.
+        public var footer: [UInt8]
     }
 
     /// Writes a shard.
@@ -109,7 +111,8 @@ public enum ShardWriter {
         body.append(contentsOf: magic)
         try DurableFile.write(body, to: path)
         return Summary(rows: Int(footer.rows), marginRows: Int(footer.marginRows), bytes: body.count,
-                       rowGroups: footer.rowGroups.count, compressedChunks: compressed, rawChunks: raw, checksum: footerHash)
+                       rowGroups: footer.rowGroups.count, compressedChunks: compressed, rawChunks: raw, checksum: footerHash,
+                       footer: footerBytes)
     }
 
     static func validate(_ columns: [ColumnSpec], _ data: [ColumnData], _ what: String) throws(ShardError) {

@@ -56,6 +56,7 @@ public struct ShardStore: Sendable {
             reply.marginRows = UInt64(s.marginRows)
             reply.bytes = UInt64(s.bytes)
             reply.checksum = s.checksum
+            reply.footer = Data(s.footer)
         } catch {
             reply.error = "\(error)"
         }

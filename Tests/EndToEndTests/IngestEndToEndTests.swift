@@ -1,4 +1,5 @@
 import Foundation
+import SwiftProtobuf
 import Testing
 import TesseraClient
 import TesseraCluster
@@ -74,6 +75,36 @@ struct IngestEndToEndTests {
         for k in 0..<names.count {
             #expect(got[k].gathered(gOrder) == expected[k].gathered(eOrder), "column \(names[k])")
         }
+    }
+
+    /// The registry and the shards live in the data folder: a cluster started again on it serves
+    /// the same datasets, with each shard's statistics and the workers recorded.
+    @Test func aRestartedClusterFindsItsDatasets() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-restart")
+        do {
+            let cluster = try TestCluster.start(dataDirectory: data)
+            defer { cluster.stop() }
+            var o = IngestOptions(dataset: "object", files: files)
+            o.maxRowsPerShard = 8_000
+            try CatalogIngest.run(o, connection: try SchedulerConnection(endpoint: cluster.clientEndpoint))
+        }
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let ds = try #require(try conn.status().datasets.first { $0.name == "object" })
+        #expect(ds.rows == UInt64(Self.rows))
+        #expect(ds.minReplicas == 2)
+        #expect(ds.shardsWithoutLiveReplica == 0)
+        let registry = try Registry(path: data + "/registry.sqlite")
+        let d = try #require(try registry.dataset(named: "object"))
+        for shard in try registry.shards(of: d) {
+            let footer = try Tessera_V1_ShardFooter(serializedBytes: [UInt8](shard.statistics))
+            #expect(footer.rows == UInt64(shard.rows))
+            let raIndex = try #require(footer.columns.firstIndex { $0.name == "coord_ra" })
+            #expect(footer.rowGroups.allSatisfy { $0.chunks[raIndex].min >= 49 && $0.chunks[raIndex].max <= 71 })
+        }
+        #expect(try registry.workers().map(\.name) == ["local-0", "local-1"])
     }
 
     @Test func existingNamesAreRefusedAndReplaceSwapsAtomically() throws {

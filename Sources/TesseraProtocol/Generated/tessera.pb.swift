@@ -17,6 +17,11 @@
 /// This file is the one source of truth for every language. Regenerate the Swift code with
 /// `scripts/generate-protos.sh`; the generated file is committed.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -1335,6 +1340,9 @@ public nonisolated struct Tessera_V1_ShardStored: Sendable {
 
   public var workerName: String = String()
 
+  /// The written file's footer (schema, row groups, per-chunk min/max): the registry keeps it for planning.
+  public var footer: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1359,6 +1367,9 @@ public nonisolated struct Tessera_V1_CommittedShard: Sendable {
 
   /// worker names holding a durable copy
   public var workers: [String] = []
+
+  /// as in ShardStored
+  public var footer: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3709,7 +3720,7 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardStored"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}error\0\u{3}worker_name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}error\0\u{3}worker_name\0\u{1}footer\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3724,6 +3735,7 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
       case 5: try { try decoder.decodeSingularFixed64Field(value: &self.checksum) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.footer) }()
       default: break
       }
     }
@@ -3751,6 +3763,9 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
     if !self.workerName.isEmpty {
       try visitor.visitSingularStringField(value: self.workerName, fieldNumber: 7)
     }
+    if !self.footer.isEmpty {
+      try visitor.visitSingularBytesField(value: self.footer, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3762,6 +3777,7 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
     if lhs.checksum != rhs.checksum {return false}
     if lhs.error != rhs.error {return false}
     if lhs.workerName != rhs.workerName {return false}
+    if lhs.footer != rhs.footer {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3769,7 +3785,7 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommittedShard"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}pixel\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}workers\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}pixel\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}workers\0\u{1}footer\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3784,6 +3800,7 @@ nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftPro
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
       case 6: try { try decoder.decodeSingularFixed64Field(value: &self.checksum) }()
       case 7: try { try decoder.decodeRepeatedStringField(value: &self.workers) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.footer) }()
       default: break
       }
     }
@@ -3811,6 +3828,9 @@ nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftPro
     if !self.workers.isEmpty {
       try visitor.visitRepeatedStringField(value: self.workers, fieldNumber: 7)
     }
+    if !self.footer.isEmpty {
+      try visitor.visitSingularBytesField(value: self.footer, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3822,6 +3842,7 @@ nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftPro
     if lhs.bytes != rhs.bytes {return false}
     if lhs.checksum != rhs.checksum {return false}
     if lhs.workers != rhs.workers {return false}
+    if lhs.footer != rhs.footer {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -162,6 +162,30 @@ struct IngestEndToEndTests {
         #expect(try conn.status().datasets.isEmpty)
     }
 
+    /// A worker whose disk fills up fails the ingest with the system's reason; the dataset that
+    /// was there stays, and no partial shard file is left under its final name.
+    @Test(.enabled(if: getuid() == 0, "mounting a tiny filesystem needs root"))
+    func aFullDiskFailsTheIngestAndKeepsThePreviousState() throws {
+        let (_, files) = try input()
+        let data = temporaryFolder("ingest-disk-full")
+        let small = data + "/worker-1"
+        #expect(mountTinyFilesystem(at: small, kilobytes: 512))
+        defer { unmount(small) }
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "tiny", files: [files[0]])
+        o.maxRowsPerShard = 100_000
+        o.replicas = 2
+        // 12,000 rows fit in 512 kB? No: about 700 kB per copy.
+        #expect { try CatalogIngest.run(o, connection: conn) } throws: { e in
+            "\(e)".contains("No space left on device") && "\(e)".contains("nothing was committed")
+        }
+        #expect(try conn.status().datasets.isEmpty)
+        let leftovers = (FileManager.default.enumerator(atPath: small)?.allObjects as? [String] ?? []).filter { $0.hasSuffix(".shard") }
+        #expect(leftovers.isEmpty)
+    }
+
     @Test func badInputIsRefusedWithWhereItIs() throws {
         let data = temporaryFolder("ingest-bad")
         let cluster = try TestCluster.start(dataDirectory: data)

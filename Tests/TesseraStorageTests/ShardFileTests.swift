@@ -274,3 +274,29 @@ func tempPath(_ name: String) -> String {
     #expect(RadixSort.order([5]) == [0])
     #expect(RadixSort.order([0, 0, 0]) == [0, 1, 2])
 }
+
+@Test(.enabled(if: getuid() == 0, "mounting a tiny filesystem needs root"))
+func aFullDiskIsReportedAndLeavesNoFile() throws {
+    let dir = tempPath("fulldisk-\(UInt32.random(in: 0...UInt32.max))")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let mount = Process()
+    mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+    mount.arguments = ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]
+    try mount.run()
+    mount.waitUntilExit()
+    try #require(mount.terminationStatus == 0)
+    defer {
+        let u = Process()
+        u.executableURL = URL(fileURLWithPath: "/bin/umount")
+        u.arguments = ["-l", dir]
+        try? u.run()
+        u.waitUntilExit()
+    }
+    let cat = TestCatalog(rows: 20_000, seed: 8)
+    let path = dir + "/big.shard"
+    #expect { try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0) } throws: { e in
+        guard case ShardError.io(_, let op, let code) = e else { return false }
+        return (op == "write" || op == "fsync") && code == ENOSPC && "\(e)".contains("No space left on device")
+    }
+    #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+}

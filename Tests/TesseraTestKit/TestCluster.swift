@@ -59,3 +59,23 @@ public func temporaryFolder(_ name: String) -> String {
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return dir
 }
+
+/// A tiny tmpfs mounted at `path` (root only), to run out of disk space on purpose.
+/// - Returns: false when it could not be mounted.
+public func mountTinyFilesystem(at path: String, kilobytes: Int) -> Bool {
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/mount")
+    p.arguments = ["-t", "tmpfs", "-o", "size=\(kilobytes)k", "tmpfs", path]
+    guard (try? p.run()) != nil else { return false }
+    p.waitUntilExit()
+    return p.terminationStatus == 0
+}
+
+public func unmount(_ path: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/umount")
+    p.arguments = ["-l", path]
+    try? p.run()
+    p.waitUntilExit()
+}

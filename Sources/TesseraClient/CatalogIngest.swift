@@ -216,7 +216,7 @@ public enum CatalogIngest {
     }
 
     /// Reads every input file; all must have the same columns.
-    static func readInputs(_ o: IngestOptions) throws -> ([ColumnSpec], [ColumnData], [String]) {
+    public static func readInputs(_ o: IngestOptions) throws -> ([ColumnSpec], [ColumnData], [String]) {
         guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
         var specs: [ColumnSpec] = []
         var data: [ColumnData] = []

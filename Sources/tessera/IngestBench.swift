@@ -4,6 +4,7 @@ import Foundation
 import TesseraClient
 import TesseraCluster
 import TesseraProtocol
+import TesseraStorage
 import TesseraSurvey
 
 /// `tessera bench ingest`: end-to-end ingest throughput on a local cluster.
@@ -26,6 +27,9 @@ struct IngestBench: ParsableCommand {
 
     @Option(help: "Most rows per shard.")
     var maxRowsPerShard = 1_000_000
+
+    @Flag(help: "Afterwards, read every shard back from the workers' disks and compare all rows with the input.")
+    var verify = false
 
     @Option(help: "Where generated input is kept between runs.")
     var dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench-ingest").path
@@ -62,6 +66,43 @@ struct IngestBench: ParsableCommand {
             ("worker_peak_rss_mib", s.workers.map { Double($0.peakRssBytes) / 1_048_576 }.max() ?? 0),
         ]))
         for p in phases where p.contains("[") { FileHandle.standardError.write(Data("  \(p)\n".utf8)) }
+        if verify { try verifyReadBack(inputs: inputs, opts: opts, data: data) }
+    }
+
+    /// Every input row comes back exactly (order aside) from one copy of each shard.
+    func verifyReadBack(inputs: [String], opts: IngestOptions, data: String) throws {
+        let t = DispatchTime.now().uptimeNanoseconds
+        let (specs, input, _) = try CatalogIngest.readInputs(opts)
+        var seen = Set<String>()
+        var back = specs.map { ColumnData.empty($0.type) }
+        let e = FileManager.default.enumerator(atPath: data)
+        while let rel = e?.nextObject() as? String {
+            guard rel.hasSuffix(".shard"), seen.insert((rel as NSString).lastPathComponent).inserted else { continue }
+            let cols = try ShardReader(path: data + "/" + rel).read(columns: specs.map(\.name))
+            for k in 0..<cols.count { back[k].append(cols[k]) }
+        }
+        guard let idCol = specs.firstIndex(where: { $0.name == "objectId" }),
+              case .int64(let a) = input[idCol], case .int64(let b) = back[idCol] else {
+            throw ValidationError("verification needs an Int64 objectId column")
+        }
+        let ia = RadixSort.order(a), ib = RadixSort.order(b)
+        var mismatched: [String] = []
+        for k in 0..<specs.count where input[k].gathered(ia) != back[k].gathered(ib) {
+            // NaN != NaN: compare bit patterns for float columns.
+            if !sameBits(input[k].gathered(ia), back[k].gathered(ib)) { mismatched.append(specs[k].name) }
+        }
+        print(jsonLine([("engine", "tessera"), ("workload", "ingest_verify"), ("rows_in", a.count), ("rows_back", b.count),
+                        ("columns", specs.count), ("identical", mismatched.isEmpty && a.count == b.count),
+                        ("mismatched_columns", mismatched.joined(separator: ",")),
+                        ("seconds", Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9)]))
+    }
+
+    func sameBits(_ x: ColumnData, _ y: ColumnData) -> Bool {
+        switch (x, y) {
+        case (.float64(let a), .float64(let b)): a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern }
+        case (.float32(let a), .float32(let b)): a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern }
+        default: x == y
+        }
     }
 
     func peakRSS() -> UInt64 {

@@ -85,17 +85,20 @@ public enum ColumnData: Sendable, Equatable {
         }
     }
 
-    /// Appends another column of the same type.
+    /// Appends another column of the same type, in place (the enum's array is released first so
+    /// that it is uniquely referenced and grows without a copy).
     public mutating func append(_ o: ColumnData) {
-        switch (self, o) {
-        case (.float64(var a), .float64(let b)): a += b; self = .float64(a)
-        case (.float32(var a), .float32(let b)): a += b; self = .float32(a)
-        case (.int64(var a), .int64(let b)): a += b; self = .int64(a)
-        case (.int32(var a), .int32(let b)): a += b; self = .int32(a)
-        case (.int16(var a), .int16(let b)): a += b; self = .int16(a)
-        case (.uint8(var a), .uint8(let b)): a += b; self = .uint8(a)
-        case (.bool(var a), .bool(let b)): a += b; self = .bool(a)
-        default: preconditionFailure("appending a \(o.type) column to a \(type) column")
+        let taken = self
+        self = .uint8([])
+        switch (taken, o) {
+        case (.float64(var a), .float64(let b)): a.append(contentsOf: b); self = .float64(a)
+        case (.float32(var a), .float32(let b)): a.append(contentsOf: b); self = .float32(a)
+        case (.int64(var a), .int64(let b)): a.append(contentsOf: b); self = .int64(a)
+        case (.int32(var a), .int32(let b)): a.append(contentsOf: b); self = .int32(a)
+        case (.int16(var a), .int16(let b)): a.append(contentsOf: b); self = .int16(a)
+        case (.uint8(var a), .uint8(let b)): a.append(contentsOf: b); self = .uint8(a)
+        case (.bool(var a), .bool(let b)): a.append(contentsOf: b); self = .bool(a)
+        default: preconditionFailure("appending a \(o.type) column to a \(taken.type) column")
         }
     }
 

@@ -186,6 +186,38 @@ struct IngestEndToEndTests {
         #expect(leftovers.isEmpty)
     }
 
+    /// A FITS table written by astropy: string and array columns are skipped with a warning,
+    /// integer nulls arrive as NaN, and a missing coordinate column is named.
+    @Test func astropyTablesIngestWithWarningsForWhatIsSkipped() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../TesseraStorageTests/Fixtures/astropy_table.fits").standardized.path
+        let data = temporaryFolder("ingest-astropy")
+        let cluster = try TestCluster.start(dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "fixture", files: [fixture])
+        o.decColumn = "declination"
+        #expect { try CatalogIngest.run(o, connection: conn) } throws: { e in
+            "\(e)".contains("declination") && "\(e)".contains("--dec") && "\(e)".contains("astropy_table.fits")
+        }
+        o.decColumn = "coord_dec"
+        o.replicas = 1
+        var lines: [String] = []
+        let done = try CatalogIngest.run(o, connection: conn) { lines.append($0) }
+        #expect(done.rows == 1000)
+        #expect(lines.contains { $0.contains("skipping column `name`") && $0.contains("string") })
+        #expect(lines.contains { $0.contains("skipping column `shape`") && $0.contains("array") })
+        let files = shardFiles(data, "fixture")
+        let reader = try ShardReader(path: try #require(files.first))
+        #expect(reader.columnNames.contains("visits") && !reader.columnNames.contains("name"))
+        let visits = try reader.read(columns: ["visits", "objectId"])
+        guard case .float64(let v) = visits[0], case .int64(let ids) = visits[1] else { Issue.record("visits should be Float64"); return }
+        for (x, id) in zip(v, ids) {
+            let i = Int(id - (1 << 40))
+            if i % 7 == 0 { #expect(x.isNaN) } else { #expect(x == Double(i % 50)) }
+        }
+    }
+
     @Test func badInputIsRefusedWithWhereItIs() throws {
         let data = temporaryFolder("ingest-bad")
         let cluster = try TestCluster.start(dataDirectory: data)

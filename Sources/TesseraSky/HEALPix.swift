@@ -74,35 +74,41 @@ public enum HEALPix {
     // MARK: Positions to pixels
 
     /// The pixel holding a position given as RA/Dec in degrees.
+    ///
+    /// The arithmetic follows healpy's `ang2pix(..., lonlat=True)` step by step (θ = π/2 − dec·π/180,
+    /// z = cos θ, sin θ only within 0.01 rad of a pole), so that points exactly on a pixel edge land
+    /// in the same pixel as there.
     public static func pixel(order: Int, ra: Double, dec: Double) -> Int64 {
-        let d = dec * .pi / 180
-        var phi = (ra * .pi / 180).truncatingRemainder(dividingBy: 2 * .pi)
-        if phi < 0 { phi += 2 * .pi }
-        return pixel(order: order, z: sin(d), phi: phi, sinTheta: cos(d))
+        pixel(order: order, theta: .pi / 2 - dec * (.pi / 180), phi: ra * (.pi / 180))
     }
 
     /// The pixel holding colatitude θ and longitude φ (radians).
     public static func pixel(order: Int, theta: Double, phi: Double) -> Int64 {
-        var p = phi.truncatingRemainder(dividingBy: 2 * .pi)
-        if p < 0 { p += 2 * .pi }
-        return pixel(order: order, z: cos(theta), phi: p, sinTheta: sin(theta))
+        let nearPole = theta < 0.01 || theta > 3.14159 - 0.01
+        return pixel(order: order, z: cos(theta), phi: phi, sinTheta: nearPole ? sin(theta) : nil)
     }
 
     /// The pixel holding a unit vector.
     public static func pixel(order: Int, vector v: Vec3) -> Int64 {
-        var phi = atan2(v.y, v.x)
-        if phi < 0 { phi += 2 * .pi }
         let r = v.length
-        return pixel(order: order, z: v.z / r, phi: phi, sinTheta: (v.x * v.x + v.y * v.y).squareRoot() / r)
+        let z = v.z / r
+        // sin θ from x and y keeps its digits near the poles.
+        return pixel(order: order, z: z, phi: atan2(v.y, v.x), sinTheta: abs(z) > 0.99 ? (v.x * v.x + v.y * v.y).squareRoot() / r : nil)
     }
 
-    /// z = cos θ, φ in [0, 2π); sin θ is passed in so positions near the poles keep their precision.
-    static func pixel(order: Int, z: Double, phi: Double, sinTheta: Double) -> Int64 {
+    /// z = cos θ and φ (any range); sin θ, when given, is used near the poles where 1 − |z| has
+    /// lost its digits.
+    static func pixel(order: Int, z: Double, phi: Double, sinTheta: Double?) -> Int64 {
         let ns = nside(order)
         let nsD = Double(ns)
         let za = abs(z)
-        var tt = phi * (2 / .pi)  // in [0, 4)
-        if tt >= 4 { tt -= 4 }
+        // φ / (π/2) reduced to [0, 4), as healpy's fmodulo does it.
+        var tt = phi * (2 / .pi)
+        if !(tt >= 0 && tt < 4) {
+            tt = tt.truncatingRemainder(dividingBy: 4)
+            if tt < 0 { tt += 4 }
+            if tt >= 4 { tt = 0 }
+        }
         let face: Int64, ix: Int64, iy: Int64
         if za <= 2.0 / 3.0 {
             // Equatorial region: the two families of edge lines.
@@ -120,7 +126,12 @@ public enum HEALPix {
             let ntt = min(3, Int64(tt))
             let tp = tt - Double(ntt)
             // nside·√(3(1−|z|)), via sin θ near the pole where 1 − |z| loses its digits.
-            let tmp = za < 0.99 ? nsD * (3 * (1 - za)).squareRoot() : nsD * sinTheta / ((1 + za) / 3).squareRoot()
+            let tmp: Double
+            if za < 0.99 || sinTheta == nil {
+                tmp = nsD * (3 * (1 - za)).squareRoot()
+            } else {
+                tmp = nsD * sinTheta! / ((1 + za) / 3).squareRoot()
+            }
             let jp = min(ns - 1, Int64(tp * tmp))
             let jm = min(ns - 1, Int64((1 - tp) * tmp))
             if z >= 0 {

@@ -1,0 +1,69 @@
+/// A parsed expression: text a person writes (`r_psfMag - i_psfMag > 0.4 and refExtendedness == 0`,
+/// `mag(g_psfFlux)`), checked against a schema before it runs.
+public indirect enum ExpressionTree: Sendable, Equatable {
+    case number(Double, SourceRange)
+    case column(String, SourceRange)
+    case unary(UnaryOperator, ExpressionTree, SourceRange)
+    case binary(BinaryOperator, ExpressionTree, ExpressionTree, SourceRange)
+    case call(String, [ExpressionTree], SourceRange)
+
+    public var range: SourceRange {
+        switch self {
+        case .number(_, let r), .column(_, let r), .unary(_, _, let r), .binary(_, _, _, let r), .call(_, _, let r): r
+        }
+    }
+
+    /// Column names the expression reads, in first-use order.
+    public var columns: [String] {
+        var out: [String] = []
+        func walk(_ e: ExpressionTree) {
+            switch e {
+            case .number: break
+            case .column(let n, _): if !out.contains(n) { out.append(n) }
+            case .unary(_, let x, _): walk(x)
+            case .binary(_, let a, let b, _): walk(a); walk(b)
+            case .call(_, let args, _): args.forEach(walk)
+            }
+        }
+        walk(self)
+        return out
+    }
+}
+
+/// Characters `start ..< end` of the source text.
+public struct SourceRange: Sendable, Equatable {
+    public var start: Int
+    public var end: Int
+    public init(_ start: Int, _ end: Int) { self.start = start; self.end = end }
+    func union(_ o: SourceRange) -> SourceRange { SourceRange(min(start, o.start), max(end, o.end)) }
+}
+
+public enum UnaryOperator: String, Sendable { case negate = "-", not }
+
+public enum BinaryOperator: String, Sendable {
+    case add = "+", subtract = "-", multiply = "*", divide = "/"
+    case less = "<", lessEqual = "<=", greater = ">", greaterEqual = ">=", equal = "==", notEqual = "!="
+    case and, or
+
+    var isComparison: Bool { [.less, .lessEqual, .greater, .greaterEqual, .equal, .notEqual].contains(self) }
+    var isLogical: Bool { self == .and || self == .or }
+}
+
+/// What an expression's values are.
+public enum ExpressionType: Sendable, Equatable, CustomStringConvertible {
+    case number, boolean
+    public var description: String { self == .number ? "a number" : "a boolean" }
+}
+
+/// A problem in an expression, pointing at where it is.
+public struct ExpressionError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    public var source: String
+    public var range: SourceRange
+
+    public var description: String {
+        let pad = String(repeating: " ", count: max(0, range.start))
+        let marks = String(repeating: "^", count: max(1, range.end - range.start))
+        return "\(message)\n  \(source)\n  \(pad)\(marks)"
+    }
+}

@@ -1,0 +1,199 @@
+/// Parses expression text: `or` < `and` < `not` < comparisons < `+ -` < `* /` < unary minus <
+/// calls, columns, numbers and parentheses.
+public struct ExpressionParser {
+    enum Token: Equatable {
+        case number(Double), identifier(String), op(String), lparen, rparen, comma, end
+    }
+
+    let source: String
+    var tokens: [(Token, SourceRange)] = []
+    var pos = 0
+
+    public static func parse(_ text: String) throws(ExpressionError) -> ExpressionTree {
+        var p = ExpressionParser(source: text)
+        try p.tokenize()
+        let e = try p.parseOr()
+        guard case .end = p.tokens[p.pos].0 else {
+            throw p.error("unexpected `\(p.text(p.tokens[p.pos].1))` after a complete expression", p.tokens[p.pos].1)
+        }
+        return e
+    }
+
+    init(source: String) { self.source = source }
+
+    func error(_ m: String, _ r: SourceRange) -> ExpressionError { ExpressionError(message: m, source: source, range: r) }
+
+    func text(_ r: SourceRange) -> String {
+        let chars = Array(source)
+        return String(chars[max(0, r.start)..<min(chars.count, r.end)])
+    }
+
+    mutating func tokenize() throws(ExpressionError) {
+        let c = Array(source)
+        var i = 0
+        while i < c.count {
+            let ch = c[i]
+            if ch == " " || ch == "\t" || ch == "\n" { i += 1; continue }
+            let start = i
+            if ch.isNumber || (ch == "." && i + 1 < c.count && c[i + 1].isNumber) {
+                while i < c.count && (c[i].isNumber || c[i] == ".") { i += 1 }
+                if i < c.count && (c[i] == "e" || c[i] == "E") {
+                    var j = i + 1
+                    if j < c.count && (c[j] == "+" || c[j] == "-") { j += 1 }
+                    if j < c.count && c[j].isNumber {
+                        i = j
+                        while i < c.count && c[i].isNumber { i += 1 }
+                    }
+                }
+                let s = String(c[start..<i])
+                guard let v = Double(s) else { throw error("`\(s)` is not a number", SourceRange(start, i)) }
+                tokens.append((.number(v), SourceRange(start, i)))
+                continue
+            }
+            if ch.isLetter || ch == "_" {
+                while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { i += 1 }
+                tokens.append((.identifier(String(c[start..<i])), SourceRange(start, i)))
+                continue
+            }
+            let two = i + 1 < c.count ? String(c[i...(i + 1)]) : ""
+            if ["<=", ">=", "==", "!=", "&&", "||"].contains(two) {
+                tokens.append((.op(two == "&&" ? "and" : two == "||" ? "or" : two), SourceRange(i, i + 2)))
+                i += 2
+                continue
+            }
+            switch ch {
+            case "+", "-", "*", "/", "<", ">", "!": tokens.append((.op(ch == "!" ? "not" : String(ch)), SourceRange(i, i + 1)))
+            case "(": tokens.append((.lparen, SourceRange(i, i + 1)))
+            case ")": tokens.append((.rparen, SourceRange(i, i + 1)))
+            case ",": tokens.append((.comma, SourceRange(i, i + 1)))
+            case "=": throw error("`=` is not an operator: compare with `==`", SourceRange(i, i + 1))
+            default: throw error("unexpected character `\(ch)`", SourceRange(i, i + 1))
+            }
+            i += 1
+        }
+        tokens.append((.end, SourceRange(c.count, c.count)))
+    }
+
+    var current: Token { tokens[pos].0 }
+
+    /// The keyword or symbol operator at the cursor, if any.
+    var currentOp: String? {
+        switch current {
+        case .op(let o): o
+        case .identifier(let w) where ["and", "or", "not"].contains(w): w
+        default: nil
+        }
+    }
+
+    mutating func parseOr() throws(ExpressionError) -> ExpressionTree {
+        var l = try parseAnd()
+        while currentOp == "or" {
+            pos += 1
+            let r = try parseAnd()
+            l = .binary(.or, l, r, l.range.union(r.range))
+        }
+        return l
+    }
+
+    mutating func parseAnd() throws(ExpressionError) -> ExpressionTree {
+        var l = try parseNot()
+        while currentOp == "and" {
+            pos += 1
+            let r = try parseNot()
+            l = .binary(.and, l, r, l.range.union(r.range))
+        }
+        return l
+    }
+
+    mutating func parseNot() throws(ExpressionError) -> ExpressionTree {
+        if currentOp == "not" {
+            let start = tokens[pos].1
+            pos += 1
+            let x = try parseNot()
+            return .unary(.not, x, start.union(x.range))
+        }
+        return try parseComparison()
+    }
+
+    mutating func parseComparison() throws(ExpressionError) -> ExpressionTree {
+        let l = try parseAdditive()
+        if let o = currentOp, let op = BinaryOperator(rawValue: o), op.isComparison {
+            pos += 1
+            let r = try parseAdditive()
+            if let o2 = currentOp, let op2 = BinaryOperator(rawValue: o2), op2.isComparison {
+                throw error("comparisons do not chain: write `a < b and b < c`", tokens[pos].1)
+            }
+            return .binary(op, l, r, l.range.union(r.range))
+        }
+        return l
+    }
+
+    mutating func parseAdditive() throws(ExpressionError) -> ExpressionTree {
+        var l = try parseMultiplicative()
+        while let o = currentOp, o == "+" || o == "-" {
+            pos += 1
+            let r = try parseMultiplicative()
+            l = .binary(o == "+" ? .add : .subtract, l, r, l.range.union(r.range))
+        }
+        return l
+    }
+
+    mutating func parseMultiplicative() throws(ExpressionError) -> ExpressionTree {
+        var l = try parseUnary()
+        while let o = currentOp, o == "*" || o == "/" {
+            pos += 1
+            let r = try parseUnary()
+            l = .binary(o == "*" ? .multiply : .divide, l, r, l.range.union(r.range))
+        }
+        return l
+    }
+
+    mutating func parseUnary() throws(ExpressionError) -> ExpressionTree {
+        if currentOp == "-" {
+            let start = tokens[pos].1
+            pos += 1
+            let x = try parseUnary()
+            if case .number(let v, let r) = x { return .number(-v, start.union(r)) }
+            return .unary(.negate, x, start.union(x.range))
+        }
+        if currentOp == "+" { pos += 1; return try parseUnary() }
+        return try parsePrimary()
+    }
+
+    mutating func parsePrimary() throws(ExpressionError) -> ExpressionTree {
+        let (t, r) = tokens[pos]
+        switch t {
+        case .number(let v):
+            pos += 1
+            return .number(v, r)
+        case .identifier(let name):
+            pos += 1
+            guard case .lparen = current else { return .column(name, r) }
+            pos += 1
+            var args: [ExpressionTree] = []
+            if case .rparen = current {
+                // no arguments
+            } else {
+                args.append(try parseOr())
+                while case .comma = current {
+                    pos += 1
+                    args.append(try parseOr())
+                }
+            }
+            guard case .rparen = current else { throw error("expected `)` to close the call of `\(name)`", tokens[pos].1) }
+            let close = tokens[pos].1
+            pos += 1
+            return .call(name, args, r.union(close))
+        case .lparen:
+            pos += 1
+            let e = try parseOr()
+            guard case .rparen = current else { throw error("expected `)`", tokens[pos].1) }
+            pos += 1
+            return e
+        case .end:
+            throw error("the expression ends too early", r)
+        default:
+            throw error("unexpected `\(text(r))`", r)
+        }
+    }
+}

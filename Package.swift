@@ -37,12 +37,12 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
-        .target(name: "TesseraCompute", dependencies: ["TesseraProtocol"]),
+        .target(name: "TesseraCompute", dependencies: ["TesseraProtocol", "TesseraStorage", "TesseraSky"]),
         .target(name: "TesseraSurvey", dependencies: ["TesseraStorage", "TesseraCompute", "TesseraSky", "TesseraProtocol"]),
         .target(
             name: "TesseraScheduler",
             dependencies: [
-                "TesseraProtocol", "TesseraStorage", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "TesseraProtocol", "TesseraStorage", "TesseraSky", "TesseraCompute", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]

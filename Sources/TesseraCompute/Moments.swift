@@ -16,15 +16,18 @@ public struct Moments: Sendable, Hashable {
 
     /// The moments of `values`, skipping NaN.
     public init<C: Collection>(of values: C) where C.Element == Double {
-        for v in values where !v.isNaN {
-            count += 1
-            let d = v - mean
-            mean += d / count
-            m2 += d * (v - mean)
-            if v < min { min = v }
-            if v > max { max = v }
-            sum += v
-        }
+        for v in values where !v.isNaN { add(v) }
+    }
+
+    /// Adds one value (Welford's update); the caller skips NaN.
+    @inline(__always) public mutating func add(_ v: Double) {
+        count += 1
+        let d = v - mean
+        mean += d / count
+        m2 += d * (v - mean)
+        if v < min { min = v }
+        if v > max { max = v }
+        sum += v
     }
 
     init(array a: [Double]) {

@@ -14,15 +14,18 @@ public struct OperatorContext: Sendable {
     public var inputs: [Value]
     /// The data (shard, tile) the task reads, if any.
     public var dataKey: String?
+    /// The worker's data folder, where `dataKey` is found.
+    public var dataRoot: String?
     /// Long-running operators poll this and stop early when the job was cancelled.
     public var isCancelled: @Sendable () -> Bool
 
     public init(arg: Int64 = 0, params: Tessera_V1_OperatorParams = .init(), inputs: [Value] = [], dataKey: String? = nil,
-                isCancelled: @escaping @Sendable () -> Bool = { false }) {
+                dataRoot: String? = nil, isCancelled: @escaping @Sendable () -> Bool = { false }) {
         self.arg = arg
         self.params = params
         self.inputs = inputs
         self.dataKey = dataKey
+        self.dataRoot = dataRoot
         self.isCancelled = isCancelled
     }
 
@@ -73,5 +76,5 @@ public struct OperatorRegistry: Sendable {
     public var names: [String] { table.keys.sorted() }
 
     /// The registry every worker starts with.
-    public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all) }
+    public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all + CatalogOperators.all) }
 }

@@ -73,6 +73,7 @@ public final class WorkerDaemon {
         signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
         pool = ExecutorPool(threads: settings.threads) { wake.signal() }
         shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
+        engine.dataRoot = settings.dataDirectory
     }
 
     /// Registers, then serves until SIGTERM/SIGINT; then hands back unstarted tasks, reports the

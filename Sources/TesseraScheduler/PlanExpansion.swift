@@ -35,6 +35,8 @@ public enum PlanExpansion {
             var prev = g.add(operatorIndex: 0, arg: 0)
             for _ in 1..<Int(p.length) { prev = g.add(operatorIndex: 0, inputs: [prev]) }
             return g
+        case .catalog:
+            throw .invalidContent("catalog queries are expanded against the registry (SchedulerCore.expandCatalogQuery)")
         case nil:
             throw .invalidContent("plan names no kind of work")
         }

@@ -123,6 +123,7 @@ extension SchedulerCore {
             setup.jobID = job.id
             setup.operators = job.operators
             setup.params = job.params
+            setup.dataKeys = job.dataKeys
             w.assignment.jobs.append(setup)
         }
         var flags: UInt32 = 0
@@ -135,6 +136,7 @@ extension SchedulerCore {
         w.assignment.paramIndex.append(job.paramIndex[t])
         w.assignment.flags.append(flags)
         w.assignment.inputCounts.append(UInt32(range.count))
+        w.assignment.dataKey.append(job.dataKey.isEmpty ? 0 : job.dataKey[t])
         for j in range {
             let i = Int(job.inputs[j])
             let holder = job.worker[i]

@@ -166,7 +166,11 @@ public struct SchedulerCore {
             case .graph(let spec):
                 graph = try TaskGraph(spec: spec, frames: frames, maximumTasks: config.maxTasksPerJob)
             case .plan(let plan):
-                graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
+                if case .catalog(let q) = plan.kind {
+                    graph = try expandCatalogQuery(q)
+                } else {
+                    graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
+                }
             case nil:
                 throw .invalidContent("job has neither a graph nor a plan")
             }

@@ -30,6 +30,7 @@ public struct WorkerEngine {
         var operators: [TaskOperator?]
         var names: [String]
         var params: [Tessera_V1_OperatorParams]
+        var dataKeys: [String]
     }
 
     /// A task waiting for inputs from peers.
@@ -43,10 +44,13 @@ public struct WorkerEngine {
         var values: [Value?]
         var missing: Int
         var holders: [WorkerID]
+        var dataKey: UInt32 = 0
     }
 
     public let registry: OperatorRegistry
     public private(set) var workerID: WorkerID = 0
+    /// This worker's data folder (shards are found under it).
+    public var dataRoot: String?
     let cancelled = CancelledJobs()
 
     var jobs: [JobID: JobSetup] = [:]
@@ -121,7 +125,7 @@ public struct WorkerEngine {
     /// A batch of tasks: those with every input at hand run now; the rest fetch from peers first.
     public mutating func assign(_ a: Tessera_V1_AssignTasks, now: UInt64) -> [WorkerAction] {
         for s in a.jobs {
-            jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params)
+            jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys)
         }
         var peers: [WorkerID: String] = [:]
         for p in a.peers { peers[p.workerID] = p.endpoint }
@@ -142,7 +146,8 @@ public struct WorkerEngine {
             let holders = Array(a.inputHolders[inputCursor..<(inputCursor + count)])
             inputCursor += count
             var task = PendingTask(key: key, op: a.ops[i], arg: a.args[i], paramIndex: a.paramIndex[i], flags: a.flags[i],
-                                   inputKeys: inKeys, values: Array(repeating: nil, count: count), missing: 0, holders: holders)
+                                   inputKeys: inKeys, values: Array(repeating: nil, count: count), missing: 0, holders: holders,
+                                   dataKey: a.dataKey.count == n ? a.dataKey[i] : 0)
             var localMissing: [UInt64] = []
             for j in 0..<count {
                 if holders[j] == workerID || holders[j] == 0 {
@@ -223,8 +228,9 @@ public struct WorkerEngine {
         }
         let params = t.paramIndex > 0 && Int(t.paramIndex) <= setup.params.count ? setup.params[Int(t.paramIndex) - 1] : .init()
         let flags = cancelled
-        let ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty },
-                                  isCancelled: { flags.contains(jobID) })
+        let dataKey = t.dataKey > 0 && Int(t.dataKey) <= setup.dataKeys.count ? setup.dataKeys[Int(t.dataKey) - 1] : nil
+        let ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
+                                  dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
         return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op))
     }
 

@@ -176,6 +176,44 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
 
 }
 
+public nonisolated enum Tessera_V1_AggregateKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// rows passing: an int64
+  case aggregateCount // = 0
+
+  /// count, mean, M2, min, max, sum of `expression` over non-NaN values
+  case aggregateMoments // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .aggregateCount
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .aggregateCount
+    case 1: self = .aggregateMoments
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .aggregateCount: return 0
+    case .aggregateMoments: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Tessera_V1_AggregateKind] = [
+    .aggregateCount,
+    .aggregateMoments,
+  ]
+
+}
+
 public nonisolated enum Tessera_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case jobRunning // = 0
@@ -696,6 +734,8 @@ public nonisolated struct Tessera_V1_JobSetup: Sendable {
 
   public var params: [Tessera_V1_OperatorParams] = []
 
+  public var dataKeys: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -747,6 +787,9 @@ public nonisolated struct Tessera_V1_AssignTasks: Sendable {
 
   /// endpoints of the holders named above
   public var peers: [Tessera_V1_Peer] = []
+
+  /// per task: 0 = none, i = the job's data_keys[i - 1] (may be empty)
+  public var dataKey: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -918,14 +961,56 @@ public nonisolated struct Tessera_V1_Plan: Sendable {
     set {kind = .chain(newValue)}
   }
 
+  public var catalog: Tessera_V1_CatalogQueryPlan {
+    get {
+      if case .catalog(let v)? = kind {return v}
+      return Tessera_V1_CatalogQueryPlan()
+    }
+    set {kind = .catalog(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
     case independent(Tessera_V1_IndependentPlan)
     case treeReduce(Tessera_V1_TreeReducePlan)
     case chain(Tessera_V1_ChainPlan)
+    case catalog(Tessera_V1_CatalogQueryPlan)
 
   }
+
+  public init() {}
+}
+
+/// A question of a catalog: rows of `dataset` in the region that pass `filter`, reduced to one
+/// mergeable aggregate. Expanded at the scheduler into one task per surviving shard, run where the
+/// shard is, plus a reduction tree.
+public nonisolated struct Tessera_V1_CatalogQueryPlan: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var dataset: String = String()
+
+  /// A cone (degrees); radius 0 means the whole sky.
+  public var coneRa: Double = 0
+
+  public var coneDec: Double = 0
+
+  public var coneRadius: Double = 0
+
+  /// a boolean expression; empty keeps every row
+  public var filter: String = String()
+
+  public var aggregate: Tessera_V1_AggregateKind = .aggregateCount
+
+  /// the numeric expression aggregated (MOMENTS)
+  public var expression: String = String()
+
+  /// of the reduction tree (default 8)
+  public var fanIn: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1505,6 +1590,10 @@ nonisolated extension Tessera_V1_ValueKind: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Tessera_V1_FailureKind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0FAILURE_OPERATOR\0\u{1}FAILURE_MISSING_INPUT\0\u{1}FAILURE_UNKNOWN_OPERATOR\0")
+}
+
+nonisolated extension Tessera_V1_AggregateKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0AGGREGATE_COUNT\0\u{1}AGGREGATE_MOMENTS\0")
 }
 
 nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {
@@ -2317,7 +2406,7 @@ nonisolated extension Tessera_V1_Deregister: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSetup"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2328,6 +2417,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.jobID) }()
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.operators) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.params) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.dataKeys) }()
       default: break
       }
     }
@@ -2343,6 +2433,9 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.params.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.params, fieldNumber: 3)
     }
+    if !self.dataKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.dataKeys, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2350,6 +2443,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.jobID != rhs.jobID {return false}
     if lhs.operators != rhs.operators {return false}
     if lhs.params != rhs.params {return false}
+    if lhs.dataKeys != rhs.dataKeys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2392,7 +2486,7 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Tessera_V1_AssignTasks: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AssignTasks"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0\u{1}keys\0\u{1}ops\0\u{1}args\0\u{3}param_index\0\u{1}flags\0\u{3}input_counts\0\u{3}input_keys\0\u{3}input_holders\0\u{1}peers\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0\u{1}keys\0\u{1}ops\0\u{1}args\0\u{3}param_index\0\u{1}flags\0\u{3}input_counts\0\u{3}input_keys\0\u{3}input_holders\0\u{1}peers\0\u{3}data_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2410,6 +2504,7 @@ nonisolated extension Tessera_V1_AssignTasks: SwiftProtobuf.Message, SwiftProtob
       case 8: try { try decoder.decodeRepeatedFixed64Field(value: &self.inputKeys) }()
       case 9: try { try decoder.decodeRepeatedUInt32Field(value: &self.inputHolders) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
+      case 11: try { try decoder.decodeRepeatedUInt32Field(value: &self.dataKey) }()
       default: break
       }
     }
@@ -2446,6 +2541,9 @@ nonisolated extension Tessera_V1_AssignTasks: SwiftProtobuf.Message, SwiftProtob
     if !self.peers.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.peers, fieldNumber: 10)
     }
+    if !self.dataKey.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.dataKey, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2460,6 +2558,7 @@ nonisolated extension Tessera_V1_AssignTasks: SwiftProtobuf.Message, SwiftProtob
     if lhs.inputKeys != rhs.inputKeys {return false}
     if lhs.inputHolders != rhs.inputHolders {return false}
     if lhs.peers != rhs.peers {return false}
+    if lhs.dataKey != rhs.dataKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2757,7 +2856,7 @@ nonisolated extension Tessera_V1_GraphSpec: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_Plan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Plan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}independent\0\u{3}tree_reduce\0\u{1}chain\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}independent\0\u{3}tree_reduce\0\u{1}chain\0\u{1}catalog\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2804,6 +2903,19 @@ nonisolated extension Tessera_V1_Plan: SwiftProtobuf.Message, SwiftProtobuf._Mes
           self.kind = .chain(v)
         }
       }()
+      case 4: try {
+        var v: Tessera_V1_CatalogQueryPlan?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .catalog(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .catalog(v)
+        }
+      }()
       default: break
       }
     }
@@ -2827,6 +2939,10 @@ nonisolated extension Tessera_V1_Plan: SwiftProtobuf.Message, SwiftProtobuf._Mes
       guard case .chain(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
+    case .catalog?: try {
+      guard case .catalog(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2834,6 +2950,71 @@ nonisolated extension Tessera_V1_Plan: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
   public static func ==(lhs: Tessera_V1_Plan, rhs: Tessera_V1_Plan) -> Bool {
     if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{3}cone_ra\0\u{3}cone_dec\0\u{3}cone_radius\0\u{1}filter\0\u{1}aggregate\0\u{1}expression\0\u{3}fan_in\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.coneRa) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.coneDec) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.coneRadius) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.filter) }()
+      case 6: try { try decoder.decodeSingularEnumField(value: &self.aggregate) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.expression) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.fanIn) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 1)
+    }
+    if self.coneRa.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.coneRa, fieldNumber: 2)
+    }
+    if self.coneDec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.coneDec, fieldNumber: 3)
+    }
+    if self.coneRadius.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.coneRadius, fieldNumber: 4)
+    }
+    if !self.filter.isEmpty {
+      try visitor.visitSingularStringField(value: self.filter, fieldNumber: 5)
+    }
+    if self.aggregate != .aggregateCount {
+      try visitor.visitSingularEnumField(value: self.aggregate, fieldNumber: 6)
+    }
+    if !self.expression.isEmpty {
+      try visitor.visitSingularStringField(value: self.expression, fieldNumber: 7)
+    }
+    if self.fanIn != 0 {
+      try visitor.visitSingularUInt32Field(value: self.fanIn, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_CatalogQueryPlan, rhs: Tessera_V1_CatalogQueryPlan) -> Bool {
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.coneRa != rhs.coneRa {return false}
+    if lhs.coneDec != rhs.coneDec {return false}
+    if lhs.coneRadius != rhs.coneRadius {return false}
+    if lhs.filter != rhs.filter {return false}
+    if lhs.aggregate != rhs.aggregate {return false}
+    if lhs.expression != rhs.expression {return false}
+    if lhs.fanIn != rhs.fanIn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

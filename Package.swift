@@ -92,7 +92,7 @@ let package = Package(
         ),
         .executableTarget(name: "SumOfSquares", dependencies: ["TesseraClient", "TesseraCluster"], path: "Examples/SumOfSquares"),
 
-        .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient"], path: "Tests/TesseraTestKit"),
+        .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),

@@ -61,7 +61,7 @@ public enum CatalogIngest {
         guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
             throw IngestError.input("no columns `\(o.raColumn)` and `\(o.decColumn)` (use --ra and --dec); columns are: \(specs.map(\.name).joined(separator: ", "))")
         }
-        let ra = doubles(data[ri]), dec = doubles(data[di])
+        let ra = data[ri].doubles, dec = data[di].doubles
         var index = [Int64](repeating: 0, count: rows)
         for i in 0..<rows { index[i] = HEALPix.spatialIndex(ra: ra[i], dec: dec[i]) }
         let order = RadixSort.order(index)
@@ -255,7 +255,7 @@ public enum CatalogIngest {
                 if col.type != data[k].type {
                     // Promote where a later file has nulls in an integer column.
                     if col.type == .columnFloat64 || data[k].type == .columnFloat64 {
-                        data[k] = .float64(doubles(data[k]) + doubles(col))
+                        data[k] = .float64(data[k].doubles + col.doubles)
                         specs[k].type = .columnFloat64
                         continue
                     }
@@ -274,22 +274,10 @@ public enum CatalogIngest {
         guard let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
             throw IngestError.input("\(path) has no column `\(o.decColumn)` (choose the Dec column with --dec); it has: \(specs.map(\.name).joined(separator: ", "))")
         }
-        let ra = doubles(data[ri]), dec = doubles(data[di])
+        let ra = data[ri].doubles, dec = data[di].doubles
         for i in 0..<ra.count {
             if !ra[i].isFinite { throw IngestError.badCoordinate(file: path, row: i + 1, what: "\(o.raColumn) is \(ra[i])") }
             if !dec[i].isFinite || abs(dec[i]) > 90 { throw IngestError.badCoordinate(file: path, row: i + 1, what: "\(o.decColumn) is \(dec[i]), outside −90…90") }
-        }
-    }
-
-    static func doubles(_ c: ColumnData) -> [Double] {
-        switch c {
-        case .float64(let a): a
-        case .float32(let a): a.map(Double.init)
-        case .int64(let a): a.map(Double.init)
-        case .int32(let a): a.map(Double.init)
-        case .int16(let a): a.map(Double.init)
-        case .uint8(let a): a.map(Double.init)
-        case .bool(let a): a.map { $0 ? 1 : 0 }
         }
     }
 }

@@ -74,14 +74,7 @@ public enum CatalogOperators {
 
     /// A stored column as expression values (integers promoted to Float64).
     static func vector(_ c: ColumnData) -> ExpressionVector {
-        switch c {
-        case .float64(let a): .numbers(a)
-        case .float32(let a): .numbers(a.map(Double.init))
-        case .int64(let a): .numbers(a.map(Double.init))
-        case .int32(let a): .numbers(a.map(Double.init))
-        case .int16(let a): .numbers(a.map(Double.init))
-        case .uint8(let a): .numbers(a.map(Double.init))
-        case .bool(let a): .booleans(a)
-        }
+        if case .bool(let a) = c { return .booleans(a) }
+        return .numbers(c.doubles)
     }
 }

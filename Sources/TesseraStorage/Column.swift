@@ -59,6 +59,19 @@ public enum ColumnData: Sendable, Equatable {
         }
     }
 
+    /// The values as Float64 (integers converted, Bool as 0/1): the form expressions compute on.
+    public var doubles: [Double] {
+        switch self {
+        case .float64(let a): a
+        case .float32(let a): a.map(Double.init)
+        case .int64(let a): a.map(Double.init)
+        case .int32(let a): a.map(Double.init)
+        case .int16(let a): a.map(Double.init)
+        case .uint8(let a): a.map(Double.init)
+        case .bool(let a): a.map { $0 ? 1 : 0 }
+        }
+    }
+
     /// Values at the given row positions, in that order.
     public func gathered(_ rows: [Int]) -> ColumnData {
         switch self {

@@ -26,15 +26,15 @@ public struct Completion: Sendable {
 /// event loop drains; `wake` tells the loop there is something to drain (it is called only when
 /// the list goes from empty to non-empty, so a burst of completions costs one wake-up).
 public final class ExecutorPool: Sendable {
-    private let queue = Mutex<Deque<ExecutableTask>>([])
+    private let queue = LockedBox<Deque<ExecutableTask>>([])
     private let available = DispatchSemaphore(value: 0)
-    private let completions = Mutex<[Completion]>([])
+    private let completions = LockedBox<[Completion]>([])
     private let running = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     private let wake: @Sendable () -> Void
     public let threadCount: Int
     /// Smoothed durations per task profile, in microseconds.
-    private let durations = Mutex<[UInt64: Double]>([:])
+    private let durations = LockedBox<[UInt64: Double]>([:])
     /// Tasks measured shorter than this run on the caller's thread when the pool is idle: a
     /// hand-off to an executor thread and back costs more than they do.
     public static let inlineLimitMicros = 30.0

@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 import TesseraCompute
 import TesseraProtocol
 
@@ -17,7 +16,7 @@ public enum WorkerAction {
 
 /// Cancellation flags per job, shared with the executor threads so long operators stop early.
 public final class CancelledJobs: Sendable {
-    private let jobs = Mutex<Set<JobID>>([])
+    private let jobs = LockedBox<Set<JobID>>([])
     public init() {}
     public func insert(_ id: JobID) { _ = jobs.withLock { $0.insert(id) } }
     public func contains(_ id: JobID) -> Bool { jobs.withLock { $0.contains(id) } }

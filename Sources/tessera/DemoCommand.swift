@@ -37,6 +37,7 @@ struct DemoCommand: ParsableCommand {
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
         print("scheduler at \(cluster.clientEndpoint)")
         try ingestDemoCatalog(conn)
+        try askTheCatalog(conn)
 
         // Mean and spread of normal deviates generated on the workers, partition by partition,
         // merged in a tree: each partition's moments stream back as they are computed.
@@ -69,6 +70,28 @@ struct DemoCommand: ParsableCommand {
                      m.count, m.mean, m.standardDeviation, m.min, m.max))
         print(String(format: "%.3f s, first partial after %.3f s, %d result messages", outcome.seconds, outcome.firstResultSeconds ?? 0, outcome.resultMessages))
         print(StatusReport.render(try conn.status(), endpoint: cluster.clientEndpoint))
+    }
+
+    /// Two questions of the demo catalog, answered where its shards live.
+    func askTheCatalog(_ conn: SchedulerConnection) throws {
+        func ask(_ what: String, filter: String, cone: (Double, Double, Double)? = nil, moments: String? = nil) throws {
+            var q = Tessera_V1_CatalogQueryPlan()
+            q.dataset = "demo_object"
+            q.filter = filter
+            if let (ra, dec, r) = cone { q.coneRa = ra; q.coneDec = dec; q.coneRadius = r }
+            if let moments { q.aggregate = .aggregateMoments; q.expression = moments }
+            var p = Tessera_V1_Plan()
+            p.catalog = q
+            let out = try conn.run(.plan(p), name: what)
+            switch out.values.values.first {
+            case .int64(let n)?: print(String(format: "%@: %d  (%.3f s, %d tasks)", what, n, out.seconds, out.finished.taskCount))
+            case .moments(let m)?: print(String(format: "%@: %.0f objects, mean %.3f, std %.3f  (%.3f s)", what, m.count, m.mean, m.standardDeviation, out.seconds))
+            default: print("\(what): \(out.finished.error)")
+            }
+        }
+        try ask("point sources brighter than r = 24", filter: "detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24")
+        try ask("objects within 0.5° of (60, -35)", filter: "", cone: (60, -35, 0.5))
+        try ask("g - r colour of galaxies", filter: "refExtendedness == 1 and mag(r_psfFlux) < 25", moments: "mag(g_psfFlux) - mag(r_psfFlux)")
     }
 
     /// Generates the demo catalog (once) and ingests it (unless a restarted cluster has it already).

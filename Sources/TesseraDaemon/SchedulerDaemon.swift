@@ -18,7 +18,7 @@ public final class SchedulerDaemon {
     private let workerSocket: Socket
     private var core: SchedulerCore
     private let logger: Logger
-    private let wake: EventFD
+    private let wake: WakePipe
     private let signals: ShutdownSignals
     private var clientTable = ConnectionTable()
     private var workerTable = ConnectionTable()
@@ -41,7 +41,7 @@ public final class SchedulerDaemon {
         }
         clientEndpoint = try clients.bind(clientBind)
         workerEndpoint = try workerSocket.bind(workerBind)
-        wake = try EventFD()
+        wake = try WakePipe()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
         core = SchedulerCore(config: config, now: monotonicNanos())
         if let registryPath { core.catalog = try Registry(path: registryPath) }

@@ -11,10 +11,10 @@ import Glibc
 final class ShutdownSignals: @unchecked Sendable {
     private let requested = Atomic<Bool>(false)
     private let sources: [any DispatchSourceSignal]
-    let wake: EventFD
+    let wake: WakePipe
     private let parentPID: Int32?
 
-    init(wake: EventFD, parentPID: Int32?) {
+    init(wake: WakePipe, parentPID: Int32?) {
         self.wake = wake
         self.parentPID = parentPID
         var srcs: [any DispatchSourceSignal] = []

@@ -42,7 +42,7 @@ public final class WorkerDaemon {
     public let peerEndpoint: String
     private var peers: [WorkerID: Socket] = [:]
     private var engine: WorkerEngine
-    private let wake: EventFD
+    private let wake: WakePipe
     private let signals: ShutdownSignals
     private let pool: ExecutorPool
     private let shards: ShardStore?
@@ -68,7 +68,7 @@ public final class WorkerDaemon {
         let bound = try peerRouter.bind(settings.peerBind)
         peerEndpoint = settings.peerAdvertise ?? bound
         engine = WorkerEngine(registry: registry)
-        let wake = try EventFD()
+        let wake = try WakePipe()
         self.wake = wake
         signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
         pool = ExecutorPool(threads: settings.threads) { wake.signal() }

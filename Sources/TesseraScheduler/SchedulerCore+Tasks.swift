@@ -337,7 +337,7 @@ extension SchedulerCore {
         workerOrder.removeAll { $0 == id }
         for key in w.holdings { holders[key]?.removeAll { $0 == id } }
         for other in workers.values { other.lostWorkers.append(id) }
-        lostWorkerLog.append((id, w.name, reason))
+        notices.append("worker \(w.name) (id \(id)) left: \(reason)")
 
         for jobID in jobs.keys.sorted() {
             guard let job = jobs[jobID] else { continue }

@@ -43,8 +43,6 @@ public struct SchedulerCore {
     /// Jobs whose results changed this turn.
     var jobsWithResults: Set<JobID> = []
     var finishedJobs: [Tessera_V1_JobStatus] = []
-    /// Workers that left, most recent last (id, name, why), for status and logs.
-    public internal(set) var lostWorkerLog: [(WorkerID, String, String)] = []
     /// The time of the event being handled.
     var lastNow: UInt64 = 0
 

@@ -75,14 +75,8 @@ struct DemoCommand: ParsableCommand {
     /// Two questions of the demo catalog, answered where its shards live.
     func askTheCatalog(_ conn: SchedulerConnection) throws {
         func ask(_ what: String, filter: String, cone: (Double, Double, Double)? = nil, moments: String? = nil) throws {
-            var q = Tessera_V1_CatalogQueryPlan()
-            q.dataset = "demo_object"
-            q.filter = filter
-            if let (ra, dec, r) = cone { q.coneRa = ra; q.coneDec = dec; q.coneRadius = r }
-            if let moments { q.aggregate = .aggregateMoments; q.expression = moments }
-            var p = Tessera_V1_Plan()
-            p.catalog = q
-            let out = try conn.run(.plan(p), name: what)
+            let q = CatalogQuery(dataset: "demo_object", filter: filter, cone: cone, moments: moments)
+            let out = try conn.run(.plan(q.plan), name: what)
             switch out.values.values.first {
             case .int64(let n)?: print(String(format: "%@: %d  (%.3f s, %d tasks)", what, n, out.seconds, out.finished.taskCount))
             case .moments(let m)?: print(String(format: "%@: %.0f objects, mean %.3f, std %.3f  (%.3f s)", what, m.count, m.mean, m.standardDeviation, out.seconds))

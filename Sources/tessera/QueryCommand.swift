@@ -47,18 +47,10 @@ struct QueryCommand: ParsableCommand {
     }
 
     func run() throws {
-        var q = Tessera_V1_CatalogQueryPlan()
-        q.dataset = dataset
-        q.filter = filter
-        if let cone { (q.coneRa, q.coneDec, q.coneRadius) = try parseCone(cone) }
-        if agg.hasPrefix("mean:") {
-            q.aggregate = .aggregateMoments
-            q.expression = String(agg.dropFirst(5))
-        }
-        var p = Tessera_V1_Plan()
-        p.catalog = q
+        let q = CatalogQuery(dataset: dataset, filter: filter, cone: try cone.map(parseCone),
+                             moments: agg.hasPrefix("mean:") ? String(agg.dropFirst(5)) : nil)
         let conn = try SchedulerConnection(endpoint: scheduler)
-        let out = try conn.run(.plan(p), name: "query \(dataset)")
+        let out = try conn.run(.plan(q.plan), name: "query \(dataset)")
         guard out.finished.state == .jobDone else {
             throw ClientError.jobEnded(state: out.finished.state, message: out.finished.error)
         }

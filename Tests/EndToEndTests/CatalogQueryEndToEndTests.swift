@@ -15,14 +15,8 @@ struct CatalogQueryEndToEndTests {
 
     func query(_ conn: SchedulerConnection, filter: String = "", cone: (Double, Double, Double)? = nil,
                moments: String? = nil) throws -> JobOutcome {
-        var q = Tessera_V1_CatalogQueryPlan()
-        q.dataset = "object"
-        q.filter = filter
-        if let (ra, dec, r) = cone { q.coneRa = ra; q.coneDec = dec; q.coneRadius = r }
-        if let moments { q.aggregate = .aggregateMoments; q.expression = moments }
-        var p = Tessera_V1_Plan()
-        p.catalog = q
-        return try conn.run(.plan(p))
+        let q = CatalogQuery(dataset: "object", filter: filter, cone: cone.map { (ra: $0.0, dec: $0.1, radius: $0.2) }, moments: moments)
+        return try conn.run(.plan(q.plan))
     }
 
     @Test func countsAndMomentsMatchBruteForce() throws {
@@ -107,11 +101,7 @@ struct CatalogQueryEndToEndTests {
         #expect(typo.contains("unknown column `r_psfFlx` — did you mean `r_psfFlux`?"))
         #expect(refusal { try query(conn, filter: "r_psfFlux + 1") }.contains("a boolean is needed"))
         #expect(refusal { try query(conn, filter: "frobnicate(r_psfFlux) > 1") }.contains("unknown function `frobnicate`"))
-        var q = Tessera_V1_CatalogQueryPlan()
-        q.dataset = "nope"
-        var p = Tessera_V1_Plan()
-        p.catalog = q
-        #expect(refusal { try conn.run(.plan(p)) }.contains("no dataset named `nope`"))
+        #expect(refusal { try conn.run(.plan(CatalogQuery(dataset: "nope").plan)) }.contains("no dataset named `nope`"))
         // The cluster keeps serving.
         #expect(try query(conn).values.values.first == .int64(2_000))
     }

@@ -4,7 +4,7 @@ import Glibc
 
 /// A self-pipe: other threads (executors, signal handlers) wake the event loop by writing a byte,
 /// and the loop's poller watches the read end beside the ZeroMQ sockets.
-final class EventFD: @unchecked Sendable {
+final class WakePipe: @unchecked Sendable {
     // The descriptors are written from any thread; the kernel makes that safe.
     let fd: Int32
     private let writeFD: Int32
@@ -41,12 +41,10 @@ final class EventFD: @unchecked Sendable {
 /// Errors of the daemons' shells.
 public enum DaemonError: Error, CustomStringConvertible {
     case system(String, Int32)
-    case noScheduler(endpoint: String, seconds: Double)
 
     public var description: String {
         switch self {
         case .system(let what, let e): "\(what) failed: \(String(cString: strerror(e)))"
-        case .noScheduler(let ep, let s): "no scheduler answered at \(ep) within \(s) s: is tessera-scheduler running there?"
         }
     }
 }

@@ -37,7 +37,7 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
-        .target(name: "TesseraCompute", dependencies: ["TesseraProtocol", "TesseraStorage", "TesseraSky"]),
+        .target(name: "TesseraCompute", dependencies: ["TesseraProtocol", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "TesseraSurvey", dependencies: ["TesseraStorage", "TesseraCompute", "TesseraSky", "TesseraProtocol"]),
         .target(
             name: "TesseraScheduler",
@@ -63,13 +63,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky"]),
+        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol"]),
         .executableTarget(
             name: "tessera",
             dependencies: [
                 "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
         .executableTarget(

@@ -14,7 +14,7 @@ fi
 protoc --plugin=protoc-gen-swift="$plugin" \
   --swift_opt=Visibility=Public --swift_opt=FileNaming=DropPath \
   --swift_out=Sources/TesseraProtocol/Generated \
-  -I Protos Protos/tessera/v1/tessera.proto Protos/tessera/v1/storage.proto
+  -I Protos Protos/tessera/v1/tessera.proto Protos/tessera/v1/storage.proto Protos/tessera/v1/catalog.proto
 if [ -d Clients/python/tessera ]; then
   protoc --python_out=Clients/python/tessera -I Protos Protos/tessera/v1/*.proto
 fi

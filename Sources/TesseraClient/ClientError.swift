@@ -14,6 +14,8 @@ public enum ClientError: Error, CustomStringConvertible {
     case jobEnded(state: Tessera_V1_JobState, message: String)
     /// A socket error.
     case transport(String)
+    /// A catalog question that cannot be answered as asked (e.g. more rows than the row cap).
+    case invalidQuery(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum ClientError: Error, CustomStringConvertible {
         case .protocolError(let e): "bad reply from the scheduler: \(e)"
         case .jobEnded(let state, let m): "job \(state == .jobCancelled ? "was cancelled" : "failed"): \(m)"
         case .transport(let m): "transport error: \(m)"
+        case .invalidQuery(let m): m
         }
     }
 }

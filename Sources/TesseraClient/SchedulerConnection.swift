@@ -5,8 +5,9 @@ import ZeroMQ
 
 /// What the scheduler told a client about one of its jobs.
 public enum JobEvent {
-    /// Output values (by task index) that just became available, and the job's progress.
-    case results([(task: UInt32, value: Value)], tasksDone: UInt64, taskCount: UInt64)
+    /// Output values (by task index) that just became available, and the job's progress. A
+    /// `partial` value is a progressive snapshot of the job's aggregate, not a final output.
+    case results([(task: UInt32, value: Value, partial: Bool)], tasksDone: UInt64, taskCount: UInt64)
     /// The job ended (done, failed or cancelled).
     case finished(Tessera_V1_JobFinished)
 }
@@ -134,7 +135,7 @@ public final class SchedulerConnection {
             case .results(let vs, _, _):
                 messages += 1
                 if first == nil { first = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-                for (t, v) in vs { values[t] = v }
+                for (t, v, partial) in vs where !partial { values[t] = v }
             case .finished(let f):
                 let secs = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 return JobOutcome(jobID: acc.jobID, values: values, finished: f, acceptSeconds: acceptSeconds,
@@ -216,11 +217,11 @@ public final class SchedulerConnection {
         case .jobAccepted(let a):
             accepted[a.clientTag] = .success(a)
         case .jobResults(let r):
-            var vs: [(UInt32, Value)] = []
+            var vs: [(UInt32, Value, Bool)] = []
             vs.reserveCapacity(r.values.count)
             for info in r.values {
                 do throws(ProtocolError) {
-                    vs.append((TaskKey.task(info.key), try Value(info: info, frames: frames)))
+                    vs.append((TaskKey.task(info.key), try Value(info: info, frames: frames), info.partial))
                 } catch {
                     throw ClientError.protocolError(error)
                 }

@@ -48,7 +48,7 @@ public struct TaskGraph: Sendable, Equatable {
     /// values, layer by layer, down to one. Returns the root (a single input still gets its own
     /// reduction, so the answer has the same shape whatever the count).
     @discardableResult
-    public mutating func addReduction(of inputs: [UInt32], operatorIndex: Int, fanIn: Int) -> UInt32 {
+    public mutating func addReduction(of inputs: [UInt32], operatorIndex: Int, fanIn: Int, paramIndex p: UInt32 = 0) -> UInt32 {
         precondition(fanIn >= 2 && !inputs.isEmpty)
         var layer = inputs
         repeat {
@@ -56,7 +56,7 @@ public struct TaskGraph: Sendable, Equatable {
             next.reserveCapacity(layer.count / fanIn + 1)
             var i = 0
             while i < layer.count {
-                next.append(add(operatorIndex: operatorIndex, inputs: Array(layer[i..<min(i + fanIn, layer.count)])))
+                next.append(add(operatorIndex: operatorIndex, inputs: Array(layer[i..<min(i + fanIn, layer.count)]), paramIndex: p))
                 i += fanIn
             }
             layer = next

@@ -32,17 +32,34 @@ final class JobRecord {
     let batchResults: Bool
     let submittedAt: UInt64
 
-    // The graph.
-    let op: [UInt16]
-    let arg: [Int64]
-    let paramIndex: [UInt32]
-    let dataKey: [UInt32]
-    let inputOffsets: [UInt32]
-    let inputs: [UInt32]
-    let dependentOffsets: [UInt32]
+    // The graph. Progressive snapshot tasks are appended after the submitted graph's tasks: they
+    // read the current frontier of finished partial answers and no task reads them, so the
+    // reverse-edge CSR only grows an empty range at its end.
+    var op: [UInt16]
+    var arg: [Int64]
+    var paramIndex: [UInt32]
+    var dataKey: [UInt32]
+    var inputOffsets: [UInt32]
+    var inputs: [UInt32]
+    var dependentOffsets: [UInt32]
     let dependents: [UInt32]
-    let isOutput: [Bool]
+    var isOutput: [Bool]
     let outputCount: Int
+    /// Tasks of the submitted graph; indices at or past this are snapshots.
+    let graphTaskCount: Int
+
+    /// For progressive jobs: how to merge partial answers, and how often to send one.
+    var progress: Progress?
+    struct Progress {
+        var operatorIndex: UInt16
+        var paramIndex: UInt32
+        var intervalNs: UInt64
+        var lastSnapshotAt: UInt64
+        /// A graph task finished since the last snapshot was taken.
+        var newWork = false
+        /// The snapshot task in flight (one at a time), if any.
+        var running: Int?
+    }
 
     // Mutable per-task state.
     var state: [TaskState]
@@ -73,6 +90,9 @@ final class JobRecord {
     var lastResultsSentAt: UInt64 = 0
 
     var taskCount: Int { op.count }
+    /// Every task of the submitted graph has finished.
+    var isComplete: Bool { doneCount == graphTaskCount }
+    @inline(__always) func isSnapshot(_ t: Int) -> Bool { t >= graphTaskCount }
 
     init(id: JobID, client: ConnectionID, submit: Tessera_V1_SubmitJob, graph: TaskGraph, now: UInt64) {
         self.id = id
@@ -91,6 +111,7 @@ final class JobRecord {
         inputOffsets = graph.inputOffsets
         inputs = graph.inputs
         let n = graph.taskCount
+        graphTaskCount = n
 
         // Reverse edges, as a second CSR.
         var counts = [UInt32](repeating: 0, count: n + 1)
@@ -138,6 +159,33 @@ final class JobRecord {
     func dataKeyName(_ t: Int) -> String? {
         guard !dataKey.isEmpty, dataKey[t] > 0 else { return nil }
         return dataKeys[Int(dataKey[t]) - 1]
+    }
+
+    /// Appends a snapshot task merging `sources` (finished tasks whose values are held), pinning
+    /// those values until it finishes. Returns its index.
+    func appendSnapshot(of sources: [Int], operatorIndex: UInt16, paramIndex p: UInt32) -> Int {
+        let t = taskCount
+        op.append(operatorIndex)
+        arg.append(0)
+        paramIndex.append(p)
+        if !dataKey.isEmpty { dataKey.append(0) }
+        for i in sources {
+            inputs.append(UInt32(i))
+            pendingDependents[i] += 1
+        }
+        inputOffsets.append(UInt32(inputs.count))
+        dependentOffsets.append(dependentOffsets[dependentOffsets.count - 1])
+        isOutput.append(true)
+        state.append(.waiting)
+        waitCount.append(0)
+        pendingDependents.append(0)
+        worker.append(0)
+        resultBytes.append(0)
+        operatorFailures.append(0)
+        lostRuns.append(0)
+        delivered.append(false)
+        runCount.append(0)
+        return t
     }
 
     var runningCount: Int { state.reduce(0) { $0 + ($1 == .running ? 1 : 0) } }

@@ -184,6 +184,7 @@ extension SchedulerCore {
             let f = frames[Int(v.frame)]
             var info = v
             info.frame = 0
+            info.partial = job.isSnapshot(t)
             info.offset = UInt64(job.pendingBytes.count)
             job.pendingBytes.append(contentsOf: f[Int(v.offset)..<Int(v.offset + v.length)])
             job.pendingValues.append(info)
@@ -195,6 +196,11 @@ extension SchedulerCore {
             let t = Int(TaskKey.task(f.key))
             guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
             w.inFlight -= 1
+            if job.isSnapshot(t) {
+                // A snapshot is never worth recomputing lost inputs for: the next one will do.
+                abandonSnapshot(job, t)
+                continue
+            }
             // No longer running anywhere: finishing the job must not count it in flight again.
             job.state[t] = .recovering
             job.worker[t] = 0
@@ -227,12 +233,17 @@ extension SchedulerCore {
         }
         // Finishing is checked last so that outputs that came with the final report are delivered.
         for id in Set(r.doneKeys.map(TaskKey.job)) {
-            if let job = jobs[id], job.doneCount == job.taskCount { finish(job, .jobDone, error: "", now: now) }
+            if let job = jobs[id], job.isComplete { finish(job, .jobDone, error: "", now: now) }
         }
     }
 
     mutating func complete(_ job: JobRecord, _ t: Int, on w: WorkerRecord, now: UInt64) {
-        job.doneCount += 1
+        if job.isSnapshot(t) {
+            job.progress?.running = nil
+        } else {
+            job.doneCount += 1
+            job.progress?.newWork = true
+        }
         if job.pendingDependents[t] > 0 {
             job.state[t] = .done
             job.worker[t] = w.id
@@ -252,6 +263,41 @@ extension SchedulerCore {
                 job.waitCount[d] -= 1
                 if job.waitCount[d] == 0 { makeReady(job, d) }
             }
+        }
+    }
+
+    /// Drops a snapshot that failed or whose worker left, unpinning the values it would have read.
+    mutating func abandonSnapshot(_ job: JobRecord, _ t: Int) {
+        job.state[t] = .released
+        job.worker[t] = 0
+        job.progress?.running = nil
+        job.progress?.newWork = true
+        for j in job.inputRange(t) {
+            let i = Int(job.inputs[j])
+            job.pendingDependents[i] -= 1
+            if job.pendingDependents[i] == 0 && job.state[i] == .done { release(job, i) }
+        }
+    }
+
+    /// For progressive jobs due one: a snapshot task that merges every partial answer finished
+    /// so far (the values still held are exactly the frontier of the reduction tree: a held value
+    /// is one whose reader has not finished), so the client sees all the work done, each shard
+    /// once. One snapshot per job is in flight at a time, at most one per interval.
+    mutating func takeSnapshots(now: UInt64) {
+        for id in progressiveJobs.sorted() {
+            guard let job = jobs[id], let p = job.progress else {
+                progressiveJobs.remove(id)
+                continue
+            }
+            guard p.running == nil, p.newWork, now &- p.lastSnapshotAt >= p.intervalNs else { continue }
+            var sources: [Int] = []
+            for t in 0..<job.graphTaskCount where job.state[t] == .done { sources.append(t) }
+            guard !sources.isEmpty else { continue }
+            let t = job.appendSnapshot(of: sources, operatorIndex: p.operatorIndex, paramIndex: p.paramIndex)
+            job.progress?.running = t
+            job.progress?.newWork = false
+            job.progress?.lastSnapshotAt = now
+            makeReady(job, t)
         }
     }
 
@@ -351,6 +397,10 @@ extension SchedulerCore {
                 if jobs[jobID] == nil { break }
             }
             for t in restart where jobs[jobID] != nil && job.state[t] == .running {
+                if job.isSnapshot(t) {
+                    abandonSnapshot(job, t)
+                    continue
+                }
                 if !handedBack.contains(TaskKey.make(job: jobID, task: UInt32(t))) {
                     job.lostRuns[t] &+= 1
                     if Int(job.lostRuns[t]) >= config.maxLostRuns {
@@ -378,7 +428,7 @@ extension SchedulerCore {
         f.state = state
         f.error = error
         f.tasksDone = UInt64(job.doneCount)
-        f.taskCount = UInt64(job.taskCount)
+        f.taskCount = UInt64(job.graphTaskCount)
         f.reruns = UInt64(job.reruns)
         f.seconds = Double(now &- job.submittedAt) / 1e9
         var e = Envelope()
@@ -390,12 +440,13 @@ extension SchedulerCore {
         for id in job.setUpOn { workers[id]?.cancelledJobs.append(job.id) }
         jobs.removeValue(forKey: job.id)
         jobsWithResults.remove(job.id)
+        progressiveJobs.remove(job.id)
         if state == .jobDone { jobsCompleted += 1 }
         var js = Tessera_V1_JobStatus()
         js.jobID = job.id
         js.name = job.name
         js.state = state
-        js.taskCount = UInt64(job.taskCount)
+        js.taskCount = UInt64(job.graphTaskCount)
         js.tasksDone = UInt64(job.doneCount)
         js.seconds = f.seconds
         finishedJobs.append(js)

@@ -42,6 +42,8 @@ public struct SchedulerCore {
     var startedAt: UInt64
     /// Jobs whose results changed this turn.
     var jobsWithResults: Set<JobID> = []
+    /// Jobs that asked for progressive results.
+    var progressiveJobs: Set<JobID> = []
     var finishedJobs: [Tessera_V1_JobStatus] = []
     /// The time of the event being handled.
     var lastNow: UInt64 = 0
@@ -159,6 +161,7 @@ public struct SchedulerCore {
 
     mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64) {
         let graph: TaskGraph
+        var progress: JobRecord.Progress?
         do throws(ProtocolError) {
             switch s.work {
             case .graph(let spec):
@@ -166,6 +169,7 @@ public struct SchedulerCore {
             case .plan(let plan):
                 if case .catalog(let q) = plan.kind {
                     graph = try expandCatalogQuery(q)
+                    progress = Self.progress(of: q, now: now)
                 } else {
                     graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
                 }
@@ -194,10 +198,14 @@ public struct SchedulerCore {
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
         jobs[id] = job
+        if let progress {
+            job.progress = progress
+            progressiveJobs.insert(id)
+        }
         var acc = Tessera_V1_JobAccepted()
         acc.clientTag = s.clientTag
         acc.jobID = id
-        acc.taskCount = UInt64(job.taskCount)
+        acc.taskCount = UInt64(job.graphTaskCount)
         acc.outputCount = UInt64(job.outputCount)
         var e = Envelope()
         e.jobAccepted = acc
@@ -239,6 +247,7 @@ public struct SchedulerCore {
     /// worker, one results message per job.
     public mutating func flush(now: UInt64) -> [OutgoingMessage] {
         lastNow = now
+        if !progressiveJobs.isEmpty { takeSnapshots(now: now) }
         place()
         for w in workers.values { flushWorker(w) }
         for id in jobsWithResults.sorted() {
@@ -253,7 +262,7 @@ public struct SchedulerCore {
     }
 
     /// Jobs whose streamed results are held back by the rate limit.
-    public var hasDeferredResults: Bool { !jobsWithResults.isEmpty }
+    public var hasDeferredResults: Bool { !jobsWithResults.isEmpty || !progressiveJobs.isEmpty }
 
     mutating func flushWorker(_ w: WorkerRecord) {
         if w.assignedCount > 0 {
@@ -290,7 +299,7 @@ public struct SchedulerCore {
         r.jobID = job.id
         r.values = job.pendingValues
         r.tasksDone = UInt64(job.doneCount)
-        r.taskCount = UInt64(job.taskCount)
+        r.taskCount = UInt64(job.graphTaskCount)
         var e = Envelope()
         e.jobResults = r
         send(.client(job.client), e, frames: [job.pendingBytes])
@@ -329,7 +338,7 @@ public struct SchedulerCore {
             js.jobID = j.id
             js.name = j.name
             js.state = .jobRunning
-            js.taskCount = UInt64(j.taskCount)
+            js.taskCount = UInt64(j.graphTaskCount)
             js.tasksDone = UInt64(j.doneCount)
             js.running = UInt64(j.runningCount)
             js.ready = UInt64(j.readyCount)

@@ -57,7 +57,7 @@ struct DemoCommand: ParsableCommand {
         var running = Moments()
         let outcome = try conn.run(.graph(g), name: "demo") { ev in
             guard case .results(let vs, let done, let count) = ev else { return }
-            for (t, v) in vs where t != root {
+            for (t, v, _) in vs where t != root {
                 if case .moments(let m) = v { running.merge(m) }
             }
             print(String(format: "  partial: %4.0f%% of values  mean %.5f  std %.5f   (%d/%d tasks)",
@@ -72,20 +72,55 @@ struct DemoCommand: ParsableCommand {
         print(StatusReport.render(try conn.status(), endpoint: cluster.clientEndpoint))
     }
 
-    /// Two questions of the demo catalog, answered where its shards live.
+    /// Analyses of the demo catalog, answered where its shards live: a colour–magnitude diagram of
+    /// point sources (with partial answers as they merge), a HEALPix density map, number counts
+    /// per cell, and a cone search.
     func askTheCatalog(_ conn: SchedulerConnection) throws {
-        func ask(_ what: String, filter: String, cone: (Double, Double, Double)? = nil, moments: String? = nil) throws {
-            let q = CatalogQuery(dataset: "demo_object", filter: filter, cone: cone, moments: moments)
-            let out = try conn.run(.plan(q.plan), name: what)
-            switch out.values.values.first {
-            case .int64(let n)?: print(String(format: "%@: %d  (%.3f s, %d tasks)", what, n, out.seconds, out.finished.taskCount))
-            case .moments(let m)?: print(String(format: "%@: %.0f objects, mean %.3f, std %.3f  (%.3f s)", what, m.count, m.mean, m.standardDeviation, out.seconds))
-            default: print("\(what): \(out.finished.error)")
-            }
+        let object = CatalogQuery(dataset: "demo_object")
+        func show(_ u: CatalogUpdate) {
+            print(String(format: "    partial after %.3f s: %d shards, %d rows matched", u.seconds, u.result.shards, u.result.rowsMatched))
         }
-        try ask("point sources brighter than r = 24", filter: "detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24")
-        try ask("objects within 0.5° of (60, -35)", filter: "", cone: (60, -35, 0.5))
-        try ask("g - r colour of galaxies", filter: "refExtendedness == 1 and mag(r_psfFlux) < 25", moments: "mag(g_psfFlux) - mag(r_psfFlux)")
+
+        print("\ncolour–magnitude diagram of point sources (g−r from −1 to 2 in 60 bins, r from 16 to 24 in 80):")
+        let cmd = try conn.run(object.filter("refExtendedness == 0")
+            .histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 60, range: -1...2, y: "mag(r_psfFlux)", bins: 80, range: 16...24)
+            .progressive(every: 0.1), name: "demo cmd", onUpdate: show)
+        let h = cmd.result.histogram
+        let peak = h.indices.max { h[$0] < h[$1] } ?? 0
+        print(String(format: "  %d point sources in the diagram over %d shards (%.3f s); busiest bin g−r %.2f, r %.1f with %d",
+                     h.reduce(0, +), cmd.result.shards, cmd.seconds, -1 + 0.05 * (Double(peak / 80) + 0.5), 16 + 0.1 * (Double(peak % 80) + 0.5), h[peak]))
+        // A coarse picture: r down the page, g−r across, darker where more sources.
+        let shades = Array(" .:-=+*#%@")
+        let top = Double(h.max() ?? 1)
+        for ry in stride(from: 0, to: 80, by: 8) {
+            var line = "    r \(String(format: "%4.1f", 16 + 0.1 * Double(ry))) |"
+            for gx in stride(from: 0, to: 60, by: 2) {
+                var n: UInt64 = 0
+                for dy in 0..<8 { for dx in 0..<2 { n += h[(gx + dx) * 80 + ry + dy] } }
+                line.append(shades[min(shades.count - 1, Int((Double(n) / (top * 16)).squareRoot() * Double(shades.count - 1) * 1.5))])
+            }
+            print(line)
+        }
+
+        print("\nsky density, HEALPix order 6 (0.92° pixels):")
+        let map = try conn.run(object.skyMap(order: 6, mean: "mag(r_psfFlux)"), name: "demo map").result.table
+        if let counts = map.numbers("count"), let pixels = map.numbers("pixel") {
+            let order = counts.indices.sorted { counts[$0] > counts[$1] }
+            print("  \(counts.count) pixels hold objects; the densest:")
+            for k in order.prefix(3) { print(String(format: "    pixel %6.0f: %6.0f objects", pixels[k], counts[k])) }
+        }
+
+        print("\nnumber counts per 1°×1° cell (galaxies, r < 24):")
+        let cells = try conn.run(object.filter("refExtendedness == 1 and mag(r_psfFlux) < 24").groupBy("cell")
+            .aggregate(.count(), .mean("mag(r_psfFlux)"), .median("mag(r_psfFlux)")), name: "demo cells")
+        print("  \(cells.result.table.rowCount) cells; the first five:")
+        try ResultOutput.write(ResultTable(names: cells.result.table.names, columns: cells.result.table.columns.map { $0.prefix(5) }), format: "table", to: nil)
+
+        print("\ncone search: the 5 brightest objects within 0.2° of (60, −35):")
+        let cone = try conn.run(object.region(.cone(ra: 60, dec: -35, radius: 0.2)).select(["objectId", "coord_ra", "coord_dec", "mag(r_psfFlux)"])
+            .sorted(by: "mag(r_psfFlux)").limit(5), name: "demo cone")
+        try ResultOutput.write(cone.result.table, format: "table", to: nil)
+        print(String(format: "  (%.3f s, %d of %d rows read matched)", cone.seconds, cone.result.rowsMatched, cone.result.rowsScanned))
     }
 
     /// Generates the demo catalog (once) and ingests it (unless a restarted cluster has it already).

@@ -2,7 +2,140 @@ import ArgumentParser
 import Foundation
 import TesseraClient
 import TesseraCompute
+import SwiftProtobuf
 import TesseraProtocol
+
+/// Options every catalog question shares, turned into a `CatalogQuery`.
+struct QueryOptions: ParsableArguments {
+    @Option(help: "The dataset.")
+    var dataset: String
+
+    @Option(help: "A cone: RA,DEC,RADIUS in degrees.")
+    var cone: String?
+
+    @Option(help: "An RA/Dec box: RAMIN,RAMAX,DECMIN,DECMAX in degrees.")
+    var box: String?
+
+    @Option(name: .customLong("where"), help: "A condition rows must meet, e.g. \"mag(r_psfFlux) < 24 and refExtendedness == 0\".")
+    var filter: String = ""
+
+    @Option(help: "Rows back with these columns or expressions, comma-separated (`*` for all).")
+    var select: String?
+
+    @Option(name: .customLong("group-by"), help: "Aggregate per value of this numeric expression.")
+    var groupBy: String?
+
+    @Option(help: "An aggregate, repeatable: count, count:EXPR, sum:, mean:, min:, max:, var:, std:, median:, qP:EXPR (e.g. q0.9:EXPR).")
+    var agg: [String] = []
+
+    @Option(help: "A histogram axis EXPR:BINS:MIN:MAX; give it twice for a 2-D histogram (x then y).")
+    var hist: [String] = []
+
+    @Option(name: .customLong("map-order"), help: "A HEALPix density map at this order (with --map-mean for a mean per pixel).")
+    var mapOrder: Int?
+
+    @Option(name: .customLong("map-mean"), help: "The expression averaged per map pixel.")
+    var mapMean: String?
+
+    @Option(help: "At most this many rows (head, or top-k with --sort).")
+    var limit: Int?
+
+    @Option(help: "Sort rows by this expression (needs --limit).")
+    var sort: String?
+
+    @Flag(help: "Sort descending.")
+    var descending = false
+
+    @Option(help: "Return a random fraction of the rows (seeded, the same rows whatever the sharding).")
+    var sample: Double?
+
+    @Option(help: "Seed of --sample.")
+    var seed: UInt64 = 0
+
+    @Option(name: .customLong("max-groups"), help: "Most groups a group-by may produce (default 100000).")
+    var maxGroups: Int?
+
+    @Option(name: .customLong("max-rows"), help: "Most rows a collect may return (default 1000000).")
+    var maxRows: Int?
+
+    func numbers(_ s: String, _ count: Int, _ what: String) throws -> [Double] {
+        let p = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard p.count == count else { throw ValidationError("\(what) needs \(count) comma-separated numbers, got `\(s)`") }
+        return p
+    }
+
+    /// `EXPR:BINS:MIN:MAX`, split from the right so the expression may hold anything.
+    func axis(_ s: String) throws -> (String, Int, ClosedRange<Double>) {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 4, let bins = Int(parts[parts.count - 3]), let lo = Double(parts[parts.count - 2]),
+              let hi = Double(parts[parts.count - 1]), bins > 0, lo < hi else {
+            throw ValidationError("--hist needs EXPR:BINS:MIN:MAX with BINS > 0 and MIN < MAX, got `\(s)`")
+        }
+        return (parts[0..<(parts.count - 3)].joined(separator: ":"), bins, lo...hi)
+    }
+
+    func query(endpoint: String? = nil) throws -> CatalogQuery {
+        var q = CatalogQuery(dataset: dataset, endpoint: endpoint)
+        if let cone {
+            let c = try numbers(cone, 3, "--cone")
+            q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
+        }
+        if let box {
+            let b = try numbers(box, 4, "--box")
+            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
+        }
+        if !filter.isEmpty { q = q.filter(filter) }
+        let asked = [hist.isEmpty ? 0 : 1, mapOrder == nil ? 0 : 1, (select != nil || limit != nil || sample != nil) ? 1 : 0,
+                     (groupBy != nil || !agg.isEmpty) ? 1 : 0].reduce(0, +)
+        guard asked <= 1 else {
+            throw ValidationError("ask for one kind of result: aggregates (--agg, --group-by), --hist, --map-order, or rows (--select, --limit, --sample)")
+        }
+        if !hist.isEmpty {
+            guard hist.count <= 2 else { throw ValidationError("--hist is given once (1-D) or twice (2-D)") }
+            let x = try axis(hist[0])
+            if hist.count == 2 {
+                let y = try axis(hist[1])
+                q = q.histogram2D(x: x.0, bins: x.1, range: x.2, y: y.0, bins: y.1, range: y.2)
+            } else {
+                q = q.histogram(x.0, bins: x.1, range: x.2)
+            }
+        } else if let mapOrder {
+            q = q.skyMap(order: mapOrder, mean: mapMean)
+        } else if select != nil || limit != nil || sample != nil {
+            let cols = (select ?? "*").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            q = q.select(cols == ["*"] ? [] : cols)
+            if let limit { q = q.limit(limit) }
+            if let sort { q = q.sorted(by: sort, descending: descending) }
+            if let sample { q = q.sample(fraction: sample, seed: seed) }
+            if let maxRows { q = q.maxRows(maxRows) }
+        } else {
+            do {
+                q = q.aggregate(try (agg.isEmpty ? ["count"] : agg).map { (s) throws(CatalogQueryError) in try Aggregate(parsing: s) })
+            } catch {
+                throw ValidationError(error.message)
+            }
+            if let groupBy { q = q.groupBy(groupBy, maxGroups: maxGroups) }
+        }
+        return q
+    }
+}
+
+/// Where and how a result is written.
+struct OutputOptions: ParsableArguments {
+    @Option(help: "Output: table, csv, json or fits.")
+    var format: String = "table"
+
+    @Option(name: .short, help: "Write the result to this file (needed for fits).")
+    var output: String?
+
+    @Flag(help: "Show partial results while the job runs.")
+    var progress = false
+
+    func validate() throws {
+        guard ["table", "csv", "json", "fits"].contains(format) else { throw ValidationError("--format must be table, csv, json or fits") }
+        if format == "fits" && output == nil { throw ValidationError("--format fits needs -o FILE") }
+    }
+}
 
 struct QueryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,59 +145,64 @@ struct QueryCommand: ParsableCommand {
             Examples:
               tessera query --dataset object --where "refExtendedness == 0 and mag(r_psfFlux) < 24"
               tessera query --dataset object --cone 60,-35,0.5 --agg "mean:mag(g_psfFlux) - mag(r_psfFlux)"
+              tessera query --dataset object --group-by cell --agg count:mag(r_psfFlux) --agg mean:mag(r_psfFlux)
+              tessera query --dataset object --hist "mag(g_psfFlux)-mag(r_psfFlux):60:-1:2" --hist "mag(r_psfFlux):80:16:24"
+              tessera query --dataset object --map-order 6 --format fits -o density.fits
+              tessera query --dataset object --cone 60,-35,0.1 --select objectId,coord_ra,coord_dec --limit 10
             """)
 
-    @Option(help: "The dataset.")
-    var dataset: String
-
-    @Option(help: "A cone: RA,DEC,RADIUS in degrees.")
-    var cone: String?
-
-    @Option(name: .customLong("where"), help: "A condition rows must meet, e.g. \"mag(r_psfFlux) < 24 and refExtendedness == 0\".")
-    var filter: String = ""
-
-    @Option(help: "count (default), or mean:EXPR for count, mean, std, min, max and sum of an expression.")
-    var agg: String = "count"
-
-    @Option(help: "Output: table or json.")
-    var format: String = "table"
+    @OptionGroup var query: QueryOptions
+    @OptionGroup var out: OutputOptions
 
     @Option(help: "The scheduler's client endpoint.")
     var scheduler = defaultSchedulerEndpoint
 
-    func validate() throws {
-        guard agg == "count" || agg.hasPrefix("mean:") else { throw ValidationError("--agg must be `count` or `mean:EXPR`") }
-        guard format == "table" || format == "json" else { throw ValidationError("--format must be table or json") }
-        if let cone { _ = try parseCone(cone) }
+    func run() throws {
+        var q = try query.query()
+        if out.progress { q = q.progressive() }
+        try runQuery(q, scheduler: scheduler, out: out)
     }
+}
 
-    func parseCone(_ s: String) throws -> (Double, Double, Double) {
-        let p = s.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard p.count == 3, let ra = p[0], let dec = p[1], let r = p[2], r > 0 else {
-            throw ValidationError("--cone needs RA,DEC,RADIUS in degrees with a positive radius, got `\(s)`")
-        }
-        return (ra, dec, r)
-    }
+/// Runs a question and writes its answer; with `--progress`, partial answers go to stderr.
+func runQuery(_ q: CatalogQuery, scheduler: String, out: OutputOptions) throws {
+    let conn = try SchedulerConnection(endpoint: scheduler)
+    let final = try conn.run(q, onUpdate: { u in
+        guard out.progress else { return }
+        let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
+        FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+    })
+    try ResultOutput.write(final.result.table, format: out.format, to: out.output)
+    let r = final.result
+    FileHandle.standardError.write("\(r.shards) shards, \(r.rowsScanned) rows read, \(r.rowsMatched) matched, \(String(format: "%.3f", final.seconds)) s\n".data(using: .utf8)!)
+}
+
+struct SubmitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Run a catalog plan written as JSON (protobuf's JSON form of CatalogQueryPlan).",
+        discussion: """
+            Example PLAN.json:
+              {"dataset": "object", "cone": {"ra": 60, "dec": -35, "radius": 1},
+               "filter": "refExtendedness == 1", "groupBy": "cell",
+               "aggregates": [{"function": "AGG_MEAN", "expression": "mag(r_psfFlux)"}]}
+            """)
+
+    @Argument(help: "The plan file.")
+    var plan: String
+
+    @OptionGroup var out: OutputOptions
+
+    @Option(help: "The scheduler's client endpoint.")
+    var scheduler = defaultSchedulerEndpoint
 
     func run() throws {
-        let q = CatalogQuery(dataset: dataset, filter: filter, cone: try cone.map(parseCone),
-                             moments: agg.hasPrefix("mean:") ? String(agg.dropFirst(5)) : nil)
-        let conn = try SchedulerConnection(endpoint: scheduler)
-        let out = try conn.run(.plan(q.plan), name: "query \(dataset)")
-        guard out.finished.state == .jobDone else {
-            throw ClientError.jobEnded(state: out.finished.state, message: out.finished.error)
-        }
-        let shards = out.finished.taskCount
-        switch out.values.values.first {
-        case .int64(let n)?:
-            print(format == "json" ? jsonLine([("count", Int(n)), ("seconds", out.seconds), ("tasks", Int(shards))])
-                                   : "count: \(n)   (\(String(format: "%.3f", out.seconds)) s, \(shards) tasks)")
-        case .moments(let m)?:
-            let fields: [(String, Any)] = [("count", Int(m.count)), ("mean", m.mean), ("std", m.standardDeviation),
-                                           ("min", m.min), ("max", m.max), ("sum", m.sum), ("seconds", out.seconds)]
-            print(format == "json" ? jsonLine(fields) : fields.map { "\($0.0): \($0.1)" }.joined(separator: "   "))
-        default:
-            print("no result")
-        }
+        let text: String
+        do { text = try String(contentsOfFile: plan, encoding: .utf8) } catch { throw ValidationError("cannot read \(plan): \(error.localizedDescription)") }
+        let p: CatalogQueryPlan
+        do { p = try CatalogQueryPlan(jsonString: text) } catch { throw ValidationError("\(plan) is not a catalog plan: \(error)") }
+        var q = CatalogQuery(plan: p)
+        if out.progress { q = q.progressive() }
+        try runQuery(q, scheduler: scheduler, out: out)
     }
 }

@@ -100,6 +100,9 @@ public enum ExpressionEvaluator {
             case "ln": for i in 0..<n { out[i] = log(cols[0][i]) }
             case "exp": for i in 0..<n { out[i] = exp(cols[0][i]) }
             case "mag": for i in 0..<n { out[i] = magnitude(cols[0][i]) }
+            case "floor": for i in 0..<n { out[i] = cols[0][i].rounded(.down) }
+            case "ceil": for i in 0..<n { out[i] = cols[0][i].rounded(.up) }
+            case "round": for i in 0..<n { out[i] = cols[0][i].rounded(.toNearestOrEven) }
             default: for i in 0..<n { out[i] = apply(name, cols.map { $0[i] }) }
             }
             return .numbers(out)
@@ -147,6 +150,10 @@ public enum ExpressionEvaluator {
         case "log10": log10(x[0])
         case "ln": log(x[0])
         case "exp": exp(x[0])
+        case "floor": x[0].rounded(.down)
+        case "ceil": x[0].rounded(.up)
+        // numpy rounds halves to even.
+        case "round": x[0].rounded(.toNearestOrEven)
         case "pow": pow(x[0], x[1])
         // numpy's minimum/maximum: NaN wins.
         case "min": x[0].isNaN || x[1].isNaN ? .nan : Swift.min(x[0], x[1])

@@ -176,44 +176,6 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
 
 }
 
-public nonisolated enum Tessera_V1_AggregateKind: SwiftProtobuf.Enum, Swift.CaseIterable {
-  public typealias RawValue = Int
-
-  /// rows passing: an int64
-  case aggregateCount // = 0
-
-  /// count, mean, M2, min, max, sum of `expression` over non-NaN values
-  case aggregateMoments // = 1
-  case UNRECOGNIZED(Int)
-
-  public init() {
-    self = .aggregateCount
-  }
-
-  public init?(rawValue: Int) {
-    switch rawValue {
-    case 0: self = .aggregateCount
-    case 1: self = .aggregateMoments
-    default: self = .UNRECOGNIZED(rawValue)
-    }
-  }
-
-  public var rawValue: Int {
-    switch self {
-    case .aggregateCount: return 0
-    case .aggregateMoments: return 1
-    case .UNRECOGNIZED(let i): return i
-    }
-  }
-
-  // The compiler won't synthesize support with the UNRECOGNIZED case.
-  public static let allCases: [Tessera_V1_AggregateKind] = [
-    .aggregateCount,
-    .aggregateMoments,
-  ]
-
-}
-
 public nonisolated enum Tessera_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case jobRunning // = 0
@@ -611,6 +573,9 @@ public nonisolated struct Tessera_V1_OperatorParams: Sendable {
 
   public var strings: Dictionary<String,String> = [:]
 
+  /// Structured parameters (e.g. a serialized CatalogQueryPlan), decoded by the operator.
+  public var blobs: Dictionary<String,Data> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -623,6 +588,9 @@ public nonisolated struct Tessera_V1_ValueInfo: Sendable {
   // methods supported on all messages.
 
   public var key: UInt64 = 0
+
+  /// A progressive snapshot of a job's aggregate, not its final result.
+  public var partial: Bool = false
 
   public var kind: Tessera_V1_ValueKind = .valueEmpty
 
@@ -978,39 +946,6 @@ public nonisolated struct Tessera_V1_Plan: Sendable {
     case catalog(Tessera_V1_CatalogQueryPlan)
 
   }
-
-  public init() {}
-}
-
-/// A question of a catalog: rows of `dataset` in the region that pass `filter`, reduced to one
-/// mergeable aggregate. Expanded at the scheduler into one task per surviving shard, run where the
-/// shard is, plus a reduction tree.
-public nonisolated struct Tessera_V1_CatalogQueryPlan: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var dataset: String = String()
-
-  /// A cone (degrees); radius 0 means the whole sky.
-  public var coneRa: Double = 0
-
-  public var coneDec: Double = 0
-
-  public var coneRadius: Double = 0
-
-  /// a boolean expression; empty keeps every row
-  public var filter: String = String()
-
-  public var aggregate: Tessera_V1_AggregateKind = .aggregateCount
-
-  /// the numeric expression aggregated (MOMENTS)
-  public var expression: String = String()
-
-  /// of the reduction tree (default 8)
-  public var fanIn: UInt32 = 0
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1592,10 +1527,6 @@ nonisolated extension Tessera_V1_FailureKind: SwiftProtobuf._ProtoNameProviding 
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0FAILURE_OPERATOR\0\u{1}FAILURE_MISSING_INPUT\0\u{1}FAILURE_UNKNOWN_OPERATOR\0")
 }
 
-nonisolated extension Tessera_V1_AggregateKind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0AGGREGATE_COUNT\0\u{1}AGGREGATE_MOMENTS\0")
-}
-
 nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_RUNNING\0\u{1}JOB_DONE\0\u{1}JOB_FAILED\0\u{1}JOB_CANCELLED\0")
 }
@@ -2126,7 +2057,7 @@ nonisolated extension Tessera_V1_FrameInfo: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_OperatorParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OperatorParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}numbers\0\u{1}strings\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}numbers\0\u{1}strings\0\u{1}blobs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2136,6 +2067,7 @@ nonisolated extension Tessera_V1_OperatorParams: SwiftProtobuf.Message, SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.numbers) }()
       case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.strings) }()
+      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufBytes>.self, value: &self.blobs) }()
       default: break
       }
     }
@@ -2148,12 +2080,16 @@ nonisolated extension Tessera_V1_OperatorParams: SwiftProtobuf.Message, SwiftPro
     if !self.strings.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.strings, fieldNumber: 2)
     }
+    if !self.blobs.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufBytes>.self, value: self.blobs, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_OperatorParams, rhs: Tessera_V1_OperatorParams) -> Bool {
     if lhs.numbers != rhs.numbers {return false}
     if lhs.strings != rhs.strings {return false}
+    if lhs.blobs != rhs.blobs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2161,7 +2097,7 @@ nonisolated extension Tessera_V1_OperatorParams: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ValueInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}count\0\u{1}frame\0\u{1}offset\0\u{1}length\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}kind\0\u{1}count\0\u{1}frame\0\u{1}offset\0\u{1}length\0\u{1}partial\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2175,6 +2111,7 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.frame) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.length) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.partial) }()
       default: break
       }
     }
@@ -2199,11 +2136,15 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
     if self.length != 0 {
       try visitor.visitSingularUInt64Field(value: self.length, fieldNumber: 6)
     }
+    if self.partial != false {
+      try visitor.visitSingularBoolField(value: self.partial, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_ValueInfo, rhs: Tessera_V1_ValueInfo) -> Bool {
     if lhs.key != rhs.key {return false}
+    if lhs.partial != rhs.partial {return false}
     if lhs.kind != rhs.kind {return false}
     if lhs.count != rhs.count {return false}
     if lhs.frame != rhs.frame {return false}
@@ -2950,71 +2891,6 @@ nonisolated extension Tessera_V1_Plan: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
   public static func ==(lhs: Tessera_V1_Plan, rhs: Tessera_V1_Plan) -> Bool {
     if lhs.kind != rhs.kind {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{3}cone_ra\0\u{3}cone_dec\0\u{3}cone_radius\0\u{1}filter\0\u{1}aggregate\0\u{1}expression\0\u{3}fan_in\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
-      case 2: try { try decoder.decodeSingularDoubleField(value: &self.coneRa) }()
-      case 3: try { try decoder.decodeSingularDoubleField(value: &self.coneDec) }()
-      case 4: try { try decoder.decodeSingularDoubleField(value: &self.coneRadius) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.filter) }()
-      case 6: try { try decoder.decodeSingularEnumField(value: &self.aggregate) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.expression) }()
-      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.fanIn) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.dataset.isEmpty {
-      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 1)
-    }
-    if self.coneRa.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.coneRa, fieldNumber: 2)
-    }
-    if self.coneDec.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.coneDec, fieldNumber: 3)
-    }
-    if self.coneRadius.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.coneRadius, fieldNumber: 4)
-    }
-    if !self.filter.isEmpty {
-      try visitor.visitSingularStringField(value: self.filter, fieldNumber: 5)
-    }
-    if self.aggregate != .aggregateCount {
-      try visitor.visitSingularEnumField(value: self.aggregate, fieldNumber: 6)
-    }
-    if !self.expression.isEmpty {
-      try visitor.visitSingularStringField(value: self.expression, fieldNumber: 7)
-    }
-    if self.fanIn != 0 {
-      try visitor.visitSingularUInt32Field(value: self.fanIn, fieldNumber: 8)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Tessera_V1_CatalogQueryPlan, rhs: Tessera_V1_CatalogQueryPlan) -> Bool {
-    if lhs.dataset != rhs.dataset {return false}
-    if lhs.coneRa != rhs.coneRa {return false}
-    if lhs.coneDec != rhs.coneDec {return false}
-    if lhs.coneRadius != rhs.coneRadius {return false}
-    if lhs.filter != rhs.filter {return false}
-    if lhs.aggregate != rhs.aggregate {return false}
-    if lhs.expression != rhs.expression {return false}
-    if lhs.fanIn != rhs.fanIn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

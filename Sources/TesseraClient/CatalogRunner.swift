@@ -1,0 +1,130 @@
+import SwiftProtobuf
+import Dispatch
+import Foundation
+import Synchronization
+import TesseraCompute
+import TesseraProtocol
+
+/// A client of one scheduler, for use from async code: each question runs on a connection of
+/// its own, on a thread of its own, so any number can be in flight.
+public final class TesseraClient: Sendable {
+    public let endpoint: String
+
+    public init(endpoint: String = "tcp://127.0.0.1:5555") {
+        self.endpoint = endpoint
+    }
+
+    /// Starts a question of the dataset `name`; nothing is sent until its results are asked for.
+    public func catalog(_ name: String) -> CatalogQuery { CatalogQuery(dataset: name, endpoint: endpoint) }
+}
+
+extension CatalogQuery {
+    /// Partial answers as they are merged (with ``progressive(every:)``; row batches of a
+    /// collect), then the final answer. Ending the iteration early cancels the job.
+    public func updates(name: String = "") -> AsyncThrowingStream<CatalogUpdate, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: CatalogUpdate.self)
+        guard let endpoint else {
+            continuation.finish(throwing: ClientError.invalidQuery("this query has no scheduler: make it with TesseraClient.catalog(_:)"))
+            return stream
+        }
+        let stop = StopFlag()
+        continuation.onTermination = { _ in stop.set() }
+        let query = self
+        let thread = Thread {
+            do {
+                let conn = try SchedulerConnection(endpoint: endpoint)
+                let final = try conn.run(query, name: name, isStopped: stop.isSet) { continuation.yield($0) }
+                continuation.yield(final)
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        thread.start()
+        return stream
+    }
+
+    /// The final answer.
+    public func result(name: String = "") async throws -> CatalogResult {
+        var last: CatalogResult?
+        for try await u in updates(name: name) where u.isFinal { last = u.result }
+        guard let last else { throw ClientError.timedOut("the job ended without an answer") }
+        return last
+    }
+}
+
+/// Set once, read from any thread.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    func isSet() -> Bool { value.load(ordering: .relaxed) }
+}
+
+extension SchedulerConnection {
+    /// Runs a catalog question to its end on this connection.
+    ///
+    /// - Parameters:
+    ///   - isStopped: polled while waiting; when it turns true the job is cancelled and this throws.
+    ///   - onUpdate: each progressive partial answer, and each row batch of a collect.
+    /// - Returns: the final answer.
+    public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120, isStopped: () -> Bool = { false },
+                    onUpdate: (CatalogUpdate) -> Void = { _ in }) throws -> CatalogUpdate {
+        let plan = query.plan
+        let start = DispatchTime.now().uptimeNanoseconds
+        func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        let accepted = try submit(.plan(query.wirePlan), name: name.isEmpty ? "catalog \(plan.dataset)" : name)
+        let job = accepted.jobID
+        var final: CatalogPartial?
+        var collected: CatalogPartial?
+        var lastHeard = DispatchTime.now().uptimeNanoseconds
+        while true {
+            if isStopped() {
+                try? cancel(job: job)
+                throw CancellationError()
+            }
+            guard let ev = try nextEvent(job: job, timeout: 0.1) else {
+                if Double(DispatchTime.now().uptimeNanoseconds - lastHeard) / 1e9 > idleTimeout {
+                    try? cancel(job: job)
+                    throw ClientError.timedOut("no news of job \(job) for \(idleTimeout) s")
+                }
+                continue
+            }
+            lastHeard = DispatchTime.now().uptimeNanoseconds
+            switch ev {
+            case .results(let values, let done, let total):
+                for (_, value, partial) in values {
+                    guard case .bytes(let b) = value, let p = try? CatalogPartial(serializedBytes: b) else {
+                        try? cancel(job: job)
+                        throw ClientError.invalidQuery("job \(job) sent a value that is not a catalog answer (\(value))")
+                    }
+                    if partial {
+                        onUpdate(CatalogUpdate(result: CatalogResult(plan: plan, partial: p), isFinal: false, seconds: seconds(),
+                                               tasksDone: Int(done), taskCount: Int(total)))
+                    } else if plan.hasRows && plan.rows.limit == 0 {
+                        // A collect: each shard's rows arrive as a batch of their own.
+                        do {
+                            collected = try collected.map { (c) throws(CatalogQueryError) in try CatalogMerge.merge([c, p], plan: plan) } ?? p
+                        } catch {
+                            try? cancel(job: job)
+                            throw ClientError.invalidQuery(error.message)
+                        }
+                        onUpdate(CatalogUpdate(result: CatalogResult(plan: plan, partial: p), isFinal: false, seconds: seconds(),
+                                               tasksDone: Int(done), taskCount: Int(total)))
+                    } else {
+                        final = p
+                    }
+                }
+            case .finished(let f):
+                guard f.state == .jobDone else {
+                    throw ClientError.jobEnded(state: f.state, message: f.error)
+                }
+                var answer = final ?? collected ?? CatalogPartial()
+                if final == nil && collected == nil && plan.hasRows {
+                    answer.rows = Tessera_V1_RowBatch()
+                }
+                return CatalogUpdate(result: CatalogResult(plan: plan, partial: answer), isFinal: true, seconds: seconds(),
+                                     tasksDone: Int(f.tasksDone), taskCount: Int(f.taskCount))
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+
+/// The leaf of every catalog question: one shard read on the worker that holds it, reduced to a
+/// `CatalogPartial`.
+///
+/// Row groups are skipped when the region misses their spatial-index range or when the filter's
+/// simple conjuncts (`column op number`, a bare boolean column) cannot hold given the chunk's
+/// min/max; only the columns the question needs are decoded; every step is a loop over the row
+/// group's contiguous columns.
+public enum CatalogScan {
+    /// - Parameters:
+    ///   - raColumn, decColumn: position columns, read when the plan has a region.
+    public static func scan(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String,
+                            isCancelled: () -> Bool = { false }) throws(CatalogQueryError) -> CatalogPartial {
+        let footer = reader.footer
+        var names = q.columns
+        if q.region != nil { for c in [raColumn, decColumn] where !names.contains(c) { names.append(c) } }
+        var columnIndex: [String: Int] = [:]
+        do {
+            for n in names { columnIndex[n] = try reader.columnIndex(n) }
+        } catch {
+            throw CatalogQueryError("\(error)")
+        }
+        let indexColumn = footer.indexColumn
+        let needsIndex: Bool
+        switch q.output {
+        case .skyMap, .rows: needsIndex = true
+        default: needsIndex = false
+        }
+        let indexColumnNumber = needsIndex ? footer.columns.firstIndex { $0.name == indexColumn } : nil
+        if needsIndex && indexColumnNumber == nil {
+            throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
+        }
+
+        var groups = q.region.map { reader.rowGroups(overlapping: HEALPix.indexRanges(of: $0)) } ?? Array(reader.ownRowGroups)
+        let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
+        if !bounds.isEmpty {
+            groups = groups.filter { g in
+                bounds.allSatisfy { b in
+                    guard let c = columnIndex[b.column] else { return true }
+                    let rg = footer.rowGroups[g]
+                    return b.mayHold(in: rg.chunks[c], rows: rg.rows)
+                }
+            }
+        }
+
+        var acc = ScanAccumulator(q)
+        acc.partial.shards = 1
+        for g in groups {
+            if isCancelled() { throw CatalogQueryError("cancelled") }
+            let rows = Int(footer.rowGroups[g].rows)
+            var cols: [String: ExpressionVector] = [:]
+            var index: [Int64] = []
+            do {
+                for n in names { cols[n] = vector(try reader.read(column: columnIndex[n]!, rowGroup: g)) }
+                if let ic = indexColumnNumber, case .int64(let a) = try reader.read(column: ic, rowGroup: g) { index = a }
+            } catch {
+                throw CatalogQueryError("\(error)")
+            }
+            var keep = q.filter.map { ExpressionEvaluator.evaluate($0, columns: cols, rows: rows).booleans(rows) } ?? [Bool](repeating: true, count: rows)
+            if let region = q.region, case .numbers(let ra)? = cols[raColumn], case .numbers(let dec)? = cols[decColumn] {
+                for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
+            }
+            acc.partial.rowsScanned += UInt64(rows)
+            let done = try acc.add(rows: rows, keep: keep, columns: cols, stored: { (n) throws(CatalogQueryError) in
+                do { return try reader.read(column: columnIndex[n]!, rowGroup: g) } catch { throw CatalogQueryError("\(error)") }
+            }, index: index)
+            if done { break }
+        }
+        return try acc.finish()
+    }
+
+    /// A stored column as expression values (integers promoted to Float64).
+    static func vector(_ c: ColumnData) -> ExpressionVector {
+        if case .bool(let a) = c { return .booleans(a) }
+        return .numbers(c.doubles)
+    }
+}
+
+/// A filter conjunct a row group's min/max can rule out.
+struct ColumnBound: Equatable {
+    enum Test: Equatable { case less, lessEqual, greater, greaterEqual, equal, isTrue }
+    let column: String
+    let test: Test
+    let value: Double
+
+    /// The conjuncts of a top-level `and` chain that compare a column with a number.
+    static func conjuncts(of e: ExpressionTree) -> [ColumnBound] {
+        switch e {
+        case .binary(.and, let a, let b, _):
+            return conjuncts(of: a) + conjuncts(of: b)
+        case .column(let c, _):
+            return [ColumnBound(column: c, test: .isTrue, value: 1)]
+        case .binary(let op, .column(let c, _), .number(let v, _), _):
+            return test(op).map { [ColumnBound(column: c, test: $0, value: v)] } ?? []
+        case .binary(let op, .number(let v, _), .column(let c, _), _):
+            // `v < c` is `c > v`.
+            let flipped: BinaryOperator? = switch op {
+            case .less: .greater
+            case .lessEqual: .greaterEqual
+            case .greater: .less
+            case .greaterEqual: .lessEqual
+            case .equal: .equal
+            default: nil
+            }
+            return flipped.flatMap(test).map { [ColumnBound(column: c, test: $0, value: v)] } ?? []
+        default:
+            return []
+        }
+    }
+
+    static func test(_ op: BinaryOperator) -> Test? {
+        switch op {
+        case .less: .less
+        case .lessEqual: .lessEqual
+        case .greater: .greater
+        case .greaterEqual: .greaterEqual
+        case .equal: .equal
+        default: nil
+        }
+    }
+
+    /// False only when no row of the chunk can pass (statistics cover non-NaN values, and NaN
+    /// fails every test here).
+    func mayHold(in chunk: Tessera_V1_ColumnChunk, rows: UInt64) -> Bool {
+        if chunk.nanCount >= rows { return false }
+        let lo = chunk.min, hi = chunk.max
+        guard !lo.isNaN, !hi.isNaN else { return true }
+        switch test {
+        case .less: return lo < value
+        case .lessEqual: return lo <= value
+        case .greater: return hi > value
+        case .greaterEqual: return hi >= value
+        case .equal: return lo <= value && value <= hi
+        case .isTrue: return hi != 0
+        }
+    }
+}
+
+/// Numpy's bins: equal bins over [lo, hi] with edges from `linspace`, each half-open except the
+/// last, which is closed; a value's bin is found from its position and corrected against the
+/// edges, as `np.histogram` does, so values on an edge fall where numpy puts them.
+struct Bins: Sendable {
+    let lo: Double, hi: Double, count: Int
+    let norm: Double
+    let edges: [Double]
+
+    init(count: Int, lo: Double, hi: Double) {
+        self.lo = lo
+        self.hi = hi
+        self.count = count
+        norm = Double(count) / (hi - lo)
+        let step = (hi - lo) / Double(count)
+        var e = (0...count).map { Double($0) * step + lo }
+        e[count] = hi
+        edges = e
+    }
+
+    /// The bin of `v`, or -1 when it is NaN or outside [lo, hi].
+    @inline(__always) func bin(_ v: Double) -> Int {
+        guard v >= lo && v <= hi else { return -1 }
+        var j = Int((v - lo) * norm)
+        if j >= count { j = count - 1 }
+        if v < edges[j] { j -= 1 } else if j + 1 < count && v >= edges[j + 1] { j += 1 }
+        return j
+    }
+}
+
+/// What one scan (or one merge) builds up, in flat arrays; turned into a `CatalogPartial` once.
+struct ScanAccumulator {
+    let q: CheckedCatalogQuery
+    var partial = CatalogPartial()
+
+    // Aggregates.
+    var slotOfKey: [UInt64: Int32] = [:]
+    var keys: [Double] = []
+    var groupRows: [UInt64] = []
+    var moments: [[Moments]] = []
+    var sketches: [[QuantileSketch]] = []
+    var lastKeyBits: UInt64 = 1   // no key has these bits (a NaN payload)
+    var lastSlot: Int32 = 0
+
+    // Histogram.
+    var xBins: Bins?
+    var yBins: Bins?
+    var histogram: [UInt64] = []
+
+    // Sky map.
+    var pixels: [UInt64] = []
+    var pixelCounts: [UInt64] = []
+    var pixelSums: [Double] = []
+    var pixelValueCounts: [UInt64] = []
+
+    // Rows.
+    var rows = RowBatchBuilder()
+
+    init(_ q: CheckedCatalogQuery) {
+        self.q = q
+        switch q.output {
+        case .aggregates(let g, let m, let s):
+            moments = m.map { _ in [] }
+            sketches = s.map { _ in [] }
+            if g == nil { _ = slot(for: 0) }
+        case .histogram(_, let y):
+            let h = q.plan.histogram
+            xBins = Bins(count: Int(h.xBins), lo: h.xMin, hi: h.xMax)
+            if y != nil { yBins = Bins(count: Int(h.yBins), lo: h.yMin, hi: h.yMax) }
+            histogram = [UInt64](repeating: 0, count: Int(h.xBins) * Int(y == nil ? 1 : h.yBins))
+        case .skyMap, .rows:
+            break
+        }
+    }
+
+    mutating func slot(for key: Double) -> Int32 {
+        let s = Int32(keys.count)
+        keys.append(key)
+        groupRows.append(0)
+        for e in moments.indices { moments[e].append(Moments()) }
+        for e in sketches.indices { sketches[e].append(QuantileSketch()) }
+        slotOfKey[key.bitPattern] = s
+        return s
+    }
+
+    /// Adds one row group's rows where `keep` is set; true when the scan can stop (a head is full).
+    mutating func add(rows n: Int, keep: [Bool], columns: [String: ExpressionVector],
+                      stored: (String) throws(CatalogQueryError) -> ColumnData, index: [Int64]) throws(CatalogQueryError) -> Bool {
+        var matched: UInt64 = 0
+        for k in keep where k { matched += 1 }
+        partial.rowsMatched += matched
+        if matched == 0 { return false }
+        switch q.output {
+        case .aggregates(let group, let mExprs, let sExprs):
+            let keyValues = group.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            let mValues = mExprs.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            let sValues = sExprs.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            for i in 0..<n where keep[i] {
+                var s: Int32 = 0
+                if let keyValues {
+                    var k = keyValues[i]
+                    if k.isNaN { continue }
+                    if k == 0 { k = 0 }  // -0 and 0 are one group
+                    let bits = k.bitPattern
+                    if bits == lastKeyBits {
+                        s = lastSlot
+                    } else {
+                        if let found = slotOfKey[bits] {
+                            s = found
+                        } else {
+                            guard keys.count < q.maxGroups else { throw tooManyGroups() }
+                            s = slot(for: k)
+                        }
+                        lastKeyBits = bits
+                        lastSlot = s
+                    }
+                }
+                groupRows[Int(s)] += 1
+                for e in 0..<mValues.count {
+                    let v = mValues[e][i]
+                    if !v.isNaN { moments[e][Int(s)].add(v) }
+                }
+                for e in 0..<sValues.count { sketches[e][Int(s)].add(sValues[e][i]) }
+            }
+        case .histogram(let x, let y):
+            let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n).numbers(n)
+            let xb = xBins!
+            if let y, let yb = yBins {
+                let ys = ExpressionEvaluator.evaluate(y, columns: columns, rows: n).numbers(n)
+                let ny = yb.count
+                for i in 0..<n where keep[i] {
+                    let bx = xb.bin(xs[i])
+                    if bx < 0 { continue }
+                    let by = yb.bin(ys[i])
+                    if by < 0 { continue }
+                    histogram[bx * ny + by] += 1
+                }
+            } else {
+                for i in 0..<n where keep[i] {
+                    let bx = xb.bin(xs[i])
+                    if bx >= 0 { histogram[bx] += 1 }
+                }
+            }
+        case .skyMap(let order, let expr):
+            let shift = Int64(2 * (HEALPix.maxOrder - order))
+            let values = expr.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            for i in 0..<n where keep[i] {
+                let p = UInt64(index[i] >> shift)
+                if pixels.last != p {
+                    // Rows ascend by index within a shard; a shard that breaks that is sorted at the end.
+                    pixels.append(p)
+                    pixelCounts.append(0)
+                    if values != nil { pixelSums.append(0); pixelValueCounts.append(0) }
+                }
+                pixelCounts[pixelCounts.count - 1] += 1
+                if let values, !values[i].isNaN {
+                    pixelSums[pixelSums.count - 1] += values[i]
+                    pixelValueCounts[pixelValueCounts.count - 1] += 1
+                }
+            }
+        case .rows(let select, let sortBy):
+            let spec = q.plan.rows
+            var keepRows = keep
+            if spec.sampleFraction > 0 {
+                for i in 0..<n where keepRows[i] { keepRows[i] = RowBatchBuilder.sampled(index[i], fraction: spec.sampleFraction, seed: spec.sampleSeed) }
+            }
+            let sortKeys = sortBy.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            if let sortKeys {
+                // NaN has no place in a ranking: such rows are left out of a top-k.
+                for i in 0..<n where keepRows[i] && sortKeys[i].isNaN { keepRows[i] = false }
+            }
+            var picked: [Int] = []
+            for i in 0..<n where keepRows[i] { picked.append(i) }
+            if picked.isEmpty { return false }
+            var values: [RowValues] = []
+            for s in select {
+                if let c = s.column {
+                    values.append(RowValues(try stored(c).gathered(picked)))
+                } else {
+                    let v = ExpressionEvaluator.evaluate(s.expression, columns: columns, rows: n).numbers(n)
+                    values.append(.doubles(picked.map { v[$0] }))
+                }
+            }
+            rows.append(names: select.map(\.name), values: values, index: picked.map { index[$0] }, sortKeys: sortKeys.map { k in picked.map { k[$0] } })
+            if spec.limit > 0 {
+                let limit = Int(clamping: spec.limit)
+                if sortBy == nil {
+                    // Head: rows come in index order, so the first `limit` are final.
+                    if rows.count >= limit { rows.trim(to: limit, descending: false); return true }
+                } else if rows.count > max(2 * limit, 65_536) {
+                    rows.trim(to: limit, descending: spec.descending)
+                }
+            } else if rows.count > q.maxRows {
+                throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+            }
+        }
+        return false
+    }
+
+    func tooManyGroups() -> CatalogQueryError {
+        CatalogQueryError("the group-by key `\(q.plan.groupBy)` gives more than \(q.maxGroups) groups (the limit); group by a coarser key or raise max_groups")
+    }
+
+    /// The partial, with groups in ascending key order and map pixels ascending.
+    mutating func finish() throws(CatalogQueryError) -> CatalogPartial {
+        switch q.output {
+        case .aggregates(let group, _, _):
+            let order = group == nil ? Array(keys.indices) : keys.indices.sorted { keys[$0] < keys[$1] }
+            if group != nil { partial.groupKeys = order.map { keys[$0] } }
+            partial.groupRows = order.map { groupRows[$0] }
+            partial.moments = moments.map { col in MomentsColumns(order.map { col[$0] }).proto }
+            partial.sketches = sketches.map { col in
+                var c = Tessera_V1_SketchColumn()
+                c.groups = order.map { col[$0].proto }
+                return c
+            }
+        case .histogram:
+            partial.histogram = histogram
+        case .skyMap(let order, let expr):
+            var m = Tessera_V1_SkyMapPartial()
+            m.order = UInt32(order)
+            m.pixels = pixels
+            m.counts = pixelCounts
+            if expr != nil { m.sums = pixelSums; m.valueCounts = pixelValueCounts }
+            if zip(pixels, pixels.dropFirst()).contains(where: { $0 >= $1 }) {
+                m = CatalogMerge.normalized(m)
+            }
+            partial.skyMap = m
+        case .rows:
+            if q.plan.rows.limit > 0 { rows.trim(to: Int(clamping: q.plan.rows.limit), descending: q.plan.rows.descending) }
+            partial.rows = rows.proto
+        }
+        return partial
+    }
+}
+
+/// Moments of many groups as the wire's column arrays.
+struct MomentsColumns {
+    var values: [Moments]
+    init(_ values: [Moments]) { self.values = values }
+
+    init(_ p: Tessera_V1_MomentsColumn) throws(CatalogQueryError) {
+        let n = p.count.count
+        guard [p.mean.count, p.m2.count, p.min.count, p.max.count, p.sum.count].allSatisfy({ $0 == n }) else {
+            throw CatalogQueryError("a partial aggregate's moment arrays differ in length")
+        }
+        values = (0..<n).map { i in
+            var m = Moments()
+            (m.count, m.mean, m.m2, m.min, m.max, m.sum) = (p.count[i], p.mean[i], p.m2[i], p.min[i], p.max[i], p.sum[i])
+            return m
+        }
+    }
+
+    var proto: Tessera_V1_MomentsColumn {
+        var p = Tessera_V1_MomentsColumn()
+        p.count = values.map(\.count)
+        p.mean = values.map(\.mean)
+        p.m2 = values.map(\.m2)
+        p.min = values.map(\.min)
+        p.max = values.map(\.max)
+        p.sum = values.map(\.sum)
+        return p
+    }
+}

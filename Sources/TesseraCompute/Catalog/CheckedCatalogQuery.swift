@@ -1,0 +1,201 @@
+import TesseraProtocol
+import TesseraSky
+
+public typealias CatalogQueryPlan = Tessera_V1_CatalogQueryPlan
+public typealias CatalogPartial = Tessera_V1_CatalogPartial
+
+/// Why a catalog question cannot be asked as written: the message says what to change.
+public struct CatalogQueryError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A catalog plan checked against a dataset's schema: every expression parsed and typed, every
+/// number in range. The scheduler checks a plan this way before expanding it (so a typo fails
+/// the submission, not a thousand tasks) and each worker checks it again against the shard it opens.
+public struct CheckedCatalogQuery: Sendable {
+    /// Groups a group-by may produce unless the plan sets `max_groups`.
+    public static let defaultMaxGroups = 100_000
+    /// Rows a collect (rows without a limit) may return unless the plan sets `max_rows`.
+    public static let defaultMaxRows = 1_000_000
+    /// Highest HEALPix order a sky map may use (12·4^13 ≈ 800M pixels, sparse).
+    public static let maxSkyMapOrder = 13
+
+    /// One column of a rows result: a stored column keeps its type; an expression gives numbers.
+    public struct Selected: Sendable {
+        public let name: String
+        public let expression: CheckedExpression
+        /// The stored column when the selection is exactly a column name.
+        public let column: String?
+    }
+
+    public enum Output: Sendable {
+        /// Rows passing, and aggregates of expressions: per group when `groupBy` is set.
+        case aggregates(groupBy: CheckedExpression?, moments: [CheckedExpression], sketches: [CheckedExpression])
+        case histogram(x: CheckedExpression, y: CheckedExpression?)
+        case skyMap(order: Int, expression: CheckedExpression?)
+        case rows(select: [Selected], sortBy: CheckedExpression?)
+    }
+
+    public let plan: CatalogQueryPlan
+    public let filter: CheckedExpression?
+    public let region: (any SkyRegion)?
+    public let output: Output
+    public let maxGroups: Int
+    public let maxRows: Int
+
+    /// - Parameters:
+    ///   - columns: the dataset's schema (name and stored type of each column).
+    ///   - raColumn, decColumn: the position columns, for regions.
+    public init(_ plan: CatalogQueryPlan, columns: [Tessera_V1_ColumnSchema], raColumn: String, decColumn: String) throws(CatalogQueryError) {
+        self.plan = plan
+        var schema: [String: ExpressionType] = [:]
+        for c in columns { schema[c.name] = c.type == .columnBool ? .boolean : .number }
+        func check(_ text: String, _ what: String, _ type: ExpressionType) throws(CatalogQueryError) -> CheckedExpression {
+            guard !trimmed(text).isEmpty else { throw CatalogQueryError("the \(what) is empty") }
+            do {
+                return try ExpressionChecker.check(text, schema: schema, expecting: type)
+            } catch {
+                throw CatalogQueryError("in the \(what): \(error)")
+            }
+        }
+        filter = plan.filter.isEmpty ? nil : try check(plan.filter, "filter", .boolean)
+        region = try Self.region(plan)
+        if region != nil {
+            guard schema[raColumn] == .number, schema[decColumn] == .number else {
+                throw CatalogQueryError("a region needs the position columns `\(raColumn)` and `\(decColumn)`, which this dataset lacks")
+            }
+        }
+        maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(clamping: plan.maxGroups)
+        maxRows = plan.rows.maxRows == 0 ? Self.defaultMaxRows : Int(clamping: plan.rows.maxRows)
+
+        let kinds = [plan.hasHistogram, plan.hasSkyMap, plan.hasRows, !plan.aggregates.isEmpty || !plan.groupBy.isEmpty]
+        guard kinds.filter({ $0 }).count <= 1 else {
+            throw CatalogQueryError("a plan asks for one result: aggregates (with an optional group-by), a histogram, a sky map or rows — this one asks for several")
+        }
+        if plan.hasHistogram {
+            let h = plan.histogram
+            let x = try check(h.x, "histogram's x expression", .number)
+            try Self.checkBins(h.xBins, h.xMin, h.xMax, "x")
+            var y: CheckedExpression?
+            if !h.y.isEmpty {
+                y = try check(h.y, "histogram's y expression", .number)
+                try Self.checkBins(h.yBins, h.yMin, h.yMax, "y")
+            }
+            guard Int(h.xBins) * Int(max(1, h.yBins)) <= 10_000_000 else {
+                throw CatalogQueryError("a histogram of \(h.xBins) × \(h.yBins) bins is more than the limit of 10,000,000 bins")
+            }
+            output = .histogram(x: x, y: y)
+        } else if plan.hasSkyMap {
+            let m = plan.skyMap
+            guard m.order <= Self.maxSkyMapOrder else {
+                throw CatalogQueryError("a sky map of order \(m.order) is too fine; the highest is \(Self.maxSkyMapOrder)")
+            }
+            output = .skyMap(order: Int(m.order), expression: m.expression.isEmpty ? nil : try check(m.expression, "sky map's expression", .number))
+        } else if plan.hasRows {
+            let r = plan.rows
+            var select: [Selected] = []
+            let names = r.select.isEmpty ? columns.map(\.name) : r.select
+            for s in names {
+                let text = trimmed(s)
+                let stored = columns.first { $0.name == text }
+                let e = try check(text, "selected column `\(text)`", stored?.type == .columnBool ? .boolean : .number)
+                select.append(Selected(name: text, expression: e, column: stored?.name))
+            }
+            var sort: CheckedExpression?
+            if !r.sortBy.isEmpty {
+                sort = try check(r.sortBy, "sort expression", .number)
+                guard r.limit > 0 else { throw CatalogQueryError("sorting needs a limit (top-k): say how many rows") }
+            }
+            guard r.sampleFraction >= 0, r.sampleFraction <= 1 else {
+                throw CatalogQueryError("a sample fraction must be within 0…1, not \(r.sampleFraction)")
+            }
+            if r.limit > 0 && Int(clamping: r.limit) > maxRows {
+                throw CatalogQueryError("a limit of \(r.limit) rows is over the row cap of \(maxRows); raise max_rows or lower the limit")
+            }
+            output = .rows(select: select, sortBy: sort)
+        } else {
+            var moments: [CheckedExpression] = [], sketches: [CheckedExpression] = []
+            for a in plan.aggregates {
+                if a.function == .aggCount && a.expression.isEmpty { continue }
+                let e = try check(a.expression, "\(Self.name(of: a.function)) aggregate", .number)
+                if a.function == .aggQuantile {
+                    guard a.quantile >= 0, a.quantile <= 1 else {
+                        throw CatalogQueryError("a quantile must be within 0…1, not \(a.quantile)")
+                    }
+                    if !sketches.contains(where: { $0.text == e.text }) { sketches.append(e) }
+                } else if !moments.contains(where: { $0.text == e.text }) {
+                    moments.append(e)
+                }
+            }
+            let group = plan.groupBy.isEmpty ? nil : try check(plan.groupBy, "group-by key", .number)
+            output = .aggregates(groupBy: group, moments: moments, sketches: sketches)
+        }
+    }
+
+    static func checkBins(_ bins: UInt32, _ lo: Double, _ hi: Double, _ axis: String) throws(CatalogQueryError) {
+        guard bins > 0 else { throw CatalogQueryError("the histogram needs at least one \(axis) bin") }
+        guard lo.isFinite, hi.isFinite, lo < hi else {
+            throw CatalogQueryError("the histogram's \(axis) range \(lo)…\(hi) must be finite and increasing")
+        }
+    }
+
+    static func region(_ plan: CatalogQueryPlan) throws(CatalogQueryError) -> (any SkyRegion)? {
+        switch plan.region {
+        case .cone(let c):
+            guard c.radius > 0, c.radius <= 180, abs(c.dec) <= 90, c.ra.isFinite else {
+                throw CatalogQueryError("cone (\(c.ra), \(c.dec)) of radius \(c.radius)° is not on the sky (radius must be in (0, 180], |dec| ≤ 90)")
+            }
+            return ConeRegion(ra: c.ra, dec: c.dec, radius: c.radius)
+        case .box(let b):
+            do { return try BoxRegion(raMin: b.raMin, raMax: b.raMax, decMin: b.decMin, decMax: b.decMax) } catch { throw CatalogQueryError("\(error)") }
+        case .polygon(let p):
+            guard p.ra.count == p.dec.count, p.ra.count >= 3 else {
+                throw CatalogQueryError("a polygon needs at least 3 vertices with an RA and a Dec each (got \(p.ra.count) RAs, \(p.dec.count) Decs)")
+            }
+            do { return try PolygonRegion(raDec: zip(p.ra, p.dec).map { (ra: $0, dec: $1) }) } catch { throw CatalogQueryError("\(error)") }
+        case nil:
+            return nil
+        }
+    }
+
+    /// Every column a shard scan reads.
+    public var columns: [String] {
+        var out: [String] = []
+        func add(_ e: CheckedExpression?) { for c in e?.columns ?? [] where !out.contains(c) { out.append(c) } }
+        add(filter)
+        switch output {
+        case .aggregates(let g, let m, let s): add(g); m.forEach(add); s.forEach(add)
+        case .histogram(let x, let y): add(x); add(y)
+        case .skyMap(_, let e): add(e)
+        case .rows(let sel, let sort): sel.forEach { add($0.expression) }; add(sort)
+        }
+        return out
+    }
+
+    /// Lower-case name of an aggregate function, as the command line and result headers spell it.
+    public static func name(of f: AggregateFunction) -> String {
+        switch f {
+        case .aggCount: "count"
+        case .aggSum: "sum"
+        case .aggMean: "mean"
+        case .aggMin: "min"
+        case .aggMax: "max"
+        case .aggVar: "var"
+        case .aggStd: "std"
+        case .aggQuantile: "quantile"
+        case .UNRECOGNIZED(let k): "aggregate#\(k)"
+        }
+    }
+}
+
+public typealias AggregateFunction = Tessera_V1_AggregateFunction
+
+/// `s` without leading and trailing spaces, tabs and newlines.
+func trimmed(_ s: String) -> String {
+    var t = Substring(s)
+    while let f = t.first, f == " " || f == "\t" || f == "\n" { t.removeFirst() }
+    while let l = t.last, l == " " || l == "\t" || l == "\n" { t.removeLast() }
+    return String(t)
+}

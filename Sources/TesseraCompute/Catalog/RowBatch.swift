@@ -1,0 +1,150 @@
+import TesseraProtocol
+import TesseraStorage
+
+/// One column of returned rows: stored integers keep their exact value, floats travel as Float64.
+public enum RowValues: Sendable, Equatable {
+    case doubles([Double])
+    case int64s([Int64])
+    case bools([Bool])
+
+    init(_ c: ColumnData) {
+        switch c {
+        case .float64(let a): self = .doubles(a)
+        case .float32(let a): self = .doubles(a.map(Double.init))
+        case .int64(let a): self = .int64s(a)
+        case .int32(let a): self = .int64s(a.map(Int64.init))
+        case .int16(let a): self = .int64s(a.map(Int64.init))
+        case .uint8(let a): self = .int64s(a.map(Int64.init))
+        case .bool(let a): self = .bools(a)
+        }
+    }
+
+    public var count: Int {
+        switch self {
+        case .doubles(let a): a.count
+        case .int64s(let a): a.count
+        case .bools(let a): a.count
+        }
+    }
+
+    /// Appends a column of the same kind (a mismatch means a corrupt partial, reported by the caller).
+    mutating func append(_ o: RowValues) -> Bool {
+        switch (self, o) {
+        case (.doubles(var a), .doubles(let b)): self = .doubles([]); a += b; self = .doubles(a)
+        case (.int64s(var a), .int64s(let b)): self = .int64s([]); a += b; self = .int64s(a)
+        case (.bools(var a), .bools(let b)): self = .bools([]); a += b; self = .bools(a)
+        default: return false
+        }
+        return true
+    }
+
+    func gathered(_ rows: [Int]) -> RowValues {
+        switch self {
+        case .doubles(let a): .doubles(rows.map { a[$0] })
+        case .int64s(let a): .int64s(rows.map { a[$0] })
+        case .bools(let a): .bools(rows.map { a[$0] })
+        }
+    }
+
+    init(_ p: Tessera_V1_RowColumn) {
+        switch p.values {
+        case .doubles(let d): self = .doubles(d.values)
+        case .int64S(let d): self = .int64s(d.values)
+        case .bools(let d): self = .bools(d.values)
+        case nil: self = .doubles([])
+        }
+    }
+
+    var proto: Tessera_V1_RowColumn {
+        var p = Tessera_V1_RowColumn()
+        switch self {
+        case .doubles(let a): var l = Tessera_V1_DoubleList(); l.values = a; p.doubles = l
+        case .int64s(let a): var l = Tessera_V1_Int64List(); l.values = a; p.int64S = l
+        case .bools(let a): var l = Tessera_V1_BoolList(); l.values = a; p.bools = l
+        }
+        return p
+    }
+}
+
+/// Rows gathered from shards: columns plus each row's spatial index and sort key, so that heads
+/// and top-k lists merge into the same rows however the catalog was split.
+struct RowBatchBuilder {
+    var names: [String] = []
+    var columns: [RowValues] = []
+    var index: [Int64] = []
+    var sortKeys: [Double] = []
+
+    var count: Int { index.count }
+
+    mutating func append(names n: [String], values: [RowValues], index ix: [Int64], sortKeys keys: [Double]?) {
+        if columns.isEmpty {
+            names = n
+            columns = values
+        } else {
+            for k in columns.indices { _ = columns[k].append(values[k]) }
+        }
+        index += ix
+        if let keys { sortKeys += keys }
+    }
+
+    /// Keeps the first `limit` rows by sort key (descending or ascending), ties and unsorted rows
+    /// by spatial index.
+    mutating func trim(to limit: Int, descending: Bool) {
+        let n = count
+        let hasKeys = sortKeys.count == n && n > 0
+        var order = Array(0..<n)
+        let (keys, ix) = (sortKeys, index)
+        order.sort { a, b in
+            if hasKeys && keys[a] != keys[b] { return descending ? keys[a] > keys[b] : keys[a] < keys[b] }
+            return ix[a] != ix[b] ? ix[a] < ix[b] : a < b
+        }
+        if order.count > limit { order.removeLast(order.count - limit) }
+        if order == Array(0..<order.count) && order.count == n { return }
+        columns = columns.map { $0.gathered(order) }
+        index = order.map { ix[$0] }
+        if hasKeys { sortKeys = order.map { keys[$0] } }
+    }
+
+    /// A seeded Bernoulli draw keyed on the row's spatial index (splitmix64), so a sample has the
+    /// same rows whatever the sharding.
+    @inline(__always) static func sampled(_ index: Int64, fraction: Double, seed: UInt64) -> Bool {
+        var z = UInt64(bitPattern: index) &+ seed &* 0x9E37_79B9_7F4A_7C15 &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Double(z >> 11) * 0x1.0p-53 < fraction
+    }
+
+    init() {}
+
+    init(_ p: Tessera_V1_RowBatch) throws(CatalogQueryError) {
+        names = p.names
+        columns = p.columns.map(RowValues.init)
+        index = p.index
+        sortKeys = p.sortKey
+        guard names.count == columns.count, columns.allSatisfy({ $0.count == index.count }),
+              sortKeys.isEmpty || sortKeys.count == index.count else {
+            throw CatalogQueryError("a partial row batch has columns of different lengths")
+        }
+    }
+
+    var proto: Tessera_V1_RowBatch {
+        var p = Tessera_V1_RowBatch()
+        p.names = names
+        p.columns = columns.map(\.proto)
+        p.index = index
+        p.sortKey = sortKeys
+        return p
+    }
+}
+
+extension RowValues {
+    /// The first `n` values.
+    public func prefix(_ n: Int) -> RowValues {
+        switch self {
+        case .doubles(let a): .doubles(Array(a.prefix(n)))
+        case .int64s(let a): .int64s(Array(a.prefix(n)))
+        case .bools(let a): .bools(Array(a.prefix(n)))
+        }
+    }
+}

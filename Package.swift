@@ -96,7 +96,7 @@ let package = Package(
         .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
-        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"]),
+        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),

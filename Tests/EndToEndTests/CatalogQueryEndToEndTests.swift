@@ -4,105 +4,160 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSky
 import TesseraStorage
 import TesseraSurvey
 import TesseraTestKit
 
-/// Catalog queries run where the shards are, checked against brute force over the same rows.
+/// Catalog questions run where the shards are, over real scheduler and worker processes, checked
+/// against brute force over the same rows — with 1, 2 and 3 workers and three shard sizes.
 @Suite(.serialized)
 struct CatalogQueryEndToEndTests {
     static let rows = 40_000
 
-    func query(_ conn: SchedulerConnection, filter: String = "", cone: (Double, Double, Double)? = nil,
-               moments: String? = nil) throws -> JobOutcome {
-        let q = CatalogQuery(dataset: "object", filter: filter, cone: cone.map { (ra: $0.0, dec: $0.1, radius: $0.2) }, moments: moments)
-        return try conn.run(.plan(q.plan))
+    /// The generated rows, for brute force.
+    struct Rows {
+        let columns: [String: [Double]]
+        let objectId: [Int64]
+        init(_ catalog: SyntheticCatalog) {
+            let data = catalog.rows(0, count: CatalogQueryEndToEndTests.rows)
+            var c: [String: [Double]] = [:]
+            for (spec, d) in zip(SyntheticCatalog.schema, data) { c[spec.name] = d.doubles }
+            columns = c
+            if case .int64(let ids) = data[0] { objectId = ids } else { objectId = [] }
+        }
+        subscript(_ n: String) -> [Double] { columns[n]! }
     }
 
-    @Test func countsAndMomentsMatchBruteForce() throws {
-        let dir = temporaryFolder("query-input")
-        let catalog = SyntheticCatalog(seed: 11)
-        let files = try catalog.writeFITS(rows: Self.rows, rowsPerFile: 20_000, to: dir)
-        let data = temporaryFolder("query-data")
-        let cluster = try TestCluster.start(dataDirectory: data)
-        defer { cluster.stop() }
+    static func mag(_ f: Double) -> Double { f > 0 ? -2.5 * log10(f) + 31.4 : .nan }
+
+    /// Starts a cluster, ingests the catalog with the given shard size, and returns a connection.
+    func cluster(workers: Int, maxRowsPerShard: Int, files: [String]) throws -> (LocalCluster, SchedulerConnection, Int) {
+        let cluster = try TestCluster.start(workers: workers, dataDirectory: temporaryFolder("query-data"))
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
         var o = IngestOptions(dataset: "object", files: files)
-        o.maxRowsPerShard = 3_000
+        o.maxRowsPerShard = maxRowsPerShard
+        o.replicas = min(2, workers)
         let done = try CatalogIngest.run(o, connection: conn)
-        #expect(done.shards > 5)
+        return (cluster, conn, Int(done.shards))
+    }
 
-        // Brute force over the generated rows.
-        let cols = catalog.rows(0, count: Self.rows)
-        let names = SyntheticCatalog.schema.map(\.name)
-        func col(_ n: String) -> [Double] {
-            switch cols[names.firstIndex(of: n)!] {
-            case .float64(let a): a
-            case .float32(let a): a.map(Double.init)
-            case .int32(let a): a.map(Double.init)
-            case .int64(let a): a.map(Double.init)
-            case .bool(let a): a.map { $0 ? 1 : 0 }
-            default: []
+    @Test func answersAreTheSameOnOneTwoOrThreeWorkersAndAnyShardSize() throws {
+        let catalog = SyntheticCatalog(seed: 11)
+        let files = try catalog.writeFITS(rows: Self.rows, rowsPerFile: 20_000, to: temporaryFolder("query-input"))
+        let rows = Rows(catalog)
+        let n = Self.rows
+        let ra = rows["coord_ra"], dec = rows["coord_dec"], r = rows["r_psfFlux"], g = rows["g_psfFlux"]
+        let ext = rows["refExtendedness"], primary = rows["detect_isPrimary"], cell = rows["cell"]
+
+        // Brute force.
+        let points = (0..<n).filter { primary[$0] == 1 && ext[$0] == 0 && Self.mag(r[$0]) < 24 }.count
+        let cone = ConeRegion(ra: 60, dec: -35, radius: 2)
+        let inCone = (0..<n).filter { cone.contains(ra: ra[$0], dec: dec[$0]) }.count
+        var cellCounts: [Double: Int] = [:]
+        for i in 0..<n where ext[i] == 1 && !Self.mag(r[i]).isNaN { cellCounts[cell[i], default: 0] += 1 }
+        let brightest = (0..<n).filter { cone.contains(ra: ra[$0], dec: dec[$0]) && !Self.mag(r[$0]).isNaN }
+            .sorted { Self.mag(r[$0]) < Self.mag(r[$1]) }.prefix(10).map { rows.objectId[$0] }
+
+        let object = CatalogQuery(dataset: "object")
+        let questions: [(String, CatalogQuery)] = [
+            ("count", object.filter("detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24")),
+            ("cone", object.region(.cone(ra: 60, dec: -35, radius: 2))),
+            ("cells", object.filter("refExtendedness == 1").groupBy("cell").aggregate(.count("mag(r_psfFlux)"), .mean("mag(r_psfFlux)"), .std("mag(r_psfFlux)"), .median("mag(r_psfFlux)"))),
+            ("cmd", object.filter("refExtendedness == 0 and r_psfFlux > 0 and g_psfFlux > 0")
+                .histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 60, range: -1...2, y: "mag(r_psfFlux)", bins: 80, range: 16...24)),
+            ("map", object.skyMap(order: 6, mean: "mag(g_psfFlux)")),
+            ("brightest", object.region(.cone(ra: 60, dec: -35, radius: 2)).select(["objectId", "mag(r_psfFlux)"]).sorted(by: "mag(r_psfFlux)").limit(10)),
+            ("collect", object.region(.cone(ra: 60, dec: -35, radius: 0.3)).select(["objectId", "coord_ra"])),
+        ]
+        var reference: [String: ResultTable] = [:]
+        for (workers, shardRows) in [(1, 40_000), (2, 3_000), (3, 1_200)] {
+            let (cluster, conn, shards) = try cluster(workers: workers, maxRowsPerShard: shardRows, files: files)
+            defer { cluster.stop() }
+            var answers: [String: ResultTable] = [:]
+            for (name, q) in questions {
+                let u = try conn.run(q, name: name)
+                #expect(u.isFinal)
+                answers[name] = u.result.table
+                if name == "count" || name == "map" { #expect(u.result.shards == shards, "\(name): every shard covered") }
+            }
+            #expect(answers["count"]?.numbers("count") == [Double(points)])
+            #expect(answers["cone"]?.numbers("count") == [Double(inCone)])
+            #expect(answers["cells"]?.numbers("cell") == cellCounts.keys.sorted())
+            #expect(answers["cells"]?.numbers("count(mag(r_psfFlux))") == cellCounts.keys.sorted().map { Double(cellCounts[$0]!) })
+            #expect(answers["brightest"]?.columns.first == .int64s(Array(brightest)))
+            #expect(answers["collect"]?.rowCount == (0..<n).filter { ConeRegion(ra: 60, dec: -35, radius: 0.3).contains(ra: ra[$0], dec: dec[$0]) }.count)
+            let total = answers["cmd"]?.numbers("count")?.reduce(0, +) ?? 0
+            #expect(total > 1_000 && total <= Double((0..<n).filter { ext[$0] == 0 && r[$0] > 0 && g[$0] > 0 }.count))
+            #expect(answers["map"]?.numbers("count")?.reduce(0, +) == Double(n))
+            if reference.isEmpty {
+                reference = answers
+                continue
+            }
+            // The same answers: exactly for counts, histograms, maps, keys, rows and sketches;
+            // means and spreads to 1e-9 relative (merge order changes rounding).
+            for (name, t) in answers {
+                let ref = reference[name]!
+                #expect(t.names == ref.names, "\(name)")
+                for (k, column) in t.names.enumerated() where !column.hasPrefix("mean") && !column.hasPrefix("std") {
+                    if name == "collect" {
+                        #expect(t.numbers(column)?.sorted() == ref.numbers(column)?.sorted(), "\(name).\(column)")
+                    } else {
+                        #expect(t.columns[k] == ref.columns[k], "\(name).\(column) on \(workers) workers, shards of \(shardRows)")
+                    }
+                }
+                for column in t.names where column.hasPrefix("mean") || column.hasPrefix("std") {
+                    for (a, b) in zip(t.numbers(column)!, ref.numbers(column)!) where !(a.isNaN && b.isNaN) {
+                        #expect(abs(a - b) <= 1e-9 * abs(b), "\(name).\(column)")
+                    }
+                }
             }
         }
-        let ra = col("coord_ra"), dec = col("coord_dec"), r = col("r_psfFlux"), ext = col("refExtendedness"), primary = col("detect_isPrimary")
-        func mag(_ f: Double) -> Double { f > 0 ? -2.5 * log10(f) + 31.4 : .nan }
-
-        let all = try query(conn)
-        #expect(all.values.values.first == .int64(Int64(Self.rows)))
-
-        let points = try query(conn, filter: "detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24")
-        let expectedPoints = (0..<Self.rows).filter { primary[$0] == 1 && ext[$0] == 0 && mag(r[$0]) < 24 }.count
-        #expect(points.values.values.first == .int64(Int64(expectedPoints)))
-        #expect(points.finished.state == .jobDone)
-
-        // A cone: haversine brute force.
-        let (cra, cdec, crad) = (60.0, -35.0, 2.0)
-        func sep(_ i: Int) -> Double {
-            let d2r = Double.pi / 180
-            let h = pow(sin((dec[i] - cdec) * d2r / 2), 2) + cos(dec[i] * d2r) * cos(cdec * d2r) * pow(sin((ra[i] - cra) * d2r / 2), 2)
-            return 2 * asin(min(1, sqrt(h))) / d2r
-        }
-        let inCone = (0..<Self.rows).filter { sep($0) <= crad }
-        let coneCount = try query(conn, cone: (cra, cdec, crad))
-        #expect(coneCount.values.values.first == .int64(Int64(inCone.count)))
-        #expect(inCone.count > 100)
-
-        // Moments of galaxy magnitudes.
-        let m = try query(conn, filter: "refExtendedness == 1", moments: "mag(r_psfFlux)")
-        guard case .moments(let got)? = m.values.values.first else { Issue.record("expected moments, got \(m.values)"); return }
-        let mags = (0..<Self.rows).filter { ext[$0] == 1 }.map { mag(r[$0]) }.filter { !$0.isNaN }
-        let mean = mags.reduce(0, +) / Double(mags.count)
-        let variance = mags.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(mags.count - 1)
-        #expect(got.count == Double(mags.count))
-        #expect(abs(got.mean - mean) <= 1e-9 * abs(mean))
-        #expect(abs(got.variance - variance) <= 1e-9 * variance)
-        #expect(got.min == mags.min() && got.max == mags.max())
-
-        // An empty region answers zero; a cone far from the field touches no shard.
-        let empty = try query(conn, cone: (200, 40, 0.5))
-        #expect(empty.values.values.first == .int64(0))
     }
 
-    @Test func badQueriesAreRefusedClearly() throws {
-        let dir = temporaryFolder("query-bad-input")
-        let files = try SyntheticCatalog(seed: 2).writeFITS(rows: 2_000, to: dir)
-        let data = temporaryFolder("query-bad-data")
-        let cluster = try TestCluster.start(dataDirectory: data)
+    @Test func progressiveAnswersGrowToTheFinalOne() async throws {
+        let files = try SyntheticCatalog(seed: 3).writeFITS(rows: Self.rows, rowsPerFile: 20_000, to: temporaryFolder("progress-input"))
+        let (cluster, conn, shards) = try cluster(workers: 2, maxRowsPerShard: 800, files: files)
         defer { cluster.stop() }
-        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
-        var o = IngestOptions(dataset: "object", files: files)
-        o.replicas = 1
-        try CatalogIngest.run(o, connection: conn)
-        func refusal(_ body: () throws -> JobOutcome) -> String {
-            do { _ = try body(); return "accepted" } catch { return "\(error)" }
+        let exact = try conn.run(CatalogQuery(dataset: "object").groupBy("cell").aggregate(.count()))
+        // Through the async client: partial answers (if the job outlives the 0.1 s interval),
+        // then the final one, which equals the non-progressive answer.
+        let client = TesseraClient(endpoint: cluster.clientEndpoint)
+        var partialShards: [Int] = []
+        var final: CatalogResult?
+        let q = client.catalog("object").filter("distance(coord_ra, coord_dec, 60, -35) < 30").groupBy("cell").aggregate(.count()).progressive(every: 0.1)
+        for try await u in q.updates() {
+            if u.isFinal { final = u.result } else { partialShards.append(u.result.shards) }
         }
-        let typo = refusal { try query(conn, filter: "mag(r_psfFlx) < 24") }
-        #expect(typo.contains("unknown column `r_psfFlx` — did you mean `r_psfFlux`?"))
-        #expect(refusal { try query(conn, filter: "r_psfFlux + 1") }.contains("a boolean is needed"))
-        #expect(refusal { try query(conn, filter: "frobnicate(r_psfFlux) > 1") }.contains("unknown function `frobnicate`"))
-        #expect(refusal { try conn.run(.plan(CatalogQuery(dataset: "nope").plan)) }.contains("no dataset named `nope`"))
+        #expect(final?.shards == shards)
+        #expect(final?.table.numbers("count") == exact.result.table.numbers("count"))
+        #expect(partialShards == partialShards.sorted())
+        #expect(partialShards.allSatisfy { $0 > 0 && $0 <= shards })
+        // The connection still serves after the async client's job.
+        #expect(try conn.run(CatalogQuery(dataset: "object")).result.table.numbers("count") == [Double(Self.rows)])
+    }
+
+    @Test func badQuestionsAreRefusedClearlyAndTheClusterKeepsServing() throws {
+        let files = try SyntheticCatalog(seed: 2).writeFITS(rows: 4_000, to: temporaryFolder("query-bad-input"))
+        let (cluster, conn, _) = try cluster(workers: 2, maxRowsPerShard: 1_000, files: files)
+        defer { cluster.stop() }
+        func refusal(_ q: CatalogQuery) -> String {
+            do { _ = try conn.run(q); return "accepted" } catch { return "\(error)" }
+        }
+        let object = CatalogQuery(dataset: "object")
+        #expect(refusal(object.filter("mag(r_psfFlx) < 24")).contains("unknown column `r_psfFlx` — did you mean `r_psfFlux`?"))
+        #expect(refusal(object.filter("r_psfFlux + 1")).contains("a boolean is needed"))
+        #expect(refusal(object.filter("frobnicate(r_psfFlux) > 1")).contains("unknown function `frobnicate`"))
+        #expect(refusal(object.aggregate(.mean("detect_isPrimary and r_psfFlux > 0"))).contains("a number is needed"))
+        #expect(refusal(CatalogQuery(dataset: "nope")).contains("no dataset named `nope`"))
+        #expect(refusal(object.groupBy("objectId", maxGroups: 100)).contains("more than 100 groups"))
+        #expect(refusal(object.select(["objectId"]).maxRows(500)).contains("more than 500 rows"))
+        #expect(refusal(object.region(.cone(ra: 10, dec: 95, radius: 1))).contains("not on the sky"))
+        // An empty region answers: zero rows, no shard read.
+        let empty = try conn.run(object.region(.cone(ra: 200, dec: 40, radius: 0.5)))
+        #expect(empty.result.table.numbers("count") == [0])
+        #expect(try conn.run(object.region(.cone(ra: 200, dec: 40, radius: 0.5)).select(["objectId"])).result.table.rowCount == 0)
         // The cluster keeps serving.
-        #expect(try query(conn).values.values.first == .int64(2_000))
+        #expect(try conn.run(object).result.table.numbers("count") == [4_000])
     }
 }

@@ -206,7 +206,7 @@ struct BuiltinOperatorTests {
         }
         #expect(r.names == r.names.sorted())
         #expect(r.names.count == BuiltinOperators.all.count + CatalogOperators.all.count)
-        #expect(r["catalog_aggregate"] != nil)
+        #expect(r["catalog_scan"] != nil && r["catalog_merge"] != nil)
         #expect(r["no_such_operator"] == nil)
         #expect(try r["inc"]?.run(OperatorContext(arg: 1)) == .int64(2))
     }

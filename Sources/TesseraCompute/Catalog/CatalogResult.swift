@@ -101,7 +101,8 @@ public struct CatalogResult: Sendable {
 
     var aggregateTable: ResultTable {
         var t = ResultTable(names: [], columns: [])
-        let groups = partial.groupRows.count
+        // Ungrouped, there is always one group, even when no shard was read (an empty region).
+        let groups = plan.groupBy.isEmpty ? max(1, partial.groupRows.count) : partial.groupRows.count
         if !plan.groupBy.isEmpty {
             t.names.append(plan.groupBy)
             let keys = partial.groupKeys
@@ -116,7 +117,7 @@ public struct CatalogResult: Sendable {
         for a in specs {
             t.names.append(Self.header(a))
             if a.function == .aggCount && a.expression.isEmpty {
-                t.columns.append(.int64s(partial.groupRows.map { Int64($0) }))
+                t.columns.append(.int64s((0..<groups).map { $0 < partial.groupRows.count ? Int64(partial.groupRows[$0]) : 0 }))
                 continue
             }
             if a.function == .aggQuantile {

@@ -1,0 +1,340 @@
+import SwiftProtobuf
+import Foundation
+import Testing
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+import TesseraSurvey
+
+/// A synthetic catalog written as real shard files at a chosen shard size, plus its rows in
+/// memory for brute force.
+final class ShardedCatalog: Sendable {
+    static let rows = 30_000
+    static let shared = ShardedCatalog()
+
+    let columns: [String: [Double]]
+    let objectId: [Int64]
+    let index: [Int64]
+    let schema: [ColumnSpec]
+
+    init() {
+        let cat = SyntheticCatalog(seed: 5)
+        let data = cat.rows(0, count: Self.rows)
+        var cols: [String: [Double]] = [:]
+        for (spec, c) in zip(SyntheticCatalog.schema, data) { cols[spec.name] = c.doubles }
+        columns = cols
+        if case .int64(let ids) = data[0] { objectId = ids } else { objectId = [] }
+        index = zip(cols["coord_ra"]!, cols["coord_dec"]!).map { HEALPix.spatialIndex(ra: $0, dec: $1) }
+        schema = SyntheticCatalog.schema + [ColumnSpec("_healpix_29", .columnInt64)]
+        rawData = data
+    }
+
+    private let rawData: [ColumnData]
+
+    /// Writes the catalog as shards of at most `maxRows` rows (row groups of `groupRows`) and
+    /// returns their readers.
+    func shards(maxRows: Int, groupRows: Int = 1_000) throws -> [ShardReader] {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-engine-\(getpid())-\(maxRows)-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let order = index.indices.sorted { index[$0] < index[$1] }
+        let data = (rawData + [.int64(index)]).map { $0.gathered(order) }
+        let plans = SkyPartitioner.partition(sortedIndex: order.map { index[$0] }, maxRows: maxRows)
+        var readers: [ShardReader] = []
+        for p in plans {
+            let path = "\(dir)/\(p.name).shard"
+            try ShardWriter.write(to: path, columns: schema, data: data.map { $0.slice(p.rows) }, indexColumn: "_healpix_29",
+                                  order: p.order, pixel: p.pixel, rowGroupRows: groupRows)
+            readers.append(try ShardReader(path: path))
+        }
+        return readers
+    }
+
+    func col(_ n: String) -> [Double] { columns[n]! }
+
+    static func mag(_ f: Double) -> Double { f > 0 ? -2.5 * log10(f) + 31.4 : .nan }
+}
+
+/// Answers a plan over shards the way the cluster does: a scan per shard, then merges in a
+/// seeded random tree shape.
+func answer(_ plan: CatalogQueryPlan, _ shards: [ShardReader], seed: UInt64 = 1) throws -> CatalogResult {
+    let columns = shards[0].footer.columns
+    let q = try CheckedCatalogQuery(plan, columns: columns, raColumn: "coord_ra", decColumn: "coord_dec")
+    var parts = try shards.map { try CatalogScan.scan(q, reader: $0, raColumn: "coord_ra", decColumn: "coord_dec") }
+    // Through the wire form, as between workers.
+    parts = try parts.map { p in
+        let bytes: [UInt8] = try p.serializedBytes()
+        return try CatalogPartial(serializedBytes: bytes)
+    }
+    var rng = SplitMix(seed)
+    while parts.count > 1 {
+        let k = min(parts.count, 2 + Int(rng.next() % 4))
+        var picked: [CatalogPartial] = []
+        for _ in 0..<k { picked.append(parts.remove(at: Int(rng.next() % UInt64(parts.count)))) }
+        parts.append(try CatalogMerge.merge(picked, plan: plan))
+    }
+    return CatalogResult(plan: plan, partial: parts[0])
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(_ s: UInt64) { state = s }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+func plan(_ dataset: String = "object", _ change: (inout CatalogQueryPlan) -> Void) -> CatalogQueryPlan {
+    var p = CatalogQueryPlan()
+    p.dataset = dataset
+    change(&p)
+    return p
+}
+
+func aggregate(_ f: AggregateFunction, _ e: String = "", q: Double = 0) -> AggregateSpec {
+    var a = AggregateSpec()
+    a.function = f
+    a.expression = e
+    a.quantile = q
+    return a
+}
+
+@Suite("Catalog engine", .serialized)
+struct CatalogEngineTests {
+    let cat = ShardedCatalog.shared
+
+    /// Shards of two sizes: every answer must be the same on both.
+    func layouts() throws -> [[ShardReader]] {
+        [try cat.shards(maxRows: 1_500), try cat.shards(maxRows: 40_000, groupRows: 4_096)]
+    }
+
+    @Test func countsWithFilterAndConeMatchBruteForce() throws {
+        let ra = cat.col("coord_ra"), dec = cat.col("coord_dec"), r = cat.col("r_psfFlux")
+        let ext = cat.col("refExtendedness"), primary = cat.col("detect_isPrimary")
+        let expected = (0..<ShardedCatalog.rows).filter { primary[$0] == 1 && ext[$0] == 0 && ShardedCatalog.mag(r[$0]) < 24 }.count
+        let cone = ConeRegion(ra: 60, dec: -35, radius: 1.5)
+        let inCone = (0..<ShardedCatalog.rows).filter { cone.contains(ra: ra[$0], dec: dec[$0]) }.count
+        #expect(inCone > 200)
+        for shards in try layouts() {
+            let a = try answer(plan { $0.filter = "detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24" }, shards)
+            #expect(a.table.numbers("count") == [Double(expected)])
+            #expect(a.shards == shards.count)
+            let c = try answer(plan { var s = Tessera_V1_ConeSpec(); (s.ra, s.dec, s.radius) = (60, -35, 1.5); $0.cone = s }, shards)
+            #expect(c.rowsMatched == inCone)
+            // Row groups outside the cone are never read.
+            #expect(c.rowsScanned < ShardedCatalog.rows / 3)
+        }
+    }
+
+    @Test func predicatePushdownSkipsRowGroupsWithoutChangingTheAnswer() throws {
+        let dec = cat.col("coord_dec")
+        let expected = dec.filter { $0 > -26.5 }.count
+        let shards = try cat.shards(maxRows: 40_000, groupRows: 500)
+        let a = try answer(plan { $0.filter = "coord_dec > -26.5" }, shards)
+        #expect(a.rowsMatched == expected)
+        #expect(a.rowsScanned < ShardedCatalog.rows)
+        // `-26.5 < coord_dec` is the same bound written the other way round.
+        let b = try answer(plan { $0.filter = "-26.5 < coord_dec and detect_isPrimary" }, shards)
+        let primary = cat.col("detect_isPrimary")
+        #expect(b.rowsMatched == dec.indices.filter { dec[$0] > -26.5 && primary[$0] == 1 }.count)
+    }
+
+    @Test func groupByCellMatchesPandasSemantics() throws {
+        let r = cat.col("r_psfFlux"), ext = cat.col("refExtendedness"), cell = cat.col("cell")
+        var groups: [Double: [Double]] = [:]
+        for i in 0..<ShardedCatalog.rows where ext[i] == 1 {
+            groups[cell[i], default: []].append(ShardedCatalog.mag(r[i]))
+        }
+        let keys = groups.keys.sorted()
+        let p = plan {
+            $0.filter = "refExtendedness == 1"
+            $0.groupBy = "cell"
+            $0.aggregates = [aggregate(.aggCount, "mag(r_psfFlux)"), aggregate(.aggMean, "mag(r_psfFlux)"), aggregate(.aggStd, "mag(r_psfFlux)"),
+                             aggregate(.aggCount), aggregate(.aggMin, "mag(r_psfFlux)"), aggregate(.aggMax, "mag(r_psfFlux)"),
+                             aggregate(.aggSum, "mag(r_psfFlux)"), aggregate(.aggVar, "mag(r_psfFlux)"), aggregate(.aggQuantile, "mag(r_psfFlux)", q: 0.9)]
+        }
+        var tables: [ResultTable] = []
+        for shards in try layouts() {
+            let t = try answer(p, shards).table
+            tables.append(t)
+            #expect(t.numbers("cell") == keys)
+            for (k, key) in keys.enumerated() {
+                let all = groups[key]!
+                let v = all.filter { !$0.isNaN }
+                let mean = v.reduce(0, +) / Double(v.count)
+                let variance = v.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(v.count - 1)
+                #expect(t.numbers("count(mag(r_psfFlux))")![k] == Double(v.count))
+                #expect(t.numbers("count")![k] == Double(all.count))
+                #expect(abs(t.numbers("mean(mag(r_psfFlux))")![k] - mean) <= 1e-9 * abs(mean))
+                #expect(abs(t.numbers("var(mag(r_psfFlux))")![k] - variance) <= 1e-9 * variance)
+                #expect(abs(t.numbers("std(mag(r_psfFlux))")![k] - variance.squareRoot()) <= 1e-9 * variance.squareRoot())
+                #expect(t.numbers("min(mag(r_psfFlux))")![k] == v.min())
+                #expect(t.numbers("max(mag(r_psfFlux))")![k] == v.max())
+                #expect(abs(t.numbers("sum(mag(r_psfFlux))")![k] - v.reduce(0, +)) <= 1e-9 * abs(v.reduce(0, +)))
+                // The sketch's guarantee: within 0.5% of the value at rank ⌊q(n−1)⌋.
+                let sorted = v.sorted()
+                let exact = sorted[Int((0.9 * Double(v.count - 1)).rounded(.down))]
+                let got = t.numbers("quantile(0.9, mag(r_psfFlux))")![k]
+                #expect(abs(got - exact) <= QuantileSketch.relativeAccuracy * abs(exact) * (1 + 1e-9))
+            }
+        }
+        // Counts and sketches do not depend on the sharding at all.
+        #expect(tables[0].numbers("count") == tables[1].numbers("count"))
+        #expect(tables[0].numbers("quantile(0.9, mag(r_psfFlux))") == tables[1].numbers("quantile(0.9, mag(r_psfFlux))"))
+    }
+
+    @Test func quantileSketchKeepsItsErrorBoundOnBothSigns() {
+        var rng = SplitMix(3)
+        var values: [Double] = []
+        for _ in 0..<20_000 { values.append((Double(rng.next() % 2_000_000) - 1_000_000) / 137.0) }
+        values += [0, 0, 0, .nan]
+        var a = QuantileSketch(), b = QuantileSketch()
+        for (k, v) in values.enumerated() { if k % 3 == 0 { a.add(v) } else { b.add(v) } }
+        a.merge(b)
+        let sorted = values.filter { !$0.isNaN }.sorted()
+        #expect(a.count == UInt64(sorted.count))
+        for q in stride(from: 0.0, through: 1.0, by: 0.05) {
+            let exact = sorted[Int((q * Double(sorted.count - 1)).rounded(.down))]
+            #expect(abs(a.quantile(q) - exact) <= QuantileSketch.relativeAccuracy * abs(exact) * (1 + 1e-9), "q = \(q)")
+        }
+        #expect(QuantileSketch().quantile(0.5).isNaN)
+    }
+
+    /// numpy's bins, by an independent rule: bin i holds edges[i] <= v < edges[i+1] with
+    /// edges = linspace(lo, hi, n+1), the last bin closed — found by binary search.
+    static func referenceBin(_ v: Double, _ lo: Double, _ hi: Double, _ n: Int) -> Int? {
+        guard v >= lo && v <= hi else { return nil }
+        let step = (hi - lo) / Double(n)
+        var edges = (0...n).map { Double($0) * step + lo }
+        edges[n] = hi
+        if v == hi { return n - 1 }
+        var a = 0, b = n
+        while b - a > 1 {
+            let m = (a + b) / 2
+            if edges[m] <= v { a = m } else { b = m }
+        }
+        return a
+    }
+
+    @Test func histogramsFollowNumpyBins() throws {
+        let g = cat.col("g_psfFlux"), r = cat.col("r_psfFlux"), ext = cat.col("refExtendedness")
+        var expected = [UInt64](repeating: 0, count: 60 * 80)
+        for i in 0..<ShardedCatalog.rows where ext[i] == 0 && r[i] > 0 && g[i] > 0 {
+            let x = ShardedCatalog.mag(g[i]) - ShardedCatalog.mag(r[i]), y = ShardedCatalog.mag(r[i])
+            if let bx = Self.referenceBin(x, -1, 2, 60), let by = Self.referenceBin(y, 16, 24, 80) { expected[bx * 80 + by] += 1 }
+        }
+        #expect(expected.reduce(0, +) > 1_000)
+        for shards in try layouts() {
+            let a = try answer(plan {
+                $0.filter = "refExtendedness == 0 and r_psfFlux > 0 and g_psfFlux > 0"
+                var h = Tessera_V1_HistogramSpec()
+                (h.x, h.xBins, h.xMin, h.xMax) = ("mag(g_psfFlux) - mag(r_psfFlux)", 60, -1, 2)
+                (h.y, h.yBins, h.yMin, h.yMax) = ("mag(r_psfFlux)", 80, 16, 24)
+                $0.histogram = h
+            }, shards)
+            #expect(a.histogram == expected)
+        }
+        // Values exactly on edges, and the closed last bin: 0, 0.1, ..., 1 in 10 bins of [0, 1].
+        let edges = (0...10).map { Double($0) / 10 }
+        let bins = edges.map { Self.referenceBin($0, 0, 1, 10) }
+        #expect(bins.last == 9)
+        #expect(bins.first == 0)
+    }
+
+    @Test func skyMapsCountAndAveragePerPixel() throws {
+        let ra = cat.col("coord_ra"), dec = cat.col("coord_dec"), r = cat.col("r_psfFlux")
+        var counts: [Int64: Int] = [:], sums: [Int64: Double] = [:], n: [Int64: Int] = [:]
+        for i in 0..<ShardedCatalog.rows {
+            let p = HEALPix.pixel(order: 7, ra: ra[i], dec: dec[i])
+            counts[p, default: 0] += 1
+            let m = ShardedCatalog.mag(r[i])
+            if !m.isNaN { sums[p, default: 0] += m; n[p, default: 0] += 1 }
+        }
+        let pixels = counts.keys.sorted()
+        for shards in try layouts() {
+            let t = try answer(plan { var m = Tessera_V1_SkyMapSpec(); m.order = 7; m.expression = "mag(r_psfFlux)"; $0.skyMap = m }, shards).table
+            #expect(t.numbers("pixel") == pixels.map(Double.init))
+            #expect(t.numbers("count") == pixels.map { Double(counts[$0]!) })
+            let means = t.numbers("mean(mag(r_psfFlux))")!
+            for (k, p) in pixels.enumerated() {
+                let want = sums[p]! / Double(n[p]!)
+                #expect(abs(means[k] - want) <= 1e-9 * abs(want))
+            }
+        }
+    }
+
+    @Test func topKHeadSampleAndCollect() throws {
+        let r = cat.col("r_psfFlux"), dec = cat.col("coord_dec")
+        let mags = r.map(ShardedCatalog.mag)
+        let brightest = mags.indices.filter { !mags[$0].isNaN }.sorted { mags[$0] != mags[$1] ? mags[$0] < mags[$1] : cat.index[$0] < cat.index[$1] }.prefix(25)
+        let head = cat.index.indices.filter { dec[$0] < -40 }.sorted { cat.index[$0] < cat.index[$1] }.prefix(40)
+        var samples: [[Int64]] = []
+        for shards in try layouts() {
+            let top = try answer(plan {
+                $0.rows.select = ["objectId", "mag(r_psfFlux)", "detect_isPrimary"]
+                $0.rows.sortBy = "mag(r_psfFlux)"
+                $0.rows.limit = 25
+            }, shards).table
+            #expect(top.names == ["objectId", "mag(r_psfFlux)", "detect_isPrimary"])
+            #expect(top.columns[0] == .int64s(brightest.map { cat.objectId[$0] }))
+            if case .bools = top.columns[2] {} else { Issue.record("a stored boolean column stays boolean") }
+
+            let h = try answer(plan { $0.filter = "coord_dec < -40"; $0.rows.select = ["objectId"]; $0.rows.limit = 40 }, shards).table
+            #expect(h.columns[0] == .int64s(head.map { cat.objectId[$0] }))
+
+            let s = try answer(plan { $0.rows.select = ["objectId"]; $0.rows.sampleFraction = 0.1; $0.rows.sampleSeed = 9 }, shards).table
+            if case .int64s(let ids) = s.columns[0] { samples.append(ids.sorted()) }
+
+            // Collect: every row of a small cone, and the row cap enforced.
+            let all = try answer(plan { $0.filter = "coord_dec < -44.5"; $0.rows.select = ["objectId", "coord_dec"] }, shards).table
+            #expect(all.rowCount == dec.filter { $0 < -44.5 }.count)
+            #expect(throws: CatalogQueryError.self) {
+                _ = try answer(plan { $0.rows.select = ["objectId"]; $0.rows.maxRows = 1_000 }, shards)
+            }
+        }
+        // The same sample whatever the sharding, of about the asked fraction (binomial, 6 sigma).
+        #expect(samples.count == 2 && samples[0] == samples[1])
+        let n = Double(ShardedCatalog.rows), got = Double(samples[0].count)
+        #expect(abs(got - 0.1 * n) < 6 * (n * 0.1 * 0.9).squareRoot())
+    }
+
+    @Test func badPlansAreRefusedWithWhatToChange() throws {
+        let columns = try cat.shards(maxRows: 40_000)[0].footer.columns
+        func refusal(_ change: (inout CatalogQueryPlan) -> Void) -> String {
+            do {
+                _ = try CheckedCatalogQuery(plan("object", change), columns: columns, raColumn: "coord_ra", decColumn: "coord_dec")
+                return "accepted"
+            } catch {
+                return error.message
+            }
+        }
+        #expect(refusal { $0.groupBy = "cel" }.contains("unknown column `cel` — did you mean `cell`?"))
+        #expect(refusal { $0.aggregates = [aggregate(.aggMean, "r_psfFlux > 1")] }.contains("a number is needed"))
+        #expect(refusal { $0.aggregates = [aggregate(.aggMean, "sqr(r_psfFlux)")] }.contains("unknown function `sqr`"))
+        #expect(refusal { var h = Tessera_V1_HistogramSpec(); h.x = "coord_ra"; h.xBins = 10; h.xMin = 5; h.xMax = 1; $0.histogram = h }.contains("increasing"))
+        #expect(refusal { var h = Tessera_V1_HistogramSpec(); h.x = "coord_ra"; h.xBins = 10; h.xMax = 1; $0.histogram = h; $0.groupBy = "cell" }.contains("one result"))
+        #expect(refusal { var m = Tessera_V1_SkyMapSpec(); m.order = 20; $0.skyMap = m }.contains("too fine"))
+        #expect(refusal { $0.rows.sortBy = "coord_ra" }.contains("needs a limit"))
+        #expect(refusal { var c = Tessera_V1_ConeSpec(); c.dec = 95; c.radius = 1; $0.cone = c }.contains("not on the sky"))
+        #expect(refusal { $0.aggregates = [aggregate(.aggQuantile, "coord_ra", q: 1.5)] }.contains("within 0…1"))
+
+        // Too many groups: a clear limit, from the scan and from the merge.
+        let shards = try cat.shards(maxRows: 1_500)
+        let p = plan { $0.groupBy = "objectId"; $0.maxGroups = 1_000 }
+        #expect(throws: CatalogQueryError.self) { _ = try answer(p, shards) }
+        do {
+            _ = try answer(p, shards)
+        } catch {
+            #expect("\(error)".contains("more than 1000 groups"))
+        }
+        // Corrupt partials are named, not trusted.
+        var bad = CatalogPartial()
+        bad.groupKeys = [3, 1]
+        bad.groupRows = [1, 1]
+        #expect(throws: CatalogQueryError.self) { _ = try CatalogMerge.merge([bad, CatalogPartial()], plan: plan { $0.groupBy = "cell" }) }
+    }
+}

@@ -33,7 +33,7 @@ extension CatalogQuery {
         let thread = Thread {
             do {
                 let conn = try SchedulerConnection(endpoint: endpoint)
-                let final = try conn.run(query, name: name, isStopped: stop.isSet) { continuation.yield($0) }
+                let final = try conn.run(query, name: name, onUpdate: { continuation.yield($0) }, isStopped: stop.isSet)
                 continuation.yield(final)
                 continuation.finish()
             } catch {
@@ -67,8 +67,8 @@ extension SchedulerConnection {
     ///   - isStopped: polled while waiting; when it turns true the job is cancelled and this throws.
     ///   - onUpdate: each progressive partial answer, and each row batch of a collect.
     /// - Returns: the final answer.
-    public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120, isStopped: () -> Bool = { false },
-                    onUpdate: (CatalogUpdate) -> Void = { _ in }) throws -> CatalogUpdate {
+    public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120,
+                    onUpdate: (CatalogUpdate) -> Void = { _ in }, isStopped: () -> Bool = { false }) throws -> CatalogUpdate {
         let plan = query.plan
         let start = DispatchTime.now().uptimeNanoseconds
         func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }

@@ -1,0 +1,181 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+
+/// The anchor catalog (`../shared/bench/anchor_catalog.py --rows N --out DIR`) on a local
+/// cluster: started on a folder inside DIR, ingested once from DIR/fits/*.fits (not timed).
+struct AnchorCatalog: ParsableArguments {
+    @Option(help: "The folder anchor_catalog.py wrote (its fits/ subfolder is ingested).")
+    var data: String
+
+    @Option(help: "Workers of the local cluster.")
+    var workers = 2
+
+    @Option(help: "Most rows per shard at ingest.")
+    var maxRowsPerShard = 1_000_000
+
+    static let dataset = "object"
+
+    /// Starts the cluster, ingesting the catalog if this cluster folder does not have it yet.
+    func start() throws -> (LocalCluster, SchedulerConnection, rows: Int) {
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.threadsPerWorker = 1
+        o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
+        o.logFile = data + "/tessera-bench.log"
+        let cluster = try LocalCluster(o)
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        if let ds = try conn.status().datasets.first(where: { $0.name == Self.dataset }) {
+            return (cluster, conn, Int(ds.rows))
+        }
+        let fits = data + "/fits"
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: fits)) ?? []).filter { $0.hasSuffix(".fits") }.sorted().map { fits + "/" + $0 }
+        guard !files.isEmpty else {
+            cluster.stop()
+            throw ValidationError("no FITS files in \(fits): run `anchor_catalog.py --rows 20000000 --out \(data) --only-data` first")
+        }
+        FileHandle.standardError.write("ingesting \(files.count) files into \(o.dataDirectory!) (once; not timed) ...\n".data(using: .utf8)!)
+        var opts = IngestOptions(dataset: Self.dataset, files: files)
+        opts.replicas = min(2, workers)
+        opts.maxRowsPerShard = maxRowsPerShard
+        let done = try CatalogIngest.run(opts, connection: conn)
+        return (cluster, conn, Int(done.rows))
+    }
+}
+
+/// Peak resident memory of the cluster's workers, in MiB, from the scheduler's status.
+func workerPeakRSS(_ conn: SchedulerConnection) throws -> [(String, Any)] {
+    try conn.status().workers.map { ($0.name, Double($0.peakRssBytes) / 1_048_576) }
+}
+
+func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+/// `tessera bench catalog`: the anchor's four workloads, with the same expressions, bins and cone.
+struct CatalogBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catalog",
+        abstract: "The anchor's catalog workloads (count_filter, groupby_cell, cmd_hist, cone) on the catalog anchor_catalog.py wrote.")
+
+    @OptionGroup var anchor: AnchorCatalog
+
+    @Option(help: "Runs of each workload; the fastest is reported (the first warms the page cache).")
+    var repeats = 3
+
+    func run() throws {
+        let (cluster, conn, rows) = try anchor.start()
+        defer { cluster.stop() }
+        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
+        _ = try conn.run(object)  // warm-up: workers up, shards mapped
+        let workloads: [(String, CatalogQuery, (CatalogResult) -> [(String, Any)])] = [
+            ("count_filter", object.filter("detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24"), { r in
+                [("count", Int(r.table.numbers("count")?.first ?? -1))]
+            }),
+            ("groupby_cell", object.filter("refExtendedness == 1").groupBy("cell")
+                .aggregate(.count("mag(r_psfFlux)"), .mean("mag(r_psfFlux)"), .std("mag(r_psfFlux)")), { r in
+                let t = r.table
+                let means = (t.numbers("mean(mag(r_psfFlux))") ?? []).filter { !$0.isNaN }
+                return [("groups", t.rowCount), ("count_sum", Int((t.numbers("count(mag(r_psfFlux))") ?? []).reduce(0, +))),
+                        ("mean_of_means", (means.reduce(0, +) / Double(means.count) * 1e6).rounded() / 1e6)]
+            }),
+            ("cmd_hist", object.filter("refExtendedness == 0 and r_psfFlux > 0 and g_psfFlux > 0")
+                .histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 60, range: -1...2, y: "mag(r_psfFlux)", bins: 80, range: 16...24), { r in
+                let h = r.histogram
+                let arg = h.indices.max { h[$0] < h[$1] || (h[$0] == h[$1] && $0 > $1) } ?? 0
+                return [("total", Int(h.reduce(0, +))), ("max_bin", Int(h[arg])), ("argmax", arg)]
+            }),
+            ("cone", object.region(.cone(ra: 60, dec: -35, radius: 0.5)), { r in
+                [("count", Int(r.table.numbers("count")?.first ?? -1))]
+            }),
+        ]
+        for (name, q, fields) in workloads {
+            var best = Double.infinity
+            var result: CatalogResult?
+            for _ in 0..<max(1, repeats) {
+                let u = try conn.run(q, name: name)
+                if u.seconds < best { best = u.seconds; result = u.result }
+            }
+            guard let result else { continue }
+            print(jsonLine([("engine", "tessera"), ("workload", name), ("rows", rows), ("seconds", best),
+                            ("mrows_per_s", Double(rows) / best / 1e6), ("result", fields(result)),
+                            ("shards_read", result.shards), ("rows_read", result.rowsScanned),
+                            ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+        }
+        try progressiveAndCancel(conn, object: object, rows: rows)
+    }
+
+    /// A full-catalog aggregate with progressive answers: when the first partial arrives; then a
+    /// job cancelled mid-way: how long until no worker runs any of its tasks.
+    func progressiveAndCancel(_ conn: SchedulerConnection, object: CatalogQuery, rows: Int) throws {
+        let q = object.filter("refExtendedness == 1").groupBy("cell").aggregate(.mean("mag(r_psfFlux)"), .median("mag(g_psfFlux)"))
+            .progressive(every: 0.1)
+        var first: Double?
+        var partials = 0
+        let u = try conn.run(q, name: "progressive") { p in
+            partials += 1
+            if first == nil { first = p.seconds }
+        }
+        print(jsonLine([("engine", "tessera"), ("workload", "progressive_groupby"), ("rows", rows), ("seconds", u.seconds),
+                        ("first_partial_seconds", first ?? -1), ("partials", partials), ("final_shards", u.result.shards)]))
+
+        // Cancel: a heavy job (every row through a distance and a median), cancelled after 0.3 s.
+        let heavy = object.filter("distance(coord_ra, coord_dec, 60, -35) < 90").groupBy("cell")
+            .aggregate(.median("mag(g_psfFlux) - mag(r_psfFlux)"), .median("distance(coord_ra, coord_dec, 60, -35)"))
+        let accepted = try conn.submit(.plan(heavy.wirePlan), name: "to cancel")
+        Thread.sleep(forTimeInterval: 0.3)
+        let t0 = now()
+        try conn.cancel(job: accepted.jobID)
+        var stopped = -1.0
+        while Double(now() - t0) / 1e9 < 10 {
+            let s = try conn.status()
+            if s.workers.allSatisfy({ $0.inFlight == 0 }) && !s.jobs.contains(where: { $0.jobID == accepted.jobID && $0.state == .jobRunning }) {
+                stopped = Double(now() - t0) / 1e9
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        print(jsonLine([("engine", "tessera"), ("workload", "cancel"), ("seconds_until_no_task_in_flight", stopped)]))
+    }
+}
+
+/// `tessera bench cone`: warm latency of small cone searches through the client.
+struct ConeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cone",
+        abstract: "Latency of random 1-arcminute cone searches (rows back) on the anchor catalog: p50 and p99.")
+
+    @OptionGroup var anchor: AnchorCatalog
+
+    @Option(help: "Cones to search.")
+    var cones = 200
+
+    @Option(help: "Cone radius in arcminutes.")
+    var radiusArcmin = 1.0
+
+    func run() throws {
+        let (cluster, conn, rows) = try anchor.start()
+        defer { cluster.stop() }
+        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
+        var rng = SystemRandomNumberGenerator()
+        var times: [Double] = []
+        var found = 0
+        // Warm-up cones (not counted): shards mapped, connections up.
+        for k in 0..<(cones + 20) {
+            let ra = Double.random(in: 51...69, using: &rng), dec = Double.random(in: -44...(-26), using: &rng)
+            let q = object.region(.cone(ra: ra, dec: dec, radius: radiusArcmin / 60)).select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"])
+            let u = try conn.run(q, name: "cone")
+            if k >= 20 {
+                times.append(u.seconds)
+                found += u.result.table.rowCount
+            }
+        }
+        times.sort()
+        func pct(_ p: Double) -> Double { times[min(times.count - 1, Int((p * Double(times.count - 1)).rounded()))] }
+        print(jsonLine([("engine", "tessera"), ("workload", "cone_\(radiusArcmin)arcmin"), ("rows", rows), ("cones", times.count),
+                        ("p50_ms", pct(0.5) * 1e3), ("p99_ms", pct(0.99) * 1e3), ("mean_rows_per_cone", Double(found) / Double(times.count)),
+                        ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+    }
+}

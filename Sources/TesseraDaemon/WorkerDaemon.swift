@@ -51,6 +51,7 @@ public final class WorkerDaemon {
     private var heartbeatIntervalNs: UInt64 = 500_000_000
 
     public init(_ settings: WorkerSettings, registry: OperatorRegistry = .standard, logger: Logger) throws {
+        ProcessMemory.retainFreedMemory()
         self.settings = settings
         self.logger = logger
         context = try ZMQContext()

@@ -10,33 +10,22 @@ extension SchedulerCore {
     /// input bytes are). A collect — rows without a limit — has no tree: each shard's rows stream
     /// to the client as a batch. The plan is checked here against the dataset's schema, so a typo
     /// fails the submission, not a thousand tasks.
-    func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
-        guard let catalog else { throw .invalidContent("this scheduler has no registry, so it knows no catalogs") }
-        let all: [(dataset: DatasetRecord, shards: [(key: String, bytes: Int64, workers: [String])])]
-        do { all = try catalog.shardHolders() } catch { throw .invalidContent("registry: \(error)") }
-        guard let (dataset, shards) = all.first(where: { $0.dataset.name == plan.dataset }) else {
-            let names = all.map(\.dataset.name)
+    mutating func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
+        let all: [String: PlannedDataset]
+        do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
+        guard let d = all[plan.dataset] else {
+            let names = all.keys.sorted()
             throw .invalidContent("no dataset named `\(plan.dataset)`" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
         }
-        guard let footer = try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](dataset.schema)) else {
-            throw .invalidContent("dataset `\(plan.dataset)` has an unreadable schema in the registry")
-        }
+        let dataset = d.record
         let query: CheckedCatalogQuery
         do {
-            query = try CheckedCatalogQuery(plan, columns: footer.columns, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
+            query = try CheckedCatalogQuery(plan, columns: d.columns, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
         } catch {
             throw .invalidContent("\(error)")
         }
         // Region pruning: only shards whose pixel meets the region.
-        var keys = shards.map(\.key)
-        if let region = query.region {
-            let ranges = HEALPix.indexRanges(of: region, resolution: 10)
-            keys = keys.filter { k in
-                guard let s = ShardKey(k) else { return false }
-                let r = HEALPix.children(s.pixel, order: s.order, to: HEALPix.maxOrder)
-                return ranges.contains { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }
-            }
-        }
+        let keys = query.region.map { r in d.shards(meeting: HEALPix.indexRanges(of: r, resolution: 10)).map { d.keys[$0] } } ?? d.keys
         let params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
         var g = TaskGraph(operators: ["catalog_scan", "catalog_merge"], params: [params], dataKeys: keys)
         var leaves: [UInt32] = []
@@ -54,6 +43,21 @@ extension SchedulerCore {
         return g
     }
 
+    /// The registry's datasets as the planner uses them, read once and kept until an ingest
+    /// commits (planning a question then costs no registry query, however many shards there are).
+    mutating func plannedDatasets() throws -> [String: PlannedDataset] {
+        if let planned { return planned }
+        guard let catalog else { throw CatalogQueryError("this scheduler has no registry, so it knows no catalogs") }
+        var out: [String: PlannedDataset] = [:]
+        do {
+            for (d, shards) in try catalog.shardLocations() { out[d.name] = PlannedDataset(d, shards) }
+        } catch {
+            throw CatalogQueryError("registry: \(error)")
+        }
+        planned = out
+        return out
+    }
+
     /// Rows without a limit: every shard's rows go to the client as they are read.
     static func isCollect(_ plan: CatalogQueryPlan) -> Bool { plan.hasRows && plan.rows.limit == 0 }
 
@@ -63,5 +67,50 @@ extension SchedulerCore {
         guard plan.progressive, !isCollect(plan) else { return nil }
         let seconds = max(0.1, plan.progressInterval.isFinite ? plan.progressInterval : 0.1)
         return JobRecord.Progress(operatorIndex: 1, paramIndex: 1, intervalNs: UInt64(seconds * 1e9), lastSnapshotAt: now)
+    }
+}
+
+/// A dataset's shards held in memory for planning: keys, sizes, holders, and each shard's
+/// order-29 index range, sorted so that a region's ranges find their shards by binary search.
+struct PlannedDataset {
+    let record: DatasetRecord
+    let columns: [Tessera_V1_ColumnSchema]
+    let keys: [String]
+    let bytes: [Int64]
+    let workers: [[String]]
+    /// Shard indices by ascending index range (shards of a dataset never overlap).
+    let byRange: [Int]
+    let lower: [Int64]
+    let upper: [Int64]
+
+    init(_ d: DatasetRecord, _ shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])]) {
+        record = d
+        columns = (try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](d.schema)))?.columns ?? []
+        keys = shards.map { ShardKey(dataset: d.name, ingestId: d.ingestId, order: $0.order, pixel: $0.pixel).description }
+        bytes = shards.map(\.bytes)
+        workers = shards.map(\.workers)
+        let ranges = shards.map { HEALPix.children($0.pixel, order: $0.order, to: HEALPix.maxOrder) }
+        byRange = ranges.indices.sorted { ranges[$0].lowerBound < ranges[$1].lowerBound }
+        lower = byRange.map { ranges[$0].lowerBound }
+        upper = byRange.map { ranges[$0].upperBound }
+    }
+
+    /// Shards whose range meets one of `ranges`, in shard order.
+    func shards(meeting ranges: [Range<Int64>]) -> [Int] {
+        var hit = Set<Int>()
+        for r in ranges {
+            // The first shard whose range ends after r starts.
+            var a = 0, b = upper.count
+            while a < b {
+                let m = (a + b) / 2
+                if upper[m] <= r.lowerBound { a = m + 1 } else { b = m }
+            }
+            var k = a
+            while k < lower.count && lower[k] < r.upperBound {
+                hit.insert(byRange[k])
+                k += 1
+            }
+        }
+        return hit.sorted()
     }
 }

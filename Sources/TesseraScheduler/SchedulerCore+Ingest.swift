@@ -9,8 +9,8 @@ public protocol DatasetCatalog: AnyObject {
     func datasetExists(_ name: String) throws -> Bool
     /// Records a finished ingest in one transaction.
     func commit(_ c: Tessera_V1_IngestCommit, ingestId: String) throws
-    /// Every dataset with its shards' keys and the workers holding each.
-    func shardHolders() throws -> [(dataset: DatasetRecord, shards: [(key: String, bytes: Int64, workers: [String])])]
+    /// Every dataset with its shards' pixels, sizes and the workers holding each.
+    func shardLocations() throws -> [(dataset: DatasetRecord, shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])])]
     /// What a worker holds that the registry does not expect, and the reverse.
     func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String])
     /// Notes a worker's stable name and where peers reach it.
@@ -34,11 +34,8 @@ extension Registry: DatasetCatalog {
         try commitIngest(d, shards: shards, replicas: c.shards.map(\.workers), replace: c.replace)
     }
 
-    public func shardHolders() throws -> [(dataset: DatasetRecord, shards: [(key: String, bytes: Int64, workers: [String])])] {
-        try datasets().map { d in
-            let reps = try replicas(of: d)
-            return (d, try shards(of: d).map { s in (s.key(dataset: d), s.bytes, reps[s.id ?? -1] ?? []) })
-        }
+    public func shardLocations() throws -> [(dataset: DatasetRecord, shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])])] {
+        try datasets().map { d in (d, try shardLocations(of: d)) }
     }
 }
 
@@ -120,6 +117,7 @@ extension SchedulerCore {
             var commit = c
             commit.replace = p.replace
             try catalog.commit(commit, ingestId: c.ingestID)
+            planned = nil
         } catch {
             return refuse("\(error)")
         }
@@ -141,17 +139,17 @@ extension SchedulerCore {
     }
 
     /// Datasets with their size and how many of their shards have a live copy.
-    func datasetStatuses() -> [Tessera_V1_DatasetStatus] {
-        guard let catalog, let all = try? catalog.shardHolders() else { return [] }
+    mutating func datasetStatuses() -> [Tessera_V1_DatasetStatus] {
+        guard let all = try? plannedDatasets() else { return [] }
         let live = Set(workers.values.map(\.name))
-        return all.map { (d, shards) in
+        return all.values.sorted { $0.record.name < $1.record.name }.map { d in
             var s = Tessera_V1_DatasetStatus()
-            s.name = d.name
-            s.kind = d.kind
-            s.rows = UInt64(d.rows)
-            s.shards = UInt64(shards.count)
-            s.bytes = UInt64(shards.reduce(0) { $0 + $1.bytes })
-            let liveCopies = shards.map { $0.workers.filter(live.contains).count }
+            s.name = d.record.name
+            s.kind = d.record.kind
+            s.rows = UInt64(d.record.rows)
+            s.shards = UInt64(d.keys.count)
+            s.bytes = UInt64(d.bytes.reduce(0, +))
+            let liveCopies = d.workers.map { $0.filter(live.contains).count }
             s.minReplicas = UInt32(liveCopies.min() ?? 0)
             s.shardsWithoutLiveReplica = UInt64(liveCopies.filter { $0 == 0 }.count)
             return s

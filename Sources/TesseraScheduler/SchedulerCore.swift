@@ -49,7 +49,11 @@ public struct SchedulerCore {
     var lastNow: UInt64 = 0
 
     /// The registry, when the scheduler has one.
-    public var catalog: (any DatasetCatalog)?
+    public var catalog: (any DatasetCatalog)? {
+        didSet { planned = nil }
+    }
+    /// The registry's datasets in memory for planning (nil: read them at next use).
+    var planned: [String: PlannedDataset]?
     var pendingIngests: [String: PendingIngest] = [:]
     var nextIngest: UInt64 = 1
     /// Things worth a log line (registry mismatches, commits), for the loop to drain.
@@ -310,7 +314,7 @@ public struct SchedulerCore {
 
     // MARK: - Status
 
-    public func status(now: UInt64) -> Tessera_V1_StatusReply {
+    public mutating func status(now: UInt64) -> Tessera_V1_StatusReply {
         var s = Tessera_V1_StatusReply()
         for id in workerOrder {
             guard let w = workers[id] else { continue }

@@ -189,17 +189,39 @@ public final class Registry: Sendable {
         try db.read { try ShardRecord.filter(Column("datasetId") == dataset.id).order(Column("order"), Column("pixel")).fetchAll($0) }
     }
 
-    /// Workers holding each shard of a dataset, by shard id.
-    public func replicas(of dataset: DatasetRecord) throws -> [Int64: [String]] {
+    /// A dataset's shards as a planner needs them — pixel, size and holders, without the per-chunk
+    /// statistics — in (order, pixel) order, read in one query.
+    public func shardLocations(of dataset: DatasetRecord) throws -> [(order: Int, pixel: Int64, bytes: Int64, workers: [String])] {
         try db.read { db in
-            let rows = try Row.fetchAll(db, sql: """
-                SELECT replica.shardId, replica.worker FROM replica JOIN shard ON shard.id = replica.shardId
-                WHERE shard.datasetId = ? ORDER BY replica.shardId, replica.worker
+            let reps = try replicas(of: dataset, db)
+            let rows = try Row.fetchCursor(db, sql: """
+                SELECT id, "order", pixel, bytes FROM shard WHERE datasetId = ? ORDER BY "order", pixel
                 """, arguments: [dataset.id])
-            var out: [Int64: [String]] = [:]
-            for r in rows { out[r["shardId"], default: []].append(r["worker"]) }
+            var out: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])] = []
+            while let r = try rows.next() {
+                let id: Int64 = r[0]
+                out.append((r[1], r[2], r[3], reps[id] ?? []))
+            }
             return out
         }
+    }
+
+    /// Workers holding each shard of a dataset, by shard id.
+    public func replicas(of dataset: DatasetRecord) throws -> [Int64: [String]] {
+        try db.read { db in try replicas(of: dataset, db) }
+    }
+
+    func replicas(of dataset: DatasetRecord, _ db: Database) throws -> [Int64: [String]] {
+        let rows = try Row.fetchCursor(db, sql: """
+            SELECT replica.shardId, replica.worker FROM replica JOIN shard ON shard.id = replica.shardId
+            WHERE shard.datasetId = ? ORDER BY replica.shardId, replica.worker
+            """, arguments: [dataset.id])
+        var out: [Int64: [String]] = [:]
+        while let r = try rows.next() {
+            let id: Int64 = r[0]
+            out[id, default: []].append(r[1])
+        }
+        return out
     }
 
     /// Records a finished ingest: the dataset, its shards and where their replicas are, in one

@@ -24,17 +24,18 @@ public enum CatalogScan {
             throw CatalogQueryError("\(error)")
         }
         let indexColumn = footer.indexColumn
-        let needsIndex: Bool
+        var needsIndex = q.region != nil
         switch q.output {
         case .skyMap, .rows: needsIndex = true
-        default: needsIndex = false
+        default: break
         }
         let indexColumnNumber = needsIndex ? footer.columns.firstIndex { $0.name == indexColumn } : nil
         if needsIndex && indexColumnNumber == nil {
             throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
         }
 
-        var groups = q.region.map { reader.rowGroups(overlapping: HEALPix.indexRanges(of: $0)) } ?? Array(reader.ownRowGroups)
+        let regionRanges = q.region.map { HEALPix.indexRanges(of: $0) } ?? []
+        var groups = q.region == nil ? Array(reader.ownRowGroups) : reader.rowGroups(overlapping: regionRanges)
         let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
         if !bounds.isEmpty {
             groups = groups.filter { g in
@@ -61,11 +62,44 @@ public enum CatalogScan {
             }
             var keep = q.filter.map { ExpressionEvaluator.evaluate($0, columns: cols, rows: rows).booleans(rows) } ?? [Bool](repeating: true, count: rows)
             if let region = q.region, case .numbers(let ra)? = cols[raColumn], case .numbers(let dec)? = cols[decColumn] {
-                for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
+                if !index.isEmpty {
+                    // Rows ascend by index: a sweep over the region's ranges rules most rows out
+                    // with one comparison, and only rows inside a range get the exact test.
+                    var k = 0
+                    for i in 0..<rows where keep[i] {
+                        let x = index[i]
+                        while k < regionRanges.count && regionRanges[k].upperBound <= x { k += 1 }
+                        keep[i] = k < regionRanges.count && regionRanges[k].lowerBound <= x && region.contains(ra: ra[i], dec: dec[i])
+                    }
+                } else {
+                    for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
+                }
             }
             acc.partial.rowsScanned += UInt64(rows)
-            let done = try acc.add(rows: rows, keep: keep, columns: cols, stored: { (n) throws(CatalogQueryError) in
-                do { return try reader.read(column: columnIndex[n]!, rowGroup: g) } catch { throw CatalogQueryError("\(error)") }
+            var n = rows
+            var rowMap: [Int]?
+            var matched = 0
+            for k in keep where k { matched += 1 }
+            if matched == 0 {
+                continue
+            } else if matched < rows * 6 / 10 {
+                // A selective filter: the output's expressions run on the surviving rows only.
+                var picked: [Int] = []
+                picked.reserveCapacity(matched)
+                for i in 0..<rows where keep[i] { picked.append(i) }
+                cols = cols.mapValues { $0.gathered(picked) }
+                if !index.isEmpty { index = Kernels.map(picked) { index[$0] } }
+                keep = [Bool](repeating: true, count: matched)
+                n = matched
+                rowMap = picked
+            }
+            let done = try acc.add(rows: n, keep: keep, columns: cols, stored: { (name) throws(CatalogQueryError) in
+                do {
+                    let c = try reader.read(column: columnIndex[name]!, rowGroup: g)
+                    return rowMap.map { c.gathered($0) } ?? c
+                } catch {
+                    throw CatalogQueryError("\(error)")
+                }
             }, index: index)
             if done { break }
         }
@@ -232,35 +266,44 @@ struct ScanAccumulator {
         if matched == 0 { return false }
         switch q.output {
         case .aggregates(let group, let mExprs, let sExprs):
-            let keyValues = group.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
-            let mValues = mExprs.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
-            let sValues = sExprs.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
-            for i in 0..<n where keep[i] {
-                var s: Int32 = 0
-                if let keyValues {
+            // First each kept row's group slot (-1: skipped), then one loop per expression.
+            var slots = [Int32](repeating: -1, count: n)
+            if let group {
+                let keyValues = ExpressionEvaluator.evaluate(group, columns: columns, rows: n).numbers(n)
+                for i in 0..<n where keep[i] {
                     var k = keyValues[i]
                     if k.isNaN { continue }
                     if k == 0 { k = 0 }  // -0 and 0 are one group
                     let bits = k.bitPattern
-                    if bits == lastKeyBits {
-                        s = lastSlot
-                    } else {
+                    if bits != lastKeyBits {
                         if let found = slotOfKey[bits] {
-                            s = found
+                            lastSlot = found
                         } else {
                             guard keys.count < q.maxGroups else { throw tooManyGroups() }
-                            s = slot(for: k)
+                            lastSlot = slot(for: k)
                         }
                         lastKeyBits = bits
-                        lastSlot = s
+                    }
+                    slots[i] = lastSlot
+                }
+            } else {
+                for i in 0..<n where keep[i] { slots[i] = 0 }
+            }
+            groupRows.withUnsafeMutableBufferPointer { rowsOut in
+                for s in slots where s >= 0 { rowsOut[Int(s)] += 1 }
+            }
+            for (e, expr) in mExprs.enumerated() {
+                let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
+                moments[e].withUnsafeMutableBufferPointer { m in
+                    for i in 0..<n {
+                        let s = slots[i]
+                        if s >= 0 && !v[i].isNaN { m[Int(s)].add(v[i]) }
                     }
                 }
-                groupRows[Int(s)] += 1
-                for e in 0..<mValues.count {
-                    let v = mValues[e][i]
-                    if !v.isNaN { moments[e][Int(s)].add(v) }
-                }
-                for e in 0..<sValues.count { sketches[e][Int(s)].add(sValues[e][i]) }
+            }
+            for (e, expr) in sExprs.enumerated() {
+                let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
+                for i in 0..<n where slots[i] >= 0 { sketches[e][Int(slots[i])].add(v[i]) }
             }
         case .histogram(let x, let y):
             let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n).numbers(n)

@@ -18,6 +18,15 @@ public enum ExpressionVector: Sendable, Equatable {
         }
     }
 
+    /// The values at the given rows, in that order.
+    func gathered(_ rows: [Int]) -> ExpressionVector {
+        switch self {
+        case .numbers(let a): .numbers(Kernels.map(rows) { a[$0] })
+        case .booleans(let a): .booleans(Kernels.map(rows) { a[$0] })
+        case .constant: self
+        }
+    }
+
     func booleans(_ n: Int) -> [Bool] {
         switch self {
         case .booleans(let b): b
@@ -44,68 +53,101 @@ public enum ExpressionEvaluator {
         case .column(let name, _):
             return cols[name] ?? .constant(.nan)
         case .unary(.negate, let x, _):
-            if case .constant(let v) = eval(x, cols, n) { return .constant(-v) }
-            return .numbers(eval(x, cols, n).numbers(n).map { -$0 })
+            switch eval(x, cols, n) {
+            case .constant(let v): return .constant(-v)
+            case let v: return .numbers(Kernels.map(v.numbers(n)) { -$0 })
+            }
         case .unary(.not, let x, _):
-            return .booleans(eval(x, cols, n).booleans(n).map { !$0 })
+            return .booleans(Kernels.map(eval(x, cols, n).booleans(n)) { !$0 })
         case .binary(let op, let a, let b, _):
             let va = eval(a, cols, n), vb = eval(b, cols, n)
             if op.isLogical {
                 let x = va.booleans(n), y = vb.booleans(n)
-                var out = [Bool](repeating: false, count: n)
-                if op == .and { for i in 0..<n { out[i] = x[i] && y[i] } } else { for i in 0..<n { out[i] = x[i] || y[i] } }
-                return .booleans(out)
+                return .booleans(op == .and ? Kernels.zip(x, y) { $0 && $1 } : Kernels.zip(x, y) { $0 || $1 })
             }
             if case .booleans(let x) = va, case .booleans(let y) = vb {
-                return .booleans(zip(x, y).map { op == .equal ? $0 == $1 : $0 != $1 })
+                return .booleans(op == .equal ? Kernels.zip(x, y) { $0 == $1 } : Kernels.zip(x, y) { $0 != $1 })
             }
-            if case .constant(let x) = va, case .constant(let y) = vb {
+            switch (va, vb) {
+            case (.constant(let x), .constant(let y)):
                 if op.isComparison { return .booleans([Bool](repeating: compare(op, x, y), count: n)) }
                 return .constant(arith(op, x, y))
-            }
-            let x = va.numbers(n), y = vb.numbers(n)
-            if op.isComparison {
-                var out = [Bool](repeating: false, count: n)
+            case (let v, .constant(let c)):
+                // A constant operand stays a scalar in the loop.
+                let x = v.numbers(n)
                 switch op {
-                case .less: for i in 0..<n { out[i] = x[i] < y[i] }
-                case .lessEqual: for i in 0..<n { out[i] = x[i] <= y[i] }
-                case .greater: for i in 0..<n { out[i] = x[i] > y[i] }
-                case .greaterEqual: for i in 0..<n { out[i] = x[i] >= y[i] }
-                case .equal: for i in 0..<n { out[i] = x[i] == y[i] }
-                default: for i in 0..<n { out[i] = x[i] != y[i] }
+                case .less: return .booleans(Kernels.map(x) { $0 < c })
+                case .lessEqual: return .booleans(Kernels.map(x) { $0 <= c })
+                case .greater: return .booleans(Kernels.map(x) { $0 > c })
+                case .greaterEqual: return .booleans(Kernels.map(x) { $0 >= c })
+                case .equal: return .booleans(Kernels.map(x) { $0 == c })
+                case .notEqual: return .booleans(Kernels.map(x) { $0 != c })
+                case .add: return .numbers(Kernels.map(x) { $0 + c })
+                case .subtract: return .numbers(Kernels.map(x) { $0 - c })
+                case .multiply: return .numbers(Kernels.map(x) { $0 * c })
+                default: return .numbers(Kernels.map(x) { $0 / c })
                 }
-                return .booleans(out)
+            case (.constant(let c), let v):
+                let y = v.numbers(n)
+                switch op {
+                case .less: return .booleans(Kernels.map(y) { c < $0 })
+                case .lessEqual: return .booleans(Kernels.map(y) { c <= $0 })
+                case .greater: return .booleans(Kernels.map(y) { c > $0 })
+                case .greaterEqual: return .booleans(Kernels.map(y) { c >= $0 })
+                case .equal: return .booleans(Kernels.map(y) { c == $0 })
+                case .notEqual: return .booleans(Kernels.map(y) { c != $0 })
+                case .add: return .numbers(Kernels.map(y) { c + $0 })
+                case .subtract: return .numbers(Kernels.map(y) { c - $0 })
+                case .multiply: return .numbers(Kernels.map(y) { c * $0 })
+                default: return .numbers(Kernels.map(y) { c / $0 })
+                }
+            default:
+                let x = va.numbers(n), y = vb.numbers(n)
+                switch op {
+                case .less: return .booleans(Kernels.zip(x, y) { $0 < $1 })
+                case .lessEqual: return .booleans(Kernels.zip(x, y) { $0 <= $1 })
+                case .greater: return .booleans(Kernels.zip(x, y) { $0 > $1 })
+                case .greaterEqual: return .booleans(Kernels.zip(x, y) { $0 >= $1 })
+                case .equal: return .booleans(Kernels.zip(x, y) { $0 == $1 })
+                case .notEqual: return .booleans(Kernels.zip(x, y) { $0 != $1 })
+                case .add: return .numbers(Kernels.zip(x, y) { $0 + $1 })
+                case .subtract: return .numbers(Kernels.zip(x, y) { $0 - $1 })
+                case .multiply: return .numbers(Kernels.zip(x, y) { $0 * $1 })
+                default: return .numbers(Kernels.zip(x, y) { $0 / $1 })
+                }
             }
-            var out = [Double](repeating: 0, count: n)
-            switch op {
-            case .add: for i in 0..<n { out[i] = x[i] + y[i] }
-            case .subtract: for i in 0..<n { out[i] = x[i] - y[i] }
-            case .multiply: for i in 0..<n { out[i] = x[i] * y[i] }
-            default: for i in 0..<n { out[i] = x[i] / y[i] }
-            }
-            return .numbers(out)
         case .call(let name, let args, _):
             let vs = args.map { eval($0, cols, n) }
-            if name == "isnan" { return .booleans(vs[0].numbers(n).map(\.isNaN)) }
+            if name == "isnan" { return .booleans(Kernels.map(vs[0].numbers(n)) { $0.isNaN }) }
             if vs.allSatisfy({ if case .constant = $0 { true } else { false } }) {
                 let xs = vs.map { $0.numbers(1)[0] }
                 return .constant(apply(name, xs))
             }
             let cols = vs.map { $0.numbers(n) }
-            var out = [Double](repeating: 0, count: n)
             switch name {
-            case "abs": for i in 0..<n { out[i] = abs(cols[0][i]) }
-            case "sqrt": for i in 0..<n { out[i] = cols[0][i].squareRoot() }
-            case "log10": for i in 0..<n { out[i] = log10(cols[0][i]) }
-            case "ln": for i in 0..<n { out[i] = log(cols[0][i]) }
-            case "exp": for i in 0..<n { out[i] = exp(cols[0][i]) }
-            case "mag": for i in 0..<n { out[i] = magnitude(cols[0][i]) }
-            case "floor": for i in 0..<n { out[i] = cols[0][i].rounded(.down) }
-            case "ceil": for i in 0..<n { out[i] = cols[0][i].rounded(.up) }
-            case "round": for i in 0..<n { out[i] = cols[0][i].rounded(.toNearestOrEven) }
-            default: for i in 0..<n { out[i] = apply(name, cols.map { $0[i] }) }
+            case "abs": return .numbers(Kernels.map(cols[0]) { Swift.abs($0) })
+            case "sqrt": return .numbers(Kernels.map(cols[0]) { $0.squareRoot() })
+            case "log10": return .numbers(Kernels.map(cols[0]) { log10($0) })
+            case "ln": return .numbers(Kernels.map(cols[0]) { log($0) })
+            case "exp": return .numbers(Kernels.map(cols[0]) { exp($0) })
+            case "mag": return .numbers(Kernels.map(cols[0]) { magnitude($0) })
+            case "floor": return .numbers(Kernels.map(cols[0]) { $0.rounded(.down) })
+            case "ceil": return .numbers(Kernels.map(cols[0]) { $0.rounded(.up) })
+            case "round": return .numbers(Kernels.map(cols[0]) { $0.rounded(.toNearestOrEven) })
+            case "pow": return .numbers(Kernels.zip(cols[0], cols[1]) { pow($0, $1) })
+            case "min": return .numbers(Kernels.zip(cols[0], cols[1]) { $0.isNaN || $1.isNaN ? .nan : Swift.min($0, $1) })
+            case "max": return .numbers(Kernels.zip(cols[0], cols[1]) { $0.isNaN || $1.isNaN ? .nan : Swift.max($0, $1) })
+            case "distance":
+                return .numbers([Double](unsafeUninitializedCapacity: n) { out, count in
+                    for i in 0..<n { out[i] = distance(cols[0][i], cols[1][i], cols[2][i], cols[3][i]) }
+                    count = n
+                })
+            default:
+                return .numbers([Double](unsafeUninitializedCapacity: n) { out, count in
+                    for i in 0..<n { out[i] = apply(name, cols.map { $0[i] }) }
+                    count = n
+                })
             }
-            return .numbers(out)
         }
     }
 
@@ -161,6 +203,31 @@ public enum ExpressionEvaluator {
         case "mag": magnitude(x[0])
         case "distance": distance(x[0], x[1], x[2], x[3])
         default: .nan
+        }
+    }
+}
+
+/// Element-wise loops over contiguous arrays into fresh uninitialised storage: no per-element
+/// uniqueness or bounds checks, so the compiler can vectorise them.
+enum Kernels {
+    @inline(__always) static func map<T, R>(_ x: [T], _ f: (T) -> R) -> [R] {
+        x.withUnsafeBufferPointer { xp in
+            [R](unsafeUninitializedCapacity: xp.count) { out, count in
+                for i in 0..<xp.count { (out.baseAddress! + i).initialize(to: f(xp[i])) }
+                count = xp.count
+            }
+        }
+    }
+
+    @inline(__always) static func zip<T, U, R>(_ x: [T], _ y: [U], _ f: (T, U) -> R) -> [R] {
+        let n = Swift.min(x.count, y.count)
+        return x.withUnsafeBufferPointer { xp in
+            y.withUnsafeBufferPointer { yp in
+                [R](unsafeUninitializedCapacity: n) { out, count in
+                    for i in 0..<n { (out.baseAddress! + i).initialize(to: f(xp[i], yp[i])) }
+                    count = n
+                }
+            }
         }
     }
 }

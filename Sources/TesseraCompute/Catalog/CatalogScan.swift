@@ -47,6 +47,7 @@ public enum CatalogScan {
             }
         }
 
+        let conjuncts = q.filter.map(FilterPlan.conjuncts) ?? []
         var acc = ScanAccumulator(q)
         acc.partial.shards = 1
         for g in groups {
@@ -60,7 +61,7 @@ public enum CatalogScan {
             } catch {
                 throw CatalogQueryError("\(error)")
             }
-            var keep = q.filter.map { ExpressionEvaluator.evaluate($0, columns: cols, rows: rows).booleans(rows) } ?? [Bool](repeating: true, count: rows)
+            var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
             if let region = q.region, case .numbers(let ra)? = cols[raColumn], case .numbers(let dec)? = cols[decColumn] {
                 if !index.isEmpty {
                     // Rows ascend by index: a sweep over the region's ranges rules most rows out
@@ -270,22 +271,26 @@ struct ScanAccumulator {
             var slots = [Int32](repeating: -1, count: n)
             if let group {
                 let keyValues = ExpressionEvaluator.evaluate(group, columns: columns, rows: n).numbers(n)
+                var lastBits = lastKeyBits, last = lastSlot
                 for i in 0..<n where keep[i] {
                     var k = keyValues[i]
                     if k.isNaN { continue }
                     if k == 0 { k = 0 }  // -0 and 0 are one group
                     let bits = k.bitPattern
-                    if bits != lastKeyBits {
+                    if bits != lastBits {
+                        // Spatially sorted rows come in runs of one key: the table is consulted per run.
                         if let found = slotOfKey[bits] {
-                            lastSlot = found
+                            last = found
                         } else {
                             guard keys.count < q.maxGroups else { throw tooManyGroups() }
-                            lastSlot = slot(for: k)
+                            last = slot(for: k)
                         }
-                        lastKeyBits = bits
+                        lastBits = bits
                     }
-                    slots[i] = lastSlot
+                    slots[i] = last
                 }
+                lastKeyBits = lastBits
+                lastSlot = last
             } else {
                 for i in 0..<n where keep[i] { slots[i] = 0 }
             }
@@ -294,11 +299,9 @@ struct ScanAccumulator {
             }
             for (e, expr) in mExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
+                let batch = BatchMoments(values: v, slots: slots, groups: keys.count)
                 moments[e].withUnsafeMutableBufferPointer { m in
-                    for i in 0..<n {
-                        let s = slots[i]
-                        if s >= 0 && !v[i].isNaN { m[Int(s)].add(v[i]) }
-                    }
+                    for s in 0..<batch.count.count where batch.count[s] > 0 { m[s].merge(batch.moments(s)) }
                 }
             }
             for (e, expr) in sExprs.enumerated() {
@@ -443,5 +446,127 @@ struct MomentsColumns {
         p.max = values.map(\.max)
         p.sum = values.map(\.sum)
         return p
+    }
+}
+
+/// Moments of one batch per group by the two-pass algorithm — sums and extremes, then squared
+/// deviations from each group's mean — with no division per value; merged into the running
+/// moments with Chan's update.
+struct BatchMoments {
+    var count: [Double]
+    var sum: [Double]
+    var m2: [Double]
+    var min: [Double]
+    var max: [Double]
+
+    init(values v: [Double], slots: [Int32], groups: Int) {
+        var count = [Double](repeating: 0, count: groups), sum = count, m2 = count
+        var lo = [Double](repeating: .infinity, count: groups), hi = [Double](repeating: -.infinity, count: groups)
+        v.withUnsafeBufferPointer { v in
+            slots.withUnsafeBufferPointer { slots in
+                count.withUnsafeMutableBufferPointer { c in
+                    sum.withUnsafeMutableBufferPointer { t in
+                        lo.withUnsafeMutableBufferPointer { lo in
+                            hi.withUnsafeMutableBufferPointer { hi in
+                                for i in 0..<v.count {
+                                    let s = Int(slots[i]), x = v[i]
+                                    if s < 0 || x.isNaN { continue }
+                                    c[s] += 1
+                                    t[s] += x
+                                    if x < lo[s] { lo[s] = x }
+                                    if x > hi[s] { hi[s] = x }
+                                }
+                            }
+                        }
+                    }
+                }
+                var mean = [Double](repeating: 0, count: groups)
+                for g in 0..<groups where count[g] > 0 { mean[g] = sum[g] / count[g] }
+                m2.withUnsafeMutableBufferPointer { m2 in
+                    mean.withUnsafeBufferPointer { mean in
+                        for i in 0..<v.count {
+                            let s = Int(slots[i]), x = v[i]
+                            if s < 0 || x.isNaN { continue }
+                            let d = x - mean[s]
+                            m2[s] += d * d
+                        }
+                    }
+                }
+            }
+        }
+        self.count = count
+        self.sum = sum
+        self.m2 = m2
+        min = lo
+        max = hi
+    }
+
+    func moments(_ g: Int) -> Moments {
+        var m = Moments()
+        m.count = count[g]
+        m.sum = sum[g]
+        m.mean = sum[g] / count[g]
+        m.m2 = m2[g]
+        m.min = min[g]
+        m.max = max[g]
+        return m
+    }
+}
+
+/// A filter as its `and`-ed parts, cheapest first, each evaluated only on the rows that passed
+/// the ones before once those are few: an expensive test (a magnitude, a distance) then runs on
+/// the survivors of the cheap ones instead of on every row.
+enum FilterPlan {
+    static func conjuncts(of e: CheckedExpression) -> [CheckedExpression] {
+        func split(_ t: ExpressionTree) -> [ExpressionTree] {
+            if case .binary(.and, let a, let b, _) = t { return split(a) + split(b) }
+            return [t]
+        }
+        func cost(_ t: ExpressionTree) -> Int {
+            switch t {
+            case .number: 0
+            case .column: 1
+            case .unary(_, let x, _): 1 + cost(x)
+            case .binary(_, let a, let b, _): 1 + cost(a) + cost(b)
+            case .call(_, let args, _): 10 + args.map(cost).reduce(0, +)
+            }
+        }
+        let parts = split(e.expression)
+        return parts.indices.sorted { (cost(parts[$0]), $0) < (cost(parts[$1]), $1) }.map {
+            CheckedExpression(text: e.text, expression: parts[$0], type: .boolean)
+        }
+    }
+
+    /// Rows passing every conjunct (all rows when there are none).
+    static func evaluate(_ conjuncts: [CheckedExpression], columns: [String: ExpressionVector], rows n: Int) -> [Bool] {
+        guard let first = conjuncts.first else { return [Bool](repeating: true, count: n) }
+        var keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n).booleans(n)
+        var live: [Int]?
+        for c in conjuncts.dropFirst() {
+            let alive = live?.count ?? n
+            var passing = 0
+            if let live {
+                for i in live where keep[i] { passing += 1 }
+            } else {
+                for k in keep where k { passing += 1 }
+            }
+            if passing == 0 { return keep }
+            if passing * 10 < alive * 6 {
+                var rows: [Int] = []
+                rows.reserveCapacity(passing)
+                for i in live ?? Array(0..<n) where keep[i] { rows.append(i) }
+                live = rows
+            }
+            if let live {
+                var sub: [String: ExpressionVector] = [:]
+                for name in c.columns { sub[name] = columns[name]?.gathered(live) }
+                let r = ExpressionEvaluator.evaluate(c, columns: sub, rows: live.count).booleans(live.count)
+                for (j, i) in live.enumerated() where !r[j] { keep[i] = false }
+            } else {
+                let r = ExpressionEvaluator.evaluate(c, columns: columns, rows: n).booleans(n)
+                keep = Kernels.zip(keep, r) { $0 && $1 }
+            }
+        }
+        return keep
     }
 }

@@ -214,7 +214,7 @@ struct ScanAccumulator {
     var groupRows: [UInt64] = []
     var moments: [[Moments]] = []
     var sketches: [[QuantileSketch]] = []
-    var lastKeyBits: UInt64 = 1   // no key has these bits (a NaN payload)
+    var lastKeyBits: UInt64 = 0x7FF8_0000_0000_0001   // a NaN: no key has these bits
     var lastSlot: Int32 = 0
 
     // Histogram.
@@ -272,22 +272,38 @@ struct ScanAccumulator {
             if let group {
                 let keyValues = ExpressionEvaluator.evaluate(group, columns: columns, rows: n).numbers(n)
                 var lastBits = lastKeyBits, last = lastSlot
-                for i in 0..<n where keep[i] {
-                    var k = keyValues[i]
-                    if k.isNaN { continue }
-                    if k == 0 { k = 0 }  // -0 and 0 are one group
-                    let bits = k.bitPattern
-                    if bits != lastBits {
-                        // Spatially sorted rows come in runs of one key: the table is consulted per run.
-                        if let found = slotOfKey[bits] {
-                            last = found
-                        } else {
-                            guard keys.count < q.maxGroups else { throw tooManyGroups() }
-                            last = slot(for: k)
+                var i = 0
+                while i < n {
+                    // Spatially sorted rows come in runs of one key: the table is consulted per run.
+                    let run = keyValues.withUnsafeBufferPointer { kv in
+                        keep.withUnsafeBufferPointer { kp in
+                            slots.withUnsafeMutableBufferPointer { sp in
+                                var j = i
+                                while j < n {
+                                    if kp[j] {
+                                        let k = kv[j]
+                                        if !k.isNaN {
+                                            // -0 and 0 are one group.
+                                            if (k == 0 ? 0 : k).bitPattern != lastBits { break }
+                                            sp[j] = last
+                                        }
+                                    }
+                                    j += 1
+                                }
+                                return j
+                            }
                         }
-                        lastBits = bits
                     }
-                    slots[i] = last
+                    i = run
+                    if i == n { break }
+                    let k = keyValues[i] == 0 ? 0 : keyValues[i]
+                    lastBits = k.bitPattern
+                    if let found = slotOfKey[lastBits] {
+                        last = found
+                    } else {
+                        guard keys.count < q.maxGroups else { throw tooManyGroups() }
+                        last = slot(for: k)
+                    }
                 }
                 lastKeyBits = lastBits
                 lastSlot = last
@@ -462,36 +478,45 @@ struct BatchMoments {
     init(values v: [Double], slots: [Int32], groups: Int) {
         var count = [Double](repeating: 0, count: groups), sum = count, m2 = count
         var lo = [Double](repeating: .infinity, count: groups), hi = [Double](repeating: -.infinity, count: groups)
+        // Rows of one group come in runs (they are spatially sorted), so the current group's
+        // accumulators live in registers and go to memory only when the group changes: a store
+        // and reload per row would chain every addition through memory.
         v.withUnsafeBufferPointer { v in
             slots.withUnsafeBufferPointer { slots in
-                count.withUnsafeMutableBufferPointer { c in
-                    sum.withUnsafeMutableBufferPointer { t in
-                        lo.withUnsafeMutableBufferPointer { lo in
-                            hi.withUnsafeMutableBufferPointer { hi in
-                                for i in 0..<v.count {
-                                    let s = Int(slots[i]), x = v[i]
-                                    if s < 0 || x.isNaN { continue }
-                                    c[s] += 1
-                                    t[s] += x
-                                    if x < lo[s] { lo[s] = x }
-                                    if x > hi[s] { hi[s] = x }
-                                }
-                            }
-                        }
+                var cur = -1
+                var c = 0.0, t = 0.0, l = Double.infinity, h = -Double.infinity
+                for i in 0..<v.count {
+                    let s = Int(slots[i]), x = v[i]
+                    if s < 0 || x.isNaN { continue }
+                    if s != cur {
+                        if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur]) = (c, t, l, h) }
+                        cur = s
+                        (c, t, l, h) = (count[s], sum[s], lo[s], hi[s])
                     }
+                    c += 1
+                    t += x
+                    l = Swift.min(l, x)
+                    h = Swift.max(h, x)
                 }
+                if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur]) = (c, t, l, h) }
+
                 var mean = [Double](repeating: 0, count: groups)
                 for g in 0..<groups where count[g] > 0 { mean[g] = sum[g] / count[g] }
-                m2.withUnsafeMutableBufferPointer { m2 in
-                    mean.withUnsafeBufferPointer { mean in
-                        for i in 0..<v.count {
-                            let s = Int(slots[i]), x = v[i]
-                            if s < 0 || x.isNaN { continue }
-                            let d = x - mean[s]
-                            m2[s] += d * d
-                        }
+                cur = -1
+                var q = 0.0, mu = 0.0
+                for i in 0..<v.count {
+                    let s = Int(slots[i]), x = v[i]
+                    if s < 0 || x.isNaN { continue }
+                    if s != cur {
+                        if cur >= 0 { m2[cur] = q }
+                        cur = s
+                        q = m2[s]
+                        mu = mean[s]
                     }
+                    let d = x - mu
+                    q += d * d
                 }
+                if cur >= 0 { m2[cur] = q }
             }
         }
         self.count = count

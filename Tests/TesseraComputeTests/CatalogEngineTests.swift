@@ -187,6 +187,33 @@ struct CatalogEngineTests {
         #expect(tables[0].numbers("quantile(0.9, mag(r_psfFlux))") == tables[1].numbers("quantile(0.9, mag(r_psfFlux))"))
     }
 
+    /// Keys from an expression, NaN for non-positive fluxes: those rows are dropped (pandas'
+    /// default), whether they open a row group or sit between groups.
+    @Test func groupByExpressionDropsNaNKeys() throws {
+        let g = cat.col("g_psfFlux"), r = cat.col("r_psfFlux")
+        var expected: [Double: (Int, Double)] = [:]
+        for i in 0..<ShardedCatalog.rows {
+            let k = ShardedCatalog.mag(g[i]).rounded(.down)
+            if k.isNaN { continue }
+            let m = ShardedCatalog.mag(r[i])
+            var e = expected[k, default: (0, 0)]
+            if !m.isNaN { e.0 += 1; e.1 += m }
+            expected[k] = e
+        }
+        #expect(g.contains { $0 <= 0 })
+        let p = plan { $0.groupBy = "floor(mag(g_psfFlux))"; $0.aggregates = [aggregate(.aggCount, "mag(r_psfFlux)"), aggregate(.aggMean, "mag(r_psfFlux)")] }
+        for shards in try layouts() {
+            let t = try answer(p, shards).table
+            let keys = expected.keys.sorted()
+            #expect(t.numbers("floor(mag(g_psfFlux))") == keys)
+            #expect(t.numbers("count(mag(r_psfFlux))") == keys.map { Double(expected[$0]!.0) })
+            for (k, key) in keys.enumerated() where expected[key]!.0 > 0 {
+                let want = expected[key]!.1 / Double(expected[key]!.0)
+                #expect(abs(t.numbers("mean(mag(r_psfFlux))")![k] - want) <= 1e-9 * abs(want))
+            }
+        }
+    }
+
     @Test func quantileSketchKeepsItsErrorBoundOnBothSigns() {
         var rng = SplitMix(3)
         var values: [Double] = []

@@ -79,8 +79,7 @@ public enum CatalogScan {
             acc.partial.rowsScanned += UInt64(rows)
             var n = rows
             var rowMap: [Int]?
-            var matched = 0
-            for k in keep where k { matched += 1 }
+            let matched = GroupLoops.count(keep)
             if matched == 0 {
                 continue
             } else if matched < rows * 6 / 10 {
@@ -94,7 +93,7 @@ public enum CatalogScan {
                 n = matched
                 rowMap = picked
             }
-            let done = try acc.add(rows: n, keep: keep, columns: cols, stored: { (name) throws(CatalogQueryError) in
+            let done = try acc.add(rows: n, keep: keep, matched: matched, columns: cols, stored: { (name) throws(CatalogQueryError) in
                 do {
                     let c = try reader.read(column: columnIndex[name]!, rowGroup: g)
                     return rowMap.map { c.gathered($0) } ?? c
@@ -259,10 +258,9 @@ struct ScanAccumulator {
     }
 
     /// Adds one row group's rows where `keep` is set; true when the scan can stop (a head is full).
-    mutating func add(rows n: Int, keep: [Bool], columns: [String: ExpressionVector],
+    mutating func add(rows n: Int, keep: [Bool], matched: Int, columns: [String: ExpressionVector],
                       stored: (String) throws(CatalogQueryError) -> ColumnData, index: [Int64]) throws(CatalogQueryError) -> Bool {
-        let matched = UInt64(GroupLoops.count(keep))
-        partial.rowsMatched += matched
+        partial.rowsMatched += UInt64(matched)
         if matched == 0 { return false }
         switch q.output {
         case .aggregates(let group, let mExprs, let sExprs):
@@ -312,13 +310,15 @@ struct ScanAccumulator {
             }
             // No group yet means no row counted (slot 0 would not exist).
             if keys.isEmpty { return false }
-            GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows)
+            if mExprs.isEmpty { GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows) }
             for (e, expr) in mExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
                 let batch = BatchMoments(values: v, slots: slots, valid: valid, groups: keys.count)
                 moments[e].withUnsafeMutableBufferPointer { m in
                     for s in 0..<batch.count.count where batch.count[s] > 0 { m[s].merge(batch.moments(s)) }
                 }
+                // The first expression's pass counts the group's rows too (one loop fewer).
+                if e == 0 { for s in 0..<batch.rows.count { groupRows[s] += batch.rows[s] } }
             }
             for (e, expr) in sExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
@@ -469,6 +469,8 @@ struct MomentsColumns {
 /// deviations from each group's mean — with no division per value; merged into the running
 /// moments with Chan's update.
 struct BatchMoments {
+    /// Rows that count per group, NaN values included.
+    var rows: [UInt64]
     var count: [Double]
     var sum: [Double]
     var m2: [Double]
@@ -477,6 +479,7 @@ struct BatchMoments {
 
     init(values v: [Double], slots: [Int32], valid: [Bool], groups: Int) {
         var count = [Double](repeating: 0, count: groups), sum = count, m2 = count
+        var rows = [UInt64](repeating: 0, count: groups)
         var lo = [Double](repeating: .infinity, count: groups), hi = [Double](repeating: -.infinity, count: groups)
         // Rows of one group come in runs (they are spatially sorted), so the current group's
         // accumulators live in registers and go to memory only when the group changes: a store
@@ -487,20 +490,22 @@ struct BatchMoments {
                 valid.withUnsafeBufferPointer { valid in
                     var cur = -1
                     var c = 0.0, t = 0.0, l = Double.infinity, h = -Double.infinity
+                    var r: UInt64 = 0
                     for i in 0..<v.count {
                         let s = Int(slots[i]), x = v[i]
                         if s != cur {
-                            if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur]) = (c, t, l, h) }
+                            if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur], rows[cur]) = (c, t, l, h, r) }
                             cur = s
-                            (c, t, l, h) = (count[s], sum[s], lo[s], hi[s])
+                            (c, t, l, h, r) = (count[s], sum[s], lo[s], hi[s], rows[s])
                         }
+                        r &+= valid[i] ? 1 : 0
                         let w = valid[i] && !x.isNaN
                         c += w ? 1 : 0
                         t += w ? x : 0
                         l = w && x < l ? x : l
                         h = w && x > h ? x : h
                     }
-                    if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur]) = (c, t, l, h) }
+                    if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur], rows[cur]) = (c, t, l, h, r) }
 
                     var mean = [Double](repeating: 0, count: groups)
                     for g in 0..<groups where count[g] > 0 { mean[g] = sum[g] / count[g] }
@@ -521,6 +526,7 @@ struct BatchMoments {
                 }
             }
         }
+        self.rows = rows
         self.count = count
         self.sum = sum
         self.m2 = m2
@@ -575,13 +581,13 @@ enum FilterPlan {
             if let live {
                 for i in live where keep[i] { passing += 1 }
             } else {
-                for k in keep where k { passing += 1 }
+                passing = GroupLoops.count(keep)
             }
             if passing == 0 { return keep }
             if passing * 10 < alive * 6 {
                 var rows: [Int] = []
                 rows.reserveCapacity(passing)
-                for i in live ?? Array(0..<n) where keep[i] { rows.append(i) }
+                if let live { for i in live where keep[i] { rows.append(i) } } else { for i in 0..<n where keep[i] { rows.append(i) } }
                 live = rows
             }
             if let live {
@@ -591,7 +597,7 @@ enum FilterPlan {
                 for (j, i) in live.enumerated() where !r[j] { keep[i] = false }
             } else {
                 let r = ExpressionEvaluator.evaluate(c, columns: columns, rows: n).booleans(n)
-                keep = Kernels.zip(keep, r) { $0 && $1 }
+                keep = Kernels.logical(keep, r, and: true)
             }
         }
         return keep

@@ -68,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage",
+                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]

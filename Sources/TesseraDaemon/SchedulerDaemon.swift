@@ -44,7 +44,11 @@ public final class SchedulerDaemon {
         wake = try WakePipe()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
         core = SchedulerCore(config: config, now: monotonicNanos())
-        if let registryPath { core.catalog = try Registry(path: registryPath) }
+        if let registryPath {
+            core.catalog = try Registry(path: registryPath)
+            // Read the datasets into the planner now, so the first question does not wait for it.
+            core.warmPlanner()
+        }
     }
 
     /// Runs until SIGTERM or SIGINT (or the parent process exits, when one was given).

@@ -10,7 +10,7 @@ extension SchedulerCore {
     /// input bytes are). A collect — rows without a limit — has no tree: each shard's rows stream
     /// to the client as a batch. The plan is checked here against the dataset's schema, so a typo
     /// fails the submission, not a thousand tasks.
-    mutating func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
+    public mutating func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
         let all: [String: PlannedDataset]
         do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
         guard let d = all[plan.dataset] else {
@@ -57,6 +57,10 @@ extension SchedulerCore {
         planned = out
         return out
     }
+
+    /// Loads the registry's datasets into the planner (a registry that cannot be read is reported
+    /// when a question needs it).
+    public mutating func warmPlanner() { _ = try? plannedDatasets() }
 
     /// Rows without a limit: every shard's rows go to the client as they are read.
     static func isCollect(_ plan: CatalogQueryPlan) -> Bool { plan.hasRows && plan.rows.limit == 0 }

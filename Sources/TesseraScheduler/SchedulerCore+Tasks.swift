@@ -16,6 +16,12 @@ extension SchedulerCore {
     mutating func makeReady(_ job: JobRecord, _ t: Int) {
         job.state[t] = .ready
         let key = TaskKey.make(job: job.id, task: UInt32(t))
+        if job.isSnapshot(t) {
+            // A progressive snapshot goes ahead of queued shard scans: it is small, and waiting
+            // behind the scans it reports on would defeat its purpose.
+            snapshotsReady.append(key)
+            return
+        }
         if let dk = job.dataKeyName(t) {
             // Data lives on local disks: the task must run on a worker that holds it.
             guard let best = (holders[dk] ?? []).compactMap({ workers[$0] }).min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) else {
@@ -59,6 +65,7 @@ extension SchedulerCore {
     }
 
     mutating func nextOwnTask(_ w: WorkerRecord) -> (JobRecord, Int)? {
+        while let k = snapshotsReady.popFirst() { if let r = readyTask(k) { return r } }
         while let k = w.pinned.popFirst() { if let r = readyTask(k) { return r } }
         while let k = w.preferred.popFirst() { if let r = readyTask(k) { return r } }
         while let k = readyAnywhere.popFirst() { if let r = readyTask(k) { return r } }

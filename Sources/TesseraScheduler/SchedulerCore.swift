@@ -36,6 +36,8 @@ public struct SchedulerCore {
     var jobs: [JobID: JobRecord] = [:]
     /// Ready tasks that may run anywhere.
     var readyAnywhere: Deque<UInt64> = []
+    /// Progressive snapshots ready to run, placed before any other queued task.
+    var snapshotsReady: Deque<UInt64> = []
     var outbox: [OutgoingMessage] = []
     var nextWorkerID: WorkerID = 1
     var nextJobID: JobID = 1

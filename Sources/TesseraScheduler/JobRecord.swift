@@ -59,6 +59,9 @@ final class JobRecord {
         var newWork = false
         /// The snapshot task in flight (one at a time), if any.
         var running: Int?
+        /// No snapshot before this: at least `intervalNs` apart, and never more than a fifth of
+        /// the time spent on snapshots (a merge of a large frontier must not starve the scans).
+        var nextAllowedAt: UInt64 = 0
     }
 
     // Mutable per-task state.

@@ -246,6 +246,10 @@ extension SchedulerCore {
 
     mutating func complete(_ job: JobRecord, _ t: Int, on w: WorkerRecord, now: UInt64) {
         if job.isSnapshot(t) {
+            if let p = job.progress {
+                let took = now &- p.lastSnapshotAt
+                job.progress?.nextAllowedAt = max(p.lastSnapshotAt &+ p.intervalNs, now &+ 4 * took)
+            }
             job.progress?.running = nil
         } else {
             job.doneCount += 1
@@ -296,7 +300,7 @@ extension SchedulerCore {
                 progressiveJobs.remove(id)
                 continue
             }
-            guard p.running == nil, p.newWork, now &- p.lastSnapshotAt >= p.intervalNs else { continue }
+            guard p.running == nil, p.newWork, now &- p.lastSnapshotAt >= p.intervalNs, now >= p.nextAllowedAt else { continue }
             var sources: [Int] = []
             for t in 0..<job.graphTaskCount where job.state[t] == .done { sources.append(t) }
             guard !sources.isEmpty else { continue }

@@ -92,6 +92,10 @@ let package = Package(
             path: "Worker"
         ),
         .executableTarget(name: "SumOfSquares", dependencies: ["TesseraClient", "TesseraCluster"], path: "Examples/SumOfSquares"),
+        .executableTarget(name: "ColourMagnitude", dependencies: ["TesseraClient"], path: "Examples/ColourMagnitude"),
+        .executableTarget(name: "SkyDensity", dependencies: ["TesseraClient"], path: "Examples/SkyDensity"),
+        .executableTarget(name: "CellCounts", dependencies: ["TesseraClient"], path: "Examples/CellCounts"),
+        .executableTarget(name: "ConeSearch", dependencies: ["TesseraClient"], path: "Examples/ConeSearch"),
 
         .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),

@@ -66,7 +66,7 @@ func answer(_ plan: CatalogQueryPlan, _ shards: [ShardReader], seed: UInt64 = 1)
         let bytes: [UInt8] = try p.serializedBytes()
         return try CatalogPartial(serializedBytes: bytes)
     }
-    var rng = SplitMix(seed)
+    var rng = SplitMix64(seed: seed)
     while parts.count > 1 {
         let k = min(parts.count, 2 + Int(rng.next() % 4))
         var picked: [CatalogPartial] = []
@@ -74,18 +74,6 @@ func answer(_ plan: CatalogQueryPlan, _ shards: [ShardReader], seed: UInt64 = 1)
         parts.append(try CatalogMerge.merge(picked, plan: plan))
     }
     return CatalogResult(plan: plan, partial: parts[0])
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(_ s: UInt64) { state = s }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 func plan(_ dataset: String = "object", _ change: (inout CatalogQueryPlan) -> Void) -> CatalogQueryPlan {
@@ -216,7 +204,7 @@ struct CatalogEngineTests {
     }
 
     @Test func quantileSketchKeepsItsErrorBoundOnBothSigns() {
-        var rng = SplitMix(3)
+        var rng = SplitMix64(seed: 3)
         var values: [Double] = []
         for _ in 0..<20_000 { values.append((Double(rng.next() % 2_000_000) - 1_000_000) / 137.0) }
         values += [0, 0, 0, .nan]

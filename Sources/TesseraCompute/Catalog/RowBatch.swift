@@ -108,11 +108,8 @@ struct RowBatchBuilder {
     /// A seeded Bernoulli draw keyed on the row's spatial index (splitmix64), so a sample has the
     /// same rows whatever the sharding.
     @inline(__always) static func sampled(_ index: Int64, fraction: Double, seed: UInt64) -> Bool {
-        var z = UInt64(bitPattern: index) &+ seed &* 0x9E37_79B9_7F4A_7C15 &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Double(z >> 11) * 0x1.0p-53 < fraction
+        var g = SplitMix64(seed: UInt64(bitPattern: index) &+ seed &* 0x9E37_79B9_7F4A_7C15)
+        return g.nextUnit() < fraction
     }
 
     init() {}

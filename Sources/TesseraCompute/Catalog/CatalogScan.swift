@@ -62,7 +62,8 @@ public enum CatalogScan {
                 throw CatalogQueryError("\(error)")
             }
             var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
-            if let region = q.region, case .numbers(let ra)? = cols[raColumn], case .numbers(let dec)? = cols[decColumn] {
+            if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {
+                let ra = raValues.numbers(rows), dec = decValues.numbers(rows)
                 if !index.isEmpty {
                     // Rows ascend by index: a sweep over the region's ranges rules most rows out
                     // with one comparison, and only rows inside a range get the exact test.
@@ -109,6 +110,7 @@ public enum CatalogScan {
     /// A stored column as expression values (integers promoted to Float64).
     static func vector(_ c: ColumnData) -> ExpressionVector {
         if case .bool(let a) = c { return .booleans(a) }
+        if case .float32(let a) = c { return .floats(a) }
         return .numbers(c.doubles)
     }
 }

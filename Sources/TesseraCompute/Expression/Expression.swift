@@ -47,6 +47,17 @@ public enum BinaryOperator: String, Sendable {
 
     var isComparison: Bool { [.less, .lessEqual, .greater, .greaterEqual, .equal, .notEqual].contains(self) }
     var isLogical: Bool { self == .and || self == .or }
+
+    /// The comparison with its operands swapped: `c < x` is `x > c`.
+    var mirrored: BinaryOperator {
+        switch self {
+        case .less: .greater
+        case .lessEqual: .greaterEqual
+        case .greater: .less
+        case .greaterEqual: .lessEqual
+        default: self
+        }
+    }
 }
 
 /// What an expression's values are.

@@ -24,17 +24,22 @@ enum FastLog {
     }()
 
     /// `log10` of every value.
-    static func log10s(_ x: [Double]) -> [Double] { map(x) { l, _ in l } }
+    static func log10s(_ x: [Double]) -> [Double] { map(x, { $0 }) { l, _ in l } }
+    static func log10s(_ x: [Float]) -> [Double] { map(x, { Double($0) }) { l, _ in l } }
 
     /// `−2.5 log10(f) + 31.4` of every flux, NaN unless positive (as `mag`).
-    static func magnitudes(_ f: [Double]) -> [Double] { map(f) { l, f in f > 0 ? -2.5 * l + 31.4 : .nan } }
+    static func magnitudes(_ f: [Double]) -> [Double] { map(f, { $0 }) { l, f in f > 0 ? -2.5 * l + 31.4 : .nan } }
+    static func magnitudes(_ f: [Float]) -> [Double] { map(f, { Double($0) }) { l, f in f > 0 ? -2.5 * l + 31.4 : .nan } }
 
-    /// `post(log10(x), x)` of every value.
-    @inline(__always) static func map(_ x: [Double], _ post: (Double, Double) -> Double) -> [Double] {
+    /// `post(log10(x), x)` of every value, widened to Float64 one at a time.
+    @inline(__always) static func map<T>(_ x: [T], _ wide: (T) -> Double, _ post: (Double, Double) -> Double) -> [Double] {
         table.withUnsafeBufferPointer { t in
             x.withUnsafeBufferPointer { xp in
                 [Double](unsafeUninitializedCapacity: xp.count) { out, count in
-                    for i in 0..<xp.count { out[i] = post(log10(xp[i], t.baseAddress!), xp[i]) }
+                    for i in 0..<xp.count {
+                        let v = wide(xp[i])
+                        out[i] = post(log10(v, t.baseAddress!), v)
+                    }
                     count = xp.count
                 }
             }

@@ -89,7 +89,7 @@ public enum CatalogScan {
                 picked.reserveCapacity(matched)
                 for i in 0..<rows where keep[i] { picked.append(i) }
                 cols = cols.mapValues { $0.gathered(picked) }
-                if !index.isEmpty { index = Kernels.map(picked) { index[$0] } }
+                if !index.isEmpty { index = Kernels.gather(index, picked) }
                 keep = [Bool](repeating: true, count: matched)
                 n = matched
                 rowMap = picked
@@ -500,12 +500,14 @@ struct BatchMoments {
                             cur = s
                             (c, t, l, h, r) = (count[s], sum[s], lo[s], hi[s], rows[s])
                         }
-                        r &+= valid[i] ? 1 : 0
-                        let w = valid[i] && !x.isNaN
+                        // Selects, not branches: which rows count is unpredictable.
+                        let counted = valid[i] ? 1 : 0
+                        r &+= UInt64(counted)
+                        let w = (counted & (x.isNaN ? 0 : 1)) != 0
                         c += w ? 1 : 0
                         t += w ? x : 0
-                        l = w && x < l ? x : l
-                        h = w && x > h ? x : h
+                        l = Swift.min(l, w ? x : .infinity)
+                        h = Swift.max(h, w ? x : -.infinity)
                     }
                     if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur], rows[cur]) = (c, t, l, h, r) }
 
@@ -522,7 +524,7 @@ struct BatchMoments {
                             mu = mean[s]
                         }
                         let d = x - mu
-                        q += valid[i] && !x.isNaN ? d * d : 0
+                        q += ((valid[i] ? 1 : 0) & (x.isNaN ? 0 : 1)) != 0 ? d * d : 0
                     }
                     if cur >= 0 { m2[cur] = q }
                 }

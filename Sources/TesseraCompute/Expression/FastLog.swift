@@ -24,21 +24,55 @@ enum FastLog {
     }()
 
     /// `log10` of every value.
-    static func log10s(_ x: [Double]) -> [Double] { map(x, { $0 }) { l, _ in l } }
-    static func log10s(_ x: [Float]) -> [Double] { map(x, { Double($0) }) { l, _ in l } }
-
-    /// `−2.5 log10(f) + 31.4` of every flux, NaN unless positive (as `mag`).
-    static func magnitudes(_ f: [Double]) -> [Double] { map(f, { $0 }) { l, f in f > 0 ? -2.5 * l + 31.4 : .nan } }
-    static func magnitudes(_ f: [Float]) -> [Double] { map(f, { Double($0) }) { l, f in f > 0 ? -2.5 * l + 31.4 : .nan } }
-
-    /// `post(log10(x), x)` of every value, widened to Float64 one at a time.
-    @inline(__always) static func map<T>(_ x: [T], _ wide: (T) -> Double, _ post: (Double, Double) -> Double) -> [Double] {
+    static func log10s(_ x: [Double]) -> [Double] {
         table.withUnsafeBufferPointer { t in
             x.withUnsafeBufferPointer { xp in
                 [Double](unsafeUninitializedCapacity: xp.count) { out, count in
+                    let tb = t.baseAddress!
+                    for i in 0..<xp.count { out[i] = log10(xp[i], tb) }
+                    count = xp.count
+                }
+            }
+        }
+    }
+
+    static func log10s(_ x: [Float]) -> [Double] {
+        table.withUnsafeBufferPointer { t in
+            x.withUnsafeBufferPointer { xp in
+                [Double](unsafeUninitializedCapacity: xp.count) { out, count in
+                    let tb = t.baseAddress!
+                    for i in 0..<xp.count { out[i] = log10(Double(xp[i]), tb) }
+                    count = xp.count
+                }
+            }
+        }
+    }
+
+    /// `−2.5 log10(f) + 31.4` of every flux, NaN unless positive (as `mag`). Written out per
+    /// element type: a generic loop taking the conversion as a closure was not inlined (measured).
+    static func magnitudes(_ f: [Double]) -> [Double] {
+        table.withUnsafeBufferPointer { t in
+            f.withUnsafeBufferPointer { xp in
+                [Double](unsafeUninitializedCapacity: xp.count) { out, count in
+                    let tb = t.baseAddress!
                     for i in 0..<xp.count {
-                        let v = wide(xp[i])
-                        out[i] = post(log10(v, t.baseAddress!), v)
+                        let v = xp[i]
+                        out[i] = v > 0 ? -2.5 * log10(v, tb) + 31.4 : .nan
+                    }
+                    count = xp.count
+                }
+            }
+        }
+    }
+
+    static func magnitudes(_ f: [Float]) -> [Double] {
+        table.withUnsafeBufferPointer { t in
+            f.withUnsafeBufferPointer { xp in
+                [Double](unsafeUninitializedCapacity: xp.count) { out, count in
+                    let tb = t.baseAddress!
+                    for i in 0..<xp.count {
+                        let v = Double(xp[i])
+                        out[i] = v > 0 ? -2.5 * log10(v, tb) + 31.4 : .nan
                     }
                     count = xp.count
                 }

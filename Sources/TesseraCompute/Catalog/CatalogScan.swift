@@ -483,50 +483,36 @@ struct BatchMoments {
         var count = [Double](repeating: 0, count: groups), sum = count, m2 = count
         var rows = [UInt64](repeating: 0, count: groups)
         var lo = [Double](repeating: .infinity, count: groups), hi = [Double](repeating: -.infinity, count: groups)
-        // Rows of one group come in runs (they are spatially sorted), so the current group's
-        // accumulators live in registers and go to memory only when the group changes: a store
-        // and reload per row would chain every addition through memory. Rows that do not count
-        // (filtered out, NaN) add zero rather than branch.
+        // Rows of one group come in runs (they are spatially sorted; rows that do not count carry
+        // the slot before them), so each run is summed over contiguous memory in four
+        // independent lanes: one accumulator would chain every addition through its latency.
         v.withUnsafeBufferPointer { v in
             slots.withUnsafeBufferPointer { slots in
                 valid.withUnsafeBufferPointer { valid in
-                    var cur = -1
-                    var c = 0.0, t = 0.0, l = Double.infinity, h = -Double.infinity
-                    var r: UInt64 = 0
-                    for i in 0..<v.count {
-                        let s = Int(slots[i]), x = v[i]
-                        if s != cur {
-                            if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur], rows[cur]) = (c, t, l, h, r) }
-                            cur = s
-                            (c, t, l, h, r) = (count[s], sum[s], lo[s], hi[s], rows[s])
-                        }
-                        // Selects, not branches: which rows count is unpredictable.
-                        let counted = valid[i] ? 1 : 0
-                        r &+= UInt64(counted)
-                        let w = (counted & (x.isNaN ? 0 : 1)) != 0
-                        c += w ? 1 : 0
-                        t += w ? x : 0
-                        l = Swift.min(l, w ? x : .infinity)
-                        h = Swift.max(h, w ? x : -.infinity)
+                    let n = v.count
+                    var runs: [(slot: Int, start: Int, end: Int)] = []
+                    var i = 0
+                    while i < n {
+                        let s = slots[i]
+                        var j = i + 1
+                        while j < n && slots[j] == s { j += 1 }
+                        runs.append((Int(s), i, j))
+                        i = j
                     }
-                    if cur >= 0 { (count[cur], sum[cur], lo[cur], hi[cur], rows[cur]) = (c, t, l, h, r) }
-
+                    for run in runs {
+                        let r = Self.sums(v.baseAddress!, valid.baseAddress!, run.start, run.end)
+                        let g = run.slot
+                        rows[g] += r.rows
+                        count[g] += r.count
+                        sum[g] += r.sum
+                        lo[g] = Swift.min(lo[g], r.min)
+                        hi[g] = Swift.max(hi[g], r.max)
+                    }
                     var mean = [Double](repeating: 0, count: groups)
                     for g in 0..<groups where count[g] > 0 { mean[g] = sum[g] / count[g] }
-                    cur = -1
-                    var q = 0.0, mu = 0.0
-                    for i in 0..<v.count {
-                        let s = Int(slots[i]), x = v[i]
-                        if s != cur {
-                            if cur >= 0 { m2[cur] = q }
-                            cur = s
-                            q = m2[s]
-                            mu = mean[s]
-                        }
-                        let d = x - mu
-                        q += ((valid[i] ? 1 : 0) & (x.isNaN ? 0 : 1)) != 0 ? d * d : 0
+                    for run in runs {
+                        m2[run.slot] += Self.squares(v.baseAddress!, valid.baseAddress!, run.start, run.end, mean[run.slot])
                     }
-                    if cur >= 0 { m2[cur] = q }
                 }
             }
         }
@@ -536,6 +522,64 @@ struct BatchMoments {
         self.m2 = m2
         min = lo
         max = hi
+    }
+
+    /// Rows counted, non-NaN values, their sum, min and max over `a..<b` (selects, not branches:
+    /// which rows count is unpredictable).
+    @inline(__always) static func sums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int)
+        -> (rows: UInt64, count: Double, sum: Double, min: Double, max: Double) {
+        var r: UInt64 = 0
+        var c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0
+        var t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0
+        var l0 = Double.infinity, l1 = Double.infinity, l2 = Double.infinity, l3 = Double.infinity
+        var h0 = -Double.infinity, h1 = -Double.infinity, h2 = -Double.infinity, h3 = -Double.infinity
+        @inline(__always) func lane(_ i: Int, _ c: inout Double, _ t: inout Double, _ l: inout Double, _ h: inout Double) {
+            let x = v[i]
+            let counted = valid[i] ? 1 : 0
+            r &+= UInt64(counted)
+            let w = (counted & (x.isNaN ? 0 : 1)) != 0
+            c += w ? 1 : 0
+            t += w ? x : 0
+            l = Swift.min(l, w ? x : .infinity)
+            h = Swift.max(h, w ? x : -.infinity)
+        }
+        var i = a
+        while i + 4 <= b {
+            lane(i, &c0, &t0, &l0, &h0)
+            lane(i + 1, &c1, &t1, &l1, &h1)
+            lane(i + 2, &c2, &t2, &l2, &h2)
+            lane(i + 3, &c3, &t3, &l3, &h3)
+            i += 4
+        }
+        while i < b {
+            lane(i, &c0, &t0, &l0, &h0)
+            i += 1
+        }
+        return (r, (c0 + c1) + (c2 + c3), (t0 + t1) + (t2 + t3), Swift.min(Swift.min(l0, l1), Swift.min(l2, l3)),
+                Swift.max(Swift.max(h0, h1), Swift.max(h2, h3)))
+    }
+
+    /// Σ (x − mean)² over the values of `a..<b` that count.
+    @inline(__always) static func squares(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int, _ mean: Double) -> Double {
+        var q0 = 0.0, q1 = 0.0, q2 = 0.0, q3 = 0.0
+        @inline(__always) func lane(_ i: Int, _ q: inout Double) {
+            let x = v[i]
+            let d = x - mean
+            q += ((valid[i] ? 1 : 0) & (x.isNaN ? 0 : 1)) != 0 ? d * d : 0
+        }
+        var i = a
+        while i + 4 <= b {
+            lane(i, &q0)
+            lane(i + 1, &q1)
+            lane(i + 2, &q2)
+            lane(i + 3, &q3)
+            i += 4
+        }
+        while i < b {
+            lane(i, &q0)
+            i += 1
+        }
+        return (q0 + q1) + (q2 + q3)
     }
 
     func moments(_ g: Int) -> Moments {

@@ -85,9 +85,7 @@ public enum CatalogScan {
                 continue
             } else if matched < rows * 6 / 10 {
                 // A selective filter: the output's expressions run on the surviving rows only.
-                var picked: [Int] = []
-                picked.reserveCapacity(matched)
-                for i in 0..<rows where keep[i] { picked.append(i) }
+                let picked = GroupLoops.indices(where: keep)
                 cols = cols.mapValues { $0.gathered(picked) }
                 if !index.isEmpty { index = Kernels.gather(index, picked) }
                 keep = [Bool](repeating: true, count: matched)
@@ -373,8 +371,7 @@ struct ScanAccumulator {
                 // NaN has no place in a ranking: such rows are left out of a top-k.
                 for i in 0..<n where keepRows[i] && sortKeys[i].isNaN { keepRows[i] = false }
             }
-            var picked: [Int] = []
-            for i in 0..<n where keepRows[i] { picked.append(i) }
+            let picked = GroupLoops.indices(where: keepRows)
             if picked.isEmpty { return false }
             var values: [RowValues] = []
             for s in select {
@@ -625,24 +622,25 @@ enum FilterPlan {
         var live: [Int]?
         for c in conjuncts.dropFirst() {
             let alive = live?.count ?? n
-            var passing = 0
-            if let live {
-                for i in live where keep[i] { passing += 1 }
-            } else {
-                passing = GroupLoops.count(keep)
-            }
+            let passing = live.map { GroupLoops.count(keep, at: $0) } ?? GroupLoops.count(keep)
             if passing == 0 { return keep }
             if passing * 10 < alive * 6 {
-                var rows: [Int] = []
-                rows.reserveCapacity(passing)
-                if let live { for i in live where keep[i] { rows.append(i) } } else { for i in 0..<n where keep[i] { rows.append(i) } }
-                live = rows
+                live = live.map { GroupLoops.indices(where: keep, among: $0) } ?? GroupLoops.indices(where: keep)
             }
             if let live {
                 var sub: [String: ExpressionVector] = [:]
                 for name in c.columns { sub[name] = columns[name]?.gathered(live) }
                 let r = ExpressionEvaluator.evaluate(c, columns: sub, rows: live.count).booleans(live.count)
-                for (j, i) in live.enumerated() where !r[j] { keep[i] = false }
+                keep.withUnsafeMutableBufferPointer { kp in
+                    live.withUnsafeBufferPointer { lp in
+                        r.withUnsafeBufferPointer { rp in
+                            for j in 0..<lp.count {
+                                let i = lp[j]
+                                kp[i] = ((kp[i] ? 1 : 0) & (rp[j] ? 1 : 0)) != 0
+                            }
+                        }
+                    }
+                }
             } else {
                 let r = ExpressionEvaluator.evaluate(c, columns: columns, rows: n).booleans(n)
                 keep = Kernels.logical(keep, r, and: true)
@@ -654,6 +652,48 @@ enum FilterPlan {
 
 /// Branch-free counting loops over masks and group slots.
 enum GroupLoops {
+    /// Set entries of a mask at the given positions.
+    static func count(_ mask: [Bool], at rows: [Int]) -> Int {
+        mask.withUnsafeBufferPointer { m in
+            rows.withUnsafeBufferPointer { r in
+                var n = 0
+                for j in 0..<r.count { n &+= m[r[j]] ? 1 : 0 }
+                return n
+            }
+        }
+    }
+
+    /// Positions of the set entries: every position is written and the end advances only past
+    /// set ones, so there is no branch to mispredict.
+    static func indices(where mask: [Bool]) -> [Int] {
+        mask.withUnsafeBufferPointer { m in
+            [Int](unsafeUninitializedCapacity: m.count) { out, count in
+                var k = 0
+                for i in 0..<m.count {
+                    out[k] = i
+                    k &+= m[i] ? 1 : 0
+                }
+                count = k
+            }
+        }
+    }
+
+    /// The positions among `rows` whose mask entry is set.
+    static func indices(where mask: [Bool], among rows: [Int]) -> [Int] {
+        mask.withUnsafeBufferPointer { m in
+            rows.withUnsafeBufferPointer { r in
+                [Int](unsafeUninitializedCapacity: r.count) { out, count in
+                    var k = 0
+                    for j in 0..<r.count {
+                        out[k] = r[j]
+                        k &+= m[r[j]] ? 1 : 0
+                    }
+                    count = k
+                }
+            }
+        }
+    }
+
     /// Set entries of a mask.
     static func count(_ mask: [Bool]) -> Int {
         mask.withUnsafeBufferPointer { m in

@@ -655,10 +655,12 @@ enum GroupLoops {
     /// Set entries of a mask at the given positions.
     static func count(_ mask: [Bool], at rows: [Int]) -> Int {
         mask.withUnsafeBufferPointer { m in
-            rows.withUnsafeBufferPointer { r in
-                var n = 0
-                for j in 0..<r.count { n &+= m[r[j]] ? 1 : 0 }
-                return n
+            m.withMemoryRebound(to: UInt8.self) { b in
+                rows.withUnsafeBufferPointer { r in
+                    var n = 0
+                    for j in 0..<r.count { n &+= Int(b[r[j]]) }
+                    return n
+                }
             }
         }
     }
@@ -667,26 +669,12 @@ enum GroupLoops {
     /// set ones, so there is no branch to mispredict.
     static func indices(where mask: [Bool]) -> [Int] {
         mask.withUnsafeBufferPointer { m in
-            [Int](unsafeUninitializedCapacity: m.count) { out, count in
-                var k = 0
-                for i in 0..<m.count {
-                    out[k] = i
-                    k &+= m[i] ? 1 : 0
-                }
-                count = k
-            }
-        }
-    }
-
-    /// The positions among `rows` whose mask entry is set.
-    static func indices(where mask: [Bool], among rows: [Int]) -> [Int] {
-        mask.withUnsafeBufferPointer { m in
-            rows.withUnsafeBufferPointer { r in
-                [Int](unsafeUninitializedCapacity: r.count) { out, count in
+            m.withMemoryRebound(to: UInt8.self) { b in
+                [Int](unsafeUninitializedCapacity: b.count) { out, count in
                     var k = 0
-                    for j in 0..<r.count {
-                        out[k] = r[j]
-                        k &+= m[r[j]] ? 1 : 0
+                    for i in 0..<b.count {
+                        out[k] = i
+                        k &+= Int(b[i])
                     }
                     count = k
                 }
@@ -694,12 +682,33 @@ enum GroupLoops {
         }
     }
 
-    /// Set entries of a mask.
+    /// The positions among `rows` whose mask entry is set.
+    static func indices(where mask: [Bool], among rows: [Int]) -> [Int] {
+        mask.withUnsafeBufferPointer { m in
+            m.withMemoryRebound(to: UInt8.self) { b in
+                rows.withUnsafeBufferPointer { r in
+                    [Int](unsafeUninitializedCapacity: r.count) { out, count in
+                        var k = 0
+                        for j in 0..<r.count {
+                            out[k] = r[j]
+                            k &+= Int(b[r[j]])
+                        }
+                        count = k
+                    }
+                }
+            }
+        }
+    }
+
+    /// Set entries of a mask. (Read as the bytes 0 and 1 they are: `b ? 1 : 0` was compiled to
+    /// a branch here, measured at half of a filter's time.)
     static func count(_ mask: [Bool]) -> Int {
         mask.withUnsafeBufferPointer { m in
-            var n = 0
-            for i in 0..<m.count { n &+= m[i] ? 1 : 0 }
-            return n
+            m.withMemoryRebound(to: UInt8.self) { b in
+                var n = 0
+                for i in 0..<b.count { n &+= Int(b[i]) }
+                return n
+            }
         }
     }
 

@@ -277,20 +277,26 @@ struct ScanAccumulator {
                 while i < n {
                     // Spatially sorted rows come in runs of one key: the table is consulted per run.
                     let run = keyValues.withUnsafeBufferPointer { kv in
-                        valid.withUnsafeMutableBufferPointer { vp in
-                            slots.withUnsafeMutableBufferPointer { sp in
-                                var j = i
-                                while j < n {
-                                    let k = kv[j]
-                                    let counts = vp[j] && !k.isNaN
-                                    // -0 and 0 are one group.
-                                    let other = (k == 0 ? 0 : k).bitPattern != lastBits
-                                    if (counts ? 1 : 0) & (other ? 1 : 0) != 0 { break }
-                                    sp[j] = last
-                                    vp[j] = counts
-                                    j += 1
+                        valid.withUnsafeMutableBufferPointer { vb in
+                            vb.withMemoryRebound(to: UInt8.self) { vp in
+                                slots.withUnsafeMutableBufferPointer { sp in
+                                    // Bools as the bytes they are, combined with & (ternaries on
+                                    // Bool were compiled to branches elsewhere, measured).
+                                    var j = i
+                                    while j < n {
+                                        let k = kv[j]
+                                        // NaN is an exponent of all ones with a non-zero fraction.
+                                        let nan = (0x7FF0_0000_0000_0000 &- (k.bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
+                                        let counts = vp[j] & UInt8(truncatingIfNeeded: 1 &- nan)
+                                        // -0 and 0 are one group.
+                                        let other = (k == 0 ? 0 : k).bitPattern != lastBits
+                                        if counts & UInt8(other ? 1 : 0) != 0 { break }
+                                        sp[j] = last
+                                        vp[j] = counts
+                                        j += 1
+                                    }
+                                    return j
                                 }
-                                return j
                             }
                         }
                     }
@@ -521,62 +527,63 @@ struct BatchMoments {
         max = hi
     }
 
-    /// Rows counted, non-NaN values, their sum, min and max over `a..<b` (selects, not branches:
-    /// which rows count is unpredictable).
+    /// Rows counted, non-NaN values, their sum, min and max over `a..<b`, four rows at a time in
+    /// SIMD lanes with masks (which rows count is unpredictable, so nothing branches on it).
     @inline(__always) static func sums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int)
         -> (rows: UInt64, count: Double, sum: Double, min: Double, max: Double) {
+        let bytes = UnsafeRawPointer(valid)
         var r: UInt64 = 0
-        var c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0
-        var t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0
-        var l0 = Double.infinity, l1 = Double.infinity, l2 = Double.infinity, l3 = Double.infinity
-        var h0 = -Double.infinity, h1 = -Double.infinity, h2 = -Double.infinity, h3 = -Double.infinity
-        @inline(__always) func lane(_ i: Int, _ c: inout Double, _ t: inout Double, _ l: inout Double, _ h: inout Double) {
-            let x = v[i]
-            let counted = valid[i] ? 1 : 0
-            r &+= UInt64(counted)
-            let w = (counted & (x.isNaN ? 0 : 1)) != 0
-            c += w ? 1 : 0
-            t += w ? x : 0
-            l = Swift.min(l, w ? x : .infinity)
-            h = Swift.max(h, w ? x : -.infinity)
-        }
+        var c = SIMD4<Double>(), t = SIMD4<Double>()
+        var l = SIMD4<Double>(repeating: .infinity), h = SIMD4<Double>(repeating: -.infinity)
         var i = a
         while i + 4 <= b {
-            lane(i, &c0, &t0, &l0, &h0)
-            lane(i + 1, &c1, &t1, &l1, &h1)
-            lane(i + 2, &c2, &t2, &l2, &h2)
-            lane(i + 3, &c3, &t3, &l3, &h3)
+            let x = UnsafeRawPointer(v + i).loadUnaligned(as: SIMD4<Double>.self)
+            let flags = SIMD4<UInt64>(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: i, as: SIMD4<UInt8>.self))
+            r &+= flags.wrappedSum()
+            let w = (flags .!= 0) .& (x .== x)  // counted and not NaN
+            c += SIMD4<Double>(repeating: 1).replacing(with: 0, where: .!w)
+            t += x.replacing(with: 0, where: .!w)
+            l = pointwiseMin(l, x.replacing(with: .infinity, where: .!w))
+            h = pointwiseMax(h, x.replacing(with: -.infinity, where: .!w))
             i += 4
         }
+        var cs = c.sum(), ts = t.sum(), ls = l.min(), hs = h.max()
         while i < b {
-            lane(i, &c0, &t0, &l0, &h0)
+            let x = v[i]
+            if valid[i] {
+                r &+= 1
+                if !x.isNaN {
+                    cs += 1
+                    ts += x
+                    ls = Swift.min(ls, x)
+                    hs = Swift.max(hs, x)
+                }
+            }
             i += 1
         }
-        return (r, (c0 + c1) + (c2 + c3), (t0 + t1) + (t2 + t3), Swift.min(Swift.min(l0, l1), Swift.min(l2, l3)),
-                Swift.max(Swift.max(h0, h1), Swift.max(h2, h3)))
+        return (r, cs, ts, ls, hs)
     }
 
-    /// Σ (x − mean)² over the values of `a..<b` that count.
+    /// Σ (x − mean)² over the values of `a..<b` that count, in SIMD lanes.
     @inline(__always) static func squares(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int, _ mean: Double) -> Double {
-        var q0 = 0.0, q1 = 0.0, q2 = 0.0, q3 = 0.0
-        @inline(__always) func lane(_ i: Int, _ q: inout Double) {
-            let x = v[i]
-            let d = x - mean
-            q += ((valid[i] ? 1 : 0) & (x.isNaN ? 0 : 1)) != 0 ? d * d : 0
-        }
+        let bytes = UnsafeRawPointer(valid)
+        var q = SIMD4<Double>()
+        let mu = SIMD4<Double>(repeating: mean)
         var i = a
         while i + 4 <= b {
-            lane(i, &q0)
-            lane(i + 1, &q1)
-            lane(i + 2, &q2)
-            lane(i + 3, &q3)
+            let x = UnsafeRawPointer(v + i).loadUnaligned(as: SIMD4<Double>.self)
+            let flags = SIMD4<UInt64>(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: i, as: SIMD4<UInt8>.self))
+            let d = (x - mu).replacing(with: 0, where: .!((flags .!= 0) .& (x .== x)))
+            q += d * d
             i += 4
         }
+        var qs = q.sum()
         while i < b {
-            lane(i, &q0)
+            let x = v[i]
+            if valid[i] && !x.isNaN { qs += (x - mean) * (x - mean) }
             i += 1
         }
-        return (q0 + q1) + (q2 + q3)
+        return qs
     }
 
     func moments(_ g: Int) -> Moments {

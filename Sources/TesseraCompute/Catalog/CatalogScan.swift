@@ -319,12 +319,9 @@ struct ScanAccumulator {
             if mExprs.isEmpty { GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows) }
             for (e, expr) in mExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
-                let batch = BatchMoments(values: v, slots: slots, valid: valid, groups: keys.count)
-                moments[e].withUnsafeMutableBufferPointer { m in
-                    for s in 0..<batch.count.count where batch.count[s] > 0 { m[s].merge(batch.moments(s)) }
-                }
+                let rows = BatchMoments.add(values: v, slots: slots, valid: valid, into: &moments[e])
                 // The first expression's pass counts the group's rows too (one loop fewer).
-                if e == 0 { for s in 0..<batch.rows.count { groupRows[s] += batch.rows[s] } }
+                if e == 0 { for s in 0..<rows.count { groupRows[s] += rows[s] } }
             }
             for (e, expr) in sExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
@@ -470,61 +467,104 @@ struct MomentsColumns {
     }
 }
 
-/// Moments of one batch per group by the two-pass algorithm — sums and extremes, then squared
-/// deviations from each group's mean — with no division per value; merged into the running
-/// moments with Chan's update.
-struct BatchMoments {
-    /// Rows that count per group, NaN values included.
-    var rows: [UInt64]
-    var count: [Double]
-    var sum: [Double]
-    var m2: [Double]
-    var min: [Double]
-    var max: [Double]
-
-    init(values v: [Double], slots: [Int32], valid: [Bool], groups: Int) {
-        var count = [Double](repeating: 0, count: groups), sum = count, m2 = count
-        var rows = [UInt64](repeating: 0, count: groups)
-        var lo = [Double](repeating: .infinity, count: groups), hi = [Double](repeating: -.infinity, count: groups)
-        // Rows of one group come in runs (they are spatially sorted; rows that do not count carry
-        // the slot before them), so each run is summed over contiguous memory in four
-        // independent lanes: one accumulator would chain every addition through its latency.
+/// Adds one batch's values to per-group moments, a run of one group at a time (rows are
+/// spatially sorted, so a group's rows come in runs; rows that do not count carry the slot of the
+/// row before them and weigh zero).
+///
+/// A run of a group that already has a mean is summed in one pass as deviations from that mean
+/// (the shifted-data algorithm, stable because the shift is the group's mean so far); a group's
+/// first run takes two passes, sums and then squared deviations from the run's own mean. Runs
+/// merge into the group with Chan's update. No division per value, nothing branches on which
+/// rows count, and the sums run in SIMD lanes.
+enum BatchMoments {
+    /// - Returns: rows that count per group (NaN values included), for the group row counts.
+    static func add(values v: [Double], slots: [Int32], valid: [Bool], into moments: inout [Moments]) -> [UInt64] {
+        var rows = [UInt64](repeating: 0, count: moments.count)
         v.withUnsafeBufferPointer { v in
             slots.withUnsafeBufferPointer { slots in
                 valid.withUnsafeBufferPointer { valid in
                     let n = v.count
-                    var runs: [(slot: Int, start: Int, end: Int)] = []
                     var i = 0
                     while i < n {
                         let s = slots[i]
                         var j = i + 1
                         while j < n && slots[j] == s { j += 1 }
-                        runs.append((Int(s), i, j))
+                        let g = Int(s)
+                        var run = Moments()
+                        if moments[g].count > 0 {
+                            let k = moments[g].mean
+                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, k)
+                            rows[g] += r.rows
+                            if r.count > 0 {
+                                run.count = r.count
+                                run.sum = r.sum
+                                run.mean = k + r.shifted / r.count
+                                run.m2 = Swift.max(0, r.squares - r.shifted * r.shifted / r.count)
+                                run.min = r.min
+                                run.max = r.max
+                            }
+                        } else {
+                            let r = sums(v.baseAddress!, valid.baseAddress!, i, j)
+                            rows[g] += r.rows
+                            if r.count > 0 {
+                                run.count = r.count
+                                run.sum = r.sum
+                                run.mean = r.sum / r.count
+                                run.m2 = squares(v.baseAddress!, valid.baseAddress!, i, j, run.mean)
+                                run.min = r.min
+                                run.max = r.max
+                            }
+                        }
+                        moments[g].merge(run)
                         i = j
-                    }
-                    for run in runs {
-                        let r = Self.sums(v.baseAddress!, valid.baseAddress!, run.start, run.end)
-                        let g = run.slot
-                        rows[g] += r.rows
-                        count[g] += r.count
-                        sum[g] += r.sum
-                        lo[g] = Swift.min(lo[g], r.min)
-                        hi[g] = Swift.max(hi[g], r.max)
-                    }
-                    var mean = [Double](repeating: 0, count: groups)
-                    for g in 0..<groups where count[g] > 0 { mean[g] = sum[g] / count[g] }
-                    for run in runs {
-                        m2[run.slot] += Self.squares(v.baseAddress!, valid.baseAddress!, run.start, run.end, mean[run.slot])
                     }
                 }
             }
         }
-        self.rows = rows
-        self.count = count
-        self.sum = sum
-        self.m2 = m2
-        min = lo
-        max = hi
+        return rows
+    }
+
+    /// One pass: rows counted, non-NaN values, their sum, Σ(x − k), Σ(x − k)², min and max.
+    @inline(__always) static func shiftedSums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int, _ k: Double)
+        -> (rows: UInt64, count: Double, sum: Double, shifted: Double, squares: Double, min: Double, max: Double) {
+        let bytes = UnsafeRawPointer(valid)
+        var r: UInt64 = 0
+        var c = SIMD4<Double>(), t = SIMD4<Double>(), s1 = SIMD4<Double>(), s2 = SIMD4<Double>()
+        var l = SIMD4<Double>(repeating: .infinity), h = SIMD4<Double>(repeating: -.infinity)
+        let shift = SIMD4<Double>(repeating: k)
+        var i = a
+        while i + 4 <= b {
+            let x = UnsafeRawPointer(v + i).loadUnaligned(as: SIMD4<Double>.self)
+            let flags = SIMD4<UInt64>(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: i, as: SIMD4<UInt8>.self))
+            r &+= flags.wrappedSum()
+            let skip = .!((flags .!= 0) .& (x .== x))
+            let xz = x.replacing(with: 0, where: skip)
+            let d = (x - shift).replacing(with: 0, where: skip)
+            c += SIMD4<Double>(repeating: 1).replacing(with: 0, where: skip)
+            t += xz
+            s1 += d
+            s2 += d * d
+            l = pointwiseMin(l, x.replacing(with: .infinity, where: skip))
+            h = pointwiseMax(h, x.replacing(with: -.infinity, where: skip))
+            i += 4
+        }
+        var cs = c.sum(), ts = t.sum(), d1 = s1.sum(), d2 = s2.sum(), ls = l.min(), hs = h.max()
+        while i < b {
+            let x = v[i]
+            if valid[i] {
+                r &+= 1
+                if !x.isNaN {
+                    cs += 1
+                    ts += x
+                    d1 += x - k
+                    d2 += (x - k) * (x - k)
+                    ls = Swift.min(ls, x)
+                    hs = Swift.max(hs, x)
+                }
+            }
+            i += 1
+        }
+        return (r, cs, ts, d1, d2, ls, hs)
     }
 
     /// Rows counted, non-NaN values, their sum, min and max over `a..<b`, four rows at a time in
@@ -584,17 +624,6 @@ struct BatchMoments {
             i += 1
         }
         return qs
-    }
-
-    func moments(_ g: Int) -> Moments {
-        var m = Moments()
-        m.count = count[g]
-        m.sum = sum[g]
-        m.mean = sum[g] / count[g]
-        m.m2 = m2[g]
-        m.min = min[g]
-        m.max = max[g]
-        return m
     }
 }
 

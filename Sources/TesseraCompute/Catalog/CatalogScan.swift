@@ -544,8 +544,8 @@ enum BatchMoments {
             t += xz
             s1 += d
             s2 += d * d
-            l = pointwiseMin(l, x.replacing(with: .infinity, where: skip))
-            h = pointwiseMax(h, x.replacing(with: -.infinity, where: skip))
+            l.replace(with: x, where: .!skip .& (x .< l))
+            h.replace(with: x, where: .!skip .& (x .> h))
             i += 4
         }
         var cs = c.sum(), ts = t.sum(), d1 = s1.sum(), d2 = s2.sum(), ls = l.min(), hs = h.max()
@@ -583,8 +583,9 @@ enum BatchMoments {
             let w = (flags .!= 0) .& (x .== x)  // counted and not NaN
             c += SIMD4<Double>(repeating: 1).replacing(with: 0, where: .!w)
             t += x.replacing(with: 0, where: .!w)
-            l = pointwiseMin(l, x.replacing(with: .infinity, where: .!w))
-            h = pointwiseMax(h, x.replacing(with: -.infinity, where: .!w))
+            // (pointwiseMin/Max were not inlined, measured: 10% of a group-by.)
+            l.replace(with: x, where: w .& (x .< l))
+            h.replace(with: x, where: w .& (x .> h))
             i += 4
         }
         var cs = c.sum(), ts = t.sum(), ls = l.min(), hs = h.max()

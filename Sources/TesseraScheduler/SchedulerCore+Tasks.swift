@@ -72,10 +72,33 @@ extension SchedulerCore {
         return nil
     }
 
+    /// An idle worker takes work queued for a busy one: first tasks that merely prefer it, then
+    /// data tasks whose data the idle worker holds too (replicas are for this as much as for
+    /// failures: shards differ in size, and placing by queue length alone leaves one worker with
+    /// the long tail).
     mutating func stealTask(for w: WorkerRecord) -> (JobRecord, Int)? {
         for id in workerOrder where id != w.id {
             guard let other = workers[id], other.inFlight >= other.inFlightLimit(config) else { continue }
             while let k = other.preferred.popLast() { if let r = readyTask(k) { return r } }
+        }
+        for id in workerOrder where id != w.id {
+            guard let other = workers[id], other.inFlight >= other.inFlightLimit(config), !other.pinned.isEmpty else { continue }
+            // From the back (the work it would reach last), looking a bounded way in.
+            var k = other.pinned.count - 1
+            let stop = Swift.max(0, other.pinned.count - 64)
+            while k >= stop {
+                let key = other.pinned[k]
+                guard let (job, t) = readyTask(key) else {
+                    other.pinned.remove(at: k)
+                    k -= 1
+                    continue
+                }
+                if let dk = job.dataKeyName(t), holders[dk]?.contains(w.id) == true {
+                    other.pinned.remove(at: k)
+                    return (job, t)
+                }
+                k -= 1
+            }
         }
         return nil
     }

@@ -41,7 +41,8 @@ func jsonLine(_ fields: [(String, Any)]) -> String {
     func enc(_ v: Any) -> String {
         switch v {
         case let s as String: return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
-        case let d as Double: return d.isFinite ? String(format: "%.6g", d) : "null"
+        // The shortest text that reads back as the same double (results must survive the trip).
+        case let d as Double: return d.isFinite ? "\(d)" : "null"
         case let b as Bool: return b ? "true" : "false"
         case let o as [(String, Any)]: return jsonLine(o)
         default: return "\(v)"

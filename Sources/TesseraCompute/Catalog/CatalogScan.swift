@@ -504,7 +504,8 @@ enum BatchMoments {
                                 run.max = r.max
                             }
                         } else {
-                            let r = sums(v.baseAddress!, valid.baseAddress!, i, j)
+                            // Sums about zero; the squares then come about the run's mean.
+                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, 0)
                             rows[g] += r.rows
                             if r.count > 0 {
                                 run.count = r.count
@@ -565,44 +566,6 @@ enum BatchMoments {
             i += 1
         }
         return (r, cs, ts, d1, d2, ls, hs)
-    }
-
-    /// Rows counted, non-NaN values, their sum, min and max over `a..<b`, four rows at a time in
-    /// SIMD lanes with masks (which rows count is unpredictable, so nothing branches on it).
-    @inline(__always) static func sums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int)
-        -> (rows: UInt64, count: Double, sum: Double, min: Double, max: Double) {
-        let bytes = UnsafeRawPointer(valid)
-        var r: UInt64 = 0
-        var c = SIMD4<Double>(), t = SIMD4<Double>()
-        var l = SIMD4<Double>(repeating: .infinity), h = SIMD4<Double>(repeating: -.infinity)
-        var i = a
-        while i + 4 <= b {
-            let x = UnsafeRawPointer(v + i).loadUnaligned(as: SIMD4<Double>.self)
-            let flags = SIMD4<UInt64>(truncatingIfNeeded: bytes.loadUnaligned(fromByteOffset: i, as: SIMD4<UInt8>.self))
-            r &+= flags.wrappedSum()
-            let w = (flags .!= 0) .& (x .== x)  // counted and not NaN
-            c += SIMD4<Double>(repeating: 1).replacing(with: 0, where: .!w)
-            t += x.replacing(with: 0, where: .!w)
-            // (pointwiseMin/Max were not inlined, measured: 10% of a group-by.)
-            l.replace(with: x, where: w .& (x .< l))
-            h.replace(with: x, where: w .& (x .> h))
-            i += 4
-        }
-        var cs = c.sum(), ts = t.sum(), ls = l.min(), hs = h.max()
-        while i < b {
-            let x = v[i]
-            if valid[i] {
-                r &+= 1
-                if !x.isNaN {
-                    cs += 1
-                    ts += x
-                    ls = Swift.min(ls, x)
-                    hs = Swift.max(hs, x)
-                }
-            }
-            i += 1
-        }
-        return (r, cs, ts, ls, hs)
     }
 
     /// Σ (x − mean)² over the values of `a..<b` that count, in SIMD lanes.

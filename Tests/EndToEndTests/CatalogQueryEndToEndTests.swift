@@ -164,3 +164,72 @@ struct CatalogQueryEndToEndTests {
         #expect(try conn.run(object).result.table.numbers("count") == [4_000])
     }
 }
+
+/// The `tessera` command line against a real cluster: CSV, JSON and FITS output, and plans from
+/// JSON files, agreeing with the library's answer.
+@Suite(.serialized)
+struct QueryCommandLineTests {
+    /// Runs the `tessera` binary built next to the test runner; returns its exit code and output.
+    func tessera(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin + "/tessera")
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    @Test func csvJSONAndFITSOutputAndPlanFiles() throws {
+        let files = try SyntheticCatalog(seed: 8).writeFITS(rows: 6_000, to: temporaryFolder("cli-input"))
+        let cluster = try TestCluster.start(dataDirectory: temporaryFolder("cli-data"))
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: files)
+        o.maxRowsPerShard = 1_000
+        try CatalogIngest.run(o, connection: conn)
+        let expected = try conn.run(CatalogQuery(dataset: "object").filter("refExtendedness == 1").groupBy("cell").aggregate(.count())).result.table
+        let ep = ["--scheduler", cluster.clientEndpoint]
+        let dir = temporaryFolder("cli-out")
+
+        // CSV: a header, then one line per cell.
+        let csv = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",
+                               "--format", "csv", "-o", dir + "/cells.csv"] + ep)
+        #expect(csv.status == 0, "\(csv.err)")
+        let lines = try String(contentsOfFile: dir + "/cells.csv", encoding: .utf8).split(separator: "\n")
+        #expect(lines.first == "cell,count")
+        #expect(lines.dropFirst().map { Double($0.split(separator: ",")[1])! } == expected.numbers("count"))
+
+        // FITS: a binary table cfitsio reads back.
+        let fits = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",
+                                "--format", "fits", "-o", dir + "/cells.fits"] + ep)
+        #expect(fits.status == 0, "\(fits.err)")
+        let table = try FITSTableReader(path: dir + "/cells.fits")
+        #expect(table.rowCount == expected.rowCount)
+        #expect(try table.read(column: "count").doubles == expected.numbers("count"))
+
+        // A plan file in protobuf's JSON form, answered as JSON lines.
+        let plan = dir + "/plan.json"
+        try #"{"dataset": "object", "filter": "refExtendedness == 1", "groupBy": "cell", "aggregates": [{"function": "AGG_COUNT"}]}"#
+            .write(toFile: plan, atomically: true, encoding: .utf8)
+        let submitted = try tessera(["submit", plan, "--format", "json"] + ep)
+        #expect(submitted.status == 0, "\(submitted.err)")
+        let counts = submitted.out.split(separator: "\n").compactMap { line -> Double? in
+            guard let r = line.range(of: "\"count\":") else { return nil }
+            return Double(line[r.upperBound...].prefix { $0.isNumber || $0 == "." })
+        }
+        #expect(counts == expected.numbers("count"))
+
+        // Bad input: a malformed plan file and an unknown column, each named, with a failing status.
+        try "{\"dataset\": 3".write(toFile: plan, atomically: true, encoding: .utf8)
+        let bad = try tessera(["submit", plan] + ep)
+        #expect(bad.status != 0 && bad.err.contains("is not a catalog plan"))
+        let typo = try tessera(["query", "--dataset", "object", "--group-by", "cel"] + ep)
+        #expect(typo.status != 0 && typo.err.contains("did you mean `cell`"))
+    }
+}

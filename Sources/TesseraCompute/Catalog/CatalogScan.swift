@@ -54,9 +54,15 @@ public enum CatalogScan {
             if isCancelled() { throw CatalogQueryError("cancelled") }
             let rows = Int(footer.rowGroups[g].rows)
             var cols: [String: ExpressionVector] = [:]
+            // As stored, for row results (integers keep their exact values).
+            var stored: [String: ColumnData] = [:]
             var index: [Int64] = []
             do {
-                for n in names { cols[n] = vector(try reader.read(column: columnIndex[n]!, rowGroup: g)) }
+                for n in names {
+                    let c = try reader.read(column: columnIndex[n]!, rowGroup: g)
+                    if q.returnsRows { stored[n] = c }
+                    cols[n] = vector(c)
+                }
                 if let ic = indexColumnNumber, case .int64(let a) = try reader.read(column: ic, rowGroup: g) { index = a }
             } catch {
                 throw CatalogQueryError("\(error)")
@@ -93,12 +99,8 @@ public enum CatalogScan {
                 rowMap = picked
             }
             let done = try acc.add(rows: n, keep: keep, matched: matched, columns: cols, stored: { (name) throws(CatalogQueryError) in
-                do {
-                    let c = try reader.read(column: columnIndex[name]!, rowGroup: g)
-                    return rowMap.map { c.gathered($0) } ?? c
-                } catch {
-                    throw CatalogQueryError("\(error)")
-                }
+                guard let c = stored[name] else { throw CatalogQueryError("column `\(name)` was not read") }
+                return rowMap.map { c.gathered($0) } ?? c
             }, index: index)
             if done { break }
         }
@@ -122,26 +124,18 @@ struct ColumnBound: Equatable {
 
     /// The conjuncts of a top-level `and` chain that compare a column with a number.
     static func conjuncts(of e: ExpressionTree) -> [ColumnBound] {
-        switch e {
-        case .binary(.and, let a, let b, _):
-            return conjuncts(of: a) + conjuncts(of: b)
-        case .column(let c, _):
-            return [ColumnBound(column: c, test: .isTrue, value: 1)]
-        case .binary(let op, .column(let c, _), .number(let v, _), _):
-            return test(op).map { [ColumnBound(column: c, test: $0, value: v)] } ?? []
-        case .binary(let op, .number(let v, _), .column(let c, _), _):
-            // `v < c` is `c > v`.
-            let flipped: BinaryOperator? = switch op {
-            case .less: .greater
-            case .lessEqual: .greaterEqual
-            case .greater: .less
-            case .greaterEqual: .lessEqual
-            case .equal: .equal
-            default: nil
+        e.conjuncts.compactMap { part in
+            switch part {
+            case .column(let c, _):
+                ColumnBound(column: c, test: .isTrue, value: 1)
+            case .binary(let op, .column(let c, _), .number(let v, _), _):
+                test(op).map { ColumnBound(column: c, test: $0, value: v) }
+            case .binary(let op, .number(let v, _), .column(let c, _), _):
+                // `v < c` is `c > v`.
+                test(op.mirrored).map { ColumnBound(column: c, test: $0, value: v) }
+            default:
+                nil
             }
-            return flipped.flatMap(test).map { [ColumnBound(column: c, test: $0, value: v)] } ?? []
-        default:
-            return []
         }
     }
 
@@ -202,7 +196,7 @@ struct Bins: Sendable {
     }
 }
 
-/// What one scan (or one merge) builds up, in flat arrays; turned into a `CatalogPartial` once.
+/// What one shard scan builds up, in flat arrays; turned into a `CatalogPartial` once.
 struct ScanAccumulator {
     let q: CheckedCatalogQuery
     var partial = CatalogPartial()
@@ -596,10 +590,6 @@ enum BatchMoments {
 /// the survivors of the cheap ones instead of on every row.
 enum FilterPlan {
     static func conjuncts(of e: CheckedExpression) -> [CheckedExpression] {
-        func split(_ t: ExpressionTree) -> [ExpressionTree] {
-            if case .binary(.and, let a, let b, _) = t { return split(a) + split(b) }
-            return [t]
-        }
         func cost(_ t: ExpressionTree) -> Int {
             switch t {
             case .number: 0
@@ -609,7 +599,7 @@ enum FilterPlan {
             case .call(_, let args, _): 10 + args.map(cost).reduce(0, +)
             }
         }
-        let parts = split(e.expression)
+        let parts = e.expression.conjuncts
         return parts.indices.sorted { (cost(parts[$0]), $0) < (cost(parts[$1]), $1) }.map {
             CheckedExpression(text: e.text, expression: parts[$0], type: .boolean)
         }

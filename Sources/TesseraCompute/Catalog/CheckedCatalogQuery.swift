@@ -160,6 +160,12 @@ public struct CheckedCatalogQuery: Sendable {
         }
     }
 
+    /// The result is rows (which keep stored columns' types).
+    public var returnsRows: Bool {
+        if case .rows = output { return true }
+        return false
+    }
+
     /// Every column a shard scan reads.
     public var columns: [String] {
         var out: [String] = []

@@ -211,22 +211,18 @@ public enum ExpressionEvaluator {
 enum Kernels {
     /// `x[i] op c` for a comparison: the operator is chosen once, outside a concrete loop (a
     /// closure per element was measured at 15% of a filter scan).
-    static func compare(_ x: [Double], _ op: BinaryOperator, _ c: Double) -> [Bool] { compare(x, op, c) { $0 } }
-
-    static func compare(_ x: [Float], _ op: BinaryOperator, _ c: Double) -> [Bool] { compare(x, op, c) { Double($0) } }
-
-    /// The loops, over values widened to Float64 one at a time (exactly: every Float is a Double).
-    @inline(__always) static func compare<T>(_ x: [T], _ op: BinaryOperator, _ c: Double, _ wide: (T) -> Double) -> [Bool] {
+    /// Float32 values are widened one at a time (exactly: every Float is a Double).
+    static func compare<T: BinaryFloatingPoint>(_ x: [T], _ op: BinaryOperator, _ c: Double) -> [Bool] {
         x.withUnsafeBufferPointer { xp in
             [Bool](unsafeUninitializedCapacity: xp.count) { out, count in
                 let n = xp.count
                 switch op {
-                case .less: for i in 0..<n { out[i] = wide(xp[i]) < c }
-                case .lessEqual: for i in 0..<n { out[i] = wide(xp[i]) <= c }
-                case .greater: for i in 0..<n { out[i] = wide(xp[i]) > c }
-                case .greaterEqual: for i in 0..<n { out[i] = wide(xp[i]) >= c }
-                case .equal: for i in 0..<n { out[i] = wide(xp[i]) == c }
-                default: for i in 0..<n { out[i] = wide(xp[i]) != c }
+                case .less: for i in 0..<n { out[i] = Double(xp[i]) < c }
+                case .lessEqual: for i in 0..<n { out[i] = Double(xp[i]) <= c }
+                case .greater: for i in 0..<n { out[i] = Double(xp[i]) > c }
+                case .greaterEqual: for i in 0..<n { out[i] = Double(xp[i]) >= c }
+                case .equal: for i in 0..<n { out[i] = Double(xp[i]) == c }
+                default: for i in 0..<n { out[i] = Double(xp[i]) != c }
                 }
                 count = n
             }

@@ -13,6 +13,12 @@ public indirect enum ExpressionTree: Sendable, Equatable {
         }
     }
 
+    /// The parts of a top-level `and` chain (the expression itself when it is not one).
+    public var conjuncts: [ExpressionTree] {
+        if case .binary(.and, let a, let b, _) = self { return a.conjuncts + b.conjuncts }
+        return [self]
+    }
+
     /// Column names the expression reads, in first-use order.
     public var columns: [String] {
         var out: [String] = []

@@ -23,20 +23,8 @@ enum FastLog {
         return t
     }()
 
-    /// `log10` of every value.
-    static func log10s(_ x: [Double]) -> [Double] {
-        table.withUnsafeBufferPointer { t in
-            x.withUnsafeBufferPointer { xp in
-                [Double](unsafeUninitializedCapacity: xp.count) { out, count in
-                    let tb = t.baseAddress!
-                    for i in 0..<xp.count { out[i] = log10(xp[i], tb) }
-                    count = xp.count
-                }
-            }
-        }
-    }
-
-    static func log10s(_ x: [Float]) -> [Double] {
+    /// `log10` of every value (Float32 values widened one at a time).
+    static func log10s<T: BinaryFloatingPoint>(_ x: [T]) -> [Double] {
         table.withUnsafeBufferPointer { t in
             x.withUnsafeBufferPointer { xp in
                 [Double](unsafeUninitializedCapacity: xp.count) { out, count in
@@ -48,24 +36,9 @@ enum FastLog {
         }
     }
 
-    /// `−2.5 log10(f) + 31.4` of every flux, NaN unless positive (as `mag`). Written out per
-    /// element type: a generic loop taking the conversion as a closure was not inlined (measured).
-    static func magnitudes(_ f: [Double]) -> [Double] {
-        table.withUnsafeBufferPointer { t in
-            f.withUnsafeBufferPointer { xp in
-                [Double](unsafeUninitializedCapacity: xp.count) { out, count in
-                    let tb = t.baseAddress!
-                    for i in 0..<xp.count {
-                        let v = xp[i]
-                        out[i] = v > 0 ? -2.5 * log10(v, tb) + 31.4 : .nan
-                    }
-                    count = xp.count
-                }
-            }
-        }
-    }
-
-    static func magnitudes(_ f: [Float]) -> [Double] {
+    /// `−2.5 log10(f) + 31.4` of every flux, NaN unless positive (as `mag`). Generic over the
+    /// element type, not over a conversion closure: a closure per element was not inlined (measured).
+    static func magnitudes<T: BinaryFloatingPoint>(_ f: [T]) -> [Double] {
         table.withUnsafeBufferPointer { t in
             f.withUnsafeBufferPointer { xp in
                 [Double](unsafeUninitializedCapacity: xp.count) { out, count in

@@ -171,6 +171,32 @@ public enum ColumnData: Sendable, Equatable {
         }
     }
 
+    /// A column of `rows` values of `type` whose stored bytes `fill` writes (when it throws, the
+    /// half-made array is dropped).
+    static func decoded(_ type: ColumnType, rows: Int,
+                        _ fill: (UnsafeMutableRawBufferPointer) throws(ChunkEncodingError) -> Void) throws(ChunkEncodingError) -> ColumnData {
+        func arr<T>(_: T.Type) throws(ChunkEncodingError) -> [T] {
+            var failure: ChunkEncodingError?
+            let a = [T](unsafeUninitializedCapacity: rows) { buf, k in
+                // Plain bit patterns: `fill` writes every byte before any is used.
+                let raw = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(buf.baseAddress), count: rows * MemoryLayout<T>.stride)
+                do throws(ChunkEncodingError) { try fill(raw) } catch { failure = error }
+                k = rows
+            }
+            if let failure { throw failure }
+            return a
+        }
+        switch type {
+        case .columnFloat32: return .float32(try arr(Float.self))
+        case .columnInt64: return .int64(try arr(Int64.self))
+        case .columnInt32: return .int32(try arr(Int32.self))
+        case .columnInt16: return .int16(try arr(Int16.self))
+        case .columnUint8: return .uint8(try arr(UInt8.self))
+        case .columnBool: return .bool(try arr(UInt8.self).map { $0 != 0 })
+        default: return .float64(try arr(Double.self))
+        }
+    }
+
     /// Min and max of non-NaN values (as doubles) and the number of NaNs.
     var statistics: (min: Double, max: Double, nans: UInt64) {
         var lo = Double.infinity, hi = -Double.infinity

@@ -53,7 +53,9 @@ public final class ShardReader {
         } catch {
             throw fail("footer does not decode: \(error)")
         }
-        guard f.formatVersion == ShardWriter.formatVersion else { throw fail("format version \(f.formatVersion) is not supported") }
+        guard ShardWriter.readableVersions.contains(f.formatVersion) else {
+            throw fail("format version \(f.formatVersion) is not supported (this build reads \(ShardWriter.readableVersions))")
+        }
         for (g, group) in f.rowGroups.enumerated() {
             guard group.chunks.count == f.columns.count else { throw fail("row group \(g) has \(group.chunks.count) chunks for \(f.columns.count) columns") }
             for (c, chunk) in group.chunks.enumerated() {
@@ -109,6 +111,19 @@ public final class ShardReader {
                 throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "\(error)")
             }
             return bytes.withUnsafeBytes { ColumnData.fromStored(type, $0) }
+        case .chunkDictionary, .chunkRuns:
+            let rows = Int(footer.rowGroups[g].rows)
+            let width = ColumnData.width(type)
+            guard chunk.rawLength == UInt64(rows * width) else {
+                throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "\(chunk.rawLength) decoded bytes for \(rows) rows of \(width) bytes")
+            }
+            do throws(ChunkEncodingError) {
+                return try ColumnData.decoded(type, rows: rows) { (out) throws(ChunkEncodingError) in
+                    try ChunkEncoding.decode(chunk.codec, stored, width: width, rows: rows, into: out)
+                }
+            } catch {
+                throw .corruptChunk(path: path, rowGroup: g, column: name, reason: error.description)
+            }
         case .UNRECOGNIZED(let k):
             throw .corruptChunk(path: path, rowGroup: g, column: name, reason: "unknown codec \(k)")
         }

@@ -6,12 +6,15 @@ import Glibc
 #endif
 
 /// Writes catalog shard files: rows sorted by the order-29 spatial index, cut into row groups,
-/// each column chunk LZ4-compressed only where that saves at least ~10%, with a checksum and
+/// each column chunk stored in the smallest of: raw, LZ4 (only where that saves at least ~10%),
+/// a dictionary or runs (`ChunkEncoding`, chosen when smaller than LZ4), with a checksum and
 /// min/max; then a footer with the schema and the row-group index. The file appears under its
 /// name only once complete and on disk (temporary name, fsync, rename, fsync of the folder).
 public enum ShardWriter {
     public static let magic: [UInt8] = Array("TSHARD01".utf8)
-    public static let formatVersion: UInt32 = 1
+    /// 2 added the dictionary and runs chunk encodings.
+    public static let formatVersion: UInt32 = 2
+    public static let readableVersions: ClosedRange<UInt32> = 1...2
     public static let defaultRowGroupRows = 65_536
 
     /// What a written shard holds.
@@ -20,9 +23,10 @@ public enum ShardWriter {
         public var marginRows: Int
         public var bytes: Int
         public var rowGroups: Int
-        /// Chunks stored LZ4-compressed / raw.
+        /// Chunks stored LZ4-compressed / raw / as a dictionary or runs.
         public var compressedChunks: Int
         public var rawChunks: Int
+        public var encodedChunks: Int
         /// xxHash64 of the whole footer: identifies the shard's content.
         public var checksum: UInt64
         /// The footer (schema, row groups, statistics), serialized.
@@ -59,7 +63,7 @@ public enum ShardWriter {
         footer.indexColumn = indexColumn
 
         var body: [UInt8] = magic
-        var compressed = 0, raw = 0
+        var compressed = 0, raw = 0, encodedChunks = 0
         func appendGroups(_ cols: [ColumnData]) {
             let sorted = sortedByIndex(cols, ic)
             let n = sorted.first?.count ?? 0
@@ -77,7 +81,13 @@ public enum ShardWriter {
                     part.withStoredBytes { bytes in
                         chunk.rawLength = UInt64(bytes.count)
                         chunk.offset = UInt64(body.count)
-                        if let packed = LZ4.compressIfWorthwhile(bytes) {
+                        let lz4 = LZ4.compressIfWorthwhile(bytes)
+                        if let (codec, encoded) = ChunkEncoding.encode(bytes, width: ColumnData.width(col.type), limit: lz4?.count ?? bytes.count) {
+                            chunk.codec = codec
+                            chunk.checksum = XXHash64.hash(encoded)
+                            body.append(contentsOf: encoded)
+                            encodedChunks += 1
+                        } else if let packed = lz4 {
                             chunk.codec = .chunkLz4
                             chunk.checksum = XXHash64.hash(packed)
                             body.append(contentsOf: packed)
@@ -111,7 +121,7 @@ public enum ShardWriter {
         body.append(contentsOf: magic)
         try DurableFile.write(body, to: path)
         return Summary(rows: Int(footer.rows), marginRows: Int(footer.marginRows), bytes: body.count,
-                       rowGroups: footer.rowGroups.count, compressedChunks: compressed, rawChunks: raw, checksum: footerHash,
+                       rowGroups: footer.rowGroups.count, compressedChunks: compressed, rawChunks: raw, encodedChunks: encodedChunks, checksum: footerHash,
                        footer: footerBytes)
     }
 

@@ -3,8 +3,9 @@ import Testing
 
 @Suite struct BatchMomentsTests {
     /// Values far from zero with a small spread, an outlier first, NaN and uncounted rows mixed
-    /// in, over several batches and groups: the moments match an exact two-pass reference.
-    @Test func stableForLargeOffsetsAndOutliers() {
+    /// in, over several batches and groups: the moments match an exact two-pass reference, with
+    /// and without min/max tracking (without, they stay at ±∞).
+    @Test(arguments: [true, false]) func stableForLargeOffsetsAndOutliers(extremes: Bool) {
         var rng = SplitMix64(seed: 23)
         var moments = [Moments](repeating: Moments(), count: 3)
         var reference: [[Double]] = [[], [], []]
@@ -25,7 +26,7 @@ import Testing
                     if !x.isNaN { reference[g].append(x) }
                 }
             }
-            let rows = BatchMoments.add(values: v, slots: slots, valid: valid, into: &moments)
+            let rows = BatchMoments.add(values: v, slots: slots, valid: valid, extremes: extremes, into: &moments)
             #expect(rows.reduce(0, +) == UInt64(valid.filter { $0 }.count))
         }
         for g in 0..<3 {
@@ -35,7 +36,11 @@ import Testing
             #expect(moments[g].count == Double(xs.count))
             #expect(abs(moments[g].mean - mean) <= 1e-12 * abs(mean))
             #expect(abs(moments[g].m2 - m2) <= 1e-8 * m2, "group \(g): \(moments[g].m2) vs \(m2)")
-            #expect(moments[g].min == xs.min() && moments[g].max == xs.max())
+            if extremes {
+                #expect(moments[g].min == xs.min() && moments[g].max == xs.max())
+            } else {
+                #expect(moments[g].min == .infinity && moments[g].max == -.infinity)
+            }
         }
     }
 }

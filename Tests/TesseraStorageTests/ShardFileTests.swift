@@ -89,26 +89,75 @@ func tempPath(_ name: String) -> String {
         #expect(g0.chunks[5].min == mags[0..<65_536].filter { !$0.isNaN }.min())
     }
 
-    @Test func compressionOnlyWherePays() throws {
-        let cat = TestCatalog(rows: 65_536, seed: 2)
+    @Test func eachChunkTakesItsSmallestForm() throws {
+        var cat = TestCatalog(rows: 65_536, seed: 2)
+        // A key constant over long stretches of the spatial order (as a sky cell is).
+        let order = cat.index.indices.sorted { cat.index[$0] < cat.index[$1] }
+        for (rank, i) in order.enumerated() { cat.cell[i] = Int16(rank / 5_000) }
         let path = tempPath("codecs.shard")
-        try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0)
+        let summary = try ShardWriter.write(to: path, columns: TestCatalog.schema, data: cat.columns, indexColumn: "_healpix_29", order: 3, pixel: 0)
         let r = try ShardReader(path: path)
         let codecs = Dictionary(uniqueKeysWithValues: zip(r.columnNames, r.footer.rowGroups[0].chunks.map(\.codec)))
-        // Consecutive ids and small-range integers and flags shrink; noisy floats stay raw.
-        #expect(codecs["objectId"] == .chunkLz4)
-        #expect(codecs["band"] == .chunkLz4)
-        #expect(codecs["detect_isPrimary"] == .chunkLz4)
-        #expect(codecs["r_psfFlux"] == .chunkRaw)
+        #expect(codecs["objectId"] == .chunkLz4)           // consecutive ids
+        #expect(codecs["cell"] == .chunkRuns)              // 14 runs
+        #expect(codecs["ext"] == .chunkDictionary)         // 0/1 at random: one bit a row
+        #expect(codecs["detect_isPrimary"] == .chunkDictionary)
+        #expect(codecs["band"] == .chunkDictionary)        // six values: four bits a row
+        #expect(codecs["r_psfFlux"] == .chunkRaw)          // noisy floats
         #expect(codecs["coord_ra"] == .chunkRaw)
-        // The rule itself, chunk by chunk: compressed exactly where LZ4 saves at least 10%.
+        #expect(summary.encodedChunks == 4 && summary.compressedChunks + summary.rawChunks + summary.encodedChunks == 10)
+        // The rule, chunk by chunk, from sizes worked out here: LZ4 only where it saves 10%, a
+        // dictionary or runs where smaller still.
         let data = try r.read(columns: r.columnNames, rowGroups: [0])
         for (k, chunk) in r.footer.rowGroups[0].chunks.enumerated() {
             let rawBytes = data[k].withStoredBytes { Array($0) }
-            let lz4 = rawBytes.withUnsafeBytes { LZ4.compress($0) }
-            let pays = Double(lz4.count) <= 0.9 * Double(rawBytes.count)
-            #expect((chunk.codec == .chunkLz4) == pays, "\(r.columnNames[k]): raw \(rawBytes.count), lz4 \(lz4.count)")
+            let width = ColumnData.width(TestCatalog.schema[k].type)
+            let values = stride(from: 0, to: rawBytes.count, by: width).map { Array(rawBytes[$0..<($0 + width)]) }
+            let distinct = Set(values).count
+            let runs = 1 + zip(values, values.dropFirst()).filter { $0 != $1 }.count
+            let bits = distinct <= 2 ? 1 : distinct <= 4 ? 2 : distinct <= 16 ? 4 : 8
+            let dictionary = distinct <= 256 ? 4 + distinct * width + (values.count * bits + 7) / 8 : Int.max
+            let runSize = 4 + runs * (width + 4)
+            let lz4 = rawBytes.withUnsafeBytes { LZ4.compress($0) }.count
+            let base = Double(lz4) <= 0.9 * Double(rawBytes.count) ? lz4 : rawBytes.count
+            let expected: Tessera_V1_ChunkCodec = min(dictionary, runSize) < base
+                ? (runSize <= dictionary ? .chunkRuns : .chunkDictionary)
+                : (base == lz4 && base < rawBytes.count ? .chunkLz4 : .chunkRaw)
+            #expect(chunk.codec == expected, "\(r.columnNames[k]): raw \(rawBytes.count), lz4 \(lz4), dictionary \(dictionary), runs \(runSize)")
         }
+    }
+
+    /// Every width and index size decodes exactly, and malformed encoded chunks are refused.
+    @Test func dictionaryAndRunsDecodeExactlyAndRefuseDamage() throws {
+        var state: UInt64 = 9
+        func next() -> UInt64 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return state >> 17
+        }
+        for (width, distinct) in [(1, 2), (2, 3), (4, 16), (8, 200), (4, 1)] {
+            let pool = (0..<distinct).map { _ in (0..<width).map { _ in UInt8(truncatingIfNeeded: next()) } }
+            let rows = 1_001
+            let bytes = (0..<rows).flatMap { _ in pool[Int(next() % UInt64(distinct))] }
+            let encoded = try #require(bytes.withUnsafeBytes { ChunkEncoding.encode($0, width: width, limit: bytes.count) })
+            var out = [UInt8](repeating: 0, count: bytes.count)
+            try encoded.bytes.withUnsafeBytes { e in
+                try out.withUnsafeMutableBytes { try ChunkEncoding.decode(encoded.codec, e, width: width, rows: rows, into: $0) }
+            }
+            #expect(out == bytes, "width \(width), \(distinct) values, \(encoded.codec)")
+        }
+        func refuses(_ codec: Tessera_V1_ChunkCodec, _ stored: [UInt8], width: Int, rows: Int, _ message: String) {
+            var out = [UInt8](repeating: 0, count: rows * width)
+            #expect { try stored.withUnsafeBytes { s in try out.withUnsafeMutableBytes { try ChunkEncoding.decode(codec, s, width: width, rows: rows, into: $0) } } }
+                throws: { "\($0)".contains(message) }
+        }
+        // Three values (two index bits), an index of 3 in the packed bytes.
+        refuses(.chunkDictionary, [3, 0, 0, 0, 10, 20, 30, 0b1111_0001], width: 1, rows: 4, "an index of 3 into a dictionary of 3 values")
+        refuses(.chunkDictionary, [3, 0, 0, 0, 10, 20, 30], width: 1, rows: 4, "needs 8 bytes, has 7")
+        refuses(.chunkDictionary, [0, 0, 0, 0], width: 1, rows: 4, "a dictionary of 0 values")
+        // Runs of 2 and 3 values for 4 rows.
+        refuses(.chunkRuns, [2, 0, 0, 0, 7, 8, 2, 0, 0, 0, 3, 0, 0, 0], width: 1, rows: 4, "run 1 of 3 values does not fit 4 rows")
+        refuses(.chunkRuns, [1, 0, 0, 0, 7, 2, 0, 0, 0], width: 1, rows: 4, "runs cover 2 of 4 rows")
+        refuses(.chunkRuns, [1, 0, 0, 0, 7, 0, 0, 0, 0], width: 1, rows: 4, "run 0 of 0 values")
     }
 
     @Test func readsOnlyWhatIsAskedAndPrunesRowGroups() throws {

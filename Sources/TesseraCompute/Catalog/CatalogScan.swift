@@ -313,7 +313,7 @@ struct ScanAccumulator {
             if mExprs.isEmpty { GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows) }
             for (e, expr) in mExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
-                let rows = BatchMoments.add(values: v, slots: slots, valid: valid, into: &moments[e])
+                let rows = BatchMoments.add(values: v, slots: slots, valid: valid, extremes: q.momentExtremes[e], into: &moments[e])
                 // The first expression's pass counts the group's rows too (one loop fewer).
                 if e == 0 { for s in 0..<rows.count { groupRows[s] += rows[s] } }
             }
@@ -471,8 +471,14 @@ struct MomentsColumns {
 /// merge into the group with Chan's update. No division per value, nothing branches on which
 /// rows count, and the sums run in SIMD lanes.
 enum BatchMoments {
+    /// - Parameter extremes: whether min and max are tracked (they stay ±∞ otherwise).
     /// - Returns: rows that count per group (NaN values included), for the group row counts.
-    static func add(values v: [Double], slots: [Int32], valid: [Bool], into moments: inout [Moments]) -> [UInt64] {
+    static func add(values v: [Double], slots: [Int32], valid: [Bool], extremes: Bool, into moments: inout [Moments]) -> [UInt64] {
+        // Two copies of the loop, each with `extremes` a constant, so neither tests it per value.
+        extremes ? runs(v, slots, valid, true, &moments) : runs(v, slots, valid, false, &moments)
+    }
+
+    @inline(__always) static func runs(_ v: [Double], _ slots: [Int32], _ valid: [Bool], _ extremes: Bool, _ moments: inout [Moments]) -> [UInt64] {
         var rows = [UInt64](repeating: 0, count: moments.count)
         v.withUnsafeBufferPointer { v in
             slots.withUnsafeBufferPointer { slots in
@@ -487,7 +493,7 @@ enum BatchMoments {
                         var run = Moments()
                         if moments[g].count > 0 {
                             let k = moments[g].mean
-                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, k)
+                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, k, extremes)
                             rows[g] += r.rows
                             if r.count > 0 {
                                 run.count = r.count
@@ -499,7 +505,7 @@ enum BatchMoments {
                             }
                         } else {
                             // Sums about zero; the squares then come about the run's mean.
-                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, 0)
+                            let r = shiftedSums(v.baseAddress!, valid.baseAddress!, i, j, 0, extremes)
                             rows[g] += r.rows
                             if r.count > 0 {
                                 run.count = r.count
@@ -520,7 +526,7 @@ enum BatchMoments {
     }
 
     /// One pass: rows counted, non-NaN values, their sum, Σ(x − k), Σ(x − k)², min and max.
-    @inline(__always) static func shiftedSums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int, _ k: Double)
+    @inline(__always) static func shiftedSums(_ v: UnsafePointer<Double>, _ valid: UnsafePointer<Bool>, _ a: Int, _ b: Int, _ k: Double, _ extremes: Bool)
         -> (rows: UInt64, count: Double, sum: Double, shifted: Double, squares: Double, min: Double, max: Double) {
         let bytes = UnsafeRawPointer(valid)
         var r: UInt64 = 0
@@ -539,8 +545,10 @@ enum BatchMoments {
             t += xz
             s1 += d
             s2 += d * d
-            l.replace(with: x, where: .!skip .& (x .< l))
-            h.replace(with: x, where: .!skip .& (x .> h))
+            if extremes {
+                l.replace(with: x, where: .!skip .& (x .< l))
+                h.replace(with: x, where: .!skip .& (x .> h))
+            }
             i += 4
         }
         var cs = c.sum(), ts = t.sum(), d1 = s1.sum(), d2 = s2.sum(), ls = l.min(), hs = h.max()
@@ -553,8 +561,10 @@ enum BatchMoments {
                     ts += x
                     d1 += x - k
                     d2 += (x - k) * (x - k)
-                    ls = Swift.min(ls, x)
-                    hs = Swift.max(hs, x)
+                    if extremes {
+                        ls = Swift.min(ls, x)
+                        hs = Swift.max(hs, x)
+                    }
                 }
             }
             i += 1

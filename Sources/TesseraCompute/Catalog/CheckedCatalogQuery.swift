@@ -42,6 +42,9 @@ public struct CheckedCatalogQuery: Sendable {
     public let filter: CheckedExpression?
     public let region: (any SkyRegion)?
     public let output: Output
+    /// Per moments expression: whether a `min` or `max` of it is asked for (the scan's loops
+    /// skip tracking extremes otherwise).
+    public private(set) var momentExtremes: [Bool] = []
     public let maxGroups: Int
     public let maxRows: Int
 
@@ -116,7 +119,7 @@ public struct CheckedCatalogQuery: Sendable {
             }
             output = .rows(select: select, sortBy: sort)
         } else {
-            var moments: [CheckedExpression] = [], sketches: [CheckedExpression] = []
+            var moments: [CheckedExpression] = [], sketches: [CheckedExpression] = [], extremes: [Bool] = []
             for a in plan.aggregates {
                 if a.function == .aggCount && a.expression.isEmpty { continue }
                 let e = try check(a.expression, "\(Self.name(of: a.function)) aggregate", .number)
@@ -125,12 +128,19 @@ public struct CheckedCatalogQuery: Sendable {
                         throw CatalogQueryError("a quantile must be within 0…1, not \(a.quantile)")
                     }
                     if !sketches.contains(where: { $0.text == e.text }) { sketches.append(e) }
-                } else if !moments.contains(where: { $0.text == e.text }) {
-                    moments.append(e)
+                } else {
+                    let wantsExtreme = a.function == .aggMin || a.function == .aggMax
+                    if let k = moments.firstIndex(where: { $0.text == e.text }) {
+                        extremes[k] = extremes[k] || wantsExtreme
+                    } else {
+                        moments.append(e)
+                        extremes.append(wantsExtreme)
+                    }
                 }
             }
             let group = plan.groupBy.isEmpty ? nil : try check(plan.groupBy, "group-by key", .number)
             output = .aggregates(groupBy: group, moments: moments, sketches: sketches)
+            momentExtremes = extremes
         }
     }
 

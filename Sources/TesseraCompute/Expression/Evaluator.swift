@@ -171,7 +171,7 @@ public enum ExpressionEvaluator {
     }
 
     /// AB magnitude of a flux in nJy: −2.5 log10(f) + 31.4; NaN unless the flux is positive.
-    @inline(__always) public static func magnitude(_ f: Double) -> Double { f > 0 ? -2.5 * FastLog.log10(f) + 31.4 : .nan }
+    public static func magnitude(_ f: Double) -> Double { FastLog.magnitude(f) }
 
     /// Angular distance in degrees between two RA/Dec positions (degrees), accurate at every scale.
     public static func distance(_ ra1: Double, _ dec1: Double, _ ra2: Double, _ dec2: Double) -> Double {

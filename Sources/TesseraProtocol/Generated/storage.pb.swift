@@ -86,6 +86,11 @@ public nonisolated enum Tessera_V1_ChunkCodec: SwiftProtobuf.Enum, Swift.CaseIte
   public typealias RawValue = Int
   case chunkRaw // = 0
   case chunkLz4 // = 1
+
+  /// Format version 2: a dictionary of at most 256 values and bit-packed indices, and runs of
+  /// equal values (layouts in TesseraStorage/ChunkEncoding.swift).
+  case chunkDictionary // = 2
+  case chunkRuns // = 3
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -96,6 +101,8 @@ public nonisolated enum Tessera_V1_ChunkCodec: SwiftProtobuf.Enum, Swift.CaseIte
     switch rawValue {
     case 0: self = .chunkRaw
     case 1: self = .chunkLz4
+    case 2: self = .chunkDictionary
+    case 3: self = .chunkRuns
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -104,6 +111,8 @@ public nonisolated enum Tessera_V1_ChunkCodec: SwiftProtobuf.Enum, Swift.CaseIte
     switch self {
     case .chunkRaw: return 0
     case .chunkLz4: return 1
+    case .chunkDictionary: return 2
+    case .chunkRuns: return 3
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -112,6 +121,8 @@ public nonisolated enum Tessera_V1_ChunkCodec: SwiftProtobuf.Enum, Swift.CaseIte
   public static let allCases: [Tessera_V1_ChunkCodec] = [
     .chunkRaw,
     .chunkLz4,
+    .chunkDictionary,
+    .chunkRuns,
   ]
 
 }
@@ -227,7 +238,7 @@ nonisolated extension Tessera_V1_ColumnType: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Tessera_V1_ChunkCodec: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CHUNK_RAW\0\u{1}CHUNK_LZ4\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CHUNK_RAW\0\u{1}CHUNK_LZ4\0\u{1}CHUNK_DICTIONARY\0\u{1}CHUNK_RUNS\0")
 }
 
 nonisolated extension Tessera_V1_ColumnSchema: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -3,9 +3,10 @@ import TesseraProtocol
 /// Encodings of one column chunk's fixed-width values besides raw and LZ4, for the columns survey
 /// catalogs are full of: flags and classifications with a handful of distinct values (a
 /// dictionary with bit-packed indices) and keys that change rarely along the spatial order (runs).
-/// Both are smaller than LZ4 on such columns and decode several times faster, because decoding is
-/// a fill or a table lookup rather than a byte-by-byte copy of short matches (measured: LZ4 was a
-/// sixth of a group-by's CPU on a 0/1 float flag and a cell key).
+/// Both are smaller than LZ4 on such columns (8× on a random 0/1 flag, 4× on a cell key) and decode
+/// faster (1.6× and 2.6×, `tessera bench scan`), straight into the column's array: decoding is a
+/// table lookup or a fill rather than a copy of short matches. LZ4 had been a sixth of a
+/// group-by's worker CPU on such a flag and key; with these encodings the CPU fell by a fifth.
 ///
 /// Values are handled as their bit patterns (width 1, 2, 4 or 8 bytes), so one implementation
 /// serves every column type, and NaN payloads survive exactly.

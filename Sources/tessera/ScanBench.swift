@@ -66,6 +66,34 @@ struct ScanBench: ParsableCommand {
             return n
         }, rows: nil, extra: [("ratio", Double(blockBytes * blocks.count) / Double(blocks.reduce(0) { $0 + $1.count }))])
 
+        // The two kinds of column the dictionary and runs encodings are for, each decoded both
+        // ways: a 0/1 Float32 flag at random (refExtendedness) and an Int32 key constant over
+        // runs of ~2,000 rows (a sky cell along the spatial order).
+        var seed: UInt64 = 11
+        let flag = (0..<65_536).map { _ -> Float in
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(seed >> 63)
+        }
+        let cell = (0..<65_536).map { Int32($0 / 2_000) }
+        for (name, bytes) in [("flag", flag.withUnsafeBytes { Array($0) }), ("cell", cell.withUnsafeBytes { Array($0) })] {
+            let lz4 = bytes.withUnsafeBytes { LZ4.compress($0) }
+            guard let encoded = bytes.withUnsafeBytes({ ChunkEncoding.encode($0, width: 4, limit: bytes.count) }) else { continue }
+            var out = [UInt8](repeating: 0, count: bytes.count)
+            let reps = 64
+            report("decode_\(name)_lz4", try best {
+                for _ in 0..<reps { _ = try lz4.withUnsafeBytes { try LZ4.decompress($0, rawLength: bytes.count) } }
+                return reps * bytes.count
+            }, rows: reps * 65_536, extra: [("stored_bytes", lz4.count)])
+            report("decode_\(name)_\(encoded.codec == .chunkRuns ? "runs" : "dictionary")", try best {
+                for _ in 0..<reps {
+                    try encoded.bytes.withUnsafeBytes { e in
+                        try out.withUnsafeMutableBytes { try ChunkEncoding.decode(encoded.codec, e, width: 4, rows: 65_536, into: $0) }
+                    }
+                }
+                return reps * bytes.count
+            }, rows: reps * 65_536, extra: [("stored_bytes", encoded.bytes.count)])
+        }
+
         // Decoding, checksums verified, into typed arrays, row group by row group as a scan
         // operator consumes them (a batch of ~64k rows at a time, never the whole column).
         func scan(_ cols: [String]) throws -> Int {

@@ -101,7 +101,7 @@ public enum BuiltinOperators {
 
     /// Always fails with parameter string `message` (for testing the failure path).
     public static let fail = TaskOperator("fail", "always fails") { ctx throws(OperatorError) in
-        throw OperatorError("fail", ctx.params.strings["message"] ?? "failed as asked")
+        throw OperatorError("fail", ctx.params.strings["message"] ?? "failed as asked", retryable: ctx.params.strings["refuse"] == nil)
     }
 
     // MARK: Helpers

@@ -38,8 +38,9 @@ public enum CatalogOperators {
             let partial = try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
             return .bytes(try partial.serializedBytes())
         } catch let e as CatalogQueryError {
-            throw OperatorError(name, e.message)
+            throw OperatorError(name, e.message, retryable: e.retryable)
         } catch {
+            // The shard could not be opened or read: another replica may serve.
             throw OperatorError(name, "\(error)")
         }
     }
@@ -59,7 +60,7 @@ public enum CatalogOperators {
         do {
             return .bytes(try CatalogMerge.merge(parts, plan: plan).serializedBytes())
         } catch let e as CatalogQueryError {
-            throw OperatorError(name, e.message)
+            throw OperatorError(name, e.message, retryable: e.retryable)
         } catch {
             throw OperatorError(name, "\(error)")
         }

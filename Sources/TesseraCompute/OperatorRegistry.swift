@@ -37,10 +37,14 @@ public struct OperatorContext: Sendable {
 public struct OperatorError: Error, CustomStringConvertible, Sendable, Equatable {
     public let operatorName: String
     public let message: String
+    /// False when running the task again, here or elsewhere, would fail the same way (the
+    /// question itself is refused): the scheduler then fails the job at once.
+    public let retryable: Bool
 
-    public init(_ operatorName: String, _ message: String) {
+    public init(_ operatorName: String, _ message: String, retryable: Bool = true) {
         self.operatorName = operatorName
         self.message = message
+        self.retryable = retryable
     }
 
     public var description: String { "operator `\(operatorName)`: \(message)" }

@@ -364,7 +364,7 @@ public struct WorkerEngine {
             case .failure(let err):
                 var f = Tessera_V1_TaskFailure()
                 f.key = c.key
-                f.kind = .failureOperator
+                f.kind = err.retryable ? .failureOperator : .failureRefused
                 f.message = err.description
                 report.failures.append(f)
                 failWaiting(on: [c.key], "its input task failed here")

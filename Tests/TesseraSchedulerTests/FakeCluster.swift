@@ -339,7 +339,7 @@ final class FakeCluster {
             if t.flags & AssignFlags.keep != 0 { w.store[t.key] = v }
             if t.flags & AssignFlags.output != 0 { r.outputs.append(v.append(to: &frame, key: t.key, frameIndex: 0)) }
         } catch {
-            fail(.failureOperator, error.description)
+            fail(error.retryable ? .failureOperator : .failureRefused, error.description)
         }
     }
 

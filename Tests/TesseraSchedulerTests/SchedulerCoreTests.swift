@@ -490,6 +490,29 @@ struct SchedulerCancelTests {
         #expect(c.violations.isEmpty)
     }
 
+    @Test("a task refused as asked fails the job at its first run, with the operator's message")
+    func refusedTaskIsNotRetried() throws {
+        var cfg = SchedulerConfig()
+        cfg.maxOperatorFailures = 3
+        let c = FakeCluster(config: cfg)
+        _ = c.addWorkers(2)
+        var params = Tessera_V1_OperatorParams()
+        params.strings["message"] = "too many groups-7"
+        params.strings["refuse"] = "yes"
+        var g = TaskGraph(operators: ["inc", "fail"], params: [params])
+        let a = g.add(operatorIndex: 0, arg: 1)
+        let b = g.add(operatorIndex: 1, inputs: [a], paramIndex: 1)
+        g.add(operatorIndex: 0, inputs: [b])
+        let id = try #require(c.submit(g))
+        #expect(c.run(until: [id]))
+        let f = try #require(c.jobs[id]?.finished)
+        #expect(f.state == .jobFailed)
+        #expect(f.error.contains("too many groups-7") && f.error.contains("refused"))
+        #expect(c.workers.flatMap(\.assignedKeys).filter { $0 == TaskKey.make(job: id, task: b) }.count == 1)
+        #expect(c.storedValues == 0)
+        #expect(c.violations.isEmpty)
+    }
+
     /// `JobFinished.reruns` is documented as "task runs beyond the first for the same task", but is
     /// computed as `runs - taskCount`, which undercounts whenever some tasks never ran.
     @Test("reruns counts runs beyond the first, also in a failed job")

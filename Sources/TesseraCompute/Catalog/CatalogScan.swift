@@ -21,7 +21,7 @@ public enum CatalogScan {
         do {
             for n in names { columnIndex[n] = try reader.columnIndex(n) }
         } catch {
-            throw CatalogQueryError("\(error)")
+            throw CatalogQueryError("\(error)")   // a column this shard lacks: the same on every copy
         }
         let indexColumn = footer.indexColumn
         var needsIndex = q.region != nil
@@ -51,7 +51,7 @@ public enum CatalogScan {
         var acc = ScanAccumulator(q)
         acc.partial.shards = 1
         for g in groups {
-            if isCancelled() { throw CatalogQueryError("cancelled") }
+            if isCancelled() { throw CatalogQueryError("cancelled", retryable: true) }
             let rows = Int(footer.rowGroups[g].rows)
             var cols: [String: ExpressionVector] = [:]
             // As stored, for row results (integers keep their exact values).
@@ -65,7 +65,8 @@ public enum CatalogScan {
                 }
                 if let ic = indexColumnNumber, case .int64(let a) = try reader.read(column: ic, rowGroup: g) { index = a }
             } catch {
-                throw CatalogQueryError("\(error)")
+                // A corrupt chunk: another replica may be whole.
+                throw CatalogQueryError("\(error)", retryable: true)
             }
             var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
             if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {

@@ -7,7 +7,14 @@ public typealias CatalogPartial = Tessera_V1_CatalogPartial
 /// Why a catalog question cannot be asked as written: the message says what to change.
 public struct CatalogQueryError: Error, CustomStringConvertible, Sendable, Equatable {
     public let message: String
-    public init(_ message: String) { self.message = message }
+    /// False for a question that cannot be answered as asked (a schema mismatch, too many groups,
+    /// over the row cap): the same on every copy of the data. True where another try may
+    /// succeed: a shard or partial that could not be read.
+    public let retryable: Bool
+    public init(_ message: String, retryable: Bool = false) {
+        self.message = message
+        self.retryable = retryable
+    }
     public var description: String { message }
 }
 

@@ -143,6 +143,9 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
   /// an input could not be fetched; the scheduler recomputes it
   case failureMissingInput // = 1
   case failureUnknownOperator // = 2
+
+  /// the task cannot be done as asked, wherever it runs (too many
+  case failureRefused // = 3
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -154,6 +157,7 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
     case 0: self = .failureOperator
     case 1: self = .failureMissingInput
     case 2: self = .failureUnknownOperator
+    case 3: self = .failureRefused
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -163,6 +167,7 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
     case .failureOperator: return 0
     case .failureMissingInput: return 1
     case .failureUnknownOperator: return 2
+    case .failureRefused: return 3
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -172,6 +177,7 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
     .failureOperator,
     .failureMissingInput,
     .failureUnknownOperator,
+    .failureRefused,
   ]
 
 }
@@ -1524,7 +1530,7 @@ nonisolated extension Tessera_V1_ValueKind: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Tessera_V1_FailureKind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0FAILURE_OPERATOR\0\u{1}FAILURE_MISSING_INPUT\0\u{1}FAILURE_UNKNOWN_OPERATOR\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0FAILURE_OPERATOR\0\u{1}FAILURE_MISSING_INPUT\0\u{1}FAILURE_UNKNOWN_OPERATOR\0\u{1}FAILURE_REFUSED\0")
 }
 
 nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {

@@ -12,6 +12,7 @@ func referenceValue(_ e: ExpressionTree, _ row: [String: Double]) -> Double {
     func b(_ x: Bool) -> Double { x ? 1 : 0 }
     switch e {
     case .number(let v, _): return v
+    case .integer(let k, _): return Double(k)
     case .column(let n, _): return row[n]!
     case .unary(.negate, let x, _): return -referenceValue(x, row)
     case .unary(.not, let x, _): return b(referenceValue(x, row) == 0)

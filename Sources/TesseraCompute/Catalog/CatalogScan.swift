@@ -108,17 +108,34 @@ public enum CatalogScan {
         return try acc.finish()
     }
 
-    /// A stored column as expression values (integers promoted to Float64).
+    /// A stored column as expression values: Float32 and Int64 as stored, smaller integers as Float64 (exact).
     static func vector(_ c: ColumnData) -> ExpressionVector {
-        if case .bool(let a) = c { return .booleans(a) }
-        if case .float32(let a) = c { return .floats(a) }
-        return .numbers(c.doubles)
+        switch c {
+        case .bool(let a): .booleans(a)
+        case .float32(let a): .floats(a)
+        // Kept exact for comparisons (ids beyond 2^53); other uses widen it.
+        case .int64(let a): .integers(a)
+        default: .numbers(c.doubles)
+        }
     }
 }
 
 /// A filter conjunct a row group's min/max can rule out.
 struct ColumnBound: Equatable {
-    enum Test: Equatable { case less, lessEqual, greater, greaterEqual, equal, isTrue }
+    enum Test: Equatable {
+        case less, lessEqual, greater, greaterEqual, equal, isTrue
+
+        /// The test that still holds once both sides are rounded to Doubles (rounding keeps order
+        /// but can make unequal integers equal): for integer literals beyond 2^53 against
+        /// statistics that are Doubles.
+        var inclusive: Test {
+            switch self {
+            case .less: .lessEqual
+            case .greater: .greaterEqual
+            default: self
+            }
+        }
+    }
     let column: String
     let test: Test
     let value: Double
@@ -134,6 +151,10 @@ struct ColumnBound: Equatable {
             case .binary(let op, .number(let v, _), .column(let c, _), _):
                 // `v < c` is `c > v`.
                 test(op.mirrored).map { ColumnBound(column: c, test: $0, value: v) }
+            case .binary(let op, .column(let c, _), .integer(let k, _), _):
+                test(op).map { ColumnBound(column: c, test: $0.inclusive, value: Double(k)) }
+            case .binary(let op, .integer(let k, _), .column(let c, _), _):
+                test(op.mirrored).map { ColumnBound(column: c, test: $0.inclusive, value: Double(k)) }
             default:
                 nil
             }
@@ -603,7 +624,7 @@ enum FilterPlan {
     static func conjuncts(of e: CheckedExpression) -> [CheckedExpression] {
         func cost(_ t: ExpressionTree) -> Int {
             switch t {
-            case .number: 0
+            case .number, .integer: 0
             case .column: 1
             case .unary(_, let x, _): 1 + cost(x)
             case .binary(_, let a, let b, _): 1 + cost(a) + cost(b)

@@ -51,7 +51,7 @@ public enum ExpressionChecker {
     static func type(of e: ExpressionTree, _ text: String, _ schema: [String: ExpressionType]) throws(ExpressionError) -> ExpressionType {
         func fail(_ m: String, _ r: SourceRange) -> ExpressionError { ExpressionError(message: m, source: text, range: r) }
         switch e {
-        case .number:
+        case .number, .integer:
             return .number
         case .column(let name, let r):
             guard let t = schema[name] else {

@@ -9,6 +9,9 @@ public enum ExpressionVector: Sendable, Equatable {
     /// the whole column to Float64 (half the memory traffic); other operators widen it.
     case floats([Float])
     case booleans([Bool])
+    /// A stored Int64 column as read: compared exactly with other Int64 columns and with integer
+    /// literals beyond 2^53 (ids); widened to Float64 for everything else.
+    case integers([Int64])
     /// A constant, not yet spread over the batch.
     case constant(Double)
 
@@ -17,6 +20,7 @@ public enum ExpressionVector: Sendable, Equatable {
         switch self {
         case .numbers(let a): a
         case .floats(let a): Kernels.widened(a)
+        case .integers(let a): Kernels.map(a) { Double($0) }
         case .constant(let v): [Double](repeating: v, count: n)
         case .booleans(let b): b.map { $0 ? 1 : 0 }
         }
@@ -28,6 +32,7 @@ public enum ExpressionVector: Sendable, Equatable {
         case .numbers(let a): .numbers(Kernels.gather(a, rows))
         case .floats(let a): .floats(Kernels.gather(a, rows))
         case .booleans(let a): .booleans(Kernels.gather(a, rows))
+        case .integers(let a): .integers(Kernels.gather(a, rows))
         case .constant: self
         }
     }
@@ -37,6 +42,7 @@ public enum ExpressionVector: Sendable, Equatable {
         case .booleans(let b): b
         case .numbers(let a): a.map { $0 != 0 }
         case .floats(let a): a.map { $0 != 0 }
+        case .integers(let a): a.map { $0 != 0 }
         case .constant(let v): [Bool](repeating: v != 0, count: n)
         }
     }
@@ -56,6 +62,8 @@ public enum ExpressionEvaluator {
         switch e {
         case .number(let v, _):
             return .constant(v)
+        case .integer(let k, _):
+            return .constant(Double(k))
         case .column(let name, _):
             return cols[name] ?? .constant(.nan)
         case .unary(.negate, let x, _):
@@ -67,6 +75,7 @@ public enum ExpressionEvaluator {
             return .booleans(Kernels.map(eval(x, cols, n).booleans(n)) { !$0 })
         case .binary(let op, let a, let b, _):
             let va = eval(a, cols, n), vb = eval(b, cols, n)
+            if op.isComparison, let exact = exactComparison(op, va, a, vb, b) { return .booleans(exact) }
             if op.isLogical {
                 let x = va.booleans(n), y = vb.booleans(n)
                 return .booleans(Kernels.logical(x, y, and: op == .and))
@@ -150,7 +159,23 @@ public enum ExpressionEvaluator {
         }
     }
 
-    static func compare(_ op: BinaryOperator, _ x: Double, _ y: Double) -> Bool {
+    /// Int64 columns against each other or against an integer literal, compared as integers
+    /// (as Doubles, ids beyond 2^53 that differ could compare equal); nil for anything else.
+    static func exactComparison(_ op: BinaryOperator, _ va: ExpressionVector, _ a: ExpressionTree,
+                                _ vb: ExpressionVector, _ b: ExpressionTree) -> [Bool]? {
+        switch (va, vb, a, b) {
+        case (.integers(let x), .integers(let y), _, _):
+            return Kernels.zip(x, y) { compare(op, $0, $1) }
+        case (.integers(let x), _, _, .integer(let k, _)):
+            return Kernels.compare(x, op, k)
+        case (_, .integers(let y), .integer(let k, _), _):
+            return Kernels.compare(y, op.mirrored, k)
+        default:
+            return nil
+        }
+    }
+
+    @inline(__always) static func compare<T: Comparable>(_ op: BinaryOperator, _ x: T, _ y: T) -> Bool {
         switch op {
         case .less: x < y
         case .lessEqual: x <= y
@@ -212,6 +237,18 @@ enum Kernels {
     /// `x[i] op c` for a comparison: the operator is chosen once, outside a concrete loop (a
     /// closure per element was measured at 15% of a filter scan).
     /// Float32 values are widened one at a time (exactly: every Float is a Double).
+    /// Int64 values against an integer, exactly.
+    static func compare(_ x: [Int64], _ op: BinaryOperator, _ c: Int64) -> [Bool] {
+        switch op {
+        case .less: map(x) { $0 < c }
+        case .lessEqual: map(x) { $0 <= c }
+        case .greater: map(x) { $0 > c }
+        case .greaterEqual: map(x) { $0 >= c }
+        case .equal: map(x) { $0 == c }
+        default: map(x) { $0 != c }
+        }
+    }
+
     static func compare<T: BinaryFloatingPoint>(_ x: [T], _ op: BinaryOperator, _ c: Double) -> [Bool] {
         x.withUnsafeBufferPointer { xp in
             [Bool](unsafeUninitializedCapacity: xp.count) { out, count in

@@ -2,6 +2,9 @@
 /// `mag(g_psfFlux)`), checked against a schema before it runs.
 public indirect enum ExpressionTree: Sendable, Equatable {
     case number(Double, SourceRange)
+    /// An integer literal beyond 2^53, which a Double would round: compared exactly with Int64
+    /// columns (`objectId == 609780990190346456`), a Double elsewhere.
+    case integer(Int64, SourceRange)
     case column(String, SourceRange)
     case unary(UnaryOperator, ExpressionTree, SourceRange)
     case binary(BinaryOperator, ExpressionTree, ExpressionTree, SourceRange)
@@ -9,9 +12,12 @@ public indirect enum ExpressionTree: Sendable, Equatable {
 
     public var range: SourceRange {
         switch self {
-        case .number(_, let r), .column(_, let r), .unary(_, _, let r), .binary(_, _, _, let r), .call(_, _, let r): r
+        case .number(_, let r), .integer(_, let r), .column(_, let r), .unary(_, _, let r), .binary(_, _, _, let r), .call(_, _, let r): r
         }
     }
+
+    /// Integers up to this magnitude are exact as Doubles.
+    static let exactDoubleIntegers = 9_007_199_254_740_992.0  // 2^53
 
     /// The parts of a top-level `and` chain (the expression itself when it is not one).
     public var conjuncts: [ExpressionTree] {
@@ -24,7 +30,7 @@ public indirect enum ExpressionTree: Sendable, Equatable {
         var out: [String] = []
         func walk(_ e: ExpressionTree) {
             switch e {
-            case .number: break
+            case .number, .integer: break
             case .column(let n, _): if !out.contains(n) { out.append(n) }
             case .unary(_, let x, _): walk(x)
             case .binary(_, let a, let b, _): walk(a); walk(b)

@@ -2,7 +2,7 @@
 /// calls, columns, numbers and parentheses.
 public struct ExpressionParser {
     enum Token: Equatable {
-        case number(Double), identifier(String), op(String), lparen, rparen, comma, end
+        case number(Double), integer(Int64), identifier(String), op(String), lparen, rparen, comma, end
     }
 
     let source: String
@@ -47,7 +47,12 @@ public struct ExpressionParser {
                 }
                 let s = String(c[start..<i])
                 guard let v = Double(s) else { throw error("`\(s)` is not a number", SourceRange(start, i)) }
-                tokens.append((.number(v), SourceRange(start, i)))
+                // An integer a Double cannot hold exactly (an object id) stays an integer.
+                if let k = Int64(s), abs(v) > ExpressionTree.exactDoubleIntegers {
+                    tokens.append((.integer(k), SourceRange(start, i)))
+                } else {
+                    tokens.append((.number(v), SourceRange(start, i)))
+                }
                 continue
             }
             if ch.isLetter || ch == "_" {
@@ -154,6 +159,7 @@ public struct ExpressionParser {
             pos += 1
             let x = try parseUnary()
             if case .number(let v, let r) = x { return .number(-v, start.union(r)) }
+            if case .integer(let k, let r) = x { return .integer(-k, start.union(r)) }
             return .unary(.negate, x, start.union(x.range))
         }
         if currentOp == "+" { pos += 1; return try parseUnary() }
@@ -166,6 +172,9 @@ public struct ExpressionParser {
         case .number(let v):
             pos += 1
             return .number(v, r)
+        case .integer(let k):
+            pos += 1
+            return .integer(k, r)
         case .identifier(let name):
             pos += 1
             guard case .lparen = current else { return .column(name, r) }

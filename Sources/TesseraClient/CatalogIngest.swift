@@ -17,6 +17,9 @@ public struct IngestOptions: Sendable {
     public var replace = false
     /// Seconds to wait for a worker to confirm a stored shard.
     public var storeTimeout = 120.0
+    /// Where rows wait, by shard, between reading the files and sending the shards (default: the
+    /// system's temporary folder); it needs about as much free space as the input.
+    public var spillDirectory: String?
 
     public init(dataset: String, files: [String]) {
         self.dataset = dataset
@@ -43,8 +46,12 @@ public enum IngestError: Error, CustomStringConvertible {
 
 /// Loads catalog files through the cluster: reads FITS binary tables (cfitsio) or CSV, adds the
 /// order-29 spatial index, partitions the sky adaptively with margins, sends each shard's columns
-/// (LZ4 where it pays) straight to the workers the scheduler chose, and commits the dataset in one
-/// registry transaction once every copy is durably written.
+/// straight to the workers the scheduler chose, and commits the dataset in one registry
+/// transaction once every copy is durably written.
+///
+/// Memory is bounded by the largest input file, not the catalog: a first pass reads only the
+/// positions (8 bytes a row kept, for the partition); a second reads each file once and spills its
+/// rows to local disk by shard (`ShardSpill`); each shard is then read back and sent.
 public enum CatalogIngest {
     public static let indexColumn = "_healpix_29"
 
@@ -52,31 +59,71 @@ public enum CatalogIngest {
     public static func run(_ o: IngestOptions, connection conn: SchedulerConnection, progress: (String) -> Void = { _ in }) throws -> Tessera_V1_IngestCommitted {
         let t0 = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> String { String(format: "%.2f s", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
-        var (specs, data, warnings) = try readInputs(o)
-        for w in warnings { progress("warning: \(w)") }
-        let rows = data.first?.count ?? 0
-        progress("read \(rows) rows, \(specs.count) columns from \(o.files.count) file(s) [\(elapsed())]")
+        guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
 
-        // Sort by spatial index and cut into shards.
-        guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
-            throw IngestError.input("no columns `\(o.raColumn)` and `\(o.decColumn)` (use --ra and --dec); columns are: \(specs.map(\.name).joined(separator: ", "))")
+        // Pass 1: positions only, for the partition (8 bytes a row held, not the whole row).
+        var index: [Int64] = []
+        for path in o.files {
+            let (ra, dec) = try readPositions(path, o)
+            index.reserveCapacity(index.count + ra.count)
+            for i in 0..<ra.count { index.append(HEALPix.spatialIndex(ra: ra[i], dec: dec[i])) }
         }
-        let ra = data[ri].doubles, dec = data[di].doubles
-        var index = [Int64](repeating: 0, count: rows)
-        for i in 0..<rows { index[i] = HEALPix.spatialIndex(ra: ra[i], dec: dec[i]) }
-        let order = RadixSort.order(index)
-        if let k = specs.firstIndex(where: { $0.name == indexColumn }) {
-            specs.remove(at: k)
-            data.remove(at: k)
+        let rows = index.count
+        let sortedIndex = RadixSort.order(index).map { index[$0] }
+        index = []
+        let shards = SkyPartitioner.partition(sortedIndex: sortedIndex, maxRows: o.maxRowsPerShard)
+        let ranges = shards.map(\.indexRange)
+        progress("\(rows) rows in \(o.files.count) file(s): \(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))) [\(elapsed())]")
+
+        // Pass 2: each file once, its rows spilled to local disk by shard, with margins.
+        let spill = try ShardSpill(parent: o.spillDirectory ?? NSTemporaryDirectory(), shards: shards.count)
+        defer { spill.remove() }
+        var finder = MarginFinder(shards: ranges, radius: o.marginArcsec / 3600 * .pi / 180)
+        var specs: [ColumnSpec] = []
+        for (n, path) in o.files.enumerated() {
+            var (fileSpecs, data, warnings) = try readFile(path, first: n == 0, o)
+            for w in warnings { progress("warning: \(w)") }
+            if let k = fileSpecs.firstIndex(where: { $0.name == indexColumn }) {
+                fileSpecs.remove(at: k)
+                data.remove(at: k)
+            }
+            if n == 0 {
+                specs = fileSpecs
+            } else {
+                guard fileSpecs.map(\.name) == specs.map(\.name) else {
+                    throw IngestError.schemaMismatch(file: path, reason: "columns \(fileSpecs.map(\.name)) vs \(specs.map(\.name))")
+                }
+                for k in specs.indices where fileSpecs[k].type != specs[k].type {
+                    // Promote where a file has nulls in an integer column.
+                    guard fileSpecs[k].type == .columnFloat64 || specs[k].type == .columnFloat64 else {
+                        throw IngestError.schemaMismatch(file: path, reason: "column `\(specs[k].name)` is \(fileSpecs[k].type), was \(specs[k].type)")
+                    }
+                    specs[k].type = .columnFloat64
+                }
+            }
+            let ri = fileSpecs.firstIndex { $0.name == o.raColumn }!, di = fileSpecs.firstIndex { $0.name == o.decColumn }!
+            let ra = data[ri].doubles, dec = data[di].doubles
+            var own: [Int: [Int]] = [:], margin: [Int: [Int]] = [:]
+            var fileIndex = [Int64](repeating: 0, count: ra.count)
+            for i in 0..<ra.count {
+                let x = HEALPix.spatialIndex(ra: ra[i], dec: dec[i])
+                fileIndex[i] = x
+                guard let home = finder.shard(containing: x) else {
+                    throw IngestError.input("\(path) changed while it was read (row \(i + 1) is in no shard of the first pass)")
+                }
+                own[home, default: []].append(i)
+                for s in finder.shards(takingRowAt: Vec3(ra: ra[i], dec: dec[i]), home: home) { margin[s, default: []].append(i) }
+            }
+            data.append(.int64(fileIndex))
+            for (s, picked) in own { try spill.append(shard: s, margin: false, columns: data.map { $0.gathered(picked) }) }
+            for (s, picked) in margin { try spill.append(shard: s, margin: true, columns: data.map { $0.gathered(picked) }) }
+            progress("read \(path) (\(ra.count) rows) [\(elapsed())]")
+        }
+        guard zip(shards, spill.ownRows).allSatisfy({ $0.rows.count == $1 }) else {
+            throw IngestError.input("the input files changed while they were read (row counts differ between the two passes)")
         }
         specs.append(ColumnSpec(indexColumn, .columnInt64, description: "HEALPix order-29 nested index"))
-        data.append(.int64(index))
-        data = data.map { $0.gathered(order) }
-        let sortedIndex = order.map { index[$0] }
-        var shards = SkyPartitioner.partition(sortedIndex: sortedIndex, maxRows: o.maxRowsPerShard)
-        progress("indexed and sorted [\(elapsed())]")
-        SkyPartitioner.addMargins(&shards, ra: order.map { ra[$0] }, dec: order.map { dec[$0] }, radius: o.marginArcsec / 3600 * .pi / 180)
-        progress("\(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))), margins \(shards.reduce(0) { $0 + $1.margin.count }) rows [\(elapsed())]")
+        progress("spilled by shard, margins \(spill.marginRows.reduce(0, +)) rows [\(elapsed())]")
 
         // Where each shard goes.
         let rowBytes = specs.reduce(0) { $0 + ColumnData.width($1.type) }
@@ -85,10 +132,10 @@ public enum CatalogIngest {
         begin.dataset = o.dataset
         begin.replace = o.replace
         begin.replicas = UInt32(o.replicas)
-        begin.shards = shards.map {
+        begin.shards = shards.enumerated().map { k, shard in
             var s = Tessera_V1_ShardSpec()
-            s.order = UInt32($0.order); s.pixel = $0.pixel; s.rows = UInt64($0.rows.count)
-            s.bytes = UInt64(($0.rows.count + $0.margin.count) * rowBytes)
+            s.order = UInt32(shard.order); s.pixel = shard.pixel; s.rows = UInt64(shard.rows.count)
+            s.bytes = UInt64((shard.rows.count + spill.marginRows[k]) * rowBytes)
             return s
         }
         var be = Envelope()
@@ -103,7 +150,16 @@ public enum CatalogIngest {
         }
 
         // Send every copy, a few at a time per worker, and collect the confirmations.
-        let stored = try store(plan: plan, shards: shards, data: data, schema: schema, o: o, progress: progress)
+        let types = specs.map(\.type)
+        var loaded: (shard: Int, frames: [[UInt8]])?
+        let stored = try store(plan: plan, shards: shards, marginRows: spill.marginRows, schema: schema, o: o, progress: progress) { (k) throws(IngestError) in
+            // A shard's copies are sent one after another: read its spill once for all of them.
+            if let l = loaded, l.shard == k { return l.frames }
+            var frames = try spill.load(shard: k, margin: false, types: types).map(\.storedBytes)
+            if spill.marginRows[k] > 0 { frames += try spill.load(shard: k, margin: true, types: types).map(\.storedBytes) }
+            loaded = (k, frames)
+            return frames
+        }
         progress("stored [\(elapsed())]")
 
         var commit = Tessera_V1_IngestCommit()
@@ -136,8 +192,11 @@ public enum CatalogIngest {
         return done
     }
 
-    static func store(plan: Tessera_V1_IngestPlan, shards: [ShardPlan], data: [ColumnData], schema: [Tessera_V1_ColumnSchema],
-                      o: IngestOptions, progress: (String) -> Void) throws -> [[Tessera_V1_ShardStored]] {
+    /// Sends every copy of every shard (`frames(k)`: shard k's own columns, then its margin
+    /// columns if it has margin rows), a few at a time per worker, and collects the confirmations.
+    static func store(plan: Tessera_V1_IngestPlan, shards: [ShardPlan], marginRows: [Int], schema: [Tessera_V1_ColumnSchema],
+                      o: IngestOptions, progress: (String) -> Void,
+                      frames: (Int) throws(IngestError) -> [[UInt8]]) throws -> [[Tessera_V1_ShardStored]] {
         let ctx = try ZMQContext()
         var sockets: [WorkerID: Socket] = [:]
         defer { for s in sockets.values { s.close() } }
@@ -175,12 +234,10 @@ public enum CatalogIngest {
                 req.columns = schema
                 req.indexColumn = indexColumn
                 req.rows = UInt64(s.rows.count)
-                req.marginRows = UInt64(s.margin.count)
-                var frames = data.map { $0.slice(s.rows).storedBytes }
-                if !s.margin.isEmpty { frames += data.map { $0.gathered(s.margin).storedBytes } }
+                req.marginRows = UInt64(marginRows[k])
                 var e = Envelope()
                 e.storeShard = req
-                try sock.send(parts: WireProtocol.encode(e, frames: frames))
+                try sock.send(parts: WireProtocol.encode(e, frames: try frames(k)))
                 outstanding[nextRequest] = (k, w, DispatchTime.now().uptimeNanoseconds)
                 perWorker[w, default: 0] += 1
                 nextRequest += 1
@@ -215,34 +272,16 @@ public enum CatalogIngest {
         return results
     }
 
-    /// Reads every input file; all must have the same columns.
+    /// Reads every input file into memory; all must have the same columns (for checking an
+    /// ingest against its input; the ingest itself holds one file at a time).
     public static func readInputs(_ o: IngestOptions) throws -> ([ColumnSpec], [ColumnData], [String]) {
         guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
         var specs: [ColumnSpec] = []
         var data: [ColumnData] = []
         var warnings: [String] = []
         for (n, path) in o.files.enumerated() {
-            var fileSpecs: [ColumnSpec] = []
-            var fileData: [ColumnData] = []
-            let lower = path.lowercased()
-            if lower.hasSuffix(".csv") {
-                (fileSpecs, fileData) = try CSVTable.read(path: path)
-            } else {
-                let t = try FITSTableReader(path: path)
-                guard t.rowCount > 0 else { throw IngestError.input("\(path) has no rows") }
-                for c in t.columns {
-                    switch c.columnType {
-                    case .success(let type):
-                        let col = try t.read(column: c.name)
-                        // Integer columns with nulls come back as Float64.
-                        fileSpecs.append(ColumnSpec(c.name, col.type == type ? type : col.type, unit: c.unit))
-                        fileData.append(col)
-                    case .failure(let e):
-                        if n == 0 { warnings.append("\(path): skipping column `\(c.name)`: \(e)".replacingOccurrences(of: ":  column", with: ": column")) }
-                    }
-                }
-            }
-            try validateCoordinates(path, fileSpecs, fileData, o)
+            let (fileSpecs, fileData, fileWarnings) = try readFile(path, first: n == 0, o)
+            warnings += fileWarnings
             if n == 0 {
                 specs = fileSpecs
                 data = fileData
@@ -267,13 +306,61 @@ public enum CatalogIngest {
         return (specs, data, warnings)
     }
 
+    /// One input file's columns (FITS binary table or CSV), coordinates checked. Columns of types
+    /// a catalog cannot hold are skipped, with a warning from the first file.
+    static func readFile(_ path: String, first: Bool, _ o: IngestOptions) throws -> ([ColumnSpec], [ColumnData], [String]) {
+        var specs: [ColumnSpec] = []
+        var data: [ColumnData] = []
+        var warnings: [String] = []
+        if path.lowercased().hasSuffix(".csv") {
+            (specs, data) = try CSVTable.read(path: path)
+        } else {
+            let t = try FITSTableReader(path: path)
+            guard t.rowCount > 0 else { throw IngestError.input("\(path) has no rows") }
+            for c in t.columns {
+                switch c.columnType {
+                case .success(let type):
+                    let col = try t.read(column: c.name)
+                    // Integer columns with nulls come back as Float64.
+                    specs.append(ColumnSpec(c.name, col.type == type ? type : col.type, unit: c.unit))
+                    data.append(col)
+                case .failure(let e):
+                    if first { warnings.append("\(path): skipping column `\(c.name)`: \(e)".replacingOccurrences(of: ":  column", with: ": column")) }
+                }
+            }
+        }
+        try validateCoordinates(path, specs, data, o)
+        return (specs, data, warnings)
+    }
+
+    /// One input file's positions, checked (FITS files read just those two columns).
+    static func readPositions(_ path: String, _ o: IngestOptions) throws -> (ra: [Double], dec: [Double]) {
+        if path.lowercased().hasSuffix(".csv") {
+            let (specs, data) = try CSVTable.read(path: path)
+            try validateCoordinates(path, specs, data, o)
+            return (data[specs.firstIndex { $0.name == o.raColumn }!].doubles, data[specs.firstIndex { $0.name == o.decColumn }!].doubles)
+        }
+        let t = try FITSTableReader(path: path)
+        guard t.rowCount > 0 else { throw IngestError.input("\(path) has no rows") }
+        let names = t.columns.map(\.name)
+        try requireCoordinateColumns(path, names, o)
+        let ra = try t.read(column: o.raColumn), dec = try t.read(column: o.decColumn)
+        try validateCoordinates(path, [ColumnSpec(o.raColumn, ra.type), ColumnSpec(o.decColumn, dec.type)], [ra, dec], o)
+        return (ra.doubles, dec.doubles)
+    }
+
+    static func requireCoordinateColumns(_ path: String, _ names: [String], _ o: IngestOptions) throws {
+        guard names.contains(o.raColumn) else {
+            throw IngestError.input("\(path) has no column `\(o.raColumn)` (choose the RA column with --ra); it has: \(names.joined(separator: ", "))")
+        }
+        guard names.contains(o.decColumn) else {
+            throw IngestError.input("\(path) has no column `\(o.decColumn)` (choose the Dec column with --dec); it has: \(names.joined(separator: ", "))")
+        }
+    }
+
     static func validateCoordinates(_ path: String, _ specs: [ColumnSpec], _ data: [ColumnData], _ o: IngestOptions) throws {
-        guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }) else {
-            throw IngestError.input("\(path) has no column `\(o.raColumn)` (choose the RA column with --ra); it has: \(specs.map(\.name).joined(separator: ", "))")
-        }
-        guard let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
-            throw IngestError.input("\(path) has no column `\(o.decColumn)` (choose the Dec column with --dec); it has: \(specs.map(\.name).joined(separator: ", "))")
-        }
+        try requireCoordinateColumns(path, specs.map(\.name), o)
+        guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else { return }
         let ra = data[ri].doubles, dec = data[di].doubles
         for i in 0..<ra.count {
             if !ra[i].isFinite { throw IngestError.badCoordinate(file: path, row: i + 1, what: "\(o.raColumn) is \(ra[i])") }

@@ -58,67 +58,13 @@ public enum SkyPartitioner {
     }
 
     /// Fills each shard's margin: rows of other shards within `radius` (radians) of the shard's
-    /// pixel. Rows far from every shard boundary are skipped by a cheap test (the shards that meet
-    /// their pixel's neighbourhood at an order whose pixels are wider than the radius); for the
-    /// rest, the cone of the radius around the row is covered at an order whose pixels are at
-    /// most 1/16 of it, and the row joins the margin of every other shard that cover touches. So
-    /// the margin holds every row within the radius, and perhaps some up to 1/8 of the radius
-    /// further (readers filter by exact distance).
+    /// pixel (see `MarginFinder`), for rows given in index order.
     public static func addMargins(_ shards: inout [ShardPlan], ra: [Double], dec: [Double], radius: Double) {
         guard !shards.isEmpty, radius > 0 else { return }
-        // (A quarter of the largest pixel radius is a safe lower bound on any pixel's width.)
-        var mOrder = 0
-        while mOrder < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: mOrder + 1) * 0.25 > radius { mOrder += 1 }
-        var fine = mOrder
-        while fine < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: fine) > radius / 16 { fine += 1 }
-        let starts = shards.map { $0.indexRange.lowerBound }
-        func shardOf(_ index: Int64) -> Int? {
-            var lo = 0, hi = starts.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if starts[mid] <= index { lo = mid + 1 } else { hi = mid }
-            }
-            let s = lo - 1
-            return s >= 0 && shards[s].indexRange.contains(index) ? s : nil
-        }
-        for (home, shard) in shards.enumerated() {
-            // Rows come sorted by index, so neighbours share their pixel: work out each pixel's
-            // candidate shards once.
-            var lastPixel: Int64 = -1
-            var candidates: [Int] = []
-            var neighbourhood: [Int64] = []
-            for row in shard.rows {
-                let v = Vec3(ra: ra[row], dec: dec[row])
-                let p = HEALPix.pixel(order: mOrder, vector: v)
-                if p != lastPixel {
-                    lastPixel = p
-                    candidates = candidateShards(p)
-                    neighbourhood = (HEALPix.neighbours(order: mOrder, pixel: p) + [p]).filter { $0 >= 0 }.sorted()
-                }
-                if candidates.isEmpty { continue }
-                // The cone lies within the pixel's neighbourhood: search only there.
-                let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine, within: neighbourhood, rootOrder: mOrder)
-                for s in candidates {
-                    let r = shards[s].indexRange
-                    if cone.contains(where: { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }) {
-                        shards[s].margin.append(row)
-                    }
-                }
-            }
-            /// Shards other than `home` meeting pixel `p`'s neighbourhood at the margin order.
-            func candidateShards(_ p: Int64) -> [Int] {
-                var candidates: [Int] = []
-                for n in HEALPix.neighbours(order: mOrder, pixel: p) + [p] where n >= 0 {
-                    // Every shard that overlaps the neighbour pixel: it may be coarser or finer.
-                    let range = HEALPix.children(n, order: mOrder, to: HEALPix.maxOrder)
-                    var idx = range.lowerBound
-                    while idx < range.upperBound, let s = shardOf(idx) ?? nextShard(after: idx, starts) {
-                        if shards[s].indexRange.lowerBound >= range.upperBound { break }
-                        if s != home && !candidates.contains(s) { candidates.append(s) }
-                        idx = shards[s].indexRange.upperBound
-                    }
-                }
-                return candidates
+        var finder = MarginFinder(shards: shards.map(\.indexRange), radius: radius)
+        for home in shards.indices {
+            for row in shards[home].rows {
+                for s in finder.shards(takingRowAt: Vec3(ra: ra[row], dec: dec[row]), home: home) { shards[s].margin.append(row) }
             }
         }
     }
@@ -130,5 +76,80 @@ public enum SkyPartitioner {
             if starts[mid] <= index { lo = mid + 1 } else { hi = mid }
         }
         return lo < starts.count ? lo : nil
+    }
+}
+
+/// Which shards' margins a row belongs to: the other shards within `radius` (radians) of it.
+///
+/// Rows far from every shard boundary are ruled out by a cheap test (the shards that meet their
+/// pixel's neighbourhood at an order whose pixels are wider than the radius); for the rest, the
+/// cone of the radius around the row is covered at an order whose pixels are at most 1/16 of it,
+/// and the row joins the margin of every other shard that cover touches. So a margin holds every
+/// row within the radius, and perhaps some up to 1/8 of the radius further (readers filter by
+/// exact distance). Rows may come in any order; each neighbourhood's candidates are worked out once.
+public struct MarginFinder {
+    let ranges: [Range<Int64>]
+    let starts: [Int64]
+    let radius: Double
+    let coarse: Int
+    let fine: Int
+    var candidates: [Int64: [Int]] = [:]
+
+    /// - Parameter shards: the shards' order-29 index ranges, ascending and disjoint.
+    public init(shards: [Range<Int64>], radius: Double) {
+        ranges = shards
+        starts = shards.map(\.lowerBound)
+        self.radius = radius
+        // (A quarter of the largest pixel radius is a safe lower bound on any pixel's width.)
+        var c = 0
+        while c < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: c + 1) * 0.25 > radius { c += 1 }
+        var f = c
+        while f < HEALPix.maxOrder && HEALPix.maxPixelRadius(order: f) > radius / 16 { f += 1 }
+        coarse = c
+        fine = f
+    }
+
+    /// Shards other than `home` whose margin takes the row at `v`.
+    public mutating func shards(takingRowAt v: Vec3, home: Int) -> [Int] {
+        guard radius > 0, !ranges.isEmpty else { return [] }
+        let p = HEALPix.pixel(order: coarse, vector: v)
+        let near = neighbourhoodShards(p).filter { $0 != home }
+        if near.isEmpty { return [] }
+        // The cone lies within the pixel's neighbourhood: search only there.
+        let neighbourhood = (HEALPix.neighbours(order: coarse, pixel: p) + [p]).filter { $0 >= 0 }.sorted()
+        let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine, within: neighbourhood, rootOrder: coarse)
+        return near.filter { s in
+            let r = ranges[s]
+            return cone.contains { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }
+        }
+    }
+
+    /// Every shard that overlaps pixel `p`'s neighbourhood at the coarse order (shards may be
+    /// coarser or finer than it).
+    mutating func neighbourhoodShards(_ p: Int64) -> [Int] {
+        if let known = candidates[p] { return known }
+        var found: [Int] = []
+        for n in HEALPix.neighbours(order: coarse, pixel: p) + [p] where n >= 0 {
+            let range = HEALPix.children(n, order: coarse, to: HEALPix.maxOrder)
+            var idx = range.lowerBound
+            while idx < range.upperBound, let s = shard(containing: idx) ?? SkyPartitioner.nextShard(after: idx, starts) {
+                if ranges[s].lowerBound >= range.upperBound { break }
+                if !found.contains(s) { found.append(s) }
+                idx = ranges[s].upperBound
+            }
+        }
+        candidates[p] = found
+        return found
+    }
+
+    /// The shard whose range holds `index`, if any.
+    public func shard(containing index: Int64) -> Int? {
+        var lo = 0, hi = starts.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if starts[mid] <= index { lo = mid + 1 } else { hi = mid }
+        }
+        let s = lo - 1
+        return s >= 0 && ranges[s].contains(index) ? s : nil
     }
 }

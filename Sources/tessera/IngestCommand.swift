@@ -29,6 +29,9 @@ struct IngestCommand: ParsableCommand {
     @Option(help: "Margin radius in arcseconds (rows of neighbouring shards kept with each shard).")
     var marginArcsec = 10.0
 
+    @Option(name: .customLong("spill-dir"), help: "Where rows wait, by shard, between reading the files and sending the shards (needs about the input's size free; default: the system's temporary folder).")
+    var spillDirectory: String?
+
     @Flag(help: "Replace a dataset of the same name.")
     var replace = false
 
@@ -51,6 +54,7 @@ struct IngestCommand: ParsableCommand {
         o.replicas = min(replicas, max(1, try conn.status().workers.count))
         o.marginArcsec = marginArcsec
         o.replace = replace
+        o.spillDirectory = spillDirectory
         let start = Date()
         let done = try CatalogIngest.run(o, connection: conn) { line in
             FileHandle.standardError.write(Data("  \(line)\n".utf8))

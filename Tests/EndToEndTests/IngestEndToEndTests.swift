@@ -4,6 +4,7 @@ import Testing
 import TesseraClient
 import TesseraCluster
 import TesseraProtocol
+import TesseraSky
 import TesseraStorage
 import TesseraSurvey
 import TesseraTestKit
@@ -44,8 +45,11 @@ struct IngestEndToEndTests {
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
         var o = IngestOptions(dataset: "object", files: files)
         o.maxRowsPerShard = 4_000
+        o.spillDirectory = temporaryFolder("ingest-spill")
         let done = try CatalogIngest.run(o, connection: conn)
         #expect(done.rows == UInt64(Self.rows))
+        // The rows spilled by shard between the passes are gone.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: o.spillDirectory!).isEmpty)
         let status = try conn.status()
         let ds = try #require(status.datasets.first { $0.name == "object" })
         #expect(ds.rows == UInt64(Self.rows))
@@ -68,6 +72,26 @@ struct IngestEndToEndTests {
             let cols = try a.read(columns: names)
             for k in 0..<names.count { got[k].append(cols[k]) }
         }
+        // Margins, streamed file by file, hold exactly the rows the in-memory partitioner puts
+        // there for the whole catalog at once.
+        guard case .float64(let ra) = expected[1], case .float64(let dec) = expected[2], case .int64(let ids) = expected[0] else {
+            Issue.record("position columns"); return
+        }
+        let index = zip(ra, dec).map { HEALPix.spatialIndex(ra: $0, dec: $1) }
+        let order = index.indices.sorted { index[$0] < index[$1] }
+        var plans = SkyPartitioner.partition(sortedIndex: order.map { index[$0] }, maxRows: o.maxRowsPerShard)
+        SkyPartitioner.addMargins(&plans, ra: order.map { ra[$0] }, dec: order.map { dec[$0] }, radius: o.marginArcsec / 3600 * .pi / 180)
+        #expect(plans.count == byKey.count)
+        var marginRows = 0
+        for plan in plans {
+            let copy = try #require(byKey[plan.name + ".shard"]?.first, "shard \(plan.name)")
+            let r = try ShardReader(path: copy)
+            guard case .int64(let got) = try r.read(columns: ["objectId"], rowGroups: Array(r.marginRowGroups))[0] else { continue }
+            #expect(got.sorted() == plan.margin.map { ids[order[$0]] }.sorted(), "margin of \(plan.name)")
+            marginRows += got.count
+        }
+        #expect(marginRows > 20)  // (87 with this catalog and a 10" margin)
+
         // Order aside: sort both sides by objectId (column 0) and compare every column.
         guard case .int64(let gotIDs) = got[0], case .int64(let expIDs) = expected[0] else { Issue.record("id column"); return }
         let gOrder = gotIDs.indices.sorted { gotIDs[$0] < gotIDs[$1] }

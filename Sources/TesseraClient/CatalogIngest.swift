@@ -103,19 +103,30 @@ public enum CatalogIngest {
             }
             let ri = fileSpecs.firstIndex { $0.name == o.raColumn }!, di = fileSpecs.firstIndex { $0.name == o.decColumn }!
             let ra = data[ri].doubles, dec = data[di].doubles
-            var own: [Int: [Int]] = [:], margin: [Int: [Int]] = [:]
+            var home = [Int32](repeating: 0, count: ra.count)
+            var margin: [Int: [Int]] = [:]
             var fileIndex = [Int64](repeating: 0, count: ra.count)
             for i in 0..<ra.count {
                 let x = HEALPix.spatialIndex(ra: ra[i], dec: dec[i])
                 fileIndex[i] = x
-                guard let home = finder.shard(containing: x) else {
+                guard let h = finder.shard(containing: x) else {
                     throw IngestError.input("\(path) changed while it was read (row \(i + 1) is in no shard of the first pass)")
                 }
-                own[home, default: []].append(i)
-                for s in finder.shards(takingRowAt: Vec3(ra: ra[i], dec: dec[i]), home: home) { margin[s, default: []].append(i) }
+                home[i] = Int32(h)
+                for s in finder.shards(takingRowAt: x, ra: ra[i], dec: dec[i], home: h) { margin[s, default: []].append(i) }
             }
             data.append(.int64(fileIndex))
-            for (s, picked) in own { try spill.append(shard: s, margin: false, columns: data.map { $0.gathered(picked) }) }
+            // Rows by shard: a counting sort of the home shards, keeping file order within each.
+            var start = [Int](repeating: 0, count: shards.count + 1)
+            for h in home { start[Int(h) + 1] += 1 }
+            for s in 0..<shards.count { start[s + 1] += start[s] }
+            var next = start
+            var byShard = [Int](repeating: 0, count: ra.count)
+            for (i, h) in home.enumerated() { byShard[next[Int(h)]] = i; next[Int(h)] += 1 }
+            for s in 0..<shards.count where start[s + 1] > start[s] {
+                let picked = Array(byShard[start[s]..<start[s + 1]])
+                try spill.append(shard: s, margin: false, columns: data.map { $0.gathered(picked) })
+            }
             for (s, picked) in margin { try spill.append(shard: s, margin: true, columns: data.map { $0.gathered(picked) }) }
             progress("read \(path) (\(ra.count) rows) [\(elapsed())]")
         }

@@ -13,8 +13,7 @@ extension HEALPix {
     /// neighbourhood is known.
     public static func coverage(of region: some SkyRegion, order: Int, inclusive: Bool, within roots: [Int64], rootOrder: Int) -> [Range<Int64>] {
         precondition(order >= 0 && order <= maxOrder && rootOrder <= order)
-        // A little slack on the bound so rounding never drops an overlapping pixel.
-        let radii = (0...order).map { $0 < rootOrder ? 0 : maxPixelRadius(order: $0) * (1 + 1e-9) + 1e-15 }
+        let radii = (0...order).map { $0 < rootOrder ? 0 : boundingRadius(order: $0) }
         var out: [Range<Int64>] = []
         func emit(_ r: Range<Int64>) {
             if let last = out.last, last.upperBound == r.lowerBound {
@@ -41,6 +40,33 @@ extension HEALPix {
             }
         }
         return out
+    }
+
+    /// The radius of a cap around a pixel's centre that surely holds the pixel: the bound, with a
+    /// little slack so that rounding never drops an overlapping pixel.
+    @inline(__always) static func boundingRadius(order: Int) -> Double { maxPixelRadius(order: order) * (1 + 1e-9) + 1e-15 }
+
+    /// Whether `region` meets the order-29 index range `range` (a shard's pixel), searching from
+    /// the given pixels of `rootOrder`: the same walk as `coverage(…inclusive: true…)` at
+    /// `resolution`, but only through pixels that overlap the range, and stopping at the first
+    /// pixel found. A cone near a shard's edge mostly lies in its own shard, which this never visits.
+    public static func region(_ region: some SkyRegion, meets range: Range<Int64>, resolution: Int, within roots: [Int64], rootOrder: Int) -> Bool {
+        precondition(resolution >= rootOrder && resolution <= maxOrder)
+        var stack: [(level: Int, pix: Int64)] = roots.map { (rootOrder, $0) }
+        while let (level, pix) = stack.popLast() {
+            let span = children(pix, order: level, to: maxOrder)
+            guard span.lowerBound < range.upperBound && range.lowerBound < span.upperBound else { continue }
+            switch region.classify(center: centerVector(order: level, pixel: pix), radius: boundingRadius(order: level)) {
+            case .outside:
+                continue
+            case .inside:
+                return true
+            case .partial:
+                if level == resolution { return true }
+                for k in 0..<Int64(4) { stack.append((level + 1, pix * 4 + k)) }
+            }
+        }
+        return false
     }
 
     /// Order-29 spatial-index ranges that contain every point of a region, for pruning shards and

@@ -298,7 +298,13 @@ public enum HEALPix {
     }
 
     /// An upper bound on the angle from any pixel's centre to its boundary at `order`, radians.
-    public static func maxPixelRadius(order: Int) -> Double {
+    /// (From a table: every coverage walk asks for each order's bound, and working it out takes
+    /// several trigonometric calls — measured as most of the ingest's margin search.)
+    @inline(__always) public static func maxPixelRadius(order: Int) -> Double { maxPixelRadii[order] }
+
+    static let maxPixelRadii: [Double] = (0...maxOrder).map(computedMaxPixelRadius)
+
+    static func computedMaxPixelRadius(order: Int) -> Double {
         let ns = Double(nside(order))
         let va = Vec3(theta: acos(2.0 / 3.0), phi: .pi / (4 * ns))
         var t1 = 1 - 1 / ns

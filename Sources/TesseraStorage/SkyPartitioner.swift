@@ -64,7 +64,8 @@ public enum SkyPartitioner {
         var finder = MarginFinder(shards: shards.map(\.indexRange), radius: radius)
         for home in shards.indices {
             for row in shards[home].rows {
-                for s in finder.shards(takingRowAt: Vec3(ra: ra[row], dec: dec[row]), home: home) { shards[s].margin.append(row) }
+                let index = HEALPix.spatialIndex(ra: ra[row], dec: dec[row])
+                for s in finder.shards(takingRowAt: index, ra: ra[row], dec: dec[row], home: home) { shards[s].margin.append(row) }
             }
         }
     }
@@ -109,19 +110,22 @@ public struct MarginFinder {
         fine = f
     }
 
-    /// Shards other than `home` whose margin takes the row at `v`.
-    public mutating func shards(takingRowAt v: Vec3, home: Int) -> [Int] {
+    /// Shards other than `home` whose margin takes the row at (`ra`, `dec`) in degrees, whose
+    /// order-29 spatial index is `index`.
+    public mutating func shards(takingRowAt index: Int64, ra: Double, dec: Double, home: Int) -> [Int] {
         guard radius > 0, !ranges.isEmpty else { return [] }
-        let p = HEALPix.pixel(order: coarse, vector: v)
-        let near = neighbourhoodShards(p).filter { $0 != home }
+        // The coarse pixel from the index (nested: a parent is its child's index shifted), with
+        // no trigonometry: most rows stop at the next test.
+        let p = index >> Int64(2 * (HEALPix.maxOrder - coarse))
+        let candidates = neighbourhoodShards(p)
+        if candidates.count == 1 && candidates[0] == home { return [] }
+        let near = candidates.filter { $0 != home }
         if near.isEmpty { return [] }
-        // The cone lies within the pixel's neighbourhood: search only there.
-        let neighbourhood = (HEALPix.neighbours(order: coarse, pixel: p) + [p]).filter { $0 >= 0 }.sorted()
-        let cone = HEALPix.indexRanges(of: ConeRegion(center: v, radius: radius), resolution: fine, within: neighbourhood, rootOrder: coarse)
-        return near.filter { s in
-            let r = ranges[s]
-            return cone.contains { $0.lowerBound < r.upperBound && r.lowerBound < $0.upperBound }
-        }
+        // The cone lies within the pixel's neighbourhood: search only there, and only the part
+        // of it in each candidate shard.
+        let cone = ConeRegion(center: Vec3(ra: ra, dec: dec), radius: radius)
+        let neighbourhood = (HEALPix.neighbours(order: coarse, pixel: p) + [p]).filter { $0 >= 0 }
+        return near.filter { HEALPix.region(cone, meets: ranges[$0], resolution: fine, within: neighbourhood, rootOrder: coarse) }
     }
 
     /// Every shard that overlaps pixel `p`'s neighbourhood at the coarse order (shards may be

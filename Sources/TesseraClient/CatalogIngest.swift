@@ -54,6 +54,10 @@ public enum IngestError: Error, CustomStringConvertible {
 /// rows to local disk by shard (`ShardSpill`); each shard is then read back and sent.
 public enum CatalogIngest {
     public static let indexColumn = "_healpix_29"
+    /// The finest shard order (1.7′ pixels): the first pass counts rows per pixel of this order.
+    /// A shard stays larger than `maxRowsPerShard` only where the sky holds more than ~340,000
+    /// rows per square arcminute.
+    public static let partitionOrder = 11
 
     /// - Parameter progress: short lines for a terminal.
     public static func run(_ o: IngestOptions, connection conn: SchedulerConnection, progress: (String) -> Void = { _ in }) throws -> Tessera_V1_IngestCommitted {
@@ -61,17 +65,15 @@ public enum CatalogIngest {
         func elapsed() -> String { String(format: "%.2f s", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
         guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
 
-        // Pass 1: positions only, for the partition (8 bytes a row held, not the whole row).
-        var index: [Int64] = []
+        // Pass 1: positions only, counted per pixel for the partition (memory grows with the sky
+        // covered, not with the rows).
+        var histogram = SkyHistogram(order: partitionOrder)
         for path in o.files {
             let (ra, dec) = try readPositions(path, o)
-            index.reserveCapacity(index.count + ra.count)
-            for i in 0..<ra.count { index.append(HEALPix.spatialIndex(ra: ra[i], dec: dec[i])) }
+            histogram.add(indexes: (0..<ra.count).map { HEALPix.spatialIndex(ra: ra[$0], dec: dec[$0]) })
         }
-        let rows = index.count
-        let sortedIndex = RadixSort.order(index).map { index[$0] }
-        index = []
-        let shards = SkyPartitioner.partition(sortedIndex: sortedIndex, maxRows: o.maxRowsPerShard)
+        let rows = histogram.rows
+        let shards = SkyPartitioner.partition(histogram, maxRows: o.maxRowsPerShard)
         let ranges = shards.map(\.indexRange)
         progress("\(rows) rows in \(o.files.count) file(s): \(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))) [\(elapsed())]")
 

@@ -24,35 +24,47 @@ public enum SkyPartitioner {
     ///   - minOrder: the coarsest shard order.
     /// - Returns: non-empty shards in index order; their row ranges tile `0..<sortedIndex.count`.
     public static func partition(sortedIndex: [Int64], maxRows: Int, minOrder: Int = 0, maxOrder: Int = 20) -> [ShardPlan] {
+        partition(SkyHistogram(sortedIndex: sortedIndex), maxRows: maxRows, minOrder: minOrder, maxOrder: maxOrder)
+    }
+
+    /// The same cut from row counts per pixel: shards are then no finer than the histogram's order.
+    /// Row ranges are positions in the index-sorted order of all rows.
+    public static func partition(_ h: SkyHistogram, maxRows: Int, minOrder: Int = 0, maxOrder: Int = 20) -> [ShardPlan] {
+        let maxOrder = min(maxOrder, h.order)
         precondition(maxRows > 0 && minOrder <= maxOrder && maxOrder <= HEALPix.maxOrder)
         var out: [ShardPlan] = []
-        // Rows of pixel p at order k are a contiguous run of the sorted index: find it by binary search.
+        // A pixel's entries are a contiguous run of the sorted pixels: find it by binary search.
         func lowerBound(_ v: Int64, _ lo: Int, _ hi: Int) -> Int {
             var lo = lo, hi = hi
             while lo < hi {
                 let mid = (lo + hi) / 2
-                if sortedIndex[mid] < v { lo = mid + 1 } else { hi = mid }
+                if h.pixels[mid] < v { lo = mid + 1 } else { hi = mid }
             }
             return lo
         }
+        /// The first histogram pixel past pixel `p` of `order`.
+        func end(_ p: Int64, _ order: Int, _ lo: Int, _ hi: Int) -> Int {
+            lowerBound((p + 1) << Int64(2 * (h.order - order)), lo, hi)
+        }
         func visit(_ order: Int, _ pixel: Int64, _ lo: Int, _ hi: Int) {
             if lo == hi { return }
-            if hi - lo <= maxRows || order == maxOrder {
-                out.append(ShardPlan(order: order, pixel: pixel, rows: lo..<hi))
+            let rows = h.cumulative[lo]..<h.cumulative[hi]
+            if rows.count <= maxRows || order == maxOrder {
+                out.append(ShardPlan(order: order, pixel: pixel, rows: rows))
                 return
             }
             var start = lo
             for child in (pixel * 4)..<(pixel * 4 + 4) {
-                let end = lowerBound(HEALPix.children(child, order: order + 1, to: HEALPix.maxOrder).upperBound, start, hi)
-                visit(order + 1, child, start, end)
-                start = end
+                let stop = end(child, order + 1, start, hi)
+                visit(order + 1, child, start, stop)
+                start = stop
             }
         }
         var start = 0
         for p in 0..<HEALPix.pixelCount(minOrder) {
-            let end = lowerBound(HEALPix.children(p, order: minOrder, to: HEALPix.maxOrder).upperBound, start, sortedIndex.count)
-            visit(minOrder, p, start, end)
-            start = end
+            let stop = end(p, minOrder, start, h.pixels.count)
+            visit(minOrder, p, start, stop)
+            start = stop
         }
         return out
     }
@@ -77,6 +89,61 @@ public enum SkyPartitioner {
             if starts[mid] <= index { lo = mid + 1 } else { hi = mid }
         }
         return lo < starts.count ? lo : nil
+    }
+}
+
+/// Rows per HEALPix pixel at one order, for partitioning a catalog without holding a value per
+/// row: a first pass over the inputs adds each file's spatial indexes.
+public struct SkyHistogram: Sendable, Equatable {
+    public let order: Int
+    /// Occupied pixels, ascending.
+    public private(set) var pixels: [Int64] = []
+    /// Rows in pixels before each position: `cumulative[i + 1] - cumulative[i]` rows in `pixels[i]`.
+    public private(set) var cumulative: [Int] = [0]
+
+    public init(order: Int) {
+        precondition(order >= 0 && order <= HEALPix.maxOrder)
+        self.order = order
+    }
+
+    /// Every row's order-29 index, ascending, as a histogram at order 29.
+    public init(sortedIndex: [Int64]) {
+        order = HEALPix.maxOrder
+        (pixels, cumulative) = Self.runs(sortedIndex)
+    }
+
+    public var rows: Int { cumulative[cumulative.count - 1] }
+
+    /// Adds rows by their order-29 spatial indexes (any order).
+    public mutating func add(indexes: [Int64]) {
+        let shift = Int64(2 * (HEALPix.maxOrder - order))
+        let (newPixels, newCumulative) = Self.runs(indexes.map { $0 >> shift }.sorted())
+        // Merge two sorted lists of (pixel, rows).
+        var p: [Int64] = [], c: [Int] = [0]
+        p.reserveCapacity(pixels.count + newPixels.count)
+        c.reserveCapacity(pixels.count + newPixels.count + 1)
+        var i = 0, j = 0
+        while i < pixels.count || j < newPixels.count {
+            let a = i < pixels.count ? pixels[i] : .max, b = j < newPixels.count ? newPixels[j] : .max
+            let px = min(a, b)
+            var n = 0
+            if a == px { n += cumulative[i + 1] - cumulative[i]; i += 1 }
+            if b == px { n += newCumulative[j + 1] - newCumulative[j]; j += 1 }
+            p.append(px)
+            c.append(c[c.count - 1] + n)
+        }
+        (pixels, cumulative) = (p, c)
+    }
+
+    /// Distinct values of a sorted list, with cumulative counts.
+    static func runs(_ sorted: [Int64]) -> ([Int64], [Int]) {
+        var p: [Int64] = [], c: [Int] = [0]
+        for (i, v) in sorted.enumerated() where i == 0 || v != sorted[i - 1] {
+            if i > 0 { c.append(i) }
+            p.append(v)
+        }
+        if !sorted.isEmpty { c.append(sorted.count) }
+        return (p, c)
     }
 }
 

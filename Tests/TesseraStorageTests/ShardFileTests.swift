@@ -275,6 +275,27 @@ func tempPath(_ name: String) -> String {
         #expect(Set(shards.map(\.order)).count > 1)
     }
 
+    /// Counts per pixel, added file by file in any order, cut the sky exactly as the sorted index
+    /// does when shards stop at the histogram's order; a pixel over the limit at that order stays whole.
+    @Test func aHistogramCutsTheSameShardsAsTheSortedIndex() {
+        var cat = TestCatalog(rows: 40_000, seed: 12)
+        for i in 0..<15_000 {
+            let r = 60 + 0.02 * sin(Double(i)), d = -35 + 0.02 * cos(Double(i) * 1.7)
+            cat.ra.append(r); cat.dec.append(d); cat.index.append(HEALPix.spatialIndex(ra: r, dec: d))
+        }
+        let sorted = cat.index.sorted()
+        for order in [8, 11, 29] {
+            var h = SkyHistogram(order: order)
+            // Three "files", unsorted.
+            for part in [Array(cat.index[0..<7_000]), Array(cat.index[7_000..<31_000]), Array(cat.index[31_000...])] { h.add(indexes: part.reversed()) }
+            #expect(h.rows == sorted.count)
+            let fromCounts = SkyPartitioner.partition(h, maxRows: 3_000)
+            #expect(fromCounts == SkyPartitioner.partition(sortedIndex: sorted, maxRows: 3_000, maxOrder: min(order, 20)), "order \(order)")
+            #expect(fromCounts.allSatisfy { $0.order <= order })
+            if order == 8 { #expect(fromCounts.contains { $0.rows.count > 3_000 }) }  // the clump's pixel stays whole
+        }
+    }
+
     /// Brute force over all row–shard pairs, with the distance to a shard taken from a dense
     /// boundary sampling: every row within the radius of another shard is in that shard's margin.
     @Test func marginsHoldEveryRowWithinTheRadius() {

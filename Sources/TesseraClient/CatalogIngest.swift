@@ -49,9 +49,10 @@ public enum IngestError: Error, CustomStringConvertible {
 /// straight to the workers the scheduler chose, and commits the dataset in one registry
 /// transaction once every copy is durably written.
 ///
-/// Memory is bounded by the largest input file, not the catalog: a first pass reads only the
-/// positions (8 bytes a row kept, for the partition); a second reads each file once and spills its
-/// rows to local disk by shard (`ShardSpill`); each shard is then read back and sent.
+/// Memory does not grow with the catalog: a first pass reads only the positions and counts rows
+/// per pixel (`SkyHistogram`) for the partition; a second reads each file once and spills its rows
+/// to local disk by shard (`ShardSpill`); each shard is then read back and sent. What is held at
+/// once is one input file, the pixel counts, and the shards in flight.
 public enum CatalogIngest {
     public static let indexColumn = "_healpix_29"
     /// The finest shard order (1.7′ pixels): the first pass counts rows per pixel of this order.
@@ -103,7 +104,10 @@ public enum CatalogIngest {
                     specs[k].type = .columnFloat64
                 }
             }
-            let ri = fileSpecs.firstIndex { $0.name == o.raColumn }!, di = fileSpecs.firstIndex { $0.name == o.decColumn }!
+            // (`readFile` has checked that both are there.)
+            guard let ri = fileSpecs.firstIndex(where: { $0.name == o.raColumn }), let di = fileSpecs.firstIndex(where: { $0.name == o.decColumn }) else {
+                throw IngestError.input("\(path) has no columns `\(o.raColumn)` and `\(o.decColumn)`")
+            }
             let ra = data[ri].doubles, dec = data[di].doubles
             var home = [Int32](repeating: 0, count: ra.count)
             var margin: [Int: [Int]] = [:]
@@ -351,7 +355,10 @@ public enum CatalogIngest {
         if path.lowercased().hasSuffix(".csv") {
             let (specs, data) = try CSVTable.read(path: path)
             try validateCoordinates(path, specs, data, o)
-            return (data[specs.firstIndex { $0.name == o.raColumn }!].doubles, data[specs.firstIndex { $0.name == o.decColumn }!].doubles)
+            guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
+                throw IngestError.input("\(path) has no columns `\(o.raColumn)` and `\(o.decColumn)`")
+            }
+            return (data[ri].doubles, data[di].doubles)
         }
         let t = try FITSTableReader(path: path)
         guard t.rowCount > 0 else { throw IngestError.input("\(path) has no rows") }

@@ -46,6 +46,7 @@ public final class WorkerDaemon {
     private let signals: ShutdownSignals
     private let pool: ExecutorPool
     private let shards: ShardStore?
+    private let shardWriter: BackgroundShardWriter?
     private var registered = false
     private var lastRegister: UInt64 = 0
     private var heartbeatIntervalNs: UInt64 = 500_000_000
@@ -74,6 +75,7 @@ public final class WorkerDaemon {
         signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
         pool = ExecutorPool(threads: settings.threads) { wake.signal() }
         shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
+        shardWriter = shards.map { BackgroundShardWriter(store: $0, workerName: settings.name) { wake.signal() } }
         engine.dataRoot = settings.dataDirectory
     }
 
@@ -108,6 +110,7 @@ public final class WorkerDaemon {
             if poller.isReadable(2) {
                 wake.drain()
                 try drainCompletions()
+                try answerStoredShards()
             }
             if poller.isReadable(0) { try drainScheduler() }
             if poller.isReadable(1) { try drainPeerRequests() }
@@ -197,22 +200,36 @@ public final class WorkerDaemon {
             case .fetchRequest(let r):
                 try perform([engine.serveFetch(r, from: identity)])
             case .storeShard(let r):
-                var reply = Envelope()
-                if let shards {
-                    reply.shardStored = shards.store(r, frames: frames, workerName: settings.name)
-                    logger.info("stored shard", metadata: ["worker/shard": "\(r.dataset)/order\(r.order)-pix\(r.pixel)", "worker/rows": "\(r.rows)"])
+                if let shardWriter {
+                    // Answered from `answerStoredShards` once the file is on disk.
+                    shardWriter.submit(r, frames: frames, identity: identity)
                 } else {
+                    var reply = Envelope()
                     var s = Tessera_V1_ShardStored()
                     s.requestID = r.requestID
                     s.error = "worker \(settings.name) has no data folder (start it with --data)"
                     reply.shardStored = s
+                    try peerRouter.sendMessage(to: identity, reply)
                 }
-                try peerRouter.sendMessage(to: identity, reply)
             default:
                 var reply = WireProtocol.errorReply(.errorMalformedMessage, "message not expected on a worker's peer endpoint")
                 reply.insert(identity, at: 0)
                 _ = try? peerRouter.send(parts: reply, dontWait: true)
             }
+        }
+    }
+
+    /// Replies to ingest clients whose shards the background writer has finished.
+    private func answerStoredShards() throws {
+        guard let shardWriter else { return }
+        for f in shardWriter.drainFinished() {
+            let r = f.request
+            if f.reply.error.isEmpty {
+                logger.info("stored shard", metadata: ["worker/shard": "\(r.dataset)/order\(r.order)-pix\(r.pixel)", "worker/rows": "\(r.rows)"])
+            }
+            var reply = Envelope()
+            reply.shardStored = f.reply
+            try peerRouter.sendMessage(to: f.identity, reply)
         }
     }
 
@@ -270,14 +287,17 @@ public final class WorkerDaemon {
         // Unstarted tasks go back first, so the scheduler can re-place them while we finish the rest.
         let goodbye = engine.deregister(reason: "shutting down", pool: pool)
         let deadline = monotonicNanos() + 10_000_000_000
-        while pool.busyCount > 0 && monotonicNanos() < deadline {
+        // Shards being written are finished and answered: their clients are waiting.
+        while (pool.busyCount > 0 || (shardWriter?.inFlight ?? 0) > 0) && monotonicNanos() < deadline {
             var p = Poller()
             p.add(fileDescriptor: wake.fd)
             try p.wait(timeoutMs: 50)
             wake.drain()
             try drainCompletions()
+            try answerStoredShards()
         }
         try drainCompletions()
+        try answerStoredShards()
         if registered { try sendToScheduler(goodbye, []) }
         pool.stop()
         for s in peers.values { s.close() }

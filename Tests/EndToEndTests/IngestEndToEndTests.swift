@@ -271,6 +271,12 @@ struct IngestEndToEndTests {
         #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [ragged]), connection: conn) } throws: { e in
             "\(e)".contains("line 3")
         }
+        // Files disagreeing in column names are refused before anything is stored.
+        let a = try csv("a.csv", "id,coord_ra,coord_dec,flux\n1,10,5,1\n")
+        let b = try csv("b.csv", "id,coord_ra,coord_dec,flux2\n2,10,5,1\n")
+        #expect { try CatalogIngest.run(IngestOptions(dataset: "x", files: [a, b]), connection: conn) } throws: { e in
+            "\(e)".contains("b.csv") && "\(e)".contains("flux2")
+        }
         let empty = try csv("empty.csv", "")
         #expect(throws: (any Error).self) { try CatalogIngest.run(IngestOptions(dataset: "x", files: [empty]), connection: conn) }
         #expect(try conn.status().datasets.isEmpty)
@@ -280,5 +286,21 @@ struct IngestEndToEndTests {
         o.replicas = 1
         let done = try CatalogIngest.run(o, connection: conn)
         #expect(done.rows == 3)
+        // An integer column that a later file has gaps in becomes Float64 for every file's rows,
+        // through the spill by shard.
+        let ints = try csv("ints.csv", "id,coord_ra,coord_dec,band\n1,10,5,3\n2,200,-40,4\n")
+        let gaps = try csv("gaps.csv", "id,coord_ra,coord_dec,band\n3,10.001,5,\n4,200.001,-40,6\n")
+        var m = IngestOptions(dataset: "mixed", files: [ints, gaps])
+        m.replicas = 1
+        m.maxRowsPerShard = 2
+        #expect(try CatalogIngest.run(m, connection: conn).rows == 4)
+        var bands: [Int64: Double] = [:]
+        for path in shardFiles(data, "mixed") {
+            let r = try ShardReader(path: path)
+            let cols = try r.read(columns: ["id", "band"])
+            guard case .int64(let id) = cols[0], case .float64(let band) = cols[1] else { Issue.record("types \(cols.map(\.type))"); continue }
+            for (i, v) in zip(id, band) { bands[i] = v }
+        }
+        #expect(bands.count == 4 && bands[1] == 3 && bands[2] == 4 && bands[3]?.isNaN == true && bands[4] == 6)
     }
 }

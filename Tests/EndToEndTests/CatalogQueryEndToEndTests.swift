@@ -158,11 +158,12 @@ struct CatalogQueryEndToEndTests {
         #expect(refusal(object.aggregate(.mean("detect_isPrimary and r_psfFlux > 0"))).contains("a number is needed"))
         #expect(refusal(CatalogQuery(dataset: "nope")).contains("no dataset named `nope`"))
         // Limits hit on a worker fail the job at the first run (they would on any copy), not
-        // after retries.
+        // after retries. (A collect's cap is also enforced by the client as batches arrive; which
+        // of the two reports it first depends on timing, so only the text is checked there.)
         let groups = refusal(object.groupBy("objectId", maxGroups: 100))
         #expect(groups.contains("more than 100 groups") && groups.contains("refused") && !groups.contains("times"), "\(groups)")
         let rows = refusal(object.select(["objectId"]).maxRows(500))
-        #expect(rows.contains("more than 500 rows") && rows.contains("refused") && !rows.contains("times"), "\(rows)")
+        #expect(rows.contains("more than 500 rows") && !rows.contains("times"), "\(rows)")
         #expect(refusal(object.region(.cone(ra: 10, dec: 95, radius: 1))).contains("not on the sky"))
         // An empty region answers: zero rows, no shard read.
         let empty = try conn.run(object.region(.cone(ra: 200, dec: 40, radius: 0.5)))

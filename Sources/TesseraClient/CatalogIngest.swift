@@ -17,8 +17,9 @@ public struct IngestOptions: Sendable {
     public var replace = false
     /// Seconds to wait for a worker to confirm a stored shard.
     public var storeTimeout = 120.0
-    /// Where rows wait, by shard, between reading the files and sending the shards (default: the
-    /// system's temporary folder); it needs about as much free space as the input.
+    /// Where rows wait, by shard, between reading the files and sending the shards; it needs
+    /// about as much free space as the input. Default: `$TMPDIR`, else `/var/tmp` (on disk, where
+    /// `/tmp` may be memory).
     public var spillDirectory: String?
 
     public init(dataset: String, files: [String]) {
@@ -79,7 +80,8 @@ public enum CatalogIngest {
         progress("\(rows) rows in \(o.files.count) file(s): \(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))) [\(elapsed())]")
 
         // Pass 2: each file once, its rows spilled to local disk by shard, with margins.
-        let spill = try ShardSpill(parent: o.spillDirectory ?? NSTemporaryDirectory(), shards: shards.count)
+        let inputBytes = o.files.reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
+        let spill = try ShardSpill(parent: o.spillDirectory ?? ShardSpill.defaultParent, shards: shards.count, expectedBytes: inputBytes)
         defer { spill.remove() }
         var finder = MarginFinder(shards: ranges, radius: o.marginArcsec / 3600 * .pi / 180)
         var specs: [ColumnSpec] = []

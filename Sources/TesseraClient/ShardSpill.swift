@@ -19,8 +19,25 @@ final class ShardSpill {
     private(set) var ownRows: [Int]
     private(set) var marginRows: [Int]
 
-    /// - Parameter parent: the folder to make the spill's own folder in.
-    init(parent: String, shards: Int) throws(IngestError) {
+    /// `$TMPDIR` if set, else `/var/tmp`: large temporary files belong on disk, and `/tmp` is
+    /// memory on many systems.
+    static var defaultParent: String {
+        if let t = ProcessInfo.processInfo.environment["TMPDIR"], !t.isEmpty { return t }
+        return FileManager.default.fileExists(atPath: "/var/tmp") ? "/var/tmp" : NSTemporaryDirectory()
+    }
+
+    /// - Parameters:
+    ///   - parent: the folder to make the spill's own folder in.
+    ///   - expectedBytes: about what will be spilled (the input's size): refused up front when the
+    ///     folder's file system has less free, rather than failing half-way.
+    init(parent: String, shards: Int, expectedBytes: Int = 0) throws(IngestError) {
+        var fs = statvfs()
+        if statvfs(parent, &fs) == 0 {
+            let free = Int(fs.f_bavail) * Int(fs.f_frsize)
+            if free < expectedBytes {
+                throw .store("the spill folder \(parent) has \(free >> 20) MiB free; this input needs about \(expectedBytes >> 20) MiB there (choose another with --spill-dir)")
+            }
+        }
         let dir = (parent as NSString).appendingPathComponent("tessera-ingest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -29,7 +29,7 @@ struct IngestCommand: ParsableCommand {
     @Option(help: "Margin radius in arcseconds (rows of neighbouring shards kept with each shard).")
     var marginArcsec = 10.0
 
-    @Option(name: .customLong("spill-dir"), help: "Where rows wait, by shard, between reading the files and sending the shards (needs about the input's size free; default: the system's temporary folder).")
+    @Option(name: .customLong("spill-dir"), help: "Where rows wait, by shard, between reading the files and sending the shards (needs about the input's size free; default: $TMPDIR, else /var/tmp).")
     var spillDirectory: String?
 
     @Flag(help: "Replace a dataset of the same name.")

@@ -210,6 +210,18 @@ struct IngestEndToEndTests {
         #expect(try conn.status().datasets.isEmpty)
         let leftovers = (FileManager.default.enumerator(atPath: small)?.allObjects as? [String] ?? []).filter { $0.hasSuffix(".shard") }
         #expect(leftovers.isEmpty)
+
+        // A spill folder too small for the input is refused before any file is read twice.
+        let spill = temporaryFolder("ingest-spill-full")
+        #expect(mountTinyFilesystem(at: spill, kilobytes: 512))
+        defer { unmount(spill) }
+        o.spillDirectory = spill
+        o.replicas = 1
+        #expect { try CatalogIngest.run(o, connection: conn) } throws: { e in
+            "\(e)".contains("the spill folder \(spill)") && "\(e)".contains("--spill-dir") && "\(e)".contains("nothing was committed")
+        }
+        #expect(try conn.status().datasets.isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: spill).isEmpty)
     }
 
     /// A FITS table written by astropy: string and array columns are skipped with a warning,

@@ -61,6 +61,10 @@ import TesseraStorage
         #expect(try count("objectId > \(k)") == ids.filter { $0 > k }.count)
         #expect(try count("objectId == parentId") == zip(ids, other).filter { $0 == $1 }.count)
         #expect(try count("objectId < parentId") == zip(ids, other).filter { $0 < $1 }.count)
+        // Grouping by such ids is refused rather than merging neighbours (keys are Float64).
+        #expect { try answer(plan { $0.groupBy = "objectId"; $0.aggregates = [aggregate(.aggCount)] }, [reader]) } throws: { e in
+            "\(e)".contains("beyond 2^53") && "\(e)".contains("objectId")
+        }
         // The exact id comes back.
         let rows = try answer(plan { $0.filter = "objectId == \(k)"; $0.rows.select = ["objectId"] }, [reader])
         #expect(rows.table.rowCount == 1)

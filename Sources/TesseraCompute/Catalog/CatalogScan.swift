@@ -287,7 +287,12 @@ struct ScanAccumulator {
             var slots = [Int32](repeating: 0, count: n)
             var valid = keep
             if let group {
-                let keyValues = ExpressionEvaluator.evaluate(group, columns: columns, rows: n).numbers(n)
+                let keyVector = ExpressionEvaluator.evaluate(group, columns: columns, rows: n)
+                if case .integers(let ints) = keyVector, let big = ints.first(where: { $0.magnitude > 1 << 53 }) {
+                    // Group keys travel as Float64: such ids would silently share groups.
+                    throw CatalogQueryError("the group-by key `\(q.plan.groupBy)` has values beyond 2^53 (such as \(big)), which cannot be told apart as group keys yet; group by a coarser key")
+                }
+                let keyValues = keyVector.numbers(n)
                 var lastBits = lastKeyBits, last = lastSlot
                 var i = 0
                 while i < n {

@@ -61,9 +61,19 @@ import TesseraStorage
         #expect(try count("objectId > \(k)") == ids.filter { $0 > k }.count)
         #expect(try count("objectId == parentId") == zip(ids, other).filter { $0 == $1 }.count)
         #expect(try count("objectId < parentId") == zip(ids, other).filter { $0 < $1 }.count)
-        // Grouping by such ids is refused rather than merging neighbours (keys are Float64).
-        #expect { try answer(plan { $0.groupBy = "objectId"; $0.aggregates = [aggregate(.aggCount)] }, [reader]) } throws: { e in
-            "\(e)".contains("beyond 2^53") && "\(e)".contains("objectId")
+        // Grouping by such ids keeps every id its own group, with the exact key, also when the
+        // partials of two shards (the same rows twice) merge.
+        let expectedGroups = Dictionary(grouping: other.indices, by: { other[$0] })
+        let keys = expectedGroups.keys.sorted()
+        for (shards, copies) in [([reader], 1), ([reader, reader], 2)] {
+            let byParent = try answer(plan { $0.groupBy = "parentId"; $0.aggregates = [aggregate(.aggCount), aggregate(.aggMean, "coord_ra")] }, shards)
+            #expect(byParent.table.columns.first == .int64s(keys))
+            #expect(byParent.table.numbers("count") == keys.map { Double(copies * expectedGroups[$0]!.count) })
+            let means = try #require(byParent.table.numbers("mean(coord_ra)"))
+            for (k, m) in zip(keys, means) {
+                let exact = expectedGroups[k]!.reduce(0) { $0 + ra[$1] } / Double(expectedGroups[k]!.count)
+                #expect(abs(m - exact) <= 1e-12 * exact)
+            }
         }
         // The exact id comes back.
         let rows = try answer(plan { $0.filter = "objectId == \(k)"; $0.rows.select = ["objectId"] }, [reader])

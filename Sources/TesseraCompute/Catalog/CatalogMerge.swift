@@ -17,12 +17,14 @@ public enum CatalogMerge {
 
     static func check(_ p: CatalogPartial, _ plan: CatalogQueryPlan) throws(CatalogQueryError) {
         let groups = p.groupRows.count
-        guard plan.groupBy.isEmpty || p.groupKeys.count == groups,
+        let keyCount = p.groupKeys.count + p.intGroupKeys.count
+        guard plan.groupBy.isEmpty || keyCount == groups,
               p.moments.allSatisfy({ $0.count.count == groups }),
               p.sketches.allSatisfy({ $0.groups.count == groups }) else {
-            throw CatalogQueryError("a partial aggregate has \(p.groupKeys.count) keys for \(groups) groups (corrupt partial)")
+            throw CatalogQueryError("a partial aggregate has \(keyCount) keys for \(groups) groups (corrupt partial)")
         }
-        guard zip(p.groupKeys, p.groupKeys.dropFirst()).allSatisfy({ $0 < $1 }) else {
+        guard zip(p.groupKeys, p.groupKeys.dropFirst()).allSatisfy({ $0 < $1 }),
+              zip(p.intGroupKeys, p.intGroupKeys.dropFirst()).allSatisfy({ $0 < $1 }) else {
             throw CatalogQueryError("a partial aggregate's group keys are not ascending (corrupt partial)")
         }
         let m = p.skyMap
@@ -83,28 +85,33 @@ public enum CatalogMerge {
         let bm = try b.moments.map { (c) throws(CatalogQueryError) in try MomentsColumns(c).values }
         let asq = a.sketches.map { $0.groups.map(QuantileSketch.init) }
         let bsq = b.sketches.map { $0.groups.map(QuantileSketch.init) }
-        if a.groupRows.isEmpty && a.moments.isEmpty && a.sketches.isEmpty { out.groupKeys = b.groupKeys; out.groupRows = b.groupRows; out.moments = b.moments; out.sketches = b.sketches; return }
-        if b.groupRows.isEmpty && b.moments.isEmpty && b.sketches.isEmpty { out.groupKeys = a.groupKeys; out.groupRows = a.groupRows; out.moments = a.moments; out.sketches = a.sketches; return }
+        func copy(_ p: CatalogPartial) {
+            (out.groupKeys, out.intGroupKeys, out.groupRows, out.moments, out.sketches) = (p.groupKeys, p.intGroupKeys, p.groupRows, p.moments, p.sketches)
+        }
+        if a.groupRows.isEmpty && a.moments.isEmpty && a.sketches.isEmpty { copy(b); return }
+        if b.groupRows.isEmpty && b.moments.isEmpty && b.sketches.isEmpty { copy(a); return }
         guard am.count == bm.count, asq.count == bsq.count else {
             throw CatalogQueryError("partial aggregates with different numbers of expressions (corrupt partial)")
         }
         // (index in a or -1, index in b or -1) per output group, keys ascending.
         var pairs: [(Int, Int)] = []
-        var keys: [Double] = []
         if plan.groupBy.isEmpty {
             guard a.groupRows.count == b.groupRows.count else { throw CatalogQueryError("ungrouped partials with different group counts (corrupt partial)") }
             pairs = a.groupRows.indices.map { ($0, $0) }
         } else {
-            var i = 0, j = 0
-            let ka = a.groupKeys, kb = b.groupKeys
-            while i < ka.count || j < kb.count {
-                if j == kb.count || (i < ka.count && ka[i] < kb[j]) { pairs.append((i, -1)); keys.append(ka[i]); i += 1 } else if i == ka.count || kb[j] < ka[i] { pairs.append((-1, j)); keys.append(kb[j]); j += 1 } else { pairs.append((i, j)); keys.append(ka[i]); i += 1; j += 1 }
+            let intKeys = !a.intGroupKeys.isEmpty || !b.intGroupKeys.isEmpty
+            guard a.groupKeys.isEmpty || b.groupKeys.isEmpty || !intKeys else {
+                throw CatalogQueryError("partials with integer and floating-point group keys (corrupt partial)")
+            }
+            if intKeys {
+                (pairs, out.intGroupKeys) = mergedKeys(a.intGroupKeys, b.intGroupKeys)
+            } else {
+                (pairs, out.groupKeys) = mergedKeys(a.groupKeys, b.groupKeys)
             }
             let limit = plan.maxGroups == 0 ? CheckedCatalogQuery.defaultMaxGroups : Int(clamping: plan.maxGroups)
-            guard keys.count <= limit else {
+            guard pairs.count <= limit else {
                 throw CatalogQueryError("the group-by key `\(plan.groupBy)` gives more than \(limit) groups (the limit); group by a coarser key or raise max_groups")
             }
-            out.groupKeys = keys
         }
         out.groupRows = pairs.map { (i, j) in (i >= 0 ? a.groupRows[i] : 0) + (j >= 0 ? b.groupRows[j] : 0) }
         out.moments = am.indices.map { e in
@@ -123,6 +130,22 @@ public enum CatalogMerge {
             }
             return c
         }
+    }
+
+    /// Two ascending key lists merged: per output key, its index in `a` and in `b` (or -1).
+    static func mergedKeys<K: Comparable>(_ ka: [K], _ kb: [K]) -> (pairs: [(Int, Int)], keys: [K]) {
+        var pairs: [(Int, Int)] = [], keys: [K] = []
+        var i = 0, j = 0
+        while i < ka.count || j < kb.count {
+            if j == kb.count || (i < ka.count && ka[i] < kb[j]) {
+                pairs.append((i, -1)); keys.append(ka[i]); i += 1
+            } else if i == ka.count || kb[j] < ka[i] {
+                pairs.append((-1, j)); keys.append(kb[j]); j += 1
+            } else {
+                pairs.append((i, j)); keys.append(ka[i]); i += 1; j += 1
+            }
+        }
+        return (pairs, keys)
     }
 
     static func mergeMaps(_ a: Tessera_V1_SkyMapPartial, _ b: Tessera_V1_SkyMapPartial) -> Tessera_V1_SkyMapPartial {

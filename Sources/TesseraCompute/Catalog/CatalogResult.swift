@@ -106,7 +106,11 @@ public struct CatalogResult: Sendable {
         if !plan.groupBy.isEmpty {
             t.names.append(plan.groupBy)
             let keys = partial.groupKeys
-            t.columns.append(keys.allSatisfy { $0 == $0.rounded() && abs($0) < 9e15 } ? .int64s(keys.map { Int64($0) }) : .doubles(keys))
+            if !partial.intGroupKeys.isEmpty {
+                t.columns.append(.int64s(partial.intGroupKeys))
+            } else {
+                t.columns.append(keys.allSatisfy { $0 == $0.rounded() && abs($0) < 9e15 } ? .int64s(keys.map { Int64($0) }) : .doubles(keys))
+            }
         }
         let specs = plan.aggregates.isEmpty ? [AggregateSpec()] : plan.aggregates
         // The order the scan gave distinct expressions their moment and sketch columns.

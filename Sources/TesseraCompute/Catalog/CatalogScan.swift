@@ -231,6 +231,10 @@ struct ScanAccumulator {
     var sketches: [[QuantileSketch]] = []
     var lastKeyBits: UInt64 = 0x7FF8_0000_0000_0001   // a NaN: no key has these bits
     var lastSlot: Int32 = 0
+    // Keys of an Int64 column, kept exact (ids beyond 2^53 would share a Double).
+    var intSlotOfKey: [Int64: Int32] = [:]
+    var intKeys: [Int64] = []
+    var lastIntKey: Int64?
 
     // Histogram.
     var xBins: Bins?
@@ -263,14 +267,87 @@ struct ScanAccumulator {
         }
     }
 
-    mutating func slot(for key: Double) -> Int32 {
-        let s = Int32(keys.count)
-        keys.append(key)
+    mutating func newGroup() -> Int32 {
+        let s = Int32(groupRows.count)
         groupRows.append(0)
         for e in moments.indices { moments[e].append(Moments()) }
         for e in sketches.indices { sketches[e].append(QuantileSketch()) }
+        return s
+    }
+
+    mutating func slot(for key: Double) -> Int32 {
+        let s = newGroup()
+        keys.append(key)
         slotOfKey[key.bitPattern] = s
         return s
+    }
+
+    /// Each counted row's group for a Float64 key (NaN keys do not count; -0 and 0 are one
+    /// group); rows that do not count keep the slot before them.
+    mutating func assignSlots(_ keyValues: [Double], _ slots: inout [Int32], _ valid: inout [Bool]) throws(CatalogQueryError) {
+        let n = keyValues.count
+        var lastBits = lastKeyBits, last = lastSlot
+        var i = 0
+        while i < n {
+            // Spatially sorted rows come in runs of one key: the table is consulted per run.
+            let run = keyValues.withUnsafeBufferPointer { kv in
+                valid.withUnsafeMutableBufferPointer { vb in
+                    vb.withMemoryRebound(to: UInt8.self) { vp in
+                        slots.withUnsafeMutableBufferPointer { sp in
+                            // Bools as the bytes they are, combined with & (ternaries on
+                            // Bool were compiled to branches elsewhere, measured).
+                            var j = i
+                            while j < n {
+                                let k = kv[j]
+                                // NaN is an exponent of all ones with a non-zero fraction.
+                                let nan = (0x7FF0_0000_0000_0000 &- (k.bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
+                                let counts = vp[j] & UInt8(truncatingIfNeeded: 1 &- nan)
+                                // -0 and 0 are one group.
+                                let other = (k == 0 ? 0 : k).bitPattern != lastBits
+                                if counts & UInt8(other ? 1 : 0) != 0 { break }
+                                sp[j] = last
+                                vp[j] = counts
+                                j += 1
+                            }
+                            return j
+                        }
+                    }
+                }
+            }
+            i = run
+            if i == n { break }
+            let k = keyValues[i] == 0 ? 0 : keyValues[i]
+            lastBits = k.bitPattern
+            if let found = slotOfKey[lastBits] {
+                last = found
+            } else {
+                guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+                last = slot(for: k)
+            }
+        }
+        lastKeyBits = lastBits
+        lastSlot = last
+    }
+
+    /// Each counted row's group for an Int64 key; rows that do not count keep the slot before them.
+    mutating func assignIntegerSlots(_ ints: [Int64], _ slots: inout [Int32], _ valid: [Bool]) throws(CatalogQueryError) {
+        var last = lastSlot, lastKey = lastIntKey
+        for i in 0..<ints.count {
+            if valid[i] && ints[i] != lastKey {
+                let k = ints[i]
+                if let found = intSlotOfKey[k] {
+                    last = found
+                } else {
+                    guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+                    last = newGroup()
+                    intKeys.append(k)
+                    intSlotOfKey[k] = last
+                }
+                lastKey = k
+            }
+            slots[i] = last
+        }
+        (lastSlot, lastIntKey) = (last, lastKey)
     }
 
     /// Adds one row group's rows where `keep` is set; true when the scan can stop (a head is full).
@@ -288,55 +365,14 @@ struct ScanAccumulator {
             var valid = keep
             if let group {
                 let keyVector = ExpressionEvaluator.evaluate(group, columns: columns, rows: n)
-                if case .integers(let ints) = keyVector, let big = ints.first(where: { $0.magnitude > 1 << 53 }) {
-                    // Group keys travel as Float64: such ids would silently share groups.
-                    throw CatalogQueryError("the group-by key `\(q.plan.groupBy)` has values beyond 2^53 (such as \(big)), which cannot be told apart as group keys yet; group by a coarser key")
+                if case .integers(let ints) = keyVector {
+                    try assignIntegerSlots(ints, &slots, valid)
+                } else {
+                    try assignSlots(keyVector.numbers(n), &slots, &valid)
                 }
-                let keyValues = keyVector.numbers(n)
-                var lastBits = lastKeyBits, last = lastSlot
-                var i = 0
-                while i < n {
-                    // Spatially sorted rows come in runs of one key: the table is consulted per run.
-                    let run = keyValues.withUnsafeBufferPointer { kv in
-                        valid.withUnsafeMutableBufferPointer { vb in
-                            vb.withMemoryRebound(to: UInt8.self) { vp in
-                                slots.withUnsafeMutableBufferPointer { sp in
-                                    // Bools as the bytes they are, combined with & (ternaries on
-                                    // Bool were compiled to branches elsewhere, measured).
-                                    var j = i
-                                    while j < n {
-                                        let k = kv[j]
-                                        // NaN is an exponent of all ones with a non-zero fraction.
-                                        let nan = (0x7FF0_0000_0000_0000 &- (k.bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
-                                        let counts = vp[j] & UInt8(truncatingIfNeeded: 1 &- nan)
-                                        // -0 and 0 are one group.
-                                        let other = (k == 0 ? 0 : k).bitPattern != lastBits
-                                        if counts & UInt8(other ? 1 : 0) != 0 { break }
-                                        sp[j] = last
-                                        vp[j] = counts
-                                        j += 1
-                                    }
-                                    return j
-                                }
-                            }
-                        }
-                    }
-                    i = run
-                    if i == n { break }
-                    let k = keyValues[i] == 0 ? 0 : keyValues[i]
-                    lastBits = k.bitPattern
-                    if let found = slotOfKey[lastBits] {
-                        last = found
-                    } else {
-                        guard keys.count < q.maxGroups else { throw tooManyGroups() }
-                        last = slot(for: k)
-                    }
-                }
-                lastKeyBits = lastBits
-                lastSlot = last
             }
             // No group yet means no row counted (slot 0 would not exist).
-            if keys.isEmpty { return false }
+            if groupRows.isEmpty { return false }
             if mExprs.isEmpty { GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows) }
             for (e, expr) in mExprs.enumerated() {
                 let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
@@ -430,8 +466,16 @@ struct ScanAccumulator {
     mutating func finish() throws(CatalogQueryError) -> CatalogPartial {
         switch q.output {
         case .aggregates(let group, _, _):
-            let order = group == nil ? Array(keys.indices) : keys.indices.sorted { keys[$0] < keys[$1] }
-            if group != nil { partial.groupKeys = order.map { keys[$0] } }
+            let order: [Int]
+            if group == nil {
+                order = Array(groupRows.indices)
+            } else if !intKeys.isEmpty {
+                order = intKeys.indices.sorted { intKeys[$0] < intKeys[$1] }
+                partial.intGroupKeys = order.map { intKeys[$0] }
+            } else {
+                order = keys.indices.sorted { keys[$0] < keys[$1] }
+                partial.groupKeys = order.map { keys[$0] }
+            }
             partial.groupRows = order.map { groupRows[$0] }
             partial.moments = moments.map { col in MomentsColumns(order.map { col[$0] }).proto }
             partial.sketches = sketches.map { col in

@@ -431,6 +431,13 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
   /// Clears the value of `rows`. Subsequent reads from it will return its default value.
   public mutating func clearRows() {_uniqueStorage()._rows = nil}
 
+  /// Keys of a group-by on an Int64 column, exact (ids beyond 2^53), ascending; set instead of
+  /// group_keys.
+  public var intGroupKeys: [Int64] {
+    get {_storage._intGroupKeys}
+    set {_uniqueStorage()._intGroupKeys = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1142,7 +1149,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -1155,6 +1162,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _histogram: [UInt64] = []
     var _skyMap: Tessera_V1_SkyMapPartial? = nil
     var _rows: Tessera_V1_RowBatch? = nil
+    var _intGroupKeys: [Int64] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1175,6 +1183,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _histogram = source._histogram
       _skyMap = source._skyMap
       _rows = source._rows
+      _intGroupKeys = source._intGroupKeys
     }
   }
 
@@ -1203,6 +1212,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 8: try { try decoder.decodeRepeatedUInt64Field(value: &_storage._histogram) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._skyMap) }()
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._rows) }()
+        case 11: try { try decoder.decodeRepeatedSInt64Field(value: &_storage._intGroupKeys) }()
         default: break
         }
       }
@@ -1245,6 +1255,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       try { if let v = _storage._rows {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
       } }()
+      if !_storage._intGroupKeys.isEmpty {
+        try visitor.visitPackedSInt64Field(value: _storage._intGroupKeys, fieldNumber: 11)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1264,6 +1277,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._histogram != rhs_storage._histogram {return false}
         if _storage._skyMap != rhs_storage._skyMap {return false}
         if _storage._rows != rhs_storage._rows {return false}
+        if _storage._intGroupKeys != rhs_storage._intGroupKeys {return false}
         return true
       }
       if !storagesAreEqual {return false}

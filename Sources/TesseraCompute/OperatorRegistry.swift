@@ -47,7 +47,7 @@ public struct OperatorError: Error, CustomStringConvertible, Sendable, Equatable
         self.retryable = retryable
     }
 
-    public var description: String { "operator `\(operatorName)`: \(message)" }
+    public var description: String { "operator `\(operatorName)`\(retryable ? "" : " refused"): \(message)" }
 }
 
 /// An operator a worker can run: a name and a function from context to value. Dataframe and

@@ -252,8 +252,8 @@ extension SchedulerCore {
             case .failureUnknownOperator:
                 finish(job, .jobFailed, error: "worker \(w.name) cannot run task \(t): \(f.message)", now: now)
             case .failureRefused:
-                // Another run would fail the same way: no retries.
-                finish(job, .jobFailed, error: "task \(t) (`\(job.operators[Int(job.op[t])])`) refused: \(f.message)", now: now)
+                // Another run would fail the same way: no retries. (The message names the operator.)
+                finish(job, .jobFailed, error: f.message, now: now)
             default:
                 job.operatorFailures[t] &+= 1
                 if Int(job.operatorFailures[t]) >= config.maxOperatorFailures {

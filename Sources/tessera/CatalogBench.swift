@@ -193,7 +193,8 @@ struct ConeBench: ParsableCommand {
         times.sort()
         func pct(_ p: Double) -> Double { times[min(times.count - 1, Int((p * Double(times.count - 1)).rounded()))] }
         print(jsonLine([("engine", "tessera"), ("workload", "cone_\(radiusArcmin)arcmin"), ("rows", rows), ("cones", times.count),
-                        ("p50_ms", pct(0.5) * 1e3), ("p99_ms", pct(0.99) * 1e3), ("mean_rows_per_cone", Double(found) / Double(times.count)),
+                        ("p50_ms", pct(0.5) * 1e3), ("p90_ms", pct(0.9) * 1e3), ("p99_ms", pct(0.99) * 1e3), ("max_ms", (times.last ?? 0) * 1e3),
+                        ("mean_rows_per_cone", Double(found) / Double(times.count)),
                         ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
     }
 }

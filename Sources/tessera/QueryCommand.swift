@@ -102,7 +102,7 @@ struct QueryOptions: ParsableArguments {
         } else if let mapOrder {
             q = q.skyMap(order: mapOrder, mean: mapMean)
         } else if select != nil || limit != nil || sample != nil {
-            let cols = (select ?? "*").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let cols = QueryCommand.topLevelParts(select ?? "*")
             q = q.select(cols == ["*"] ? [] : cols)
             if let limit { q = q.limit(limit) }
             if let sort { q = q.sorted(by: sort, descending: descending) }
@@ -204,5 +204,27 @@ struct SubmitCommand: ParsableCommand {
         var q = CatalogQuery(plan: p)
         if out.progress { q = q.progressive() }
         try runQuery(q, scheduler: scheduler, out: out)
+    }
+}
+
+extension QueryCommand {
+    /// A comma-separated list split at its top-level commas only: `distance(ra, dec, 60, -35)` is
+    /// one selection.
+    static func topLevelParts(_ s: String) -> [String] {
+        var parts: [String] = [], current = "", depth = 0
+        for ch in s {
+            switch ch {
+            case "(": depth += 1
+            case ")": depth = max(0, depth - 1)
+            case "," where depth == 0:
+                parts.append(current.trimmingCharacters(in: .whitespaces))
+                current = ""
+                continue
+            default: break
+            }
+            current.append(ch)
+        }
+        parts.append(current.trimmingCharacters(in: .whitespaces))
+        return parts
     }
 }

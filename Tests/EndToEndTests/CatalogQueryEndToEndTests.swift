@@ -214,6 +214,17 @@ struct QueryCommandLineTests {
         #expect(lines.first == "cell,count")
         #expect(lines.dropFirst().map { Double($0.split(separator: ",")[1])! } == expected.numbers("count"))
 
+        // Rows with computed columns: a name for one, and a function whose arguments hold commas.
+        let cone = CatalogQuery(dataset: "object").region(.cone(ra: 60, dec: -35, radius: 1)).limit(5)
+        let reference = try conn.run(cone.select(["objectId", "distance(coord_ra, coord_dec, 60, -35)"])).result.table
+        let rows = try tessera(["query", "--dataset", "object", "--cone", "60,-35,1", "--limit", "5", "--format", "csv",
+                                "--select", "objectId, dist = distance(coord_ra, coord_dec, 60, -35)"] + ep)
+        #expect(rows.status == 0, "\(rows.err)")
+        let rowLines = rows.out.split(separator: "\n")
+        #expect(rowLines.first == "objectId,dist")
+        #expect(rowLines.dropFirst().map { Double($0.split(separator: ",")[1])! } == reference.numbers("distance(coord_ra, coord_dec, 60, -35)"))
+        #expect(rowLines.count == 6)
+
         // FITS: a binary table cfitsio reads back.
         let fits = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",
                                 "--format", "fits", "-o", dir + "/cells.fits"] + ep)

@@ -311,6 +311,17 @@ struct CatalogEngineTests {
             #expect(throws: CatalogQueryError.self) {
                 _ = try answer(plan { $0.rows.select = ["objectId"]; $0.rows.maxRows = 1_000 }, shards)
             }
+
+            // A computed column named as with pandas' `assign`: `name = expression`.
+            let named = try answer(plan { $0.filter = "coord_dec < -44.5"; $0.rows.select = ["objectId", "r_mag = mag(r_psfFlux)"] }, shards).table
+            #expect(named.names == ["objectId", "r_mag"])
+            guard case .int64s(let namedIDs) = named.columns[0], case .doubles(let mags) = named.columns[1] else { Issue.record("types"); continue }
+            let flux = cat.col("r_psfFlux")
+            let rowOf = Dictionary(uniqueKeysWithValues: cat.objectId.enumerated().map { ($1, $0) })
+            for (id, m) in zip(namedIDs, mags) {
+                let exact = ShardedCatalog.mag(flux[rowOf[id]!])
+                #expect(m == exact || abs(m - exact) <= 1e-12 * 31.4 || (m.isNaN && exact.isNaN))
+            }
         }
         // The same sample whatever the sharding, of about the asked fraction (binomial, 6 sigma).
         #expect(samples.count == 2 && samples[0] == samples[1])
@@ -329,6 +340,10 @@ struct CatalogEngineTests {
             }
         }
         #expect(refusal { $0.groupBy = "cel" }.contains("unknown column `cel` — did you mean `cell`?"))
+        // `==`, `<=` are comparisons, not names; a name needs an expression after it.
+        #expect(refusal { $0.rows.select = ["coord_ra <= 60"] }.contains("a number is needed"))
+        #expect(refusal { $0.rows.select = ["1st = coord_ra"] }.contains("`=` is not an operator"))
+        #expect(refusal { $0.rows.select = ["r_mag = "] }.contains("selected column `r_mag`"))
         #expect(refusal { $0.aggregates = [aggregate(.aggMean, "r_psfFlux > 1")] }.contains("a number is needed"))
         #expect(refusal { $0.aggregates = [aggregate(.aggMean, "sqr(r_psfFlux)")] }.contains("unknown function `sqr`"))
         #expect(refusal { var h = Tessera_V1_HistogramSpec(); h.x = "coord_ra"; h.xBins = 10; h.xMin = 5; h.xMax = 1; $0.histogram = h }.contains("increasing"))

@@ -108,10 +108,10 @@ public struct CheckedCatalogQuery: Sendable {
             var select: [Selected] = []
             let names = r.select.isEmpty ? columns.map(\.name) : r.select
             for s in names {
-                let text = trimmed(s)
+                let (label, text) = Self.namedSelection(trimmed(s))
                 let stored = columns.first { $0.name == text }
-                let e = try check(text, "selected column `\(text)`", stored?.type == .columnBool ? .boolean : .number)
-                select.append(Selected(name: text, expression: e, column: stored?.name))
+                let e = try check(text, "selected column `\(label)`", stored?.type == .columnBool ? .boolean : .number)
+                select.append(Selected(name: label, expression: e, column: stored?.name))
             }
             var sort: CheckedExpression?
             if !r.sortBy.isEmpty {
@@ -149,6 +149,17 @@ public struct CheckedCatalogQuery: Sendable {
             output = .aggregates(groupBy: group, moments: moments, sketches: sketches)
             momentExtremes = extremes
         }
+    }
+
+    /// `name = expression` names a computed column (as pandas' `assign` does); any other
+    /// selection is named by its own text. (`==`, `<=`, `>=` and `!=` are comparisons, not names.)
+    static func namedSelection(_ s: String) -> (name: String, expression: String) {
+        guard let eq = s.firstIndex(of: "=") else { return (s, s) }
+        let head = trimmed(String(s[..<eq]))
+        let after = s.index(after: eq)
+        let isName = !head.isEmpty && head.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } && !(head.first?.isNumber ?? true)
+        guard isName, after == s.endIndex || s[after] != "=" else { return (s, s) }
+        return (head, trimmed(String(s[after...])))
     }
 
     static func checkBins(_ bins: UInt32, _ lo: Double, _ hi: Double, _ axis: String) throws(CatalogQueryError) {

@@ -19,7 +19,7 @@ struct QueryOptions: ParsableArguments {
     @Option(name: .customLong("where"), help: "A condition rows must meet, e.g. \"mag(r_psfFlux) < 24 and refExtendedness == 0\".")
     var filter: String = ""
 
-    @Option(help: "Rows back with these columns or expressions, comma-separated (`*` for all).")
+    @Option(help: "Rows back with these columns or expressions, comma-separated (`*` for all); `NAME = EXPR` names a computed column.")
     var select: String?
 
     @Option(name: .customLong("group-by"), help: "Aggregate per value of this numeric expression.")

@@ -462,21 +462,29 @@ struct SchedulerCancelTests {
         expectClean(c)
     }
 
-    @Test("a task failing maxOperatorFailures times fails the job with the operator's message")
-    func operatorFailure() throws {
+    /// A job whose middle task always fails (the built-in `fail`), with 3 operator failures allowed;
+    /// returns the cluster, the job and the failing task once the job has finished.
+    func runJobWithFailingTask(message: String, refuse: Bool, extraLeaf: Bool) throws -> (FakeCluster, UInt32, UInt32) {
         var cfg = SchedulerConfig()
         cfg.maxOperatorFailures = 3
         let c = FakeCluster(config: cfg)
         _ = c.addWorkers(2)
         var params = Tessera_V1_OperatorParams()
-        params.strings["message"] = "kaboom-42"
+        params.strings["message"] = message
+        if refuse { params.strings["refuse"] = "yes" }
         var g = TaskGraph(operators: ["inc", "fail"], params: [params])
         let a = g.add(operatorIndex: 0, arg: 1)
         let b = g.add(operatorIndex: 1, inputs: [a], paramIndex: 1)
         g.add(operatorIndex: 0, inputs: [b])
-        g.add(operatorIndex: 0, arg: 5)
+        if extraLeaf { g.add(operatorIndex: 0, arg: 5) }
         let id = try #require(c.submit(g))
         #expect(c.run(until: [id]))
+        return (c, id, b)
+    }
+
+    @Test("a task failing maxOperatorFailures times fails the job with the operator's message")
+    func operatorFailure() throws {
+        let (c, id, b) = try runJobWithFailingTask(message: "kaboom-42", refuse: false, extraLeaf: true)
         let f = try #require(c.jobs[id]?.finished)
         #expect(f.state == .jobFailed)
         #expect(f.error.contains("kaboom-42"))
@@ -492,19 +500,7 @@ struct SchedulerCancelTests {
 
     @Test("a task refused as asked fails the job at its first run, with the operator's message")
     func refusedTaskIsNotRetried() throws {
-        var cfg = SchedulerConfig()
-        cfg.maxOperatorFailures = 3
-        let c = FakeCluster(config: cfg)
-        _ = c.addWorkers(2)
-        var params = Tessera_V1_OperatorParams()
-        params.strings["message"] = "too many groups-7"
-        params.strings["refuse"] = "yes"
-        var g = TaskGraph(operators: ["inc", "fail"], params: [params])
-        let a = g.add(operatorIndex: 0, arg: 1)
-        let b = g.add(operatorIndex: 1, inputs: [a], paramIndex: 1)
-        g.add(operatorIndex: 0, inputs: [b])
-        let id = try #require(c.submit(g))
-        #expect(c.run(until: [id]))
+        let (c, id, b) = try runJobWithFailingTask(message: "too many groups-7", refuse: true, extraLeaf: false)
         let f = try #require(c.jobs[id]?.finished)
         #expect(f.state == .jobFailed)
         #expect(f.error.contains("too many groups-7") && f.error.contains("refused"))

@@ -112,6 +112,7 @@ let package = Package(
                 "TesseraStorage", "TesseraSurvey",
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
     ]

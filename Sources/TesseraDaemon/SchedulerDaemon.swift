@@ -33,11 +33,12 @@ public final class SchedulerDaemon {
         context = try ZMQContext()
         clients = try context.socket(.router)
         workerSocket = try context.socket(.router)
-        for s in [clients, workerSocket] {
+        for (s, limit) in [(clients, Limits.clientMessageBytes), (workerSocket, Limits.workerMessageBytes)] {
             // Never drop a message for a slow peer: results and assignments must arrive.
             try s.setSendHighWaterMark(0)
             try s.setReceiveHighWaterMark(0)
-            try s.setMaxMessageSize(Int64(WireProtocol.maximumFrameBytes))
+            // libzmq disconnects a peer that sends a larger frame before it is ever buffered.
+            try s.setMaxMessageSize(Int64(min(limit, WireProtocol.maximumFrameBytes)))
         }
         clientEndpoint = try clients.bind(clientBind)
         workerEndpoint = try workerSocket.bind(workerBind)
@@ -67,7 +68,10 @@ public final class SchedulerDaemon {
             if poller.isReadable(iClients) { try drain(clients, fromWorkers: false) }
             let now = monotonicNanos()
             if now &- lastTick >= tickNs {
-                core.tick(now: now)
+                // Heartbeats that arrived while this loop was busy are read before anyone is
+                // judged silent: a slow turn of the scheduler's own never kills a healthy worker.
+                while try drain(workerSocket, fromWorkers: true) == drainBudget {}
+                core.tick(now: monotonicNanos())
                 signals.checkParent()
                 lastTick = now
             }
@@ -78,7 +82,9 @@ public final class SchedulerDaemon {
         logger.info("scheduler stopping", metadata: ["scheduler/workers": "\(core.workerCount)", "scheduler/jobs": "\(core.activeJobCount)"])
     }
 
-    private func drain(_ socket: Socket, fromWorkers: Bool) throws {
+    /// Reads up to `drainBudget` messages; returns how many it read.
+    @discardableResult
+    private func drain(_ socket: Socket, fromWorkers: Bool) throws -> Int {
         var n = 0
         while n < drainBudget, let parts = try socket.receive(dontWait: true) {
             n += 1
@@ -88,7 +94,7 @@ public final class SchedulerDaemon {
             let body = Array(parts.dropFirst())
             let now = monotonicNanos()
             do throws(ProtocolError) {
-                let (env, frames) = try WireProtocol.decode(body)
+                let (env, frames) = try WireProtocol.decode(body, budget: fromWorkers ? Limits.workerMessageBytes : Limits.clientMessageBytes)
                 if fromWorkers {
                     core.handleWorker(conn, env, frames: frames, now: now)
                 } else {
@@ -98,12 +104,17 @@ public final class SchedulerDaemon {
                 logger.warning("dropped a malformed message", metadata: [
                     "scheduler/from": "\(fromWorkers ? "worker" : "client") \(conn)", "scheduler/error": "\(error)",
                 ])
-                let code: Tessera_V1_ErrorCode = if case .unsupportedVersion = error { .errorUnsupportedVersion } else { .errorMalformedMessage }
+                let code: Tessera_V1_ErrorCode = switch error {
+                case .unsupportedVersion: .errorUnsupportedVersion
+                case .overBudget: .errorOverLimit
+                default: .errorMalformedMessage
+                }
                 var parts = WireProtocol.errorReply(code, "\(error)")
                 parts.insert(identity, at: 0)
                 _ = try? socket.send(parts: parts, dontWait: true)
             }
         }
+        return n
     }
 
     private func send(_ messages: [OutgoingMessage]) throws {

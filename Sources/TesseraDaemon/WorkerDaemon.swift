@@ -165,6 +165,8 @@ public final class WorkerDaemon {
                 engine.release(r)
             case .cancelTasks(let c):
                 try perform(engine.cancel(c, pool: pool))
+            case .expectShards(let x):
+                engine.expect(x)
             case .error(let e) where e.code == .errorUnknownWorker:
                 // The scheduler restarted or declared us dead: start afresh.
                 if registered {
@@ -200,7 +202,15 @@ public final class WorkerDaemon {
             case .fetchRequest(let r):
                 try perform([engine.serveFetch(r, from: identity)])
             case .storeShard(let r):
-                if let shardWriter {
+                if let why = engine.storeProblem(r) {
+                    var reply = Envelope()
+                    var s = Tessera_V1_ShardStored()
+                    s.requestID = r.requestID
+                    s.workerName = settings.name
+                    s.error = why
+                    reply.shardStored = s
+                    try peerRouter.sendMessage(to: identity, reply)
+                } else if let shardWriter {
                     // Answered from `answerStoredShards` once the file is on disk.
                     shardWriter.submit(r, frames: frames, identity: identity)
                 } else {
@@ -226,6 +236,11 @@ public final class WorkerDaemon {
             let r = f.request
             if f.reply.error.isEmpty {
                 logger.info("stored shard", metadata: ["worker/shard": "\(r.dataset)/order\(r.order)-pix\(r.pixel)", "worker/rows": "\(r.rows)"])
+                // The scheduler commits only shards their workers reported, with the sizes and
+                // checksums reported here (the client's word is not taken for them).
+                var report = Envelope()
+                report.shardStored = f.reply
+                try sendToScheduler(report, [])
             }
             var reply = Envelope()
             reply.shardStored = f.reply
@@ -270,7 +285,15 @@ public final class WorkerDaemon {
                 } else {
                     s = try context.socket(.dealer)
                     try s.setSendHighWaterMark(0)
-                    try s.connect(endpoint)
+                    do {
+                        try s.connect(endpoint)
+                    } catch {
+                        // An endpoint libzmq cannot dial fails the tasks that needed it, not the worker.
+                        s.close()
+                        logger.warning("cannot connect to a peer", metadata: ["worker/peer": "\(id)", "worker/endpoint": "\(endpoint.prefix(200))", "worker/error": "\(error)"])
+                        try perform(engine.peerUnreachable(id, "\(error)"))
+                        continue
+                    }
                     peers[id] = s
                 }
                 try s.sendMessage(e)

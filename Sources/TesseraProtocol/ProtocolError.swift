@@ -12,6 +12,8 @@ public enum ProtocolError: Error, CustomStringConvertible, Equatable, Sendable {
     case corruptFrame(index: Int, reason: String)
     /// The message is well formed but its content is inconsistent (e.g. a graph with a cycle).
     case invalidContent(String)
+    /// The message is larger than the receiver accepts (frames, header, or decoded bytes).
+    case overBudget(String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum ProtocolError: Error, CustomStringConvertible, Equatable, Sendable {
         case .frameCountMismatch(let d, let r): "header describes \(d) bulk frames but \(r) arrived"
         case .corruptFrame(let i, let why): "bulk frame \(i) is corrupt: \(why)"
         case .invalidContent(let why): why
+        case .overBudget(let why): why
         }
     }
 }

@@ -49,11 +49,30 @@ public enum WireProtocol {
 
     /// Decodes a whole message: the header, then every bulk frame (decompressed as its
     /// `FrameInfo` says).
-    public static func decode<Part: RawBytesProviding>(_ parts: [Part]) throws(ProtocolError) -> (Envelope, [[UInt8]]) {
+    ///
+    /// - Parameter budget: the most bytes the whole message may decode to (header and every bulk
+    ///   frame decompressed). It is checked against the declared lengths before anything is
+    ///   decompressed, so a small message cannot make the receiver allocate much.
+    public static func decode<Part: RawBytesProviding>(_ parts: [Part], budget: Int = Limits.workerMessageBytes) throws(ProtocolError) -> (Envelope, [[UInt8]]) {
         guard let first = parts.first else { throw .emptyMessage }
+        guard parts.count - 1 <= Limits.framesPerMessage else {
+            throw .overBudget("a message of \(parts.count - 1) bulk frames is over the limit of \(Limits.framesPerMessage)")
+        }
+        let headerBytes = first.withRawBytes { $0.count }
+        guard headerBytes <= Limits.headerBytes else {
+            throw .overBudget("a message header of \(headerBytes) bytes is over the limit of \(Limits.headerBytes)")
+        }
         let env = try first.withRawBytes { (b) throws(ProtocolError) in try decodeHeader(b) }
         let bulk = parts.count - 1
         guard env.frames.count == bulk else { throw .frameCountMismatch(declared: env.frames.count, received: bulk) }
+        var total = UInt64(headerBytes)
+        for f in env.frames {
+            // Each term is at most 2^64 - 1; stop adding once past the budget, so the sum cannot overflow.
+            total = total &+ min(f.rawLength, UInt64(Int.max >> 1))
+            guard total <= UInt64(budget) else {
+                throw .overBudget("a message decoding to more than \(budget) bytes is over this socket's limit of \(budget)")
+            }
+        }
         var frames: [[UInt8]] = []
         frames.reserveCapacity(bulk)
         for i in 0..<bulk {

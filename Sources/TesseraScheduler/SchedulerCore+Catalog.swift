@@ -50,7 +50,9 @@ extension SchedulerCore {
         guard let catalog else { throw CatalogQueryError("this scheduler has no registry, so it knows no catalogs") }
         var out: [String: PlannedDataset] = [:]
         do {
-            for (d, shards) in try catalog.shardLocations() { out[d.name] = PlannedDataset(d, shards) }
+            let (all, skipped) = try catalog.shardLocations()
+            for (d, shards) in all { out[d.name] = PlannedDataset(d, shards) }
+            for why in skipped { notices.append("registry: skipped \(why)") }
         } catch {
             throw CatalogQueryError("registry: \(error)")
         }
@@ -69,7 +71,11 @@ extension SchedulerCore {
     /// at least 100 ms apart.
     static func progress(of plan: CatalogQueryPlan, now: UInt64) -> JobRecord.Progress? {
         guard plan.progressive, !isCollect(plan) else { return nil }
-        let seconds = max(0.1, plan.progressInterval.isFinite ? plan.progressInterval : 0.1)
+        // The plan's check refused intervals outside the limits; clamping again keeps the
+        // conversion to nanoseconds safe for any Double.
+        let limits = Limits.progressIntervalSeconds
+        let asked = plan.progressInterval.isFinite && plan.progressInterval > 0 ? plan.progressInterval : limits.lowerBound
+        let seconds = min(max(asked, limits.lowerBound), limits.upperBound)
         return JobRecord.Progress(operatorIndex: 1, paramIndex: 1, intervalNs: UInt64(seconds * 1e9), lastSnapshotAt: now)
     }
 }
@@ -87,7 +93,7 @@ struct PlannedDataset {
     let lower: [Int64]
     let upper: [Int64]
 
-    init(_ d: DatasetRecord, _ shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])]) {
+    init(_ d: DatasetRecord, _ shards: [ShardLocation]) {
         record = d
         columns = (try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](d.schema)))?.columns ?? []
         keys = shards.map { ShardKey(dataset: d.name, ingestId: d.ingestId, order: $0.order, pixel: $0.pixel).description }

@@ -1,6 +1,7 @@
 import Foundation
 import SwiftProtobuf
 import TesseraProtocol
+import TesseraSky
 import TesseraStorage
 
 /// The scheduler's view of its registry: injected, so the state machine stays testable (an
@@ -9,8 +10,9 @@ public protocol DatasetCatalog: AnyObject {
     func datasetExists(_ name: String) throws -> Bool
     /// Records a finished ingest in one transaction.
     func commit(_ c: Tessera_V1_IngestCommit, ingestId: String) throws
-    /// Every dataset with its shards' pixels, sizes and the workers holding each.
-    func shardLocations() throws -> [(dataset: DatasetRecord, shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])])]
+    /// Every dataset with its shards' pixels, sizes and the workers holding each. Rows that fail
+    /// validation (a damaged or hand-edited registry) are left out and described in `skipped`.
+    func shardLocations() throws -> (datasets: [(dataset: DatasetRecord, shards: [ShardLocation])], skipped: [String])
     /// What a worker holds that the registry does not expect, and the reverse.
     func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String])
     /// Notes a worker's stable name and where peers reach it.
@@ -34,8 +36,16 @@ extension Registry: DatasetCatalog {
         try commitIngest(d, shards: shards, replicas: c.shards.map(\.workers), replace: c.replace)
     }
 
-    public func shardLocations() throws -> [(dataset: DatasetRecord, shards: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])])] {
-        try datasets().map { d in (d, try shardLocations(of: d)) }
+    public func shardLocations() throws -> (datasets: [(dataset: DatasetRecord, shards: [ShardLocation])], skipped: [String]) {
+        let (all, skippedDatasets) = try validDatasets()
+        var out: [(dataset: DatasetRecord, shards: [ShardLocation])] = []
+        var skipped = skippedDatasets
+        for d in all {
+            let (shards, bad) = try validShardLocations(of: d)
+            skipped += bad
+            out.append((d, shards))
+        }
+        return (out, skipped)
     }
 }
 
@@ -44,19 +54,37 @@ struct PendingIngest {
     var client: ConnectionID
     var dataset: String
     var replace: Bool
+    /// The planned shards, in the client's order.
+    var shards: [(order: UInt32, pixel: Int64)]
+    /// Shard index by (order, pixel).
+    var index: [ShardPixel: Int]
     /// Per shard, the names of the workers it was sent to.
     var placements: [[String]]
+    /// Per shard, what each worker that wrote it reported (worker name → report).
+    var stored: [[String: Tessera_V1_ShardStored]]
+    /// The client's commit, waiting for workers' reports still on their way.
+    var commit: Tessera_V1_IngestCommit?
+    /// When the commit arrived (it fails if the reports do not follow in time).
+    var commitAt: UInt64 = 0
+}
+
+/// A shard's place on the sky, as a dictionary key.
+struct ShardPixel: Hashable {
+    var order: UInt32
+    var pixel: Int64
 }
 
 extension SchedulerCore {
+    /// How long a commit waits for the reports of the workers that stored its shards: as long as
+    /// a worker may be silent before it is declared dead.
+    var commitWaitNs: UInt64 { config.workerTimeoutNs }
+
     mutating func ingestBegin(_ connection: ConnectionID, _ b: Tessera_V1_IngestBegin) {
         func refuse(_ why: String) {
             send(.client(connection), errorEnvelope(.errorInvalidGraph, why, clientTag: b.clientTag))
         }
         guard let catalog else { return refuse("this scheduler has no registry (start it with --registry)") }
-        guard !b.dataset.isEmpty, !b.dataset.contains("/"), !b.dataset.hasPrefix(".") else {
-            return refuse("`\(b.dataset)` is not a valid dataset name (no slashes, not empty)")
-        }
+        if let why = Validate.name(b.dataset, what: "dataset name", limit: Limits.datasetNameCharacters) { return refuse(why) }
         do {
             if try catalog.datasetExists(b.dataset) && !b.replace {
                 return refuse(RegistryError.datasetExists(b.dataset).description)
@@ -65,23 +93,49 @@ extension SchedulerCore {
             return refuse("registry: \(error)")
         }
         guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
+        guard b.shards.count <= Limits.ingestShards else {
+            return refuse("an ingest of \(b.shards.count) shards is over the limit of \(Limits.ingestShards)")
+        }
+        var index: [ShardPixel: Int] = [:]
+        var ranges: [Range<Int64>] = []
+        for (k, s) in b.shards.enumerated() {
+            if let why = ShardKey.pixelProblem(order: Int(s.order), pixel: s.pixel) { return refuse("shard \(k): \(why)") }
+            guard s.rows <= Limits.shardRows else { return refuse("shard \(k) of \(s.rows) rows is over the limit of \(Limits.shardRows)") }
+            guard index.updateValue(k, forKey: ShardPixel(order: s.order, pixel: s.pixel)) == nil else {
+                return refuse("shard order\(s.order)-pix\(s.pixel) is listed twice")
+            }
+            ranges.append(HEALPix.children(s.pixel, order: Int(s.order), to: HEALPix.maxOrder))
+        }
+        // Shards of a dataset never overlap (a pixel and one of its children would count rows twice).
+        ranges.sort { $0.lowerBound < $1.lowerBound }
+        for i in ranges.indices.dropFirst() where ranges[i].lowerBound < ranges[i - 1].upperBound {
+            return refuse("the ingest's shards overlap on the sky (one pixel inside another)")
+        }
         let live = workerOrder.compactMap { workers[$0] }
         let r = max(1, Int(b.replicas))
+        guard r <= Limits.replicas else { return refuse("\(r) replicas are more than the limit of \(Limits.replicas)") }
         guard r <= live.count else {
             return refuse("\(r) replicas asked for, but only \(live.count) workers are live")
         }
-        // Each shard on the r least-loaded distinct workers (by bytes planned so far).
+        // Each shard on the r least-loaded distinct workers (by bytes planned so far; the sizes
+        // are the client's estimates, so the sums saturate rather than overflow).
         var load: [WorkerID: UInt64] = Dictionary(uniqueKeysWithValues: live.map { ($0.id, 0) })
         var plan = Tessera_V1_IngestPlan()
         plan.clientTag = b.clientTag
         plan.ingestID = "i\(String(startedAt, radix: 36))\(String(nextIngest, radix: 36))"
         nextIngest += 1
         var names: [[String]] = []
+        var expected: [WorkerID: Tessera_V1_ExpectShards] = [:]
         for s in b.shards {
             let chosen = live.sorted { (load[$0.id]!, $0.id) < (load[$1.id]!, $1.id) }.prefix(r)
             var p = Tessera_V1_ShardPlacement()
             p.workers = chosen.map(\.id)
-            for w in chosen { load[w.id]! += max(s.bytes, s.rows) }
+            for w in chosen {
+                let (sum, overflow) = load[w.id]!.addingReportingOverflow(max(s.bytes, s.rows))
+                load[w.id] = overflow ? .max : sum
+                expected[w.id, default: .init()].orders.append(s.order)
+                expected[w.id]!.pixels.append(s.pixel)
+            }
             plan.placements.append(p)
             names.append(chosen.map(\.name))
         }
@@ -92,50 +146,155 @@ extension SchedulerCore {
             plan.workers.append(peer)
             plan.workerNames.append(w.name)
         }
-        pendingIngests[plan.ingestID] = PendingIngest(client: connection, dataset: b.dataset, replace: b.replace, placements: names)
+        // Workers accept only the shards they are told to expect, so no one can write into a
+        // worker's data folder what the scheduler did not plan.
+        for (id, var x) in expected.sorted(by: { $0.key < $1.key }) {
+            guard let w = workers[id] else { continue }
+            x.ingestID = plan.ingestID
+            x.dataset = b.dataset
+            var e = Envelope()
+            e.expectShards = x
+            send(.worker(w.connection), e)
+        }
+        pendingIngests[plan.ingestID] = PendingIngest(
+            client: connection, dataset: b.dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
+            index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count))
         var e = Envelope()
         e.ingestPlan = plan
         send(.client(connection), e)
     }
 
-    mutating func ingestCommit(_ connection: ConnectionID, _ c: Tessera_V1_IngestCommit) {
+    /// A worker reports a shard it wrote for an ingest: the registry will hold what workers
+    /// report, never what the client claims.
+    mutating func shardStored(_ w: WorkerRecord, _ r: Tessera_V1_ShardStored, now: UInt64) {
+        guard r.error.isEmpty, var p = pendingIngests[r.ingestID], p.dataset == r.dataset,
+              let k = p.index[ShardPixel(order: r.order, pixel: r.pixel)], p.placements[k].contains(w.name)
+        else {
+            notices.append("worker \(w.name) reported shard \(r.dataset)/\(r.ingestID)/order\(r.order)-pix\(r.pixel), which no pending ingest planned for it")
+            return
+        }
+        guard r.rows <= Limits.shardRows, r.marginRows <= Limits.shardRows, r.bytes <= UInt64(Int64.max) else {
+            notices.append("worker \(w.name) reported impossible sizes for shard order\(r.order)-pix\(r.pixel); ignored")
+            return
+        }
+        p.stored[k][w.name] = r
+        pendingIngests[r.ingestID] = p
+        if p.commit != nil { tryCommit(r.ingestID, now: now) }
+    }
+
+    mutating func ingestCommit(_ connection: ConnectionID, _ c: Tessera_V1_IngestCommit, now: UInt64) {
         func refuse(_ why: String) {
             send(.client(connection), errorEnvelope(.errorInvalidGraph, why, clientTag: c.clientTag))
         }
-        guard let catalog else { return refuse("this scheduler has no registry") }
-        guard let p = pendingIngests[c.ingestID], p.client == connection, p.dataset == c.dataset else {
-            return refuse("no ingest `\(c.ingestID)` of `\(c.dataset)` is in progress for this client")
+        guard catalog != nil else { return refuse("this scheduler has no registry") }
+        guard var p = pendingIngests[c.ingestID], p.client == connection, p.dataset == c.dataset, p.commit == nil else {
+            return refuse("no ingest `\(c.ingestID.prefix(100))` of `\(c.dataset.prefix(100))` is in progress for this client")
         }
-        pendingIngests.removeValue(forKey: c.ingestID)
-        guard c.shards.count == p.placements.count else {
-            return refuse("commit lists \(c.shards.count) shards, the plan had \(p.placements.count)")
+        if let why = Self.commitProblem(c) {
+            abandonIngest(c.ingestID)
+            return refuse(why)
         }
-        for s in c.shards where s.workers.isEmpty {
-            return refuse("shard order\(s.order)-pix\(s.pixel) has no stored copy")
+        p.commit = c
+        p.commitAt = now
+        pendingIngests[c.ingestID] = p
+        tryCommit(c.ingestID, now: now)
+    }
+
+    /// Why the client's description of a dataset cannot be recorded, or nil.
+    static func commitProblem(_ c: Tessera_V1_IngestCommit) -> String? {
+        guard !c.columns.isEmpty, c.columns.count <= Limits.planExpressions else {
+            return "a dataset needs 1…\(Limits.planExpressions) columns, this one has \(c.columns.count)"
+        }
+        var seen = Set<String>()
+        for col in c.columns {
+            guard !col.name.isEmpty, col.name.utf8.count <= Limits.identifierCharacters, seen.insert(col.name).inserted else {
+                return "column name `\(col.name.prefix(100))` is empty, repeated, or over \(Limits.identifierCharacters) bytes"
+            }
+        }
+        guard seen.contains(c.raColumn), seen.contains(c.decColumn) else {
+            return "the position columns `\(c.raColumn.prefix(100))` and `\(c.decColumn.prefix(100))` are not among the dataset's columns"
+        }
+        guard c.marginArcsec.isFinite, c.marginArcsec >= 0, c.marginArcsec <= 3_600 else {
+            return "a margin of \(c.marginArcsec)″ is outside 0…3600″"
+        }
+        return nil
+    }
+
+    /// Commits an ingest once every planned shard has a copy its worker reported; replicas must
+    /// agree. Until then the commit waits (reports travel on other connections than the commit).
+    mutating func tryCommit(_ id: String, now: UInt64) {
+        guard let p = pendingIngests[id], let c = p.commit, let catalog else { return }
+        func refuse(_ why: String) {
+            abandonIngest(id)
+            send(.client(p.client), errorEnvelope(.errorInvalidGraph, why, clientTag: c.clientTag))
+        }
+        var commit = c
+        commit.replace = p.replace
+        commit.shards = []
+        for (k, s) in p.shards.enumerated() {
+            let copies = p.stored[k].sorted { $0.key < $1.key }
+            guard let first = copies.first?.value else {
+                if now &- p.commitAt < commitWaitNs { return }
+                return refuse("shard order\(s.order)-pix\(s.pixel) was not reported stored by any of its workers (\(p.placements[k].joined(separator: ", ")))")
+            }
+            for (name, r) in copies.dropFirst() where r.rows != first.rows || r.checksum != first.checksum || r.bytes != first.bytes {
+                return refuse("the copies of shard order\(s.order)-pix\(s.pixel) differ: \(copies[0].key) and \(name) stored different files")
+            }
+            var cs = Tessera_V1_CommittedShard()
+            cs.order = s.order
+            cs.pixel = s.pixel
+            cs.rows = first.rows
+            cs.marginRows = first.marginRows
+            cs.bytes = first.bytes
+            cs.checksum = first.checksum
+            cs.footer = first.footer
+            cs.workers = copies.map(\.key)
+            commit.shards.append(cs)
         }
         do {
-            var commit = c
-            commit.replace = p.replace
-            try catalog.commit(commit, ingestId: c.ingestID)
+            try catalog.commit(commit, ingestId: id)
             planned = nil
         } catch {
             return refuse("\(error)")
         }
+        abandonIngest(id)
         // Placement learns the new shards at once (workers report them again when they re-register).
         let byName = Dictionary(workers.values.map { ($0.name, $0.id) }, uniquingKeysWith: { a, _ in a })
-        for s in c.shards {
-            let key = ShardKey(dataset: c.dataset, ingestId: c.ingestID, order: Int(s.order), pixel: s.pixel).description
+        for s in commit.shards {
+            let key = ShardKey(dataset: c.dataset, ingestId: id, order: Int(s.order), pixel: s.pixel).description
             holders[key] = s.workers.compactMap { byName[$0] }
         }
         var done = Tessera_V1_IngestCommitted()
         done.clientTag = c.clientTag
         done.dataset = c.dataset
-        done.rows = c.shards.reduce(0) { $0 + $1.rows }
-        done.shards = UInt64(c.shards.count)
+        done.rows = commit.shards.reduce(0) { $0 + $1.rows }
+        done.shards = UInt64(commit.shards.count)
         var e = Envelope()
         e.ingestCommitted = done
-        send(.client(connection), e)
-        notices.append("dataset `\(c.dataset)` committed: \(done.rows) rows in \(done.shards) shards (ingest \(c.ingestID))")
+        send(.client(p.client), e)
+        notices.append("dataset `\(c.dataset)` committed: \(done.rows) rows in \(done.shards) shards (ingest \(id))")
+    }
+
+    /// Forgets an ingest and tells its workers to stop expecting its shards.
+    mutating func abandonIngest(_ id: String) {
+        guard let p = pendingIngests.removeValue(forKey: id) else { return }
+        let names = Set(p.placements.joined())
+        for w in workers.values where names.contains(w.name) {
+            var x = Tessera_V1_ExpectShards()
+            x.ingestID = id
+            x.dataset = p.dataset
+            x.finished = true
+            var e = Envelope()
+            e.expectShards = x
+            send(.worker(w.connection), e)
+        }
+    }
+
+    /// Commits whose workers' reports never came are refused.
+    mutating func expireCommits(now: UInt64) {
+        for (id, p) in pendingIngests where p.commit != nil && now &- p.commitAt >= commitWaitNs {
+            tryCommit(id, now: now)
+        }
     }
 
     /// Datasets with their size and how many of their shards have a live copy.

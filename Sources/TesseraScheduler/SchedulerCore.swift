@@ -1,5 +1,6 @@
 import DequeModule
 import TesseraProtocol
+import TesseraStorage
 
 /// A message the state machine wants sent; the socket loop encodes and sends it.
 public struct OutgoingMessage {
@@ -102,12 +103,36 @@ public struct SchedulerCore {
             taskReport(w, r, frames: frames, now: now)
         case .deregister(let d):
             removeWorker(wid, now: now, handedBack: Set(d.handedBack), reason: "deregistered: \(d.reason)")
+        case .shardStored(let r):
+            shardStored(w, r, now: now)
         default:
             send(.worker(connection), errorEnvelope(.errorMalformedMessage, "message not expected from a worker"))
         }
     }
 
+    /// Why a registration is refused, or nil when every field is within bounds: a worker's
+    /// thread count decides how many tasks it is given, and peers dial its endpoint.
+    static func registrationProblem(_ r: Tessera_V1_RegisterWorker) -> String? {
+        if let why = Validate.name(r.name, what: "worker name", limit: Limits.workerNameCharacters) { return why }
+        guard r.threads >= 1, r.threads <= UInt32(Limits.workerThreads) else {
+            return "a worker of \(r.threads) threads is outside the allowed 1…\(Limits.workerThreads)"
+        }
+        if let why = Validate.tcpEndpoint(r.peerEndpoint) { return "peer \(why)" }
+        guard r.operators.count <= Limits.workerOperators else {
+            return "\(r.operators.count) operators are more than the limit of \(Limits.workerOperators)"
+        }
+        for h in r.holdings where ShardKey(h) == nil {
+            return "holding `\(h.prefix(200))` is not a shard key (DATASET/INGEST/orderK-pixP)"
+        }
+        return nil
+    }
+
     mutating func register(_ connection: ConnectionID, _ r: Tessera_V1_RegisterWorker, now: UInt64) {
+        if let why = Self.registrationProblem(r) {
+            notices.append("refused a worker registration: \(why)")
+            send(.worker(connection), errorEnvelope(.errorRegistrationRefused, "registration refused: \(why)"))
+            return
+        }
         if let old = workerByConnection[connection] {
             // The same connection registering again (a restarted worker process reusing its routing id).
             removeWorker(old, now: now, handedBack: [], reason: "re-registered")
@@ -153,7 +178,7 @@ public struct SchedulerCore {
         case .ingestBegin(let b):
             ingestBegin(connection, b)
         case .ingestCommit(let c):
-            ingestCommit(connection, c)
+            ingestCommit(connection, c, now: now)
         case .ping(let p):
             var e = Envelope()
             var pong = Tessera_V1_Pong()
@@ -166,6 +191,10 @@ public struct SchedulerCore {
     }
 
     mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64) {
+        guard s.name.utf8.count <= Limits.jobNameCharacters else {
+            send(.client(connection), errorEnvelope(.errorOverLimit, "a job name of \(s.name.utf8.count) bytes is over the limit of \(Limits.jobNameCharacters)", clientTag: s.clientTag))
+            return
+        }
         let graph: TaskGraph
         var progress: JobRecord.Progress?
         do throws(ProtocolError) {
@@ -230,6 +259,7 @@ public struct SchedulerCore {
         for id in dead.sorted() {
             removeWorker(id, now: now, handedBack: [], reason: "missed heartbeats")
         }
+        if !pendingIngests.isEmpty { expireCommits(now: now) }
     }
 
     // MARK: - Output

@@ -144,8 +144,8 @@ public enum ColumnData: Sendable, Equatable {
     /// Values of `type` from their stored bytes (little-endian; Bool as one byte each), which must
     /// hold exactly `rows` values.
     public init(type: ColumnType, rows: Int, storedBytes: UnsafeRawBufferPointer) throws(ShardError) {
-        let need = rows * Self.width(type)
-        guard storedBytes.count == need else {
+        let (need, overflow) = rows.multipliedReportingOverflow(by: Self.width(type))
+        guard rows >= 0, !overflow, storedBytes.count == need else {
             throw .invalidInput("a \(type) column of \(rows) rows needs \(need) bytes, got \(storedBytes.count)")
         }
         self = Self.fromStored(type, storedBytes)

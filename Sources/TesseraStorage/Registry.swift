@@ -1,3 +1,4 @@
+import TesseraProtocol
 import Foundation
 import GRDB
 
@@ -23,6 +24,23 @@ public struct ShardKey: Hashable, Sendable, CustomStringConvertible {
         guard op.count == 2, op[0].hasPrefix("order"), op[1].hasPrefix("pix"),
               let o = Int(op[0].dropFirst(5)), let p = Int64(op[1].dropFirst(3)) else { return nil }
         self.init(dataset: parts[0], ingestId: parts[1], order: o, pixel: p)
+        guard problem == nil else { return nil }
+    }
+
+    /// Why this key cannot name a shard (a bad name, an order past 29, a pixel not on the sky),
+    /// or nil. Keys from outside become file paths and registry rows: checked before either.
+    public var problem: String? {
+        if let why = Validate.name(dataset, what: "dataset name", limit: Limits.datasetNameCharacters) { return why }
+        if let why = Validate.name(ingestId, what: "ingest id", limit: Limits.datasetNameCharacters) { return why }
+        return Self.pixelProblem(order: order, pixel: pixel)
+    }
+
+    /// Why `pixel` is not a HEALPix pixel of `order`, or nil.
+    public static func pixelProblem(order: Int, pixel: Int64) -> String? {
+        guard order >= 0, order <= Limits.shardOrder else { return "HEALPix order \(order) is outside 0…\(Limits.shardOrder)" }
+        let pixels = Int64(12) << (2 * order)
+        guard pixel >= 0, pixel < pixels else { return "pixel \(pixel) is not one of order \(order)'s \(pixels) pixels" }
+        return nil
     }
 
     public var description: String { "\(dataset)/\(ingestId)/order\(order)-pix\(pixel)" }
@@ -43,6 +61,9 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+/// Where a shard is: its pixel, size, and the workers holding a copy.
+public typealias ShardLocation = (order: Int, pixel: Int64, bytes: Int64, workers: [String])
 
 /// A dataset as the registry knows it.
 public struct DatasetRecord: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
@@ -189,18 +210,71 @@ public final class Registry: Sendable {
         try db.read { try ShardRecord.filter(Column("datasetId") == dataset.id).order(Column("order"), Column("pixel")).fetchAll($0) }
     }
 
-    /// A dataset's shards as a planner needs them — pixel, size and holders, without the per-chunk
-    /// statistics — in (order, pixel) order, read in one query.
-    public func shardLocations(of dataset: DatasetRecord) throws -> [(order: Int, pixel: Int64, bytes: Int64, workers: [String])] {
+    /// Datasets whose rows read back as valid, and a description of each that does not (a
+    /// damaged or hand-edited file must not stop the scheduler that reads it at every start).
+    public func validDatasets() throws -> (datasets: [DatasetRecord], skipped: [String]) {
+        try db.read { db in
+            let rows = try Row.fetchCursor(db, sql: "SELECT * FROM dataset ORDER BY name")
+            var good: [DatasetRecord] = [], bad: [String] = []
+            while let r = try rows.next() {
+                let id = r["id"].map { "\($0)" } ?? "?"
+                do {
+                    let d = try DatasetRecord(row: r)
+                    if let why = Validate.name(d.ingestId, what: "ingest id", limit: Limits.datasetNameCharacters), !d.ingestId.isEmpty {
+                        bad.append("dataset row \(id): \(why)")
+                    } else if d.name.isEmpty || d.name.contains("/") || d.name.hasPrefix(".") {
+                        bad.append("dataset row \(id): name `\(d.name.prefix(100))` cannot name a folder")
+                    } else {
+                        good.append(d)
+                    }
+                } catch {
+                    bad.append("dataset row \(id): \(error)")
+                }
+            }
+            return (good, bad)
+        }
+    }
+
+    /// A dataset's shards as `shardLocations(of:)` gives them, leaving out (and describing) rows
+    /// with a pixel not on the sky, a negative size or values of the wrong type.
+    public func validShardLocations(of dataset: DatasetRecord) throws -> (shards: [ShardLocation], skipped: [String]) {
         try db.read { db in
             let reps = try replicas(of: dataset, db)
             let rows = try Row.fetchCursor(db, sql: """
                 SELECT id, "order", pixel, bytes FROM shard WHERE datasetId = ? ORDER BY "order", pixel
                 """, arguments: [dataset.id])
-            var out: [(order: Int, pixel: Int64, bytes: Int64, workers: [String])] = []
+            var out: [ShardLocation] = [], bad: [String] = []
             while let r = try rows.next() {
-                let id: Int64 = r[0]
-                out.append((r[1], r[2], r[3], reps[id] ?? []))
+                do {
+                    let id: Int64 = try r.decode(atIndex: 0)
+                    let order: Int = try r.decode(atIndex: 1), pixel: Int64 = try r.decode(atIndex: 2), bytes: Int64 = try r.decode(atIndex: 3)
+                    if let why = ShardKey.pixelProblem(order: order, pixel: pixel) {
+                        bad.append("shard row \(id) of `\(dataset.name)`: \(why)")
+                    } else if bytes < 0 {
+                        bad.append("shard row \(id) of `\(dataset.name)`: negative size \(bytes)")
+                    } else {
+                        out.append((order, pixel, bytes, reps[id] ?? []))
+                    }
+                } catch {
+                    bad.append("a shard row of `\(dataset.name)`: \(error)")
+                }
+            }
+            return (out, bad)
+        }
+    }
+
+    /// A dataset's shards as a planner needs them — pixel, size and holders, without the per-chunk
+    /// statistics — in (order, pixel) order, read in one query.
+    public func shardLocations(of dataset: DatasetRecord) throws -> [ShardLocation] {
+        try db.read { db in
+            let reps = try replicas(of: dataset, db)
+            let rows = try Row.fetchCursor(db, sql: """
+                SELECT id, "order", pixel, bytes FROM shard WHERE datasetId = ? ORDER BY "order", pixel
+                """, arguments: [dataset.id])
+            var out: [ShardLocation] = []
+            while let r = try rows.next() {
+                let id: Int64 = try r.decode(atIndex: 0)
+                out.append((try r.decode(atIndex: 1), try r.decode(atIndex: 2), try r.decode(atIndex: 3), reps[id] ?? []))
             }
             return out
         }
@@ -218,8 +292,9 @@ public final class Registry: Sendable {
             """, arguments: [dataset.id])
         var out: [Int64: [String]] = [:]
         while let r = try rows.next() {
-            let id: Int64 = r[0]
-            out[id, default: []].append(r[1])
+            // Rows of the wrong type are skipped (a replica that cannot be read is no replica).
+            guard let id: Int64 = try? r.decode(atIndex: 0), let w: String = try? r.decode(atIndex: 1) else { continue }
+            out[id, default: []].append(w)
         }
         return out
     }
@@ -287,8 +362,10 @@ public final class Registry: Sendable {
                 SELECT dataset.name, dataset.ingestId, shard."order", shard.pixel FROM replica
                 JOIN shard ON shard.id = replica.shardId JOIN dataset ON dataset.id = shard.datasetId
                 WHERE replica.worker = ?
-                """, arguments: [worker]).map { r in
-                ShardKey(dataset: r["name"], ingestId: r["ingestId"], order: r["order"], pixel: r["pixel"]).description
+                """, arguments: [worker]).compactMap { r in
+                guard let name: String = try? r.decode(forColumn: "name"), let ingest: String = try? r.decode(forColumn: "ingestId"),
+                      let order: Int = try? r.decode(forColumn: "order"), let pixel: Int64 = try? r.decode(forColumn: "pixel") else { return nil }
+                return ShardKey(dataset: name, ingestId: ingest, order: order, pixel: pixel).description
             }
         }
         let e = Set(expected)

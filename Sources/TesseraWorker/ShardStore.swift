@@ -30,10 +30,19 @@ public struct ShardStore: Sendable {
         var reply = Tessera_V1_ShardStored()
         reply.requestID = r.requestID
         reply.workerName = workerName
+        reply.ingestID = r.ingestID
+        reply.dataset = r.dataset
+        reply.order = r.order
+        reply.pixel = r.pixel
         do {
             let n = r.columns.count
-            guard !r.dataset.isEmpty, !r.dataset.contains("/"), !r.ingestID.isEmpty, !r.ingestID.contains("/"), !r.dataset.hasPrefix(".") else {
-                throw ShardError.invalidInput("bad dataset name `\(r.dataset)` or ingest id `\(r.ingestID)`")
+            let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
+            if let why = key.problem { throw ShardError.invalidInput(why) }
+            guard r.rows <= Limits.shardRows, r.marginRows <= Limits.shardRows else {
+                throw ShardError.invalidInput("a shard of \(r.rows) rows and \(r.marginRows) margin rows is over the limit of \(Limits.shardRows)")
+            }
+            guard n > 0, n <= Limits.planExpressions else {
+                throw ShardError.invalidInput("a shard needs 1…\(Limits.planExpressions) columns, this one has \(n)")
             }
             let withMargin = r.marginRows > 0
             guard frames.count == (withMargin ? 2 * n : n) else {
@@ -46,7 +55,6 @@ public struct ShardStore: Sendable {
             }
             let own = try columns(0, Int(r.rows))
             let margin = withMargin ? try columns(n, Int(r.marginRows)) : nil
-            let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
             let p = path(key)
             try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             let specs = r.columns.map { ColumnSpec($0.name, $0.type, unit: $0.unit, description: $0.description_p) }

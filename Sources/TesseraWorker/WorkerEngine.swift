@@ -67,6 +67,8 @@ public struct WorkerEngine {
     var executing: Set<UInt64> = []
     var failures: [Tessera_V1_TaskFailure] = []
     public private(set) var tasksDone: UInt64 = 0
+    /// Shards the scheduler planned for this worker, by ingest: the only ones it will store.
+    var expectedShards: [String: (dataset: String, pixels: Set<ShardPlace>)] = [:]
     /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
     public var fetchTimeoutNs: UInt64 = 30_000_000_000
 
@@ -267,6 +269,34 @@ public struct WorkerEngine {
         return takeFailureReport().map { [$0] } ?? []
     }
 
+    // MARK: Ingest
+
+    /// A shard's place on the sky, within one ingest.
+    struct ShardPlace: Hashable {
+        var order: UInt32
+        var pixel: Int64
+    }
+
+    /// The scheduler planned shards for this worker (or, `finished`, forgets an ingest).
+    public mutating func expect(_ x: Tessera_V1_ExpectShards) {
+        if x.finished {
+            expectedShards.removeValue(forKey: x.ingestID)
+            return
+        }
+        var entry = expectedShards[x.ingestID] ?? (x.dataset, [])
+        guard entry.dataset == x.dataset else { return }
+        for (o, p) in zip(x.orders, x.pixels) { entry.pixels.insert(ShardPlace(order: o, pixel: p)) }
+        expectedShards[x.ingestID] = entry
+    }
+
+    /// Why this worker will not store a shard a client sent, or nil when the scheduler planned it here.
+    public func storeProblem(_ r: Tessera_V1_StoreShard) -> String? {
+        guard let e = expectedShards[r.ingestID], e.dataset == r.dataset, e.pixels.contains(ShardPlace(order: r.order, pixel: r.pixel)) else {
+            return "the scheduler planned no shard order\(r.order)-pix\(r.pixel) of `\(r.dataset.prefix(100))` (ingest `\(r.ingestID.prefix(100))`) for this worker"
+        }
+        return nil
+    }
+
     // MARK: From peers
 
     /// A peer asks for values we hold.
@@ -325,6 +355,16 @@ public struct WorkerEngine {
                 pending[tk] = t
             }
         }
+    }
+
+    /// A peer's endpoint could not be dialled: the tasks waiting on its values fail with a
+    /// missing-input report, and the scheduler decides what to recompute.
+    public mutating func peerUnreachable(_ peer: WorkerID, _ why: String) -> [WorkerAction] {
+        for (id, f) in fetches where f.peer == peer {
+            fetches.removeValue(forKey: id)
+            failWaiting(on: f.keys, "cannot reach worker \(peer): \(why)")
+        }
+        return takeFailureReport().map { [$0] } ?? []
     }
 
     /// Fails tasks whose fetches took too long (the scheduler then decides what to recompute).

@@ -170,6 +170,7 @@ struct SchedulerRecoveryTests {
         var r = Tessera_V1_RegisterWorker()
         r.name = w.name
         r.threads = 1
+        r.peerEndpoint = "tcp://fake-restarted:7000"
         r.operators = standardOperators
         var e = Envelope()
         e.registerWorker = r

@@ -51,6 +51,6 @@ import TesseraWorker
         let key = ShardKey(dataset: "object", ingestId: "ingest-1", order: 3, pixel: 5)
         #expect(try ShardReader(path: store.path(key)).footer.rows == 200_000)
         let refused = try #require(finished.first { $0.identity == [4] })
-        #expect(refused.reply.error.contains("bad dataset name"))
+        #expect(refused.reply.error.contains("dataset name `../etc` may hold only"))
     }
 }

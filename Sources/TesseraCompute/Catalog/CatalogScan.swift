@@ -34,7 +34,12 @@ public enum CatalogScan {
             throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
         }
 
-        let regionRanges = q.region.map { HEALPix.indexRanges(of: $0) } ?? []
+        // The region's coverage inside this shard's own pixel only: a wide region or a
+        // many-sided polygon then costs each shard its own share of the boundary, not all of it.
+        let ownPixel = ShardKey.pixelProblem(order: Int(footer.order), pixel: footer.pixel) == nil && footer.order <= 14
+        let regionRanges = q.region.map {
+            ownPixel ? HEALPix.indexRanges(of: $0, resolution: 14, within: [footer.pixel], rootOrder: Int(footer.order)) : HEALPix.indexRanges(of: $0)
+        } ?? []
         var groups = q.region == nil ? Array(reader.ownRowGroups) : reader.rowGroups(overlapping: regionRanges)
         let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
         if !bounds.isEmpty {
@@ -211,8 +216,10 @@ struct Bins: Sendable {
     /// The bin of `v`, or -1 when it is NaN or outside [lo, hi].
     @inline(__always) func bin(_ v: Double) -> Int {
         guard v >= lo && v <= hi else { return -1 }
-        var j = Int((v - lo) * norm)
-        if j >= count { j = count - 1 }
+        // The plan's check keeps `norm` finite; the comparison also turns a NaN into the last
+        // bin rather than a trap, should a range ever slip past it.
+        let x = (v - lo) * norm
+        var j = x < Double(count) ? Int(x) : count - 1
         if v < edges[j] { j -= 1 } else if j + 1 < count && v >= edges[j + 1] { j += 1 }
         return j
     }

@@ -70,6 +70,15 @@ public struct CheckedCatalogQuery: Sendable {
                 throw CatalogQueryError("in the \(what): \(error)")
             }
         }
+        for (count, what) in [(plan.aggregates.count, "aggregates"), (plan.rows.select.count, "selected columns")] where count > Limits.planExpressions {
+            throw CatalogQueryError("\(count) \(what) are more than the limit of \(Limits.planExpressions)")
+        }
+        if plan.progressive {
+            let s = plan.progressInterval
+            guard s == 0 || Limits.progressIntervalSeconds.contains(s) else {
+                throw CatalogQueryError("a progress interval of \(s) s is outside the allowed \(Limits.progressIntervalSeconds.lowerBound)…\(Limits.progressIntervalSeconds.upperBound) s")
+            }
+        }
         filter = plan.filter.isEmpty ? nil : try check(plan.filter, "filter", .boolean)
         region = try Self.region(plan)
         if region != nil {
@@ -93,8 +102,8 @@ public struct CheckedCatalogQuery: Sendable {
                 y = try check(h.y, "histogram's y expression", .number)
                 try Self.checkBins(h.yBins, h.yMin, h.yMax, "y")
             }
-            guard Int(h.xBins) * Int(max(1, h.yBins)) <= 10_000_000 else {
-                throw CatalogQueryError("a histogram of \(h.xBins) × \(h.yBins) bins is more than the limit of 10,000,000 bins")
+            guard Int(h.xBins) * Int(max(1, h.yBins)) <= Limits.histogramBins else {
+                throw CatalogQueryError("a histogram of \(h.xBins) × \(h.yBins) bins is more than the limit of \(Limits.histogramBins) bins")
             }
             output = .histogram(x: x, y: y)
         } else if plan.hasSkyMap {
@@ -167,6 +176,13 @@ public struct CheckedCatalogQuery: Sendable {
         guard lo.isFinite, hi.isFinite, lo < hi else {
             throw CatalogQueryError("the histogram's \(axis) range \(lo)…\(hi) must be finite and increasing")
         }
+        // The width, a bin's width and bins per unit must all be ordinary numbers: a range so
+        // wide it overflows (-1e308…1e308) or so narrow its bins underflow (0…5e-324) has no
+        // bin a value can be placed in.
+        let width = hi - lo, step = width / Double(bins), perUnit = Double(bins) / width
+        guard width.isFinite, step.isNormal, perUnit.isFinite, perUnit.isNormal else {
+            throw CatalogQueryError("the histogram's \(axis) range \(lo)…\(hi) cannot be cut into \(bins) bins of ordinary floating-point width")
+        }
     }
 
     static func region(_ plan: CatalogQueryPlan) throws(CatalogQueryError) -> (any SkyRegion)? {
@@ -181,6 +197,13 @@ public struct CheckedCatalogQuery: Sendable {
         case .polygon(let p):
             guard p.ra.count == p.dec.count, p.ra.count >= 3 else {
                 throw CatalogQueryError("a polygon needs at least 3 vertices with an RA and a Dec each (got \(p.ra.count) RAs, \(p.dec.count) Decs)")
+            }
+            // Its convexity check is quadratic in the vertices: bounded before it runs.
+            guard p.ra.count <= Limits.polygonVertices else {
+                throw CatalogQueryError("a polygon of \(p.ra.count) vertices is over the limit of \(Limits.polygonVertices)")
+            }
+            guard p.ra.allSatisfy(\.isFinite), p.dec.allSatisfy({ abs($0) <= 90 }) else {
+                throw CatalogQueryError("a polygon's vertices must have finite RAs and Decs within ±90°")
             }
             do { return try PolygonRegion(raDec: zip(p.ra, p.dec).map { (ra: $0, dec: $1) }) } catch { throw CatalogQueryError("\(error)") }
         case nil:

@@ -1,3 +1,4 @@
+import TesseraProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -97,9 +98,13 @@ public enum ExpressionChecker {
     /// The closest name within half its length in edits (for "did you mean").
     static func nearest<S: Sequence>(_ name: String, _ candidates: S) -> String? where S.Element == String {
         let limit = max(2, (name.count + 1) / 2)
+        // Names differing in length by more than the limit cannot be within it: skipping them
+        // keeps the search cheap however long a mistyped name is (it is bounded too, by the parser).
+        guard name.count <= Limits.identifierCharacters else { return nil }
+        let lowered = name.lowercased()
         var best: (String, Int)?
-        for c in candidates {
-            let d = editDistance(name.lowercased(), c.lowercased())
+        for c in candidates where abs(c.count - name.count) <= limit && c.count <= Limits.identifierCharacters {
+            let d = editDistance(lowered, c.lowercased())
             if d <= limit && (best == nil || d < best!.1 || (d == best!.1 && c < best!.0)) { best = (c, d) }
         }
         return best?.0

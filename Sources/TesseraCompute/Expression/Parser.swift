@@ -1,5 +1,11 @@
+import TesseraProtocol
+
 /// Parses expression text: `or` < `and` < `not` < comparisons < `+ -` < `* /` < unary minus <
 /// calls, columns, numbers and parentheses.
+///
+/// The text comes from outside, so parsing is linear in its length and the tree it builds is at
+/// most `Limits.expressionDepth` deep: the checker and evaluator recurse over the tree, and a
+/// deeper one (ten thousand parentheses, or a chain of ten thousand `+`) would overflow a stack.
 public struct ExpressionParser {
     enum Token: Equatable {
         case number(Double), integer(Int64), identifier(String), op(String), lparen, rparen, comma, end
@@ -8,11 +14,21 @@ public struct ExpressionParser {
     let source: String
     var tokens: [(Token, SourceRange)] = []
     var pos = 0
+    /// Open parentheses, calls and prefix operators around the cursor.
+    var nesting = 0
+
+    /// A subtree and its depth (a leaf is 1 deep).
+    typealias Node = (tree: ExpressionTree, depth: Int)
 
     public static func parse(_ text: String) throws(ExpressionError) -> ExpressionTree {
+        guard text.utf8.count <= Limits.expressionCharacters else {
+            throw ExpressionError(
+                message: "the expression is \(text.utf8.count) bytes long, over the limit of \(Limits.expressionCharacters)",
+                source: "", range: SourceRange(0, 0))
+        }
         var p = ExpressionParser(source: text)
         try p.tokenize()
-        let e = try p.parseOr()
+        let e = try p.parseOr().tree
         guard case .end = p.tokens[p.pos].0 else {
             throw p.error("unexpected `\(p.text(p.tokens[p.pos].1))` after a complete expression", p.tokens[p.pos].1)
         }
@@ -57,6 +73,9 @@ public struct ExpressionParser {
             }
             if ch.isLetter || ch == "_" {
                 while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { i += 1 }
+                guard i - start <= Limits.identifierCharacters else {
+                    throw error("a name of \(i - start) characters is over the limit of \(Limits.identifierCharacters)", SourceRange(start, min(i, start + 40)))
+                }
                 tokens.append((.identifier(String(c[start..<i])), SourceRange(start, i)))
                 continue
             }
@@ -90,37 +109,48 @@ public struct ExpressionParser {
         }
     }
 
-    mutating func parseOr() throws(ExpressionError) -> ExpressionTree {
+    /// `tree` as a node one deeper than its deepest child, refused past the depth limit.
+    func node(_ tree: ExpressionTree, over children: Int) throws(ExpressionError) -> Node {
+        let depth = children + 1
+        guard depth <= Limits.expressionDepth else {
+            throw error("the expression nests deeper than the limit of \(Limits.expressionDepth) (parentheses, calls and chained operators all count)", tree.range)
+        }
+        return (tree, depth)
+    }
+
+    mutating func parseOr() throws(ExpressionError) -> Node {
         var l = try parseAnd()
         while currentOp == "or" {
             pos += 1
             let r = try parseAnd()
-            l = .binary(.or, l, r, l.range.union(r.range))
+            l = try node(.binary(.or, l.tree, r.tree, l.tree.range.union(r.tree.range)), over: max(l.depth, r.depth))
         }
         return l
     }
 
-    mutating func parseAnd() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseAnd() throws(ExpressionError) -> Node {
         var l = try parseNot()
         while currentOp == "and" {
             pos += 1
             let r = try parseNot()
-            l = .binary(.and, l, r, l.range.union(r.range))
+            l = try node(.binary(.and, l.tree, r.tree, l.tree.range.union(r.tree.range)), over: max(l.depth, r.depth))
         }
         return l
     }
 
-    mutating func parseNot() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseNot() throws(ExpressionError) -> Node {
         if currentOp == "not" {
             let start = tokens[pos].1
             pos += 1
+            try enter(start)
+            defer { nesting -= 1 }
             let x = try parseNot()
-            return .unary(.not, x, start.union(x.range))
+            return try node(.unary(.not, x.tree, start.union(x.tree.range)), over: x.depth)
         }
         return try parseComparison()
     }
 
-    mutating func parseComparison() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseComparison() throws(ExpressionError) -> Node {
         let l = try parseAdditive()
         if let o = currentOp, let op = BinaryOperator(rawValue: o), op.isComparison {
             pos += 1
@@ -128,73 +158,99 @@ public struct ExpressionParser {
             if let o2 = currentOp, let op2 = BinaryOperator(rawValue: o2), op2.isComparison {
                 throw error("comparisons do not chain: write `a < b and b < c`", tokens[pos].1)
             }
-            return .binary(op, l, r, l.range.union(r.range))
+            return try node(.binary(op, l.tree, r.tree, l.tree.range.union(r.tree.range)), over: max(l.depth, r.depth))
         }
         return l
     }
 
-    mutating func parseAdditive() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseAdditive() throws(ExpressionError) -> Node {
         var l = try parseMultiplicative()
         while let o = currentOp, o == "+" || o == "-" {
             pos += 1
             let r = try parseMultiplicative()
-            l = .binary(o == "+" ? .add : .subtract, l, r, l.range.union(r.range))
+            l = try node(.binary(o == "+" ? .add : .subtract, l.tree, r.tree, l.tree.range.union(r.tree.range)), over: max(l.depth, r.depth))
         }
         return l
     }
 
-    mutating func parseMultiplicative() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseMultiplicative() throws(ExpressionError) -> Node {
         var l = try parseUnary()
         while let o = currentOp, o == "*" || o == "/" {
             pos += 1
             let r = try parseUnary()
-            l = .binary(o == "*" ? .multiply : .divide, l, r, l.range.union(r.range))
+            l = try node(.binary(o == "*" ? .multiply : .divide, l.tree, r.tree, l.tree.range.union(r.tree.range)), over: max(l.depth, r.depth))
         }
         return l
     }
 
-    mutating func parseUnary() throws(ExpressionError) -> ExpressionTree {
+    mutating func parseUnary() throws(ExpressionError) -> Node {
         if currentOp == "-" {
             let start = tokens[pos].1
             pos += 1
+            try enter(start)
+            defer { nesting -= 1 }
             let x = try parseUnary()
-            if case .number(let v, let r) = x { return .number(-v, start.union(r)) }
-            if case .integer(let k, let r) = x { return .integer(-k, start.union(r)) }
-            return .unary(.negate, x, start.union(x.range))
+            if case .number(let v, let r) = x.tree { return (.number(-v, start.union(r)), x.depth) }
+            if case .integer(let k, let r) = x.tree { return (.integer(-k, start.union(r)), x.depth) }
+            return try node(.unary(.negate, x.tree, start.union(x.tree.range)), over: x.depth)
         }
-        if currentOp == "+" { pos += 1; return try parseUnary() }
+        if currentOp == "+" {
+            let start = tokens[pos].1
+            pos += 1
+            try enter(start)
+            defer { nesting -= 1 }
+            return try parseUnary()
+        }
         return try parsePrimary()
     }
 
-    mutating func parsePrimary() throws(ExpressionError) -> ExpressionTree {
+    /// The parser's own recursion (parentheses, calls, prefix operators), bounded before it can
+    /// exhaust the stack even where it builds no deeper tree (`((((x))))`, `- - - 1`).
+    mutating func enter(_ at: SourceRange) throws(ExpressionError) {
+        nesting += 1
+        guard nesting <= Limits.expressionDepth else {
+            throw error("the expression nests deeper than the limit of \(Limits.expressionDepth) (parentheses, calls and chained operators all count)", at)
+        }
+    }
+
+    mutating func parsePrimary() throws(ExpressionError) -> Node {
         let (t, r) = tokens[pos]
         switch t {
         case .number(let v):
             pos += 1
-            return .number(v, r)
+            return (.number(v, r), 1)
         case .integer(let k):
             pos += 1
-            return .integer(k, r)
+            return (.integer(k, r), 1)
         case .identifier(let name):
             pos += 1
-            guard case .lparen = current else { return .column(name, r) }
+            guard case .lparen = current else { return (.column(name, r), 1) }
             pos += 1
+            try enter(r)
+            defer { nesting -= 1 }
             var args: [ExpressionTree] = []
+            var depth = 0
             if case .rparen = current {
                 // no arguments
             } else {
-                args.append(try parseOr())
+                let a = try parseOr()
+                args.append(a.tree)
+                depth = a.depth
                 while case .comma = current {
                     pos += 1
-                    args.append(try parseOr())
+                    let b = try parseOr()
+                    args.append(b.tree)
+                    depth = max(depth, b.depth)
                 }
             }
             guard case .rparen = current else { throw error("expected `)` to close the call of `\(name)`", tokens[pos].1) }
             let close = tokens[pos].1
             pos += 1
-            return .call(name, args, r.union(close))
+            return try node(.call(name, args, r.union(close)), over: depth)
         case .lparen:
             pos += 1
+            try enter(r)
+            defer { nesting -= 1 }
             let e = try parseOr()
             guard case .rparen = current else { throw error("expected `)`", tokens[pos].1) }
             pos += 1

@@ -234,6 +234,12 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
   case errorUnknownOperator // = 5
   case errorUnknownJob // = 6
   case errorNotAllowed // = 7
+
+  /// a worker's registration is out of bounds or not authorised
+  case errorRegistrationRefused // = 8
+
+  /// a message, or something in it, is over a documented limit
+  case errorOverLimit // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -250,6 +256,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case 5: self = .errorUnknownOperator
     case 6: self = .errorUnknownJob
     case 7: self = .errorNotAllowed
+    case 8: self = .errorRegistrationRefused
+    case 9: self = .errorOverLimit
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -264,6 +272,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case .errorUnknownOperator: return 5
     case .errorUnknownJob: return 6
     case .errorNotAllowed: return 7
+    case .errorRegistrationRefused: return 8
+    case .errorOverLimit: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -278,6 +288,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     .errorUnknownOperator,
     .errorUnknownJob,
     .errorNotAllowed,
+    .errorRegistrationRefused,
+    .errorOverLimit,
   ]
 
 }
@@ -360,6 +372,22 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
       return Tessera_V1_CancelTasks()
     }
     set {body = .cancelTasks(newValue)}
+  }
+
+  public var expectShards: Tessera_V1_ExpectShards {
+    get {
+      if case .expectShards(let v)? = body {return v}
+      return Tessera_V1_ExpectShards()
+    }
+    set {body = .expectShards(newValue)}
+  }
+
+  public var removeShards: Tessera_V1_RemoveShards {
+    get {
+      if case .removeShards(let v)? = body {return v}
+      return Tessera_V1_RemoveShards()
+    }
+    set {body = .removeShards(newValue)}
   }
 
   /// worker <-> worker (peer transfer)
@@ -524,6 +552,8 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     case assignTasks(Tessera_V1_AssignTasks)
     case releaseResults(Tessera_V1_ReleaseResults)
     case cancelTasks(Tessera_V1_CancelTasks)
+    case expectShards(Tessera_V1_ExpectShards)
+    case removeShards(Tessera_V1_RemoveShards)
     /// worker <-> worker (peer transfer)
     case fetchRequest(Tessera_V1_FetchRequest)
     case fetchReply(Tessera_V1_FetchReply)
@@ -709,6 +739,10 @@ public nonisolated struct Tessera_V1_JobSetup: Sendable {
   public var params: [Tessera_V1_OperatorParams] = []
 
   public var dataKeys: [String] = []
+
+  /// Per data key (when present): the registry's checksum of the shard (its footer's xxHash64),
+  /// which the worker compares with the file it opens.
+  public var dataChecksums: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1213,6 +1247,9 @@ public nonisolated struct Tessera_V1_JobStatus: Sendable {
 
   public var seconds: Double = 0
 
+  /// who submitted it (from authentication)
+  public var user: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1368,6 +1405,53 @@ public nonisolated struct Tessera_V1_ShardStored: Sendable {
 
   /// The written file's footer (schema, row groups, per-chunk min/max): the registry keeps it for planning.
   public var footer: Data = Data()
+
+  /// Which shard: the worker also reports each stored shard to the scheduler, and the registry
+  /// commits only what workers reported.
+  public var ingestID: String = String()
+
+  public var dataset: String = String()
+
+  public var order: UInt32 = 0
+
+  public var pixel: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Scheduler -> worker: an ingest planned shards for this worker; its peer endpoint accepts
+/// `StoreShard` only for shards it was told to expect. `finished` forgets the ingest (committed
+/// or abandoned).
+public nonisolated struct Tessera_V1_ExpectShards: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var ingestID: String = String()
+
+  public var dataset: String = String()
+
+  public var orders: [UInt32] = []
+
+  /// parallel to orders
+  public var pixels: [Int64] = []
+
+  public var finished: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Scheduler -> worker: shard files no committed dataset references, past their grace period.
+public nonisolated struct Tessera_V1_RemoveShards: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var keys: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1538,12 +1622,12 @@ nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0\u{1}ERROR_REGISTRATION_REFUSED\0\u{1}ERROR_OVER_LIMIT\0")
 }
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{4}\u{7}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{4}\u{5}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1655,6 +1739,32 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .cancelTasks(v)
+        }
+      }()
+      case 24: try {
+        var v: Tessera_V1_ExpectShards?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .expectShards(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .expectShards(v)
+        }
+      }()
+      case 25: try {
+        var v: Tessera_V1_RemoveShards?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .removeShards(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .removeShards(v)
         }
       }()
       case 30: try {
@@ -1939,6 +2049,14 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
     case .cancelTasks?: try {
       guard case .cancelTasks(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+    }()
+    case .expectShards?: try {
+      guard case .expectShards(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+    }()
+    case .removeShards?: try {
+      guard case .removeShards(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
     }()
     case .fetchRequest?: try {
       guard case .fetchRequest(let v)? = self.body else { preconditionFailure() }
@@ -2353,7 +2471,7 @@ nonisolated extension Tessera_V1_Deregister: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSetup"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2365,6 +2483,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
       case 2: try { try decoder.decodeRepeatedStringField(value: &self.operators) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.params) }()
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.dataKeys) }()
+      case 5: try { try decoder.decodeRepeatedFixed64Field(value: &self.dataChecksums) }()
       default: break
       }
     }
@@ -2383,6 +2502,9 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.dataKeys.isEmpty {
       try visitor.visitRepeatedStringField(value: self.dataKeys, fieldNumber: 4)
     }
+    if !self.dataChecksums.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.dataChecksums, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2391,6 +2513,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.operators != rhs.operators {return false}
     if lhs.params != rhs.params {return false}
     if lhs.dataKeys != rhs.dataKeys {return false}
+    if lhs.dataChecksums != rhs.dataChecksums {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3413,7 +3536,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}task_count\0\u{3}tasks_done\0\u{1}running\0\u{1}ready\0\u{1}seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}task_count\0\u{3}tasks_done\0\u{1}running\0\u{1}ready\0\u{1}seconds\0\u{1}user\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3429,6 +3552,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.running) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.ready) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.user) }()
       default: break
       }
     }
@@ -3459,6 +3583,9 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
     if self.seconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.seconds, fieldNumber: 8)
     }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3471,6 +3598,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.running != rhs.running {return false}
     if lhs.ready != rhs.ready {return false}
     if lhs.seconds != rhs.seconds {return false}
+    if lhs.user != rhs.user {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3783,7 +3911,7 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardStored"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}error\0\u{3}worker_name\0\u{1}footer\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}rows\0\u{3}margin_rows\0\u{1}bytes\0\u{1}checksum\0\u{1}error\0\u{3}worker_name\0\u{1}footer\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3799,6 +3927,10 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
       case 6: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 8: try { try decoder.decodeSingularBytesField(value: &self.footer) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 12: try { try decoder.decodeSingularInt64Field(value: &self.pixel) }()
       default: break
       }
     }
@@ -3829,6 +3961,18 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
     if !self.footer.isEmpty {
       try visitor.visitSingularBytesField(value: self.footer, fieldNumber: 8)
     }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 9)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 10)
+    }
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 11)
+    }
+    if self.pixel != 0 {
+      try visitor.visitSingularInt64Field(value: self.pixel, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3841,6 +3985,90 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
     if lhs.error != rhs.error {return false}
     if lhs.workerName != rhs.workerName {return false}
     if lhs.footer != rhs.footer {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.order != rhs.order {return false}
+    if lhs.pixel != rhs.pixel {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExpectShards"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ingest_id\0\u{1}dataset\0\u{1}orders\0\u{1}pixels\0\u{1}finished\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.orders) }()
+      case 4: try { try decoder.decodeRepeatedInt64Field(value: &self.pixels) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.finished) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 1)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 2)
+    }
+    if !self.orders.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.orders, fieldNumber: 3)
+    }
+    if !self.pixels.isEmpty {
+      try visitor.visitPackedInt64Field(value: self.pixels, fieldNumber: 4)
+    }
+    if self.finished != false {
+      try visitor.visitSingularBoolField(value: self.finished, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ExpectShards, rhs: Tessera_V1_ExpectShards) -> Bool {
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.orders != rhs.orders {return false}
+    if lhs.pixels != rhs.pixels {return false}
+    if lhs.finished != rhs.finished {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_RemoveShards: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveShards"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}keys\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.keys) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.keys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.keys, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_RemoveShards, rhs: Tessera_V1_RemoveShards) -> Bool {
+    if lhs.keys != rhs.keys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,110 @@
+/// Every limit on what arrives from outside — a client, a worker, a peer, a file — in one place.
+/// Each bounds the memory or time one request can cost a daemon; an input over a limit is
+/// refused with an error that names the limit and its value. The README's "Limits" table lists
+/// the same values (a test keeps the two in step).
+public enum Limits {
+    // MARK: Messages
+
+    /// Largest header frame (the `Envelope`) any socket accepts.
+    public static let headerBytes = 64 << 20
+    /// Most bytes one message from a client may decode to, bulk frames decompressed included.
+    public static let clientMessageBytes = 256 << 20
+    /// Most bytes one message from a worker to the scheduler, or between workers, may decode to.
+    public static let workerMessageBytes = 1 << 31
+    /// Most bulk frames in one message.
+    public static let framesPerMessage = 4096
+
+    // MARK: Expressions
+
+    /// Longest expression text, in characters.
+    public static let expressionCharacters = 65_536
+    /// Deepest expression tree: parentheses, function calls, unary operators and chains of binary
+    /// operators all count (`a + b + c` is 3 deep).
+    public static let expressionDepth = 256
+    /// Longest column or function name, in characters.
+    public static let identifierCharacters = 256
+
+    // MARK: Catalog questions
+
+    /// Most vertices of a polygon region.
+    public static let polygonVertices = 1_024
+    /// Most histogram bins (x times y).
+    public static let histogramBins = 10_000_000
+    /// Seconds between progressive snapshots: at least, and at most.
+    public static let progressIntervalSeconds: ClosedRange<Double> = 0.1...3_600
+    /// Most selected columns, aggregates or group keys in one question.
+    public static let planExpressions = 1_024
+
+    // MARK: Workers
+
+    /// Most executor threads a worker may declare.
+    public static let workerThreads = 1_024
+    /// Longest worker name, in characters (letters, digits, `-`, `_`, `.`).
+    public static let workerNameCharacters = 128
+    /// Longest peer endpoint, in characters; it must read `tcp://HOST:PORT`.
+    public static let endpointCharacters = 256
+    /// Most operators a worker may offer.
+    public static let workerOperators = 4_096
+
+    // MARK: Datasets and ingest
+
+    /// Longest dataset name, in characters (letters, digits, `-`, `_`, `.`; not starting with `.`).
+    public static let datasetNameCharacters = 128
+    /// Most shards in one ingest.
+    public static let ingestShards = 1_000_000
+    /// Most replicas of a shard.
+    public static let replicas = 16
+    /// Most rows in one shard (and in its margin).
+    public static let shardRows: UInt64 = 1 << 31
+    /// Largest HEALPix order of a shard.
+    public static let shardOrder = 29
+
+    // MARK: Jobs
+
+    /// Longest job name, in characters.
+    public static let jobNameCharacters = 1_024
+}
+
+/// Checks shared by every daemon for names and endpoints that come from outside.
+public enum Validate {
+    /// A name made of letters, digits, `-`, `_` and `.`, not empty, not starting with `.`, at most
+    /// `limit` characters. Returns why not, or nil when it is fine.
+    public static func name(_ s: String, what: String, limit: Int) -> String? {
+        guard !s.isEmpty else { return "\(what) is empty" }
+        guard s.utf8.count <= limit else { return "\(what) of \(s.utf8.count) bytes is over the limit of \(limit)" }
+        guard s.first != ".", s.utf8.allSatisfy({ isNameByte($0) }) else {
+            return "\(what) `\(s)` may hold only letters, digits, `-`, `_` and `.`, and may not start with `.`"
+        }
+        return nil
+    }
+
+    static func isNameByte(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F || b == 0x2E
+    }
+
+    /// A ZeroMQ TCP endpoint a peer can dial: `tcp://HOST:PORT`, HOST a name or an address
+    /// (IPv6 in brackets), PORT 1…65535. Returns why not, or nil when it is fine.
+    public static func tcpEndpoint(_ s: String) -> String? {
+        guard s.utf8.count <= Limits.endpointCharacters else {
+            return "endpoint of \(s.utf8.count) bytes is over the limit of \(Limits.endpointCharacters)"
+        }
+        let why = "endpoint `\(s)` is not tcp://HOST:PORT"
+        guard s.hasPrefix("tcp://") else { return why }
+        let rest = s.dropFirst(6)
+        guard let colon = rest.lastIndex(of: ":") else { return why }
+        var host = rest[..<colon]
+        let port = rest[rest.index(after: colon)...]
+        guard let p = Int(port), p >= 1, p <= 65_535, port.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return why }
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = host.dropFirst().dropLast()
+            guard !host.isEmpty, host.utf8.allSatisfy({ isHexByte($0) || $0 == 0x3A || $0 == 0x2E }) else { return why }
+            return nil
+        }
+        guard !host.isEmpty, host != "*", host.utf8.allSatisfy({ isNameByte($0) }) else { return why }
+        return nil
+    }
+
+    static func isHexByte(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66)
+    }
+}

@@ -55,20 +55,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // CURVE key files, access lists and credentials: shared by daemons, clients and commands.
+        .target(name: "TesseraSecurity", dependencies: ["ZeroMQ", "TesseraProtocol"]),
         // The socket loops around the engines: the only code above ZeroMQ that knows about it.
         .target(
             name: "TesseraDaemon",
             dependencies: [
-                "ZeroMQ", "TesseraProtocol", "TesseraScheduler", "TesseraWorker", "TesseraCompute", "TesseraStorage",
+                "ZeroMQ", "TesseraProtocol", "TesseraScheduler", "TesseraWorker", "TesseraCompute", "TesseraStorage", "TesseraSecurity",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
-        .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol"]),
+        .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraSecurity", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol", "TesseraSecurity"]),
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler",
+                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler", "TesseraSecurity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
@@ -76,7 +78,7 @@ let package = Package(
         .executableTarget(
             name: "TesseraSchedulerMain",
             dependencies: [
-                "TesseraDaemon",
+                "TesseraDaemon", "TesseraSecurity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -85,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "TesseraWorkerMain",
             dependencies: [
-                "TesseraDaemon",
+                "TesseraDaemon", "TesseraSecurity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -97,7 +99,7 @@ let package = Package(
         .executableTarget(name: "CellCounts", dependencies: ["TesseraClient"], path: "Examples/CellCounts"),
         .executableTarget(name: "ConeSearch", dependencies: ["TesseraClient"], path: "Examples/ConeSearch"),
 
-        .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol"], path: "Tests/TesseraTestKit"),
+        .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol", "TesseraSecurity", "ZeroMQ"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
@@ -109,7 +111,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "TesseraTestKit", "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "ZeroMQ",
-                "TesseraStorage", "TesseraSurvey",
+                "TesseraStorage", "TesseraSurvey", "TesseraSecurity",
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),

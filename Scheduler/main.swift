@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import TesseraDaemon
 import TesseraScheduler
+import TesseraSecurity
 
 /// `tessera-scheduler`: binds the client and worker endpoints and runs the scheduler's loop.
 struct SchedulerCommand: ParsableCommand {
@@ -25,6 +26,12 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "The registry of datasets (an SQLite file, created if missing).")
     var registry: String?
 
+    @Option(help: "The cluster's key folder (scheduler.key, workers.list, users.list: `tessera keys`). Required unless --insecure.")
+    var keys: String?
+
+    @Flag(help: "Run without keys: anyone who reaches the ports gets in. Allowed on loopback addresses only.")
+    var insecure = false
+
     @Option(help: "Exit when the process with this pid is no longer the parent.")
     var exitWithParent: Int32?
 
@@ -35,6 +42,9 @@ struct SchedulerCommand: ParsableCommand {
         guard workerTimeoutMs > UInt64(heartbeatMs) else {
             throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
         }
+        guard insecure != (keys != nil) else {
+            throw ValidationError("give the cluster's key folder (--keys DIR, made by `tessera keys init`), or run with --insecure on loopback — one of the two")
+        }
     }
 
     func run() throws {
@@ -44,7 +54,8 @@ struct SchedulerCommand: ParsableCommand {
         var config = SchedulerConfig()
         config.heartbeatIntervalMs = heartbeatMs
         config.workerTimeoutNs = workerTimeoutMs * 1_000_000
-        let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry, parentPID: exitWithParent, logger: logger)
+        let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry,
+                                         security: keys.map { .curve(KeyDirectory($0)) } ?? .insecure, parentPID: exitWithParent, logger: logger)
         // The first line of stdout names the bound endpoints: launchers read it.
         print("tessera-scheduler clients=\(daemon.clientEndpoint) workers=\(daemon.workerEndpoint)")
         fflush(nil)

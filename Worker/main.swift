@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TesseraDaemon
+import TesseraSecurity
 
 /// `tessera-worker`: connects to a scheduler and runs the tasks it is given.
 struct WorkerCommand: ParsableCommand {
@@ -24,8 +25,14 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Memory limit in MiB for stored results.")
     var memoryLimitMb: UInt64 = 4096
 
-    @Option(help: "A name shown in status (default: host-pid).")
+    @Option(help: "A name shown in status (default: the name in --key, else host-pid).")
     var name: String?
+
+    @Option(help: "This worker's key file (from `tessera keys add-worker`; also $TESSERA_WORKER_KEY). Required unless --insecure.")
+    var key: String?
+
+    @Flag(help: "Run without keys: anyone who reaches the ports gets in. Allowed on loopback addresses only.")
+    var insecure = false
 
     @Option(help: "Folder for this worker's catalog shards (created if missing).")
     var data: String?
@@ -38,16 +45,28 @@ struct WorkerCommand: ParsableCommand {
 
     func validate() throws {
         guard threads >= 1 && threads <= 1024 else { throw ValidationError("--threads must be between 1 and 1024, got \(threads)") }
+        guard insecure || key != nil || ProcessInfo.processInfo.environment["TESSERA_WORKER_KEY"] != nil else {
+            throw ValidationError("give this worker its key (--key FILE, made by `tessera keys add-worker NAME`), or run it with --insecure on loopback")
+        }
     }
 
     func run() throws {
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         var logger = Logger(label: "tessera.worker")
         logger.logLevel = verbose ? .debug : .info
+        var credentials = Credentials.insecure
+        if !insecure, let path = key ?? ProcessInfo.processInfo.environment["TESSERA_WORKER_KEY"] {
+            let file = try KeyFile.read(path)
+            guard file.role == .worker else { throw ValidationError("\(path) is a \(file.role.rawValue) key, not a worker's") }
+            credentials = .curve(file)
+        }
+        var keyName: String?
+        if case .curve(let file) = credentials { keyName = file.name }
         var s = WorkerSettings(
             schedulerEndpoint: scheduler,
-            name: name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
+            name: name ?? keyName ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())",
             threads: threads, memoryLimit: memoryLimitMb << 20)
+        s.credentials = credentials
         s.peerBind = peerBind
         s.peerAdvertise = peerAdvertise
         s.parentPID = exitWithParent

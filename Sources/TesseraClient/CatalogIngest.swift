@@ -171,7 +171,7 @@ public enum CatalogIngest {
         // Send every copy, a few at a time per worker, and collect the confirmations.
         let types = specs.map(\.type)
         var loaded: (shard: Int, frames: [[UInt8]])?
-        let stored = try store(plan: plan, shards: shards, marginRows: spill.marginRows, schema: schema, o: o, progress: progress) { (k) throws(IngestError) in
+        let stored = try store(plan: plan, shards: shards, marginRows: spill.marginRows, schema: schema, o: o, credentials: conn.credentials, progress: progress) { (k) throws(IngestError) in
             // A shard's copies are sent one after another: read its spill once for all of them.
             if let l = loaded, l.shard == k { return l.frames }
             var frames = try spill.load(shard: k, margin: false, types: types).map(\.storedBytes)
@@ -214,14 +214,17 @@ public enum CatalogIngest {
     /// Sends every copy of every shard (`frames(k)`: shard k's own columns, then its margin
     /// columns if it has margin rows), a few at a time per worker, and collects the confirmations.
     static func store(plan: Tessera_V1_IngestPlan, shards: [ShardPlan], marginRows: [Int], schema: [Tessera_V1_ColumnSchema],
-                      o: IngestOptions, progress: (String) -> Void,
+                      o: IngestOptions, credentials: Credentials, progress: (String) -> Void,
                       frames: (Int) throws(IngestError) -> [[UInt8]]) throws -> [[Tessera_V1_ShardStored]] {
         let ctx = try ZMQContext()
         var sockets: [WorkerID: Socket] = [:]
         defer { for s in sockets.values { s.close() } }
-        for (peer, _) in zip(plan.workers, plan.workerNames) {
+        // Only the workers the plan chose: they, and no others, were told to admit this client.
+        let chosen = Set(plan.placements.flatMap(\.workers))
+        for (peer, _) in zip(plan.workers, plan.workerNames) where chosen.contains(peer.workerID) {
             let s = try ctx.socket(.dealer)
             try s.setSendHighWaterMark(0)
+            try credentials.secure(s, serverKey: peer.publicKey)
             try s.connect(peer.endpoint)
             sockets[peer.workerID] = s
         }

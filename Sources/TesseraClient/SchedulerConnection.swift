@@ -1,6 +1,7 @@
 import Dispatch
 import TesseraCompute
 import TesseraProtocol
+@_exported import TesseraSecurity
 import ZeroMQ
 
 /// What the scheduler told a client about one of its jobs.
@@ -48,15 +49,22 @@ public final class SchedulerConnection {
     /// Replies matched by client tag (ingest plans and commits).
     private var tagged: [UInt64: Result<Envelope, ClientError>] = [:]
 
+    /// How this connection authenticates (workers' peer endpoints take the same key, for ingest).
+    public let credentials: Credentials
+
     /// Connects and checks that a scheduler answers within `timeout` seconds.
-    public init(endpoint: String, timeout: Double = 5) throws {
+    /// - Parameter credentials: the user's key; nil finds it as the `tessera` command does (a
+    ///   cluster this process started, `$TESSERA_KEY`, `./tessera-data/keys`), else none.
+    public init(endpoint: String, timeout: Double = 5, credentials: Credentials? = nil) throws {
         self.endpoint = endpoint
+        self.credentials = credentials ?? CredentialStore.credentials(for: endpoint)
         do {
             context = try ZMQContext()
             socket = try context.socket(.dealer)
             try socket.setSendHighWaterMark(0)
             try socket.setReceiveHighWaterMark(0)
             try socket.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
+            try self.credentials.secure(socket)
             try socket.connect(endpoint)
         } catch {
             throw ClientError.transport("\(error)")

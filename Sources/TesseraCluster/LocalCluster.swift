@@ -1,6 +1,7 @@
 import Foundation
 import TesseraClient
 import TesseraProtocol
+import TesseraSecurity
 
 #if canImport(Glibc)
 import Glibc
@@ -39,6 +40,11 @@ public final class LocalCluster {
         /// no registry and no storage (compute only). A cluster restarted on the same folder finds
         /// its datasets again.
         public var dataDirectory: String?
+        /// The cluster's key folder; nil: `DATA/keys`, or a private temporary folder when there is
+        /// no data folder. Keys are made there on first start.
+        public var keysDirectory: String?
+        /// Run without keys (loopback only): for measuring what CURVE costs.
+        public var insecure = false
 
         public init() {}
     }
@@ -51,6 +57,10 @@ public final class LocalCluster {
     private let binDirectory: String
     private let logHandle: FileHandle?
     private var stopped = false
+    /// The cluster's key folder (nil when insecure).
+    public let keys: KeyDirectory?
+    /// The key of the local admin user, which this process's connections use.
+    public let credentials: Credentials
 
     public init(_ options: Options = .init()) throws {
         self.options = options
@@ -62,12 +72,26 @@ public final class LocalCluster {
         } else {
             logHandle = nil
         }
+        if options.insecure {
+            keys = nil
+            credentials = .insecure
+        } else {
+            let dir = options.keysDirectory ?? options.dataDirectory.map { $0 + "/keys" }
+                ?? FileManager.default.temporaryDirectory.appendingPathComponent("tessera-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+            let k = KeyDirectory(dir)
+            try k.initialize()
+            keys = k
+            credentials = .curve(try k.add(.user, name: LocalKeys.userName, admin: true))
+            // Every worker's key is listed before the scheduler reads the lists.
+            for i in 0..<options.workers { try k.add(.worker, name: "local-\(i)") }
+        }
         let port = options.port
         let clients = port.map { "tcp://127.0.0.1:\($0)" } ?? "tcp://127.0.0.1:*"
         let workerBind = port.map { "tcp://127.0.0.1:\($0 + 1)" } ?? "tcp://127.0.0.1:*"
         let out = Pipe()
         var schedulerArgs = ["--clients", clients, "--workers", workerBind, "--heartbeat-ms", "\(options.heartbeatMs)",
                              "--worker-timeout-ms", "\(options.workerTimeoutMs)", "--exit-with-parent", "\(getpid())"]
+        schedulerArgs += keys.map { ["--keys", $0.path] } ?? ["--insecure"]
         if let dir = options.dataDirectory {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             schedulerArgs += ["--registry", dir + "/registry.sqlite"]
@@ -86,6 +110,8 @@ public final class LocalCluster {
         }
         clientEndpoint = c
         workerEndpoint = w
+        // Connections this process opens to the cluster find its key without being told.
+        CredentialStore.register(credentials, for: c)
         for _ in 0..<options.workers { try startWorker() }
         try waitForWorkers(options.workers, timeout: 30)
     }
@@ -94,7 +120,14 @@ public final class LocalCluster {
 
     /// Starts one more worker process.
     public func startWorker() throws {
-        var args = ["--scheduler", workerEndpoint, "--exit-with-parent", "\(getpid())", "--name", "local-\(workers.count)"]
+        let name = "local-\(workers.count)"
+        var args = ["--scheduler", workerEndpoint, "--exit-with-parent", "\(getpid())", "--name", name]
+        if let keys {
+            try keys.add(.worker, name: name)
+            args += ["--key", keys.workerKeyPath(name)]
+        } else {
+            args += ["--insecure"]
+        }
         if let t = options.threadsPerWorker { args += ["--threads", "\(t)"] }
         if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(workers.count)"] }
         workers.append(try Self.launch(binDirectory + "/tessera-worker", args, stdout: nil, stderr: logHandle))
@@ -102,7 +135,7 @@ public final class LocalCluster {
 
     /// Waits until `n` workers are registered.
     public func waitForWorkers(_ n: Int, timeout: Double) throws {
-        let conn = try SchedulerConnection(endpoint: clientEndpoint, timeout: 10)
+        let conn = try SchedulerConnection(endpoint: clientEndpoint, timeout: 10, credentials: credentials)
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try conn.status().workers.count >= n { return }

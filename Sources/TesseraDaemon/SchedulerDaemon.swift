@@ -1,12 +1,22 @@
+import Foundation
 import Logging
 import TesseraProtocol
 import TesseraScheduler
+import TesseraSecurity
 import TesseraStorage
 import ZeroMQ
 
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// How the scheduler authenticates the workers and users that connect.
+public enum SchedulerSecurity: Sendable {
+    /// No keys: anyone who reaches the ports gets in. Refused unless both bind to loopback.
+    case insecure
+    /// CURVE on both sockets; workers and users admitted by the key folder's lists.
+    case curve(KeyDirectory)
+}
 
 /// The scheduler's socket loop: one thread owns both ROUTER sockets, decodes what arrives, feeds
 /// the state machine, and sends what it returns. Nothing here decides anything.
@@ -22,17 +32,38 @@ public final class SchedulerDaemon {
     private let signals: ShutdownSignals
     private var clientTable = ConnectionTable()
     private var workerTable = ConnectionTable()
+    /// Answers libzmq's authentication requests (nil on an insecure cluster).
+    private let zap: ZAPHandler?
+    private let keys: KeyDirectory?
+    private var access = AccessList()
+    /// The lists' signature when they were read.
+    private var accessSignature: [Int] = []
     /// Most messages read from one socket per turn, so one busy socket cannot starve the other.
     private let drainBudget = 4096
 
     /// Binds both endpoints (a `*` port picks a free one; the chosen endpoints are in the properties).
     /// - Parameter registryPath: the SQLite registry of datasets (created if missing); nil runs without one.
     public init(clientBind: String, workerBind: String, config: SchedulerConfig, registryPath: String? = nil,
-                parentPID: Int32? = nil, logger: Logger) throws {
+                security: SchedulerSecurity, parentPID: Int32? = nil, logger: Logger) throws {
         self.logger = logger
         context = try ZMQContext()
         clients = try context.socket(.router)
         workerSocket = try context.socket(.router)
+        switch security {
+        case .insecure:
+            try EndpointScope.checkInsecure([clientBind, workerBind])
+            zap = nil
+            keys = nil
+        case .curve(let dir):
+            let own = try KeyFile.read(dir.schedulerKeyPath)
+            // The handler exists before any CURVE socket binds: without one libzmq admits everyone.
+            zap = try ZAPHandler(context: context)
+            keys = dir
+            for (s, domain) in [(clients, "clients"), (workerSocket, "workers")] {
+                try s.makeCurveServer(secretKey: own.keys.secretKey)
+                try s.setZAPDomain(domain)
+            }
+        }
         for (s, limit) in [(clients, Limits.clientMessageBytes), (workerSocket, Limits.workerMessageBytes)] {
             // Never drop a message for a slow peer: results and assignments must arrive.
             try s.setSendHighWaterMark(0)
@@ -45,6 +76,7 @@ public final class SchedulerDaemon {
         wake = try WakePipe()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
         core = SchedulerCore(config: config, now: monotonicNanos())
+        if keys != nil { try reloadAccess(force: true) }
         if let registryPath {
             core.catalog = try Registry(path: registryPath)
             // Read the datasets into the planner now, so the first question does not wait for it.
@@ -58,12 +90,14 @@ public final class SchedulerDaemon {
         let iClients = poller.add(clients)
         let iWorkers = poller.add(workerSocket)
         let iWake = poller.add(fileDescriptor: wake.fd)
+        let iZAP = zap.map { poller.add($0.socket) }
         var lastTick = monotonicNanos()
         let tickNs: UInt64 = 50_000_000
         while !signals.isRequested {
             let timeout = core.hasDeferredResults ? 5 : 50
             try poller.wait(timeoutMs: timeout)
             if poller.isReadable(iWake) { wake.drain() }
+            if let iZAP, poller.isReadable(iZAP) { try answerAuthentication() }
             if poller.isReadable(iWorkers) { try drain(workerSocket, fromWorkers: true) }
             if poller.isReadable(iClients) { try drain(clients, fromWorkers: false) }
             let now = monotonicNanos()
@@ -91,14 +125,30 @@ public final class SchedulerDaemon {
             guard parts.count >= 2 else { continue }  // ROUTER always prepends the identity
             let identity = parts[0].array
             let conn = fromWorkers ? workerTable.id(for: identity) : clientTable.id(for: identity)
+            // The connection's CURVE key, as the ZAP handler admitted it; a key removed from
+            // the lists since is no longer served.
+            var workerIdentity: WorkerIdentity?
+            var clientIdentity = ClientIdentity.local
+            if keys != nil {
+                guard let key = parts[1].property("User-Id"),
+                      let entry = fromWorkers ? access.workers[key] : access.users[key] else {
+                    logger.warning("dropped a message from a key no longer admitted", metadata: ["scheduler/from": "\(fromWorkers ? "worker" : "client") \(conn)"])
+                    continue
+                }
+                if fromWorkers {
+                    workerIdentity = WorkerIdentity(name: entry.name, publicKey: key)
+                } else {
+                    clientIdentity = ClientIdentity(user: entry.name, isAdmin: entry.isAdmin, publicKey: key)
+                }
+            }
             let body = Array(parts.dropFirst())
             let now = monotonicNanos()
             do throws(ProtocolError) {
                 let (env, frames) = try WireProtocol.decode(body, budget: fromWorkers ? Limits.workerMessageBytes : Limits.clientMessageBytes)
                 if fromWorkers {
-                    core.handleWorker(conn, env, frames: frames, now: now)
+                    core.handleWorker(conn, env, frames: frames, now: now, identity: workerIdentity)
                 } else {
-                    core.handleClient(conn, env, frames: frames, now: now)
+                    core.handleClient(conn, env, frames: frames, now: now, identity: clientIdentity)
                 }
             } catch {
                 logger.warning("dropped a malformed message", metadata: [
@@ -115,6 +165,40 @@ public final class SchedulerDaemon {
             }
         }
         return n
+    }
+
+    /// Admits a connecting key if the workers' list (worker socket) or the users' list (client
+    /// socket) has it. The connection's `User-Id` is then its public key, looked up per message.
+    private func answerAuthentication() throws {
+        try zap?.answerPending { request in
+            guard request.mechanism == "CURVE", let key = request.publicKey else { return nil }
+            if !isAdmitted(key, request.domain) {
+                // A key added to the lists since they were read: read them again if they changed
+                // (two stat calls: cheap enough for every unknown key).
+                do { try reloadAccess(force: false) } catch { logger.error("cannot read the access lists", metadata: ["scheduler/error": "\(error)"]) }
+            }
+            guard isAdmitted(key, request.domain) else {
+                logger.warning("refused a connection: key not admitted", metadata: ["scheduler/socket": "\(request.domain)", "scheduler/address": "\(request.address)", "scheduler/key": "\(key)"])
+                return nil
+            }
+            return key
+        }
+    }
+
+    private func isAdmitted(_ key: String, _ domain: String) -> Bool {
+        domain == "workers" ? access.workers[key] != nil : domain == "clients" ? access.users[key] != nil : false
+    }
+
+    /// Reads the access lists again when they changed on disk, and tells the workers the new
+    /// set of worker keys.
+    private func reloadAccess(force: Bool) throws {
+        guard let keys else { return }
+        let signature = keys.listsSignature
+        guard force || signature != accessSignature else { return }
+        access = try keys.accessList()
+        accessSignature = signature
+        core.updatePeerKeys(access.workerKeys)
+        logger.info("access lists loaded", metadata: ["scheduler/workers": "\(access.workers.count)", "scheduler/users": "\(access.users.count)"])
     }
 
     private func send(_ messages: [OutgoingMessage]) throws {

@@ -2,6 +2,7 @@ import Logging
 import TesseraCompute
 import TesseraStorage
 import TesseraProtocol
+import TesseraSecurity
 import TesseraWorker
 import ZeroMQ
 
@@ -22,6 +23,8 @@ public struct WorkerSettings: Sendable {
     /// Where this worker keeps its catalog shards (nil: it holds none and refuses to store any).
     public var dataDirectory: String?
     public var parentPID: Int32?
+    /// The worker's CURVE key file (with the scheduler's public key), or insecure (loopback only).
+    public var credentials: Credentials = .insecure
 
     public init(schedulerEndpoint: String, name: String, threads: Int, memoryLimit: UInt64) {
         self.schedulerEndpoint = schedulerEndpoint
@@ -39,6 +42,8 @@ public final class WorkerDaemon {
     private let context: ZMQContext
     private let scheduler: Socket
     private let peerRouter: Socket
+    /// Admits fellow workers and announced ingest clients to the peer endpoint (nil when insecure).
+    private let zap: ZAPHandler?
     public let peerEndpoint: String
     private var peers: [WorkerID: Socket] = [:]
     private var engine: WorkerEngine
@@ -64,9 +69,21 @@ public final class WorkerDaemon {
         // ZMTP heartbeats (answered by libzmq's own I/O thread) drop a dead TCP link, so the
         // socket reconnects to a restarted scheduler instead of writing into the void.
         try scheduler.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
-        try scheduler.connect(settings.schedulerEndpoint)
         peerRouter = try context.socket(.router)
+        switch settings.credentials {
+        case .insecure:
+            try EndpointScope.checkInsecure([settings.peerBind])
+            zap = nil
+        case .curve(let key):
+            // The handler exists before the peer endpoint binds: without one libzmq admits everyone.
+            zap = try ZAPHandler(context: context)
+            try scheduler.makeCurveClient(serverPublicKey: key.schedulerKey, keys: key.keys)
+            try peerRouter.makeCurveServer(secretKey: key.keys.secretKey)
+            try peerRouter.setZAPDomain("peers")
+        }
+        try scheduler.connect(settings.schedulerEndpoint)
         try peerRouter.setSendHighWaterMark(0)
+        try peerRouter.setMaxMessageSize(Int64(min(Limits.workerMessageBytes, WireProtocol.maximumFrameBytes)))
         let bound = try peerRouter.bind(settings.peerBind)
         peerEndpoint = settings.peerAdvertise ?? bound
         engine = WorkerEngine(registry: registry)
@@ -114,7 +131,8 @@ public final class WorkerDaemon {
             }
             if poller.isReadable(0) { try drainScheduler() }
             if poller.isReadable(1) { try drainPeerRequests() }
-            for (n, id) in polledPeers.enumerated() where poller.isReadable(3 + n) {
+            if zap != nil && poller.isReadable(3) { try answerAuthentication() }
+            for (n, id) in polledPeers.enumerated() where poller.isReadable(4 + n) {
                 if let s = peers[id] { try drainPeerReplies(id, s) }
             }
             // Tasks run inline just now have completions waiting.
@@ -128,6 +146,7 @@ public final class WorkerDaemon {
         p.add(scheduler)
         p.add(peerRouter)
         p.add(fileDescriptor: wake.fd)
+        if let zap { p.add(zap.socket) } else { p.add(fileDescriptor: wake.fd) }
         for id in peers.keys.sorted() { p.add(peers[id]!) }
         return p
     }
@@ -156,6 +175,7 @@ public final class WorkerDaemon {
             switch env.body {
             case .registerAck(let a):
                 engine.registered(as: a.workerID)
+                engine.admittedPeerKeys = Set(a.peerKeys)
                 registered = true
                 heartbeatIntervalNs = UInt64(max(a.heartbeatIntervalMs, 10)) * 1_000_000
                 logger.info("registered", metadata: ["worker/id": "\(a.workerID)", "worker/peer": "\(peerEndpoint)"])
@@ -167,6 +187,8 @@ public final class WorkerDaemon {
                 try perform(engine.cancel(c, pool: pool))
             case .expectShards(let x):
                 engine.expect(x)
+            case .peerKeys(let k):
+                engine.admittedPeerKeys = Set(k.keys)
             case .error(let e) where e.code == .errorUnknownWorker:
                 // The scheduler restarted or declared us dead: start afresh.
                 if registered {
@@ -188,6 +210,8 @@ public final class WorkerDaemon {
         while let parts = try peerRouter.receive(dontWait: true) {
             guard parts.count >= 2 else { continue }
             let identity = parts[0].array
+            // What the ZAP handler admitted the connection as: fetches are for workers only.
+            let role = zap == nil ? "worker" : parts[1].property("User-Id") ?? ""
             let env: Envelope
             let frames: [[UInt8]]
             do throws(ProtocolError) {
@@ -199,7 +223,7 @@ public final class WorkerDaemon {
                 continue
             }
             switch env.body {
-            case .fetchRequest(let r):
+            case .fetchRequest(let r) where role == "worker":
                 try perform([engine.serveFetch(r, from: identity)])
             case .storeShard(let r):
                 if let why = engine.storeProblem(r) {
@@ -248,6 +272,17 @@ public final class WorkerDaemon {
         }
     }
 
+    /// Admits a key to the peer endpoint if it is a fellow worker's or an announced ingest client's.
+    private func answerAuthentication() throws {
+        try zap?.answerPending { request in
+            guard request.mechanism == "CURVE", let key = request.publicKey, let role = engine.peerRole(of: key) else {
+                logger.warning("refused a peer connection: key not admitted", metadata: ["worker/address": "\(request.address)"])
+                return nil
+            }
+            return role
+        }
+    }
+
     private func drainPeerReplies(_ id: WorkerID, _ socket: Socket) throws {
         while let parts = try socket.receive(dontWait: true) {
             let env: Envelope
@@ -286,6 +321,9 @@ public final class WorkerDaemon {
                     s = try context.socket(.dealer)
                     try s.setSendHighWaterMark(0)
                     do {
+                        if case .curve(let key) = settings.credentials {
+                            try s.makeCurveClient(serverPublicKey: engine.peerPublicKeys[id] ?? "", keys: key.keys)
+                        }
                         try s.connect(endpoint)
                     } catch {
                         // An endpoint libzmq cannot dial fails the tasks that needed it, not the worker.

@@ -26,6 +26,8 @@ final class JobRecord {
     let client: ConnectionID
     let clientTag: UInt64
     let name: String
+    /// Who submitted it (from authentication).
+    var user = ClientIdentity.local.user
     let operators: [String]
     let params: [Tessera_V1_OperatorParams]
     let dataKeys: [String]

@@ -79,7 +79,7 @@ extension SchedulerCore {
     /// a worker may be silent before it is declared dead.
     var commitWaitNs: UInt64 { config.workerTimeoutNs }
 
-    mutating func ingestBegin(_ connection: ConnectionID, _ b: Tessera_V1_IngestBegin) {
+    mutating func ingestBegin(_ connection: ConnectionID, _ b: Tessera_V1_IngestBegin, identity: ClientIdentity) {
         func refuse(_ why: String) {
             send(.client(connection), errorEnvelope(.errorInvalidGraph, why, clientTag: b.clientTag))
         }
@@ -143,6 +143,7 @@ extension SchedulerCore {
             var peer = Tessera_V1_Peer()
             peer.workerID = w.id
             peer.endpoint = w.peerEndpoint
+            peer.publicKey = w.publicKey
             plan.workers.append(peer)
             plan.workerNames.append(w.name)
         }
@@ -152,6 +153,7 @@ extension SchedulerCore {
             guard let w = workers[id] else { continue }
             x.ingestID = plan.ingestID
             x.dataset = b.dataset
+            x.clientKey = identity.publicKey
             var e = Envelope()
             e.expectShards = x
             send(.worker(w.connection), e)

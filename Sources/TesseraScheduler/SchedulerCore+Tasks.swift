@@ -177,6 +177,7 @@ extension SchedulerCore {
                 var p = Tessera_V1_Peer()
                 p.workerID = holder
                 p.endpoint = h.peerEndpoint
+                p.publicKey = h.publicKey
                 w.assignment.peers.append(p)
             }
         }
@@ -482,6 +483,7 @@ extension SchedulerCore {
         var js = Tessera_V1_JobStatus()
         js.jobID = job.id
         js.name = job.name
+        js.user = job.user
         js.state = state
         js.taskCount = UInt64(job.graphTaskCount)
         js.tasksDone = UInt64(job.doneCount)

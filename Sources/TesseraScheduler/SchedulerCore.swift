@@ -2,6 +2,36 @@ import DequeModule
 import TesseraProtocol
 import TesseraStorage
 
+/// Who sent a client message, as authentication established it.
+public struct ClientIdentity: Sendable, Equatable {
+    /// The user's name from the cluster's users list.
+    public var user: String
+    /// An admin may see and cancel every job.
+    public var isAdmin: Bool
+    /// The CURVE public key it connected with (empty on an insecure cluster).
+    public var publicKey: String
+
+    public init(user: String, isAdmin: Bool, publicKey: String) {
+        self.user = user
+        self.isAdmin = isAdmin
+        self.publicKey = publicKey
+    }
+
+    /// Everyone on an insecure (loopback-only) cluster: one local user, who may do anything.
+    public static let local = ClientIdentity(user: "local", isAdmin: true, publicKey: "")
+}
+
+/// What authentication established about a worker's connection.
+public struct WorkerIdentity: Sendable, Equatable {
+    /// The name its key is listed under (a worker must register with that name).
+    public var name: String
+    public var publicKey: String
+    public init(name: String, publicKey: String) {
+        self.name = name
+        self.publicKey = publicKey
+    }
+}
+
 /// A message the state machine wants sent; the socket loop encodes and sends it.
 public struct OutgoingMessage {
     public enum Destination: Equatable, Sendable {
@@ -61,6 +91,9 @@ public struct SchedulerCore {
     var nextIngest: UInt64 = 1
     /// Things worth a log line (registry mismatches, commits), for the loop to drain.
     public var notices: [String] = []
+    /// The public keys of every worker the cluster admits (empty when insecure): sent to each
+    /// worker so that its peer endpoint admits its fellow workers only.
+    public private(set) var peerKeys: [String] = []
 
     public internal(set) var tasksCompleted: UInt64 = 0
     public internal(set) var jobsCompleted: UInt64 = 0
@@ -78,10 +111,11 @@ public struct SchedulerCore {
     // MARK: - Worker events
 
     /// A message arrived on the worker socket from `connection`.
-    public mutating func handleWorker(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64) {
+    /// - Parameter identity: who the connection authenticated as (nil on an insecure cluster).
+    public mutating func handleWorker(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64, identity: WorkerIdentity? = nil) {
         lastNow = now
         if case .registerWorker(let r) = env.body {
-            register(connection, r, now: now)
+            register(connection, r, identity: identity, now: now)
             return
         }
         guard let wid = workerByConnection[connection], let w = workers[wid] else {
@@ -127,8 +161,12 @@ public struct SchedulerCore {
         return nil
     }
 
-    mutating func register(_ connection: ConnectionID, _ r: Tessera_V1_RegisterWorker, now: UInt64) {
-        if let why = Self.registrationProblem(r) {
+    mutating func register(_ connection: ConnectionID, _ r: Tessera_V1_RegisterWorker, identity: WorkerIdentity?, now: UInt64) {
+        var problem = Self.registrationProblem(r)
+        if problem == nil, let identity, identity.name != r.name {
+            problem = "this worker's key is listed as `\(identity.name)`, but it registered as `\(r.name.prefix(100))`"
+        }
+        if let why = problem {
             notices.append("refused a worker registration: \(why)")
             send(.worker(connection), errorEnvelope(.errorRegistrationRefused, "registration refused: \(why)"))
             return
@@ -139,7 +177,7 @@ public struct SchedulerCore {
         }
         let id = nextWorkerID
         nextWorkerID += 1
-        let w = WorkerRecord(id: id, connection: connection, registration: r, now: now)
+        let w = WorkerRecord(id: id, connection: connection, registration: r, publicKey: identity?.publicKey ?? "", now: now)
         workers[id] = w
         workerByConnection[connection] = id
         workerOrder.append(id)
@@ -148,6 +186,7 @@ public struct SchedulerCore {
         var ack = Tessera_V1_RegisterAck()
         ack.workerID = id
         ack.heartbeatIntervalMs = config.heartbeatIntervalMs
+        ack.peerKeys = peerKeys
         var e = Envelope()
         e.registerAck = ack
         send(.worker(connection), e)
@@ -156,27 +195,26 @@ public struct SchedulerCore {
     // MARK: - Client events
 
     /// A message arrived on the client socket from `connection`.
-    public mutating func handleClient(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64) {
+    /// - Parameter identity: who the connection authenticated as.
+    public mutating func handleClient(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64,
+                                      identity: ClientIdentity = .local) {
         lastNow = now
         switch env.body {
         case .submitJob(let s):
-            submit(connection, s, frames: frames, now: now)
+            submit(connection, s, frames: frames, now: now, user: identity.user)
         case .cancelJob(let c):
-            guard let job = jobs[c.jobID] else {
-                send(.client(connection), errorEnvelope(.errorUnknownJob, "no running job \(c.jobID) (finished, cancelled or never submitted)", jobID: c.jobID))
+            guard let job = jobs[c.jobID], job.client == connection || job.user == identity.user || identity.isAdmin else {
+                // Another user's job is reported as unknown: its existence is not theirs to learn.
+                send(.client(connection), errorEnvelope(.errorUnknownJob, "no running job \(c.jobID) of yours (finished, cancelled, never submitted, or another user's)", jobID: c.jobID))
                 return
             }
-            guard job.client == connection else {
-                send(.client(connection), errorEnvelope(.errorNotAllowed, "job \(c.jobID) belongs to another client", jobID: c.jobID))
-                return
-            }
-            finish(job, .jobCancelled, error: "cancelled by the client", now: now)
+            finish(job, .jobCancelled, error: job.user == identity.user ? "cancelled by the client" : "cancelled by admin \(identity.user)", now: now)
         case .statusRequest:
             var e = Envelope()
-            e.statusReply = status(now: now)
+            e.statusReply = status(now: now, for: identity)
             send(.client(connection), e)
         case .ingestBegin(let b):
-            ingestBegin(connection, b)
+            ingestBegin(connection, b, identity: identity)
         case .ingestCommit(let c):
             ingestCommit(connection, c, now: now)
         case .ping(let p):
@@ -190,7 +228,7 @@ public struct SchedulerCore {
         }
     }
 
-    mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64) {
+    mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, user: String = ClientIdentity.local.user) {
         guard s.name.utf8.count <= Limits.jobNameCharacters else {
             send(.client(connection), errorEnvelope(.errorOverLimit, "a job name of \(s.name.utf8.count) bytes is over the limit of \(Limits.jobNameCharacters)", clientTag: s.clientTag))
             return
@@ -232,6 +270,7 @@ public struct SchedulerCore {
         let id = nextJobID
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
+        job.user = user
         jobs[id] = job
         if let progress {
             job.progress = progress
@@ -247,6 +286,19 @@ public struct SchedulerCore {
         send(.client(connection), e)
         for t in 0..<job.taskCount where job.waitCount[t] == 0 {
             makeReady(job, t)
+        }
+    }
+
+    /// The cluster's admitted worker keys changed: every live worker learns the new set.
+    public mutating func updatePeerKeys(_ keys: [String]) {
+        guard keys != peerKeys else { return }
+        peerKeys = keys
+        for w in workers.values {
+            var k = Tessera_V1_PeerKeys()
+            k.keys = keys
+            var e = Envelope()
+            e.peerKeys = k
+            send(.worker(w.connection), e)
         }
     }
 
@@ -346,7 +398,9 @@ public struct SchedulerCore {
 
     // MARK: - Status
 
-    public mutating func status(now: UInt64) -> Tessera_V1_StatusReply {
+    /// The cluster as `identity` may see it: every worker and dataset, and its own jobs only
+    /// (an admin sees everyone's).
+    public mutating func status(now: UInt64, for identity: ClientIdentity = .local) -> Tessera_V1_StatusReply {
         var s = Tessera_V1_StatusReply()
         for id in workerOrder {
             guard let w = workers[id] else { continue }
@@ -369,10 +423,11 @@ public struct SchedulerCore {
             s.maxHeartbeatGapMs = max(s.maxHeartbeatGapMs, UInt32(min(w.maxHeartbeatGap / 1_000_000, UInt64(UInt32.max))))
         }
         for id in jobs.keys.sorted() {
-            let j = jobs[id]!
+            guard let j = jobs[id], identity.isAdmin || j.user == identity.user else { continue }
             var js = Tessera_V1_JobStatus()
             js.jobID = j.id
             js.name = j.name
+            js.user = j.user
             js.state = .jobRunning
             js.taskCount = UInt64(j.graphTaskCount)
             js.tasksDone = UInt64(j.doneCount)
@@ -381,7 +436,7 @@ public struct SchedulerCore {
             js.seconds = Double(now &- j.submittedAt) / 1e9
             s.jobs.append(js)
         }
-        s.jobs.append(contentsOf: finishedJobs.suffix(20))
+        s.jobs.append(contentsOf: finishedJobs.filter { identity.isAdmin || $0.user == identity.user }.suffix(20))
         s.tasksCompleted = tasksCompleted
         s.jobsCompleted = jobsCompleted
         s.datasets = datasetStatuses()

@@ -13,6 +13,8 @@ final class WorkerRecord {
     let holdings: Set<String>
     let operators: Set<String>
     let registeredAt: UInt64
+    /// Its CURVE public key (empty on an insecure cluster): peers and ingest clients need it to dial it.
+    let publicKey: String
 
     var lastSeen: UInt64
     var lastHeartbeat: UInt64
@@ -41,7 +43,8 @@ final class WorkerRecord {
     /// Peers already described in the assignment being built.
     var peersInAssignment: Set<WorkerID> = []
 
-    init(id: WorkerID, connection: ConnectionID, registration r: Tessera_V1_RegisterWorker, now: UInt64) {
+    init(id: WorkerID, connection: ConnectionID, registration r: Tessera_V1_RegisterWorker, publicKey: String = "", now: UInt64) {
+        self.publicKey = publicKey
         self.id = id
         self.connection = connection
         name = r.name

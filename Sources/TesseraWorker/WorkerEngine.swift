@@ -68,7 +68,11 @@ public struct WorkerEngine {
     var failures: [Tessera_V1_TaskFailure] = []
     public private(set) var tasksDone: UInt64 = 0
     /// Shards the scheduler planned for this worker, by ingest: the only ones it will store.
-    var expectedShards: [String: (dataset: String, pixels: Set<ShardPlace>)] = [:]
+    var expectedShards: [String: (dataset: String, clientKey: String, pixels: Set<ShardPlace>)] = [:]
+    /// CURVE public keys of the cluster's workers (from the scheduler): admitted to fetch here.
+    public var admittedPeerKeys: Set<String> = []
+    /// Peers' CURVE public keys, as the scheduler described them with their endpoints.
+    public private(set) var peerPublicKeys: [WorkerID: String] = [:]
     /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
     public var fetchTimeoutNs: UInt64 = 30_000_000_000
 
@@ -129,7 +133,10 @@ public struct WorkerEngine {
             jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys)
         }
         var peers: [WorkerID: String] = [:]
-        for p in a.peers { peers[p.workerID] = p.endpoint }
+        for p in a.peers {
+            peers[p.workerID] = p.endpoint
+            peerPublicKeys[p.workerID] = p.publicKey
+        }
         let n = a.keys.count
         guard a.ops.count == n, a.args.count == n, a.paramIndex.count == n, a.flags.count == n, a.inputCounts.count == n,
               a.inputKeys.count == a.inputHolders.count
@@ -283,10 +290,18 @@ public struct WorkerEngine {
             expectedShards.removeValue(forKey: x.ingestID)
             return
         }
-        var entry = expectedShards[x.ingestID] ?? (x.dataset, [])
+        var entry = expectedShards[x.ingestID] ?? (x.dataset, x.clientKey, [])
         guard entry.dataset == x.dataset else { return }
         for (o, p) in zip(x.orders, x.pixels) { entry.pixels.insert(ShardPlace(order: o, pixel: p)) }
         expectedShards[x.ingestID] = entry
+    }
+
+    /// Who a connecting key is to this worker's peer endpoint: `worker` (it may fetch), `client`
+    /// (an ingest client the scheduler announced: it may store the planned shards), or nil.
+    public func peerRole(of key: String) -> String? {
+        if admittedPeerKeys.contains(key) { return "worker" }
+        if expectedShards.values.contains(where: { $0.clientKey == key }) { return "client" }
+        return nil
     }
 
     /// Why this worker will not store a shard a client sent, or nil when the scheduler planned it here.

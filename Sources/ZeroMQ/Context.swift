@@ -34,7 +34,7 @@ public final class ZMQContext: @unchecked Sendable {
 
 /// The socket patterns Tessera uses.
 public enum SocketType: Sendable {
-    case router, dealer, pair, pub, sub, push, pull
+    case router, dealer, pair, pub, sub, push, pull, rep
 
     var raw: Int32 {
         switch self {
@@ -45,6 +45,7 @@ public enum SocketType: Sendable {
         case .sub: ZMQ_SUB
         case .push: ZMQ_PUSH
         case .pull: ZMQ_PULL
+        case .rep: ZMQ_REP
         }
     }
 }
@@ -53,6 +54,11 @@ public enum SocketType: Sendable {
 public struct CurveKeyPair: Sendable, Equatable {
     public let publicKey: String
     public let secretKey: String
+
+    public init(publicKey: String, secretKey: String) {
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+    }
 
     /// Generates a fresh key pair with libzmq (which must be built with libsodium or tweetnacl).
     public static func generate() throws(ZeroMQError) -> CurveKeyPair {
@@ -66,4 +72,27 @@ public struct CurveKeyPair: Sendable, Equatable {
 
     /// True when this libzmq supports CURVE.
     public static var isSupported: Bool { zmq_has("curve") != 0 }
+
+    /// The key pair whose secret key is `secretKey` (Z85); nil when it is not a valid key.
+    public init?(secretKey: String) {
+        guard secretKey.utf8.count == 40 else { return nil }
+        var pub = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&pub, secretKey) == 0 else { return nil }
+        self.init(publicKey: String(decoding: pub.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self), secretKey: secretKey)
+    }
+
+    /// A 32-byte binary key (as ZAP hands it over) in Z85 text.
+    public static func z85(_ key: [UInt8]) -> String? {
+        guard key.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        guard key.withUnsafeBufferPointer({ zmq_z85_encode(&out, $0.baseAddress, 32) }) != nil else { return nil }
+        return String(decoding: out.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Whether `key` is 40 characters of Z85 text that decode to 32 bytes.
+    public static func isValidKey(_ key: String) -> Bool {
+        guard key.utf8.count == 40 else { return false }
+        var out = [UInt8](repeating: 0, count: 32)
+        return zmq_z85_decode(&out, key) != nil
+    }
 }

@@ -69,6 +69,13 @@ public final class Frame {
 
     /// A copy of the bytes as an array.
     public var array: [UInt8] { Array(bytes) }
+
+    /// A property of the connection this frame arrived on, such as `User-Id` (what the ZAP
+    /// handler said of the peer) or `Peer-Address`; nil when there is none.
+    public func property(_ name: String) -> String? {
+        guard let p = zmq_msg_gets(msg, name) else { return nil }
+        return String(cString: p)
+    }
 }
 
 @available(*, unavailable)

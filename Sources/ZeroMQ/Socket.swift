@@ -183,6 +183,12 @@ public final class Socket {
         try setOption(ZMQ_CURVE_SECRETKEY, bytes: Array(keys.secretKey.utf8), "curve secret key")
     }
 
+    /// The ZAP domain a server socket names in its authentication requests (so one handler can
+    /// apply a different policy to each socket).
+    public func setZAPDomain(_ domain: String) throws(ZeroMQError) {
+        try setOption(ZMQ_ZAP_DOMAIN, bytes: Array(domain.utf8), "ZAP domain")
+    }
+
     /// The endpoint last bound, with a wildcard port resolved (`tcp://127.0.0.1:41234`).
     public var lastEndpoint: String {
         get throws(ZeroMQError) {

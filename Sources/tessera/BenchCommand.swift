@@ -23,12 +23,16 @@ struct ClusterTarget: ParsableArguments {
     @Option(help: "Executor threads per worker of the local cluster.")
     var threads = 1
 
+    @Flag(help: "Run the local cluster without CURVE keys (to measure what encryption costs).")
+    var insecure = false
+
     /// Runs `body` with a connection, starting (and afterwards stopping) a local cluster if needed.
     func with<R>(_ body: (SchedulerConnection) throws -> R) throws -> R {
         if let scheduler { return try body(SchedulerConnection(endpoint: scheduler)) }
         var o = LocalCluster.Options()
         o.workers = workers
         o.threadsPerWorker = threads
+        o.insecure = insecure
         o.logFile = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bench-\(getpid()).log").path
         let cluster = try LocalCluster(o)
         defer { cluster.stop() }

@@ -35,8 +35,7 @@ struct IngestCommand: ParsableCommand {
     @Flag(help: "Replace a dataset of the same name.")
     var replace = false
 
-    @Option(help: "The scheduler's client endpoint.")
-    var scheduler = defaultSchedulerEndpoint
+    @OptionGroup var target: SchedulerTarget
 
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("give at least one input file") }
@@ -46,7 +45,7 @@ struct IngestCommand: ParsableCommand {
     }
 
     func run() throws {
-        let conn = try SchedulerConnection(endpoint: scheduler)
+        let conn = try target.connect()
         var o = IngestOptions(dataset: name, files: files)
         o.raColumn = ra
         o.decColumn = dec

@@ -154,19 +154,18 @@ struct QueryCommand: ParsableCommand {
     @OptionGroup var query: QueryOptions
     @OptionGroup var out: OutputOptions
 
-    @Option(help: "The scheduler's client endpoint.")
-    var scheduler = defaultSchedulerEndpoint
+    @OptionGroup var target: SchedulerTarget
 
     func run() throws {
         var q = try query.query()
         if out.progress { q = q.progressive() }
-        try runQuery(q, scheduler: scheduler, out: out)
+        try runQuery(q, target: target, out: out)
     }
 }
 
 /// Runs a question and writes its answer; with `--progress`, partial answers go to stderr.
-func runQuery(_ q: CatalogQuery, scheduler: String, out: OutputOptions) throws {
-    let conn = try SchedulerConnection(endpoint: scheduler)
+func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions) throws {
+    let conn = try target.connect()
     let final = try conn.run(q, onUpdate: { u in
         guard out.progress else { return }
         let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
@@ -193,8 +192,7 @@ struct SubmitCommand: ParsableCommand {
 
     @OptionGroup var out: OutputOptions
 
-    @Option(help: "The scheduler's client endpoint.")
-    var scheduler = defaultSchedulerEndpoint
+    @OptionGroup var target: SchedulerTarget
 
     func run() throws {
         let text: String
@@ -203,7 +201,7 @@ struct SubmitCommand: ParsableCommand {
         do { p = try CatalogQueryPlan(jsonString: text) } catch { throw ValidationError("\(plan) is not a catalog plan: \(error)") }
         var q = CatalogQuery(plan: p)
         if out.progress { q = q.progressive() }
-        try runQuery(q, scheduler: scheduler, out: out)
+        try runQuery(q, target: target, out: out)
     }
 }
 

@@ -7,16 +7,15 @@ struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status", abstract: "Show a cluster's workers, their load and memory, and its jobs.")
 
-    @Option(help: "The scheduler's client endpoint.")
-    var scheduler = defaultSchedulerEndpoint
+    @OptionGroup var target: SchedulerTarget
 
     @Option(help: "Seconds to wait for the scheduler.")
     var timeout = 5.0
 
     func run() throws {
-        let conn = try SchedulerConnection(endpoint: scheduler, timeout: timeout)
+        let conn = try target.connect(timeout: timeout)
         let s = try conn.status(timeout: timeout)
-        print(StatusReport.render(s, endpoint: scheduler))
+        print(StatusReport.render(s, endpoint: target.scheduler))
     }
 }
 
@@ -47,7 +46,7 @@ enum StatusReport {
             case .jobCancelled: "cancelled"
             default: "?"
             }
-            out += pad(["\(j.jobID)", j.name.isEmpty ? "-" : j.name, state, "\(j.tasksDone)/\(j.taskCount) tasks",
+            out += pad(["\(j.jobID)", j.name.isEmpty ? "-" : j.name, "user \(j.user.isEmpty ? "-" : j.user)", state, "\(j.tasksDone)/\(j.taskCount) tasks",
                         "\(j.running) running", String(format: "%.2f s", j.seconds)]) + "\n"
         }
         return out

@@ -1,4 +1,6 @@
 import ArgumentParser
+import TesseraClient
+import TesseraSecurity
 
 /// `tessera`: run a local cluster, look at a cluster, benchmark it, and the demo.
 @main
@@ -11,3 +13,18 @@ struct TesseraCommand: ParsableCommand {
 
 /// The default client endpoint of a cluster started with `tessera local`.
 let defaultSchedulerEndpoint = "tcp://127.0.0.1:7700"
+
+/// Which scheduler a command talks to, and with which key.
+struct SchedulerTarget: ParsableArguments {
+    @Option(help: "The scheduler's client endpoint.")
+    var scheduler = defaultSchedulerEndpoint
+
+    @Option(help: "Your key file (from `tessera keys add-user`). Default: $TESSERA_KEY, else ./tessera-data/keys/user-local.key (made by `tessera local`), else none.")
+    var key: String?
+
+    /// A connection to the scheduler, authenticated with the key.
+    func connect(timeout: Double = 5) throws -> SchedulerConnection {
+        let credentials: Credentials? = try key.map { .curve(try KeyFile.read($0)) }
+        return try SchedulerConnection(endpoint: scheduler, timeout: timeout, credentials: credentials)
+    }
+}

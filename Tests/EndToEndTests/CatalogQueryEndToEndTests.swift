@@ -4,6 +4,7 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSecurity
 import TesseraSky
 import TesseraStorage
 import TesseraSurvey
@@ -203,7 +204,7 @@ struct QueryCommandLineTests {
         o.maxRowsPerShard = 1_000
         try CatalogIngest.run(o, connection: conn)
         let expected = try conn.run(CatalogQuery(dataset: "object").filter("refExtendedness == 1").groupBy("cell").aggregate(.count())).result.table
-        let ep = ["--scheduler", cluster.clientEndpoint]
+        let ep = ["--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
         let dir = temporaryFolder("cli-out")
 
         // CSV: a header, then one line per cell.

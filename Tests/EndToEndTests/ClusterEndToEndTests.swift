@@ -221,10 +221,9 @@ struct ClusterEndToEndTests {
         defer { cluster.stop() }
         let ctx = try ZMQContext()
         var rng = SplitMix64(seed: 99)
-        for endpoint in [cluster.clientEndpoint, cluster.workerEndpoint] {
-            let d = try ctx.socket(.dealer)
-            try d.setReceiveTimeout(milliseconds: 3000)
-            try d.connect(endpoint)
+        // From members: the cluster's user, and a worker whose key is listed.
+        for (endpoint, credentials) in [(cluster.clientEndpoint, cluster.credentials), (cluster.workerEndpoint, try cluster.workerCredentials("garbage"))] {
+            let d = try rawDealer(ctx, endpoint, credentials, receiveTimeoutMs: 3000)
             for i in 0..<200 {
                 let parts = (0..<(1 + i % 3)).map { _ in (0..<Int(rng.next() % 64)).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
                 try d.send(parts: parts)

@@ -6,6 +6,7 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSecurity
 import TesseraSky
 @testable import TesseraStorage
 import TesseraSurvey
@@ -155,15 +156,6 @@ struct HostileInputEndToEndTests {
 
     // MARK: Messages
 
-    /// A raw DEALER socket: what a hand-made client or worker sends, unchecked by our client code.
-    static func rawSocket(_ context: ZMQContext, _ endpoint: String) throws -> Socket {
-        let s = try context.socket(.dealer)
-        try s.setLinger(milliseconds: 0)
-        try s.setReceiveTimeout(milliseconds: 10_000)
-        try s.connect(endpoint)
-        return s
-    }
-
     static func reply(_ s: Socket) throws -> Envelope {
         guard let parts = try s.receiveParts() else { throw ClientError.timedOut("no reply") }
         return try WireProtocol.decode(parts).0
@@ -179,7 +171,8 @@ struct HostileInputEndToEndTests {
         let f = try Fixture()
         defer { f.cluster.stop() }
         let context = try ZMQContext()
-        let client = try Self.rawSocket(context, f.cluster.clientEndpoint)
+        // A member of the cluster, sending what our client code never would.
+        let client = try rawDealer(context, f.cluster.clientEndpoint, f.cluster.credentials)
         defer { client.close() }
 
         // IngestBegin with sizes near UInt64.max overflowed the placement's load sums.
@@ -261,8 +254,20 @@ struct HostileInputEndToEndTests {
         let f = try Fixture()
         defer { f.cluster.stop() }
         let context = try ZMQContext()
-        let status = try f.conn.status()
-        let peer = try Self.rawSocket(context, status.workers[0].peerEndpoint)
+        // An ingest plans shard order5-pix0 on both workers, which then admit this user's key.
+        var begin = Tessera_V1_IngestBegin()
+        begin.clientTag = f.conn.makeTag()
+        begin.dataset = "planted"
+        begin.replicas = 2
+        var spec = Tessera_V1_ShardSpec()
+        spec.order = 5
+        spec.rows = 8
+        begin.shards = [spec]
+        var e = Envelope()
+        e.ingestBegin = begin
+        guard case .ingestPlan(let plan) = try f.conn.request(e, tag: begin.clientTag).body else { Issue.record("no plan"); return }
+        let target = try #require(plan.workers.first)
+        let peer = try rawDealer(context, target.endpoint, f.cluster.credentials, serverKey: target.publicKey)
         defer { peer.close() }
 
         func store(_ ingest: String, rows: UInt64) throws -> Tessera_V1_ShardStored {
@@ -286,18 +291,7 @@ struct HostileInputEndToEndTests {
         }
         // A shard nobody planned: refused, and nothing is written.
         #expect(try store("i1", rows: 8).error.contains("planned no shard"))
-        // A planned shard whose row count would overflow the byte arithmetic: refused.
-        var begin = Tessera_V1_IngestBegin()
-        begin.clientTag = f.conn.makeTag()
-        begin.dataset = "planted"
-        begin.replicas = 2
-        var spec = Tessera_V1_ShardSpec()
-        spec.order = 5
-        spec.rows = 8
-        begin.shards = [spec]
-        var e = Envelope()
-        e.ingestBegin = begin
-        guard case .ingestPlan(let plan) = try f.conn.request(e, tag: begin.clientTag).body else { Issue.record("no plan"); return }
+        // The planned shard, with a row count that would overflow the byte arithmetic: refused.
         #expect(try store(plan.ingestID, rows: .max).error.contains("over the limit"))
         #expect(try store(plan.ingestID, rows: 1 << 62).error.contains("over the limit"))
         let planted = FileManager.default.enumerator(atPath: f.data)?.allObjects.compactMap { $0 as? String }.filter { $0.contains("planted") } ?? []
@@ -305,12 +299,61 @@ struct HostileInputEndToEndTests {
         try f.expectHealthy(after: "StoreShard attacks")
     }
 
+    // MARK: Identity
+
+    @Test func strangersGetNoAnswerOnAnyPort() throws {
+        let f = try Fixture(ingest: false)
+        defer { f.cluster.stop() }
+        let context = try ZMQContext()
+        let keys = try #require(f.cluster.keys)
+        let scheduler = try KeyFile.read(keys.schedulerKeyPath)
+        // A key pair the cluster never listed, presented with the right server keys.
+        let strangerKeys = try CurveKeyPair.generate()
+        let stranger = Credentials.curve(KeyFile(name: "stranger", role: .user, keys: strangerKeys, schedulerKey: scheduler.keys.publicKey))
+        let worker = try KeyFile.read(keys.workerKeyPath("local-0"))
+        let peerEndpoint = try #require(try f.conn.status().workers.first { $0.name == "local-0" }).peerEndpoint
+
+        var ping = Envelope()
+        ping.ping = Tessera_V1_Ping()
+        var register = Envelope()
+        var r = Tessera_V1_RegisterWorker()
+        r.name = "stranger"
+        r.threads = 64
+        r.peerEndpoint = "tcp://127.0.0.1:9"
+        r.operators = ["catalog_scan", "catalog_merge", "inc", "sum"]
+        register.registerWorker = r
+        var fetch = Envelope()
+        var fr = Tessera_V1_FetchRequest()
+        fr.requestID = 1
+        fr.keys = [TaskKey.make(job: 1, task: 0)]
+        fetch.fetchRequest = fr
+
+        for (credentials, who) in [(Credentials.insecure, "no keys"), (stranger, "unknown keys")] {
+            for (endpoint, serverKey, message, what) in [
+                (f.cluster.clientEndpoint, nil as String?, ping, "submit or ping"),
+                (f.cluster.workerEndpoint, nil, register, "register as a worker"),
+                (peerEndpoint, worker.keys.publicKey, fetch, "fetch from a worker"),
+            ] {
+                let s = try rawDealer(context, endpoint, credentials, serverKey: serverKey, receiveTimeoutMs: 1_500)
+                defer { s.close() }
+                _ = try s.send(parts: WireProtocol.encode(message), dontWait: true)
+                #expect(throws: ZeroMQError.self, "a stranger with \(who) could \(what)") { _ = try s.receiveParts() }
+            }
+        }
+        let status = try f.conn.status()
+        #expect(status.workers.map(\.name).sorted() == ["local-0", "local-1"])
+        #expect(try String(contentsOfFile: f.cluster.options.logFile!, encoding: .utf8).contains("key not admitted"))
+        // The cluster's own user still gets in.
+        #expect(try f.conn.run(.plan(TestCluster.treeReduce(100))).values.count == 1)
+    }
+
     @Test func rogueRegistrationsAreRefused() throws {
         let f = try Fixture()
         defer { f.cluster.stop() }
         let context = try ZMQContext()
         func register(threads: UInt32, endpoint: String, name: String = "rogue") throws -> Envelope {
-            let s = try Self.rawSocket(context, f.cluster.workerEndpoint)
+            // A worker key the cluster lists, so the scheduler reads what it sends.
+            let s = try rawDealer(context, f.cluster.workerEndpoint, try f.cluster.workerCredentials(name == "rogue" ? "rogue" : "stray"))
             defer { s.close() }
             var r = Tessera_V1_RegisterWorker()
             r.name = name

@@ -4,6 +4,7 @@ import Testing
 import TesseraClient
 import TesseraCluster
 import TesseraProtocol
+import TesseraSecurity
 import TesseraSky
 import TesseraStorage
 import TesseraSurvey
@@ -175,7 +176,8 @@ struct IngestEndToEndTests {
         defer { cluster.stop() }
         let tessera = Process()
         tessera.executableURL = URL(fileURLWithPath: (cluster.scheduler.executableURL!.path as NSString).deletingLastPathComponent + "/tessera")
-        tessera.arguments = ["ingest", "object"] + files + ["--scheduler", cluster.clientEndpoint, "--max-rows-per-shard", "500"]
+        tessera.arguments = ["ingest", "object"] + files + ["--scheduler", cluster.clientEndpoint, "--max-rows-per-shard", "500",
+                                                      "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
         tessera.standardOutput = FileHandle.nullDevice
         tessera.standardError = FileHandle.nullDevice
         try tessera.run()

@@ -176,10 +176,10 @@ final class FakeCluster {
 
     /// Submits a job; returns its id, or nil when it was refused (see `clientErrors`).
     @discardableResult
-    func submit(_ plan: Tessera_V1_Plan, client: ConnectionID = 1000, name: String = "job") -> JobID? {
+    func submit(_ plan: Tessera_V1_Plan, client: ConnectionID = 1000, name: String = "job", identity: ClientIdentity = .local) -> JobID? {
         var s = Tessera_V1_SubmitJob()
         s.plan = plan
-        return submit(s, frames: [], client: client, name: name)
+        return submit(s, frames: [], client: client, name: name, identity: identity)
     }
 
     @discardableResult
@@ -190,31 +190,31 @@ final class FakeCluster {
         return submit(s, frames: frames, client: client, name: name)
     }
 
-    func submit(_ submission: Tessera_V1_SubmitJob, frames: [[UInt8]], client: ConnectionID, name: String) -> JobID? {
+    func submit(_ submission: Tessera_V1_SubmitJob, frames: [[UInt8]], client: ConnectionID, name: String, identity: ClientIdentity = .local) -> JobID? {
         var s = submission
         s.name = name
         s.clientTag = nextClientTag
         nextClientTag += 1
         var e = Envelope()
         e.submitJob = s
-        core.handleClient(client, e, frames: frames, now: now)
+        core.handleClient(client, e, frames: frames, now: now, identity: identity)
         flushAndProcess()
         return acceptedByTag[s.clientTag]
     }
 
-    func cancel(_ job: JobID, client: ConnectionID = 1000) {
+    func cancel(_ job: JobID, client: ConnectionID = 1000, identity: ClientIdentity = .local) {
         var c = Tessera_V1_CancelJob()
         c.jobID = job
         var e = Envelope()
         e.cancelJob = c
-        core.handleClient(client, e, frames: [], now: now)
+        core.handleClient(client, e, frames: [], now: now, identity: identity)
         flushAndProcess()
     }
 
-    func requestStatus(client: ConnectionID = 1000) -> Tessera_V1_StatusReply? {
+    func requestStatus(client: ConnectionID = 1000, identity: ClientIdentity = .local) -> Tessera_V1_StatusReply? {
         var e = Envelope()
         e.statusRequest = Tessera_V1_StatusRequest()
-        core.handleClient(client, e, frames: [], now: now)
+        core.handleClient(client, e, frames: [], now: now, identity: identity)
         flushAndProcess()
         return statusReplies[client]?.last
     }

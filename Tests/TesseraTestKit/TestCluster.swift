@@ -2,6 +2,8 @@ import Foundation
 import TesseraClient
 import TesseraCluster
 import TesseraProtocol
+import TesseraSecurity
+import ZeroMQ
 
 /// A local cluster for end-to-end tests: real scheduler and worker processes on loopback, on
 /// ports the OS picks (so parallel runs never collide), logs in a temporary file, and fast
@@ -78,4 +80,25 @@ public func unmount(_ path: String) {
     p.arguments = ["-l", path]
     try? p.run()
     p.waitUntilExit()
+}
+
+extension LocalCluster {
+    /// The credentials of a new worker key added to this cluster's list: a member, who may still
+    /// send anything.
+    public func workerCredentials(_ name: String) throws -> Credentials {
+        guard let keys else { return .insecure }
+        return .curve(try keys.add(.worker, name: name))
+    }
+}
+
+/// A DEALER connected to `endpoint` with `credentials` (the scheduler's key by default, or a
+/// worker's peer key): what a hand-made client or worker sends, unchecked by our client code.
+public func rawDealer(_ context: ZMQContext, _ endpoint: String, _ credentials: Credentials, serverKey: String? = nil,
+                      receiveTimeoutMs: Int32 = 10_000) throws -> Socket {
+    let s = try context.socket(.dealer)
+    try s.setLinger(milliseconds: 0)
+    try s.setReceiveTimeout(milliseconds: receiveTimeoutMs)
+    if let serverKey { try credentials.secure(s, serverKey: serverKey) } else { try credentials.secure(s) }
+    try s.connect(endpoint)
+    return s
 }

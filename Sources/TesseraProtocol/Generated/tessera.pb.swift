@@ -390,6 +390,14 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     set {body = .removeShards(newValue)}
   }
 
+  public var peerKeys: Tessera_V1_PeerKeys {
+    get {
+      if case .peerKeys(let v)? = body {return v}
+      return Tessera_V1_PeerKeys()
+    }
+    set {body = .peerKeys(newValue)}
+  }
+
   /// worker <-> worker (peer transfer)
   public var fetchRequest: Tessera_V1_FetchRequest {
     get {
@@ -554,6 +562,7 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     case cancelTasks(Tessera_V1_CancelTasks)
     case expectShards(Tessera_V1_ExpectShards)
     case removeShards(Tessera_V1_RemoveShards)
+    case peerKeys(Tessera_V1_PeerKeys)
     /// worker <-> worker (peer transfer)
     case fetchRequest(Tessera_V1_FetchRequest)
     case fetchReply(Tessera_V1_FetchReply)
@@ -681,6 +690,23 @@ public nonisolated struct Tessera_V1_RegisterAck: Sendable {
 
   public var heartbeatIntervalMs: UInt32 = 0
 
+  /// With CURVE: the public keys (Z85) of every worker the cluster admits; a worker's peer
+  /// endpoint accepts fetches only from these.
+  public var peerKeys: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Scheduler -> worker: the cluster's worker keys changed (a worker was added to the list).
+public nonisolated struct Tessera_V1_PeerKeys: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var keys: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -758,6 +784,9 @@ public nonisolated struct Tessera_V1_Peer: Sendable {
   public var workerID: UInt32 = 0
 
   public var endpoint: String = String()
+
+  /// its CURVE public key (Z85), empty on an insecure cluster
+  public var publicKey: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1440,6 +1469,10 @@ public nonisolated struct Tessera_V1_ExpectShards: Sendable {
 
   public var finished: Bool = false
 
+  /// The CURVE public key (Z85) of the client that will send them: admitted on the peer endpoint
+  /// while the ingest is expected.
+  public var clientKey: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1627,7 +1660,7 @@ nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{4}\u{5}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1765,6 +1798,19 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .removeShards(v)
+        }
+      }()
+      case 26: try {
+        var v: Tessera_V1_PeerKeys?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .peerKeys(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .peerKeys(v)
         }
       }()
       case 30: try {
@@ -2058,6 +2104,10 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .removeShards(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
     }()
+    case .peerKeys?: try {
+      guard case .peerKeys(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+    }()
     case .fetchRequest?: try {
       guard case .fetchRequest(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
@@ -2341,7 +2391,7 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_RegisterAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterAck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}heartbeat_interval_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}heartbeat_interval_ms\0\u{3}peer_keys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2351,6 +2401,7 @@ nonisolated extension Tessera_V1_RegisterAck: SwiftProtobuf.Message, SwiftProtob
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.workerID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.heartbeatIntervalMs) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.peerKeys) }()
       default: break
       }
     }
@@ -2363,12 +2414,46 @@ nonisolated extension Tessera_V1_RegisterAck: SwiftProtobuf.Message, SwiftProtob
     if self.heartbeatIntervalMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.heartbeatIntervalMs, fieldNumber: 2)
     }
+    if !self.peerKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.peerKeys, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_RegisterAck, rhs: Tessera_V1_RegisterAck) -> Bool {
     if lhs.workerID != rhs.workerID {return false}
     if lhs.heartbeatIntervalMs != rhs.heartbeatIntervalMs {return false}
+    if lhs.peerKeys != rhs.peerKeys {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_PeerKeys: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PeerKeys"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}keys\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.keys) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.keys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.keys, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_PeerKeys, rhs: Tessera_V1_PeerKeys) -> Bool {
+    if lhs.keys != rhs.keys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2521,7 +2606,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Peer"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}endpoint\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}endpoint\0\u{3}public_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2531,6 +2616,7 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.workerID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.publicKey) }()
       default: break
       }
     }
@@ -2543,12 +2629,16 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if !self.endpoint.isEmpty {
       try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
     }
+    if !self.publicKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.publicKey, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_Peer, rhs: Tessera_V1_Peer) -> Bool {
     if lhs.workerID != rhs.workerID {return false}
     if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.publicKey != rhs.publicKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3996,7 +4086,7 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExpectShards"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ingest_id\0\u{1}dataset\0\u{1}orders\0\u{1}pixels\0\u{1}finished\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ingest_id\0\u{1}dataset\0\u{1}orders\0\u{1}pixels\0\u{1}finished\0\u{3}client_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4009,6 +4099,7 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
       case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.orders) }()
       case 4: try { try decoder.decodeRepeatedInt64Field(value: &self.pixels) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.finished) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.clientKey) }()
       default: break
       }
     }
@@ -4030,6 +4121,9 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
     if self.finished != false {
       try visitor.visitSingularBoolField(value: self.finished, fieldNumber: 5)
     }
+    if !self.clientKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.clientKey, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4039,6 +4133,7 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
     if lhs.orders != rhs.orders {return false}
     if lhs.pixels != rhs.pixels {return false}
     if lhs.finished != rhs.finished {return false}
+    if lhs.clientKey != rhs.clientKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler", "TesseraSecurity",
+                "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler", "TesseraSecurity", "ZeroMQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]

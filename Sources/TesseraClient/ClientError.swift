@@ -20,7 +20,7 @@ public enum ClientError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .noScheduler(let ep, let s):
-            "no scheduler answered at \(ep) within \(s) s: start one (`tessera local`, or tessera-scheduler) or check the endpoint"
+            "no scheduler answered at \(ep) within \(s) s: start one (`tessera local`, or tessera-scheduler), check the endpoint, or — if it requires keys — give yours (--key FILE or $TESSERA_KEY)"
         case .rejected(let code, let m): "the scheduler refused the request (\(code)): \(m)"
         case .timedOut(let what): "timed out: \(what)"
         case .protocolError(let e): "bad reply from the scheduler: \(e)"

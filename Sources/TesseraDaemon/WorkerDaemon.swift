@@ -40,7 +40,7 @@ public final class WorkerDaemon {
     private let settings: WorkerSettings
     private let logger: Logger
     private let context: ZMQContext
-    private let scheduler: Socket
+    private var scheduler: Socket
     private let peerRouter: Socket
     /// Admits fellow workers and announced ingest clients to the peer endpoint (nil when insecure).
     private let zap: ZAPHandler?
@@ -61,14 +61,7 @@ public final class WorkerDaemon {
         self.settings = settings
         self.logger = logger
         context = try ZMQContext()
-        scheduler = try context.socket(.dealer)
-        try scheduler.setSendHighWaterMark(0)
-        try scheduler.setReceiveHighWaterMark(0)
-        // A deregistration still reaches the scheduler after close.
-        try scheduler.setLinger(milliseconds: 2000)
-        // ZMTP heartbeats (answered by libzmq's own I/O thread) drop a dead TCP link, so the
-        // socket reconnects to a restarted scheduler instead of writing into the void.
-        try scheduler.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
+        scheduler = try Self.schedulerSocket(context, settings)
         peerRouter = try context.socket(.router)
         switch settings.credentials {
         case .insecure:
@@ -77,11 +70,9 @@ public final class WorkerDaemon {
         case .curve(let key):
             // The handler exists before the peer endpoint binds: without one libzmq admits everyone.
             zap = try ZAPHandler(context: context)
-            try scheduler.makeCurveClient(serverPublicKey: key.schedulerKey, keys: key.keys)
             try peerRouter.makeCurveServer(secretKey: key.keys.secretKey)
             try peerRouter.setZAPDomain("peers")
         }
-        try scheduler.connect(settings.schedulerEndpoint)
         try peerRouter.setSendHighWaterMark(0)
         try peerRouter.setMaxMessageSize(Int64(min(Limits.workerMessageBytes, WireProtocol.maximumFrameBytes)))
         let bound = try peerRouter.bind(settings.peerBind)
@@ -96,6 +87,21 @@ public final class WorkerDaemon {
         engine.dataRoot = settings.dataDirectory
     }
 
+    /// The DEALER to the scheduler, connected (with this worker's key when it has one).
+    private static func schedulerSocket(_ context: ZMQContext, _ settings: WorkerSettings) throws -> Socket {
+        let s = try context.socket(.dealer)
+        try s.setSendHighWaterMark(0)
+        try s.setReceiveHighWaterMark(0)
+        // A deregistration still reaches the scheduler after close.
+        try s.setLinger(milliseconds: 2000)
+        // ZMTP heartbeats (answered by libzmq's own I/O thread) drop a dead TCP link, so the
+        // socket reconnects to a restarted scheduler instead of writing into the void.
+        try s.setHeartbeat(intervalMs: 1000, timeoutMs: 5000)
+        try settings.credentials.secure(s)
+        try s.connect(settings.schedulerEndpoint)
+        return s
+    }
+
     /// Registers, then serves until SIGTERM/SIGINT; then hands back unstarted tasks, reports the
     /// running ones, and deregisters.
     public func run() throws {
@@ -106,6 +112,14 @@ public final class WorkerDaemon {
         while !signals.isRequested {
             let now = monotonicNanos()
             if !registered && (lastRegister == 0 || now &- lastRegister > 5_000_000_000) {
+                if lastRegister != 0 {
+                    // No answer: libzmq does not retry a connection whose key the scheduler
+                    // refused, so a fresh socket tries again (the key may be admitted by now).
+                    logger.warning("no answer from the scheduler; connecting again (is this worker's key in the cluster's workers.list?)")
+                    scheduler.close()
+                    scheduler = try Self.schedulerSocket(context, settings)
+                    poller = makePoller()
+                }
                 try sendToScheduler(registration(), [])
                 lastRegister = now
             }

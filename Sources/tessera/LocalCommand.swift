@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import TesseraCluster
+import TesseraSecurity
 
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +25,9 @@ struct LocalCommand: ParsableCommand {
     @Option(help: "Folder for the registry and the workers' shards (a restarted cluster finds its datasets there).")
     var data = "tessera-data"
 
+    @Flag(help: "Run without keys (the ports are on 127.0.0.1 only either way).")
+    var insecure = false
+
     func validate() throws {
         guard workers >= 1 && workers <= 256 else { throw ValidationError("--workers must be between 1 and 256") }
         guard port > 0 && port < 65535 else { throw ValidationError("--port must be between 1 and 65534") }
@@ -35,11 +39,15 @@ struct LocalCommand: ParsableCommand {
         o.port = port
         o.threadsPerWorker = threads
         o.dataDirectory = data
+        o.insecure = insecure
         let cluster = try LocalCluster(o)
         print("Tessera local cluster: \(workers) workers")
         print("  client endpoint: \(cluster.clientEndpoint)")
         print("  worker endpoint: \(cluster.workerEndpoint)")
         print("  data folder:     \(data)")
+        if let keys = cluster.keys {
+            print("  keys:            \(keys.path) (tessera commands here use \(keys.userKeyPath("local")))")
+        }
         print("Press Ctrl-C to stop.")
         fflush(nil)
         let stop = DispatchSemaphore(value: 0)

@@ -65,6 +65,41 @@ public enum Limits {
     public static let jobNameCharacters = 1_024
 }
 
+extension Limits {
+    /// Every limit as the README's table lists it: what it bounds, its value, and where it applies.
+    public static let documented: [(limit: String, value: String, appliesTo: String)] = [
+        ("message header", bytes(headerBytes), "every socket"),
+        ("message from a client, decoded", bytes(clientMessageBytes), "scheduler client port (frames' declared sizes are checked before any is decompressed)"),
+        ("message from a worker or peer, decoded", bytes(workerMessageBytes), "scheduler worker port, worker peer port"),
+        ("bulk frames per message", "\(framesPerMessage)", "every socket"),
+        ("expression text", "\(expressionCharacters) bytes", "filters, selections, aggregates, keys"),
+        ("expression depth", "\(expressionDepth)", "parentheses, calls, prefix operators and operator chains all count"),
+        ("column or function name", "\(identifierCharacters) characters", "expressions, dataset schemas"),
+        ("polygon vertices", "\(polygonVertices)", "polygon regions"),
+        ("histogram bins (x × y)", "\(histogramBins)", "histograms; each bin must also have an ordinary floating-point width"),
+        ("progress interval", "\(progressIntervalSeconds.lowerBound)…\(Int(progressIntervalSeconds.upperBound)) s", "progressive questions"),
+        ("aggregates or selected columns", "\(planExpressions)", "one question; also columns per dataset"),
+        ("worker threads", "1…\(workerThreads)", "worker registration"),
+        ("worker name", "\(workerNameCharacters) characters of `A-Za-z0-9-_.`", "worker registration, key names"),
+        ("peer endpoint", "\(endpointCharacters) characters, `tcp://HOST:PORT`", "worker registration"),
+        ("operators a worker offers", "\(workerOperators)", "worker registration"),
+        ("dataset name", "\(datasetNameCharacters) characters of `A-Za-z0-9-_.`", "ingest"),
+        ("shards per ingest", "\(ingestShards)", "ingest"),
+        ("replicas", "\(replicas)", "ingest"),
+        ("rows per shard (and per margin)", "\(shardRows)", "ingest, worker shard writes"),
+        ("shard HEALPix order", "0…\(shardOrder)", "ingest, registry rows"),
+        ("job name", "\(jobNameCharacters) bytes", "job submission"),
+    ]
+
+    static func bytes(_ n: Int) -> String { n >= 1 << 30 ? "\(n >> 30) GiB" : "\(n >> 20) MiB" }
+
+    /// The README's limits table, in Markdown.
+    public static var markdownTable: String {
+        (["| limit | value | applies to |", "|---|---|---|"] + documented.map { "| \($0.limit) | \($0.value) | \($0.appliesTo) |" })
+            .joined(separator: "\n")
+    }
+}
+
 /// Checks shared by every daemon for names and endpoints that come from outside.
 public enum Validate {
     /// A name made of letters, digits, `-`, `_` and `.`, not empty, not starting with `.`, at most

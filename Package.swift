@@ -99,8 +99,21 @@ let package = Package(
         .executableTarget(name: "CellCounts", dependencies: ["TesseraClient"], path: "Examples/CellCounts"),
         .executableTarget(name: "ConeSearch", dependencies: ["TesseraClient"], path: "Examples/ConeSearch"),
 
+        // Fuzzing: the harnesses (a library, so tests replay every corpus), and the executable
+        // that libFuzzer drives when built with -sanitize=fuzzer -DFUZZING (scripts/fuzz.sh).
+        .target(
+            name: "TesseraFuzzHarness",
+            dependencies: [
+                "TesseraProtocol", "TesseraCompute", "TesseraScheduler", "TesseraWorker", "TesseraStorage", "TesseraSky", "TesseraSurvey",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Fuzz/Harness"
+        ),
+        .executableTarget(name: "tessera-fuzz", dependencies: ["TesseraFuzzHarness"], path: "Fuzz/Main"),
+
         .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol", "TesseraSecurity", "ZeroMQ"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["TesseraFuzzHarness"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),

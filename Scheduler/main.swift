@@ -23,6 +23,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Milliseconds of silence after which a worker is declared dead.")
     var workerTimeoutMs: UInt64 = 5000
 
+    @Option(help: "Seconds before a shard file no dataset references (a failed or replaced ingest, a planted file) is removed from its worker.")
+    var orphanGraceS: Double = 3600
+
     @Option(help: "The registry of datasets (an SQLite file, created if missing).")
     var registry: String?
 
@@ -39,6 +42,7 @@ struct SchedulerCommand: ParsableCommand {
     var verbose = false
 
     func validate() throws {
+        guard orphanGraceS.isFinite, orphanGraceS >= 0, orphanGraceS <= 1e7 else { throw ValidationError("--orphan-grace-s must be within 0…10,000,000") }
         guard workerTimeoutMs > UInt64(heartbeatMs) else {
             throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
         }
@@ -54,6 +58,7 @@ struct SchedulerCommand: ParsableCommand {
         var config = SchedulerConfig()
         config.heartbeatIntervalMs = heartbeatMs
         config.workerTimeoutNs = workerTimeoutMs * 1_000_000
+        config.orphanGraceNs = UInt64(orphanGraceS * 1e9)
         let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry,
                                          security: keys.map { .curve(KeyDirectory($0)) } ?? .insecure, parentPID: exitWithParent, logger: logger)
         // The first line of stdout names the bound endpoints: launchers read it.

@@ -45,6 +45,8 @@ public final class LocalCluster {
         public var keysDirectory: String?
         /// Run without keys (loopback only): for measuring what CURVE costs.
         public var insecure = false
+        /// Seconds before orphaned shard files are removed (nil: the scheduler's default, an hour).
+        public var orphanGraceSeconds: Double?
 
         public init() {}
     }
@@ -92,6 +94,7 @@ public final class LocalCluster {
         var schedulerArgs = ["--clients", clients, "--workers", workerBind, "--heartbeat-ms", "\(options.heartbeatMs)",
                              "--worker-timeout-ms", "\(options.workerTimeoutMs)", "--exit-with-parent", "\(getpid())"]
         schedulerArgs += keys.map { ["--keys", $0.path] } ?? ["--insecure"]
+        if let g = options.orphanGraceSeconds { schedulerArgs += ["--orphan-grace-s", "\(g)"] }
         if let dir = options.dataDirectory {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             schedulerArgs += ["--registry", dir + "/registry.sqlite"]

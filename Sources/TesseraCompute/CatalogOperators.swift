@@ -34,6 +34,10 @@ public enum CatalogOperators {
         let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
         do {
             let reader = try ShardReader(path: root + "/" + shard.relativePath)
+            if let want = ctx.dataChecksum, want != 0, reader.checksum != want {
+                // A damaged, replaced or planted file: another replica may be the right one.
+                throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")
+            }
             let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
             let partial = try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
             return .bytes(try partial.serializedBytes())

@@ -16,6 +16,8 @@ public struct OperatorContext: Sendable {
     public var dataKey: String?
     /// The worker's data folder, where `dataKey` is found.
     public var dataRoot: String?
+    /// The registry's checksum of that data, when known: a file that differs is refused.
+    public var dataChecksum: UInt64?
     /// Long-running operators poll this and stop early when the job was cancelled.
     public var isCancelled: @Sendable () -> Bool
 

@@ -203,6 +203,9 @@ public final class WorkerDaemon {
                 engine.expect(x)
             case .peerKeys(let k):
                 engine.admittedPeerKeys = Set(k.keys)
+            case .removeShards(let r):
+                let n = shards?.remove(r.keys) ?? 0
+                logger.notice("removed orphaned shard files", metadata: ["worker/removed": "\(n)", "worker/asked": "\(r.keys.count)"])
             case .error(let e) where e.code == .errorUnknownWorker:
                 // The scheduler restarted or declared us dead: start afresh.
                 if registered {

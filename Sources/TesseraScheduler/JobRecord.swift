@@ -76,6 +76,9 @@ final class JobRecord {
     var worker: [WorkerID]
     var resultBytes: [UInt32]
     var operatorFailures: [UInt8]
+    /// Workers on which a task's operator failed (few tasks ever fail: kept sparse), so that its
+    /// retry goes to another holder of its data when there is one.
+    var failedOn: [Int: Set<WorkerID>] = [:]
     var lostRuns: [UInt8]
     var delivered: [Bool]
 

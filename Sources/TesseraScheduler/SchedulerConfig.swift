@@ -20,6 +20,9 @@ public struct SchedulerConfig: Sendable {
     public var maxTasksPerJob = 50_000_000
     /// Fewest milliseconds between two streamed result messages of one job (0 = as soon as ready).
     public var resultIntervalNs: UInt64 = 0
+    /// A shard file that no committed dataset references (a failed or replaced ingest, a planted
+    /// file) is removed from its worker after this long.
+    public var orphanGraceNs: UInt64 = 3_600_000_000_000
 
     public init() {}
 }

@@ -51,7 +51,12 @@ extension SchedulerCore {
         var out: [String: PlannedDataset] = [:]
         do {
             let (all, skipped) = try catalog.shardLocations()
-            for (d, shards) in all { out[d.name] = PlannedDataset(d, shards) }
+            shardChecksums = [:]
+            for (d, shards) in all {
+                let p = PlannedDataset(d, shards)
+                out[d.name] = p
+                for (k, c) in zip(p.keys, shards.map(\.checksum)) where c != 0 { shardChecksums[k] = c }
+            }
             for why in skipped { notices.append("registry: skipped \(why)") }
         } catch {
             throw CatalogQueryError("registry: \(error)")

@@ -253,13 +253,20 @@ extension SchedulerCore {
             cs.workers = copies.map(\.key)
             commit.shards.append(cs)
         }
+        // What a replaced dataset held becomes orphaned once the new one is committed.
+        let replaced = (try? plannedDatasets())?[c.dataset]
         do {
             try catalog.commit(commit, ingestId: id)
             planned = nil
         } catch {
             return refuse("\(error)")
         }
-        abandonIngest(id)
+        if let replaced {
+            for (key, names) in zip(replaced.keys, replaced.workers) {
+                for n in names { orphans[n, default: [:]][key] = orphans[n]?[key] ?? now }
+            }
+        }
+        abandonIngest(id, committed: true)
         // Placement learns the new shards at once (workers report them again when they re-register).
         let byName = Dictionary(workers.values.map { ($0.name, $0.id) }, uniquingKeysWith: { a, _ in a })
         for s in commit.shards {
@@ -277,9 +284,16 @@ extension SchedulerCore {
         notices.append("dataset `\(c.dataset)` committed: \(done.rows) rows in \(done.shards) shards (ingest \(id))")
     }
 
-    /// Forgets an ingest and tells its workers to stop expecting its shards.
-    mutating func abandonIngest(_ id: String) {
+    /// Forgets an ingest and tells its workers to stop expecting its shards. Shards stored for
+    /// an ingest that never committed are orphans.
+    mutating func abandonIngest(_ id: String, committed: Bool = false) {
         guard let p = pendingIngests.removeValue(forKey: id) else { return }
+        if !committed {
+            for (k, s) in p.shards.enumerated() {
+                let key = ShardKey(dataset: p.dataset, ingestId: id, order: Int(s.order), pixel: s.pixel).description
+                for n in p.stored[k].keys { orphans[n, default: [:]][key] = orphans[n]?[key] ?? lastNow }
+            }
+        }
         let names = Set(p.placements.joined())
         for w in workers.values where names.contains(w.name) {
             var x = Tessera_V1_ExpectShards()
@@ -289,6 +303,31 @@ extension SchedulerCore {
             var e = Envelope()
             e.expectShards = x
             send(.worker(w.connection), e)
+        }
+    }
+
+    /// Tells workers to delete orphaned shard files past their grace period, unless a dataset or
+    /// an ingest under way has claimed them since.
+    mutating func removeOrphans(now: UInt64) {
+        let byName = Dictionary(workers.values.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var referenced: Set<String>?
+        for (name, keys) in orphans {
+            guard let w = byName[name] else { continue }
+            let due = keys.filter { now &- $0.value >= config.orphanGraceNs }.map(\.key)
+            guard !due.isEmpty else { continue }
+            if referenced == nil { referenced = Set(((try? plannedDatasets()) ?? [:]).values.flatMap(\.keys)) }
+            let remove = due.filter { key in
+                !(referenced?.contains(key) ?? true) && !(ShardKey(key).map { pendingIngests[$0.ingestId] != nil } ?? true)
+            }.sorted()
+            for key in due { orphans[name]?.removeValue(forKey: key) }
+            if orphans[name]?.isEmpty ?? false { orphans.removeValue(forKey: name) }
+            guard !remove.isEmpty else { continue }
+            var r = Tessera_V1_RemoveShards()
+            r.keys = remove
+            var e = Envelope()
+            e.removeShards = r
+            send(.worker(w.connection), e)
+            notices.append("asked worker \(name) to remove \(remove.count) orphaned shard file(s), e.g. \(remove[0])")
         }
     }
 
@@ -329,8 +368,10 @@ extension SchedulerCore {
         if !missing.isEmpty {
             notices.append("worker \(w.name) lacks \(missing.count) shard(s) the registry expects it to hold, e.g. \(missing[0])")
         }
-        if !orphans.isEmpty {
-            notices.append("worker \(w.name) holds \(orphans.count) shard file(s) no dataset lists (an ingest that never committed?), e.g. \(orphans[0])")
+        let unclaimed = orphans.filter { key in ShardKey(key).map { pendingIngests[$0.ingestId] == nil } ?? false }
+        if !unclaimed.isEmpty {
+            notices.append("worker \(w.name) holds \(unclaimed.count) shard file(s) no dataset lists (an ingest that never committed, a replaced dataset, or a planted file), e.g. \(unclaimed[0]); removed after \(config.orphanGraceNs / 1_000_000_000) s unless a dataset claims them")
+            for key in unclaimed { self.orphans[w.name, default: [:]][key] = self.orphans[w.name]?[key] ?? lastNow }
         }
     }
 }

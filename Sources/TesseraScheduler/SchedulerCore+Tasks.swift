@@ -23,8 +23,11 @@ extension SchedulerCore {
             return
         }
         if let dk = job.dataKeyName(t) {
-            // Data lives on local disks: the task must run on a worker that holds it.
-            guard let best = (holders[dk] ?? []).compactMap({ workers[$0] }).min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) else {
+            // Data lives on local disks: the task must run on a worker that holds it — after a
+            // failure, preferably another one (its copy may be damaged where the other is not).
+            let live = (holders[dk] ?? []).compactMap { workers[$0] }
+            let untried = job.failedOn[t].map { failed in live.filter { !failed.contains($0.id) } } ?? live
+            guard let best = (untried.isEmpty ? live : untried).min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) else {
                 finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
                 return
             }
@@ -154,6 +157,9 @@ extension SchedulerCore {
             setup.operators = job.operators
             setup.params = job.params
             setup.dataKeys = job.dataKeys
+            if !shardChecksums.isEmpty && !job.dataKeys.isEmpty {
+                setup.dataChecksums = job.dataKeys.map { shardChecksums[$0] ?? 0 }
+            }
             w.assignment.jobs.append(setup)
         }
         var flags: UInt32 = 0
@@ -257,6 +263,7 @@ extension SchedulerCore {
                 finish(job, .jobFailed, error: f.message, now: now)
             default:
                 job.operatorFailures[t] &+= 1
+                job.failedOn[t, default: []].insert(w.id)
                 if Int(job.operatorFailures[t]) >= config.maxOperatorFailures {
                     let opName = job.operators[Int(job.op[t])]
                     finish(job, .jobFailed, error: "task \(t) (`\(opName)`) failed \(job.operatorFailures[t]) times; last error: \(f.message)", now: now)

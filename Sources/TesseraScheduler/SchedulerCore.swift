@@ -87,7 +87,13 @@ public struct SchedulerCore {
     }
     /// The registry's datasets in memory for planning (nil: read them at next use).
     var planned: [String: PlannedDataset]?
+    /// The registry's checksum of every planned shard, by shard key: sent with the tasks that
+    /// read it, for the worker to compare with the file it opens.
+    var shardChecksums: [String: UInt64] = [:]
     var pendingIngests: [String: PendingIngest] = [:]
+    /// Shard files workers hold that no dataset references, by worker name, with when they were
+    /// first seen so; removed after the grace period.
+    var orphans: [String: [String: UInt64]] = [:]
     var nextIngest: UInt64 = 1
     /// Things worth a log line (registry mismatches, commits), for the loop to drain.
     public var notices: [String] = []
@@ -312,6 +318,7 @@ public struct SchedulerCore {
             removeWorker(id, now: now, handedBack: [], reason: "missed heartbeats")
         }
         if !pendingIngests.isEmpty { expireCommits(now: now) }
+        if !orphans.isEmpty { removeOrphans(now: now) }
     }
 
     // MARK: - Output

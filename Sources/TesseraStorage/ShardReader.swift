@@ -11,6 +11,9 @@ import Glibc
 public final class ShardReader {
     public let path: String
     public let footer: Tessera_V1_ShardFooter
+    /// The file's checksum: the xxHash64 of its footer, which holds every chunk's own checksum
+    /// (the registry records it at ingest; a worker compares the two when it opens a shard).
+    public let checksum: UInt64
     private let base: UnsafeRawPointer
     private let size: Int
 
@@ -47,6 +50,7 @@ public final class ShardReader {
         let footerStart = size - tail - footerLength
         let footerBytes = UnsafeRawBufferPointer(start: base + footerStart, count: footerLength)
         guard XXHash64.hash(footerBytes) == footerHash else { throw fail("footer checksum mismatch") }
+        checksum = footerHash
         let f: Tessera_V1_ShardFooter
         do {
             f = try Tessera_V1_ShardFooter(serializedBytes: Array(footerBytes))

@@ -24,6 +24,23 @@ public struct ShardStore: Sendable {
         return keys.sorted { $0.description < $1.description }
     }
 
+    /// Deletes the files of shards no dataset references (the scheduler decides which), and
+    /// folders left empty. Keys that do not parse as shard keys are ignored.
+    /// - Returns: how many files were removed.
+    @discardableResult
+    public func remove(_ keys: [String]) -> Int {
+        var removed = 0
+        for text in keys {
+            guard let key = ShardKey(text) else { continue }
+            let p = path(key)
+            if unlink(p) == 0 { removed += 1 }
+            let ingest = (p as NSString).deletingLastPathComponent
+            // rmdir fails, harmlessly, on a folder that still holds something.
+            if rmdir(ingest) == 0 { rmdir((ingest as NSString).deletingLastPathComponent) }
+        }
+        return removed
+    }
+
     /// Writes one shard from a client's `StoreShard` message; the file is complete and on disk
     /// before the reply says so.
     public func store(_ r: Tessera_V1_StoreShard, frames: [[UInt8]], workerName: String) -> Tessera_V1_ShardStored {

@@ -30,6 +30,7 @@ public struct WorkerEngine {
         var names: [String]
         var params: [Tessera_V1_OperatorParams]
         var dataKeys: [String]
+        var dataChecksums: [UInt64] = []
     }
 
     /// A task waiting for inputs from peers.
@@ -130,7 +131,8 @@ public struct WorkerEngine {
     /// A batch of tasks: those with every input at hand run now; the rest fetch from peers first.
     public mutating func assign(_ a: Tessera_V1_AssignTasks, now: UInt64) -> [WorkerAction] {
         for s in a.jobs {
-            jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys)
+            jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys,
+                                     dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [])
         }
         var peers: [WorkerID: String] = [:]
         for p in a.peers {
@@ -237,8 +239,9 @@ public struct WorkerEngine {
         let params = t.paramIndex > 0 && Int(t.paramIndex) <= setup.params.count ? setup.params[Int(t.paramIndex) - 1] : .init()
         let flags = cancelled
         let dataKey = t.dataKey > 0 && Int(t.dataKey) <= setup.dataKeys.count ? setup.dataKeys[Int(t.dataKey) - 1] : nil
-        let ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
+        var ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
                                   dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
+        if dataKey != nil, Int(t.dataKey) <= setup.dataChecksums.count { ctx.dataChecksum = setup.dataChecksums[Int(t.dataKey) - 1] }
         return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op))
     }
 

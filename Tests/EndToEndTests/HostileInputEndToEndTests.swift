@@ -381,6 +381,65 @@ struct HostileInputEndToEndTests {
         try f.expectHealthy(after: "rogue registrations")
     }
 
+    // MARK: Files on the workers
+
+    /// Every shard file under a data folder, by path relative to it.
+    static func shardFiles(_ data: String) -> [String] {
+        (FileManager.default.enumerator(atPath: data)?.allObjects.compactMap { $0 as? String } ?? []).filter { $0.hasSuffix(".shard") }.sorted()
+    }
+
+    @Test func aShardFileThatIsNotTheRegisteredOneIsNeverRead() throws {
+        let f = try Fixture()
+        defer { f.cluster.stop() }
+        // On worker 0, one shard's file replaced by another shard's: a valid file, the wrong rows.
+        let mine = Self.shardFiles(f.data).filter { $0.hasPrefix("worker-0/") && $0.contains("catalogs/object/") }
+        #expect(mine.count >= 2)
+        let victim = f.data + "/" + mine[0], other = f.data + "/" + mine[1]
+        try FileManager.default.removeItem(atPath: victim)
+        try FileManager.default.copyItem(atPath: other, toPath: victim)
+        // Worker 0 refuses to read it; the copy on worker 1 answers, and the count is exact.
+        try f.expectHealthy(after: "a swapped shard file")
+        // With worker 1 gone, only the wrong file is left: the question fails and says why,
+        // rather than count the wrong rows.
+        f.cluster.killWorker(1)
+        let deadline = Date().addingTimeInterval(10)
+        while try f.conn.status().workers.count > 1 && Date() < deadline { usleep(100_000) }
+        let error = #expect(throws: (any Error).self) { try f.conn.run(CatalogQuery(dataset: "object").filter(Fixture.healthFilter).count()) }
+        #expect(error.map { "\($0)" }?.contains("is not the file the registry recorded") == true, "\(String(describing: error))")
+    }
+
+    @Test func orphanedShardFilesAreRemovedAfterTheGracePeriod() throws {
+        let data = temporaryFolder("hostile-orphans")
+        // A planted file in worker 0's folder before it starts: no dataset references it.
+        let planted = data + "/worker-0/catalogs/planted/i9/order5-pix1.shard"
+        try FileManager.default.createDirectory(atPath: (planted as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: planted, contents: Data(repeating: 7, count: 100))
+        let cluster = try TestCluster.start(dataDirectory: data, orphanGraceSeconds: 0.5)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let files = try SyntheticCatalog(seed: 4).writeFITS(rows: 6_000, to: temporaryFolder("hostile-orphans-input"))
+        var o = IngestOptions(dataset: "object", files: files)
+        o.maxRowsPerShard = 2_000
+        try CatalogIngest.run(o, connection: conn)
+        let first = Self.shardFiles(data).filter { $0.contains("catalogs/object/") }
+        #expect(!first.isEmpty)
+        func waitUntil(_ what: String, _ condition: () -> Bool) {
+            let deadline = Date().addingTimeInterval(15)
+            while !condition() && Date() < deadline { usleep(100_000) }
+            #expect(condition(), "\(what)")
+        }
+        waitUntil("the planted file is removed") { !FileManager.default.fileExists(atPath: planted) }
+        #expect(Self.shardFiles(data).filter { $0.contains("catalogs/object/") } == first, "a committed dataset's files were touched")
+
+        // Replacing the dataset orphans the old ingest's files; the new ones stay.
+        o.replace = true
+        try CatalogIngest.run(o, connection: conn)
+        waitUntil("the replaced ingest's files are removed") { Set(Self.shardFiles(data)).isDisjoint(with: first) }
+        let second = Self.shardFiles(data).filter { $0.contains("catalogs/object/") }
+        #expect(second.count == first.count)
+        #expect(try conn.run(CatalogQuery(dataset: "object").count()).result.rowsMatched == 6_000)
+    }
+
     // MARK: Registry
 
     @Test func aDamagedRegistryIsReportedAndSkippedAtStart() throws {

@@ -18,9 +18,13 @@ if [ "$target" = all ]; then
 fi
 case " $targets " in *" $target "*) ;; *) echo "unknown target $target (one of: $targets, all)" >&2; exit 2 ;; esac
 scratch=.build-fuzz
-swift build -c release --scratch-path "$scratch" --product tessera-fuzz \
-  -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}" -Xswiftc -DFUZZING >&2
-bin="$(swift build -c release --scratch-path "$scratch" --show-bin-path)/tessera-fuzz"
+if [ -n "${FUZZ_BIN:-}" ]; then
+  bin="$FUZZ_BIN"   # an already built fuzzer (long runs copy it aside, so editing sources meanwhile is safe)
+else
+  swift build -c release --scratch-path "$scratch" --product tessera-fuzz \
+    -Xswiftc "-sanitize=${FUZZ_SANITIZERS:-fuzzer,address}" -Xswiftc -DFUZZING >&2
+  bin="$(swift build -c release --scratch-path "$scratch" --show-bin-path)/tessera-fuzz"
+fi
 corpus="$scratch/corpus/$target"
 crashes="$scratch/crashes/$target"
 mkdir -p "$corpus" "$crashes"

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests of each module and end-to-end tests that start real
-# tessera-scheduler and tessera-worker processes on loopback.
+# Runs every test: unit tests of each module, end-to-end tests that start real
+# tessera-scheduler and tessera-worker processes on loopback, and a short run of every fuzz
+# target (FUZZ_SECONDS each, default 30; 0 skips them; long runs: scripts/fuzz.sh TARGET SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build --build-tests
 swift test --skip-build
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  scripts/fuzz.sh all "$fuzz_seconds"
+fi

@@ -105,7 +105,10 @@ public final class SchedulerDaemon {
                 // Heartbeats that arrived while this loop was busy are read before anyone is
                 // judged silent: a slow turn of the scheduler's own never kills a healthy worker.
                 while try drain(workerSocket, fromWorkers: true) == drainBudget {}
-                core.tick(now: monotonicNanos())
+                // A tick far later than due means this loop (or the whole process) was stalled:
+                // the workers' silence over that time is not theirs.
+                let late = now &- lastTick
+                core.tick(now: monotonicNanos(), loopStallNs: late > 4 * tickNs ? late - tickNs : 0)
                 signals.checkParent()
                 lastTick = now
             }

@@ -311,8 +311,14 @@ public struct SchedulerCore {
     // MARK: - Time
 
     /// The clock advanced: workers silent past the timeout are declared dead.
-    public mutating func tick(now: UInt64) {
+    /// - Parameter loopStallNs: how long the caller's own loop was unable to read messages
+    ///   (a slow turn, the process suspended): workers are not blamed for that silence, since
+    ///   their heartbeats may still be on their way in.
+    public mutating func tick(now: UInt64, loopStallNs: UInt64 = 0) {
         lastNow = now
+        if loopStallNs > 0 {
+            for w in workers.values { w.lastSeen = min(now, w.lastSeen &+ loopStallNs) }
+        }
         let dead = workers.values.filter { now &- $0.lastSeen > config.workerTimeoutNs }.map(\.id)
         for id in dead.sorted() {
             removeWorker(id, now: now, handedBack: [], reason: "missed heartbeats")

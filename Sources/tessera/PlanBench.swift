@@ -54,6 +54,7 @@ struct PlanBench: ParsableCommand {
             var r = Tessera_V1_RegisterWorker()
             r.name = name
             r.threads = 1
+            r.peerEndpoint = "tcp://127.0.0.1:\(7800 + k)"
             r.holdings = keys.indices.filter { replicas[$0].contains(name) }.map { keys[$0] }
             r.operators = OperatorRegistry.standard.names
             var e = Envelope()
@@ -110,10 +111,84 @@ struct PlanBench: ParsableCommand {
             _ = core.flush(now: now())
         }
         _ = accepted
+        let hostile = hostileMessages(&core, median: median)
         print(jsonLine([("engine", "tessera"), ("workload", "plan_expansion"), ("shards", shards), ("registry_write_seconds", writeSeconds),
                         ("cold_seconds", coldSeconds), ("cold_tasks", cold.taskCount),
                         ("whole_sky_seconds", warm), ("whole_sky_leaves", leaves),
                         ("cone_1deg_seconds", warmCone), ("cone_1deg_leaves", coneLeaves),
                         ("submit_to_accepted_seconds", submit)]))
+        for (name, seconds, refused) in hostile {
+            print(jsonLine([("engine", "tessera"), ("workload", "hostile_message"), ("message", name), ("shards", shards),
+                            ("seconds", seconds), ("refused", refused)]))
+        }
+    }
+
+    /// How long the scheduler's one thread spends on the costliest messages its limits allow (and
+    /// on the first ones past them): each is handled and flushed as the daemon would.
+    func hostileMessages(_ core: inout SchedulerCore, median: (() throws -> Void) throws -> Double) -> [(String, Double, Bool)] {
+        func plan(_ change: (inout CatalogQueryPlan) -> Void) -> Envelope {
+            var q = CatalogQuery(dataset: "object").count().plan
+            change(&q)
+            var s = Tessera_V1_SubmitJob()
+            s.plan.catalog = q
+            var e = Envelope()
+            e.submitJob = s
+            return e
+        }
+        let depth = Limits.expressionDepth
+        let deepChain = Array(repeating: "r_psfFlux", count: depth - 1).joined(separator: "+") + " > 0"
+        let longText = "(" + Array(repeating: "r_psfFlux > 0", count: Limits.expressionCharacters / 20).joined(separator: " or ") + ")"
+        let polygon: (Int) -> Envelope = { n in
+            plan { q in
+                var p = Tessera_V1_PolygonSpec()
+                for k in 0..<n {
+                    let a = Double(k) / Double(n) * 2 * .pi
+                    p.ra.append(180 + 60 * cos(a))
+                    p.dec.append(50 * sin(a))
+                }
+                q.polygon = p
+            }
+        }
+        var begin = Tessera_V1_IngestBegin()
+        begin.dataset = "big"
+        begin.replicas = 2
+        for p in 0..<min(Limits.ingestShards, 12 << 18) {
+            var s = Tessera_V1_ShardSpec()
+            s.order = 9
+            s.pixel = Int64(p)
+            s.rows = 1_000
+            s.bytes = .max
+            begin.shards.append(s)
+        }
+        var ingest = Envelope()
+        ingest.ingestBegin = begin
+        let cases: [(String, Envelope)] = [
+            ("filter_at_depth_limit", plan { $0.filter = deepChain }),
+            ("filter_past_depth_limit", plan { $0.filter = deepChain + " and " + deepChain }),
+            ("filter_at_length_limit", plan { $0.filter = longText }),
+            ("unknown_column_at_name_limit", plan { $0.filter = String(repeating: "x", count: Limits.identifierCharacters) + " > 0" }),
+            ("name_of_4MB", plan { $0.filter = String(repeating: "x", count: 4_000_000) + " > 0" }),
+            ("polygon_at_vertex_limit_60deg", polygon(Limits.polygonVertices)),
+            ("polygon_of_20000_vertices", polygon(20_000)),
+            ("ingest_begin_at_shard_limit", ingest),
+        ]
+        var out: [(String, Double, Bool)] = []
+        for (name, e) in cases {
+            var refused = false
+            let seconds = (try? median {
+                core.handleClient(2000, e, frames: [], now: now())
+                let replies = core.flush(now: now())
+                refused = replies.contains { if case .error = $0.envelope.body { true } else { false } }
+                // Cancel what was accepted, so each run starts from the same state.
+                for m in replies { if case .jobAccepted(let a) = m.envelope.body {
+                    var c = Envelope()
+                    c.cancelJob.jobID = a.jobID
+                    core.handleClient(2000, c, frames: [], now: now())
+                    _ = core.flush(now: now())
+                } }
+            }) ?? .nan
+            out.append((name, seconds, refused))
+        }
+        return out
     }
 }

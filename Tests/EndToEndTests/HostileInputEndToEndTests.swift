@@ -381,6 +381,20 @@ struct HostileInputEndToEndTests {
         try f.expectHealthy(after: "rogue registrations")
     }
 
+    @Test func aStalledSchedulerDoesNotDeclareHealthyWorkersDead() throws {
+        let f = try Fixture(ingest: false)
+        defer { f.cluster.stop() }
+        // The scheduler's own loop stops for four worker timeouts (as a slow turn would) while
+        // the workers go on heartbeating into its socket.
+        let pid = f.cluster.scheduler.processIdentifier
+        kill(pid, SIGSTOP)
+        usleep(UInt32(4 * 800_000))
+        kill(pid, SIGCONT)
+        usleep(500_000)
+        #expect(try f.conn.status().workers.map(\.id).sorted() == f.workerIDs, "a worker was declared dead for the scheduler's own stall")
+        #expect(try f.conn.run(.plan(TestCluster.treeReduce(100))).values.count == 1)
+    }
+
     // MARK: Files on the workers
 
     /// Every shard file under a data folder, by path relative to it.

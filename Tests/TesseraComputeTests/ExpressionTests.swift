@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TesseraCompute
+import TesseraProtocol
 
 let exprSchema: [String: ExpressionType] = [
     "r_psfFlux": .number, "g_psfFlux": .number, "i_psfFlux": .number, "refExtendedness": .number,
@@ -171,5 +172,42 @@ func referenceValue(_ e: ExpressionTree, _ row: [String: Double]) -> Double {
         let e = try? ExpressionChecker.check("detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24", schema: exprSchema)
         #expect(e?.columns == ["detect_isPrimary", "refExtendedness", "r_psfFlux"])
         #expect(e?.type == .boolean)
+    }
+}
+
+/// What the parser refuses so that no expression can exhaust a daemon's stack or time.
+struct ExpressionLimitTests {
+    static let schema: [String: ExpressionType] = ["a": .number, "b": .number, "flag": .boolean]
+
+    func refusal(_ text: String) -> String? {
+        do {
+            _ = try ExpressionChecker.check(text, schema: Self.schema)
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
+    @Test func nestingUpToTheLimitParsesAndOneMoreIsRefused() {
+        let n = Limits.expressionDepth
+        // Parentheses alone build no deeper tree, but the parser's own recursion is bounded too.
+        #expect(refusal(String(repeating: "(", count: n - 1) + "a > 0" + String(repeating: ")", count: n - 1)) == nil)
+        #expect(refusal(String(repeating: "(", count: n + 1) + "a > 0" + String(repeating: ")", count: n + 1))?.contains("limit of \(n)") == true)
+        // A chain of additions is as deep as it is long: `a + a + … > 0` has depth terms + 1.
+        let ok = Array(repeating: "a", count: n - 1).joined(separator: " + ") + " > 0"
+        #expect(refusal(ok) == nil)
+        let deep = Array(repeating: "a", count: n + 1).joined(separator: " + ") + " > 0"
+        #expect(refusal(deep)?.contains("limit of \(n)") == true)
+        #expect(refusal(String(repeating: "not ", count: 10_000) + "flag")?.contains("limit of \(n)") == true)
+        #expect(refusal(String(repeating: "- ", count: 10_000) + "a > 0")?.contains("limit of \(n)") == true)
+        #expect(refusal(String(repeating: "abs(", count: 10_000) + "a" + String(repeating: ")", count: 10_000) + " > 0")?.contains("limit of \(n)") == true)
+    }
+
+    @Test func longTextAndLongNamesAreRefusedBeforeAnyWork() {
+        #expect(refusal(String(repeating: "a", count: Limits.identifierCharacters) + " > 0")?.contains("unknown column") == true)
+        #expect(refusal(String(repeating: "a", count: Limits.identifierCharacters + 1) + " > 0")?.contains("limit of \(Limits.identifierCharacters)") == true)
+        #expect(refusal(String(repeating: "a + ", count: Limits.expressionCharacters / 4) + "a > 0")?.contains("limit of \(Limits.expressionCharacters)") == true)
+        // "Did you mean" still helps with ordinary typos.
+        #expect(refusal("flga")?.contains("did you mean `flag`") == true)
     }
 }

@@ -437,3 +437,29 @@ struct WireProtocolAllocationTests {
         }
     }
 }
+
+/// A message's declared sizes are checked against the receiver's budget before anything is
+/// decompressed: a few kilobytes cannot make a daemon allocate gigabytes.
+struct WireBudgetTests {
+    @Test func declaredSizesOverTheBudgetAreRefusedBeforeDecompressing() throws {
+        let zeros = [UInt8](repeating: 0, count: 8 << 20)
+        let parts = WireProtocol.encode(pingEnvelope(), frames: [zeros, zeros, zeros])
+        #expect(parts.dropFirst().allSatisfy { $0.count < 64 << 10 })  // LZ4 packs zeros ~250×
+        #expect(throws: ProtocolError.self) { try WireProtocol.decode(parts, budget: 16 << 20) }
+        do {
+            _ = try WireProtocol.decode(parts, budget: 16 << 20)
+        } catch {
+            guard case .overBudget(let why) = error else { Issue.record("\(error)"); return }
+            #expect(why.contains("limit of \(16 << 20)"))
+        }
+        // Within the budget it decodes to exactly what was sent.
+        let (_, frames) = try WireProtocol.decode(parts, budget: 32 << 20)
+        #expect(frames == [zeros, zeros, zeros])
+    }
+
+    @Test func tooManyFramesAreRefused() {
+        var parts = WireProtocol.encode(pingEnvelope())
+        parts += Array(repeating: [], count: Limits.framesPerMessage + 1)
+        #expect(throws: ProtocolError.self) { try WireProtocol.decode(parts) }
+    }
+}

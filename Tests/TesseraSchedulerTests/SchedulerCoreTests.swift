@@ -656,3 +656,29 @@ struct SchedulerPipelineTests {
         #expect(c.violations.isEmpty, "\(c.violations.prefix(3))")
     }
 }
+
+@Suite("SchedulerCore: its own stalls")
+struct SchedulerStallTests {
+    @Test("silence while the scheduler's loop was stalled is not held against workers; real silence still is")
+    func stallIsNotTheWorkersFault() throws {
+        let c = FakeCluster()
+        let ws = c.addWorkers(2)
+        let timeout = c.core.config.workerTimeoutNs
+        // The loop was stuck for two timeouts; no heartbeat was read meanwhile.
+        c.now += 2 * timeout
+        c.core.tick(now: c.now, loopStallNs: 2 * timeout)
+        c.flushAndProcess()
+        #expect(c.core.workerCount == 2)
+        #expect(c.departed.isEmpty)
+        // Then a worker is really silent past the timeout, with the loop running: it is dead.
+        c.now += timeout / 2
+        c.heartbeat(ws[0])
+        c.now += timeout / 2 + 1
+        c.core.tick(now: c.now)
+        c.flushAndProcess()
+        #expect(c.core.workerCount == 1)
+        let id = try #require(c.submit(treeReducePlan(leaves: 30, fanIn: 3)))
+        #expect(c.run(until: [id]))
+        #expect(int(c.jobs[id]?.results.values.first) == Int64(30 * 31 / 2))
+    }
+}

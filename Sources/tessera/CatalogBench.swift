@@ -18,6 +18,9 @@ struct AnchorCatalog: ParsableArguments {
     @Option(help: "Most rows per shard at ingest.")
     var maxRowsPerShard = 1_000_000
 
+    @Flag(help: "Run the local cluster without CURVE keys (to measure what encryption costs).")
+    var insecure = false
+
     static let dataset = "object"
 
     /// Starts the cluster, ingesting the catalog if this cluster folder does not have it yet.
@@ -25,6 +28,7 @@ struct AnchorCatalog: ParsableArguments {
         var o = LocalCluster.Options()
         o.workers = workers
         o.threadsPerWorker = 1
+        o.insecure = insecure
         o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)

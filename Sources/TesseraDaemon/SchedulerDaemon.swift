@@ -102,11 +102,9 @@ public final class SchedulerDaemon {
             if poller.isReadable(iClients) { try drain(clients, fromWorkers: false) }
             let now = monotonicNanos()
             if now &- lastTick >= tickNs {
-                // Heartbeats that arrived while this loop was busy are read before anyone is
-                // judged silent: a slow turn of the scheduler's own never kills a healthy worker.
-                while try drain(workerSocket, fromWorkers: true) == drainBudget {}
                 // A tick far later than due means this loop (or the whole process) was stalled:
-                // the workers' silence over that time is not theirs.
+                // the workers' silence over that time is not theirs (their heartbeats may be
+                // waiting in the socket), so a slow turn of its own never kills a healthy worker.
                 let late = now &- lastTick
                 core.tick(now: monotonicNanos(), loopStallNs: late > 4 * tickNs ? late - tickNs : 0)
                 signals.checkParent()

@@ -16,8 +16,10 @@ public enum Limits {
 
     // MARK: Expressions
 
-    /// Longest expression text, in characters.
-    public static let expressionCharacters = 65_536
+    /// Longest expression text, in bytes.
+    public static let expressionCharacters = 16_384
+    /// Most expression text in one question, all its expressions together, in bytes.
+    public static let planTextBytes = 65_536
     /// Deepest expression tree: parentheses, function calls, unary operators and chains of binary
     /// operators all count (`a + b + c` is 3 deep).
     public static let expressionDepth = 256
@@ -51,7 +53,7 @@ public enum Limits {
     /// Longest dataset name, in characters (letters, digits, `-`, `_`, `.`; not starting with `.`).
     public static let datasetNameCharacters = 128
     /// Most shards in one ingest.
-    public static let ingestShards = 1_000_000
+    public static let ingestShards = 100_000
     /// Most replicas of a shard.
     public static let replicas = 16
     /// Most rows in one shard (and in its margin).
@@ -73,6 +75,7 @@ extension Limits {
         ("message from a worker or peer, decoded", bytes(workerMessageBytes), "scheduler worker port, worker peer port"),
         ("bulk frames per message", "\(framesPerMessage)", "every socket"),
         ("expression text", "\(expressionCharacters) bytes", "filters, selections, aggregates, keys"),
+        ("expression text of one question", "\(planTextBytes) bytes", "all of a question's expressions together"),
         ("expression depth", "\(expressionDepth)", "parentheses, calls, prefix operators and operator chains all count"),
         ("column or function name", "\(identifierCharacters) characters", "expressions, dataset schemas"),
         ("polygon vertices", "\(polygonVertices)", "polygon regions"),

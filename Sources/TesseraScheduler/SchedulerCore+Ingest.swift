@@ -119,25 +119,33 @@ extension SchedulerCore {
         }
         // Each shard on the r least-loaded distinct workers (by bytes planned so far; the sizes
         // are the client's estimates, so the sums saturate rather than overflow).
-        var load: [WorkerID: UInt64] = Dictionary(uniqueKeysWithValues: live.map { ($0.id, 0) })
+        var load = [UInt64](repeating: 0, count: live.count)
         var plan = Tessera_V1_IngestPlan()
         plan.clientTag = b.clientTag
         plan.ingestID = "i\(String(startedAt, radix: 36))\(String(nextIngest, radix: 36))"
         nextIngest += 1
         var names: [[String]] = []
         var expected: [WorkerID: Tessera_V1_ExpectShards] = [:]
+        var chosen: [Int] = []
+        chosen.reserveCapacity(r)
         for s in b.shards {
-            let chosen = live.sorted { (load[$0.id]!, $0.id) < (load[$1.id]!, $1.id) }.prefix(r)
+            // The r least-loaded workers, ties to the earlier: r passes over the few workers.
+            chosen.removeAll(keepingCapacity: true)
+            for _ in 0..<r {
+                var best = -1
+                for k in live.indices where !chosen.contains(k) && (best < 0 || load[k] < load[best]) { best = k }
+                chosen.append(best)
+            }
             var p = Tessera_V1_ShardPlacement()
-            p.workers = chosen.map(\.id)
-            for w in chosen {
-                let (sum, overflow) = load[w.id]!.addingReportingOverflow(max(s.bytes, s.rows))
-                load[w.id] = overflow ? .max : sum
-                expected[w.id, default: .init()].orders.append(s.order)
-                expected[w.id]!.pixels.append(s.pixel)
+            p.workers = chosen.map { live[$0].id }
+            for k in chosen {
+                let (sum, overflow) = load[k].addingReportingOverflow(max(s.bytes, s.rows))
+                load[k] = overflow ? .max : sum
+                expected[live[k].id, default: .init()].orders.append(s.order)
+                expected[live[k].id]!.pixels.append(s.pixel)
             }
             plan.placements.append(p)
-            names.append(chosen.map(\.name))
+            names.append(chosen.map { live[$0].name })
         }
         for w in live {
             var peer = Tessera_V1_Peer()

@@ -73,6 +73,13 @@ public struct CheckedCatalogQuery: Sendable {
         for (count, what) in [(plan.aggregates.count, "aggregates"), (plan.rows.select.count, "selected columns")] where count > Limits.planExpressions {
             throw CatalogQueryError("\(count) \(what) are more than the limit of \(Limits.planExpressions)")
         }
+        // All the text the checks below will parse, bounded before any is parsed.
+        let texts = [plan.filter, plan.groupBy, plan.histogram.x, plan.histogram.y, plan.skyMap.expression, plan.rows.sortBy]
+            + plan.rows.select + plan.aggregates.map(\.expression)
+        let textBytes = texts.reduce(0) { $0 + $1.utf8.count }
+        guard textBytes <= Limits.planTextBytes else {
+            throw CatalogQueryError("the question's expressions hold \(textBytes) bytes together, over the limit of \(Limits.planTextBytes)")
+        }
         if plan.progressive {
             let s = plan.progressInterval
             guard s == 0 || Limits.progressIntervalSeconds.contains(s) else {

@@ -32,8 +32,9 @@ export TESSERA_FUZZ_TARGET="$target"
 export TESSERA_FUZZ_SCRATCH="$scratch/scratch-$target"
 # Leaks are checked per input and at exit; a slow input (over 10 s) or one that takes over 2 GB
 # counts as a failure. allocator_may_return_null: a huge request fails as malloc does in production
-# (cfitsio then reports a FITS error) instead of ASan stopping the run.
-ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" "$bin" "$corpus" "Fuzz/corpus/$target" \
+# (cfitsio then reports a FITS error) instead of ASan stopping the run. SWIFT_BACKTRACE=enable=no:
+# a Swift trap goes to libFuzzer, which saves the input (the Swift backtracer would hang the run).
+SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" "$bin" "$corpus" "Fuzz/corpus/$target" \
   -max_total_time="$seconds" -runs="$runs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
   -artifact_prefix="$crashes/" -print_final_stats=1 2>&1 | tee "$scratch/last-$target.log" | grep -E "^#|Done|stat::|ERROR|SUMMARY|crash|leak" | tail -n 12
 status=${PIPESTATUS[0]}

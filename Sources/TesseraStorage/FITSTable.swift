@@ -69,6 +69,7 @@ public final class FITSTableReader {
         self.path = path
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
+        try FITSHeaderCheck.validate(path: path)
         ffopen(&f, path, READONLY, &status)
         try FITSError.check(status, path, "open")
         file = f

@@ -85,3 +85,20 @@ let astropyFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         #expect(a[0] == 1.5 && a[1] == -2 && a[2].isNaN)
     }
 }
+
+/// Headers cfitsio would mis-handle are refused before cfitsio reads them (found by fuzzing:
+/// Debian's cfitsio overflows a buffer on an unquoted 70-character TTYPE and glibc aborts).
+struct FITSHeaderCheckTests {
+    static let regressions = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Fuzz/regressions/fits/"
+
+    @Test func overflowingHeadersAreRefusedWithAMessage() {
+        for (file, why) in [("cfitsio-ttype-overflow-nonascii", "not printable ASCII"), ("cfitsio-ttype-overflow-unquoted", "TTYPE1 must be a quoted string")] {
+            do {
+                _ = try FITSTableReader(path: Self.regressions + file)
+                Issue.record("\(file) was opened")
+            } catch {
+                #expect("\(error)".contains(why), "\(error)")
+            }
+        }
+    }
+}

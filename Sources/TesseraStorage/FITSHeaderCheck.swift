@@ -36,14 +36,18 @@ enum FITSHeaderCheck {
             while !ended {
                 guard blocks < maxHeaderBlocks else { throw refuse("header \(unit) has no END within \(maxHeaderBlocks) blocks") }
                 let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, block, off_t(offset + blocks * block)) }
-                guard got == block else { return }  // truncated: cfitsio says so
+                // A short last block is checked as far as it goes; cfitsio then reports it truncated.
+                guard got > 0 else { return }
                 blocks += 1
-                for c in 0..<(block / 80) {
+                for c in 0..<(got / 80) {
                     let card = buffer[(c * 80)..<(c * 80 + 80)]
                     guard card.allSatisfy({ $0 >= 0x20 && $0 <= 0x7E }) else {
                         throw refuse("header \(unit), card \(c + 1) of block \(blocks) holds bytes that are not printable ASCII")
                     }
-                    let keyword = String(decoding: card.prefix(8), as: UTF8.self).trimmingSpaces
+                    // Keywords are left-justified: ` END` is not the end (cfitsio reads on), so
+                    // only trailing spaces are dropped.
+                    var keyword = String(decoding: card.prefix(8), as: UTF8.self)
+                    while keyword.last == " " { keyword.removeLast() }
                     if keyword == "END" { ended = true; break }
                     guard card.count >= 10, card[card.startIndex + 8] == UInt8(ascii: "="), card[card.startIndex + 9] == UInt8(ascii: " ") else { continue }
                     let value = String(decoding: card.dropFirst(10), as: UTF8.self).trimmingSpaces
@@ -58,6 +62,7 @@ enum FITSHeaderCheck {
                         ints[keyword] = n
                     }
                 }
+                if got < block { return }
             }
             // Skip the data unit: |BITPIX|/8 × GCOUNT × (PCOUNT + NAXIS1 × … × NAXISn), in blocks.
             let naxis = ints["NAXIS"] ?? 0

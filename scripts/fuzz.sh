@@ -34,8 +34,10 @@ export TESSERA_FUZZ_SCRATCH="$scratch/scratch-$target"
 # counts as a failure. allocator_may_return_null: a huge request fails as malloc does in production
 # (cfitsio then reports a FITS error) instead of ASan stopping the run. SWIFT_BACKTRACE=enable=no:
 # a Swift trap goes to libFuzzer, which saves the input (the Swift backtracer would hang the run).
+set +e
 SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" LSAN_OPTIONS="suppressions=$PWD/Fuzz/lsan.supp" "$bin" "$corpus" "Fuzz/corpus/$target" \
   -max_total_time="$seconds" -runs="$runs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
   -artifact_prefix="$crashes/" -print_final_stats=1 2>&1 | tee "$scratch/last-$target.log" | grep -E "^#|Done|stat::|ERROR|SUMMARY|crash|leak" | tail -n 12
 status=${PIPESTATUS[0]}
+set -e
 if [ "$status" -ne 0 ]; then echo "fuzz target $target FAILED (exit $status): see $scratch/last-$target.log and $crashes" >&2; exit "$status"; fi

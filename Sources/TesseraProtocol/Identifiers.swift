@@ -11,3 +11,13 @@ public enum TaskKey {
     @inline(__always) public static func job(_ key: UInt64) -> JobID { JobID(truncatingIfNeeded: key >> 32) }
     @inline(__always) public static func task(_ key: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: key) }
 }
+
+/// A shard's place on the sky within one dataset's ingest: its HEALPix order and pixel.
+public struct ShardPlace: Hashable, Sendable {
+    public var order: UInt32
+    public var pixel: Int64
+    public init(order: UInt32, pixel: Int64) {
+        self.order = order
+        self.pixel = pixel
+    }
+}

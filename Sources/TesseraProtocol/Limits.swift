@@ -54,6 +54,9 @@ public enum Limits {
     public static let datasetNameCharacters = 128
     /// Most shards in one ingest.
     public static let ingestShards = 100_000
+    /// Ingests one user may have begun and not yet committed (each holds its plan in the
+    /// scheduler's memory until then); beginning one more abandons the oldest.
+    public static let pendingIngestsPerUser = 4
     /// Most replicas of a shard.
     public static let replicas = 16
     /// Most rows in one shard (and in its margin).
@@ -88,6 +91,7 @@ extension Limits {
         ("operators a worker offers", "\(workerOperators)", "worker registration"),
         ("dataset name", "\(datasetNameCharacters) characters of `A-Za-z0-9-_.`", "ingest"),
         ("shards per ingest", "\(ingestShards)", "ingest"),
+        ("ingests begun and not committed, per user", "\(pendingIngestsPerUser)", "ingest (one more abandons the oldest)"),
         ("replicas", "\(replicas)", "ingest"),
         ("rows per shard (and per margin)", "\(shardRows)", "ingest, worker shard writes"),
         ("shard HEALPix order", "0…\(shardOrder)", "ingest, registry rows"),

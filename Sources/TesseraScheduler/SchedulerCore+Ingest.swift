@@ -52,12 +52,16 @@ extension Registry: DatasetCatalog {
 /// An ingest between its plan and its commit.
 struct PendingIngest {
     var client: ConnectionID
+    /// Who began it (pending ingests are counted per user).
+    var user: String
+    /// Order of beginning (the oldest goes first when a user begins too many).
+    var sequence: UInt64 = 0
     var dataset: String
     var replace: Bool
     /// The planned shards, in the client's order.
     var shards: [(order: UInt32, pixel: Int64)]
     /// Shard index by (order, pixel).
-    var index: [ShardPixel: Int]
+    var index: [ShardPlace: Int]
     /// Per shard, the names of the workers it was sent to.
     var placements: [[String]]
     /// Per shard, what each worker that wrote it reported (worker name → report).
@@ -66,12 +70,6 @@ struct PendingIngest {
     var commit: Tessera_V1_IngestCommit?
     /// When the commit arrived (it fails if the reports do not follow in time).
     var commitAt: UInt64 = 0
-}
-
-/// A shard's place on the sky, as a dictionary key.
-struct ShardPixel: Hashable {
-    var order: UInt32
-    var pixel: Int64
 }
 
 extension SchedulerCore {
@@ -93,15 +91,22 @@ extension SchedulerCore {
             return refuse("registry: \(error)")
         }
         guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
+        // A user's ingests begun and never committed (a killed client says nothing) would hold
+        // their plans here for good: past the limit, the oldest not yet committing is abandoned.
+        let open = pendingIngests.filter { $0.value.user == identity.user && $0.value.commit == nil }
+        if open.count >= Limits.pendingIngestsPerUser, let oldest = open.min(by: { $0.value.sequence < $1.value.sequence }) {
+            abandonIngest(oldest.key)
+            notices.append("abandoned ingest \(oldest.key) of `\(oldest.value.dataset)`: \(identity.user) began more than \(Limits.pendingIngestsPerUser) without committing")
+        }
         guard b.shards.count <= Limits.ingestShards else {
             return refuse("an ingest of \(b.shards.count) shards is over the limit of \(Limits.ingestShards)")
         }
-        var index: [ShardPixel: Int] = [:]
+        var index: [ShardPlace: Int] = [:]
         var ranges: [Range<Int64>] = []
         for (k, s) in b.shards.enumerated() {
             if let why = ShardKey.pixelProblem(order: Int(s.order), pixel: s.pixel) { return refuse("shard \(k): \(why)") }
             guard s.rows <= Limits.shardRows else { return refuse("shard \(k) of \(s.rows) rows is over the limit of \(Limits.shardRows)") }
-            guard index.updateValue(k, forKey: ShardPixel(order: s.order, pixel: s.pixel)) == nil else {
+            guard index.updateValue(k, forKey: ShardPlace(order: s.order, pixel: s.pixel)) == nil else {
                 return refuse("shard order\(s.order)-pix\(s.pixel) is listed twice")
             }
             ranges.append(HEALPix.children(s.pixel, order: Int(s.order), to: HEALPix.maxOrder))
@@ -167,7 +172,7 @@ extension SchedulerCore {
             send(.worker(w.connection), e)
         }
         pendingIngests[plan.ingestID] = PendingIngest(
-            client: connection, dataset: b.dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
+            client: connection, user: identity.user, sequence: nextIngest, dataset: b.dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
             index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count))
         var e = Envelope()
         e.ingestPlan = plan
@@ -178,7 +183,7 @@ extension SchedulerCore {
     /// report, never what the client claims.
     mutating func shardStored(_ w: WorkerRecord, _ r: Tessera_V1_ShardStored, now: UInt64) {
         guard r.error.isEmpty, var p = pendingIngests[r.ingestID], p.dataset == r.dataset,
-              let k = p.index[ShardPixel(order: r.order, pixel: r.pixel)], p.placements[k].contains(w.name)
+              let k = p.index[ShardPlace(order: r.order, pixel: r.pixel)], p.placements[k].contains(w.name)
         else {
             notices.append("worker \(w.name) reported shard \(r.dataset)/\(r.ingestID)/order\(r.order)-pix\(r.pixel), which no pending ingest planned for it")
             return

@@ -281,12 +281,6 @@ public struct WorkerEngine {
 
     // MARK: Ingest
 
-    /// A shard's place on the sky, within one ingest.
-    struct ShardPlace: Hashable {
-        var order: UInt32
-        var pixel: Int64
-    }
-
     /// The scheduler planned shards for this worker (or, `finished`, forgets an ingest).
     public mutating func expect(_ x: Tessera_V1_ExpectShards) {
         if x.finished {

@@ -298,6 +298,15 @@ struct HostileInputEndToEndTests {
         #expect(try store(plan.ingestID, rows: 1 << 62).error.contains("over the limit"))
         let planted = FileManager.default.enumerator(atPath: f.data)?.allObjects.compactMap { $0 as? String }.filter { $0.contains("planted") } ?? []
         #expect(planted.filter { $0.hasSuffix(".shard") }.isEmpty)
+        // Ingests begun and never committed are bounded per user: beginning more abandons the
+        // oldest, and its workers stop accepting its shards.
+        for k in 0..<Limits.pendingIngestsPerUser {
+            begin.clientTag = f.conn.makeTag()
+            begin.dataset = "planted\(k)"
+            e.ingestBegin = begin
+            guard case .ingestPlan = try f.conn.request(e, tag: begin.clientTag).body else { Issue.record("no plan \(k)"); return }
+        }
+        #expect(try store(plan.ingestID, rows: 8).error.contains("planned no shard"))
         try f.expectHealthy(after: "StoreShard attacks")
     }
 

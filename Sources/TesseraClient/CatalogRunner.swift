@@ -67,22 +67,36 @@ extension SchedulerConnection {
     ///   - isStopped: polled while waiting; when it turns true the job is cancelled and this throws.
     ///   - onUpdate: each progressive partial answer, and each row batch of a collect.
     /// - Returns: the final answer.
+    ///
+    /// A question lost to a scheduler restart before any of its rows came is asked again (its
+    /// progressive snapshots restart from nothing); a collect that had already streamed rows
+    /// fails with ``ClientError/schedulerRestarted(job:message:)``, since the caller has them.
     public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120,
                     onUpdate: (CatalogUpdate) -> Void = { _ in }, isStopped: () -> Bool = { false }) throws -> CatalogUpdate {
         let plan = query.plan
         let start = DispatchTime.now().uptimeNanoseconds
         func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-        let accepted = try submit(.plan(query.wirePlan), name: name.isEmpty ? "catalog \(plan.dataset)" : name)
-        let job = accepted.jobID
+        let jobName = name.isEmpty ? "catalog \(plan.dataset)" : name
+        var job = try submit(.plan(query.wirePlan), name: jobName).jobID
         var final: CatalogPartial?
         var collected: CatalogPartial?
         var lastHeard = DispatchTime.now().uptimeNanoseconds
+        var resubmitted = 0
         while true {
             if isStopped() {
                 try? cancel(job: job)
                 throw CancellationError()
             }
-            guard let ev = try nextEvent(job: job, timeout: 0.1) else {
+            let event: JobEvent?
+            do {
+                event = try nextEvent(job: job, timeout: 0.1)
+            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected == nil && final == nil {
+                resubmitted += 1
+                job = try resubmit(.plan(query.wirePlan), name: jobName).jobID
+                lastHeard = DispatchTime.now().uptimeNanoseconds
+                continue
+            }
+            guard let ev = event else {
                 if Double(DispatchTime.now().uptimeNanoseconds - lastHeard) / 1e9 > idleTimeout {
                     try? cancel(job: job)
                     throw ClientError.timedOut("no news of job \(job) for \(idleTimeout) s")

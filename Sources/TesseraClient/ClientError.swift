@@ -16,6 +16,8 @@ public enum ClientError: Error, CustomStringConvertible {
     case transport(String)
     /// A catalog question that cannot be answered as asked (e.g. more rows than the row cap).
     case invalidQuery(String)
+    /// The scheduler restarted after accepting the job, which was lost with it.
+    case schedulerRestarted(job: JobID, message: String)
 
     public var description: String {
         switch self {
@@ -27,6 +29,7 @@ public enum ClientError: Error, CustomStringConvertible {
         case .jobEnded(let state, let m): "job \(state == .jobCancelled ? "was cancelled" : "failed"): \(m)"
         case .transport(let m): "transport error: \(m)"
         case .invalidQuery(let m): m
+        case .schedulerRestarted(_, let m): m
         }
     }
 }

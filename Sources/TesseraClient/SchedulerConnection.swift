@@ -48,6 +48,18 @@ public final class SchedulerConnection {
     private var jobErrors: [JobID: ClientError] = [:]
     /// Replies matched by client tag (ingest plans and commits).
     private var tagged: [UInt64: Result<Envelope, ClientError>] = [:]
+    /// The epoch of the scheduler start last heard from.
+    public private(set) var epoch: UInt64 = 0
+    /// Jobs not yet finished, with the epoch of the scheduler start that accepted each: named
+    /// in a heartbeat every second while this connection waits, so the scheduler knows someone
+    /// still reads their results, and says so when it has restarted and lost them.
+    private var waiting: [JobID: UInt64] = [:]
+    private var lastHeartbeatAt: UInt64 = 0
+    /// How often a waiting client heartbeats.
+    public static let heartbeatIntervalNs: UInt64 = 1_000_000_000
+    /// How many times ``run(_:name:idleTimeout:onEvent:)`` submits a job again after the
+    /// scheduler restarted and lost it.
+    public static let resubmissions = 3
 
     /// How this connection authenticates (workers' peer endpoints take the same key, for ingest).
     public let credentials: Credentials
@@ -107,7 +119,23 @@ public final class SchedulerConnection {
         e.submitJob = s
         try send(e, frames: frames)
         try waitUntil(timeout: timeout, onTimeout: .timedOut("the scheduler did not accept the job within \(timeout) s")) { $0.accepted[tag] != nil }
-        return try accepted.removeValue(forKey: tag)!.get()
+        let acc = try accepted.removeValue(forKey: tag)!.get()
+        waiting[acc.jobID] = epoch
+        return acc
+    }
+
+    /// Submits a job again after a scheduler restart: while the restarted scheduler waits for
+    /// the workers holding the job's data to register again, it refuses the job as
+    /// `ERROR_DATA_UNAVAILABLE`, and this tries again, for up to `patience` seconds.
+    public func resubmit(_ work: JobWork, name: String = "", patience: Double = 30) throws -> Tessera_V1_JobAccepted {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(patience * 1e9)
+        while true {
+            do {
+                return try submit(work, name: name)
+            } catch ClientError.rejected(let code, _) where code == .errorDataUnavailable && DispatchTime.now().uptimeNanoseconds < deadline {
+                try? receiveOne(timeoutMs: 250)
+            }
+        }
     }
 
     /// The next event of a job, waiting at most `timeout` seconds (nil if none came).
@@ -127,15 +155,28 @@ public final class SchedulerConnection {
     /// - Parameters:
     ///   - idleTimeout: fail when nothing at all is heard of the job for this long.
     ///   - onEvent: called with each event as it arrives (progress display, streaming consumers).
+    ///
+    /// A job lost to a scheduler restart is submitted again (up to ``resubmissions`` times): its
+    /// tasks are pure functions of their inputs, so the new run's outputs are the same values
+    /// under the same task indices, and the caller sees one answer.
     public func run(_ work: JobWork, name: String = "", idleTimeout: Double = 60, onEvent: (JobEvent) -> Void = { _ in }) throws -> JobOutcome {
         let start = DispatchTime.now().uptimeNanoseconds
-        let acc = try submit(work, name: name)
+        var acc = try submit(work, name: name)
         let acceptSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         var values: [UInt32: Value] = [:]
         var first: Double?
         var messages = 0
+        var resubmitted = 0
         while true {
-            guard let ev = try nextEvent(job: acc.jobID, timeout: idleTimeout) else {
+            let event: JobEvent?
+            do {
+                event = try nextEvent(job: acc.jobID, timeout: idleTimeout)
+            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions {
+                resubmitted += 1
+                acc = try resubmit(work, name: name)
+                continue
+            }
+            guard let ev = event else {
                 throw ClientError.timedOut("no news of job \(acc.jobID) for \(idleTimeout) s")
             }
             onEvent(ev)
@@ -172,6 +213,7 @@ public final class SchedulerConnection {
         c.jobID = job
         var e = Envelope()
         e.cancelJob = c
+        e.epoch = waiting.removeValue(forKey: job) ?? epoch
         try send(e)
     }
 
@@ -203,13 +245,33 @@ public final class SchedulerConnection {
         }
     }
 
-    /// Receives and files at most one message.
+    /// Names the jobs this connection waits for, once a second (grouped by the epoch that
+    /// accepted them, which the scheduler compares with its own).
+    private func heartbeatIfDue() throws {
+        guard !waiting.isEmpty else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        guard now &- lastHeartbeatAt >= Self.heartbeatIntervalNs else { return }
+        lastHeartbeatAt = now
+        for (jobEpoch, ids) in Dictionary(grouping: waiting.keys, by: { waiting[$0] ?? 0 }) {
+            var h = Tessera_V1_ClientHeartbeat()
+            h.jobIds = Array(ids.sorted().prefix(Limits.heartbeatJobs))
+            var e = Envelope()
+            e.clientHeartbeat = h
+            e.epoch = jobEpoch
+            try send(e)
+        }
+    }
+
+    /// Receives and files at most one message (waiting at most a heartbeat interval, so that
+    /// heartbeats go out while the caller waits longer).
     private func receiveOne(timeoutMs: Int) throws {
+        try heartbeatIfDue()
         var poller = Poller()
         poller.add(socket)
         let parts: [[UInt8]]
         do {
-            guard try poller.wait(timeoutMs: timeoutMs) > 0, let p = try socket.receiveParts(dontWait: true) else { return }
+            let waitMs = min(timeoutMs, Int(Self.heartbeatIntervalNs / 1_000_000))
+            guard try poller.wait(timeoutMs: waitMs) > 0, let p = try socket.receiveParts(dontWait: true) else { return }
             parts = p
         } catch {
             throw ClientError.transport("\(error)")
@@ -221,6 +283,7 @@ public final class SchedulerConnection {
         } catch {
             throw ClientError.protocolError(error)
         }
+        if env.epoch != 0 { epoch = env.epoch }
         switch env.body {
         case .jobAccepted(let a):
             accepted[a.clientTag] = .success(a)
@@ -236,6 +299,7 @@ public final class SchedulerConnection {
             }
             events[r.jobID, default: []].append(.results(vs, tasksDone: r.tasksDone, taskCount: r.taskCount))
         case .jobFinished(let f):
+            waiting.removeValue(forKey: f.jobID)
             events[f.jobID, default: []].append(.finished(f))
         case .statusReply(let s):
             statusReplies.append(s)
@@ -251,7 +315,8 @@ public final class SchedulerConnection {
                 accepted[err.clientTag] = .failure(e)
                 tagged[err.clientTag] = .failure(e)
             } else if err.jobID != 0 {
-                jobErrors[err.jobID] = e
+                waiting.removeValue(forKey: err.jobID)
+                jobErrors[err.jobID] = err.code == .errorSchedulerRestarted ? .schedulerRestarted(job: err.jobID, message: err.message) : e
             }
         default:
             break

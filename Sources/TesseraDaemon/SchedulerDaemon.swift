@@ -40,6 +40,13 @@ public final class SchedulerDaemon {
     private var accessSignature: [Int] = []
     /// Most messages read from one socket per turn, so one busy socket cannot starve the other.
     private let drainBudget = 4096
+    private let registry: Registry?
+    /// Job ids below this are set aside in the registry for this start.
+    private var reservedJobIDs: JobID = 0
+    /// Job ids set aside at a time (a start that dies skips what it did not use).
+    private static let jobIDReservation: UInt32 = 10_000
+    /// This start's epoch.
+    public let epoch: UInt64
 
     /// Binds both endpoints (a `*` port picks a free one; the chosen endpoints are in the properties).
     /// - Parameter registryPath: the SQLite registry of datasets (created if missing); nil runs without one.
@@ -75,13 +82,30 @@ public final class SchedulerDaemon {
         workerEndpoint = try workerSocket.bind(workerBind)
         wake = try WakePipe()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
+        var config = config
+        if let registryPath {
+            let registry = try Registry(path: registryPath)
+            // A new epoch, and job ids no earlier start handed out.
+            let (epoch, first) = try registry.beginEpoch(reserve: Self.jobIDReservation)
+            config.epoch = epoch
+            config.firstJobID = first
+            reservedJobIDs = first + Self.jobIDReservation
+            self.registry = registry
+        } else {
+            // Nothing outlives this process: the epoch only has to differ from an earlier
+            // start's, which the clock's milliseconds do.
+            config.epoch = UInt64(Date().timeIntervalSince1970 * 1000)
+            registry = nil
+        }
+        epoch = config.epoch
         core = SchedulerCore(config: config, now: monotonicNanos())
         if keys != nil { try reloadAccess(force: true) }
-        if let registryPath {
-            core.catalog = try Registry(path: registryPath)
+        if let registry {
+            core.catalog = registry
             // Read the datasets into the planner now, so the first question does not wait for it.
             core.warmPlanner()
         }
+        logger.info("scheduler started", metadata: ["scheduler/epoch": "\(epoch)", "scheduler/first-job-id": "\(config.firstJobID)"])
     }
 
     /// Runs until SIGTERM or SIGINT (or the parent process exits, when one was given).
@@ -113,8 +137,17 @@ public final class SchedulerDaemon {
             try send(core.flush(now: now))
             for n in core.notices { logger.notice("\(n)") }
             core.notices.removeAll()
+            try reserveJobIDsIfLow()
         }
         logger.info("scheduler stopping", metadata: ["scheduler/workers": "\(core.workerCount)", "scheduler/jobs": "\(core.activeJobCount)"])
+    }
+
+    /// Sets more job ids aside in the registry before this start hands out the last reserved one.
+    private func reserveJobIDsIfLow() throws {
+        guard let registry, core.nextJobIDToIssue &+ Self.jobIDReservation / 2 >= reservedJobIDs else { return }
+        let floor = core.nextJobIDToIssue &+ Self.jobIDReservation
+        try registry.reserveJobIDs(below: floor)
+        reservedJobIDs = floor
     }
 
     /// Reads up to `drainBudget` messages; returns how many it read.

@@ -171,6 +171,8 @@ public final class WorkerDaemon {
     }
 
     private func sendToScheduler(_ e: Envelope, _ frames: [[UInt8]]) throws {
+        var e = e
+        e.epoch = engine.epoch
         try scheduler.sendMessage(e, frames: frames)
     }
 
@@ -188,11 +190,14 @@ public final class WorkerDaemon {
             let now = monotonicNanos()
             switch env.body {
             case .registerAck(let a):
-                engine.registered(as: a.workerID)
+                if engine.epoch != 0 && env.epoch != engine.epoch {
+                    logger.notice("the scheduler restarted: dropping the work of its earlier start", metadata: ["worker/epoch": "\(engine.epoch) → \(env.epoch)"])
+                }
+                engine.registered(as: a.workerID, epoch: env.epoch, pool: pool)
                 engine.admittedPeerKeys = Set(a.peerKeys)
                 registered = true
                 heartbeatIntervalNs = UInt64(max(a.heartbeatIntervalMs, 10)) * 1_000_000
-                logger.info("registered", metadata: ["worker/id": "\(a.workerID)", "worker/peer": "\(peerEndpoint)"])
+                logger.info("registered", metadata: ["worker/id": "\(a.workerID)", "worker/peer": "\(peerEndpoint)", "worker/epoch": "\(env.epoch)"])
             case .assignTasks(let a):
                 try perform(engine.assign(a, now: now))
             case .releaseResults(let r):
@@ -241,7 +246,7 @@ public final class WorkerDaemon {
             }
             switch env.body {
             case .fetchRequest(let r) where role == "worker":
-                try perform([engine.serveFetch(r, from: identity)])
+                try perform([engine.serveFetch(r, epoch: env.epoch, from: identity)])
             case .storeShard(let r):
                 if let why = engine.storeProblem(r) {
                     var reply = Envelope()

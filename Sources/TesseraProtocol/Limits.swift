@@ -68,6 +68,10 @@ public enum Limits {
 
     /// Longest job name, in characters.
     public static let jobNameCharacters = 1_024
+    /// A job's own task deadline, in seconds: at least, and at most.
+    public static let taskTimeoutSeconds: ClosedRange<Double> = 0.1...604_800
+    /// Most job ids in one client heartbeat.
+    public static let heartbeatJobs = 4_096
 }
 
 extension Limits {
@@ -96,6 +100,8 @@ extension Limits {
         ("rows per shard (and per margin)", "\(shardRows)", "ingest, worker shard writes"),
         ("shard HEALPix order", "0…\(shardOrder)", "ingest, registry rows"),
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
+        ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
+        ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
     ]
 
     static func bytes(_ n: Int) -> String { n >= 1 << 30 ? "\(n >> 30) GiB" : "\(n >> 20) MiB" }

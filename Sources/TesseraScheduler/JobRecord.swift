@@ -79,6 +79,10 @@ final class JobRecord {
     /// Workers on which a task's operator failed (few tasks ever fail: kept sparse), so that its
     /// retry goes to another holder of its data when there is one.
     var failedOn: [Int: Set<WorkerID>] = [:]
+    /// Runs of a task cancelled past their deadline (sparse, like `failedOn`).
+    var timeouts: [Int: Int] = [:]
+    /// The job's own task deadline (nil: the scheduler's, from the data size).
+    var taskTimeoutNs: UInt64?
     var lostRuns: [UInt8]
     var delivered: [Bool]
 

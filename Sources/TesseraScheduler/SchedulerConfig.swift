@@ -1,3 +1,5 @@
+import TesseraProtocol
+
 /// Tunables of the scheduler's state machine. Times are in nanoseconds of a monotonic clock that
 /// the caller passes in with every event, so tests drive time by hand.
 public struct SchedulerConfig: Sendable {
@@ -23,6 +25,22 @@ public struct SchedulerConfig: Sendable {
     /// A shard file that no committed dataset references (a failed or replaced ingest, a planted
     /// file) is removed from its worker after this long.
     public var orphanGraceNs: UInt64 = 3_600_000_000_000
+    /// This start's epoch (from the registry: every start has a new one). Worker messages of
+    /// another epoch are refused with "register again"; 0 in tests that never restart.
+    public var epoch: UInt64 = 0
+    /// The first job id this start hands out (from the registry, so ids are never reused).
+    public var firstJobID: JobID = 1
+    /// A job whose client has sent nothing (no heartbeat, no request) for this long is cancelled
+    /// on every worker: nobody is left to read its results.
+    public var clientTimeoutNs: UInt64 = 30_000_000_000
+    /// How long a task may run before it is cancelled and run elsewhere, unless its job says
+    /// otherwise: this much, plus `taskDeadlineNsPerMiB` per MiB of the shard it reads.
+    public var taskDeadlineNs: UInt64 = 300_000_000_000
+    /// A data task's allowance per MiB of its shard (1 s per MiB: a disk or a slow network
+    /// file system reads far faster, so a task past it is stuck, not slow).
+    public var taskDeadlineNsPerMiB: UInt64 = 1_000_000_000
+    /// A task that passes its deadline this many times fails its job.
+    public var maxTaskTimeouts = 3
 
     public init() {}
 }

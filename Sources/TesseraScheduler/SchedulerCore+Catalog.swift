@@ -55,11 +55,13 @@ extension SchedulerCore {
         var out: [String: PlannedDataset] = [:]
         do {
             let (all, skipped) = try catalog.shardLocations()
-            shardChecksums = [:]
+            registeredShards = [:]
             for (d, shards) in all {
                 let p = PlannedDataset(d, shards)
                 out[d.name] = p
-                for (k, c) in zip(p.keys, shards.map(\.checksum)) where c != 0 { shardChecksums[k] = c }
+                for (k, shard) in zip(p.keys, shards) {
+                    registeredShards[k] = RegisteredShard(checksum: shard.checksum, bytes: UInt64(max(0, shard.bytes)))
+                }
             }
             for why in skipped { notices.append("registry: skipped \(why)") }
         } catch {

@@ -34,6 +34,14 @@ extension SchedulerCore {
             best.pinned.append(key)
             return
         }
+        if let failed = job.failedOn[t] {
+            // A retry after a failure or a deadline goes to a worker it has not failed on, if any.
+            let others = workerOrder.compactMap { workers[$0] }.filter { !failed.contains($0.id) }
+            if let best = others.min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) {
+                best.preferred.append(key)
+                return
+            }
+        }
         let range = job.inputRange(t)
         if !range.isEmpty {
             // Go where most input bytes already are; ties go to the first input's holder.
@@ -82,7 +90,14 @@ extension SchedulerCore {
     mutating func stealTask(for w: WorkerRecord) -> (JobRecord, Int)? {
         for id in workerOrder where id != w.id {
             guard let other = workers[id], other.inFlight >= other.inFlightLimit(config) else { continue }
-            while let k = other.preferred.popLast() { if let r = readyTask(k) { return r } }
+            var skipped: [UInt64] = []
+            defer { other.preferred.append(contentsOf: skipped.reversed()) }
+            while let k = other.preferred.popLast() {
+                guard let (job, t) = readyTask(k) else { continue }
+                // Not back to a worker this task already failed on.
+                if job.failedOn[t]?.contains(w.id) == true { skipped.append(k); continue }
+                return (job, t)
+            }
         }
         for id in workerOrder where id != w.id {
             guard let other = workers[id], other.inFlight >= other.inFlightLimit(config), !other.pinned.isEmpty else { continue }
@@ -96,7 +111,8 @@ extension SchedulerCore {
                     k -= 1
                     continue
                 }
-                if let dk = job.dataKeyName(t), holders[dk]?.contains(w.id) == true {
+                // Never back to a worker where this task already failed: its copy may be the bad one.
+                if let dk = job.dataKeyName(t), holders[dk]?.contains(w.id) == true, job.failedOn[t]?.contains(w.id) != true {
                     other.pinned.remove(at: k)
                     return (job, t)
                 }
@@ -149,7 +165,10 @@ extension SchedulerCore {
         job.worker[t] = w.id
         job.runs += 1
         job.runCount[t] &+= 1
-        w.inFlight += 1
+        let key = TaskKey.make(job: job.id, task: UInt32(t))
+        // Filled in below, once the input bytes are known.
+        var deadline = job.taskTimeoutNs ?? config.taskDeadlineNs
+        var inputBytes: UInt64 = 0
         if !job.setUpOn.contains(w.id) {
             job.setUpOn.insert(w.id)
             var setup = Tessera_V1_JobSetup()
@@ -157,8 +176,8 @@ extension SchedulerCore {
             setup.operators = job.operators
             setup.params = job.params
             setup.dataKeys = job.dataKeys
-            if !shardChecksums.isEmpty && !job.dataKeys.isEmpty {
-                setup.dataChecksums = job.dataKeys.map { shardChecksums[$0] ?? 0 }
+            if !registeredShards.isEmpty && !job.dataKeys.isEmpty {
+                setup.dataChecksums = job.dataKeys.map { registeredShards[$0]?.checksum ?? 0 }
             }
             w.assignment.jobs.append(setup)
         }
@@ -166,7 +185,7 @@ extension SchedulerCore {
         if job.isOutput[t] && !job.delivered[t] { flags |= AssignFlags.output }
         if job.hasDependents(t) { flags |= AssignFlags.keep }
         let range = job.inputRange(t)
-        w.assignment.keys.append(TaskKey.make(job: job.id, task: UInt32(t)))
+        w.assignment.keys.append(key)
         w.assignment.ops.append(UInt32(job.op[t]))
         w.assignment.args.append(job.arg[t])
         w.assignment.paramIndex.append(job.paramIndex[t])
@@ -176,6 +195,7 @@ extension SchedulerCore {
         for j in range {
             let i = Int(job.inputs[j])
             let holder = job.worker[i]
+            inputBytes &+= UInt64(job.resultBytes[i])
             w.assignment.inputKeys.append(TaskKey.make(job: job.id, task: UInt32(i)))
             w.assignment.inputHolders.append(holder)
             if holder != w.id, !w.peersInAssignment.contains(holder), let h = workers[holder] {
@@ -188,6 +208,12 @@ extension SchedulerCore {
             }
         }
         w.assignedCount += 1
+        if job.taskTimeoutNs == nil {
+            // The allowance grows with what the task reads: its shard, and its inputs' values.
+            if let dk = job.dataKeyName(t), let shard = registeredShards[dk] { inputBytes &+= shard.bytes }
+            deadline &+= config.taskDeadlineNsPerMiB &* (inputBytes >> 20)
+        }
+        w.deadlines[key] = lastNow &+ deadline
     }
 
     // MARK: - Reports
@@ -203,7 +229,7 @@ extension SchedulerCore {
                 w.releases.append(key)
                 continue
             }
-            w.inFlight -= 1
+            w.deadlines.removeValue(forKey: key)
             w.tasksDone += 1
             tasksCompleted += 1
             if hasCompute { w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n]) }
@@ -232,7 +258,7 @@ extension SchedulerCore {
             guard let job = jobs[TaskKey.job(f.key)] else { continue }
             let t = Int(TaskKey.task(f.key))
             guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
-            w.inFlight -= 1
+            w.deadlines.removeValue(forKey: f.key)
             if job.isSnapshot(t) {
                 // A snapshot is never worth recomputing lost inputs for: the next one will do.
                 abandonSnapshot(job, t)
@@ -463,6 +489,42 @@ extension SchedulerCore {
         }
     }
 
+    // MARK: - Deadlines
+
+    /// Tasks running past their deadline are forgotten by their worker (a result that still
+    /// comes is dropped) and run elsewhere; a task that times out `maxTaskTimeouts` times fails
+    /// its job. This frees a worker that heartbeats but never reports, and a task stuck on one.
+    mutating func timeOutOverdueTasks(now: UInt64) {
+        for id in workerOrder {
+            guard let w = workers[id] else { continue }
+            let overdue = w.deadlines.filter { now > $0.value }.keys.sorted()
+            for key in overdue {
+                w.deadlines.removeValue(forKey: key)
+                guard let job = jobs[TaskKey.job(key)] else { continue }
+                let t = Int(TaskKey.task(key))
+                guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
+                w.timedOut.append(key)
+                tasksTimedOut += 1
+                job.state[t] = .recovering
+                job.worker[t] = 0
+                if job.isSnapshot(t) {
+                    abandonSnapshot(job, t)
+                    continue
+                }
+                job.timeouts[t, default: 0] += 1
+                job.failedOn[t, default: []].insert(w.id)
+                let opName = job.operators[Int(job.op[t])]
+                notices.append("job \(job.id) task \(t) (`\(opName)`) passed its deadline on worker \(w.name); running it elsewhere")
+                if job.timeouts[t]! >= config.maxTaskTimeouts {
+                    finish(job, .jobFailed, error: "task \(t) (`\(opName)`) ran past its deadline \(job.timeouts[t]!) times (last on worker \(w.name)); "
+                        + "it is stuck, or needs longer than the deadline (set the job's task timeout)", now: now)
+                } else {
+                    reschedule(job, t)
+                }
+            }
+        }
+    }
+
     // MARK: - Finishing
 
     mutating func finish(_ job: JobRecord, _ state: Tessera_V1_JobState, error: String, now: UInt64) {
@@ -480,7 +542,7 @@ extension SchedulerCore {
         e.jobFinished = f
         send(.client(job.client), e)
         for t in 0..<job.taskCount where job.state[t] == .running {
-            workers[job.worker[t]]?.inFlight -= 1
+            workers[job.worker[t]]?.deadlines.removeValue(forKey: TaskKey.make(job: job.id, task: UInt32(t)))
         }
         for id in job.setUpOn { workers[id]?.cancelledJobs.append(job.id) }
         jobs.removeValue(forKey: job.id)

@@ -32,6 +32,13 @@ public struct WorkerIdentity: Sendable, Equatable {
     }
 }
 
+/// What the scheduler knows of a registered shard file without opening it.
+struct RegisteredShard {
+    /// The footer's xxHash64 (0: not recorded).
+    var checksum: UInt64
+    var bytes: UInt64
+}
+
 /// A message the state machine wants sent; the socket loop encodes and sends it.
 public struct OutgoingMessage {
     public enum Destination: Equatable, Sendable {
@@ -87,9 +94,9 @@ public struct SchedulerCore {
     }
     /// The registry's datasets in memory for planning (nil: read them at next use).
     var planned: [String: PlannedDataset]?
-    /// The registry's checksum of every planned shard, by shard key: sent with the tasks that
-    /// read it, for the worker to compare with the file it opens.
-    var shardChecksums: [String: UInt64] = [:]
+    /// What the registry says of every planned shard, by shard key: its checksum goes with the
+    /// tasks that read it (the worker compares it with the file it opens), its size sets their deadline.
+    var registeredShards: [String: RegisteredShard] = [:]
     var pendingIngests: [String: PendingIngest] = [:]
     /// Shard files workers hold that no dataset references, by worker name, with when they were
     /// first seen so; removed after the grace period.
@@ -103,11 +110,28 @@ public struct SchedulerCore {
 
     public internal(set) var tasksCompleted: UInt64 = 0
     public internal(set) var jobsCompleted: UInt64 = 0
+    /// Jobs cancelled because their client fell silent.
+    public internal(set) var jobsAbandoned: UInt64 = 0
+    /// Task runs cancelled past their deadline.
+    public internal(set) var tasksTimedOut: UInt64 = 0
+    /// Registrations per worker name since this start (a worker that restarts or reconnects
+    /// registers again under its name).
+    var registrations: [String: UInt32] = [:]
+    /// When each client connection was last heard from (any message).
+    var clientLastHeard: [ConnectionID: UInt64] = [:]
+    /// Clients' silence and tasks' deadlines are checked this often.
+    static let sweepIntervalNs: UInt64 = 250_000_000
+    var lastSweep: UInt64 = 0
 
     public init(config: SchedulerConfig = .init(), now: UInt64) {
         self.config = config
         startedAt = now
+        nextJobID = max(1, config.firstJobID)
+        lastSweep = now
     }
+
+    /// The id the next accepted job gets (the daemon reserves ids in the registry ahead of it).
+    public var nextJobIDToIssue: JobID { nextJobID }
 
     /// Live workers.
     public var workerCount: Int { workers.count }
@@ -129,6 +153,9 @@ public struct SchedulerCore {
             send(.worker(connection), errorEnvelope(.errorUnknownWorker, "unknown worker: register again"))
             return
         }
+        // Sent before its registration with this start reached it (reports of tasks of an
+        // earlier epoch): void, and the registration already cleared them at the worker.
+        guard env.epoch == config.epoch else { return }
         w.lastSeen = now
         switch env.body {
         case .heartbeat(let h):
@@ -183,6 +210,7 @@ public struct SchedulerCore {
         }
         let id = nextWorkerID
         nextWorkerID += 1
+        registrations[r.name, default: 0] &+= 1
         let w = WorkerRecord(id: id, connection: connection, registration: r, publicKey: identity?.publicKey ?? "", now: now)
         workers[id] = w
         workerByConnection[connection] = id
@@ -205,10 +233,17 @@ public struct SchedulerCore {
     public mutating func handleClient(_ connection: ConnectionID, _ env: Envelope, frames: [[UInt8]], now: UInt64,
                                       identity: ClientIdentity = .local) {
         lastNow = now
+        clientLastHeard[connection] = now
         switch env.body {
         case .submitJob(let s):
             submit(connection, s, frames: frames, now: now, user: identity.user)
+        case .clientHeartbeat(let h):
+            clientHeartbeat(connection, h, epoch: env.epoch)
         case .cancelJob(let c):
+            if env.epoch != 0 && env.epoch != config.epoch {
+                send(.client(connection), restartedError(job: c.jobID, epoch: env.epoch))
+                return
+            }
             guard let job = jobs[c.jobID], job.client == connection || job.user == identity.user || identity.isAdmin else {
                 // Another user's job is reported as unknown: its existence is not theirs to learn.
                 send(.client(connection), errorEnvelope(.errorUnknownJob, "no running job \(c.jobID) of yours (finished, cancelled, never submitted, or another user's)", jobID: c.jobID))
@@ -234,9 +269,31 @@ public struct SchedulerCore {
         }
     }
 
+    /// A waiting client is alive; jobs it names from an earlier start of the scheduler are lost.
+    mutating func clientHeartbeat(_ connection: ConnectionID, _ h: Tessera_V1_ClientHeartbeat, epoch: UInt64) {
+        guard h.jobIds.count <= Limits.heartbeatJobs else {
+            send(.client(connection), errorEnvelope(.errorOverLimit, "a heartbeat naming \(h.jobIds.count) jobs is over the limit of \(Limits.heartbeatJobs)"))
+            return
+        }
+        guard epoch != config.epoch else { return }
+        for id in h.jobIds { send(.client(connection), restartedError(job: id, epoch: epoch)) }
+    }
+
+    func restartedError(job: JobID, epoch: UInt64) -> Envelope {
+        errorEnvelope(.errorSchedulerRestarted,
+                      "the scheduler restarted (epoch \(epoch) → \(config.epoch)); job \(job) was lost: submit it again", jobID: job)
+    }
+
     mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, user: String = ClientIdentity.local.user) {
         guard s.name.utf8.count <= Limits.jobNameCharacters else {
             send(.client(connection), errorEnvelope(.errorOverLimit, "a job name of \(s.name.utf8.count) bytes is over the limit of \(Limits.jobNameCharacters)", clientTag: s.clientTag))
+            return
+        }
+        let timeouts = Limits.taskTimeoutSeconds
+        guard s.taskTimeoutS == 0 || (s.taskTimeoutS.isFinite && timeouts.contains(s.taskTimeoutS)) else {
+            send(.client(connection), errorEnvelope(
+                .errorOverLimit, "a task deadline of \(s.taskTimeoutS) s is outside the allowed \(timeouts.lowerBound)…\(Int(timeouts.upperBound)) s",
+                clientTag: s.clientTag))
             return
         }
         let graph: TaskGraph
@@ -270,13 +327,14 @@ public struct SchedulerCore {
             }
         }
         for key in graph.dataKeys where (holders[key] ?? []).isEmpty {
-            send(.client(connection), errorEnvelope(.errorInvalidGraph, "no live worker holds data `\(key)`", clientTag: s.clientTag))
+            send(.client(connection), errorEnvelope(.errorDataUnavailable, "no live worker holds data `\(key)`", clientTag: s.clientTag))
             return
         }
         let id = nextJobID
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
         job.user = user
+        if s.taskTimeoutS > 0 { job.taskTimeoutNs = UInt64(s.taskTimeoutS * 1e9) }
         jobs[id] = job
         if let progress {
             job.progress = progress
@@ -318,6 +376,7 @@ public struct SchedulerCore {
         lastNow = now
         if loopStallNs > 0 {
             for w in workers.values { w.lastSeen = min(now, w.lastSeen &+ loopStallNs) }
+            for (c, t) in clientLastHeard { clientLastHeard[c] = min(now, t &+ loopStallNs) }
         }
         let dead = workers.values.filter { now &- $0.lastSeen > config.workerTimeoutNs }.map(\.id)
         for id in dead.sorted() {
@@ -325,11 +384,34 @@ public struct SchedulerCore {
         }
         if !pendingIngests.isEmpty { expireCommits(now: now) }
         if !orphans.isEmpty { removeOrphans(now: now) }
+        if now &- lastSweep >= Self.sweepIntervalNs {
+            lastSweep = now
+            cancelJobsOfSilentClients(now: now)
+            timeOutOverdueTasks(now: now)
+        }
+    }
+
+    /// Jobs whose client has been silent past the timeout are cancelled: nobody is left to read
+    /// their results (a client waiting for a job heartbeats every second). Connections with no
+    /// jobs are forgotten once silent that long.
+    mutating func cancelJobsOfSilentClients(now: UInt64) {
+        let heard = clientLastHeard, timeout = config.clientTimeoutNs
+        let silent = { (c: ConnectionID) -> Bool in now &- (heard[c] ?? 0) > timeout }
+        for id in jobs.keys.sorted() {
+            guard let job = jobs[id], silent(job.client) else { continue }
+            jobsAbandoned += 1
+            notices.append("job \(id) (\(job.user)) cancelled: its client sent nothing for \(config.clientTimeoutNs / 1_000_000_000) s")
+            finish(job, .jobCancelled, error: "its client sent nothing for \(config.clientTimeoutNs / 1_000_000_000) s", now: now)
+        }
+        let withJobs = Set(jobs.values.map(\.client))
+        for c in clientLastHeard.keys where silent(c) && !withJobs.contains(c) { clientLastHeard.removeValue(forKey: c) }
     }
 
     // MARK: - Output
 
     mutating func send(_ d: OutgoingMessage.Destination, _ e: Envelope, frames: [[UInt8]] = []) {
+        var e = e
+        e.epoch = config.epoch
         outbox.append(OutgoingMessage(d, e, frames: frames))
     }
 
@@ -382,15 +464,17 @@ public struct SchedulerCore {
             send(.worker(w.connection), e)
             w.releases.removeAll(keepingCapacity: true)
         }
-        if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty {
+        if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty || !w.timedOut.isEmpty {
             var c = Tessera_V1_CancelTasks()
             c.jobIds = w.cancelledJobs
             c.lostWorkers = w.lostWorkers
+            c.taskKeys = w.timedOut
             var e = Envelope()
             e.cancelTasks = c
             send(.worker(w.connection), e)
             w.cancelledJobs.removeAll()
             w.lostWorkers.removeAll()
+            w.timedOut.removeAll()
         }
     }
 
@@ -432,6 +516,7 @@ public struct SchedulerCore {
             ws.lastHeartbeatMs = UInt32(min((now &- w.lastHeartbeat) / 1_000_000, UInt64(UInt32.max)))
             ws.tasksDone = w.tasksDone
             ws.pid = w.pid
+            ws.restarts = (registrations[w.name] ?? 1) &- 1
             s.workers.append(ws)
             s.maxHeartbeatGapMs = max(s.maxHeartbeatGapMs, UInt32(min(w.maxHeartbeatGap / 1_000_000, UInt64(UInt32.max))))
         }
@@ -454,6 +539,9 @@ public struct SchedulerCore {
         s.jobsCompleted = jobsCompleted
         s.datasets = datasetStatuses()
         s.uptimeSeconds = Double(now &- startedAt) / 1e9
+        s.epoch = config.epoch
+        s.jobsAbandoned = jobsAbandoned
+        s.tasksTimedOut = tasksTimedOut
         return s
     }
 }

@@ -24,8 +24,10 @@ final class WorkerRecord {
     var storedBytes: UInt64 = 0
     var storedResults: UInt32 = 0
     var tasksDone: UInt64 = 0
+    /// Tasks sent and not yet reported, by key, with the time each must have finished by.
+    var deadlines: [UInt64: UInt64] = [:]
     /// Tasks sent and not yet reported.
-    var inFlight = 0
+    var inFlight: Int { deadlines.count }
     /// Smoothed task duration, microseconds.
     var meanTaskMicros = 1_000.0
 
@@ -40,6 +42,8 @@ final class WorkerRecord {
     var releases: [UInt64] = []
     var cancelledJobs: [JobID] = []
     var lostWorkers: [WorkerID] = []
+    /// Tasks it ran past their deadline, to forget.
+    var timedOut: [UInt64] = []
     /// Peers already described in the assignment being built.
     var peersInAssignment: Set<WorkerID> = []
 

@@ -190,6 +190,15 @@ public final class Registry: Sendable {
         m.registerMigration("v2: ingest ids") { db in
             try db.alter(table: "dataset") { t in t.add(column: "ingestId", .text).notNull().defaults(to: "") }
         }
+        m.registerMigration("v3: scheduler epochs and job ids") { db in
+            // One row: the epoch of the latest scheduler start, and the lowest job id no start has handed out.
+            try db.create(table: "scheduler") { t in
+                t.primaryKey("id", .integer).check { $0 == 1 }
+                t.column("epoch", .integer).notNull()
+                t.column("jobIdFloor", .integer).notNull()
+            }
+            try db.execute(sql: "INSERT INTO scheduler (id, epoch, jobIdFloor) VALUES (1, 0, 1)")
+        }
         return m
     }
 
@@ -334,6 +343,29 @@ public final class Registry: Sendable {
         try db.write { db in
             guard let d = try DatasetRecord.filter(Column("name") == name).fetchOne(db) else { throw RegistryError.unknownDataset(name) }
             _ = try d.delete(db)
+        }
+    }
+
+    /// Begins a scheduler start: the next epoch, and the first job id it may hand out. Ids up to
+    /// `reserve` past it are set aside for this start in the same transaction, so a start that
+    /// dies without writing again never hands out an id another start used.
+    public func beginEpoch(reserve: UInt32) throws -> (epoch: UInt64, firstJobID: UInt32) {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT epoch, jobIdFloor FROM scheduler WHERE id = 1"),
+                  let epoch: Int64 = row["epoch"], let floor: Int64 = row["jobIdFloor"], epoch >= 0, floor >= 1
+            else { throw RegistryError.database("the scheduler row (epoch, job id floor) is missing or damaged") }
+            guard floor + Int64(reserve) <= Int64(UInt32.max) else {
+                throw RegistryError.database("job ids are exhausted (floor \(floor)); reset the `scheduler` table's jobIdFloor")
+            }
+            try db.execute(sql: "UPDATE scheduler SET epoch = ?, jobIdFloor = ? WHERE id = 1", arguments: [epoch + 1, floor + Int64(reserve)])
+            return (UInt64(epoch + 1), UInt32(floor))
+        }
+    }
+
+    /// Sets aside job ids below `floor` for the running start (called before it hands out the last reserved one).
+    public func reserveJobIDs(below floor: UInt32) throws {
+        try db.write { db in
+            try db.execute(sql: "UPDATE scheduler SET jobIdFloor = max(jobIdFloor, ?) WHERE id = 1", arguments: [Int64(floor)])
         }
     }
 

@@ -12,6 +12,8 @@ public struct ExecutableTask: Sendable {
     public var flags: UInt32
     /// Tasks with the same profile (one job's uses of one operator) take about as long as each other.
     public var profile: UInt64
+    /// The worker's registration it was assigned under: a completion of an earlier one is void.
+    public var generation: UInt32 = 0
 }
 
 /// What running a task produced.
@@ -20,6 +22,8 @@ public struct Completion: Sendable {
     public var flags: UInt32
     public var result: Result<Value, OperatorError>
     public var micros: UInt32
+    /// As the task's.
+    public var generation: UInt32 = 0
 }
 
 /// A fixed set of threads running tasks from one queue. Finished tasks collect in a list the
@@ -128,7 +132,7 @@ public final class ExecutorPool: Sendable {
             d[task.profile] = d[task.profile].map { 0.8 * $0 + 0.2 * m } ?? m
         }
         return completions.withLock { c in
-            c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros))
+            c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros, generation: task.generation))
             return c.count == 1
         }
     }

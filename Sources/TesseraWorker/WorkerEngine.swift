@@ -1,3 +1,4 @@
+import DequeModule
 import Dispatch
 import TesseraCompute
 import TesseraProtocol
@@ -15,11 +16,23 @@ public enum WorkerAction {
 }
 
 /// Cancellation flags per job, shared with the executor threads so long operators stop early.
+/// Only the most recent `capacity` are kept: every finished job is cancelled on its workers, and
+/// a long-lived worker must not remember them all (the engine's own job table decides whether a
+/// result is kept; this only lets running operators stop early).
 public final class CancelledJobs: Sendable {
-    private let jobs = LockedBox<Set<JobID>>([])
-    public init() {}
-    public func insert(_ id: JobID) { _ = jobs.withLock { $0.insert(id) } }
-    public func contains(_ id: JobID) -> Bool { jobs.withLock { $0.contains(id) } }
+    private let state = LockedBox<(set: Set<JobID>, order: Deque<JobID>)>(([], []))
+    public let capacity: Int
+    public init(capacity: Int = 1_024) { self.capacity = capacity }
+    public func insert(_ id: JobID) {
+        state.withLock { s in
+            guard s.set.insert(id).inserted else { return }
+            s.order.append(id)
+            if s.order.count > capacity, let old = s.order.popFirst() { s.set.remove(old) }
+        }
+    }
+    public func contains(_ id: JobID) -> Bool { state.withLock { $0.set.contains(id) } }
+    public var count: Int { state.withLock { $0.set.count } }
+    public func removeAll() { state.withLock { $0 = ([], []) } }
 }
 
 /// The worker's logic without sockets: it takes assignments, releases, cancellations, peer
@@ -49,6 +62,11 @@ public struct WorkerEngine {
 
     public let registry: OperatorRegistry
     public private(set) var workerID: WorkerID = 0
+    /// The epoch of the scheduler start this worker registered with (stamped on what it sends).
+    public private(set) var epoch: UInt64 = 0
+    /// Registrations so far: tasks carry the one they were assigned under, and a completion of
+    /// an earlier one is dropped (its job may be another with the same id after a restart).
+    public private(set) var generation: UInt32 = 0
     /// This worker's data folder (shards are found under it).
     public var dataRoot: String?
     let cancelled = CancelledJobs()
@@ -100,9 +118,14 @@ public struct WorkerEngine {
         return e
     }
 
-    /// The scheduler accepted us. Anything from a previous registration is void.
-    public mutating func registered(as id: WorkerID) {
+    /// The scheduler accepted us. Anything from a previous registration is void: its jobs,
+    /// values, queued and running tasks (their results are dropped when they come) and
+    /// cancellations; with a new epoch, the ingests it expected too. Shards on disk stay.
+    public mutating func registered(as id: WorkerID, epoch: UInt64 = 0, pool: ExecutorPool? = nil) {
         workerID = id
+        generation &+= 1
+        if epoch != self.epoch { expectedShards.removeAll() }
+        self.epoch = epoch
         jobs.removeAll()
         store.removeAll()
         storedBytes = 0
@@ -111,6 +134,16 @@ public struct WorkerEngine {
         fetches.removeAll()
         lostPeers.removeAll()
         failures.removeAll()
+        executing.removeAll()
+        cancelled.removeAll()
+        if let pool { _ = pool.takeQueued() }
+    }
+
+    /// An envelope for the scheduler, stamped with our epoch.
+    func toScheduler(_ e: Envelope, _ frames: [[UInt8]] = []) -> WorkerAction {
+        var e = e
+        e.epoch = epoch
+        return .toScheduler(e, frames)
     }
 
     public func heartbeat(rssBytes: UInt64, peakRSSBytes: UInt64) -> Envelope {
@@ -123,6 +156,7 @@ public struct WorkerEngine {
         h.running = UInt32(executing.count)
         var e = Envelope()
         e.heartbeat = h
+        e.epoch = epoch
         return e
     }
 
@@ -219,6 +253,7 @@ public struct WorkerEngine {
             f.keys = uniq
             var e = Envelope()
             e.fetchRequest = f
+            e.epoch = epoch
             actions.append(.toPeer(peer, endpoint: peers[peer] ?? "", e))
         }
         if let r = takeFailureReport() { actions.append(r) }
@@ -242,7 +277,7 @@ public struct WorkerEngine {
         var ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
                                   dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
         if dataKey != nil, Int(t.dataKey) <= setup.dataChecksums.count { ctx.dataChecksum = setup.dataChecksums[Int(t.dataKey) - 1] }
-        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op))
+        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op), generation: generation)
     }
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {
@@ -251,8 +286,18 @@ public struct WorkerEngine {
         }
     }
 
-    /// Forgets cancelled or finished jobs; fails tasks that wait on peers the scheduler declared dead.
+    /// Forgets cancelled or finished jobs, and tasks that passed their deadline here; fails tasks
+    /// that wait on peers the scheduler declared dead.
     public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: ExecutorPool?) -> [WorkerAction] {
+        if !c.taskKeys.isEmpty {
+            let overdue = Set(c.taskKeys)
+            for k in overdue {
+                dropPending(k)
+                // A run still going on a thread: its completion finds no entry and is dropped.
+                executing.remove(k)
+            }
+            if let pool { _ = pool.takeQueued(where: { overdue.contains($0.key) }) }
+        }
         let gone = Set(c.jobIds)
         if !gone.isEmpty {
             for j in gone {
@@ -311,13 +356,14 @@ public struct WorkerEngine {
 
     // MARK: From peers
 
-    /// A peer asks for values we hold.
-    public func serveFetch(_ r: Tessera_V1_FetchRequest, from routingID: [UInt8]) -> WorkerAction {
+    /// A peer asks for values we hold. A peer of another epoch (one of us has not yet registered
+    /// with the restarted scheduler) is told we hold none: its keys may name other jobs' values.
+    public func serveFetch(_ r: Tessera_V1_FetchRequest, epoch requestEpoch: UInt64 = 0, from routingID: [UInt8]) -> WorkerAction {
         var reply = Tessera_V1_FetchReply()
         reply.requestID = r.requestID
         var frame: [UInt8] = []
         for k in r.keys {
-            if let v = store[k] {
+            if requestEpoch == epoch, let v = store[k] {
                 reply.values.append(v.append(to: &frame, key: k, frameIndex: 0))
             } else {
                 reply.missing.append(k)
@@ -325,6 +371,7 @@ public struct WorkerEngine {
         }
         var e = Envelope()
         e.fetchReply = reply
+        e.epoch = epoch
         return .replyToPeer(routingID: routingID, e, [frame])
     }
 
@@ -397,8 +444,8 @@ public struct WorkerEngine {
         var frame: [UInt8] = []
         var runNow: [ExecutableTask] = []
         for c in done {
-            guard executing.remove(c.key) != nil else { continue }  // cancelled meanwhile
-            if cancelled.contains(TaskKey.job(c.key)) { continue }
+            // Of an earlier registration, cancelled meanwhile, or of a job since forgotten.
+            guard c.generation == generation, executing.remove(c.key) != nil, jobs[TaskKey.job(c.key)] != nil else { continue }
             switch c.result {
             case .success(let v):
                 deliver(c.key, v, into: &runNow)
@@ -428,7 +475,7 @@ public struct WorkerEngine {
         if !report.doneKeys.isEmpty || !report.failures.isEmpty {
             var e = Envelope()
             e.taskReport = report
-            actions.append(.toScheduler(e, report.outputs.isEmpty ? [] : [frame]))
+            actions.append(toScheduler(e, report.outputs.isEmpty ? [] : [frame]))
         }
         if !runNow.isEmpty { actions.append(.execute(runNow)) }
         return actions
@@ -454,6 +501,7 @@ public struct WorkerEngine {
         d.handedBack = back.sorted()
         var e = Envelope()
         e.deregister = d
+        e.epoch = epoch
         return e
     }
 
@@ -493,7 +541,7 @@ public struct WorkerEngine {
         failures.removeAll()
         var e = Envelope()
         e.taskReport = report
-        return .toScheduler(e, [])
+        return toScheduler(e)
     }
 
     func malformed(_ why: String) -> WorkerAction {
@@ -502,6 +550,6 @@ public struct WorkerEngine {
         err.message = why
         var e = Envelope()
         e.error = err
-        return .toScheduler(e, [])
+        return toScheduler(e)
     }
 }

@@ -137,10 +137,12 @@ final class FakeCluster {
         undetectedDeaths.append(w)
     }
 
-    /// Advances the clock past the heartbeat timeout (live workers heartbeat) and ticks.
+    /// Advances the clock past the heartbeat timeout (live workers heartbeat, and so do the
+    /// clients waiting for jobs, as real ones do every second) and ticks.
     func detectDeaths() {
         now += core.config.workerTimeoutNs + 1
         for w in liveWorkers where w.id != 0 { heartbeat(w) }
+        clientHeartbeats()
         core.tick(now: now)
         for w in undetectedDeaths { departed.insert(w.id) }
         undetectedDeaths = []
@@ -153,6 +155,7 @@ final class FakeCluster {
         h.storedResults = UInt32(w.store.count)
         var e = Envelope()
         e.heartbeat = h
+        e.epoch = core.config.epoch
         core.handleWorker(w.connection, e, frames: [], now: now)
     }
 
@@ -164,6 +167,7 @@ final class FakeCluster {
         d.handedBack = w.queue.map(\.key)
         var e = Envelope()
         e.deregister = d
+        e.epoch = core.config.epoch
         core.handleWorker(w.connection, e, frames: [], now: now)
         w.alive = false
         for t in w.queue { outstanding.removeValue(forKey: t.key) }
@@ -200,6 +204,19 @@ final class FakeCluster {
         core.handleClient(client, e, frames: frames, now: now, identity: identity)
         flushAndProcess()
         return acceptedByTag[s.clientTag]
+    }
+
+    /// Every client with unfinished jobs names them, stamped with the epoch it heard (or `epoch`).
+    func clientHeartbeats(epoch: UInt64? = nil) {
+        let waiting = Dictionary(grouping: jobs.filter { $0.value.finished == nil }, by: \.value.owner)
+        for (client, js) in waiting.sorted(by: { $0.key < $1.key }) {
+            var h = Tessera_V1_ClientHeartbeat()
+            h.jobIds = js.map(\.key).sorted()
+            var e = Envelope()
+            e.clientHeartbeat = h
+            e.epoch = epoch ?? core.config.epoch
+            core.handleClient(client, e, frames: [], now: now)
+        }
     }
 
     func cancel(_ job: JobID, client: ConnectionID = 1000, identity: ClientIdentity = .local) {
@@ -289,6 +306,7 @@ final class FakeCluster {
         }
         var e = Envelope()
         e.taskReport = r
+        e.epoch = core.config.epoch
         core.handleWorker(w.connection, e, frames: r.outputs.isEmpty ? [] : [frame], now: now)
     }
 
@@ -352,6 +370,11 @@ final class FakeCluster {
 
     func process(_ messages: [OutgoingMessage]) {
         var assignsPerWorker: [ConnectionID: Int] = [:]
+        // A task taken from one worker past its deadline may be given to another in the same
+        // turn: it is no longer outstanding on the first.
+        for m in messages {
+            if case .cancelTasks(let ct) = m.envelope.body { for k in ct.taskKeys { outstanding.removeValue(forKey: k) } }
+        }
         for m in messages {
             switch m.destination {
             case .worker(let c):
@@ -377,8 +400,10 @@ final class FakeCluster {
                         if w.alive, jobs[TaskKey.job(k)]?.finished?.state == .jobDone { droppedByCancel.append(k) }
                         w.store.removeValue(forKey: k)
                     }
-                    for t in w.queue where gone.contains(TaskKey.job(t.key)) { outstanding.removeValue(forKey: t.key) }
-                    w.queue.removeAll { gone.contains(TaskKey.job($0.key)) }
+                    // Tasks past their deadline are forgotten, as a real worker does.
+                    let overdue = Set(ct.taskKeys)
+                    for t in w.queue where gone.contains(TaskKey.job(t.key)) || overdue.contains(t.key) { outstanding.removeValue(forKey: t.key) }
+                    w.queue.removeAll { gone.contains(TaskKey.job($0.key)) || overdue.contains($0.key) }
                 case .error(let err):
                     w.errors.append(err)
                 default:

@@ -18,12 +18,29 @@ func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
 }
 
 @Suite struct RegistryTests {
+    /// Each start on a registry file gets the next epoch, and job ids after every id an earlier
+    /// start set aside — also when that start died without writing again.
+    @Test func everyStartHasANewEpochAndFreshJobIDs() throws {
+        let path = tempPath("registry-epochs-\(UInt32.random(in: 0...UInt32.max)).sqlite")
+        let first = try Registry(path: path).beginEpoch(reserve: 100)
+        #expect(first.epoch == 1 && first.firstJobID == 1)
+        // The first start hands out ids 1…140: past its reservation, so it set more aside.
+        try Registry(path: path).reserveJobIDs(below: 240)
+        // A stale, lower reservation never lowers the floor.
+        try Registry(path: path).reserveJobIDs(below: 50)
+        let second = try Registry(path: path).beginEpoch(reserve: 100)
+        #expect(second.epoch == 2 && second.firstJobID == 240)
+        // The second start dies at once; the third still starts past everything it may have used.
+        let third = try Registry(path: path).beginEpoch(reserve: 100)
+        #expect(third.epoch == 3 && third.firstJobID == 340)
+    }
+
     /// A real SQLite file in a temporary folder, opened again to show it persists.
     @Test func ingestIsRecordedAndSurvivesReopening() throws {
         let path = tempPath("registry-\(UInt32.random(in: 0...UInt32.max)).sqlite")
         do {
             let r = try Registry(path: path)
-            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers", "v2: ingest ids"])
+            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers", "v2: ingest ids", "v3: scheduler epochs and job ids"])
             let shards = [ShardRecord(order: 5, pixel: 10, rows: 60, marginRows: 3, bytes: 1000, checksum: -5),
                           ShardRecord(order: 6, pixel: 44, rows: 40, marginRows: 1, bytes: 800, checksum: 7)]
             let d = try r.commitIngest(sampleDataset("object"), shards: shards, replicas: [["w0", "w1"], ["w1", "w2"]], replace: false)

@@ -80,7 +80,7 @@ func run(_ tasks: [ExecutableTask]) -> [Completion] {
     tasks.map { t in
         let result: Result<Value, OperatorError>
         do throws(OperatorError) { result = .success(try t.op.run(t.context)) } catch { result = .failure(error) }
-        return Completion(key: t.key, flags: t.flags, result: result, micros: 5)
+        return Completion(key: t.key, flags: t.flags, result: result, micros: 5, generation: t.generation)
     }
 }
 
@@ -465,6 +465,87 @@ struct WorkerEngineTests {
         #expect(e.workerID == 8)
         #expect(e.storedResults == 0)
         #expect(e.storedBytes == 0)
+    }
+
+    @Test("after a scheduler restart, results and cancellations of its earlier start never reach the new one")
+    func reRegisterWithANewEpoch() throws {
+        var e = WorkerEngine()
+        e.registered(as: 1, epoch: 4)
+        // Job 1 of epoch 4: one task running on a thread, job 2 cancelled.
+        let running = executed(e.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), flags: 1)]), now: 0))
+        _ = e.cancel({ var c = Tessera_V1_CancelTasks(); c.jobIds = [2]; return c }(), pool: nil)
+        #expect(e.cancelled.contains(2))
+        // The scheduler restarts; its epoch 5 hands out job ids 1 and 2 again (a scheduler
+        // without a registry cannot remember which it used).
+        e.registered(as: 1, epoch: 5)
+        #expect(e.epoch == 5)
+        #expect(!e.cancelled.contains(2), "a cancellation of the earlier start would silence the new job 2")
+        let fresh = executed(e.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), arg: 10, flags: 1)]), now: 0))
+        #expect(fresh.count == 1)
+        // The old run finishes first: void. The new one is reported, stamped with the new epoch.
+        #expect(reports(e.completed(run(running))).isEmpty)
+        let acts = e.completed(run(fresh))
+        let (r, f) = try #require(reports(acts).first)
+        #expect(try outputValues(r, f)[key(1, 0)] == .int64(11))
+        guard case .toScheduler(let env, _) = acts.first else { Issue.record("no report"); return }
+        #expect(env.epoch == 5)
+        // Job 2 of the new start runs and reports.
+        let two = executed(e.assign(assignment(job: 2, [TaskSpec(key: key(2, 0), flags: 1)]), now: 0))
+        #expect(reports(e.completed(run(two))).first?.0.doneKeys == [key(2, 0)])
+    }
+
+    @Test("a task taken back past its deadline is forgotten: queued, waiting or running")
+    func overdueTasksAreForgotten() throws {
+        var e = engine(id: 1)
+        let acts = e.assign(assignment(job: 1, [
+            TaskSpec(key: key(1, 0), flags: 3),
+            TaskSpec(key: key(1, 1), inputs: [(key(1, 9), 2)]),
+        ], peers: [2: "tcp://b:1"]), now: 0)
+        let running = executed(acts)
+        #expect(e.busy == 2)
+        var c = Tessera_V1_CancelTasks()
+        c.taskKeys = [key(1, 0), key(1, 1)]
+        _ = e.cancel(c, pool: nil)
+        #expect(e.busy == 0)
+        // The run that was already going finishes: nothing is reported and nothing kept.
+        #expect(reports(e.completed(run(running))).isEmpty)
+        #expect(e.storedResults == 0)
+    }
+
+    @Test("the cancelled-jobs set stays bounded over many finished jobs")
+    func cancelledJobsAreBounded() throws {
+        var e = engine(id: 1)
+        for j in 1...5_000 as ClosedRange<JobID> {
+            let t = executed(e.assign(assignment(job: j, [TaskSpec(key: key(j, 0), flags: 1)]), now: 0))
+            _ = e.completed(run(t))
+            var c = Tessera_V1_CancelTasks()
+            c.jobIds = [j]
+            _ = e.cancel(c, pool: nil)
+        }
+        #expect(e.cancelled.count == e.cancelled.capacity)
+        #expect(e.cancelled.contains(5_000) && !e.cancelled.contains(1))
+        // A late result of a job long forgotten is still dropped, not stored.
+        var late = executed(e.assign(assignment(job: 7_000, [TaskSpec(key: key(7_000, 0), flags: 2)]), now: 0))
+        var c = Tessera_V1_CancelTasks()
+        c.jobIds = [7_000]
+        _ = e.cancel(c, pool: nil)
+        late[0].generation = e.generation
+        #expect(reports(e.completed(run(late))).isEmpty)
+        #expect(e.storedResults == 0)
+    }
+
+    @Test("a fetch from a peer of another epoch finds nothing")
+    func fetchAcrossEpochs() throws {
+        var e = WorkerEngine()
+        e.registered(as: 1, epoch: 3)
+        _ = e.completed(run(executed(e.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), flags: 2)]), now: 0))))
+        var req = Tessera_V1_FetchRequest()
+        req.keys = [key(1, 0)]
+        for (epoch, found) in [(UInt64(3), true), (2, false)] {
+            guard case .replyToPeer(_, let env, _) = e.serveFetch(req, epoch: epoch, from: []) else { Issue.record("no reply"); continue }
+            #expect(env.fetchReply.values.isEmpty != found)
+            #expect(env.fetchReply.missing.isEmpty == found)
+        }
     }
 }
 

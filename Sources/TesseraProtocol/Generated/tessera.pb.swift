@@ -240,6 +240,12 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
 
   /// a message, or something in it, is over a documented limit
   case errorOverLimit // = 9
+
+  /// the job was accepted by an earlier start of the scheduler: it was lost
+  case errorSchedulerRestarted // = 10
+
+  /// no live worker holds data the job reads (yet: workers may be re-registering)
+  case errorDataUnavailable // = 11
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -258,6 +264,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case 7: self = .errorNotAllowed
     case 8: self = .errorRegistrationRefused
     case 9: self = .errorOverLimit
+    case 10: self = .errorSchedulerRestarted
+    case 11: self = .errorDataUnavailable
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -274,6 +282,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case .errorNotAllowed: return 7
     case .errorRegistrationRefused: return 8
     case .errorOverLimit: return 9
+    case .errorSchedulerRestarted: return 10
+    case .errorDataUnavailable: return 11
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -290,6 +300,8 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     .errorNotAllowed,
     .errorRegistrationRefused,
     .errorOverLimit,
+    .errorSchedulerRestarted,
+    .errorDataUnavailable,
   ]
 
 }
@@ -305,6 +317,12 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
 
   /// One entry per bulk frame that follows the header, in order.
   public var frames: [Tessera_V1_FrameInfo] = []
+
+  /// The scheduler's epoch: a new one at every scheduler start (kept in its registry). The
+  /// scheduler stamps it on everything it sends; workers and clients stamp the epoch they last
+  /// heard. A worker message of another epoch is refused with "register again"; a client's
+  /// heartbeat for jobs of another epoch is answered "the scheduler restarted; the job was lost".
+  public var epoch: UInt64 = 0
 
   public var body: Tessera_V1_Envelope.OneOf_Body? = nil
 
@@ -448,6 +466,14 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     set {body = .ping(newValue)}
   }
 
+  public var clientHeartbeat: Tessera_V1_ClientHeartbeat {
+    get {
+      if case .clientHeartbeat(let v)? = body {return v}
+      return Tessera_V1_ClientHeartbeat()
+    }
+    set {body = .clientHeartbeat(newValue)}
+  }
+
   /// scheduler -> client
   public var jobAccepted: Tessera_V1_JobAccepted {
     get {
@@ -571,6 +597,7 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
     case cancelJob(Tessera_V1_CancelJob)
     case statusRequest(Tessera_V1_StatusRequest)
     case ping(Tessera_V1_Ping)
+    case clientHeartbeat(Tessera_V1_ClientHeartbeat)
     /// scheduler -> client
     case jobAccepted(Tessera_V1_JobAccepted)
     case jobResults(Tessera_V1_JobResults)
@@ -729,6 +756,20 @@ public nonisolated struct Tessera_V1_Heartbeat: Sendable {
 
   /// Highest resident memory since the worker started.
   public var peakRssBytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sent by a client every second while it waits for jobs: a job whose client falls silent for
+/// longer than the scheduler's client timeout is cancelled everywhere.
+public nonisolated struct Tessera_V1_ClientHeartbeat: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobIds: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -902,6 +943,10 @@ public nonisolated struct Tessera_V1_CancelTasks: Sendable {
   public var jobIds: [UInt32] = []
 
   public var lostWorkers: [UInt32] = []
+
+  /// Single tasks that passed their deadline here: forget them (a result that still comes is
+  /// dropped); they run elsewhere.
+  public var taskKeys: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1122,6 +1167,10 @@ public nonisolated struct Tessera_V1_SubmitJob: Sendable {
   /// Forward every output value as soon as it is computed (default); otherwise only at the end.
   public var batchResults: Bool = false
 
+  /// Seconds a task may run before it is cancelled and run elsewhere (0: the scheduler's default,
+  /// from the operator and the size of the data the task reads).
+  public var taskTimeoutS: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -1250,6 +1299,10 @@ public nonisolated struct Tessera_V1_WorkerStatus: Sendable {
 
   public var peakRssBytes: UInt64 = 0
 
+  /// Registrations under this name since the scheduler started, beyond the first (a restarted
+  /// or reconnected worker).
+  public var restarts: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1303,6 +1356,14 @@ public nonisolated struct Tessera_V1_StatusReply: Sendable {
   public var uptimeSeconds: Double = 0
 
   public var datasets: [Tessera_V1_DatasetStatus] = []
+
+  /// This scheduler start's epoch (1 for the first start on a registry; each restart adds one).
+  public var epoch: UInt64 = 0
+
+  /// Jobs cancelled because their client fell silent, and tasks cancelled past their deadline.
+  public var jobsAbandoned: UInt64 = 0
+
+  public var tasksTimedOut: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1655,12 +1716,12 @@ nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0\u{1}ERROR_REGISTRATION_REFUSED\0\u{1}ERROR_OVER_LIMIT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0\u{1}ERROR_REGISTRATION_REFUSED\0\u{1}ERROR_OVER_LIMIT\0\u{1}ERROR_SCHEDULER_RESTARTED\0\u{1}ERROR_DATA_UNAVAILABLE\0")
 }
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{4}\u{8}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{4}\u{7}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{1}epoch\0\u{4}\u{7}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{3}client_heartbeat\0\u{4}\u{6}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1670,6 +1731,7 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.frames) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
       case 10: try {
         var v: Tessera_V1_RegisterWorker?
         var hadOneofValue = false
@@ -1891,6 +1953,19 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
           self.body = .ping(v)
         }
       }()
+      case 44: try {
+        var v: Tessera_V1_ClientHeartbeat?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .clientHeartbeat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .clientHeartbeat(v)
+        }
+      }()
       case 50: try {
         var v: Tessera_V1_JobAccepted?
         var hadOneofValue = false
@@ -2063,6 +2138,9 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.frames.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.frames, fieldNumber: 2)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 3)
+    }
     switch self.body {
     case .registerWorker?: try {
       guard case .registerWorker(let v)? = self.body else { preconditionFailure() }
@@ -2132,6 +2210,10 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .ping(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
     }()
+    case .clientHeartbeat?: try {
+      guard case .clientHeartbeat(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
+    }()
     case .jobAccepted?: try {
       guard case .jobAccepted(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
@@ -2188,6 +2270,7 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Tessera_V1_Envelope, rhs: Tessera_V1_Envelope) -> Bool {
     if lhs.version != rhs.version {return false}
     if lhs.frames != rhs.frames {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.body != rhs.body {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -2509,6 +2592,36 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.storedResults != rhs.storedResults {return false}
     if lhs.running != rhs.running {return false}
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ClientHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClientHeartbeat"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.jobIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.jobIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ClientHeartbeat, rhs: Tessera_V1_ClientHeartbeat) -> Bool {
+    if lhs.jobIds != rhs.jobIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2861,7 +2974,7 @@ nonisolated extension Tessera_V1_ReleaseResults: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CancelTasks"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0\u{3}lost_workers\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0\u{3}lost_workers\0\u{3}task_keys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2871,6 +2984,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.jobIds) }()
       case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.lostWorkers) }()
+      case 3: try { try decoder.decodeRepeatedFixed64Field(value: &self.taskKeys) }()
       default: break
       }
     }
@@ -2883,12 +2997,16 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
     if !self.lostWorkers.isEmpty {
       try visitor.visitPackedUInt32Field(value: self.lostWorkers, fieldNumber: 2)
     }
+    if !self.taskKeys.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.taskKeys, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_CancelTasks, rhs: Tessera_V1_CancelTasks) -> Bool {
     if lhs.jobIds != rhs.jobIds {return false}
     if lhs.lostWorkers != rhs.lostWorkers {return false}
+    if lhs.taskKeys != rhs.taskKeys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3250,7 +3368,7 @@ nonisolated extension Tessera_V1_ChainPlan: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitJob"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0\u{3}task_timeout_s\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3287,6 +3405,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
         }
       }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.batchResults) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.taskTimeoutS) }()
       default: break
       }
     }
@@ -3317,6 +3436,9 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if self.batchResults != false {
       try visitor.visitSingularBoolField(value: self.batchResults, fieldNumber: 5)
     }
+    if self.taskTimeoutS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.taskTimeoutS, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3325,6 +3447,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.name != rhs.name {return false}
     if lhs.work != rhs.work {return false}
     if lhs.batchResults != rhs.batchResults {return false}
+    if lhs.taskTimeoutS != rhs.taskTimeoutS {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3531,7 +3654,7 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0\u{1}restarts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3553,6 +3676,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.tasksDone) }()
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
       case 14: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
+      case 15: try { try decoder.decodeSingularUInt32Field(value: &self.restarts) }()
       default: break
       }
     }
@@ -3601,6 +3725,9 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if self.peakRssBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.peakRssBytes, fieldNumber: 14)
     }
+    if self.restarts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.restarts, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3619,6 +3746,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if lhs.tasksDone != rhs.tasksDone {return false}
     if lhs.pid != rhs.pid {return false}
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
+    if lhs.restarts != rhs.restarts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3696,7 +3824,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0\u{1}datasets\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0\u{1}datasets\0\u{1}epoch\0\u{3}jobs_abandoned\0\u{3}tasks_timed_out\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3711,6 +3839,9 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxHeartbeatGapMs) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.uptimeSeconds) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.datasets) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.jobsAbandoned) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.tasksTimedOut) }()
       default: break
       }
     }
@@ -3738,6 +3869,15 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if !self.datasets.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.datasets, fieldNumber: 7)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 8)
+    }
+    if self.jobsAbandoned != 0 {
+      try visitor.visitSingularUInt64Field(value: self.jobsAbandoned, fieldNumber: 9)
+    }
+    if self.tasksTimedOut != 0 {
+      try visitor.visitSingularUInt64Field(value: self.tasksTimedOut, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3749,6 +3889,9 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.maxHeartbeatGapMs != rhs.maxHeartbeatGapMs {return false}
     if lhs.uptimeSeconds != rhs.uptimeSeconds {return false}
     if lhs.datasets != rhs.datasets {return false}
+    if lhs.epoch != rhs.epoch {return false}
+    if lhs.jobsAbandoned != rhs.jobsAbandoned {return false}
+    if lhs.tasksTimedOut != rhs.tasksTimedOut {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -26,6 +26,12 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Seconds before a shard file no dataset references (a failed or replaced ingest, a planted file) is removed from its worker.")
     var orphanGraceS: Double = 3600
 
+    @Option(help: "Seconds a client may send nothing (it heartbeats every second while it waits) before its jobs are cancelled.")
+    var clientTimeoutS: Double = 30
+
+    @Option(help: "Seconds a task may run before it is cancelled and run elsewhere, plus one second per MiB it reads (a job may set its own).")
+    var taskDeadlineS: Double = 300
+
     @Option(help: "The registry of datasets (an SQLite file, created if missing).")
     var registry: String?
 
@@ -43,6 +49,8 @@ struct SchedulerCommand: ParsableCommand {
 
     func validate() throws {
         guard orphanGraceS.isFinite, orphanGraceS >= 0, orphanGraceS <= 1e7 else { throw ValidationError("--orphan-grace-s must be within 0…10,000,000") }
+        guard clientTimeoutS.isFinite, clientTimeoutS >= 1, clientTimeoutS <= 86_400 else { throw ValidationError("--client-timeout-s must be within 1…86,400") }
+        guard taskDeadlineS.isFinite, taskDeadlineS >= 0.1, taskDeadlineS <= 604_800 else { throw ValidationError("--task-deadline-s must be within 0.1…604,800") }
         guard workerTimeoutMs > UInt64(heartbeatMs) else {
             throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
         }
@@ -59,6 +67,8 @@ struct SchedulerCommand: ParsableCommand {
         config.heartbeatIntervalMs = heartbeatMs
         config.workerTimeoutNs = workerTimeoutMs * 1_000_000
         config.orphanGraceNs = UInt64(orphanGraceS * 1e9)
+        config.clientTimeoutNs = UInt64(clientTimeoutS * 1e9)
+        config.taskDeadlineNs = UInt64(taskDeadlineS * 1e9)
         let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry,
                                          security: keys.map { .curve(KeyDirectory($0)) } ?? .insecure, parentPID: exitWithParent, logger: logger)
         // The first line of stdout names the bound endpoints: launchers read it.

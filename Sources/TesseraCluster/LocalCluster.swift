@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TesseraClient
 import TesseraProtocol
 import TesseraSecurity
@@ -23,7 +24,12 @@ public enum ClusterError: Error, CustomStringConvertible {
 /// A scheduler and N workers as real processes on loopback: the "local cluster" a new user meets
 /// first, and what end-to-end tests and benchmarks run against. Stopping it (or dropping it)
 /// stops every process it started; the daemons also exit by themselves if this process dies.
-public final class LocalCluster {
+///
+/// Supervised (the default), a daemon that dies is started again after a back-off that doubles
+/// while it keeps dying (half a second up to 30 s; back to half a second once it has run for a
+/// minute), and why it died goes to the log. A restarted scheduler binds the same endpoints and
+/// reads the same registry; the workers register with it again.
+public final class LocalCluster: Sendable {
     public struct Options: Sendable {
         public var workers = 2
         /// Executor threads per worker (nil: the daemon's default, one per core).
@@ -47,18 +53,49 @@ public final class LocalCluster {
         public var insecure = false
         /// Seconds before orphaned shard files are removed (nil: the scheduler's default, an hour).
         public var orphanGraceSeconds: Double?
+        /// Start a daemon that died again (with a back-off), and log why it died.
+        public var supervise = true
+        /// Seconds a client may be silent before its jobs are cancelled (nil: the scheduler's default).
+        public var clientTimeoutSeconds: Double?
+        /// Called with each supervision event (a daemon died, was started again), besides the log.
+        public var onEvent: (@Sendable (String) -> Void)?
 
         public init() {}
+    }
+
+    /// One daemon of the cluster: how it is started, and its current process.
+    struct Daemon {
+        let name: String
+        let executable: String
+        var arguments: [String]
+        var process: Process
+        var startedAt: Date
+        var restarts = 0
+        /// Seconds to wait before the next start after a death.
+        var backoff = Supervision.firstBackoff
+        /// Set once its death is noticed: when it is to be started again.
+        var restartAt: Date?
+    }
+
+    struct State {
+        var scheduler: Daemon
+        var workers: [Daemon] = []
+        var stopping = false
+    }
+
+    enum Supervision {
+        static let firstBackoff = 0.5
+        static let maxBackoff = 30.0
+        /// A daemon that ran this long before it died is not "crash-looping": its back-off starts over.
+        static let stableSeconds = 60.0
     }
 
     public let options: Options
     public let clientEndpoint: String
     public let workerEndpoint: String
-    public let scheduler: Process
-    public private(set) var workers: [Process] = []
+    private let state: Mutex<State>
     private let binDirectory: String
     private let logHandle: FileHandle?
-    private var stopped = false
     /// The cluster's key folder (nil when insecure).
     public let keys: KeyDirectory?
     /// The key of the local admin user, which this process's connections use.
@@ -99,7 +136,8 @@ public final class LocalCluster {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             schedulerArgs += ["--registry", dir + "/registry.sqlite"]
         }
-        scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle)
+        if let t = options.clientTimeoutSeconds { schedulerArgs += ["--client-timeout-s", "\(t)"] }
+        let scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle)
         guard let line = Self.readLine(out.fileHandleForReading, timeoutMs: 10_000) else {
             scheduler.terminate()
             throw ClusterError.startFailed("tessera-scheduler printed no endpoints (is the port \(port.map(String.init) ?? "?") in use? see its log)")
@@ -113,17 +151,39 @@ public final class LocalCluster {
         }
         clientEndpoint = c
         workerEndpoint = w
+        // A restart binds the endpoints the first start picked.
+        var fixed = schedulerArgs
+        for (flag, endpoint) in [("--clients", c), ("--workers", w)] {
+            if let i = fixed.firstIndex(of: flag), i + 1 < fixed.count { fixed[i + 1] = endpoint }
+        }
+        state = Mutex(State(scheduler: Daemon(name: "scheduler", executable: binDirectory + "/tessera-scheduler", arguments: fixed,
+                                              process: scheduler, startedAt: Date())))
         // Connections this process opens to the cluster find its key without being told.
         CredentialStore.register(credentials, for: c)
         for _ in 0..<options.workers { try startWorker() }
         try waitForWorkers(options.workers, timeout: 30)
+        if options.supervise {
+            let t = Thread { [self] in superviseUntilStopped() }
+            t.name = "tessera-local-supervisor"
+            t.start()
+        }
     }
 
     deinit { stop() }
 
+    /// The scheduler's current process.
+    public var scheduler: Process { state.withLock { $0.scheduler.process } }
+    /// The workers' current processes, in order (`local-0`, `local-1`, …).
+    public var workers: [Process] { state.withLock { $0.workers.map(\.process) } }
+    /// Times each daemon was started again after it died, by name (`scheduler`, `local-N`).
+    public var restarts: [String: Int] {
+        state.withLock { s in Dictionary(uniqueKeysWithValues: ([s.scheduler] + s.workers).map { ($0.name, $0.restarts) }) }
+    }
+
     /// Starts one more worker process.
     public func startWorker() throws {
-        let name = "local-\(workers.count)"
+        let index = state.withLock { $0.workers.count }
+        let name = "local-\(index)"
         var args = ["--scheduler", workerEndpoint, "--exit-with-parent", "\(getpid())", "--name", name]
         if let keys {
             try keys.add(.worker, name: name)
@@ -132,8 +192,10 @@ public final class LocalCluster {
             args += ["--insecure"]
         }
         if let t = options.threadsPerWorker { args += ["--threads", "\(t)"] }
-        if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(workers.count)"] }
-        workers.append(try Self.launch(binDirectory + "/tessera-worker", args, stdout: nil, stderr: logHandle))
+        if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(index)"] }
+        let executable = binDirectory + "/tessera-worker"
+        let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)
+        state.withLock { $0.workers.append(Daemon(name: name, executable: executable, arguments: args, process: p, startedAt: Date())) }
     }
 
     /// Waits until `n` workers are registered.
@@ -149,15 +211,26 @@ public final class LocalCluster {
 
     /// Kills worker `i` with SIGKILL: no goodbye, no cleanup (a crash).
     public func killWorker(_ i: Int) {
-        kill(workers[i].processIdentifier, SIGKILL)
-        workers[i].waitUntilExit()
+        let p = workers[i]
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+    }
+
+    /// Kills the scheduler with SIGKILL, mid-whatever (supervised, it is started again).
+    public func killScheduler() {
+        let p = scheduler
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
     }
 
     /// Stops every process: SIGTERM, then SIGKILL for any still running after 5 s.
     public func stop() {
-        if stopped { return }
-        stopped = true
-        let all = workers + [scheduler]
+        let all: [Process]? = state.withLock { s in
+            if s.stopping { return nil }
+            s.stopping = true
+            return s.workers.map(\.process) + [s.scheduler.process]
+        }
+        guard let all else { return }
         for p in all where p.isRunning { kill(p.processIdentifier, SIGTERM) }
         let deadline = Date().addingTimeInterval(5)
         for p in all {
@@ -165,6 +238,86 @@ public final class LocalCluster {
             if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
+    }
+
+    // MARK: Supervision
+
+    /// Every 100 ms: notes daemons that died (why, and when to start them again) and starts those
+    /// whose back-off has passed. Runs on its own thread until `stop()`.
+    private func superviseUntilStopped() {
+        while true {
+            usleep(100_000)
+            let now = Date()
+            var due: [(isScheduler: Bool, index: Int, daemon: Daemon)] = []
+            var events: [String] = []
+            let stopping = state.withLock { s -> Bool in
+                if s.stopping { return true }
+                func check(_ d: inout Daemon, isScheduler: Bool, index: Int) {
+                    guard !d.process.isRunning else { return }
+                    if d.restartAt == nil {
+                        let ran = now.timeIntervalSince(d.startedAt)
+                        d.backoff = ran >= Supervision.stableSeconds ? Supervision.firstBackoff : d.backoff
+                        d.restartAt = now.addingTimeInterval(d.backoff)
+                        events.append("\(d.name) (pid \(d.process.processIdentifier)) died after \(String(format: "%.1f", ran)) s: "
+                            + Self.death(d.process) + "; starting it again in \(d.backoff) s")
+                        d.backoff = min(d.backoff * 2, Supervision.maxBackoff)
+                    } else if let at = d.restartAt, now >= at {
+                        due.append((isScheduler, index, d))
+                    }
+                }
+                check(&s.scheduler, isScheduler: true, index: 0)
+                for i in s.workers.indices { check(&s.workers[i], isScheduler: false, index: i) }
+                return false
+            }
+            if stopping { return }
+            for e in events { report(e) }
+            for (isScheduler, index, d) in due {
+                // Launched outside the lock: a scheduler takes a moment to print its endpoints.
+                let out = isScheduler ? Pipe() : nil
+                guard let p = try? Self.launch(d.executable, d.arguments, stdout: out, stderr: logHandle) else {
+                    report("\(d.name) could not be started again; trying later")
+                    state.withLock { s in
+                        if isScheduler { s.scheduler.restartAt = Date().addingTimeInterval(d.backoff) } else { s.workers[index].restartAt = Date().addingTimeInterval(d.backoff) }
+                    }
+                    continue
+                }
+                if let out { _ = Self.readLine(out.fileHandleForReading, timeoutMs: 10_000) }
+                let restarts = state.withLock { s -> Int? in
+                    if s.stopping { return nil }
+                    func started(_ x: inout Daemon) -> Int {
+                        x.process = p
+                        x.startedAt = Date()
+                        x.restartAt = nil
+                        x.restarts += 1
+                        return x.restarts
+                    }
+                    return isScheduler ? started(&s.scheduler) : started(&s.workers[index])
+                }
+                guard let restarts else {
+                    // `stop()` came while it was starting: it is not on the list `stop()` stops.
+                    kill(p.processIdentifier, SIGTERM)
+                    p.waitUntilExit()
+                    return
+                }
+                report("\(d.name) started again (pid \(p.processIdentifier), restart \(restarts))")
+            }
+        }
+    }
+
+    /// How a process ended, in words.
+    static func death(_ p: Process) -> String {
+        let status = p.terminationStatus
+        guard p.terminationReason == .uncaughtSignal else { return "exited with status \(status)" }
+        let names: [Int32: String] = [SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGSEGV: "SIGSEGV", SIGABRT: "SIGABRT", SIGILL: "SIGILL",
+                                      SIGBUS: "SIGBUS", SIGINT: "SIGINT", SIGTRAP: "SIGTRAP"]
+        let name = names[status].map { " (\($0)\(status == SIGKILL ? ": killed, or out of memory" : status == SIGTRAP || status == SIGILL ? ": a Swift runtime trap" : ""))" } ?? ""
+        return "killed by signal \(status)\(name)"
+    }
+
+    private func report(_ line: String) {
+        let stamped = "tessera local: \(line)\n"
+        logHandle?.write(Data(stamped.utf8))
+        options.onEvent?(line)
     }
 
     // MARK: Helpers

@@ -11,7 +11,7 @@ import Glibc
 struct LocalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "local",
-        abstract: "Start a scheduler and N workers on this machine; stop them all on Ctrl-C or SIGTERM.")
+        abstract: "Start a scheduler and N workers on this machine (restarting any that dies); stop them all on Ctrl-C or SIGTERM.")
 
     @Option(help: "Worker processes.")
     var workers = 2
@@ -40,6 +40,11 @@ struct LocalCommand: ParsableCommand {
         o.threadsPerWorker = threads
         o.dataDirectory = data
         o.insecure = insecure
+        // A daemon that dies is started again; say so where the user is looking.
+        o.onEvent = { line in
+            print("tessera local: \(line)")
+            fflush(nil)
+        }
         let cluster = try LocalCluster(o)
         print("Tessera local cluster: \(workers) workers")
         print("  client endpoint: \(cluster.clientEndpoint)")

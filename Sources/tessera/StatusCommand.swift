@@ -22,12 +22,16 @@ struct StatusCommand: ParsableCommand {
 enum StatusReport {
     static func render(_ s: Tessera_V1_StatusReply, endpoint: String) -> String {
         var out = "scheduler \(endpoint): up \(String(format: "%.0f", s.uptimeSeconds)) s, \(s.tasksCompleted) tasks and \(s.jobsCompleted) jobs completed\n"
+        // With a registry, epochs count the scheduler's starts on it: every one after the first is a restart.
+        out += "  epoch \(s.epoch)\(s.epoch > 1 && s.epoch < 1 << 32 ? " (\(s.epoch - 1) restarts on this registry)" : "")"
+        out += ", \(s.jobsAbandoned) jobs cancelled for a silent client, \(s.tasksTimedOut) task runs past their deadline\n"
         out += "\nworkers (\(s.workers.count)):\n"
-        out += pad(["id", "name", "threads", "in flight", "stored", "rss", "peak rss", "tasks done", "heartbeat"]) + "\n"
+        out += pad(["id", "name", "threads", "in flight", "stored", "rss", "peak rss", "tasks done", "heartbeat", "restarts"]) + "\n"
         for w in s.workers {
             out += pad([
                 "\(w.id)", w.name, "\(w.threads)", "\(w.inFlight)/\(w.inFlightLimit)",
                 "\(w.storedResults) (\(mib(w.storedBytes)))", mib(w.rssBytes), mib(w.peakRssBytes), "\(w.tasksDone)", "\(w.lastHeartbeatMs) ms ago",
+                "\(w.restarts)",
             ]) + "\n"
         }
         out += "\ndatasets (\(s.datasets.count)):\n"

@@ -10,8 +10,12 @@ import ZeroMQ
 /// failure detection. Stopped by `stop()` or when dropped.
 public enum TestCluster {
     public static func start(workers: Int = 2, threads: Int = 1, heartbeatMs: Int = 100, workerTimeoutMs: Int = 800,
-                             dataDirectory: String? = nil, orphanGraceSeconds: Double? = nil) throws -> LocalCluster {
+                             dataDirectory: String? = nil, orphanGraceSeconds: Double? = nil, supervise: Bool = false,
+                             clientTimeoutSeconds: Double? = nil) throws -> LocalCluster {
         var o = LocalCluster.Options()
+        // A test that kills a daemon usually wants it to stay dead.
+        o.supervise = supervise
+        o.clientTimeoutSeconds = clientTimeoutSeconds
         o.orphanGraceSeconds = orphanGraceSeconds
         o.dataDirectory = dataDirectory
         o.workers = workers

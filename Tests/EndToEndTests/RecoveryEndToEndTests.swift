@@ -1,0 +1,189 @@
+import Foundation
+import Synchronization
+import Testing
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+import TesseraSecurity
+import TesseraSurvey
+import TesseraTestKit
+import ZeroMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cluster's own failures, on real processes: a scheduler SIGKILLed mid-job and started
+/// again on its registry, daemons restarted by supervision, a client that vanishes.
+@Suite(.serialized)
+struct RecoveryEndToEndTests {
+    static let rows = 6_000
+
+    /// A supervised cluster with a small catalog ingested as `object`.
+    static func catalogCluster(workers: Int = 2, clientTimeoutSeconds: Double? = nil) throws -> (LocalCluster, SchedulerConnection) {
+        let cluster = try TestCluster.start(workers: workers, threads: 2, dataDirectory: temporaryFolder("recovery-data"), supervise: true,
+                                            clientTimeoutSeconds: clientTimeoutSeconds)
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let files = try SyntheticCatalog(seed: 5).writeFITS(rows: rows, rowsPerFile: rows, to: temporaryFolder("recovery-input"))
+        var o = IngestOptions(dataset: "object", files: files)
+        o.maxRowsPerShard = 1_000
+        o.replicas = min(2, workers)
+        _ = try CatalogIngest.run(o, connection: conn)
+        return (cluster, conn)
+    }
+
+    static func countAll(_ conn: SchedulerConnection) throws -> Int {
+        Int(try conn.run(CatalogQuery(dataset: "object").filter("coord_ra >= 0").count()).result.rowsMatched)
+    }
+
+    /// Waits until a new connection sees the scheduler of `epoch` with `workers` registered.
+    static func waitForScheduler(_ cluster: LocalCluster, epoch: UInt64, workers: Int, timeout: Double = 30) throws -> Tessera_V1_StatusReply {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let conn = try? SchedulerConnection(endpoint: cluster.clientEndpoint, timeout: 1),
+               let s = try? conn.status(timeout: 1), s.epoch == epoch, s.workers.count == workers {
+                return s
+            }
+            usleep(100_000)
+        }
+        throw ClientError.timedOut("no scheduler of epoch \(epoch) with \(workers) workers within \(timeout) s")
+    }
+
+    /// The regression of issue 10: a scheduler SIGKILLed mid-job and started again on the same
+    /// registry left the workers at their in-flight limit with nothing running, and the next
+    /// question never answered (job ids restarted at 1, and a worker kept its old epoch's
+    /// running tasks and cancellations, which then matched the new jobs' ids).
+    @Test func aSchedulerKilledMidJobAndStartedAgainOnItsRegistryServesAgain() throws {
+        let (cluster, conn) = try Self.catalogCluster()
+        defer { cluster.stop() }
+        let before = try conn.status()
+        #expect(before.epoch == 1)
+        #expect(try Self.countAll(conn) == Self.rows)
+
+        // A long job whose caller uses `run` (it is resubmitted, and answers once) and one whose
+        // caller waits by hand (it hears that the job was lost).
+        let leaves = 20_000
+        let answer = Mutex<(sum: Int64?, state: Tessera_V1_JobState?, error: String?)>((nil, nil, nil))
+        let lost = Mutex<(message: String?, seconds: Double?)>((nil, nil))
+        let killedAt = Mutex<Date?>(nil)
+        let endpoint = cluster.clientEndpoint
+        let runner = Thread {
+            do {
+                let c = try SchedulerConnection(endpoint: endpoint)
+                let out = try c.run(.plan(TestCluster.treeReduce(leaves, sleepMicros: 500)), idleTimeout: 60)
+                guard case .int64(let s)? = out.values.values.first else { throw ClientError.timedOut("no value") }
+                answer.withLock { $0 = (s, out.finished.state, nil) }
+            } catch {
+                answer.withLock { $0.error = "\(error)" }
+            }
+        }
+        let waiter = Thread {
+            do {
+                let c = try SchedulerConnection(endpoint: endpoint)
+                let job = try c.submit(.plan(TestCluster.treeReduce(leaves, sleepMicros: 500)), name: "waits by hand").jobID
+                while true { _ = try c.nextEvent(job: job, timeout: 60) }
+            } catch {
+                let since = killedAt.withLock { $0 }.map { Date().timeIntervalSince($0) }
+                lost.withLock { $0 = ("\(error)", since) }
+            }
+        }
+        runner.start()
+        waiter.start()
+        // Mid-job: both running, some tasks done.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let s = try conn.status()
+            let running = s.jobs.filter { $0.state == .jobRunning && $0.taskCount > 20_000 }
+            if running.count == 2 && running.reduce(0, { $0 + $1.tasksDone }) > 1_000 { break }
+            usleep(20_000)
+        }
+        let oldJobs = try conn.status().jobs.map(\.jobID)
+        #expect(try conn.status().jobs.filter { $0.state == .jobRunning }.count == 2, "the scheduler is killed mid-job")
+        killedAt.withLock { $0 = Date() }
+        cluster.killScheduler()
+
+        // Supervision starts it again on the same ports and registry; the workers register again.
+        let after = try Self.waitForScheduler(cluster, epoch: 2, workers: 2)
+        #expect(cluster.restarts["scheduler"] == 1)
+        let log = try String(contentsOfFile: cluster.options.logFile!, encoding: .utf8)
+        #expect(log.contains("scheduler (pid") && log.contains("killed by signal 9 (SIGKILL"), "the log says why it died")
+        _ = after
+
+        // The caller waiting by hand hears, within a few heartbeats, that its job was lost.
+        let lostDeadline = Date().addingTimeInterval(30)
+        while lost.withLock({ $0.message }) == nil && Date() < lostDeadline { usleep(50_000) }
+        let (message, seconds) = lost.withLock { $0 }
+        #expect(message?.contains("the scheduler restarted") == true && message?.contains("was lost") == true, "\(message ?? "no error")")
+        #expect((seconds ?? 99) < 15, "heard of the loss after \(seconds ?? -1) s")
+
+        // The `run` caller gets one, correct answer.
+        runner.cancel()
+        let runDeadline = Date().addingTimeInterval(90)
+        while answer.withLock({ $0.state == nil && $0.error == nil }) && Date() < runDeadline { usleep(50_000) }
+        let a = answer.withLock { $0 }
+        #expect(a.error == nil, "\(a.error ?? "")")
+        #expect(a.state == .jobDone)
+        #expect(a.sum == Int64(leaves * (leaves + 1) / 2))
+
+        // The next question answers, and right.
+        let fresh = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        #expect(try Self.countAll(fresh) == Self.rows)
+        // Nothing of the old start is left running anywhere, and job ids went on, not back to 1.
+        let s = try fresh.status()
+        #expect(s.jobs.allSatisfy { $0.state != .jobRunning }, "\(s.jobs.map { ($0.jobID, $0.state) })")
+        #expect(s.workers.allSatisfy { $0.inFlight == 0 }, "\(s.workers.map(\.inFlight))")
+        #expect(s.jobs.map(\.jobID).min()! > oldJobs.max()!, "job ids reused: old \(oldJobs), new \(s.jobs.map(\.jobID))")
+    }
+
+    @Test func aKilledWorkerIsStartedAgainAndStatusCountsIt() throws {
+        let (cluster, conn) = try Self.catalogCluster()
+        defer { cluster.stop() }
+        let pid = cluster.workers[1].processIdentifier
+        cluster.killWorker(1)
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if cluster.workers[1].processIdentifier != pid, let s = try? conn.status(), s.workers.count == 2,
+               s.workers.first(where: { $0.name == "local-1" })?.restarts == 1 { break }
+            usleep(100_000)
+        }
+        #expect(cluster.restarts["local-1"] == 1)
+        let s = try conn.status()
+        #expect(s.workers.first { $0.name == "local-1" }?.restarts == 1)
+        #expect(s.workers.first { $0.name == "local-0" }?.restarts == 0)
+        #expect(try Self.countAll(conn) == Self.rows)
+        let log = try String(contentsOfFile: cluster.options.logFile!, encoding: .utf8)
+        #expect(log.contains("local-1 (pid \(pid)) died"))
+        #expect(log.contains("local-1 started again"))
+    }
+
+    @Test func aClientThatVanishesHasItsJobsCancelled() throws {
+        let cluster = try TestCluster.start(workers: 2, threads: 1, clientTimeoutSeconds: 2)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        // A hand-made client submits a long job and then says nothing more (as a killed one would).
+        let context = try ZMQContext()
+        let raw = try rawDealer(context, cluster.clientEndpoint, cluster.credentials)
+        var submit = Envelope()
+        submit.submitJob.plan = TestCluster.independent(100_000, sleepMicros: 1_000)
+        submit.submitJob.name = "abandoned"
+        _ = try raw.send(parts: WireProtocol.encode(submit))
+        // Meanwhile a client that waits (and so heartbeats) for longer than the timeout is served.
+        let kept = try conn.run(.plan(TestCluster.treeReduce(3_000, sleepMicros: 2_000)))
+        #expect(kept.finished.state == .jobDone)
+        #expect(kept.seconds > 2, "the kept job must outlast the client timeout to show anything (took \(kept.seconds) s)")
+        let deadline = Date().addingTimeInterval(10)
+        var s = try conn.status()
+        while Date() < deadline && s.jobs.contains(where: { $0.name == "abandoned" && $0.state == .jobRunning }) {
+            usleep(100_000)
+            s = try conn.status()
+        }
+        let abandoned = try #require(s.jobs.first { $0.name == "abandoned" })
+        #expect(abandoned.state == .jobCancelled)
+        #expect(abandoned.tasksDone < 100_000)
+        #expect(s.jobsAbandoned == 1)
+        usleep(300_000)
+        #expect(try conn.status().workers.allSatisfy { $0.inFlight == 0 })
+        raw.close()
+    }
+}

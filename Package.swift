@@ -67,6 +67,20 @@ let package = Package(
         ),
         .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraSecurity", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol", "TesseraSecurity"]),
+        // The whole cluster in one thread, in simulated time: the real engines through an
+        // in-memory network, faults and all, from one seed (`tessera-sim`, SimulationTests).
+        .target(
+            name: "TesseraSimulation",
+            dependencies: [
+                "TesseraScheduler", "TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .executableTarget(
+            name: "tessera-sim",
+            dependencies: ["TesseraSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Simulator"
+        ),
         .executableTarget(
             name: "tessera",
             dependencies: [
@@ -118,7 +132,8 @@ let package = Package(
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
+        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute", "TesseraSimulation"]),
+        .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage"]),
         .testTarget(
             name: "EndToEndTests",

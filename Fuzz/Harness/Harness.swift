@@ -194,15 +194,11 @@ public final class FuzzHarness: @unchecked Sendable {
         guard let (env, frames) = try? WireProtocol.decode(Self.parts(b), budget: 1 << 22) else { return }
         now &+= 1_000_000
         switch env.body {
-        case .assignTasks(let a): _ = worker.assign(a, now: now)
-        case .releaseResults(let r): worker.release(r)
-        case .cancelTasks(let c): _ = worker.cancel(c, pool: nil)
-        case .fetchRequest(let r): _ = worker.serveFetch(r, from: [1])
+        case .fetchRequest(let r): _ = worker.serveFetch(r, epoch: env.epoch, from: [1])
         case .fetchReply(let r): _ = worker.fetched(r, frames: frames)
-        case .expectShards(let x): worker.expect(x)
         case .storeShard(let s): _ = worker.storeProblem(s)
-        case .registerAck(let a): worker.registered(as: a.workerID)
-        default: break
+        // Everything else as the daemon hands it over: what the scheduler might send.
+        default: _ = worker.handleScheduler(env, now: now, pool: nil)
         }
         _ = worker.tick(now: now &+ 60_000_000_000)
         _ = worker.heartbeat(rssBytes: 0, peakRSSBytes: 0)

@@ -56,10 +56,10 @@ public final class SchedulerConnection {
     private var waiting: [JobID: UInt64] = [:]
     private var lastHeartbeatAt: UInt64 = 0
     /// How often a waiting client heartbeats.
-    public static let heartbeatIntervalNs: UInt64 = 1_000_000_000
+    public static let heartbeatIntervalNs = ClientTiming.heartbeatIntervalNs
     /// How many times ``run(_:name:idleTimeout:onEvent:)`` submits a job again after the
     /// scheduler restarted and lost it.
-    public static let resubmissions = 3
+    public static let resubmissions = ClientTiming.resubmissions
 
     /// How this connection authenticates (workers' peer endpoints take the same key, for ingest).
     public let credentials: Credentials
@@ -99,7 +99,8 @@ public final class SchedulerConnection {
     /// Submits a job and waits for the scheduler to accept it.
     /// - Parameter batchResults: deliver outputs only at the end instead of as they are computed.
     @discardableResult
-    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false, timeout: Double = 30) throws -> Tessera_V1_JobAccepted {
+    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false,
+                       timeout: Double = Double(ClientTiming.acceptTimeoutNs) / 1e9) throws -> Tessera_V1_JobAccepted {
         let tag = nextTag
         nextTag += 1
         var s = Tessera_V1_SubmitJob()

@@ -40,11 +40,8 @@ public final class SchedulerDaemon {
     private var accessSignature: [Int] = []
     /// Most messages read from one socket per turn, so one busy socket cannot starve the other.
     private let drainBudget = 4096
-    private let registry: Registry?
-    /// Job ids below this are set aside in the registry for this start.
-    private var reservedJobIDs: JobID = 0
-    /// Job ids set aside at a time (a start that dies skips what it did not use).
-    private static let jobIDReservation: UInt32 = 10_000
+    /// With a registry: the job ids this start may hand out.
+    private var jobIDs: JobIDReservation?
     /// This start's epoch.
     public let epoch: UInt64
 
@@ -83,19 +80,19 @@ public final class SchedulerDaemon {
         wake = try WakePipe()
         signals = ShutdownSignals(wake: wake, parentPID: parentPID)
         var config = config
+        var registry: Registry?
         if let registryPath {
-            let registry = try Registry(path: registryPath)
+            registry = try Registry(path: registryPath)
             // A new epoch, and job ids no earlier start handed out.
-            let (epoch, first) = try registry.beginEpoch(reserve: Self.jobIDReservation)
+            let (ids, epoch, first) = try JobIDReservation.begin(registry!)
             config.epoch = epoch
             config.firstJobID = first
-            reservedJobIDs = first + Self.jobIDReservation
-            self.registry = registry
+            jobIDs = ids
         } else {
             // Nothing outlives this process: the epoch only has to differ from an earlier
             // start's, which the clock's milliseconds do.
             config.epoch = UInt64(Date().timeIntervalSince1970 * 1000)
-            registry = nil
+            jobIDs = nil
         }
         epoch = config.epoch
         core = SchedulerCore(config: config, now: monotonicNanos())
@@ -137,17 +134,9 @@ public final class SchedulerDaemon {
             try send(core.flush(now: now))
             for n in core.notices { logger.notice("\(n)") }
             core.notices.removeAll()
-            try reserveJobIDsIfLow()
+            try jobIDs?.extend(ifNeededFor: core.nextJobIDToIssue)
         }
         logger.info("scheduler stopping", metadata: ["scheduler/workers": "\(core.workerCount)", "scheduler/jobs": "\(core.activeJobCount)"])
-    }
-
-    /// Sets more job ids aside in the registry before this start hands out the last reserved one.
-    private func reserveJobIDsIfLow() throws {
-        guard let registry, core.nextJobIDToIssue &+ Self.jobIDReservation / 2 >= reservedJobIDs else { return }
-        let floor = core.nextJobIDToIssue &+ Self.jobIDReservation
-        try registry.reserveJobIDs(below: floor)
-        reservedJobIDs = floor
     }
 
     /// Reads up to `drainBudget` messages; returns how many it read.

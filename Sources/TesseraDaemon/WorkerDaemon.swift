@@ -52,9 +52,6 @@ public final class WorkerDaemon {
     private let pool: ExecutorPool
     private let shards: ShardStore?
     private let shardWriter: BackgroundShardWriter?
-    private var registered = false
-    private var lastRegister: UInt64 = 0
-    private var heartbeatIntervalNs: UInt64 = 500_000_000
 
     public init(_ settings: WorkerSettings, registry: OperatorRegistry = .standard, logger: Logger) throws {
         ProcessMemory.retainFreedMemory()
@@ -105,32 +102,24 @@ public final class WorkerDaemon {
     /// Registers, then serves until SIGTERM/SIGINT; then hands back unstarted tasks, reports the
     /// running ones, and deregisters.
     public func run() throws {
-        var lastHeartbeat: UInt64 = 0
-        var lastTick: UInt64 = 0
+        var lastParentCheck: UInt64 = 0
         var poller = makePoller()
         var polledPeers = peers.keys.sorted()
         while !signals.isRequested {
             let now = monotonicNanos()
-            if !registered && (lastRegister == 0 || now &- lastRegister > 5_000_000_000) {
-                if lastRegister != 0 {
-                    // No answer: libzmq does not retry a connection whose key the scheduler
-                    // refused, so a fresh socket tries again (the key may be admitted by now).
-                    logger.warning("no answer from the scheduler; connecting again (is this worker's key in the cluster's workers.list?)")
-                    scheduler.close()
-                    scheduler = try Self.schedulerSocket(context, settings)
-                    poller = makePoller()
-                }
-                try sendToScheduler(registration(), [])
-                lastRegister = now
+            let timers = engine.timers(now: now, rssBytes: ProcessMemory.residentBytes, peakRSSBytes: ProcessMemory.peakResidentBytes)
+            if timers.contains(where: { if case .register(retry: true) = $0 { true } else { false } }) {
+                // No answer: libzmq does not retry a connection whose key the scheduler
+                // refused, so a fresh socket tries again (the key may be admitted by now).
+                logger.warning("no answer from the scheduler; connecting again (is this worker's key in the cluster's workers.list?)")
+                scheduler.close()
+                scheduler = try Self.schedulerSocket(context, settings)
+                poller = makePoller()
             }
-            if registered && now &- lastHeartbeat >= heartbeatIntervalNs {
-                try sendToScheduler(engine.heartbeat(rssBytes: ProcessMemory.residentBytes, peakRSSBytes: ProcessMemory.peakResidentBytes), [])
-                lastHeartbeat = now
-            }
-            if now &- lastTick > 1_000_000_000 {
-                try perform(engine.tick(now: now))
+            try perform(timers)
+            if now &- lastParentCheck > 1_000_000_000 {
                 signals.checkParent()
-                lastTick = now
+                lastParentCheck = now
             }
             if peers.count != polledPeers.count {
                 poller = makePoller()
@@ -187,44 +176,7 @@ public final class WorkerDaemon {
                 continue
             }
             _ = frames
-            let now = monotonicNanos()
-            switch env.body {
-            case .registerAck(let a):
-                if engine.epoch != 0 && env.epoch != engine.epoch {
-                    logger.notice("the scheduler restarted: dropping the work of its earlier start", metadata: ["worker/epoch": "\(engine.epoch) → \(env.epoch)"])
-                }
-                engine.registered(as: a.workerID, epoch: env.epoch, pool: pool)
-                engine.admittedPeerKeys = Set(a.peerKeys)
-                registered = true
-                heartbeatIntervalNs = UInt64(max(a.heartbeatIntervalMs, 10)) * 1_000_000
-                logger.info("registered", metadata: ["worker/id": "\(a.workerID)", "worker/peer": "\(peerEndpoint)", "worker/epoch": "\(env.epoch)"])
-            case .assignTasks(let a):
-                try perform(engine.assign(a, now: now))
-            case .releaseResults(let r):
-                engine.release(r)
-            case .cancelTasks(let c):
-                try perform(engine.cancel(c, pool: pool))
-            case .expectShards(let x):
-                engine.expect(x)
-            case .peerKeys(let k):
-                engine.admittedPeerKeys = Set(k.keys)
-            case .removeShards(let r):
-                let n = shards?.remove(r.keys) ?? 0
-                logger.notice("removed orphaned shard files", metadata: ["worker/removed": "\(n)", "worker/asked": "\(r.keys.count)"])
-            case .error(let e) where e.code == .errorUnknownWorker:
-                // The scheduler restarted or declared us dead: start afresh.
-                if registered {
-                    logger.warning("scheduler no longer knows this worker; registering again")
-                    registered = false
-                    _ = pool.takeQueued()
-                    try sendToScheduler(registration(), [])
-                    lastRegister = monotonicNanos()
-                }
-            case .error(let e):
-                logger.warning("scheduler reported an error", metadata: ["worker/error": "\(e.message)"])
-            default:
-                logger.warning("unexpected message from the scheduler")
-            }
+            try perform(engine.handleScheduler(env, now: monotonicNanos(), pool: pool))
         }
     }
 
@@ -361,6 +313,13 @@ public final class WorkerDaemon {
                 try peerRouter.sendMessage(to: identity, e, frames: f)
             case .execute(let tasks):
                 pool.submit(tasks)
+            case .register:
+                try sendToScheduler(registration(), [])
+            case .removeShards(let keys):
+                let n = shards?.remove(keys) ?? 0
+                logger.notice("removed orphaned shard files", metadata: ["worker/removed": "\(n)", "worker/asked": "\(keys.count)"])
+            case .note(let line):
+                logger.notice("\(line)", metadata: ["worker/peer": "\(peerEndpoint)"])
             }
         }
     }
@@ -381,7 +340,7 @@ public final class WorkerDaemon {
         }
         try drainCompletions()
         try answerStoredShards()
-        if registered { try sendToScheduler(goodbye, []) }
+        if engine.isRegistered { try sendToScheduler(goodbye, []) }
         pool.stop()
         for s in peers.values { s.close() }
         peerRouter.close()

@@ -299,7 +299,7 @@ extension SchedulerCore {
             }
         }
         // Finishing is checked last so that outputs that came with the final report are delivered.
-        for id in Set(r.doneKeys.map(TaskKey.job)) {
+        for id in Set(r.doneKeys.map(TaskKey.job)).sorted() {
             if let job = jobs[id], job.isComplete { finish(job, .jobDone, error: "", now: now) }
         }
     }
@@ -560,4 +560,63 @@ extension SchedulerCore {
         finishedJobs.append(js)
         if finishedJobs.count > 100 { finishedJobs.removeFirst(finishedJobs.count - 100) }
     }
+}
+
+extension SchedulerCore {
+    /// What is inconsistent in the scheduler's state (empty when all is well): checked after
+    /// every step of the simulation. A running task is in flight on exactly the live worker it
+    /// names; every task a worker has in flight is running there; a finished task whose value
+    /// is still needed is held by a live worker; counts match the states they count.
+    public func invariantViolations() -> [String] {
+        var out: [String] = []
+        for w in workers.values {
+            for key in w.deadlines.keys {
+                guard let job = jobs[TaskKey.job(key)] else {
+                    out.append("worker \(w.id) has task \(key) in flight for a job that is gone")
+                    continue
+                }
+                let t = Int(TaskKey.task(key))
+                if t >= job.taskCount || job.state[t] != .running || job.worker[t] != w.id {
+                    out.append("worker \(w.id) has task \(key) in flight, but it is \(t < job.taskCount ? "\(job.state[t]) on \(job.worker[t])" : "out of range")")
+                }
+            }
+        }
+        for job in jobs.values {
+            var done = 0
+            for t in 0..<job.taskCount {
+                let key = TaskKey.make(job: job.id, task: UInt32(t))
+                switch job.state[t] {
+                case .running:
+                    if workers[job.worker[t]]?.deadlines[key] == nil { out.append("task \(key) running on \(job.worker[t]), which does not have it in flight") }
+                case .done:
+                    if !job.isSnapshot(t) { done += 1 }
+                    if workers[job.worker[t]] == nil { out.append("task \(key) done, held by \(job.worker[t]), which is not live") }
+                    if job.pendingDependents[t] == 0 { out.append("task \(key) done and held though nothing needs it") }
+                case .released:
+                    if !job.isSnapshot(t) { done += 1 }
+                case .waiting:
+                    var missing: UInt32 = 0
+                    for j in job.inputRange(t) where !isAvailable(job, Int(job.inputs[j])) { missing += 1 }
+                    if missing != job.waitCount[t] { out.append("task \(key) waits for \(job.waitCount[t]) inputs, lacks \(missing)") }
+                    if missing == 0 { out.append("task \(key) waits with every input available") }
+                case .ready, .recovering:
+                    break
+                }
+            }
+            if done != job.doneCount { out.append("job \(job.id) counts \(job.doneCount) tasks done, states say \(done)") }
+        }
+        return out
+    }
+
+    /// Whether the value of `key` is one the scheduler still counts on `worker` holding (or
+    /// about to report): its task is done there and needed, or running there.
+    public func expectsValue(_ key: UInt64, on worker: WorkerID) -> Bool {
+        guard let job = jobs[TaskKey.job(key)] else { return false }
+        let t = Int(TaskKey.task(key))
+        guard t < job.taskCount, job.worker[t] == worker else { return false }
+        return job.state[t] == .done || job.state[t] == .running
+    }
+
+    /// Whether the scheduler knows `worker` as a live worker now.
+    public func isLive(_ worker: WorkerID) -> Bool { workers[worker] != nil }
 }

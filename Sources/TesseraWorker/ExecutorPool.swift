@@ -24,12 +24,34 @@ public struct Completion: Sendable {
     public var micros: UInt32
     /// As the task's.
     public var generation: UInt32 = 0
+
+    public init(key: UInt64, flags: UInt32, result: Result<Value, OperatorError>, micros: UInt32, generation: UInt32) {
+        self.key = key
+        self.flags = flags
+        self.result = result
+        self.micros = micros
+        self.generation = generation
+    }
+}
+
+/// Where the engine's runnable tasks wait: it may take back those not yet started. The daemon's
+/// is an `ExecutorPool` of threads; the simulation's runs them in simulated time.
+public protocol TaskPool: AnyObject {
+    /// Takes back queued tasks that have not started (those matching `predicate`).
+    func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask]
+    /// Drops the duration records of finished jobs.
+    func forgetProfiles(jobs: Set<UInt32>)
+}
+
+extension TaskPool {
+    /// Takes back every queued task not yet started.
+    public func takeQueued() -> [ExecutableTask] { takeQueued(where: { _ in true }) }
 }
 
 /// A fixed set of threads running tasks from one queue. Finished tasks collect in a list the
 /// event loop drains; `wake` tells the loop there is something to drain (it is called only when
 /// the list goes from empty to non-empty, so a burst of completions costs one wake-up).
-public final class ExecutorPool: Sendable {
+public final class ExecutorPool: TaskPool, Sendable {
     private let queue = LockedBox<Deque<ExecutableTask>>([])
     private let available = DispatchSemaphore(value: 0)
     private let completions = LockedBox<[Completion]>([])
@@ -68,7 +90,7 @@ public final class ExecutorPool: Sendable {
     }
 
     /// Takes back queued tasks that have not started (all of them, or those matching `where`).
-    public func takeQueued(where predicate: (ExecutableTask) -> Bool = { _ in true }) -> [ExecutableTask] {
+    public func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
         queue.withLock { q in
             var taken: [ExecutableTask] = []
             var kept = Deque<ExecutableTask>()

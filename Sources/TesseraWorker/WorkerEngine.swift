@@ -13,6 +13,13 @@ public enum WorkerAction {
     case replyToPeer(routingID: [UInt8], Envelope, [[UInt8]])
     /// Give these tasks to the executor pool.
     case execute([ExecutableTask])
+    /// Send a registration now (the scheduler does not know us). `retry`: the last one went
+    /// unanswered for `WorkerEngine.registerRetryNs` (the daemon dials afresh first).
+    case register(retry: Bool)
+    /// Delete these shard files (no committed dataset references them).
+    case removeShards([String])
+    /// Something worth a log line.
+    case note(String)
 }
 
 /// Cancellation flags per job, shared with the executor threads so long operators stop early.
@@ -95,8 +102,84 @@ public struct WorkerEngine {
     /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
     public var fetchTimeoutNs: UInt64 = 30_000_000_000
 
+    /// Whether the scheduler has accepted our registration (and not since forgotten us).
+    public private(set) var isRegistered = false
+    /// When the last registration, heartbeat and tick went out (0: never).
+    var lastRegisterAt: UInt64 = 0
+    var lastHeartbeatAt: UInt64 = 0
+    var lastTickAt: UInt64 = 0
+    /// An unanswered registration is sent again after this long.
+    public static let registerRetryNs: UInt64 = 5_000_000_000
+    /// How often the scheduler wants a heartbeat.
+    public private(set) var heartbeatIntervalNs: UInt64 = 500_000_000
+
     public init(registry: OperatorRegistry = .standard) {
         self.registry = registry
+    }
+
+    /// Periodic duties, due or not (call every few tens of milliseconds): a registration while
+    /// unregistered (again every `registerRetryNs` without an answer), a heartbeat when due, and
+    /// once a second the fetch timeouts.
+    public mutating func timers(now: UInt64, rssBytes: UInt64, peakRSSBytes: UInt64) -> [WorkerAction] {
+        var out: [WorkerAction] = []
+        if !isRegistered && (lastRegisterAt == 0 || now &- lastRegisterAt > Self.registerRetryNs) {
+            out.append(.register(retry: lastRegisterAt != 0))
+            lastRegisterAt = now
+        }
+        if isRegistered && now &- lastHeartbeatAt >= heartbeatIntervalNs {
+            out.append(.toScheduler(heartbeat(rssBytes: rssBytes, peakRSSBytes: peakRSSBytes), []))
+            lastHeartbeatAt = now
+        }
+        if now &- lastTickAt > 1_000_000_000 {
+            out += tick(now: now)
+            lastTickAt = now
+        }
+        return out
+    }
+
+    /// A message from the scheduler: what to do about it. The daemon and the simulation both
+    /// feed every scheduler message through here.
+    public mutating func handleScheduler(_ env: Envelope, now: UInt64, pool: (any TaskPool)?) -> [WorkerAction] {
+        switch env.body {
+        case .registerAck(let a):
+            var out: [WorkerAction] = []
+            if epoch != 0 && env.epoch != epoch {
+                out.append(.note("the scheduler restarted (epoch \(epoch) → \(env.epoch)): dropping the work of its earlier start"))
+            }
+            registered(as: a.workerID, epoch: env.epoch, pool: pool)
+            admittedPeerKeys = Set(a.peerKeys)
+            isRegistered = true
+            heartbeatIntervalNs = UInt64(max(a.heartbeatIntervalMs, 10)) * 1_000_000
+            out.append(.note("registered as worker \(a.workerID) (epoch \(env.epoch))"))
+            return out
+        case .assignTasks(let a):
+            return assign(a, now: now)
+        case .releaseResults(let r):
+            release(r)
+            return []
+        case .cancelTasks(let c):
+            return cancel(c, pool: pool)
+        case .expectShards(let x):
+            expect(x)
+            return []
+        case .peerKeys(let k):
+            admittedPeerKeys = Set(k.keys)
+            return []
+        case .removeShards(let r):
+            return [.removeShards(r.keys)]
+        case .error(let e) where e.code == .errorUnknownWorker:
+            // The scheduler restarted or declared us dead: start afresh. (Replies to what we sent
+            // before our registration was accepted are ignored: it is on its way.)
+            guard isRegistered else { return [] }
+            isRegistered = false
+            _ = pool?.takeQueued()
+            lastRegisterAt = now
+            return [.note("scheduler no longer knows this worker; registering again"), .register(retry: false)]
+        case .error(let e):
+            return [.note("scheduler reported an error: \(e.message.prefix(500))")]
+        default:
+            return [.note("unexpected message from the scheduler")]
+        }
     }
 
     public var storedResults: Int { store.count }
@@ -121,7 +204,7 @@ public struct WorkerEngine {
     /// The scheduler accepted us. Anything from a previous registration is void: its jobs,
     /// values, queued and running tasks (their results are dropped when they come) and
     /// cancellations; with a new epoch, the ingests it expected too. Shards on disk stay.
-    public mutating func registered(as id: WorkerID, epoch: UInt64 = 0, pool: ExecutorPool? = nil) {
+    public mutating func registered(as id: WorkerID, epoch: UInt64 = 0, pool: (any TaskPool)? = nil) {
         workerID = id
         generation &+= 1
         if epoch != self.epoch { expectedShards.removeAll() }
@@ -288,7 +371,7 @@ public struct WorkerEngine {
 
     /// Forgets cancelled or finished jobs, and tasks that passed their deadline here; fails tasks
     /// that wait on peers the scheduler declared dead.
-    public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: ExecutorPool?) -> [WorkerAction] {
+    public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: (any TaskPool)?) -> [WorkerAction] {
         if !c.taskKeys.isEmpty {
             let overdue = Set(c.taskKeys)
             for k in overdue {
@@ -316,7 +399,7 @@ public struct WorkerEngine {
         if !c.lostWorkers.isEmpty {
             lostPeers.formUnion(c.lostWorkers)
             let lost = Set(c.lostWorkers)
-            for (id, f) in fetches where lost.contains(f.peer) {
+            for (id, f) in fetches.sorted(by: { $0.key < $1.key }) where lost.contains(f.peer) {
                 fetches.removeValue(forKey: id)
                 failWaiting(on: f.keys, "input holder worker \(f.peer) is gone")
             }
@@ -419,7 +502,7 @@ public struct WorkerEngine {
     /// A peer's endpoint could not be dialled: the tasks waiting on its values fail with a
     /// missing-input report, and the scheduler decides what to recompute.
     public mutating func peerUnreachable(_ peer: WorkerID, _ why: String) -> [WorkerAction] {
-        for (id, f) in fetches where f.peer == peer {
+        for (id, f) in fetches.sorted(by: { $0.key < $1.key }) where f.peer == peer {
             fetches.removeValue(forKey: id)
             failWaiting(on: f.keys, "cannot reach worker \(peer): \(why)")
         }
@@ -428,7 +511,7 @@ public struct WorkerEngine {
 
     /// Fails tasks whose fetches took too long (the scheduler then decides what to recompute).
     public mutating func tick(now: UInt64) -> [WorkerAction] {
-        for (id, f) in fetches where now &- f.sentAt > fetchTimeoutNs {
+        for (id, f) in fetches.sorted(by: { $0.key < $1.key }) where now &- f.sentAt > fetchTimeoutNs {
             fetches.removeValue(forKey: id)
             failWaiting(on: f.keys, "fetch from worker \(f.peer) timed out")
         }
@@ -485,7 +568,7 @@ public struct WorkerEngine {
 
     /// Takes back every task not yet started (waiting for inputs or queued in the pool) and says
     /// goodbye, so the scheduler re-runs them elsewhere without counting a failure.
-    public mutating func deregister(reason: String, pool: ExecutorPool?) -> Envelope {
+    public mutating func deregister(reason: String, pool: (any TaskPool)?) -> Envelope {
         var back = Array(pending.keys)
         pending.removeAll()
         waitingFor.removeAll()
@@ -504,6 +587,35 @@ public struct WorkerEngine {
         e.epoch = epoch
         return e
     }
+
+    // MARK: Self-check
+
+    /// What is inconsistent in this engine's own state (empty when all is well): checked after
+    /// every step of the simulation.
+    public func invariantViolations() -> [String] {
+        var out: [String] = []
+        let bytes = store.values.reduce(0) { $0 + $1.byteCount }
+        if bytes != storedBytes { out.append("worker \(workerID): storedBytes \(storedBytes) but the store holds \(bytes)") }
+        for k in executing where pending[k] != nil { out.append("worker \(workerID): task \(k) both executing and waiting for inputs") }
+        for (k, t) in pending {
+            if jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): task \(k) waits for inputs of a job it does not know") }
+            let waiting = t.inputKeys.indices.filter { t.values[$0] == nil }.count
+            if waiting != t.missing { out.append("worker \(workerID): task \(k) counts \(t.missing) missing inputs, lacks \(waiting)") }
+            for j in t.inputKeys.indices where t.values[j] == nil && !(waitingFor[t.inputKeys[j]] ?? []).contains(k) {
+                out.append("worker \(workerID): task \(k) lacks input \(t.inputKeys[j]) but is not waiting for it")
+            }
+        }
+        for (input, tasks) in waitingFor {
+            for tk in tasks where pending[tk] == nil { out.append("worker \(workerID): \(tk) listed as waiting for \(input) but not pending") }
+        }
+        for k in store.keys where jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): holds value \(k) of a job it does not know") }
+        return out
+    }
+
+    /// The keys of the values held (for cross-checks against the scheduler).
+    public var storedKeys: Dictionary<UInt64, Value>.Keys { store.keys }
+    /// Tasks running or waiting here.
+    public var activeTaskKeys: Set<UInt64> { executing.union(pending.keys) }
 
     // MARK: Helpers
 

@@ -1,6 +1,7 @@
 import Testing
 import TesseraCompute
 import TesseraProtocol
+import TesseraSimulation
 @testable import TesseraScheduler
 
 /// Checks that every kept value was released and nothing broke an invariant.
@@ -23,7 +24,7 @@ struct SchedulerResultTests {
     func treeReduce(leaves: UInt64, fanIn: UInt32) throws {
         let c = FakeCluster()
         _ = c.addWorkers(4, threads: [1, 2, 3, 4])
-        let id = try #require(c.submit(treeReducePlan(leaves: leaves, fanIn: fanIn)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: leaves, fanIn: fanIn)))
         let accepted = try #require(c.jobs[id]?.accepted)
         #expect(accepted.outputCount == 1)
         #expect(c.run(until: [id]))
@@ -43,7 +44,7 @@ struct SchedulerResultTests {
         let c = FakeCluster(seed: seed)
         _ = c.addWorkers(5, threads: [1, 2])
         let n = 100 + seed * 37
-        let id = try #require(c.submit(treeReducePlan(leaves: n, fanIn: UInt32(2 + seed % 4))))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: n, fanIn: UInt32(2 + seed % 4))))
         #expect(c.run(until: [id], random: true))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
@@ -56,7 +57,7 @@ struct SchedulerResultTests {
         let c = FakeCluster()
         _ = c.addWorkers(3, threads: [2, 1, 4])
         let n: UInt64 = 500
-        let id = try #require(c.submit(independentPlan(tasks: n)))
+        let id = try #require(c.submit(Workloads.independent(tasks: n)))
         #expect(c.jobs[id]?.accepted.outputCount == n)
         #expect(c.run(until: [id], random: true))
         let job = try #require(c.jobs[id])
@@ -71,7 +72,7 @@ struct SchedulerResultTests {
     func chain(length: UInt64) throws {
         let c = FakeCluster()
         _ = c.addWorkers(3)
-        let id = try #require(c.submit(chainPlan(length: length)))
+        let id = try #require(c.submit(Workloads.chain(length: length)))
         #expect(c.run(until: [id]))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
@@ -82,8 +83,8 @@ struct SchedulerResultTests {
 
     @Test("random DAGs match brute force", arguments: Array(1...10) as [UInt64])
     func randomDAG(seed: UInt64) throws {
-        let g = randomGraph(tasks: 20 + Int(seed * 29 % 300), seed: seed, explicitOutputs: seed % 2 == 0)
-        let expected = bruteForce(g)
+        let g = Workloads.randomGraph(tasks: 20 + Int(seed * 29 % 300), seed: seed, explicitOutputs: seed % 2 == 0)
+        let expected = Workloads.bruteForce(g)
         let c = FakeCluster(seed: seed)
         _ = c.addWorkers(Int(1 + seed % 5), threads: [1, 3, 2])
         let id = try #require(c.submit(g))
@@ -91,7 +92,7 @@ struct SchedulerResultTests {
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
         #expect(job.finished?.reruns == 0)
-        let outs = outputTasks(g)
+        let outs = Workloads.outputTasks(g)
         #expect(job.results.count == outs.count)
         for o in outs { #expect(int(job.results[o]) == expected[Int(o)], "task \(o)") }
         #expect(c.missingInputReports == 0)
@@ -126,7 +127,7 @@ struct SchedulerResultTests {
         _ = c.addWorkers(1000, threads: [1, 2])
         #expect(c.core.workerCount == 1000)
         let n: UInt64 = 100_000
-        let id = try #require(c.submit(independentPlan(tasks: n)))
+        let id = try #require(c.submit(Workloads.independent(tasks: n)))
         #expect(c.run(until: [id]))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
@@ -142,7 +143,7 @@ struct SchedulerResultTests {
         let c = FakeCluster()
         _ = c.addWorkers(1000)
         let n: UInt64 = 100_000
-        let id = try #require(c.submit(treeReducePlan(leaves: n, fanIn: 8)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: n, fanIn: 8)))
         #expect(c.run(until: [id]))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
@@ -158,7 +159,7 @@ struct SchedulerFlowTests {
         let c = FakeCluster()
         let ws = c.addWorkers(3, threads: [1, 2, 3])
         let n: UInt64 = 200
-        let id = try #require(c.submit(independentPlan(tasks: n)))
+        let id = try #require(c.submit(Workloads.independent(tasks: n)))
         // Default config: 2 tasks per thread.
         #expect(ws.map(\.queue.count) == [2, 4, 6])
         #expect(ws.map { c.expectedLimit($0) } == [2, 4, 6])
@@ -185,7 +186,7 @@ struct SchedulerFlowTests {
         cfg.minInFlightPerThread = 3
         let c = FakeCluster(config: cfg)
         let ws = c.addWorkers(2, threads: [1, 2])
-        let id = try #require(c.submit(independentPlan(tasks: 100)))
+        let id = try #require(c.submit(Workloads.independent(tasks: 100)))
         #expect(ws.map(\.queue.count) == [3, 6])
         #expect(c.run(until: [id], random: true))
         expectClean(c)
@@ -195,7 +196,7 @@ struct SchedulerFlowTests {
     func batching() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(4, threads: [4])
-        _ = try #require(c.submit(independentPlan(tasks: 1000)))
+        _ = try #require(c.submit(Workloads.independent(tasks: 1000)))
         let assigns = c.lastFlush.filter { if case .assignTasks = $0.envelope.body { true } else { false } }
         #expect(assigns.count == 4)
         let conns = assigns.compactMap { if case .worker(let c) = $0.destination { c } else { nil } }
@@ -216,8 +217,8 @@ struct SchedulerFlowTests {
     func twoClients() throws {
         let c = FakeCluster()
         _ = c.addWorkers(3, threads: [2])
-        let a = try #require(c.submit(independentPlan(tasks: 60), client: 501, name: "a"))
-        let b = try #require(c.submit(treeReducePlan(leaves: 40, fanIn: 3), client: 502, name: "b"))
+        let a = try #require(c.submit(Workloads.independent(tasks: 60), client: 501, name: "a"))
+        let b = try #require(c.submit(Workloads.treeReduce(leaves: 40, fanIn: 3), client: 502, name: "b"))
         #expect(c.jobs[a]?.owner == 501)
         #expect(c.jobs[b]?.owner == 502)
         #expect(c.run(until: [a, b], random: true))
@@ -235,7 +236,7 @@ struct SchedulerFlowTests {
         let c = FakeCluster()
         c.addWorker(name: "alpha", threads: 2)
         c.addWorker(name: "beta", threads: 5)
-        let id = try #require(c.submit(independentPlan(tasks: 30), name: "my-job"))
+        let id = try #require(c.submit(Workloads.independent(tasks: 30), name: "my-job"))
         let s = try #require(c.requestStatus())
         #expect(s.workers.map(\.name) == ["alpha", "beta"])
         #expect(s.workers.map(\.threads) == [2, 5])
@@ -276,7 +277,7 @@ struct SchedulerErrorTests {
     func unknownOperator() throws {
         let c = FakeCluster()
         _ = c.addWorkers(2)
-        #expect(c.submit(independentPlan(tasks: 3, op: "frobnicate"), client: 7) == nil)
+        #expect(c.submit(Workloads.independent(tasks: 3, op: "frobnicate"), client: 7) == nil)
         let err = try #require(c.clientErrors[7]?.last)
         #expect(err.code == .errorUnknownOperator)
         #expect(err.message.contains("frobnicate"))
@@ -284,7 +285,7 @@ struct SchedulerErrorTests {
         #expect(c.core.activeJobCount == 0)
         // Operators only some worker offers are fine.
         c.addWorker(name: "special", operators: ["inc", "moments"])
-        #expect(c.submit(independentPlan(tasks: 3, op: "moments")) != nil)
+        #expect(c.submit(Workloads.independent(tasks: 3, op: "moments")) != nil)
     }
 
     @Test("invalid graphs and plans are rejected with errorInvalidGraph")
@@ -322,7 +323,7 @@ struct SchedulerErrorTests {
         #expect(c.submit(noKind, frames: [], client: client, name: "x") == nil)
         #expect(c.clientErrors[client]?.first?.code == .errorInvalidGraph)
         client += 1
-        for plan in [treeReducePlan(leaves: 10, fanIn: 1), independentPlan(tasks: 0), chainPlan(length: 0)] {
+        for plan in [Workloads.treeReduce(leaves: 10, fanIn: 1), Workloads.independent(tasks: 0), Workloads.chain(length: 0)] {
             #expect(c.submit(plan, client: client) == nil)
             #expect(c.clientErrors[client]?.first?.code == .errorInvalidGraph)
             client += 1
@@ -340,10 +341,10 @@ struct SchedulerErrorTests {
         cfg.maxTasksPerJob = 100
         let c = FakeCluster(config: cfg)
         _ = c.addWorkers(1)
-        #expect(c.submit(independentPlan(tasks: 101), client: 5) == nil)
-        #expect(c.submit(treeReducePlan(leaves: 90, fanIn: 2), client: 5) == nil)
+        #expect(c.submit(Workloads.independent(tasks: 101), client: 5) == nil)
+        #expect(c.submit(Workloads.treeReduce(leaves: 90, fanIn: 2), client: 5) == nil)
         #expect(c.clientErrors[5]?.map(\.code) == [.errorInvalidGraph, .errorInvalidGraph])
-        #expect(c.submit(independentPlan(tasks: 100), client: 5) != nil)
+        #expect(c.submit(Workloads.independent(tasks: 100), client: 5) != nil)
     }
 
     @Test("a message from an unregistered worker connection gets errorUnknownWorker")
@@ -397,8 +398,8 @@ struct SchedulerCancelTests {
     func cancel() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(3, threads: [2])
-        let id = try #require(c.submit(independentPlan(tasks: 1000), client: 11))
-        let other = try #require(c.submit(independentPlan(tasks: 300), client: 12))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1000), client: 11))
+        let other = try #require(c.submit(Workloads.independent(tasks: 300), client: 12))
         for _ in 0..<3 { c.step(perWorker: 1) }
         let assignedBefore = c.workers.map { $0.assignedKeys.count }
         c.cancel(id, client: 11)
@@ -428,7 +429,7 @@ struct SchedulerCancelTests {
     func lateReportsAfterCancel() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(2, threads: [2])
-        let id = try #require(c.submit(treeReducePlan(leaves: 50, fanIn: 2)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 50, fanIn: 2)))
         c.step(perWorker: 1)
         let stale = ws.map(\.queue)
         c.cancel(id)
@@ -439,7 +440,7 @@ struct SchedulerCancelTests {
         let s = try #require(c.requestStatus())
         #expect(s.workers.allSatisfy { $0.inFlight == 0 })
         // And the workers still work.
-        let next = try #require(c.submit(treeReducePlan(leaves: 20, fanIn: 2)))
+        let next = try #require(c.submit(Workloads.treeReduce(leaves: 20, fanIn: 2)))
         #expect(c.run(until: [next]))
         #expect(int(c.jobs[next]?.results.values.first) == Int64(210))
         #expect(c.violations.isEmpty)
@@ -451,7 +452,7 @@ struct SchedulerCancelTests {
         _ = c.addWorkers(2)
         let alice = ClientIdentity(user: "alice", isAdmin: false, publicKey: "a")
         let bob = ClientIdentity(user: "bob", isAdmin: false, publicKey: "b")
-        let id = try #require(c.submit(independentPlan(tasks: 50), client: 21, identity: alice))
+        let id = try #require(c.submit(Workloads.independent(tasks: 50), client: 21, identity: alice))
         c.cancel(id, client: 22, identity: bob)
         let err = try #require(c.clientErrors[22]?.last)
         #expect(err.code == .errorUnknownJob)
@@ -460,7 +461,7 @@ struct SchedulerCancelTests {
         #expect(try #require(c.requestStatus(client: 22, identity: bob)).jobs.isEmpty)
         #expect(try #require(c.requestStatus(client: 21, identity: alice)).jobs.map(\.user) == ["alice"])
         #expect(try #require(c.requestStatus(client: 23)).jobs.map(\.jobID) == [id])
-        let other = try #require(c.submit(independentPlan(tasks: 50), client: 21, identity: alice))
+        let other = try #require(c.submit(Workloads.independent(tasks: 50), client: 21, identity: alice))
         c.cancel(other, client: 23, identity: ClientIdentity(user: "root", isAdmin: true, publicKey: "r"))
         #expect(c.jobs[other]?.finished?.state == .jobCancelled)
         #expect(c.run(until: [id]))
@@ -539,7 +540,7 @@ struct SchedulerCancelTests {
         let c = FakeCluster()
         c.addWorker(name: "good", operators: ["inc", "sum"])
         let bad = c.addWorker(name: "bad", operators: ["sum"])
-        let id = try #require(c.submit(independentPlan(tasks: 10)))
+        let id = try #require(c.submit(Workloads.independent(tasks: 10)))
         #expect(bad.queue.count == 2)
         #expect(c.run(until: [id]))
         let f = try #require(c.jobs[id]?.finished)
@@ -552,7 +553,7 @@ struct SchedulerCancelTests {
     func failPlan() throws {
         let c = FakeCluster()
         _ = c.addWorkers(3)
-        let id = try #require(c.submit(independentPlan(tasks: 5, op: "fail")))
+        let id = try #require(c.submit(Workloads.independent(tasks: 5, op: "fail")))
         #expect(c.run(until: [id]))
         let f = try #require(c.jobs[id]?.finished)
         #expect(f.state == .jobFailed)
@@ -568,12 +569,12 @@ struct SchedulerCancelTests {
         cfg.maxOperatorFailures = 1
         let c = FakeCluster(config: cfg)
         let w = c.addWorker(threads: 1)
-        let bad = try #require(c.submit(independentPlan(tasks: 1, op: "fail")))
+        let bad = try #require(c.submit(Workloads.independent(tasks: 1, op: "fail")))
         #expect(c.run(until: [bad]))
         #expect(c.jobs[bad]?.finished?.state == .jobFailed)
         #expect(c.core.workers.values.first?.inFlight == 0)
         // The next job must still see a limit of 2 tasks in flight on this 1-thread worker.
-        let next = try #require(c.submit(independentPlan(tasks: 10)))
+        let next = try #require(c.submit(Workloads.independent(tasks: 10)))
         #expect(w.queue.count == 2)
         #expect(c.violations.isEmpty, "\(c.violations)")
         #expect(c.run(until: [next]))
@@ -584,7 +585,7 @@ struct SchedulerCancelTests {
         let c = FakeCluster()
         c.addWorker(name: "good", operators: ["sum"])
         c.addWorker(name: "bad", operators: ["inc"])
-        let id = try #require(c.submit(independentPlan(tasks: 1, op: "inc")))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1, op: "inc")))
         #expect(c.run(until: [id]))
         #expect(c.jobs[id]?.finished?.state == .jobFailed)
         #expect(c.core.workers.values.allSatisfy { $0.inFlight == 0 }, "\(c.core.workers.values.map(\.inFlight))")
@@ -596,7 +597,7 @@ struct SchedulerCancelTests {
         cfg.maxOperatorFailures = 1
         let c = FakeCluster(config: cfg)
         c.addWorker()
-        let id = try #require(c.submit(independentPlan(tasks: 1, op: "fail")))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1, op: "fail")))
         #expect(c.run(until: [id]))
         let s = try #require(c.requestStatus())  // crashes: SchedulerCore.swift:299 UInt32(-1)
         #expect(s.workers.first?.inFlight == 0)
@@ -607,7 +608,7 @@ struct SchedulerCancelTests {
 struct SchedulerReleaseTests {
     @Test("every kept value is released once its dependents are done", arguments: [1, 2, 3] as [UInt64])
     func releases(seed: UInt64) throws {
-        let g = randomGraph(tasks: 150, seed: seed * 11)
+        let g = Workloads.randomGraph(tasks: 150, seed: seed * 11)
         let c = FakeCluster(seed: seed)
         _ = c.addWorkers(4, threads: [1, 2])
         let id = try #require(c.submit(g))
@@ -625,7 +626,7 @@ struct SchedulerReleaseTests {
     func treeReleases() throws {
         let c = FakeCluster()
         _ = c.addWorkers(3)
-        let id = try #require(c.submit(treeReducePlan(leaves: 81, fanIn: 3)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 81, fanIn: 3)))
         let tasks = try #require(c.jobs[id]?.accepted.taskCount)
         #expect(tasks == 81 + 27 + 9 + 3 + 1)
         #expect(c.run(until: [id], perWorker: 1))
@@ -641,7 +642,7 @@ struct SchedulerPipelineTests {
     @Test func chainLinksArePipelinedOntoTheWorkerRunningTheirInput() throws {
         let c = FakeCluster()
         let w = c.addWorker(threads: 2)
-        let id = try #require(c.submit(chainPlan(length: 50)))
+        let id = try #require(c.submit(Workloads.chain(length: 50)))
         let limit = c.expectedLimit(w)
         #expect(limit > 1)
         #expect(w.queue.count == limit)
@@ -677,7 +678,7 @@ struct SchedulerStallTests {
         c.core.tick(now: c.now)
         c.flushAndProcess()
         #expect(c.core.workerCount == 1)
-        let id = try #require(c.submit(treeReducePlan(leaves: 30, fanIn: 3)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 30, fanIn: 3)))
         #expect(c.run(until: [id]))
         #expect(int(c.jobs[id]?.results.values.first) == Int64(30 * 31 / 2))
     }

@@ -1,6 +1,7 @@
 import Testing
 import TesseraCompute
 import TesseraProtocol
+import TesseraSimulation
 @testable import TesseraScheduler
 
 /// One client's heartbeat naming `jobs`, stamped with `epoch`.
@@ -40,8 +41,8 @@ struct SchedulerLivenessTests {
         let c = FakeCluster(config: config)
         let ws = c.addWorkers(2)
         for w in ws { w.paused = true }
-        let kept = try #require(c.submit(independentPlan(tasks: 20), client: 1000))
-        let dropped = try #require(c.submit(independentPlan(tasks: 20), client: 2000))
+        let kept = try #require(c.submit(Workloads.independent(tasks: 20), client: 1000))
+        let dropped = try #require(c.submit(Workloads.independent(tasks: 20), client: 2000))
         pass(c, seconds: 12, beating: [1000])
         let f = try #require(c.jobs[dropped]?.finished)
         #expect(f.state == .jobCancelled)
@@ -66,7 +67,7 @@ struct SchedulerLivenessTests {
         config.firstJobID = 40_001
         let c = FakeCluster(config: config)
         _ = c.addWorkers(1)
-        let current = try #require(c.submit(independentPlan(tasks: 3)))
+        let current = try #require(c.submit(Workloads.independent(tasks: 3)))
         #expect(current == 40_001, "job ids start where the registry said")
         #expect(c.core.nextJobIDToIssue == 40_002)
         // Jobs 3 and 4 were accepted by the start of epoch 6.
@@ -96,7 +97,7 @@ struct SchedulerLivenessTests {
         let c = FakeCluster(config: config)
         let w = c.addWorker()
         w.paused = true
-        let id = try #require(c.submit(independentPlan(tasks: 1)))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1)))
         let key = try #require(w.queue.first?.key)
         func report(epoch: UInt64) {
             var r = Tessera_V1_TaskReport()
@@ -135,7 +136,7 @@ struct SchedulerLivenessTests {
         let healthy = c.addWorker(name: "healthy")
         stuck.paused = true
         healthy.paused = true
-        let id = try #require(c.submit(treeReducePlan(leaves: 40, fanIn: 4)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 40, fanIn: 4)))
         let heldByStuck = Set(stuck.queue.map(\.key))
         #expect(!heldByStuck.isEmpty)
         pass(c, seconds: 1, beating: [1000])
@@ -163,7 +164,7 @@ struct SchedulerLivenessTests {
         let c = FakeCluster(config: config)
         let ws = c.addWorkers(2)
         for w in ws { w.paused = true }
-        let id = try #require(c.submit(independentPlan(tasks: 1)))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1)))
         pass(c, seconds: 5, beating: [1000])
         let f = try #require(c.jobs[id]?.finished)
         #expect(f.state == .jobFailed)
@@ -177,7 +178,7 @@ struct SchedulerLivenessTests {
         let w = c.addWorker()
         w.paused = true
         var s = Tessera_V1_SubmitJob()
-        s.plan = independentPlan(tasks: 2)
+        s.plan = Workloads.independent(tasks: 2)
         s.taskTimeoutS = 0.5
         let id = try #require(c.submit(s, frames: [], client: 1000, name: "short deadline"))
         // Past its half second, not yet past the default five minutes: both tasks were taken back.

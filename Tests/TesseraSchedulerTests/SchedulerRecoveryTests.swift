@@ -1,6 +1,7 @@
 import Testing
 import TesseraCompute
 import TesseraProtocol
+import TesseraSimulation
 @testable import TesseraScheduler
 
 @Suite("SchedulerCore: recovery from lineage")
@@ -24,7 +25,7 @@ struct SchedulerRecoveryTests {
     func workerDeathTreeReduce(leaves: UInt64, fanIn: UInt32) throws {
         let c = FakeCluster()
         let ws = c.addWorkers(4)
-        let id = try #require(c.submit(treeReducePlan(leaves: leaves, fanIn: fanIn)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: leaves, fanIn: fanIn)))
         let victim = try #require(victimHoldingIntermediate(c, job: id, firstIntermediate: UInt32(leaves)))
         let held = victim.store.keys.filter { TaskKey.job($0) == id }
         #expect(!held.isEmpty)
@@ -51,7 +52,7 @@ struct SchedulerRecoveryTests {
     func workerDeathChain() throws {
         let c = FakeCluster()
         _ = c.addWorkers(3)
-        let id = try #require(c.submit(chainPlan(length: 60)))
+        let id = try #require(c.submit(Workloads.chain(length: 60)))
         // Pipelining sends up to the in-flight limit of links at once: stop well before the end.
         for _ in 0..<10 { c.step() }
         let holder = try #require(c.liveWorkers.first { !$0.store.isEmpty })
@@ -67,8 +68,8 @@ struct SchedulerRecoveryTests {
     func twoDeaths() throws {
         let c = FakeCluster()
         _ = c.addWorkers(5, threads: [1, 2])
-        let g = randomGraph(tasks: 300, seed: 99)
-        let expected = bruteForce(g)
+        let g = Workloads.randomGraph(tasks: 300, seed: 99)
+        let expected = Workloads.bruteForce(g)
         let id = try #require(c.submit(g))
         for _ in 0..<6 { c.step(perWorker: 1) }
         let victims = c.liveWorkers.sorted { $0.store.count > $1.store.count }.prefix(2)
@@ -78,7 +79,7 @@ struct SchedulerRecoveryTests {
         #expect(c.run(until: [id], random: true))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
-        for o in outputTasks(g) { #expect(int(job.results[o]) == expected[Int(o)], "task \(o)") }
+        for o in Workloads.outputTasks(g) { #expect(int(job.results[o]) == expected[Int(o)], "task \(o)") }
         expectClean(c)
     }
 
@@ -86,7 +87,7 @@ struct SchedulerRecoveryTests {
     func deathNoticedLate() throws {
         let c = FakeCluster()
         _ = c.addWorkers(4)
-        let id = try #require(c.submit(treeReducePlan(leaves: 200, fanIn: 4)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 200, fanIn: 4)))
         let victim = try #require(victimHoldingIntermediate(c, job: id, firstIntermediate: 200))
         c.kill(victim)
         // Others keep working (and failing to fetch from the victim) for a while.
@@ -100,8 +101,8 @@ struct SchedulerRecoveryTests {
 
     @Test("outputs that others read are delivered once even when recomputed")
     func outputsRecomputed() throws {
-        let g = randomGraph(tasks: 200, seed: 5, explicitOutputs: true)
-        let expected = bruteForce(g)
+        let g = Workloads.randomGraph(tasks: 200, seed: 5, explicitOutputs: true)
+        let expected = Workloads.bruteForce(g)
         let c = FakeCluster(seed: 5)
         _ = c.addWorkers(4)
         let id = try #require(c.submit(g))
@@ -112,7 +113,7 @@ struct SchedulerRecoveryTests {
         #expect(c.run(until: [id]))
         let job = try #require(c.jobs[id])
         #expect(job.finished?.state == .jobDone)
-        let outs = outputTasks(g)
+        let outs = Workloads.outputTasks(g)
         #expect(job.results.count == outs.count)
         for o in outs { #expect(int(job.results[o]) == expected[Int(o)], "task \(o)") }
         expectClean(c)
@@ -124,7 +125,7 @@ struct SchedulerRecoveryTests {
         cfg.maxLostRuns = 1
         let c = FakeCluster(config: cfg)
         let ws = c.addWorkers(3, threads: [2])
-        let id = try #require(c.submit(treeReducePlan(leaves: 120, fanIn: 3)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 120, fanIn: 3)))
         for _ in 0..<10 { c.step(perWorker: 1) }
         #expect(!ws[1].queue.isEmpty)
         c.deregister(ws[1])
@@ -141,7 +142,7 @@ struct SchedulerRecoveryTests {
         cfg.maxLostRuns = 3
         let c = FakeCluster(config: cfg)
         _ = c.addWorkers(5)
-        let id = try #require(c.submit(independentPlan(tasks: 1)))
+        let id = try #require(c.submit(Workloads.independent(tasks: 1)))
         for round in 0..<3 {
             let runner = try #require(c.liveWorkers.first { !$0.queue.isEmpty }, "round \(round)")
             c.kill(runner)
@@ -157,7 +158,7 @@ struct SchedulerRecoveryTests {
     func reRegister() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(3)
-        let id = try #require(c.submit(treeReducePlan(leaves: 90, fanIn: 3)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 90, fanIn: 3)))
         for _ in 0..<8 { c.step(perWorker: 1) }
         let w = ws[0]
         let oldID = w.id
@@ -187,8 +188,8 @@ struct SchedulerRecoveryTests {
     @Test("chaos: random deaths, departures and arrivals on random DAGs", arguments: Array(1...16) as [UInt64])
     func chaos(seed: UInt64) throws {
         var rng = SplitMix64(seed: seed &* 7919)
-        let g = randomGraph(tasks: 150 + Int(rng.next() % 250), seed: seed, explicitOutputs: seed % 3 == 0)
-        let expected = bruteForce(g)
+        let g = Workloads.randomGraph(tasks: 150 + Int(rng.next() % 250), seed: seed, explicitOutputs: seed % 3 == 0)
+        let expected = Workloads.bruteForce(g)
         let c = FakeCluster(seed: seed)
         _ = c.addWorkers(5, threads: [1, 2, 1, 3])
         let id = try #require(c.submit(g))
@@ -225,7 +226,7 @@ struct SchedulerRecoveryTests {
         let job = try #require(c.jobs[id])
         let f = try #require(job.finished)
         #expect(f.state == .jobDone, "\(f.error)")
-        let outs = outputTasks(g)
+        let outs = Workloads.outputTasks(g)
         #expect(job.results.count == outs.count)
         for o in outs { #expect(int(job.results[o]) == expected[Int(o)], "task \(o)") }
         #expect(c.violations.isEmpty, "\(c.violations.prefix(5))")
@@ -235,7 +236,7 @@ struct SchedulerRecoveryTests {
     func chaosReleases(seed: UInt64) throws {
         // Same as above, but only looks at the store: no value may outlive its dependents.
         var rng = SplitMix64(seed: seed &* 104_729)
-        let g = randomGraph(tasks: 200, seed: seed + 1000)
+        let g = Workloads.randomGraph(tasks: 200, seed: seed + 1000)
         let c = FakeCluster(seed: seed)
         _ = c.addWorkers(4, threads: [1, 2])
         let id = try #require(c.submit(g))
@@ -266,7 +267,7 @@ struct SchedulerMissingInputTests {
     func fetchTimeoutLeak() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(3)
-        let id = try #require(c.submit(treeReducePlan(leaves: 60, fanIn: 3)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 60, fanIn: 3)))
         // Find a queued task reading an input another live worker holds.
         var found: (reader: FakeWorker, key: UInt64, holder: FakeWorker)?
         for _ in 0..<200 where found == nil {
@@ -298,7 +299,7 @@ struct SchedulerMissingInputTests {
     func lateMissingReport() throws {
         let c = FakeCluster()
         let ws = c.addWorkers(4)
-        let id = try #require(c.submit(treeReducePlan(leaves: 64, fanIn: 4)))
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 64, fanIn: 4)))
         var found: (reader: FakeWorker, key: UInt64, holder: FakeWorker)?
         for _ in 0..<200 where found == nil {
             c.step(perWorker: 1)

@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "TesseraWorker",
             dependencies: [
-                "TesseraProtocol", "TesseraCompute", "TesseraStorage",
+                "TesseraProtocol", "TesseraCompute", "TesseraStorage", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]

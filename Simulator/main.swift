@@ -68,6 +68,9 @@ struct SimCommand: ParsableCommand {
                         }
                         t.outcomes[name, default: 0] += 1
                     }
+                    for case .failed(let why) in r.outcomes {
+                        t.outcomes["failed: " + String(why.prefix(60)), default: 0] += 1
+                    }
                     if !r.violations.isEmpty {
                         t.failures.append(s)
                         let v = r.violations.prefix(3).map { "\"\($0.replacingOccurrences(of: "\"", with: "'"))\"" }.joined(separator: ",")

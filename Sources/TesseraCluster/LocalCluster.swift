@@ -57,6 +57,8 @@ public final class LocalCluster: Sendable {
         public var supervise = true
         /// Seconds a client may be silent before its jobs are cancelled (nil: the scheduler's default).
         public var clientTimeoutSeconds: Double?
+        /// Each worker's memory limit for kept values, in MiB (nil: the worker's default).
+        public var memoryLimitMb: Int?
         /// Called with each supervision event (a daemon died, was started again), besides the log.
         public var onEvent: (@Sendable (String) -> Void)?
 
@@ -192,6 +194,7 @@ public final class LocalCluster: Sendable {
             args += ["--insecure"]
         }
         if let t = options.threadsPerWorker { args += ["--threads", "\(t)"] }
+        if let m = options.memoryLimitMb { args += ["--memory-limit-mb", "\(m)"] }
         if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(index)"] }
         let executable = binDirectory + "/tessera-worker"
         let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)

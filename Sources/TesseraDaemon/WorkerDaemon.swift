@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import TesseraCompute
 import TesseraStorage
@@ -52,6 +53,8 @@ public final class WorkerDaemon {
     private let pool: ExecutorPool
     private let shards: ShardStore?
     private let shardWriter: BackgroundShardWriter?
+    /// Writes kept values past the memory limit to disk, off the event loop.
+    private let spillWriter: SpillWriter
 
     public init(_ settings: WorkerSettings, registry: OperatorRegistry = .standard, logger: Logger) throws {
         ProcessMemory.retainFreedMemory()
@@ -82,6 +85,13 @@ public final class WorkerDaemon {
         shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
         shardWriter = shards.map { BackgroundShardWriter(store: $0, workerName: settings.name) { wake.signal() } }
         engine.dataRoot = settings.dataDirectory
+        // Spilled values go under the data folder when there is one (a local disk), else to a
+        // private temporary folder; either is emptied at start.
+        let spillPath = settings.dataDirectory.map { $0 + "/spill" }
+            ?? FileManager.default.temporaryDirectory.appendingPathComponent("tessera-spill-\(settings.name)-\(getpid())").path
+        spillWriter = SpillWriter(folder: try SpillFolder(path: spillPath)) { wake.signal() }
+        engine.spillStore = spillWriter.folder
+        engine.memoryLimitBytes = Int(clamping: settings.memoryLimit)
     }
 
     /// The DEALER to the scheduler, connected (with this worker's key when it has one).
@@ -131,6 +141,7 @@ public final class WorkerDaemon {
                 wake.drain()
                 try drainCompletions()
                 try answerStoredShards()
+                drainSpills()
             }
             if poller.isReadable(0) { try drainScheduler() }
             if poller.isReadable(1) { try drainPeerRequests() }
@@ -272,6 +283,16 @@ public final class WorkerDaemon {
         }
     }
 
+    /// Values the spill writer has written leave memory; those it could not write stay.
+    private func drainSpills() {
+        let done = spillWriter.drainFinished()
+        if done.written.isEmpty && done.failed.isEmpty { return }
+        engine.spillWritten(done.written, failed: done.failed)
+        if let e = done.errors.first {
+            logger.warning("could not spill values to disk; they stay in memory", metadata: ["worker/values": "\(done.failed.count)", "worker/error": "\(e)"])
+        }
+    }
+
     /// Reports finished tasks; dependents they unblock may run inline and finish at once, so
     /// this repeats until nothing is left.
     private func drainCompletions() throws {
@@ -318,6 +339,8 @@ public final class WorkerDaemon {
             case .removeShards(let keys):
                 let n = shards?.remove(keys) ?? 0
                 logger.notice("removed orphaned shard files", metadata: ["worker/removed": "\(n)", "worker/asked": "\(keys.count)"])
+            case .spill(let values):
+                spillWriter.submit(values)
             case .note(let line):
                 logger.notice("\(line)", metadata: ["worker/peer": "\(peerEndpoint)"])
             }

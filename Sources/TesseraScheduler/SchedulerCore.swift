@@ -165,6 +165,7 @@ public struct SchedulerCore {
             w.rssBytes = h.rssBytes
             w.peakRSSBytes = h.peakRssBytes
             w.storedBytes = h.storedBytes
+            w.spilledBytes = h.spilledBytes
             w.storedResults = h.storedResults
         case .taskReport(let r):
             taskReport(w, r, frames: frames, now: now)
@@ -509,6 +510,7 @@ public struct SchedulerCore {
             ws.inFlight = UInt32(clamping: w.inFlight)
             ws.inFlightLimit = UInt32(clamping: w.inFlightLimit(config))
             ws.storedBytes = w.storedBytes
+            ws.spilledBytes = w.spilledBytes
             ws.storedResults = w.storedResults
             ws.rssBytes = w.rssBytes
             ws.peakRssBytes = w.peakRSSBytes

@@ -22,6 +22,7 @@ final class WorkerRecord {
     var rssBytes: UInt64 = 0
     var peakRSSBytes: UInt64 = 0
     var storedBytes: UInt64 = 0
+    var spilledBytes: UInt64 = 0
     var storedResults: UInt32 = 0
     var tasksDone: UInt64 = 0
     /// Tasks sent and not yet reported, by key, with the time each must have finished by.

@@ -20,6 +20,18 @@ public enum WorkerAction {
     case removeShards([String])
     /// Something worth a log line.
     case note(String)
+    /// Write these values to the spill store, off the event loop; report with `spillWritten`.
+    case spill([(key: UInt64, value: Value)])
+}
+
+/// Where values beyond the memory limit wait on local disk. Writes are the shell's (on a thread
+/// of their own, `WorkerAction.spill`); reading one back and deleting are quick enough for the
+/// event loop.
+public protocol SpillStore: AnyObject {
+    /// A spilled value, read back; nil if it cannot be read.
+    func read(_ key: UInt64) -> Value?
+    /// Deletes spilled values (those not spilled are ignored).
+    func remove(_ keys: [UInt64])
 }
 
 /// Cancellation flags per job, shared with the executor threads so long operators stop early.
@@ -79,9 +91,26 @@ public struct WorkerEngine {
     let cancelled = CancelledJobs()
 
     var jobs: [JobID: JobSetup] = [:]
-    /// Values kept because other tasks will read them.
+    /// Values kept because other tasks will read them, in memory.
     var store: [UInt64: Value] = [:]
+    /// Keys of `store` in the order they were kept: the oldest spill first.
+    var storeOrder: Deque<UInt64> = []
+    /// Values handed to the spill writer, still in memory until it reports them written.
+    var spilling: [UInt64: Value] = [:]
+    var spillingBytes = 0
+    /// Spilled values whose release came while they were being written: deleted once written.
+    var discardWhenWritten: Set<UInt64> = []
+    /// Values on disk, with their sizes.
+    var spilled: [UInt64: Int] = [:]
+    /// Bytes of kept values in memory (`store` and `spilling`).
     public private(set) var storedBytes = 0
+    /// Bytes of kept values on disk.
+    public private(set) var spilledBytes = 0
+    /// Kept values past this many bytes in memory are spilled to `spillStore`, oldest first; a
+    /// single value larger than this fails its task.
+    public var memoryLimitBytes = Int.max
+    /// Where spilled values go (nil: nothing is spilled; the limit still refuses larger values).
+    public var spillStore: (any SpillStore)?
     var pending: [UInt64: PendingTask] = [:]
     /// Input key → tasks waiting for it.
     var waitingFor: [UInt64: [UInt64]] = [:]
@@ -182,7 +211,7 @@ public struct WorkerEngine {
         }
     }
 
-    public var storedResults: Int { store.count }
+    public var storedResults: Int { store.count + spilling.count + spilled.count }
     public var busy: Int { executing.count + pending.count }
 
     // MARK: Registration
@@ -210,8 +239,7 @@ public struct WorkerEngine {
         if epoch != self.epoch { expectedShards.removeAll() }
         self.epoch = epoch
         jobs.removeAll()
-        store.removeAll()
-        storedBytes = 0
+        forgetValues { _ in true }
         pending.removeAll()
         waitingFor.removeAll()
         fetches.removeAll()
@@ -235,7 +263,8 @@ public struct WorkerEngine {
         h.rssBytes = rssBytes
         h.peakRssBytes = peakRSSBytes
         h.storedBytes = UInt64(storedBytes)
-        h.storedResults = UInt32(store.count)
+        h.storedResults = UInt32(storedResults)
+        h.spilledBytes = UInt64(spilledBytes)
         h.running = UInt32(executing.count)
         var e = Envelope()
         e.heartbeat = h
@@ -278,7 +307,7 @@ public struct WorkerEngine {
             var localMissing: [UInt64] = []
             for j in 0..<count {
                 if holders[j] == workerID || holders[j] == 0 {
-                    if let v = store[inKeys[j]] {
+                    if let v = value(of: inKeys[j]) {
                         task.values[j] = v
                     } else if holders[j] == workerID && (executing.contains(inKeys[j]) || pending[inKeys[j]] != nil) {
                         // Pipelined: the input is being computed here; run when it is done, no round trip.
@@ -364,9 +393,75 @@ public struct WorkerEngine {
     }
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {
-        for k in r.keys {
+        let keys = Set(r.keys)
+        forgetValues { keys.contains($0) }
+    }
+
+    // MARK: Kept values: in memory, being spilled, on disk
+
+    /// A kept value, wherever it is (read back from disk if spilled).
+    func value(of key: UInt64) -> Value? {
+        if let v = store[key] ?? spilling[key] { return v }
+        if spilled[key] != nil { return spillStore?.read(key) }
+        return nil
+    }
+
+    /// Keeps a value; spills the oldest in memory while over the limit.
+    mutating func keep(_ key: UInt64, _ v: Value) -> WorkerAction? {
+        store[key] = v
+        storeOrder.append(key)
+        storedBytes += v.byteCount
+        // What is in `store` counts; values already on their way to disk will leave memory.
+        guard storedBytes - spillingBytes > memoryLimitBytes, spillStore != nil else { return nil }
+        var out: [(key: UInt64, value: Value)] = []
+        while storedBytes - spillingBytes > memoryLimitBytes, let k = storeOrder.popFirst() {
+            guard let old = store.removeValue(forKey: k) else { continue }
+            spilling[k] = old
+            spillingBytes += old.byteCount
+            out.append((k, old))
+        }
+        return out.isEmpty ? nil : .spill(out)
+    }
+
+    /// The spill writer finished these: written ones leave memory; failed ones stay there.
+    public mutating func spillWritten(_ keys: [UInt64], failed: [UInt64]) {
+        for k in keys {
+            guard let v = spilling.removeValue(forKey: k) else { continue }
+            spillingBytes -= v.byteCount
+            storedBytes -= v.byteCount
+            if discardWhenWritten.remove(k) != nil {
+                spillStore?.remove([k])
+            } else {
+                spilled[k] = v.byteCount
+                spilledBytes += v.byteCount
+            }
+        }
+        for k in failed {
+            guard let v = spilling.removeValue(forKey: k) else { continue }
+            spillingBytes -= v.byteCount
+            if discardWhenWritten.remove(k) != nil {
+                storedBytes -= v.byteCount
+            } else {
+                // Back in memory (over the limit until the next spill succeeds).
+                store[k] = v
+                storeOrder.append(k)
+            }
+        }
+    }
+
+    /// Drops kept values whose keys match, wherever they are.
+    mutating func forgetValues(where drop: (UInt64) -> Bool) {
+        for k in store.keys where drop(k) {
             if let v = store.removeValue(forKey: k) { storedBytes -= v.byteCount }
         }
+        if store.isEmpty { storeOrder.removeAll() } else if storeOrder.count > 2 * store.count + 64 {
+            storeOrder = Deque(storeOrder.filter { store[$0] != nil })
+        }
+        for k in spilling.keys where drop(k) { discardWhenWritten.insert(k) }
+        if spilling.isEmpty { discardWhenWritten.removeAll() }
+        let gone = spilled.keys.filter(drop)
+        for k in gone { spilledBytes -= spilled.removeValue(forKey: k) ?? 0 }
+        if !gone.isEmpty { spillStore?.remove(gone) }
     }
 
     /// Forgets cancelled or finished jobs, and tasks that passed their deadline here; fails tasks
@@ -387,9 +482,7 @@ public struct WorkerEngine {
                 cancelled.insert(j)
                 jobs.removeValue(forKey: j)
             }
-            for k in store.keys where gone.contains(TaskKey.job(k)) {
-                if let v = store.removeValue(forKey: k) { storedBytes -= v.byteCount }
-            }
+            forgetValues { gone.contains(TaskKey.job($0)) }
             for k in pending.keys where gone.contains(TaskKey.job(k)) { dropPending(k) }
             if let pool {
                 for t in pool.takeQueued(where: { gone.contains(TaskKey.job($0.key)) }) { executing.remove(t.key) }
@@ -446,7 +539,7 @@ public struct WorkerEngine {
         reply.requestID = r.requestID
         var frame: [UInt8] = []
         for k in r.keys {
-            if requestEpoch == epoch, let v = store[k] {
+            if requestEpoch == epoch, let v = value(of: k) {
                 reply.values.append(v.append(to: &frame, key: k, frameIndex: 0))
             } else {
                 reply.missing.append(k)
@@ -526,20 +619,25 @@ public struct WorkerEngine {
         report.workerID = workerID
         var frame: [UInt8] = []
         var runNow: [ExecutableTask] = []
+        var spills: [WorkerAction] = []
         for c in done {
             // Of an earlier registration, cancelled meanwhile, or of a job since forgotten.
             guard c.generation == generation, executing.remove(c.key) != nil, jobs[TaskKey.job(c.key)] != nil else { continue }
-            switch c.result {
+            var result = c.result
+            if case .success(let v) = result, v.byteCount > memoryLimitBytes {
+                // Kept or sent, a value larger than the worker's memory limit would take it down.
+                result = .failure(OperatorError(
+                    "memory limit", "the task's value is \(Self.size(v.byteCount)), larger than this worker's memory limit of \(Self.size(memoryLimitBytes)) "
+                        + "(tessera-worker --memory-limit-mb): split the work into smaller tasks, or raise the limit", retryable: false))
+            }
+            switch result {
             case .success(let v):
                 deliver(c.key, v, into: &runNow)
                 tasksDone += 1
                 report.doneKeys.append(c.key)
                 report.resultBytes.append(UInt64(v.byteCount))
                 report.computeUs.append(c.micros)
-                if c.flags & 2 != 0 {
-                    store[c.key] = v
-                    storedBytes += v.byteCount
-                }
+                if c.flags & 2 != 0, let s = keep(c.key, v) { spills.append(s) }
                 if c.flags & 1 != 0 {
                     report.outputs.append(v.append(to: &frame, key: c.key, frameIndex: 0))
                 }
@@ -561,7 +659,7 @@ public struct WorkerEngine {
             actions.append(toScheduler(e, report.outputs.isEmpty ? [] : [frame]))
         }
         if !runNow.isEmpty { actions.append(.execute(runNow)) }
-        return actions
+        return actions + spills
     }
 
     // MARK: Shutdown
@@ -588,14 +686,20 @@ public struct WorkerEngine {
         return e
     }
 
+    static func size(_ bytes: Int) -> String { bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes) bytes" }
+
     // MARK: Self-check
 
     /// What is inconsistent in this engine's own state (empty when all is well): checked after
     /// every step of the simulation.
     public func invariantViolations() -> [String] {
         var out: [String] = []
-        let bytes = store.values.reduce(0) { $0 + $1.byteCount }
-        if bytes != storedBytes { out.append("worker \(workerID): storedBytes \(storedBytes) but the store holds \(bytes)") }
+        let bytes = store.values.reduce(0) { $0 + $1.byteCount } + spilling.values.reduce(0) { $0 + $1.byteCount }
+        if bytes != storedBytes { out.append("worker \(workerID): storedBytes \(storedBytes) but memory holds \(bytes)") }
+        if spilled.values.reduce(0, +) != spilledBytes { out.append("worker \(workerID): spilledBytes \(spilledBytes) disagrees with the spilled values") }
+        for k in store.keys where spilling[k] != nil || spilled[k] != nil { out.append("worker \(workerID): value \(k) both in memory and spilled") }
+        for k in spilling.keys where spilled[k] != nil { out.append("worker \(workerID): value \(k) both being spilled and spilled") }
+        if spilling.values.reduce(0, { $0 + $1.byteCount }) != spillingBytes { out.append("worker \(workerID): spillingBytes \(spillingBytes) disagrees") }
         for k in executing where pending[k] != nil { out.append("worker \(workerID): task \(k) both executing and waiting for inputs") }
         for (k, t) in pending {
             if jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): task \(k) waits for inputs of a job it does not know") }
@@ -608,12 +712,15 @@ public struct WorkerEngine {
         for (input, tasks) in waitingFor {
             for tk in tasks where pending[tk] == nil { out.append("worker \(workerID): \(tk) listed as waiting for \(input) but not pending") }
         }
-        for k in store.keys where jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): holds value \(k) of a job it does not know") }
+        for k in storedKeys where jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): holds value \(k) of a job it does not know") }
         return out
     }
 
-    /// The keys of the values held (for cross-checks against the scheduler).
-    public var storedKeys: Dictionary<UInt64, Value>.Keys { store.keys }
+    /// The keys of the values held, in memory or on disk (for cross-checks against the
+    /// scheduler); values being spilled whose release has come are not counted.
+    public var storedKeys: [UInt64] {
+        Array(store.keys) + spilling.keys.filter { !discardWhenWritten.contains($0) } + Array(spilled.keys)
+    }
     /// Tasks running or waiting here.
     public var activeTaskKeys: Set<UInt64> { executing.union(pending.keys) }
 

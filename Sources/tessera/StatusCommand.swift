@@ -30,7 +30,7 @@ enum StatusReport {
         for w in s.workers {
             out += pad([
                 "\(w.id)", w.name, "\(w.threads)", "\(w.inFlight)/\(w.inFlightLimit)",
-                "\(w.storedResults) (\(mib(w.storedBytes)))", mib(w.rssBytes), mib(w.peakRssBytes), "\(w.tasksDone)", "\(w.lastHeartbeatMs) ms ago",
+                "\(w.storedResults) (\(mib(w.storedBytes))\(w.spilledBytes > 0 ? " + \(mib(w.spilledBytes)) on disk" : ""))", mib(w.rssBytes), mib(w.peakRssBytes), "\(w.tasksDone)", "\(w.lastHeartbeatMs) ms ago",
                 "\(w.restarts)",
             ]) + "\n"
         }

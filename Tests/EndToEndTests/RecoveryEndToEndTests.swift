@@ -187,3 +187,57 @@ struct RecoveryEndToEndTests {
         raw.close()
     }
 }
+
+/// The worker's memory limit, on real processes: kept values past it spill to disk and come
+/// back when read; a value larger than it fails its task with the limit named.
+@Suite(.serialized)
+struct MemoryLimitEndToEndTests {
+    /// 200 columns of 50,000 doubles (80 MB) all read by one final sum: with 8 MiB per worker,
+    /// most of them wait on disk.
+    @Test func keptValuesPastTheLimitSpillAndTheAnswerIsExact() throws {
+        let cluster = try TestCluster.start(workers: 2, threads: 2, memoryLimitMb: 8)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var g = TaskGraph(operators: ["arange", "sum"])
+        let leaves = (0..<200).map { _ in g.add(operatorIndex: 0, arg: 50_000) }
+        g.add(operatorIndex: 1, inputs: leaves)
+        let maxSpilled = Mutex<UInt64>(0)
+        let done = Atomic<Bool>(false)
+        let endpoint = cluster.clientEndpoint
+        let watcher = Thread {
+            guard let c = try? SchedulerConnection(endpoint: endpoint) else { return }
+            while !done.load(ordering: .relaxed) {
+                if let s = try? c.status(timeout: 1) {
+                    let spilled = s.workers.reduce(0) { $0 + $1.spilledBytes }
+                    maxSpilled.withLock { $0 = max($0, spilled) }
+                }
+                usleep(10_000)
+            }
+        }
+        watcher.start()
+        let out = try conn.run(.graph(g))
+        done.store(true, ordering: .relaxed)
+        #expect(out.finished.state == .jobDone, "\(out.finished.error)")
+        // Σ over 200 leaves of 0 + 1 + … + 49,999, exact in doubles.
+        #expect(out.values[200] == .float64(200 * 50_000 * 49_999 / 2))
+        usleep(200_000)
+        #expect(maxSpilled.withLock { $0 } > 8 << 20, "values spilled past the 8 MiB limits (most seen at once: \(maxSpilled.withLock { $0 }) bytes)")
+        let after = try conn.status()
+        #expect(after.workers.allSatisfy { $0.storedResults == 0 && $0.spilledBytes == 0 }, "everything released afterwards")
+    }
+
+    @Test func aValueLargerThanTheLimitFailsItsTaskAndTheWorkerLives() throws {
+        let cluster = try TestCluster.start(workers: 1, threads: 1, memoryLimitMb: 1)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var g = TaskGraph(operators: ["arange", "sum"])
+        let big = g.add(operatorIndex: 0, arg: 1_000_000)
+        g.add(operatorIndex: 1, inputs: [big])
+        let out = try conn.run(.graph(g))
+        #expect(out.finished.state == .jobFailed)
+        #expect(out.finished.error.contains("7 MiB, larger than this worker's memory limit of 1 MiB"), "\(out.finished.error)")
+        let status = try conn.status()
+        #expect(status.workers.count == 1 && status.workers[0].restarts == 0, "the worker is still the one that started")
+        #expect(try conn.run(.plan(TestCluster.treeReduce(100))).finished.state == .jobDone)
+    }
+}

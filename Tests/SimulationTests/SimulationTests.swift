@@ -6,8 +6,19 @@ import TesseraSimulation
 /// faults, for a few hundred seeds; `tessera-sim --seeds N` runs millions of steps, and
 /// `SIM_SEEDS=N swift test --filter SimulationTests` runs N here.
 @Suite struct SimulationTests {
-    /// Seeds that once found a bug, replayed every run (each line says which).
-    static let regressionSeeds: [UInt64] = []
+    /// Seeds that found bugs, replayed every run. Each fails when its fix is taken out:
+    static let regressionSeeds: [UInt64] = [
+        // A worker that registers again keeps the values of its earlier registration: values
+        // no task needs are held for ever, and jobs of the new start hang.
+        33, 34, 37,
+        // The scheduler takes a worker's messages of an earlier epoch, and the worker takes
+        // completions of tasks assigned before it registered again: a value of a job it does
+        // not know is held, and a job hangs.
+        96,
+        // Found by `tessera-sim --seeds 3000 --start 1000`: a tree reduction of one leaf has
+        // its root at index 1, not 0 (the simulation's own expectation was wrong).
+        1309, 1753,
+    ]
 
     static var seeds: [UInt64] {
         let n = ProcessInfo.processInfo.environment["SIM_SEEDS"].flatMap(UInt64.init) ?? 200

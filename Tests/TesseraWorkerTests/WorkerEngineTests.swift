@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -652,5 +653,109 @@ struct WorkerEnginePipelineTests {
         #expect(missing.missingInputs == [a])
         #expect(missing.missingHolders == [3])
         #expect(e.busy == 0)
+    }
+}
+
+@Suite("WorkerEngine memory limit: spilling and oversized values")
+struct WorkerEngineSpillTests {
+    func spillFolder() throws -> SpillFolder {
+        try SpillFolder(path: FileManager.default.temporaryDirectory.appendingPathComponent("tessera-spill-test-\(UInt32.random(in: 0...UInt32.max))").path)
+    }
+
+    /// Performs the engine's spills as the daemon's writer would, synchronously.
+    func writeSpills(_ actions: [WorkerAction], _ e: inout WorkerEngine, _ folder: SpillFolder) throws -> Int {
+        var n = 0
+        for case .spill(let kv) in actions {
+            for (k, v) in kv { try folder.write(k, v) }
+            e.spillWritten(kv.map(\.key), failed: [])
+            n += kv.count
+        }
+        return n
+    }
+
+    @Test("values past the limit go to disk, oldest first, and are read back for tasks and fetches")
+    func spillAndReadBack() throws {
+        let folder = try spillFolder()
+        var e = engine(id: 1)
+        e.spillStore = folder
+        e.memoryLimitBytes = 3 * 8 * 100  // three columns of 100 doubles
+        var params = Tessera_V1_OperatorParams()
+        params.numbers["start"] = 1
+        let leaves = (0..<10).map { TaskSpec(key: key(1, UInt32($0)), arg: 100, paramIndex: 1, flags: 2) }
+        let acts = e.completed(run(executed(e.assign(assignment(job: 1, operators: ["arange", "sum"], params: [params], leaves), now: 0))))
+        let spilled = try writeSpills(acts, &e, folder)
+        #expect(spilled == 7, "ten kept, three fit")
+        #expect(e.storedBytes == 3 * 800)
+        #expect(e.spilledBytes == 7 * 800)
+        #expect(e.storedResults == 10)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).count == 7)
+        #expect(e.invariantViolations().isEmpty, "\(e.invariantViolations())")
+        // A peer fetches a spilled value: read back from disk.
+        var req = Tessera_V1_FetchRequest()
+        req.keys = [key(1, 0), key(1, 9)]
+        guard case .replyToPeer(_, let env, let frames) = e.serveFetch(req, from: []) else { Issue.record("no reply"); return }
+        let got = try env.fetchReply.values.map { try Value(info: $0, frames: frames) }
+        let column = Value.float64Column((1...100).map { Double($0) })
+        #expect(got == [column, column])
+        // A task here reads all ten, spilled or not: 10 × (1 + … + 100).
+        let root = executed(e.assign(assignment([TaskSpec(key: key(1, 10), op: 1, flags: 1, inputs: (0..<10).map { (key(1, UInt32($0)), 1) })]), now: 0))
+        let (r, f) = try #require(reports(e.completed(run(root))).first)
+        #expect(try outputValues(r, f)[key(1, 10)] == .float64(50_500))
+        // Released: gone from memory and disk.
+        var rel = Tessera_V1_ReleaseResults()
+        rel.keys = (0..<10).map { key(1, UInt32($0)) }
+        e.release(rel)
+        #expect(e.storedResults == 0 && e.storedBytes == 0 && e.spilledBytes == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty)
+    }
+
+    @Test("a release that comes while a value is being written deletes it once written; a failed write keeps it in memory")
+    func releaseDuringSpillAndFailedWrites() throws {
+        let folder = try spillFolder()
+        var e = engine(id: 1)
+        e.spillStore = folder
+        e.memoryLimitBytes = 8 * 100
+        let acts = e.completed(run(executed(e.assign(assignment(job: 1, operators: ["arange"], (0..<3).map { TaskSpec(key: key(1, UInt32($0)), arg: 100, flags: 2) }), now: 0))))
+        let batches = acts.compactMap { if case .spill(let kv) = $0 { kv } else { nil } }.flatMap { $0 }
+        #expect(batches.map(\.key) == [key(1, 0), key(1, 1)])
+        var rel = Tessera_V1_ReleaseResults()
+        rel.keys = [key(1, 0)]
+        e.release(rel)
+        try folder.write(key(1, 0), batches[0].value)
+        e.spillWritten([key(1, 0)], failed: [key(1, 1)])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).isEmpty, "the released value's file is deleted")
+        #expect(e.storedResults == 2)
+        #expect(e.spilledBytes == 0)
+        #expect(e.invariantViolations().filter { !$0.contains("over the limit") }.isEmpty)
+    }
+
+    @Test("a value larger than the memory limit fails its task, naming the limit")
+    func oversizedValueFailsItsTask() throws {
+        var e = engine(id: 1)
+        e.memoryLimitBytes = 1 << 20
+        let acts = e.completed(run(executed(e.assign(assignment(job: 1, operators: ["arange"], [TaskSpec(key: key(1, 0), arg: 200_000, flags: 3)]), now: 0))))
+        let (r, _) = try #require(reports(acts).first)
+        #expect(r.doneKeys.isEmpty)
+        let f = try #require(r.failures.first)
+        #expect(f.kind == .failureRefused)
+        #expect(f.message.contains("1 MiB, larger than this worker's memory limit of 1 MiB") || f.message.contains("larger than this worker's memory limit of 1 MiB"), "\(f.message)")
+        #expect(e.storedResults == 0)
+    }
+
+    @Test("spill files round-trip every kind of value; a damaged one reads as nothing")
+    func spillFilesRoundTrip() throws {
+        let folder = try spillFolder()
+        let values: [Value] = [.int64(-5), .float64(2.5), .int64Column(Array(0..<10_000)), .float64Column((0..<5_000).map { Double($0) / 3 }),
+                               .moments(Moments(of: [1.0, 2, 3])), .bytes(Array(repeating: 7, count: 50_000)), .empty]
+        for (i, v) in values.enumerated() {
+            try folder.write(UInt64(i), v)
+            #expect(folder.read(UInt64(i)) == v, "\(v)")
+        }
+        // The long runs compress: the column of zeros-to-9999 does not, the repeated bytes do.
+        let size = try FileManager.default.attributesOfItem(atPath: folder.path + "/5.spill")[.size] as? Int ?? 0
+        #expect(size < 50_000 / 4)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: folder.path + "/9.spill"))
+        #expect(folder.read(9) == nil)
+        #expect(folder.read(12345) == nil)
     }
 }

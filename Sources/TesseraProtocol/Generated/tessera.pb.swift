@@ -757,6 +757,9 @@ public nonisolated struct Tessera_V1_Heartbeat: Sendable {
   /// Highest resident memory since the worker started.
   public var peakRssBytes: UInt64 = 0
 
+  /// Kept values spilled to local disk past the memory limit (stored_bytes counts memory only).
+  public var spilledBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1302,6 +1305,8 @@ public nonisolated struct Tessera_V1_WorkerStatus: Sendable {
   /// Registrations under this name since the scheduler started, beyond the first (a restarted
   /// or reconnected worker).
   public var restarts: UInt32 = 0
+
+  public var spilledBytes: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2544,7 +2549,7 @@ nonisolated extension Tessera_V1_PeerKeys: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0\u{3}spilled_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2558,6 +2563,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.storedResults) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.running) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
       default: break
       }
     }
@@ -2582,6 +2588,9 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if self.peakRssBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.peakRssBytes, fieldNumber: 6)
     }
+    if self.spilledBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spilledBytes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2592,6 +2601,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.storedResults != rhs.storedResults {return false}
     if lhs.running != rhs.running {return false}
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
+    if lhs.spilledBytes != rhs.spilledBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3654,7 +3664,7 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0\u{1}restarts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0\u{1}restarts\0\u{3}spilled_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3677,6 +3687,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
       case 14: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
       case 15: try { try decoder.decodeSingularUInt32Field(value: &self.restarts) }()
+      case 16: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
       default: break
       }
     }
@@ -3728,6 +3739,9 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if self.restarts != 0 {
       try visitor.visitSingularUInt32Field(value: self.restarts, fieldNumber: 15)
     }
+    if self.spilledBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spilledBytes, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3747,6 +3761,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
     if lhs.pid != rhs.pid {return false}
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
     if lhs.restarts != rhs.restarts {return false}
+    if lhs.spilledBytes != rhs.spilledBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -449,14 +449,8 @@ public struct SchedulerCore {
     public var hasDeferredResults: Bool { !jobsWithResults.isEmpty || !progressiveJobs.isEmpty }
 
     mutating func flushWorker(_ w: WorkerRecord) {
-        if w.assignedCount > 0 {
-            var e = Envelope()
-            e.assignTasks = w.assignment
-            send(.worker(w.connection), e)
-            w.assignment = Tessera_V1_AssignTasks()
-            w.assignedCount = 0
-            w.peersInAssignment.removeAll(keepingCapacity: true)
-        }
+        // Releases first: a task given back to the worker that held its earlier value must not
+        // have its new value dropped by the release of the old one.
         if !w.releases.isEmpty {
             var r = Tessera_V1_ReleaseResults()
             r.keys = w.releases
@@ -464,6 +458,14 @@ public struct SchedulerCore {
             e.releaseResults = r
             send(.worker(w.connection), e)
             w.releases.removeAll(keepingCapacity: true)
+        }
+        if w.assignedCount > 0 {
+            var e = Envelope()
+            e.assignTasks = w.assignment
+            send(.worker(w.connection), e)
+            w.assignment = Tessera_V1_AssignTasks()
+            w.assignedCount = 0
+            w.peersInAssignment.removeAll(keepingCapacity: true)
         }
         if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty || !w.timedOut.isEmpty {
             var c = Tessera_V1_CancelTasks()

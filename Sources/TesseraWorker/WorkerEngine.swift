@@ -401,21 +401,34 @@ public struct WorkerEngine {
 
     /// A kept value, wherever it is (read back from disk if spilled).
     func value(of key: UInt64) -> Value? {
-        if let v = store[key] ?? spilling[key] { return v }
+        if let v = store[key] { return v }
+        if let v = spilling[key], !discardWhenWritten.contains(key) { return v }
         if spilled[key] != nil { return spillStore?.read(key) }
         return nil
     }
 
     /// Keeps a value; spills the oldest in memory while over the limit.
     mutating func keep(_ key: UInt64, _ v: Value) -> WorkerAction? {
+        // A task run here again (its earlier value lost to a reader, or recomputed) replaces
+        // the value it left: counted once.
+        if store[key] != nil || spilling[key] != nil || spilled[key] != nil { forgetValues { $0 == key } }
         store[key] = v
         storeOrder.append(key)
         storedBytes += v.byteCount
         // What is in `store` counts; values already on their way to disk will leave memory.
         guard storedBytes - spillingBytes > memoryLimitBytes, spillStore != nil else { return nil }
         var out: [(key: UInt64, value: Value)] = []
+        var notYet: [UInt64] = []
+        defer { storeOrder.append(contentsOf: notYet) }
         while storedBytes - spillingBytes > memoryLimitBytes, let k = storeOrder.popFirst() {
-            guard let old = store.removeValue(forKey: k) else { continue }
+            guard store[k] != nil else { continue }
+            // An earlier value of the same key is still being written (to the same file): this
+            // one waits in memory until that write is done.
+            if spilling[k] != nil {
+                notYet.append(k)
+                continue
+            }
+            let old = store.removeValue(forKey: k)!
             spilling[k] = old
             spillingBytes += old.byteCount
             out.append((k, old))
@@ -697,7 +710,9 @@ public struct WorkerEngine {
         let bytes = store.values.reduce(0) { $0 + $1.byteCount } + spilling.values.reduce(0) { $0 + $1.byteCount }
         if bytes != storedBytes { out.append("worker \(workerID): storedBytes \(storedBytes) but memory holds \(bytes)") }
         if spilled.values.reduce(0, +) != spilledBytes { out.append("worker \(workerID): spilledBytes \(spilledBytes) disagrees with the spilled values") }
-        for k in store.keys where spilling[k] != nil || spilled[k] != nil { out.append("worker \(workerID): value \(k) both in memory and spilled") }
+        for k in store.keys where (spilling[k] != nil && !discardWhenWritten.contains(k)) || spilled[k] != nil {
+            out.append("worker \(workerID): value \(k) both in memory and spilled")
+        }
         for k in spilling.keys where spilled[k] != nil { out.append("worker \(workerID): value \(k) both being spilled and spilled") }
         if spilling.values.reduce(0, { $0 + $1.byteCount }) != spillingBytes { out.append("worker \(workerID): spillingBytes \(spillingBytes) disagrees") }
         for k in executing where pending[k] != nil { out.append("worker \(workerID): task \(k) both executing and waiting for inputs") }

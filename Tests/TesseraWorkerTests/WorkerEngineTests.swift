@@ -729,6 +729,27 @@ struct WorkerEngineSpillTests {
         #expect(e.invariantViolations().filter { !$0.contains("over the limit") }.isEmpty)
     }
 
+    @Test("a task run again here replaces the value it left, counted once (found by the simulation)")
+    func aRerunReplacesItsValue() throws {
+        for limit in [Int.max, 8] {
+            let folder = try spillFolder()
+            var e = engine(id: 1)
+            e.spillStore = folder
+            e.memoryLimitBytes = limit
+            for arg in [Int64(4), 9] {
+                let acts = e.completed(run(executed(e.assign(assignment(job: 1, [TaskSpec(key: key(1, 0), arg: arg, flags: 2)]), now: 0))))
+                _ = try writeSpills(acts, &e, folder)
+            }
+            #expect(e.storedResults == 1)
+            #expect(e.storedBytes + e.spilledBytes == 8)
+            #expect(e.invariantViolations().isEmpty, "\(e.invariantViolations())")
+            var req = Tessera_V1_FetchRequest()
+            req.keys = [key(1, 0)]
+            guard case .replyToPeer(_, let env, let frames) = e.serveFetch(req, from: []) else { Issue.record("no reply"); return }
+            #expect(try Value(info: env.fetchReply.values[0], frames: frames) == .int64(10), "the second run's value")
+        }
+    }
+
     @Test("a value larger than the memory limit fails its task, naming the limit")
     func oversizedValueFailsItsTask() throws {
         var e = engine(id: 1)

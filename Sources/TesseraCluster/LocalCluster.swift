@@ -325,7 +325,8 @@ public final class LocalCluster: Sendable {
 
     // MARK: Helpers
 
-    static func defaultBinDirectory() -> String {
+    /// The folder of this executable (where `swift build` puts the daemons too).
+    public static func defaultBinDirectory() -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return URL(fileURLWithPath: exe).deletingLastPathComponent().path
     }

@@ -9,6 +9,11 @@ extension Frame: RawBytesProviding {
 
 extension Socket {
     /// Sends an encoded message, prefixed by a routing id when sending on a ROUTER.
+    /// Sends encoded parts without waiting. - Returns: false when the peer's queue is full.
+    func trySend(parts: [[UInt8]]) throws(ZeroMQError) -> Bool {
+        try send(parts: parts, dontWait: true)
+    }
+
     func sendMessage(to identity: [UInt8]? = nil, _ envelope: Envelope, frames: [[UInt8]] = []) throws(ZeroMQError) {
         var parts = WireProtocol.encode(envelope, frames: frames)
         if let identity { parts.insert(identity, at: 0) }

@@ -40,6 +40,11 @@ public final class SchedulerDaemon {
     private var accessSignature: [Int] = []
     /// Most messages read from one socket per turn, so one busy socket cannot starve the other.
     private let drainBudget = 4096
+    /// Messages for clients whose send queue is full (they are not reading), in order: the core
+    /// holds back their jobs meanwhile, so this stays small.
+    private var backlog: [ConnectionID: [[[UInt8]]]] = [:]
+    /// Messages queued in libzmq per client before it counts as not reading.
+    static let clientQueueMessages: Int32 = 64
     /// With a registry: the job ids this start may hand out.
     private var jobIDs: JobIDReservation?
     /// This start's epoch.
@@ -69,12 +74,16 @@ public final class SchedulerDaemon {
             }
         }
         for (s, limit) in [(clients, Limits.clientMessageBytes), (workerSocket, Limits.workerMessageBytes)] {
-            // Never drop a message for a slow peer: results and assignments must arrive.
-            try s.setSendHighWaterMark(0)
             try s.setReceiveHighWaterMark(0)
             // libzmq disconnects a peer that sends a larger frame before it is ever buffered.
             try s.setMaxMessageSize(Int64(min(limit, WireProtocol.maximumFrameBytes)))
         }
+        // Workers' traffic is bounded by their in-flight limits: never drop it. A client that
+        // does not read fills its queue; then sends say so (instead of dropping or growing
+        // without bound), and the scheduler holds that client's jobs back.
+        try workerSocket.setSendHighWaterMark(0)
+        try clients.setSendHighWaterMark(Self.clientQueueMessages)
+        try clients.setRouterMandatory(true)
         clientEndpoint = try clients.bind(clientBind)
         workerEndpoint = try workerSocket.bind(workerBind)
         wake = try WakePipe()
@@ -131,6 +140,7 @@ public final class SchedulerDaemon {
                 signals.checkParent()
                 lastTick = now
             }
+            flushBacklog()
             try send(core.flush(now: now))
             for n in core.notices { logger.notice("\(n)") }
             core.notices.removeAll()
@@ -226,17 +236,54 @@ public final class SchedulerDaemon {
 
     private func send(_ messages: [OutgoingMessage]) throws {
         for m in messages {
-            let (socket, identity): (Socket, [UInt8]?) = switch m.destination {
-            case .worker(let c): (workerSocket, workerTable.identity(c))
-            case .client(let c): (clients, clientTable.identity(c))
+            switch m.destination {
+            case .worker(let c):
+                guard let identity = workerTable.identity(c) else { continue }
+                do throws(ZeroMQError) {
+                    try workerSocket.sendMessage(to: identity, m.envelope, frames: m.frames)
+                } catch {
+                    // A peer that is gone: the state machine learns that from missed heartbeats.
+                    if error.code != EHOSTUNREACH && !error.isWouldBlock { throw error }
+                }
+            case .client(let c):
+                guard let identity = clientTable.identity(c) else { continue }
+                var parts = WireProtocol.encode(m.envelope, frames: m.frames)
+                parts.insert(identity, at: 0)
+                if backlog[c] != nil {
+                    backlog[c]!.append(parts)
+                    continue
+                }
+                if try !sendToClient(c, parts) {
+                    backlog[c] = [parts]
+                    core.setClientBlocked(c, true)
+                }
             }
-            guard let identity else { continue }
-            do throws(ZeroMQError) {
-                try socket.sendMessage(to: identity, m.envelope, frames: m.frames)
-            } catch {
-                // A peer that is gone: the state machine learns that from missed heartbeats.
-                let gone = error.code == EHOSTUNREACH || error.isWouldBlock
-                if !gone { throw error }
+        }
+    }
+
+    /// Sends to a client without waiting. - Returns: false when its queue is full (a client
+    /// that is gone counts as sent: nothing will read it).
+    private func sendToClient(_ c: ConnectionID, _ parts: [[UInt8]]) throws -> Bool {
+        do throws(ZeroMQError) {
+            return try clients.trySend(parts: parts)
+        } catch {
+            if error.code == EHOSTUNREACH { return true }
+            throw error
+        }
+    }
+
+    /// Sends what waits for clients that were not reading, in order, as far as their queues take.
+    private func flushBacklog() {
+        for c in backlog.keys.sorted() {
+            var queued = backlog[c]!
+            var sent = 0
+            while sent < queued.count, (try? sendToClient(c, queued[sent])) == true { sent += 1 }
+            queued.removeFirst(sent)
+            if queued.isEmpty {
+                backlog.removeValue(forKey: c)
+                core.setClientBlocked(c, false)
+            } else {
+                backlog[c] = queued
             }
         }
     }

@@ -96,6 +96,10 @@ final class JobRecord {
     /// Workers that have received this job's operator table.
     var setUpOn: Set<WorkerID> = []
 
+    /// Ready tasks held back while the client is not reading and the job holds
+    /// `maxHeldResultBytes` of its results; queued again when the client reads.
+    var parked: [UInt64] = []
+
     // Results waiting to be streamed to the client.
     var pendingValues: [Tessera_V1_ValueInfo] = []
     var pendingBytes: [UInt8] = []

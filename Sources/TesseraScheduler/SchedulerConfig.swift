@@ -41,6 +41,10 @@ public struct SchedulerConfig: Sendable {
     public var taskDeadlineNsPerMiB: UInt64 = 1_000_000_000
     /// A task that passes its deadline this many times fails its job.
     public var maxTaskTimeouts = 3
+    /// Result bytes one job may hold for a client that is not reading (its connection's send
+    /// queue is full): past this, the job's tasks wait instead of adding more, so a slow client
+    /// slows its own job, and the scheduler's memory does not grow with it.
+    public var maxHeldResultBytes = 64 << 20
 
     public init() {}
 }

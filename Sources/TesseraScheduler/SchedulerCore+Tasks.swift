@@ -75,11 +75,22 @@ extension SchedulerCore {
         return (job, t)
     }
 
+    /// A queued key's task if it may run now: ready, and its job not held back for a client
+    /// that is not reading (then it is parked with its job until the client reads).
+    mutating func runnable(_ key: UInt64) -> (JobRecord, Int)? {
+        guard let (job, t) = readyTask(key) else { return nil }
+        if isHeldBack(job) {
+            job.parked.append(key)
+            return nil
+        }
+        return (job, t)
+    }
+
     mutating func nextOwnTask(_ w: WorkerRecord) -> (JobRecord, Int)? {
-        while let k = snapshotsReady.popFirst() { if let r = readyTask(k) { return r } }
-        while let k = w.pinned.popFirst() { if let r = readyTask(k) { return r } }
-        while let k = w.preferred.popFirst() { if let r = readyTask(k) { return r } }
-        while let k = readyAnywhere.popFirst() { if let r = readyTask(k) { return r } }
+        while let k = snapshotsReady.popFirst() { if let r = runnable(k) { return r } }
+        while let k = w.pinned.popFirst() { if let r = runnable(k) { return r } }
+        while let k = w.preferred.popFirst() { if let r = runnable(k) { return r } }
+        while let k = readyAnywhere.popFirst() { if let r = runnable(k) { return r } }
         return nil
     }
 
@@ -93,7 +104,7 @@ extension SchedulerCore {
             var skipped: [UInt64] = []
             defer { other.preferred.append(contentsOf: skipped.reversed()) }
             while let k = other.preferred.popLast() {
-                guard let (job, t) = readyTask(k) else { continue }
+                guard let (job, t) = runnable(k) else { continue }
                 // Not back to a worker this task already failed on.
                 if job.failedOn[t]?.contains(w.id) == true { skipped.append(k); continue }
                 return (job, t)
@@ -106,7 +117,7 @@ extension SchedulerCore {
             let stop = Swift.max(0, other.pinned.count - 64)
             while k >= stop {
                 let key = other.pinned[k]
-                guard let (job, t) = readyTask(key) else {
+                guard let (job, t) = runnable(key) else {
                     other.pinned.remove(at: k)
                     k -= 1
                     continue

@@ -119,6 +119,8 @@ public struct SchedulerCore {
     var registrations: [String: UInt32] = [:]
     /// When each client connection was last heard from (any message).
     var clientLastHeard: [ConnectionID: UInt64] = [:]
+    /// Client connections whose send queue is full (the daemon keeps what they have not read).
+    var blockedClients: Set<ConnectionID> = []
     /// Clients' silence and tasks' deadlines are checked this often.
     static let sweepIntervalNs: UInt64 = 250_000_000
     var lastSweep: UInt64 = 0
@@ -354,6 +356,31 @@ public struct SchedulerCore {
         }
     }
 
+    /// The daemon could not queue a message for a client (it is not reading), or could again.
+    /// While blocked, its jobs' results are held, and a job holding `maxHeldResultBytes` runs no
+    /// more tasks until the client reads: backpressure to the workers, not growth here.
+    public mutating func setClientBlocked(_ connection: ConnectionID, _ blocked: Bool) {
+        if blocked {
+            blockedClients.insert(connection)
+            return
+        }
+        guard blockedClients.remove(connection) != nil else { return }
+        for id in jobs.keys.sorted() {
+            guard let job = jobs[id], job.client == connection, !job.parked.isEmpty else { continue }
+            let keys = job.parked
+            job.parked = []
+            for k in keys {
+                let t = Int(TaskKey.task(k))
+                if t < job.taskCount, job.state[t] == .ready { makeReady(job, t) }
+            }
+        }
+    }
+
+    /// Whether a job's tasks wait for its client to read what it holds.
+    func isHeldBack(_ job: JobRecord) -> Bool {
+        !blockedClients.isEmpty && blockedClients.contains(job.client) && job.pendingBytes.count >= config.maxHeldResultBytes
+    }
+
     /// The cluster's admitted worker keys changed: every live worker learns the new set.
     public mutating func updatePeerKeys(_ keys: [String]) {
         guard keys != peerKeys else { return }
@@ -435,7 +462,7 @@ public struct SchedulerCore {
         place()
         for w in workers.values { flushWorker(w) }
         for id in jobsWithResults.sorted() {
-            if let job = jobs[id], !job.batchResults, now &- job.lastResultsSentAt >= config.resultIntervalNs {
+            if let job = jobs[id], !job.batchResults, !blockedClients.contains(job.client), now &- job.lastResultsSentAt >= config.resultIntervalNs {
                 sendResults(job, now: now)
                 jobsWithResults.remove(id)
             }
@@ -446,7 +473,9 @@ public struct SchedulerCore {
     }
 
     /// Jobs whose streamed results are held back by the rate limit.
-    public var hasDeferredResults: Bool { !jobsWithResults.isEmpty || !progressiveJobs.isEmpty }
+    public var hasDeferredResults: Bool {
+        !progressiveJobs.isEmpty || jobsWithResults.contains { jobs[$0].map { !blockedClients.contains($0.client) } ?? false }
+    }
 
     mutating func flushWorker(_ w: WorkerRecord) {
         // Releases first: a task given back to the worker that held its earlier value must not

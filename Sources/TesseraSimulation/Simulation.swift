@@ -424,7 +424,7 @@ public final class Simulation {
             guard let (a, inc) = connections[c] else { continue }
             byDestination.append((a, inc, m))
         }
-        let order = byDestination.indices.sorted { (byDestination[$0].0, $0) < (byDestination[$1].0, $1) }
+        let order = byDestination.indices.sorted { (byDestination[$0].0, byDestination[$0].1, $0) < (byDestination[$1].0, byDestination[$1].1, $1) }
         for i in order {
             let (a, inc, m) = byDestination[i]
             send(Message(from: .scheduler, fromIncarnation: schedulerIncarnation, to: a, toIncarnation: inc, envelope: m.envelope, frames: m.frames))

@@ -6,6 +6,7 @@ import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
 import TesseraSecurity
+import TesseraSimulation
 import TesseraSurvey
 import TesseraTestKit
 import ZeroMQ
@@ -239,5 +240,74 @@ struct MemoryLimitEndToEndTests {
         let status = try conn.status()
         #expect(status.workers.count == 1 && status.workers[0].restarts == 0, "the worker is still the one that started")
         #expect(try conn.run(.plan(TestCluster.treeReduce(100))).finished.state == .jobDone)
+    }
+}
+
+/// A client that stops reading: its job's results wait at the workers' pace, not in the
+/// scheduler's memory, and everyone else is served meanwhile.
+@Suite(.serialized)
+struct SlowClientEndToEndTests {
+    @Test func aClientThatDoesNotReadSlowsOnlyItsOwnJob() throws {
+        let cluster = try TestCluster.start(workers: 2, threads: 2)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let pid = cluster.scheduler.processIdentifier
+        let rssBefore = HostileInputEndToEndTests.residentKilobytes(pid)
+        // 8,000 outputs of 0…7,999 doubles: 256 MB of results for a client that reads nothing
+        // after its job is accepted (it still heartbeats, so the job is not abandoned).
+        let n = 8_000
+        let context = try ZMQContext()
+        let slow = try rawDealer(context, cluster.clientEndpoint, cluster.credentials, receiveTimeoutMs: 10_000)
+        try slow.setReceiveHighWaterMark(1)
+        var submit = Envelope()
+        submit.submitJob.plan = Workloads.independent(tasks: UInt64(n), op: "arange")
+        submit.submitJob.name = "unread"
+        _ = try slow.send(parts: WireProtocol.encode(submit))
+        let (accepted, _) = try WireProtocol.decode(try #require(try slow.receiveParts()))
+        let job = accepted.jobAccepted.jobID
+        func heartbeat() throws {
+            var h = Envelope()
+            h.clientHeartbeat.jobIds = [job]
+            h.epoch = accepted.epoch
+            _ = try slow.send(parts: WireProtocol.encode(h), dontWait: true)
+        }
+        var peakKB = rssBefore
+        var heldAt = 0
+        for _ in 0..<40 {
+            try heartbeat()
+            usleep(100_000)
+            peakKB = max(peakKB, HostileInputEndToEndTests.residentKilobytes(pid))
+        }
+        let status = try conn.status()
+        heldAt = Int(status.jobs.first { $0.jobID == job }?.tasksDone ?? 0)
+        #expect(heldAt < n, "the unread job was held back (done \(heldAt) of \(n))")
+        // Everyone else is served meanwhile.
+        let other = try conn.run(.plan(TestCluster.treeReduce(2_000)))
+        #expect(other.finished.state == .jobDone)
+        peakKB = max(peakKB, HostileInputEndToEndTests.residentKilobytes(pid))
+        #expect(peakKB - rssBefore < 128 << 10, "scheduler grew by \((peakKB - rssBefore) >> 10) MiB for a client holding 256 MB unread")
+
+        // Now it reads: every output arrives, right.
+        var outputs: [UInt32: Int] = [:]
+        var finished: Tessera_V1_JobFinished?
+        while finished == nil {
+            try heartbeat()
+            let (env, frames) = try WireProtocol.decode(try #require(try slow.receiveParts()))
+            switch env.body {
+            case .jobResults(let r):
+                for info in r.values {
+                    guard case .float64Column(let c) = try Value(info: info, frames: frames) else { Issue.record("not a column"); continue }
+                    outputs[TaskKey.task(info.key)] = c.count
+                    if c.count > 0 && c.last != Double(c.count - 1) { Issue.record("output \(TaskKey.task(info.key)) wrong") }
+                }
+            case .jobFinished(let f): finished = f
+            default: break
+            }
+        }
+        #expect(finished?.state == .jobDone)
+        #expect(outputs.count == n)
+        #expect(outputs.allSatisfy { $0.value == Int($0.key) })
+        slow.close()
+        print("slow client: held at \(heldAt) of \(n) tasks; scheduler rss \(rssBefore >> 10) → peak \(peakKB >> 10) MiB")
     }
 }

@@ -83,10 +83,27 @@ final class NamespaceNetwork {
         return p
     }
 
-    /// Delay and loss on host `n`'s link, both ways.
-    func impair(host n: Int, delayMs: Int, jitterMs: Int, lossPercent: Double) throws {
-        try Self.sh("tc qdisc replace dev \(tag)v\(n) root netem delay \(delayMs)ms \(jitterMs)ms loss \(lossPercent)%")
-        try Self.sh("ip netns exec \(tag)h\(n) tc qdisc replace dev \(tag)i\(n) root netem delay \(delayMs)ms \(jitterMs)ms loss \(lossPercent)%")
+    /// Delay and loss on host `n`'s link, both ways, with `tc netem`. Where the kernel has no
+    /// netem (some VM kernels), the link is made slow instead (`tc tbf`: queueing delay under
+    /// load) and loses packets at random through nftables. Returns what was applied.
+    @discardableResult
+    func impair(host n: Int, delayMs: Int, jitterMs: Int, lossPercent: Int) throws -> String {
+        let inside = "ip netns exec \(tag)h\(n)"
+        do {
+            try Self.sh("tc qdisc replace dev \(tag)v\(n) root netem delay \(delayMs)ms \(jitterMs)ms loss \(lossPercent)%")
+            try Self.sh("\(inside) tc qdisc replace dev \(tag)i\(n) root netem delay \(delayMs)ms \(jitterMs)ms loss \(lossPercent)%")
+            return "netem: \(delayMs)±\(jitterMs) ms, \(lossPercent)% loss"
+        } catch {
+            guard "\(error)".contains("qdisc kind is unknown") else { throw error }
+        }
+        try Self.sh("tc qdisc replace dev \(tag)v\(n) root tbf rate 4mbit burst 16kb latency 200ms")
+        try Self.sh("\(inside) tc qdisc replace dev \(tag)i\(n) root tbf rate 4mbit burst 16kb latency 200ms")
+        try Self.sh("\(inside) nft add table inet lossy")
+        try Self.sh("\(inside) nft add chain inet lossy in '{ type filter hook input priority 0; }'")
+        try Self.sh("\(inside) nft add chain inet lossy out '{ type filter hook output priority 0; }'")
+        try Self.sh("\(inside) nft add rule inet lossy in meta iifname != lo numgen random mod 100 '<' \(lossPercent) drop")
+        try Self.sh("\(inside) nft add rule inet lossy out meta oifname != lo numgen random mod 100 '<' \(lossPercent) drop")
+        return "no netem in this kernel: tbf 4 Mbit/s (queueing delay up to 200 ms), nftables \(lossPercent)% loss each way"
     }
 
     /// Cuts host `n` off the network, or joins it again.
@@ -151,7 +168,9 @@ struct NetworkEndToEndTests {
         #expect(Set(first.workers.map(\.peerEndpoint)) == Set((2...4).map { "tcp://\(net.address($0)):7702" }))
 
         // Delay and loss on every link.
-        for n in 1...4 { try net.impair(host: n, delayMs: 15, jitterMs: 5, lossPercent: 1) }
+        var applied = ""
+        for n in 1...4 { applied = try net.impair(host: n, delayMs: 15, jitterMs: 5, lossPercent: 1) }
+        print("network impairment: \(applied)")
         let conn = try connect()
         let leaves = 3_000
         let slow = try conn.run(.plan(TestCluster.treeReduce(leaves, sleepMicros: 300)), idleTimeout: 120)

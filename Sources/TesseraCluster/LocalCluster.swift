@@ -26,8 +26,8 @@ public enum ClusterError: Error, CustomStringConvertible {
 /// stops every process it started; the daemons also exit by themselves if this process dies.
 ///
 /// Supervised (the default), a daemon that dies is started again after a back-off that doubles
-/// while it keeps dying (half a second up to 30 s; back to half a second once it has run for a
-/// minute), and why it died goes to the log. A restarted scheduler binds the same endpoints and
+/// while it keeps dying soon after starting (half a second up to 5 s; back to half a second once
+/// it has run for 10 s), and why it died goes to the log. A restarted scheduler binds the same endpoints and
 /// reads the same registry; the workers register with it again.
 public final class LocalCluster: Sendable {
     public struct Options: Sendable {
@@ -87,9 +87,12 @@ public final class LocalCluster: Sendable {
 
     enum Supervision {
         static let firstBackoff = 0.5
-        static let maxBackoff = 30.0
-        /// A daemon that ran this long before it died is not "crash-looping": its back-off starts over.
-        static let stableSeconds = 60.0
+        /// On one machine a daemon that keeps crashing costs little to retry: the cluster should
+        /// not stay down for long after whatever killed it is gone.
+        static let maxBackoff = 5.0
+        /// A daemon that ran this long before it died did not crash at start-up: its back-off
+        /// starts over.
+        static let stableSeconds = 10.0
     }
 
     public let options: Options

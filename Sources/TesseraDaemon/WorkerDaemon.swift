@@ -46,7 +46,9 @@ public final class WorkerDaemon {
     /// Admits fellow workers and announced ingest clients to the peer endpoint (nil when insecure).
     private let zap: ZAPHandler?
     public let peerEndpoint: String
-    private var peers: [WorkerID: Socket] = [:]
+    /// DEALERs to peers, by endpoint and CURVE key — not by worker id: ids start again at every
+    /// scheduler epoch, so an id may name another worker than the one a socket was opened to.
+    private var peers: [String: Socket] = [:]
     private var engine: WorkerEngine
     private let wake: WakePipe
     private let signals: ShutdownSignals
@@ -268,7 +270,7 @@ public final class WorkerDaemon {
         }
     }
 
-    private func drainPeerReplies(_ id: WorkerID, _ socket: Socket) throws {
+    private func drainPeerReplies(_ id: String, _ socket: Socket) throws {
         while let parts = try socket.receive(dontWait: true) {
             let env: Envelope
             let frames: [[UInt8]]
@@ -310,14 +312,16 @@ public final class WorkerDaemon {
                 try sendToScheduler(e, f)
             case .toPeer(let id, let endpoint, let e):
                 let s: Socket
-                if let existing = peers[id] {
+                let publicKey = engine.peerPublicKeys[id] ?? ""
+                let peerKey = endpoint + " " + publicKey
+                if let existing = peers[peerKey] {
                     s = existing
                 } else {
                     s = try context.socket(.dealer)
                     try s.setSendHighWaterMark(0)
                     do {
                         if case .curve(let key) = settings.credentials {
-                            try s.makeCurveClient(serverPublicKey: engine.peerPublicKeys[id] ?? "", keys: key.keys)
+                            try s.makeCurveClient(serverPublicKey: publicKey, keys: key.keys)
                         }
                         try s.connect(endpoint)
                     } catch {
@@ -327,7 +331,7 @@ public final class WorkerDaemon {
                         try perform(engine.peerUnreachable(id, "\(error)"))
                         continue
                     }
-                    peers[id] = s
+                    peers[peerKey] = s
                 }
                 try s.sendMessage(e)
             case .replyToPeer(let identity, let e, let f):

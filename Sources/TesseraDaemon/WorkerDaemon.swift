@@ -119,7 +119,7 @@ public final class WorkerDaemon {
         var polledPeers = peers.keys.sorted()
         while !signals.isRequested {
             let now = monotonicNanos()
-            let timers = engine.timers(now: now, rssBytes: ProcessMemory.residentBytes, peakRSSBytes: ProcessMemory.peakResidentBytes)
+            let timers = engine.timers(now: now) { (ProcessMemory.residentBytes, ProcessMemory.peakResidentBytes) }
             if timers.contains(where: { if case .register(retry: true) = $0 { true } else { false } }) {
                 // No answer: libzmq does not retry a connection whose key the scheduler
                 // refused, so a fresh socket tries again (the key may be admitted by now).

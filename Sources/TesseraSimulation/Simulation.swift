@@ -657,7 +657,7 @@ public final class Simulation {
         case .workerTimer(let i, let inc):
             let w = workers[i]
             guard w.alive, w.incarnation == inc else { return }
-            perform(i, w.engine.timers(now: now, rssBytes: 0, peakRSSBytes: 0))
+            perform(i, w.engine.timers(now: now))
             schedule(at: now + 50_000_000, .workerTimer(i, incarnation: inc))
         case .taskDone(let i, let inc, let slot):
             guard workers[i].alive, workers[i].incarnation == inc else { return }

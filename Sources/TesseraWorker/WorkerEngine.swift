@@ -149,14 +149,17 @@ public struct WorkerEngine {
     /// Periodic duties, due or not (call every few tens of milliseconds): a registration while
     /// unregistered (again every `registerRetryNs` without an answer), a heartbeat when due, and
     /// once a second the fetch timeouts.
-    public mutating func timers(now: UInt64, rssBytes: UInt64, peakRSSBytes: UInt64) -> [WorkerAction] {
+    /// - Parameter memory: this process's resident and peak resident bytes, asked only when a
+    ///   heartbeat is due (reading them costs a file read).
+    public mutating func timers(now: UInt64, memory: () -> (rss: UInt64, peak: UInt64) = { (0, 0) }) -> [WorkerAction] {
         var out: [WorkerAction] = []
         if !isRegistered && (lastRegisterAt == 0 || now &- lastRegisterAt > Self.registerRetryNs) {
             out.append(.register(retry: lastRegisterAt != 0))
             lastRegisterAt = now
         }
         if isRegistered && now &- lastHeartbeatAt >= heartbeatIntervalNs {
-            out.append(.toScheduler(heartbeat(rssBytes: rssBytes, peakRSSBytes: peakRSSBytes), []))
+            let m = memory()
+            out.append(.toScheduler(heartbeat(rssBytes: m.rss, peakRSSBytes: m.peak), []))
             lastHeartbeatAt = now
         }
         if now &- lastTickAt > 1_000_000_000 {
@@ -393,8 +396,30 @@ public struct WorkerEngine {
     }
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {
-        let keys = Set(r.keys)
-        forgetValues { keys.contains($0) }
+        var removed: [UInt64] = []
+        for k in r.keys { forget(k, spilledRemoved: &removed) }
+        compactStoreOrder()
+        if !removed.isEmpty { spillStore?.remove(removed) }
+    }
+
+    /// Drops one kept value, wherever it is (a spilled one's key is added to `spilledRemoved`).
+    mutating func forget(_ k: UInt64, spilledRemoved: inout [UInt64]) {
+        if let v = store.removeValue(forKey: k) {
+            storedBytes -= v.byteCount
+        } else if spilling[k] != nil {
+            discardWhenWritten.insert(k)
+        } else if let bytes = spilled.removeValue(forKey: k) {
+            spilledBytes -= bytes
+            spilledRemoved.append(k)
+        }
+    }
+
+    /// Keeps the spill order from growing with keys long gone (amortised: it is rebuilt only
+    /// when most of it is stale).
+    mutating func compactStoreOrder() {
+        if store.isEmpty { storeOrder.removeAll() } else if storeOrder.count > 2 * store.count + 64 {
+            storeOrder = Deque(storeOrder.filter { store[$0] != nil })
+        }
     }
 
     // MARK: Kept values: in memory, being spilled, on disk
@@ -411,7 +436,11 @@ public struct WorkerEngine {
     mutating func keep(_ key: UInt64, _ v: Value) -> WorkerAction? {
         // A task run here again (its earlier value lost to a reader, or recomputed) replaces
         // the value it left: counted once.
-        if store[key] != nil || spilling[key] != nil || spilled[key] != nil { forgetValues { $0 == key } }
+        if store[key] != nil || spilling[key] != nil || spilled[key] != nil {
+            var removed: [UInt64] = []
+            forget(key, spilledRemoved: &removed)
+            if !removed.isEmpty { spillStore?.remove(removed) }
+        }
         store[key] = v
         storeOrder.append(key)
         storedBytes += v.byteCount
@@ -467,9 +496,7 @@ public struct WorkerEngine {
         for k in store.keys where drop(k) {
             if let v = store.removeValue(forKey: k) { storedBytes -= v.byteCount }
         }
-        if store.isEmpty { storeOrder.removeAll() } else if storeOrder.count > 2 * store.count + 64 {
-            storeOrder = Deque(storeOrder.filter { store[$0] != nil })
-        }
+        compactStoreOrder()
         for k in spilling.keys where drop(k) { discardWhenWritten.insert(k) }
         if spilling.isEmpty { discardWhenWritten.removeAll() }
         let gone = spilled.keys.filter(drop)

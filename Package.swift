@@ -139,7 +139,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "TesseraTestKit", "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "ZeroMQ",
-                "TesseraStorage", "TesseraSurvey", "TesseraSecurity",
+                "TesseraStorage", "TesseraSurvey", "TesseraSecurity", "TesseraSimulation",
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),

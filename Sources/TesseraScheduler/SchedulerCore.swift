@@ -333,6 +333,10 @@ public struct SchedulerCore {
             send(.client(connection), errorEnvelope(.errorDataUnavailable, "no live worker holds data `\(key)`", clientTag: s.clientTag))
             return
         }
+        guard nextJobID < JobID.max else {
+            send(.client(connection), errorEnvelope(.errorOverLimit, "this scheduler has handed out every job id; reset the registry's `scheduler` table", clientTag: s.clientTag))
+            return
+        }
         let id = nextJobID
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)

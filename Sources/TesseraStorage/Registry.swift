@@ -352,7 +352,7 @@ public final class Registry: Sendable {
     public func beginEpoch(reserve: UInt32) throws -> (epoch: UInt64, firstJobID: UInt32) {
         try db.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT epoch, jobIdFloor FROM scheduler WHERE id = 1"),
-                  let epoch: Int64 = row["epoch"], let floor: Int64 = row["jobIdFloor"], epoch >= 0, floor >= 1
+                  let epoch: Int64 = row["epoch"], let floor: Int64 = row["jobIdFloor"], epoch >= 0, epoch < Int64.max, floor >= 1
             else { throw RegistryError.database("the scheduler row (epoch, job id floor) is missing or damaged") }
             guard floor + Int64(reserve) <= Int64(UInt32.max) else {
                 throw RegistryError.database("job ids are exhausted (floor \(floor)); reset the `scheduler` table's jobIdFloor")

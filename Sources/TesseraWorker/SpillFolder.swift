@@ -58,6 +58,9 @@ public final class SpillFolder: SpillStore, Sendable {
         let codec = bytes[at]
         let rawLength = Int(clamping: bytes[(at + 1)..<(at + 9)].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }.littleEndian)
         at += 9
+        // A damaged file must not ask for an allocation it cannot back: LZ4 expands at most
+        // 255-fold, and no value is larger than a message.
+        guard rawLength <= min(Limits.workerMessageBytes, (bytes.count - at) * 255 + 64) else { return nil }
         let payload: [UInt8]
         if codec == 1 {
             guard let p = try? bytes[at...].withUnsafeBytes({ (b) throws(ProtocolError) in try LZ4.decompress(b, rawLength: rawLength) }) else { return nil }

@@ -780,3 +780,18 @@ struct WorkerEngineSpillTests {
         #expect(folder.read(12345) == nil)
     }
 }
+
+@Suite struct SpillFileHostilityTests {
+    @Test("a spill file claiming a huge decoded length reads as nothing instead of allocating it")
+    func hugeClaimedLength() throws {
+        let folder = try SpillFolder(path: FileManager.default.temporaryDirectory.appendingPathComponent("tessera-spill-hostile-\(UInt32.random(in: 0...UInt32.max))").path)
+        try folder.write(1, .int64Column(Array(0..<2_000)))
+        let path = folder.path + "/1.spill"
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let headerLength = Int(bytes[4]) | Int(bytes[5]) << 8
+        let at = 8 + headerLength + 1
+        for i in 0..<8 { bytes[at + i] = 0x7F }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(folder.read(1) == nil)
+    }
+}

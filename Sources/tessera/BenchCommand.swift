@@ -79,7 +79,7 @@ struct SchedulerBench: ParsableCommand {
     func run() throws {
         try target.with { conn in
             // Warm-up: workers connected to each other and the code paths hot.
-            _ = try conn.run(.plan(treeReducePlan(leaves: 64)))
+            _ = try conn.run(.plan(Workloads.treeReduce(leaves: 64, fanIn: 8)))
 
             // The floor under every latency: one client ↔ scheduler round trip over loopback.
             var rtts: [Double] = []
@@ -93,18 +93,13 @@ struct SchedulerBench: ParsableCommand {
                             ("median_rtt_us", rtts[rtts.count / 2]), ("p99_rtt_us", rtts[rtts.count * 99 / 100])]))
             fflush(nil)
 
-            var p = Tessera_V1_Plan()
-            var ind = Tessera_V1_IndependentPlan()
-            ind.tasks = UInt64(tasks)
-            ind.operator = "inc"
-            p.independent = ind
-            let a = try conn.run(.plan(p))
+            let a = try conn.run(.plan(Workloads.independent(tasks: UInt64(tasks))))
             try check(a, "independent")
             print(jsonLine([("engine", "tessera"), ("workload", "independent"), ("tasks", tasks), ("seconds", a.seconds),
                             ("tasks_per_s", Double(tasks) / a.seconds), ("streamed_messages", a.resultMessages)]))
             fflush(nil)
 
-            let tr = try conn.run(.plan(treeReducePlan(leaves: tasks)))
+            let tr = try conn.run(.plan(Workloads.treeReduce(leaves: UInt64(tasks), fanIn: 8)))
             try check(tr, "tree_reduce")
             let total = Int(tr.finished.taskCount)
             let sum: Int64 = if case .int64(let v) = tr.values.values.first { v } else { -1 }
@@ -190,17 +185,6 @@ struct SchedulerBench: ParsableCommand {
                         ("accept_seconds", r.acceptSeconds), ("seconds", r.seconds), ("tasks_per_s", Double(g.taskCount) / r.seconds),
                         ("max_heartbeat_gap_ms", Int(status.maxHeartbeatGapMs)), ("result", got), ("expected", expect)]))
         fflush(nil)
-    }
-
-    func treeReducePlan(leaves: Int) -> Tessera_V1_Plan {
-        var p = Tessera_V1_Plan()
-        var t = Tessera_V1_TreeReducePlan()
-        t.leaves = UInt64(leaves)
-        t.leafOperator = "inc"
-        t.reduceOperator = "sum"
-        t.fanIn = 8
-        p.treeReduce = t
-        return p
     }
 
     func check(_ o: JobOutcome, _ what: String) throws {

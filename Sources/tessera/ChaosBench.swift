@@ -117,18 +117,9 @@ struct ChaosBench: ParsableCommand {
         if tally["wrong", default: 0] + tally["hang", default: 0] + tally["unclear_error", default: 0] > 0 { throw ExitCode(1) }
     }
 
+    /// A reduction whose leaves each take half a millisecond: long enough to be killed mid-run.
     static func treeReduce(_ leaves: Int) -> Tessera_V1_Plan {
-        var t = Tessera_V1_TreeReducePlan()
-        t.leaves = UInt64(leaves)
-        t.leafOperator = "inc"
-        t.reduceOperator = "sum"
-        t.fanIn = 8
-        var params = Tessera_V1_OperatorParams()
-        params.numbers["sleep_us"] = 500
-        t.leafParams = params
-        var p = Tessera_V1_Plan()
-        p.treeReduce = t
-        return p
+        Workloads.treeReduce(leaves: UInt64(leaves), fanIn: 8, leafParams: Workloads.sleeping(microseconds: 500))
     }
 
     func waitForHealthy(_ cluster: LocalCluster, workers: Int) throws {

@@ -6,7 +6,6 @@ import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
 import TesseraSecurity
-import TesseraSimulation
 import TesseraSurvey
 import TesseraTestKit
 import ZeroMQ

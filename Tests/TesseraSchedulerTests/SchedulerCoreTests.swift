@@ -1,7 +1,6 @@
 import Testing
 import TesseraCompute
 import TesseraProtocol
-import TesseraSimulation
 @testable import TesseraScheduler
 
 /// Checks that every kept value was released and nothing broke an invariant.

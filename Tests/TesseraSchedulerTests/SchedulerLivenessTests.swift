@@ -1,7 +1,6 @@
 import Testing
 import TesseraCompute
 import TesseraProtocol
-import TesseraSimulation
 @testable import TesseraScheduler
 
 /// One client's heartbeat naming `jobs`, stamped with `epoch`.

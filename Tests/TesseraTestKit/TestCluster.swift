@@ -1,6 +1,7 @@
 import Foundation
 import TesseraClient
 import TesseraCluster
+import TesseraCompute
 import TesseraProtocol
 import TesseraSecurity
 import ZeroMQ
@@ -30,34 +31,12 @@ public enum TestCluster {
 
     /// A plan of `n` independent `inc` tasks, each sleeping `sleepMicros`.
     public static func independent(_ n: Int, sleepMicros: Double = 0) -> Tessera_V1_Plan {
-        var p = Tessera_V1_Plan()
-        var i = Tessera_V1_IndependentPlan()
-        i.tasks = UInt64(n)
-        i.operator = "inc"
-        if sleepMicros > 0 {
-            var params = Tessera_V1_OperatorParams()
-            params.numbers["sleep_us"] = sleepMicros
-            i.params = params
-        }
-        p.independent = i
-        return p
+        Workloads.independent(tasks: UInt64(n), params: Workloads.sleeping(microseconds: sleepMicros))
     }
 
     /// A tree reduction: `leaves` `inc` tasks (argument i, so the sum is leaves·(leaves+1)/2) summed with fan-in `fanIn`.
     public static func treeReduce(_ leaves: Int, fanIn: UInt32 = 8, sleepMicros: Double = 0) -> Tessera_V1_Plan {
-        var p = Tessera_V1_Plan()
-        var t = Tessera_V1_TreeReducePlan()
-        t.leaves = UInt64(leaves)
-        t.leafOperator = "inc"
-        t.reduceOperator = "sum"
-        t.fanIn = fanIn
-        if sleepMicros > 0 {
-            var params = Tessera_V1_OperatorParams()
-            params.numbers["sleep_us"] = sleepMicros
-            t.leafParams = params
-        }
-        p.treeReduce = t
-        return p
+        Workloads.treeReduce(leaves: UInt64(leaves), fanIn: fanIn, leafParams: Workloads.sleeping(microseconds: sleepMicros))
     }
 }
 

@@ -1,15 +1,18 @@
-import TesseraCompute
 import TesseraProtocol
 
 /// Jobs with answers known without the cluster: plans, random graphs, and a brute-force
-/// evaluation of a graph. Shared by the scheduler's tests and the simulation.
+/// evaluation of a graph. Shared by the benchmarks, the tests and the simulation.
 public enum Workloads {
-    public static func treeReduce(leaves: UInt64, fanIn: UInt32, leaf: String = "inc", reduce: String = "sum") -> Tessera_V1_Plan {
+    /// `leaves` leaf tasks (argument i) reduced in a tree of fan-in `fanIn`; with `inc` and
+    /// `sum` the answer is leaves·(leaves+1)/2.
+    public static func treeReduce(leaves: UInt64, fanIn: UInt32, leaf: String = "inc", reduce: String = "sum",
+                                  leafParams: Tessera_V1_OperatorParams? = nil) -> Tessera_V1_Plan {
         var p = Tessera_V1_TreeReducePlan()
         p.leaves = leaves
         p.fanIn = fanIn
         p.leafOperator = leaf
         p.reduceOperator = reduce
+        if let leafParams { p.leafParams = leafParams }
         var plan = Tessera_V1_Plan()
         plan.treeReduce = p
         return plan
@@ -23,6 +26,14 @@ public enum Workloads {
         var plan = Tessera_V1_Plan()
         plan.independent = p
         return plan
+    }
+
+    /// Parameters that make `inc` sleep this long per task (a stand-in for real work).
+    public static func sleeping(microseconds: Double) -> Tessera_V1_OperatorParams? {
+        guard microseconds > 0 else { return nil }
+        var params = Tessera_V1_OperatorParams()
+        params.numbers["sleep_us"] = microseconds
+        return params
     }
 
     public static func chain(length: UInt64, op: String = "inc") -> Tessera_V1_Plan {

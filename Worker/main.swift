@@ -37,6 +37,15 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Folder for this worker's catalog shards (created if missing).")
     var data: String?
 
+    @Option(help: "The Python interpreter users' functions run in (it needs the tessera client package: pip install Clients/python).")
+    var python = "python3"
+
+    @Flag(help: "Do not run users' Python functions on this worker.")
+    var noPython = false
+
+    @Option(help: "Resident memory, in MiB, one Python executor may reach during a call before it is killed.")
+    var pythonMemoryMb: UInt64 = 2048
+
     @Option(help: "Exit when the process with this pid is no longer the parent.")
     var exitWithParent: Int32?
 
@@ -71,6 +80,7 @@ struct WorkerCommand: ParsableCommand {
         s.peerAdvertise = peerAdvertise
         s.parentPID = exitWithParent
         s.dataDirectory = data
+        if !noPython { s.python = PythonSettings(executable: python, memoryLimitBytes: pythonMemoryMb << 20) }
         let daemon = try WorkerDaemon(s, logger: logger)
         print("tessera-worker peer=\(daemon.peerEndpoint) scheduler=\(scheduler)")
         fflush(nil)

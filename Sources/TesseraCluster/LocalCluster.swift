@@ -59,6 +59,10 @@ public final class LocalCluster: Sendable {
         public var clientTimeoutSeconds: Double?
         /// Each worker's memory limit for kept values, in MiB (nil: the worker's default).
         public var memoryLimitMb: Int?
+        /// The Python interpreter workers run users' functions in (nil: the worker's default, `python3`).
+        public var python: String?
+        /// Whether workers run users' Python functions at all.
+        public var allowPython = true
         /// Called with each supervision event (a daemon died, was started again), besides the log.
         public var onEvent: (@Sendable (String) -> Void)?
 
@@ -199,6 +203,7 @@ public final class LocalCluster: Sendable {
         if let t = options.threadsPerWorker { args += ["--threads", "\(t)"] }
         if let m = options.memoryLimitMb { args += ["--memory-limit-mb", "\(m)"] }
         if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(index)"] }
+        if !options.allowPython { args += ["--no-python"] } else if let py = options.python { args += ["--python", py] }
         let executable = binDirectory + "/tessera-worker"
         let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)
         state.withLock { $0.workers.append(Daemon(name: name, executable: executable, arguments: args, process: p, startedAt: Date())) }

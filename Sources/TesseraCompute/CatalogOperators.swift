@@ -26,11 +26,32 @@ public enum CatalogOperators {
 
     /// Reads one shard and returns its `CatalogPartial` (as bytes).
     public static let catalogScan = TaskOperator("catalog_scan", "answer a catalog question over one shard") { ctx throws(OperatorError) in
-        let name = "catalog_scan"
+        .bytes(try serialized(scan(ctx, plan: plan(ctx, "catalog_scan"), operatorName: "catalog_scan"), "catalog_scan"))
+    }
+
+    /// Input `k` of a merge, read as the `CatalogPartial` it must be.
+    public static func partial(_ v: Value, input k: Int, _ name: String) throws(OperatorError) -> CatalogPartial {
+        guard case .bytes(let b) = v, let p = try? CatalogPartial(serializedBytes: b) else {
+            throw OperatorError(name, "input \(k) is not a catalog partial (\(v))")
+        }
+        return p
+    }
+
+    public static func serialized(_ p: CatalogPartial, _ name: String) throws(OperatorError) -> [UInt8] {
+        do { return try p.serializedBytes() } catch { throw OperatorError(name, "\(error)") }
+    }
+
+    /// The task's plan, as `catalog_scan` reads it (for operators built on the scan).
+    public static func taskPlan(_ ctx: OperatorContext, _ name: String) throws(OperatorError) -> CatalogQueryPlan {
+        try plan(ctx, name)
+    }
+
+    /// Answers `plan` over the task's shard: the checksum checked, the plan checked against the
+    /// shard's schema. Operators built on the scan (Python functions) share it.
+    public static func scan(_ ctx: OperatorContext, plan: CatalogQueryPlan, operatorName name: String) throws(OperatorError) -> CatalogPartial {
         guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
             throw OperatorError(name, "the task names no shard this worker can open (data key \(ctx.dataKey ?? "none"))")
         }
-        let plan = try plan(ctx, name)
         let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
         do {
             let reader = try ShardReader(path: root + "/" + shard.relativePath)
@@ -39,8 +60,7 @@ public enum CatalogOperators {
                 throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")
             }
             let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
-            let partial = try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
-            return .bytes(try partial.serializedBytes())
+            return try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
         } catch let e as CatalogQueryError {
             throw OperatorError(name, e.message, retryable: e.retryable)
         } catch {
@@ -55,12 +75,7 @@ public enum CatalogOperators {
         let plan = try plan(ctx, name)
         var parts: [CatalogPartial] = []
         parts.reserveCapacity(ctx.inputs.count)
-        for (k, v) in ctx.inputs.enumerated() {
-            guard case .bytes(let b) = v, let p = try? CatalogPartial(serializedBytes: b) else {
-                throw OperatorError(name, "input \(k) is not a catalog partial (\(v))")
-            }
-            parts.append(p)
-        }
+        for (k, v) in ctx.inputs.enumerated() { parts.append(try partial(v, input: k, name)) }
         do {
             return .bytes(try CatalogMerge.merge(parts, plan: plan).serializedBytes())
         } catch let e as CatalogQueryError {
@@ -69,4 +84,13 @@ public enum CatalogOperators {
             throw OperatorError(name, "\(error)")
         }
     }
+}
+
+/// The operators that run users' Python functions. They are implemented by the worker daemon
+/// (they need executor processes), and offered only by workers that allow Python.
+public enum PythonOperatorNames {
+    /// A shard's selected rows through the user's function (a `catalog_scan` feeding a call).
+    public static let map = "python_map"
+    /// The user's combine folded over partials, in a reduction tree node.
+    public static let combine = "python_combine"
 }

@@ -26,6 +26,8 @@ public struct WorkerSettings: Sendable {
     public var parentPID: Int32?
     /// The worker's CURVE key file (with the scheduler's public key), or insecure (loopback only).
     public var credentials: Credentials = .insecure
+    /// How users' Python functions run here (nil: this worker does not run them).
+    public var python: PythonSettings?
 
     public init(schedulerEndpoint: String, name: String, threads: Int, memoryLimit: UInt64) {
         self.schedulerEndpoint = schedulerEndpoint
@@ -53,6 +55,8 @@ public final class WorkerDaemon {
     private let wake: WakePipe
     private let signals: ShutdownSignals
     private let pool: ExecutorPool
+    /// The executors of users' Python functions (nil when this worker does not run them).
+    private let python: PythonExecutors?
     private let shards: ShardStore?
     private let shardWriter: BackgroundShardWriter?
     /// Writes kept values past the memory limit to disk, off the event loop.
@@ -79,6 +83,14 @@ public final class WorkerDaemon {
         try peerRouter.setMaxMessageSize(Int64(min(Limits.workerMessageBytes, WireProtocol.maximumFrameBytes)))
         let bound = try peerRouter.bind(settings.peerBind)
         peerEndpoint = settings.peerAdvertise ?? bound
+        var registry = registry
+        if let py = settings.python {
+            let executors = try PythonExecutors(py, workerName: settings.name)
+            for op in executors.operators { registry.register(op) }
+            python = executors
+        } else {
+            python = nil
+        }
         engine = WorkerEngine(registry: registry)
         let wake = try WakePipe()
         self.wake = wake

@@ -72,6 +72,13 @@ public enum Limits {
     public static let taskTimeoutSeconds: ClosedRange<Double> = 0.1...604_800
     /// Most job ids in one client heartbeat.
     public static let heartbeatJobs = 4_096
+
+    // MARK: Python
+
+    /// Largest pickled Python function (map and combine together) a question may carry.
+    public static let pythonFunctionBytes = 16 << 20
+    /// Largest value one Python call may return (pickled).
+    public static let pythonValueBytes = 256 << 20
 }
 
 extension Limits {
@@ -102,6 +109,8 @@ extension Limits {
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
         ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
+        ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),
+        ("value of one Python call, pickled", bytes(pythonValueBytes), "worker Python executors"),
     ]
 
     static func bytes(_ n: Int) -> String { n >= 1 << 30 ? "\(n >> 30) GiB" : "\(n >> 20) MiB" }

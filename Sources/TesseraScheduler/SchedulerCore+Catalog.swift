@@ -31,7 +31,10 @@ extension SchedulerCore {
         let resolution = plan.polygon.ra.count > 64 ? 8 : 10
         let keys = query.region.map { r in d.shards(meeting: HEALPix.indexRanges(of: r, resolution: resolution)).map { d.keys[$0] } } ?? d.keys
         let params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
-        var g = TaskGraph(operators: ["catalog_scan", "catalog_merge"], params: [params], dataKeys: keys)
+        // A Python question runs the user's function in each shard's task (and their combine in
+        // the tree); the operators exist only on workers that allow Python.
+        let operators = plan.hasPython ? [PythonOperatorNames.map, PythonOperatorNames.combine] : ["catalog_scan", "catalog_merge"]
+        var g = TaskGraph(operators: operators, params: [params], dataKeys: keys)
         var leaves: [UInt32] = []
         for (i, _) in keys.enumerated() {
             leaves.append(g.add(operatorIndex: 0, paramIndex: 1))
@@ -76,12 +79,14 @@ extension SchedulerCore {
     public mutating func warmPlanner() { _ = try? plannedDatasets() }
 
     /// Rows without a limit: every shard's rows go to the client as they are read.
-    static func isCollect(_ plan: CatalogQueryPlan) -> Bool { plan.hasRows && plan.rows.limit == 0 }
+    static func isCollect(_ plan: CatalogQueryPlan) -> Bool {
+        plan.hasPython ? plan.python.combine.isEmpty : plan.hasRows && plan.rows.limit == 0
+    }
 
     /// How a progressive plan's snapshots are taken: by `catalog_merge` (operator 1, params 1),
     /// at least 100 ms apart.
     static func progress(of plan: CatalogQueryPlan, now: UInt64) -> JobRecord.Progress? {
-        guard plan.progressive, !isCollect(plan) else { return nil }
+        guard plan.progressive, !isCollect(plan), !plan.hasPython else { return nil }
         // The plan's check refused intervals outside the limits; clamping again keeps the
         // conversion to nanoseconds safe for any Double.
         let limits = Limits.progressIntervalSeconds

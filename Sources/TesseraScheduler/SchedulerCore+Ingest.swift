@@ -365,6 +365,9 @@ extension SchedulerCore {
             let liveCopies = d.workers.map { $0.filter(live.contains).count }
             s.minReplicas = UInt32(liveCopies.min() ?? 0)
             s.shardsWithoutLiveReplica = UInt64(liveCopies.filter { $0 == 0 }.count)
+            s.columns = d.columns
+            s.raColumn = d.record.raColumn
+            s.decColumn = d.record.decColumn
             return s
         }
     }

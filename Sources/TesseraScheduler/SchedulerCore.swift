@@ -1,4 +1,5 @@
 import DequeModule
+import TesseraCompute
 import TesseraProtocol
 import TesseraStorage
 
@@ -239,7 +240,7 @@ public struct SchedulerCore {
         clientLastHeard[connection] = now
         switch env.body {
         case .submitJob(let s):
-            submit(connection, s, frames: frames, now: now, user: identity.user)
+            submit(connection, s, frames: frames, now: now, identity: identity)
         case .clientHeartbeat(let h):
             clientHeartbeat(connection, h, epoch: env.epoch)
         case .cancelJob(let c):
@@ -287,7 +288,8 @@ public struct SchedulerCore {
                       "the scheduler restarted (epoch \(epoch) → \(config.epoch)); job \(job) was lost: submit it again", jobID: job)
     }
 
-    mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, user: String = ClientIdentity.local.user) {
+    mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, identity: ClientIdentity = .local) {
+        let user = identity.user
         guard s.name.utf8.count <= Limits.jobNameCharacters else {
             send(.client(connection), errorEnvelope(.errorOverLimit, "a job name of \(s.name.utf8.count) bytes is over the limit of \(Limits.jobNameCharacters)", clientTag: s.clientTag))
             return
@@ -307,6 +309,12 @@ public struct SchedulerCore {
                 graph = try TaskGraph(spec: spec, frames: frames, maximumTasks: config.maxTasksPerJob)
             case .plan(let plan):
                 if case .catalog(let q) = plan.kind {
+                    if q.hasPython && identity.publicKey.isEmpty {
+                        send(.client(connection), errorEnvelope(
+                            .errorNotAllowed, "Python functions run only for authenticated users, and this cluster runs without keys (--insecure): start it with keys (tessera local makes them; tessera keys for a cluster of hosts)",
+                            clientTag: s.clientTag))
+                        return
+                    }
                     graph = try expandCatalogQuery(q)
                     progress = Self.progress(of: q, now: now)
                 } else {
@@ -322,6 +330,11 @@ public struct SchedulerCore {
         // Operators no live worker knows are refused up front (with no workers, the workers will say).
         if !workers.isEmpty {
             let known = workers.values.reduce(into: Set<String>()) { $0.formUnion($1.operators) }
+            if graph.operators.contains(PythonOperatorNames.map) && !known.contains(PythonOperatorNames.map) {
+                send(.client(connection), errorEnvelope(
+                    .errorNotAllowed, "no worker of this cluster allows Python functions (they were started with --no-python)", clientTag: s.clientTag))
+                return
+            }
             if let bad = graph.operators.first(where: { !known.contains($0) }) {
                 send(.client(connection), errorEnvelope(
                     .errorUnknownOperator, "unknown operator `\(bad)`; workers offer: \(known.sorted().joined(separator: ", "))",
@@ -352,6 +365,7 @@ public struct SchedulerCore {
         acc.jobID = id
         acc.taskCount = UInt64(job.graphTaskCount)
         acc.outputCount = UInt64(job.outputCount)
+        acc.dataTasks = UInt64(graph.dataKey.lazy.filter { $0 != 0 }.count)
         var e = Envelope()
         e.jobAccepted = acc
         send(.client(connection), e)

@@ -28,6 +28,15 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "Run without keys (the ports are on 127.0.0.1 only either way).")
     var insecure = false
 
+    @Option(help: "The Python interpreter workers run users' functions in (default: python3 on PATH; it needs the tessera client package).")
+    var python: String?
+
+    @Flag(help: "Workers do not run users' Python functions.")
+    var noPython = false
+
+    @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
+    var exitWithParent: Int32?
+
     func validate() throws {
         guard workers >= 1 && workers <= 256 else { throw ValidationError("--workers must be between 1 and 256") }
         guard port > 0 && port < 65535 else { throw ValidationError("--port must be between 1 and 65534") }
@@ -40,6 +49,8 @@ struct LocalCommand: ParsableCommand {
         o.threadsPerWorker = threads
         o.dataDirectory = data
         o.insecure = insecure
+        o.python = python
+        o.allowPython = !noPython
         // A daemon that dies is started again; say so where the user is looking.
         o.onEvent = { line in
             print("tessera local: \(line)")
@@ -63,6 +74,12 @@ struct LocalCommand: ParsableCommand {
             s.setEventHandler { stop.signal() }
             s.resume()
             sources.append(s)
+        }
+        if let parent = exitWithParent {
+            Thread.detachNewThread {
+                while kill(parent, 0) == 0 || errno == EPERM { Thread.sleep(forTimeInterval: 0.5) }
+                stop.signal()
+            }
         }
         stop.wait()
         print("stopping the local cluster")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import TesseraClient
 import TesseraSecurity
 
@@ -16,8 +17,8 @@ let defaultSchedulerEndpoint = "tcp://127.0.0.1:7700"
 
 /// Which scheduler a command talks to, and with which key.
 struct SchedulerTarget: ParsableArguments {
-    @Option(help: "The scheduler's client endpoint.")
-    var scheduler = defaultSchedulerEndpoint
+    @Option(help: "The scheduler's client endpoint (default: $TESSERA_SCHEDULER, else \(defaultSchedulerEndpoint)).")
+    var scheduler = ProcessInfo.processInfo.environment["TESSERA_SCHEDULER"] ?? defaultSchedulerEndpoint
 
     @Option(help: "Your key file (from `tessera keys add-user`). Default: $TESSERA_KEY, else ./tessera-data/keys/user-local.key (made by `tessera local`), else none.")
     var key: String?

@@ -141,6 +141,9 @@ public struct CheckedCatalogQuery: Sendable {
                 throw CatalogQueryError("a limit of \(r.limit) rows is over the row cap of \(maxRows); raise max_rows or lower the limit")
             }
             output = .rows(select: select, sortBy: sort)
+            if plan.hasPython { try Self.checkPython(plan) }
+        } else if plan.hasPython {
+            throw CatalogQueryError("a Python function runs on rows: the plan needs `rows` (the columns to hand it)")
         } else {
             var moments: [CheckedExpression] = [], sketches: [CheckedExpression] = [], extremes: [Bool] = []
             for a in plan.aggregates {
@@ -176,6 +179,23 @@ public struct CheckedCatalogQuery: Sendable {
         let isName = !head.isEmpty && head.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } && !(head.first?.isNumber ?? true)
         guard isName, after == s.endIndex || s[after] != "=" else { return (s, s) }
         return (head, trimmed(String(s[after...])))
+    }
+
+    /// A Python map or reduce: a function, on every selected row of each shard, within the limits.
+    static func checkPython(_ plan: CatalogQueryPlan) throws(CatalogQueryError) {
+        let py = plan.python, r = plan.rows
+        guard r.limit == 0, r.sortBy.isEmpty, r.sampleFraction == 0 else {
+            throw CatalogQueryError("a Python function gets every selected row of a shard: drop the limit, sort or sample")
+        }
+        guard !plan.progressive else { throw CatalogQueryError("a Python question cannot be progressive") }
+        guard !py.function.isEmpty else { throw CatalogQueryError("the Python question carries no function") }
+        let size = py.function.count + py.combine.count
+        guard size <= Limits.pythonFunctionBytes else {
+            throw CatalogQueryError("the pickled Python function is \(size) bytes, over the limit of \(Limits.pythonFunctionBytes) (a closure that captured a large object? pass data as columns instead)")
+        }
+        guard py.timeoutS == 0 || (py.timeoutS.isFinite && Limits.taskTimeoutSeconds.contains(py.timeoutS)) else {
+            throw CatalogQueryError("a Python deadline of \(py.timeoutS) s is outside the allowed \(Limits.taskTimeoutSeconds.lowerBound)…\(Int(Limits.taskTimeoutSeconds.upperBound)) s")
+        }
     }
 
     static func checkBins(_ bins: UInt32, _ lo: Double, _ hi: Double, _ axis: String) throws(CatalogQueryError) {

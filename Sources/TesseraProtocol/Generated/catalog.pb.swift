@@ -22,6 +22,11 @@
 ///       "filter": "refExtendedness == 0", "histogram": {"x": "mag(r_psfFlux)", "xBins": 40,
 ///       "xMin": 16, "xMax": 26}}.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -206,6 +211,18 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
     set {_uniqueStorage()._progressInterval = newValue}
   }
 
+  /// A Python function of the user's, run on each shard's selected rows (`rows.select`, no
+  /// limit) on the worker that holds the shard. Only for authenticated users, and only on
+  /// workers started with Python allowed; not progressive.
+  public var python: Tessera_V1_PythonSpec {
+    get {_storage._python ?? Tessera_V1_PythonSpec()}
+    set {_uniqueStorage()._python = newValue}
+  }
+  /// Returns true if `python` has been explicitly set.
+  public var hasPython: Bool {_storage._python != nil}
+  /// Clears the value of `python`. Subsequent reads from it will return its default value.
+  public mutating func clearPython() {_uniqueStorage()._python = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -219,6 +236,31 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Functions travel pickled with cloudpickle; values come back pickled (protocol 5).
+public nonisolated struct Tessera_V1_PythonSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// fn(pandas.DataFrame) -> any picklable value.
+  public var function: Data = Data()
+
+  /// Empty: a map, whose per-shard values all go to the client (in shard order). Otherwise
+  /// combine(a, b) -> partial, folded over the partials in the reduction tree (a reduce).
+  public var combine: Data = Data()
+
+  /// Seconds one call may run before its executor is killed (0: 300).
+  public var timeoutS: Double = 0
+
+  /// The client's Python version ("3.11"): pickles of functions rarely load across versions, so
+  /// a worker whose interpreter differs says so in the error.
+  public var clientPython: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Tessera_V1_ConeSpec: Sendable {
@@ -438,6 +480,12 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
     set {_uniqueStorage()._intGroupKeys = newValue}
   }
 
+  /// A Python function's value, pickled (a map's for one shard, or a reduce's partial).
+  public var python: Data {
+    get {_storage._python}
+    set {_uniqueStorage()._python = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -632,7 +680,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -647,6 +695,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _rows: Tessera_V1_RowsSpec? = nil
     var _progressive: Bool = false
     var _progressInterval: Double = 0
+    var _python: Tessera_V1_PythonSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -669,6 +718,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _rows = source._rows
       _progressive = source._progressive
       _progressInterval = source._progressInterval
+      _python = source._python
     }
   }
 
@@ -737,6 +787,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._rows) }()
         case 18: try { try decoder.decodeSingularBoolField(value: &_storage._progressive) }()
         case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._progressInterval) }()
+        case 20: try { try decoder.decodeSingularMessageField(value: &_storage._python) }()
         default: break
         }
       }
@@ -797,6 +848,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       if _storage._progressInterval.bitPattern != 0 {
         try visitor.visitSingularDoubleField(value: _storage._progressInterval, fieldNumber: 19)
       }
+      try { if let v = _storage._python {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -818,10 +872,56 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._rows != rhs_storage._rows {return false}
         if _storage._progressive != rhs_storage._progressive {return false}
         if _storage._progressInterval != rhs_storage._progressInterval {return false}
+        if _storage._python != rhs_storage._python {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_PythonSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PythonSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}function\0\u{1}combine\0\u{3}timeout_s\0\u{3}client_python\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.function) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.combine) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.timeoutS) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.clientPython) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.function.isEmpty {
+      try visitor.visitSingularBytesField(value: self.function, fieldNumber: 1)
+    }
+    if !self.combine.isEmpty {
+      try visitor.visitSingularBytesField(value: self.combine, fieldNumber: 2)
+    }
+    if self.timeoutS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.timeoutS, fieldNumber: 3)
+    }
+    if !self.clientPython.isEmpty {
+      try visitor.visitSingularStringField(value: self.clientPython, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_PythonSpec, rhs: Tessera_V1_PythonSpec) -> Bool {
+    if lhs.function != rhs.function {return false}
+    if lhs.combine != rhs.combine {return false}
+    if lhs.timeoutS != rhs.timeoutS {return false}
+    if lhs.clientPython != rhs.clientPython {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1149,7 +1249,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -1163,6 +1263,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _skyMap: Tessera_V1_SkyMapPartial? = nil
     var _rows: Tessera_V1_RowBatch? = nil
     var _intGroupKeys: [Int64] = []
+    var _python: Data = Data()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1184,6 +1285,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _skyMap = source._skyMap
       _rows = source._rows
       _intGroupKeys = source._intGroupKeys
+      _python = source._python
     }
   }
 
@@ -1213,6 +1315,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._skyMap) }()
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._rows) }()
         case 11: try { try decoder.decodeRepeatedSInt64Field(value: &_storage._intGroupKeys) }()
+        case 12: try { try decoder.decodeSingularBytesField(value: &_storage._python) }()
         default: break
         }
       }
@@ -1258,6 +1361,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       if !_storage._intGroupKeys.isEmpty {
         try visitor.visitPackedSInt64Field(value: _storage._intGroupKeys, fieldNumber: 11)
       }
+      if !_storage._python.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._python, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1278,6 +1384,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._skyMap != rhs_storage._skyMap {return false}
         if _storage._rows != rhs_storage._rows {return false}
         if _storage._intGroupKeys != rhs_storage._intGroupKeys {return false}
+        if _storage._python != rhs_storage._python {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1198,6 +1198,9 @@ public nonisolated struct Tessera_V1_JobAccepted: Sendable {
 
   public var outputCount: UInt64 = 0
 
+  /// Tasks that read data: one per shard a catalog question reads (what a progress bar counts).
+  public var dataTasks: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1652,6 +1655,13 @@ public nonisolated struct Tessera_V1_DatasetStatus: Sendable {
   public var minReplicas: UInt32 = 0
 
   public var shardsWithoutLiveReplica: UInt64 = 0
+
+  /// Its schema: names, types, units and descriptions (what a notebook's `columns` shows).
+  public var columns: [Tessera_V1_ColumnSchema] = []
+
+  public var raColumn: String = String()
+
+  public var decColumn: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3465,7 +3475,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobAccepted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0\u{3}data_tasks\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3477,6 +3487,7 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.jobID) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.taskCount) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.outputCount) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.dataTasks) }()
       default: break
       }
     }
@@ -3495,6 +3506,9 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if self.outputCount != 0 {
       try visitor.visitSingularUInt64Field(value: self.outputCount, fieldNumber: 4)
     }
+    if self.dataTasks != 0 {
+      try visitor.visitSingularUInt64Field(value: self.dataTasks, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3503,6 +3517,7 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if lhs.jobID != rhs.jobID {return false}
     if lhs.taskCount != rhs.taskCount {return false}
     if lhs.outputCount != rhs.outputCount {return false}
+    if lhs.dataTasks != rhs.dataTasks {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4514,7 +4529,7 @@ nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DatasetStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4529,6 +4544,9 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.shardsWithoutLiveReplica) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.columns) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
       default: break
       }
     }
@@ -4556,6 +4574,15 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if self.shardsWithoutLiveReplica != 0 {
       try visitor.visitSingularUInt64Field(value: self.shardsWithoutLiveReplica, fieldNumber: 7)
     }
+    if !self.columns.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.columns, fieldNumber: 8)
+    }
+    if !self.raColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.raColumn, fieldNumber: 9)
+    }
+    if !self.decColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4567,6 +4594,9 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.bytes != rhs.bytes {return false}
     if lhs.minReplicas != rhs.minReplicas {return false}
     if lhs.shardsWithoutLiveReplica != rhs.shardsWithoutLiveReplica {return false}
+    if lhs.columns != rhs.columns {return false}
+    if lhs.raColumn != rhs.raColumn {return false}
+    if lhs.decColumn != rhs.decColumn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,118 @@
+"""`python -m tessera.executor ENDPOINT`: runs users' functions for one Tessera worker.
+
+A worker starts a few of these on its own host, on demand, and talks to each over a ZeroMQ PAIR
+socket on `ipc://` (the worker binds; this connects). One request at a time:
+
+    request: [header JSON, function pickle, column 0, column 1, ...]       ("map")
+             [header JSON, function pickle, partial 0, partial 1, ...]     ("combine")
+    reply:   [header JSON, value pickle]
+
+A map's header names the columns and their dtypes (`<f8`, `<i8`, `|b1`); each column frame is
+wrapped as a numpy array in place (`numpy.frombuffer`, no copy) and the arrays become a pandas
+DataFrame without consolidation. A combine folds `combine(a, b)` over the unpickled partials.
+The reply header says `ok`, or the failure: `exception` (with the traceback), `module` (a module
+the function needs is not installed here), `unpicklable` (the value cannot be pickled).
+
+The worker, not this process, enforces the deadline and the memory limit: it kills an
+executor that runs too long or grows too large, and starts another for the next call.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+
+
+def _reply(sock, header: dict, payload: bytes = b"") -> None:
+    sock.send_multipart([json.dumps(header).encode(), payload], copy=False)
+
+
+def _failure(e: BaseException) -> dict:
+    missing = e if isinstance(e, ModuleNotFoundError) else None
+    cause = e.__cause__ or e.__context__
+    while missing is None and cause is not None:
+        if isinstance(cause, ModuleNotFoundError):
+            missing = cause
+        cause = cause.__cause__ or cause.__context__
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    if missing is not None:
+        return {"ok": False, "kind": "module", "module": missing.name or str(missing), "message": str(missing), "traceback": tb}
+    return {"ok": False, "kind": "exception", "message": f"{type(e).__name__}: {e}", "traceback": tb}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not argv[0].startswith("ipc://"):
+        print("usage: python -m tessera.executor ipc://PATH (started by a tessera-worker)", file=sys.stderr)
+        return 2
+    import cloudpickle
+    import numpy as np
+    import pandas as pd
+    import zmq
+
+    # The worker that started this process owns it: when the worker is gone, so is this.
+    parent = os.getppid()
+
+    def watch_parent():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.linger = 0
+    sock.connect(argv[0])
+    _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2]})
+    functions: dict = {}
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        try:
+            header = json.loads(frames[0].bytes)
+        except ValueError:
+            _reply(sock, {"ok": False, "kind": "exception", "message": "a request header that is not JSON"})
+            continue
+        if header.get("op") == "exit":
+            return 0
+        try:
+            fn_bytes = frames[1].buffer
+            digest = hashlib.blake2b(fn_bytes, digest_size=16).digest()
+            fn = functions.get(digest)
+            if fn is None:
+                fn = cloudpickle.loads(fn_bytes)
+                if len(functions) > 64:
+                    functions.clear()
+                functions[digest] = fn
+            if header.get("op") == "map":
+                data = {}
+                for name, dtype, frame in zip(header["names"], header["dtypes"], frames[2:]):
+                    data[name] = np.frombuffer(frame.buffer, dtype=np.dtype(dtype))
+                df = pd.DataFrame(data, copy=False)
+                value = fn(df)
+            elif header.get("op") == "combine":
+                parts = [pickle.loads(f.buffer) for f in frames[2:]]
+                value = functools.reduce(fn, parts) if parts else None
+            else:
+                _reply(sock, {"ok": False, "kind": "exception", "message": f"unknown op {header.get('op')!r}"})
+                continue
+        except BaseException as e:  # noqa: BLE001 - everything the user's code raises is reported
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
+                raise
+            _reply(sock, _failure(e))
+            continue
+        try:
+            payload = cloudpickle.dumps(value, protocol=5)
+        except BaseException as e:  # noqa: BLE001
+            _reply(sock, {"ok": False, "kind": "unpicklable", "message": f"the function's value cannot be pickled: {type(e).__name__}: {e}"})
+            continue
+        _reply(sock, {"ok": True}, payload)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+import Foundation
+import Synchronization
+import TesseraCompute
+import TesseraProtocol
+import ZeroMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a worker runs users' Python functions.
+public struct PythonSettings: Sendable {
+    /// The interpreter (a path, or a name looked up on PATH); it must have the `tessera` client
+    /// package (with pandas and cloudpickle) installed.
+    public var executable: String
+    /// Resident memory one executor may reach during a call before it is killed.
+    public var memoryLimitBytes: UInt64
+
+    public init(executable: String = "python3", memoryLimitBytes: UInt64 = 2 << 30) {
+        self.executable = executable
+        self.memoryLimitBytes = memoryLimitBytes
+    }
+}
+
+/// Users' Python functions next to the data: a few `python -m tessera.executor` processes on
+/// this worker's host, started on demand and kept for the next call (at most one per executor
+/// thread is ever busy). A call hands an executor its columns over a ZeroMQ `ipc://` socket,
+/// one frame per column, which the executor wraps as numpy arrays without copying.
+///
+/// The worker enforces the limits, not the executor: while a call runs, its thread checks every
+/// 100 ms whether the task was cancelled, passed its deadline, or its executor grew past the
+/// memory limit, and kills the executor if so (the next call starts another).
+public final class PythonExecutors: Sendable {
+    public let settings: PythonSettings
+    let workerName: String
+    private let context: ZMQContext
+    /// Where the executors' sockets and logs live (private to this worker, removed at exit).
+    let folder: String
+    private let idle = Mutex<[PythonExecutor]>([])
+    private let started = Atomic<Int>(0)
+
+    public init(_ settings: PythonSettings, workerName: String) throws {
+        self.settings = settings
+        self.workerName = workerName
+        context = try ZMQContext()
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-python-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: folder)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    }
+
+    deinit {
+        for e in idle.withLock({ $0 }) { e.stop() }
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
+    /// The two operators, bound to this worker's executors.
+    public var operators: [TaskOperator] {
+        [
+            TaskOperator(PythonOperatorNames.map, "a user's Python function over one shard's rows") { ctx throws(OperatorError) in
+                try self.map(ctx)
+            },
+            TaskOperator(PythonOperatorNames.combine, "a user's Python combine over partial values") { ctx throws(OperatorError) in
+                try self.combine(ctx)
+            },
+        ]
+    }
+
+    // MARK: Operators
+
+    func map(_ ctx: OperatorContext) throws(OperatorError) -> Value {
+        let name = PythonOperatorNames.map
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        var partial = try CatalogOperators.scan(ctx, plan: plan, operatorName: name)
+        let rows = partial.rows
+        var names: [String] = [], dtypes: [String] = [], frames: [Frame] = []
+        for (label, column) in zip(rows.names, rows.columns) {
+            names.append(label)
+            switch column.values {
+            case .doubles(let d):
+                dtypes.append("<f8")
+                frames.append(d.values.withUnsafeBytes { Frame(copying: $0) })
+            case .int64S(let d):
+                dtypes.append("<i8")
+                frames.append(d.values.withUnsafeBytes { Frame(copying: $0) })
+            case .bools(let d):
+                dtypes.append("|b1")
+                frames.append(d.values.withUnsafeBytes { Frame(copying: $0) })
+            case nil:
+                dtypes.append("<f8")
+                frames.append(Frame(count: 0))
+            }
+        }
+        let shard = ctx.dataKey ?? "?"
+        let header: [String: Any] = ["op": "map", "names": names, "dtypes": dtypes, "rows": rows.index.count, "shard": shard]
+        let value = try call(header, function: plan.python.function, frames: frames, plan: plan, what: "on shard \(shard)", isCancelled: ctx.isCancelled)
+        partial.rows = Tessera_V1_RowBatch()
+        partial.python = value
+        return .bytes(try CatalogOperators.serialized(partial, name))
+    }
+
+    func combine(_ ctx: OperatorContext) throws(OperatorError) -> Value {
+        let name = PythonOperatorNames.combine
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        var out = CatalogPartial()
+        var values: [Data] = []
+        for (k, v) in ctx.inputs.enumerated() {
+            let p = try CatalogOperators.partial(v, input: k, name)
+            out.shards &+= p.shards
+            out.rowsScanned &+= p.rowsScanned
+            out.rowsMatched &+= p.rowsMatched
+            values.append(p.python)
+        }
+        if values.count <= 1 {
+            // One partial is its own fold; none (no shard met the region) is None. Neither
+            // needs an executor.
+            out.python = values.first ?? Data(Self.pickledNone)
+        } else {
+            let frames = values.map { v in v.withUnsafeBytes { Frame(copying: $0) } }
+            out.python = try call(["op": "combine"], function: plan.python.combine, frames: frames, plan: plan,
+                                  what: "combining \(values.count) partials", isCancelled: ctx.isCancelled)
+        }
+        return .bytes(try CatalogOperators.serialized(out, name))
+    }
+
+    /// `pickle.dumps(None, protocol=5)`.
+    static let pickledNone: [UInt8] = [0x80, 0x05, 0x4E, 0x2E]
+
+    // MARK: Calls
+
+    /// Runs one call on an executor and returns the pickled value, or throws what went wrong in
+    /// words that name the shard, the worker and the limit.
+    func call(_ header: [String: Any], function: Data, frames: [Frame], plan: CatalogQueryPlan, what: String,
+              isCancelled: @Sendable () -> Bool) throws(OperatorError) -> Data {
+        let name = header["op"] as? String == "map" ? PythonOperatorNames.map : PythonOperatorNames.combine
+        let timeout = plan.python.timeoutS > 0 ? plan.python.timeoutS : 300
+        let executor = try checkout(name)
+        guard let head = try? JSONSerialization.data(withJSONObject: header) else {
+            throw OperatorError(name, "cannot encode the request header")
+        }
+        let sent: Bool
+        do {
+            sent = try executor.socket.send([Frame([UInt8](head)), Frame([UInt8](function))] + frames)
+        } catch {
+            executor.stop()
+            throw OperatorError(name, "cannot hand the call to the Python executor on worker \(workerName): \(error)")
+        }
+        guard sent else {
+            executor.stop()
+            throw OperatorError(name, "cannot hand the call to the Python executor on worker \(workerName)")
+        }
+        let start = Date()
+        while true {
+            let reply: [Frame]?
+            do { reply = try executor.socket.receive() } catch where error.isWouldBlock { reply = nil } catch {
+                executor.stop()
+                throw OperatorError(name, "lost the Python executor on worker \(workerName): \(error)")
+            }
+            if let reply {
+                return try finish(reply, executor: executor, name: name, what: what, plan: plan)
+            }
+            if isCancelled() {
+                executor.stop()
+                throw OperatorError(name, "cancelled")
+            }
+            let elapsed = Date().timeIntervalSince(start)
+            if elapsed > timeout {
+                executor.stop()
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) ran past its deadline of \(Self.seconds(timeout)) s: killed", retryable: false)
+            }
+            if !executor.isRunning {
+                let status = executor.stop()
+                throw OperatorError(name, "the Python executor \(what) on worker \(workerName) died (\(status)); its log ends:\n\(executor.logTail())", retryable: false)
+            }
+            let rss = executor.residentBytes()
+            if rss > settings.memoryLimitBytes {
+                executor.stop()
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) grew to \(rss >> 20) MiB, over its memory limit of \(settings.memoryLimitBytes >> 20) MiB: killed", retryable: false)
+            }
+        }
+    }
+
+    private func finish(_ reply: [Frame], executor: PythonExecutor, name: String, what: String, plan: CatalogQueryPlan) throws(OperatorError) -> Data {
+        guard reply.count == 2, let header = try? JSONSerialization.jsonObject(with: Data(reply[0].bytes)) as? [String: Any] else {
+            executor.stop()
+            throw OperatorError(name, "the Python executor on worker \(workerName) sent a malformed reply")
+        }
+        if header["ok"] as? Bool == true {
+            checkin(executor)
+            guard reply[1].count <= Limits.pythonValueBytes else {
+                throw OperatorError(name, "the Python function's value \(what) is \(reply[1].count) bytes pickled, over the limit of \(Limits.pythonValueBytes)", retryable: false)
+            }
+            return Data(reply[1].bytes)
+        }
+        checkin(executor)
+        let kind = header["kind"] as? String ?? "exception"
+        let message = header["message"] as? String ?? "(no message)"
+        let traceback = header["traceback"] as? String ?? ""
+        var version = ""
+        if !plan.python.clientPython.isEmpty && plan.python.clientPython != executor.pythonVersion {
+            version = "\n(the function was pickled by Python \(plan.python.clientPython); this worker runs Python \(executor.pythonVersion))"
+        }
+        switch kind {
+        case "module":
+            let module = header["module"] as? String ?? "?"
+            throw OperatorError(name, "Python function \(what): module `\(module)` is not installed on worker \(workerName) (\(settings.executable)): install it there, or avoid it\(version)", retryable: false)
+        case "unpicklable":
+            throw OperatorError(name, "Python function \(what) on worker \(workerName): \(message)", retryable: false)
+        default:
+            throw OperatorError(name, "Python function failed \(what) on worker \(workerName): \(message)\n\(traceback)\(version)", retryable: false)
+        }
+    }
+
+    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s))" : "\(s)" }
+
+    // MARK: The pool
+
+    private func checkout(_ name: String) throws(OperatorError) -> PythonExecutor {
+        if let e = idle.withLock({ $0.popLast() }) {
+            if e.isRunning { return e }
+            e.stop()
+        }
+        let n = started.add(1, ordering: .relaxed).newValue
+        do {
+            return try PythonExecutor(settings: settings, context: context, folder: folder, index: n)
+        } catch let e as PythonStartError {
+            throw OperatorError(name, "cannot start a Python executor (`\(settings.executable) -m tessera.executor`) on worker \(workerName): \(e.message)", retryable: false)
+        } catch {
+            throw OperatorError(name, "cannot start a Python executor on worker \(workerName): \(error)", retryable: false)
+        }
+    }
+
+    private func checkin(_ e: PythonExecutor) {
+        idle.withLock { $0.append(e) }
+    }
+}
+
+struct PythonStartError: Error {
+    let message: String
+}
+
+/// One executor process and the socket to it; used by one call at a time (the pool hands it
+/// from thread to thread under a lock, which orders the socket's uses).
+final class PythonExecutor: @unchecked Sendable {
+    let process: Process
+    let socket: Socket
+    let logPath: String
+    let socketPath: String
+    private(set) var pythonVersion = ""
+
+    init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int) throws {
+        socketPath = folder + "/executor-\(index).sock"
+        logPath = folder + "/executor-\(index).log"
+        socket = try context.socket(.pair)
+        try socket.setReceiveTimeout(milliseconds: 100)
+        try socket.setSendHighWaterMark(0)
+        _ = try socket.bind("ipc://" + socketPath)
+        process = Process()
+        if settings.executable.contains("/") {
+            process.executableURL = URL(fileURLWithPath: settings.executable)
+            process.arguments = ["-m", "tessera.executor", "ipc://" + socketPath]
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [settings.executable, "-m", "tessera.executor", "ipc://" + socketPath]
+        }
+        var env = ProcessInfo.processInfo.environment
+        // One thread per executor: the worker runs as many calls at once as it has threads.
+        for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
+        env["PYTHONUNBUFFERED"] = "1"
+        process.environment = env
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            throw PythonStartError(message: "\(error)")
+        }
+        // The first message says it is ready (importing numpy and pandas takes about a second).
+        let deadline = Date().addingTimeInterval(60)
+        while true {
+            if let hello = try? socket.receive(), let first = hello.first,
+               let h = try? JSONSerialization.jsonObject(with: Data(first.bytes)) as? [String: Any], h["ready"] as? Bool == true {
+                pythonVersion = h["python"] as? String ?? ""
+                return
+            }
+            if !process.isRunning {
+                let tail = logTail()
+                stop()
+                throw PythonStartError(message: "it exited at start (status \(process.terminationStatus)): \(tail.isEmpty ? "no output" : tail)\nInstall the client (pip install Clients/python) into the interpreter the worker runs (--python)")
+            }
+            if Date() > deadline {
+                stop()
+                throw PythonStartError(message: "it did not say it was ready within 60 s")
+            }
+        }
+    }
+
+    var isRunning: Bool { process.isRunning }
+
+    /// Kills the process (if running) and closes the socket; says how it ended.
+    @discardableResult
+    func stop() -> String {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        socket.close()
+        unlink(socketPath)
+        switch process.terminationReason {
+        case .uncaughtSignal: return "killed by signal \(process.terminationStatus)"
+        default: return "exit status \(process.terminationStatus)"
+        }
+    }
+
+    /// Resident memory of the process, from /proc (0 when it cannot be read).
+    func residentBytes() -> UInt64 {
+        guard let text = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = UInt64(fields[1]) else { return 0 }
+        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// The last lines the process wrote.
+    func logTail(_ bytes: Int = 2000) -> String {
+        guard let data = FileManager.default.contents(atPath: logPath) else { return "" }
+        return String(decoding: data.suffix(bytes), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}

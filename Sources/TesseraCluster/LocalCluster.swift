@@ -63,6 +63,8 @@ public final class LocalCluster: Sendable {
         public var python: String?
         /// Whether workers run users' Python functions at all.
         public var allowPython = true
+        /// Resident memory, in MiB, one Python executor may reach (nil: the worker's default).
+        public var pythonMemoryMb: Int?
         /// Called with each supervision event (a daemon died, was started again), besides the log.
         public var onEvent: (@Sendable (String) -> Void)?
 
@@ -204,6 +206,7 @@ public final class LocalCluster: Sendable {
         if let m = options.memoryLimitMb { args += ["--memory-limit-mb", "\(m)"] }
         if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(index)"] }
         if !options.allowPython { args += ["--no-python"] } else if let py = options.python { args += ["--python", py] }
+        if let m = options.pythonMemoryMb { args += ["--python-memory-mb", "\(m)"] }
         let executable = binDirectory + "/tessera-worker"
         let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)
         state.withLock { $0.workers.append(Daemon(name: name, executable: executable, arguments: args, process: p, startedAt: Date())) }

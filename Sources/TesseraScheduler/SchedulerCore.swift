@@ -315,6 +315,11 @@ public struct SchedulerCore {
                             clientTag: s.clientTag))
                         return
                     }
+                    if q.hasPython && !workers.isEmpty && !workers.values.contains(where: { $0.operators.contains(PythonOperatorNames.map) }) {
+                        send(.client(connection), errorEnvelope(
+                            .errorNotAllowed, "no worker of this cluster allows Python functions (they were started with --no-python)", clientTag: s.clientTag))
+                        return
+                    }
                     graph = try expandCatalogQuery(q)
                     progress = Self.progress(of: q, now: now)
                 } else {
@@ -330,11 +335,6 @@ public struct SchedulerCore {
         // Operators no live worker knows are refused up front (with no workers, the workers will say).
         if !workers.isEmpty {
             let known = workers.values.reduce(into: Set<String>()) { $0.formUnion($1.operators) }
-            if graph.operators.contains(PythonOperatorNames.map) && !known.contains(PythonOperatorNames.map) {
-                send(.client(connection), errorEnvelope(
-                    .errorNotAllowed, "no worker of this cluster allows Python functions (they were started with --no-python)", clientTag: s.clientTag))
-                return
-            }
             if let bad = graph.operators.first(where: { !known.contains($0) }) {
                 send(.client(connection), errorEnvelope(
                     .errorUnknownOperator, "unknown operator `\(bad)`; workers offer: \(known.sorted().joined(separator: ", "))",

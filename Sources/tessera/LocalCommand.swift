@@ -34,6 +34,9 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "Workers do not run users' Python functions.")
     var noPython = false
 
+    @Option(help: "Resident memory, in MiB, one Python executor may reach during a call before it is killed (default: the worker's, 2048).")
+    var pythonMemoryMb: Int?
+
     @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
     var exitWithParent: Int32?
 
@@ -51,6 +54,7 @@ struct LocalCommand: ParsableCommand {
         o.insecure = insecure
         o.python = python
         o.allowPython = !noPython
+        o.pythonMemoryMb = pythonMemoryMb
         // A daemon that dies is started again; say so where the user is looking.
         o.onEvent = { line in
             print("tessera local: \(line)")

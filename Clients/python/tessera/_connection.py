@@ -177,11 +177,16 @@ class Connection:
         q = self._jobs.get(job_id)
         if q is None:
             raise TesseraError(f"job {job_id} is not one of this connection's")
-        try:
-            return q.get(timeout=timeout)
-        except queue.Empty:
-            self._check_alive()
-            return None
+        # Short waits: a KeyboardInterrupt (a real SIGINT, or Jupyter's interrupt) is then seen
+        # at once however it arrives, and the caller cancels the job.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return q.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            except queue.Empty:
+                self._check_alive()
+                if time.monotonic() >= deadline:
+                    return None
 
     def forget(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)

@@ -1,0 +1,156 @@
+"""Users' Python functions run on the workers holding each shard (map_partitions, reduce), and
+what happens when they fail, run too long, grow too large, or are not allowed."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tessera
+from conftest import ROWS, mag
+
+
+def test_map_partitions_dataframes_are_concatenated(client, reference):
+    def bright(df):
+        return df[df.r_psfFlux > 10 ** (-0.4 * (20 - 31.4))][["objectId", "r_psfFlux"]]
+
+    got = client.catalog("object").map_partitions(bright, columns=["objectId", "r_psfFlux"])
+    assert isinstance(got, pd.DataFrame)
+    want = reference[reference.r_psfFlux > 10 ** (-0.4 * (20 - 31.4))]
+    assert sorted(got.objectId) == sorted(want.objectId)
+
+
+def test_map_partitions_other_values_come_as_a_list_in_shard_order(client, reference):
+    q = client.catalog("object").cone(60, -35, 3)
+    lengths = q.map_partitions(len, columns=["coord_ra"])
+    assert isinstance(lengths, list) and len(lengths) > 1
+    assert sum(lengths) == q.count()
+    # Each shard's rows come in spatial-index order, and shards in shard order.
+    firsts = q.map_partitions(lambda df: int(df._healpix_29.iloc[0]) if len(df) else None, columns=["_healpix_29"])
+    starts = [f for f in firsts if f is not None]
+    assert starts == sorted(starts)
+
+
+def test_the_function_sees_numpy_columns_of_the_stored_types(client):
+    kinds = client.catalog("object").map_partitions(
+        lambda df: {c: str(df[c].dtype) for c in df.columns}, columns=["objectId", "coord_ra", "detect_isPrimary"])
+    assert kinds[0] == {"objectId": "int64", "coord_ra": "float64", "detect_isPrimary": "bool"}
+
+
+def test_reduce_folds_partials_in_the_tree(client, reference):
+    def moments(df):
+        m = -2.5 * np.log10(df.r_psfFlux.where(df.r_psfFlux > 0).astype("float64")) + 31.4
+        m = m.dropna()
+        return (len(m), m.sum(), (m * m).sum())
+
+    def combine(a, b):
+        return tuple(x + y for x, y in zip(a, b))
+
+    n, s, s2 = client.catalog("object").reduce(moments, combine, columns=["r_psfFlux"])
+    m = pd.Series(mag(reference.r_psfFlux)).dropna()
+    assert n == len(m)
+    assert s == pytest.approx(m.sum(), rel=1e-9)
+    assert s2 == pytest.approx((m * m).sum(), rel=1e-9)
+    # An empty region reduces to None.
+    assert client.catalog("object").cone(200, 60, 0.1).reduce(len, lambda a, b: a + b) is None
+
+
+def test_an_exception_comes_back_with_traceback_shard_and_worker(client):
+    def broken(df):
+        return 1 / 0
+
+    with pytest.raises(tessera.PythonFunctionError) as e:
+        client.catalog("object").map_partitions(broken, columns=["coord_ra"])
+    msg = str(e.value)
+    assert "ZeroDivisionError" in msg and "Traceback" in msg and "in broken" in msg
+    assert "on shard object/" in msg and "on worker local-" in msg
+
+
+def test_a_missing_module_names_the_module_and_the_worker(client):
+    def needs_missing(df):
+        import tessera_no_such_module  # noqa: F401
+        return 0
+
+    with pytest.raises(tessera.PythonFunctionError) as e:
+        client.catalog("object").map_partitions(needs_missing, columns=["coord_ra"])
+    assert "module `tessera_no_such_module` is not installed on worker local-" in str(e.value)
+
+
+def test_a_function_past_its_deadline_is_killed(client):
+    t0 = time.monotonic()
+    with pytest.raises(tessera.PythonFunctionError, match="ran past its deadline of 1 s: killed"):
+        client.catalog("object").map_partitions(lambda df: time.sleep(60), columns=["coord_ra"], timeout=1)
+    assert time.monotonic() - t0 < 30
+    # The workers start fresh executors for the next call.
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
+
+
+def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_path):
+    from conftest import ingest
+
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--python-memory-mb", "300"]) as c:
+        ingest(bins, c, "object", catalog_files[:1], 30000)
+        with tessera.Client(c, progress=False) as client:
+            def hog(df):
+                blocks = [np.ones(50_000_000, dtype=np.uint8) for _ in range(40)]  # 2 GB, touched
+                return len(blocks)
+
+            with pytest.raises(tessera.PythonFunctionError, match=r"over its memory limit of 300 MiB: killed"):
+                client.catalog("object").map_partitions(hog, columns=["coord_ra"])
+            assert client.catalog("object").map_partitions(len, columns=["coord_ra"]) == [30000]
+
+
+def test_python_needs_an_authenticated_user(bins, tmp_path):
+    with tessera.LocalCluster(workers=1, data=str(tmp_path), bin_dir=bins, extra_args=["--insecure"]) as c:
+        with tessera.Client(c.endpoint, progress=False) as client:
+            with pytest.raises(tessera.NotAllowed, match="only for authenticated users"):
+                client.catalog("object").map_partitions(len)
+
+
+def test_workers_may_refuse_python(bins, tmp_path):
+    with tessera.LocalCluster(workers=1, data=str(tmp_path), bin_dir=bins, allow_python=False) as c:
+        with tessera.Client(c, progress=False) as client:
+            with pytest.raises(tessera.NotAllowed, match="no worker of this cluster allows Python"):
+                client.catalog("object").map_partitions(len)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, tmp_path):
+    """A KeyboardInterrupt during a call cancels the job: the executors running the function are
+    killed, and the scheduler sees no job running."""
+    marks = tmp_path / "pids"
+    marks.mkdir()
+
+    def slow(df, marks=str(marks)):
+        open(os.path.join(marks, str(os.getpid())), "w").close()
+        time.sleep(120)
+
+    main = threading.main_thread().ident
+
+    def interrupt_when_running():
+        while len(os.listdir(marks)) < 2:
+            time.sleep(0.02)
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C does
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    t_call = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        client.catalog("object").map_partitions(slow, columns=["coord_ra"], timeout=300)
+    assert time.monotonic() - t_call < 60, "the call did not stop at the interrupt"
+    t0 = time.monotonic()
+    pids = [int(p) for p in os.listdir(marks)]
+    while any(_alive(p) for p in pids) or any(j.state == 0 for j in client.status().jobs):
+        assert time.monotonic() - t0 < 20, "the workers were still busy 20 s after Ctrl-C"
+        time.sleep(0.02)
+    print(f"workers idle {time.monotonic() - t0:.3f} s after Ctrl-C")
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS

@@ -352,6 +352,22 @@ struct CatalogEngineTests {
         #expect(refusal { $0.rows.sortBy = "coord_ra" }.contains("needs a limit"))
         #expect(refusal { var c = Tessera_V1_ConeSpec(); c.dec = 95; c.radius = 1; $0.cone = c }.contains("not on the sky"))
         #expect(refusal { $0.aggregates = [aggregate(.aggQuantile, "coord_ra", q: 1.5)] }.contains("within 0…1"))
+        // Python functions: on every selected row of a shard, within the limits.
+        func python(_ f: Int = 10, combine: Int = 0, timeout: Double = 0) -> Tessera_V1_PythonSpec {
+            var py = Tessera_V1_PythonSpec()
+            py.function = Data(count: f)
+            py.combine = Data(count: combine)
+            py.timeoutS = timeout
+            return py
+        }
+        #expect(refusal { $0.python = python(); $0.rows.select = ["coord_ra"] } == "accepted")
+        #expect(refusal { $0.python = python() }.contains("needs `rows`"))
+        #expect(refusal { $0.python = python(); $0.rows.limit = 5 }.contains("drop the limit"))
+        #expect(refusal { $0.python = python(0); $0.rows.select = ["coord_ra"] }.contains("carries no function"))
+        #expect(refusal { $0.python = python(Limits.pythonFunctionBytes, combine: 1); $0.rows.select = ["coord_ra"] }.contains("over the limit of \(Limits.pythonFunctionBytes)"))
+        #expect(refusal { $0.python = python(timeout: -1); $0.rows.select = ["coord_ra"] }.contains("outside the allowed"))
+        #expect(refusal { $0.python = python(); $0.rows.select = ["coord_ra"]; $0.progressive = true }.contains("cannot be progressive"))
+        #expect(refusal { $0.python = python(); $0.rows.select = ["coord_rb"] }.contains("did you mean `coord_ra`"))
 
         // Too many groups: a clear limit, from the scan and from the merge.
         let shards = try cat.shards(maxRows: 1_500)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TesseraCompute
 import TesseraProtocol
@@ -285,6 +286,31 @@ struct SchedulerErrorTests {
         // Operators only some worker offers are fine.
         c.addWorker(name: "special", operators: ["inc", "moments"])
         #expect(c.submit(Workloads.independent(tasks: 3, op: "moments")) != nil)
+    }
+
+    @Test("a Python question needs an authenticated user and a worker that allows Python")
+    func pythonNeedsKeysAndWorkers() throws {
+        let c = FakeCluster()
+        _ = c.addWorkers(1)
+        var q = CatalogQueryPlan()
+        q.dataset = "object"
+        q.rows.select = ["coord_ra"]
+        q.python.function = Data([1, 2, 3])
+        var plan = Tessera_V1_Plan()
+        plan.catalog = q
+        let alice = ClientIdentity(user: "alice", isAdmin: false, publicKey: "a")
+        // Without a key (an insecure cluster's one local user): refused, however many workers.
+        #expect(c.submit(plan, client: 7) == nil)
+        #expect(try #require(c.clientErrors[7]?.last).code == .errorNotAllowed)
+        #expect(try #require(c.clientErrors[7]?.last).message.contains("only for authenticated users"))
+        // With a key, but no worker offers Python.
+        #expect(c.submit(plan, client: 8, identity: alice) == nil)
+        #expect(try #require(c.clientErrors[8]?.last).message.contains("no worker of this cluster allows Python"))
+        // A worker that does: the question goes on to planning (this scheduler has no registry).
+        c.addWorker(name: "py", operators: standardOperators + [PythonOperatorNames.map, PythonOperatorNames.combine])
+        #expect(c.submit(plan, client: 9, identity: alice) == nil)
+        let err = try #require(c.clientErrors[9]?.last)
+        #expect(err.code == .errorInvalidGraph && err.message.contains("no registry"))
     }
 
     @Test("invalid graphs and plans are rejected with errorInvalidGraph")

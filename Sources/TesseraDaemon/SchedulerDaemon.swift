@@ -240,14 +240,15 @@ public final class SchedulerDaemon {
             case .worker(let c):
                 guard let identity = workerTable.identity(c) else { continue }
                 do throws(ZeroMQError) {
-                    try workerSocket.sendMessage(to: identity, m.envelope, frames: m.frames)
+                    try workerSocket.sendMessage(to: identity, m.envelope, frames: m.frames, compress: !EndpointScope.isLoopback(workerEndpoint))
                 } catch {
                     // A peer that is gone: the state machine learns that from missed heartbeats.
                     if error.code != EHOSTUNREACH && !error.isWouldBlock { throw error }
                 }
             case .client(let c):
                 guard let identity = clientTable.identity(c) else { continue }
-                var parts = WireProtocol.encode(m.envelope, frames: m.frames)
+                // Results for clients on this machine go uncompressed (see `sendMessage`).
+                var parts = WireProtocol.encode(m.envelope, frames: m.frames, compress: !EndpointScope.isLoopback(clientEndpoint))
                 parts.insert(identity, at: 0)
                 if backlog[c] != nil {
                     backlog[c]!.append(parts)

@@ -187,7 +187,7 @@ public final class WorkerDaemon {
     private func sendToScheduler(_ e: Envelope, _ frames: [[UInt8]]) throws {
         var e = e
         e.epoch = engine.epoch
-        try scheduler.sendMessage(e, frames: frames)
+        try scheduler.sendMessage(e, frames: frames, compress: !EndpointScope.isLoopback(settings.schedulerEndpoint))
     }
 
     private func drainScheduler() throws {
@@ -347,7 +347,7 @@ public final class WorkerDaemon {
                 }
                 try s.sendMessage(e)
             case .replyToPeer(let identity, let e, let f):
-                try peerRouter.sendMessage(to: identity, e, frames: f)
+                try peerRouter.sendMessage(to: identity, e, frames: f, compress: !EndpointScope.isLoopback(peerEndpoint))
             case .execute(let tasks):
                 pool.submit(tasks)
             case .register:

@@ -121,12 +121,15 @@ class Client:
     """
 
     def __init__(self, address=None, *, key: Optional[str] = None, timeout: float = 5.0, progress: bool = True):
+        credentials = ...
         if hasattr(address, "endpoint") and hasattr(address, "key_path"):
+            if getattr(address, "insecure", False) and key is None:
+                credentials = None  # a cluster without keys: none, whatever the environment says
             key = key or address.key_path
             address = address.endpoint
         self.endpoint = find_endpoint(address)
         self.progress = progress
-        self._conn = Connection(self.endpoint, find_credentials(key), timeout)
+        self._conn = Connection(self.endpoint, find_credentials(key) if credentials is ... else credentials, timeout)
 
     def __enter__(self):
         return self

@@ -56,23 +56,27 @@ class LocalCluster:
     - `workers`: worker processes; `threads`: executor threads each (default: one per core).
     - `data`: folder of the registry, shards and keys (a cluster started again on the same
       folder finds its datasets); `port`: the client port (default: a free one).
+    - `insecure`: no CURVE keys (loopback only; users' Python functions are then refused).
     - `python`: the interpreter the workers run users' functions with (default: this one, so
       the functions see the same packages); `allow_python=False` turns that off.
     """
 
     def __init__(self, workers: int = 2, *, data: str = "tessera-data", port: Optional[int] = None,
                  threads: Optional[int] = None, bin_dir: Optional[str] = None, python: Optional[str] = None,
-                 allow_python: bool = True, timeout: float = 60.0, extra_args=()):
+                 allow_python: bool = True, insecure: bool = False, timeout: float = 60.0, extra_args=()):
         self.workers = workers
         self.data = os.path.abspath(data)
         self.port = port or _free_port_pair()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.log: list = []
+        self.insecure = insecure or "--insecure" in extra_args
         exe = find_tessera(bin_dir)
         args = [exe, "local", "--workers", str(workers), "--port", str(self.port), "--data", self.data,
                 "--exit-with-parent", str(os.getpid())]
         if threads:
             args += ["--threads", str(threads)]
+        if insecure:
+            args += ["--insecure"]
         if allow_python:
             args += ["--python", python or sys.executable]
         else:
@@ -90,7 +94,10 @@ class LocalCluster:
 
     @property
     def key_path(self) -> Optional[str]:
-        """The local admin user's key (`tessera local` makes it), which clients of this cluster use."""
+        """The local admin user's key (`tessera local` makes it), which clients of this cluster use
+        (None when it runs without keys)."""
+        if self.insecure:
+            return None
         path = os.path.join(self.data, "keys", "user-local.key")
         return path if os.path.exists(path) else None
 

@@ -104,8 +104,8 @@ def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_pat
 
 
 def test_python_needs_an_authenticated_user(bins, tmp_path):
-    with tessera.LocalCluster(workers=1, data=str(tmp_path), bin_dir=bins, extra_args=["--insecure"]) as c:
-        with tessera.Client(c.endpoint, progress=False) as client:
+    with tessera.LocalCluster(workers=1, data=str(tmp_path), bin_dir=bins, insecure=True) as c:
+        with tessera.Client(c, progress=False) as client:
             with pytest.raises(tessera.NotAllowed, match="only for authenticated users"):
                 client.catalog("object").map_partitions(len)
 

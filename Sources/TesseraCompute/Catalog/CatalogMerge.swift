@@ -73,7 +73,7 @@ public enum CatalogMerge {
                     throw CatalogQueryError("the query returns more than \(cap) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
                 }
             }
-            out.rows = rows.proto
+            out.rows = rows.proto(withIndex: plan.rows.limit > 0)
         } else {
             try mergeGroups(a, b, into: &out, plan: plan)
         }

@@ -504,7 +504,7 @@ struct ScanAccumulator {
             partial.skyMap = m
         case .rows:
             if q.plan.rows.limit > 0 { rows.trim(to: Int(clamping: q.plan.rows.limit), descending: q.plan.rows.descending) }
-            partial.rows = rows.proto
+            partial.rows = rows.proto(withIndex: q.plan.rows.limit > 0)
         }
         return partial
     }

@@ -74,7 +74,8 @@ struct RowBatchBuilder {
     var index: [Int64] = []
     var sortKeys: [Double] = []
 
-    var count: Int { index.count }
+    /// Rows held (a collect's batches carry no spatial index: only heads and top-k lists need it).
+    var count: Int { columns.first?.count ?? index.count }
 
     mutating func append(names n: [String], values: [RowValues], index ix: [Int64], sortKeys keys: [Double]?) {
         if columns.isEmpty {
@@ -119,17 +120,20 @@ struct RowBatchBuilder {
         columns = p.columns.map(RowValues.init)
         index = p.index
         sortKeys = p.sortKey
-        guard names.count == columns.count, columns.allSatisfy({ $0.count == index.count }),
-              sortKeys.isEmpty || sortKeys.count == index.count else {
+        let n = columns.first?.count ?? index.count
+        guard names.count == columns.count, columns.allSatisfy({ $0.count == n }), index.isEmpty || index.count == n,
+              sortKeys.isEmpty || sortKeys.count == n else {
             throw CatalogQueryError("a partial row batch has columns of different lengths")
         }
     }
 
-    var proto: Tessera_V1_RowBatch {
+    /// The wire form; `withIndex: false` leaves out each row's spatial index, which only a
+    /// limited question (head, top-k) merges by: a collect's rows are ~20% smaller without it.
+    func proto(withIndex: Bool) -> Tessera_V1_RowBatch {
         var p = Tessera_V1_RowBatch()
         p.names = names
         p.columns = columns.map(\.proto)
-        p.index = index
+        if withIndex { p.index = index }
         p.sortKey = sortKeys
         return p
     }

@@ -37,6 +37,9 @@ struct LocalCommand: ParsableCommand {
     @Option(help: "Resident memory, in MiB, one Python executor may reach during a call before it is killed (default: the worker's, 2048).")
     var pythonMemoryMb: Int?
 
+    @Option(help: "Seconds a client may fall silent before its jobs are cancelled (default: the scheduler's, 30).")
+    var clientTimeoutS: Double?
+
     @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
     var exitWithParent: Int32?
 
@@ -55,6 +58,7 @@ struct LocalCommand: ParsableCommand {
         o.python = python
         o.allowPython = !noPython
         o.pythonMemoryMb = pythonMemoryMb
+        o.clientTimeoutSeconds = clientTimeoutS
         // A daemon that dies is started again; say so where the user is looking.
         o.onEvent = { line in
             print("tessera local: \(line)")

@@ -50,6 +50,24 @@ def timed(fn, repeats):
     return out, times
 
 
+def timed_fresh(run, repeats):
+    """As `timed`, with a new trivial function each run (len of the partition), as a notebook
+    user writing one: Dask reuses the results of a graph it has just computed when the same
+    one comes again at once (15 ms instead of 0.4 s), which would measure its cache, not the work."""
+    def fresh(i):
+        def trivial(df, i=i):
+            return len(df)
+        return trivial
+
+    run(fresh(-1))
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        out = run(fresh(i))
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
 def ensure_dataset(client, cluster, name, fits_dir, max_rows_per_shard):
     if name in set(client.datasets().name):
         return
@@ -58,6 +76,24 @@ def ensure_dataset(client, cluster, name, fits_dir, max_rows_per_shard):
         sys.exit(f"no FITS files in {fits_dir}: make them with ../shared/bench/anchor_catalog.py --only-data")
     subprocess.run([find_tessera(), "ingest", name, *files, "--scheduler", cluster.endpoint, "--key", cluster.key_path,
                     "--max-rows-per-shard", str(max_rows_per_shard), "--replicas", "1"], check=True, capture_output=True)
+
+
+def executors_peak_mb():
+    """Peak resident memory of each Python executor process on this machine (/proc VmHWM)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"tessera.executor" not in f.read():
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            out.append(round(hwm / 1024, 1))
+        except (OSError, StopIteration):
+            continue
+    return sorted(out)
 
 
 def workers_peak_mb(client):
@@ -87,13 +123,13 @@ def bench_collect(client, collect_dir, repeats):
 def bench_map(client, anchor_dir, repeats, workers, skip_dask):
     obj = client.catalog("bench_map")
     shards = int(client.datasets().set_index("name").loc["bench_map", "shards"])
-    lengths, times = timed(lambda: obj.map_partitions(len, columns=["coord_ra"], progress=False), repeats)
+    lengths, times = timed_fresh(lambda fn: obj.map_partitions(fn, columns=["coord_ra"], progress=False), repeats)
     med = statistics.median(times)
     emit(bench="map_partitions", engine="tessera", rows=int(sum(lengths)), partitions=len(lengths), median_s=round(med, 4),
          best_s=round(min(times), 4), mrows_per_s=round(sum(lengths) / med / 1e6, 1), ms_per_partition=round(1000 * med / len(lengths), 2),
-         workers_peak_rss_mb=workers_peak_mb(client))
+         workers_peak_rss_mb=workers_peak_mb(client), executors_peak_rss_mb=executors_peak_mb())
     empty = obj.where("coord_ra < -1000")
-    _, times = timed(lambda: empty.map_partitions(len, columns=["coord_ra"], progress=False), repeats)
+    _, times = timed_fresh(lambda fn: empty.map_partitions(fn, columns=["coord_ra"], progress=False), repeats)
     med = statistics.median(times)
     threads = sum(w.threads for w in client.status().workers)
     emit(bench="map_partitions_overhead", engine="tessera", partitions=shards, median_s=round(med, 4),
@@ -106,7 +142,7 @@ def bench_map(client, anchor_dir, repeats, workers, skip_dask):
 
     with DaskLocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as dc, DaskClient(dc):
         ddf = dd.read_parquet(os.path.join(anchor_dir, "parquet", "*.parquet"), columns=["coord_ra"])
-        lengths, times = timed(lambda: ddf.map_partitions(len).compute(), repeats)
+        lengths, times = timed_fresh(lambda fn: ddf.map_partitions(fn).compute(), repeats)
         med = statistics.median(times)
         emit(bench="map_partitions", engine="dask", rows=int(sum(lengths)), partitions=len(lengths), median_s=round(med, 4),
              best_s=round(min(times), 4), mrows_per_s=round(sum(lengths) / med / 1e6, 1),

@@ -361,10 +361,14 @@ class Query:
     def stream(self, kind: str = "count", *args, **kwargs) -> Iterator[Partial]:
         """Progressive answers: `stream()` counts, `stream("histogram", x, bins=, range=)`,
         `stream("agg", n="count")`, `stream("sky_map", order=6)`, `stream("histogram2d", ...)`;
-        on a `select`, each shard's rows as a DataFrame. Each is a `Partial` with the value over
+        on a `select`, each shard's rows as a DataFrame; `stream("map_partitions", fn, columns=[...])`,
+        each shard's value of `fn` as it comes. Each is a `Partial` with the value over
         the shards done so far; the last is final. Ending the loop early cancels the job."""
         if kind == "rows" or (kind == "count" and self.selection and not args and not kwargs):
             yield from self._stream_rows()
+            return
+        if kind == "map_partitions":
+            yield from self._stream_python(*args, **kwargs)
             return
         if kind == "count":
             p = self._plan()
@@ -511,7 +515,15 @@ class Query:
         results = self._python(map_fn, combine_fn, columns, timeout, progress)
         return results[-1][1] if results else None
 
-    def _python(self, fn, combine, columns, timeout, progress):
+    def _stream_python(self, fn, columns=None, timeout: float = 300.0) -> Iterator[Partial]:
+        done = 0
+        for task, view, _, accepted in self.client._values(self._python_plan(fn, None, columns, timeout), progress=False,
+                                                           task_timeout=float(timeout) + 30):
+            part = _wire.parse_partial(view)
+            done += 1
+            yield Partial(pickle.loads(part.python) if part.python else None, done, accepted.data_tasks, done >= accepted.data_tasks)
+
+    def _python_plan(self, fn, combine, columns, timeout):
         import cloudpickle
 
         q = self.select(*columns) if columns is not None else self
@@ -521,6 +533,11 @@ class Query:
             p.python.combine = cloudpickle.dumps(combine)
         p.python.timeout_s = float(timeout)
         p.python.client_python = "%d.%d" % sys.version_info[:2]
+        return p
+
+    def _python(self, fn, combine, columns, timeout, progress):
+
+        p = self._python_plan(fn, combine, columns, timeout)
         results = []
         for task, view, _, _ in self.client._values(p, progress=progress, task_timeout=float(timeout) + 30):
             part = _wire.parse_partial(view)

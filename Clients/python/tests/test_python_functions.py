@@ -154,3 +154,21 @@ def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, tmp_path):
         time.sleep(0.02)
     print(f"workers idle {time.monotonic() - t0:.3f} s after Ctrl-C")
     assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
+
+
+def test_a_slow_reader_keeps_its_job_alive(bins, catalog_files, tmp_path):
+    """The client's I/O thread heartbeats while the notebook's own thread does something else
+    between two items of a stream: the scheduler here cancels a job whose client is silent for
+    2 s, and the job runs for longer than that while the reader sleeps."""
+    from conftest import ingest
+
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--client-timeout-s", "2"]) as c:
+        ingest(bins, c, "object", catalog_files[:1], 6000)
+        with tessera.Client(c, progress=False) as client:
+            q = client.catalog("object")
+            lengths = []
+            for part in q.stream("map_partitions", lambda df: (time.sleep(0.5), len(df))[1], columns=["coord_ra"]):
+                lengths.append(part.value)
+                time.sleep(2.5)  # longer than the client timeout, with no call into the client
+            assert len(lengths) > 3 and sum(lengths) == 30000
+            assert client.status().jobs_abandoned == 0

@@ -226,19 +226,9 @@ class Connection:
             while not self._closed.is_set():
                 ready = dict(poller.poll(250))
                 if self._inbox in ready:
-                    while True:
-                        try:
-                            parts = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._socket.send_multipart(parts, copy=False)
+                    self._drain(self._inbox, lambda parts: self._socket.send_multipart(parts, copy=False))
                 if self._socket in ready:
-                    while True:
-                        try:
-                            parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._file(parts)
+                    self._drain(self._socket, self._file)
                 now = time.monotonic()
                 if self._waiting and now - last_heartbeat >= HEARTBEAT_SECONDS:
                     last_heartbeat = now
@@ -246,6 +236,16 @@ class Connection:
         except Exception as e:  # noqa: BLE001 - reported to every waiting caller
             if not self._closed.is_set():
                 self._error = e
+
+    @staticmethod
+    def _drain(socket, handle):
+        """Hands every message waiting on `socket` to `handle`."""
+        while True:
+            try:
+                parts = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(parts)
 
     def _heartbeat(self):
         by_epoch: dict[int, list] = {}

@@ -222,6 +222,10 @@ public final class WorkerDaemon {
                 continue
             }
             switch env.body {
+            case .fetchRequest(let r) where r.take && (zap == nil || role.hasPrefix(WorkerEngine.clientRolePrefix)):
+                // A client taking its job's direct results (its key is checked per value).
+                let key = zap == nil ? nil : String(role.dropFirst(WorkerEngine.clientRolePrefix.count))
+                try perform([engine.serveTake(r, clientKey: key, from: identity)])
             case .fetchRequest(let r) where role == "worker":
                 try perform([engine.serveFetch(r, epoch: env.epoch, from: identity)])
             case .storeShard(let r):

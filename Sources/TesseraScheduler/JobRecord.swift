@@ -103,6 +103,11 @@ final class JobRecord {
     // Results waiting to be streamed to the client.
     var pendingValues: [Tessera_V1_ValueInfo] = []
     var pendingBytes: [UInt8] = []
+    /// Direct results: outputs stay on their workers and the client takes them there.
+    let directResults: Bool
+    /// The CURVE key of the client that submitted the job (empty when insecure).
+    var clientKey = ""
+    var pendingLocations: [Tessera_V1_ValueLocation] = []
     var lastResultsSentAt: UInt64 = 0
 
     var taskCount: Int { op.count }
@@ -116,6 +121,7 @@ final class JobRecord {
         clientTag = submit.clientTag
         name = submit.name
         batchResults = submit.batchResults
+        directResults = submit.directResults
         submittedAt = now
         operators = graph.operators
         params = graph.params

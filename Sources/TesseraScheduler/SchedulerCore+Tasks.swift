@@ -7,6 +7,8 @@ public enum AssignFlags {
     public static let output: UInt32 = 1
     /// Keep the value: other tasks will read it.
     public static let keep: UInt32 = 2
+    /// Keep the value for the client to take from this worker (a job with direct results).
+    public static let clientTakes: UInt32 = 4
 }
 
 extension SchedulerCore {
@@ -190,10 +192,11 @@ extension SchedulerCore {
             if !registeredShards.isEmpty && !job.dataKeys.isEmpty {
                 setup.dataChecksums = job.dataKeys.map { registeredShards[$0]?.checksum ?? 0 }
             }
+            if job.directResults { setup.clientKey = job.clientKey }
             w.assignment.jobs.append(setup)
         }
         var flags: UInt32 = 0
-        if job.isOutput[t] && !job.delivered[t] { flags |= AssignFlags.output }
+        if job.isOutput[t] && !job.delivered[t] { flags |= job.directResults ? AssignFlags.clientTakes : AssignFlags.output }
         if job.hasDependents(t) { flags |= AssignFlags.keep }
         let range = job.inputRange(t)
         w.assignment.keys.append(key)
@@ -245,6 +248,18 @@ extension SchedulerCore {
             tasksCompleted += 1
             if hasCompute { w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n]) }
             job.resultBytes[t] = hasBytes ? UInt32(clamping: r.resultBytes[n]) : 0
+            if job.directResults && job.isOutput[t] && !job.delivered[t] && !job.isSnapshot(t) {
+                // The value waits on this worker for the client to take it.
+                var loc = Tessera_V1_ValueLocation()
+                loc.key = key
+                loc.bytes = hasBytes ? r.resultBytes[n] : 0
+                loc.worker.workerID = w.id
+                loc.worker.endpoint = w.peerEndpoint
+                loc.worker.publicKey = w.publicKey
+                job.pendingLocations.append(loc)
+                job.delivered[t] = true
+                jobsWithResults.insert(job.id)
+            }
             complete(job, t, on: w, now: now)
         }
         for v in r.outputs {
@@ -555,7 +570,10 @@ extension SchedulerCore {
         for t in 0..<job.taskCount where job.state[t] == .running {
             workers[job.worker[t]]?.deadlines.removeValue(forKey: TaskKey.make(job: job.id, task: UInt32(t)))
         }
-        for id in job.setUpOn { workers[id]?.cancelledJobs.append(job.id) }
+        for id in job.setUpOn {
+            // A job done with direct results leaves them on the workers until the client takes them.
+            if state == .jobDone && job.directResults { workers[id]?.finishedJobs.append(job.id) } else { workers[id]?.cancelledJobs.append(job.id) }
+        }
         jobs.removeValue(forKey: job.id)
         jobsWithResults.remove(job.id)
         progressiveJobs.remove(job.id)

@@ -354,6 +354,7 @@ public struct SchedulerCore {
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
         job.user = user
+        job.clientKey = identity.publicKey
         if s.taskTimeoutS > 0 { job.taskTimeoutNs = UInt64(s.taskTimeoutS * 1e9) }
         jobs[id] = job
         if let progress {
@@ -514,9 +515,11 @@ public struct SchedulerCore {
             w.assignedCount = 0
             w.peersInAssignment.removeAll(keepingCapacity: true)
         }
-        if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty || !w.timedOut.isEmpty {
+        if !w.cancelledJobs.isEmpty || !w.lostWorkers.isEmpty || !w.timedOut.isEmpty || !w.finishedJobs.isEmpty {
             var c = Tessera_V1_CancelTasks()
             c.jobIds = w.cancelledJobs
+            c.finishedJobIds = w.finishedJobs
+            w.finishedJobs.removeAll()
             c.lostWorkers = w.lostWorkers
             c.taskKeys = w.timedOut
             var e = Envelope()
@@ -529,15 +532,17 @@ public struct SchedulerCore {
     }
 
     mutating func sendResults(_ job: JobRecord, now: UInt64) {
-        guard !job.pendingValues.isEmpty else { return }
+        guard !job.pendingValues.isEmpty || !job.pendingLocations.isEmpty else { return }
         var r = Tessera_V1_JobResults()
         r.jobID = job.id
         r.values = job.pendingValues
+        r.locations = job.pendingLocations
+        job.pendingLocations = []
         r.tasksDone = UInt64(job.doneCount)
         r.taskCount = UInt64(job.graphTaskCount)
         var e = Envelope()
         e.jobResults = r
-        send(.client(job.client), e, frames: [job.pendingBytes])
+        send(.client(job.client), e, frames: job.pendingValues.isEmpty ? [] : [job.pendingBytes])
         job.pendingValues = []
         job.pendingBytes = []
         job.lastResultsSentAt = now

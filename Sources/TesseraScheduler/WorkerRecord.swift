@@ -42,6 +42,8 @@ final class WorkerRecord {
     var assignedCount = 0
     var releases: [UInt64] = []
     var cancelledJobs: [JobID] = []
+    /// Jobs done with direct results held here: forgotten, their results kept for the client.
+    var finishedJobs: [JobID] = []
     var lostWorkers: [WorkerID] = []
     /// Tasks it ran past their deadline, to forget.
     var timedOut: [UInt64] = []

@@ -63,7 +63,21 @@ public struct WorkerEngine {
         var params: [Tessera_V1_OperatorParams]
         var dataKeys: [String]
         var dataChecksums: [UInt64] = []
+        /// For direct results: the key of the client that may take them.
+        var clientKey = ""
     }
+
+    /// A job's direct results held here until its client takes them.
+    struct HeldResults {
+        /// The CURVE key of the job's client (empty on an insecure cluster: anyone local).
+        var clientKey: String
+        var count = 0
+        /// When the job ended (nil while it runs): untaken results go two minutes later.
+        var finishedAt: UInt64?
+    }
+
+    /// How long direct results wait for their client after the job ends.
+    public static let heldResultsNs: UInt64 = 120_000_000_000
 
     /// A task waiting for inputs from peers.
     struct PendingTask {
@@ -126,6 +140,10 @@ public struct WorkerEngine {
     var expectedShards: [String: (dataset: String, clientKey: String, pixels: Set<ShardPlace>)] = [:]
     /// CURVE public keys of the cluster's workers (from the scheduler): admitted to fetch here.
     public var admittedPeerKeys: Set<String> = []
+    /// Direct results waiting for their clients: which job each value is of, and per job who may
+    /// take them. The values themselves are kept like any other (in memory, spilled past the limit).
+    var heldFor: [UInt64: JobID] = [:]
+    var heldResults: [JobID: HeldResults] = [:]
     /// Peers' CURVE public keys, as the scheduler described them with their endpoints.
     public private(set) var peerPublicKeys: [WorkerID: String] = [:]
     /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
@@ -163,6 +181,7 @@ public struct WorkerEngine {
             lastHeartbeatAt = now
         }
         if now &- lastTickAt > 1_000_000_000 {
+            expireHeldResults(now: now)
             out += tick(now: now)
             lastTickAt = now
         }
@@ -190,7 +209,7 @@ public struct WorkerEngine {
             release(r)
             return []
         case .cancelTasks(let c):
-            return cancel(c, pool: pool)
+            return cancel(c, pool: pool, now: now)
         case .expectShards(let x):
             expect(x)
             return []
@@ -281,7 +300,7 @@ public struct WorkerEngine {
     public mutating func assign(_ a: Tessera_V1_AssignTasks, now: UInt64) -> [WorkerAction] {
         for s in a.jobs {
             jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys,
-                                     dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [])
+                                     dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [], clientKey: s.clientKey)
         }
         var peers: [WorkerID: String] = [:]
         for p in a.peers {
@@ -506,7 +525,21 @@ public struct WorkerEngine {
 
     /// Forgets cancelled or finished jobs, and tasks that passed their deadline here; fails tasks
     /// that wait on peers the scheduler declared dead.
-    public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: (any TaskPool)?) -> [WorkerAction] {
+    public mutating func cancel(_ c: Tessera_V1_CancelTasks, pool: (any TaskPool)?, now: UInt64 = 0) -> [WorkerAction] {
+        // Jobs done: forgotten like cancelled ones, except the direct results their clients
+        // have yet to take.
+        for j in c.finishedJobIds {
+            cancelled.insert(j)
+            jobs.removeValue(forKey: j)
+            if heldResults[j] != nil { heldResults[j]!.finishedAt = now }
+        }
+        if !c.finishedJobIds.isEmpty {
+            let done = Set(c.finishedJobIds)
+            let held = heldFor
+            forgetValues { done.contains(TaskKey.job($0)) && held[$0] == nil }
+            for k in pending.keys where done.contains(TaskKey.job(k)) { dropPending(k) }
+            if let pool { pool.forgetProfiles(jobs: done) }
+        }
         if !c.taskKeys.isEmpty {
             let overdue = Set(c.taskKeys)
             for k in overdue {
@@ -521,8 +554,10 @@ public struct WorkerEngine {
             for j in gone {
                 cancelled.insert(j)
                 jobs.removeValue(forKey: j)
+                heldResults.removeValue(forKey: j)
             }
             forgetValues { gone.contains(TaskKey.job($0)) }
+            if !heldFor.isEmpty { heldFor = heldFor.filter { !gone.contains($0.value) } }
             for k in pending.keys where gone.contains(TaskKey.job(k)) { dropPending(k) }
             if let pool {
                 for t in pool.takeQueued(where: { gone.contains(TaskKey.job($0.key)) }) { executing.remove(t.key) }
@@ -554,11 +589,16 @@ public struct WorkerEngine {
         expectedShards[x.ingestID] = entry
     }
 
-    /// Who a connecting key is to this worker's peer endpoint: `worker` (it may fetch), `client`
-    /// (an ingest client the scheduler announced: it may store the planned shards), or nil.
+    /// Who a connecting key is to this worker's peer endpoint: `worker` (it may fetch),
+    /// `client:KEY` (an ingest client the scheduler announced, which may store the planned
+    /// shards, or the client of a job with direct results here, which may take them), or nil.
     public func peerRole(of key: String) -> String? {
         if admittedPeerKeys.contains(key) { return "worker" }
-        if expectedShards.values.contains(where: { $0.clientKey == key }) { return "client" }
+        guard !key.isEmpty else { return nil }
+        if expectedShards.values.contains(where: { $0.clientKey == key }) || heldResults.values.contains(where: { $0.clientKey == key })
+            || jobs.values.contains(where: { $0.clientKey == key }) {
+            return Self.clientRolePrefix + key
+        }
         return nil
     }
 
@@ -589,6 +629,47 @@ public struct WorkerEngine {
         e.fetchReply = reply
         e.epoch = epoch
         return .replyToPeer(routingID: routingID, e, [frame])
+    }
+
+    /// The role of a client (ingest or direct results) on the peer endpoint: this prefix, then its key.
+    public static let clientRolePrefix = "client:"
+
+    /// A client takes its job's direct results: each value goes once, to the key its job's
+    /// client connected with (`clientKey` nil: an insecure cluster, where anyone local may), and
+    /// is dropped here once sent. Anything else is reported missing.
+    public mutating func serveTake(_ r: Tessera_V1_FetchRequest, clientKey: String?, from routingID: [UInt8]) -> WorkerAction {
+        var reply = Tessera_V1_FetchReply()
+        reply.requestID = r.requestID
+        var frame: [UInt8] = []
+        var removed: [UInt64] = []
+        for k in r.keys {
+            guard let j = heldFor[k], let held = heldResults[j], clientKey == nil || held.clientKey == clientKey,
+                  let v = value(of: k) else {
+                reply.missing.append(k)
+                continue
+            }
+            reply.values.append(v.append(to: &frame, key: k, frameIndex: 0))
+            forget(k, spilledRemoved: &removed)
+            heldFor.removeValue(forKey: k)
+            heldResults[j]!.count -= 1
+            if heldResults[j]!.count <= 0 && heldResults[j]!.finishedAt != nil { heldResults.removeValue(forKey: j) }
+        }
+        compactStoreOrder()
+        if !removed.isEmpty { spillStore?.remove(removed) }
+        var e = Envelope()
+        e.fetchReply = reply
+        e.epoch = epoch
+        return .replyToPeer(routingID: routingID, e, [frame])
+    }
+
+    /// Drops direct results their clients left untaken for `heldResultsNs` after the job ended.
+    mutating func expireHeldResults(now: UInt64) {
+        let expired = Set(heldResults.filter { $0.value.finishedAt.map { now &- $0 > Self.heldResultsNs } ?? false }.keys)
+        guard !expired.isEmpty else { return }
+        for j in expired { heldResults.removeValue(forKey: j) }
+        let keys = Set(heldFor.filter { expired.contains($0.value) }.keys)
+        for k in keys { heldFor.removeValue(forKey: k) }
+        forgetValues { keys.contains($0) }
     }
 
     /// A peer answered a fetch: tasks with every input now run.
@@ -678,6 +759,15 @@ public struct WorkerEngine {
                 report.resultBytes.append(UInt64(v.byteCount))
                 report.computeUs.append(c.micros)
                 if c.flags & 2 != 0, let s = keep(c.key, v) { spills.append(s) }
+                if c.flags & AssignFlagBits.clientTakes != 0 {
+                    // Its client takes it from here (a direct result).
+                    let j = TaskKey.job(c.key)
+                    if heldFor[c.key] == nil {
+                        heldResults[j, default: HeldResults(clientKey: jobs[j]?.clientKey ?? "")].count += 1
+                    }
+                    heldFor[c.key] = j
+                    if c.flags & 2 == 0, let s = keep(c.key, v) { spills.append(s) }
+                }
                 if c.flags & 1 != 0 {
                     report.outputs.append(v.append(to: &frame, key: c.key, frameIndex: 0))
                 }
@@ -754,7 +844,7 @@ public struct WorkerEngine {
         for (input, tasks) in waitingFor {
             for tk in tasks where pending[tk] == nil { out.append("worker \(workerID): \(tk) listed as waiting for \(input) but not pending") }
         }
-        for k in storedKeys where jobs[TaskKey.job(k)] == nil { out.append("worker \(workerID): holds value \(k) of a job it does not know") }
+        for k in storedKeys where jobs[TaskKey.job(k)] == nil && heldFor[k] == nil { out.append("worker \(workerID): holds value \(k) of a job it does not know") }
         return out
     }
 
@@ -813,4 +903,9 @@ public struct WorkerEngine {
         e.error = err
         return toScheduler(e)
     }
+}
+
+/// The assignment flags the worker reads (the scheduler's `AssignFlags`).
+enum AssignFlagBits {
+    static let clientTakes: UInt32 = 4
 }

@@ -133,6 +133,67 @@ struct WorkerEngineTests {
         #expect(e.storedBytes == 0)
     }
 
+    @Test("direct results wait for their client, go once and only to its key, outlive a done job, not a cancelled one")
+    func directResults() throws {
+        var e = engine(id: 1)
+        var a = assignment(job: 1, [
+            TaskSpec(key: key(1, 0), arg: 1, flags: 4),
+            TaskSpec(key: key(1, 1), arg: 2, flags: 4),
+            TaskSpec(key: key(1, 2), arg: 3, flags: 4),
+        ])
+        a.jobs[0].clientKey = "alice-key"
+        let (r, frames) = try #require(reports(e.completed(run(executed(e.assign(a, now: 0))))).first)
+        // Done, not sent: the values wait here.
+        #expect(r.doneKeys.count == 3 && r.outputs.isEmpty && frames.isEmpty)
+        #expect(e.storedResults == 3)
+        #expect(e.peerRole(of: "alice-key") == WorkerEngine.clientRolePrefix + "alice-key")
+        #expect(e.peerRole(of: "mallory-key") == nil)
+
+        func take(_ keys: [UInt64], as client: String?) throws -> (values: [UInt64: Value], missing: [UInt64]) {
+            var req = Tessera_V1_FetchRequest()
+            req.requestID = 7
+            req.keys = keys
+            req.take = true
+            guard case .replyToPeer(_, let env, let f) = e.serveTake(req, clientKey: client, from: [1]), case .fetchReply(let rep) = env.body else {
+                Issue.record("no fetch reply")
+                return ([:], [])
+            }
+            var out: [UInt64: Value] = [:]
+            for info in rep.values { out[info.key] = try Value(info: info, frames: f) }
+            return (out, rep.missing)
+        }
+        // Another user's key takes nothing.
+        #expect(try take([key(1, 0)], as: "mallory-key").missing == [key(1, 0)])
+        let first = try take([key(1, 0), key(9, 9)], as: "alice-key")
+        #expect(first.values == [key(1, 0): .int64(2)] && first.missing == [key(9, 9)])
+        // Taken means gone.
+        #expect(try take([key(1, 0)], as: "alice-key").missing == [key(1, 0)])
+        #expect(e.storedResults == 2)
+
+        // The job ends done: the rest wait for the client, then for two minutes at most.
+        var done = Tessera_V1_CancelTasks()
+        done.finishedJobIds = [1]
+        _ = e.cancel(done, pool: nil, now: 1_000)
+        #expect(e.invariantViolations().isEmpty)
+        #expect(try take([key(1, 1)], as: "alice-key").values == [key(1, 1): .int64(3)])
+        #expect(e.storedResults == 1)
+        _ = e.timers(now: 1_000 + WorkerEngine.heldResultsNs + 2_000_000_000)
+        #expect(e.storedResults == 0)
+        #expect(try take([key(1, 2)], as: "alice-key").missing == [key(1, 2)])
+        #expect(e.peerRole(of: "alice-key") == nil)
+
+        // A cancelled job's direct results go at once.
+        var b = assignment(job: 2, [TaskSpec(key: key(2, 0), arg: 1, flags: 4)])
+        b.jobs[0].clientKey = "alice-key"
+        _ = e.completed(run(executed(e.assign(b, now: 0))))
+        #expect(e.storedResults == 1)
+        var cancel = Tessera_V1_CancelTasks()
+        cancel.jobIds = [2]
+        _ = e.cancel(cancel, pool: nil, now: 2_000)
+        #expect(e.storedResults == 0)
+        #expect(try take([key(2, 0)], as: "alice-key").missing == [key(2, 0)])
+    }
+
     @Test("keep stores values; inputs held here are read; release frees them")
     func keepAndRelease() throws {
         var e = engine(id: 1)

@@ -94,6 +94,12 @@ class Connection:
         self._jobs: dict[int, queue.Queue] = {}
         self._waiting: dict[int, int] = {}  # job id -> epoch that accepted it
         self._status: queue.Queue = queue.Queue()
+        # Direct results: a DEALER to each worker whose values this client takes, and which job
+        # each outstanding take is for. Used by the I/O thread only.
+        self._peers: dict = {}
+        self._takes: dict[int, int] = {}
+        self._take_ids = itertools.count(1)
+        self._poller = zmq.Poller()
         self._closed = threading.Event()
         self._error: Exception | None = None
         sock = self._ctx.socket(zmq.DEALER)
@@ -150,7 +156,7 @@ class Connection:
             f"({'with the key ' + self.credentials.path if self.credentials else 'without a key'}): "
             "start one (`tessera local`, or tessera.LocalCluster()), or check the address and key"))
 
-    def submit(self, plan=None, graph=None, name: str = "", task_timeout: float = 0.0) -> tessera_pb2.JobAccepted:
+    def submit(self, plan=None, graph=None, name: str = "", task_timeout: float = 0.0, direct: bool = False) -> tessera_pb2.JobAccepted:
         tag = next(self._tags)
         env = tessera_pb2.Envelope()
         s = env.submit_job
@@ -160,6 +166,7 @@ class Connection:
             s.plan.catalog.CopyFrom(plan)
         if task_timeout:
             s.task_timeout_s = task_timeout
+        s.direct_results = direct
         reply = self._request(env, tag, ACCEPT_TIMEOUT_SECONDS,
                               f"the scheduler at {self.endpoint} did not accept the job within {ACCEPT_TIMEOUT_SECONDS:g} s")
         if reply.WhichOneof("body") == "error":
@@ -207,7 +214,7 @@ class Connection:
             return
         self._closed.set()
         self._thread.join(timeout=2)
-        for s in (self._outbox, self._inbox, self._socket):
+        for s in (self._outbox, self._inbox, self._socket, *self._peers.values()):
             s.close(linger=0)
         self._ctx.term()
 
@@ -218,7 +225,7 @@ class Connection:
     # -- the I/O thread --------------------------------------------------------------------------
 
     def _run(self):
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._inbox, zmq.POLLIN)
         last_heartbeat = 0.0
@@ -229,6 +236,9 @@ class Connection:
                     self._drain(self._inbox, lambda parts: self._socket.send_multipart(parts, copy=False))
                 if self._socket in ready:
                     self._drain(self._socket, self._file)
+                for peer in self._peers.values():
+                    if peer in ready:
+                        self._drain(peer, self._file_take)
                 now = time.monotonic()
                 if self._waiting and now - last_heartbeat >= HEARTBEAT_SECONDS:
                     last_heartbeat = now
@@ -288,8 +298,51 @@ class Connection:
             q = self._jobs.get(job)
             if q is None:
                 return
+            if body == "job_results" and env.job_results.locations:
+                self._take(job, env.job_results.locations)
             if body == "job_finished":
                 self._waiting.pop(job, None)
             q.put((env, parts))
         elif body == "status_reply":
             self._status.put(env.status_reply)
+
+    # -- direct results (I/O thread) -------------------------------------------------------------
+
+    def _take(self, job: int, locations) -> None:
+        """Asks each worker for the values of `job` it holds for this client (it drops each once sent)."""
+        by_worker: dict = {}
+        for loc in locations:
+            by_worker.setdefault((loc.worker.endpoint, loc.worker.public_key), []).append(loc.key)
+        for (endpoint, key), keys in by_worker.items():
+            peer = self._peers.get((endpoint, key))
+            if peer is None:
+                peer = self._ctx.socket(zmq.DEALER)
+                peer.linger = 0
+                peer.rcvhwm = 0
+                peer.sndhwm = 0
+                if self.credentials is not None and key:
+                    peer.curve_serverkey = key.encode()
+                    peer.curve_publickey = self.credentials.public_key
+                    peer.curve_secretkey = self.credentials.secret_key
+                peer.connect(endpoint)
+                self._peers[(endpoint, key)] = peer
+                self._poller.register(peer, zmq.POLLIN)
+            request = next(self._take_ids)
+            self._takes[request] = job
+            env = tessera_pb2.Envelope()
+            env.fetch_request.request_id = request
+            env.fetch_request.keys.extend(keys)
+            env.fetch_request.take = True
+            peer.send_multipart(_wire.encode(env))
+
+    def _file_take(self, parts) -> None:
+        try:
+            env = _wire.decode_header(_wire._view(parts[0]))
+        except ProtocolError:
+            return
+        if env.WhichOneof("body") != "fetch_reply":
+            return
+        job = self._takes.pop(env.fetch_reply.request_id, None)
+        q = self._jobs.get(job) if job is not None else None
+        if q is not None:
+            q.put((env, parts))

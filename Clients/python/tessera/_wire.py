@@ -88,10 +88,11 @@ def _view(part) -> memoryview:
     return buf if buf is not None else memoryview(part)
 
 
-def values(env: tessera_pb2.Envelope, frames):
-    """The (task index, bytes view, partial) of each value a `JobResults` carries."""
+def values(infos, frames):
+    """The (task index, bytes view, partial) of each value described by `infos` (a JobResults'
+    or a FetchReply's `values`)."""
     out = []
-    for v in env.job_results.values:
+    for v in infos:
         if v.frame >= len(frames):
             raise ProtocolError(f"a value in frame {v.frame} of a message of {len(frames)} frames")
         f = frames[v.frame]

@@ -120,7 +120,8 @@ class Client:
     both from a `LocalCluster`. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, address=None, *, key: Optional[str] = None, timeout: float = 5.0, progress: bool = True):
+    def __init__(self, address=None, *, key: Optional[str] = None, timeout: float = 5.0, progress: bool = True,
+                 direct_results: bool = True):
         credentials = ...
         if hasattr(address, "endpoint") and hasattr(address, "key_path"):
             if getattr(address, "insecure", False) and key is None:
@@ -129,6 +130,9 @@ class Client:
             address = address.endpoint
         self.endpoint = find_endpoint(address)
         self.progress = progress
+        # Rows and Python values are taken straight from the workers (their peer endpoints must
+        # be reachable from here); False sends them through the scheduler instead.
+        self.direct_results = direct_results
         self._conn = Connection(self.endpoint, find_credentials(key) if credentials is ... else credentials, timeout)
 
     def __enter__(self):
@@ -171,12 +175,16 @@ class Client:
     # -- running plans ---------------------------------------------------------------------------
 
     def _values(self, plan: catalog_pb2.CatalogQueryPlan, *, progress: Optional[bool] = None,
-                name: str = "", task_timeout: float = 0.0) -> Iterator:
+                name: str = "", task_timeout: float = 0.0, direct: bool = False) -> Iterator:
         """Submits `plan` and yields (task, value bytes, is_snapshot, accepted) for each value
         until the job is done; raises if it fails. Stopping early, or Ctrl-C while waiting,
-        cancels the job on the cluster."""
+        cancels the job on the cluster.
+
+        With `direct` (for per-shard outputs: rows, Python values), the values stay on the
+        workers and the I/O thread takes each straight from its worker, one hop instead of two."""
         show = self.progress if progress is None else progress
-        accepted = self._conn.submit(plan, name=name or f"python {plan.dataset}", task_timeout=task_timeout)
+        direct = direct and self.direct_results
+        accepted = self._conn.submit(plan, name=name or f"python {plan.dataset}", task_timeout=task_timeout, direct=direct)
         job = accepted.job_id
         total = accepted.data_tasks or accepted.output_count
         bar = None
@@ -185,21 +193,33 @@ class Client:
 
             bar = tqdm(total=total, unit="shard", delay=0.5, desc=plan.dataset, leave=False)
         finished = False
+        done_ok = False
         outputs = 0
+        untaken = 0  # direct results announced and not yet received
         try:
-            while True:
+            while not (done_ok and untaken == 0):
                 event = self._conn.next_event(job, IDLE_TIMEOUT_SECONDS)
                 if event is None:
-                    raise TesseraError(f"no news of job {job} for {IDLE_TIMEOUT_SECONDS:g} s")
+                    what = f"{untaken} results of job {job} from its workers" if done_ok else f"news of job {job}"
+                    raise TesseraError(f"no {what} for {IDLE_TIMEOUT_SECONDS:g} s")
                 env, parts = event
                 body = env.WhichOneof("body")
                 if body == "error":
                     finished = True
                     raise from_reply(tessera_pb2.ErrorCode.Name(env.error.code), env.error.message)
-                if body == "job_results":
+                if body in ("job_results", "fetch_reply"):
                     _, frames = _wire.decode(parts)
+                    message = getattr(env, body)
+                    if body == "job_results":
+                        untaken += len(message.locations)
+                    else:
+                        untaken -= len(message.values) + len(message.missing)
+                        if message.missing:
+                            finished = done_ok
+                            raise JobFailed(f"{len(message.missing)} results of job {job} were lost with the worker that held them "
+                                            "(it restarted or left before they were taken): ask again", "DATA_LOST")
                     done = None
-                    for task, view, snapshot in _wire.values(env, frames):
+                    for task, view, snapshot in _wire.values(message.values, frames):
                         if snapshot:
                             done = _wire.read_counters(view)[0]
                         else:
@@ -212,14 +232,15 @@ class Client:
                 finished = True
                 f = env.job_finished
                 if f.state == tessera_pb2.JOB_DONE:
-                    if bar is not None and bar.n < total:
-                        bar.update(total - bar.n)
-                    return
+                    done_ok = True  # direct results may still be on their way
+                    continue
                 if f.state == tessera_pb2.JOB_CANCELLED:
                     raise JobCancelled(f"job {job} was cancelled: {f.error}" if f.error else f"job {job} was cancelled")
                 if "Python function" in f.error or "Python executor" in f.error:
                     raise PythonFunctionError(f.error, "JOB_FAILED")
                 raise JobFailed(f.error, "JOB_FAILED")
+            if bar is not None and bar.n < total:
+                bar.update(total - bar.n)
         finally:
             if not finished:
                 # Ctrl-C, an exception in the consumer, or a loop that stopped early.
@@ -429,7 +450,7 @@ class Query:
         """Each shard's rows arrive as a batch of their own: numpy views of the received
         frames, concatenated once, in shard order."""
         names, batches = None, []
-        for task, view, _, _ in self.client._values(plan, progress=progress):
+        for task, view, _, _ in self.client._values(plan, progress=progress, direct=True):
             _, _, _, n, cols = _wire.read_rows(view)
             if cols:
                 names = n
@@ -491,7 +512,7 @@ class Query:
 
     def _stream_rows(self) -> Iterator[Partial]:
         done = 0
-        for _, view, _, accepted in self.client._values(self._rows_plan(), progress=False):
+        for _, view, _, accepted in self.client._values(self._rows_plan(), progress=False, direct=True):
             _, _, _, names, cols = _wire.read_rows(view)
             done += 1
             yield Partial(self._frame(names, [cols] if cols else []), done, accepted.data_tasks, done >= accepted.data_tasks)
@@ -518,7 +539,7 @@ class Query:
     def _stream_python(self, fn, columns=None, timeout: float = 300.0) -> Iterator[Partial]:
         done = 0
         for task, view, _, accepted in self.client._values(self._python_plan(fn, None, columns, timeout), progress=False,
-                                                           task_timeout=float(timeout) + 30):
+                                                           task_timeout=float(timeout) + 30, direct=True):
             part = _wire.parse_partial(view)
             done += 1
             yield Partial(pickle.loads(part.python) if part.python else None, done, accepted.data_tasks, done >= accepted.data_tasks)
@@ -539,7 +560,7 @@ class Query:
 
         p = self._python_plan(fn, combine, columns, timeout)
         results = []
-        for task, view, _, _ in self.client._values(p, progress=progress, task_timeout=float(timeout) + 30):
+        for task, view, _, _ in self.client._values(p, progress=progress, task_timeout=float(timeout) + 30, direct=combine is None):
             part = _wire.parse_partial(view)
             results.append((task, pickle.loads(part.python) if part.python else None))
         return results

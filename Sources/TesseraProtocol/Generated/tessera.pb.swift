@@ -814,6 +814,10 @@ public nonisolated struct Tessera_V1_JobSetup: Sendable {
   /// which the worker compares with the file it opens.
   public var dataChecksums: [UInt64] = []
 
+  /// For a job with direct results: the CURVE public key (Z85) of its client, which the worker's
+  /// peer endpoint admits to take that job's results (empty on an insecure cluster).
+  public var clientKey: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -855,9 +859,10 @@ public nonisolated struct Tessera_V1_AssignTasks: Sendable {
   /// 0 = none; i = the job's params[i - 1]
   public var paramIndex: [UInt32] = []
 
-  /// bit 0: output (send the value to the client); bit 1: keep (others need it)
+  /// bit 0: output (send the value to the client); bit 1: keep (others need it);
   public var flags: [UInt32] = []
 
+  /// bit 2: the client takes it from this worker (direct results)
   public var inputCounts: [UInt32] = []
 
   /// all tasks' inputs, concatenated in order
@@ -951,6 +956,10 @@ public nonisolated struct Tessera_V1_CancelTasks: Sendable {
   /// dropped); they run elsewhere.
   public var taskKeys: [UInt64] = []
 
+  /// Jobs that ended done: forget them, but keep their direct results until the client takes
+  /// them (or for two minutes).
+  public var finishedJobIds: [UInt32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -964,6 +973,10 @@ public nonisolated struct Tessera_V1_FetchRequest: Sendable {
   public var requestID: UInt64 = 0
 
   public var keys: [UInt64] = []
+
+  /// From a client: its job's direct results, each dropped here once sent. Only the key the
+  /// job's client connected with may take them.
+  public var take: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1174,6 +1187,12 @@ public nonisolated struct Tessera_V1_SubmitJob: Sendable {
   /// from the operator and the size of the data the task reads).
   public var taskTimeoutS: Double = 0
 
+  /// Output values stay on the workers that computed them: JobResults says where
+  /// (`locations`), and the client takes each straight from that worker's peer endpoint
+  /// (FetchRequest with `take`), so large results cross no extra hop. Values not taken within two
+  /// minutes of the job's end are dropped.
+  public var directResults: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -1220,9 +1239,37 @@ public nonisolated struct Tessera_V1_JobResults: Sendable {
 
   public var taskCount: UInt64 = 0
 
+  /// Direct results: where each output value waits to be taken.
+  public var locations: [Tessera_V1_ValueLocation] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+public nonisolated struct Tessera_V1_ValueLocation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  public var worker: Tessera_V1_Peer {
+    get {_worker ?? Tessera_V1_Peer()}
+    set {_worker = newValue}
+  }
+  /// Returns true if `worker` has been explicitly set.
+  public var hasWorker: Bool {self._worker != nil}
+  /// Clears the value of `worker`. Subsequent reads from it will return its default value.
+  public mutating func clearWorker() {self._worker = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _worker: Tessera_V1_Peer? = nil
 }
 
 public nonisolated struct Tessera_V1_JobFinished: Sendable {
@@ -2689,7 +2736,7 @@ nonisolated extension Tessera_V1_Deregister: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSetup"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0\u{3}client_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2702,6 +2749,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.params) }()
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.dataKeys) }()
       case 5: try { try decoder.decodeRepeatedFixed64Field(value: &self.dataChecksums) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.clientKey) }()
       default: break
       }
     }
@@ -2723,6 +2771,9 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.dataChecksums.isEmpty {
       try visitor.visitPackedFixed64Field(value: self.dataChecksums, fieldNumber: 5)
     }
+    if !self.clientKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.clientKey, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2732,6 +2783,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.params != rhs.params {return false}
     if lhs.dataKeys != rhs.dataKeys {return false}
     if lhs.dataChecksums != rhs.dataChecksums {return false}
+    if lhs.clientKey != rhs.clientKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2994,7 +3046,7 @@ nonisolated extension Tessera_V1_ReleaseResults: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CancelTasks"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0\u{3}lost_workers\0\u{3}task_keys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_ids\0\u{3}lost_workers\0\u{3}task_keys\0\u{3}finished_job_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3005,6 +3057,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
       case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.jobIds) }()
       case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.lostWorkers) }()
       case 3: try { try decoder.decodeRepeatedFixed64Field(value: &self.taskKeys) }()
+      case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.finishedJobIds) }()
       default: break
       }
     }
@@ -3020,6 +3073,9 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
     if !self.taskKeys.isEmpty {
       try visitor.visitPackedFixed64Field(value: self.taskKeys, fieldNumber: 3)
     }
+    if !self.finishedJobIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.finishedJobIds, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3027,6 +3083,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
     if lhs.jobIds != rhs.jobIds {return false}
     if lhs.lostWorkers != rhs.lostWorkers {return false}
     if lhs.taskKeys != rhs.taskKeys {return false}
+    if lhs.finishedJobIds != rhs.finishedJobIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3034,7 +3091,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FetchRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0\u{1}take\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3044,6 +3101,7 @@ nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
       case 2: try { try decoder.decodeRepeatedFixed64Field(value: &self.keys) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.take) }()
       default: break
       }
     }
@@ -3056,12 +3114,16 @@ nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProto
     if !self.keys.isEmpty {
       try visitor.visitPackedFixed64Field(value: self.keys, fieldNumber: 2)
     }
+    if self.take != false {
+      try visitor.visitSingularBoolField(value: self.take, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_FetchRequest, rhs: Tessera_V1_FetchRequest) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.keys != rhs.keys {return false}
+    if lhs.take != rhs.take {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3388,7 +3450,7 @@ nonisolated extension Tessera_V1_ChainPlan: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitJob"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0\u{3}task_timeout_s\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0\u{3}task_timeout_s\0\u{3}direct_results\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3426,6 +3488,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
       }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.batchResults) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.taskTimeoutS) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.directResults) }()
       default: break
       }
     }
@@ -3459,6 +3522,9 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if self.taskTimeoutS.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.taskTimeoutS, fieldNumber: 6)
     }
+    if self.directResults != false {
+      try visitor.visitSingularBoolField(value: self.directResults, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3468,6 +3534,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.work != rhs.work {return false}
     if lhs.batchResults != rhs.batchResults {return false}
     if lhs.taskTimeoutS != rhs.taskTimeoutS {return false}
+    if lhs.directResults != rhs.directResults {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3525,7 +3592,7 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_JobResults: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobResults"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}values\0\u{3}tasks_done\0\u{3}task_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}values\0\u{3}tasks_done\0\u{3}task_count\0\u{1}locations\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3537,6 +3604,7 @@ nonisolated extension Tessera_V1_JobResults: SwiftProtobuf.Message, SwiftProtobu
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.values) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.tasksDone) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.taskCount) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.locations) }()
       default: break
       }
     }
@@ -3555,6 +3623,9 @@ nonisolated extension Tessera_V1_JobResults: SwiftProtobuf.Message, SwiftProtobu
     if self.taskCount != 0 {
       try visitor.visitSingularUInt64Field(value: self.taskCount, fieldNumber: 4)
     }
+    if !self.locations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.locations, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3563,6 +3634,51 @@ nonisolated extension Tessera_V1_JobResults: SwiftProtobuf.Message, SwiftProtobu
     if lhs.values != rhs.values {return false}
     if lhs.tasksDone != rhs.tasksDone {return false}
     if lhs.taskCount != rhs.taskCount {return false}
+    if lhs.locations != rhs.locations {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ValueLocation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ValueLocation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}bytes\0\u{1}worker\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularFixed64Field(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._worker) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.key != 0 {
+      try visitor.visitSingularFixed64Field(value: self.key, fieldNumber: 1)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 2)
+    }
+    try { if let v = self._worker {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ValueLocation, rhs: Tessera_V1_ValueLocation) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs._worker != rhs._worker {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

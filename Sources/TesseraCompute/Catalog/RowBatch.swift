@@ -28,12 +28,28 @@ public enum RowValues: Sendable, Equatable {
     }
 
     /// Appends a column of the same kind (a mismatch means a corrupt partial, reported by the caller).
+    ///
+    /// In place: the payload is taken out of `self` before it grows, so it is uniquely referenced
+    /// and the append is amortised O(new values). (Switching over the tuple `(self, o)` kept a
+    /// second reference alive and copied the whole column at every row group: quadratic in the
+    /// rows a shard returns, a third of a collect's time on 1M-row shards.)
     mutating func append(_ o: RowValues) -> Bool {
-        switch (self, o) {
-        case (.doubles(var a), .doubles(let b)): self = .doubles([]); a += b; self = .doubles(a)
-        case (.int64s(var a), .int64s(let b)): self = .int64s([]); a += b; self = .int64s(a)
-        case (.bools(var a), .bools(let b)): self = .bools([]); a += b; self = .bools(a)
-        default: return false
+        switch o {
+        case .doubles(let b):
+            guard case .doubles(var a) = self else { return false }
+            self = .doubles([])
+            a.append(contentsOf: b)
+            self = .doubles(a)
+        case .int64s(let b):
+            guard case .int64s(var a) = self else { return false }
+            self = .int64s([])
+            a.append(contentsOf: b)
+            self = .int64s(a)
+        case .bools(let b):
+            guard case .bools(var a) = self else { return false }
+            self = .bools([])
+            a.append(contentsOf: b)
+            self = .bools(a)
         }
         return true
     }

@@ -85,6 +85,9 @@ public final class PythonExecutors: Sendable {
             case .bools(let d):
                 dtypes.append("|b1")
                 frames.append(d.values.withUnsafeBytes { Frame(copying: $0) })
+            case .floats(let d):
+                dtypes.append("<f4")
+                frames.append(d.values.withUnsafeBytes { Frame(copying: $0) })
             case nil:
                 dtypes.append("<f8")
                 frames.append(Frame(count: 0))

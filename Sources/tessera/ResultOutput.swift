@@ -18,6 +18,7 @@ enum ResultOutput {
                 case .doubles: ColumnSpec(name, .columnFloat64)
                 case .int64s: ColumnSpec(name, .columnInt64)
                 case .bools: ColumnSpec(name, .columnBool)
+                case .floats: ColumnSpec(name, .columnFloat32)
                 }
             }
             let data = t.columns.map { c -> ColumnData in
@@ -25,6 +26,7 @@ enum ResultOutput {
                 case .doubles(let a): .float64(a)
                 case .int64s(let a): .int64(a)
                 case .bools(let a): .bool(a)
+                case .floats(let a): .float32(a)
                 }
             }
             try FITSTableWriter.write(to: path, columns: specs, data: data, extensionName: "RESULT")
@@ -44,6 +46,7 @@ enum ResultOutput {
                     case .doubles(let a): (t.names[c], a[r])
                     case .int64s(let a): (t.names[c], a[r])
                     case .bools(let a): (t.names[c], a[r])
+                    case .floats(let a): (t.names[c], Double(a[r]))
                     }
                 }) + "\n"
             }

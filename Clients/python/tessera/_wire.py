@@ -148,8 +148,9 @@ def _fields(buf, start: int, end: int):
         raise ProtocolError("a field runs past the end of its catalog answer")
 
 
-#: RowColumn's oneof fields: 1 doubles (packed double), 2 int64s (packed sfixed64), 3 bools.
-_COLUMN_DTYPES = {1: np.dtype("<f8"), 2: np.dtype("<i8"), 3: np.dtype("u1")}
+#: RowColumn's oneof fields: 1 doubles (packed double), 2 int64s (packed sfixed64), 3 bools,
+#: 4 floats (packed float: a stored Float32 column).
+_COLUMN_DTYPES = {1: np.dtype("<f8"), 2: np.dtype("<i8"), 3: np.dtype("u1"), 4: np.dtype("<f4")}
 
 
 def _column(buf, start: int, end: int) -> np.ndarray:

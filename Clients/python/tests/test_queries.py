@@ -45,8 +45,8 @@ def test_cone_matches_angular_separation(client, reference):
 
 
 def test_rows_to_pandas_are_the_stored_values(client, reference):
-    df = client.catalog("object").select("objectId", "coord_ra", "coord_dec", r_mag="mag(r_psfFlux)").to_pandas(max_rows=ROWS)
-    assert list(df.columns) == ["objectId", "coord_ra", "coord_dec", "r_mag"]
+    df = client.catalog("object").select("objectId", "coord_ra", "coord_dec", "r_psfFlux", r_mag="mag(r_psfFlux)").to_pandas(max_rows=ROWS)
+    assert list(df.columns) == ["objectId", "coord_ra", "coord_dec", "r_psfFlux", "r_mag"]
     assert len(df) == ROWS
     a = df.set_index("objectId").sort_index()
     b = reference.set_index("objectId").sort_index()
@@ -54,6 +54,9 @@ def test_rows_to_pandas_are_the_stored_values(client, reference):
     np.testing.assert_array_equal(a.coord_dec.values, b.coord_dec.values)
     np.testing.assert_allclose(a.r_mag.values, mag(b.r_psfFlux.values), rtol=1e-12, equal_nan=True)
     assert df.objectId.dtype == np.int64
+    # A stored Float32 column stays Float32, bit for bit; computed values are Float64.
+    assert df.r_psfFlux.dtype == np.float32 and df.r_mag.dtype == np.float64
+    np.testing.assert_array_equal(a.r_psfFlux.values, b.r_psfFlux.values.astype(np.float32))
 
 
 def test_row_cap_is_a_clear_error(client):

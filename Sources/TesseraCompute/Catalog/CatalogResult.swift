@@ -18,6 +18,7 @@ public struct ResultTable: Sendable, Equatable {
         case .doubles(let a): a[row].isNaN ? "nan" : "\(a[row])"
         case .int64s(let a): "\(a[row])"
         case .bools(let a): a[row] ? "true" : "false"
+        case .floats(let a): a[row].isNaN ? "nan" : "\(a[row])"
         }
     }
 
@@ -28,6 +29,7 @@ public struct ResultTable: Sendable, Equatable {
         case .doubles(let a): return a
         case .int64s(let a): return a.map(Double.init)
         case .bools(let a): return a.map { $0 ? 1 : 0 }
+        case .floats(let a): return a.map(Double.init)
         }
     }
 }

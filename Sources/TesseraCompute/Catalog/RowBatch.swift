@@ -1,16 +1,18 @@
 import TesseraProtocol
 import TesseraStorage
 
-/// One column of returned rows: stored integers keep their exact value, floats travel as Float64.
+/// One column of returned rows: stored integers keep their exact value, stored Float32 stays
+/// Float32 (as pandas and pyarrow read it, in half the bytes), computed values are Float64.
 public enum RowValues: Sendable, Equatable {
     case doubles([Double])
     case int64s([Int64])
     case bools([Bool])
+    case floats([Float])
 
     init(_ c: ColumnData) {
         switch c {
         case .float64(let a): self = .doubles(a)
-        case .float32(let a): self = .doubles(a.map(Double.init))
+        case .float32(let a): self = .floats(a)
         case .int64(let a): self = .int64s(a)
         case .int32(let a): self = .int64s(a.map(Int64.init))
         case .int16(let a): self = .int64s(a.map(Int64.init))
@@ -24,6 +26,7 @@ public enum RowValues: Sendable, Equatable {
         case .doubles(let a): a.count
         case .int64s(let a): a.count
         case .bools(let a): a.count
+        case .floats(let a): a.count
         }
     }
 
@@ -50,6 +53,11 @@ public enum RowValues: Sendable, Equatable {
             self = .bools([])
             a.append(contentsOf: b)
             self = .bools(a)
+        case .floats(let b):
+            guard case .floats(var a) = self else { return false }
+            self = .floats([])
+            a.append(contentsOf: b)
+            self = .floats(a)
         }
         return true
     }
@@ -59,6 +67,7 @@ public enum RowValues: Sendable, Equatable {
         case .doubles(let a): .doubles(rows.map { a[$0] })
         case .int64s(let a): .int64s(rows.map { a[$0] })
         case .bools(let a): .bools(rows.map { a[$0] })
+        case .floats(let a): .floats(rows.map { a[$0] })
         }
     }
 
@@ -67,6 +76,7 @@ public enum RowValues: Sendable, Equatable {
         case .doubles(let d): self = .doubles(d.values)
         case .int64S(let d): self = .int64s(d.values)
         case .bools(let d): self = .bools(d.values)
+        case .floats(let d): self = .floats(d.values)
         case nil: self = .doubles([])
         }
     }
@@ -77,6 +87,7 @@ public enum RowValues: Sendable, Equatable {
         case .doubles(let a): var l = Tessera_V1_DoubleList(); l.values = a; p.doubles = l
         case .int64s(let a): var l = Tessera_V1_Int64List(); l.values = a; p.int64S = l
         case .bools(let a): var l = Tessera_V1_BoolList(); l.values = a; p.bools = l
+        case .floats(let a): var l = Tessera_V1_FloatList(); l.values = a; p.floats = l
         }
         return p
     }
@@ -162,6 +173,7 @@ extension RowValues {
         case .doubles(let a): .doubles(Array(a.prefix(n)))
         case .int64s(let a): .int64s(Array(a.prefix(n)))
         case .bools(let a): .bools(Array(a.prefix(n)))
+        case .floats(let a): .floats(Array(a.prefix(n)))
         }
     }
 }

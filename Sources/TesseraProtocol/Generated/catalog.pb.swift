@@ -622,12 +622,23 @@ public nonisolated struct Tessera_V1_RowColumn: Sendable {
     set {values = .bools(newValue)}
   }
 
+  /// a stored Float32 column, as stored
+  public var floats: Tessera_V1_FloatList {
+    get {
+      if case .floats(let v)? = values {return v}
+      return Tessera_V1_FloatList()
+    }
+    set {values = .floats(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Values: Equatable, Sendable {
     case doubles(Tessera_V1_DoubleList)
     case int64S(Tessera_V1_Int64List)
     case bools(Tessera_V1_BoolList)
+    /// a stored Float32 column, as stored
+    case floats(Tessera_V1_FloatList)
 
   }
 
@@ -664,6 +675,18 @@ public nonisolated struct Tessera_V1_BoolList: Sendable {
   // methods supported on all messages.
 
   public var values: [Bool] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_FloatList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var values: [Float] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1626,7 +1649,7 @@ nonisolated extension Tessera_V1_RowBatch: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_RowColumn: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RowColumn"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}doubles\0\u{1}int64s\0\u{1}bools\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}doubles\0\u{1}int64s\0\u{1}bools\0\u{1}floats\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1673,6 +1696,19 @@ nonisolated extension Tessera_V1_RowColumn: SwiftProtobuf.Message, SwiftProtobuf
           self.values = .bools(v)
         }
       }()
+      case 4: try {
+        var v: Tessera_V1_FloatList?
+        var hadOneofValue = false
+        if let current = self.values {
+          hadOneofValue = true
+          if case .floats(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.values = .floats(v)
+        }
+      }()
       default: break
       }
     }
@@ -1695,6 +1731,10 @@ nonisolated extension Tessera_V1_RowColumn: SwiftProtobuf.Message, SwiftProtobuf
     case .bools?: try {
       guard case .bools(let v)? = self.values else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .floats?: try {
+      guard case .floats(let v)? = self.values else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
     case nil: break
     }
@@ -1792,6 +1832,36 @@ nonisolated extension Tessera_V1_BoolList: SwiftProtobuf.Message, SwiftProtobuf.
   }
 
   public static func ==(lhs: Tessera_V1_BoolList, rhs: Tessera_V1_BoolList) -> Bool {
+    if lhs.values != rhs.values {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_FloatList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FloatList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}values\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedFloatField(value: &self.values) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.values.isEmpty {
+      try visitor.visitPackedFloatField(value: self.values, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_FloatList, rhs: Tessera_V1_FloatList) -> Bool {
     if lhs.values != rhs.values {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -256,6 +256,9 @@ final class PythonExecutor: @unchecked Sendable {
         socket = try context.socket(.pair)
         try socket.setReceiveTimeout(milliseconds: 100)
         try socket.setSendHighWaterMark(0)
+        // A reply larger than any value may be is refused by libzmq before it is buffered (the
+        // executor is then disconnected, and the call ends at its deadline).
+        try socket.setMaxMessageSize(Int64(Limits.pythonValueBytes + (1 << 20)))
         _ = try socket.bind("ipc://" + socketPath)
         process = Process()
         if settings.executable.contains("/") {

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 
 import tessera
 from tessera.cluster import find_tessera

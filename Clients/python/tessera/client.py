@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import _wire
 from ._connection import Connection, find_credentials, find_endpoint
-from .errors import JobCancelled, JobFailed, PythonFunctionError, QueryError, SchedulerRestarted, TesseraError, from_reply
+from .errors import JobCancelled, JobFailed, PythonFunctionError, QueryError, TesseraError, from_reply
 from .v1 import catalog_pb2, storage_pb2, tessera_pb2
 
 #: Seconds without news of a job before the client gives up on it.

@@ -57,6 +57,10 @@ public final class WorkerDaemon {
     private let pool: ExecutorPool
     /// The executors of users' Python functions (nil when this worker does not run them).
     private let python: PythonExecutors?
+    /// Same-host clients of this worker's Unix user take direct results here, without CURVE
+    /// (nil when the private folder could not be made).
+    private let localTakes: Socket?
+    private let localTakesPath: String?
     private let shards: ShardStore?
     private let shardWriter: BackgroundShardWriter?
     /// Writes kept values past the memory limit to disk, off the event loop.
@@ -92,6 +96,7 @@ public final class WorkerDaemon {
             python = nil
         }
         engine = WorkerEngine(registry: registry)
+        (localTakes, localTakesPath) = Self.localTakeSocket(context, logger: logger)
         let wake = try WakePipe()
         self.wake = wake
         signals = ShutdownSignals(wake: wake, parentPID: settings.parentPID)
@@ -160,13 +165,16 @@ public final class WorkerDaemon {
             if poller.isReadable(0) { try drainScheduler() }
             if poller.isReadable(1) { try drainPeerRequests() }
             if zap != nil && poller.isReadable(3) { try answerAuthentication() }
-            for (n, id) in polledPeers.enumerated() where poller.isReadable(4 + n) {
+            if localTakes != nil && poller.isReadable(4) { try drainLocalTakes() }
+            for (n, id) in polledPeers.enumerated() where poller.isReadable(5 + n) {
                 if let s = peers[id] { try drainPeerReplies(id, s) }
             }
             // Tasks run inline just now have completions waiting.
             try drainCompletions()
         }
         try shutDown()
+        localTakes?.close()
+        if let localTakesPath { unlink(localTakesPath) }
     }
 
     private func makePoller() -> Poller {
@@ -175,13 +183,60 @@ public final class WorkerDaemon {
         p.add(peerRouter)
         p.add(fileDescriptor: wake.fd)
         if let zap { p.add(zap.socket) } else { p.add(fileDescriptor: wake.fd) }
+        if let localTakes { p.add(localTakes) } else { p.add(fileDescriptor: wake.fd) }
         for id in peers.keys.sorted() { p.add(peers[id]!) }
         return p
     }
 
     private func registration() -> Envelope {
-        engine.registration(name: settings.name, threads: pool.threadCount, memoryLimit: settings.memoryLimit,
-                            peerEndpoint: peerEndpoint, pid: getpid(), holdings: shards?.manifest().map(\.description) ?? [])
+        var e = engine.registration(name: settings.name, threads: pool.threadCount, memoryLimit: settings.memoryLimit,
+                                    peerEndpoint: peerEndpoint, pid: getpid(), holdings: shards?.manifest().map(\.description) ?? [])
+        if let localTakesPath { e.registerWorker.localEndpoint = "ipc://" + localTakesPath }
+        return e
+    }
+
+    /// A ROUTER on `ipc:///tmp/tessera-UID/worker-PID.sock`, in a folder of this Unix user's
+    /// alone (mode 0700, checked): only processes of this user (who can read this worker's keys
+    /// and data anyway) can connect, so it needs no CURVE. Nil, with a warning, when the folder
+    /// is not this user's alone.
+    static func localTakeSocket(_ context: ZMQContext, logger: Logger) -> (Socket?, String?) {
+        let dir = "/tmp/tessera-\(getuid())"
+        _ = mkdir(dir, 0o700)
+        var st = stat()
+        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == getuid(), st.st_mode & 0o077 == 0 else {
+            logger.warning("no same-host fast path for direct results: \(dir) is not a folder of this user's alone (mode 0700)")
+            return (nil, nil)
+        }
+        let path = dir + "/worker-\(getpid()).sock"
+        unlink(path)
+        do {
+            let s = try context.socket(.router)
+            try s.setMaxMessageSize(Int64(Limits.clientMessageBytes))
+            try s.setSendHighWaterMark(0)
+            _ = try s.bind("ipc://" + path)
+            return (s, path)
+        } catch {
+            logger.warning("no same-host fast path for direct results: \(error)")
+            return (nil, nil)
+        }
+    }
+
+    /// Same-host clients taking direct results: takes only, of any job (the OS vouched for them).
+    private func drainLocalTakes() throws {
+        guard let localTakes else { return }
+        while let parts = try localTakes.receive(dontWait: true) {
+            guard parts.count >= 2 else { continue }
+            let identity = parts[0].array
+            guard let (env, _) = try? WireProtocol.decode(Array(parts.dropFirst()), budget: Limits.clientMessageBytes),
+                  case .fetchRequest(let r) = env.body, r.take,
+                  case .replyToPeer(_, let reply, let frames) = engine.serveTake(r, clientKey: nil, from: identity) else {
+                var reply = WireProtocol.errorReply(.errorMalformedMessage, "only takes of direct results are served here")
+                reply.insert(identity, at: 0)
+                _ = try? localTakes.send(parts: reply, dontWait: true)
+                continue
+            }
+            try localTakes.sendMessage(to: identity, reply, frames: frames, compress: false)
+        }
     }
 
     private func sendToScheduler(_ e: Envelope, _ frames: [[UInt8]]) throws {

@@ -256,6 +256,7 @@ extension SchedulerCore {
                 loc.worker.workerID = w.id
                 loc.worker.endpoint = w.peerEndpoint
                 loc.worker.publicKey = w.publicKey
+                loc.worker.localEndpoint = w.localEndpoint
                 job.pendingLocations.append(loc)
                 job.delivered[t] = true
                 jobsWithResults.insert(job.id)

@@ -15,6 +15,8 @@ final class WorkerRecord {
     let registeredAt: UInt64
     /// Its CURVE public key (empty on an insecure cluster): peers and ingest clients need it to dial it.
     let publicKey: String
+    /// Where same-host, same-user clients take direct results without CURVE (empty: nowhere).
+    let localEndpoint: String
 
     var lastSeen: UInt64
     var lastHeartbeat: UInt64
@@ -58,6 +60,8 @@ final class WorkerRecord {
         threads = max(1, Int(r.threads))
         memoryLimit = r.memoryLimit
         peerEndpoint = r.peerEndpoint
+        // Only ever handed to clients as a hint (they check the path themselves): bounded here.
+        localEndpoint = r.localEndpoint.hasPrefix("ipc://") && r.localEndpoint.utf8.count <= Limits.endpointCharacters ? r.localEndpoint : ""
         pid = r.pid
         holdings = Set(r.holdings)
         operators = Set(r.operators)

@@ -99,6 +99,8 @@ class Connection:
         self._peers: dict = {}
         self._takes: dict[int, int] = {}
         self._take_ids = itertools.count(1)
+        #: Take direct results from a same-host worker's ipc:// socket when allowed to open it.
+        self.same_host_results = True
         self._poller = zmq.Poller()
         self._closed = threading.Event()
         self._error: Exception | None = None
@@ -312,7 +314,7 @@ class Connection:
         """Asks each worker for the values of `job` it holds for this client (it drops each once sent)."""
         by_worker: dict = {}
         for loc in locations:
-            by_worker.setdefault((loc.worker.endpoint, loc.worker.public_key), []).append(loc.key)
+            by_worker.setdefault(self._take_endpoint(loc.worker), []).append(loc.key)
         for (endpoint, key), keys in by_worker.items():
             peer = self._peers.get((endpoint, key))
             if peer is None:
@@ -334,6 +336,16 @@ class Connection:
             env.fetch_request.keys.extend(keys)
             env.fetch_request.take = True
             peer.send_multipart(_wire.encode(env))
+
+    def _take_endpoint(self, worker):
+        """Where to take a worker's results: its same-host socket when this process can open it
+        (this host, the worker's Unix user: no CURVE needed), else its peer endpoint."""
+        local = worker.local_endpoint
+        if self.same_host_results and local.startswith("ipc://"):
+            path = local[len("ipc://"):]
+            if os.path.exists(path) and os.access(path, os.R_OK | os.W_OK):
+                return local, ""
+        return worker.endpoint, worker.public_key
 
     def _file_take(self, parts) -> None:
         try:

@@ -121,7 +121,7 @@ class Client:
     """
 
     def __init__(self, address=None, *, key: Optional[str] = None, timeout: float = 5.0, progress: bool = True,
-                 direct_results: bool = True):
+                 direct_results: bool = True, same_host_results: bool = True):
         credentials = ...
         if hasattr(address, "endpoint") and hasattr(address, "key_path"):
             if getattr(address, "insecure", False) and key is None:
@@ -134,6 +134,9 @@ class Client:
         # be reachable from here); False sends them through the scheduler instead.
         self.direct_results = direct_results
         self._conn = Connection(self.endpoint, find_credentials(key) if credentials is ... else credentials, timeout)
+        # A worker on this host running as this user hands results over its own ipc:// socket
+        # (no encryption to pay); False takes them over CURVE like a remote client.
+        self._conn.same_host_results = same_host_results
 
     def __enter__(self):
         return self

@@ -59,6 +59,20 @@ def test_rows_to_pandas_are_the_stored_values(client, reference):
     np.testing.assert_array_equal(a.r_psfFlux.values, b.r_psfFlux.values.astype(np.float32))
 
 
+def test_rows_taken_over_curve_equal_those_taken_on_this_host(cluster, client):
+    """Direct results taken from the workers' CURVE peer endpoints (as a client on another host
+    would) and from their same-host ipc:// sockets are the same rows."""
+    q = client.catalog("object").cone(60, -35, 3).select("objectId", "r_psfFlux")
+    here = q.to_pandas()
+    with tessera.Client(cluster, progress=False, same_host_results=False) as remote:
+        there = remote.catalog("object").cone(60, -35, 3).select("objectId", "r_psfFlux").to_pandas()
+        assert remote._conn._peers and all(key for _, key in remote._conn._peers)  # CURVE, not ipc
+    assert client._conn._peers and any(ep.startswith("ipc://") for ep, _ in client._conn._peers)
+    pd.testing.assert_frame_equal(here.sort_values("objectId").reset_index(drop=True),
+                                  there.sort_values("objectId").reset_index(drop=True))
+    assert len(here) > 1000
+
+
 def test_row_cap_is_a_clear_error(client):
     with pytest.raises(tessera.JobFailed, match="row cap"):
         client.catalog("object").select("objectId").to_pandas(max_rows=1000)

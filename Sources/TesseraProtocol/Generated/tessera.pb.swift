@@ -703,6 +703,11 @@ public nonisolated struct Tessera_V1_RegisterWorker: Sendable {
   /// Operator names this worker can run.
   public var operators: [String] = []
 
+  /// An ipc:// endpoint in a folder only this worker's Unix user can open: clients on this host
+  /// running as that user take direct results there, without CURVE (the OS has authenticated
+  /// them). Empty when there is none.
+  public var localEndpoint: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -835,6 +840,9 @@ public nonisolated struct Tessera_V1_Peer: Sendable {
 
   /// its CURVE public key (Z85), empty on an insecure cluster
   public var publicKey: String = String()
+
+  /// as RegisterWorker.local_endpoint (in ValueLocation only)
+  public var localEndpoint: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2476,7 +2484,7 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterWorker"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}threads\0\u{3}memory_limit\0\u{3}peer_endpoint\0\u{1}pid\0\u{1}holdings\0\u{1}operators\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}threads\0\u{3}memory_limit\0\u{3}peer_endpoint\0\u{1}pid\0\u{1}holdings\0\u{1}operators\0\u{3}local_endpoint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2491,6 +2499,7 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
       case 5: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.holdings) }()
       case 7: try { try decoder.decodeRepeatedStringField(value: &self.operators) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.localEndpoint) }()
       default: break
       }
     }
@@ -2518,6 +2527,9 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
     if !self.operators.isEmpty {
       try visitor.visitRepeatedStringField(value: self.operators, fieldNumber: 7)
     }
+    if !self.localEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.localEndpoint, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2529,6 +2541,7 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
     if lhs.pid != rhs.pid {return false}
     if lhs.holdings != rhs.holdings {return false}
     if lhs.operators != rhs.operators {return false}
+    if lhs.localEndpoint != rhs.localEndpoint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2791,7 +2804,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Peer"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}endpoint\0\u{3}public_key\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}endpoint\0\u{3}public_key\0\u{3}local_endpoint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2802,6 +2815,7 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.workerID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.publicKey) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.localEndpoint) }()
       default: break
       }
     }
@@ -2817,6 +2831,9 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if !self.publicKey.isEmpty {
       try visitor.visitSingularStringField(value: self.publicKey, fieldNumber: 3)
     }
+    if !self.localEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.localEndpoint, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2824,6 +2841,7 @@ nonisolated extension Tessera_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.workerID != rhs.workerID {return false}
     if lhs.endpoint != rhs.endpoint {return false}
     if lhs.publicKey != rhs.publicKey {return false}
+    if lhs.localEndpoint != rhs.localEndpoint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -284,7 +284,8 @@ public final class WorkerDaemon {
             case .fetchRequest(let r) where role == "worker":
                 try perform([engine.serveFetch(r, epoch: env.epoch, from: identity)])
             case .storeShard(let r):
-                if let why = engine.storeProblem(r) {
+                let sender = zap == nil ? nil : role.hasPrefix(WorkerEngine.clientRolePrefix) ? String(role.dropFirst(WorkerEngine.clientRolePrefix.count)) : ""
+                if let why = engine.storeProblem(r, clientKey: sender) {
                     var reply = Envelope()
                     var s = Tessera_V1_ShardStored()
                     s.requestID = r.requestID

@@ -603,9 +603,13 @@ public struct WorkerEngine {
     }
 
     /// Why this worker will not store a shard a client sent, or nil when the scheduler planned it here.
-    public func storeProblem(_ r: Tessera_V1_StoreShard) -> String? {
-        guard let e = expectedShards[r.ingestID], e.dataset == r.dataset, e.pixels.contains(ShardPlace(order: r.order, pixel: r.pixel)) else {
-            return "the scheduler planned no shard order\(r.order)-pix\(r.pixel) of `\(r.dataset.prefix(100))` (ingest `\(r.ingestID.prefix(100))`) for this worker"
+    /// - Parameter clientKey: the sender's CURVE key (nil on an insecure cluster): it must be the
+    ///   key the scheduler announced for that ingest, not merely one admitted for another reason
+    ///   (a user taking direct results).
+    public func storeProblem(_ r: Tessera_V1_StoreShard, clientKey: String? = nil) -> String? {
+        guard let e = expectedShards[r.ingestID], e.dataset == r.dataset, e.pixels.contains(ShardPlace(order: r.order, pixel: r.pixel)),
+              clientKey == nil || clientKey == e.clientKey else {
+            return "the scheduler planned no shard order\(r.order)-pix\(r.pixel) of `\(r.dataset.prefix(100))` (ingest `\(r.ingestID.prefix(100))`) for this worker and sender"
         }
         return nil
     }

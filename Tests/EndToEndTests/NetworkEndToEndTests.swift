@@ -196,8 +196,15 @@ struct NetworkEndToEndTests {
         try net.partition(host: 3, false)
         let back = try waitForWorkers(all, timeout: 60)
         #expect(back.workers.first { $0.name == "w3" }?.restarts == 1, "w3 registered again")
-        let after = try conn.run(.plan(TestCluster.independent(600, sleepMicros: 2_000)))
-        #expect(after.values.count == 600)
-        #expect(try conn.status().workers.first { $0.name == "w3" }.map { $0.tasksDone > 0 } == true, "w3 ran tasks after rejoining")
+        // Work placed round robin reaches w3 again. One short job may finish before w3 (its link
+        // still impaired) is handed anything, so jobs are run until it is, for a bounded time.
+        var w3Done: UInt64 = 0
+        let seen = Date().addingTimeInterval(30)
+        while w3Done == 0 && Date() < seen {
+            let after = try conn.run(.plan(TestCluster.independent(600, sleepMicros: 5_000)))
+            #expect(after.values.count == 600)
+            w3Done = (try? conn.status().workers.first { $0.name == "w3" }?.tasksDone) ?? 0
+        }
+        #expect(w3Done > 0, "w3 ran tasks after rejoining")
     }
 }

@@ -81,7 +81,9 @@ extension Value {
         case .int64Column(let c): frame.append(contentsOf: c.littleEndianBytes)
         case .float64Column(let c): c.withUnsafeBytes { frame.append(contentsOf: $0) }
         case .moments(let m): m.asArray.withUnsafeBytes { frame.append(contentsOf: $0) }
-        case .bytes(let b): frame.append(contentsOf: b)
+        case .bytes(let b):
+            // Alone in its frame (a shard's rows, typically), the bytes are shared, not copied.
+            if frame.isEmpty { frame = b } else { frame.append(contentsOf: b) }
         }
         info.length = UInt64(frame.count) - info.offset
         return info

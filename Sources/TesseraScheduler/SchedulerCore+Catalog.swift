@@ -63,7 +63,7 @@ extension SchedulerCore {
                 let p = PlannedDataset(d, shards)
                 out[d.name] = p
                 for (k, shard) in zip(p.keys, shards) {
-                    registeredShards[k] = RegisteredShard(checksum: shard.checksum, bytes: UInt64(max(0, shard.bytes)))
+                    registeredShards[k] = RegisteredShard(checksum: shard.checksum, bytes: UInt64(max(0, shard.bytes)), rows: UInt64(max(0, shard.rows)))
                 }
             }
             for why in skipped { notices.append("registry: skipped \(why)") }

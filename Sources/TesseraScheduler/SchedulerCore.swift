@@ -38,6 +38,8 @@ struct RegisteredShard {
     /// The footer's xxHash64 (0: not recorded).
     var checksum: UInt64
     var bytes: UInt64
+    /// The shard's own rows (not its margin's): the most a scan of it returns.
+    var rows: UInt64
 }
 
 /// A message the state machine wants sent; the socket loop encodes and sends it.
@@ -367,6 +369,11 @@ public struct SchedulerCore {
         acc.taskCount = UInt64(job.graphTaskCount)
         acc.outputCount = UInt64(job.outputCount)
         acc.dataTasks = UInt64(graph.dataKey.lazy.filter { $0 != 0 }.count)
+        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
+            // A collect's outputs are its shard tasks, in order: each returns at most its shard's
+            // rows, so a client can place every batch as it arrives.
+            acc.dataTaskRows = graph.dataKey.prefix { $0 != 0 }.map { registeredShards[graph.dataKeys[Int($0) - 1]]?.rows ?? 0 }
+        }
         var e = Envelope()
         e.jobAccepted = acc
         send(.client(connection), e)

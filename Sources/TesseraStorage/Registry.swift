@@ -63,7 +63,7 @@ public enum RegistryError: Error, CustomStringConvertible, Equatable {
 }
 
 /// Where a shard is: its pixel, size, and the workers holding a copy.
-public typealias ShardLocation = (order: Int, pixel: Int64, bytes: Int64, checksum: UInt64, workers: [String])
+public typealias ShardLocation = (order: Int, pixel: Int64, bytes: Int64, rows: Int64, checksum: UInt64, workers: [String])
 
 /// A dataset as the registry knows it.
 public struct DatasetRecord: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
@@ -250,20 +250,20 @@ public final class Registry: Sendable {
         try db.read { db in
             let reps = try replicas(of: dataset, db)
             let rows = try Row.fetchCursor(db, sql: """
-                SELECT id, "order", pixel, bytes, checksum FROM shard WHERE datasetId = ? ORDER BY "order", pixel
+                SELECT id, "order", pixel, bytes, checksum, rows FROM shard WHERE datasetId = ? ORDER BY "order", pixel
                 """, arguments: [dataset.id])
             var out: [ShardLocation] = [], bad: [String] = []
             while let r = try rows.next() {
                 do {
                     let id: Int64 = try r.decode(atIndex: 0)
                     let order: Int = try r.decode(atIndex: 1), pixel: Int64 = try r.decode(atIndex: 2), bytes: Int64 = try r.decode(atIndex: 3)
-                    let checksum: Int64 = try r.decode(atIndex: 4)
+                    let checksum: Int64 = try r.decode(atIndex: 4), rowCount: Int64 = try r.decode(atIndex: 5)
                     if let why = ShardKey.pixelProblem(order: order, pixel: pixel) {
                         bad.append("shard row \(id) of `\(dataset.name)`: \(why)")
-                    } else if bytes < 0 {
-                        bad.append("shard row \(id) of `\(dataset.name)`: negative size \(bytes)")
+                    } else if bytes < 0 || rowCount < 0 {
+                        bad.append("shard row \(id) of `\(dataset.name)`: negative \(bytes < 0 ? "size \(bytes)" : "row count \(rowCount)")")
                     } else {
-                        out.append((order, pixel, bytes, UInt64(bitPattern: checksum), reps[id] ?? []))
+                        out.append((order, pixel, bytes, rowCount, UInt64(bitPattern: checksum), reps[id] ?? []))
                     }
                 } catch {
                     bad.append("a shard row of `\(dataset.name)`: \(error)")
@@ -279,13 +279,14 @@ public final class Registry: Sendable {
         try db.read { db in
             let reps = try replicas(of: dataset, db)
             let rows = try Row.fetchCursor(db, sql: """
-                SELECT id, "order", pixel, bytes, checksum FROM shard WHERE datasetId = ? ORDER BY "order", pixel
+                SELECT id, "order", pixel, bytes, checksum, rows FROM shard WHERE datasetId = ? ORDER BY "order", pixel
                 """, arguments: [dataset.id])
             var out: [ShardLocation] = []
             while let r = try rows.next() {
                 let id: Int64 = try r.decode(atIndex: 0)
                 let checksum: Int64 = try r.decode(atIndex: 4)
-                out.append((try r.decode(atIndex: 1), try r.decode(atIndex: 2), try r.decode(atIndex: 3), UInt64(bitPattern: checksum), reps[id] ?? []))
+                out.append((try r.decode(atIndex: 1), try r.decode(atIndex: 2), try r.decode(atIndex: 3), try r.decode(atIndex: 5),
+                            UInt64(bitPattern: checksum), reps[id] ?? []))
             }
             return out
         }

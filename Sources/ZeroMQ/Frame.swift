@@ -12,6 +12,9 @@ import Glibc
 public final class Frame {
     let msg: UnsafeMutablePointer<zmq_msg_t>
 
+    /// Parts of at least this many bytes are sent from the caller's array in place (``init(sharing:)``).
+    public static let sharingThreshold = 64 * 1024
+
     /// An empty frame, ready to receive into.
     init() {
         msg = .allocate(capacity: 1)
@@ -41,6 +44,25 @@ public final class Frame {
             // Only ENOMEM is possible here.
             fatalError("zmq_msg_init_size(\(count)) failed: out of memory")
         }
+    }
+
+    /// A frame over `bytes` themselves, not a copy: the array is kept alive (and so unchanged:
+    /// it is a value no one else can mutate in place) until libzmq has sent it and calls back,
+    /// possibly on its I/O thread. For large frames, where the copy costs more than the callback.
+    public init(sharing bytes: [UInt8]) {
+        msg = .allocate(capacity: 1)
+        let owner = Unmanaged.passRetained(SharedBytes(bytes))
+        // A native array's elements stay where they are while its storage lives and is not
+        // mutated; `owner` holds that storage, immutable, until the callback releases it.
+        let base = owner.takeUnretainedValue().bytes.withUnsafeBytes { UnsafeMutableRawPointer(mutating: $0.baseAddress) }
+        guard let base, !bytes.isEmpty else {
+            owner.release()
+            zmq_msg_init(msg)
+            return
+        }
+        zmq_msg_init_data(msg, base, bytes.count, { _, hint in
+            if let hint { Unmanaged<SharedBytes>.fromOpaque(hint).release() }
+        }, owner.toOpaque())
     }
 
     /// Takes ownership of a buffer from `malloc`: libzmq frees it with `free` once it is sent.
@@ -80,3 +102,9 @@ public final class Frame {
 
 @available(*, unavailable)
 extension Frame: Sendable {}
+
+/// The array a shared frame points into, kept alive until libzmq is done with it.
+private final class SharedBytes: @unchecked Sendable {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+}

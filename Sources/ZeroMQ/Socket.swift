@@ -81,10 +81,11 @@ public final class Socket {
         return true
     }
 
-    /// Sends a multipart message of byte arrays (copied).
+    /// Sends a multipart message of byte arrays (small ones copied, large ones shared until sent).
     @discardableResult
     public func send(parts: [[UInt8]], dontWait: Bool = false) throws(ZeroMQError) -> Bool {
-        try send(parts.map { Frame($0) }, dontWait: dontWait)
+        // Large parts are handed to libzmq in place; small ones are cheaper to copy.
+        try send(parts.map { $0.count >= Frame.sharingThreshold ? Frame(sharing: $0) : Frame($0) }, dontWait: dontWait)
     }
 
     // MARK: Receiving

@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import _wire
 from ._connection import Connection, find_credentials, find_endpoint
+from ._memory import tune_allocator
 from .errors import JobCancelled, JobFailed, PythonFunctionError, QueryError, TesseraError, from_reply
 from .v1 import catalog_pb2, storage_pb2, tessera_pb2
 
@@ -130,6 +131,8 @@ class Client:
             address = address.endpoint
         self.endpoint = find_endpoint(address)
         self.progress = progress
+        # Megabyte batches arrive on every call: their buffers are kept for the next (see _memory).
+        tune_allocator()
         # Rows and Python values are taken straight from the workers (their peer endpoints must
         # be reachable from here); False sends them through the scheduler instead.
         self.direct_results = direct_results
@@ -254,6 +257,66 @@ class Client:
             if bar is not None:
                 bar.close()
             self._conn.forget(job)
+
+
+class _RowSink:
+    """A collect's columns, allocated once for the most rows the shards can return, each
+    shard's batch copied to its place as it arrives. Pages never written cost nothing."""
+
+    def __init__(self, bounds, first_columns):
+        self.offsets = np.concatenate(([0], np.cumsum(np.asarray(bounds, dtype=np.int64))))
+        total = int(self.offsets[-1])
+        self.columns_ = [np.empty(total, dtype=c.dtype) for c in first_columns]
+        self.filled = {}  # task -> rows placed
+
+    #: With a filter, a region or a sample the bounds may be far above the answer: room is
+    #: made for at most this many rows then (or the row cap, if lower).
+    LOOSE_BOUND_ROWS = 16_000_000
+
+    @classmethod
+    def for_collect(cls, bounds, first_columns, plan):
+        """A sink for a collect whose shards return at most `bounds` rows each, or None when
+        the bounds are missing or too loose to allocate."""
+        total = sum(bounds)
+        if total == 0:
+            return None
+        exact = not (plan.filter or plan.WhichOneof("region") or plan.rows.sample_fraction > 0)
+        if not exact and total > min(plan.rows.max_rows or DEFAULT_MAX_ROWS, cls.LOOSE_BOUND_ROWS):
+            return None
+        return cls(bounds, first_columns)
+
+    def put(self, task, cols) -> bool:
+        """Copies a batch into place; False when it does not fit (nothing is placed then)."""
+        n = len(cols[0])
+        if task < 0 or task + 1 >= len(self.offsets) or task in self.filled or len(cols) != len(self.columns_):
+            return False
+        start = int(self.offsets[task])
+        if n > int(self.offsets[task + 1]) - start or any(c.dtype != d.dtype for c, d in zip(cols, self.columns_)):
+            return False
+        for c, d in zip(cols, self.columns_):
+            d[start:start + n] = c
+        self.filled[task] = n
+        return True
+
+    def batches(self):
+        """What was placed, as (task, columns) batches of views."""
+        out = []
+        for task, n in self.filled.items():
+            start = int(self.offsets[task])
+            out.append((task, [d[start:start + n] for d in self.columns_]))
+        return out
+
+    def columns(self):
+        """The rows in shard order: views when every shard filled its place, else moved down
+        over the gaps (rows a filter or region left out)."""
+        at = 0
+        for task in sorted(self.filled):
+            n, start = self.filled[task], int(self.offsets[task])
+            if start != at:
+                for d in self.columns_:
+                    d[at:at + n] = d[start:start + n]  # numpy copies overlapping ranges safely
+            at += n
+        return [d[:at] for d in self.columns_]
 
 
 @dataclass(frozen=True)
@@ -451,13 +514,28 @@ class Query:
 
     def _collect(self, plan, progress) -> pd.DataFrame:
         """Each shard's rows arrive as a batch of their own: numpy views of the received
-        frames, concatenated once, in shard order."""
+        frames. When the scheduler says how many rows each shard can return at most, and
+        together they fit under the row cap, each batch is copied into place as it arrives
+        (while later shards are still being read); otherwise the batches are concatenated
+        once at the end. Either way the rows come in shard order."""
         names, batches = None, []
-        for task, view, _, _ in self.client._values(plan, progress=progress, direct=True):
+        sink = None
+        for task, view, _, accepted in self.client._values(plan, progress=progress, direct=True):
             _, _, _, n, cols = _wire.read_rows(view)
-            if cols:
-                names = n
-                batches.append((task, cols))
+            if not cols:
+                continue
+            names = n
+            if sink is None and not batches:
+                sink = _RowSink.for_collect(accepted.data_task_rows, cols, plan)
+            if sink is not None and sink.put(task, cols):
+                continue
+            if sink is not None:
+                # More rows than the shard was said to hold: place nothing more, concatenate.
+                batches.extend(sink.batches())
+                sink = None
+            batches.append((task, cols))
+        if sink is not None:
+            return self._frame(names, [sink.columns()])
         batches.sort(key=lambda b: b[0])
         return self._frame(names, [c for _, c in batches])
 

@@ -73,6 +73,27 @@ def test_rows_taken_over_curve_equal_those_taken_on_this_host(cluster, client):
     assert len(here) > 1000
 
 
+def test_a_collect_is_told_each_shards_rows_and_keeps_shard_order(client, monkeypatch):
+    """The scheduler tells a collect how many rows each shard holds; the client places each
+    batch by it as it arrives. The rows, in order, are those of concatenating the batches."""
+    from tessera.client import _RowSink
+
+    q = client.catalog("object").select("objectId", "r_psfFlux")
+    accepted = next(iter(client._values(q._rows_plan(max_rows=ROWS), progress=False, direct=True)))[3]
+    assert len(accepted.data_task_rows) == accepted.data_tasks > 1
+    assert sum(accepted.data_task_rows) == ROWS
+    head = next(iter(client._values(q._rows_plan(limit=5), progress=False)))[3]
+    assert len(head.data_task_rows) == 0  # only collects are told
+    filtered = q.where("mag(r_psfFlux) < 23")
+    placed = [q.to_pandas(max_rows=ROWS), filtered.to_pandas(max_rows=ROWS)]
+    # The same questions with the batches concatenated at the end instead.
+    monkeypatch.setattr(_RowSink, "for_collect", classmethod(lambda cls, *a: None))
+    joined = [q.to_pandas(max_rows=ROWS), filtered.to_pandas(max_rows=ROWS)]
+    for a, b in zip(placed, joined):
+        pd.testing.assert_frame_equal(a, b)
+    assert 0 < len(placed[1]) < ROWS
+
+
 def test_row_cap_is_a_clear_error(client):
     with pytest.raises(tessera.JobFailed, match="row cap"):
         client.catalog("object").select("objectId").to_pandas(max_rows=1000)

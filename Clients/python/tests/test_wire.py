@@ -93,3 +93,43 @@ def test_other_versions_are_refused():
     env.ping.nonce = 1
     with pytest.raises(ProtocolError, match="version 2"):
         _wire.decode([env.SerializeToString()])
+
+
+def test_a_collect_sink_places_batches_in_shard_order_and_closes_gaps():
+    from tessera.client import _RowSink
+
+    rng = np.random.default_rng(3)
+    bounds = [5, 0, 7, 4]
+    # Batches arrive out of order; shard 2 returned fewer rows than it holds (a filter).
+    batches = {t: [rng.integers(0, 1 << 60, size=n), rng.random(n).astype(np.float32)]
+               for t, n in [(3, 4), (0, 5), (2, 3)]}
+    sink = _RowSink(bounds, batches[3])
+    for t in (3, 0, 2):
+        assert sink.put(t, batches[t])
+    got = sink.columns()
+    for k in range(2):
+        expected = np.concatenate([batches[t][k] for t in (0, 2, 3)])
+        assert got[k].dtype == expected.dtype
+        assert np.array_equal(got[k], expected)
+
+
+def test_a_collect_sink_refuses_what_does_not_fit():
+    from tessera.client import _RowSink
+
+    sink = _RowSink([2, 2], [np.zeros(2)])
+    assert not sink.put(0, [np.zeros(3)])             # more rows than the shard holds
+    assert not sink.put(5, [np.zeros(1)])             # no such shard task
+    assert not sink.put(1, [np.zeros(1, dtype=np.int64)])  # another type than the first batch
+    assert sink.put(1, [np.ones(1)])
+    assert not sink.put(1, [np.ones(1)])              # twice
+    assert [(t, [c.tolist() for c in cols]) for t, cols in sink.batches()] == [(1, [[1.0]])]
+
+
+def test_the_allocator_is_tuned_unless_told_not_to():
+    import sys
+
+    code = "from tessera._memory import tune_allocator; print(tune_allocator())"
+    tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    left = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "TESSERA_MALLOC": "default"}).stdout.strip()
+    assert (tuned, left) == ("True", "False")

@@ -26,7 +26,10 @@ public enum CatalogScan {
         let indexColumn = footer.indexColumn
         var needsIndex = q.region != nil
         switch q.output {
-        case .skyMap, .rows: needsIndex = true
+        case .skyMap: needsIndex = true
+        // Heads and top-k lists merge by index, samples draw by it; a plain collect needs none
+        // (reading it would decode and checksum a fifth more bytes per row than it returns).
+        case .rows: needsIndex = needsIndex || q.plan.rows.limit > 0 || q.plan.rows.sampleFraction > 0
         default: break
         }
         let indexColumnNumber = needsIndex ? footer.columns.firstIndex { $0.name == indexColumn } : nil
@@ -55,6 +58,13 @@ public enum CatalogScan {
         let conjuncts = q.filter.map(FilterPlan.conjuncts) ?? []
         var acc = ScanAccumulator(q)
         acc.partial.shards = 1
+        if case .rows = q.output, q.plan.rows.limit == 0 {
+            // Room for every row the shard could return (up to the row cap), made once: growing
+            // by doubling would copy a collect's columns about twice more. Untouched capacity
+            // costs address space only.
+            let most = groups.reduce(0) { $0 + Int(footer.rowGroups[$1].rows) }
+            acc.rows.reserve(rows: most <= q.maxRows ? most : q.maxRows + 1)
+        }
         for g in groups {
             if isCancelled() { throw CatalogQueryError("cancelled", retryable: true) }
             let rows = Int(footer.rowGroups[g].rows)
@@ -440,16 +450,19 @@ struct ScanAccumulator {
             }
             let picked = GroupLoops.indices(where: keepRows)
             if picked.isEmpty { return false }
+            // Every row kept (a collect without a filter): the columns as they are, not a copy.
+            let all = picked.count == n
             var values: [RowValues] = []
             for s in select {
                 if let c = s.column {
-                    values.append(RowValues(try stored(c).gathered(picked)))
+                    values.append(RowValues(all ? try stored(c) : try stored(c).gathered(picked)))
                 } else {
                     let v = ExpressionEvaluator.evaluate(s.expression, columns: columns, rows: n).numbers(n)
-                    values.append(.doubles(picked.map { v[$0] }))
+                    values.append(.doubles(all ? v : picked.map { v[$0] }))
                 }
             }
-            rows.append(names: select.map(\.name), values: values, index: picked.map { index[$0] }, sortKeys: sortKeys.map { k in picked.map { k[$0] } })
+            rows.append(names: select.map(\.name), values: values, index: index.isEmpty ? [] : picked.map { index[$0] },
+                        sortKeys: sortKeys.map { k in all ? k : picked.map { k[$0] } })
             if spec.limit > 0 {
                 let limit = Int(clamping: spec.limit)
                 if sortBy == nil {

@@ -62,6 +62,22 @@ public enum RowValues: Sendable, Equatable {
         return true
     }
 
+    /// The same values in an array with room for `capacity` in all.
+    func reserved(_ capacity: Int) -> RowValues {
+        func grown<T>(_ a: [T]) -> [T] {
+            var b: [T] = []
+            b.reserveCapacity(Swift.max(capacity, a.count))
+            b.append(contentsOf: a)
+            return b
+        }
+        switch self {
+        case .doubles(let a): return .doubles(grown(a))
+        case .int64s(let a): return .int64s(grown(a))
+        case .bools(let a): return .bools(grown(a))
+        case .floats(let a): return .floats(grown(a))
+        }
+    }
+
     func gathered(_ rows: [Int]) -> RowValues {
         switch self {
         case .doubles(let a): .doubles(rows.map { a[$0] })
@@ -101,13 +117,19 @@ struct RowBatchBuilder {
     var index: [Int64] = []
     var sortKeys: [Double] = []
 
+    /// Rows the columns get room for when the first rows arrive (0: as many as they bring).
+    private var reservedRows = 0
+
     /// Rows held (a collect's batches carry no spatial index: only heads and top-k lists need it).
     var count: Int { columns.first?.count ?? index.count }
+
+    /// Makes room for `rows` rows in all, once, before the first rows are appended.
+    mutating func reserve(rows: Int) { reservedRows = rows }
 
     mutating func append(names n: [String], values: [RowValues], index ix: [Int64], sortKeys keys: [Double]?) {
         if columns.isEmpty {
             names = n
-            columns = values
+            columns = reservedRows > 0 ? values.map { $0.reserved(reservedRows) } : values
         } else {
             for k in columns.indices { _ = columns[k].append(values[k]) }
         }

@@ -1228,6 +1228,10 @@ public nonisolated struct Tessera_V1_JobAccepted: Sendable {
   /// Tasks that read data: one per shard a catalog question reads (what a progress bar counts).
   public var dataTasks: UInt64 = 0
 
+  /// A collect (rows without a limit): for each data task, in task order, the rows its shard
+  /// holds, which is the most it returns. Empty otherwise.
+  public var dataTaskRows: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3560,7 +3564,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobAccepted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0\u{3}data_tasks\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0\u{3}data_tasks\0\u{3}data_task_rows\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3573,6 +3577,7 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.taskCount) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.outputCount) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.dataTasks) }()
+      case 6: try { try decoder.decodeRepeatedUInt64Field(value: &self.dataTaskRows) }()
       default: break
       }
     }
@@ -3594,6 +3599,9 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if self.dataTasks != 0 {
       try visitor.visitSingularUInt64Field(value: self.dataTasks, fieldNumber: 5)
     }
+    if !self.dataTaskRows.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.dataTaskRows, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3603,6 +3611,7 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if lhs.taskCount != rhs.taskCount {return false}
     if lhs.outputCount != rhs.outputCount {return false}
     if lhs.dataTasks != rhs.dataTasks {return false}
+    if lhs.dataTaskRows != rhs.dataTaskRows {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

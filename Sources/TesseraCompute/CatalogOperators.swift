@@ -26,7 +26,10 @@ public enum CatalogOperators {
 
     /// Reads one shard and returns its `CatalogPartial` (as bytes).
     public static let catalogScan = TaskOperator("catalog_scan", "answer a catalog question over one shard") { ctx throws(OperatorError) in
-        .bytes(try serialized(scan(ctx, plan: plan(ctx, "catalog_scan"), operatorName: "catalog_scan"), "catalog_scan"))
+        let name = "catalog_scan"
+        return .bytes(try checkedScan(ctx, plan: plan(ctx, name), operatorName: name) { (q, reader, ra, dec) throws(CatalogQueryError) in
+            try CatalogScan.scanSerialized(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
+        })
     }
 
     /// Input `k` of a merge, read as the `CatalogPartial` it must be.
@@ -49,6 +52,16 @@ public enum CatalogOperators {
     /// Answers `plan` over the task's shard: the checksum checked, the plan checked against the
     /// shard's schema. Operators built on the scan (Python functions) share it.
     public static func scan(_ ctx: OperatorContext, plan: CatalogQueryPlan, operatorName name: String) throws(OperatorError) -> CatalogPartial {
+        try checkedScan(ctx, plan: plan, operatorName: name) { (q, reader, ra, dec) throws(CatalogQueryError) in
+            try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
+        }
+    }
+
+    /// Opens the task's shard, checks it is the registered file and the plan against its schema,
+    /// and runs `body` on them; errors become the operator's, retryable where another replica
+    /// may serve.
+    static func checkedScan<T>(_ ctx: OperatorContext, plan: CatalogQueryPlan, operatorName name: String,
+                               _ body: (CheckedCatalogQuery, ShardReader, String, String) throws(CatalogQueryError) -> T) throws(OperatorError) -> T {
         guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
             throw OperatorError(name, "the task names no shard this worker can open (data key \(ctx.dataKey ?? "none"))")
         }
@@ -60,7 +73,7 @@ public enum CatalogOperators {
                 throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")
             }
             let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
-            return try CatalogScan.scan(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
+            return try body(q, reader, ra, dec)
         } catch let e as CatalogQueryError {
             throw OperatorError(name, e.message, retryable: e.retryable)
         } catch {

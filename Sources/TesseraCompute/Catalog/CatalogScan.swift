@@ -1,3 +1,4 @@
+import SwiftProtobuf
 import TesseraProtocol
 import TesseraSky
 import TesseraStorage
@@ -14,6 +15,23 @@ public enum CatalogScan {
     ///   - raColumn, decColumn: position columns, read when the plan has a region.
     public static func scan(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String,
                             isCancelled: () -> Bool = { false }) throws(CatalogQueryError) -> CatalogPartial {
+        var acc = try accumulate(q, reader: reader, raColumn: raColumn, decColumn: decColumn, isCancelled: isCancelled)
+        return try acc.finish()
+    }
+
+    /// The same answer as ``scan(_:reader:raColumn:decColumn:isCancelled:)``, as the partial's
+    /// wire bytes: a collect's rows go from the decoded row groups into the message with no copy
+    /// in between (identical bytes to serialising the partial).
+    public static func scanSerialized(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String,
+                                      isCancelled: () -> Bool = { false }) throws(CatalogQueryError) -> [UInt8] {
+        var acc = try accumulate(q, reader: reader, raColumn: raColumn, decColumn: decColumn, isCancelled: isCancelled)
+        return try acc.serializedPartial()
+    }
+
+    /// The scan's accumulated answer, before it becomes a partial (``ScanAccumulator/finish()``)
+    /// or the partial's wire bytes (``ScanAccumulator/serializedPartial()``).
+    static func accumulate(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String,
+                           isCancelled: () -> Bool) throws(CatalogQueryError) -> ScanAccumulator {
         let footer = reader.footer
         var names = q.columns
         if q.region != nil { for c in [raColumn, decColumn] where !names.contains(c) { names.append(c) } }
@@ -59,11 +77,9 @@ public enum CatalogScan {
         var acc = ScanAccumulator(q)
         acc.partial.shards = 1
         if case .rows = q.output, q.plan.rows.limit == 0 {
-            // Room for every row the shard could return (up to the row cap), made once: growing
-            // by doubling would copy a collect's columns about twice more. Untouched capacity
-            // costs address space only.
-            let most = groups.reduce(0) { $0 + Int(footer.rowGroups[$1].rows) }
-            acc.rows.reserve(rows: most <= q.maxRows ? most : q.maxRows + 1)
+            // A collect keeps each row group's columns as they are, and writes them into the
+            // answer once (growing one array per column would copy them about three times).
+            acc.rows.keepsChunks = true
         }
         for g in groups {
             if isCancelled() { throw CatalogQueryError("cancelled", retryable: true) }
@@ -120,7 +136,7 @@ public enum CatalogScan {
             }, index: index)
             if done { break }
         }
-        return try acc.finish()
+        return acc
     }
 
     /// A stored column as expression values: Float32 and Int64 as stored, smaller integers as Float64 (exact).
@@ -480,6 +496,24 @@ struct ScanAccumulator {
 
     func tooManyGroups() -> CatalogQueryError {
         CatalogQueryError("the group-by key `\(q.plan.groupBy)` gives more than \(q.maxGroups) groups (the limit); group by a coarser key or raise max_groups")
+    }
+
+    /// The partial's wire bytes. A collect's rows are written from the row groups' columns into
+    /// the message directly; anything else is ``finish()`` serialised.
+    mutating func serializedPartial() throws(CatalogQueryError) -> [UInt8] {
+        guard case .rows = q.output, rows.keepsChunks else { return try Self.bytes(finish()) }
+        // Every field but the rows by SwiftProtobuf; the rows field after them (a parser takes
+        // fields in any order).
+        var out = try Self.bytes(partial)
+        rows.appendWireField(Self.rowsField, to: &out)
+        return out
+    }
+
+    /// `CatalogPartial.rows`'s field number (catalog.proto).
+    static let rowsField = 10
+
+    static func bytes(_ p: CatalogPartial) throws(CatalogQueryError) -> [UInt8] {
+        do { return try p.serializedBytes() } catch { throw CatalogQueryError("\(error)") }
     }
 
     /// The partial, with groups in ascending key order and map pixels ascending.

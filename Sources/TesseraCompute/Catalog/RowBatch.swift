@@ -62,22 +62,6 @@ public enum RowValues: Sendable, Equatable {
         return true
     }
 
-    /// The same values in an array with room for `capacity` in all.
-    func reserved(_ capacity: Int) -> RowValues {
-        func grown<T>(_ a: [T]) -> [T] {
-            var b: [T] = []
-            b.reserveCapacity(Swift.max(capacity, a.count))
-            b.append(contentsOf: a)
-            return b
-        }
-        switch self {
-        case .doubles(let a): return .doubles(grown(a))
-        case .int64s(let a): return .int64s(grown(a))
-        case .bools(let a): return .bools(grown(a))
-        case .floats(let a): return .floats(grown(a))
-        }
-    }
-
     func gathered(_ rows: [Int]) -> RowValues {
         switch self {
         case .doubles(let a): .doubles(rows.map { a[$0] })
@@ -117,19 +101,30 @@ struct RowBatchBuilder {
     var index: [Int64] = []
     var sortKeys: [Double] = []
 
-    /// Rows the columns get room for when the first rows arrive (0: as many as they bring).
-    private var reservedRows = 0
+    /// A collect's mode: each append's columns are kept as they came (`chunks`), to be written
+    /// into the answer once, and no spatial index is kept (a collect's answer has none).
+    var keepsChunks = false
+    /// Per column, the appended columns in order (when `keepsChunks`).
+    private var chunks: [[RowValues]] = []
+    private var chunkRows = 0
 
     /// Rows held (a collect's batches carry no spatial index: only heads and top-k lists need it).
-    var count: Int { columns.first?.count ?? index.count }
-
-    /// Makes room for `rows` rows in all, once, before the first rows are appended.
-    mutating func reserve(rows: Int) { reservedRows = rows }
+    var count: Int { keepsChunks ? chunkRows : columns.first?.count ?? index.count }
 
     mutating func append(names n: [String], values: [RowValues], index ix: [Int64], sortKeys keys: [Double]?) {
+        if keepsChunks {
+            if chunks.isEmpty {
+                names = n
+                chunks = values.map { [$0] }
+            } else {
+                for k in chunks.indices { chunks[k].append(values[k]) }
+            }
+            chunkRows += values.first?.count ?? 0
+            return   // (a collect has no sort key: sorting needs a limit)
+        }
         if columns.isEmpty {
             names = n
-            columns = reservedRows > 0 ? values.map { $0.reserved(reservedRows) } : values
+            columns = values
         } else {
             for k in columns.indices { _ = columns[k].append(values[k]) }
         }
@@ -181,10 +176,122 @@ struct RowBatchBuilder {
     func proto(withIndex: Bool) -> Tessera_V1_RowBatch {
         var p = Tessera_V1_RowBatch()
         p.names = names
-        p.columns = columns.map(\.proto)
+        p.columns = keepsChunks ? chunks.map { RowValues.joined($0).proto } : columns.map(\.proto)
         if withIndex { p.index = index }
         p.sortKey = sortKeys
         return p
+    }
+}
+
+// MARK: - A collect's rows written straight into the wire
+
+extension RowBatchBuilder {
+    /// Appends field `field` of a message, holding this batch as a `RowBatch` (names and
+    /// columns: a collect has neither index nor sort keys), exactly as SwiftProtobuf would encode it, writing each column's
+    /// chunks into place once. The packed fields are little-endian arrays, so chunks are copied
+    /// whole.
+    func appendWireField(_ field: Int, to out: inout [UInt8]) {
+        let columnKinds: [RowValues] = keepsChunks ? chunks.map { $0.first ?? .doubles([]) } : columns
+        let rowCount = count
+        func listSize(_ kind: RowValues) -> Int {
+            let payload = rowCount * kind.wireWidth
+            return payload == 0 ? 0 : WireBytes.fieldSize(payload)
+        }
+        var batchSize = names.reduce(0) { $0 + WireBytes.fieldSize($1.utf8.count) }
+        for kind in columnKinds { batchSize += WireBytes.fieldSize(WireBytes.fieldSize(listSize(kind))) }
+        out.reserveCapacity(out.count + WireBytes.fieldSize(batchSize))
+
+        WireBytes.appendHeader(field: field, length: batchSize, to: &out)
+        for n in names {
+            WireBytes.appendHeader(field: 1, length: n.utf8.count, to: &out)
+            out.append(contentsOf: n.utf8)
+        }
+        for (k, kind) in columnKinds.enumerated() {
+            let list = listSize(kind)
+            WireBytes.appendHeader(field: 2, length: WireBytes.fieldSize(list), to: &out)
+            WireBytes.appendHeader(field: kind.wireField, length: list, to: &out)
+            guard list > 0 else { continue }
+            WireBytes.appendHeader(field: 1, length: rowCount * kind.wireWidth, to: &out)
+            for chunk in keepsChunks ? chunks[k] : [columns[k]] { chunk.appendLittleEndian(to: &out) }
+        }
+    }
+}
+
+/// Protobuf's length-delimited fields, for the one message written by hand.
+enum WireBytes {
+    static func varintSize(_ v: Int) -> Int {
+        var n = 1, x = UInt64(v)
+        while x >= 0x80 { x >>= 7; n += 1 }
+        return n
+    }
+
+    /// Bytes of a length-delimited field (tag, length, payload) with a field number below 16.
+    static func fieldSize(_ payload: Int) -> Int { 1 + varintSize(payload) + payload }
+
+    static func appendHeader(field: Int, length: Int, to out: inout [UInt8]) {
+        out.append(UInt8(field << 3 | 2))
+        var x = UInt64(length)
+        while x >= 0x80 { out.append(UInt8(x & 0x7F) | 0x80); x >>= 7 }
+        out.append(UInt8(x))
+    }
+}
+
+extension RowValues {
+    /// Chunks of one kind as one column.
+    static func joined(_ chunks: [RowValues]) -> RowValues {
+        guard let first = chunks.first else { return .doubles([]) }
+        if chunks.count == 1 { return first }
+        let total = chunks.reduce(0) { $0 + $1.count }
+        func join<T>(_ values: (RowValues) -> [T]?) -> [T] {
+            var out: [T] = []
+            out.reserveCapacity(total)
+            for c in chunks { if let v = values(c) { out.append(contentsOf: v) } }
+            return out
+        }
+        switch first {
+        case .doubles: return .doubles(join { if case .doubles(let a) = $0 { a } else { nil } })
+        case .int64s: return .int64s(join { if case .int64s(let a) = $0 { a } else { nil } })
+        case .bools: return .bools(join { if case .bools(let a) = $0 { a } else { nil } })
+        case .floats: return .floats(join { if case .floats(let a) = $0 { a } else { nil } })
+        }
+    }
+
+    /// The `RowColumn` oneof field this kind is.
+    var wireField: Int {
+        switch self {
+        case .doubles: 1
+        case .int64s: 2
+        case .bools: 3
+        case .floats: 4
+        }
+    }
+
+    /// Bytes per value in a packed field (sfixed64, double, float; bools are one-byte varints).
+    var wireWidth: Int {
+        switch self {
+        case .doubles, .int64s: 8
+        case .floats: 4
+        case .bools: 1
+        }
+    }
+
+    /// The values as a packed field's payload.
+    func appendLittleEndian(to out: inout [UInt8]) {
+        #if _endian(little)
+        switch self {
+        case .doubles(let a): a.withUnsafeBytes { out.append(contentsOf: $0) }
+        case .int64s(let a): a.withUnsafeBytes { out.append(contentsOf: $0) }
+        case .floats(let a): a.withUnsafeBytes { out.append(contentsOf: $0) }
+        case .bools(let a): for b in a { out.append(b ? 1 : 0) }
+        }
+        #else
+        switch self {
+        case .doubles(let a): for v in a { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .int64s(let a): for v in a { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        case .floats(let a): for v in a { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .bools(let a): for b in a { out.append(b ? 1 : 0) }
+        }
+        #endif
     }
 }
 

@@ -32,6 +32,21 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Seconds a task may run before it is cancelled and run elsewhere, plus one second per MiB it reads (a job may set its own).")
     var taskDeadlineS: Double = 300
 
+    @Option(help: "Admission control: an interactive catalog question expected to read more rows than this is refused with the estimate (0: no budget).")
+    var interactiveMaxRows: UInt64 = 5_000_000
+
+    @Option(help: "Jobs one user may have running at once (0: no limit).")
+    var maxJobsPerUser = 256
+
+    @Option(help: "Rows one question may return (a plan's max_rows may ask up to this).")
+    var maxRowsPerJob: UInt64 = 100_000_000
+
+    @Option(help: "Half-life, in seconds, of the worker time fair share counts per user.")
+    var fairShareHalfLifeS: Double = 300
+
+    @Option(help: "A user's fair-share weight, NAME=WEIGHT (default 1; repeatable).")
+    var userWeight: [String] = []
+
     @Option(help: "The registry of datasets (an SQLite file, created if missing).")
     var registry: String?
 
@@ -51,6 +66,9 @@ struct SchedulerCommand: ParsableCommand {
         guard orphanGraceS.isFinite, orphanGraceS >= 0, orphanGraceS <= 1e7 else { throw ValidationError("--orphan-grace-s must be within 0…10,000,000") }
         guard clientTimeoutS.isFinite, clientTimeoutS >= 1, clientTimeoutS <= 86_400 else { throw ValidationError("--client-timeout-s must be within 1…86,400") }
         guard taskDeadlineS.isFinite, taskDeadlineS >= 0.1, taskDeadlineS <= 604_800 else { throw ValidationError("--task-deadline-s must be within 0.1…604,800") }
+        guard fairShareHalfLifeS.isFinite, fairShareHalfLifeS >= 1, fairShareHalfLifeS <= 1e7 else { throw ValidationError("--fair-share-half-life-s must be within 1…10,000,000") }
+        guard maxJobsPerUser >= 0 else { throw ValidationError("--max-jobs-per-user must be 0 (no limit) or more") }
+        _ = try weights()
         guard workerTimeoutMs > UInt64(heartbeatMs) else {
             throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
         }
@@ -69,12 +87,30 @@ struct SchedulerCommand: ParsableCommand {
         config.orphanGraceNs = UInt64(orphanGraceS * 1e9)
         config.clientTimeoutNs = UInt64(clientTimeoutS * 1e9)
         config.taskDeadlineNs = UInt64(taskDeadlineS * 1e9)
+        config.interactiveMaxRows = interactiveMaxRows
+        config.maxJobsPerUser = maxJobsPerUser
+        config.maxRowsPerJob = maxRowsPerJob
+        config.fairShareHalfLifeNs = UInt64(fairShareHalfLifeS * 1e9)
+        config.userWeights = try weights()
         let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry,
                                          security: keys.map { .curve(KeyDirectory($0)) } ?? .insecure, parentPID: exitWithParent, logger: logger)
         // The first line of stdout names the bound endpoints: launchers read it.
         print("tessera-scheduler clients=\(daemon.clientEndpoint) workers=\(daemon.workerEndpoint)")
         fflush(nil)
         try daemon.run()
+    }
+
+    /// `--user-weight NAME=WEIGHT` options as a table.
+    func weights() throws -> [String: Double] {
+        var out: [String: Double] = [:]
+        for w in userWeight {
+            let parts = w.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let v = Double(parts[1]), v.isFinite, v > 0, v <= 1e6 else {
+                throw ValidationError("--user-weight takes NAME=WEIGHT with a weight within (0, 1,000,000], not `\(w)`")
+            }
+            out[parts[0]] = v
+        }
+        return out
     }
 }
 

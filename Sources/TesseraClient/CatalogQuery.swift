@@ -19,6 +19,8 @@ public struct CatalogQuery: Sendable {
     public private(set) var plan: CatalogQueryPlan
     /// The scheduler it runs on, when made by ``TesseraClient/catalog(_:)``.
     public let endpoint: String?
+    /// Its class (nil: the connection's, normal unless set).
+    public private(set) var priority: PriorityClass?
 
     public init(dataset: String, endpoint: String? = nil) {
         plan = CatalogQueryPlan()
@@ -148,6 +150,14 @@ public struct CatalogQuery: Sendable {
     /// The most rows a collect may return before it fails (default 1,000,000).
     public func maxRows(_ n: Int) -> CatalogQuery {
         with { p in p.rows.maxRows = UInt64(max(0, n)) }
+    }
+
+    /// Runs it in class `c`: interactive questions go first and must fit the cluster's
+    /// interactive budget; batch ones run in what the others leave.
+    public func priority(_ c: PriorityClass) -> CatalogQuery {
+        var q = self
+        q.priority = c
+        return q
     }
 
     /// Partial answers while the job runs, at most one per `seconds` (at least 0.1).

@@ -77,7 +77,7 @@ extension SchedulerConnection {
         let start = DispatchTime.now().uptimeNanoseconds
         func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         let jobName = name.isEmpty ? "catalog \(plan.dataset)" : name
-        var job = try submit(.plan(query.wirePlan), name: jobName).jobID
+        var job = try submit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
         var final: CatalogPartial?
         var collected: CatalogPartial?
         var lastHeard = DispatchTime.now().uptimeNanoseconds
@@ -92,7 +92,7 @@ extension SchedulerConnection {
                 event = try nextEvent(job: job, timeout: 0.1)
             } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected == nil && final == nil {
                 resubmitted += 1
-                job = try resubmit(.plan(query.wirePlan), name: jobName).jobID
+                job = try resubmit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
                 lastHeard = DispatchTime.now().uptimeNanoseconds
                 continue
             }

@@ -63,6 +63,13 @@ public final class SchedulerConnection {
 
     /// How this connection authenticates (workers' peer endpoints take the same key, for ingest).
     public let credentials: Credentials
+    /// The class its jobs run in unless a submit says otherwise.
+    public var priority: PriorityClass = .normal
+    /// Whom its jobs run for, when not this key's own user (an admin key only, or a cluster
+    /// without keys, where it tags jobs with a user for fair share).
+    public var onBehalfOf = ""
+    /// What the scheduler said when it last accepted a job here (its estimate, class and user).
+    public private(set) var lastAccepted: Tessera_V1_JobAccepted?
 
     /// Connects and checks that a scheduler answers within `timeout` seconds.
     /// - Parameter credentials: the user's key; nil finds it as the `tessera` command does (a
@@ -99,7 +106,7 @@ public final class SchedulerConnection {
     /// Submits a job and waits for the scheduler to accept it.
     /// - Parameter batchResults: deliver outputs only at the end instead of as they are computed.
     @discardableResult
-    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false,
+    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false, priority: PriorityClass? = nil,
                        timeout: Double = Double(ClientTiming.acceptTimeoutNs) / 1e9) throws -> Tessera_V1_JobAccepted {
         let tag = nextTag
         nextTag += 1
@@ -107,6 +114,8 @@ public final class SchedulerConnection {
         s.clientTag = tag
         s.name = name
         s.batchResults = batchResults
+        s.priority = (priority ?? self.priority).wire
+        s.onBehalfOf = onBehalfOf
         var frames: [[UInt8]] = []
         switch work {
         case .graph(let g):
@@ -122,17 +131,18 @@ public final class SchedulerConnection {
         try waitUntil(timeout: timeout, onTimeout: .timedOut("the scheduler did not accept the job within \(timeout) s")) { $0.accepted[tag] != nil }
         let acc = try accepted.removeValue(forKey: tag)!.get()
         waiting[acc.jobID] = epoch
+        lastAccepted = acc
         return acc
     }
 
     /// Submits a job again after a scheduler restart: while the restarted scheduler waits for
     /// the workers holding the job's data to register again, it refuses the job as
     /// `ERROR_DATA_UNAVAILABLE`, and this tries again, for up to `patience` seconds.
-    public func resubmit(_ work: JobWork, name: String = "", patience: Double = 30) throws -> Tessera_V1_JobAccepted {
+    public func resubmit(_ work: JobWork, name: String = "", priority: PriorityClass? = nil, patience: Double = 30) throws -> Tessera_V1_JobAccepted {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(patience * 1e9)
         while true {
             do {
-                return try submit(work, name: name)
+                return try submit(work, name: name, priority: priority)
             } catch ClientError.rejected(let code, _) where code == .errorDataUnavailable && DispatchTime.now().uptimeNanoseconds < deadline {
                 try? receiveOne(timeoutMs: 250)
             }

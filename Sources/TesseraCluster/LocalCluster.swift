@@ -65,6 +65,8 @@ public final class LocalCluster: Sendable {
         public var allowPython = true
         /// Resident memory, in MiB, one Python executor may reach (nil: the worker's default).
         public var pythonMemoryMb: Int?
+        /// More arguments for tessera-scheduler (e.g. `--interactive-max-rows N`, `--user-weight alice=2`).
+        public var schedulerArguments: [String] = []
         /// Called with each supervision event (a daemon died, was started again), besides the log.
         public var onEvent: (@Sendable (String) -> Void)?
 
@@ -148,6 +150,7 @@ public final class LocalCluster: Sendable {
             schedulerArgs += ["--registry", dir + "/registry.sqlite"]
         }
         if let t = options.clientTimeoutSeconds { schedulerArgs += ["--client-timeout-s", "\(t)"] }
+        schedulerArgs += options.schedulerArguments
         let scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle)
         guard let line = Self.readLine(out.fileHandleForReading, timeoutMs: 10_000) else {
             scheduler.terminate()

@@ -26,8 +26,13 @@ final class JobRecord {
     let client: ConnectionID
     let clientTag: UInt64
     let name: String
-    /// Who submitted it (from authentication).
+    /// Whom it runs for (from authentication, or the user an admin submitted it for).
     var user = ClientIdentity.local.user
+    /// Its class, and the fair-share user index: the queue lane its ready tasks wait in.
+    var priority: PriorityClass = .normal
+    var lane = Lane(priority: .normal, user: 0)
+    /// What the registry says it will read (catalog questions).
+    var estimate: Tessera_V1_CostEstimate?
     let operators: [String]
     let params: [Tessera_V1_OperatorParams]
     let dataKeys: [String]
@@ -91,6 +96,9 @@ final class JobRecord {
     var runs = 0
     /// Times each task was run (a run that found an input missing did not execute and is not counted).
     var runCount: [UInt16]
+    /// Worker microseconds charged to the user's fair share when the task was handed out (an
+    /// estimate), replaced by what it took when it reports.
+    var charged: [UInt32]
     /// Runs beyond each task's first.
     var reruns: Int { runCount.reduce(0) { $0 + max(0, Int($1) - 1) } }
     /// Workers that have received this job's operator table.
@@ -169,6 +177,7 @@ final class JobRecord {
         lostRuns = [UInt8](repeating: 0, count: n)
         delivered = [Bool](repeating: false, count: n)
         runCount = [UInt16](repeating: 0, count: n)
+        charged = [UInt32](repeating: 0, count: n)
     }
 
     @inline(__always) func hasDependents(_ t: Int) -> Bool { dependentOffsets[t + 1] > dependentOffsets[t] }
@@ -207,6 +216,7 @@ final class JobRecord {
         lostRuns.append(0)
         delivered.append(false)
         runCount.append(0)
+        charged.append(0)
         return t
     }
 

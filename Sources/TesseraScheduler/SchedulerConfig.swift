@@ -46,5 +46,25 @@ public struct SchedulerConfig: Sendable {
     /// slows its own job, and the scheduler's memory does not grow with it.
     public var maxHeldResultBytes = 64 << 20
 
+    // MARK: Sharing the cluster
+
+    /// Fair share counts each user's worker time with this half-life: a user who ran much
+    /// recently yields to one who did not, and is forgiven after a few half-lives.
+    public var fairShareHalfLifeNs: UInt64 = 300_000_000_000
+    /// Users' weights in fair share (default 1): a user of weight 2 is served as if they had
+    /// used half their worker time.
+    public var userWeights: [String: Double] = [:]
+    /// Interactive tasks a worker at its in-flight limit still takes, per thread: they run ahead
+    /// of its queued tasks, so they wait only for the tasks its threads are running.
+    public var interactiveInFlightPerThread = 2
+    /// Admission control: an interactive catalog question expected to read more rows than this
+    /// is refused with the estimate (0: no budget).
+    public var interactiveMaxRows: UInt64 = 5_000_000
+    /// Jobs one user may have running at once (0: no limit).
+    public var maxJobsPerUser = 256
+    /// Rows one collect may return (a plan's `max_rows` may ask up to this; its default is
+    /// lower): what one user may pull out in one question.
+    public var maxRowsPerJob: UInt64 = 100_000_000
+
     public init() {}
 }

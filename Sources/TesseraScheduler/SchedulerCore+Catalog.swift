@@ -11,6 +11,13 @@ extension SchedulerCore {
     /// to the client as a batch. The plan is checked here against the dataset's schema, so a typo
     /// fails the submission, not a thousand tasks.
     public mutating func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
+        try planCatalogQuery(plan).graph
+    }
+
+    /// A catalog question's tasks (as ``expandCatalogQuery(_:)``) and what it is expected to
+    /// read: the shards left after pruning, and their rows and bytes scaled by the part of each
+    /// shard's sky the region covers (rows are taken as spread evenly over a shard's pixel).
+    public mutating func planCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
         let all: [String: PlannedDataset]
         do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
         guard let d = all[plan.dataset] else {
@@ -29,7 +36,15 @@ extension SchedulerCore {
         // coarser order, which selects a superset of the shards it meets (the same answer; a
         // few more shards may be scanned), at a sixteenth of the cost.
         let resolution = plan.polygon.ra.count > 64 ? 8 : 10
-        let keys = query.region.map { r in d.shards(meeting: HEALPix.indexRanges(of: r, resolution: resolution)).map { d.keys[$0] } } ?? d.keys
+        let hits = query.region.map { r in d.shards(meeting: HEALPix.indexRanges(of: r, resolution: resolution)) }
+            ?? d.keys.indices.map { ($0, 1.0) }
+        let keys = hits.map { d.keys[$0.shard] }
+        var estimate = Tessera_V1_CostEstimate()
+        estimate.shards = UInt64(hits.count)
+        for (s, covered) in hits {
+            estimate.rows &+= UInt64((Double(max(0, d.rows[s])) * covered).rounded(.up))
+            estimate.bytes &+= UInt64((Double(max(0, d.bytes[s])) * covered).rounded(.up))
+        }
         let params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
         // A Python question runs the user's function in each shard's task (and their combine in
         // the tree); the operators exist only on workers that allow Python.
@@ -47,7 +62,7 @@ extension SchedulerCore {
             g.addReduction(of: leaves, operatorIndex: 1, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
         }
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
-        return g
+        return (g, estimate)
     }
 
     /// The registry's datasets as the planner uses them, read once and kept until an ingest
@@ -78,6 +93,12 @@ extension SchedulerCore {
     /// when a question needs it).
     public mutating func warmPlanner() { _ = try? plannedDatasets() }
 
+    /// Why an interactive question is refused: what it would read, the budget, and what to do.
+    static func overBudget(_ e: Tessera_V1_CostEstimate, dataset: String, budget: UInt64) -> String {
+        "this interactive question is expected to read \(e.rows) rows (\(e.shards) shards, \(e.bytes >> 20) MiB) of `\(dataset)`, "
+            + "over the interactive budget of \(budget) rows: narrow the region, or submit it as normal or batch (--priority batch)"
+    }
+
     /// Rows without a limit: every shard's rows go to the client as they are read.
     static func isCollect(_ plan: CatalogQueryPlan) -> Bool {
         plan.hasPython ? plan.python.combine.isEmpty : plan.hasRows && plan.rows.limit == 0
@@ -103,27 +124,35 @@ struct PlannedDataset {
     let columns: [Tessera_V1_ColumnSchema]
     let keys: [String]
     let bytes: [Int64]
+    let rows: [Int64]
     let workers: [[String]]
     /// Shard indices by ascending index range (shards of a dataset never overlap).
     let byRange: [Int]
     let lower: [Int64]
     let upper: [Int64]
+    /// Each shard's position in `byRange`.
+    let rangePosition: [Int]
 
     init(_ d: DatasetRecord, _ shards: [ShardLocation]) {
         record = d
         columns = (try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](d.schema)))?.columns ?? []
         keys = shards.map { ShardKey(dataset: d.name, ingestId: d.ingestId, order: $0.order, pixel: $0.pixel).description }
         bytes = shards.map(\.bytes)
+        rows = shards.map(\.rows)
         workers = shards.map(\.workers)
         let ranges = shards.map { HEALPix.children($0.pixel, order: $0.order, to: HEALPix.maxOrder) }
         byRange = ranges.indices.sorted { ranges[$0].lowerBound < ranges[$1].lowerBound }
         lower = byRange.map { ranges[$0].lowerBound }
         upper = byRange.map { ranges[$0].upperBound }
+        var position = [Int](repeating: 0, count: ranges.count)
+        for (k, s) in byRange.enumerated() { position[s] = k }
+        rangePosition = position
     }
 
-    /// Shards whose range meets one of `ranges`, in shard order.
-    func shards(meeting ranges: [Range<Int64>]) -> [Int] {
-        var hit = Set<Int>()
+    /// Shards whose range meets one of `ranges`, in shard order, each with the fraction of its
+    /// range they cover (ranges do not overlap one another).
+    func shards(meeting ranges: [Range<Int64>]) -> [(shard: Int, covered: Double)] {
+        var hit: [Int: Int64] = [:]
         for r in ranges {
             // The first shard whose range ends after r starts.
             var a = 0, b = upper.count
@@ -133,10 +162,14 @@ struct PlannedDataset {
             }
             var k = a
             while k < lower.count && lower[k] < r.upperBound {
-                hit.insert(byRange[k])
+                let overlap = min(upper[k], r.upperBound) - max(lower[k], r.lowerBound)
+                hit[byRange[k], default: 0] += max(0, overlap)
                 k += 1
             }
         }
-        return hit.sorted()
+        return hit.keys.sorted().map { s in
+            let k = rangePosition[s]
+            return (s, min(1, Double(hit[s]!) / Double(max(1, upper[k] - lower[k]))))
+        }
     }
 }

@@ -33,14 +33,14 @@ extension SchedulerCore {
                 finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
                 return
             }
-            best.pinned.append(key)
+            best.pinned.append(key, job.lane)
             return
         }
         if let failed = job.failedOn[t] {
             // A retry after a failure or a deadline goes to a worker it has not failed on, if any.
             let others = workerOrder.compactMap { workers[$0] }.filter { !failed.contains($0.id) }
             if let best = others.min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) {
-                best.preferred.append(key)
+                best.preferred.append(key, job.lane)
                 return
             }
         }
@@ -61,11 +61,32 @@ extension SchedulerCore {
                 }
             }
             if let w = workers[bestWorker] {
-                w.preferred.append(key)
+                w.preferred.append(key, job.lane)
                 return
             }
         }
-        readyAnywhere.append(key)
+        readyAnywhere.append(key, job.lane)
+    }
+
+    /// Whether lane `a` is served before lane `b`: the more urgent class, then the user with
+    /// less recent worker time for their weight (fair share), then the user seen first.
+    func serves(_ a: Lane, before b: Lane) -> Bool {
+        if a.priority != b.priority { return a.priority.rawValue < b.priority.rawValue }
+        if a.user == b.user { return false }
+        let ra = fairShare.rank(a.user), rb = fairShare.rank(b.user)
+        return ra != rb ? ra < rb : a.user < b.user
+    }
+
+    /// The lane served first among those with queued keys in `queues`, down to class `lowest`.
+    func bestLane(_ queues: ReadyLanes..., lowest: PriorityClass) -> Lane? {
+        var best: Lane?
+        for q in queues {
+            for l in q.lanes.keys where l.priority.rawValue <= lowest.rawValue {
+                if let b = best, !serves(l, before: b) { continue }
+                best = l
+            }
+        }
+        return best
     }
 
     /// The job and task of a queued key, if it is still ready (queues keep stale keys of cancelled
@@ -88,12 +109,25 @@ extension SchedulerCore {
         return (job, t)
     }
 
-    mutating func nextOwnTask(_ w: WorkerRecord) -> (JobRecord, Int)? {
-        while let k = snapshotsReady.popFirst() { if let r = runnable(k) { return r } }
-        while let k = w.pinned.popFirst() { if let r = runnable(k) { return r } }
-        while let k = w.preferred.popFirst() { if let r = runnable(k) { return r } }
-        while let k = readyAnywhere.popFirst() { if let r = runnable(k) { return r } }
+    /// The next task for `w` from its own queues and the shared one: the best lane first
+    /// (class, then fair share); within a lane, tasks that must run here, then those that
+    /// prefer it, then those that may run anywhere. `lowest` bounds the class (a worker at its
+    /// in-flight limit still takes interactive tasks).
+    mutating func nextOwnTask(_ w: WorkerRecord, lowest: PriorityClass = .batch) -> (JobRecord, Int)? {
+        if lowest == .batch {
+            while let k = snapshotsReady.popFirst() { if let r = runnable(k) { return r } }
+        }
+        // Each turn pops one key, so this ends; stale keys are dropped as they come.
+        while let lane = bestLane(w.pinned, w.preferred, readyAnywhere, lowest: lowest) {
+            let key = w.pinned.popFirst(lane) ?? w.preferred.popFirst(lane) ?? readyAnywhere.popFirst(lane)
+            if let key, let r = runnable(key) { return r }
+        }
         return nil
+    }
+
+    /// Lanes of `q` with queued keys, the one served first first.
+    func lanesInOrder(_ q: ReadyLanes) -> [Lane] {
+        q.lanes.keys.sorted { serves($0, before: $1) }
     }
 
     /// An idle worker takes work queued for a busy one: first tasks that merely prefer it, then
@@ -103,33 +137,30 @@ extension SchedulerCore {
     mutating func stealTask(for w: WorkerRecord) -> (JobRecord, Int)? {
         for id in workerOrder where id != w.id {
             guard let other = workers[id], other.inFlight >= other.inFlightLimit(config) else { continue }
-            var skipped: [UInt64] = []
-            defer { other.preferred.append(contentsOf: skipped.reversed()) }
-            while let k = other.preferred.popLast() {
-                guard let (job, t) = runnable(k) else { continue }
-                // Not back to a worker this task already failed on.
-                if job.failedOn[t]?.contains(w.id) == true { skipped.append(k); continue }
-                return (job, t)
+            for lane in lanesInOrder(other.preferred) {
+                var skipped: [UInt64] = []
+                defer { other.preferred.append(contentsOf: skipped.reversed(), lane) }
+                while let k = other.preferred.popLast(lane) {
+                    guard let (job, t) = runnable(k) else { continue }
+                    // Not back to a worker this task already failed on.
+                    if job.failedOn[t]?.contains(w.id) == true { skipped.append(k); continue }
+                    return (job, t)
+                }
             }
         }
         for id in workerOrder where id != w.id {
             guard let other = workers[id], other.inFlight >= other.inFlightLimit(config), !other.pinned.isEmpty else { continue }
-            // From the back (the work it would reach last), looking a bounded way in.
-            var k = other.pinned.count - 1
-            let stop = Swift.max(0, other.pinned.count - 64)
-            while k >= stop {
-                let key = other.pinned[k]
-                guard let (job, t) = runnable(key) else {
-                    other.pinned.remove(at: k)
-                    k -= 1
-                    continue
+            for lane in lanesInOrder(other.pinned) {
+                // From the back (the work it would reach last), looking a bounded way in.
+                let taken = other.pinned.scanBack(lane, limit: 64) { key in
+                    guard let (job, t) = readyTask(key) else { return .drop }
+                    // Never back to a worker where this task already failed: its copy may be the bad one.
+                    if let dk = job.dataKeyName(t), holders[dk]?.contains(w.id) == true, job.failedOn[t]?.contains(w.id) != true {
+                        return .take
+                    }
+                    return .keep
                 }
-                // Never back to a worker where this task already failed: its copy may be the bad one.
-                if let dk = job.dataKeyName(t), holders[dk]?.contains(w.id) == true, job.failedOn[t]?.contains(w.id) != true {
-                    other.pinned.remove(at: k)
-                    return (job, t)
-                }
-                k -= 1
+                if let taken, let r = runnable(taken) { return r }
             }
         }
         return nil
@@ -146,8 +177,15 @@ extension SchedulerCore {
             while progress {
                 progress = false
                 for id in workerOrder {
-                    guard let w = workers[id], w.inFlight < limits[id]! else { continue }
-                    guard let (job, t) = stealing ? stealTask(for: w) : nextOwnTask(w) else { continue }
+                    guard let w = workers[id] else { continue }
+                    let limit = limits[id]!
+                    // Past its limit, a worker still takes interactive tasks, a few per thread:
+                    // it runs them ahead of what it has queued, so they wait only for the tasks
+                    // its threads are running.
+                    let atLimit = w.inFlight >= limit
+                    if atLimit && (stealing || w.inFlight >= limit + w.threads * config.interactiveInFlightPerThread) { continue }
+                    let next = stealing ? stealTask(for: w) : nextOwnTask(w, lowest: atLimit ? .interactive : .batch)
+                    guard let (job, t) = next else { continue }
                     assign(job, t, to: w)
                     progress = true
                 }
@@ -162,7 +200,7 @@ extension SchedulerCore {
     mutating func assign(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
         assignOne(job, t, to: w)
         var cur = t
-        let limit = w.inFlightLimit(config)
+        let limit = w.inFlightLimit(config) + (job.priority == .interactive ? w.threads * config.interactiveInFlightPerThread : 0)
         while w.inFlight < limit {
             let deps = job.dependentRange(cur)
             guard deps.count == 1 else { break }
@@ -178,6 +216,11 @@ extension SchedulerCore {
         job.worker[t] = w.id
         job.runs += 1
         job.runCount[t] &+= 1
+        // Fair share counts worker time from the moment a task is handed out (an estimate,
+        // corrected when it reports), so that users alternate while their tasks are in flight.
+        let estimate = UInt32(clamping: Int(w.meanTaskMicros.rounded()))
+        job.charged[t] = estimate
+        fairShare.charge(job.lane.user, micros: Double(estimate), now: lastNow)
         let key = TaskKey.make(job: job.id, task: UInt32(t))
         // Filled in below, once the input bytes are known.
         var deadline = job.taskTimeoutNs ?? config.taskDeadlineNs
@@ -193,6 +236,7 @@ extension SchedulerCore {
                 setup.dataChecksums = job.dataKeys.map { registeredShards[$0]?.checksum ?? 0 }
             }
             if job.directResults { setup.clientKey = job.clientKey }
+            setup.priority = job.priority.wire
             w.assignment.jobs.append(setup)
         }
         var flags: UInt32 = 0
@@ -246,7 +290,11 @@ extension SchedulerCore {
             w.deadlines.removeValue(forKey: key)
             w.tasksDone += 1
             tasksCompleted += 1
-            if hasCompute { w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n]) }
+            if hasCompute {
+                w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n])
+                fairShare.charge(job.lane.user, micros: Double(r.computeUs[n]) - Double(job.charged[t]), now: now)
+                job.charged[t] = 0
+            }
             job.resultBytes[t] = hasBytes ? UInt32(clamping: r.resultBytes[n]) : 0
             if job.directResults && job.isOutput[t] && !job.delivered[t] && !job.isSnapshot(t) {
                 // The value waits on this worker for the client to take it.
@@ -511,7 +559,7 @@ extension SchedulerCore {
             job.setUpOn.remove(id)
         }
         // Tasks queued for the departed worker go elsewhere.
-        for key in w.pinned + w.preferred {
+        for key in w.pinned.allKeys + w.preferred.allKeys {
             if let (job, t) = readyTask(key) { makeReady(job, t) }
         }
     }
@@ -576,6 +624,7 @@ extension SchedulerCore {
             if state == .jobDone && job.directResults { workers[id]?.finishedJobs.append(job.id) } else { workers[id]?.cancelledJobs.append(job.id) }
         }
         jobs.removeValue(forKey: job.id)
+        if let n = jobsPerUser[job.user] { jobsPerUser[job.user] = n > 1 ? n - 1 : nil }
         jobsWithResults.remove(job.id)
         progressiveJobs.remove(job.id)
         if state == .jobDone { jobsCompleted += 1 }
@@ -583,6 +632,7 @@ extension SchedulerCore {
         js.jobID = job.id
         js.name = job.name
         js.user = job.user
+        js.priority = job.priority.wire
         js.state = state
         js.taskCount = UInt64(job.graphTaskCount)
         js.tasksDone = UInt64(job.doneCount)

@@ -76,7 +76,11 @@ public struct SchedulerCore {
     var holders: [String: [WorkerID]] = [:]
     var jobs: [JobID: JobRecord] = [:]
     /// Ready tasks that may run anywhere.
-    var readyAnywhere: Deque<UInt64> = []
+    var readyAnywhere = ReadyLanes()
+    /// Each user's recent worker time, for fair share.
+    var fairShare: FairShare
+    /// Jobs running per user.
+    var jobsPerUser: [String: Int] = [:]
     /// Progressive snapshots ready to run, placed before any other queued task.
     var snapshotsReady: Deque<UInt64> = []
     var outbox: [OutgoingMessage] = []
@@ -130,6 +134,7 @@ public struct SchedulerCore {
 
     public init(config: SchedulerConfig = .init(), now: UInt64) {
         self.config = config
+        fairShare = FairShare(halfLifeNs: config.fairShareHalfLifeNs, weights: config.userWeights, now: now)
         startedAt = now
         nextJobID = max(1, config.firstJobID)
         lastSweep = now
@@ -291,7 +296,27 @@ public struct SchedulerCore {
     }
 
     mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, identity: ClientIdentity = .local) {
-        let user = identity.user
+        var user = identity.user
+        if !s.onBehalfOf.isEmpty && s.onBehalfOf != identity.user {
+            // A gateway submits for the users it authenticated; nobody else speaks for another user.
+            guard identity.isAdmin else {
+                send(.client(connection), errorEnvelope(
+                    .errorNotAllowed, "only an admin key may submit on behalf of another user; this key is user `\(identity.user)`", clientTag: s.clientTag))
+                return
+            }
+            if let why = Validate.name(s.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) {
+                send(.client(connection), errorEnvelope(.errorOverLimit, why, clientTag: s.clientTag))
+                return
+            }
+            user = s.onBehalfOf
+        }
+        if config.maxJobsPerUser > 0, jobsPerUser[user, default: 0] >= config.maxJobsPerUser {
+            send(.client(connection), errorEnvelope(
+                .errorOverBudget, "user `\(user)` has \(config.maxJobsPerUser) jobs running, the most one user may (scheduler --max-jobs-per-user); submit more as these finish",
+                clientTag: s.clientTag))
+            return
+        }
+        let priority = PriorityClass(s.priority)
         guard s.name.utf8.count <= Limits.jobNameCharacters else {
             send(.client(connection), errorEnvelope(.errorOverLimit, "a job name of \(s.name.utf8.count) bytes is over the limit of \(Limits.jobNameCharacters)", clientTag: s.clientTag))
             return
@@ -305,6 +330,7 @@ public struct SchedulerCore {
         }
         let graph: TaskGraph
         var progress: JobRecord.Progress?
+        var estimate: Tessera_V1_CostEstimate?
         do throws(ProtocolError) {
             switch s.work {
             case .graph(let spec):
@@ -322,7 +348,20 @@ public struct SchedulerCore {
                             .errorNotAllowed, "no worker of this cluster allows Python functions (they were started with --no-python)", clientTag: s.clientTag))
                         return
                     }
-                    graph = try expandCatalogQuery(q)
+                    if q.hasRows, q.rows.maxRows > config.maxRowsPerJob {
+                        send(.client(connection), errorEnvelope(
+                            .errorOverBudget, "a question may return at most \(config.maxRowsPerJob) rows on this cluster (scheduler --max-rows-per-job); this one asks for max_rows \(q.rows.maxRows)",
+                            clientTag: s.clientTag))
+                        return
+                    }
+                    let planned = try planCatalogQuery(q)
+                    graph = planned.graph
+                    estimate = planned.estimate
+                    if priority == .interactive, config.interactiveMaxRows > 0, planned.estimate.rows > config.interactiveMaxRows {
+                        send(.client(connection), errorEnvelope(.errorOverBudget, Self.overBudget(planned.estimate, dataset: q.dataset, budget: config.interactiveMaxRows),
+                                                                clientTag: s.clientTag))
+                        return
+                    }
                     progress = Self.progress(of: q, now: now)
                 } else {
                     graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
@@ -356,6 +395,10 @@ public struct SchedulerCore {
         nextJobID += 1
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
         job.user = user
+        job.priority = priority
+        job.lane = Lane(priority: priority, user: fairShare.id(of: user))
+        job.estimate = estimate
+        jobsPerUser[user, default: 0] += 1
         job.clientKey = identity.publicKey
         if s.taskTimeoutS > 0 { job.taskTimeoutNs = UInt64(s.taskTimeoutS * 1e9) }
         jobs[id] = job
@@ -369,6 +412,9 @@ public struct SchedulerCore {
         acc.taskCount = UInt64(job.graphTaskCount)
         acc.outputCount = UInt64(job.outputCount)
         acc.dataTasks = UInt64(graph.dataKey.lazy.filter { $0 != 0 }.count)
+        acc.priority = priority.wire
+        acc.user = user
+        if let estimate { acc.estimate = estimate }
         if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
             // A collect's outputs are its shard tasks, in order: each returns at most its shard's
             // rows, so a client can place every batch as it arrives.
@@ -595,7 +641,27 @@ public struct SchedulerCore {
             js.running = UInt64(j.runningCount)
             js.ready = UInt64(j.readyCount)
             js.seconds = Double(now &- j.submittedAt) / 1e9
+            js.priority = j.priority.wire
             s.jobs.append(js)
+        }
+        s.fairShareHalfLifeS = Double(config.fairShareHalfLifeNs) / 1e9
+        var runningTasks: [String: UInt64] = [:]
+        for j in jobs.values { runningTasks[j.user, default: 0] += UInt64(j.runningCount) }
+        for i in 0..<fairShare.userCount {
+            let name = fairShare.names[i]
+            guard identity.isAdmin || name == identity.user else { continue }
+            let usage = fairShare.usageSeconds(i, now: now)
+            let running = jobsPerUser[name] ?? 0
+            // Users long idle (usage decayed below a millisecond, nothing running) are left out.
+            guard running > 0 || usage >= 0.001 else { continue }
+            var u = Tessera_V1_UserShare()
+            u.user = name
+            u.weight = fairShare.weight(of: i)
+            u.usageSeconds = usage
+            u.share = fairShare.share(i)
+            u.jobs = UInt32(clamping: running)
+            u.runningTasks = runningTasks[name] ?? 0
+            s.users.append(u)
         }
         s.jobs.append(contentsOf: finishedJobs.filter { identity.isAdmin || $0.user == identity.user }.suffix(20))
         s.tasksCompleted = tasksCompleted

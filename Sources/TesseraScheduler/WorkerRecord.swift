@@ -35,9 +35,9 @@ final class WorkerRecord {
     var meanTaskMicros = 1_000.0
 
     /// Ready tasks that must run here (they read data only this worker and its replicas hold).
-    var pinned: Deque<UInt64> = []
+    var pinned = ReadyLanes()
     /// Ready tasks that prefer to run here (most of their input bytes are here); idle workers steal them.
-    var preferred: Deque<UInt64> = []
+    var preferred = ReadyLanes()
 
     // Outgoing, flushed once per event-loop turn.
     var assignment = Tessera_V1_AssignTasks()

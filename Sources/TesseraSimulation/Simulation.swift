@@ -94,15 +94,13 @@ public final class Simulation {
     }
 
     final class SimPool: TaskPool {
-        var queue: Deque<ExecutableTask> = []
+        var queue = PriorityTaskQueue()
         var running: [ExecutableTask?]
         /// When true the executor starts nothing (a stuck worker that still heartbeats).
         var stalled = false
         init(threads: Int) { running = Array(repeating: nil, count: threads) }
         func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
-            let taken = Array(queue.filter(predicate))
-            queue = Deque(queue.filter { !predicate($0) })
-            return taken
+            queue.take(where: predicate)
         }
         func forgetProfiles(jobs: Set<UInt32>) {}
     }

@@ -14,6 +14,55 @@ public struct ExecutableTask: Sendable {
     public var profile: UInt64
     /// The worker's registration it was assigned under: a completion of an earlier one is void.
     public var generation: UInt32 = 0
+    /// Its job's class (0 interactive, 1 normal, 2 batch): queued tasks of a lower value start first.
+    public var priority: UInt8 = 1
+
+    public init(key: UInt64, op: TaskOperator, context: OperatorContext, flags: UInt32, profile: UInt64, generation: UInt32 = 0,
+                priority: UInt8 = 1) {
+        self.key = key
+        self.op = op
+        self.context = context
+        self.flags = flags
+        self.profile = profile
+        self.generation = generation
+        self.priority = priority
+    }
+}
+
+/// Tasks waiting for a thread: the most urgent class first, each class in arrival order. An
+/// interactive task then waits only for the tasks the threads are running, never for the
+/// queued ones of a batch job.
+public struct PriorityTaskQueue: Sendable {
+    private var classes: [Deque<ExecutableTask>] = [[], [], []]
+
+    public init() {}
+
+    public var count: Int { classes[0].count + classes[1].count + classes[2].count }
+    public var isEmpty: Bool { classes.allSatisfy(\.isEmpty) }
+
+    public mutating func append(_ t: ExecutableTask) {
+        classes[Int(min(t.priority, 2))].append(t)
+    }
+
+    public mutating func append(contentsOf tasks: some Sequence<ExecutableTask>) {
+        for t in tasks { append(t) }
+    }
+
+    public mutating func popFirst() -> ExecutableTask? {
+        for c in classes.indices where !classes[c].isEmpty { return classes[c].popFirst() }
+        return nil
+    }
+
+    /// Removes and returns the queued tasks matching `predicate`, most urgent first.
+    public mutating func take(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
+        var taken: [ExecutableTask] = []
+        for c in classes.indices {
+            var kept = Deque<ExecutableTask>()
+            for t in classes[c] { if predicate(t) { taken.append(t) } else { kept.append(t) } }
+            classes[c] = kept
+        }
+        return taken
+    }
 }
 
 /// What running a task produced.
@@ -52,7 +101,7 @@ extension TaskPool {
 /// event loop drains; `wake` tells the loop there is something to drain (it is called only when
 /// the list goes from empty to non-empty, so a burst of completions costs one wake-up).
 public final class ExecutorPool: TaskPool, Sendable {
-    private let queue = LockedBox<Deque<ExecutableTask>>([])
+    private let queue = LockedBox<PriorityTaskQueue>(PriorityTaskQueue())
     private let available = DispatchSemaphore(value: 0)
     private let completions = LockedBox<[Completion]>([])
     private let running = Atomic<Int>(0)
@@ -91,13 +140,7 @@ public final class ExecutorPool: TaskPool, Sendable {
 
     /// Takes back queued tasks that have not started (all of them, or those matching `where`).
     public func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
-        queue.withLock { q in
-            var taken: [ExecutableTask] = []
-            var kept = Deque<ExecutableTask>()
-            for t in q { if predicate(t) { taken.append(t) } else { kept.append(t) } }
-            q = kept
-            return taken
-        }
+        queue.withLock { $0.take(where: predicate) }
     }
 
     /// Drops the duration records of finished jobs.

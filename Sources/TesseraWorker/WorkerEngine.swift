@@ -65,6 +65,8 @@ public struct WorkerEngine {
         var dataChecksums: [UInt64] = []
         /// For direct results: the key of the client that may take them.
         var clientKey = ""
+        /// The job's class: its tasks queue by it.
+        var priority: UInt8 = 1
     }
 
     /// A job's direct results held here until its client takes them.
@@ -300,7 +302,8 @@ public struct WorkerEngine {
     public mutating func assign(_ a: Tessera_V1_AssignTasks, now: UInt64) -> [WorkerAction] {
         for s in a.jobs {
             jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys,
-                                     dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [], clientKey: s.clientKey)
+                                     dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [], clientKey: s.clientKey,
+                                     priority: PriorityClass(s.priority).rawValue)
         }
         var peers: [WorkerID: String] = [:]
         for p in a.peers {
@@ -411,7 +414,8 @@ public struct WorkerEngine {
         var ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
                                   dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
         if dataKey != nil, Int(t.dataKey) <= setup.dataChecksums.count { ctx.dataChecksum = setup.dataChecksums[Int(t.dataKey) - 1] }
-        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op), generation: generation)
+        return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op), generation: generation,
+                              priority: setup.priority)
     }
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {

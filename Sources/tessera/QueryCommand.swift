@@ -137,6 +137,24 @@ struct OutputOptions: ParsableArguments {
     }
 }
 
+/// How a job shares the cluster: its class, and whom it is for.
+struct JobOptions: ParsableArguments {
+    @Option(help: "The job's class: interactive (first; must fit the interactive budget), normal, or batch (runs in what the others leave).")
+    var priority: String = "normal"
+
+    @Option(help: "Run the job for this user (an admin key only, or a cluster without keys, where it tags jobs for fair share).")
+    var user: String?
+
+    func validate() throws {
+        guard PriorityClass(name: priority) != nil else { throw ValidationError("--priority must be interactive, normal or batch, not `\(priority)`") }
+    }
+
+    func apply(to conn: SchedulerConnection) {
+        conn.priority = PriorityClass(name: priority) ?? .normal
+        if let user { conn.onBehalfOf = user }
+    }
+}
+
 struct QueryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "query",
@@ -153,19 +171,21 @@ struct QueryCommand: ParsableCommand {
 
     @OptionGroup var query: QueryOptions
     @OptionGroup var out: OutputOptions
+    @OptionGroup var job: JobOptions
 
     @OptionGroup var target: SchedulerTarget
 
     func run() throws {
         var q = try query.query()
         if out.progress { q = q.progressive() }
-        try runQuery(q, target: target, out: out)
+        try runQuery(q, target: target, out: out, job: job)
     }
 }
 
 /// Runs a question and writes its answer; with `--progress`, partial answers go to stderr.
-func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions) throws {
+func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, job: JobOptions) throws {
     let conn = try target.connect()
+    job.apply(to: conn)
     let final = try conn.run(q, onUpdate: { u in
         guard out.progress else { return }
         let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
@@ -191,6 +211,7 @@ struct SubmitCommand: ParsableCommand {
     var plan: String
 
     @OptionGroup var out: OutputOptions
+    @OptionGroup var job: JobOptions
 
     @OptionGroup var target: SchedulerTarget
 
@@ -201,7 +222,7 @@ struct SubmitCommand: ParsableCommand {
         do { p = try CatalogQueryPlan(jsonString: text) } catch { throw ValidationError("\(plan) is not a catalog plan: \(error)") }
         var q = CatalogQuery(plan: p)
         if out.progress { q = q.progressive() }
-        try runQuery(q, target: target, out: out)
+        try runQuery(q, target: target, out: out, job: job)
     }
 }
 

@@ -50,8 +50,15 @@ enum StatusReport {
             case .jobCancelled: "cancelled"
             default: "?"
             }
-            out += pad(["\(j.jobID)", j.name.isEmpty ? "-" : j.name, "user \(j.user.isEmpty ? "-" : j.user)", state, "\(j.tasksDone)/\(j.taskCount) tasks",
-                        "\(j.running) running", String(format: "%.2f s", j.seconds)]) + "\n"
+            let share = s.users.first { $0.user == j.user }.map { String(format: "share %.0f%%", 100 * $0.share) } ?? "share -"
+            out += pad(["\(j.jobID)", j.name.isEmpty ? "-" : j.name, "user \(j.user.isEmpty ? "-" : j.user)", PriorityClass(j.priority).description, share,
+                        state, "\(j.tasksDone)/\(j.taskCount) tasks", "\(j.running) running", String(format: "%.2f s", j.seconds)]) + "\n"
+        }
+        out += "\nusers (fair share: worker time, half-life \(String(format: "%.0f", s.fairShareHalfLifeS)) s):\n"
+        if s.users.isEmpty { out += "  (none)\n" }
+        for u in s.users {
+            out += pad([u.user, String(format: "share %.1f%%", 100 * u.share), String(format: "%.2f worker s", u.usageSeconds),
+                        String(format: "weight %g", u.weight), "\(u.jobs) jobs", "\(u.runningTasks) tasks running"]) + "\n"
         }
         return out
     }

@@ -12,8 +12,10 @@ import ZeroMQ
 public enum TestCluster {
     public static func start(workers: Int = 2, threads: Int = 1, heartbeatMs: Int = 100, workerTimeoutMs: Int = 800,
                              dataDirectory: String? = nil, orphanGraceSeconds: Double? = nil, supervise: Bool = false,
-                             clientTimeoutSeconds: Double? = nil, memoryLimitMb: Int? = nil) throws -> LocalCluster {
+                             clientTimeoutSeconds: Double? = nil, memoryLimitMb: Int? = nil,
+                             schedulerArguments: [String] = []) throws -> LocalCluster {
         var o = LocalCluster.Options()
+        o.schedulerArguments = schedulerArguments
         // A test that kills a daemon usually wants it to stay dead.
         o.supervise = supervise
         o.clientTimeoutSeconds = clientTimeoutSeconds

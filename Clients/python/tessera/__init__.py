@@ -15,6 +15,7 @@ from .errors import (
     JobFailed,
     NotAllowed,
     OverLimit,
+    OverBudget,
     ProtocolError,
     PythonFunctionError,
     QueryError,
@@ -26,6 +27,6 @@ from .errors import (
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Catalog", "Query", "GroupBy", "Partial", "LocalCluster",
-    "TesseraError", "ProtocolError", "SchedulerUnavailable", "QueryError", "NotAllowed", "OverLimit",
+    "TesseraError", "ProtocolError", "SchedulerUnavailable", "QueryError", "NotAllowed", "OverLimit", "OverBudget",
     "JobFailed", "JobCancelled", "SchedulerRestarted", "PythonFunctionError",
 ]

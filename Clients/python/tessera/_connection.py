@@ -158,7 +158,8 @@ class Connection:
             f"({'with the key ' + self.credentials.path if self.credentials else 'without a key'}): "
             "start one (`tessera local`, or tessera.LocalCluster()), or check the address and key"))
 
-    def submit(self, plan=None, graph=None, name: str = "", task_timeout: float = 0.0, direct: bool = False) -> tessera_pb2.JobAccepted:
+    def submit(self, plan=None, graph=None, name: str = "", task_timeout: float = 0.0, direct: bool = False,
+               priority: int = 0, on_behalf_of: str = "") -> tessera_pb2.JobAccepted:
         tag = next(self._tags)
         env = tessera_pb2.Envelope()
         s = env.submit_job
@@ -169,6 +170,8 @@ class Connection:
         if task_timeout:
             s.task_timeout_s = task_timeout
         s.direct_results = direct
+        s.priority = priority
+        s.on_behalf_of = on_behalf_of
         reply = self._request(env, tag, ACCEPT_TIMEOUT_SECONDS,
                               f"the scheduler at {self.endpoint} did not accept the job within {ACCEPT_TIMEOUT_SECONDS:g} s")
         if reply.WhichOneof("body") == "error":

@@ -112,6 +112,11 @@ class Partial:
         return 1.0 if self.shards_total == 0 else min(1.0, self.shards_done / self.shards_total)
 
 
+# The wire's PriorityClass values by name.
+_PRIORITIES = {"interactive": tessera_pb2.PRIORITY_INTERACTIVE, "normal": tessera_pb2.PRIORITY_NORMAL,
+               "batch": tessera_pb2.PRIORITY_BATCH}
+
+
 class Client:
     """A connection to a Tessera cluster.
 
@@ -122,7 +127,8 @@ class Client:
     """
 
     def __init__(self, address=None, *, key: Optional[str] = None, timeout: float = 5.0, progress: bool = True,
-                 direct_results: bool = True, same_host_results: bool = True):
+                 direct_results: bool = True, same_host_results: bool = True, priority: str = "normal",
+                 on_behalf_of: str = ""):
         credentials = ...
         if hasattr(address, "endpoint") and hasattr(address, "key_path"):
             if getattr(address, "insecure", False) and key is None:
@@ -136,6 +142,13 @@ class Client:
         # Rows and Python values are taken straight from the workers (their peer endpoints must
         # be reachable from here); False sends them through the scheduler instead.
         self.direct_results = direct_results
+        # The class of this client's jobs: "interactive" (first, within the cluster's interactive
+        # budget), "normal", or "batch" (runs in what the others leave). `on_behalf_of` names the
+        # user jobs run for: admin keys only (a gateway), or a cluster without keys (a tag).
+        if priority not in _PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(_PRIORITIES)}, not {priority!r}")
+        self.priority = priority
+        self.on_behalf_of = on_behalf_of
         self._conn = Connection(self.endpoint, find_credentials(key) if credentials is ... else credentials, timeout)
         # A worker on this host running as this user hands results over its own ipc:// socket
         # (no encryption to pay); False takes them over CURVE like a remote client.
@@ -190,7 +203,10 @@ class Client:
         workers and the I/O thread takes each straight from its worker, one hop instead of two."""
         show = self.progress if progress is None else progress
         direct = direct and self.direct_results
-        accepted = self._conn.submit(plan, name=name or f"python {plan.dataset}", task_timeout=task_timeout, direct=direct)
+        if self.priority not in _PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(_PRIORITIES)}, not {self.priority!r}")
+        accepted = self._conn.submit(plan, name=name or f"python {plan.dataset}", task_timeout=task_timeout, direct=direct,
+                                     priority=_PRIORITIES[self.priority], on_behalf_of=self.on_behalf_of)
         job = accepted.job_id
         total = accepted.data_tasks or accepted.output_count
         bar = None

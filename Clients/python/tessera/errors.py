@@ -38,6 +38,12 @@ class OverLimit(TesseraError):
     """Something in the request is over one of the cluster's documented limits."""
 
 
+class OverBudget(OverLimit):
+    """Admission control refused the question: an interactive question expected to read more than
+    the cluster's interactive budget (the message has the estimate; ask it as normal or batch, or
+    narrow the region), or a user over their limit of running jobs or returned rows."""
+
+
 class JobFailed(TesseraError):
     """The job ran and failed (the message says which task, and why)."""
 
@@ -60,6 +66,7 @@ _BY_CODE = {
     "ERROR_UNKNOWN_OPERATOR": QueryError,
     "ERROR_NOT_ALLOWED": NotAllowed,
     "ERROR_OVER_LIMIT": OverLimit,
+    "ERROR_OVER_BUDGET": OverBudget,
     "ERROR_SCHEDULER_RESTARTED": SchedulerRestarted,
     "ERROR_MALFORMED_MESSAGE": ProtocolError,
     "ERROR_UNSUPPORTED_VERSION": ProtocolError,

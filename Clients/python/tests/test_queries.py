@@ -233,3 +233,19 @@ def test_a_wrong_key_is_refused(cluster, tmp_path):
     key.write_text(f"name = stranger\nrole = user\npublic-key = {pub.decode()}\nsecret-key = {sec.decode()}\nscheduler-key = {sched}\n")
     with pytest.raises(tessera.SchedulerUnavailable):
         tessera.Client(cluster.endpoint, key=str(key), timeout=1.5)
+
+
+def test_class_and_user_reach_the_scheduler(cluster):
+    from tessera.v1 import tessera_pb2
+
+    # The local key is an admin's, so it may run jobs for another user (as a gateway does).
+    with tessera.Client(cluster, priority="batch", on_behalf_of="carol", progress=False) as c:
+        assert c.catalog("object").count() == ROWS
+        done = [j for j in c.status().jobs if j.user == "carol"]
+        assert done and all(j.priority == tessera_pb2.PRIORITY_BATCH for j in done)
+        assert any(u.user == "carol" and u.usage_seconds > 0 for u in c.status().users)
+    with pytest.raises(ValueError, match="priority must be one of"):
+        tessera.Client(cluster, priority="urgent")
+    with tessera.Client(cluster, on_behalf_of="not a name", progress=False) as c:
+        with pytest.raises(tessera.OverLimit, match="user name"):
+            c.catalog("object").count()

@@ -182,6 +182,46 @@ public nonisolated enum Tessera_V1_FailureKind: SwiftProtobuf.Enum, Swift.CaseIt
 
 }
 
+/// Priority classes, most urgent first in effect: interactive (a portal or a person waiting
+/// on a small answer), normal (the default), batch (scripted, overnight).
+public nonisolated enum Tessera_V1_PriorityClass: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case priorityNormal // = 0
+  case priorityInteractive // = 1
+  case priorityBatch // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .priorityNormal
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .priorityNormal
+    case 1: self = .priorityInteractive
+    case 2: self = .priorityBatch
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .priorityNormal: return 0
+    case .priorityInteractive: return 1
+    case .priorityBatch: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Tessera_V1_PriorityClass] = [
+    .priorityNormal,
+    .priorityInteractive,
+    .priorityBatch,
+  ]
+
+}
+
 public nonisolated enum Tessera_V1_JobState: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case jobRunning // = 0
@@ -246,6 +286,9 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
 
   /// no live worker holds data the job reads (yet: workers may be re-registering)
   case errorDataUnavailable // = 11
+
+  /// admission control: the question costs more than its class or its user may spend
+  case errorOverBudget // = 12
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -266,6 +309,7 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case 9: self = .errorOverLimit
     case 10: self = .errorSchedulerRestarted
     case 11: self = .errorDataUnavailable
+    case 12: self = .errorOverBudget
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -284,6 +328,7 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     case .errorOverLimit: return 9
     case .errorSchedulerRestarted: return 10
     case .errorDataUnavailable: return 11
+    case .errorOverBudget: return 12
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -302,275 +347,288 @@ public nonisolated enum Tessera_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
     .errorOverLimit,
     .errorSchedulerRestarted,
     .errorDataUnavailable,
+    .errorOverBudget,
   ]
 
 }
 
 /// The header frame of every message.
-public nonisolated struct Tessera_V1_Envelope: Sendable {
+public nonisolated struct Tessera_V1_Envelope: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// The protocol version the sender speaks. Receivers reject versions they do not speak.
-  public var version: UInt32 = 0
+  public var version: UInt32 {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
 
   /// One entry per bulk frame that follows the header, in order.
-  public var frames: [Tessera_V1_FrameInfo] = []
+  public var frames: [Tessera_V1_FrameInfo] {
+    get {_storage._frames}
+    set {_uniqueStorage()._frames = newValue}
+  }
 
   /// The scheduler's epoch: a new one at every scheduler start (kept in its registry). The
   /// scheduler stamps it on everything it sends; workers and clients stamp the epoch they last
   /// heard. A worker message of another epoch is refused with "register again"; a client's
   /// heartbeat for jobs of another epoch is answered "the scheduler restarted; the job was lost".
-  public var epoch: UInt64 = 0
+  public var epoch: UInt64 {
+    get {_storage._epoch}
+    set {_uniqueStorage()._epoch = newValue}
+  }
 
-  public var body: Tessera_V1_Envelope.OneOf_Body? = nil
+  public var body: OneOf_Body? {
+    get {return _storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   /// worker -> scheduler
   public var registerWorker: Tessera_V1_RegisterWorker {
     get {
-      if case .registerWorker(let v)? = body {return v}
+      if case .registerWorker(let v)? = _storage._body {return v}
       return Tessera_V1_RegisterWorker()
     }
-    set {body = .registerWorker(newValue)}
+    set {_uniqueStorage()._body = .registerWorker(newValue)}
   }
 
   public var heartbeat: Tessera_V1_Heartbeat {
     get {
-      if case .heartbeat(let v)? = body {return v}
+      if case .heartbeat(let v)? = _storage._body {return v}
       return Tessera_V1_Heartbeat()
     }
-    set {body = .heartbeat(newValue)}
+    set {_uniqueStorage()._body = .heartbeat(newValue)}
   }
 
   public var taskReport: Tessera_V1_TaskReport {
     get {
-      if case .taskReport(let v)? = body {return v}
+      if case .taskReport(let v)? = _storage._body {return v}
       return Tessera_V1_TaskReport()
     }
-    set {body = .taskReport(newValue)}
+    set {_uniqueStorage()._body = .taskReport(newValue)}
   }
 
   public var deregister: Tessera_V1_Deregister {
     get {
-      if case .deregister(let v)? = body {return v}
+      if case .deregister(let v)? = _storage._body {return v}
       return Tessera_V1_Deregister()
     }
-    set {body = .deregister(newValue)}
+    set {_uniqueStorage()._body = .deregister(newValue)}
   }
 
   /// scheduler -> worker
   public var registerAck: Tessera_V1_RegisterAck {
     get {
-      if case .registerAck(let v)? = body {return v}
+      if case .registerAck(let v)? = _storage._body {return v}
       return Tessera_V1_RegisterAck()
     }
-    set {body = .registerAck(newValue)}
+    set {_uniqueStorage()._body = .registerAck(newValue)}
   }
 
   public var assignTasks: Tessera_V1_AssignTasks {
     get {
-      if case .assignTasks(let v)? = body {return v}
+      if case .assignTasks(let v)? = _storage._body {return v}
       return Tessera_V1_AssignTasks()
     }
-    set {body = .assignTasks(newValue)}
+    set {_uniqueStorage()._body = .assignTasks(newValue)}
   }
 
   public var releaseResults: Tessera_V1_ReleaseResults {
     get {
-      if case .releaseResults(let v)? = body {return v}
+      if case .releaseResults(let v)? = _storage._body {return v}
       return Tessera_V1_ReleaseResults()
     }
-    set {body = .releaseResults(newValue)}
+    set {_uniqueStorage()._body = .releaseResults(newValue)}
   }
 
   public var cancelTasks: Tessera_V1_CancelTasks {
     get {
-      if case .cancelTasks(let v)? = body {return v}
+      if case .cancelTasks(let v)? = _storage._body {return v}
       return Tessera_V1_CancelTasks()
     }
-    set {body = .cancelTasks(newValue)}
+    set {_uniqueStorage()._body = .cancelTasks(newValue)}
   }
 
   public var expectShards: Tessera_V1_ExpectShards {
     get {
-      if case .expectShards(let v)? = body {return v}
+      if case .expectShards(let v)? = _storage._body {return v}
       return Tessera_V1_ExpectShards()
     }
-    set {body = .expectShards(newValue)}
+    set {_uniqueStorage()._body = .expectShards(newValue)}
   }
 
   public var removeShards: Tessera_V1_RemoveShards {
     get {
-      if case .removeShards(let v)? = body {return v}
+      if case .removeShards(let v)? = _storage._body {return v}
       return Tessera_V1_RemoveShards()
     }
-    set {body = .removeShards(newValue)}
+    set {_uniqueStorage()._body = .removeShards(newValue)}
   }
 
   public var peerKeys: Tessera_V1_PeerKeys {
     get {
-      if case .peerKeys(let v)? = body {return v}
+      if case .peerKeys(let v)? = _storage._body {return v}
       return Tessera_V1_PeerKeys()
     }
-    set {body = .peerKeys(newValue)}
+    set {_uniqueStorage()._body = .peerKeys(newValue)}
   }
 
   /// worker <-> worker (peer transfer)
   public var fetchRequest: Tessera_V1_FetchRequest {
     get {
-      if case .fetchRequest(let v)? = body {return v}
+      if case .fetchRequest(let v)? = _storage._body {return v}
       return Tessera_V1_FetchRequest()
     }
-    set {body = .fetchRequest(newValue)}
+    set {_uniqueStorage()._body = .fetchRequest(newValue)}
   }
 
   public var fetchReply: Tessera_V1_FetchReply {
     get {
-      if case .fetchReply(let v)? = body {return v}
+      if case .fetchReply(let v)? = _storage._body {return v}
       return Tessera_V1_FetchReply()
     }
-    set {body = .fetchReply(newValue)}
+    set {_uniqueStorage()._body = .fetchReply(newValue)}
   }
 
   /// client -> scheduler
   public var submitJob: Tessera_V1_SubmitJob {
     get {
-      if case .submitJob(let v)? = body {return v}
+      if case .submitJob(let v)? = _storage._body {return v}
       return Tessera_V1_SubmitJob()
     }
-    set {body = .submitJob(newValue)}
+    set {_uniqueStorage()._body = .submitJob(newValue)}
   }
 
   public var cancelJob: Tessera_V1_CancelJob {
     get {
-      if case .cancelJob(let v)? = body {return v}
+      if case .cancelJob(let v)? = _storage._body {return v}
       return Tessera_V1_CancelJob()
     }
-    set {body = .cancelJob(newValue)}
+    set {_uniqueStorage()._body = .cancelJob(newValue)}
   }
 
   public var statusRequest: Tessera_V1_StatusRequest {
     get {
-      if case .statusRequest(let v)? = body {return v}
+      if case .statusRequest(let v)? = _storage._body {return v}
       return Tessera_V1_StatusRequest()
     }
-    set {body = .statusRequest(newValue)}
+    set {_uniqueStorage()._body = .statusRequest(newValue)}
   }
 
   public var ping: Tessera_V1_Ping {
     get {
-      if case .ping(let v)? = body {return v}
+      if case .ping(let v)? = _storage._body {return v}
       return Tessera_V1_Ping()
     }
-    set {body = .ping(newValue)}
+    set {_uniqueStorage()._body = .ping(newValue)}
   }
 
   public var clientHeartbeat: Tessera_V1_ClientHeartbeat {
     get {
-      if case .clientHeartbeat(let v)? = body {return v}
+      if case .clientHeartbeat(let v)? = _storage._body {return v}
       return Tessera_V1_ClientHeartbeat()
     }
-    set {body = .clientHeartbeat(newValue)}
+    set {_uniqueStorage()._body = .clientHeartbeat(newValue)}
   }
 
   /// scheduler -> client
   public var jobAccepted: Tessera_V1_JobAccepted {
     get {
-      if case .jobAccepted(let v)? = body {return v}
+      if case .jobAccepted(let v)? = _storage._body {return v}
       return Tessera_V1_JobAccepted()
     }
-    set {body = .jobAccepted(newValue)}
+    set {_uniqueStorage()._body = .jobAccepted(newValue)}
   }
 
   public var jobResults: Tessera_V1_JobResults {
     get {
-      if case .jobResults(let v)? = body {return v}
+      if case .jobResults(let v)? = _storage._body {return v}
       return Tessera_V1_JobResults()
     }
-    set {body = .jobResults(newValue)}
+    set {_uniqueStorage()._body = .jobResults(newValue)}
   }
 
   public var jobFinished: Tessera_V1_JobFinished {
     get {
-      if case .jobFinished(let v)? = body {return v}
+      if case .jobFinished(let v)? = _storage._body {return v}
       return Tessera_V1_JobFinished()
     }
-    set {body = .jobFinished(newValue)}
+    set {_uniqueStorage()._body = .jobFinished(newValue)}
   }
 
   public var statusReply: Tessera_V1_StatusReply {
     get {
-      if case .statusReply(let v)? = body {return v}
+      if case .statusReply(let v)? = _storage._body {return v}
       return Tessera_V1_StatusReply()
     }
-    set {body = .statusReply(newValue)}
+    set {_uniqueStorage()._body = .statusReply(newValue)}
   }
 
   public var pong: Tessera_V1_Pong {
     get {
-      if case .pong(let v)? = body {return v}
+      if case .pong(let v)? = _storage._body {return v}
       return Tessera_V1_Pong()
     }
-    set {body = .pong(newValue)}
+    set {_uniqueStorage()._body = .pong(newValue)}
   }
 
   /// ingest: client -> scheduler, scheduler -> client, client -> worker, worker -> client
   public var ingestBegin: Tessera_V1_IngestBegin {
     get {
-      if case .ingestBegin(let v)? = body {return v}
+      if case .ingestBegin(let v)? = _storage._body {return v}
       return Tessera_V1_IngestBegin()
     }
-    set {body = .ingestBegin(newValue)}
+    set {_uniqueStorage()._body = .ingestBegin(newValue)}
   }
 
   public var ingestPlan: Tessera_V1_IngestPlan {
     get {
-      if case .ingestPlan(let v)? = body {return v}
+      if case .ingestPlan(let v)? = _storage._body {return v}
       return Tessera_V1_IngestPlan()
     }
-    set {body = .ingestPlan(newValue)}
+    set {_uniqueStorage()._body = .ingestPlan(newValue)}
   }
 
   public var storeShard: Tessera_V1_StoreShard {
     get {
-      if case .storeShard(let v)? = body {return v}
+      if case .storeShard(let v)? = _storage._body {return v}
       return Tessera_V1_StoreShard()
     }
-    set {body = .storeShard(newValue)}
+    set {_uniqueStorage()._body = .storeShard(newValue)}
   }
 
   public var shardStored: Tessera_V1_ShardStored {
     get {
-      if case .shardStored(let v)? = body {return v}
+      if case .shardStored(let v)? = _storage._body {return v}
       return Tessera_V1_ShardStored()
     }
-    set {body = .shardStored(newValue)}
+    set {_uniqueStorage()._body = .shardStored(newValue)}
   }
 
   public var ingestCommit: Tessera_V1_IngestCommit {
     get {
-      if case .ingestCommit(let v)? = body {return v}
+      if case .ingestCommit(let v)? = _storage._body {return v}
       return Tessera_V1_IngestCommit()
     }
-    set {body = .ingestCommit(newValue)}
+    set {_uniqueStorage()._body = .ingestCommit(newValue)}
   }
 
   public var ingestCommitted: Tessera_V1_IngestCommitted {
     get {
-      if case .ingestCommitted(let v)? = body {return v}
+      if case .ingestCommitted(let v)? = _storage._body {return v}
       return Tessera_V1_IngestCommitted()
     }
-    set {body = .ingestCommitted(newValue)}
+    set {_uniqueStorage()._body = .ingestCommitted(newValue)}
   }
 
   /// any direction
   public var error: Tessera_V1_ErrorReply {
     get {
-      if case .error(let v)? = body {return v}
+      if case .error(let v)? = _storage._body {return v}
       return Tessera_V1_ErrorReply()
     }
-    set {body = .error(newValue)}
+    set {_uniqueStorage()._body = .error(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -617,6 +675,8 @@ public nonisolated struct Tessera_V1_Envelope: Sendable {
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// How one bulk frame is encoded.
@@ -822,6 +882,9 @@ public nonisolated struct Tessera_V1_JobSetup: Sendable {
   /// For a job with direct results: the CURVE public key (Z85) of its client, which the worker's
   /// peer endpoint admits to take that job's results (empty on an insecure cluster).
   public var clientKey: String = String()
+
+  /// The job's class: a worker runs queued tasks of a more urgent class first.
+  public var priority: Tessera_V1_PriorityClass = .priorityNormal
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1201,6 +1264,14 @@ public nonisolated struct Tessera_V1_SubmitJob: Sendable {
   /// minutes of the job's end are dropped.
   public var directResults: Bool = false
 
+  /// How urgent it is: the scheduler runs ready tasks by class, then by fair share among users.
+  public var priority: Tessera_V1_PriorityClass = .priorityNormal
+
+  /// Whom the job is for, when that is not the connection's own user: allowed on a cluster
+  /// without keys (a tag until authentication exists) and for admin keys (a gateway submitting
+  /// on behalf of its users). Empty: the connection's user.
+  public var onBehalfOf: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -1208,6 +1279,25 @@ public nonisolated struct Tessera_V1_SubmitJob: Sendable {
     case plan(Tessera_V1_Plan)
 
   }
+
+  public init() {}
+}
+
+/// What the scheduler expects a catalog question to read, from the registry after pruning.
+public nonisolated struct Tessera_V1_CostEstimate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var shards: UInt64 = 0
+
+  /// Rows of the shards it reads, scaled by the part of each shard's sky the region covers.
+  public var rows: UInt64 = 0
+
+  /// Stored bytes, scaled the same way.
+  public var bytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1232,9 +1322,26 @@ public nonisolated struct Tessera_V1_JobAccepted: Sendable {
   /// holds, which is the most it returns. Empty otherwise.
   public var dataTaskRows: [UInt64] = []
 
+  /// For a catalog question: what it is expected to read.
+  public var estimate: Tessera_V1_CostEstimate {
+    get {_estimate ?? Tessera_V1_CostEstimate()}
+    set {_estimate = newValue}
+  }
+  /// Returns true if `estimate` has been explicitly set.
+  public var hasEstimate: Bool {self._estimate != nil}
+  /// Clears the value of `estimate`. Subsequent reads from it will return its default value.
+  public mutating func clearEstimate() {self._estimate = nil}
+
+  public var priority: Tessera_V1_PriorityClass = .priorityNormal
+
+  /// Whom it runs for.
+  public var user: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _estimate: Tessera_V1_CostEstimate? = nil
 }
 
 /// Output values of a job, streamed while it runs. Each value's key carries the task index.
@@ -1399,6 +1506,34 @@ public nonisolated struct Tessera_V1_JobStatus: Sendable {
   /// who submitted it (from authentication)
   public var user: String = String()
 
+  public var priority: Tessera_V1_PriorityClass = .priorityNormal
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One user's part of the cluster's recent worker time (decayed with the fair-share half-life).
+public nonisolated struct Tessera_V1_UserShare: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var user: String = String()
+
+  public var weight: Double = 0
+
+  /// Worker seconds, decayed: what fair share orders users by (divided by the weight).
+  public var usageSeconds: Double = 0
+
+  /// This user's fraction of every user's decayed usage.
+  public var share: Double = 0
+
+  /// running now
+  public var jobs: UInt32 = 0
+
+  public var runningTasks: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1431,6 +1566,11 @@ public nonisolated struct Tessera_V1_StatusReply: Sendable {
   public var jobsAbandoned: UInt64 = 0
 
   public var tasksTimedOut: UInt64 = 0
+
+  /// Users with jobs now or recent usage, those visible to the asker (an admin sees all).
+  public var users: [Tessera_V1_UserShare] = []
+
+  public var fairShareHalfLifeS: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1785,567 +1925,613 @@ nonisolated extension Tessera_V1_FailureKind: SwiftProtobuf._ProtoNameProviding 
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0FAILURE_OPERATOR\0\u{1}FAILURE_MISSING_INPUT\0\u{1}FAILURE_UNKNOWN_OPERATOR\0\u{1}FAILURE_REFUSED\0")
 }
 
+nonisolated extension Tessera_V1_PriorityClass: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PRIORITY_NORMAL\0\u{1}PRIORITY_INTERACTIVE\0\u{1}PRIORITY_BATCH\0")
+}
+
 nonisolated extension Tessera_V1_JobState: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_RUNNING\0\u{1}JOB_DONE\0\u{1}JOB_FAILED\0\u{1}JOB_CANCELLED\0")
 }
 
 nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0\u{1}ERROR_REGISTRATION_REFUSED\0\u{1}ERROR_OVER_LIMIT\0\u{1}ERROR_SCHEDULER_RESTARTED\0\u{1}ERROR_DATA_UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_MALFORMED_MESSAGE\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_UNKNOWN_WORKER\0\u{1}ERROR_INVALID_GRAPH\0\u{1}ERROR_UNKNOWN_OPERATOR\0\u{1}ERROR_UNKNOWN_JOB\0\u{1}ERROR_NOT_ALLOWED\0\u{1}ERROR_REGISTRATION_REFUSED\0\u{1}ERROR_OVER_LIMIT\0\u{1}ERROR_SCHEDULER_RESTARTED\0\u{1}ERROR_DATA_UNAVAILABLE\0\u{1}ERROR_OVER_BUDGET\0")
 }
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{1}epoch\0\u{4}\u{7}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{3}client_heartbeat\0\u{4}\u{6}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
 
+  fileprivate class _StorageClass {
+    var _version: UInt32 = 0
+    var _frames: [Tessera_V1_FrameInfo] = []
+    var _epoch: UInt64 = 0
+    var _body: Tessera_V1_Envelope.OneOf_Body?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _version = source._version
+      _frames = source._frames
+      _epoch = source._epoch
+      _body = source._body
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
-      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.frames) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
-      case 10: try {
-        var v: Tessera_V1_RegisterWorker?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .registerWorker(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._version) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._frames) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._epoch) }()
+        case 10: try {
+          var v: Tessera_V1_RegisterWorker?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerWorker(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerWorker(v)
+          }
+        }()
+        case 11: try {
+          var v: Tessera_V1_Heartbeat?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .heartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .heartbeat(v)
+          }
+        }()
+        case 12: try {
+          var v: Tessera_V1_TaskReport?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .taskReport(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .taskReport(v)
+          }
+        }()
+        case 13: try {
+          var v: Tessera_V1_Deregister?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .deregister(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .deregister(v)
+          }
+        }()
+        case 20: try {
+          var v: Tessera_V1_RegisterAck?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerAck(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerAck(v)
+          }
+        }()
+        case 21: try {
+          var v: Tessera_V1_AssignTasks?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .assignTasks(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .assignTasks(v)
+          }
+        }()
+        case 22: try {
+          var v: Tessera_V1_ReleaseResults?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .releaseResults(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .releaseResults(v)
+          }
+        }()
+        case 23: try {
+          var v: Tessera_V1_CancelTasks?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelTasks(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelTasks(v)
+          }
+        }()
+        case 24: try {
+          var v: Tessera_V1_ExpectShards?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .expectShards(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .expectShards(v)
+          }
+        }()
+        case 25: try {
+          var v: Tessera_V1_RemoveShards?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .removeShards(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .removeShards(v)
+          }
+        }()
+        case 26: try {
+          var v: Tessera_V1_PeerKeys?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .peerKeys(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .peerKeys(v)
+          }
+        }()
+        case 30: try {
+          var v: Tessera_V1_FetchRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchRequest(v)
+          }
+        }()
+        case 31: try {
+          var v: Tessera_V1_FetchReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchReply(v)
+          }
+        }()
+        case 40: try {
+          var v: Tessera_V1_SubmitJob?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitJob(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitJob(v)
+          }
+        }()
+        case 41: try {
+          var v: Tessera_V1_CancelJob?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelJob(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelJob(v)
+          }
+        }()
+        case 42: try {
+          var v: Tessera_V1_StatusRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .statusRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .statusRequest(v)
+          }
+        }()
+        case 43: try {
+          var v: Tessera_V1_Ping?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ping(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ping(v)
+          }
+        }()
+        case 44: try {
+          var v: Tessera_V1_ClientHeartbeat?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .clientHeartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .clientHeartbeat(v)
+          }
+        }()
+        case 50: try {
+          var v: Tessera_V1_JobAccepted?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobAccepted(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobAccepted(v)
+          }
+        }()
+        case 51: try {
+          var v: Tessera_V1_JobResults?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobResults(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobResults(v)
+          }
+        }()
+        case 52: try {
+          var v: Tessera_V1_JobFinished?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobFinished(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobFinished(v)
+          }
+        }()
+        case 53: try {
+          var v: Tessera_V1_StatusReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .statusReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .statusReply(v)
+          }
+        }()
+        case 54: try {
+          var v: Tessera_V1_Pong?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pong(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pong(v)
+          }
+        }()
+        case 60: try {
+          var v: Tessera_V1_ErrorReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .error(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .error(v)
+          }
+        }()
+        case 70: try {
+          var v: Tessera_V1_IngestBegin?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestBegin(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestBegin(v)
+          }
+        }()
+        case 71: try {
+          var v: Tessera_V1_IngestPlan?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestPlan(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestPlan(v)
+          }
+        }()
+        case 72: try {
+          var v: Tessera_V1_StoreShard?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .storeShard(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .storeShard(v)
+          }
+        }()
+        case 73: try {
+          var v: Tessera_V1_ShardStored?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .shardStored(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .shardStored(v)
+          }
+        }()
+        case 74: try {
+          var v: Tessera_V1_IngestCommit?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestCommit(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestCommit(v)
+          }
+        }()
+        case 75: try {
+          var v: Tessera_V1_IngestCommitted?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestCommitted(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestCommitted(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .registerWorker(v)
-        }
-      }()
-      case 11: try {
-        var v: Tessera_V1_Heartbeat?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .heartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .heartbeat(v)
-        }
-      }()
-      case 12: try {
-        var v: Tessera_V1_TaskReport?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .taskReport(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .taskReport(v)
-        }
-      }()
-      case 13: try {
-        var v: Tessera_V1_Deregister?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .deregister(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .deregister(v)
-        }
-      }()
-      case 20: try {
-        var v: Tessera_V1_RegisterAck?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .registerAck(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .registerAck(v)
-        }
-      }()
-      case 21: try {
-        var v: Tessera_V1_AssignTasks?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .assignTasks(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .assignTasks(v)
-        }
-      }()
-      case 22: try {
-        var v: Tessera_V1_ReleaseResults?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .releaseResults(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .releaseResults(v)
-        }
-      }()
-      case 23: try {
-        var v: Tessera_V1_CancelTasks?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .cancelTasks(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .cancelTasks(v)
-        }
-      }()
-      case 24: try {
-        var v: Tessera_V1_ExpectShards?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .expectShards(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .expectShards(v)
-        }
-      }()
-      case 25: try {
-        var v: Tessera_V1_RemoveShards?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .removeShards(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .removeShards(v)
-        }
-      }()
-      case 26: try {
-        var v: Tessera_V1_PeerKeys?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .peerKeys(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .peerKeys(v)
-        }
-      }()
-      case 30: try {
-        var v: Tessera_V1_FetchRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .fetchRequest(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .fetchRequest(v)
-        }
-      }()
-      case 31: try {
-        var v: Tessera_V1_FetchReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .fetchReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .fetchReply(v)
-        }
-      }()
-      case 40: try {
-        var v: Tessera_V1_SubmitJob?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .submitJob(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .submitJob(v)
-        }
-      }()
-      case 41: try {
-        var v: Tessera_V1_CancelJob?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .cancelJob(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .cancelJob(v)
-        }
-      }()
-      case 42: try {
-        var v: Tessera_V1_StatusRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .statusRequest(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .statusRequest(v)
-        }
-      }()
-      case 43: try {
-        var v: Tessera_V1_Ping?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ping(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ping(v)
-        }
-      }()
-      case 44: try {
-        var v: Tessera_V1_ClientHeartbeat?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .clientHeartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .clientHeartbeat(v)
-        }
-      }()
-      case 50: try {
-        var v: Tessera_V1_JobAccepted?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .jobAccepted(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .jobAccepted(v)
-        }
-      }()
-      case 51: try {
-        var v: Tessera_V1_JobResults?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .jobResults(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .jobResults(v)
-        }
-      }()
-      case 52: try {
-        var v: Tessera_V1_JobFinished?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .jobFinished(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .jobFinished(v)
-        }
-      }()
-      case 53: try {
-        var v: Tessera_V1_StatusReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .statusReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .statusReply(v)
-        }
-      }()
-      case 54: try {
-        var v: Tessera_V1_Pong?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .pong(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .pong(v)
-        }
-      }()
-      case 60: try {
-        var v: Tessera_V1_ErrorReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .error(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .error(v)
-        }
-      }()
-      case 70: try {
-        var v: Tessera_V1_IngestBegin?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ingestBegin(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ingestBegin(v)
-        }
-      }()
-      case 71: try {
-        var v: Tessera_V1_IngestPlan?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ingestPlan(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ingestPlan(v)
-        }
-      }()
-      case 72: try {
-        var v: Tessera_V1_StoreShard?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .storeShard(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .storeShard(v)
-        }
-      }()
-      case 73: try {
-        var v: Tessera_V1_ShardStored?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .shardStored(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .shardStored(v)
-        }
-      }()
-      case 74: try {
-        var v: Tessera_V1_IngestCommit?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ingestCommit(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ingestCommit(v)
-        }
-      }()
-      case 75: try {
-        var v: Tessera_V1_IngestCommitted?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ingestCommitted(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ingestCommitted(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.version != 0 {
-      try visitor.visitSingularUInt32Field(value: self.version, fieldNumber: 1)
-    }
-    if !self.frames.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.frames, fieldNumber: 2)
-    }
-    if self.epoch != 0 {
-      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 3)
-    }
-    switch self.body {
-    case .registerWorker?: try {
-      guard case .registerWorker(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .heartbeat?: try {
-      guard case .heartbeat(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .taskReport?: try {
-      guard case .taskReport(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .deregister?: try {
-      guard case .deregister(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .registerAck?: try {
-      guard case .registerAck(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-    }()
-    case .assignTasks?: try {
-      guard case .assignTasks(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-    }()
-    case .releaseResults?: try {
-      guard case .releaseResults(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-    }()
-    case .cancelTasks?: try {
-      guard case .cancelTasks(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
-    }()
-    case .expectShards?: try {
-      guard case .expectShards(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
-    }()
-    case .removeShards?: try {
-      guard case .removeShards(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
-    }()
-    case .peerKeys?: try {
-      guard case .peerKeys(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
-    }()
-    case .fetchRequest?: try {
-      guard case .fetchRequest(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
-    }()
-    case .fetchReply?: try {
-      guard case .fetchReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
-    }()
-    case .submitJob?: try {
-      guard case .submitJob(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
-    }()
-    case .cancelJob?: try {
-      guard case .cancelJob(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
-    }()
-    case .statusRequest?: try {
-      guard case .statusRequest(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
-    }()
-    case .ping?: try {
-      guard case .ping(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
-    }()
-    case .clientHeartbeat?: try {
-      guard case .clientHeartbeat(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
-    }()
-    case .jobAccepted?: try {
-      guard case .jobAccepted(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
-    }()
-    case .jobResults?: try {
-      guard case .jobResults(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
-    }()
-    case .jobFinished?: try {
-      guard case .jobFinished(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
-    }()
-    case .statusReply?: try {
-      guard case .statusReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
-    }()
-    case .pong?: try {
-      guard case .pong(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
-    }()
-    case .error?: try {
-      guard case .error(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
-    }()
-    case .ingestBegin?: try {
-      guard case .ingestBegin(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 70)
-    }()
-    case .ingestPlan?: try {
-      guard case .ingestPlan(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 71)
-    }()
-    case .storeShard?: try {
-      guard case .storeShard(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 72)
-    }()
-    case .shardStored?: try {
-      guard case .shardStored(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 73)
-    }()
-    case .ingestCommit?: try {
-      guard case .ingestCommit(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 74)
-    }()
-    case .ingestCommitted?: try {
-      guard case .ingestCommitted(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 75)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._version != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._version, fieldNumber: 1)
+      }
+      if !_storage._frames.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._frames, fieldNumber: 2)
+      }
+      if _storage._epoch != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._epoch, fieldNumber: 3)
+      }
+      switch _storage._body {
+      case .registerWorker?: try {
+        guard case .registerWorker(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .heartbeat?: try {
+        guard case .heartbeat(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .taskReport?: try {
+        guard case .taskReport(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .deregister?: try {
+        guard case .deregister(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .registerAck?: try {
+        guard case .registerAck(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .assignTasks?: try {
+        guard case .assignTasks(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .releaseResults?: try {
+        guard case .releaseResults(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .cancelTasks?: try {
+        guard case .cancelTasks(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .expectShards?: try {
+        guard case .expectShards(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .removeShards?: try {
+        guard case .removeShards(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .peerKeys?: try {
+        guard case .peerKeys(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .fetchRequest?: try {
+        guard case .fetchRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+      }()
+      case .fetchReply?: try {
+        guard case .fetchReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .submitJob?: try {
+        guard case .submitJob(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+      }()
+      case .cancelJob?: try {
+        guard case .cancelJob(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+      }()
+      case .statusRequest?: try {
+        guard case .statusRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
+      }()
+      case .ping?: try {
+        guard case .ping(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
+      }()
+      case .clientHeartbeat?: try {
+        guard case .clientHeartbeat(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
+      }()
+      case .jobAccepted?: try {
+        guard case .jobAccepted(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
+      }()
+      case .jobResults?: try {
+        guard case .jobResults(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
+      }()
+      case .jobFinished?: try {
+        guard case .jobFinished(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
+      }()
+      case .statusReply?: try {
+        guard case .statusReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
+      }()
+      case .pong?: try {
+        guard case .pong(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
+      }()
+      case .error?: try {
+        guard case .error(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
+      }()
+      case .ingestBegin?: try {
+        guard case .ingestBegin(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 70)
+      }()
+      case .ingestPlan?: try {
+        guard case .ingestPlan(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 71)
+      }()
+      case .storeShard?: try {
+        guard case .storeShard(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 72)
+      }()
+      case .shardStored?: try {
+        guard case .shardStored(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 73)
+      }()
+      case .ingestCommit?: try {
+        guard case .ingestCommit(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 74)
+      }()
+      case .ingestCommitted?: try {
+        guard case .ingestCommitted(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 75)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_Envelope, rhs: Tessera_V1_Envelope) -> Bool {
-    if lhs.version != rhs.version {return false}
-    if lhs.frames != rhs.frames {return false}
-    if lhs.epoch != rhs.epoch {return false}
-    if lhs.body != rhs.body {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._version != rhs_storage._version {return false}
+        if _storage._frames != rhs_storage._frames {return false}
+        if _storage._epoch != rhs_storage._epoch {return false}
+        if _storage._body != rhs_storage._body {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2753,7 +2939,7 @@ nonisolated extension Tessera_V1_Deregister: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSetup"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0\u{3}client_key\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0\u{3}client_key\0\u{1}priority\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2767,6 +2953,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
       case 4: try { try decoder.decodeRepeatedStringField(value: &self.dataKeys) }()
       case 5: try { try decoder.decodeRepeatedFixed64Field(value: &self.dataChecksums) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.clientKey) }()
+      case 7: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
       default: break
       }
     }
@@ -2791,6 +2978,9 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.clientKey.isEmpty {
       try visitor.visitSingularStringField(value: self.clientKey, fieldNumber: 6)
     }
+    if self.priority != .priorityNormal {
+      try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2801,6 +2991,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.dataKeys != rhs.dataKeys {return false}
     if lhs.dataChecksums != rhs.dataChecksums {return false}
     if lhs.clientKey != rhs.clientKey {return false}
+    if lhs.priority != rhs.priority {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3472,7 +3663,7 @@ nonisolated extension Tessera_V1_ChainPlan: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitJob"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0\u{3}task_timeout_s\0\u{3}direct_results\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}name\0\u{1}graph\0\u{1}plan\0\u{3}batch_results\0\u{3}task_timeout_s\0\u{3}direct_results\0\u{1}priority\0\u{3}on_behalf_of\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3511,6 +3702,8 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
       case 5: try { try decoder.decodeSingularBoolField(value: &self.batchResults) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.taskTimeoutS) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.directResults) }()
+      case 8: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.onBehalfOf) }()
       default: break
       }
     }
@@ -3547,6 +3740,12 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if self.directResults != false {
       try visitor.visitSingularBoolField(value: self.directResults, fieldNumber: 7)
     }
+    if self.priority != .priorityNormal {
+      try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 8)
+    }
+    if !self.onBehalfOf.isEmpty {
+      try visitor.visitSingularStringField(value: self.onBehalfOf, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3557,6 +3756,48 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.batchResults != rhs.batchResults {return false}
     if lhs.taskTimeoutS != rhs.taskTimeoutS {return false}
     if lhs.directResults != rhs.directResults {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs.onBehalfOf != rhs.onBehalfOf {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_CostEstimate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CostEstimate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{1}rows\0\u{1}bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.shards) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.shards != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shards, fieldNumber: 1)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 2)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_CostEstimate, rhs: Tessera_V1_CostEstimate) -> Bool {
+    if lhs.shards != rhs.shards {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.bytes != rhs.bytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3564,7 +3805,7 @@ nonisolated extension Tessera_V1_SubmitJob: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobAccepted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0\u{3}data_tasks\0\u{3}data_task_rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}job_id\0\u{3}task_count\0\u{3}output_count\0\u{3}data_tasks\0\u{3}data_task_rows\0\u{1}estimate\0\u{1}priority\0\u{1}user\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3578,12 +3819,19 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.outputCount) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.dataTasks) }()
       case 6: try { try decoder.decodeRepeatedUInt64Field(value: &self.dataTaskRows) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._estimate) }()
+      case 8: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.user) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.clientTag != 0 {
       try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
     }
@@ -3602,6 +3850,15 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if !self.dataTaskRows.isEmpty {
       try visitor.visitPackedUInt64Field(value: self.dataTaskRows, fieldNumber: 6)
     }
+    try { if let v = self._estimate {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
+    if self.priority != .priorityNormal {
+      try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 8)
+    }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3612,6 +3869,9 @@ nonisolated extension Tessera_V1_JobAccepted: SwiftProtobuf.Message, SwiftProtob
     if lhs.outputCount != rhs.outputCount {return false}
     if lhs.dataTasks != rhs.dataTasks {return false}
     if lhs.dataTaskRows != rhs.dataTaskRows {return false}
+    if lhs._estimate != rhs._estimate {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs.user != rhs.user {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3927,7 +4187,7 @@ nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}task_count\0\u{3}tasks_done\0\u{1}running\0\u{1}ready\0\u{1}seconds\0\u{1}user\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}task_count\0\u{3}tasks_done\0\u{1}running\0\u{1}ready\0\u{1}seconds\0\u{1}user\0\u{1}priority\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3944,6 +4204,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.ready) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 10: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
       default: break
       }
     }
@@ -3977,6 +4238,9 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
     if !self.user.isEmpty {
       try visitor.visitSingularStringField(value: self.user, fieldNumber: 9)
     }
+    if self.priority != .priorityNormal {
+      try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3990,6 +4254,62 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.ready != rhs.ready {return false}
     if lhs.seconds != rhs.seconds {return false}
     if lhs.user != rhs.user {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_UserShare: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UserShare"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}user\0\u{1}weight\0\u{3}usage_seconds\0\u{1}share\0\u{1}jobs\0\u{3}running_tasks\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.weight) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.usageSeconds) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.share) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.jobs) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.runningTasks) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 1)
+    }
+    if self.weight.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.weight, fieldNumber: 2)
+    }
+    if self.usageSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.usageSeconds, fieldNumber: 3)
+    }
+    if self.share.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.share, fieldNumber: 4)
+    }
+    if self.jobs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.jobs, fieldNumber: 5)
+    }
+    if self.runningTasks != 0 {
+      try visitor.visitSingularUInt64Field(value: self.runningTasks, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_UserShare, rhs: Tessera_V1_UserShare) -> Bool {
+    if lhs.user != rhs.user {return false}
+    if lhs.weight != rhs.weight {return false}
+    if lhs.usageSeconds != rhs.usageSeconds {return false}
+    if lhs.share != rhs.share {return false}
+    if lhs.jobs != rhs.jobs {return false}
+    if lhs.runningTasks != rhs.runningTasks {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3997,7 +4317,7 @@ nonisolated extension Tessera_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0\u{1}datasets\0\u{1}epoch\0\u{3}jobs_abandoned\0\u{3}tasks_timed_out\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}workers\0\u{1}jobs\0\u{3}tasks_completed\0\u{3}jobs_completed\0\u{3}max_heartbeat_gap_ms\0\u{3}uptime_seconds\0\u{1}datasets\0\u{1}epoch\0\u{3}jobs_abandoned\0\u{3}tasks_timed_out\0\u{1}users\0\u{3}fair_share_half_life_s\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4015,6 +4335,8 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.jobsAbandoned) }()
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.tasksTimedOut) }()
+      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.users) }()
+      case 12: try { try decoder.decodeSingularDoubleField(value: &self.fairShareHalfLifeS) }()
       default: break
       }
     }
@@ -4051,6 +4373,12 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if self.tasksTimedOut != 0 {
       try visitor.visitSingularUInt64Field(value: self.tasksTimedOut, fieldNumber: 10)
     }
+    if !self.users.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.users, fieldNumber: 11)
+    }
+    if self.fairShareHalfLifeS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.fairShareHalfLifeS, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4065,6 +4393,8 @@ nonisolated extension Tessera_V1_StatusReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.epoch != rhs.epoch {return false}
     if lhs.jobsAbandoned != rhs.jobsAbandoned {return false}
     if lhs.tasksTimedOut != rhs.tasksTimedOut {return false}
+    if lhs.users != rhs.users {return false}
+    if lhs.fairShareHalfLifeS != rhs.fairShareHalfLifeS {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

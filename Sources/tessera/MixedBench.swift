@@ -1,0 +1,216 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Synchronization
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+import TesseraSecurity
+
+/// `tessera bench mixed`: many users at once on the anchor catalog. Small cone searches
+/// (interactive) on an idle cluster and while full scans (batch) run; the full scans together
+/// against one alone; two users' batch jobs side by side (fair share). One JSON line per figure.
+struct MixedBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mixed",
+        abstract: "Interactive cones beside full scans, concurrent full scans, and fair share between two users, on the anchor catalog.")
+
+    @OptionGroup var anchor: AnchorCatalog
+
+    @Option(help: "Concurrent cone searches per round.")
+    var cones = 50
+
+    @Option(help: "Cone radius in arcminutes (rows back, as a portal's cone search).")
+    var radiusArcmin = 1.0
+
+    @Option(help: "Concurrent full-catalog aggregates (each a different question).")
+    var scans = 20
+
+    @Option(help: "Batch jobs each of the two users submits for the fair-share figure (0 skips it).")
+    var fairJobs = 50
+
+    func run() throws {
+        let (cluster, conn, rows) = try anchor.start()
+        defer { cluster.stop() }
+        let endpoint = cluster.clientEndpoint
+        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
+        _ = try conn.run(object)  // warm-up: shards mapped
+
+        let scanQuestions = (0..<scans).map { Self.fullScan($0) }
+
+        // 1. Cones on an idle cluster (one warm-up round, then the measured one).
+        _ = try coneRound(endpoint, priority: .interactive)
+        let idle = try coneRound(endpoint, priority: .interactive)
+        print(jsonLine([("engine", "tessera"), ("workload", "cones_idle"), ("rows", rows)] + idle.fields))
+
+        // 2. One full scan alone, then all of them at once.
+        var alone: [Double] = []
+        for i in 0..<3 { alone.append(try conn.run(scanQuestions[i % scanQuestions.count].priority(.batch)).seconds) }
+        alone.sort()
+        let one = alone[alone.count / 2]
+        let together = try runConcurrently(endpoint, scanQuestions.map { $0.priority(.batch) })
+        print(jsonLine([("engine", "tessera"), ("workload", "full_scans"), ("rows", rows), ("scans", scans),
+                        ("one_scan_s", one), ("all_scans_s", together.wall), ("ratio_to_one", together.wall / one),
+                        ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
+                        ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+
+        // 3. Cones while the scans run: as interactive questions, then as normal ones beside
+        //    normal scans (what first come, first served gives).
+        for (name, cone, scan) in [("cones_under_scans", PriorityClass.interactive, PriorityClass.batch),
+                                   ("cones_under_scans_no_priority", .normal, .normal)] {
+            let load = DispatchGroup()
+            let loadResult = Mutex<Timings?>(nil)
+            DispatchQueue.global().async(group: load) {
+                let r = try? runConcurrently(endpoint, scanQuestions.map { $0.priority(scan) })
+                loadResult.withLock { $0 = r }
+            }
+            // Let the scans start and fill the workers' queues.
+            Thread.sleep(forTimeInterval: 0.05)
+            let busy = try conn.status().jobs.filter { $0.state == .jobRunning }.count
+            let under = try coneRound(endpoint, priority: cone)
+            load.wait()
+            let scansTook = loadResult.withLock { $0 }?.wall ?? .nan
+            print(jsonLine([("engine", "tessera"), ("workload", name), ("rows", rows), ("cone_class", cone.description),
+                            ("scan_class", scan.description), ("scans_running_at_start", busy)] + under.fields
+                           + [("p95_vs_idle", under.percentile(0.95) / idle.percentile(0.95)), ("scans_s", scansTook)]))
+        }
+
+        // 4. Fair share: two users, the same batch work each, submitted one after the other.
+        if fairJobs > 0 { try fairShare(cluster, endpoint: endpoint, rows: rows) }
+    }
+
+    /// A different full-catalog aggregate for each `i`.
+    static func fullScan(_ i: Int) -> CatalogQuery {
+        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
+        let cut = 20 + Double(i % 10) * 0.5
+        switch i % 3 {
+        case 0: return object.filter("refExtendedness == 0 and mag(r_psfFlux) < \(cut)")
+        case 1: return object.filter("mag(g_psfFlux) < \(cut)").aggregate(.mean("mag(g_psfFlux) - mag(r_psfFlux)"))
+        default: return object.filter("refExtendedness == 1").histogram("mag(r_psfFlux)", bins: 40 + i, range: 16...(24 + Double(i) * 0.1))
+        }
+    }
+
+    /// Latencies of one question per connection, all asked at the same moment.
+    struct Timings {
+        var seconds: [Double]
+        var wall: Double
+        var rowsBack = 0
+
+        func percentile(_ p: Double) -> Double {
+            let s = seconds.sorted()
+            return s.isEmpty ? .nan : s[min(s.count - 1, Int((p * Double(s.count - 1)).rounded()))]
+        }
+
+        var fields: [(String, Any)] {
+            [("questions", seconds.count), ("p50_ms", percentile(0.5) * 1e3), ("p95_ms", percentile(0.95) * 1e3),
+             ("p99_ms", percentile(0.99) * 1e3), ("max_ms", percentile(1) * 1e3), ("wall_s", wall), ("rows_back", rowsBack)]
+        }
+    }
+
+    func coneRound(_ endpoint: String, priority: PriorityClass) throws -> Timings {
+        var rng = SystemRandomNumberGenerator()
+        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
+        let questions = (0..<cones).map { _ in
+            object.region(.cone(ra: Double.random(in: 51...69, using: &rng), dec: Double.random(in: -44...(-26), using: &rng), radius: radiusArcmin / 60))
+                .select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"]).priority(priority)
+        }
+        return try runConcurrently(endpoint, questions)
+    }
+
+    func fairShare(_ cluster: LocalCluster, endpoint: String, rows: Int) throws {
+        // Two users with keys of their own (made once in the cluster's key folder).
+        var credentials: [Credentials] = []
+        for name in ["alice", "bob"] {
+            guard let keys = cluster.keys else {
+                credentials.append(.insecure)
+                continue
+            }
+            let path = keys.userKeyPath(name)
+            let key = FileManager.default.fileExists(atPath: path) ? try KeyFile.read(path) : try keys.add(.user, name: name)
+            credentials.append(.curve(key))
+        }
+        let users = ["alice", "bob"]
+        let watcher = try SchedulerConnection(endpoint: endpoint)
+        let question = CatalogQuery(dataset: AnchorCatalog.dataset).filter("detect_isPrimary and mag(r_psfFlux) < 23").wirePlan
+        let done = Mutex<[Int]>([0, 0])
+        let group = DispatchGroup()
+        let start = now()
+        for (u, c) in credentials.enumerated() {
+            let jobs = fairJobs
+            // Alice submits all her jobs first; bob's follow at once.
+            if u == 1 { Thread.sleep(forTimeInterval: 0.02) }
+            DispatchQueue.global().async(group: group) {
+                guard let conn = try? SchedulerConnection(endpoint: endpoint, credentials: c) else { return }
+                if c == .insecure { conn.onBehalfOf = users[u] }
+                conn.priority = .batch
+                guard let ids = try? (0..<jobs).map({ _ in try conn.submit(.plan(question), name: "fair \(users[u])").jobID }) else { return }
+                var open = Set(ids)
+                while !open.isEmpty {
+                    for id in open.sorted() {
+                        guard let ev = try? conn.nextEvent(job: id, timeout: 0.005) else { continue }
+                        if case .finished = ev {
+                            open.remove(id)
+                            done.withLock { $0[u] += 1 }
+                        }
+                    }
+                }
+            }
+        }
+        // The scheduler's view of each user's worker time, sampled until one user is done.
+        var last: Tessera_V1_StatusReply?
+        var firstDoneAt = Double.nan
+        while done.withLock({ $0 }).allSatisfy({ $0 < fairJobs }) {
+            last = try watcher.status()
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        firstDoneAt = Double(now() - start) / 1e9
+        let jobsDone = done.withLock { $0 }
+        group.wait()
+        let wall = Double(now() - start) / 1e9
+        let shares = users.map { u in last?.users.first { $0.user == u } }
+        print(jsonLine([("engine", "tessera"), ("workload", "fair_share"), ("rows", rows), ("users", 2), ("jobs_per_user", fairJobs),
+                        ("share_alice", shares[0]?.share ?? .nan), ("share_bob", shares[1]?.share ?? .nan),
+                        ("worker_s_alice", shares[0]?.usageSeconds ?? .nan), ("worker_s_bob", shares[1]?.usageSeconds ?? .nan),
+                        ("jobs_done_when_first_finished", jobsDone), ("first_user_done_s", firstDoneAt), ("all_done_s", wall),
+                        ("worker_peak_rss_mib", try workerPeakRSS(watcher))]))
+    }
+}
+
+/// Runs every question at once, each on a connection and thread of its own (connected before
+/// the start, so the times are the questions', not CURVE handshakes').
+func runConcurrently(_ endpoint: String, _ questions: [CatalogQuery]) throws -> MixedBench.Timings {
+    let n = questions.count
+    let results = Mutex<[Result<(Double, Int), any Error>?]>(Array(repeating: nil, count: n))
+    let go = DispatchSemaphore(value: 0)
+    let ready = DispatchGroup(), finished = DispatchGroup()
+    for i in 0..<n {
+        let q = questions[i]
+        ready.enter()
+        finished.enter()
+        Thread {
+            let conn = Result { try SchedulerConnection(endpoint: endpoint) }
+            ready.leave()
+            go.wait()
+            let r = Result { () throws -> (Double, Int) in
+                let u = try conn.get().run(q, name: "mixed")
+                return (u.seconds, u.result.table.rowCount)
+            }
+            results.withLock { $0[i] = r }
+            finished.leave()
+        }.start()
+    }
+    ready.wait()
+    let start = now()
+    for _ in 0..<n { go.signal() }
+    finished.wait()
+    let wall = Double(now() - start) / 1e9
+    var out = MixedBench.Timings(seconds: [], wall: wall)
+    for r in results.withLock({ $0 }) {
+        guard let r else { continue }
+        let (s, rows) = try r.get()
+        out.seconds.append(s)
+        out.rowsBack += rows
+    }
+    return out
+}

@@ -1,0 +1,189 @@
+import Testing
+import TesseraCompute
+import TesseraProtocol
+@testable import TesseraScheduler
+
+/// Sharing the cluster, on the real state machine with fake workers and an injected clock:
+/// classes first, fair share among users within a class, per-user limits.
+struct SchedulerSharingTests {
+    static func user(_ name: String, admin: Bool = false) -> ClientIdentity {
+        ClientIdentity(user: name, isAdmin: admin, publicKey: "key-of-\(name)")
+    }
+
+    /// The user of each assigned key on `workers`, in assignment order (worker by worker).
+    static func users(of keys: [UInt64], _ owner: [JobID: String]) -> [String] {
+        keys.compactMap { owner[TaskKey.job($0)] }
+    }
+
+    @Test("ready tasks run by class: interactive, then normal, then batch, whatever the order they came in")
+    func classesFirst() throws {
+        let c = FakeCluster()
+        let w = c.addWorker(threads: 1)
+        let batch = try #require(c.submit(Workloads.independent(tasks: 30), priority: .batch, as: Self.user("ann")))
+        // The worker is at its limit (2) with batch tasks.
+        #expect(w.queue.count == 2)
+        let normal = try #require(c.submit(Workloads.independent(tasks: 6), priority: .normal, as: Self.user("ann")))
+        #expect(w.queue.count == 2)
+        let interactive = try #require(c.submit(Workloads.independent(tasks: 5), priority: .interactive, as: Self.user("bob")))
+        // Past its limit, the worker still takes interactive tasks: two per thread.
+        #expect(w.queue.count == 4)
+        #expect(w.queue.suffix(2).allSatisfy { TaskKey.job($0.key) == interactive })
+        #expect(w.setups[interactive]?.priority == .priorityInteractive)
+        #expect(w.setups[batch]?.priority == .priorityBatch)
+        let before = w.assignedKeys.count
+        #expect(c.run(until: [batch, normal, interactive], perWorker: 1))
+        let rank: [JobID: Int] = [interactive: 0, normal: 1, batch: 2]
+        let order = w.assignedKeys[before...].map { rank[TaskKey.job($0)]! }
+        #expect(order == order.sorted(), "after the interactive job came, assignments went by class: \(order)")
+        #expect(order.filter { $0 == 0 }.count == 5 - 2)
+        #expect(order.filter { $0 == 1 }.count == 6)
+        expectClean(c)
+    }
+
+    @Test("fair share: two users with the same work get half the worker time each while both wait")
+    func twoUsersHalfEach() throws {
+        let c = FakeCluster()
+        let ws = c.addWorkers(2, threads: [1])
+        var owner: [JobID: String] = [:]
+        var ids: [JobID] = []
+        // Ann submits all her jobs first; Bob's come after, to the same queues.
+        for u in ["ann", "bob"] {
+            for _ in 0..<10 {
+                let id = try #require(c.submit(Workloads.independent(tasks: 20), priority: .batch, as: Self.user(u)))
+                owner[id] = u
+                ids.append(id)
+            }
+        }
+        #expect(c.run(until: ids, perWorker: 1))
+        // Every assignment in time order: a step assigns to each worker in turn.
+        let all = ws.flatMap { w in w.assignedKeys.enumerated().map { (pos: $0.offset, worker: w.id, key: $0.element) } }
+            .sorted { ($0.pos, $0.worker) < ($1.pos, $1.worker) }
+        let firstHalf = Self.users(of: all.prefix(200).map(\.key), owner)
+        let ann = firstHalf.filter { $0 == "ann" }.count
+        #expect(abs(ann - 100) <= 10, "ann had \(ann) of the first 200 task runs")
+        let s = try #require(c.requestStatus(identity: .local))
+        let shares = Dictionary(uniqueKeysWithValues: s.users.map { ($0.user, $0.share) })
+        #expect(abs((shares["ann"] ?? 0) - 0.5) < 0.05)
+        #expect(abs((shares["bob"] ?? 0) - 0.5) < 0.05)
+        expectClean(c)
+    }
+
+    @Test("fair share remembers recent use: a newcomer goes first until even, and old use decays with the half-life")
+    func recentUseCounts() throws {
+        for forgotten in [false, true] {
+            var cfg = SchedulerConfig()
+            cfg.fairShareHalfLifeNs = 1_000_000_000
+            // No client is timed out while the clock jumps ahead.
+            cfg.clientTimeoutNs = 1_000_000_000_000
+            let c = FakeCluster(config: cfg)
+            let w = c.addWorker(threads: 1)
+            let early = try #require(c.submit(Workloads.independent(tasks: 100), priority: .normal, as: Self.user("ann")))
+            #expect(c.run(until: [early], perWorker: 1))
+            // 100 tasks of 1 ms: 0.1 s of ann's worker time, then 0 or 20 half-lives pass.
+            if forgotten { c.now += 20_000_000_000 }
+            let a = try #require(c.submit(Workloads.independent(tasks: 100), priority: .normal, as: Self.user("ann")))
+            let b = try #require(c.submit(Workloads.independent(tasks: 100), priority: .normal, as: Self.user("bob")))
+            let before = w.assignedKeys.count
+            #expect(c.run(until: [a, b], perWorker: 1))
+            let next = Self.users(of: Array(w.assignedKeys[before...].prefix(60)), [a: "ann", b: "bob"])
+            let bob = next.filter { $0 == "bob" }.count
+            if forgotten {
+                #expect(abs(bob - 30) <= 4, "ann's old use is forgotten: bob had \(bob) of 60")
+            } else {
+                // Ann's two tasks already in flight were handed out before bob came.
+                #expect(bob >= 55, "bob, who used nothing, goes first: \(bob) of 60")
+            }
+            expectClean(c)
+        }
+    }
+
+    @Test("weights: a user of weight 3 gets three quarters beside one of weight 1")
+    func weights() throws {
+        var cfg = SchedulerConfig()
+        cfg.userWeights = ["ann": 3]
+        let c = FakeCluster(config: cfg)
+        let w = c.addWorker(threads: 1)
+        let a = try #require(c.submit(Workloads.independent(tasks: 300), priority: .batch, as: Self.user("ann")))
+        let b = try #require(c.submit(Workloads.independent(tasks: 300), priority: .batch, as: Self.user("bob")))
+        #expect(c.run(until: [a, b], perWorker: 1))
+        let first = Self.users(of: Array(w.assignedKeys.prefix(200)), [a: "ann", b: "bob"])
+        let ann = first.filter { $0 == "ann" }.count
+        #expect(abs(ann - 150) <= 10, "ann had \(ann) of 200")
+        expectClean(c)
+    }
+
+    @Test("a class comes before fair share: a heavy user's interactive task goes before a light user's batch")
+    func classBeforeShare() throws {
+        let c = FakeCluster()
+        let w = c.addWorker(threads: 1)
+        let heavy = try #require(c.submit(Workloads.independent(tasks: 50), priority: .normal, as: Self.user("ann")))
+        #expect(c.run(until: [heavy], perWorker: 1))
+        let batch = try #require(c.submit(Workloads.independent(tasks: 20), priority: .batch, as: Self.user("bob")))
+        let inter = try #require(c.submit(Workloads.independent(tasks: 10), priority: .interactive, as: Self.user("ann")))
+        let before = w.assignedKeys.count
+        #expect(c.run(until: [batch, inter], perWorker: 1))
+        let order = w.assignedKeys[before...].map { TaskKey.job($0) == inter ? 0 : 1 }
+        #expect(order == order.sorted(), "\(order)")
+        expectClean(c)
+    }
+
+    @Test("per-user limit on running jobs; submitting for another user needs an admin key")
+    func userLimits() throws {
+        var cfg = SchedulerConfig()
+        cfg.maxJobsPerUser = 2
+        let c = FakeCluster(config: cfg)
+        c.addWorker(threads: 1)
+        let ann = Self.user("ann")
+        let j1 = try #require(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: ann))
+        _ = try #require(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: ann))
+        #expect(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: ann) == nil)
+        let refusal = try #require(c.clientErrors[1000]?.last)
+        #expect(refusal.code == .errorOverBudget)
+        #expect(refusal.message.contains("user `ann` has 2 jobs running"))
+        // Bob is not held back by ann's limit.
+        _ = try #require(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: Self.user("bob")))
+        #expect(c.run(until: [j1]))
+        _ = try #require(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: ann))
+
+        // On behalf of another user: refused for a user's key, taken from an admin's (a gateway).
+        #expect(c.submit(Workloads.independent(tasks: 1), priority: .interactive, as: ann, onBehalfOf: "carol") == nil)
+        #expect(c.clientErrors[1000]?.last?.code == .errorNotAllowed)
+        let gateway = Self.user("gateway", admin: true)
+        let forCarol = try #require(c.submit(Workloads.independent(tasks: 1), priority: .interactive, as: gateway, onBehalfOf: "carol"))
+        #expect(c.jobs[forCarol]?.accepted.user == "carol")
+        #expect(c.jobs[forCarol]?.accepted.priority == .priorityInteractive)
+        #expect(c.submit(Workloads.independent(tasks: 1), priority: .normal, as: gateway, onBehalfOf: "no spaces") == nil)
+        #expect(c.clientErrors[1000]?.last?.code == .errorOverLimit)
+    }
+
+    @Test("status shows each job's class and user, and each user's share")
+    func status() throws {
+        let c = FakeCluster()
+        c.addWorker(threads: 1)
+        let a = try #require(c.submit(Workloads.independent(tasks: 40), priority: .batch, as: Self.user("ann")))
+        c.step(perWorker: 1)
+        let s = try #require(c.requestStatus(identity: Self.user("ann")))
+        let job = try #require(s.jobs.first { $0.jobID == a })
+        #expect(job.priority == .priorityBatch)
+        #expect(job.user == "ann")
+        let share = try #require(s.users.first { $0.user == "ann" })
+        #expect(share.share == 1)
+        #expect(share.jobs == 1)
+        #expect(share.usageSeconds > 0)
+        // Another user sees only their own line.
+        let other = try #require(c.requestStatus(client: 1001, identity: Self.user("bob")))
+        #expect(other.users.allSatisfy { $0.user == "bob" })
+    }
+}
+
+extension FakeCluster {
+    /// Submits a graph plan in class `priority` as `identity`'s user (or for `onBehalfOf`).
+    func submit(_ plan: Tessera_V1_Plan, priority: PriorityClass, as identity: ClientIdentity, onBehalfOf: String = "",
+                client: ConnectionID = 1000) -> JobID? {
+        var s = Tessera_V1_SubmitJob()
+        s.plan = plan
+        s.priority = priority.wire
+        s.onBehalfOf = onBehalfOf
+        return submit(s, frames: [], client: client, name: "\(identity.user)-\(priority)", identity: identity)
+    }
+}

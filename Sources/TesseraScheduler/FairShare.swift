@@ -19,11 +19,15 @@ struct FairShare {
     private var weight: [Double] = []
     private var reference: UInt64
     private let weights: [String: Double]
+    /// 2^((scaleAt − reference)/half-life), kept for the moment it was computed at.
+    private var scaleAt: UInt64 = 0
+    private var scale = 1.0
 
     init(halfLifeNs: UInt64, weights: [String: Double], now: UInt64) {
         self.halfLifeNs = max(1, halfLifeNs)
         self.weights = weights
         reference = now
+        scaleAt = now
     }
 
     /// The user's index, assigned on first sight.
@@ -41,15 +45,20 @@ struct FairShare {
     /// Adds worker time spent (or, negative, corrects an estimate charged earlier).
     mutating func charge(_ user: Int, micros: Double, now: UInt64) {
         guard micros.isFinite, micros != 0 else { return }
-        var exponent = Double(Int64(bitPattern: now &- reference)) / Double(halfLifeNs)
-        if exponent > 64 {
-            // Renormalise: decay everyone to `now`, which becomes the reference.
-            let factor = exp2(-exponent)
-            for i in scaledUsage.indices { scaledUsage[i] *= factor }
-            reference = now
-            exponent = 0
+        if now != scaleAt {
+            // One exponential per moment: a flush charges every task it hands out at one `now`.
+            var exponent = Double(Int64(bitPattern: now &- reference)) / Double(halfLifeNs)
+            if exponent > 64 {
+                // Renormalise: decay everyone to `now`, which becomes the reference.
+                let factor = exp2(-exponent)
+                for i in scaledUsage.indices { scaledUsage[i] *= factor }
+                reference = now
+                exponent = 0
+            }
+            scaleAt = now
+            scale = exp2(max(exponent, -64))
         }
-        scaledUsage[user] = max(0, scaledUsage[user] + micros * exp2(max(exponent, -64)))
+        scaledUsage[user] = max(0, scaledUsage[user] + micros * scale)
     }
 
     /// The ordering key within a class: lower runs first. Comparable between users at any one moment.
@@ -78,58 +87,70 @@ struct Lane: Hashable {
     var user: Int
 }
 
-/// Ready task keys by lane, each lane in arrival order. Lanes are few (classes × active users),
-/// so choosing among them is a short scan.
+/// Ready task keys by lane, each lane in arrival order. Lanes are few (classes × users with
+/// work queued), so they sit in a small array searched in order, not a hash table; a lane that
+/// empties keeps its buffer for the next keys (the common case: one job's queue drained and
+/// refilled every turn), and empty lanes are dropped only once there are several.
 struct ReadyLanes {
-    private(set) var lanes: [Lane: Deque<UInt64>] = [:]
+    struct Entry {
+        var lane: Lane
+        var keys: Deque<UInt64>
+    }
 
+    private(set) var entries: [Entry] = []
     /// Keys queued, stale ones included.
     private(set) var count = 0
 
-    var isEmpty: Bool { lanes.isEmpty }
+    var isEmpty: Bool { count == 0 }
+
+    @inline(__always) private func index(of lane: Lane) -> Int? {
+        for i in entries.indices where entries[i].lane == lane { return i }
+        return nil
+    }
 
     mutating func append(_ key: UInt64, _ lane: Lane) {
-        lanes[lane, default: []].append(key)
         count += 1
+        if let i = index(of: lane) {
+            entries[i].keys.append(key)
+            return
+        }
+        if entries.count >= 8 { entries.removeAll { $0.keys.isEmpty } }
+        entries.append(Entry(lane: lane, keys: [key]))
     }
 
     mutating func append(contentsOf keys: [UInt64], _ lane: Lane) {
-        if keys.isEmpty { return }
-        lanes[lane, default: []].append(contentsOf: keys)
-        count += keys.count
+        for k in keys { append(k, lane) }
     }
 
     mutating func popFirst(_ lane: Lane) -> UInt64? {
-        guard let k = lanes[lane]?.popFirst() else { return nil }
+        guard let i = index(of: lane), let k = entries[i].keys.popFirst() else { return nil }
         count -= 1
-        if lanes[lane]?.isEmpty == true { lanes.removeValue(forKey: lane) }
         return k
     }
 
     mutating func popLast(_ lane: Lane) -> UInt64? {
-        guard let k = lanes[lane]?.popLast() else { return nil }
+        guard let i = index(of: lane), let k = entries[i].keys.popLast() else { return nil }
         count -= 1
-        if lanes[lane]?.isEmpty == true { lanes.removeValue(forKey: lane) }
         return k
     }
+
+    /// Lanes with keys queued.
+    var lanes: some Sequence<Lane> { entries.lazy.filter { !$0.keys.isEmpty }.map(\.lane) }
 
     /// Looks at up to `limit` keys from the back of a lane, newest first: `decide` says of each
     /// whether to drop it (stale), take it (removed and returned), or leave it.
     mutating func scanBack(_ lane: Lane, limit: Int, _ decide: (UInt64) -> ScanDecision) -> UInt64? {
-        guard var q = lanes.removeValue(forKey: lane) else { return nil }
-        let before = q.count
-        defer {
-            count -= before - q.count
-            if !q.isEmpty { lanes[lane] = q }
-        }
-        var k = q.count - 1
-        let stop = Swift.max(0, q.count - limit)
+        guard let i = index(of: lane) else { return nil }
+        var k = entries[i].keys.count - 1
+        let stop = Swift.max(0, entries[i].keys.count - limit)
         while k >= stop {
-            switch decide(q[k]) {
+            switch decide(entries[i].keys[k]) {
             case .drop:
-                q.remove(at: k)
+                entries[i].keys.remove(at: k)
+                count -= 1
             case .take:
-                return q.remove(at: k)
+                count -= 1
+                return entries[i].keys.remove(at: k)
             case .keep:
                 break
             }
@@ -141,5 +162,5 @@ struct ReadyLanes {
     enum ScanDecision { case drop, take, keep }
 
     /// Every key, lane by lane (to re-queue them elsewhere).
-    var allKeys: [UInt64] { lanes.values.flatMap { Array($0) } }
+    var allKeys: [UInt64] { entries.flatMap { Array($0.keys) } }
 }

@@ -77,16 +77,19 @@ extension SchedulerCore {
         return ra != rb ? ra < rb : a.user < b.user
     }
 
-    /// The lane served first among those with queued keys in `queues`, down to class `lowest`.
-    func bestLane(_ queues: ReadyLanes..., lowest: PriorityClass) -> Lane? {
-        var best: Lane?
-        for q in queues {
-            for l in q.lanes.keys where l.priority.rawValue <= lowest.rawValue {
-                if let b = best, !serves(l, before: b) { continue }
-                best = l
-            }
+    /// The lane served first among those with queued keys in `q`, down to class `lowest`.
+    @inline(__always) func bestLane(_ q: ReadyLanes, lowest: PriorityClass, better than: Lane?) -> Lane? {
+        var best = than
+        for e in q.entries where !e.keys.isEmpty && e.lane.priority.rawValue <= lowest.rawValue {
+            if let b = best, !serves(e.lane, before: b) { continue }
+            best = e.lane
         }
         return best
+    }
+
+    /// The lane served first among a worker's own queues and the shared one.
+    func bestLane(for w: WorkerRecord, lowest: PriorityClass) -> Lane? {
+        bestLane(readyAnywhere, lowest: lowest, better: bestLane(w.preferred, lowest: lowest, better: bestLane(w.pinned, lowest: lowest, better: nil)))
     }
 
     /// The job and task of a queued key, if it is still ready (queues keep stale keys of cancelled
@@ -118,7 +121,7 @@ extension SchedulerCore {
             while let k = snapshotsReady.popFirst() { if let r = runnable(k) { return r } }
         }
         // Each turn pops one key, so this ends; stale keys are dropped as they come.
-        while let lane = bestLane(w.pinned, w.preferred, readyAnywhere, lowest: lowest) {
+        while let lane = bestLane(for: w, lowest: lowest) {
             let key = w.pinned.popFirst(lane) ?? w.preferred.popFirst(lane) ?? readyAnywhere.popFirst(lane)
             if let key, let r = runnable(key) { return r }
         }
@@ -127,7 +130,7 @@ extension SchedulerCore {
 
     /// Lanes of `q` with queued keys, the one served first first.
     func lanesInOrder(_ q: ReadyLanes) -> [Lane] {
-        q.lanes.keys.sorted { serves($0, before: $1) }
+        q.lanes.sorted { serves($0, before: $1) }
     }
 
     /// An idle worker takes work queued for a busy one: first tasks that merely prefer it, then

@@ -157,21 +157,30 @@ struct MixedBench: ParsableCommand {
                 }
             }
         }
-        // The scheduler's view of each user's worker time, sampled until one user is done.
+        // The scheduler's view of each user's worker time, sampled until one user is done: what
+        // each used between the first sample with both running and the last before one finished.
+        var first: Tessera_V1_StatusReply?
         var last: Tessera_V1_StatusReply?
         var firstDoneAt = Double.nan
         while done.withLock({ $0 }).allSatisfy({ $0 < fairJobs }) {
-            last = try watcher.status()
+            let s = try watcher.status()
+            if first == nil && users.allSatisfy({ u in s.users.contains { $0.user == u && $0.runningTasks > 0 } }) { first = s }
+            last = s
             Thread.sleep(forTimeInterval: 0.05)
         }
         firstDoneAt = Double(now() - start) / 1e9
         let jobsDone = done.withLock { $0 }
         group.wait()
         let wall = Double(now() - start) / 1e9
-        let shares = users.map { u in last?.users.first { $0.user == u } }
+        // Worker seconds each used while both were active (decay over these seconds is negligible
+        // beside the half-life of minutes).
+        let used = users.map { u in
+            (last?.users.first { $0.user == u }?.usageSeconds ?? 0) - (first?.users.first { $0.user == u }?.usageSeconds ?? 0)
+        }
+        let total = used.reduce(0, +)
         print(jsonLine([("engine", "tessera"), ("workload", "fair_share"), ("rows", rows), ("users", 2), ("jobs_per_user", fairJobs),
-                        ("share_alice", shares[0]?.share ?? .nan), ("share_bob", shares[1]?.share ?? .nan),
-                        ("worker_s_alice", shares[0]?.usageSeconds ?? .nan), ("worker_s_bob", shares[1]?.usageSeconds ?? .nan),
+                        ("share_alice", used[0] / total), ("share_bob", used[1] / total),
+                        ("worker_s_alice", used[0]), ("worker_s_bob", used[1]),
                         ("jobs_done_when_first_finished", jobsDone), ("first_user_done_s", firstDoneAt), ("all_done_s", wall),
                         ("worker_peak_rss_mib", try workerPeakRSS(watcher))]))
     }

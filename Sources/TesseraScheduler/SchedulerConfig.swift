@@ -56,7 +56,7 @@ public struct SchedulerConfig: Sendable {
     public var userWeights: [String: Double] = [:]
     /// Interactive tasks a worker at its in-flight limit still takes, per thread: they run ahead
     /// of its queued tasks, so they wait only for the tasks its threads are running.
-    public var interactiveInFlightPerThread = 2
+    public var interactiveInFlightPerThread = 8
     /// Admission control: an interactive catalog question expected to read more rows than this
     /// is refused with the estimate (0: no budget).
     public var interactiveMaxRows: UInt64 = 5_000_000

@@ -53,6 +53,14 @@ public struct PriorityTaskQueue: Sendable {
         return nil
     }
 
+    /// Interactive or normal tasks are queued.
+    public var hasForeground: Bool { !classes[0].isEmpty || !classes[1].isEmpty }
+    /// Batch tasks are queued.
+    public var hasBackground: Bool { !classes[2].isEmpty }
+
+    /// The next batch task.
+    public mutating func popBackground() -> ExecutableTask? { classes[2].popFirst() }
+
     /// Removes and returns the queued tasks matching `predicate`, most urgent first.
     public mutating func take(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
         var taken: [ExecutableTask] = []
@@ -97,15 +105,29 @@ extension TaskPool {
     public func takeQueued() -> [ExecutableTask] { takeQueued(where: { _ in true }) }
 }
 
-/// A fixed set of threads running tasks from one queue. Finished tasks collect in a list the
-/// event loop drains; `wake` tells the loop there is something to drain (it is called only when
-/// the list goes from empty to non-empty, so a burst of completions costs one wake-up).
+/// Threads running tasks from one queue, at most `threadCount` at a time. Finished tasks
+/// collect in a list the event loop drains; `wake` tells the loop there is something to drain
+/// (it is called only when the list goes from empty to non-empty, so a burst of completions
+/// costs one wake-up).
+///
+/// Batch tasks run on threads of their own at a lower OS priority (nice +10), the others at the
+/// process's own. Both share the `threadCount` run slots, and a free slot goes to a queued
+/// interactive or normal task first, so an interactive task waits for at most the tasks already
+/// running. The OS priority matters when the worker shares its cores (with the scheduler, a
+/// client, another worker): a batch scan then yields the CPU to whatever answers a person, instead
+/// of splitting it evenly with them.
 public final class ExecutorPool: TaskPool, Sendable {
-    private let queue = LockedBox<PriorityTaskQueue>(PriorityTaskQueue())
-    private let available = DispatchSemaphore(value: 0)
+    /// The queue and the slots, under one lock with a condition to wait on.
+    private final class State: @unchecked Sendable {
+        // Every field is read and written only with `condition` locked.
+        let condition = NSCondition()
+        var queue = PriorityTaskQueue()
+        var running = 0
+        var stopping = false
+    }
+
+    private let state = State()
     private let completions = LockedBox<[Completion]>([])
-    private let running = Atomic<Int>(0)
-    private let stopping = Atomic<Bool>(false)
     private let wake: @Sendable () -> Void
     public let threadCount: Int
     /// Smoothed durations per task profile, in microseconds.
@@ -113,14 +135,26 @@ public final class ExecutorPool: TaskPool, Sendable {
     /// Tasks measured shorter than this run on the caller's thread when the pool is idle: a
     /// hand-off to an executor thread and back costs more than they do.
     public static let inlineLimitMicros = 30.0
+    /// The OS priority (nice) of the threads that run batch tasks.
+    public static let backgroundNice: Int32 = 10
 
     public init(threads: Int, wake: @escaping @Sendable () -> Void) {
         threadCount = max(1, threads)
         self.wake = wake
-        for i in 0..<threadCount {
-            let t = Thread { [self] in self.loop() }
-            t.name = "tessera-executor-\(i)"
-            t.start()
+        for background in [false, true] {
+            for i in 0..<threadCount {
+                // Named for `top -H` and /proc (Linux keeps 15 characters).
+                let name = background ? "tessera-batch-\(i)" : "tessera-exec-\(i)"
+                let t = Thread { [self] in
+                    #if os(Linux)
+                    // (pthread_setname_np does not reach Swift; a thread may write its own comm.)
+                    try? String(name.prefix(15)).write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+                    #endif
+                    self.loop(background: background)
+                }
+                t.name = name
+                t.start()
+            }
         }
     }
 
@@ -134,13 +168,17 @@ public final class ExecutorPool: TaskPool, Sendable {
             for t in tasks { execute(t) }
             return
         }
-        queue.withLock { $0.append(contentsOf: tasks) }
-        for _ in tasks { available.signal() }
+        state.condition.lock()
+        state.queue.append(contentsOf: tasks)
+        state.condition.broadcast()
+        state.condition.unlock()
     }
 
     /// Takes back queued tasks that have not started (all of them, or those matching `where`).
     public func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
-        queue.withLock { $0.take(where: predicate) }
+        state.condition.lock()
+        defer { state.condition.unlock() }
+        return state.queue.take(where: predicate)
     }
 
     /// Drops the duration records of finished jobs.
@@ -158,27 +196,59 @@ public final class ExecutorPool: TaskPool, Sendable {
     }
 
     /// Tasks queued or running.
-    public var busyCount: Int { queue.withLock { $0.count } + running.load(ordering: .relaxed) }
+    public var busyCount: Int {
+        state.condition.lock()
+        defer { state.condition.unlock() }
+        return state.queue.count + state.running
+    }
 
     /// Stops the threads after the tasks they are running.
     public func stop() {
-        stopping.store(true, ordering: .releasing)
-        for _ in 0..<threadCount { available.signal() }
+        state.condition.lock()
+        state.stopping = true
+        state.condition.broadcast()
+        state.condition.unlock()
     }
 
-    private func loop() {
+    private func loop(background: Bool) {
+        if background { Self.lowerThisThreadsPriority() }
+        let s = state
         while true {
-            available.wait()
-            if stopping.load(ordering: .acquiring) { return }
-            guard let task = queue.withLock({ q -> ExecutableTask? in
-                guard let t = q.popFirst() else { return nil }
-                running.add(1, ordering: .relaxed)
-                return t
-            }) else { continue }
+            s.condition.lock()
+            var task: ExecutableTask?
+            while !s.stopping {
+                if s.running < threadCount {
+                    // A free slot: interactive and normal tasks first; batch ones only when none waits.
+                    task = background ? (s.queue.hasForeground ? nil : s.queue.popBackground()) : (s.queue.hasForeground ? s.queue.popFirst() : nil)
+                    if task != nil { break }
+                }
+                s.condition.wait()
+            }
+            guard let task else {
+                s.condition.unlock()
+                return
+            }
+            s.running += 1
+            s.condition.unlock()
             let wasEmpty = execute(task)
-            running.subtract(1, ordering: .relaxed)
+            s.condition.lock()
+            s.running -= 1
+            // A slot is free: whichever thread may take the next task.
+            if !s.queue.isEmpty { s.condition.broadcast() }
+            s.condition.unlock()
             if wasEmpty { wake() }
         }
+    }
+
+    /// Lowers the calling thread's OS priority (Linux: nice applies per thread).
+    private static func lowerThisThreadsPriority() {
+        #if os(Linux)
+        // The thread's id, from /proc/thread-self (a link to PID/task/TID): Glibc's gettid and
+        // SYS_gettid do not reach Swift.
+        guard let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self"),
+              let tid = link.split(separator: "/").last.flatMap({ id_t($0) }) else { return }
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, backgroundNice)
+        #endif
     }
 
     /// Runs one task, records its duration and completion. Returns true when the completion list was empty.

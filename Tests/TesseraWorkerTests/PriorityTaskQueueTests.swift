@@ -2,6 +2,7 @@ import Testing
 import TesseraCompute
 import TesseraProtocol
 import TesseraWorker
+import Foundation
 
 struct PriorityTaskQueueTests {
     @Test("a worker's queue starts the most urgent class first, each class in arrival order")
@@ -23,5 +24,52 @@ struct PriorityTaskQueueTests {
         var order: [UInt64] = []
         while let t = q.popFirst() { order.append(t.key) }
         #expect(order == [20, 21, 10, 0, 1, 3])
+    }
+}
+
+/// The daemon's pool: batch tasks on threads of lower OS priority, sharing the run slots.
+struct ExecutorPoolPriorityTests {
+    static func task(_ key: UInt64, _ p: PriorityClass, sleepMicros: UInt32) -> ExecutableTask {
+        let op = TaskOperator("sleep", "sleeps") { _ in
+            usleep(sleepMicros)
+            return .empty
+        }
+        return ExecutableTask(key: key, op: op, context: OperatorContext(arg: 0, params: .init(), inputs: []), flags: 0, profile: 1,
+                              priority: p.rawValue)
+    }
+
+    @Test("an interactive task waits only for the batch task already running, and batch tasks run at nice +10")
+    func interactiveOvertakesQueuedBatch() throws {
+        let pool = ExecutorPool(threads: 1, wake: {})
+        defer { pool.stop() }
+        pool.submit((1...4).map { Self.task(UInt64($0), .batch, sleepMicros: 40_000) })
+        usleep(10_000)
+        // A batch task runs now, on a thread of lower priority.
+        let nices = Self.threadNices()
+        #expect(nices["tessera-batch-0"] == ExecutorPool.backgroundNice, "\(nices)")
+        #expect(nices["tessera-exec-0"] == 0, "\(nices)")
+        pool.submit([Self.task(10, .interactive, sleepMicros: 1_000), Self.task(11, .normal, sleepMicros: 1_000)])
+        var done: [UInt64] = []
+        for _ in 0..<2000 where done.count < 6 {
+            done += pool.drainCompletions().map(\.key)
+            usleep(1000)
+        }
+        #expect(done == [1, 10, 11, 2, 3, 4])
+    }
+
+    /// Nice values of this process's threads by name (Linux: /proc/self/task/TID/{comm,stat}).
+    static func threadNices() -> [String: Int32] {
+        var out: [String: Int32] = [:]
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        for tid in tasks {
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // Fields after the command: state is the 3rd field of the line, nice the 19th.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 16, let nice = Int32(fields[16]) else { continue }
+            out[comm.trimmingCharacters(in: .whitespacesAndNewlines)] = nice
+        }
+        return out
     }
 }

@@ -80,15 +80,19 @@ struct FairShare {
     var userCount: Int { names.count }
 }
 
-/// A queue lane: one class and one user. Ready tasks queue in lanes so that the next one is
-/// taken from the most urgent class, and within it from the user furthest below their share.
+/// A queue lane: one job's ready tasks, with its class and user. The next task is taken from
+/// the most urgent class, within it from the user furthest below their share, and among that
+/// user's jobs from the oldest: a user's jobs then finish one after another, each as soon as it
+/// can, instead of all at the end (a job's merges would otherwise queue behind the scans of the
+/// user's later jobs).
 struct Lane: Hashable {
     var priority: PriorityClass
     var user: Int
+    var job: JobID
 }
 
-/// Ready task keys by lane, each lane in arrival order. Lanes are few (classes × users with
-/// work queued), so they sit in a small array searched in order, not a hash table; a lane that
+/// Ready task keys by lane, each lane in arrival order. Lanes are few (jobs with work queued
+/// here), so they sit in a small array searched in order, not a hash table; a lane that
 /// empties keeps its buffer for the next keys (the common case: one job's queue drained and
 /// refilled every turn), and empty lanes are dropped only once there are several.
 struct ReadyLanes {

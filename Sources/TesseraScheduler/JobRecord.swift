@@ -30,7 +30,7 @@ final class JobRecord {
     var user = ClientIdentity.local.user
     /// Its class, and the fair-share user index: the queue lane its ready tasks wait in.
     var priority: PriorityClass = .normal
-    var lane = Lane(priority: .normal, user: 0)
+    var lane = Lane(priority: .normal, user: 0, job: 0)
     /// What the registry says it will read (catalog questions).
     var estimate: Tessera_V1_CostEstimate?
     let operators: [String]

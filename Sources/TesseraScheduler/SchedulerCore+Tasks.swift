@@ -69,10 +69,11 @@ extension SchedulerCore {
     }
 
     /// Whether lane `a` is served before lane `b`: the more urgent class, then the user with
-    /// less recent worker time for their weight (fair share), then the user seen first.
+    /// less recent worker time for their weight (fair share), then the user seen first; a
+    /// user's own jobs oldest first.
     func serves(_ a: Lane, before b: Lane) -> Bool {
         if a.priority != b.priority { return a.priority.rawValue < b.priority.rawValue }
-        if a.user == b.user { return false }
+        if a.user == b.user { return a.job < b.job }
         let ra = fairShare.rank(a.user), rb = fairShare.rank(b.user)
         return ra != rb ? ra < rb : a.user < b.user
     }

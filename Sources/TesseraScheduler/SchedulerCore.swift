@@ -396,7 +396,7 @@ public struct SchedulerCore {
         let job = JobRecord(id: id, client: connection, submit: s, graph: graph, now: now)
         job.user = user
         job.priority = priority
-        job.lane = Lane(priority: priority, user: fairShare.id(of: user))
+        job.lane = Lane(priority: priority, user: fairShare.id(of: user), job: id)
         job.estimate = estimate
         jobsPerUser[user, default: 0] += 1
         job.clientKey = identity.publicKey

@@ -17,7 +17,9 @@ struct SchedulerSharingTests {
 
     @Test("ready tasks run by class: interactive, then normal, then batch, whatever the order they came in")
     func classesFirst() throws {
-        let c = FakeCluster()
+        var cfg = SchedulerConfig()
+        cfg.interactiveInFlightPerThread = 2
+        let c = FakeCluster(config: cfg)
         let w = c.addWorker(threads: 1)
         let batch = try #require(c.submit(Workloads.independent(tasks: 30), priority: .batch, as: Self.user("ann")))
         // The worker is at its limit (2) with batch tasks.
@@ -124,6 +126,25 @@ struct SchedulerSharingTests {
         #expect(c.run(until: [batch, inter], perWorker: 1))
         let order = w.assignedKeys[before...].map { TaskKey.job($0) == inter ? 0 : 1 }
         #expect(order == order.sorted(), "\(order)")
+        expectClean(c)
+    }
+
+    @Test("a user's jobs finish one after another, oldest first, not all at the end")
+    func oldestJobFirst() throws {
+        let c = FakeCluster()
+        c.addWorkers(2, threads: [1]).forEach { _ in }
+        let ids = try (0..<5).map { _ in try #require(c.submit(Workloads.treeReduce(leaves: 24, fanIn: 4), priority: .batch, as: Self.user("ann"))) }
+        var finishedAt: [JobID: Int] = [:]
+        for step in 0..<10_000 where finishedAt.count < ids.count {
+            c.step(perWorker: 1)
+            for id in ids where finishedAt[id] == nil && c.jobs[id]?.finished != nil { finishedAt[id] = step }
+        }
+        let order = ids.map { finishedAt[$0] ?? .max }
+        #expect(order == order.sorted(), "finish steps \(order)")
+        // Each job's 31 tasks take about 16 steps on two workers: the first is done near the
+        // start, not when the last is.
+        #expect(order[0] < order[4] / 3, "finish steps \(order)")
+        for id in ids { #expect(int(c.jobs[id]?.results.values.first) == Int64(24 * 25 / 2)) }
         expectClean(c)
     }
 

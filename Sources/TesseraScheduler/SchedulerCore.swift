@@ -348,7 +348,8 @@ public struct SchedulerCore {
                             .errorNotAllowed, "no worker of this cluster allows Python functions (they were started with --no-python)", clientTag: s.clientTag))
                         return
                     }
-                    if q.hasRows, q.rows.maxRows > config.maxRowsPerJob {
+                    // (A Python question's rows go to the user's function on the worker, not back here.)
+                    if q.hasRows, !q.hasPython, q.rows.maxRows > config.maxRowsPerJob {
                         send(.client(connection), errorEnvelope(
                             .errorOverBudget, "a question may return at most \(config.maxRowsPerJob) rows on this cluster (scheduler --max-rows-per-job); this one asks for max_rows \(q.rows.maxRows)",
                             clientTag: s.clientTag))

@@ -25,6 +25,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Memory limit in MiB for stored results.")
     var memoryLimitMb: UInt64 = 4096
 
+    @Option(help: "MiB of decoded column chunks kept for later questions (default: a quarter of --memory-limit-mb; 0: none).")
+    var columnCacheMb: UInt64?
+
     @Option(help: "A name shown in status (default: the name in --key, else host-pid).")
     var name: String?
 
@@ -80,6 +83,7 @@ struct WorkerCommand: ParsableCommand {
         s.peerAdvertise = peerAdvertise
         s.parentPID = exitWithParent
         s.dataDirectory = data
+        s.columnCacheBytes = (columnCacheMb ?? memoryLimitMb / 4) << 20
         if !noPython { s.python = PythonSettings(executable: python, memoryLimitBytes: pythonMemoryMb << 20) }
         let daemon = try WorkerDaemon(s, logger: logger)
         print("tessera-worker peer=\(daemon.peerEndpoint) scheduler=\(scheduler)")

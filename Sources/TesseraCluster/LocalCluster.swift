@@ -65,6 +65,8 @@ public final class LocalCluster: Sendable {
         public var allowPython = true
         /// Resident memory, in MiB, one Python executor may reach (nil: the worker's default).
         public var pythonMemoryMb: Int?
+        /// More arguments for every tessera-worker (e.g. `--column-cache-mb 0`).
+        public var workerArguments: [String] = []
         /// More arguments for tessera-scheduler (e.g. `--interactive-max-rows N`, `--user-weight alice=2`).
         public var schedulerArguments: [String] = []
         /// Called with each supervision event (a daemon died, was started again), besides the log.
@@ -210,6 +212,7 @@ public final class LocalCluster: Sendable {
         if let dir = options.dataDirectory { args += ["--data", dir + "/worker-\(index)"] }
         if !options.allowPython { args += ["--no-python"] } else if let py = options.python { args += ["--python", py] }
         if let m = options.pythonMemoryMb { args += ["--python-memory-mb", "\(m)"] }
+        args += options.workerArguments
         let executable = binDirectory + "/tessera-worker"
         let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)
         state.withLock { $0.workers.append(Daemon(name: name, executable: executable, arguments: args, process: p, startedAt: Date())) }

@@ -67,7 +67,7 @@ public enum CatalogOperators {
         }
         let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
         do {
-            let reader = try ShardReader(path: root + "/" + shard.relativePath)
+            let reader = try ShardReader(path: root + "/" + shard.relativePath, cache: ctx.columnCache)
             if let want = ctx.dataChecksum, want != 0, reader.checksum != want {
                 // A damaged, replaced or planted file: another replica may be the right one.
                 throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")

@@ -1,4 +1,5 @@
 import TesseraProtocol
+import TesseraStorage
 
 #if canImport(Glibc)
 import Glibc
@@ -20,6 +21,8 @@ public struct OperatorContext: Sendable {
     public var dataChecksum: UInt64?
     /// Long-running operators poll this and stop early when the job was cancelled.
     public var isCancelled: @Sendable () -> Bool
+    /// The worker's cache of decoded column chunks, shared by its tasks (nil: none).
+    public var columnCache: DecodedColumnCache?
 
     public init(arg: Int64 = 0, params: Tessera_V1_OperatorParams = .init(), inputs: [Value] = [], dataKey: String? = nil,
                 dataRoot: String? = nil, isCancelled: @escaping @Sendable () -> Bool = { false }) {

@@ -28,6 +28,8 @@ public struct WorkerSettings: Sendable {
     public var credentials: Credentials = .insecure
     /// How users' Python functions run here (nil: this worker does not run them).
     public var python: PythonSettings?
+    /// Decoded column chunks kept for later questions, in bytes (0: none).
+    public var columnCacheBytes: UInt64 = 0
 
     public init(schedulerEndpoint: String, name: String, threads: Int, memoryLimit: UInt64) {
         self.schedulerEndpoint = schedulerEndpoint
@@ -104,6 +106,7 @@ public final class WorkerDaemon {
         shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
         shardWriter = shards.map { BackgroundShardWriter(store: $0, workerName: settings.name) { wake.signal() } }
         engine.dataRoot = settings.dataDirectory
+        if settings.columnCacheBytes > 0 { engine.columnCache = DecodedColumnCache(capacityBytes: Int(clamping: settings.columnCacheBytes)) }
         // Spilled values go under the data folder when there is one (a local disk), else to a
         // private temporary folder; either is emptied at start.
         let spillPath = settings.dataDirectory.map { $0 + "/spill" }

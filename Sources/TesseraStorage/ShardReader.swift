@@ -16,9 +16,12 @@ public final class ShardReader {
     public let checksum: UInt64
     private let base: UnsafeRawPointer
     private let size: Int
+    /// Where decoded chunks are kept for later reads (nil: every read decodes).
+    public let cache: DecodedColumnCache?
 
-    public init(path: String) throws(ShardError) {
+    public init(path: String, cache: DecodedColumnCache? = nil) throws(ShardError) {
         self.path = path
+        self.cache = cache
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
@@ -93,6 +96,16 @@ public final class ShardReader {
 
     /// One column of one row group, checksum verified.
     public func read(column c: Int, rowGroup g: Int) throws(ShardError) -> ColumnData {
+        guard let cache, cache.capacityBytes > 0 else { return try decode(column: c, rowGroup: g) }
+        let key = DecodedColumnCache.Key(path: path, fileChecksum: checksum, column: c, rowGroup: g)
+        if let kept = cache.lookup(key) { return kept }
+        let d = try decode(column: c, rowGroup: g)
+        cache.insert(key, d, bytes: Int(footer.rowGroups[g].chunks[c].rawLength))
+        return d
+    }
+
+    /// A chunk decoded from the file: its checksum checked, then decompressed or decoded.
+    func decode(column c: Int, rowGroup g: Int) throws(ShardError) -> ColumnData {
         guard g >= 0 && g < footer.rowGroups.count else { throw .rowGroupOutOfRange(path: path, rowGroup: g, count: footer.rowGroups.count) }
         let chunk = footer.rowGroups[g].chunks[c]
         let name = footer.columns[c].name

@@ -2,6 +2,7 @@ import DequeModule
 import Dispatch
 import TesseraCompute
 import TesseraProtocol
+import TesseraStorage
 
 /// Something the worker's event loop must do for the engine.
 public enum WorkerAction {
@@ -104,6 +105,8 @@ public struct WorkerEngine {
     public private(set) var generation: UInt32 = 0
     /// This worker's data folder (shards are found under it).
     public var dataRoot: String?
+    /// Decoded column chunks kept across tasks (nil: none), handed to every task's operator.
+    public var columnCache: DecodedColumnCache?
     let cancelled = CancelledJobs()
 
     var jobs: [JobID: JobSetup] = [:]
@@ -413,6 +416,7 @@ public struct WorkerEngine {
         let dataKey = t.dataKey > 0 && Int(t.dataKey) <= setup.dataKeys.count ? setup.dataKeys[Int(t.dataKey) - 1] : nil
         var ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
                                   dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
+        ctx.columnCache = columnCache
         if dataKey != nil, Int(t.dataKey) <= setup.dataChecksums.count { ctx.dataChecksum = setup.dataChecksums[Int(t.dataKey) - 1] }
         return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op), generation: generation,
                               priority: setup.priority)

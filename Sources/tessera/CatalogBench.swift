@@ -21,6 +21,9 @@ struct AnchorCatalog: ParsableArguments {
     @Flag(help: "Run the local cluster without CURVE keys (to measure what encryption costs).")
     var insecure = false
 
+    @Option(help: "Each worker's cache of decoded column chunks, MiB (default: the worker's, a quarter of its memory limit; 0: none).")
+    var columnCacheMb: Int?
+
     static let dataset = "object"
 
     /// Starts the cluster, ingesting the catalog if this cluster folder does not have it yet.
@@ -29,6 +32,7 @@ struct AnchorCatalog: ParsableArguments {
         o.workers = workers
         o.threadsPerWorker = 1
         o.insecure = insecure
+        if let columnCacheMb { o.workerArguments = ["--column-cache-mb", "\(columnCacheMb)"] }
         o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)

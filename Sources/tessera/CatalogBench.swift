@@ -78,19 +78,18 @@ struct CatalogBench: ParsableCommand {
         defer { cluster.stop() }
         let object = CatalogQuery(dataset: AnchorCatalog.dataset)
         _ = try conn.run(object)  // warm-up: workers up, shards mapped
+        let q = Self.anchorQuestions(object)
         let workloads: [(String, CatalogQuery, (CatalogResult) -> [(String, Any)])] = [
-            ("count_filter", object.filter("detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24"), { r in
+            ("count_filter", q["count_filter"]!, { r in
                 [("count", Int(r.table.numbers("count")?.first ?? -1))]
             }),
-            ("groupby_cell", object.filter("refExtendedness == 1").groupBy("cell")
-                .aggregate(.count("mag(r_psfFlux)"), .mean("mag(r_psfFlux)"), .std("mag(r_psfFlux)")), { r in
+            ("groupby_cell", q["groupby_cell"]!, { r in
                 let t = r.table
                 let means = (t.numbers("mean(mag(r_psfFlux))") ?? []).filter { !$0.isNaN }
                 return [("groups", t.rowCount), ("count_sum", Int((t.numbers("count(mag(r_psfFlux))") ?? []).reduce(0, +))),
                         ("mean_of_means", (means.reduce(0, +) / Double(means.count) * 1e6).rounded() / 1e6)]
             }),
-            ("cmd_hist", object.filter("refExtendedness == 0 and r_psfFlux > 0 and g_psfFlux > 0")
-                .histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 60, range: -1...2, y: "mag(r_psfFlux)", bins: 80, range: 16...24), { r in
+            ("cmd_hist", q["cmd_hist"]!, { r in
                 let h = r.histogram
                 let arg = h.indices.max { h[$0] < h[$1] || (h[$0] == h[$1] && $0 > $1) } ?? 0
                 return [("total", Int(h.reduce(0, +))), ("max_bin", Int(h[arg])), ("argmax", arg)]
@@ -117,6 +116,17 @@ struct CatalogBench: ParsableCommand {
                             ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
         }
         try progressiveAndCancel(conn, cluster: cluster, object: object, rows: rows)
+    }
+
+    /// The anchor's three scans, with its expressions and bins (`anchor_catalog.py`).
+    static func anchorQuestions(_ object: CatalogQuery) -> [String: CatalogQuery] {
+        [
+            "count_filter": object.filter("detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24"),
+            "groupby_cell": object.filter("refExtendedness == 1").groupBy("cell")
+                .aggregate(.count("mag(r_psfFlux)"), .mean("mag(r_psfFlux)"), .std("mag(r_psfFlux)")),
+            "cmd_hist": object.filter("refExtendedness == 0 and r_psfFlux > 0 and g_psfFlux > 0")
+                .histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 60, range: -1...2, y: "mag(r_psfFlux)", bins: 80, range: 16...24),
+        ]
     }
 
     /// A full-catalog aggregate with progressive answers: when the first partial arrives; then a

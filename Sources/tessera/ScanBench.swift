@@ -1,6 +1,8 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import TesseraClient
+import TesseraCompute
 import TesseraProtocol
 import TesseraSky
 import TesseraStorage
@@ -20,6 +22,14 @@ struct ScanBench: ParsableCommand {
 
     @Option(help: "Timed passes over the data per workload (the best is reported).")
     var passes = 5
+
+    @Option(help: "Only these workloads (repeatable): files (the ceilings, decoding and column scans), or a question: count_filter, groupby_cell, cmd_hist.")
+    var only: [String] = []
+
+    @Option(help: "The questions read through a decoded-column cache of this many MiB (0: none; passes after the first then hit it).")
+    var columnCacheMb = 0
+
+    func wants(_ w: String) -> Bool { only.isEmpty || only.contains(w) }
 
     func run() throws {
         let paths = try prepare()
@@ -46,6 +56,21 @@ struct ScanBench: ParsableCommand {
             print(jsonLine(f + extra))
             fflush(nil)
         }
+
+        // The anchor's questions over the same shards on this one core, as a worker's scan runs
+        // them: for instructions per row, run one under `perf stat` with --passes 1 and N.
+        let cache = columnCacheMb > 0 ? DecodedColumnCache(capacityBytes: columnCacheMb << 20) : nil
+        let cachedReaders = try paths.map { try ShardReader(path: $0, cache: cache) }
+        for (name, q) in CatalogBench.anchorQuestions(CatalogQuery(dataset: "object")).sorted(by: { $0.key < $1.key }) where wants(name) {
+            let checked = try CheckedCatalogQuery(q.plan, columns: readers[0].footer.columns, raColumn: "coord_ra", decColumn: "coord_dec")
+            var matched = 0
+            report(name, try best {
+                matched = 0
+                for r in cachedReaders { matched += Int(try CatalogScan.scan(checked, reader: r, raColumn: "coord_ra", decColumn: "coord_dec").rowsMatched) }
+                return 0
+            }, rows: total, extra: [("rows_matched", matched), ("column_cache_mb", columnCacheMb)])
+        }
+        guard wants("files") else { return }
 
         // Ceilings: memcpy of a buffer the size of the 4-column scan, and raw LZ4 decompression.
         let fourBytes = total * 4 * 4

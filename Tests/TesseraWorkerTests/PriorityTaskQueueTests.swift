@@ -3,6 +3,7 @@ import TesseraCompute
 import TesseraProtocol
 import TesseraWorker
 import Foundation
+import Synchronization
 
 struct PriorityTaskQueueTests {
     @Test("a worker's queue starts the most urgent class first, each class in arrival order")
@@ -27,10 +28,18 @@ struct PriorityTaskQueueTests {
     }
 }
 
+/// Set once from any thread.
+final class Started: Sendable {
+    private let flag = Mutex(false)
+    func set() { flag.withLock { $0 = true } }
+    var isSet: Bool { flag.withLock { $0 } }
+}
+
 /// The daemon's pool: batch tasks on threads of lower OS priority, sharing the run slots.
 struct ExecutorPoolPriorityTests {
-    static func task(_ key: UInt64, _ p: PriorityClass, sleepMicros: UInt32) -> ExecutableTask {
+    static func task(_ key: UInt64, _ p: PriorityClass, sleepMicros: UInt32, started: Started? = nil) -> ExecutableTask {
         let op = TaskOperator("sleep", "sleeps") { _ in
+            started?.set()
             usleep(sleepMicros)
             return .empty
         }
@@ -42,15 +51,21 @@ struct ExecutorPoolPriorityTests {
     func interactiveOvertakesQueuedBatch() throws {
         let pool = ExecutorPool(threads: 1, wake: {})
         defer { pool.stop() }
-        pool.submit((1...4).map { Self.task(UInt64($0), .batch, sleepMicros: 40_000) })
-        usleep(10_000)
-        // A batch task runs now, on a thread of lower priority.
-        let nices = Self.threadNices()
+        let first = Started()
+        pool.submit([Self.task(1, .batch, sleepMicros: 100_000, started: first)] + (2...4).map { Self.task(UInt64($0), .batch, sleepMicros: 20_000) })
+        // Until the first batch task runs, and both threads have named themselves (a loaded machine may take a while).
+        var nices: [String: Int32] = [:]
+        for _ in 0..<5000 {
+            nices = Self.threadNices()
+            if first.isSet && nices["tessera-batch-0"] != nil && nices["tessera-exec-0"] != nil { break }
+            usleep(1000)
+        }
+        #expect(first.isSet)
         #expect(nices["tessera-batch-0"] == ExecutorPool.backgroundNice, "\(nices)")
         #expect(nices["tessera-exec-0"] == 0, "\(nices)")
         pool.submit([Self.task(10, .interactive, sleepMicros: 1_000), Self.task(11, .normal, sleepMicros: 1_000)])
         var done: [UInt64] = []
-        for _ in 0..<2000 where done.count < 6 {
+        for _ in 0..<5000 where done.count < 6 {
             done += pool.drainCompletions().map(\.key)
             usleep(1000)
         }
@@ -65,7 +80,7 @@ struct ExecutorPoolPriorityTests {
             guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
                   let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { continue }
-            // Fields after the command: state is the 3rd field of the line, nice the 19th.
+            // Fields after the command: state is the first, nice the 17th.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 16, let nice = Int32(fields[16]) else { continue }
             out[comm.trimmingCharacters(in: .whitespacesAndNewlines)] = nice

@@ -35,6 +35,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Admission control: an interactive catalog question expected to read more rows than this is refused with the estimate (0: no budget).")
     var interactiveMaxRows: UInt64 = 5_000_000
 
+    @Option(help: "Most tasks of an interactive job that is not a catalog question (0: no limit).")
+    var interactiveMaxTasks = 1_000
+
     @Option(help: "Jobs one user may have running at once (0: no limit).")
     var maxJobsPerUser = 256
 
@@ -89,6 +92,7 @@ struct SchedulerCommand: ParsableCommand {
         config.taskDeadlineNs = UInt64(taskDeadlineS * 1e9)
         config.interactiveMaxRows = interactiveMaxRows
         config.maxJobsPerUser = maxJobsPerUser
+        config.interactiveMaxTasks = max(0, interactiveMaxTasks)
         config.maxRowsPerJob = maxRowsPerJob
         config.fairShareHalfLifeNs = UInt64(fairShareHalfLifeS * 1e9)
         config.userWeights = try weights()

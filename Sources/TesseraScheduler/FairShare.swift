@@ -42,9 +42,9 @@ struct FairShare {
         return i
     }
 
-    /// Adds worker time spent (or, negative, corrects an estimate charged earlier).
+    /// Adds worker time spent.
     mutating func charge(_ user: Int, micros: Double, now: UInt64) {
-        guard micros.isFinite, micros != 0 else { return }
+        guard micros.isFinite, micros > 0 else { return }
         if now != scaleAt {
             // One exponential per moment: a flush charges every task it hands out at one `now`.
             var exponent = Double(Int64(bitPattern: now &- reference)) / Double(halfLifeNs)
@@ -58,7 +58,18 @@ struct FairShare {
             scaleAt = now
             scale = exp2(max(exponent, -64))
         }
-        scaledUsage[user] = max(0, scaledUsage[user] + micros * scale)
+        scaledUsage[user] += micros * scale
+    }
+
+    /// Takes back a charge of `micros` made at `chargedAt` (an estimate, replaced by what the
+    /// task took, or refunded for a run that never executed), at the scale it was added with:
+    /// 2^((chargedAt − reference)/half-life), which also holds after a renormalisation moved
+    /// the reference, since that scaled everything added before it alike.
+    mutating func refund(_ user: Int, micros: Double, chargedAt: UInt64) {
+        guard micros > 0, micros.isFinite else { return }
+        let exponent = Double(Int64(bitPattern: chargedAt &- reference)) / Double(halfLifeNs)
+        let amount = chargedAt == scaleAt ? micros * scale : micros * exp2(max(exponent, -1074))
+        scaledUsage[user] = max(0, scaledUsage[user] - amount)
     }
 
     /// The ordering key within a class: lower runs first. Comparable between users at any one moment.
@@ -71,10 +82,12 @@ struct FairShare {
 
     func weight(of user: Int) -> Double { weight[user] }
 
-    /// Each user's fraction of all users' decayed usage.
-    func share(_ user: Int) -> Double {
-        let total = scaledUsage.reduce(0, +)
-        return total > 0 ? scaledUsage[user] / total : 0
+    /// Every user's usage together (scaled), for ``share(_:of:)``.
+    var totalScaledUsage: Double { scaledUsage.reduce(0, +) }
+
+    /// A user's fraction of all users' decayed usage (`total`: ``totalScaledUsage``).
+    func share(_ user: Int, of total: Double) -> Double {
+        total > 0 ? scaledUsage[user] / total : 0
     }
 
     var userCount: Int { names.count }

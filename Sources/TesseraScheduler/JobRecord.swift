@@ -97,8 +97,10 @@ final class JobRecord {
     /// Times each task was run (a run that found an input missing did not execute and is not counted).
     var runCount: [UInt16]
     /// Worker microseconds charged to the user's fair share when the task was handed out (an
-    /// estimate), replaced by what it took when it reports.
-    var charged: [UInt32]
+    /// estimate), and when: replaced by what it took when it reports, refunded when the run
+    /// never executed or its job ended first.
+    var charged: [Double]
+    var chargedAt: [UInt64]
     /// Runs beyond each task's first.
     var reruns: Int { runCount.reduce(0) { $0 + max(0, Int($1) - 1) } }
     /// Workers that have received this job's operator table.
@@ -177,7 +179,8 @@ final class JobRecord {
         lostRuns = [UInt8](repeating: 0, count: n)
         delivered = [Bool](repeating: false, count: n)
         runCount = [UInt16](repeating: 0, count: n)
-        charged = [UInt32](repeating: 0, count: n)
+        charged = [Double](repeating: 0, count: n)
+        chargedAt = [UInt64](repeating: 0, count: n)
     }
 
     @inline(__always) func hasDependents(_ t: Int) -> Bool { dependentOffsets[t + 1] > dependentOffsets[t] }
@@ -217,6 +220,7 @@ final class JobRecord {
         delivered.append(false)
         runCount.append(0)
         charged.append(0)
+        chargedAt.append(0)
         return t
     }
 

@@ -60,6 +60,9 @@ public struct SchedulerConfig: Sendable {
     /// Admission control: an interactive catalog question expected to read more rows than this
     /// is refused with the estimate (0: no budget).
     public var interactiveMaxRows: UInt64 = 5_000_000
+    /// An interactive job that is not a catalog question (a graph, a plan of tasks) may have at
+    /// most this many tasks (0: no limit).
+    public var interactiveMaxTasks = 1_000
     /// Jobs one user may have running at once (0: no limit).
     public var maxJobsPerUser = 256
     /// Rows one collect may return (a plan's `max_rows` may ask up to this; its default is

@@ -222,9 +222,10 @@ extension SchedulerCore {
         job.runCount[t] &+= 1
         // Fair share counts worker time from the moment a task is handed out (an estimate,
         // corrected when it reports), so that users alternate while their tasks are in flight.
-        let estimate = UInt32(clamping: Int(w.meanTaskMicros.rounded()))
-        job.charged[t] = estimate
-        fairShare.charge(job.lane.user, micros: Double(estimate), now: lastNow)
+        // At least a microsecond, so that users never tie at zero.
+        job.charged[t] = max(1, w.meanTaskMicros)
+        job.chargedAt[t] = lastNow
+        fairShare.charge(job.lane.user, micros: job.charged[t], now: lastNow)
         let key = TaskKey.make(job: job.id, task: UInt32(t))
         // Filled in below, once the input bytes are known.
         var deadline = job.taskTimeoutNs ?? config.taskDeadlineNs
@@ -296,8 +297,8 @@ extension SchedulerCore {
             tasksCompleted += 1
             if hasCompute {
                 w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n])
-                fairShare.charge(job.lane.user, micros: Double(r.computeUs[n]) - Double(job.charged[t]), now: now)
-                job.charged[t] = 0
+                refundCharge(job, t)
+                fairShare.charge(job.lane.user, micros: max(1, Double(r.computeUs[n])), now: now)
             }
             job.resultBytes[t] = hasBytes ? UInt32(clamping: r.resultBytes[n]) : 0
             if job.directResults && job.isOutput[t] && !job.delivered[t] && !job.isSnapshot(t) {
@@ -348,8 +349,9 @@ extension SchedulerCore {
             job.worker[t] = 0
             switch f.kind {
             case .failureMissingInput:
-                // The task did not execute: this run does not count.
+                // The task did not execute: this run does not count, nor does its charge.
                 if job.runCount[t] > 0 { job.runCount[t] -= 1 }
+                refundCharge(job, t)
                 let hasHolders = f.missingHolders.count == f.missingInputs.count
                 for (n, m) in f.missingInputs.enumerated() where TaskKey.job(m) == job.id {
                     let i = Int(TaskKey.task(m))
@@ -414,6 +416,12 @@ extension SchedulerCore {
                 if job.waitCount[d] == 0 { makeReady(job, d) }
             }
         }
+    }
+
+    /// Takes back the fair-share estimate charged when task `t` was handed out.
+    mutating func refundCharge(_ job: JobRecord, _ t: Int) {
+        fairShare.refund(job.lane.user, micros: job.charged[t], chargedAt: job.chargedAt[t])
+        job.charged[t] = 0
     }
 
     /// Drops a snapshot that failed or whose worker left, unpinning the values it would have read.
@@ -622,6 +630,8 @@ extension SchedulerCore {
         send(.client(job.client), e)
         for t in 0..<job.taskCount where job.state[t] == .running {
             workers[job.worker[t]]?.deadlines.removeValue(forKey: TaskKey.make(job: job.id, task: UInt32(t)))
+            // What it took is never reported: its estimate is taken back.
+            refundCharge(job, t)
         }
         for id in job.setUpOn {
             // A job done with direct results leaves them on the workers until the client takes them.

@@ -374,6 +374,14 @@ public struct SchedulerCore {
             send(.client(connection), errorEnvelope(.errorInvalidGraph, "\(error)", clientTag: s.clientTag))
             return
         }
+        if priority == .interactive && estimate == nil && config.interactiveMaxTasks > 0 && graph.taskCount > config.interactiveMaxTasks {
+            // Interactive work goes ahead of everyone's: a graph or plan whose reads the
+            // scheduler cannot estimate is bounded by its size instead.
+            send(.client(connection), errorEnvelope(
+                .errorOverBudget, "an interactive job may have at most \(config.interactiveMaxTasks) tasks (scheduler --interactive-max-tasks); this one has \(graph.taskCount): submit it as normal or batch",
+                clientTag: s.clientTag))
+            return
+        }
         // Operators no live worker knows are refused up front (with no workers, the workers will say).
         if !workers.isEmpty {
             let known = workers.values.reduce(into: Set<String>()) { $0.formUnion($1.operators) }
@@ -648,6 +656,7 @@ public struct SchedulerCore {
         s.fairShareHalfLifeS = Double(config.fairShareHalfLifeNs) / 1e9
         var runningTasks: [String: UInt64] = [:]
         for j in jobs.values { runningTasks[j.user, default: 0] += UInt64(j.runningCount) }
+        let totalUsage = fairShare.totalScaledUsage
         for i in 0..<fairShare.userCount {
             let name = fairShare.names[i]
             guard identity.isAdmin || name == identity.user else { continue }
@@ -659,7 +668,7 @@ public struct SchedulerCore {
             u.user = name
             u.weight = fairShare.weight(of: i)
             u.usageSeconds = usage
-            u.share = fairShare.share(i)
+            u.share = fairShare.share(i, of: totalUsage)
             u.jobs = UInt32(clamping: running)
             u.runningTasks = runningTasks[name] ?? 0
             s.users.append(u)

@@ -56,7 +56,9 @@ public final class DecodedColumnCache: Sendable {
     }
 
     /// Keeps a decoded chunk of `bytes` bytes; makes room by dropping the least recently used.
-    func insert(_ key: Key, _ data: ColumnData, bytes: Int) {
+    func insert(_ key: Key, _ data: ColumnData, bytes arrayBytes: Int) {
+        // The entry's own cost too (key, path, table slot), so tiny chunks cannot overrun the budget.
+        let bytes = arrayBytes + 128 + key.path.utf8.count
         guard bytes <= capacityBytes / 4 else { return }  // one chunk never takes over the cache
         state.withLock { s in
             s.clock += 1

@@ -146,6 +146,8 @@ public final class ExecutorPool: TaskPool, Sendable {
                 // Named for `top -H` and /proc (Linux keeps 15 characters).
                 let name = background ? "tessera-batch-\(i)" : "tessera-exec-\(i)"
                 let t = Thread { [self] in
+                    // Priority first, then the name: a thread seen by its name already runs at its priority.
+                    if background { Self.lowerThisThreadsPriority() }
                     #if os(Linux)
                     // (pthread_setname_np does not reach Swift; a thread may write its own comm.)
                     try? String(name.prefix(15)).write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
@@ -178,7 +180,10 @@ public final class ExecutorPool: TaskPool, Sendable {
     public func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
         state.condition.lock()
         defer { state.condition.unlock() }
-        return state.queue.take(where: predicate)
+        let taken = state.queue.take(where: predicate)
+        // With fewer foreground tasks queued, a batch thread may now take a free slot.
+        if !taken.isEmpty && !state.queue.isEmpty { state.condition.broadcast() }
+        return taken
     }
 
     /// Drops the duration records of finished jobs.
@@ -211,7 +216,6 @@ public final class ExecutorPool: TaskPool, Sendable {
     }
 
     private func loop(background: Bool) {
-        if background { Self.lowerThisThreadsPriority() }
         let s = state
         while true {
             s.condition.lock()
@@ -229,6 +233,9 @@ public final class ExecutorPool: TaskPool, Sendable {
                 return
             }
             s.running += 1
+            // Another slot may still be free for a task the woken threads passed over (a batch
+            // thread that saw this one queued went back to waiting).
+            if s.running < threadCount && !s.queue.isEmpty { s.condition.broadcast() }
             s.condition.unlock()
             let wasEmpty = execute(task)
             s.condition.lock()

@@ -161,6 +161,10 @@ struct SchedulerSharingTests {
         let refusal = try #require(c.clientErrors[1000]?.last)
         #expect(refusal.code == .errorOverBudget)
         #expect(refusal.message.contains("user `ann` has 2 jobs running"))
+        // Interactive work that is not a catalog question is bounded by its size.
+        #expect(c.submit(Workloads.independent(tasks: 1_001), priority: .interactive, as: Self.user("dan")) == nil)
+        #expect(c.clientErrors[1000]?.last?.code == .errorOverBudget)
+        #expect(c.clientErrors[1000]?.last?.message.contains("at most 1000 tasks") == true)
         // Bob is not held back by ann's limit.
         _ = try #require(c.submit(Workloads.independent(tasks: 5), priority: .normal, as: Self.user("bob")))
         #expect(c.run(until: [j1]))

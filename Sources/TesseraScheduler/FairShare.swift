@@ -19,15 +19,17 @@ struct FairShare {
     private var weight: [Double] = []
     private var reference: UInt64
     private let weights: [String: Double]
-    /// 2^((scaleAt − reference)/half-life), kept for the moment it was computed at.
-    private var scaleAt: UInt64 = 0
-    private var scale = 1.0
+    /// Scales are taken per tenth of a second (usage moves by 0.02 % in that time at the default
+    /// half-life), and the two latest are kept: a task's refund, at its report, then finds its
+    /// charge's scale without computing an exponential.
+    static let quantumNs: UInt64 = 100_000_000
+    private var cachedQuanta: (UInt64, UInt64) = (.max, .max)
+    private var cachedScales: (Double, Double) = (1, 1)
 
     init(halfLifeNs: UInt64, weights: [String: Double], now: UInt64) {
         self.halfLifeNs = max(1, halfLifeNs)
         self.weights = weights
         reference = now
-        scaleAt = now
     }
 
     /// The user's index, assigned on first sight.
@@ -42,23 +44,30 @@ struct FairShare {
         return i
     }
 
+    /// 2^((t − reference)/half-life), t taken to its tenth of a second.
+    private mutating func scale(at t: UInt64) -> Double {
+        let q = t / Self.quantumNs
+        if q == cachedQuanta.0 { return cachedScales.0 }
+        if q == cachedQuanta.1 { return cachedScales.1 }
+        let exponent = Double(Int64(bitPattern: q &* Self.quantumNs &- reference)) / Double(halfLifeNs)
+        let s = exp2(max(exponent, -1074))
+        cachedQuanta = (q, cachedQuanta.0)
+        cachedScales = (s, cachedScales.0)
+        return s
+    }
+
     /// Adds worker time spent.
     mutating func charge(_ user: Int, micros: Double, now: UInt64) {
         guard micros.isFinite, micros > 0 else { return }
-        if now != scaleAt {
-            // One exponential per moment: a flush charges every task it hands out at one `now`.
-            var exponent = Double(Int64(bitPattern: now &- reference)) / Double(halfLifeNs)
-            if exponent > 64 {
-                // Renormalise: decay everyone to `now`, which becomes the reference.
-                let factor = exp2(-exponent)
-                for i in scaledUsage.indices { scaledUsage[i] *= factor }
-                reference = now
-                exponent = 0
-            }
-            scaleAt = now
-            scale = exp2(max(exponent, -64))
+        let (limit, overflow) = halfLifeNs.multipliedReportingOverflow(by: 64)
+        if !overflow && now > reference && now &- reference > limit {
+            // Renormalise: decay everyone to `now`, which becomes the reference.
+            let factor = exp2(-Double(now &- reference) / Double(halfLifeNs))
+            for i in scaledUsage.indices { scaledUsage[i] *= factor }
+            reference = now
+            cachedQuanta = (.max, .max)
         }
-        scaledUsage[user] += micros * scale
+        scaledUsage[user] += micros * scale(at: now)
     }
 
     /// Takes back a charge of `micros` made at `chargedAt` (an estimate, replaced by what the
@@ -67,9 +76,7 @@ struct FairShare {
     /// the reference, since that scaled everything added before it alike.
     mutating func refund(_ user: Int, micros: Double, chargedAt: UInt64) {
         guard micros > 0, micros.isFinite else { return }
-        let exponent = Double(Int64(bitPattern: chargedAt &- reference)) / Double(halfLifeNs)
-        let amount = chargedAt == scaleAt ? micros * scale : micros * exp2(max(exponent, -1074))
-        scaledUsage[user] = max(0, scaledUsage[user] - amount)
+        scaledUsage[user] = max(0, scaledUsage[user] - micros * scale(at: chargedAt))
     }
 
     /// The ordering key within a class: lower runs first. Comparable between users at any one moment.

@@ -119,11 +119,50 @@ extension TaskPool {
 public final class ExecutorPool: TaskPool, Sendable {
     /// The queue and the slots, under one lock with a condition to wait on.
     private final class State: @unchecked Sendable {
-        // Every field is read and written only with `condition` locked.
-        let condition = NSCondition()
+        // The fields after the primitives are read and written only with `mutex` held.
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        /// Foreground threads wait here, background (batch) threads on `backgroundReady`: a
+        /// wake-up goes to a thread that can take the task, never to all of them.
+        let foregroundReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        let backgroundReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         var queue = PriorityTaskQueue()
         var running = 0
         var stopping = false
+
+        init() {
+            pthread_mutex_init(mutex, nil)
+            pthread_cond_init(foregroundReady, nil)
+            pthread_cond_init(backgroundReady, nil)
+        }
+
+        deinit {
+            pthread_cond_destroy(foregroundReady)
+            pthread_cond_destroy(backgroundReady)
+            pthread_mutex_destroy(mutex)
+            foregroundReady.deallocate()
+            backgroundReady.deallocate()
+            mutex.deallocate()
+        }
+
+        func lock() { pthread_mutex_lock(mutex) }
+        func unlock() { pthread_mutex_unlock(mutex) }
+
+        /// With a slot free, wakes one thread that may take a queued task: a foreground one
+        /// while interactive or normal tasks wait, else a background one. A thread that takes a
+        /// task calls this again, so a burst wakes as many threads as there are slots.
+        func wakeNext(slots: Int) {
+            guard running < slots else { return }
+            if queue.hasForeground {
+                pthread_cond_signal(foregroundReady)
+            } else if queue.hasBackground {
+                pthread_cond_signal(backgroundReady)
+            }
+        }
+
+        func wakeAll() {
+            pthread_cond_broadcast(foregroundReady)
+            pthread_cond_broadcast(backgroundReady)
+        }
     }
 
     private let state = State()
@@ -170,19 +209,19 @@ public final class ExecutorPool: TaskPool, Sendable {
             for t in tasks { execute(t) }
             return
         }
-        state.condition.lock()
+        state.lock()
         state.queue.append(contentsOf: tasks)
-        state.condition.broadcast()
-        state.condition.unlock()
+        state.wakeNext(slots: threadCount)
+        state.unlock()
     }
 
     /// Takes back queued tasks that have not started (all of them, or those matching `where`).
     public func takeQueued(where predicate: (ExecutableTask) -> Bool) -> [ExecutableTask] {
-        state.condition.lock()
-        defer { state.condition.unlock() }
+        state.lock()
+        defer { state.unlock() }
         let taken = state.queue.take(where: predicate)
         // With fewer foreground tasks queued, a batch thread may now take a free slot.
-        if !taken.isEmpty && !state.queue.isEmpty { state.condition.broadcast() }
+        if !taken.isEmpty { state.wakeNext(slots: threadCount) }
         return taken
     }
 
@@ -202,49 +241,44 @@ public final class ExecutorPool: TaskPool, Sendable {
 
     /// Tasks queued or running.
     public var busyCount: Int {
-        state.condition.lock()
-        defer { state.condition.unlock() }
+        state.lock()
+        defer { state.unlock() }
         return state.queue.count + state.running
     }
 
     /// Stops the threads after the tasks they are running.
     public func stop() {
-        state.condition.lock()
+        state.lock()
         state.stopping = true
-        state.condition.broadcast()
-        state.condition.unlock()
+        state.wakeAll()
+        state.unlock()
     }
 
     private func loop(background: Bool) {
         let s = state
-        while true {
-            s.condition.lock()
+        let ready = background ? s.backgroundReady : s.foregroundReady
+        s.lock()
+        while !s.stopping {
+            // A free slot: interactive and normal tasks first; batch ones only when none waits.
             var task: ExecutableTask?
-            while !s.stopping {
-                if s.running < threadCount {
-                    // A free slot: interactive and normal tasks first; batch ones only when none waits.
-                    task = background ? (s.queue.hasForeground ? nil : s.queue.popBackground()) : (s.queue.hasForeground ? s.queue.popFirst() : nil)
-                    if task != nil { break }
-                }
-                s.condition.wait()
+            if s.running < threadCount {
+                task = background ? (s.queue.hasForeground ? nil : s.queue.popBackground()) : (s.queue.hasForeground ? s.queue.popFirst() : nil)
             }
             guard let task else {
-                s.condition.unlock()
-                return
+                // Not one for this thread: perhaps for a thread of the other kind.
+                s.wakeNext(slots: threadCount)
+                pthread_cond_wait(ready, s.mutex)
+                continue
             }
             s.running += 1
-            // Another slot may still be free for a task the woken threads passed over (a batch
-            // thread that saw this one queued went back to waiting).
-            if s.running < threadCount && !s.queue.isEmpty { s.condition.broadcast() }
-            s.condition.unlock()
+            s.wakeNext(slots: threadCount)
+            s.unlock()
             let wasEmpty = execute(task)
-            s.condition.lock()
-            s.running -= 1
-            // A slot is free: whichever thread may take the next task.
-            if !s.queue.isEmpty { s.condition.broadcast() }
-            s.condition.unlock()
             if wasEmpty { wake() }
+            s.lock()
+            s.running -= 1
         }
+        s.unlock()
     }
 
     /// Lowers the calling thread's OS priority (Linux: nice applies per thread).

@@ -638,6 +638,14 @@ public struct SchedulerCore {
             s.workers.append(ws)
             s.maxHeartbeatGapMs = max(s.maxHeartbeatGapMs, UInt32(min(w.maxHeartbeatGap / 1_000_000, UInt64(UInt32.max))))
         }
+        // Each job's running tasks, counted once for its line and its user's.
+        var runningTasks: [String: UInt64] = [:]
+        var runningOf: [JobID: UInt64] = [:]
+        for j in jobs.values {
+            let n = UInt64(j.runningCount)
+            runningOf[j.id] = n
+            runningTasks[j.user, default: 0] += n
+        }
         for id in jobs.keys.sorted() {
             guard let j = jobs[id], identity.isAdmin || j.user == identity.user else { continue }
             var js = Tessera_V1_JobStatus()
@@ -647,15 +655,13 @@ public struct SchedulerCore {
             js.state = .jobRunning
             js.taskCount = UInt64(j.graphTaskCount)
             js.tasksDone = UInt64(j.doneCount)
-            js.running = UInt64(j.runningCount)
+            js.running = runningOf[j.id] ?? 0
             js.ready = UInt64(j.readyCount)
             js.seconds = Double(now &- j.submittedAt) / 1e9
             js.priority = j.priority.wire
             s.jobs.append(js)
         }
         s.fairShareHalfLifeS = Double(config.fairShareHalfLifeNs) / 1e9
-        var runningTasks: [String: UInt64] = [:]
-        for j in jobs.values { runningTasks[j.user, default: 0] += UInt64(j.runningCount) }
         let totalUsage = fairShare.totalScaledUsage
         for i in 0..<fairShare.userCount {
             let name = fairShare.names[i]

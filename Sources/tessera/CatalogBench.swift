@@ -179,6 +179,13 @@ struct CatalogBench: ParsableCommand {
 
 /// `tessera bench cone`: warm latency of small cone searches through the client.
 struct ConeBench: ParsableCommand {
+    /// A portal's cone search: rows back from a cone at a random place inside the anchor's footprint.
+    static func randomCone(radiusArcmin: Double, using rng: inout some RandomNumberGenerator) -> CatalogQuery {
+        let ra = Double.random(in: 51...69, using: &rng), dec = Double.random(in: -44...(-26), using: &rng)
+        return CatalogQuery(dataset: AnchorCatalog.dataset).region(.cone(ra: ra, dec: dec, radius: radiusArcmin / 60))
+            .select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"])
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "cone",
         abstract: "Latency of random 1-arcminute cone searches (rows back) on the anchor catalog: p50 and p99.")
@@ -194,15 +201,12 @@ struct ConeBench: ParsableCommand {
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
         defer { cluster.stop() }
-        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
         var rng = SystemRandomNumberGenerator()
         var times: [Double] = []
         var found = 0
         // Warm-up cones (not counted): shards mapped, connections up.
         for k in 0..<(cones + 20) {
-            let ra = Double.random(in: 51...69, using: &rng), dec = Double.random(in: -44...(-26), using: &rng)
-            let q = object.region(.cone(ra: ra, dec: dec, radius: radiusArcmin / 60)).select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"])
-            let u = try conn.run(q, name: "cone")
+            let u = try conn.run(Self.randomCone(radiusArcmin: radiusArcmin, using: &rng), name: "cone")
             if k >= 20 {
                 times.append(u.seconds)
                 found += u.result.table.rowCount

@@ -115,11 +115,7 @@ struct MixedBench: ParsableCommand {
 
     func coneRound(_ endpoint: String, priority: PriorityClass) throws -> Timings {
         var rng = SystemRandomNumberGenerator()
-        let object = CatalogQuery(dataset: AnchorCatalog.dataset)
-        let questions = (0..<cones).map { _ in
-            object.region(.cone(ra: Double.random(in: 51...69, using: &rng), dec: Double.random(in: -44...(-26), using: &rng), radius: radiusArcmin / 60))
-                .select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"]).priority(priority)
-        }
+        let questions = (0..<cones).map { _ in ConeBench.randomCone(radiusArcmin: radiusArcmin, using: &rng).priority(priority) }
         return try runConcurrently(endpoint, questions)
     }
 
@@ -139,6 +135,9 @@ struct MixedBench: ParsableCommand {
         let watcher = try SchedulerConnection(endpoint: endpoint)
         let question = CatalogQuery(dataset: AnchorCatalog.dataset).filter("detect_isPrimary and mag(r_psfFlux) < 23").wirePlan
         let done = Mutex<[Int]>([0, 0])
+        // A user's connection, submission or job that fails ends the figure with its error
+        // (instead of waiting forever for jobs that will never finish).
+        let failure = Mutex<String?>(nil)
         let group = DispatchGroup()
         let start = now()
         for (u, c) in credentials.enumerated() {
@@ -146,19 +145,21 @@ struct MixedBench: ParsableCommand {
             // Alice submits all her jobs first; bob's follow at once.
             if u == 1 { Thread.sleep(forTimeInterval: 0.02) }
             DispatchQueue.global().async(group: group) {
-                guard let conn = try? SchedulerConnection(endpoint: endpoint, credentials: c) else { return }
-                if c == .insecure { conn.onBehalfOf = users[u] }
-                conn.priority = .batch
-                guard let ids = try? (0..<jobs).map({ _ in try conn.submit(.plan(question), name: "fair \(users[u])").jobID }) else { return }
-                var open = Set(ids)
-                while !open.isEmpty {
-                    for id in open.sorted() {
-                        guard let ev = try? conn.nextEvent(job: id, timeout: 0.005) else { continue }
-                        if case .finished = ev {
+                do {
+                    let conn = try SchedulerConnection(endpoint: endpoint, credentials: c)
+                    if c == .insecure { conn.onBehalfOf = users[u] }
+                    conn.priority = .batch
+                    var open = Set(try (0..<jobs).map { _ in try conn.submit(.plan(question), name: "fair \(users[u])").jobID })
+                    while !open.isEmpty && failure.withLock({ $0 }) == nil {
+                        for id in open.sorted() {
+                            guard case .finished(let f)? = try conn.nextEvent(job: id, timeout: 0.005) else { continue }
+                            guard f.state == .jobDone else { throw ClientError.jobEnded(state: f.state, message: f.error) }
                             open.remove(id)
                             done.withLock { $0[u] += 1 }
                         }
                     }
+                } catch {
+                    failure.withLock { $0 = $0 ?? "\(users[u]): \(error)" }
                 }
             }
         }
@@ -167,7 +168,7 @@ struct MixedBench: ParsableCommand {
         var first: Tessera_V1_StatusReply?
         var last: Tessera_V1_StatusReply?
         var firstDoneAt = Double.nan
-        while done.withLock({ $0 }).allSatisfy({ $0 < fairJobs }) {
+        while done.withLock({ $0 }).allSatisfy({ $0 < fairJobs }) && failure.withLock({ $0 }) == nil {
             let s = try watcher.status()
             if first == nil && users.allSatisfy({ u in s.users.contains { $0.user == u && $0.runningTasks > 0 } }) { first = s }
             last = s
@@ -176,6 +177,7 @@ struct MixedBench: ParsableCommand {
         firstDoneAt = Double(now() - start) / 1e9
         let jobsDone = done.withLock { $0 }
         group.wait()
+        if let why = failure.withLock({ $0 }) { throw ValidationError("the fair-share figure failed: \(why)") }
         let wall = Double(now() - start) / 1e9
         // Worker seconds each used while both were active (decay over these seconds is negligible
         // beside the half-life of minutes).

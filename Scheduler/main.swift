@@ -38,6 +38,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Most tasks of an interactive job that is not a catalog question (0: no limit).")
     var interactiveMaxTasks = 1_000
 
+    @Option(help: "Shared scans: other jobs' scans of a shard (same class) sent along with one, to ride one pass over it on the worker (0: every scan reads alone).")
+    var maxPassRiders = 31
+
     @Option(help: "Jobs one user may have running at once (0: no limit).")
     var maxJobsPerUser = 256
 
@@ -92,6 +95,7 @@ struct SchedulerCommand: ParsableCommand {
         config.taskDeadlineNs = UInt64(taskDeadlineS * 1e9)
         config.interactiveMaxRows = interactiveMaxRows
         config.maxJobsPerUser = maxJobsPerUser
+        config.maxPassRiders = max(0, maxPassRiders)
         config.interactiveMaxTasks = max(0, interactiveMaxTasks)
         config.maxRowsPerJob = maxRowsPerJob
         config.fairShareHalfLifeNs = UInt64(fairShareHalfLifeS * 1e9)

@@ -25,11 +25,49 @@ public enum CatalogOperators {
     }
 
     /// Reads one shard and returns its `CatalogPartial` (as bytes).
-    public static let catalogScan = TaskOperator("catalog_scan", "answer a catalog question over one shard") { ctx throws(OperatorError) in
+    ///
+    /// Scans of one shard file (and position columns) share a pass: the worker's pool runs the
+    /// ones it has at once in one pass over the row groups, and later ones join it mid-way.
+    public static let catalogScan = TaskOperator("catalog_scan", "answer a catalog question over one shard",
+                                                 sharedPass: SharedPassSupport(key: sharedPassKey, open: openSharedPass)) { ctx throws(OperatorError) in
         let name = "catalog_scan"
         return .bytes(try checkedScan(ctx, plan: plan(ctx, name), operatorName: name) { (q, reader, ra, dec) throws(CatalogQueryError) in
             try CatalogScan.scanSerialized(q, reader: reader, raColumn: ra, decColumn: dec, isCancelled: ctx.isCancelled)
         })
+    }
+
+    /// Scans of the same file, expected checksum and position columns read the same data the
+    /// same way.
+    @Sendable static func sharedPassKey(_ ctx: OperatorContext) -> String? {
+        guard let key = ctx.dataKey, let root = ctx.dataRoot else { return nil }
+        return "\(root)/\(key)#\(ctx.dataChecksum ?? 0)#\(ctx.params.strings["ra"] ?? "coord_ra")#\(ctx.params.strings["dec"] ?? "coord_dec")"
+    }
+
+    /// The shard opened and checked as a lone scan opens it (``checkedScan``), as a shared pass.
+    @Sendable static func openSharedPass(_ ctx: OperatorContext) throws(OperatorError) -> any TaskPass {
+        let name = "catalog_scan"
+        let (reader, ra, dec) = try openShard(ctx, name)
+        return CatalogScanPass(pass: SharedShardPass(reader: reader, raColumn: ra, decColumn: dec))
+    }
+
+    /// Opens the task's shard and checks it is the registered file.
+    static func openShard(_ ctx: OperatorContext, _ name: String) throws(OperatorError) -> (ShardReader, String, String) {
+        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
+            throw OperatorError(name, "the task names no shard this worker can open (data key \(ctx.dataKey ?? "none"))")
+        }
+        let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
+        let reader: ShardReader
+        do {
+            reader = try ShardReader(path: root + "/" + shard.relativePath, cache: ctx.columnCache)
+        } catch {
+            // The shard could not be opened or read: another replica may serve.
+            throw OperatorError(name, "\(error)")
+        }
+        if let want = ctx.dataChecksum, want != 0, reader.checksum != want {
+            // A damaged, replaced or planted file: another replica may be the right one.
+            throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")
+        }
+        return (reader, ra, dec)
     }
 
     /// Input `k` of a merge, read as the `CatalogPartial` it must be.
@@ -62,23 +100,12 @@ public enum CatalogOperators {
     /// may serve.
     static func checkedScan<T>(_ ctx: OperatorContext, plan: CatalogQueryPlan, operatorName name: String,
                                _ body: (CheckedCatalogQuery, ShardReader, String, String) throws(CatalogQueryError) -> T) throws(OperatorError) -> T {
-        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
-            throw OperatorError(name, "the task names no shard this worker can open (data key \(ctx.dataKey ?? "none"))")
-        }
-        let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
-        do {
-            let reader = try ShardReader(path: root + "/" + shard.relativePath, cache: ctx.columnCache)
-            if let want = ctx.dataChecksum, want != 0, reader.checksum != want {
-                // A damaged, replaced or planted file: another replica may be the right one.
-                throw OperatorError(name, "shard \(key) on this worker is not the file the registry recorded (checksum \(String(reader.checksum, radix: 16)), expected \(String(want, radix: 16)))")
-            }
+        let (reader, ra, dec) = try openShard(ctx, name)
+        do throws(CatalogQueryError) {
             let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
             return try body(q, reader, ra, dec)
-        } catch let e as CatalogQueryError {
-            throw OperatorError(name, e.message, retryable: e.retryable)
         } catch {
-            // The shard could not be opened or read: another replica may serve.
-            throw OperatorError(name, "\(error)")
+            throw OperatorError(name, error.message, retryable: error.retryable)
         }
     }
 
@@ -97,6 +124,29 @@ public enum CatalogOperators {
             throw OperatorError(name, "\(error)")
         }
     }
+}
+
+/// A shared shard pass as the worker's pool runs it: tasks in, values out.
+final class CatalogScanPass: TaskPass {
+    let pass: SharedShardPass
+    init(pass: SharedShardPass) { self.pass = pass }
+
+    func attach(_ ctx: OperatorContext, done: @escaping @Sendable (Result<Value, OperatorError>, UInt32) -> Void) -> Bool {
+        let name = "catalog_scan"
+        let plan: CatalogQueryPlan
+        do throws(OperatorError) {
+            plan = try CatalogOperators.plan(ctx, name)
+        } catch {
+            done(.failure(error), 0)
+            return true
+        }
+        return pass.attach(plan, isCancelled: ctx.isCancelled) { result, micros in
+            done(result.map { .bytes($0) }.mapError { OperatorError(name, $0.message, retryable: $0.retryable) }, micros)
+        }
+    }
+
+    func run() { pass.run() }
+    var tasksAnswered: Int { pass.attachedTotal }
 }
 
 /// The operators that run users' Python functions. They are implemented by the worker daemon

@@ -61,12 +61,42 @@ public struct TaskOperator: Sendable {
     public let name: String
     public let summary: String
     public let run: @Sendable (OperatorContext) throws(OperatorError) -> Value
+    /// Set for operators whose tasks can share one pass over the same data (shard scans): the
+    /// worker's pool then runs tasks with the same pass key together.
+    public let sharedPass: SharedPassSupport?
 
-    public init(_ name: String, _ summary: String, run: @escaping @Sendable (OperatorContext) throws(OperatorError) -> Value) {
+    public init(_ name: String, _ summary: String, sharedPass: SharedPassSupport? = nil,
+                run: @escaping @Sendable (OperatorContext) throws(OperatorError) -> Value) {
         self.name = name
         self.summary = summary
+        self.sharedPass = sharedPass
         self.run = run
     }
+}
+
+/// How an operator's tasks share a pass over their data.
+public struct SharedPassSupport: Sendable {
+    /// The pass a task may join: tasks with the same key read the same data the same way (nil:
+    /// the task runs alone).
+    public let key: @Sendable (OperatorContext) -> String?
+    /// Opens a pass over the task's data; an error is the task's own (as if it had run alone).
+    public let open: @Sendable (OperatorContext) throws(OperatorError) -> any TaskPass
+
+    public init(key: @escaping @Sendable (OperatorContext) -> String?, open: @escaping @Sendable (OperatorContext) throws(OperatorError) -> any TaskPass) {
+        self.key = key
+        self.open = open
+    }
+}
+
+/// A pass over one piece of data that answers every task attached to it.
+public protocol TaskPass: AnyObject, Sendable {
+    /// Attaches a task; `done` is called once with its value and the worker time charged to it,
+    /// on the thread running the pass. False once the pass has ended.
+    func attach(_ ctx: OperatorContext, done: @escaping @Sendable (Result<Value, OperatorError>, _ micros: UInt32) -> Void) -> Bool
+    /// Runs the pass on the calling thread until no task remains attached; then it has ended.
+    func run()
+    /// Tasks attached over the pass's life.
+    var tasksAnswered: Int { get }
 }
 
 /// Maps operator names to implementations.

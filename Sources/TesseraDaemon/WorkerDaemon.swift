@@ -107,6 +107,12 @@ public final class WorkerDaemon {
         shardWriter = shards.map { BackgroundShardWriter(store: $0, workerName: settings.name) { wake.signal() } }
         engine.dataRoot = settings.dataDirectory
         if settings.columnCacheBytes > 0 { engine.columnCache = DecodedColumnCache(capacityBytes: Int(clamping: settings.columnCacheBytes)) }
+        engine.scanStatistics = { [pool] in
+            let p = pool.passStatistics
+            var s = Tessera_V1_ScanStats()
+            (s.passes, s.passTasks, s.mostInOnePass) = (p.passes, p.tasks, p.most)
+            return s
+        }
         // Spilled values go under the data folder when there is one (a local disk), else to a
         // private temporary folder; either is emptied at start.
         let spillPath = settings.dataDirectory.map { $0 + "/spill" }

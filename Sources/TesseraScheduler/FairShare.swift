@@ -183,6 +183,27 @@ struct ReadyLanes {
         return nil
     }
 
+    /// As ``scanBack(_:limit:_:)``, from the front (oldest first).
+    mutating func scanFront(_ lane: Lane, limit: Int, _ decide: (UInt64) -> ScanDecision) -> UInt64? {
+        guard let i = index(of: lane) else { return nil }
+        var k = 0
+        var looked = 0
+        while k < entries[i].keys.count && looked < limit {
+            looked += 1
+            switch decide(entries[i].keys[k]) {
+            case .drop:
+                entries[i].keys.remove(at: k)
+                count -= 1
+            case .take:
+                count -= 1
+                return entries[i].keys.remove(at: k)
+            case .keep:
+                k += 1
+            }
+        }
+        return nil
+    }
+
     enum ScanDecision { case drop, take, keep }
 
     /// Every key, lane by lane (to re-queue them elsewhere).

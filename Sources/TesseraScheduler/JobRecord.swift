@@ -190,6 +190,12 @@ final class JobRecord {
     @inline(__always) func dependentRange(_ t: Int) -> Range<Int> { Int(dependentOffsets[t])..<Int(dependentOffsets[t + 1]) }
 
     /// The data key a task reads, if any.
+    /// The name of task `t`'s operator.
+    func operatorName(_ t: Int) -> String {
+        let k = Int(op[t])
+        return k < operators.count ? operators[k] : ""
+    }
+
     func dataKeyName(_ t: Int) -> String? {
         guard !dataKey.isEmpty, dataKey[t] > 0 else { return nil }
         return dataKeys[Int(dataKey[t]) - 1]

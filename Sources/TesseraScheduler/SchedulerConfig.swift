@@ -63,6 +63,14 @@ public struct SchedulerConfig: Sendable {
     /// An interactive job that is not a catalog question (a graph, a plan of tasks) may have at
     /// most this many tasks (0: no limit).
     public var interactiveMaxTasks = 1_000
+    /// Shared scans (convoy scheduling): when a scan of a shard is sent to a worker, up to this
+    /// many other jobs' ready scans of the same shard, in the same class, go with it, and the
+    /// worker answers them all in one pass over the shard (0: every scan reads alone). They do
+    /// not count against the worker's in-flight limit: a rider adds its own evaluation, not
+    /// another read of the shard.
+    public var maxPassRiders = 31
+    /// Operators whose tasks share passes over their data.
+    public var sharedPassOperators: Set<String> = ["catalog_scan"]
     /// Jobs one user may have running at once (0: no limit).
     public var maxJobsPerUser = 256
     /// Rows one collect may return (a plan's `max_rows` may ask up to this; its default is

@@ -203,6 +203,9 @@ extension SchedulerCore {
     /// per step (within the worker's in-flight limit).
     mutating func assign(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
         assignOne(job, t, to: w)
+        if config.maxPassRiders > 0, let dk = job.dataKeyName(t), config.sharedPassOperators.contains(job.operatorName(t)) {
+            addRiders(dataKey: dk, operatorName: job.operatorName(t), with: job, to: w)
+        }
         var cur = t
         let limit = w.inFlightLimit(config) + (job.priority == .interactive ? w.threads * config.interactiveInFlightPerThread : 0)
         while w.inFlight < limit {
@@ -212,6 +215,29 @@ extension SchedulerCore {
             guard job.state[d] == .waiting, job.inputRange(d).count == 1, job.dataKeyName(d) == nil else { break }
             assignOne(job, d, to: w)
             cur = d
+        }
+    }
+
+    /// Shared scans (convoy scheduling): other jobs' ready scans of the same shard, in the same
+    /// class, go to the worker with this one (from its own queue, then from those of the
+    /// shard's other holders), so that it answers them all in one pass over the shard. One per
+    /// job, at most `maxPassRiders`, never to a worker a task already failed on.
+    mutating func addRiders(dataKey dk: String, operatorName op: String, with job: JobRecord, to w: WorkerRecord) {
+        var room = config.maxPassRiders
+        let queues = [w] + (holders[dk] ?? []).filter { $0 != w.id }.compactMap { workers[$0] }
+        for q in queues {
+            for lane in Array(q.pinned.lanes) where lane.priority == job.priority && lane.job != job.id {
+                if room == 0 { return }
+                let taken = q.pinned.scanFront(lane, limit: 256) { key in
+                    guard let (other, i) = readyTask(key) else { return .drop }
+                    guard other.dataKeyName(i) == dk, other.operatorName(i) == op, other.failedOn[i]?.contains(w.id) != true else { return .keep }
+                    return .take
+                }
+                guard let taken, let (other, i) = runnable(taken) else { continue }
+                assignOne(other, i, to: w)
+                w.riders.insert(taken)
+                room -= 1
+            }
         }
     }
 
@@ -292,7 +318,7 @@ extension SchedulerCore {
                 w.releases.append(key)
                 continue
             }
-            w.deadlines.removeValue(forKey: key)
+            w.taskLeft(key)
             w.tasksDone += 1
             tasksCompleted += 1
             if hasCompute {
@@ -338,7 +364,7 @@ extension SchedulerCore {
             guard let job = jobs[TaskKey.job(f.key)] else { continue }
             let t = Int(TaskKey.task(f.key))
             guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
-            w.deadlines.removeValue(forKey: f.key)
+            w.taskLeft(f.key)
             if job.isSnapshot(t) {
                 // A snapshot is never worth recomputing lost inputs for: the next one will do.
                 abandonSnapshot(job, t)
@@ -586,7 +612,7 @@ extension SchedulerCore {
             guard let w = workers[id] else { continue }
             let overdue = w.deadlines.filter { now > $0.value }.keys.sorted()
             for key in overdue {
-                w.deadlines.removeValue(forKey: key)
+                w.taskLeft(key)
                 guard let job = jobs[TaskKey.job(key)] else { continue }
                 let t = Int(TaskKey.task(key))
                 guard t < job.taskCount, job.state[t] == .running, job.worker[t] == w.id else { continue }
@@ -629,7 +655,7 @@ extension SchedulerCore {
         e.jobFinished = f
         send(.client(job.client), e)
         for t in 0..<job.taskCount where job.state[t] == .running {
-            workers[job.worker[t]]?.deadlines.removeValue(forKey: TaskKey.make(job: job.id, task: UInt32(t)))
+            workers[job.worker[t]]?.taskLeft(TaskKey.make(job: job.id, task: UInt32(t)))
             // What it took is never reported: its estimate is taken back.
             refundCharge(job, t)
         }
@@ -664,6 +690,7 @@ extension SchedulerCore {
     public func invariantViolations() -> [String] {
         var out: [String] = []
         for w in workers.values {
+            for key in w.riders where w.deadlines[key] == nil { out.append("worker \(w.id) has rider \(key) that is not in flight") }
             for key in w.deadlines.keys {
                 guard let job = jobs[TaskKey.job(key)] else {
                     out.append("worker \(w.id) has task \(key) in flight for a job that is gone")

@@ -177,6 +177,7 @@ public struct SchedulerCore {
             w.storedBytes = h.storedBytes
             w.spilledBytes = h.spilledBytes
             w.storedResults = h.storedResults
+            w.scans = h.scans
         case .taskReport(let r):
             taskReport(w, r, frames: frames, now: now)
         case .deregister(let d):
@@ -623,11 +624,12 @@ public struct SchedulerCore {
             ws.name = w.name
             ws.peerEndpoint = w.peerEndpoint
             ws.threads = UInt32(w.threads)
-            ws.inFlight = UInt32(clamping: w.inFlight)
+            ws.inFlight = UInt32(clamping: w.deadlines.count)
             ws.inFlightLimit = UInt32(clamping: w.inFlightLimit(config))
             ws.storedBytes = w.storedBytes
             ws.spilledBytes = w.spilledBytes
             ws.storedResults = w.storedResults
+            ws.scans = w.scans
             ws.rssBytes = w.rssBytes
             ws.peakRssBytes = w.peakRSSBytes
             ws.memoryLimit = w.memoryLimit

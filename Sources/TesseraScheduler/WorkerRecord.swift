@@ -27,10 +27,21 @@ final class WorkerRecord {
     var spilledBytes: UInt64 = 0
     var storedResults: UInt32 = 0
     var tasksDone: UInt64 = 0
+    /// Its shared scan passes and column cache, from its last heartbeat.
+    var scans = Tessera_V1_ScanStats()
     /// Tasks sent and not yet reported, by key, with the time each must have finished by.
     var deadlines: [UInt64: UInt64] = [:]
-    /// Tasks sent and not yet reported.
-    var inFlight: Int { deadlines.count }
+    /// Scans sent to ride a shared pass with another scan of the same shard: in flight, but not
+    /// counted against the limit.
+    var riders: Set<UInt64> = []
+    /// Tasks sent and not yet reported, riders aside.
+    var inFlight: Int { deadlines.count - riders.count }
+
+    /// A task sent here reported, timed out or was forgotten.
+    func taskLeft(_ key: UInt64) {
+        deadlines.removeValue(forKey: key)
+        riders.remove(key)
+    }
     /// Smoothed task duration, microseconds.
     var meanTaskMicros = 1_000.0
 

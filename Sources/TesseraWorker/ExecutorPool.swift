@@ -128,6 +128,8 @@ public final class ExecutorPool: TaskPool, Sendable {
         var queue = PriorityTaskQueue()
         var running = 0
         var stopping = false
+        /// Shared passes running now, by pass key and class: a task that could join one rides it.
+        var passes: [PassKey: any TaskPass] = [:]
 
         init() {
             pthread_mutex_init(mutex, nil)
@@ -171,6 +173,10 @@ public final class ExecutorPool: TaskPool, Sendable {
     public let threadCount: Int
     /// Smoothed durations per task profile, in microseconds.
     private let durations = LockedBox<[UInt64: Double]>([:])
+    private let passCounts = LockedBox<(passes: UInt64, tasks: UInt64, most: UInt32)>((0, 0, 0))
+
+    /// Shared passes run since the pool started, the tasks they answered, and the most in one.
+    public var passStatistics: (passes: UInt64, tasks: UInt64, most: UInt32) { passCounts.withLock { $0 } }
     /// Tasks measured shorter than this run on the caller's thread when the pool is idle: a
     /// hand-off to an executor thread and back costs more than they do.
     public static let inlineLimitMicros = 30.0
@@ -270,6 +276,21 @@ public final class ExecutorPool: TaskPool, Sendable {
                 pthread_cond_wait(ready, s.mutex)
                 continue
             }
+            if let support = task.op.sharedPass, let key = support.key(task.context) {
+                let passKey = PassKey(key: key, priority: task.priority)
+                // A pass over the same data in the same class is running: the task rides it,
+                // without a slot of its own.
+                if let pass = s.passes[passKey], pass.attach(task.context, done: finisher(task)) { continue }
+                s.running += 1
+                // The same data's queued tasks of the class go with it.
+                let riders = s.queue.take { t in t.priority == task.priority && t.op.name == task.op.name && support.key(t.context) == key }
+                s.wakeNext(slots: threadCount)
+                s.unlock()
+                runPass(support, passKey, [task] + riders)
+                s.lock()
+                s.running -= 1
+                continue
+            }
             s.running += 1
             s.wakeNext(slots: threadCount)
             s.unlock()
@@ -279,6 +300,62 @@ public final class ExecutorPool: TaskPool, Sendable {
             s.running -= 1
         }
         s.unlock()
+    }
+
+    /// Tasks that may share a pass: the data they read and their class (a batch pass runs at
+    /// the batch threads' OS priority, so an interactive task never rides one).
+    struct PassKey: Hashable {
+        var key: String
+        var priority: UInt8
+    }
+
+    /// Opens a pass for `tasks`, registers it for later riders, and runs it on this thread.
+    private func runPass(_ support: SharedPassSupport, _ passKey: PassKey, _ tasks: [ExecutableTask]) {
+        let pass: any TaskPass
+        do throws(OperatorError) {
+            pass = try support.open(tasks[0].context)
+        } catch {
+            // The data could not be opened: each task fails as it would have alone.
+            for t in tasks { finisher(t)(.failure(error), 0) }
+            return
+        }
+        for t in tasks where !pass.attach(t.context, done: finisher(t)) {
+            // (A pass that has not run yet takes every task.)
+            finisher(t)(.failure(OperatorError(t.op.name, "the shared pass ended before it started")), 0)
+        }
+        state.lock()
+        state.passes[passKey] = pass
+        state.unlock()
+        pass.run()
+        let answered = pass.tasksAnswered
+        passCounts.withLock { c in
+            c.passes += 1
+            c.tasks += UInt64(answered)
+            c.most = max(c.most, UInt32(clamping: answered))
+        }
+        state.lock()
+        if let current = state.passes[passKey], current === pass { state.passes[passKey] = nil }
+        state.unlock()
+    }
+
+    /// Records a task's value: its duration for its profile, its completion for the event loop.
+    private func finisher(_ task: ExecutableTask) -> @Sendable (Result<Value, OperatorError>, UInt32) -> Void {
+        let (key, flags, generation, profile) = (task.key, task.flags, task.generation, task.profile)
+        return { [self] result, micros in
+            if record(Completion(key: key, flags: flags, result: result, micros: micros, generation: generation), profile: profile) { wake() }
+        }
+    }
+
+    /// Returns true when the completion list was empty.
+    private func record(_ c: Completion, profile: UInt64) -> Bool {
+        durations.withLock { d in
+            let m = Double(c.micros)
+            d[profile] = d[profile].map { 0.8 * $0 + 0.2 * m } ?? m
+        }
+        return completions.withLock { list in
+            list.append(c)
+            return list.count == 1
+        }
     }
 
     /// Lowers the calling thread's OS priority (Linux: nice applies per thread).
@@ -303,13 +380,6 @@ public final class ExecutorPool: TaskPool, Sendable {
             result = .failure(error)
         }
         let micros = UInt32(clamping: (DispatchTime.now().uptimeNanoseconds - start) / 1000)
-        durations.withLock { d in
-            let m = Double(micros)
-            d[task.profile] = d[task.profile].map { 0.8 * $0 + 0.2 * m } ?? m
-        }
-        return completions.withLock { c in
-            c.append(Completion(key: task.key, flags: task.flags, result: result, micros: micros, generation: task.generation))
-            return c.count == 1
-        }
+        return record(Completion(key: task.key, flags: task.flags, result: result, micros: micros, generation: task.generation), profile: task.profile)
     }
 }

@@ -107,6 +107,8 @@ public struct WorkerEngine {
     public var dataRoot: String?
     /// Decoded column chunks kept across tasks (nil: none), handed to every task's operator.
     public var columnCache: DecodedColumnCache?
+    /// The pool's shared-pass counts, for heartbeats (the daemon's pool; nil: none).
+    public var scanStatistics: (@Sendable () -> Tessera_V1_ScanStats)?
     let cancelled = CancelledJobs()
 
     var jobs: [JobID: JobSetup] = [:]
@@ -293,6 +295,12 @@ public struct WorkerEngine {
         h.storedResults = UInt32(storedResults)
         h.spilledBytes = UInt64(spilledBytes)
         h.running = UInt32(executing.count)
+        if let scanStatistics { h.scans = scanStatistics() }
+        if let c = columnCache {
+            let s = c.statistics
+            (h.scans.cacheHits, h.scans.cacheMisses, h.scans.cacheEvictions) = (s.hits, s.misses, s.evictions)
+            (h.scans.cacheBytes, h.scans.cacheCapacityBytes) = (UInt64(s.bytes), UInt64(c.capacityBytes))
+        }
         var e = Envelope()
         e.heartbeat = h
         e.epoch = epoch

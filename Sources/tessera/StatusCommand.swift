@@ -34,6 +34,20 @@ enum StatusReport {
                 "\(w.restarts)",
             ]) + "\n"
         }
+        if s.workers.contains(where: { $0.scans.passTasks > 0 || $0.scans.cacheCapacityBytes > 0 }) {
+            // Shared scans: how many questions each pass over a shard answered; the column cache.
+            out += "\nscans:\n"
+            out += pad(["id", "shard passes", "scans answered", "most in one pass", "column cache", "cache hits"]) + "\n"
+            for w in s.workers {
+                let c = w.scans
+                let lookups = c.cacheHits + c.cacheMisses
+                out += pad([
+                    "\(w.id)", "\(c.passes)", "\(c.passTasks)", "\(c.mostInOnePass)",
+                    c.cacheCapacityBytes > 0 ? "\(mib(c.cacheBytes)) of \(mib(c.cacheCapacityBytes))" : "off",
+                    lookups > 0 ? String(format: "%.1f%%", 100 * Double(c.cacheHits) / Double(lookups)) : "-",
+                ]) + "\n"
+            }
+        }
         out += "\ndatasets (\(s.datasets.count)):\n"
         if s.datasets.isEmpty { out += "  (none)\n" }
         for d in s.datasets {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TesseraClient
 import TesseraCluster
@@ -83,5 +84,94 @@ struct SharingEndToEndTests {
             guard case ClientError.rejected(let code, let message) = error else { return false }
             return code == .errorOverBudget && message.contains("at most 100000000 rows")
         }
+    }
+
+    /// Shared scans on real daemons: many different questions at once over one catalog are
+    /// answered exactly as each is alone, and the workers answered them in shared passes (the
+    /// scheduler sends other jobs' scans of a shard along with one; the worker reads the shard
+    /// once for all of them).
+    /// A table's rows, each as its values' exact text, sorted.
+    static func rows(_ t: ResultTable) -> [String] {
+        let columns: [[String]] = t.columns.map { c in
+            switch c {
+            case .doubles(let a): a.map { "\($0.bitPattern)" }
+            case .floats(let a): a.map { "\($0.bitPattern)" }
+            case .int64s(let a): a.map { "\($0)" }
+            case .bools(let a): a.map { "\($0)" }
+            }
+        }
+        let n = columns.first?.count ?? 0
+        return (0..<n).map { i in t.names.joined(separator: ",") + ":" + columns.map { $0[i] }.joined(separator: ",") }.sorted()
+    }
+
+    @Test func concurrentScansShareShardPassesAndAnswerAsAlone() throws {
+        let rows = 60_000
+        let catalog = SyntheticCatalog(seed: 11)
+        let files = try catalog.writeFITS(rows: rows, rowsPerFile: 30_000, to: temporaryFolder("shared-scan-input"))
+        let cluster = try TestCluster.start(workers: 2, threads: 2, dataDirectory: temporaryFolder("shared-scan-data"))
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: files)
+        o.maxRowsPerShard = 3_000
+        _ = try CatalogIngest.run(o, connection: conn)
+
+        let object = CatalogQuery(dataset: "object")
+        let questions: [CatalogQuery] = [
+            object.filter("refExtendedness == 0 and mag(r_psfFlux) < 22"),
+            object.filter("mag(g_psfFlux) < 23").aggregate(.mean("mag(g_psfFlux) - mag(r_psfFlux)"), .std("r_psfFlux"), .sum("g_psfFlux")),
+            object.filter("refExtendedness == 1").histogram("mag(r_psfFlux)", bins: 40, range: 16...25),
+            object.groupBy("cell").aggregate(.count(), .mean("mag(r_psfFlux)"), .median("coord_dec")),
+            object.skyMap(order: 6, mean: "mag(r_psfFlux)"),
+            object.select(["objectId", "mag(r_psfFlux)"]).sorted(by: "mag(r_psfFlux)").limit(20),
+            object.filter("coord_dec < -44").select(["objectId", "coord_ra", "r_psfFlux"]),
+            object.region(.cone(ra: 60, dec: -35, radius: 2)).aggregate(.mean("r_psfFlux")),
+            object.filter("detect_isPrimary").aggregate(.min("g_psfFlux"), .max("g_psfFlux"), .variance("mag(g_psfFlux)")),
+            object.histogram2D(x: "mag(g_psfFlux) - mag(r_psfFlux)", bins: 20, range: -1...2, y: "mag(r_psfFlux)", bins: 16, range: 16...24),
+            object.filter("mag(r_psfFlux) < 24.5").count(),
+            object.sample(fraction: 0.01, seed: 4).select(["objectId"]),
+        ].map { $0.priority(.batch) }
+        let alone = try questions.map { try conn.run($0).result.table }
+        let before = try conn.status().workers.reduce(0) { $0 + $1.scans.passTasks }
+
+        // All at once, each on a connection of its own, twice (the second round with the
+        // scheduler's queues already warm).
+        for round in 0..<2 {
+            let results = Mutex<[Int: Result<ResultTable, any Error>]>([:])
+            let go = DispatchSemaphore(value: 0)
+            let finished = DispatchGroup()
+            for (k, q) in questions.enumerated() {
+                finished.enter()
+                Thread {
+                    let r = Result { () throws -> ResultTable in
+                        let c = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+                        go.wait()
+                        return try c.run(q, name: "shared \(k)").result.table
+                    }
+                    results.withLock { $0[k] = r }
+                    finished.leave()
+                }.start()
+            }
+            for _ in questions { go.signal() }
+            finished.wait()
+            for k in questions.indices {
+                let got = try #require(results.withLock { $0[k] }).get()
+                // A collect's rows come in the order shards answered: compared as sets of rows.
+                #expect(Self.rows(got) == Self.rows(alone[k]), "round \(round), question \(k): answered differently in a shared pass")
+            }
+        }
+
+        // The workers' own counts (from their heartbeats): passes answered several scans each.
+        var scans = Tessera_V1_ScanStats()
+        let deadline = Date().addingTimeInterval(5)
+        repeat {
+            Thread.sleep(forTimeInterval: 0.2)
+            let ws = try conn.status().workers
+            scans.passes = ws.reduce(0) { $0 + $1.scans.passes }
+            scans.passTasks = ws.reduce(0) { $0 + $1.scans.passTasks }
+            scans.mostInOnePass = ws.map(\.scans.mostInOnePass).max() ?? 0
+        } while scans.passTasks - before < UInt64(2 * questions.count * 20) && Date() < deadline
+        print("shared scans: \(scans.passTasks) scan tasks in \(scans.passes) passes, at most \(scans.mostInOnePass) in one")
+        #expect(scans.passTasks > scans.passes * 2, "scans were answered mostly alone: \(scans.passTasks) tasks in \(scans.passes) passes")
+        #expect(scans.mostInOnePass >= UInt32(questions.count / 2))
     }
 }

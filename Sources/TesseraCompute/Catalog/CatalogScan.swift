@@ -8,8 +8,13 @@ import TesseraStorage
 ///
 /// Row groups are skipped when the region misses their spatial-index range or when the filter's
 /// simple conjuncts (`column op number`, a bare boolean column) cannot hold given the chunk's
-/// min/max; only the columns the question needs are decoded; every step is a loop over the row
-/// group's contiguous columns.
+/// min/max; the filter's columns are decoded first and the others only for row groups with
+/// rows passing; every step is a loop over the row group's contiguous columns.
+///
+/// Each row group is reduced on its own and the shard's answer folds them in ascending order
+/// (``ScanAccumulator/absorb(_:)``): a question that joins a shared pass mid-shard
+/// (``SharedShardPass``) folds the same pieces in the same order, so its answer is the solo
+/// answer to the last bit.
 public enum CatalogScan {
     /// - Parameters:
     ///   - raColumn, decColumn: position columns, read when the plan has a region.
@@ -32,109 +37,12 @@ public enum CatalogScan {
     /// or the partial's wire bytes (``ScanAccumulator/serializedPartial()``).
     static func accumulate(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String,
                            isCancelled: () -> Bool) throws(CatalogQueryError) -> ScanAccumulator {
-        let footer = reader.footer
-        var names = q.columns
-        if q.region != nil { for c in [raColumn, decColumn] where !names.contains(c) { names.append(c) } }
-        var columnIndex: [String: Int] = [:]
-        do {
-            for n in names { columnIndex[n] = try reader.columnIndex(n) }
-        } catch {
-            throw CatalogQueryError("\(error)")   // a column this shard lacks: the same on every copy
-        }
-        let indexColumn = footer.indexColumn
-        var needsIndex = q.region != nil
-        switch q.output {
-        case .skyMap: needsIndex = true
-        // Heads and top-k lists merge by index, samples draw by it; a plain collect needs none
-        // (reading it would decode and checksum a fifth more bytes per row than it returns).
-        case .rows: needsIndex = needsIndex || q.plan.rows.limit > 0 || q.plan.rows.sampleFraction > 0
-        default: break
-        }
-        let indexColumnNumber = needsIndex ? footer.columns.firstIndex { $0.name == indexColumn } : nil
-        if needsIndex && indexColumnNumber == nil {
-            throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
-        }
-
-        // The region's coverage inside this shard's own pixel only: a wide region or a
-        // many-sided polygon then costs each shard its own share of the boundary, not all of it.
-        let ownPixel = ShardKey.pixelProblem(order: Int(footer.order), pixel: footer.pixel) == nil && footer.order <= 14
-        let regionRanges = q.region.map {
-            ownPixel ? HEALPix.indexRanges(of: $0, resolution: 14, within: [footer.pixel], rootOrder: Int(footer.order)) : HEALPix.indexRanges(of: $0)
-        } ?? []
-        var groups = q.region == nil ? Array(reader.ownRowGroups) : reader.rowGroups(overlapping: regionRanges)
-        let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
-        if !bounds.isEmpty {
-            groups = groups.filter { g in
-                bounds.allSatisfy { b in
-                    guard let c = columnIndex[b.column] else { return true }
-                    let rg = footer.rowGroups[g]
-                    return b.mayHold(in: rg.chunks[c], rows: rg.rows)
-                }
-            }
-        }
-
-        let conjuncts = q.filter.map(FilterPlan.conjuncts) ?? []
-        var acc = ScanAccumulator(q)
-        acc.partial.shards = 1
-        if case .rows = q.output, q.plan.rows.limit == 0 {
-            // A collect keeps each row group's columns as they are, and writes them into the
-            // answer once (growing one array per column would copy them about three times).
-            acc.rows.keepsChunks = true
-        }
-        for g in groups {
+        let plan = try ShardScanPlan(q, reader: reader, raColumn: raColumn, decColumn: decColumn)
+        var acc = plan.accumulator()
+        for g in plan.groups {
             if isCancelled() { throw CatalogQueryError("cancelled", retryable: true) }
-            let rows = Int(footer.rowGroups[g].rows)
-            var cols: [String: ExpressionVector] = [:]
-            // As stored, for row results (integers keep their exact values).
-            var stored: [String: ColumnData] = [:]
-            var index: [Int64] = []
-            do {
-                for n in names {
-                    let c = try reader.read(column: columnIndex[n]!, rowGroup: g)
-                    if q.returnsRows { stored[n] = c }
-                    cols[n] = vector(c)
-                }
-                if let ic = indexColumnNumber, case .int64(let a) = try reader.read(column: ic, rowGroup: g) { index = a }
-            } catch {
-                // A corrupt chunk: another replica may be whole.
-                throw CatalogQueryError("\(error)", retryable: true)
-            }
-            var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
-            if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {
-                let ra = raValues.numbers(rows), dec = decValues.numbers(rows)
-                if !index.isEmpty {
-                    // Rows ascend by index: a sweep over the region's ranges rules most rows out
-                    // with one comparison, and only rows inside a range get the exact test.
-                    var k = 0
-                    for i in 0..<rows where keep[i] {
-                        let x = index[i]
-                        while k < regionRanges.count && regionRanges[k].upperBound <= x { k += 1 }
-                        keep[i] = k < regionRanges.count && regionRanges[k].lowerBound <= x && region.contains(ra: ra[i], dec: dec[i])
-                    }
-                } else {
-                    for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
-                }
-            }
-            acc.partial.rowsScanned += UInt64(rows)
-            var n = rows
-            var rowMap: [Int]?
-            let matched = GroupLoops.count(keep)
-            if matched == 0 {
-                continue
-            } else if matched < rows * 6 / 10 {
-                // A selective filter: the output's expressions run on the surviving rows only.
-                let picked = GroupLoops.indices(where: keep)
-                cols = cols.mapValues { $0.gathered(picked) }
-                if !index.isEmpty { index = Kernels.gather(index, picked) }
-                keep = [Bool](repeating: true, count: matched)
-                n = matched
-                rowMap = picked
-            }
-            let done = try acc.add(rows: n, keep: keep, matched: matched, columns: cols, stored: { (name) throws(CatalogQueryError) in
-                guard let c = stored[name] else { throw CatalogQueryError("column `\(name)` was not read") }
-                return rowMap.map { c.gathered($0) } ?? c
-            }, index: index)
-            if done { break }
+            let piece = try plan.scan(rowGroup: g) { (c) throws(ShardError) in try reader.read(column: c, rowGroup: g) }
+            if try acc.absorb(piece) { break }
         }
         return acc
     }
@@ -148,6 +56,161 @@ public enum CatalogScan {
         case .int64(let a): .integers(a)
         default: .numbers(c.doubles)
         }
+    }
+}
+
+/// One question's part of a shard scan: the columns it reads, its region's index ranges inside
+/// the shard, the row groups it must visit (after pruning), and its filter cheapest part first.
+struct ShardScanPlan {
+    let q: CheckedCatalogQuery
+    let raColumn: String, decColumn: String
+    /// The shard's row groups this question reads, ascending.
+    let groups: [Int]
+    /// Rows of each of the shard's row groups.
+    let groupRows: [Int]
+    /// Every column the question reads, with its number in the shard.
+    let columnNumbers: [(name: String, number: Int)]
+    /// The columns the filter and the region read: decoded first, the others only for row
+    /// groups with rows passing.
+    let filterColumns: Set<String>
+    let indexColumnNumber: Int?
+    let regionRanges: [Range<Int64>]
+    let conjuncts: [CheckedExpression]
+
+    init(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String) throws(CatalogQueryError) {
+        self.q = q
+        self.raColumn = raColumn
+        self.decColumn = decColumn
+        let footer = reader.footer
+        var names = q.columns
+        if q.region != nil { for c in [raColumn, decColumn] where !names.contains(c) { names.append(c) } }
+        var numbers: [(String, Int)] = []
+        var columnIndex: [String: Int] = [:]
+        do {
+            for n in names {
+                let i = try reader.columnIndex(n)
+                numbers.append((n, i))
+                columnIndex[n] = i
+            }
+        } catch {
+            throw CatalogQueryError("\(error)")   // a column this shard lacks: the same on every copy
+        }
+        columnNumbers = numbers
+        let indexColumn = footer.indexColumn
+        var needsIndex = q.region != nil
+        switch q.output {
+        case .skyMap: needsIndex = true
+        // Heads and top-k lists merge by index, samples draw by it; a plain collect needs none
+        // (reading it would decode and checksum a fifth more bytes per row than it returns).
+        case .rows: needsIndex = needsIndex || q.plan.rows.limit > 0 || q.plan.rows.sampleFraction > 0
+        default: break
+        }
+        indexColumnNumber = needsIndex ? footer.columns.firstIndex { $0.name == indexColumn } : nil
+        if needsIndex && indexColumnNumber == nil {
+            throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
+        }
+
+        // The region's coverage inside this shard's own pixel only: a wide region or a
+        // many-sided polygon then costs each shard its own share of the boundary, not all of it.
+        let ownPixel = ShardKey.pixelProblem(order: Int(footer.order), pixel: footer.pixel) == nil && footer.order <= 14
+        regionRanges = q.region.map {
+            ownPixel ? HEALPix.indexRanges(of: $0, resolution: 14, within: [footer.pixel], rootOrder: Int(footer.order)) : HEALPix.indexRanges(of: $0)
+        } ?? []
+        var groups = q.region == nil ? Array(reader.ownRowGroups) : reader.rowGroups(overlapping: regionRanges)
+        let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
+        if !bounds.isEmpty {
+            groups = groups.filter { g in
+                bounds.allSatisfy { b in
+                    guard let c = columnIndex[b.column] else { return true }
+                    let rg = footer.rowGroups[g]
+                    return b.mayHold(in: rg.chunks[c], rows: rg.rows)
+                }
+            }
+        }
+        self.groups = groups
+        groupRows = footer.rowGroups.map { Int($0.rows) }
+        conjuncts = q.filter.map(FilterPlan.conjuncts) ?? []
+        var filterColumns = Set(conjuncts.flatMap(\.columns))
+        if q.region != nil { filterColumns.formUnion([raColumn, decColumn]) }
+        self.filterColumns = filterColumns
+    }
+
+    /// The shard's answer before any row group: what each row group's piece folds into.
+    func accumulator() -> ScanAccumulator {
+        var acc = ScanAccumulator(q)
+        acc.partial.shards = 1
+        if case .rows = q.output, q.plan.rows.limit == 0 {
+            // A collect keeps each row group's columns as they are, and writes them into the
+            // answer once (growing one array per column would copy them about three times).
+            acc.rows.keepsChunks = true
+        }
+        return acc
+    }
+
+    /// Row group `g` reduced on its own (columns come from `read`, by their number in the shard).
+    func scan(rowGroup g: Int, read: (Int) throws(ShardError) -> ColumnData) throws(CatalogQueryError) -> ScanAccumulator {
+        var acc = ScanAccumulator(q)
+        if case .rows = q.output, q.plan.rows.limit == 0 { acc.rows.keepsChunks = true }
+        let rows = groupRows[g]
+        var cols: [String: ExpressionVector] = [:]
+        // As stored, for row results (integers keep their exact values).
+        var stored: [String: ColumnData] = [:]
+        var index: [Int64] = []
+        func load(_ filterPart: Bool) throws(CatalogQueryError) {
+            do {
+                for (n, c) in columnNumbers where filterColumns.contains(n) == filterPart {
+                    let data = try read(c)
+                    if q.returnsRows { stored[n] = data }
+                    cols[n] = CatalogScan.vector(data)
+                }
+            } catch {
+                // A corrupt chunk: another replica may be whole.
+                throw CatalogQueryError("\(error)", retryable: true)
+            }
+        }
+        try load(true)
+        do {
+            if let ic = indexColumnNumber, case .int64(let a) = try read(ic) { index = a }
+        } catch {
+            throw CatalogQueryError("\(error)", retryable: true)
+        }
+        var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
+        if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {
+            let ra = raValues.numbers(rows), dec = decValues.numbers(rows)
+            if !index.isEmpty {
+                // Rows ascend by index: a sweep over the region's ranges rules most rows out
+                // with one comparison, and only rows inside a range get the exact test.
+                var k = 0
+                for i in 0..<rows where keep[i] {
+                    let x = index[i]
+                    while k < regionRanges.count && regionRanges[k].upperBound <= x { k += 1 }
+                    keep[i] = k < regionRanges.count && regionRanges[k].lowerBound <= x && region.contains(ra: ra[i], dec: dec[i])
+                }
+            } else {
+                for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
+            }
+        }
+        acc.partial.rowsScanned = UInt64(rows)
+        let matched = GroupLoops.count(keep)
+        // Late evaluation: a row group with no row passing never decodes the other columns.
+        if matched == 0 { return acc }
+        try load(false)
+        var n = rows
+        var rowMap: [Int]?
+        if matched < rows * 6 / 10 {
+            // A selective filter: the output's expressions run on the surviving rows only.
+            let picked = GroupLoops.indices(where: keep)
+            cols = cols.mapValues { $0.gathered(picked) }
+            if !index.isEmpty { index = Kernels.gather(index, picked) }
+            keep = [Bool](repeating: true, count: matched)
+            n = matched
+            rowMap = picked
+        }
+        _ = try acc.add(rows: n, keep: keep, matched: matched, columns: cols, stored: { (name) throws(CatalogQueryError) in
+            guard let c = stored[name] else { throw CatalogQueryError("column `\(name)` was not read") }
+            return rowMap.map { c.gathered($0) } ?? c
+        }, index: index)
+        return acc
     }
 }
 
@@ -479,6 +542,82 @@ struct ScanAccumulator {
             }
             rows.append(names: select.map(\.name), values: values, index: index.isEmpty ? [] : picked.map { index[$0] },
                         sortKeys: sortKeys.map { k in all ? k : picked.map { k[$0] } })
+            if spec.limit > 0 {
+                let limit = Int(clamping: spec.limit)
+                if sortBy == nil {
+                    // Head: rows come in index order, so the first `limit` are final.
+                    if rows.count >= limit { rows.trim(to: limit, descending: false); return true }
+                } else if rows.count > max(2 * limit, 65_536) {
+                    rows.trim(to: limit, descending: spec.descending)
+                }
+            } else if rows.count > q.maxRows {
+                throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+            }
+        }
+        return false
+    }
+
+    /// Folds in one row group's piece (that row group reduced on its own by
+    /// ``ShardScanPlan/scan(rowGroup:read:)``); a shard's pieces come in ascending row-group
+    /// order, whoever read them. True when the scan can stop (a head is full).
+    mutating func absorb(_ piece: ScanAccumulator) throws(CatalogQueryError) -> Bool {
+        partial.rowsScanned += piece.partial.rowsScanned
+        partial.rowsMatched += piece.partial.rowsMatched
+        if piece.partial.rowsMatched == 0 { return false }
+        switch q.output {
+        case .aggregates(let group, _, _):
+            let integerKeys = !piece.intKeys.isEmpty
+            for s in piece.groupRows.indices {
+                let slot: Int32
+                if group == nil {
+                    slot = 0
+                } else if integerKeys {
+                    let k = piece.intKeys[s]
+                    if let found = intSlotOfKey[k] {
+                        slot = found
+                    } else {
+                        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+                        slot = newGroup()
+                        intKeys.append(k)
+                        intSlotOfKey[k] = slot
+                    }
+                } else {
+                    let k = piece.keys[s]
+                    if let found = slotOfKey[k.bitPattern] {
+                        slot = found
+                    } else {
+                        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+                        slot = self.slot(for: k)
+                    }
+                }
+                let t = Int(slot)
+                groupRows[t] += piece.groupRows[s]
+                for e in moments.indices { moments[e][t].merge(piece.moments[e][s]) }
+                for e in sketches.indices { sketches[e][t].merge(piece.sketches[e][s]) }
+            }
+        case .histogram:
+            for i in histogram.indices { histogram[i] += piece.histogram[i] }
+        case .skyMap(_, let expr):
+            for j in piece.pixels.indices {
+                if j == 0, let last = pixels.last, last == piece.pixels[0] {
+                    // A pixel that runs on from the row group before.
+                    pixelCounts[pixelCounts.count - 1] += piece.pixelCounts[0]
+                    if expr != nil {
+                        pixelSums[pixelSums.count - 1] += piece.pixelSums[0]
+                        pixelValueCounts[pixelValueCounts.count - 1] += piece.pixelValueCounts[0]
+                    }
+                    continue
+                }
+                pixels.append(piece.pixels[j])
+                pixelCounts.append(piece.pixelCounts[j])
+                if expr != nil {
+                    pixelSums.append(piece.pixelSums[j])
+                    pixelValueCounts.append(piece.pixelValueCounts[j])
+                }
+            }
+        case .rows(_, let sortBy):
+            rows.absorb(piece.rows)
+            let spec = q.plan.rows
             if spec.limit > 0 {
                 let limit = Int(clamping: spec.limit)
                 if sortBy == nil {

@@ -132,6 +132,22 @@ struct RowBatchBuilder {
         if let keys { sortKeys += keys }
     }
 
+    /// Appends another batch's rows (a row group's, after this one's).
+    mutating func absorb(_ o: RowBatchBuilder) {
+        if o.count == 0 { return }
+        if keepsChunks {
+            if chunks.isEmpty {
+                names = o.names
+                chunks = o.chunks
+            } else {
+                for k in chunks.indices { chunks[k].append(contentsOf: o.chunks[k]) }
+            }
+            chunkRows += o.chunkRows
+            return
+        }
+        append(names: o.names, values: o.columns, index: o.index, sortKeys: o.sortKeys.isEmpty ? nil : o.sortKeys)
+    }
+
     /// Keeps the first `limit` rows by sort key (descending or ascending), ties and unsorted rows
     /// by spatial index.
     mutating func trim(to limit: Int, descending: Bool) {

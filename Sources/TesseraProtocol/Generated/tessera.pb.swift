@@ -825,6 +825,47 @@ public nonisolated struct Tessera_V1_Heartbeat: Sendable {
   /// Kept values spilled to local disk past the memory limit (stored_bytes counts memory only).
   public var spilledBytes: UInt64 = 0
 
+  public var scans: Tessera_V1_ScanStats {
+    get {_scans ?? Tessera_V1_ScanStats()}
+    set {_scans = newValue}
+  }
+  /// Returns true if `scans` has been explicitly set.
+  public var hasScans: Bool {self._scans != nil}
+  /// Clears the value of `scans`. Subsequent reads from it will return its default value.
+  public mutating func clearScans() {self._scans = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _scans: Tessera_V1_ScanStats? = nil
+}
+
+/// How a worker's shard scans shared their work, since it started: passes over a shard that
+/// answered several questions at once, and its cache of decoded column chunks.
+public nonisolated struct Tessera_V1_ScanStats: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Shared passes run, and the scan tasks they answered (a lone scan is a pass of one).
+  public var passes: UInt64 = 0
+
+  public var passTasks: UInt64 = 0
+
+  /// The most scan tasks one pass answered.
+  public var mostInOnePass: UInt32 = 0
+
+  public var cacheHits: UInt64 = 0
+
+  public var cacheMisses: UInt64 = 0
+
+  public var cacheBytes: UInt64 = 0
+
+  public var cacheCapacityBytes: UInt64 = 0
+
+  public var cacheEvictions: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1438,48 +1479,107 @@ public nonisolated struct Tessera_V1_StatusRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Tessera_V1_WorkerStatus: Sendable {
+public nonisolated struct Tessera_V1_WorkerStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var id: UInt32 = 0
+  public var id: UInt32 {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
-  public var peerEndpoint: String = String()
+  public var peerEndpoint: String {
+    get {_storage._peerEndpoint}
+    set {_uniqueStorage()._peerEndpoint = newValue}
+  }
 
-  public var threads: UInt32 = 0
+  public var threads: UInt32 {
+    get {_storage._threads}
+    set {_uniqueStorage()._threads = newValue}
+  }
 
-  public var inFlight: UInt32 = 0
+  public var inFlight: UInt32 {
+    get {_storage._inFlight}
+    set {_uniqueStorage()._inFlight = newValue}
+  }
 
-  public var inFlightLimit: UInt32 = 0
+  public var inFlightLimit: UInt32 {
+    get {_storage._inFlightLimit}
+    set {_uniqueStorage()._inFlightLimit = newValue}
+  }
 
-  public var storedBytes: UInt64 = 0
+  public var storedBytes: UInt64 {
+    get {_storage._storedBytes}
+    set {_uniqueStorage()._storedBytes = newValue}
+  }
 
-  public var storedResults: UInt32 = 0
+  public var storedResults: UInt32 {
+    get {_storage._storedResults}
+    set {_uniqueStorage()._storedResults = newValue}
+  }
 
-  public var rssBytes: UInt64 = 0
+  public var rssBytes: UInt64 {
+    get {_storage._rssBytes}
+    set {_uniqueStorage()._rssBytes = newValue}
+  }
 
-  public var memoryLimit: UInt64 = 0
+  public var memoryLimit: UInt64 {
+    get {_storage._memoryLimit}
+    set {_uniqueStorage()._memoryLimit = newValue}
+  }
 
-  public var lastHeartbeatMs: UInt32 = 0
+  public var lastHeartbeatMs: UInt32 {
+    get {_storage._lastHeartbeatMs}
+    set {_uniqueStorage()._lastHeartbeatMs = newValue}
+  }
 
-  public var tasksDone: UInt64 = 0
+  public var tasksDone: UInt64 {
+    get {_storage._tasksDone}
+    set {_uniqueStorage()._tasksDone = newValue}
+  }
 
-  public var pid: Int32 = 0
+  public var pid: Int32 {
+    get {_storage._pid}
+    set {_uniqueStorage()._pid = newValue}
+  }
 
-  public var peakRssBytes: UInt64 = 0
+  public var peakRssBytes: UInt64 {
+    get {_storage._peakRssBytes}
+    set {_uniqueStorage()._peakRssBytes = newValue}
+  }
 
   /// Registrations under this name since the scheduler started, beyond the first (a restarted
   /// or reconnected worker).
-  public var restarts: UInt32 = 0
+  public var restarts: UInt32 {
+    get {_storage._restarts}
+    set {_uniqueStorage()._restarts = newValue}
+  }
 
-  public var spilledBytes: UInt64 = 0
+  public var spilledBytes: UInt64 {
+    get {_storage._spilledBytes}
+    set {_uniqueStorage()._spilledBytes = newValue}
+  }
+
+  public var scans: Tessera_V1_ScanStats {
+    get {_storage._scans ?? Tessera_V1_ScanStats()}
+    set {_uniqueStorage()._scans = newValue}
+  }
+  /// Returns true if `scans` has been explicitly set.
+  public var hasScans: Bool {_storage._scans != nil}
+  /// Clears the value of `scans`. Subsequent reads from it will return its default value.
+  public mutating func clearScans() {_uniqueStorage()._scans = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Tessera_V1_JobStatus: Sendable {
@@ -2809,7 +2909,7 @@ nonisolated extension Tessera_V1_PeerKeys: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0\u{3}spilled_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0\u{3}spilled_bytes\0\u{1}scans\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2824,12 +2924,17 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.running) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._scans) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.workerID != 0 {
       try visitor.visitSingularUInt32Field(value: self.workerID, fieldNumber: 1)
     }
@@ -2851,6 +2956,9 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if self.spilledBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.spilledBytes, fieldNumber: 7)
     }
+    try { if let v = self._scans {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2862,6 +2970,72 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.running != rhs.running {return false}
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
     if lhs.spilledBytes != rhs.spilledBytes {return false}
+    if lhs._scans != rhs._scans {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ScanStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ScanStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}passes\0\u{3}pass_tasks\0\u{3}most_in_one_pass\0\u{3}cache_hits\0\u{3}cache_misses\0\u{3}cache_bytes\0\u{3}cache_capacity_bytes\0\u{3}cache_evictions\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.passes) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.passTasks) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.mostInOnePass) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.cacheHits) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.cacheMisses) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.cacheBytes) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.cacheCapacityBytes) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.cacheEvictions) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.passes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.passes, fieldNumber: 1)
+    }
+    if self.passTasks != 0 {
+      try visitor.visitSingularUInt64Field(value: self.passTasks, fieldNumber: 2)
+    }
+    if self.mostInOnePass != 0 {
+      try visitor.visitSingularUInt32Field(value: self.mostInOnePass, fieldNumber: 3)
+    }
+    if self.cacheHits != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cacheHits, fieldNumber: 4)
+    }
+    if self.cacheMisses != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cacheMisses, fieldNumber: 5)
+    }
+    if self.cacheBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cacheBytes, fieldNumber: 6)
+    }
+    if self.cacheCapacityBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cacheCapacityBytes, fieldNumber: 7)
+    }
+    if self.cacheEvictions != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cacheEvictions, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ScanStats, rhs: Tessera_V1_ScanStats) -> Bool {
+    if lhs.passes != rhs.passes {return false}
+    if lhs.passTasks != rhs.passTasks {return false}
+    if lhs.mostInOnePass != rhs.mostInOnePass {return false}
+    if lhs.cacheHits != rhs.cacheHits {return false}
+    if lhs.cacheMisses != rhs.cacheMisses {return false}
+    if lhs.cacheBytes != rhs.cacheBytes {return false}
+    if lhs.cacheCapacityBytes != rhs.cacheCapacityBytes {return false}
+    if lhs.cacheEvictions != rhs.cacheEvictions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4082,104 +4256,181 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tessera_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0\u{1}restarts\0\u{3}spilled_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{3}peer_endpoint\0\u{1}threads\0\u{3}in_flight\0\u{3}in_flight_limit\0\u{3}stored_bytes\0\u{3}stored_results\0\u{3}rss_bytes\0\u{3}memory_limit\0\u{3}last_heartbeat_ms\0\u{3}tasks_done\0\u{1}pid\0\u{3}peak_rss_bytes\0\u{1}restarts\0\u{3}spilled_bytes\0\u{1}scans\0")
+
+  fileprivate class _StorageClass {
+    var _id: UInt32 = 0
+    var _name: String = String()
+    var _peerEndpoint: String = String()
+    var _threads: UInt32 = 0
+    var _inFlight: UInt32 = 0
+    var _inFlightLimit: UInt32 = 0
+    var _storedBytes: UInt64 = 0
+    var _storedResults: UInt32 = 0
+    var _rssBytes: UInt64 = 0
+    var _memoryLimit: UInt64 = 0
+    var _lastHeartbeatMs: UInt32 = 0
+    var _tasksDone: UInt64 = 0
+    var _pid: Int32 = 0
+    var _peakRssBytes: UInt64 = 0
+    var _restarts: UInt32 = 0
+    var _spilledBytes: UInt64 = 0
+    var _scans: Tessera_V1_ScanStats? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _name = source._name
+      _peerEndpoint = source._peerEndpoint
+      _threads = source._threads
+      _inFlight = source._inFlight
+      _inFlightLimit = source._inFlightLimit
+      _storedBytes = source._storedBytes
+      _storedResults = source._storedResults
+      _rssBytes = source._rssBytes
+      _memoryLimit = source._memoryLimit
+      _lastHeartbeatMs = source._lastHeartbeatMs
+      _tasksDone = source._tasksDone
+      _pid = source._pid
+      _peakRssBytes = source._peakRssBytes
+      _restarts = source._restarts
+      _spilledBytes = source._spilledBytes
+      _scans = source._scans
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.id) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.peerEndpoint) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.inFlight) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.inFlightLimit) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.storedBytes) }()
-      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.storedResults) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.rssBytes) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.memoryLimit) }()
-      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.lastHeartbeatMs) }()
-      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.tasksDone) }()
-      case 13: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
-      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
-      case 15: try { try decoder.decodeSingularUInt32Field(value: &self.restarts) }()
-      case 16: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._peerEndpoint) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._threads) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._inFlight) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._inFlightLimit) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._storedBytes) }()
+        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._storedResults) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._rssBytes) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryLimit) }()
+        case 11: try { try decoder.decodeSingularUInt32Field(value: &_storage._lastHeartbeatMs) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._tasksDone) }()
+        case 13: try { try decoder.decodeSingularInt32Field(value: &_storage._pid) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._peakRssBytes) }()
+        case 15: try { try decoder.decodeSingularUInt32Field(value: &_storage._restarts) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._spilledBytes) }()
+        case 17: try { try decoder.decodeSingularMessageField(value: &_storage._scans) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.id != 0 {
-      try visitor.visitSingularUInt32Field(value: self.id, fieldNumber: 1)
-    }
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
-    }
-    if !self.peerEndpoint.isEmpty {
-      try visitor.visitSingularStringField(value: self.peerEndpoint, fieldNumber: 3)
-    }
-    if self.threads != 0 {
-      try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 4)
-    }
-    if self.inFlight != 0 {
-      try visitor.visitSingularUInt32Field(value: self.inFlight, fieldNumber: 5)
-    }
-    if self.inFlightLimit != 0 {
-      try visitor.visitSingularUInt32Field(value: self.inFlightLimit, fieldNumber: 6)
-    }
-    if self.storedBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.storedBytes, fieldNumber: 7)
-    }
-    if self.storedResults != 0 {
-      try visitor.visitSingularUInt32Field(value: self.storedResults, fieldNumber: 8)
-    }
-    if self.rssBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.rssBytes, fieldNumber: 9)
-    }
-    if self.memoryLimit != 0 {
-      try visitor.visitSingularUInt64Field(value: self.memoryLimit, fieldNumber: 10)
-    }
-    if self.lastHeartbeatMs != 0 {
-      try visitor.visitSingularUInt32Field(value: self.lastHeartbeatMs, fieldNumber: 11)
-    }
-    if self.tasksDone != 0 {
-      try visitor.visitSingularUInt64Field(value: self.tasksDone, fieldNumber: 12)
-    }
-    if self.pid != 0 {
-      try visitor.visitSingularInt32Field(value: self.pid, fieldNumber: 13)
-    }
-    if self.peakRssBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.peakRssBytes, fieldNumber: 14)
-    }
-    if self.restarts != 0 {
-      try visitor.visitSingularUInt32Field(value: self.restarts, fieldNumber: 15)
-    }
-    if self.spilledBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.spilledBytes, fieldNumber: 16)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._id != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._id, fieldNumber: 1)
+      }
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 2)
+      }
+      if !_storage._peerEndpoint.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._peerEndpoint, fieldNumber: 3)
+      }
+      if _storage._threads != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._threads, fieldNumber: 4)
+      }
+      if _storage._inFlight != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._inFlight, fieldNumber: 5)
+      }
+      if _storage._inFlightLimit != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._inFlightLimit, fieldNumber: 6)
+      }
+      if _storage._storedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._storedBytes, fieldNumber: 7)
+      }
+      if _storage._storedResults != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._storedResults, fieldNumber: 8)
+      }
+      if _storage._rssBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rssBytes, fieldNumber: 9)
+      }
+      if _storage._memoryLimit != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryLimit, fieldNumber: 10)
+      }
+      if _storage._lastHeartbeatMs != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._lastHeartbeatMs, fieldNumber: 11)
+      }
+      if _storage._tasksDone != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._tasksDone, fieldNumber: 12)
+      }
+      if _storage._pid != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._pid, fieldNumber: 13)
+      }
+      if _storage._peakRssBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._peakRssBytes, fieldNumber: 14)
+      }
+      if _storage._restarts != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._restarts, fieldNumber: 15)
+      }
+      if _storage._spilledBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._spilledBytes, fieldNumber: 16)
+      }
+      try { if let v = _storage._scans {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_WorkerStatus, rhs: Tessera_V1_WorkerStatus) -> Bool {
-    if lhs.id != rhs.id {return false}
-    if lhs.name != rhs.name {return false}
-    if lhs.peerEndpoint != rhs.peerEndpoint {return false}
-    if lhs.threads != rhs.threads {return false}
-    if lhs.inFlight != rhs.inFlight {return false}
-    if lhs.inFlightLimit != rhs.inFlightLimit {return false}
-    if lhs.storedBytes != rhs.storedBytes {return false}
-    if lhs.storedResults != rhs.storedResults {return false}
-    if lhs.rssBytes != rhs.rssBytes {return false}
-    if lhs.memoryLimit != rhs.memoryLimit {return false}
-    if lhs.lastHeartbeatMs != rhs.lastHeartbeatMs {return false}
-    if lhs.tasksDone != rhs.tasksDone {return false}
-    if lhs.pid != rhs.pid {return false}
-    if lhs.peakRssBytes != rhs.peakRssBytes {return false}
-    if lhs.restarts != rhs.restarts {return false}
-    if lhs.spilledBytes != rhs.spilledBytes {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._peerEndpoint != rhs_storage._peerEndpoint {return false}
+        if _storage._threads != rhs_storage._threads {return false}
+        if _storage._inFlight != rhs_storage._inFlight {return false}
+        if _storage._inFlightLimit != rhs_storage._inFlightLimit {return false}
+        if _storage._storedBytes != rhs_storage._storedBytes {return false}
+        if _storage._storedResults != rhs_storage._storedResults {return false}
+        if _storage._rssBytes != rhs_storage._rssBytes {return false}
+        if _storage._memoryLimit != rhs_storage._memoryLimit {return false}
+        if _storage._lastHeartbeatMs != rhs_storage._lastHeartbeatMs {return false}
+        if _storage._tasksDone != rhs_storage._tasksDone {return false}
+        if _storage._pid != rhs_storage._pid {return false}
+        if _storage._peakRssBytes != rhs_storage._peakRssBytes {return false}
+        if _storage._restarts != rhs_storage._restarts {return false}
+        if _storage._spilledBytes != rhs_storage._spilledBytes {return false}
+        if _storage._scans != rhs_storage._scans {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

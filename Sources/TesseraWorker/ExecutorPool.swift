@@ -105,17 +105,19 @@ extension TaskPool {
     public func takeQueued() -> [ExecutableTask] { takeQueued(where: { _ in true }) }
 }
 
-/// Threads running tasks from one queue, at most `threadCount` at a time. Finished tasks
+/// Threads running tasks from one queue, at most `threadCount` of each kind (foreground, batch) at a time. Finished tasks
 /// collect in a list the event loop drains; `wake` tells the loop there is something to drain
 /// (it is called only when the list goes from empty to non-empty, so a burst of completions
 /// costs one wake-up).
 ///
 /// Batch tasks run on threads of their own at a lower OS priority (nice +10), the others at the
-/// process's own. Both share the `threadCount` run slots, and a free slot goes to a queued
-/// interactive or normal task first, so an interactive task waits for at most the tasks already
-/// running. The OS priority matters when the worker shares its cores (with the scheduler, a
-/// client, another worker): a batch scan then yields the CPU to whatever answers a person, instead
-/// of splitting it evenly with them.
+/// process's own. Interactive and normal tasks have `threadCount` slots of their own; batch
+/// tasks take a slot only while fewer than `threadCount` tasks of any class run, and never while
+/// a foreground task waits. So an interactive task waits for no batch task at all (a shared pass
+/// answering twenty batch scans of a shard can take as long as twenty scans): it starts at once
+/// on a foreground thread, and the kernel gives that thread about ten times the CPU share of the
+/// batch threads (nice 0 against nice 10) while both run. The batch work then yields the CPU to
+/// whatever answers a person, instead of splitting it evenly with them.
 public final class ExecutorPool: TaskPool, Sendable {
     /// The queue and the slots, under one lock with a condition to wait on.
     private final class State: @unchecked Sendable {
@@ -126,7 +128,9 @@ public final class ExecutorPool: TaskPool, Sendable {
         let foregroundReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         let backgroundReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         var queue = PriorityTaskQueue()
+        /// Tasks running on foreground threads (interactive, normal) and on batch threads.
         var running = 0
+        var runningBackground = 0
         var stopping = false
         /// Shared passes running now, by pass key and class: a task that could join one rides it.
         var passes: [PassKey: any TaskPass] = [:]
@@ -153,13 +157,23 @@ public final class ExecutorPool: TaskPool, Sendable {
         /// while interactive or normal tasks wait, else a background one. A thread that takes a
         /// task calls this again, so a burst wakes as many threads as there are slots.
         func wakeNext(slots: Int) {
-            guard running < slots else { return }
             if queue.hasForeground {
-                pthread_cond_signal(foregroundReady)
-            } else if queue.hasBackground {
+                if running < slots { pthread_cond_signal(foregroundReady) }
+            } else if queue.hasBackground && running + runningBackground < slots {
                 pthread_cond_signal(backgroundReady)
             }
         }
+
+        /// Whether a thread of this kind may take a task now, and which.
+        func nextTask(background: Bool, slots: Int) -> ExecutableTask? {
+            if background {
+                return queue.hasForeground || running + runningBackground >= slots ? nil : queue.popBackground()
+            }
+            return running < slots && queue.hasForeground ? queue.popFirst() : nil
+        }
+
+        func started(background: Bool) { if background { runningBackground += 1 } else { running += 1 } }
+        func ended(background: Bool) { if background { runningBackground -= 1 } else { running -= 1 } }
 
         func wakeAll() {
             pthread_cond_broadcast(foregroundReady)
@@ -249,7 +263,7 @@ public final class ExecutorPool: TaskPool, Sendable {
     public var busyCount: Int {
         state.lock()
         defer { state.unlock() }
-        return state.queue.count + state.running
+        return state.queue.count + state.running + state.runningBackground
     }
 
     /// Stops the threads after the tasks they are running.
@@ -265,12 +279,9 @@ public final class ExecutorPool: TaskPool, Sendable {
         let ready = background ? s.backgroundReady : s.foregroundReady
         s.lock()
         while !s.stopping {
-            // A free slot: interactive and normal tasks first; batch ones only when none waits.
-            var task: ExecutableTask?
-            if s.running < threadCount {
-                task = background ? (s.queue.hasForeground ? nil : s.queue.popBackground()) : (s.queue.hasForeground ? s.queue.popFirst() : nil)
-            }
-            guard let task else {
+            // Interactive and normal tasks on their own slots; batch ones only in a free slot
+            // while none of those waits.
+            guard let task = s.nextTask(background: background, slots: threadCount) else {
                 // Not one for this thread: perhaps for a thread of the other kind.
                 s.wakeNext(slots: threadCount)
                 pthread_cond_wait(ready, s.mutex)
@@ -281,23 +292,24 @@ public final class ExecutorPool: TaskPool, Sendable {
                 // A pass over the same data in the same class is running: the task rides it,
                 // without a slot of its own.
                 if let pass = s.passes[passKey], pass.attach(task.context, done: finisher(task)) { continue }
-                s.running += 1
+                s.started(background: background)
                 // The same data's queued tasks of the class go with it.
                 let riders = s.queue.take { t in t.priority == task.priority && t.op.name == task.op.name && support.key(t.context) == key }
                 s.wakeNext(slots: threadCount)
                 s.unlock()
                 runPass(support, passKey, [task] + riders)
                 s.lock()
-                s.running -= 1
+                s.ended(background: background)
+                s.wakeNext(slots: threadCount)
                 continue
             }
-            s.running += 1
+            s.started(background: background)
             s.wakeNext(slots: threadCount)
             s.unlock()
             let wasEmpty = execute(task)
             if wasEmpty { wake() }
             s.lock()
-            s.running -= 1
+            s.ended(background: background)
         }
         s.unlock()
     }

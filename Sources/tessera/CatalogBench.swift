@@ -24,6 +24,9 @@ struct AnchorCatalog: ParsableArguments {
     @Option(help: "Each worker's cache of decoded column chunks, MiB (default: the worker's, a quarter of its memory limit; 0: none).")
     var columnCacheMb: Int?
 
+    @Option(help: "Shared scans: the scheduler's --max-pass-riders (default its own, 31; 0: every scan reads its shard alone).")
+    var maxPassRiders: Int?
+
     static let dataset = "object"
 
     /// Starts the cluster, ingesting the catalog if this cluster folder does not have it yet.
@@ -33,6 +36,7 @@ struct AnchorCatalog: ParsableArguments {
         o.threadsPerWorker = 1
         o.insecure = insecure
         if let columnCacheMb { o.workerArguments = ["--column-cache-mb", "\(columnCacheMb)"] }
+        if let maxPassRiders { o.schedulerArguments = ["--max-pass-riders", "\(maxPassRiders)"] }
         o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)

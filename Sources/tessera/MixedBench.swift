@@ -54,10 +54,17 @@ struct MixedBench: ParsableCommand {
         for i in 0..<3 { alone.append(try conn.run(scanQuestions[i % scanQuestions.count].priority(.batch)).seconds) }
         alone.sort()
         let one = alone[alone.count / 2]
+        let passesBefore = try sharedPasses(conn)
         let together = try runConcurrently(endpoint, scanQuestions.map { $0.priority(.batch) })
+        // The workers' counts arrive with their heartbeats.
+        Thread.sleep(forTimeInterval: 1.2)
+        let passesAfter = try sharedPasses(conn)
         print(jsonLine([("engine", "tessera"), ("workload", "full_scans"), ("rows", rows), ("scans", scans),
                         ("one_scan_s", one), ("all_scans_s", together.wall), ("ratio_to_one", together.wall / one),
                         ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
+                        ("shard_passes", passesAfter.passes - passesBefore.passes),
+                        ("scan_tasks_in_passes", passesAfter.tasks - passesBefore.tasks), ("most_in_one_pass", passesAfter.most),
+                        ("max_pass_riders", anchor.maxPassRiders ?? 31),
                         ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
 
         // 3. Cones while the scans run: as interactive questions, then as normal ones beside
@@ -83,6 +90,12 @@ struct MixedBench: ParsableCommand {
 
         // 4. Fair share: two users, the same batch work each, submitted one after the other.
         if fairJobs > 0 { try fairShare(cluster, endpoint: endpoint, rows: rows) }
+    }
+
+    /// The workers' shared-pass counts, summed.
+    func sharedPasses(_ conn: SchedulerConnection) throws -> (passes: UInt64, tasks: UInt64, most: UInt32) {
+        let ws = try conn.status().workers
+        return (ws.reduce(0) { $0 + $1.scans.passes }, ws.reduce(0) { $0 + $1.scans.passTasks }, ws.map(\.scans.mostInOnePass).max() ?? 0)
     }
 
     /// A different full-catalog aggregate for each `i`.

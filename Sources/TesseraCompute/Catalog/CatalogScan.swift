@@ -249,6 +249,13 @@ struct ColumnBound: Equatable {
                 test(op).map { ColumnBound(column: c, test: $0.inclusive, value: Double(k)) }
             case .binary(let op, .integer(let k, _), .column(let c, _), _):
                 test(op.mirrored).map { ColumnBound(column: c, test: $0.inclusive, value: Double(k)) }
+            case .binary(let op, let a, let b, _):
+                // `mag(column) op number`: a bound on the column (the magnitude decreases with it).
+                if let m = MagnitudeBound(op, a, b), case .column(let c, _) = m.flux {
+                    ColumnBound(column: c, test: m.columnTest.test, value: m.columnTest.value)
+                } else {
+                    nil
+                }
             default:
                 nil
             }

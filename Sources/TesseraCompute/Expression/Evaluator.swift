@@ -74,6 +74,13 @@ public enum ExpressionEvaluator {
         case .unary(.not, let x, _):
             return .booleans(Kernels.map(eval(x, cols, n).booleans(n)) { !$0 })
         case .binary(let op, let a, let b, _):
+            if let bound = MagnitudeBound(op, a, b) {
+                switch eval(bound.flux, cols, n) {
+                case .floats(let f): return .booleans(bound.evaluate(f))
+                case .constant: break   // folded below, as any constant
+                case let v: return .booleans(bound.evaluate(v.numbers(n)))
+                }
+            }
             let va = eval(a, cols, n), vb = eval(b, cols, n)
             if op.isComparison, let exact = exactComparison(op, va, a, vb, b) { return .booleans(exact) }
             if op.isLogical {
@@ -227,6 +234,79 @@ public enum ExpressionEvaluator {
         case "mag": magnitude(x[0])
         case "distance": distance(x[0], x[1], x[2], x[3])
         default: .nan
+        }
+    }
+}
+
+/// `mag(f) op c` (or `c op mag(f)`) for <, <=, >, >=, evaluated as a bound on the flux itself:
+/// `mag` decreases with the flux, so `mag(f) < 24` is `f > 10^((31.4 − 24)/2.5)`. A comparison
+/// of the column with a number instead of a logarithm per row, and a bound zone maps can prune
+/// row groups with.
+///
+/// Exact: only fluxes clearly on one side of the threshold are decided by the bound; those
+/// within a relative 1e-9 of it (far wider than the magnitude's rounding, a few ulp) get the
+/// magnitude computed as `mag` computes it, and the comparison as written. NaN, zero and negative
+/// fluxes have no magnitude and fail every such comparison, as they do written out.
+struct MagnitudeBound {
+    /// The flux expression, the magnitude's threshold, and whether rows brighter than it pass
+    /// (`<`, `<=`) or fainter ones (`>`, `>=`).
+    let flux: ExpressionTree
+    let op: BinaryOperator
+    let magnitude: Double
+    /// Fluxes below `low` are fainter than the threshold, above `high` brighter, for certain.
+    let low: Double, high: Double
+
+    static let band = 1e-9
+
+    init?(_ op: BinaryOperator, _ a: ExpressionTree, _ b: ExpressionTree) {
+        var op = op
+        let call: ExpressionTree, c: Double
+        switch (a, b) {
+        case (.call, .number(let v, _)): (call, c) = (a, v)
+        case (.call, .integer(let k, _)): (call, c) = (a, Double(k))
+        case (.number(let v, _), .call): (call, c, op) = (b, v, op.mirrored)
+        case (.integer(let k, _), .call): (call, c, op) = (b, Double(k), op.mirrored)
+        default: return nil
+        }
+        guard case .call("mag", let args, _) = call, args.count == 1, c.isFinite,
+              [.less, .lessEqual, .greater, .greaterEqual].contains(op) else { return nil }
+        flux = args[0]
+        self.op = op
+        magnitude = c
+        let t = pow(10, (31.4 - c) / 2.5)
+        low = t * (1 - Self.band)
+        high = t * (1 + Self.band)
+    }
+
+    var passesBrighter: Bool { op == .less || op == .lessEqual }
+
+    /// The column's bound for zone maps: brighter rows need a flux of at least `low`, fainter
+    /// ones at most `high`.
+    var columnTest: (test: ColumnBound.Test, value: Double) {
+        passesBrighter ? (.greaterEqual, low) : (.lessEqual, high)
+    }
+
+    func evaluate<T: BinaryFloatingPoint>(_ x: [T]) -> [Bool] {
+        let (lo, hi) = (low, high)
+        let brighter = passesBrighter
+        return x.withUnsafeBufferPointer { xp in
+            [Bool](unsafeUninitializedCapacity: xp.count) { out, count in
+                let n = xp.count
+                if brighter {
+                    for i in 0..<n { out[i] = Double(xp[i]) > hi }
+                } else {
+                    for i in 0..<n {
+                        let v = Double(xp[i])
+                        out[i] = (v > 0) && (v < lo)
+                    }
+                }
+                // The band around the threshold, where the magnitude's rounding decides.
+                for i in 0..<n {
+                    let v = Double(xp[i])
+                    if v >= lo && v <= hi { out[i] = ExpressionEvaluator.compare(op, FastLog.magnitude(v), magnitude) }
+                }
+                count = n
+            }
         }
     }
 }

@@ -72,7 +72,9 @@ struct SharingEndToEndTests {
             return code == .errorOverBudget && message.contains("expected to read 40000 rows")
                 && message.contains("over the interactive budget of 10000 rows") && message.contains("narrow the region")
         }
-        #expect(try conn.run(object.filter("mag(r_psfFlux) < 24").priority(.batch)).result.rowsScanned == rows)
+        // (Zone maps may skip row groups with no flux bright enough: the flux bound prunes.)
+        let batch = try conn.run(object.filter("mag(r_psfFlux) < 24").priority(.batch)).result
+        #expect(batch.rowsMatched > 0 && batch.rowsScanned <= rows)
         let cone = try conn.run(object.region(.cone(ra: 60, dec: -35, radius: 0.5)).priority(.interactive))
         #expect(cone.result.rowsMatched > 0)
         #expect(conn.lastAccepted?.priority == .priorityInteractive)

@@ -164,41 +164,30 @@ struct ReadyLanes {
     /// Looks at up to `limit` keys from the back of a lane, newest first: `decide` says of each
     /// whether to drop it (stale), take it (removed and returned), or leave it.
     mutating func scanBack(_ lane: Lane, limit: Int, _ decide: (UInt64) -> ScanDecision) -> UInt64? {
-        guard let i = index(of: lane) else { return nil }
-        var k = entries[i].keys.count - 1
-        let stop = Swift.max(0, entries[i].keys.count - limit)
-        while k >= stop {
-            switch decide(entries[i].keys[k]) {
-            case .drop:
-                entries[i].keys.remove(at: k)
-                count -= 1
-            case .take:
-                count -= 1
-                return entries[i].keys.remove(at: k)
-            case .keep:
-                break
-            }
-            k -= 1
-        }
-        return nil
+        scan(lane, fromBack: true, limit: limit, decide)
     }
 
     /// As ``scanBack(_:limit:_:)``, from the front (oldest first).
     mutating func scanFront(_ lane: Lane, limit: Int, _ decide: (UInt64) -> ScanDecision) -> UInt64? {
+        scan(lane, fromBack: false, limit: limit, decide)
+    }
+
+    private mutating func scan(_ lane: Lane, fromBack: Bool, limit: Int, _ decide: (UInt64) -> ScanDecision) -> UInt64? {
         guard let i = index(of: lane) else { return nil }
-        var k = 0
+        var k = fromBack ? entries[i].keys.count - 1 : 0
         var looked = 0
-        while k < entries[i].keys.count && looked < limit {
+        while k >= 0 && k < entries[i].keys.count && looked < limit {
             looked += 1
             switch decide(entries[i].keys[k]) {
             case .drop:
                 entries[i].keys.remove(at: k)
                 count -= 1
+                if fromBack { k -= 1 }
             case .take:
                 count -= 1
                 return entries[i].keys.remove(at: k)
             case .keep:
-                k += 1
+                k += fromBack ? -1 : 1
             }
         }
         return nil

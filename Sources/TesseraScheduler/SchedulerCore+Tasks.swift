@@ -222,13 +222,20 @@ extension SchedulerCore {
     /// class, go to the worker with this one (from its own queue, then from those of the
     /// shard's other holders), so that it answers them all in one pass over the shard. One per
     /// job, at most `maxPassRiders`, never to a worker a task already failed on.
+    ///
+    /// Each lane is searched only near its front (`riderWindow` keys), and the whole search is
+    /// bounded (`riderSearchBudget` keys), so an assignment costs the same with a thousand jobs
+    /// queued: jobs that scan one dataset take its shards in the same order, and a job whose
+    /// scan of this shard rode along before stays level with the others.
     mutating func addRiders(dataKey dk: String, operatorName op: String, with job: JobRecord, to w: WorkerRecord) {
         var room = config.maxPassRiders
+        var budget = Self.riderSearchBudget
         let queues = [w] + (holders[dk] ?? []).filter { $0 != w.id }.compactMap { workers[$0] }
         for q in queues {
             for lane in Array(q.pinned.lanes) where lane.priority == job.priority && lane.job != job.id {
-                if room == 0 { return }
-                let taken = q.pinned.scanFront(lane, limit: 256) { key in
+                if room == 0 || budget <= 0 { return }
+                budget -= Self.riderWindow
+                let taken = q.pinned.scanFront(lane, limit: Self.riderWindow) { key in
                     guard let (other, i) = readyTask(key) else { return .drop }
                     guard other.dataKeyName(i) == dk, other.operatorName(i) == op, other.failedOn[i]?.contains(w.id) != true else { return .keep }
                     return .take
@@ -240,6 +247,10 @@ extension SchedulerCore {
             }
         }
     }
+
+    /// Keys looked at per lane, and in all, when searching for riders.
+    static let riderWindow = 16
+    static let riderSearchBudget = 1_024
 
     mutating func assignOne(_ job: JobRecord, _ t: Int, to w: WorkerRecord) {
         job.state[t] = .running

@@ -287,27 +287,24 @@ public final class ExecutorPool: TaskPool, Sendable {
                 pthread_cond_wait(ready, s.mutex)
                 continue
             }
+            var newPass: (support: SharedPassSupport, key: PassKey, tasks: [ExecutableTask])?
             if let support = task.op.sharedPass, let key = support.key(task.context) {
                 let passKey = PassKey(key: key, priority: task.priority)
                 // A pass over the same data in the same class is running: the task rides it,
                 // without a slot of its own.
                 if let pass = s.passes[passKey], pass.attach(task.context, done: finisher(task)) { continue }
-                s.started(background: background)
-                // The same data's queued tasks of the class go with it.
+                // Else it starts one, and the same data's queued tasks of the class go with it.
                 let riders = s.queue.take { t in t.priority == task.priority && t.op.name == task.op.name && support.key(t.context) == key }
-                s.wakeNext(slots: threadCount)
-                s.unlock()
-                runPass(support, passKey, [task] + riders)
-                s.lock()
-                s.ended(background: background)
-                s.wakeNext(slots: threadCount)
-                continue
+                newPass = (support, passKey, [task] + riders)
             }
             s.started(background: background)
             s.wakeNext(slots: threadCount)
             s.unlock()
-            let wasEmpty = execute(task)
-            if wasEmpty { wake() }
+            if let newPass {
+                runPass(newPass.support, newPass.key, newPass.tasks)
+            } else if execute(task) {
+                wake()
+            }
             s.lock()
             s.ended(background: background)
         }

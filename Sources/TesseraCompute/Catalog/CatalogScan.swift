@@ -549,17 +549,26 @@ struct ScanAccumulator {
             }
             rows.append(names: select.map(\.name), values: values, index: index.isEmpty ? [] : picked.map { index[$0] },
                         sortKeys: sortKeys.map { k in all ? k : picked.map { k[$0] } })
-            if spec.limit > 0 {
-                let limit = Int(clamping: spec.limit)
-                if sortBy == nil {
-                    // Head: rows come in index order, so the first `limit` are final.
-                    if rows.count >= limit { rows.trim(to: limit, descending: false); return true }
-                } else if rows.count > max(2 * limit, 65_536) {
-                    rows.trim(to: limit, descending: spec.descending)
-                }
-            } else if rows.count > q.maxRows {
-                throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+            return try boundRows(sorted: sortBy != nil)
+        }
+        return false
+    }
+
+    /// After rows were added: a head keeps its first `limit` rows (true: full, the scan can
+    /// stop), a top-k list is trimmed when it has grown well past its limit, a collect must stay
+    /// under the row cap.
+    mutating func boundRows(sorted: Bool) throws(CatalogQueryError) -> Bool {
+        let spec = q.plan.rows
+        if spec.limit > 0 {
+            let limit = Int(clamping: spec.limit)
+            if !sorted {
+                // Head: rows come in index order, so the first `limit` are final.
+                if rows.count >= limit { rows.trim(to: limit, descending: false); return true }
+            } else if rows.count > max(2 * limit, 65_536) {
+                rows.trim(to: limit, descending: spec.descending)
             }
+        } else if rows.count > q.maxRows {
+            throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
         }
         return false
     }
@@ -624,18 +633,7 @@ struct ScanAccumulator {
             }
         case .rows(_, let sortBy):
             rows.absorb(piece.rows)
-            let spec = q.plan.rows
-            if spec.limit > 0 {
-                let limit = Int(clamping: spec.limit)
-                if sortBy == nil {
-                    // Head: rows come in index order, so the first `limit` are final.
-                    if rows.count >= limit { rows.trim(to: limit, descending: false); return true }
-                } else if rows.count > max(2 * limit, 65_536) {
-                    rows.trim(to: limit, descending: spec.descending)
-                }
-            } else if rows.count > q.maxRows {
-                throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
-            }
+            return try boundRows(sorted: sortBy != nil)
         }
         return false
     }

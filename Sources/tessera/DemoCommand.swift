@@ -69,6 +69,8 @@ struct DemoCommand: ParsableCommand {
         print(String(format: "final: %.0f values, mean %.6f, std %.6f, min %.3f, max %.3f (expected mean 20, std 2)",
                      m.count, m.mean, m.standardDeviation, m.min, m.max))
         print(String(format: "%.3f s, first partial after %.3f s, %d result messages", outcome.seconds, outcome.firstResultSeconds ?? 0, outcome.resultMessages))
+        // The workers' own counts (scans, cache, memory) come with their heartbeats: wait for one.
+        Thread.sleep(forTimeInterval: Double(LocalCluster.Options().heartbeatMs) / 1000 + 0.1)
         print(StatusReport.render(try conn.status(), endpoint: cluster.clientEndpoint))
     }
 

@@ -76,6 +76,8 @@ struct SharedShardPassTests {
             }
             pass.run()
             #expect(pass.mostAtOnce == Self.questions.count)
+            // `mag(r_psfFlux)` and the like were computed once for several questions.
+            #expect(pass.sharedComputations > 0)
             for (k, p) in Self.questions.enumerated() {
                 let want = try solo(p, reader)
                 #expect(try answers.bytes(k) == want, "question \(k) on \(reader.path)")

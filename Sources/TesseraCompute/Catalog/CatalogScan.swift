@@ -76,6 +76,9 @@ struct ShardScanPlan {
     let indexColumnNumber: Int?
     let regionRanges: [Range<Int64>]
     let conjuncts: [CheckedExpression]
+    /// The canonical texts of every subexpression that calls a function, in the filter and the
+    /// output: what a shared pass may compute once for several questions.
+    let functionSubexpressions: Set<String>
 
     init(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String) throws(CatalogQueryError) {
         self.q = q
@@ -133,6 +136,14 @@ struct ShardScanPlan {
         var filterColumns = Set(conjuncts.flatMap(\.columns))
         if q.region != nil { filterColumns.formUnion([raColumn, decColumn]) }
         self.filterColumns = filterColumns
+        var outputs: [CheckedExpression] = []
+        switch q.output {
+        case .aggregates(let g, let m, let s): outputs = (g.map { [$0] } ?? []) + m + s
+        case .histogram(let x, let y): outputs = [x] + (y.map { [$0] } ?? [])
+        case .skyMap(_, let e): outputs = e.map { [$0] } ?? []
+        case .rows(let select, let sortBy): outputs = select.filter { $0.column == nil }.map(\.expression) + (sortBy.map { [$0] } ?? [])
+        }
+        functionSubexpressions = (conjuncts + outputs).reduce(into: Set<String>()) { $0.formUnion($1.expression.subexpressionsCallingFunctions) }
     }
 
     /// The shard's answer before any row group: what each row group's piece folds into.
@@ -147,8 +158,9 @@ struct ShardScanPlan {
         return acc
     }
 
-    /// Row group `g` reduced on its own (columns come from `read`, by their number in the shard).
-    func scan(rowGroup g: Int, read: (Int) throws(ShardError) -> ColumnData) throws(CatalogQueryError) -> ScanAccumulator {
+    /// Row group `g` reduced on its own (columns come from `read`, by their number in the shard;
+    /// `shared`: subexpressions other questions of a shared pass also compute over it).
+    func scan(rowGroup g: Int, shared: SharedValues? = nil, read: (Int) throws(ShardError) -> ColumnData) throws(CatalogQueryError) -> ScanAccumulator {
         var acc = ScanAccumulator(q)
         if case .rows = q.output, q.plan.rows.limit == 0 { acc.rows.keepsChunks = true }
         let rows = groupRows[g]
@@ -174,7 +186,7 @@ struct ShardScanPlan {
         } catch {
             throw CatalogQueryError("\(error)", retryable: true)
         }
-        var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows)
+        var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared)
         if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {
             let ra = raValues.numbers(rows), dec = decValues.numbers(rows)
             if !index.isEmpty {
@@ -209,7 +221,7 @@ struct ShardScanPlan {
         _ = try acc.add(rows: n, keep: keep, matched: matched, columns: cols, stored: { (name) throws(CatalogQueryError) in
             guard let c = stored[name] else { throw CatalogQueryError("column `\(name)` was not read") }
             return rowMap.map { c.gathered($0) } ?? c
-        }, index: index)
+        }, index: index, shared: shared, rowMap: rowMap)
         return acc
     }
 }
@@ -454,10 +466,16 @@ struct ScanAccumulator {
     }
 
     /// Adds one row group's rows where `keep` is set; true when the scan can stop (a head is full).
+    ///   - shared, rowMap: values other questions of a shared pass computed over the whole row
+    ///     group, and which of its rows `columns` hold (nil: all).
     mutating func add(rows n: Int, keep: [Bool], matched: Int, columns: [String: ExpressionVector],
-                      stored: (String) throws(CatalogQueryError) -> ColumnData, index: [Int64]) throws(CatalogQueryError) -> Bool {
+                      stored: (String) throws(CatalogQueryError) -> ColumnData, index: [Int64],
+                      shared: SharedValues? = nil, rowMap: [Int]? = nil) throws(CatalogQueryError) -> Bool {
         partial.rowsMatched += UInt64(matched)
         if matched == 0 { return false }
+        func evaluate(_ e: CheckedExpression) -> ExpressionVector {
+            ExpressionEvaluator.evaluate(e, columns: columns, rows: n, known: shared?.lookup(rows: rowMap, count: n))
+        }
         switch q.output {
         case .aggregates(let group, let mExprs, let sExprs):
             // First each row's group slot and whether it counts, then one loop per expression.
@@ -467,7 +485,7 @@ struct ScanAccumulator {
             var slots = [Int32](repeating: 0, count: n)
             var valid = keep
             if let group {
-                let keyVector = ExpressionEvaluator.evaluate(group, columns: columns, rows: n)
+                let keyVector = evaluate(group)
                 if case .integers(let ints) = keyVector {
                     try assignIntegerSlots(ints, &slots, valid)
                 } else {
@@ -478,20 +496,20 @@ struct ScanAccumulator {
             if groupRows.isEmpty { return false }
             if mExprs.isEmpty { GroupLoops.countRows(slots: slots, valid: valid, into: &groupRows) }
             for (e, expr) in mExprs.enumerated() {
-                let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
+                let v = evaluate(expr).numbers(n)
                 let rows = BatchMoments.add(values: v, slots: slots, valid: valid, extremes: q.momentExtremes[e], into: &moments[e])
                 // The first expression's pass counts the group's rows too (one loop fewer).
                 if e == 0 { for s in 0..<rows.count { groupRows[s] += rows[s] } }
             }
             for (e, expr) in sExprs.enumerated() {
-                let v = ExpressionEvaluator.evaluate(expr, columns: columns, rows: n).numbers(n)
+                let v = evaluate(expr).numbers(n)
                 for i in 0..<n where valid[i] { sketches[e][Int(slots[i])].add(v[i]) }
             }
         case .histogram(let x, let y):
-            let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n).numbers(n)
+            let xs = evaluate(x).numbers(n)
             let xb = xBins!
             if let y, let yb = yBins {
-                let ys = ExpressionEvaluator.evaluate(y, columns: columns, rows: n).numbers(n)
+                let ys = evaluate(y).numbers(n)
                 let ny = yb.count
                 for i in 0..<n where keep[i] {
                     let bx = xb.bin(xs[i])
@@ -508,7 +526,7 @@ struct ScanAccumulator {
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))
-            let values = expr.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            let values = expr.map { evaluate($0).numbers(n) }
             for i in 0..<n where keep[i] {
                 let p = UInt64(index[i] >> shift)
                 if pixels.last != p {
@@ -529,7 +547,7 @@ struct ScanAccumulator {
             if spec.sampleFraction > 0 {
                 for i in 0..<n where keepRows[i] { keepRows[i] = RowBatchBuilder.sampled(index[i], fraction: spec.sampleFraction, seed: spec.sampleSeed) }
             }
-            let sortKeys = sortBy.map { ExpressionEvaluator.evaluate($0, columns: columns, rows: n).numbers(n) }
+            let sortKeys = sortBy.map { evaluate($0).numbers(n) }
             if let sortKeys {
                 // NaN has no place in a ranking: such rows are left out of a top-k.
                 for i in 0..<n where keepRows[i] && sortKeys[i].isNaN { keepRows[i] = false }
@@ -543,7 +561,7 @@ struct ScanAccumulator {
                 if let c = s.column {
                     values.append(RowValues(all ? try stored(c) : try stored(c).gathered(picked)))
                 } else {
-                    let v = ExpressionEvaluator.evaluate(s.expression, columns: columns, rows: n).numbers(n)
+                    let v = evaluate(s.expression).numbers(n)
                     values.append(.doubles(all ? v : picked.map { v[$0] }))
                 }
             }
@@ -885,9 +903,11 @@ enum FilterPlan {
     }
 
     /// Rows passing every conjunct (all rows when there are none).
-    static func evaluate(_ conjuncts: [CheckedExpression], columns: [String: ExpressionVector], rows n: Int) -> [Bool] {
+    /// - Parameter shared: values other questions of a shared pass computed over these rows.
+    static func evaluate(_ conjuncts: [CheckedExpression], columns: [String: ExpressionVector], rows n: Int,
+                         shared: SharedValues? = nil) -> [Bool] {
         guard let first = conjuncts.first else { return [Bool](repeating: true, count: n) }
-        var keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n).booleans(n)
+        var keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
         var live: [Int]?
         for c in conjuncts.dropFirst() {
             let alive = live?.count ?? n
@@ -899,7 +919,7 @@ enum FilterPlan {
             if let live {
                 var sub: [String: ExpressionVector] = [:]
                 for name in c.columns { sub[name] = columns[name]?.gathered(live) }
-                let r = ExpressionEvaluator.evaluate(c, columns: sub, rows: live.count).booleans(live.count)
+                let r = ExpressionEvaluator.evaluate(c, columns: sub, rows: live.count, known: shared?.lookup(rows: live, count: live.count)).booleans(live.count)
                 keep.withUnsafeMutableBufferPointer { kp in
                     live.withUnsafeBufferPointer { lp in
                         r.withUnsafeBufferPointer { rp in
@@ -911,7 +931,7 @@ enum FilterPlan {
                     }
                 }
             } else {
-                let r = ExpressionEvaluator.evaluate(c, columns: columns, rows: n).booleans(n)
+                let r = ExpressionEvaluator.evaluate(c, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
                 keep = Kernels.logical(keep, r, and: true)
             }
         }

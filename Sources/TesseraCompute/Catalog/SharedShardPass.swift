@@ -69,6 +69,8 @@ public final class SharedShardPass: @unchecked Sendable {
     private let groupCount: Int
     /// Questions attached in the pass's life, and the most at once (for tests and statistics).
     public private(set) var mostAtOnce = 0
+    /// Subexpressions computed once over a row group for several questions, over the pass's life.
+    public private(set) var sharedComputations = 0
 
     public init(reader: ShardReader, raColumn: String, decColumn: String) {
         self.reader = reader
@@ -138,11 +140,29 @@ public final class SharedShardPass: @unchecked Sendable {
         members.append(m)
     }
 
-    /// Row group `g` for every member that reads it: each column decoded once, on first use.
+    /// Row group `g` for every member that reads it: each column decoded once, on first use,
+    /// and each subexpression that calls a function and that two or more members compute
+    /// (`mag(r_psfFlux)` in several questions) computed once over the row group.
     private func bring(_ g: Int, to readers: [Member]) {
         var decoded: [Int: ColumnData] = [:]
         var decodeNanos = 0.0
         var timed: [(Member, Double)] = []
+        var shared: SharedValues?
+        if readers.count > 1 {
+            var seen: Set<String> = [], twice: Set<String> = []
+            for m in readers {
+                for e in m.plan.functionSubexpressions where !seen.insert(e).inserted { twice.insert(e) }
+            }
+            if !twice.isEmpty {
+                shared = SharedValues(rows: Int(reader.footer.rowGroups[g].rows), subexpressions: twice) { [reader] name in
+                    guard let c = try? reader.columnIndex(name) else { return nil }
+                    if let d = decoded[c] { return d }
+                    guard let d = try? reader.read(column: c, rowGroup: g) else { return nil }
+                    decoded[c] = d
+                    return d
+                }
+            }
+        }
         for m in readers {
             if m.isCancelled() {
                 fail(m, CatalogQueryError("cancelled", retryable: true))
@@ -151,7 +171,7 @@ public final class SharedShardPass: @unchecked Sendable {
             let t0 = DispatchTime.now().uptimeNanoseconds
             var decodingHere = 0.0
             do throws(CatalogQueryError) {
-                let piece = try m.plan.scan(rowGroup: g) { (c) throws(ShardError) in
+                let piece = try m.plan.scan(rowGroup: g, shared: shared) { (c) throws(ShardError) in
                     if let d = decoded[c] { return d }
                     let d0 = DispatchTime.now().uptimeNanoseconds
                     let d = try reader.read(column: c, rowGroup: g)
@@ -172,6 +192,7 @@ public final class SharedShardPass: @unchecked Sendable {
             decodeNanos += decodingHere
             timed.append((m, Double(DispatchTime.now().uptimeNanoseconds - t0) - decodingHere))
         }
+        sharedComputations += shared?.computed ?? 0
         // The decoding is shared: each member that read the row group pays an equal part.
         let share = timed.isEmpty ? 0 : decodeNanos / Double(timed.count)
         for (m, own) in timed { m.nanos += own + share }
@@ -211,5 +232,49 @@ public final class SharedShardPass: @unchecked Sendable {
 
     static func micros(since start: UInt64) -> UInt32 {
         UInt32(clamping: (DispatchTime.now().uptimeNanoseconds - start) / 1000)
+    }
+}
+
+/// Subexpressions that several questions of a shared pass compute over one row group, each
+/// computed once over all the row group's rows on first use and handed to each question for
+/// the rows it holds. The values are the same element by element as the question's own
+/// evaluation would give (every operator works row by row), so answers do not change.
+final class SharedValues {
+    let rows: Int
+    let subexpressions: Set<String>
+    /// A column of the row group, decoded (nil: it could not be read; the question then reads
+    /// it itself and reports the error).
+    let column: (String) -> ColumnData?
+    private var values: [String: ExpressionVector] = [:]
+    /// Subexpressions computed so far.
+    var computed: Int { values.count }
+
+    init(rows: Int, subexpressions: Set<String>, column: @escaping (String) -> ColumnData?) {
+        self.rows = rows
+        self.subexpressions = subexpressions
+        self.column = column
+    }
+
+    /// A lookup for an evaluation over `count` rows: the row group's rows `rows` (nil: all).
+    func lookup(rows map: [Int]?, count: Int) -> (ExpressionTree) -> ExpressionVector? {
+        { [self] e in value(e, rows: map, count: count) }
+    }
+
+    func value(_ e: ExpressionTree, rows map: [Int]?, count: Int) -> ExpressionVector? {
+        let key = e.canonical
+        guard subexpressions.contains(key) else { return nil }
+        if values[key] == nil {
+            // Over every row only when this question alone needs a fair part of them: a
+            // selective question's few rows cost less on their own.
+            guard count * 4 >= rows else { return nil }
+            var columns: [String: ExpressionVector] = [:]
+            for name in e.columns {
+                guard let d = column(name) else { return nil }
+                columns[name] = CatalogScan.vector(d)
+            }
+            values[key] = ExpressionEvaluator.eval(e, columns, rows)
+        }
+        guard let all = values[key] else { return nil }
+        return map.map { all.gathered($0) } ?? all
     }
 }

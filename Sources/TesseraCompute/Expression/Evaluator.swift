@@ -54,11 +54,21 @@ public enum ExpressionVector: Sendable, Equatable {
 public enum ExpressionEvaluator {
     /// - Parameters:
     ///   - columns: the batch's columns by name (numbers or booleans), each `rows` long.
-    public static func evaluate(_ e: CheckedExpression, columns: [String: ExpressionVector], rows: Int) -> ExpressionVector {
-        eval(e.expression, columns, rows)
+    ///   - known: values of some subexpressions over the same rows, computed already (by another
+    ///     question of a shared scan); nil for those it does not have.
+    public static func evaluate(_ e: CheckedExpression, columns: [String: ExpressionVector], rows: Int,
+                                known: ((ExpressionTree) -> ExpressionVector?)? = nil) -> ExpressionVector {
+        eval(e.expression, columns, rows, known)
     }
 
-    static func eval(_ e: ExpressionTree, _ cols: [String: ExpressionVector], _ n: Int) -> ExpressionVector {
+    static func eval(_ e: ExpressionTree, _ cols: [String: ExpressionVector], _ n: Int,
+                     _ known: ((ExpressionTree) -> ExpressionVector?)? = nil) -> ExpressionVector {
+        if let known {
+            switch e {
+            case .call, .binary, .unary: if let v = known(e) { return v }
+            default: break
+            }
+        }
         switch e {
         case .number(let v, _):
             return .constant(v)
@@ -67,21 +77,21 @@ public enum ExpressionEvaluator {
         case .column(let name, _):
             return cols[name] ?? .constant(.nan)
         case .unary(.negate, let x, _):
-            switch eval(x, cols, n) {
+            switch eval(x, cols, n, known) {
             case .constant(let v): return .constant(-v)
             case let v: return .numbers(Kernels.map(v.numbers(n)) { -$0 })
             }
         case .unary(.not, let x, _):
-            return .booleans(Kernels.map(eval(x, cols, n).booleans(n)) { !$0 })
+            return .booleans(Kernels.map(eval(x, cols, n, known).booleans(n)) { !$0 })
         case .binary(let op, let a, let b, _):
             if let bound = MagnitudeBound(op, a, b) {
-                switch eval(bound.flux, cols, n) {
+                switch eval(bound.flux, cols, n, known) {
                 case .floats(let f): return .booleans(bound.evaluate(f))
                 case .constant: break   // folded below, as any constant
                 case let v: return .booleans(bound.evaluate(v.numbers(n)))
                 }
             }
-            let va = eval(a, cols, n), vb = eval(b, cols, n)
+            let va = eval(a, cols, n, known), vb = eval(b, cols, n, known)
             if op.isComparison, let exact = exactComparison(op, va, a, vb, b) { return .booleans(exact) }
             if op.isLogical {
                 let x = va.booleans(n), y = vb.booleans(n)
@@ -128,7 +138,7 @@ public enum ExpressionEvaluator {
                 }
             }
         case .call(let name, let args, _):
-            let vs = args.map { eval($0, cols, n) }
+            let vs = args.map { eval($0, cols, n, known) }
             if name == "isnan" { return .booleans(Kernels.map(vs[0].numbers(n)) { $0.isNaN }) }
             if vs.allSatisfy({ if case .constant = $0 { true } else { false } }) {
                 let xs = vs.map { $0.numbers(1)[0] }

@@ -25,6 +25,47 @@ public indirect enum ExpressionTree: Sendable, Equatable {
         return [self]
     }
 
+    /// The expression as text that two equal expressions share whatever their spacing and
+    /// position in the source (numbers by their bits), so it can key values computed from it.
+    public var canonical: String {
+        switch self {
+        case .number(let v, _): "n\(v.bitPattern)"
+        case .integer(let k, _): "i\(k)"
+        case .column(let c, _): "c\(c.utf8.count):\(c)"
+        case .unary(let op, let x, _): "u\(op.rawValue)(\(x.canonical))"
+        case .binary(let op, let a, let b, _): "b\(op.rawValue)(\(a.canonical),\(b.canonical))"
+        case .call(let f, let args, _): "f\(f)(\(args.map(\.canonical).joined(separator: ",")))"
+        }
+    }
+
+    /// Whether evaluating it calls a function (a logarithm, a distance): worth computing once
+    /// for several questions.
+    public var callsFunction: Bool {
+        switch self {
+        case .number, .integer, .column: false
+        case .call: true
+        case .unary(_, let x, _): x.callsFunction
+        case .binary(_, let a, let b, _): a.callsFunction || b.callsFunction
+        }
+    }
+
+    /// The canonical texts of its subexpressions (itself included) that call a function.
+    public var subexpressionsCallingFunctions: Set<String> {
+        var out: Set<String> = []
+        func walk(_ e: ExpressionTree) {
+            guard e.callsFunction else { return }
+            out.insert(e.canonical)
+            switch e {
+            case .unary(_, let x, _): walk(x)
+            case .binary(_, let a, let b, _): walk(a); walk(b)
+            case .call(_, let args, _): args.forEach(walk)
+            default: break
+            }
+        }
+        walk(self)
+        return out
+    }
+
     /// Column names the expression reads, in first-use order.
     public var columns: [String] {
         var out: [String] = []

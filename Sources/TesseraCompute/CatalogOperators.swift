@@ -58,7 +58,8 @@ public enum CatalogOperators {
         let ra = ctx.params.strings["ra"] ?? "coord_ra", dec = ctx.params.strings["dec"] ?? "coord_dec"
         let reader: ShardReader
         do {
-            reader = try ShardReader(path: root + "/" + shard.relativePath, cache: ctx.columnCache)
+            let path = root + "/" + shard.relativePath
+            reader = try ctx.shardReaders.map { (p) throws(ShardError) in try p.reader(path: path) } ?? ShardReader(path: path)
         } catch {
             // The shard could not be opened or read: another replica may serve.
             throw OperatorError(name, "\(error)")

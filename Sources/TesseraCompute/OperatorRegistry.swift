@@ -21,8 +21,9 @@ public struct OperatorContext: Sendable {
     public var dataChecksum: UInt64?
     /// Long-running operators poll this and stop early when the job was cancelled.
     public var isCancelled: @Sendable () -> Bool
-    /// The worker's cache of decoded column chunks, shared by its tasks (nil: none).
-    public var columnCache: DecodedColumnCache?
+    /// The worker's open shard files and decoded column chunks, shared by its tasks (nil: each
+    /// task opens its shard itself, with no chunk cache).
+    public var shardReaders: ShardReaderPool?
 
     public init(arg: Int64 = 0, params: Tessera_V1_OperatorParams = .init(), inputs: [Value] = [], dataKey: String? = nil,
                 dataRoot: String? = nil, isCancelled: @escaping @Sendable () -> Bool = { false }) {

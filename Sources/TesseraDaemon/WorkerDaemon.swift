@@ -106,7 +106,10 @@ public final class WorkerDaemon {
         shards = try settings.dataDirectory.map { try ShardStore(root: $0) }
         shardWriter = shards.map { BackgroundShardWriter(store: $0, workerName: settings.name) { wake.signal() } }
         engine.dataRoot = settings.dataDirectory
-        if settings.columnCacheBytes > 0 { engine.columnCache = DecodedColumnCache(capacityBytes: Int(clamping: settings.columnCacheBytes)) }
+        if settings.columnCacheBytes > 0 {
+            engine.shardReaders = ShardReaderPool(capacity: WorkerEngine.openShardFiles,
+                                                  cache: DecodedColumnCache(capacityBytes: Int(clamping: settings.columnCacheBytes)))
+        }
         engine.scanStatistics = { [pool] in
             let p = pool.passStatistics
             var s = Tessera_V1_ScanStats()

@@ -183,11 +183,9 @@ extension SchedulerCore {
                 for id in workerOrder {
                     guard let w = workers[id] else { continue }
                     let limit = limits[id]!
-                    // Past its limit, a worker still takes interactive tasks, a few per thread:
-                    // it runs them ahead of what it has queued, so they wait only for the tasks
-                    // its threads are running.
+                    // Past its limit, a worker still takes interactive tasks (``WorkerRecord/hasRoom``).
                     let atLimit = w.inFlight >= limit
-                    if atLimit && (stealing || w.inFlight >= limit + w.threads * config.interactiveInFlightPerThread) { continue }
+                    if atLimit && (stealing || !w.hasRoom(for: .interactive, config, limit: limit)) { continue }
                     let next = stealing ? stealTask(for: w) : nextOwnTask(w, lowest: atLimit ? .interactive : .batch)
                     guard let (job, t) = next else { continue }
                     assign(job, t, to: w)
@@ -207,8 +205,7 @@ extension SchedulerCore {
             addRiders(dataKey: dk, operatorName: job.operatorName(t), with: job, to: w)
         }
         var cur = t
-        let limit = w.inFlightLimit(config) + (job.priority == .interactive ? w.threads * config.interactiveInFlightPerThread : 0)
-        while w.inFlight < limit {
+        while w.hasRoom(for: job.priority, config) {
             let deps = job.dependentRange(cur)
             guard deps.count == 1 else { break }
             let d = Int(job.dependents[deps.lowerBound])
@@ -314,6 +311,7 @@ extension SchedulerCore {
             deadline &+= config.taskDeadlineNsPerMiB &* (inputBytes >> 20)
         }
         w.deadlines[key] = lastNow &+ deadline
+        if job.priority == .interactive { w.interactive.insert(key) }
     }
 
     // MARK: - Reports
@@ -702,6 +700,7 @@ extension SchedulerCore {
         var out: [String] = []
         for w in workers.values {
             for key in w.riders where w.deadlines[key] == nil { out.append("worker \(w.id) has rider \(key) that is not in flight") }
+            for key in w.interactive where w.deadlines[key] == nil { out.append("worker \(w.id) counts interactive task \(key) that is not in flight") }
             for key in w.deadlines.keys {
                 guard let job = jobs[TaskKey.job(key)] else {
                     out.append("worker \(w.id) has task \(key) in flight for a job that is gone")

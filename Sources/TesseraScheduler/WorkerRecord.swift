@@ -34,6 +34,9 @@ final class WorkerRecord {
     /// Scans sent to ride a shared pass with another scan of the same shard: in flight, but not
     /// counted against the limit.
     var riders: Set<UInt64> = []
+    /// Interactive tasks in flight (riders too): counted apart, so that batch work queued at
+    /// the worker never keeps them from being sent.
+    var interactive: Set<UInt64> = []
     /// Tasks sent and not yet reported, riders aside.
     var inFlight: Int { deadlines.count - riders.count }
 
@@ -41,6 +44,18 @@ final class WorkerRecord {
     func taskLeft(_ key: UInt64) {
         deadlines.removeValue(forKey: key)
         riders.remove(key)
+        interactive.remove(key)
+    }
+
+    /// Whether a task of class `priority` may be sent now. Below its in-flight limit a worker
+    /// takes any class. Interactive tasks have room of their own besides, a few per thread
+    /// whatever else is in flight: the worker runs them ahead of its queue on threads of their
+    /// own, so they wait for no batch task. Counting them against the limit instead held them
+    /// in the scheduler for as long as the worker took to drain its batch tasks: the limit
+    /// follows the mean task time, and falls tenfold when shared passes start reporting.
+    func hasRoom(for priority: PriorityClass, _ c: SchedulerConfig, limit: Int? = nil) -> Bool {
+        if inFlight < limit ?? inFlightLimit(c) { return true }
+        return priority == .interactive && interactive.count < threads * c.interactiveInFlightPerThread
     }
     /// Smoothed task duration, microseconds.
     var meanTaskMicros = 1_000.0

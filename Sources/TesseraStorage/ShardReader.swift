@@ -8,8 +8,14 @@ import Glibc
 /// Reads a shard file through a read-only memory map: the footer is checked (magic, length,
 /// checksum) when the file is opened, and each column chunk's checksum when it is read; only the
 /// columns and row groups asked for are touched.
-public final class ShardReader {
+///
+/// Sendable because nothing in it changes after `init`: the mapping is read-only, and the chunk
+/// cache it shares is itself locked; tasks on several threads read one reader at once.
+public final class ShardReader: @unchecked Sendable {
     public let path: String
+    /// The mapped file as it was when opened: a file replaced or rewritten under the same path
+    /// has another identity (``ShardReaderPool`` checks it before handing the reader out again).
+    public let identity: FileIdentity
     public let footer: Tessera_V1_ShardFooter
     /// The file's checksum: the xxHash64 of its footer, which holds every chunk's own checksum
     /// (the registry records it at ingest; a worker compares the two when it opens a shard).
@@ -27,6 +33,7 @@ public final class ShardReader {
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
+        identity = FileIdentity(st)
         let size = Int(st.st_size)
         let tail = 8 + 8 + 8
         guard size >= ShardWriter.magic.count + tail else {

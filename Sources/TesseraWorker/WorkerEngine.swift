@@ -105,8 +105,14 @@ public struct WorkerEngine {
     public private(set) var generation: UInt32 = 0
     /// This worker's data folder (shards are found under it).
     public var dataRoot: String?
-    /// Decoded column chunks kept across tasks (nil: none), handed to every task's operator.
-    public var columnCache: DecodedColumnCache?
+    /// Shard files kept open across tasks, and the decoded column chunks they share (the
+    /// daemon's; by default a few files kept open and no chunk cache), handed to every task.
+    public var shardReaders = ShardReaderPool(capacity: WorkerEngine.openShardFiles, cache: nil)
+    /// The most shard files kept open between tasks: enough for every shard a worker usually
+    /// serves, few enough that removed files' space comes back soon.
+    public static let openShardFiles = 128
+    /// Decoded column chunks kept across tasks (nil: none).
+    public var columnCache: DecodedColumnCache? { shardReaders.cache }
     /// The pool's shared-pass counts, for heartbeats (the daemon's pool; nil: none).
     public var scanStatistics: (@Sendable () -> Tessera_V1_ScanStats)?
     let cancelled = CancelledJobs()
@@ -424,7 +430,7 @@ public struct WorkerEngine {
         let dataKey = t.dataKey > 0 && Int(t.dataKey) <= setup.dataKeys.count ? setup.dataKeys[Int(t.dataKey) - 1] : nil
         var ctx = OperatorContext(arg: t.arg, params: params, inputs: t.values.map { $0 ?? .empty }, dataKey: dataKey,
                                   dataRoot: dataRoot, isCancelled: { flags.contains(jobID) })
-        ctx.columnCache = columnCache
+        ctx.shardReaders = shardReaders
         if dataKey != nil, Int(t.dataKey) <= setup.dataChecksums.count { ctx.dataChecksum = setup.dataChecksums[Int(t.dataKey) - 1] }
         return ExecutableTask(key: t.key, op: op, context: ctx, flags: t.flags, profile: UInt64(jobID) << 32 | UInt64(t.op), generation: generation,
                               priority: setup.priority)

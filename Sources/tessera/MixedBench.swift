@@ -27,6 +27,9 @@ struct MixedBench: ParsableCommand {
     @Option(help: "Concurrent full-catalog aggregates (each a different question).")
     var scans = 20
 
+    @Option(help: "Rounds of each cones-under-scans figure, a JSON line each (timings here are noisy).")
+    var rounds = 1
+
     @Option(help: "Batch jobs each of the two users submits for the fair-share figure (0 skips it).")
     var fairJobs = 50
 
@@ -71,6 +74,7 @@ struct MixedBench: ParsableCommand {
         //    normal scans (what first come, first served gives).
         for (name, cone, scan) in [("cones_under_scans", PriorityClass.interactive, PriorityClass.batch),
                                    ("cones_under_scans_no_priority", .normal, .normal)] {
+          for round in 1...max(1, rounds) {
             let load = DispatchGroup()
             let loadResult = Mutex<Timings?>(nil)
             DispatchQueue.global().async(group: load) {
@@ -83,9 +87,10 @@ struct MixedBench: ParsableCommand {
             let under = try coneRound(endpoint, priority: cone)
             load.wait()
             let scansTook = loadResult.withLock { $0 }?.wall ?? .nan
-            print(jsonLine([("engine", "tessera"), ("workload", name), ("rows", rows), ("cone_class", cone.description),
+            print(jsonLine([("engine", "tessera"), ("workload", name), ("round", round), ("rows", rows), ("cone_class", cone.description),
                             ("scan_class", scan.description), ("scans_running_at_start", busy)] + under.fields
                            + [("p95_vs_idle", under.percentile(0.95) / idle.percentile(0.95)), ("scans_s", scansTook)]))
+          }
         }
 
         // 4. Fair share: two users, the same batch work each, submitted one after the other.

@@ -118,6 +118,52 @@ struct CatalogEngineTests {
         }
     }
 
+    /// Small regions (a few of a row group's rows, where the scan finds them by binary search on
+    /// the index and runs the filter on them alone) and wide ones, with and without a filter:
+    /// the rows are those a test of every row finds.
+    @Test func smallRegionsWithFiltersReturnTheRowsEveryRowTestFinds() throws {
+        let ra = cat.col("coord_ra"), dec = cat.col("coord_dec"), r = cat.col("r_psfFlux"), ext = cat.col("refExtendedness")
+        var rng = SplitMix64(seed: 77)
+        var regions: [(Tessera_V1_ConeSpec?, Tessera_V1_BoxSpec?, (Double, Double) -> Bool)] = []
+        for k in 0..<12 {
+            let u = Double(rng.next() % 1_000_000) / 1e6, v = Double(rng.next() % 1_000_000) / 1e6
+            let (cra, cdec) = (52 + 16 * u, -43 + 16 * v)
+            if k % 3 == 2 {
+                var b = Tessera_V1_BoxSpec()
+                (b.raMin, b.raMax, b.decMin, b.decMax) = (cra, cra + 0.4, cdec, cdec + 0.3)
+                let box = try BoxRegion(raMin: b.raMin, raMax: b.raMax, decMin: b.decMin, decMax: b.decMax)
+                regions.append((nil, b, { box.contains(ra: $0, dec: $1) }))
+            } else {
+                let radius = k % 3 == 0 ? 0.1 : 2.5
+                var c = Tessera_V1_ConeSpec()
+                (c.ra, c.dec, c.radius) = (cra, cdec, radius)
+                let cone = ConeRegion(ra: cra, dec: cdec, radius: radius)
+                regions.append((c, nil, { cone.contains(ra: $0, dec: $1) }))
+            }
+        }
+        for shards in try layouts() {
+            for (cone, box, inside) in regions {
+                for filter in ["", "refExtendedness == 0 and mag(r_psfFlux) < 23.5"] {
+                    let want = (0..<ShardedCatalog.rows).filter {
+                        inside(ra[$0], dec[$0]) && (filter.isEmpty || (ext[$0] == 0 && ShardedCatalog.mag(r[$0]) < 23.5))
+                    }.map { cat.objectId[$0] }
+                    let got = try answer(plan {
+                        if let cone { $0.cone = cone }
+                        if let box { $0.box = box }
+                        $0.filter = filter
+                        $0.rows.select = ["objectId"]
+                    }, shards).table
+                    var ids: [Int64] = []
+                    if let column = got.columns.first {
+                        guard case .int64s(let values) = column else { Issue.record("objectId is Int64"); continue }
+                        ids = values
+                    }
+                    #expect(ids.sorted() == want.sorted(), "\(cone.map { "cone \($0.ra) \($0.dec) \($0.radius)" } ?? "box") filter `\(filter)`")
+                }
+            }
+        }
+    }
+
     @Test func predicatePushdownSkipsRowGroupsWithoutChangingTheAnswer() throws {
         let dec = cat.col("coord_dec")
         let expected = dec.filter { $0 > -26.5 }.count

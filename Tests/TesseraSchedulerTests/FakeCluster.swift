@@ -82,7 +82,11 @@ final class FakeCluster {
     /// Killed workers the scheduler does not yet know are dead.
     var undetectedDeaths: [FakeWorker] = []
     var lastFlush: [OutgoingMessage] = []
-    let computeMicros: UInt32 = 1000
+    /// What every task reports it took (a test may change it midway).
+    var computeMicros: UInt32 = 1000 { didSet { limitsSettled = false } }
+    /// False once `computeMicros` changed: the scheduler's smoothed task time, and so its limit,
+    /// then lag behind, and tasks sent under an earlier, higher limit are still in flight.
+    var limitsSettled = true
     var rng: SplitMix64
 
     init(config: SchedulerConfig = .init(), seed: UInt64 = 1) {
@@ -455,7 +459,8 @@ final class FakeCluster {
             // Past the limit, only interactive tasks, and only a few per thread.
             let interactive = w.queue.filter { w.setups[TaskKey.job($0.key)]?.priority == .priorityInteractive }.count
             let others = w.queue.count - interactive
-            if others > expectedLimit(w) || w.queue.count > expectedLimit(w) + w.threads * core.config.interactiveInFlightPerThread {
+            let limit = limitsSettled ? expectedLimit(w) : w.threads * core.config.maxInFlightPerThread
+            if others > limit || interactive > limit + w.threads * core.config.interactiveInFlightPerThread {
                 violations.append("\(w.name) has \(w.queue.count) tasks in flight (\(interactive) interactive), limit \(expectedLimit(w))")
             }
         }

@@ -42,6 +42,31 @@ struct SchedulerSharingTests {
         expectClean(c)
     }
 
+    @Test("interactive tasks are sent at once even when the worker holds more batch tasks than its limit, after the limit fell")
+    func interactiveRoomOfItsOwn() throws {
+        var cfg = SchedulerConfig()
+        cfg.interactiveInFlightPerThread = 2
+        let c = FakeCluster(config: cfg)
+        let w = c.addWorker(threads: 1)
+        // Tiny tasks first: the worker's limit rises to its most (64 per thread).
+        c.computeMicros = 10
+        let warm = try #require(c.submit(Workloads.independent(tasks: 200), priority: .normal, as: Self.user("ann")))
+        #expect(c.run(until: [warm]))
+        let batch = try #require(c.submit(Workloads.independent(tasks: 500), priority: .batch, as: Self.user("ann")))
+        let sent = w.queue.count
+        #expect(sent > 20, "with tiny tasks the worker takes many at once (\(sent))")
+        // Then the batch tasks report long times: the limit falls to two, far below what is in flight.
+        c.computeMicros = 200_000
+        for _ in 0..<5 { c.step(perWorker: 1) }
+        #expect(c.core.workers[w.id]!.inFlightLimit(cfg) == 2)
+        #expect(w.queue.count > 10)
+        let interactive = try #require(c.submit(Workloads.independent(tasks: 5), priority: .interactive, as: Self.user("bob")))
+        // They go at once, two per thread, past the batch tasks in flight (the worker runs them first).
+        #expect(w.queue.filter { TaskKey.job($0.key) == interactive }.count == 2)
+        #expect(c.run(until: [batch, interactive], perWorker: 1))
+        expectClean(c)
+    }
+
     @Test("fair share: two users with the same work get half the worker time each while both wait")
     func twoUsersHalfEach() throws {
         let c = FakeCluster()

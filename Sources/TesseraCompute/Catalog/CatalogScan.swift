@@ -146,6 +146,20 @@ struct ShardScanPlan {
         functionSubexpressions = (conjuncts + outputs).reduce(into: Set<String>()) { $0.formUnion($1.expression.subexpressionsCallingFunctions) }
     }
 
+    /// The rows of a group whose (ascending) index lies in `range`.
+    static func rows(of range: Range<Int64>, in index: [Int64]) -> Range<Int> {
+        func firstAtLeast(_ v: Int64) -> Int {
+            var lo = 0, hi = index.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if index[mid] < v { lo = mid + 1 } else { hi = mid }
+            }
+            return lo
+        }
+        let start = firstAtLeast(range.lowerBound)
+        return start..<max(start, firstAtLeast(range.upperBound))
+    }
+
     /// The shard's answer before any row group: what each row group's piece folds into.
     func accumulator() -> ScanAccumulator {
         var acc = ScanAccumulator(q)
@@ -186,10 +200,21 @@ struct ShardScanPlan {
         } catch {
             throw CatalogQueryError("\(error)", retryable: true)
         }
-        var keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared)
+        var keep: [Bool]
         if let region = q.region, let raValues = cols[raColumn], let decValues = cols[decColumn] {
             let ra = raValues.numbers(rows), dec = decValues.numbers(rows)
-            if !index.isEmpty {
+            // Rows ascend by index: each of the region's ranges is one span of rows, found by
+            // binary search. A region that spans few of the group's rows (a cone search) gets the
+            // exact test on those rows alone, and the filter runs on the rows inside it.
+            let spans = index.isEmpty ? [] : regionRanges.map { Self.rows(of: $0, in: index) }
+            if !index.isEmpty && spans.reduce(0, { $0 + $1.count }) * 10 < rows * 6 {
+                var inside: [Int] = []
+                for span in spans {
+                    for i in span where region.contains(ra: ra[i], dec: dec[i]) { inside.append(i) }
+                }
+                keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared, among: inside)
+            } else if !index.isEmpty {
+                keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared)
                 // Rows ascend by index: a sweep over the region's ranges rules most rows out
                 // with one comparison, and only rows inside a range get the exact test.
                 var k = 0
@@ -199,8 +224,11 @@ struct ShardScanPlan {
                     keep[i] = k < regionRanges.count && regionRanges[k].lowerBound <= x && region.contains(ra: ra[i], dec: dec[i])
                 }
             } else {
+                keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared)
                 for i in 0..<rows where keep[i] { keep[i] = region.contains(ra: ra[i], dec: dec[i]) }
             }
+        } else {
+            keep = FilterPlan.evaluate(conjuncts, columns: cols, rows: rows, shared: shared)
         }
         acc.partial.rowsScanned = UInt64(rows)
         let matched = GroupLoops.count(keep)
@@ -903,13 +931,25 @@ enum FilterPlan {
     }
 
     /// Rows passing every conjunct (all rows when there are none).
-    /// - Parameter shared: values other questions of a shared pass computed over these rows.
+    /// - Parameters:
+    ///   - shared: values other questions of a shared pass computed over these rows.
+    ///   - among: the only rows that may pass (ascending), when something else (a region) has
+    ///     already ruled out the rest: the conjuncts then run on those rows alone.
     static func evaluate(_ conjuncts: [CheckedExpression], columns: [String: ExpressionVector], rows n: Int,
-                         shared: SharedValues? = nil) -> [Bool] {
-        guard let first = conjuncts.first else { return [Bool](repeating: true, count: n) }
-        var keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
+                         shared: SharedValues? = nil, among: [Int]? = nil) -> [Bool] {
+        var keep: [Bool]
         var live: [Int]?
-        for c in conjuncts.dropFirst() {
+        var rest = conjuncts[...]
+        if let among {
+            keep = [Bool](repeating: false, count: n)
+            for i in among { keep[i] = true }
+            live = among
+        } else {
+            guard let first = conjuncts.first else { return [Bool](repeating: true, count: n) }
+            keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
+            rest = conjuncts.dropFirst()
+        }
+        for c in rest {
             let alive = live?.count ?? n
             let passing = live.map { GroupLoops.count(keep, at: $0) } ?? GroupLoops.count(keep)
             if passing == 0 { return keep }

@@ -127,6 +127,11 @@ struct ReadyLanes {
 
     var isEmpty: Bool { count == 0 }
 
+    /// Keys queued in lanes of one class, stale ones included.
+    func count(of priority: PriorityClass) -> Int {
+        entries.reduce(0) { $0 + ($1.lane.priority == priority ? $1.keys.count : 0) }
+    }
+
     @inline(__always) private func index(of lane: Lane) -> Int? {
         for i in entries.indices where entries[i].lane == lane { return i }
         return nil

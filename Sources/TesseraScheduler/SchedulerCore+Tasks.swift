@@ -29,7 +29,7 @@ extension SchedulerCore {
             // failure, preferably another one (its copy may be damaged where the other is not).
             let live = (holders[dk] ?? []).compactMap { workers[$0] }
             let untried = job.failedOn[t].map { failed in live.filter { !failed.contains($0.id) } } ?? live
-            guard let best = (untried.isEmpty ? live : untried).min(by: { ($0.inFlight + $0.queuedCount) < ($1.inFlight + $1.queuedCount) }) else {
+            guard let best = (untried.isEmpty ? live : untried).min(by: { placedBefore($0, $1, job.priority) }) else {
                 finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
                 return
             }
@@ -66,6 +66,19 @@ extension SchedulerCore {
             }
         }
         readyAnywhere.append(key, job.lane)
+    }
+
+    /// Whether a data task of class `priority` goes to holder `a` rather than `b`: the one with
+    /// less queued and in flight. An interactive task counts interactive work first (per
+    /// thread): a worker runs it ahead of its batch tasks, on threads of their own, so the batch
+    /// work a worker has is no reason to send every cone to the other one.
+    func placedBefore(_ a: WorkerRecord, _ b: WorkerRecord, _ priority: PriorityClass) -> Bool {
+        if priority == .interactive {
+            let ia = (a.interactive.count + a.pinned.count(of: .interactive)) * b.threads
+            let ib = (b.interactive.count + b.pinned.count(of: .interactive)) * a.threads
+            if ia != ib { return ia < ib }
+        }
+        return a.inFlight + a.queuedCount < b.inFlight + b.queuedCount
     }
 
     /// Whether lane `a` is served before lane `b`: the more urgent class, then the user with

@@ -97,7 +97,8 @@ final class FakeCluster {
     // MARK: Workers
 
     @discardableResult
-    func addWorker(name: String? = nil, threads: Int = 1, operators: [String] = standardOperators, flush: Bool = true) -> FakeWorker {
+    func addWorker(name: String? = nil, threads: Int = 1, operators: [String] = standardOperators, holdings: [String] = [],
+                   flush: Bool = true) -> FakeWorker {
         let c = nextConnection
         nextConnection += 1
         let w = FakeWorker(connection: c, name: name ?? "w\(c)", threads: threads, operators: operators)
@@ -109,6 +110,7 @@ final class FakeCluster {
         r.peerEndpoint = "tcp://fake-\(c):7000"
         r.pid = Int32(c)
         r.operators = operators
+        r.holdings = holdings
         var e = Envelope()
         e.registerWorker = r
         core.handleWorker(c, e, frames: [], now: now)

@@ -67,6 +67,36 @@ struct SchedulerSharingTests {
         expectClean(c)
     }
 
+    @Test("interactive tasks on data two workers hold go to both, by interactive load, though one has far more batch work")
+    func interactiveSpreadByInteractiveLoad() throws {
+        let c = FakeCluster(config: SchedulerConfig())
+        let onlyA = "survey/1/order3-pix1", both = "survey/1/order3-pix2"
+        let a = c.addWorker(threads: 1, holdings: [onlyA, both])
+        let b = c.addWorker(threads: 1, holdings: [both])
+        /// `n` independent tasks, each reading shard `key`, in class `priority`.
+        func scans(_ n: Int, of key: String, _ priority: PriorityClass, as user: String) -> JobID? {
+            var g = TaskGraph(operators: ["noop"], dataKeys: [key])
+            for _ in 0..<n { g.outputs.append(g.add(operatorIndex: 0)) }
+            g.dataKey = Array(repeating: 1, count: n)
+            let (spec, frames) = g.encoded()
+            var s = Tessera_V1_SubmitJob()
+            s.graph = spec
+            s.priority = priority.wire
+            return c.submit(s, frames: frames, client: 1000, name: "\(user)-scans", identity: Self.user(user))
+        }
+        // Batch work only A can do: A has far more queued and in flight than B.
+        let batch = try #require(scans(300, of: onlyA, .batch, as: "ann"))
+        #expect(c.core.workers[a.id]!.queuedCount > 100)
+        let interactive = try #require(scans(10, of: both, .interactive, as: "bob"))
+        let onA = a.queue.filter { TaskKey.job($0.key) == interactive }.count
+        let onB = b.queue.filter { TaskKey.job($0.key) == interactive }.count
+        // Each worker's foreground threads run interactive tasks ahead of its batch ones: they are
+        // spread by that load (one thread each: half each), not all sent to the worker without batch work.
+        #expect(onA == 5 && onB == 5, "interactive tasks on A \(onA), on B \(onB)")
+        #expect(c.run(until: [batch, interactive], perWorker: 1))
+        expectClean(c)
+    }
+
     @Test("fair share: two users with the same work get half the worker time each while both wait")
     func twoUsersHalfEach() throws {
         let c = FakeCluster()

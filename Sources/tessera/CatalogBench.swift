@@ -101,6 +101,11 @@ struct CatalogBench: ParsableCommand {
             ("cone", object.region(.cone(ra: 60, dec: -35, radius: 0.5)), { r in
                 [("count", Int(r.table.numbers("count")?.first ?? -1))]
             }),
+            // The floor under every full scan: a task per shard, the merge and the answer, with
+            // every row group ruled out by its zone map (no anchor counterpart).
+            ("floor_no_rows", object.filter("coord_dec > 90"), { r in
+                [("count", Int(r.table.numbers("count")?.first ?? -1))]
+            }),
         ]
         for (name, q, fields) in workloads {
             var times: [Double] = []

@@ -60,6 +60,51 @@ import Testing
         }
     }
 
+    /// A filter's conjuncts applied as loops over their columns (``ColumnTest``) keep exactly the
+    /// rows the evaluator keeps, conjunct by conjunct: booleans, Float32, Float64 and Int64
+    /// columns, every comparison, magnitudes around their thresholds with NaN, zero and negative
+    /// fluxes, over all rows and over a subset.
+    @Test func columnTestsKeepTheRowsTheEvaluatorKeeps() throws {
+        let flux = Self.fluxes(around: [24, 22.5, 20])
+        let n = flux.count
+        var rng = SplitMix64(seed: 21)
+        let ext = (0..<n).map { _ in Int64(rng.next() % 3) - 1 }
+        let primary = (0..<n).map { _ in rng.next() % 4 != 0 }
+        let dec = (0..<n).map { _ in Double(rng.next() % 2000) / 10 - 100 }
+        let filters = [
+            "detect_isPrimary and refExtendedness == 0 and mag(r_psfFlux) < 24",
+            "mag(r_psfFlux) >= 22.5 and r_psfFlux != 1 and not detect_isPrimary",
+            "24 > mag(r_psfFlux) and refExtendedness <= 0.5 and coord_dec > -26.5",
+            "mag(r_psfFlux) > 20 and 0 < refExtendedness and coord_dec <= 10 and -30 >= coord_dec",
+            "refExtendedness != 0 and mag(r_psfFlux) <= 24 and r_psfFlux > 1e5 and coord_dec == 0",
+        ]
+        let subset = (0..<n).filter { _ in rng.next() % 3 == 0 }
+        for (fluxKind, fluxColumn) in [("Float64", ExpressionVector.numbers(flux)), ("Float32", .floats(flux.map { Float($0) }))] {
+            for (extKind, extColumn) in [("Int64", ExpressionVector.integers(ext)), ("Float64", .numbers(ext.map { Double($0) }))] {
+                let columns: [String: ExpressionVector] = ["r_psfFlux": fluxColumn, "refExtendedness": extColumn,
+                                                           "detect_isPrimary": .booleans(primary), "coord_dec": .numbers(dec)]
+                for text in filters {
+                    let e = try ExpressionChecker.check(text, schema: exprSchema)
+                    let conjuncts = FilterPlan.conjuncts(of: e)
+                    #expect(conjuncts.allSatisfy { ColumnTest($0.expression) != nil }, "\(text): every conjunct is a column test")
+                    // The evaluator, conjunct by conjunct, on every row.
+                    var want = [Bool](repeating: true, count: n)
+                    for c in conjuncts {
+                        want = Kernels.logical(want, ExpressionEvaluator.evaluate(c, columns: columns, rows: n).booleans(n), and: true)
+                    }
+                    let got = FilterPlan.evaluate(conjuncts, columns: columns, rows: n)
+                    let wrong = (0..<n).filter { got[$0] != want[$0] }
+                    #expect(wrong.isEmpty, "\(text), flux \(fluxKind), refExtendedness \(extKind): rows \(wrong.prefix(5).map { flux[$0] })")
+                    #expect(want.contains(true) || text.hasSuffix("== 0"), "\(text) keeps some rows")
+                    let gotSome = FilterPlan.evaluate(conjuncts, columns: columns, rows: n, among: subset)
+                    let inSubset = Set(subset)
+                    let wrongSome = (0..<n).filter { gotSome[$0] != (want[$0] && inSubset.contains($0)) }
+                    #expect(wrongSome.isEmpty, "\(text) among a subset, flux \(fluxKind): rows \(wrongSome.prefix(5))")
+                }
+            }
+        }
+    }
+
     @Test func otherComparisonsAreLeftAsWritten() throws {
         for text in ["mag(r_psfFlux) == 24", "mag(r_psfFlux) != 24", "mag(r_psfFlux) < g_psfFlux", "log10(r_psfFlux) < 2", "mag(r_psfFlux + 1) < 24"] {
             let e = try ExpressionChecker.check(text, schema: exprSchema)

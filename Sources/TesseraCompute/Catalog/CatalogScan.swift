@@ -946,10 +946,16 @@ enum FilterPlan {
             live = among
         } else {
             guard let first = conjuncts.first else { return [Bool](repeating: true, count: n) }
-            keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
+            keep = [Bool](repeating: true, count: n)
+            if ColumnTest(first.expression)?.apply(to: &keep, columns: columns, rows: nil) != true {
+                keep = ExpressionEvaluator.evaluate(first, columns: columns, rows: n, known: shared?.lookup(rows: nil, count: n)).booleans(n)
+            }
             rest = conjuncts.dropFirst()
         }
         for c in rest {
+            // A column against a number: one pass over the column into the mask, cheaper than
+            // counting the rows left, let alone gathering them.
+            if let test = ColumnTest(c.expression), test.apply(to: &keep, columns: columns, rows: live) { continue }
             let alive = live?.count ?? n
             let passing = live.map { GroupLoops.count(keep, at: $0) } ?? GroupLoops.count(keep)
             if passing == 0 { return keep }

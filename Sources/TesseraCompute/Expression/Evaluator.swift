@@ -436,3 +436,127 @@ enum Kernels {
         }
     }
 }
+
+/// A filter conjunct applied as one loop over a stored column, clearing the rows that fail in
+/// the filter's mask in place: a boolean column or its negation, a column compared with a number, or a magnitude
+/// compared with a number (as its flux bound, ``MagnitudeBound``). No vector of the conjunct's
+/// own, no copy of the column: a filter of such conjuncts (most filters) is a few passes over its
+/// columns. The rows that pass are those the evaluator passes, element by element: the same
+/// comparisons on the same values (Float32 and Int64 widened to Double as it widens them).
+struct ColumnTest {
+    enum Kind {
+        case isTrue, isFalse
+        case compare(BinaryOperator, Double)
+        case magnitude(MagnitudeBound)
+    }
+
+    let column: String
+    let kind: Kind
+
+    init?(_ e: ExpressionTree) {
+        switch e {
+        case .column(let c, _):
+            (column, kind) = (c, .isTrue)
+        case .unary(.not, .column(let c, _), _):
+            (column, kind) = (c, .isFalse)
+        case .binary(let op, .column(let c, _), .number(let v, _), _) where op.isComparison:
+            (column, kind) = (c, .compare(op, v))
+        case .binary(let op, .number(let v, _), .column(let c, _), _) where op.isComparison:
+            (column, kind) = (c, .compare(op.mirrored, v))
+        case .binary(let op, let a, let b, _):
+            guard let bound = MagnitudeBound(op, a, b), case .column(let c, _) = bound.flux else { return nil }
+            (column, kind) = (c, .magnitude(bound))
+        default:
+            return nil
+        }
+    }
+
+    /// Clears `keep[i]` for the rows that fail (only at `rows`, when given). False, with `keep`
+    /// untouched, for a column of a kind not handled here (the caller evaluates the conjunct).
+    func apply(to keep: inout [Bool], columns: [String: ExpressionVector], rows: [Int]?) -> Bool {
+        guard let v = columns[column] else { return false }
+        switch (kind, v) {
+        case (.isTrue, .booleans(let b)):
+            b.withUnsafeBufferPointer { bp in
+                bp.withMemoryRebound(to: UInt8.self) { bb in Self.clear(&keep, rows) { bb[$0] != 0 } }
+            }
+        case (.isFalse, .booleans(let b)):
+            b.withUnsafeBufferPointer { bp in
+                bp.withMemoryRebound(to: UInt8.self) { bb in Self.clear(&keep, rows) { bb[$0] == 0 } }
+            }
+        case (.compare(let op, let c), .numbers(let x)): x.withUnsafeBufferPointer { Self.compare(&keep, rows, $0, op, c) }
+        case (.compare(let op, let c), .floats(let x)): x.withUnsafeBufferPointer { Self.compare(&keep, rows, $0, op, c) }
+        case (.compare(let op, let c), .integers(let x)):
+            x.withUnsafeBufferPointer { xp in
+                switch op {
+                case .less: Self.clear(&keep, rows) { Double(xp[$0]) < c }
+                case .lessEqual: Self.clear(&keep, rows) { Double(xp[$0]) <= c }
+                case .greater: Self.clear(&keep, rows) { Double(xp[$0]) > c }
+                case .greaterEqual: Self.clear(&keep, rows) { Double(xp[$0]) >= c }
+                case .equal: Self.clear(&keep, rows) { Double(xp[$0]) == c }
+                default: Self.clear(&keep, rows) { Double(xp[$0]) != c }
+                }
+            }
+        case (.magnitude(let bound), .floats(let x)): x.withUnsafeBufferPointer { Self.magnitude(&keep, rows, $0, bound) }
+        case (.magnitude(let bound), .numbers(let x)): x.withUnsafeBufferPointer { Self.magnitude(&keep, rows, $0, bound) }
+        default:
+            return false
+        }
+        return true
+    }
+
+    static func compare<T: BinaryFloatingPoint>(_ keep: inout [Bool], _ rows: [Int]?, _ xp: UnsafeBufferPointer<T>, _ op: BinaryOperator, _ c: Double) {
+        switch op {
+        case .less: clear(&keep, rows) { Double(xp[$0]) < c }
+        case .lessEqual: clear(&keep, rows) { Double(xp[$0]) <= c }
+        case .greater: clear(&keep, rows) { Double(xp[$0]) > c }
+        case .greaterEqual: clear(&keep, rows) { Double(xp[$0]) >= c }
+        case .equal: clear(&keep, rows) { Double(xp[$0]) == c }
+        default: clear(&keep, rows) { Double(xp[$0]) != c }
+        }
+    }
+
+    /// As ``MagnitudeBound/evaluate(_:)``: the bound decides, and rows in the band around it
+    /// get the magnitude in a second loop, run only when the first saw such a row (rare: a
+    /// relative 1e-9 around the threshold). The first keeps them, so that the second still sees
+    /// which rows had passed before.
+    static func magnitude<T: BinaryFloatingPoint>(_ keep: inout [Bool], _ rows: [Int]?, _ xp: UnsafeBufferPointer<T>, _ b: MagnitudeBound) {
+        let (lo, hi, op, m) = (b.low, b.high, b.op, b.magnitude)
+        var inBand: UInt8 = 0
+        if b.passesBrighter {
+            clear(&keep, rows) { i in
+                let v = Double(xp[i])
+                inBand |= (v >= lo ? 1 : 0) & (v <= hi ? 1 : 0)
+                return v >= lo
+            }
+        } else {
+            clear(&keep, rows) { i in
+                let v = Double(xp[i])
+                inBand |= (v >= lo ? 1 : 0) & (v <= hi ? 1 : 0)
+                return (v > 0 ? 1 : 0) & (v <= hi ? 1 : 0) != 0
+            }
+        }
+        guard inBand != 0 else { return }
+        keep.withUnsafeMutableBufferPointer { kp in
+            func settle(_ i: Int) {
+                let v = Double(xp[i])
+                if kp[i] && v >= lo && v <= hi { kp[i] = ExpressionEvaluator.compare(op, FastLog.magnitude(v), m) }
+            }
+            if let rows { for i in rows { settle(i) } } else { for i in 0..<kp.count { settle(i) } }
+        }
+    }
+
+    /// `keep[i] = keep[i] && passes(i)` over every row, or over `rows`; branch-free on the mask
+    /// (bytes holding 0 or 1), so the loop over every row vectorises.
+    @inline(__always) static func clear(_ keep: inout [Bool], _ rows: [Int]?, _ passes: (Int) -> Bool) {
+        keep.withUnsafeMutableBufferPointer { kp in
+            kp.withMemoryRebound(to: UInt8.self) { kb in
+                if let rows {
+                    for i in rows { kb[i] &= passes(i) ? 1 : 0 }
+                } else {
+                    for i in 0..<kb.count { kb[i] &= passes(i) ? 1 : 0 }
+                }
+            }
+        }
+    }
+}

@@ -94,6 +94,8 @@ final class JobRecord {
     var doneCount = 0
     /// Task runs, all told.
     var runs = 0
+    /// Its tasks' smoothed compute time, microseconds, once one has reported (for in-flight limits).
+    var meanTaskMicros: Double?
     /// Times each task was run (a run that found an input missing did not execute and is not counted).
     var runCount: [UInt16]
     /// Worker microseconds charged to the user's fair share when the task was handed out (an

@@ -14,6 +14,12 @@ public struct SchedulerConfig: Sendable {
     public var minInFlightPerThread = 2
     public var maxInFlightPerThread = 64
     public var queuedWorkTargetMicros = 2_000.0
+    /// A job's tasks are counted by their own measured duration, once one has reported; before
+    /// that, they count as long (this many microseconds: `minInFlightPerThread`). A worker that
+    /// just ran microsecond tasks then takes a new job's tasks a few at a time, not 64 per
+    /// thread of what may be 100-ms scans (which would hold everything queued behind them there,
+    /// its progressive snapshots too, for seconds).
+    public var unknownTaskMicros = 20_000.0
     /// A task whose operator fails this many times fails its job with the operator's error.
     public var maxOperatorFailures = 3
     /// A task that was running on this many workers that died fails its job (a poison task).

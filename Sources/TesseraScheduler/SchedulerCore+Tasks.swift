@@ -128,14 +128,18 @@ extension SchedulerCore {
 
     /// The next task for `w` from its own queues and the shared one: the best lane first
     /// (class, then fair share); within a lane, tasks that must run here, then those that
-    /// prefer it, then those that may run anywhere. `lowest` bounds the class (a worker at its
-    /// in-flight limit still takes interactive tasks).
-    mutating func nextOwnTask(_ w: WorkerRecord, lowest: PriorityClass = .batch) -> (JobRecord, Int)? {
-        if lowest == .batch {
+    /// prefer it, then those that may run anywhere. Only while the worker has room for that
+    /// lane's job (``WorkerRecord/inFlightLimit(_:for:)``, and interactive tasks' room of their
+    /// own); progressive snapshots first, while it is below its own limit.
+    mutating func nextOwnTask(_ w: WorkerRecord, limit: Int) -> (JobRecord, Int)? {
+        if w.inFlight < limit {
             while let k = snapshotsReady.popFirst() { if let r = runnable(k) { return r } }
         }
         // Each turn pops one key, so this ends; stale keys are dropped as they come.
-        while let lane = bestLane(for: w, lowest: lowest) {
+        while let lane = bestLane(for: w, lowest: .batch) {
+            // The worker is full for this job's tasks, by their own duration: it waits (the order
+            // of lanes is kept; the next turn tries again).
+            if let job = jobs[lane.job], !w.hasRoom(for: job.priority, config, limit: w.inFlightLimit(config, for: job)) { return nil }
             let key = w.pinned.popFirst(lane) ?? w.preferred.popFirst(lane) ?? readyAnywhere.popFirst(lane)
             if let key, let r = runnable(key) { return r }
         }
@@ -195,11 +199,11 @@ extension SchedulerCore {
                 progress = false
                 for id in workerOrder {
                     guard let w = workers[id] else { continue }
+                    // Its own limit (from all the tasks it ran) decides whether it takes work
+                    // queued for others; what it takes of its own is limited job by job.
                     let limit = limits[id]!
-                    // Past its limit, a worker still takes interactive tasks (``WorkerRecord/hasRoom``).
-                    let atLimit = w.inFlight >= limit
-                    if atLimit && (stealing || !w.hasRoom(for: .interactive, config, limit: limit)) { continue }
-                    let next = stealing ? stealTask(for: w) : nextOwnTask(w, lowest: atLimit ? .interactive : .batch)
+                    if stealing && w.inFlight >= limit { continue }
+                    let next = stealing ? stealTask(for: w) : nextOwnTask(w, limit: limit)
                     guard let (job, t) = next else { continue }
                     assign(job, t, to: w)
                     progress = true
@@ -218,7 +222,7 @@ extension SchedulerCore {
             addRiders(dataKey: dk, operatorName: job.operatorName(t), with: job, to: w)
         }
         var cur = t
-        while w.hasRoom(for: job.priority, config) {
+        while w.hasRoom(for: job.priority, config, limit: w.inFlightLimit(config, for: job)) {
             let deps = job.dependentRange(cur)
             guard deps.count == 1 else { break }
             let d = Int(job.dependents[deps.lowerBound])
@@ -270,7 +274,7 @@ extension SchedulerCore {
         // Fair share counts worker time from the moment a task is handed out (an estimate,
         // corrected when it reports), so that users alternate while their tasks are in flight.
         // At least a microsecond, so that users never tie at zero.
-        job.charged[t] = max(1, w.meanTaskMicros)
+        job.charged[t] = max(1, job.meanTaskMicros ?? w.meanTaskMicros)
         job.chargedAt[t] = lastNow
         fairShare.charge(job.lane.user, micros: job.charged[t], now: lastNow)
         let key = TaskKey.make(job: job.id, task: UInt32(t))
@@ -345,6 +349,7 @@ extension SchedulerCore {
             tasksCompleted += 1
             if hasCompute {
                 w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n])
+                job.meanTaskMicros = job.meanTaskMicros.map { 0.8 * $0 + 0.2 * Double(r.computeUs[n]) } ?? Double(r.computeUs[n])
                 refundCharge(job, t)
                 fairShare.charge(job.lane.user, micros: max(1, Double(r.computeUs[n])), now: now)
             }

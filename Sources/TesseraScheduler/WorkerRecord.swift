@@ -96,12 +96,20 @@ final class WorkerRecord {
         lastHeartbeat = now
     }
 
-    /// Tasks this worker may have in flight now, from its thread count and measured task times.
-    func inFlightLimit(_ c: SchedulerConfig) -> Int {
+    /// Tasks this worker may have in flight now, from its thread count and measured task times
+    /// (its own, or those of the job whose task is next, `taskMicros`).
+    func inFlightLimit(_ c: SchedulerConfig, taskMicros: Double? = nil) -> Int {
+        let micros = taskMicros ?? meanTaskMicros
         let perThread = min(
             Double(c.maxInFlightPerThread),
-            max(Double(c.minInFlightPerThread), (c.queuedWorkTargetMicros / max(meanTaskMicros, 0.5)).rounded(.up)))
+            max(Double(c.minInFlightPerThread), (c.queuedWorkTargetMicros / max(micros, 0.5)).rounded(.up)))
         return threads * Int(perThread)
+    }
+
+    /// The limit for sending one more task of `job`: by that job's measured task time, or, before
+    /// any of its tasks reported, as if they were long (``SchedulerConfig/unknownTaskMicros``).
+    func inFlightLimit(_ c: SchedulerConfig, for job: JobRecord) -> Int {
+        inFlightLimit(c, taskMicros: job.meanTaskMicros ?? max(meanTaskMicros, c.unknownTaskMicros))
     }
 
     var queuedCount: Int { pinned.count + preferred.count }

@@ -48,22 +48,48 @@ struct SchedulerSharingTests {
         cfg.interactiveInFlightPerThread = 2
         let c = FakeCluster(config: cfg)
         let w = c.addWorker(threads: 1)
-        // Tiny tasks first: the worker's limit rises to its most (64 per thread).
+        // The batch job's first tasks are tiny: the worker's limit for it rises to its most (64 per thread).
         c.computeMicros = 10
-        let warm = try #require(c.submit(Workloads.independent(tasks: 200), priority: .normal, as: Self.user("ann")))
-        #expect(c.run(until: [warm]))
         let batch = try #require(c.submit(Workloads.independent(tasks: 500), priority: .batch, as: Self.user("ann")))
+        for _ in 0..<10 { c.step(perWorker: 1) }
         let sent = w.queue.count
         #expect(sent > 20, "with tiny tasks the worker takes many at once (\(sent))")
-        // Then the batch tasks report long times: the limit falls to two, far below what is in flight.
+        // Then they report long times: the limit falls to two, far below what is in flight.
         c.computeMicros = 200_000
         for _ in 0..<5 { c.step(perWorker: 1) }
-        #expect(c.core.workers[w.id]!.inFlightLimit(cfg) == 2)
+        let job = try #require(c.core.jobs[batch])
+        let limit = c.core.workers[w.id]!.inFlightLimit(cfg, for: job)
+        #expect(limit == 2)
         #expect(w.queue.count > 10)
         let interactive = try #require(c.submit(Workloads.independent(tasks: 5), priority: .interactive, as: Self.user("bob")))
         // They go at once, two per thread, past the batch tasks in flight (the worker runs them first).
         #expect(w.queue.filter { TaskKey.job($0.key) == interactive }.count == 2)
         #expect(c.run(until: [batch, interactive], perWorker: 1))
+        expectClean(c)
+    }
+
+    @Test("a new job's tasks go a few at a time to a worker that just ran tiny tasks, until they report their own time")
+    func newJobsStartSlow() throws {
+        let c = FakeCluster(config: SchedulerConfig())
+        let w = c.addWorker(threads: 2)
+        c.computeMicros = 10
+        let tiny = try #require(c.submit(Workloads.independent(tasks: 400), priority: .normal, as: Self.user("ann")))
+        #expect(c.run(until: [tiny]))
+        let workerLimit = c.core.workers[w.id]!.inFlightLimit(c.core.config)
+        #expect(workerLimit == 128, "the worker's own limit is at its most")
+        // A new job of long tasks: two per thread until one reports, not 64.
+        c.computeMicros = 100_000
+        let long = try #require(c.submit(Workloads.independent(tasks: 100), priority: .normal, as: Self.user("ann")))
+        #expect(w.queue.count == 4)
+        c.step(perWorker: 1)
+        #expect(w.queue.count == 4, "one reported at 100 ms: still two per thread")
+        // A tiny job after it gets its own measure: after its first reports, many at once.
+        c.computeMicros = 10
+        let next = try #require(c.submit(Workloads.independent(tasks: 300), priority: .normal, as: Self.user("bob")))
+        for _ in 0..<3 { c.step(perWorker: 2) }
+        let nextSent = w.queue.filter { TaskKey.job($0.key) == next }.count
+        #expect(nextSent > 20)
+        #expect(c.run(until: [long, next]))
         expectClean(c)
     }
 

@@ -425,6 +425,7 @@ public final class WorkerDaemon {
             case .register:
                 try sendToScheduler(registration(), [])
             case .removeShards(let keys):
+                if let shards { engine.shardReaders.forget(paths: keys.compactMap { ShardKey($0).map(shards.path) }) }
                 let n = shards?.remove(keys) ?? 0
                 logger.notice("removed orphaned shard files", metadata: ["worker/removed": "\(n)", "worker/asked": "\(keys.count)"])
             case .spill(let values):

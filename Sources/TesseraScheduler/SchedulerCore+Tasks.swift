@@ -138,7 +138,7 @@ extension SchedulerCore {
         // Each turn pops one key, so this ends; stale keys are dropped as they come.
         while let lane = bestLane(for: w, lowest: .batch) {
             // The worker is full for this job's tasks, by their own duration: it waits (the order
-            // of lanes is kept; the next turn tries again).
+            // of lanes is kept, classes first; the next turn tries again).
             if let job = jobs[lane.job], !w.hasRoom(for: job.priority, config, limit: w.inFlightLimit(config, for: job)) { return nil }
             let key = w.pinned.popFirst(lane) ?? w.preferred.popFirst(lane) ?? readyAnywhere.popFirst(lane)
             if let key, let r = runnable(key) { return r }
@@ -157,7 +157,7 @@ extension SchedulerCore {
     /// the long tail).
     mutating func stealTask(for w: WorkerRecord) -> (JobRecord, Int)? {
         for id in workerOrder where id != w.id {
-            guard let other = workers[id], other.inFlight >= other.inFlightLimit(config) else { continue }
+            guard let other = workers[id], other.isBusy(config) else { continue }
             for lane in lanesInOrder(other.preferred) {
                 var skipped: [UInt64] = []
                 defer { other.preferred.append(contentsOf: skipped.reversed(), lane) }
@@ -170,7 +170,7 @@ extension SchedulerCore {
             }
         }
         for id in workerOrder where id != w.id {
-            guard let other = workers[id], other.inFlight >= other.inFlightLimit(config), !other.pinned.isEmpty else { continue }
+            guard let other = workers[id], other.isBusy(config), !other.pinned.isEmpty else { continue }
             for lane in lanesInOrder(other.pinned) {
                 // From the back (the work it would reach last), looking a bounded way in.
                 let taken = other.pinned.scanBack(lane, limit: 64) { key in
@@ -199,10 +199,10 @@ extension SchedulerCore {
                 progress = false
                 for id in workerOrder {
                     guard let w = workers[id] else { continue }
-                    // Its own limit (from all the tasks it ran) decides whether it takes work
-                    // queued for others; what it takes of its own is limited job by job.
+                    // What it takes of its own is limited job by job; it takes work queued for a
+                    // busy worker only while its own threads are not all busy (``WorkerRecord/isBusy``).
                     let limit = limits[id]!
-                    if stealing && w.inFlight >= limit { continue }
+                    if stealing && (w.inFlight >= limit || w.isBusy(config)) { continue }
                     let next = stealing ? stealTask(for: w) : nextOwnTask(w, limit: limit)
                     guard let (job, t) = next else { continue }
                     assign(job, t, to: w)
@@ -349,7 +349,9 @@ extension SchedulerCore {
             tasksCompleted += 1
             if hasCompute {
                 w.meanTaskMicros = 0.9 * w.meanTaskMicros + 0.1 * Double(r.computeUs[n])
-                job.meanTaskMicros = job.meanTaskMicros.map { 0.8 * $0 + 0.2 * Double(r.computeUs[n]) } ?? Double(r.computeUs[n])
+                // From the long estimate down: a job's few first cheap tasks (shards its zone
+                // maps ruled out, merges) do not open the worker to 64 per thread of its scans.
+                job.meanTaskMicros = 0.8 * (job.meanTaskMicros ?? config.unknownTaskMicros) + 0.2 * Double(r.computeUs[n])
                 refundCharge(job, t)
                 fairShare.charge(job.lane.user, micros: max(1, Double(r.computeUs[n])), now: now)
             }

@@ -53,9 +53,12 @@ final class WorkerRecord {
     /// own, so they wait for no batch task. Counting them against the limit instead held them
     /// in the scheduler for as long as the worker took to drain its batch tasks: the limit
     /// follows the mean task time, and falls tenfold when shared passes start reporting.
+    /// Other tasks are counted without the interactive ones, which run on threads of their own:
+    /// steady cone traffic does not keep a scan from starting.
     func hasRoom(for priority: PriorityClass, _ c: SchedulerConfig, limit: Int? = nil) -> Bool {
-        if inFlight < limit ?? inFlightLimit(c) { return true }
-        return priority == .interactive && interactive.count < threads * c.interactiveInFlightPerThread
+        let limit = limit ?? inFlightLimit(c)
+        guard priority == .interactive else { return inFlight - interactive.count < limit }
+        return inFlight < limit || interactive.count < threads * c.interactiveInFlightPerThread
     }
     /// Smoothed task duration, microseconds.
     var meanTaskMicros = 1_000.0
@@ -113,4 +116,9 @@ final class WorkerRecord {
     }
 
     var queuedCount: Int { pinned.count + preferred.count }
+
+    /// Whether idle workers may take what is queued for this one: it has at least the least
+    /// in flight a worker is given (its threads are busy). Its own limit may be far higher (set
+    /// by short tasks) while each job's keeps it from taking more of its long ones.
+    func isBusy(_ c: SchedulerConfig) -> Bool { inFlight - interactive.count >= threads * c.minInFlightPerThread }
 }

@@ -32,7 +32,9 @@ public struct FileIdentity: Hashable, Sendable {
 /// chunk's bounds; closing it unmaps it, and the next task's first touch of each page faults
 /// again. A cone search that reads one row group spent about a third of its worker time on that.
 /// A kept reader is handed out again only while the path still names the same file (one `stat`);
-/// chunks keep their own checksums, checked when decoded.
+/// chunks keep their own checksums, checked when decoded. Shard files are written whole and
+/// renamed into place, so a mapping always shows a complete file; a tool that truncated one in
+/// place while a task read it would fault that worker, kept or not (as it would have before).
 public final class ShardReaderPool: Sendable {
     struct Kept {
         var reader: ShardReader
@@ -86,6 +88,12 @@ public final class ShardReaderPool: Sendable {
             }
         }
         return r
+    }
+
+    /// Closes the kept readers of these paths (files being removed: their space comes back once
+    /// the tasks still reading them are done, not when 128 other files have been opened).
+    public func forget(paths: some Sequence<String>) {
+        state.withLock { s in for p in paths { s.readers.removeValue(forKey: p) } }
     }
 
     /// Files opened, and readers handed out again, since the start.

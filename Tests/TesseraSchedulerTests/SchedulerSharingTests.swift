@@ -48,10 +48,11 @@ struct SchedulerSharingTests {
         cfg.interactiveInFlightPerThread = 2
         let c = FakeCluster(config: cfg)
         let w = c.addWorker(threads: 1)
-        // The batch job's first tasks are tiny: the worker's limit for it rises to its most (64 per thread).
+        // The batch job's first tasks are tiny: once a few dozen have reported, the worker's limit
+        // for it rises to its most (64 per thread).
         c.computeMicros = 10
         let batch = try #require(c.submit(Workloads.independent(tasks: 500), priority: .batch, as: Self.user("ann")))
-        for _ in 0..<10 { c.step(perWorker: 1) }
+        for _ in 0..<60 { c.step(perWorker: 1) }
         let sent = w.queue.count
         #expect(sent > 20, "with tiny tasks the worker takes many at once (\(sent))")
         // Then they report long times: the limit falls to two, far below what is in flight.
@@ -65,6 +66,21 @@ struct SchedulerSharingTests {
         // They go at once, two per thread, past the batch tasks in flight (the worker runs them first).
         #expect(w.queue.filter { TaskKey.job($0.key) == interactive }.count == 2)
         #expect(c.run(until: [batch, interactive], perWorker: 1))
+        expectClean(c)
+    }
+
+    @Test("interactive tasks in flight (none queued) do not keep a new job's tasks from starting: they run on threads of their own")
+    func interactiveTrafficDoesNotBlockScans() throws {
+        var cfg = SchedulerConfig()
+        cfg.interactiveInFlightPerThread = 8
+        let c = FakeCluster(config: cfg)
+        let w = c.addWorker(threads: 1)
+        let cones = try #require(c.submit(Workloads.independent(tasks: 8), priority: .interactive, as: Self.user("bob")))
+        #expect(w.queue.count == 8)
+        let scan = try #require(c.submit(Workloads.independent(tasks: 10), priority: .normal, as: Self.user("ann")))
+        // Two per thread for the new job, beside the eight interactive ones.
+        #expect(w.queue.filter { TaskKey.job($0.key) == scan }.count == 2)
+        #expect(c.run(until: [cones, scan], perWorker: 1))
         expectClean(c)
     }
 
@@ -83,13 +99,15 @@ struct SchedulerSharingTests {
         #expect(w.queue.count == 4)
         c.step(perWorker: 1)
         #expect(w.queue.count == 4, "one reported at 100 ms: still two per thread")
-        // A tiny job after it gets its own measure: after its first reports, many at once.
+        #expect(c.run(until: [long], perWorker: 1))
+        // A tiny job after it gets its own measure: once a few dozen have reported, many at once.
         c.computeMicros = 10
-        let next = try #require(c.submit(Workloads.independent(tasks: 300), priority: .normal, as: Self.user("bob")))
-        for _ in 0..<3 { c.step(perWorker: 2) }
+        let next = try #require(c.submit(Workloads.independent(tasks: 600), priority: .normal, as: Self.user("bob")))
+        #expect(w.queue.count == 4)
+        for _ in 0..<30 { c.step(perWorker: 2) }
         let nextSent = w.queue.filter { TaskKey.job($0.key) == next }.count
         #expect(nextSent > 20)
-        #expect(c.run(until: [long, next]))
+        #expect(c.run(until: [next]))
         expectClean(c)
     }
 

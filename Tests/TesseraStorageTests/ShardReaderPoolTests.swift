@@ -49,6 +49,9 @@ import TesseraProtocol
         let opened = pool.statistics.opened
         _ = try pool.reader(path: paths[1])
         #expect(pool.statistics.opened == opened + 1, "the least recently used file was closed and opened again")
+        // Files being removed are closed at once.
+        pool.forget(paths: [paths[0], paths[1]])
+        #expect(pool.statistics.open == 0)
         for p in paths { try? FileManager.default.removeItem(atPath: p) }
     }
 }

@@ -274,7 +274,7 @@ extension SchedulerCore {
         // Fair share counts worker time from the moment a task is handed out (an estimate,
         // corrected when it reports), so that users alternate while their tasks are in flight.
         // At least a microsecond, so that users never tie at zero.
-        job.charged[t] = max(1, job.meanTaskMicros ?? w.meanTaskMicros)
+        job.charged[t] = max(1, w.meanTaskMicros)
         job.chargedAt[t] = lastNow
         fairShare.charge(job.lane.user, micros: job.charged[t], now: lastNow)
         let key = TaskKey.make(job: job.id, task: UInt32(t))

@@ -111,8 +111,11 @@ final class WorkerRecord {
 
     /// The limit for sending one more task of `job`: by that job's measured task time, or, before
     /// any of its tasks reported, as if they were long (``SchedulerConfig/unknownTaskMicros``).
+    /// An interactive job keeps at least the worker's own limit: admission keeps its questions
+    /// small, and fifty cones, each a new job, would otherwise go a few at a time.
     func inFlightLimit(_ c: SchedulerConfig, for job: JobRecord) -> Int {
-        inFlightLimit(c, taskMicros: job.meanTaskMicros ?? max(meanTaskMicros, c.unknownTaskMicros))
+        let own = inFlightLimit(c, taskMicros: job.meanTaskMicros ?? max(meanTaskMicros, c.unknownTaskMicros))
+        return job.priority == .interactive ? max(own, inFlightLimit(c)) : own
     }
 
     var queuedCount: Int { pinned.count + preferred.count }
@@ -120,5 +123,5 @@ final class WorkerRecord {
     /// Whether idle workers may take what is queued for this one: it has at least the least
     /// in flight a worker is given (its threads are busy). Its own limit may be far higher (set
     /// by short tasks) while each job's keeps it from taking more of its long ones.
-    func isBusy(_ c: SchedulerConfig) -> Bool { inFlight - interactive.count >= threads * c.minInFlightPerThread }
+    func isBusy(_ c: SchedulerConfig) -> Bool { inFlight >= threads * c.minInFlightPerThread }
 }

@@ -486,6 +486,21 @@ struct ColumnTest {
             }
         case (.compare(let op, let c), .numbers(let x)): x.withUnsafeBufferPointer { Self.compare(&keep, rows, $0, op, c) }
         case (.compare(let op, let c), .floats(let x)): x.withUnsafeBufferPointer { Self.compare(&keep, rows, $0, op, c) }
+        case (.compare(let op, let c), .integers(let x)) where c == c.rounded() && abs(c) < 0x1p53:
+            // An integer below 2^53 in magnitude: comparing the Int64s is the same as comparing
+            // them widened (a value that rounds when widened is at least 2^53 from zero, on the
+            // same side of `c` either way), and needs no conversion per row.
+            let k = Int64(c)
+            x.withUnsafeBufferPointer { xp in
+                switch op {
+                case .less: Self.clear(&keep, rows) { xp[$0] < k }
+                case .lessEqual: Self.clear(&keep, rows) { xp[$0] <= k }
+                case .greater: Self.clear(&keep, rows) { xp[$0] > k }
+                case .greaterEqual: Self.clear(&keep, rows) { xp[$0] >= k }
+                case .equal: Self.clear(&keep, rows) { xp[$0] == k }
+                default: Self.clear(&keep, rows) { xp[$0] != k }
+                }
+            }
         case (.compare(let op, let c), .integers(let x)):
             x.withUnsafeBufferPointer { xp in
                 switch op {

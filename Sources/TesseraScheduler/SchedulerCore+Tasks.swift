@@ -139,7 +139,7 @@ extension SchedulerCore {
         while let lane = bestLane(for: w, lowest: .batch) {
             // The worker is full for this job's tasks, by their own duration: it waits (the order
             // of lanes is kept, classes first; the next turn tries again).
-            if let job = jobs[lane.job], !w.hasRoom(for: job.priority, config, limit: w.inFlightLimit(config, for: job)) { return nil }
+            if let job = jobs[lane.job], !w.hasRoom(for: job, config) { return nil }
             let key = w.pinned.popFirst(lane) ?? w.preferred.popFirst(lane) ?? readyAnywhere.popFirst(lane)
             if let key, let r = runnable(key) { return r }
         }
@@ -222,7 +222,7 @@ extension SchedulerCore {
             addRiders(dataKey: dk, operatorName: job.operatorName(t), with: job, to: w)
         }
         var cur = t
-        while w.hasRoom(for: job.priority, config, limit: w.inFlightLimit(config, for: job)) {
+        while w.hasRoom(for: job, config) {
             let deps = job.dependentRange(cur)
             guard deps.count == 1 else { break }
             let d = Int(job.dependents[deps.lowerBound])

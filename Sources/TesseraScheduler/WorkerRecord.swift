@@ -47,17 +47,17 @@ final class WorkerRecord {
         interactive.remove(key)
     }
 
-    /// Whether a task of class `priority` may be sent now. Below its in-flight limit a worker
-    /// takes any class. Interactive tasks have room of their own besides, a few per thread
+    /// Whether a task of `job` may be sent now: below the limit for that job's tasks
+    /// (``inFlightLimit(_:for:)``). Interactive tasks have room of their own besides, a few per thread
     /// whatever else is in flight: the worker runs them ahead of its queue on threads of their
     /// own, so they wait for no batch task. Counting them against the limit instead held them
     /// in the scheduler for as long as the worker took to drain its batch tasks: the limit
     /// follows the mean task time, and falls tenfold when shared passes start reporting.
     /// Other tasks are counted without the interactive ones, which run on threads of their own:
     /// steady cone traffic does not keep a scan from starting.
-    func hasRoom(for priority: PriorityClass, _ c: SchedulerConfig, limit: Int? = nil) -> Bool {
-        let limit = limit ?? inFlightLimit(c)
-        guard priority == .interactive else { return inFlight - interactive.count < limit }
+    func hasRoom(for job: JobRecord, _ c: SchedulerConfig) -> Bool {
+        let limit = inFlightLimit(c, for: job)
+        guard job.priority == .interactive else { return inFlight - interactive.count < limit }
         return inFlight < limit || interactive.count < threads * c.interactiveInFlightPerThread
     }
     /// Smoothed task duration, microseconds.

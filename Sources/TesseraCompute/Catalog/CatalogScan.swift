@@ -399,7 +399,7 @@ struct ScanAccumulator {
         case .aggregates(let g, let m, let s):
             moments = m.map { _ in [] }
             sketches = s.map { _ in [] }
-            if g == nil { _ = slot(for: 0) }
+            if g == nil { _ = newSlot(for: 0) }
         case .histogram(_, let y):
             let h = q.plan.histogram
             xBins = Bins(count: Int(h.xBins), lo: h.xMin, hi: h.xMax)
@@ -418,10 +418,27 @@ struct ScanAccumulator {
         return s
     }
 
-    mutating func slot(for key: Double) -> Int32 {
+    mutating func newSlot(for key: Double) -> Int32 {
         let s = newGroup()
         keys.append(key)
         slotOfKey[key.bitPattern] = s
+        return s
+    }
+
+    /// The group of a Float64 key (−0 already made 0), made if new, within the group limit.
+    mutating func slot(for key: Double) throws(CatalogQueryError) -> Int32 {
+        if let found = slotOfKey[key.bitPattern] { return found }
+        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+        return newSlot(for: key)
+    }
+
+    /// The group of an Int64 key, made if new, within the group limit.
+    mutating func slot(for key: Int64) throws(CatalogQueryError) -> Int32 {
+        if let found = intSlotOfKey[key] { return found }
+        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
+        let s = newGroup()
+        intKeys.append(key)
+        intSlotOfKey[key] = s
         return s
     }
 
@@ -461,12 +478,7 @@ struct ScanAccumulator {
             if i == n { break }
             let k = keyValues[i] == 0 ? 0 : keyValues[i]
             lastBits = k.bitPattern
-            if let found = slotOfKey[lastBits] {
-                last = found
-            } else {
-                guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
-                last = slot(for: k)
-            }
+            last = try slot(for: k)
         }
         lastKeyBits = lastBits
         lastSlot = last
@@ -478,14 +490,7 @@ struct ScanAccumulator {
         for i in 0..<ints.count {
             if valid[i] && ints[i] != lastKey {
                 let k = ints[i]
-                if let found = intSlotOfKey[k] {
-                    last = found
-                } else {
-                    guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
-                    last = newGroup()
-                    intKeys.append(k)
-                    intSlotOfKey[k] = last
-                }
+                last = try slot(for: k)
                 lastKey = k
             }
             slots[i] = last
@@ -634,23 +639,9 @@ struct ScanAccumulator {
                 if group == nil {
                     slot = 0
                 } else if integerKeys {
-                    let k = piece.intKeys[s]
-                    if let found = intSlotOfKey[k] {
-                        slot = found
-                    } else {
-                        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
-                        slot = newGroup()
-                        intKeys.append(k)
-                        intSlotOfKey[k] = slot
-                    }
+                    slot = try self.slot(for: piece.intKeys[s])
                 } else {
-                    let k = piece.keys[s]
-                    if let found = slotOfKey[k.bitPattern] {
-                        slot = found
-                    } else {
-                        guard groupRows.count < q.maxGroups else { throw tooManyGroups() }
-                        slot = self.slot(for: k)
-                    }
+                    slot = try self.slot(for: piece.keys[s])
                 }
                 let t = Int(slot)
                 groupRows[t] += piece.groupRows[s]

@@ -143,7 +143,8 @@ let package = Package(
                 "tessera", "TesseraSchedulerMain", "TesseraWorkerMain",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),
-            ]
+            ],
+            exclude: ["Fixtures"]
         ),
     ]
 )

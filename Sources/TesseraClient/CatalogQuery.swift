@@ -69,6 +69,31 @@ public struct CatalogQuery: Sendable {
         }
     }
 
+    /// The kind of a cross-match: each left row's nearest `k` right rows, or every right row,
+    /// within the radius.
+    public enum CrossmatchKind: Sendable, Equatable {
+        case nearest(k: Int = 1)
+        case all
+    }
+
+    /// Pairs this dataset's rows (after the region) with `right`'s rows within `radiusArcsec`:
+    /// the question's filter and result then read the pairs' columns, `left_NAME`, `right_NAME`
+    /// and `sep_arcsec` (as astropy's `search_around_sky` and `match_to_catalog_sky` pair rows).
+    public func crossmatch(_ right: String, radiusArcsec: Double, _ kind: CrossmatchKind = .nearest()) -> CatalogQuery {
+        var q = self
+        q.plan.crossmatch.right = right
+        q.plan.crossmatch.radiusArcsec = radiusArcsec
+        switch kind {
+        case .nearest(let k):
+            q.plan.crossmatch.kind = .crossmatchNearest
+            q.plan.crossmatch.k = UInt32(clamping: max(1, k))
+        case .all:
+            q.plan.crossmatch.kind = .crossmatchAll
+            q.plan.crossmatch.k = 0
+        }
+        return q
+    }
+
     /// Keeps rows meeting a condition; successive filters must all hold.
     public func filter(_ condition: String) -> CatalogQuery {
         with { p in p.filter = p.filter.isEmpty ? condition : "(\(p.filter)) and (\(condition))" }

@@ -6,7 +6,7 @@ import TesseraStorage
 /// Operators that answer catalog questions: a scan of one shard on the worker that holds it,
 /// and the merge of partial answers (reduction tree nodes and progressive snapshots).
 public enum CatalogOperators {
-    public static let all: [TaskOperator] = [catalogScan, catalogMerge]
+    public static let all: [TaskOperator] = [catalogScan, catalogMerge, crossmatchSide, crossmatch]
 
     /// Parameters both operators read: blob `plan` (a serialized `CatalogQueryPlan`) and strings
     /// `ra`, `dec` (the dataset's position columns).
@@ -105,6 +105,81 @@ public enum CatalogOperators {
         do throws(CatalogQueryError) {
             let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
             return try body(q, reader, ra, dec)
+        } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+    }
+
+    // MARK: Cross-match
+
+    /// Parameters of a cross-match's tasks: the plan and the left position columns as for a
+    /// scan, the right dataset's position columns, and the right columns the question reads.
+    public static func crossmatchParams(plan: CatalogQueryPlan, raColumn: String, decColumn: String,
+                                        rightRa: String, rightDec: String, rightColumns: [String]) -> Tessera_V1_OperatorParams {
+        var p = params(plan: plan, raColumn: raColumn, decColumn: decColumn)
+        p.strings["right_ra"] = rightRa
+        p.strings["right_dec"] = rightDec
+        var names = Tessera_V1_RowBatch()
+        names.names = rightColumns
+        p.blobs["right_columns"] = (try? names.serializedData()) ?? Data()
+        return p
+    }
+
+    /// One right shard's rows (own and margin: positions and the columns the question reads),
+    /// for the pairing tasks of the left shards it overlaps.
+    public static let crossmatchSide = TaskOperator("crossmatch_side", "read a right shard's rows for a cross-match") { ctx throws(OperatorError) in
+        let name = "crossmatch_side"
+        guard let ra = ctx.params.strings["right_ra"], let dec = ctx.params.strings["right_dec"],
+              let blob = ctx.params.blobs["right_columns"], let columns = try? Tessera_V1_RowBatch(serializedBytes: blob) else {
+            throw OperatorError(name, "the task carries no cross-match columns")
+        }
+        var sideCtx = ctx
+        sideCtx.params.strings["ra"] = ra
+        sideCtx.params.strings["dec"] = dec
+        let (reader, _, _) = try openShard(sideCtx, name)
+        do throws(CatalogQueryError) {
+            return .bytes(try CrossmatchSide.read(reader, raColumn: ra, decColumn: dec, columns: columns.names).serialized())
+        } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+    }
+
+    /// Left rows of the task's shard paired with the right rows of its inputs (`crossmatch_side`
+    /// values), answered as the question asks. Argument 0: one input, whose pixel meets the
+    /// shard's; the left rows inside both pixels meet all its rows. Argument 1: the left rows no
+    /// input's pixel covers meet the own rows of every input (right shards near the shard).
+    public static let crossmatch = TaskOperator("crossmatch", "pair a left shard's rows with right rows within a radius") { ctx throws(OperatorError) in
+        let name = "crossmatch"
+        let plan = try plan(ctx, name)
+        guard plan.hasCrossmatch else { throw OperatorError(name, "the task's plan asks for no cross-match") }
+        var sides: [CrossmatchSide] = []
+        for v in ctx.inputs {
+            guard case .bytes(let b) = v else { throw OperatorError(name, "an input is not a cross-match side (\(v))") }
+            do throws(CatalogQueryError) { sides.append(try CrossmatchSide(serialized: b)) } catch {
+                throw OperatorError(name, error.message, retryable: true)
+            }
+        }
+        guard let first = sides.first, ctx.arg == 1 || sides.count == 1 else {
+            throw OperatorError(name, "a cross-match task reads one right shard (or, for uncovered rows, at least one): it got \(sides.count)")
+        }
+        guard sides.allSatisfy({ $0.names == first.names }) else {
+            throw OperatorError(name, "the right shards' columns differ")
+        }
+        let (reader, ra, dec) = try openShard(ctx, name)
+        do throws(CatalogQueryError) {
+            let checked = try Crossmatch.check(plan, left: reader.footer.columns, leftRa: ra, leftDec: dec, right: first.schema, rightMarginArcsec: nil)
+            let own = Crossmatch.range(order: Int(reader.footer.order), pixel: reader.footer.pixel)
+            let ranges: [Range<Int64>]
+            let right: CrossmatchSide
+            if ctx.arg == 1 {
+                ranges = Crossmatch.subtracting(sides.map { Crossmatch.range(order: $0.order, pixel: $0.pixel) }, from: own)
+                right = try CrossmatchSide.ownRows(of: sides)
+            } else {
+                ranges = Crossmatch.intersecting([own], [Crossmatch.range(order: first.order, pixel: first.pixel)])
+                right = first
+            }
+            var acc = try CrossmatchTask(checked: checked, reader: reader, raColumn: ra, decColumn: dec, ranges: ranges, right: right).run(isCancelled: ctx.isCancelled)
+            return .bytes(try acc.serializedPartial())
         } catch {
             throw OperatorError(name, error.message, retryable: error.retryable)
         }

@@ -73,6 +73,14 @@ public enum Limits {
     /// Most job ids in one client heartbeat.
     public static let heartbeatJobs = 4_096
 
+    // MARK: Cross-match
+
+    /// Most nearest neighbours a cross-match may ask per row.
+    public static let crossmatchNeighbours = 1_000
+    /// Most pairs one left row group (up to 65,536 rows) may find: pairs are held in memory
+    /// before the filter and the result see them.
+    public static let crossmatchPairsPerRowGroup = 4_000_000
+
     // MARK: Python
 
     /// Largest pickled Python function (map and combine together) a question may carry.
@@ -109,6 +117,8 @@ extension Limits {
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
         ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
+        ("nearest neighbours per row", "\(crossmatchNeighbours)", "cross-match (`k`)"),
+        ("pairs per left row group", "\(crossmatchPairsPerRowGroup)", "cross-match (a radius is also bounded by the right dataset's margin)"),
         ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),
         ("value of one Python call, pickled", bytes(pythonValueBytes), "worker Python executors"),
     ]

@@ -24,6 +24,7 @@ extension SchedulerCore {
             let names = all.keys.sorted()
             throw .invalidContent("no dataset named `\(plan.dataset)`" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
         }
+        if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all) }
         let dataset = d.record
         let query: CheckedCatalogQuery
         do {
@@ -60,6 +61,75 @@ extension SchedulerCore {
             g.add(operatorIndex: 1, paramIndex: 1)
         } else if !Self.isCollect(plan) {
             g.addReduction(of: leaves, operatorIndex: 1, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
+        }
+        while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
+        return (g, estimate)
+    }
+
+    /// A cross-match's tasks: for each left shard the region may touch, one `crossmatch` per
+    /// right shard overlapping it (reading that shard's `crossmatch_side`: its rows with its
+    /// margin), and one more for the part of it no right shard covers, reading the sides of the
+    /// right shards near it; then the same reduction as a scan's. Each right shard is read once,
+    /// by one `crossmatch_side`, whatever number of left shards it meets.
+    mutating func planCrossmatch(_ plan: CatalogQueryPlan, left d: PlannedDataset, datasets all: [String: PlannedDataset]) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+        let spec = plan.crossmatch
+        guard let r = all[spec.right] else {
+            throw .invalidContent("no dataset named `\(spec.right)` to cross-match with; there are: \(all.keys.sorted().joined(separator: ", "))")
+        }
+        let checked: Crossmatch.Checked
+        do {
+            checked = try Crossmatch.check(plan, left: d.columns, leftRa: d.record.raColumn, leftDec: d.record.decColumn,
+                                           right: r.columns, rightMarginArcsec: r.record.marginArcsec)
+        } catch {
+            throw .invalidContent("\(error)")
+        }
+        let hits = checked.region.map { d.shards(meeting: HEALPix.indexRanges(of: $0, resolution: 10)) } ?? d.keys.indices.map { ($0, 1.0) }
+        let params = CatalogOperators.crossmatchParams(plan: plan, raColumn: d.record.raColumn, decColumn: d.record.decColumn,
+                                                       rightRa: r.record.raColumn, rightDec: r.record.decColumn,
+                                                       rightColumns: checked.columns(of: Crossmatch.rightPrefix, among: r.columns))
+        var g = TaskGraph(operators: ["crossmatch_side", "crossmatch", "catalog_merge"], params: [params], dataKeys: d.keys + r.keys)
+        var estimate = Tessera_V1_CostEstimate()
+        var sideTask: [Int: UInt32] = [:]
+        func side(_ q: Int) -> UInt32 {
+            if let t = sideTask[q] { return t }
+            let t = g.add(operatorIndex: 0, paramIndex: 1)
+            g.dataKey.append(UInt32(d.keys.count + q + 1))
+            sideTask[q] = t
+            estimate.shards &+= 1
+            estimate.rows &+= UInt64(max(0, r.rows[q]))
+            estimate.bytes &+= UInt64(max(0, r.bytes[q]))
+            return t
+        }
+        let radius = spec.radiusArcsec / 3600 * .pi / 180
+        var pairs: [UInt32] = []
+        for (p, covered) in hits {
+            let own = d.range(p)
+            let overlapping = r.shards(meeting: [own]).map(\.shard)
+            for q in overlapping {
+                let t = g.add(operatorIndex: 1, arg: 0, inputs: [side(q)], paramIndex: 1)
+                g.dataKey.append(UInt32(p + 1))
+                pairs.append(t)
+            }
+            let uncovered = Crossmatch.subtracting(overlapping.map { r.range($0) }, from: own)
+            if !uncovered.isEmpty {
+                // Right shards near the shard: within its bounding circle widened by the radius.
+                let cone = ConeRegion(center: HEALPix.centerVector(order: d.orders[p], pixel: d.pixels[p]),
+                                      radius: min(.pi, HEALPix.maxPixelRadius(order: d.orders[p]) * (1 + 1e-9) + radius))
+                let near = r.shards(meeting: HEALPix.indexRanges(of: cone, resolution: min(14, max(4, d.orders[p] + 2)))).map(\.shard)
+                if !near.isEmpty {
+                    let t = g.add(operatorIndex: 1, arg: 1, inputs: near.map(side), paramIndex: 1)
+                    g.dataKey.append(UInt32(p + 1))
+                    pairs.append(t)
+                }
+            }
+            estimate.shards &+= 1
+            estimate.rows &+= UInt64((Double(max(0, d.rows[p])) * covered).rounded(.up))
+            estimate.bytes &+= UInt64((Double(max(0, d.bytes[p])) * covered).rounded(.up))
+        }
+        if pairs.isEmpty {
+            g.add(operatorIndex: 2, paramIndex: 1)
+        } else if !Self.isCollect(plan) {
+            g.addReduction(of: pairs, operatorIndex: 2, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
         }
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
         return (g, estimate)
@@ -126,6 +196,8 @@ struct PlannedDataset {
     let bytes: [Int64]
     let rows: [Int64]
     let workers: [[String]]
+    let orders: [Int]
+    let pixels: [Int64]
     /// Shard indices by ascending index range (shards of a dataset never overlap).
     let byRange: [Int]
     let lower: [Int64]
@@ -140,6 +212,8 @@ struct PlannedDataset {
         bytes = shards.map(\.bytes)
         rows = shards.map(\.rows)
         workers = shards.map(\.workers)
+        orders = shards.map(\.order)
+        pixels = shards.map(\.pixel)
         let ranges = shards.map { HEALPix.children($0.pixel, order: $0.order, to: HEALPix.maxOrder) }
         byRange = ranges.indices.sorted { ranges[$0].lowerBound < ranges[$1].lowerBound }
         lower = byRange.map { ranges[$0].lowerBound }
@@ -147,6 +221,12 @@ struct PlannedDataset {
         var position = [Int](repeating: 0, count: ranges.count)
         for (k, s) in byRange.enumerated() { position[s] = k }
         rangePosition = position
+    }
+
+    /// Shard `s`'s order-29 index range.
+    func range(_ s: Int) -> Range<Int64> {
+        let k = rangePosition[s]
+        return lower[k]..<upper[k]
     }
 
     /// Shards whose range meets one of `ranges`, in shard order, each with the fraction of its

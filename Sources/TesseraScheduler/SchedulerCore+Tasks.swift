@@ -29,7 +29,15 @@ extension SchedulerCore {
             // failure, preferably another one (its copy may be damaged where the other is not).
             let live = (holders[dk] ?? []).compactMap { workers[$0] }
             let untried = job.failedOn[t].map { failed in live.filter { !failed.contains($0.id) } } ?? live
-            guard let best = (untried.isEmpty ? live : untried).min(by: { placedBefore($0, $1, job.priority) }) else {
+            var candidates = untried.isEmpty ? live : untried
+            let inputs = job.inputRange(t)
+            if !inputs.isEmpty {
+                // A data task that also reads other tasks' values (a cross-match reads right
+                // shards' rows) goes to a holder that has some of them, if any does.
+                let near = candidates.filter { w in inputs.contains { job.worker[Int(job.inputs[$0])] == w.id } }
+                if !near.isEmpty { candidates = near }
+            }
+            guard let best = candidates.min(by: { placedBefore($0, $1, job.priority) }) else {
                 finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
                 return
             }

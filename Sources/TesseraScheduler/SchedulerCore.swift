@@ -425,7 +425,7 @@ public struct SchedulerCore {
         acc.priority = priority.wire
         acc.user = user
         if let estimate { acc.estimate = estimate }
-        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
+        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython, !q.hasCrossmatch {
             // A collect's outputs are its shard tasks, in order: each returns at most its shard's
             // rows, so a client can place every batch as it arrives.
             acc.dataTaskRows = graph.dataKey.prefix { $0 != 0 }.map { registeredShards[graph.dataKeys[Int($0) - 1]]?.rows ?? 0 }

@@ -113,12 +113,7 @@ struct ShardScanPlan {
             throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(indexColumn)`")
         }
 
-        // The region's coverage inside this shard's own pixel only: a wide region or a
-        // many-sided polygon then costs each shard its own share of the boundary, not all of it.
-        let ownPixel = ShardKey.pixelProblem(order: Int(footer.order), pixel: footer.pixel) == nil && footer.order <= 14
-        regionRanges = q.region.map {
-            ownPixel ? HEALPix.indexRanges(of: $0, resolution: 14, within: [footer.pixel], rootOrder: Int(footer.order)) : HEALPix.indexRanges(of: $0)
-        } ?? []
+        regionRanges = q.region.map { Self.indexRanges(of: $0, in: footer) } ?? []
         var groups = q.region == nil ? Array(reader.ownRowGroups) : reader.rowGroups(overlapping: regionRanges)
         let bounds = q.filter.map { ColumnBound.conjuncts(of: $0.expression) } ?? []
         if !bounds.isEmpty {
@@ -144,6 +139,13 @@ struct ShardScanPlan {
         case .rows(let select, let sortBy): outputs = select.filter { $0.column == nil }.map(\.expression) + (sortBy.map { [$0] } ?? [])
         }
         functionSubexpressions = (conjuncts + outputs).reduce(into: Set<String>()) { $0.formUnion($1.expression.subexpressionsCallingFunctions) }
+    }
+
+    /// A region's index ranges inside a shard's own pixel only: a wide region or a many-sided
+    /// polygon then costs each shard its own share of the boundary, not all of it.
+    static func indexRanges(of region: any SkyRegion, in footer: Tessera_V1_ShardFooter) -> [Range<Int64>] {
+        let ownPixel = ShardKey.pixelProblem(order: Int(footer.order), pixel: footer.pixel) == nil && footer.order <= 14
+        return ownPixel ? HEALPix.indexRanges(of: region, resolution: 14, within: [footer.pixel], rootOrder: Int(footer.order)) : HEALPix.indexRanges(of: region)
     }
 
     /// The rows of a group whose (ascending) index lies in `range`.

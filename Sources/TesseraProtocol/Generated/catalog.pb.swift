@@ -39,6 +39,44 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum Tessera_V1_CrossmatchKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// each left row's nearest `k` right rows within the radius (k = 0: 1)
+  case crossmatchNearest // = 0
+
+  /// every right row within the radius
+  case crossmatchAll // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .crossmatchNearest
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .crossmatchNearest
+    case 1: self = .crossmatchAll
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .crossmatchNearest: return 0
+    case .crossmatchAll: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Tessera_V1_CrossmatchKind] = [
+    .crossmatchNearest,
+    .crossmatchAll,
+  ]
+
+}
+
 public nonisolated enum Tessera_V1_AggregateFunction: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
 
@@ -223,6 +261,18 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `python`. Subsequent reads from it will return its default value.
   public mutating func clearPython() {_uniqueStorage()._python = nil}
 
+  /// A positional cross-match: the question's rows are pairs of this dataset's rows (the left
+  /// side; the region selects among them) and `crossmatch.right`'s rows within the radius. The
+  /// filter and the result read the pairs' columns: `left_NAME`, `right_NAME` and `sep_arcsec`.
+  public var crossmatch: Tessera_V1_CrossmatchSpec {
+    get {_storage._crossmatch ?? Tessera_V1_CrossmatchSpec()}
+    set {_uniqueStorage()._crossmatch = newValue}
+  }
+  /// Returns true if `crossmatch` has been explicitly set.
+  public var hasCrossmatch: Bool {_storage._crossmatch != nil}
+  /// Clears the value of `crossmatch`. Subsequent reads from it will return its default value.
+  public mutating func clearCrossmatch() {_uniqueStorage()._crossmatch = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -236,6 +286,57 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Pairs are found as astropy's search_around_sky finds them: the chord between unit vectors at
+/// most 2 sin(radius / 2). The radius is at most the right dataset's margin (rows within it of a
+/// shard's edge are stored with the shard), so each pair is found on one worker, once.
+public nonisolated struct Tessera_V1_CrossmatchSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the right dataset
+  public var right: String = String()
+
+  public var radiusArcsec: Double = 0
+
+  public var kind: Tessera_V1_CrossmatchKind = .crossmatchNearest
+
+  public var k: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One right shard's rows as a cross-match task reads them: positions (`ra`, `dec`, degrees) and
+/// the right columns the question reads, the shard's own rows first, then its margin rows.
+public nonisolated struct Tessera_V1_CrossmatchSide: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var order: UInt32 = 0
+
+  public var pixel: Int64 = 0
+
+  public var ownRows: UInt64 = 0
+
+  public var rows: Tessera_V1_RowBatch {
+    get {_rows ?? Tessera_V1_RowBatch()}
+    set {_rows = newValue}
+  }
+  /// Returns true if `rows` has been explicitly set.
+  public var hasRows: Bool {self._rows != nil}
+  /// Clears the value of `rows`. Subsequent reads from it will return its default value.
+  public mutating func clearRows() {self._rows = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _rows: Tessera_V1_RowBatch? = nil
 }
 
 /// Functions travel pickled with cloudpickle; values come back pickled (protocol 5).
@@ -697,13 +798,17 @@ public nonisolated struct Tessera_V1_FloatList: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "tessera.v1"
 
+nonisolated extension Tessera_V1_CrossmatchKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CROSSMATCH_NEAREST\0\u{1}CROSSMATCH_ALL\0")
+}
+
 nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0AGG_COUNT\0\u{1}AGG_SUM\0\u{1}AGG_MEAN\0\u{1}AGG_MIN\0\u{1}AGG_MAX\0\u{1}AGG_VAR\0\u{1}AGG_STD\0\u{1}AGG_QUANTILE\0")
 }
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -719,6 +824,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _progressive: Bool = false
     var _progressInterval: Double = 0
     var _python: Tessera_V1_PythonSpec? = nil
+    var _crossmatch: Tessera_V1_CrossmatchSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -742,6 +848,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _progressive = source._progressive
       _progressInterval = source._progressInterval
       _python = source._python
+      _crossmatch = source._crossmatch
     }
   }
 
@@ -811,6 +918,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 18: try { try decoder.decodeSingularBoolField(value: &_storage._progressive) }()
         case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._progressInterval) }()
         case 20: try { try decoder.decodeSingularMessageField(value: &_storage._python) }()
+        case 21: try { try decoder.decodeSingularMessageField(value: &_storage._crossmatch) }()
         default: break
         }
       }
@@ -874,6 +982,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._python {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
       } }()
+      try { if let v = _storage._crossmatch {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -896,10 +1007,105 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._progressive != rhs_storage._progressive {return false}
         if _storage._progressInterval != rhs_storage._progressInterval {return false}
         if _storage._python != rhs_storage._python {return false}
+        if _storage._crossmatch != rhs_storage._crossmatch {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_CrossmatchSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CrossmatchSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}right\0\u{3}radius_arcsec\0\u{1}kind\0\u{1}k\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.right) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.radiusArcsec) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.k) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.right.isEmpty {
+      try visitor.visitSingularStringField(value: self.right, fieldNumber: 1)
+    }
+    if self.radiusArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.radiusArcsec, fieldNumber: 2)
+    }
+    if self.kind != .crossmatchNearest {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 3)
+    }
+    if self.k != 0 {
+      try visitor.visitSingularUInt32Field(value: self.k, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_CrossmatchSpec, rhs: Tessera_V1_CrossmatchSpec) -> Bool {
+    if lhs.right != rhs.right {return false}
+    if lhs.radiusArcsec != rhs.radiusArcsec {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.k != rhs.k {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_CrossmatchSide: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CrossmatchSide"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}pixel\0\u{3}own_rows\0\u{1}rows\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.pixel) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.ownRows) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._rows) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 1)
+    }
+    if self.pixel != 0 {
+      try visitor.visitSingularInt64Field(value: self.pixel, fieldNumber: 2)
+    }
+    if self.ownRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.ownRows, fieldNumber: 3)
+    }
+    try { if let v = self._rows {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_CrossmatchSide, rhs: Tessera_V1_CrossmatchSide) -> Bool {
+    if lhs.order != rhs.order {return false}
+    if lhs.pixel != rhs.pixel {return false}
+    if lhs.ownRows != rhs.ownRows {return false}
+    if lhs._rows != rhs._rows {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,133 @@
+import Foundation
+import Testing
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraTestKit
+
+/// Cross-matches over real scheduler and worker processes, checked pair for pair against
+/// astropy (`search_around_sky`, `match_to_catalog_sky`) on the same rows: the fixtures in
+/// Fixtures/crossmatch, written by scripts/make_crossmatch_fixtures.py, hold the poles,
+/// RA = 0, dense patches and a left patch in pixels where the right catalog has no shard.
+@Suite(.serialized)
+struct CrossmatchEndToEndTests {
+    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/crossmatch").path
+
+    struct Pair: Hashable { let left: Int64, right: Int64 }
+
+    /// astropy's pairs, with their separations (arcsec).
+    static func pairs(_ file: String) throws -> [Pair: Double] {
+        let text = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)
+        var out: [Pair: Double] = [:]
+        for line in text.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: ",")
+            guard f.count == 3, let l = Int64(f[0]), let r = Int64(f[1]), let s = Double(f[2]) else { continue }
+            out[Pair(left: l, right: r)] = s
+        }
+        return out
+    }
+
+    /// The catalog's ids and magnitudes, as the CSV has them.
+    static func table(_ file: String) throws -> (ids: [Int64], ra: [Double], dec: [Double], mag: [Int64: Double]) {
+        let text = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)
+        var ids: [Int64] = [], ra: [Double] = [], dec: [Double] = [], mag: [Int64: Double] = [:]
+        for line in text.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: ",")
+            guard f.count == 4, let i = Int64(f[0]), let a = Double(f[1]), let d = Double(f[2]), let m = Double(f[3]) else { continue }
+            ids.append(i); ra.append(a); dec.append(d); mag[i] = m
+        }
+        return (ids, ra, dec, mag)
+    }
+
+    /// The pairs of a collected answer (`left_id`, `right_id`, `sep_arcsec`).
+    static func collected(_ t: ResultTable) -> [Pair: Double] {
+        guard let l = t.names.firstIndex(of: "left_id"), let r = t.names.firstIndex(of: "right_id"),
+              case .int64s(let li) = t.columns[l], case .int64s(let ri) = t.columns[r], let sep = t.numbers("sep_arcsec") else { return [:] }
+        var out: [Pair: Double] = [:]
+        for k in li.indices { out[Pair(left: li[k], right: ri[k])] = sep[k] }
+        return out
+    }
+
+    /// Whether two pair lists are the same pairs, separations equal to 1e-6″.
+    static func same(_ a: [Pair: Double], _ b: [Pair: Double]) -> Bool {
+        a.count == b.count && a.allSatisfy { p, s in b[p].map { abs($0 - s) <= 1e-6 } ?? false }
+    }
+
+    func ingest(_ conn: SchedulerConnection, _ name: String, _ file: String, shardRows: Int, replicas: Int) throws {
+        var o = IngestOptions(dataset: name, files: [Self.folder + "/" + file])
+        o.raColumn = "ra"
+        o.decColumn = "dec"
+        o.maxRowsPerShard = shardRows
+        o.replicas = replicas
+        _ = try CatalogIngest.run(o, connection: conn)
+    }
+
+    @Test func pairsAreAstropysOnOneTwoOrThreeWorkersAndAnyShardSizes() throws {
+        let all = try Self.pairs("pairs_all.csv")
+        let nearest = try Self.pairs("pairs_nearest.csv")
+        let nearest3 = try Self.pairs("pairs_nearest3.csv")
+        let left = try Self.table("left.csv"), right = try Self.table("right.csv")
+        #expect(all.count > 10_000 && nearest.count > 4_000 && nearest3.count > nearest.count)
+        // The filtered question's reference: astropy's pairs, filtered here.
+        let cone = ConeRegion(ra: 45, dec: 20, radius: 30)
+        var leftPosition: [Int64: (Double, Double)] = [:]
+        for (k, i) in left.ids.enumerated() { leftPosition[i] = (left.ra[k], left.dec[k]) }
+        let filtered = all.filter { p, s in
+            let (a, d) = leftPosition[p.left]!
+            return cone.contains(ra: a, dec: d) && left.mag[p.left]! < 22 && right.mag[p.right]! > 18 && s < 1.5
+        }
+        #expect(filtered.count > 50)
+        // A histogram of separations, from astropy's pairs.
+        var histogram = [Double](repeating: 0, count: 8)
+        for s in all.values { histogram[min(7, Int(s / 0.25))] += 1 }
+
+        for (workers, leftRows, rightRows) in [(1, 100_000, 100_000), (2, 700, 250), (3, 200, 900)] {
+            let cluster = try TestCluster.start(workers: workers, dataDirectory: temporaryFolder("xmatch-data"))
+            defer { cluster.stop() }
+            let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+            try ingest(conn, "mine", "left.csv", shardRows: leftRows, replicas: min(2, workers))
+            try ingest(conn, "survey", "right.csv", shardRows: rightRows, replicas: 1)
+            let mine = CatalogQuery(dataset: "mine")
+            let what = "on \(workers) workers, shards of \(leftRows) and \(rightRows) rows"
+
+            let pairsAll = try conn.run(mine.crossmatch("survey", radiusArcsec: 2, .all).select(["left_id", "right_id", "sep_arcsec"])).result.table
+            #expect(Self.same(Self.collected(pairsAll), all), "every pair \(what): \(Self.collected(pairsAll).count) vs astropy's \(all.count)")
+            let pairsNearest = try conn.run(mine.crossmatch("survey", radiusArcsec: 2).select(["left_id", "right_id", "sep_arcsec"])).result.table
+            #expect(Self.same(Self.collected(pairsNearest), nearest), "nearest \(what): \(Self.collected(pairsNearest).count) vs astropy's \(nearest.count)")
+            let pairs3 = try conn.run(mine.crossmatch("survey", radiusArcsec: 2, .nearest(k: 3)).select(["left_id", "right_id", "sep_arcsec"])).result.table
+            #expect(Self.same(Self.collected(pairs3), nearest3), "nearest 3 \(what): \(Self.collected(pairs3).count) vs astropy's \(nearest3.count)")
+            // A region, a filter on both sides and on the separation.
+            let some = try conn.run(mine.region(.cone(ra: 45, dec: 20, radius: 30)).filter("left_mag < 22 and right_mag > 18 and sep_arcsec < 1.5")
+                .crossmatch("survey", radiusArcsec: 2, .all).select(["left_id", "right_id", "sep_arcsec"])).result.table
+            #expect(Self.same(Self.collected(some), filtered), "filtered \(what): \(Self.collected(some).count) vs \(filtered.count)")
+            // Aggregates over the pairs.
+            let h = try conn.run(mine.crossmatch("survey", radiusArcsec: 2, .all).histogram("sep_arcsec", bins: 8, range: 0...2)).result.table
+            #expect(h.numbers("count") == histogram, "histogram \(what)")
+            let counted = try conn.run(mine.crossmatch("survey", radiusArcsec: 2).count()).result.table
+            #expect(counted.numbers("count") == [Double(nearest.count)], "count \(what)")
+        }
+    }
+
+    @Test func badCrossmatchesAreRefusedClearly() throws {
+        let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("xmatch-bad"))
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        try ingest(conn, "mine", "left.csv", shardRows: 2_000, replicas: 1)
+        try ingest(conn, "survey", "right.csv", shardRows: 2_000, replicas: 1)
+        func refusal(_ q: CatalogQuery) -> String {
+            do { _ = try conn.run(q); return "accepted" } catch { return "\(error)" }
+        }
+        let mine = CatalogQuery(dataset: "mine")
+        #expect(refusal(mine.crossmatch("survey", radiusArcsec: 0)).contains("must be a positive number of arcseconds"))
+        #expect(refusal(mine.crossmatch("survey", radiusArcsec: -.infinity)).contains("must be a positive number of arcseconds"))
+        let wide = refusal(mine.crossmatch("survey", radiusArcsec: 30))
+        #expect(wide.contains("over `survey`'s margin of 10.0″") && wide.contains("--margin-arcsec"), "\(wide)")
+        #expect(refusal(mine.crossmatch("nothing", radiusArcsec: 1)).contains("no dataset named `nothing` to cross-match with"))
+        #expect(refusal(mine.crossmatch("survey", radiusArcsec: 1, .nearest(k: 5_000))).contains("at most 1000 nearest neighbours"))
+        #expect(refusal(mine.crossmatch("survey", radiusArcsec: 1).filter("right_mgg < 3")).contains("unknown column `right_mgg`"))
+        // The cluster keeps serving.
+        #expect(try conn.run(mine.crossmatch("survey", radiusArcsec: 1).count()).result.table.numbers("count")?.first ?? 0 > 1_000)
+    }
+}

@@ -79,7 +79,9 @@ extension SchedulerConnection {
         let jobName = name.isEmpty ? "catalog \(plan.dataset)" : name
         var job = try submit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
         var final: CatalogPartial?
-        var collected: CatalogPartial?
+        // A collect's batches, joined once at the end; their rows, against the cap as they come.
+        var collected: [CatalogPartial] = []
+        var collectedRows = 0
         var lastHeard = DispatchTime.now().uptimeNanoseconds
         var resubmitted = 0
         while true {
@@ -90,7 +92,7 @@ extension SchedulerConnection {
             let event: JobEvent?
             do {
                 event = try nextEvent(job: job, timeout: 0.1)
-            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected == nil && final == nil {
+            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected.isEmpty && final == nil {
                 resubmitted += 1
                 job = try resubmit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
                 lastHeard = DispatchTime.now().uptimeNanoseconds
@@ -116,11 +118,12 @@ extension SchedulerConnection {
                                                tasksDone: Int(done), taskCount: Int(total)))
                     } else if plan.hasRows && plan.rows.limit == 0 {
                         // A collect: each shard's rows arrive as a batch of their own.
-                        do {
-                            collected = try collected.map { (c) throws(CatalogQueryError) in try CatalogMerge.merge([c, p], plan: plan) } ?? p
-                        } catch {
+                        collected.append(p)
+                        collectedRows += p.rows.rowCount
+                        let cap = CheckedCatalogQuery.rowCap(plan)
+                        if collectedRows > cap {
                             try? cancel(job: job)
-                            throw ClientError.invalidQuery(error.message)
+                            throw ClientError.invalidQuery(CatalogQueryError.overRowCap(cap).message)
                         }
                         onUpdate(CatalogUpdate(result: CatalogResult(plan: plan, partial: p), isFinal: false, seconds: seconds(),
                                                tasksDone: Int(done), taskCount: Int(total)))
@@ -132,8 +135,15 @@ extension SchedulerConnection {
                 guard f.state == .jobDone else {
                     throw ClientError.jobEnded(state: f.state, message: f.error)
                 }
-                var answer = final ?? collected ?? CatalogPartial()
-                if final == nil && collected == nil && plan.hasRows {
+                var answer = final ?? CatalogPartial()
+                if final == nil && !collected.isEmpty {
+                    do throws(CatalogQueryError) {
+                        answer = try CatalogMerge.merge(collected, plan: plan)
+                    } catch {
+                        throw ClientError.invalidQuery(error.message)
+                    }
+                }
+                if final == nil && collected.isEmpty && plan.hasRows {
                     answer.rows = Tessera_V1_RowBatch()
                 }
                 return CatalogUpdate(result: CatalogResult(plan: plan, partial: answer), isFinal: true, seconds: seconds(),

@@ -5,15 +5,19 @@ import Glibc
 /// Pairs of sky positions within an angular radius: a cross-match's inner step.
 ///
 /// A pair is what astropy's `search_around_sky` reports: the chord between the two unit vectors
-/// is at most `2 sin(radius / 2)`. The positions searched are held by the zones algorithm
-/// (Gray, Szalay et al., "The zones algorithm for finding points-near-a-point"): declination
-/// bands one radius high, each sorted by right ascension, so a position meets at most three
-/// bands, each by one binary search and a short run of candidates. Only candidates get the
-/// exact test, on unit vectors held beside them (the run is contiguous in memory).
+/// is at most `2 sin(radius / 2)`. The indexed positions sit in a grid of cells, as in the zones
+/// algorithm (Gray, Szalay et al., "The zones algorithm for finding points-near-a-point"):
+/// declination bands at least one radius high, each cut into right-ascension bins at least one
+/// radius wide on the sky. A searched position's circle then meets two or three bands and, in
+/// each, one run of adjacent bins, whose positions lie contiguously in memory; only those get
+/// the exact test, on unit vectors held in the run. The grid is built by counting sort (no
+/// comparison sort), and its cells are sized from the positions' density so that they hold a
+/// few positions each whatever the radius: where positions are sparse at the radius's scale (a
+/// survey at 1″), cells are wider than the radius, and a search costs a few cell lookups.
 ///
-/// Right ascension wraps at 0/360° (a window crossing it is searched in two runs), and a window
-/// that reaches a pole takes its whole band. Rows with a NaN or out-of-range position are never
-/// paired.
+/// Right ascension wraps at 0/360° (a window crossing it is two runs), a band near a pole is one
+/// bin, and a window reaching a pole takes its whole band. Rows with a NaN or out-of-range
+/// position are never paired.
 public struct SkyPairIndex: Sendable {
     /// Most positions one index holds (rows are numbered by `Int32`).
     public static let maxRows = Int(Int32.max)
@@ -26,10 +30,19 @@ public struct SkyPairIndex: Sendable {
     let reach: Double
     let zoneHeight: Double
     let firstZone: Int
-    /// Band `firstZone + b` holds sorted rows `zoneStart[b] ..< zoneStart[b + 1]`.
-    let zoneStart: [Int32]
-    // The positions, by band and then right ascension.
-    let ra: [Double]
+    /// Right ascensions are binned as `wrapped(ra − raOrigin)`, within `0 ... raSpan`: the
+    /// shortest arc holding every indexed position (the whole circle when it is not short).
+    let raOrigin: Double
+    let raSpan: Double
+    /// Per band: the half-width in right ascension of the window of any position in it (degrees;
+    /// 360 where a circle may reach a pole); its bins' width, count, and first cell.
+    let windowHalf: [Double]
+    let binWidth: [Double]
+    let binCount: [Int32]
+    let firstCell: [Int32]
+    /// Cell `c` holds sorted positions `cellStart[c] ..< cellStart[c + 1]`.
+    let cellStart: [Int32]
+    // The positions, by cell.
     let x: [Double], y: [Double], z: [Double]
     /// Each sorted position's number in the input.
     let row: [Int32]
@@ -57,9 +70,8 @@ public struct SkyPairIndex: Sendable {
         let radians = radiusArcsec / 3600 * .pi / 180
         let chord = 2 * sin(radians / 2)
         chordSquared = chord * chord
-        reach = radiusArcsec / 3600 * (1 + 1e-9) + 1e-12
-        // Valid rows and their bands. Bands one radius high; fewer (and higher) when the rows'
-        // declinations span more bands than are worth an array entry each.
+        let reach = radiusArcsec / 3600 * (1 + 1e-9) + 1e-12
+        self.reach = reach
         var valid: [Int32] = []
         valid.reserveCapacity(raIn.count)
         var lowest = Double.infinity, highest = -Double.infinity
@@ -68,42 +80,80 @@ public struct SkyPairIndex: Sendable {
             lowest = min(lowest, decIn[i])
             highest = max(highest, decIn[i])
         }
+        // The arc of right ascension the positions occupy: as they are, or seen from 180°
+        // (positions around RA 0), whichever is shorter; the whole circle if neither is short.
+        var origin = 0.0, span = 360.0
+        if !valid.isEmpty {
+            var lo = 360.0, hi = 0.0, loShifted = 360.0, hiShifted = 0.0
+            for i in valid {
+                let a = Self.wrapped(raIn[Int(i)]), b = Self.wrapped(a + 180)
+                lo = min(lo, a); hi = max(hi, a)
+                loShifted = min(loShifted, b); hiShifted = max(hiShifted, b)
+            }
+            if hi - lo <= hiShifted - loShifted {
+                if hi - lo < 300 { (origin, span) = (lo, hi - lo) }
+            } else if hiShifted - loShifted < 300 {
+                (origin, span) = (Self.wrapped(loShifted - 180), hiShifted - loShifted)
+            }
+        }
+        raOrigin = origin
+        raSpan = span
+        // Cells about four positions each on average, and never smaller than the radius.
+        let decSpan = max(highest - lowest, reach)
+        let meanCos = max(0.01, cos((lowest + highest) / 2 * .pi / 180))
+        let area = max(span, reach) * meanCos * decSpan
         var height = max(reach, 1e-9)
-        if !valid.isEmpty, (highest - lowest) / height > 4_000_000 { height = (highest - lowest) / 4_000_000 }
+        if valid.count > 1 { height = max(height, min(decSpan, (4 * area / Double(valid.count)).squareRoot())) }
+        if !valid.isEmpty, decSpan / height > 1_000_000 { height = decSpan / 1_000_000 }
         zoneHeight = height
         let first = valid.isEmpty ? 0 : Self.zone(lowest, height)
         let last = valid.isEmpty ? -1 : Self.zone(highest, height)
         firstZone = first
         let bands = last - first + 1
-        // Counting sort by band, then each band by right ascension.
-        var counts = [Int32](repeating: 0, count: bands + 1)
-        var bandOf = [Int32](repeating: 0, count: valid.count)
+        // Bins per band: at least one band height wide on the sky at the band's edge nearest the
+        // pole, so a window (at most that wide) spans two or three; at most one per position
+        // or so, so sparse wide bands cost no more cells than positions.
+        var widths = [Double](repeating: max(span, 1e-9), count: max(0, bands))
+        var counts = [Int32](repeating: 1, count: max(0, bands))
+        var firsts = [Int32](repeating: 0, count: max(0, bands) + 1)
+        let binsPerBand = max(1, 4 * valid.count / max(1, bands) + 1)
+        for b in 0..<max(0, bands) {
+            let top = min(90, max(abs(Double(first + b) * height - 90), abs(Double(first + b + 1) * height - 90)))
+            let c = cos(top * .pi / 180)
+            if c > 1e-9 && span > 1e-9 {
+                let n = min(Double(binsPerBand), max(1, (span * c / height).rounded(.down)))
+                counts[b] = Int32(n)
+                widths[b] = span / n
+            }
+            firsts[b + 1] = firsts[b] + counts[b]
+        }
+        binWidth = widths
+        binCount = counts
+        // sin Δα = sin r / cos δ, at the band's poleward edge widened by the radius: wide enough
+        // for every position in the band (a few more candidates, no trigonometry per search).
+        windowHalf = (0..<max(0, bands)).map { b in
+            Self.windowHalf(edge: max(abs(Double(first + b) * height - 90), abs(Double(first + b + 1) * height - 90)) + reach, reach: reach)
+        }
+        firstCell = firsts
+        // Counting sort by cell.
+        let cells = Int(firsts.last ?? 0)
+        var cellOf = [Int32](repeating: 0, count: valid.count)
+        var starts = [Int32](repeating: 0, count: cells + 1)
         for (k, i) in valid.enumerated() {
             let b = Self.zone(decIn[Int(i)], height) - first
-            bandOf[k] = Int32(b)
-            counts[b + 1] += 1
+            let c = Int(firsts[b]) + Self.bin(Self.wrapped(raIn[Int(i)] - origin), widths[b], Int(counts[b]))
+            cellOf[k] = Int32(c)
+            starts[c + 1] += 1
         }
-        for b in 0..<bands { counts[b + 1] += counts[b] }
-        zoneStart = counts
-        var next = counts
+        for c in 0..<cells { starts[c + 1] += starts[c] }
+        cellStart = starts
+        var next = starts
         var order = [Int32](repeating: 0, count: valid.count)
-        var keys = [Double](repeating: 0, count: valid.count)
         for (k, i) in valid.enumerated() {
-            let b = Int(bandOf[k])
-            let at = Int(next[b])
-            next[b] += 1
-            order[at] = i
-            keys[at] = Self.wrapped(raIn[Int(i)])
+            let c = Int(cellOf[k])
+            order[Int(next[c])] = i
+            next[c] += 1
         }
-        for b in 0..<max(0, bands) {
-            let lo = Int(counts[b]), hi = Int(counts[b + 1])
-            if hi - lo > 1 {
-                var pairs = (lo..<hi).map { (keys[$0], order[$0]) }
-                pairs.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-                for (j, p) in pairs.enumerated() { keys[lo + j] = p.0; order[lo + j] = p.1 }
-            }
-        }
-        ra = keys
         row = order
         var xs = [Double](repeating: 0, count: order.count), ys = xs, zs = xs
         for (k, i) in order.enumerated() {
@@ -111,6 +161,21 @@ public struct SkyPairIndex: Sendable {
             xs[k] = v.x; ys[k] = v.y; zs[k] = v.z
         }
         x = xs; y = ys; z = zs
+    }
+
+    /// The bin of `key` in a band of `bins` bins `width` wide: clamped to the band, in floating
+    /// point first (no conversion of a huge or NaN quotient to an integer).
+    @inline(__always) static func bin(_ key: Double, _ width: Double, _ bins: Int) -> Int {
+        let v = key / width
+        return v >= Double(bins - 1) ? bins - 1 : (v > 0 ? Int(v) : 0)
+    }
+
+    /// Half the right-ascension extent of a circle of radius `reach` whose poleward edge is at
+    /// |declination| `edge` (degrees; 360 when it reaches the pole).
+    static func windowHalf(edge: Double, reach: Double) -> Double {
+        guard edge < 90 else { return 360 }
+        let s = sin(reach * .pi / 180) / cos(edge * .pi / 180)
+        return s < 1 ? asin(s) * 180 / .pi * (1 + 1e-9) + 1e-12 : 360
     }
 
     @inline(__always) static func usable(_ ra: Double, _ dec: Double) -> Bool {
@@ -145,8 +210,23 @@ public struct SkyPairIndex: Sendable {
     public func pairs(ra qra: [Double], dec qdec: [Double], nearest: Int? = nil) -> Pairs {
         var out = Pairs()
         if row.isEmpty { return out }
-        var found: [(c2: Double, row: Int32)] = []
         let keep = nearest.map { max(1, $0) } ?? Int.max
+        if keep == 1 {
+            // The nearest alone: kept as the candidates come, nothing to sort.
+            for i in 0..<min(qra.count, qdec.count) {
+                var best = Double.infinity, bestRow: Int32 = -1
+                candidates(qra[i], qdec[i]) { r, c2 in
+                    if c2 < best || (c2 == best && r < bestRow) { best = c2; bestRow = r }
+                }
+                if bestRow >= 0 {
+                    out.left.append(Int32(i))
+                    out.right.append(bestRow)
+                    out.separationArcsec.append(Self.separationArcsec(chordSquared: best))
+                }
+            }
+            return out
+        }
+        var found: [(c2: Double, row: Int32)] = []
         for i in 0..<min(qra.count, qdec.count) {
             found.removeAll(keepingCapacity: true)
             candidates(qra[i], qdec[i]) { r, c2 in found.append((c2, r)) }
@@ -167,33 +247,23 @@ public struct SkyPairIndex: Sendable {
     func candidates(_ qra: Double, _ qdec: Double, _ body: (Int32, Double) -> Void) {
         guard Self.usable(qra, qdec) else { return }
         let q = Self.unitVector(qra, qdec)
-        let a = Self.wrapped(qra)
-        let lastZone = firstZone + zoneStart.count - 2
+        let key = Self.wrapped(qra - raOrigin)
+        let lastZone = firstZone + binCount.count - 1
         let zLo = max(firstZone, Self.zone(max(-90, qdec - reach), zoneHeight))
         let zHi = min(lastZone, Self.zone(min(90, qdec + reach), zoneHeight))
         if zLo > zHi { return }
-        // The window in right ascension: sin Δα = sin r / cos δ at the band's edge nearest the pole.
-        let edge = abs(qdec) + reach
-        var half = 360.0
-        if edge < 90 {
-            let s = sin(reach * .pi / 180) / cos(edge * .pi / 180)
-            if s < 1 { half = asin(s) * 180 / .pi * (1 + 1e-9) + 1e-12 }
-        }
+        let own = Self.zone(qdec, zoneHeight) - firstZone
+        let half = own >= 0 && own < windowHalf.count ? windowHalf[own] : Self.windowHalf(edge: abs(qdec) + reach, reach: reach)
         let limit = chordSquared
-        ra.withUnsafeBufferPointer { ras in
-            x.withUnsafeBufferPointer { xs in
-                y.withUnsafeBufferPointer { ys in
-                    z.withUnsafeBufferPointer { zs in
-                        row.withUnsafeBufferPointer { rows in
-                            func run(_ lo: Int, _ hi: Int, from: Double, to: Double) {
-                                // The first sorted position at or past `from`.
-                                var a = lo, b = hi
-                                while a < b {
-                                    let m = (a + b) >> 1
-                                    if ras[m] < from { a = m + 1 } else { b = m }
-                                }
+        let span = raSpan
+        x.withUnsafeBufferPointer { xs in
+            y.withUnsafeBufferPointer { ys in
+                z.withUnsafeBufferPointer { zs in
+                    row.withUnsafeBufferPointer { rows in
+                        cellStart.withUnsafeBufferPointer { starts in
+                            func scan(_ a: Int, _ b: Int) {
                                 var k = a
-                                while k < hi && ras[k] <= to {
+                                while k < b {
                                     let dx = xs[k] - q.x, dy = ys[k] - q.y, dz = zs[k] - q.z
                                     let c2 = dx * dx + dy * dy + dz * dz
                                     if c2 <= limit { body(rows[k], c2) }
@@ -201,18 +271,24 @@ public struct SkyPairIndex: Sendable {
                                 }
                             }
                             for zone in zLo...zHi {
-                                let lo = Int(zoneStart[zone - firstZone]), hi = Int(zoneStart[zone - firstZone + 1])
-                                if lo == hi { continue }
-                                if half >= 180 {
-                                    run(lo, hi, from: 0, to: 360)
-                                } else if a - half < 0 {
-                                    run(lo, hi, from: a - half + 360, to: 360)
-                                    run(lo, hi, from: 0, to: a + half)
-                                } else if a + half >= 360 {
-                                    run(lo, hi, from: a - half, to: 360)
-                                    run(lo, hi, from: 0, to: a + half - 360)
+                                let band = zone - firstZone
+                                let first = Int(firstCell[band]), bins = Int(binCount[band]), w = binWidth[band]
+                                // The bins of keys within [from, to] (inside the indexed arc).
+                                func run(_ from: Double, _ to: Double) {
+                                    if to < 0 || from > span { return }
+                                    let b0 = Self.bin(from, w, bins), b1 = Self.bin(min(span, to), w, bins)
+                                    scan(Int(starts[first + b0]), Int(starts[first + b1 + 1]))
+                                }
+                                if half >= 180 || bins == 1 {
+                                    scan(Int(starts[first]), Int(starts[first + bins]))
+                                } else if key - half < 0 {
+                                    run(key - half + 360, 360)
+                                    run(0, key + half)
+                                } else if key + half >= 360 {
+                                    run(key - half, 360)
+                                    run(0, key + half - 360)
                                 } else {
-                                    run(lo, hi, from: a - half, to: a + half)
+                                    run(key - half, key + half)
                                 }
                             }
                         }

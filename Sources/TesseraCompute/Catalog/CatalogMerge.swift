@@ -6,12 +6,43 @@ import TesseraProtocol
 public enum CatalogMerge {
     /// Merges partials that came over the wire, checking their shapes first.
     public static func merge(_ parts: [CatalogPartial], plan: CatalogQueryPlan) throws(CatalogQueryError) -> CatalogPartial {
+        if plan.hasRows && plan.rows.limit == 0 && parts.count > 2 { return try collect(parts, plan: plan) }
         guard var out = parts.first else { return CatalogPartial() }
         try check(out, plan)
         for p in parts.dropFirst() {
             try check(p, plan)
             out = try merge(out, p, plan: plan)
         }
+        return out
+    }
+
+    /// A collect's batches as one: each column written once (merging them two by two would copy
+    /// the rows gathered so far at every batch, quadratic in the batches).
+    static func collect(_ parts: [CatalogPartial], plan: CatalogQueryPlan) throws(CatalogQueryError) -> CatalogPartial {
+        var out = CatalogPartial()
+        var batches: [RowBatchBuilder] = []
+        for p in parts {
+            out.shards += p.shards
+            out.rowsScanned += p.rowsScanned
+            out.rowsMatched += p.rowsMatched
+            let b = try RowBatchBuilder(p.rows)
+            if !b.columns.isEmpty { batches.append(b) }
+        }
+        guard let first = batches.first else { return out }
+        let total = batches.reduce(0) { $0 + $1.count }
+        let cap = CheckedCatalogQuery.rowCap(plan)
+        if total > cap {
+            throw CatalogQueryError.overRowCap(cap)
+        }
+        guard batches.allSatisfy({ $0.names == first.names }) else { throw CatalogQueryError("partial row batches with different columns (corrupt partial)") }
+        var rows = RowBatchBuilder()
+        rows.names = first.names
+        for k in first.columns.indices {
+            let joined = RowValues.joined(batches.map { $0.columns[k] })
+            guard joined.count == total else { throw CatalogQueryError("partial row batches with different column types (corrupt partial)") }
+            rows.columns.append(joined)
+        }
+        out.rows = rows.proto(withIndex: false)
         return out
     }
 
@@ -68,9 +99,9 @@ public enum CatalogMerge {
             if plan.rows.limit > 0 {
                 rows.trim(to: Int(clamping: plan.rows.limit), descending: plan.rows.descending)
             } else {
-                let cap = plan.rows.maxRows == 0 ? CheckedCatalogQuery.defaultMaxRows : Int(clamping: plan.rows.maxRows)
+                let cap = CheckedCatalogQuery.rowCap(plan)
                 if rows.count > cap {
-                    throw CatalogQueryError("the query returns more than \(cap) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+                    throw CatalogQueryError.overRowCap(cap)
                 }
             }
             out.rows = rows.proto(withIndex: plan.rows.limit > 0)

@@ -621,7 +621,7 @@ struct ScanAccumulator {
                 rows.trim(to: limit, descending: spec.descending)
             }
         } else if rows.count > q.maxRows {
-            throw CatalogQueryError("the query returns more than \(q.maxRows) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+            throw CatalogQueryError.overRowCap(q.maxRows)
         }
         return false
     }

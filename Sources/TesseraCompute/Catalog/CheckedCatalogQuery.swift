@@ -16,6 +16,11 @@ public struct CatalogQueryError: Error, CustomStringConvertible, Sendable, Equat
         self.retryable = retryable
     }
     public var description: String { message }
+
+    /// A collect that returns more rows than its cap.
+    public static func overRowCap(_ cap: Int) -> CatalogQueryError {
+        CatalogQueryError("the query returns more than \(cap) rows (the row cap); narrow the region or filter, add a limit, or raise max_rows")
+    }
 }
 
 /// A catalog plan checked against a dataset's schema: every expression parsed and typed, every
@@ -54,6 +59,11 @@ public struct CheckedCatalogQuery: Sendable {
     public private(set) var momentExtremes: [Bool] = []
     public let maxGroups: Int
     public let maxRows: Int
+
+    /// The most rows a collect of `plan` may return.
+    public static func rowCap(_ plan: CatalogQueryPlan) -> Int {
+        plan.rows.maxRows == 0 ? defaultMaxRows : Int(clamping: plan.rows.maxRows)
+    }
 
     /// - Parameters:
     ///   - columns: the dataset's schema (name and stored type of each column).
@@ -94,7 +104,7 @@ public struct CheckedCatalogQuery: Sendable {
             }
         }
         maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(clamping: plan.maxGroups)
-        maxRows = plan.rows.maxRows == 0 ? Self.defaultMaxRows : Int(clamping: plan.rows.maxRows)
+        maxRows = Self.rowCap(plan)
 
         let kinds = [plan.hasHistogram, plan.hasSkyMap, plan.hasRows, !plan.aggregates.isEmpty || !plan.groupBy.isEmpty]
         guard kinds.filter({ $0 }).count <= 1 else {

@@ -93,6 +93,11 @@ public enum RowValues: Sendable, Equatable {
     }
 }
 
+extension Tessera_V1_RowBatch {
+    /// Rows in the batch (its first column's length).
+    public var rowCount: Int { columns.first.map { RowValues($0).count } ?? 0 }
+}
+
 /// Rows gathered from shards: columns plus each row's spatial index and sort key, so that heads
 /// and top-k lists merge into the same rows however the catalog was split.
 struct RowBatchBuilder {

@@ -7,9 +7,6 @@ import TesseraProtocol
 
 /// Options every catalog question shares, turned into a `CatalogQuery`.
 struct QueryOptions: ParsableArguments {
-    @Option(help: "The dataset.")
-    var dataset: String
-
     @Option(help: "A cone: RA,DEC,RADIUS in degrees.")
     var cone: String?
 
@@ -74,8 +71,9 @@ struct QueryOptions: ParsableArguments {
         return (parts[0..<(parts.count - 3)].joined(separator: ":"), bins, lo...hi)
     }
 
-    func query(endpoint: String? = nil) throws -> CatalogQuery {
-        var q = CatalogQuery(dataset: dataset, endpoint: endpoint)
+    /// The question: `base` (a dataset, or a cross-match) with these options.
+    func query(_ base: CatalogQuery) throws -> CatalogQuery {
+        var q = base
         if let cone {
             let c = try numbers(cone, 3, "--cone")
             q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
@@ -169,6 +167,9 @@ struct QueryCommand: ParsableCommand {
               tessera query --dataset object --cone 60,-35,0.1 --select objectId,coord_ra,coord_dec --limit 10
             """)
 
+    @Option(help: "The dataset.")
+    var dataset: String
+
     @OptionGroup var query: QueryOptions
     @OptionGroup var out: OutputOptions
     @OptionGroup var job: JobOptions
@@ -176,7 +177,7 @@ struct QueryCommand: ParsableCommand {
     @OptionGroup var target: SchedulerTarget
 
     func run() throws {
-        var q = try query.query()
+        var q = try query.query(CatalogQuery(dataset: dataset))
         if out.progress { q = q.progressive() }
         try runQuery(q, target: target, out: out, job: job)
     }
@@ -194,6 +195,55 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
     try ResultOutput.write(final.result.table, format: out.format, to: out.output)
     let r = final.result
     FileHandle.standardError.write("\(r.shards) shards, \(r.rowsScanned) rows read, \(r.rowsMatched) matched, \(String(format: "%.3f", final.seconds)) s\n".data(using: .utf8)!)
+}
+
+struct CrossmatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "crossmatch",
+        abstract: "Pair the rows of two catalogs within a radius, on the workers holding them.",
+        discussion: """
+            The question's rows are the pairs: columns left_NAME, right_NAME and sep_arcsec (arcseconds).
+            --where, --select, --agg, --hist and the other query options read them; --cone and --box
+            select left rows. The radius is at most RIGHT's margin (--margin-arcsec at its ingest).
+
+            Examples:
+              tessera crossmatch xray object --radius-arcsec 1 --select left_id,right_objectId,sep_arcsec
+              tessera crossmatch xray object --radius-arcsec 2 --all --hist sep_arcsec:20:0:2
+              tessera crossmatch object object2 --radius-arcsec 0.5 --where "mag(left_r_psfFlux) < 22" \\
+                  --agg "mean:mag(left_r_psfFlux) - mag(right_r_psfFlux)"
+            """)
+
+    @Argument(help: "The left catalog: each of its rows is paired.")
+    var left: String
+
+    @Argument(help: "The right catalog.")
+    var right: String
+
+    @Option(help: "The radius, arcseconds.")
+    var radiusArcsec: Double
+
+    @Flag(help: "Every right row within the radius (default: the nearest).")
+    var all = false
+
+    @Option(help: "The nearest K right rows within the radius, per left row.")
+    var k = 1
+
+    @OptionGroup var query: QueryOptions
+    @OptionGroup var out: OutputOptions
+    @OptionGroup var job: JobOptions
+
+    @OptionGroup var target: SchedulerTarget
+
+    func validate() throws {
+        if all && k != 1 { throw ValidationError("--k counts nearest rows: give --all or --k, not both") }
+        guard k >= 1 else { throw ValidationError("--k must be at least 1") }
+    }
+
+    func run() throws {
+        var q = try query.query(CatalogQuery(dataset: left).crossmatch(right, radiusArcsec: radiusArcsec, all ? .all : .nearest(k: k)))
+        if out.progress { q = q.progressive() }
+        try runQuery(q, target: target, out: out, job: job)
+    }
 }
 
 struct SubmitCommand: ParsableCommand {

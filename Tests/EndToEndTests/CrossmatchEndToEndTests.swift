@@ -4,6 +4,7 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSecurity
 import TesseraSky
 import TesseraTestKit
 
@@ -129,5 +130,19 @@ struct CrossmatchEndToEndTests {
         #expect(refusal(mine.crossmatch("survey", radiusArcsec: 1).filter("right_mgg < 3")).contains("unknown column `right_mgg`"))
         // The cluster keeps serving.
         #expect(try conn.run(mine.crossmatch("survey", radiusArcsec: 1).count()).result.table.numbers("count")?.first ?? 0 > 1_000)
+
+        // The command line: astropy's pairs as CSV, and a refusal that says why.
+        let ep = ["--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
+        let cli = QueryCommandLineTests()
+        let out = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "2", "--all", "--select", "left_id,right_id,sep_arcsec", "--format", "csv"] + ep)
+        #expect(out.status == 0, "\(out.err)")
+        var pairs: [Pair: Double] = [:]
+        for line in out.out.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: ",")
+            if f.count == 3, let l = Int64(f[0]), let r = Int64(f[1]), let d = Double(f[2]) { pairs[Pair(left: l, right: r)] = d }
+        }
+        #expect(Self.same(pairs, try Self.pairs("pairs_all.csv")), "\(pairs.count) pairs from the command line")
+        let tooWide = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "11"] + ep)
+        #expect(tooWide.status != 0 && tooWide.err.contains("margin of 10.0″"), "\(tooWide.err)")
     }
 }

@@ -345,12 +345,13 @@ class Query:
     filter: str = ""
     selection: tuple = ()     # (expression, output name) pairs; empty = every column
     fan_in: int = 0
+    match: tuple = ()         # a cross-match: (right dataset, radius in arcsec, kind, k)
 
     # -- narrowing -------------------------------------------------------------------------------
 
     def _with(self, **changes) -> "Query":
         fields = dict(client=self.client, dataset=self.dataset, region=self.region, filter=self.filter,
-                      selection=self.selection, fan_in=self.fan_in)
+                      selection=self.selection, fan_in=self.fan_in, match=self.match)
         fields.update(changes)
         return Query(**fields)
 
@@ -377,6 +378,18 @@ class Query:
         sel = tuple((c, c) for c in columns) + tuple((e, n) for n, e in expressions.items())
         return self._with(selection=sel)
 
+    def crossmatch(self, right, radius_arcsec: float, kind: str = "nearest", k: int = 1) -> "Query":
+        """Pairs this question's rows with `right`'s (a catalog or its name) within
+        `radius_arcsec`: each row's nearest `k` right rows (``kind="nearest"``), or every right row
+        (``kind="all"``), as astropy's ``match_to_catalog_sky`` and ``search_around_sky`` pair
+        them. The question's rows are then the pairs, with columns ``left_NAME``, ``right_NAME``
+        and ``sep_arcsec``: ``where``, ``select`` and every result read those, and a region set
+        before or after selects left rows. The radius is at most the right catalog's margin."""
+        if kind not in ("nearest", "all"):
+            raise QueryError(f"a cross-match's kind is `nearest` or `all`, not `{kind}`")
+        name = right.dataset if isinstance(right, Query) else str(right)
+        return self._with(match=(name, float(radius_arcsec), kind, int(k)))
+
     def group_by(self, key: str, max_groups: int = 0) -> "GroupBy":
         """Groups rows by a numeric key expression (NaN keys dropped, as pandas does)."""
         return GroupBy(self, key, max_groups)
@@ -385,6 +398,15 @@ class Query:
 
     def _plan(self) -> catalog_pb2.CatalogQueryPlan:
         p = catalog_pb2.CatalogQueryPlan(dataset=self.dataset, filter=self.filter, fan_in=self.fan_in)
+        if self.match:
+            right, radius, kind, k = self.match
+            p.crossmatch.right = right
+            p.crossmatch.radius_arcsec = radius
+            if kind == "all":
+                p.crossmatch.kind = catalog_pb2.CROSSMATCH_ALL
+            else:
+                p.crossmatch.kind = catalog_pb2.CROSSMATCH_NEAREST
+                p.crossmatch.k = max(1, k)
         if self.region:
             kind = self.region[0]
             if kind == "cone":

@@ -1,0 +1,68 @@
+"""Cross-matches from Python against astropy, computed here on the same rows (the catalogs of
+Tests/EndToEndTests/Fixtures/crossmatch: the poles, RA 0, dense patches, and left rows in
+pixels where the right catalog has no shard)."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord, search_around_sky
+
+import tessera
+
+from conftest import ROOT
+
+FIXTURES = os.path.join(ROOT, "Tests", "EndToEndTests", "Fixtures", "crossmatch")
+
+
+@pytest.fixture(scope="module")
+def tables(bins, cluster):
+    import subprocess
+    env = dict(os.environ, TESSERA_KEY=cluster.key_path or "")
+    for name, shard_rows in (("xm_left", 500), ("xm_right", 300)):
+        subprocess.run([os.path.join(bins, "tessera"), "ingest", name, os.path.join(FIXTURES, name[3:] + ".csv"),
+                        "--ra", "ra", "--dec", "dec", "--max-rows-per-shard", str(shard_rows), "--replace",
+                        "--scheduler", cluster.endpoint], env=env, check=True, capture_output=True)
+    return pd.read_csv(os.path.join(FIXTURES, "left.csv")), pd.read_csv(os.path.join(FIXTURES, "right.csv"))
+
+
+def pairs(df):
+    return {(int(a), int(b)): s for a, b, s in zip(df["left_id"], df["right_id"], df["sep_arcsec"])}
+
+
+def test_every_pair_is_astropys(client, tables):
+    left, right = tables
+    lc = SkyCoord(left["ra"].to_numpy() * u.deg, left["dec"].to_numpy() * u.deg)
+    rc = SkyCoord(right["ra"].to_numpy() * u.deg, right["dec"].to_numpy() * u.deg)
+    i, j, sep, _ = search_around_sky(lc, rc, 2 * u.arcsec)
+    expected = {(int(left["id"][a]), int(right["id"][b])): s for a, b, s in zip(i, j, sep.to(u.arcsec).value)}
+    got = pairs(client.catalog("xm_left").crossmatch("xm_right", 2, kind="all")
+                .select("left_id", "right_id", "sep_arcsec").to_pandas())
+    assert len(expected) > 10_000
+    assert got.keys() == expected.keys()
+    assert max(abs(got[p] - expected[p]) for p in got) < 1e-6
+
+
+def test_nearest_is_astropys_match_to_catalog_sky(client, tables):
+    left, right = tables
+    lc = SkyCoord(left["ra"].to_numpy() * u.deg, left["dec"].to_numpy() * u.deg)
+    rc = SkyCoord(right["ra"].to_numpy() * u.deg, right["dec"].to_numpy() * u.deg)
+    idx, sep, _ = lc.match_to_catalog_sky(rc)
+    within = sep <= 2 * u.arcsec
+    expected = {(int(left["id"][a]), int(right["id"][idx[a]])) for a in np.nonzero(within)[0]}
+    q = client.catalog("xm_left").crossmatch(client.catalog("xm_right"), 2)
+    assert set(pairs(q.select("left_id", "right_id", "sep_arcsec").to_pandas())) == expected
+    # Aggregates over the pairs: a magnitude difference, and a count in a region.
+    d = left.set_index("id")["mag"]
+    r = right.set_index("id")["mag"]
+    diffs = np.array([d[a] - r[b] for a, b in expected])
+    assert q.agg(mean="mean(left_mag - right_mag)")["mean"].iloc[0] == pytest.approx(diffs.mean(), rel=1e-12)
+    assert q.count() == len(expected)
+
+
+def test_a_radius_over_the_margin_says_why(client, tables):
+    with pytest.raises(tessera.QueryError, match="margin"):
+        client.catalog("xm_left").crossmatch("xm_right", 60).count()
+    with pytest.raises(tessera.QueryError, match="nearest` or `all"):
+        client.catalog("xm_left").crossmatch("xm_right", 1, kind="closest")

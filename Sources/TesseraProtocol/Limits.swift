@@ -75,6 +75,8 @@ public enum Limits {
 
     // MARK: Cross-match
 
+    /// Widest cross-match radius, in arcseconds (a right dataset's margin bounds it too).
+    public static let crossmatchRadiusArcsec = 3_600.0
     /// Most nearest neighbours a cross-match may ask per row.
     public static let crossmatchNeighbours = 1_000
     /// Most pairs one left row group (up to 65,536 rows) may find: pairs are held in memory
@@ -117,6 +119,7 @@ extension Limits {
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
         ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
+        ("cross-match radius", "\(Int(crossmatchRadiusArcsec))″", "cross-match (and at most the right dataset's margin)"),
         ("nearest neighbours per row", "\(crossmatchNeighbours)", "cross-match (`k`)"),
         ("pairs per left row group", "\(crossmatchPairsPerRowGroup)", "cross-match (a radius is also bounded by the right dataset's margin)"),
         ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),

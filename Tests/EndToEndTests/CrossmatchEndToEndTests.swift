@@ -123,6 +123,7 @@ struct CrossmatchEndToEndTests {
         let mine = CatalogQuery(dataset: "mine")
         #expect(refusal(mine.crossmatch("survey", radiusArcsec: 0)).contains("must be a positive number of arcseconds"))
         #expect(refusal(mine.crossmatch("survey", radiusArcsec: -.infinity)).contains("must be a positive number of arcseconds"))
+        #expect(refusal(mine.crossmatch("survey", radiusArcsec: 1e7)).contains("over the limit of 3600.0″"))
         let wide = refusal(mine.crossmatch("survey", radiusArcsec: 30))
         #expect(wide.contains("over `survey`'s margin of 10.0″") && wide.contains("--margin-arcsec"), "\(wide)")
         #expect(refusal(mine.crossmatch("nothing", radiusArcsec: 1)).contains("no dataset named `nothing` to cross-match with"))

@@ -70,6 +70,9 @@ public enum Crossmatch {
         guard r.isFinite, r > 0 else {
             throw CatalogQueryError("a cross-match radius must be a positive number of arcseconds, not \(r)")
         }
+        guard r <= Limits.crossmatchRadiusArcsec else {
+            throw CatalogQueryError("a cross-match radius of \(r)″ is over the limit of \(Limits.crossmatchRadiusArcsec)″")
+        }
         if let margin = rightMarginArcsec, r > margin {
             throw CatalogQueryError("a cross-match radius of \(r)″ is over `\(spec.right)`'s margin of \(margin)″: each shard keeps copies of its neighbours' rows only that far outside its edge, so pairs farther apart could cross shards unseen. Use a radius of at most \(margin)″, or ingest `\(spec.right)` again with a wider --margin-arcsec")
         }

@@ -47,6 +47,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Rows one question may return (a plan's max_rows may ask up to this).")
     var maxRowsPerJob: UInt64 = 100_000_000
 
+    @Option(help: "MiB of tables (uploads) one user's workspace may hold.")
+    var workspaceQuotaMb: UInt64 = 1_024
+
     @Option(help: "Half-life, in seconds, of the worker time fair share counts per user.")
     var fairShareHalfLifeS: Double = 300
 
@@ -98,6 +101,7 @@ struct SchedulerCommand: ParsableCommand {
         config.maxPassRiders = max(0, maxPassRiders)
         config.interactiveMaxTasks = max(0, interactiveMaxTasks)
         config.maxRowsPerJob = maxRowsPerJob
+        config.workspaceQuotaBytes = workspaceQuotaMb.multipliedReportingOverflow(by: 1 << 20).overflow ? .max : workspaceQuotaMb << 20
         config.fairShareHalfLifeNs = UInt64(fairShareHalfLifeS * 1e9)
         config.userWeights = try weights()
         let daemon = try SchedulerDaemon(clientBind: clients, workerBind: workers, config: config, registryPath: registry,

@@ -21,6 +21,11 @@ public struct IngestOptions: Sendable {
     /// about as much free space as the input. Default: `$TMPDIR`, else `/var/tmp` (on disk, where
     /// `/tmp` may be memory).
     public var spillDirectory: String?
+    /// An upload: the table goes into the user's workspace (visible to them alone unless
+    /// `shared`), and is removed `lifetimeSeconds` after it is committed (nil: a day).
+    public var workspace = false
+    public var shared = false
+    public var lifetimeSeconds: Double?
 
     public init(dataset: String, files: [String]) {
         self.dataset = dataset
@@ -151,6 +156,9 @@ public enum CatalogIngest {
         begin.dataset = o.dataset
         begin.replace = o.replace
         begin.replicas = UInt32(o.replicas)
+        begin.workspace = o.workspace
+        begin.shared = o.shared
+        begin.lifetimeS = o.lifetimeSeconds ?? 0
         begin.shards = shards.enumerated().map { k, shard in
             var s = Tessera_V1_ShardSpec()
             s.order = UInt32(shard.order); s.pixel = shard.pixel; s.rows = UInt64(shard.rows.count)
@@ -162,6 +170,8 @@ public enum CatalogIngest {
         guard case .ingestPlan(let plan) = try conn.request(be, tag: begin.clientTag).body else {
             throw IngestError.store("unexpected reply to the ingest request")
         }
+        // The name it is stored under (a table's in the user's workspace is theirs alone).
+        let storedName = plan.dataset.isEmpty ? o.dataset : plan.dataset
         let schema = specs.map {
             var c = Tessera_V1_ColumnSchema()
             c.name = $0.name; c.type = $0.type; c.unit = $0.unit; c.description_p = $0.description
@@ -184,7 +194,7 @@ public enum CatalogIngest {
         var commit = Tessera_V1_IngestCommit()
         commit.clientTag = conn.makeTag()
         commit.ingestID = plan.ingestID
-        commit.dataset = o.dataset
+        commit.dataset = storedName
         commit.replace = o.replace
         commit.columns = schema
         commit.raColumn = o.raColumn
@@ -250,7 +260,7 @@ public enum CatalogIngest {
                 var req = Tessera_V1_StoreShard()
                 req.requestID = nextRequest
                 req.ingestID = plan.ingestID
-                req.dataset = o.dataset
+                req.dataset = plan.dataset.isEmpty ? o.dataset : plan.dataset
                 req.order = UInt32(s.order)
                 req.pixel = s.pixel
                 req.columns = schema

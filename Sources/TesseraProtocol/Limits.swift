@@ -73,6 +73,9 @@ public enum Limits {
     /// Most job ids in one client heartbeat.
     public static let heartbeatJobs = 4_096
 
+    /// Lifetime of a user's table, in seconds: at least, and at most (30 days).
+    public static let workspaceLifetimeSeconds: ClosedRange<Double> = 1...(30 * 86_400)
+
     // MARK: Cross-match
 
     /// Widest cross-match radius, in arcseconds (a right dataset's margin bounds it too).
@@ -119,6 +122,7 @@ extension Limits {
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
         ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
+        ("lifetime of a user's table", "\(Int(workspaceLifetimeSeconds.lowerBound)) s…\(Int(workspaceLifetimeSeconds.upperBound / 86_400)) days (default 1 day)", "uploads (`tessera upload --lifetime-hours`)"),
         ("cross-match radius", "\(Int(crossmatchRadiusArcsec))″", "cross-match (and at most the right dataset's margin)"),
         ("nearest neighbours per row", "\(crossmatchNeighbours)", "cross-match (`k`)"),
         ("pairs per left row group", "\(crossmatchPairsPerRowGroup)", "cross-match (a radius is also bounded by the right dataset's margin)"),

@@ -82,6 +82,8 @@ public struct SchedulerConfig: Sendable {
     /// Rows one collect may return (a plan's `max_rows` may ask up to this; its default is
     /// lower): what one user may pull out in one question.
     public var maxRowsPerJob: UInt64 = 100_000_000
+    /// Bytes of tables (uploads) one user's workspace may hold.
+    public var workspaceQuotaBytes: UInt64 = 1 << 30
 
     public init() {}
 }

@@ -10,21 +10,33 @@ extension SchedulerCore {
     /// input bytes are). A collect — rows without a limit — has no tree: each shard's rows stream
     /// to the client as a batch. The plan is checked here against the dataset's schema, so a typo
     /// fails the submission, not a thousand tasks.
-    public mutating func expandCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> TaskGraph {
-        try planCatalogQuery(plan).graph
+    public mutating func expandCatalogQuery(_ plan: CatalogQueryPlan, user: String = "") throws(ProtocolError) -> TaskGraph {
+        try planCatalogQuery(plan, user: user).graph
+    }
+
+    /// The dataset `name` means to `user`: their own table of that name, else a survey dataset,
+    /// else (written `OWNER..NAME`) another user's table they may read. Nil for one they may not
+    /// see, as for one that does not exist.
+    func resolve(_ name: String, user: String, in all: [String: PlannedDataset]) -> PlannedDataset? {
+        if !user.isEmpty, !name.contains(".."), let own = all[WorkspaceTable.registryName(user: user, table: name)] { return own }
+        guard let d = all[name], d.record.isVisible(to: user) else { return nil }
+        return d
+    }
+
+    /// Why `name` names nothing `user` may read, with the names they may.
+    func unknownDataset(_ name: String, user: String, in all: [String: PlannedDataset], _ what: String = "") -> ProtocolError {
+        let names = all.values.filter { $0.record.isVisible(to: user) }.map { $0.record.name(for: user) }.sorted()
+        return .invalidContent("no dataset named `\(name)`\(what)" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
     }
 
     /// A catalog question's tasks (as ``expandCatalogQuery(_:)``) and what it is expected to
     /// read: the shards left after pruning, and their rows and bytes scaled by the part of each
     /// shard's sky the region covers (rows are taken as spread evenly over a shard's pixel).
-    public mutating func planCatalogQuery(_ plan: CatalogQueryPlan) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+    public mutating func planCatalogQuery(_ plan: CatalogQueryPlan, user: String = "") throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
         let all: [String: PlannedDataset]
         do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
-        guard let d = all[plan.dataset] else {
-            let names = all.keys.sorted()
-            throw .invalidContent("no dataset named `\(plan.dataset)`" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
-        }
-        if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all) }
+        guard let d = resolve(plan.dataset, user: user, in: all) else { throw unknownDataset(plan.dataset, user: user, in: all) }
+        if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all, user: user) }
         let dataset = d.record
         let query: CheckedCatalogQuery
         do {
@@ -71,11 +83,9 @@ extension SchedulerCore {
     /// margin), and one more for the part of it no right shard covers, reading the sides of the
     /// right shards near it; then the same reduction as a scan's. Each right shard is read once,
     /// by one `crossmatch_side`, whatever number of left shards it meets.
-    mutating func planCrossmatch(_ plan: CatalogQueryPlan, left d: PlannedDataset, datasets all: [String: PlannedDataset]) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+    mutating func planCrossmatch(_ plan: CatalogQueryPlan, left d: PlannedDataset, datasets all: [String: PlannedDataset], user: String) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
         let spec = plan.crossmatch
-        guard let r = all[spec.right] else {
-            throw .invalidContent("no dataset named `\(spec.right)` to cross-match with; there are: \(all.keys.sorted().joined(separator: ", "))")
-        }
+        guard let r = resolve(spec.right, user: user, in: all) else { throw unknownDataset(spec.right, user: user, in: all, " to cross-match with") }
         let checked: Crossmatch.Checked
         do {
             checked = try Crossmatch.check(plan, left: d.columns, leftRa: d.record.raColumn, leftDec: d.record.decColumn,

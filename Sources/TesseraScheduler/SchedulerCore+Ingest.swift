@@ -8,8 +8,12 @@ import TesseraStorage
 /// in-memory registry in tests, the SQLite file in the daemon).
 public protocol DatasetCatalog: AnyObject {
     func datasetExists(_ name: String) throws -> Bool
-    /// Records a finished ingest in one transaction.
-    func commit(_ c: Tessera_V1_IngestCommit, ingestId: String) throws
+    /// Records a finished ingest in one transaction (a user's table with its owner and lifetime).
+    func commit(_ c: Tessera_V1_IngestCommit, ingestId: String, workspace: WorkspaceTable?) throws
+    /// Users' tables past their lifetime.
+    func expiredDatasets(before now: Date) throws -> [DatasetRecord]
+    /// Drops a dataset (its shard files become orphans, removed after a grace period).
+    func dropDataset(named name: String) throws
     /// Every dataset with its shards' pixels, sizes and the workers holding each. Rows that fail
     /// validation (a damaged or hand-edited registry) are left out and described in `skipped`.
     func shardLocations() throws -> (datasets: [(dataset: DatasetRecord, shards: [ShardLocation])], skipped: [String])
@@ -22,13 +26,14 @@ public protocol DatasetCatalog: AnyObject {
 extension Registry: DatasetCatalog {
     public func datasetExists(_ name: String) throws -> Bool { try dataset(named: name) != nil }
 
-    public func commit(_ c: Tessera_V1_IngestCommit, ingestId: String) throws {
+    public func commit(_ c: Tessera_V1_IngestCommit, ingestId: String, workspace: WorkspaceTable?) throws {
         var footer = Tessera_V1_ShardFooter()
         footer.columns = c.columns
         let d = DatasetRecord(
             name: c.dataset, schema: try footer.serializedBytes(), raColumn: c.raColumn, decColumn: c.decColumn,
             maxRowsPerShard: Int64(c.maxRowsPerShard), marginArcsec: c.marginArcsec,
-            rows: Int64(c.shards.reduce(0) { $0 + $1.rows }), ingestId: ingestId)
+            rows: Int64(c.shards.reduce(0) { $0 + $1.rows }), ingestId: ingestId,
+            owner: workspace?.owner ?? "", shared: workspace?.shared ?? false, expiresAt: workspace?.expiresAt)
         let shards = c.shards.map {
             ShardRecord(order: Int($0.order), pixel: $0.pixel, rows: Int64($0.rows), marginRows: Int64($0.marginRows),
                         bytes: Int64($0.bytes), checksum: Int64(bitPattern: $0.checksum), statistics: $0.footer)
@@ -50,7 +55,22 @@ extension Registry: DatasetCatalog {
 }
 
 /// An ingest between its plan and its commit.
+/// A user's table as an ingest records it: whose, whether shared, and when it goes.
+public struct WorkspaceTable: Sendable, Equatable {
+    public var owner: String
+    public var shared: Bool
+    public var expiresAt: Date
+    public init(owner: String, shared: Bool, expiresAt: Date) { self.owner = owner; self.shared = shared; self.expiresAt = expiresAt }
+
+    /// The registry name of `user`'s table `name`: `USER..NAME` (`..` is refused in survey
+    /// dataset names and in table names, so the two never meet and the pair is unambiguous).
+    public static func registryName(user: String, table: String) -> String { "\(user)..\(table)" }
+}
+
 struct PendingIngest {
+    /// A user's table: whose, and whether shared (its expiry is set at commit, `lifetime` on).
+    var workspace: WorkspaceTable?
+    var lifetime: TimeInterval = 0
     var client: ConnectionID
     /// Who began it (pending ingests are counted per user).
     var user: String
@@ -83,14 +103,25 @@ extension SchedulerCore {
         }
         guard let catalog else { return refuse("this scheduler has no registry (start it with --registry)") }
         if let why = Validate.name(b.dataset, what: "dataset name", limit: Limits.datasetNameCharacters) { return refuse(why) }
+        guard !b.dataset.contains("..") else {
+            return refuse("a dataset name may not contain `..` (it separates a user from their table's name in the workspace): `\(b.dataset)`")
+        }
+        guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
+        var dataset = b.dataset
+        var workspace: WorkspaceTable?
+        if b.workspace {
+            switch workspaceProblem(b, user: identity.user) {
+            case .refused(let why): return refuse(why)
+            case .table(let name, let table): (dataset, workspace) = (name, table)
+            }
+        }
         do {
-            if try catalog.datasetExists(b.dataset) && !b.replace {
-                return refuse(RegistryError.datasetExists(b.dataset).description)
+            if try catalog.datasetExists(dataset) && !b.replace {
+                return refuse(RegistryError.datasetExists(b.workspace ? b.dataset : dataset).description + (b.workspace ? " in your workspace (--replace replaces it)" : ""))
             }
         } catch {
             return refuse("registry: \(error)")
         }
-        guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
         // A user's ingests begun and never committed (a killed client says nothing) would hold
         // their plans here for good: past the limit, the oldest not yet committing is abandoned.
         let open = pendingIngests.filter { $0.value.user == identity.user && $0.value.commit == nil }
@@ -128,6 +159,7 @@ extension SchedulerCore {
         var plan = Tessera_V1_IngestPlan()
         plan.clientTag = b.clientTag
         plan.ingestID = "i\(String(startedAt, radix: 36))\(String(nextIngest, radix: 36))"
+        plan.dataset = dataset
         nextIngest += 1
         var names: [[String]] = []
         var expected: [WorkerID: Tessera_V1_ExpectShards] = [:]
@@ -165,18 +197,76 @@ extension SchedulerCore {
         for (id, var x) in expected.sorted(by: { $0.key < $1.key }) {
             guard let w = workers[id] else { continue }
             x.ingestID = plan.ingestID
-            x.dataset = b.dataset
+            x.dataset = dataset
             x.clientKey = identity.publicKey
             var e = Envelope()
             e.expectShards = x
             send(.worker(w.connection), e)
         }
         pendingIngests[plan.ingestID] = PendingIngest(
-            client: connection, user: identity.user, sequence: nextIngest, dataset: b.dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
+            workspace: workspace, lifetime: Self.lifetime(of: b),
+            client: connection, user: identity.user, sequence: nextIngest, dataset: dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
             index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count))
         var e = Envelope()
         e.ingestPlan = plan
         send(.client(connection), e)
+    }
+
+    enum WorkspaceCheck {
+        case table(name: String, WorkspaceTable)
+        case refused(String)
+    }
+
+    /// A user's upload checked: its name (not a survey dataset's), and their workspace's quota
+    /// with it (the client's size estimates; a replaced table of theirs no longer counts).
+    mutating func workspaceProblem(_ b: Tessera_V1_IngestBegin, user: String) -> WorkspaceCheck {
+        guard !user.contains("..") else { return .refused("user `\(user)` cannot have a workspace: `..` in a user name is reserved") }
+        let name = WorkspaceTable.registryName(user: user, table: b.dataset)
+        if let why = Validate.name(name, what: "the table's name with its owner's", limit: Limits.datasetNameCharacters) { return .refused(why) }
+        let all: [String: PlannedDataset]
+        do { all = try plannedDatasets() } catch { return .refused("registry: \(error)") }
+        if let survey = all[b.dataset], survey.record.owner.isEmpty {
+            return .refused("`\(b.dataset)` is a survey dataset: a table of yours needs another name")
+        }
+        var used: UInt64 = 0
+        for d in all.values where d.record.owner == user && d.record.name != name {
+            used &+= UInt64(d.bytes.reduce(0) { $0 + max(0, $1) })
+        }
+        let asked = b.shards.reduce(UInt64(0)) { $0 &+ $1.bytes }
+        let quota = config.workspaceQuotaBytes
+        guard used &+ asked <= quota else {
+            return .refused("this upload of about \(asked >> 20) MiB would take your workspace to \((used &+ asked) >> 20) MiB, over its quota of \(quota >> 20) MiB: remove or let expire tables you no longer need (yours now hold \(used >> 20) MiB)")
+        }
+        return .table(name: name, WorkspaceTable(owner: user, shared: b.shared, expiresAt: .distantFuture))
+    }
+
+    /// How long a user's table lives: as asked within `Limits.workspaceLifetimeSeconds`, a day by default.
+    static func lifetime(of b: Tessera_V1_IngestBegin) -> TimeInterval {
+        let asked = b.lifetimeS.isFinite && b.lifetimeS > 0 ? b.lifetimeS : 86_400
+        return min(max(asked, Limits.workspaceLifetimeSeconds.lowerBound), Limits.workspaceLifetimeSeconds.upperBound)
+    }
+
+    /// Drops users' tables past their lifetime (checked every 2 s): their shard files become
+    /// orphans, which workers remove after the grace period.
+    mutating func expireWorkspaces(now: UInt64) {
+        guard let catalog, now &- lastWorkspaceSweep >= 2_000_000_000 || lastWorkspaceSweep == 0 else { return }
+        lastWorkspaceSweep = max(1, now)
+        guard let expired = try? catalog.expiredDatasets(before: Date()), !expired.isEmpty else { return }
+        let planned = try? plannedDatasets()
+        for d in expired {
+            do { try catalog.dropDataset(named: d.name) } catch { notices.append("registry: could not drop expired `\(d.name)`: \(error)"); continue }
+            if let p = planned?[d.name] { orphan(p, now: now) }
+            notices.append("table `\(d.name)` of \(d.owner) expired and was dropped")
+        }
+        self.planned = nil
+    }
+
+    /// Every copy of a dataset no longer in the registry becomes an orphan, removed from its
+    /// worker after the grace period.
+    mutating func orphan(_ d: PlannedDataset, now: UInt64) {
+        for (key, names) in zip(d.keys, d.workers) {
+            for n in names { orphans[n, default: [:]][key] = orphans[n]?[key] ?? now }
+        }
     }
 
     /// A worker reports a shard it wrote for an ingest: the registry will hold what workers
@@ -269,16 +359,14 @@ extension SchedulerCore {
         // What a replaced dataset held becomes orphaned once the new one is committed.
         let replaced = (try? plannedDatasets())?[c.dataset]
         do {
-            try catalog.commit(commit, ingestId: id)
+            // A table's lifetime runs from its commit.
+            let table = p.workspace.map { WorkspaceTable(owner: $0.owner, shared: $0.shared, expiresAt: Date().addingTimeInterval(p.lifetime)) }
+            try catalog.commit(commit, ingestId: id, workspace: table)
             planned = nil
         } catch {
             return refuse("\(error)")
         }
-        if let replaced {
-            for (key, names) in zip(replaced.keys, replaced.workers) {
-                for n in names { orphans[n, default: [:]][key] = orphans[n]?[key] ?? now }
-            }
-        }
+        if let replaced { orphan(replaced, now: now) }
         abandonIngest(id, committed: true)
         // Placement learns the new shards at once (workers report them again when they re-register).
         let byName = Dictionary(workers.values.map { ($0.name, $0.id) }, uniquingKeysWith: { a, _ in a })
@@ -288,7 +376,8 @@ extension SchedulerCore {
         }
         var done = Tessera_V1_IngestCommitted()
         done.clientTag = c.clientTag
-        done.dataset = c.dataset
+        // A user's table by the name they gave it.
+        done.dataset = p.workspace.map { String(c.dataset.dropFirst($0.owner.count + 2)) } ?? c.dataset
         done.rows = commit.shards.reduce(0) { $0 + $1.rows }
         done.shards = UInt64(commit.shards.count)
         var e = Envelope()
@@ -352,12 +441,18 @@ extension SchedulerCore {
     }
 
     /// Datasets with their size and how many of their shards have a live copy.
-    mutating func datasetStatuses() -> [Tessera_V1_DatasetStatus] {
+    /// The datasets `user` may read: the survey's, their own tables (by the names they gave
+    /// them) and tables others share (as `OWNER..NAME`).
+    mutating func datasetStatuses(for user: String) -> [Tessera_V1_DatasetStatus] {
         guard let all = try? plannedDatasets() else { return [] }
         let live = Set(workers.values.map(\.name))
-        return all.values.sorted { $0.record.name < $1.record.name }.map { d in
+        let now = Date()
+        return all.values.filter { $0.record.isVisible(to: user) }.sorted { $0.record.name < $1.record.name }.map { d in
             var s = Tessera_V1_DatasetStatus()
-            s.name = d.record.name
+            s.name = d.record.name(for: user)
+            s.owner = d.record.owner
+            s.shared = d.record.shared
+            if let e = d.record.expiresAt { s.expiresInS = max(0, e.timeIntervalSince(now)) }
             s.kind = d.record.kind
             s.rows = UInt64(d.record.rows)
             s.shards = UInt64(d.keys.count)

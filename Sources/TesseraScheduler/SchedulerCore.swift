@@ -108,6 +108,8 @@ public struct SchedulerCore {
     /// Shard files workers hold that no dataset references, by worker name, with when they were
     /// first seen so; removed after the grace period.
     var orphans: [String: [String: UInt64]] = [:]
+    /// When users' tables were last checked for expiry.
+    var lastWorkspaceSweep: UInt64 = 0
     var nextIngest: UInt64 = 1
     /// Things worth a log line (registry mismatches, commits), for the loop to drain.
     public var notices: [String] = []
@@ -356,7 +358,7 @@ public struct SchedulerCore {
                             clientTag: s.clientTag))
                         return
                     }
-                    let planned = try planCatalogQuery(q)
+                    let planned = try planCatalogQuery(q, user: user)
                     graph = planned.graph
                     estimate = planned.estimate
                     if priority == .interactive, config.interactiveMaxRows > 0, planned.estimate.rows > config.interactiveMaxRows {
@@ -494,6 +496,7 @@ public struct SchedulerCore {
         }
         if !pendingIngests.isEmpty { expireCommits(now: now) }
         if !orphans.isEmpty { removeOrphans(now: now) }
+        expireWorkspaces(now: now)
         if now &- lastSweep >= Self.sweepIntervalNs {
             lastSweep = now
             cancelJobsOfSilentClients(now: now)
@@ -684,7 +687,7 @@ public struct SchedulerCore {
         s.jobs.append(contentsOf: finishedJobs.filter { identity.isAdmin || $0.user == identity.user }.suffix(20))
         s.tasksCompleted = tasksCompleted
         s.jobsCompleted = jobsCompleted
-        s.datasets = datasetStatuses()
+        s.datasets = datasetStatuses(for: identity.user)
         s.uptimeSeconds = Double(now &- startedAt) / 1e9
         s.epoch = config.epoch
         s.jobsAbandoned = jobsAbandoned

@@ -82,12 +82,27 @@ public struct DatasetRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public var createdAt: Date
     /// The ingest that wrote the current shards (their folder on the workers).
     public var ingestId: String
+    /// Empty for a survey dataset, which every user reads; else the user whose table it is (in
+    /// their workspace, named `OWNER..NAME`), read by them alone unless `shared`.
+    public var owner: String = ""
+    public var shared: Bool = false
+    /// When a user's table is removed (nil: kept).
+    public var expiresAt: Date?
 
     public init(name: String, kind: String = "catalog", schema: Data, raColumn: String, decColumn: String,
-                maxRowsPerShard: Int64, marginArcsec: Double, rows: Int64, createdAt: Date = Date(), ingestId: String = "") {
+                maxRowsPerShard: Int64, marginArcsec: Double, rows: Int64, createdAt: Date = Date(), ingestId: String = "",
+                owner: String = "", shared: Bool = false, expiresAt: Date? = nil) {
         self.name = name; self.kind = kind; self.schema = schema; self.raColumn = raColumn; self.decColumn = decColumn
         self.maxRowsPerShard = maxRowsPerShard; self.marginArcsec = marginArcsec; self.rows = rows; self.createdAt = createdAt
-        self.ingestId = ingestId
+        self.ingestId = ingestId; self.owner = owner; self.shared = shared; self.expiresAt = expiresAt
+    }
+
+    /// Whether `user` may read it: a survey dataset, their own table, or one shared.
+    public func isVisible(to user: String) -> Bool { owner.isEmpty || owner == user || shared }
+
+    /// Its name as `user` writes it: their own table's without the owner's prefix.
+    public func name(for user: String) -> String {
+        !owner.isEmpty && owner == user && name.hasPrefix(owner + "..") ? String(name.dropFirst(owner.count + 2)) : name
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
@@ -198,6 +213,13 @@ public final class Registry: Sendable {
                 t.column("jobIdFloor", .integer).notNull()
             }
             try db.execute(sql: "INSERT INTO scheduler (id, epoch, jobIdFloor) VALUES (1, 0, 1)")
+        }
+        m.registerMigration("v4: users' workspaces") { db in
+            try db.alter(table: "dataset") { t in
+                t.add(column: "owner", .text).notNull().defaults(to: "")
+                t.add(column: "shared", .boolean).notNull().defaults(to: false)
+                t.add(column: "expiresAt", .datetime)
+            }
         }
         return m
     }
@@ -337,6 +359,11 @@ public final class Registry: Sendable {
             }
             return d
         }
+    }
+
+    /// Users' tables whose lifetime ended before `now`.
+    public func expiredDatasets(before now: Date) throws -> [DatasetRecord] {
+        try db.read { try DatasetRecord.filter(Column("expiresAt") != nil && Column("expiresAt") < now).fetchAll($0) }
     }
 
     /// Drops a dataset with its shards and replicas.

@@ -147,3 +147,92 @@ struct CrossmatchEndToEndTests {
         #expect(tooWide.status != 0 && tooWide.err.contains("margin of 10.0″"), "\(tooWide.err)")
     }
 }
+
+/// Users' own tables: uploaded into a workspace, cross-matched against the survey, seen by
+/// their owner alone (unless shared), refused where they would clash, overrun the quota or
+/// carry no usable positions, and dropped when their lifetime ends.
+@Suite(.serialized)
+struct UploadEndToEndTests {
+    func upload(_ conn: SchedulerConnection, _ name: String, _ file: String, lifetime: Double? = nil, shared: Bool = false,
+                ra: String = "ra", dec: String = "dec") throws -> Tessera_V1_IngestCommitted {
+        var o = IngestOptions(dataset: name, files: [file])
+        o.raColumn = ra
+        o.decColumn = dec
+        o.workspace = true
+        o.shared = shared
+        o.lifetimeSeconds = lifetime
+        return try CatalogIngest.run(o, connection: conn)
+    }
+
+    func failure(_ body: () throws -> Any) -> String {
+        do { _ = try body(); return "accepted" } catch { return "\(error)" }
+    }
+
+    /// A connection as a new (not admin) user, once the scheduler has read the users list again.
+    func connect(_ cluster: LocalCluster, as user: String) throws -> SchedulerConnection {
+        let key = try #require(cluster.keys).add(.user, name: user)
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint, timeout: 2, credentials: .curve(key))
+            if (try? conn.status(timeout: 1)) != nil { return conn }
+            if Date() > deadline { throw ClientError.timedOut("the scheduler never admitted \(user)") }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+    }
+
+    @Test func aUsersTableIsTheirsAndMeetsTheSurvey() throws {
+        let folder = CrossmatchEndToEndTests.folder
+        let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("upload-data"), schedulerArguments: ["--workspace-quota-mb", "1"])
+        defer { cluster.stop() }
+        let admin = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var survey = IngestOptions(dataset: "survey", files: [folder + "/right.csv"])
+        (survey.raColumn, survey.decColumn, survey.maxRowsPerShard, survey.replicas) = ("ra", "dec", 1_000, 1)
+        _ = try CatalogIngest.run(survey, connection: admin)
+        let alice = try connect(cluster, as: "alice"), bob = try connect(cluster, as: "bob")
+
+        // Alice's table meets the survey: astropy's pairs.
+        let done = try upload(alice, "mine", folder + "/left.csv")
+        #expect(done.dataset == "mine" && done.rows == 4_940)
+        let pairs = try alice.run(CatalogQuery(dataset: "mine").crossmatch("survey", radiusArcsec: 2, .all).select(["left_id", "right_id", "sep_arcsec"])).result.table
+        #expect(CrossmatchEndToEndTests.same(CrossmatchEndToEndTests.collected(pairs), try CrossmatchEndToEndTests.pairs("pairs_all.csv")))
+        let listed = try alice.status().datasets.first { $0.name == "mine" }
+        #expect(listed?.owner == "alice" && listed?.shared == false && (listed?.expiresInS ?? 0) > 80_000)
+
+        // Bob sees neither it nor its name.
+        #expect(failure { try bob.run(CatalogQuery(dataset: "mine")) }.contains("no dataset named `mine`"))
+        #expect(failure { try bob.run(CatalogQuery(dataset: "alice..mine")) }.contains("no dataset named `alice..mine`"))
+        #expect(failure { try bob.run(CatalogQuery(dataset: "survey").crossmatch("alice..mine", radiusArcsec: 1)) }.contains("no dataset named `alice..mine` to cross-match with"))
+        #expect(try bob.status().datasets.map(\.name) == ["survey"])
+        // Bob's table of the same name is his own.
+        _ = try upload(bob, "mine", folder + "/left.csv")
+        #expect(try bob.run(CatalogQuery(dataset: "mine").count()).result.table.numbers("count") == [4_940])
+        // A shared table is read by its full name.
+        _ = try upload(alice, "public", folder + "/left.csv", shared: true)
+        #expect(try bob.run(CatalogQuery(dataset: "alice..public").count()).result.table.numbers("count") == [4_940])
+
+        // Refused: a survey dataset's name, `..`, a table over the quota, no positions, NaN positions.
+        #expect(failure { try upload(alice, "survey", folder + "/left.csv") }.contains("`survey` is a survey dataset"))
+        #expect(failure { try upload(alice, "a..b", folder + "/left.csv") }.contains("may not contain `..`"))
+        let dir = temporaryFolder("upload-input")
+        var big = "id,ra,dec,mag\n"
+        for i in 0..<40_000 { big += "\(i),\(Double(i % 3600) / 10),\(Double(i / 3600) - 20.5),20\n" }
+        try big.write(toFile: dir + "/big.csv", atomically: true, encoding: .utf8)
+        let quota = failure { try upload(alice, "big", dir + "/big.csv") }
+        #expect(quota.contains("over its quota of 1 MiB"), "\(quota)")
+        try "id,x,y\n1,2,3\n".write(toFile: dir + "/nopos.csv", atomically: true, encoding: .utf8)
+        let noPositions = failure { try upload(alice, "nopos", dir + "/nopos.csv") }
+        #expect(noPositions.contains("`ra`"), "\(noPositions)")
+        try "id,ra,dec\n1,10,20\n2,11,nan\n".write(toFile: dir + "/nan.csv", atomically: true, encoding: .utf8)
+        let nan = failure { try upload(alice, "nan", dir + "/nan.csv") }
+        #expect(nan.contains("dec") && nan.lowercased().contains("nan"), "\(nan)")
+        // Nothing refused was recorded.
+        #expect(Set(try alice.status().datasets.map(\.name)) == ["mine", "public", "survey"])
+
+        // A table whose lifetime ends is dropped.
+        _ = try upload(alice, "brief", folder + "/left.csv", lifetime: 1)
+        #expect(try alice.status().datasets.contains { $0.name == "brief" })
+        let deadline = Date().addingTimeInterval(10)
+        while try alice.status().datasets.contains(where: { $0.name == "brief" }) && Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(failure { try alice.run(CatalogQuery(dataset: "brief")) }.contains("no dataset named `brief`"))
+    }
+}

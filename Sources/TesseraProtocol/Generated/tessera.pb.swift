@@ -1711,6 +1711,15 @@ public nonisolated struct Tessera_V1_IngestBegin: Sendable {
 
   public var shards: [Tessera_V1_ShardSpec] = []
 
+  /// A user's own table (an upload): it goes into the user's workspace, visible to them alone
+  /// (unless `shared`), and is removed `lifetime_s` seconds after it is committed (0: a day). Its
+  /// name may not be a survey dataset's; the user's workspace has a quota of bytes.
+  public var workspace: Bool = false
+
+  public var lifetimeS: Double = 0
+
+  public var shared: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1744,6 +1753,10 @@ public nonisolated struct Tessera_V1_IngestPlan: Sendable {
 
   /// parallel to workers
   public var workerNames: [String] = []
+
+  /// The name the dataset is stored under, for StoreShard and IngestCommit (a workspace table's
+  /// is `USER..NAME`; empty: the name asked for).
+  public var dataset: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1961,6 +1974,14 @@ public nonisolated struct Tessera_V1_DatasetStatus: Sendable {
   public var raColumn: String = String()
 
   public var decColumn: String = String()
+
+  /// A user's table: its owner, whether others may read it (as `OWNER..NAME`), and the seconds
+  /// until it is removed.
+  public var owner: String = String()
+
+  public var shared: Bool = false
+
+  public var expiresInS: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4698,7 +4719,7 @@ nonisolated extension Tessera_V1_ShardSpec: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IngestBegin"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0\u{1}workspace\0\u{3}lifetime_s\0\u{1}shared\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4711,6 +4732,9 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeSingularBoolField(value: &self.replace) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.replicas) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.workspace) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.lifetimeS) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
       default: break
       }
     }
@@ -4732,6 +4756,15 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if !self.shards.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 5)
     }
+    if self.workspace != false {
+      try visitor.visitSingularBoolField(value: self.workspace, fieldNumber: 6)
+    }
+    if self.lifetimeS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.lifetimeS, fieldNumber: 7)
+    }
+    if self.shared != false {
+      try visitor.visitSingularBoolField(value: self.shared, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4741,6 +4774,9 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if lhs.replace != rhs.replace {return false}
     if lhs.replicas != rhs.replicas {return false}
     if lhs.shards != rhs.shards {return false}
+    if lhs.workspace != rhs.workspace {return false}
+    if lhs.lifetimeS != rhs.lifetimeS {return false}
+    if lhs.shared != rhs.shared {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4778,7 +4814,7 @@ nonisolated extension Tessera_V1_ShardPlacement: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IngestPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}placements\0\u{1}workers\0\u{3}worker_names\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}placements\0\u{1}workers\0\u{3}worker_names\0\u{1}dataset\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4791,6 +4827,7 @@ nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobu
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.placements) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.workers) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.workerNames) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
       default: break
       }
     }
@@ -4812,6 +4849,9 @@ nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobu
     if !self.workerNames.isEmpty {
       try visitor.visitRepeatedStringField(value: self.workerNames, fieldNumber: 5)
     }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4821,6 +4861,7 @@ nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobu
     if lhs.placements != rhs.placements {return false}
     if lhs.workers != rhs.workers {return false}
     if lhs.workerNames != rhs.workerNames {return false}
+    if lhs.dataset != rhs.dataset {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5253,7 +5294,7 @@ nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DatasetStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{1}owner\0\u{1}shared\0\u{3}expires_in_s\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5271,6 +5312,9 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
       case 8: try { try decoder.decodeRepeatedMessageField(value: &self.columns) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.owner) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
+      case 13: try { try decoder.decodeSingularDoubleField(value: &self.expiresInS) }()
       default: break
       }
     }
@@ -5307,6 +5351,15 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if !self.decColumn.isEmpty {
       try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 10)
     }
+    if !self.owner.isEmpty {
+      try visitor.visitSingularStringField(value: self.owner, fieldNumber: 11)
+    }
+    if self.shared != false {
+      try visitor.visitSingularBoolField(value: self.shared, fieldNumber: 12)
+    }
+    if self.expiresInS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.expiresInS, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5321,6 +5374,9 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.columns != rhs.columns {return false}
     if lhs.raColumn != rhs.raColumn {return false}
     if lhs.decColumn != rhs.decColumn {return false}
+    if lhs.owner != rhs.owner {return false}
+    if lhs.shared != rhs.shared {return false}
+    if lhs.expiresInS != rhs.expiresInS {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "TesseraWorker",
             dependencies: [
-                "TesseraProtocol", "TesseraCompute", "TesseraStorage", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -134,7 +134,7 @@ let package = Package(
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
-        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage"]),
+        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

@@ -265,6 +265,8 @@ public enum CatalogIngest {
                 req.pixel = s.pixel
                 req.columns = schema
                 req.indexColumn = indexColumn
+                req.raColumn = o.raColumn
+                req.decColumn = o.decColumn
                 req.rows = UInt64(s.rows.count)
                 req.marginRows = UInt64(marginRows[k])
                 var e = Envelope()

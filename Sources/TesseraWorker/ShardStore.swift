@@ -1,5 +1,6 @@
 import Foundation
 import TesseraProtocol
+import TesseraSky
 import TesseraStorage
 
 /// The catalog shards on this worker's disk: `ROOT/catalogs/DATASET/INGEST/orderK-pixP.shard`.
@@ -41,6 +42,29 @@ public struct ShardStore: Sendable {
         return removed
     }
 
+    /// Replaces the rows' index column with the order-29 index of their positions, and checks
+    /// that each lies in the shard's pixel (for its own rows; margin rows lie outside it).
+    static func indexFromPositions(_ r: Tessera_V1_StoreShard, _ cols: inout [ColumnData], inside pixel: (order: Int, pixel: Int64)?) throws(ShardError) {
+        let names = r.columns.map(\.name)
+        guard let a = names.firstIndex(of: r.raColumn), let d = names.firstIndex(of: r.decColumn), let ic = names.firstIndex(of: r.indexColumn),
+              r.columns[a].type != .columnBool, r.columns[d].type != .columnBool else {
+            throw .invalidInput("the position columns `\(r.raColumn)`, `\(r.decColumn)` or the index column `\(r.indexColumn)` are not numeric columns of this shard")
+        }
+        let ra = cols[a].doubles, dec = cols[d].doubles
+        var index = [Int64](repeating: 0, count: ra.count)
+        let shift = Int64(2 * (HEALPix.maxOrder - (pixel?.order ?? 0)))
+        for i in ra.indices {
+            guard ra[i].isFinite, dec[i] >= -90, dec[i] <= 90 else {
+                throw .invalidInput("row \(i) has no position on the sky (\(r.raColumn) \(ra[i]), \(r.decColumn) \(dec[i]))")
+            }
+            index[i] = HEALPix.spatialIndex(ra: ra[i], dec: dec[i])
+            if let pixel, index[i] >> shift != pixel.pixel {
+                throw .invalidInput("row \(i) at (\(ra[i]), \(dec[i])) is not inside shard order\(pixel.order)-pix\(pixel.pixel)")
+            }
+        }
+        cols[ic] = .int64(index)
+    }
+
     /// Writes one shard from a client's `StoreShard` message; the file is complete and on disk
     /// before the reply says so.
     public func store(_ r: Tessera_V1_StoreShard, frames: [[UInt8]], workerName: String) -> Tessera_V1_ShardStored {
@@ -70,8 +94,12 @@ public struct ShardStore: Sendable {
                     try frames[offset + c].withUnsafeBytes { try ColumnData(type: r.columns[c].type, rows: rows, storedBytes: $0) }
                 }
             }
-            let own = try columns(0, Int(r.rows))
-            let margin = withMargin ? try columns(n, Int(r.marginRows)) : nil
+            var own = try columns(0, Int(r.rows))
+            var margin = withMargin ? try columns(n, Int(r.marginRows)) : nil
+            if !r.raColumn.isEmpty || !r.decColumn.isEmpty {
+                try Self.indexFromPositions(r, &own, inside: (Int(r.order), r.pixel))
+                if margin != nil { try Self.indexFromPositions(r, &margin!, inside: nil) }
+            }
             let p = path(key)
             try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             let specs = r.columns.map { ColumnSpec($0.name, $0.type, unit: $0.unit, description: $0.description_p) }

@@ -1788,6 +1788,13 @@ public nonisolated struct Tessera_V1_StoreShard: Sendable {
 
   public var marginRows: UInt64 = 0
 
+  /// The position columns (degrees). When set, the worker computes every row's spatial index from
+  /// them itself, replacing the client's index column (a client's own HEALPix arithmetic may differ
+  /// in the last bit, a hostile one's in anything), and refuses a row outside the shard's pixel.
+  public var raColumn: String = String()
+
+  public var decColumn: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4869,7 +4876,7 @@ nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreShard"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0\u{1}columns\0\u{3}index_column\0\u{1}rows\0\u{3}margin_rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0\u{1}columns\0\u{3}index_column\0\u{1}rows\0\u{3}margin_rows\0\u{3}ra_column\0\u{3}dec_column\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4886,6 +4893,8 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
       case 7: try { try decoder.decodeSingularStringField(value: &self.indexColumn) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.marginRows) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
       default: break
       }
     }
@@ -4919,6 +4928,12 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
     if self.marginRows != 0 {
       try visitor.visitSingularUInt64Field(value: self.marginRows, fieldNumber: 9)
     }
+    if !self.raColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.raColumn, fieldNumber: 10)
+    }
+    if !self.decColumn.isEmpty {
+      try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4932,6 +4947,8 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
     if lhs.indexColumn != rhs.indexColumn {return false}
     if lhs.rows != rhs.rows {return false}
     if lhs.marginRows != rhs.marginRows {return false}
+    if lhs.raColumn != rhs.raColumn {return false}
+    if lhs.decColumn != rhs.decColumn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -291,6 +291,10 @@ class Connection:
             q = self._tagged.get(acc.client_tag)
             if q is not None:
                 q.put(env)
+        elif body in ("ingest_plan", "ingest_committed"):
+            q = self._tagged.get(getattr(env, body).client_tag)
+            if q is not None:
+                q.put(env)
         elif body == "error":
             err = env.error
             if err.client_tag and err.client_tag in self._tagged:

@@ -182,10 +182,27 @@ class Client:
         return pd.DataFrame(rows, columns=["name", "endpoint", "threads", "in_flight", "tasks_done", "rss_bytes", "stored_bytes"])
 
     def datasets(self) -> pd.DataFrame:
-        """One row per dataset: name, kind, rows, shards, bytes, columns (their names)."""
+        """One row per dataset you may read: name, kind, rows, shards, bytes, columns (their
+        names); for a user's table its owner, whether shared, and the hours until it is removed."""
         rows = [dict(name=d.name, kind=d.kind, rows=d.rows, shards=d.shards, bytes=d.bytes,
-                     columns=[c.name for c in d.columns]) for d in self.status().datasets]
-        return pd.DataFrame(rows, columns=["name", "kind", "rows", "shards", "bytes", "columns"])
+                     columns=[c.name for c in d.columns], owner=d.owner, shared=d.shared,
+                     expires_in_hours=d.expires_in_s / 3600 if d.owner else None) for d in self.status().datasets]
+        return pd.DataFrame(rows, columns=["name", "kind", "rows", "shards", "bytes", "columns", "owner", "shared", "expires_in_hours"])
+
+    def upload(self, table, name: str, *, ra: str = "ra", dec: str = "dec", lifetime_hours: float = 24.0,
+               shared: bool = False, replace: bool = False, max_rows_per_shard: int = 1_000_000) -> "Catalog":
+        """Stores a table of yours (a pandas DataFrame or an astropy Table of numbers and
+        booleans, positions in degrees) in your workspace on the cluster, and returns it as a
+        catalog: `client.upload(df, "xray").crossmatch("object", 1)`. It is yours alone unless
+        `shared` (others then read it as ``USER..NAME``), is removed after `lifetime_hours`, and
+        counts against your workspace's quota; its name may not be a survey dataset's. It has no
+        margin: cross-match it as the left side."""
+        from . import _upload
+        if not (lifetime_hours > 0):
+            raise QueryError("lifetime_hours must be positive")
+        _upload.upload(self._conn, table, name, ra, dec, lifetime_s=float(lifetime_hours) * 3600, shared=shared,
+                       replace=replace, max_rows_per_shard=int(max_rows_per_shard))
+        return self.catalog(name)
 
     def catalog(self, name: str) -> "Catalog":
         """A catalog by name; nothing runs until a question is asked of it."""

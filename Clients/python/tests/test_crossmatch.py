@@ -66,3 +66,40 @@ def test_a_radius_over_the_margin_says_why(client, tables):
         client.catalog("xm_left").crossmatch("xm_right", 60).count()
     with pytest.raises(tessera.QueryError, match="nearest` or `all"):
         client.catalog("xm_left").crossmatch("xm_right", 1, kind="closest")
+
+
+def test_an_uploaded_table_meets_the_survey(client, tables):
+    left, right = tables
+    rows = left.rename(columns={"ra": "RA", "dec": "DEC"})
+    mine = client.upload(rows, "my_sources", ra="RA", dec="DEC", replace=True)
+    assert mine.count() == len(left)
+    # Stored as given: every value back, in any order.
+    back = mine.select("id", "RA", "DEC", "mag").to_pandas().sort_values("id").reset_index(drop=True)
+    expected = rows.sort_values("id").reset_index(drop=True)
+    for c in ("id", "RA", "DEC", "mag"):
+        assert np.array_equal(back[c].to_numpy(), expected[c].to_numpy())
+    # Against the survey: astropy's pairs.
+    lc = SkyCoord(left["ra"].to_numpy() * u.deg, left["dec"].to_numpy() * u.deg)
+    rc = SkyCoord(right["ra"].to_numpy() * u.deg, right["dec"].to_numpy() * u.deg)
+    i, j, sep, _ = search_around_sky(lc, rc, 2 * u.arcsec)
+    expected_pairs = {(int(left["id"][a]), int(right["id"][b])) for a, b in zip(i, j)}
+    got = mine.crossmatch("xm_right", 2, kind="all").select("left_id", "right_id", "sep_arcsec").to_pandas()
+    assert set(pairs(got)) == expected_pairs
+    listed = client.datasets().set_index("name")
+    assert listed.loc["my_sources", "owner"] == client.user and 23 < listed.loc["my_sources", "expires_in_hours"] <= 24
+    assert listed.loc["xm_right", "owner"] == ""
+
+
+def test_uploads_refuse_what_cannot_be_stored(client, tables):
+    left, _ = tables
+    with pytest.raises(tessera.QueryError, match="no position column `ra`"):
+        client.upload(left.drop(columns=["ra"]), "t1")
+    bad = left.copy()
+    bad.loc[3, "dec"] = np.nan
+    with pytest.raises(tessera.QueryError, match="row 3 has no position on the sky"):
+        client.upload(bad, "t2")
+    with pytest.raises(tessera.QueryError, match="is a survey dataset"):
+        client.upload(left, "xm_right")
+    text = left.assign(label="x")
+    with pytest.raises(tessera.QueryError, match="column `label` is object"):
+        client.upload(text, "t3")

@@ -6,7 +6,7 @@ import TesseraStorage
 /// Operators that answer catalog questions: a scan of one shard on the worker that holds it,
 /// and the merge of partial answers (reduction tree nodes and progressive snapshots).
 public enum CatalogOperators {
-    public static let all: [TaskOperator] = [catalogScan, catalogMerge, crossmatchSide, crossmatch]
+    public static let all: [TaskOperator] = [catalogScan, catalogMerge, crossmatchSide, crossmatch, crossmatchCover]
 
     /// Parameters both operators read: blob `plan` (a serialized `CatalogQueryPlan`) and strings
     /// `ra`, `dec` (the dataset's position columns).
@@ -136,12 +136,43 @@ public enum CatalogOperators {
         var sideCtx = ctx
         sideCtx.params.strings["ra"] = ra
         sideCtx.params.strings["dec"] = dec
+        // Inputs, if any: covers of the left shards that read this side (a sparse left side
+        // needs only the right rows near its own).
+        var covers: [[Range<Int64>]] = []
+        for v in ctx.inputs {
+            guard case .int64Column(let c) = v, let r = Crossmatch.ranges(of: c) else { throw OperatorError(name, "an input is not a cover (\(v))") }
+            covers.append(r)
+        }
         let (reader, _, _) = try openShard(sideCtx, name)
         do throws(CatalogQueryError) {
-            return .bytes(try CrossmatchSide.read(reader, raColumn: ra, decColumn: dec, columns: columns.names).serialized())
+            return .bytes(try CrossmatchSide.read(reader, raColumn: ra, decColumn: dec, columns: columns.names,
+                                                  within: covers.isEmpty ? nil : Crossmatch.union(covers)).serialized())
         } catch {
             throw OperatorError(name, error.message, retryable: error.retryable)
         }
+    }
+
+    /// Where a left shard's rows are, widened by the radius (`Crossmatch.cover`): for the sides
+    /// of right shards much denser than the left rows that meet them.
+    public static let crossmatchCover = TaskOperator("crossmatch_cover", "where a left shard's rows are, for a cross-match") { ctx throws(OperatorError) in
+        let name = "crossmatch_cover"
+        let plan = try plan(ctx, name)
+        let (reader, _, _) = try openShard(ctx, name)
+        let footer = reader.footer
+        guard let ic = footer.columns.firstIndex(where: { $0.name == footer.indexColumn }) else {
+            throw OperatorError(name, "shard \(reader.path) has no spatial index column `\(footer.indexColumn)`")
+        }
+        var index: [Int64] = []
+        do {
+            for g in reader.ownRowGroups {
+                if case .int64(let a) = try reader.read(column: ic, rowGroup: g) { index += a }
+            }
+        } catch {
+            throw OperatorError(name, "\(error)", retryable: true)
+        }
+        let r = plan.crossmatch.radiusArcsec
+        guard r.isFinite, r > 0, r <= Limits.crossmatchRadiusArcsec else { throw OperatorError(name, "a cross-match radius of \(r)″ is out of range") }
+        return .int64Column(Crossmatch.value(of: Crossmatch.cover(index: index, radiusArcsec: r)))
     }
 
     /// Left rows of the task's shard paired with the right rows of its inputs (`crossmatch_side`

@@ -97,41 +97,71 @@ extension SchedulerCore {
         let params = CatalogOperators.crossmatchParams(plan: plan, raColumn: d.record.raColumn, decColumn: d.record.decColumn,
                                                        rightRa: r.record.raColumn, rightDec: r.record.decColumn,
                                                        rightColumns: checked.columns(of: Crossmatch.rightPrefix, among: r.columns))
-        var g = TaskGraph(operators: ["crossmatch_side", "crossmatch", "catalog_merge"], params: [params], dataKeys: d.keys + r.keys)
+        // First which right shards each left shard's tasks read: those overlapping it (with
+        // their margins), and for the part of it no right shard covers, those near it.
+        let radius = spec.radiusArcsec / 3600 * .pi / 180
+        var plans: [(p: Int, overlapping: [Int], near: [Int])] = []
+        var readers: [Int: [(p: Int, rows: Double)]] = [:]
+        for (p, _) in hits {
+            let own = d.range(p)
+            let overlapping = r.shards(meeting: [own]).map(\.shard)
+            var near: [Int] = []
+            if !Crossmatch.subtracting(overlapping.map { r.range($0) }, from: own).isEmpty {
+                // Right shards near the shard: within its bounding circle widened by the radius.
+                let cone = ConeRegion(center: HEALPix.centerVector(order: d.orders[p], pixel: d.pixels[p]),
+                                      radius: min(.pi, HEALPix.maxPixelRadius(order: d.orders[p]) * (1 + 1e-9) + radius))
+                near = r.shards(meeting: HEALPix.indexRanges(of: cone, resolution: min(14, max(4, d.orders[p] + 2)))).map(\.shard)
+            }
+            plans.append((p, overlapping, near))
+            let span = Double(max(1, own.count))
+            for q in overlapping {
+                let shared = Crossmatch.intersecting([own], [r.range(q)]).first?.count ?? 0
+                readers[q, default: []].append((p, Double(max(0, d.rows[p])) * Double(shared) / span))
+            }
+            for q in near where !overlapping.contains(q) { readers[q, default: []].append((p, Double(max(0, d.rows[p])))) }
+        }
+        // A right shard much denser than the left rows that meet it sends only its rows near
+        // them: the left shards' covers go to its side (a user's 100,000 rows against a survey
+        // of millions then read a few percent of its rows, not all).
+        var g = TaskGraph(operators: ["crossmatch_side", "crossmatch", "catalog_merge", "crossmatch_cover"], params: [params], dataKeys: d.keys + r.keys)
         var estimate = Tessera_V1_CostEstimate()
+        var coverTask: [Int: UInt32] = [:]
         var sideTask: [Int: UInt32] = [:]
+        func cover(_ p: Int) -> UInt32 {
+            if let t = coverTask[p] { return t }
+            let t = g.add(operatorIndex: 3, paramIndex: 1)
+            g.dataKey.append(UInt32(p + 1))
+            coverTask[p] = t
+            return t
+        }
         func side(_ q: Int) -> UInt32 {
             if let t = sideTask[q] { return t }
-            let t = g.add(operatorIndex: 0, paramIndex: 1)
+            let leftRows = (readers[q] ?? []).reduce(0) { $0 + $1.rows }
+            let sparse = leftRows * Self.coverRatio < Double(max(0, r.rows[q]))
+            let inputs = sparse ? Array(Set((readers[q] ?? []).map(\.p))).sorted().map(cover) : []
+            let t = g.add(operatorIndex: 0, inputs: inputs, paramIndex: 1)
             g.dataKey.append(UInt32(d.keys.count + q + 1))
             sideTask[q] = t
             estimate.shards &+= 1
-            estimate.rows &+= UInt64(max(0, r.rows[q]))
-            estimate.bytes &+= UInt64(max(0, r.bytes[q]))
+            let read = sparse ? min(1, leftRows * Self.coverRatio / Double(max(1, r.rows[q]))) : 1
+            estimate.rows &+= UInt64((Double(max(0, r.rows[q])) * read).rounded(.up))
+            estimate.bytes &+= UInt64((Double(max(0, r.bytes[q])) * read).rounded(.up))
             return t
         }
-        let radius = spec.radiusArcsec / 3600 * .pi / 180
         var pairs: [UInt32] = []
-        for (p, covered) in hits {
-            let own = d.range(p)
-            let overlapping = r.shards(meeting: [own]).map(\.shard)
+        for (p, overlapping, near) in plans {
             for q in overlapping {
                 let t = g.add(operatorIndex: 1, arg: 0, inputs: [side(q)], paramIndex: 1)
                 g.dataKey.append(UInt32(p + 1))
                 pairs.append(t)
             }
-            let uncovered = Crossmatch.subtracting(overlapping.map { r.range($0) }, from: own)
-            if !uncovered.isEmpty {
-                // Right shards near the shard: within its bounding circle widened by the radius.
-                let cone = ConeRegion(center: HEALPix.centerVector(order: d.orders[p], pixel: d.pixels[p]),
-                                      radius: min(.pi, HEALPix.maxPixelRadius(order: d.orders[p]) * (1 + 1e-9) + radius))
-                let near = r.shards(meeting: HEALPix.indexRanges(of: cone, resolution: min(14, max(4, d.orders[p] + 2)))).map(\.shard)
-                if !near.isEmpty {
-                    let t = g.add(operatorIndex: 1, arg: 1, inputs: near.map(side), paramIndex: 1)
-                    g.dataKey.append(UInt32(p + 1))
-                    pairs.append(t)
-                }
+            if !near.isEmpty {
+                let t = g.add(operatorIndex: 1, arg: 1, inputs: near.map(side), paramIndex: 1)
+                g.dataKey.append(UInt32(p + 1))
+                pairs.append(t)
             }
+        }
+        for (p, covered) in hits {
             estimate.shards &+= 1
             estimate.rows &+= UInt64((Double(max(0, d.rows[p])) * covered).rounded(.up))
             estimate.bytes &+= UInt64((Double(max(0, d.bytes[p])) * covered).rounded(.up))
@@ -144,6 +174,11 @@ extension SchedulerCore {
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
         return (g, estimate)
     }
+
+    /// A right shard with more than this many rows per left row meeting it sends only its rows
+    /// near theirs (a cover is 9 pixels per left row, each several radii wide: below this the
+    /// covers would hold most of the shard anyway, and cost their own pass over the left rows).
+    static let coverRatio = 36.0
 
     /// The registry's datasets as the planner uses them, read once and kept until an ingest
     /// commits (planning a question then costs no registry query, however many shards there are).

@@ -43,7 +43,14 @@ struct CrossmatchBench: ParsableCommand {
     @Option(help: "The LSDB anchor script.")
     var anchorScript = "scripts/anchor_crossmatch_lsdb.py"
 
+    @Option(help: "Instead: a user's upload against the survey. The folder anchor_catalog.py wrote (its 20M-row catalog is the survey, ingested once as for `bench catalog`).")
+    var survey: String?
+
+    @Option(help: "Rows of the uploaded table (with --survey): survey positions moved by 0.2″, 90% of them, and random ones.")
+    var uploadRows = 100_000
+
     func run() throws {
+        if let survey { return try uploadAgainst(survey) }
         guard rows > 0, radiusArcsec > 0, radiusArcsec <= 10, repeats > 0 else {
             throw ValidationError("--rows and --repeats must be positive, --radius-arcsec within (0, 10] (the ingest's margin)")
         }
@@ -101,6 +108,52 @@ struct CrossmatchBench: ParsableCommand {
         try p.run()
         p.waitUntilExit()
         guard p.terminationStatus == 0 else { throw ValidationError("the LSDB anchor failed (exit \(p.terminationStatus))") }
+    }
+
+    /// `--survey`: a table of `uploadRows` uploaded into the user's workspace, then cross-matched
+    /// (nearest, counted) against the 20M-row survey, each timed; warm (after one round).
+    func uploadAgainst(_ folder: String) throws {
+        let anchor = try AnchorCatalog.parse(["--data", folder, "--workers", "\(workers)"])
+        let (cluster, conn, surveyRows) = try anchor.start()
+        defer { cluster.stop() }
+        let file = folder + "/upload-\(uploadRows).fits"
+        if !FileManager.default.fileExists(atPath: file) {
+            // Survey positions (a seeded sample), moved as a second epoch would see them.
+            let fraction = min(1, Double(uploadRows) * 1.2 / Double(max(1, surveyRows)))
+            let t = try conn.run(CatalogQuery(dataset: AnchorCatalog.dataset).sample(fraction: fraction, seed: 5).select(["coord_ra", "coord_dec"]).maxRows(2 * uploadRows)).result.table
+            guard let ra = t.numbers("coord_ra"), let dec = t.numbers("coord_dec"), ra.count >= uploadRows else {
+                throw ValidationError("the survey gave too few positions for \(uploadRows) rows")
+            }
+            var rng = SplitMix64(seed: 0xC0FFEE)
+            var outRa = [Double](), outDec = [Double]()
+            for i in 0..<uploadRows {
+                func normal() -> Double {
+                    let u1 = max(rng.nextUnit(), .leastNonzeroMagnitude), u2 = rng.nextUnit()
+                    return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+                }
+                let moved = rng.nextUnit() < 0.9
+                let s = 0.2 / 3600
+                outDec.append(moved ? dec[i] + s * normal() : dec[(i * 7919) % ra.count] + 0.01)
+                outRa.append(moved ? ra[i] + s * normal() / cos(dec[i] * .pi / 180) : ra[(i * 104_729) % ra.count] + 0.01)
+            }
+            let specs = [ColumnSpec("id", .columnInt64), ColumnSpec("ra", .columnFloat64, unit: "deg"), ColumnSpec("dec", .columnFloat64, unit: "deg")]
+            try FITSTableWriter.write(to: file, columns: specs, data: [.int64((0..<Int64(uploadRows)).map { $0 }), .float64(outRa), .float64(outDec)])
+        }
+        var o = IngestOptions(dataset: "mine", files: [file])
+        (o.raColumn, o.decColumn, o.workspace, o.replace, o.replicas) = ("ra", "dec", true, true, workers)
+        let question = CatalogQuery(dataset: "mine").crossmatch(AnchorCatalog.dataset, radiusArcsec: radiusArcsec).count()
+        for round in 0..<(repeats + 1) {
+            let t0 = now()
+            _ = try CatalogIngest.run(o, connection: conn)
+            let t1 = now()
+            let u = try conn.run(question)
+            let t2 = now()
+            if round == 0 { continue }   // warm-up
+            let line = jsonLine([("bench", "crossmatch_upload"), ("upload_rows", uploadRows), ("survey_rows", surveyRows), ("radius_arcsec", radiusArcsec),
+                                 ("pairs", Int(u.result.rowsMatched)), ("upload_seconds", Double(t1 - t0) / 1e9), ("crossmatch_seconds", Double(t2 - t1) / 1e9),
+                                 ("total_seconds", Double(t2 - t0) / 1e9), ("survey_rows_read", Int(u.result.rowsScanned)), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
+            FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        }
     }
 
     /// The two catalogs: objectId, coord_ra, coord_dec and r_psfFlux of each.

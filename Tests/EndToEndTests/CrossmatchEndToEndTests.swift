@@ -111,6 +111,38 @@ struct CrossmatchEndToEndTests {
         }
     }
 
+    /// A left catalog far sparser than the right one: each right shard sends only its rows near
+    /// the left rows (their covers), and the pairs are still astropy's.
+    @Test func aSparseLeftSideReadsOnlyTheRightRowsNearIt() throws {
+        let all = try Self.pairs("pairs_all.csv")
+        let text = try String(contentsOfFile: Self.folder + "/left.csv", encoding: .utf8)
+        let lines = text.split(separator: "\n")
+        // Every 40th row, and the rows beside the pixel where the right catalog has no shard.
+        var kept: Set<Int64> = []
+        var sparse = String(lines[0]) + "\n"
+        for line in lines.dropFirst() {
+            guard let id = Int64(line.split(separator: ",")[0]) else { continue }
+            if (id / 10) % 40 == 0 || id / 10 > 4_900 { kept.insert(id); sparse += line + "\n" }
+        }
+        let dir = temporaryFolder("xmatch-sparse")
+        try sparse.write(toFile: dir + "/sparse.csv", atomically: true, encoding: .utf8)
+        let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("xmatch-sparse-data"))
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "few", files: [dir + "/sparse.csv"])
+        (o.raColumn, o.decColumn, o.maxRowsPerShard, o.replicas) = ("ra", "dec", 100_000, 1)
+        _ = try CatalogIngest.run(o, connection: conn)
+        try ingest(conn, "survey", "right.csv", shardRows: 1_000, replicas: 1)
+        let u = try conn.run(CatalogQuery(dataset: "few").crossmatch("survey", radiusArcsec: 2, .all).select(["left_id", "right_id", "sep_arcsec"]))
+        let expected = all.filter { kept.contains($0.key.left) }
+        #expect(expected.count > 150)
+        #expect(Self.same(Self.collected(u.result.table), expected), "\(Self.collected(u.result.table).count) pairs vs \(expected.count)")
+        // Nearest over the same covers: astropy's nearest for each kept row.
+        let nearest = try Self.pairs("pairs_nearest.csv").filter { kept.contains($0.key.left) }
+        let counted = try conn.run(CatalogQuery(dataset: "few").crossmatch("survey", radiusArcsec: 2).count())
+        #expect(counted.result.table.numbers("count") == [Double(nearest.count)])
+    }
+
     @Test func badCrossmatchesAreRefusedClearly() throws {
         let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("xmatch-bad"))
         defer { cluster.stop() }

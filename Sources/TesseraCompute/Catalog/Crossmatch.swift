@@ -94,6 +94,92 @@ public enum Crossmatch {
         return Checked(pairs: pairs, region: try CheckedCatalogQuery.region(plan), spec: spec)
     }
 
+    // MARK: Covers: where a sparse left side's rows are
+
+    /// The HEALPix order of a cover for `radiusArcsec`: pixels at least four radii wide, so a
+    /// row's pixel and its eight neighbours hold every point within the radius of it.
+    public static func coverOrder(radiusArcsec r: Double) -> Int {
+        let widest = 58.6 * 3600 / (4 * max(r, 1e-6))   // 2^order ≤ this
+        var order = 0
+        while order < 20 && Double(1 << (order + 1)) <= widest { order += 1 }
+        return order
+    }
+
+    /// Order-29 index ranges (ascending, disjoint) holding every point within the radius of the
+    /// given rows' positions: each row's pixel at ``coverOrder(radiusArcsec:)`` and its neighbours.
+    public static func cover(index: [Int64], radiusArcsec: Double) -> [Range<Int64>] {
+        let order = coverOrder(radiusArcsec: radiusArcsec)
+        let shift = Int64(2 * (HEALPix.maxOrder - order))
+        var pixels: [Int64] = []
+        pixels.reserveCapacity(index.count * 9)
+        var last: Int64 = -1
+        for i in index {
+            let p = i >> shift
+            if p == last { continue }   // rows ascend by index: a pixel's rows come together
+            last = p
+            pixels.append(p)
+            for n in HEALPix.neighbours(order: order, pixel: p) where n >= 0 { pixels.append(n) }
+        }
+        pixels.sort()
+        var out: [Range<Int64>] = []
+        for p in pixels {
+            let r = (p << shift)..<((p + 1) << shift)
+            if let l = out.last, l.upperBound >= r.lowerBound {
+                if r.upperBound > l.upperBound { out[out.count - 1] = l.lowerBound..<r.upperBound }
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    /// Whether an index lies in one of `ranges` (ascending, disjoint): binary search.
+    @inline(__always) static func contains(_ ranges: [Range<Int64>], _ x: Int64) -> Bool {
+        var a = 0, b = ranges.count
+        while a < b {
+            let m = (a + b) >> 1
+            if ranges[m].upperBound <= x { a = m + 1 } else { b = m }
+        }
+        return a < ranges.count && ranges[a].lowerBound <= x
+    }
+
+    /// Whether any of `ranges` (ascending, disjoint) meets `lo ... hi`.
+    static func meets(_ ranges: [Range<Int64>], _ lo: Int64, _ hi: Int64) -> Bool {
+        var a = 0, b = ranges.count
+        while a < b {
+            let m = (a + b) >> 1
+            if ranges[m].upperBound <= lo { a = m + 1 } else { b = m }
+        }
+        return a < ranges.count && ranges[a].lowerBound <= hi
+    }
+
+    /// Ranges as a value (`lower, upper` pairs) and back (nil for one malformed).
+    public static func value(of ranges: [Range<Int64>]) -> [Int64] { ranges.flatMap { [$0.lowerBound, $0.upperBound] } }
+    public static func ranges(of v: [Int64]) -> [Range<Int64>]? {
+        guard v.count % 2 == 0 else { return nil }
+        var out: [Range<Int64>] = []
+        out.reserveCapacity(v.count / 2)
+        for k in stride(from: 0, to: v.count, by: 2) {
+            guard v[k] < v[k + 1], out.last.map({ $0.upperBound <= v[k] }) ?? true else { return nil }
+            out.append(v[k]..<v[k + 1])
+        }
+        return out
+    }
+
+    /// The union of several ascending lists of disjoint ranges.
+    public static func union(_ lists: [[Range<Int64>]]) -> [Range<Int64>] {
+        if lists.count == 1 { return lists[0] }
+        var out: [Range<Int64>] = []
+        for r in lists.joined().sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let l = out.last, l.upperBound >= r.lowerBound {
+                if r.upperBound > l.upperBound { out[out.count - 1] = l.lowerBound..<r.upperBound }
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
     // MARK: Index ranges
 
     /// The order-29 index range of a pixel (empty for one out of range).
@@ -142,17 +228,46 @@ public struct CrossmatchSide: Sendable {
 
     public var rows: Int { ra.count }
 
-    /// Reads every row group (own and margin) of `reader`.
-    public static func read(_ reader: ShardReader, raColumn: String, decColumn: String, columns names: [String]) throws(CatalogQueryError) -> CrossmatchSide {
-        let data: [ColumnData]
+    /// Reads every row group (own and margin) of `reader`; with `within`, only the rows whose
+    /// index lies in those ranges (where a sparse left side's rows are).
+    public static func read(_ reader: ShardReader, raColumn: String, decColumn: String, columns names: [String],
+                            within: [Range<Int64>]? = nil) throws(CatalogQueryError) -> CrossmatchSide {
+        let footer = reader.footer
+        guard let within else {
+            let data: [ColumnData]
+            do {
+                data = try reader.read(columns: [raColumn, decColumn] + names, rowGroups: Array(0..<reader.rowGroupCount))
+            } catch {
+                throw CatalogQueryError("\(error)", retryable: true)
+            }
+            return CrossmatchSide(order: Int(footer.order), pixel: footer.pixel, ownRows: Int(clamping: footer.rows),
+                                  ra: data[0].doubles, dec: data[1].doubles, names: names, columns: data.dropFirst(2).map(RowValues.init))
+        }
+        var out = CrossmatchSide(order: Int(footer.order), pixel: footer.pixel, ownRows: 0, ra: [], dec: [], names: names, columns: [])
+        var chunks = [[RowValues]](repeating: [], count: names.count)
         do {
-            data = try reader.read(columns: [raColumn, decColumn] + names, rowGroups: Array(0..<reader.rowGroupCount))
+            let numbers = try ([raColumn, decColumn] + names).map { (n) throws(ShardError) in try reader.columnIndex(n) }
+            guard let ic = footer.columns.firstIndex(where: { $0.name == footer.indexColumn }) else {
+                throw CatalogQueryError("shard \(reader.path) has no spatial index column `\(footer.indexColumn)`")
+            }
+            for g in 0..<reader.rowGroupCount {
+                let rg = footer.rowGroups[g]
+                guard Crossmatch.meets(within, rg.indexMin, rg.indexMax) else { continue }
+                guard case .int64(let index) = try reader.read(column: ic, rowGroup: g) else { continue }
+                let picked = index.indices.filter { Crossmatch.contains(within, index[$0]) }
+                if picked.isEmpty { continue }
+                out.ra += try reader.read(column: numbers[0], rowGroup: g).gathered(picked).doubles
+                out.dec += try reader.read(column: numbers[1], rowGroup: g).gathered(picked).doubles
+                for k in names.indices { chunks[k].append(RowValues(try reader.read(column: numbers[k + 2], rowGroup: g).gathered(picked))) }
+                if g < Int(footer.marginFirstGroup) { out.ownRows += picked.count }
+            }
+        } catch let e as CatalogQueryError {
+            throw e
         } catch {
             throw CatalogQueryError("\(error)", retryable: true)
         }
-        let footer = reader.footer
-        return CrossmatchSide(order: Int(footer.order), pixel: footer.pixel, ownRows: Int(clamping: footer.rows),
-                              ra: data[0].doubles, dec: data[1].doubles, names: names, columns: data.dropFirst(2).map(RowValues.init))
+        out.columns = names.indices.map { k in chunks[k].isEmpty ? RowValues(ColumnData.empty(reader.footer.columns.first { $0.name == names[k] }?.type ?? .columnFloat64)) : RowValues.joined(chunks[k]) }
+        return out
     }
 
     /// The wire form (`CrossmatchSide` in catalog.proto); the columns are written in place.

@@ -133,14 +133,39 @@ public enum Crossmatch {
         return out
     }
 
-    /// Whether an index lies in one of `ranges` (ascending, disjoint): binary search.
-    @inline(__always) static func contains(_ ranges: [Range<Int64>], _ x: Int64) -> Bool {
-        var a = 0, b = ranges.count
-        while a < b {
-            let m = (a + b) >> 1
-            if ranges[m].upperBound <= x { a = m + 1 } else { b = m }
+    /// The rows of an ascending index that lie in `ranges` (ascending, disjoint): one sweep
+    /// over both, each range found by binary search from where the last row was.
+    static func rows(of index: [Int64], within ranges: [Range<Int64>]) -> [Int] {
+        var out: [Int] = []
+        var k = 0
+        var i = 0
+        while i < index.count && k < ranges.count {
+            let x = index[i]
+            if ranges[k].upperBound <= x {
+                // The first range ending past x.
+                var a = k + 1, b = ranges.count
+                while a < b {
+                    let m = (a + b) >> 1
+                    if ranges[m].upperBound <= x { a = m + 1 } else { b = m }
+                }
+                k = a
+                continue
+            }
+            if ranges[k].lowerBound <= x {
+                out.append(i)
+                i += 1
+            } else {
+                // Skip the rows before this range: binary search for its start.
+                var a = i + 1, b = index.count
+                let lo = ranges[k].lowerBound
+                while a < b {
+                    let m = (a + b) >> 1
+                    if index[m] < lo { a = m + 1 } else { b = m }
+                }
+                i = a
+            }
         }
-        return a < ranges.count && ranges[a].lowerBound <= x
+        return out
     }
 
     /// Whether any of `ranges` (ascending, disjoint) meets `lo ... hi`.
@@ -254,7 +279,7 @@ public struct CrossmatchSide: Sendable {
                 let rg = footer.rowGroups[g]
                 guard Crossmatch.meets(within, rg.indexMin, rg.indexMax) else { continue }
                 guard case .int64(let index) = try reader.read(column: ic, rowGroup: g) else { continue }
-                let picked = index.indices.filter { Crossmatch.contains(within, index[$0]) }
+                let picked = Crossmatch.rows(of: index, within: within)
                 if picked.isEmpty { continue }
                 out.ra += try reader.read(column: numbers[0], rowGroup: g).gathered(picked).doubles
                 out.dec += try reader.read(column: numbers[1], rowGroup: g).gathered(picked).doubles

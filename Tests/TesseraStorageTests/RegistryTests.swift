@@ -35,12 +35,28 @@ func sampleDataset(_ name: String, rows: Int64 = 100) -> DatasetRecord {
         #expect(third.epoch == 3 && third.firstJobID == 340)
     }
 
+    /// A user's table keeps its owner, sharing and expiry, and is listed once its lifetime ends.
+    @Test func usersTablesKeepTheirOwnerAndExpire() throws {
+        let r = try Registry()
+        var table = sampleDataset("alice..mine")
+        (table.owner, table.shared, table.expiresAt) = ("alice", true, Date().addingTimeInterval(-1))
+        var later = sampleDataset("bob..mine")
+        (later.owner, later.expiresAt) = ("bob", Date().addingTimeInterval(3_600))
+        for d in [table, later, sampleDataset("object")] { _ = try r.commitIngest(d, shards: [], replicas: [], replace: false) }
+        let back = try #require(try r.dataset(named: "alice..mine"))
+        #expect(back.owner == "alice" && back.shared && back.isVisible(to: "carol") && back.name(for: "alice") == "mine")
+        let bobs = try #require(try r.dataset(named: "bob..mine"))
+        #expect(!bobs.isVisible(to: "alice") && bobs.isVisible(to: "bob") && bobs.name(for: "alice") == "bob..mine")
+        #expect(try r.dataset(named: "object")?.owner == "" && r.dataset(named: "object")?.expiresAt == nil)
+        #expect(try r.expiredDatasets(before: Date()).map(\.name) == ["alice..mine"])
+    }
+
     /// A real SQLite file in a temporary folder, opened again to show it persists.
     @Test func ingestIsRecordedAndSurvivesReopening() throws {
         let path = tempPath("registry-\(UInt32.random(in: 0...UInt32.max)).sqlite")
         do {
             let r = try Registry(path: path)
-            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers", "v2: ingest ids", "v3: scheduler epochs and job ids"])
+            #expect(try r.appliedMigrations() == ["v1: datasets, shards, replicas, workers", "v2: ingest ids", "v3: scheduler epochs and job ids", "v4: users' workspaces"])
             let shards = [ShardRecord(order: 5, pixel: 10, rows: 60, marginRows: 3, bytes: 1000, checksum: -5),
                           ShardRecord(order: 6, pixel: 44, rows: 40, marginRows: 1, bytes: 800, checksum: 7)]
             let d = try r.commitIngest(sampleDataset("object"), shards: shards, replicas: [["w0", "w1"], ["w1", "w2"]], replace: false)

@@ -129,6 +129,12 @@ struct OutputOptions: ParsableArguments {
     @Flag(help: "Show partial results while the job runs.")
     var progress = false
 
+    @Option(help: "Keep the rows (with --select) as a table of this name in your workspace, as `tessera upload` would (a day's lifetime; --replace-stored replaces one).")
+    var store: String?
+
+    @Flag(help: "With --store: replace a table of that name.")
+    var replaceStored = false
+
     func validate() throws {
         guard ["table", "csv", "json", "fits"].contains(format) else { throw ValidationError("--format must be table, csv, json or fits") }
         if format == "fits" && output == nil { throw ValidationError("--format fits needs -o FILE") }
@@ -192,9 +198,36 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
         let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
         FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
     })
-    try ResultOutput.write(final.result.table, format: out.format, to: out.output)
+    if let name = out.store {
+        try storeRows(final.result.table, as: name, of: q, conn: conn, replace: out.replaceStored)
+    } else {
+        try ResultOutput.write(final.result.table, format: out.format, to: out.output)
+    }
     let r = final.result
     FileHandle.standardError.write("\(r.shards) shards, \(r.rowsScanned) rows read, \(r.rowsMatched) matched, \(String(format: "%.3f", final.seconds)) s\n".data(using: .utf8)!)
+}
+
+/// `--store`: a question's rows kept as a table in the user's workspace (written to a FITS file
+/// here and uploaded). Positions are the dataset's own position columns (`left_` ones for a
+/// cross-match), which the rows must hold.
+func storeRows(_ t: ResultTable, as name: String, of q: CatalogQuery, conn: SchedulerConnection, replace: Bool) throws {
+    guard q.plan.hasRows else { throw ValidationError("--store keeps rows: give --select") }
+    guard let d = try conn.status().datasets.first(where: { $0.name == q.plan.dataset }) else {
+        throw ValidationError("no dataset named `\(q.plan.dataset)`")
+    }
+    let prefix = q.plan.hasCrossmatch ? Crossmatch.leftPrefix : ""
+    let (ra, dec) = (prefix + d.raColumn, prefix + d.decColumn)
+    guard t.names.contains(ra), t.names.contains(dec) else {
+        throw ValidationError("--store needs the positions among the selected columns: add \(ra) and \(dec) to --select")
+    }
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).fits").path
+    defer { try? FileManager.default.removeItem(atPath: file) }
+    try ResultOutput.write(t, format: "fits", to: file)
+    var o = IngestOptions(dataset: name, files: [file])
+    (o.raColumn, o.decColumn, o.workspace, o.replace) = (ra, dec, true, replace)
+    o.replicas = min(Limits.replicas, max(1, try conn.status().workers.count))
+    let done = try CatalogIngest.run(o, connection: conn)
+    FileHandle.standardError.write(Data("stored `\(done.dataset)`: \(done.rows) rows in \(done.shards) shards, in your workspace\n".utf8))
 }
 
 struct CrossmatchCommand: ParsableCommand {

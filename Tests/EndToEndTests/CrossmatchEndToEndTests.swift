@@ -175,6 +175,15 @@ struct CrossmatchEndToEndTests {
             if f.count == 3, let l = Int64(f[0]), let r = Int64(f[1]), let d = Double(f[2]) { pairs[Pair(left: l, right: r)] = d }
         }
         #expect(Self.same(pairs, try Self.pairs("pairs_all.csv")), "\(pairs.count) pairs from the command line")
+        // The nearest pairs kept as a table, then asked a question of.
+        let stored = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "2", "--select", "left_id,left_ra,left_dec,right_id,sep_arcsec",
+                                      "--store", "pairs"] + ep)
+        #expect(stored.status == 0 && stored.err.contains("stored `pairs`"), "\(stored.err)")
+        let nearest = try Self.pairs("pairs_nearest.csv")
+        let close = try cli.tessera(["query", "--dataset", "pairs", "--where", "sep_arcsec < 0.5", "--agg", "count", "--format", "csv"] + ep)
+        #expect(close.out.split(separator: "\n").last.flatMap { Double($0) } == Double(nearest.values.filter { $0 < 0.5 }.count), "\(close.out)\(close.err)")
+        let noPositions = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "2", "--select", "left_id", "--store", "p2"] + ep)
+        #expect(noPositions.status != 0 && noPositions.err.contains("add left_ra and left_dec to --select"), "\(noPositions.err)")
         let tooWide = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "11"] + ep)
         #expect(tooWide.status != 0 && tooWide.err.contains("margin of 10.0″"), "\(tooWide.err)")
     }

@@ -604,6 +604,22 @@ class Query:
             cols = [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
         return pd.DataFrame(dict(zip(labels, cols)), copy=False)
 
+    def store(self, name: str, *, ra: Optional[str] = None, dec: Optional[str] = None, lifetime_hours: float = 24.0,
+              shared: bool = False, replace: bool = False, max_rows: int = 0, progress: Optional[bool] = None) -> "Catalog":
+        """Keeps this question's rows (the selected columns) as a table in your workspace, to
+        ask further questions of: `client.catalog("xray").crossmatch("object", 1).store("xray_matched")`.
+        The rows come to this client and go back as an upload (`Client.upload`). Positions are
+        `ra`/`dec`, by default the dataset's own position columns (`left_` ones for a cross-match)."""
+        if ra is None or dec is None:
+            d = next((d for d in self.client.status().datasets if d.name == self.dataset), None)
+            if d is None:
+                raise QueryError(f"no dataset named `{self.dataset}`")
+            prefix = "left_" if self.match else ""
+            ra = ra or prefix + d.ra_column
+            dec = dec or prefix + d.dec_column
+        df = self.to_pandas(max_rows=max_rows, progress=progress)
+        return self.client.upload(df, name, ra=ra, dec=dec, lifetime_hours=lifetime_hours, shared=shared, replace=replace)
+
     def to_astropy(self, *, max_rows: int = 0, progress: Optional[bool] = None):
         """As `to_pandas`, as an astropy Table with each stored column's unit and description."""
         from astropy.table import Table

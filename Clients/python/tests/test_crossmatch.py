@@ -90,6 +90,16 @@ def test_an_uploaded_table_meets_the_survey(client, tables):
     assert listed.loc["xm_right", "owner"] == ""
 
 
+def test_a_cross_match_is_stored_as_a_table_of_its_own(client, tables):
+    q = client.catalog("xm_left").crossmatch("xm_right", 2).select("left_id", "left_ra", "left_dec", "right_id", "sep_arcsec")
+    pairs_now = pairs(q.to_pandas())
+    kept = q.store("xm_pairs", replace=True)
+    assert kept.count() == len(pairs_now)
+    # A question of the stored table: the pairs closer than 0.5", as the first answer has them.
+    close = kept.where("sep_arcsec < 0.5").select("left_id", "right_id", "sep_arcsec").to_pandas()
+    assert set(pairs(close)) == {p for p, s in pairs_now.items() if s < 0.5}
+
+
 def test_uploads_refuse_what_cannot_be_stored(client, tables):
     left, _ = tables
     with pytest.raises(tessera.QueryError, match="no position column `ra`"):

@@ -52,7 +52,9 @@ enum StatusReport {
         if s.datasets.isEmpty { out += "  (none)\n" }
         for d in s.datasets {
             let warn = d.shardsWithoutLiveReplica > 0 ? "  ⚠ \(d.shardsWithoutLiveReplica) shards have no live copy" : ""
-            out += pad([d.name, d.kind, "\(d.rows) rows", "\(d.shards) shards", mib(d.bytes), "≥\(d.minReplicas) live copies"]) + warn + "\n"
+            // A user's table: whose, shared or not, and how long it has left.
+            let table = d.owner.isEmpty ? "" : "  table of \(d.owner)\(d.shared ? ", shared" : ""), \(String(format: "%.1f", d.expiresInS / 3600)) h left"
+            out += pad([d.name, d.kind, "\(d.rows) rows", "\(d.shards) shards", mib(d.bytes), "≥\(d.minReplicas) live copies"]) + table + warn + "\n"
         }
         out += "\njobs:\n"
         if s.jobs.isEmpty { out += "  (none)\n" }

@@ -109,6 +109,11 @@ extension SchedulerCore {
         guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
         var dataset = b.dataset
         var workspace: WorkspaceTable?
+        // The survey's datasets are the cluster's: only an admin key loads or replaces them.
+        // Everyone else loads tables into their own workspace.
+        guard b.workspace || identity.isAdmin else {
+            return refuse("only an admin key may load survey datasets; this key is user `\(identity.user)`: upload a table of your own into your workspace instead (tessera upload)")
+        }
         if b.workspace {
             switch workspaceProblem(b, user: identity.user) {
             case .refused(let why): return refuse(why)
@@ -228,16 +233,23 @@ extension SchedulerCore {
         if let survey = all[b.dataset], survey.record.owner.isEmpty {
             return .refused("`\(b.dataset)` is a survey dataset: a table of yours needs another name")
         }
-        var used: UInt64 = 0
-        for d in all.values where d.record.owner == user && d.record.name != name {
-            used &+= UInt64(d.bytes.reduce(0) { $0 + max(0, $1) })
-        }
-        let asked = b.shards.reduce(UInt64(0)) { $0 &+ $1.bytes }
+        let used = workspaceBytes(of: user, except: name)
+        let asked = b.shards.reduce(UInt64(0)) { $0 &+ $1.bytes } &* UInt64(max(1, b.replicas))
         let quota = config.workspaceQuotaBytes
         guard used &+ asked <= quota else {
             return .refused("this upload of about \(asked >> 20) MiB would take your workspace to \((used &+ asked) >> 20) MiB, over its quota of \(quota >> 20) MiB: remove or let expire tables you no longer need (yours now hold \(used >> 20) MiB)")
         }
         return .table(name: name, WorkspaceTable(owner: user, shared: b.shared, expiresAt: .distantFuture))
+    }
+
+    /// Bytes a user's tables hold (every copy), but for the one named `except` (being replaced).
+    mutating func workspaceBytes(of user: String, except: String) -> UInt64 {
+        guard let all = try? plannedDatasets() else { return 0 }
+        var used: UInt64 = 0
+        for d in all.values where d.record.owner == user && d.record.name != except {
+            for (bytes, holders) in zip(d.bytes, d.workers) { used &+= UInt64(max(0, bytes)) &* UInt64(max(1, holders.count)) }
+        }
+        return used
     }
 
     /// How long a user's table lives: as asked within `Limits.workspaceLifetimeSeconds`, a day by default.
@@ -359,8 +371,16 @@ extension SchedulerCore {
         // What a replaced dataset held becomes orphaned once the new one is committed.
         let replaced = (try? plannedDatasets())?[c.dataset]
         do {
-            // A table's lifetime runs from its commit.
+            // A table's lifetime runs from its commit; its quota is checked again with the bytes
+            // its workers reported (the client's estimate at the start was its own claim).
             let table = p.workspace.map { WorkspaceTable(owner: $0.owner, shared: $0.shared, expiresAt: Date().addingTimeInterval(p.lifetime)) }
+            if let t = table {
+                let stored = commit.shards.reduce(UInt64(0)) { $0 &+ $1.bytes &* UInt64(max(1, $1.workers.count)) }
+                let used = workspaceBytes(of: t.owner, except: c.dataset)
+                guard used &+ stored <= config.workspaceQuotaBytes else {
+                    return refuse("this upload stored \(stored >> 20) MiB, which would take your workspace to \((used &+ stored) >> 20) MiB, over its quota of \(config.workspaceQuotaBytes >> 20) MiB")
+                }
+            }
             try catalog.commit(commit, ingestId: id, workspace: table)
             planned = nil
         } catch {

@@ -395,7 +395,17 @@ public struct SchedulerCore {
                 return
             }
         }
-        for key in graph.dataKeys where (holders[key] ?? []).isEmpty {
+        // A graph may name data keys itself: a user's table is read by those who may read it
+        // (an unreadable one gets the answer a missing one gets).
+        let readsAll = identity.isAdmin && s.onBehalfOf.isEmpty
+        let planned = readsAll || graph.dataKeys.isEmpty ? nil : try? plannedDatasets()
+        func readable(_ key: String) -> Bool {
+            if readsAll { return true }
+            guard let k = ShardKey(key) else { return true }   // not a shard: the workers will say
+            if let d = planned?[k.dataset] { return d.record.isVisible(to: user) }
+            return !k.dataset.contains("..")   // a user's table the registry no longer lists
+        }
+        for key in graph.dataKeys where (holders[key] ?? []).isEmpty || !readable(key) {
             send(.client(connection), errorEnvelope(.errorDataUnavailable, "no live worker holds data `\(key)`", clientTag: s.clientTag))
             return
         }

@@ -93,7 +93,14 @@ public struct SkyPairIndex: Sendable {
             if hi - lo <= hiShifted - loShifted {
                 if hi - lo < 300 { (origin, span) = (lo, hi - lo) }
             } else if hiShifted - loShifted < 300 {
-                (origin, span) = (Self.wrapped(loShifted - 180), hiShifted - loShifted)
+                // The westernmost row's own right ascension (not one recomputed from the shifted
+                // frame, which may round past it and wrap that row to the arc's far end).
+                var west = 0.0, westKey = Double.infinity
+                for i in valid {
+                    let a = Self.wrapped(raIn[Int(i)]), b = Self.wrapped(a + 180)
+                    if b < westKey { (west, westKey) = (a, b) }
+                }
+                (origin, span) = (west, hiShifted - loShifted)
             }
         }
         raOrigin = origin
@@ -141,7 +148,7 @@ public struct SkyPairIndex: Sendable {
         var starts = [Int32](repeating: 0, count: cells + 1)
         for (k, i) in valid.enumerated() {
             let b = Self.zone(decIn[Int(i)], height) - first
-            let c = Int(firsts[b]) + Self.bin(Self.wrapped(raIn[Int(i)] - origin), widths[b], Int(counts[b]))
+            let c = Int(firsts[b]) + Self.bin(Self.key(raIn[Int(i)], origin, span), widths[b], Int(counts[b]))
             cellOf[k] = Int32(c)
             starts[c + 1] += 1
         }
@@ -161,6 +168,13 @@ public struct SkyPairIndex: Sendable {
             xs[k] = v.x; ys[k] = v.y; zs[k] = v.z
         }
         x = xs; y = ys; z = zs
+    }
+
+    /// An indexed row's place along the arc `0 ... span` from `origin`: a rounding that puts it
+    /// just outside (past the far end, or wrapped to just below 360) goes to the nearer end.
+    @inline(__always) static func key(_ ra: Double, _ origin: Double, _ span: Double) -> Double {
+        let k = wrapped(ra - origin)
+        return k <= span ? k : (k - span < 360 - k ? span : 0)
     }
 
     /// The bin of `key` in a band of `bins` bins `width` wide: clamped to the band, in floating
@@ -207,7 +221,8 @@ public struct SkyPairIndex: Sendable {
 
     /// Indexed positions within the radius of each of `ra`/`dec` (degrees), by position then
     /// separation (ties by indexed number); with `nearest`, only the first that many per position.
-    public func pairs(ra qra: [Double], dec qdec: [Double], nearest: Int? = nil) -> Pairs {
+    /// - Returns: nil as soon as more than `limit` pairs are found (their memory is bounded).
+    public func pairs(ra qra: [Double], dec qdec: [Double], nearest: Int? = nil, limit: Int = .max) -> Pairs? {
         var out = Pairs()
         if row.isEmpty { return out }
         let keep = nearest.map { max(1, $0) } ?? Int.max
@@ -222,6 +237,7 @@ public struct SkyPairIndex: Sendable {
                     out.left.append(Int32(i))
                     out.right.append(bestRow)
                     out.separationArcsec.append(Self.separationArcsec(chordSquared: best))
+                    if out.count > limit { return nil }
                 }
             }
             return out
@@ -237,6 +253,7 @@ public struct SkyPairIndex: Sendable {
                 out.right.append(f.row)
                 out.separationArcsec.append(Self.separationArcsec(chordSquared: f.c2))
             }
+            if out.count > limit || found.count > limit { return nil }
         }
         return out
     }

@@ -96,10 +96,12 @@ public struct ShardStore: Sendable {
             }
             var own = try columns(0, Int(r.rows))
             var margin = withMargin ? try columns(n, Int(r.marginRows)) : nil
-            if !r.raColumn.isEmpty || !r.decColumn.isEmpty {
-                try Self.indexFromPositions(r, &own, inside: (Int(r.order), r.pixel))
-                if margin != nil { try Self.indexFromPositions(r, &margin!, inside: nil) }
+            // The index is the worker's own, from the positions: a client may not name it.
+            guard !r.raColumn.isEmpty, !r.decColumn.isEmpty else {
+                throw ShardError.invalidInput("a shard must name its position columns (ra_column, dec_column): the worker computes each row's spatial index from them")
             }
+            try Self.indexFromPositions(r, &own, inside: (Int(r.order), r.pixel))
+            if margin != nil { try Self.indexFromPositions(r, &margin!, inside: nil) }
             let p = path(key)
             try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             let specs = r.columns.map { ColumnSpec($0.name, $0.type, unit: $0.unit, description: $0.description_p) }

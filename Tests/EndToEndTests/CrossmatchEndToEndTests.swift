@@ -5,6 +5,7 @@ import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
 import TesseraSecurity
+import TesseraStorage
 import TesseraSky
 import TesseraTestKit
 
@@ -223,7 +224,7 @@ struct UploadEndToEndTests {
 
     @Test func aUsersTableIsTheirsAndMeetsTheSurvey() throws {
         let folder = CrossmatchEndToEndTests.folder
-        let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("upload-data"), schedulerArguments: ["--workspace-quota-mb", "1"])
+        let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("upload-data"), schedulerArguments: ["--workspace-quota-mb", "2"])
         defer { cluster.stop() }
         let admin = try SchedulerConnection(endpoint: cluster.clientEndpoint)
         var survey = IngestOptions(dataset: "survey", files: [folder + "/right.csv"])
@@ -251,6 +252,21 @@ struct UploadEndToEndTests {
         _ = try upload(alice, "public", folder + "/left.csv", shared: true)
         #expect(try bob.run(CatalogQuery(dataset: "alice..public").count()).result.table.numbers("count") == [4_940])
 
+        // A user loads tables into their workspace, never survey datasets.
+        var notMine = IngestOptions(dataset: "mysurvey", files: [folder + "/left.csv"])
+        (notMine.raColumn, notMine.decColumn) = ("ra", "dec")
+        #expect(failure { try CatalogIngest.run(notMine, connection: alice) }.contains("only an admin key may load survey datasets"))
+        // A task graph naming a shard of Alice's table is Alice's to run, not Bob's.
+        let data = try #require(cluster.options.dataDirectory)
+        let files = FileManager.default.enumerator(atPath: data)?.compactMap { $0 as? String } ?? []
+        let shardPath = try #require(files.first { $0.contains("/catalogs/alice..mine/") && $0.hasSuffix(".shard") })
+        let key = try #require(ShardKey(String(shardPath[shardPath.range(of: "/catalogs/")!.upperBound...]))).description
+        var graph = TaskGraph(operators: ["catalog_scan"], params: [], dataKeys: [key])
+        graph.add(operatorIndex: 0)
+        graph.dataKey = [1]
+        #expect(failure { try bob.submit(.graph(graph)) }.contains("no live worker holds data `\(key)`"))
+        #expect(failure { try alice.submit(.graph(graph)) } == "accepted")
+
         // Refused: a survey dataset's name, `..`, a table over the quota, no positions, NaN positions.
         #expect(failure { try upload(alice, "survey", folder + "/left.csv") }.contains("`survey` is a survey dataset"))
         #expect(failure { try upload(alice, "a..b", folder + "/left.csv") }.contains("may not contain `..`"))
@@ -259,7 +275,7 @@ struct UploadEndToEndTests {
         for i in 0..<40_000 { big += "\(i),\(Double(i % 3600) / 10),\(Double(i / 3600) - 20.5),20\n" }
         try big.write(toFile: dir + "/big.csv", atomically: true, encoding: .utf8)
         let quota = failure { try upload(alice, "big", dir + "/big.csv") }
-        #expect(quota.contains("over its quota of 1 MiB"), "\(quota)")
+        #expect(quota.contains("over its quota of 2 MiB"), "\(quota)")
         try "id,x,y\n1,2,3\n".write(toFile: dir + "/nopos.csv", atomically: true, encoding: .utf8)
         let noPositions = failure { try upload(alice, "nopos", dir + "/nopos.csv") }
         #expect(noPositions.contains("`ra`"), "\(noPositions)")

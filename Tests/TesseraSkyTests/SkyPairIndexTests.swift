@@ -42,13 +42,13 @@ struct SkyPairIndexTests {
     }
 
     @Test(arguments: [0.5, 2.0, 9.0, 3600.0])
-    func everyPairWithinTheRadiusAndNoOther(radiusArcsec: Double) {
+    func everyPairWithinTheRadiusAndNoOther(radiusArcsec: Double) throws {
         let right = Self.scatter(seed: 7, count: 3_000)
         var left = Self.scatter(seed: 8, count: 1_500)
         // Positions no pair may have.
         left.add(.nan, 10); left.add(10, .nan); left.add(10, 91); left.add(.infinity, 0)
         let index = SkyPairIndex(ra: right.ra, dec: right.dec, radiusArcsec: radiusArcsec)
-        let pairs = index.pairs(ra: left.ra, dec: left.dec)
+        let pairs = try #require(index.pairs(ra: left.ra, dec: left.dec))
         var found = [[Int32]](repeating: [], count: left.ra.count)
         for k in 0..<pairs.count { found[Int(pairs.left[k])].append(pairs.right[k]) }
         let truth = Self.bruteForce(left, right, radiusArcsec: radiusArcsec)
@@ -75,13 +75,13 @@ struct SkyPairIndexTests {
         }
     }
 
-    @Test func nearestIsTheClosestWithinTheRadius() {
+    @Test func nearestIsTheClosestWithinTheRadius() throws {
         let right = Self.scatter(seed: 17, count: 2_000)
         let left = Self.scatter(seed: 18, count: 1_200)
         let index = SkyPairIndex(ra: right.ra, dec: right.dec, radiusArcsec: 5)
-        let all = index.pairs(ra: left.ra, dec: left.dec)
-        let one = index.pairs(ra: left.ra, dec: left.dec, nearest: 1)
-        let three = index.pairs(ra: left.ra, dec: left.dec, nearest: 3)
+        let all = try #require(index.pairs(ra: left.ra, dec: left.dec))
+        let one = try #require(index.pairs(ra: left.ra, dec: left.dec, nearest: 1))
+        let three = try #require(index.pairs(ra: left.ra, dec: left.dec, nearest: 3))
         var closest: [Int32: (Double, Int32)] = [:]
         var perLeft: [Int32: [(Double, Int32)]] = [:]
         for k in 0..<all.count {
@@ -99,15 +99,23 @@ struct SkyPairIndexTests {
     @Test func degenerateIndexes() {
         let empty = SkyPairIndex(ra: [.nan], dec: [0], radiusArcsec: 1)
         #expect(empty.count == 0)
-        #expect(empty.pairs(ra: [10, 20], dec: [0, 0]).count == 0)
+        #expect(empty.pairs(ra: [10, 20], dec: [0, 0])?.count == 0)
         // One position; positions all at one right ascension; at one point (a shard of one row,
         // a column of duplicates): their grids have no width.
         let one = SkyPairIndex(ra: [10], dec: [20], radiusArcsec: 1)
-        #expect(one.pairs(ra: [10, 10 + 0.5 / 3600, 10], dec: [20, 20, 20 + 2.0 / 3600]).left == [0, 1])
+        #expect(one.pairs(ra: [10, 10 + 0.5 / 3600, 10], dec: [20, 20, 20 + 2.0 / 3600])?.left == [0, 1])
         let line = SkyPairIndex(ra: [10, 10, 10], dec: [20, 20.0001, 20.0002], radiusArcsec: 1)
-        #expect(line.pairs(ra: [10, 10.0001], dec: [20.0001, 20.0001], nearest: 1).right == [1, 1])
-        #expect(line.pairs(ra: [10], dec: [20.0001]).right.first == 1 && Set(line.pairs(ra: [10], dec: [20.0001]).right) == [0, 1, 2])
+        #expect(line.pairs(ra: [10, 10.0001], dec: [20.0001, 20.0001], nearest: 1)?.right == [1, 1])
+        #expect(line.pairs(ra: [10], dec: [20.0001])?.right.first == 1 && Set(line.pairs(ra: [10], dec: [20.0001])?.right ?? []) == [0, 1, 2])
         let same = SkyPairIndex(ra: [359.9, 359.9], dec: [-89.99, -89.99], radiusArcsec: 1)
-        #expect(same.pairs(ra: [-0.1], dec: [-89.99]).right == [0, 1])
+        #expect(same.pairs(ra: [-0.1], dec: [-89.99])?.right == [0, 1])
+        // Rows on both sides of RA 0, written as negative and as just under 360: each is found
+        // from either side.
+        let straddle = SkyPairIndex(ra: [-1e-13, 359.9999999999999, 1e-13, 0.0002], dec: [0, 0, 0, 0], radiusArcsec: 1)
+        #expect(Set(straddle.pairs(ra: [0], dec: [0])?.right ?? []) == [0, 1, 2, 3])
+        #expect(Set(straddle.pairs(ra: [359.9999], dec: [0])?.right ?? []) == [0, 1, 2])
+        // More pairs than the limit: nothing, rather than a heap of them.
+        #expect(line.pairs(ra: [10, 10], dec: [20.0001, 20.0001], limit: 4) == nil)
+        #expect(line.pairs(ra: [10, 10], dec: [20.0001, 20.0001], limit: 6)?.count == 6)
     }
 }

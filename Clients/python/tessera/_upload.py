@@ -116,6 +116,8 @@ def columns_of(table, ra: str, dec: str):
     arrays = []
     for n in names:
         a = np.ascontiguousarray(table[n].to_numpy())
+        if a.dtype.byteorder not in ("=", "|"):
+            a = a.astype(a.dtype.newbyteorder("="))
         if a.dtype not in _TYPES:
             raise QueryError(f"column `{n}` is {a.dtype}: a table holds numbers and booleans "
                              "(float64/32, int64/32/16, uint8, bool); drop or convert it")

@@ -111,11 +111,13 @@ public enum Crossmatch {
         let order = coverOrder(radiusArcsec: radiusArcsec)
         let shift = Int64(2 * (HEALPix.maxOrder - order))
         var pixels: [Int64] = []
-        pixels.reserveCapacity(index.count * 9)
+        pixels.reserveCapacity(min(index.count, 1 << 24) * 9)
         var last: Int64 = -1
+        let pixels12 = HEALPix.pixelCount(order)
         for i in index {
             let p = i >> shift
             if p == last { continue }   // rows ascend by index: a pixel's rows come together
+            guard p >= 0, p < pixels12 else { continue }   // not an index (a damaged file): no position
             last = p
             pixels.append(p)
             for n in HEALPix.neighbours(order: order, pixel: p) where n >= 0 { pixels.append(n) }
@@ -278,7 +280,9 @@ public struct CrossmatchSide: Sendable {
             for g in 0..<reader.rowGroupCount {
                 let rg = footer.rowGroups[g]
                 guard Crossmatch.meets(within, rg.indexMin, rg.indexMax) else { continue }
-                guard case .int64(let index) = try reader.read(column: ic, rowGroup: g) else { continue }
+                guard case .int64(let index) = try reader.read(column: ic, rowGroup: g) else {
+                    throw CatalogQueryError("shard \(reader.path)'s spatial index is not Int64")
+                }
                 let picked = Crossmatch.rows(of: index, within: within)
                 if picked.isEmpty { continue }
                 out.ra += try reader.read(column: numbers[0], rowGroup: g).gathered(picked).doubles
@@ -492,8 +496,8 @@ struct CrossmatchTask {
                 candidates = GroupLoops.indices(where: keep)
             }
             if candidates.isEmpty { _ = try acc.absorb(piece); continue }
-            let found = index.pairs(ra: candidates.map { ra[$0] }, dec: candidates.map { dec[$0] }, nearest: checked.nearest)
-            guard found.count <= Limits.crossmatchPairsPerRowGroup else {
+            guard let found = index.pairs(ra: candidates.map { ra[$0] }, dec: candidates.map { dec[$0] }, nearest: checked.nearest,
+                                          limit: Limits.crossmatchPairsPerRowGroup) else {
                 throw CatalogQueryError("a cross-match found more than \(Limits.crossmatchPairsPerRowGroup) pairs for \(candidates.count) rows of one row group (the limit): use a smaller radius, a nearest match, or a filter on the left rows")
             }
             let n = found.count

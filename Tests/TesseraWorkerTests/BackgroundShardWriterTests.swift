@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import TesseraProtocol
+import TesseraSky
 import TesseraStorage
 import TesseraWorker
 
@@ -9,7 +10,9 @@ import TesseraWorker
 /// file is on disk, and the reply (or the refusal of a bad request) comes out of `drainFinished`.
 @Suite struct BackgroundShardWriterTests {
     func request(rows: Int, dataset: String) -> (Tessera_V1_StoreShard, [[UInt8]]) {
-        let ra = (0..<rows).map { 60 + Double($0) * 1e-4 }, dec = (0..<rows).map { -35 + Double($0 % 7) * 1e-4 }
+        // Positions inside pixel 5 of order 3 (the worker computes their index itself).
+        let centre = HEALPix.centerRaDec(order: 3, pixel: 5)
+        let ra = (0..<rows).map { centre.ra + Double($0 % 100) * 1e-4 }, dec = (0..<rows).map { centre.dec + Double($0 % 7) * 1e-4 }
         let index = zip(ra, dec).map { _ in Int64.random(in: 0..<(1 << 40)) }
         var r = Tessera_V1_StoreShard()
         r.requestID = 7
@@ -18,6 +21,7 @@ import TesseraWorker
         r.order = 3
         r.pixel = 5
         r.indexColumn = "_healpix_29"
+        (r.raColumn, r.decColumn) = ("coord_ra", "coord_dec")
         r.rows = UInt64(rows)
         r.columns = [("coord_ra", Tessera_V1_ColumnType.columnFloat64), ("coord_dec", .columnFloat64), ("_healpix_29", .columnInt64)].map {
             var c = Tessera_V1_ColumnSchema()

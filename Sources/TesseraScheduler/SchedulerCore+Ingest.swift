@@ -71,6 +71,8 @@ struct PendingIngest {
     /// A user's table: whose, and whether shared (its expiry is set at commit, `lifetime` on).
     var workspace: WorkspaceTable?
     var lifetime: TimeInterval = 0
+    /// Bytes it said it would store (every copy): counted against its user's quota until it ends.
+    var askedBytes: UInt64 = 0
     var client: ConnectionID
     /// Who began it (pending ingests are counted per user).
     var user: String
@@ -209,7 +211,7 @@ extension SchedulerCore {
             send(.worker(w.connection), e)
         }
         pendingIngests[plan.ingestID] = PendingIngest(
-            workspace: workspace, lifetime: Self.lifetime(of: b),
+            workspace: workspace, lifetime: Self.lifetime(of: b), askedBytes: workspace == nil ? 0 : Self.askedBytes(b),
             client: connection, user: identity.user, sequence: nextIngest, dataset: dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
             index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count))
         var e = Envelope()
@@ -233,8 +235,10 @@ extension SchedulerCore {
         if let survey = all[b.dataset], survey.record.owner.isEmpty {
             return .refused("`\(b.dataset)` is a survey dataset: a table of yours needs another name")
         }
-        let used = workspaceBytes(of: user, except: name)
-        let asked = b.shards.reduce(UInt64(0)) { $0 &+ $1.bytes } &* UInt64(max(1, b.replicas))
+        // Their tables, and their uploads still in progress (of other tables).
+        var used = workspaceBytes(of: user, except: name)
+        for p in pendingIngests.values where p.workspace?.owner == user && p.dataset != name { used &+= p.askedBytes }
+        let asked = Self.askedBytes(b)
         let quota = config.workspaceQuotaBytes
         guard used &+ asked <= quota else {
             return .refused("this upload of about \(asked >> 20) MiB would take your workspace to \((used &+ asked) >> 20) MiB, over its quota of \(quota >> 20) MiB: remove or let expire tables you no longer need (yours now hold \(used >> 20) MiB)")
@@ -250,6 +254,11 @@ extension SchedulerCore {
             for (bytes, holders) in zip(d.bytes, d.workers) { used &+= UInt64(max(0, bytes)) &* UInt64(max(1, holders.count)) }
         }
         return used
+    }
+
+    /// What an ingest says it will store: its shards' estimated bytes, once per copy.
+    static func askedBytes(_ b: Tessera_V1_IngestBegin) -> UInt64 {
+        b.shards.reduce(UInt64(0)) { $0 &+ $1.bytes } &* UInt64(max(1, b.replicas))
     }
 
     /// How long a user's table lives: as asked within `Limits.workspaceLifetimeSeconds`, a day by default.

@@ -291,5 +291,17 @@ struct UploadEndToEndTests {
         let deadline = Date().addingTimeInterval(10)
         while try alice.status().datasets.contains(where: { $0.name == "brief" }) && Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
         #expect(failure { try alice.run(CatalogQuery(dataset: "brief")) }.contains("no dataset named `brief`"))
+
+        // An upload begun and not yet committed counts against the quota too: one claiming 1
+        // MiB leaves no room for another table.
+        var begin = Tessera_V1_IngestBegin()
+        (begin.clientTag, begin.dataset, begin.replicas, begin.workspace) = (alice.makeTag(), "pending", 1, true)
+        var spec = Tessera_V1_ShardSpec()
+        (spec.order, spec.pixel, spec.rows, spec.bytes) = (0, 3, 25_000, 1_000_000)
+        begin.shards = [spec]
+        var envelope = Envelope()
+        envelope.ingestBegin = begin
+        guard case .ingestPlan = try alice.request(envelope, tag: begin.clientTag).body else { Issue.record("the pending upload was refused"); return }
+        #expect(failure { try upload(alice, "second", folder + "/left.csv") }.contains("over its quota of 2 MiB"))
     }
 }

@@ -26,7 +26,7 @@ extension SchedulerCore {
     /// Why `name` names nothing `user` may read, with the names they may.
     func unknownDataset(_ name: String, user: String, in all: [String: PlannedDataset], _ what: String = "") -> ProtocolError {
         let names = all.values.filter { $0.record.isVisible(to: user) }.map { $0.record.name(for: user) }.sorted()
-        return .invalidContent("no dataset named `\(name)`\(what)" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
+        return .invalidContent("no dataset named `\(name.prefix(200))`\(what)" + (names.isEmpty ? " (none ingested yet)" : "; there are: \(names.joined(separator: ", "))"))
     }
 
     /// A catalog question's tasks (as ``expandCatalogQuery(_:)``) and what it is expected to
@@ -53,11 +53,7 @@ extension SchedulerCore {
             ?? d.keys.indices.map { ($0, 1.0) }
         let keys = hits.map { d.keys[$0.shard] }
         var estimate = Tessera_V1_CostEstimate()
-        estimate.shards = UInt64(hits.count)
-        for (s, covered) in hits {
-            estimate.rows &+= UInt64((Double(max(0, d.rows[s])) * covered).rounded(.up))
-            estimate.bytes &+= UInt64((Double(max(0, d.bytes[s])) * covered).rounded(.up))
-        }
+        for (s, covered) in hits { d.add(shard: s, fraction: covered, to: &estimate) }
         let params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
         // A Python question runs the user's function in each shard's task (and their combine in
         // the tree); the operators exist only on workers that allow Python.
@@ -68,14 +64,19 @@ extension SchedulerCore {
             leaves.append(g.add(operatorIndex: 0, paramIndex: 1))
             g.dataKey.append(UInt32(i + 1))
         }
+        Self.finish(&g, leaves: leaves, mergeOperator: 1, plan: plan)
+        return (g, estimate)
+    }
+
+    /// A question's graph after its leaves: the tree of merges over them (an empty region still
+    /// answers, zero rows, from one merge; a collect has no tree), and no data key past them.
+    static func finish(_ g: inout TaskGraph, leaves: [UInt32], mergeOperator: Int, plan: CatalogQueryPlan) {
         if leaves.isEmpty {
-            // An empty region still answers: zero rows.
-            g.add(operatorIndex: 1, paramIndex: 1)
-        } else if !Self.isCollect(plan) {
-            g.addReduction(of: leaves, operatorIndex: 1, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
+            g.add(operatorIndex: mergeOperator, paramIndex: 1)
+        } else if !isCollect(plan) {
+            g.addReduction(of: leaves, operatorIndex: mergeOperator, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
         }
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
-        return (g, estimate)
     }
 
     /// A cross-match's tasks: for each left shard the region may touch, one `crossmatch` per
@@ -142,10 +143,7 @@ extension SchedulerCore {
             let t = g.add(operatorIndex: 0, inputs: inputs, paramIndex: 1)
             g.dataKey.append(UInt32(d.keys.count + q + 1))
             sideTask[q] = t
-            estimate.shards &+= 1
-            let read = sparse ? min(1, leftRows * Self.coverRatio / Double(max(1, r.rows[q]))) : 1
-            estimate.rows &+= UInt64((Double(max(0, r.rows[q])) * read).rounded(.up))
-            estimate.bytes &+= UInt64((Double(max(0, r.bytes[q])) * read).rounded(.up))
+            r.add(shard: q, fraction: sparse ? min(1, leftRows * Self.coverRatio / Double(max(1, r.rows[q]))) : 1, to: &estimate)
             return t
         }
         var pairs: [UInt32] = []
@@ -161,17 +159,8 @@ extension SchedulerCore {
                 pairs.append(t)
             }
         }
-        for (p, covered) in hits {
-            estimate.shards &+= 1
-            estimate.rows &+= UInt64((Double(max(0, d.rows[p])) * covered).rounded(.up))
-            estimate.bytes &+= UInt64((Double(max(0, d.bytes[p])) * covered).rounded(.up))
-        }
-        if pairs.isEmpty {
-            g.add(operatorIndex: 2, paramIndex: 1)
-        } else if !Self.isCollect(plan) {
-            g.addReduction(of: pairs, operatorIndex: 2, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
-        }
-        while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
+        for (p, covered) in hits { d.add(shard: p, fraction: covered, to: &estimate) }
+        Self.finish(&g, leaves: pairs, mergeOperator: 2, plan: plan)
         return (g, estimate)
     }
 
@@ -266,6 +255,14 @@ struct PlannedDataset {
         var position = [Int](repeating: 0, count: ranges.count)
         for (k, s) in byRange.enumerated() { position[s] = k }
         rangePosition = position
+    }
+
+    /// Counts shard `s` into a cost estimate: one shard, and `fraction` of its rows and bytes
+    /// (rows are taken as spread evenly over a shard's pixel).
+    func add(shard s: Int, fraction: Double, to e: inout Tessera_V1_CostEstimate) {
+        e.shards &+= 1
+        e.rows &+= UInt64((Double(max(0, rows[s])) * fraction).rounded(.up))
+        e.bytes &+= UInt64((Double(max(0, bytes[s])) * fraction).rounded(.up))
     }
 
     /// Shard `s`'s order-29 index range.

@@ -123,16 +123,7 @@ public enum Crossmatch {
             for n in HEALPix.neighbours(order: order, pixel: p) where n >= 0 { pixels.append(n) }
         }
         pixels.sort()
-        var out: [Range<Int64>] = []
-        for p in pixels {
-            let r = (p << shift)..<((p + 1) << shift)
-            if let l = out.last, l.upperBound >= r.lowerBound {
-                if r.upperBound > l.upperBound { out[out.count - 1] = l.lowerBound..<r.upperBound }
-            } else {
-                out.append(r)
-            }
-        }
-        return out
+        return merged(pixels.map { ($0 << shift)..<(($0 + 1) << shift) })
     }
 
     /// The rows of an ascending index that lie in `ranges` (ascending, disjoint): one sweep
@@ -195,9 +186,13 @@ public enum Crossmatch {
 
     /// The union of several ascending lists of disjoint ranges.
     public static func union(_ lists: [[Range<Int64>]]) -> [Range<Int64>] {
-        if lists.count == 1 { return lists[0] }
+        lists.count == 1 ? lists[0] : merged(lists.joined().sorted { $0.lowerBound < $1.lowerBound })
+    }
+
+    /// Ranges sorted by their start, with those that touch or overlap joined.
+    static func merged(_ sorted: [Range<Int64>]) -> [Range<Int64>] {
         var out: [Range<Int64>] = []
-        for r in lists.joined().sorted(by: { $0.lowerBound < $1.lowerBound }) {
+        for r in sorted {
             if let l = out.last, l.upperBound >= r.lowerBound {
                 if r.upperBound > l.upperBound { out[out.count - 1] = l.lowerBound..<r.upperBound }
             } else {

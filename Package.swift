@@ -16,6 +16,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries from Debian, each wrapped once.
@@ -66,6 +69,20 @@ let package = Package(
             ]
         ),
         .target(name: "TesseraClient", dependencies: ["ZeroMQ", "TesseraProtocol", "TesseraSecurity", "TesseraCompute", "TesseraStorage", "TesseraSky", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // ADQL (the IVOA's SQL for sky catalogs): parsed by a grammar, translated to catalog plans.
+        .target(name: "TesseraADQL", dependencies: ["TesseraProtocol", "TesseraCompute"]),
+        // The HTTP gateway: TAP, VOSI, TAP_SCHEMA and bearer tokens, a client of the scheduler.
+        .target(
+            name: "TesseraGateway",
+            dependencies: [
+                "TesseraADQL", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol", "TesseraSecurity"]),
         // The whole cluster in one thread, in simulated time: the real engines through an
         // in-memory network, faults and all, from one seed (`tessera-sim`, SimulationTests).
@@ -85,6 +102,7 @@ let package = Package(
             name: "tessera",
             dependencies: [
                 "TesseraClient", "TesseraCluster", "TesseraProtocol", "TesseraCompute", "TesseraSurvey", "TesseraStorage", "TesseraScheduler", "TesseraSecurity", "ZeroMQ",
+                "TesseraGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
@@ -132,6 +150,8 @@ let package = Package(
         .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraADQLTests", dependencies: ["TesseraADQL", "TesseraProtocol", "TesseraCompute"]),
+        .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraADQL", "TesseraCompute"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky"]),

@@ -264,9 +264,12 @@ public struct SchedulerCore {
                 return
             }
             finish(job, .jobCancelled, error: job.user == identity.user ? "cancelled by the client" : "cancelled by admin \(identity.user)", now: now)
-        case .statusRequest:
+        case .statusRequest(let r):
             var e = Envelope()
-            e.statusReply = status(now: now, for: identity)
+            // A gateway (an admin key) asks as the user it authenticated; others ask as themselves.
+            let asker = identity.isAdmin && !r.onBehalfOf.isEmpty && Validate.name(r.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) == nil
+                ? ClientIdentity(user: r.onBehalfOf, isAdmin: false, publicKey: identity.publicKey) : identity
+            e.statusReply = status(now: now, for: asker)
             send(.client(connection), e)
         case .ingestBegin(let b):
             ingestBegin(connection, b, identity: identity)

@@ -78,7 +78,7 @@ public struct KeyFile: Sendable, Equatable {
 }
 
 /// Writes `text` to `path` with mode 0600, through a temporary file renamed into place.
-func writePrivately(_ text: String, to path: String) throws(KeyError) {
+public func writePrivately(_ text: String, to path: String) throws(KeyError) {
     let tmp = path + ".tmp-\(getpid())"
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     guard fd >= 0 else { throw KeyError("cannot create \(tmp): \(String(cString: strerror(errno)))") }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import TesseraCluster
+import TesseraGateway
 import TesseraSecurity
 
 #if canImport(Glibc)
@@ -40,6 +41,15 @@ struct LocalCommand: ParsableCommand {
     @Option(help: "Seconds a client may fall silent before its jobs are cancelled (default: the scheduler's, 30).")
     var clientTimeoutS: Double?
 
+    @Option(help: "Where the HTTP gateway (TAP, VOSI) listens (default: 127.0.0.1 at the client port + 80).")
+    var http: String?
+
+    @Flag(help: "Do not start the HTTP gateway.")
+    var noHttp = false
+
+    @Flag(help: "The gateway lets requests without a token in, as user `anonymous` (it listens on loopback only).")
+    var anonymous = false
+
     @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
     var exitWithParent: Int32?
 
@@ -71,6 +81,20 @@ struct LocalCommand: ParsableCommand {
         print("  data folder:     \(data)")
         if let keys = cluster.keys {
             print("  keys:            \(keys.path) (tessera commands here use \(keys.userKeyPath("local")))")
+        }
+        if !noHttp {
+            var g = GatewayConfiguration(scheduler: cluster.clientEndpoint)
+            (g.host, g.port) = try GatewayCommand.hostPort(http ?? "127.0.0.1:\(port + 80)")
+            g.tokensPath = data + "/gateway-tokens"
+            g.anonymous = anonymous
+            let shown = g
+            let gateway = GatewayCommand.serve(shown) { bound in
+                print("  HTTP gateway:    http://\(shown.host):\(bound)/tap (tokens: tessera token create USER --tokens \(shown.tokensPath ?? ""))\(shown.anonymous ? ", anonymous allowed" : "")")
+                fflush(nil)
+            }
+            Thread.detachNewThread {
+                do { try gateway.wait() } catch { print("tessera local: \(error)"); fflush(nil) }
+            }
         }
         print("Press Ctrl-C to stop.")
         fflush(nil)

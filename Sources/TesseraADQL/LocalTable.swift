@@ -1,0 +1,193 @@
+/// A value of a small table held by the gateway itself (TAP_SCHEMA's tables): text, an
+/// integer, or NULL.
+public enum LocalCell: Sendable, Equatable, Comparable {
+    case null
+    case integer(Int64)
+    case text(String)
+
+    public static func < (a: LocalCell, b: LocalCell) -> Bool {
+        switch (a, b) {
+        case (.null, .null): false
+        case (.null, _): true  // NULL sorts first, as in PostgreSQL's DESC-last order reversed
+        case (_, .null): false
+        case (.integer(let x), .integer(let y)): x < y
+        case (.text(let x), .text(let y)): x < y
+        case (.integer, .text): true
+        case (.text, .integer): false
+        }
+    }
+}
+
+/// A small table evaluated in the gateway: TAP_SCHEMA's `schemas`, `tables`, `columns`, `keys`
+/// and `key_columns`. Queries of it get the same ADQL subset as the catalog (but for geometry),
+/// plus `LIKE` on its text.
+public struct LocalTable: Sendable, Equatable {
+    public struct Column: Sendable, Equatable {
+        public var name: String
+        /// VOTable's datatype: `char` or `int`.
+        public var datatype: String
+        public var description: String
+        public init(_ name: String, _ datatype: String, _ description: String) {
+            (self.name, self.datatype, self.description) = (name, datatype, description)
+        }
+    }
+
+    public var schema: String
+    public var name: String
+    public var description: String
+    public var columns: [Column]
+    public var rows: [[LocalCell]]
+
+    public init(schema: String, name: String, description: String, columns: [Column], rows: [[LocalCell]]) {
+        (self.schema, self.name, self.description, self.columns, self.rows) = (schema, name, description, columns, rows)
+    }
+
+    public var qualifiedName: String { "\(schema).\(name)" }
+
+    /// The answer to `query` (which names this table): its columns and rows, and whether more
+    /// rows than `maxrec` matched.
+    public func run(_ query: ADQLQuery, maxrec: Int) throws(ADQLError) -> (columns: [Column], rows: [[LocalCell]], overflow: Bool) {
+        if let join = query.join { throw ADQLError("joins of TAP_SCHEMA tables are not supported", at: join.table.position) }
+        if let g = query.groupBy.first { throw ADQLError("GROUP BY on TAP_SCHEMA tables is not supported", at: g.position) }
+        let alias = query.from.alias?.lowercased()
+        func columnIndex(_ table: String?, _ name: String, _ at: ADQLPosition) throws(ADQLError) -> Int {
+            if let table, table.lowercased() != self.name.lowercased(), table.lowercased() != alias {
+                throw ADQLError("no table or alias `\(table)` in FROM", at: at)
+            }
+            guard let i = columns.firstIndex(where: { $0.name.lowercased() == name.lowercased() }) else {
+                throw ADQLError("no column `\(name)` in `\(qualifiedName)` (its columns: \(columns.map(\.name).joined(separator: ", ")))", at: at)
+            }
+            return i
+        }
+        func eval(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> LocalCell {
+            switch e.kind {
+            case .number(let v, _):
+                guard v == v.rounded(), abs(v) < 9e15 else { throw ADQLError("TAP_SCHEMA's numbers are integers", at: e.position) }
+                return .integer(Int64(v))
+            case .string(let s): return .text(s)
+            case .null: return .null
+            case .column(let t, let n): return row[try columnIndex(t, n, e.position)]
+            default: throw ADQLError("TAP_SCHEMA queries support columns and literals here, not this expression", at: e.position)
+            }
+        }
+        func test(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> Bool {
+            switch e.kind {
+            case .and(let a, let b):
+                guard try test(a, row) else { return false }
+                return try test(b, row)
+            case .or(let a, let b):
+                if try test(a, row) { return true }
+                return try test(b, row)
+            case .not(let a): return !(try test(a, row))
+            case .binary(let op, let a, let b):
+                let x = try eval(a, row), y = try eval(b, row)
+                if x == .null || y == .null { return false }
+                switch op {
+                case "=": return x == y
+                case "<>": return x != y
+                case "<": return x < y
+                case ">": return y < x
+                case "<=": return !(y < x)
+                case ">=": return !(x < y)
+                default: throw ADQLError("`\(op)` is not a comparison", at: e.position)
+                }
+            case .isNull(let a, let negated): return (try eval(a, row) == .null) != negated
+            case .inList(let a, let list, let negated):
+                let x = try eval(a, row)
+                var found = false
+                for item in list where try eval(item, row) == x { found = true }
+                return found != negated
+            case .between(let a, let lo, let hi, let negated):
+                let x = try eval(a, row), l = try eval(lo, row), h = try eval(hi, row)
+                return (!(x < l) && !(h < x)) != negated
+            case .like(let a, let p, let negated, let insensitive):
+                guard case .text(var s) = try eval(a, row), case .text(var pattern) = try eval(p, row) else { return false }
+                if insensitive { (s, pattern) = (s.lowercased(), pattern.lowercased()) }
+                return Self.like(Array(s), Array(pattern)) != negated
+            default:
+                throw ADQLError("a value where a condition belongs", at: e.position)
+            }
+        }
+        // The select list: indices of columns, or constants.
+        enum Output { case column(Int), constant(LocalCell), count }
+        var outputs: [(Column, Output)] = []
+        for item in query.items {
+            switch item {
+            case .all(let t, let at):
+                if let t, t.lowercased() != name.lowercased(), t.lowercased() != alias { throw ADQLError("no table or alias `\(t)` in FROM", at: at) }
+                outputs += columns.indices.map { (columns[$0], .column($0)) }
+            case .expression(let e, let a):
+                switch e.kind {
+                case .column(let t, let n):
+                    let i = try columnIndex(t, n, e.position)
+                    var c = columns[i]
+                    if let a { c.name = a }
+                    outputs.append((c, .column(i)))
+                case .countAll:
+                    outputs.append((Column(a ?? "count", "long", "rows"), .count))
+                default:
+                    let v = try eval(e, [])
+                    if case .text = v { outputs.append((Column(a ?? "expr", "char", ""), .constant(v))) } else { outputs.append((Column(a ?? "expr", "int", ""), .constant(v))) }
+                }
+            }
+        }
+        var kept: [[LocalCell]] = []
+        for row in rows where try query.whereClause.map({ e throws(ADQLError) in try test(e, row) }) ?? true { kept.append(row) }
+        if outputs.contains(where: { if case .count = $0.1 { true } else { false } }) {
+            let row = outputs.map { o -> LocalCell in
+                switch o.1 {
+                case .count: .integer(Int64(kept.count))
+                case .constant(let v): v
+                case .column: .null
+                }
+            }
+            return (outputs.map(\.0), [row], false)
+        }
+        var keys: [(Int, Bool)] = []
+        for o in query.orderBy {
+            if case .number(let v, _) = o.key.kind, v >= 1, Int(v) <= outputs.count, case .column(let i) = outputs[Int(v) - 1].1 {
+                keys.append((i, o.descending))
+            } else if case .column(let t, let n) = o.key.kind {
+                keys.append((try columnIndex(t, n, o.key.position), o.descending))
+            } else {
+                throw ADQLError("ORDER BY a column of the table", at: o.key.position)
+            }
+        }
+        if !keys.isEmpty {
+            kept.sort { a, b in
+                for (i, desc) in keys where a[i] != b[i] { return desc ? b[i] < a[i] : a[i] < b[i] }
+                return false
+            }
+        }
+        let limit = min(query.top ?? Int.max, maxrec)
+        let overflow = kept.count > limit && (query.top == nil || query.top! > maxrec)
+        let out = kept.prefix(limit).map { row in
+            outputs.map { o -> LocalCell in
+                switch o.1 {
+                case .column(let i): row[i]
+                case .constant(let v): v
+                case .count: .null
+                }
+            }
+        }
+        return (outputs.map(\.0), Array(out), overflow)
+    }
+
+    /// SQL's LIKE: `%` any run, `_` any one character (iterative, linear in practice).
+    static func like(_ s: [Character], _ p: [Character]) -> Bool {
+        var i = 0, j = 0, star = -1, mark = 0
+        while i < s.count {
+            if j < p.count && (p[j] == "_" || p[j] == s[i]) {
+                i += 1; j += 1
+            } else if j < p.count && p[j] == "%" {
+                star = j; mark = i; j += 1
+            } else if star >= 0 {
+                j = star + 1; mark += 1; i = mark
+            } else {
+                return false
+            }
+        }
+        while j < p.count && p[j] == "%" { j += 1 }
+        return j == p.count
+    }
+}

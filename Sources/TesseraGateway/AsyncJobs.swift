@@ -1,0 +1,181 @@
+import Foundation
+import TesseraClient
+import TesseraProtocol
+
+/// TAP's asynchronous jobs (UWS 1.1): each is created PENDING, runs when asked, keeps its
+/// answer or error until deleted or its destruction time passes.
+///
+/// A job is its owner's alone: another user's job is reported as not found, as the scheduler
+/// reports another user's job as unknown (its identifiers are random, so nothing is learned
+/// from a 404 that a 403 would tell).
+public actor AsyncJobs {
+    public enum Phase: String, Sendable {
+        case pending = "PENDING", queued = "QUEUED", executing = "EXECUTING", completed = "COMPLETED"
+        case error = "ERROR", aborted = "ABORTED"
+
+        var isActive: Bool { self == .queued || self == .executing }
+    }
+
+    public struct Job: Sendable {
+        public var id: String
+        public var owner: String
+        public var phase: Phase
+        /// Its parameters, names upper-cased.
+        public var parameters: [String: String]
+        public var created: Date
+        public var started: Date?
+        public var ended: Date?
+        public var destruction: Date
+        public var executionDuration: Int
+        public var result: TAPTable?
+        public var error: String?
+    }
+
+    let service: TAPService
+    var jobs: [String: Job] = [:]
+    var running: [String: Task<Void, Never>] = [:]
+
+    public init(service: TAPService) {
+        self.service = service
+    }
+
+    /// The longest a job may run before it is aborted, in seconds.
+    public static let maxExecutionDuration = 3600
+
+    public func create(owner: String, parameters: [String: String]) throws(TAPError) -> Job {
+        sweep()
+        let mine = jobs.values.filter { $0.owner == owner }.count
+        guard mine < service.limits.asyncJobsPerUser else {
+            throw TAPError(429, "user \(owner) holds \(mine) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")
+        }
+        var rng = SystemRandomNumberGenerator()
+        let id = (0..<16).map { _ in String(format: "%x", Int.random(in: 0..<16, using: &rng)) }.joined()
+        let now = Date()
+        let job = Job(id: id, owner: owner, phase: .pending, parameters: parameters, created: now, started: nil, ended: nil,
+                      destruction: now.addingTimeInterval(service.limits.asyncRetentionSeconds), executionDuration: 600, result: nil, error: nil)
+        jobs[id] = job
+        return job
+    }
+
+    /// The job `id` if `owner` may see it.
+    public func job(_ id: String, owner: String) throws(TAPError) -> Job {
+        sweep()
+        guard let j = jobs[id], j.owner == owner else { throw TAPError(404, "no async job \(id.prefix(40)) of yours (finished and destroyed, never created, or another user's)") }
+        return j
+    }
+
+    public func list(owner: String) -> [Job] {
+        sweep()
+        return jobs.values.filter { $0.owner == owner }.sorted { $0.created < $1.created }
+    }
+
+    public func run(_ id: String, owner: String) throws(TAPError) {
+        let j = try job(id, owner: owner)
+        guard j.phase == .pending else { return }  // running, finished or aborted: nothing to do
+        jobs[id]?.phase = .queued
+        let service = self.service
+        let params = j.parameters
+        let limit = Double(j.executionDuration)
+        running[id] = Task {
+            self.started(id)
+            let outcome: Result<TAPTable, TAPError>
+            do {
+                try Gateway.checkParameters(params, limits: service.limits)
+                let maxrec = try service.maxrec(params["MAXREC"])
+                guard let q = params["QUERY"], !q.isEmpty else { throw TAPError(400, "no QUERY parameter: give QUERY=an ADQL query") }
+                outcome = .success(try await Self.withDeadline(limit) { () async throws(TAPError) -> TAPTable in
+                    try await service.run(adql: q, maxrec: maxrec, user: owner, priority: .batch)
+                })
+            } catch let e as TAPError {
+                outcome = .failure(e)
+            } catch {
+                outcome = .failure(TAPError(500, "\(error)"))
+            }
+            self.finished(id, outcome)
+        }
+    }
+
+    static func withDeadline(_ seconds: Double, _ body: @escaping @Sendable () async throws(TAPError) -> TAPTable) async throws(TAPError) -> TAPTable {
+        do {
+            return try await withThrowingTaskGroup(of: TAPTable?.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let table = first else {
+                    throw TAPError(408, "the job ran past its execution duration of \(Int(seconds)) s and was aborted")
+                }
+                return table
+            }
+        } catch let e as TAPError {
+            throw e
+        } catch {
+            throw TAPError(500, "\(error)")
+        }
+    }
+
+    func started(_ id: String) {
+        guard jobs[id]?.phase == .queued else { return }
+        jobs[id]?.phase = .executing
+        jobs[id]?.started = Date()
+    }
+
+    func finished(_ id: String, _ outcome: Result<TAPTable, TAPError>) {
+        running[id] = nil
+        guard let j = jobs[id], j.phase.isActive else { return }
+        jobs[id]?.ended = Date()
+        switch outcome {
+        case .success(let t):
+            jobs[id]?.result = t
+            jobs[id]?.phase = .completed
+        case .failure(let e):
+            jobs[id]?.error = e.message
+            jobs[id]?.phase = .error
+        }
+    }
+
+    public func abort(_ id: String, owner: String) throws(TAPError) {
+        let j = try job(id, owner: owner)
+        guard j.phase == .pending || j.phase.isActive else { return }
+        running.removeValue(forKey: id)?.cancel()
+        jobs[id]?.phase = .aborted
+        jobs[id]?.ended = Date()
+    }
+
+    public func delete(_ id: String, owner: String) throws(TAPError) {
+        _ = try job(id, owner: owner)
+        running.removeValue(forKey: id)?.cancel()
+        jobs[id] = nil
+    }
+
+    /// Changes a parameter, the execution duration or the destruction time (PENDING only for
+    /// parameters, as UWS says).
+    public func update(_ id: String, owner: String, _ change: (inout Job) throws(TAPError) -> Void) throws(TAPError) -> Job {
+        var j = try job(id, owner: owner)
+        try change(&j)
+        jobs[id] = j
+        return j
+    }
+
+    /// Waits while the job is in `phase` (or active), at most `seconds` (UWS 1.1's blocking GET).
+    public func wait(_ id: String, owner: String, seconds: Double, whilePhase: Phase?) async throws(TAPError) -> Job {
+        let deadline = Date().addingTimeInterval(min(max(seconds, 0), 60))
+        var j = try job(id, owner: owner)
+        while Date() < deadline, whilePhase.map({ $0 == j.phase }) ?? j.phase.isActive {
+            try? await Task.sleep(nanoseconds: 20_000_000)
+            j = try job(id, owner: owner)
+        }
+        return j
+    }
+
+    /// Drops jobs past their destruction time.
+    func sweep() {
+        let now = Date()
+        for (id, j) in jobs where j.destruction < now {
+            running.removeValue(forKey: id)?.cancel()
+            jobs[id] = nil
+        }
+    }
+}

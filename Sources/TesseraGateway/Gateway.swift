@@ -1,0 +1,530 @@
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TesseraADQL
+import TesseraClient
+import TesseraProtocol
+import UnixSignals
+
+/// A request's context: who made it (set by ``GatewayMiddleware``).
+public struct GatewayContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// The authenticated user, or the anonymous one when the gateway allows it.
+    public var user: String = ""
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+    }
+
+    public var maxUploadSize: Int { 1 << 20 }
+}
+
+/// How the gateway runs.
+public struct GatewayConfiguration: Sendable {
+    /// The scheduler's client endpoint.
+    public var scheduler: String
+    public var host: String = "127.0.0.1"
+    public var port: Int = 8080
+    /// The bearer tokens file (`tessera token create`).
+    public var tokensPath: String?
+    /// Lets requests without a token in, as user `anonymous` (loopback addresses only).
+    public var anonymous = false
+    public var limits = GatewayLimits()
+
+    public init(scheduler: String) { self.scheduler = scheduler }
+
+    /// The user requests without a token run as when ``anonymous`` is on.
+    public static let anonymousUser = "anonymous"
+}
+
+/// Requests in progress per user.
+final class RequestCounts: Sendable {
+    let counts = Mutex<[String: Int]>([:])
+}
+
+/// Authenticates each request, holds it to its user's share of concurrent requests, and
+/// writes one structured access-log line for it.
+struct GatewayMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let tokens: TokenStore?
+    let anonymous: Bool
+    let limits: GatewayLimits
+    let inFlight: RequestCounts
+    let logger: Logger
+
+    /// Paths anyone may read: VOSI's availability and capabilities (clients discover the
+    /// service before they authenticate), and the dashboard's static page.
+    static func isPublic(_ path: String) -> Bool {
+        path == "/tap/availability" || path == "/tap/capabilities" || path == "/" || path == "/tap"
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = DispatchTime.now().uptimeNanoseconds
+        var context = context
+        var response: Response
+        let path = request.uri.path
+        if let header = request.headers[.authorization] {
+            let parts = header.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer", let user = tokens?.user(for: String(parts[1])) {
+                context.user = user
+            } else {
+                response = Self.unauthorized("the bearer token is not valid (ask for one: tessera token create USER)")
+                log(request, response, user: "-", start: start)
+                return response
+            }
+        } else if anonymous {
+            context.user = GatewayConfiguration.anonymousUser
+        } else if !Self.isPublic(path) {
+            response = Self.unauthorized("this service needs a bearer token: `Authorization: Bearer TOKEN` (tessera token create USER)")
+            log(request, response, user: "-", start: start)
+            return response
+        }
+        let user = context.user.isEmpty ? "-" : context.user
+        let admitted = inFlight.counts.withLock { counts -> Bool in
+            guard counts[user, default: 0] < limits.concurrentRequestsPerUser else { return false }
+            counts[user, default: 0] += 1
+            return true
+        }
+        guard admitted else {
+            response = Gateway.errorResponse(429, "user \(user) has \(limits.concurrentRequestsPerUser) requests in progress, the most one user may: wait for one to finish")
+            log(request, response, user: user, start: start)
+            return response
+        }
+        defer { inFlight.counts.withLock { $0[user, default: 1] -= 1 } }
+        do {
+            response = try await next(request, context)
+        } catch let e as TAPError {
+            response = Gateway.errorResponse(e.status, e.message)
+        } catch let e as HTTPError {
+            response = Gateway.errorResponse(Int(e.status.code), e.body ?? "\(e.status)")
+        }
+        log(request, response, user: user, start: start)
+        return response
+    }
+
+    func log(_ request: Request, _ response: Response, user: String, start: UInt64) {
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+        logger.info("request", metadata: [
+            "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
+            "user": "\(user)", "ms": "\(String(format: "%.1f", ms))",
+        ])
+    }
+
+    static func unauthorized(_ message: String) -> Response {
+        var r = Gateway.errorResponse(401, message)
+        r.headers[.wwwAuthenticate] = "Bearer realm=\"tessera\""
+        return r
+    }
+}
+
+/// The HTTP gateway: TAP 1.1 (sync and async), VOSI, and TAP_SCHEMA over the scheduler.
+public enum Gateway {
+    /// The router with every route, for a server or a test.
+    public static func router(_ config: GatewayConfiguration, logger: Logger) -> Router<GatewayContext> {
+        let service = TAPService(endpoint: config.scheduler, limits: config.limits)
+        let jobs = AsyncJobs(service: service)
+        let router = Router(context: GatewayContext.self)
+        router.add(middleware: GatewayMiddleware(tokens: config.tokensPath.map(TokenStore.init), anonymous: config.anonymous,
+                                                 limits: config.limits, inFlight: RequestCounts(), logger: logger))
+
+        router.get("/tap") { request, _ in
+            text(200, "Tessera TAP service: /tap/sync, /tap/async, /tap/capabilities, /tap/availability, /tap/tables\n")
+        }
+        router.get("/tap/availability") { _, _ in
+            xml(200, """
+                <?xml version="1.0" encoding="UTF-8"?>
+                <vosi:availability xmlns:vosi="http://www.ivoa.net/xml/VOSIAvailability/v1.0">
+                  <vosi:available>true</vosi:available>
+                  <vosi:note>accepting queries</vosi:note>
+                </vosi:availability>
+
+                """)
+        }
+        router.get("/tap/capabilities") { request, _ in
+            xml(200, capabilities(base: baseURL(request), limits: config.limits))
+        }
+        router.get("/tap/examples") { _, context in
+            xml(200, examples(try await service.tables(for: context.user)), contentType: "application/xhtml+xml")
+        }
+        router.get("/tap/tables") { _, context in
+            xml(200, tableset(try await service.tables(for: context.user)))
+        }
+        let sync: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            return try await runSync(params, service: service, user: context.user)
+        }
+        router.get("/tap/sync", use: sync)
+        router.post("/tap/sync", use: sync)
+
+        // UWS: the job list, one job, and its parts.
+        router.get("/tap/async") { request, context in
+            let list = await jobs.list(owner: context.user)
+            var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:jobs xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" version=\"1.1\">\n"
+            for j in list {
+                s += "  <uws:jobref id=\"\(j.id)\" xlink:href=\"\(baseURL(request))/tap/async/\(j.id)\"><uws:phase>\(j.phase.rawValue)</uws:phase><uws:ownerId>\(ResultWriter.xml(j.owner))</uws:ownerId><uws:creationTime>\(iso(j.created))</uws:creationTime></uws:jobref>\n"
+            }
+            return xml(200, s + "</uws:jobs>\n")
+        }
+        router.post("/tap/async") { request, context in
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            // A job is created whatever its parameters say (UWS); what is wrong with them is
+            // its error once it runs. Only the size limits apply now.
+            try checkSize(params, limits: config.limits)
+            let job = try await jobs.create(owner: context.user, parameters: params)
+            if params["PHASE"]?.uppercased() == "RUN" { try await jobs.run(job.id, owner: context.user) }
+            return redirect("\(baseURL(request))/tap/async/\(job.id)")
+        }
+        router.get("/tap/async/:id") { request, context in
+            let id = try context.parameters.require("id")
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            var job = try await jobs.job(id, owner: context.user)
+            if let wait = params["WAIT"].flatMap(Double.init) {
+                let phase = params["PHASE"].flatMap { AsyncJobs.Phase(rawValue: $0.uppercased()) }
+                job = try await jobs.wait(id, owner: context.user, seconds: wait < 0 ? 60 : wait, whilePhase: phase)
+            }
+            return xml(200, jobDocument(job, base: baseURL(request)))
+        }
+        router.delete("/tap/async/:id") { request, context in
+            try await jobs.delete(try context.parameters.require("id"), owner: context.user)
+            return redirect("\(baseURL(request))/tap/async")
+        }
+        router.post("/tap/async/:id") { request, context in
+            let id = try context.parameters.require("id")
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            guard params["ACTION"]?.uppercased() == "DELETE" else { throw TAPError(400, "POST to a job takes ACTION=DELETE") }
+            try await jobs.delete(id, owner: context.user)
+            return redirect("\(baseURL(request))/tap/async")
+        }
+        router.get("/tap/async/:id/:part") { request, context in
+            let id = try context.parameters.require("id")
+            let job = try await jobs.job(id, owner: context.user)
+            switch try context.parameters.require("part") {
+            case "phase": return text(200, job.phase.rawValue)
+            case "quote": return text(200, "")
+            case "executionduration": return text(200, "\(job.executionDuration)")
+            case "destruction": return text(200, iso(job.destruction))
+            case "owner": return text(200, job.owner)
+            case "error":
+                guard let e = job.error else { throw TAPError(404, "job \(id) has no error (phase \(job.phase.rawValue))") }
+                return xml(200, ResultWriter.errorVOTable(e), contentType: "application/x-votable+xml")
+            case "parameters": return xml(200, parametersDocument(job))
+            case "results": return xml(200, resultsDocument(job, base: baseURL(request)))
+            default: throw TAPError(404, "a job has no part `\(try context.parameters.require("part").prefix(40))`")
+            }
+        }
+        router.get("/tap/async/:id/results/result") { request, context in
+            let id = try context.parameters.require("id")
+            let job = try await jobs.job(id, owner: context.user)
+            guard let table = job.result else { throw TAPError(404, "job \(id) has no result (phase \(job.phase.rawValue))") }
+            let format = try responseFormat(job.parameters)
+            return tableResponse(table, format: format, query: job.parameters["QUERY"] ?? "")
+        }
+        router.post("/tap/async/:id/:part") { request, context in
+            let id = try context.parameters.require("id")
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            let part = try context.parameters.require("part")
+            switch part {
+            case "phase":
+                switch params["PHASE"]?.uppercased() {
+                case "RUN": try await jobs.run(id, owner: context.user)
+                case "ABORT": try await jobs.abort(id, owner: context.user)
+                default: throw TAPError(400, "PHASE must be RUN or ABORT")
+                }
+            case "executionduration":
+                guard let v = params["EXECUTIONDURATION"].flatMap(Int.init), v >= 0 else { throw TAPError(400, "EXECUTIONDURATION must be a whole number of seconds") }
+                _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in
+                    j.executionDuration = v == 0 ? AsyncJobs.maxExecutionDuration : min(v, AsyncJobs.maxExecutionDuration)
+                }
+            case "destruction":
+                guard let raw = params["DESTRUCTION"], let d = parseISO(raw) else { throw TAPError(400, "DESTRUCTION must be an ISO 8601 time") }
+                let latest = Date().addingTimeInterval(config.limits.asyncRetentionSeconds)
+                _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in j.destruction = min(d, latest) }
+            case "parameters":
+                try checkSize(params, limits: config.limits)
+                _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in
+                    guard j.phase == .pending else { throw TAPError(409, "job \(id) is \(j.phase.rawValue): parameters change only while PENDING") }
+                    j.parameters.merge(params) { $1 }
+                }
+            default:
+                throw TAPError(404, "a job has no part `\(part.prefix(40))` to change")
+            }
+            return redirect("\(baseURL(request))/tap/async/\(id)")
+        }
+        return router
+    }
+
+    /// Runs the gateway until SIGTERM or SIGINT, then finishes the requests in progress.
+    public static func run(_ config: GatewayConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        if config.anonymous && !EndpointScope.isLoopback("tcp://\(config.host):\(config.port)") {
+            throw TAPError(400, "--anonymous is allowed on loopback addresses only (127.0.0.1, ::1); give users tokens (tessera token create) to serve beyond this machine")
+        }
+        let app = Application(router: router(config, logger: logger),
+                              configuration: .init(address: .hostname(config.host, port: config.port), serverName: "tessera-gateway"),
+                              onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
+                              logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    // MARK: Sync
+
+    static func runSync(_ params: [String: String], service: TAPService, user: String) async throws -> Response {
+        try checkParameters(params, limits: service.limits)
+        if let r = params["REQUEST"], r.lowercased() != "doquery" { throw TAPError(400, "REQUEST=\(r.prefix(40)) is not supported: use doQuery") }
+        guard let query = params["QUERY"], !query.isEmpty else { throw TAPError(400, "no QUERY parameter: give QUERY=an ADQL query") }
+        let maxrec = try service.maxrec(params["MAXREC"])
+        let format = try responseFormat(params)
+        let table = try await service.run(adql: query, maxrec: maxrec, user: user, priority: .interactive)
+        return tableResponse(table, format: format, query: query)
+    }
+
+    static func checkSize(_ params: [String: String], limits: GatewayLimits) throws(TAPError) {
+        if let q = params["QUERY"], q.count > limits.queryCharacters {
+            throw TAPError(400, "the query is \(q.count) characters long, over this service's limit of \(limits.queryCharacters)")
+        }
+    }
+
+    /// Refuses what this service cannot do with a request's parameters, naming the parameter.
+    static func checkParameters(_ params: [String: String], limits: GatewayLimits) throws(TAPError) {
+        if let lang = params["LANG"], !lang.uppercased().hasPrefix("ADQL") { throw TAPError(400, "LANG=\(lang.prefix(40)) is not supported: use ADQL") }
+        try checkSize(params, limits: limits)
+        if params["UPLOAD"] != nil { throw TAPError(400, "UPLOAD is not supported yet by this service") }
+        _ = try responseFormat(params)
+    }
+
+    static func responseFormat(_ params: [String: String]) throws(TAPError) -> ResultFormat {
+        let raw = params["RESPONSEFORMAT"] ?? params["FORMAT"] ?? ""
+        guard let f = ResultFormat(responseFormat: raw) else {
+            throw TAPError(400, "RESPONSEFORMAT=\(raw.prefix(60)) is not supported: use \(ResultFormat.advertised.map(\.alias).joined(separator: ", ")) or their MIME types")
+        }
+        return f
+    }
+
+    static func tableResponse(_ table: TAPTable, format: ResultFormat, query: String) -> Response {
+        let writer = ResultWriter(table: table, format: format, infos: [("QUERY", String(query.prefix(4096)))])
+        return Response(status: .ok, headers: [.contentType: format.contentType], body: ResponseBody { body in
+            try await writer.write { chunk in try await body.write(ByteBuffer(bytes: chunk)) }
+            try await body.finish(nil)
+        })
+    }
+
+    // MARK: Parameters
+
+    /// The request's parameters, from its query string and a form body: names upper-cased
+    /// (DALI's parameter names are case-insensitive), the first value of each.
+    static func parameters(_ request: Request, limit: Int) async throws -> [String: String] {
+        var out: [String: String] = [:]
+        formFields(request.uri.query ?? "", into: &out)
+        guard request.method == .post else { return out }
+        let type = request.headers[.contentType] ?? ""
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limit)
+        } catch {
+            throw TAPError(413, "the request body is over this service's limit of \(limit) bytes")
+        }
+        if type.lowercased().hasPrefix("multipart/") { throw TAPError(415, "multipart bodies (UPLOAD) are not supported yet: send application/x-www-form-urlencoded") }
+        formFields(String(buffer: body), into: &out)
+        return out
+    }
+
+    /// Adds the fields of `application/x-www-form-urlencoded` text (a query string or a form
+    /// body: `+` is a space, `%XX` a byte), the first value of each name.
+    static func formFields(_ text: String, into out: inout [String: String]) {
+        for pair in text.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+            guard let k = kv.first, !k.isEmpty else { continue }
+            if out[k.uppercased()] == nil { out[k.uppercased()] = kv.count > 1 ? kv[1] : "" }
+        }
+    }
+
+    // MARK: Documents
+
+    static func baseURL(_ request: Request) -> String {
+        let host = request.head.authority ?? "127.0.0.1"
+        return "http://\(host.filter { !$0.isWhitespace && $0 != "\"" && $0 != "<" })"
+    }
+
+    static func text(_ status: Int, _ s: String) -> Response {
+        Response(status: .init(code: status), headers: [.contentType: "text/plain;charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: s)))
+    }
+
+    static func xml(_ status: Int, _ s: String, contentType: String = "text/xml;charset=utf-8") -> Response {
+        Response(status: .init(code: status), headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(string: s)))
+    }
+
+    static func redirect(_ url: String) -> Response {
+        Response(status: .seeOther, headers: [.location: url], body: .init())
+    }
+
+    /// An error as TAP returns it: an ERROR VOTable with the HTTP status.
+    public static func errorResponse(_ status: Int, _ message: String) -> Response {
+        xml(status, ResultWriter.errorVOTable(message), contentType: "application/x-votable+xml")
+    }
+
+    static func iso(_ d: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: d)
+    }
+
+    static func parseISO(_ s: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        for opts: ISO8601DateFormatter.Options in [[.withInternetDateTime], [.withInternetDateTime, .withFractionalSeconds]] {
+            f.formatOptions = opts
+            if let d = f.date(from: s) { return d }
+        }
+        return nil
+    }
+
+    static func jobDocument(_ j: AsyncJobs.Job, base: String) -> String {
+        func time(_ d: Date?) -> String { d.map { ">\(iso($0))<" } ?? " xsi:nil=\"true\"/><" }
+        var s = """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <uws:job xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="1.1">
+              <uws:jobId>\(j.id)</uws:jobId>
+              <uws:ownerId>\(ResultWriter.xml(j.owner))</uws:ownerId>
+              <uws:phase>\(j.phase.rawValue)</uws:phase>
+              <uws:quote xsi:nil="true"/>
+              <uws:creationTime>\(iso(j.created))</uws:creationTime>
+
+            """
+        s += j.started.map { "  <uws:startTime>\(iso($0))</uws:startTime>\n" } ?? "  <uws:startTime xsi:nil=\"true\"/>\n"
+        s += j.ended.map { "  <uws:endTime>\(iso($0))</uws:endTime>\n" } ?? "  <uws:endTime xsi:nil=\"true\"/>\n"
+        s += "  <uws:executionDuration>\(j.executionDuration)</uws:executionDuration>\n"
+        s += "  <uws:destruction>\(iso(j.destruction))</uws:destruction>\n"
+        s += parametersElement(j)
+        s += "  <uws:results>\n"
+        if j.result != nil { s += "    <uws:result id=\"result\" xlink:href=\"\(base)/tap/async/\(j.id)/results/result\"/>\n" }
+        s += "  </uws:results>\n"
+        if let e = j.error {
+            s += "  <uws:errorSummary type=\"fatal\" hasDetail=\"true\"><uws:message>\(ResultWriter.xml(e))</uws:message></uws:errorSummary>\n"
+        }
+        _ = time
+        return s + "</uws:job>\n"
+    }
+
+    static func parametersElement(_ j: AsyncJobs.Job) -> String {
+        var s = "  <uws:parameters>\n"
+        for (k, v) in j.parameters.sorted(by: { $0.key < $1.key }) {
+            s += "    <uws:parameter id=\"\(ResultWriter.xml(k))\">\(ResultWriter.xml(v))</uws:parameter>\n"
+        }
+        return s + "  </uws:parameters>\n"
+    }
+
+    static func parametersDocument(_ j: AsyncJobs.Job) -> String {
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + parametersElement(j)
+            .replacingOccurrences(of: "  <uws:parameters>", with: "<uws:parameters xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\">")
+    }
+
+    static func resultsDocument(_ j: AsyncJobs.Job, base: String) -> String {
+        var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:results xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" xmlns:xlink=\"http://www.w3.org/1999/xlink\">\n"
+        if j.result != nil { s += "  <uws:result id=\"result\" xlink:href=\"\(base)/tap/async/\(j.id)/results/result\"/>\n" }
+        return s + "</uws:results>\n"
+    }
+
+    static func capabilities(base: String, limits: GatewayLimits) -> String {
+        var formats = ""
+        for f in ResultFormat.advertised {
+            let id = f.alias == "votable/td" ? " ivo-id=\"ivo://ivoa.net/std/TAPRegExt#output-votable-td\""
+                : f.alias == "votable/b2" || f.alias == "votable" ? " ivo-id=\"ivo://ivoa.net/std/TAPRegExt#output-votable-binary2\"" : ""
+            formats += "    <outputFormat\(id)><mime>\(ResultWriter.xml(f.mime))</mime><alias>\(f.alias)</alias></outputFormat>\n"
+        }
+        let geometry = ["POINT", "CIRCLE", "BOX", "POLYGON", "CONTAINS", "INTERSECTS", "DISTANCE"]
+            .map { "        <feature><form>\($0)</form></feature>\n" }.joined()
+        return """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <vosi:capabilities xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vr="http://www.ivoa.net/xml/VOResource/v1.0" xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" xmlns:tr="http://www.ivoa.net/xml/TAPRegExt/v1.0">
+              <capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">
+                <interface xsi:type="vs:ParamHTTP" role="std" version="1.1">
+                  <accessURL use="base">\(base)/tap</accessURL>
+                </interface>
+                <language>
+                  <name>ADQL</name>
+                  <version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>
+                  <description>A subset of ADQL: one table or a positional join, WHERE, GROUP BY one key, ORDER BY, TOP</description>
+                  <languageFeatures type="ivo://ivoa.net/std/TAPRegExt#features-udf">
+                    <feature><form>mag(flux DOUBLE) -> DOUBLE</form><description>AB magnitude of a flux in nJy: 31.4 - 2.5 log10(flux)</description></feature>
+                  </languageFeatures>
+                  <languageFeatures type="ivo://ivoa.net/std/TAPRegExt#features-adqlgeo">
+            \(geometry)      </languageFeatures>
+                </language>
+            \(formats)    <retentionPeriod><default>\(Int(limits.asyncRetentionSeconds))</default><hard>\(Int(limits.asyncRetentionSeconds))</hard></retentionPeriod>
+                <executionDuration><default>600</default><hard>\(AsyncJobs.maxExecutionDuration)</hard></executionDuration>
+                <outputLimit><default unit="row">\(limits.defaultMaxrec)</default><hard unit="row">\(limits.maxrecLimit)</hard></outputLimit>
+              </capability>
+              <capability standardID="ivo://ivoa.net/std/DALI#examples">
+                <interface xsi:type="vr:WebBrowser"><accessURL use="full">\(base)/tap/examples</accessURL></interface>
+              </capability>
+              <capability standardID="ivo://ivoa.net/std/VOSI#capabilities">
+                <interface xsi:type="vs:ParamHTTP"><accessURL use="full">\(base)/tap/capabilities</accessURL></interface>
+              </capability>
+              <capability standardID="ivo://ivoa.net/std/VOSI#availability">
+                <interface xsi:type="vs:ParamHTTP"><accessURL use="full">\(base)/tap/availability</accessURL></interface>
+              </capability>
+              <capability standardID="ivo://ivoa.net/std/VOSI#tables-1.1">
+                <interface xsi:type="vs:ParamHTTP" version="1.1"><accessURL use="full">\(base)/tap/tables</accessURL></interface>
+              </capability>
+            </vosi:capabilities>
+
+            """
+    }
+
+    /// DALI's examples document: queries of the first table the user can read, each runnable.
+    static func examples(_ tables: [ADQLTable]) -> String {
+        var items: [(id: String, name: String, about: String, query: String)] = [
+            ("tables", "The tables", "What this service holds, from TAP_SCHEMA.", "SELECT table_name, description FROM TAP_SCHEMA.tables"),
+        ]
+        if let t = tables.first {
+            let name = TAPService.queryName(t), ra = ADQLParser.delimited(t.raColumn), dec = ADQLParser.delimited(t.decColumn)
+            items.append(("cone", "A cone search", "Rows within 0.1° of a position, nearest first.",
+                          "SELECT TOP 100 *, DISTANCE(POINT('ICRS', \(ra), \(dec)), POINT('ICRS', 60, -35)) AS d FROM \(name) WHERE CONTAINS(POINT('ICRS', \(ra), \(dec)), CIRCLE('ICRS', 60, -35, 0.1)) = 1 ORDER BY d"))
+            items.append(("count", "Counting", "Rows of the whole table.", "SELECT COUNT(*) FROM \(name)"))
+        }
+        var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<html xmlns=\"http://www.w3.org/1999/xhtml\"><head><title>Tessera TAP examples</title></head><body vocab=\"http://www.ivoa.net/rdf/examples#\">\n"
+        for e in items {
+            s += "<div id=\"\(e.id)\" resource=\"#\(e.id)\" typeof=\"example\">\n<h2 property=\"name\">\(e.name)</h2>\n<p>\(ResultWriter.xml(e.about))</p>\n"
+            s += "<pre class=\"dali-example\" property=\"query\">\(ResultWriter.xml(e.query))</pre>\n</div>\n"
+        }
+        return s + "</body></html>\n"
+    }
+
+    static func tableset(_ tables: [ADQLTable]) -> String {
+        var s = """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <vosi:tableset xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+
+            """
+        func column(_ name: String, _ description: String, _ unit: String, _ ucd: String, _ type: String, indexed: Bool) -> String {
+            var c = "      <column><name>\(ResultWriter.xml(ADQLParser.delimited(name)))</name>"
+            if !description.isEmpty { c += "<description>\(ResultWriter.xml(description))</description>" }
+            if !unit.isEmpty { c += "<unit>\(ResultWriter.xml(unit))</unit>" }
+            if !ucd.isEmpty { c += "<ucd>\(ResultWriter.xml(ucd))</ucd>" }
+            c += "<dataType xsi:type=\"vs:VOTableType\"\(type == "char" ? " arraysize=\"*\"" : "")>\(type)</dataType>"
+            if indexed { c += "<flag>indexed</flag>" }
+            return c + "</column>\n"
+        }
+        s += "  <schema><name>\(TAPService.catalogSchema)</name><description>the survey's catalogs, and users' own tables</description>\n"
+        for t in tables {
+            s += "    <table type=\"base_table\"><name>\(ResultWriter.xml(TAPService.queryName(t)))</name>"
+            if !t.description.isEmpty { s += "<description>\(ResultWriter.xml(t.description))</description>" }
+            s += "\n"
+            for c in t.columns {
+                s += column(c.name, c.description, c.unit, c.ucd, TAPService.datatype(c.type), indexed: TAPService.isIndexed(c.name, of: t))
+            }
+            s += "    </table>\n"
+        }
+        s += "  </schema>\n  <schema><name>TAP_SCHEMA</name><description>the tables that describe this service</description>\n"
+        for m in TAPService.tapSchema([]) {
+            s += "    <table type=\"table\"><name>\(m.qualifiedName)</name><description>\(ResultWriter.xml(m.description))</description>\n"
+            for c in m.columns { s += column(c.name, c.description, "", "", c.datatype, indexed: false) }
+            for k in TAPService.tapSchemaKeys where k.from == m.qualifiedName {
+                s += "      <foreignKey><targetTable>\(k.target)</targetTable><fkColumn><fromColumn>\(k.fromColumn)</fromColumn><targetColumn>\(k.targetColumn)</targetColumn></fkColumn></foreignKey>\n"
+            }
+            s += "    </table>\n"
+        }
+        return s + "  </schema>\n</vosi:tableset>\n"
+    }
+}

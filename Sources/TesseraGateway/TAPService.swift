@@ -1,0 +1,227 @@
+import Foundation
+import Synchronization
+import TesseraADQL
+import TesseraClient
+import TesseraCompute
+import TesseraProtocol
+
+/// What the gateway allows each request and each user.
+public struct GatewayLimits: Sendable {
+    /// The longest `QUERY`, in characters.
+    public var queryCharacters = 16_384
+    /// The largest request body (a POSTed form), in bytes.
+    public var bodyBytes = 1 << 20
+    /// Requests one user may have in progress at once.
+    public var concurrentRequestsPerUser = 8
+    /// Rows returned when MAXREC is not given, and the most it may ask for.
+    public var defaultMaxrec = 100_000
+    public var maxrecLimit = 2_000_000
+    /// Async jobs one user may hold, and how long a finished one is kept.
+    public var asyncJobsPerUser = 32
+    public var asyncRetentionSeconds = 24 * 3600.0
+
+    public init() {}
+}
+
+/// A TAP request refused or failed: the HTTP status and the message for the error document.
+public struct TAPError: Error, Sendable {
+    public var status: Int
+    public var message: String
+    public init(_ status: Int, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// The TAP service: turns ADQL into catalog plans for the scheduler, and describes the tables
+/// a user may read (VOSI tables, TAP_SCHEMA). It holds no socket: every question runs on a
+/// connection of its own, as the user it is asked for.
+public final class TAPService: Sendable {
+    public let endpoint: String
+    public let limits: GatewayLimits
+    /// The schema TAP lists catalog datasets under.
+    public static let catalogSchema = "tessera"
+    private let cache = Mutex<[String: (at: Double, tables: [ADQLTable])]>([:])
+
+    public init(endpoint: String, limits: GatewayLimits = GatewayLimits()) {
+        self.endpoint = endpoint
+        self.limits = limits
+    }
+
+    // MARK: Tables
+
+    /// The catalog tables `user` may read, as the scheduler lists them (cached for 2 s).
+    public func tables(for user: String) async throws(TAPError) -> [ADQLTable] {
+        let now = Date().timeIntervalSince1970
+        if let hit = cache.withLock({ $0[user] }), now - hit.at < 2 { return hit.tables }
+        let endpoint = self.endpoint
+        let reply: Tessera_V1_StatusReply
+        do {
+            reply = try await onThread {
+                let conn = try SchedulerConnection(endpoint: endpoint, timeout: 5)
+                conn.onBehalfOf = user
+                return try conn.status()
+            }
+        } catch {
+            throw TAPError(503, "the scheduler at \(endpoint) did not answer: \(error)")
+        }
+        let tables = reply.datasets.filter { $0.kind.isEmpty || $0.kind == "catalog" }.map(Self.table)
+        cache.withLock { $0[user] = (now, tables) }
+        return tables
+    }
+
+    static func table(_ d: Tessera_V1_DatasetStatus) -> ADQLTable {
+        let columns = d.columns.map { c in
+            ADQLColumn(name: c.name, type: c.type, unit: c.unit,
+                       ucd: c.name == d.raColumn ? "pos.eq.ra;meta.main" : c.name == d.decColumn ? "pos.eq.dec;meta.main" : "",
+                       description: c.description_p)
+        }
+        var about = "\(d.rows) rows in \(d.shards) HEALPix shards"
+        if !d.owner.isEmpty { about += "; a table of \(d.owner)'s\(d.shared ? ", shared" : "")" }
+        return ADQLTable(schema: catalogSchema, name: d.name, columns: columns, raColumn: d.raColumn, decColumn: d.decColumn, description: about)
+    }
+
+    /// VOTable's datatype for a stored column as the gateway returns it (integers widen to long).
+    static func datatype(_ t: Tessera_V1_ColumnType) -> String {
+        switch t {
+        case .columnFloat64: "double"
+        case .columnFloat32: "float"
+        case .columnBool: "boolean"
+        default: "long"
+        }
+    }
+
+    /// TAP_SCHEMA's own foreign keys, as TAP 1.1 (§4) lists them.
+    static let tapSchemaKeys: [(id: String, from: String, target: String, fromColumn: String, targetColumn: String)] = [
+        ("schemas_of_tables", "TAP_SCHEMA.tables", "TAP_SCHEMA.schemas", "schema_name", "schema_name"),
+        ("tables_of_columns", "TAP_SCHEMA.columns", "TAP_SCHEMA.tables", "table_name", "table_name"),
+        ("from_tables_of_keys", "TAP_SCHEMA.keys", "TAP_SCHEMA.tables", "from_table", "table_name"),
+        ("target_tables_of_keys", "TAP_SCHEMA.keys", "TAP_SCHEMA.tables", "target_table", "table_name"),
+        ("keys_of_key_columns", "TAP_SCHEMA.key_columns", "TAP_SCHEMA.keys", "key_id", "key_id"),
+    ]
+
+    /// TAP_SCHEMA's five tables, describing `tables` and themselves.
+    public static func tapSchema(_ tables: [ADQLTable]) -> [LocalTable] {
+        typealias C = LocalTable.Column
+        func t(_ s: String) -> LocalCell { .text(s) }
+        func i(_ v: Int) -> LocalCell { .integer(Int64(v)) }
+        let schemas = LocalTable(schema: "TAP_SCHEMA", name: "schemas", description: "schemas of this service", columns: [
+            C("schema_name", "char", "schema name"), C("utype", "char", "utype"), C("description", "char", "description"), C("schema_index", "int", "order in listings"),
+        ], rows: [])
+        let tablesT = LocalTable(schema: "TAP_SCHEMA", name: "tables", description: "tables of this service", columns: [
+            C("schema_name", "char", "schema"), C("table_name", "char", "name to use in queries"), C("table_type", "char", "table or view"),
+            C("utype", "char", "utype"), C("description", "char", "description"), C("table_index", "int", "order in listings"),
+        ], rows: [])
+        let columnsT = LocalTable(schema: "TAP_SCHEMA", name: "columns", description: "columns of this service's tables", columns: [
+            C("table_name", "char", "table"), C("column_name", "char", "column"), C("datatype", "char", "VOTable datatype"),
+            C("arraysize", "char", "VOTable arraysize"), C("xtype", "char", "VOTable xtype"), C("size", "int", "deprecated length"),
+            C("description", "char", "description"), C("utype", "char", "utype"), C("unit", "char", "unit"), C("ucd", "char", "UCD"),
+            C("indexed", "int", "1 if indexed"), C("principal", "int", "1 if principal"), C("std", "int", "1 if standard"),
+            C("column_index", "int", "order in listings"),
+        ], rows: [])
+        let keys = LocalTable(schema: "TAP_SCHEMA", name: "keys", description: "foreign keys between tables", columns: [
+            C("key_id", "char", "key"), C("from_table", "char", "table holding the key"), C("target_table", "char", "table it points to"),
+            C("description", "char", "description"), C("utype", "char", "utype"),
+        ], rows: [])
+        let keyColumns = LocalTable(schema: "TAP_SCHEMA", name: "key_columns", description: "columns of foreign keys", columns: [
+            C("key_id", "char", "key"), C("from_column", "char", "column in from_table"), C("target_column", "char", "column in target_table"),
+        ], rows: [])
+        let meta = [schemas, tablesT, columnsT, keys, keyColumns]
+
+        var out = meta
+        out[0].rows = [[t("TAP_SCHEMA"), .null, t("the tables that describe this service"), i(0)],
+                       [t(catalogSchema), .null, t("the survey's catalogs, and users' own tables"), i(1)]]
+        var tableRows: [[LocalCell]] = [], columnRows: [[LocalCell]] = []
+        for (n, m) in meta.enumerated() {
+            tableRows.append([t("TAP_SCHEMA"), t(m.qualifiedName), t("table"), .null, t(m.description), i(100 + n)])
+            for (k, c) in m.columns.enumerated() {
+                columnRows.append([t(m.qualifiedName), t(ADQLParser.delimited(c.name)), t(c.datatype), c.datatype == "char" ? t("*") : .null, .null, .null,
+                                   t(c.description), .null, .null, .null, i(0), i(1), i(1), i(k)])
+            }
+        }
+        for (n, table) in tables.enumerated() {
+            let name = queryName(table)
+            tableRows.append([t(table.schema), t(name), t("table"), .null, t(table.description), i(n)])
+            for (k, c) in table.columns.enumerated() {
+                let indexed = isIndexed(c.name, of: table)
+                columnRows.append([t(name), t(ADQLParser.delimited(c.name)), t(datatype(c.type)), .null, .null, .null, t(c.description), .null,
+                                   t(c.unit), t(c.ucd), i(indexed ? 1 : 0), i(1), i(0), i(k)])
+            }
+        }
+        out[3].rows = tapSchemaKeys.map { [t($0.id), t($0.from), t($0.target), t("\($0.fromColumn) of \($0.from)"), .null] }
+        out[4].rows = tapSchemaKeys.map { [t($0.id), t($0.fromColumn), t($0.targetColumn)] }
+        out[1].rows = tableRows
+        out[2].rows = columnRows
+        return out
+    }
+
+    /// Whether the spatial index serves conditions on a column: the position columns (a
+    /// region), and the HEALPix index the rows are sorted by.
+    static func isIndexed(_ column: String, of table: ADQLTable) -> Bool {
+        column == table.raColumn || column == table.decColumn || column == "_healpix_29"
+    }
+
+    /// How a table is named in queries: `tessera.name`, in double quotes where ADQL needs them.
+    static func queryName(_ table: ADQLTable) -> String {
+        "\(table.schema).\(ADQLParser.delimited(table.name))"
+    }
+
+    // MARK: Queries
+
+    /// The MAXREC a request asks for: the default when absent, refused when not a count.
+    public func maxrec(_ raw: String?) throws(TAPError) -> Int {
+        guard let raw, !raw.isEmpty else { return limits.defaultMaxrec }
+        guard let v = Int(raw.trimmingCharacters(in: .whitespaces)) else { throw TAPError(400, "MAXREC=\(raw.prefix(40)) is not a whole number") }
+        guard v >= 0 else { throw TAPError(400, "MAXREC=\(v) is negative: give 0 (metadata only) up to \(limits.maxrecLimit)") }
+        guard v <= limits.maxrecLimit else { throw TAPError(400, "MAXREC=\(v) is over this service's limit of \(limits.maxrecLimit) rows") }
+        return v
+    }
+
+    /// Answers an ADQL query for `user`.
+    public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass) async throws(TAPError) -> TAPTable {
+        guard adql.count <= limits.queryCharacters else {
+            throw TAPError(400, "the query is \(adql.count) characters long, over this service's limit of \(limits.queryCharacters)")
+        }
+        let query: ADQLQuery
+        do {
+            query = try ADQLParser.parse(adql)
+        } catch {
+            throw TAPError(400, "ADQL error: \(error)")
+        }
+        if query.from.schema?.uppercased() == "TAP_SCHEMA" {
+            let schema = Self.tapSchema(try await tables(for: user))
+            guard let table = schema.first(where: { $0.name.lowercased() == query.from.name.lowercased() }) else {
+                throw TAPError(400, "ADQL error: no table named `\(query.from.qualifiedName)` (TAP_SCHEMA has schemas, tables, columns, keys and key_columns) (at \(query.from.position))")
+            }
+            do {
+                let r = try table.run(query, maxrec: maxrec)
+                return TAPTable(local: r.columns, rows: r.rows, overflow: r.overflow)
+            } catch {
+                throw TAPError(400, "ADQL error: \(error)")
+            }
+        }
+        var translator = ADQLTranslator(tables: try await tables(for: user))
+        let plan: ADQLPlan
+        do {
+            plan = try translator.translate(query, maxrec: maxrec)
+        } catch {
+            throw TAPError(400, "ADQL error: \(error)")
+        }
+        let question = CatalogQuery(plan: plan.plan, endpoint: endpoint).onBehalf(of: user).priority(priority)
+        do {
+            let answer = try await question.result(name: "tap \(user)")
+            return TAPTable(answer.table, plan: plan, maxrec: maxrec)
+        } catch ClientError.noScheduler(let e, let s) {
+            throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
+        } catch {
+            throw TAPError(400, "query failed: \(error)")
+        }
+    }
+
+    /// Runs blocking client code on a thread of its own (the ZeroMQ client blocks).
+    func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            Thread { c.resume(with: Result { try body() }) }.start()
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import TesseraADQL
+import TesseraCompute
+
+/// A column of an answer as TAP describes it.
+public struct TAPField: Sendable, Equatable {
+    public var name: String
+    /// VOTable's datatype: `double`, `float`, `long`, `int`, `boolean` or `char` (`arraysize="*"`).
+    public var datatype: String
+    public var unit: String
+    public var ucd: String
+    public var description: String
+}
+
+/// An answer's values, one column at a time.
+public enum TAPColumn: Sendable, Equatable {
+    case doubles([Double])
+    case floats([Float])
+    case longs([Int64])
+    case bools([Bool])
+    /// Text or integers with NULLs (the gateway's own TAP_SCHEMA tables).
+    case cells([LocalCell])
+
+    var count: Int {
+        switch self {
+        case .doubles(let a): a.count
+        case .floats(let a): a.count
+        case .longs(let a): a.count
+        case .bools(let a): a.count
+        case .cells(let a): a.count
+        }
+    }
+
+    func rows(_ keep: [Int]) -> TAPColumn {
+        switch self {
+        case .doubles(let a): .doubles(keep.map { a[$0] })
+        case .floats(let a): .floats(keep.map { a[$0] })
+        case .longs(let a): .longs(keep.map { a[$0] })
+        case .bools(let a): .bools(keep.map { a[$0] })
+        case .cells(let a): .cells(keep.map { a[$0] })
+        }
+    }
+
+    /// A value to sort on (NaN and NULL first).
+    func sortKey(_ i: Int) -> Double {
+        switch self {
+        case .doubles(let a): a[i].isNaN ? -.infinity : a[i]
+        case .floats(let a): a[i].isNaN ? -.infinity : Double(a[i])
+        case .longs(let a): Double(a[i])
+        case .bools(let a): a[i] ? 1 : 0
+        case .cells(let a): if case .integer(let v) = a[i] { Double(v) } else { -.infinity }
+        }
+    }
+}
+
+/// An answer: fields, values, and whether MAXREC cut it short.
+public struct TAPTable: Sendable, Equatable {
+    public var fields: [TAPField]
+    public var columns: [TAPColumn]
+    public var overflow: Bool
+
+    public var rowCount: Int { columns.first?.count ?? 0 }
+
+    /// A catalog answer as a TAP table: the plan's fields, sorted and cut as the query asked.
+    public init(_ answer: ResultTable, plan: ADQLPlan, maxrec: Int) {
+        var columns: [TAPColumn] = []
+        fields = []
+        for f in plan.fields {
+            guard f.source < answer.columns.count else { continue }
+            let (column, type): (TAPColumn, String) = switch answer.columns[f.source] {
+            case .doubles(let a): (.doubles(a), "double")
+            case .floats(let a): (.floats(a), "float")
+            case .int64s(let a): (.longs(a), "long")
+            case .bools(let a): (.bools(a), "boolean")
+            }
+            columns.append(column)
+            fields.append(TAPField(name: f.name, datatype: type, unit: f.unit, ucd: f.ucd, description: f.description))
+        }
+        var order = Array(0..<(columns.first?.count ?? 0))
+        if !plan.localOrder.isEmpty {
+            order.sort { a, b in
+                for (k, desc) in plan.localOrder where k < columns.count {
+                    let x = columns[k].sortKey(a), y = columns[k].sortKey(b)
+                    if x != y { return desc ? x > y : x < y }
+                }
+                return a < b
+            }
+        }
+        let cut = min(plan.rowLimit ?? Int.max, maxrec)
+        overflow = order.count > maxrec && (plan.rowLimit ?? Int.max) > maxrec
+        if order.count > cut { order = Array(order.prefix(cut)) }
+        let identity = order.enumerated().allSatisfy { $0.offset == $0.element } && order.count == (columns.first?.count ?? 0)
+        self.columns = identity ? columns : columns.map { $0.rows(order) }
+    }
+
+    /// A gateway-evaluated answer (TAP_SCHEMA).
+    public init(local: [LocalTable.Column], rows: [[LocalCell]], overflow: Bool) {
+        fields = local.map { TAPField(name: $0.name, datatype: $0.datatype, unit: "", ucd: "", description: $0.description) }
+        columns = local.indices.map { c in .cells(rows.map { $0[c] }) }
+        self.overflow = overflow
+    }
+}

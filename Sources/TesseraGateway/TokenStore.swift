@@ -1,0 +1,59 @@
+import Crypto
+import Foundation
+import Synchronization
+import TesseraProtocol
+import TesseraSecurity
+
+/// The gateway's bearer tokens: a file of `USER SHA256-OF-TOKEN CREATED` lines, mode 0600.
+///
+/// Only hashes are stored, so the file does not hold the tokens themselves: `tessera token
+/// create USER` prints a new token once and appends its hash. The gateway reads the file again
+/// when it changes, so a token added or removed takes effect without a restart.
+public final class TokenStore: Sendable {
+    public let path: String
+    private let state = Mutex<(stamp: [Int], users: [String: String])>(([], [:]))
+
+    public init(path: String) {
+        self.path = path
+    }
+
+    /// A new token for `user`, recorded in the file at `path` (created if missing).
+    public static func create(user: String, path: String) throws(KeyError) -> String {
+        if let why = Validate.name(user, what: "user name", limit: Limits.workerNameCharacters) { throw KeyError(why) }
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let token = "tsr_" + bytes.map { String(format: "%02x", $0) }.joined()
+        var text = FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) } ?? "# Tessera gateway tokens: USER SHA256-OF-TOKEN CREATED (tessera token create USER)\n"
+        if !text.hasSuffix("\n") { text += "\n" }
+        text += "\(user) \(hash(token)) \(Int(Date().timeIntervalSince1970))\n"
+        try writePrivately(text, to: path)
+        return token
+    }
+
+    static func hash(_ token: String) -> String {
+        SHA256.hash(data: Array(token.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The user a token belongs to, or nil.
+    public func user(for token: String) -> String? {
+        guard token.utf8.count <= 256 else { return nil }
+        reloadIfChanged()
+        let h = Self.hash(token)
+        return state.withLock { $0.users[h] }
+    }
+
+    private func reloadIfChanged() {
+        var st = stat()
+        let stamp = stat(path, &st) == 0 ? [Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_size)] : [0]
+        if state.withLock({ $0.stamp == stamp }) { return }
+        var users: [String: String] = [:]
+        if let data = FileManager.default.contents(atPath: path) {
+            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+                let words = line.split(separator: " ").map(String.init)
+                guard words.count >= 2, !words[0].hasPrefix("#"), words[1].count == 64 else { continue }
+                users[words[1]] = words[0]
+            }
+        }
+        state.withLock { $0 = (stamp, users) }
+    }
+}

@@ -1,0 +1,129 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+import TesseraClient
+import TesseraGateway
+import TesseraSecurity
+
+/// `tessera gateway`: the HTTP gateway (TAP, VOSI, TAP_SCHEMA) in front of a scheduler.
+struct GatewayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gateway",
+        abstract: "Serve the cluster over HTTP: TAP 1.1 with ADQL (sync and async), VOSI and TAP_SCHEMA; stop on Ctrl-C or SIGTERM.")
+
+    @OptionGroup var target: SchedulerTarget
+
+    @Option(help: "Address and port to listen on.")
+    var listen = "127.0.0.1:7780"
+
+    @Option(help: "The bearer tokens file (`tessera token create USER`).")
+    var tokens = "tessera-data/gateway-tokens"
+
+    @Flag(help: "Let requests without a token in, as user `anonymous` (loopback addresses only).")
+    var anonymous = false
+
+    @Option(help: "Requests one user may have in progress at once.")
+    var maxRequestsPerUser = 8
+
+    @Option(help: "The longest QUERY, in characters.")
+    var maxQueryChars = 16_384
+
+    @Option(help: "Rows returned when MAXREC is not given.")
+    var defaultMaxrec = 100_000
+
+    @Option(help: "The largest MAXREC a request may give.")
+    var maxrecLimit = 2_000_000
+
+    func validate() throws {
+        guard (1...1024).contains(maxRequestsPerUser) else { throw ValidationError("--max-requests-per-user must be 1…1024") }
+        guard (64...1_000_000).contains(maxQueryChars) else { throw ValidationError("--max-query-chars must be 64…1000000") }
+        guard maxrecLimit >= 1, (0...maxrecLimit).contains(defaultMaxrec) else { throw ValidationError("--default-maxrec must be 0…--maxrec-limit") }
+        _ = try GatewayCommand.hostPort(listen)
+    }
+
+    static func hostPort(_ s: String) throws -> (String, Int) {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("`\(s)` is not HOST:PORT")
+        }
+        return (String(s[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+    }
+
+    func configuration() throws -> GatewayConfiguration {
+        var c = GatewayConfiguration(scheduler: target.scheduler)
+        (c.host, c.port) = try Self.hostPort(listen)
+        c.tokensPath = tokens
+        c.anonymous = anonymous
+        c.limits.concurrentRequestsPerUser = maxRequestsPerUser
+        c.limits.queryCharacters = maxQueryChars
+        c.limits.defaultMaxrec = defaultMaxrec
+        c.limits.maxrecLimit = maxrecLimit
+        return c
+    }
+
+    func run() throws {
+        if let key = target.key { CredentialStore.register(.curve(try KeyFile.read(key)), for: target.scheduler) }
+        try Self.serve(try configuration()).wait()
+    }
+
+    /// Starts the gateway on the concurrency pool; the handle waits for it to end (after
+    /// SIGTERM or SIGINT, once the requests in progress finish).
+    static func serve(_ config: GatewayConfiguration, onListening: @escaping @Sendable (Int) -> Void = { port in
+        print("tessera gateway: listening on http://127.0.0.1:\(port)/tap")
+        fflush(nil)
+    }) -> GatewayHandle {
+        let handle = GatewayHandle()
+        var logger = Logger(label: "tessera.gateway")
+        logger.logLevel = ProcessInfo.processInfo.environment["TESSERA_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+        Task.detached {
+            do {
+                try await Gateway.run(config, logger: logger) { port in onListening(port) }
+                handle.finish(nil)
+            } catch {
+                handle.finish("\(error)")
+            }
+        }
+        return handle
+    }
+}
+
+/// A gateway running in this process.
+final class GatewayHandle: Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private let failure = Mutex<String?>(nil)
+
+    func finish(_ error: String?) {
+        failure.withLock { $0 = error }
+        done.signal()
+    }
+
+    /// Blocks until the gateway stops; throws if it failed.
+    func wait() throws {
+        done.wait()
+        if let e = failure.withLock({ $0 }) { throw ValidationError("the gateway stopped: \(e)") }
+    }
+}
+
+/// `tessera token`: bearer tokens for the gateway.
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Bearer tokens for the HTTP gateway.", subcommands: [Create.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a token for USER: printed once, its hash kept in the tokens file (the gateway reads it again when it changes).")
+
+        @Argument(help: "The Tessera user the token acts as.")
+        var user: String
+
+        @Option(help: "The tokens file.")
+        var tokens = "tessera-data/gateway-tokens"
+
+        func run() throws {
+            try FileManager.default.createDirectory(atPath: (tokens as NSString).deletingLastPathComponent.isEmpty ? "." : (tokens as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true)
+            print(try TokenStore.create(user: user, path: tokens))
+        }
+    }
+}

@@ -173,6 +173,8 @@ public struct ADQLTranslator {
         let limit = min(query.top ?? Int.max, maxrec == Int.max ? Int.max : maxrec + 1)
         if limit < Int.max { plan.rows.limit = UInt64(limit) }
         if limit == 0 { plan.rows.limit = 1 }
+        // The plan's own cap on rows returned (a million unless raised) gives way to MAXREC.
+        if limit < Int.max { plan.rows.maxRows = UInt64(max(limit, 1)) }
         if !plan.rows.sortBy.isEmpty && plan.rows.limit == 0 {
             throw ADQLError("ORDER BY on rows needs `SELECT TOP n` (or a MAXREC): the rows are sorted as a top-n", at: query.orderBy[0].key.position)
         }
@@ -538,6 +540,11 @@ public struct ADQLTranslator {
             if let call = Self.containsCall(e) {
                 return try containsCondition(call.args, inside: call.inside, at: e.position)
             }
+            if op == "=" || op == "<>" {
+                var test = try booleanTest(a, b)
+                if test == nil { test = try booleanTest(b, a) }
+                if let test { return op == "=" ? test : "not \(test)" }
+            }
             let o = op == "=" ? "==" : op == "<>" ? "!=" : op
             return "(\(try value(a)) \(o) \(try value(b)))"
         case .between(let x, let lo, let hi, let negated):
@@ -559,6 +566,21 @@ public struct ADQLTranslator {
         default:
             throw ADQLError("a value where a condition belongs (compare it with something)", at: e.position)
         }
+    }
+
+    /// A boolean column compared with 1 or 0 (or 'T'/'F', 'true'/'false'), as TAP clients test
+    /// VOTable booleans: the column itself, or its negation.
+    func booleanTest(_ column: ADQLExpression, _ flag: ADQLExpression) throws(ADQLError) -> String? {
+        guard case .column(let t, let n) = column.kind else { return nil }
+        let (s, c) = try resolve(t, n, at: column.position)
+        guard c.type == .columnBool else { return nil }
+        let truth: Bool
+        switch flag.kind {
+        case .number(let v, _) where v == 0 || v == 1: truth = v == 1
+        case .string(let text) where ["T", "F", "TRUE", "FALSE"].contains(text.uppercased()): truth = text.uppercased().hasPrefix("T")
+        default: throw ADQLError("`\(c.name)` is a boolean: compare it with 1 or 0", at: flag.position)
+        }
+        return truth ? "(\(s.prefix + c.name))" : "not (\(s.prefix + c.name))"
     }
 
     /// `CONTAINS(POINT, CIRCLE)` that is not the plan's region: a distance test per row.

@@ -1,1 +1,187 @@
+import Foundation
 import Testing
+import TesseraADQL
+import TesseraCompute
+import TesseraProtocol
+
+/// The ADQL subset: what it translates to, and the errors that name what is wrong and where.
+struct ADQLParserTests {
+    static let object = ADQLTable(
+        schema: "tessera", name: "object",
+        columns: [
+            ADQLColumn(name: "objectId", type: .columnInt64),
+            ADQLColumn(name: "coord_ra", type: .columnFloat64, unit: "deg"),
+            ADQLColumn(name: "coord_dec", type: .columnFloat64, unit: "deg"),
+            ADQLColumn(name: "r_psfFlux", type: .columnFloat32, unit: "nJy"),
+            ADQLColumn(name: "g_psfFlux", type: .columnFloat32, unit: "nJy"),
+            ADQLColumn(name: "cell", type: .columnInt64),
+        ],
+        raColumn: "coord_ra", decColumn: "coord_dec")
+    static let sources = ADQLTable(
+        schema: "tessera", name: "sources",
+        columns: [ADQLColumn(name: "id", type: .columnInt64), ADQLColumn(name: "ra", type: .columnFloat64), ADQLColumn(name: "dec", type: .columnFloat64)],
+        raColumn: "ra", decColumn: "dec")
+
+    func plan(_ q: String, maxrec: Int = 1000) throws -> ADQLPlan {
+        var t = ADQLTranslator(tables: [Self.object, Self.sources])
+        return try t.translate(try ADQLParser.parse(q), maxrec: maxrec)
+    }
+
+    func error(_ q: String) -> ADQLError? {
+        do {
+            _ = try plan(q)
+            return nil
+        } catch let e as ADQLError {
+            return e
+        } catch {
+            return nil
+        }
+    }
+
+    /// The translated filter must mean what the ADQL means: evaluated on rows by the engine's
+    /// own evaluator, it keeps exactly the rows a direct Swift predicate keeps.
+    @Test func conditionsKeepTheRowsTheyDescribe() throws {
+        let flux: [Double] = [-5, 0, .nan, 10, 100, 1000, 1e4, 1e5]
+        let cell: [Double] = [1, 2, 3, 4, 5, 6, 7, 8]
+        let cases: [(String, (Double, Double) -> Bool)] = [
+            ("r_psfFlux BETWEEN 10 AND 1000", { f, _ in f >= 10 && f <= 1000 }),
+            ("r_psfFlux NOT BETWEEN 10 AND 1000", { f, _ in !(f >= 10 && f <= 1000) }),
+            ("cell IN (2, 4, 8)", { _, c in [2, 4, 8].contains(c) }),
+            ("cell NOT IN (2, 4, 8)", { _, c in ![2, 4, 8].contains(c) }),
+            ("r_psfFlux IS NULL", { f, _ in f.isNaN }),
+            ("r_psfFlux IS NOT NULL AND cell <> 5", { f, c in !f.isNaN && c != 5 }),
+            ("NOT (cell = 3 OR cell >= 7)", { _, c in !(c == 3 || c >= 7) }),
+            ("r_psfFlux * 2 + 1 > 21 AND -cell < -2", { f, c in f * 2 + 1 > 21 && -c < -2 }),
+            ("mag(r_psfFlux) < 24", { f, _ in f > 0 && 31.4 - 2.5 * log10(f) < 24 }),
+            ("ABS(r_psfFlux) >= POWER(10, 2)", { f, _ in abs(f) >= 100 }),
+        ]
+        for (adql, expected) in cases {
+            let p = try plan("SELECT objectId FROM object WHERE \(adql)")
+            let checked = try ExpressionChecker.check(p.plan.filter, schema: ["r_psfFlux": .number, "cell": .number], expecting: .boolean)
+            let kept = ExpressionEvaluator.evaluate(checked, columns: ["r_psfFlux": .numbers(flux), "cell": .numbers(cell)], rows: flux.count)
+            let want = zip(flux, cell).map { expected($0, $1) }
+            #expect(kept == .booleans(want), "\(adql) → \(p.plan.filter)")
+        }
+    }
+
+    @Test func aContainsOnTheTablesPositionIsItsRegion() throws {
+        let cone = try plan("SELECT * FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), CIRCLE('ICRS', 60, -35, 0.5)) = 1 AND cell > 3")
+        #expect(cone.plan.cone.ra == 60 && cone.plan.cone.dec == -35 && cone.plan.cone.radius == 0.5)
+        #expect(cone.plan.filter == "(cell > 3)")
+        let flipped = try plan("SELECT * FROM object WHERE 1 = CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(10, 20, 1.0/60))")
+        #expect(flipped.plan.cone.radius == 1.0 / 60)
+        let poly = try plan("SELECT * FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), POLYGON('ICRS', 10, 10, 12, 10, 11, 12)) = 1")
+        #expect(poly.plan.polygon.ra == [10, 12, 11] && poly.plan.polygon.dec == [10, 10, 12])
+        let box = try plan("SELECT * FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), BOX('ICRS', 0.5, 5, 2, 4)) = 1")
+        #expect(box.plan.box.raMin == 359.5 && box.plan.box.raMax == 1.5 && box.plan.box.decMin == 3 && box.plan.box.decMax == 7)
+        // A second circle, or one inside an OR, is a per-row distance test.
+        let two = try plan("SELECT * FROM object WHERE CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(60, -35, 1)) = 1 AND CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(61, -35, 1)) = 1")
+        #expect(two.plan.cone.ra == 60)
+        #expect(two.plan.filter == "(distance(coord_ra, coord_dec, 61, -35) <= 1)")
+        let outside = try plan("SELECT * FROM object WHERE CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(60, -35, 1)) = 0")
+        #expect(outside.plan.region == nil && outside.plan.filter == "not (distance(coord_ra, coord_dec, 60, -35) <= 1)")
+    }
+
+    @Test func rowsAggregatesAndOrder() throws {
+        let rows = try plan("SELECT TOP 5 objectId AS id, mag(r_psfFlux) - mag(g_psfFlux) AS colour FROM object ORDER BY colour DESC")
+        #expect(rows.plan.rows.select == ["objectId", "(mag(r_psfFlux) - mag(g_psfFlux))"])
+        #expect(rows.plan.rows.sortBy == "(mag(r_psfFlux) - mag(g_psfFlux))" && rows.plan.rows.descending && rows.plan.rows.limit == 5)
+        #expect(rows.fields.map(\.name) == ["id", "colour"])
+        // Without TOP, MAXREC + 1 rows are asked for, so that an overflow shows.
+        #expect(try plan("SELECT objectId FROM object", maxrec: 10).plan.rows.limit == 11)
+        let star = try plan("SELECT * FROM object")
+        #expect(star.plan.rows.select == Self.object.columns.map(\.name))
+
+        let grouped = try plan("SELECT cell, COUNT(*) AS n, AVG(r_psfFlux), MAX(cell) FROM object WHERE cell > 0 GROUP BY cell ORDER BY n DESC")
+        #expect(grouped.plan.groupBy == "cell")
+        #expect(grouped.plan.aggregates.map(\.function) == [.aggCount, .aggMean, .aggMax])
+        #expect(grouped.plan.aggregates.map(\.expression) == ["", "r_psfFlux", "cell"])
+        #expect(grouped.fields.map(\.name) == ["cell", "n", "avg_r_psfFlux", "max_cell"])
+        #expect(grouped.fields.map(\.source) == [0, 1, 2, 3])
+        #expect(grouped.localOrder.map(\.field) == [1] && grouped.localOrder[0].descending)
+    }
+
+    @Test func aJoinOnDistanceIsACrossmatch() throws {
+        let p = try plan("""
+            SELECT s.id, o.objectId, DISTANCE(POINT(s.ra, s.dec), POINT(o.coord_ra, o.coord_dec)) AS d
+            FROM sources AS s JOIN object AS o ON DISTANCE(POINT('ICRS', s.ra, s.dec), POINT('ICRS', o.coord_ra, o.coord_dec)) < 2.0/3600
+            WHERE o.r_psfFlux > 100
+            """)
+        #expect(p.plan.dataset == "sources" && p.plan.crossmatch.right == "object" && p.plan.crossmatch.kind == .crossmatchAll)
+        #expect(abs(p.plan.crossmatch.radiusArcsec - 2) < 1e-12)
+        #expect(p.plan.rows.select == ["left_id", "right_objectId", "(sep_arcsec / 3600)"])
+        #expect(p.plan.filter == "(right_r_psfFlux > 100)")
+        let contains = try plan("SELECT * FROM sources s JOIN object o ON 1 = CONTAINS(POINT(s.ra, s.dec), CIRCLE(o.coord_ra, o.coord_dec, 0.001))")
+        #expect(contains.plan.crossmatch.radiusArcsec == 3.6)
+        #expect(contains.fields.first?.name == "left_id")
+    }
+
+    @Test func errorsSayWhatAndWhere() throws {
+        let cases: [(String, String, Int?)] = [
+            ("SELECT objectId FROM object WHERE", "unexpected the end of the query where a value belongs", 34),
+            ("SELECT objectId FORM object", "unexpected `object`", 22),
+            ("SELECT objectId FROM object WHERE cell = 'x", "a string is not closed", 42),
+            ("SELECT objectId FROM object UNION SELECT objectId FROM object", "set operations", 29),
+            ("SELECT DISTINCT cell FROM object", "`SELECT DISTINCT` is not supported", 8),
+            ("SELECT objectId FROM object GROUP BY cell HAVING COUNT(*) > 1", "`HAVING` is not supported", 43),
+            ("SELECT objectId FROM nowhere", "no table named `nowhere`", 22),
+            ("SELECT flux FROM object", "no column `flux` in `object`", 8),
+            ("SELECT objectId FROM object WHERE SIN(coord_ra) > 0", "the function `SIN` is not supported", 35),
+            ("SELECT objectId FROM object, sources", "a list of tables in FROM", 28),
+            ("SELECT * FROM object LEFT JOIN sources ON 1 = 1", "this kind of join", 22),
+            ("SELECT * FROM object JOIN sources ON objectId = id", "a join needs a positional condition", 47),
+            ("SELECT COUNT(*) + 1 FROM object", "an aggregate must be a whole select item", 17),
+            ("SELECT objectId FROM object WHERE CONTAINS(POINT('GALACTIC', coord_ra, coord_dec), CIRCLE(1, 2, 3)) = 1", "coordinate system 'GALACTIC'", 50),
+            ("SELECT objectId FROM object WHERE cell", "a value where a condition belongs", 35),
+        ]
+        for (q, message, column) in cases {
+            let e = error(q)
+            #expect(e?.message.contains(message) == true, "\(q): \(e.map { "\($0)" } ?? "no error")")
+            if let column { #expect(e?.position?.column == column, "\(q): \(e.map { "\($0)" } ?? "no error")") }
+        }
+        // Rows are sorted as a top-n: by TOP, or by MAXREC when there is one.
+        #expect(throws: ADQLError.self) { try self.plan("SELECT objectId FROM object ORDER BY cell", maxrec: Int.max) }
+        #expect(try plan("SELECT objectId FROM object ORDER BY cell", maxrec: 10).plan.rows.limit == 11)
+        // Positions count lines too.
+        let multi = error("SELECT objectId\nFROM object\nWHERE nonsense > 1")
+        #expect(multi?.position?.line == 3 && multi?.position?.column == 7)
+    }
+
+    @Test func hostileTextIsRefusedCheaply() throws {
+        let deep = "SELECT objectId FROM object WHERE " + String(repeating: "(", count: 10_000) + "cell > 1" + String(repeating: ")", count: 10_000)
+        #expect(error(deep)?.message.contains("nests deeper than the limit of \(ADQLParser.maxDepth)") == true)
+        let long = "SELECT objectId FROM object WHERE cell IN (" + (0..<2000).map(String.init).joined(separator: ",") + ")"
+        #expect(error(long)?.message.contains("longer than the limit of \(ADQLParser.maxInList)") == true)
+        let huge = "SELECT objectId FROM object WHERE cell > " + String(repeating: "1", count: ADQLParser.maxCharacters)
+        #expect(error(huge)?.message.contains("over the limit of \(ADQLParser.maxCharacters)") == true)
+        #expect(error("SELECT objectId FROM object WHERE cell > 1e999")?.message.contains("is not a number") == true)
+        #expect(error("SELECT \"\" FROM object")?.message.contains("1 to 256 characters") == true)
+    }
+
+    @Test func namesAreDelimitedWhereADQLNeedsIt() {
+        #expect(ADQLParser.delimited("coord_ra") == "coord_ra")
+        #expect(ADQLParser.delimited("_healpix_29") == "\"_healpix_29\"")
+        #expect(ADQLParser.delimited("size") == "\"size\"")
+        #expect(ADQLParser.delimited("alice..objs") == "\"alice..objs\"")
+        #expect(ADQLParser.delimited("a\"b") == "\"a\"\"b\"")
+    }
+
+    /// TAP_SCHEMA's tables are answered in the gateway, with LIKE and NULLs on text.
+    @Test func localTablesAnswerTheSameSubset() throws {
+        let t = LocalTable(schema: "TAP_SCHEMA", name: "tables", description: "",
+                           columns: [.init("table_name", "char", ""), .init("table_index", "int", ""), .init("utype", "char", "")],
+                           rows: [[.text("tessera.object"), .integer(2), .null], [.text("tessera.sources"), .integer(1), .text("x")],
+                                  [.text("TAP_SCHEMA.tables"), .integer(3), .null]])
+        func run(_ q: String, maxrec: Int = 100) throws -> (columns: [LocalTable.Column], rows: [[LocalCell]], overflow: Bool) {
+            try t.run(try ADQLParser.parse(q), maxrec: maxrec)
+        }
+        #expect(try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name LIKE 'tessera.%' ORDER BY table_index").rows
+                == [[.text("tessera.sources")], [.text("tessera.object")]])
+        #expect(try run("SELECT COUNT(*) AS n FROM TAP_SCHEMA.tables WHERE utype IS NULL").rows == [[.integer(2)]])
+        #expect(try run("SELECT TOP 1 * FROM TAP_SCHEMA.tables ORDER BY table_index DESC").rows == [[.text("TAP_SCHEMA.tables"), .integer(3), .null]])
+        let cut = try run("SELECT table_name FROM TAP_SCHEMA.tables", maxrec: 2)
+        #expect(cut.rows.count == 2 && cut.overflow)
+        #expect(try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name ILIKE '%OBJECT'").rows == [[.text("tessera.object")]])
+        #expect(throws: ADQLError.self) { try run("SELECT nope FROM TAP_SCHEMA.tables") }
+    }
+}

@@ -36,6 +36,12 @@ def _free_port_pair() -> int:
     raise TesseraError("no two adjacent free ports on 127.0.0.1")
 
 
+def _free_port() -> int:
+    with socket.socket() as a:
+        a.bind(("127.0.0.1", 0))
+        return a.getsockname()[1]
+
+
 def find_tessera(bin_dir: Optional[str] = None) -> str:
     for d in (bin_dir, os.environ.get("TESSERA_BIN_DIR")):
         if d:
@@ -59,11 +65,14 @@ class LocalCluster:
     - `insecure`: no CURVE keys (loopback only; users' Python functions are then refused).
     - `python`: the interpreter the workers run users' functions with (default: this one, so
       the functions see the same packages); `allow_python=False` turns that off.
+    - `http`: start the HTTP gateway (TAP, VOSI) on a free port, its base URL then in
+      `tap_url`; `anonymous` lets requests without a token in. Tokens: `create_token(user)`.
     """
 
     def __init__(self, workers: int = 2, *, data: str = "tessera-data", port: Optional[int] = None,
                  threads: Optional[int] = None, bin_dir: Optional[str] = None, python: Optional[str] = None,
-                 allow_python: bool = True, insecure: bool = False, timeout: float = 60.0, extra_args=()):
+                 allow_python: bool = True, insecure: bool = False, timeout: float = 60.0, extra_args=(),
+                 http: bool = True, anonymous: bool = False):
         self.workers = workers
         self.data = os.path.abspath(data)
         self.port = port or _free_port_pair()
@@ -71,8 +80,18 @@ class LocalCluster:
         self.log: list = []
         self.insecure = insecure or "--insecure" in extra_args
         exe = find_tessera(bin_dir)
+        self._exe = exe
         args = [exe, "local", "--workers", str(workers), "--port", str(self.port), "--data", self.data,
                 "--exit-with-parent", str(os.getpid())]
+        self.tap_url: Optional[str] = None
+        if http:
+            http_port = _free_port()
+            self.tap_url = f"http://127.0.0.1:{http_port}/tap"
+            args += ["--http", f"127.0.0.1:{http_port}"]
+            if anonymous:
+                args += ["--anonymous"]
+        else:
+            args += ["--no-http"]
         if threads:
             args += ["--threads", str(threads)]
         if insecure:
@@ -91,6 +110,12 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
+
+    def create_token(self, user: str) -> str:
+        """A new bearer token for the gateway, acting as `user` (`tessera token create`)."""
+        out = subprocess.run([self._exe, "token", "create", user, "--tokens", os.path.join(self.data, "gateway-tokens")],
+                             check=True, capture_output=True, text=True)
+        return out.stdout.strip()
 
     @property
     def key_path(self) -> Optional[str]:
@@ -119,11 +144,25 @@ class LocalCluster:
             while True:
                 live = len(c.status().workers)
                 if live >= self.workers:
-                    return
+                    break
                 if time.monotonic() > deadline:
                     raise TesseraError(f"only {live} of {self.workers} workers registered within {timeout:g} s:\n"
                                        + "\n".join(self.log[-30:]))
                 time.sleep(0.1)
+        if self.tap_url is None:
+            return
+        # The gateway binds on its own thread: wait until VOSI answers.
+        import urllib.request
+        while True:
+            try:
+                with urllib.request.urlopen(self.tap_url + "/availability", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                raise TesseraError(f"the HTTP gateway did not answer at {self.tap_url} within {timeout:g} s:\n" + "\n".join(self.log[-30:]))
+            time.sleep(0.1)
 
     def client(self, **kwargs):
         from .client import Client

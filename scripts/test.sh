@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of each module, end-to-end tests that start real
 # tessera-scheduler and tessera-worker processes on loopback, the deployment files' checks
-# (scripts/check-deploy.sh), the Python client's tests against real daemons and its notebook
+# (scripts/check-deploy.sh), the HTTP gateway against TOPCAT's TAP validator
+# (scripts/check-taplint.sh, stilts taplint), the Python client's tests against real daemons and its notebook
 # (scripts/test-python.sh, in a virtual environment), and a short run of every fuzz
 # target (FUZZ_SECONDS each, default 30; 0 skips them; long runs: scripts/fuzz.sh TARGET SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh stilts
 swift build --build-tests
 swift test --skip-build
 TESSERA_BIN_DIR="$(swift build --show-bin-path)" scripts/check-deploy.sh
+TESSERA_BIN_DIR="$(swift build --show-bin-path)" scripts/check-taplint.sh
 scripts/test-python.sh
 fuzz_seconds="${FUZZ_SECONDS:-30}"
 if [ "$fuzz_seconds" -gt 0 ]; then

@@ -1,0 +1,216 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Dispatch
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import TesseraClient
+import TesseraCluster
+import TesseraGateway
+import TesseraProtocol
+
+/// `tessera bench tap`: the HTTP gateway under a portal's load, beside the native client on the
+/// same cluster and questions: many small TAP sync cones at once (latency percentiles), one
+/// large VOTable BINARY2 answer streamed (MB/s), and cones while a batch scan runs.
+struct TAPBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tap",
+        abstract: "TAP through the gateway: concurrent 1′ cones (p50/p95/p99), a 1M-row BINARY2 stream (MB/s), cones beside a batch scan; each beside the native client.")
+
+    @OptionGroup var anchor: AnchorCatalog
+
+    @Option(help: "Clients asking at once.")
+    var concurrency = 50
+
+    @Option(help: "Cones each client asks, one after another.")
+    var conesPerClient = 10
+
+    @Option(help: "Cone radius, arcminutes.")
+    var radiusArcmin = 1.0
+
+    @Option(help: "Rows of the streamed answer.")
+    var streamRows = 1_000_000
+
+    func run() throws {
+        let (cluster, conn, rows) = try anchor.start()
+        defer { cluster.stop() }
+        var config = GatewayConfiguration(scheduler: cluster.clientEndpoint)
+        config.anonymous = true
+        config.port = 0
+        // A portal's back end is one user asking many questions at once.
+        config.limits.concurrentRequestsPerUser = max(8, concurrency + 8)
+        config.limits.maxrecLimit = max(config.limits.maxrecLimit, streamRows)
+        let bound = Mutex<Int?>(nil)
+        _ = GatewayCommand.serve(config) { port in bound.withLock { $0 = port } }
+        let deadline = Date().addingTimeInterval(30)
+        while bound.withLock({ $0 }) == nil {
+            guard Date() < deadline else { throw ValidationError("the gateway did not start") }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let base = "http://127.0.0.1:\(bound.withLock { $0 } ?? 0)/tap"
+        let concurrency = self.concurrency, conesPerClient = self.conesPerClient, radius = radiusArcmin / 60, streamRows = self.streamRows
+        try blocking {
+            var pool = HTTPClient.Configuration()
+            pool.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency + 8)
+            let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: pool)
+            do {
+                try await Self.benchmarks(http: http, base: base, endpoint: cluster.clientEndpoint, rows: rows, concurrency: concurrency,
+                                          conesPerClient: conesPerClient, radius: radius, streamRows: streamRows)
+                try await http.shutdown()
+            } catch {
+                try? await http.shutdown()
+                throw error
+            }
+        }
+        print(jsonLine([("bench", "tap"), ("workload", "memory"), ("gateway_process_peak_rss_mib", Double(peakRSSBytes()) / 1_048_576)] + (try workerPeakRSS(conn))))
+    }
+
+    static func cone(_ rng: inout some RandomNumberGenerator, radius: Double) -> (ra: Double, dec: Double) {
+        (Double.random(in: 51...69, using: &rng), Double.random(in: -44...(-26), using: &rng))
+    }
+
+    static func adql(ra: Double, dec: Double, radius: Double) -> String {
+        "SELECT objectId, coord_ra, coord_dec, r_psfFlux FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), CIRCLE('ICRS', \(ra), \(dec), \(radius))) = 1"
+    }
+
+    static func get(_ http: HTTPClient, _ url: String, params: [(String, String)]) async throws -> (bytes: Int, firstByte: Double, seconds: Double) {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        let query = params.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")" }.joined(separator: "&")
+        let t0 = now()
+        let response = try await http.execute(HTTPClientRequest(url: url + "?" + query), timeout: .seconds(300))
+        guard response.status == .ok else {
+            var body = try await response.body.collect(upTo: 1 << 20)
+            throw ValidationError("HTTP \(response.status): \(body.readString(length: body.readableBytes) ?? "")")
+        }
+        var bytes = 0
+        var first: UInt64 = 0
+        for try await part in response.body {
+            if first == 0 { first = now() }
+            bytes += part.readableBytes
+        }
+        return (bytes, Double(first - t0) / 1e9, Double(now() - t0) / 1e9)
+    }
+
+    static func percentiles(_ times: [Double]) -> [(String, Any)] {
+        let t = times.sorted()
+        func pct(_ p: Double) -> Double { t.isEmpty ? 0 : t[min(t.count - 1, Int((p * Double(t.count - 1)).rounded()))] * 1e3 }
+        return [("p50_ms", pct(0.5)), ("p95_ms", pct(0.95)), ("p99_ms", pct(0.99)), ("max_ms", (t.last ?? 0) * 1e3)]
+    }
+
+    static func benchmarks(http: HTTPClient, base: String, endpoint: String, rows: Int, concurrency: Int, conesPerClient: Int,
+                           radius: Double, streamRows: Int) async throws {
+        var rng = SystemRandomNumberGenerator()
+        // Warm-up: shards mapped, connections up.
+        for _ in 0..<20 {
+            let c = cone(&rng, radius: radius)
+            _ = try await get(http, base + "/sync", params: [("LANG", "ADQL"), ("QUERY", adql(ra: c.ra, dec: c.dec, radius: radius))])
+        }
+        // 1. Concurrent small cones: TAP, then the native client, the same cones.
+        var cones: [[(ra: Double, dec: Double)]] = []
+        for _ in 0..<concurrency { cones.append((0..<conesPerClient).map { _ in cone(&rng, radius: radius) }) }
+        let frozen = cones
+        for client in ["tap_http", "native"] {
+            let t0 = now()
+            let times = try await withThrowingTaskGroup(of: [Double].self) { group in
+                for k in 0..<concurrency {
+                    group.addTask {
+                        var out: [Double] = []
+                        if client == "tap_http" {
+                            for c in frozen[k] {
+                                out.append(try await get(http, base + "/sync", params: [("LANG", "ADQL"), ("QUERY", adql(ra: c.ra, dec: c.dec, radius: radius))]).seconds)
+                            }
+                        } else {
+                            out = try await onThread {
+                                let conn = try SchedulerConnection(endpoint: endpoint)
+                                conn.priority = .interactive
+                                return try frozen[k].map { c in
+                                    let q = CatalogQuery(dataset: AnchorCatalog.dataset).region(.cone(ra: c.ra, dec: c.dec, radius: radius))
+                                        .select(["objectId", "coord_ra", "coord_dec", "r_psfFlux"])
+                                    return try conn.run(q).seconds
+                                }
+                            }
+                        }
+                        return out
+                    }
+                }
+                var all: [Double] = []
+                for try await part in group { all += part }
+                return all
+            }
+            let wall = Double(now() - t0) / 1e9
+            print(jsonLine([("bench", "tap"), ("workload", "cones_concurrent"), ("client", client), ("rows", rows), ("concurrency", concurrency),
+                            ("queries", times.count), ("radius_arcmin", radius * 60)] + percentiles(times) + [("queries_per_s", Double(times.count) / wall)]))
+            fflush(nil)
+        }
+        // 2. A large answer streamed: VOTable BINARY2 through the gateway, and rows through the native client.
+        let columns = "objectId, coord_ra, coord_dec, g_psfFlux, r_psfFlux, i_psfFlux"
+        for _ in 0..<2 {
+            let s = try await get(http, base + "/sync", params: [("LANG", "ADQL"), ("QUERY", "SELECT TOP \(streamRows) \(columns) FROM object"),
+                                                                 ("MAXREC", "\(streamRows)"), ("RESPONSEFORMAT", "votable")])
+            print(jsonLine([("bench", "tap"), ("workload", "stream_binary2"), ("client", "tap_http"), ("rows", streamRows), ("bytes", s.bytes),
+                            ("seconds", s.seconds), ("first_byte_seconds", s.firstByte), ("mb_per_s", Double(s.bytes) / s.seconds / 1e6),
+                            ("mrows_per_s", Double(streamRows) / s.seconds / 1e6)]))
+            let native = try await onThread {
+                let conn = try SchedulerConnection(endpoint: endpoint)
+                let q = CatalogQuery(dataset: AnchorCatalog.dataset).select(columns.components(separatedBy: ", ")).limit(streamRows).maxRows(streamRows)
+                let u = try conn.run(q)
+                return (u.seconds, u.result.table.rowCount)
+            }
+            print(jsonLine([("bench", "tap"), ("workload", "stream_rows"), ("client", "native"), ("rows", native.1), ("seconds", native.0),
+                            ("mrows_per_s", Double(native.1) / native.0 / 1e6)]))
+            fflush(nil)
+        }
+        // 3. Interactive before batch: TAP cones while a batch full-catalog aggregate runs again and again.
+        let stop = Atomic<Bool>(false)
+        let scans = Atomic<Int>(0)
+        let scanner = Thread {
+            guard let conn = try? SchedulerConnection(endpoint: endpoint) else { return }
+            conn.priority = .batch
+            let q = CatalogQuery(dataset: AnchorCatalog.dataset).filter("mag(r_psfFlux) < 24").aggregate(.mean("mag(g_psfFlux) - mag(r_psfFlux)"))
+            while !stop.load(ordering: .relaxed) {
+                if (try? conn.run(q)) != nil { scans.add(1, ordering: .relaxed) }
+            }
+        }
+        scanner.start()
+        try await Task.sleep(nanoseconds: 300_000_000)
+        var during: [Double] = []
+        for _ in 0..<100 {
+            let c = cone(&rng, radius: radius)
+            during.append(try await get(http, base + "/sync", params: [("LANG", "ADQL"), ("QUERY", adql(ra: c.ra, dec: c.dec, radius: radius))]).seconds)
+        }
+        stop.store(true, ordering: .relaxed)
+        print(jsonLine([("bench", "tap"), ("workload", "cones_beside_batch_scan"), ("client", "tap_http"), ("queries", during.count),
+                        ("batch_scans_finished", scans.load(ordering: .relaxed))] + percentiles(during)))
+        fflush(nil)
+    }
+}
+
+/// Runs async code from a synchronous command, blocking until it ends.
+func blocking(_ body: @escaping @Sendable () async throws -> Void) throws {
+    let done = DispatchSemaphore(value: 0)
+    let failure = Mutex<(any Error)?>(nil)
+    Task.detached {
+        do { try await body() } catch { failure.withLock { $0 = error } }
+        done.signal()
+    }
+    done.wait()
+    if let e = failure.withLock({ $0 }) { throw e }
+}
+
+/// Runs blocking client code on a thread of its own.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+        Thread { c.resume(with: Result { try body() }) }.start()
+    }
+}
+
+/// This process's peak resident memory (VmHWM), bytes.
+func peakRSSBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
+    }
+    return 0
+}

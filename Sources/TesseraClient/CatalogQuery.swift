@@ -21,8 +21,6 @@ public struct CatalogQuery: Sendable {
     public let endpoint: String?
     /// Its class (nil: the connection's, normal unless set).
     public private(set) var priority: PriorityClass?
-    /// The user it runs for, when an admin key asks for another (the HTTP gateway).
-    public private(set) var onBehalfOf: String?
 
     public init(dataset: String, endpoint: String? = nil) {
         plan = CatalogQueryPlan()
@@ -184,13 +182,6 @@ public struct CatalogQuery: Sendable {
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c
-        return q
-    }
-
-    /// Runs it for `user` (an admin key only, as the gateway does for the users it authenticates).
-    public func onBehalf(of user: String) -> CatalogQuery {
-        var q = self
-        q.onBehalfOf = user
         return q
     }
 

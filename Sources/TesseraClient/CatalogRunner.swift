@@ -33,7 +33,6 @@ extension CatalogQuery {
         let thread = Thread {
             do {
                 let conn = try SchedulerConnection(endpoint: endpoint)
-                if let user = query.onBehalfOf { conn.onBehalfOf = user }
                 let final = try conn.run(query, name: name, onUpdate: { continuation.yield($0) }, isStopped: stop.isSet)
                 continuation.yield(final)
                 continuation.finish()

@@ -42,10 +42,12 @@ public final class TAPService: Sendable {
     /// The schema TAP lists catalog datasets under.
     public static let catalogSchema = "tessera"
     private let cache = Mutex<[String: (at: Double, tables: [ADQLTable])]>([:])
+    let pool: SchedulerPool
 
     public init(endpoint: String, limits: GatewayLimits = GatewayLimits()) {
         self.endpoint = endpoint
         self.limits = limits
+        pool = SchedulerPool(endpoint: endpoint)
     }
 
     // MARK: Tables
@@ -54,14 +56,9 @@ public final class TAPService: Sendable {
     public func tables(for user: String) async throws(TAPError) -> [ADQLTable] {
         let now = Date().timeIntervalSince1970
         if let hit = cache.withLock({ $0[user] }), now - hit.at < 2 { return hit.tables }
-        let endpoint = self.endpoint
         let reply: Tessera_V1_StatusReply
         do {
-            reply = try await onThread {
-                let conn = try SchedulerConnection(endpoint: endpoint, timeout: 5)
-                conn.onBehalfOf = user
-                return try conn.status()
-            }
+            reply = try await pool.run(as: user) { conn, _ in try conn.status() }
         } catch {
             throw TAPError(503, "the scheduler at \(endpoint) did not answer: \(error)")
         }
@@ -207,9 +204,17 @@ public final class TAPService: Sendable {
         } catch {
             throw TAPError(400, "ADQL error: \(error)")
         }
-        let question = CatalogQuery(plan: plan.plan, endpoint: endpoint).onBehalf(of: user).priority(priority)
+        let question = CatalogQuery(plan: plan.plan).priority(priority)
         do {
-            let answer = try await question.result(name: "tap \(user)")
+            let answer = try await pool.run(as: user) { conn, isStopped in
+                do {
+                    return try conn.run(question, name: "tap \(user)", isStopped: isStopped).result
+                } catch ClientError.rejected(.errorOverBudget, let message) where priority == .interactive && message.contains("interactive budget") {
+                    // Too big to answer at once: a sync query waits anyway, so it runs in the
+                    // normal class rather than being refused (the interactive lane stays free).
+                    return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
+                }
+            }
             return TAPTable(answer.table, plan: plan, maxrec: maxrec)
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
@@ -218,10 +223,4 @@ public final class TAPService: Sendable {
         }
     }
 
-    /// Runs blocking client code on a thread of its own (the ZeroMQ client blocks).
-    func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            Thread { c.resume(with: Result { try body() }) }.start()
-        }
-    }
 }

@@ -1,0 +1,54 @@
+import Foundation
+import Synchronization
+import TesseraClient
+
+/// Connections to the scheduler kept between requests. Opening one costs a ZeroMQ context (an
+/// I/O thread), a CURVE handshake and a round trip: at 50 concurrent cones that setup was most
+/// of a TAP request's time. Each connection serves one request at a time, on a thread of that
+/// request's own (the client blocks), and goes back to the pool only if the request ended
+/// without an error, so a connection in an unknown state is never reused.
+final class SchedulerPool: Sendable {
+    let endpoint: String
+    /// Idle connections kept at most.
+    let maxIdle: Int
+    private let idle = Mutex<[Pooled]>([])
+
+    /// One connection, owned by whoever took it from the pool (never two at once).
+    private final class Pooled: @unchecked Sendable {
+        let connection: SchedulerConnection
+        init(_ c: SchedulerConnection) { connection = c }
+    }
+
+    init(endpoint: String, maxIdle: Int = 64) {
+        self.endpoint = endpoint
+        self.maxIdle = maxIdle
+    }
+
+    /// Runs `body` with a connection acting for `user`; cancelling the task sets the flag
+    /// `body` is handed, which a running question polls (and then cancels its job).
+    func run<T: Sendable>(as user: String, _ body: @escaping @Sendable (SchedulerConnection, _ isStopped: @escaping @Sendable () -> Bool) throws -> T) async throws -> T {
+        let flag = StopSignal()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+                Thread {
+                    c.resume(with: Result {
+                        let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5))
+                        pooled.connection.onBehalfOf = user
+                        let value = try body(pooled.connection, flag.isSet)
+                        self.idle.withLock { if $0.count < self.maxIdle { $0.append(pooled) } }
+                        return value
+                    })
+                }.start()
+            }
+        } onCancel: {
+            flag.set()
+        }
+    }
+}
+
+/// Set once from any thread (a cancelled request), read by the thread running its question.
+final class StopSignal: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    @Sendable func isSet() -> Bool { value.load(ordering: .relaxed) }
+}

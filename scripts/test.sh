@@ -7,7 +7,7 @@
 # target (FUZZ_SECONDS each, default 30; 0 skips them; long runs: scripts/fuzz.sh TARGET SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh stilts
+scripts/setup.sh stilts chromium chromium-driver
 swift build --build-tests
 swift test --skip-build
 TESSERA_BIN_DIR="$(swift build --show-bin-path)" scripts/check-deploy.sh

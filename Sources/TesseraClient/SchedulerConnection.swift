@@ -230,10 +230,12 @@ public final class SchedulerConnection {
 
     /// Workers, their load and memory, and jobs.
     /// As ``onBehalfOf``'s user when set (an admin key only): what that user may see.
-    public func status(timeout: Double = 5) throws -> Tessera_V1_StatusReply {
+    /// - Parameter withCoverage: each dataset's shard pixels too.
+    public func status(timeout: Double = 5, withCoverage: Bool = false) throws -> Tessera_V1_StatusReply {
         var e = Envelope()
         e.statusRequest = Tessera_V1_StatusRequest()
         e.statusRequest.onBehalfOf = onBehalfOf
+        e.statusRequest.withCoverage = withCoverage
         try send(e)
         try waitUntil(timeout: timeout, onTimeout: .noScheduler(endpoint: endpoint, seconds: timeout)) { !$0.statusReplies.isEmpty }
         return statusReplies.removeFirst()

@@ -231,6 +231,7 @@ public final class SchedulerDaemon {
         access = try keys.accessList()
         accessSignature = signature
         core.updatePeerKeys(access.workerKeys)
+        core.adminUsers = Set(access.users.values.filter(\.isAdmin).map(\.name))
         logger.info("access lists loaded", metadata: ["scheduler/workers": "\(access.workers.count)", "scheduler/users": "\(access.users.count)"])
     }
 

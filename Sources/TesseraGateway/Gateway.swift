@@ -65,7 +65,14 @@ struct GatewayMiddleware: RouterMiddleware {
         var context = context
         var response: Response
         let path = request.uri.path
-        if let header = request.headers[.authorization] {
+        // The dashboard's EventSource cannot send headers: its token comes as `?token=`.
+        var header = request.headers[.authorization]
+        if header == nil, path.hasPrefix("/api/") {
+            var q: [String: String] = [:]
+            Gateway.formFields(request.uri.query ?? "", into: &q)
+            if let t = q["TOKEN"] { header = "Bearer \(t)" }
+        }
+        if let header {
             let parts = header.split(separator: " ", maxSplits: 1)
             if parts.count == 2, parts[0].lowercased() == "bearer", let user = tokens?.user(for: String(parts[1])) {
                 context.user = user
@@ -129,6 +136,37 @@ public enum Gateway {
         router.add(middleware: GatewayMiddleware(tokens: config.tokensPath.map(TokenStore.init), anonymous: config.anonymous,
                                                  limits: config.limits, inFlight: RequestCounts(), logger: logger))
 
+        let feed = DashboardFeed(pool: service.pool)
+        router.get("/") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/html;charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
+        }
+        router.get("/api/status") { _, context in
+            do {
+                return Response(status: .ok, headers: [.contentType: "application/json"],
+                                body: .init(byteBuffer: ByteBuffer(string: try await feed.snapshot(for: context.user))))
+            } catch {
+                throw TAPError(503, "the scheduler did not answer: \(error)")
+            }
+        }
+        // Server-sent events: a snapshot a second, for ten minutes (EventSource reconnects),
+        // until the client leaves or the gateway shuts down.
+        router.get("/api/events") { _, context in
+            let user = context.user
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: ResponseBody { body in
+                let end = Date().addingTimeInterval(600)
+                while Date() < end, !Task.isCancelled, !Task.isShuttingDownGracefully {
+                    let message: String
+                    do {
+                        message = "data: \(try await feed.snapshot(for: user))\n\n"
+                    } catch {
+                        message = "event: failure\ndata: \(ResultWriter.json("the scheduler did not answer: \(error)"))\n\n"
+                    }
+                    try await body.write(ByteBuffer(string: message))
+                    for _ in 0..<10 where !Task.isShuttingDownGracefully { try await Task.sleep(nanoseconds: 100_000_000) }
+                }
+                try await body.finish(nil)
+            })
+        }
         router.get("/tap") { request, _ in
             text(200, "Tessera TAP service: /tap/sync, /tap/async, /tap/capabilities, /tap/availability, /tap/tables\n")
         }

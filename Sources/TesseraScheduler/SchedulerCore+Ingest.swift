@@ -472,7 +472,7 @@ extension SchedulerCore {
     /// Datasets with their size and how many of their shards have a live copy.
     /// The datasets `user` may read: the survey's, their own tables (by the names they gave
     /// them) and tables others share (as `OWNER..NAME`).
-    mutating func datasetStatuses(for user: String) -> [Tessera_V1_DatasetStatus] {
+    mutating func datasetStatuses(for user: String, withCoverage: Bool = false) -> [Tessera_V1_DatasetStatus] {
         guard let all = try? plannedDatasets() else { return [] }
         let live = Set(workers.values.map(\.name))
         let now = Date()
@@ -492,6 +492,10 @@ extension SchedulerCore {
             s.columns = d.columns
             s.raColumn = d.record.raColumn
             s.decColumn = d.record.decColumn
+            if withCoverage {
+                s.shardOrders = d.orders.map { UInt32(clamping: $0) }
+                s.shardPixels = d.pixels.map { UInt64(clamping: $0) }
+            }
             return s
         }
     }

@@ -120,6 +120,9 @@ public struct SchedulerCore {
     public internal(set) var tasksCompleted: UInt64 = 0
     public internal(set) var jobsCompleted: UInt64 = 0
     /// Jobs cancelled because their client fell silent.
+    /// Users whose keys are admin keys (from the access list): a gateway asking as one of
+    /// them sees what that admin would.
+    public var adminUsers: Set<String> = []
     public internal(set) var jobsAbandoned: UInt64 = 0
     /// Task runs cancelled past their deadline.
     public internal(set) var tasksTimedOut: UInt64 = 0
@@ -268,8 +271,8 @@ public struct SchedulerCore {
             var e = Envelope()
             // A gateway (an admin key) asks as the user it authenticated; others ask as themselves.
             let asker = identity.isAdmin && !r.onBehalfOf.isEmpty && Validate.name(r.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) == nil
-                ? ClientIdentity(user: r.onBehalfOf, isAdmin: false, publicKey: identity.publicKey) : identity
-            e.statusReply = status(now: now, for: asker)
+                ? ClientIdentity(user: r.onBehalfOf, isAdmin: adminUsers.contains(r.onBehalfOf), publicKey: identity.publicKey) : identity
+            e.statusReply = status(now: now, for: asker, withCoverage: r.withCoverage)
             send(.client(connection), e)
         case .ingestBegin(let b):
             ingestBegin(connection, b, identity: identity)
@@ -631,7 +634,7 @@ public struct SchedulerCore {
 
     /// The cluster as `identity` may see it: every worker and dataset, and its own jobs only
     /// (an admin sees everyone's).
-    public mutating func status(now: UInt64, for identity: ClientIdentity = .local) -> Tessera_V1_StatusReply {
+    public mutating func status(now: UInt64, for identity: ClientIdentity = .local, withCoverage: Bool = false) -> Tessera_V1_StatusReply {
         var s = Tessera_V1_StatusReply()
         for id in workerOrder {
             guard let w = workers[id] else { continue }
@@ -700,7 +703,7 @@ public struct SchedulerCore {
         s.jobs.append(contentsOf: finishedJobs.filter { identity.isAdmin || $0.user == identity.user }.suffix(20))
         s.tasksCompleted = tasksCompleted
         s.jobsCompleted = jobsCompleted
-        s.datasets = datasetStatuses(for: identity.user)
+        s.datasets = datasetStatuses(for: identity.user, withCoverage: withCoverage)
         s.uptimeSeconds = Double(now &- startedAt) / 1e9
         s.epoch = config.epoch
         s.jobsAbandoned = jobsAbandoned

@@ -1477,6 +1477,9 @@ public nonisolated struct Tessera_V1_StatusRequest: Sendable {
   /// An admin key (the HTTP gateway) asks as this user: the datasets and jobs it may see.
   public var onBehalfOf: String = String()
 
+  /// Each dataset's shard pixels too (DatasetStatus.shard_orders/shard_pixels): its coverage.
+  public var withCoverage: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1992,6 +1995,11 @@ public nonisolated struct Tessera_V1_DatasetStatus: Sendable {
   public var shared: Bool = false
 
   public var expiresInS: Double = 0
+
+  /// With StatusRequest.with_coverage: each shard's HEALPix order and nested pixel.
+  public var shardOrders: [UInt32] = []
+
+  public var shardPixels: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4268,7 +4276,7 @@ nonisolated extension Tessera_V1_CancelJob: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}on_behalf_of\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}on_behalf_of\0\u{3}with_coverage\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4277,6 +4285,7 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.onBehalfOf) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.withCoverage) }()
       default: break
       }
     }
@@ -4286,11 +4295,15 @@ nonisolated extension Tessera_V1_StatusRequest: SwiftProtobuf.Message, SwiftProt
     if !self.onBehalfOf.isEmpty {
       try visitor.visitSingularStringField(value: self.onBehalfOf, fieldNumber: 1)
     }
+    if self.withCoverage != false {
+      try visitor.visitSingularBoolField(value: self.withCoverage, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_StatusRequest, rhs: Tessera_V1_StatusRequest) -> Bool {
     if lhs.onBehalfOf != rhs.onBehalfOf {return false}
+    if lhs.withCoverage != rhs.withCoverage {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5325,7 +5338,7 @@ nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DatasetStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{1}owner\0\u{1}shared\0\u{3}expires_in_s\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{1}owner\0\u{1}shared\0\u{3}expires_in_s\0\u{3}shard_orders\0\u{3}shard_pixels\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5346,6 +5359,8 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
       case 11: try { try decoder.decodeSingularStringField(value: &self.owner) }()
       case 12: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
       case 13: try { try decoder.decodeSingularDoubleField(value: &self.expiresInS) }()
+      case 14: try { try decoder.decodeRepeatedUInt32Field(value: &self.shardOrders) }()
+      case 15: try { try decoder.decodeRepeatedUInt64Field(value: &self.shardPixels) }()
       default: break
       }
     }
@@ -5391,6 +5406,12 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if self.expiresInS.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.expiresInS, fieldNumber: 13)
     }
+    if !self.shardOrders.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.shardOrders, fieldNumber: 14)
+    }
+    if !self.shardPixels.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.shardPixels, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5408,6 +5429,8 @@ nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.owner != rhs.owner {return false}
     if lhs.shared != rhs.shared {return false}
     if lhs.expiresInS != rhs.expiresInS {return false}
+    if lhs.shardOrders != rhs.shardOrders {return false}
+    if lhs.shardPixels != rhs.shardPixels {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

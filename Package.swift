@@ -142,7 +142,7 @@ let package = Package(
         .target(
             name: "TesseraFuzzHarness",
             dependencies: [
-                "TesseraProtocol", "TesseraCompute", "TesseraScheduler", "TesseraWorker", "TesseraStorage", "TesseraSky", "TesseraSurvey",
+                "TesseraProtocol", "TesseraCompute", "TesseraScheduler", "TesseraWorker", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraADQL",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Fuzz/Harness"

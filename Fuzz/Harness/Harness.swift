@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import TesseraADQL
 import TesseraCompute
 import TesseraProtocol
 import TesseraScheduler
@@ -29,6 +30,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case csv
     /// FITS files through cfitsio.
     case fits
+    /// ADQL text (the gateway's TAP queries): parsed, translated against the fixture table,
+    /// expanded by the scheduler, and run on TAP_SCHEMA-like local tables.
+    case adql
 }
 
 /// Runs fuzz inputs; holds the live state some targets keep between inputs.
@@ -129,6 +133,7 @@ public final class FuzzHarness: @unchecked Sendable {
         case .shard: shard(bytes)
         case .csv: _ = try? CSVTable.parse(bytes)
         case .fits: fits(bytes)
+        case .adql: adql(bytes)
         }
     }
 
@@ -212,6 +217,28 @@ public final class FuzzHarness: @unchecked Sendable {
     func expression(_ b: [UInt8]) {
         let text = String(decoding: b, as: UTF8.self)
         _ = try? ExpressionChecker.check(text, schema: Self.schema)
+    }
+
+    static let adqlTables = [
+        ADQLTable(schema: "tessera", name: "object", columns: [
+            ADQLColumn(name: "objectId", type: .columnInt64), ADQLColumn(name: "coord_ra", type: .columnFloat64),
+            ADQLColumn(name: "coord_dec", type: .columnFloat64), ADQLColumn(name: "r_psfFlux", type: .columnFloat32),
+            ADQLColumn(name: "g_psfFlux", type: .columnFloat32), ADQLColumn(name: "refExtendedness", type: .columnFloat32),
+            ADQLColumn(name: "detect_isPrimary", type: .columnBool), ADQLColumn(name: "cell", type: .columnInt64),
+        ], raColumn: "coord_ra", decColumn: "coord_dec"),
+    ]
+    static let adqlLocal = LocalTable(schema: "TAP_SCHEMA", name: "tables", description: "",
+                                      columns: [.init("table_name", "char", ""), .init("table_index", "int", "")],
+                                      rows: [[.text("tessera.object"), .integer(0)], [.null, .integer(1)]])
+
+    func adql(_ b: [UInt8]) {
+        guard let query = try? ADQLParser.parse(String(decoding: b, as: UTF8.self)) else { return }
+        _ = try? Self.adqlLocal.run(query, maxrec: 10)
+        var translator = ADQLTranslator(tables: Self.adqlTables)
+        guard var p = try? translator.translate(query, maxrec: 100).plan else { return }
+        p.dataset = "object"
+        if p.hasCrossmatch { p.crossmatch.right = "object" }
+        _ = try? scheduler.expandCatalogQuery(p)
     }
 
     func plan(_ b: [UInt8]) {

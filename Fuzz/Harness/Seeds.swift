@@ -21,6 +21,13 @@ public enum FuzzSeeds {
             return ["refExtendedness == 0 and mag(r_psfFlux) < 24", "distance(coord_ra, coord_dec, 60, -35) < 0.5 or not detect_isPrimary",
                     "-(-abs(g_psfFlux - r_psfFlux)) / 2 >= pow(10, -0.4 * 3)", "objectId == 609780990190346456", "isnan(mag(g_psfFlux)) != (cell > 1e3)"]
                 .enumerated().map { ("e\($0.offset)", Array($0.element.utf8)) }
+        case .adql:
+            return ["SELECT TOP 10 objectId, mag(r_psfFlux) AS r FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), CIRCLE('ICRS', 60, -35, 0.5)) = 1 ORDER BY r DESC",
+                    "SELECT cell, COUNT(*) AS n, AVG(g_psfFlux) FROM tessera.object WHERE refExtendedness BETWEEN 0 AND 0.5 AND cell IN (1, 2, 3) GROUP BY cell ORDER BY n",
+                    "SELECT * FROM object AS a JOIN object AS b ON DISTANCE(POINT(a.coord_ra, a.coord_dec), POINT(b.coord_ra, b.coord_dec)) < 1.0/3600 WHERE a.detect_isPrimary = 1",
+                    "SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name LIKE 'tess%' OR table_name IS NULL ORDER BY table_index DESC",
+                    "SELECT objectId FROM object WHERE NOT (r_psfFlux IS NULL) AND CONTAINS(POINT(coord_ra, coord_dec), POLYGON(10, 10, 12, 10, 11, 12)) = 1 -- comment"]
+                .enumerated().map { ("q\($0.offset)", Array($0.element.utf8)) }
         case .plan:
             return try plans().enumerated().map { ("p\($0.offset)", Array(try $0.element.jsonUTF8Data())) }
         case .shard:

@@ -162,7 +162,14 @@ struct TAPBench: ParsableCommand {
                             ("mrows_per_s", Double(native.1) / native.0 / 1e6)]))
             fflush(nil)
         }
-        // 3. Interactive before batch: TAP cones while a batch full-catalog aggregate runs again and again.
+        // 3. Interactive before batch: TAP cones one at a time, alone, then while a batch
+        // full-catalog aggregate runs again and again.
+        var alone: [Double] = []
+        for _ in 0..<100 {
+            let c = cone(&rng, radius: radius)
+            alone.append(try await get(http, base + "/sync", params: [("LANG", "ADQL"), ("QUERY", adql(ra: c.ra, dec: c.dec, radius: radius))]).seconds)
+        }
+        print(jsonLine([("bench", "tap"), ("workload", "cones_alone"), ("client", "tap_http"), ("queries", alone.count)] + percentiles(alone)))
         let stop = Atomic<Bool>(false)
         let scans = Atomic<Int>(0)
         let scanner = Thread {

@@ -77,7 +77,7 @@ let package = Package(
         .target(
             name: "TesseraGateway",
             dependencies: [
-                "TesseraADQL", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity", "TesseraSky",
+                "TesseraADQL", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity", "TesseraSky", "TesseraStorage",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Hummingbird
 import Logging
@@ -166,6 +167,23 @@ public enum Gateway {
                 }
                 try await body.finish(nil)
             })
+        }
+        // Catalogs' coverage MOCs, as static documents with an ETag.
+        let coverage = CoverageService(pool: service.pool)
+        router.get("/moc/:file") { request, context in
+            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            let raw = params["ORDER"] ?? "\(CoverageService.defaultOrder)"
+            guard let order = Int(raw), (0...CoverageService.maxOrder).contains(order) else {
+                throw TAPError(400, "ORDER=\(raw.prefix(20)) is not a HEALPix order of 0…\(CoverageService.maxOrder)")
+            }
+            let doc = try await coverage.document(try context.parameters.require("file"), order: order, user: context.user)
+            let tag = "\"" + SHA256.hash(data: doc.body).prefix(12).map { String(format: "%02x", $0) }.joined() + "\""
+            var headers: HTTPFields = [.contentType: doc.contentType, .eTag: tag, .cacheControl: "private, max-age=60"]
+            if request.headers[.ifNoneMatch] == tag {
+                headers[.contentType] = nil
+                return Response(status: .notModified, headers: headers, body: .init())
+            }
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: doc.body)))
         }
         router.get("/tap") { request, _ in
             text(200, "Tessera TAP service: /tap/sync, /tap/async, /tap/capabilities, /tap/availability, /tap/tables\n")

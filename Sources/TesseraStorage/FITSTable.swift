@@ -184,10 +184,27 @@ public final class FITSTableReader {
     }
 }
 
+/// A header keyword of a written table (a standard's, like a MOC's PIXTYPE or MOCORDER).
+public struct FITSKeyword: Sendable, Equatable {
+    public enum Value: Sendable, Equatable {
+        case text(String)
+        case integer(Int)
+    }
+
+    public var name: String
+    public var value: Value
+    public var comment: String
+
+    public init(_ name: String, _ value: Value, _ comment: String = "") {
+        (self.name, self.value, self.comment) = (name, value, comment)
+    }
+}
+
 /// Writes a FITS binary table through cfitsio (readable by astropy), durably: a temporary file
 /// renamed into place.
 public enum FITSTableWriter {
-    public static func write(to path: String, columns: [ColumnSpec], data: [ColumnData], extensionName: String = "CATALOG") throws(FITSError) {
+    public static func write(to path: String, columns: [ColumnSpec], data: [ColumnData], extensionName: String = "CATALOG",
+                             keywords: [FITSKeyword] = []) throws(FITSError) {
         let tmp = "\(path).tmp-\(getpid())"
         unlink(tmp)
         var status: Int32 = 0
@@ -218,6 +235,12 @@ public enum FITSTableWriter {
         var tunit = columns.map { c($0.unit) }
         let rows = data.first?.count ?? 0
         ffcrtb(f, BINARY_TBL, Int64(rows), Int32(columns.count), &ttype, &tform, &tunit, extensionName, &status)
+        for k in keywords where status == 0 {
+            switch k.value {
+            case .text(let v): ffpkys(f, k.name, v, k.comment, &status)
+            case .integer(let v): ffpkyj(f, k.name, Int64(v), k.comment, &status)
+            }
+        }
         for (i, d) in data.enumerated() where rows > 0 && status == 0 {
             let col = Int32(i + 1)
             switch d {

@@ -294,3 +294,35 @@ def test_anonymous_access_is_for_loopback_only(cluster, bins):
     r = subprocess.run([os.path.join(bins, "tessera"), "gateway", "--scheduler", cluster.endpoint, "--listen", "0.0.0.0:0", "--anonymous"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "--anonymous is allowed on loopback addresses only" in r.stdout + r.stderr
+
+
+def test_coverage_mocs_hold_exactly_the_rows_cells(cluster, alice, reference, tmp_path):
+    """The catalog's coverage MOC, read by mocpy (FITS and JSON), against the order-6 HEALPix
+    cells of every row as astropy-healpix computes them."""
+    from astropy_healpix import HEALPix
+    from mocpy import MOC
+
+    order = 6
+    hp = HEALPix(nside=2 ** order, order="nested")
+    expected = set(hp.lonlat_to_healpix(reference["coord_ra"].to_numpy() * u.deg, reference["coord_dec"].to_numpy() * u.deg).tolist())
+    base = cluster.tap_url[: -len("/tap")]
+    http = session(alice)
+    r = http.get(base + "/moc/object.fits", params={"ORDER": order})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/fits"
+    assert "max-age" in r.headers["Cache-Control"] and r.headers["ETag"]
+    path = tmp_path / "object.fits"
+    path.write_bytes(r.content)
+    moc = MOC.from_fits(str(path))
+    assert moc.max_order == order
+    assert set(moc.flatten().tolist()) == expected
+    j = http.get(base + "/moc/object.json", params={"ORDER": order})
+    assert j.status_code == 200 and j.headers["Content-Type"] == "application/json"
+    from_json = MOC.from_json(j.json())
+    assert set(from_json.flatten().tolist()) == expected
+    # Already normal: mocpy's own normal form has the same cells.
+    assert j.json() == {k: v for k, v in from_json.serialize(format="json").items() if v}
+    # Unchanged: 304 to a client that has it.
+    assert http.get(base + "/moc/object.fits", params={"ORDER": order}, headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
+    assert http.get(base + "/moc/nowhere.json").status_code == 404
+    assert http.get(base + "/moc/object.json", params={"ORDER": 13}).status_code == 400
+    assert http.get(base + "/moc/object.png").status_code == 404

@@ -1,0 +1,71 @@
+import Crypto
+import Foundation
+import Hummingbird
+import Synchronization
+import TesseraClient
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+
+/// Catalogs' coverage MOCs (IVOA MOC 2.0): the HEALPix cells that hold rows, from a sky map of
+/// the catalog at the asked order, in FITS (NUNIQ) or JSON. Served as static documents: an
+/// ETag from the content, and kept a minute (the same answer until the catalog changes).
+final class CoverageService: Sendable {
+    let pool: SchedulerPool
+    private let cache = Mutex<[String: (at: Double, body: [UInt8])]>([:])
+    /// The finest order served (order 12 is 0.86′ cells, 201M of them on the sky).
+    static let maxOrder = 12
+    static let defaultOrder = 8
+
+    init(pool: SchedulerPool) { self.pool = pool }
+
+    /// The MOC of `dataset` as `user` may read it, at `order`.
+    func moc(_ dataset: String, order: Int, user: String) async throws -> CoverageMOC {
+        let question = CatalogQuery(dataset: dataset).skyMap(order: order)
+        let table = try await pool.run(as: user) { conn, isStopped in
+            try conn.run(question, name: "moc \(dataset)", isStopped: isStopped).result.table
+        }
+        guard let pixels = table.numbers("pixel"), let counts = table.numbers("count") else { return CoverageMOC(order: order, pixels: []) }
+        return CoverageMOC(order: order, pixels: zip(pixels, counts).filter { $0.1 > 0 }.map { Int64($0.0) })
+    }
+
+    /// The document for `file` (`NAME.fits` or `NAME.json`), cached for a minute per user.
+    func document(_ file: String, order: Int, user: String) async throws -> (body: [UInt8], contentType: String) {
+        let json = file.hasSuffix(".json")
+        guard json || file.hasSuffix(".fits") else {
+            throw TAPError(404, "a coverage MOC is NAME.fits or NAME.json, not `\(file.prefix(80))`")
+        }
+        let dataset = String(file.dropLast(5))
+        let type = json ? "application/json" : "application/fits"
+        let key = "\(user)\u{1}\(file)\u{1}\(order)"
+        let now = Date().timeIntervalSince1970
+        if let hit = cache.withLock({ $0[key] }), now - hit.at < 60 { return (hit.body, type) }
+        let moc: CoverageMOC
+        do {
+            moc = try await self.moc(dataset, order: order, user: user)
+        } catch ClientError.rejected(_, let message) where message.contains("no dataset named") {
+            throw TAPError(404, message)
+        }
+        let body = json ? Array(moc.json.utf8) : try Self.fits(moc)
+        cache.withLock { c in
+            c = c.filter { now - $0.value.at < 60 }
+            c[key] = (now, body)
+        }
+        return (body, type)
+    }
+
+    /// A MOC's FITS serialisation: a binary table of NUNIQ cells with the standard's keywords.
+    static func fits(_ moc: CoverageMOC) throws -> [UInt8] {
+        let path = NSTemporaryDirectory() + "tessera-moc-\(UUID().uuidString).fits"
+        defer { unlink(path) }
+        let keywords: [FITSKeyword] = [
+            .init("PIXTYPE", .text("HEALPIX"), "HEALPix magic code"), .init("ORDERING", .text("NUNIQ"), "NUNIQ coding method"),
+            .init("COORDSYS", .text("C"), "ICRS reference frame"), .init("MOCVERS", .text("2.0"), "MOC version"),
+            .init("MOCDIM", .text("SPACE"), "Spatial MOC"), .init("MOCORD_S", .integer(moc.maxOrder), "MOC resolution (best order)"),
+            .init("MOCORDER", .integer(moc.maxOrder), "MOC resolution (MOC 1.1)"), .init("MOCTOOL", .text("tessera"), "Name of the MOC generator"),
+        ]
+        try FITSTableWriter.write(to: path, columns: [ColumnSpec("UNIQ", .columnInt64)], data: [.int64(moc.nuniq)], extensionName: "MOC", keywords: keywords)
+        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+}

@@ -70,17 +70,18 @@ public struct ADQLParser {
         return regular ? name : "\"" + name.split(separator: "\"", omittingEmptySubsequences: false).joined(separator: "\"\"") + "\""
     }
 
-    let characters: [Character]
+    /// The text's Unicode scalars (positions count them).
+    let characters: [Unicode.Scalar]
     var tokens: [(Token, Int)] = []
     var index = 0
     var depth = 0
 
     /// Parses one `SELECT` statement (a trailing `;` allowed).
     public static func parse(_ text: String) throws(ADQLError) -> ADQLQuery {
-        guard text.count <= maxCharacters else {
-            throw ADQLError("the query is \(text.count) characters long, over the limit of \(maxCharacters)")
+        guard text.utf8.count <= 4 * maxCharacters, text.unicodeScalars.count <= maxCharacters else {
+            throw ADQLError("the query is \(text.unicodeScalars.count) characters long, over the limit of \(maxCharacters)")
         }
-        var p = ADQLParser(characters: Array(text))
+        var p = ADQLParser(characters: Array(text.unicodeScalars))
         try p.tokenize()
         let q = try p.parseQuery()
         if p.current == .symbol(";") { p.index += 1 }
@@ -88,57 +89,82 @@ public struct ADQLParser {
         return q
     }
 
-    init(characters: [Character]) { self.characters = characters }
+    /// Where each line starts (offsets of the characters after each newline).
+    let lineStarts: [Int]
+
+    init(characters: [Unicode.Scalar]) {
+        self.characters = characters
+        lineStarts = [0] + characters.indices.filter { characters[$0] == "\n" }.map { $0 + 1 }
+    }
 
     // MARK: Tokens
 
+    /// A place's line and column, by binary search of the lines' starts (every node records
+    /// its place, so a scan from the start each time would make parsing quadratic).
     func position(_ offset: Int) -> ADQLPosition {
-        var line = 1, column = 1
-        for c in characters[0..<min(offset, characters.count)] {
-            if c == "\n" { line += 1; column = 1 } else { column += 1 }
+        var lo = 0, hi = lineStarts.count
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2
+            if lineStarts[mid] <= offset { lo = mid } else { hi = mid }
         }
-        return ADQLPosition(offset: offset, line: line, column: column)
+        return ADQLPosition(offset: offset, line: lo + 1, column: offset - lineStarts[lo] + 1)
     }
 
     func fail(_ message: String, at offset: Int) -> ADQLError { ADQLError(message, at: position(offset)) }
 
+    static func isDigit(_ c: Unicode.Scalar) -> Bool { c.value >= 48 && c.value <= 57 }
+
+    /// A letter (ASCII at once; others by their Unicode properties).
+    static func isLetter(_ c: Unicode.Scalar) -> Bool {
+        let v = c.value | 0x20
+        if v >= 97 && v <= 122 { return true }
+        return c.value >= 128 && c.properties.isAlphabetic
+    }
+
+    static func text(_ s: ArraySlice<Unicode.Scalar>) -> String {
+        var out = ""
+        out.unicodeScalars.append(contentsOf: s)
+        return out
+    }
+
+    /// Cuts the text into tokens, one pass over its Unicode scalars.
     mutating func tokenize() throws(ADQLError) {
         let c = characters
         var i = 0
         while i < c.count {
             let ch = c[i]
-            if ch.isWhitespace { i += 1; continue }
+            if ch == " " || ch == "\n" || ch == "\t" || ch == "\r" || (ch.value >= 128 && ch.properties.isWhitespace) { i += 1; continue }
             if ch == "-" && i + 1 < c.count && c[i + 1] == "-" {
                 while i < c.count && c[i] != "\n" { i += 1 }
                 continue
             }
             let start = i
-            if ch.isASCII && (ch.isNumber || (ch == "." && i + 1 < c.count && c[i + 1].isASCII && c[i + 1].isNumber)) {
-                while i < c.count && c[i].isASCII && (c[i].isNumber || c[i] == ".") { i += 1 }
+            if Self.isDigit(ch) || (ch == "." && i + 1 < c.count && Self.isDigit(c[i + 1])) {
+                while i < c.count && (Self.isDigit(c[i]) || c[i] == ".") { i += 1 }
                 if i < c.count && (c[i] == "e" || c[i] == "E") {
                     var j = i + 1
                     if j < c.count && (c[j] == "+" || c[j] == "-") { j += 1 }
-                    if j < c.count && c[j].isASCII && c[j].isNumber {
+                    if j < c.count && Self.isDigit(c[j]) {
                         i = j
-                        while i < c.count && c[i].isASCII && c[i].isNumber { i += 1 }
+                        while i < c.count && Self.isDigit(c[i]) { i += 1 }
                     }
                 }
-                let text = String(c[start..<i])
-                guard let v = Double(text), v.isFinite else { throw fail("`\(text)` is not a number", at: start) }
+                let text = Self.text(c[start..<i])
+                guard let v = Double(text), v.isFinite else { throw fail("`\(text.prefix(40))` is not a number", at: start) }
                 tokens.append((.number(v, text), start))
                 continue
             }
-            if ch.isLetter || ch == "_" {
-                while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { i += 1 }
-                let word = String(c[start..<i])
-                guard word.count <= 256 else { throw fail("a name of \(word.count) characters is over the limit of 256", at: start) }
+            if Self.isLetter(ch) || ch == "_" {
+                while i < c.count && (Self.isLetter(c[i]) || Self.isDigit(c[i]) || c[i] == "_") { i += 1 }
+                guard i - start <= 256 else { throw fail("a name of \(i - start) characters is over the limit of 256", at: start) }
+                let word = Self.text(c[start..<i])
                 let upper = word.uppercased()
                 tokens.append((Self.keywords.contains(upper) ? .keyword(upper) : .identifier(word, delimited: false), start))
                 continue
             }
             if ch == "\"" || ch == "'" {
                 // A delimited name ("...") or a string ('...'); a doubled quote stands for itself.
-                var s = ""
+                var s = String.UnicodeScalarView()
                 i += 1
                 var closed = false
                 while i < c.count {
@@ -155,20 +181,20 @@ public struct ADQLParser {
                     throw fail(ch == "'" ? "a string is not closed: a `'` is missing" : "a delimited name is not closed: a `\"` is missing", at: start)
                 }
                 if ch == "'" {
-                    tokens.append((.string(s), start))
+                    tokens.append((.string(String(s)), start))
                 } else {
                     guard !s.isEmpty, s.count <= 256 else { throw fail("a delimited name must have 1 to 256 characters", at: start) }
-                    tokens.append((.identifier(s, delimited: true), start))
+                    tokens.append((.identifier(String(s), delimited: true), start))
                 }
                 continue
             }
-            let two = i + 1 < c.count ? String(c[i...(i + 1)]) : ""
+            let two = i + 1 < c.count ? Self.text(c[i...(i + 1)]) : ""
             if ["<=", ">=", "<>", "!=", "||"].contains(two) {
                 tokens.append((.symbol(two == "!=" ? "<>" : two), i))
                 i += 2
                 continue
             }
-            guard "(),.*+-/=<>;".contains(ch) else {
+            guard "(),.*+-/=<>;".unicodeScalars.contains(ch) else {
                 throw fail("unexpected character `\(ch)`", at: i)
             }
             tokens.append((.symbol(String(ch)), i))

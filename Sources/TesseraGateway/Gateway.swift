@@ -389,11 +389,41 @@ public enum Gateway {
     /// Adds the fields of `application/x-www-form-urlencoded` text (a query string or a form
     /// body: `+` is a space, `%XX` a byte), the first value of each name.
     static func formFields(_ text: String, into out: inout [String: String]) {
-        for pair in text.split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+        for pair in text.utf8.split(separator: UInt8(ascii: "&")) {
+            let kv = pair.split(separator: UInt8(ascii: "="), maxSplits: 1, omittingEmptySubsequences: false).map(formDecoded)
             guard let k = kv.first, !k.isEmpty else { continue }
             if out[k.uppercased()] == nil { out[k.uppercased()] = kv.count > 1 ? kv[1] : "" }
         }
+    }
+
+    /// One form-encoded value: `+` a space, `%XX` a byte; a `%` not followed by two hex digits
+    /// stays as it is, and bytes that are not UTF-8 become U+FFFD.
+    static func formDecoded(_ bytes: Substring.UTF8View.SubSequence) -> String {
+        func hex(_ b: UInt8) -> UInt8? {
+            switch b {
+            case 48...57: b - 48
+            case 65...70: b - 55
+            case 97...102: b - 87
+            default: nil
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = bytes.startIndex
+        while i < bytes.endIndex {
+            let b = bytes[i]
+            if b == UInt8(ascii: "+") {
+                out.append(32)
+            } else if b == UInt8(ascii: "%"), let j = bytes.index(i, offsetBy: 2, limitedBy: bytes.endIndex), j < bytes.endIndex,
+                      let hi = hex(bytes[bytes.index(after: i)]), let lo = hex(bytes[j]) {
+                out.append(hi << 4 | lo)
+                i = j
+            } else {
+                out.append(b)
+            }
+            i = bytes.index(after: i)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     // MARK: Documents

@@ -370,6 +370,16 @@ public struct ADQLParser {
         return try body(&self)
     }
 
+    /// A node, refused when the tree under it is deeper than ``maxDepth`` (a chain of a
+    /// thousand `+` is as deep as a thousand parentheses).
+    func node(_ kind: ADQLExpression.Kind, at: ADQLPosition) throws(ADQLError) -> ADQLExpression {
+        let e = ADQLExpression(kind, at: at)
+        guard e.depth <= Self.maxDepth else {
+            throw ADQLError("the query nests deeper than the limit of \(Self.maxDepth) (parentheses, calls and chained operators all count)", at: at)
+        }
+        return e
+    }
+
     mutating func parseCondition() throws(ADQLError) -> ADQLExpression {
         try nested { p throws(ADQLError) in
             var left = try p.parseAnd()
@@ -377,7 +387,7 @@ public struct ADQLParser {
                 let at = p.here
                 p.index += 1
                 let right = try p.parseAnd()
-                left = ADQLExpression(.or(left, right), at: at)
+                left = try p.node(.or(left, right), at: at)
             }
             return left
         }
@@ -389,7 +399,7 @@ public struct ADQLParser {
             let at = here
             index += 1
             let right = try parseNot()
-            left = ADQLExpression(.and(left, right), at: at)
+            left = try node(.and(left, right), at: at)
         }
         return left
     }
@@ -399,7 +409,7 @@ public struct ADQLParser {
             let at = here
             index += 1
             let inner = try nested { p throws(ADQLError) in try p.parseNot() }
-            return ADQLExpression(.not(inner), at: at)
+            return try node(.not(inner), at: at)
         }
         if current == .keyword("EXISTS") { throw unsupported("`EXISTS` (subqueries)") }
         return try parsePredicate()
@@ -411,19 +421,19 @@ public struct ADQLParser {
         switch current {
         case .symbol(let s) where ["=", "<>", "<", ">", "<=", ">="].contains(s):
             index += 1
-            return ADQLExpression(.binary(s, left, try parseValue()), at: at)
+            return try node(.binary(s, left, try parseValue()), at: at)
         case .keyword("IS"):
             index += 1
             let negated = accept("NOT")
             try expect("NULL", "after `IS`")
-            return ADQLExpression(.isNull(left, negated: negated), at: at)
+            return try node(.isNull(left, negated: negated), at: at)
         case .keyword("NOT"), .keyword("BETWEEN"), .keyword("IN"), .keyword("LIKE"), .keyword("ILIKE"):
             let negated = accept("NOT")
             if accept("BETWEEN") {
                 let low = try parseValue()
                 try expect("AND", "in `BETWEEN low AND high`")
                 let high = try parseValue()
-                return ADQLExpression(.between(left, low: low, high: high, negated: negated), at: at)
+                return try node(.between(left, low: low, high: high, negated: negated), at: at)
             }
             if accept("IN") {
                 try expectSymbol("(", "after `IN`")
@@ -434,12 +444,12 @@ public struct ADQLParser {
                     guard list.count <= Self.maxInList else { throw fail("an `IN` list longer than the limit of \(Self.maxInList) values", at: at.offset) }
                 } while acceptSymbol(",")
                 try expectSymbol(")", "to close the `IN` list")
-                return ADQLExpression(.inList(left, list, negated: negated), at: at)
+                return try node(.inList(left, list, negated: negated), at: at)
             }
             if current == .keyword("LIKE") || current == .keyword("ILIKE") {
                 let insensitive = current == .keyword("ILIKE")
                 index += 1
-                return ADQLExpression(.like(left, pattern: try parseValue(), negated: negated, caseInsensitive: insensitive), at: at)
+                return try node(.like(left, pattern: try parseValue(), negated: negated, caseInsensitive: insensitive), at: at)
             }
             throw unexpected("after `NOT`: expected `BETWEEN`, `IN` or `LIKE`")
         default:
@@ -454,7 +464,7 @@ public struct ADQLParser {
                 if s == "||" { throw p.unsupported("string concatenation `||`") }
                 let at = p.here
                 p.index += 1
-                left = ADQLExpression(.binary(s, left, try p.parseTerm()), at: at)
+                left = try p.node(.binary(s, left, try p.parseTerm()), at: at)
             }
             return left
         }
@@ -465,7 +475,7 @@ public struct ADQLParser {
         while case .symbol(let s) = current, s == "*" || s == "/" {
             let at = here
             index += 1
-            left = ADQLExpression(.binary(s, left, try parseFactor()), at: at)
+            left = try node(.binary(s, left, try parseFactor()), at: at)
         }
         return left
     }
@@ -475,7 +485,7 @@ public struct ADQLParser {
         if acceptSymbol("-") {
             let inner = try nested { p throws(ADQLError) in try p.parseFactor() }
             if case .number(let v, let text) = inner.kind { return ADQLExpression(.number(-v, text: "-" + text), at: at) }
-            return ADQLExpression(.negate(inner), at: at)
+            return try node(.negate(inner), at: at)
         }
         if acceptSymbol("+") { return try nested { p throws(ADQLError) in try p.parseFactor() } }
         return try parsePrimary()
@@ -513,7 +523,7 @@ public struct ADQLParser {
             let arg = try parseValue()
             if arg.containsAggregate { throw fail("an aggregate inside an aggregate", at: arg.position.offset) }
             try expectSymbol(")", "to close `\(k)(`")
-            return ADQLExpression(.aggregate(k, arg, distinct: distinct), at: at)
+            return try node(.aggregate(k, arg, distinct: distinct), at: at)
         case .keyword("CASE"):
             throw unsupported("`CASE`")
         case .identifier(let name, let delimited):
@@ -527,7 +537,7 @@ public struct ADQLParser {
                     }
                     try expectSymbol(")", "to close the arguments of `\(name)`")
                 }
-                return ADQLExpression(.call(name.uppercased(), args), at: at)
+                return try node(.call(name.uppercased(), args), at: at)
             }
             if acceptSymbol(".") {
                 let column = try identifier("after `\(name).`: expected a column name")

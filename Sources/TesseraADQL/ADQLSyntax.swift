@@ -76,10 +76,25 @@ public struct ADQLOrderItem: Sendable {
 public struct ADQLExpression: Sendable {
     public var kind: Kind
     public var position: ADQLPosition
+    /// Levels of the tree under and including this node (a leaf is 1): the translator and the
+    /// engine recurse over it, so the parser bounds it.
+    public let depth: Int
 
     public init(_ kind: Kind, at position: ADQLPosition) {
         self.kind = kind
         self.position = position
+        depth = 1 + Self.children(of: kind).reduce(0) { max($0, $1.depth) }
+    }
+
+    static func children(of kind: Kind) -> [ADQLExpression] {
+        switch kind {
+        case .number, .string, .null, .column, .countAll: []
+        case .negate(let e), .not(let e), .isNull(let e, _), .aggregate(_, let e, _): [e]
+        case .binary(_, let a, let b), .and(let a, let b), .or(let a, let b), .like(let a, let b, _, _): [a, b]
+        case .between(let a, let b, let c, _): [a, b, c]
+        case .inList(let a, let l, _): [a] + l
+        case .call(_, let args): args
+        }
     }
 
     public indirect enum Kind: Sendable {

@@ -76,7 +76,7 @@ public struct ADQLTranslator {
     /// Scalar functions: ADQL's name → the expression language's, with their argument counts.
     static let functions: [String: (name: String, arity: Int)] = [
         "ABS": ("abs", 1), "SQRT": ("sqrt", 1), "LOG10": ("log10", 1), "LOG": ("ln", 1), "EXP": ("exp", 1),
-        "POWER": ("pow", 2), "FLOOR": ("floor", 1), "CEILING": ("ceil", 1), "ROUND": ("round", 1),
+        "POWER": ("pow", 2), "FLOOR": ("floor", 1), "CEILING": ("ceil", 1),
         // A user-defined function of this service (declared in its capabilities): AB magnitude of a flux in nJy.
         "MAG": ("mag", 1),
     ]
@@ -150,6 +150,9 @@ public struct ADQLTranslator {
             case .all(let t, let at):
                 for s in try scopes(named: t, at: at) {
                     for c in s.table.columns {
+                        guard Self.isEngineName(c.name) else {
+                            throw ADQLError("the column `\(c.name)` of `\(s.table.name)` cannot be read here (its name is not an identifier): name the columns instead of `*`", at: at)
+                        }
                         fields.append(ADQLField(name: scopes.count > 1 ? s.prefix + c.name : c.name, source: select.count, unit: c.unit, ucd: c.ucd, description: c.description))
                         select.append(s.prefix + c.name)
                     }
@@ -187,9 +190,8 @@ public struct ADQLTranslator {
             for case .expression(let e, let alias?) in query.items where alias.lowercased() == name.lowercased() { return try value(e) }
         }
         if case .number(let v, _) = key.kind {
-            let n = Int(v)
-            guard Double(n) == v, n >= 1, n <= query.items.count, case .expression(let e, _) = query.items[n - 1] else {
-                throw ADQLError("ORDER BY \(v): not the position of a select item", at: key.position)
+            guard v == v.rounded(), v >= 1, v <= Double(query.items.count), case .expression(let e, _) = query.items[Int(v) - 1] else {
+                throw ADQLError("ORDER BY \(v): not the position of a select item (1…\(query.items.count))", at: key.position)
             }
             return try value(e)
         }
@@ -259,7 +261,7 @@ public struct ADQLTranslator {
                 if case .expression(_, let alias?) = item, alias.lowercased() == name.lowercased() { return i }
             }
         }
-        if case .number(let v, _) = key.kind, v == v.rounded(), v >= 1, Int(v) <= fields.count { return Int(v) - 1 }
+        if case .number(let v, _) = key.kind, v == v.rounded(), v >= 1, v <= Double(fields.count) { return Int(v) - 1 }
         let text: String
         switch key.kind {
         case .countAll: text = "count(*)"
@@ -439,12 +441,24 @@ public struct ADQLTranslator {
         if matches.count > 1 {
             throw ADQLError("the column `\(name)` is in both tables: qualify it (`\(matches[0].0.alias ?? matches[0].0.table.name).\(name)`)", at: at)
         }
+        if let m = matches.first, !Self.isEngineName(m.1.name) {
+            throw ADQLError("the column `\(m.1.name)` cannot be used in queries here: its name is not an identifier (letters, digits and _)", at: at)
+        }
         guard let m = matches.first else {
             let known = candidates.flatMap { $0.table.columns.map(\.name) }
             let list = known.prefix(30).joined(separator: ", ") + (known.count > 30 ? ", …" : "")
             throw ADQLError("no column `\(name)` in \(candidates.map { "`\($0.table.name)`" }.joined(separator: " or ")) (its columns: \(list))", at: at)
         }
         return m
+    }
+
+    /// Whether the expression language reads `name` as one column: a name of letters, digits
+    /// and `_`, not one of its words. A stored column named otherwise (`g-mag`) would be read as
+    /// an expression, so it is refused rather than quoted.
+    static func isEngineName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, first == "_" || (first.isASCII && first.properties.isAlphabetic) else { return false }
+        return name.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
+            && !["and", "or", "not"].contains(name.lowercased())
     }
 
     /// What TAP says about a select item: a name, and a column's unit, UCD and description.
@@ -509,16 +523,20 @@ public struct ADQLTranslator {
             var texts: [String] = []
             for c in coordinates { texts.append(try value(c)) }
             return "distance(\(texts.joined(separator: ", ")))"
-        case "ROUND" where args.count == 2:
-            guard let digits = Self.constant(args[1]), digits == 0 else {
-                throw ADQLError("`ROUND(x, n)` is supported for n = 0 only", at: args[1].position)
+        case "ROUND" where args.count == 1 || args.count == 2:
+            if args.count == 2 {
+                guard let digits = Self.constant(args[1]), digits == 0 else {
+                    throw ADQLError("`ROUND(x, n)` is supported for n = 0 only", at: args[1].position)
+                }
             }
-            return "round(\(try value(args[0])))"
+            // SQL rounds halves away from zero; the engine's round() to even, as numpy does.
+            let v = try value(args[0])
+            return "(floor(max(\(v), 0) + 0.5) - floor(max(-(\(v)), 0) + 0.5))"
         case "POINT", "CIRCLE", "BOX", "POLYGON", "CONTAINS", "INTERSECTS", "AREA", "CENTROID", "COORD1", "COORD2", "COORDSYS", "REGION":
             throw ADQLError("`\(name)` is supported only as `CONTAINS(POINT(ra, dec), CIRCLE|BOX|POLYGON(...)) = 1` and in `DISTANCE(POINT, POINT)`", at: at)
         default:
             guard let f = Self.functions[name] else {
-                let known = (Self.functions.keys.sorted() + ["DISTANCE", "PI"]).joined(separator: ", ")
+                let known = (Self.functions.keys + ["DISTANCE", "PI", "ROUND"]).sorted().joined(separator: ", ")
                 throw ADQLError("the function `\(name)` is not supported (supported: \(known), and CONTAINS with POINT, CIRCLE, BOX, POLYGON)", at: at)
             }
             guard args.count == f.arity else {
@@ -530,35 +548,50 @@ public struct ADQLTranslator {
         }
     }
 
-    /// A condition's text in the plan's language.
-    func condition(_ e: ADQLExpression) throws(ADQLError) -> String {
+    /// A condition's text in the plan's language, with SQL's three-valued logic: NULL (NaN in
+    /// the catalog) makes a comparison unknown, and unknown rows are kept by neither a condition
+    /// nor its negation. `negated` asks for the rows where the condition is false (not merely
+    /// not true): NOT is pushed down to the comparisons, each replaced by its complement, which
+    /// is false for NaN as the comparison is (`x <> y` is `x < y or x > y` for the same reason).
+    func condition(_ e: ADQLExpression, negated: Bool = false) throws(ADQLError) -> String {
         switch e.kind {
-        case .and(let a, let b): return "(\(try condition(a)) and \(try condition(b)))"
-        case .or(let a, let b): return "(\(try condition(a)) or \(try condition(b)))"
-        case .not(let a): return "not (\(try condition(a)))"
+        case .and(let a, let b):
+            let x = try condition(a, negated: negated), y = try condition(b, negated: negated)
+            return negated ? "(\(x) or \(y))" : "(\(x) and \(y))"
+        case .or(let a, let b):
+            let x = try condition(a, negated: negated), y = try condition(b, negated: negated)
+            return negated ? "(\(x) and \(y))" : "(\(x) or \(y))"
+        case .not(let a):
+            return try condition(a, negated: !negated)
         case .binary(let op, let a, let b) where ["=", "<>", "<", ">", "<=", ">="].contains(op):
             if let call = Self.containsCall(e) {
-                return try containsCondition(call.args, inside: call.inside, at: e.position)
+                return try containsCondition(call.args, inside: call.inside != negated, at: e.position)
             }
             if op == "=" || op == "<>" {
-                var test = try booleanTest(a, b)
-                if test == nil { test = try booleanTest(b, a) }
-                if let test { return op == "=" ? test : "not \(test)" }
+                var test = try booleanTest(a, b, truth: (op == "=") != negated)
+                if test == nil { test = try booleanTest(b, a, truth: (op == "=") != negated) }
+                if let test { return test }
             }
-            let o = op == "=" ? "==" : op == "<>" ? "!=" : op
-            return "(\(try value(a)) \(o) \(try value(b)))"
-        case .between(let x, let lo, let hi, let negated):
-            let v = try value(x)
-            let t = "(\(v) >= \(try value(lo)) and \(v) <= \(try value(hi)))"
-            return negated ? "not \(t)" : t
-        case .inList(let x, let list, let negated):
+            let complement = ["=": "<>", "<>": "=", "<": ">=", ">=": "<", ">": "<=", "<=": ">"]
+            let effective = negated ? complement[op, default: op] : op
+            let x = try value(a), y = try value(b)
+            switch effective {
+            case "=": return "(\(x) == \(y))"
+            case "<>": return "(\(x) < \(y) or \(x) > \(y))"
+            default: return "(\(x) \(effective) \(y))"
+            }
+        case .between(let x, let lo, let hi, let n):
+            let v = try value(x), l = try value(lo), h = try value(hi)
+            return n != negated ? "(\(v) < \(l) or \(v) > \(h))" : "(\(v) >= \(l) and \(v) <= \(h))"
+        case .inList(let x, let list, let n):
             let v = try value(x)
             var terms: [String] = []
-            for item in list { terms.append("\(v) == \(try value(item))") }
-            let t = "(\(terms.joined(separator: " or ")))"
-            return negated ? "not \(t)" : t
-        case .isNull(let x, let negated):
-            return negated ? "not isnan(\(try value(x)))" : "isnan(\(try value(x)))"
+            for item in list { terms.append(try value(item)) }
+            if n != negated { return "(" + terms.map { "(\(v) < \($0) or \(v) > \($0))" }.joined(separator: " and ") + ")" }
+            return "(" + terms.map { "\(v) == \($0)" }.joined(separator: " or ") + ")"
+        case .isNull(let x, let n):
+            // IS NULL is never unknown: negation is plain.
+            return n != negated ? "not isnan(\(try value(x)))" : "isnan(\(try value(x)))"
         case .like:
             throw ADQLError("`LIKE` needs text columns; the catalog's columns are numbers", at: e.position)
         case .call(let name, _) where name == "CONTAINS" || name == "INTERSECTS":
@@ -570,7 +603,7 @@ public struct ADQLTranslator {
 
     /// A boolean column compared with 1 or 0 (or 'T'/'F', 'true'/'false'), as TAP clients test
     /// VOTable booleans: the column itself, or its negation.
-    func booleanTest(_ column: ADQLExpression, _ flag: ADQLExpression) throws(ADQLError) -> String? {
+    func booleanTest(_ column: ADQLExpression, _ flag: ADQLExpression, truth wanted: Bool) throws(ADQLError) -> String? {
         guard case .column(let t, let n) = column.kind else { return nil }
         let (s, c) = try resolve(t, n, at: column.position)
         guard c.type == .columnBool else { return nil }
@@ -580,7 +613,7 @@ public struct ADQLTranslator {
         case .string(let text) where ["T", "F", "TRUE", "FALSE"].contains(text.uppercased()): truth = text.uppercased().hasPrefix("T")
         default: throw ADQLError("`\(c.name)` is a boolean: compare it with 1 or 0", at: flag.position)
         }
-        return truth ? "(\(s.prefix + c.name))" : "not (\(s.prefix + c.name))"
+        return truth == wanted ? "(\(s.prefix + c.name))" : "not (\(s.prefix + c.name))"
     }
 
     /// `CONTAINS(POINT, CIRCLE)` that is not the plan's region: a distance test per row.
@@ -591,8 +624,10 @@ public struct ADQLTranslator {
         guard region.name == "CIRCLE" else {
             throw ADQLError("a `\(region.name)` is supported once per query, as `CONTAINS(POINT(ra, dec), \(region.name)(...)) = 1` on the table's own position in the WHERE's top-level AND", at: at)
         }
-        let t = "distance(\(try value(point.args[0])), \(try value(point.args[1])), \(try value(region.args[0])), \(try value(region.args[1]))) <= \(try value(region.args[2]))"
-        return inside ? "(\(t))" : "not (\(t))"
+        let d = "distance(\(try value(point.args[0])), \(try value(point.args[1])), \(try value(region.args[0])), \(try value(region.args[1])))"
+        let r = try value(region.args[2])
+        // Outside is `>`, not `not <=`: a row without a position is in neither.
+        return inside ? "(\(d) <= \(r))" : "(\(d) > \(r))"
     }
 
     /// Field names made unique (`x`, `x_2`, ...), as VOTable and pandas need.

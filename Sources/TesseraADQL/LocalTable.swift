@@ -127,7 +127,7 @@ public struct LocalTable: Sendable, Equatable {
                     outputs.append((Column(a ?? "count", "long", "rows"), .count))
                 default:
                     let v = try eval(e, [])
-                    if case .text = v { outputs.append((Column(a ?? "expr", "char", ""), .constant(v))) } else { outputs.append((Column(a ?? "expr", "int", ""), .constant(v))) }
+                    if case .text = v { outputs.append((Column(a ?? "expr", "char", ""), .constant(v))) } else { outputs.append((Column(a ?? "expr", "long", ""), .constant(v))) }
                 }
             }
         }
@@ -145,7 +145,7 @@ public struct LocalTable: Sendable, Equatable {
         }
         var keys: [(Int, Bool)] = []
         for o in query.orderBy {
-            if case .number(let v, _) = o.key.kind, v >= 1, Int(v) <= outputs.count, case .column(let i) = outputs[Int(v) - 1].1 {
+            if case .number(let v, _) = o.key.kind, v == v.rounded(), v >= 1, v <= Double(outputs.count), case .column(let i) = outputs[Int(v) - 1].1 {
                 keys.append((i, o.descending))
             } else if case .column(let t, let n) = o.key.kind {
                 keys.append((try columnIndex(t, n, o.key.position), o.descending))

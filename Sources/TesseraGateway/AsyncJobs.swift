@@ -42,8 +42,19 @@ public actor AsyncJobs {
     /// The longest a job may run before it is aborted, in seconds.
     public static let maxExecutionDuration = 3600
 
+    /// The parameters a job keeps (others are dropped: a form may carry anything).
+    public static let keptParameters: Set<String> = ["LANG", "QUERY", "MAXREC", "RESPONSEFORMAT", "FORMAT", "REQUEST", "RUNID", "UPLOAD"]
+    /// Result values (rows × columns) one user's jobs may hold at once: about 160 MB of numbers.
+    public static let maxResultCellsPerUser = 20_000_000
+
+    /// `parameters` without what a job does not keep, each value at most `limit` characters.
+    static func kept(_ parameters: [String: String], limit: Int) -> [String: String] {
+        parameters.filter { keptParameters.contains($0.key) && $0.value.count <= limit }
+    }
+
     public func create(owner: String, parameters: [String: String]) throws(TAPError) -> Job {
         sweep()
+        let parameters = Self.kept(parameters, limit: service.limits.queryCharacters)
         let mine = jobs.values.filter { $0.owner == owner }.count
         guard mine < service.limits.asyncJobsPerUser else {
             throw TAPError(429, "user \(owner) holds \(mine) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")
@@ -128,6 +139,14 @@ public actor AsyncJobs {
         jobs[id]?.ended = Date()
         switch outcome {
         case .success(let t):
+            let owner = jobs[id]?.owner ?? ""
+            let held = jobs.values.filter { $0.owner == owner }.reduce(0) { $0 + ($1.result.map { $0.rowCount * max(1, $0.fields.count) } ?? 0) }
+            let cells = t.rowCount * max(1, t.fields.count)
+            if held + cells > Self.maxResultCellsPerUser {
+                jobs[id]?.error = "the result (\(t.rowCount) rows × \(t.fields.count) columns) would make your jobs hold more than \(Self.maxResultCellsPerUser) values: delete finished jobs, or lower MAXREC"
+                jobs[id]?.phase = .error
+                return
+            }
             jobs[id]?.result = t
             jobs[id]?.phase = .completed
         case .failure(let e):

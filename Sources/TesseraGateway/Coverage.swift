@@ -14,8 +14,9 @@ import TesseraStorage
 final class CoverageService: Sendable {
     let pool: SchedulerPool
     private let cache = Mutex<[String: (at: Double, body: [UInt8])]>([:])
-    /// The finest order served (order 12 is 0.86′ cells, 201M of them on the sky).
-    static let maxOrder = 12
+    /// The finest order served (order 10 is 3.4′ cells, 12.6M of them on the sky: a sky map
+    /// of that many pixels is the most one request may ask of the workers and the gateway).
+    static let maxOrder = 10
     static let defaultOrder = 8
 
     init(pool: SchedulerPool) { self.pool = pool }

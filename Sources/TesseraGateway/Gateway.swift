@@ -45,6 +45,24 @@ final class RequestCounts: Sendable {
     let counts = Mutex<[String: Int]>([:])
 }
 
+/// One request's place in its user's count: given back once, when its body has been written,
+/// or when the response is dropped without being written (the client went away first).
+final class RequestSlot: Sendable {
+    private let giveBack: Mutex<(@Sendable () -> Void)?>
+
+    init(_ giveBack: @escaping @Sendable () -> Void) { self.giveBack = Mutex(giveBack) }
+
+    func release() {
+        let g = giveBack.withLock { g -> (@Sendable () -> Void)? in
+            defer { g = nil }
+            return g
+        }
+        g?()
+    }
+
+    deinit { release() }
+}
+
 /// Authenticates each request, holds it to its user's share of concurrent requests, and
 /// writes one structured access-log line for it.
 struct GatewayMiddleware: RouterMiddleware {
@@ -100,13 +118,24 @@ struct GatewayMiddleware: RouterMiddleware {
             log(request, response, user: user, start: start)
             return response
         }
-        defer { inFlight.counts.withLock { $0[user, default: 1] -= 1 } }
+        // The slot is held until the response's body is written (a streamed answer, or an
+        // event stream, is most of a request's life), or dropped unwritten.
+        let counts = inFlight
+        let slot = RequestSlot { counts.counts.withLock { $0[user, default: 1] -= 1 } }
         do {
             response = try await next(request, context)
         } catch let e as TAPError {
             response = Gateway.errorResponse(e.status, e.message)
         } catch let e as HTTPError {
             response = Gateway.errorResponse(Int(e.status.code), e.body ?? "\(e.status)")
+        } catch {
+            slot.release()
+            throw error
+        }
+        let body = response.body
+        response.body = ResponseBody(contentLength: body.contentLength) { writer in
+            defer { slot.release() }
+            try await body.write(writer)
         }
         log(request, response, user: user, start: start)
         return response
@@ -132,6 +161,7 @@ public enum Gateway {
     /// The router with every route, for a server or a test.
     public static func router(_ config: GatewayConfiguration, logger: Logger) -> Router<GatewayContext> {
         let service = TAPService(endpoint: config.scheduler, limits: config.limits)
+        let base: @Sendable (Request) -> String = { baseURL($0, config: config) }
         let jobs = AsyncJobs(service: service)
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(tokens: config.tokensPath.map(TokenStore.init), anonymous: config.anonymous,
@@ -199,7 +229,7 @@ public enum Gateway {
                 """)
         }
         router.get("/tap/capabilities") { request, _ in
-            xml(200, capabilities(base: baseURL(request), limits: config.limits))
+            xml(200, capabilities(base: base(request), limits: config.limits))
         }
         router.get("/tap/examples") { _, context in
             xml(200, examples(try await service.tables(for: context.user)), contentType: "application/xhtml+xml")
@@ -219,7 +249,7 @@ public enum Gateway {
             let list = await jobs.list(owner: context.user)
             var s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:jobs xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" version=\"1.1\">\n"
             for j in list {
-                s += "  <uws:jobref id=\"\(j.id)\" xlink:href=\"\(baseURL(request))/tap/async/\(j.id)\"><uws:phase>\(j.phase.rawValue)</uws:phase><uws:ownerId>\(ResultWriter.xml(j.owner))</uws:ownerId><uws:creationTime>\(iso(j.created))</uws:creationTime></uws:jobref>\n"
+                s += "  <uws:jobref id=\"\(j.id)\" xlink:href=\"\(base(request))/tap/async/\(j.id)\"><uws:phase>\(j.phase.rawValue)</uws:phase><uws:ownerId>\(ResultWriter.xml(j.owner))</uws:ownerId><uws:creationTime>\(iso(j.created))</uws:creationTime></uws:jobref>\n"
             }
             return xml(200, s + "</uws:jobs>\n")
         }
@@ -230,7 +260,7 @@ public enum Gateway {
             try checkSize(params, limits: config.limits)
             let job = try await jobs.create(owner: context.user, parameters: params)
             if params["PHASE"]?.uppercased() == "RUN" { try await jobs.run(job.id, owner: context.user) }
-            return redirect("\(baseURL(request))/tap/async/\(job.id)")
+            return redirect("\(base(request))/tap/async/\(job.id)")
         }
         router.get("/tap/async/:id") { request, context in
             let id = try context.parameters.require("id")
@@ -240,18 +270,18 @@ public enum Gateway {
                 let phase = params["PHASE"].flatMap { AsyncJobs.Phase(rawValue: $0.uppercased()) }
                 job = try await jobs.wait(id, owner: context.user, seconds: wait < 0 ? 60 : wait, whilePhase: phase)
             }
-            return xml(200, jobDocument(job, base: baseURL(request)))
+            return xml(200, jobDocument(job, base: base(request)))
         }
         router.delete("/tap/async/:id") { request, context in
             try await jobs.delete(try context.parameters.require("id"), owner: context.user)
-            return redirect("\(baseURL(request))/tap/async")
+            return redirect("\(base(request))/tap/async")
         }
         router.post("/tap/async/:id") { request, context in
             let id = try context.parameters.require("id")
             let params = try await parameters(request, limit: config.limits.bodyBytes)
             guard params["ACTION"]?.uppercased() == "DELETE" else { throw TAPError(400, "POST to a job takes ACTION=DELETE") }
             try await jobs.delete(id, owner: context.user)
-            return redirect("\(baseURL(request))/tap/async")
+            return redirect("\(base(request))/tap/async")
         }
         router.get("/tap/async/:id/:part") { request, context in
             let id = try context.parameters.require("id")
@@ -266,7 +296,7 @@ public enum Gateway {
                 guard let e = job.error else { throw TAPError(404, "job \(id) has no error (phase \(job.phase.rawValue))") }
                 return xml(200, ResultWriter.errorVOTable(e), contentType: "application/x-votable+xml")
             case "parameters": return xml(200, parametersDocument(job))
-            case "results": return xml(200, resultsDocument(job, base: baseURL(request)))
+            case "results": return xml(200, resultsDocument(job, base: base(request)))
             default: throw TAPError(404, "a job has no part `\(try context.parameters.require("part").prefix(40))`")
             }
         }
@@ -301,27 +331,36 @@ public enum Gateway {
                 try checkSize(params, limits: config.limits)
                 _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in
                     guard j.phase == .pending else { throw TAPError(409, "job \(id) is \(j.phase.rawValue): parameters change only while PENDING") }
-                    j.parameters.merge(params) { $1 }
+                    j.parameters.merge(AsyncJobs.kept(params, limit: config.limits.queryCharacters)) { $1 }
                 }
             default:
                 throw TAPError(404, "a job has no part `\(part.prefix(40))` to change")
             }
-            return redirect("\(baseURL(request))/tap/async/\(id)")
+            return redirect("\(base(request))/tap/async/\(id)")
         }
         return router
     }
 
     /// Runs the gateway until SIGTERM or SIGINT, then finishes the requests in progress.
     public static func run(_ config: GatewayConfiguration, logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        if config.anonymous && !EndpointScope.isLoopback("tcp://\(config.host):\(config.port)") {
+        if config.anonymous && !isLoopbackHost(config.host) {
             throw TAPError(400, "--anonymous is allowed on loopback addresses only (127.0.0.1, ::1); give users tokens (tessera token create) to serve beyond this machine")
         }
-        let app = Application(router: router(config, logger: logger),
+        // A connection that neither sends nor takes anything for a minute is closed (a reader
+        // that stopped holds its answer in memory until then).
+        let app = Application(router: router(config, logger: logger), server: .http1(configuration: .init(idleTimeout: .seconds(60))),
                               configuration: .init(address: .hostname(config.host, port: config.port), serverName: "tessera-gateway"),
                               onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
                               logger: logger)
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// Whether only this machine reaches `host`: `localhost`, `::1`, or a numeric 127.x.y.z.
+    static func isLoopbackHost(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" || host == "[::1]" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
 
     // MARK: Sync
@@ -428,9 +467,32 @@ public enum Gateway {
 
     // MARK: Documents
 
-    static func baseURL(_ request: Request) -> String {
-        let host = request.head.authority ?? "127.0.0.1"
-        return "http://\(host.filter { !$0.isWhitespace && $0 != "\"" && $0 != "<" })"
+    /// The gateway's address as the client reached it, for links in documents and redirects:
+    /// the request's authority when it is a plain `host[:port]` (a name, IPv4 or [IPv6]),
+    /// else the address the gateway listens on. Nothing else from the header reaches a link.
+    static func baseURL(_ request: Request, config: GatewayConfiguration) -> String {
+        if let host = request.head.authority, isPlainAuthority(host) { return "http://\(host)" }
+        let h = config.host.contains(":") ? "[\(config.host)]" : config.host
+        return "http://\(h):\(config.port)"
+    }
+
+    static func isPlainAuthority(_ a: String) -> Bool {
+        guard !a.isEmpty, a.utf8.count <= 255 else { return false }
+        var hostPart = Substring(a)
+        if a.hasPrefix("[") {
+            guard let close = a.firstIndex(of: "]") else { return false }
+            let inside = a[a.index(after: a.startIndex)..<close]
+            guard !inside.isEmpty, inside.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else { return false }
+            hostPart = a[a.index(after: close)...]
+            if hostPart.isEmpty { return true }
+            guard hostPart.first == ":" else { return false }
+            return hostPart.dropFirst().allSatisfy(\.isASCII) && UInt16(hostPart.dropFirst()) != nil
+        }
+        if let colon = a.lastIndex(of: ":") {
+            guard UInt16(a[a.index(after: colon)...]) != nil else { return false }
+            hostPart = a[..<colon]
+        }
+        return !hostPart.isEmpty && hostPart.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") }
     }
 
     static func text(_ status: Int, _ s: String) -> Response {

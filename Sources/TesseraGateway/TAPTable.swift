@@ -65,9 +65,12 @@ public struct TAPTable: Sendable, Equatable {
     public init(_ answer: ResultTable, plan: ADQLPlan, maxrec: Int) {
         var columns: [TAPColumn] = []
         fields = []
+        let rows = answer.rowCount
         for f in plan.fields {
-            guard f.source < answer.columns.count else { continue }
-            let (column, type): (TAPColumn, String) = switch answer.columns[f.source] {
+            // Every field keeps its place (ORDER BY refers to fields by position); one the
+            // answer lacks would be a bug, and is shown as NULLs rather than shifting the rest.
+            let values: RowValues = f.source < answer.columns.count ? answer.columns[f.source] : .doubles([Double](repeating: .nan, count: rows))
+            let (column, type): (TAPColumn, String) = switch values {
             case .doubles(let a): (.doubles(a), "double")
             case .floats(let a): (.floats(a), "float")
             case .int64s(let a): (.longs(a), "long")

@@ -50,7 +50,9 @@ public final class TokenStore: Sendable {
         if let data = FileManager.default.contents(atPath: path) {
             for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
                 let words = line.split(separator: " ").map(String.init)
-                guard words.count >= 2, !words[0].hasPrefix("#"), words[1].count == 64 else { continue }
+                // A line by hand may name anyone: only valid user names act for a user.
+                guard words.count >= 2, !words[0].hasPrefix("#"), words[1].count == 64,
+                      Validate.name(words[0], what: "user name", limit: Limits.workerNameCharacters) == nil else { continue }
                 users[words[1]] = words[0]
             }
         }

@@ -270,8 +270,13 @@ public struct SchedulerCore {
         case .statusRequest(let r):
             var e = Envelope()
             // A gateway (an admin key) asks as the user it authenticated; others ask as themselves.
-            let asker = identity.isAdmin && !r.onBehalfOf.isEmpty && Validate.name(r.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) == nil
-                ? ClientIdentity(user: r.onBehalfOf, isAdmin: adminUsers.contains(r.onBehalfOf), publicKey: identity.publicKey) : identity
+            // A key that may not speak for another user, or a name that is not one, sees only
+            // what everyone may (fails closed: never the asking key's own view).
+            var asker = identity
+            if !r.onBehalfOf.isEmpty {
+                let allowed = identity.isAdmin && Validate.name(r.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) == nil
+                asker = ClientIdentity(user: allowed ? r.onBehalfOf : "", isAdmin: allowed && adminUsers.contains(r.onBehalfOf), publicKey: identity.publicKey)
+            }
             e.statusReply = status(now: now, for: asker, withCoverage: r.withCoverage)
             send(.client(connection), e)
         case .ingestBegin(let b):

@@ -45,13 +45,24 @@ struct ADQLParserTests {
         let cell: [Double] = [1, 2, 3, 4, 5, 6, 7, 8]
         let cases: [(String, (Double, Double) -> Bool)] = [
             ("r_psfFlux BETWEEN 10 AND 1000", { f, _ in f >= 10 && f <= 1000 }),
-            ("r_psfFlux NOT BETWEEN 10 AND 1000", { f, _ in !(f >= 10 && f <= 1000) }),
+            // SQL's three-valued logic: a NULL (NaN) row is in neither a condition nor its negation.
+            ("r_psfFlux NOT BETWEEN 10 AND 1000", { f, _ in !f.isNaN && !(f >= 10 && f <= 1000) }),
+            ("r_psfFlux <> 10", { f, _ in !f.isNaN && f != 10 }),
+            ("NOT (r_psfFlux > 100)", { f, _ in !f.isNaN && f <= 100 }),
+            // FALSE AND unknown is FALSE, so its negation keeps a NaN row whose other term is false.
+            ("NOT (r_psfFlux > 100 AND cell > 4)", { f, c in (!f.isNaN && f <= 100) || c <= 4 }),
+            ("NOT (r_psfFlux > 100 OR cell > 4)", { f, c in !f.isNaN && f <= 100 && c <= 4 }),
+            ("r_psfFlux NOT IN (10, 100)", { f, _ in !f.isNaN && f != 10 && f != 100 }),
+            ("NOT (r_psfFlux IS NULL)", { f, _ in !f.isNaN }),
+            ("ROUND(r_psfFlux / 20) = 1", { f, _ in (f / 20).rounded(.toNearestOrAwayFromZero) == 1 }),
+            ("ROUND(-cell / 2) = -2", { _, c in (-c / 2).rounded(.toNearestOrAwayFromZero) == -2 }),
             ("cell IN (2, 4, 8)", { _, c in [2, 4, 8].contains(c) }),
             ("cell NOT IN (2, 4, 8)", { _, c in ![2, 4, 8].contains(c) }),
             ("r_psfFlux IS NULL", { f, _ in f.isNaN }),
             ("r_psfFlux IS NOT NULL AND cell <> 5", { f, c in !f.isNaN && c != 5 }),
             ("NOT (cell = 3 OR cell >= 7)", { _, c in !(c == 3 || c >= 7) }),
             ("r_psfFlux * 2 + 1 > 21 AND -cell < -2", { f, c in f * 2 + 1 > 21 && -c < -2 }),
+            ("NOT NOT (cell = 3)", { _, c in c == 3 }),
             ("mag(r_psfFlux) < 24", { f, _ in f > 0 && 31.4 - 2.5 * log10(f) < 24 }),
             ("ABS(r_psfFlux) >= POWER(10, 2)", { f, _ in abs(f) >= 100 }),
         ]
@@ -79,7 +90,7 @@ struct ADQLParserTests {
         #expect(two.plan.cone.ra == 60)
         #expect(two.plan.filter == "(distance(coord_ra, coord_dec, 61, -35) <= 1)")
         let outside = try plan("SELECT * FROM object WHERE CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(60, -35, 1)) = 0")
-        #expect(outside.plan.region == nil && outside.plan.filter == "not (distance(coord_ra, coord_dec, 60, -35) <= 1)")
+        #expect(outside.plan.region == nil && outside.plan.filter == "(distance(coord_ra, coord_dec, 60, -35) > 1)")
     }
 
     @Test func rowsAggregatesAndOrder() throws {
@@ -156,6 +167,29 @@ struct ADQLParserTests {
         #expect(error(huge)?.message.contains("over the limit of \(ADQLParser.maxCharacters)") == true)
         #expect(error("SELECT objectId FROM object WHERE cell > 1e999")?.message.contains("is not a number") == true)
         #expect(error("SELECT \"\" FROM object")?.message.contains("1 to 256 characters") == true)
+    }
+
+    @Test func orderByPositionsAndHugeNumbersAreRefusedNotTrapped() {
+        for q in ["SELECT TOP 1 objectId FROM object ORDER BY 1e19", "SELECT TOP 1 objectId FROM object ORDER BY -1e300",
+                  "SELECT cell, COUNT(*) FROM object GROUP BY cell ORDER BY 9e18", "SELECT TOP 1 objectId FROM object ORDER BY 2"] {
+            #expect(error(q)?.message.contains("ORDER BY") == true, "\(q)")
+        }
+        let t = LocalTable(schema: "TAP_SCHEMA", name: "t", description: "", columns: [.init("a", "char", "")], rows: [[.text("x")]])
+        #expect(throws: ADQLError.self) { try t.run(try ADQLParser.parse("SELECT a FROM TAP_SCHEMA.t ORDER BY 1e19"), maxrec: 10) }
+        // A chain of operators is as deep as nested parentheses.
+        let chain = "SELECT objectId FROM object WHERE cell > " + Array(repeating: "cell", count: 2000).joined(separator: " + ")
+        #expect(error(chain)?.message.contains("nests deeper") == true)
+        let ors = "SELECT objectId FROM object WHERE " + Array(repeating: "cell = 1", count: 2000).joined(separator: " OR ")
+        #expect(error(ors)?.message.contains("nests deeper") == true)
+    }
+
+    @Test func columnsTheEngineCannotNameAreRefused() throws {
+        let odd = ADQLTable(schema: "tessera", name: "odd", columns: [ADQLColumn(name: "ra", type: .columnFloat64), ADQLColumn(name: "dec", type: .columnFloat64),
+                                                                     ADQLColumn(name: "g-mag", type: .columnFloat64)], raColumn: "ra", decColumn: "dec")
+        var t = ADQLTranslator(tables: [odd])
+        #expect(throws: ADQLError.self) { try t.translate(try ADQLParser.parse("SELECT \"g-mag\" FROM odd"), maxrec: 10) }
+        #expect(throws: ADQLError.self) { try t.translate(try ADQLParser.parse("SELECT * FROM odd"), maxrec: 10) }
+        #expect(try t.translate(try ADQLParser.parse("SELECT ra, dec FROM odd"), maxrec: 10).plan.rows.select == ["ra", "dec"])
     }
 
     @Test func namesAreDelimitedWhereADQLNeedsIt() {

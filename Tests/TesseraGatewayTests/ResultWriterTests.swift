@@ -55,3 +55,20 @@ struct ResultWriterTests {
         #expect(rows[0][0] as? String == "a<b & \"c\", d\ne" && rows[0][1] as? Int == 7 && rows[1][0] is NSNull)
     }
 }
+
+/// What reaches links from a request's Host, and what counts as loopback for `--anonymous`.
+struct AddressTests {
+    @Test func onlyPlainAuthoritiesReachLinks() {
+        for ok in ["127.0.0.1:7780", "tap.example.org", "tap.example.org:443", "[::1]:7780", "[fe80::1]"] {
+            #expect(Gateway.isPlainAuthority(ok), "\(ok)")
+        }
+        for bad in ["", "a&b", "evil.example/x", "a b", "h:99999", "h:", "[::1", "[zz]:1", "tap.example.org:80\"><x", "user@host", String(repeating: "a", count: 300)] {
+            #expect(!Gateway.isPlainAuthority(bad), "\(bad)")
+        }
+    }
+
+    @Test func loopbackIsNumericOrLocalhost() {
+        for ok in ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"] { #expect(Gateway.isLoopbackHost(ok), "\(ok)") }
+        for bad in ["127.evil.example", "0.0.0.0", "10.0.0.1", "127.0.0", "127.0.0.256", "::", ""] { #expect(!Gateway.isLoopbackHost(bad), "\(bad)") }
+    }
+}

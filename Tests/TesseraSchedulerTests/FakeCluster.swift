@@ -234,9 +234,10 @@ final class FakeCluster {
         flushAndProcess()
     }
 
-    func requestStatus(client: ConnectionID = 1000, identity: ClientIdentity = .local) -> Tessera_V1_StatusReply? {
+    func requestStatus(client: ConnectionID = 1000, identity: ClientIdentity = .local, onBehalfOf: String = "") -> Tessera_V1_StatusReply? {
         var e = Envelope()
         e.statusRequest = Tessera_V1_StatusRequest()
+        e.statusRequest.onBehalfOf = onBehalfOf
         core.handleClient(client, e, frames: [], now: now, identity: identity)
         flushAndProcess()
         return statusReplies[client]?.last

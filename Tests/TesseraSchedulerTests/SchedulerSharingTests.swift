@@ -297,6 +297,19 @@ struct SchedulerSharingTests {
         // Another user sees only their own line.
         let other = try #require(c.requestStatus(client: 1001, identity: Self.user("bob")))
         #expect(other.users.allSatisfy { $0.user == "bob" })
+
+        // A gateway (an admin key) asks as the user it serves: that user's view, an admin's
+        // when the access list makes them one.
+        let gateway = Self.user("gateway", admin: true)
+        let asAnn = try #require(c.requestStatus(client: 1002, identity: gateway, onBehalfOf: "ann"))
+        #expect(asAnn.jobs.contains { $0.jobID == a })
+        let asBob = try #require(c.requestStatus(client: 1003, identity: gateway, onBehalfOf: "bob"))
+        #expect(!asBob.jobs.contains { $0.jobID == a })
+        c.core.adminUsers = ["root"]
+        #expect(try #require(c.requestStatus(client: 1004, identity: gateway, onBehalfOf: "root")).jobs.contains { $0.jobID == a })
+        // Fails closed: a user's key asking for another, or a name that is no user's, sees no one's jobs (not its own).
+        #expect(try #require(c.requestStatus(client: 1005, identity: Self.user("ann"), onBehalfOf: "bob")).jobs.isEmpty)
+        #expect(try #require(c.requestStatus(client: 1006, identity: gateway, onBehalfOf: "no spaces")).jobs.isEmpty)
     }
 }
 

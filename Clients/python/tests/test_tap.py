@@ -326,3 +326,25 @@ def test_coverage_mocs_hold_exactly_the_rows_cells(cluster, alice, reference, tm
     assert http.get(base + "/moc/nowhere.json").status_code == 404
     assert http.get(base + "/moc/object.json", params={"ORDER": 13}).status_code == 400
     assert http.get(base + "/moc/object.png").status_code == 404
+
+
+def test_open_streams_count_against_their_users_requests(cluster):
+    """A request holds its user's slot until its body is written: eight event streams open
+    are a user's eight requests; the ninth is refused (429) until one of them ends."""
+    carol = session(cluster.create_token("carol"))
+    base = cluster.tap_url[: -len("/tap")]
+    streams = [carol.get(base + "/api/events", stream=True, timeout=30) for _ in range(8)]
+    try:
+        assert all(s.status_code == 200 for s in streams)
+        refused = carol.get(cluster.tap_url + "/tables")
+        assert refused.status_code == 429 and "8 requests in progress" in error_of(refused)
+        # Others are not held up by carol's streams.
+        assert session(cluster.create_token("dave")).get(cluster.tap_url + "/tables").status_code == 200
+    finally:
+        for s in streams:
+            s.close()
+    # The streams' slots come back once the gateway sees the clients gone (its next write).
+    deadline = time.monotonic() + 15
+    while carol.get(cluster.tap_url + "/tables").status_code != 200:
+        assert time.monotonic() < deadline, "the closed streams still hold carol's slots"
+        time.sleep(0.2)

@@ -32,6 +32,9 @@ public struct GatewayConfiguration: Sendable {
     public var tokensPath: String?
     /// Lets requests without a token in, as user `anonymous` (loopback addresses only).
     public var anonymous = false
+    /// The address clients reach the gateway at (`https://archive.example/tessera` behind a
+    /// proxy), for links in documents and redirects; nil: the request's own Host.
+    public var publicURL: String?
     public var limits = GatewayLimits()
 
     public init(scheduler: String) { self.scheduler = scheduler }
@@ -356,6 +359,16 @@ public enum Gateway {
         try await group.run()
     }
 
+    /// A `--public-url` as links use it (no trailing `/`), or nil when it is not a plain
+    /// http(s) URL.
+    public static func publicURL(_ raw: String) -> String? {
+        let url = raw.hasSuffix("/") ? String(raw.dropLast()) : raw
+        guard url.hasPrefix("http://") || url.hasPrefix("https://"), url.utf8.count <= 512,
+              url.allSatisfy({ $0.isASCII && !$0.isWhitespace && !"\"<>'&\\".contains($0) }) else { return nil }
+        let authority = url.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init) ?? ""
+        return isPlainAuthority(authority) ? url : nil
+    }
+
     /// Whether only this machine reaches `host`: `localhost`, `::1`, or a numeric 127.x.y.z.
     static func isLoopbackHost(_ host: String) -> Bool {
         if host == "localhost" || host == "::1" || host == "[::1]" { return true }
@@ -471,6 +484,7 @@ public enum Gateway {
     /// the request's authority when it is a plain `host[:port]` (a name, IPv4 or [IPv6]),
     /// else the address the gateway listens on. Nothing else from the header reaches a link.
     static func baseURL(_ request: Request, config: GatewayConfiguration) -> String {
+        if let url = config.publicURL { return url }
         if let host = request.head.authority, isPlainAuthority(host) { return "http://\(host)" }
         let h = config.host.contains(":") ? "[\(config.host)]" : config.host
         return "http://\(h):\(config.port)"

@@ -41,7 +41,9 @@ public final class TAPService: Sendable {
     public let limits: GatewayLimits
     /// The schema TAP lists catalog datasets under.
     public static let catalogSchema = "tessera"
-    private let cache = Mutex<[String: (at: Double, tables: [ADQLTable])]>([:])
+    /// Each user's tables, as one fetch shared by every request that asks while it runs and
+    /// for 2 s after (a burst of queries costs one status round trip, not one each).
+    private let cache = Mutex<[String: (at: Double, tables: Task<[ADQLTable], any Error>)]>([:])
     let pool: SchedulerPool
 
     public init(endpoint: String, limits: GatewayLimits = GatewayLimits()) {
@@ -55,16 +57,22 @@ public final class TAPService: Sendable {
     /// The catalog tables `user` may read, as the scheduler lists them (cached for 2 s).
     public func tables(for user: String) async throws(TAPError) -> [ADQLTable] {
         let now = Date().timeIntervalSince1970
-        if let hit = cache.withLock({ $0[user] }), now - hit.at < 2 { return hit.tables }
-        let reply: Tessera_V1_StatusReply
+        let pool = self.pool
+        let fetch = cache.withLock { c -> Task<[ADQLTable], any Error> in
+            if let hit = c[user], now - hit.at < 2 { return hit.tables }
+            let t = Task {
+                let reply = try await pool.run(as: user) { conn, _ in try conn.status() }
+                return reply.datasets.filter { $0.kind.isEmpty || $0.kind == "catalog" }.map(Self.table)
+            }
+            c[user] = (now, t)
+            return t
+        }
         do {
-            reply = try await pool.run(as: user) { conn, _ in try conn.status() }
+            return try await fetch.value
         } catch {
+            cache.withLock { if $0[user]?.at == now { $0[user] = nil } }  // a failure is not kept
             throw TAPError(503, "the scheduler at \(endpoint) did not answer: \(error)")
         }
-        let tables = reply.datasets.filter { $0.kind.isEmpty || $0.kind == "catalog" }.map(Self.table)
-        cache.withLock { $0[user] = (now, tables) }
-        return tables
     }
 
     static func table(_ d: Tessera_V1_DatasetStatus) -> ADQLTable {

@@ -24,6 +24,9 @@ struct GatewayCommand: ParsableCommand {
     @Flag(help: "Let requests without a token in, as user `anonymous` (loopback addresses only).")
     var anonymous = false
 
+    @Option(help: "The URL clients reach the gateway at, when a proxy stands in front (e.g. https://archive.example/tessera); links and redirects use it. Default: the request's Host, over http.")
+    var publicUrl: String?
+
     @Option(help: "Requests one user may have in progress at once.")
     var maxRequestsPerUser = 8
 
@@ -41,6 +44,9 @@ struct GatewayCommand: ParsableCommand {
         guard (64...1_000_000).contains(maxQueryChars) else { throw ValidationError("--max-query-chars must be 64…1000000") }
         guard maxrecLimit >= 1, (0...maxrecLimit).contains(defaultMaxrec) else { throw ValidationError("--default-maxrec must be 0…--maxrec-limit") }
         _ = try GatewayCommand.hostPort(listen)
+        if let publicUrl, Gateway.publicURL(publicUrl) == nil {
+            throw ValidationError("--public-url must be an http:// or https:// URL with a plain host[:port] and no quotes or spaces: `\(publicUrl.prefix(80))`")
+        }
     }
 
     static func hostPort(_ s: String) throws -> (String, Int) {
@@ -55,6 +61,7 @@ struct GatewayCommand: ParsableCommand {
         (c.host, c.port) = try Self.hostPort(listen)
         c.tokensPath = tokens
         c.anonymous = anonymous
+        c.publicURL = publicUrl.flatMap(Gateway.publicURL)
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
         c.limits.queryCharacters = maxQueryChars
         c.limits.defaultMaxrec = defaultMaxrec

@@ -67,6 +67,14 @@ struct AddressTests {
         }
     }
 
+    @Test func publicURLsArePlainHTTP() {
+        #expect(Gateway.publicURL("https://archive.example/tessera/") == "https://archive.example/tessera")
+        #expect(Gateway.publicURL("http://10.0.0.5:8080") == "http://10.0.0.5:8080")
+        for bad in ["ftp://x", "https://", "https://a b", "https://x\"/y", "https://user@host/", "javascript:alert(1)", "https://h:99999/"] {
+            #expect(Gateway.publicURL(bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func loopbackIsNumericOrLocalhost() {
         for ok in ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"] { #expect(Gateway.isLoopbackHost(ok), "\(ok)") }
         for bad in ["127.evil.example", "0.0.0.0", "10.0.0.1", "127.0.0", "127.0.0.256", "::", ""] { #expect(!Gateway.isLoopbackHost(bad), "\(bad)") }

@@ -348,3 +348,35 @@ def test_open_streams_count_against_their_users_requests(cluster):
     while carol.get(cluster.tap_url + "/tables").status_code != 200:
         assert time.monotonic() < deadline, "the closed streams still hold carol's slots"
         time.sleep(0.2)
+
+
+def test_a_public_url_is_what_links_name(cluster, bins):
+    """Behind a proxy, `--public-url` is the address in capabilities and in UWS redirects; a
+    request's Host never is, unless it is a plain host[:port]."""
+    import subprocess
+
+    from tessera.cluster import _free_port
+
+    port = _free_port()
+    p = subprocess.Popen([os.path.join(bins, "tessera"), "gateway", "--scheduler", cluster.endpoint, "--key", cluster.key_path,
+                          "--listen", f"127.0.0.1:{port}", "--anonymous", "--public-url", "https://archive.example/tessera/"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                caps = requests.get(url + "/tap/capabilities", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert p.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert "<accessURL use=\"base\">https://archive.example/tessera/tap</accessURL>" in caps.text
+        r = requests.post(url + "/tap/async", data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object"}, allow_redirects=False)
+        assert r.status_code == 303 and r.headers["Location"].startswith("https://archive.example/tessera/tap/async/")
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    # Without one, a Host that is not a plain host[:port] never reaches a link.
+    evil = requests.get(cluster.tap_url + "/capabilities", headers={"Host": "evil.example/x\"><y"})
+    assert "evil.example" not in evil.text

@@ -10,8 +10,9 @@ public struct ADQLParser {
     public static let maxCharacters = 65_536
     /// The deepest nesting of parentheses, calls and operators accepted.
     public static let maxDepth = 64
-    /// The longest `IN (...)` list accepted.
-    public static let maxInList = 1000
+    /// The longest `IN (...)` list accepted (it becomes a chain of comparisons, which the
+    /// engine takes at most 256 deep).
+    public static let maxInList = 250
 
     enum Token: Equatable {
         case identifier(String, delimited: Bool)
@@ -66,7 +67,8 @@ public struct ADQLParser {
     /// `name` as ADQL must write it: as it is when a regular identifier, else in double quotes.
     public static func delimited(_ name: String) -> String {
         let regular = name.first.map { $0.isASCII && $0.isLetter } == true
-            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") } && !reservedWords.contains(name.uppercased())
+            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }
+            && !reservedWords.contains(name.uppercased()) && !keywords.contains(name.uppercased())
         return regular ? name : "\"" + name.split(separator: "\"", omittingEmptySubsequences: false).joined(separator: "\"\"") + "\""
     }
 
@@ -121,6 +123,15 @@ public struct ADQLParser {
         return c.value >= 128 && c.properties.isAlphabetic
     }
 
+    /// Combining marks and other scripts' digits may continue a name (not start one).
+    static func continuesName(_ c: Unicode.Scalar) -> Bool {
+        guard c.value >= 128 else { return false }
+        switch c.properties.generalCategory {
+        case .nonspacingMark, .spacingMark, .decimalNumber: return true
+        default: return false
+        }
+    }
+
     static func text(_ s: ArraySlice<Unicode.Scalar>) -> String {
         var out = ""
         out.unicodeScalars.append(contentsOf: s)
@@ -133,7 +144,7 @@ public struct ADQLParser {
         var i = 0
         while i < c.count {
             let ch = c[i]
-            if ch == " " || ch == "\n" || ch == "\t" || ch == "\r" || (ch.value >= 128 && ch.properties.isWhitespace) { i += 1; continue }
+            if ch == " " || ch == "\n" || ch.properties.isWhitespace { i += 1; continue }
             if ch == "-" && i + 1 < c.count && c[i + 1] == "-" {
                 while i < c.count && c[i] != "\n" { i += 1 }
                 continue
@@ -155,7 +166,7 @@ public struct ADQLParser {
                 continue
             }
             if Self.isLetter(ch) || ch == "_" {
-                while i < c.count && (Self.isLetter(c[i]) || Self.isDigit(c[i]) || c[i] == "_") { i += 1 }
+                while i < c.count && (Self.isLetter(c[i]) || Self.isDigit(c[i]) || c[i] == "_" || Self.continuesName(c[i])) { i += 1 }
                 guard i - start <= 256 else { throw fail("a name of \(i - start) characters is over the limit of 256", at: start) }
                 let word = Self.text(c[start..<i])
                 let upper = word.uppercased()

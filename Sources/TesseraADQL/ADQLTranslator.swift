@@ -135,6 +135,11 @@ public struct ADQLTranslator {
 
         let aggregated = !query.groupBy.isEmpty || query.items.contains { if case .expression(let e, _) = $0 { e.containsAggregate } else { false } }
         var result = aggregated ? try aggregatePlan(query, plan: plan) : try rowsPlan(query, plan: plan, maxrec: maxrec)
+        // Each text goes to the engine, which reads at most this much of one expression.
+        for text in [result.plan.filter, result.plan.groupBy, result.plan.rows.sortBy] + result.plan.rows.select + result.plan.aggregates.map(\.expression)
+        where text.utf8.count > Limits.expressionCharacters {
+            throw ADQLError("the query becomes an expression of \(text.utf8.count) bytes, over the engine's limit of \(Limits.expressionCharacters): shorten it (a long IN list, or a long chain of conditions)")
+        }
         result.fields = Self.uniqueNames(result.fields)
         return result
     }
@@ -530,8 +535,7 @@ public struct ADQLTranslator {
                 }
             }
             // SQL rounds halves away from zero; the engine's round() to even, as numpy does.
-            let v = try value(args[0])
-            return "(floor(max(\(v), 0) + 0.5) - floor(max(-(\(v)), 0) + 0.5))"
+            return "round_away(\(try value(args[0])))"
         case "POINT", "CIRCLE", "BOX", "POLYGON", "CONTAINS", "INTERSECTS", "AREA", "CENTROID", "COORD1", "COORD2", "COORDSYS", "REGION":
             throw ADQLError("`\(name)` is supported only as `CONTAINS(POINT(ra, dec), CIRCLE|BOX|POLYGON(...)) = 1` and in `DISTANCE(POINT, POINT)`", at: at)
         default:

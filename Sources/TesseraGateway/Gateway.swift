@@ -363,10 +363,11 @@ public enum Gateway {
     /// http(s) URL.
     public static func publicURL(_ raw: String) -> String? {
         let url = raw.hasSuffix("/") ? String(raw.dropLast()) : raw
-        guard url.hasPrefix("http://") || url.hasPrefix("https://"), url.utf8.count <= 512,
-              url.allSatisfy({ $0.isASCII && !$0.isWhitespace && !"\"<>'&\\".contains($0) }) else { return nil }
-        let authority = url.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init) ?? ""
-        return isPlainAuthority(authority) ? url : nil
+        guard url.utf8.count <= 512, url.allSatisfy({ $0.isASCII && !$0.isWhitespace && !"\"<>'&\\?#".contains($0) }),
+              let scheme = url.range(of: "://"), ["http", "https"].contains(url[..<scheme.lowerBound]) else { return nil }
+        let rest = url[scheme.upperBound...]
+        let authority = rest.prefix { $0 != "/" }
+        return isPlainAuthority(String(authority)) ? url : nil
     }
 
     /// Whether only this machine reaches `host`: `localhost`, `::1`, or a numeric 127.x.y.z.

@@ -161,6 +161,11 @@ struct ADQLParserTests {
     @Test func hostileTextIsRefusedCheaply() throws {
         let deep = "SELECT objectId FROM object WHERE " + String(repeating: "(", count: 10_000) + "cell > 1" + String(repeating: ")", count: 10_000)
         #expect(error(deep)?.message.contains("nests deeper than the limit of \(ADQLParser.maxDepth)") == true)
+        // Nested ROUNDs once doubled their text at each level (2^31 × 50 bytes at 31 levels).
+        let rounds = "SELECT " + String(repeating: "ROUND(", count: 31) + "cell" + String(repeating: ")", count: 31) + " AS r FROM object"
+        #expect(try plan(rounds).plan.rows.select[0].utf8.count < 600)
+        let wide = "SELECT objectId FROM object WHERE cell NOT IN (" + (0..<250).map { "\(1_000_000 + $0) + cell * 2 - r_psfFlux" }.joined(separator: ",") + ")"
+        #expect(error(wide)?.message.contains("over the engine's limit") == true)
         let long = "SELECT objectId FROM object WHERE cell IN (" + (0..<2000).map(String.init).joined(separator: ",") + ")"
         #expect(error(long)?.message.contains("longer than the limit of \(ADQLParser.maxInList)") == true)
         let huge = "SELECT objectId FROM object WHERE cell > " + String(repeating: "1", count: ADQLParser.maxCharacters)
@@ -198,6 +203,7 @@ struct ADQLParserTests {
         #expect(ADQLParser.delimited("size") == "\"size\"")
         #expect(ADQLParser.delimited("alice..objs") == "\"alice..objs\"")
         #expect(ADQLParser.delimited("a\"b") == "\"a\"\"b\"")
+        #expect(ADQLParser.delimited("offset") == "\"offset\"" && ADQLParser.delimited("ilike") == "\"ilike\"")
     }
 
     /// TAP_SCHEMA's tables are answered in the gateway, with LIKE and NULLs on text.

@@ -70,7 +70,8 @@ struct AddressTests {
     @Test func publicURLsArePlainHTTP() {
         #expect(Gateway.publicURL("https://archive.example/tessera/") == "https://archive.example/tessera")
         #expect(Gateway.publicURL("http://10.0.0.5:8080") == "http://10.0.0.5:8080")
-        for bad in ["ftp://x", "https://", "https://a b", "https://x\"/y", "https://user@host/", "javascript:alert(1)", "https://h:99999/"] {
+        for bad in ["ftp://x", "https://", "https:///x", "https://a b", "https://x\"/y", "https://user@host/", "javascript:alert(1)", "https://h:99999/",
+                    "https://h/x?y", "https://h/#f", "xhttps://h"] {
             #expect(Gateway.publicURL(bad) == nil, "\(bad)")
         }
     }

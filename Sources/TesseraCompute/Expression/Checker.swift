@@ -34,6 +34,8 @@ public enum ExpressionChecker {
         "floor": .init(arguments: [.number], result: .number),
         "ceil": .init(arguments: [.number], result: .number),
         "round": .init(arguments: [.number], result: .number),
+        // Halves away from zero, as SQL's ROUND (round() goes to even, as numpy's).
+        "round_away": .init(arguments: [.number], result: .number),
         "isnan": .init(arguments: [.number], result: .boolean),
         "mag": .init(arguments: [.number], result: .number),
         "distance": .init(arguments: [.number, .number, .number, .number], result: .number),

@@ -159,6 +159,7 @@ public enum ExpressionEvaluator {
             case "floor": return .numbers(Kernels.map(cols[0]) { $0.rounded(.down) })
             case "ceil": return .numbers(Kernels.map(cols[0]) { $0.rounded(.up) })
             case "round": return .numbers(Kernels.map(cols[0]) { $0.rounded(.toNearestOrEven) })
+            case "round_away": return .numbers(Kernels.map(cols[0]) { $0.rounded(.toNearestOrAwayFromZero) })
             case "pow": return .numbers(Kernels.zip(cols[0], cols[1]) { pow($0, $1) })
             case "min": return .numbers(Kernels.zip(cols[0], cols[1]) { $0.isNaN || $1.isNaN ? .nan : Swift.min($0, $1) })
             case "max": return .numbers(Kernels.zip(cols[0], cols[1]) { $0.isNaN || $1.isNaN ? .nan : Swift.max($0, $1) })
@@ -237,6 +238,7 @@ public enum ExpressionEvaluator {
         case "ceil": x[0].rounded(.up)
         // numpy rounds halves to even.
         case "round": x[0].rounded(.toNearestOrEven)
+        case "round_away": x[0].rounded(.toNearestOrAwayFromZero)
         case "pow": pow(x[0], x[1])
         // numpy's minimum/maximum: NaN wins.
         case "min": x[0].isNaN || x[1].isNaN ? .nan : Swift.min(x[0], x[1])

@@ -340,14 +340,17 @@ public struct ADQLParser {
             return .all(table: t, start)
         }
         let e = try parseValue()
-        var alias: String?
-        if accept("AS") {
-            alias = try identifier("as an alias after `AS`")
-        } else if case .identifier(let a, _) = current {
+        return .expression(e, alias: try parseAlias("an alias"))
+    }
+
+    /// `[AS] name` after a select item or a table, if there.
+    mutating func parseAlias(_ what: String) throws(ADQLError) -> String? {
+        if accept("AS") { return try identifier("as \(what) after `AS`") }
+        if case .identifier(let a, _) = current {
             index += 1
-            alias = a
+            return a
         }
-        return .expression(e, alias: alias)
+        return nil
     }
 
     mutating func parseTable() throws(ADQLError) -> ADQLTableReference {
@@ -360,14 +363,7 @@ public struct ADQLParser {
             name = try identifier("after `\(schema ?? "")`: expected a table name")
             if current == .symbol(".") { throw unsupported("a catalog name before the schema") }
         }
-        var alias: String?
-        if accept("AS") {
-            alias = try identifier("as a table alias after `AS`")
-        } else if case .identifier(let a, _) = current {
-            index += 1
-            alias = a
-        }
-        return ADQLTableReference(schema: schema, name: name, alias: alias, position: start)
+        return ADQLTableReference(schema: schema, name: name, alias: try parseAlias("a table alias"), position: start)
     }
 
     // MARK: Expressions

@@ -48,10 +48,7 @@ final class DashboardFeed: Sendable {
                     "done": j.tasksDone, "total": j.taskCount, "running": j.running, "seconds": j.seconds.isFinite ? j.seconds : 0]
         }
         let datasets: [[String: Any]] = s.datasets.map { d in
-            let coverage = zip(d.shardOrders, d.shardPixels).map { order, pixel in
-                Self.outline(order: Int(order), pixel: Int64(clamping: pixel)).map { [($0.ra * 1e4).rounded() / 1e4, ($0.dec * 1e4).rounded() / 1e4] }
-            }
-            return ["name": d.name, "rows": d.rows, "shards": d.shards, "bytes": d.bytes, "owner": d.owner, "coverage": coverage]
+            ["name": d.name, "rows": d.rows, "shards": d.shards, "bytes": d.bytes, "owner": d.owner, "coverage": coverage(d)]
         }
         let doc: [String: Any] = [
             "time": now, "uptime_s": s.uptimeSeconds, "epoch": s.epoch, "tasks_completed": s.tasksCompleted, "jobs_completed": s.jobsCompleted,
@@ -59,6 +56,20 @@ final class DashboardFeed: Sendable {
             "throughput": throughput(adding: s.tasksCompleted, at: now),
         ]
         return String(decoding: try JSONSerialization.data(withJSONObject: doc), as: UTF8.self)
+    }
+
+    /// A dataset's shards as outlines in RA/Dec, computed once per set of shards (the page
+    /// asks every second; the shards change only with an ingest).
+    private let outlines = Mutex<[String: (shards: [UInt64], polygons: [[[Double]]])]>([:])
+
+    func coverage(_ d: Tessera_V1_DatasetStatus) -> [[[Double]]] {
+        let key = d.shardOrders.map(UInt64.init) + d.shardPixels
+        if let hit = outlines.withLock({ $0[d.name] }), hit.shards == key { return hit.polygons }
+        let polygons = zip(d.shardOrders, d.shardPixels).map { order, pixel in
+            Self.outline(order: Int(order), pixel: Int64(clamping: pixel)).map { [($0.ra * 1e4).rounded() / 1e4, ($0.dec * 1e4).rounded() / 1e4] }
+        }
+        outlines.withLock { $0[d.name] = (key, polygons) }
+        return polygons
     }
 
     /// A shard pixel's outline in RA/Dec (degrees), two points per edge.

@@ -236,24 +236,11 @@ public struct ResultWriter: Sendable {
         }
     }
 
-    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-
-    /// Base64 of `bytes`, in lines of 76 characters.
+    /// Base64 of `bytes` in lines of 76 characters (Foundation's encoder), each ending in `\n`.
     static func base64(_ bytes: ArraySlice<UInt8>, into out: inout [UInt8]) {
-        var i = bytes.startIndex
-        var line = 0
-        while i < bytes.endIndex {
-            let n = min(3, bytes.endIndex - i)
-            let b0 = bytes[i], b1 = n > 1 ? bytes[i + 1] : 0, b2 = n > 2 ? bytes[i + 2] : 0
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 3) << 4 | b1 >> 4)])
-            out.append(n > 1 ? alphabet[Int((b1 & 15) << 2 | b2 >> 6)] : UInt8(ascii: "="))
-            out.append(n > 2 ? alphabet[Int(b2 & 63)] : UInt8(ascii: "="))
-            i += n
-            line += 4
-            if line >= 76 { out.append(10); line = 0 }
-        }
-        if line > 0 { out.append(10) }
+        guard !bytes.isEmpty else { return }
+        out += Data(bytes).base64EncodedData(options: [.lineLength76Characters, .endLineWithLineFeed])
+        out.append(10)
     }
 
     static func xml(_ s: String) -> String {

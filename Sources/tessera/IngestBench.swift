@@ -105,9 +105,12 @@ struct IngestBench: ParsableCommand {
         }
     }
 
-    func peakRSS() -> UInt64 {
-        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return 0 }
-        return (UInt64(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? 0) * 1024
-    }
+}
+
+/// This process's peak resident memory (VmHWM), bytes.
+func peakRSS() -> UInt64 {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return 0 }
+    let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+    return words.count > 1 ? (UInt64(words[1]) ?? 0) * 1024 : 0
 }

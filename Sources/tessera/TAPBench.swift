@@ -63,7 +63,7 @@ struct TAPBench: ParsableCommand {
                 throw error
             }
         }
-        print(jsonLine([("bench", "tap"), ("workload", "memory"), ("gateway_process_peak_rss_mib", Double(peakRSSBytes()) / 1_048_576)] + (try workerPeakRSS(conn))))
+        print(jsonLine([("bench", "tap"), ("workload", "memory"), ("gateway_process_peak_rss_mib", Double(peakRSS()) / 1_048_576)] + (try workerPeakRSS(conn))))
     }
 
     static func cone(_ rng: inout some RandomNumberGenerator, radius: Double) -> (ra: Double, dec: Double) {
@@ -211,13 +211,4 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
         Thread { c.resume(with: Result { try body() }) }.start()
     }
-}
-
-/// This process's peak resident memory (VmHWM), bytes.
-func peakRSSBytes() -> Int {
-    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
-    }
-    return 0
 }

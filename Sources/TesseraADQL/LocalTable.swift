@@ -102,6 +102,10 @@ public struct LocalTable: Sendable, Equatable {
                 return (!(x < l) && !(h < x)) != negated
             case .like(let a, let p, let negated, let insensitive):
                 guard case .text(var s) = try eval(a, row), case .text(var pattern) = try eval(p, row) else { return false }
+                // Matching costs up to the pattern's length times the text's, for every row.
+                guard pattern.count <= Self.maxPatternCharacters else {
+                    throw ADQLError("a LIKE pattern of \(pattern.count) characters is over the limit of \(Self.maxPatternCharacters)", at: p.position)
+                }
                 if insensitive { (s, pattern) = (s.lowercased(), pattern.lowercased()) }
                 return Self.like(Array(s), Array(pattern)) != negated
             default:
@@ -172,6 +176,9 @@ public struct LocalTable: Sendable, Equatable {
         }
         return (outputs.map(\.0), Array(out), overflow)
     }
+
+    /// The longest LIKE pattern accepted.
+    public static let maxPatternCharacters = 256
 
     /// SQL's LIKE: `%` any run, `_` any one character (iterative, linear in practice).
     static func like(_ s: [Character], _ p: [Character]) -> Bool {

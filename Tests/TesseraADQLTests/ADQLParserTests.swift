@@ -223,5 +223,6 @@ struct ADQLParserTests {
         #expect(cut.rows.count == 2 && cut.overflow)
         #expect(try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name ILIKE '%OBJECT'").rows == [[.text("tessera.object")]])
         #expect(throws: ADQLError.self) { try run("SELECT nope FROM TAP_SCHEMA.tables") }
+        #expect(throws: ADQLError.self) { try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name LIKE '\(String(repeating: "%a", count: 200))'") }
     }
 }

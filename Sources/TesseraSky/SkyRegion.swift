@@ -150,12 +150,14 @@ public struct BoxRegion: SkyRegion, Equatable {
     }
 }
 
-/// Invalid region parameters.
+/// Invalid region or tiling parameters.
 public enum SkyError: Error, CustomStringConvertible, Equatable {
     case invalidRegion(String)
+    case invalidTiling(String)
     public var description: String {
         switch self {
         case .invalidRegion(let m): "invalid sky region: \(m)"
+        case .invalidTiling(let m): "invalid image tiling: \(m)"
         }
     }
 }

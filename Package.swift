@@ -153,7 +153,7 @@ let package = Package(
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["TesseraFuzzHarness"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute"]),
-        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraADQLTests", dependencies: ["TesseraADQL", "TesseraProtocol", "TesseraCompute"]),

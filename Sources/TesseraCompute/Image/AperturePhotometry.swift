@@ -1,0 +1,207 @@
+import Foundation
+import TesseraSky
+import TesseraStorage
+
+/// The exact area of a circle (centred at the origin) inside an axis-aligned rectangle, as
+/// photutils' `method="exact"` weighs pixels.
+///
+/// With H(x, y) the signed area of the circle inside [0, x] × [0, y] (odd in each argument), the
+/// rectangle's area is H(x1, y1) − H(x0, y1) − H(x1, y0) + H(x0, y0). For x, y ≥ 0, H is x·y when
+/// the corner (x, y) is inside the circle; otherwise the strip left of where the circle crosses
+/// y = Y, plus the integral of √(r² − t²) from there to x.
+public enum CircleOverlap {
+    @inline(__always) static func primitive(_ t: Double, _ r: Double) -> Double {
+        0.5 * (t * max(0, r * r - t * t).squareRoot() + r * r * asin(min(1, t / r)))
+    }
+
+    @inline(__always) static func corner(_ x: Double, _ y: Double, _ r: Double) -> Double {
+        let sign: Double = (x < 0) != (y < 0) ? -1 : 1
+        let ax = min(abs(x), r), ay = min(abs(y), r)
+        if ax * ax + ay * ay <= r * r { return sign * ax * ay }
+        let xa = max(0, r * r - ay * ay).squareRoot()
+        return sign * (xa * ay + primitive(ax, r) - primitive(xa, r))
+    }
+
+    /// The area of the circle of radius `r` at the origin inside [x0, x1] × [y0, y1].
+    public static func area(x0: Double, y0: Double, x1: Double, y1: Double, radius r: Double) -> Double {
+        corner(x1, y1, r) - corner(x0, y1, r) - corner(x1, y0, r) + corner(x0, y0, r)
+    }
+}
+
+/// Astropy's `SigmaClip` (median centre, standard deviation, symmetric bounds kept inclusive,
+/// iterated until nothing changes or `maxIterations`), then the median of what is left.
+public struct SigmaClippedMedian: Sendable, Equatable {
+    public var sigma: Double
+    public var maxIterations: Int
+
+    public init(sigma: Double = 3, maxIterations: Int = 10) { (self.sigma, self.maxIterations) = (sigma, maxIterations) }
+
+    /// The clipped median and how many values it kept (NaN values are dropped first). Sorts
+    /// `values` in place.
+    public func median(_ values: inout [Double]) -> (median: Double, kept: Int) {
+        values.removeAll { $0.isNaN }
+        values.sort()
+        var lo = 0, hi = values.count  // the kept values: a contiguous run of the sorted array
+        func median(_ a: Int, _ b: Int) -> Double {
+            let n = b - a
+            return n % 2 == 1 ? values[a + n / 2] : 0.5 * (values[a + n / 2 - 1] + values[a + n / 2])
+        }
+        var iteration = 0
+        while iteration < maxIterations, hi > lo {
+            iteration += 1
+            let centre = median(lo, hi)
+            var mean = 0.0
+            for i in lo..<hi { mean += values[i] }
+            mean /= Double(hi - lo)
+            var ss = 0.0
+            for i in lo..<hi { ss += (values[i] - mean) * (values[i] - mean) }
+            let std = (ss / Double(hi - lo)).squareRoot()
+            let minimum = centre - sigma * std, maximum = centre + sigma * std
+            var a = lo, b = hi
+            while a < b, values[a] < minimum { a += 1 }
+            while b > a, values[b - 1] > maximum { b -= 1 }
+            if a == lo, b == hi { break }
+            (lo, hi) = (a, b)
+        }
+        return hi > lo ? (median(lo, hi), hi - lo) : (.nan, 0)
+    }
+}
+
+/// One forced measurement.
+public struct ApertureMeasurement: Sendable, Equatable {
+    /// Σ w·image over the aperture (w: the exact overlap of each pixel with the circle).
+    public var sum: Double
+    /// Σ w·variance (photutils' `aperture_sum_err` squared).
+    public var sumVariance: Double
+    /// Σ w: the aperture's area in pixels (less where pixels have no data).
+    public var area: Double
+    /// The sigma-clipped median of the annulus (per pixel), and the pixels it kept.
+    public var background: Double
+    public var backgroundPixels: Int
+    /// The mean variance of the annulus pixels kept.
+    public var backgroundPixelVariance: Double
+    /// `ForcedPhotometry.Flag` bits.
+    public var flags: Int32
+
+    /// The background-subtracted flux.
+    public var flux: Double { sum - area * background }
+
+    /// Its error: the aperture's variance plus the background's. A median of n values with
+    /// Gaussian noise σ has variance (π/2)·σ²/n; the aperture subtracts it `area` times.
+    public var fluxError: Double {
+        (sumVariance + area * area * (Double.pi / 2) * backgroundPixelVariance / Double(max(backgroundPixels, 1))).squareRoot()
+    }
+}
+
+/// Forced aperture photometry at given positions: an exact circular aperture, the local
+/// background from an annulus (sigma-clipped median), and errors from the variance plane.
+/// Radii are in pixels; positions are 0-based pixel coordinates of the stamp's grid.
+public struct ForcedPhotometry: Sendable, Equatable {
+    public enum Flag {
+        /// The position has no image (outside coverage): the flux is NaN.
+        public static let noCoverage: Int32 = 1 << 0
+        /// Part of the aperture has no data, or is masked bad or saturated.
+        public static let apertureIncomplete: Int32 = 1 << 1
+        /// The annulus kept too few pixels for a background (fewer than 10).
+        public static let backgroundUnreliable: Int32 = 1 << 2
+        /// The position is on no patch of the dataset (a catalog row outside the images).
+        public static let outsideImages: Int32 = 1 << 3
+    }
+
+    public var apertureRadius: Double
+    public var annulusInner: Double
+    public var annulusOuter: Double
+    public var clip: SigmaClippedMedian
+
+    public init(apertureRadius: Double, annulusInner: Double, annulusOuter: Double, clip: SigmaClippedMedian = SigmaClippedMedian()) {
+        (self.apertureRadius, self.annulusInner, self.annulusOuter, self.clip) = (apertureRadius, annulusInner, annulusOuter, clip)
+    }
+
+    /// The default annulus for an aperture of radius r: from 2r to 3.5r.
+    public init(apertureRadius r: Double) {
+        self.init(apertureRadius: r, annulusInner: 2 * r, annulusOuter: 3.5 * r)
+    }
+
+    /// The pixels a measurement at (x, y) reads.
+    public func stampBox(x: Double, y: Double) -> PixelBox {
+        let r = max(apertureRadius, annulusOuter) + 1
+        let x0 = Int((x - r).rounded(.down)), y0 = Int((y - r).rounded(.down))
+        return PixelBox(x0: x0, y0: y0, width: Int((x + r).rounded(.up)) - x0 + 1, height: Int((y + r).rounded(.up)) - y0 + 1)
+    }
+
+    /// Measures at (x, y) on `stamp` (a cutout of the grid holding at least `stampBox(x:y:)`).
+    public func measure(x: Double, y: Double, on stamp: ImageCutout) -> ApertureMeasurement {
+        var m = ApertureMeasurement(sum: 0, sumVariance: 0, area: 0, background: .nan, backgroundPixels: 0,
+                                    backgroundPixelVariance: .nan, flags: 0)
+        let box = stamp.box
+        let w = box.width
+        let bad = ImageMask.noData | ImageMask.bad | ImageMask.saturated
+        let r = apertureRadius
+        // The aperture: every pixel whose square meets the circle, weighted by the overlap.
+        let ax0 = max(box.x0, Int((x - r - 0.5).rounded(.down))), ax1 = min(box.x1 - 1, Int((x + r + 0.5).rounded(.up)))
+        let ay0 = max(box.y0, Int((y - r - 0.5).rounded(.down))), ay1 = min(box.y1 - 1, Int((y + r + 0.5).rounded(.up)))
+        if ax0 > Int((x - r - 0.5).rounded(.down)) || ay0 > Int((y - r - 0.5).rounded(.down))
+            || ax1 < Int((x + r + 0.5).rounded(.up)) || ay1 < Int((y + r + 0.5).rounded(.up)) {
+            m.flags |= Flag.apertureIncomplete
+        }
+        if ax0 <= ax1, ay0 <= ay1 {
+            for j in ay0...ay1 {
+                let dy = Double(j) - y
+                for i in ax0...ax1 {
+                    let dx = Double(i) - x
+                    let weight = CircleOverlap.area(x0: dx - 0.5, y0: dy - 0.5, x1: dx + 0.5, y1: dy + 0.5, radius: r)
+                    guard weight > 0 else { continue }
+                    let k = (j - box.y0) * w + (i - box.x0)
+                    let v = Double(stamp.image[k]), s2 = Double(stamp.variance[k])
+                    if stamp.mask[k] & bad != 0 || !v.isFinite || !s2.isFinite {
+                        m.flags |= Flag.apertureIncomplete
+                        continue
+                    }
+                    m.sum += weight * v
+                    m.sumVariance += weight * s2
+                    m.area += weight
+                }
+            }
+        }
+        if m.area == 0 {
+            m.flags |= Flag.noCoverage
+            m.sum = .nan
+            m.sumVariance = .nan
+        }
+        // The annulus: pixels whose centres lie at r_in ≤ d < r_out (photutils' "center" method).
+        let ro = annulusOuter, ri2 = annulusInner * annulusInner, ro2 = ro * ro
+        let bx0 = max(box.x0, Int((x - ro).rounded(.down))), bx1 = min(box.x1 - 1, Int((x + ro).rounded(.up)))
+        let by0 = max(box.y0, Int((y - ro).rounded(.down))), by1 = min(box.y1 - 1, Int((y + ro).rounded(.up)))
+        var ring: [(value: Double, variance: Double)] = []
+        if bx0 <= bx1, by0 <= by1 {
+            for j in by0...by1 {
+                let dy = Double(j) - y
+                for i in bx0...bx1 {
+                    let dx = Double(i) - x
+                    let d2 = dx * dx + dy * dy
+                    guard d2 < ro2, d2 >= ri2 else { continue }
+                    let k = (j - box.y0) * w + (i - box.x0)
+                    let v = Double(stamp.image[k])
+                    guard stamp.mask[k] & bad == 0, v.isFinite else { continue }
+                    ring.append((v, Double(stamp.variance[k])))
+                }
+            }
+        }
+        var values = ring.map(\.value)
+        let (median, kept) = clip.median(&values)
+        m.background = median
+        m.backgroundPixels = kept
+        // The annulus's noise per pixel: its mean variance (clipping drops outliers in value, not
+        // pixels of another noise level).
+        if !ring.isEmpty {
+            var varianceSum = 0.0
+            for p in ring { varianceSum += p.variance }
+            m.backgroundPixelVariance = varianceSum / Double(ring.count)
+        }
+        if kept < 10 {
+            m.flags |= Flag.backgroundUnreliable
+            if kept == 0 { m.background = 0 }
+        }
+        return m
+    }
+}

@@ -1,0 +1,323 @@
+import CFITSIO
+import Foundation
+import TesseraSky
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The planes of a coadd patch.
+public enum ImagePlane: String, Sendable, CaseIterable {
+    /// Flux per pixel, nJy (float32).
+    case image = "IMAGE"
+    /// Bit flags per pixel (int32): see `ImageMask`.
+    case mask = "MASK"
+    /// Flux variance per pixel, nJy² (float32).
+    case variance = "VARIANCE"
+}
+
+/// The mask plane's bits (as LSST names its mask planes; written as `MP_<NAME>` keywords).
+public enum ImageMask {
+    public static let bad: Int32 = 1 << 0
+    public static let saturated: Int32 = 1 << 1
+    public static let edge: Int32 = 1 << 4
+    /// No image covers the pixel (a cutout's pixels outside coverage).
+    public static let noData: Int32 = 1 << 8
+    public static let planes: [(name: String, bit: Int)] = [("BAD", 0), ("SAT", 1), ("EDGE", 4), ("NO_DATA", 8)]
+}
+
+/// A coadd patch: three planes of one size over one TAN grid, and what it is (dataset, band, tract,
+/// patch, and where its first pixel lies in the tract's grid).
+public struct ImagePatchHeader: Sendable, Equatable {
+    public var band: String
+    /// The tract (the HEALPix pixel at `tractOrder`), and the patch (the pixel at `patchOrder`);
+    /// -1 for an image registered by its own footprint rather than cut from a tract.
+    public var tract: Int64
+    public var patch: Int64
+    public var tractOrder: Int
+    public var patchOrder: Int
+    /// The patch's first pixel in its tract's grid (0 for an image on its own grid).
+    public var x0: Int
+    public var y0: Int
+    public var width: Int
+    public var height: Int
+    /// The patch's own WCS (its first pixel is 0-based (0, 0)).
+    public var wcs: TanWCS
+
+    public init(band: String, tract: Int64, patch: Int64, tractOrder: Int, patchOrder: Int, x0: Int, y0: Int, width: Int, height: Int, wcs: TanWCS) {
+        (self.band, self.tract, self.patch, self.tractOrder, self.patchOrder) = (band, tract, patch, tractOrder, patchOrder)
+        (self.x0, self.y0, self.width, self.height, self.wcs) = (x0, y0, width, height, wcs)
+    }
+
+    /// The patch's pixels in its tract's grid.
+    public var box: PixelBox { PixelBox(x0: x0, y0: y0, width: width, height: height) }
+}
+
+/// What can go wrong with an image file; every case names the file.
+public enum ImageFileError: Error, Sendable, Equatable, CustomStringConvertible {
+    case fits(FITSError)
+    case io(path: String, operation: String, errno: Int32)
+    case notAPatch(path: String, reason: String)
+    case wcs(path: String, WCSError)
+    case checksumMismatch(path: String, expected: UInt64, found: UInt64)
+    case invalidInput(String)
+
+    public var description: String {
+        switch self {
+        case .fits(let e): e.description
+        case .io(let p, let op, let e): "\(p): \(op) failed: \(String(cString: strerror(e)))"
+        case .notAPatch(let p, let why): "\(p) is not a usable image: \(why)"
+        case .wcs(let p, let e): "\(p): \(e)"
+        case .checksumMismatch(let p, let e, let f):
+            "\(p) is corrupt: its checksum is \(String(f, radix: 16)), the registry recorded \(String(e, radix: 16))"
+        case .invalidInput(let why): "cannot write the image: \(why)"
+        }
+    }
+}
+
+/// Reads a FITS header's cards through cfitsio: name → value (string values unquoted).
+func fitsCards(_ f: UnsafeMutablePointer<fitsfile>?) -> [String: String] {
+    var status: Int32 = 0
+    var count: Int32 = 0, more: Int32 = 0
+    ffghsp(f, &count, &more, &status)
+    var out: [String: String] = [:]
+    guard status == 0 else { return out }
+    var name = [CChar](repeating: 0, count: 80), value = [CChar](repeating: 0, count: 80), comment = [CChar](repeating: 0, count: 80)
+    func text(_ a: [CChar]) -> String { String(decoding: a.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    for i in 1...max(count, 1) where count > 0 {
+        var s: Int32 = 0
+        ffgkyn(f, i, &name, &value, &comment, &s)
+        guard s == 0 else { continue }
+        var v = text(value).trimmingCharacters(in: .whitespaces)
+        if v.hasPrefix("'"), v.hasSuffix("'"), v.count >= 2 {
+            v = String(v.dropFirst().dropLast()).replacingOccurrences(of: "''", with: "'").trimmingCharacters(in: .whitespaces)
+        }
+        out[text(name)] = v
+    }
+    return out
+}
+
+/// Writes a patch as FITS through cfitsio, in memory: an empty primary header with what the patch
+/// is, then the IMAGE, MASK and VARIANCE extensions, each with the patch's TAN WCS and a FITS
+/// CHECKSUM/DATASUM (which astropy and `fitsverify` check). The bytes are then stored durably
+/// (`DurableFile`) and hashed (`XXHash64`) for the registry.
+public enum ImagePatchWriter {
+    public static func encode(header h: ImagePatchHeader, image: [Float], variance: [Float], mask: [Int32],
+                              extraKeywords: [FITSKeyword] = []) throws(ImageFileError) -> [UInt8] {
+        let n = h.width * h.height
+        guard h.width > 0, h.height > 0, h.width <= 1 << 16, h.height <= 1 << 16 else {
+            throw .invalidInput("an image of \(h.width) × \(h.height) pixels (each side 1 … 65536)")
+        }
+        guard image.count == n, variance.count == n, mask.count == n else {
+            throw .invalidInput("planes of \(image.count), \(variance.count) and \(mask.count) pixels for a \(h.width) × \(h.height) image")
+        }
+        guard !h.band.isEmpty, h.band.utf8.count <= 16, h.band.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+            throw .invalidInput("band name `\(h.band)`: 1 to 16 letters, digits or _")
+        }
+        let path = "patch \(h.band)/\(h.tract)/\(h.patch)"
+        func fail(_ status: Int32, _ op: String) -> ImageFileError {
+            var text = [CChar](repeating: 0, count: 81)
+            ffgerr(status, &text)
+            return .fits(.cfitsio(path: path, operation: op, status: status,
+                                  message: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))
+        }
+        // cfitsio keeps these two pointers and writes through them until the file is closed.
+        let bufferPointer = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
+        let sizePointer = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+        defer { bufferPointer.deallocate(); sizePointer.deallocate() }
+        sizePointer.pointee = 2880 * 4
+        bufferPointer.pointee = malloc(sizePointer.pointee)
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffimem(&f, bufferPointer, sizePointer, 2880 * 64, realloc, &status)
+        guard status == 0 else {
+            free(bufferPointer.pointee)
+            throw fail(status, "create in memory")
+        }
+        func key(_ name: String, _ v: WCSCardValue, _ comment: String) {
+            switch v {
+            case .text(let t): ffpkys(f, name, t, comment, &status)
+            case .integer(let i): ffpkyj(f, name, Int64(i), comment, &status)
+            case .real(let d): ffpkyd(f, name, d, -17, comment, &status)
+            }
+        }
+        // The primary header: no data, what the patch is.
+        var none: [Int] = []
+        ffcrim(f, 8, 0, &none, &status)
+        key("ORIGIN", .text("Tessera"), "")
+        key("BAND", .text(h.band), "filter band")
+        key("TRACT", .integer(Int(h.tract)), "HEALPix nested pixel at TRORDER (-1: own grid)")
+        key("PATCH", .integer(Int(h.patch)), "HEALPix nested pixel at PAORDER (-1: own grid)")
+        key("TRORDER", .integer(h.tractOrder), "HEALPix order of tracts")
+        key("PAORDER", .integer(h.patchOrder), "HEALPix order of patches")
+        key("GRID_X0", .integer(h.x0), "first pixel's column in the tract grid (0-based)")
+        key("GRID_Y0", .integer(h.y0), "first pixel's row in the tract grid (0-based)")
+        for k in extraKeywords {
+            switch k.value {
+            case .text(let v): key(k.name, .text(v), k.comment)
+            case .integer(let v): key(k.name, .integer(v), k.comment)
+            }
+        }
+        ffpcks(f, &status)
+        var axes = [h.width, h.height]
+        func plane(_ p: ImagePlane, bitpix: Int32, unit: String, write: () -> Void) {
+            guard status == 0 else { return }
+            ffcrim(f, bitpix, 2, &axes, &status)
+            key("EXTNAME", .text(p.rawValue), "")
+            if !unit.isEmpty { key("BUNIT", .text(unit), "") }
+            for c in h.wcs.headerCards { key(c.name, c.value, c.comment) }
+            if p == .mask {
+                for (name, bit) in ImageMask.planes { key("MP_\(name)", .integer(bit), "mask bit") }
+            }
+            write()
+            ffpcks(f, &status)
+        }
+        plane(.image, bitpix: FLOAT_IMG, unit: "nJy") {
+            var a = image
+            ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
+        }
+        plane(.mask, bitpix: LONG_IMG, unit: "") {
+            var a = mask
+            ffppr(f, TINT, 1, Int64(n), &a, &status)
+        }
+        plane(.variance, bitpix: FLOAT_IMG, unit: "nJy2") {
+            var a = variance
+            ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
+        }
+        var closeStatus: Int32 = 0
+        ffclos(f, &closeStatus)
+        if status == 0 { status = closeStatus }
+        defer { free(bufferPointer.pointee) }
+        guard status == 0, let base = bufferPointer.pointee else { throw fail(status, "write the patch") }
+        // The buffer holds whole 2880-byte blocks; `size` is what cfitsio filled.
+        let length = sizePointer.pointee
+        return [UInt8](UnsafeRawBufferPointer(start: base, count: length))
+    }
+}
+
+/// A patch file opened for reading: headers parsed through cfitsio once, then the data read
+/// through a read-only memory map, one box at a time (the whole file is never loaded).
+///
+/// Sendable because nothing in it changes after `init` (the mapping is read-only).
+public final class ImagePatchFile: @unchecked Sendable {
+    public let path: String
+    public let header: ImagePatchHeader
+    public let identity: FileIdentity
+    public let byteCount: Int
+    private let base: UnsafeRawPointer
+    /// Byte offset of each plane's data.
+    private let offsets: [ImagePlane: Int]
+
+    public init(path: String) throws(ImageFileError) {
+        self.path = path
+        do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffopen(&f, path, READONLY, &status)
+        if status != 0 {
+            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
+        }
+        defer { var s: Int32 = 0; ffclos(f, &s) }
+        let primary = fitsCards(f)
+        var units: Int32 = 0
+        ffthdu(f, &units, &status)
+        var offsets: [ImagePlane: Int] = [:]
+        var found: [ImagePlane: (cards: [String: String], end: Int)] = [:]
+        var hdu: Int32 = 2
+        while hdu <= units, status == 0 {
+            var type: Int32 = 0
+            ffmahd(f, hdu, &type, &status)
+            hdu += 1
+            guard status == 0, type == IMAGE_HDU else { continue }
+            let cards = fitsCards(f)
+            guard let name = cards["EXTNAME"], let p = ImagePlane(rawValue: name.uppercased()), found[p] == nil else { continue }
+            var head: Int64 = 0, data: Int64 = 0, end: Int64 = 0
+            ffghadll(f, &head, &data, &end, &status)
+            offsets[p] = Int(data)
+            found[p] = (cards, Int(end))
+        }
+        if status != 0 {
+            do { try FITSError.check(status, path, "read the headers") } catch { throw .fits(error) }
+        }
+        func refuse(_ why: String) -> ImageFileError { .notAPatch(path: path, reason: why) }
+        guard let image = found[.image] else { throw refuse("it has no IMAGE extension") }
+        let width = Int(image.cards["NAXIS1"] ?? "") ?? 0, height = Int(image.cards["NAXIS2"] ?? "") ?? 0
+        guard width > 0, height > 0, width <= 1 << 16, height <= 1 << 16 else {
+            throw refuse("its IMAGE is \(width) × \(height) pixels (each side 1 … 65536)")
+        }
+        for p in ImagePlane.allCases {
+            guard let plane = found[p] else { throw refuse("it has no \(p.rawValue) extension") }
+            let bitpix = p == .mask ? "32" : "-32"
+            guard plane.cards["BITPIX"] == bitpix, plane.cards["NAXIS"] == "2",
+                  Int(plane.cards["NAXIS1"] ?? "") == width, Int(plane.cards["NAXIS2"] ?? "") == height else {
+                throw refuse("its \(p.rawValue) is not a \(width) × \(height) image of BITPIX \(bitpix)")
+            }
+            if let z = plane.cards["BZERO"], Double(z) != 0 { throw refuse("its \(p.rawValue) is scaled (BZERO = \(z))") }
+            if let s = plane.cards["BSCALE"], Double(s) != 1 { throw refuse("its \(p.rawValue) is scaled (BSCALE = \(s))") }
+        }
+        let wcs: TanWCS
+        do { wcs = try TanWCS(cards: image.cards) } catch { throw .wcs(path: path, error) }
+        func int(_ k: String, _ fallback: Int) -> Int { primary[k].flatMap { Int($0) } ?? fallback }
+        header = ImagePatchHeader(
+            band: primary["BAND"] ?? "", tract: Int64(int("TRACT", -1)), patch: Int64(int("PATCH", -1)),
+            tractOrder: int("TRORDER", -1), patchOrder: int("PAORDER", -1),
+            x0: int("GRID_X0", 0), y0: int("GRID_Y0", 0), width: width, height: height, wcs: wcs)
+        guard !header.band.isEmpty else { throw refuse("its primary header has no BAND") }
+
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
+        identity = FileIdentity(st)
+        byteCount = Int(st.st_size)
+        for p in ImagePlane.allCases where offsets[p]! + 4 * width * height > byteCount {
+            throw refuse("its \(p.rawValue) data runs past the end of the file (truncated?)")
+        }
+        guard let m = mmap(nil, byteCount, PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED else {
+            throw .io(path: path, operation: "mmap", errno: errno)
+        }
+        base = UnsafeRawPointer(m)
+        self.offsets = offsets
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), byteCount) }
+
+    /// The xxHash64 of the whole file, as the registry records it.
+    public func checksum() -> UInt64 { XXHash64.hash(UnsafeRawBufferPointer(start: base, count: byteCount)) }
+
+    /// Copies the part of `box` (in this file's own pixels) that lies inside the file into `out`,
+    /// a row-major buffer of `box.width × box.height` 4-byte values (Float, or Int32 for the
+    /// mask), converting from FITS's big-endian order. Pixels of `box` outside the file are left
+    /// as they were.
+    public func copy(_ plane: ImagePlane, box: PixelBox, into out: UnsafeMutableRawBufferPointer) {
+        let own = PixelBox(x0: 0, y0: 0, width: header.width, height: header.height)
+        let part = own.intersection(box)
+        guard !part.isEmpty, out.count >= 4 * box.pixelCount, let dst = out.baseAddress else { return }
+        let start = base + offsets[plane]!
+        let w = header.width
+        for y in part.y0..<part.y1 {
+            let src = start + 4 * (y * w + part.x0)
+            let to = dst + 4 * ((y - box.y0) * box.width + (part.x0 - box.x0))
+            for i in 0..<part.width {
+                let v = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                to.storeBytes(of: UInt32(bigEndian: v), toByteOffset: 4 * i, as: UInt32.self)
+            }
+        }
+    }
+
+    /// One plane's values over `box` (in this file's own pixels); pixels outside the file are
+    /// `fill`.
+    public func floats(_ plane: ImagePlane, box: PixelBox, fill: Float = .nan) -> [Float] {
+        var out = [Float](repeating: fill, count: box.pixelCount)
+        out.withUnsafeMutableBytes { copy(plane, box: box, into: $0) }
+        return out
+    }
+
+    /// The mask over `box`; pixels outside the file are `ImageMask.noData`.
+    public func mask(box: PixelBox) -> [Int32] {
+        var out = [Int32](repeating: ImageMask.noData, count: box.pixelCount)
+        out.withUnsafeMutableBytes { copy(.mask, box: box, into: $0) }
+        return out
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import Testing
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+
+/// Cutouts and forced photometry against astropy's Cutout2D and photutils, on an image astropy
+/// wrote (Fixtures/image.fits and image.json, from scripts/make_image_fixtures.py).
+struct ImageOperatorTests {
+    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    /// Parsed on each use: `[String: Any]` cannot be a shared static under strict concurrency.
+    static var reference: [String: Any] {
+        guard let d = try? Data(contentsOf: folder.appendingPathComponent("image.json")),
+              let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
+        return o
+    }
+
+    static func number(_ o: [String: Any], _ k: String) -> Double { Double(o[k] as? String ?? "") ?? .nan }
+
+    func open() throws -> ImagePatchFile { try ImagePatchFile(path: Self.folder.appendingPathComponent("image.fits").path) }
+
+    @Test func readsAstropysFile() throws {
+        let f = try open()
+        #expect(f.header.width == 200 && f.header.height == 160 && f.header.band == "r")
+        #expect(f.header.tract == -1)
+        #expect(abs(f.header.wcs.pixelScaleArcsec - 0.4) < 1e-12)
+    }
+
+    /// Pixel for pixel (bit for bit, NaN where outside) and CRPIX, inside, across an edge and at
+    /// a corner.
+    @Test func cutoutsMatchCutout2D() throws {
+        let f = try open()
+        let cases = try #require(Self.reference["cutouts"] as? [[String: Any]])
+        #expect(cases.count == 4)
+        for c in cases {
+            let (ra, dec) = (Self.number(c, "ra"), Self.number(c, "dec"))
+            let p = try #require(f.header.wcs.pixel(ra: ra, dec: dec))
+            #expect(abs(p.x - Self.number(c, "x")) < 1e-9 && abs(p.y - Self.number(c, "y")) < 1e-9)
+            let (w, h) = (c["width"] as? Int ?? 0, c["height"] as? Int ?? 0)
+            let box = PixelBox.centred(x: p.x, y: p.y, width: w, height: h)
+            #expect(box.x0 == c["x0"] as? Int && box.y0 == c["y0"] as? Int, "origin \(box) for \(c)")
+            var cut = ImageCutout(band: "r", box: box, gridWCS: f.header.wcs, tract: -1)
+            cut.paste(f)
+            #expect(abs(cut.wcs.crpix1 - Self.number(c, "crpix1")) < 1e-12 && abs(cut.wcs.crpix2 - Self.number(c, "crpix2")) < 1e-12)
+            let hex = c["pixels"] as? String ?? ""
+            var expected: [UInt32] = []
+            var i = hex.startIndex
+            while i < hex.endIndex {
+                let j = hex.index(i, offsetBy: 8)
+                expected.append(UInt32(hex[i..<j], radix: 16) ?? 0)
+                i = j
+            }
+            #expect(expected.count == w * h)
+            let got = cut.image.map(\.bitPattern)
+            // NaN fill: any NaN matches NaN; every other pixel bit for bit.
+            let mismatches = zip(got, expected).filter { g, e in
+                Float(bitPattern: g).isNaN ? !Float(bitPattern: e).isNaN : g != e
+            }.count
+            #expect(mismatches == 0, "\(mismatches) pixels differ for \(c["width"] ?? 0)×\(c["height"] ?? 0) at \(ra), \(dec)")
+            // Outside the image: no data in the mask; inside: the file's mask.
+            let outside = cut.mask.filter { $0 & ImageMask.noData != 0 }.count
+            #expect(outside == got.filter { Float(bitPattern: $0).isNaN }.count)
+        }
+    }
+
+    @Test func photometryMatchesPhotutils() throws {
+        let f = try open()
+        let rows = try #require(Self.reference["photometry"] as? [[String: Any]])
+        let fp = ForcedPhotometry(apertureRadius: Self.number(Self.reference, "radius"),
+                                  annulusInner: Self.number(Self.reference, "annulus_inner"),
+                                  annulusOuter: Self.number(Self.reference, "annulus_outer"),
+                                  clip: SigmaClippedMedian(sigma: 3, maxIterations: 10))
+        var worst = (sum: 0.0, err: 0.0, median: 0.0)
+        for r in rows {
+            let (x, y) = (Self.number(r, "x"), Self.number(r, "y"))
+            var stamp = ImageCutout(band: "r", box: fp.stampBox(x: x, y: y), gridWCS: f.header.wcs, tract: -1)
+            stamp.paste(f)
+            let m = fp.measure(x: x, y: y, on: stamp)
+            // NaN counts as the worst (Swift's max would drop it).
+            func rel(_ a: Double, _ b: Double) -> Double { let d = abs(a - b) / max(abs(b), 1e-300); return d.isNaN ? .infinity : d }
+            worst.sum = max(worst.sum, rel(m.sum, Self.number(r, "sum")))
+            worst.err = max(worst.err, rel(m.sumVariance.squareRoot(), Self.number(r, "sum_err")))
+            worst.median = max(worst.median, rel(m.background, Self.number(r, "annulus_median")))
+        }
+        #expect(rows.count == 63)
+        #expect(worst.sum < 1e-6 && worst.err < 1e-6 && worst.median < 1e-6, "relative differences \(worst)")
+    }
+
+    /// The overlap is the circle's area in total, and a quarter in a quadrant; against a
+    /// brute-force count of sub-pixel centres.
+    @Test func circleOverlapIsExact() {
+        let r = 3.7
+        var total = 0.0
+        for j in -5...5 { for i in -5...5 {
+            total += CircleOverlap.area(x0: Double(i) - 0.5 + 0.13, y0: Double(j) - 0.5 - 0.21, x1: Double(i) + 0.5 + 0.13, y1: Double(j) + 0.5 - 0.21, radius: r)
+        } }
+        #expect(abs(total - .pi * r * r) < 1e-12)
+        #expect(abs(CircleOverlap.area(x0: 0, y0: 0, x1: 10, y1: 10, radius: r) - .pi * r * r / 4) < 1e-12)
+        // One pixel straddling the edge, by 2000 × 2000 sub-pixel centres.
+        let (x0, y0) = (2.6, 1.1)
+        let n = 2000
+        var inside = 0
+        for a in 0..<n { for b in 0..<n {
+            let x = x0 + (Double(a) + 0.5) / Double(n), y = y0 + (Double(b) + 0.5) / Double(n)
+            if x * x + y * y < r * r { inside += 1 }
+        } }
+        #expect(abs(CircleOverlap.area(x0: x0, y0: y0, x1: x0 + 1, y1: y0 + 1, radius: r) - Double(inside) / Double(n * n)) < 1e-5)
+    }
+
+    /// A patch written by Tessera reads back with the same pixels, header and WCS.
+    @Test func patchFileRoundTrips() throws {
+        let wcs = TanWCS.northUp(ra: 10, dec: -30, x: 40, y: 30, scaleArcsec: 0.5)
+        let h = ImagePatchHeader(band: "g", tract: 1234, patch: 1234 * 64 + 5, tractOrder: 5, patchOrder: 8, x0: 700, y0: 800, width: 37, height: 23, wcs: wcs)
+        let n = 37 * 23
+        let img = (0..<n).map { Float($0) * 0.5 - 3 }, vari = (0..<n).map { Float($0 % 7) + 1 }, msk = (0..<n).map { Int32($0 % 3) }
+        let bytes = try ImagePatchWriter.encode(header: h, image: img, variance: vari, mask: msk)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("patch-\(getpid()).fits").path
+        defer { unlink(path) }
+        try DurableFile.write(bytes, to: path)
+        let f = try ImagePatchFile(path: path)
+        #expect(f.header == h)
+        #expect(f.checksum() == XXHash64.hash(bytes))
+        let all = PixelBox(x0: 0, y0: 0, width: 37, height: 23)
+        #expect(f.floats(.image, box: all) == img)
+        #expect(f.floats(.variance, box: all) == vari)
+        #expect(f.mask(box: all) == msk)
+        // A box hanging over the edge: the part inside, fill outside.
+        let part = f.floats(.image, box: PixelBox(x0: 35, y0: 21, width: 4, height: 3))
+        #expect(part[0] == img[21 * 37 + 35] && part[1] == img[21 * 37 + 36] && part[2].isNaN && part[8].isNaN)
+    }
+
+    @Test func refusesFilesThatAreNotPatches() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notpatch-\(getpid()).fits").path
+        defer { unlink(path) }
+        try FITSTableWriter.write(to: path, columns: [ColumnSpec("a", .columnFloat64)], data: [.float64([1, 2])])
+        #expect(throws: ImageFileError.notAPatch(path: path, reason: "it has no IMAGE extension")) { try ImagePatchFile(path: path) }
+    }
+}

@@ -125,8 +125,10 @@ public enum ImagePatchWriter {
         let bufferPointer = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
         let sizePointer = UnsafeMutablePointer<Int>.allocate(capacity: 1)
         defer { bufferPointer.deallocate(); sizePointer.deallocate() }
-        sizePointer.pointee = 2880 * 4
-        bufferPointer.pointee = malloc(sizePointer.pointee)
+        // One zeroed block, as cfitsio's manual shows: the mem driver takes a larger first buffer's
+        // bytes past the first header as existing HDUs (a reused allocation held an old patch's).
+        sizePointer.pointee = 2880
+        bufferPointer.pointee = calloc(2880, 1)
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
         ffimem(&f, bufferPointer, sizePointer, 2880 * 64, realloc, &status)
@@ -184,13 +186,18 @@ public enum ImagePatchWriter {
             var a = variance
             ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
         }
+        // The file ends with the last extension's data, padded to its 2880-byte block; the buffer
+        // may be larger (it grows by whole increments).
+        var head: Int64 = 0, dataStart: Int64 = 0, dataEnd: Int64 = 0
+        ffghadll(f, &head, &dataStart, &dataEnd, &status)
+        let logicalEnd = (Int(dataEnd) + 2879) / 2880 * 2880
         var closeStatus: Int32 = 0
         ffclos(f, &closeStatus)
         if status == 0 { status = closeStatus }
         defer { free(bufferPointer.pointee) }
         guard status == 0, let base = bufferPointer.pointee else { throw fail(status, "write the patch") }
-        // The buffer holds whole 2880-byte blocks; `size` is what cfitsio filled.
-        let length = sizePointer.pointee
+        guard logicalEnd > 0, logicalEnd <= sizePointer.pointee else { throw .invalidInput("cfitsio's buffer ends before its file (\(logicalEnd) > \(sizePointer.pointee) bytes)") }
+        let length = logicalEnd
         return [UInt8](UnsafeRawBufferPointer(start: base, count: length))
     }
 }
@@ -211,34 +218,7 @@ public final class ImagePatchFile: @unchecked Sendable {
     public init(path: String) throws(ImageFileError) {
         self.path = path
         do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        ffopen(&f, path, READONLY, &status)
-        if status != 0 {
-            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
-        }
-        defer { var s: Int32 = 0; ffclos(f, &s) }
-        let primary = fitsCards(f)
-        var units: Int32 = 0
-        ffthdu(f, &units, &status)
-        var offsets: [ImagePlane: Int] = [:]
-        var found: [ImagePlane: (cards: [String: String], end: Int)] = [:]
-        var hdu: Int32 = 2
-        while hdu <= units, status == 0 {
-            var type: Int32 = 0
-            ffmahd(f, hdu, &type, &status)
-            hdu += 1
-            guard status == 0, type == IMAGE_HDU else { continue }
-            let cards = fitsCards(f)
-            guard let name = cards["EXTNAME"], let p = ImagePlane(rawValue: name.uppercased()), found[p] == nil else { continue }
-            var head: Int64 = 0, data: Int64 = 0, end: Int64 = 0
-            ffghadll(f, &head, &data, &end, &status)
-            offsets[p] = Int(data)
-            found[p] = (cards, Int(end))
-        }
-        if status != 0 {
-            do { try FITSError.check(status, path, "read the headers") } catch { throw .fits(error) }
-        }
+        let (primary, found, offsets) = try Self.readHeaders(path)
         func refuse(_ why: String) -> ImageFileError { .notAPatch(path: path, reason: why) }
         guard let image = found[.image] else { throw refuse("it has no IMAGE extension") }
         let width = Int(image.cards["NAXIS1"] ?? "") ?? 0, height = Int(image.cards["NAXIS2"] ?? "") ?? 0
@@ -282,6 +262,40 @@ public final class ImagePatchFile: @unchecked Sendable {
     }
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), byteCount) }
+
+    /// The primary header's cards, and each plane's header cards and data offset (cfitsio).
+    private static func readHeaders(_ path: String) throws(ImageFileError)
+        -> ([String: String], [ImagePlane: (cards: [String: String], end: Int)], [ImagePlane: Int]) {
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffopen(&f, path, READONLY, &status)
+        if status != 0 {
+            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
+        }
+        defer { var s: Int32 = 0; ffclos(f, &s) }
+        let primary = fitsCards(f)
+        var units: Int32 = 0
+        ffthdu(f, &units, &status)
+        var offsets: [ImagePlane: Int] = [:]
+        var found: [ImagePlane: (cards: [String: String], end: Int)] = [:]
+        var hdu: Int32 = 2
+        while hdu <= units, status == 0 {
+            var type: Int32 = 0
+            ffmahd(f, hdu, &type, &status)
+            hdu += 1
+            guard status == 0, type == IMAGE_HDU else { continue }
+            let cards = fitsCards(f)
+            guard let name = cards["EXTNAME"], let p = ImagePlane(rawValue: name.uppercased()), found[p] == nil else { continue }
+            var head: Int64 = 0, data: Int64 = 0, end: Int64 = 0
+            ffghadll(f, &head, &data, &end, &status)
+            offsets[p] = Int(data)
+            found[p] = (cards, Int(end))
+        }
+        if status != 0 {
+            do { try FITSError.check(status, path, "read the headers") } catch { throw .fits(error) }
+        }
+        return (primary, found, offsets)
+    }
 
     /// The xxHash64 of the whole file, as the registry records it.
     public func checksum() -> UInt64 { XXHash64.hash(UnsafeRawBufferPointer(start: base, count: byteCount)) }

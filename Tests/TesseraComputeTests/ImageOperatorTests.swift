@@ -130,6 +130,27 @@ struct ImageOperatorTests {
         #expect(part[0] == img[21 * 37 + 35] && part[1] == img[21 * 37 + 36] && part[2].isNaN && part[8].isNaN)
     }
 
+    /// Patches encoded one after another each hold only their own extensions (cfitsio's memory
+    /// driver once read a reused buffer's old bytes as extensions of the next file).
+    @Test func patchesEncodedInTurnStayApart() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("turns-\(getpid()).fits").path
+        defer { unlink(path) }
+        for (k, side) in [300, 120, 290, 60, 310].enumerated() {
+            let h = ImagePatchHeader(band: "i", tract: 1, patch: Int64(k), tractOrder: 5, patchOrder: 8, x0: 0, y0: 0, width: side, height: side + 3,
+                                     wcs: .northUp(ra: 1, dec: 2, x: 3, y: 4, scaleArcsec: 1))
+            let n = side * (side + 3)
+            let bytes = try ImagePatchWriter.encode(header: h, image: [Float](repeating: Float(k), count: n), variance: [Float](repeating: 1, count: n),
+                                                    mask: [Int32](repeating: 0, count: n))
+            #expect(bytes.count % 2880 == 0)
+            try DurableFile.write(bytes, to: path)
+            let f = try ImagePatchFile(path: path)
+            #expect(f.header == h)
+            #expect(f.floats(.image, box: PixelBox(x0: 0, y0: 0, width: side, height: side + 3)).allSatisfy { $0 == Float(k) })
+            // Exactly the four headers: the file ends where the VARIANCE data ends.
+            #expect(f.byteCount == ((2880 + 3 * (2880 + (4 * n + 2879) / 2880 * 2880))))
+        }
+    }
+
     @Test func refusesFilesThatAreNotPatches() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("notpatch-\(getpid()).fits").path
         defer { unlink(path) }

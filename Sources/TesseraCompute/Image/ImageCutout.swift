@@ -68,7 +68,7 @@ public struct ImageCutout: Sendable, Equatable {
     }
 
     /// Writes row-major planes of `part` (inside `box`) into the cutout.
-    mutating func write(_ part: PixelBox, image img: [Float], variance vari: [Float], mask msk: [Int32]) {
+    public mutating func write(_ part: PixelBox, image img: [Float], variance vari: [Float], mask msk: [Int32]) {
         for y in part.y0..<part.y1 {
             let src = (y - part.y0) * part.width
             let dst = (y - box.y0) * box.width + (part.x0 - box.x0)

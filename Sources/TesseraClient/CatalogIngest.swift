@@ -181,7 +181,23 @@ public enum CatalogIngest {
         // Send every copy, a few at a time per worker, and collect the confirmations.
         let types = specs.map(\.type)
         var loaded: (shard: Int, frames: [[UInt8]])?
-        let stored = try store(plan: plan, shards: shards, marginRows: spill.marginRows, schema: schema, o: o, credentials: conn.credentials, progress: progress) { (k) throws(IngestError) in
+        let request = { (k: Int) -> Tessera_V1_StoreShard in
+            let s = shards[k]
+            var req = Tessera_V1_StoreShard()
+            req.ingestID = plan.ingestID
+            req.dataset = storedName
+            req.order = UInt32(s.order)
+            req.pixel = s.pixel
+            req.columns = schema
+            req.indexColumn = indexColumn
+            req.raColumn = o.raColumn
+            req.decColumn = o.decColumn
+            req.rows = UInt64(s.rows.count)
+            req.marginRows = UInt64(spill.marginRows[k])
+            return req
+        }
+        let stored = try store(plan: plan, count: shards.count, storeTimeout: o.storeTimeout, credentials: conn.credentials, progress: progress,
+                               request: request) { (k) throws(IngestError) in
             // A shard's copies are sent one after another: read its spill once for all of them.
             if let l = loaded, l.shard == k { return l.frames }
             var frames = try spill.load(shard: k, margin: false, types: types).map(\.storedBytes)
@@ -223,8 +239,9 @@ public enum CatalogIngest {
 
     /// Sends every copy of every shard (`frames(k)`: shard k's own columns, then its margin
     /// columns if it has margin rows), a few at a time per worker, and collects the confirmations.
-    static func store(plan: Tessera_V1_IngestPlan, shards: [ShardPlan], marginRows: [Int], schema: [Tessera_V1_ColumnSchema],
-                      o: IngestOptions, credentials: Credentials, progress: (String) -> Void,
+    /// - Parameter request: shard k's message (without its request id).
+    static func store(plan: Tessera_V1_IngestPlan, count: Int, storeTimeout: Double, credentials: Credentials, progress: (String) -> Void,
+                      request: (Int) -> Tessera_V1_StoreShard,
                       frames: (Int) throws(IngestError) -> [[UInt8]]) throws -> [[Tessera_V1_ShardStored]] {
         let ctx = try ZMQContext()
         var sockets: [WorkerID: Socket] = [:]
@@ -244,7 +261,7 @@ public enum CatalogIngest {
         let totalCopies = queue.count
         var outstanding: [UInt64: (shard: Int, worker: WorkerID, sentAt: UInt64)] = [:]
         var perWorker: [WorkerID: Int] = [:]
-        var results = [[Tessera_V1_ShardStored]](repeating: [], count: shards.count)
+        var results = [[Tessera_V1_ShardStored]](repeating: [], count: count)
         var nextRequest: UInt64 = 1
         var done = 0
         var lastReport = DispatchTime.now().uptimeNanoseconds
@@ -256,19 +273,8 @@ public enum CatalogIngest {
                 if perWorker[w, default: 0] >= 2 { i += 1; continue }
                 queue.remove(at: i)
                 guard let sock = sockets[w] else { throw IngestError.store("the plan names worker \(w), which it does not describe") }
-                let s = shards[k]
-                var req = Tessera_V1_StoreShard()
+                var req = request(k)
                 req.requestID = nextRequest
-                req.ingestID = plan.ingestID
-                req.dataset = plan.dataset.isEmpty ? o.dataset : plan.dataset
-                req.order = UInt32(s.order)
-                req.pixel = s.pixel
-                req.columns = schema
-                req.indexColumn = indexColumn
-                req.raColumn = o.raColumn
-                req.decColumn = o.decColumn
-                req.rows = UInt64(s.rows.count)
-                req.marginRows = UInt64(marginRows[k])
                 var e = Envelope()
                 e.storeShard = req
                 try sock.send(parts: WireProtocol.encode(e, frames: try frames(k)))
@@ -286,16 +292,20 @@ public enum CatalogIngest {
                     let (env, _) = try WireProtocol.decode(parts)
                     if case .error(let err) = env.body { throw IngestError.store("worker \(id): \(err.message)") }
                     guard case .shardStored(let r) = env.body, let o = outstanding.removeValue(forKey: r.requestID) else { continue }
-                    guard r.error.isEmpty else { throw IngestError.store("worker \(r.workerName) could not store shard order\(shards[o.shard].order)-pix\(shards[o.shard].pixel): \(r.error)") }
+                    guard r.error.isEmpty else {
+                        let asked = request(o.shard)
+                        throw IngestError.store("worker \(r.workerName) could not store shard order\(asked.order)-pix\(asked.pixel): \(r.error)")
+                    }
                     results[o.shard].append(r)
                     perWorker[o.worker, default: 1] -= 1
                     done += 1
                 }
             }
             let now = DispatchTime.now().uptimeNanoseconds
-            if let late = outstanding.values.first(where: { now - $0.sentAt > UInt64(o.storeTimeout * 1e9) }) {
+            if let late = outstanding.values.first(where: { now - $0.sentAt > UInt64(storeTimeout * 1e9) }) {
                 let name = plan.workerNames[plan.workers.firstIndex { $0.workerID == late.worker } ?? 0]
-                throw IngestError.store("worker \(name) did not confirm shard order\(shards[late.shard].order)-pix\(shards[late.shard].pixel) within \(o.storeTimeout) s (is it still running?)")
+                let r = request(late.shard)
+                throw IngestError.store("worker \(name) did not confirm shard order\(r.order)-pix\(r.pixel) within \(storeTimeout) s (is it still running?)")
             }
             if now - lastReport > 500_000_000 {
                 progress("stored \(done)/\(totalCopies) shard copies")

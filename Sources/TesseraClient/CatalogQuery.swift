@@ -179,6 +179,16 @@ public struct CatalogQuery: Sendable {
 
     /// Runs it in class `c`: interactive questions go first and must fit the cluster's
     /// interactive budget; batch ones run in what the others leave.
+    /// A cutout of an image dataset around the region's centre, in `bands` (empty: all), of
+    /// `width × height` pixels (0: the region's extent).
+    public func cutout(bands: [String] = [], width: Int = 0, height: Int = 0) -> CatalogQuery {
+        var q = self
+        q.plan.cutout.bands = bands
+        q.plan.cutout.width = UInt32(clamping: max(0, width))
+        q.plan.cutout.height = UInt32(clamping: max(0, height))
+        return q
+    }
+
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c

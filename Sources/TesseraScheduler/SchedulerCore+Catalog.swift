@@ -1,3 +1,4 @@
+import Foundation
 import SwiftProtobuf
 import TesseraCompute
 import TesseraProtocol
@@ -36,6 +37,7 @@ extension SchedulerCore {
         let all: [String: PlannedDataset]
         do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
         guard let d = resolve(plan.dataset, user: user, in: all) else { throw unknownDataset(plan.dataset, user: user, in: all) }
+        if plan.hasCutout || d.images != nil { return try planCutout(plan, images: d) }
         if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all, user: user) }
         let dataset = d.record
         let query: CheckedCatalogQuery
@@ -179,7 +181,8 @@ extension SchedulerCore {
             let (all, skipped) = try catalog.shardLocations()
             registeredShards = [:]
             for (d, shards) in all {
-                let p = PlannedDataset(d, shards)
+                var p = PlannedDataset(d, shards)
+                if d.kind == ImageDataset.kind { p.loadImages(try catalog.shardStatistics(of: d)) }
                 out[d.name] = p
                 for (k, shard) in zip(p.keys, shards) {
                     registeredShards[k] = RegisteredShard(checksum: shard.checksum, bytes: UInt64(max(0, shard.bytes)), rows: UInt64(max(0, shard.rows)))
@@ -238,10 +241,12 @@ struct PlannedDataset {
     let upper: [Int64]
     /// Each shard's position in `byRange`.
     let rangePosition: [Int]
+    /// An image dataset's bands, tiling and patches (nil for a catalog).
+    var images: PlannedImages?
 
     init(_ d: DatasetRecord, _ shards: [ShardLocation]) {
         record = d
-        columns = (try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](d.schema)))?.columns ?? []
+        columns = d.kind == ImageDataset.kind ? [] : (try? Tessera_V1_ShardFooter(serializedBytes: [UInt8](d.schema)))?.columns ?? []
         keys = shards.map { ShardKey(dataset: d.name, ingestId: d.ingestId, order: $0.order, pixel: $0.pixel).description }
         bytes = shards.map(\.bytes)
         rows = shards.map(\.rows)
@@ -255,6 +260,17 @@ struct PlannedDataset {
         var position = [Int](repeating: 0, count: ranges.count)
         for (k, s) in byRange.enumerated() { position[s] = k }
         rangePosition = position
+    }
+
+    /// Reads an image dataset's bands and tiling (its schema) and each shard's patch.
+    mutating func loadImages(_ statistics: [ShardPlace: Data]) {
+        guard let info = try? Tessera_V1_ImageDatasetInfo(serializedBytes: [UInt8](record.schema)), ImageDataset.infoProblem(info) == nil else { return }
+        let patches = orders.indices.map { s -> ImagePatchHeader? in
+            guard let blob = statistics[ShardPlace(order: UInt32(clamping: orders[s]), pixel: pixels[s])],
+                  let i = try? Tessera_V1_ImagePatchInfo(serializedBytes: [UInt8](blob)) else { return nil }
+            return ImageDataset.header(i)
+        }
+        images = PlannedImages(info: info, patches: patches)
     }
 
     /// Counts shard `s` into a cost estimate: one shard, and `fraction` of its rows and bytes

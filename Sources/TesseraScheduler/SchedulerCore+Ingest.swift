@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import TesseraCompute
 import TesseraProtocol
 import TesseraSky
 import TesseraStorage
@@ -21,16 +22,26 @@ public protocol DatasetCatalog: AnyObject {
     func reconcile(worker: String, holdings: Set<String>) throws -> (missing: [String], orphans: [String])
     /// Notes a worker's stable name and where peers reach it.
     func recordWorker(name: String, peerEndpoint: String, seen: Date) throws
+    /// Each shard's statistics blob (an image dataset's: its patch's place and WCS).
+    func shardStatistics(of dataset: DatasetRecord) throws -> [ShardPlace: Data]
 }
 
 extension Registry: DatasetCatalog {
+    public func shardStatistics(of dataset: DatasetRecord) throws -> [ShardPlace: Data] {
+        Dictionary(try shards(of: dataset).map { (ShardPlace(order: UInt32(clamping: $0.order), pixel: $0.pixel), $0.statistics) },
+                   uniquingKeysWith: { a, _ in a })
+    }
+
     public func datasetExists(_ name: String) throws -> Bool { try dataset(named: name) != nil }
 
     public func commit(_ c: Tessera_V1_IngestCommit, ingestId: String, workspace: WorkspaceTable?) throws {
         var footer = Tessera_V1_ShardFooter()
         footer.columns = c.columns
+        // An image dataset's schema is its bands and tiling.
+        let isImage = c.kind == ImageDataset.kind
         let d = DatasetRecord(
-            name: c.dataset, schema: try footer.serializedBytes(), raColumn: c.raColumn, decColumn: c.decColumn,
+            name: c.dataset, kind: isImage ? ImageDataset.kind : "catalog",
+            schema: isImage ? try c.image.serializedBytes() : try footer.serializedBytes(), raColumn: c.raColumn, decColumn: c.decColumn,
             maxRowsPerShard: Int64(c.maxRowsPerShard), marginArcsec: c.marginArcsec,
             rows: Int64(c.shards.reduce(0) { $0 + $1.rows }), ingestId: ingestId,
             owner: workspace?.owner ?? "", shared: workspace?.shared ?? false, expiresAt: workspace?.expiresAt)
@@ -109,6 +120,8 @@ extension SchedulerCore {
             return refuse("a dataset name may not contain `..` (it separates a user from their table's name in the workspace): `\(b.dataset)`")
         }
         guard !b.shards.isEmpty else { return refuse("an ingest needs at least one shard") }
+        guard b.kind.isEmpty || b.kind == ImageDataset.kind else { return refuse("an ingest of kind `\(b.kind.prefix(40))`: only catalogs and `image` exist") }
+        guard b.colocateWith.isEmpty || b.kind == ImageDataset.kind else { return refuse("only images are placed beside a catalog (colocate_with)") }
         var dataset = b.dataset
         var workspace: WorkspaceTable?
         // The survey's datasets are the cluster's: only an admin key loads or replaces them.
@@ -160,6 +173,18 @@ extension SchedulerCore {
         guard r <= live.count else {
             return refuse("\(r) replicas asked for, but only \(live.count) workers are live")
         }
+        // Images beside a catalog: each patch first on the live holders of the catalog shard that
+        // covers most of it, as the forced photometry and stacking that read both want.
+        var beside: PlannedDataset?
+        if !b.colocateWith.isEmpty {
+            let all: [String: PlannedDataset]
+            do { all = try plannedDatasets() } catch { return refuse("registry: \(error)") }
+            guard let c = resolve(b.colocateWith, user: identity.user, in: all), c.record.kind != ImageDataset.kind else {
+                return refuse("no catalog named `\(b.colocateWith.prefix(200))` to place the images beside")
+            }
+            beside = c
+        }
+        let liveIndex = Dictionary(live.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
         // Each shard on the r least-loaded distinct workers (by bytes planned so far; the sizes
         // are the client's estimates, so the sums saturate rather than overflow).
         var load = [UInt64](repeating: 0, count: live.count)
@@ -175,7 +200,15 @@ extension SchedulerCore {
         for s in b.shards {
             // The r least-loaded workers, ties to the earlier: r passes over the few workers.
             chosen.removeAll(keepingCapacity: true)
-            for _ in 0..<r {
+            if let c = beside {
+                let range = HEALPix.children(s.pixel, order: Int(s.order), to: HEALPix.maxOrder)
+                if let best = c.shards(meeting: [range]).max(by: { $0.covered < $1.covered }) {
+                    for name in c.workers[best.shard] where chosen.count < r {
+                        if let k = liveIndex[name], !chosen.contains(k) { chosen.append(k) }
+                    }
+                }
+            }
+            while chosen.count < r {
                 var best = -1
                 for k in live.indices where !chosen.contains(k) && (best < 0 || load[k] < load[best]) { best = k }
                 chosen.append(best)
@@ -328,6 +361,8 @@ extension SchedulerCore {
 
     /// Why the client's description of a dataset cannot be recorded, or nil.
     static func commitProblem(_ c: Tessera_V1_IngestCommit) -> String? {
+        if c.kind == ImageDataset.kind { return ImageDataset.infoProblem(c.image) }
+        guard c.kind.isEmpty else { return "a dataset of kind `\(c.kind.prefix(40))`: only catalogs and `image` exist" }
         guard !c.columns.isEmpty, c.columns.count <= Limits.planExpressions else {
             return "a dataset needs 1…\(Limits.planExpressions) columns, this one has \(c.columns.count)"
         }

@@ -102,17 +102,35 @@ func fitsCards(_ f: UnsafeMutablePointer<fitsfile>?) -> [String: String] {
 /// CHECKSUM/DATASUM (which astropy and `fitsverify` check). The bytes are then stored durably
 /// (`DurableFile`) and hashed (`XXHash64`) for the registry.
 public enum ImagePatchWriter {
+    /// One band's planes and what they are.
+    public struct Planes: Sendable {
+        public var header: ImagePatchHeader
+        public var image: [Float], variance: [Float], mask: [Int32]
+        public init(header: ImagePatchHeader, image: [Float], variance: [Float], mask: [Int32]) {
+            (self.header, self.image, self.variance, self.mask) = (header, image, variance, mask)
+        }
+    }
+
     public static func encode(header h: ImagePatchHeader, image: [Float], variance: [Float], mask: [Int32],
                               extraKeywords: [FITSKeyword] = []) throws(ImageFileError) -> [UInt8] {
-        let n = h.width * h.height
-        guard h.width > 0, h.height > 0, h.width <= 1 << 16, h.height <= 1 << 16 else {
-            throw .invalidInput("an image of \(h.width) × \(h.height) pixels (each side 1 … 65536)")
-        }
-        guard image.count == n, variance.count == n, mask.count == n else {
-            throw .invalidInput("planes of \(image.count), \(variance.count) and \(mask.count) pixels for a \(h.width) × \(h.height) image")
-        }
-        guard !h.band.isEmpty, h.band.utf8.count <= 16, h.band.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
-            throw .invalidInput("band name `\(h.band)`: 1 to 16 letters, digits or _")
+        try encode(bands: [Planes(header: h, image: image, variance: variance, mask: mask)], extraKeywords: extraKeywords)
+    }
+
+    /// Several bands in one file (a cutout's): the primary header describes the first; each band
+    /// has its IMAGE, MASK and VARIANCE extensions, numbered by `EXTVER` 1, 2, … with a `BAND` card.
+    public static func encode(bands: [Planes], extraKeywords: [FITSKeyword] = []) throws(ImageFileError) -> [UInt8] {
+        guard let h = bands.first?.header else { throw .invalidInput("no bands to write") }
+        for b in bands {
+            let hb = b.header, n = hb.width * hb.height
+            guard hb.width > 0, hb.height > 0, hb.width <= 1 << 16, hb.height <= 1 << 16 else {
+                throw .invalidInput("an image of \(hb.width) × \(hb.height) pixels (each side 1 … 65536)")
+            }
+            guard b.image.count == n, b.variance.count == n, b.mask.count == n else {
+                throw .invalidInput("planes of \(b.image.count), \(b.variance.count) and \(b.mask.count) pixels for a \(hb.width) × \(hb.height) image")
+            }
+            guard !hb.band.isEmpty, hb.band.utf8.count <= 16, hb.band.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+                throw .invalidInput("band name `\(hb.band)`: 1 to 16 letters, digits or _")
+            }
         }
         let path = "patch \(h.band)/\(h.tract)/\(h.patch)"
         func fail(_ status: Int32, _ op: String) -> ImageFileError {
@@ -160,31 +178,37 @@ public enum ImagePatchWriter {
             case .integer(let v): key(k.name, .integer(v), k.comment)
             }
         }
+        if bands.count > 1 { key("BANDS", .text(bands.map(\.header.band).joined(separator: ",")), "bands, one EXTVER each") }
         ffpcks(f, &status)
-        var axes = [h.width, h.height]
-        func plane(_ p: ImagePlane, bitpix: Int32, unit: String, write: () -> Void) {
-            guard status == 0 else { return }
-            ffcrim(f, bitpix, 2, &axes, &status)
-            key("EXTNAME", .text(p.rawValue), "")
-            if !unit.isEmpty { key("BUNIT", .text(unit), "") }
-            for c in h.wcs.headerCards { key(c.name, c.value, c.comment) }
-            if p == .mask {
-                for (name, bit) in ImageMask.planes { key("MP_\(name)", .integer(bit), "mask bit") }
+        for (k, b) in bands.enumerated() {
+            let n = b.header.width * b.header.height
+            var axes = [b.header.width, b.header.height]
+            func plane(_ p: ImagePlane, bitpix: Int32, unit: String, write: () -> Void) {
+                guard status == 0 else { return }
+                ffcrim(f, bitpix, 2, &axes, &status)
+                key("EXTNAME", .text(p.rawValue), "")
+                if bands.count > 1 { key("EXTVER", .integer(k + 1), "") }
+                key("BAND", .text(b.header.band), "filter band")
+                if !unit.isEmpty { key("BUNIT", .text(unit), "") }
+                for c in b.header.wcs.headerCards { key(c.name, c.value, c.comment) }
+                if p == .mask {
+                    for (name, bit) in ImageMask.planes { key("MP_\(name)", .integer(bit), "mask bit") }
+                }
+                write()
+                ffpcks(f, &status)
             }
-            write()
-            ffpcks(f, &status)
-        }
-        plane(.image, bitpix: FLOAT_IMG, unit: "nJy") {
-            var a = image
-            ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
-        }
-        plane(.mask, bitpix: LONG_IMG, unit: "") {
-            var a = mask
-            ffppr(f, TINT, 1, Int64(n), &a, &status)
-        }
-        plane(.variance, bitpix: FLOAT_IMG, unit: "nJy2") {
-            var a = variance
-            ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
+            plane(.image, bitpix: FLOAT_IMG, unit: "nJy") {
+                var a = b.image
+                ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
+            }
+            plane(.mask, bitpix: LONG_IMG, unit: "") {
+                var a = b.mask
+                ffppr(f, TINT, 1, Int64(n), &a, &status)
+            }
+            plane(.variance, bitpix: FLOAT_IMG, unit: "nJy2") {
+                var a = b.variance
+                ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
+            }
         }
         // The file ends with the last extension's data, padded to its 2880-byte block; the buffer
         // may be larger (it grows by whole increments).
@@ -209,6 +233,8 @@ public enum ImagePatchWriter {
 public final class ImagePatchFile: @unchecked Sendable {
     public let path: String
     public let header: ImagePatchHeader
+    /// The primary header's cards (how the patch was made: `BORDER`, `PSFFWHM`, ...).
+    public let primaryCards: [String: String]
     public let identity: FileIdentity
     public let byteCount: Int
     private let base: UnsafeRawPointer
@@ -219,6 +245,7 @@ public final class ImagePatchFile: @unchecked Sendable {
         self.path = path
         do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
         let (primary, found, offsets) = try Self.readHeaders(path)
+        primaryCards = primary
         func refuse(_ why: String) -> ImageFileError { .notAPatch(path: path, reason: why) }
         guard let image = found[.image] else { throw refuse("it has no IMAGE extension") }
         let width = Int(image.cards["NAXIS1"] ?? "") ?? 0, height = Int(image.cards["NAXIS2"] ?? "") ?? 0
@@ -333,5 +360,68 @@ public final class ImagePatchFile: @unchecked Sendable {
         var out = [Int32](repeating: ImageMask.noData, count: box.pixelCount)
         out.withUnsafeMutableBytes { copy(.mask, box: box, into: $0) }
         return out
+    }
+}
+
+/// An image in any FITS layout astropy writes: the first two-dimensional image HDU (primary or
+/// extension), read whole as float32 with its header's cards (the primary's under them, so a WCS
+/// in either is found), and `VARIANCE` and `MASK` extensions of the same size if present.
+public struct FITSImage: Sendable {
+    public var cards: [String: String]
+    public var width: Int
+    public var height: Int
+    public var image: [Float]
+    public var variance: [Float]?
+    public var mask: [Int32]?
+
+    /// The most pixels read from a file (1 GiB of float32).
+    public static let maxPixels = 1 << 28
+
+    public init(path: String) throws(ImageFileError) {
+        do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffopen(&f, path, READONLY, &status)
+        if status != 0 {
+            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
+        }
+        defer { var s: Int32 = 0; ffclos(f, &s) }
+        let primary = fitsCards(f)
+        var units: Int32 = 0
+        ffthdu(f, &units, &status)
+        func size(_ c: [String: String]) -> (Int, Int)? {
+            guard c["NAXIS"] == "2", let w = Int(c["NAXIS1"] ?? ""), let h = Int(c["NAXIS2"] ?? ""), w > 0, h > 0 else { return nil }
+            return (w, h)
+        }
+        func read<T>(_ code: Int32, _ n: Int, _ fill: T) throws(ImageFileError) -> [T] {
+            var out = [T](repeating: fill, count: n)
+            var any: Int32 = 0
+            var s: Int32 = 0
+            out.withUnsafeMutableBytes { _ = ffgpv(f, code, 1, Int64(n), nil, $0.baseAddress, &any, &s) }
+            if s != 0 { do { try FITSError.check(s, path, "read the image") } catch { throw .fits(error) } }
+            return out
+        }
+        var found: (cards: [String: String], w: Int, h: Int, image: [Float])?
+        var variance: [Float]?, mask: [Int32]?
+        for hdu in 1...max(units, 1) where units > 0 {
+            var type: Int32 = 0
+            ffmahd(f, hdu, &type, &status)
+            guard status == 0, type == IMAGE_HDU else { continue }
+            let cards = fitsCards(f)
+            guard let (w, h) = size(cards) else { continue }
+            guard w * h <= Self.maxPixels else {
+                throw .notAPatch(path: path, reason: "its image of \(w) × \(h) pixels is over the limit of \(Self.maxPixels) pixels")
+            }
+            let name = (cards["EXTNAME"] ?? "").uppercased()
+            if let first = found {
+                guard w == first.w, h == first.h else { continue }
+                if name == "VARIANCE", variance == nil { variance = try read(TFLOAT, w * h, Float.nan) }
+                if name == "MASK", mask == nil { mask = try read(TINT, w * h, Int32(0)) }
+            } else if name != "MASK", name != "VARIANCE" {
+                found = (primary.merging(cards) { _, own in own }, w, h, try read(TFLOAT, w * h, Float.nan))
+            }
+        }
+        guard let image = found else { throw .notAPatch(path: path, reason: "it has no two-dimensional image") }
+        (cards, width, height, self.image, self.variance, self.mask) = (image.cards, image.w, image.h, image.image, variance, mask)
     }
 }

@@ -19,7 +19,7 @@ public struct FileIdentity: Hashable, Sendable {
     }
 
     /// The identity of the file at `path` now, or nil when it cannot be stat'ed.
-    static func of(_ path: String) -> FileIdentity? {
+    public static func of(_ path: String) -> FileIdentity? {
         var st = stat()
         return stat(path, &st) == 0 ? FileIdentity(st) : nil
     }

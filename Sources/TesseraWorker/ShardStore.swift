@@ -1,4 +1,6 @@
 import Foundation
+import SwiftProtobuf
+import TesseraCompute
 import TesseraProtocol
 import TesseraSky
 import TesseraStorage
@@ -75,6 +77,7 @@ public struct ShardStore: Sendable {
         reply.dataset = r.dataset
         reply.order = r.order
         reply.pixel = r.pixel
+        if r.image { return storeImage(r, frames: frames, reply: reply) }
         do {
             let n = r.columns.count
             let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
@@ -113,6 +116,37 @@ public struct ShardStore: Sendable {
             reply.checksum = s.checksum
             reply.footer = Data(s.footer)
         } catch {
+            reply.error = "\(error)"
+        }
+        return reply
+    }
+
+    /// Stores one image patch: the client's FITS file, written durably under a temporary name,
+    /// read through (headers, WCS, planes, and that it is the patch the key names), then renamed
+    /// into place. The reply carries the file's xxHash64 and the patch's place for the registry.
+    func storeImage(_ r: Tessera_V1_StoreShard, frames: [[UInt8]], reply: Tessera_V1_ShardStored) -> Tessera_V1_ShardStored {
+        var reply = reply
+        let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
+        let p = path(key)
+        let incoming = p + ".incoming"
+        do {
+            if let why = key.problem { throw ShardError.invalidInput(why) }
+            guard frames.count == 1 else { throw ShardError.invalidInput("an image patch is one frame (its FITS file); got \(frames.count)") }
+            try FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try DurableFile.write(frames[0], to: incoming)
+            let file = try ImagePatchFile(path: incoming)
+            if let why = ImageDataset.placeProblem(header: file.header, order: Int(r.order), pixel: r.pixel) {
+                throw ShardError.invalidInput(why)
+            }
+            let checksum = file.checksum()
+            guard rename(incoming, p) == 0 else { throw ShardError.io(path: p, operation: "rename into place", errno: errno) }
+            let dfd = open((p as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dfd >= 0 { fsync(dfd); close(dfd) }
+            reply.bytes = UInt64(file.byteCount)
+            reply.checksum = checksum
+            reply.footer = try ImageDataset.info(file.header).serializedData()
+        } catch {
+            unlink(incoming)
             reply.error = "\(error)"
         }
         return reply

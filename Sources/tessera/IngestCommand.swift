@@ -67,14 +67,35 @@ struct IngestCommand: ParsableCommand {
     @Option(help: "Copies of each shard, on distinct workers.")
     var replicas = 2
 
+    @Flag(help: "The files are coadd images (FITS with a TAN WCS): Tessera's patches, or any image astropy writes.")
+    var images = false
+
+    @Option(help: "With --images: the catalog to place the patches beside (each on the workers holding the catalog shard covering it).")
+    var beside: String?
+
+    @Option(help: "With --images: the band of images whose headers name none (BAND or FILTER).")
+    var band: String?
+
     @OptionGroup var target: SchedulerTarget
 
     func validate() throws {
         guard replicas >= 1 else { throw ValidationError("--replicas must be at least 1") }
+        guard images || (beside == nil && band == nil) else { throw ValidationError("--beside and --band are for --images") }
     }
 
     func run() throws {
         let conn = try target.connect()
+        if images {
+            var o = ImageIngestOptions(dataset: table.name, files: table.files)
+            o.replicas = min(replicas, max(1, try conn.status().workers.count))
+            o.replace = table.replace
+            o.colocateWith = beside ?? ""
+            o.band = band
+            let start = Date()
+            let done = try ImageIngest.run(o, connection: conn) { FileHandle.standardError.write(Data("  \($0)\n".utf8)) }
+            print("ingested images `\(done.dataset)`: \(done.shards) patch files, \(o.replicas) replica(s), \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
+            return
+        }
         var o = table.options()
         o.replicas = min(replicas, max(1, try conn.status().workers.count))
         try table.load(o, conn, what: "ingested")

@@ -44,6 +44,9 @@ public struct CatalogResult: Sendable {
         self.partial = partial
     }
 
+    /// A cutout's planes, one per band (NaN and the NO_DATA mask bit where no image covers).
+    public var cutouts: [ImageCutout] { partial.cutouts.compactMap(ImageDataset.cutout) }
+
     /// Shards this answer covers (all of them in a final result; fewer in a progressive one).
     public var shards: Int { Int(partial.shards) }
     public var rowsScanned: Int { Int(partial.rowsScanned) }

@@ -97,7 +97,7 @@ public struct CheckedCatalogQuery: Sendable {
             }
         }
         filter = plan.filter.isEmpty ? nil : try check(plan.filter, "filter", .boolean)
-        region = try Self.region(plan)
+        region = try Self.checkedRegion(plan)
         if region != nil {
             guard schema[raColumn] == .number, schema[decColumn] == .number else {
                 throw CatalogQueryError("a region needs the position columns `\(raColumn)` and `\(decColumn)`, which this dataset lacks")
@@ -222,7 +222,8 @@ public struct CheckedCatalogQuery: Sendable {
         }
     }
 
-    static func region(_ plan: CatalogQueryPlan) throws(CatalogQueryError) -> (any SkyRegion)? {
+    /// The plan's region, checked: on the sky, within the limits (nil: the whole sky).
+    public static func checkedRegion(_ plan: CatalogQueryPlan) throws(CatalogQueryError) -> (any SkyRegion)? {
         switch plan.region {
         case .cone(let c):
             guard c.radius > 0, c.radius <= 180, abs(c.dec) <= 90, c.ra.isFinite else {

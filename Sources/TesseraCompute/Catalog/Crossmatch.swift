@@ -91,7 +91,7 @@ public enum Crossmatch {
         var pairPlan = plan
         pairPlan.region = nil
         let pairs = try CheckedCatalogQuery(pairPlan, columns: pairColumns(left: left, right: right), raColumn: leftPrefix + leftRa, decColumn: leftPrefix + leftDec)
-        return Checked(pairs: pairs, region: try CheckedCatalogQuery.region(plan), spec: spec)
+        return Checked(pairs: pairs, region: try CheckedCatalogQuery.checkedRegion(plan), spec: spec)
     }
 
     // MARK: Covers: where a sparse left side's rows are

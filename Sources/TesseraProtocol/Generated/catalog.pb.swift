@@ -273,6 +273,18 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `crossmatch`. Subsequent reads from it will return its default value.
   public mutating func clearCrossmatch() {_uniqueStorage()._crossmatch = nil}
 
+  /// A cutout of an image dataset (`dataset`), around the region's centre: the answer's
+  /// `cutouts`, one per band. The region is a cone (its diameter is the size, unless `width` and
+  /// `height` are set), a box or a polygon (the pixels inside its outline's bounding box).
+  public var cutout: Tessera_V1_ImageCutoutSpec {
+    get {_storage._cutout ?? Tessera_V1_ImageCutoutSpec()}
+    set {_uniqueStorage()._cutout = newValue}
+  }
+  /// Returns true if `cutout` has been explicitly set.
+  public var hasCutout: Bool {_storage._cutout != nil}
+  /// Clears the value of `cutout`. Subsequent reads from it will return its default value.
+  public mutating func clearCutout() {_uniqueStorage()._cutout = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -286,6 +298,24 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Tessera_V1_ImageCutoutSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// empty: every band of the dataset
+  public var bands: [String] = []
+
+  /// pixels; 0: from the region
+  public var width: UInt32 = 0
+
+  public var height: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Pairs are found as astropy's search_around_sky finds them: the chord between unit vectors at
@@ -587,11 +617,59 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
     set {_uniqueStorage()._python = newValue}
   }
 
+  /// Pieces of image cutouts (a cutout's whole box once merged), by band.
+  public var cutouts: [Tessera_V1_ImageCutoutPiece] {
+    get {_storage._cutouts}
+    set {_uniqueStorage()._cutouts = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A box of one band's pixels in one grid; pixels no patch covered are NaN with the NO_DATA mask
+/// bit (1 << 8) set.
+public nonisolated struct Tessera_V1_ImageCutoutPiece: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var band: String = String()
+
+  /// -1: an image's own grid
+  public var tract: Int64 = 0
+
+  /// the box in the grid (0-based)
+  public var x0: Int64 = 0
+
+  public var y0: Int64 = 0
+
+  public var width: UInt32 = 0
+
+  public var height: UInt32 = 0
+
+  /// the grid's WCS, as ImagePatchInfo.wcs
+  public var gridWcs: [Double] = []
+
+  /// row-major little-endian float32, nJy
+  public var image: Data = Data()
+
+  /// float32, nJy^2
+  public var variance: Data = Data()
+
+  /// int32 bit flags
+  public var mask: Data = Data()
+
+  public var tractOrder: UInt32 = 0
+
+  public var patchOrder: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Per group: count, mean, sum of squared deviations, min, max, sum (Welford / Chan).
@@ -808,7 +886,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -825,6 +903,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _progressInterval: Double = 0
     var _python: Tessera_V1_PythonSpec? = nil
     var _crossmatch: Tessera_V1_CrossmatchSpec? = nil
+    var _cutout: Tessera_V1_ImageCutoutSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -849,6 +928,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _progressInterval = source._progressInterval
       _python = source._python
       _crossmatch = source._crossmatch
+      _cutout = source._cutout
     }
   }
 
@@ -919,6 +999,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._progressInterval) }()
         case 20: try { try decoder.decodeSingularMessageField(value: &_storage._python) }()
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._crossmatch) }()
+        case 22: try { try decoder.decodeSingularMessageField(value: &_storage._cutout) }()
         default: break
         }
       }
@@ -985,6 +1066,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._crossmatch {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
       } }()
+      try { if let v = _storage._cutout {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1008,10 +1092,51 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._progressInterval != rhs_storage._progressInterval {return false}
         if _storage._python != rhs_storage._python {return false}
         if _storage._crossmatch != rhs_storage._crossmatch {return false}
+        if _storage._cutout != rhs_storage._cutout {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImageCutoutSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageCutoutSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bands\0\u{1}width\0\u{1}height\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.bands) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bands.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.bands, fieldNumber: 1)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 2)
+    }
+    if self.height != 0 {
+      try visitor.visitSingularUInt32Field(value: self.height, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImageCutoutSpec, rhs: Tessera_V1_ImageCutoutSpec) -> Bool {
+    if lhs.bands != rhs.bands {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.height != rhs.height {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1478,7 +1603,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -1493,6 +1618,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _rows: Tessera_V1_RowBatch? = nil
     var _intGroupKeys: [Int64] = []
     var _python: Data = Data()
+    var _cutouts: [Tessera_V1_ImageCutoutPiece] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1515,6 +1641,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _rows = source._rows
       _intGroupKeys = source._intGroupKeys
       _python = source._python
+      _cutouts = source._cutouts
     }
   }
 
@@ -1545,6 +1672,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._rows) }()
         case 11: try { try decoder.decodeRepeatedSInt64Field(value: &_storage._intGroupKeys) }()
         case 12: try { try decoder.decodeSingularBytesField(value: &_storage._python) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._cutouts) }()
         default: break
         }
       }
@@ -1593,6 +1721,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       if !_storage._python.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._python, fieldNumber: 12)
       }
+      if !_storage._cutouts.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._cutouts, fieldNumber: 13)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1614,10 +1745,96 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._rows != rhs_storage._rows {return false}
         if _storage._intGroupKeys != rhs_storage._intGroupKeys {return false}
         if _storage._python != rhs_storage._python {return false}
+        if _storage._cutouts != rhs_storage._cutouts {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImageCutoutPiece: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageCutoutPiece"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}band\0\u{1}tract\0\u{1}x0\0\u{1}y0\0\u{1}width\0\u{1}height\0\u{3}grid_wcs\0\u{1}image\0\u{1}variance\0\u{1}mask\0\u{3}tract_order\0\u{3}patch_order\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.band) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.tract) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.x0) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.y0) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
+      case 7: try { try decoder.decodeRepeatedDoubleField(value: &self.gridWcs) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.image) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.variance) }()
+      case 10: try { try decoder.decodeSingularBytesField(value: &self.mask) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.tractOrder) }()
+      case 12: try { try decoder.decodeSingularUInt32Field(value: &self.patchOrder) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.band.isEmpty {
+      try visitor.visitSingularStringField(value: self.band, fieldNumber: 1)
+    }
+    if self.tract != 0 {
+      try visitor.visitSingularInt64Field(value: self.tract, fieldNumber: 2)
+    }
+    if self.x0 != 0 {
+      try visitor.visitSingularInt64Field(value: self.x0, fieldNumber: 3)
+    }
+    if self.y0 != 0 {
+      try visitor.visitSingularInt64Field(value: self.y0, fieldNumber: 4)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 5)
+    }
+    if self.height != 0 {
+      try visitor.visitSingularUInt32Field(value: self.height, fieldNumber: 6)
+    }
+    if !self.gridWcs.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.gridWcs, fieldNumber: 7)
+    }
+    if !self.image.isEmpty {
+      try visitor.visitSingularBytesField(value: self.image, fieldNumber: 8)
+    }
+    if !self.variance.isEmpty {
+      try visitor.visitSingularBytesField(value: self.variance, fieldNumber: 9)
+    }
+    if !self.mask.isEmpty {
+      try visitor.visitSingularBytesField(value: self.mask, fieldNumber: 10)
+    }
+    if self.tractOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tractOrder, fieldNumber: 11)
+    }
+    if self.patchOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.patchOrder, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImageCutoutPiece, rhs: Tessera_V1_ImageCutoutPiece) -> Bool {
+    if lhs.band != rhs.band {return false}
+    if lhs.tract != rhs.tract {return false}
+    if lhs.x0 != rhs.x0 {return false}
+    if lhs.y0 != rhs.y0 {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.height != rhs.height {return false}
+    if lhs.gridWcs != rhs.gridWcs {return false}
+    if lhs.image != rhs.image {return false}
+    if lhs.variance != rhs.variance {return false}
+    if lhs.mask != rhs.mask {return false}
+    if lhs.tractOrder != rhs.tractOrder {return false}
+    if lhs.patchOrder != rhs.patchOrder {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -229,6 +229,67 @@ public nonisolated struct Tessera_V1_ShardFooter: Sendable {
   public init() {}
 }
 
+/// A coadd patch as the registry keeps it (an image dataset's shard statistics): which band, where
+/// it lies in its tract's grid, and its own WCS.
+public nonisolated struct Tessera_V1_ImagePatchInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var band: String = String()
+
+  /// -1: an image registered by its own footprint, on its own grid
+  public var tract: Int64 = 0
+
+  /// -1 likewise
+  public var patch: Int64 = 0
+
+  public var tractOrder: UInt32 = 0
+
+  public var patchOrder: UInt32 = 0
+
+  /// its first pixel in the tract's grid (0-based)
+  public var x0: Int64 = 0
+
+  public var y0: Int64 = 0
+
+  public var width: UInt32 = 0
+
+  public var height: UInt32 = 0
+
+  /// Its TAN WCS: CRVAL1, CRVAL2, CRPIX1, CRPIX2 (1-based, as in the header), CD1_1, CD1_2,
+  /// CD2_1, CD2_2, LONPOLE.
+  public var wcs: [Double] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// An image dataset (kind "image"), kept as its registry schema. Each of its shards is one band of
+/// one patch: the shard's pixel is the patch's pixel's child at `patch_order + 2` numbered by the
+/// band's place in `bands` (so a dataset holds at most 16 bands, and a patch's bands never
+/// collide); an image on its own grid is keyed likewise at order 18 under its centre's pixel.
+public nonisolated struct Tessera_V1_ImageDatasetInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var bands: [String] = []
+
+  public var tractOrder: UInt32 = 0
+
+  public var patchOrder: UInt32 = 0
+
+  public var pixelScaleArcsec: Double = 0
+
+  public var borderPixels: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "tessera.v1"
@@ -461,6 +522,131 @@ nonisolated extension Tessera_V1_ShardFooter: SwiftProtobuf.Message, SwiftProtob
     if lhs.indexColumn != rhs.indexColumn {return false}
     if lhs.marginFirstGroup != rhs.marginFirstGroup {return false}
     if lhs.marginRows != rhs.marginRows {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImagePatchInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImagePatchInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}band\0\u{1}tract\0\u{1}patch\0\u{3}tract_order\0\u{3}patch_order\0\u{1}x0\0\u{1}y0\0\u{1}width\0\u{1}height\0\u{1}wcs\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.band) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.tract) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.patch) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.tractOrder) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.patchOrder) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.x0) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.y0) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
+      case 10: try { try decoder.decodeRepeatedDoubleField(value: &self.wcs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.band.isEmpty {
+      try visitor.visitSingularStringField(value: self.band, fieldNumber: 1)
+    }
+    if self.tract != 0 {
+      try visitor.visitSingularInt64Field(value: self.tract, fieldNumber: 2)
+    }
+    if self.patch != 0 {
+      try visitor.visitSingularInt64Field(value: self.patch, fieldNumber: 3)
+    }
+    if self.tractOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tractOrder, fieldNumber: 4)
+    }
+    if self.patchOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.patchOrder, fieldNumber: 5)
+    }
+    if self.x0 != 0 {
+      try visitor.visitSingularInt64Field(value: self.x0, fieldNumber: 6)
+    }
+    if self.y0 != 0 {
+      try visitor.visitSingularInt64Field(value: self.y0, fieldNumber: 7)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 8)
+    }
+    if self.height != 0 {
+      try visitor.visitSingularUInt32Field(value: self.height, fieldNumber: 9)
+    }
+    if !self.wcs.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.wcs, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImagePatchInfo, rhs: Tessera_V1_ImagePatchInfo) -> Bool {
+    if lhs.band != rhs.band {return false}
+    if lhs.tract != rhs.tract {return false}
+    if lhs.patch != rhs.patch {return false}
+    if lhs.tractOrder != rhs.tractOrder {return false}
+    if lhs.patchOrder != rhs.patchOrder {return false}
+    if lhs.x0 != rhs.x0 {return false}
+    if lhs.y0 != rhs.y0 {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.height != rhs.height {return false}
+    if lhs.wcs != rhs.wcs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImageDatasetInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageDatasetInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bands\0\u{3}tract_order\0\u{3}patch_order\0\u{3}pixel_scale_arcsec\0\u{3}border_pixels\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.bands) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.tractOrder) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.patchOrder) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.pixelScaleArcsec) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.borderPixels) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bands.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.bands, fieldNumber: 1)
+    }
+    if self.tractOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tractOrder, fieldNumber: 2)
+    }
+    if self.patchOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.patchOrder, fieldNumber: 3)
+    }
+    if self.pixelScaleArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.pixelScaleArcsec, fieldNumber: 4)
+    }
+    if self.borderPixels != 0 {
+      try visitor.visitSingularUInt32Field(value: self.borderPixels, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImageDatasetInfo, rhs: Tessera_V1_ImageDatasetInfo) -> Bool {
+    if lhs.bands != rhs.bands {return false}
+    if lhs.tractOrder != rhs.tractOrder {return false}
+    if lhs.patchOrder != rhs.patchOrder {return false}
+    if lhs.pixelScaleArcsec != rhs.pixelScaleArcsec {return false}
+    if lhs.borderPixels != rhs.borderPixels {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

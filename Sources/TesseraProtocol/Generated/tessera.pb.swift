@@ -1726,6 +1726,13 @@ public nonisolated struct Tessera_V1_IngestBegin: Sendable {
 
   public var shared: Bool = false
 
+  /// "image" for coadd patches (one FITS file per shard); empty for a catalog. An image ingest may
+  /// name a catalog to sit beside: each patch then goes to the workers holding the catalog shard
+  /// that covers it.
+  public var kind: String = String()
+
+  public var colocateWith: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1800,6 +1807,10 @@ public nonisolated struct Tessera_V1_StoreShard: Sendable {
   public var raColumn: String = String()
 
   public var decColumn: String = String()
+
+  /// An image patch: one frame, the patch's FITS file (IMAGE, MASK, VARIANCE with a TAN WCS),
+  /// stored as it is after the worker has read it through; `columns` and rows are unused.
+  public var image: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1938,9 +1949,23 @@ public nonisolated struct Tessera_V1_IngestCommit: Sendable {
 
   public var shards: [Tessera_V1_CommittedShard] = []
 
+  /// An image dataset: kind "image", its bands and tiling (no columns or positions).
+  public var kind: String = String()
+
+  public var image: Tessera_V1_ImageDatasetInfo {
+    get {_image ?? Tessera_V1_ImageDatasetInfo()}
+    set {_image = newValue}
+  }
+  /// Returns true if `image` has been explicitly set.
+  public var hasImage: Bool {self._image != nil}
+  /// Clears the value of `image`. Subsequent reads from it will return its default value.
+  public mutating func clearImage() {self._image = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _image: Tessera_V1_ImageDatasetInfo? = nil
 }
 
 public nonisolated struct Tessera_V1_IngestCommitted: Sendable {
@@ -4753,7 +4778,7 @@ nonisolated extension Tessera_V1_ShardSpec: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IngestBegin"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0\u{1}workspace\0\u{3}lifetime_s\0\u{1}shared\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0\u{1}workspace\0\u{3}lifetime_s\0\u{1}shared\0\u{1}kind\0\u{3}colocate_with\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4769,6 +4794,8 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
       case 6: try { try decoder.decodeSingularBoolField(value: &self.workspace) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.lifetimeS) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.colocateWith) }()
       default: break
       }
     }
@@ -4799,6 +4826,12 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if self.shared != false {
       try visitor.visitSingularBoolField(value: self.shared, fieldNumber: 8)
     }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 9)
+    }
+    if !self.colocateWith.isEmpty {
+      try visitor.visitSingularStringField(value: self.colocateWith, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4811,6 +4844,8 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if lhs.workspace != rhs.workspace {return false}
     if lhs.lifetimeS != rhs.lifetimeS {return false}
     if lhs.shared != rhs.shared {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.colocateWith != rhs.colocateWith {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4903,7 +4938,7 @@ nonisolated extension Tessera_V1_IngestPlan: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreShard"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0\u{1}columns\0\u{3}index_column\0\u{1}rows\0\u{3}margin_rows\0\u{3}ra_column\0\u{3}dec_column\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}ingest_id\0\u{1}dataset\0\u{1}order\0\u{1}pixel\0\u{1}columns\0\u{3}index_column\0\u{1}rows\0\u{3}margin_rows\0\u{3}ra_column\0\u{3}dec_column\0\u{1}image\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4922,6 +4957,7 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.marginRows) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.image) }()
       default: break
       }
     }
@@ -4961,6 +4997,9 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
     if !self.decColumn.isEmpty {
       try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 11)
     }
+    if self.image != false {
+      try visitor.visitSingularBoolField(value: self.image, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4976,6 +5015,7 @@ nonisolated extension Tessera_V1_StoreShard: SwiftProtobuf.Message, SwiftProtobu
     if lhs.marginRows != rhs.marginRows {return false}
     if lhs.raColumn != rhs.raColumn {return false}
     if lhs.decColumn != rhs.decColumn {return false}
+    if lhs.image != rhs.image {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5218,7 +5258,7 @@ nonisolated extension Tessera_V1_CommittedShard: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Tessera_V1_IngestCommit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IngestCommit"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}dataset\0\u{1}replace\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{3}max_rows_per_shard\0\u{3}margin_arcsec\0\u{1}shards\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}dataset\0\u{1}replace\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{3}max_rows_per_shard\0\u{3}margin_arcsec\0\u{1}shards\0\u{1}kind\0\u{1}image\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5236,12 +5276,18 @@ nonisolated extension Tessera_V1_IngestCommit: SwiftProtobuf.Message, SwiftProto
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.maxRowsPerShard) }()
       case 9: try { try decoder.decodeSingularDoubleField(value: &self.marginArcsec) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 12: try { try decoder.decodeSingularMessageField(value: &self._image) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.clientTag != 0 {
       try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
     }
@@ -5272,6 +5318,12 @@ nonisolated extension Tessera_V1_IngestCommit: SwiftProtobuf.Message, SwiftProto
     if !self.shards.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 10)
     }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 11)
+    }
+    try { if let v = self._image {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5286,6 +5338,8 @@ nonisolated extension Tessera_V1_IngestCommit: SwiftProtobuf.Message, SwiftProto
     if lhs.maxRowsPerShard != rhs.maxRowsPerShard {return false}
     if lhs.marginArcsec != rhs.marginArcsec {return false}
     if lhs.shards != rhs.shards {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs._image != rhs._image {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

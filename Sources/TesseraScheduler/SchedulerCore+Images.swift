@@ -1,0 +1,96 @@
+import Foundation
+import SwiftProtobuf
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+
+/// An image dataset's bands, tiling and each shard's patch, held for planning.
+struct PlannedImages {
+    let info: Tessera_V1_ImageDatasetInfo
+    /// Per shard (as `PlannedDataset.keys`): its patch, nil where the registry's record is unusable.
+    let patches: [ImagePatchHeader?]
+
+    var tiling: SkyTiling {
+        SkyTiling(tractOrder: Int(info.tractOrder), patchOrder: Int(info.patchOrder), pixelScaleArcsec: info.pixelScaleArcsec, borderPixels: Int(info.borderPixels))
+    }
+}
+
+extension SchedulerCore {
+    /// A cutout's tasks: one `image_cutout` per patch of the asked bands whose box meets the
+    /// cutout's box in the grid of the tract holding the region's centre (or, off every tract,
+    /// the image on its own grid that holds the centre), and a tree of `image_merge`.
+    mutating func planCutout(_ plan: CatalogQueryPlan, images d: PlannedDataset) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+        guard let images = d.images else {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` is a catalog, not an image dataset: cutouts are made from images")
+        }
+        guard plan.hasCutout else {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset (bands \(images.info.bands.joined(separator: ", "))): ask it for cutouts, not rows or aggregates")
+        }
+        let spec = plan.cutout
+        let bands = spec.bands.isEmpty ? images.info.bands : spec.bands
+        for b in bands where !images.info.bands.contains(b) {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` has no band `\(b.prefix(40))` (it has \(images.info.bands.joined(separator: ", ")))")
+        }
+        guard Set(bands).count == bands.count else { throw .invalidContent("a cutout names a band twice") }
+        do { _ = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
+        guard let centre = CutoutGeometry.centre(plan.region) else {
+            throw .invalidContent("a cutout needs a region (a cone, box or polygon) to say where it is")
+        }
+        let tiling = images.tiling
+        let tract = tiling.tract(ra: centre.ra, dec: centre.dec)
+        let tractWCS = tiling.tractWCS(tract)
+        // Patches of the centre's tract, by band; else images on their own grids holding the centre.
+        var grid: (tract: Int64, wcs: TanWCS, box: PixelBox)?
+        var chosen: [Int] = []
+        do {
+            let box = try CutoutGeometry.box(region: plan.region, width: Int(spec.width), height: Int(spec.height), wcs: tractWCS)
+            chosen = images.patches.indices.filter { s in
+                guard let h = images.patches[s] else { return false }
+                return h.tract == tract && bands.contains(h.band) && !h.box.intersection(box).isEmpty
+            }
+            if !chosen.isEmpty { grid = (tract, tractWCS, box) }
+        } catch {
+            throw .invalidContent("\(error)")
+        }
+        var params: [Tessera_V1_OperatorParams] = []
+        var leaves: [(shard: Int, param: Int)] = []
+        if let grid {
+            guard grid.box.pixelCount * bands.count <= CutoutGeometry.maxPixels else {
+                throw .invalidContent("a cutout of \(bands.count) bands × \(grid.box.width) × \(grid.box.height) pixels is over the limit of \(CutoutGeometry.maxPixels) pixels: ask for fewer bands or a smaller region")
+            }
+            params = [ImageOperators.cutoutParams(box: grid.box, tract: grid.tract, gridWCS: grid.wcs, tiling: (tiling.tractOrder, tiling.patchOrder))]
+            leaves = chosen.map { ($0, 0) }
+        } else {
+            // Images on their own grids: per band, the first that holds the centre.
+            for b in bands {
+                for s in images.patches.indices {
+                    guard let h = images.patches[s], h.tract < 0, h.band == b,
+                          let p = h.wcs.pixel(ra: centre.ra, dec: centre.dec), p.x >= -0.5, p.y >= -0.5,
+                          p.x < Double(h.width) - 0.5, p.y < Double(h.height) - 0.5 else { continue }
+                    let box: PixelBox
+                    do { box = try CutoutGeometry.box(region: plan.region, width: Int(spec.width), height: Int(spec.height), wcs: h.wcs) } catch { throw .invalidContent("\(error)") }
+                    params.append(ImageOperators.cutoutParams(box: box, tract: -1, gridWCS: h.wcs, tiling: (-1, -1)))
+                    leaves.append((s, params.count - 1))
+                    break
+                }
+            }
+        }
+        guard !leaves.isEmpty else {
+            throw .invalidContent("no coverage here: `\(plan.dataset.prefix(200))` has no image of band \(bands.joined(separator: ", ")) at (\(centre.ra), \(centre.dec))")
+        }
+        var g = TaskGraph(operators: ["image_cutout", "image_merge"], params: params, dataKeys: leaves.map { d.keys[$0.shard] })
+        var estimate = Tessera_V1_CostEstimate()
+        var tasks: [UInt32] = []
+        for (i, leaf) in leaves.enumerated() {
+            tasks.append(g.add(operatorIndex: 0, paramIndex: UInt32(leaf.param + 1)))
+            g.dataKey.append(UInt32(i + 1))
+            estimate.shards &+= 1
+            let n = params[leaf.param].blobs["box"].flatMap { try? Tessera_V1_ImageCutoutPiece(serializedBytes: $0) }.map { UInt64($0.width) * UInt64($0.height) } ?? 0
+            estimate.bytes &+= 12 &* n
+        }
+        g.addReduction(of: tasks, operatorIndex: 1, fanIn: 8, paramIndex: 1)
+        while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
+        return (g, estimate)
+    }
+}

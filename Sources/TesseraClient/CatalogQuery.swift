@@ -189,6 +189,21 @@ public struct CatalogQuery: Sendable {
         return q
     }
 
+    /// Forced aperture photometry of each row on an image dataset, in `bands` (empty: all): the
+    /// rows gain `BAND_apFlux`, `BAND_apFluxErr`, `BAND_apBackground` and `BAND_apFlag`, which
+    /// the filter, aggregates and selected columns may read. The annulus defaults to 2 to 3.5
+    /// times the aperture.
+    public func forcedPhotometry(on images: String, bands: [String] = [], apertureArcsec: Double,
+                                 annulusArcsec: ClosedRange<Double>? = nil) -> CatalogQuery {
+        var q = self
+        q.plan.forcedPhotometry.images = images
+        q.plan.forcedPhotometry.bands = bands
+        q.plan.forcedPhotometry.apertureArcsec = apertureArcsec
+        q.plan.forcedPhotometry.annulusInnerArcsec = annulusArcsec?.lowerBound ?? 0
+        q.plan.forcedPhotometry.annulusOuterArcsec = annulusArcsec?.upperBound ?? 0
+        return q
+    }
+
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c

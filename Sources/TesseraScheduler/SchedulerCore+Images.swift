@@ -94,3 +94,76 @@ extension SchedulerCore {
         return (g, estimate)
     }
 }
+
+extension SchedulerCore {
+    /// A catalog question with forced photometry: per shard the region may touch, one
+    /// `forced_phot` reading the shard and the patches of its pixels. Patches not held by every
+    /// holder of the shard (so possibly elsewhere when the task runs) are measured where they
+    /// are: a `forced_phot_rows` lists the shard's rows on them and a `forced_phot_measure` per
+    /// such patch measures them, as inputs of the shard's task. Then the usual merge tree.
+    mutating func planForcedPhotometry(_ plan: CatalogQueryPlan, catalog d: PlannedDataset, datasets all: [String: PlannedDataset], user: String) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+        guard !plan.hasCrossmatch, !plan.hasPython, !plan.hasCutout else {
+            throw .invalidContent("forced photometry cannot yet be combined with a cross-match, a Python function or a cutout")
+        }
+        guard d.images == nil else { throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset: forced photometry measures a catalog's rows on images") }
+        let spec = plan.forcedPhotometry
+        guard let imageSet = resolve(spec.images, user: user, in: all) else { throw unknownDataset(spec.images, user: user, in: all, " to measure on") }
+        guard let images = imageSet.images else { throw .invalidContent("`\(spec.images.prefix(200))` is a catalog, not an image dataset to measure on") }
+        let bands: [String]
+        do {
+            bands = try ForcedPhotometryQuestion.check(spec, images: images.info).bands
+            let q = try CheckedCatalogQuery(plan, columns: ForcedPhotometryQuestion.schema(catalog: d.columns, bands: bands),
+                                            raColumn: d.record.raColumn, decColumn: d.record.decColumn)
+            _ = q
+        } catch {
+            throw .invalidContent("\(error)")
+        }
+        let region: (any SkyRegion)?
+        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
+        let hits = region.map { d.shards(meeting: HEALPix.indexRanges(of: $0, resolution: 10)) } ?? d.keys.indices.map { ($0, 1.0) }
+        // Tract patches of the bands, with the order-29 range of each one's patch pixel.
+        let patchOrder = Int(images.info.patchOrder)
+        let candidates: [(shard: Int, range: Range<Int64>, header: ImagePatchHeader)] = images.patches.indices.compactMap { p in
+            guard let h = images.patches[p], h.tract >= 0, bands.contains(h.band) else { return nil }
+            return (p, HEALPix.children(h.patch, order: patchOrder, to: HEALPix.maxOrder), h)
+        }
+        var g = TaskGraph(operators: ["forced_phot", "catalog_merge", "forced_phot_rows", "forced_phot_measure"],
+                          params: [CatalogOperators.params(plan: plan, raColumn: d.record.raColumn, decColumn: d.record.decColumn)],
+                          dataKeys: d.keys + imageSet.keys)
+        var estimate = Tessera_V1_CostEstimate()
+        var leaves: [UInt32] = []
+        for (s, covered) in hits {
+            let own = d.range(s)
+            let holders = Set(d.workers[s])
+            var refs = Tessera_V1_ForcedPhotometryPatches()
+            refs.images = images.info
+            var remote: [(ref: Int, shard: Int)] = []
+            for c in candidates where c.range.lowerBound < own.upperBound && own.lowerBound < c.range.upperBound {
+                let key = imageSet.keys[c.shard]
+                if !Set(imageSet.workers[c.shard]).isSuperset(of: holders) {
+                    refs.remote.append(UInt32(refs.keys.count))
+                    remote.append((refs.keys.count, c.shard))
+                }
+                refs.keys.append(key)
+                refs.checksums.append(registeredShards[key]?.checksum ?? 0)
+                refs.patches.append(ImageDataset.info(c.header))
+            }
+            g.params.append(ImageOperators.forcedPhotometryParams(plan: plan, raColumn: d.record.raColumn, decColumn: d.record.decColumn, patches: refs))
+            let param = UInt32(g.params.count)
+            var inputs: [UInt32] = []
+            if !remote.isEmpty {
+                let listing = g.add(operatorIndex: 2, paramIndex: param)
+                g.dataKey.append(UInt32(s + 1))
+                for r in remote {
+                    inputs.append(g.add(operatorIndex: 3, arg: Int64(r.ref), inputs: [listing], paramIndex: param))
+                    g.dataKey.append(UInt32(d.keys.count + r.shard + 1))
+                }
+            }
+            leaves.append(g.add(operatorIndex: 0, inputs: inputs, paramIndex: param))
+            g.dataKey.append(UInt32(s + 1))
+            d.add(shard: s, fraction: covered, to: &estimate)
+        }
+        Self.finish(&g, leaves: leaves, mergeOperator: 1, plan: plan)
+        return (g, estimate)
+    }
+}

@@ -43,11 +43,14 @@ public struct SyntheticCatalog: Sendable {
         var id = [Int64](), ra = [Double](), dec = [Double](), ext = [Float](), primary = [Bool](), cell = [Int32]()
         var flux = [[Float]](repeating: [], count: Self.bands.count), err = [[Float]](repeating: [], count: Self.bands.count)
         let sin0 = sin(decRange.lowerBound * .pi / 180), sin1 = sin(decRange.upperBound * .pi / 180)
-        // Cluster centres depend on the seed only.
+        // Cluster centres depend on the seed only, at least a degree inside the field (a quarter
+        // of a field narrower than 4°).
         var crng = SplitMix64(seed: seed ^ 0xC1C1_C1C1)
+        let raWidth = raRange.upperBound - raRange.lowerBound, decWidth = decRange.upperBound - decRange.lowerBound
+        let raInset = min(1, raWidth / 4), decInset = min(1, decWidth / 4)
         let clusters = (0..<20).map { _ in
-            (raRange.lowerBound + 1 + (raRange.upperBound - raRange.lowerBound - 2) * crng.nextUnit(),
-             decRange.lowerBound + 1 + (decRange.upperBound - decRange.lowerBound - 2) * crng.nextUnit())
+            (raRange.lowerBound + raInset + (raWidth - 2 * raInset) * crng.nextUnit(),
+             decRange.lowerBound + decInset + (decWidth - 2 * decInset) * crng.nextUnit())
         }
         let a = 0.3 * log(10.0)
         let sky = pow(10, -0.4 * (24.5 - Self.zeroPoint)) / 5

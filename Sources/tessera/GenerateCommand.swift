@@ -25,14 +25,29 @@ struct GenerateCatalog: ParsableCommand {
     @Option(help: "Rows per FITS file.")
     var rowsPerFile = 1_000_000
 
+    @Option(help: "The field, RAMIN,RAMAX,DECMIN,DECMAX in degrees (default 50,70,-45,-25).")
+    var field: String?
+
+    func parsedField() throws -> (ClosedRange<Double>, ClosedRange<Double>)? {
+        guard let field else { return nil }
+        let v = field.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard v.count == 4, v.allSatisfy(\.isFinite), 0 <= v[0], v[0] < v[1], v[1] <= 360, -90 <= v[2], v[2] < v[3], v[3] <= 90 else {
+            throw ValidationError("--field must be RAMIN,RAMAX,DECMIN,DECMAX with 0 ≤ RAMIN < RAMAX ≤ 360 and -90 ≤ DECMIN < DECMAX ≤ 90 (got `\(field)`)")
+        }
+        return (v[0]...v[1], v[2]...v[3])
+    }
+
     func validate() throws {
         guard rows > 0 else { throw ValidationError("--rows must be positive") }
         guard rowsPerFile > 0 else { throw ValidationError("--rows-per-file must be positive") }
+        _ = try parsedField()
     }
 
     func run() throws {
         let start = Date()
-        let paths = try SyntheticCatalog(seed: seed).writeFITS(rows: rows, rowsPerFile: rowsPerFile, to: out) { done, total in
+        var catalog = SyntheticCatalog(seed: seed)
+        if let (ra, dec) = try parsedField() { (catalog.raRange, catalog.decRange) = (ra, dec) }
+        let paths = try catalog.writeFITS(rows: rows, rowsPerFile: rowsPerFile, to: out) { done, total in
             FileHandle.standardError.write(Data("\r  \(done)/\(total) rows".utf8))
         }
         FileHandle.standardError.write(Data("\n".utf8))

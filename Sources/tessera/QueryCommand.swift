@@ -52,6 +52,15 @@ struct QueryOptions: ParsableArguments {
     @Option(name: .customLong("max-groups"), help: "Most groups a group-by may produce (default 100000).")
     var maxGroups: Int?
 
+    @Option(name: .customLong("forced-phot"), help: "Measure each row on this image dataset (forced aperture photometry): adds BAND_apFlux, BAND_apFluxErr, BAND_apBackground and BAND_apFlag columns.")
+    var forcedPhot: String?
+
+    @Option(name: .customLong("aperture-arcsec"), help: "With --forced-phot: the aperture's radius (the background annulus is 2 to 3.5 times it).")
+    var apertureArcsec = 1.0
+
+    @Option(help: "With --forced-phot: the bands to measure, comma-separated (default: all).")
+    var bands: String?
+
     @Option(name: .customLong("max-rows"), help: "Most rows a collect may return (default 1000000).")
     var maxRows: Int?
 
@@ -83,6 +92,12 @@ struct QueryOptions: ParsableArguments {
             q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
         }
         if !filter.isEmpty { q = q.filter(filter) }
+        if let forcedPhot {
+            let list = bands.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? []
+            q = q.forcedPhotometry(on: forcedPhot, bands: list, apertureArcsec: apertureArcsec)
+        } else if bands != nil {
+            throw ValidationError("--bands is for --forced-phot")
+        }
         let asked = [hist.isEmpty ? 0 : 1, mapOrder == nil ? 0 : 1, (select != nil || limit != nil || sample != nil) ? 1 : 0,
                      (groupBy != nil || !agg.isEmpty) ? 1 : 0].reduce(0, +)
         guard asked <= 1 else {

@@ -191,3 +191,132 @@ def test_corrupt_tile_is_named(bins, cluster, patch_files, tmp_path):
     r = tessera(bins, cluster, "cutout", "--dataset", "damaged", "--cone", "60.05,-34.95,0.01", "-o", str(tmp_path / "x.fits"), check=False)
     assert r.returncode != 0 and "is corrupt" in r.stderr and "damaged/" in r.stderr
     tessera(bins, cluster, "cutout", "--dataset", "coadd", "--cone", "60.05,-34.95,0.01", "-o", str(tmp_path / "ok.fits"))
+
+
+# Forced photometry: a dense catalog on a small field, its coadd, and photutils on the same
+# pixels at the same positions.
+FIELD = "60.0,60.2,-35.0,-34.8"
+APERTURE = 3.0  # arcsec: 3 pixels at 1"; the annulus is 6"-10.5"
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory, bins, cluster):
+    """4,000 rows on 0.04 deg² (about 28 per arcmin²), ingested in shards of at most 400 rows,
+    and their coadd in g and r: once beside the catalog (2 copies), once on single workers
+    (so some rows' patches are on the other worker, measured there)."""
+    cat = tmp_path_factory.mktemp("dense")
+    subprocess.run([os.path.join(bins, "tessera"), "generate", "catalog", "--rows", "4000", "--field", FIELD, "--seed", "11",
+                    "--out", str(cat)], check=True, capture_output=True)
+    cat_files = sorted(glob.glob(str(cat / "*.fits")))
+    img = tmp_path_factory.mktemp("dense_coadd")
+    subprocess.run([os.path.join(bins, "tessera"), "generate", "coadd", "--catalog", *cat_files, "--bands", "g,r",
+                    "--region", FIELD, "--pixel-scale", "1", "--border", "32", "--seed", "4", "--out", str(img)],
+                   check=True, capture_output=True)
+    patches = sorted(glob.glob(str(img / "*.fits")))
+    tessera(bins, cluster, "ingest", "dense", *cat_files, "--max-rows-per-shard", "400", "--replace")
+    tessera(bins, cluster, "ingest", "dense_coadd", *patches, "--images", "--beside", "dense", "--replace")
+    tessera(bins, cluster, "ingest", "dense_coadd1", *patches, "--images", "--replicas", "1", "--replace")
+    return cat_files, patches
+
+
+def measured(bins, cluster, tmp_path, images, *extra):
+    import pandas as pd
+    out = tmp_path / f"{images}.csv"
+    cols = ["objectId", "coord_ra", "coord_dec", "g_psfFlux", "r_psfFlux"]
+    for b in ("g", "r"):
+        cols += [f"{b}_apFlux", f"{b}_apFluxErr", f"{b}_apBackground", f"{b}_apFlag"]
+    tessera(bins, cluster, "query", "--dataset", "dense", "--forced-phot", images, "--aperture-arcsec", str(APERTURE),
+            "--select", ",".join(cols), *extra, "--format", "csv", "-o", str(out))
+    return pd.read_csv(out).sort_values("objectId").reset_index(drop=True)
+
+
+def photutils_reference(patches, band, ra, dec):
+    """photutils on the patch of each position's own HEALPix pixel (order 8), as Tessera measures."""
+    from astropy.stats import SigmaClip
+    from astropy_healpix import HEALPix
+    import astropy.units as u
+    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
+
+    hp = HEALPix(nside=256, order="nested")
+    pix = hp.lonlat_to_healpix(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg)
+    files = {}
+    for path in patches:
+        h = fits.getheader(path)
+        if h["BAND"] == band:
+            files[h["PATCH"]] = path
+    out = []
+    for k in range(len(ra)):
+        with fits.open(files[int(pix[k])]) as f:
+            data = f["IMAGE"].data.astype(np.float64)
+            var = f["VARIANCE"].data.astype(np.float64)
+            x, y = WCS(f["IMAGE"].header).world_to_pixel_values(ra[k], dec[k])
+        ap = CircularAperture((x, y), APERTURE)
+        t = aperture_photometry(data, ap, error=np.sqrt(var), method="exact")
+        st = ApertureStats(data, CircularAnnulus((x, y), 2 * APERTURE, 3.5 * APERTURE), sigma_clip=SigmaClip(sigma=3.0, maxiters=10))
+        out.append((float(t["aperture_sum"][0]), float(t["aperture_sum_err"][0]), float(st.median)))
+    return np.array(out)
+
+
+def test_forced_photometry_matches_photutils(bins, cluster, dense, tmp_path):
+    _, patches = dense
+    got = measured(bins, cluster, tmp_path, "dense_coadd")
+    assert len(got) == 4000
+    inside = got[(got.g_apFlag == 0) & (got.r_apFlag == 0)]
+    assert len(inside) > 3000
+    sample = inside.iloc[::20]  # photutils is slow: every 20th row
+    area = np.pi * APERTURE ** 2
+    for b in ("g", "r"):
+        ref = photutils_reference(patches, b, sample.coord_ra.values, sample.coord_dec.values)
+        total = sample[f"{b}_apFlux"].values + area * sample[f"{b}_apBackground"].values
+        np.testing.assert_allclose(total, ref[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(sample[f"{b}_apBackground"].values, ref[:, 2], rtol=1e-6)
+        # The error: photutils' aperture error and the background median's.
+        assert np.all(sample[f"{b}_apFluxErr"].values >= ref[:, 1] * (1 - 1e-9))
+
+
+def test_forced_photometry_recovers_the_catalog(bins, cluster, dense, tmp_path):
+    """Pulls (measured − catalog flux) / error of rows no other source's light reaches: none
+    within 5" (the aperture), no bright one (> 1000 nJy) within 14" (the annulus): mean ≈ 0,
+    σ ≈ 1."""
+    got = measured(bins, cluster, tmp_path, "dense_coadd")
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    c = SkyCoord(got.coord_ra.values, got.coord_dec.values, unit="deg")
+    _, d2d, _ = c.match_to_catalog_sky(c, nthneighbor=2)
+    bright = got[(got.r_psfFlux > 1000) | (got.g_psfFlux > 1000)]
+    cb = SkyCoord(bright.coord_ra.values, bright.coord_dec.values, unit="deg")
+    # search_around_sky gives (index into cb, index into c, separation, distance).
+    _, near_bright, sep, _ = c.search_around_sky(cb, 14 * u.arcsec)
+    crowded = np.zeros(len(got), dtype=bool)
+    crowded[near_bright[sep.arcsec > 0]] = True
+    iso = got[(d2d.arcsec > 5) & ~crowded & (got.r_apFlag == 0) & (got.g_apFlag == 0)]
+    assert len(iso) > 500
+    for b in ("g", "r"):
+        pull = (iso[f"{b}_apFlux"] - iso[f"{b}_psfFlux"]) / iso[f"{b}_apFluxErr"]
+        assert abs(pull.mean()) < 0.1 and abs(pull.std() - 1) < 0.1, (b, pull.mean(), pull.std(), len(pull))
+
+
+def test_forced_photometry_reads_other_workers_patches(bins, cluster, dense, tmp_path):
+    """Patches stored once each (not beside the catalog): rows whose patch is on the other worker
+    are measured there, and the answer is the same, value for value."""
+    a = measured(bins, cluster, tmp_path, "dense_coadd")
+    b = measured(bins, cluster, tmp_path, "dense_coadd1")
+    pd_cols = [c for c in a.columns if "_ap" in c]
+    np.testing.assert_array_equal(a[pd_cols].values, b[pd_cols].values)
+
+
+def test_forced_photometry_feeds_aggregates_and_flags_rows_off_the_images(bins, cluster, dense):
+    """A histogram of pulls computed on the workers, and rows of the main catalog (no images
+    where they are) measured as NaN with the outside flag, not a failure."""
+    r = tessera(bins, cluster, "query", "--dataset", "dense", "--forced-phot", "dense_coadd", "--aperture-arcsec", str(APERTURE),
+                "--bands", "r", "--where", "r_apFlag == 0", "--hist", "(r_apFlux - r_psfFlux) / r_apFluxErr:10:-5:5", "--format", "csv")
+    counts = [int(line.split(",")[-1]) for line in r.stdout.strip().splitlines()[1:]]
+    assert sum(counts) > 3000 and max(counts[4], counts[5]) == max(counts)
+    r = tessera(bins, cluster, "query", "--dataset", "object", "--cone", "65,-30,0.5", "--forced-phot", "dense_coadd",
+                "--aperture-arcsec", str(APERTURE), "--select", "objectId,r_apFlux,r_apFlag", "--format", "csv")
+    lines = r.stdout.strip().splitlines()[1:]
+    assert lines and all(l.split(",")[1] == "nan" and l.split(",")[2] == "8" for l in lines)
+    r = tessera(bins, cluster, "query", "--dataset", "dense", "--forced-phot", "dense_coadd", "--aperture-arcsec", "20", check=False)
+    assert r.returncode != 0 and "patches overlap by only 32 pixels" in r.stderr
+    r = tessera(bins, cluster, "query", "--dataset", "dense", "--forced-phot", "dense_coadd", "--bands", "u", check=False)
+    assert r.returncode != 0 and "has no band `u`" in r.stderr

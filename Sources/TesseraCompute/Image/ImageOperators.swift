@@ -51,7 +51,113 @@ public final class ImagePatchPool: Sendable {
 
 /// Operators over coadd patches, run on the worker that holds each patch.
 public enum ImageOperators {
-    public static let all: [TaskOperator] = [imageCutout, imageMerge]
+    public static let all: [TaskOperator] = [imageCutout, imageMerge, forcedPhot, forcedPhotRows, forcedPhotMeasure]
+
+    /// Parameters of a forced-photometry shard's tasks: the catalog question's, and blob
+    /// `patches` (the patches it may read).
+    public static func forcedPhotometryParams(plan: CatalogQueryPlan, raColumn: String, decColumn: String,
+                                              patches: Tessera_V1_ForcedPhotometryPatches) -> Tessera_V1_OperatorParams {
+        var p = CatalogOperators.params(plan: plan, raColumn: raColumn, decColumn: decColumn)
+        p.blobs["patches"] = (try? patches.serializedData()) ?? Data()
+        return p
+    }
+
+    /// The task's shard, question and patches, checked.
+    static func forcedPhotometryTask(_ ctx: OperatorContext, _ name: String, measured: [ForcedPhotometryTask.RowPatch: (Double, Double, Double, Int64)] = [:]) throws(OperatorError) -> ForcedPhotometryTask {
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        guard let blob = ctx.params.blobs["patches"], let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob),
+              refs.keys.count == refs.patches.count else {
+            throw OperatorError(name, "the task carries no readable list of patches", retryable: false)
+        }
+        let (reader, ra, dec) = try CatalogOperators.openShard(ctx, name)
+        guard let root = ctx.dataRoot else { throw OperatorError(name, "this worker has no data folder") }
+        do throws(CatalogQueryError) {
+            let (bands, fp) = try ForcedPhotometryQuestion.check(plan.forcedPhotometry, images: refs.images)
+            let q = try CheckedCatalogQuery(plan, columns: ForcedPhotometryQuestion.schema(catalog: reader.footer.columns, bands: bands), raColumn: ra, decColumn: dec)
+            return ForcedPhotometryTask(q: q, reader: reader, raColumn: ra, decColumn: dec, bands: bands, photometry: fp,
+                                        patches: ForcedPhotometryPatchIndex(refs), root: root, measured: measured)
+        } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+    }
+
+    static func rows(_ v: Value, input k: Int, _ name: String) throws(OperatorError) -> Tessera_V1_ForcedPhotometryRows {
+        guard case .bytes(let b) = v, let r = try? Tessera_V1_ForcedPhotometryRows(serializedBytes: b) else {
+            throw OperatorError(name, "input \(k) is not a list of rows to measure")
+        }
+        return r
+    }
+
+    /// A catalog question over one shard with forced photometry columns: rows on this worker's
+    /// patches measured here, the others' taken from the inputs (`forced_phot_measure`).
+    public static let forcedPhot = TaskOperator("forced_phot", "answer a catalog question with forced photometry over one shard") { ctx throws(OperatorError) in
+        let name = "forced_phot"
+        var measured: [ForcedPhotometryTask.RowPatch: (Double, Double, Double, Int64)] = [:]
+        for (k, v) in ctx.inputs.enumerated() {
+            let r = try rows(v, input: k, name)
+            guard r.flux.count == r.rows.count, r.fluxErr.count == r.rows.count, r.background.count == r.rows.count,
+                  r.flag.count == r.rows.count, r.patch.count == r.rows.count else {
+                throw OperatorError(name, "input \(k) holds measurements of unequal lengths")
+            }
+            for i in r.rows.indices {
+                measured[.init(row: r.rows[i], ref: Int(r.patch[i]))] = (r.flux[i], r.fluxErr[i], r.background[i], r.flag[i])
+            }
+        }
+        let task = try forcedPhotometryTask(ctx, name, measured: measured)
+        do throws(CatalogQueryError) {
+            var acc = try task.run(isCancelled: ctx.isCancelled)
+            return .bytes(try acc.serializedPartial())
+        } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+    }
+
+    /// The rows of one shard that other workers' patches must measure.
+    public static let forcedPhotRows = TaskOperator("forced_phot_rows", "list a shard's rows to measure on other workers' patches") { ctx throws(OperatorError) in
+        let name = "forced_phot_rows"
+        let task = try forcedPhotometryTask(ctx, name)
+        let listed: Tessera_V1_ForcedPhotometryRows
+        do throws(CatalogQueryError) { listed = try task.remoteRows(isCancelled: ctx.isCancelled) } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+        do { return .bytes(try listed.serializedBytes()) } catch { throw OperatorError(name, "\(error)") }
+    }
+
+    /// Measures, on this worker's patch (argument: its index in the task's patch list), the rows
+    /// input 0 lists for it.
+    public static let forcedPhotMeasure = TaskOperator("forced_phot_measure", "measure rows of another worker's shard on a patch here") { ctx throws(OperatorError) in
+        let name = "forced_phot_measure"
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        guard let blob = ctx.params.blobs["patches"], let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob),
+              ctx.inputs.count == 1, let ref = Int(exactly: ctx.arg), ref >= 0, ref < refs.keys.count else {
+            throw OperatorError(name, "the task carries no readable patch or rows", retryable: false)
+        }
+        let fp: ForcedPhotometry
+        do throws(CatalogQueryError) { fp = try ForcedPhotometryQuestion.check(plan.forcedPhotometry, images: refs.images).photometry } catch {
+            throw OperatorError(name, error.message, retryable: false)
+        }
+        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
+            throw OperatorError(name, "the task names no patch this worker can open")
+        }
+        let file: ImagePatchFile
+        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
+            throw OperatorError(name, "\(error)")
+        }
+        let asked = try rows(ctx.inputs[0], input: 0, name)
+        var out = Tessera_V1_ForcedPhotometryRows()
+        for i in asked.rows.indices where i < asked.patch.count && Int(asked.patch[i]) == ref && i < asked.ra.count && i < asked.dec.count {
+            let m = ForcedPhotometryQuestion.measure(file, ra: asked.ra[i], dec: asked.dec[i], with: fp)
+            out.rows.append(asked.rows[i])
+            out.patch.append(asked.patch[i])
+            out.ra.append(asked.ra[i])
+            out.dec.append(asked.dec[i])
+            out.flux.append(m.flux)
+            out.fluxErr.append(m.error)
+            out.background.append(m.background)
+            out.flag.append(m.flags)
+        }
+        do { return .bytes(try out.serializedBytes()) } catch { throw OperatorError(name, "\(error)") }
+    }
 
     /// Parameters of a cutout's tasks: blob `box`, an `ImageCutoutPiece` with the cutout's box
     /// and grid (no pixels).

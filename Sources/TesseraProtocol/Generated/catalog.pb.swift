@@ -285,6 +285,18 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `cutout`. Subsequent reads from it will return its default value.
   public mutating func clearCutout() {_uniqueStorage()._cutout = nil}
 
+  /// Forced photometry on an image dataset at each row's position: the question's rows gain
+  /// `BAND_apFlux`, `BAND_apFluxErr` (nJy), `BAND_apBackground` (nJy per pixel) and
+  /// `BAND_apFlag` columns per band, which its result (and the filter) may read like stored ones.
+  public var forcedPhotometry: Tessera_V1_ForcedPhotometrySpec {
+    get {_storage._forcedPhotometry ?? Tessera_V1_ForcedPhotometrySpec()}
+    set {_uniqueStorage()._forcedPhotometry = newValue}
+  }
+  /// Returns true if `forcedPhotometry` has been explicitly set.
+  public var hasForcedPhotometry: Bool {_storage._forcedPhotometry != nil}
+  /// Clears the value of `forcedPhotometry`. Subsequent reads from it will return its default value.
+  public mutating func clearForcedPhotometry() {_uniqueStorage()._forcedPhotometry = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -298,6 +310,93 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Tessera_V1_ForcedPhotometrySpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the image dataset
+  public var images: String = String()
+
+  /// empty: every band
+  public var bands: [String] = []
+
+  /// the aperture's radius
+  public var apertureArcsec: Double = 0
+
+  /// 0: twice the aperture
+  public var annulusInnerArcsec: Double = 0
+
+  /// 0: 3.5 times the aperture
+  public var annulusOuterArcsec: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The patches a forced-photometry task may read (a scheduler's task parameter): for each, its
+/// shard key, registry checksum and place.
+public nonisolated struct Tessera_V1_ForcedPhotometryPatches: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var keys: [String] = []
+
+  public var checksums: [UInt64] = []
+
+  public var patches: [Tessera_V1_ImagePatchInfo] = []
+
+  public var images: Tessera_V1_ImageDatasetInfo {
+    get {_images ?? Tessera_V1_ImageDatasetInfo()}
+    set {_images = newValue}
+  }
+  /// Returns true if `images` has been explicitly set.
+  public var hasImages: Bool {self._images != nil}
+  /// Clears the value of `images`. Subsequent reads from it will return its default value.
+  public mutating func clearImages() {self._images = nil}
+
+  /// Patches whose rows are measured by another task (inputs), by index into `keys`.
+  public var remote: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _images: Tessera_V1_ImageDatasetInfo? = nil
+}
+
+/// Rows of one shard to be measured on another worker's patch, and what was measured.
+public nonisolated struct Tessera_V1_ForcedPhotometryRows: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// row numbers in the shard (own rows, in file order)
+  public var rows: [UInt64] = []
+
+  public var ra: [Double] = []
+
+  public var dec: [Double] = []
+
+  /// index into the task's ForcedPhotometryPatches.keys
+  public var patch: [UInt32] = []
+
+  /// Filled by the measuring task, parallel to the above.
+  public var flux: [Double] = []
+
+  public var fluxErr: [Double] = []
+
+  public var background: [Double] = []
+
+  public var flag: [Int64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Tessera_V1_ImageCutoutSpec: Sendable {
@@ -886,7 +985,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -904,6 +1003,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _python: Tessera_V1_PythonSpec? = nil
     var _crossmatch: Tessera_V1_CrossmatchSpec? = nil
     var _cutout: Tessera_V1_ImageCutoutSpec? = nil
+    var _forcedPhotometry: Tessera_V1_ForcedPhotometrySpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -929,6 +1029,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _python = source._python
       _crossmatch = source._crossmatch
       _cutout = source._cutout
+      _forcedPhotometry = source._forcedPhotometry
     }
   }
 
@@ -1000,6 +1101,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 20: try { try decoder.decodeSingularMessageField(value: &_storage._python) }()
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._crossmatch) }()
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._cutout) }()
+        case 23: try { try decoder.decodeSingularMessageField(value: &_storage._forcedPhotometry) }()
         default: break
         }
       }
@@ -1069,6 +1171,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._cutout {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
       } }()
+      try { if let v = _storage._forcedPhotometry {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1093,10 +1198,180 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._python != rhs_storage._python {return false}
         if _storage._crossmatch != rhs_storage._crossmatch {return false}
         if _storage._cutout != rhs_storage._cutout {return false}
+        if _storage._forcedPhotometry != rhs_storage._forcedPhotometry {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ForcedPhotometrySpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ForcedPhotometrySpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}images\0\u{1}bands\0\u{3}aperture_arcsec\0\u{3}annulus_inner_arcsec\0\u{3}annulus_outer_arcsec\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.images) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.bands) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.apertureArcsec) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.annulusInnerArcsec) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.annulusOuterArcsec) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.images.isEmpty {
+      try visitor.visitSingularStringField(value: self.images, fieldNumber: 1)
+    }
+    if !self.bands.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.bands, fieldNumber: 2)
+    }
+    if self.apertureArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.apertureArcsec, fieldNumber: 3)
+    }
+    if self.annulusInnerArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.annulusInnerArcsec, fieldNumber: 4)
+    }
+    if self.annulusOuterArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.annulusOuterArcsec, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ForcedPhotometrySpec, rhs: Tessera_V1_ForcedPhotometrySpec) -> Bool {
+    if lhs.images != rhs.images {return false}
+    if lhs.bands != rhs.bands {return false}
+    if lhs.apertureArcsec != rhs.apertureArcsec {return false}
+    if lhs.annulusInnerArcsec != rhs.annulusInnerArcsec {return false}
+    if lhs.annulusOuterArcsec != rhs.annulusOuterArcsec {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ForcedPhotometryPatches: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ForcedPhotometryPatches"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}keys\0\u{1}checksums\0\u{1}patches\0\u{1}images\0\u{1}remote\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.keys) }()
+      case 2: try { try decoder.decodeRepeatedFixed64Field(value: &self.checksums) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.patches) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._images) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.remote) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.keys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.keys, fieldNumber: 1)
+    }
+    if !self.checksums.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.checksums, fieldNumber: 2)
+    }
+    if !self.patches.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.patches, fieldNumber: 3)
+    }
+    try { if let v = self._images {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.remote.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.remote, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ForcedPhotometryPatches, rhs: Tessera_V1_ForcedPhotometryPatches) -> Bool {
+    if lhs.keys != rhs.keys {return false}
+    if lhs.checksums != rhs.checksums {return false}
+    if lhs.patches != rhs.patches {return false}
+    if lhs._images != rhs._images {return false}
+    if lhs.remote != rhs.remote {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ForcedPhotometryRows: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ForcedPhotometryRows"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}ra\0\u{1}dec\0\u{1}patch\0\u{1}flux\0\u{3}flux_err\0\u{1}background\0\u{1}flag\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedUInt64Field(value: &self.rows) }()
+      case 2: try { try decoder.decodeRepeatedDoubleField(value: &self.ra) }()
+      case 3: try { try decoder.decodeRepeatedDoubleField(value: &self.dec) }()
+      case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.patch) }()
+      case 5: try { try decoder.decodeRepeatedDoubleField(value: &self.flux) }()
+      case 6: try { try decoder.decodeRepeatedDoubleField(value: &self.fluxErr) }()
+      case 7: try { try decoder.decodeRepeatedDoubleField(value: &self.background) }()
+      case 8: try { try decoder.decodeRepeatedInt64Field(value: &self.flag) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rows.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.rows, fieldNumber: 1)
+    }
+    if !self.ra.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.ra, fieldNumber: 2)
+    }
+    if !self.dec.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.dec, fieldNumber: 3)
+    }
+    if !self.patch.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.patch, fieldNumber: 4)
+    }
+    if !self.flux.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.flux, fieldNumber: 5)
+    }
+    if !self.fluxErr.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.fluxErr, fieldNumber: 6)
+    }
+    if !self.background.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.background, fieldNumber: 7)
+    }
+    if !self.flag.isEmpty {
+      try visitor.visitPackedInt64Field(value: self.flag, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ForcedPhotometryRows, rhs: Tessera_V1_ForcedPhotometryRows) -> Bool {
+    if lhs.rows != rhs.rows {return false}
+    if lhs.ra != rhs.ra {return false}
+    if lhs.dec != rhs.dec {return false}
+    if lhs.patch != rhs.patch {return false}
+    if lhs.flux != rhs.flux {return false}
+    if lhs.fluxErr != rhs.fluxErr {return false}
+    if lhs.background != rhs.background {return false}
+    if lhs.flag != rhs.flag {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -204,6 +204,19 @@ public struct CatalogQuery: Sendable {
         return q
     }
 
+    /// A stack of `size` × `size` pixel cutouts of `band` of an image dataset, centred on every
+    /// row of the question (`size` odd). A median needs its histogram's range, nJy.
+    public func stack(on images: String, band: String, size: Int, kind: StackKind = .stackMean, medianRange: ClosedRange<Double>? = nil) -> CatalogQuery {
+        var q = self
+        q.plan.stack.images = images
+        q.plan.stack.band = band
+        q.plan.stack.size = UInt32(clamping: max(0, size))
+        q.plan.stack.kind = kind
+        q.plan.stack.medianMin = medianRange?.lowerBound ?? 0
+        q.plan.stack.medianMax = medianRange?.upperBound ?? 0
+        return q
+    }
+
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c

@@ -102,19 +102,26 @@ extension SchedulerCore {
     /// are: a `forced_phot_rows` lists the shard's rows on them and a `forced_phot_measure` per
     /// such patch measures them, as inputs of the shard's task. Then the usual merge tree.
     mutating func planForcedPhotometry(_ plan: CatalogQueryPlan, catalog d: PlannedDataset, datasets all: [String: PlannedDataset], user: String) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
-        guard !plan.hasCrossmatch, !plan.hasPython, !plan.hasCutout else {
-            throw .invalidContent("forced photometry cannot yet be combined with a cross-match, a Python function or a cutout")
+        let isStack = plan.hasStack
+        guard !plan.hasCrossmatch, !plan.hasPython, !plan.hasCutout, !(isStack && plan.hasForcedPhotometry) else {
+            throw .invalidContent("forced photometry and stacks are asked one at a time, and not with a cross-match, a Python function or a cutout")
         }
-        guard d.images == nil else { throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset: forced photometry measures a catalog's rows on images") }
-        let spec = plan.forcedPhotometry
-        guard let imageSet = resolve(spec.images, user: user, in: all) else { throw unknownDataset(spec.images, user: user, in: all, " to measure on") }
-        guard let images = imageSet.images else { throw .invalidContent("`\(spec.images.prefix(200))` is a catalog, not an image dataset to measure on") }
+        let what = isStack ? "stacks are made around" : "forced photometry measures"
+        guard d.images == nil else { throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset: \(what) a catalog's rows on images") }
+        let imagesName = isStack ? plan.stack.images : plan.forcedPhotometry.images
+        guard let imageSet = resolve(imagesName, user: user, in: all) else { throw unknownDataset(imagesName, user: user, in: all, " of images") }
+        guard let images = imageSet.images else { throw .invalidContent("`\(imagesName.prefix(200))` is a catalog, not an image dataset") }
         let bands: [String]
         do {
-            bands = try ForcedPhotometryQuestion.check(spec, images: images.info).bands
-            let q = try CheckedCatalogQuery(plan, columns: ForcedPhotometryQuestion.schema(catalog: d.columns, bands: bands),
+            if isStack {
+                try ImageStack.check(plan.stack, images: images.info)
+                bands = [plan.stack.band]
+                _ = try CheckedCatalogQuery(plan, columns: d.columns, raColumn: d.record.raColumn, decColumn: d.record.decColumn)
+            } else {
+                bands = try ForcedPhotometryQuestion.check(plan.forcedPhotometry, images: images.info).bands
+                _ = try CheckedCatalogQuery(plan, columns: ForcedPhotometryQuestion.schema(catalog: d.columns, bands: bands),
                                             raColumn: d.record.raColumn, decColumn: d.record.decColumn)
-            _ = q
+            }
         } catch {
             throw .invalidContent("\(error)")
         }
@@ -127,7 +134,9 @@ extension SchedulerCore {
             guard let h = images.patches[p], h.tract >= 0, bands.contains(h.band) else { return nil }
             return (p, HEALPix.children(h.patch, order: patchOrder, to: HEALPix.maxOrder), h)
         }
-        var g = TaskGraph(operators: ["forced_phot", "catalog_merge", "forced_phot_rows", "forced_phot_measure"],
+        let operators = isStack ? ["image_stack", "catalog_merge", "forced_phot_rows", "image_stack_measure"]
+            : ["forced_phot", "catalog_merge", "forced_phot_rows", "forced_phot_measure"]
+        var g = TaskGraph(operators: operators,
                           params: [CatalogOperators.params(plan: plan, raColumn: d.record.raColumn, decColumn: d.record.decColumn)],
                           dataKeys: d.keys + imageSet.keys)
         var estimate = Tessera_V1_CostEstimate()

@@ -76,6 +76,11 @@ public enum CatalogMerge {
         out.shards = a.shards + b.shards
         out.rowsScanned = a.rowsScanned + b.rowsScanned
         out.rowsMatched = a.rowsMatched + b.rowsMatched
+        if a.hasStack || b.hasStack {
+            var stack = a.stack
+            try ImageStack.merge(&stack, b.stack)
+            out.stack = stack
+        }
         if plan.hasHistogram {
             if a.histogram.isEmpty { out.histogram = b.histogram } else if b.histogram.isEmpty { out.histogram = a.histogram } else {
                 guard a.histogram.count == b.histogram.count else { throw CatalogQueryError("partial histograms of \(a.histogram.count) and \(b.histogram.count) bins (corrupt partial)") }

@@ -51,7 +51,7 @@ public final class ImagePatchPool: Sendable {
 
 /// Operators over coadd patches, run on the worker that holds each patch.
 public enum ImageOperators {
-    public static let all: [TaskOperator] = [imageCutout, imageMerge, forcedPhot, forcedPhotRows, forcedPhotMeasure]
+    public static let all: [TaskOperator] = [imageCutout, imageMerge, forcedPhot, forcedPhotRows, forcedPhotMeasure, imageStack, imageStackMeasure]
 
     /// Parameters of a forced-photometry shard's tasks: the catalog question's, and blob
     /// `patches` (the patches it may read).
@@ -72,6 +72,13 @@ public enum ImageOperators {
         let (reader, ra, dec) = try CatalogOperators.openShard(ctx, name)
         guard let root = ctx.dataRoot else { throw OperatorError(name, "this worker has no data folder") }
         do throws(CatalogQueryError) {
+            if plan.hasStack {
+                // A stack reads the rows' positions only; its filter reads stored columns.
+                try ImageStack.check(plan.stack, images: refs.images)
+                let q = try CheckedCatalogQuery(plan, columns: reader.footer.columns, raColumn: ra, decColumn: dec)
+                return ForcedPhotometryTask(q: q, reader: reader, raColumn: ra, decColumn: dec, bands: [plan.stack.band],
+                                            photometry: ForcedPhotometry(apertureRadius: 1), patches: ForcedPhotometryPatchIndex(refs), root: root, measured: measured)
+            }
             let (bands, fp) = try ForcedPhotometryQuestion.check(plan.forcedPhotometry, images: refs.images)
             let q = try CheckedCatalogQuery(plan, columns: ForcedPhotometryQuestion.schema(catalog: reader.footer.columns, bands: bands), raColumn: ra, decColumn: dec)
             return ForcedPhotometryTask(q: q, reader: reader, raColumn: ra, decColumn: dec, bands: bands, photometry: fp,
@@ -232,6 +239,50 @@ public enum ImageOperators {
         var out = CatalogPartial()
         out.shards = shards
         out.cutouts = order.compactMap { byBand[$0].map { ImageDataset.piece($0, tiling: tiling) } }
+        return .bytes(try CatalogOperators.serialized(out, name))
+    }
+
+    /// The stack of one shard's rows (`plan.stack`): those on this worker's patches, plus the
+    /// inputs' stacks of the rows on other workers' patches.
+    public static let imageStack = TaskOperator("image_stack", "stack cutouts around one shard's rows") { ctx throws(OperatorError) in
+        let name = "image_stack"
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        var others: [StackPartial] = []
+        for (k, v) in ctx.inputs.enumerated() { others.append(try CatalogOperators.partial(v, input: k, name).stack) }
+        let task = try forcedPhotometryTask(ctx, name)
+        let partial: CatalogPartial
+        do throws(CatalogQueryError) { partial = try task.stack(plan.stack, others: others, isCancelled: ctx.isCancelled) } catch {
+            throw OperatorError(name, error.message, retryable: error.retryable)
+        }
+        return .bytes(try CatalogOperators.serialized(partial, name))
+    }
+
+    /// Stacks, on this worker's patch (argument: its index in the task's patch list), the rows
+    /// input 0 lists for it.
+    public static let imageStackMeasure = TaskOperator("image_stack_measure", "stack rows of another worker's shard on a patch here") { ctx throws(OperatorError) in
+        let name = "image_stack_measure"
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        guard plan.hasStack, ctx.inputs.count == 1, let blob = ctx.params.blobs["patches"],
+              let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob), let ref = Int(exactly: ctx.arg), ref >= 0, ref < refs.keys.count else {
+            throw OperatorError(name, "the task carries no readable stack, patch or rows", retryable: false)
+        }
+        do throws(CatalogQueryError) { try ImageStack.check(plan.stack, images: refs.images) } catch {
+            throw OperatorError(name, error.message, retryable: false)
+        }
+        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
+            throw OperatorError(name, "the task names no patch this worker can open")
+        }
+        let file: ImagePatchFile
+        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
+            throw OperatorError(name, "\(error)")
+        }
+        let asked = try rows(ctx.inputs[0], input: 0, name)
+        var s = ImageStack.empty(plan.stack)
+        for i in asked.rows.indices where i < asked.patch.count && Int(asked.patch[i]) == ref && i < asked.ra.count && i < asked.dec.count {
+            ImageStack.add(file, ra: asked.ra[i], dec: asked.dec[i], into: &s)
+        }
+        var out = CatalogPartial()
+        out.stack = s
         return .bytes(try CatalogOperators.serialized(out, name))
     }
 }

@@ -39,6 +39,50 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum Tessera_V1_StackKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// the mean of the covered pixels
+  case stackMean // = 0
+
+  /// weighted by 1 / variance
+  case stackWeightedMean // = 1
+
+  /// from a per-pixel histogram over [median_min, median_max)
+  case stackMedian // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .stackMean
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .stackMean
+    case 1: self = .stackWeightedMean
+    case 2: self = .stackMedian
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .stackMean: return 0
+    case .stackWeightedMean: return 1
+    case .stackMedian: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Tessera_V1_StackKind] = [
+    .stackMean,
+    .stackWeightedMean,
+    .stackMedian,
+  ]
+
+}
+
 public nonisolated enum Tessera_V1_CrossmatchKind: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
 
@@ -297,6 +341,17 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `forcedPhotometry`. Subsequent reads from it will return its default value.
   public mutating func clearForcedPhotometry() {_uniqueStorage()._forcedPhotometry = nil}
 
+  /// A stack of `size` × `size` pixel cutouts of one band centred on every row of the question:
+  /// the answer's `stack` (mergeable, so progressive answers refine it).
+  public var stack: Tessera_V1_StackSpec {
+    get {_storage._stack ?? Tessera_V1_StackSpec()}
+    set {_uniqueStorage()._stack = newValue}
+  }
+  /// Returns true if `stack` has been explicitly set.
+  public var hasStack: Bool {_storage._stack != nil}
+  /// Clears the value of `stack`. Subsequent reads from it will return its default value.
+  public mutating func clearStack() {_uniqueStorage()._stack = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -310,6 +365,72 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Each row's cutout is the `size` × `size` pixels (odd) around the pixel its position falls in,
+/// copied, not resampled: the stack is blurred by the positions' sub-pixel offsets (a 1-pixel box).
+public nonisolated struct Tessera_V1_StackSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var images: String = String()
+
+  public var band: String = String()
+
+  public var size: UInt32 = 0
+
+  public var kind: Tessera_V1_StackKind = .stackMean
+
+  /// nJy; needed for a median
+  public var medianMin: Double = 0
+
+  public var medianMax: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A stack in progress: per pixel (row-major), sums that add when partials merge.
+public nonisolated struct Tessera_V1_StackPartial: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var size: UInt32 = 0
+
+  /// rows whose cutout was added
+  public var sources: UInt64 = 0
+
+  /// Σ v (mean), Σ v / var (weighted)
+  public var sum: [Double] = []
+
+  /// Σ 1 (mean), Σ 1 / var (weighted)
+  public var weight: [Double] = []
+
+  /// Σ var (mean): the mean's variance is Σ var / n²
+  public var variance: [Double] = []
+
+  /// Median: per pixel `bins` counts over [median_min, median_max), pixel-major, and the counts
+  /// below and above the range.
+  public var histogram: [UInt32] = []
+
+  public var below: [UInt32] = []
+
+  public var above: [UInt32] = []
+
+  public var bins: UInt32 = 0
+
+  public var medianMin: Double = 0
+
+  public var medianMax: Double = 0
+
+  public var kind: Tessera_V1_StackKind = .stackMean
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Tessera_V1_ForcedPhotometrySpec: Sendable {
@@ -722,6 +843,15 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
     set {_uniqueStorage()._cutouts = newValue}
   }
 
+  public var stack: Tessera_V1_StackPartial {
+    get {_storage._stack ?? Tessera_V1_StackPartial()}
+    set {_uniqueStorage()._stack = newValue}
+  }
+  /// Returns true if `stack` has been explicitly set.
+  public var hasStack: Bool {_storage._stack != nil}
+  /// Clears the value of `stack`. Subsequent reads from it will return its default value.
+  public mutating func clearStack() {_uniqueStorage()._stack = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -975,6 +1105,10 @@ public nonisolated struct Tessera_V1_FloatList: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "tessera.v1"
 
+nonisolated extension Tessera_V1_StackKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STACK_MEAN\0\u{1}STACK_WEIGHTED_MEAN\0\u{1}STACK_MEDIAN\0")
+}
+
 nonisolated extension Tessera_V1_CrossmatchKind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CROSSMATCH_NEAREST\0\u{1}CROSSMATCH_ALL\0")
 }
@@ -985,7 +1119,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{1}stack\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -1004,6 +1138,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _crossmatch: Tessera_V1_CrossmatchSpec? = nil
     var _cutout: Tessera_V1_ImageCutoutSpec? = nil
     var _forcedPhotometry: Tessera_V1_ForcedPhotometrySpec? = nil
+    var _stack: Tessera_V1_StackSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1030,6 +1165,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _crossmatch = source._crossmatch
       _cutout = source._cutout
       _forcedPhotometry = source._forcedPhotometry
+      _stack = source._stack
     }
   }
 
@@ -1102,6 +1238,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._crossmatch) }()
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._cutout) }()
         case 23: try { try decoder.decodeSingularMessageField(value: &_storage._forcedPhotometry) }()
+        case 24: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
         default: break
         }
       }
@@ -1174,6 +1311,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._forcedPhotometry {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
       } }()
+      try { if let v = _storage._stack {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1199,10 +1339,151 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._crossmatch != rhs_storage._crossmatch {return false}
         if _storage._cutout != rhs_storage._cutout {return false}
         if _storage._forcedPhotometry != rhs_storage._forcedPhotometry {return false}
+        if _storage._stack != rhs_storage._stack {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_StackSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StackSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}images\0\u{1}band\0\u{1}size\0\u{1}kind\0\u{3}median_min\0\u{3}median_max\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.images) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.band) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.size) }()
+      case 4: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.medianMin) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.medianMax) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.images.isEmpty {
+      try visitor.visitSingularStringField(value: self.images, fieldNumber: 1)
+    }
+    if !self.band.isEmpty {
+      try visitor.visitSingularStringField(value: self.band, fieldNumber: 2)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt32Field(value: self.size, fieldNumber: 3)
+    }
+    if self.kind != .stackMean {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 4)
+    }
+    if self.medianMin.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.medianMin, fieldNumber: 5)
+    }
+    if self.medianMax.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.medianMax, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_StackSpec, rhs: Tessera_V1_StackSpec) -> Bool {
+    if lhs.images != rhs.images {return false}
+    if lhs.band != rhs.band {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.medianMin != rhs.medianMin {return false}
+    if lhs.medianMax != rhs.medianMax {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_StackPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StackPartial"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}size\0\u{1}sources\0\u{1}sum\0\u{1}weight\0\u{1}variance\0\u{1}histogram\0\u{1}below\0\u{1}above\0\u{1}bins\0\u{3}median_min\0\u{3}median_max\0\u{1}kind\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.size) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.sources) }()
+      case 3: try { try decoder.decodeRepeatedDoubleField(value: &self.sum) }()
+      case 4: try { try decoder.decodeRepeatedDoubleField(value: &self.weight) }()
+      case 5: try { try decoder.decodeRepeatedDoubleField(value: &self.variance) }()
+      case 6: try { try decoder.decodeRepeatedUInt32Field(value: &self.histogram) }()
+      case 7: try { try decoder.decodeRepeatedUInt32Field(value: &self.below) }()
+      case 8: try { try decoder.decodeRepeatedUInt32Field(value: &self.above) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.bins) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.medianMin) }()
+      case 11: try { try decoder.decodeSingularDoubleField(value: &self.medianMax) }()
+      case 12: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.size != 0 {
+      try visitor.visitSingularUInt32Field(value: self.size, fieldNumber: 1)
+    }
+    if self.sources != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sources, fieldNumber: 2)
+    }
+    if !self.sum.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.sum, fieldNumber: 3)
+    }
+    if !self.weight.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.weight, fieldNumber: 4)
+    }
+    if !self.variance.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.variance, fieldNumber: 5)
+    }
+    if !self.histogram.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.histogram, fieldNumber: 6)
+    }
+    if !self.below.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.below, fieldNumber: 7)
+    }
+    if !self.above.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.above, fieldNumber: 8)
+    }
+    if self.bins != 0 {
+      try visitor.visitSingularUInt32Field(value: self.bins, fieldNumber: 9)
+    }
+    if self.medianMin.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.medianMin, fieldNumber: 10)
+    }
+    if self.medianMax.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.medianMax, fieldNumber: 11)
+    }
+    if self.kind != .stackMean {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_StackPartial, rhs: Tessera_V1_StackPartial) -> Bool {
+    if lhs.size != rhs.size {return false}
+    if lhs.sources != rhs.sources {return false}
+    if lhs.sum != rhs.sum {return false}
+    if lhs.weight != rhs.weight {return false}
+    if lhs.variance != rhs.variance {return false}
+    if lhs.histogram != rhs.histogram {return false}
+    if lhs.below != rhs.below {return false}
+    if lhs.above != rhs.above {return false}
+    if lhs.bins != rhs.bins {return false}
+    if lhs.medianMin != rhs.medianMin {return false}
+    if lhs.medianMax != rhs.medianMax {return false}
+    if lhs.kind != rhs.kind {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1878,7 +2159,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0\u{1}stack\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -1894,6 +2175,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _intGroupKeys: [Int64] = []
     var _python: Data = Data()
     var _cutouts: [Tessera_V1_ImageCutoutPiece] = []
+    var _stack: Tessera_V1_StackPartial? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1917,6 +2199,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _intGroupKeys = source._intGroupKeys
       _python = source._python
       _cutouts = source._cutouts
+      _stack = source._stack
     }
   }
 
@@ -1948,6 +2231,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 11: try { try decoder.decodeRepeatedSInt64Field(value: &_storage._intGroupKeys) }()
         case 12: try { try decoder.decodeSingularBytesField(value: &_storage._python) }()
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._cutouts) }()
+        case 14: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
         default: break
         }
       }
@@ -1999,6 +2283,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       if !_storage._cutouts.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._cutouts, fieldNumber: 13)
       }
+      try { if let v = _storage._stack {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2021,6 +2308,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._intGroupKeys != rhs_storage._intGroupKeys {return false}
         if _storage._python != rhs_storage._python {return false}
         if _storage._cutouts != rhs_storage._cutouts {return false}
+        if _storage._stack != rhs_storage._stack {return false}
         return true
       }
       if !storagesAreEqual {return false}

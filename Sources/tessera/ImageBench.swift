@@ -1,0 +1,178 @@
+import ArgumentParser
+import Foundation
+import TesseraClient
+import TesseraCluster
+import TesseraCompute
+import TesseraProtocol
+import TesseraSky
+import TesseraStorage
+import TesseraSurvey
+
+/// What `bench cutout` and `bench forced-phot` share: a generated catalog on a small field, its
+/// coadd in one band, both ingested once into a local cluster in DATA (reused across runs).
+struct ImageBenchData: ParsableArguments {
+    @Option(help: "A folder for the generated catalog, coadd and the cluster's data (reused across runs).")
+    var data: String
+
+    @Option(help: "The field: RAMIN,RAMAX,DECMIN,DECMAX in degrees (patches meeting it are rendered).")
+    var field = "60.0,60.2,-35.0,-34.8"
+
+    @Option(help: "Catalog rows on the field.")
+    var rows = 1_000_000
+
+    @Option(help: "Pixel size of the coadd, arcseconds.")
+    var pixelScale = 0.2
+
+    @Option(help: "Workers of the local cluster (one executor thread each).")
+    var workers = 2
+
+    @Option(help: "The Python with astropy and photutils, for the anchor (empty: no anchor).")
+    var python = ".venv/bin/python"
+
+    var fieldBox: (ra: ClosedRange<Double>, dec: ClosedRange<Double>) {
+        get throws {
+            let v = field.split(separator: ",").compactMap { Double($0) }
+            guard v.count == 4, v[0] < v[1], v[2] < v[3] else { throw ValidationError("--field must be RAMIN,RAMAX,DECMIN,DECMAX") }
+            return (v[0]...v[1], v[2]...v[3])
+        }
+    }
+
+    var catalogFile: String { data + "/catalog-\(rows).fits" }
+    var coaddFolder: String { data + "/coadd-\(pixelScale)" }
+
+    /// Writes what is missing, starts the cluster, ingests what it does not hold.
+    func start() throws -> (LocalCluster, SchedulerConnection, [String]) {
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let (ra, dec) = try fieldBox
+        if !FileManager.default.fileExists(atPath: catalogFile) {
+            FileHandle.standardError.write(Data("writing \(catalogFile) (once) ...\n".utf8))
+            var c = SyntheticCatalog(seed: 17)
+            (c.raRange, c.decRange) = (ra, dec)
+            let cols = c.rows(0, count: rows)
+            try FITSTableWriter.write(to: catalogFile, columns: SyntheticCatalog.schema, data: cols)
+        }
+        let coadd = SyntheticCoadd(tiling: SkyTiling(pixelScaleArcsec: pixelScale), seed: 5)
+        let region = try BoxRegion(raMin: ra.lowerBound, raMax: ra.upperBound, decMin: dec.lowerBound, decMax: dec.upperBound)
+        let patches = try coadd.write(region: region, bands: ["r"], sources: try CoaddSources(catalogFiles: [catalogFile], bands: ["r"]), to: coaddFolder) { done, total in
+            FileHandle.standardError.write(Data("\r  \(done)/\(total) patches".utf8))
+        }
+        var o = LocalCluster.Options()
+        o.workers = workers
+        o.threadsPerWorker = 1
+        o.dataDirectory = data + "/tessera-\(workers)w"
+        o.logFile = data + "/tessera-bench.log"
+        let cluster = try LocalCluster(o)
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let held = Set(try conn.status().datasets.map(\.name))
+        if !held.contains("catalog") {
+            FileHandle.standardError.write(Data("ingesting the catalog (once; not timed) ...\n".utf8))
+            var opts = IngestOptions(dataset: "catalog", files: [catalogFile])
+            opts.replicas = 1
+            opts.maxRowsPerShard = 100_000
+            _ = try CatalogIngest.run(opts, connection: conn)
+        }
+        if !held.contains("coadd") {
+            FileHandle.standardError.write(Data("ingesting \(patches.count) patches beside it (once; not timed) ...\n".utf8))
+            var opts = ImageIngestOptions(dataset: "coadd", files: patches)
+            opts.replicas = 1
+            opts.colocateWith = "catalog"
+            _ = try ImageIngest.run(opts, connection: conn)
+        }
+        return (cluster, conn, patches)
+    }
+
+    func anchor(_ script: String, _ args: [String]) throws {
+        guard !python.isEmpty else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [script] + args
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw ValidationError("the anchor \(script) failed (exit \(p.terminationStatus))") }
+    }
+}
+
+/// `tessera bench cutout`: 256 × 256 cutouts at random positions through the cluster (sequential
+/// requests, each a job), beside astropy's Cutout2D opening the patch file for each.
+struct CutoutBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cutout", abstract: "Cutouts at random positions through the cluster: p50/p99 latency, beside astropy Cutout2D on the patch files.")
+
+    @OptionGroup var setup: ImageBenchData
+
+    @Option(help: "Cutouts timed (after 20 warm-up ones).")
+    var count = 500
+
+    @Option(help: "Pixels per side.")
+    var size = 256
+
+    func run() throws {
+        let (cluster, conn, patches) = try setup.start()
+        defer { cluster.stop() }
+        let (ra, dec) = try setup.fieldBox
+        var rng = SplitMix64(seed: 99)
+        // Positions inside the field, away from its edge by the cutout's half-size.
+        let inset = Double(size) * setup.pixelScale / 3600
+        let positions = (0..<(count + 20)).map { _ in
+            (ra.lowerBound + inset + (ra.upperBound - ra.lowerBound - 2 * inset) * rng.nextUnit(),
+             dec.lowerBound + inset + (dec.upperBound - dec.lowerBound - 2 * inset) * rng.nextUnit())
+        }
+        var times: [Double] = []
+        for (k, p) in positions.enumerated() {
+            let q = CatalogQuery(dataset: "coadd").region(.cone(ra: p.0, dec: p.1, radius: 0.001)).cutout(bands: ["r"], width: size, height: size)
+            let t0 = now()
+            let u = try conn.run(q)
+            let dt = Double(now() - t0) / 1e6
+            guard let c = u.result.cutouts.first, c.box.width == size else { throw ValidationError("no cutout at \(p)") }
+            if k >= 20 { times.append(dt) }
+        }
+        times.sort()
+        let line = jsonLine([("bench", "cutout"), ("engine", "tessera"), ("cutouts", count), ("size", size), ("pixel_scale", setup.pixelScale),
+                             ("p50_ms", times[times.count / 2]), ("p99_ms", times[min(times.count - 1, times.count * 99 / 100)]),
+                             ("mean_ms", times.reduce(0, +) / Double(times.count)), ("workers", setup.workers), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        let list = setup.data + "/cutout-positions.txt"
+        try positions.dropFirst(20).map { "\($0.0) \($0.1)" }.joined(separator: "\n").write(toFile: list, atomically: true, encoding: .utf8)
+        try setup.anchor("scripts/anchor_images.py", ["cutout", "--patches", setup.coaddFolder, "--positions", list, "--size", "\(size)"])
+        _ = patches
+    }
+}
+
+/// `tessera bench forced-phot`: every catalog row on the field measured (r = 5 pixels, annulus 10
+/// to 17.5 pixels) and averaged on the cluster, beside photutils on a sample of the same rows.
+struct ForcedPhotBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forced-phot", abstract: "Forced photometry of every catalog row on the field: sources per second, beside photutils on the same pixels.")
+
+    @OptionGroup var setup: ImageBenchData
+
+    @Option(help: "Timed runs (after one warm-up).")
+    var repeats = 3
+
+    @Option(help: "Rows photutils measures (it is slow).")
+    var anchorRows = 20_000
+
+    func run() throws {
+        let (cluster, conn, _) = try setup.start()
+        defer { cluster.stop() }
+        let aperture = 5 * setup.pixelScale
+        let q = CatalogQuery(dataset: "catalog").forcedPhotometry(on: "coadd", bands: ["r"], apertureArcsec: aperture)
+            .aggregate([.count("r_apFlux"), .mean("(r_apFlux - r_psfFlux) / r_apFluxErr")])
+        _ = try conn.run(q)
+        var times: [Double] = []
+        var measured = 0
+        for _ in 0..<repeats {
+            let t0 = now()
+            let u = try conn.run(q)
+            times.append(Double(now() - t0) / 1e9)
+            measured = Int(u.result.table.numbers(u.result.table.names[0])?.first ?? 0)
+        }
+        let best = times.min() ?? 0
+        let line = jsonLine([("bench", "forced_phot"), ("engine", "tessera"), ("sources", measured), ("rows", setup.rows), ("aperture_px", 5),
+                             ("seconds", best), ("sources_per_s", Double(measured) / best), ("workers", setup.workers),
+                             ("worker_peak_rss_mb", try workerPeakRSS(conn))])
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        try setup.anchor("scripts/anchor_images.py", ["forced-phot", "--patches", setup.coaddFolder, "--catalog", setup.catalogFile,
+                                                      "--rows", "\(anchorRows)", "--aperture-px", "5"])
+    }
+}

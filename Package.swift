@@ -27,6 +27,7 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFITSIO", pkgConfig: "cfitsio", providers: [.apt(["libcfitsio-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         .target(
@@ -37,7 +38,7 @@ let package = Package(
         .target(
             name: "TesseraStorage",
             dependencies: [
-                "TesseraProtocol", "TesseraSky", "CFITSIO",
+                "TesseraProtocol", "TesseraSky", "CFITSIO", "CZlib",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]

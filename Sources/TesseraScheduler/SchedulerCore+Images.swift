@@ -45,9 +45,19 @@ extension SchedulerCore {
         var chosen: [Int] = []
         do {
             let box = try CutoutGeometry.box(region: plan.region, width: Int(spec.width), height: Int(spec.height), wcs: tractWCS)
-            chosen = images.patches.indices.filter { s in
+            let meeting = images.patches.indices.filter { s in
                 guard let h = images.patches[s] else { return false }
                 return h.tract == tract && bands.contains(h.band) && !h.box.intersection(box).isEmpty
+            }
+            // Per band, one patch holding the whole box when there is one (a cutout within the
+            // border always has its centre's patch); else every patch meeting it.
+            for b in bands {
+                let ofBand = meeting.filter { images.patches[$0]?.band == b }
+                if let whole = ofBand.first(where: { images.patches[$0]?.box.contains(box) == true }) {
+                    chosen.append(whole)
+                } else {
+                    chosen += ofBand
+                }
             }
             if !chosen.isEmpty { grid = (tract, tractWCS, box) }
         } catch {
@@ -89,7 +99,10 @@ extension SchedulerCore {
             let n = params[leaf.param].blobs["box"].flatMap { try? Tessera_V1_ImageCutoutPiece(serializedBytes: $0) }.map { UInt64($0.width) * UInt64($0.height) } ?? 0
             estimate.bytes &+= 12 &* n
         }
-        g.addReduction(of: tasks, operatorIndex: 1, fanIn: 8, paramIndex: 1)
+        // One patch per band answers alone: its piece is the whole cutout, no merge needed.
+        if tasks.count > 1 {
+            g.addReduction(of: tasks, operatorIndex: 1, fanIn: 8, paramIndex: 1)
+        }
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
         return (g, estimate)
     }

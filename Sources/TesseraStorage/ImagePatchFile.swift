@@ -325,21 +325,36 @@ public final class ImagePatchFile: @unchecked Sendable {
     }
 
     /// The xxHash64 of the whole file, as the registry records it.
-    public func checksum() -> UInt64 { XXHash64.hash(UnsafeRawBufferPointer(start: base, count: byteCount)) }
+    /// Reading it maps every page of the file; they are let go afterwards (the mapping is
+    /// read-only, so later reads fault in only the boxes they touch), or the worker would count
+    /// every patch it ever checked as resident.
+    public func checksum() -> UInt64 {
+        let h = XXHash64.hash(UnsafeRawBufferPointer(start: base, count: byteCount))
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), byteCount, MADV_DONTNEED)
+        return h
+    }
 
     /// Copies the part of `box` (in this file's own pixels) that lies inside the file into `out`,
     /// a row-major buffer of `box.width × box.height` 4-byte values (Float, or Int32 for the
     /// mask), converting from FITS's big-endian order. Pixels of `box` outside the file are left
     /// as they were.
     public func copy(_ plane: ImagePlane, box: PixelBox, into out: UnsafeMutableRawBufferPointer) {
+        guard out.count >= 4 * box.pixelCount, let dst = out.baseAddress else { return }
+        copy(plane, box: box, into: dst, rowLength: box.width, at: (0, 0))
+    }
+
+    /// Copies the part of `box` (this file's own pixels) inside the file into a row-major buffer
+    /// of `rowLength` 4-byte values per row, `box`'s first pixel going to column and row `at`
+    /// of it (the caller makes sure the buffer holds that much).
+    public func copy(_ plane: ImagePlane, box: PixelBox, into dst: UnsafeMutableRawPointer, rowLength: Int, at: (x: Int, y: Int)) {
         let own = PixelBox(x0: 0, y0: 0, width: header.width, height: header.height)
         let part = own.intersection(box)
-        guard !part.isEmpty, out.count >= 4 * box.pixelCount, let dst = out.baseAddress else { return }
+        guard !part.isEmpty else { return }
         let start = base + offsets[plane]!
         let w = header.width
         for y in part.y0..<part.y1 {
             let src = start + 4 * (y * w + part.x0)
-            let to = dst + 4 * ((y - box.y0) * box.width + (part.x0 - box.x0))
+            let to = dst + 4 * ((y - box.y0 + at.y) * rowLength + (part.x0 - box.x0 + at.x))
             for i in 0..<part.width {
                 let v = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
                 to.storeBytes(of: UInt32(bigEndian: v), toByteOffset: 4 * i, as: UInt32.self)

@@ -4,6 +4,8 @@ import TesseraClient
 import TesseraCluster
 import TesseraCompute
 import TesseraProtocol
+import TesseraSky
+import TesseraStorage
 import TesseraSurvey
 
 struct DemoCommand: ParsableCommand {
@@ -38,6 +40,7 @@ struct DemoCommand: ParsableCommand {
         print("scheduler at \(cluster.clientEndpoint)")
         try ingestDemoCatalog(conn)
         try askTheCatalog(conn)
+        try lookAtTheImages(conn)
 
         // Mean and spread of normal deviates generated on the workers, partition by partition,
         // merged in a tree: each partition's moments stream back as they are computed.
@@ -123,6 +126,66 @@ struct DemoCommand: ParsableCommand {
             .sorted(by: "mag(r_psfFlux)").limit(5), name: "demo cone")
         try ResultOutput.write(cone.result.table, format: "table", to: nil)
         print(String(format: "  (%.3f s, %d of %d rows read matched)", cone.seconds, cone.result.rowsMatched, cone.result.rowsScanned))
+    }
+
+    /// A small coadd of the demo catalog (1″ pixels, g and r, generated once and stored beside the
+    /// catalog): a cutout around the region's brightest object, drawn here and written as a PNG,
+    /// and forced photometry of every object on it, compared with the catalog's fluxes.
+    func lookAtTheImages(_ conn: SchedulerConnection) throws {
+        let (ra, dec) = (60.0...60.2, -35.1...(-34.9))
+        if try !conn.status().datasets.contains(where: { $0.name == "demo_coadd" }) {
+            let folder = data + "/demo-coadd"
+            print("\nrendering a coadd of the catalog on \(ra.lowerBound)…\(ra.upperBound)° × \(dec.lowerBound)…\(dec.upperBound)° (1″ pixels, g and r) in \(folder)/ ...")
+            let coadd = SyntheticCoadd(tiling: SkyTiling(pixelScaleArcsec: 1, borderPixels: 64), seed: 7)
+            let files = try FileManager.default.contentsOfDirectory(atPath: data + "/demo-input-\(catalogRows)").filter { $0.hasSuffix(".fits") }.sorted()
+                .map { data + "/demo-input-\(catalogRows)/" + $0 }
+            let patches = try coadd.write(region: try BoxRegion(raMin: ra.lowerBound, raMax: ra.upperBound, decMin: dec.lowerBound, decMax: dec.upperBound),
+                                          bands: ["g", "r"], sources: try CoaddSources(catalogFiles: files, bands: ["g", "r"]), to: folder)
+            var o = ImageIngestOptions(dataset: "demo_coadd", files: patches)
+            o.replicas = min(2, workers)
+            o.colocateWith = "demo_object"
+            let done = try ImageIngest.run(o, connection: conn)
+            print("ingested `demo_coadd`: \(done.shards) patch files beside `demo_object`")
+        }
+        let region = CatalogQuery.Region.box(raMin: ra.lowerBound + 0.01, raMax: ra.upperBound - 0.01, decMin: dec.lowerBound + 0.01, decMax: dec.upperBound - 0.01)
+        let brightest = try conn.run(CatalogQuery(dataset: "demo_object").region(region).select(["coord_ra", "coord_dec", "mag(r_psfFlux)"])
+            .sorted(by: "mag(r_psfFlux)").limit(1), name: "demo brightest").result.table
+        guard let bra = brightest.numbers("coord_ra")?.first, let bdec = brightest.numbers("coord_dec")?.first else { return }
+        let cut = try conn.run(CatalogQuery(dataset: "demo_coadd").region(.cone(ra: bra, dec: bdec, radius: 0.001)).cutout(bands: ["r"], width: 64, height: 64),
+                               name: "demo cutout")
+        guard let c = cut.result.cutouts.first else { return }
+        print(String(format: "\ncutout: 64 × 64 pixels of r around the brightest object (%.5f, %.5f), r = %.2f, in %.3f s:", bra, bdec,
+                     brightest.numbers("mag(r_psfFlux)")?.first ?? .nan, cut.seconds))
+        let grey = PNGImage.stretched(c.image, width: 64, height: 64)
+        let shades = Array(" .:-=+*#%@")
+        for y in stride(from: 0, to: 64, by: 4) {
+            var line = "    "
+            for x in stride(from: 0, to: 64, by: 2) {
+                var sum = 0
+                for dy in 0..<4 { for dx in 0..<2 { sum += Int(grey[(y + dy) * 64 + x + dx]) } }
+                line.append(shades[min(shades.count - 1, sum / 8 * shades.count / 256)])
+            }
+            print(line)
+        }
+        // Four times larger, for a picture viewer.
+        var big = [UInt8](repeating: 0, count: 256 * 256)
+        for y in 0..<256 { for x in 0..<256 { big[y * 256 + x] = grey[(y / 4) * 64 + x / 4] } }
+        let png = data + "/demo-cutout.png"
+        try DurableFile.write(try PNGImage.encode(width: 256, height: 256, kind: .grey, pixels: big), to: png)
+        print("  (written as \(png))")
+
+        print("\nforced photometry of every catalog object on the coadd (2″ aperture, r), against the catalog's fluxes:")
+        let pull = "(r_apFlux - r_psfFlux) / r_apFluxErr"
+        let phot = CatalogQuery(dataset: "demo_object").region(region).forcedPhotometry(on: "demo_coadd", bands: ["r"], apertureArcsec: 2).filter("r_apFlag == 0")
+        let stats = try conn.run(phot.aggregate(.count(pull), .mean(pull), .std(pull)), name: "demo forced photometry")
+        let t = stats.result.table
+        print(String(format: "  %.0f objects measured where their shards and patches are, in %.3f s: pulls (measured − catalog) / error have mean %.3f and σ %.3f",
+                     t.numbers(t.names[0])?.first ?? 0, stats.seconds, t.numbers(t.names[1])?.first ?? .nan, t.numbers(t.names[2])?.first ?? .nan))
+        let hist = try conn.run(phot.histogram(pull, bins: 10, range: -5...5), name: "demo pulls").result.histogram
+        let most = Double(hist.max() ?? 1)
+        for (k, n) in hist.enumerated() {
+            print(String(format: "    %+3d … %+3d | %@ %d", -5 + k, -4 + k, String(repeating: "#", count: Int((Double(n) / most * 40).rounded())), n))
+        }
     }
 
     /// Generates the demo catalog (once) and ingests it (unless a restarted cluster has it already).

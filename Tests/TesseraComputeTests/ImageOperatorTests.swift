@@ -87,6 +87,36 @@ struct ImageOperatorTests {
         #expect(worst.sum < 1e-6 && worst.err < 1e-6 && worst.median < 1e-6, "relative differences \(worst)")
     }
 
+    /// The selection-based clipped median against a plain sort-and-clip, on random samples with
+    /// outliers (odd and even counts, ties).
+    @Test func clippedMedianMatchesSorting() {
+        var state: UInt64 = 3
+        func unit() -> Double {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Double(state >> 11) / Double(1 << 53)
+        }
+        func reference(_ input: [Double], sigma: Double, iterations: Int) -> (Double, Int) {
+            var kept = input.sorted()
+            func med(_ a: [Double]) -> Double { a.count % 2 == 1 ? a[a.count / 2] : 0.5 * (a[a.count / 2 - 1] + a[a.count / 2]) }
+            for _ in 0..<iterations where !kept.isEmpty {
+                let c = med(kept), m = kept.reduce(0, +) / Double(kept.count)
+                let sd = (kept.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(kept.count)).squareRoot()
+                let next = kept.filter { $0 >= c - sigma * sd && $0 <= c + sigma * sd }
+                if next.count == kept.count { break }
+                kept = next
+            }
+            return kept.isEmpty ? (.nan, 0) : (med(kept), kept.count)
+        }
+        for trial in 0..<300 {
+            let n = 1 + trial % 97
+            var v = (0..<n).map { _ in (unit() * 10).rounded() / 2 + (unit() < 0.05 ? 500 * unit() : 0) }
+            let want = reference(v, sigma: 3, iterations: 10)
+            let got = SigmaClippedMedian(sigma: 3, maxIterations: 10).median(&v)
+            #expect(zip(v, v.dropFirst()).allSatisfy { $0 <= $1 } && v.count == n, "trial \(trial): not sorted")
+            #expect(got.kept == want.1 && (got.median == want.0 || abs(got.median - want.0) < 1e-12), "trial \(trial): \(got) vs \(want)")
+        }
+    }
+
     /// The overlap is the circle's area in total, and a quarter in a quadrant; against a
     /// brute-force count of sub-pixel centres.
     @Test func circleOverlapIsExact() {

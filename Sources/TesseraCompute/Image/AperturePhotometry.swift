@@ -37,33 +37,80 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     public init(sigma: Double = 3, maxIterations: Int = 10) { (self.sigma, self.maxIterations) = (sigma, maxIterations) }
 
     /// The clipped median and how many values it kept (NaN values are dropped first). Sorts
-    /// `values` in place.
+    /// `values`; the kept ones are a run of them.
+    ///
+    /// Sorted once (an in-place quicksort: the library's stable merge sort was most of a forced
+    /// measurement's time), each iteration's median is the middle of the kept run, its mean and
+    /// spread one pass over it, and the clip moves the run's two ends.
     public func median(_ values: inout [Double]) -> (median: Double, kept: Int) {
         values.removeAll { $0.isNaN }
-        values.sort()
-        var lo = 0, hi = values.count  // the kept values: a contiguous run of the sorted array
-        func median(_ a: Int, _ b: Int) -> Double {
-            let n = b - a
-            return n % 2 == 1 ? values[a + n / 2] : 0.5 * (values[a + n / 2 - 1] + values[a + n / 2])
+        return values.withUnsafeMutableBufferPointer { v -> (Double, Int) in
+            Self.sort(v, 0, v.count - 1)
+            var lo = 0, hi = v.count  // the kept values: v[lo..<hi]
+            func median(_ a: Int, _ b: Int) -> Double {
+                let n = b - a
+                return n % 2 == 1 ? v[a + n / 2] : 0.5 * (v[a + n / 2 - 1] + v[a + n / 2])
+            }
+            var iteration = 0
+            while iteration < maxIterations, hi > lo {
+                iteration += 1
+                let centre = median(lo, hi)
+                var mean = 0.0
+                for i in lo..<hi { mean += v[i] }
+                mean /= Double(hi - lo)
+                var ss = 0.0
+                for i in lo..<hi { ss += (v[i] - mean) * (v[i] - mean) }
+                let std = (ss / Double(hi - lo)).squareRoot()
+                let minimum = centre - sigma * std, maximum = centre + sigma * std
+                var a = lo, b = hi
+                while a < b, v[a] < minimum { a += 1 }
+                while b > a, v[b - 1] > maximum { b -= 1 }
+                if a == lo, b == hi { break }
+                (lo, hi) = (a, b)
+            }
+            return hi > lo ? (median(lo, hi), hi - lo) : (.nan, 0)
         }
-        var iteration = 0
-        while iteration < maxIterations, hi > lo {
-            iteration += 1
-            let centre = median(lo, hi)
-            var mean = 0.0
-            for i in lo..<hi { mean += values[i] }
-            mean /= Double(hi - lo)
-            var ss = 0.0
-            for i in lo..<hi { ss += (values[i] - mean) * (values[i] - mean) }
-            let std = (ss / Double(hi - lo)).squareRoot()
-            let minimum = centre - sigma * std, maximum = centre + sigma * std
-            var a = lo, b = hi
-            while a < b, values[a] < minimum { a += 1 }
-            while b > a, values[b - 1] > maximum { b -= 1 }
-            if a == lo, b == hi { break }
-            (lo, hi) = (a, b)
+    }
+
+    /// Sorts `v[lo...hi]` ascending in place: quicksort (median-of-three pivot, the smaller side
+    /// first by recursion), insertion sort below 16 values. No NaN may be among them.
+    static func sort(_ v: UnsafeMutableBufferPointer<Double>, _ lo: Int, _ hi: Int) {
+        var lo = lo, hi = hi
+        while hi - lo >= 16 {
+            let mid = lo + (hi - lo) / 2
+            if v[mid] < v[lo] { v.swapAt(mid, lo) }
+            if v[hi] < v[lo] { v.swapAt(hi, lo) }
+            if v[hi] < v[mid] { v.swapAt(hi, mid) }
+            let pivot = v[mid]
+            var i = lo, j = hi
+            while i <= j {
+                while v[i] < pivot { i += 1 }
+                while v[j] > pivot { j -= 1 }
+                if i <= j {
+                    v.swapAt(i, j)
+                    i += 1
+                    j -= 1
+                }
+            }
+            if j - lo < hi - i {
+                sort(v, lo, j)
+                lo = i
+            } else {
+                sort(v, i, hi)
+                hi = j
+            }
         }
-        return hi > lo ? (median(lo, hi), hi - lo) : (.nan, 0)
+        if hi > lo {
+            for i in (lo + 1)...hi {
+                let x = v[i]
+                var k = i - 1
+                while k >= lo, v[k] > x {
+                    v[k + 1] = v[k]
+                    k -= 1
+                }
+                v[k + 1] = x
+            }
+        }
     }
 }
 
@@ -149,7 +196,13 @@ public struct ForcedPhotometry: Sendable, Equatable {
                 let dy = Double(j) - y
                 for i in ax0...ax1 {
                     let dx = Double(i) - x
-                    let weight = CircleOverlap.area(x0: dx - 0.5, y0: dy - 0.5, x1: dx + 0.5, y1: dy + 0.5, radius: r)
+                    // Wholly outside (the square's nearest point) or wholly inside (its farthest
+                    // corner): 0 or 1 without the exact formula, which only edge pixels need.
+                    let nx = max(0, abs(dx) - 0.5), ny = max(0, abs(dy) - 0.5)
+                    if nx * nx + ny * ny >= r * r { continue }
+                    let fx = abs(dx) + 0.5, fy = abs(dy) + 0.5
+                    let weight = fx * fx + fy * fy <= r * r ? 1
+                        : CircleOverlap.area(x0: dx - 0.5, y0: dy - 0.5, x1: dx + 0.5, y1: dy + 0.5, radius: r)
                     guard weight > 0 else { continue }
                     let k = (j - box.y0) * w + (i - box.x0)
                     let v = Double(stamp.image[k]), s2 = Double(stamp.variance[k])

@@ -40,15 +40,13 @@ public struct ImageCutout: Sendable, Equatable {
         let h = file.header
         let part = box.intersection(h.box)
         guard !part.isEmpty else { return }
-        // The part, in the file's own pixels.
+        // The part, in the file's own pixels, copied straight into the planes.
         let inFile = PixelBox(x0: part.x0 - h.x0, y0: part.y0 - h.y0, width: part.width, height: part.height)
-        var img = [Float](repeating: .nan, count: part.pixelCount)
-        var vari = img
-        var msk = [Int32](repeating: ImageMask.noData, count: part.pixelCount)
-        img.withUnsafeMutableBytes { file.copy(.image, box: inFile, into: $0) }
-        vari.withUnsafeMutableBytes { file.copy(.variance, box: inFile, into: $0) }
-        msk.withUnsafeMutableBytes { file.copy(.mask, box: inFile, into: $0) }
-        write(part, image: img, variance: vari, mask: msk)
+        let at = (x: part.x0 - box.x0, y: part.y0 - box.y0)
+        let w = box.width
+        image.withUnsafeMutableBytes { file.copy(.image, box: inFile, into: $0.baseAddress!, rowLength: w, at: at) }
+        variance.withUnsafeMutableBytes { file.copy(.variance, box: inFile, into: $0.baseAddress!, rowLength: w, at: at) }
+        mask.withUnsafeMutableBytes { file.copy(.mask, box: inFile, into: $0.baseAddress!, rowLength: w, at: at) }
     }
 
     /// Copies another cutout of the same grid into this one, where they overlap (a reduction's

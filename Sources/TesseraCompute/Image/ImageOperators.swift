@@ -206,11 +206,27 @@ public enum ImageOperators {
             // A damaged or missing file: another replica may serve.
             throw OperatorError(name, "\(error)")
         }
-        var cut = ImageCutout(band: file.header.band, box: box, gridWCS: wcs, tract: piece.tract)
-        cut.paste(file)
         var partial = CatalogPartial()
         partial.shards = 1
-        partial.cutouts = [ImageDataset.piece(cut, tiling: (Int(piece.tractOrder), Int(piece.patchOrder)))]
+        let h = file.header
+        if h.box.contains(box) {
+            // The whole cutout is in this patch (the usual case): each plane copied once, from
+            // the file's memory map into the answer's buffer.
+            var out = piece
+            out.band = h.band
+            let own = PixelBox(x0: box.x0 - h.x0, y0: box.y0 - h.y0, width: box.width, height: box.height)
+            func plane(_ p: ImagePlane) -> Data {
+                var d = Data(count: 4 * box.pixelCount)
+                d.withUnsafeMutableBytes { file.copy(p, box: own, into: $0) }
+                return d
+            }
+            (out.image, out.variance, out.mask) = (plane(.image), plane(.variance), plane(.mask))
+            partial.cutouts = [out]
+        } else {
+            var cut = ImageCutout(band: h.band, box: box, gridWCS: wcs, tract: piece.tract)
+            cut.paste(file)
+            partial.cutouts = [ImageDataset.piece(cut, tiling: (Int(piece.tractOrder), Int(piece.patchOrder)))]
+        }
         return .bytes(try CatalogOperators.serialized(partial, name))
     }
 

@@ -1,0 +1,66 @@
+import CZlib
+import Foundation
+
+/// Writes 8-bit greyscale or RGB PNG images (zlib's deflate and CRC-32), as HiPS tiles and
+/// previews need them.
+public enum PNGImage {
+    public enum Kind: UInt8, Sendable {
+        case grey = 0
+        case rgb = 2
+        var channels: Int { self == .grey ? 1 : 3 }
+    }
+
+    /// The PNG file of `pixels` (row-major, top row first, `channels` bytes per pixel).
+    public static func encode(width: Int, height: Int, kind: Kind, pixels: [UInt8]) throws(ImageFileError) -> [UInt8] {
+        guard width > 0, height > 0, width <= 1 << 15, height <= 1 << 15, pixels.count == width * height * kind.channels else {
+            throw .invalidInput("a PNG of \(width) × \(height) with \(pixels.count) bytes of pixels")
+        }
+        // Each row: filter type 0 (none), then its bytes.
+        let stride = width * kind.channels
+        var raw = [UInt8](repeating: 0, count: height * (stride + 1))
+        for y in 0..<height {
+            raw.withUnsafeMutableBufferPointer { dst in
+                pixels.withUnsafeBufferPointer { src in
+                    for i in 0..<stride { dst[y * (stride + 1) + 1 + i] = src[y * stride + i] }
+                }
+            }
+        }
+        var bound = compressBound(uLong(raw.count))
+        var packed = [UInt8](repeating: 0, count: Int(bound))
+        let status = packed.withUnsafeMutableBufferPointer { p in raw.withUnsafeBufferPointer { r in compress2(p.baseAddress, &bound, r.baseAddress, uLong(r.count), 6) } }
+        guard status == Z_OK else { throw .invalidInput("zlib could not compress the PNG's pixels (status \(status))") }
+        packed.removeSubrange(Int(bound)...)
+        var out: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+        func chunk(_ type: String, _ data: [UInt8]) {
+            let body = Array(type.utf8) + data
+            out += be32(UInt32(data.count)) + body
+            let crc = body.withUnsafeBufferPointer { crc32(0, $0.baseAddress, uInt($0.count)) }
+            out += be32(UInt32(truncatingIfNeeded: crc))
+        }
+        chunk("IHDR", be32(UInt32(width)) + be32(UInt32(height)) + [8, kind.rawValue, 0, 0, 0])
+        chunk("IDAT", packed)
+        chunk("IEND", [])
+        return out
+    }
+
+    /// Grey levels of a float image, top row first (FITS's first row is the bottom): an arcsinh
+    /// stretch from the median (the sky: black) to the brightest value, so that sources stand out
+    /// of the noise; NaN is black.
+    public static func stretched(_ values: [Float], width: Int, height: Int) -> [UInt8] {
+        let finite = values.filter(\.isFinite).sorted()
+        guard !finite.isEmpty else { return [UInt8](repeating: 0, count: width * height) }
+        let lo = Double(finite[finite.count / 2]), hi = Double(finite[finite.count - 1])
+        let span = max(hi - lo, 1e-30)
+        var out = [UInt8](repeating: 0, count: width * height)
+        for y in 0..<height {
+            for x in 0..<width {
+                let v = Double(values[(height - 1 - y) * width + x])
+                guard v.isFinite else { continue }
+                let t = asinh(100 * max(0, min(1, (v - lo) / span))) / asinh(100)
+                out[y * width + x] = UInt8(max(0, min(255, (t * 255).rounded())))
+            }
+        }
+        return out
+    }
+}

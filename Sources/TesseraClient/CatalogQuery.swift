@@ -217,6 +217,15 @@ public struct CatalogQuery: Sendable {
         return q
     }
 
+    /// Pixel statistics of an image dataset, per band (empty: all): quantiles, the masked
+    /// fraction, and a depth map at HEALPix `mapOrder` (0: 10).
+    public func imageStatistics(bands: [String] = [], mapOrder: Int = 0) -> CatalogQuery {
+        var q = self
+        q.plan.imageStatistics.bands = bands
+        q.plan.imageStatistics.mapOrder = UInt32(clamping: max(0, mapOrder))
+        return q
+    }
+
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c

@@ -38,6 +38,7 @@ extension SchedulerCore {
         do { all = try plannedDatasets() } catch { throw .invalidContent("\(error)") }
         guard let d = resolve(plan.dataset, user: user, in: all) else { throw unknownDataset(plan.dataset, user: user, in: all) }
         if plan.hasForcedPhotometry || plan.hasStack { return try planForcedPhotometry(plan, catalog: d, datasets: all, user: user) }
+        if plan.hasImageStatistics { return try planImageStatistics(plan, images: d) }
         if plan.hasCutout || d.images != nil { return try planCutout(plan, images: d) }
         if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all, user: user) }
         let dataset = d.record

@@ -25,7 +25,7 @@ extension SchedulerCore {
             throw .invalidContent("`\(plan.dataset.prefix(200))` is a catalog, not an image dataset: cutouts are made from images")
         }
         guard plan.hasCutout else {
-            throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset (bands \(images.info.bands.joined(separator: ", "))): ask it for cutouts, not rows or aggregates")
+            throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset (bands \(images.info.bands.joined(separator: ", "))): ask it for cutouts or pixel statistics, not rows or aggregates")
         }
         let spec = plan.cutout
         let bands = spec.bands.isEmpty ? images.info.bands : spec.bands
@@ -184,6 +184,42 @@ extension SchedulerCore {
             leaves.append(g.add(operatorIndex: 0, inputs: inputs, paramIndex: param))
             g.dataKey.append(UInt32(s + 1))
             d.add(shard: s, fraction: covered, to: &estimate)
+        }
+        Self.finish(&g, leaves: leaves, mergeOperator: 1, plan: plan)
+        return (g, estimate)
+    }
+}
+
+extension SchedulerCore {
+    /// An image dataset's pixel statistics: one `image_stats` per patch of the asked bands (those
+    /// whose pixel meets the region, if one is given), and a tree of `catalog_merge`.
+    mutating func planImageStatistics(_ plan: CatalogQueryPlan, images d: PlannedDataset) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+        guard let images = d.images else {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` is a catalog, not an image dataset: pixel statistics are of images")
+        }
+        let spec = plan.imageStatistics
+        let bands = spec.bands.isEmpty ? images.info.bands : spec.bands
+        for b in bands where !images.info.bands.contains(b) {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` has no band `\(b.prefix(40))` (it has \(images.info.bands.joined(separator: ", ")))")
+        }
+        guard spec.mapOrder <= 16 else { throw .invalidContent("a depth map of order \(spec.mapOrder): at most 16") }
+        let region: (any SkyRegion)?
+        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
+        let wanted = region.map { HEALPix.indexRanges(of: $0, resolution: 10) }
+        let chosen = images.patches.indices.filter { s in
+            guard let h = images.patches[s], bands.contains(h.band) else { return false }
+            guard let wanted else { return true }
+            let own = h.tract >= 0 ? HEALPix.children(h.patch, order: h.patchOrder, to: HEALPix.maxOrder) : d.range(s)
+            return wanted.contains { $0.lowerBound < own.upperBound && own.lowerBound < $0.upperBound }
+        }
+        var g = TaskGraph(operators: ["image_stats", "catalog_merge"], params: [CatalogOperators.params(plan: plan, raColumn: "", decColumn: "")],
+                          dataKeys: chosen.map { d.keys[$0] })
+        var estimate = Tessera_V1_CostEstimate()
+        var leaves: [UInt32] = []
+        for (i, s) in chosen.enumerated() {
+            leaves.append(g.add(operatorIndex: 0, paramIndex: 1))
+            g.dataKey.append(UInt32(i + 1))
+            d.add(shard: s, fraction: 1, to: &estimate)
         }
         Self.finish(&g, leaves: leaves, mergeOperator: 1, plan: plan)
         return (g, estimate)

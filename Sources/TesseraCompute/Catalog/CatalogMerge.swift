@@ -76,6 +76,9 @@ public enum CatalogMerge {
         out.shards = a.shards + b.shards
         out.rowsScanned = a.rowsScanned + b.rowsScanned
         out.rowsMatched = a.rowsMatched + b.rowsMatched
+        if !a.imageStatistics.isEmpty || !b.imageStatistics.isEmpty {
+            out.imageStatistics = ImageStatistics.merge(a.imageStatistics, b.imageStatistics)
+        }
         if a.hasStack || b.hasStack {
             var stack = a.stack
             try ImageStack.merge(&stack, b.stack)

@@ -51,7 +51,26 @@ public final class ImagePatchPool: Sendable {
 
 /// Operators over coadd patches, run on the worker that holds each patch.
 public enum ImageOperators {
-    public static let all: [TaskOperator] = [imageCutout, imageMerge, forcedPhot, forcedPhotRows, forcedPhotMeasure, imageStack, imageStackMeasure]
+    public static let all: [TaskOperator] = [imageCutout, imageMerge, forcedPhot, forcedPhotRows, forcedPhotMeasure, imageStack, imageStackMeasure, imageStats]
+
+    /// One patch's pixel statistics (`plan.image_statistics`), as a partial `catalog_merge` merges.
+    public static let imageStats = TaskOperator("image_stats", "count a patch's own pixels: quantiles, masked fraction, depth map") { ctx throws(OperatorError) in
+        let name = "image_stats"
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
+            throw OperatorError(name, "the task names no patch this worker can open")
+        }
+        let file: ImagePatchFile
+        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
+            throw OperatorError(name, "\(error)")
+        }
+        let order = plan.imageStatistics.mapOrder == 0 ? ImageStatistics.defaultMapOrder : Int(plan.imageStatistics.mapOrder)
+        guard (0...16).contains(order) else { throw OperatorError(name, "a depth map of order \(order) (at most 16)", retryable: false) }
+        var out = CatalogPartial()
+        out.shards = 1
+        out.imageStatistics = [ImageStatistics.measure(file, mapOrder: order)]
+        return .bytes(try CatalogOperators.serialized(out, name))
+    }
 
     /// Parameters of a forced-photometry shard's tasks: the catalog question's, and blob
     /// `patches` (the patches it may read).

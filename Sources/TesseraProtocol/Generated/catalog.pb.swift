@@ -352,6 +352,17 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `stack`. Subsequent reads from it will return its default value.
   public mutating func clearStack() {_uniqueStorage()._stack = nil}
 
+  /// Statistics of an image dataset's pixels (`dataset`; the region, if any, picks patches):
+  /// the answer's `image_statistics`, one per band.
+  public var imageStatistics: Tessera_V1_ImageStatisticsSpec {
+    get {_storage._imageStatistics ?? Tessera_V1_ImageStatisticsSpec()}
+    set {_uniqueStorage()._imageStatistics = newValue}
+  }
+  /// Returns true if `imageStatistics` has been explicitly set.
+  public var hasImageStatistics: Bool {_storage._imageStatistics != nil}
+  /// Clears the value of `imageStatistics`. Subsequent reads from it will return its default value.
+  public mutating func clearImageStatistics() {_uniqueStorage()._imageStatistics = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -365,6 +376,67 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Each patch counts only the pixels whose centres lie in its own HEALPix pixel, so patches'
+/// overlaps are counted once.
+public nonisolated struct Tessera_V1_ImageStatisticsSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// empty: every band
+  public var bands: [String] = []
+
+  /// the depth map's HEALPix order (0: 10)
+  public var mapOrder: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_ImageStatistics: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var band: String = String()
+
+  /// unmasked pixels' values (DDSketch, relative error 0.5%)
+  public var values: Tessera_V1_QuantileSketch {
+    get {_values ?? Tessera_V1_QuantileSketch()}
+    set {_values = newValue}
+  }
+  /// Returns true if `values` has been explicitly set.
+  public var hasValues: Bool {self._values != nil}
+  /// Clears the value of `values`. Subsequent reads from it will return its default value.
+  public mutating func clearValues() {self._values = nil}
+
+  /// pixels counted
+  public var pixels: UInt64 = 0
+
+  /// of them: NaN, or masked bad, saturated or without data
+  public var masked: UInt64 = 0
+
+  /// Per HEALPix pixel of `map_order`: unmasked pixels (counts) and their variance summed (sums).
+  public var depth: Tessera_V1_SkyMapPartial {
+    get {_depth ?? Tessera_V1_SkyMapPartial()}
+    set {_depth = newValue}
+  }
+  /// Returns true if `depth` has been explicitly set.
+  public var hasDepth: Bool {self._depth != nil}
+  /// Clears the value of `depth`. Subsequent reads from it will return its default value.
+  public mutating func clearDepth() {self._depth = nil}
+
+  public var pixelScaleArcsec: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _values: Tessera_V1_QuantileSketch? = nil
+  fileprivate var _depth: Tessera_V1_SkyMapPartial? = nil
 }
 
 /// Each row's cutout is the `size` × `size` pixels (odd) around the pixel its position falls in,
@@ -852,6 +924,11 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
   /// Clears the value of `stack`. Subsequent reads from it will return its default value.
   public mutating func clearStack() {_uniqueStorage()._stack = nil}
 
+  public var imageStatistics: [Tessera_V1_ImageStatistics] {
+    get {_storage._imageStatistics}
+    set {_uniqueStorage()._imageStatistics = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1119,7 +1196,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{1}stack\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{1}stack\0\u{3}image_statistics\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -1139,6 +1216,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _cutout: Tessera_V1_ImageCutoutSpec? = nil
     var _forcedPhotometry: Tessera_V1_ForcedPhotometrySpec? = nil
     var _stack: Tessera_V1_StackSpec? = nil
+    var _imageStatistics: Tessera_V1_ImageStatisticsSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1166,6 +1244,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _cutout = source._cutout
       _forcedPhotometry = source._forcedPhotometry
       _stack = source._stack
+      _imageStatistics = source._imageStatistics
     }
   }
 
@@ -1239,6 +1318,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._cutout) }()
         case 23: try { try decoder.decodeSingularMessageField(value: &_storage._forcedPhotometry) }()
         case 24: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
+        case 25: try { try decoder.decodeSingularMessageField(value: &_storage._imageStatistics) }()
         default: break
         }
       }
@@ -1314,6 +1394,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._stack {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
       } }()
+      try { if let v = _storage._imageStatistics {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1340,10 +1423,105 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._cutout != rhs_storage._cutout {return false}
         if _storage._forcedPhotometry != rhs_storage._forcedPhotometry {return false}
         if _storage._stack != rhs_storage._stack {return false}
+        if _storage._imageStatistics != rhs_storage._imageStatistics {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImageStatisticsSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageStatisticsSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bands\0\u{3}map_order\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.bands) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.mapOrder) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bands.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.bands, fieldNumber: 1)
+    }
+    if self.mapOrder != 0 {
+      try visitor.visitSingularUInt32Field(value: self.mapOrder, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImageStatisticsSpec, rhs: Tessera_V1_ImageStatisticsSpec) -> Bool {
+    if lhs.bands != rhs.bands {return false}
+    if lhs.mapOrder != rhs.mapOrder {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_ImageStatistics: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ImageStatistics"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}band\0\u{1}values\0\u{1}pixels\0\u{1}masked\0\u{1}depth\0\u{3}pixel_scale_arcsec\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.band) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._values) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.pixels) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.masked) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._depth) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.pixelScaleArcsec) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.band.isEmpty {
+      try visitor.visitSingularStringField(value: self.band, fieldNumber: 1)
+    }
+    try { if let v = self._values {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.pixels != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pixels, fieldNumber: 3)
+    }
+    if self.masked != 0 {
+      try visitor.visitSingularUInt64Field(value: self.masked, fieldNumber: 4)
+    }
+    try { if let v = self._depth {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if self.pixelScaleArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.pixelScaleArcsec, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_ImageStatistics, rhs: Tessera_V1_ImageStatistics) -> Bool {
+    if lhs.band != rhs.band {return false}
+    if lhs._values != rhs._values {return false}
+    if lhs.pixels != rhs.pixels {return false}
+    if lhs.masked != rhs.masked {return false}
+    if lhs._depth != rhs._depth {return false}
+    if lhs.pixelScaleArcsec != rhs.pixelScaleArcsec {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2159,7 +2337,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0\u{1}stack\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0\u{1}stack\0\u{3}image_statistics\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -2176,6 +2354,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _python: Data = Data()
     var _cutouts: [Tessera_V1_ImageCutoutPiece] = []
     var _stack: Tessera_V1_StackPartial? = nil
+    var _imageStatistics: [Tessera_V1_ImageStatistics] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2200,6 +2379,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _python = source._python
       _cutouts = source._cutouts
       _stack = source._stack
+      _imageStatistics = source._imageStatistics
     }
   }
 
@@ -2232,6 +2412,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 12: try { try decoder.decodeSingularBytesField(value: &_storage._python) }()
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._cutouts) }()
         case 14: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._imageStatistics) }()
         default: break
         }
       }
@@ -2286,6 +2467,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       try { if let v = _storage._stack {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
       } }()
+      if !_storage._imageStatistics.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._imageStatistics, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2309,6 +2493,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._python != rhs_storage._python {return false}
         if _storage._cutouts != rhs_storage._cutouts {return false}
         if _storage._stack != rhs_storage._stack {return false}
+        if _storage._imageStatistics != rhs_storage._imageStatistics {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -10,9 +10,14 @@ import pytest
 
 
 def wait_for(predicate, timeout, what):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            value = None  # the page redrew the element between finding it and reading it: ask again
         if value:
             return value
         time.sleep(0.1)
@@ -65,10 +70,10 @@ def test_the_dashboard_shows_workers_and_a_job_making_progress(cluster, client, 
             rows = browser.find_elements(By.CSS_SELECTOR, f"#jobs tbody tr[data-job='{job_id}']")
             return int(rows[0].get_attribute("data-done")) if rows else None
 
-        first = done()
+        first = wait_for(lambda: (done(),) if done() is not None else None, 10, f"job {job_id}'s row")[0]
         wait_for(lambda: (done() or 0) > first, 20, f"job {job_id}'s progress to move past {first}/{total}")
-        progress = browser.find_element(By.CSS_SELECTOR, f"#jobs tbody tr[data-job='{job_id}'] progress")
-        assert int(progress.get_attribute("max")) == total
+        top = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, f"#jobs tbody tr[data-job='{job_id}'] progress").get_attribute("max"), 10, "the progress bar")
+        assert int(top) == total
         # The datasets and their coverage maps.
         names = {r.get_attribute("data-dataset") for r in browser.find_elements(By.CSS_SELECTOR, "#datasets tbody tr")}
         assert {"object", "object_coarse"} <= names

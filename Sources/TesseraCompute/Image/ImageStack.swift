@@ -18,6 +18,7 @@ public typealias StackKind = Tessera_V1_StackKind
 public enum ImageStack {
     public static let maxSize = 255
     public static let medianBins = 128
+    public static let maxMedianSize = 101
 
     /// Why a stack cannot be made as asked, or nil.
     public static func check(_ s: StackSpec, images: Tessera_V1_ImageDatasetInfo) throws(CatalogQueryError) {
@@ -31,6 +32,10 @@ public enum ImageStack {
             throw CatalogQueryError("a stack of \(s.size) pixels reaches \(s.size / 2) pixels from each row but patches overlap by only \(images.borderPixels) pixels: each row's cutout comes from the patch of its own pixel; ask for at most \(2 * images.borderPixels + 1) pixels")
         }
         if s.kind == .stackMedian {
+            // Its histograms are size² × 128 counts per partial (5 MB at 101 pixels).
+            guard s.size <= UInt32(maxMedianSize) else {
+                throw CatalogQueryError("a median stack of \(s.size) pixels per side: at most \(maxMedianSize) (its per-pixel histograms travel through the reduction tree)")
+            }
             guard s.medianMin.isFinite, s.medianMax.isFinite, s.medianMin < s.medianMax else {
                 throw CatalogQueryError("a median stack needs its histogram's range (median_min < median_max, nJy), got \(s.medianMin)…\(s.medianMax)")
             }

@@ -26,6 +26,9 @@ struct ImageBenchData: ParsableArguments {
     @Option(help: "Workers of the local cluster (one executor thread each).")
     var workers = 2
 
+    @Option(help: "Most catalog rows per shard (smaller shards spread forced photometry more evenly over the workers).")
+    var maxRowsPerShard = 100_000
+
     @Option(help: "The Python with astropy and photutils, for the anchor (empty: no anchor).")
     var python = ".venv/bin/python"
 
@@ -59,7 +62,7 @@ struct ImageBenchData: ParsableArguments {
         var o = LocalCluster.Options()
         o.workers = workers
         o.threadsPerWorker = 1
-        o.dataDirectory = data + "/tessera-\(workers)w"
+        o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
@@ -68,7 +71,7 @@ struct ImageBenchData: ParsableArguments {
             FileHandle.standardError.write(Data("ingesting the catalog (once; not timed) ...\n".utf8))
             var opts = IngestOptions(dataset: "catalog", files: [catalogFile])
             opts.replicas = 1
-            opts.maxRowsPerShard = 100_000
+            opts.maxRowsPerShard = maxRowsPerShard
             _ = try CatalogIngest.run(opts, connection: conn)
         }
         if !held.contains("coadd") {

@@ -217,9 +217,18 @@ public enum CatalogIngest {
         commit.decColumn = o.decColumn
         commit.maxRowsPerShard = UInt64(o.maxRowsPerShard)
         commit.marginArcsec = o.marginArcsec
-        for (k, s) in shards.enumerated() {
+        return try self.commit(commit, places: shards.map { ($0.order, $0.pixel) }, stored: stored, connection: conn)
+    }
+
+    /// Commits an ingest: `commit` with each shard (`places[k]`) as its workers reported storing
+    /// it (`stored[k]`; the scheduler checks the copies agree), and the scheduler's answer.
+    static func commit(_ commit: Tessera_V1_IngestCommit, places: [(order: Int, pixel: Int64)], stored: [[Tessera_V1_ShardStored]],
+                       connection conn: SchedulerConnection) throws -> Tessera_V1_IngestCommitted {
+        var commit = commit
+        for (k, place) in places.enumerated() {
             var c = Tessera_V1_CommittedShard()
-            c.order = UInt32(s.order); c.pixel = s.pixel
+            c.order = UInt32(place.order)
+            c.pixel = place.pixel
             let copies = stored[k]
             c.rows = copies.first?.rows ?? 0
             c.marginRows = copies.first?.marginRows ?? 0

@@ -34,12 +34,15 @@ public enum ImageIngest {
         /// The file's bytes when they had to be converted (nil: the file itself is sent).
         var converted: [UInt8]?
         var bytes: Int
+        /// The border a generated patch's primary header states (0 when it states none).
+        var border = 0
     }
 
     /// Reads one file: a patch as it is, or any other image converted to the patch layout.
     static func prepare(_ path: String, band: String?) throws(IngestError) -> Prepared {
         if let f = try? ImagePatchFile(path: path), f.header.tract >= 0 {
-            return Prepared(path: path, header: f.header, converted: nil, bytes: f.byteCount)
+            return Prepared(path: path, header: f.header, converted: nil, bytes: f.byteCount,
+                            border: f.primaryCards["BORDER"].flatMap { Int($0) } ?? 0)
         }
         let img: FITSImage
         do { img = try FITSImage(path: path) } catch { throw IngestError.input("\(error)") }
@@ -85,9 +88,8 @@ public enum ImageIngest {
             info.tractOrder = UInt32(first.header.tractOrder)
             info.patchOrder = UInt32(first.header.patchOrder)
             info.pixelScaleArcsec = first.header.wcs.pixelScaleArcsec
-            // The border the generator wrote down (it only documents the single-patch cutout size).
-            let border = (try? ImagePatchFile(path: first.path))?.primaryCards["BORDER"].flatMap { Int($0) } ?? 0
-            info.borderPixels = UInt32(clamping: max(0, min(8192, border)))
+            // The border the generator wrote down: forced photometry and stacks read no farther.
+            info.borderPixels = UInt32(clamping: max(0, min(8192, tiled.map(\.border).min() ?? 0)))
             for p in tiled where p.header.tractOrder != first.header.tractOrder || p.header.patchOrder != first.header.patchOrder
                 || abs(p.header.wcs.pixelScaleArcsec - info.pixelScaleArcsec) > 1e-9 * info.pixelScaleArcsec {
                 throw IngestError.input("\(p.path) is on another tiling than \(first.path) (tract order, patch order or pixel scale differ)")
@@ -153,22 +155,6 @@ public enum ImageIngest {
         commit.replace = o.replace
         commit.kind = ImageDataset.kind
         commit.image = info
-        for (k, place) in places.enumerated() {
-            var c = Tessera_V1_CommittedShard()
-            c.order = UInt32(place.order)
-            c.pixel = place.pixel
-            let copies = stored[k]
-            c.bytes = copies.first?.bytes ?? 0
-            c.checksum = copies.first?.checksum ?? 0
-            c.footer = copies.first?.footer ?? Data()
-            c.workers = copies.map(\.workerName)
-            commit.shards.append(c)
-        }
-        var ce = Envelope()
-        ce.ingestCommit = commit
-        guard case .ingestCommitted(let done) = try conn.request(ce, tag: commit.clientTag).body else {
-            throw IngestError.store("unexpected reply to the commit")
-        }
-        return done
+        return try CatalogIngest.commit(commit, places: places, stored: stored, connection: conn)
     }
 }

@@ -28,11 +28,8 @@ extension SchedulerCore {
             throw .invalidContent("`\(plan.dataset.prefix(200))` is an image dataset (bands \(images.info.bands.joined(separator: ", "))): ask it for cutouts or pixel statistics, not rows or aggregates")
         }
         let spec = plan.cutout
-        let bands = spec.bands.isEmpty ? images.info.bands : spec.bands
-        for b in bands where !images.info.bands.contains(b) {
-            throw .invalidContent("`\(plan.dataset.prefix(200))` has no band `\(b.prefix(40))` (it has \(images.info.bands.joined(separator: ", ")))")
-        }
-        guard Set(bands).count == bands.count else { throw .invalidContent("a cutout names a band twice") }
+        let bands: [String]
+        do { bands = try ImageDataset.bands(spec.bands, of: images.info, dataset: plan.dataset) } catch { throw .invalidContent("\(error)") }
         do { _ = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
         guard let centre = CutoutGeometry.centre(plan.region) else {
             throw .invalidContent("a cutout needs a region (a cone, box or polygon) to say where it is")
@@ -198,10 +195,8 @@ extension SchedulerCore {
             throw .invalidContent("`\(plan.dataset.prefix(200))` is a catalog, not an image dataset: pixel statistics are of images")
         }
         let spec = plan.imageStatistics
-        let bands = spec.bands.isEmpty ? images.info.bands : spec.bands
-        for b in bands where !images.info.bands.contains(b) {
-            throw .invalidContent("`\(plan.dataset.prefix(200))` has no band `\(b.prefix(40))` (it has \(images.info.bands.joined(separator: ", ")))")
-        }
+        let bands: [String]
+        do { bands = try ImageDataset.bands(spec.bands, of: images.info, dataset: plan.dataset) } catch { throw .invalidContent("\(error)") }
         guard spec.mapOrder <= 16 else { throw .invalidContent("a depth map of order \(spec.mapOrder): at most 16") }
         let region: (any SkyRegion)?
         do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }

@@ -133,7 +133,7 @@ public struct SkyTiling: Sendable, Hashable, Codable {
         Int((2 * HEALPix.maxPixelRadius(order: patchOrder) / scaleRadians).rounded(.up)) + 2 * borderPixels + 4
     }
 
-    /// The patches whose outline (without border) meets a region, and the patch boxes of each.
+    /// The patches whose outline (without border) may meet a region (HEALPix's inclusive cover).
     public func patches(meeting region: some SkyRegion) -> [Int64] {
         HEALPix.pixels(of: region, order: patchOrder, inclusive: true)
     }

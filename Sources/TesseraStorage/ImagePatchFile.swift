@@ -75,6 +75,23 @@ public enum ImageFileError: Error, Sendable, Equatable, CustomStringConvertible 
     }
 }
 
+/// Opens a FITS file for reading through cfitsio, its headers checked first (`FITSHeaderCheck`),
+/// with its count of header-and-data units. The caller closes it (`ffclos`).
+func openFITS(_ path: String) throws(ImageFileError) -> (file: UnsafeMutablePointer<fitsfile>?, units: Int32) {
+    do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
+    var status: Int32 = 0
+    var f: UnsafeMutablePointer<fitsfile>?
+    ffopen(&f, path, READONLY, &status)
+    var units: Int32 = 0
+    if status == 0 { ffthdu(f, &units, &status) }
+    if status != 0 {
+        var s: Int32 = 0
+        if f != nil { ffclos(f, &s) }
+        do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
+    }
+    return (f, units)
+}
+
 /// Reads a FITS header's cards through cfitsio: name → value (string values unquoted).
 func fitsCards(_ f: UnsafeMutablePointer<fitsfile>?) -> [String: String] {
     var status: Int32 = 0
@@ -243,7 +260,6 @@ public final class ImagePatchFile: @unchecked Sendable {
 
     public init(path: String) throws(ImageFileError) {
         self.path = path
-        do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
         let (primary, found, offsets) = try Self.readHeaders(path)
         primaryCards = primary
         func refuse(_ why: String) -> ImageFileError { .notAPatch(path: path, reason: why) }
@@ -293,16 +309,10 @@ public final class ImagePatchFile: @unchecked Sendable {
     /// The primary header's cards, and each plane's header cards and data offset (cfitsio).
     private static func readHeaders(_ path: String) throws(ImageFileError)
         -> ([String: String], [ImagePlane: (cards: [String: String], end: Int)], [ImagePlane: Int]) {
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        ffopen(&f, path, READONLY, &status)
-        if status != 0 {
-            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
-        }
+        let (f, units) = try openFITS(path)
         defer { var s: Int32 = 0; ffclos(f, &s) }
+        var status: Int32 = 0
         let primary = fitsCards(f)
-        var units: Int32 = 0
-        ffthdu(f, &units, &status)
         var offsets: [ImagePlane: Int] = [:]
         var found: [ImagePlane: (cards: [String: String], end: Int)] = [:]
         var hdu: Int32 = 2
@@ -393,19 +403,16 @@ public struct FITSImage: Sendable {
     public static let maxPixels = 1 << 28
 
     public init(path: String) throws(ImageFileError) {
-        do { try FITSHeaderCheck.validate(path: path) } catch { throw .fits(error) }
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        ffopen(&f, path, READONLY, &status)
-        if status != 0 {
-            do { try FITSError.check(status, path, "open") } catch { throw .fits(error) }
-        }
+        let (f, units) = try openFITS(path)
         defer { var s: Int32 = 0; ffclos(f, &s) }
+        var status: Int32 = 0
         let primary = fitsCards(f)
-        var units: Int32 = 0
-        ffthdu(f, &units, &status)
-        func size(_ c: [String: String]) -> (Int, Int)? {
+        func size(_ c: [String: String]) throws(ImageFileError) -> (Int, Int)? {
             guard c["NAXIS"] == "2", let w = Int(c["NAXIS1"] ?? ""), let h = Int(c["NAXIS2"] ?? ""), w > 0, h > 0 else { return nil }
+            // Each side first (a header's numbers are anyone's), then the pixels.
+            guard w <= 1 << 16, h <= 1 << 16, w * h <= Self.maxPixels else {
+                throw .notAPatch(path: path, reason: "its image of \(w) × \(h) pixels is over the limit (65536 per side, \(Self.maxPixels) pixels)")
+            }
             return (w, h)
         }
         func read<T>(_ code: Int32, _ n: Int, _ fill: T) throws(ImageFileError) -> [T] {
@@ -423,10 +430,7 @@ public struct FITSImage: Sendable {
             ffmahd(f, hdu, &type, &status)
             guard status == 0, type == IMAGE_HDU else { continue }
             let cards = fitsCards(f)
-            guard let (w, h) = size(cards) else { continue }
-            guard w * h <= Self.maxPixels else {
-                throw .notAPatch(path: path, reason: "its image of \(w) × \(h) pixels is over the limit of \(Self.maxPixels) pixels")
-            }
+            guard let (w, h) = try size(cards) else { continue }
             let name = (cards["EXTNAME"] ?? "").uppercased()
             if let first = found {
                 guard w == first.w, h == first.h else { continue }

@@ -24,11 +24,8 @@ struct CutoutCommand: ParsableCommand {
     @Option(help: "The image dataset.")
     var dataset: String
 
-    @Option(help: "A cone: RA,DEC,RADIUS in degrees (the cutout is its diameter wide).")
-    var cone: String?
-
-    @Option(help: "A box: RAMIN,RAMAX,DECMIN,DECMAX in degrees.")
-    var box: String?
+    /// A cone's cutout is its diameter wide; a box's covers it.
+    @OptionGroup var region: SkyRegionOptions
 
     @Option(help: "Pixels, WIDTHxHEIGHT, around the region's centre (instead of the region's extent).")
     var size: String?
@@ -42,14 +39,8 @@ struct CutoutCommand: ParsableCommand {
     @OptionGroup var job: JobOptions
     @OptionGroup var target: SchedulerTarget
 
-    func numbers(_ s: String, _ count: Int, _ what: String) throws -> [Double] {
-        let p = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard p.count == count, p.allSatisfy(\.isFinite) else { throw ValidationError("\(what) needs \(count) comma-separated numbers, got `\(s)`") }
-        return p
-    }
-
     func validate() throws {
-        guard (cone == nil) != (box == nil) else { throw ValidationError("give where the cutout is: --cone or --box (one of them)") }
+        guard (region.cone == nil) != (region.box == nil) else { throw ValidationError("give where the cutout is: --cone or --box (one of them)") }
         if let size {
             let p = size.lowercased().split(separator: "x").compactMap { Int($0) }
             guard p.count == 2, p.allSatisfy({ $0 > 0 }) else { throw ValidationError("--size needs WIDTHxHEIGHT in pixels, got `\(size)`") }
@@ -57,15 +48,7 @@ struct CutoutCommand: ParsableCommand {
     }
 
     func run() throws {
-        var q = CatalogQuery(dataset: dataset)
-        if let cone {
-            let c = try numbers(cone, 3, "--cone")
-            q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
-        }
-        if let box {
-            let b = try numbers(box, 4, "--box")
-            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
-        }
+        var q = try region.apply(to: CatalogQuery(dataset: dataset))
         let wh = size.map { $0.lowercased().split(separator: "x").compactMap { Int($0) } } ?? [0, 0]
         let bands = band.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? []
         q = q.cutout(bands: bands, width: wh[0], height: wh[1])

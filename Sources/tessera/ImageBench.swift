@@ -110,7 +110,7 @@ struct CutoutBench: ParsableCommand {
     var size = 256
 
     func run() throws {
-        let (cluster, conn, patches) = try setup.start()
+        let (cluster, conn, _) = try setup.start()
         defer { cluster.stop() }
         let (ra, dec) = try setup.fieldBox
         var rng = SplitMix64(seed: 99)
@@ -137,7 +137,6 @@ struct CutoutBench: ParsableCommand {
         let list = setup.data + "/cutout-positions.txt"
         try positions.dropFirst(20).map { "\($0.0) \($0.1)" }.joined(separator: "\n").write(toFile: list, atomically: true, encoding: .utf8)
         try setup.anchor("scripts/anchor_images.py", ["cutout", "--patches", setup.coaddFolder, "--positions", list, "--size", "\(size)"])
-        _ = patches
     }
 }
 

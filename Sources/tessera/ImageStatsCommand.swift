@@ -24,8 +24,8 @@ struct ImageStatsCommand: ParsableCommand {
     @Option(help: "Bands, comma-separated (default: every band).")
     var bands: String?
 
-    @Option(help: "A box RAMIN,RAMAX,DECMIN,DECMAX in degrees: only patches meeting it.")
-    var box: String?
+    /// Only patches meeting the region.
+    @OptionGroup var region: SkyRegionOptions
 
     @Option(help: "The depth map's HEALPix order (default 10, 3.4′ pixels).")
     var mapOrder = 10
@@ -41,12 +41,8 @@ struct ImageStatsCommand: ParsableCommand {
     }
 
     func run() throws {
-        var q = CatalogQuery(dataset: dataset).imageStatistics(bands: bands.map { $0.split(separator: ",").map(String.init) } ?? [], mapOrder: mapOrder)
-        if let box {
-            let b = box.split(separator: ",").compactMap { Double($0) }
-            guard b.count == 4 else { throw ValidationError("--box needs RAMIN,RAMAX,DECMIN,DECMAX") }
-            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
-        }
+        let q = try region.apply(to: CatalogQuery(dataset: dataset))
+            .imageStatistics(bands: bands.map { $0.split(separator: ",").map(String.init) } ?? [], mapOrder: mapOrder)
         let conn = try target.connect()
         job.apply(to: conn)
         let done = try conn.run(q, name: "image statistics \(dataset)")

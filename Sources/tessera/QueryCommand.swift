@@ -5,13 +5,39 @@ import TesseraCompute
 import SwiftProtobuf
 import TesseraProtocol
 
-/// Options every catalog question shares, turned into a `CatalogQuery`.
-struct QueryOptions: ParsableArguments {
+/// Comma-separated numbers of an option, exactly `count` finite ones.
+func optionNumbers(_ s: String, _ count: Int, _ what: String) throws -> [Double] {
+    let p = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+    guard p.count == count, p.allSatisfy(\.isFinite) else { throw ValidationError("\(what) needs \(count) comma-separated numbers, got `\(s)`") }
+    return p
+}
+
+/// Where on the sky a question looks: `--cone` or `--box` (catalog questions, cutouts, stacks).
+struct SkyRegionOptions: ParsableArguments {
     @Option(help: "A cone: RA,DEC,RADIUS in degrees.")
     var cone: String?
 
     @Option(help: "An RA/Dec box: RAMIN,RAMAX,DECMIN,DECMAX in degrees.")
     var box: String?
+
+    /// `q` with the region, if one was given.
+    func apply(to q: CatalogQuery) throws -> CatalogQuery {
+        var q = q
+        if let cone {
+            let c = try optionNumbers(cone, 3, "--cone")
+            q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
+        }
+        if let box {
+            let b = try optionNumbers(box, 4, "--box")
+            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
+        }
+        return q
+    }
+}
+
+/// Options every catalog question shares, turned into a `CatalogQuery`.
+struct QueryOptions: ParsableArguments {
+    @OptionGroup var region: SkyRegionOptions
 
     @Option(name: .customLong("where"), help: "A condition rows must meet, e.g. \"mag(r_psfFlux) < 24 and refExtendedness == 0\".")
     var filter: String = ""
@@ -64,12 +90,6 @@ struct QueryOptions: ParsableArguments {
     @Option(name: .customLong("max-rows"), help: "Most rows a collect may return (default 1000000).")
     var maxRows: Int?
 
-    func numbers(_ s: String, _ count: Int, _ what: String) throws -> [Double] {
-        let p = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard p.count == count else { throw ValidationError("\(what) needs \(count) comma-separated numbers, got `\(s)`") }
-        return p
-    }
-
     /// `EXPR:BINS:MIN:MAX`, split from the right so the expression may hold anything.
     func axis(_ s: String) throws -> (String, Int, ClosedRange<Double>) {
         let parts = s.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
@@ -83,14 +103,7 @@ struct QueryOptions: ParsableArguments {
     /// The question: `base` (a dataset, or a cross-match) with these options.
     func query(_ base: CatalogQuery) throws -> CatalogQuery {
         var q = base
-        if let cone {
-            let c = try numbers(cone, 3, "--cone")
-            q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
-        }
-        if let box {
-            let b = try numbers(box, 4, "--box")
-            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
-        }
+        q = try region.apply(to: q)
         if !filter.isEmpty { q = q.filter(filter) }
         if let forcedPhot {
             let list = bands.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? []

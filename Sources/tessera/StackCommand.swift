@@ -25,11 +25,7 @@ struct StackCommand: ParsableCommand {
     @Option(help: "The catalog whose rows the cutouts are centred on.")
     var dataset: String
 
-    @Option(help: "A cone: RA,DEC,RADIUS in degrees.")
-    var cone: String?
-
-    @Option(help: "A box: RAMIN,RAMAX,DECMIN,DECMAX in degrees.")
-    var box: String?
+    @OptionGroup var region: SkyRegionOptions
 
     @Option(name: .customLong("where"), help: "A condition the rows must meet.")
     var filter: String = ""
@@ -55,12 +51,6 @@ struct StackCommand: ParsableCommand {
     @OptionGroup var job: JobOptions
     @OptionGroup var target: SchedulerTarget
 
-    func numbers(_ s: String, _ count: Int, _ what: String) throws -> [Double] {
-        let p = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard p.count == count, p.allSatisfy(\.isFinite) else { throw ValidationError("\(what) needs \(count) comma-separated numbers, got `\(s)`") }
-        return p
-    }
-
     var stackKind: StackKind? { ["mean": .stackMean, "weighted": .stackWeightedMean, "median": .stackMedian][kind] }
 
     func validate() throws {
@@ -68,23 +58,15 @@ struct StackCommand: ParsableCommand {
         guard size > 0, size % 2 == 1, size <= ImageStack.maxSize else { throw ValidationError("--size must be odd, 1 … \(ImageStack.maxSize)") }
         if kind == "median" {
             guard let medianRange else { throw ValidationError("--kind median needs --median-range LO,HI (nJy)") }
-            let r = try numbers(medianRange, 2, "--median-range")
+            let r = try optionNumbers(medianRange, 2, "--median-range")
             guard r[0] < r[1] else { throw ValidationError("--median-range needs LO < HI") }
         }
     }
 
     func run() throws {
-        var q = CatalogQuery(dataset: dataset)
-        if let cone {
-            let c = try numbers(cone, 3, "--cone")
-            q = q.region(.cone(ra: c[0], dec: c[1], radius: c[2]))
-        }
-        if let box {
-            let b = try numbers(box, 4, "--box")
-            q = q.region(.box(raMin: b[0], raMax: b[1], decMin: b[2], decMax: b[3]))
-        }
+        var q = try region.apply(to: CatalogQuery(dataset: dataset))
         if !filter.isEmpty { q = q.filter(filter) }
-        let range = try medianRange.map { try numbers($0, 2, "--median-range") }.map { $0[0]...$0[1] }
+        let range = try medianRange.map { try optionNumbers($0, 2, "--median-range") }.map { $0[0]...$0[1] }
         q = q.stack(on: images, band: band, size: size, kind: stackKind ?? .stackMean, medianRange: range)
         let conn = try target.connect()
         job.apply(to: conn)

@@ -10,6 +10,9 @@ public typealias ForcedPhotometrySpec = Tessera_V1_ForcedPhotometrySpec
 /// of the filter on stored columns) is measured on the patch of its own HEALPix pixel, in each
 /// band, and the measurements become columns the rest of the question reads.
 public enum ForcedPhotometryQuestion {
+    /// The farthest a measurement reads from its row's position, pixels.
+    public static let maxReachPixels = 512
+
     /// The columns a band adds.
     public static func columnNames(band b: String) -> [String] { ["\(b)_apFlux", "\(b)_apFluxErr", "\(b)_apBackground", "\(b)_apFlag"] }
 
@@ -34,11 +37,7 @@ public enum ForcedPhotometryQuestion {
     /// pixels (the annulus must stay within a patch's border, so each row is measured whole on
     /// the patch of its own pixel).
     public static func check(_ spec: ForcedPhotometrySpec, images: Tessera_V1_ImageDatasetInfo) throws(CatalogQueryError) -> (bands: [String], photometry: ForcedPhotometry) {
-        let bands = spec.bands.isEmpty ? images.bands : spec.bands
-        for b in bands where !images.bands.contains(b) {
-            throw CatalogQueryError("`\(spec.images.prefix(100))` has no band `\(b.prefix(40))` (it has \(images.bands.joined(separator: ", ")))")
-        }
-        guard Set(bands).count == bands.count else { throw CatalogQueryError("forced photometry names a band twice") }
+        let bands = try ImageDataset.bands(spec.bands, of: images, dataset: spec.images)
         let r = spec.apertureArcsec
         guard r.isFinite, r > 0, r <= 60 else { throw CatalogQueryError("an aperture radius of \(r)″ is outside (0, 60]″") }
         let inner = spec.annulusInnerArcsec == 0 ? 2 * r : spec.annulusInnerArcsec
@@ -48,6 +47,10 @@ public enum ForcedPhotometryQuestion {
         }
         let scale = images.pixelScaleArcsec
         let reach = outer / scale + 2
+        // Each row reads a stamp of about (2 × reach)² pixels.
+        guard reach <= Double(maxReachPixels) else {
+            throw CatalogQueryError("the annulus reaches \(Int(reach.rounded(.up))) pixels (\(outer)″ at \(scale)″), over the limit of \(maxReachPixels) pixels a row's measurement may read: ask for a smaller aperture or annulus")
+        }
         guard reach <= Double(images.borderPixels) else {
             throw CatalogQueryError("the annulus reaches \(Int(reach.rounded(.up))) pixels (\(outer)″ at \(scale)″) but patches overlap by only \(images.borderPixels) pixels: each row is measured on the patch of its own pixel, so the annulus must fit in that border; ask for a smaller aperture or annulus")
         }
@@ -57,7 +60,10 @@ public enum ForcedPhotometryQuestion {
     /// One measurement of a position on a patch file.
     public static func measure(_ file: ImagePatchFile, ra: Double, dec: Double, with fp: ForcedPhotometry) -> (flux: Double, error: Double, background: Double, flags: Int64) {
         let h = file.header
-        guard let p = h.wcs.pixel(ra: ra, dec: dec) else { return (.nan, .nan, .nan, Int64(ForcedPhotometry.Flag.noCoverage)) }
+        // A position far off the patch (or 90° from its tangent point) has no pixels here.
+        guard let p = h.wcs.pixel(ra: ra, dec: dec), abs(p.x) < 1e9, abs(p.y) < 1e9 else {
+            return (.nan, .nan, .nan, Int64(ForcedPhotometry.Flag.noCoverage))
+        }
         let gx = p.x + Double(h.x0), gy = p.y + Double(h.y0)
         var stamp = ImageCutout(band: h.band, box: fp.stampBox(x: gx, y: gy), gridWCS: ImageDataset.gridWCS(h), tract: h.tract)
         stamp.paste(file)
@@ -106,10 +112,10 @@ struct ForcedPhotometryTask {
     struct RowPatch: Hashable { var row: UInt64, ref: Int }
 
     /// The rows of each own row group the question reads: in the region, passing the filter's
-    /// conjuncts on stored columns. Calls `body` with the group, its first row's number, the
-    /// columns read and the candidate rows.
+    /// conjuncts on stored columns. Calls `body` with the group's first row's number, the
+    /// columns read, the group's spatial index and the candidate rows; true stops.
     func candidates(isCancelled: () -> Bool, catalogOnly: [CheckedExpression], names: [String],
-                    _ body: (Int, UInt64, [String: ColumnData], [Int64], [Int], [Int]) throws(CatalogQueryError) -> Bool) throws(CatalogQueryError) {
+                    _ body: (UInt64, [String: ColumnData], [Int64], [Int]) throws(CatalogQueryError) -> Bool) throws(CatalogQueryError) {
         let footer = reader.footer
         var first = [UInt64](repeating: 0, count: footer.rowGroups.count + 1)
         for (g, rg) in footer.rowGroups.enumerated() { first[g + 1] = first[g] + rg.rows }
@@ -155,7 +161,7 @@ struct ForcedPhotometryTask {
                 for (n, d) in stored { cols[n] = CatalogScan.vector(d) }
                 chosen = GroupLoops.indices(where: FilterPlan.evaluate(catalogOnly, columns: cols, rows: index.count, among: inside))
             }
-            if try body(g, first[g], stored, index, inside, chosen) { return }
+            if try body(first[g], stored, index, chosen) { return }
         }
     }
 
@@ -195,7 +201,7 @@ struct ForcedPhotometryTask {
         if case .rows = q.output, q.plan.rows.limit == 0 { acc.rows.keepsChunks = true }
         let (catalogOnly, rest) = splitFilter()
         var files: [Int: ImagePatchFile?] = [:]
-        try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: storedNames) { (g, firstRow, stored, index, inside, chosen) throws(CatalogQueryError) -> Bool in
+        try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: storedNames) { (firstRow, stored, index, chosen) throws(CatalogQueryError) -> Bool in
             var piece = ScanAccumulator(q)
             if acc.rows.keepsChunks { piece.rows.keepsChunks = true }
             let n = index.count
@@ -203,8 +209,7 @@ struct ForcedPhotometryTask {
             let ra = stored[raColumn]!.doubles, dec = stored[decColumn]!.doubles
             var cols: [String: ExpressionVector] = [:]
             var all = stored
-            for (k, b) in bands.enumerated() {
-                _ = k
+            for b in bands {
                 var flux = [Double](repeating: .nan, count: n), err = flux, bg = flux
                 var flag = [Int64](repeating: Int64(ForcedPhotometry.Flag.outsideImages), count: n)
                 for i in chosen {
@@ -240,8 +245,6 @@ struct ForcedPhotometryTask {
                 guard let c = all[name] else { throw CatalogQueryError("column `\(name)` was not read") }
                 return c
             }, index: index)
-            _ = inside
-            _ = g
             return try acc.absorb(piece)
         }
         return acc
@@ -251,7 +254,7 @@ struct ForcedPhotometryTask {
     func remoteRows(isCancelled: () -> Bool) throws(CatalogQueryError) -> Tessera_V1_ForcedPhotometryRows {
         var out = Tessera_V1_ForcedPhotometryRows()
         let (catalogOnly, _) = splitFilter()
-        try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: catalogOnly.flatMap(\.columns)) { (_, firstRow, stored, _, _, chosen) throws(CatalogQueryError) -> Bool in
+        try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: catalogOnly.flatMap(\.columns)) { (firstRow, stored, _, chosen) throws(CatalogQueryError) -> Bool in
             let ra = stored[raColumn]!.doubles, dec = stored[decColumn]!.doubles
             for i in chosen {
                 for b in bands {

@@ -78,14 +78,6 @@ public struct ImageCutout: Sendable, Equatable {
         }
     }
 
-    /// The part of this cutout inside `part` (which must lie inside `box`), as a cutout of its own.
-    public func cropped(to part: PixelBox) -> ImageCutout {
-        let p = box.intersection(part)
-        var out = ImageCutout(band: band, box: p, gridWCS: gridWCS, tract: tract)
-        out.paste(self)
-        return out
-    }
-
     /// The cutout as a patch file's header (its first pixel's place in the grid, its own WCS).
     public func patchHeader(tiling: SkyTiling?) -> ImagePatchHeader {
         ImagePatchHeader(band: band, tract: tract, patch: -1, tractOrder: tiling?.tractOrder ?? -1, patchOrder: tiling?.patchOrder ?? -1,

@@ -94,6 +94,17 @@ public enum ImageDataset {
         return c
     }
 
+    /// The bands a question asks of an image dataset (`asked`; empty: all of them), checked: each
+    /// one the dataset's, none twice.
+    public static func bands(_ asked: [String], of info: Tessera_V1_ImageDatasetInfo, dataset: String) throws(CatalogQueryError) -> [String] {
+        let bands = asked.isEmpty ? info.bands : asked
+        for b in bands where !info.bands.contains(b) {
+            throw CatalogQueryError("`\(dataset.prefix(100))` has no band `\(b.prefix(40))` (it has \(info.bands.joined(separator: ", ")))")
+        }
+        guard Set(bands).count == bands.count else { throw CatalogQueryError("a question names a band twice") }
+        return bands
+    }
+
     /// Why a dataset's bands and tiling cannot be recorded, or nil.
     public static func infoProblem(_ i: Tessera_V1_ImageDatasetInfo) -> String? {
         guard !i.bands.isEmpty, i.bands.count <= maxBands, Set(i.bands).count == i.bands.count else {
@@ -176,6 +187,11 @@ public enum CutoutGeometry {
         guard let c = centre(region), let p = wcs.pixel(ra: c.ra, dec: c.dec) else {
             throw CatalogQueryError("a cutout needs a region (a cone, box or polygon) to say where it is")
         }
+        // Pixel coordinates become integers below: only near the grid (the caller picks the grid
+        // holding the centre).
+        guard abs(p.x) < 1e9, abs(p.y) < 1e9 else {
+            throw CatalogQueryError("the cutout's centre (\(c.ra), \(c.dec)) lies outside the image's grid")
+        }
         var box: PixelBox
         if width > 0 || height > 0 {
             box = .centred(x: p.x, y: p.y, width: max(width, 1), height: max(height, 1))
@@ -191,7 +207,7 @@ public enum CutoutGeometry {
                 (x0, y0, x1, y1) = (min(x0, g.x), min(y0, g.y), max(x1, g.x), max(y1, g.y))
             }
             let side = Double(maxSide) * 4
-            guard x1 - x0 < side, y1 - y0 < side else {
+            guard x1 - x0 < side, y1 - y0 < side, abs(x0) < 1e9, abs(y0) < 1e9 else {
                 throw CatalogQueryError("a cutout of \(Int(x1 - x0)) × \(Int(y1 - y0)) pixels is larger than the limit of \(maxSide) × \(maxSide): narrow the region")
             }
             let a = Int(x0.rounded(.up)), b = Int(y0.rounded(.up))

@@ -57,13 +57,7 @@ public enum ImageOperators {
     public static let imageStats = TaskOperator("image_stats", "count a patch's own pixels: quantiles, masked fraction, depth map") { ctx throws(OperatorError) in
         let name = "image_stats"
         let plan = try CatalogOperators.taskPlan(ctx, name)
-        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
-            throw OperatorError(name, "the task names no patch this worker can open")
-        }
-        let file: ImagePatchFile
-        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
-            throw OperatorError(name, "\(error)")
-        }
+        let file = try openPatch(ctx, name)
         let order = plan.imageStatistics.mapOrder == 0 ? ImageStatistics.defaultMapOrder : Int(plan.imageStatistics.mapOrder)
         guard (0...16).contains(order) else { throw OperatorError(name, "a depth map of order \(order) (at most 16)", retryable: false) }
         var out = CatalogPartial()
@@ -105,6 +99,33 @@ public enum ImageOperators {
         } catch {
             throw OperatorError(name, error.message, retryable: error.retryable)
         }
+    }
+
+    /// The task's patch, opened and checked against the registry's checksum (a damaged or
+    /// missing file fails the task retryably: another replica may serve).
+    static func openPatch(_ ctx: OperatorContext, _ name: String) throws(OperatorError) -> ImagePatchFile {
+        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
+            throw OperatorError(name, "the task names no patch this worker can open (data key \(ctx.dataKey ?? "none"))")
+        }
+        do { return try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
+            throw OperatorError(name, "\(error)")
+        }
+    }
+
+    /// What a task measuring another worker's rows on a patch here reads: the question, the
+    /// shard's patch list, the patch (its index in that list is the task's argument), the rows
+    /// listed (input 0), and which of them lie on this patch.
+    static func measureTask(_ ctx: OperatorContext, _ name: String) throws(OperatorError)
+        -> (plan: CatalogQueryPlan, refs: Tessera_V1_ForcedPhotometryPatches, file: ImagePatchFile, asked: Tessera_V1_ForcedPhotometryRows, picked: [Int]) {
+        let plan = try CatalogOperators.taskPlan(ctx, name)
+        guard let blob = ctx.params.blobs["patches"], let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob),
+              ctx.inputs.count == 1, let ref = Int(exactly: ctx.arg), ref >= 0, ref < refs.keys.count else {
+            throw OperatorError(name, "the task carries no readable patch or rows", retryable: false)
+        }
+        let file = try openPatch(ctx, name)
+        let asked = try rows(ctx.inputs[0], input: 0, name)
+        let n = min(asked.rows.count, asked.patch.count, asked.ra.count, asked.dec.count)
+        return (plan, refs, file, asked, (0..<n).filter { Int(asked.patch[$0]) == ref })
     }
 
     static func rows(_ v: Value, input k: Int, _ name: String) throws(OperatorError) -> Tessera_V1_ForcedPhotometryRows {
@@ -153,25 +174,13 @@ public enum ImageOperators {
     /// input 0 lists for it.
     public static let forcedPhotMeasure = TaskOperator("forced_phot_measure", "measure rows of another worker's shard on a patch here") { ctx throws(OperatorError) in
         let name = "forced_phot_measure"
-        let plan = try CatalogOperators.taskPlan(ctx, name)
-        guard let blob = ctx.params.blobs["patches"], let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob),
-              ctx.inputs.count == 1, let ref = Int(exactly: ctx.arg), ref >= 0, ref < refs.keys.count else {
-            throw OperatorError(name, "the task carries no readable patch or rows", retryable: false)
-        }
+        let (plan, refs, file, asked, picked) = try measureTask(ctx, name)
         let fp: ForcedPhotometry
         do throws(CatalogQueryError) { fp = try ForcedPhotometryQuestion.check(plan.forcedPhotometry, images: refs.images).photometry } catch {
             throw OperatorError(name, error.message, retryable: false)
         }
-        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
-            throw OperatorError(name, "the task names no patch this worker can open")
-        }
-        let file: ImagePatchFile
-        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
-            throw OperatorError(name, "\(error)")
-        }
-        let asked = try rows(ctx.inputs[0], input: 0, name)
         var out = Tessera_V1_ForcedPhotometryRows()
-        for i in asked.rows.indices where i < asked.patch.count && Int(asked.patch[i]) == ref && i < asked.ra.count && i < asked.dec.count {
+        for i in picked {
             let m = ForcedPhotometryQuestion.measure(file, ra: asked.ra[i], dec: asked.dec[i], with: fp)
             out.rows.append(asked.rows[i])
             out.patch.append(asked.patch[i])
@@ -215,16 +224,7 @@ public enum ImageOperators {
     public static let imageCutout = TaskOperator("image_cutout", "copy a patch's pixels inside a cutout's box") { ctx throws(OperatorError) in
         let name = "image_cutout"
         let (box, piece, wcs) = try box(ctx, name)
-        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
-            throw OperatorError(name, "the task names no patch this worker can open (data key \(ctx.dataKey ?? "none"))")
-        }
-        let file: ImagePatchFile
-        do {
-            file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0)
-        } catch {
-            // A damaged or missing file: another replica may serve.
-            throw OperatorError(name, "\(error)")
-        }
+        let file = try openPatch(ctx, name)
         var partial = CatalogPartial()
         partial.shards = 1
         let h = file.header
@@ -296,24 +296,13 @@ public enum ImageOperators {
     /// input 0 lists for it.
     public static let imageStackMeasure = TaskOperator("image_stack_measure", "stack rows of another worker's shard on a patch here") { ctx throws(OperatorError) in
         let name = "image_stack_measure"
-        let plan = try CatalogOperators.taskPlan(ctx, name)
-        guard plan.hasStack, ctx.inputs.count == 1, let blob = ctx.params.blobs["patches"],
-              let refs = try? Tessera_V1_ForcedPhotometryPatches(serializedBytes: blob), let ref = Int(exactly: ctx.arg), ref >= 0, ref < refs.keys.count else {
-            throw OperatorError(name, "the task carries no readable stack, patch or rows", retryable: false)
-        }
+        let (plan, refs, file, asked, picked) = try measureTask(ctx, name)
+        guard plan.hasStack else { throw OperatorError(name, "the task's question asks for no stack", retryable: false) }
         do throws(CatalogQueryError) { try ImageStack.check(plan.stack, images: refs.images) } catch {
             throw OperatorError(name, error.message, retryable: false)
         }
-        guard let key = ctx.dataKey, let shard = ShardKey(key), let root = ctx.dataRoot else {
-            throw OperatorError(name, "the task names no patch this worker can open")
-        }
-        let file: ImagePatchFile
-        do { file = try ImagePatchPool.shared.file(path: root + "/" + shard.relativePath, checksum: ctx.dataChecksum ?? 0) } catch {
-            throw OperatorError(name, "\(error)")
-        }
-        let asked = try rows(ctx.inputs[0], input: 0, name)
         var s = ImageStack.empty(plan.stack)
-        for i in asked.rows.indices where i < asked.patch.count && Int(asked.patch[i]) == ref && i < asked.ra.count && i < asked.dec.count {
+        for i in picked {
             ImageStack.add(file, ra: asked.ra[i], dec: asked.dec[i], into: &s)
         }
         var out = CatalogPartial()

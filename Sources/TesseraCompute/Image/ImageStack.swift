@@ -22,9 +22,7 @@ public enum ImageStack {
 
     /// Why a stack cannot be made as asked, or nil.
     public static func check(_ s: StackSpec, images: Tessera_V1_ImageDatasetInfo) throws(CatalogQueryError) {
-        guard images.bands.contains(s.band) else {
-            throw CatalogQueryError("`\(s.images.prefix(100))` has no band `\(s.band.prefix(40))` (it has \(images.bands.joined(separator: ", ")))")
-        }
+        _ = try ImageDataset.bands([s.band], of: images, dataset: s.images)
         guard s.size >= 1, s.size <= UInt32(maxSize), s.size % 2 == 1 else {
             throw CatalogQueryError("a stack of \(s.size) pixels per side: it must be odd (the row's pixel in the middle) and at most \(maxSize)")
         }
@@ -166,7 +164,7 @@ extension ForcedPhotometryTask {
         var s = ImageStack.empty(spec)
         var files: [Int: ImagePatchFile?] = [:]
         let conjuncts = q.filter.map(FilterPlan.conjuncts) ?? []
-        try candidates(isCancelled: isCancelled, catalogOnly: conjuncts, names: conjuncts.flatMap(\.columns)) { (_, _, stored, index, _, chosen) throws(CatalogQueryError) -> Bool in
+        try candidates(isCancelled: isCancelled, catalogOnly: conjuncts, names: conjuncts.flatMap(\.columns)) { (_, stored, index, chosen) throws(CatalogQueryError) -> Bool in
             out.rowsScanned += UInt64(index.count)
             out.rowsMatched += UInt64(chosen.count)
             let ra = stored[raColumn]!.doubles, dec = stored[decColumn]!.doubles

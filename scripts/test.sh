@@ -3,11 +3,12 @@
 # tessera-scheduler and tessera-worker processes on loopback, the deployment files' checks
 # (scripts/check-deploy.sh), the HTTP gateway against TOPCAT's TAP validator
 # (scripts/check-taplint.sh, stilts taplint), the Python client's tests against real daemons and its notebook
+# (with Aladin's Hipsgen as the reference HiPS builder)
 # (scripts/test-python.sh, in a virtual environment), and a short run of every fuzz
 # target (FUZZ_SECONDS each, default 30; 0 skips them; long runs: scripts/fuzz.sh TARGET SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh stilts chromium chromium-driver
+scripts/setup.sh stilts chromium chromium-driver aladin
 swift build --build-tests
 swift test --skip-build
 TESSERA_BIN_DIR="$(swift build --show-bin-path)" scripts/check-deploy.sh

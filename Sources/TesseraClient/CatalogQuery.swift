@@ -177,8 +177,6 @@ public struct CatalogQuery: Sendable {
         with { p in p.rows.maxRows = UInt64(max(0, n)) }
     }
 
-    /// Runs it in class `c`: interactive questions go first and must fit the cluster's
-    /// interactive budget; batch ones run in what the others leave.
     /// A cutout of an image dataset around the region's centre, in `bands` (empty: all), of
     /// `width × height` pixels (0: the region's extent).
     public func cutout(bands: [String] = [], width: Int = 0, height: Int = 0) -> CatalogQuery {
@@ -226,6 +224,22 @@ public struct CatalogQuery: Sendable {
         return q
     }
 
+    /// An all-sky HiPS of one band of an image dataset: tiles of `tileWidth` pixels from `order`
+    /// (0: the coadd's own resolution) up to order 3, PNG tiles stretched (arcsinh) from `cut`
+    /// (nJy). Each tile is an answer of its own as it is made: ``SchedulerConnection/makeHiPS``
+    /// writes them into a HiPS tree.
+    public func hips(band: String, tileWidth: Int = 512, order: Int = 0, cut: ClosedRange<Double>) -> CatalogQuery {
+        var q = self
+        q.plan.hips.band = band
+        q.plan.hips.tileWidth = UInt32(clamping: max(0, tileWidth))
+        q.plan.hips.order = UInt32(clamping: max(0, order))
+        q.plan.hips.cutLow = cut.lowerBound
+        q.plan.hips.cutHigh = cut.upperBound
+        return q
+    }
+
+    /// Runs it in class `c`: interactive questions go first and must fit the cluster's
+    /// interactive budget; batch ones run in what the others leave.
     public func priority(_ c: PriorityClass) -> CatalogQuery {
         var q = self
         q.priority = c

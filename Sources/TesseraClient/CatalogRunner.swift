@@ -65,7 +65,8 @@ extension SchedulerConnection {
     ///
     /// - Parameters:
     ///   - isStopped: polled while waiting; when it turns true the job is cancelled and this throws.
-    ///   - onUpdate: each progressive partial answer, and each row batch of a collect.
+    ///   - onUpdate: each progressive partial answer, each row batch of a collect, and each
+    ///     output's tiles of a HiPS.
     /// - Returns: the final answer.
     ///
     /// A question lost to a scheduler restart before any of its rows came is asked again (its
@@ -113,7 +114,9 @@ extension SchedulerConnection {
                         try? cancel(job: job)
                         throw ClientError.invalidQuery("job \(job) sent a value that is not a catalog answer (\(value))")
                     }
-                    if partial {
+                    if partial || plan.hasHips {
+                        // Progressive snapshots, and a HiPS's tiles (each output a few tiles, for
+                        // the caller to write as they come; none is kept here).
                         onUpdate(CatalogUpdate(result: CatalogResult(plan: plan, partial: p), isFinal: false, seconds: seconds(),
                                                tasksDone: Int(done), taskCount: Int(total)))
                     } else if plan.hasRows && plan.rows.limit == 0 {

@@ -116,5 +116,5 @@ public struct OperatorRegistry: Sendable {
     public var names: [String] { table.keys.sorted() }
 
     /// The registry every worker starts with.
-    public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all + CatalogOperators.all + ImageOperators.all) }
+    public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all + CatalogOperators.all + ImageOperators.all + HiPSOperators.all) }
 }

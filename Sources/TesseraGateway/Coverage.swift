@@ -48,25 +48,11 @@ final class CoverageService: Sendable {
         } catch ClientError.rejected(_, let message) where message.contains("no dataset named") {
             throw TAPError(404, message)
         }
-        let body = json ? Array(moc.json.utf8) : try Self.fits(moc)
+        let body = json ? Array(moc.json.utf8) : try moc.fitsBytes()
         cache.withLock { c in
             c = c.filter { now - $0.value.at < 60 }
             c[key] = (now, body)
         }
         return (body, type)
-    }
-
-    /// A MOC's FITS serialisation: a binary table of NUNIQ cells with the standard's keywords.
-    static func fits(_ moc: CoverageMOC) throws -> [UInt8] {
-        let path = NSTemporaryDirectory() + "tessera-moc-\(UUID().uuidString).fits"
-        defer { unlink(path) }
-        let keywords: [FITSKeyword] = [
-            .init("PIXTYPE", .text("HEALPIX"), "HEALPix magic code"), .init("ORDERING", .text("NUNIQ"), "NUNIQ coding method"),
-            .init("COORDSYS", .text("C"), "ICRS reference frame"), .init("MOCVERS", .text("2.0"), "MOC version"),
-            .init("MOCDIM", .text("SPACE"), "Spatial MOC"), .init("MOCORD_S", .integer(moc.maxOrder), "MOC resolution (best order)"),
-            .init("MOCORDER", .integer(moc.maxOrder), "MOC resolution (MOC 1.1)"), .init("MOCTOOL", .text("tessera"), "Name of the MOC generator"),
-        ]
-        try FITSTableWriter.write(to: path, columns: [ColumnSpec("UNIQ", .columnInt64)], data: [.int64(moc.nuniq)], extensionName: "MOC", keywords: keywords)
-        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 }

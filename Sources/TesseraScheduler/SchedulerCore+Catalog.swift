@@ -39,6 +39,7 @@ extension SchedulerCore {
         guard let d = resolve(plan.dataset, user: user, in: all) else { throw unknownDataset(plan.dataset, user: user, in: all) }
         if plan.hasForcedPhotometry || plan.hasStack { return try planForcedPhotometry(plan, catalog: d, datasets: all, user: user) }
         if plan.hasImageStatistics { return try planImageStatistics(plan, images: d) }
+        if plan.hasHips { return try planHiPS(plan, images: d) }
         if plan.hasCutout || d.images != nil { return try planCutout(plan, images: d) }
         if plan.hasCrossmatch { return try planCrossmatch(plan, left: d, datasets: all, user: user) }
         let dataset = d.record

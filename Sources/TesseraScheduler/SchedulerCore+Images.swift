@@ -220,3 +220,61 @@ extension SchedulerCore {
         return (g, estimate)
     }
 }
+
+extension SchedulerCore {
+    /// A HiPS of one band: per patch of the band, a `hips_patch` (its tiles from the deepest
+    /// order up to the patch order; an output) and a `hips_top` beside it (the patch-order tile
+    /// alone, so the deeper tiles never move); then one `hips_tile` per tile above, from its
+    /// children's tasks, up to order 3 (each an output).
+    mutating func planHiPS(_ plan: CatalogQueryPlan, images d: PlannedDataset) throws(ProtocolError) -> (graph: TaskGraph, estimate: Tessera_V1_CostEstimate) {
+        guard let images = d.images else {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` is a catalog, not an image dataset: a HiPS is made of images")
+        }
+        guard !plan.hasCutout, !plan.hasImageStatistics, !plan.hasCrossmatch, !plan.hasPython, plan.filter.isEmpty else {
+            throw .invalidContent("a HiPS is asked alone: no filter, cutout, statistics, cross-match or Python function beside it")
+        }
+        let q: HiPSQuestion
+        do { q = try HiPSQuestion(plan.hips, images: images.info, dataset: plan.dataset) } catch { throw .invalidContent(error.message) }
+        let region: (any SkyRegion)?
+        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
+        let wanted = region.map { HEALPix.indexRanges(of: $0, resolution: 10) }
+        let patches = images.patches.indices.filter { s in
+            guard let h = images.patches[s], h.tract >= 0, h.band == q.band, h.patchOrder == q.patchOrder else { return false }
+            guard let wanted else { return true }
+            let range = HEALPix.children(h.patch, order: q.patchOrder, to: HEALPix.maxOrder)
+            return wanted.contains { $0.lowerBound < range.upperBound && range.lowerBound < $0.upperBound }
+        }
+        guard !patches.isEmpty else {
+            throw .invalidContent("`\(plan.dataset.prefix(200))` has no tiled patch of band \(q.band)\(region == nil ? "" : " in the region"): a HiPS is made from the patches of a tiled coadd")
+        }
+        var g = TaskGraph(operators: ["hips_patch", "hips_top", "hips_tile"], params: [HiPSOperators.params(plan: plan, images: images.info)], dataKeys: d.keys)
+        var estimate = Tessera_V1_CostEstimate()
+        var outputs: [UInt32] = []
+        // The tasks holding each tile of the current order (for the tiles above).
+        var level: [Int64: UInt32] = [:]
+        for s in patches {
+            guard let h = images.patches[s] else { continue }
+            let leaf = g.add(operatorIndex: 0, paramIndex: 1)
+            g.dataKey.append(UInt32(s + 1))
+            outputs.append(leaf)
+            level[h.patch] = g.add(operatorIndex: 1, inputs: [leaf], paramIndex: 1)
+            g.dataKey.append(0)
+            d.add(shard: s, fraction: 1, to: &estimate)
+        }
+        var order = q.patchOrder
+        while order > HiPSTiling.minimumOrder {
+            var parents: [Int64: [UInt32]] = [:]
+            for (npix, task) in level { parents[npix >> 2, default: []].append(task) }
+            level = [:]
+            for parent in parents.keys.sorted() {
+                let t = g.add(operatorIndex: 2, inputs: parents[parent]!.sorted(), paramIndex: 1)
+                g.dataKey.append(0)
+                outputs.append(t)
+                level[parent] = t
+            }
+            order -= 1
+        }
+        g.outputs = outputs
+        return (g, estimate)
+    }
+}

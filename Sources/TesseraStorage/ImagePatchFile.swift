@@ -149,97 +149,166 @@ public enum ImagePatchWriter {
                 throw .invalidInput("band name `\(hb.band)`: 1 to 16 letters, digits or _")
             }
         }
-        let path = "patch \(h.band)/\(h.tract)/\(h.patch)"
-        func fail(_ status: Int32, _ op: String) -> ImageFileError {
-            var text = [CChar](repeating: 0, count: 81)
-            ffgerr(status, &text)
-            return .fits(.cfitsio(path: path, operation: op, status: status,
-                                  message: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))
+        let w = try FITSMemoryWriter(name: "patch \(h.band)/\(h.tract)/\(h.patch)")
+        // The primary header: no data, what the patch is.
+        w.image(bitpix: 8, width: 0, height: 0)
+        w.key("ORIGIN", .text("Tessera"), "")
+        w.key("BAND", .text(h.band), "filter band")
+        w.key("TRACT", .integer(Int(h.tract)), "HEALPix nested pixel at TRORDER (-1: own grid)")
+        w.key("PATCH", .integer(Int(h.patch)), "HEALPix nested pixel at PAORDER (-1: own grid)")
+        w.key("TRORDER", .integer(h.tractOrder), "HEALPix order of tracts")
+        w.key("PAORDER", .integer(h.patchOrder), "HEALPix order of patches")
+        w.key("GRID_X0", .integer(h.x0), "first pixel's column in the tract grid (0-based)")
+        w.key("GRID_Y0", .integer(h.y0), "first pixel's row in the tract grid (0-based)")
+        w.keys(extraKeywords)
+        if bands.count > 1 { w.key("BANDS", .text(bands.map(\.header.band).joined(separator: ",")), "bands, one EXTVER each") }
+        w.checksum()
+        for (k, b) in bands.enumerated() {
+            func plane(_ p: ImagePlane, bitpix: Int32, unit: String, write: (FITSMemoryWriter) -> Void) {
+                w.image(bitpix: bitpix, width: b.header.width, height: b.header.height)
+                w.key("EXTNAME", .text(p.rawValue), "")
+                if bands.count > 1 { w.key("EXTVER", .integer(k + 1), "") }
+                w.key("BAND", .text(b.header.band), "filter band")
+                if !unit.isEmpty { w.key("BUNIT", .text(unit), "") }
+                for c in b.header.wcs.headerCards { w.key(c.name, c.value, c.comment) }
+                if p == .mask {
+                    for (name, bit) in ImageMask.planes { w.key("MP_\(name)", .integer(bit), "mask bit") }
+                }
+                write(w)
+                w.checksum()
+            }
+            plane(.image, bitpix: FLOAT_IMG, unit: "nJy") { $0.write(b.image) }
+            plane(.mask, bitpix: LONG_IMG, unit: "") { $0.write(b.mask) }
+            plane(.variance, bitpix: FLOAT_IMG, unit: "nJy2") { $0.write(b.variance) }
         }
-        // cfitsio keeps these two pointers and writes through them until the file is closed.
-        let bufferPointer = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
-        let sizePointer = UnsafeMutablePointer<Int>.allocate(capacity: 1)
-        defer { bufferPointer.deallocate(); sizePointer.deallocate() }
+        return try w.finish()
+    }
+}
+
+/// A FITS file written in memory through cfitsio, HDU by HDU: errors are kept (cfitsio's
+/// status) and reported by `finish`, which returns the file's bytes.
+public final class FITSMemoryWriter {
+    let name: String
+    // cfitsio keeps these two pointers and writes through them until the file is closed.
+    let bufferPointer = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
+    let sizePointer = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    var file: UnsafeMutablePointer<fitsfile>?
+    var status: Int32 = 0
+    var closed = false
+
+    /// `name` says what the file is in errors.
+    public init(name: String) throws(ImageFileError) {
+        self.name = name
         // One zeroed block, as cfitsio's manual shows: the mem driver takes a larger first buffer's
         // bytes past the first header as existing HDUs (a reused allocation held an old patch's).
         sizePointer.pointee = 2880
         bufferPointer.pointee = calloc(2880, 1)
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        ffimem(&f, bufferPointer, sizePointer, 2880 * 64, realloc, &status)
+        ffimem(&file, bufferPointer, sizePointer, 2880 * 64, realloc, &status)
         guard status == 0 else {
+            let e = Self.error(status, "create in memory", name)
             free(bufferPointer.pointee)
-            throw fail(status, "create in memory")
+            bufferPointer.deallocate()
+            sizePointer.deallocate()
+            closed = true
+            throw e
         }
-        func key(_ name: String, _ v: WCSCardValue, _ comment: String) {
-            switch v {
-            case .text(let t): ffpkys(f, name, t, comment, &status)
-            case .integer(let i): ffpkyj(f, name, Int64(i), comment, &status)
-            case .real(let d): ffpkyd(f, name, d, -17, comment, &status)
-            }
+    }
+
+    deinit {
+        if !closed {
+            var s: Int32 = 0
+            ffclos(file, &s)
+            free(bufferPointer.pointee)
+            bufferPointer.deallocate()
+            sizePointer.deallocate()
         }
-        // The primary header: no data, what the patch is.
-        var none: [Int] = []
-        ffcrim(f, 8, 0, &none, &status)
-        key("ORIGIN", .text("Tessera"), "")
-        key("BAND", .text(h.band), "filter band")
-        key("TRACT", .integer(Int(h.tract)), "HEALPix nested pixel at TRORDER (-1: own grid)")
-        key("PATCH", .integer(Int(h.patch)), "HEALPix nested pixel at PAORDER (-1: own grid)")
-        key("TRORDER", .integer(h.tractOrder), "HEALPix order of tracts")
-        key("PAORDER", .integer(h.patchOrder), "HEALPix order of patches")
-        key("GRID_X0", .integer(h.x0), "first pixel's column in the tract grid (0-based)")
-        key("GRID_Y0", .integer(h.y0), "first pixel's row in the tract grid (0-based)")
-        for k in extraKeywords {
+    }
+
+    static func error(_ status: Int32, _ op: String, _ name: String) -> ImageFileError {
+        var text = [CChar](repeating: 0, count: 81)
+        ffgerr(status, &text)
+        return .fits(.cfitsio(path: name, operation: op, status: status,
+                              message: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))
+    }
+
+    /// Starts an image HDU (the primary first) of `bitpix` (8, FLOAT_IMG, LONG_IMG), no data when 0 × 0.
+    public func image(bitpix: Int32, width: Int, height: Int) {
+        guard status == 0 else { return }
+        var axes = width == 0 && height == 0 ? [] : [width, height]
+        ffcrim(file, bitpix, Int32(axes.count), &axes, &status)
+    }
+
+    public func key(_ name: String, _ v: WCSCardValue, _ comment: String) {
+        guard status == 0 else { return }
+        switch v {
+        case .text(let t): ffpkys(file, name, t, comment, &status)
+        case .integer(let i): ffpkyj(file, name, Int64(i), comment, &status)
+        case .real(let d): ffpkyd(file, name, d, -17, comment, &status)
+        }
+    }
+
+    public func keys(_ list: [FITSKeyword]) {
+        for k in list {
             switch k.value {
             case .text(let v): key(k.name, .text(v), k.comment)
             case .integer(let v): key(k.name, .integer(v), k.comment)
             }
         }
-        if bands.count > 1 { key("BANDS", .text(bands.map(\.header.band).joined(separator: ",")), "bands, one EXTVER each") }
-        ffpcks(f, &status)
-        for (k, b) in bands.enumerated() {
-            let n = b.header.width * b.header.height
-            var axes = [b.header.width, b.header.height]
-            func plane(_ p: ImagePlane, bitpix: Int32, unit: String, write: () -> Void) {
-                guard status == 0 else { return }
-                ffcrim(f, bitpix, 2, &axes, &status)
-                key("EXTNAME", .text(p.rawValue), "")
-                if bands.count > 1 { key("EXTVER", .integer(k + 1), "") }
-                key("BAND", .text(b.header.band), "filter band")
-                if !unit.isEmpty { key("BUNIT", .text(unit), "") }
-                for c in b.header.wcs.headerCards { key(c.name, c.value, c.comment) }
-                if p == .mask {
-                    for (name, bit) in ImageMask.planes { key("MP_\(name)", .integer(bit), "mask bit") }
-                }
-                write()
-                ffpcks(f, &status)
-            }
-            plane(.image, bitpix: FLOAT_IMG, unit: "nJy") {
-                var a = b.image
-                ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
-            }
-            plane(.mask, bitpix: LONG_IMG, unit: "") {
-                var a = b.mask
-                ffppr(f, TINT, 1, Int64(n), &a, &status)
-            }
-            plane(.variance, bitpix: FLOAT_IMG, unit: "nJy2") {
-                var a = b.variance
-                ffppr(f, TFLOAT, 1, Int64(n), &a, &status)
-            }
-        }
-        // The file ends with the last extension's data, padded to its 2880-byte block; the buffer
-        // may be larger (it grows by whole increments).
+    }
+
+    public func write(_ values: [Float]) {
+        guard status == 0 else { return }
+        var a = values
+        ffppr(file, TFLOAT, 1, Int64(a.count), &a, &status)
+    }
+
+    public func write(_ values: [Int32]) {
+        guard status == 0 else { return }
+        var a = values
+        ffppr(file, TINT, 1, Int64(a.count), &a, &status)
+    }
+
+    /// The current HDU's CHECKSUM and DATASUM.
+    public func checksum() {
+        guard status == 0 else { return }
+        ffpcks(file, &status)
+    }
+
+    /// Closes the file and returns its bytes.
+    public func finish() throws(ImageFileError) -> [UInt8] {
+        guard !closed else { throw .invalidInput("\(name) was already written") }
+        // The file ends with the last HDU's data, padded to its 2880-byte block; the buffer may be
+        // larger (it grows by whole increments).
         var head: Int64 = 0, dataStart: Int64 = 0, dataEnd: Int64 = 0
-        ffghadll(f, &head, &dataStart, &dataEnd, &status)
+        ffghadll(file, &head, &dataStart, &dataEnd, &status)
         let logicalEnd = (Int(dataEnd) + 2879) / 2880 * 2880
         var closeStatus: Int32 = 0
-        ffclos(f, &closeStatus)
+        ffclos(file, &closeStatus)
+        closed = true
         if status == 0 { status = closeStatus }
-        defer { free(bufferPointer.pointee) }
-        guard status == 0, let base = bufferPointer.pointee else { throw fail(status, "write the patch") }
-        guard logicalEnd > 0, logicalEnd <= sizePointer.pointee else { throw .invalidInput("cfitsio's buffer ends before its file (\(logicalEnd) > \(sizePointer.pointee) bytes)") }
-        let length = logicalEnd
-        return [UInt8](UnsafeRawBufferPointer(start: base, count: length))
+        defer {
+            free(bufferPointer.pointee)
+            bufferPointer.deallocate()
+            sizePointer.deallocate()
+        }
+        guard status == 0, let base = bufferPointer.pointee else { throw Self.error(status, "write", name) }
+        guard logicalEnd > 0, logicalEnd <= sizePointer.pointee else {
+            throw .invalidInput("cfitsio's buffer ends before its file (\(logicalEnd) > \(sizePointer.pointee) bytes)")
+        }
+        return [UInt8](UnsafeRawBufferPointer(start: base, count: logicalEnd))
+    }
+
+    /// A FITS file of one float32 image in its primary HDU, with `keywords` and a checksum.
+    public static func floatImage(_ pixels: [Float], width: Int, height: Int, keywords: [FITSKeyword], name: String) throws(ImageFileError) -> [UInt8] {
+        guard width > 0, height > 0, pixels.count == width * height else {
+            throw .invalidInput("an image of \(pixels.count) pixels for \(width) × \(height)")
+        }
+        let w = try FITSMemoryWriter(name: name)
+        w.image(bitpix: FLOAT_IMG, width: width, height: height)
+        w.keys(keywords)
+        w.write(pixels)
+        w.checksum()
+        return try w.finish()
     }
 }
 

@@ -1,13 +1,21 @@
 import CZlib
 import Foundation
 
-/// Writes 8-bit greyscale or RGB PNG images (zlib's deflate and CRC-32), as HiPS tiles and
+/// Writes 8-bit greyscale, grey-and-alpha or RGB PNG images (zlib's deflate and CRC-32), as HiPS tiles and
 /// previews need them.
 public enum PNGImage {
     public enum Kind: UInt8, Sendable {
         case grey = 0
         case rgb = 2
-        var channels: Int { self == .grey ? 1 : 3 }
+        /// Grey then alpha (0: transparent), two bytes a pixel.
+        case greyAlpha = 4
+        var channels: Int {
+            switch self {
+            case .grey: 1
+            case .rgb: 3
+            case .greyAlpha: 2
+            }
+        }
     }
 
     /// The PNG file of `pixels` (row-major, top row first, `channels` bytes per pixel).
@@ -50,17 +58,47 @@ public enum PNGImage {
     public static func stretched(_ values: [Float], width: Int, height: Int) -> [UInt8] {
         let finite = values.filter(\.isFinite).sorted()
         guard !finite.isEmpty else { return [UInt8](repeating: 0, count: width * height) }
-        let lo = Double(finite[finite.count / 2]), hi = Double(finite[finite.count - 1])
-        let span = max(hi - lo, 1e-30)
+        let stretch = AsinhStretch(low: Double(finite[finite.count / 2]), high: Double(finite[finite.count - 1]))
         var out = [UInt8](repeating: 0, count: width * height)
         for y in 0..<height {
             for x in 0..<width {
-                let v = Double(values[(height - 1 - y) * width + x])
-                guard v.isFinite else { continue }
-                let t = asinh(100 * max(0, min(1, (v - lo) / span))) / asinh(100)
-                out[y * width + x] = UInt8(max(0, min(255, (t * 255).rounded())))
+                let v = values[(height - 1 - y) * width + x]
+                if v.isFinite { out[y * width + x] = stretch.grey(v) }
             }
         }
         return out
+    }
+
+    /// Grey and alpha of a float image, top row first (FITS's first row is the bottom): the
+    /// stretch's grey level, transparent where NaN.
+    public static func greyAlpha(_ values: UnsafeBufferPointer<Float>, width: Int, height: Int, stretch: AsinhStretch) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 2 * width * height)
+        for y in 0..<height {
+            let row = (height - 1 - y) * width
+            for x in 0..<width {
+                let v = values[row + x]
+                guard v.isFinite else { continue }
+                out[2 * (y * width + x)] = stretch.grey(v)
+                out[2 * (y * width + x) + 1] = 255
+            }
+        }
+        return out
+    }
+
+    /// An arcsinh stretch of values to grey levels: `low` black, `high` white, and between them
+    /// asinh(100 t) / asinh(100) of the fraction t, so that faint sources stand out of the noise
+    /// while bright ones keep their shape.
+    public struct AsinhStretch: Sendable {
+        public let low: Double, high: Double
+        let scale: Double
+        public init(low: Double, high: Double) {
+            self.low = low
+            self.high = high
+            scale = 1 / max(high - low, 1e-30)
+        }
+        @inline(__always) public func grey(_ v: Float) -> UInt8 {
+            let t = asinh(100 * max(0, min(1, (Double(v) - low) * scale))) / asinh(100.0)
+            return UInt8(max(0, min(255, (t * 255).rounded())))
+        }
     }
 }

@@ -9,7 +9,7 @@ struct TesseraCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Tessera: a code-to-the-data engine for survey astronomy.",
-        subcommands: [DemoCommand.self, LocalCommand.self, KeysCommand.self, LimitsCommand.self, StatusCommand.self, GenerateCommand.self, IngestCommand.self, UploadCommand.self, QueryCommand.self, CrossmatchCommand.self, CutoutCommand.self, StackCommand.self, ImageStatsCommand.self, SubmitCommand.self, GatewayCommand.self, TokenCommand.self, BenchCommand.self])
+        subcommands: [DemoCommand.self, LocalCommand.self, KeysCommand.self, LimitsCommand.self, StatusCommand.self, GenerateCommand.self, IngestCommand.self, UploadCommand.self, QueryCommand.self, CrossmatchCommand.self, CutoutCommand.self, StackCommand.self, ImageStatsCommand.self, HiPSCommand.self, SubmitCommand.self, GatewayCommand.self, TokenCommand.self, BenchCommand.self])
 }
 
 /// The default client endpoint of a cluster started with `tessera local`.

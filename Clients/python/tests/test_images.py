@@ -419,3 +419,197 @@ def test_image_statistics_match_numpy(bins, cluster, coadd, patch_files, tmp_pat
         assert abs(int(d.pixels) - sel.sum()) <= 2
         np.testing.assert_allclose(d.mean_variance, var[sel].mean(), rtol=1e-6)
         np.testing.assert_allclose(d.depth5, 31.4 - 2.5 * np.log10(5 * np.sqrt(var[sel].mean() * np.pi / 1.0 ** 2)), rtol=1e-9)
+
+
+# HiPS: the tree `tessera hips` writes, against the patch files read by astropy (the deepest
+# tiles), numpy (the coarser orders and Allsky), mocpy (the MOC), Pillow (the PNG tiles), the
+# HiPS 1.0 list of required properties, and Aladin's own Hipsgen on the same files (tile layout).
+HIPS_WIDTH, HIPS_ORDER = 256, 9
+
+
+def deinterleave(v):
+    """The even bits (x) and odd bits (y) of nested sub-indices."""
+    x = np.zeros_like(v)
+    y = np.zeros_like(v)
+    for b in range(32):
+        x |= ((v >> (2 * b)) & 1) << b
+        y |= ((v >> (2 * b + 1)) & 1) << b
+    return x, y
+
+
+def tile_pixel_indices(npix, width):
+    """The HEALPix nested index of each FITS tile pixel [row, column], as the HiPS standard (and
+    Aladin's Hipsgen, checked below) lays a tile out: x = width - 1 - row, y = column."""
+    sub = np.arange(width * width, dtype=np.int64)
+    x, y = deinterleave(sub)
+    idx = np.empty((width, width), dtype=np.int64)
+    idx[width - 1 - x, y] = npix * width * width + sub
+    return idx
+
+
+def read_tiles(root, order):
+    tiles = {}
+    for path in glob.glob(os.path.join(root, f"Norder{order}", "Dir*", "Npix*.fits")):
+        npix = int(os.path.basename(path)[4:-5])
+        assert os.path.dirname(path).endswith(f"Dir{npix // 10000 * 10000}")
+        with fits.open(path) as f:
+            assert f[0].header["ORDER"] == order and f[0].header["NPIX"] == npix
+            tiles[npix] = f[0].data.astype(np.float64)
+    return tiles
+
+
+@pytest.fixture(scope="module")
+def hips_tree(bins, cluster, coadd, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hips") / "coadd_r"
+    r = tessera(bins, cluster, "hips", "--dataset", coadd, "--band", "r", "--tile-width", str(HIPS_WIDTH),
+                "--order", str(HIPS_ORDER), "-o", str(out))
+    assert "HiPS of coadd band r" in r.stdout
+    return str(out)
+
+
+def test_hips_deepest_tiles_are_the_coadd_pixels(hips_tree, patch_files):
+    """Each deepest tile pixel is the pixel of the patch of its own order-8 HEALPix pixel nearest
+    the HEALPix pixel's centre (astropy_healpix for the centre, astropy.wcs for the pixel)."""
+    from astropy_healpix import HEALPix
+    import astropy.units as u
+
+    patches = {}
+    for path in patch_files:
+        with fits.open(path) as f:
+            if f[0].header["BAND"] == "r":
+                patches[f[0].header["PATCH"]] = (WCS(f["IMAGE"].header), f["IMAGE"].data.astype(np.float64))
+    shift = int(np.log2(HIPS_WIDTH))
+    level = HIPS_ORDER + shift
+    hp = HEALPix(nside=2 ** level, order="nested")
+    tiles = read_tiles(hips_tree, HIPS_ORDER)
+    # Every patch's own pixel is covered by its four order-9 tiles, and nothing else is.
+    assert set(tiles) == {p * 4 + k for p in patches for k in range(4)}
+    compared = 0
+    for npix, tile in tiles.items():
+        idx = tile_pixel_indices(npix, HIPS_WIDTH)
+        wcs, data = patches[npix >> 2]
+        lon, lat = hp.healpix_to_lonlat(idx.ravel())
+        x, y = wcs.world_to_pixel_values(lon.to_value(u.deg), lat.to_value(u.deg))
+        xi, yi = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
+        assert xi.min() >= 0 and yi.min() >= 0 and xi.max() < data.shape[1] and yi.max() < data.shape[0]
+        np.testing.assert_array_equal(tile.ravel(), data[yi, xi])
+        compared += tile.size
+    assert compared == len(patches) * 4 * HIPS_WIDTH ** 2
+
+
+def test_hips_coarser_tiles_allsky_moc_png_and_properties(hips_tree):
+    """Each coarser tile is the mean of the finite values of its pixels' four children (found
+    through nested indices, not quadrants), down to order 3; Allsky holds each order-3 tile
+    shrunk 8× in the standard's layout; the MOC (mocpy) is the deepest tiles; PNG tiles are the
+    FITS ones upside down, transparent where NaN; properties has HiPS 1.0's required keys."""
+    import warnings
+    warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN blocks: NaN, as wanted
+    below = read_tiles(hips_tree, HIPS_ORDER)
+    for order in range(HIPS_ORDER - 1, 2, -1):
+        tiles = read_tiles(hips_tree, order)
+        assert set(tiles) == {n >> 2 for n in below}
+        # The children of every deepest-level pixel, as flat arrays by nested index.
+        values = {}
+        for n, t in below.items():
+            idx = tile_pixel_indices(n, HIPS_WIDTH)
+            values.update(zip(idx.ravel().tolist(), t.ravel().tolist()))
+        for npix, tile in tiles.items():
+            idx = tile_pixel_indices(npix, HIPS_WIDTH).ravel()
+            kids = np.array([[values.get(4 * i + k, np.nan) for k in range(4)] for i in idx])
+            want = np.nanmean(kids, axis=1).reshape(HIPS_WIDTH, HIPS_WIDTH)
+            # float32 sums: rounding relative to the largest child, not the mean.
+            scale = np.nanmax(np.abs(kids), axis=1).reshape(HIPS_WIDTH, HIPS_WIDTH)
+            np.testing.assert_array_equal(np.isnan(tile), np.isnan(want))
+            ok = ~np.isnan(want)
+            assert np.all(np.abs(tile[ok] - want[ok]) <= 1e-6 * scale[ok])
+        below = tiles
+    assert not os.path.exists(os.path.join(hips_tree, "Norder2"))
+
+    # Allsky: order-3 tile n at column n % 27, row n // 27 from the top (FITS's last rows).
+    with fits.open(os.path.join(hips_tree, "Norder3", "Allsky.fits")) as f:
+        sky = f[0].data.astype(np.float64)
+    side = HIPS_WIDTH // 8
+    assert sky.shape == (29 * side, 27 * side)
+    for n, t in below.items():
+        r, c = n // 27, n % 27
+        block = sky[sky.shape[0] - (r + 1) * side: sky.shape[0] - r * side, c * side:(c + 1) * side]
+        want = np.nanmean(t.reshape(side, 8, side, 8), axis=(1, 3))
+        scale = np.nanmax(np.abs(t.reshape(side, 8, side, 8)), axis=(1, 3))
+        np.testing.assert_array_equal(np.isnan(block), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.all(np.abs(block[ok] - want[ok]) <= 1e-5 * scale[ok])
+    assert np.isfinite(sky).sum() == sum(np.isfinite(np.nanmean(t.reshape(side, 8, side, 8), axis=(1, 3))).sum() for t in below.values())
+
+    from mocpy import MOC
+    moc = MOC.from_fits(os.path.join(hips_tree, "Moc.fits"))
+    deepest = read_tiles(hips_tree, HIPS_ORDER)
+    assert moc.max_order == HIPS_ORDER
+    np.testing.assert_array_equal(np.sort(moc.flatten()), np.sort(list(deepest)))
+
+    from PIL import Image
+    for npix, t in list(deepest.items())[:4]:
+        png = np.asarray(Image.open(os.path.join(hips_tree, f"Norder{HIPS_ORDER}", f"Dir{npix // 10000 * 10000}", f"Npix{npix}.png")))
+        assert png.shape == (HIPS_WIDTH, HIPS_WIDTH, 2)  # grey and alpha
+        flipped = t[::-1]
+        np.testing.assert_array_equal(png[..., 1] == 0, np.isnan(flipped))
+        # The grey levels rise with the pixel values (one stretch for all tiles).
+        ok = np.isfinite(flipped)
+        order_of_values = np.argsort(flipped[ok], kind="stable")
+        assert np.all(np.diff(png[..., 0][ok][order_of_values].astype(int)) >= 0)
+
+    props = {}
+    with open(os.path.join(hips_tree, "properties")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                props[k.strip()] = v.strip()
+    for key in ["creator_did", "obs_title", "dataproduct_type", "hips_version", "hips_release_date", "hips_status",
+                "hips_tile_format", "hips_order", "hips_frame"]:
+        assert props.get(key), key
+    assert props["dataproduct_type"] == "image" and props["hips_frame"] == "equatorial"
+    assert int(props["hips_order"]) == HIPS_ORDER and int(props["hips_tile_width"]) == HIPS_WIDTH
+    assert set(props["hips_tile_format"].split()) == {"png", "fits"} and props["hips_pixel_bitpix"] == "-32"
+    assert props["creator_did"].startswith("ivo://")
+    import re
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", props["hips_release_date"])
+    lo, hi = map(float, props["hips_data_range"].split())
+    assert np.float32(lo) == min(np.nanmin(t) for t in deepest.values()) and np.float32(hi) == max(np.nanmax(t) for t in deepest.values())
+
+
+def test_hips_tiles_lie_where_aladin_puts_them(hips_tree, patch_files, tmp_path):
+    """Aladin's Hipsgen (CDS's reference HiPS builder) on the same r-band patch files: its
+    deepest tiles of the same pixels hold the same sky. It interpolates bilinearly and we take
+    the nearest pixel, so the noise differs; the layout is checked by correlation, against the
+    same tiles transposed (a wrong layout) as a control."""
+    src = tmp_path / "r"
+    src.mkdir()
+    for p in patch_files:
+        if os.path.basename(p).startswith("r-"):
+            os.symlink(p, src / os.path.basename(p))
+    out = tmp_path / "aladin"
+    subprocess.run(["aladin", "-hipsgen", f"in={src}", f"out={out}", "creator_did=ivo://tessera.test/r", f"hips_order={HIPS_ORDER}",
+                    f"hips_tile_width={HIPS_WIDTH}", "hdu=1"], check=True, capture_output=True, timeout=600)
+    ours = read_tiles(hips_tree, HIPS_ORDER)
+    theirs = {}
+    for path in glob.glob(str(out / f"Norder{HIPS_ORDER}" / "Dir*" / "Npix*.fits")):
+        theirs[int(os.path.basename(path)[4:-5])] = fits.getdata(path).astype(np.float64)
+    assert set(ours) <= set(theirs)
+    for npix, t in ours.items():
+        a = theirs[npix]
+        both = np.isfinite(t) & np.isfinite(a)
+        assert both.sum() > 0.9 * t.size
+        assert np.corrcoef(t[both], a[both])[0, 1] > 0.4, npix
+        assert abs(np.corrcoef(t.T[both], a[both])[0, 1]) < 0.1, npix
+
+
+def test_hips_errors(bins, cluster, coadd, tmp_path):
+    def fails(*args):
+        r = tessera(bins, cluster, "hips", *args, "-o", str(tmp_path / "x"), check=False)
+        assert r.returncode != 0
+        assert not os.path.exists(tmp_path / "x")
+        return r.stderr
+    assert "band" in fails("--dataset", coadd, "--band", "z", "--cut", "0,1")
+    assert "at least the patch order 8" in fails("--dataset", coadd, "--band", "r", "--order", "7", "--cut", "0,1")
+    assert "over the limit" in fails("--dataset", coadd, "--band", "r", "--order", "13", "--cut", "0,1")
+    assert "not an image dataset" in fails("--dataset", "object", "--band", "r", "--cut", "0,1")
+    assert "--tile-width must be one of" in fails("--dataset", coadd, "--band", "r", "--tile-width", "100")

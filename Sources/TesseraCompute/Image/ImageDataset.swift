@@ -88,10 +88,24 @@ public enum ImageDataset {
         guard let w = wcs(p.gridWcs), p.width <= 1 << 16, p.height <= 1 << 16,
               p.image.count == 4 * n, p.variance.count == 4 * n, p.mask.count == 4 * n else { return nil }
         var c = ImageCutout(band: p.band, box: PixelBox(x0: Int(p.x0), y0: Int(p.y0), width: Int(p.width), height: Int(p.height)), gridWCS: w, tract: p.tract)
-        c.image = p.image.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        c.variance = p.variance.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        c.mask = p.mask.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+        c.image = values(p.image)
+        c.variance = values(p.variance)
+        c.mask = values(p.mask)
         return c
+    }
+
+    /// The 4-byte values a wire field holds (little-endian, as this machine's), copied out of
+    /// bytes that need not be aligned.
+    public static func values<T: FixedWidthInteger & Sendable>(_ d: Data) -> [T] {
+        [T](unsafeUninitializedCapacity: d.count / MemoryLayout<T>.size) { buf, n in
+            n = d.copyBytes(to: buf) / MemoryLayout<T>.size
+        }
+    }
+
+    public static func values(_ d: Data) -> [Float] {
+        [Float](unsafeUninitializedCapacity: d.count / 4) { buf, n in
+            n = d.copyBytes(to: buf) / 4
+        }
     }
 
     /// The bands a question asks of an image dataset (`asked`; empty: all of them), checked: each

@@ -363,6 +363,18 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   /// Clears the value of `imageStatistics`. Subsequent reads from it will return its default value.
   public mutating func clearImageStatistics() {_uniqueStorage()._imageStatistics = nil}
 
+  /// An all-sky HiPS (IVOA HiPS 1.0) of one band of an image dataset (`dataset`): every tile
+  /// from the deepest order up to order 3, each tile an output of the job as soon as it is made
+  /// (the answer's `hips_tiles`, one or more per output).
+  public var hips: Tessera_V1_HiPSSpec {
+    get {_storage._hips ?? Tessera_V1_HiPSSpec()}
+    set {_uniqueStorage()._hips = newValue}
+  }
+  /// Returns true if `hips` has been explicitly set.
+  public var hasHips: Bool {_storage._hips != nil}
+  /// Clears the value of `hips`. Subsequent reads from it will return its default value.
+  public mutating func clearHips() {_uniqueStorage()._hips = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// none: the whole sky
@@ -376,6 +388,63 @@ public nonisolated struct Tessera_V1_CatalogQueryPlan: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// The HiPS tiles of a band of a tiled coadd. A tile at or below the patch order lies inside one
+/// patch's own HEALPix pixel: the worker holding that patch makes it (at the deepest order, each
+/// tile pixel is the coadd pixel nearest the HEALPix pixel's centre, not interpolated; coarser
+/// tiles are 2×2 means of the finite pixels below). Tiles above the patch order are made in a
+/// tree of tasks, each from its four children.
+public nonisolated struct Tessera_V1_HiPSSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var band: String = String()
+
+  /// pixels per tile side: 64, 128, 256 or 512 (0: 512)
+  public var tileWidth: UInt32 = 0
+
+  /// the deepest tile order (0: the one whose pixels are nearest the coadd's)
+  public var order: UInt32 = 0
+
+  /// PNG tiles' grey levels: an arcsinh stretch from cut_low (black) to cut_high (white), nJy.
+  public var cutLow: Double = 0
+
+  public var cutHigh: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One HiPS tile. Pixels are in the HiPS standard's order for FITS tiles: row-major, first row
+/// first (the bottom one in FITS's convention); tile row i, column j is the HEALPix pixel, at
+/// order `order` + log2(width), whose x (north-east, the index's even bits) is width − 1 − i and
+/// y (north-west, odd bits) is j within the tile's pixel.
+public nonisolated struct Tessera_V1_HiPSTile: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var order: UInt32 = 0
+
+  public var npix: Int64 = 0
+
+  public var width: UInt32 = 0
+
+  /// width² little-endian float32, nJy; NaN where no patch covers
+  public var pixels: Data = Data()
+
+  /// the PNG tile (grey and alpha; transparent where NaN), top row first
+  public var png: Data = Data()
+
+  /// the coadd's pixels (tiles made from patches)
+  public var coaddPixelScaleArcsec: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Each patch counts only the pixels whose centres lie in its own HEALPix pixel, so patches'
@@ -929,6 +998,11 @@ public nonisolated struct Tessera_V1_CatalogPartial: @unchecked Sendable {
     set {_uniqueStorage()._imageStatistics = newValue}
   }
 
+  public var hipsTiles: [Tessera_V1_HiPSTile] {
+    get {_storage._hipsTiles}
+    set {_uniqueStorage()._hipsTiles = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1196,7 +1270,7 @@ nonisolated extension Tessera_V1_AggregateFunction: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogQueryPlan"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{1}stack\0\u{3}image_statistics\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dataset\0\u{2}\u{4}filter\0\u{4}\u{3}fan_in\0\u{1}cone\0\u{1}box\0\u{1}polygon\0\u{1}aggregates\0\u{3}group_by\0\u{3}max_groups\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{1}progressive\0\u{3}progress_interval\0\u{1}python\0\u{1}crossmatch\0\u{1}cutout\0\u{3}forced_photometry\0\u{1}stack\0\u{3}image_statistics\0\u{1}hips\0\u{c}\u{2}\u{1}\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{6}\u{1}\u{c}\u{7}\u{1}")
 
   fileprivate class _StorageClass {
     var _dataset: String = String()
@@ -1217,6 +1291,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
     var _forcedPhotometry: Tessera_V1_ForcedPhotometrySpec? = nil
     var _stack: Tessera_V1_StackSpec? = nil
     var _imageStatistics: Tessera_V1_ImageStatisticsSpec? = nil
+    var _hips: Tessera_V1_HiPSSpec? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1245,6 +1320,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       _forcedPhotometry = source._forcedPhotometry
       _stack = source._stack
       _imageStatistics = source._imageStatistics
+      _hips = source._hips
     }
   }
 
@@ -1319,6 +1395,7 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         case 23: try { try decoder.decodeSingularMessageField(value: &_storage._forcedPhotometry) }()
         case 24: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
         case 25: try { try decoder.decodeSingularMessageField(value: &_storage._imageStatistics) }()
+        case 26: try { try decoder.decodeSingularMessageField(value: &_storage._hips) }()
         default: break
         }
       }
@@ -1397,6 +1474,9 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
       try { if let v = _storage._imageStatistics {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
       } }()
+      try { if let v = _storage._hips {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1424,10 +1504,116 @@ nonisolated extension Tessera_V1_CatalogQueryPlan: SwiftProtobuf.Message, SwiftP
         if _storage._forcedPhotometry != rhs_storage._forcedPhotometry {return false}
         if _storage._stack != rhs_storage._stack {return false}
         if _storage._imageStatistics != rhs_storage._imageStatistics {return false}
+        if _storage._hips != rhs_storage._hips {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_HiPSSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HiPSSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}band\0\u{3}tile_width\0\u{1}order\0\u{3}cut_low\0\u{3}cut_high\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.band) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.tileWidth) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.cutLow) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.cutHigh) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.band.isEmpty {
+      try visitor.visitSingularStringField(value: self.band, fieldNumber: 1)
+    }
+    if self.tileWidth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tileWidth, fieldNumber: 2)
+    }
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 3)
+    }
+    if self.cutLow.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.cutLow, fieldNumber: 4)
+    }
+    if self.cutHigh.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.cutHigh, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_HiPSSpec, rhs: Tessera_V1_HiPSSpec) -> Bool {
+    if lhs.band != rhs.band {return false}
+    if lhs.tileWidth != rhs.tileWidth {return false}
+    if lhs.order != rhs.order {return false}
+    if lhs.cutLow != rhs.cutLow {return false}
+    if lhs.cutHigh != rhs.cutHigh {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_HiPSTile: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HiPSTile"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}order\0\u{1}npix\0\u{1}width\0\u{1}pixels\0\u{1}png\0\u{3}coadd_pixel_scale_arcsec\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.order) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.npix) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.pixels) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.png) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.coaddPixelScaleArcsec) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.order != 0 {
+      try visitor.visitSingularUInt32Field(value: self.order, fieldNumber: 1)
+    }
+    if self.npix != 0 {
+      try visitor.visitSingularInt64Field(value: self.npix, fieldNumber: 2)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 3)
+    }
+    if !self.pixels.isEmpty {
+      try visitor.visitSingularBytesField(value: self.pixels, fieldNumber: 4)
+    }
+    if !self.png.isEmpty {
+      try visitor.visitSingularBytesField(value: self.png, fieldNumber: 5)
+    }
+    if self.coaddPixelScaleArcsec.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.coaddPixelScaleArcsec, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_HiPSTile, rhs: Tessera_V1_HiPSTile) -> Bool {
+    if lhs.order != rhs.order {return false}
+    if lhs.npix != rhs.npix {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.pixels != rhs.pixels {return false}
+    if lhs.png != rhs.png {return false}
+    if lhs.coaddPixelScaleArcsec != rhs.coaddPixelScaleArcsec {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2337,7 +2523,7 @@ nonisolated extension Tessera_V1_RowsSpec: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CatalogPartial"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0\u{1}stack\0\u{3}image_statistics\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{3}rows_scanned\0\u{3}rows_matched\0\u{3}group_keys\0\u{3}group_rows\0\u{1}moments\0\u{1}sketches\0\u{1}histogram\0\u{3}sky_map\0\u{1}rows\0\u{3}int_group_keys\0\u{1}python\0\u{1}cutouts\0\u{1}stack\0\u{3}image_statistics\0\u{3}hips_tiles\0")
 
   fileprivate class _StorageClass {
     var _shards: UInt64 = 0
@@ -2355,6 +2541,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
     var _cutouts: [Tessera_V1_ImageCutoutPiece] = []
     var _stack: Tessera_V1_StackPartial? = nil
     var _imageStatistics: [Tessera_V1_ImageStatistics] = []
+    var _hipsTiles: [Tessera_V1_HiPSTile] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2380,6 +2567,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       _cutouts = source._cutouts
       _stack = source._stack
       _imageStatistics = source._imageStatistics
+      _hipsTiles = source._hipsTiles
     }
   }
 
@@ -2413,6 +2601,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._cutouts) }()
         case 14: try { try decoder.decodeSingularMessageField(value: &_storage._stack) }()
         case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._imageStatistics) }()
+        case 16: try { try decoder.decodeRepeatedMessageField(value: &_storage._hipsTiles) }()
         default: break
         }
       }
@@ -2470,6 +2659,9 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
       if !_storage._imageStatistics.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._imageStatistics, fieldNumber: 15)
       }
+      if !_storage._hipsTiles.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._hipsTiles, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2494,6 +2686,7 @@ nonisolated extension Tessera_V1_CatalogPartial: SwiftProtobuf.Message, SwiftPro
         if _storage._cutouts != rhs_storage._cutouts {return false}
         if _storage._stack != rhs_storage._stack {return false}
         if _storage._imageStatistics != rhs_storage._imageStatistics {return false}
+        if _storage._hipsTiles != rhs_storage._hipsTiles {return false}
         return true
       }
       if !storagesAreEqual {return false}

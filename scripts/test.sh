@@ -3,8 +3,7 @@
 # tessera-scheduler and tessera-worker processes on loopback, the deployment files' checks
 # (scripts/check-deploy.sh), the HTTP gateway against TOPCAT's TAP validator
 # (scripts/check-taplint.sh, stilts taplint), the Python client's tests against real daemons and its notebook
-# (with Aladin's Hipsgen as the reference HiPS builder)
-# (scripts/test-python.sh, in a virtual environment), and a short run of every fuzz
+# (scripts/test-python.sh, in a virtual environment; Aladin's Hipsgen is their reference HiPS builder), and a short run of every fuzz
 # target (FUZZ_SECONDS each, default 30; 0 skips them; long runs: scripts/fuzz.sh TARGET SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."

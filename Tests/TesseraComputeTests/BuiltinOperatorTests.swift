@@ -205,8 +205,8 @@ struct BuiltinOperatorTests {
             #expect(!op.summary.isEmpty)
         }
         #expect(r.names == r.names.sorted())
-        #expect(r.names.count == BuiltinOperators.all.count + CatalogOperators.all.count + ImageOperators.all.count)
-        #expect(r["catalog_scan"] != nil && r["catalog_merge"] != nil && r["image_cutout"] != nil && r["forced_phot"] != nil)
+        #expect(r.names.count == BuiltinOperators.all.count + CatalogOperators.all.count + ImageOperators.all.count + HiPSOperators.all.count)
+        #expect(r["catalog_scan"] != nil && r["catalog_merge"] != nil && r["image_cutout"] != nil && r["forced_phot"] != nil && r["hips_patch"] != nil)
         #expect(r["no_such_operator"] == nil)
         #expect(try r["inc"]?.run(OperatorContext(arg: 1)) == .int64(2))
     }

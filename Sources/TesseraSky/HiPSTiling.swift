@@ -48,6 +48,20 @@ public struct HiPSTiling: Sendable, Hashable {
         return (ra, 90 - atan2(sth, z) * 180 / .pi)
     }
 
+    /// The same centre as a unit vector (what ``TanWCS/Projector`` takes: two sines, no more).
+    @inline(__always) public func centreVector(order: Int, face: Int64, ix: Int64, iy: Int64, row: Int, column: Int) -> Vec3 {
+        let x = Double((ix << Int64(widthShift)) + Int64(width - 1 - row)) + 0.5
+        let y = Double((iy << Int64(widthShift)) + Int64(column)) + 0.5
+        let (z, sth, phi) = HEALPix.locate(x: x, y: y, face: face, nside: Double(HEALPix.nside(order + widthShift)))
+        return Vec3(sth * cos(phi), sth * sin(phi), z)
+    }
+
+    /// A tile's face and its first pixel's x, y on it (at the tile's order).
+    public func origin(order: Int, npix: Int64) -> (face: Int64, ix: Int64, iy: Int64) {
+        let (ix, iy, face) = HEALPix.nest2xyf(npix, order: order)
+        return (face, ix, iy)
+    }
+
     /// The nested index (at order `order + log2(width)`) of a tile pixel.
     public func pixelIndex(order: Int, npix: Int64, row: Int, column: Int) -> Int64 {
         let (ix, iy, face) = HEALPix.nest2xyf(npix, order: order)

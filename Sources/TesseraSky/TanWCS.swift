@@ -47,8 +47,8 @@ public struct TanWCS: Sendable, Equatable, Hashable, Codable {
     /// The side of a pixel, arcseconds (the square root of the CD matrix's determinant).
     public var pixelScaleArcsec: Double { abs(cd11 * cd22 - cd12 * cd21).squareRoot() * 3600 }
 
-    @inline(__always) private static func rad(_ d: Double) -> Double { d * .pi / 180 }
-    @inline(__always) private static func deg(_ r: Double) -> Double { r * 180 / .pi }
+    @inline(__always) static func rad(_ d: Double) -> Double { d * .pi / 180 }
+    @inline(__always) static func deg(_ r: Double) -> Double { r * 180 / .pi }
 
     /// The sky position of 0-based pixel `(x, y)`: RA in [0, 360), Dec in [-90, 90] degrees.
     public func sky(x: Double, y: Double) -> (ra: Double, dec: Double) {
@@ -101,6 +101,37 @@ public struct TanWCS: Sendable, Equatable, Hashable, Codable {
         let dx = (cd22 * u - cd12 * v) / det
         let dy = (-cd21 * u + cd11 * v) / det
         return (dx + crpix1 - 1, dy + crpix2 - 1)
+    }
+
+    /// Projects sky directions (unit vectors) to pixels with three dot products each and no
+    /// trigonometry: the same projection as ``pixel(ra:dec:)``, for many points.
+    public struct Projector: Sendable {
+        let wcs: TanWCS
+        /// The tangent point, and the plane's two native axes (φ = 90° and φ = 180° before LONPOLE).
+        let tangent: Vec3, axisA: Vec3, axisB: Vec3
+        let cosL: Double, sinL: Double, det: Double
+
+        public init(_ w: TanWCS) {
+            wcs = w
+            let ra0 = TanWCS.rad(w.crval1), d0 = TanWCS.rad(w.crval2)
+            tangent = Vec3(cos(d0) * cos(ra0), cos(d0) * sin(ra0), sin(d0))
+            axisA = Vec3(sin(ra0), -cos(ra0), 0)
+            axisB = Vec3(-sin(d0) * cos(ra0), -sin(d0) * sin(ra0), cos(d0))
+            (cosL, sinL) = (cos(TanWCS.rad(w.lonpole)), sin(TanWCS.rad(w.lonpole)))
+            det = w.cd11 * w.cd22 - w.cd12 * w.cd21
+        }
+
+        /// The 0-based pixel of direction `p`, or nil 90° or more from the tangent point.
+        @inline(__always) public func pixel(_ p: Vec3) -> (x: Double, y: Double)? {
+            let z = p.dot(tangent)
+            guard z > 0 else { return nil }
+            let a = p.dot(axisA), b = p.dot(axisB)
+            // φ = atan2(a, b) + LONPOLE and R = (180/π) √(a² + b²) / z, without the angles.
+            let u = TanWCS.deg((a * cosL + b * sinL) / z), v = -TanWCS.deg((b * cosL - a * sinL) / z)
+            let dx = (wcs.cd22 * u - wcs.cd12 * v) / det
+            let dy = (-wcs.cd21 * u + wcs.cd11 * v) / det
+            return (dx + wcs.crpix1 - 1, dy + wcs.crpix2 - 1)
+        }
     }
 
     /// The header cards of this WCS, as a FITS image carries them.

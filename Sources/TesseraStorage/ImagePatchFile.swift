@@ -409,8 +409,14 @@ public final class ImagePatchFile: @unchecked Sendable {
     /// every patch it ever checked as resident.
     public func checksum() -> UInt64 {
         let h = XXHash64.hash(UnsafeRawBufferPointer(start: base, count: byteCount))
-        _ = madvise(UnsafeMutableRawPointer(mutating: base), byteCount, MADV_DONTNEED)
+        releasePages()
         return h
+    }
+
+    /// Lets go of the mapping's pages (after reading a whole plane): the page cache keeps them,
+    /// but the worker no longer counts them as its own resident memory.
+    public func releasePages() {
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), byteCount, MADV_DONTNEED)
     }
 
     /// Copies the part of `box` (in this file's own pixels) that lies inside the file into `out`,

@@ -18,8 +18,9 @@ public enum PNGImage {
         }
     }
 
-    /// The PNG file of `pixels` (row-major, top row first, `channels` bytes per pixel).
-    public static func encode(width: Int, height: Int, kind: Kind, pixels: [UInt8]) throws(ImageFileError) -> [UInt8] {
+    /// The PNG file of `pixels` (row-major, top row first, `channels` bytes per pixel), deflated
+    /// at zlib `level` (1 is about 13 times faster than 6 on noisy sky, for 12% more bytes).
+    public static func encode(width: Int, height: Int, kind: Kind, pixels: [UInt8], level: Int32 = 6) throws(ImageFileError) -> [UInt8] {
         guard width > 0, height > 0, width <= 1 << 15, height <= 1 << 15, pixels.count == width * height * kind.channels else {
             throw .invalidInput("a PNG of \(width) × \(height) with \(pixels.count) bytes of pixels")
         }
@@ -35,7 +36,7 @@ public enum PNGImage {
         }
         var bound = compressBound(uLong(raw.count))
         var packed = [UInt8](repeating: 0, count: Int(bound))
-        let status = packed.withUnsafeMutableBufferPointer { p in raw.withUnsafeBufferPointer { r in compress2(p.baseAddress, &bound, r.baseAddress, uLong(r.count), 6) } }
+        let status = packed.withUnsafeMutableBufferPointer { p in raw.withUnsafeBufferPointer { r in compress2(p.baseAddress, &bound, r.baseAddress, uLong(r.count), max(0, min(9, level))) } }
         guard status == Z_OK else { throw .invalidInput("zlib could not compress the PNG's pixels (status \(status))") }
         packed.removeSubrange(Int(bound)...)
         var out: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]

@@ -178,3 +178,64 @@ struct ForcedPhotBench: ParsableCommand {
                                                       "--rows", "\(anchorRows)", "--aperture-px", "5"])
     }
 }
+
+/// `tessera bench hips`: a HiPS of the field's coadd made on the cluster and written, beside
+/// Aladin's Hipsgen (CDS's HiPS builder) on the same patch files.
+struct HiPSBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hips", abstract: "A HiPS of the coadd made on the cluster: seconds and tile pixels per second, beside Aladin's Hipsgen on the same patch files.")
+
+    @OptionGroup var setup: ImageBenchData
+
+    @Option(help: "Timed runs (after one warm-up).")
+    var repeats = 2
+
+    @Option(help: "Pixels per tile side.")
+    var tileWidth = 512
+
+    @Option(help: "Aladin's command for the anchor (empty: no anchor).")
+    var aladin = "aladin"
+
+    func run() throws {
+        let (cluster, conn, patches) = try setup.start()
+        defer { cluster.stop() }
+        let out = setup.data + "/hips-r"
+        var summary = try conn.makeHiPS(dataset: "coadd", band: "r", tileWidth: tileWidth, directory: out)
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            summary = try conn.makeHiPS(dataset: "coadd", band: "r", tileWidth: tileWidth, cut: summary.cut, directory: out)
+            times.append(summary.seconds)
+        }
+        let best = times.min() ?? summary.seconds
+        let deepestPixels = Double(summary.tilesPerOrder[summary.order] ?? 0) * Double(tileWidth * tileWidth)
+        let line = jsonLine([("bench", "hips"), ("engine", "tessera"), ("patches", patches.count), ("order", summary.order), ("tile_width", tileWidth),
+                             ("tiles", summary.tiles), ("mb_written", Double(summary.bytes) / 1e6), ("seconds", best),
+                             ("deepest_pixels_per_s", deepestPixels / best), ("workers", setup.workers), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        guard !aladin.isEmpty else { return }
+        // Hipsgen reads the IMAGE extension (hdu=1) of the same files into the same order and width.
+        let folder = setup.data + "/hips-aladin-in"
+        try? FileManager.default.removeItem(atPath: folder)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        for p in patches { try FileManager.default.createSymbolicLink(atPath: folder + "/" + (p as NSString).lastPathComponent, withDestinationPath: p) }
+        let target = setup.data + "/hips-aladin"
+        try? FileManager.default.removeItem(atPath: target)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [aladin, "-hipsgen", "in=\(folder)", "out=\(target)", "creator_did=ivo://tessera.bench/r", "hips_order=\(summary.order)",
+                       "hips_tile_width=\(tileWidth)", "hdu=1"]
+        p.standardOutput = FileHandle.nullDevice
+        let t0 = now()
+        try p.run()
+        p.waitUntilExit()
+        let seconds = Double(now() - t0) / 1e9
+        guard p.terminationStatus == 0 else { throw ValidationError("Aladin's Hipsgen failed (exit \(p.terminationStatus))") }
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        let tiles = (try? FileManager.default.subpathsOfDirectory(atPath: target + "/Norder\(summary.order)"))?.filter { $0.hasSuffix(".fits") }.count ?? 0
+        let anchor = jsonLine([("bench", "hips"), ("engine", "aladin-hipsgen"), ("patches", patches.count), ("order", summary.order), ("tile_width", tileWidth),
+                               ("deepest_tiles", tiles), ("seconds", seconds), ("deepest_pixels_per_s", Double(tiles * tileWidth * tileWidth) / seconds),
+                               ("peak_rss_mb", Double(usage.ru_maxrss) / 1024)])
+        FileHandle.standardOutput.write(Data((anchor + "\n").utf8))
+    }
+}

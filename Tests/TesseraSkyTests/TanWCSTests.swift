@@ -50,10 +50,18 @@ struct TanWCSTests {
             let back = try #require(wcs.pixel(ra: p[2], dec: p[3]))
             worstPix = max(worstPix, abs(back.x - p[0]).isNaN ? .infinity : abs(back.x - p[0]), abs(back.y - p[1]))
         }
+        // The projector (unit vectors, no angles) meets the same fixtures.
+        let projector = TanWCS.Projector(wcs)
+        var worstProjected = 0.0
         for p in c.world2pix {
             let q = try #require(wcs.pixel(ra: p[0], dec: p[1]))
             worstPix = max(worstPix, abs(q.x - p[2]).isNaN ? .infinity : abs(q.x - p[2]), abs(q.y - p[3]))
+            // Its unit vector from an RA near 360° is rounded by that RA's ulp, as above.
+            let r = try #require(projector.pixel(Vec3(ra: p[0], dec: p[1])))
+            let representable = p[0].ulp * 3600 / c.scale
+            worstProjected = max(worstProjected, hypot(r.x - p[2], r.y - p[3]).isNaN ? .infinity : hypot(r.x - p[2], r.y - p[3]) - representable)
         }
+        #expect(worstProjected < 1e-9, "\(name): projected sky → pixel off by \(worstProjected) pixel")
         #expect(worstSky < 1e-9, "\(name): pixel → sky off by \(worstSky) pixel")
         #expect(worstPix < 1e-9, "\(name): sky → pixel off by \(worstPix) pixel")
     }
@@ -81,6 +89,7 @@ struct TanWCSTests {
     @Test func farSideHasNoPixel() {
         let w = TanWCS.northUp(ra: 10, dec: 20, x: 100, y: 100, scaleArcsec: 1)
         #expect(w.pixel(ra: 190, dec: -20) == nil)
+        #expect(TanWCS.Projector(w).pixel(Vec3(ra: 190, dec: -20)) == nil)
         #expect(w.pixel(ra: 10, dec: 20).map { abs($0.x - 100) < 1e-9 && abs($0.y - 100) < 1e-9 } == true)
     }
 

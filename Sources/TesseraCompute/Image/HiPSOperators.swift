@@ -60,7 +60,7 @@ public struct HiPSQuestion: Sendable {
         t.pixels = pixels.withUnsafeBytes { Data($0) }
         if png {
             let grey = pixels.withUnsafeBufferPointer { PNGImage.greyAlpha($0, width: tiling.width, height: tiling.width, stretch: stretch) }
-            t.png = Data(try PNGImage.encode(width: tiling.width, height: tiling.width, kind: .greyAlpha, pixels: grey))
+            t.png = Data(try PNGImage.encode(width: tiling.width, height: tiling.width, kind: .greyAlpha, pixels: grey, level: 1))
         }
         return t
     }
@@ -74,17 +74,19 @@ public struct HiPSQuestion: Sendable {
             throw CatalogQueryError("the patch is band \(h.band) of tract \(h.tract) at patch order \(h.patchOrder), not a band-\(band) patch of order \(patchOrder)")
         }
         let w = tiling.width
+        let projector = TanWCS.Projector(h.wcs)
         var level: [(npix: Int64, pixels: [Float])] = []
         var xs = [Int](repeating: 0, count: w * w), ys = xs
         for npix in HEALPix.children(h.patch, order: patchOrder, to: order) {
             if isCancelled() { throw CatalogQueryError("cancelled", retryable: true) }
             // Where each tile pixel's centre falls in the patch, and the box of those pixels.
             var box = (x0: Int.max, y0: Int.max, x1: Int.min, y1: Int.min)
+            let o = tiling.origin(order: order, npix: npix)
             for row in 0..<w {
                 for column in 0..<w {
-                    let c = tiling.centre(order: order, npix: npix, row: row, column: column)
+                    let c = tiling.centreVector(order: order, face: o.face, ix: o.ix, iy: o.iy, row: row, column: column)
                     let i = row * w + column
-                    guard let p = h.wcs.pixel(ra: c.ra, dec: c.dec), abs(p.x) < 1e9, abs(p.y) < 1e9 else {
+                    guard let p = projector.pixel(c), abs(p.x) < 1e9, abs(p.y) < 1e9 else {
                         xs[i] = Int.min
                         continue
                     }
@@ -175,6 +177,7 @@ public enum HiPSOperators {
         let file = try ImageOperators.openPatch(ctx, name)
         var out = CatalogPartial()
         out.shards = 1
+        defer { file.releasePages() }
         do throws(CatalogQueryError) { out.hipsTiles = try q.tiles(of: file, isCancelled: ctx.isCancelled) } catch {
             throw OperatorError(name, error.message, retryable: error.retryable)
         }

@@ -63,6 +63,7 @@ public enum ImageOperators {
         var out = CatalogPartial()
         out.shards = 1
         out.imageStatistics = [ImageStatistics.measure(file, mapOrder: order)]
+        file.releasePages()
         return .bytes(try CatalogOperators.serialized(out, name))
     }
 

@@ -36,6 +36,10 @@ public struct GatewayConfiguration: Sendable {
     /// proxy), for links in documents and redirects; nil: the request's own Host.
     public var publicURL: String?
     public var limits = GatewayLimits()
+    /// The folder of HiPS trees served at `/hips/NAME/…` (`tessera hips -o FOLDER/NAME`).
+    public var hipsRoot: String?
+    /// Serves the HiPS trees without a token (a portal's sky viewer fetches tiles by URL alone).
+    public var publicHiPS = false
 
     public init(scheduler: String) { self.scheduler = scheduler }
 
@@ -75,6 +79,7 @@ struct GatewayMiddleware: RouterMiddleware {
     let limits: GatewayLimits
     let inFlight: RequestCounts
     let logger: Logger
+    var publicHiPS = false
 
     /// Paths anyone may read: VOSI's availability and capabilities (clients discover the
     /// service before they authenticate), and the dashboard's static page.
@@ -105,7 +110,7 @@ struct GatewayMiddleware: RouterMiddleware {
             }
         } else if anonymous {
             context.user = GatewayConfiguration.anonymousUser
-        } else if !Self.isPublic(path) {
+        } else if !Self.isPublic(path) && !(publicHiPS && path.hasPrefix("/hips/")) {
             response = Self.unauthorized("this service needs a bearer token: `Authorization: Bearer TOKEN` (tessera token create USER)")
             log(request, response, user: "-", start: start)
             return response
@@ -168,7 +173,7 @@ public enum Gateway {
         let jobs = AsyncJobs(service: service)
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(tokens: config.tokensPath.map(TokenStore.init), anonymous: config.anonymous,
-                                                 limits: config.limits, inFlight: RequestCounts(), logger: logger))
+                                                 limits: config.limits, inFlight: RequestCounts(), logger: logger, publicHiPS: config.publicHiPS))
 
         let feed = DashboardFeed(pool: service.pool)
         router.get("/") { _, _ in
@@ -217,6 +222,52 @@ public enum Gateway {
                 return Response(status: .notModified, headers: headers, body: .init())
             }
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: doc.body)))
+        }
+        // SODA cutouts, DataLink, and HiPS trees as static files.
+        let soda = SODAService(pool: service.pool, hipsRoot: config.hipsRoot)
+        let sodaSync: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
+            do {
+                let (bytes, name) = try await soda.cutout(try await parameterLists(request, limit: config.limits.bodyBytes), user: context.user)
+                return Response(status: .ok, headers: [.contentType: "application/fits", .contentDisposition: "inline; filename=\"\(name)\""],
+                                body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+            } catch let e as SODAError {
+                return e.response
+            } catch let e as TAPError {
+                return SODAError(status: e.status, label: "UsageError", message: e.message).response
+            } catch {
+                return SODAError(status: 503, label: "TransientFault", message: "\(error)").response
+            }
+        }
+        router.get("/soda/sync", use: sodaSync)
+        router.post("/soda/sync", use: sodaSync)
+        router.get("/soda/links") { request, context in
+            do {
+                let doc = try await soda.links(try await parameterLists(request, limit: config.limits.bodyBytes), base: base(request), user: context.user)
+                return xml(200, doc, contentType: "application/x-votable+xml;content=datalink")
+            } catch let e as SODAError {
+                return e.response
+            }
+        }
+        router.get("/hips/list") { request, _ in
+            text(200, soda.hipsList(base: base(request)))
+        }
+        router.get("/hips/**") { request, _ in
+            do {
+                let file = try soda.hipsFile(String(request.uri.path.dropFirst("/hips/".count)))
+                let attributes = try FileManager.default.attributesOfItem(atPath: file.path)
+                let modified = (attributes[.modificationDate] as? Date) ?? Date(timeIntervalSince1970: 0)
+                let size = (attributes[.size] as? Int) ?? 0
+                // A tree is replaced whole when made again: its files' time and size name the version.
+                let tag = "\"\(String(Int(modified.timeIntervalSince1970 * 1000), radix: 16))-\(String(size, radix: 16))\""
+                var headers: HTTPFields = [.eTag: tag, .cacheControl: config.publicHiPS ? "public, max-age=3600" : "private, max-age=3600",
+                                           .lastModified: httpDate(modified), .accessControlAllowOrigin: "*"]
+                if request.headers[.ifNoneMatch] == tag { return Response(status: .notModified, headers: headers, body: .init()) }
+                headers[.contentType] = file.contentType
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: file.path))
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+            } catch let e as SODAError {
+                return e.response
+            }
         }
         router.get("/tap") { request, _ in
             text(200, "Tessera TAP service: /tap/sync, /tap/async, /tap/capabilities, /tap/availability, /tap/tables\n")
@@ -425,7 +476,14 @@ public enum Gateway {
     /// (DALI's parameter names are case-insensitive), the first value of each.
     static func parameters(_ request: Request, limit: Int) async throws -> [String: String] {
         var out: [String: String] = [:]
-        formFields(request.uri.query ?? "", into: &out)
+        for (k, v) in try await parameterLists(request, limit: limit) { out[k] = v.first }
+        return out
+    }
+
+    /// Every value of each parameter, from the query string and then a form body; names upper-cased.
+    static func parameterLists(_ request: Request, limit: Int) async throws -> [String: [String]] {
+        var out: [String: [String]] = [:]
+        formFieldLists(request.uri.query ?? "", into: &out)
         guard request.method == .post else { return out }
         let type = request.headers[.contentType] ?? ""
         let body: ByteBuffer
@@ -435,17 +493,24 @@ public enum Gateway {
             throw TAPError(413, "the request body is over this service's limit of \(limit) bytes")
         }
         if type.lowercased().hasPrefix("multipart/") { throw TAPError(415, "multipart bodies (UPLOAD) are not supported yet: send application/x-www-form-urlencoded") }
-        formFields(String(buffer: body), into: &out)
+        formFieldLists(String(buffer: body), into: &out)
         return out
     }
 
     /// Adds the fields of `application/x-www-form-urlencoded` text (a query string or a form
     /// body: `+` is a space, `%XX` a byte), the first value of each name.
     static func formFields(_ text: String, into out: inout [String: String]) {
+        var lists: [String: [String]] = [:]
+        formFieldLists(text, into: &lists)
+        for (k, v) in lists where out[k] == nil { out[k] = v.first }
+    }
+
+    /// Every value of each field (SODA and DataLink may repeat one), names upper-cased.
+    static func formFieldLists(_ text: String, into out: inout [String: [String]]) {
         for pair in text.utf8.split(separator: UInt8(ascii: "&")) {
             let kv = pair.split(separator: UInt8(ascii: "="), maxSplits: 1, omittingEmptySubsequences: false).map(formDecoded)
             guard let k = kv.first, !k.isEmpty else { continue }
-            if out[k.uppercased()] == nil { out[k.uppercased()] = kv.count > 1 ? kv[1] : "" }
+            out[k.uppercased(), default: []].append(kv.count > 1 ? kv[1] : "")
         }
     }
 
@@ -525,6 +590,15 @@ public enum Gateway {
     /// An error as TAP returns it: an ERROR VOTable with the HTTP status.
     public static func errorResponse(_ status: Int, _ message: String) -> Response {
         xml(status, ResultWriter.errorVOTable(message), contentType: "application/x-votable+xml")
+    }
+
+    /// An HTTP date (RFC 9110's IMF-fixdate).
+    static func httpDate(_ d: Date) -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return f.string(from: d)
     }
 
     static func iso(_ d: Date) -> String {

@@ -531,6 +531,10 @@ extension SchedulerCore {
                 s.shardOrders = d.orders.map { UInt32(clamping: $0) }
                 s.shardPixels = d.pixels.map { UInt64(clamping: $0) }
             }
+            if let images = d.images {
+                s.images = images.info
+                if withCoverage { s.patches = images.patches.map { $0.map(ImageDataset.info) ?? Tessera_V1_ImagePatchInfo() } }
+            }
             return s
         }
     }

@@ -195,6 +195,8 @@ public final class FITSMemoryWriter {
     var file: UnsafeMutablePointer<fitsfile>?
     var status: Int32 = 0
     var closed = false
+    /// HDUs (1-based) given a checksum.
+    var summed: Set<Int> = []
 
     /// `name` says what the file is in errors.
     public init(name: String) throws(ImageFileError) {
@@ -268,20 +270,34 @@ public final class FITSMemoryWriter {
         ffppr(file, TINT, 1, Int64(a.count), &a, &status)
     }
 
-    /// The current HDU's CHECKSUM and DATASUM.
+    /// Gives the current HDU a CHECKSUM and DATASUM (the FITS checksum convention, which astropy
+    /// and fitsverify check). They are computed in `finish`, without cfitsio's time stamp in
+    /// their comments, so the same pixels always make the same bytes.
     public func checksum() {
         guard status == 0 else { return }
-        ffpcks(file, &status)
+        key("CHECKSUM", .text("0000000000000000"), "HDU checksum")
+        key("DATASUM", .text("0"), "data unit checksum")
+        var hdu: Int32 = 0
+        ffghdn(file, &hdu)
+        summed.insert(Int(hdu))
     }
 
     /// Closes the file and returns its bytes.
     public func finish() throws(ImageFileError) -> [UInt8] {
         guard !closed else { throw .invalidInput("\(name) was already written") }
-        // The file ends with the last HDU's data, padded to its 2880-byte block; the buffer may be
-        // larger (it grows by whole increments).
-        var head: Int64 = 0, dataStart: Int64 = 0, dataEnd: Int64 = 0
-        ffghadll(file, &head, &dataStart, &dataEnd, &status)
-        let logicalEnd = (Int(dataEnd) + 2879) / 2880 * 2880
+        // Each HDU's header and data offsets (for the sums); the file ends with the last HDU's
+        // data, padded to its 2880-byte block (the buffer may be larger: it grows by increments).
+        var count: Int32 = 0
+        ffthdu(file, &count, &status)
+        var hdus: [(header: Int, data: Int, end: Int)] = []
+        for k in 1...max(1, Int(count)) where status == 0 {
+            var type: Int32 = 0
+            ffmahd(file, Int32(k), &type, &status)
+            var head: Int64 = 0, dataStart: Int64 = 0, dataEnd: Int64 = 0
+            ffghadll(file, &head, &dataStart, &dataEnd, &status)
+            hdus.append((Int(head), Int(dataStart), (Int(dataEnd) + 2879) / 2880 * 2880))
+        }
+        let logicalEnd = hdus.last?.end ?? 0
         var closeStatus: Int32 = 0
         ffclos(file, &closeStatus)
         closed = true
@@ -295,7 +311,11 @@ public final class FITSMemoryWriter {
         guard logicalEnd > 0, logicalEnd <= sizePointer.pointee else {
             throw .invalidInput("cfitsio's buffer ends before its file (\(logicalEnd) > \(sizePointer.pointee) bytes)")
         }
-        return [UInt8](UnsafeRawBufferPointer(start: base, count: logicalEnd))
+        var bytes = [UInt8](UnsafeRawBufferPointer(start: base, count: logicalEnd))
+        for (k, h) in hdus.enumerated() where summed.contains(k + 1) {
+            FITSChecksum.seal(&bytes, header: h.header..<h.data, data: h.data..<h.end)
+        }
+        return bytes
     }
 
     /// A FITS file of one float32 image in its primary HDU, with `keywords` and a checksum.
@@ -517,5 +537,73 @@ public struct FITSImage: Sendable {
         }
         guard let image = found else { throw .notAPatch(path: path, reason: "it has no two-dimensional image") }
         (cards, width, height, self.image, self.variance, self.mask) = (image.cards, image.w, image.h, image.image, variance, mask)
+    }
+}
+
+/// The FITS checksum convention (Seaman, Pence & Rots): DATASUM is the 32-bit ones'-complement
+/// sum of the data's big-endian words, and CHECKSUM the 16-character ASCII encoding of the
+/// complement of the header's and data's sum, so that the whole HDU sums to −0.
+public enum FITSChecksum {
+    /// The ones'-complement sum of `bytes` (a whole number of 2880-byte blocks) as 32-bit words.
+    public static func sum(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        var s: UInt64 = 0
+        bytes.withUnsafeBytes { raw in
+            let words = raw.count / 4
+            for i in 0..<words { s &+= UInt64(UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+        }
+        while s >> 32 != 0 { s = (s & 0xFFFF_FFFF) + (s >> 32) }
+        return UInt32(s)
+    }
+
+    static func add(_ a: UInt32, _ b: UInt32) -> UInt32 {
+        var s = UInt64(a) + UInt64(b)
+        while s >> 32 != 0 { s = (s & 0xFFFF_FFFF) + (s >> 32) }
+        return UInt32(s)
+    }
+
+    /// The 16 characters for `sum`'s complement: each byte spread over four characters from '0',
+    /// stepped off the punctuation between the digits and letters, then rotated right by one.
+    public static func encode(complementOf sum: UInt32) -> String {
+        let value = ~sum
+        func isExcluded(_ c: UInt8) -> Bool { (0x3A...0x40).contains(c) || (0x5B...0x60).contains(c) }
+        var asc = [UInt8](repeating: 0, count: 16)
+        for i in 0..<4 {
+            let byte = UInt8((value >> (24 - 8 * UInt32(i))) & 0xFF)
+            var ch = [UInt8](repeating: byte / 4 + 0x30, count: 4)
+            ch[0] += byte % 4
+            var changed = true
+            while changed {
+                changed = false
+                for j in stride(from: 0, to: 4, by: 2) where isExcluded(ch[j]) || isExcluded(ch[j + 1]) {
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+                    changed = true
+                }
+            }
+            for j in 0..<4 { asc[4 * j + i] = ch[j] }
+        }
+        return String(decoding: (0..<16).map { asc[($0 + 15) % 16] }, as: UTF8.self)
+    }
+
+    /// An 80-character header card holding a string value.
+    static func card(_ name: String, _ value: String, _ comment: String) -> [UInt8] {
+        let quoted = "'" + value.padding(toLength: max(8, value.count), withPad: " ", startingAt: 0) + "'"
+        let text = name.padding(toLength: 8, withPad: " ", startingAt: 0) + "= " + quoted.padding(toLength: max(20, quoted.count), withPad: " ", startingAt: 0) + " / " + comment
+        return Array(text.padding(toLength: 80, withPad: " ", startingAt: 0).utf8.prefix(80))
+    }
+
+    /// Writes the DATASUM and CHECKSUM cards of the HDU whose header and data are at `header`
+    /// and `data` in `bytes` (the cards must be in the header already).
+    static func seal(_ bytes: inout [UInt8], header: Range<Int>, data: Range<Int>) {
+        func find(_ name: String) -> Int? {
+            let key = Array(name.padding(toLength: 8, withPad: " ", startingAt: 0).utf8)
+            return stride(from: header.lowerBound, to: header.upperBound, by: 80).first { Array(bytes[$0..<$0 + 8]) == key }
+        }
+        guard let datasumAt = find("DATASUM"), let checksumAt = find("CHECKSUM") else { return }
+        let dataSum = sum(bytes[data])
+        bytes.replaceSubrange(datasumAt..<datasumAt + 80, with: card("DATASUM", "\(dataSum)", "data unit checksum"))
+        bytes.replaceSubrange(checksumAt..<checksumAt + 80, with: card("CHECKSUM", "0000000000000000", "HDU checksum"))
+        let total = add(sum(bytes[header]), dataSum)
+        bytes.replaceSubrange(checksumAt..<checksumAt + 80, with: card("CHECKSUM", encode(complementOf: total), "HDU checksum"))
     }
 }

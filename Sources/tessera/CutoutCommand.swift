@@ -57,10 +57,7 @@ struct CutoutCommand: ParsableCommand {
         let done = try conn.run(q, name: "cutout \(dataset)")
         let cuts = done.result.cutouts
         guard !cuts.isEmpty else { throw ValidationError("the cluster sent no cutout") }
-        let planes = cuts.map {
-            ImagePatchWriter.Planes(header: $0.patchHeader(tiling: nil), image: $0.image, variance: $0.variance, mask: $0.mask)
-        }
-        let bytes = try ImagePatchWriter.encode(bands: planes, extraKeywords: [FITSKeyword("DATASET", .text(String(dataset.prefix(60))), "Tessera image dataset")])
+        let bytes = try ImageCutout.fitsFile(cuts, dataset: dataset)
         try DurableFile.write(bytes, to: output)
         for c in cuts {
             let covered = c.coveredPixels

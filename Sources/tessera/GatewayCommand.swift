@@ -27,6 +27,12 @@ struct GatewayCommand: ParsableCommand {
     @Option(help: "The URL clients reach the gateway at, when a proxy stands in front (e.g. https://archive.example/tessera); links and redirects use it. Default: the request's Host, over http.")
     var publicUrl: String?
 
+    @Option(help: "The folder of HiPS trees served at /hips/NAME/ (tessera hips -o FOLDER/NAME).")
+    var hipsDir = "tessera-data/hips"
+
+    @Flag(help: "Serve the HiPS trees without a token (a portal's sky viewer fetches tiles by URL alone).")
+    var publicHips = false
+
     @Option(help: "Requests one user may have in progress at once.")
     var maxRequestsPerUser = 8
 
@@ -62,6 +68,8 @@ struct GatewayCommand: ParsableCommand {
         c.tokensPath = tokens
         c.anonymous = anonymous
         c.publicURL = publicUrl.flatMap(Gateway.publicURL)
+        c.hipsRoot = hipsDir
+        c.publicHiPS = publicHips
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
         c.limits.queryCharacters = maxQueryChars
         c.limits.defaultMaxrec = defaultMaxrec

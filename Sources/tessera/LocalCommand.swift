@@ -50,6 +50,9 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "The gateway lets requests without a token in, as user `anonymous` (it listens on loopback only).")
     var anonymous = false
 
+    @Flag(help: "The gateway serves the HiPS trees in DATA/hips without a token.")
+    var publicHips = false
+
     @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
     var exitWithParent: Int32?
 
@@ -87,6 +90,8 @@ struct LocalCommand: ParsableCommand {
             (g.host, g.port) = try GatewayCommand.hostPort(http ?? "127.0.0.1:\(port + 80)")
             g.tokensPath = data + "/gateway-tokens"
             g.anonymous = anonymous
+            g.hipsRoot = data + "/hips"
+            g.publicHiPS = publicHips
             let shown = g
             let gateway = GatewayCommand.serve(shown) { bound in
                 print("  HTTP gateway:    http://\(shown.host):\(bound)/tap (tokens: tessera token create USER --tokens \(shown.tokensPath ?? ""))\(shown.anonymous ? ", anonymous allowed" : "")")

@@ -459,8 +459,9 @@ def read_tiles(root, order):
 
 
 @pytest.fixture(scope="module")
-def hips_tree(bins, cluster, coadd, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hips") / "coadd_r"
+def hips_tree(bins, cluster, coadd):
+    # Where the gateway serves HiPS trees from (`tessera local`: DATA/hips).
+    out = os.path.join(cluster.data, "hips", "coadd_r")
     r = tessera(bins, cluster, "hips", "--dataset", coadd, "--band", "r", "--tile-width", str(HIPS_WIDTH),
                 "--order", str(HIPS_ORDER), "-o", str(out))
     assert "HiPS of coadd band r" in r.stdout
@@ -613,3 +614,127 @@ def test_hips_errors(bins, cluster, coadd, tmp_path):
     assert "over the limit" in fails("--dataset", coadd, "--band", "r", "--order", "13", "--cut", "0,1")
     assert "not an image dataset" in fails("--dataset", "object", "--band", "r", "--cut", "0,1")
     assert "--tile-width must be one of" in fails("--dataset", coadd, "--band", "r", "--tile-width", "100")
+
+
+# SODA, DataLink and the HiPS trees over HTTP, with pyvo as the client.
+def http_session(cluster, user="soda_user"):
+    import requests
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {cluster.create_token(user)}"
+    return s
+
+
+def gateway(cluster):
+    return cluster.tap_url[: -len("/tap")]
+
+
+@pytest.mark.parametrize("cli,soda", [
+    (["--cone", "60.05,-34.95,0.01", "--band", "r"], {"circle": (60.05, -34.95, 0.01), "band": (5.6e-7, 6.8e-7)}),
+    (["--box", "60.02,60.06,-34.99,-34.96"], {"range": (60.02, 60.06, -34.99, -34.96)}),
+    (["--cone", "60.08,-34.93,0.004", "--band", "g,r"], {"circle": (60.08, -34.93, 0.004), "band": (4.5e-7, 6e-7)}),
+])
+def test_soda_cutouts_are_tessera_cutouts_bytes(bins, cluster, coadd, tmp_path, cli, soda):
+    """pyvo's SodaQuery against /soda/sync: the same bytes as `tessera cutout` for the same
+    region (CIRCLE, RANGE; BAND as a wavelength interval picks the filters it meets)."""
+    from pyvo.dal.adhoc import SodaQuery
+    out = tmp_path / "cli.fits"
+    tessera(bins, cluster, "cutout", "--dataset", coadd, *cli, "-o", str(out))
+    q = SodaQuery(gateway(cluster) + "/soda/sync", id="ivo://tessera/coadd", session=http_session(cluster), **soda)
+    got = q.execute_stream().read()
+    assert got == out.read_bytes()
+    with fits.open(out, checksum=True) as f:
+        assert f["IMAGE"].header["BAND"] in ("g", "r")
+
+
+def semantics(dl, term):
+    """Rows of one semantics (pyvo's bysemantics would fetch the IVOA vocabulary online)."""
+    return [r for r in dl if r["semantics"] == term]
+
+
+def test_datalink_lists_patches_and_their_links(bins, cluster, coadd, patch_files, hips_tree):
+    """DataLink {links} for the dataset (pyvo's DatalinkResults): a #this per patch whose file,
+    fetched through SODA, is the patch's pixels and WCS; the #cutout service descriptor that
+    pyvo runs; the HiPS preview and coverage of band r; a patch's own links with its HiPS tile."""
+    from pyvo.dal.adhoc import DatalinkResults
+    s = http_session(cluster)
+    dl = DatalinkResults.from_result_url(gateway(cluster) + "/soda/links?ID=ivo://tessera/coadd", session=s)
+    this = semantics(dl, "#this")
+    assert len(this) == len(patch_files)
+    assert all(r["error_message"] in ("", None) for r in this)
+    by_name = {}
+    for path in patch_files:
+        with fits.open(path) as f:
+            by_name[(f[0].header["BAND"], f[0].header["PATCH"])] = path
+    row = this[0]
+    band, patch = row["access_url"].split("%3F")[1].split("%2F")
+    data = s.get(row["access_url"]).content
+    with fits.open(__import__("io").BytesIO(data), checksum=True) as got, fits.open(by_name[(band, int(patch))]) as want:
+        np.testing.assert_array_equal(got["IMAGE"].data, want["IMAGE"].data)
+        np.testing.assert_array_equal(got["VARIANCE"].data, want["VARIANCE"].data)
+        g, w = WCS(got["IMAGE"].header), WCS(want["IMAGE"].header)
+        np.testing.assert_allclose(g.wcs.crpix, w.wcs.crpix, atol=1e-9)
+        np.testing.assert_allclose(g.wcs.crval, w.wcs.crval, atol=1e-12)
+    # The cutout service, as pyvo finds and runs it.
+    proc = dl.get_first_proc()
+    cut = proc.process(session=s, circle=(60.05, -34.95, 0.01), band=(5.6e-7, 6.8e-7)).read()
+    with fits.open(__import__("io").BytesIO(cut)) as f:
+        assert f["IMAGE"].header["BAND"] == "r" and len(f) == 4
+    assert cut == s.get(gateway(cluster) + "/soda/sync", params={"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 0.01", "BAND": "5.6e-7 6.8e-7"}).content
+    previews = {r["description"].split()[1]: r["access_url"] for r in semantics(dl, "#preview")}
+    assert set(previews) == {"r"}
+    r = s.get(previews["r"])
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
+    cov = [x["access_url"] for x in semantics(dl, "#coverage")]
+    assert len(cov) == 1 and s.get(cov[0]).content[:6] == b"SIMPLE"
+    # One patch's links: its #this and its HiPS tile at the patch order.
+    band, patch = "r", next(p for (b, p) in by_name if b == "r")
+    one = DatalinkResults.from_result_url(gateway(cluster) + f"/soda/links?ID=ivo://tessera/coadd?r/{patch}", session=s)
+    assert len(semantics(one, "#this")) == 1
+    tile = semantics(one, "#preview")[0]["access_url"]
+    assert tile.endswith(f"/Norder8/Dir{patch // 10000 * 10000}/Npix{patch}.png") and s.get(tile).status_code == 200
+    # An unknown ID is a row with an error, not a failed request.
+    bad = DatalinkResults.from_result_url(gateway(cluster) + "/soda/links?ID=ivo://tessera/nothing", session=s)
+    assert next(iter(bad))["error_message"].startswith("NotFoundFault")
+
+
+def test_hips_trees_are_served_with_caching(cluster, hips_tree):
+    s = http_session(cluster)
+    base = gateway(cluster) + "/hips/coadd_r"
+    r = s.get(base + "/properties")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain") and "hips_order" in r.text
+    tile = sorted(glob.glob(os.path.join(hips_tree, f"Norder{HIPS_ORDER}", "Dir*", "Npix*.fits")))[0]
+    rel = os.path.relpath(tile, hips_tree)
+    r = s.get(f"{base}/{rel}")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/fits"
+    assert r.content == open(tile, "rb").read()
+    assert "max-age" in r.headers["Cache-Control"] and r.headers["Last-Modified"].endswith("GMT")
+    again = s.get(f"{base}/{rel}", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert "hips_service_url" in s.get(gateway(cluster) + "/hips/list").text
+    import requests
+    assert requests.get(base + "/properties").status_code == 401  # a token is needed
+    assert s.get(gateway(cluster) + "/hips/coadd_r/../gateway-tokens").status_code in (400, 404)
+    assert s.get(gateway(cluster) + "/hips/coadd_r/Norder9/Dir0/Npix1.fits").status_code == 404
+
+
+def test_soda_errors(cluster, coadd):
+    s = http_session(cluster)
+    url = gateway(cluster) + "/soda/sync"
+
+    def err(params, status, label):
+        r = s.get(url, params=params)
+        assert r.status_code == status, r.text
+        assert r.headers["Content-Type"].startswith("text/plain") and r.text.startswith(label + ":"), r.text
+        return r.text
+    err({"ID": "ivo://tessera/nothing", "CIRCLE": "60 -35 0.01"}, 404, "NotFoundFault")
+    err({"ID": "ivo://tessera/coadd"}, 400, "UsageError")
+    assert "a circle needs" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60 -35 -1"}, 400, "UsageError")
+    err([("ID", "ivo://tessera/coadd"), ("POS", "CIRCLE 60 -35 0.01"), ("POS", "CIRCLE 61 -35 0.01")], 400, "MultiValuedParamNotSupported")
+    err({"ID": "ivo://tessera/coadd", "POS": "RANGE -Inf +Inf -35 -34.9"}, 400, "UsageError")
+    assert "no band" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 0.01", "BAND": "1e-3 1e-2"}, 404, "NotFoundFault")
+    assert "no coverage" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "120 30 0.01"}, 404, "NotFoundFault")
+    assert "larger than the limit" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 5"}, 400, "UsageError")
+    err({"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 0.01", "TIME": "55000 56000"}, 400, "UsageError")
+    import requests
+    r = requests.get(url, params={"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 0.01"}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401

@@ -83,4 +83,11 @@ public struct ImageCutout: Sendable, Equatable {
         ImagePatchHeader(band: band, tract: tract, patch: -1, tractOrder: tiling?.tractOrder ?? -1, patchOrder: tiling?.patchOrder ?? -1,
                          x0: box.x0, y0: box.y0, width: box.width, height: box.height, wcs: wcs)
     }
+
+    /// The FITS file of a cutout's bands (`tessera cutout` and SODA write the same bytes): an
+    /// IMAGE, MASK and VARIANCE per band, each with the cutout's WCS, and the dataset's name.
+    public static func fitsFile(_ cuts: [ImageCutout], dataset: String) throws(ImageFileError) -> [UInt8] {
+        let planes = cuts.map { ImagePatchWriter.Planes(header: $0.patchHeader(tiling: nil), image: $0.image, variance: $0.variance, mask: $0.mask) }
+        return try ImagePatchWriter.encode(bands: planes, extraKeywords: [FITSKeyword("DATASET", .text(String(dataset.prefix(60))), "Tessera image dataset")])
+    }
 }

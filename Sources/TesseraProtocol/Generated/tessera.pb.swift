@@ -1986,49 +1986,111 @@ public nonisolated struct Tessera_V1_IngestCommitted: Sendable {
   public init() {}
 }
 
-public nonisolated struct Tessera_V1_DatasetStatus: Sendable {
+public nonisolated struct Tessera_V1_DatasetStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
-  public var kind: String = String()
+  public var kind: String {
+    get {_storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
 
-  public var rows: UInt64 = 0
+  public var rows: UInt64 {
+    get {_storage._rows}
+    set {_uniqueStorage()._rows = newValue}
+  }
 
-  public var shards: UInt64 = 0
+  public var shards: UInt64 {
+    get {_storage._shards}
+    set {_uniqueStorage()._shards = newValue}
+  }
 
-  public var bytes: UInt64 = 0
+  public var bytes: UInt64 {
+    get {_storage._bytes}
+    set {_uniqueStorage()._bytes = newValue}
+  }
 
   /// live copies of its least-replicated shard
-  public var minReplicas: UInt32 = 0
+  public var minReplicas: UInt32 {
+    get {_storage._minReplicas}
+    set {_uniqueStorage()._minReplicas = newValue}
+  }
 
-  public var shardsWithoutLiveReplica: UInt64 = 0
+  public var shardsWithoutLiveReplica: UInt64 {
+    get {_storage._shardsWithoutLiveReplica}
+    set {_uniqueStorage()._shardsWithoutLiveReplica = newValue}
+  }
 
   /// Its schema: names, types, units and descriptions (what a notebook's `columns` shows).
-  public var columns: [Tessera_V1_ColumnSchema] = []
+  public var columns: [Tessera_V1_ColumnSchema] {
+    get {_storage._columns}
+    set {_uniqueStorage()._columns = newValue}
+  }
 
-  public var raColumn: String = String()
+  public var raColumn: String {
+    get {_storage._raColumn}
+    set {_uniqueStorage()._raColumn = newValue}
+  }
 
-  public var decColumn: String = String()
+  public var decColumn: String {
+    get {_storage._decColumn}
+    set {_uniqueStorage()._decColumn = newValue}
+  }
 
   /// A user's table: its owner, whether others may read it (as `OWNER..NAME`), and the seconds
   /// until it is removed.
-  public var owner: String = String()
+  public var owner: String {
+    get {_storage._owner}
+    set {_uniqueStorage()._owner = newValue}
+  }
 
-  public var shared: Bool = false
+  public var shared: Bool {
+    get {_storage._shared}
+    set {_uniqueStorage()._shared = newValue}
+  }
 
-  public var expiresInS: Double = 0
+  public var expiresInS: Double {
+    get {_storage._expiresInS}
+    set {_uniqueStorage()._expiresInS = newValue}
+  }
 
   /// With StatusRequest.with_coverage: each shard's HEALPix order and nested pixel.
-  public var shardOrders: [UInt32] = []
+  public var shardOrders: [UInt32] {
+    get {_storage._shardOrders}
+    set {_uniqueStorage()._shardOrders = newValue}
+  }
 
-  public var shardPixels: [UInt64] = []
+  public var shardPixels: [UInt64] {
+    get {_storage._shardPixels}
+    set {_uniqueStorage()._shardPixels = newValue}
+  }
+
+  /// An image dataset's bands and tiling; with coverage, each shard's patch (as shard_pixels).
+  public var images: Tessera_V1_ImageDatasetInfo {
+    get {_storage._images ?? Tessera_V1_ImageDatasetInfo()}
+    set {_uniqueStorage()._images = newValue}
+  }
+  /// Returns true if `images` has been explicitly set.
+  public var hasImages: Bool {_storage._images != nil}
+  /// Clears the value of `images`. Subsequent reads from it will return its default value.
+  public mutating func clearImages() {_uniqueStorage()._images = nil}
+
+  public var patches: [Tessera_V1_ImagePatchInfo] {
+    get {_storage._patches}
+    set {_uniqueStorage()._patches = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Tessera_V1_Ping: Sendable {
@@ -5392,99 +5454,181 @@ nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Tessera_V1_DatasetStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DatasetStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{1}owner\0\u{1}shared\0\u{3}expires_in_s\0\u{3}shard_orders\0\u{3}shard_pixels\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}rows\0\u{1}shards\0\u{1}bytes\0\u{3}min_replicas\0\u{3}shards_without_live_replica\0\u{1}columns\0\u{3}ra_column\0\u{3}dec_column\0\u{1}owner\0\u{1}shared\0\u{3}expires_in_s\0\u{3}shard_orders\0\u{3}shard_pixels\0\u{1}images\0\u{1}patches\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _kind: String = String()
+    var _rows: UInt64 = 0
+    var _shards: UInt64 = 0
+    var _bytes: UInt64 = 0
+    var _minReplicas: UInt32 = 0
+    var _shardsWithoutLiveReplica: UInt64 = 0
+    var _columns: [Tessera_V1_ColumnSchema] = []
+    var _raColumn: String = String()
+    var _decColumn: String = String()
+    var _owner: String = String()
+    var _shared: Bool = false
+    var _expiresInS: Double = 0
+    var _shardOrders: [UInt32] = []
+    var _shardPixels: [UInt64] = []
+    var _images: Tessera_V1_ImageDatasetInfo? = nil
+    var _patches: [Tessera_V1_ImagePatchInfo] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _kind = source._kind
+      _rows = source._rows
+      _shards = source._shards
+      _bytes = source._bytes
+      _minReplicas = source._minReplicas
+      _shardsWithoutLiveReplica = source._shardsWithoutLiveReplica
+      _columns = source._columns
+      _raColumn = source._raColumn
+      _decColumn = source._decColumn
+      _owner = source._owner
+      _shared = source._shared
+      _expiresInS = source._expiresInS
+      _shardOrders = source._shardOrders
+      _shardPixels = source._shardPixels
+      _images = source._images
+      _patches = source._patches
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.kind) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.rows) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.shards) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.minReplicas) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.shardsWithoutLiveReplica) }()
-      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.columns) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.raColumn) }()
-      case 10: try { try decoder.decodeSingularStringField(value: &self.decColumn) }()
-      case 11: try { try decoder.decodeSingularStringField(value: &self.owner) }()
-      case 12: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
-      case 13: try { try decoder.decodeSingularDoubleField(value: &self.expiresInS) }()
-      case 14: try { try decoder.decodeRepeatedUInt32Field(value: &self.shardOrders) }()
-      case 15: try { try decoder.decodeRepeatedUInt64Field(value: &self.shardPixels) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._kind) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._rows) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._shards) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytes) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._minReplicas) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._shardsWithoutLiveReplica) }()
+        case 8: try { try decoder.decodeRepeatedMessageField(value: &_storage._columns) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._raColumn) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._decColumn) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._owner) }()
+        case 12: try { try decoder.decodeSingularBoolField(value: &_storage._shared) }()
+        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._expiresInS) }()
+        case 14: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._shardOrders) }()
+        case 15: try { try decoder.decodeRepeatedUInt64Field(value: &_storage._shardPixels) }()
+        case 16: try { try decoder.decodeSingularMessageField(value: &_storage._images) }()
+        case 17: try { try decoder.decodeRepeatedMessageField(value: &_storage._patches) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
-    }
-    if !self.kind.isEmpty {
-      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 2)
-    }
-    if self.rows != 0 {
-      try visitor.visitSingularUInt64Field(value: self.rows, fieldNumber: 3)
-    }
-    if self.shards != 0 {
-      try visitor.visitSingularUInt64Field(value: self.shards, fieldNumber: 4)
-    }
-    if self.bytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 5)
-    }
-    if self.minReplicas != 0 {
-      try visitor.visitSingularUInt32Field(value: self.minReplicas, fieldNumber: 6)
-    }
-    if self.shardsWithoutLiveReplica != 0 {
-      try visitor.visitSingularUInt64Field(value: self.shardsWithoutLiveReplica, fieldNumber: 7)
-    }
-    if !self.columns.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.columns, fieldNumber: 8)
-    }
-    if !self.raColumn.isEmpty {
-      try visitor.visitSingularStringField(value: self.raColumn, fieldNumber: 9)
-    }
-    if !self.decColumn.isEmpty {
-      try visitor.visitSingularStringField(value: self.decColumn, fieldNumber: 10)
-    }
-    if !self.owner.isEmpty {
-      try visitor.visitSingularStringField(value: self.owner, fieldNumber: 11)
-    }
-    if self.shared != false {
-      try visitor.visitSingularBoolField(value: self.shared, fieldNumber: 12)
-    }
-    if self.expiresInS.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.expiresInS, fieldNumber: 13)
-    }
-    if !self.shardOrders.isEmpty {
-      try visitor.visitPackedUInt32Field(value: self.shardOrders, fieldNumber: 14)
-    }
-    if !self.shardPixels.isEmpty {
-      try visitor.visitPackedUInt64Field(value: self.shardPixels, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      if !_storage._kind.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._kind, fieldNumber: 2)
+      }
+      if _storage._rows != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rows, fieldNumber: 3)
+      }
+      if _storage._shards != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._shards, fieldNumber: 4)
+      }
+      if _storage._bytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytes, fieldNumber: 5)
+      }
+      if _storage._minReplicas != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._minReplicas, fieldNumber: 6)
+      }
+      if _storage._shardsWithoutLiveReplica != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._shardsWithoutLiveReplica, fieldNumber: 7)
+      }
+      if !_storage._columns.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._columns, fieldNumber: 8)
+      }
+      if !_storage._raColumn.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._raColumn, fieldNumber: 9)
+      }
+      if !_storage._decColumn.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._decColumn, fieldNumber: 10)
+      }
+      if !_storage._owner.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._owner, fieldNumber: 11)
+      }
+      if _storage._shared != false {
+        try visitor.visitSingularBoolField(value: _storage._shared, fieldNumber: 12)
+      }
+      if _storage._expiresInS.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._expiresInS, fieldNumber: 13)
+      }
+      if !_storage._shardOrders.isEmpty {
+        try visitor.visitPackedUInt32Field(value: _storage._shardOrders, fieldNumber: 14)
+      }
+      if !_storage._shardPixels.isEmpty {
+        try visitor.visitPackedUInt64Field(value: _storage._shardPixels, fieldNumber: 15)
+      }
+      try { if let v = _storage._images {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      } }()
+      if !_storage._patches.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._patches, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tessera_V1_DatasetStatus, rhs: Tessera_V1_DatasetStatus) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs.kind != rhs.kind {return false}
-    if lhs.rows != rhs.rows {return false}
-    if lhs.shards != rhs.shards {return false}
-    if lhs.bytes != rhs.bytes {return false}
-    if lhs.minReplicas != rhs.minReplicas {return false}
-    if lhs.shardsWithoutLiveReplica != rhs.shardsWithoutLiveReplica {return false}
-    if lhs.columns != rhs.columns {return false}
-    if lhs.raColumn != rhs.raColumn {return false}
-    if lhs.decColumn != rhs.decColumn {return false}
-    if lhs.owner != rhs.owner {return false}
-    if lhs.shared != rhs.shared {return false}
-    if lhs.expiresInS != rhs.expiresInS {return false}
-    if lhs.shardOrders != rhs.shardOrders {return false}
-    if lhs.shardPixels != rhs.shardPixels {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        if _storage._rows != rhs_storage._rows {return false}
+        if _storage._shards != rhs_storage._shards {return false}
+        if _storage._bytes != rhs_storage._bytes {return false}
+        if _storage._minReplicas != rhs_storage._minReplicas {return false}
+        if _storage._shardsWithoutLiveReplica != rhs_storage._shardsWithoutLiveReplica {return false}
+        if _storage._columns != rhs_storage._columns {return false}
+        if _storage._raColumn != rhs_storage._raColumn {return false}
+        if _storage._decColumn != rhs_storage._decColumn {return false}
+        if _storage._owner != rhs_storage._owner {return false}
+        if _storage._shared != rhs_storage._shared {return false}
+        if _storage._expiresInS != rhs_storage._expiresInS {return false}
+        if _storage._shardOrders != rhs_storage._shardOrders {return false}
+        if _storage._shardPixels != rhs_storage._shardPixels {return false}
+        if _storage._images != rhs_storage._images {return false}
+        if _storage._patches != rhs_storage._patches {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

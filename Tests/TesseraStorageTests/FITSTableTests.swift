@@ -102,3 +102,23 @@ struct FITSHeaderCheckTests {
         }
     }
 }
+
+/// FITS checksums (the convention astropy checks) computed by us: the same planes make the same
+/// bytes, and every HDU then sums to −0 as 32-bit ones'-complement words.
+struct FITSChecksumTests {
+    @Test func sameInputSameBytesAndEachHDUSumsToNegativeZero() throws {
+        let pixels = (0..<(37 * 23)).map { Float($0 % 97) * 1.5 - 20 }
+        let a = try FITSMemoryWriter.floatImage(pixels, width: 37, height: 23, keywords: [FITSKeyword("ORDER", .integer(3))], name: "t")
+        Thread.sleep(forTimeInterval: 1.1)
+        let b = try FITSMemoryWriter.floatImage(pixels, width: 37, height: 23, keywords: [FITSKeyword("ORDER", .integer(3))], name: "t")
+        #expect(a == b)
+        #expect(a.count % 2880 == 0)
+        #expect(FITSChecksum.sum(a[...]) == 0xFFFF_FFFF)
+        let text = String(decoding: a.prefix(2880), as: UTF8.self)
+        #expect(text.contains("CHECKSUM= '") && text.contains("DATASUM = '"))
+        // One bit changed in the data breaks the sum.
+        var c = a
+        c[2880 + 5] ^= 1
+        #expect(FITSChecksum.sum(c[...]) != 0xFFFF_FFFF)
+    }
+}

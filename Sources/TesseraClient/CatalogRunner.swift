@@ -78,7 +78,10 @@ extension SchedulerConnection {
         let start = DispatchTime.now().uptimeNanoseconds
         func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         let jobName = name.isEmpty ? "catalog \(plan.dataset)" : name
-        var job = try submit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
+        // A cutout is one large value: taken straight from its worker. (Not a HiPS's tiles: an
+        // output that also feeds another task can be released there before it is taken.)
+        let direct = plan.hasCutout
+        var job = try submit(.plan(query.wirePlan), name: jobName, priority: query.priority, directResults: direct).jobID
         var final: CatalogPartial?
         // A collect's batches, joined once at the end; their rows, against the cap as they come.
         var collected: [CatalogPartial] = []
@@ -95,7 +98,7 @@ extension SchedulerConnection {
                 event = try nextEvent(job: job, timeout: 0.1)
             } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected.isEmpty && final == nil {
                 resubmitted += 1
-                job = try resubmit(.plan(query.wirePlan), name: jobName, priority: query.priority).jobID
+                job = try resubmit(.plan(query.wirePlan), name: jobName, priority: query.priority, directResults: direct).jobID
                 lastHeard = DispatchTime.now().uptimeNanoseconds
                 continue
             }

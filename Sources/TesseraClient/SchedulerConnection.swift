@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import TesseraCompute
 import TesseraProtocol
 @_exported import TesseraSecurity
@@ -70,6 +71,12 @@ public final class SchedulerConnection {
     public var onBehalfOf = ""
     /// What the scheduler said when it last accepted a job here (its estimate, class and user).
     public private(set) var lastAccepted: Tessera_V1_JobAccepted?
+    /// Sockets to workers this connection takes direct results from, by endpoint.
+    private var peers: [String: Socket] = [:]
+    private var nextTake: UInt64 = 1
+    /// Takes a worker's direct results over its same-host socket (no encryption; this Unix user
+    /// must be able to open it) when the worker is on this machine.
+    public var sameHostResults = true
 
     /// Connects and checks that a scheduler answers within `timeout` seconds.
     /// - Parameter credentials: the user's key; nil finds it as the `tessera` command does (a
@@ -106,7 +113,9 @@ public final class SchedulerConnection {
     /// Submits a job and waits for the scheduler to accept it.
     /// - Parameter batchResults: deliver outputs only at the end instead of as they are computed.
     @discardableResult
-    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false, priority: PriorityClass? = nil,
+    /// - Parameter directResults: outputs stay on their workers, and this connection takes
+    ///   each straight from there (large values cross one hop, not two).
+    public func submit(_ work: JobWork, name: String = "", batchResults: Bool = false, priority: PriorityClass? = nil, directResults: Bool = false,
                        timeout: Double = Double(ClientTiming.acceptTimeoutNs) / 1e9) throws -> Tessera_V1_JobAccepted {
         let tag = nextTag
         nextTag += 1
@@ -114,6 +123,7 @@ public final class SchedulerConnection {
         s.clientTag = tag
         s.name = name
         s.batchResults = batchResults
+        s.directResults = directResults
         s.priority = (priority ?? self.priority).wire
         s.onBehalfOf = onBehalfOf
         var frames: [[UInt8]] = []
@@ -138,11 +148,11 @@ public final class SchedulerConnection {
     /// Submits a job again after a scheduler restart: while the restarted scheduler waits for
     /// the workers holding the job's data to register again, it refuses the job as
     /// `ERROR_DATA_UNAVAILABLE`, and this tries again, for up to `patience` seconds.
-    public func resubmit(_ work: JobWork, name: String = "", priority: PriorityClass? = nil, patience: Double = 30) throws -> Tessera_V1_JobAccepted {
+    public func resubmit(_ work: JobWork, name: String = "", priority: PriorityClass? = nil, directResults: Bool = false, patience: Double = 30) throws -> Tessera_V1_JobAccepted {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(patience * 1e9)
         while true {
             do {
-                return try submit(work, name: name, priority: priority)
+                return try submit(work, name: name, priority: priority, directResults: directResults)
             } catch ClientError.rejected(let code, _) where code == .errorDataUnavailable && DispatchTime.now().uptimeNanoseconds < deadline {
                 try? receiveOne(timeoutMs: 250)
             }
@@ -312,6 +322,7 @@ public final class SchedulerConnection {
                     throw ClientError.protocolError(error)
                 }
             }
+            if !r.locations.isEmpty { vs += try take(r.locations) }
             events[r.jobID, default: []].append(.results(vs, tasksDone: r.tasksDone, taskCount: r.taskCount))
         case .jobFinished(let f):
             waiting.removeValue(forKey: f.jobID)
@@ -335,6 +346,75 @@ public final class SchedulerConnection {
             }
         default:
             break
+        }
+    }
+
+    // MARK: Direct results
+
+    /// Takes direct results from the workers holding them: one FetchRequest per worker, its
+    /// reply awaited (each value is dropped there once sent).
+    private func take(_ locations: [Tessera_V1_ValueLocation]) throws -> [(UInt32, Value, Bool)] {
+        var out: [(UInt32, Value, Bool)] = []
+        for (endpoint, group) in Dictionary(grouping: locations, by: { takeEndpoint($0.worker).endpoint }) {
+            let socket = try peer(endpoint, serverKey: takeEndpoint(group[0].worker).serverKey)
+            let id = nextTake
+            nextTake += 1
+            var f = Tessera_V1_FetchRequest()
+            f.requestID = id
+            f.keys = group.map(\.key)
+            f.take = true
+            var e = Envelope()
+            e.fetchRequest = f
+            let deadline = DispatchTime.now().uptimeNanoseconds + 60_000_000_000
+            do {
+                try socket.send(parts: WireProtocol.encode(e, frames: []))
+                while true {
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    guard now < deadline else { throw ClientError.timedOut("worker \(endpoint) did not hand over its results within 60 s") }
+                    var poller = Poller()
+                    poller.add(socket)
+                    guard try poller.wait(timeoutMs: Int((deadline - now) / 1_000_000) + 1) > 0, let parts = try socket.receiveParts(dontWait: true) else { continue }
+                    let (reply, frames) = try WireProtocol.decode(parts)
+                    guard case .fetchReply(let r) = reply.body, r.requestID == id else { continue }
+                    guard r.missing.isEmpty else {
+                        throw ClientError.transport("worker \(endpoint) no longer holds \(r.missing.count) of this job's results (taken before, or dropped after two minutes)")
+                    }
+                    for info in r.values { out.append((TaskKey.task(info.key), try Value(info: info, frames: frames), false)) }
+                    break
+                }
+            } catch let e as ClientError {
+                throw e
+            } catch let e as ProtocolError {
+                throw ClientError.protocolError(e)
+            } catch {
+                throw ClientError.transport("\(error)")
+            }
+        }
+        return out
+    }
+
+    /// Where to take a worker's results: its same-host socket when this process can open it,
+    /// else its peer endpoint (CURVE, with the worker's key).
+    private func takeEndpoint(_ w: Tessera_V1_Peer) -> (endpoint: String, serverKey: String) {
+        if sameHostResults, w.localEndpoint.hasPrefix("ipc://"), access(String(w.localEndpoint.dropFirst(6)), R_OK | W_OK) == 0 {
+            return (w.localEndpoint, "")
+        }
+        return (w.endpoint, w.publicKey)
+    }
+
+    private func peer(_ endpoint: String, serverKey: String) throws -> Socket {
+        if let s = peers[endpoint] { return s }
+        do {
+            let s = try context.socket(.dealer)
+            try s.setLinger(milliseconds: 0)
+            try s.setSendHighWaterMark(0)
+            try s.setReceiveHighWaterMark(0)
+            if !serverKey.isEmpty { try credentials.secure(s, serverKey: serverKey) }
+            try s.connect(endpoint)
+            peers[endpoint] = s
+            return s
+        } catch {
+            throw ClientError.transport("\(error)")
         }
     }
 }

@@ -109,9 +109,13 @@ struct CutoutBench: ParsableCommand {
     @Option(help: "Pixels per side.")
     var size = 256
 
+    @Flag(help: "Take the cutouts from the workers over their CURVE peer endpoints, as a client on another machine does (default: their same-host sockets).")
+    var overNetwork = false
+
     func run() throws {
         let (cluster, conn, _) = try setup.start()
         defer { cluster.stop() }
+        conn.sameHostResults = !overNetwork
         let (ra, dec) = try setup.fieldBox
         var rng = SplitMix64(seed: 99)
         // Positions inside the field, away from its edge by the cutout's half-size.
@@ -130,7 +134,8 @@ struct CutoutBench: ParsableCommand {
             if k >= 20 { times.append(dt) }
         }
         times.sort()
-        let line = jsonLine([("bench", "cutout"), ("engine", "tessera"), ("cutouts", count), ("size", size), ("pixel_scale", setup.pixelScale),
+        let line = jsonLine([("bench", "cutout"), ("engine", "tessera"), ("results_from", overNetwork ? "workers over CURVE/TCP" : "workers' same-host sockets"),
+                             ("cutouts", count), ("size", size), ("pixel_scale", setup.pixelScale),
                              ("p50_ms", times[times.count / 2]), ("p99_ms", times[min(times.count - 1, times.count * 99 / 100)]),
                              ("mean_ms", times.reduce(0, +) / Double(times.count)), ("workers", setup.workers), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
         FileHandle.standardOutput.write(Data((line + "\n").utf8))

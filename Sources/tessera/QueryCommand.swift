@@ -177,6 +177,9 @@ struct JobOptions: ParsableArguments {
     @Option(help: "Run the job for this user (an admin key only, or a cluster without keys, where it tags jobs for fair share).")
     var user: String?
 
+    @Flag(help: "Take results a job leaves on its workers (cutouts) over their CURVE peer endpoints, even from workers on this host (default: their same-host sockets).")
+    var resultsOverNetwork = false
+
     func validate() throws {
         guard PriorityClass(name: priority) != nil else { throw ValidationError("--priority must be interactive, normal or batch, not `\(priority)`") }
     }
@@ -184,6 +187,7 @@ struct JobOptions: ParsableArguments {
     func apply(to conn: SchedulerConnection) {
         conn.priority = PriorityClass(name: priority) ?? .normal
         if let user { conn.onBehalfOf = user }
+        conn.sameHostResults = !resultsOverNetwork
     }
 }
 

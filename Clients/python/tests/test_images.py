@@ -107,6 +107,15 @@ def test_cutouts_match_cutout2d(bins, cluster, coadd, patch_files, tmp_path, ra,
             assert np.all(np.isnan(var) == np.isnan(ref))
 
 
+def test_cutouts_taken_over_the_network_are_the_same(bins, cluster, coadd, tmp_path):
+    """A cutout is taken straight from its worker: over the worker's same-host socket by default,
+    over its CURVE peer endpoint as a client on another machine takes it; the same bytes."""
+    a, b = tmp_path / "local.fits", tmp_path / "network.fits"
+    tessera(bins, cluster, "cutout", "--dataset", coadd, "--cone", "60.05,-34.95,0.01", "--band", "g,r", "-o", str(a))
+    tessera(bins, cluster, "cutout", "--dataset", coadd, "--cone", "60.05,-34.95,0.01", "--band", "g,r", "-o", str(b), "--results-over-network")
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_cone_cutout_is_its_diameter(bins, cluster, coadd, tmp_path):
     out = tmp_path / "cone.fits"
     r = tessera(bins, cluster, "cutout", "--dataset", coadd, "--cone", "60.05,-34.95,0.01", "--band", "r", "-o", str(out))

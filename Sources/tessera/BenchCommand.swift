@@ -9,7 +9,7 @@ import TesseraProtocol
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Benchmarks; each prints one JSON line per result.",
-        subcommands: [SchedulerBench.self, ScanBench.self, IngestBench.self, CatalogBench.self, ConeBench.self, PlanBench.self, ChaosBench.self, SoakBench.self, PythonBench.self, MixedBench.self, CrossmatchBench.self, TAPBench.self, CutoutBench.self, ForcedPhotBench.self, HiPSBench.self])
+        subcommands: [SchedulerBench.self, ScanBench.self, IngestBench.self, CatalogBench.self, ConeBench.self, PlanBench.self, ChaosBench.self, SoakBench.self, PythonBench.self, MixedBench.self, CrossmatchBench.self, TAPBench.self, CutoutBench.self, ForcedPhotBench.self, HiPSBench.self, StackBench.self])
 }
 
 /// Where a benchmark runs: a given scheduler, or a local cluster it starts and stops itself.

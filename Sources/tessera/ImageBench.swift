@@ -244,3 +244,42 @@ struct HiPSBench: ParsableCommand {
         FileHandle.standardOutput.write(Data((anchor + "\n").utf8))
     }
 }
+
+/// `tessera bench stack`: a mean stack of SIZE × SIZE cutouts around every catalog row on the
+/// field, made on the cluster, beside numpy stacking the same cutouts from the patch files.
+struct StackBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stack", abstract: "A mean stack around every catalog row on the field: cutouts per second, beside numpy on the same patch files.")
+
+    @OptionGroup var setup: ImageBenchData
+
+    @Option(help: "Timed runs (after one warm-up).")
+    var repeats = 3
+
+    @Option(help: "Pixels per side (odd).")
+    var size = 41
+
+    @Option(help: "Rows numpy stacks.")
+    var anchorRows = 200_000
+
+    func run() throws {
+        let (cluster, conn, _) = try setup.start()
+        defer { cluster.stop() }
+        let q = CatalogQuery(dataset: "catalog").stack(on: "coadd", band: "r", size: size)
+        _ = try conn.run(q)
+        var times: [Double] = []
+        var sources: UInt64 = 0
+        for _ in 0..<repeats {
+            let t0 = now()
+            let u = try conn.run(q)
+            times.append(Double(now() - t0) / 1e9)
+            sources = u.result.partial.stack.sources
+        }
+        let best = times.min() ?? 0
+        let line = jsonLine([("bench", "stack"), ("engine", "tessera"), ("cutouts", Int(sources)), ("size", size), ("seconds", best),
+                             ("cutouts_per_s", Double(sources) / best), ("workers", setup.workers), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        try setup.anchor("scripts/anchor_images.py", ["stack", "--patches", setup.coaddFolder, "--catalog", setup.catalogFile,
+                                                      "--rows", "\(anchorRows)", "--size", "\(size)"])
+    }
+}

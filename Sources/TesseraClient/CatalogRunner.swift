@@ -78,9 +78,8 @@ extension SchedulerConnection {
         let start = DispatchTime.now().uptimeNanoseconds
         func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         let jobName = name.isEmpty ? "catalog \(plan.dataset)" : name
-        // A cutout is one large value: taken straight from its worker. (Not a HiPS's tiles: an
-        // output that also feeds another task can be released there before it is taken.)
-        let direct = plan.hasCutout
+        // Cutouts and HiPS tiles are large values: taken straight from their workers.
+        let direct = plan.hasCutout || plan.hasHips
         var job = try submit(.plan(query.wirePlan), name: jobName, priority: query.priority, directResults: direct).jobID
         var final: CatalogPartial?
         // A collect's batches, joined once at the end; their rows, against the cap as they come.

@@ -157,6 +157,9 @@ public struct WorkerEngine {
     /// take them. The values themselves are kept like any other (in memory, spilled past the limit).
     var heldFor: [UInt64: JobID] = [:]
     var heldResults: [JobID: HeldResults] = [:]
+    /// Direct results that other tasks also read: kept until the scheduler releases them, even
+    /// once taken (and a release before the take leaves them for the take).
+    var awaitingRelease: Set<UInt64> = []
     /// Peers' CURVE public keys, as the scheduler described them with their endpoints.
     public private(set) var peerPublicKeys: [WorkerID: String] = [:]
     /// Fetches older than this fail their tasks with a missing-input report (the scheduler decides).
@@ -438,7 +441,11 @@ public struct WorkerEngine {
 
     public mutating func release(_ r: Tessera_V1_ReleaseResults) {
         var removed: [UInt64] = []
-        for k in r.keys { forget(k, spilledRemoved: &removed) }
+        for k in r.keys {
+            awaitingRelease.remove(k)
+            // A direct result its client has yet to take stays for the take.
+            if heldFor[k] == nil { forget(k, spilledRemoved: &removed) }
+        }
         compactStoreOrder()
         if !removed.isEmpty { spillStore?.remove(removed) }
     }
@@ -559,6 +566,7 @@ public struct WorkerEngine {
             let done = Set(c.finishedJobIds)
             let held = heldFor
             forgetValues { done.contains(TaskKey.job($0)) && held[$0] == nil }
+            if !awaitingRelease.isEmpty { awaitingRelease = awaitingRelease.filter { !done.contains(TaskKey.job($0)) } }
             for k in pending.keys where done.contains(TaskKey.job(k)) { dropPending(k) }
             if let pool { pool.forgetProfiles(jobs: done) }
         }
@@ -580,6 +588,7 @@ public struct WorkerEngine {
             }
             forgetValues { gone.contains(TaskKey.job($0)) }
             if !heldFor.isEmpty { heldFor = heldFor.filter { !gone.contains($0.value) } }
+            if !awaitingRelease.isEmpty { awaitingRelease = awaitingRelease.filter { !gone.contains(TaskKey.job($0)) } }
             for k in pending.keys where gone.contains(TaskKey.job(k)) { dropPending(k) }
             if let pool {
                 for t in pool.takeQueued(where: { gone.contains(TaskKey.job($0.key)) }) { executing.remove(t.key) }
@@ -675,7 +684,8 @@ public struct WorkerEngine {
                 continue
             }
             reply.values.append(v.append(to: &frame, key: k, frameIndex: 0))
-            forget(k, spilledRemoved: &removed)
+            // Gone once sent, unless other tasks still read it (the scheduler releases it then).
+            if !awaitingRelease.contains(k) { forget(k, spilledRemoved: &removed) }
             heldFor.removeValue(forKey: k)
             heldResults[j]!.count -= 1
             if heldResults[j]!.count <= 0 && heldResults[j]!.finishedAt != nil { heldResults.removeValue(forKey: j) }
@@ -695,7 +705,8 @@ public struct WorkerEngine {
         for j in expired { heldResults.removeValue(forKey: j) }
         let keys = Set(heldFor.filter { expired.contains($0.value) }.keys)
         for k in keys { heldFor.removeValue(forKey: k) }
-        forgetValues { keys.contains($0) }
+        let awaiting = awaitingRelease
+        forgetValues { keys.contains($0) && !awaiting.contains($0) }
     }
 
     /// A peer answered a fetch: tasks with every input now run.
@@ -793,6 +804,7 @@ public struct WorkerEngine {
                     }
                     heldFor[c.key] = j
                     if c.flags & 2 == 0, let s = keep(c.key, v) { spills.append(s) }
+                    if c.flags & 2 != 0 { awaitingRelease.insert(c.key) }
                 }
                 if c.flags & 1 != 0 {
                     report.outputs.append(v.append(to: &frame, key: c.key, frameIndex: 0))

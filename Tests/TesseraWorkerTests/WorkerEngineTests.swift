@@ -133,6 +133,41 @@ struct WorkerEngineTests {
         #expect(e.storedBytes == 0)
     }
 
+    @Test("a direct result other tasks also read stays until both its take and its release, in either order")
+    func directResultsThatFeedOtherTasks() throws {
+        var e = engine(id: 1)
+        var a = assignment(job: 2, [
+            TaskSpec(key: key(2, 0), arg: 1, flags: 4 | 2),
+            TaskSpec(key: key(2, 1), arg: 2, flags: 4 | 2),
+        ])
+        a.jobs[0].clientKey = "alice-key"
+        _ = e.completed(run(executed(e.assign(a, now: 0))))
+        func take(_ k: UInt64) -> [UInt64] {
+            var req = Tessera_V1_FetchRequest()
+            req.requestID = 1
+            req.keys = [k]
+            req.take = true
+            guard case .replyToPeer(_, let env, _) = e.serveTake(req, clientKey: "alice-key", from: [1]), case .fetchReply(let rep) = env.body else { return [k] }
+            return rep.missing
+        }
+        func release(_ k: UInt64) {
+            var r = Tessera_V1_ReleaseResults()
+            r.keys = [k]
+            e.release(r)
+        }
+        // Taken first: still there for the task reading it, gone once released.
+        #expect(take(key(2, 0)).isEmpty)
+        #expect(e.storedResults == 2)
+        release(key(2, 0))
+        #expect(e.storedResults == 1)
+        // Released first: still there for the client, gone once taken.
+        release(key(2, 1))
+        #expect(e.storedResults == 1)
+        #expect(take(key(2, 1)).isEmpty)
+        #expect(e.storedResults == 0)
+        #expect(e.invariantViolations().isEmpty)
+    }
+
     @Test("direct results wait for their client, go once and only to its key, outlive a done job, not a cancelled one")
     func directResults() throws {
         var e = engine(id: 1)

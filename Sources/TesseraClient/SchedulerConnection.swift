@@ -81,11 +81,13 @@ public final class SchedulerConnection {
     /// Connects and checks that a scheduler answers within `timeout` seconds.
     /// - Parameter credentials: the user's key; nil finds it as the `tessera` command does (a
     ///   cluster this process started, `$TESSERA_KEY`, `./tessera-data/keys`), else none.
-    public init(endpoint: String, timeout: Double = 5, credentials: Credentials? = nil) throws {
+    /// - Parameter sharedContext: a ZeroMQ context many connections share (a gateway's pool: one
+    ///   I/O thread for all, not one each); nil: a context of its own.
+    public init(endpoint: String, timeout: Double = 5, credentials: Credentials? = nil, sharedContext: ZMQContext? = nil) throws {
         self.endpoint = endpoint
         self.credentials = credentials ?? CredentialStore.credentials(for: endpoint)
         do {
-            context = try ZMQContext()
+            context = try sharedContext ?? ZMQContext()
             socket = try context.socket(.dealer)
             try socket.setSendHighWaterMark(0)
             try socket.setReceiveHighWaterMark(0)

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import TesseraClient
+import ZeroMQ
 
 /// Connections to the scheduler kept between requests. Opening one costs a ZeroMQ context (an
 /// I/O thread), a CURVE handshake and a round trip: at 50 concurrent cones that setup was most
@@ -19,9 +20,16 @@ final class SchedulerPool: Sendable {
         init(_ c: SchedulerConnection) { connection = c }
     }
 
+    /// One ZeroMQ context for every pooled connection: one I/O thread, not one per connection
+    /// (50 opened at once under load were 100 threads starting while requests waited).
+    let context: ZMQContext?
+    /// The threads requests block on, kept between requests.
+    let threads = BlockingThreads()
+
     init(endpoint: String, maxIdle: Int = 64) {
         self.endpoint = endpoint
         self.maxIdle = maxIdle
+        context = try? ZMQContext(ioThreads: 1)
     }
 
     /// Runs `body` with a connection acting for `user`; cancelling the task sets the flag
@@ -30,15 +38,15 @@ final class SchedulerPool: Sendable {
         let flag = StopSignal()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-                Thread {
+                self.threads.run {
                     c.resume(with: Result {
-                        let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5))
+                        let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5, sharedContext: self.context))
                         pooled.connection.onBehalfOf = user
                         let value = try body(pooled.connection, flag.isSet)
                         self.idle.withLock { if $0.count < self.maxIdle { $0.append(pooled) } }
                         return value
                     })
-                }.start()
+                }
             }
         } onCancel: {
             flag.set()
@@ -51,4 +59,42 @@ final class StopSignal: Sendable {
     private let value = Atomic<Bool>(false)
     func set() { value.store(true, ordering: .relaxed) }
     @Sendable func isSet() -> Bool { value.load(ordering: .relaxed) }
+}
+
+/// Threads for blocking work (a request waiting on its scheduler connection), kept for a minute
+/// after their last piece of work: a request reuses an idle one instead of starting a thread,
+/// and a new one starts only when every thread is busy, so no work waits behind another.
+final class BlockingThreads: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var queue: [@Sendable () -> Void] = []
+    private var idle = 0
+    static let idleSeconds = 60.0
+
+    func run(_ work: @escaping @Sendable () -> Void) {
+        condition.lock()
+        queue.append(work)
+        let enough = queue.count <= idle
+        if enough { condition.signal() }
+        condition.unlock()
+        if !enough { Thread { self.loop() }.start() }
+    }
+
+    private func loop() {
+        condition.lock()
+        while true {
+            while queue.isEmpty {
+                idle += 1
+                let signalled = condition.wait(until: Date().addingTimeInterval(Self.idleSeconds))
+                idle -= 1
+                if !signalled && queue.isEmpty {
+                    condition.unlock()
+                    return
+                }
+            }
+            let work = queue.removeFirst()
+            condition.unlock()
+            work()
+            condition.lock()
+        }
+    }
 }

@@ -42,6 +42,19 @@ def patches_by_pixel(folder, band="r"):
     return out
 
 
+def rows_on_patches(a):
+    """The patch files by pixel, the catalog's positions and order-8 pixels, and the first ROWS
+    rows that lie on a patch."""
+    files = patches_by_pixel(a.patches)
+    with fits.open(a.catalog, memmap=True) as f:
+        ra = np.asarray(f[1].data["coord_ra"], dtype=np.float64)
+        dec = np.asarray(f[1].data["coord_dec"], dtype=np.float64)
+    hp = HEALPix(nside=256, order="nested")
+    pix = hp.lonlat_to_healpix(ra * u.deg, dec * u.deg)
+    keep = np.array([int(p) in files for p in pix])
+    return files, ra, dec, pix, np.flatnonzero(keep)[: a.rows]
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -67,14 +80,7 @@ def cutout(a):
 def forced_phot(a):
     from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 
-    files = patches_by_pixel(a.patches)
-    with fits.open(a.catalog, memmap=True) as f:
-        ra = np.asarray(f[1].data["coord_ra"], dtype=np.float64)
-        dec = np.asarray(f[1].data["coord_dec"], dtype=np.float64)
-    hp = HEALPix(nside=256, order="nested")
-    pix = hp.lonlat_to_healpix(ra * u.deg, dec * u.deg)
-    keep = np.array([int(p) in files for p in pix])
-    idx = np.flatnonzero(keep)[: a.rows]
+    files, ra, dec, pix, idx = rows_on_patches(a)
     r = a.aperture_px
     t_ap = t_bg = 0.0
     n = 0
@@ -99,14 +105,7 @@ def forced_phot(a):
 
 
 def stack(a):
-    files = patches_by_pixel(a.patches)
-    with fits.open(a.catalog, memmap=True) as f:
-        ra = np.asarray(f[1].data["coord_ra"], dtype=np.float64)
-        dec = np.asarray(f[1].data["coord_dec"], dtype=np.float64)
-    hp = HEALPix(nside=256, order="nested")
-    pix = hp.lonlat_to_healpix(ra * u.deg, dec * u.deg)
-    keep = np.array([int(p) in files for p in pix])
-    idx = np.flatnonzero(keep)[: a.rows]
+    files, ra, dec, pix, idx = rows_on_patches(a)
     h = a.size // 2
     d = np.arange(-h, h + 1)
     total = np.zeros((a.size, a.size))

@@ -72,7 +72,7 @@ public final class HiPSTreeWriter {
               tile.npix >= 0, tile.npix < HEALPix.pixelCount(o), !tile.png.isEmpty else {
             throw ClientError.invalidQuery("the job sent a HiPS tile that is not one (order \(tile.order), pixel \(tile.npix), width \(tile.width), \(tile.pixels.count) bytes)")
         }
-        let pixels = ImageDataset.values(tile.pixels)
+        let pixels: [Float] = ImageDataset.values(tile.pixels)
         let fits = try FITSMemoryWriter.floatImage(pixels, width: w, height: w, keywords: [
             FITSKeyword("ORDER", .integer(o), "HiPS tile order"), FITSKeyword("NPIX", .integer(Int(tile.npix)), "HEALPix nested pixel of the tile"),
             FITSKeyword("BUNIT", .text("nJy"), ""), FITSKeyword("BAND", .text(band), "filter band"),

@@ -357,13 +357,18 @@ public final class SchedulerConnection {
     /// reply awaited (each value is dropped there once sent).
     private func take(_ locations: [Tessera_V1_ValueLocation]) throws -> [(UInt32, Value, Bool)] {
         var out: [(UInt32, Value, Bool)] = []
-        for (endpoint, group) in Dictionary(grouping: locations, by: { takeEndpoint($0.worker).endpoint }) {
-            let socket = try peer(endpoint, serverKey: takeEndpoint(group[0].worker).serverKey)
+        var byPlace: [String: (serverKey: String, keys: [UInt64])] = [:]
+        for l in locations {
+            let place = takeEndpoint(l.worker)
+            byPlace[place.endpoint, default: (place.serverKey, [])].keys.append(l.key)
+        }
+        for (endpoint, place) in byPlace {
+            let socket = try peer(endpoint, serverKey: place.serverKey)
             let id = nextTake
             nextTake += 1
             var f = Tessera_V1_FetchRequest()
             f.requestID = id
-            f.keys = group.map(\.key)
+            f.keys = place.keys
             f.take = true
             var e = Envelope()
             e.fetchRequest = f

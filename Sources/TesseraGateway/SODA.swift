@@ -350,8 +350,9 @@ final class SODAService: Sendable {
             throw .usage("`\(path.prefix(120))` is not a HiPS file's path (NAME/properties, NAME/NorderK/DirD/NpixN.fits, …)")
         }
         let types = ["fits": "application/fits", "png": "image/png", "jpg": "image/jpeg", "html": "text/html;charset=utf-8", "xml": "text/xml;charset=utf-8"]
-        let ext = parts.last!.split(separator: ".").count > 1 ? String(parts.last!.split(separator: ".").last!) : ""
-        let type = parts.last == "properties" ? "text/plain;charset=utf-8" : types[ext]
+        let file = parts[parts.count - 1]
+        let ext = file.split(separator: ".").dropFirst().last.map(String.init) ?? ""
+        let type = file == "properties" ? "text/plain;charset=utf-8" : types[ext]
         guard let type else { throw .notFound("`\(path.prefix(120))` is not a file a HiPS holds") }
         let full = hipsRoot + "/" + path
         var isDir: ObjCBool = false

@@ -5,6 +5,23 @@ import TesseraProtocol
 import TesseraSky
 import TesseraStorage
 
+extension PlannedDataset {
+    /// The shards of an image dataset whose patch `keep` takes and whose own sky (a tract
+    /// patch's HEALPix pixel, else the shard's) meets the plan's region; all of them without one.
+    func imageShards(meeting plan: CatalogQueryPlan, _ keep: (ImagePatchHeader) -> Bool) throws(ProtocolError) -> [Int] {
+        guard let images else { return [] }
+        let region: (any SkyRegion)?
+        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
+        let wanted = region.map { HEALPix.indexRanges(of: $0, resolution: 10) }
+        return images.patches.indices.filter { s in
+            guard let h = images.patches[s], keep(h) else { return false }
+            guard let wanted else { return true }
+            let own = h.tract >= 0 ? HEALPix.children(h.patch, order: h.patchOrder, to: HEALPix.maxOrder) : range(s)
+            return wanted.contains { $0.lowerBound < own.upperBound && own.lowerBound < $0.upperBound }
+        }
+    }
+}
+
 /// An image dataset's bands, tiling and each shard's patch, held for planning.
 struct PlannedImages {
     let info: Tessera_V1_ImageDatasetInfo
@@ -198,15 +215,7 @@ extension SchedulerCore {
         let bands: [String]
         do { bands = try ImageDataset.bands(spec.bands, of: images.info, dataset: plan.dataset) } catch { throw .invalidContent("\(error)") }
         guard spec.mapOrder <= 16 else { throw .invalidContent("a depth map of order \(spec.mapOrder): at most 16") }
-        let region: (any SkyRegion)?
-        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
-        let wanted = region.map { HEALPix.indexRanges(of: $0, resolution: 10) }
-        let chosen = images.patches.indices.filter { s in
-            guard let h = images.patches[s], bands.contains(h.band) else { return false }
-            guard let wanted else { return true }
-            let own = h.tract >= 0 ? HEALPix.children(h.patch, order: h.patchOrder, to: HEALPix.maxOrder) : d.range(s)
-            return wanted.contains { $0.lowerBound < own.upperBound && own.lowerBound < $0.upperBound }
-        }
+        let chosen = try d.imageShards(meeting: plan) { bands.contains($0.band) }
         var g = TaskGraph(operators: ["image_stats", "catalog_merge"], params: [CatalogOperators.params(plan: plan, raColumn: "", decColumn: "")],
                           dataKeys: chosen.map { d.keys[$0] })
         var estimate = Tessera_V1_CostEstimate()
@@ -235,17 +244,9 @@ extension SchedulerCore {
         }
         let q: HiPSQuestion
         do { q = try HiPSQuestion(plan.hips, images: images.info, dataset: plan.dataset) } catch { throw .invalidContent(error.message) }
-        let region: (any SkyRegion)?
-        do { region = try CheckedCatalogQuery.checkedRegion(plan) } catch { throw .invalidContent("\(error)") }
-        let wanted = region.map { HEALPix.indexRanges(of: $0, resolution: 10) }
-        let patches = images.patches.indices.filter { s in
-            guard let h = images.patches[s], h.tract >= 0, h.band == q.band, h.patchOrder == q.patchOrder else { return false }
-            guard let wanted else { return true }
-            let range = HEALPix.children(h.patch, order: q.patchOrder, to: HEALPix.maxOrder)
-            return wanted.contains { $0.lowerBound < range.upperBound && range.lowerBound < $0.upperBound }
-        }
+        let patches = try d.imageShards(meeting: plan) { $0.tract >= 0 && $0.band == q.band && $0.patchOrder == q.patchOrder }
         guard !patches.isEmpty else {
-            throw .invalidContent("`\(plan.dataset.prefix(200))` has no tiled patch of band \(q.band)\(region == nil ? "" : " in the region"): a HiPS is made from the patches of a tiled coadd")
+            throw .invalidContent("`\(plan.dataset.prefix(200))` has no tiled patch of band \(q.band)\(plan.region == nil ? "" : " in the region"): a HiPS is made from the patches of a tiled coadd")
         }
         var g = TaskGraph(operators: ["hips_patch", "hips_top", "hips_tile"], params: [HiPSOperators.params(plan: plan, images: images.info)], dataKeys: d.keys)
         var estimate = Tessera_V1_CostEstimate()

@@ -37,18 +37,8 @@ public struct HiPSTiling: Sendable, Hashable {
         (4 * Double.pi / Double(HEALPix.pixelCount(order + widthShift))).squareRoot() * 180 / .pi * 3600
     }
 
-    /// The centre of tile `npix`'s pixel at FITS row `row`, column `column`, as RA/Dec degrees.
-    public func centre(order: Int, npix: Int64, row: Int, column: Int) -> (ra: Double, dec: Double) {
-        let (ix, iy, face) = HEALPix.nest2xyf(npix, order: order)
-        let x = Double((ix << Int64(widthShift)) + Int64(width - 1 - row)) + 0.5
-        let y = Double((iy << Int64(widthShift)) + Int64(column)) + 0.5
-        let (z, sth, phi) = HEALPix.locate(x: x, y: y, face: face, nside: Double(HEALPix.nside(order + widthShift)))
-        var ra = phi * 180 / .pi
-        if ra < 0 { ra += 360 } else if ra >= 360 { ra -= 360 }
-        return (ra, 90 - atan2(sth, z) * 180 / .pi)
-    }
-
-    /// The same centre as a unit vector (what ``TanWCS/Projector`` takes: two sines, no more).
+    /// The centre of the pixel at FITS row `row`, column `column` of the tile whose ``origin(order:npix:)``
+    /// is (`face`, `ix`, `iy`), as a unit vector (what ``TanWCS/Projector`` takes).
     @inline(__always) public func centreVector(order: Int, face: Int64, ix: Int64, iy: Int64, row: Int, column: Int) -> Vec3 {
         let x = Double((ix << Int64(widthShift)) + Int64(width - 1 - row)) + 0.5
         let y = Double((iy << Int64(widthShift)) + Int64(column)) + 0.5
@@ -60,13 +50,6 @@ public struct HiPSTiling: Sendable, Hashable {
     public func origin(order: Int, npix: Int64) -> (face: Int64, ix: Int64, iy: Int64) {
         let (ix, iy, face) = HEALPix.nest2xyf(npix, order: order)
         return (face, ix, iy)
-    }
-
-    /// The nested index (at order `order + log2(width)`) of a tile pixel.
-    public func pixelIndex(order: Int, npix: Int64, row: Int, column: Int) -> Int64 {
-        let (ix, iy, face) = HEALPix.nest2xyf(npix, order: order)
-        return HEALPix.xyf2nest((ix << Int64(widthShift)) + Int64(width - 1 - row), (iy << Int64(widthShift)) + Int64(column), face,
-                                order: order + widthShift)
     }
 
     /// Adds child tile `child` (at `order + 1`; `child >> 2` is the parent) into its parent's

@@ -94,17 +94,11 @@ public enum ImageDataset {
         return c
     }
 
-    /// The 4-byte values a wire field holds (little-endian, as this machine's), copied out of
-    /// bytes that need not be aligned.
-    public static func values<T: FixedWidthInteger & Sendable>(_ d: Data) -> [T] {
-        [T](unsafeUninitializedCapacity: d.count / MemoryLayout<T>.size) { buf, n in
-            n = d.copyBytes(to: buf) / MemoryLayout<T>.size
-        }
-    }
-
-    public static func values(_ d: Data) -> [Float] {
-        [Float](unsafeUninitializedCapacity: d.count / 4) { buf, n in
-            n = d.copyBytes(to: buf) / 4
+    /// The values a wire field holds (little-endian, as this machine's: Float or Int32), copied
+    /// out of bytes that need not be aligned.
+    public static func values<T: BitwiseCopyable>(_ d: Data) -> [T] {
+        [T](unsafeUninitializedCapacity: d.count / MemoryLayout<T>.stride) { buf, n in
+            n = d.copyBytes(to: buf) / MemoryLayout<T>.stride
         }
     }
 

@@ -84,6 +84,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                // TAP UPLOAD of a table by URL.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .target(name: "TesseraCluster", dependencies: ["TesseraClient", "TesseraProtocol", "TesseraSecurity"]),

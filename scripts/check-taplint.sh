@@ -27,6 +27,7 @@ done
 TESSERA_KEY="$work/data/keys/user-local.key" "$bin/tessera" ingest object "$work"/catalog/*.fits \
   --scheduler "tcp://127.0.0.1:$port" --max-rows-per-shard 4000 >/dev/null 2>&1
 stilts taplint tapurl="http://127.0.0.1:$http/tap" report=EWF >"$work/taplint.txt" 2>&1 || true
+[ -n "${TAPLINT_KEEP:-}" ] && cp "$work/taplint.txt" "$TAPLINT_KEEP"
 grep -E '^(E|W|F)-' "$work/taplint.txt" || true
 tail -1 "$work/taplint.txt"
 if grep -qE '^E-' "$work/taplint.txt" || ! grep -q 'Totals: Errors: 0;' "$work/taplint.txt"; then

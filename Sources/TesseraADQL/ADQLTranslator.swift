@@ -8,9 +8,12 @@ public struct ADQLColumn: Sendable, Equatable {
     public var unit: String
     public var ucd: String
     public var description: String
+    /// Text the gateway keeps itself (an uploaded table's): it can be selected, and is looked up
+    /// by the row's number in ``ADQLTable/rowColumn``; nothing computes with it.
+    public var isText: Bool
 
-    public init(name: String, type: Tessera_V1_ColumnType, unit: String = "", ucd: String = "", description: String = "") {
-        (self.name, self.type, self.unit, self.ucd, self.description) = (name, type, unit, ucd, description)
+    public init(name: String, type: Tessera_V1_ColumnType, unit: String = "", ucd: String = "", description: String = "", isText: Bool = false) {
+        (self.name, self.type, self.unit, self.ucd, self.description, self.isText) = (name, type, unit, ucd, description, isText)
     }
 }
 
@@ -23,9 +26,17 @@ public struct ADQLTable: Sendable, Equatable {
     public var raColumn: String
     public var decColumn: String
     public var description: String
+    /// The dataset a plan names for it (an upload is stored under a name of its own).
+    public var dataset: String
+    /// The stored column numbering its rows, where its text columns are looked up (an upload
+    /// with text), else nil.
+    public var rowColumn: String?
 
-    public init(schema: String, name: String, columns: [ADQLColumn], raColumn: String, decColumn: String, description: String = "") {
+    public init(schema: String, name: String, columns: [ADQLColumn], raColumn: String, decColumn: String, description: String = "",
+                dataset: String? = nil, rowColumn: String? = nil) {
         (self.schema, self.name, self.columns, self.raColumn, self.decColumn, self.description) = (schema, name, columns, raColumn, decColumn, description)
+        self.dataset = dataset ?? name
+        self.rowColumn = rowColumn
     }
 
     /// `schema.name`, as TAP_SCHEMA lists it.
@@ -48,6 +59,13 @@ public struct ADQLField: Sendable, Equatable {
     public var unit: String
     public var ucd: String
     public var description: String
+    /// A text column of an upload: its values are the table's (``ADQLTable/qualifiedName``)
+    /// column `column` at the row numbers the source holds.
+    public var text: (table: String, column: String)?
+
+    public static func == (a: ADQLField, b: ADQLField) -> Bool {
+        (a.name, a.source, a.unit, a.ucd, a.description) == (b.name, b.source, b.unit, b.ucd, b.description) && a.text?.table == b.text?.table && a.text?.column == b.text?.column
+    }
 }
 
 /// A query translated: the plan to submit, and how to turn its answer into the TAP table.
@@ -104,7 +122,7 @@ public struct ADQLTranslator {
     public mutating func translate(_ query: ADQLQuery, maxrec: Int) throws(ADQLError) -> ADQLPlan {
         var plan = CatalogQueryPlan()
         let left = try table(query.from)
-        plan.dataset = left.name
+        plan.dataset = left.dataset
         scopes = [Scope(table: left, alias: query.from.alias, prefix: "")]
         var conjuncts = query.whereClause.map(Self.conjuncts) ?? []
         if let join = query.join {
@@ -122,7 +140,7 @@ public struct ADQLTranslator {
             guard let radius else {
                 throw ADQLError("a join needs a positional condition on the two tables' positions: `DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < r` or `1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(b.ra, b.dec, r))`, r in degrees", at: join.condition.position)
             }
-            plan.crossmatch.right = right.name
+            plan.crossmatch.right = right.dataset
             plan.crossmatch.radiusArcsec = radius * 3600
             plan.crossmatch.kind = .crossmatchAll
         }
@@ -158,15 +176,21 @@ public struct ADQLTranslator {
                         guard Self.isEngineName(c.name) else {
                             throw ADQLError("the column `\(c.name)` of `\(s.table.name)` cannot be read here (its name is not an identifier): name the columns instead of `*`", at: at)
                         }
-                        fields.append(ADQLField(name: scopes.count > 1 ? s.prefix + c.name : c.name, source: select.count, unit: c.unit, ucd: c.ucd, description: c.description))
-                        select.append(s.prefix + c.name)
+                        var field = ADQLField(name: scopes.count > 1 ? s.prefix + c.name : c.name, source: select.count, unit: c.unit, ucd: c.ucd, description: c.description)
+                        select.append(try selected(c, of: s, into: &field, at: at))
+                        fields.append(field)
                     }
                 }
             case .expression(let e, let alias):
-                let text = try value(e)
                 let meta = try metadata(e)
-                fields.append(ADQLField(name: alias ?? meta.name, source: select.count, unit: meta.unit, ucd: meta.ucd, description: meta.description))
-                select.append(text)
+                var field = ADQLField(name: alias ?? meta.name, source: select.count, unit: meta.unit, ucd: meta.ucd, description: meta.description)
+                if case .column(let t, let n) = e.kind {
+                    let (s, c) = try resolve(t, n, at: e.position)
+                    select.append(try selected(c, of: s, into: &field, at: e.position))
+                } else {
+                    select.append(try value(e))
+                }
+                fields.append(field)
             }
         }
         plan.rows.select = select
@@ -187,6 +211,16 @@ public struct ADQLTranslator {
             throw ADQLError("ORDER BY on rows needs `SELECT TOP n` (or a MAXREC): the rows are sorted as a top-n", at: query.orderBy[0].key.position)
         }
         return ADQLPlan(plan: plan, fields: fields, localOrder: [], rowLimit: limit == Int.max ? nil : limit)
+    }
+
+    /// What the plan selects for column `c` of scope `s`: the column itself, or for text an
+    /// upload keeps in the gateway, its row number (and `field` says where the text is).
+    func selected(_ c: ADQLColumn, of s: Scope, into field: inout ADQLField, at: ADQLPosition) throws(ADQLError) -> String {
+        guard c.isText else { return s.prefix + c.name }
+        guard let rows = s.table.rowColumn else { throw ADQLError("the text column `\(c.name)` of `\(s.table.qualifiedName)` cannot be read", at: at) }
+        field.text = (s.table.qualifiedName, c.name)
+        field.unit = c.unit
+        return s.prefix + rows
     }
 
     /// An ORDER BY key: a select alias, a select position (1-based), or an expression.
@@ -460,7 +494,7 @@ public struct ADQLTranslator {
     /// Whether the expression language reads `name` as one column: a name of letters, digits
     /// and `_`, not one of its words. A stored column named otherwise (`g-mag`) would be read as
     /// an expression, so it is refused rather than quoted.
-    static func isEngineName(_ name: String) -> Bool {
+    public static func isEngineName(_ name: String) -> Bool {
         guard let first = name.unicodeScalars.first, first == "_" || (first.isASCII && first.properties.isAlphabetic) else { return false }
         return name.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
             && !["and", "or", "not"].contains(name.lowercased())
@@ -490,6 +524,9 @@ public struct ADQLTranslator {
             throw ADQLError("NULL as a value: test for it with `IS NULL`", at: e.position)
         case .column(let t, let n):
             let (s, c) = try resolve(t, n, at: e.position)
+            guard !c.isText else {
+                throw ADQLError("the column `\(c.name)` of `\(s.table.qualifiedName)` is text: it can be selected, but not computed with, compared, sorted or grouped on", at: e.position)
+            }
             return s.prefix + c.name
         case .negate(let x):
             return "-(\(try value(x)))"

@@ -1,19 +1,44 @@
-/// A value of a small table held by the gateway itself (TAP_SCHEMA's tables): text, an
-/// integer, or NULL.
+/// A value of a small table held by the gateway itself (TAP_SCHEMA's tables, an upload without
+/// positions): text, an integer, a real number, or NULL. Numbers compare by value whatever their
+/// kind; NULL sorts first, then numbers, then text.
 public enum LocalCell: Sendable, Equatable, Comparable {
     case null
     case integer(Int64)
+    case real(Double)
     case text(String)
+
+    /// The value of a number.
+    public var number: Double? {
+        switch self {
+        case .integer(let v): Double(v)
+        case .real(let v): v
+        default: nil
+        }
+    }
+
+    var rank: Int {
+        switch self {
+        case .null: 0
+        case .integer, .real: 1
+        case .text: 2
+        }
+    }
+
+    public static func == (a: LocalCell, b: LocalCell) -> Bool {
+        switch (a, b) {
+        case (.null, .null): true
+        case (.integer(let x), .integer(let y)): x == y
+        case (.text(let x), .text(let y)): x == y
+        default: a.number != nil && a.number == b.number
+        }
+    }
 
     public static func < (a: LocalCell, b: LocalCell) -> Bool {
         switch (a, b) {
-        case (.null, .null): false
-        case (.null, _): true  // NULL sorts first, as in PostgreSQL's DESC-last order reversed
-        case (_, .null): false
         case (.integer(let x), .integer(let y)): x < y
         case (.text(let x), .text(let y)): x < y
-        case (.integer, .text): true
-        case (.text, .integer): false
+        default:
+            if let x = a.number, let y = b.number { x < y } else { a.rank < b.rank }
         }
     }
 }
@@ -24,9 +49,12 @@ public enum LocalCell: Sendable, Equatable, Comparable {
 public struct LocalTable: Sendable, Equatable {
     public struct Column: Sendable, Equatable {
         public var name: String
-        /// VOTable's datatype: `char` or `int`.
+        /// VOTable's datatype: `char`, `int`, `long`, `short`, `unsignedByte`, `float` or `double`.
         public var datatype: String
         public var description: String
+        public var unit = ""
+        public var ucd = ""
+        public var xtype = ""
         public init(_ name: String, _ datatype: String, _ description: String) {
             (self.name, self.datatype, self.description) = (name, datatype, description)
         }
@@ -62,8 +90,7 @@ public struct LocalTable: Sendable, Equatable {
         func eval(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> LocalCell {
             switch e.kind {
             case .number(let v, _):
-                guard v == v.rounded(), abs(v) < 9e15 else { throw ADQLError("TAP_SCHEMA's numbers are integers", at: e.position) }
-                return .integer(Int64(v))
+                return v == v.rounded() && abs(v) < 9e15 ? .integer(Int64(v)) : .real(v)
             case .string(let s): return .text(s)
             case .null: return .null
             case .column(let t, let n): return row[try columnIndex(t, n, e.position)]

@@ -26,6 +26,9 @@ public struct IngestOptions: Sendable {
     public var workspace = false
     public var shared = false
     public var lifetimeSeconds: Double?
+    /// Tables already in memory (a TAP upload), read in place of the file of the same name in
+    /// `files`.
+    public var tablesInMemory: [String: (specs: [ColumnSpec], data: [ColumnData])] = [:]
 
     public init(dataset: String, files: [String]) {
         self.dataset = dataset
@@ -85,7 +88,10 @@ public enum CatalogIngest {
         progress("\(rows) rows in \(o.files.count) file(s): \(shards.count) shards (orders \(Set(shards.map(\.order)).sorted().map(String.init).joined(separator: ","))) [\(elapsed())]")
 
         // Pass 2: each file once, its rows spilled to local disk by shard, with margins.
-        let inputBytes = o.files.reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
+        let inputBytes = o.files.reduce(0) { total, path in
+            if let t = o.tablesInMemory[path] { return total + t.data.reduce(0) { $0 + $1.count * ColumnData.width($1.type) } }
+            return total + ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
+        }
         let spill = try ShardSpill(parent: o.spillDirectory ?? ShardSpill.defaultParent, shards: shards.count, expectedBytes: inputBytes)
         defer { spill.remove() }
         var finder = MarginFinder(shards: ranges, radius: o.marginArcsec / 3600 * .pi / 180)
@@ -159,6 +165,7 @@ public enum CatalogIngest {
         begin.workspace = o.workspace
         begin.shared = o.shared
         begin.lifetimeS = o.lifetimeSeconds ?? 0
+        begin.onBehalfOf = conn.onBehalfOf
         begin.shards = shards.enumerated().map { k, shard in
             var s = Tessera_V1_ShardSpec()
             s.order = UInt32(shard.order); s.pixel = shard.pixel; s.rows = UInt64(shard.rows.count)
@@ -365,7 +372,10 @@ public enum CatalogIngest {
         var specs: [ColumnSpec] = []
         var data: [ColumnData] = []
         var warnings: [String] = []
-        if path.lowercased().hasSuffix(".csv") {
+        if let t = o.tablesInMemory[path] {
+            guard t.data.first.map({ $0.count > 0 }) == true else { throw IngestError.input("\(path) has no rows") }
+            (specs, data) = t
+        } else if path.lowercased().hasSuffix(".csv") {
             (specs, data) = try CSVTable.read(path: path)
         } else {
             let t = try FITSTableReader(path: path)
@@ -388,9 +398,8 @@ public enum CatalogIngest {
 
     /// One input file's positions, checked (FITS files read just those two columns).
     static func readPositions(_ path: String, _ o: IngestOptions) throws -> (ra: [Double], dec: [Double]) {
-        if path.lowercased().hasSuffix(".csv") {
-            let (specs, data) = try CSVTable.read(path: path)
-            try validateCoordinates(path, specs, data, o)
+        if o.tablesInMemory[path] != nil || path.lowercased().hasSuffix(".csv") {
+            let (specs, data, _) = try readFile(path, first: false, o)  // (coordinates checked)
             guard let ri = specs.firstIndex(where: { $0.name == o.raColumn }), let di = specs.firstIndex(where: { $0.name == o.decColumn }) else {
                 throw IngestError.input("\(path) has no columns `\(o.raColumn)` and `\(o.decColumn)`")
             }

@@ -29,6 +29,8 @@ public actor AsyncJobs {
         public var executionDuration: Int
         public var result: TAPTable?
         public var error: String?
+        /// Its UPLOAD's tables, kept until it runs.
+        public var uploads: [TAPUpload] = []
     }
 
     let service: TAPService
@@ -52,18 +54,24 @@ public actor AsyncJobs {
         parameters.filter { keptParameters.contains($0.key) && $0.value.count <= limit }
     }
 
-    public func create(owner: String, parameters: [String: String]) throws(TAPError) -> Job {
+    public func create(owner: String, parameters: [String: String], uploads: [TAPUpload] = []) throws(TAPError) -> Job {
         sweep()
         let parameters = Self.kept(parameters, limit: service.limits.queryCharacters)
-        let mine = jobs.values.filter { $0.owner == owner }.count
-        guard mine < service.limits.asyncJobsPerUser else {
-            throw TAPError(429, "user \(owner) holds \(mine) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")
+        let mine = jobs.values.filter { $0.owner == owner }
+        guard mine.count < service.limits.asyncJobsPerUser else {
+            throw TAPError(429, "user \(owner) holds \(mine.count) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")
+        }
+        // Uploads wait in memory until their jobs run: one user's, at most twice one table's limit of rows.
+        let held = mine.reduce(0) { $0 + $1.uploads.reduce(0) { $0 + $1.table.rows } }, asked = uploads.reduce(0) { $0 + $1.table.rows }
+        guard held + asked <= 2 * service.limits.upload.rows else {
+            throw TAPError(429, "your async jobs not yet run hold \(held) uploaded rows; with these \(asked) that is over \(2 * service.limits.upload.rows): run or delete them first")
         }
         var rng = SystemRandomNumberGenerator()
         let id = (0..<16).map { _ in String(format: "%x", Int.random(in: 0..<16, using: &rng)) }.joined()
         let now = Date()
         let job = Job(id: id, owner: owner, phase: .pending, parameters: parameters, created: now, started: nil, ended: nil,
-                      destruction: now.addingTimeInterval(service.limits.asyncRetentionSeconds), executionDuration: 600, result: nil, error: nil)
+                      destruction: now.addingTimeInterval(service.limits.asyncRetentionSeconds), executionDuration: 600, result: nil, error: nil,
+                      uploads: uploads)
         jobs[id] = job
         return job
     }
@@ -86,6 +94,8 @@ public actor AsyncJobs {
         jobs[id]?.phase = .queued
         let service = self.service
         let params = j.parameters
+        let uploads = j.uploads
+        jobs[id]?.uploads = []
         let limit = Double(j.executionDuration)
         running[id] = Task {
             self.started(id)
@@ -95,7 +105,7 @@ public actor AsyncJobs {
                 let maxrec = try service.maxrec(params["MAXREC"])
                 guard let q = params["QUERY"], !q.isEmpty else { throw TAPError(400, "no QUERY parameter: give QUERY=an ADQL query") }
                 outcome = .success(try await Self.withDeadline(limit) { () async throws(TAPError) -> TAPTable in
-                    try await service.run(adql: q, maxrec: maxrec, user: owner, priority: .batch)
+                    try await service.run(adql: q, maxrec: maxrec, user: owner, priority: .batch, uploads: uploads)
                 })
             } catch let e as TAPError {
                 outcome = .failure(e)

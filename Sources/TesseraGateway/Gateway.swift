@@ -168,7 +168,7 @@ struct GatewayMiddleware: RouterMiddleware {
 public enum Gateway {
     /// The router with every route, for a server or a test.
     public static func router(_ config: GatewayConfiguration, logger: Logger) -> Router<GatewayContext> {
-        let service = TAPService(endpoint: config.scheduler, limits: config.limits)
+        let service = TAPService(endpoint: config.scheduler, limits: config.limits, allowPrivateUploadURLs: isLoopbackHost(config.host))
         let base: @Sendable (Request) -> String = { baseURL($0, config: config) }
         let jobs = AsyncJobs(service: service)
         let router = Router(context: GatewayContext.self)
@@ -292,8 +292,8 @@ public enum Gateway {
             xml(200, tableset(try await service.tables(for: context.user)))
         }
         let sync: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
-            let params = try await parameters(request, limit: config.limits.bodyBytes)
-            return try await runSync(params, service: service, user: context.user)
+            let form = try await form(request, limit: config.limits.bodyBytes, multipartLimit: config.limits.upload.bytes)
+            return try await runSync(form, service: service, user: context.user)
         }
         router.get("/tap/sync", use: sync)
         router.post("/tap/sync", use: sync)
@@ -308,11 +308,14 @@ public enum Gateway {
             return xml(200, s + "</uws:jobs>\n")
         }
         router.post("/tap/async") { request, context in
-            let params = try await parameters(request, limit: config.limits.bodyBytes)
+            let form = try await form(request, limit: config.limits.bodyBytes, multipartLimit: config.limits.upload.bytes)
+            let params = form.first
             // A job is created whatever its parameters say (UWS); what is wrong with them is
-            // its error once it runs. Only the size limits apply now.
+            // its error once it runs. Only the size limits apply now, and uploads are read (the
+            // job keeps their rows until it runs, not the request's body).
             try checkSize(params, limits: config.limits)
-            let job = try await jobs.create(owner: context.user, parameters: params)
+            let uploads = try await service.uploads(form.lists["UPLOAD"] ?? [], parts: form.parts)
+            let job = try await jobs.create(owner: context.user, parameters: params, uploads: uploads)
             if params["PHASE"]?.uppercased() == "RUN" { try await jobs.run(job.id, owner: context.user) }
             return redirect("\(base(request))/tap/async/\(job.id)")
         }
@@ -430,13 +433,15 @@ public enum Gateway {
 
     // MARK: Sync
 
-    static func runSync(_ params: [String: String], service: TAPService, user: String) async throws -> Response {
+    static func runSync(_ form: RequestForm, service: TAPService, user: String) async throws -> Response {
+        let params = form.first
         try checkParameters(params, limits: service.limits)
         if let r = params["REQUEST"], r.lowercased() != "doquery" { throw TAPError(400, "REQUEST=\(r.prefix(40)) is not supported: use doQuery") }
         guard let query = params["QUERY"], !query.isEmpty else { throw TAPError(400, "no QUERY parameter: give QUERY=an ADQL query") }
         let maxrec = try service.maxrec(params["MAXREC"])
         let format = try responseFormat(params)
-        let table = try await service.run(adql: query, maxrec: maxrec, user: user, priority: .interactive)
+        let uploads = try await service.uploads(form.lists["UPLOAD"] ?? [], parts: form.parts)
+        let table = try await service.run(adql: query, maxrec: maxrec, user: user, priority: .interactive, uploads: uploads)
         return tableResponse(table, format: format, query: query)
     }
 
@@ -450,7 +455,6 @@ public enum Gateway {
     static func checkParameters(_ params: [String: String], limits: GatewayLimits) throws(TAPError) {
         if let lang = params["LANG"], !lang.uppercased().hasPrefix("ADQL") { throw TAPError(400, "LANG=\(lang.prefix(40)) is not supported: use ADQL") }
         try checkSize(params, limits: limits)
-        if params["UPLOAD"] != nil { throw TAPError(400, "UPLOAD is not supported yet by this service") }
         _ = try responseFormat(params)
     }
 
@@ -472,29 +476,49 @@ public enum Gateway {
 
     // MARK: Parameters
 
-    /// The request's parameters, from its query string and a form body: names upper-cased
-    /// (DALI's parameter names are case-insensitive), the first value of each.
-    static func parameters(_ request: Request, limit: Int) async throws -> [String: String] {
-        var out: [String: String] = [:]
-        for (k, v) in try await parameterLists(request, limit: limit) { out[k] = v.first }
+    /// A request's parameters (from its query string, then a form or multipart body), and the
+    /// parts of a multipart body (a TAP UPLOAD's tables).
+    struct RequestForm {
+        /// Every value of each parameter; names upper-cased (DALI's names are case-insensitive).
+        var lists: [String: [String]] = [:]
+        var parts: [String: [UInt8]] = [:]
+        /// The first value of each parameter.
+        var first: [String: String] { lists.compactMapValues(\.first) }
+    }
+
+    /// The request's parameters and parts. A body is read up to `limit` bytes, a multipart one
+    /// (uploads) up to `multipartLimit` where given.
+    static func form(_ request: Request, limit: Int, multipartLimit: Int? = nil) async throws -> RequestForm {
+        var out = RequestForm()
+        formFieldLists(request.uri.query ?? "", into: &out.lists)
+        guard request.method == .post else { return out }
+        let type = request.headers[.contentType] ?? ""
+        let multipart = type.lowercased().hasPrefix("multipart/")
+        let most = multipart ? multipartLimit ?? limit : limit
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: most)
+        } catch {
+            throw TAPError(413, "the request body is over this service's limit of \(most) bytes\(multipart ? " for a multipart (upload) request" : "")")
+        }
+        if multipart {
+            let parsed = try MultipartForm.parse(Array(buffer: body), contentType: type)
+            for (k, v) in parsed.fields { out.lists[k, default: []] += v }
+            out.parts = parsed.parts
+        } else {
+            formFieldLists(String(buffer: body), into: &out.lists)
+        }
         return out
     }
 
-    /// Every value of each parameter, from the query string and then a form body; names upper-cased.
+    /// The request's parameters, the first value of each (names upper-cased).
+    static func parameters(_ request: Request, limit: Int) async throws -> [String: String] {
+        try await form(request, limit: limit).first
+    }
+
+    /// Every value of each parameter, from the query string and then the body; names upper-cased.
     static func parameterLists(_ request: Request, limit: Int) async throws -> [String: [String]] {
-        var out: [String: [String]] = [:]
-        formFieldLists(request.uri.query ?? "", into: &out)
-        guard request.method == .post else { return out }
-        let type = request.headers[.contentType] ?? ""
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: limit)
-        } catch {
-            throw TAPError(413, "the request body is over this service's limit of \(limit) bytes")
-        }
-        if type.lowercased().hasPrefix("multipart/") { throw TAPError(415, "multipart bodies (UPLOAD) are not supported yet: send application/x-www-form-urlencoded") }
-        formFieldLists(String(buffer: body), into: &out)
-        return out
+        try await form(request, limit: limit).lists
     }
 
     /// Adds the fields of `application/x-www-form-urlencoded` text (a query string or a form
@@ -688,9 +712,13 @@ public enum Gateway {
                   <languageFeatures type="ivo://ivoa.net/std/TAPRegExt#features-adqlgeo">
             \(geometry)      </languageFeatures>
                 </language>
-            \(formats)    <retentionPeriod><default>\(Int(limits.asyncRetentionSeconds))</default><hard>\(Int(limits.asyncRetentionSeconds))</hard></retentionPeriod>
+            \(formats)    <uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-inline"/>
+                <uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-http"/>
+                <uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-https"/>
+                <retentionPeriod><default>\(Int(limits.asyncRetentionSeconds))</default><hard>\(Int(limits.asyncRetentionSeconds))</hard></retentionPeriod>
                 <executionDuration><default>600</default><hard>\(AsyncJobs.maxExecutionDuration)</hard></executionDuration>
                 <outputLimit><default unit="row">\(limits.defaultMaxrec)</default><hard unit="row">\(limits.maxrecLimit)</hard></outputLimit>
+                <uploadLimit><default unit="byte">\(limits.upload.bytes)</default><hard unit="byte">\(limits.upload.bytes)</hard></uploadLimit>
               </capability>
               <capability standardID="ivo://ivoa.net/std/DALI#examples">
                 <interface xsi:type="vr:WebBrowser"><accessURL use="full">\(base)/tap/examples</accessURL></interface>

@@ -149,6 +149,7 @@ public struct ResultWriter: Sendable {
             if f.datatype == "char" { s += " arraysize=\"*\"" }
             if !f.unit.isEmpty { s += " unit=\"\(Self.xml(f.unit))\"" }
             if !f.ucd.isEmpty { s += " ucd=\"\(Self.xml(f.ucd))\"" }
+            if !f.xtype.isEmpty { s += " xtype=\"\(Self.xml(f.xtype))\"" }
             s += f.description.isEmpty ? "/>\n" : "><DESCRIPTION>\(Self.xml(f.description))</DESCRIPTION></FIELD>\n"
         }
         return s
@@ -191,6 +192,7 @@ public struct ResultWriter: Sendable {
         switch c {
         case .null: return
         case .integer(let v): out += Array("\(v)".utf8)
+        case .real(let v): number(v, into: &out)
         case .text(let s): out += Array((csv ? csvField(s) : xml(s)).utf8)
         }
     }
@@ -205,6 +207,7 @@ public struct ResultWriter: Sendable {
             switch a[r] {
             case .null: out += Array("null".utf8)
             case .integer(let v): out += Array("\(v)".utf8)
+            case .real(let v): out += Array((v.isFinite ? "\(v)" : "null").utf8)
             case .text(let s): out += Array(json(s).utf8)
             }
         }
@@ -219,14 +222,32 @@ public struct ResultWriter: Sendable {
         case .longs(let a): be(a[r]); return false
         case .bools(let a): out.append(a[r] ? UInt8(ascii: "T") : UInt8(ascii: "F")); return false
         case .cells(let a):
+            // The field's datatype decides the width (text is a 0-length array when NULL).
+            func integer(_ v: Int64) {
+                switch datatype {
+                case "long": be(v)
+                case "short": be(Int16(clamping: v))
+                case "unsignedByte": out.append(UInt8(clamping: v))
+                case "float": be(Float(v).bitPattern)
+                case "double": be(Double(v).bitPattern)
+                default: be(Int32(clamping: v))
+                }
+            }
             switch a[r] {
             case .null:
-                // The field's datatype decides the width: text is a 0-length array.
-                if datatype == "long" { be(Int64(0)) } else { be(UInt32(0)) }
+                switch datatype {
+                case "float": be(Float.nan.bitPattern)
+                case "double": be(Double.nan.bitPattern)
+                case "char": be(UInt32(0))
+                default: integer(0)
+                }
                 return true
             case .integer(let v):
-                if datatype == "long" { be(v) } else { be(Int32(clamping: v)) }
+                integer(v)
                 return false
+            case .real(let v):
+                if datatype == "float" { be(Float(v).bitPattern) } else { be(v.bitPattern) }
+                return v.isNaN
             case .text(let s):
                 let u = Array(s.utf8)
                 be(UInt32(u.count))

@@ -19,6 +19,8 @@ public struct GatewayLimits: Sendable {
     /// Async jobs one user may hold, and how long a finished one is kept.
     public var asyncJobsPerUser = 32
     public var asyncRetentionSeconds = 24 * 3600.0
+    /// What one UPLOAD table may hold; a multipart request body may be this large.
+    public var upload = UploadLimits()
 
     public init() {}
 }
@@ -46,9 +48,14 @@ public final class TAPService: Sendable {
     private let cache = Mutex<[String: (at: Double, tables: Task<[ADQLTable], any Error>)]>([:])
     let pool: SchedulerPool
 
-    public init(endpoint: String, limits: GatewayLimits = GatewayLimits()) {
+    /// Whether an UPLOAD by URL may fetch from loopback and private addresses (a gateway that
+    /// serves only this machine: nothing is reached that its users could not reach themselves).
+    public let allowPrivateUploadURLs: Bool
+
+    public init(endpoint: String, limits: GatewayLimits = GatewayLimits(), allowPrivateUploadURLs: Bool = false) {
         self.endpoint = endpoint
         self.limits = limits
+        self.allowPrivateUploadURLs = allowPrivateUploadURLs
         pool = SchedulerPool(endpoint: endpoint)
     }
 
@@ -62,7 +69,8 @@ public final class TAPService: Sendable {
             if let hit = c[user], now - hit.at < 2 { return hit.tables }
             let t = Task {
                 let reply = try await pool.run(as: user) { conn, _ in try conn.status() }
-                return reply.datasets.filter { $0.kind.isEmpty || $0.kind == "catalog" }.map(Self.table)
+                // (A query's own uploads are named in TAP_UPLOAD, by that query alone.)
+                return reply.datasets.filter { ($0.kind.isEmpty || $0.kind == "catalog") && !$0.name.hasPrefix(Self.uploadPrefix) }.map(Self.table)
             }
             c[user] = (now, t)
             return t
@@ -182,8 +190,9 @@ public final class TAPService: Sendable {
         return v
     }
 
-    /// Answers an ADQL query for `user`.
-    public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass) async throws(TAPError) -> TAPTable {
+    /// Answers an ADQL query for `user`, with the tables of its `UPLOAD` (stored in the user's
+    /// workspace for this query, when it names them).
+    public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass, uploads: [TAPUpload] = []) async throws(TAPError) -> TAPTable {
         guard adql.count <= limits.queryCharacters else {
             throw TAPError(400, "the query is \(adql.count) characters long, over this service's limit of \(limits.queryCharacters)")
         }
@@ -205,7 +214,25 @@ public final class TAPService: Sendable {
                 throw TAPError(400, "ADQL error: \(error)")
             }
         }
-        var translator = ADQLTranslator(tables: try await tables(for: user))
+        // An upload without positions, queried alone: answered here.
+        if query.join == nil, query.from.schema?.uppercased() == Self.uploadSchema,
+           let upload = uploads.first(where: { $0.name.lowercased() == query.from.name.lowercased() }), Self.positionColumns(upload.table) == nil {
+            let table = try Self.localTable(upload)
+            do {
+                let r = try table.run(query, maxrec: maxrec)
+                return TAPTable(local: r.columns, rows: r.rows, overflow: r.overflow)
+            } catch {
+                throw TAPError(400, "ADQL error: \(error) (UPLOAD `\(upload.name)` has no position columns, so it is queried in the gateway: columns, WHERE, ORDER BY and TOP)")
+            }
+        }
+        var stored: [StoredUpload] = []
+        for ref in [query.from] + (query.join.map { [$0.table] } ?? []) where ref.schema?.uppercased() == Self.uploadSchema {
+            guard let upload = uploads.first(where: { $0.name.lowercased() == ref.name.lowercased() }) else {
+                throw TAPError(400, "ADQL error: no table named `\(ref.qualifiedName)`: the request's UPLOAD has \(uploads.isEmpty ? "no tables" : uploads.map { "`\($0.name)`" }.joined(separator: ", ")) (at \(ref.position))")
+            }
+            if !stored.contains(where: { $0.table.name == upload.name }) { stored.append(try await store(upload, user: user)) }
+        }
+        var translator = ADQLTranslator(tables: try await tables(for: user) + stored.map(\.table))
         let plan: ADQLPlan
         do {
             plan = try translator.translate(query, maxrec: maxrec)
@@ -223,7 +250,9 @@ public final class TAPService: Sendable {
                     return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
                 }
             }
-            return TAPTable(answer.table, plan: plan, maxrec: maxrec)
+            return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
+                stored.first { $0.table.qualifiedName == table }?.texts[column]
+            }
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
         } catch {

@@ -10,6 +10,8 @@ public struct TAPField: Sendable, Equatable {
     public var unit: String
     public var ucd: String
     public var description: String
+    /// VOTable's xtype (`timestamp`, …), echoed from an upload's column.
+    public var xtype = ""
 }
 
 /// An answer's values, one column at a time.
@@ -48,7 +50,7 @@ public enum TAPColumn: Sendable, Equatable {
         case .floats(let a): a[i].isNaN ? -.infinity : Double(a[i])
         case .longs(let a): Double(a[i])
         case .bools(let a): a[i] ? 1 : 0
-        case .cells(let a): if case .integer(let v) = a[i] { Double(v) } else { -.infinity }
+        case .cells(let a): a[i].number.map { $0.isNaN ? -.infinity : $0 } ?? -.infinity
         }
     }
 }
@@ -62,7 +64,9 @@ public struct TAPTable: Sendable, Equatable {
     public var rowCount: Int { columns.first?.count ?? 0 }
 
     /// A catalog answer as a TAP table: the plan's fields, sorted and cut as the query asked.
-    public init(_ answer: ResultTable, plan: ADQLPlan, maxrec: Int) {
+    /// `texts` gives an upload's text column (by table and column) for fields that hold its row
+    /// numbers.
+    public init(_ answer: ResultTable, plan: ADQLPlan, maxrec: Int, texts: (_ table: String, _ column: String) -> [String?]? = { _, _ in nil }) {
         var columns: [TAPColumn] = []
         fields = []
         let rows = answer.rowCount
@@ -71,6 +75,9 @@ public struct TAPTable: Sendable, Equatable {
             // answer lacks would be a bug, and is shown as NULLs rather than shifting the rest.
             let values: RowValues = f.source < answer.columns.count ? answer.columns[f.source] : .doubles([Double](repeating: .nan, count: rows))
             let (column, type): (TAPColumn, String) = switch values {
+            case .int64s(let a) where f.text != nil:
+                // Row numbers of an upload: its text at each (NULL where there is none).
+                (.cells(Self.text(at: a, in: f.text.flatMap { texts($0.table, $0.column) } ?? [])), "char")
             case .doubles(let a): (.doubles(a), "double")
             case .floats(let a): (.floats(a), "float")
             case .int64s(let a): (.longs(a), "long")
@@ -96,9 +103,17 @@ public struct TAPTable: Sendable, Equatable {
         self.columns = identity ? columns : columns.map { $0.rows(order) }
     }
 
+    /// `values` at each of `rows` (NULL for a number outside them, or a value that is NULL).
+    static func text(at rows: [Int64], in values: [String?]) -> [LocalCell] {
+        rows.map { r in
+            guard r >= 0, r < values.count, let v = values[Int(r)] else { return .null }
+            return .text(v)
+        }
+    }
+
     /// A gateway-evaluated answer (TAP_SCHEMA).
     public init(local: [LocalTable.Column], rows: [[LocalCell]], overflow: Bool) {
-        fields = local.map { TAPField(name: $0.name, datatype: $0.datatype, unit: "", ucd: "", description: $0.description) }
+        fields = local.map { TAPField(name: $0.name, datatype: $0.datatype, unit: $0.unit, ucd: $0.ucd, description: $0.description, xtype: $0.xtype) }
         columns = local.indices.map { c in .cells(rows.map { $0[c] }) }
         self.overflow = overflow
     }

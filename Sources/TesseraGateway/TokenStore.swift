@@ -43,8 +43,10 @@ public final class TokenStore: Sendable {
     }
 
     private func reloadIfChanged() {
-        var st = stat()
-        let stamp = stat(path, &st) == 0 ? [Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_size)] : [0]
+        // The file's modification time (to the nanosecond) and size.
+        let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+        let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        let stamp = attributes == nil ? [0] : [Int(modified * 1e9), Int(attributes?[.size] as? Int ?? 0)]
         if state.withLock({ $0.stamp == stamp }) { return }
         var users: [String: String] = [:]
         if let data = FileManager.default.contents(atPath: path) {

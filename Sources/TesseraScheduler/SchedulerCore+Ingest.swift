@@ -110,9 +110,15 @@ extension SchedulerCore {
     /// a worker may be silent before it is declared dead.
     var commitWaitNs: UInt64 { config.workerTimeoutNs }
 
-    mutating func ingestBegin(_ connection: ConnectionID, _ b: Tessera_V1_IngestBegin, identity: ClientIdentity) {
+    mutating func ingestBegin(_ connection: ConnectionID, _ b: Tessera_V1_IngestBegin, identity asked: ClientIdentity) {
         func refuse(_ why: String) {
             send(.client(connection), errorEnvelope(.errorInvalidGraph, why, clientTag: b.clientTag))
+        }
+        // A gateway uploads a TAP user's table into that user's workspace, and only there.
+        let identity: ClientIdentity
+        switch asked.acting(for: b.onBehalfOf, what: "upload") {
+        case .success(let acting): identity = acting
+        case .failure(let refusal): return send(.client(connection), errorEnvelope(refusal.code, refusal.message, clientTag: b.clientTag))
         }
         guard let catalog else { return refuse("this scheduler has no registry (start it with --registry)") }
         if let why = Validate.name(b.dataset, what: "dataset name", limit: Limits.datasetNameCharacters) { return refuse(why) }

@@ -20,6 +20,26 @@ public struct ClientIdentity: Sendable, Equatable {
 
     /// Everyone on an insecure (loopback-only) cluster: one local user, who may do anything.
     public static let local = ClientIdentity(user: "local", isAdmin: true, publicKey: "")
+
+    /// A request's `on_behalf_of` refused: the error code and the message for its client.
+    public struct ActingRefusal: Error, Sendable {
+        public var code: Tessera_V1_ErrorCode
+        public var message: String
+    }
+
+    /// Who a request acts as when it names `onBehalfOf`: this identity when that is empty or its
+    /// own user; else, for an admin key only (a gateway acting for the user it authenticated),
+    /// that user, with this key and without admin rights.
+    public func acting(for onBehalfOf: String, what: String) -> Result<ClientIdentity, ActingRefusal> {
+        if onBehalfOf.isEmpty || onBehalfOf == user { return .success(self) }
+        guard isAdmin else {
+            return .failure(ActingRefusal(code: .errorNotAllowed, message: "only an admin key may \(what) on behalf of another user; this key is user `\(user)`"))
+        }
+        if let why = Validate.name(onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) {
+            return .failure(ActingRefusal(code: .errorOverLimit, message: why))
+        }
+        return .success(ClientIdentity(user: onBehalfOf, isAdmin: false, publicKey: publicKey))
+    }
 }
 
 /// What authentication established about a worker's connection.
@@ -310,19 +330,11 @@ public struct SchedulerCore {
     }
 
     mutating func submit(_ connection: ConnectionID, _ s: Tessera_V1_SubmitJob, frames: [[UInt8]], now: UInt64, identity: ClientIdentity = .local) {
-        var user = identity.user
-        if !s.onBehalfOf.isEmpty && s.onBehalfOf != identity.user {
-            // A gateway submits for the users it authenticated; nobody else speaks for another user.
-            guard identity.isAdmin else {
-                send(.client(connection), errorEnvelope(
-                    .errorNotAllowed, "only an admin key may submit on behalf of another user; this key is user `\(identity.user)`", clientTag: s.clientTag))
-                return
-            }
-            if let why = Validate.name(s.onBehalfOf, what: "user name", limit: Limits.workerNameCharacters) {
-                send(.client(connection), errorEnvelope(.errorOverLimit, why, clientTag: s.clientTag))
-                return
-            }
-            user = s.onBehalfOf
+        // A gateway submits for the users it authenticated; nobody else speaks for another user.
+        let user: String
+        switch identity.acting(for: s.onBehalfOf, what: "submit") {
+        case .success(let acting): user = acting.user
+        case .failure(let refusal): return send(.client(connection), errorEnvelope(refusal.code, refusal.message, clientTag: s.clientTag))
         }
         if config.maxJobsPerUser > 0, jobsPerUser[user, default: 0] >= config.maxJobsPerUser {
             send(.client(connection), errorEnvelope(

@@ -1733,6 +1733,10 @@ public nonisolated struct Tessera_V1_IngestBegin: Sendable {
 
   public var colocateWith: String = String()
 
+  /// A gateway (an admin key) uploads into the workspace of the user it authenticated (a TAP
+  /// UPLOAD); nobody else loads for another user, and only into a workspace.
+  public var onBehalfOf: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4840,7 +4844,7 @@ nonisolated extension Tessera_V1_ShardSpec: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IngestBegin"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0\u{1}workspace\0\u{3}lifetime_s\0\u{1}shared\0\u{1}kind\0\u{3}colocate_with\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{1}dataset\0\u{1}replace\0\u{1}replicas\0\u{1}shards\0\u{1}workspace\0\u{3}lifetime_s\0\u{1}shared\0\u{1}kind\0\u{3}colocate_with\0\u{3}on_behalf_of\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4858,6 +4862,7 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
       case 8: try { try decoder.decodeSingularBoolField(value: &self.shared) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.kind) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.colocateWith) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.onBehalfOf) }()
       default: break
       }
     }
@@ -4894,6 +4899,9 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if !self.colocateWith.isEmpty {
       try visitor.visitSingularStringField(value: self.colocateWith, fieldNumber: 10)
     }
+    if !self.onBehalfOf.isEmpty {
+      try visitor.visitSingularStringField(value: self.onBehalfOf, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4908,6 +4916,7 @@ nonisolated extension Tessera_V1_IngestBegin: SwiftProtobuf.Message, SwiftProtob
     if lhs.shared != rhs.shared {return false}
     if lhs.kind != rhs.kind {return false}
     if lhs.colocateWith != rhs.colocateWith {return false}
+    if lhs.onBehalfOf != rhs.onBehalfOf {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,282 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import TesseraADQL
+import TesseraClient
+import TesseraProtocol
+import TesseraStorage
+
+/// One table of a request's `UPLOAD`: its name in the `TAP_UPLOAD` schema, and its rows.
+public struct TAPUpload: Sendable {
+    public var name: String
+    public var table: UploadedTable
+}
+
+/// An upload stored for one query: the table queries name, and its text kept here.
+struct StoredUpload: Sendable {
+    var table: ADQLTable
+    /// Text columns by name, each value at its row's number.
+    var texts: [String: [String?]]
+}
+
+extension TAPService {
+    /// The schema uploads are named under (`TAP_UPLOAD.name`).
+    public static let uploadSchema = "TAP_UPLOAD"
+    /// How an upload's stored name begins (it is not listed among the user's tables).
+    public static let uploadPrefix = "tapupload-"
+    /// The hidden column numbering an upload's rows, where its text is looked up.
+    public static let uploadRowColumn = "_upload_row"
+    /// Seconds an upload is kept in its user's workspace after its query began (it is only for
+    /// that query; expiry frees the workspace's quota).
+    public static let uploadLifetimeSeconds = 900.0
+    /// Most tables in one request's UPLOAD.
+    public static let maxUploads = 8
+
+    /// The tables a request's `UPLOAD` values name (`name,URI` pairs, `;` between pairs), each
+    /// read from the multipart body's part `param:NAME`, or fetched from an http(s) URL.
+    public func uploads(_ values: [String], parts: [String: [UInt8]]) async throws(TAPError) -> [TAPUpload] {
+        var out: [TAPUpload] = []
+        for value in values {
+            for pair in value.split(separator: ";") where !pair.trimmingCharacters(in: .whitespaces).isEmpty {
+                let kv = pair.split(separator: ",", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard kv.count == 2 else { throw TAPError(400, "UPLOAD=\(pair.prefix(80)): give `name,param:part` (the table's name, then where it is)") }
+                let name = kv[0], uri = kv[1]
+                guard Self.isUploadName(name) else {
+                    throw TAPError(400, "UPLOAD table name `\(name.prefix(80))`: a name is a letter then letters, digits or _, at most 64 characters")
+                }
+                guard !out.contains(where: { $0.name.lowercased() == name.lowercased() }) else { throw TAPError(400, "UPLOAD names the table `\(name)` twice") }
+                let bytes: [UInt8]
+                if uri.lowercased().hasPrefix("param:") {
+                    let part = String(uri.dropFirst(6))
+                    guard let b = parts[part] else {
+                        throw TAPError(400, "UPLOAD `\(name)` names the part `\(part.prefix(80))`, which the request does not have (send the VOTable as a multipart/form-data part of that name)")
+                    }
+                    bytes = b
+                } else {
+                    bytes = try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs)
+                }
+                out.append(TAPUpload(name: name, table: try VOTableReader.read(bytes, table: name, limits: limits.upload)))
+                guard out.count <= Self.maxUploads else { throw TAPError(400, "UPLOAD names more than \(Self.maxUploads) tables") }
+            }
+        }
+        return out
+    }
+
+    static func isUploadName(_ s: String) -> Bool {
+        guard let first = s.unicodeScalars.first, first.isASCII, first.properties.isAlphabetic, s.utf8.count <= 64 else { return false }
+        return s.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
+    }
+
+    /// The position columns of an upload: those with the UCDs `pos.eq.ra` and `pos.eq.dec`
+    /// (`meta.main` first), else the first of the usual names.
+    static func positionColumns(_ t: UploadedTable) -> (ra: String, dec: String)? {
+        let numeric = t.columns.filter { $0.values.stored != nil }
+        func byUCD(_ word: String) -> String? {
+            let having = numeric.filter { $0.ucd.lowercased().split(separator: ";").contains(Substring(word)) }
+            return (having.first { $0.ucd.lowercased().contains("meta.main") } ?? having.first)?.name
+        }
+        func byName(_ names: [String]) -> String? {
+            for n in names { if let c = numeric.first(where: { $0.name.lowercased() == n }) { return c.name } }
+            return nil
+        }
+        if let ra = byUCD("pos.eq.ra"), let dec = byUCD("pos.eq.dec") { return (ra, dec) }
+        guard let ra = byName(["ra", "ra_deg", "raj2000", "ra_icrs", "coord_ra", "_raj2000"]),
+              let dec = byName(["dec", "dec_deg", "dej2000", "decj2000", "de_icrs", "dec_icrs", "coord_dec", "_dej2000"]) else { return nil }
+        return (ra, dec)
+    }
+
+    /// Rows an upload without positions may hold to be queried alone (in the gateway).
+    public static let maxLocalUploadRows = 100_000
+
+    /// An upload without position columns as a table the gateway answers queries of itself
+    /// (it cannot be sharded on the sky, nor meet the survey): `SELECT` of its columns with
+    /// `WHERE`, `ORDER BY` and `TOP`, as TAP_SCHEMA's tables are queried.
+    static func localTable(_ upload: TAPUpload) throws(TAPError) -> LocalTable {
+        let t = upload.table
+        guard t.rows <= maxLocalUploadRows else {
+            throw TAPError(400, "UPLOAD `\(upload.name)` has no position columns and \(t.rows) rows: a table without positions is queried alone, up to \(maxLocalUploadRows) rows; give it RA and Dec columns (UCDs pos.eq.ra and pos.eq.dec, or names ra and dec) to store it on the cluster")
+        }
+        var columns: [LocalTable.Column] = []
+        var cells: [[LocalCell]] = []
+        for c in t.columns {
+            let (datatype, values): (String, [LocalCell])
+            switch c.values {
+            case .text(let v): (datatype, values) = ("char", v.map { $0.map(LocalCell.text) ?? .null })
+            case .numbers(.float64(let v)): (datatype, values) = ("double", v.map { $0.isNaN ? .null : .real($0) })
+            case .numbers(.float32(let v)): (datatype, values) = ("float", v.map { $0.isNaN ? .null : .real(Double($0)) })
+            case .numbers(.int64(let v)): (datatype, values) = ("long", v.map { .integer($0) })
+            case .numbers(.int32(let v)): (datatype, values) = ("int", v.map { .integer(Int64($0)) })
+            case .numbers(.int16(let v)): (datatype, values) = ("short", v.map { .integer(Int64($0)) })
+            case .numbers(.uint8(let v)): (datatype, values) = ("unsignedByte", v.map { .integer(Int64($0)) })
+            // (Booleans come back as 0 and 1.)
+            case .numbers(.bool(let v)): (datatype, values) = ("short", v.map { .integer($0 ? 1 : 0) })
+            case .integersWithNulls(let type, let v):
+                let names: [ColumnType: String] = [.columnInt64: "long", .columnInt32: "int", .columnUint8: "unsignedByte"]
+                (datatype, values) = (names[type] ?? "short", v.map { $0.map(LocalCell.integer) ?? .null })
+            }
+            var column = LocalTable.Column(c.name, datatype, c.description)
+            (column.unit, column.ucd, column.xtype) = (c.unit, c.ucd, c.xtype)
+            columns.append(column)
+            cells.append(values)
+        }
+        let rows = (0..<t.rows).map { r in cells.map { $0[r] } }
+        return LocalTable(schema: uploadSchema, name: upload.name, description: "uploaded with this query", columns: columns, rows: rows)
+    }
+
+    /// Stores `upload` in `user`'s workspace for one query, and the table the query names.
+    func store(_ upload: TAPUpload, user: String) async throws(TAPError) -> StoredUpload {
+        let t = upload.table
+        func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(upload.name)`: \(why)") }
+        guard t.rows > 0 else { throw refuse("the table has no rows") }
+        var seen = Set<String>()
+        for c in t.columns {
+            guard ADQLTranslator.isEngineName(c.name), c.name.utf8.count <= 64, !c.name.hasPrefix("_") else {
+                throw refuse("the column name `\(c.name.prefix(80))` is not one queries can use: a letter, then letters, digits or _ (at most 64)")
+            }
+            guard seen.insert(c.name.lowercased()).inserted else { throw refuse("two columns are named `\(c.name)` (names are compared ignoring case)") }
+        }
+        guard let (ra, dec) = Self.positionColumns(t) else {
+            throw refuse("no position columns: mark the RA and Dec columns with the UCDs pos.eq.ra and pos.eq.dec, or name them ra and dec (degrees, ICRS)")
+        }
+        var specs: [ColumnSpec] = [], data: [ColumnData] = [], columns: [ADQLColumn] = [], texts: [String: [String?]] = [:]
+        for c in t.columns {
+            if case .text(let values) = c.values {
+                texts[c.name] = values
+                columns.append(ADQLColumn(name: c.name, type: .columnInt64, unit: c.unit, ucd: c.ucd, description: c.description, isText: true))
+            } else if let d = c.values.stored {
+                specs.append(ColumnSpec(c.name, d.type, unit: c.unit, description: c.description))
+                data.append(d)
+                columns.append(ADQLColumn(name: c.name, type: d.type, unit: c.unit, ucd: c.ucd, description: c.description))
+            }
+        }
+        if !texts.isEmpty {
+            specs.append(ColumnSpec(Self.uploadRowColumn, .columnInt64, description: "row number in the upload"))
+            data.append(.int64((0..<Int64(t.rows)).map { $0 }))
+        }
+        var nonce = SystemRandomNumberGenerator()
+        let stored = Self.uploadPrefix + upload.name + "-" + String(nonce.next() as UInt64, radix: 36)
+        let source = "UPLOAD `\(upload.name)`"
+        var options = IngestOptions(dataset: stored, files: [source])
+        options.tablesInMemory[source] = (specs, data)
+        options.raColumn = ra
+        options.decColumn = dec
+        options.workspace = true
+        options.lifetimeSeconds = Self.uploadLifetimeSeconds
+        let o = options
+        // Like `tessera upload`: up to a copy on every worker, so each meets the survey's shards where they are.
+        do {
+            _ = try await pool.run(as: user) { conn, _ in
+                var o = o
+                o.replicas = min(Limits.replicas, max(1, try conn.status().workers.count))
+                return try CatalogIngest.run(o, connection: conn).rows
+            }
+        } catch ClientError.rejected(_, let message) {
+            throw refuse(message)
+        } catch let e as IngestError {
+            throw TAPError(400, "\(e)")
+        } catch ClientError.noScheduler(let e, let s) {
+            throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
+        } catch {
+            throw refuse("storing it failed: \(error)")
+        }
+        let table = ADQLTable(schema: Self.uploadSchema, name: upload.name, columns: columns, raColumn: ra, decColumn: dec,
+                              description: "uploaded with this query (\(t.rows) rows)", dataset: stored, rowColumn: texts.isEmpty ? nil : Self.uploadRowColumn)
+        return StoredUpload(table: table, texts: texts)
+    }
+}
+
+/// Fetches an `UPLOAD` given by URL, as TAP requires, without letting a request reach what
+/// only the gateway can: the URL's host is resolved first and refused when any address is
+/// loopback, private, link-local or otherwise not public (unless the gateway serves only this
+/// machine); plain http then connects to the address checked (no second lookup to rebind);
+/// no redirects; at most `limit` bytes and 30 s.
+enum UploadFetcher {
+    static let client = HTTPClient(eventLoopGroupProvider: .singleton,
+                                   configuration: .init(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10), read: .seconds(30))))
+
+    static func fetch(_ uri: String, table: String, limit: Int, allowPrivate: Bool) async throws(TAPError) -> [UInt8] {
+        func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(table)` from \(uri.prefix(120)): \(why)") }
+        guard let url = URL(string: uri), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = url.host, !host.isEmpty, url.user == nil else {
+            throw refuse("give param:PART (a part of a multipart request) or an http(s) URL without credentials")
+        }
+        let port = url.port ?? (scheme == "https" ? 443 : 80)
+        let addresses = resolve(host, port: port)
+        guard let first = addresses.first else { throw refuse("the host `\(host.prefix(80))` does not resolve") }
+        if !allowPrivate, let inner = addresses.first(where: { !isPublic($0) }) {
+            throw refuse("the host resolves to \(inner), an address that is not public; this gateway fetches only from public addresses")
+        }
+        var target = uri
+        if scheme == "http" {
+            // Connect to the address checked, naming the host in the Host header.
+            let literal = first.contains(":") ? "[\(first)]" : first
+            var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
+            components?.host = literal
+            components?.percentEncodedHost = literal
+            target = components?.string ?? uri
+        }
+        var request = HTTPClientRequest(url: target)
+        request.headers.add(name: "Host", value: url.port.map { "\(host):\($0)" } ?? host)
+        request.headers.add(name: "User-Agent", value: "tessera-gateway")
+        do {
+            let response = try await client.execute(request, timeout: .seconds(30))
+            guard response.status == .ok else { throw refuse("the server answered \(response.status.code) \(response.status.reasonPhrase)") }
+            var bytes: [UInt8] = []
+            for try await chunk in response.body {
+                guard bytes.count + chunk.readableBytes <= limit else { throw refuse("over this service's upload limit of \(limit) bytes") }
+                bytes += chunk.readableBytesView
+            }
+            return bytes
+        } catch let e as TAPError {
+            throw e
+        } catch {
+            throw refuse("fetching it failed: \(error)")
+        }
+    }
+
+    /// The numeric addresses `host` resolves to.
+    static func resolve(_ host: String, port: Int) -> [String] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &list) == 0, let head = list else { return [] }
+        defer { freeaddrinfo(head) }
+        var out: [String] = []
+        var node: UnsafeMutablePointer<addrinfo>? = head
+        while let n = node {
+            var name = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            if getnameinfo(n.pointee.ai_addr, n.pointee.ai_addrlen, &name, socklen_t(name.count), nil, 0, NI_NUMERICHOST) == 0 {
+                out.append(String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            }
+            node = n.pointee.ai_next
+        }
+        return out
+    }
+
+    /// Whether a numeric address is a public unicast one (not loopback, private, link-local,
+    /// shared, multicast, reserved or unspecified; IPv4-mapped IPv6 judged as IPv4).
+    static func isPublic(_ address: String) -> Bool {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, address, &v4) == 1 { return isPublicV4(UInt32(bigEndian: v4.s_addr)) }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, address, &v6) == 1 else { return false }
+        let b = withUnsafeBytes(of: v6) { Array($0) }
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
+            return isPublicV4(UInt32(b[12]) << 24 | UInt32(b[13]) << 16 | UInt32(b[14]) << 8 | UInt32(b[15]))
+        }
+        if b.allSatisfy({ $0 == 0 }) || (b[0..<15].allSatisfy { $0 == 0 } && b[15] == 1) { return false }  // :: and ::1
+        if b[0] & 0xfe == 0xfc { return false }  // fc00::/7 unique local
+        if b[0] == 0xfe && b[1] & 0xc0 == 0x80 { return false }  // fe80::/10 link-local
+        if b[0] == 0xff { return false }  // multicast
+        return b[0] & 0xe0 == 0x20  // 2000::/3, global unicast
+    }
+
+    static func isPublicV4(_ a: UInt32) -> Bool {
+        let blocked: [(UInt32, Int)] = [
+            (0x0000_0000, 8), (0x0A00_0000, 8), (0x6440_0000, 10), (0x7F00_0000, 8), (0xA9FE_0000, 16), (0xAC10_0000, 12),
+            (0xC000_0000, 24), (0xC0A8_0000, 16), (0xC612_0000, 15), (0xE000_0000, 4), (0xF000_0000, 4),
+        ]
+        return !blocked.contains { net, bits in a >> (32 - bits) == net >> (32 - bits) }
+    }
+}

@@ -1,0 +1,446 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import TesseraProtocol
+import TesseraStorage
+
+/// A table a client sent (a TAP `UPLOAD`): its columns, numbers as a catalog stores them and
+/// text as the gateway keeps it.
+public struct UploadedTable: Sendable {
+    public struct Column: Sendable {
+        public var name: String
+        public var unit: String
+        public var ucd: String
+        public var description: String
+        /// VOTable's xtype (`timestamp`, …), given back with the column.
+        public var xtype: String
+        public var values: Values
+    }
+
+    public enum Values: Sendable {
+        case numbers(ColumnData)
+        /// Integers (or booleans) of a type with NULLs.
+        case integersWithNulls(ColumnType, [Int64?])
+        case text([String?])
+
+        var count: Int {
+            switch self {
+            case .numbers(let d): d.count
+            case .integersWithNulls(_, let v): v.count
+            case .text(let t): t.count
+            }
+        }
+
+        /// The numbers as a catalog stores them: integers with NULLs as doubles (NULL is NaN), as
+        /// in every other ingest; nil for text.
+        var stored: ColumnData? {
+            switch self {
+            case .numbers(let d): d
+            case .integersWithNulls(_, let v): .float64(v.map { $0.map(Double.init) ?? .nan })
+            case .text: nil
+            }
+        }
+    }
+
+    public var columns: [Column]
+    public var rows: Int { columns.first?.values.count ?? 0 }
+}
+
+/// What an upload may hold.
+public struct UploadLimits: Sendable {
+    public var bytes = 32 << 20
+    public var rows = 1_000_000
+    public var columns = 200
+    public init() {}
+}
+
+/// Reads the first TABLE of a VOTable (1.1–1.4): TABLEDATA, BINARY or BINARY2, scalar
+/// `boolean`, `unsignedByte`, `short`, `int`, `long`, `float`, `double`, and `char` or
+/// `unicodeChar` text. Everything else is refused with the column and the reason.
+///
+/// The document is hostile until read: no DOCTYPE (so no entities to expand), no external
+/// streams, at most `limits` rows and columns; a bad value names its row and column.
+public enum VOTableReader {
+    public static func read(_ bytes: [UInt8], table: String, limits: UploadLimits = UploadLimits()) throws(TAPError) -> UploadedTable {
+        func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(table)`: \(why)") }
+        guard bytes.count <= limits.bytes else { throw refuse("\(bytes.count) bytes, over this service's limit of \(limits.bytes)") }
+        // A DTD is where entities (and their expansion) live; a VOTable needs none.
+        let head = bytes.prefix(4096)
+        if MultipartForm.find(Array("<!DOCTYPE".utf8), in: Array(head), from: 0) != nil || MultipartForm.find(Array("<!ENTITY".utf8), in: bytes, from: 0) != nil {
+            throw refuse("a document type declaration (<!DOCTYPE or <!ENTITY>) is not accepted in an uploaded VOTable")
+        }
+        let reader = Reader(limits: limits)
+        let parser = XMLParser(data: Data(bytes))
+        parser.shouldResolveExternalEntities = false
+        parser.delegate = reader
+        let parsed = parser.parse()
+        if let e = reader.failure { throw refuse(e) }
+        guard parsed else {
+            let line = parser.lineNumber, column = parser.columnNumber
+            throw refuse("not well-formed XML at line \(line), column \(column): \(parser.parserError.map { "\($0.localizedDescription)" } ?? "parse error")")
+        }
+        guard reader.sawTable else { throw refuse("no TABLE in the document: send a VOTable") }
+        guard !reader.fields.isEmpty else { throw refuse("the table has no FIELD") }
+        guard reader.sawData else { throw refuse("the table has no DATA (TABLEDATA, BINARY or BINARY2)") }
+        if let stream = reader.stream {
+            do {
+                try reader.decodeBinary(stream)
+            } catch {
+                throw refuse(error.message)
+            }
+        }
+        return UploadedTable(columns: reader.fields.map(\.column))
+    }
+
+    /// A column's type as a VOTable FIELD declares it.
+    enum Kind {
+        case boolean, uint8, int16, int32, int64, float32, float64
+        /// Text; `width` is the fixed count of characters (BINARY), nil for a variable one;
+        /// `unicode` for 2-byte UCS-2 characters.
+        case text(width: Int?, unicode: Bool)
+
+        var isInteger: Bool {
+            switch self {
+            case .uint8, .int16, .int32, .int64: true
+            default: false
+            }
+        }
+    }
+
+    struct Failure: Error {
+        var message: String
+    }
+
+    /// One column being read: its values so far.
+    struct Field {
+        var name: String
+        var unit: String
+        var ucd: String
+        var xtype: String
+        var description = ""
+        var kind: Kind
+        /// `<VALUES null="…">` of an integer column.
+        var nullValue: Int64?
+        var integers: [Int64] = []
+        var doubles: [Double] = []
+        var texts: [String?] = []
+        var nulls: [Bool] = []
+        var anyNull = false
+
+        mutating func appendNull() {
+            anyNull = true
+            nulls.append(true)
+            switch kind {
+            case .text: texts.append(nil)
+            case .float32, .float64: doubles.append(.nan)
+            default: integers.append(0)
+            }
+        }
+
+        mutating func append(integer v: Int64) {
+            if let n = nullValue, n == v { return appendNull() }
+            integers.append(v)
+            nulls.append(false)
+        }
+
+        mutating func append(double v: Double) {
+            doubles.append(v)
+            nulls.append(false)
+        }
+
+        mutating func append(text v: String) {
+            texts.append(v)
+            nulls.append(false)
+        }
+
+        /// A TABLEDATA cell.
+        mutating func append(cell raw: String, row: Int) throws(Failure) {
+            let s = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            switch kind {
+            case .text:
+                return raw.isEmpty ? appendNull() : append(text: raw)
+            case _ where s.isEmpty:
+                return appendNull()
+            case .boolean:
+                switch s.lowercased() {
+                case "t", "true", "1": append(integer: 1)
+                case "f", "false", "0": append(integer: 0)
+                case "?": appendNull()
+                default: throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a boolean (T, F, true, false, 1, 0 or ?)")
+                }
+            case .float32, .float64:
+                guard let v = Double(s) else { throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a number") }
+                append(double: v)
+            default:
+                let v: Int64? = s.lowercased().hasPrefix("0x") ? Int64(s.dropFirst(2), radix: 16) : Int64(s)
+                guard let v, fits(v) else {
+                    throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not an integer of its type")
+                }
+                append(integer: v)
+            }
+        }
+
+        func fits(_ v: Int64) -> Bool {
+            switch kind {
+            case .uint8: (0...255).contains(v)
+            case .int16: Int64(Int16.min)...Int64(Int16.max) ~= v
+            case .int32: Int64(Int32.min)...Int64(Int32.max) ~= v
+            default: true
+            }
+        }
+
+        /// The column as it is stored: integers with NULLs as doubles, booleans as booleans.
+        var column: UploadedTable.Column {
+            let values: UploadedTable.Values
+            switch kind {
+            case .text: values = .text(texts)
+            case .float32: values = .numbers(.float32(doubles.map { Float($0) }))
+            case .float64: values = .numbers(.float64(doubles))
+            case .boolean where anyNull: values = .integersWithNulls(.columnBool, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .uint8 where anyNull: values = .integersWithNulls(.columnUint8, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .int16 where anyNull: values = .integersWithNulls(.columnInt16, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .int32 where anyNull: values = .integersWithNulls(.columnInt32, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .int64 where anyNull: values = .integersWithNulls(.columnInt64, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .boolean: values = .numbers(.bool(integers.map { $0 != 0 }))
+            case .uint8: values = .numbers(.uint8(integers.map { UInt8(truncatingIfNeeded: $0) }))
+            case .int16: values = .numbers(.int16(integers.map { Int16(truncatingIfNeeded: $0) }))
+            case .int32: values = .numbers(.int32(integers.map { Int32(truncatingIfNeeded: $0) }))
+            case .int64: values = .numbers(.int64(integers))
+            }
+            return UploadedTable.Column(name: name, unit: unit, ucd: ucd, description: description, xtype: xtype, values: values)
+        }
+    }
+
+    /// The SAX side: FIELDs of the first TABLE, then its TABLEDATA rows or its binary stream.
+    final class Reader: NSObject, XMLParserDelegate {
+        let limits: UploadLimits
+        var fields: [Field] = []
+        var failure: String?
+        var sawTable = false
+        var sawData = false
+        /// Depth of TABLE elements (a second table is ignored).
+        var tablesDone = 0
+        var inTable = false
+        var inField = false
+        var inDescription = false
+        var inTD = false
+        var inStream = false
+        var binary2 = false
+        var cell = ""
+        var row: [String?] = []
+        var rows = 0
+        var streamText: [UInt8] = []
+        var stream: [UInt8]? { sawStream ? streamText : nil }
+        var sawStream = false
+
+        init(limits: UploadLimits) { self.limits = limits }
+
+        func fail(_ parser: XMLParser, _ why: String) {
+            if failure == nil { failure = why }
+            parser.abortParsing()
+        }
+
+        static func local(_ name: String) -> String {
+            if let colon = name.lastIndex(of: ":") { return String(name[name.index(after: colon)...]) }
+            return name
+        }
+
+        func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
+            guard failure == nil else { return }
+            let name = Self.local(elementName)
+            if name == "TABLE" {
+                if tablesDone == 0 && !inTable { inTable = true; sawTable = true }
+                return
+            }
+            guard inTable else { return }
+            switch name {
+            case "FIELD":
+                guard fields.count < limits.columns else { return fail(parser, "more than \(limits.columns) columns, this service's limit") }
+                do {
+                    fields.append(try Self.field(attributes))
+                } catch {
+                    return fail(parser, error.message)
+                }
+                inField = true
+            case "DESCRIPTION" where inField:
+                inDescription = true
+                cell = ""
+            case "VALUES" where inField:
+                if let n = attributes["null"], let v = Int64(n.trimmingCharacters(in: .whitespaces)) { fields[fields.count - 1].nullValue = v }
+            case "TABLEDATA":
+                sawData = true
+            case "TR":
+                row = []
+            case "TD":
+                inTD = true
+                cell = ""
+            case "BINARY", "BINARY2":
+                sawData = true
+                binary2 = name == "BINARY2"
+            case "STREAM":
+                if attributes["href"] != nil { return fail(parser, "a STREAM with an href (data elsewhere) is not accepted: send the rows inline") }
+                let encoding = attributes["encoding"] ?? ""
+                guard encoding == "base64" else { return fail(parser, "a STREAM encoded as `\(encoding.prefix(40))`: only base64 is read") }
+                inStream = true
+                sawStream = true
+            case "FITS":
+                return fail(parser, "FITS serialization inside a VOTable is not read: send TABLEDATA, BINARY or BINARY2")
+            default:
+                return
+            }
+        }
+
+        func parser(_ parser: XMLParser, foundCharacters string: String) {
+            if inTD || inDescription {
+                cell += string
+            } else if inStream {
+                streamText += string.utf8.filter { $0 > 32 }
+                if streamText.count > limits.bytes { fail(parser, "its binary stream is over \(limits.bytes) bytes") }
+            }
+        }
+
+        func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName: String?) {
+            guard failure == nil, inTable else { return }
+            switch Self.local(elementName) {
+            case "TABLE":
+                inTable = false
+                tablesDone += 1
+            case "FIELD":
+                inField = false
+            case "DESCRIPTION" where inDescription:
+                inDescription = false
+                fields[fields.count - 1].description = String(cell.prefix(1000))
+            case "TD":
+                inTD = false
+                row.append(cell)
+            case "TR":
+                rows += 1
+                guard rows <= limits.rows else { return fail(parser, "more than \(limits.rows) rows, this service's limit") }
+                guard row.count == fields.count else {
+                    return fail(parser, "row \(rows) has \(row.count) cells for the table's \(fields.count) columns")
+                }
+                do {
+                    for k in fields.indices { try fields[k].append(cell: row[k] ?? "", row: rows) }
+                } catch {
+                    return fail(parser, error.message)
+                }
+            case "STREAM":
+                inStream = false
+            default:
+                return
+            }
+        }
+
+        /// A FIELD's name and type, checked.
+        static func field(_ a: [String: String]) throws(Failure) -> Field {
+            guard let name = a["name"] ?? a["ID"], !name.isEmpty else { throw Failure(message: "a FIELD without a name") }
+            let datatype = a["datatype"] ?? ""
+            let arraysize = (a["arraysize"] ?? "").trimmingCharacters(in: .whitespaces)
+            let kind: Kind
+            switch datatype {
+            case "char", "unicodeChar":
+                let unicode = datatype == "unicodeChar"
+                if arraysize.isEmpty {
+                    kind = .text(width: 1, unicode: unicode)
+                } else if arraysize.hasSuffix("*") {
+                    guard arraysize == "*" || Int(arraysize.dropLast()) != nil else {
+                        throw Failure(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
+                    }
+                    kind = .text(width: nil, unicode: unicode)
+                } else {
+                    guard let n = Int(arraysize), n >= 0, n <= 1 << 20 else {
+                        throw Failure(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
+                    }
+                    kind = .text(width: n, unicode: unicode)
+                }
+            default:
+                let scalar: Kind? = switch datatype {
+                case "boolean": .boolean
+                case "unsignedByte": .uint8
+                case "short": .int16
+                case "int": .int32
+                case "long": .int64
+                case "float": .float32
+                case "double": .float64
+                default: nil
+                }
+                guard let scalar else {
+                    throw Failure(message: "column `\(name)` is of datatype `\(datatype.prefix(30))`: an upload holds boolean, unsignedByte, short, int, long, float, double and char columns")
+                }
+                guard arraysize.isEmpty || arraysize == "1" else {
+                    throw Failure(message: "column `\(name)` is an array (arraysize \(arraysize.prefix(20))): an upload holds one value per cell")
+                }
+                kind = scalar
+            }
+            return Field(name: String(name.prefix(256)), unit: String((a["unit"] ?? "").prefix(256)), ucd: String((a["ucd"] ?? "").prefix(256)),
+                         xtype: String((a["xtype"] ?? "").prefix(64)), kind: kind)
+        }
+
+        /// Reads the rows of a BINARY or BINARY2 stream (base64 text, whitespace dropped).
+        func decodeBinary(_ text: [UInt8]) throws(Failure) {
+            guard let data = Data(base64Encoded: Data(text)) else { throw Failure(message: "its binary stream is not valid base64") }
+            let bytes = [UInt8](data)
+            var at = 0
+            func take(_ n: Int) throws(Failure) -> ArraySlice<UInt8> {
+                guard n >= 0, at + n <= bytes.count else { throw Failure(message: "its binary stream ends inside row \(rows + 1)") }
+                defer { at += n }
+                return bytes[at..<(at + n)]
+            }
+            func integer(_ n: Int) throws(Failure) -> UInt64 {
+                try take(n).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            }
+            let flagBytes = binary2 ? (fields.count + 7) / 8 : 0
+            while at < bytes.count {
+                rows += 1
+                guard rows <= limits.rows else { throw Failure(message: "more than \(limits.rows) rows, this service's limit") }
+                let flags = Array(try take(flagBytes))
+                for k in fields.indices {
+                    let isNull = binary2 && flags[k / 8] & (0x80 >> UInt8(k % 8)) != 0
+                    switch fields[k].kind {
+                    case .boolean:
+                        let b = try take(1).first ?? 0
+                        if isNull || b == UInt8(ascii: "?") || b == 0 || b == 32 {
+                            fields[k].appendNull()
+                        } else {
+                            fields[k].append(integer: "Tt1".utf8.contains(b) ? 1 : 0)
+                        }
+                    case .uint8:
+                        let v = try integer(1)
+                        isNull ? fields[k].appendNull() : fields[k].append(integer: Int64(v))
+                    case .int16:
+                        let v = Int16(truncatingIfNeeded: try integer(2))
+                        isNull ? fields[k].appendNull() : fields[k].append(integer: Int64(v))
+                    case .int32:
+                        let v = Int32(truncatingIfNeeded: try integer(4))
+                        isNull ? fields[k].appendNull() : fields[k].append(integer: Int64(v))
+                    case .int64:
+                        let v = Int64(bitPattern: try integer(8))
+                        isNull ? fields[k].appendNull() : fields[k].append(integer: v)
+                    case .float32:
+                        let v = Double(Float(bitPattern: UInt32(truncatingIfNeeded: try integer(4))))
+                        isNull ? fields[k].appendNull() : fields[k].append(double: v)
+                    case .float64:
+                        let v = Double(bitPattern: try integer(8))
+                        isNull ? fields[k].appendNull() : fields[k].append(double: v)
+                    case .text(let width, let unicode):
+                        var count = 0
+                        if let width { count = width } else { count = Int(try integer(4)) }
+                        guard count <= 1 << 20 else { throw Failure(message: "row \(rows), column `\(fields[k].name)`: a text of \(count) characters") }
+                        let raw = try take(unicode ? count * 2 : count)
+                        var s: String
+                        if unicode {
+                            let units = stride(from: raw.startIndex, to: raw.endIndex, by: 2).map { UInt16(raw[$0]) << 8 | UInt16(raw[$0 + 1]) }
+                            s = String(decoding: units, as: UTF16.self)
+                        } else {
+                            s = String(decoding: raw, as: UTF8.self)
+                        }
+                        // Fixed-width text is padded with NULs (or spaces, by some writers).
+                        if width != nil, let end = s.firstIndex(of: "\0") { s = String(s[..<end]) }
+                        isNull ? fields[k].appendNull() : fields[k].append(text: s)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -504,8 +504,10 @@ public struct ADQLTranslator {
     func metadata(_ e: ADQLExpression) throws(ADQLError) -> (name: String, unit: String, ucd: String, description: String) {
         switch e.kind {
         case .column(let t, let n):
-            let (s, c) = try resolve(t, n, at: e.position)
-            return (scopes.count > 1 ? s.prefix + c.name : c.name, c.unit, c.ucd, c.description)
+            // A column named in a join keeps its own name, as in SQL (`a.id, b.id` are `id` and
+            // `id_2`); `*` of a join names them `left_…` and `right_…`.
+            let (_, c) = try resolve(t, n, at: e.position)
+            return (c.name, c.unit, c.ucd, c.description)
         case .call(let f, _):
             return (f == "DISTANCE" ? "distance" : f.lowercased(), f == "DISTANCE" ? "deg" : "", "", "")
         default:

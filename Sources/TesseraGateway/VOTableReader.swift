@@ -80,6 +80,8 @@ public enum VOTableReader {
             let line = parser.lineNumber, column = parser.columnNumber
             throw refuse("not well-formed XML at line \(line), column \(column): \(parser.parserError.map { "\($0.localizedDescription)" } ?? "parse error")")
         }
+        // (Foundation's parser accepts a document cut short; every element must have closed.)
+        guard reader.depth == 0 else { throw refuse("not well-formed XML: the document ends inside <\(reader.open.last ?? "?")> (cut short?)") }
         guard reader.sawTable else { throw refuse("no TABLE in the document: send a VOTable") }
         guard !reader.fields.isEmpty else { throw refuse("the table has no FIELD") }
         guard reader.sawData else { throw refuse("the table has no DATA (TABLEDATA, BINARY or BINARY2)") }
@@ -233,6 +235,9 @@ public enum VOTableReader {
         var streamText: [UInt8] = []
         var stream: [UInt8]? { sawStream ? streamText : nil }
         var sawStream = false
+        /// Elements open, innermost last (names of the first 64 levels).
+        var depth = 0
+        var open: [String] = []
 
         init(limits: UploadLimits) { self.limits = limits }
 
@@ -249,6 +254,8 @@ public enum VOTableReader {
         func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
             guard failure == nil else { return }
             let name = Self.local(elementName)
+            depth += 1
+            if open.count < 64 { open.append(String(name.prefix(40))) }
             if name == "TABLE" {
                 if tablesDone == 0 && !inTable { inTable = true; sawTable = true }
                 return
@@ -301,6 +308,8 @@ public enum VOTableReader {
         }
 
         func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName: String?) {
+            depth -= 1
+            if depth < 64, !open.isEmpty { open.removeLast() }
             guard failure == nil, inTable else { return }
             switch Self.local(elementName) {
             case "TABLE":

@@ -160,7 +160,7 @@ let package = Package(
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraADQLTests", dependencies: ["TesseraADQL", "TesseraProtocol", "TesseraCompute"]),
-        .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraADQL", "TesseraCompute"]),
+        .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraADQL", "TesseraCompute", "TesseraStorage", "TesseraProtocol"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky"]),

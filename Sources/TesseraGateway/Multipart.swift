@@ -35,7 +35,7 @@ struct MultipartForm {
                 throw TAPError(400, "a part of the multipart body has no end to its headers (a blank line)")
             }
             let contentStart = headerEnd + 4
-            guard let next = find(delimiter, in: body, from: headerEnd + 2) else {
+            guard let next = nextDelimiter(delimiter, in: body, from: headerEnd + 2) else {
                 throw TAPError(400, "the multipart body ends without its closing boundary `--\(boundary)--`")
             }
             count += 1
@@ -86,6 +86,20 @@ struct MultipartForm {
             return (name, isFile)
         }
         throw TAPError(400, "a part of the multipart body has no Content-Disposition header")
+    }
+
+    /// Where the next delimiter starts: `delimiter` followed by `--` (the last) or by optional
+    /// spaces and CRLF, not merely text that begins like it.
+    static func nextDelimiter(_ delimiter: [UInt8], in body: [UInt8], from: Int) -> Int? {
+        var at = from
+        while let hit = find(delimiter, in: body, from: at) {
+            var after = hit + delimiter.count
+            if body[after...].starts(with: [45, 45]) { return hit }
+            while after < body.count, body[after] == 32 || body[after] == 9 { after += 1 }
+            if body[after...].starts(with: [13, 10]) { return hit }
+            at = hit + 1
+        }
+        return nil
     }
 
     /// Where `needle` first starts in `haystack` at or after `from`.

@@ -56,7 +56,7 @@ public struct UploadLimits: Sendable {
 }
 
 /// Reads the first TABLE of a VOTable (1.1–1.4): TABLEDATA, BINARY or BINARY2, scalar
-/// `boolean`, `unsignedByte`, `short`, `int`, `long`, `float`, `double`, and `char` or
+/// `boolean`, `bit`, `unsignedByte`, `short`, `int`, `long`, `float`, `double`, and `char` or
 /// `unicodeChar` text. Everything else is refused with the column and the reason.
 ///
 /// The document is hostile until read: no DOCTYPE (so no entities to expand), no external
@@ -97,7 +97,8 @@ public enum VOTableReader {
 
     /// A column's type as a VOTable FIELD declares it.
     enum Kind {
-        case boolean, uint8, int16, int32, int64, float32, float64
+        /// `bit` is a boolean too (astropy writes booleans so): one byte in the binary forms.
+        case boolean, bit, uint8, int16, int32, int64, float32, float64
         /// Text; `width` is the fixed count of characters (BINARY), nil for a variable one;
         /// `unicode` for 2-byte UCS-2 characters.
         case text(width: Int?, unicode: Bool)
@@ -151,7 +152,9 @@ public enum VOTableReader {
             nulls.append(false)
         }
 
+        /// (An empty text is NULL, as DALI has it for `char`.)
         mutating func append(text v: String) {
+            if v.isEmpty { return appendNull() }
             texts.append(v)
             nulls.append(false)
         }
@@ -161,10 +164,10 @@ public enum VOTableReader {
             let s = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             switch kind {
             case .text:
-                return raw.isEmpty ? appendNull() : append(text: raw)
+                return append(text: raw)
             case _ where s.isEmpty:
                 return appendNull()
-            case .boolean:
+            case .boolean, .bit:
                 switch s.lowercased() {
                 case "t", "true", "1": append(integer: 1)
                 case "f", "false", "0": append(integer: 0)
@@ -199,12 +202,12 @@ public enum VOTableReader {
             case .text: values = .text(texts)
             case .float32: values = .numbers(.float32(doubles.map { Float($0) }))
             case .float64: values = .numbers(.float64(doubles))
-            case .boolean where anyNull: values = .integersWithNulls(.columnBool, zip(integers, nulls).map { $1 ? nil : $0 })
+            case .boolean where anyNull, .bit where anyNull: values = .integersWithNulls(.columnBool, zip(integers, nulls).map { $1 ? nil : $0 })
             case .uint8 where anyNull: values = .integersWithNulls(.columnUint8, zip(integers, nulls).map { $1 ? nil : $0 })
             case .int16 where anyNull: values = .integersWithNulls(.columnInt16, zip(integers, nulls).map { $1 ? nil : $0 })
             case .int32 where anyNull: values = .integersWithNulls(.columnInt32, zip(integers, nulls).map { $1 ? nil : $0 })
             case .int64 where anyNull: values = .integersWithNulls(.columnInt64, zip(integers, nulls).map { $1 ? nil : $0 })
-            case .boolean: values = .numbers(.bool(integers.map { $0 != 0 }))
+            case .boolean, .bit: values = .numbers(.bool(integers.map { $0 != 0 }))
             case .uint8: values = .numbers(.uint8(integers.map { UInt8(truncatingIfNeeded: $0) }))
             case .int16: values = .numbers(.int16(integers.map { Int16(truncatingIfNeeded: $0) }))
             case .int32: values = .numbers(.int32(integers.map { Int32(truncatingIfNeeded: $0) }))
@@ -366,6 +369,7 @@ public enum VOTableReader {
             default:
                 let scalar: Kind? = switch datatype {
                 case "boolean": .boolean
+                case "bit": .bit
                 case "unsignedByte": .uint8
                 case "short": .int16
                 case "int": .int32
@@ -392,7 +396,7 @@ public enum VOTableReader {
             let bytes = [UInt8](data)
             var at = 0
             func take(_ n: Int) throws(Failure) -> ArraySlice<UInt8> {
-                guard n >= 0, at + n <= bytes.count else { throw Failure(message: "its binary stream ends inside row \(rows + 1)") }
+                guard n >= 0, at + n <= bytes.count else { throw Failure(message: "its binary stream ends inside row \(rows)") }
                 defer { at += n }
                 return bytes[at..<(at + n)]
             }
@@ -414,6 +418,10 @@ public enum VOTableReader {
                         } else {
                             fields[k].append(integer: "Tt1".utf8.contains(b) ? 1 : 0)
                         }
+                    case .bit:
+                        let b = try take(1).first ?? 0
+                        // The standard puts a scalar bit in the byte's top bit; astropy writes 0x08.
+                        isNull ? fields[k].appendNull() : fields[k].append(integer: b != 0 ? 1 : 0)
                     case .uint8:
                         let v = try integer(1)
                         isNull ? fields[k].appendNull() : fields[k].append(integer: Int64(v))

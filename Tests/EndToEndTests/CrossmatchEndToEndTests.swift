@@ -256,6 +256,20 @@ struct UploadEndToEndTests {
         var notMine = IngestOptions(dataset: "mysurvey", files: [folder + "/left.csv"])
         (notMine.raColumn, notMine.decColumn) = ("ra", "dec")
         #expect(failure { try CatalogIngest.run(notMine, connection: alice) }.contains("only an admin key may load survey datasets"))
+        // A gateway (an admin key) uploads into the workspace of the user it acts for, only
+        // there; a user's key acts for nobody else.
+        alice.onBehalfOf = "bob"
+        #expect(failure { try upload(alice, "forbob", folder + "/left.csv") }.contains("only an admin key may upload on behalf of another user; this key is user `alice`"))
+        alice.onBehalfOf = ""
+        let gateway = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        gateway.onBehalfOf = "carol"
+        #expect(try upload(gateway, "tapupload-t-1", folder + "/left.csv").rows == 4_940)
+        #expect(failure { try CatalogIngest.run(notMine, connection: gateway) }.contains("only an admin key may load survey datasets; this key is user `carol`"))
+        let carol = try connect(cluster, as: "carol")
+        #expect(try carol.run(CatalogQuery(dataset: "tapupload-t-1").count()).result.table.numbers("count") == [4_940])
+        #expect(try carol.status().datasets.first { $0.name == "tapupload-t-1" }?.owner == "carol")
+        #expect(failure { try alice.run(CatalogQuery(dataset: "tapupload-t-1")) }.contains("no dataset named"))
+
         // A task graph naming a shard of Alice's table is Alice's to run, not Bob's.
         let data = try #require(cluster.options.dataDirectory)
         let files = FileManager.default.enumerator(atPath: data)?.compactMap { $0 as? String } ?? []

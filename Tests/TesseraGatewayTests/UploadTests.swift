@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+import TesseraADQL
+@testable import TesseraGateway
+import TesseraProtocol
+import TesseraStorage
+
+/// TAP UPLOAD's parts: VOTables written by astropy in each serialization (fixtures, with the
+/// values astropy wrote as JSON: scripts/make_votable_fixtures.py), multipart bodies, the
+/// addresses a URL upload may reach, and text columns in queries.
+struct UploadTests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+    struct Expected: Decodable {
+        var id: [Int64]
+        var ra: [Double]
+        var dec: [Double]
+        var mag: [Double?]
+        var flag: [Int64?]
+        var good: [Bool]
+        var band: [UInt8]
+        var name: [String?]
+    }
+
+    func read(_ file: String, limits: UploadLimits = UploadLimits()) throws -> UploadedTable {
+        let bytes = try [UInt8](Data(contentsOf: Self.fixtures.appendingPathComponent(file)))
+        return try VOTableReader.read(bytes, table: "t", limits: limits)
+    }
+
+    func refusal(_ xml: String, limits: UploadLimits = UploadLimits()) -> String {
+        do {
+            _ = try VOTableReader.read(Array(xml.utf8), table: "t", limits: limits)
+            return "read"
+        } catch {
+            return error.message
+        }
+    }
+
+    @Test(arguments: ["tabledata", "binary", "binary2"])
+    func astropysVOTablesReadBack(_ format: String) throws {
+        let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("upload_expected.json")))
+        let t = try read("upload_\(format).xml")
+        #expect(t.rows == expected.id.count)
+        #expect(t.columns.map(\.name) == ["id", "ra", "dec", "mag", "flag", "good", "band", "name"])
+        #expect(t.columns[1].unit == "deg" && t.columns[3].unit == "mag")
+        func values(_ k: Int) -> UploadedTable.Values { t.columns[k].values }
+        guard case .numbers(.int64(let id)) = values(0), case .numbers(.float64(let ra)) = values(1), case .numbers(.float64(let dec)) = values(2),
+              case .numbers(.float32(let mag)) = values(3), case .integersWithNulls(.columnInt16, let flag) = values(4),
+              case .numbers(.bool(let good)) = values(5), case .numbers(.uint8(let band)) = values(6), case .text(let name) = values(7) else {
+            Issue.record("unexpected column types: \(t.columns.map(\.values))")
+            return
+        }
+        #expect(id == expected.id && ra == expected.ra && dec == expected.dec)
+        #expect(mag.map { $0.isNaN ? nil : Double($0) } == expected.mag.map { $0.map { Double(Float($0)) } })
+        #expect(flag == expected.flag && good == expected.good && band == expected.band && name == expected.name)
+        // Stored, an integer with NULLs is a double (NULL is NaN).
+        guard case .float64(let stored)? = values(4).stored else { Issue.record("flag is not stored as doubles"); return }
+        #expect(zip(stored, expected.flag).allSatisfy { value, flag in flag.map { Double($0) == value } ?? value.isNaN })
+        #expect(TAPService.positionColumns(t)! == ("ra", "dec"))
+    }
+
+    @Test func hostileOrUnreadableDocumentsAreRefused() {
+        let head = "<VOTABLE><RESOURCE><TABLE>"
+        #expect(refusal("<?xml version=\"1.0\"?><!DOCTYPE v [<!ENTITY a \"aaaa\">]><VOTABLE/>").contains("document type declaration"))
+        #expect(refusal(head + "<FIELD name=\"v\" datatype=\"double\" arraysize=\"3\"/></TABLE></RESOURCE></VOTABLE>").contains("is an array (arraysize 3)"))
+        #expect(refusal(head + "<FIELD name=\"z\" datatype=\"doubleComplex\"/></TABLE></RESOURCE></VOTABLE>").contains("datatype `doubleComplex`"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><FITS/></DATA></TABLE></RESOURCE></VOTABLE>").contains("FITS serialization"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><BINARY2><STREAM href=\"http://x/y\"/></BINARY2></DATA></TABLE></RESOURCE></VOTABLE>").contains("href"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"short\"/><DATA><TABLEDATA><TR><TD>1</TD></TR><TR><TD>70000</TD></TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
+            .contains("row 2, column `a`: `70000` is not an integer of its type"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><FIELD name=\"b\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD></TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
+            .contains("row 1 has 1 cells for the table's 2 columns"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD>").contains("not well-formed"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><BINARY2><STREAM encoding=\"base64\">AAAA</STREAM></BINARY2></DATA></TABLE></RESOURCE></VOTABLE>")
+            .contains("ends inside row 1"))
+        var small = UploadLimits()
+        small.rows = 2
+        let rows = (0..<3).map { "<TR><TD>\($0)</TD></TR>" }.joined()
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA>\(rows)</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>", limits: small)
+            .contains("more than 2 rows, this service's limit"))
+        #expect(refusal("<VOTABLE/>").contains("no TABLE"))
+    }
+
+    @Test func multipartBodiesGiveTheirParts() throws {
+        let body = Array("""
+            --XyZ\r
+            Content-Disposition: form-data; name="QUERY"\r
+            \r
+            SELECT * FROM TAP_UPLOAD.t\r
+            --XyZ\r
+            Content-Disposition: form-data; name="t"; filename="t.xml"\r
+            Content-Type: application/x-votable+xml\r
+            \r
+            <VOTABLE>\r
+            --XyZ-not-the-boundary</VOTABLE>\r
+            --XyZ--\r
+
+            """.utf8)
+        let form = try MultipartForm.parse(body, contentType: "multipart/form-data; boundary=\"XyZ\"")
+        #expect(form.fields == ["QUERY": ["SELECT * FROM TAP_UPLOAD.t"]])
+        #expect(form.parts["t"].map { String(decoding: $0, as: UTF8.self) } == "<VOTABLE>\r\n--XyZ-not-the-boundary</VOTABLE>")
+        func refusal(_ body: String, _ type: String = "multipart/form-data; boundary=b") -> String {
+            do { _ = try MultipartForm.parse(Array(body.utf8), contentType: type); return "parsed" } catch { return error.message }
+        }
+        #expect(refusal("--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx", "multipart/form-data").contains("needs a boundary"))
+        #expect(refusal("--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx").contains("without its closing boundary"))
+        #expect(refusal("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--").contains("no Content-Disposition"))
+        let many = (0..<70).map { "--b\r\nContent-Disposition: form-data; name=\"p\($0)\"\r\n\r\nx\r\n" }.joined() + "--b--"
+        #expect(refusal(many).contains("more than 64 parts"))
+    }
+
+    @Test func urlUploadsReachPublicAddressesOnly() {
+        for a in ["8.8.8.8", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] { #expect(UploadFetcher.isPublic(a), "\(a)") }
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+                  "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "not an address"] {
+            #expect(!UploadFetcher.isPublic(a), "\(a)")
+        }
+        #expect(UploadFetcher.isPublic("172.32.0.1") && UploadFetcher.isPublic("11.0.0.1"))
+    }
+
+    @Test func textColumnsAreSelectedByRowNumberAndNothingElse() throws {
+        let upload = ADQLTable(schema: "TAP_UPLOAD", name: "mine", columns: [
+            ADQLColumn(name: "ra", type: .columnFloat64), ADQLColumn(name: "dec", type: .columnFloat64),
+            ADQLColumn(name: "name", type: .columnInt64, isText: true),
+        ], raColumn: "ra", decColumn: "dec", dataset: "tapupload-mine-1", rowColumn: "_upload_row")
+        var translator = ADQLTranslator(tables: [upload])
+        let p = try translator.translate(try ADQLParser.parse("SELECT name, ra FROM TAP_UPLOAD.mine"), maxrec: 10)
+        #expect(p.plan.dataset == "tapupload-mine-1")
+        #expect(p.plan.rows.select == ["_upload_row", "ra"])
+        #expect(p.fields[0].text?.table == "TAP_UPLOAD.mine" && p.fields[0].text?.column == "name" && p.fields[1].text == nil)
+        let star = try translator.translate(try ADQLParser.parse("SELECT * FROM TAP_UPLOAD.mine"), maxrec: 10)
+        #expect(star.plan.rows.select == ["ra", "dec", "_upload_row"] && star.fields.map(\.name) == ["ra", "dec", "name"])
+        #expect(throws: ADQLError.self) { try translator.translate(try ADQLParser.parse("SELECT ra FROM TAP_UPLOAD.mine WHERE name = 'a'"), maxrec: 10) }
+        #expect(throws: ADQLError.self) { try translator.translate(try ADQLParser.parse("SELECT TOP 3 ra FROM TAP_UPLOAD.mine ORDER BY name"), maxrec: 10) }
+        // The answer's row numbers become the upload's text, NULL where it has none.
+        #expect(TAPTable.text(at: [2, 0, 7, -1], in: ["a", nil, "c"]) == [.text("c"), .text("a"), .null, .null])
+    }
+}

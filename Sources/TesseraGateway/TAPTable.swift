@@ -12,6 +12,10 @@ public struct TAPField: Sendable, Equatable {
     public var description: String
     /// VOTable's xtype (`timestamp`, …), echoed from an upload's column.
     public var xtype = ""
+
+    public init(name: String, datatype: String, unit: String = "", ucd: String = "", description: String = "", xtype: String = "") {
+        (self.name, self.datatype, self.unit, self.ucd, self.description, self.xtype) = (name, datatype, unit, ucd, description, xtype)
+    }
 }
 
 /// An answer's values, one column at a time.
@@ -62,6 +66,11 @@ public struct TAPTable: Sendable, Equatable {
     public var overflow: Bool
 
     public var rowCount: Int { columns.first?.count ?? 0 }
+
+    /// A table of the given columns (a client's own, to upload).
+    public init(fields: [TAPField], columns: [TAPColumn], overflow: Bool = false) {
+        (self.fields, self.columns, self.overflow) = (fields, columns, overflow)
+    }
 
     /// A catalog answer as a TAP table: the plan's fields, sorted and cut as the query asked.
     /// `texts` gives an upload's text column (by table and column) for fields that hold its row

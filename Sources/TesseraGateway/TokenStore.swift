@@ -11,7 +11,7 @@ import TesseraSecurity
 /// when it changes, so a token added or removed takes effect without a restart.
 public final class TokenStore: Sendable {
     public let path: String
-    private let state = Mutex<(stamp: [Int], users: [String: String])>(([], [:]))
+    private let state = Mutex<(stamp: [Int], checked: Double, users: [String: String])>(([], -.infinity, [:]))
 
     public init(path: String) {
         self.path = path
@@ -37,17 +37,24 @@ public final class TokenStore: Sendable {
     /// The user a token belongs to, or nil.
     public func user(for token: String) -> String? {
         guard token.utf8.count <= 256 else { return nil }
-        reloadIfChanged()
         let h = Self.hash(token)
+        // A known token is looked up again in the file at most once a second (a removed one
+        // stops working within that); an unknown one at once (it may have just been created).
+        let now = Date().timeIntervalSince1970
+        if let user = state.withLock({ now - $0.checked < 1 ? $0.users[h] : nil }) { return user }
+        reloadIfChanged(now: now)
         return state.withLock { $0.users[h] }
     }
 
-    private func reloadIfChanged() {
+    private func reloadIfChanged(now: Double) {
         // The file's modification time (to the nanosecond) and size.
         let attributes = try? FileManager.default.attributesOfItem(atPath: path)
         let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
         let stamp = attributes == nil ? [0] : [Int(modified * 1e9), Int(attributes?[.size] as? Int ?? 0)]
-        if state.withLock({ $0.stamp == stamp }) { return }
+        if state.withLock({ s in
+            s.checked = now
+            return s.stamp == stamp
+        }) { return }
         var users: [String: String] = [:]
         if let data = FileManager.default.contents(atPath: path) {
             for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
@@ -58,6 +65,6 @@ public final class TokenStore: Sendable {
                 users[words[1]] = words[0]
             }
         }
-        state.withLock { $0 = (stamp, users) }
+        state.withLock { $0 = (stamp, now, users) }
     }
 }

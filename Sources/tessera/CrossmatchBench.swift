@@ -118,24 +118,7 @@ struct CrossmatchBench: ParsableCommand {
         defer { cluster.stop() }
         let file = folder + "/upload-\(uploadRows).fits"
         if !FileManager.default.fileExists(atPath: file) {
-            // Survey positions (a seeded sample), moved as a second epoch would see them.
-            let fraction = min(1, Double(uploadRows) * 1.2 / Double(max(1, surveyRows)))
-            let t = try conn.run(CatalogQuery(dataset: AnchorCatalog.dataset).sample(fraction: fraction, seed: 5).select(["coord_ra", "coord_dec"]).maxRows(2 * uploadRows)).result.table
-            guard let ra = t.numbers("coord_ra"), let dec = t.numbers("coord_dec"), ra.count >= uploadRows else {
-                throw ValidationError("the survey gave too few positions for \(uploadRows) rows")
-            }
-            var rng = SplitMix64(seed: 0xC0FFEE)
-            var outRa = [Double](), outDec = [Double]()
-            for i in 0..<uploadRows {
-                func normal() -> Double {
-                    let u1 = max(rng.nextUnit(), .leastNonzeroMagnitude), u2 = rng.nextUnit()
-                    return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
-                }
-                let moved = rng.nextUnit() < 0.9
-                let s = 0.2 / 3600
-                outDec.append(moved ? dec[i] + s * normal() : dec[(i * 7919) % ra.count] + 0.01)
-                outRa.append(moved ? ra[i] + s * normal() / cos(dec[i] * .pi / 180) : ra[(i * 104_729) % ra.count] + 0.01)
-            }
+            let (outRa, outDec) = try Self.userPositions(uploadRows, survey: conn, surveyRows: surveyRows)
             let specs = [ColumnSpec("id", .columnInt64), ColumnSpec("ra", .columnFloat64, unit: "deg"), ColumnSpec("dec", .columnFloat64, unit: "deg")]
             try FITSTableWriter.write(to: file, columns: specs, data: [.int64((0..<Int64(uploadRows)).map { $0 }), .float64(outRa), .float64(outDec)])
         }
@@ -154,6 +137,29 @@ struct CrossmatchBench: ParsableCommand {
                                  ("total_seconds", Double(t2 - t0) / 1e9), ("survey_rows_read", Int(u.result.rowsScanned)), ("worker_peak_rss_mb", try workerPeakRSS(conn))])
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }
+    }
+
+    /// A user's table of `rows` positions: survey positions (a seeded sample), 90% moved by
+    /// 0.2″ as a second epoch would see them, the rest 0.01° from any.
+    static func userPositions(_ rows: Int, survey conn: SchedulerConnection, surveyRows: Int) throws -> (ra: [Double], dec: [Double]) {
+        let fraction = min(1, Double(rows) * 1.2 / Double(max(1, surveyRows)))
+        let t = try conn.run(CatalogQuery(dataset: AnchorCatalog.dataset).sample(fraction: fraction, seed: 5).select(["coord_ra", "coord_dec"]).maxRows(2 * rows)).result.table
+        guard let ra = t.numbers("coord_ra"), let dec = t.numbers("coord_dec"), ra.count >= rows else {
+            throw ValidationError("the survey gave too few positions for \(rows) rows")
+        }
+        var rng = SplitMix64(seed: 0xC0FFEE)
+        var outRa = [Double](), outDec = [Double]()
+        for i in 0..<rows {
+            func normal() -> Double {
+                let u1 = max(rng.nextUnit(), .leastNonzeroMagnitude), u2 = rng.nextUnit()
+                return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+            }
+            let moved = rng.nextUnit() < 0.9
+            let s = 0.2 / 3600
+            outDec.append(moved ? dec[i] + s * normal() : dec[(i * 7919) % ra.count] + 0.01)
+            outRa.append(moved ? ra[i] + s * normal() / cos(dec[i] * .pi / 180) : ra[(i * 104_729) % ra.count] + 0.01)
+        }
+        return (outRa, outDec)
     }
 
     /// The two catalogs: objectId, coord_ra, coord_dec and r_psfFlux of each.

@@ -32,6 +32,9 @@ struct TAPBench: ParsableCommand {
     @Option(help: "Rows of the streamed answer.")
     var streamRows = 1_000_000
 
+    @Option(help: "Rows of a user's table sent with UPLOAD and cross-matched at 1″ with the survey (0: none).")
+    var uploadRows = 100_000
+
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
         defer { cluster.stop() }
@@ -50,6 +53,7 @@ struct TAPBench: ParsableCommand {
         }
         let base = "http://127.0.0.1:\(bound.withLock { $0 } ?? 0)/tap"
         let concurrency = self.concurrency, conesPerClient = self.conesPerClient, radius = radiusArcmin / 60, streamRows = self.streamRows
+        let upload = uploadRows > 0 ? try Self.uploadDocument(try CrossmatchBench.userPositions(uploadRows, survey: conn, surveyRows: rows)) : nil
         try blocking {
             var pool = HTTPClient.Configuration()
             pool.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency + 8)
@@ -57,6 +61,7 @@ struct TAPBench: ParsableCommand {
             do {
                 try await Self.benchmarks(http: http, base: base, endpoint: cluster.clientEndpoint, rows: rows, concurrency: concurrency,
                                           conesPerClient: conesPerClient, radius: radius, streamRows: streamRows)
+                if let upload { try await Self.uploadCrossmatch(http: http, base: base, document: upload.bytes, rows: upload.rows, surveyRows: rows) }
                 try await http.shutdown()
             } catch {
                 try? await http.shutdown()
@@ -64,6 +69,52 @@ struct TAPBench: ParsableCommand {
             }
         }
         print(jsonLine([("bench", "tap"), ("workload", "memory"), ("gateway_process_peak_rss_mib", Double(peakRSS()) / 1_048_576)] + (try workerPeakRSS(conn))))
+    }
+
+    /// A user's table as a client uploads it: VOTable BINARY2 (id, ra, dec).
+    static func uploadDocument(_ positions: (ra: [Double], dec: [Double])) throws -> (bytes: [UInt8], rows: Int) {
+        let n = positions.ra.count
+        let table = TAPTable(fields: [TAPField(name: "id", datatype: "long", unit: "", ucd: "meta.id", description: ""),
+                                      TAPField(name: "ra", datatype: "double", unit: "deg", ucd: "pos.eq.ra", description: ""),
+                                      TAPField(name: "dec", datatype: "double", unit: "deg", ucd: "pos.eq.dec", description: "")],
+                             columns: [.longs((0..<Int64(n)).map { $0 }), .doubles(positions.ra), .doubles(positions.dec)], overflow: false)
+        guard let format = ResultFormat(responseFormat: "votable") else { throw ValidationError("no VOTable writer") }
+        let writer = ResultWriter(table: table, format: format)
+        let collected = Mutex<[UInt8]>([])
+        try blocking { try await writer.write { chunk in collected.withLock { $0 += chunk } } }
+        return (collected.withLock { $0 }, n)
+    }
+
+    /// A user's table sent with UPLOAD (multipart, BINARY2) and cross-matched at 1″ with the
+    /// survey, all pairs counted, in one TAP sync request; warm (after one round).
+    static func uploadCrossmatch(http: HTTPClient, base: String, document: [UInt8], rows: Int, surveyRows: Int) async throws {
+        let query = "SELECT COUNT(*) AS pairs FROM TAP_UPLOAD.mine AS u JOIN object AS o "
+            + "ON DISTANCE(POINT('ICRS', u.ra, u.dec), POINT('ICRS', o.coord_ra, o.coord_dec)) < 1.0 / 3600"
+        let boundary = "tessera-bench-\(UInt64.random(in: 0...UInt64.max))"
+        var body: [UInt8] = []
+        for (name, value) in [("LANG", "ADQL"), ("QUERY", query), ("UPLOAD", "mine,param:mine"), ("RESPONSEFORMAT", "votable/td")] {
+            body += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"\(name)\"\r\n\r\n\(value)\r\n".utf8)
+        }
+        body += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"mine\"; filename=\"mine.xml\"\r\nContent-Type: application/x-votable+xml\r\n\r\n".utf8)
+        body += document
+        body += Array("\r\n--\(boundary)--\r\n".utf8)
+        for round in 0..<6 {
+            var request = HTTPClientRequest(url: base + "/sync")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "multipart/form-data; boundary=\(boundary)")
+            request.body = .bytes(ByteBuffer(bytes: body))
+            let t0 = now()
+            let response = try await http.execute(request, timeout: .seconds(300))
+            let answer = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            let seconds = Double(now() - t0) / 1e9
+            guard response.status == .ok, let pairs = answer.split(separator: "<TD>").dropFirst().first?.split(separator: "<").first else {
+                throw ValidationError("the upload failed: \(response.status.code) \(answer.prefix(400))")
+            }
+            if round == 0 { continue }  // warm-up
+            print(jsonLine([("bench", "tap"), ("workload", "upload_crossmatch"), ("client", "tap_http"), ("upload_rows", rows), ("upload_bytes", document.count),
+                            ("survey_rows", surveyRows), ("radius_arcsec", 1.0), ("pairs", Int(pairs) ?? -1), ("seconds", seconds)]))
+            fflush(nil)
+        }
     }
 
     static func cone(_ rng: inout some RandomNumberGenerator, radius: Double) -> (ra: Double, dec: Double) {

@@ -136,3 +136,25 @@ struct UploadTests {
         #expect(TAPTable.text(at: [2, 0, 7, -1], in: ["a", nil, "c"]) == [.text("c"), .text("a"), .null, .null])
     }
 }
+
+/// Bearer tokens: a new one works at once, a removed one stops within a second.
+struct TokenStoreTests {
+    @Test func tokensComeAndGoWithTheFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokens-\(UInt64.random(in: 0...UInt64.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("gateway-tokens").path
+        let store = TokenStore(path: path)
+        let alice = try TokenStore.create(user: "alice", path: path)
+        #expect(store.user(for: alice) == "alice")
+        let bob = try TokenStore.create(user: "bob", path: path)
+        #expect(store.user(for: bob) == "bob")  // at once, though alice's was just looked up
+        #expect(store.user(for: "tsr_" + String(repeating: "0", count: 64)) == nil)
+        // Alice's line removed: refused once a second has passed.
+        let kept = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("alice ") }.joined(separator: "\n") + "\n"
+        try kept.write(toFile: path, atomically: true, encoding: .utf8)
+        Thread.sleep(forTimeInterval: 1.1)
+        #expect(store.user(for: alice) == nil)
+        #expect(store.user(for: bob) == "bob")
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes one target with libFuzzer, from its committed seed corpus:
 #   scripts/fuzz.sh TARGET SECONDS [RUNS]
-# TARGET: envelope scheduler worker expression plan shard csv fits (or `all`, each for SECONDS).
+# TARGET: envelope scheduler worker expression plan shard csv fits adql votable (or `all`, each for SECONDS).
 # RUNS (optional) stops after that many inputs instead of SECONDS. Builds tessera-fuzz with
 # -sanitize=fuzzer,address (FUZZ_SANITIZERS overrides) in .build-fuzz. New interesting inputs go
 # to .build-fuzz/corpus/TARGET; a crash leaves its input in .build-fuzz/crashes/TARGET: copy it to
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 target="${1:?usage: scripts/fuzz.sh TARGET SECONDS [RUNS]}"
 seconds="${2:-30}"
 runs="${3:--1}"
-targets="envelope scheduler worker expression plan shard csv fits adql"
+targets="envelope scheduler worker expression plan shard csv fits adql votable"
 if [ "$target" = all ]; then
   for t in $targets; do "$0" "$t" "$seconds" "$runs"; done
   exit 0

@@ -33,6 +33,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// ADQL text (the gateway's TAP queries): parsed, translated against the fixture table,
     /// expanded by the scheduler, and run on TAP_SCHEMA-like local tables.
     case adql
+    /// VOTable documents (a TAP UPLOAD's table): read within small limits, each column as stored.
+    case votable
 }
 
 /// Runs fuzz inputs; holds the live state some targets keep between inputs.
@@ -134,6 +136,7 @@ public final class FuzzHarness: @unchecked Sendable {
         case .csv: _ = try? CSVTable.parse(bytes)
         case .fits: fits(bytes)
         case .adql: adql(bytes)
+        case .votable: votable(bytes)
         }
     }
 
@@ -230,6 +233,17 @@ public final class FuzzHarness: @unchecked Sendable {
     static let adqlLocal = LocalTable(schema: "TAP_SCHEMA", name: "tables", description: "",
                                       columns: [.init("table_name", "char", ""), .init("table_index", "int", "")],
                                       rows: [[.text("tessera.object"), .integer(0)], [.null, .integer(1)]])
+
+    static let votableLimits: UploadLimits = {
+        var l = UploadLimits()
+        (l.rows, l.columns, l.bytes) = (10_000, 64, 1 << 20)
+        return l
+    }()
+
+    func votable(_ b: [UInt8]) {
+        guard let t = try? VOTableReader.read(b, limits: Self.votableLimits) else { return }
+        for c in t.columns { _ = c.values.stored?.count }
+    }
 
     func adql(_ b: [UInt8]) {
         guard let query = try? ADQLParser.parse(String(decoding: b, as: UTF8.self)) else { return }

@@ -39,6 +39,10 @@ public enum FuzzSeeds {
             return [("small", Array(try Data(contentsOf: URL(fileURLWithPath: smallPath))))]
         case .csv:
             return [("table", Array("objectId,ra,dec,flux,flag\n1,10.5,-3.25,1e3,true\n2,11,-3,,false\n3,\"12\",-2.5,NaN,1\n".utf8))]
+        case .votable:
+            // The tests' astropy-written tables, one per serialization.
+            let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Tests/TesseraGatewayTests/Fixtures").standardized
+            return try ["tabledata", "binary", "binary2"].map { ($0, Array(try Data(contentsOf: fixtures.appendingPathComponent("upload_\($0).xml")))) }
         case .fits:
             let (columns, data) = try FuzzHarness.fixtureShard()
             let path = scratch + "/seed.fits"

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraClient
 import TesseraProtocol
+import TesseraStorage
 
 /// TAP's asynchronous jobs (UWS 1.1): each is created PENDING, runs when asked, keeps its
 /// answer or error until deleted or its destruction time passes.

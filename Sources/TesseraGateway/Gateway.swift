@@ -7,6 +7,7 @@ import Synchronization
 import TesseraADQL
 import TesseraClient
 import TesseraProtocol
+import TesseraStorage
 import UnixSignals
 
 /// A request's context: who made it (set by ``GatewayMiddleware``).

@@ -4,6 +4,7 @@ import TesseraADQL
 import TesseraClient
 import TesseraCompute
 import TesseraProtocol
+import TesseraStorage
 
 /// What the gateway allows each request and each user.
 public struct GatewayLimits: Sendable {

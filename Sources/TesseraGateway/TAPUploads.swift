@@ -56,7 +56,11 @@ extension TAPService {
                 } else {
                     bytes = try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs)
                 }
-                out.append(TAPUpload(name: name, table: try VOTableReader.read(bytes, table: name, limits: limits.upload)))
+                do throws(VOTableError) {
+                    out.append(TAPUpload(name: name, table: try VOTableReader.read(bytes, limits: limits.upload)))
+                } catch {
+                    throw TAPError(400, "UPLOAD `\(name)`: \(error.message)")
+                }
                 guard out.count <= Self.maxUploads else { throw TAPError(400, "UPLOAD names more than \(Self.maxUploads) tables") }
             }
         }

@@ -24,12 +24,12 @@ struct UploadTests {
 
     func read(_ file: String, limits: UploadLimits = UploadLimits()) throws -> UploadedTable {
         let bytes = try [UInt8](Data(contentsOf: Self.fixtures.appendingPathComponent(file)))
-        return try VOTableReader.read(bytes, table: "t", limits: limits)
+        return try VOTableReader.read(bytes, limits: limits)
     }
 
     func refusal(_ xml: String, limits: UploadLimits = UploadLimits()) -> String {
         do {
-            _ = try VOTableReader.read(Array(xml.utf8), table: "t", limits: limits)
+            _ = try VOTableReader.read(Array(xml.utf8), limits: limits)
             return "read"
         } catch {
             return error.message

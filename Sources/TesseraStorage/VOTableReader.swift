@@ -3,7 +3,6 @@ import Foundation
 import FoundationXML
 #endif
 import TesseraProtocol
-import TesseraStorage
 
 /// A table a client sent (a TAP `UPLOAD`): its columns, numbers as a catalog stores them and
 /// text as the gateway keeps it.
@@ -24,7 +23,7 @@ public struct UploadedTable: Sendable {
         case integersWithNulls(ColumnType, [Int64?])
         case text([String?])
 
-        var count: Int {
+        public var count: Int {
             switch self {
             case .numbers(let d): d.count
             case .integersWithNulls(_, let v): v.count
@@ -34,7 +33,7 @@ public struct UploadedTable: Sendable {
 
         /// The numbers as a catalog stores them: integers with NULLs as doubles (NULL is NaN), as
         /// in every other ingest; nil for text.
-        var stored: ColumnData? {
+        public var stored: ColumnData? {
             switch self {
             case .numbers(let d): d
             case .integersWithNulls(_, let v): .float64(v.map { $0.map(Double.init) ?? .nan })
@@ -45,6 +44,12 @@ public struct UploadedTable: Sendable {
 
     public var columns: [Column]
     public var rows: Int { columns.first?.values.count ?? 0 }
+}
+
+/// Why a VOTable could not be read: what is wrong, and where (a row, a column, a limit).
+public struct VOTableError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }
 
 /// What an upload may hold.
@@ -62,12 +67,16 @@ public struct UploadLimits: Sendable {
 /// The document is hostile until read: no DOCTYPE (so no entities to expand), no external
 /// streams, at most `limits` rows and columns; a bad value names its row and column.
 public enum VOTableReader {
-    public static func read(_ bytes: [UInt8], table: String, limits: UploadLimits = UploadLimits()) throws(TAPError) -> UploadedTable {
-        func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(table)`: \(why)") }
+    public static func read(_ bytes: [UInt8], limits: UploadLimits = UploadLimits()) throws(VOTableError) -> UploadedTable {
+        func refuse(_ why: String) -> VOTableError { VOTableError(message: why) }
         guard bytes.count <= limits.bytes else { throw refuse("\(bytes.count) bytes, over this service's limit of \(limits.bytes)") }
         // A DTD is where entities (and their expansion) live; a VOTable needs none.
-        let head = bytes.prefix(4096)
-        if MultipartForm.find(Array("<!DOCTYPE".utf8), in: Array(head), from: 0) != nil || MultipartForm.find(Array("<!ENTITY".utf8), in: bytes, from: 0) != nil {
+        // Foundation's parser traps on some bytes that are not UTF-8 (in an attribute's name):
+        // the document must be UTF-8 throughout, as VOTables are written.
+        guard String(validating: bytes, as: UTF8.self) != nil else {
+            throw refuse("the document is not UTF-8 text (a VOTable upload must be UTF-8)")
+        }
+        if bytes.firstRange(of: Array("<!DOCTYPE".utf8)) != nil || bytes.firstRange(of: Array("<!ENTITY".utf8)) != nil {
             throw refuse("a document type declaration (<!DOCTYPE or <!ENTITY>) is not accepted in an uploaded VOTable")
         }
         let reader = Reader(limits: limits)
@@ -86,11 +95,7 @@ public enum VOTableReader {
         guard !reader.fields.isEmpty else { throw refuse("the table has no FIELD") }
         guard reader.sawData else { throw refuse("the table has no DATA (TABLEDATA, BINARY or BINARY2)") }
         if let stream = reader.stream {
-            do {
-                try reader.decodeBinary(stream)
-            } catch {
-                throw refuse(error.message)
-            }
+            try reader.decodeBinary(stream)
         }
         return UploadedTable(columns: reader.fields.map(\.column))
     }
@@ -109,10 +114,6 @@ public enum VOTableReader {
             default: false
             }
         }
-    }
-
-    struct Failure: Error {
-        var message: String
     }
 
     /// One column being read: its values so far.
@@ -160,7 +161,7 @@ public enum VOTableReader {
         }
 
         /// A TABLEDATA cell.
-        mutating func append(cell raw: String, row: Int) throws(Failure) {
+        mutating func append(cell raw: String, row: Int) throws(VOTableError) {
             let s = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             switch kind {
             case .text:
@@ -172,15 +173,15 @@ public enum VOTableReader {
                 case "t", "true", "1": append(integer: 1)
                 case "f", "false", "0": append(integer: 0)
                 case "?": appendNull()
-                default: throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a boolean (T, F, true, false, 1, 0 or ?)")
+                default: throw VOTableError(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a boolean (T, F, true, false, 1, 0 or ?)")
                 }
             case .float32, .float64:
-                guard let v = Double(s) else { throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a number") }
+                guard let v = Double(s) else { throw VOTableError(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a number") }
                 append(double: v)
             default:
                 let v: Int64? = s.lowercased().hasPrefix("0x") ? Int64(s.dropFirst(2), radix: 16) : Int64(s)
                 guard let v, fits(v) else {
-                    throw Failure(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not an integer of its type")
+                    throw VOTableError(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not an integer of its type")
                 }
                 append(integer: v)
             }
@@ -345,8 +346,8 @@ public enum VOTableReader {
         }
 
         /// A FIELD's name and type, checked.
-        static func field(_ a: [String: String]) throws(Failure) -> Field {
-            guard let name = a["name"] ?? a["ID"], !name.isEmpty else { throw Failure(message: "a FIELD without a name") }
+        static func field(_ a: [String: String]) throws(VOTableError) -> Field {
+            guard let name = a["name"] ?? a["ID"], !name.isEmpty else { throw VOTableError(message: "a FIELD without a name") }
             let datatype = a["datatype"] ?? ""
             let arraysize = (a["arraysize"] ?? "").trimmingCharacters(in: .whitespaces)
             let kind: Kind
@@ -357,12 +358,12 @@ public enum VOTableReader {
                     kind = .text(width: 1, unicode: unicode)
                 } else if arraysize.hasSuffix("*") {
                     guard arraysize == "*" || Int(arraysize.dropLast()) != nil else {
-                        throw Failure(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
+                        throw VOTableError(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
                     }
                     kind = .text(width: nil, unicode: unicode)
                 } else {
                     guard let n = Int(arraysize), n >= 0, n <= 1 << 20 else {
-                        throw Failure(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
+                        throw VOTableError(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
                     }
                     kind = .text(width: n, unicode: unicode)
                 }
@@ -379,10 +380,10 @@ public enum VOTableReader {
                 default: nil
                 }
                 guard let scalar else {
-                    throw Failure(message: "column `\(name)` is of datatype `\(datatype.prefix(30))`: an upload holds boolean, unsignedByte, short, int, long, float, double and char columns")
+                    throw VOTableError(message: "column `\(name)` is of datatype `\(datatype.prefix(30))`: an upload holds boolean, unsignedByte, short, int, long, float, double and char columns")
                 }
                 guard arraysize.isEmpty || arraysize == "1" else {
-                    throw Failure(message: "column `\(name)` is an array (arraysize \(arraysize.prefix(20))): an upload holds one value per cell")
+                    throw VOTableError(message: "column `\(name)` is an array (arraysize \(arraysize.prefix(20))): an upload holds one value per cell")
                 }
                 kind = scalar
             }
@@ -391,22 +392,22 @@ public enum VOTableReader {
         }
 
         /// Reads the rows of a BINARY or BINARY2 stream (base64 text, whitespace dropped).
-        func decodeBinary(_ text: [UInt8]) throws(Failure) {
-            guard let data = Data(base64Encoded: Data(text)) else { throw Failure(message: "its binary stream is not valid base64") }
+        func decodeBinary(_ text: [UInt8]) throws(VOTableError) {
+            guard let data = Data(base64Encoded: Data(text)) else { throw VOTableError(message: "its binary stream is not valid base64") }
             let bytes = [UInt8](data)
             var at = 0
-            func take(_ n: Int) throws(Failure) -> ArraySlice<UInt8> {
-                guard n >= 0, at + n <= bytes.count else { throw Failure(message: "its binary stream ends inside row \(rows)") }
+            func take(_ n: Int) throws(VOTableError) -> ArraySlice<UInt8> {
+                guard n >= 0, at + n <= bytes.count else { throw VOTableError(message: "its binary stream ends inside row \(rows)") }
                 defer { at += n }
                 return bytes[at..<(at + n)]
             }
-            func integer(_ n: Int) throws(Failure) -> UInt64 {
+            func integer(_ n: Int) throws(VOTableError) -> UInt64 {
                 try take(n).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             }
             let flagBytes = binary2 ? (fields.count + 7) / 8 : 0
             while at < bytes.count {
                 rows += 1
-                guard rows <= limits.rows else { throw Failure(message: "more than \(limits.rows) rows, this service's limit") }
+                guard rows <= limits.rows else { throw VOTableError(message: "more than \(limits.rows) rows, this service's limit") }
                 let flags = Array(try take(flagBytes))
                 for k in fields.indices {
                     let isNull = binary2 && flags[k / 8] & (0x80 >> UInt8(k % 8)) != 0
@@ -443,7 +444,7 @@ public enum VOTableReader {
                     case .text(let width, let unicode):
                         var count = 0
                         if let width { count = width } else { count = Int(try integer(4)) }
-                        guard count <= 1 << 20 else { throw Failure(message: "row \(rows), column `\(fields[k].name)`: a text of \(count) characters") }
+                        guard count <= 1 << 20 else { throw VOTableError(message: "row \(rows), column `\(fields[k].name)`: a text of \(count) characters") }
                         let raw = try take(unicode ? count * 2 : count)
                         var s: String
                         if unicode {

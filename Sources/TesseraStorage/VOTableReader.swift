@@ -80,7 +80,9 @@ public enum VOTableReader {
             throw refuse("a document type declaration (<!DOCTYPE or <!ENTITY>) is not accepted in an uploaded VOTable")
         }
         let reader = Reader(limits: limits)
-        let parser = XMLParser(data: Data(bytes))
+        // Fed from a stream, in chunks: libxml2's push parser refuses one chunk over 10 MB
+        // (a 100,000-row TABLEDATA table is more), as a well-formedness error at the end.
+        let parser = XMLParser(stream: InputStream(data: Data(bytes)))
         parser.shouldResolveExternalEntities = false
         parser.delegate = reader
         let parsed = parser.parse()

@@ -59,6 +59,18 @@ struct UploadTests {
         #expect(TAPService.positionColumns(t)! == ("ra", "dec"))
     }
 
+    @Test func aLargeTabledataDocumentReads() throws {
+        // 100,000 rows of TABLEDATA, about 11 MB: more than libxml2 takes in one chunk (10 MB).
+        var xml = "<?xml version=\"1.0\"?><VOTABLE><RESOURCE><TABLE><FIELD name=\"id\" datatype=\"long\"/><FIELD name=\"ra\" datatype=\"double\"/>"
+            + "<FIELD name=\"name\" datatype=\"char\" arraysize=\"*\"/><DATA><TABLEDATA>\n"
+        for i in 0..<100_000 { xml += "  <TR>\n   <TD>\(i)</TD>\n   <TD>\(Double(i) / 3 + 0.123456789012345)</TD>\n   <TD>source number \(i) of this upload</TD>\n  </TR>\n" }
+        xml += "</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>\n"
+        #expect(xml.utf8.count > 10_000_000)
+        let t = try VOTableReader.read(Array(xml.utf8))
+        guard case .numbers(.int64(let id)) = t.columns[0].values, case .text(let name) = t.columns[2].values else { Issue.record("types"); return }
+        #expect(id.count == 100_000 && id.last == 99_999 && name.last == "source number 99999 of this upload")
+    }
+
     @Test func hostileOrUnreadableDocumentsAreRefused() {
         let head = "<VOTABLE><RESOURCE><TABLE>"
         #expect(refusal("<?xml version=\"1.0\"?><!DOCTYPE v [<!ENTITY a \"aaaa\">]><VOTABLE/>").contains("document type declaration"))

@@ -27,6 +27,9 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFITSIO", pkgConfig: "cfitsio", providers: [.apt(["libcfitsio-dev"])]),
+        // libxml2's pull parser, for VOTables users upload (FoundationXML's XMLParser traps and
+        // dereferences NULL on hostile documents).
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
@@ -38,7 +41,7 @@ let package = Package(
         .target(
             name: "TesseraStorage",
             dependencies: [
-                "TesseraProtocol", "TesseraSky", "CFITSIO", "CZlib",
+                "TesseraProtocol", "TesseraSky", "CFITSIO", "CZlib", "CLibXML2",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]

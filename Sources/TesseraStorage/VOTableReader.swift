@@ -1,7 +1,5 @@
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
+import CLibXML2
 import TesseraProtocol
 
 /// A table a client sent (a TAP `UPLOAD`): its columns, numbers as a catalog stores them and
@@ -69,30 +67,19 @@ public struct UploadLimits: Sendable {
 public enum VOTableReader {
     public static func read(_ bytes: [UInt8], limits: UploadLimits = UploadLimits()) throws(VOTableError) -> UploadedTable {
         func refuse(_ why: String) -> VOTableError { VOTableError(message: why) }
+        guard !bytes.isEmpty else { throw refuse("the document is empty: send a VOTable") }
         guard bytes.count <= limits.bytes else { throw refuse("\(bytes.count) bytes, over this service's limit of \(limits.bytes)") }
-        // A DTD is where entities (and their expansion) live; a VOTable needs none.
-        // Foundation's parser traps on some bytes that are not UTF-8 (in an attribute's name):
-        // the document must be UTF-8 throughout, as VOTables are written.
         guard String(validating: bytes, as: UTF8.self) != nil else {
             throw refuse("the document is not UTF-8 text (a VOTable upload must be UTF-8)")
         }
+        // A DTD is where entities (and their expansion) live; a VOTable needs none.
         if bytes.firstRange(of: Array("<!DOCTYPE".utf8)) != nil || bytes.firstRange(of: Array("<!ENTITY".utf8)) != nil {
             throw refuse("a document type declaration (<!DOCTYPE or <!ENTITY>) is not accepted in an uploaded VOTable")
         }
         let reader = Reader(limits: limits)
-        // Fed from a stream, in chunks: libxml2's push parser refuses one chunk over 10 MB
-        // (a 100,000-row TABLEDATA table is more), as a well-formedness error at the end.
-        let parser = XMLParser(stream: InputStream(data: Data(bytes)))
-        parser.shouldResolveExternalEntities = false
-        parser.delegate = reader
-        let parsed = parser.parse()
-        if let e = reader.failure { throw refuse(e) }
-        guard parsed else {
-            let line = parser.lineNumber, column = parser.columnNumber
-            throw refuse("not well-formed XML at line \(line), column \(column): \(parser.parserError.map { "\($0.localizedDescription)" } ?? "parse error")")
+        try bytes.withUnsafeBufferPointer { (buffer) throws(VOTableError) in
+            try parse(buffer, into: reader)
         }
-        // (Foundation's parser accepts a document cut short; every element must have closed.)
-        guard reader.depth == 0 else { throw refuse("not well-formed XML: the document ends inside <\(reader.open.last ?? "?")> (cut short?)") }
         guard reader.sawTable else { throw refuse("no TABLE in the document: send a VOTable") }
         guard !reader.fields.isEmpty else { throw refuse("the table has no FIELD") }
         guard reader.sawData else { throw refuse("the table has no DATA (TABLEDATA, BINARY or BINARY2)") }
@@ -100,6 +87,63 @@ public enum VOTableReader {
             try reader.decodeBinary(stream)
         }
         return UploadedTable(columns: reader.fields.map(\.column))
+    }
+
+    /// The first error libxml2 reports while reading a document.
+    final class ParseErrors {
+        var first: (message: String, line: Int, column: Int)?
+    }
+
+    /// Walks the document with libxml2's pull parser (no network, no DTD; large text nodes
+    /// allowed, the document's size being bounded already), handing elements and text to `reader`.
+    static func parse(_ buffer: UnsafeBufferPointer<UInt8>, into reader: Reader) throws(VOTableError) {
+        let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_HUGE.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue)
+        guard let base = buffer.baseAddress,
+              let xml = xmlReaderForMemory(UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self), Int32(buffer.count), nil, "UTF-8", options) else {
+            throw VOTableError(message: "the XML reader could not start")
+        }
+        defer { xmlFreeTextReader(xml) }
+        let errors = ParseErrors()
+        let sink = Unmanaged.passUnretained(errors).toOpaque()
+        xmlTextReaderSetStructuredErrorHandler(xml, { context, error in
+            guard let context, let error else { return }
+            let errors = Unmanaged<ParseErrors>.fromOpaque(context).takeUnretainedValue()
+            guard errors.first == nil else { return }
+            let message = error.pointee.message.map { String(cString: $0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? "parse error"
+            errors.first = (message, Int(error.pointee.line), Int(error.pointee.int2))
+        }, sink)
+        func text(_ p: UnsafePointer<xmlChar>?) -> String {
+            p.map { String(cString: $0) } ?? ""
+        }
+        while true {
+            let step = xmlTextReaderRead(xml)
+            if step == 0 { break }
+            guard step > 0 else {
+                let e = errors.first
+                throw VOTableError(message: "not well-formed XML\(e.map { " at line \($0.line), column \($0.column): \($0.message)" } ?? "")")
+            }
+            switch UInt32(xmlTextReaderNodeType(xml)) {
+            case XML_READER_TYPE_ELEMENT.rawValue:
+                let name = text(xmlTextReaderConstLocalName(xml))
+                try reader.start(name) { attribute in
+                    // (The reader owns the value: nothing to free.)
+                    guard xmlTextReaderMoveToAttribute(xml, attribute) == 1 else { return nil }
+                    defer { xmlTextReaderMoveToElement(xml) }
+                    return text(xmlTextReaderConstValue(xml))
+                }
+                if xmlTextReaderIsEmptyElement(xml) == 1 { try reader.end(name) }
+            case XML_READER_TYPE_END_ELEMENT.rawValue:
+                try reader.end(text(xmlTextReaderConstLocalName(xml)))
+            case XML_READER_TYPE_TEXT.rawValue, XML_READER_TYPE_CDATA.rawValue,
+                 XML_READER_TYPE_WHITESPACE.rawValue, XML_READER_TYPE_SIGNIFICANT_WHITESPACE.rawValue:
+                // Text is turned into a string only where it is read.
+                if reader.wantsText { try reader.characters(text(xmlTextReaderConstValue(xml))) }
+            case XML_READER_TYPE_DOCUMENT_TYPE.rawValue:
+                throw VOTableError(message: "a document type declaration is not accepted in an uploaded VOTable")
+            default:
+                continue
+            }
+        }
     }
 
     /// A column's type as a VOTable FIELD declares it.
@@ -164,7 +208,9 @@ public enum VOTableReader {
 
         /// A TABLEDATA cell.
         mutating func append(cell raw: String, row: Int) throws(VOTableError) {
-            let s = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            // (Trimmed only when there is white space at an end: most cells have none.)
+            let ends = raw.utf8.first.map { $0 <= 32 } == true || raw.utf8.last.map { $0 <= 32 } == true
+            let s = ends ? raw.trimmingCharacters(in: .whitespacesAndNewlines) : raw
             switch kind {
             case .text:
                 return append(text: raw)
@@ -181,7 +227,7 @@ public enum VOTableReader {
                 guard let v = Double(s) else { throw VOTableError(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not a number") }
                 append(double: v)
             default:
-                let v: Int64? = s.lowercased().hasPrefix("0x") ? Int64(s.dropFirst(2), radix: 16) : Int64(s)
+                let v: Int64? = s.hasPrefix("0x") || s.hasPrefix("0X") ? Int64(s.dropFirst(2), radix: 16) : Int64(s)
                 guard let v, fits(v) else {
                     throw VOTableError(message: "row \(row), column `\(name)`: `\(s.prefix(40))` is not an integer of its type")
                 }
@@ -220,14 +266,14 @@ public enum VOTableReader {
         }
     }
 
-    /// The SAX side: FIELDs of the first TABLE, then its TABLEDATA rows or its binary stream.
-    final class Reader: NSObject, XMLParserDelegate {
+    /// What the pull parser meets, in order: FIELDs of the first TABLE, then its TABLEDATA rows
+    /// or its binary stream.
+    final class Reader {
         let limits: UploadLimits
         var fields: [Field] = []
-        var failure: String?
         var sawTable = false
         var sawData = false
-        /// Depth of TABLE elements (a second table is ignored).
+        /// TABLE elements ended (a second table is ignored).
         var tablesDone = 0
         var inTable = false
         var inField = false
@@ -241,27 +287,13 @@ public enum VOTableReader {
         var streamText: [UInt8] = []
         var stream: [UInt8]? { sawStream ? streamText : nil }
         var sawStream = false
-        /// Elements open, innermost last (names of the first 64 levels).
-        var depth = 0
-        var open: [String] = []
 
         init(limits: UploadLimits) { self.limits = limits }
 
-        func fail(_ parser: XMLParser, _ why: String) {
-            if failure == nil { failure = why }
-            parser.abortParsing()
-        }
+        /// Whether text here is read: in a cell, a field's description, or a binary stream.
+        var wantsText: Bool { inTD || inDescription || inStream }
 
-        static func local(_ name: String) -> String {
-            if let colon = name.lastIndex(of: ":") { return String(name[name.index(after: colon)...]) }
-            return name
-        }
-
-        func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
-            guard failure == nil else { return }
-            let name = Self.local(elementName)
-            depth += 1
-            if open.count < 64 { open.append(String(name.prefix(40))) }
+        func start(_ name: String, attribute: (String) -> String?) throws(VOTableError) {
             if name == "TABLE" {
                 if tablesDone == 0 && !inTable { inTable = true; sawTable = true }
                 return
@@ -269,18 +301,14 @@ public enum VOTableReader {
             guard inTable else { return }
             switch name {
             case "FIELD":
-                guard fields.count < limits.columns else { return fail(parser, "more than \(limits.columns) columns, this service's limit") }
-                do {
-                    fields.append(try Self.field(attributes))
-                } catch {
-                    return fail(parser, error.message)
-                }
+                guard fields.count < limits.columns else { throw VOTableError(message: "more than \(limits.columns) columns, this service's limit") }
+                fields.append(try Self.field(attribute))
                 inField = true
             case "DESCRIPTION" where inField:
                 inDescription = true
                 cell = ""
             case "VALUES" where inField:
-                if let n = attributes["null"], let v = Int64(n.trimmingCharacters(in: .whitespaces)) { fields[fields.count - 1].nullValue = v }
+                if let n = attribute("null"), let v = Int64(n.trimmingCharacters(in: .whitespaces)) { fields[fields.count - 1].nullValue = v }
             case "TABLEDATA":
                 sawData = true
             case "TR":
@@ -292,32 +320,30 @@ public enum VOTableReader {
                 sawData = true
                 binary2 = name == "BINARY2"
             case "STREAM":
-                if attributes["href"] != nil { return fail(parser, "a STREAM with an href (data elsewhere) is not accepted: send the rows inline") }
-                let encoding = attributes["encoding"] ?? ""
-                guard encoding == "base64" else { return fail(parser, "a STREAM encoded as `\(encoding.prefix(40))`: only base64 is read") }
+                if attribute("href") != nil { throw VOTableError(message: "a STREAM with an href (data elsewhere) is not accepted: send the rows inline") }
+                let encoding = attribute("encoding") ?? ""
+                guard encoding == "base64" else { throw VOTableError(message: "a STREAM encoded as `\(encoding.prefix(40))`: only base64 is read") }
                 inStream = true
                 sawStream = true
             case "FITS":
-                return fail(parser, "FITS serialization inside a VOTable is not read: send TABLEDATA, BINARY or BINARY2")
+                throw VOTableError(message: "FITS serialization inside a VOTable is not read: send TABLEDATA, BINARY or BINARY2")
             default:
                 return
             }
         }
 
-        func parser(_ parser: XMLParser, foundCharacters string: String) {
+        func characters(_ string: String) throws(VOTableError) {
             if inTD || inDescription {
                 cell += string
             } else if inStream {
                 streamText += string.utf8.filter { $0 > 32 }
-                if streamText.count > limits.bytes { fail(parser, "its binary stream is over \(limits.bytes) bytes") }
+                if streamText.count > limits.bytes { throw VOTableError(message: "its binary stream is over \(limits.bytes) bytes") }
             }
         }
 
-        func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName: String?) {
-            depth -= 1
-            if depth < 64, !open.isEmpty { open.removeLast() }
-            guard failure == nil, inTable else { return }
-            switch Self.local(elementName) {
+        func end(_ name: String) throws(VOTableError) {
+            guard inTable else { return }
+            switch name {
             case "TABLE":
                 inTable = false
                 tablesDone += 1
@@ -331,15 +357,11 @@ public enum VOTableReader {
                 row.append(cell)
             case "TR":
                 rows += 1
-                guard rows <= limits.rows else { return fail(parser, "more than \(limits.rows) rows, this service's limit") }
+                guard rows <= limits.rows else { throw VOTableError(message: "more than \(limits.rows) rows, this service's limit") }
                 guard row.count == fields.count else {
-                    return fail(parser, "row \(rows) has \(row.count) cells for the table's \(fields.count) columns")
+                    throw VOTableError(message: "row \(rows) has \(row.count) cells for the table's \(fields.count) columns")
                 }
-                do {
-                    for k in fields.indices { try fields[k].append(cell: row[k] ?? "", row: rows) }
-                } catch {
-                    return fail(parser, error.message)
-                }
+                for k in fields.indices { try fields[k].append(cell: row[k] ?? "", row: rows) }
             case "STREAM":
                 inStream = false
             default:
@@ -348,10 +370,10 @@ public enum VOTableReader {
         }
 
         /// A FIELD's name and type, checked.
-        static func field(_ a: [String: String]) throws(VOTableError) -> Field {
-            guard let name = a["name"] ?? a["ID"], !name.isEmpty else { throw VOTableError(message: "a FIELD without a name") }
-            let datatype = a["datatype"] ?? ""
-            let arraysize = (a["arraysize"] ?? "").trimmingCharacters(in: .whitespaces)
+        static func field(_ a: (String) -> String?) throws(VOTableError) -> Field {
+            guard let name = a("name") ?? a("ID"), !name.isEmpty else { throw VOTableError(message: "a FIELD without a name") }
+            let datatype = a("datatype") ?? ""
+            let arraysize = (a("arraysize") ?? "").trimmingCharacters(in: .whitespaces)
             let kind: Kind
             switch datatype {
             case "char", "unicodeChar":
@@ -389,8 +411,8 @@ public enum VOTableReader {
                 }
                 kind = scalar
             }
-            return Field(name: String(name.prefix(256)), unit: String((a["unit"] ?? "").prefix(256)), ucd: String((a["ucd"] ?? "").prefix(256)),
-                         xtype: String((a["xtype"] ?? "").prefix(64)), kind: kind)
+            return Field(name: String(name.prefix(256)), unit: String((a("unit") ?? "").prefix(256)), ucd: String((a("ucd") ?? "").prefix(256)),
+                         xtype: String((a("xtype") ?? "").prefix(64)), kind: kind)
         }
 
         /// Reads the rows of a BINARY or BINARY2 stream (base64 text, whitespace dropped).

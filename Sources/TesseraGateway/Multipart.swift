@@ -1,4 +1,5 @@
 import Foundation
+import TesseraStorage
 
 /// A `multipart/form-data` body (RFC 7578), as TAP clients send an `UPLOAD`: its parts by name.
 struct MultipartForm {
@@ -104,14 +105,6 @@ struct MultipartForm {
 
     /// Where `needle` first starts in `haystack` at or after `from`.
     static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
-        guard let first = needle.first, haystack.count >= needle.count else { return nil }
-        var i = from
-        let last = haystack.count - needle.count
-        while i <= last {
-            guard let hit = haystack[i...last].firstIndex(of: first) else { return nil }
-            if haystack[hit..<(hit + needle.count)].elementsEqual(needle) { return hit }
-            i = hit + 1
-        }
-        return nil
+        haystack.firstIndex(of: needle, from: from)
     }
 }

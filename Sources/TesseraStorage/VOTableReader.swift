@@ -73,7 +73,7 @@ public enum VOTableReader {
             throw refuse("the document is not UTF-8 text (a VOTable upload must be UTF-8)")
         }
         // A DTD is where entities (and their expansion) live; a VOTable needs none.
-        if bytes.firstRange(of: Array("<!DOCTYPE".utf8)) != nil || bytes.firstRange(of: Array("<!ENTITY".utf8)) != nil {
+        if bytes.firstIndex(of: Array("<!DOCTYPE".utf8)) != nil || bytes.firstIndex(of: Array("<!ENTITY".utf8)) != nil {
             throw refuse("a document type declaration (<!DOCTYPE or <!ENTITY>) is not accepted in an uploaded VOTable")
         }
         let reader = Reader(limits: limits)

@@ -48,6 +48,8 @@ public final class TAPService: Sendable {
     /// for 2 s after (a burst of queries costs one status round trip, not one each).
     private let cache = Mutex<[String: (at: Double, tables: Task<[ADQLTable], any Error>)]>([:])
     let pool: SchedulerPool
+    /// Uploads in progress per user: as many as the scheduler keeps open ingests for one.
+    let uploadSlots = PerUserSlots(limit: Limits.pendingIngestsPerUser)
 
     /// Whether an UPLOAD by URL may fetch from loopback and private addresses (a gateway that
     /// serves only this machine: nothing is reached that its users could not reach themselves).

@@ -168,7 +168,11 @@ extension TAPService {
         options.workspace = true
         options.lifetimeSeconds = Self.uploadLifetimeSeconds
         let o = options
-        // Like `tessera upload`: up to a copy on every worker, so each meets the survey's shards where they are.
+        // Like `tessera upload`: up to a copy on every worker, so each meets the survey's shards
+        // where they are. A user's uploads beyond the scheduler's open ingests per user wait
+        // their turn here (one more begun there would abandon the oldest, failing its query).
+        await uploadSlots.acquire(user)
+        var failure: TAPError?
         do {
             _ = try await pool.run(as: user) { conn, _ in
                 var o = o
@@ -176,14 +180,16 @@ extension TAPService {
                 return try CatalogIngest.run(o, connection: conn).rows
             }
         } catch ClientError.rejected(_, let message) {
-            throw refuse(message)
+            failure = refuse(message)
         } catch let e as IngestError {
-            throw TAPError(400, "\(e)")
+            failure = TAPError(400, "\(e)")
         } catch ClientError.noScheduler(let e, let s) {
-            throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
+            failure = TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
         } catch {
-            throw refuse("storing it failed: \(error)")
+            failure = refuse("storing it failed: \(error)")
         }
+        await uploadSlots.release(user)
+        if let failure { throw failure }
         let table = ADQLTable(schema: Self.uploadSchema, name: upload.name, columns: columns, raColumn: ra, decColumn: dec,
                               description: "uploaded with this query (\(t.rows) rows)", dataset: stored, rowColumn: texts.isEmpty ? nil : Self.uploadRowColumn)
         return StoredUpload(table: table, texts: texts)
@@ -283,4 +289,36 @@ enum UploadFetcher {
         ]
         return !blocked.contains { net, bits in a >> (32 - bits) == net >> (32 - bits) }
     }
+}
+
+/// At most `limit` holders per user at once; the others wait their turn, first come first
+/// served (a freed slot passes straight to the next waiter).
+actor PerUserSlots {
+    let limit: Int
+    private var held: [String: Int] = [:]
+    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func acquire(_ user: String) async {
+        if held[user, default: 0] < limit {
+            held[user, default: 0] += 1
+            return
+        }
+        await withCheckedContinuation { waiting[user, default: []].append($0) }
+    }
+
+    func release(_ user: String) {
+        if var queue = waiting[user], !queue.isEmpty {
+            let next = queue.removeFirst()
+            waiting[user] = queue.isEmpty ? nil : queue
+            next.resume()
+        } else {
+            held[user, default: 1] -= 1
+            if held[user] == 0 { held[user] = nil }
+        }
+    }
+
+    /// Slots `user` holds now (for tests).
+    func holding(_ user: String) -> Int { held[user, default: 0] }
 }

@@ -170,3 +170,37 @@ struct TokenStoreTests {
         #expect(store.user(for: bob) == "bob")
     }
 }
+
+/// A user's uploads in progress are bounded; the rest wait, and each gets its turn.
+struct PerUserSlotsTests {
+    @Test func atMostTheLimitHoldAtOnceAndEveryoneGetsATurn() async {
+        let slots = PerUserSlots(limit: 4)
+        let peak = Peak()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<12 {
+                group.addTask {
+                    await slots.acquire("ann")
+                    await peak.enter()
+                    try? await Task.sleep(nanoseconds: 2_000_000)
+                    await peak.leave()
+                    await slots.release("ann")
+                }
+            }
+            // Another user is not held back by ann's queue.
+            group.addTask {
+                await slots.acquire("bob")
+                await slots.release("bob")
+            }
+        }
+        let (most, count) = (await peak.most, await peak.count)
+        #expect(most == 4 && count == 12)
+        let (ann, bob) = (await slots.holding("ann"), await slots.holding("bob"))
+        #expect(ann == 0 && bob == 0)
+    }
+
+    actor Peak {
+        var now = 0, most = 0, count = 0
+        func enter() { now += 1; count += 1; most = max(most, now) }
+        func leave() { now -= 1 }
+    }
+}

@@ -158,7 +158,12 @@ public struct LocalTable: Sendable, Equatable {
                     outputs.append((Column(a ?? "count", "long", "rows"), .count))
                 default:
                     let v = try eval(e, [])
-                    if case .text = v { outputs.append((Column(a ?? "expr", "char", ""), .constant(v))) } else { outputs.append((Column(a ?? "expr", "long", ""), .constant(v))) }
+                    let datatype = switch v {
+                    case .text: "char"
+                    case .real: "double"
+                    default: "long"
+                    }
+                    outputs.append((Column(a ?? "expr", datatype, ""), .constant(v)))
                 }
             }
         }

@@ -106,7 +106,8 @@ public actor AsyncJobs {
                 let maxrec = try service.maxrec(params["MAXREC"])
                 guard let q = params["QUERY"], !q.isEmpty else { throw TAPError(400, "no QUERY parameter: give QUERY=an ADQL query") }
                 outcome = .success(try await Self.withDeadline(limit) { () async throws(TAPError) -> TAPTable in
-                    try await service.run(adql: q, maxrec: maxrec, user: owner, priority: .batch, uploads: uploads)
+                    try await service.run(adql: q, maxrec: maxrec, user: owner, priority: .batch, uploads: uploads,
+                                          uploadLifetime: max(TAPService.uploadLifetimeSeconds, limit + 300))
                 })
             } catch let e as TAPError {
                 outcome = .failure(e)

@@ -33,6 +33,10 @@ public struct GatewayConfiguration: Sendable {
     public var tokensPath: String?
     /// Lets requests without a token in, as user `anonymous` (loopback addresses only).
     public var anonymous = false
+    /// Lets a TAP UPLOAD by URL fetch from loopback and private addresses (a gateway for one
+    /// machine or one trusted network). Off: public addresses only, so no request reaches the
+    /// cluster's own network through the gateway, even one that listens on loopback behind a proxy.
+    public var uploadsFromPrivateAddresses = false
     /// The address clients reach the gateway at (`https://archive.example/tessera` behind a
     /// proxy), for links in documents and redirects; nil: the request's own Host.
     public var publicURL: String?
@@ -169,7 +173,7 @@ struct GatewayMiddleware: RouterMiddleware {
 public enum Gateway {
     /// The router with every route, for a server or a test.
     public static func router(_ config: GatewayConfiguration, logger: Logger) -> Router<GatewayContext> {
-        let service = TAPService(endpoint: config.scheduler, limits: config.limits, allowPrivateUploadURLs: isLoopbackHost(config.host))
+        let service = TAPService(endpoint: config.scheduler, limits: config.limits, allowPrivateUploadURLs: config.uploadsFromPrivateAddresses)
         let base: @Sendable (Request) -> String = { baseURL($0, config: config) }
         let jobs = AsyncJobs(service: service)
         let router = Router(context: GatewayContext.self)

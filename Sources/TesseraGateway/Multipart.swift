@@ -41,7 +41,8 @@ struct MultipartForm {
             }
             count += 1
             guard count <= maxParts else { throw TAPError(400, "the multipart body has more than \(maxParts) parts") }
-            let headers = String(decoding: body[(lineEnd + 2)..<headerEnd], as: UTF8.self)
+            // (A part may go straight to its blank line: no headers, then refused below.)
+            let headers = headerEnd >= lineEnd + 2 ? String(decoding: body[(lineEnd + 2)..<headerEnd], as: UTF8.self) : ""
             let (name, isFile) = try disposition(headers)
             let content = contentStart <= next ? Array(body[contentStart..<next]) : []
             guard form.parts[name] == nil else { throw TAPError(400, "the multipart body has two parts named `\(name.prefix(60))`") }

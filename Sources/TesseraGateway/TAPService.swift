@@ -195,7 +195,9 @@ public final class TAPService: Sendable {
 
     /// Answers an ADQL query for `user`, with the tables of its `UPLOAD` (stored in the user's
     /// workspace for this query, when it names them).
-    public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass, uploads: [TAPUpload] = []) async throws(TAPError) -> TAPTable {
+    /// `uploadLifetime`: seconds the stored uploads are kept (at least as long as the query may run).
+    public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass, uploads: [TAPUpload] = [],
+                    uploadLifetime: Double = TAPService.uploadLifetimeSeconds) async throws(TAPError) -> TAPTable {
         guard adql.count <= limits.queryCharacters else {
             throw TAPError(400, "the query is \(adql.count) characters long, over this service's limit of \(limits.queryCharacters)")
         }
@@ -233,7 +235,7 @@ public final class TAPService: Sendable {
             guard let upload = uploads.first(where: { $0.name.lowercased() == ref.name.lowercased() }) else {
                 throw TAPError(400, "ADQL error: no table named `\(ref.qualifiedName)`: the request's UPLOAD has \(uploads.isEmpty ? "no tables" : uploads.map { "`\($0.name)`" }.joined(separator: ", ")) (at \(ref.position))")
             }
-            if !stored.contains(where: { $0.table.name == upload.name }) { stored.append(try await store(upload, user: user)) }
+            if !stored.contains(where: { $0.table.name == upload.name }) { stored.append(try await store(upload, user: user, lifetime: uploadLifetime)) }
         }
         var translator = ADQLTranslator(tables: try await tables(for: user) + stored.map(\.table))
         let plan: ADQLPlan

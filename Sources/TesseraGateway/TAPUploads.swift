@@ -27,8 +27,8 @@ extension TAPService {
     public static let uploadPrefix = "tapupload-"
     /// The hidden column numbering an upload's rows, where its text is looked up.
     public static let uploadRowColumn = "_upload_row"
-    /// Seconds an upload is kept in its user's workspace after its query began (it is only for
-    /// that query; expiry frees the workspace's quota).
+    /// Seconds a sync query's upload is kept in its user's workspace (it is only for that
+    /// query; expiry frees the workspace's quota). An async job's lives as long as the job may run.
     public static let uploadLifetimeSeconds = 900.0
     /// Most tables in one request's UPLOAD.
     public static let maxUploads = 8
@@ -36,32 +36,46 @@ extension TAPService {
     /// The tables a request's `UPLOAD` values name (`name,URI` pairs, `;` between pairs), each
     /// read from the multipart body's part `param:NAME`, or fetched from an http(s) URL.
     public func uploads(_ values: [String], parts: [String: [UInt8]]) async throws(TAPError) -> [TAPUpload] {
-        var out: [TAPUpload] = []
+        // Every pair checked before anything is read or fetched.
+        var pairs: [(name: String, uri: String)] = []
         for value in values {
             for pair in value.split(separator: ";") where !pair.trimmingCharacters(in: .whitespaces).isEmpty {
                 let kv = pair.split(separator: ",", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
                 guard kv.count == 2 else { throw TAPError(400, "UPLOAD=\(pair.prefix(80)): give `name,param:part` (the table's name, then where it is)") }
-                let name = kv[0], uri = kv[1]
+                let name = kv[0]
                 guard Self.isUploadName(name) else {
                     throw TAPError(400, "UPLOAD table name `\(name.prefix(80))`: a name is a letter then letters, digits or _, at most 64 characters")
                 }
-                guard !out.contains(where: { $0.name.lowercased() == name.lowercased() }) else { throw TAPError(400, "UPLOAD names the table `\(name)` twice") }
-                let bytes: [UInt8]
-                if uri.lowercased().hasPrefix("param:") {
-                    let part = String(uri.dropFirst(6))
-                    guard let b = parts[part] else {
-                        throw TAPError(400, "UPLOAD `\(name)` names the part `\(part.prefix(80))`, which the request does not have (send the VOTable as a multipart/form-data part of that name)")
-                    }
-                    bytes = b
-                } else {
-                    bytes = try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs)
+                guard !pairs.contains(where: { $0.name.lowercased() == name.lowercased() }) else { throw TAPError(400, "UPLOAD names the table `\(name)` twice") }
+                pairs.append((name, kv[1]))
+                guard pairs.count <= Self.maxUploads else { throw TAPError(400, "UPLOAD names more than \(Self.maxUploads) tables") }
+            }
+        }
+        var out: [TAPUpload] = []
+        var read: [String: UploadedTable] = [:]  // each part read once, however many names it has
+        for (name, uri) in pairs {
+            let key: String
+            let bytes: [UInt8]
+            if uri.lowercased().hasPrefix("param:") {
+                let part = String(uri.dropFirst(6))
+                guard let b = parts[part] else {
+                    throw TAPError(400, "UPLOAD `\(name)` names the part `\(part.prefix(80))`, which the request does not have (send the VOTable as a multipart/form-data part of that name)")
                 }
-                do throws(VOTableError) {
-                    out.append(TAPUpload(name: name, table: try VOTableReader.read(bytes, limits: limits.upload)))
-                } catch {
-                    throw TAPError(400, "UPLOAD `\(name)`: \(error.message)")
-                }
-                guard out.count <= Self.maxUploads else { throw TAPError(400, "UPLOAD names more than \(Self.maxUploads) tables") }
+                (key, bytes) = ("param:" + part, b)
+            } else {
+                key = uri
+                bytes = read[key] == nil ? try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs) : []
+            }
+            if let table = read[key] {
+                out.append(TAPUpload(name: name, table: table))
+                continue
+            }
+            do throws(VOTableError) {
+                let table = try VOTableReader.read(bytes, limits: limits.upload)
+                read[key] = table
+                out.append(TAPUpload(name: name, table: table))
+            } catch {
+                throw TAPError(400, "UPLOAD `\(name)`: \(error.message)")
             }
         }
         return out
@@ -129,7 +143,7 @@ extension TAPService {
     }
 
     /// Stores `upload` in `user`'s workspace for one query, and the table the query names.
-    func store(_ upload: TAPUpload, user: String) async throws(TAPError) -> StoredUpload {
+    func store(_ upload: TAPUpload, user: String, lifetime: Double) async throws(TAPError) -> StoredUpload {
         let t = upload.table
         func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(upload.name)`: \(why)") }
         guard t.rows > 0 else { throw refuse("the table has no rows") }
@@ -166,7 +180,7 @@ extension TAPService {
         options.raColumn = ra
         options.decColumn = dec
         options.workspace = true
-        options.lifetimeSeconds = Self.uploadLifetimeSeconds
+        options.lifetimeSeconds = lifetime
         let o = options
         // Like `tessera upload`: up to a copy on every worker, so each meets the survey's shards
         // where they are. A user's uploads beyond the scheduler's open ingests per user wait
@@ -214,6 +228,8 @@ enum UploadFetcher {
         let port = url.port ?? (scheme == "https" ? 443 : 80)
         let addresses = resolve(host, port: port)
         guard let first = addresses.first else { throw refuse("the host `\(host.prefix(80))` does not resolve") }
+        // (An IPv6 address with a zone, `fe80::1%eth0`, is no host to fetch from.)
+        guard !addresses.contains(where: { $0.contains("%") }) else { throw refuse("the host resolves to an address with a zone") }
         if !allowPrivate, let inner = addresses.first(where: { !isPublic($0) }) {
             throw refuse("the host resolves to \(inner), an address that is not public; this gateway fetches only from public addresses")
         }

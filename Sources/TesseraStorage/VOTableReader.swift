@@ -55,6 +55,7 @@ public struct UploadLimits: Sendable {
     public var bytes = 32 << 20
     public var rows = 1_000_000
     public var columns = 200
+    public var cells = 20_000_000
     public init() {}
 }
 
@@ -86,7 +87,11 @@ public enum VOTableReader {
         if let stream = reader.stream {
             try reader.decodeBinary(stream)
         }
-        return UploadedTable(columns: reader.fields.map(\.column))
+        let table = UploadedTable(columns: reader.fields.map(\.column))
+        guard table.columns.allSatisfy({ $0.values.count == table.rows }) else {
+            throw refuse("the table's columns have different numbers of rows")
+        }
+        return table
     }
 
     /// The first error libxml2 reports while reading a document.
@@ -290,6 +295,15 @@ public enum VOTableReader {
 
         init(limits: UploadLimits) { self.limits = limits }
 
+        /// Refuses a table past its rows, or its cells (rows × columns: a cell costs memory
+        /// however few bytes it took to send).
+        func checkSize() throws(VOTableError) {
+            guard rows <= limits.rows else { throw VOTableError(message: "more than \(limits.rows) rows, this service's limit") }
+            guard rows * max(1, fields.count) <= limits.cells else {
+                throw VOTableError(message: "more than \(limits.cells) cells (rows × columns), this service's limit")
+            }
+        }
+
         /// Whether text here is read: in a cell, a field's description, or a binary stream.
         var wantsText: Bool { inTD || inDescription || inStream }
 
@@ -301,6 +315,8 @@ public enum VOTableReader {
             guard inTable else { return }
             switch name {
             case "FIELD":
+                // Every column is declared before the rows (one declared after would be shorter).
+                guard !sawData else { throw VOTableError(message: "a FIELD after the table's DATA: declare every column first") }
                 guard fields.count < limits.columns else { throw VOTableError(message: "more than \(limits.columns) columns, this service's limit") }
                 fields.append(try Self.field(attribute))
                 inField = true
@@ -357,7 +373,7 @@ public enum VOTableReader {
                 row.append(cell)
             case "TR":
                 rows += 1
-                guard rows <= limits.rows else { throw VOTableError(message: "more than \(limits.rows) rows, this service's limit") }
+                try checkSize()
                 guard row.count == fields.count else {
                     throw VOTableError(message: "row \(rows) has \(row.count) cells for the table's \(fields.count) columns")
                 }
@@ -386,7 +402,8 @@ public enum VOTableReader {
                     }
                     kind = .text(width: nil, unicode: unicode)
                 } else {
-                    guard let n = Int(arraysize), n >= 0, n <= 1 << 20 else {
+                    // (At least one character: a row of zero-width cells would take no bytes.)
+                    guard let n = Int(arraysize), n >= 1, n <= 1 << 20 else {
                         throw VOTableError(message: "column `\(name)`: arraysize `\(arraysize.prefix(20))` of text: only one dimension is read")
                     }
                     kind = .text(width: n, unicode: unicode)
@@ -431,7 +448,7 @@ public enum VOTableReader {
             let flagBytes = binary2 ? (fields.count + 7) / 8 : 0
             while at < bytes.count {
                 rows += 1
-                guard rows <= limits.rows else { throw VOTableError(message: "more than \(limits.rows) rows, this service's limit") }
+                try checkSize()
                 let flags = Array(try take(flagBytes))
                 for k in fields.indices {
                     let isNull = binary2 && flags[k / 8] & (0x80 >> UInt8(k % 8)) != 0

@@ -24,6 +24,9 @@ struct GatewayCommand: ParsableCommand {
     @Flag(help: "Let requests without a token in, as user `anonymous` (loopback addresses only).")
     var anonymous = false
 
+    @Flag(help: "Let TAP UPLOAD fetch tables by URL from loopback and private addresses too (default: public addresses only).")
+    var uploadsFromPrivateAddresses = false
+
     @Option(help: "The URL clients reach the gateway at, when a proxy stands in front (e.g. https://archive.example/tessera); links and redirects use it. Default: the request's Host, over http.")
     var publicUrl: String?
 
@@ -67,6 +70,7 @@ struct GatewayCommand: ParsableCommand {
         (c.host, c.port) = try Self.hostPort(listen)
         c.tokensPath = tokens
         c.anonymous = anonymous
+        c.uploadsFromPrivateAddresses = uploadsFromPrivateAddresses
         c.publicURL = publicUrl.flatMap(Gateway.publicURL)
         c.hipsRoot = hipsDir
         c.publicHiPS = publicHips

@@ -50,6 +50,9 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "The gateway lets requests without a token in, as user `anonymous` (it listens on loopback only).")
     var anonymous = false
 
+    @Flag(help: "The gateway's TAP UPLOAD may fetch tables by URL from loopback and private addresses too (default: public addresses only).")
+    var uploadsFromPrivateAddresses = false
+
     @Flag(help: "The gateway serves the HiPS trees in DATA/hips without a token.")
     var publicHips = false
 
@@ -90,6 +93,7 @@ struct LocalCommand: ParsableCommand {
             (g.host, g.port) = try GatewayCommand.hostPort(http ?? "127.0.0.1:\(port + 80)")
             g.tokensPath = data + "/gateway-tokens"
             g.anonymous = anonymous
+            g.uploadsFromPrivateAddresses = uploadsFromPrivateAddresses
             g.hipsRoot = data + "/hips"
             g.publicHiPS = publicHips
             let shown = g

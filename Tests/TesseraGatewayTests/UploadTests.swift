@@ -91,6 +91,14 @@ struct UploadTests {
         #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA>\(rows)</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>", limits: small)
             .contains("more than 2 rows, this service's limit"))
         #expect(refusal("<VOTABLE/>").contains("no TABLE"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD></TR></TABLEDATA></DATA><FIELD name=\"b\" datatype=\"int\"/></TABLE></RESOURCE></VOTABLE>")
+            .contains("a FIELD after the table's DATA"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"char\" arraysize=\"0\"/></TABLE></RESOURCE></VOTABLE>").contains("arraysize `0`"))
+        var fewCells = UploadLimits()
+        fewCells.cells = 5
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><FIELD name=\"b\" datatype=\"int\"/><DATA><TABLEDATA>"
+                        + String(repeating: "<TR><TD>1</TD><TD>2</TD></TR>", count: 3) + "</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>", limits: fewCells)
+            .contains("more than 5 cells (rows × columns)"))
     }
 
     @Test func multipartBodiesGiveTheirParts() throws {
@@ -117,6 +125,7 @@ struct UploadTests {
         #expect(refusal("--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx", "multipart/form-data").contains("needs a boundary"))
         #expect(refusal("--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx").contains("without its closing boundary"))
         #expect(refusal("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--").contains("no Content-Disposition"))
+        #expect(refusal("--b\r\n\r\nx\r\n--b--").contains("no Content-Disposition"))  // no headers at all
         let many = (0..<70).map { "--b\r\nContent-Disposition: form-data; name=\"p\($0)\"\r\n\r\nx\r\n" }.joined() + "--b--"
         #expect(refusal(many).contains("more than 64 parts"))
     }

@@ -235,7 +235,8 @@ def test_a_slow_reader_does_not_grow_the_gateway(cluster, alice):
 @pytest.fixture(scope="module")
 def anonymous_gateway(cluster, bins):
     """A second gateway, `tessera gateway --anonymous`, on the same scheduler: for clients that
-    send no token (Debian's stilts 3.4 has no authentication)."""
+    send no token (Debian's stilts 3.4 has no authentication). Its TAP UPLOAD may fetch from
+    this machine (`--uploads-from-private-addresses`)."""
     import subprocess
     import urllib.request
 
@@ -243,7 +244,8 @@ def anonymous_gateway(cluster, bins):
 
     port = _free_port()
     p = subprocess.Popen([os.path.join(bins, "tessera"), "gateway", "--scheduler", cluster.endpoint, "--key", cluster.key_path,
-                          "--listen", f"127.0.0.1:{port}", "--anonymous", "--tokens", os.path.join(cluster.data, "gateway-tokens")],
+                          "--listen", f"127.0.0.1:{port}", "--anonymous", "--tokens", os.path.join(cluster.data, "gateway-tokens"),
+                          "--uploads-from-private-addresses"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/tap"
     deadline = time.monotonic() + 30

@@ -117,7 +117,9 @@ def test_each_votable_serialization_round_trips(cluster, carol, sources, fmt):
     np.testing.assert_array_equal(flag[~sources["flag"].mask], sources["flag"].data[~sources["flag"].mask])
 
 
-def test_an_upload_by_url_is_fetched(cluster, carol, sources, reference, tmp_path):
+def test_an_upload_by_url_is_fetched(anonymous_gateway, cluster, carol, sources, reference, tmp_path):  # noqa: F811
+    """From this machine's HTTP server: fetched by the gateway allowed to reach private
+    addresses, refused by the one that is not (the default, even listening on loopback)."""
     (tmp_path / "mine.xml").write_bytes(votable_bytes(sources, "binary2"))
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -131,11 +133,14 @@ def test_an_upload_by_url_is_fetched(cluster, carol, sources, reference, tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/mine.xml"
-        r = session(carol).post(cluster.tap_url + "/sync", data={"LANG": "ADQL", "QUERY": JOIN, "UPLOAD": f"mine,{url}", "MAXREC": "100000"})
+        r = requests.post(anonymous_gateway + "/sync", data={"LANG": "ADQL", "QUERY": JOIN, "UPLOAD": f"mine,{url}", "MAXREC": "100000"})
         assert r.status_code == 200, r.text[:500]
         check_join(parse_single_table(io.BytesIO(r.content)).to_table(), sources, reference)
-        missing = session(carol).post(cluster.tap_url + "/sync", data={"LANG": "ADQL", "QUERY": JOIN, "UPLOAD": f"mine,{url}.nothing"})
+        missing = requests.post(anonymous_gateway + "/sync", data={"LANG": "ADQL", "QUERY": JOIN, "UPLOAD": f"mine,{url}.nothing"})
         assert missing.status_code == 400 and "the server answered 404" in error_of(missing)
+        for where in (url, "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x"):
+            refused = session(carol).post(cluster.tap_url + "/sync", data={"LANG": "ADQL", "QUERY": JOIN, "UPLOAD": f"mine,{where}"})
+            assert refused.status_code == 400 and "an address that is not public" in error_of(refused), where
     finally:
         server.shutdown()
 

@@ -59,13 +59,14 @@ public struct ADQLField: Sendable, Equatable {
     public var unit: String
     public var ucd: String
     public var description: String
-    /// A text column of an upload: its values are the table's (``ADQLTable/qualifiedName``)
-    /// column `column` at the row numbers the source holds.
-    public var text: (table: String, column: String)?
+    /// A text column of an upload: its values are that column's at the row numbers the source holds.
+    public var text: ADQLTextSource?
+}
 
-    public static func == (a: ADQLField, b: ADQLField) -> Bool {
-        (a.name, a.source, a.unit, a.ucd, a.description) == (b.name, b.source, b.unit, b.ucd, b.description) && a.text?.table == b.text?.table && a.text?.column == b.text?.column
-    }
+/// Where an answer's text comes from: a column of an upload (``ADQLTable/qualifiedName``).
+public struct ADQLTextSource: Sendable, Equatable {
+    public var table: String
+    public var column: String
 }
 
 /// A query translated: the plan to submit, and how to turn its answer into the TAP table.
@@ -218,7 +219,7 @@ public struct ADQLTranslator {
     func selected(_ c: ADQLColumn, of s: Scope, into field: inout ADQLField, at: ADQLPosition) throws(ADQLError) -> String {
         guard c.isText else { return s.prefix + c.name }
         guard let rows = s.table.rowColumn else { throw ADQLError("the text column `\(c.name)` of `\(s.table.qualifiedName)` cannot be read", at: at) }
-        field.text = (s.table.qualifiedName, c.name)
+        field.text = ADQLTextSource(table: s.table.qualifiedName, column: c.name)
         field.unit = c.unit
         return s.prefix + rows
     }

@@ -62,10 +62,11 @@ public actor AsyncJobs {
         guard mine.count < service.limits.asyncJobsPerUser else {
             throw TAPError(429, "user \(owner) holds \(mine.count) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")
         }
-        // Uploads wait in memory until their jobs run: one user's, at most twice one table's limit of rows.
-        let held = mine.reduce(0) { $0 + $1.uploads.reduce(0) { $0 + $1.table.rows } }, asked = uploads.reduce(0) { $0 + $1.table.rows }
-        guard held + asked <= 2 * service.limits.upload.rows else {
-            throw TAPError(429, "your async jobs not yet run hold \(held) uploaded rows; with these \(asked) that is over \(2 * service.limits.upload.rows): run or delete them first")
+        // Uploads wait in memory until their jobs run: one user's, at most twice one table's limit of cells.
+        func cells(_ u: [TAPUpload]) -> Int { u.reduce(0) { $0 + $1.table.rows * $1.table.columns.count } }
+        let held = mine.reduce(0) { $0 + cells($1.uploads) }, asked = cells(uploads), most = 2 * service.limits.upload.cells
+        guard held + asked <= most else {
+            throw TAPError(429, "your async jobs not yet run hold \(held) uploaded cells (rows × columns); with these \(asked) that is over \(most): run or delete them first")
         }
         var rng = SystemRandomNumberGenerator()
         let id = (0..<16).map { _ in String(format: "%x", Int.random(in: 0..<16, using: &rng)) }.joined()

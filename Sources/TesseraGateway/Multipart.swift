@@ -22,7 +22,7 @@ struct MultipartForm {
         var at: Int
         if body.starts(with: delimiter.dropFirst(2)) {
             at = delimiter.count - 2
-        } else if let first = find(delimiter, in: body, from: 0) {
+        } else if let first = body.firstIndex(of: delimiter, from: 0) {
             at = first + delimiter.count
         } else {
             throw TAPError(400, "the multipart body holds no part starting with its boundary `\(boundary)`")
@@ -31,8 +31,8 @@ struct MultipartForm {
         while true {
             // After a delimiter: `--` ends the body; else the rest of the line, then the part.
             if body[at...].starts(with: [45, 45]) { return form }
-            guard let lineEnd = find([13, 10], in: body, from: at) else { throw TAPError(400, "the multipart body ends inside a boundary line") }
-            guard let headerEnd = find([13, 10, 13, 10], in: body, from: lineEnd) else {
+            guard let lineEnd = body.firstIndex(of: [13, 10], from: at) else { throw TAPError(400, "the multipart body ends inside a boundary line") }
+            guard let headerEnd = body.firstIndex(of: [13, 10, 13, 10], from: lineEnd) else {
                 throw TAPError(400, "a part of the multipart body has no end to its headers (a blank line)")
             }
             let contentStart = headerEnd + 4
@@ -94,7 +94,7 @@ struct MultipartForm {
     /// spaces and CRLF, not merely text that begins like it.
     static func nextDelimiter(_ delimiter: [UInt8], in body: [UInt8], from: Int) -> Int? {
         var at = from
-        while let hit = find(delimiter, in: body, from: at) {
+        while let hit = body.firstIndex(of: delimiter, from: at) {
             var after = hit + delimiter.count
             if body[after...].starts(with: [45, 45]) { return hit }
             while after < body.count, body[after] == 32 || body[after] == 9 { after += 1 }
@@ -102,10 +102,5 @@ struct MultipartForm {
             at = hit + 1
         }
         return nil
-    }
-
-    /// Where `needle` first starts in `haystack` at or after `from`.
-    static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
-        haystack.firstIndex(of: needle, from: from)
     }
 }

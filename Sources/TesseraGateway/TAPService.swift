@@ -230,20 +230,22 @@ public final class TAPService: Sendable {
                 throw TAPError(400, "ADQL error: \(error) (UPLOAD `\(upload.name)` has no position columns, so it is queried in the gateway: columns, WHERE, ORDER BY and TOP)")
             }
         }
-        var stored: [StoredUpload] = []
+        var named: [PreparedUpload] = []
         for ref in [query.from] + (query.join.map { [$0.table] } ?? []) where ref.schema?.uppercased() == Self.uploadSchema {
             guard let upload = uploads.first(where: { $0.name.lowercased() == ref.name.lowercased() }) else {
                 throw TAPError(400, "ADQL error: no table named `\(ref.qualifiedName)`: the request's UPLOAD has \(uploads.isEmpty ? "no tables" : uploads.map { "`\($0.name)`" }.joined(separator: ", ")) (at \(ref.position))")
             }
-            if !stored.contains(where: { $0.table.name == upload.name }) { stored.append(try await store(upload, user: user, lifetime: uploadLifetime)) }
+            if !named.contains(where: { $0.table.name == upload.name }) { named.append(try Self.prepare(upload, lifetime: uploadLifetime)) }
         }
-        var translator = ADQLTranslator(tables: try await tables(for: user) + stored.map(\.table))
+        var translator = ADQLTranslator(tables: try await tables(for: user) + named.map(\.table))
         let plan: ADQLPlan
         do {
             plan = try translator.translate(query, maxrec: maxrec)
         } catch {
             throw TAPError(400, "ADQL error: \(error)")
         }
+        // Translated: now the uploads it names are stored.
+        for upload in named { try await store(upload, user: user) }
         let question = CatalogQuery(plan: plan.plan).priority(priority)
         do {
             let answer = try await pool.run(as: user) { conn, isStopped in
@@ -256,7 +258,7 @@ public final class TAPService: Sendable {
                 }
             }
             return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
-                stored.first { $0.table.qualifiedName == table }?.texts[column]
+                named.first { $0.table.qualifiedName == table }?.texts[column]
             }
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")

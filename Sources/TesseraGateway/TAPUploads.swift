@@ -13,11 +13,13 @@ public struct TAPUpload: Sendable {
     public var table: UploadedTable
 }
 
-/// An upload stored for one query: the table queries name, and its text kept here.
-struct StoredUpload: Sendable {
+/// An upload checked and ready to store for one query: the table queries name, its text kept
+/// here, and the ingest that stores its numbers.
+struct PreparedUpload: Sendable {
     var table: ADQLTable
     /// Text columns by name, each value at its row's number.
     var texts: [String: [String?]]
+    var ingest: IngestOptions
 }
 
 extension TAPService {
@@ -52,23 +54,23 @@ extension TAPService {
             }
         }
         var out: [TAPUpload] = []
-        var read: [String: UploadedTable] = [:]  // each part read once, however many names it has
+        var read: [String: UploadedTable] = [:]  // each part or URL read once, however many names it has
         for (name, uri) in pairs {
-            let key: String
+            let isPart = uri.lowercased().hasPrefix("param:")
+            let key = isPart ? "param:" + uri.dropFirst(6) : uri
+            if let table = read[key] {
+                out.append(TAPUpload(name: name, table: table))
+                continue
+            }
             let bytes: [UInt8]
-            if uri.lowercased().hasPrefix("param:") {
+            if isPart {
                 let part = String(uri.dropFirst(6))
                 guard let b = parts[part] else {
                     throw TAPError(400, "UPLOAD `\(name)` names the part `\(part.prefix(80))`, which the request does not have (send the VOTable as a multipart/form-data part of that name)")
                 }
-                (key, bytes) = ("param:" + part, b)
+                bytes = b
             } else {
-                key = uri
-                bytes = read[key] == nil ? try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs) : []
-            }
-            if let table = read[key] {
-                out.append(TAPUpload(name: name, table: table))
-                continue
+                bytes = try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs)
             }
             do throws(VOTableError) {
                 let table = try VOTableReader.read(bytes, limits: limits.upload)
@@ -81,9 +83,11 @@ extension TAPService {
         return out
     }
 
+    /// A name an upload's table or column may have: an identifier the engine reads as one name
+    /// (``ADQLTranslator/isEngineName(_:)``), not starting with `_` (Tessera's own columns do),
+    /// at most 64 characters.
     static func isUploadName(_ s: String) -> Bool {
-        guard let first = s.unicodeScalars.first, first.isASCII, first.properties.isAlphabetic, s.utf8.count <= 64 else { return false }
-        return s.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
+        s.utf8.count <= 64 && !s.hasPrefix("_") && ADQLTranslator.isEngineName(s)
     }
 
     /// The position columns of an upload: those with the UCDs `pos.eq.ra` and `pos.eq.dec`
@@ -142,14 +146,16 @@ extension TAPService {
         return LocalTable(schema: uploadSchema, name: upload.name, description: "uploaded with this query", columns: columns, rows: rows)
     }
 
-    /// Stores `upload` in `user`'s workspace for one query, and the table the query names.
-    func store(_ upload: TAPUpload, user: String, lifetime: Double) async throws(TAPError) -> StoredUpload {
+    /// `upload` checked (column names, positions), as the table a query names and the ingest
+    /// that stores it in the user's workspace for `lifetime` seconds. Nothing is stored yet: the
+    /// query is translated first, so a bad one costs no ingest.
+    static func prepare(_ upload: TAPUpload, lifetime: Double) throws(TAPError) -> PreparedUpload {
         let t = upload.table
         func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(upload.name)`: \(why)") }
         guard t.rows > 0 else { throw refuse("the table has no rows") }
         var seen = Set<String>()
         for c in t.columns {
-            guard ADQLTranslator.isEngineName(c.name), c.name.utf8.count <= 64, !c.name.hasPrefix("_") else {
+            guard Self.isUploadName(c.name) else {
                 throw refuse("the column name `\(c.name.prefix(80))` is not one queries can use: a letter, then letters, digits or _ (at most 64)")
             }
             guard seen.insert(c.name.lowercased()).inserted else { throw refuse("two columns are named `\(c.name)` (names are compared ignoring case)") }
@@ -181,7 +187,15 @@ extension TAPService {
         options.decColumn = dec
         options.workspace = true
         options.lifetimeSeconds = lifetime
-        let o = options
+        let table = ADQLTable(schema: uploadSchema, name: upload.name, columns: columns, raColumn: ra, decColumn: dec,
+                              description: "uploaded with this query (\(t.rows) rows)", dataset: stored, rowColumn: texts.isEmpty ? nil : uploadRowColumn)
+        return PreparedUpload(table: table, texts: texts, ingest: options)
+    }
+
+    /// Stores a prepared upload in `user`'s workspace.
+    func store(_ upload: PreparedUpload, user: String) async throws(TAPError) {
+        func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(upload.table.name)`: \(why)") }
+        let o = upload.ingest
         // Like `tessera upload`: up to a copy on every worker, so each meets the survey's shards
         // where they are. A user's uploads beyond the scheduler's open ingests per user wait
         // their turn here (one more begun there would abandon the oldest, failing its query).
@@ -204,9 +218,6 @@ extension TAPService {
         }
         await uploadSlots.release(user)
         if let failure { throw failure }
-        let table = ADQLTable(schema: Self.uploadSchema, name: upload.name, columns: columns, raColumn: ra, decColumn: dec,
-                              description: "uploaded with this query (\(t.rows) rows)", dataset: stored, rowColumn: texts.isEmpty ? nil : Self.uploadRowColumn)
-        return StoredUpload(table: table, texts: texts)
     }
 }
 

@@ -370,6 +370,9 @@ public enum VOTableReader {
                 fields[fields.count - 1].description = String(cell.prefix(1000))
             case "TD":
                 inTD = false
+                guard row.count < fields.count else {
+                    throw VOTableError(message: "row \(rows + 1) has more cells than the table's \(fields.count) columns")
+                }
                 row.append(cell)
             case "TR":
                 rows += 1

@@ -82,6 +82,8 @@ struct UploadTests {
             .contains("row 2, column `a`: `70000` is not an integer of its type"))
         #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><FIELD name=\"b\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD></TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
             .contains("row 1 has 1 cells for the table's 2 columns"))
+        #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD><TD>2</TD></TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
+            .contains("row 1 has more cells than the table's 1 columns"))
         #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><TABLEDATA><TR><TD>1</TD>").contains("not well-formed"))
         #expect(refusal(head + "<FIELD name=\"a\" datatype=\"int\"/><DATA><BINARY2><STREAM encoding=\"base64\">AAAA</STREAM></BINARY2></DATA></TABLE></RESOURCE></VOTABLE>")
             .contains("ends inside row 1"))
@@ -128,6 +130,11 @@ struct UploadTests {
         #expect(refusal("--b\r\n\r\nx\r\n--b--").contains("no Content-Disposition"))  // no headers at all
         let many = (0..<70).map { "--b\r\nContent-Disposition: form-data; name=\"p\($0)\"\r\n\r\nx\r\n" }.joined() + "--b--"
         #expect(refusal(many).contains("more than 64 parts"))
+    }
+
+    @Test func uploadNamesAreIdentifiersQueriesCanUse() {
+        for good in ["t", "mine", "xray_2026", String(repeating: "a", count: 64)] { #expect(TAPService.isUploadName(good), "\(good)") }
+        for bad in ["", "_upload_row", "2mass", "a-b", "a b", "and", "é", String(repeating: "a", count: 65)] { #expect(!TAPService.isUploadName(bad), "\(bad)") }
     }
 
     @Test func urlUploadsReachPublicAddressesOnly() {

@@ -133,6 +133,14 @@ public struct ADQLParser {
     }
 
     static func text(_ s: ArraySlice<Unicode.Scalar>) -> String {
+        // Names and numbers are nearly always ASCII: their bytes at once, without the generic
+        // append of scalars (a tenth of a small query's parse).
+        if s.allSatisfy(\.isASCII) {
+            return String(unsafeUninitializedCapacity: s.count) { bytes in
+                for (k, scalar) in zip(bytes.indices, s) { bytes[k] = UInt8(truncatingIfNeeded: scalar.value) }
+                return s.count
+            }
+        }
         var out = ""
         out.unicodeScalars.append(contentsOf: s)
         return out
@@ -144,7 +152,7 @@ public struct ADQLParser {
         var i = 0
         while i < c.count {
             let ch = c[i]
-            if ch == " " || ch == "\n" || ch.properties.isWhitespace { i += 1; continue }
+            if ch.value < 128 ? (ch == " " || (9...13).contains(ch.value)) : ch.properties.isWhitespace { i += 1; continue }
             if ch == "-" && i + 1 < c.count && c[i + 1] == "-" {
                 while i < c.count && c[i] != "\n" { i += 1 }
                 continue

@@ -158,7 +158,7 @@ struct GatewayMiddleware: RouterMiddleware {
         let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
         logger.info("request", metadata: [
             "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
-            "user": "\(user)", "ms": "\(String(format: "%.1f", ms))",
+            "user": "\(user)", "ms": "\((ms * 10).rounded() / 10)",
         ])
     }
 

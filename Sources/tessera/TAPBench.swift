@@ -29,6 +29,9 @@ struct TAPBench: ParsableCommand {
     @Option(help: "Cone radius, arcminutes.")
     var radiusArcmin = 1.0
 
+    @Option(help: "Clients that ask the concurrent cones, in order: tap_http (AsyncHTTPClient), tap_http_plain (a plain keep-alive client), native.")
+    var coneClients = "tap_http,tap_http_plain,native"
+
     @Option(help: "Rows of the streamed answer.")
     var streamRows = 1_000_000
 
@@ -52,6 +55,7 @@ struct TAPBench: ParsableCommand {
             Thread.sleep(forTimeInterval: 0.05)
         }
         let base = "http://127.0.0.1:\(bound.withLock { $0 } ?? 0)/tap"
+        let coneClients = coneClients.split(separator: ",").map(String.init)
         let concurrency = self.concurrency, conesPerClient = self.conesPerClient, radius = radiusArcmin / 60, streamRows = self.streamRows
         let upload = uploadRows > 0 ? try Self.uploadDocument(try CrossmatchBench.userPositions(uploadRows, survey: conn, surveyRows: rows)) : nil
         try blocking {
@@ -59,7 +63,7 @@ struct TAPBench: ParsableCommand {
             pool.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency + 8)
             let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: pool)
             do {
-                try await Self.benchmarks(http: http, base: base, endpoint: cluster.clientEndpoint, rows: rows, concurrency: concurrency,
+                try await Self.benchmarks(http: http, base: base, endpoint: cluster.clientEndpoint, rows: rows, coneClients: coneClients, concurrency: concurrency,
                                           conesPerClient: conesPerClient, radius: radius, streamRows: streamRows)
                 if let upload { try await Self.uploadCrossmatch(http: http, base: base, document: upload.bytes, rows: upload.rows, surveyRows: rows) }
                 try await http.shutdown()
@@ -158,7 +162,7 @@ struct TAPBench: ParsableCommand {
         return [("p50_ms", pct(0.5)), ("p95_ms", pct(0.95)), ("p99_ms", pct(0.99)), ("max_ms", (t.last ?? 0) * 1e3)]
     }
 
-    static func benchmarks(http: HTTPClient, base: String, endpoint: String, rows: Int, concurrency: Int, conesPerClient: Int,
+    static func benchmarks(http: HTTPClient, base: String, endpoint: String, rows: Int, coneClients: [String], concurrency: Int, conesPerClient: Int,
                            radius: Double, streamRows: Int) async throws {
         var rng = SystemRandomNumberGenerator()
         // Warm-up: shards mapped, then the gateway's pool of scheduler connections filled as
@@ -179,7 +183,7 @@ struct TAPBench: ParsableCommand {
         for _ in 0..<concurrency { cones.append((0..<conesPerClient).map { _ in cone(&rng, radius: radius) }) }
         let frozen = cones
         guard let port = URL(string: base)?.port, let path = URL(string: base)?.path else { throw ValidationError("no port in \(base)") }
-        for client in ["tap_http", "tap_http_plain", "native"] {
+        for client in coneClients {
             let t0 = now()
             let times = try await withThrowingTaskGroup(of: [Double].self) { group in
                 for k in 0..<concurrency {
@@ -201,7 +205,7 @@ struct TAPBench: ParsableCommand {
                                     return Double(now() - t0) / 1e9
                                 }
                             }
-                        default:
+                        case "native":
                             out = try await onThread {
                                 let conn = try SchedulerConnection(endpoint: endpoint)
                                 conn.priority = .interactive
@@ -211,6 +215,8 @@ struct TAPBench: ParsableCommand {
                                     return try conn.run(q).seconds
                                 }
                             }
+                        default:
+                            throw ValidationError("unknown cone client `\(client)` (tap_http, tap_http_plain or native)")
                         }
                         return out
                     }

@@ -40,6 +40,23 @@ struct ADQLParserTests {
 
     /// The translated filter must mean what the ADQL means: evaluated on rows by the engine's
     /// own evaluator, it keeps exactly the rows a direct Swift predicate keeps.
+    /// Names and numbers read the same whether ASCII (a fast path) or not, and every kind of
+    /// whitespace separates tokens.
+    @Test func namesNumbersAndWhitespaceOfEveryKind() throws {
+        let q = try ADQLParser.parse("SELECT\tTOP\r\n5 Ångström_2, r_psfFlux\u{000B}AS\u{000C}flux, x\u{00A0}FROM\u{2003}object WHERE r_psfFlux > 1.5e3")
+        #expect(q.top == 5)
+        let names = q.items.compactMap { item -> String? in
+            guard case .expression(let e, let alias) = item else { return nil }
+            if case .column(_, let name) = e.kind { return alias ?? name }
+            return nil
+        }
+        #expect(names == ["Ångström_2", "flux", "x"])
+        #expect(q.from.name == "object")
+        #expect(ADQLTranslator.isEngineName("r_psfFlux") && ADQLTranslator.isEngineName("_x9"))
+        #expect(!ADQLTranslator.isEngineName("Ångström") && !ADQLTranslator.isEngineName("9x") && !ADQLTranslator.isEngineName("g-mag")
+                && !ADQLTranslator.isEngineName("AND") && !ADQLTranslator.isEngineName(""))
+    }
+
     @Test func conditionsKeepTheRowsTheyDescribe() throws {
         let flux: [Double] = [-5, 0, .nan, 10, 100, 1000, 1e4, 1e5]
         let cell: [Double] = [1, 2, 3, 4, 5, 6, 7, 8]

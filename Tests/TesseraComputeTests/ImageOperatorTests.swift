@@ -87,6 +87,20 @@ struct ImageOperatorTests {
         #expect(worst.sum < 1e-6 && worst.err < 1e-6 && worst.median < 1e-6, "relative differences \(worst)")
     }
 
+    /// Astropy's SigmaClip the plain way: sort, then filter and recompute until nothing changes.
+    static func sortAndClip(_ input: [Double], sigma: Double, iterations: Int) -> (Double, Int) {
+        var kept = input.sorted()
+        func med(_ a: [Double]) -> Double { a.count % 2 == 1 ? a[a.count / 2] : 0.5 * (a[a.count / 2 - 1] + a[a.count / 2]) }
+        for _ in 0..<iterations where !kept.isEmpty {
+            let c = med(kept), m = kept.reduce(0, +) / Double(kept.count)
+            let sd = (kept.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(kept.count)).squareRoot()
+            let next = kept.filter { $0 >= c - sigma * sd && $0 <= c + sigma * sd }
+            if next.count == kept.count { break }
+            kept = next
+        }
+        return kept.isEmpty ? (.nan, 0) : (med(kept), kept.count)
+    }
+
     /// The selection-based clipped median against a plain sort-and-clip, on random samples with
     /// outliers (odd and even counts, ties).
     @Test func clippedMedianMatchesSorting() {
@@ -95,26 +109,44 @@ struct ImageOperatorTests {
             state = state &* 6364136223846793005 &+ 1442695040888963407
             return Double(state >> 11) / Double(1 << 53)
         }
-        func reference(_ input: [Double], sigma: Double, iterations: Int) -> (Double, Int) {
-            var kept = input.sorted()
-            func med(_ a: [Double]) -> Double { a.count % 2 == 1 ? a[a.count / 2] : 0.5 * (a[a.count / 2 - 1] + a[a.count / 2]) }
-            for _ in 0..<iterations where !kept.isEmpty {
-                let c = med(kept), m = kept.reduce(0, +) / Double(kept.count)
-                let sd = (kept.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(kept.count)).squareRoot()
-                let next = kept.filter { $0 >= c - sigma * sd && $0 <= c + sigma * sd }
-                if next.count == kept.count { break }
-                kept = next
-            }
-            return kept.isEmpty ? (.nan, 0) : (med(kept), kept.count)
-        }
         for trial in 0..<300 {
             let n = 1 + trial % 97
             var v = (0..<n).map { _ in (unit() * 10).rounded() / 2 + (unit() < 0.05 ? 500 * unit() : 0) }
-            let want = reference(v, sigma: 3, iterations: 10)
+            let want = Self.sortAndClip(v, sigma: 3, iterations: 10)
             let got = SigmaClippedMedian(sigma: 3, maxIterations: 10).median(&v)
             #expect(zip(v, v.dropFirst()).allSatisfy { $0 <= $1 } && v.count == n, "trial \(trial): not sorted")
             #expect(got.kept == want.1 && (got.median == want.0 || abs(got.median - want.0) < 1e-12), "trial \(trial): \(got) vs \(want)")
         }
+    }
+
+    /// The annulus's Float32 path (a radix sort of the pixels' bits) gives the clipped median of
+    /// a plain sort of the same values as doubles: negative and positive values, ±0, ties,
+    /// subnormals, outliers of both signs, one value and many; working space reused throughout.
+    @Test func radixSortedPixelsGiveTheSameClippedMedian() {
+        var state: UInt64 = 11
+        func unit() -> Double {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Double(state >> 11) / Double(1 << 53)
+        }
+        let clip = SigmaClippedMedian(sigma: 3, maxIterations: 10)
+        var scratch: [UInt32] = []
+        for trial in 0..<400 {
+            let n = trial < 20 ? 1 + trial : 1 + Int(unit() * 900)
+            var pixels: [Float] = (0..<n).map { _ in
+                switch unit() {
+                case ..<0.03: return unit() < 0.5 ? 0 : -0.0
+                case ..<0.05: return Float(unit() < 0.5 ? 1 : -1) * Float.leastNonzeroMagnitude * Float(1 + Int(unit() * 5))
+                case ..<0.10: return Float((unit() - 0.3) * 2e5)  // outliers
+                default: return Float(((unit() - 0.5) * 40).rounded() / 4)  // ties
+                }
+            }
+            if trial % 7 == 0 { pixels = pixels.map { $0 + 1e4 } }  // all positive, one exponent byte
+            let want = Self.sortAndClip(pixels.map(Double.init), sigma: 3, iterations: 10)
+            let got = clip.median(float32: pixels, scratch: &scratch)
+            #expect(got.kept == want.1 && (got.median == want.0 || abs(got.median - want.0) <= 1e-12 * max(1, abs(want.0))),
+                    "trial \(trial), \(n) pixels: \(got) vs \(want)")
+        }
+        #expect(clip.median(float32: [], scratch: &scratch).kept == 0)
     }
 
     /// The overlap is the circle's area in total, and a quarter in a quadrant; against a

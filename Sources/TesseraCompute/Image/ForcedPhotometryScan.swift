@@ -57,8 +57,10 @@ public enum ForcedPhotometryQuestion {
         return (bands, ForcedPhotometry(apertureRadius: r / scale, annulusInner: inner / scale, annulusOuter: outer / scale))
     }
 
-    /// One measurement of a position on a patch file.
-    public static func measure(_ file: ImagePatchFile, ra: Double, dec: Double, with fp: ForcedPhotometry) -> (flux: Double, error: Double, background: Double, flags: Int64) {
+    /// One measurement of a position on a patch file; `scratch` is the annulus sort's working
+    /// space, kept by the caller from one row to the next.
+    public static func measure(_ file: ImagePatchFile, ra: Double, dec: Double, with fp: ForcedPhotometry,
+                               scratch: inout [UInt32]) -> (flux: Double, error: Double, background: Double, flags: Int64) {
         let h = file.header
         // A position far off the patch (or 90° from its tangent point) has no pixels here.
         guard let p = h.wcs.pixel(ra: ra, dec: dec), abs(p.x) < 1e9, abs(p.y) < 1e9 else {
@@ -67,7 +69,7 @@ public enum ForcedPhotometryQuestion {
         let gx = p.x + Double(h.x0), gy = p.y + Double(h.y0)
         var stamp = ImageCutout(band: h.band, box: fp.stampBox(x: gx, y: gy), gridWCS: ImageDataset.gridWCS(h), tract: h.tract)
         stamp.paste(file)
-        let m = fp.measure(x: gx, y: gy, on: stamp)
+        let m = fp.measure(x: gx, y: gy, on: stamp, scratch: &scratch)
         if m.flags & ForcedPhotometry.Flag.noCoverage != 0 { return (.nan, .nan, .nan, Int64(m.flags)) }
         return (m.flux, m.fluxError, m.background, Int64(m.flags))
     }
@@ -201,6 +203,7 @@ struct ForcedPhotometryTask {
         if case .rows = q.output, q.plan.rows.limit == 0 { acc.rows.keepsChunks = true }
         let (catalogOnly, rest) = splitFilter()
         var files: [Int: ImagePatchFile?] = [:]
+        var scratch: [UInt32] = []
         try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: storedNames) { (firstRow, stored, index, chosen) throws(CatalogQueryError) -> Bool in
             var piece = ScanAccumulator(q)
             if acc.rows.keepsChunks { piece.rows.keepsChunks = true }
@@ -217,7 +220,7 @@ struct ForcedPhotometryTask {
                     if files[ref] == nil { files[ref] = .some(try open(ref)) }
                     let m: (Double, Double, Double, Int64)
                     if let file = files[ref]! {
-                        m = ForcedPhotometryQuestion.measure(file, ra: ra[i], dec: dec[i], with: photometry)
+                        m = ForcedPhotometryQuestion.measure(file, ra: ra[i], dec: dec[i], with: photometry, scratch: &scratch)
                     } else if let r = measured[RowPatch(row: firstRow + UInt64(i), ref: ref)] {
                         m = r
                     } else {

@@ -181,8 +181,9 @@ public enum ImageOperators {
             throw OperatorError(name, error.message, retryable: false)
         }
         var out = Tessera_V1_ForcedPhotometryRows()
+        var scratch: [UInt32] = []
         for i in picked {
-            let m = ForcedPhotometryQuestion.measure(file, ra: asked.ra[i], dec: asked.dec[i], with: fp)
+            let m = ForcedPhotometryQuestion.measure(file, ra: asked.ra[i], dec: asked.dec[i], with: fp, scratch: &scratch)
             out.rows.append(asked.rows[i])
             out.patch.append(asked.patch[i])
             out.ra.append(asked.ra[i])

@@ -129,7 +129,7 @@ struct ImageOperatorTests {
             return Double(state >> 11) / Double(1 << 53)
         }
         let clip = SigmaClippedMedian(sigma: 3, maxIterations: 10)
-        var scratch: [UInt32] = []
+        var scratch = SigmaClippedMedian.Scratch()
         for trial in 0..<400 {
             let n = trial < 20 ? 1 + trial : 1 + Int(unit() * 900)
             var pixels: [Float] = (0..<n).map { _ in

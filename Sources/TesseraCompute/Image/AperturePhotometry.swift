@@ -50,24 +50,32 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         }
     }
 
+    /// Working space for `median(float32:scratch:)`, kept by a caller measuring many rows so
+    /// that each measurement allocates nothing for its sort.
+    public struct Scratch: Sendable {
+        var keys: [UInt32] = []
+        var sorted: [Double] = []
+        public init() {}
+    }
+
     /// The same for image pixels (finite Float32 values, as an annulus gathers them), sorted by
     /// a radix sort of their bits, which costs a few passes over them instead of a quicksort's
     /// unpredictable comparisons (most of a forced measurement's time). The answer is the same
     /// as `median(_:)` on the values as doubles: the order is the same, and the arithmetic is
-    /// done in doubles on the sorted run. `scratch` is working space, reused between calls.
-    public func median(float32 values: [Float], scratch: inout [UInt32]) -> (median: Double, kept: Int) {
+    /// done in doubles on the sorted run.
+    public func median(float32 values: [Float], scratch: inout Scratch) -> (median: Double, kept: Int) {
         let n = values.count
         guard n > 0 else { return (.nan, 0) }
-        if scratch.count < 2 * n { scratch = [UInt32](repeating: 0, count: 2 * n) }
-        var sorted = [Double](repeating: 0, count: n)
-        scratch.withUnsafeMutableBufferPointer { space in
+        if scratch.keys.count < 2 * n { scratch.keys = [UInt32](repeating: 0, count: 2 * n) }
+        if scratch.sorted.count < n { scratch.sorted = [Double](repeating: 0, count: n) }
+        return scratch.keys.withUnsafeMutableBufferPointer { space in
             let keys = UnsafeMutableBufferPointer(rebasing: space[0..<n]), other = UnsafeMutableBufferPointer(rebasing: space[n..<(2 * n)])
             Self.radixSort(values, keys: keys, other: other)
-            sorted.withUnsafeMutableBufferPointer { out in
+            return scratch.sorted.withUnsafeMutableBufferPointer { out in
                 for k in 0..<n { out[k] = Double(Self.float(fromKey: keys[k])) }
+                return clipSorted(UnsafeBufferPointer(rebasing: out[0..<n]))
             }
         }
-        return sorted.withUnsafeBufferPointer { clipSorted($0) }
     }
 
     /// The clip and median on values already sorted ascending (no NaN).
@@ -254,13 +262,13 @@ public struct ForcedPhotometry: Sendable, Equatable {
 
     /// Measures at (x, y) on `stamp` (a cutout of the grid holding at least `stampBox(x:y:)`).
     public func measure(x: Double, y: Double, on stamp: ImageCutout) -> ApertureMeasurement {
-        var scratch: [UInt32] = []
+        var scratch = SigmaClippedMedian.Scratch()
         return measure(x: x, y: y, on: stamp, scratch: &scratch)
     }
 
     /// The same, with working space for the annulus's sort kept by the caller between
     /// measurements.
-    public func measure(x: Double, y: Double, on stamp: ImageCutout, scratch: inout [UInt32]) -> ApertureMeasurement {
+    public func measure(x: Double, y: Double, on stamp: ImageCutout, scratch: inout SigmaClippedMedian.Scratch) -> ApertureMeasurement {
         var m = ApertureMeasurement(sum: 0, sumVariance: 0, area: 0, background: .nan, backgroundPixels: 0,
                                     backgroundPixelVariance: .nan, flags: 0)
         let box = stamp.box

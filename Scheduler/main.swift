@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TesseraDaemon
+import TesseraProtocol
 import TesseraScheduler
 import TesseraSecurity
 
@@ -126,4 +127,5 @@ struct SchedulerCommand: ParsableCommand {
     }
 }
 
+BuildTarget.requireProcessor(program: "tessera-scheduler")
 SchedulerCommand.main()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TesseraDaemon
+import TesseraProtocol
 import TesseraSecurity
 
 /// `tessera-worker`: connects to a scheduler and runs the tasks it is given.
@@ -92,4 +93,5 @@ struct WorkerCommand: ParsableCommand {
     }
 }
 
+BuildTarget.requireProcessor(program: "tessera-worker")
 WorkerCommand.main()

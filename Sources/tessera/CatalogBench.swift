@@ -66,6 +66,15 @@ func workerPeakRSS(_ conn: SchedulerConnection) throws -> [(String, Any)] {
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
+/// User and system CPU time of a process so far, in the kernel's ticks (10 ms), from /proc.
+func processCPUTicks(_ pid: Int32) -> Int {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // Fields after the command: state is 0, utime 11, stime 12.
+    return fields.count > 12 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
+}
+
 /// `tessera bench catalog`: the anchor's four workloads, with the same expressions, bins and cone.
 struct CatalogBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -76,6 +85,9 @@ struct CatalogBench: ParsableCommand {
 
     @Option(help: "Timed runs of each workload, after one warm-up question; the median is reported, with the fastest and slowest.")
     var repeats = 5
+
+    @Option(help: "Only these workloads, comma-separated (for profiling one; default: all, then the progressive and cancel runs).")
+    var only: String?
 
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
@@ -107,24 +119,30 @@ struct CatalogBench: ParsableCommand {
                 [("count", Int(r.table.numbers("count")?.first ?? -1))]
             }),
         ]
-        for (name, q, fields) in workloads {
+        let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
+        for (name, q, fields) in workloads where chosen?.contains(name) ?? true {
             var times: [Double] = []
             var result: CatalogResult?
+            // The workers' CPU over the timed runs: less noisy than the wall clock here, and it
+            // shows what idle waits (not work) cost.
+            let pids = cluster.workers.map(\.processIdentifier)
+            let ticksBefore = pids.map(processCPUTicks).reduce(0, +)
             for _ in 0..<max(1, repeats) {
                 let u = try conn.run(q, name: name)
                 times.append(u.seconds)
                 result = u.result
             }
             guard let result else { continue }
+            let workerCPU = Double(pids.map(processCPUTicks).reduce(0, +) - ticksBefore) / 100 / Double(times.count)
             times.sort()
             let median = times[times.count / 2]
             print(jsonLine([("engine", "tessera"), ("workload", name), ("rows", rows), ("seconds", median),
                             ("mrows_per_s", Double(rows) / median / 1e6), ("seconds_min", times[0]), ("seconds_max", times[times.count - 1]),
-                            ("result", fields(result)),
+                            ("result", fields(result)), ("worker_cpu_seconds_per_run", workerCPU),
                             ("shards_read", result.shards), ("rows_read", result.rowsScanned),
                             ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
         }
-        try progressiveAndCancel(conn, cluster: cluster, object: object, rows: rows)
+        if chosen == nil { try progressiveAndCancel(conn, cluster: cluster, object: object, rows: rows) }
     }
 
     /// The anchor's three scans, with its expressions and bins (`anchor_catalog.py`).
@@ -160,15 +178,7 @@ struct CatalogBench: ParsableCommand {
         // CPU time (from /proc) stops growing: the time of the last growth after the cancel,
         // sampled every 5 ms at the kernel's 10 ms tick.
         let pids = cluster.workers.map(\.processIdentifier)
-        func cpuTicks() -> [Int] {
-            pids.map { pid in
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { return 0 }
-                let fields = stat[stat.index(after: close)...].split(separator: " ")
-                // Fields after the command: state is 0, utime 11, stime 12.
-                return fields.count > 12 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
-            }
-        }
+        func cpuTicks() -> [Int] { pids.map(processCPUTicks) }
         let accepted = try conn.submit(.plan(heavy.wirePlan), name: "to cancel")
         Thread.sleep(forTimeInterval: 0.3)
         let running = try conn.status().jobs.contains { $0.jobID == accepted.jobID && $0.state == .jobRunning }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraClient
+import TesseraProtocol
 import TesseraSecurity
 
 /// `tessera`: run a local cluster, look at a cluster, benchmark it, and the demo.
@@ -10,6 +11,12 @@ struct TesseraCommand: ParsableCommand {
         commandName: "tessera",
         abstract: "Tessera: a code-to-the-data engine for survey astronomy.",
         subcommands: [DemoCommand.self, LocalCommand.self, KeysCommand.self, LimitsCommand.self, StatusCommand.self, GenerateCommand.self, IngestCommand.self, UploadCommand.self, QueryCommand.self, CrossmatchCommand.self, CutoutCommand.self, StackCommand.self, ImageStatsCommand.self, HiPSCommand.self, SubmitCommand.self, GatewayCommand.self, TokenCommand.self, BenchCommand.self])
+
+    /// Refuses, with a message, a processor this build cannot run on; then parses and runs.
+    static func main() {
+        BuildTarget.requireProcessor(program: "tessera")
+        main(nil)
+    }
 }
 
 /// The default client endpoint of a cluster started with `tessera local`.

@@ -1,5 +1,6 @@
 import Testing
 @testable import TesseraCompute
+import TesseraProtocol
 
 @Suite struct BatchMomentsTests {
     /// Values far from zero with a small spread, an outlier first, NaN and uncounted rows mixed
@@ -40,6 +41,55 @@ import Testing
                 #expect(moments[g].min == xs.min() && moments[g].max == xs.max())
             } else {
                 #expect(moments[g].min == .infinity && moments[g].max == -.infinity)
+            }
+        }
+    }
+}
+
+/// Group slots for Float64 keys: runs of one key (the common case, taken eight rows at a time),
+/// runs broken by a single row, -0 beside 0, NaN keys and rows that do not count, against a
+/// plain per-row reference (a dictionary of first appearances, -0 as 0, NaN and uncounted rows
+/// taking no slot of their own).
+@Suite struct GroupSlotTests {
+    @Test func slotsMatchAPerRowReference() throws {
+        var schema = Tessera_V1_ColumnSchema()
+        schema.name = "k"
+        schema.type = .columnFloat64
+        var plan = CatalogQueryPlan()
+        plan.dataset = "t"
+        plan.groupBy = "k"
+        let q = try CheckedCatalogQuery(plan, columns: [schema], raColumn: "k", decColumn: "k")
+        var rng = SplitMix64(seed: 41)
+        for trial in 0..<60 {
+            var acc = ScanAccumulator(q)
+            var reference: [UInt64: Int32] = [:]
+            var refLast: Int32 = 0
+            for _ in 0..<3 {
+                // One batch: runs of random lengths (1…40) over a few keys, some of them ±0 and NaN.
+                var keys: [Double] = [], valid: [Bool] = []
+                let palette: [Double] = [0, -0.0, .nan, 1, 2.5, -3, Double(trial)]
+                while keys.count < 500 {
+                    let key = palette[Int(rng.next() % UInt64(palette.count))]
+                    for _ in 0..<(1 + Int(rng.next() % 40)) {
+                        keys.append(key)
+                        valid.append(rng.next() % 9 != 0)
+                    }
+                }
+                var slots = [Int32](repeating: -1, count: keys.count), counted = valid
+                try acc.assignSlots(keys, &slots, &counted)
+                for i in keys.indices {
+                    let counts = valid[i] && !keys[i].isNaN
+                    #expect(counted[i] == counts, "row \(i) of trial \(trial): counts")
+                    if counts {
+                        let bits = (keys[i] == 0 ? 0 : keys[i]).bitPattern
+                        if reference[bits] == nil { reference[bits] = Int32(reference.count) }
+                        refLast = reference[bits]!
+                        #expect(slots[i] == refLast, "row \(i) of trial \(trial): key \(keys[i])")
+                    } else {
+                        // A row that does not count keeps the slot before it.
+                        #expect(slots[i] == refLast, "row \(i) of trial \(trial): uncounted")
+                    }
+                }
             }
         }
     }

@@ -351,15 +351,18 @@ struct Bins: Sendable {
         edges = e
     }
 
-    /// The bin of `v`, or -1 when it is NaN or outside [lo, hi].
+    /// The bin of `v`, or -1 when it is NaN or outside [lo, hi]. Whether it is inside decides
+    /// the answer by a select, not a branch: values outside the range are a random fraction of
+    /// the rows (faint magnitudes), and the branch mispredicted on them (measured). A value
+    /// outside is binned as if it were `lo` on the way, so the conversion never sees NaN or ±∞.
     @inline(__always) func bin(_ v: Double) -> Int {
-        guard v >= lo && v <= hi else { return -1 }
-        // The plan's check keeps `norm` finite; the comparison also turns a NaN into the last
-        // bin rather than a trap, should a range ever slip past it.
-        let x = (v - lo) * norm
+        let inside = v >= lo && v <= hi
+        // The plan's check keeps `norm` finite; x is then within [0, count] for values inside.
+        let x = ((inside ? v : lo) - lo) * norm
         var j = x < Double(count) ? Int(x) : count - 1
-        if v < edges[j] { j -= 1 } else if j + 1 < count && v >= edges[j + 1] { j += 1 }
-        return j
+        // Rounding moved it next to the edges `linspace` gives: rare, and predicted.
+        if v < edges[j] { j = Swift.max(j - 1, 0) } else if j + 1 < count && v >= edges[j + 1] { j += 1 }
+        return inside ? j : -1
     }
 }
 
@@ -460,6 +463,27 @@ struct ScanAccumulator {
                             // Bool were compiled to branches elsewhere, measured).
                             var j = i
                             while j < n {
+                                // Eight rows at a time while they all stay in the run (most rows):
+                                // a loop with no exit, which vectorises, then the stores.
+                                if j + 8 <= n {
+                                    var leaves: UInt8 = 0
+                                    for t in j..<(j + 8) {
+                                        let bits = kv[t].bitPattern
+                                        let nan = (0x7FF0_0000_0000_0000 &- (bits & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
+                                        // Its key (-0 as 0) is the run's, or it does not count.
+                                        let same = bits == lastBits || (bits << 1 == 0 && lastBits == 0)
+                                        leaves |= vp[t] & UInt8(truncatingIfNeeded: 1 &- nan) & (same ? 0 : 1)
+                                    }
+                                    if leaves == 0 {
+                                        for t in j..<(j + 8) {
+                                            let nan = (0x7FF0_0000_0000_0000 &- (kv[t].bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
+                                            vp[t] &= UInt8(truncatingIfNeeded: 1 &- nan)
+                                            sp[t] = last
+                                        }
+                                        j += 8
+                                        continue
+                                    }
+                                }
                                 let k = kv[j]
                                 // NaN is an exponent of all ones with a non-zero fraction.
                                 let nan = (0x7FF0_0000_0000_0000 &- (k.bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
@@ -546,18 +570,31 @@ struct ScanAccumulator {
             if let y, let yb = yBins {
                 let ys = evaluate(y).numbers(n)
                 let ny = yb.count
-                for i in 0..<n where keep[i] {
-                    let bx = xb.bin(xs[i])
-                    if bx < 0 { continue }
-                    let by = yb.bin(ys[i])
-                    if by < 0 { continue }
-                    histogram[bx * ny + by] += 1
+                // Rows that do not count go to one more bin past the end, dropped afterwards:
+                // no branch on whether a row counts.
+                let spill = histogram.count
+                histogram.append(0)
+                keep.withUnsafeBufferPointer { kp in
+                    histogram.withUnsafeMutableBufferPointer { h in
+                        for i in 0..<n {
+                            let bx = xb.bin(xs[i]), by = yb.bin(ys[i])
+                            h[kp[i] && bx >= 0 && by >= 0 ? bx * ny + by : spill] += 1
+                        }
+                    }
                 }
+                histogram.removeLast()
             } else {
-                for i in 0..<n where keep[i] {
-                    let bx = xb.bin(xs[i])
-                    if bx >= 0 { histogram[bx] += 1 }
+                let spill = histogram.count
+                histogram.append(0)
+                keep.withUnsafeBufferPointer { kp in
+                    histogram.withUnsafeMutableBufferPointer { h in
+                        for i in 0..<n {
+                            let bx = xb.bin(xs[i])
+                            h[kp[i] && bx >= 0 ? bx : spill] += 1
+                        }
+                    }
                 }
+                histogram.removeLast()
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))

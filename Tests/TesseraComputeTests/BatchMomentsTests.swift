@@ -14,7 +14,9 @@ import TesseraProtocol
         for batch in 0..<5 {
             var v: [Double] = [], slots: [Int32] = [], valid: [Bool] = []
             for i in 0..<10_000 {
-                let g = (i / 1_700 + batch) % 3
+                // Long runs of a group, broken now and then by a short run of another (ending
+                // inside a block of sixteen).
+                let g = i % 1_009 < 19 ? (i / 1_009) % 3 : (i / 1_700 + batch) % 3
                 var x = 1e9 + (rng.nextUnit() - 0.5) * 2
                 if batch == 0 && i == 0 { x = -4e12 }  // the first value of group 0 is far out
                 if i % 97 == 0 { x = .nan }
@@ -46,7 +48,7 @@ import TesseraProtocol
     }
 }
 
-/// Group slots for Float64 keys: runs of one key (the common case, taken eight rows at a time),
+/// Group slots for Float64 keys: runs of one key (the common case, taken sixteen rows at a time),
 /// runs broken by a single row, -0 beside 0, NaN keys and rows that do not count, against a
 /// plain per-row reference (a dictionary of first appearances, -0 as 0, NaN and uncounted rows
 /// taking no slot of their own).

@@ -461,28 +461,30 @@ struct ScanAccumulator {
                         slots.withUnsafeMutableBufferPointer { sp in
                             // Bools as the bytes they are, combined with & (ternaries on
                             // Bool were compiled to branches elsewhere, measured).
-                            var j = i
+                            var j = i, rowByRowUntil = i
                             while j < n {
-                                // Eight rows at a time while they all stay in the run (most rows):
-                                // a loop with no exit, which vectorises, then the stores.
-                                if j + 8 <= n {
+                                // Sixteen rows at a time while they all stay in the run (most
+                                // rows): one loop with no exit, which vectorises, writing as if they
+                                // do; when one leaves, the row-at-a-time loop below redoes them
+                                // (the writes are idempotent: NaN keys clear the same bytes again),
+                                // up to the row that leaves or the block's end.
+                                if j >= rowByRowUntil && j + 16 <= n {
                                     var leaves: UInt8 = 0
-                                    for t in j..<(j + 8) {
+                                    for t in j..<(j + 16) {
                                         let bits = kv[t].bitPattern
                                         let nan = (0x7FF0_0000_0000_0000 &- (bits & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
+                                        let counts = vp[t] & UInt8(truncatingIfNeeded: 1 &- nan)
                                         // Its key (-0 as 0) is the run's, or it does not count.
                                         let same = bits == lastBits || (bits << 1 == 0 && lastBits == 0)
-                                        leaves |= vp[t] & UInt8(truncatingIfNeeded: 1 &- nan) & (same ? 0 : 1)
+                                        leaves |= counts & (same ? 0 : 1)
+                                        vp[t] = counts
+                                        sp[t] = last
                                     }
                                     if leaves == 0 {
-                                        for t in j..<(j + 8) {
-                                            let nan = (0x7FF0_0000_0000_0000 &- (kv[t].bitPattern & 0x7FFF_FFFF_FFFF_FFFF)) >> 63
-                                            vp[t] &= UInt8(truncatingIfNeeded: 1 &- nan)
-                                            sp[t] = last
-                                        }
-                                        j += 8
+                                        j += 16
                                         continue
                                     }
+                                    rowByRowUntil = j + 16
                                 }
                                 let k = kv[j]
                                 // NaN is an exponent of all ones with a non-zero fraction.
@@ -565,36 +567,45 @@ struct ScanAccumulator {
                 for i in 0..<n where valid[i] { sketches[e][Int(slots[i])].add(v[i]) }
             }
         case .histogram(let x, let y):
-            let xs = evaluate(x).numbers(n)
             let xb = xBins!
             if let y, let yb = yBins {
-                let ys = evaluate(y).numbers(n)
+                let yValues = evaluate(y)
+                let ys = yValues.numbers(n)
+                // A colour against a magnitude: x holds y (mag(g) − mag(r) against mag(r)), so
+                // y's values are handed to x's evaluation rather than computed again.
+                let yText = y.expression.canonical
+                let sharedValues = shared?.lookup(rows: rowMap, count: n)
+                let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n, known: { e in
+                    e.canonical == yText ? yValues : sharedValues?(e)
+                }).numbers(n)
                 let ny = yb.count
-                // Rows that do not count go to one more bin past the end, dropped afterwards:
-                // no branch on whether a row counts.
+                // Rows that do not count go to spill bins past the end, dropped afterwards: no
+                // branch on whether a row counts. Eight of them, taken in turn: most rows of a
+                // faint catalog fall outside, and one bin would chain every increment to the last.
                 let spill = histogram.count
-                histogram.append(0)
+                histogram += [UInt64](repeating: 0, count: 8)
                 keep.withUnsafeBufferPointer { kp in
                     histogram.withUnsafeMutableBufferPointer { h in
                         for i in 0..<n {
                             let bx = xb.bin(xs[i]), by = yb.bin(ys[i])
-                            h[kp[i] && bx >= 0 && by >= 0 ? bx * ny + by : spill] += 1
+                            h[kp[i] && bx >= 0 && by >= 0 ? bx * ny + by : spill + (i & 7)] += 1
                         }
                     }
                 }
-                histogram.removeLast()
+                histogram.removeLast(8)
             } else {
+                let xs = evaluate(x).numbers(n)
                 let spill = histogram.count
-                histogram.append(0)
+                histogram += [UInt64](repeating: 0, count: 8)
                 keep.withUnsafeBufferPointer { kp in
                     histogram.withUnsafeMutableBufferPointer { h in
                         for i in 0..<n {
                             let bx = xb.bin(xs[i])
-                            h[kp[i] && bx >= 0 ? bx : spill] += 1
+                            h[kp[i] && bx >= 0 ? bx : spill + (i & 7)] += 1
                         }
                     }
                 }
-                histogram.removeLast()
+                histogram.removeLast(8)
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))
@@ -833,6 +844,16 @@ enum BatchMoments {
                     while i < n {
                         let s = slots[i]
                         var j = i + 1
+                        // Runs are long (rows sorted by sky position, grouped by a coarse cell):
+                        // sixteen slots at a time, as eight pairs compared with the slot twice.
+                        let pair = UInt64(UInt32(bitPattern: s)) &* 0x1_0000_0001
+                        let raw = UnsafeRawPointer(slots.baseAddress!)
+                        while j + 16 <= n {
+                            var differs: UInt64 = 0
+                            for t in 0..<8 { differs |= raw.loadUnaligned(fromByteOffset: (j + 2 * t) * 4, as: UInt64.self) ^ pair }
+                            if differs != 0 { break }
+                            j += 16
+                        }
                         while j < n && slots[j] == s { j += 1 }
                         let g = Int(s)
                         var run = Moments()

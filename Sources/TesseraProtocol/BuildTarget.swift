@@ -17,12 +17,14 @@ public enum BuildTarget {
         #endif
     }
 
-    /// The required features this machine's processor lacks, from /proc/cpuinfo (nil: unknown).
-    public static func missingFeatures(cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> [String]? {
-        guard !requiredFeatures.isEmpty else { return [] }
+    /// The required features this machine's processor lacks, from the `flags` line of
+    /// /proc/cpuinfo (nil: no such line to read, so unknown).
+    public static func missingFeatures(_ required: [String] = requiredFeatures,
+                                       cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> [String]? {
+        guard !required.isEmpty else { return [] }
         guard let cpuinfo, let flags = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
         let have = Set(flags.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == ":" }).map(String.init))
-        return requiredFeatures.filter { !have.contains($0) }
+        return required.filter { !have.contains($0) }
     }
 
     /// Exits with a message naming the missing features, before any kernel runs, when this

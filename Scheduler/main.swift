@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TesseraBuildTarget
 import TesseraDaemon
-import TesseraProtocol
 import TesseraScheduler
 import TesseraSecurity
 

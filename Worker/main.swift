@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TesseraBuildTarget
 import TesseraDaemon
-import TesseraProtocol
 import TesseraSecurity
 
 /// `tessera-worker`: connects to a scheduler and runs the tasks it is given.

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
+import TesseraBuildTarget
 import TesseraClient
-import TesseraProtocol
 import TesseraSecurity
 
 /// `tessera`: run a local cluster, look at a cluster, benchmark it, and the demo.

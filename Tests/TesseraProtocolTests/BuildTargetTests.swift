@@ -1,5 +1,5 @@
 import Testing
-import TesseraProtocol
+import TesseraBuildTarget
 
 /// A build for x86-64-v3 reads the processor's flags before it runs anything: the features it
 /// lacks are named, a processor it cannot judge is let through, and a baseline build needs none.

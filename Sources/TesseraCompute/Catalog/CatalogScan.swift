@@ -453,6 +453,9 @@ struct ScanAccumulator {
         let n = keyValues.count
         var lastBits = lastKeyBits, last = lastSlot
         var i = 0
+        // Row by row up to here: a block of sixteen had a row leave its run (short runs then do
+        // not pay for a block at every key).
+        var rowByRowUntil = 0
         while i < n {
             // Spatially sorted rows come in runs of one key: the table is consulted per run.
             let run = keyValues.withUnsafeBufferPointer { kv in
@@ -461,7 +464,7 @@ struct ScanAccumulator {
                         slots.withUnsafeMutableBufferPointer { sp in
                             // Bools as the bytes they are, combined with & (ternaries on
                             // Bool were compiled to branches elsewhere, measured).
-                            var j = i, rowByRowUntil = i
+                            var j = i
                             while j < n {
                                 // Sixteen rows at a time while they all stay in the run (most
                                 // rows): one loop with no exit, which vectorises, writing as if they

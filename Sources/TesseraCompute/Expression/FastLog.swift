@@ -103,8 +103,8 @@ enum FastLog {
         let keep = 0 &- good
         // +∞ (u = 0x7FF0…0 exactly) and positive subnormals (u − 1 < 2^52 − 1), which the caller
         // redoes; the sign bit rules out negative numbers (a random half of faint fluxes), and
-        // the one false alarm left (+0) only costs that pass.
-        odd |= ((((u ^ 0x7FF0_0000_0000_0000) &- 1) | ((u &- 1) &- 0x000F_FFFF_FFFF_FFFF)) & ~u) &>> 63
+        // 0 − u rules out +0.
+        odd |= ((((u ^ 0x7FF0_0000_0000_0000) &- 1) | (((u &- 1) &- 0x000F_FFFF_FFFF_FFFF) & (0 &- u))) & ~u) &>> 63
         // m in [1, 2), halved when above √2, with k raised to match.
         var biasedExponent = (u &>> 52) & 0x7FF
         var mantissa = (u & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000

@@ -3,15 +3,17 @@ import Glibc
 #endif
 import Foundation
 
-/// The processor features a build was compiled for. A release build on an x86-64 host with AVX2
-/// and FMA targets them (`Package.swift`, x86-64-v3: the scans' kernels run four or eight lanes
-/// wide instead of two); such a binary on a processor without them would die of SIGILL somewhere
-/// in a scan, so each program checks first and says what to do.
+/// The processor features a build was compiled for. A release build on an x86-64-v3 host targets
+/// them (`Package.swift`: the scans' kernels run four Float64 lanes wide instead of two); such a
+/// binary on an older processor would die of SIGILL somewhere in a scan, so each program checks
+/// first and says what to do. This module alone is compiled for the baseline, so that the check
+/// itself runs anywhere.
 public enum BuildTarget {
     /// The CPU features this binary was compiled to use (empty: the baseline of its architecture).
     public static var requiredFeatures: [String] {
         #if TESSERA_X86_64_V3
-        ["avx2", "fma", "bmi2"]
+        // What the compiler's "haswell" may emit on its own, as /proc/cpuinfo names it (lzcnt is "abm").
+        ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "popcnt", "xsave"]
         #else
         []
         #endif

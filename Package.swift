@@ -21,6 +21,7 @@ let releaseTargetCPU: String? = {
     guard let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
           let flags = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
     let have = Set(flags.split(separator: " ").map(String.init))
+    // The list `BuildTarget.requiredFeatures` checks at start: change both together.
     return ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "popcnt", "xsave"].allSatisfy(have.contains) ? "haswell" : nil
     #else
     return nil

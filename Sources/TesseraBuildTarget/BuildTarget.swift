@@ -12,7 +12,9 @@ public enum BuildTarget {
     /// The CPU features this binary was compiled to use (empty: the baseline of its architecture).
     public static var requiredFeatures: [String] {
         #if TESSERA_X86_64_V3
-        // What the compiler's "haswell" may emit on its own, as /proc/cpuinfo names it (lzcnt is "abm").
+        // What the compiler's "haswell" may emit on its own, as /proc/cpuinfo names it (lzcnt is
+        // "abm"). Package.swift tests the build host for the same list (a manifest cannot import
+        // this module): change both together.
         ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "popcnt", "xsave"]
         #else
         []

@@ -66,7 +66,7 @@ func workerPeakRSS(_ conn: SchedulerConnection) throws -> [(String, Any)] {
 
 func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-/// User and system CPU time of a process so far, in the kernel's ticks (10 ms), from /proc.
+/// User and system CPU time of a process so far, in the kernel's clock ticks, from /proc.
 func processCPUTicks(_ pid: Int32) -> Int {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
           let close = stat.lastIndex(of: ")") else { return 0 }
@@ -120,6 +120,9 @@ struct CatalogBench: ParsableCommand {
             }),
         ]
         let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
+        if let unknown = chosen?.subtracting(workloads.map(\.0)).sorted(), !unknown.isEmpty {
+            throw ValidationError("no workload \(unknown.joined(separator: ", ")); choose from \(workloads.map(\.0).joined(separator: ", "))")
+        }
         for (name, q, fields) in workloads where chosen?.contains(name) ?? true {
             var times: [Double] = []
             var result: CatalogResult?
@@ -133,7 +136,7 @@ struct CatalogBench: ParsableCommand {
                 result = u.result
             }
             guard let result else { continue }
-            let workerCPU = Double(pids.map(processCPUTicks).reduce(0, +) - ticksBefore) / 100 / Double(times.count)
+            let workerCPU = Double(pids.map(processCPUTicks).reduce(0, +) - ticksBefore) / Double(sysconf(Int32(_SC_CLK_TCK))) / Double(times.count)
             times.sort()
             let median = times[times.count / 2]
             print(jsonLine([("engine", "tessera"), ("workload", name), ("rows", rows), ("seconds", median),

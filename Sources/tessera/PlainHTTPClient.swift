@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TesseraStorage
 
 /// A minimal HTTP/1.1 keep-alive client over a blocking loopback socket, for load generation:
 /// a GET, then its answer read whole (Content-Length or chunked). A bench's load generator
@@ -56,14 +57,18 @@ final class PlainHTTPClient {
             let parts = field.split(separator: ":", maxSplits: 1)
             guard parts.count == 2 else { continue }
             let name = parts[0].lowercased(), value = parts[1].trimmingCharacters(in: .whitespaces)
-            if name == "content-length" { length = Int(value) }
+            if name == "content-length" { length = Int(value).flatMap { $0 >= 0 ? $0 : nil } }
             if name == "transfer-encoding" && value.lowercased().contains("chunked") { chunked = true }
         }
         if chunked {
             var total = 0
             while true {
                 let sizeLine = try line(untilBlank: false)
-                guard let size = Int(sizeLine.split(separator: ";").first ?? "", radix: 16) else { throw Failure(description: "bad chunk size: \(sizeLine.prefix(40))") }
+                // Hex digits only (Int's parser takes a sign), and few enough that the total stays an Int.
+                let digits = sizeLine.split(separator: ";").first ?? ""
+                guard digits.count <= 12, digits.allSatisfy(\.isHexDigit), let size = Int(digits, radix: 16) else {
+                    throw Failure(description: "bad chunk size: \(sizeLine.prefix(40))")
+                }
                 if size == 0 {
                     _ = try line(untilBlank: false)  // no trailers are sent: the blank line
                     return (status, total)
@@ -78,27 +83,19 @@ final class PlainHTTPClient {
         return (status, length)
     }
 
-    /// The next line (without its CRLF) or, with `untilBlank`, every line up to a blank one.
+    /// The next line (without its CRLF) or, with `untilBlank`, every line up to a blank one; at
+    /// most 64 KiB of them.
     private func line(untilBlank: Bool) throws -> String {
         let terminator: [UInt8] = untilBlank ? [13, 10, 13, 10] : [13, 10]
         while true {
-            if let end = find(terminator) {
+            if let end = buffer.firstIndex(of: terminator, from: start) {
                 let text = String(decoding: buffer[start..<end], as: UTF8.self)
                 start = end + terminator.count
                 return text
             }
+            guard buffer.count - start <= 65_536 else { throw Failure(description: "a header or chunk line over 64 KiB") }
             try fill()
         }
-    }
-
-    private func find(_ needle: [UInt8]) -> Int? {
-        guard buffer.count - start >= needle.count else { return nil }
-        var i = start
-        while i <= buffer.count - needle.count {
-            if buffer[i] == needle[0] && buffer[i + 1] == needle[1] && (needle.count == 2 || (buffer[i + 2] == needle[2] && buffer[i + 3] == needle[3])) { return i }
-            i += 1
-        }
-        return nil
     }
 
     private func skip(_ count: Int) throws {
@@ -116,9 +113,12 @@ final class PlainHTTPClient {
             buffer.removeSubrange(0..<start)
             start = 0
         }
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { throw Failure(description: n == 0 ? "the server closed the connection" : "recv: \(String(cString: strerror(errno)))") }
-        buffer += chunk[0..<n]
+        // Straight into the buffer's spare room (no scratch array per read).
+        let kept = buffer.count
+        var received = 0
+        buffer.append(contentsOf: repeatElement(0, count: 65_536))
+        buffer.withUnsafeMutableBytes { received = recv(fd, $0.baseAddress! + kept, 65_536, 0) }
+        buffer.removeLast(65_536 - max(received, 0))
+        guard received > 0 else { throw Failure(description: received == 0 ? "the server closed the connection" : "recv: \(String(cString: strerror(errno)))") }
     }
 }

@@ -38,6 +38,15 @@ struct TAPBench: ParsableCommand {
     @Option(help: "Rows of a user's table sent with UPLOAD and cross-matched at 1″ with the survey (0: none).")
     var uploadRows = 100_000
 
+    static let coneClientNames: Set<String> = ["tap_http", "tap_http_plain", "native"]
+
+    func validate() throws {
+        let unknown = coneClients.split(separator: ",").map(String.init).filter { !Self.coneClientNames.contains($0) }
+        if !unknown.isEmpty {
+            throw ValidationError("unknown cone client \(unknown.joined(separator: ", ")) (tap_http, tap_http_plain or native)")
+        }
+    }
+
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
         defer { cluster.stop() }

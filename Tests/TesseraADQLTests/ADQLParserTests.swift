@@ -38,8 +38,6 @@ struct ADQLParserTests {
         }
     }
 
-    /// The translated filter must mean what the ADQL means: evaluated on rows by the engine's
-    /// own evaluator, it keeps exactly the rows a direct Swift predicate keeps.
     /// Names and numbers read the same whether ASCII (a fast path) or not, and every kind of
     /// whitespace separates tokens.
     @Test func namesNumbersAndWhitespaceOfEveryKind() throws {
@@ -57,6 +55,8 @@ struct ADQLParserTests {
                 && !ADQLTranslator.isEngineName("AND") && !ADQLTranslator.isEngineName(""))
     }
 
+    /// The translated filter must mean what the ADQL means: evaluated on rows by the engine's
+    /// own evaluator, it keeps exactly the rows a direct Swift predicate keeps.
     @Test func conditionsKeepTheRowsTheyDescribe() throws {
         let flux: [Double] = [-5, 0, .nan, 10, 100, 1000, 1e4, 1e5]
         let cell: [Double] = [1, 2, 3, 4, 5, 6, 7, 8]

@@ -582,33 +582,13 @@ struct ScanAccumulator {
                     e.canonical == yText ? yValues : sharedValues?(e)
                 }).numbers(n)
                 let ny = yb.count
-                // Rows that do not count go to spill bins past the end, dropped afterwards: no
-                // branch on whether a row counts. Eight of them, taken in turn: most rows of a
-                // faint catalog fall outside, and one bin would chain every increment to the last.
-                let spill = histogram.count
-                histogram += [UInt64](repeating: 0, count: 8)
-                keep.withUnsafeBufferPointer { kp in
-                    histogram.withUnsafeMutableBufferPointer { h in
-                        for i in 0..<n {
-                            let bx = xb.bin(xs[i]), by = yb.bin(ys[i])
-                            h[kp[i] && bx >= 0 && by >= 0 ? bx * ny + by : spill + (i & 7)] += 1
-                        }
-                    }
+                Self.count(into: &histogram, rows: n, keep: keep) { i in
+                    let bx = xb.bin(xs[i]), by = yb.bin(ys[i])
+                    return bx >= 0 && by >= 0 ? bx * ny + by : -1
                 }
-                histogram.removeLast(8)
             } else {
                 let xs = evaluate(x).numbers(n)
-                let spill = histogram.count
-                histogram += [UInt64](repeating: 0, count: 8)
-                keep.withUnsafeBufferPointer { kp in
-                    histogram.withUnsafeMutableBufferPointer { h in
-                        for i in 0..<n {
-                            let bx = xb.bin(xs[i])
-                            h[kp[i] && bx >= 0 ? bx : spill + (i & 7)] += 1
-                        }
-                    }
-                }
-                histogram.removeLast(8)
+                Self.count(into: &histogram, rows: n, keep: keep) { xb.bin(xs[$0]) }
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))
@@ -656,6 +636,24 @@ struct ScanAccumulator {
             return try boundRows(sorted: sortBy != nil)
         }
         return false
+    }
+
+    /// Adds one to `histogram[bin(i)]` for each kept row whose bin is not -1. Rows that do not
+    /// count go to spill bins past the end, dropped afterwards: no branch on whether a row
+    /// counts. Eight of them, taken in turn: most rows of a faint catalog fall outside, and one
+    /// bin would chain every increment to the last.
+    @inline(__always) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bin: (Int) -> Int) {
+        let spill = histogram.count
+        histogram += [UInt64](repeating: 0, count: 8)
+        keep.withUnsafeBufferPointer { kp in
+            histogram.withUnsafeMutableBufferPointer { h in
+                for i in 0..<n {
+                    let b = bin(i)
+                    h[kp[i] && b >= 0 ? b : spill + (i & 7)] += 1
+                }
+            }
+        }
+        histogram.removeLast(8)
     }
 
     /// After rows were added: a head keeps its first `limit` rows (true: full, the scan can

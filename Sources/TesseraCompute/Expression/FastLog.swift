@@ -54,17 +54,14 @@ enum FastLog {
                 let n = xp.count
                 var odd = Lanes()
                 var i = 0
-                if let base = xp.baseAddress, let o = out.baseAddress {
+                // Float32 and Float64 columns (the only kinds an expression holds) in lanes; any
+                // other type one at a time below.
+                if T.self == Float.self || T.self == Double.self, let base = xp.baseAddress, let o = out.baseAddress {
                     let raw = UnsafeRawPointer(base), store = UnsafeMutableRawPointer(o)
                     while i + 8 <= n {
-                        let x: Vector
-                        if T.self == Float.self {
-                            x = Vector(raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
-                        } else if T.self == Double.self {
-                            x = raw.loadUnaligned(fromByteOffset: i * 8, as: Vector.self)
-                        } else {
-                            x = Vector((0..<8).map { Double(base[i + $0]) })
-                        }
+                        let x = T.self == Float.self
+                            ? Vector(raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+                            : raw.loadUnaligned(fromByteOffset: i * 8, as: Vector.self)
                         store.storeBytes(of: magnitudes8(x, &odd), toByteOffset: i * 8, as: Vector.self)
                         i += 8
                     }

@@ -300,6 +300,43 @@ struct CatalogEngineTests {
             }, shards)
             #expect(a.histogram == expected)
         }
+        // 1-D, as the engine bins each row on its own: magnitudes (NaN for fluxes ≤ 0, most rows
+        // outside [20, 23]) behind a filter that keeps a random part of the rows, and a column
+        // whose values sit exactly on the first edge and on the closed last one.
+        var oneD = [UInt64](repeating: 0, count: 30)
+        for i in 0..<ShardedCatalog.rows where ext[i] == 1 {
+            if let b = Self.referenceBin(ShardedCatalog.mag(r[i]), 20, 23, 30) { oneD[b] += 1 }
+        }
+        var onEdges = [UInt64](repeating: 0, count: 7)
+        for i in 0..<ShardedCatalog.rows { if let b = Self.referenceBin(ext[i], 0, 1, 7) { onEdges[b] += 1 } }
+        // 0.3 and 0.6 on interior edges of six bins over [0.1, 0.7], where the scaled value
+        // rounds next to the edge.
+        var inner = [UInt64](repeating: 0, count: 6)
+        for i in 0..<ShardedCatalog.rows { if let b = Self.referenceBin(ext[i] * 0.3 + 0.3, 0.1, 0.7, 6) { inner[b] += 1 } }
+        #expect(oneD.reduce(0, +) > 100 && oneD.reduce(0, +) < UInt64(ShardedCatalog.rows) / 2)
+        #expect(onEdges.first! > 0 && onEdges.last! > 0)
+        #expect(inner.filter { $0 > 0 }.count == 2)
+        for shards in try layouts() {
+            let m = try answer(plan {
+                $0.filter = "refExtendedness == 1"
+                var h = Tessera_V1_HistogramSpec()
+                (h.x, h.xBins, h.xMin, h.xMax) = ("mag(r_psfFlux)", 30, 20, 23)
+                $0.histogram = h
+            }, shards)
+            #expect(m.histogram == oneD)
+            let e = try answer(plan {
+                var h = Tessera_V1_HistogramSpec()
+                (h.x, h.xBins, h.xMin, h.xMax) = ("refExtendedness", 7, 0, 1)
+                $0.histogram = h
+            }, shards)
+            #expect(e.histogram == onEdges)
+            let f = try answer(plan {
+                var h = Tessera_V1_HistogramSpec()
+                (h.x, h.xBins, h.xMin, h.xMax) = ("refExtendedness * 0.3 + 0.3", 6, 0.1, 0.7)
+                $0.histogram = h
+            }, shards)
+            #expect(f.histogram == inner)
+        }
         // Values exactly on edges, and the closed last bin: 0, 0.1, ..., 1 in 10 bins of [0, 1].
         let edges = (0...10).map { Double($0) / 10 }
         let bins = edges.map { Self.referenceBin($0, 0, 1, 10) }

@@ -339,6 +339,10 @@ struct Bins: Sendable {
     let lo: Double, hi: Double, count: Int
     let norm: Double
     let edges: [Double]
+    /// The edge above each bin, +∞ above the last (closed) one: a value there stays in it.
+    let upperEdges: [Double]
+    /// The largest scaled value that converts to the last bin.
+    let lastScaled: Double
 
     init(count: Int, lo: Double, hi: Double) {
         self.lo = lo
@@ -349,20 +353,31 @@ struct Bins: Sendable {
         var e = (0...count).map { Double($0) * step + lo }
         e[count] = hi
         edges = e
+        upperEdges = Array(e.dropFirst().dropLast()) + [.infinity]
+        lastScaled = Double(count) - 0.5
     }
 
-    /// The bin of `v`, or -1 when it is NaN or outside [lo, hi]. Whether it is inside decides
-    /// the answer by a select, not a branch: values outside the range are a random fraction of
-    /// the rows (faint magnitudes), and the branch mispredicted on them (measured). A value
-    /// outside is binned as if it were `lo` on the way, so the conversion never sees NaN or ±∞.
-    @inline(__always) func bin(_ v: Double) -> Int {
-        let inside = v >= lo && v <= hi
-        // The plan's check keeps `norm` finite; x is then within [0, count] for values inside.
-        let x = ((inside ? v : lo) - lo) * norm
-        var j = x < Double(count) ? Int(x) : count - 1
-        // Rounding moved it next to the edges `linspace` gives: rare, and predicted.
-        if v < edges[j] { j = Swift.max(j - 1, 0) } else if j + 1 < count && v >= edges[j + 1] { j += 1 }
-        return inside ? j : -1
+    /// The bin of `v` clamped into [lo, hi], and whether `v` is inside (1) or NaN or outside
+    /// (0). No branch depends on the value: values outside the range are a random fraction of
+    /// the rows (faint magnitudes), and branches on them mispredicted (measured: half of twenty
+    /// shared-pass questions' time). Hence only min, max and comparisons turned into integers:
+    /// the clamp is a max and a min (NaN goes to `lo`), the value is inside exactly when the
+    /// clamp left it as it was, the scaled value is capped below `count` by a min, and the
+    /// rounding fix-up (a value that scaling moved next to the edges `linspace` gives) adds
+    /// the two comparisons with the bin's edges. Selects and `if`s here became branches (x86
+    /// has no conditional move for doubles, and the compiler turned integer ones into branches
+    /// too). The conversion never sees NaN or ±∞. `edges` and `upper` are `edges` and
+    /// `upperEdges`, borrowed once by the caller's loop.
+    @inline(__always) func slot(_ v: Double, edges: UnsafeBufferPointer<Double>, upper: UnsafeBufferPointer<Double>) -> (bin: Int, inside: UInt8) {
+        let above = v > lo ? v : lo
+        let c = above < hi ? above : hi
+        let inside: UInt8 = c == v ? 1 : 0
+        // The plan's check keeps `norm` finite; x is then within [0, count] (a hair over `count`
+        // at `hi` after rounding).
+        let x = (c - lo) * norm
+        let j = Int(x < lastScaled ? x : lastScaled)
+        // c ≥ lo = edges[0], so the first never moves bin 0 below 0.
+        return (j &- (c < edges[j] ? 1 : 0) &+ (c >= upper[j] ? 1 : 0), inside)
     }
 }
 
@@ -581,14 +596,9 @@ struct ScanAccumulator {
                 let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n, known: { e in
                     e.canonical == yText ? yValues : sharedValues?(e)
                 }).numbers(n)
-                let ny = yb.count
-                Self.count(into: &histogram, rows: n, keep: keep) { i in
-                    let bx = xb.bin(xs[i]), by = yb.bin(ys[i])
-                    return bx >= 0 && by >= 0 ? bx * ny + by : -1
-                }
+                Self.count(into: &histogram, rows: n, keep: keep, xs: xs, xBins: xb, ys: ys, yBins: yb)
             } else {
-                let xs = evaluate(x).numbers(n)
-                Self.count(into: &histogram, rows: n, keep: keep) { xb.bin(xs[$0]) }
+                Self.count(into: &histogram, rows: n, keep: keep, xs: evaluate(x).numbers(n), xBins: xb)
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))
@@ -638,22 +648,67 @@ struct ScanAccumulator {
         return false
     }
 
-    /// Adds one to `histogram[bin(i)]` for each kept row whose bin is not -1. Rows that do not
-    /// count go to spill bins past the end, dropped afterwards: no branch on whether a row
-    /// counts. Eight of them, taken in turn: most rows of a faint catalog fall outside, and one
-    /// bin would chain every increment to the last.
-    @inline(__always) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bin: (Int) -> Int) {
-        let spill = histogram.count
-        histogram += [UInt64](repeating: 0, count: 8)
+    /// Adds one to `histogram[bin]` for each kept row inside the range, where `bin(i)` gives
+    /// row `i`'s bin (clamped into the range) and 1 when it is inside. Nothing depends on
+    /// whether a row counts: every row adds its 0 or 1 to its bin. A branch on it mispredicted
+    /// on the random rows outside (faint magnitudes), and a select of the bin was turned back
+    /// into branches by the compiler. The rows go to eight interleaved copies of the histogram
+    /// in turn, summed at the end: the rows outside all land in an edge bin, and with one copy
+    /// every increment there would wait on the one before.
+    @inline(__always) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bin: (Int) -> (Int, UInt8)) {
+        let bins = histogram.count
+        var copies = [UInt64](repeating: 0, count: bins * 8)
         keep.withUnsafeBufferPointer { kp in
-            histogram.withUnsafeMutableBufferPointer { h in
-                for i in 0..<n {
-                    let b = bin(i)
-                    h[kp[i] && b >= 0 ? b : spill + (i & 7)] += 1
+            kp.withMemoryRebound(to: UInt8.self) { kb in
+                copies.withUnsafeMutableBufferPointer { h in
+                    for i in 0..<n {
+                        let (b, inside) = bin(i)
+                        h[b &* 8 &+ (i & 7)] &+= UInt64(kb[i] & inside)
+                    }
                 }
             }
         }
-        histogram.removeLast(8)
+        copies.withUnsafeBufferPointer { h in
+            for b in 0..<bins {
+                var sum: UInt64 = 0
+                for c in 0..<8 { sum &+= h[b &* 8 &+ c] }
+                histogram[b] &+= sum
+            }
+        }
+    }
+
+    /// A 1-D histogram's rows. Its own small function, so that the bin is inlined into the loop
+    /// (inside `add`, too large for the inliner, the closure stayed a call per row).
+    @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], xs: [Double], xBins xb: Bins) {
+        xs.withUnsafeBufferPointer { xp in
+            xb.edges.withUnsafeBufferPointer { xe in
+                xb.upperEdges.withUnsafeBufferPointer { xu in
+                    count(into: &histogram, rows: n, keep: keep) { xb.slot(xp[$0], edges: xe, upper: xu) }
+                }
+            }
+        }
+    }
+
+    /// A 2-D histogram's rows (x major), for the same reason its own function.
+    @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool],
+                                     xs: [Double], xBins xb: Bins, ys: [Double], yBins yb: Bins) {
+        let ny = yb.count
+        xs.withUnsafeBufferPointer { xp in
+            ys.withUnsafeBufferPointer { yp in
+                xb.edges.withUnsafeBufferPointer { xe in
+                    xb.upperEdges.withUnsafeBufferPointer { xu in
+                        yb.edges.withUnsafeBufferPointer { ye in
+                            yb.upperEdges.withUnsafeBufferPointer { yu in
+                                count(into: &histogram, rows: n, keep: keep) { i in
+                                    let (bx, ix) = xb.slot(xp[i], edges: xe, upper: xu), (by, iy) = yb.slot(yp[i], edges: ye, upper: yu)
+                                    return (bx &* ny &+ by, ix & iy)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// After rows were added: a head keeps its first `limit` rows (true: full, the scan can

@@ -1,5 +1,6 @@
 import DequeModule
 import TesseraProtocol
+import TesseraStorage
 
 /// Assignment flags on the wire (`AssignTasks.flags`).
 public enum AssignFlags {
@@ -37,9 +38,14 @@ extension SchedulerCore {
                 let near = candidates.filter { w in inputs.contains { job.worker[Int(job.inputs[$0])] == w.id } }
                 if !near.isEmpty { candidates = near }
             }
-            guard let best = candidates.min(by: { placedBefore($0, $1, job.priority) }) else {
+            guard let least = candidates.min(by: { placedBefore($0, $1, job.priority) }) else {
                 finish(job, .jobFailed, error: "no live worker holds data `\(dk)` (needed by task \(t))", now: lastNow)
                 return
+            }
+            // The key's home unless it has more than one task per thread beyond the least busy.
+            var best = least
+            if let home = Self.home(of: dk, among: candidates), placementLoad(home, job.priority) <= placementLoad(least, job.priority) + 1 {
+                best = home
             }
             best.pinned.append(key, job.lane)
             return
@@ -74,6 +80,28 @@ extension SchedulerCore {
             }
         }
         readyAnywhere.append(key, job.lane)
+    }
+
+    /// The holder a data key's tasks go to while it is not much busier than the others: the same
+    /// one every time for the same holders (rendezvous hashing of the key and the workers'
+    /// names), so that each worker's cache of decoded columns holds its share of replicated data
+    /// instead of all of it (measured: with every shard on both workers and tasks placed by
+    /// queue length alone, each worker decoded every shard and the caches thrashed), and a
+    /// shard's concurrent scans meet in one shared pass. Idle workers still take tasks from
+    /// busy ones (``stealTask(for:)``).
+    static func home(of dataKey: String, among holders: [WorkerRecord]) -> WorkerRecord? {
+        holders.max { weight(dataKey, $0.name) < weight(dataKey, $1.name) }
+    }
+
+    static func weight(_ dataKey: String, _ worker: String) -> UInt64 {
+        XXHash64.hash(Array(dataKey.utf8) + [0] + Array(worker.utf8))
+    }
+
+    /// A worker's queued and running work per thread, as ``placedBefore(_:_:_:)`` weighs it: an
+    /// interactive task counts the interactive work only.
+    func placementLoad(_ w: WorkerRecord, _ priority: PriorityClass) -> Int {
+        let work = priority == .interactive ? w.interactive.count + w.pinned.count(of: .interactive) : w.inFlight + w.queuedCount
+        return work / max(1, w.threads)
     }
 
     /// Whether a data task of class `priority` goes to holder `a` rather than `b`: the one with

@@ -220,9 +220,26 @@ struct ConeBench: ParsableCommand {
     @Option(help: "Cone radius in arcminutes.")
     var radiusArcmin = 1.0
 
+    @Option(help: "Then rounds of this many cones at once, each on a connection of its own, as interactive questions (0: none).")
+    var concurrent = 0
+
+    @Option(help: "Rounds of concurrent cones (a JSON line with the rounds' p50/p95/p99 over all their cones, and each round's p95).")
+    var rounds = 20
+
+    func validate() throws {
+        guard cones >= 0, concurrent >= 0, rounds >= 1 else { throw ValidationError("--cones and --concurrent must be at least 0, --rounds at least 1") }
+        guard concurrent <= 1000 else { throw ValidationError("--concurrent is at most 1000 (a thread and a connection each)") }
+    }
+
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
         defer { cluster.stop() }
+        if cones > 0 { try sequential(rows: rows, conn) }
+        if concurrent > 0 { try concurrentRounds(cluster.clientEndpoint, rows: rows, conn) }
+    }
+
+    /// `cones` cones one after the other (after 20 not counted).
+    func sequential(rows: Int, _ conn: SchedulerConnection) throws {
         var rng = SystemRandomNumberGenerator()
         var times: [Double] = []
         var found = 0
@@ -240,5 +257,26 @@ struct ConeBench: ParsableCommand {
                         ("p50_ms", pct(0.5) * 1e3), ("p90_ms", pct(0.9) * 1e3), ("p99_ms", pct(0.99) * 1e3), ("max_ms", (times.last ?? 0) * 1e3),
                         ("mean_rows_per_cone", Double(found) / Double(times.count)),
                         ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+    }
+
+    /// `rounds` rounds of `concurrent` cones asked at the same moment (a portal's burst).
+    func concurrentRounds(_ endpoint: String, rows: Int, _ conn: SchedulerConnection) throws {
+        var rng = SystemRandomNumberGenerator()
+        var all = MixedBench.Timings(seconds: [], wall: 0)
+        var roundP95: [Double] = []
+        let askers = try ConcurrentAskers(endpoint, count: concurrent)
+        defer { askers.close() }
+        // A first round not counted.
+        for round in 0...rounds {
+            let questions = (0..<concurrent).map { _ in Self.randomCone(radiusArcmin: radiusArcmin, using: &rng).priority(.interactive) }
+            let t = try askers.ask(questions)
+            if round == 0 { continue }
+            all.seconds += t.seconds
+            all.wall += t.wall
+            all.rowsBack += t.rowsBack
+            roundP95.append(t.percentile(0.95) * 1e3)
+        }
+        print(jsonLine([("engine", "tessera"), ("workload", "cones_concurrent"), ("rows", rows), ("concurrent", concurrent), ("rounds", rounds)]
+                       + all.fields + [("round_p95_ms", roundP95), ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
     }
 }

@@ -48,9 +48,12 @@ struct MixedBench: ParsableCommand {
 
         for q in scanQuestions { _ = try conn.run(q) }
 
-        // 1. Cones on an idle cluster (one warm-up round, then the measured one).
-        _ = try coneRound(endpoint, priority: .interactive)
-        let idle = try coneRound(endpoint, priority: .interactive)
+        // 1. Cones on an idle cluster (one warm-up round, then the measured one), from a portal's
+        //    connections, kept for every round.
+        let coneAskers = try ConcurrentAskers(endpoint, count: cones)
+        defer { coneAskers.close() }
+        _ = try coneRound(coneAskers, priority: .interactive)
+        let idle = try coneRound(coneAskers, priority: .interactive)
         print(jsonLine([("engine", "tessera"), ("workload", "cones_idle"), ("rows", rows)] + idle.fields))
 
         // 2. One full scan alone, then all of them at once.
@@ -85,7 +88,7 @@ struct MixedBench: ParsableCommand {
             // Let the scans start and fill the workers' queues.
             Thread.sleep(forTimeInterval: 0.05)
             let busy = try conn.status().jobs.filter { $0.state == .jobRunning }.count
-            let under = try coneRound(endpoint, priority: cone)
+            let under = try coneRound(coneAskers, priority: cone)
             load.wait()
             let scansTook = loadResult.withLock { $0 }?.wall ?? .nan
             print(jsonLine([("engine", "tessera"), ("workload", name), ("round", round), ("rows", rows), ("cone_class", cone.description),
@@ -132,10 +135,10 @@ struct MixedBench: ParsableCommand {
         }
     }
 
-    func coneRound(_ endpoint: String, priority: PriorityClass) throws -> Timings {
+    func coneRound(_ askers: ConcurrentAskers, priority: PriorityClass) throws -> Timings {
         var rng = SystemRandomNumberGenerator()
         let questions = (0..<cones).map { _ in ConeBench.randomCone(radiusArcmin: radiusArcmin, using: &rng).priority(priority) }
-        return try runConcurrently(endpoint, questions)
+        return try askers.ask(questions)
     }
 
     func fairShare(_ cluster: LocalCluster, endpoint: String, rows: Int) throws {
@@ -215,37 +218,92 @@ struct MixedBench: ParsableCommand {
 /// Runs every question at once, each on a connection and thread of its own (connected before
 /// the start, so the times are the questions', not CURVE handshakes').
 func runConcurrently(_ endpoint: String, _ questions: [CatalogQuery]) throws -> MixedBench.Timings {
-    let n = questions.count
-    let results = Mutex<[Result<(Double, Int), any Error>?]>(Array(repeating: nil, count: n))
-    let go = DispatchSemaphore(value: 0)
-    let ready = DispatchGroup(), finished = DispatchGroup()
-    for i in 0..<n {
-        let q = questions[i]
-        ready.enter()
-        finished.enter()
-        Thread {
-            let conn = Result { try SchedulerConnection(endpoint: endpoint) }
-            ready.leave()
-            go.wait()
-            let r = Result { () throws -> (Double, Int) in
-                let u = try conn.get().run(q, name: "mixed")
-                return (u.seconds, u.result.table.rowCount)
-            }
-            results.withLock { $0[i] = r }
-            finished.leave()
-        }.start()
+    let askers = try ConcurrentAskers(endpoint, count: questions.count)
+    defer { askers.close() }
+    return try askers.ask(questions)
+}
+
+/// Connections that ask their questions at the same moment, each on a thread of its own, kept
+/// from round to round as a portal keeps its connections: a round's times are the questions',
+/// and no connection is set up or torn down while one runs.
+final class ConcurrentAskers: @unchecked Sendable {
+    private struct Round {
+        var questions: [CatalogQuery] = []
+        var results: [Result<(Double, Int), any Error>?] = []
+        var closing = false
     }
-    ready.wait()
-    let start = now()
-    for _ in 0..<n { go.signal() }
-    finished.wait()
-    let wall = Double(now() - start) / 1e9
-    var out = MixedBench.Timings(seconds: [], wall: wall)
-    for r in results.withLock({ $0 }) {
-        guard let r else { continue }
-        let (s, rows) = try r.get()
-        out.seconds.append(s)
-        out.rowsBack += rows
+    private let round = Mutex(Round())
+    private let starts: [DispatchSemaphore]
+    private let finished = DispatchGroup()
+    private let exited = DispatchGroup()
+    let count: Int
+
+    /// `count` connections to `endpoint`, each with its thread, all connected (a ping answered)
+    /// before this returns.
+    init(_ endpoint: String, count: Int) throws {
+        self.count = count
+        starts = (0..<count).map { _ in DispatchSemaphore(value: 0) }
+        let ready = DispatchGroup()
+        let failure = Mutex<(any Error)?>(nil)
+        for i in 0..<count {
+            ready.enter()
+            exited.enter()
+            Thread { [self] in
+                defer { exited.leave() }
+                let conn: SchedulerConnection
+                do {
+                    conn = try SchedulerConnection(endpoint: endpoint)
+                } catch {
+                    failure.withLock { $0 = error }
+                    ready.leave()
+                    return
+                }
+                ready.leave()
+                while true {
+                    starts[i].wait()
+                    guard let q = round.withLock({ $0.closing ? nil : $0.questions[i] }) else { return }
+                    let r = Result { () throws -> (Double, Int) in
+                        let u = try conn.run(q, name: "mixed")
+                        return (u.seconds, u.result.table.rowCount)
+                    }
+                    round.withLock { $0.results[i] = r }
+                    finished.leave()
+                }
+            }.start()
+        }
+        ready.wait()
+        if let e = failure.withLock({ $0 }) {
+            close()
+            throw e
+        }
     }
-    return out
+
+    /// Asks `questions` (at most `count`) at once; their times, and the wall time until the last answered.
+    func ask(_ questions: [CatalogQuery]) throws -> MixedBench.Timings {
+        precondition(questions.count <= count, "more questions than connections")
+        round.withLock { r in
+            r.questions = questions
+            r.results = Array(repeating: nil, count: questions.count)
+        }
+        for _ in questions { finished.enter() }
+        let start = now()
+        for i in questions.indices { starts[i].signal() }
+        finished.wait()
+        let wall = Double(now() - start) / 1e9
+        var out = MixedBench.Timings(seconds: [], wall: wall)
+        for r in round.withLock({ $0.results }) {
+            guard let r else { continue }
+            let (s, rows) = try r.get()
+            out.seconds.append(s)
+            out.rowsBack += rows
+        }
+        return out
+    }
+
+    /// Ends the threads and their connections.
+    func close() {
+        round.withLock { $0.closing = true }
+        for s in starts { s.signal() }
+        exited.wait()
+    }
 }

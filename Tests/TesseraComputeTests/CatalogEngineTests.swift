@@ -307,6 +307,13 @@ struct CatalogEngineTests {
         for i in 0..<ShardedCatalog.rows where ext[i] == 1 {
             if let b = Self.referenceBin(ShardedCatalog.mag(r[i]), 20, 23, 30) { oneD[b] += 1 }
         }
+        // The same with a selective filter on the column the output reads too (the survivors'
+        // values are gathered from it).
+        var brightOneD = [UInt64](repeating: 0, count: 30)
+        for i in 0..<ShardedCatalog.rows where ext[i] == 1 && r[i] > 3000 {
+            if let b = Self.referenceBin(ShardedCatalog.mag(r[i]), 20, 23, 30) { brightOneD[b] += 1 }
+        }
+        #expect(brightOneD.reduce(0, +) > 20 && brightOneD.reduce(0, +) < oneD.reduce(0, +))
         var onEdges = [UInt64](repeating: 0, count: 7)
         for i in 0..<ShardedCatalog.rows { if let b = Self.referenceBin(ext[i], 0, 1, 7) { onEdges[b] += 1 } }
         // 0.3 and 0.6 on interior edges of six bins over [0.1, 0.7], where the scaled value
@@ -324,6 +331,13 @@ struct CatalogEngineTests {
                 $0.histogram = h
             }, shards)
             #expect(m.histogram == oneD)
+            let bright = try answer(plan {
+                $0.filter = "refExtendedness == 1 and r_psfFlux > 3000"
+                var h = Tessera_V1_HistogramSpec()
+                (h.x, h.xBins, h.xMin, h.xMax) = ("mag(r_psfFlux)", 30, 20, 23)
+                $0.histogram = h
+            }, shards)
+            #expect(bright.histogram == brightOneD)
             let e = try answer(plan {
                 var h = Tessera_V1_HistogramSpec()
                 (h.x, h.xBins, h.xMin, h.xMax) = ("refExtendedness", 7, 0, 1)

@@ -79,6 +79,11 @@ struct ShardScanPlan {
     /// The canonical texts of every subexpression that calls a function, in the filter and the
     /// output: what a shared pass may compute once for several questions.
     let functionSubexpressions: Set<String>
+    /// The columns the output's expressions read (not those only the filter reads), and
+    /// whether the output reads the rows' index: what a selective filter's survivors are
+    /// gathered from. Neither, for a count: the mask alone answers it.
+    let outputColumns: Set<String>
+    let outputReadsIndex: Bool
 
     init(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String) throws(CatalogQueryError) {
         self.q = q
@@ -139,6 +144,11 @@ struct ShardScanPlan {
         case .rows(let select, let sortBy): outputs = select.filter { $0.column == nil }.map(\.expression) + (sortBy.map { [$0] } ?? [])
         }
         functionSubexpressions = (conjuncts + outputs).reduce(into: Set<String>()) { $0.formUnion($1.expression.subexpressionsCallingFunctions) }
+        outputColumns = Set(outputs.flatMap(\.columns))
+        switch q.output {
+        case .skyMap, .rows: outputReadsIndex = true
+        case .aggregates, .histogram: outputReadsIndex = false
+        }
     }
 
     /// A region's index ranges inside a shard's own pixel only: a wide region or a many-sided
@@ -239,11 +249,12 @@ struct ShardScanPlan {
         try load(false)
         var n = rows
         var rowMap: [Int]?
-        if matched < rows * 6 / 10 {
-            // A selective filter: the output's expressions run on the surviving rows only.
+        if matched < rows * 6 / 10 && (!outputColumns.isEmpty || outputReadsIndex) {
+            // A selective filter: the output's expressions run on the surviving rows only (a
+            // count needs no rows: its mask is counted as it is).
             let picked = GroupLoops.indices(where: keep)
-            cols = cols.mapValues { $0.gathered(picked) }
-            if !index.isEmpty { index = Kernels.gather(index, picked) }
+            cols = cols.filter { outputColumns.contains($0.key) }.mapValues { $0.gathered(picked) }
+            if outputReadsIndex && !index.isEmpty { index = Kernels.gather(index, picked) } else { index = [] }
             keep = [Bool](repeating: true, count: matched)
             n = matched
             rowMap = picked
@@ -556,6 +567,9 @@ struct ScanAccumulator {
             ExpressionEvaluator.evaluate(e, columns: columns, rows: n, known: shared?.lookup(rows: rowMap, count: n))
         }
         switch q.output {
+        case .aggregates(nil, let mExprs, let sExprs) where mExprs.isEmpty && sExprs.isEmpty:
+            // A count: the rows kept, already counted.
+            groupRows[0] += UInt64(matched)
         case .aggregates(let group, let mExprs, let sExprs):
             // First each row's group slot and whether it counts, then one loop per expression.
             // Rows that do not count keep the slot of the row before them: the loops below then

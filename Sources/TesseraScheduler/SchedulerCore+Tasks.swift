@@ -44,7 +44,7 @@ extension SchedulerCore {
             }
             // The key's home unless it has more than one task per thread beyond the least busy.
             var best = least
-            if let home = Self.home(of: dk, among: candidates), placementLoad(home, job.priority) <= placementLoad(least, job.priority) + 1 {
+            if let home = Self.home(of: dk, among: candidates), withinOneTaskPerThread(home, of: least, job.priority) {
                 best = home
             }
             best.pinned.append(key, job.lane)
@@ -97,11 +97,15 @@ extension SchedulerCore {
         XXHash64.hash(Array(dataKey.utf8) + [0] + Array(worker.utf8))
     }
 
-    /// A worker's queued and running work per thread, as ``placedBefore(_:_:_:)`` weighs it: an
-    /// interactive task counts the interactive work only.
-    func placementLoad(_ w: WorkerRecord, _ priority: PriorityClass) -> Int {
-        let work = priority == .interactive ? w.interactive.count + w.pinned.count(of: .interactive) : w.inFlight + w.queuedCount
-        return work / max(1, w.threads)
+    /// Whether `home` has at most one task per thread more than `least`, counting work as
+    /// ``placedBefore(_:_:_:)`` weighs it (an interactive task counts interactive work only).
+    func withinOneTaskPerThread(_ home: WorkerRecord, of least: WorkerRecord, _ priority: PriorityClass) -> Bool {
+        func work(_ w: WorkerRecord) -> Int {
+            priority == .interactive ? w.interactive.count + w.pinned.count(of: .interactive) : w.inFlight + w.queuedCount
+        }
+        let th = max(1, home.threads), tl = max(1, least.threads)
+        // work(home)/th ≤ work(least)/tl + 1, without rounding.
+        return work(home) * tl <= work(least) * th + th * tl
     }
 
     /// Whether a data task of class `priority` goes to holder `a` rather than `b`: the one with

@@ -146,7 +146,7 @@ struct SchedulerSharingTests {
     func replicatedShardsKeepTheirHome() throws {
         let c = FakeCluster(config: SchedulerConfig())
         let keys = (0..<16).map { "survey/1/order3-pix\($0)" }
-        let a = c.addWorker(name: "worker-a", threads: 1, holdings: keys)
+        let a = c.addWorker(name: "worker-a", threads: 2, holdings: keys)
         let onlyB = "survey/1/order3-pix99"
         let b = c.addWorker(name: "worker-b", threads: 1, holdings: keys + [onlyB])
         func scan(_ key: String, _ priority: PriorityClass) -> JobID? {
@@ -160,10 +160,10 @@ struct SchedulerSharingTests {
             return c.submit(s, frames: frames, client: 1000, name: "scan \(key)", identity: Self.user("ann"))
         }
         /// The worker each key's one-task job was sent to, one job at a time on an idle cluster.
-        func placements() throws -> [String: WorkerID] {
+        func placements(_ priority: PriorityClass = .interactive) throws -> [String: WorkerID] {
             var out: [String: WorkerID] = [:]
             for k in keys {
-                let j = try #require(scan(k, .interactive))
+                let j = try #require(scan(k, priority))
                 out[k] = a.queue.contains { TaskKey.job($0.key) == j } ? a.id : b.queue.contains { TaskKey.job($0.key) == j } ? b.id : nil
                 #expect(c.run(until: [j]))
             }
@@ -174,6 +174,7 @@ struct SchedulerSharingTests {
         // Both are some shards' home (16 keys: all on one would be a 2^-15 chance per name pair).
         #expect(Set(first.values) == [a.id, b.id])
         #expect(try placements() == first)
+        #expect(try placements(.batch) == first)
         // A busy home: B has three interactive tasks on a shard only it holds, more than one per
         // thread beyond A, so one of B's shards goes to A.
         let busy = (0..<3).compactMap { _ in scan(onlyB, .interactive) }

@@ -666,26 +666,31 @@ struct ScanAccumulator {
     /// row `i`'s bin (clamped into the range) and 1 when it is inside. Nothing depends on
     /// whether a row counts: every row adds its 0 or 1 to its bin. A branch on it mispredicted
     /// on the random rows outside (faint magnitudes), and a select of the bin was turned back
-    /// into branches by the compiler. The rows go to eight interleaved copies of the histogram
-    /// in turn, summed at the end: the rows outside all land in an edge bin, and with one copy
-    /// every increment there would wait on the one before.
+    /// into branches by the compiler. The rows of a histogram of up to 1,024 bins go to eight
+    /// interleaved copies of it in turn, summed at the end: the rows outside all land in an edge
+    /// bin, and with one copy every increment there would wait on the one before. A larger
+    /// histogram is counted in place (eight copies of up to ten million bins, cleared and summed
+    /// per row group, would cost more than the waits).
     @inline(__always) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bin: (Int) -> (Int, UInt8)) {
         let bins = histogram.count
-        var copies = [UInt64](repeating: 0, count: bins * 8)
+        let shift = bins <= 1024 ? 3 : 0, lanes = (1 << shift) - 1
+        var copies = shift == 0 ? [] : [UInt64](repeating: 0, count: bins << shift)
         keep.withUnsafeBufferPointer { kp in
             kp.withMemoryRebound(to: UInt8.self) { kb in
-                copies.withUnsafeMutableBufferPointer { h in
+                func add(_ h: UnsafeMutableBufferPointer<UInt64>) {
                     for i in 0..<n {
                         let (b, inside) = bin(i)
-                        h[b &* 8 &+ (i & 7)] &+= UInt64(kb[i] & inside)
+                        h[(b &<< shift) | (i & lanes)] &+= UInt64(kb[i] & inside)
                     }
                 }
+                if shift == 0 { histogram.withUnsafeMutableBufferPointer { add($0) } } else { copies.withUnsafeMutableBufferPointer { add($0) } }
             }
         }
+        guard shift > 0 else { return }
         copies.withUnsafeBufferPointer { h in
             for b in 0..<bins {
                 var sum: UInt64 = 0
-                for c in 0..<8 { sum &+= h[b &* 8 &+ c] }
+                for c in 0...lanes { sum &+= h[(b &<< shift) | c] }
                 histogram[b] &+= sum
             }
         }

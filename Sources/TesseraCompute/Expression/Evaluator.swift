@@ -578,7 +578,7 @@ struct ColumnTest {
                 let v = Double(xp[i])
                 if kp[i] && v >= lo && v <= hi { kp[i] = ExpressionEvaluator.compare(op, FastLog.magnitude(v), m) }
             }
-            if let rows { for i in rows { settle(i) } } else { for i in 0..<kp.count { settle(i) } }
+            if let rows { for i in rows { settle(i) } } else { for i in 0..<min(kp.count, xp.count) { settle(i) } }
         }
     }
 

@@ -155,7 +155,10 @@ struct MixedBench: ParsableCommand {
         }
         let users = ["alice", "bob"]
         let watcher = try SchedulerConnection(endpoint: endpoint)
-        let question = CatalogQuery(dataset: AnchorCatalog.dataset).filter("detect_isPrimary and mag(r_psfFlux) < 23").wirePlan
+        // A full-catalog group-by (the anchor's groupby_cell): work enough that the figure spans
+        // seconds. A count answered from its mask took 10 ms a job, and the users' hundred
+        // jobs were done before the second user had finished submitting hers.
+        let question = CatalogBench.anchorQuestions(CatalogQuery(dataset: AnchorCatalog.dataset))["groupby_cell"]!.wirePlan
         let done = Mutex<[Int]>([0, 0])
         // A user's connection, submission or job that fails ends the figure with its error
         // (instead of waiting forever for jobs that will never finish).

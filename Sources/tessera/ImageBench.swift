@@ -29,6 +29,15 @@ struct ImageBenchData: ParsableArguments {
     @Option(help: "Most catalog rows per shard (smaller shards spread forced photometry more evenly over the workers).")
     var maxRowsPerShard = 100_000
 
+    @Option(help: "Copies of each catalog shard and patch (as `tessera ingest --replicas`): with one, a worker holding more patches measures more rows; with two, either may measure any shard's rows.")
+    var replicas = 2
+
+    func validate() throws {
+        guard workers >= 1, replicas >= 1, replicas <= workers else {
+            throw ValidationError("--replicas must be from 1 to --workers (\(workers)); got \(replicas)")
+        }
+    }
+
     @Option(help: "The Python with astropy and photutils, for the anchor (empty: no anchor).")
     var python = ".venv/bin/python"
 
@@ -62,7 +71,7 @@ struct ImageBenchData: ParsableArguments {
         var o = LocalCluster.Options()
         o.workers = workers
         o.threadsPerWorker = 1
-        o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
+        o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)" + (replicas == 1 ? "" : "-\(replicas)r")
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
@@ -70,14 +79,14 @@ struct ImageBenchData: ParsableArguments {
         if !held.contains("catalog") {
             FileHandle.standardError.write(Data("ingesting the catalog (once; not timed) ...\n".utf8))
             var opts = IngestOptions(dataset: "catalog", files: [catalogFile])
-            opts.replicas = 1
+            opts.replicas = replicas
             opts.maxRowsPerShard = maxRowsPerShard
             _ = try CatalogIngest.run(opts, connection: conn)
         }
         if !held.contains("coadd") {
             FileHandle.standardError.write(Data("ingesting \(patches.count) patches beside it (once; not timed) ...\n".utf8))
             var opts = ImageIngestOptions(dataset: "coadd", files: patches)
-            opts.replicas = 1
+            opts.replicas = replicas
             opts.colocateWith = "catalog"
             _ = try ImageIngest.run(opts, connection: conn)
         }

@@ -27,7 +27,7 @@ struct MixedBench: ParsableCommand {
     @Option(help: "Concurrent full-catalog aggregates (each a different question).")
     var scans = 20
 
-    @Option(help: "Rounds of each cones-under-scans figure, a JSON line each (timings here are noisy).")
+    @Option(help: "Rounds of each cones-under-scans figure, a JSON line each, and of idle cones, pooled into one line (timings here are noisy).")
     var rounds = 1
 
     @Option(help: "Batch jobs each of the two users submits for the fair-share figure (0 skips it).")
@@ -48,13 +48,24 @@ struct MixedBench: ParsableCommand {
 
         for q in scanQuestions { _ = try conn.run(q) }
 
-        // 1. Cones on an idle cluster (one warm-up round, then the measured one), from a portal's
-        //    connections, kept for every round.
+        // 1. Cones on an idle cluster, from a portal's connections, kept for every round: three
+        //    warm-up rounds (a cone sent past its shard's home finds the other worker's cache
+        //    cold), then `rounds` measured ones, pooled (one round of fifty swung 2-4x from run
+        //    to run).
         let coneAskers = try ConcurrentAskers(endpoint, count: cones)
         defer { coneAskers.close() }
-        _ = try coneRound(coneAskers, priority: .interactive)
-        let idle = try coneRound(coneAskers, priority: .interactive)
-        print(jsonLine([("engine", "tessera"), ("workload", "cones_idle"), ("rows", rows)] + idle.fields))
+        for _ in 0..<3 { _ = try coneRound(coneAskers, priority: .interactive) }
+        var idle = Timings(seconds: [], wall: 0)
+        var idleRounds: [Double] = []
+        for _ in 0..<max(1, rounds) {
+            let r = try coneRound(coneAskers, priority: .interactive)
+            idle.seconds += r.seconds
+            idle.wall += r.wall
+            idle.rowsBack += r.rowsBack
+            idleRounds.append(r.percentile(0.95) * 1e3)
+        }
+        print(jsonLine([("engine", "tessera"), ("workload", "cones_idle"), ("rows", rows), ("rounds", idleRounds.count)] + idle.fields
+                       + [("round_p95_ms", idleRounds)]))
 
         // 2. One full scan alone, then all of them at once.
         var alone: [Double] = []

@@ -110,16 +110,14 @@ extension TaskPool {
 /// (it is called only when the list goes from empty to non-empty, so a burst of completions
 /// costs one wake-up).
 ///
-/// Batch tasks run on threads of their own at the lowest OS priority (SCHED_IDLE, and nice +10
-/// where that is refused), the others at the process's own. Interactive and normal tasks have
-/// `threadCount` slots of their own; batch tasks take a slot only while fewer than `threadCount`
-/// tasks of any class run, and never while a foreground task waits. So an interactive task waits
-/// for no batch task at all (a shared pass answering twenty batch scans of a shard can take as
-/// long as twenty scans): it starts at once on a foreground thread, and the kernel runs the batch
-/// threads only when nothing else wants the core. The batch work then yields the CPU to whatever
-/// answers a person, and so do the daemons' and clients' own threads on the way (with nice +10
-/// alone, the batch threads kept a tenth of each core and every hop of a cone waited on them:
-/// 50 cones under 20 batch scans had p95 34-198 ms against 23-50 ms with SCHED_IDLE).
+/// Batch tasks run on threads of their own at a lower OS priority (nice +10), the others at the
+/// process's own. Interactive and normal tasks have `threadCount` slots of their own; batch
+/// tasks take a slot only while fewer than `threadCount` tasks of any class run, and never while
+/// a foreground task waits. So an interactive task waits for no batch task at all (a shared pass
+/// answering twenty batch scans of a shard can take as long as twenty scans): it starts at once
+/// on a foreground thread, and the kernel gives that thread about ten times the CPU share of the
+/// batch threads (nice 0 against nice 10) while both run. The batch work then yields the CPU to
+/// whatever answers a person, instead of splitting it evenly with them.
 public final class ExecutorPool: TaskPool, Sendable {
     /// The queue and the slots, under one lock with a condition to wait on.
     private final class State: @unchecked Sendable {
@@ -196,12 +194,8 @@ public final class ExecutorPool: TaskPool, Sendable {
     /// Tasks measured shorter than this run on the caller's thread when the pool is idle: a
     /// hand-off to an executor thread and back costs more than they do.
     public static let inlineLimitMicros = 30.0
-    /// The OS priority (nice) of the threads that run batch tasks, before they also take the
-    /// SCHED_IDLE policy.
+    /// The OS priority (nice) of the threads that run batch tasks.
     public static let backgroundNice: Int32 = 10
-    /// Linux's SCHED_IDLE policy (`<bits/sched.h>`, behind `_GNU_SOURCE`, so not in Glibc's
-    /// module): the thread runs only when no other thread wants the core.
-    public static let schedIdle: Int32 = 5
 
     public init(threads: Int, wake: @escaping @Sendable () -> Void) {
         threadCount = max(1, threads)
@@ -381,9 +375,6 @@ public final class ExecutorPool: TaskPool, Sendable {
         guard let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self"),
               let tid = link.split(separator: "/").last.flatMap({ id_t($0) }) else { return }
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, backgroundNice)
-        // Then SCHED_IDLE, where the kernel allows it (nice +10 stays if not).
-        var param = sched_param(sched_priority: 0)
-        _ = sched_setscheduler(pid_t(tid), schedIdle, &param)
         #endif
     }
 

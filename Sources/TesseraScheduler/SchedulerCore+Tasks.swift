@@ -90,11 +90,8 @@ extension SchedulerCore {
     /// shard's concurrent scans meet in one shared pass. Idle workers still take tasks from
     /// busy ones (``stealTask(for:)``).
     static func home(of dataKey: String, among holders: [WorkerRecord]) -> WorkerRecord? {
-        holders.max { weight(dataKey, $0.name) < weight(dataKey, $1.name) }
-    }
-
-    static func weight(_ dataKey: String, _ worker: String) -> UInt64 {
-        XXHash64.hash(Array(dataKey.utf8) + [0] + Array(worker.utf8))
+        let key = Array(dataKey.utf8) + [0]
+        return holders.map { (XXHash64.hash(key + Array($0.name.utf8)), $0) }.max { $0.0 < $1.0 }?.1
     }
 
     /// Whether `home` has at most `slack` tasks per thread more than `least`, counting work as

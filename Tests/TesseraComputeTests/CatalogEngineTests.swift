@@ -300,56 +300,49 @@ struct CatalogEngineTests {
             }, shards)
             #expect(a.histogram == expected)
         }
-        // 1-D, as the engine bins each row on its own: magnitudes (NaN for fluxes ≤ 0, most rows
-        // outside [20, 23]) behind a filter that keeps a random part of the rows, and a column
-        // whose values sit exactly on the first edge and on the closed last one.
-        var oneD = [UInt64](repeating: 0, count: 30)
-        for i in 0..<ShardedCatalog.rows where ext[i] == 1 {
-            if let b = Self.referenceBin(ShardedCatalog.mag(r[i]), 20, 23, 30) { oneD[b] += 1 }
+        // 1-D, as the engine bins each row on its own, each case against the reference bins of
+        // the same rows:
+        // - magnitudes (NaN for fluxes ≤ 0, most rows outside [20, 23]) behind a filter that
+        //   keeps a random part of the rows;
+        // - the same with a selective filter on the column the output reads too (the survivors'
+        //   values are gathered from it);
+        // - a column whose values sit exactly on the first edge and on the closed last one;
+        // - 0.3 and 0.6 on interior edges of six bins over [0.1, 0.7], where the scaled value
+        //   rounds next to the edge.
+        struct OneD {
+            var filter: String, x: String, bins: UInt32, lo: Double, hi: Double
+            var keeps: (Int) -> Bool, value: (Int) -> Double
         }
-        // The same with a selective filter on the column the output reads too (the survivors'
-        // values are gathered from it).
-        var brightOneD = [UInt64](repeating: 0, count: 30)
-        for i in 0..<ShardedCatalog.rows where ext[i] == 1 && r[i] > 3000 {
-            if let b = Self.referenceBin(ShardedCatalog.mag(r[i]), 20, 23, 30) { brightOneD[b] += 1 }
+        let cases = [
+            OneD(filter: "refExtendedness == 1", x: "mag(r_psfFlux)", bins: 30, lo: 20, hi: 23,
+                 keeps: { ext[$0] == 1 }, value: { ShardedCatalog.mag(r[$0]) }),
+            OneD(filter: "refExtendedness == 1 and r_psfFlux > 3000", x: "mag(r_psfFlux)", bins: 30, lo: 20, hi: 23,
+                 keeps: { ext[$0] == 1 && r[$0] > 3000 }, value: { ShardedCatalog.mag(r[$0]) }),
+            OneD(filter: "", x: "refExtendedness", bins: 7, lo: 0, hi: 1, keeps: { _ in true }, value: { ext[$0] }),
+            OneD(filter: "", x: "refExtendedness * 0.3 + 0.3", bins: 6, lo: 0.1, hi: 0.7, keeps: { _ in true }, value: { ext[$0] * 0.3 + 0.3 }),
+        ]
+        let references = cases.map { c in
+            var h = [UInt64](repeating: 0, count: Int(c.bins))
+            for i in 0..<ShardedCatalog.rows where c.keeps(i) {
+                if let b = Self.referenceBin(c.value(i), c.lo, c.hi, Int(c.bins)) { h[b] += 1 }
+            }
+            return h
         }
-        #expect(brightOneD.reduce(0, +) > 20 && brightOneD.reduce(0, +) < oneD.reduce(0, +))
-        var onEdges = [UInt64](repeating: 0, count: 7)
-        for i in 0..<ShardedCatalog.rows { if let b = Self.referenceBin(ext[i], 0, 1, 7) { onEdges[b] += 1 } }
-        // 0.3 and 0.6 on interior edges of six bins over [0.1, 0.7], where the scaled value
-        // rounds next to the edge.
-        var inner = [UInt64](repeating: 0, count: 6)
-        for i in 0..<ShardedCatalog.rows { if let b = Self.referenceBin(ext[i] * 0.3 + 0.3, 0.1, 0.7, 6) { inner[b] += 1 } }
-        #expect(oneD.reduce(0, +) > 100 && oneD.reduce(0, +) < UInt64(ShardedCatalog.rows) / 2)
-        #expect(onEdges.first! > 0 && onEdges.last! > 0)
-        #expect(inner.filter { $0 > 0 }.count == 2)
+        let counted = references.map { $0.reduce(0, +) }
+        #expect(counted[0] > 100 && counted[0] < UInt64(ShardedCatalog.rows) / 2)
+        #expect(counted[1] > 20 && counted[1] < counted[0])
+        #expect(references[2].first! > 0 && references[2].last! > 0)
+        #expect(references[3].filter { $0 > 0 }.count == 2)
         for shards in try layouts() {
-            let m = try answer(plan {
-                $0.filter = "refExtendedness == 1"
-                var h = Tessera_V1_HistogramSpec()
-                (h.x, h.xBins, h.xMin, h.xMax) = ("mag(r_psfFlux)", 30, 20, 23)
-                $0.histogram = h
-            }, shards)
-            #expect(m.histogram == oneD)
-            let bright = try answer(plan {
-                $0.filter = "refExtendedness == 1 and r_psfFlux > 3000"
-                var h = Tessera_V1_HistogramSpec()
-                (h.x, h.xBins, h.xMin, h.xMax) = ("mag(r_psfFlux)", 30, 20, 23)
-                $0.histogram = h
-            }, shards)
-            #expect(bright.histogram == brightOneD)
-            let e = try answer(plan {
-                var h = Tessera_V1_HistogramSpec()
-                (h.x, h.xBins, h.xMin, h.xMax) = ("refExtendedness", 7, 0, 1)
-                $0.histogram = h
-            }, shards)
-            #expect(e.histogram == onEdges)
-            let f = try answer(plan {
-                var h = Tessera_V1_HistogramSpec()
-                (h.x, h.xBins, h.xMin, h.xMax) = ("refExtendedness * 0.3 + 0.3", 6, 0.1, 0.7)
-                $0.histogram = h
-            }, shards)
-            #expect(f.histogram == inner)
+            for (c, want) in zip(cases, references) {
+                let got = try answer(plan {
+                    if !c.filter.isEmpty { $0.filter = c.filter }
+                    var h = Tessera_V1_HistogramSpec()
+                    (h.x, h.xBins, h.xMin, h.xMax) = (c.x, c.bins, c.lo, c.hi)
+                    $0.histogram = h
+                }, shards)
+                #expect(got.histogram == want, "\(c.filter) → \(c.x)")
+            }
         }
         // Values exactly on edges, and the closed last bin: 0, 0.1, ..., 1 in 10 bins of [0, 1].
         let edges = (0...10).map { Double($0) / 10 }

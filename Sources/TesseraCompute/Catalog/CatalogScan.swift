@@ -368,6 +368,18 @@ struct Bins: Sendable {
         lastScaled = Double(count) - 0.5
     }
 
+    /// `edges` and `upperEdges` borrowed for a loop over rows (no bounds check per row), and the
+    /// bin of a value on them.
+    struct Borrowed {
+        let bins: Bins
+        let edges: UnsafeBufferPointer<Double>, upper: UnsafeBufferPointer<Double>
+        @inline(__always) func slot(_ v: Double) -> (bin: Int, inside: UInt8) { bins.slot(v, edges: edges, upper: upper) }
+    }
+
+    @inline(__always) func borrowed<R>(_ body: (Borrowed) -> R) -> R {
+        edges.withUnsafeBufferPointer { e in upperEdges.withUnsafeBufferPointer { u in body(Borrowed(bins: self, edges: e, upper: u)) } }
+    }
+
     /// The bin of `v` clamped into [lo, hi], and whether `v` is inside (1) or NaN or outside
     /// (0). No branch depends on the value: values outside the range are a random fraction of
     /// the rows (faint magnitudes), and branches on them mispredicted (measured: half of twenty
@@ -378,7 +390,7 @@ struct Bins: Sendable {
     /// the two comparisons with the bin's edges. Selects and `if`s here became branches (x86
     /// has no conditional move for doubles, and the compiler turned integer ones into branches
     /// too). The conversion never sees NaN or ±∞. `edges` and `upper` are `edges` and
-    /// `upperEdges`, borrowed once by the caller's loop.
+    /// `upperEdges`, borrowed once by the caller's loop (``borrowed(_:)``).
     @inline(__always) func slot(_ v: Double, edges: UnsafeBufferPointer<Double>, upper: UnsafeBufferPointer<Double>) -> (bin: Int, inside: UInt8) {
         let above = v > lo ? v : lo
         let c = above < hi ? above : hi
@@ -700,11 +712,7 @@ struct ScanAccumulator {
     /// (inside `add`, too large for the inliner, the closure stayed a call per row).
     @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], xs: [Double], xBins xb: Bins) {
         xs.withUnsafeBufferPointer { xp in
-            xb.edges.withUnsafeBufferPointer { xe in
-                xb.upperEdges.withUnsafeBufferPointer { xu in
-                    count(into: &histogram, rows: n, keep: keep) { xb.slot(xp[$0], edges: xe, upper: xu) }
-                }
-            }
+            xb.borrowed { x in count(into: &histogram, rows: n, keep: keep) { x.slot(xp[$0]) } }
         }
     }
 
@@ -714,15 +722,11 @@ struct ScanAccumulator {
         let ny = yb.count
         xs.withUnsafeBufferPointer { xp in
             ys.withUnsafeBufferPointer { yp in
-                xb.edges.withUnsafeBufferPointer { xe in
-                    xb.upperEdges.withUnsafeBufferPointer { xu in
-                        yb.edges.withUnsafeBufferPointer { ye in
-                            yb.upperEdges.withUnsafeBufferPointer { yu in
-                                count(into: &histogram, rows: n, keep: keep) { i in
-                                    let (bx, ix) = xb.slot(xp[i], edges: xe, upper: xu), (by, iy) = yb.slot(yp[i], edges: ye, upper: yu)
-                                    return (bx &* ny &+ by, ix & iy)
-                                }
-                            }
+                xb.borrowed { x in
+                    yb.borrowed { y in
+                        count(into: &histogram, rows: n, keep: keep) { i in
+                            let (bx, ix) = x.slot(xp[i]), (by, iy) = y.slot(yp[i])
+                            return (bx &* ny &+ by, ix & iy)
                         }
                     }
                 }

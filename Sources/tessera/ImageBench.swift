@@ -180,8 +180,17 @@ struct ForcedPhotBench: ParsableCommand {
     @Option(help: "Rows photutils measures (it is slow).")
     var anchorRows = 20_000
 
+    @Flag(help: "Only the measurement on one core in this process (no cluster, no anchor).")
+    var oneCoreOnly = false
+
     func run() throws {
-        let (cluster, conn, _) = try setup.start()
+        if oneCoreOnly {
+            let patches = try FileManager.default.contentsOfDirectory(atPath: setup.coaddFolder).filter { $0.hasSuffix(".fits") }.sorted()
+            guard !patches.isEmpty else { throw ValidationError("no patches in \(setup.coaddFolder): run the bench once without --one-core-only") }
+            FileHandle.standardOutput.write(Data((try oneCore(patches: patches.map { setup.coaddFolder + "/" + $0 }) + "\n").utf8))
+            return
+        }
+        let (cluster, conn, patches) = try setup.start()
         defer { cluster.stop() }
         let aperture = 5 * setup.pixelScale
         let q = CatalogQuery(dataset: "catalog").forcedPhotometry(on: "coadd", bands: ["r"], apertureArcsec: aperture)
@@ -192,8 +201,53 @@ struct ForcedPhotBench: ParsableCommand {
                              ("seconds", best), ("sources_per_s", Double(measured) / best), ("workers", setup.workers),
                              ("worker_peak_rss_mb", try workerPeakRSS(conn))])
         FileHandle.standardOutput.write(Data((line + "\n").utf8))
+        FileHandle.standardOutput.write(Data((try oneCore(patches: patches) + "\n").utf8))
         try setup.anchor("scripts/anchor_images.py", ["forced-phot", "--patches", setup.coaddFolder, "--catalog", setup.catalogFile,
                                                       "--rows", "\(anchorRows)", "--aperture-px", "5"])
+    }
+}
+
+extension ForcedPhotBench {
+    /// The measurement alone, on one core in this process: the first `anchorRows` × 10 catalog
+    /// rows, grouped by patch as the anchor groups them, in a shard's order, each measured on its own patch file
+    /// (the same call a worker makes per row), best of `repeats`.
+    func oneCore(patches: [String]) throws -> String {
+        let (ra, dec) = try setup.fieldBox
+        var c = SyntheticCatalog(seed: 17)
+        (c.raRange, c.decRange) = (ra, dec)
+        let cols = c.rows(0, count: min(setup.rows, 10 * anchorRows))
+        guard case .float64(let ras) = cols[1], case .float64(let decs) = cols[2] else { throw ValidationError("the catalog has no coord_ra, coord_dec") }
+        var files: [Int64: ImagePatchFile] = [:]
+        for p in patches {
+            let f = try ImagePatchFile(path: p)
+            files[f.header.patch] = f
+        }
+        let tiling = SkyTiling(pixelScaleArcsec: setup.pixelScale)
+        var byPatch: [Int64: [Int]] = [:]
+        for i in ras.indices { byPatch[tiling.patch(ra: ras[i], dec: decs[i]), default: []].append(i) }
+        // In the order of a shard's spatial index, as a worker reads its rows (a random order
+        // reads each stamp's rows from memory rather than cache).
+        let cell = ras.indices.map { HEALPix.pixel(order: 18, ra: ras[$0], dec: decs[$0]) }
+        for (p, rows) in byPatch { byPatch[p] = rows.sorted { cell[$0] < cell[$1] } }
+        let fp = ForcedPhotometry(apertureRadius: 5)
+        var scratch = SigmaClippedMedian.Scratch()
+        var best = Double.infinity, measured = 0, checksum = 0.0
+        for _ in 0..<max(1, repeats) {
+            measured = 0
+            checksum = 0
+            let t0 = now()
+            for (patch, rows) in byPatch {
+                guard let file = files[patch] else { continue }
+                for i in rows {
+                    let m = ForcedPhotometryQuestion.measure(file, ra: ras[i], dec: decs[i], with: fp, scratch: &scratch)
+                    if m.flux.isFinite { measured += 1; checksum += m.flux }
+                }
+            }
+            best = min(best, Double(now() - t0) / 1e9)
+        }
+        return jsonLine([("bench", "forced_phot_one_core"), ("engine", "tessera"), ("sources", measured), ("seconds", best),
+                         ("sources_per_s", Double(measured) / best), ("us_per_source", best / Double(max(measured, 1)) * 1e6),
+                         ("mean_flux", checksum / Double(max(measured, 1)))])
     }
 }
 

@@ -119,10 +119,11 @@ struct ImageOperatorTests {
         }
     }
 
-    /// The annulus's Float32 path (a radix sort of the pixels' bits) gives the clipped median of
+    /// The annulus's Float32 path (counting passes and a sorted window of ranks) gives the clipped median of
     /// a plain sort of the same values as doubles: negative and positive values, ±0, ties,
-    /// subnormals, outliers of both signs, one value and many; working space reused throughout.
-    @Test func radixSortedPixelsGiveTheSameClippedMedian() {
+    /// subnormals, outliers of both signs, a bright source on one side, one value and many;
+    /// working space reused throughout.
+    @Test func selectedPixelsGiveTheSameClippedMedian() {
         var state: UInt64 = 11
         func unit() -> Double {
             state = state &* 6364136223846793005 &+ 1442695040888963407
@@ -141,6 +142,14 @@ struct ImageOperatorTests {
                 }
             }
             if trial % 7 == 0 { pixels = pixels.map { $0 + 1e4 } }  // all positive, one exponent byte
+            if trial % 5 == 1 {
+                // Smooth noise with a bright source over a quarter of the ring: the clip moves
+                // the median many ranks from the first one.
+                pixels = pixels.indices.map { k in
+                    Float((unit() + unit() + unit() - 1.5) * 8) + (k % 4 == 0 ? Float(40 + unit() * 400) : 0)
+                }
+            }
+            if trial % 11 == 2 { pixels = pixels.map { _ in 7 } + [1e6] }  // one value many times
             let want = Self.sortAndClip(pixels.map(Double.init), sigma: 3, iterations: 10)
             let got = clip.median(float32: pixels, scratch: &scratch)
             #expect(got.kept == want.1 && (got.median == want.0 || abs(got.median - want.0) <= 1e-12 * max(1, abs(want.0))),

@@ -51,32 +51,273 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     }
 
     /// Working space for `median(float32:scratch:)`, kept by a caller measuring many rows so
-    /// that each measurement allocates nothing for its sort.
+    /// that each measurement allocates nothing.
     public struct Scratch: Sendable {
-        var keys: [UInt32] = []
-        var sorted: [Double] = []
-        /// The annulus's pixels (``ForcedPhotometry/measure(x:y:on:scratch:)``).
-        var ring: [Float] = []
+        /// The values as doubles (the annulus's pixels, gathered by
+        /// ``ForcedPhotometry/measure(x:y:on:scratch:)``).
+        var values: [Double] = []
+        /// The sorted run of values around the ranks the clip's medians need.
+        var window: [Double] = []
         public init() {}
+
+        /// Room for `n` values and a window as long.
+        mutating func reserve(_ n: Int) {
+            if values.count < n + 1 { values = [Double](repeating: 0, count: n + 1) }
+            // The gathered run, padded, and the rank sort's output after it.
+            let room = max(n + 4, 2 * (RankWindow.rankedUpTo + 4))
+            if window.count < room { window = [Double](repeating: 0, count: room) }
+        }
     }
 
-    /// The same for image pixels (finite Float32 values, as an annulus gathers them), sorted by
-    /// a radix sort of their bits, which costs a few passes over them instead of a quicksort's
-    /// unpredictable comparisons (most of a forced measurement's time). The answer is the same
-    /// as `median(_:)` on the values as doubles: the order is the same, and the arithmetic is
-    /// done in doubles on the sorted run.
+    /// The same for image pixels (finite Float32 values, as an annulus gathers them), without
+    /// sorting them: see `clipSelected`. The answer is that of `median(_:)` on the values as
+    /// doubles, up to the order its sums are added in.
     public func median(float32 values: [Float], scratch: inout Scratch) -> (median: Double, kept: Int) {
         let n = values.count
         guard n > 0 else { return (.nan, 0) }
-        if scratch.keys.count < 2 * n { scratch.keys = [UInt32](repeating: 0, count: 2 * n) }
-        if scratch.sorted.count < n { scratch.sorted = [Double](repeating: 0, count: n) }
-        return scratch.keys.withUnsafeMutableBufferPointer { space in
-            let keys = UnsafeMutableBufferPointer(rebasing: space[0..<n]), other = UnsafeMutableBufferPointer(rebasing: space[n..<(2 * n)])
-            Self.radixSort(values, keys: keys, other: other)
-            return scratch.sorted.withUnsafeMutableBufferPointer { out in
-                for k in 0..<n { out[k] = Double(Self.float(fromKey: keys[k])) }
-                return clipSorted(UnsafeBufferPointer(rebasing: out[0..<n]))
+        scratch.reserve(n)
+        return scratch.values.withUnsafeMutableBufferPointer { v in
+            for k in 0..<n { v[k] = Double(values[k]) }
+            return scratch.window.withUnsafeMutableBufferPointer { w in
+                clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), window: w)
             }
+        }
+    }
+
+    /// The clip and median of finite values in any order, as `clipSorted` has them, but with
+    /// no sort of the whole (a sort of an annulus's ~650 pixels was half of a forced
+    /// measurement's time).
+    ///
+    /// Each iteration keeps the values in a closed interval [low, high] (its bounds only ever
+    /// tighten, as the sorted run's ends only move inwards), so the kept values are a run of
+    /// ranks `below..<below + kept` in sorted order. One vectorised pass over all values
+    /// counts those below and inside the interval and sums the inside ones' offsets from the
+    /// last centre and their squares (the spread from these is stable: the centre is within a
+    /// few deviations of the mean). Only the ranks the medians need are sorted: some dozens of
+    /// values around the middle, found by counting passes (`RankWindow`), which the clip's
+    /// medians seldom leave. `window` has room for every value and four more, and for twice
+    /// `RankWindow.rankedUpTo` and eight.
+    func clipSelected(_ v: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
+        guard !v.isEmpty else { return (.nan, 0) }
+        var ranks = RankWindow(values: v, window: window)
+        var low = -Double.infinity, high = Double.infinity
+        var c = ranks.estimate.middle, spread = ranks.estimate.spread
+        var t = Self.tally(v, low, high, around: c)
+        func centre() -> Double {
+            let middle = t.below + t.inside / 2
+            if t.inside % 2 == 1 { return ranks.value(rank: middle, near: c, spread: spread, among: t.inside) }
+            return 0.5 * (ranks.value(rank: middle - 1, near: c, spread: spread, among: t.inside)
+                          + ranks.value(rank: middle, near: c, spread: spread, among: t.inside))
+        }
+        var iteration = 0
+        while iteration < maxIterations, t.inside > 0 {
+            iteration += 1
+            let k = Double(t.inside)
+            let offset = t.sum / k
+            spread = (max(0, t.squares - t.sum * offset) / k).squareRoot()
+            c = centre()
+            let minimum = c - sigma * spread, maximum = c + sigma * spread
+            // The run's ends move only inwards (and a NaN bound clips nothing).
+            var newLow = low, newHigh = high
+            if minimum > newLow { newLow = minimum }
+            if maximum < newHigh { newHigh = maximum }
+            if newLow == low, newHigh == high { break }
+            let next = Self.tally(v, newLow, newHigh, around: c)
+            if next.inside == t.inside { break }
+            (low, high, t) = (newLow, newHigh, next)
+        }
+        return t.inside > 0 ? (centre(), t.inside) : (.nan, 0)
+    }
+
+    /// Over all values: how many are below `a`, how many lie in [a, b], and for those, the sum
+    /// of their offsets from `c` and of its squares (in running sums, as `sum` has them).
+    @inline(__always) static func tally(_ v: UnsafeBufferPointer<Double>, _ a: Double, _ b: Double,
+                                        around c: Double) -> (below: Int, inside: Int, sum: Double, squares: Double) {
+        guard let base = v.baseAddress else { return (0, 0, 0, 0) }
+        let n = v.count
+        let va = SIMD4<Double>(repeating: a), vb = SIMD4<Double>(repeating: b), shift = SIMD4<Double>(repeating: c)
+        let zero = SIMD4<Double>(repeating: 0), none = SIMD4<Int64>(repeating: 0)
+        var under = none, inside = none, s0 = zero, s1 = zero, q0 = zero, q1 = zero
+        var i = 0
+        while i + 8 <= n {
+            let p = UnsafeRawPointer(base + i)
+            let x = p.loadUnaligned(as: SIMD4<Double>.self), y = p.loadUnaligned(fromByteOffset: 32, as: SIMD4<Double>.self)
+            let xin = (x .>= va) .& (x .<= vb), yin = (y .>= va) .& (y .<= vb)
+            // A mask's true lanes are −1.
+            under &-= unsafeBitCast(x .< va, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .< va, to: SIMD4<Int64>.self)
+            inside &-= unsafeBitCast(xin, to: SIMD4<Int64>.self) &+ unsafeBitCast(yin, to: SIMD4<Int64>.self)
+            let dx = (x - shift).replacing(with: 0, where: .!xin), dy = (y - shift).replacing(with: 0, where: .!yin)
+            s0 += dx
+            s1 += dy
+            q0 += dx * dx
+            q1 += dy * dy
+            i += 8
+        }
+        var below = Int(under.wrappedSum()), count = Int(inside.wrappedSum())
+        var sum = (s0 + s1).sum(), squares = (q0 + q1).sum()
+        while i < n {
+            let x = base[i]
+            if x < a { below += 1 } else if x <= b {
+                count += 1
+                let d = x - c
+                sum += d
+                squares += d * d
+            }
+            i += 1
+        }
+        return (below, count, sum, squares)
+    }
+
+    /// How many values are below `a`, and how many lie in [a, b].
+    @inline(__always) static func count(_ v: UnsafeBufferPointer<Double>, _ a: Double, _ b: Double) -> (below: Int, inside: Int) {
+        guard let base = v.baseAddress else { return (0, 0) }
+        let n = v.count
+        let va = SIMD4<Double>(repeating: a), vb = SIMD4<Double>(repeating: b)
+        var under = SIMD4<Int64>(repeating: 0), upTo = under
+        var i = 0
+        while i + 8 <= n {
+            let p = UnsafeRawPointer(base + i)
+            let x = p.loadUnaligned(as: SIMD4<Double>.self), y = p.loadUnaligned(fromByteOffset: 32, as: SIMD4<Double>.self)
+            under &-= unsafeBitCast(x .< va, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .< va, to: SIMD4<Int64>.self)
+            upTo &-= unsafeBitCast(x .<= vb, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .<= vb, to: SIMD4<Int64>.self)
+            i += 8
+        }
+        var below = Int(under.wrappedSum()), notAbove = Int(upTo.wrappedSum())
+        while i < n {
+            below += base[i] < a ? 1 : 0
+            notAbove += base[i] <= b ? 1 : 0
+            i += 1
+        }
+        return (below, max(0, notAbove - below))
+    }
+
+    /// The sorted values of a run of ranks, found without sorting the rest: thresholds a ≤ b
+    /// are moved (by counting passes) until the values below a are at most the first rank
+    /// wanted and those up to b more than the last, with few between; those are gathered and
+    /// sorted.
+    struct RankWindow {
+        let values: UnsafeBufferPointer<Double>
+        let window: UnsafeMutableBufferPointer<Double>
+        /// `window[0..<count]` holds the values of ranks `first..<first + count`, sorted.
+        var first = 0, count = 0
+        /// The middle and spread of a sample of the values (the first window's place: the mean
+        /// and deviation of an annulus with a star on it are far from its background's).
+        let estimate: (middle: Double, spread: Double)
+
+        /// Ranks kept on each side of the one asked for, so that the clip's next medians
+        /// (which move by half what it clips from either side) are mostly in the same window.
+        static let margin = 16
+        /// The most values between the thresholds that are gathered without narrowing them.
+        static let most = 48
+
+        init(values: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>) {
+            (self.values, self.window) = (values, window)
+            // Fifteen values spread through the list (or all of fewer), sorted by insertion.
+            let n = values.count, m = min(n, 15)
+            var sample = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            estimate = withUnsafeMutableBytes(of: &sample) { raw in
+                let s = raw.bindMemory(to: Double.self)
+                for k in 0..<m {
+                    let x = values[k * n / m]
+                    var j = k
+                    while j > 0, s[j - 1] > x { s[j] = s[j - 1]; j -= 1 }
+                    s[j] = x
+                }
+                // The quartiles' distance, as a normal deviation.
+                return (s[m / 2], (s[(3 * m) / 4] - s[m / 4]) / 1.35)
+            }
+        }
+
+        /// Windows up to this long are sorted by counting, for each value, those less than it
+        /// (no branch on the values: a quicksort's comparisons mispredicted half the time and
+        /// were a third of a forced measurement's time); longer ones (when the thresholds could
+        /// not be narrowed, as with many equal values) by `sort`.
+        static let rankedUpTo = 128
+
+        /// Sorts `v[0..<m]` (m ≤ `rankedUpTo`) by rank: each value goes to the place of the
+        /// count of values less than it, and the places of equal values after the first are
+        /// filled from the left. `out` has room for `m` values; the result is copied back.
+        static func rankSort(_ v: UnsafeMutablePointer<Double>, _ m: Int, into out: UnsafeMutablePointer<Double>) {
+            guard m > 1 else { return }
+            // Pad to whole vectors with values no value is above.
+            let padded = (m + 3) & ~3
+            for k in m..<padded { v[k] = .infinity }
+            for k in 0..<m { out[k] = .nan }
+            for i in 0..<m {
+                let x = v[i], vx = SIMD4<Double>(repeating: x)
+                var less = SIMD4<Int64>(repeating: 0)
+                var j = 0
+                while j < padded {
+                    less &-= unsafeBitCast(UnsafeRawPointer(v + j).loadUnaligned(as: SIMD4<Double>.self) .< vx, to: SIMD4<Int64>.self)
+                    j += 4
+                }
+                out[Int(less.wrappedSum())] = x
+            }
+            for k in 1..<m where out[k].isNaN { out[k] = out[k - 1] }
+            v.update(from: out, count: m)
+        }
+
+        /// The value of rank `t` (0-based, ascending). `guess` and `spread` place the first
+        /// thresholds (the middle values of `among` values spread so lie that close to it).
+        mutating func value(rank t: Int, near guess: Double, spread: Double, among: Int) -> Double {
+            if t < first || t >= first + count { gather(around: t, near: guess, spread: spread, among: among) }
+            return window[t - first]
+        }
+
+        mutating func gather(around t: Int, near guess: Double, spread: Double, among: Int) {
+            let n = values.count
+            let t0 = max(0, t - Self.margin), t1 = min(n - 1, t + Self.margin)
+            // Values near the middle of a normal sample of m with deviation s: about
+            // m / (s·√(2π)) per unit, so the margin's ranks lie within this of the middle.
+            let s = min(spread, estimate.spread)
+            let step = s * 2.5 * Double(Self.margin + 8) / Double(max(among, 1))
+            var a = guess - step, b = guess + step
+            if !(a <= b) || !a.isFinite || !b.isFinite { (a, b) = (-.infinity, .infinity) }
+            var best: (a: Double, b: Double, below: Int, inside: Int)? = nil
+            for _ in 0..<12 {
+                let (under, inside) = SigmaClippedMedian.count(values, a, b)
+                let width = b - a
+                // How far to move an end to take in `ranks` more: by the density between the
+                // thresholds, half as far again; from nothing, by the spread.
+                func reach(_ ranks: Int) -> Double {
+                    let d = inside > 0 && width > 0 ? 1.5 * Double(ranks) * width / Double(inside) : max(2 * width, spread)
+                    return max(d, max(abs(a), abs(b)) * 1e-9, Double.leastNormalMagnitude)
+                }
+                if under > t0 {
+                    // Some ranks wanted are below a: move it down (and if all are, the
+                    // values up to a are enough above them).
+                    let old = a
+                    a -= reach(under - t0 + 4)
+                    if under > t1 { b = old }
+                } else if under + inside <= t1 {
+                    let old = b
+                    b += reach(t1 + 1 - under - inside + 4)
+                    if under + inside <= t0 { a = old }
+                } else {
+                    if best.map({ inside < $0.inside }) ?? true { best = (a, b, under, inside) }
+                    if inside <= Self.most || !width.isFinite { break }
+                    // Too many between: narrow to where the ranks wanted would lie if the
+                    // values between were evenly spread, a few ranks wider.
+                    let perRank = width / Double(inside)
+                    let na = a + perRank * Double(max(0, t0 - under - 4)), nb = a + perRank * Double(min(inside, t1 + 5 - under))
+                    if na <= a, nb >= b { break }
+                    (a, b) = (max(a, na), min(b, nb))
+                }
+            }
+            let (lo, hi, under, _) = best ?? (-.infinity, .infinity, 0, n)
+            guard let src = values.baseAddress, let gathered = window.baseAddress else { return }
+            var m = 0
+            for k in 0..<n {
+                let x = src[k]
+                gathered[m] = x
+                m &+= (x >= lo ? 1 : 0) & (x <= hi ? 1 : 0)
+            }
+            if m > Self.rankedUpTo {
+                SigmaClippedMedian.sort(window, 0, m - 1)
+            } else {
+                Self.rankSort(gathered, m, into: gathered + (Self.rankedUpTo + 4))
+            }
+            (first, count) = (under, m)
         }
     }
 
@@ -134,57 +375,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             i += 1
         }
         return total
-    }
-
-    /// A Float32's bits as an unsigned key that orders as the values do (negative values
-    /// reversed, the sign bit flipped), and back.
-    @inline(__always) static func key(_ f: Float) -> UInt32 {
-        let b = f.bitPattern
-        return b & 0x8000_0000 != 0 ? ~b : b | 0x8000_0000
-    }
-
-    @inline(__always) static func float(fromKey k: UInt32) -> Float {
-        Float(bitPattern: k & 0x8000_0000 != 0 ? k & 0x7FFF_FFFF : ~k)
-    }
-
-    /// Sorts the values' keys into `keys` (least significant byte first, four stable counting
-    /// passes; a byte every key shares is skipped, as the sign and exponent byte of an image's
-    /// pixels mostly is). `other` is as long as `keys`.
-    static func radixSort(_ values: [Float], keys: UnsafeMutableBufferPointer<UInt32>, other: UnsafeMutableBufferPointer<UInt32>) {
-        let n = keys.count
-        for k in 0..<n { keys[k] = key(values[k]) }
-        withUnsafeTemporaryAllocation(of: Int32.self, capacity: 4 * 256) { counts in
-            counts.initialize(repeating: 0)
-            for k in 0..<n {
-                let x = keys[k]
-                counts[Int(x & 0xFF)] += 1
-                counts[256 + Int((x >> 8) & 0xFF)] += 1
-                counts[512 + Int((x >> 16) & 0xFF)] += 1
-                counts[768 + Int(x >> 24)] += 1
-            }
-            var source = keys, target = other
-            for pass in 0..<4 {
-                let base = pass * 256, shift = UInt32(pass * 8)
-                // Every key has this byte: the pass would not move anything.
-                if counts[base + Int((source[0] >> shift) & 0xFF)] == Int32(n) { continue }
-                var offset: Int32 = 0
-                for b in 0..<256 {
-                    let c = counts[base + b]
-                    counts[base + b] = offset
-                    offset += c
-                }
-                for k in 0..<n {
-                    let x = source[k]
-                    let b = base + Int((x >> shift) & 0xFF)
-                    target[Int(counts[b])] = x
-                    counts[b] += 1
-                }
-                swap(&source, &target)
-            }
-            if source.baseAddress != keys.baseAddress {
-                for k in 0..<n { keys[k] = source[k] }
-            }
-        }
     }
 
     /// Sorts `v[lo...hi]` ascending in place: quicksort (median-of-three pivot, the smaller side
@@ -361,60 +551,111 @@ public struct ForcedPhotometry: Sendable, Equatable {
         let ro = annulusOuter, ri2 = annulusInner * annulusInner, ro2 = ro * ro
         let bx0 = max(box.x0, Int((x - ro).rounded(.down))), bx1 = min(box.x1 - 1, Int((x + ro).rounded(.up)))
         let by0 = max(box.y0, Int((y - ro).rounded(.down))), by1 = min(box.y1 - 1, Int((y + ro).rounded(.up)))
-        var ring = scratch.ring
-        scratch.ring = []   // one owner, so appending does not copy
-        ring.removeAll(keepingCapacity: true)
-        ring.reserveCapacity(Int(Double.pi * (ro2 - ri2)) + 4 * Int(ro) + 8)
-        defer { scratch.ring = ring }
-        var varianceSum = 0.0
+        scratch.reserve(max(0, bx1 - bx0 + 1) * max(0, by1 - by0 + 1))
+        var gathered = 0, varianceSum = 0.0
         if bx0 <= bx1, by0 <= by1 {
-            for j in by0...by1 {
-                let dy = Double(j) - y, dy2 = dy * dy
-                // Adding dx² cannot bring d² below dy²: no pixel of this row is in the ring.
-                guard dy2 < ro2 else { continue }
-                // Only the row's pixels near the ring are visited: its span within the outer
-                // circle, less the part well inside the inner one, each a pixel wider than the
-                // square roots say, and every pixel visited still gets the exact test. Tested
-                // across the whole box, the pixels on the circles' edges mispredicted.
-                let outer = (ro2 - dy2).squareRoot()
-                let first = max(bx0, Int((x - outer).rounded(.down)) - 1), last = min(bx1, Int((x + outer).rounded(.up)) + 1)
-                guard first <= last else { continue }
-                var holeFirst = last + 1, holeLast = last
-                if ri2 > dy2 {
-                    let inner = (ri2 - dy2).squareRoot()
-                    holeFirst = max(first, Int((x - inner).rounded(.up)) + 1)
-                    holeLast = min(last, Int((x + inner).rounded(.down)) - 1)
-                }
-                let base = (j - box.y0) * w - box.x0
-                func visit(_ i: Int) {
-                    let dx = Double(i) - x
-                    let d2 = dx * dx + dy * dy
-                    guard d2 < ro2, d2 >= ri2 else { return }
-                    let v = stamp.image[base + i]
-                    guard stamp.mask[base + i] & bad == 0, v.isFinite else { return }
-                    ring.append(v)
-                    varianceSum += Double(stamp.variance[base + i])
-                }
-                if holeFirst > holeLast {
-                    for i in first...last { visit(i) }
-                } else {
-                    if first < holeFirst { for i in first..<holeFirst { visit(i) } }
-                    if holeLast < last { for i in (holeLast + 1)...last { visit(i) } }
+            stamp.image.withUnsafeBufferPointer { image in
+                stamp.variance.withUnsafeBufferPointer { variance in
+                    stamp.mask.withUnsafeBufferPointer { mask in
+                        scratch.values.withUnsafeMutableBufferPointer { ring in
+                            let c = Int(x.rounded())
+                            for j in by0...by1 {
+                                let dy = Double(j) - y, dy2 = dy * dy
+                                // Adding dx² cannot bring d² below dy²: no pixel of this row is in the ring.
+                                guard dy2 < ro2 else { continue }
+                                @inline(__always) func d2(_ i: Int) -> Double {
+                                    let dx = Double(i) - x
+                                    return dx * dx + dy * dy
+                                }
+                                // The pixels with d² < r² are a run around the nearest one (d² grows
+                                // with |i − x|); its exact ends, from the square root's estimate.
+                                @inline(__always) func run(_ r2: Double) -> (Int, Int)? {
+                                    guard d2(c) < r2 else { return nil }
+                                    let half = max(0, r2 - dy2).squareRoot()
+                                    var l = min(c, Int((x - half).rounded(.down))), h = max(c, Int((x + half).rounded(.up)))
+                                    while l < c, d2(l) >= r2 { l += 1 }
+                                    while d2(l - 1) < r2 { l -= 1 }
+                                    while h > c, d2(h) >= r2 { h -= 1 }
+                                    while d2(h + 1) < r2 { h += 1 }
+                                    return (l, h)
+                                }
+                                guard let (first, last) = run(ro2) else { continue }
+                                let base = (j - box.y0) * w - box.x0
+                                // Every pixel of first...last less the hole is in the ring.
+                                func take(_ s: Int, _ e: Int) {
+                                    let lo = max(s, bx0), hi = min(e, bx1)
+                                    guard lo <= hi else { return }
+                                    let got = Self.gather(image, variance, mask, from: base + lo, count: hi - lo + 1, bad: bad,
+                                                          into: ring.baseAddress! + gathered)
+                                    gathered += got.count
+                                    varianceSum += got.variance
+                                }
+                                if let (holeFirst, holeLast) = run(ri2) {
+                                    take(first, holeFirst - 1)
+                                    take(holeLast + 1, last)
+                                } else {
+                                    take(first, last)
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
-        let (median, kept) = clip.median(float32: ring, scratch: &scratch)
+        let (median, kept) = scratch.values.withUnsafeBufferPointer { v in
+            scratch.window.withUnsafeMutableBufferPointer { w in
+                gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), window: w) : (.nan, 0)
+            }
+        }
         m.background = median
         m.backgroundPixels = kept
         // The annulus's noise per pixel: its mean variance (clipping drops outliers in value, not
         // pixels of another noise level).
-        if !ring.isEmpty {
-            m.backgroundPixelVariance = varianceSum / Double(ring.count)
+        if gathered > 0 {
+            m.backgroundPixelVariance = varianceSum / Double(gathered)
         }
         if kept < 10 {
             m.flags |= Flag.backgroundUnreliable
             if kept == 0 { m.background = 0 }
         }
         return m
+    }
+
+    /// Copies `count` pixels from `start` into `out` as doubles, less those masked `bad` or not
+    /// finite, and sums their variance. A run with none such (nearly every run) is copied
+    /// four at a time, unconditionally, and checked once at its end.
+    @inline(__always) static func gather(_ image: UnsafeBufferPointer<Float>, _ variance: UnsafeBufferPointer<Float>,
+                                         _ mask: UnsafeBufferPointer<Int32>, from start: Int, count: Int, bad: Int32,
+                                         into out: UnsafeMutablePointer<Double>) -> (count: Int, variance: Double) {
+        let img = image.baseAddress! + start, vari = variance.baseAddress! + start, msk = mask.baseAddress! + start
+        var sums = SIMD4<Double>(repeating: 0), flags = SIMD4<Int32>(repeating: 0), finite = SIMD4<Float>(repeating: 0)
+        var q = 0
+        while q + 4 <= count {
+            let v = UnsafeRawPointer(img + q).loadUnaligned(as: SIMD4<Float>.self)
+            UnsafeMutableRawPointer(out + q).storeBytes(of: SIMD4<Double>(v), as: SIMD4<Double>.self)
+            sums += SIMD4<Double>(UnsafeRawPointer(vari + q).loadUnaligned(as: SIMD4<Float>.self))
+            flags |= UnsafeRawPointer(msk + q).loadUnaligned(as: SIMD4<Int32>.self)
+            finite += v - v   // NaN from a NaN or an infinity
+            q += 4
+        }
+        var total = sums.sum(), anyFlags = flags[0] | flags[1] | flags[2] | flags[3]
+        var check = finite.sum()
+        while q < count {
+            let v = img[q]
+            out[q] = Double(v)
+            total += Double(vari[q])
+            anyFlags |= msk[q]
+            check += v - v
+            q += 1
+        }
+        if anyFlags & bad == 0, !check.isNaN { return (count, total) }
+        var kept = 0
+        total = 0
+        for k in 0..<count where msk[k] & bad == 0 && img[k].isFinite {
+            out[kept] = Double(img[k])
+            total += Double(vari[k])
+            kept += 1
+        }
+        return (kept, total)
     }
 }

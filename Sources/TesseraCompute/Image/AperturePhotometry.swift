@@ -58,6 +58,8 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var values: [Double] = []
         /// The sorted run of values around the ranks the clip's medians need.
         var window: [Double] = []
+        /// The values outside the clip's core.
+        var outer: [Double] = []
         public init() {}
 
         /// Room for `n` values and a window as long.
@@ -66,6 +68,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             // The gathered run, padded, and the rank sort's output after it.
             let room = max(n + 4, 2 * (RankWindow.rankedUpTo + 4))
             if window.count < room { window = [Double](repeating: 0, count: room) }
+            if outer.count < n + 1 { outer = [Double](repeating: 0, count: n + 1) }
         }
     }
 
@@ -79,7 +82,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         return scratch.values.withUnsafeMutableBufferPointer { v in
             for k in 0..<n { v[k] = Double(values[k]) }
             return scratch.window.withUnsafeMutableBufferPointer { w in
-                clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), window: w)
+                scratch.outer.withUnsafeMutableBufferPointer { o in
+                    clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), window: w, outer: o)
+                }
             }
         }
     }
@@ -90,19 +95,45 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     ///
     /// Each iteration keeps the values in a closed interval [low, high] (its bounds only ever
     /// tighten, as the sorted run's ends only move inwards), so the kept values are a run of
-    /// ranks `below..<below + kept` in sorted order. One vectorised pass over all values
-    /// counts those below and inside the interval and sums the inside ones' offsets from the
-    /// last centre and their squares (the spread from these is stable: the centre is within a
+    /// ranks `below..<below + kept` in sorted order. A vectorised pass counts the values below
+    /// and inside the interval and sums the inside ones' offsets from a first estimate of the
+    /// middle and their squares (the spread from these is stable: the estimate is within a
     /// few deviations of the mean). Only the ranks the medians need are sorted: some dozens of
     /// values around the middle, found by counting passes (`RankWindow`), which the clip's
     /// medians seldom leave. `window` has room for every value and four more, and for twice
-    /// `RankWindow.rankedUpTo` and eight.
-    func clipSelected(_ v: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
-        guard !v.isEmpty else { return (.nan, 0) }
+    /// `RankWindow.rankedUpTo` and eight; `outer` for every value and one more.
+    func clipSelected(_ v: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>,
+                      outer spare: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
+        guard !v.isEmpty, let src = v.baseAddress, let out = spare.baseAddress else { return (.nan, 0) }
         var ranks = RankWindow(values: v, window: window)
+        let shift = ranks.estimate.middle
+        var spread = ranks.estimate.spread
+        // The core: values within 1.5 estimated deviations of the middle, which the clip keeps
+        // as long as its bounds stay outside them (3 deviations from a centre): their count
+        // and sums once, and each iteration one pass over the rest (a sixth or so), where a
+        // star's pixels take ten iterations to clip away. If a bound enters the core, the
+        // passes are over all values from then on.
+        let coreLow = shift - 1.5 * spread, coreHigh = shift + 1.5 * spread
+        let core = Self.tally(v, coreLow, coreHigh, around: shift)
+        var o = 0
+        for k in 0..<v.count {
+            let x = src[k]
+            out[o] = x
+            o &+= (x < coreLow ? 1 : 0) | (x > coreHigh ? 1 : 0)
+        }
+        let rest = UnsafeBufferPointer(start: out, count: o)
+        var coreKept = true
+        func tally(_ a: Double, _ b: Double) -> (below: Int, inside: Int, sum: Double, squares: Double) {
+            if coreKept, a <= coreLow, b >= coreHigh {
+                let t = Self.tally(rest, a, b, around: shift)
+                return (t.below, t.inside + core.inside, t.sum + core.sum, t.squares + core.squares)
+            }
+            coreKept = false
+            return Self.tally(v, a, b, around: shift)
+        }
         var low = -Double.infinity, high = Double.infinity
-        var c = ranks.estimate.middle, spread = ranks.estimate.spread
-        var t = Self.tally(v, low, high, around: c)
+        var t = tally(low, high)
+        var c = shift
         func centre() -> Double {
             let middle = t.below + t.inside / 2
             if t.inside % 2 == 1 { return ranks.value(rank: middle, near: c, spread: spread, among: t.inside) }
@@ -122,7 +153,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             if minimum > newLow { newLow = minimum }
             if maximum < newHigh { newHigh = maximum }
             if newLow == low, newHigh == high { break }
-            let next = Self.tally(v, newLow, newHigh, around: c)
+            let next = tally(newLow, newHigh)
             if next.inside == t.inside { break }
             (low, high, t) = (newLow, newHigh, next)
         }
@@ -272,6 +303,15 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             let s = min(spread, estimate.spread)
             let step = s * 2.5 * Double(Self.margin + 8) / Double(max(among, 1))
             var a = guess - step, b = guess + step
+            if count > 1 {
+                // The clip's median has left the last window, mostly by a few ranks: an end
+                // inside it is that rank's value, and one outside it as far beyond as the
+                // window's values are spread, half as far again.
+                let last = first + count - 1
+                let perRank = (window[count - 1] - window[0]) / Double(count - 1)
+                a = t0 > last ? window[count - 1] : t0 >= first ? window[t0 - first] : window[0] - 1.5 * perRank * Double(first - t0 + 4)
+                b = t1 < first ? window[0] : t1 <= last ? window[t1 - first] : window[count - 1] + 1.5 * perRank * Double(t1 - last + 4)
+            }
             if !(a <= b) || !a.isFinite || !b.isFinite { (a, b) = (-.infinity, .infinity) }
             var best: (a: Double, b: Double, below: Int, inside: Int)? = nil
             for _ in 0..<12 {
@@ -604,7 +644,9 @@ public struct ForcedPhotometry: Sendable, Equatable {
         }
         let (median, kept) = scratch.values.withUnsafeBufferPointer { v in
             scratch.window.withUnsafeMutableBufferPointer { w in
-                gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), window: w) : (.nan, 0)
+                scratch.outer.withUnsafeMutableBufferPointer { o in
+                    gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), window: w, outer: o) : (.nan, 0)
+                }
             }
         }
         m.background = median

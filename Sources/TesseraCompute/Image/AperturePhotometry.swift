@@ -15,11 +15,31 @@ public enum CircleOverlap {
     }
 
     @inline(__always) static func corner(_ x: Double, _ y: Double, _ r: Double) -> Double {
-        let sign: Double = (x < 0) != (y < 0) ? -1 : 1
-        let ax = min(abs(x), r), ay = min(abs(y), r)
-        if ax * ax + ay * ay <= r * r { return sign * ax * ay }
+        corner(x, column(x, r), y, row(y, r), r)
+    }
+
+    /// What H(x, ·) takes from x alone: |x| capped at r, and the primitive there.
+    @inline(__always) static func column(_ x: Double, _ r: Double) -> (capped: Double, primitive: Double) {
+        let ax = min(abs(x), r)
+        return (ax, primitive(ax, r))
+    }
+
+    /// What H(·, y) takes from y alone: |y| capped at r, where the circle crosses it, and the
+    /// primitive there.
+    @inline(__always) static func row(_ y: Double, _ r: Double) -> (capped: Double, crossing: Double, primitive: Double) {
+        let ay = min(abs(y), r)
         let xa = max(0, r * r - ay * ay).squareRoot()
-        return sign * (xa * ay + primitive(ax, r) - primitive(xa, r))
+        return (ay, xa, primitive(xa, r))
+    }
+
+    /// H(x, y) from its column's and row's parts: an aperture's edge pixels share them along
+    /// their pixel column and row, so its arcsines are two per column and row edge rather than
+    /// up to four per corner.
+    @inline(__always) static func corner(_ x: Double, _ c: (capped: Double, primitive: Double), _ y: Double,
+                                         _ w: (capped: Double, crossing: Double, primitive: Double), _ r: Double) -> Double {
+        let sign: Double = (x < 0) != (y < 0) ? -1 : 1
+        if c.capped * c.capped + w.capped * w.capped <= r * r { return sign * c.capped * w.capped }
+        return sign * (w.crossing * w.capped + c.primitive - w.primitive)
     }
 
     /// The area of the circle of radius `r` at the origin inside [x0, x1] × [y0, y1].
@@ -60,6 +80,8 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var window: [Double] = []
         /// The values outside the clip's core.
         var outer: [Double] = []
+        /// The aperture's pixel columns' parts of their corners (left edge, right edge).
+        var columns: [(left: (capped: Double, primitive: Double), right: (capped: Double, primitive: Double))] = []
         public init() {}
 
         /// Room for `n` values and a window as long.
@@ -544,11 +566,18 @@ public struct ForcedPhotometry: Sendable, Equatable {
             m.flags |= Flag.apertureIncomplete
         }
         if ax0 <= ax1, ay0 <= ay1 {
+            // The corners' parts from each pixel column's two x edges and each row's two y edges.
+            var columns = scratch.columns
+            scratch.columns = []   // one owner, so appending does not copy
+            columns.removeAll(keepingCapacity: true)
+            for i in ax0...ax1 {
+                let dx = Double(i) - x
+                columns.append((CircleOverlap.column(dx - 0.5, r), CircleOverlap.column(dx + 0.5, r)))
+            }
+            defer { scratch.columns = columns }
             for j in ay0...ay1 {
                 let dy = Double(j) - y
-                // The last edge pixel's right-hand corners: the next pixel's left-hand ones when
-                // it is an edge pixel too (each corner costs two arcsines).
-                var lastRight = Double.nan, lastBelow = 0.0, lastAbove = 0.0
+                var rows: (below: (capped: Double, crossing: Double, primitive: Double), above: (capped: Double, crossing: Double, primitive: Double))?
                 for i in ax0...ax1 {
                     let dx = Double(i) - x
                     // Wholly outside (the square's nearest point) or wholly inside (its farthest
@@ -562,12 +591,12 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     } else {
                         // CircleOverlap.area, term for term.
                         let (x0, x1, y0, y1) = (dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5)
-                        let shared = x0 == lastRight
-                        let c01 = shared ? lastAbove : CircleOverlap.corner(x0, y1, r)
-                        let c00 = shared ? lastBelow : CircleOverlap.corner(x0, y0, r)
-                        let c11 = CircleOverlap.corner(x1, y1, r), c10 = CircleOverlap.corner(x1, y0, r)
+                        let rw = rows ?? (CircleOverlap.row(y0, r), CircleOverlap.row(y1, r))
+                        rows = rw
+                        let (left, right) = columns[i - ax0]
+                        let c11 = CircleOverlap.corner(x1, right, y1, rw.above, r), c01 = CircleOverlap.corner(x0, left, y1, rw.above, r)
+                        let c10 = CircleOverlap.corner(x1, right, y0, rw.below, r), c00 = CircleOverlap.corner(x0, left, y0, rw.below, r)
                         weight = c11 - c01 - c10 + c00
-                        (lastRight, lastBelow, lastAbove) = (x1, c10, c11)
                     }
                     guard weight > 0 else { continue }
                     let k = (j - box.y0) * w + (i - box.x0)

@@ -130,20 +130,30 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var ranks = RankWindow(values: v, window: window)
         let shift = ranks.estimate.middle
         var spread = ranks.estimate.spread
-        // The core: values within 1.5 estimated deviations of the middle, which the clip keeps
-        // as long as its bounds stay outside them (3 deviations from a centre): their count
-        // and sums once, and each iteration one pass over the rest (a sixth or so), where a
-        // star's pixels take ten iterations to clip away. If a bound enters the core, the
-        // passes are over all values from then on.
-        let coreLow = shift - 1.5 * spread, coreHigh = shift + 1.5 * spread
-        let core = Self.tally(v, coreLow, coreHigh, around: shift)
-        var o = 0
-        for k in 0..<v.count {
-            let x = src[k]
-            out[o] = x
-            o &+= (x < coreLow ? 1 : 0) | (x > coreHigh ? 1 : 0)
+        // The core: values within 1.5 deviations of the first median, which the clip keeps as
+        // long as its bounds stay outside them (3 deviations from a centre): their count and
+        // sums once, and each iteration one pass over the rest (a fifth or so), where a star's
+        // pixels take ten iterations to clip away. The deviation is the one the first window's
+        // spread of values per rank gives (near the middle, neighbours' pixels hardly move it,
+        // as they move the quartiles). If a bound enters the core, the passes are over all
+        // values from then on.
+        var coreLow = Double.nan, coreHigh = Double.nan
+        var core = (below: 0, inside: 0, sum: 0.0, squares: 0.0)
+        var rest = UnsafeBufferPointer<Double>(start: out, count: 0)
+        func split(around middle: Double) {
+            guard ranks.count > 1 else { return }
+            let perRank = (ranks.window[ranks.count - 1] - ranks.window[0]) / Double(ranks.count - 1)
+            let deviation = perRank * Double(v.count) / (2 * Double.pi).squareRoot()
+            (coreLow, coreHigh) = (middle - 1.5 * deviation, middle + 1.5 * deviation)
+            core = Self.tally(v, coreLow, coreHigh, around: shift)
+            var o = 0
+            for k in 0..<v.count {
+                let x = src[k]
+                out[o] = x
+                o &+= (x < coreLow ? 1 : 0) | (x > coreHigh ? 1 : 0)
+            }
+            rest = UnsafeBufferPointer(start: out, count: o)
         }
-        let rest = UnsafeBufferPointer(start: out, count: o)
         var coreKept = true
         func tally(_ a: Double, _ b: Double) -> (below: Int, inside: Int, sum: Double, squares: Double) {
             if coreKept, a <= coreLow, b >= coreHigh {
@@ -154,7 +164,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             return Self.tally(v, a, b, around: shift)
         }
         var low = -Double.infinity, high = Double.infinity
-        var t = tally(low, high)
+        var t = Self.tally(v, low, high, around: shift)
         var c = shift
         func centre() -> Double {
             let middle = t.below + t.inside / 2
@@ -169,6 +179,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             let offset = t.sum / k
             spread = (max(0, t.squares - t.sum * offset) / k).squareRoot()
             c = centre()
+            if iteration == 1 { split(around: c) }
             let minimum = c - sigma * spread, maximum = c + sigma * spread
             // The run's ends move only inwards (and a NaN bound clips nothing).
             var newLow = low, newHigh = high

@@ -167,6 +167,11 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var t = Self.tally(v, low, high, around: shift)
         var c = shift
         func centre() -> Double {
+            // The first window leans the way a skewed sample's median will move as it is clipped.
+            if ranks.count == 0 {
+                let mean = shift + t.sum / Double(t.inside)
+                ranks.drift = mean > c ? -1 : mean < c ? 1 : 0
+            }
             let middle = t.below + t.inside / 2
             if t.inside % 2 == 1 { return ranks.value(rank: middle, near: c, spread: spread, among: t.inside) }
             return 0.5 * (ranks.value(rank: middle - 1, near: c, spread: spread, among: t.inside)
@@ -269,8 +274,13 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         let estimate: (middle: Double, spread: Double)
 
         /// Ranks kept on each side of the one asked for, so that the clip's next medians
-        /// (which move by half what it clips from either side) are mostly in the same window.
-        static let margin = 16
+        /// (which move by half what it clips from either side) are mostly in the same window:
+        /// `margin` on each, or when they are expected to move one way (`drift`), `ahead` that
+        /// way and `behind` the other.
+        static let margin = 16, ahead = 24, behind = 8
+        /// Which way the medians are expected to move: −1 down (a bright tail, as a neighbour's
+        /// pixels make, is clipped from above), 1 up, 0 either.
+        var drift = 0
         /// The most values between the thresholds that are gathered without narrowing them.
         static let most = 48
 
@@ -330,12 +340,16 @@ public struct SigmaClippedMedian: Sendable, Equatable {
 
         mutating func gather(around t: Int, near guess: Double, spread: Double, among: Int) {
             let n = values.count
-            let t0 = max(0, t - Self.margin), t1 = min(n - 1, t + Self.margin)
+            // Once a window has been left, the medians are likely to go on the same way.
+            if count > 0 { drift = t < first ? -1 : 1 }
+            let below = drift < 0 ? Self.ahead : drift > 0 ? Self.behind : Self.margin
+            let above = drift > 0 ? Self.ahead : drift < 0 ? Self.behind : Self.margin
+            let t0 = max(0, t - below), t1 = min(n - 1, t + above)
             // Values near the middle of a normal sample of m with deviation s: about
             // m / (s·√(2π)) per unit, so the margin's ranks lie within this of the middle.
             let s = min(spread, estimate.spread)
             let step = s * 2.5 * Double(Self.margin + 8) / Double(max(among, 1))
-            var a = guess - step, b = guess + step
+            var a = guess - step * Double(below + 8) / Double(Self.margin + 8), b = guess + step * Double(above + 8) / Double(Self.margin + 8)
             if count > 1 {
                 // The clip's median has left the last window, mostly by a few ranks: an end
                 // inside it is that rank's value, and one outside it as far beyond as the

@@ -74,10 +74,11 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// that each measurement allocates nothing.
     public struct Scratch: Sendable {
         /// The values as doubles (the annulus's pixels, gathered by
-        /// ``ForcedPhotometry/measure(x:y:on:scratch:)``).
+        /// ``ForcedPhotometry/measure(x:y:on:scratch:)``), and as they were.
         var values: [Double] = []
+        var floats: [Float] = []
         /// The sorted run of values around the ranks the clip's medians need.
-        var window: [Double] = []
+        var window: [Float] = []
         /// The values outside the clip's core.
         var outer: [Double] = []
         /// The aperture's pixel columns' parts of their corners (left edge, right edge).
@@ -87,9 +88,10 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// Room for `n` values and a window as long.
         mutating func reserve(_ n: Int) {
             if values.count < n + 1 { values = [Double](repeating: 0, count: n + 1) }
+            if floats.count < n + 1 { floats = [Float](repeating: 0, count: n + 1) }
             // The gathered run, padded, and the rank sort's output after it.
-            let room = max(n + 4, 2 * (RankWindow.rankedUpTo + 4))
-            if window.count < room { window = [Double](repeating: 0, count: room) }
+            let room = max(n + 8, 2 * (RankWindow.rankedUpTo + 8))
+            if window.count < room { window = [Float](repeating: 0, count: room) }
             if outer.count < n + 1 { outer = [Double](repeating: 0, count: n + 1) }
         }
     }
@@ -101,11 +103,14 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         let n = values.count
         guard n > 0 else { return (.nan, 0) }
         scratch.reserve(n)
+        for k in 0..<n { scratch.floats[k] = values[k] }
         return scratch.values.withUnsafeMutableBufferPointer { v in
             for k in 0..<n { v[k] = Double(values[k]) }
-            return scratch.window.withUnsafeMutableBufferPointer { w in
-                scratch.outer.withUnsafeMutableBufferPointer { o in
-                    clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), window: w, outer: o)
+            return scratch.floats.withUnsafeBufferPointer { f in
+                scratch.window.withUnsafeMutableBufferPointer { w in
+                    scratch.outer.withUnsafeMutableBufferPointer { o in
+                        clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), floats: UnsafeBufferPointer(rebasing: f[0..<n]), window: w, outer: o)
+                    }
                 }
             }
         }
@@ -122,12 +127,14 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// middle and their squares (the spread from these is stable: the estimate is within a
     /// few deviations of the mean). Only the ranks the medians need are sorted: some dozens of
     /// values around the middle, found by counting passes (`RankWindow`), which the clip's
-    /// medians seldom leave. `window` has room for every value and four more, and for twice
-    /// `RankWindow.rankedUpTo` and eight; `outer` for every value and one more.
-    func clipSelected(_ v: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>,
+    /// medians seldom leave; they are counted and sorted as the Float32 values they are (eight
+    /// to a vector). `floats` are the values as Float32 (each exactly); `window` has room for
+    /// every value and eight more, and for twice `RankWindow.rankedUpTo` and sixteen; `outer`
+    /// for every value and one more.
+    func clipSelected(_ v: UnsafeBufferPointer<Double>, floats: UnsafeBufferPointer<Float>, window: UnsafeMutableBufferPointer<Float>,
                       outer spare: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
         guard !v.isEmpty, let src = v.baseAddress, let out = spare.baseAddress else { return (.nan, 0) }
-        var ranks = RankWindow(values: v, window: window)
+        var ranks = RankWindow(values: floats, window: window)
         let shift = ranks.estimate.middle
         var spread = ranks.estimate.spread
         // The core: values within 1.5 deviations of the first median, which the clip keeps as
@@ -142,7 +149,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var rest = UnsafeBufferPointer<Double>(start: out, count: 0)
         func split(around middle: Double) {
             guard ranks.count > 1 else { return }
-            let perRank = (ranks.window[ranks.count - 1] - ranks.window[0]) / Double(ranks.count - 1)
+            let perRank = (Double(ranks.window[ranks.count - 1]) - Double(ranks.window[0])) / Double(ranks.count - 1)
             let deviation = perRank * Double(v.count) / (2 * Double.pi).squareRoot()
             (coreLow, coreHigh) = (middle - 1.5 * deviation, middle + 1.5 * deviation)
             core = Self.tally(v, coreLow, coreHigh, around: shift)
@@ -238,17 +245,16 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     }
 
     /// How many values are below `a`, and how many lie in [a, b].
-    @inline(__always) static func count(_ v: UnsafeBufferPointer<Double>, _ a: Double, _ b: Double) -> (below: Int, inside: Int) {
+    @inline(__always) static func count(_ v: UnsafeBufferPointer<Float>, _ a: Float, _ b: Float) -> (below: Int, inside: Int) {
         guard let base = v.baseAddress else { return (0, 0) }
         let n = v.count
-        let va = SIMD4<Double>(repeating: a), vb = SIMD4<Double>(repeating: b)
-        var under = SIMD4<Int64>(repeating: 0), upTo = under
+        let va = SIMD8<Float>(repeating: a), vb = SIMD8<Float>(repeating: b)
+        var under = SIMD8<Int32>(repeating: 0), upTo = under
         var i = 0
         while i + 8 <= n {
-            let p = UnsafeRawPointer(base + i)
-            let x = p.loadUnaligned(as: SIMD4<Double>.self), y = p.loadUnaligned(fromByteOffset: 32, as: SIMD4<Double>.self)
-            under &-= unsafeBitCast(x .< va, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .< va, to: SIMD4<Int64>.self)
-            upTo &-= unsafeBitCast(x .<= vb, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .<= vb, to: SIMD4<Int64>.self)
+            let x = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<Float>.self)
+            under &-= unsafeBitCast(x .< va, to: SIMD8<Int32>.self)
+            upTo &-= unsafeBitCast(x .<= vb, to: SIMD8<Int32>.self)
             i += 8
         }
         var below = Int(under.wrappedSum()), notAbove = Int(upTo.wrappedSum())
@@ -265,8 +271,8 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// wanted and those up to b more than the last, with few between; those are gathered and
     /// sorted.
     struct RankWindow {
-        let values: UnsafeBufferPointer<Double>
-        let window: UnsafeMutableBufferPointer<Double>
+        let values: UnsafeBufferPointer<Float>
+        let window: UnsafeMutableBufferPointer<Float>
         /// `window[0..<count]` holds the values of ranks `first..<first + count`, sorted.
         var first = 0, count = 0
         /// The middle and spread of a sample of the values (the first window's place: the mean
@@ -284,7 +290,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// The most values between the thresholds that are gathered without narrowing them.
         static let most = 48
 
-        init(values: UnsafeBufferPointer<Double>, window: UnsafeMutableBufferPointer<Double>) {
+        init(values: UnsafeBufferPointer<Float>, window: UnsafeMutableBufferPointer<Float>) {
             (self.values, self.window) = (values, window)
             // Fifteen values spread through the list (or all of fewer), sorted by insertion.
             let n = values.count, m = min(n, 15)
@@ -292,7 +298,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             estimate = withUnsafeMutableBytes(of: &sample) { raw in
                 let s = raw.bindMemory(to: Double.self)
                 for k in 0..<m {
-                    let x = values[k * n / m]
+                    let x = Double(values[k * n / m])
                     var j = k
                     while j > 0, s[j - 1] > x { s[j] = s[j - 1]; j -= 1 }
                     s[j] = x
@@ -311,19 +317,19 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// Sorts `v[0..<m]` (m ≤ `rankedUpTo`) by rank: each value goes to the place of the
         /// count of values less than it, and the places of equal values after the first are
         /// filled from the left. `out` has room for `m` values; the result is copied back.
-        static func rankSort(_ v: UnsafeMutablePointer<Double>, _ m: Int, into out: UnsafeMutablePointer<Double>) {
+        static func rankSort(_ v: UnsafeMutablePointer<Float>, _ m: Int, into out: UnsafeMutablePointer<Float>) {
             guard m > 1 else { return }
             // Pad to whole vectors with values no value is above.
-            let padded = (m + 3) & ~3
+            let padded = (m + 7) & ~7
             for k in m..<padded { v[k] = .infinity }
             for k in 0..<m { out[k] = .nan }
             for i in 0..<m {
-                let x = v[i], vx = SIMD4<Double>(repeating: x)
-                var less = SIMD4<Int64>(repeating: 0)
+                let x = v[i], vx = SIMD8<Float>(repeating: x)
+                var less = SIMD8<Int32>(repeating: 0)
                 var j = 0
                 while j < padded {
-                    less &-= unsafeBitCast(UnsafeRawPointer(v + j).loadUnaligned(as: SIMD4<Double>.self) .< vx, to: SIMD4<Int64>.self)
-                    j += 4
+                    less &-= unsafeBitCast(UnsafeRawPointer(v + j).loadUnaligned(as: SIMD8<Float>.self) .< vx, to: SIMD8<Int32>.self)
+                    j += 8
                 }
                 out[Int(less.wrappedSum())] = x
             }
@@ -335,7 +341,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// thresholds (the middle values of `among` values spread so lie that close to it).
         mutating func value(rank t: Int, near guess: Double, spread: Double, among: Int) -> Double {
             if t < first || t >= first + count { gather(around: t, near: guess, spread: spread, among: among) }
-            return window[t - first]
+            return Double(window[t - first])
         }
 
         mutating func gather(around t: Int, near guess: Double, spread: Double, among: Int) {
@@ -355,14 +361,18 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 // inside it is that rank's value, and one outside it as far beyond as the
                 // window's values are spread, half as far again.
                 let last = first + count - 1
-                let perRank = (window[count - 1] - window[0]) / Double(count - 1)
-                a = t0 > last ? window[count - 1] : t0 >= first ? window[t0 - first] : window[0] - 1.5 * perRank * Double(first - t0 + 4)
-                b = t1 < first ? window[0] : t1 <= last ? window[t1 - first] : window[count - 1] + 1.5 * perRank * Double(t1 - last + 4)
+                let low = Double(window[0]), high = Double(window[count - 1])
+                let perRank = (high - low) / Double(count - 1)
+                a = t0 > last ? high : t0 >= first ? Double(window[t0 - first]) : low - 1.5 * perRank * Double(first - t0 + 4)
+                b = t1 < first ? low : t1 <= last ? Double(window[t1 - first]) : high + 1.5 * perRank * Double(t1 - last + 4)
             }
             if !(a <= b) || !a.isFinite || !b.isFinite { (a, b) = (-.infinity, .infinity) }
-            var best: (a: Double, b: Double, below: Int, inside: Int)? = nil
+            var best: (a: Float, b: Float, below: Int, inside: Int)? = nil
             for _ in 0..<12 {
-                let (under, inside) = SigmaClippedMedian.count(values, a, b)
+                // The thresholds as Float32 (any value serves, as long as the counting and
+                // the gathering use the same).
+                let (fa, fb) = (Float(a), Float(b))
+                let (under, inside) = SigmaClippedMedian.count(values, fa, fb)
                 let width = b - a
                 // How far to move an end to take in `ranks` more: by the density between the
                 // thresholds, half as far again; from nothing, by the spread.
@@ -381,7 +391,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                     b += reach(t1 + 1 - under - inside + 4)
                     if under + inside <= t0 { a = old }
                 } else {
-                    if best.map({ inside < $0.inside }) ?? true { best = (a, b, under, inside) }
+                    if best.map({ inside < $0.inside }) ?? true { best = (fa, fb, under, inside) }
                     if inside <= Self.most || !width.isFinite { break }
                     // Too many between: narrow to where the ranks wanted would lie if the
                     // values between were evenly spread, a few ranks wider.
@@ -400,9 +410,10 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 m &+= (x >= lo ? 1 : 0) & (x <= hi ? 1 : 0)
             }
             if m > Self.rankedUpTo {
-                SigmaClippedMedian.sort(window, 0, m - 1)
+                var run = UnsafeMutableBufferPointer(rebasing: window[0..<m])
+                run.sort()
             } else {
-                Self.rankSort(gathered, m, into: gathered + (Self.rankedUpTo + 4))
+                Self.rankSort(gathered, m, into: gathered + (Self.rankedUpTo + 8))
             }
             (first, count) = (under, m)
         }
@@ -697,9 +708,14 @@ public struct ForcedPhotometry: Sendable, Equatable {
             }
         }
         let (median, kept) = scratch.values.withUnsafeBufferPointer { v in
-            scratch.window.withUnsafeMutableBufferPointer { w in
-                scratch.outer.withUnsafeMutableBufferPointer { o in
-                    gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), window: w, outer: o) : (.nan, 0)
+            scratch.floats.withUnsafeMutableBufferPointer { f in
+                // The pixels as they were (each double is one).
+                for k in 0..<gathered { f[k] = Float(v[k]) }
+                return scratch.window.withUnsafeMutableBufferPointer { w in
+                    scratch.outer.withUnsafeMutableBufferPointer { o in
+                        gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), floats: UnsafeBufferPointer(rebasing: f[0..<gathered]),
+                                                         window: w, outer: o) : (.nan, 0)
+                    }
                 }
             }
         }

@@ -215,11 +215,19 @@ struct ForcedPhotometryTask {
             for b in bands {
                 var flux = [Double](repeating: .nan, count: n), err = flux, bg = flux
                 var flag = [Int64](repeating: Int64(ForcedPhotometry.Flag.outsideImages), count: n)
+                // Rows in a shard's order mostly fall on the patch of the row before: its lookups
+                // (a band name hashed, two tables) are kept rather than repeated.
+                var last: (patch: Int64, ref: Int?, file: ImagePatchFile?) = (-1, nil, nil)
                 for i in chosen {
-                    guard let ref = patches.ref(ra: ra[i], dec: dec[i], band: b) else { continue }
-                    if files[ref] == nil { files[ref] = .some(try open(ref)) }
+                    let pixel = patches.tiling.patch(ra: ra[i], dec: dec[i])
+                    if pixel != last.patch {
+                        let ref = patches.byPatch[ForcedPhotometryPatchIndex.PatchBand(patch: pixel, band: b)]
+                        if let ref, files[ref] == nil { files[ref] = .some(try open(ref)) }
+                        last = (pixel, ref, ref.flatMap { files[$0] ?? nil })
+                    }
+                    guard let ref = last.ref else { continue }
                     let m: (Double, Double, Double, Int64)
-                    if let file = files[ref]! {
+                    if let file = last.file {
                         m = ForcedPhotometryQuestion.measure(file, ra: ra[i], dec: dec[i], with: photometry, scratch: &scratch)
                     } else if let r = measured[RowPatch(row: firstRow + UInt64(i), ref: ref)] {
                         m = r

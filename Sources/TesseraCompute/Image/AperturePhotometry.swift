@@ -135,7 +135,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                       outer spare: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
         guard !v.isEmpty, let src = v.baseAddress, let out = spare.baseAddress else { return (.nan, 0) }
         var ranks = RankWindow(values: floats, window: window)
-        let shift = ranks.estimate.middle
+        var shift = ranks.estimate.middle
         var spread = ranks.estimate.spread
         // The core: values within 1.5 deviations of the first median, which the clip keeps as
         // long as its bounds stay outside them (3 deviations from a centre): their count and
@@ -188,8 +188,19 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         while iteration < maxIterations, t.inside > 0 {
             iteration += 1
             let k = Double(t.inside)
-            let offset = t.sum / k
-            spread = (max(0, t.squares - t.sum * offset) / k).squareRoot()
+            var offset = t.sum / k
+            var ss = max(0, t.squares - t.sum * offset)
+            if offset * offset > 1e6 * (ss / k) {
+                // The shift is far from these values' mean (the sample it came from hit
+                // outliers, as a hot column at its stride would): the difference of squares
+                // has lost its digits. Sum again around the mean, over all values from now on.
+                shift += offset
+                coreKept = false
+                t = Self.tally(v, low, high, around: shift)
+                offset = t.sum / k
+                ss = max(0, t.squares - t.sum * offset)
+            }
+            spread = (ss / k).squareRoot()
             c = centre()
             if iteration == 1 { split(around: c) }
             let minimum = c - sigma * spread, maximum = c + sigma * spread

@@ -124,8 +124,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// tighten, as the sorted run's ends only move inwards), so the kept values are a run of
     /// ranks `below..<below + kept` in sorted order. A vectorised pass counts the values below
     /// and inside the interval and sums the inside ones' offsets from a first estimate of the
-    /// middle and their squares (the spread from these is stable: the estimate is within a
-    /// few deviations of the mean). Only the ranks the medians need are sorted: some dozens of
+    /// middle and their squares (the spread from these is stable while the estimate is within
+    /// a thousand deviations of the mean; past that they are summed again around the mean).
+    /// Only the ranks the medians need are sorted: some dozens of
     /// values around the middle, found by counting passes (`RankWindow`), which the clip's
     /// medians seldom leave; they are counted and sorted as the Float32 values they are (eight
     /// to a vector). `floats` are the values as Float32 (each exactly); `window` has room for

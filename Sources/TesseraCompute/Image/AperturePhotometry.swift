@@ -73,10 +73,10 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// Working space for `median(float32:scratch:)`, kept by a caller measuring many rows so
     /// that each measurement allocates nothing.
     public struct Scratch: Sendable {
-        /// The values as doubles (the annulus's pixels, gathered by
-        /// ``ForcedPhotometry/measure(x:y:on:scratch:)``), and as they were.
-        var values: [Double] = []
+        /// The values (the annulus's pixels, gathered by
+        /// ``ForcedPhotometry/measure(x:y:on:scratch:)``), and the same as doubles for the clip's sums.
         var floats: [Float] = []
+        var values: [Double] = []
         /// The sorted run of values around the ranks the clip's medians need.
         var window: [Float] = []
         /// The values outside the clip's core.
@@ -100,14 +100,18 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// sorting them: see `clipSelected`. The answer is that of `median(_:)` on the values as
     /// doubles, up to the order its sums are added in.
     public func median(float32 values: [Float], scratch: inout Scratch) -> (median: Double, kept: Int) {
-        let n = values.count
+        scratch.reserve(values.count)
+        for (k, x) in values.enumerated() { scratch.floats[k] = x }
+        return median(gathered: values.count, scratch: &scratch)
+    }
+
+    /// The same for the first `n` of `scratch.floats` (room reserved for them).
+    func median(gathered n: Int, scratch: inout Scratch) -> (median: Double, kept: Int) {
         guard n > 0 else { return (.nan, 0) }
-        scratch.reserve(n)
-        for k in 0..<n { scratch.floats[k] = values[k] }
-        return scratch.values.withUnsafeMutableBufferPointer { v in
-            for k in 0..<n { v[k] = Double(values[k]) }
-            return scratch.floats.withUnsafeBufferPointer { f in
-                scratch.window.withUnsafeMutableBufferPointer { w in
+        return scratch.floats.withUnsafeBufferPointer { f in
+            scratch.values.withUnsafeMutableBufferPointer { v in
+                for k in 0..<n { v[k] = Double(f[k]) }
+                return scratch.window.withUnsafeMutableBufferPointer { w in
                     scratch.outer.withUnsafeMutableBufferPointer { o in
                         clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), floats: UnsafeBufferPointer(rebasing: f[0..<n]), window: w, outer: o)
                     }
@@ -323,7 +327,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// Windows up to this long are sorted by counting, for each value, those less than it
         /// (no branch on the values: a quicksort's comparisons mispredicted half the time and
         /// were a third of a forced measurement's time); longer ones (when the thresholds could
-        /// not be narrowed, as with many equal values) by `sort`.
+        /// not be narrowed, as with many equal values) by the standard library's sort.
         static let rankedUpTo = 128
 
         /// Sorts `v[0..<m]` (m ≤ `rankedUpTo`) by rank: each value goes to the place of the
@@ -597,7 +601,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
         return measure(x: x, y: y, on: stamp, scratch: &scratch)
     }
 
-    /// The same, with working space for the annulus's sort kept by the caller between
+    /// The same, with working space for the annulus's median kept by the caller between
     /// measurements.
     public func measure(x: Double, y: Double, on stamp: ImageCutout, scratch: inout SigmaClippedMedian.Scratch) -> ApertureMeasurement {
         var m = ApertureMeasurement(sum: 0, sumVariance: 0, area: 0, background: .nan, backgroundPixels: 0,
@@ -674,7 +678,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
             stamp.image.withUnsafeBufferPointer { image in
                 stamp.variance.withUnsafeBufferPointer { variance in
                     stamp.mask.withUnsafeBufferPointer { mask in
-                        scratch.values.withUnsafeMutableBufferPointer { ring in
+                        scratch.floats.withUnsafeMutableBufferPointer { ring in
                             let c = Int(x.rounded())
                             for j in by0...by1 {
                                 let dy = Double(j) - y, dy2 = dy * dy
@@ -719,18 +723,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
                 }
             }
         }
-        let (median, kept) = scratch.values.withUnsafeBufferPointer { v in
-            scratch.floats.withUnsafeMutableBufferPointer { f in
-                // The pixels as they were (each double is one).
-                for k in 0..<gathered { f[k] = Float(v[k]) }
-                return scratch.window.withUnsafeMutableBufferPointer { w in
-                    scratch.outer.withUnsafeMutableBufferPointer { o in
-                        gathered > 0 ? clip.clipSelected(UnsafeBufferPointer(rebasing: v[0..<gathered]), floats: UnsafeBufferPointer(rebasing: f[0..<gathered]),
-                                                         window: w, outer: o) : (.nan, 0)
-                    }
-                }
-            }
-        }
+        let (median, kept) = clip.median(gathered: gathered, scratch: &scratch)
         m.background = median
         m.backgroundPixels = kept
         // The annulus's noise per pixel: its mean variance (clipping drops outliers in value, not
@@ -745,18 +738,18 @@ public struct ForcedPhotometry: Sendable, Equatable {
         return m
     }
 
-    /// Copies `count` pixels from `start` into `out` as doubles, less those masked `bad` or not
-    /// finite, and sums their variance. A run with none such (nearly every run) is copied
+    /// Copies `count` pixels from `start` into `out`, less those masked `bad` or not finite,
+    /// and sums their variance. A run with none such (nearly every run) is copied
     /// four at a time, unconditionally, and checked once at its end.
     @inline(__always) static func gather(_ image: UnsafeBufferPointer<Float>, _ variance: UnsafeBufferPointer<Float>,
                                          _ mask: UnsafeBufferPointer<Int32>, from start: Int, count: Int, bad: Int32,
-                                         into out: UnsafeMutablePointer<Double>) -> (count: Int, variance: Double) {
+                                         into out: UnsafeMutablePointer<Float>) -> (count: Int, variance: Double) {
         let img = image.baseAddress! + start, vari = variance.baseAddress! + start, msk = mask.baseAddress! + start
         var sums = SIMD4<Double>(repeating: 0), flags = SIMD4<Int32>(repeating: 0), finite = SIMD4<Float>(repeating: 0)
         var q = 0
         while q + 4 <= count {
             let v = UnsafeRawPointer(img + q).loadUnaligned(as: SIMD4<Float>.self)
-            UnsafeMutableRawPointer(out + q).storeBytes(of: SIMD4<Double>(v), as: SIMD4<Double>.self)
+            UnsafeMutableRawPointer(out + q).storeBytes(of: v, as: SIMD4<Float>.self)
             sums += SIMD4<Double>(UnsafeRawPointer(vari + q).loadUnaligned(as: SIMD4<Float>.self))
             flags |= UnsafeRawPointer(msk + q).loadUnaligned(as: SIMD4<Int32>.self)
             finite += v - v   // NaN from a NaN or an infinity
@@ -766,7 +759,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
         var check = finite.sum()
         while q < count {
             let v = img[q]
-            out[q] = Double(v)
+            out[q] = v
             total += Double(vari[q])
             anyFlags |= msk[q]
             check += v - v
@@ -776,7 +769,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
         var kept = 0
         total = 0
         for k in 0..<count where msk[k] & bad == 0 && img[k].isFinite {
-            out[kept] = Double(img[k])
+            out[kept] = img[k]
             total += Double(vari[k])
             kept += 1
         }

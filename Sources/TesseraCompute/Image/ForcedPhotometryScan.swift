@@ -95,7 +95,8 @@ struct ForcedPhotometryPatchIndex {
         remote = Set(refs.remote.map(Int.init))
     }
 
-    func ref(ra: Double, dec: Double, band: String) -> Int? { byPatch[PatchBand(patch: tiling.patch(ra: ra, dec: dec), band: band)] }
+    func ref(ra: Double, dec: Double, band: String) -> Int? { ref(patch: tiling.patch(ra: ra, dec: dec), band: band) }
+    func ref(patch: Int64, band: String) -> Int? { byPatch[PatchBand(patch: patch, band: band)] }
 }
 
 /// Runs a forced-photometry question over one shard (`forced_phot`), or lists the rows other
@@ -221,7 +222,7 @@ struct ForcedPhotometryTask {
                 for i in chosen {
                     let pixel = patches.tiling.patch(ra: ra[i], dec: dec[i])
                     if pixel != last.patch {
-                        let ref = patches.byPatch[ForcedPhotometryPatchIndex.PatchBand(patch: pixel, band: b)]
+                        let ref = patches.ref(patch: pixel, band: b)
                         if let ref, files[ref] == nil { files[ref] = .some(try open(ref)) }
                         last = (pixel, ref, ref.flatMap { files[$0] ?? nil })
                     }

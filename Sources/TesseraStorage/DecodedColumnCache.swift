@@ -55,6 +55,11 @@ public final class DecodedColumnCache: Sendable {
         }
     }
 
+    /// Whether a chunk is kept, without counting a use (for read-ahead, which skips kept chunks).
+    func contains(_ key: Key) -> Bool {
+        state.withLock { $0.entries[key] != nil }
+    }
+
     /// Keeps a decoded chunk of `bytes` bytes; makes room by dropping the least recently used.
     func insert(_ key: Key, _ data: ColumnData, bytes arrayBytes: Int) {
         // The entry's own cost too (key, path, table slot), so tiny chunks cannot overrun the budget.

@@ -29,6 +29,9 @@ struct AnchorCatalog: ParsableArguments {
 
     static let dataset = "object"
 
+    /// The local cluster's folder inside `data`.
+    var clusterDirectory: String { data + "/tessera-\(workers)w-\(maxRowsPerShard)" }
+
     /// Starts the cluster, ingesting the catalog if this cluster folder does not have it yet.
     func start() throws -> (LocalCluster, SchedulerConnection, rows: Int) {
         var o = LocalCluster.Options()
@@ -37,7 +40,7 @@ struct AnchorCatalog: ParsableArguments {
         o.insecure = insecure
         if let columnCacheMb { o.workerArguments = ["--column-cache-mb", "\(columnCacheMb)"] }
         if let maxPassRiders { o.schedulerArguments = ["--max-pass-riders", "\(maxPassRiders)"] }
-        o.dataDirectory = data + "/tessera-\(workers)w-\(maxRowsPerShard)"
+        o.dataDirectory = clusterDirectory
         o.logFile = data + "/tessera-bench.log"
         let cluster = try LocalCluster(o)
         let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)

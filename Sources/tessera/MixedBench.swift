@@ -33,6 +33,9 @@ struct MixedBench: ParsableCommand {
     @Option(help: "Batch jobs each of the two users submits for the fair-share figure (0 skips it).")
     var fairJobs = 50
 
+    @Option(help: "Rounds of the full scans from cold (one alone, then all at once, each on a cluster started anew after the shard files are dropped from the page cache; 0 skips them).")
+    var coldRounds = 1
+
     func run() throws {
         let (cluster, conn, rows) = try anchor.start()
         defer { cluster.stop() }
@@ -110,6 +113,54 @@ struct MixedBench: ParsableCommand {
 
         // 4. Fair share: two users, the same batch work each, submitted one after the other.
         if fairJobs > 0 { try fairShare(cluster, endpoint: endpoint, rows: rows) }
+
+        // 5. The full scans again, from cold: this cluster stops first (its mappings and column
+        //    caches go with it).
+        if coldRounds > 0 {
+            cluster.stop()
+            try coldScans(scanQuestions, rows: rows)
+        }
+    }
+
+    /// The full scans as a catalog far larger than memory is scanned: from the disk. Before each
+    /// measurement the shard files are dropped from the page cache and a cluster is started anew
+    /// on the same folder, so no worker has a chunk mapped, decoded or cached. One scan alone
+    /// (the first three questions, each from cold; the median), then all of them at once.
+    func coldScans(_ questions: [CatalogQuery], rows: Int) throws {
+        for round in 1...coldRounds {
+            var alone: [Double] = []
+            var resident: [Double] = []
+            for q in questions.prefix(3) {
+                let (seconds, r) = try fromCold { conn, _ in try conn.run(q.priority(.batch)).seconds }
+                alone.append(seconds)
+                resident.append(r)
+            }
+            let one = alone.sorted()[alone.count / 2]
+            let ((together, passes, rss), r) = try fromCold { conn, endpoint in
+                let t = try runConcurrently(endpoint, questions.map { $0.priority(.batch) })
+                // The workers' counts arrive with their heartbeats.
+                Thread.sleep(forTimeInterval: 1.2)
+                return (t, try sharedPasses(conn), try workerPeakRSS(conn))
+            }
+            resident.append(r)
+            print(jsonLine([("engine", "tessera"), ("workload", "full_scans_cold"), ("round", round), ("rows", rows), ("scans", questions.count),
+                            ("one_scan_s", one), ("one_scan_s_each", alone), ("all_scans_s", together.wall), ("ratio_to_one", together.wall / one),
+                            ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
+                            ("shard_passes", passes.passes), ("scan_tasks_in_passes", passes.tasks), ("most_in_one_pass", passes.most),
+                            ("max_pass_riders", anchor.maxPassRiders ?? 31),
+                            ("shard_bytes_resident_at_start", resident.max() ?? 0)] + rss))
+        }
+    }
+
+    /// Runs `body` on a cluster started anew after the shard files left the page cache; what it
+    /// returned, and the fraction of the shard files' bytes still resident when it began.
+    func fromCold<T>(_ body: (SchedulerConnection, String) throws -> T) throws -> (T, residentAtStart: Double) {
+        let folder = anchor.clusterDirectory
+        PageCache.evict(under: folder, suffix: ".shard")
+        let (cluster, conn, _) = try anchor.start()
+        defer { cluster.stop() }
+        let resident = PageCache.residentFraction(under: folder, suffix: ".shard")
+        return (try body(conn, cluster.clientEndpoint), resident)
     }
 
     /// The workers' shared-pass counts, summed.
@@ -295,10 +346,13 @@ final class ConcurrentAskers: @unchecked Sendable {
     /// Asks `questions` (at most `count`) at once; their times, and the wall time until the last answered.
     func ask(_ questions: [CatalogQuery]) throws -> MixedBench.Timings {
         precondition(questions.count <= count, "more questions than connections")
-        round.withLock { r in
+        // After `close()` no thread is left to answer: waiting would be forever.
+        guard round.withLock({ r in
+            if r.closing { return false }
             r.questions = questions
             r.results = Array(repeating: nil, count: questions.count)
-        }
+            return true
+        }) else { throw ValidationError("these connections are closed") }
         for _ in questions { finished.enter() }
         let start = now()
         for i in questions.indices { starts[i].signal() }

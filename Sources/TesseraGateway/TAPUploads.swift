@@ -224,12 +224,10 @@ extension TAPService {
 /// Fetches an `UPLOAD` given by URL, as TAP requires, without letting a request reach what
 /// only the gateway can: the URL's host is resolved first and refused when any address is
 /// loopback, private, link-local or otherwise not public (unless the gateway serves only this
-/// machine); plain http then connects to the address checked (no second lookup to rebind);
-/// no redirects; at most `limit` bytes and 30 s.
+/// machine); the connection then goes to the address checked, for http and https alike (no
+/// second lookup that a rebinding name server could answer otherwise), while https still
+/// verifies the certificate for the URL's host name; no redirects; at most `limit` bytes and 30 s.
 enum UploadFetcher {
-    static let client = HTTPClient(eventLoopGroupProvider: .singleton,
-                                   configuration: .init(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10), read: .seconds(30))))
-
     static func fetch(_ uri: String, table: String, limit: Int, allowPrivate: Bool) async throws(TAPError) -> [UInt8] {
         func refuse(_ why: String) -> TAPError { TAPError(400, "UPLOAD `\(table)` from \(uri.prefix(120)): \(why)") }
         guard let url = URL(string: uri), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
@@ -244,18 +242,14 @@ enum UploadFetcher {
         if !allowPrivate, let inner = addresses.first(where: { !isPublic($0) }) {
             throw refuse("the host resolves to \(inner), an address that is not public; this gateway fetches only from public addresses")
         }
-        var target = uri
-        if scheme == "http" {
-            // Connect to the address checked, naming the host in the Host header.
-            let literal = first.contains(":") ? "[\(first)]" : first
-            var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
-            components?.host = literal
-            components?.percentEncodedHost = literal
-            target = components?.string ?? uri
-        }
-        var request = HTTPClientRequest(url: target)
-        request.headers.add(name: "Host", value: url.port.map { "\(host):\($0)" } ?? host)
+        // A client of its own for this fetch, pinned to the address checked: the client's
+        // lookup of `host` is replaced by it (TLS still names and verifies `host`).
+        var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10), read: .seconds(30)))
+        configuration.dnsOverride = [host: first]
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        var request = HTTPClientRequest(url: uri)
         request.headers.add(name: "User-Agent", value: "tessera-gateway")
+        let result: Result<[UInt8], TAPError>
         do {
             let response = try await client.execute(request, timeout: .seconds(30))
             guard response.status == .ok else { throw refuse("the server answered \(response.status.code) \(response.status.reasonPhrase)") }
@@ -264,12 +258,14 @@ enum UploadFetcher {
                 guard bytes.count + chunk.readableBytes <= limit else { throw refuse("over this service's upload limit of \(limit) bytes") }
                 bytes += chunk.readableBytesView
             }
-            return bytes
+            result = .success(bytes)
         } catch let e as TAPError {
-            throw e
+            result = .failure(e)
         } catch {
-            throw refuse("fetching it failed: \(error)")
+            result = .failure(refuse("fetching it failed: \(error)"))
         }
+        try? await client.shutdown()
+        return try result.get()
     }
 
     /// The numeric addresses `host` resolves to.

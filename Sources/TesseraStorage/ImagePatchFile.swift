@@ -439,6 +439,14 @@ public final class ImagePatchFile: @unchecked Sendable {
         _ = madvise(UnsafeMutableRawPointer(mutating: base), byteCount, MADV_DONTNEED)
     }
 
+    /// The image, variance and mask planes as stored (big-endian 4-byte values, row by row,
+    /// `header.width` a row) for reading in place, without a copy, while `body` runs.
+    public func withPlanes<R>(_ body: (_ image: UnsafeRawPointer, _ variance: UnsafeRawPointer, _ mask: UnsafeRawPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) {
+            try body(base + offsets[.image]!, base + offsets[.variance]!, base + offsets[.mask]!)
+        }
+    }
+
     /// Copies the part of `box` (in this file's own pixels) that lies inside the file into `out`,
     /// a row-major buffer of `box.width × box.height` 4-byte values (Float, or Int32 for the
     /// mask), converting from FITS's big-endian order. Pixels of `box` outside the file are left

@@ -559,6 +559,55 @@ public struct ApertureMeasurement: Sendable, Equatable {
     }
 }
 
+/// How a plane's 4-byte pixels are stored: as this machine's numbers (a cutout's arrays) or
+/// big-endian (a FITS file's planes, read in place through its mapping).
+public protocol PixelByteOrder {
+    static func host(_ bits: UInt32) -> UInt32
+    static func host(_ bits: SIMD4<UInt32>) -> SIMD4<UInt32>
+}
+
+/// Pixels stored as this machine's numbers.
+public enum HostByteOrder: PixelByteOrder {
+    @inline(__always) public static func host(_ bits: UInt32) -> UInt32 { bits }
+    @inline(__always) public static func host(_ bits: SIMD4<UInt32>) -> SIMD4<UInt32> { bits }
+}
+
+/// Pixels stored big-endian, as FITS stores them.
+public enum BigEndianByteOrder: PixelByteOrder {
+    @inline(__always) public static func host(_ bits: UInt32) -> UInt32 { UInt32(bigEndian: bits) }
+    @inline(__always) public static func host(_ bits: SIMD4<UInt32>) -> SIMD4<UInt32> {
+        #if _endian(little)
+        return (bits &<< 24) | ((bits & 0xFF00) &<< 8) | ((bits &>> 8) & 0xFF00) | (bits &>> 24)
+        #else
+        return bits
+        #endif
+    }
+}
+
+/// An image's three planes over a box of its grid, row by row (`box.width` pixels a row), read
+/// where they lie: a cutout's arrays, or a patch file's mapped planes (no copy per measurement).
+/// The pointers must stay valid while the planes are used.
+public struct PixelPlanes<Order: PixelByteOrder> {
+    public let image: UnsafeRawPointer, variance: UnsafeRawPointer, mask: UnsafeRawPointer
+    /// The grid pixels the planes hold.
+    public let box: PixelBox
+
+    public init(image: UnsafeRawPointer, variance: UnsafeRawPointer, mask: UnsafeRawPointer, box: PixelBox) {
+        (self.image, self.variance, self.mask, self.box) = (image, variance, mask, box)
+    }
+
+    @inline(__always) func bits(_ plane: UnsafeRawPointer, _ k: Int) -> UInt32 {
+        Order.host(plane.loadUnaligned(fromByteOffset: 4 * k, as: UInt32.self))
+    }
+    @inline(__always) func bits4(_ plane: UnsafeRawPointer, _ k: Int) -> SIMD4<UInt32> {
+        Order.host(plane.loadUnaligned(fromByteOffset: 4 * k, as: SIMD4<UInt32>.self))
+    }
+    /// The pixel at offset `k` (row-major in `box`).
+    @inline(__always) func image(_ k: Int) -> Float { Float(bitPattern: bits(image, k)) }
+    @inline(__always) func variance(_ k: Int) -> Float { Float(bitPattern: bits(variance, k)) }
+    @inline(__always) func mask(_ k: Int) -> Int32 { Int32(bitPattern: bits(mask, k)) }
+}
+
 /// Forced aperture photometry at given positions: an exact circular aperture, the local
 /// background from an annulus (sigma-clipped median), and errors from the variance plane.
 /// Radii are in pixels; positions are 0-based pixel coordinates of the stamp's grid.
@@ -604,9 +653,26 @@ public struct ForcedPhotometry: Sendable, Equatable {
     /// The same, with working space for the annulus's median kept by the caller between
     /// measurements.
     public func measure(x: Double, y: Double, on stamp: ImageCutout, scratch: inout SigmaClippedMedian.Scratch) -> ApertureMeasurement {
+        // (An empty cutout's arrays have no storage: one value stands in, never read.)
+        let none: [Float] = [0]
+        return stamp.image.withUnsafeBytes { image in
+            stamp.variance.withUnsafeBytes { variance in
+                stamp.mask.withUnsafeBytes { mask in
+                    none.withUnsafeBytes { none in
+                        let planes = PixelPlanes<HostByteOrder>(image: image.baseAddress ?? none.baseAddress!, variance: variance.baseAddress ?? none.baseAddress!,
+                                                                mask: mask.baseAddress ?? none.baseAddress!, box: stamp.box)
+                        return measure(x: x, y: y, in: planes, scratch: &scratch)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Measures at (x, y) on `planes`, pixels outside their box counting as missing.
+    public func measure<Order>(x: Double, y: Double, in planes: PixelPlanes<Order>, scratch: inout SigmaClippedMedian.Scratch) -> ApertureMeasurement {
         var m = ApertureMeasurement(sum: 0, sumVariance: 0, area: 0, background: .nan, backgroundPixels: 0,
                                     backgroundPixelVariance: .nan, flags: 0)
-        let box = stamp.box
+        let box = planes.box
         let w = box.width
         let bad = ImageMask.noData | ImageMask.bad | ImageMask.saturated
         let r = apertureRadius
@@ -652,8 +718,8 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     }
                     guard weight > 0 else { continue }
                     let k = (j - box.y0) * w + (i - box.x0)
-                    let v = Double(stamp.image[k]), s2 = Double(stamp.variance[k])
-                    if stamp.mask[k] & bad != 0 || !v.isFinite || !s2.isFinite {
+                    let v = Double(planes.image(k)), s2 = Double(planes.variance(k))
+                    if planes.mask(k) & bad != 0 || !v.isFinite || !s2.isFinite {
                         m.flags |= Flag.apertureIncomplete
                         continue
                     }
@@ -675,52 +741,8 @@ public struct ForcedPhotometry: Sendable, Equatable {
         scratch.reserve(max(0, bx1 - bx0 + 1) * max(0, by1 - by0 + 1))
         var gathered = 0, varianceSum = 0.0
         if bx0 <= bx1, by0 <= by1 {
-            stamp.image.withUnsafeBufferPointer { image in
-                stamp.variance.withUnsafeBufferPointer { variance in
-                    stamp.mask.withUnsafeBufferPointer { mask in
-                        scratch.floats.withUnsafeMutableBufferPointer { ring in
-                            let c = Int(x.rounded())
-                            for j in by0...by1 {
-                                let dy = Double(j) - y, dy2 = dy * dy
-                                // Adding dx² cannot bring d² below dy²: no pixel of this row is in the ring.
-                                guard dy2 < ro2 else { continue }
-                                @inline(__always) func d2(_ i: Int) -> Double {
-                                    let dx = Double(i) - x
-                                    return dx * dx + dy * dy
-                                }
-                                // The pixels with d² < r² are a run around the nearest one (d² grows
-                                // with |i − x|); its exact ends, from the square root's estimate.
-                                @inline(__always) func run(_ r2: Double) -> (Int, Int)? {
-                                    guard d2(c) < r2 else { return nil }
-                                    let half = max(0, r2 - dy2).squareRoot()
-                                    var l = min(c, Int((x - half).rounded(.down))), h = max(c, Int((x + half).rounded(.up)))
-                                    while l < c, d2(l) >= r2 { l += 1 }
-                                    while d2(l - 1) < r2 { l -= 1 }
-                                    while h > c, d2(h) >= r2 { h -= 1 }
-                                    while d2(h + 1) < r2 { h += 1 }
-                                    return (l, h)
-                                }
-                                guard let (first, last) = run(ro2) else { continue }
-                                let base = (j - box.y0) * w - box.x0
-                                // Every pixel of first...last less the hole is in the ring.
-                                func take(_ s: Int, _ e: Int) {
-                                    let lo = max(s, bx0), hi = min(e, bx1)
-                                    guard lo <= hi else { return }
-                                    let got = Self.gather(image, variance, mask, from: base + lo, count: hi - lo + 1, bad: bad,
-                                                          into: ring.baseAddress! + gathered)
-                                    gathered += got.count
-                                    varianceSum += got.variance
-                                }
-                                if let (holeFirst, holeLast) = run(ri2) {
-                                    take(first, holeFirst - 1)
-                                    take(holeLast + 1, last)
-                                } else {
-                                    take(first, last)
-                                }
-                            }
-                        }
-                    }
-                }
+            (gathered, varianceSum) = scratch.floats.withUnsafeMutableBufferPointer { ring in
+                Self.gatherRing(planes, x: x, y: y, inner2: ri2, outer2: ro2, columns: bx0...bx1, rows: by0...by1, bad: bad, into: ring.baseAddress!)
             }
         }
         let (median, kept) = clip.median(gathered: gathered, scratch: &scratch)
@@ -738,39 +760,86 @@ public struct ForcedPhotometry: Sendable, Equatable {
         return m
     }
 
-    /// Copies `count` pixels from `start` into `out`, less those masked `bad` or not finite,
-    /// and sums their variance. A run with none such (nearly every run) is copied
+    /// The annulus's pixels within `columns` × `rows`, those whose centres lie at
+    /// inner ≤ d < outer (squared distances given) from (x, y), into `out`, less those masked
+    /// `bad` or not finite; how many, and the sum of their variance. Its own function, its
+    /// running counts its own variables: captured by a nested function in a generic one, they
+    /// were checked for exclusive access at run time on every use.
+    static func gatherRing<Order>(_ planes: PixelPlanes<Order>, x: Double, y: Double, inner2 ri2: Double, outer2 ro2: Double,
+                                  columns: ClosedRange<Int>, rows: ClosedRange<Int>, bad: Int32,
+                                  into out: UnsafeMutablePointer<Float>) -> (count: Int, variance: Double) {
+        let box = planes.box
+        let (bx0, bx1) = (columns.lowerBound, columns.upperBound)
+        var gathered = 0, varianceSum = 0.0
+        let c = Int(x.rounded())
+        for j in rows {
+            let dy = Double(j) - y, dy2 = dy * dy
+            // Adding dx² cannot bring d² below dy²: no pixel of this row is in the ring.
+            guard dy2 < ro2 else { continue }
+            @inline(__always) func d2(_ i: Int) -> Double {
+                let dx = Double(i) - x
+                return dx * dx + dy * dy
+            }
+            // The pixels with d² < r² are a run around the nearest one (d² grows with |i − x|);
+            // its exact ends, from the square root's estimate.
+            @inline(__always) func run(_ r2: Double) -> (Int, Int)? {
+                guard d2(c) < r2 else { return nil }
+                let half = max(0, r2 - dy2).squareRoot()
+                var l = min(c, Int((x - half).rounded(.down))), h = max(c, Int((x + half).rounded(.up)))
+                while l < c, d2(l) >= r2 { l += 1 }
+                while d2(l - 1) < r2 { l -= 1 }
+                while h > c, d2(h) >= r2 { h -= 1 }
+                while d2(h + 1) < r2 { h += 1 }
+                return (l, h)
+            }
+            guard let (first, last) = run(ro2) else { continue }
+            let base = (j - box.y0) * box.width - box.x0
+            // Every pixel of first...last less the hole is in the ring: one run, or two.
+            var parts = ((first, last), (1, 0))
+            if let (holeFirst, holeLast) = run(ri2) { parts = ((first, holeFirst - 1), (holeLast + 1, last)) }
+            for part in 0..<2 {
+                let (s, e) = part == 0 ? parts.0 : parts.1
+                let lo = max(s, bx0), hi = min(e, bx1)
+                guard lo <= hi else { continue }
+                let got = gather(planes, from: base + lo, count: hi - lo + 1, bad: bad, into: out + gathered)
+                gathered += got.count
+                varianceSum += got.variance
+            }
+        }
+        return (gathered, varianceSum)
+    }
+
+    /// Copies `count` image pixels from `start` into `out`, less those masked `bad` or not
+    /// finite, and sums their variance. A run with none such (nearly every run) is copied
     /// four at a time, unconditionally, and checked once at its end.
-    @inline(__always) static func gather(_ image: UnsafeBufferPointer<Float>, _ variance: UnsafeBufferPointer<Float>,
-                                         _ mask: UnsafeBufferPointer<Int32>, from start: Int, count: Int, bad: Int32,
-                                         into out: UnsafeMutablePointer<Float>) -> (count: Int, variance: Double) {
-        let img = image.baseAddress! + start, vari = variance.baseAddress! + start, msk = mask.baseAddress! + start
-        var sums = SIMD4<Double>(repeating: 0), flags = SIMD4<Int32>(repeating: 0), finite = SIMD4<Float>(repeating: 0)
+    @inline(__always) static func gather<Order>(_ planes: PixelPlanes<Order>, from start: Int, count: Int, bad: Int32,
+                                                into out: UnsafeMutablePointer<Float>) -> (count: Int, variance: Double) {
+        var sums = SIMD4<Double>(repeating: 0), flags = SIMD4<UInt32>(repeating: 0), finite = SIMD4<Float>(repeating: 0)
         var q = 0
         while q + 4 <= count {
-            let v = UnsafeRawPointer(img + q).loadUnaligned(as: SIMD4<Float>.self)
+            let v = unsafeBitCast(planes.bits4(planes.image, start + q), to: SIMD4<Float>.self)
             UnsafeMutableRawPointer(out + q).storeBytes(of: v, as: SIMD4<Float>.self)
-            sums += SIMD4<Double>(UnsafeRawPointer(vari + q).loadUnaligned(as: SIMD4<Float>.self))
-            flags |= UnsafeRawPointer(msk + q).loadUnaligned(as: SIMD4<Int32>.self)
+            sums += SIMD4<Double>(unsafeBitCast(planes.bits4(planes.variance, start + q), to: SIMD4<Float>.self))
+            flags |= planes.bits4(planes.mask, start + q)
             finite += v - v   // NaN from a NaN or an infinity
             q += 4
         }
-        var total = sums.sum(), anyFlags = flags[0] | flags[1] | flags[2] | flags[3]
+        var total = sums.sum(), anyFlags = Int32(bitPattern: flags[0] | flags[1] | flags[2] | flags[3])
         var check = finite.sum()
         while q < count {
-            let v = img[q]
+            let v = planes.image(start + q)
             out[q] = v
-            total += Double(vari[q])
-            anyFlags |= msk[q]
+            total += Double(planes.variance(start + q))
+            anyFlags |= planes.mask(start + q)
             check += v - v
             q += 1
         }
         if anyFlags & bad == 0, !check.isNaN { return (count, total) }
         var kept = 0
         total = 0
-        for k in 0..<count where msk[k] & bad == 0 && img[k].isFinite {
-            out[kept] = img[k]
-            total += Double(vari[k])
+        for k in 0..<count where planes.mask(start + k) & bad == 0 && planes.image(start + k).isFinite {
+            out[kept] = planes.image(start + k)
+            total += Double(planes.variance(start + k))
             kept += 1
         }
         return (kept, total)

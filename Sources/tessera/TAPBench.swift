@@ -191,7 +191,8 @@ struct TAPBench: ParsableCommand {
         var cones: [[(ra: Double, dec: Double)]] = []
         for _ in 0..<concurrency { cones.append((0..<conesPerClient).map { _ in cone(&rng, radius: radius) }) }
         let frozen = cones
-        guard let port = URL(string: base)?.port, let path = URL(string: base)?.path else { throw ValidationError("no port in \(base)") }
+        guard let url = URL(string: base), let port = url.port else { throw ValidationError("no port in \(base)") }
+        let path = url.path
         for client in coneClients {
             let t0 = now()
             let times = try await withThrowingTaskGroup(of: [Double].self) { group in

@@ -135,10 +135,12 @@ struct ImageOperatorTests {
         }
     }
 
-    /// The annulus's Float32 path (counting passes and a sorted window of ranks) gives the clipped median of
-    /// a plain sort of the same values as doubles: negative and positive values, ±0, ties,
-    /// subnormals, outliers of both signs, a bright source on one side, outliers where the first
-    /// estimate samples, one value and many; working space reused throughout.
+    /// The annulus's Float32 path (values counted into buckets, a bucket sorted when a median
+    /// needs it) gives the clipped median of a plain sort of the same values as doubles:
+    /// negative and positive values, ±0, ties, subnormals, outliers of both signs, a bright
+    /// source on one side, outliers where the first estimate samples, a sample far narrower than
+    /// the values (the medians then in the buckets outside), one value and many; working space
+    /// reused throughout.
     @Test func selectedPixelsGiveTheSameClippedMedian() {
         var state: UInt64 = 11
         func unit() -> Double {
@@ -172,6 +174,11 @@ struct ImageOperatorTests {
                 // around it would be rounding noise).
                 pixels = pixels.map { Float((Double($0) * 0.01).rounded()) }
                 for k in 0..<15 { pixels[k * n / 15] = trial % 2 == 0 ? 1e30 : -3e38 }
+            }
+            if trial % 17 == 4, n >= 15 {
+                // The sampled values nearly equal, the rest spread a thousand times wider.
+                pixels = pixels.indices.map { _ in Float((unit() - 0.5) * 2000) }
+                for k in 0..<15 { pixels[k * n / 15] = Float(unit() * 1e-3) }
             }
             let want = Self.sortAndClip(pixels.map(Double.init), sigma: 3, iterations: 10)
             let got = clip.median(float32: pixels, scratch: &scratch)

@@ -81,6 +81,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var window: [Float] = []
         /// The values outside the clip's core.
         var outer: [Double] = []
+        /// Each value's bucket, and the buckets' counts and places (`RankBuckets`).
+        var indices: [UInt8] = []
+        var tables: [Int32] = []
         /// The aperture's pixel columns' parts of their corners (left edge, right edge).
         var columns: [(left: (capped: Double, primitive: Double), right: (capped: Double, primitive: Double))] = []
         public init() {}
@@ -89,10 +92,13 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         mutating func reserve(_ n: Int) {
             if values.count < n + 1 { values = [Double](repeating: 0, count: n + 1) }
             if floats.count < n + 1 { floats = [Float](repeating: 0, count: n + 1) }
-            // The gathered run, padded, and the rank sort's output after it.
-            let room = max(n + 8, 2 * (RankWindow.rankedUpTo + 8))
+            // The values bucket by bucket, then room to sort a bucket by rank (padded) and
+            // the rank sort's output.
+            let room = n + 2 * (RankBuckets.rankedUpTo + 8)
             if window.count < room { window = [Float](repeating: 0, count: room) }
             if outer.count < n + 1 { outer = [Double](repeating: 0, count: n + 1) }
+            if indices.count < n + 8 { indices = [UInt8](repeating: 0, count: n + 8) }
+            if tables.count < RankBuckets.tableRoom { tables = [Int32](repeating: 0, count: RankBuckets.tableRoom) }
         }
     }
 
@@ -113,7 +119,12 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 for k in 0..<n { v[k] = Double(f[k]) }
                 return scratch.window.withUnsafeMutableBufferPointer { w in
                     scratch.outer.withUnsafeMutableBufferPointer { o in
-                        clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), floats: UnsafeBufferPointer(rebasing: f[0..<n]), window: w, outer: o)
+                        scratch.indices.withUnsafeMutableBufferPointer { i in
+                            scratch.tables.withUnsafeMutableBufferPointer { t in
+                                clipSelected(UnsafeBufferPointer(rebasing: v[0..<n]), floats: UnsafeBufferPointer(rebasing: f[0..<n]),
+                                             window: w, outer: o, indices: i, tables: t)
+                            }
+                        }
                     }
                 }
             }
@@ -130,31 +141,37 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// and inside the interval and sums the inside ones' offsets from a first estimate of the
     /// middle and their squares (the spread from these is stable while the estimate is within
     /// a thousand deviations of the mean; past that they are summed again around the mean).
-    /// Only the ranks the medians need are sorted: some dozens of
-    /// values around the middle, found by counting passes (`RankWindow`), which the clip's
-    /// medians seldom leave; they are counted and sorted as the Float32 values they are (eight
-    /// to a vector). `floats` are the values as Float32 (each exactly); `window` has room for
-    /// every value and eight more, and for twice `RankWindow.rankedUpTo` and sixteen; `outer`
-    /// for every value and one more.
+    /// The medians' ranks are read from `RankBuckets`: the values counted into buckets once,
+    /// and a bucket sorted (as the Float32 values they are, eight to a vector) when a median
+    /// first falls in it. `floats` are the values as Float32 (each exactly); `window` has room
+    /// for every value and twice `RankBuckets.rankedUpTo` and sixteen more; `outer` for every
+    /// value and one more; `indices` for every value and eight more; `tables` for
+    /// `RankBuckets.tableRoom`.
     func clipSelected(_ v: UnsafeBufferPointer<Double>, floats: UnsafeBufferPointer<Float>, window: UnsafeMutableBufferPointer<Float>,
-                      outer spare: UnsafeMutableBufferPointer<Double>) -> (median: Double, kept: Int) {
-        guard !v.isEmpty, let src = v.baseAddress, let out = spare.baseAddress else { return (.nan, 0) }
-        var ranks = RankWindow(values: floats, window: window)
+                      outer spare: UnsafeMutableBufferPointer<Double>, indices: UnsafeMutableBufferPointer<UInt8>,
+                      tables: UnsafeMutableBufferPointer<Int32>) -> (median: Double, kept: Int) {
+        guard !v.isEmpty, let src = v.baseAddress, let out = spare.baseAddress, let w = window.baseAddress,
+              let ix = indices.baseAddress, let tb = tables.baseAddress,
+              window.count >= v.count + 2 * (RankBuckets.rankedUpTo + 8), indices.count >= v.count + 8,
+              tables.count >= RankBuckets.tableRoom, floats.count == v.count else { return (.nan, 0) }
+        var ranks = RankBuckets(floats, values: w, sorting: w + v.count, indices: ix, tables: tb)
         var shift = ranks.estimate.middle
         var spread = ranks.estimate.spread
         // The core: values within 1.5 deviations of the first median, which the clip keeps as
         // long as its bounds stay outside them (3 deviations from a centre): their count and
         // sums once, and each iteration one pass over the rest (a fifth or so), where a star's
-        // pixels take ten iterations to clip away. The deviation is the one the first window's
-        // spread of values per rank gives (near the middle, neighbours' pixels hardly move it,
-        // as they move the quartiles). If a bound enters the core, the passes are over all
-        // values from then on.
+        // pixels take ten iterations to clip away. The deviation is the one the density of
+        // values in the first median's bucket gives (near the middle, neighbours' pixels hardly
+        // move it, as they move the quartiles). If a bound enters the core, the passes are over
+        // all values from then on.
         var coreLow = Double.nan, coreHigh = Double.nan
         var core = (below: 0, inside: 0, sum: 0.0, squares: 0.0)
         var rest = UnsafeBufferPointer<Double>(start: out, count: 0)
-        func split(around middle: Double) {
-            guard ranks.count > 1 else { return }
-            let perRank = (Double(ranks.window[ranks.count - 1]) - Double(ranks.window[0])) / Double(ranks.count - 1)
+        func split(around middle: Double, rank: Int) {
+            // The values per unit at the middle: its bucket's count over its width.
+            let b = ranks.bucket(ofRank: rank)
+            guard b > 0, b < RankBuckets.total - 1, ranks.size(b) > 1 else { return }
+            let perRank = ranks.width / Double(ranks.size(b))
             let deviation = perRank * Double(v.count) / (2 * Double.pi).squareRoot()
             (coreLow, coreHigh) = (middle - 1.5 * deviation, middle + 1.5 * deviation)
             core = Self.tally(v, coreLow, coreHigh, around: shift)
@@ -179,15 +196,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var t = Self.tally(v, low, high, around: shift)
         var c = shift
         func centre() -> Double {
-            // The first window leans the way a skewed sample's median will move as it is clipped.
-            if ranks.count == 0 {
-                let mean = shift + t.sum / Double(t.inside)
-                ranks.drift = mean > c ? -1 : mean < c ? 1 : 0
-            }
             let middle = t.below + t.inside / 2
-            if t.inside % 2 == 1 { return ranks.value(rank: middle, near: c, spread: spread, among: t.inside) }
-            return 0.5 * (ranks.value(rank: middle - 1, near: c, spread: spread, among: t.inside)
-                          + ranks.value(rank: middle, near: c, spread: spread, among: t.inside))
+            if t.inside % 2 == 1 { return ranks.value(rank: middle) }
+            return 0.5 * (ranks.value(rank: middle - 1) + ranks.value(rank: middle))
         }
         var iteration = 0
         while iteration < maxIterations, t.inside > 0 {
@@ -207,7 +218,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             }
             spread = (ss / k).squareRoot()
             c = centre()
-            if iteration == 1 { split(around: c) }
+            if iteration == 1 { split(around: c, rank: t.below + t.inside / 2) }
             let minimum = c - sigma * spread, maximum = c + sigma * spread
             // The run's ends move only inwards (and a NaN bound clips nothing).
             var newLow = low, newHigh = high
@@ -260,61 +271,56 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         return (below, count, sum, squares)
     }
 
-    /// How many values are below `a`, and how many lie in [a, b].
-    @inline(__always) static func count(_ v: UnsafeBufferPointer<Float>, _ a: Float, _ b: Float) -> (below: Int, inside: Int) {
-        guard let base = v.baseAddress else { return (0, 0) }
-        let n = v.count
-        let va = SIMD8<Float>(repeating: a), vb = SIMD8<Float>(repeating: b)
-        var under = SIMD8<Int32>(repeating: 0), upTo = under
-        var i = 0
-        while i + 8 <= n {
-            let x = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<Float>.self)
-            under &-= unsafeBitCast(x .< va, to: SIMD8<Int32>.self)
-            upTo &-= unsafeBitCast(x .<= vb, to: SIMD8<Int32>.self)
-            i += 8
-        }
-        var below = Int(under.wrappedSum()), notAbove = Int(upTo.wrappedSum())
-        while i < n {
-            below += base[i] < a ? 1 : 0
-            notAbove += base[i] <= b ? 1 : 0
-            i += 1
-        }
-        return (below, max(0, notAbove - below))
-    }
+    /// The values as a counting sort's first pass leaves them: counted into buckets of equal
+    /// width around a sample's middle (and one below them all, one above), then stored bucket
+    /// by bucket, so that every value of a bucket is at most every value of the next (the
+    /// bucket of a value only grows with it). The ranks a median needs are then in a bucket of
+    /// some dozens of values, sorted the first time one of them is asked for.
+    ///
+    /// (Before: a window of ranks found by counting passes over every value, gathered by
+    /// another, and found again when the medians left it: 2.3 times a measurement, a fifth of
+    /// its instructions.)
+    struct RankBuckets {
+        /// Inner buckets, over the sample's middle ± `reach` deviations (about twenty values
+        /// each at the middle of an annulus of 650), and the two outside them.
+        static let inner = 64, reach = 3.0
+        static let total = inner + 2
+        /// Working space, in `Int32`s, for `starts`, the counting and which buckets are sorted.
+        static let tableRoom = 6 * (total + 1)
 
-    /// The sorted values of a run of ranks, found without sorting the rest: thresholds a ≤ b
-    /// are moved (by counting passes) until the values below a are at most the first rank
-    /// wanted and those up to b more than the last, with few between; those are gathered and
-    /// sorted.
-    struct RankWindow {
-        let values: UnsafeBufferPointer<Float>
-        let window: UnsafeMutableBufferPointer<Float>
-        /// `window[0..<count]` holds the values of ranks `first..<first + count`, sorted.
-        var first = 0, count = 0
-        /// The middle and spread of a sample of the values (the first window's place: the mean
-        /// and deviation of an annulus with a star on it are far from its background's).
+        /// The values, bucket by bucket: bucket b is `values[starts[b]..<starts[b + 1]]`.
+        let values: UnsafeMutablePointer<Float>
+        let starts: UnsafeMutablePointer<Int32>
+        /// Room for a bucket being sorted by rank (twice `rankedUpTo` + 8).
+        let sorting: UnsafeMutablePointer<Float>
+        /// Nonzero: bucket b is sorted.
+        let sorted: UnsafeMutablePointer<Int32>
+        /// The middle and spread of a sample of the values (where the buckets lie).
         let estimate: (middle: Double, spread: Double)
+        /// An inner bucket's width.
+        let width: Double
 
-        /// Ranks kept on each side of the one asked for, so that the clip's next medians
-        /// (which move by half what it clips from either side) are mostly in the same window:
-        /// `margin` on each, or when they are expected to move one way (`drift`), `ahead` that
-        /// way and `behind` the other.
-        static let margin = 16, ahead = 24, behind = 8
-        /// Which way the medians are expected to move: −1 down (a bright tail, as a neighbour's
-        /// pixels make, is clipped from above), 1 up, 0 either.
-        var drift = 0
-        /// The most values between the thresholds that are gathered without narrowing them.
-        static let most = 48
-
-        init(values: UnsafeBufferPointer<Float>, window: UnsafeMutableBufferPointer<Float>) {
-            (self.values, self.window) = (values, window)
+        /// Counts `floats` into buckets and stores them in `values` (room for all of them);
+        /// `indices` has room for every value and eight more, `tables` for `tableRoom`.
+        init(_ floats: UnsafeBufferPointer<Float>, values: UnsafeMutablePointer<Float>, sorting: UnsafeMutablePointer<Float>,
+             indices: UnsafeMutablePointer<UInt8>, tables: UnsafeMutablePointer<Int32>) {
+            (self.values, self.sorting) = (values, sorting)
+            let n = floats.count
+            let t = Self.total
+            starts = tables
+            sorted = tables + (t + 1) + 4 * t
+            sorted.initialize(repeating: 0, count: t)
+            guard let src = floats.baseAddress else {
+                (estimate, width) = ((.nan, .nan), .nan)
+                return
+            }
             // Fifteen values spread through the list (or all of fewer), sorted by insertion.
-            let n = values.count, m = min(n, 15)
+            let m = min(n, 15)
             var sample = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             estimate = withUnsafeMutableBytes(of: &sample) { raw in
                 let s = raw.bindMemory(to: Double.self)
                 for k in 0..<m {
-                    let x = Double(values[k * n / m])
+                    let x = Double(src[k * n / m])
                     var j = k
                     while j > 0, s[j - 1] > x { s[j] = s[j - 1]; j -= 1 }
                     s[j] = x
@@ -322,17 +328,109 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 // The quartiles' distance, as a normal deviation.
                 return (s[m / 2], (s[(3 * m) / 4] - s[m / 4]) / 1.35)
             }
+            // Any width keeps the buckets in order; a poor one only makes a bucket long (many
+            // equal values: one bucket, sorted by the library's sort).
+            let spread = estimate.spread > 0 && estimate.spread.isFinite ? estimate.spread : max(abs(estimate.middle) * 1e-6, 1e-30)
+            width = 2 * Self.reach * spread / Double(Self.inner)
+            let low = Float(estimate.middle - Self.reach * spread)
+            let scale = Float(1 / width)
+            // The bucket of each value: (x − low)·scale held to [−1, inner], rounded, plus one,
+            // from the same Float32 arithmetic for every value (so it never decreases as x grows).
+            let vlow = SIMD8<Float>(repeating: low.isFinite ? low : 0), vscale = SIMD8<Float>(repeating: scale.isFinite ? scale : 0)
+            let floor = SIMD8<Float>(repeating: -1), ceiling = SIMD8<Float>(repeating: Float(Self.inner))
+            var k = 0
+            while k < n {
+                var lane = SIMD8<Float>(repeating: 0)
+                if k + 8 <= n {
+                    lane = UnsafeRawPointer(src + k).loadUnaligned(as: SIMD8<Float>.self)
+                } else {
+                    // The last few; the other lanes' buckets are written past n and never read.
+                    for j in 0..<(n - k) { lane[j] = src[k + j] }
+                }
+                var f = (lane - vlow) * vscale
+                f = f.replacing(with: 0, where: f .!= f)
+                f = f.replacing(with: floor, where: f .< floor).replacing(with: ceiling, where: f .> ceiling)
+                // Rounded to an integer by adding 1.5·2²³ (its low bits are then the integer):
+                // the library's conversion of a vector went lane by lane through generic code.
+                let magic: Float = 12_582_912
+                let b = unsafeBitCast(f + SIMD8<Float>(repeating: magic), to: SIMD8<Int32>.self) &- Int32(bitPattern: magic.bitPattern) &+ 1
+                UnsafeMutableRawPointer(indices + k).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: b), as: SIMD8<UInt8>.self)
+                k += 8
+            }
+            // Counted in two tables, even and odd values, and stored through two sets of
+            // places: each chain of increments is half as long.
+            let even = tables + (t + 1), odd = even + t, evenAt = odd + t, oddAt = evenAt + t
+            even.initialize(repeating: 0, count: 2 * t)
+            var i = 0
+            while i + 1 < n {
+                even[Int(indices[i])] &+= 1
+                odd[Int(indices[i + 1])] &+= 1
+                i += 2
+            }
+            if i < n { even[Int(indices[i])] &+= 1 }
+            starts[0] = 0
+            for b in 0..<t {
+                evenAt[b] = starts[b]
+                oddAt[b] = starts[b] &+ even[b]
+                starts[b + 1] = oddAt[b] &+ odd[b]
+            }
+            i = 0
+            while i + 1 < n {
+                let e = Int(indices[i]), o = Int(indices[i + 1])
+                values[Int(evenAt[e])] = src[i]
+                evenAt[e] &+= 1
+                values[Int(oddAt[o])] = src[i + 1]
+                oddAt[o] &+= 1
+                i += 2
+            }
+            if i < n {
+                let e = Int(indices[i])
+                values[Int(evenAt[e])] = src[i]
+            }
         }
 
-        /// Windows up to this long are sorted by counting, for each value, those less than it
+        /// The bucket holding rank `r`.
+        func bucket(ofRank r: Int) -> Int {
+            var lo = 0, hi = Self.total - 1
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if Int(starts[mid]) <= r { lo = mid } else { hi = mid - 1 }
+            }
+            return lo
+        }
+
+        /// Values in bucket `b`.
+        func size(_ b: Int) -> Int { Int(starts[b + 1] - starts[b]) }
+
+        /// The value of rank `r` (0-based, ascending; below the number of values).
+        mutating func value(rank r: Int) -> Double {
+            let b = bucket(ofRank: r)
+            if sorted[b] == 0 {
+                sorted[b] = 1
+                let start = Int(starts[b]), m = size(b)
+                if m > Self.rankedUpTo {
+                    var bucket = UnsafeMutableBufferPointer(start: values + start, count: m)
+                    bucket.sort()
+                } else if m > 1 {
+                    // Sorted apart: the rank sort pads past the end, where the next bucket lies.
+                    sorting.update(from: values + start, count: m)
+                    Self.rankSort(sorting, m, into: sorting + (Self.rankedUpTo + 8))
+                    (values + start).update(from: sorting, count: m)
+                }
+            }
+            return Double(values[r])
+        }
+
+        /// Buckets up to this long are sorted by counting, for each value, those less than it
         /// (no branch on the values: a quicksort's comparisons mispredicted half the time and
-        /// were a third of a forced measurement's time); longer ones (when the thresholds could
-        /// not be narrowed, as with many equal values) by the standard library's sort.
+        /// were a third of a forced measurement's time); longer ones (an outer bucket, or many
+        /// equal values) by the standard library's sort.
         static let rankedUpTo = 128
 
         /// Sorts `v[0..<m]` (m ≤ `rankedUpTo`) by rank: each value goes to the place of the
         /// count of values less than it, and the places of equal values after the first are
-        /// filled from the left. `out` has room for `m` values; the result is copied back.
+        /// filled from the left. `v` has room for `m` rounded up to eight, `out` for `m`; the
+        /// result is copied back.
         static func rankSort(_ v: UnsafeMutablePointer<Float>, _ m: Int, into out: UnsafeMutablePointer<Float>) {
             guard m > 1 else { return }
             // Pad to whole vectors with values no value is above.
@@ -351,87 +449,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             }
             for k in 1..<m where out[k].isNaN { out[k] = out[k - 1] }
             v.update(from: out, count: m)
-        }
-
-        /// The value of rank `t` (0-based, ascending). `guess` and `spread` place the first
-        /// thresholds (the middle values of `among` values spread so lie that close to it).
-        mutating func value(rank t: Int, near guess: Double, spread: Double, among: Int) -> Double {
-            if t < first || t >= first + count { gather(around: t, near: guess, spread: spread, among: among) }
-            return Double(window[t - first])
-        }
-
-        mutating func gather(around t: Int, near guess: Double, spread: Double, among: Int) {
-            let n = values.count
-            // Once a window has been left, the medians are likely to go on the same way.
-            if count > 0 { drift = t < first ? -1 : 1 }
-            let below = drift < 0 ? Self.ahead : drift > 0 ? Self.behind : Self.margin
-            let above = drift > 0 ? Self.ahead : drift < 0 ? Self.behind : Self.margin
-            let t0 = max(0, t - below), t1 = min(n - 1, t + above)
-            // Values near the middle of a normal sample of m with deviation s: about
-            // m / (s·√(2π)) per unit, so the margin's ranks lie within this of the middle.
-            let s = min(spread, estimate.spread)
-            let step = s * 2.5 * Double(Self.margin + 8) / Double(max(among, 1))
-            var a = guess - step * Double(below + 8) / Double(Self.margin + 8), b = guess + step * Double(above + 8) / Double(Self.margin + 8)
-            if count > 1 {
-                // The clip's median has left the last window, mostly by a few ranks: an end
-                // inside it is that rank's value, and one outside it as far beyond as the
-                // window's values are spread, half as far again.
-                let last = first + count - 1
-                let low = Double(window[0]), high = Double(window[count - 1])
-                let perRank = (high - low) / Double(count - 1)
-                a = t0 > last ? high : t0 >= first ? Double(window[t0 - first]) : low - 1.5 * perRank * Double(first - t0 + 4)
-                b = t1 < first ? low : t1 <= last ? Double(window[t1 - first]) : high + 1.5 * perRank * Double(t1 - last + 4)
-            }
-            if !(a <= b) || !a.isFinite || !b.isFinite { (a, b) = (-.infinity, .infinity) }
-            var best: (a: Float, b: Float, below: Int, inside: Int)? = nil
-            for _ in 0..<12 {
-                // The thresholds as Float32 (any value serves, as long as the counting and
-                // the gathering use the same).
-                let (fa, fb) = (Float(a), Float(b))
-                let (under, inside) = SigmaClippedMedian.count(values, fa, fb)
-                let width = b - a
-                // How far to move an end to take in `ranks` more: by the density between the
-                // thresholds, half as far again; from nothing, by the spread.
-                func reach(_ ranks: Int) -> Double {
-                    let d = inside > 0 && width > 0 ? 1.5 * Double(ranks) * width / Double(inside) : max(2 * width, spread)
-                    return max(d, max(abs(a), abs(b)) * 1e-9, Double.leastNormalMagnitude)
-                }
-                if under > t0 {
-                    // Some ranks wanted are below a: move it down (and if all are, the
-                    // values up to a are enough above them).
-                    let old = a
-                    a -= reach(under - t0 + 4)
-                    if under > t1 { b = old }
-                } else if under + inside <= t1 {
-                    let old = b
-                    b += reach(t1 + 1 - under - inside + 4)
-                    if under + inside <= t0 { a = old }
-                } else {
-                    if best.map({ inside < $0.inside }) ?? true { best = (fa, fb, under, inside) }
-                    if inside <= Self.most || !width.isFinite { break }
-                    // Too many between: narrow to where the ranks wanted would lie if the
-                    // values between were evenly spread, a few ranks wider.
-                    let perRank = width / Double(inside)
-                    let na = a + perRank * Double(max(0, t0 - under - 4)), nb = a + perRank * Double(min(inside, t1 + 5 - under))
-                    if na <= a, nb >= b { break }
-                    (a, b) = (max(a, na), min(b, nb))
-                }
-            }
-            let (lo, hi, under, _) = best ?? (-.infinity, .infinity, 0, n)
-            guard let src = values.baseAddress, let gathered = window.baseAddress else { return }
-            var m = 0
-            for k in 0..<n {
-                let x = src[k]
-                gathered[m] = x
-                m &+= (x >= lo ? 1 : 0) & (x <= hi ? 1 : 0)
-            }
-            if m > Self.rankedUpTo {
-                var run = UnsafeMutableBufferPointer(rebasing: window[0..<m])
-                run.sort()
-            } else {
-                Self.rankSort(gathered, m, into: gathered + (Self.rankedUpTo + 8))
-            }
-            (first, count) = (under, m)
         }
     }
 

@@ -63,6 +63,9 @@ public final class ShardReader: @unchecked Sendable {
         let footerHash = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: size - 16, as: UInt64.self))
         guard footerLength <= size - tail - 8 else { throw fail("footer length \(footerLength) exceeds the file") }
         let footerStart = size - tail - footerLength
+        // Read whole, as one request (with MADV_RANDOM each page would be a read of its own).
+        let page = Self.pageSize
+        _ = madvise(p + footerStart / page * page, size - footerStart / page * page, MADV_WILLNEED)
         let footerBytes = UnsafeRawBufferPointer(start: base + footerStart, count: footerLength)
         guard XXHash64.hash(footerBytes) == footerHash else { throw fail("footer checksum mismatch") }
         checksum = footerHash

@@ -259,3 +259,65 @@ struct ImageOperatorTests {
         #expect(throws: ImageFileError.notAPatch(path: path, reason: "it has no IMAGE extension")) { try ImagePatchFile(path: path) }
     }
 }
+
+extension ImageOperatorTests {
+    /// A value swept across the clip's bound, one step of about half a billionth at a time,
+    /// where the first estimate samples values far from the rest (900 among values of spread
+    /// 1): the kept values and median are the sort's at every step. A spread from a difference
+    /// of squares around that estimate (900 deviations off) moved the bound by about a
+    /// ten-billionth and kept the value on the wrong side of it.
+    @Test func clipBoundIsExactNearAValue() {
+        var state: UInt64 = 29
+        func unit() -> Double {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Double(state >> 11) / Double(1 << 53)
+        }
+        func med(_ a: [Double]) -> Double { a.count % 2 == 1 ? a[a.count / 2] : 0.5 * (a[a.count / 2 - 1] + a[a.count / 2]) }
+        func meanStd(_ a: [Double]) -> Double {
+            let m = a.reduce(0, +) / Double(a.count)
+            return (a.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(a.count)).squareRoot()
+        }
+        /// The sort's second upper bound: its first clip, then the median plus three deviations.
+        func secondUpper(_ p: [Float]) -> Double {
+            let v = p.map(Double.init).sorted()
+            let (c1, s1) = (med(v), meanStd(v))
+            let kept = v.filter { $0 >= c1 - 3 * s1 && $0 <= c1 + 3 * s1 }
+            return med(kept) + 3 * meanStd(kept)
+        }
+        let clip = SigmaClippedMedian(sigma: 3, maxIterations: 10)
+        var scratch = SigmaClippedMedian.Scratch()
+        var crossed = 0, differing: [String] = []
+        for base in 0..<16 {
+            let n = 650
+            var p = (0..<n).map { _ in Float((0..<12).reduce(0.0) { a, _ in a + unit() } - 6) }
+            for k in 0..<15 { p[k * n / 15] = 900 }
+            p[2] = 1
+            // The value at index 1 on the bound it moves itself (a few rounds settle it).
+            for _ in 0..<6 { p[1] = Float(secondUpper(p)) }
+            func moved(_ step: Int) -> [Float] {
+                var q = p
+                q[2] = Float(bitPattern: UInt32(Int(Float(1).bitPattern) + step))
+                return q
+            }
+            func kept(_ step: Int) -> Int { Self.sortAndClip(moved(step).map(Double.init), sigma: 3, iterations: 10).1 }
+            // Where the sort's kept count changes, by bisection, then every step around it.
+            var (lo, hi) = (-2000, 2000)
+            let first = kept(lo)
+            guard kept(hi) != first else { continue }
+            crossed += 1
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2
+                if kept(mid) == first { lo = mid } else { hi = mid }
+            }
+            for step in (lo - 30)...(hi + 30) {
+                let q = moved(step)
+                let want = Self.sortAndClip(q.map(Double.init), sigma: 3, iterations: 10)
+                let got = clip.median(float32: q, scratch: &scratch)
+                if got.kept != want.1 || got.median != want.0 { differing.append("base \(base), step \(step): \(got) vs \(want)") }
+            }
+        }
+        // The sweeps do cross the bound (or the test would show nothing).
+        #expect(crossed >= 4, "only \(crossed) sweeps crossed the bound")
+        #expect(differing.isEmpty, "\(differing.count) steps differ: \(differing.prefix(5))")
+    }
+}

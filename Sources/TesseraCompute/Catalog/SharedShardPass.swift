@@ -70,7 +70,7 @@ public final class SharedShardPass: @unchecked Sendable {
     private var members: [Member] = []
     private var position = 0
     private let groupCount: Int
-    /// Columns of each row group already asked of the disk ahead of the pass.
+    /// Columns of each row group asked of the disk ahead of the pass, since it last brought it.
     private var prefetched: [Set<Int>]
     /// Row groups, from the pass's position on, whose chunks are asked of the disk before they
     /// are needed: on a catalog read from the disk, the disk reads those while the core
@@ -131,6 +131,8 @@ public final class SharedShardPass: @unchecked Sendable {
         if !readers.isEmpty {
             bring(g, to: readers)
         }
+        // Brought: on the pass's next round (riders that joined late) it is asked for again.
+        if groupCount > 0 { prefetched[g].removeAll(keepingCapacity: true) }
         position = groupCount == 0 ? 0 : (position + 1) % groupCount
         finishDone()
         return true

@@ -167,7 +167,13 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var coreLow = Double.nan, coreHigh = Double.nan
         var core = (below: 0, inside: 0, sum: 0.0, squares: 0.0)
         var rest = UnsafeBufferPointer<Double>(start: out, count: 0)
+        // Whether `core`'s sums are around the current shift.
+        var coreKept = true
         func split(around middle: Double, rank: Int) {
+            // From here on the sums are around the first median: once the clip has taken the
+            // outliers, the kept values' mean is near it (a sample's middle can be far off, and
+            // a difference of squares around a point d deviations off loses d² of its digits).
+            shift = middle
             // The values per unit at the middle: its bucket's count over its width.
             let b = ranks.bucket(ofRank: rank)
             guard b > 0, b < RankBuckets.total - 1, ranks.size(b) > 1 else { return }
@@ -175,6 +181,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             let deviation = perRank * Double(v.count) / (2 * Double.pi).squareRoot()
             (coreLow, coreHigh) = (middle - 1.5 * deviation, middle + 1.5 * deviation)
             core = Self.tally(v, coreLow, coreHigh, around: shift)
+            coreKept = true
             var o = 0
             for k in 0..<v.count {
                 let x = src[k]
@@ -183,7 +190,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             }
             rest = UnsafeBufferPointer(start: out, count: o)
         }
-        var coreKept = true
         func tally(_ a: Double, _ b: Double) -> (below: Int, inside: Int, sum: Double, squares: Double) {
             if coreKept, a <= coreLow, b >= coreHigh {
                 let t = Self.tally(rest, a, b, around: shift)
@@ -206,10 +212,12 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             let k = Double(t.inside)
             var offset = t.sum / k
             var ss = max(0, t.squares - t.sum * offset)
-            if offset * offset > 1e6 * (ss / k) {
-                // The shift is far from these values' mean (the sample it came from hit
-                // outliers, as a hot column at its stride would): the difference of squares
-                // has lost its digits. Sum again around the mean, over all values from now on.
+            if offset * offset > 100 * (ss / k) {
+                // The shift is more than ten deviations from these values' mean (the sample it
+                // came from hit outliers, as a hot column at its stride would, or the medians
+                // moved far): the difference of squares would lose that square of its digits,
+                // and a value within a billionth of a bound could land on the wrong side of it.
+                // Sum again around the mean, over all values until the core is cut.
                 shift += offset
                 coreKept = false
                 t = Self.tally(v, low, high, around: shift)

@@ -236,8 +236,9 @@ extension ForcedPhotBench {
             measured = 0
             checksum = 0
             let t0 = now()
-            for (patch, rows) in byPatch {
-                guard let file = files[patch] else { continue }
+            // Patches in order, so that the sum of fluxes is the same from run to run.
+            for patch in byPatch.keys.sorted() {
+                guard let file = files[patch], let rows = byPatch[patch] else { continue }
                 for i in rows {
                     let m = ForcedPhotometryQuestion.measure(file, ra: ras[i], dec: decs[i], with: fp, scratch: &scratch)
                     if m.flux.isFinite { measured += 1; checksum += m.flux }

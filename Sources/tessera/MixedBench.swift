@@ -148,7 +148,7 @@ struct MixedBench: ParsableCommand {
                             ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
                             ("shard_passes", passes.passes), ("scan_tasks_in_passes", passes.tasks), ("most_in_one_pass", passes.most),
                             ("max_pass_riders", anchor.maxPassRiders ?? 31),
-                            ("shard_bytes_resident_at_start", resident.max() ?? 0)] + rss))
+                            ("shard_bytes_resident_at_start", resident.max() ?? 0), ("worker_peak_rss_mib", rss)]))
         }
     }
 

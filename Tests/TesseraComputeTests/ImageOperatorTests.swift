@@ -273,16 +273,16 @@ extension ImageOperatorTests {
             return Double(state >> 11) / Double(1 << 53)
         }
         func med(_ a: [Double]) -> Double { a.count % 2 == 1 ? a[a.count / 2] : 0.5 * (a[a.count / 2 - 1] + a[a.count / 2]) }
-        func meanStd(_ a: [Double]) -> Double {
+        func deviation(_ a: [Double]) -> Double {
             let m = a.reduce(0, +) / Double(a.count)
             return (a.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(a.count)).squareRoot()
         }
         /// The sort's second upper bound: its first clip, then the median plus three deviations.
         func secondUpper(_ p: [Float]) -> Double {
             let v = p.map(Double.init).sorted()
-            let (c1, s1) = (med(v), meanStd(v))
+            let (c1, s1) = (med(v), deviation(v))
             let kept = v.filter { $0 >= c1 - 3 * s1 && $0 <= c1 + 3 * s1 }
-            return med(kept) + 3 * meanStd(kept)
+            return med(kept) + 3 * deviation(kept)
         }
         let clip = SigmaClippedMedian(sigma: 3, maxIterations: 10)
         var scratch = SigmaClippedMedian.Scratch()

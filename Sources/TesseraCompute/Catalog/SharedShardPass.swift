@@ -139,7 +139,7 @@ public final class SharedShardPass: @unchecked Sendable {
     }
 
     /// Asks the disk for the chunks the members will read in the next ``readAhead`` row groups,
-    /// each chunk once in the pass's life.
+    /// each chunk once until the pass brings its row group.
     private func readAhead(from g: Int) {
         guard groupCount > 0 else { return }
         for d in 0..<min(Self.readAhead, groupCount) {

@@ -77,7 +77,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// ``ForcedPhotometry/measure(x:y:on:scratch:)``), and the same as doubles for the clip's sums.
         var floats: [Float] = []
         var values: [Double] = []
-        /// The sorted run of values around the ranks the clip's medians need.
+        /// The values bucket by bucket (`RankBuckets`), then room to sort one bucket.
         var window: [Float] = []
         /// The values outside the clip's core.
         var outer: [Double] = []
@@ -88,7 +88,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         var columns: [(left: (capped: Double, primitive: Double), right: (capped: Double, primitive: Double))] = []
         public init() {}
 
-        /// Room for `n` values and a window as long.
+        /// Room for `n` values.
         mutating func reserve(_ n: Int) {
             if values.count < n + 1 { values = [Double](repeating: 0, count: n + 1) }
             if floats.count < n + 1 { floats = [Float](repeating: 0, count: n + 1) }
@@ -139,8 +139,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// tighten, as the sorted run's ends only move inwards), so the kept values are a run of
     /// ranks `below..<below + kept` in sorted order. A vectorised pass counts the values below
     /// and inside the interval and sums the inside ones' offsets from a first estimate of the
-    /// middle and their squares (the spread from these is stable while the estimate is within
-    /// a thousand deviations of the mean; past that they are summed again around the mean).
+    /// middle and their squares: around a sample's middle at first, around the first median
+    /// from the first clip on, and around the mean whenever the shift is over ten deviations
+    /// from it (a difference of squares around a point d deviations off loses d² of its digits).
     /// The medians' ranks are read from `RankBuckets`: the values counted into buckets once,
     /// and a bucket sorted (as the Float32 values they are, eight to a vector) when a median
     /// first falls in it. `floats` are the values as Float32 (each exactly); `window` has room
@@ -156,7 +157,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
               tables.count >= RankBuckets.tableRoom, floats.count == v.count else { return (.nan, 0) }
         var ranks = RankBuckets(floats, values: w, sorting: w + v.count, indices: ix, tables: tb)
         var shift = ranks.estimate.middle
-        var spread = ranks.estimate.spread
         // The core: values within 1.5 deviations of the first median, which the clip keeps as
         // long as its bounds stay outside them (3 deviations from a centre): their count and
         // sums once, and each iteration one pass over the rest (a fifth or so), where a star's
@@ -200,7 +200,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         }
         var low = -Double.infinity, high = Double.infinity
         var t = Self.tally(v, low, high, around: shift)
-        var c = shift
         func centre() -> Double {
             let middle = t.below + t.inside / 2
             if t.inside % 2 == 1 { return ranks.value(rank: middle) }
@@ -224,8 +223,8 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 offset = t.sum / k
                 ss = max(0, t.squares - t.sum * offset)
             }
-            spread = (ss / k).squareRoot()
-            c = centre()
+            let spread = (ss / k).squareRoot()
+            let c = centre()
             if iteration == 1 { split(around: c, rank: t.below + t.inside / 2) }
             let minimum = c - sigma * spread, maximum = c + sigma * spread
             // The run's ends move only inwards (and a NaN bound clips nothing).

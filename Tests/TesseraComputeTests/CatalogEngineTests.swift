@@ -269,17 +269,7 @@ struct CatalogEngineTests {
     /// numpy's bins, by an independent rule: bin i holds edges[i] <= v < edges[i+1] with
     /// edges = linspace(lo, hi, n+1), the last bin closed — found by binary search.
     static func referenceBin(_ v: Double, _ lo: Double, _ hi: Double, _ n: Int) -> Int? {
-        guard v >= lo && v <= hi else { return nil }
-        let step = (hi - lo) / Double(n)
-        var edges = (0...n).map { Double($0) * step + lo }
-        edges[n] = hi
-        if v == hi { return n - 1 }
-        var a = 0, b = n
-        while b - a > 1 {
-            let m = (a + b) / 2
-            if edges[m] <= v { a = m } else { b = m }
-        }
-        return a
+        HistogramBinsTests.reference(v, HistogramBinsTests.edges(lo, hi, n))
     }
 
     @Test func histogramsFollowNumpyBins() throws {

@@ -348,10 +348,9 @@ struct ColumnBound: Equatable {
 /// edges, as `np.histogram` does, so values on an edge fall where numpy puts them.
 struct Bins: Sendable {
     let lo: Double, hi: Double, count: Int
-    let norm: Double
+    let norm: Double, step: Double
+    /// `linspace(lo, hi, count + 1)`: edge k is k·step + lo, the last one `hi` itself.
     let edges: [Double]
-    /// The edge above each bin, +∞ above the last (closed) one: a value there stays in it.
-    let upperEdges: [Double]
     /// The largest scaled value that converts to the last bin.
     let lastScaled: Double
 
@@ -361,23 +360,11 @@ struct Bins: Sendable {
         self.count = count
         norm = Double(count) / (hi - lo)
         let step = (hi - lo) / Double(count)
+        self.step = step
         var e = (0...count).map { Double($0) * step + lo }
         e[count] = hi
         edges = e
-        upperEdges = Array(e.dropFirst().dropLast()) + [.infinity]
         lastScaled = Double(count) - 0.5
-    }
-
-    /// `edges` and `upperEdges` borrowed for a loop over rows (no bounds check per row), and the
-    /// bin of a value on them.
-    struct Borrowed {
-        let bins: Bins
-        let edges: UnsafeBufferPointer<Double>, upper: UnsafeBufferPointer<Double>
-        @inline(__always) func slot(_ v: Double) -> (bin: Int, inside: UInt8) { bins.slot(v, edges: edges, upper: upper) }
-    }
-
-    @inline(__always) func borrowed<R>(_ body: (Borrowed) -> R) -> R {
-        edges.withUnsafeBufferPointer { e in upperEdges.withUnsafeBufferPointer { u in body(Borrowed(bins: self, edges: e, upper: u)) } }
     }
 
     /// The bin of `v` clamped into [lo, hi], and whether `v` is inside (1) or NaN or outside
@@ -387,11 +374,10 @@ struct Bins: Sendable {
     /// the clamp is a max and a min (NaN goes to `lo`), the value is inside exactly when the
     /// clamp left it as it was, the scaled value is capped below `count` by a min, and the
     /// rounding fix-up (a value that scaling moved next to the edges `linspace` gives) adds
-    /// the two comparisons with the bin's edges. Selects and `if`s here became branches (x86
-    /// has no conditional move for doubles, and the compiler turned integer ones into branches
-    /// too). The conversion never sees NaN or ±∞. `edges` and `upper` are `edges` and
-    /// `upperEdges`, borrowed once by the caller's loop (``borrowed(_:)``).
-    @inline(__always) func slot(_ v: Double, edges: UnsafeBufferPointer<Double>, upper: UnsafeBufferPointer<Double>) -> (bin: Int, inside: UInt8) {
+    /// the two comparisons with the bin's edges, computed as `edges` has them (edge j is
+    /// j·step + lo; the last bin is closed, so nothing moves up out of it). The conversion
+    /// never sees NaN or ±∞. `slots(_:)` is the same, four values at a time.
+    @inline(__always) func slot(_ v: Double) -> (bin: Int, inside: UInt8) {
         let above = v > lo ? v : lo
         let c = above < hi ? above : hi
         let inside: UInt8 = c == v ? 1 : 0
@@ -399,8 +385,65 @@ struct Bins: Sendable {
         // at `hi` after rounding).
         let x = (c - lo) * norm
         let j = Int(x < lastScaled ? x : lastScaled)
-        // c ≥ lo = edges[0], so the first never moves bin 0 below 0.
-        return (j &- (c < edges[j] ? 1 : 0) &+ (c >= upper[j] ? 1 : 0), inside)
+        let below = Double(j) * step + lo, next = Double(j &+ 1) * step + lo
+        // c ≥ lo = edge 0, so the first never moves bin 0 below 0.
+        return (j &- (c < below ? 1 : 0) &+ ((c >= next ? 1 : 0) & (j &+ 1 < count ? 1 : 0)), inside)
+    }
+
+    /// `slot(_:)` of four values: their bins, and −1 where a value is inside (0 where it is NaN
+    /// or outside). The scaled value's integer part comes from rounding it to an integer by
+    /// adding 1.5·2⁵² (its low bits are then the integer), less one where that rounded up: the
+    /// library's conversion of a vector goes lane by lane through generic code.
+    @inline(__always) func slots(_ v: SIMD4<Double>) -> (bins: SIMD4<Int64>, inside: SIMD4<Int64>) {
+        let vlo = SIMD4<Double>(repeating: lo), vhi = SIMD4<Double>(repeating: hi), vstep = SIMD4<Double>(repeating: step)
+        let above = vlo.replacing(with: v, where: v .> vlo)
+        let c = vhi.replacing(with: above, where: above .< vhi)
+        let inside = unsafeBitCast(c .== v, to: SIMD4<Int64>.self)
+        let scaled = (c - vlo) * SIMD4<Double>(repeating: norm)
+        let x = SIMD4<Double>(repeating: lastScaled).replacing(with: scaled, where: scaled .< SIMD4<Double>(repeating: lastScaled))
+        let magic = SIMD4<Double>(repeating: 6_755_399_441_055_744)   // 1.5·2⁵²
+        let rounded = x + magic
+        var whole = rounded - magic
+        let roundedUp = whole .> x
+        whole = whole.replacing(with: whole - 1, where: roundedUp)
+        // Mask lanes are −1 where true.
+        let j = (unsafeBitCast(rounded, to: SIMD4<Int64>.self) &- unsafeBitCast(magic, to: SIMD4<Int64>.self))
+            &+ unsafeBitCast(roundedUp, to: SIMD4<Int64>.self)
+        let below = whole * vstep + vlo, next = (whole + 1) * vstep + vlo
+        let up = (c .>= next) .& (whole .< SIMD4<Double>(repeating: Double(count - 1)))
+        return (j &+ unsafeBitCast(c .< below, to: SIMD4<Int64>.self) &- unsafeBitCast(up, to: SIMD4<Int64>.self), inside)
+    }
+}
+
+/// Rows' histogram bins, as `ScanAccumulator.count(into:rows:keep:bins:)` reads them: a type
+/// of its own rather than closures, which stayed a call per four rows.
+protocol HistogramRows {
+    /// Rows i..<i + 4: their bins, and −1 where each is inside the range (0 outside or NaN).
+    func four(_ i: Int) -> (bins: SIMD4<Int64>, inside: SIMD4<Int64>)
+    /// Row i: its bin, and 1 when it is inside.
+    func one(_ i: Int) -> (bin: Int, inside: UInt8)
+}
+
+/// A 1-D histogram's values (valid while the rows are counted).
+struct OneAxisRows: HistogramRows {
+    let xs: UnsafePointer<Double>
+    let x: Bins
+    @inline(__always) func four(_ i: Int) -> (bins: SIMD4<Int64>, inside: SIMD4<Int64>) {
+        x.slots(UnsafeRawPointer(xs + i).loadUnaligned(as: SIMD4<Double>.self))
+    }
+    @inline(__always) func one(_ i: Int) -> (bin: Int, inside: UInt8) { x.slot(xs[i]) }
+}
+
+/// A 2-D histogram's two axes, x major.
+struct TwoAxesRows: HistogramRows {
+    let x: OneAxisRows, y: OneAxisRows
+    @inline(__always) func four(_ i: Int) -> (bins: SIMD4<Int64>, inside: SIMD4<Int64>) {
+        let (bx, ix) = x.four(i), (by, iy) = y.four(i)
+        return (bx &* SIMD4<Int64>(repeating: Int64(y.x.count)) &+ by, ix & iy)
+    }
+    @inline(__always) func one(_ i: Int) -> (bin: Int, inside: UInt8) {
+        let (bx, ix) = x.one(i), (by, iy) = y.one(i)
+        return (bx &* y.x.count &+ by, ix & iy)
     }
 }
 
@@ -674,25 +717,37 @@ struct ScanAccumulator {
         return false
     }
 
-    /// Adds one to `histogram[bin]` for each kept row inside the range, where `bin(i)` gives
-    /// row `i`'s bin (clamped into the range) and 1 when it is inside. Nothing depends on
-    /// whether a row counts: every row adds its 0 or 1 to its bin. A branch on it mispredicted
-    /// on the random rows outside (faint magnitudes), and a select of the bin was turned back
-    /// into branches by the compiler. The rows of a histogram of up to 1,024 bins go to eight
-    /// interleaved copies of it in turn, summed at the end: the rows outside all land in an edge
-    /// bin, and with one copy every increment there would wait on the one before. A larger
-    /// histogram is counted in place (eight copies of up to ten million bins, cleared and summed
-    /// per row group, would cost more than the waits).
-    @inline(__always) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bin: (Int) -> (Int, UInt8)) {
+    /// Adds one to `histogram[bin]` for each kept row inside the range, where `rows.four(i)`
+    /// gives rows i..<i + 4's bins (clamped into the range) and −1 where each is inside,
+    /// `rows.one(i)` row i's bin and 1 when it is inside (for the last rows). Nothing depends on whether a row
+    /// counts: every row adds its 0 or 1 to its bin. A branch on it mispredicted on the random
+    /// rows outside (faint magnitudes), and a select of the bin was turned back into branches
+    /// by the compiler. The rows of a histogram of up to 1,024 bins go to eight interleaved
+    /// copies of it in turn, summed at the end: the rows outside all land in an edge bin, and
+    /// with one copy every increment there would wait on the one before. A larger histogram is
+    /// counted in place (eight copies of up to ten million bins, cleared and summed per row
+    /// group, would cost more than the waits). The bins are found four rows at a time: one at
+    /// a time, with the edges read from a table, they were a third of twenty shared-pass
+    /// questions' time.
+    @inline(__always) static func count<Rows: HistogramRows>(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bins rows: Rows) {
         let bins = histogram.count
         let shift = bins <= 1024 ? 3 : 0, lanes = (1 << shift) - 1
         var copies = shift == 0 ? [] : [UInt64](repeating: 0, count: bins << shift)
         keep.withUnsafeBufferPointer { kp in
             kp.withMemoryRebound(to: UInt8.self) { kb in
                 func add(_ h: UnsafeMutableBufferPointer<UInt64>) {
-                    for i in 0..<n {
-                        let (b, inside) = bin(i)
+                    var i = 0
+                    while i + 4 <= n {
+                        let (b, inside) = rows.four(i)
+                        for l in 0..<4 {
+                            h[(Int(truncatingIfNeeded: b[l]) &<< shift) | ((i | l) & lanes)] &+= UInt64(kb[i | l] & UInt8(truncatingIfNeeded: inside[l]) & 1)
+                        }
+                        i += 4
+                    }
+                    while i < n {
+                        let (b, inside) = rows.one(i)
                         h[(b &<< shift) | (i & lanes)] &+= UInt64(kb[i] & inside)
+                        i += 1
                     }
                 }
                 if shift == 0 { histogram.withUnsafeMutableBufferPointer { add($0) } } else { copies.withUnsafeMutableBufferPointer { add($0) } }
@@ -708,28 +763,24 @@ struct ScanAccumulator {
         }
     }
 
-    /// A 1-D histogram's rows. Its own small function, so that the bin is inlined into the loop
-    /// (inside `add`, too large for the inliner, the closure stayed a call per row).
+    /// A 1-D histogram's rows. Its own small function, so that the bins are inlined into the
+    /// loop (inside `add`, too large for the inliner, they stayed a call per row).
     @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], xs: [Double], xBins xb: Bins) {
+        precondition(xs.count >= n)
         xs.withUnsafeBufferPointer { xp in
-            xb.borrowed { x in count(into: &histogram, rows: n, keep: keep) { x.slot(xp[$0]) } }
+            guard let base = xp.baseAddress else { return }
+            count(into: &histogram, rows: n, keep: keep, bins: OneAxisRows(xs: base, x: xb))
         }
     }
 
     /// A 2-D histogram's rows (x major), for the same reason its own function.
     @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool],
                                      xs: [Double], xBins xb: Bins, ys: [Double], yBins yb: Bins) {
-        let ny = yb.count
+        precondition(xs.count >= n && ys.count >= n)
         xs.withUnsafeBufferPointer { xp in
             ys.withUnsafeBufferPointer { yp in
-                xb.borrowed { x in
-                    yb.borrowed { y in
-                        count(into: &histogram, rows: n, keep: keep) { i in
-                            let (bx, ix) = x.slot(xp[i]), (by, iy) = y.slot(yp[i])
-                            return (bx &* ny &+ by, ix & iy)
-                        }
-                    }
-                }
+                guard let bx = xp.baseAddress, let by = yp.baseAddress else { return }
+                count(into: &histogram, rows: n, keep: keep, bins: TwoAxesRows(x: OneAxisRows(xs: bx, x: xb), y: OneAxisRows(xs: by, x: yb)))
             }
         }
     }

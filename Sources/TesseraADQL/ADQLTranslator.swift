@@ -417,6 +417,9 @@ public struct ADQLTranslator {
             // ADQL 2.0's BOX: a centre, and a width and height along the coordinate axes (it is
             // deprecated in ADQL 2.1 for this ambiguity; this service reads it as the range).
             let v = try constants(region.args, of: "BOX")
+            guard v[2] >= 0, v[3] >= 0 else {
+                throw ADQLError("a BOX's width and height must not be negative (got \(v[2]) × \(v[3]) degrees)", at: call.args[1].position)
+            }
             var ra0 = (v[0] - v[2] / 2).truncatingRemainder(dividingBy: 360), ra1 = (v[0] + v[2] / 2).truncatingRemainder(dividingBy: 360)
             if ra0 < 0 { ra0 += 360 }
             if ra1 < 0 { ra1 += 360 }

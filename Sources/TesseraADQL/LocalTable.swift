@@ -97,38 +97,58 @@ public struct LocalTable: Sendable, Equatable {
             default: throw ADQLError("TAP_SCHEMA queries support columns and literals here, not this expression", at: e.position)
             }
         }
-        func test(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> Bool {
+        // SQL's three-valued logic: a comparison with NULL is unknown (nil), NOT of unknown is
+        // unknown, and a row is kept only where the condition is true (as the cluster's
+        // translation keeps them: `NOT (mag > 20)` leaves out rows whose mag is NULL).
+        func compare(_ op: String, _ x: LocalCell, _ y: LocalCell, _ at: ADQLPosition) throws(ADQLError) -> Bool? {
+            if x == .null || y == .null { return nil }
+            switch op {
+            case "=": return x == y
+            case "<>": return x != y
+            case "<": return x < y
+            case ">": return y < x
+            case "<=": return !(y < x)
+            case ">=": return !(x < y)
+            default: throw ADQLError("`\(op)` is not a comparison", at: at)
+            }
+        }
+        func both(_ a: Bool?, _ b: Bool?) -> Bool? {
+            if a == false || b == false { return false }
+            return a == nil || b == nil ? nil : true
+        }
+        func test(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> Bool? {
             switch e.kind {
             case .and(let a, let b):
-                guard try test(a, row) else { return false }
-                return try test(b, row)
+                let x = try test(a, row)
+                if x == false { return false }
+                return both(x, try test(b, row))
             case .or(let a, let b):
-                if try test(a, row) { return true }
-                return try test(b, row)
-            case .not(let a): return !(try test(a, row))
+                let x = try test(a, row)
+                if x == true { return true }
+                let y = try test(b, row)
+                if y == true { return true }
+                return x == nil || y == nil ? nil : false
+            case .not(let a): return try test(a, row).map { !$0 }
             case .binary(let op, let a, let b):
-                let x = try eval(a, row), y = try eval(b, row)
-                if x == .null || y == .null { return false }
-                switch op {
-                case "=": return x == y
-                case "<>": return x != y
-                case "<": return x < y
-                case ">": return y < x
-                case "<=": return !(y < x)
-                case ">=": return !(x < y)
-                default: throw ADQLError("`\(op)` is not a comparison", at: e.position)
-                }
+                return try compare(op, try eval(a, row), try eval(b, row), e.position)
             case .isNull(let a, let negated): return (try eval(a, row) == .null) != negated
             case .inList(let a, let list, let negated):
                 let x = try eval(a, row)
-                var found = false
-                for item in list where try eval(item, row) == x { found = true }
-                return found != negated
+                if x == .null { return nil }
+                var unknown = false
+                for item in list {
+                    let v = try eval(item, row)
+                    if v == .null { unknown = true } else if v == x { return !negated }
+                }
+                return unknown ? nil : negated
             case .between(let a, let lo, let hi, let negated):
-                let x = try eval(a, row), l = try eval(lo, row), h = try eval(hi, row)
-                return (!(x < l) && !(h < x)) != negated
+                let x = try eval(a, row)
+                let inside = both(try compare(">=", x, try eval(lo, row), e.position), try compare("<=", x, try eval(hi, row), e.position))
+                return inside.map { $0 != negated }
             case .like(let a, let p, let negated, let insensitive):
-                guard case .text(var s) = try eval(a, row), case .text(var pattern) = try eval(p, row) else { return false }
+                let text = try eval(a, row), given = try eval(p, row)
+                if text == .null || given == .null { return nil }
+                guard case .text(var s) = text, case .text(var pattern) = given else { return false }
                 // Matching costs up to the pattern's length times the text's, for every row.
                 guard pattern.count <= Self.maxPatternCharacters else {
                     throw ADQLError("a LIKE pattern of \(pattern.count) characters is over the limit of \(Self.maxPatternCharacters)", at: p.position)
@@ -168,7 +188,7 @@ public struct LocalTable: Sendable, Equatable {
             }
         }
         var kept: [[LocalCell]] = []
-        for row in rows where try query.whereClause.map({ e throws(ADQLError) in try test(e, row) }) ?? true { kept.append(row) }
+        for row in rows where try query.whereClause.map({ e throws(ADQLError) in try test(e, row) == true }) ?? true { kept.append(row) }
         if outputs.contains(where: { if case .count = $0.1 { true } else { false } }) {
             let row = outputs.map { o -> LocalCell in
                 switch o.1 {

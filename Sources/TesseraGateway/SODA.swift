@@ -132,8 +132,8 @@ final class SODAService: Sendable {
         case "RANGE":
             guard v.count == 4 else { throw .usage("a range is `ra1 ra2 dec1 dec2` in degrees, got \(v.count) numbers") }
             try finite("a range")
-            guard v[0] <= v[1], v[2] <= v[3], (-90...90).contains(v[2]), (-90...90).contains(v[3]) else {
-                throw .usage("a range needs ra1 ≤ ra2 and -90 ≤ dec1 ≤ dec2 ≤ 90")
+            guard v[0] <= v[1], v[1] - v[0] <= 360, v[2] <= v[3], (-90...90).contains(v[2]), (-90...90).contains(v[3]) else {
+                throw .usage("a range needs ra1 ≤ ra2 ≤ ra1 + 360 and -90 ≤ dec1 ≤ dec2 ≤ 90")
             }
             return .box(raMin: v[0], raMax: v[1], decMin: v[2], decMax: v[3])
         case "POLYGON":

@@ -32,6 +32,11 @@ public enum Limits {
     public static let polygonVertices = 1_024
     /// Most histogram bins (x times y).
     public static let histogramBins = 10_000_000
+    /// Most groups a group-by may ask for (`max_groups`): each holds its key, count and every
+    /// aggregate's moments on every worker and in every merge.
+    public static let groups = 1_000_000
+    /// Groups a group-by may produce unless the question sets `max_groups`.
+    public static let groupsDefault = 100_000
     /// Seconds between progressive snapshots: at least, and at most.
     public static let progressIntervalSeconds: ClosedRange<Double> = 0.1...3_600
     /// Most selected columns, aggregates or group keys in one question.
@@ -107,6 +112,7 @@ extension Limits {
         ("column or function name", "\(identifierCharacters) characters", "expressions, dataset schemas"),
         ("polygon vertices", "\(polygonVertices)", "polygon regions"),
         ("histogram bins (x × y)", "\(histogramBins)", "histograms; each bin must also have an ordinary floating-point width"),
+        ("groups of a group-by (max_groups)", "\(groups)", "grouped aggregates (\(groupsDefault) unless the question says)"),
         ("progress interval", "\(progressIntervalSeconds.lowerBound)…\(Int(progressIntervalSeconds.upperBound)) s", "progressive questions"),
         ("aggregates or selected columns", "\(planExpressions)", "one question; also columns per dataset"),
         ("worker threads", "1…\(workerThreads)", "worker registration"),

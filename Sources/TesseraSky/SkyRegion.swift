@@ -126,6 +126,10 @@ public struct BoxRegion: SkyRegion, Equatable {
     /// Degrees of RA from raMin, eastwards, to `ra`.
     private func offset(_ ra: Double) -> Double { Self.wrap(ra - raMin) }
     private var width: Double { raMax - raMin >= 360 ? 360 : Self.wrap(raMax - raMin) }
+    /// Degrees of RA the box spans eastwards from `raMin` (360: the whole circle).
+    public var raWidth: Double { width }
+    /// The box's middle: half its RA span east of `raMin`, half way between its declinations.
+    public var centre: (ra: Double, dec: Double) { (Self.wrap(raMin + width / 2), (decMin + decMax) / 2) }
 
     public func contains(_ v: Vec3) -> Bool {
         let (ra, dec) = v.raDec

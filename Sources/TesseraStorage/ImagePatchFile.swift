@@ -375,6 +375,22 @@ public final class ImagePatchFile: @unchecked Sendable {
             tractOrder: int("TRORDER", -1), patchOrder: int("PAORDER", -1),
             x0: int("GRID_X0", 0), y0: int("GRID_Y0", 0), width: width, height: height, wcs: wcs)
         guard !header.band.isEmpty else { throw refuse("its primary header has no BAND") }
+        // The tiling's cards, when there are any, name a HEALPix tract and patch (orders up to
+        // 29, the patch no coarser than the tract): the registry, the scheduler's planning and
+        // the shard's key compute with them, and a grid offset beyond ±2⁴⁰ pixels is no grid.
+        let tiled = ["TRACT", "PATCH", "TRORDER", "PAORDER"].contains { primary[$0] != nil }
+        if tiled {
+            let (t, p, to, po) = (header.tract, header.patch, header.tractOrder, header.patchOrder)
+            // Tract and patch -1: an image on its own grid (a cutout written here, say).
+            let ownGrid = t == -1 && p == -1 && (-1...29).contains(to) && (-1...29).contains(po)
+            let patch = (0...29).contains(to) && (to...29).contains(po) && t >= 0 && t < Int64(12) << (2 * to) && p >= 0 && p < Int64(12) << (2 * po)
+            guard ownGrid || patch else {
+                throw refuse("its tiling cards TRACT = \(t), PATCH = \(p), TRORDER = \(to), PAORDER = \(po) are not a HEALPix tract and patch (orders 0 … 29, the patch's no coarser than the tract's, pixels below 12·4^order; -1 for an image on its own grid)")
+            }
+        }
+        guard header.x0.magnitude < 1 << 40, header.y0.magnitude < 1 << 40 else {
+            throw refuse("its grid offset GRID_X0 = \(header.x0), GRID_Y0 = \(header.y0) is beyond ±2^40 pixels")
+        }
 
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }

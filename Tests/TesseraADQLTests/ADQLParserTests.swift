@@ -102,6 +102,8 @@ struct ADQLParserTests {
         #expect(poly.plan.polygon.ra == [10, 12, 11] && poly.plan.polygon.dec == [10, 10, 12])
         let box = try plan("SELECT * FROM object WHERE CONTAINS(POINT('ICRS', coord_ra, coord_dec), BOX('ICRS', 0.5, 5, 2, 4)) = 1")
         #expect(box.plan.box.raMin == 359.5 && box.plan.box.raMax == 1.5 && box.plan.box.decMin == 3 && box.plan.box.decMax == 7)
+        // A negative width once became the rest of the circle (raMin 10.5, raMax 9.5: 359°).
+        #expect(throws: ADQLError.self) { try plan("SELECT * FROM object WHERE CONTAINS(POINT(coord_ra, coord_dec), BOX('ICRS', 10, 20, -1, 1)) = 1") }
         // A second circle, or one inside an OR, is a per-row distance test.
         let two = try plan("SELECT * FROM object WHERE CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(60, -35, 1)) = 1 AND CONTAINS(POINT(coord_ra, coord_dec), CIRCLE(61, -35, 1)) = 1")
         #expect(two.plan.cone.ra == 60)
@@ -244,5 +246,35 @@ struct ADQLParserTests {
         #expect(try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name ILIKE '%OBJECT'").rows == [[.text("tessera.object")]])
         #expect(throws: ADQLError.self) { try run("SELECT nope FROM TAP_SCHEMA.tables") }
         #expect(throws: ADQLError.self) { try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name LIKE '\(String(repeating: "%a", count: 200))'") }
+    }
+
+    /// A table answered in the gateway (an upload without positions, TAP_SCHEMA) keeps the
+    /// rows the cluster's translation keeps: SQL's three-valued logic, so that a NULL is in
+    /// neither a condition nor its negation (it once was in every negation).
+    @Test func localTablesFollowThreeValuedLogic() throws {
+        let flux: [Double] = [-5, 0, .nan, 10, 100, 1000, 1e4, .nan]
+        let t = LocalTable(schema: "TAP_UPLOAD", name: "t", description: "",
+                           columns: [.init("r_psfFlux", "double", ""), .init("cell", "long", "")],
+                           rows: flux.indices.map { [flux[$0].isNaN ? .null : .real(flux[$0]), .integer(Int64($0 + 1))] })
+        let cases: [(String, (Double, Double) -> Bool)] = [
+            ("r_psfFlux BETWEEN 10 AND 1000", { f, _ in f >= 10 && f <= 1000 }),
+            ("r_psfFlux NOT BETWEEN 10 AND 1000", { f, _ in !f.isNaN && !(f >= 10 && f <= 1000) }),
+            ("r_psfFlux <> 10", { f, _ in !f.isNaN && f != 10 }),
+            ("NOT (r_psfFlux > 100)", { f, _ in !f.isNaN && f <= 100 }),
+            ("NOT (r_psfFlux > 100 AND cell > 4)", { f, c in (!f.isNaN && f <= 100) || c <= 4 }),
+            ("NOT (r_psfFlux > 100 OR cell > 4)", { f, c in !f.isNaN && f <= 100 && c <= 4 }),
+            ("r_psfFlux > 100 OR cell > 7", { f, c in f > 100 || c > 7 }),
+            ("r_psfFlux NOT IN (10, 100)", { f, _ in !f.isNaN && f != 10 && f != 100 }),
+            ("NOT (r_psfFlux IN (10, NULL))", { _, _ in false }),
+            ("r_psfFlux IN (10, NULL)", { f, _ in f == 10 }),
+            ("NOT (r_psfFlux IS NULL)", { f, _ in !f.isNaN }),
+            ("r_psfFlux IS NULL", { f, _ in f.isNaN }),
+            ("cell NOT IN (2, 4, 8)", { _, c in ![2, 4, 8].contains(c) }),
+        ]
+        for (condition, keeps) in cases {
+            let got = try t.run(try ADQLParser.parse("SELECT cell FROM TAP_UPLOAD.t WHERE \(condition)"), maxrec: 100).rows
+            let want = flux.indices.filter { keeps(flux[$0], Double($0 + 1)) }.map { [LocalCell.integer(Int64($0 + 1))] }
+            #expect(got == want, "\(condition)")
+        }
     }
 }

@@ -460,6 +460,13 @@ struct CatalogEngineTests {
         #expect(refusal { var h = Tessera_V1_HistogramSpec(); h.x = "coord_ra"; h.xBins = 10; h.xMin = 5; h.xMax = 1; $0.histogram = h }.contains("increasing"))
         #expect(refusal { var h = Tessera_V1_HistogramSpec(); h.x = "coord_ra"; h.xBins = 10; h.xMax = 1; $0.histogram = h; $0.groupBy = "cell" }.contains("one result"))
         #expect(refusal { var m = Tessera_V1_SkyMapSpec(); m.order = 20; $0.skyMap = m }.contains("too fine"))
+        // Bins whose product overflows 64 bits (it trapped), with and without a y axis.
+        #expect(refusal { var h = Tessera_V1_HistogramSpec(); (h.x, h.xBins, h.xMax, h.y, h.yBins, h.yMax) = ("coord_ra", .max, 1, "coord_dec", .max, 1); $0.histogram = h }
+            .contains("more than the limit"))
+        #expect(refusal { var h = Tessera_V1_HistogramSpec(); (h.x, h.xBins, h.xMax, h.yBins) = ("coord_ra", .max, 1, .max); $0.histogram = h }.contains("more than the limit"))
+        #expect(refusal { var h = Tessera_V1_HistogramSpec(); (h.x, h.xBins, h.xMax, h.yBins) = ("coord_ra", 100, 1, .max); $0.histogram = h } == "accepted")
+        #expect(refusal { $0.groupBy = "cell"; $0.maxGroups = .max }.contains("over the limit of \(Limits.groups) groups"))
+        #expect(refusal { $0.groupBy = "cell"; $0.maxGroups = UInt64(Limits.groups) } == "accepted")
         #expect(refusal { $0.rows.sortBy = "coord_ra" }.contains("needs a limit"))
         #expect(refusal { var c = Tessera_V1_ConeSpec(); c.dec = 95; c.radius = 1; $0.cone = c }.contains("not on the sky"))
         #expect(refusal { $0.aggregates = [aggregate(.aggQuantile, "coord_ra", q: 1.5)] }.contains("within 0…1"))

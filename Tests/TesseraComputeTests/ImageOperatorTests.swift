@@ -252,6 +252,52 @@ struct ImageOperatorTests {
         }
     }
 
+    /// Tiling cards and grid offsets the registry and the scheduler compute with are checked
+    /// when a file is opened (a patch with GRID_X0 = Int64.min put the scheduler in a crash
+    /// loop; PAORDER = Int64.max trapped a worker), and a registry record is read without trapping.
+    @Test func refusesTilingCardsThatNameNoPatch() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("cards-\(getpid()).fits").path
+        defer { unlink(path) }
+        let good = ImagePatchHeader(band: "r", tract: 100, patch: 100 * 64 + 7, tractOrder: 5, patchOrder: 8, x0: 10, y0: 20, width: 8, height: 6,
+                                    wcs: .northUp(ra: 1, dec: 2, x: 3, y: 4, scaleArcsec: 1))
+        func opened(_ change: (inout ImagePatchHeader) -> Void) throws -> String {
+            var h = good
+            change(&h)
+            let n = h.width * h.height
+            try DurableFile.write(try ImagePatchWriter.encode(header: h, image: [Float](repeating: 1, count: n), variance: [Float](repeating: 1, count: n),
+                                                              mask: [Int32](repeating: 0, count: n)), to: path)
+            do { _ = try ImagePatchFile(path: path); return "opened" } catch { return "\(error)" }
+        }
+        #expect(try opened { _ in } == "opened")
+        #expect(try opened { ($0.tract, $0.patch, $0.tractOrder, $0.patchOrder, $0.x0, $0.y0) = (-1, -1, -1, -1, 0, 0) } == "opened")
+        #expect(try opened { $0.x0 = .min }.contains("GRID_X0"))
+        #expect(try opened { $0.y0 = 1 << 40 }.contains("GRID_Y0"))
+        #expect(try opened { $0.patchOrder = .max }.contains("tiling cards"))
+        #expect(try opened { $0.tractOrder = 1 << 32 }.contains("tiling cards"))
+        #expect(try opened { $0.patchOrder = 4 }.contains("tiling cards"))
+        #expect(try opened { $0.tract = 12 << 10 }.contains("tiling cards"))
+        #expect(try opened { $0.patch = -2 }.contains("tiling cards"))
+        var record = ImageDataset.info(good)
+        record.x0 = .min
+        #expect(ImageDataset.header(record) == nil)
+        #expect(ImageDataset.header(ImageDataset.info(good)) == good)
+    }
+
+    /// A box's centre is that of the checked region, whatever the plan's numbers: a SODA RANGE
+    /// of ±1e308 once made it ∞ and trapped the scheduler's tiling.
+    @Test func aCutoutBoxCentreIsOnTheSky() {
+        func box(_ a: Double, _ b: Double) -> CatalogQueryPlan.OneOf_Region {
+            var x = Tessera_V1_BoxSpec()
+            (x.raMin, x.raMax, x.decMin, x.decMax) = (a, b, -1, 1)
+            return .box(x)
+        }
+        let wide = CutoutGeometry.centre(box(-1e308, 1e308))
+        #expect(wide.map { (0..<360).contains($0.ra) && $0.dec == 0 } == true)
+        #expect(CutoutGeometry.centre(box(350, 10))?.ra == 0)
+        #expect(CutoutGeometry.centre(box(10, 20))?.ra == 15)
+        #expect(CutoutGeometry.centre(box(.infinity, 20)) == nil)
+    }
+
     @Test func refusesFilesThatAreNotPatches() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("notpatch-\(getpid()).fits").path
         defer { unlink(path) }

@@ -33,6 +33,8 @@ struct SODAParameterTests {
         #expect(label(["POLYGON": ["1 2 3 4"]])?.contains("3 to") == true)
         #expect(label(["CIRCLE": ["1 2 x"]])?.contains("not a number") == true)
         #expect(label(["POS": ["RANGE 2 1 0 1"]])?.contains("ra1 ≤ ra2") == true)
+        // Finite ends whose difference is not (it once reached the scheduler's tiling as ∞).
+        #expect(label(["POS": ["RANGE -1e308 1e308 -1 1"]])?.contains("ra1 + 360") == true)
     }
 
     @Test func bandsByWavelengthOrName() throws {

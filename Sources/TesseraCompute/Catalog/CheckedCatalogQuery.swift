@@ -28,7 +28,7 @@ public struct CatalogQueryError: Error, CustomStringConvertible, Sendable, Equat
 /// the submission, not a thousand tasks) and each worker checks it again against the shard it opens.
 public struct CheckedCatalogQuery: Sendable {
     /// Groups a group-by may produce unless the plan sets `max_groups`.
-    public static let defaultMaxGroups = 100_000
+    public static let defaultMaxGroups = Limits.groupsDefault
     /// Rows a collect (rows without a limit) may return unless the plan sets `max_rows`.
     public static let defaultMaxRows = 1_000_000
     /// Highest HEALPix order a sky map may use (12·4^13 ≈ 800M pixels, sparse).
@@ -103,7 +103,10 @@ public struct CheckedCatalogQuery: Sendable {
                 throw CatalogQueryError("a region needs the position columns `\(raColumn)` and `\(decColumn)`, which this dataset lacks")
             }
         }
-        maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(clamping: plan.maxGroups)
+        guard plan.maxGroups <= Limits.groups else {
+            throw CatalogQueryError("max_groups \(plan.maxGroups) is over the limit of \(Limits.groups) groups: group by a coarser key")
+        }
+        maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(plan.maxGroups)
         maxRows = Self.rowCap(plan)
 
         let kinds = [plan.hasHistogram, plan.hasSkyMap, plan.hasRows, !plan.aggregates.isEmpty || !plan.groupBy.isEmpty]
@@ -119,7 +122,8 @@ public struct CheckedCatalogQuery: Sendable {
                 y = try check(h.y, "histogram's y expression", .number)
                 try Self.checkBins(h.yBins, h.yMin, h.yMax, "y")
             }
-            guard Int(h.xBins) * Int(max(1, h.yBins)) <= Limits.histogramBins else {
+            // In 64 bits unsigned, where two 32-bit counts cannot overflow (nor trap).
+            guard UInt64(h.xBins) * (y == nil ? 1 : UInt64(h.yBins)) <= UInt64(Limits.histogramBins) else {
                 throw CatalogQueryError("a histogram of \(h.xBins) × \(h.yBins) bins is more than the limit of \(Limits.histogramBins) bins")
             }
             output = .histogram(x: x, y: y)

@@ -288,9 +288,11 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// another, and found again when the medians left it: 2.3 times a measurement, a fifth of
     /// its instructions.)
     struct RankBuckets {
-        /// Inner buckets, over the sample's middle ± `reach` deviations (about twenty values
-        /// each at the middle of an annulus of 650), and the two outside them.
-        static let inner = 64, reach = 3.0
+        /// Inner buckets, over the sample's middle ± `reach` deviations (about ten values each
+        /// at the middle of an annulus of 650), and the two outside them. 128 rather than 64:
+        /// a sorted bucket costs the square of its size (2.5% fewer instructions in all; 224
+        /// saved 0.1% more). At most 253, so that a bucket's index is a byte.
+        static let inner = 128, reach = 3.0
         static let total = inner + 2
         /// Working space, in `Int32`s, for `starts`, the counting and which buckets are sorted.
         static let tableRoom = 6 * (total + 1)

@@ -45,8 +45,8 @@ public enum ImageDataset {
         i.band = h.band
         i.tract = h.tract
         i.patch = h.patch
-        i.tractOrder = UInt32(max(0, h.tractOrder))
-        i.patchOrder = UInt32(max(0, h.patchOrder))
+        i.tractOrder = UInt32(clamping: max(0, h.tractOrder))
+        i.patchOrder = UInt32(clamping: max(0, h.patchOrder))
         i.x0 = Int64(h.x0)
         i.y0 = Int64(h.y0)
         i.width = UInt32(h.width)
@@ -57,7 +57,7 @@ public enum ImageDataset {
 
     /// The patch a registry record describes (nil for a record that does not describe one).
     public static func header(_ i: Tessera_V1_ImagePatchInfo) -> ImagePatchHeader? {
-        guard let w = wcs(i.wcs), i.width > 0, i.height > 0, abs(i.x0) < 1 << 40, abs(i.y0) < 1 << 40 else { return nil }
+        guard let w = wcs(i.wcs), i.width > 0, i.height > 0, i.x0.magnitude < 1 << 40, i.y0.magnitude < 1 << 40 else { return nil }
         return ImagePatchHeader(band: i.band, tract: i.tract, patch: i.patch, tractOrder: Int(i.tractOrder), patchOrder: Int(i.patchOrder),
                                 x0: Int(i.x0), y0: Int(i.y0), width: Int(i.width), height: Int(i.height), wcs: w)
     }
@@ -143,11 +143,9 @@ public enum CutoutGeometry {
         switch region {
         case .cone(let c): return (c.ra, c.dec)
         case .box(let b):
-            var span = b.raMax - b.raMin
-            if span < 0 { span += 360 }
-            var ra = b.raMin + span / 2
-            if ra >= 360 { ra -= 360 }
-            return (ra, (b.decMin + b.decMax) / 2)
+            // As the checked region has it (RA wrapped, a span over 360° the whole circle): the
+            // plan's own numbers may be anything finite, and their difference overflow.
+            return (try? BoxRegion(raMin: b.raMin, raMax: b.raMax, decMin: b.decMin, decMax: b.decMax))?.centre
         case .polygon(let p):
             var x = 0.0, y = 0.0, z = 0.0
             for (r, d) in zip(p.ra, p.dec) { let v = Vec3(ra: r, dec: d); x += v.x; y += v.y; z += v.z }
@@ -161,14 +159,14 @@ public enum CutoutGeometry {
     static func outline(_ region: CatalogQueryPlan.OneOf_Region?) -> [(ra: Double, dec: Double)] {
         let steps = 32
         switch region {
-        case .box(let b):
-            var span = b.raMax - b.raMin
-            if span < 0 { span += 360 }
+        case .box(let plan):
+            guard let b = try? BoxRegion(raMin: plan.raMin, raMax: plan.raMax, decMin: plan.decMin, decMax: plan.decMax) else { return [] }
+            let span = b.raWidth
             var out: [(Double, Double)] = []
             for i in 0...steps {
                 let f = Double(i) / Double(steps)
                 out += [(b.raMin + span * f, b.decMin), (b.raMin + span * f, b.decMax),
-                        (b.raMin, b.decMin + (b.decMax - b.decMin) * f), (b.raMax, b.decMin + (b.decMax - b.decMin) * f)]
+                        (b.raMin, b.decMin + (b.decMax - b.decMin) * f), (b.raMin + span, b.decMin + (b.decMax - b.decMin) * f)]
             }
             return out
         case .polygon(let p):

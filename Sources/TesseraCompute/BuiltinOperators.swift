@@ -66,11 +66,17 @@ public enum BuiltinOperators {
         var n: Int64 = 0
         for v in ctx.inputs {
             switch v {
-            case .float64Column(let c): for x in c where !x.isNaN { n += 1 }
-            case .int64Column(let c): n += Int64(c.count)
-            case .float64(let x): if !x.isNaN { n += 1 }
-            case .int64: n += 1
-            case .moments(let m): n += Int64(m.count)
+            // Wrapping, and a moments' count (a peer's number) only when it is one: inputs
+            // doubled by a graph, or a NaN count, may not trap the worker.
+            case .float64Column(let c): for x in c where !x.isNaN { n &+= 1 }
+            case .int64Column(let c): n &+= Int64(c.count)
+            case .float64(let x): if !x.isNaN { n &+= 1 }
+            case .int64: n &+= 1
+            case .moments(let m):
+                guard let k = Int64(exactly: m.count.rounded(.towardZero)), k >= 0 else {
+                    throw OperatorError("count", "a moments input counts \(m.count) elements, not a whole number that fits")
+                }
+                n &+= k
             case .empty: break
             case .bytes: throw OperatorError("count", "cannot count opaque bytes")
             }

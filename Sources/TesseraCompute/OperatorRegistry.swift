@@ -117,4 +117,11 @@ public struct OperatorRegistry: Sendable {
 
     /// The registry every worker starts with.
     public static var standard: OperatorRegistry { OperatorRegistry(BuiltinOperators.all + CatalogOperators.all + ImageOperators.all + HiPSOperators.all) }
+
+    /// Operators only the scheduler places, from plans it has checked: their parameters are
+    /// catalog questions, tiles and boxes checked against the registry, the limits and the
+    /// user's access, which a client's own task graph would bypass. A client asks for them with
+    /// a plan.
+    public static let planOnly: Set<String> = Set((CatalogOperators.all + ImageOperators.all + HiPSOperators.all).map(\.name))
+        .union([PythonOperatorNames.map, PythonOperatorNames.combine])
 }

@@ -37,6 +37,10 @@ public enum Limits {
     public static let groups = 1_000_000
     /// Groups a group-by may produce unless the question sets `max_groups`.
     public static let groupsDefault = 100_000
+    /// Most buckets of one question's quantile sketches, all groups and expressions together
+    /// (8 bytes each: 128 MiB). A sketch grows with the span of its values' magnitudes (about
+    /// 230 buckets per factor of ten), so a quantile of values from 1e-300 to 1e300 takes 138,000.
+    public static let quantileBuckets = 16 << 20
     /// Seconds between progressive snapshots: at least, and at most.
     public static let progressIntervalSeconds: ClosedRange<Double> = 0.1...3_600
     /// Most selected columns, aggregates or group keys in one question.
@@ -113,6 +117,7 @@ extension Limits {
         ("polygon vertices", "\(polygonVertices)", "polygon regions"),
         ("histogram bins (x × y)", "\(histogramBins)", "histograms; each bin must also have an ordinary floating-point width"),
         ("groups of a group-by (max_groups)", "\(groups)", "grouped aggregates (\(groupsDefault) unless the question says)"),
+        ("quantile sketch buckets", "\(quantileBuckets)", "one question's quantiles, all groups together; about 230 per factor of ten in the values' span"),
         ("progress interval", "\(progressIntervalSeconds.lowerBound)…\(Int(progressIntervalSeconds.upperBound)) s", "progressive questions"),
         ("aggregates or selected columns", "\(planExpressions)", "one question; also columns per dataset"),
         ("worker threads", "1…\(workerThreads)", "worker registration"),

@@ -203,6 +203,16 @@ extension SchedulerCore {
     /// when a question needs it).
     public mutating func warmPlanner() { _ = try? plannedDatasets() }
 
+    /// `graph`, unless it names an operator only the scheduler's own plans place
+    /// (`OperatorRegistry.planOnly`): from a client's graph or generic plan, its parameters
+    /// would be a catalog question, tile or box nobody checked.
+    static func withoutPlanOnlyOperators(_ graph: TaskGraph) throws(ProtocolError) -> TaskGraph {
+        if let op = graph.operators.first(where: OperatorRegistry.planOnly.contains) {
+            throw .invalidContent("operator `\(op)` is placed only from a plan (a catalog question, cutout, photometry, stack or HiPS), which the scheduler checks: submit that plan instead")
+        }
+        return graph
+    }
+
     /// Why an interactive question is refused: what it would read, the budget, and what to do.
     static func overBudget(_ e: Tessera_V1_CostEstimate, dataset: String, budget: UInt64) -> String {
         "this interactive question is expected to read \(e.rows) rows (\(e.shards) shards, \(e.bytes >> 20) MiB) of `\(dataset)`, "

@@ -42,12 +42,13 @@ extension Registry: DatasetCatalog {
         let d = DatasetRecord(
             name: c.dataset, kind: isImage ? ImageDataset.kind : "catalog",
             schema: isImage ? try c.image.serializedBytes() : try footer.serializedBytes(), raColumn: c.raColumn, decColumn: c.decColumn,
-            maxRowsPerShard: Int64(c.maxRowsPerShard), marginArcsec: c.marginArcsec,
-            rows: Int64(c.shards.reduce(0) { $0 + $1.rows }), ingestId: ingestId,
+            // Clamped, not converted: the numbers come from a client and its workers' reports.
+            maxRowsPerShard: Int64(clamping: c.maxRowsPerShard), marginArcsec: c.marginArcsec,
+            rows: Int64(clamping: c.shards.reduce(UInt64(0)) { $0 &+ $1.rows }), ingestId: ingestId,
             owner: workspace?.owner ?? "", shared: workspace?.shared ?? false, expiresAt: workspace?.expiresAt)
         let shards = c.shards.map {
-            ShardRecord(order: Int($0.order), pixel: $0.pixel, rows: Int64($0.rows), marginRows: Int64($0.marginRows),
-                        bytes: Int64($0.bytes), checksum: Int64(bitPattern: $0.checksum), statistics: $0.footer)
+            ShardRecord(order: Int($0.order), pixel: $0.pixel, rows: Int64(clamping: $0.rows), marginRows: Int64(clamping: $0.marginRows),
+                        bytes: Int64(clamping: $0.bytes), checksum: Int64(bitPattern: $0.checksum), statistics: $0.footer)
         }
         try commitIngest(d, shards: shards, replicas: c.shards.map(\.workers), replace: c.replace)
     }
@@ -383,6 +384,9 @@ extension SchedulerCore {
         }
         guard c.marginArcsec.isFinite, c.marginArcsec >= 0, c.marginArcsec <= 3_600 else {
             return "a margin of \(c.marginArcsec)″ is outside 0…3600″"
+        }
+        guard c.maxRowsPerShard <= Limits.shardRows else {
+            return "max_rows_per_shard \(c.maxRowsPerShard) is over the limit of \(Limits.shardRows) rows per shard"
         }
         return nil
     }

@@ -360,7 +360,7 @@ public struct SchedulerCore {
         do throws(ProtocolError) {
             switch s.work {
             case .graph(let spec):
-                graph = try TaskGraph(spec: spec, frames: frames, maximumTasks: config.maxTasksPerJob)
+                graph = try Self.withoutPlanOnlyOperators(TaskGraph(spec: spec, frames: frames, maximumTasks: config.maxTasksPerJob))
             case .plan(let plan):
                 if case .catalog(let q) = plan.kind {
                     if q.hasPython && identity.publicKey.isEmpty {
@@ -391,7 +391,8 @@ public struct SchedulerCore {
                     }
                     progress = Self.progress(of: q, now: now)
                 } else {
-                    graph = try PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob)
+                    // The generic shapes (independent, chain, tree…) name their operator too.
+                    graph = try Self.withoutPlanOnlyOperators(PlanExpansion.expand(plan, maximumTasks: config.maxTasksPerJob))
                 }
             case nil:
                 throw .invalidContent("job has neither a graph nor a plan")

@@ -80,6 +80,8 @@ public final class ShardReader: @unchecked Sendable {
         }
         for (g, group) in f.rowGroups.enumerated() {
             guard group.chunks.count == f.columns.count else { throw fail("row group \(g) has \(group.chunks.count) chunks for \(f.columns.count) columns") }
+            // Rows times a column's width may not overflow (a planted footer's count would trap).
+            guard group.rows <= Limits.shardRows else { throw fail("row group \(g) has \(group.rows) rows, over the limit of \(Limits.shardRows)") }
             for (c, chunk) in group.chunks.enumerated() {
                 guard chunk.offset >= 8, chunk.storedLength <= UInt64(footerStart), chunk.offset <= UInt64(footerStart) - chunk.storedLength else {
                     throw fail("row group \(g), column `\(f.columns[c].name)`: chunk lies outside the data area")

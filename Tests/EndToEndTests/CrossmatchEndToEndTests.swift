@@ -275,11 +275,15 @@ struct UploadEndToEndTests {
         let files = FileManager.default.enumerator(atPath: data)?.compactMap { $0 as? String } ?? []
         let shardPath = try #require(files.first { $0.contains("/catalogs/alice..mine/") && $0.hasSuffix(".shard") })
         let key = try #require(ShardKey(String(shardPath[shardPath.range(of: "/catalogs/")!.upperBound...]))).description
-        var graph = TaskGraph(operators: ["catalog_scan"], params: [], dataKeys: [key])
+        var graph = TaskGraph(operators: ["noop"], params: [], dataKeys: [key])
         graph.add(operatorIndex: 0)
         graph.dataKey = [1]
         #expect(failure { try bob.submit(.graph(graph)) }.contains("no live worker holds data `\(key)`"))
         #expect(failure { try alice.submit(.graph(graph)) } == "accepted")
+        // The scan itself only from a plan the scheduler checks, whoever asks.
+        var scan = graph
+        scan.operators = ["catalog_scan"]
+        #expect(failure { try alice.submit(.graph(scan)) }.contains("operator `catalog_scan` is placed only from a plan"))
 
         // Refused: a survey dataset's name, `..`, a table over the quota, no positions, NaN positions.
         #expect(failure { try upload(alice, "survey", folder + "/left.csv") }.contains("`survey` is a survey dataset"))

@@ -501,5 +501,18 @@ struct CatalogEngineTests {
         bad.groupKeys = [3, 1]
         bad.groupRows = [1, 1]
         #expect(throws: CatalogQueryError.self) { _ = try CatalogMerge.merge([bad, CatalogPartial()], plan: plan { $0.groupBy = "cell" }) }
+
+        // Quantile sketches grow with the span of their values: 130 of values from 1e-300 to
+        // 1e300 would hold 18M buckets (140 MiB) on every worker. Refused by the scan, with the
+        // limit; two of them are answered.
+        let wide = "pow(10, 600 * (coord_ra * 1000 - floor(coord_ra * 1000)) - 300)"
+        func quantiles(_ k: Int) -> CatalogQueryPlan { plan { $0.aggregates = (0..<k).map { aggregate(.aggQuantile, "\(wide) * \($0 + 1)", q: 0.5) } } }
+        do {
+            _ = try answer(quantiles(130), Array(shards.prefix(1)))
+            Issue.record("130 wide quantiles were answered")
+        } catch {
+            #expect("\(error)".contains("over \(Limits.quantileBuckets) buckets"), "\(error)")
+        }
+        #expect(try answer(quantiles(2), Array(shards.prefix(2))).table.names.count == 2)
     }
 }

@@ -273,6 +273,36 @@ struct SchedulerFlowTests {
 
 @Suite("SchedulerCore: refusals and errors")
 struct SchedulerErrorTests {
+    @Test("a client's task graph may not name an operator only plans place")
+    func planOnlyOperators() throws {
+        let c = FakeCluster()
+        c.addWorker(name: "all", operators: standardOperators + OperatorRegistry.planOnly.sorted())
+        // Even when a worker offers it: its parameters would be a plan nobody checked.
+        for op in ["catalog_scan", "catalog_merge", "python_map", "python_combine", "image_cutout", "forced_phot", "hips_tile"] {
+            #expect(c.submit(Workloads.independent(tasks: 1, op: op), client: 8) == nil)
+            let err = try #require(c.clientErrors[8]?.last)
+            #expect(err.message.contains("operator `\(op)` is placed only from a plan"), "\(err.message)")
+        }
+        #expect(c.core.activeJobCount == 0)
+        #expect(c.submit(Workloads.independent(tasks: 2, op: "moments")) != nil)
+    }
+
+    @Test("an ingest's commit with max_rows_per_shard past the limit is refused (its conversion trapped)")
+    func commitRowsPerShard() {
+        var c = Tessera_V1_IngestCommit()
+        c.dataset = "t"
+        var col = Tessera_V1_ColumnSchema()
+        col.name = "ra"
+        var dec = col
+        dec.name = "dec"
+        c.columns = [col, dec]
+        (c.raColumn, c.decColumn) = ("ra", "dec")
+        c.maxRowsPerShard = 1_000
+        #expect(SchedulerCore.commitProblem(c) == nil)
+        c.maxRowsPerShard = .max
+        #expect(SchedulerCore.commitProblem(c)?.contains("max_rows_per_shard \(UInt64.max) is over the limit") == true)
+    }
+
     @Test("unknown operator at submit is rejected")
     func unknownOperator() throws {
         let c = FakeCluster()

@@ -22,9 +22,10 @@ public enum CatalogMerge {
         var out = CatalogPartial()
         var batches: [RowBatchBuilder] = []
         for p in parts {
-            out.shards += p.shards
-            out.rowsScanned += p.rowsScanned
-            out.rowsMatched += p.rowsMatched
+            // Counts from other processes add with wrapping: a crafted partial may not trap a merge.
+            out.shards &+= p.shards
+            out.rowsScanned &+= p.rowsScanned
+            out.rowsMatched &+= p.rowsMatched
             let b = try RowBatchBuilder(p.rows)
             if !b.columns.isEmpty { batches.append(b) }
         }
@@ -73,9 +74,9 @@ public enum CatalogMerge {
 
     static func merge(_ a: CatalogPartial, _ b: CatalogPartial, plan: CatalogQueryPlan) throws(CatalogQueryError) -> CatalogPartial {
         var out = CatalogPartial()
-        out.shards = a.shards + b.shards
-        out.rowsScanned = a.rowsScanned + b.rowsScanned
-        out.rowsMatched = a.rowsMatched + b.rowsMatched
+        out.shards = a.shards &+ b.shards
+        out.rowsScanned = a.rowsScanned &+ b.rowsScanned
+        out.rowsMatched = a.rowsMatched &+ b.rowsMatched
         if !a.imageStatistics.isEmpty || !b.imageStatistics.isEmpty {
             out.imageStatistics = ImageStatistics.merge(a.imageStatistics, b.imageStatistics)
         }
@@ -88,7 +89,7 @@ public enum CatalogMerge {
             if a.histogram.isEmpty { out.histogram = b.histogram } else if b.histogram.isEmpty { out.histogram = a.histogram } else {
                 guard a.histogram.count == b.histogram.count else { throw CatalogQueryError("partial histograms of \(a.histogram.count) and \(b.histogram.count) bins (corrupt partial)") }
                 var h = a.histogram
-                for i in h.indices { h[i] += b.histogram[i] }
+                for i in h.indices { h[i] &+= b.histogram[i] }
                 out.histogram = h
             }
         } else if plan.hasSkyMap {
@@ -103,6 +104,11 @@ public enum CatalogMerge {
                 }
                 rows.index += other.index
                 rows.sortKeys += other.sortKeys
+                // Both with a spatial index (and sort keys) or both without: a mix would pair
+                // rows with another row's index.
+                guard rows.index.isEmpty || rows.index.count == rows.count, rows.sortKeys.isEmpty || rows.sortKeys.count == rows.count else {
+                    throw CatalogQueryError("partial row batches, one with a spatial index or sort keys and one without (corrupt partial)")
+                }
             }
             if plan.rows.limit > 0 {
                 rows.trim(to: Int(clamping: plan.rows.limit), descending: plan.rows.descending)
@@ -152,7 +158,7 @@ public enum CatalogMerge {
                 throw CatalogQueryError("the group-by key `\(plan.groupBy)` gives more than \(limit) groups (the limit); group by a coarser key or raise max_groups")
             }
         }
-        out.groupRows = pairs.map { (i, j) in (i >= 0 ? a.groupRows[i] : 0) + (j >= 0 ? b.groupRows[j] : 0) }
+        out.groupRows = pairs.map { (i, j) in (i >= 0 ? a.groupRows[i] : 0) &+ (j >= 0 ? b.groupRows[j] : 0) }
         out.moments = am.indices.map { e in
             MomentsColumns(pairs.map { (i, j) in
                 var m = i >= 0 ? am[e][i] : Moments()
@@ -160,13 +166,17 @@ public enum CatalogMerge {
                 return m
             }).proto
         }
-        out.sketches = asq.indices.map { e in
-            var c = Tessera_V1_SketchColumn()
-            c.groups = pairs.map { (i, j) in
+        let merged = asq.indices.map { e in
+            pairs.map { (i, j) in
                 var s = i >= 0 ? asq[e][i] : QuantileSketch()
                 if j >= 0 { s.merge(bsq[e][j]) }
-                return s.proto
+                return s
             }
+        }
+        try QuantileSketch.checkBudget(merged)
+        out.sketches = merged.map { column in
+            var c = Tessera_V1_SketchColumn()
+            c.groups = column.map(\.proto)
             return c
         }
     }
@@ -203,7 +213,7 @@ public enum CatalogMerge {
             } else if i == a.pixels.count || b.pixels[j] < a.pixels[i] {
                 p = b.pixels[j]; c = b.counts[j]; (s, v) = sum(b, j); j += 1
             } else {
-                p = a.pixels[i]; c = a.counts[i] + b.counts[j]
+                p = a.pixels[i]; c = a.counts[i] &+ b.counts[j]
                 let (s1, v1) = sum(a, i), (s2, v2) = sum(b, j)
                 s = s1 + s2; v = v1 + v2; i += 1; j += 1
             }
@@ -220,8 +230,8 @@ public enum CatalogMerge {
         out.order = m.order
         for k in m.pixels.indices.sorted(by: { m.pixels[$0] < m.pixels[$1] }) {
             if out.pixels.last == m.pixels[k] {
-                out.counts[out.counts.count - 1] += m.counts[k]
-                if !m.sums.isEmpty { out.sums[out.sums.count - 1] += m.sums[k]; out.valueCounts[out.valueCounts.count - 1] += m.valueCounts[k] }
+                out.counts[out.counts.count - 1] &+= m.counts[k]
+                if !m.sums.isEmpty { out.sums[out.sums.count - 1] += m.sums[k]; out.valueCounts[out.valueCounts.count - 1] &+= m.valueCounts[k] }
             } else {
                 out.pixels.append(m.pixels[k])
                 out.counts.append(m.counts[k])

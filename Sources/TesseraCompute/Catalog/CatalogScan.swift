@@ -653,6 +653,7 @@ struct ScanAccumulator {
                 let v = evaluate(expr).numbers(n)
                 for i in 0..<n where valid[i] { sketches[e][Int(slots[i])].add(v[i]) }
             }
+            if !sExprs.isEmpty { try QuantileSketch.checkBudget(sketches) }
         case .histogram(let x, let y):
             let xb = xBins!
             if let y, let yb = yBins {
@@ -828,6 +829,7 @@ struct ScanAccumulator {
                 for e in moments.indices { moments[e][t].merge(piece.moments[e][s]) }
                 for e in sketches.indices { sketches[e][t].merge(piece.sketches[e][s]) }
             }
+            if !sketches.isEmpty { try QuantileSketch.checkBudget(sketches) }
         case .histogram:
             for i in histogram.indices { histogram[i] += piece.histogram[i] }
         case .skyMap(_, let expr):

@@ -25,6 +25,18 @@ public struct QuantileSketch: Sendable, Equatable {
 
     public init() {}
 
+    /// Buckets held, both signs: what the sketch costs (8 bytes each).
+    public var buckets: Int { positive.count + negative.count }
+
+    /// Refuses sketches that hold more than `Limits.quantileBuckets` buckets in all.
+    static func checkBudget(_ sketches: [[QuantileSketch]]) throws(CatalogQueryError) {
+        var total = 0
+        for column in sketches { for s in column { total &+= s.buckets } }
+        guard total <= Limits.quantileBuckets else {
+            throw CatalogQueryError("the quantiles need sketches of over \(Limits.quantileBuckets) buckets (\(Limits.quantileBuckets >> 17) MiB): their values span too many factors of ten in too many groups; ask for fewer groups, or a quantile of something narrower (a magnitude rather than a flux)")
+        }
+    }
+
     /// Values counted (NaN is never added).
     public var count: UInt64 { positive.reduce(zeros, +) + negative.reduce(0, +) }
 

@@ -158,16 +158,18 @@ struct RowBatchBuilder {
     mutating func trim(to limit: Int, descending: Bool) {
         let n = count
         let hasKeys = sortKeys.count == n && n > 0
+        // Without an index for every row (a batch that came without one), ties keep their order.
+        let hasIndex = index.count == n
         var order = Array(0..<n)
         let (keys, ix) = (sortKeys, index)
         order.sort { a, b in
             if hasKeys && keys[a] != keys[b] { return descending ? keys[a] > keys[b] : keys[a] < keys[b] }
-            return ix[a] != ix[b] ? ix[a] < ix[b] : a < b
+            return hasIndex && ix[a] != ix[b] ? ix[a] < ix[b] : a < b
         }
         if order.count > limit { order.removeLast(order.count - limit) }
         if order == Array(0..<order.count) && order.count == n { return }
         columns = columns.map { $0.gathered(order) }
-        index = order.map { ix[$0] }
+        index = hasIndex ? order.map { ix[$0] } : []
         if hasKeys { sortKeys = order.map { keys[$0] } }
     }
 

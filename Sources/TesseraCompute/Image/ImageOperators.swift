@@ -215,7 +215,9 @@ public enum ImageOperators {
 
     static func box(_ ctx: OperatorContext, _ name: String) throws(OperatorError) -> (box: PixelBox, piece: Tessera_V1_ImageCutoutPiece, wcs: TanWCS) {
         guard let b = ctx.params.blobs["box"], let piece = try? Tessera_V1_ImageCutoutPiece(serializedBytes: b), let wcs = ImageDataset.wcs(piece.gridWcs),
-              piece.width > 0, piece.height > 0, piece.width <= UInt32(CutoutGeometry.maxSide), piece.height <= UInt32(CutoutGeometry.maxSide) else {
+              piece.width > 0, piece.height > 0, piece.width <= UInt32(CutoutGeometry.maxSide), piece.height <= UInt32(CutoutGeometry.maxSide),
+              // Grid coordinates as a patch's (its edges are computed by adding the sides).
+              piece.x0.magnitude < 1 << 40, piece.y0.magnitude < 1 << 40 else {
             throw OperatorError(name, "the task carries no readable cutout box", retryable: false)
         }
         return (PixelBox(x0: Int(piece.x0), y0: Int(piece.y0), width: Int(piece.width), height: Int(piece.height)), piece, wcs)
@@ -260,7 +262,7 @@ public enum ImageOperators {
         var tiling = (tractOrder: 0, patchOrder: 0)
         for (k, v) in ctx.inputs.enumerated() {
             let p = try CatalogOperators.partial(v, input: k, name)
-            shards += p.shards
+            shards &+= p.shards
             for piece in p.cutouts {
                 guard let c = ImageDataset.cutout(piece) else { throw OperatorError(name, "input \(k) holds a cutout piece whose sizes disagree") }
                 tiling = (Int(piece.tractOrder), Int(piece.patchOrder))

@@ -263,4 +263,7 @@ public enum PythonOperatorNames {
     public static let map = "python_map"
     /// The user's combine folded over partials, in a reduction tree node.
     public static let combine = "python_combine"
+    /// The task parameter (a string) naming the user whose function the task runs, set by the
+    /// scheduler from the job's user: a worker runs it only on that user's executors.
+    public static let userParameter = "python_user"
 }

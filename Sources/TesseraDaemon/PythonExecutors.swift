@@ -36,7 +36,14 @@ public final class PythonExecutors: Sendable {
     private let context: ZMQContext
     /// Where the executors' sockets and logs live (private to this worker, removed at exit).
     let folder: String
-    private let idle = Mutex<[PythonExecutor]>([])
+    /// Executors waiting for their next call, each with the user whose functions it ran: a
+    /// function can change its process (replace `cloudpickle.dumps`, leave a module behind),
+    /// and the next user's function, or their client unpickling its value, would run with
+    /// that. So an executor serves one user only; the oldest idle ones past `maxIdle` stop.
+    private let idle = Mutex<[(user: String, executor: PythonExecutor)]>([])
+    static let maxIdle = 8
+    /// What an executor may print (its log file) before it is killed.
+    static let maxLogBytes: UInt64 = 64 << 20
     private let started = Atomic<Int>(0)
 
     public init(_ settings: PythonSettings, workerName: String) throws {
@@ -49,7 +56,7 @@ public final class PythonExecutors: Sendable {
     }
 
     deinit {
-        for e in idle.withLock({ $0 }) { e.stop() }
+        for e in idle.withLock({ $0 }) { e.executor.stop() }
         try? FileManager.default.removeItem(atPath: folder)
     }
 
@@ -95,7 +102,8 @@ public final class PythonExecutors: Sendable {
         }
         let shard = ctx.dataKey ?? "?"
         let header: [String: Any] = ["op": "map", "names": names, "dtypes": dtypes, "rows": rows.index.count, "shard": shard]
-        let value = try call(header, function: plan.python.function, frames: frames, plan: plan, what: "on shard \(shard)", isCancelled: ctx.isCancelled)
+        let value = try call(header, function: plan.python.function, frames: frames, plan: plan, what: "on shard \(shard)", user: Self.user(ctx),
+                             isCancelled: ctx.isCancelled)
         partial.rows = Tessera_V1_RowBatch()
         partial.python = value
         return .bytes(try CatalogOperators.serialized(partial, name))
@@ -120,10 +128,13 @@ public final class PythonExecutors: Sendable {
         } else {
             let frames = values.map { v in v.withUnsafeBytes { Frame(copying: $0) } }
             out.python = try call(["op": "combine"], function: plan.python.combine, frames: frames, plan: plan,
-                                  what: "combining \(values.count) partials", isCancelled: ctx.isCancelled)
+                                  what: "combining \(values.count) partials", user: Self.user(ctx), isCancelled: ctx.isCancelled)
         }
         return .bytes(try CatalogOperators.serialized(out, name))
     }
+
+    /// The user whose function a task runs (the scheduler's parameter; "" when absent).
+    static func user(_ ctx: OperatorContext) -> String { ctx.params.strings[PythonOperatorNames.userParameter] ?? "" }
 
     /// `pickle.dumps(None, protocol=5)`.
     static let pickledNone: [UInt8] = [0x80, 0x05, 0x4E, 0x2E]
@@ -132,11 +143,11 @@ public final class PythonExecutors: Sendable {
 
     /// Runs one call on an executor and returns the pickled value, or throws what went wrong in
     /// words that name the shard, the worker and the limit.
-    func call(_ header: [String: Any], function: Data, frames: [Frame], plan: CatalogQueryPlan, what: String,
+    func call(_ header: [String: Any], function: Data, frames: [Frame], plan: CatalogQueryPlan, what: String, user: String,
               isCancelled: @Sendable () -> Bool) throws(OperatorError) -> Data {
         let name = header["op"] as? String == "map" ? PythonOperatorNames.map : PythonOperatorNames.combine
         let timeout = plan.python.timeoutS > 0 ? plan.python.timeoutS : 300
-        let executor = try checkout(name)
+        let executor = try checkout(name, user: user)
         guard let head = try? JSONSerialization.data(withJSONObject: header) else {
             throw OperatorError(name, "cannot encode the request header")
         }
@@ -159,7 +170,7 @@ public final class PythonExecutors: Sendable {
                 throw OperatorError(name, "lost the Python executor on worker \(workerName): \(error)")
             }
             if let reply {
-                return try finish(reply, executor: executor, name: name, what: what, plan: plan)
+                return try finish(reply, executor: executor, user: user, name: name, what: what, plan: plan)
             }
             if isCancelled() {
                 executor.stop()
@@ -171,8 +182,13 @@ public final class PythonExecutors: Sendable {
                 throw OperatorError(name, "Python function \(what) on worker \(workerName) ran past its deadline of \(Self.seconds(timeout)) s: killed", retryable: false)
             }
             if !executor.isRunning {
+                let tail = executor.logTail()
                 let status = executor.stop()
-                throw OperatorError(name, "the Python executor \(what) on worker \(workerName) died (\(status)); its log ends:\n\(executor.logTail())", retryable: false)
+                throw OperatorError(name, "the Python executor \(what) on worker \(workerName) died (\(status)); its log ends:\n\(tail)", retryable: false)
+            }
+            if executor.logBytes() > Self.maxLogBytes {
+                executor.stop()
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) printed over \(Self.maxLogBytes >> 20) MiB: killed (return values rather than print them)", retryable: false)
             }
             let rss = executor.residentBytes()
             if rss > settings.memoryLimitBytes {
@@ -182,19 +198,19 @@ public final class PythonExecutors: Sendable {
         }
     }
 
-    private func finish(_ reply: [Frame], executor: PythonExecutor, name: String, what: String, plan: CatalogQueryPlan) throws(OperatorError) -> Data {
+    private func finish(_ reply: [Frame], executor: PythonExecutor, user: String, name: String, what: String, plan: CatalogQueryPlan) throws(OperatorError) -> Data {
         guard reply.count == 2, let header = try? JSONSerialization.jsonObject(with: Data(reply[0].bytes)) as? [String: Any] else {
             executor.stop()
             throw OperatorError(name, "the Python executor on worker \(workerName) sent a malformed reply")
         }
         if header["ok"] as? Bool == true {
-            checkin(executor)
+            checkin(executor, user: user)
             guard reply[1].count <= Limits.pythonValueBytes else {
                 throw OperatorError(name, "the Python function's value \(what) is \(reply[1].count) bytes pickled, over the limit of \(Limits.pythonValueBytes)", retryable: false)
             }
             return Data(reply[1].bytes)
         }
-        checkin(executor)
+        checkin(executor, user: user)
         let kind = header["kind"] as? String ?? "exception"
         let message = header["message"] as? String ?? "(no message)"
         let traceback = header["traceback"] as? String ?? ""
@@ -217,8 +233,12 @@ public final class PythonExecutors: Sendable {
 
     // MARK: The pool
 
-    private func checkout(_ name: String) throws(OperatorError) -> PythonExecutor {
-        if let e = idle.withLock({ $0.popLast() }) {
+    private func checkout(_ name: String, user: String) throws(OperatorError) -> PythonExecutor {
+        let mine = idle.withLock { list -> PythonExecutor? in
+            guard let k = list.lastIndex(where: { $0.user == user }) else { return nil }
+            return list.remove(at: k).executor
+        }
+        if let e = mine {
             if e.isRunning { return e }
             e.stop()
         }
@@ -232,8 +252,14 @@ public final class PythonExecutors: Sendable {
         }
     }
 
-    private func checkin(_ e: PythonExecutor) {
-        idle.withLock { $0.append(e) }
+    private func checkin(_ e: PythonExecutor, user: String) {
+        let over = idle.withLock { list -> [PythonExecutor] in
+            list.append((user, e))
+            let extra = max(0, list.count - Self.maxIdle)
+            defer { list.removeFirst(extra) }
+            return list.prefix(extra).map(\.executor)
+        }
+        for old in over { old.stop() }
     }
 }
 
@@ -305,15 +331,21 @@ final class PythonExecutor: @unchecked Sendable {
 
     var isRunning: Bool { process.isRunning }
 
-    /// Kills the process (if running) and closes the socket; says how it ended.
+    /// Kills the process (if running) and the processes it forked into its process group
+    /// (the executor makes itself a group's leader at start), closes the socket and removes
+    /// the log; says how it ended.
     @discardableResult
     func stop() -> String {
+        let pid = process.processIdentifier
         if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
+            if kill(-pid, SIGKILL) != 0 { kill(pid, SIGKILL) }
             process.waitUntilExit()
+        } else if pid > 0 {
+            kill(-pid, SIGKILL)   // children left behind by an executor that exited
         }
         socket.close()
         unlink(socketPath)
+        unlink(logPath)
         switch process.terminationReason {
         case .uncaughtSignal: return "killed by signal \(process.terminationStatus)"
         default: return "exit status \(process.terminationStatus)"
@@ -328,9 +360,19 @@ final class PythonExecutor: @unchecked Sendable {
         return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// The last lines the process wrote.
+    /// Bytes the process has written to its log.
+    func logBytes() -> UInt64 {
+        var st = stat()
+        return stat(logPath, &st) == 0 ? UInt64(max(0, st.st_size)) : 0
+    }
+
+    /// The last lines the process wrote (only they are read: the log may be large).
     func logTail(_ bytes: Int = 2000) -> String {
-        guard let data = FileManager.default.contents(atPath: logPath) else { return "" }
-        return String(decoding: data.suffix(bytes), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let h = FileHandle(forReadingAtPath: logPath) else { return "" }
+        defer { try? h.close() }
+        let size = logBytes()
+        try? h.seek(toOffset: size > UInt64(bytes) ? size - UInt64(bytes) : 0)
+        let data = (try? h.read(upToCount: bytes)) ?? Data()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

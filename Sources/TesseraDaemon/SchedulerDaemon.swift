@@ -121,7 +121,7 @@ public final class SchedulerDaemon {
         let iWorkers = poller.add(workerSocket)
         let iWake = poller.add(fileDescriptor: wake.fd)
         let iZAP = zap.map { poller.add($0.socket) }
-        var lastTick = monotonicNanos()
+        var lastTick = monotonicNanos(), lastAccessCheck = lastTick
         let tickNs: UInt64 = 50_000_000
         while !signals.isRequested {
             let timeout = core.hasDeferredResults ? 5 : 50
@@ -139,6 +139,13 @@ public final class SchedulerDaemon {
                 core.tick(now: monotonicNanos(), loopStallNs: late > 4 * tickNs ? late - tickNs : 0)
                 signals.checkParent()
                 lastTick = now
+            }
+            if now &- lastAccessCheck >= 2_000_000_000 {
+                // A key removed from the lists (or an admin made a user) takes effect within two
+                // seconds, on connections already open too: each message's key is looked up in
+                // the lists as read. (Read again only when they changed: two stat calls.)
+                lastAccessCheck = now
+                do { try reloadAccess(force: false) } catch { logger.error("cannot read the access lists", metadata: ["scheduler/error": "\(error)"]) }
             }
             flushBacklog()
             try send(core.flush(now: now))

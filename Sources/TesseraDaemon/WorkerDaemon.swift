@@ -63,6 +63,11 @@ public final class WorkerDaemon {
     /// (nil when the private folder could not be made).
     private let localTakes: Socket?
     private let localTakesPath: String?
+    /// Per same-host connection (its routing identity): whether its process is one of this
+    /// worker's own descendants (a Python executor, or what a user's function started), which
+    /// are refused: they run users' code, and a take by guessed keys would hand them, and
+    /// remove, another user's results.
+    private var localTakeRefused: [[UInt8]: Bool] = [:]
     private let shards: ShardStore?
     private let shardWriter: BackgroundShardWriter?
     /// Writes kept values past the memory limit to disk, off the event loop.
@@ -239,6 +244,20 @@ public final class WorkerDaemon {
         while let parts = try localTakes.receive(dontWait: true) {
             guard parts.count >= 2 else { continue }
             let identity = parts[0].array
+            // libzmq gives an ipc peer's credentials as `host:uid:gid:pid` (SO_PEERCRED).
+            let refused = localTakeRefused[identity] ?? {
+                let pid = parts[1].property("Peer-Address").flatMap { $0.split(separator: ":").last.flatMap { Int32($0) } }
+                let r = pid.map { ProcessTree.descends($0, from: getpid()) } ?? true
+                if localTakeRefused.count > 4_096 { localTakeRefused.removeAll() }
+                localTakeRefused[identity] = r
+                return r
+            }()
+            if refused {
+                var reply = WireProtocol.errorReply(.errorNotAllowed, "this worker's own processes (its Python executors) may not take direct results: users' functions run in them")
+                reply.insert(identity, at: 0)
+                _ = try? localTakes.send(parts: reply, dontWait: true)
+                continue
+            }
             guard let (env, _) = try? WireProtocol.decode(Array(parts.dropFirst()), budget: Limits.clientMessageBytes),
                   case .fetchRequest(let r) = env.body, r.take,
                   case .replyToPeer(_, let reply, let frames) = engine.serveTake(r, clientKey: nil, from: identity) else {
@@ -457,5 +476,25 @@ public final class WorkerDaemon {
         for s in peers.values { s.close() }
         peerRouter.close()
         scheduler.close()
+    }
+}
+
+/// Parentage of processes, from /proc.
+enum ProcessTree {
+    /// Whether `pid` is `ancestor` or one of its descendants (by parent links, at most 64 up).
+    /// A process whose parent cannot be read counts as one: refusing is the safe answer.
+    static func descends(_ pid: Int32, from ancestor: Int32) -> Bool {
+        var p = pid
+        for _ in 0..<64 {
+            if p == ancestor { return true }
+            if p <= 1 { return false }
+            guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return true }
+            // After the name in parentheses (which may hold spaces): state, then the parent.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, let parent = Int32(fields[1]) else { return true }
+            p = parent
+        }
+        return true
     }
 }

@@ -59,9 +59,11 @@ extension SchedulerCore {
         let keys = hits.map { d.keys[$0.shard] }
         var estimate = Tessera_V1_CostEstimate()
         for (s, covered) in hits { d.add(shard: s, fraction: covered, to: &estimate) }
-        let params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
+        var params = CatalogOperators.params(plan: plan, raColumn: dataset.raColumn, decColumn: dataset.decColumn)
         // A Python question runs the user's function in each shard's task (and their combine in
-        // the tree); the operators exist only on workers that allow Python.
+        // the tree); the operators exist only on workers that allow Python, and run it in
+        // executors of this user's alone (a function can change its process for the next call).
+        if plan.hasPython { params.strings[PythonOperatorNames.userParameter] = user }
         let operators = plan.hasPython ? [PythonOperatorNames.map, PythonOperatorNames.combine] : ["catalog_scan", "catalog_merge"]
         var g = TaskGraph(operators: operators, params: [params], dataKeys: keys)
         var leaves: [UInt32] = []

@@ -222,6 +222,29 @@ struct UploadEndToEndTests {
         }
     }
 
+    /// A key taken off the users' list is refused within seconds, on the connection it already
+    /// has open too (the lists were read again only when an unknown key connected).
+    @Test func aKeyTakenOffTheListIsRefusedOnItsOpenConnection() throws {
+        let cluster = try TestCluster.start(workers: 1, dataDirectory: temporaryFolder("revoke-data"))
+        defer { cluster.stop() }
+        let dave = try connect(cluster, as: "dave")
+        #expect((try? dave.status(timeout: 2)) != nil)
+        let keys = try #require(cluster.keys)
+        let lines = try String(contentsOfFile: keys.usersListPath, encoding: .utf8).split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("dave ") })
+        try (lines.filter { !$0.hasPrefix("dave ") }.joined(separator: "\n") + "\n").write(toFile: keys.usersListPath, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: keys.usersListPath)
+        let deadline = Date().addingTimeInterval(10)
+        var refused = false
+        while !refused, Date() < deadline {
+            refused = (try? dave.status(timeout: 1)) == nil
+            if !refused { Thread.sleep(forTimeInterval: 0.2) }
+        }
+        #expect(refused)
+        // The others are served as before.
+        #expect((try? SchedulerConnection(endpoint: cluster.clientEndpoint).status(timeout: 2)) != nil)
+    }
+
     @Test func aUsersTableIsTheirsAndMeetsTheSurvey() throws {
         let folder = CrossmatchEndToEndTests.folder
         let cluster = try TestCluster.start(workers: 2, dataDirectory: temporaryFolder("upload-data"), schedulerArguments: ["--workspace-quota-mb", "2"])

@@ -56,6 +56,12 @@ def main(argv=None) -> int:
     import pandas as pd
     import zmq
 
+    # A process group of its own (the worker's spawn makes one too), so that the worker's kill
+    # (deadline, memory, cancel) takes the processes a function forks with it.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
     # The worker that started this process owns it: when the worker is gone, so is this.
     parent = os.getppid()
 

@@ -172,3 +172,111 @@ def test_a_slow_reader_keeps_its_job_alive(bins, catalog_files, tmp_path):
                 time.sleep(2.5)  # longer than the client timeout, with no call into the client
             assert len(lengths) > 3 and sum(lengths) == 30000
             assert client.status().jobs_abandoned == 0
+
+
+def test_executors_serve_one_user_each(cluster, bins):
+    """A function can change its process (here a builtin left behind; it could as well replace
+    `cloudpickle.dumps`, and the next caller's client would unpickle what it chose). A worker
+    keeps an executor for its user alone: another user's functions never see the change."""
+    import subprocess
+
+    keys = os.path.dirname(cluster.key_path)
+    for user in ("mallory", "victor"):
+        subprocess.run([os.path.join(bins, "tessera"), "keys", "add-user", user, "--dir", keys], check=True, capture_output=True)
+
+    def leave(df):
+        import builtins
+        builtins._left_behind = "mallory"
+        return len(df)
+
+    def look(df):
+        import builtins
+        return getattr(builtins, "_left_behind", None)
+
+    with tessera.Client(cluster, key=os.path.join(keys, "user-mallory.key"), progress=False) as mallory, \
+            tessera.Client(cluster, key=os.path.join(keys, "user-victor.key"), progress=False) as victor:
+        assert mallory.user == "mallory" and victor.user == "victor"
+        assert sum(mallory.catalog("object").map_partitions(leave, columns=["coord_ra"])) == ROWS
+        assert set(victor.catalog("object").map_partitions(look, columns=["coord_ra"])) == {None}
+        # Mallory's own executors are kept for her, change and all.
+        assert "mallory" in set(mallory.catalog("object").map_partitions(look, columns=["coord_ra"]))
+
+
+def _take_from_worker_socket(path):
+    """A take of a made-up direct result from a worker's same-host socket: what it answers."""
+    import zmq
+    from tessera import _wire
+    from tessera.v1 import tessera_pb2
+
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.connect("ipc://" + path)
+    env = tessera_pb2.Envelope()
+    env.fetch_request.request_id = 1
+    env.fetch_request.keys.append((1 << 32) | 1)
+    env.fetch_request.take = True
+    s.send_multipart(_wire.encode(env))
+    answer = "no answer"
+    if s.poll(5000):
+        reply = _wire.decode_header(_wire._view(s.recv_multipart()[0]))
+        answer = reply.WhichOneof("body") + (": " + reply.error.message if reply.WhichOneof("body") == "error" else "")
+    s.close()
+    return answer
+
+
+def test_a_function_may_not_take_results_from_its_worker(client):
+    """Users' functions run as the worker's Unix user, who may open its same-host socket: a take
+    by guessed keys would hand them other users' results (and remove them). The worker refuses
+    its own descendants there; other processes of the user (this test) are served."""
+    def probe(df):
+        import os
+        return _take_from_worker_socket(f"/tmp/tessera-{os.getuid()}/worker-{os.getppid()}.sock")
+
+    answers = set(client.catalog("object").map_partitions(probe, columns=["coord_ra"]))
+    assert len(answers) == 1 and "may not take direct results" in answers.pop()
+    sockets = [f for f in os.listdir(f"/tmp/tessera-{os.getuid()}")
+               if f.startswith("worker-") and f.endswith(".sock") and _alive(int(f[len("worker-"):-len(".sock")]))]
+    assert sockets
+    assert _take_from_worker_socket(f"/tmp/tessera-{os.getuid()}/{sockets[0]}") == "fetch_reply"
+
+
+def _running(pid):
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_function_takes_what_it_forked_with_it(client, tmp_path):
+    marker = str(tmp_path / "child.pid")
+
+    def forks(df):
+        child = os.fork()
+        if child == 0:
+            time.sleep(120)
+            os._exit(0)
+        with open(marker, "w") as f:
+            f.write(str(child))
+        time.sleep(60)
+
+    with pytest.raises(tessera.PythonFunctionError, match="deadline of 1 s"):
+        client.catalog("object").map_partitions(forks, columns=["coord_ra"], timeout=1)
+    child = int(open(marker).read())
+    gone_by = time.monotonic() + 10
+    while _running(child) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not _running(child)
+
+
+def test_a_function_that_prints_without_end_is_killed(client):
+    def chatty(df):
+        line = "x" * 1_000_000
+        for _ in range(1_000):
+            print(line)
+        return 1
+
+    with pytest.raises(tessera.PythonFunctionError, match="printed over 64 MiB: killed"):
+        client.catalog("object").map_partitions(chatty, columns=["coord_ra"])
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS

@@ -37,6 +37,14 @@ public actor AsyncJobs {
     let service: TAPService
     var jobs: [String: Job] = [:]
     var running: [String: Task<Void, Never>] = [:]
+    /// Jobs asked to run while their owner had `maxRunningPerUser` running: QUEUED, started in
+    /// turn as those end.
+    var waiting: [String] = []
+
+    /// An owner's jobs that run at once: each builds its whole answer in the gateway's memory
+    /// before the cap on what one user's jobs hold is checked, so thirty-two at once would hold
+    /// sixteen times what that cap means.
+    public static let maxRunningPerUser = 2
 
     public init(service: TAPService) {
         self.service = service
@@ -94,6 +102,22 @@ public actor AsyncJobs {
         let j = try job(id, owner: owner)
         guard j.phase == .pending else { return }  // running, finished or aborted: nothing to do
         jobs[id]?.phase = .queued
+        waiting.append(id)
+        startWaiting(of: owner)
+    }
+
+    /// Starts `owner`'s queued jobs, oldest first, while fewer than `maxRunningPerUser` run.
+    func startWaiting(of owner: String) {
+        waiting.removeAll { jobs[$0]?.phase != .queued || running[$0] != nil }
+        while running.keys.filter({ jobs[$0]?.owner == owner }).count < Self.maxRunningPerUser,
+              let k = waiting.firstIndex(where: { jobs[$0]?.owner == owner }) {
+            start(waiting.remove(at: k))
+        }
+    }
+
+    private func start(_ id: String) {
+        guard let j = jobs[id] else { return }
+        let owner = j.owner
         let service = self.service
         let params = j.parameters
         let uploads = j.uploads
@@ -148,7 +172,9 @@ public actor AsyncJobs {
 
     func finished(_ id: String, _ outcome: Result<TAPTable, TAPError>) {
         running[id] = nil
-        guard let j = jobs[id], j.phase.isActive else { return }
+        guard let j = jobs[id] else { return }
+        defer { startWaiting(of: j.owner) }
+        guard j.phase.isActive else { return }
         jobs[id]?.ended = Date()
         switch outcome {
         case .success(let t):
@@ -174,12 +200,14 @@ public actor AsyncJobs {
         running.removeValue(forKey: id)?.cancel()
         jobs[id]?.phase = .aborted
         jobs[id]?.ended = Date()
+        startWaiting(of: owner)
     }
 
     public func delete(_ id: String, owner: String) throws(TAPError) {
         _ = try job(id, owner: owner)
         running.removeValue(forKey: id)?.cancel()
         jobs[id] = nil
+        startWaiting(of: owner)
     }
 
     /// Changes a parameter, the execution duration or the destruction time (PENDING only for
@@ -205,9 +233,12 @@ public actor AsyncJobs {
     /// Drops jobs past their destruction time.
     func sweep() {
         let now = Date()
+        var owners = Set<String>()
         for (id, j) in jobs where j.destruction < now {
             running.removeValue(forKey: id)?.cancel()
             jobs[id] = nil
+            owners.insert(j.owner)
         }
+        for o in owners { startWaiting(of: o) }
     }
 }

@@ -133,6 +133,10 @@ public final class PythonExecutors: Sendable {
         return .bytes(try CatalogOperators.serialized(out, name))
     }
 
+    /// The address space an executor may map (`RLIMIT_AS`, set by the executor at start): twice
+    /// the resident limit and 1 GiB (the interpreter with numpy and pandas maps about 330 MB).
+    static func addressSpace(_ s: PythonSettings) -> UInt64 { 2 &* s.memoryLimitBytes &+ (1 << 30) }
+
     /// The user whose function a task runs (the scheduler's parameter; "" when absent).
     static func user(_ ctx: OperatorContext) -> String { ctx.params.strings[PythonOperatorNames.userParameter] ?? "" }
 
@@ -222,6 +226,8 @@ public final class PythonExecutors: Sendable {
         case "module":
             let module = header["module"] as? String ?? "?"
             throw OperatorError(name, "Python function \(what): module `\(module)` is not installed on worker \(workerName) (\(settings.executable)): install it there, or avoid it\(version)", retryable: false)
+        case "memory":
+            throw OperatorError(name, "Python function \(what) on worker \(workerName) asked for more memory than it may map (\(Self.addressSpace(settings) >> 20) MiB of address space; \(settings.memoryLimitBytes >> 20) MiB resident): \(message)", retryable: false)
         case "unpicklable":
             throw OperatorError(name, "Python function \(what) on worker \(workerName): \(message)", retryable: false)
         default:
@@ -298,6 +304,7 @@ final class PythonExecutor: @unchecked Sendable {
         // One thread per executor: the worker runs as many calls at once as it has threads.
         for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
         env["PYTHONUNBUFFERED"] = "1"
+        env["TESSERA_EXECUTOR_ADDRESS_SPACE"] = "\(PythonExecutors.addressSpace(settings))"
         process.environment = env
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)

@@ -43,6 +43,8 @@ def _failure(e: BaseException) -> dict:
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     if missing is not None:
         return {"ok": False, "kind": "module", "module": missing.name or str(missing), "message": str(missing), "traceback": tb}
+    if isinstance(e, MemoryError):
+        return {"ok": False, "kind": "memory", "message": f"{type(e).__name__}: {e}", "traceback": tb}
     return {"ok": False, "kind": "exception", "message": f"{type(e).__name__}: {e}", "traceback": tb}
 
 
@@ -55,6 +57,14 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
     import zmq
+
+    # The worker checks resident memory every 100 ms; an address-space limit (inherited by what
+    # a function forks) also stops one allocation far past it at once, as a MemoryError.
+    space = os.environ.get("TESSERA_EXECUTOR_ADDRESS_SPACE")
+    if space:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(space), int(space)))
 
     # A process group of its own (the worker's spawn makes one too), so that the worker's kill
     # (deadline, memory, cancel) takes the processes a function forks with it.

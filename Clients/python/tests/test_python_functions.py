@@ -98,8 +98,18 @@ def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_pat
                 blocks = [np.ones(50_000_000, dtype=np.uint8) for _ in range(40)]  # 2 GB, touched
                 return len(blocks)
 
-            with pytest.raises(tessera.PythonFunctionError, match=r"over its memory limit of 300 MiB: killed"):
+            # Killed when the worker sees it resident past the limit, or refused first by the
+            # address-space limit (it touches 50 MB at a time, faster than the 100 ms check).
+            with pytest.raises(tessera.PythonFunctionError, match=r"over its memory limit of 300 MiB: killed|more memory than it may map"):
                 client.catalog("object").map_partitions(hog, columns=["coord_ra"])
+
+            # One allocation far past it (not touched, so resident memory never shows it): refused
+            # by the executor's address-space limit, 2 × 300 MiB + 1 GiB.
+            def grab(df):
+                return np.empty(4 << 30, dtype=np.uint8).size
+
+            with pytest.raises(tessera.PythonFunctionError, match=r"more memory than it may map \(1624 MiB of address space"):
+                client.catalog("object").map_partitions(grab, columns=["coord_ra"])
             assert client.catalog("object").map_partitions(len, columns=["coord_ra"]) == [30000]
 
 

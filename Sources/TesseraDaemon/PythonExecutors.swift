@@ -41,14 +41,19 @@ public final class PythonExecutors: Sendable {
     /// and the next user's function, or their client unpickling its value, would run with
     /// that. So an executor serves one user only; the oldest idle ones past `maxIdle` stop.
     private let idle = Mutex<[(user: String, executor: PythonExecutor)]>([])
-    static let maxIdle = 8
+    /// Idle executors kept: eight, or two per thread on a larger worker.
+    let maxIdle: Int
+    /// The environment variable (= the worker's pid) each executor carries, by which the
+    /// worker knows its processes (and what they start) on its same-host socket.
+    static let workerMarker = "TESSERA_EXECUTOR_OF"
     /// What an executor may print (its log file) before it is killed.
     static let maxLogBytes: UInt64 = 64 << 20
     private let started = Atomic<Int>(0)
 
-    public init(_ settings: PythonSettings, workerName: String) throws {
+    public init(_ settings: PythonSettings, workerName: String, threads: Int = 1) throws {
         self.settings = settings
         self.workerName = workerName
+        maxIdle = max(8, 2 * threads)
         context = try ZMQContext()
         folder = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-python-\(getpid())").path
         try? FileManager.default.removeItem(atPath: folder)
@@ -135,7 +140,9 @@ public final class PythonExecutors: Sendable {
 
     /// The address space an executor may map (`RLIMIT_AS`, set by the executor at start): twice
     /// the resident limit and 1 GiB (the interpreter with numpy and pandas maps about 330 MB).
-    static func addressSpace(_ s: PythonSettings) -> UInt64 { 2 &* s.memoryLimitBytes &+ (1 << 30) }
+    static func addressSpace(_ s: PythonSettings) -> UInt64 {
+        s.memoryLimitBytes >= 1 << 61 ? UInt64(Int64.max) : 2 * s.memoryLimitBytes + (1 << 30)
+    }
 
     /// The user whose function a task runs (the scheduler's parameter; "" when absent).
     static func user(_ ctx: OperatorContext) -> String { ctx.params.strings[PythonOperatorNames.userParameter] ?? "" }
@@ -187,7 +194,7 @@ public final class PythonExecutors: Sendable {
             }
             if !executor.isRunning {
                 let tail = executor.logTail()
-                let status = executor.stop()
+                let status = executor.stop(justDied: true)
                 throw OperatorError(name, "the Python executor \(what) on worker \(workerName) died (\(status)); its log ends:\n\(tail)", retryable: false)
             }
             if executor.logBytes() > Self.maxLogBytes {
@@ -261,7 +268,7 @@ public final class PythonExecutors: Sendable {
     private func checkin(_ e: PythonExecutor, user: String) {
         let over = idle.withLock { list -> [PythonExecutor] in
             list.append((user, e))
-            let extra = max(0, list.count - Self.maxIdle)
+            let extra = max(0, list.count - maxIdle)
             defer { list.removeFirst(extra) }
             return list.prefix(extra).map(\.executor)
         }
@@ -305,6 +312,7 @@ final class PythonExecutor: @unchecked Sendable {
         for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
         env["PYTHONUNBUFFERED"] = "1"
         env["TESSERA_EXECUTOR_ADDRESS_SPACE"] = "\(PythonExecutors.addressSpace(settings))"
+        env[PythonExecutors.workerMarker] = "\(getpid())"
         process.environment = env
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)
@@ -340,14 +348,15 @@ final class PythonExecutor: @unchecked Sendable {
 
     /// Kills the process (if running) and the processes it forked into its process group
     /// (the executor makes itself a group's leader at start), closes the socket and removes
-    /// the log; says how it ended.
+    /// the log; says how it ended. `justDied`: the process was found dead this moment, so its
+    /// group, if any is left, is still its own (later its pid may lead another group).
     @discardableResult
-    func stop() -> String {
+    func stop(justDied: Bool = false) -> String {
         let pid = process.processIdentifier
         if process.isRunning {
             if kill(-pid, SIGKILL) != 0 { kill(pid, SIGKILL) }
             process.waitUntilExit()
-        } else if pid > 0 {
+        } else if justDied, pid > 0 {
             kill(-pid, SIGKILL)   // children left behind by an executor that exited
         }
         socket.close()

@@ -96,7 +96,7 @@ public final class WorkerDaemon {
         peerEndpoint = settings.peerAdvertise ?? bound
         var registry = registry
         if let py = settings.python {
-            let executors = try PythonExecutors(py, workerName: settings.name)
+            let executors = try PythonExecutors(py, workerName: settings.name, threads: settings.threads)
             for op in executors.operators { registry.register(op) }
             python = executors
         } else {
@@ -245,11 +245,15 @@ public final class WorkerDaemon {
             guard parts.count >= 2 else { continue }
             let identity = parts[0].array
             // libzmq gives an ipc peer's credentials as `host:uid:gid:pid` (SO_PEERCRED).
-            let refused = localTakeRefused[identity] ?? {
-                let pid = parts[1].property("Peer-Address").flatMap { $0.split(separator: ":").last.flatMap { Int32($0) } }
-                let r = pid.map { ProcessTree.descends($0, from: getpid()) } ?? true
+            // The verdict is kept per routing identity and process: a peer may choose its
+            // routing identity, so a departed client's cannot carry over to another process.
+            let peer = parts[1].property("Peer-Address") ?? ""
+            let cacheKey = identity + Array(peer.utf8)
+            let refused = localTakeRefused[cacheKey] ?? {
+                let pid = peer.split(separator: ":").last.flatMap { Int32($0) }
+                let r = pid.map { ProcessTree.runsUsersCode($0, worker: getpid()) } ?? true
                 if localTakeRefused.count > 4_096 { localTakeRefused.removeAll() }
-                localTakeRefused[identity] = r
+                localTakeRefused[cacheKey] = r
                 return r
             }()
             if refused {
@@ -481,6 +485,26 @@ public final class WorkerDaemon {
 
 /// Parentage of processes, from /proc.
 enum ProcessTree {
+    /// Whether `pid` may be running users' Python for `worker`: one of its descendants, in the
+    /// process group of one (a function that forked twice, its middle process gone, is
+    /// re-parented away but keeps the executor's group), or carrying the marker the worker puts
+    /// in its executors' environment (kept across `setsid` unless the function clears it). A
+    /// function that does all three escapes; the account is the boundary (README).
+    static func runsUsersCode(_ pid: Int32, worker: Int32) -> Bool {
+        if descends(pid, from: worker) { return true }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        // After the name: state, parent, process group.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 2, let group = Int32(fields[2]) else { return true }
+        if group != pid, group > 1, descends(group, from: worker) { return true }
+        let marker = Array("\(PythonExecutors.workerMarker)=\(worker)".utf8)
+        if let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") {
+            if environ.split(separator: 0).contains(where: { Array($0) == marker }) { return true }
+        }
+        return false
+    }
+
     /// Whether `pid` is `ancestor` or one of its descendants (by parent links, at most 64 up).
     /// A process whose parent cannot be read counts as one: refusing is the safe answer.
     static func descends(_ pid: Int32, from ancestor: Int32) -> Bool {

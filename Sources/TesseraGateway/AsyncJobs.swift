@@ -36,7 +36,9 @@ public actor AsyncJobs {
 
     let service: TAPService
     var jobs: [String: Job] = [:]
-    var running: [String: Task<Void, Never>] = [:]
+    /// Started jobs' tasks and owners, until each task has ended: a cancelled one still holds
+    /// its slot (cancellation is cooperative, and its answer may still be being built).
+    var running: [String: (owner: String, task: Task<Void, Never>)] = [:]
     /// Jobs asked to run while their owner had `maxRunningPerUser` running: QUEUED, started in
     /// turn as those end.
     var waiting: [String] = []
@@ -109,7 +111,7 @@ public actor AsyncJobs {
     /// Starts `owner`'s queued jobs, oldest first, while fewer than `maxRunningPerUser` run.
     func startWaiting(of owner: String) {
         waiting.removeAll { jobs[$0]?.phase != .queued || running[$0] != nil }
-        while running.keys.filter({ jobs[$0]?.owner == owner }).count < Self.maxRunningPerUser,
+        while running.values.filter({ $0.owner == owner }).count < Self.maxRunningPerUser,
               let k = waiting.firstIndex(where: { jobs[$0]?.owner == owner }) {
             start(waiting.remove(at: k))
         }
@@ -123,7 +125,7 @@ public actor AsyncJobs {
         let uploads = j.uploads
         jobs[id]?.uploads = []
         let limit = Double(j.executionDuration)
-        running[id] = Task {
+        running[id] = (owner, Task {
             self.started(id)
             let outcome: Result<TAPTable, TAPError>
             do {
@@ -140,7 +142,7 @@ public actor AsyncJobs {
                 outcome = .failure(TAPError(500, "\(error)"))
             }
             self.finished(id, outcome)
-        }
+        })
     }
 
     static func withDeadline(_ seconds: Double, _ body: @escaping @Sendable () async throws(TAPError) -> TAPTable) async throws(TAPError) -> TAPTable {
@@ -171,10 +173,9 @@ public actor AsyncJobs {
     }
 
     func finished(_ id: String, _ outcome: Result<TAPTable, TAPError>) {
-        running[id] = nil
-        guard let j = jobs[id] else { return }
-        defer { startWaiting(of: j.owner) }
-        guard j.phase.isActive else { return }
+        let slot = running.removeValue(forKey: id)
+        defer { if let owner = slot?.owner ?? jobs[id]?.owner { startWaiting(of: owner) } }
+        guard let j = jobs[id], j.phase.isActive else { return }
         jobs[id]?.ended = Date()
         switch outcome {
         case .success(let t):
@@ -197,7 +198,7 @@ public actor AsyncJobs {
     public func abort(_ id: String, owner: String) throws(TAPError) {
         let j = try job(id, owner: owner)
         guard j.phase == .pending || j.phase.isActive else { return }
-        running.removeValue(forKey: id)?.cancel()
+        running[id]?.task.cancel()
         jobs[id]?.phase = .aborted
         jobs[id]?.ended = Date()
         startWaiting(of: owner)
@@ -205,7 +206,7 @@ public actor AsyncJobs {
 
     public func delete(_ id: String, owner: String) throws(TAPError) {
         _ = try job(id, owner: owner)
-        running.removeValue(forKey: id)?.cancel()
+        running[id]?.task.cancel()
         jobs[id] = nil
         startWaiting(of: owner)
     }
@@ -235,7 +236,7 @@ public actor AsyncJobs {
         let now = Date()
         var owners = Set<String>()
         for (id, j) in jobs where j.destruction < now {
-            running.removeValue(forKey: id)?.cancel()
+            running[id]?.task.cancel()
             jobs[id] = nil
             owners.insert(j.owner)
         }

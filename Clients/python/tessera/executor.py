@@ -64,7 +64,10 @@ def main(argv=None) -> int:
     if space:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (int(space), int(space)))
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = int(space) if hard == resource.RLIM_INFINITY else min(int(space), hard)
+        # Hard as well as soft: a function may not raise it again.
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     # A process group of its own (the worker's spawn makes one too), so that the worker's kill
     # (deadline, memory, cancel) takes the processes a function forks with it.

@@ -234,7 +234,7 @@ def _take_from_worker_socket(path):
     return answer
 
 
-def test_a_function_may_not_take_results_from_its_worker(client):
+def test_a_function_may_not_take_results_from_its_worker(client, tmp_path):
     """Users' functions run as the worker's Unix user, who may open its same-host socket: a take
     by guessed keys would hand them other users' results (and remove them). The worker refuses
     its own descendants there; other processes of the user (this test) are served."""
@@ -244,6 +244,30 @@ def test_a_function_may_not_take_results_from_its_worker(client):
 
     answers = set(client.catalog("object").map_partitions(probe, columns=["coord_ra"]))
     assert len(answers) == 1 and "may not take direct results" in answers.pop()
+
+    # Nor a process it forked twice, whose middle process is gone: re-parented away from the
+    # worker, it keeps the executor's process group and environment.
+    out = str(tmp_path / "grandchild.txt")
+
+    def escape(df):
+        path = f"/tmp/tessera-{os.getuid()}/worker-{os.getppid()}.sock"
+        child = os.fork()
+        if child == 0:
+            if os.fork() == 0:
+                time.sleep(0.5)
+                answer = _take_from_worker_socket(path)
+                with open(out + ".part", "w") as f:
+                    f.write(answer)
+                os.rename(out + ".part", out)
+            os._exit(0)
+        os.waitpid(child, 0)
+        return 1
+
+    client.catalog("object").map_partitions(escape, columns=["coord_ra"])
+    written_by = time.monotonic() + 15
+    while not os.path.exists(out) and time.monotonic() < written_by:
+        time.sleep(0.1)
+    assert "may not take direct results" in open(out).read()
     sockets = [f for f in os.listdir(f"/tmp/tessera-{os.getuid()}")
                if f.startswith("worker-") and f.endswith(".sock") and _alive(int(f[len("worker-"):-len(".sock")]))]
     assert sockets

@@ -497,7 +497,8 @@ enum ProcessTree {
         // After the name: state, parent, process group.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         guard fields.count > 2, let group = Int32(fields[2]) else { return true }
-        if group != pid, group > 1, descends(group, from: worker) { return true }
+        // (A group whose leader is gone, as a shell's job often is, says nothing either way.)
+        if group != pid, group > 1, descends(group, from: worker, unreadable: false) { return true }
         let marker = Array("\(PythonExecutors.workerMarker)=\(worker)".utf8)
         if let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") {
             if environ.split(separator: 0).contains(where: { Array($0) == marker }) { return true }
@@ -506,17 +507,18 @@ enum ProcessTree {
     }
 
     /// Whether `pid` is `ancestor` or one of its descendants (by parent links, at most 64 up).
-    /// A process whose parent cannot be read counts as one: refusing is the safe answer.
-    static func descends(_ pid: Int32, from ancestor: Int32) -> Bool {
+    /// A process whose parent cannot be read counts as `unreadable` (by default as one:
+    /// refusing is the safe answer for the peer itself).
+    static func descends(_ pid: Int32, from ancestor: Int32, unreadable: Bool = true) -> Bool {
         var p = pid
         for _ in 0..<64 {
             if p == ancestor { return true }
             if p <= 1 { return false }
             guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return true }
+                  let close = stat.lastIndex(of: ")") else { return unreadable }
             // After the name in parentheses (which may hold spaces): state, then the parent.
             let fields = stat[stat.index(after: close)...].split(separator: " ")
-            guard fields.count > 1, let parent = Int32(fields[1]) else { return true }
+            guard fields.count > 1, let parent = Int32(fields[1]) else { return unreadable }
             p = parent
         }
         return true

@@ -50,6 +50,15 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Resident memory, in MiB, one Python executor may reach during a call before it is killed.")
     var pythonMemoryMb: UInt64 = 2048
 
+    @Option(help: "How users' Python functions are confined: landlock (they read only the interpreter's, the system's and --python-read folders, write only their scratch folder and --python-write folders, open no TCP connection and signal no process outside; executors refuse to start where the kernel lacks Landlock) or none (they run with all of this worker's access).")
+    var pythonSandbox: PythonSandboxOption = .landlock
+
+    @Option(help: "A folder users' Python functions may read (repeatable; never within --data or the key).")
+    var pythonRead: [String] = []
+
+    @Option(help: "A folder users' Python functions may read and write (repeatable; never within --data or the key).")
+    var pythonWrite: [String] = []
+
     @Option(help: "Exit when the process with this pid is no longer the parent.")
     var exitWithParent: Int32?
 
@@ -85,12 +94,24 @@ struct WorkerCommand: ParsableCommand {
         s.parentPID = exitWithParent
         s.dataDirectory = data
         s.columnCacheBytes = (columnCacheMb ?? memoryLimitMb / 4) << 20
-        if !noPython { s.python = PythonSettings(executable: python, memoryLimitBytes: pythonMemoryMb << 20) }
+        if !noPython {
+            var py = PythonSettings(executable: python, memoryLimitBytes: pythonMemoryMb << 20)
+            py.sandboxed = pythonSandbox == .landlock
+            (py.readPaths, py.writePaths) = (pythonRead, pythonWrite)
+            py.privatePaths = PythonSettings.privatePaths(data: data, key: key ?? ProcessInfo.processInfo.environment["TESSERA_WORKER_KEY"])
+            if let problem = py.problem() { throw ValidationError(problem) }
+            s.python = py
+        }
         let daemon = try WorkerDaemon(s, logger: logger)
         print("tessera-worker peer=\(daemon.peerEndpoint) scheduler=\(scheduler)")
         fflush(nil)
         try daemon.run()
     }
+}
+
+/// `--python-sandbox`.
+enum PythonSandboxOption: String, ExpressibleByArgument, CaseIterable {
+    case landlock, none
 }
 
 BuildTarget.requireProcessor(program: "tessera-worker")

@@ -357,10 +357,11 @@ public final class SchedulerConnection {
     /// reply awaited (each value is dropped there once sent).
     private func take(_ locations: [Tessera_V1_ValueLocation]) throws -> [(UInt32, Value, Bool)] {
         var out: [(UInt32, Value, Bool)] = []
-        var byPlace: [String: (serverKey: String, keys: [UInt64])] = [:]
+        // Each take presents its job's secret, which only the job's client learns.
+        var byPlace: [String: (serverKey: String, token: Data, keys: [UInt64])] = [:]
         for l in locations {
             let place = takeEndpoint(l.worker)
-            byPlace[place.endpoint, default: (place.serverKey, [])].keys.append(l.key)
+            byPlace[place.endpoint, default: (place.serverKey, l.takeToken, [])].keys.append(l.key)
         }
         for (endpoint, place) in byPlace {
             let socket = try peer(endpoint, serverKey: place.serverKey)
@@ -370,6 +371,7 @@ public final class SchedulerConnection {
             f.requestID = id
             f.keys = place.keys
             f.take = true
+            f.takeToken = place.token
             var e = Envelope()
             e.fetchRequest = f
             let deadline = DispatchTime.now().uptimeNanoseconds + 60_000_000_000

@@ -15,10 +15,67 @@ public struct PythonSettings: Sendable {
     public var executable: String
     /// Resident memory one executor may reach during a call before it is killed.
     public var memoryLimitBytes: UInt64
+    /// Whether executors confine themselves with Landlock before running any function (they
+    /// refuse to start where the kernel cannot): see `tessera/_sandbox.py`.
+    public var sandboxed = true
+    /// Folders functions may read (besides the interpreter's and the system's) and write
+    /// (besides their executor's scratch folder), when sandboxed.
+    public var readPaths: [String] = []
+    public var writePaths: [String] = []
+    /// What functions may never read, whatever folder holds it: the worker's data folder and
+    /// its key file.
+    public var privatePaths: [String] = []
 
     public init(executable: String = "python3", memoryLimitBytes: UInt64 = 2 << 30) {
         self.executable = executable
         self.memoryLimitBytes = memoryLimitBytes
+    }
+
+    /// Why these settings cannot be used, or nil: a folder given to read or write that lies
+    /// within a private one (the data folder, the key), or that does not exist.
+    public func problem() -> String? {
+        for (option, paths) in [("--python-read", readPaths), ("--python-write", writePaths)] {
+            for p in paths {
+                var isFolder: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: p, isDirectory: &isFolder) else { return "\(option) \(p): no such file or folder" }
+                let real = Self.realPath(p)
+                for q in privatePaths where !q.isEmpty {
+                    let r = Self.realPath(q)
+                    if real == r || real.hasPrefix(r.hasSuffix("/") ? r : r + "/") {
+                        return "\(option) \(p) lies within \(q), which users' functions may not see (the worker's data folder or key)"
+                    }
+                }
+            }
+        }
+        return nil
+    }
+
+    /// What functions may never read on a worker with this data folder and key file: both, and
+    /// the key's folder too (other keys are kept beside it, `/etc/tessera/keys` say) unless that
+    /// is a system folder the interpreter needs.
+    public static func privatePaths(data: String?, key: String?) -> [String] {
+        var out = [data, key].compactMap { $0 }
+        if let key {
+            let folder = realPath((key as NSString).deletingLastPathComponent.isEmpty ? "." : (key as NSString).deletingLastPathComponent)
+            let shared: Set<String> = ["/", "/etc", "/usr", "/opt", "/var", "/tmp", "/home", "/root", realPath(NSHomeDirectory())]
+            if !shared.contains(folder) { out.append(folder) }
+        }
+        return out
+    }
+
+    static func realPath(_ p: String) -> String {
+        guard let r = realpath(p, nil) else { return p }
+        defer { free(r) }
+        return String(cString: r)
+    }
+
+    /// What the executor reads from `TESSERA_EXECUTOR_SANDBOX` (JSON), for an executor whose
+    /// scratch folder is `scratch`; nil when not sandboxed.
+    func sandboxConfiguration(scratch: String) -> String? {
+        guard sandboxed else { return nil }
+        let config: [String: Any] = ["read": readPaths, "write": writePaths, "private": privatePaths, "scratch": scratch]
+        guard let data = try? JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]) else { return nil }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 
@@ -287,11 +344,15 @@ final class PythonExecutor: @unchecked Sendable {
     let socket: Socket
     let logPath: String
     let socketPath: String
+    /// The folder the executor may write in (its working folder and TMPDIR), removed with it.
+    let scratchPath: String
     private(set) var pythonVersion = ""
 
     init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int) throws {
         socketPath = folder + "/executor-\(index).sock"
         logPath = folder + "/executor-\(index).log"
+        scratchPath = folder + "/executor-\(index).scratch"
+        try FileManager.default.createDirectory(atPath: scratchPath, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         socket = try context.socket(.pair)
         try socket.setReceiveTimeout(milliseconds: 100)
         try socket.setSendHighWaterMark(0)
@@ -307,13 +368,18 @@ final class PythonExecutor: @unchecked Sendable {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [settings.executable, "-m", "tessera.executor", "ipc://" + socketPath]
         }
-        var env = ProcessInfo.processInfo.environment
+        // Nothing of the worker's own configuration (its key's path, say) reaches users' code.
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TESSERA_") }
+        if let sandbox = settings.sandboxConfiguration(scratch: scratchPath) { env["TESSERA_EXECUTOR_SANDBOX"] = sandbox }
         // One thread per executor: the worker runs as many calls at once as it has threads.
         for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
         env["PYTHONUNBUFFERED"] = "1"
         env["TESSERA_EXECUTOR_ADDRESS_SPACE"] = "\(PythonExecutors.addressSpace(settings))"
         env[PythonExecutors.workerMarker] = "\(getpid())"
         process.environment = env
+        // Its working folder is its scratch folder: `python -m` puts the working folder first on
+        // sys.path, and the worker's own may hold the data folder.
+        process.currentDirectoryURL = URL(fileURLWithPath: scratchPath)
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)
         process.standardOutput = log
@@ -335,7 +401,9 @@ final class PythonExecutor: @unchecked Sendable {
             if !process.isRunning {
                 let tail = logTail()
                 stop()
-                throw PythonStartError(message: "it exited at start (status \(process.terminationStatus)): \(tail.isEmpty ? "no output" : tail)\nInstall the client (pip install Clients/python) into the interpreter the worker runs (--python)")
+                // Exit status 3: it could not confine itself, and says why.
+                let hint = process.terminationStatus == 3 ? "" : "\nInstall the client (pip install Clients/python) into the interpreter the worker runs (--python)"
+                throw PythonStartError(message: "it exited at start (status \(process.terminationStatus)): \(tail.isEmpty ? "no output" : tail)\(hint)")
             }
             if Date() > deadline {
                 stop()
@@ -362,6 +430,7 @@ final class PythonExecutor: @unchecked Sendable {
         socket.close()
         unlink(socketPath)
         unlink(logPath)
+        try? FileManager.default.removeItem(atPath: scratchPath)
         switch process.terminationReason {
         case .uncaughtSignal: return "killed by signal \(process.terminationStatus)"
         default: return "exit status \(process.terminationStatus)"

@@ -120,6 +120,14 @@ final class JobRecord {
     /// The CURVE key of the client that submitted the job (empty when insecure).
     var clientKey = ""
     var pendingLocations: [Tessera_V1_ValueLocation] = []
+    /// For direct results: the secret a take of them presents (see `JobSetup.take_token`).
+    var takeToken: [UInt8] = []
+
+    /// Sixteen bytes from the system's cryptographic generator (getrandom).
+    static func newTakeToken() -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<2).flatMap { _ in withUnsafeBytes(of: g.next() as UInt64) { Array($0) } }
+    }
     var lastResultsSentAt: UInt64 = 0
 
     var taskCount: Int { op.count }

@@ -1,3 +1,4 @@
+import struct Foundation.Data
 import DequeModule
 import TesseraProtocol
 import TesseraStorage
@@ -333,7 +334,10 @@ extension SchedulerCore {
             if !registeredShards.isEmpty && !job.dataKeys.isEmpty {
                 setup.dataChecksums = job.dataKeys.map { registeredShards[$0]?.checksum ?? 0 }
             }
-            if job.directResults { setup.clientKey = job.clientKey }
+            if job.directResults {
+                setup.clientKey = job.clientKey
+                setup.takeToken = Data(job.takeToken)
+            }
             setup.priority = job.priority.wire
             w.assignment.jobs.append(setup)
         }
@@ -407,6 +411,7 @@ extension SchedulerCore {
                 loc.worker.endpoint = w.peerEndpoint
                 loc.worker.publicKey = w.publicKey
                 loc.worker.localEndpoint = w.localEndpoint
+                loc.takeToken = Data(job.takeToken)
                 job.pendingLocations.append(loc)
                 job.delivered[t] = true
                 jobsWithResults.insert(job.id)

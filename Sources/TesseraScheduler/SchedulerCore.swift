@@ -446,6 +446,7 @@ public struct SchedulerCore {
         job.estimate = estimate
         jobsPerUser[user, default: 0] += 1
         job.clientKey = identity.publicKey
+        if job.directResults { job.takeToken = JobRecord.newTakeToken() }
         if s.taskTimeoutS > 0 { job.taskTimeoutNs = UInt64(s.taskTimeoutS * 1e9) }
         jobs[id] = job
         if let progress {

@@ -1,3 +1,4 @@
+import struct Foundation.Data
 import DequeModule
 import Dispatch
 import TesseraCompute
@@ -66,6 +67,9 @@ public struct WorkerEngine {
         var dataChecksums: [UInt64] = []
         /// For direct results: the key of the client that may take them.
         var clientKey = ""
+        /// For direct results: the secret a take must present (the scheduler's; only the job's
+        /// client learns it).
+        var takeToken: [UInt8] = []
         /// The job's class: its tasks queue by it.
         var priority: UInt8 = 1
     }
@@ -74,6 +78,8 @@ public struct WorkerEngine {
     struct HeldResults {
         /// The CURVE key of the job's client (empty on an insecure cluster: anyone local).
         var clientKey: String
+        /// What a take of them must present (empty: anything, from a scheduler that sets none).
+        var takeToken: [UInt8] = []
         var count = 0
         /// When the job ended (nil while it runs): untaken results go two minutes later.
         var finishedAt: UInt64?
@@ -323,7 +329,7 @@ public struct WorkerEngine {
         for s in a.jobs {
             jobs[s.jobID] = JobSetup(operators: s.operators.map { registry[$0] }, names: s.operators, params: s.params, dataKeys: s.dataKeys,
                                      dataChecksums: s.dataChecksums.count == s.dataKeys.count ? s.dataChecksums : [], clientKey: s.clientKey,
-                                     priority: PriorityClass(s.priority).rawValue)
+                                     takeToken: [UInt8](s.takeToken), priority: PriorityClass(s.priority).rawValue)
         }
         var peers: [WorkerID: String] = [:]
         for p in a.peers {
@@ -666,6 +672,16 @@ public struct WorkerEngine {
         return .replyToPeer(routingID: routingID, e, [frame])
     }
 
+    /// Whether a take's token is the job's (in time independent of where they differ); any token
+    /// will do for a job that has none.
+    static func sameSecret(_ expected: [UInt8], _ given: Data) -> Bool {
+        guard !expected.isEmpty else { return true }
+        guard given.count == expected.count else { return false }
+        var difference: UInt8 = 0
+        for (a, b) in zip(expected, given) { difference |= a ^ b }
+        return difference == 0
+    }
+
     /// The role of a client (ingest or direct results) on the peer endpoint: this prefix, then its key.
     public static let clientRolePrefix = "client:"
 
@@ -679,7 +695,7 @@ public struct WorkerEngine {
         var removed: [UInt64] = []
         for k in r.keys {
             guard let j = heldFor[k], let held = heldResults[j], clientKey == nil || held.clientKey == clientKey,
-                  let v = value(of: k) else {
+                  Self.sameSecret(held.takeToken, r.takeToken), let v = value(of: k) else {
                 reply.missing.append(k)
                 continue
             }
@@ -800,7 +816,7 @@ public struct WorkerEngine {
                     // Its client takes it from here (a direct result).
                     let j = TaskKey.job(c.key)
                     if heldFor[c.key] == nil {
-                        heldResults[j, default: HeldResults(clientKey: jobs[j]?.clientKey ?? "")].count += 1
+                        heldResults[j, default: HeldResults(clientKey: jobs[j]?.clientKey ?? "", takeToken: jobs[j]?.takeToken ?? [])].count += 1
                     }
                     heldFor[c.key] = j
                     if c.flags & 2 == 0, let s = keep(c.key, v) { spills.append(s) }

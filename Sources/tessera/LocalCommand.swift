@@ -56,6 +56,15 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "The gateway serves the HiPS trees in DATA/hips without a token.")
     var publicHips = false
 
+    @Option(help: "How workers confine users' Python functions: landlock (the default) or none (see tessera-worker --help).")
+    var pythonSandbox: String?
+
+    @Option(help: "A folder users' Python functions may read (repeatable).")
+    var pythonRead: [String] = []
+
+    @Option(help: "A folder users' Python functions may read and write (repeatable).")
+    var pythonWrite: [String] = []
+
     @Option(help: "Stop the cluster when the process with this pid exits (for a parent that starts it, like tessera.LocalCluster in Python).")
     var exitWithParent: Int32?
 
@@ -74,6 +83,8 @@ struct LocalCommand: ParsableCommand {
         o.python = python
         o.allowPython = !noPython
         o.pythonMemoryMb = pythonMemoryMb
+        if let pythonSandbox { o.workerArguments += ["--python-sandbox", pythonSandbox] }
+        o.workerArguments += pythonRead.flatMap { ["--python-read", $0] } + pythonWrite.flatMap { ["--python-write", $0] }
         o.clientTimeoutSeconds = clientTimeoutS
         // A daemon that dies is started again; say so where the user is looking.
         o.onEvent = { line in

@@ -168,6 +168,34 @@ struct WorkerEngineTests {
         #expect(e.invariantViolations().isEmpty)
     }
 
+    @Test("a take presents its job's token: a wrong, short or missing one takes nothing, on the same-host socket (no key) too")
+    func directResultsNeedTheJobsToken() throws {
+        var e = engine(id: 1)
+        var a = assignment(job: 4, [TaskSpec(key: key(4, 0), arg: 1, flags: 4), TaskSpec(key: key(4, 1), arg: 2, flags: 4)])
+        let token = (0..<16).map { UInt8($0 * 7 + 1) }
+        a.jobs[0].takeToken = Data(token)
+        _ = e.completed(run(executed(e.assign(a, now: 0))))
+        func take(_ k: UInt64, _ given: [UInt8], as client: String? = nil) -> [UInt64] {
+            var req = Tessera_V1_FetchRequest()
+            req.requestID = 1
+            req.keys = [k]
+            req.take = true
+            req.takeToken = Data(given)
+            guard case .replyToPeer(_, let env, _) = e.serveTake(req, clientKey: client, from: [1]), case .fetchReply(let rep) = env.body else { return [k] }
+            return rep.missing
+        }
+        var wrong = token
+        wrong[15] ^= 1
+        #expect(take(key(4, 0), []) == [key(4, 0)])
+        #expect(take(key(4, 0), wrong) == [key(4, 0)])
+        #expect(take(key(4, 0), Array(token.prefix(8))) == [key(4, 0)])
+        #expect(e.storedResults == 2)
+        #expect(take(key(4, 0), token).isEmpty)
+        #expect(take(key(4, 1), token).isEmpty)
+        #expect(e.storedResults == 0)
+        #expect(e.invariantViolations().isEmpty)
+    }
+
     @Test("direct results wait for their client, go once and only to its key, outlive a done job, not a cancelled one")
     func directResults() throws {
         var e = engine(id: 1)

@@ -8,21 +8,32 @@ functions run on the workers that hold each shard.
         q.count()
         q.select("objectId", r_mag="mag(r_psfFlux)").to_pandas()
 """
-from .client import Catalog, Client, GroupBy, Partial, Query
-from .cluster import LocalCluster
-from .errors import (
-    JobCancelled,
-    JobFailed,
-    NotAllowed,
-    OverLimit,
-    OverBudget,
-    ProtocolError,
-    PythonFunctionError,
-    QueryError,
-    SchedulerRestarted,
-    SchedulerUnavailable,
-    TesseraError,
-)
+import importlib
+
+# Names are imported on first use (PEP 562), so that `import tessera` alone loads no numpy,
+# pandas or ZeroMQ: the workers' Python executor (`tessera.executor`) must confine itself
+# before any of them starts a thread (see `tessera._sandbox`).
+_WHERE = {
+    "Catalog": "client", "Client": "client", "GroupBy": "client", "Partial": "client", "Query": "client",
+    "LocalCluster": "cluster",
+    **{name: "errors" for name in (
+        "JobCancelled", "JobFailed", "NotAllowed", "OverLimit", "OverBudget", "ProtocolError",
+        "PythonFunctionError", "QueryError", "SchedulerRestarted", "SchedulerUnavailable", "TesseraError")},
+}
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tessera' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __version__ = "0.1.0"
 __all__ = [

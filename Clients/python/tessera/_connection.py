@@ -321,8 +321,9 @@ class Connection:
         """Asks each worker for the values of `job` it holds for this client (it drops each once sent)."""
         by_worker: dict = {}
         for loc in locations:
-            by_worker.setdefault(self._take_endpoint(loc.worker), []).append(loc.key)
-        for (endpoint, key), keys in by_worker.items():
+            # Each take presents the job's secret, which only its client learns.
+            by_worker.setdefault((*self._take_endpoint(loc.worker), loc.take_token), []).append(loc.key)
+        for (endpoint, key, token), keys in by_worker.items():
             peer = self._peers.get((endpoint, key))
             if peer is None:
                 peer = self._ctx.socket(zmq.DEALER)
@@ -342,6 +343,7 @@ class Connection:
             env.fetch_request.request_id = request
             env.fetch_request.keys.extend(keys)
             env.fetch_request.take = True
+            env.fetch_request.take_token = token
             peer.send_multipart(_wire.encode(env))
 
     def _take_endpoint(self, worker):

@@ -14,7 +14,10 @@ The reply header says `ok`, or the failure: `exception` (with the traceback), `m
 the function needs is not installed here), `unpicklable` (the value cannot be pickled).
 
 The worker, not this process, enforces the deadline and the memory limit: it kills an
-executor that runs too long or grows too large, and starts another for the next call.
+executor that runs too long or grows too large, and starts another for the next call. Before
+anything else (before any thread starts), the executor confines itself with Landlock as the
+worker's `TESSERA_EXECUTOR_SANDBOX` says (`tessera._sandbox`): no reads of the worker's data
+folder or key, writes only in its scratch folder, no TCP, no signals to the worker.
 """
 from __future__ import annotations
 
@@ -53,6 +56,22 @@ def main(argv=None) -> int:
     if len(argv) != 1 or not argv[0].startswith("ipc://"):
         print("usage: python -m tessera.executor ipc://PATH (started by a tessera-worker)", file=sys.stderr)
         return 2
+    # First, while this is the only thread: Landlock confines the calling thread and what it
+    # starts after, and pandas (through pyarrow's allocator) starts a thread at import.
+    sandbox = os.environ.pop("TESSERA_EXECUTOR_SANDBOX", "")
+    if sandbox:
+        from tessera import _sandbox
+
+        try:
+            config = json.loads(sandbox)
+            done = _sandbox.confine(read=config.get("read", []), write=config.get("write", []),
+                                    private=config.get("private", []), scratch=config.get("scratch"))
+        except (_sandbox.SandboxUnavailable, OSError, ValueError) as e:
+            print(f"tessera executor: cannot confine users' functions: {e}", file=sys.stderr)
+            return 3
+        print(f"tessera executor: confined (Landlock ABI {done['abi']}; TCP {'refused' if done['tcp'] else 'open'}; "
+              f"signals {'scoped' if done['signals'] else 'open'}; kept from {done['dropped']})", file=sys.stderr)
+
     import cloudpickle
     import numpy as np
     import pandas as pd

@@ -16,6 +16,10 @@ import tessera
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 ROWS = 60_000
+# Whether this kernel has Landlock, which the workers' Python sandbox needs (where it has not,
+# the session's cluster runs functions unconfined and the sandbox's own tests are skipped).
+LANDLOCK = __import__("tessera._sandbox", fromlist=["abi_version"]).abi_version() > 0
+SANDBOX_ARGS = [] if LANDLOCK else ["--python-sandbox", "none"]
 ZP = 31.4
 
 
@@ -63,9 +67,25 @@ def ingest(bins, cluster, name, files, max_rows_per_shard):
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, bins, catalog_files):
+def functions_folder(tmp_path_factory):
+    """A folder users' functions on the session's cluster may write (`--python-write`): the
+    workers' sandbox lets them write nowhere else but their scratch folder."""
+    return tmp_path_factory.mktemp("functions")
+
+
+@pytest.fixture
+def function_dir(functions_folder, request):
+    """A folder of this test's own in `functions_folder`."""
+    d = functions_folder / request.node.name
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, bins, catalog_files, functions_folder):
     data = tmp_path_factory.mktemp("cluster")
-    with tessera.LocalCluster(workers=2, threads=2, data=str(data), bin_dir=bins) as c:
+    with tessera.LocalCluster(workers=2, threads=2, data=str(data), bin_dir=bins,
+                              extra_args=["--python-write", str(functions_folder), *SANDBOX_ARGS]) as c:
         ingest(bins, c, "object", catalog_files, 4000)
         # The same rows sharded otherwise: answers must not depend on the sharding.
         ingest(bins, c, "object_coarse", catalog_files, 25000)

@@ -1,7 +1,10 @@
 """Users' Python functions run on the workers holding each shard (map_partitions, reduce), and
 what happens when they fail, run too long, grow too large, or are not allowed."""
+import glob
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,8 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import cloudpickle
 import tessera
-from conftest import ROWS, mag
+from conftest import LANDLOCK, ROWS, SANDBOX_ARGS, ingest, mag
+
+# The functions below use this module's helpers, which the workers cannot import (their
+# executors run in a scratch folder, not here): they travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_map_partitions_dataframes_are_concatenated(client, reference):
@@ -91,7 +99,7 @@ def test_a_function_past_its_deadline_is_killed(client):
 def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_path):
     from conftest import ingest
 
-    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--python-memory-mb", "300"]) as c:
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--python-memory-mb", "300", *SANDBOX_ARGS]) as c:
         ingest(bins, c, "object", catalog_files[:1], 30000)
         with tessera.Client(c, progress=False) as client:
             def hog(df):
@@ -135,10 +143,10 @@ def _alive(pid):
         return False
 
 
-def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, tmp_path):
+def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, function_dir):
     """A KeyboardInterrupt during a call cancels the job: the executors running the function are
     killed, and the scheduler sees no job running."""
-    marks = tmp_path / "pids"
+    marks = function_dir / "pids"
     marks.mkdir()
 
     def slow(df, marks=str(marks)):
@@ -172,7 +180,7 @@ def test_a_slow_reader_keeps_its_job_alive(bins, catalog_files, tmp_path):
     2 s, and the job runs for longer than that while the reader sleeps."""
     from conftest import ingest
 
-    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--client-timeout-s", "2"]) as c:
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path), bin_dir=bins, extra_args=["--client-timeout-s", "2", *SANDBOX_ARGS]) as c:
         ingest(bins, c, "object", catalog_files[:1], 6000)
         with tessera.Client(c, progress=False) as client:
             q = client.catalog("object")
@@ -212,8 +220,9 @@ def test_executors_serve_one_user_each(cluster, bins):
         assert "mallory" in set(mallory.catalog("object").map_partitions(look, columns=["coord_ra"]))
 
 
-def _take_from_worker_socket(path):
-    """A take of a made-up direct result from a worker's same-host socket: what it answers."""
+def _take_from_worker_socket(path, key=(1 << 32) | 1, token=b"", detail=False):
+    """A take of a direct result (by default a made-up one) from a worker's same-host socket:
+    what it answers (with `detail`, also the keys it sent and those it reported missing)."""
     import zmq
     from tessera import _wire
     from tessera.v1 import tessera_pb2
@@ -223,18 +232,42 @@ def _take_from_worker_socket(path):
     s.connect("ipc://" + path)
     env = tessera_pb2.Envelope()
     env.fetch_request.request_id = 1
-    env.fetch_request.keys.append((1 << 32) | 1)
+    env.fetch_request.keys.append(key)
     env.fetch_request.take = True
+    env.fetch_request.take_token = token
     s.send_multipart(_wire.encode(env))
-    answer = "no answer"
+    answer, sent, missing = "no answer", [], []
     if s.poll(5000):
         reply = _wire.decode_header(_wire._view(s.recv_multipart()[0]))
         answer = reply.WhichOneof("body") + (": " + reply.error.message if reply.WhichOneof("body") == "error" else "")
+        if answer == "fetch_reply":
+            sent, missing = [v.key for v in reply.fetch_reply.values], list(reply.fetch_reply.missing)
     s.close()
-    return answer
+    return (answer, sent, missing) if detail else answer
 
 
-def test_a_function_may_not_take_results_from_its_worker(client, tmp_path):
+def test_a_take_needs_its_jobs_token(cluster):
+    """A process that knows where a job's direct result waits (worker and key) but not the job's
+    token, which only its client learns, takes nothing; with the token it takes it."""
+    with tessera.Client(cluster, progress=False) as c:
+        held = []
+        # This client leaves its results on the workers and keeps where they are.
+        c._conn._take = lambda job, locations: held.extend(locations)
+        threading.Thread(target=lambda: c.catalog("object").select("objectId").to_pandas(), daemon=True).start()
+        by = time.monotonic() + 30
+        while not held and time.monotonic() < by:
+            time.sleep(0.05)
+        assert held, "no direct result was located within 30 s"
+        loc = held[0]
+        assert len(loc.take_token) == 16
+        path = loc.worker.local_endpoint[len("ipc://"):]
+        wrong = bytes(b ^ 1 for b in loc.take_token)
+        for token in (b"", wrong, loc.take_token[:8]):
+            assert _take_from_worker_socket(path, loc.key, token, detail=True) == ("fetch_reply", [], [loc.key])
+        assert _take_from_worker_socket(path, loc.key, loc.take_token, detail=True) == ("fetch_reply", [loc.key], [])
+
+
+def test_a_function_may_not_take_results_from_its_worker(client, function_dir):
     """Users' functions run as the worker's Unix user, who may open its same-host socket: a take
     by guessed keys would hand them other users' results (and remove them). The worker refuses
     its own descendants there; other processes of the user (this test) are served."""
@@ -249,7 +282,7 @@ def test_a_function_may_not_take_results_from_its_worker(client, tmp_path):
 
     # Nor a process it forked twice, whose middle process is gone: re-parented away from the
     # worker, it keeps the executor's process group and environment.
-    out = str(tmp_path / "grandchild.txt")
+    out = str(function_dir / "grandchild.txt")
 
     def escape(df):
         path = f"/tmp/tessera-{os.getuid()}/worker-{os.getppid()}.sock"
@@ -284,8 +317,8 @@ def _running(pid):
         return False
 
 
-def test_a_killed_function_takes_what_it_forked_with_it(client, tmp_path):
-    marker = str(tmp_path / "child.pid")
+def test_a_killed_function_takes_what_it_forked_with_it(client, function_dir):
+    marker = str(function_dir / "child.pid")
 
     def forks(df):
         child = os.fork()
@@ -315,3 +348,104 @@ def test_a_function_that_prints_without_end_is_killed(client):
     with pytest.raises(tessera.PythonFunctionError, match="printed over 64 MiB: killed"):
         client.catalog("object").map_partitions(chatty, columns=["coord_ra"])
     assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
+
+
+def _probe_access(paths, port, writable):
+    """What a function may do on its worker: read each of `paths`, connect to `port` on
+    loopback, signal its worker, write in its scratch folder, in `writable` and in /tmp."""
+    def probe(df):
+        import os
+        import socket
+        import tempfile
+
+        def attempt(f):
+            try:
+                f()
+                return "allowed"
+            except OSError as e:
+                return type(e).__name__
+
+        out = {p: attempt(lambda p=p: open(p, "rb").read(1)) for p in paths}
+        out["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close())
+        out["signal worker"] = attempt(lambda: os.kill(os.getppid(), 0))
+        out["scratch"] = attempt(lambda: tempfile.TemporaryFile().write(b"x"))
+        out["writable"] = attempt(lambda: open(os.path.join(writable, f"{os.getpid()}.txt"), "w").write("x"))
+        out["/tmp"] = attempt(lambda: open(f"/tmp/tessera-probe-{os.getpid()}", "w").write("x"))
+        return out
+    return probe
+
+
+def _secrets(data):
+    """Files of a local cluster's folder a function must not read: shards, keys, the registry."""
+    files = [p for p in glob.glob(os.path.join(data, "**", "*"), recursive=True) if os.path.isfile(p)]
+    shards = [p for p in files if "/worker-" in p and p.endswith(".shard")][:2]
+    keys = [p for p in files if p.endswith(".key")][:3]
+    assert shards and keys, f"no shards or keys found in {data}: {files[:20]}"
+    return shards + keys
+
+
+@pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock: the workers' sandbox cannot run here")
+def test_functions_are_confined(cluster, client, function_dir):
+    """With the workers' default sandbox (Landlock), a function reads no shard or key of the
+    cluster, opens no TCP connection (not even to the scheduler), signals no process outside
+    its sandbox, and writes only in its scratch folder and the folders it was given."""
+    secrets = _secrets(cluster.data)
+    probe = _probe_access(secrets, cluster.port, str(function_dir))
+    for answer in client.catalog("object").map_partitions(probe, columns=["coord_ra"]):
+        for p in secrets:
+            assert answer[p] == "PermissionError", (p, answer)
+        assert answer["tcp"] == "PermissionError", answer
+        assert answer["signal worker"] == "PermissionError", answer
+        assert answer["/tmp"] == "PermissionError", answer
+        assert answer["scratch"] == "allowed" and answer["writable"] == "allowed", answer
+
+
+def test_without_the_sandbox_a_function_has_the_workers_access(bins, catalog_files, tmp_path):
+    """The same probe on a worker started with --python-sandbox none reads the shards and keys:
+    what the sandbox takes away (and proof the probe can see it)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path / "data"), bin_dir=bins,
+                              extra_args=["--python-sandbox", "none"]) as c:
+        ingest(bins, c, "object", catalog_files[:1], 30000)
+        secrets = _secrets(c.data)
+        with tessera.Client(c, progress=False) as client:
+            answers = client.catalog("object").map_partitions(_probe_access(secrets, c.port, str(shared)), columns=["coord_ra"])
+    for answer in answers:
+        assert all(answer[p] == "allowed" for p in secrets), answer
+        assert answer["tcp"] == "allowed" and answer["signal worker"] == "allowed", answer
+
+
+def test_a_worker_refuses_a_function_folder_within_its_data(bins, tmp_path):
+    """--python-read of a folder inside the worker's data folder would hand functions its
+    shards: the worker does not start, and says why."""
+    data = tmp_path / "data"
+    (data / "shards").mkdir(parents=True)
+    out = subprocess.run([os.path.join(bins, "tessera-worker"), "--insecure", "--data", str(data),
+                          "--python-read", str(data / "shards")], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "lies within" in out.stderr and "data folder" in out.stderr, out.stderr
+
+
+def test_the_sandbox_keeps_private_paths_out_of_granted_folders(tmp_path):
+    """Landlock only adds access: a granted folder holding a private path is granted entry by
+    entry around it; a granted path inside a private one is dropped."""
+    from tessera import _sandbox
+
+    for p in ("a/x", "a/b/c/secret", "a/b/d", "a/b/c/also"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("x")
+    granted, dropped = _sandbox.rules([str(tmp_path / "a"), str(tmp_path / "a/b/c/also")], [str(tmp_path / "a/b/c")])
+    assert sorted(granted) == sorted(str(tmp_path / p) for p in ("a/x", "a/b/d"))
+    assert dropped == [str(tmp_path / "a/b/c"), str(tmp_path / "a/b/c/also")]
+
+
+@pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock")
+def test_the_sandbox_refuses_when_a_thread_already_runs(tmp_path):
+    """Landlock confines the calling thread and what it starts later: with another thread
+    running, confining would leave it free, so the executor refuses."""
+    code = ("import threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+            "from tessera import _sandbox\n"
+            "try:\n    _sandbox.confine(scratch=%r)\nexcept _sandbox.SandboxUnavailable as e:\n    print('refused:', e)\n" % str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "refused: 2 threads run before the sandbox" in out.stdout, out.stdout + out.stderr

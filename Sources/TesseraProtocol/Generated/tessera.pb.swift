@@ -927,6 +927,12 @@ public nonisolated struct Tessera_V1_JobSetup: Sendable {
   /// The job's class: a worker runs queued tasks of a more urgent class first.
   public var priority: Tessera_V1_PriorityClass = .priorityNormal
 
+  /// For a job with direct results: the secret (16 random bytes, made by the scheduler) a take of
+  /// its results must present, on the peer endpoint and on the same-host socket alike. Only the
+  /// job's client learns it (in each ValueLocation), so a process that can reach the worker (a
+  /// user's function on it, running as its Unix user) cannot take what it cannot name.
+  public var takeToken: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1089,6 +1095,10 @@ public nonisolated struct Tessera_V1_FetchRequest: Sendable {
   /// From a client: its job's direct results, each dropped here once sent. Only the key the
   /// job's client connected with may take them.
   public var take: Bool = false
+
+  /// With `take`: the job's take token (from its ValueLocations); keys of a job whose token this
+  /// is not are reported missing.
+  public var takeToken: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1424,6 +1434,9 @@ public nonisolated struct Tessera_V1_ValueLocation: Sendable {
   public var hasWorker: Bool {self._worker != nil}
   /// Clears the value of `worker`. Subsequent reads from it will return its default value.
   public mutating func clearWorker() {self._worker = nil}
+
+  /// What a take of this value presents (FetchRequest.take_token): its job's secret.
+  public var takeToken: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3243,7 +3256,7 @@ nonisolated extension Tessera_V1_Deregister: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSetup"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0\u{3}client_key\0\u{1}priority\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}operators\0\u{1}params\0\u{3}data_keys\0\u{3}data_checksums\0\u{3}client_key\0\u{1}priority\0\u{3}take_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3258,6 +3271,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
       case 5: try { try decoder.decodeRepeatedFixed64Field(value: &self.dataChecksums) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.clientKey) }()
       case 7: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.takeToken) }()
       default: break
       }
     }
@@ -3285,6 +3299,9 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if self.priority != .priorityNormal {
       try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 7)
     }
+    if !self.takeToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.takeToken, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3296,6 +3313,7 @@ nonisolated extension Tessera_V1_JobSetup: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.dataChecksums != rhs.dataChecksums {return false}
     if lhs.clientKey != rhs.clientKey {return false}
     if lhs.priority != rhs.priority {return false}
+    if lhs.takeToken != rhs.takeToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3608,7 +3626,7 @@ nonisolated extension Tessera_V1_CancelTasks: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FetchRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0\u{1}take\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}keys\0\u{1}take\0\u{3}take_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3619,6 +3637,7 @@ nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
       case 2: try { try decoder.decodeRepeatedFixed64Field(value: &self.keys) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.take) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.takeToken) }()
       default: break
       }
     }
@@ -3634,6 +3653,9 @@ nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProto
     if self.take != false {
       try visitor.visitSingularBoolField(value: self.take, fieldNumber: 3)
     }
+    if !self.takeToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.takeToken, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3641,6 +3663,7 @@ nonisolated extension Tessera_V1_FetchRequest: SwiftProtobuf.Message, SwiftProto
     if lhs.requestID != rhs.requestID {return false}
     if lhs.keys != rhs.keys {return false}
     if lhs.take != rhs.take {return false}
+    if lhs.takeToken != rhs.takeToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4233,7 +4256,7 @@ nonisolated extension Tessera_V1_JobResults: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tessera_V1_ValueLocation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ValueLocation"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}bytes\0\u{1}worker\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}bytes\0\u{1}worker\0\u{3}take_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4244,6 +4267,7 @@ nonisolated extension Tessera_V1_ValueLocation: SwiftProtobuf.Message, SwiftProt
       case 1: try { try decoder.decodeSingularFixed64Field(value: &self.key) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._worker) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.takeToken) }()
       default: break
       }
     }
@@ -4263,6 +4287,9 @@ nonisolated extension Tessera_V1_ValueLocation: SwiftProtobuf.Message, SwiftProt
     try { if let v = self._worker {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     } }()
+    if !self.takeToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.takeToken, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4270,6 +4297,7 @@ nonisolated extension Tessera_V1_ValueLocation: SwiftProtobuf.Message, SwiftProt
     if lhs.key != rhs.key {return false}
     if lhs.bytes != rhs.bytes {return false}
     if lhs._worker != rhs._worker {return false}
+    if lhs.takeToken != rhs.takeToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,200 @@
+"""Confines a Tessera Python executor with Linux's Landlock before it runs users' functions.
+
+A function runs as the worker's Unix user. Without a sandbox it could read what that user can:
+the worker's shards and secret key, other executors' logs, the scheduler's files on the same
+host; open TCP connections to the cluster's endpoints; signal or ptrace the worker. Landlock
+(Linux 5.13 and later, unprivileged) lets a process give up access for itself and everything
+it forks, irrevocably. After `confine`:
+
+- files: read (and execute) only beneath the interpreter's own folders (its prefixes and
+  `sys.path`), the system's (`/usr`, `/lib*`, `/bin`, `/etc`, `/proc`, `/sys`) and folders the
+  worker's operator named (`--python-read`); read and write only in the executor's scratch
+  folder (its `TMPDIR` and working folder) and folders named with `--python-write`; nothing
+  else (the worker's data folder and key among it);
+- TCP: no bind, no connect (Landlock ABI 4, Linux 6.7);
+- no signals to processes outside the sandbox, no abstract Unix sockets outside it (ABI 6,
+  Linux 6.12); ptrace of processes outside it is refused by Landlock at every ABI, and with it
+  `/proc/PID/mem` and `environ` of the worker.
+
+What it does not cover: UDP and other non-TCP sockets, connecting to Unix sockets by path
+(the worker's same-host socket checks who connects), CPU and memory (the worker's limits).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import sysconfig
+
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446   # the same on every architecture
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Filesystem rights, and the ABI that introduced each past the first.
+_EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_REMOVE_DIR, _REMOVE_FILE, _MAKE_CHAR, _MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+_MAKE_REG, _MAKE_SOCK, _MAKE_FIFO, _MAKE_BLOCK, _MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
+_REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+# Rights that apply to a file (a rule on a file, not a folder, may grant only these).
+_FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
+_READ = _EXECUTE | _READ_FILE | _READ_DIR
+
+# What a system folder is read for, besides the interpreter's own.
+SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt")
+# Devices functions may use.
+DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
+
+
+class SandboxUnavailable(RuntimeError):
+    """Landlock is missing or refused: the executor does not run functions unconfined."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI (0: none: the kernel lacks it, or it is turned off)."""
+    libc = _libc()
+    v = libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    return max(0, int(v))
+
+
+def _beneath(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies beneath it (both real paths)."""
+    folder = folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/") or folder == ""
+
+
+def rules(paths, private) -> tuple:
+    """The real paths to grant for `paths`, keeping clear of `private` ones (the worker's data
+    folder, its key): a path beneath a private one is dropped; a folder holding a private path
+    is replaced by its entries, the same way down (Landlock only ever adds access, so a private
+    path inside a granted folder cannot be carved out of it). Missing paths are skipped.
+    Returns (granted, dropped)."""
+    private = [os.path.realpath(p) for p in private if p]
+    granted, dropped = [], []
+
+    def add(p, depth=0):
+        if not p or not os.path.exists(p):
+            return
+        r = os.path.realpath(p)
+        if any(_beneath(r, q) for q in private):
+            dropped.append(r)
+            return
+        if depth < 16 and any(_beneath(q, r) for q in private):
+            try:
+                names = sorted(os.listdir(r))
+            except OSError:
+                return
+            for name in names:
+                add(os.path.join(r, name), depth + 1)
+            return
+        if r not in granted:
+            granted.append(r)
+
+    for p in paths:
+        add(p)
+    return granted, dropped
+
+
+def interpreter_folders() -> list:
+    """The folders this interpreter imports from: its prefixes, its install paths and `sys.path`."""
+    out = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            out.append(p)
+    out += [p for p in sys.path if p]
+    return out
+
+
+def confine(read=(), write=(), private=(), scratch=None) -> dict:
+    """Confines this process and what it forks, for good (see the module's docstring): reads
+    beneath the interpreter's and the system's folders and `read`, writes beneath `write` and
+    `scratch`, none beneath `private`. Also moves into `scratch` and takes `sys.path` entries
+    that overlap `private` away. Raises `SandboxUnavailable` when Landlock cannot be used.
+    Returns what it did (for the log)."""
+    abi = abi_version()
+    # Landlock confines the calling thread (and what it starts later): a thread already running
+    # would stay free, and code that runs in this process can take over any of its threads.
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise SandboxUnavailable(f"{threads} threads run before the sandbox is set up; it must be the first thing the executor does")
+    if abi < 1:
+        raise SandboxUnavailable(
+            f"Landlock is not available on this kernel ({os.uname().release}): users' functions would run with all of "
+            "the worker's access; start the worker with --python-sandbox none to run them so anyway")
+    fs = (_EXECUTE | _WRITE_FILE | _READ_FILE | _READ_DIR | _REMOVE_DIR | _REMOVE_FILE | _MAKE_CHAR | _MAKE_DIR
+          | _MAKE_REG | _MAKE_SOCK | _MAKE_FIFO | _MAKE_BLOCK | _MAKE_SYM)
+    if abi >= 2:
+        fs |= _REFER
+    if abi >= 3:
+        fs |= _TRUNCATE
+    if abi >= 5:
+        fs |= _IOCTL_DEV
+    net = _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0
+    writes = list(write) + ([scratch] if scratch else [])
+    reads, dropped = rules(interpreter_folders() + list(SYSTEM_READ) + list(read), private)
+    writes, dropped_writes = rules(writes, private)
+    dropped += dropped_writes
+    # sys.path entries that overlap a private folder (the worker's working folder, say) go too.
+    sys.path[:] = [p for p in sys.path if not p or os.path.realpath(p) not in dropped]
+
+    libc = _libc()
+    attr = _RulesetAttr(fs, net, scoped)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise SandboxUnavailable(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        def allow(path, rights):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return
+            try:
+                if not os.path.isdir(path):
+                    rights &= _FILE_RIGHTS
+                rule = _PathBeneathAttr(rights & fs, fd)
+                if libc.syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                                ctypes.c_uint32(0)) != 0:
+                    raise SandboxUnavailable(f"landlock_add_rule for {path} failed: {os.strerror(ctypes.get_errno())}")
+            finally:
+                os.close(fd)
+
+        for p in reads:
+            allow(p, _READ)
+        for p in DEVICES:
+            allow(p, _READ_FILE | _WRITE_FILE)
+        for p in writes:
+            allow(p, fs)
+        if scratch:
+            os.chdir(scratch)
+            os.environ["TMPDIR"] = scratch
+            import tempfile
+
+            tempfile.tempdir = None   # found again from TMPDIR
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise SandboxUnavailable(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+        if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            raise SandboxUnavailable(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(ruleset)
+    return {"abi": abi, "read": reads, "write": writes, "dropped": dropped, "tcp": bool(net), "signals": bool(scoped)}

@@ -150,6 +150,15 @@ extension Limits {
     }
 }
 
+extension Double {
+    /// The number as a whole number for a message ("4097"), or as it is when no `Int` holds it
+    /// ("1e+300", "nan"): `Int(x)` traps on those, and the values a message names are often
+    /// the hostile ones it refuses.
+    public var wholeText: String {
+        isFinite && magnitude < 0x1p62 ? String(Int(rounded())) : "\(self)"
+    }
+}
+
 /// Checks shared by every daemon for names and endpoints that come from outside.
 public enum Validate {
     /// A name made of letters, digits, `-`, `_` and `.`, not empty, not starting with `.`, at most

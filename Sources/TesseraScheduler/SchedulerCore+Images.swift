@@ -83,10 +83,16 @@ extension SchedulerCore {
             guard grid.box.pixelCount * bands.count <= CutoutGeometry.maxPixels else {
                 throw .invalidContent("a cutout of \(bands.count) bands × \(grid.box.width) × \(grid.box.height) pixels is over the limit of \(CutoutGeometry.maxPixels) pixels: ask for fewer bands or a smaller region")
             }
+            // Each patch's task makes a piece the size of the whole box: a tiling of small patches
+            // would make thousands of them for one large cutout.
+            guard grid.box.pixelCount * chosen.count <= CutoutGeometry.maxLeafPixels else {
+                throw .invalidContent("a cutout of \(grid.box.width) × \(grid.box.height) pixels spans \(chosen.count) patches of \(bands.count) band(s), whose pieces would hold \(grid.box.pixelCount * chosen.count) pixels, over the limit of \(CutoutGeometry.maxLeafPixels): ask for a smaller region or fewer bands")
+            }
             params = [ImageOperators.cutoutParams(box: grid.box, tract: grid.tract, gridWCS: grid.wcs, tiling: (tiling.tractOrder, tiling.patchOrder))]
             leaves = chosen.map { ($0, 0) }
         } else {
             // Images on their own grids: per band, the first that holds the centre.
+            var pixels = 0
             for b in bands {
                 for s in images.patches.indices {
                     guard let h = images.patches[s], h.tract < 0, h.band == b,
@@ -96,8 +102,13 @@ extension SchedulerCore {
                     do { box = try CutoutGeometry.box(region: plan.region, width: Int(spec.width), height: Int(spec.height), wcs: h.wcs) } catch { throw .invalidContent("\(error)") }
                     params.append(ImageOperators.cutoutParams(box: box, tract: -1, gridWCS: h.wcs, tiling: (-1, -1)))
                     leaves.append((s, params.count - 1))
+                    pixels += box.pixelCount
                     break
                 }
+            }
+            // All bands' boxes, as on a tract's grid.
+            guard pixels <= CutoutGeometry.maxPixels else {
+                throw .invalidContent("a cutout of \(bands.count) bands holding \(pixels) pixels is over the limit of \(CutoutGeometry.maxPixels) pixels: ask for fewer bands or a smaller region")
             }
         }
         guard !leaves.isEmpty else {
@@ -216,6 +227,19 @@ extension SchedulerCore {
         do { bands = try ImageDataset.bands(spec.bands, of: images.info, dataset: plan.dataset) } catch { throw .invalidContent("\(error)") }
         guard spec.mapOrder <= 16 else { throw .invalidContent("a depth map of order \(spec.mapOrder): at most 16") }
         let chosen = try d.imageShards(meeting: plan) { bands.contains($0.band) }
+        // The map's pixels grow with the area asked for and four times an order: bound them
+        // (each patch covers at most its own pixels' worth of map pixels, and at least one).
+        let order = spec.mapOrder == 0 ? ImageStatistics.defaultMapOrder : Int(spec.mapOrder)
+        let mapPixelArcsec2 = 4 * Double.pi / Double(HEALPix.pixelCount(order)) * pow(180 / Double.pi * 3600, 2)
+        var mapPixels = 0.0
+        for s in chosen {
+            guard let h = images.patches[s] else { continue }
+            let area = Double(h.width) * Double(h.height)
+            mapPixels += min(area, area * pow(h.wcs.pixelScaleArcsec, 2) / mapPixelArcsec2 + 4)
+        }
+        guard mapPixels <= Double(ImageStatistics.maxMapPixels) else {
+            throw .invalidContent("a depth map of order \(order) over \(chosen.count) patches would hold about \(mapPixels.wholeText) pixels, over the limit of \(ImageStatistics.maxMapPixels): ask for a lower order or a smaller region")
+        }
         var g = TaskGraph(operators: ["image_stats", "catalog_merge"], params: [CatalogOperators.params(plan: plan, raColumn: "", decColumn: "")],
                           dataKeys: chosen.map { d.keys[$0] })
         var estimate = Tessera_V1_CostEstimate()

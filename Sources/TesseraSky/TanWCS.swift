@@ -44,6 +44,23 @@ public struct TanWCS: Sendable, Equatable, Hashable, Codable {
         return w
     }
 
+    /// Why this projection cannot place pixels on the sky with finite numbers, or nil: each
+    /// number finite, the tangent point's declination within ±90°, its pixel within 2⁴⁰, each CD
+    /// element at most 10° a pixel and the determinant's square root (the pixel's side) from
+    /// 1e-6″ to 3600″. A determinant that overflows or underflows (CD elements of 1e308 or
+    /// 1e-150) would make `sky` return NaN, and a NaN position traps where it becomes an
+    /// integer (a HEALPix pixel).
+    public var problem: String? {
+        let all = [crval1, crval2, crpix1, crpix2, cd11, cd12, cd21, cd22, lonpole]
+        guard all.allSatisfy(\.isFinite) else { return "a WCS number is not finite" }
+        guard (-90...90).contains(crval2) else { return "CRVAL2 \(crval2) is not a declination" }
+        guard crpix1.magnitude < 0x1p40, crpix2.magnitude < 0x1p40 else { return "CRPIX \(crpix1), \(crpix2) lies over 2⁴⁰ pixels away" }
+        guard [cd11, cd12, cd21, cd22].allSatisfy({ $0.magnitude <= 10 }) else { return "a CD element is over 10° a pixel" }
+        let scale = pixelScaleArcsec
+        guard scale.isFinite, (1e-6...3600).contains(scale) else { return "a pixel \(scale)″ wide (from the CD matrix's determinant): must be from 1e-6″ to 3600″" }
+        return nil
+    }
+
     /// The side of a pixel, arcseconds (the square root of the CD matrix's determinant).
     public var pixelScaleArcsec: Double { abs(cd11 * cd22 - cd12 * cd21).squareRoot() * 3600 }
 
@@ -205,6 +222,7 @@ public struct TanWCS: Sendable, Equatable, Hashable, Codable {
         guard m.0 * m.3 - m.1 * m.2 != 0 else { throw .singular }
         self.init(crval1: cr1, crval2: cr2, crpix1: p1, crpix2: p2, cd11: m.0, cd12: m.1, cd21: m.2, cd22: m.3,
                   lonpole: try number("LONPOLE"))
+        if let why = problem { throw .unusable(why) }
     }
 }
 
@@ -224,6 +242,7 @@ public enum WCSError: Error, Sendable, Equatable, CustomStringConvertible {
     case missing(keyword: String)
     case badValue(keyword: String, value: String)
     case singular
+    case unusable(String)
 
     public var description: String {
         switch self {
@@ -235,6 +254,7 @@ public enum WCSError: Error, Sendable, Equatable, CustomStringConvertible {
         case .missing(let k): "the WCS keyword \(k) is missing"
         case .badValue(let k, let v): "the WCS keyword \(k) has an unusable value `\(v)`"
         case .singular: "the WCS's CD matrix is singular (pixels have no area)"
+        case .unusable(let why): "the WCS cannot place pixels on the sky: \(why)"
         }
     }
 }

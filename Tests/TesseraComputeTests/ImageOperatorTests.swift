@@ -283,6 +283,49 @@ struct ImageOperatorTests {
         #expect(ImageDataset.header(ImageDataset.info(good)) == good)
     }
 
+    /// A region reaching almost 90° from the tract's tangent point projects to ~1e22 pixels: the
+    /// refusal's message once made that an Int and trapped the scheduler (SODA `POS=RANGE 10 12
+    /// -90 90`). So did a forced-photometry annulus of 1e300″.
+    @Test func hugeCutoutsAndAnnuliAreRefusedInWords() throws {
+        let tiling = SkyTiling()
+        var box = Tessera_V1_BoxSpec()
+        (box.raMin, box.raMax, box.decMin, box.decMax) = (10, 12, -90, 90)
+        let region = CatalogQueryPlan.OneOf_Region.box(box)
+        let centre = try #require(CutoutGeometry.centre(region))
+        let wcs = tiling.tractWCS(tiling.tract(ra: centre.ra, dec: centre.dec))
+        let refusal = #expect(throws: CatalogQueryError.self) { try CutoutGeometry.box(region: region, width: 0, height: 0, wcs: wcs) }
+        #expect(refusal?.message.contains("pixels is larger than the limit") == true, "\(String(describing: refusal))")
+        var images = Tessera_V1_ImageDatasetInfo()
+        images.bands = ["r"]
+        images.pixelScaleArcsec = 0.2
+        images.borderPixels = 100
+        var spec = ForcedPhotometrySpec()
+        spec.images = "coadd"
+        spec.apertureArcsec = 1
+        spec.annulusOuterArcsec = 1e300
+        let annulus = #expect(throws: CatalogQueryError.self) { try ForcedPhotometryQuestion.check(spec, images: images) }
+        #expect(annulus?.message.contains("reaches 5e+300") == true, "\(String(describing: annulus))")
+        spec.annulusOuterArcsec = 0
+        #expect(try ForcedPhotometryQuestion.check(spec, images: images).photometry.annulusOuter == 17.5)
+        #expect((1e300).wholeText == "1e+300" && Double.nan.wholeText == "nan" && (4096.4).wholeText == "4096")
+    }
+
+    /// A median stack's histogram range must cut into bins of ordinary width: 0…1e-322 made
+    /// every pixel's bin NaN, which trapped the worker as an index.
+    @Test func medianStackBinsHaveOrdinaryWidth() throws {
+        var images = Tessera_V1_ImageDatasetInfo()
+        images.bands = ["g"]
+        images.borderPixels = 100
+        var s = StackSpec()
+        (s.images, s.band, s.size, s.kind) = ("coadd", "g", 1, .stackMedian)
+        for (lo, hi) in [(0.0, 1e-322), (-1e308, 1e308)] {
+            (s.medianMin, s.medianMax) = (lo, hi)
+            #expect(throws: CatalogQueryError.self, "\(lo)…\(hi)") { try ImageStack.check(s, images: images) }
+        }
+        (s.medianMin, s.medianMax) = (-10, 100)
+        try ImageStack.check(s, images: images)
+    }
+
     /// A box's centre is that of the checked region, whatever the plan's numbers: a SODA RANGE
     /// of ±1e308 once made it ∞ and trapped the scheduler's tiling.
     @Test func aCutoutBoxCentreIsOnTheSky() {

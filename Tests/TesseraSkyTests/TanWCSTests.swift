@@ -86,6 +86,26 @@ struct TanWCSTests {
         #expect(throws: WCSError.unsupportedFrame("GAPPT")) { try TanWCS(cards: cards) }
     }
 
+    /// A CD matrix whose determinant underflows or overflows passes "not singular" yet places
+    /// pixels at NaN, which trapped a worker where a position became a HEALPix pixel: refused.
+    @Test func refusesProjectionsThatCannotPlacePixels() throws {
+        var cards = ["CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": "10", "CRVAL2": "20", "CRPIX1": "1", "CRPIX2": "1",
+                     "CD1_1": "-1e-150", "CD2_2": "1e-150", "CD1_2": "0", "CD2_1": "0"]
+        for (cd11, cd12, cd21, cd22) in [("-1e-150", "0", "0", "1e-150"), ("1e308", "-1e308", "0", "1e-4"), ("-20", "0", "0", "20"), ("-1e-4", "0", "0", "1e-4")] {
+            (cards["CD1_1"], cards["CD1_2"], cards["CD2_1"], cards["CD2_2"]) = (cd11, cd12, cd21, cd22)
+            if cd11 == "-1e-4" {
+                let w = try TanWCS(cards: cards)
+                #expect(w.problem == nil && w.sky(x: 2, y: 2).ra.isFinite)
+                cards["CRPIX1"] = "1e13"
+                #expect(throws: WCSError.self) { try TanWCS(cards: cards) }
+                continue
+            }
+            #expect(throws: WCSError.self, "CD \(cd11) \(cd12) \(cd21) \(cd22)") { try TanWCS(cards: cards) }
+        }
+        let bad = TanWCS(crval1: 10, crval2: 20, crpix1: 1, crpix2: 1, cd11: 1e308, cd12: -1e308, cd21: 0, cd22: 1e-4)
+        #expect(bad.problem != nil && bad.sky(x: 2, y: 2).ra.isNaN)   // what it would have placed
+    }
+
     @Test func farSideHasNoPixel() {
         let w = TanWCS.northUp(ra: 10, dec: 20, x: 100, y: 100, scaleArcsec: 1)
         #expect(w.pixel(ra: 190, dec: -20) == nil)

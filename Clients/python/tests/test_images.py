@@ -740,6 +740,9 @@ def test_soda_errors(cluster, coadd):
     assert "a circle needs" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60 -35 -1"}, 400, "UsageError")
     err([("ID", "ivo://tessera/coadd"), ("POS", "CIRCLE 60 -35 0.01"), ("POS", "CIRCLE 61 -35 0.01")], 400, "MultiValuedParamNotSupported")
     err({"ID": "ivo://tessera/coadd", "POS": "RANGE -Inf +Inf -35 -34.9"}, 400, "UsageError")
+    # A box from pole to pole projects onto its tract's plane ~1e22 pixels tall: its refusal once
+    # trapped the scheduler (the size became an Int); the cluster answers on after it.
+    assert "larger than the limit" in err({"ID": "ivo://tessera/coadd", "POS": "RANGE 10 12 -90 90"}, 400, "UsageError")
     assert "no band" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 0.01", "BAND": "1e-3 1e-2"}, 404, "NotFoundFault")
     assert "no coverage" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "120 30 0.01"}, 404, "NotFoundFault")
     assert "larger than the limit" in err({"ID": "ivo://tessera/coadd", "CIRCLE": "60.05 -34.95 5"}, 400, "UsageError")

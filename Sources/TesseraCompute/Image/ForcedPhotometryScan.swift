@@ -49,10 +49,10 @@ public enum ForcedPhotometryQuestion {
         let reach = outer / scale + 2
         // Each row reads a stamp of about (2 × reach)² pixels.
         guard reach <= Double(maxReachPixels) else {
-            throw CatalogQueryError("the annulus reaches \(Int(reach.rounded(.up))) pixels (\(outer)″ at \(scale)″), over the limit of \(maxReachPixels) pixels a row's measurement may read: ask for a smaller aperture or annulus")
+            throw CatalogQueryError("the annulus reaches \(reach.rounded(.up).wholeText) pixels (\(outer)″ at \(scale)″), over the limit of \(maxReachPixels) pixels a row's measurement may read: ask for a smaller aperture or annulus")
         }
         guard reach <= Double(images.borderPixels) else {
-            throw CatalogQueryError("the annulus reaches \(Int(reach.rounded(.up))) pixels (\(outer)″ at \(scale)″) but patches overlap by only \(images.borderPixels) pixels: each row is measured on the patch of its own pixel, so the annulus must fit in that border; ask for a smaller aperture or annulus")
+            throw CatalogQueryError("the annulus reaches \(reach.rounded(.up).wholeText) pixels (\(outer)″ at \(scale)″) but patches overlap by only \(images.borderPixels) pixels: each row is measured on the patch of its own pixel, so the annulus must fit in that border; ask for a smaller aperture or annulus")
         }
         return (bands, ForcedPhotometry(apertureRadius: r / scale, annulusInner: inner / scale, annulusOuter: outer / scale))
     }

@@ -36,8 +36,9 @@ public enum ImageDataset {
     public static func wcs(_ w: TanWCS) -> [Double] { [w.crval1, w.crval2, w.crpix1, w.crpix2, w.cd11, w.cd12, w.cd21, w.cd22, w.lonpole] }
 
     public static func wcs(_ v: [Double]) -> TanWCS? {
-        guard v.count == 9, v.allSatisfy(\.isFinite), v[4] * v[7] - v[5] * v[6] != 0, (-90...90).contains(v[1]) else { return nil }
-        return TanWCS(crval1: v[0], crval2: v[1], crpix1: v[2], crpix2: v[3], cd11: v[4], cd12: v[5], cd21: v[6], cd22: v[7], lonpole: v[8])
+        guard v.count == 9 else { return nil }
+        let w = TanWCS(crval1: v[0], crval2: v[1], crpix1: v[2], crpix2: v[3], cd11: v[4], cd12: v[5], cd21: v[6], cd22: v[7], lonpole: v[8])
+        return w.problem == nil ? w : nil
     }
 
     public static func info(_ h: ImagePatchHeader) -> Tessera_V1_ImagePatchInfo {
@@ -136,6 +137,9 @@ public enum CutoutGeometry {
     public static let maxSide = 4096
     /// The most pixels of all bands' cutouts of one question (12 bytes each: 768 MB).
     public static let maxPixels = 64 << 20
+    /// The most pixels a cutout's pieces may hold together (one per patch it spans, each the
+    /// size of the whole cutout, merged in a tree).
+    public static let maxLeafPixels = 4 * maxPixels
 
     /// The position a region is centred on (a cone's centre, a box's middle, a polygon's mean
     /// direction), or nil for no region.
@@ -214,7 +218,7 @@ public enum CutoutGeometry {
             }
             let side = Double(maxSide) * 4
             guard x1 - x0 < side, y1 - y0 < side, abs(x0) < 1e9, abs(y0) < 1e9 else {
-                throw CatalogQueryError("a cutout of \(Int(x1 - x0)) × \(Int(y1 - y0)) pixels is larger than the limit of \(maxSide) × \(maxSide): narrow the region")
+                throw CatalogQueryError("a cutout of \((x1 - x0).wholeText) × \((y1 - y0).wholeText) pixels is larger than the limit of \(maxSide) × \(maxSide): narrow the region")
             }
             let a = Int(x0.rounded(.up)), b = Int(y0.rounded(.up))
             box = PixelBox(x0: a, y0: b, width: Int(x1.rounded(.down)) + 1 - a, height: Int(y1.rounded(.down)) + 1 - b)

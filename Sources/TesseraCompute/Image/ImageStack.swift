@@ -37,6 +37,9 @@ public enum ImageStack {
             guard s.medianMin.isFinite, s.medianMax.isFinite, s.medianMin < s.medianMax else {
                 throw CatalogQueryError("a median stack needs its histogram's range (median_min < median_max, nJy), got \(s.medianMin)…\(s.medianMax)")
             }
+            // Bins of ordinary width: 0…1e-322 has bins of width 0 (every pixel's bin NaN),
+            // -1e308…1e308 of infinite width (every median infinite).
+            try CheckedCatalogQuery.checkBins(UInt32(medianBins), s.medianMin, s.medianMax, "median stack's")
         }
     }
 
@@ -83,7 +86,7 @@ public enum ImageStack {
                 p.weight[k] += 1
                 if s2.isFinite { p.variance[k] += s2 }
                 let b = ((v - lo) / width).rounded(.down)
-                if b < 0 { p.below[k] += 1 } else if b >= Double(bins) { p.above[k] += 1 } else { p.histogram[k * bins + Int(b)] += 1 }
+                if !(b >= 0) { p.below[k] += 1 } else if b >= Double(bins) { p.above[k] += 1 } else { p.histogram[k * bins + Int(b)] += 1 }
             default:
                 p.sum[k] += v
                 p.weight[k] += 1

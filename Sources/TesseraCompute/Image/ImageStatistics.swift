@@ -10,6 +10,9 @@ public typealias ImageStatisticsPartial = Tessera_V1_ImageStatistics
 /// the mean variance, from which the 5σ point-source depth follows.
 public enum ImageStatistics {
     public static let defaultMapOrder = 10
+    /// The most pixels one question's depth map may hold (four numbers each, 128 MB): order 10
+    /// over some 14,000 square degrees, order 16 over a few.
+    public static let maxMapPixels = 4 << 20
 
     /// One patch's own pixels (those whose centres lie in its HEALPix pixel; every pixel of an
     /// image on its own grid) added up.

@@ -29,6 +29,7 @@ public enum LocalCell: Sendable, Equatable, Comparable {
         case (.null, .null): true
         case (.integer(let x), .integer(let y)): x == y
         case (.text(let x), .text(let y)): x == y
+        case (.integer(let x), .real(let y)), (.real(let y), .integer(let x)): order(x, y) == 0
         default: a.number != nil && a.number == b.number
         }
     }
@@ -37,9 +38,22 @@ public enum LocalCell: Sendable, Equatable, Comparable {
         switch (a, b) {
         case (.integer(let x), .integer(let y)): x < y
         case (.text(let x), .text(let y)): x < y
+        case (.integer(let x), .real(let y)): order(x, y) < 0
+        case (.real(let x), .integer(let y)): order(y, x) > 0
         default:
             if let x = a.number, let y = b.number { x < y } else { a.rank < b.rank }
         }
+    }
+
+    /// An integer against a real, exactly (-1, 0 or 1; a NaN is above every integer): through
+    /// Double, every integer within 512 of 5853498713190525697 would equal it.
+    static func order(_ x: Int64, _ y: Double) -> Int {
+        guard !y.isNaN else { return -1 }
+        if y >= 0x1p63 { return -1 }
+        if y < -0x1p63 { return 1 }
+        let whole = y.rounded(.down), w = Int64(whole)
+        if x != w { return x < w ? -1 : 1 }
+        return y > whole ? -1 : 0
     }
 }
 
@@ -74,7 +88,8 @@ public struct LocalTable: Sendable, Equatable {
 
     /// The answer to `query` (which names this table): its columns and rows, and whether more
     /// rows than `maxrec` matched.
-    public func run(_ query: ADQLQuery, maxrec: Int) throws(ADQLError) -> (columns: [Column], rows: [[LocalCell]], overflow: Bool) {
+    /// - Parameter likeSteps: what all of the query's LIKEs may take (`LocalTable.likeSteps`).
+    public func run(_ query: ADQLQuery, maxrec: Int, likeSteps: Int = LocalTable.likeSteps) throws(ADQLError) -> (columns: [Column], rows: [[LocalCell]], overflow: Bool) {
         if let join = query.join { throw ADQLError("joins of TAP_SCHEMA tables are not supported", at: join.table.position) }
         if let g = query.groupBy.first { throw ADQLError("GROUP BY on TAP_SCHEMA tables is not supported", at: g.position) }
         let alias = query.from.alias?.lowercased()
@@ -89,7 +104,9 @@ public struct LocalTable: Sendable, Equatable {
         }
         func eval(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> LocalCell {
             switch e.kind {
-            case .number(let v, _):
+            case .number(let v, let text):
+                // An integer literal as written (a 64-bit id is not a Double's); else its value.
+                if let i = Int64(text) { return .integer(i) }
                 return v == v.rounded() && abs(v) < 9e15 ? .integer(Int64(v)) : .real(v)
             case .string(let s): return .text(s)
             case .null: return .null
@@ -116,6 +133,7 @@ public struct LocalTable: Sendable, Equatable {
             if a == false || b == false { return false }
             return a == nil || b == nil ? nil : true
         }
+        var likeBudget = likeSteps
         func test(_ e: ADQLExpression, _ row: [LocalCell]) throws(ADQLError) -> Bool? {
             switch e.kind {
             case .and(let a, let b):
@@ -153,8 +171,15 @@ public struct LocalTable: Sendable, Equatable {
                 guard pattern.count <= Self.maxPatternCharacters else {
                     throw ADQLError("a LIKE pattern of \(pattern.count) characters is over the limit of \(Self.maxPatternCharacters)", at: p.position)
                 }
+                // Every comparison is charged to the query's budget: a text of 33 million
+                // characters against sixty patterns took minutes of a thread the gateway shares.
+                likeBudget -= s.utf8.count
+                guard likeBudget >= 0 else { throw Self.overBudget(p.position) }
                 if insensitive { (s, pattern) = (s.lowercased(), pattern.lowercased()) }
-                return Self.like(Array(s), Array(pattern)) != negated
+                guard let matched = Self.like(Array(s.unicodeScalars), Array(pattern.unicodeScalars), budget: &likeBudget) else {
+                    throw Self.overBudget(p.position)
+                }
+                return matched != negated
             default:
                 throw ADQLError("a value where a condition belongs", at: e.position)
             }
@@ -231,11 +256,21 @@ public struct LocalTable: Sendable, Equatable {
 
     /// The longest LIKE pattern accepted.
     public static let maxPatternCharacters = 256
+    /// Steps (characters compared, and each text's length) all of a query's LIKEs may take.
+    public static let likeSteps = 200_000_000
 
-    /// SQL's LIKE: `%` any run, `_` any one character (iterative, linear in practice).
-    static func like(_ s: [Character], _ p: [Character]) -> Bool {
+    static func overBudget(_ at: ADQLPosition) -> ADQLError {
+        ADQLError("this query's LIKE comparisons ran past their budget of steps (text length times pattern, over all rows): narrow it with other conditions, or use shorter patterns", at: at)
+    }
+
+    /// SQL's LIKE: `%` any run, `_` any one character (a code point); nil when it would take more
+    /// than `budget` steps (each taken from it). Iterative: a mismatch after `%` moves back to
+    /// just past it, so a step costs up to the pattern's length.
+    static func like(_ s: [Unicode.Scalar], _ p: [Unicode.Scalar], budget: inout Int) -> Bool? {
         var i = 0, j = 0, star = -1, mark = 0
         while i < s.count {
+            budget -= 1
+            if budget < 0 { return nil }
             if j < p.count && (p[j] == "_" || p[j] == s[i]) {
                 i += 1; j += 1
             } else if j < p.count && p[j] == "%" {

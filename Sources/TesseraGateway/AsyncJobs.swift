@@ -78,6 +78,12 @@ public actor AsyncJobs {
         guard held + asked <= most else {
             throw TAPError(429, "your async jobs not yet run hold \(held) uploaded cells (rows × columns); with these \(asked) that is over \(most): run or delete them first")
         }
+        // And by bytes: eight tables of one 32 MB text cell each are eight cells.
+        func bytes(_ u: [TAPUpload]) -> Int { u.reduce(0) { $0 + $1.table.heldBytes } }
+        let heldBytes = mine.reduce(0) { $0 + bytes($1.uploads) }, askedBytes = bytes(uploads), mostBytes = 2 * service.limits.upload.bytes
+        guard heldBytes + askedBytes <= mostBytes else {
+            throw TAPError(429, "your async jobs not yet run hold \(heldBytes >> 20) MiB of uploads; with these \(askedBytes >> 20) MiB that is over \(mostBytes >> 20) MiB: run or delete them first")
+        }
         var rng = SystemRandomNumberGenerator()
         let id = (0..<16).map { _ in String(format: "%x", Int.random(in: 0..<16, using: &rng)) }.joined()
         let now = Date()

@@ -61,6 +61,7 @@ final class DashboardFeed: Sendable {
     /// A dataset's shards as outlines in RA/Dec, computed once per set of shards (the page
     /// asks every second; the shards change only with an ingest).
     private let outlines = Mutex<[String: (shards: [UInt64], polygons: [[[Double]]])]>([:])
+    static let maxCachedOutlines = 256
 
     func coverage(_ d: Tessera_V1_DatasetStatus) -> [[[Double]]] {
         let key = d.shardOrders.map(UInt64.init) + d.shardPixels
@@ -68,7 +69,12 @@ final class DashboardFeed: Sendable {
         let polygons = zip(d.shardOrders, d.shardPixels).map { order, pixel in
             Self.outline(order: Int(order), pixel: Int64(clamping: pixel)).map { [($0.ra * 1e4).rounded() / 1e4, ($0.dec * 1e4).rounded() / 1e4] }
         }
-        outlines.withLock { $0[d.name] = (key, polygons) }
+        outlines.withLock { cache in
+            // Uploads come and go as datasets of their own: the cache is dropped when it would
+            // grow past a few hundred, rather than keep every name it ever saw.
+            if cache.count >= Self.maxCachedOutlines { cache.removeAll() }
+            cache[d.name] = (key, polygons)
+        }
         return polygons
     }
 

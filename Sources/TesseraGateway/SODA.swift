@@ -235,7 +235,13 @@ final class SODAService: Sendable {
         let all = try await images(for: user)
         var rows: [Link] = []
         var descriptors: [String] = []
-        for raw in ids {
+        // A dataset's ID lists every patch: the same ID a hundred times would list them a
+        // hundred times, so each ID is answered once, and the rows are bounded.
+        var seen = Set<String>()
+        for raw in ids where seen.insert(raw).inserted {
+            guard rows.count <= Self.maxLinkRows else {
+                throw SODAError.usage("these IDs list over \(Self.maxLinkRows) links: ask for fewer datasets, or for patches by their IDs")
+            }
             guard let id = ImageID(raw) else {
                 rows.append(Link(id: raw, error: "UsageError: `\(raw.prefix(120))` is not \(ImageID.authority)DATASET or \(ImageID.authority)DATASET?BAND/PATCH"))
                 continue
@@ -265,7 +271,7 @@ final class SODAService: Sendable {
                     link.error = "UsageError: the patch is \(p.width) × \(p.height) pixels, over the cutout limit of \(CutoutGeometry.maxSide) per side: cut it in parts with #cutout"
                 }
                 rows.append(link)
-                if let tree = hipsTree(id.dataset, p.band), id.patch != nil {
+                if id.patch != nil, let tree = hipsTree(id.dataset, p.band) {
                     let tile = HiPSTiling.path(order: Int(p.patchOrder), npix: p.patch, ext: "png")
                     if FileManager.default.fileExists(atPath: "\(hipsRoot ?? "")/\(tree)/\(tile)") {
                         rows.append(Link(id: raw, url: "\(base)/hips/\(tree)/\(tile)", description: "the patch's HiPS tile (its own HEALPix pixel)",
@@ -289,6 +295,9 @@ final class SODAService: Sendable {
         }
         return Self.linksVOTable(rows, descriptors: descriptors)
     }
+
+    /// The most DataLink rows one request lists.
+    static let maxLinkRows = 100_000
 
     static func escaped(_ s: String) -> String {
         s.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? s

@@ -55,6 +55,7 @@ extension TAPService {
         }
         var out: [TAPUpload] = []
         var read: [String: UploadedTable] = [:]  // each part or URL read once, however many names it has
+        var total = 0
         for (name, uri) in pairs {
             let isPart = uri.lowercased().hasPrefix("param:")
             let key = isPart ? "param:" + uri.dropFirst(6) : uri
@@ -71,6 +72,11 @@ extension TAPService {
                 bytes = b
             } else {
                 bytes = try await UploadFetcher.fetch(uri, table: name, limit: limits.upload.bytes, allowPrivate: allowPrivateUploadURLs)
+            }
+            // Every table of one request is held at once: together at most twice one's limit.
+            total += bytes.count
+            guard total <= 2 * limits.upload.bytes else {
+                throw TAPError(400, "UPLOAD: these tables come to over \(2 * limits.upload.bytes >> 20) MiB together, the most one request may upload")
             }
             do throws(VOTableError) {
                 let table = try VOTableReader.read(bytes, limits: limits.upload)
@@ -110,6 +116,8 @@ extension TAPService {
 
     /// Rows an upload without positions may hold to be queried alone (in the gateway).
     public static let maxLocalUploadRows = 100_000
+    /// The most cells (rows × columns) of an upload without positions, queried in the gateway.
+    public static let maxLocalUploadCells = 1_000_000
 
     /// An upload without position columns as a table the gateway answers queries of itself
     /// (it cannot be sharded on the sky, nor meet the survey): `SELECT` of its columns with
@@ -118,6 +126,11 @@ extension TAPService {
         let t = upload.table
         guard t.rows <= maxLocalUploadRows else {
             throw TAPError(400, "UPLOAD `\(upload.name)` has no position columns and \(t.rows) rows: a table without positions is queried alone, up to \(maxLocalUploadRows) rows; give it RA and Dec columns (UCDs pos.eq.ra and pos.eq.dec, or names ra and dec) to store it on the cluster")
+        }
+        // Its cells are held as values (24 bytes each), row by row, more than once while a query
+        // runs: 100,000 rows of 200 columns took over a gigabyte.
+        guard t.rows * t.columns.count <= maxLocalUploadCells else {
+            throw TAPError(400, "UPLOAD `\(upload.name)` has no position columns and \(t.rows) rows × \(t.columns.count) columns: a table without positions is queried in the gateway, up to \(maxLocalUploadCells) cells; send fewer columns, or give it RA and Dec columns to store it on the cluster")
         }
         var columns: [LocalTable.Column] = []
         var cells: [[LocalCell]] = []
@@ -235,7 +248,11 @@ enum UploadFetcher {
             throw refuse("give param:PART (a part of a multipart request) or an http(s) URL without credentials")
         }
         let port = url.port ?? (scheme == "https" ? 443 : 80)
-        let addresses = resolve(host, port: port)
+        // getaddrinfo blocks (for the resolver's timeouts, with a name server that never
+        // answers): on a thread of its own, never one of the few the async handlers share.
+        let addresses = await withCheckedContinuation { (c: CheckedContinuation<[String], Never>) in
+            resolvers.run { c.resume(returning: resolve(host, port: port)) }
+        }
         guard let first = addresses.first else { throw refuse("the host `\(host.prefix(80))` does not resolve") }
         // (An IPv6 address with a zone, `fe80::1%eth0`, is no host to fetch from.)
         guard !addresses.contains(where: { $0.contains("%") }) else { throw refuse("the host resolves to an address with a zone") }
@@ -267,6 +284,8 @@ enum UploadFetcher {
         try? await client.shutdown()
         return try result.get()
     }
+
+    static let resolvers = BlockingThreads()
 
     /// The numeric addresses `host` resolves to.
     static func resolve(_ host: String, port: Int) -> [String] {

@@ -42,6 +42,19 @@ public struct UploadedTable: Sendable {
 
     public var columns: [Column]
     public var rows: Int { columns.first?.values.count ?? 0 }
+
+    /// About what the table holds in memory: 8 bytes a number (9 with a NULL flag), a text's
+    /// UTF-8 bytes and 16 more. (A one-cell table can hold 32 MB of text: its cells say
+    /// nothing of its size.)
+    public var heldBytes: Int {
+        columns.reduce(0) { total, c in
+            switch c.values {
+            case .numbers(let d): total + 8 * d.count
+            case .integersWithNulls(_, let v): total + 9 * v.count
+            case .text(let t): t.reduce(total) { $0 + 16 + ($1?.utf8.count ?? 0) }
+            }
+        }
+    }
 }
 
 /// Why a VOTable could not be read: what is wrong, and where (a row, a column, a limit).

@@ -248,6 +248,43 @@ struct ADQLParserTests {
         #expect(throws: ADQLError.self) { try run("SELECT table_name FROM TAP_SCHEMA.tables WHERE table_name LIKE '\(String(repeating: "%a", count: 200))'") }
     }
 
+    /// 64-bit ids compare exactly in the gateway, as on the cluster: through Double every id
+    /// within 512 of the literal matched it.
+    @Test func localTablesCompareLargeIntegersExactly() throws {
+        let ids: [Int64] = [5_853_498_713_190_525_696, 5_853_498_713_190_525_697, 5_853_498_713_190_525_698, .max, .min]
+        let t = LocalTable(schema: "TAP_UPLOAD", name: "t", description: "", columns: [.init("id", "long", "")], rows: ids.map { [.integer($0)] })
+        func kept(_ condition: String) throws -> [Int64] {
+            try t.run(try ADQLParser.parse("SELECT id FROM TAP_UPLOAD.t WHERE \(condition)"), maxrec: 100).rows.map {
+                guard case .integer(let v) = $0[0] else { return 0 }
+                return v
+            }
+        }
+        #expect(try kept("id = 5853498713190525697") == [5_853_498_713_190_525_697])
+        #expect(try kept("id > 5853498713190525697") == [5_853_498_713_190_525_698, .max])
+        #expect(try kept("id BETWEEN 5853498713190525696 AND 5853498713190525697") == [5_853_498_713_190_525_696, 5_853_498_713_190_525_697])
+        #expect(try kept("id IN (5853498713190525698)") == [5_853_498_713_190_525_698])
+        // Against reals, exactly too: 2^63 is above every id, 1.5 between 1 and 2.
+        #expect(try kept("id < 9.3e18") == ids)
+        #expect(LocalCell.integer(1) < .real(1.5) && LocalCell.real(1.5) < .integer(2) && LocalCell.integer(.max) < .real(0x1p63) && LocalCell.integer(.min) == .real(-0x1p63))
+        #expect(LocalCell.integer(5_853_498_713_190_525_697) != .real(5_853_498_713_190_525_697))   // the Double is ...696
+    }
+
+    /// LIKE costs up to text × pattern a row: a query's LIKEs share a budget of steps, and
+    /// one past it is refused in words (a 33-million-character text against sixty patterns
+    /// once took minutes of the gateway's shared threads).
+    @Test func localLikeHasABudget() throws {
+        let long = String(repeating: "a", count: 30_000)
+        let t = LocalTable(schema: "TAP_UPLOAD", name: "t", description: "", columns: [.init("s", "char", "")], rows: [[.text(long)], [.text("ab")]])
+        let pattern = "'%" + String(repeating: "a", count: 200) + "b'"
+        let q = "SELECT s FROM TAP_UPLOAD.t WHERE " + Array(repeating: "s LIKE \(pattern)", count: 3).joined(separator: " OR ")
+        // 30,000 characters × 200 a pattern, three times: 18M steps, against a budget of 2M.
+        let refusal = #expect(throws: ADQLError.self) { try t.run(try ADQLParser.parse(q), maxrec: 10, likeSteps: 2_000_000) }
+        #expect(refusal?.message.contains("ran past") == true)
+        #expect(try t.run(try ADQLParser.parse(q), maxrec: 10, likeSteps: 40_000_000).rows.isEmpty)
+        #expect(try t.run(try ADQLParser.parse("SELECT s FROM TAP_UPLOAD.t WHERE s LIKE '%ab' OR s LIKE 'a_'"), maxrec: 10).rows == [[.text("ab")]])
+        #expect(try t.run(try ADQLParser.parse("SELECT s FROM TAP_UPLOAD.t WHERE s LIKE 'a%'"), maxrec: 10).rows.count == 2)
+    }
+
     /// A table answered in the gateway (an upload without positions, TAP_SCHEMA) keeps the
     /// rows the cluster's translation keeps: SQL's three-valued logic, so that a NULL is in
     /// neither a condition nor its negation (it once was in every negation).

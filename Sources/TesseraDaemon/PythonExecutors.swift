@@ -54,13 +54,20 @@ public struct PythonSettings: Sendable {
     /// the key's folder too (other keys are kept beside it, `/etc/tessera/keys` say) unless that
     /// is a system folder the interpreter needs.
     public static func privatePaths(data: String?, key: String?) -> [String] {
-        var out = [data, key].compactMap { $0 }
+        // Absolute: the executor resolves paths in its own working folder.
+        var out = [data, key].compactMap { $0 }.map(absolutePath)
         if let key {
             let folder = realPath((key as NSString).deletingLastPathComponent.isEmpty ? "." : (key as NSString).deletingLastPathComponent)
             let shared: Set<String> = ["/", "/etc", "/usr", "/opt", "/var", "/tmp", "/home", "/root", realPath(NSHomeDirectory())]
             if !shared.contains(folder) { out.append(folder) }
         }
         return out
+    }
+
+    /// `p` resolved (links too) when it exists, else made absolute from the working folder.
+    static func absolutePath(_ p: String) -> String {
+        if FileManager.default.fileExists(atPath: p) { return realPath(p) }
+        return p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
     }
 
     static func realPath(_ p: String) -> String {
@@ -340,7 +347,7 @@ struct PythonStartError: Error {
 /// One executor process and the socket to it; used by one call at a time (the pool hands it
 /// from thread to thread under a lock, which orders the socket's uses).
 final class PythonExecutor: @unchecked Sendable {
-    let process: Process
+    let process: SpawnedProcess
     let socket: Socket
     let logPath: String
     let socketPath: String
@@ -360,33 +367,22 @@ final class PythonExecutor: @unchecked Sendable {
         // executor is then disconnected, and the call ends at its deadline).
         try socket.setMaxMessageSize(Int64(Limits.pythonValueBytes + (1 << 20)))
         _ = try socket.bind("ipc://" + socketPath)
-        process = Process()
-        if settings.executable.contains("/") {
-            process.executableURL = URL(fileURLWithPath: settings.executable)
-            process.arguments = ["-m", "tessera.executor", "ipc://" + socketPath]
-        } else {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [settings.executable, "-m", "tessera.executor", "ipc://" + socketPath]
-        }
         // Nothing of the worker's own configuration (its key's path, say) reaches users' code.
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TESSERA_") }
         if let sandbox = settings.sandboxConfiguration(scratch: scratchPath) { env["TESSERA_EXECUTOR_SANDBOX"] = sandbox }
+        // Its working folder: `python -m` put the worker's own first on sys.path (it may hold
+        // the data folder), which the executor takes off and moves here.
+        env["TESSERA_EXECUTOR_SCRATCH"] = scratchPath
         // One thread per executor: the worker runs as many calls at once as it has threads.
         for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
         env["PYTHONUNBUFFERED"] = "1"
         env["TESSERA_EXECUTOR_ADDRESS_SPACE"] = "\(PythonExecutors.addressSpace(settings))"
         env[PythonExecutors.workerMarker] = "\(getpid())"
-        process.environment = env
-        // Its working folder is its scratch folder: `python -m` puts the working folder first on
-        // sys.path, and the worker's own may hold the data folder.
-        process.currentDirectoryURL = URL(fileURLWithPath: scratchPath)
-        FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
+        let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard log >= 0 else { throw PythonStartError(message: "cannot open its log \(logPath): \(String(cString: strerror(errno)))") }
+        defer { close(log) }
         do {
-            try process.run()
+            process = try SpawnedProcess(settings.executable, arguments: ["-m", "tessera.executor", "ipc://" + socketPath], environment: env, output: log)
         } catch {
             throw PythonStartError(message: "\(error)")
         }
@@ -395,6 +391,21 @@ final class PythonExecutor: @unchecked Sendable {
         while true {
             if let hello = try? socket.receive(), let first = hello.first,
                let h = try? JSONSerialization.jsonObject(with: Data(first.bytes)) as? [String: Any], h["ready"] as? Bool == true {
+                // Whoever connects first to the socket's path is answered: a function of
+                // another executor (same Unix user; /proc/net/unix lists the path) could, and
+                // would then be handed the next user's function and data. The kernel says who
+                // is on the other end (SO_PEERCRED, as libzmq's `Peer-Address`).
+                let peer = first.property("Peer-Address") ?? ""
+                guard peer.split(separator: ":").last.flatMap({ Int32($0) }) == process.pid else {
+                    stop()
+                    throw PythonStartError(message: "a process other than the executor started (\(process.pid)) answered on its socket (\(peer)): refused")
+                }
+                // No one else may connect by the path from now on (the connection stays).
+                unlink(socketPath)
+                if settings.sandboxed && h["confined"] as? Bool != true {
+                    stop()
+                    throw PythonStartError(message: "it did not confine itself (the sandbox is on; --python-sandbox none turns it off)")
+                }
                 pythonVersion = h["python"] as? String ?? ""
                 return
             }
@@ -402,8 +413,8 @@ final class PythonExecutor: @unchecked Sendable {
                 let tail = logTail()
                 stop()
                 // Exit status 3: it could not confine itself, and says why.
-                let hint = process.terminationStatus == 3 ? "" : "\nInstall the client (pip install Clients/python) into the interpreter the worker runs (--python)"
-                throw PythonStartError(message: "it exited at start (status \(process.terminationStatus)): \(tail.isEmpty ? "no output" : tail)\(hint)")
+                let hint = process.exitStatus == 3 ? "" : "\nInstall the client (pip install Clients/python) into the interpreter the worker runs (--python)"
+                throw PythonStartError(message: "it exited at start (\(process.ending)): \(tail.isEmpty ? "no output" : tail)\(hint)")
             }
             if Date() > deadline {
                 stop()
@@ -420,7 +431,7 @@ final class PythonExecutor: @unchecked Sendable {
     /// group, if any is left, is still its own (later its pid may lead another group).
     @discardableResult
     func stop(justDied: Bool = false) -> String {
-        let pid = process.processIdentifier
+        let pid = process.pid
         if process.isRunning {
             if kill(-pid, SIGKILL) != 0 { kill(pid, SIGKILL) }
             process.waitUntilExit()
@@ -431,15 +442,12 @@ final class PythonExecutor: @unchecked Sendable {
         unlink(socketPath)
         unlink(logPath)
         try? FileManager.default.removeItem(atPath: scratchPath)
-        switch process.terminationReason {
-        case .uncaughtSignal: return "killed by signal \(process.terminationStatus)"
-        default: return "exit status \(process.terminationStatus)"
-        }
+        return process.ending
     }
 
     /// Resident memory of the process, from /proc (0 when it cannot be read).
     func residentBytes() -> UInt64 {
-        guard let text = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/statm", encoding: .utf8) else { return 0 }
+        guard let text = try? String(contentsOfFile: "/proc/\(process.pid)/statm", encoding: .utf8) else { return 0 }
         let fields = text.split(separator: " ")
         guard fields.count > 1, let pages = UInt64(fields[1]) else { return 0 }
         return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))

@@ -672,11 +672,10 @@ public struct WorkerEngine {
         return .replyToPeer(routingID: routingID, e, [frame])
     }
 
-    /// Whether a take's token is the job's (in time independent of where they differ); any token
-    /// will do for a job that has none.
+    /// Whether a take's token is the job's (in time independent of where they differ). A job
+    /// without one (a scheduler that sets none) has results no take may have.
     static func sameSecret(_ expected: [UInt8], _ given: Data) -> Bool {
-        guard !expected.isEmpty else { return true }
-        guard given.count == expected.count else { return false }
+        guard !expected.isEmpty, given.count == expected.count else { return false }
         var difference: UInt8 = 0
         for (a, b) in zip(expected, given) { difference |= a ^ b }
         return difference == 0

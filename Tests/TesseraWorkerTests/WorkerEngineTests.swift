@@ -141,12 +141,14 @@ struct WorkerEngineTests {
             TaskSpec(key: key(2, 1), arg: 2, flags: 4 | 2),
         ])
         a.jobs[0].clientKey = "alice-key"
+        a.jobs[0].takeToken = Self.token
         _ = e.completed(run(executed(e.assign(a, now: 0))))
         func take(_ k: UInt64) -> [UInt64] {
             var req = Tessera_V1_FetchRequest()
             req.requestID = 1
             req.keys = [k]
             req.take = true
+            req.takeToken = Self.token
             guard case .replyToPeer(_, let env, _) = e.serveTake(req, clientKey: "alice-key", from: [1]), case .fetchReply(let rep) = env.body else { return [k] }
             return rep.missing
         }
@@ -167,6 +169,9 @@ struct WorkerEngineTests {
         #expect(e.storedResults == 0)
         #expect(e.invariantViolations().isEmpty)
     }
+
+    /// A job's take token, as the scheduler would make it.
+    static let token = Data((0..<16).map { UInt8($0 * 13 + 5) })
 
     @Test("a take presents its job's token: a wrong, short or missing one takes nothing, on the same-host socket (no key) too")
     func directResultsNeedTheJobsToken() throws {
@@ -205,6 +210,7 @@ struct WorkerEngineTests {
             TaskSpec(key: key(1, 2), arg: 3, flags: 4),
         ])
         a.jobs[0].clientKey = "alice-key"
+        a.jobs[0].takeToken = Self.token
         let (r, frames) = try #require(reports(e.completed(run(executed(e.assign(a, now: 0))))).first)
         // Done, not sent: the values wait here.
         #expect(r.doneKeys.count == 3 && r.outputs.isEmpty && frames.isEmpty)
@@ -217,6 +223,7 @@ struct WorkerEngineTests {
             req.requestID = 7
             req.keys = keys
             req.take = true
+            req.takeToken = Self.token
             guard case .replyToPeer(_, let env, let f) = e.serveTake(req, clientKey: client, from: [1]), case .fetchReply(let rep) = env.body else {
                 Issue.record("no fetch reply")
                 return ([:], [])
@@ -248,6 +255,7 @@ struct WorkerEngineTests {
         // A cancelled job's direct results go at once.
         var b = assignment(job: 2, [TaskSpec(key: key(2, 0), arg: 1, flags: 4)])
         b.jobs[0].clientKey = "alice-key"
+        b.jobs[0].takeToken = Self.token
         _ = e.completed(run(executed(e.assign(b, now: 0))))
         #expect(e.storedResults == 1)
         var cancel = Tessera_V1_CancelTasks()

@@ -97,13 +97,20 @@ def rules(paths, private) -> tuple:
         if any(_beneath(r, q) for q in private):
             dropped.append(r)
             return
-        if depth < 16 and any(_beneath(q, r) for q in private):
+        if any(_beneath(q, r) for q in private):
+            # Too deep to split: nothing of it (never the whole).
+            if depth >= 16:
+                dropped.append(r)
+                return
             try:
                 names = sorted(os.listdir(r))
             except OSError:
                 return
             for name in names:
-                add(os.path.join(r, name), depth + 1)
+                entry = os.path.join(r, name)
+                # An entry that is a link may lead anywhere (`/`, say): not followed.
+                if not os.path.islink(entry):
+                    add(entry, depth + 1)
             return
         if r not in granted:
             granted.append(r)
@@ -124,6 +131,89 @@ def interpreter_folders() -> list:
     return out
 
 
+# Syscalls a function may not make at all, by architecture (seccomp), and the native ones'
+# numbers of socket() and socketpair(), which may make only Unix sockets: Landlock governs
+# TCP alone (an MPTCP socket connected past it), so no Internet, packet or netlink sockets.
+# Also no io_uring (it makes sockets without socket()), no ptrace or process_vm_*, no kernel
+# keyrings, bpf or perf; no chmod, chown, utime or xattr by path (Landlock does not govern a
+# file's metadata: a function could make the worker's shards readable by every local user).
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_SOCKET_CALLS = {"x86_64": (41, 53), "aarch64": (198, 199)}
+_DENIED_CALLS = {
+    "x86_64": (90, 92, 94, 268, 452, 260, 132, 235, 261, 280, 188, 189, 197, 198, 463, 466,
+               425, 426, 427, 101, 310, 311, 248, 249, 250, 321, 298, 323),
+    "aarch64": (53, 452, 54, 88, 5, 6, 14, 15, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282),
+}
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+_AF_UNIX = 1
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_program(machine: str) -> list:
+    """The filter as (code, jt, jf, k) instructions: other architectures' calls (i386 through
+    int 0x80, x32) and the denied ones fail with EPERM; socket() and socketpair() unless for a
+    Unix socket fail with EACCES; everything else is allowed."""
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, eperm, eacces = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 13
+    arch, (sock, pair), denied = _AUDIT_ARCH[machine], _SOCKET_CALLS[machine], _DENIED_CALLS[machine]
+    # Laid out from the end: [.. checks ..] allow; check_domain: ld args[0]; jeq AF_UNIX; eacces; allow; eperm
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
+    if machine == "x86_64":
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
+    checks = [(nr, "deny") for nr in denied] + [(sock, "domain"), (pair, "domain")]
+    # After the checks: ret allow (1), then the domain check (4 instructions), then ret eperm.
+    n = len(checks)
+    for i, (nr, what) in enumerate(checks):
+        left = n - i - 1          # checks after this one
+        to_domain = left + 1      # skip them and `ret allow`
+        to_deny = left + 1 + 4
+        prog.append((jeq, to_domain if what == "domain" else to_deny, 0, nr))
+    prog += [(ret, 0, 0, allow),
+             (ld, 0, 0, 16), (jeq, 1, 0, _AF_UNIX), (ret, 0, 0, eacces), (ret, 0, 0, allow),
+             (ret, 0, 0, eperm)]
+    return prog
+
+
+def _drop_capabilities(libc, machine: str) -> None:
+    """Gives up every capability (a worker run as root would otherwise pass Landlock's ptrace
+    check of the worker's memory and files by CAP_SYS_ADMIN, chown what it likes, open packet
+    sockets): the bounding set, the ambient set, then effective, permitted and inheritable."""
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP; EINVAL past the last capability
+            if ctypes.get_errno() == 22:
+                break
+            if os.geteuid() == 0:
+                raise SandboxUnavailable(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+            break
+    libc.prctl(47, 4, 0, 0, 0)   # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()
+    if libc.syscall(_SYS_CAPSET[machine], ctypes.byref(header), ctypes.byref(data)) != 0:
+        raise SandboxUnavailable(f"capset failed: {os.strerror(ctypes.get_errno())}")
+
+
+def _install_seccomp(libc, machine: str) -> None:
+    prog = seccomp_program(machine)
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*i) for i in prog])
+    fprog = _SockFprog(len(prog), filters)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER (no_new_privs is already set).
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        raise SandboxUnavailable(f"installing the seccomp filter failed: {os.strerror(ctypes.get_errno())}")
+
+
 def confine(read=(), write=(), private=(), scratch=None) -> dict:
     """Confines this process and what it forks, for good (see the module's docstring): reads
     beneath the interpreter's and the system's folders and `read`, writes beneath `write` and
@@ -131,6 +221,9 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
     that overlap `private` away. Raises `SandboxUnavailable` when Landlock cannot be used.
     Returns what it did (for the log)."""
     abi = abi_version()
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        raise SandboxUnavailable(f"the sandbox's system-call filter knows x86_64 and aarch64, not {machine}")
     # Landlock confines the calling thread (and what it starts later): a thread already running
     # would stay free, and code that runs in this process can take over any of its threads.
     threads = len(os.listdir("/proc/self/task"))
@@ -183,8 +276,9 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
             allow(p, _READ)
         for p in DEVICES:
             allow(p, _READ_FILE | _WRITE_FILE)
+        # Everything but device nodes and device ioctls.
         for p in writes:
-            allow(p, fs)
+            allow(p, fs & ~(_MAKE_CHAR | _MAKE_BLOCK | _IOCTL_DEV))
         if scratch:
             os.chdir(scratch)
             os.environ["TMPDIR"] = scratch
@@ -193,8 +287,10 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
             tempfile.tempdir = None   # found again from TMPDIR
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise SandboxUnavailable(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+        _drop_capabilities(libc, machine)
         if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             raise SandboxUnavailable(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+        _install_seccomp(libc, machine)
     finally:
         os.close(ruleset)
     return {"abi": abi, "read": reads, "write": writes, "dropped": dropped, "tcp": bool(net), "signals": bool(scoped)}

@@ -56,6 +56,15 @@ def main(argv=None) -> int:
     if len(argv) != 1 or not argv[0].startswith("ipc://"):
         print("usage: python -m tessera.executor ipc://PATH (started by a tessera-worker)", file=sys.stderr)
         return 2
+    # Nothing of the worker's stays open here but standard input, output and error (its spawn
+    # closes the rest where glibc can; this is for where it cannot).
+    os.closerange(3, 1 << 16)
+    # `python -m` put the worker's working folder first on sys.path; this one's is its scratch.
+    scratch = os.environ.pop("TESSERA_EXECUTOR_SCRATCH", "")
+    if scratch:
+        if sys.path and sys.path[0] == os.getcwd():
+            del sys.path[0]
+        os.chdir(scratch)
     # First, while this is the only thread: Landlock confines the calling thread and what it
     # starts after, and pandas (through pyarrow's allocator) starts a thread at import.
     sandbox = os.environ.pop("TESSERA_EXECUTOR_SANDBOX", "")
@@ -107,7 +116,7 @@ def main(argv=None) -> int:
     sock = ctx.socket(zmq.PAIR)
     sock.linger = 0
     sock.connect(argv[0])
-    _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2]})
+    _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2], "confined": bool(sandbox)})
     functions: dict = {}
     while True:
         frames = sock.recv_multipart(copy=False)

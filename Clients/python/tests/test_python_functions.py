@@ -367,6 +367,17 @@ def _probe_access(paths, port, writable):
 
         out = {p: attempt(lambda p=p: open(p, "rb").read(1)) for p in paths}
         out["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close())
+        # Landlock governs TCP only: MPTCP and UDP sockets are refused by the seccomp filter.
+        out["mptcp"] = attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close())
+        out["udp"] = attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
+        # Nor does it govern metadata: a shard's mode (set to what it is) and the worker's
+        # environment (a root worker's capabilities passed Landlock's check of it).
+        out["chmod"] = attempt(lambda: os.chmod(paths[0], os.stat(paths[0]).st_mode & 0o777))
+        out["worker environ"] = attempt(lambda: open(f"/proc/{os.getppid()}/environ", "rb").read(1))
+        # An executor's socket is gone from the file system once it answered (its argument).
+        import sys
+        own = sys.argv[-1][len("ipc://"):]
+        out["own socket"] = os.path.exists(own) if own.endswith(".sock") else "no socket argument"
         out["signal worker"] = attempt(lambda: os.kill(os.getppid(), 0))
         out["scratch"] = attempt(lambda: tempfile.TemporaryFile().write(b"x"))
         out["writable"] = attempt(lambda: open(os.path.join(writable, f"{os.getpid()}.txt"), "w").write("x"))
@@ -394,8 +405,9 @@ def test_functions_are_confined(cluster, client, function_dir):
     for answer in client.catalog("object").map_partitions(probe, columns=["coord_ra"]):
         for p in secrets:
             assert answer[p] == "PermissionError", (p, answer)
-        assert answer["tcp"] == "PermissionError", answer
-        assert answer["signal worker"] == "PermissionError", answer
+        for what in ("tcp", "mptcp", "udp", "chmod", "worker environ", "signal worker"):
+            assert answer[what] == "PermissionError", (what, answer)
+        assert answer["own socket"] is False, answer
         assert answer["/tmp"] == "PermissionError", answer
         assert answer["scratch"] == "allowed" and answer["writable"] == "allowed", answer
 
@@ -413,7 +425,24 @@ def test_without_the_sandbox_a_function_has_the_workers_access(bins, catalog_fil
             answers = client.catalog("object").map_partitions(_probe_access(secrets, c.port, str(shared)), columns=["coord_ra"])
     for answer in answers:
         assert all(answer[p] == "allowed" for p in secrets), answer
-        assert answer["tcp"] == "allowed" and answer["signal worker"] == "allowed", answer
+        for what in ("tcp", "udp", "chmod", "worker environ", "signal worker"):
+            assert answer[what] == "allowed", (what, answer)
+
+
+def test_an_executor_must_be_the_process_the_worker_started(bins, catalog_files, tmp_path):
+    """The worker hands calls to whoever answers first on a new executor's socket: a function
+    of another executor could connect there first and be handed the next user's function and
+    data. The worker checks the answering process is the one it started: here a wrapper's
+    child answers, and no call is handed to it."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\n{sys.executable} \"$@\" &\nwait\n")
+    wrapper.chmod(0o755)
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path / "data"), bin_dir=bins, python=str(wrapper),
+                              extra_args=SANDBOX_ARGS) as c:
+        ingest(bins, c, "object", catalog_files[:1], 30000)
+        with tessera.Client(c, progress=False) as client:
+            with pytest.raises(tessera.PythonFunctionError, match="a process other than the executor"):
+                client.catalog("object").map_partitions(len, columns=["coord_ra"])
 
 
 def test_a_worker_refuses_a_function_folder_within_its_data(bins, tmp_path):

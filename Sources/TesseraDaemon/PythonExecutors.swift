@@ -202,10 +202,13 @@ public final class PythonExecutors: Sendable {
         return .bytes(try CatalogOperators.serialized(out, name))
     }
 
-    /// The address space an executor may map (`RLIMIT_AS`, set by the executor at start): twice
-    /// the resident limit and 1 GiB (the interpreter with numpy and pandas maps about 330 MB).
-    static func addressSpace(_ s: PythonSettings) -> UInt64 {
-        s.memoryLimitBytes >= 1 << 61 ? UInt64(Int64.max) : 2 * s.memoryLimitBytes + (1 << 30)
+    /// The address space an executor may map beyond what it maps once its imports are done
+    /// (`RLIMIT_AS`, set by the executor then): twice the resident limit and 256 MiB. (The
+    /// interpreter with numpy, pandas and pyarrow's allocator maps about 1.5 GB, most of it
+    /// never touched: a fixed limit of twice the resident one and 1 GiB left a function 90 MB
+    /// of room under a 300 MiB limit.)
+    static func addressRoom(_ s: PythonSettings) -> UInt64 {
+        s.memoryLimitBytes >= 1 << 61 ? UInt64(Int64.max) : 2 * s.memoryLimitBytes + (256 << 20)
     }
 
     /// The user whose function a task runs (the scheduler's parameter; "" when absent).
@@ -268,7 +271,7 @@ public final class PythonExecutors: Sendable {
             let rss = executor.residentBytes()
             if rss > settings.memoryLimitBytes {
                 executor.stop()
-                throw OperatorError(name, "Python function \(what) on worker \(workerName) grew to \(rss >> 20) MiB, over its memory limit of \(settings.memoryLimitBytes >> 20) MiB: killed", retryable: false)
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) grew to \(rss >> 20) MiB (with what it forked), over its memory limit of \(settings.memoryLimitBytes >> 20) MiB: killed", retryable: false)
             }
         }
     }
@@ -298,7 +301,7 @@ public final class PythonExecutors: Sendable {
             let module = header["module"] as? String ?? "?"
             throw OperatorError(name, "Python function \(what): module `\(module)` is not installed on worker \(workerName) (\(settings.executable)): install it there, or avoid it\(version)", retryable: false)
         case "memory":
-            throw OperatorError(name, "Python function \(what) on worker \(workerName) asked for more memory than it may map (\(Self.addressSpace(settings) >> 20) MiB of address space; \(settings.memoryLimitBytes >> 20) MiB resident): \(message)", retryable: false)
+            throw OperatorError(name, "Python function \(what) on worker \(workerName) asked for more memory than it may map (\(executor.addressSpace >> 20) MiB of address space; \(settings.memoryLimitBytes >> 20) MiB resident): \(message)", retryable: false)
         case "unpicklable":
             throw OperatorError(name, "Python function \(what) on worker \(workerName): \(message)", retryable: false)
         default:
@@ -354,6 +357,8 @@ final class PythonExecutor: @unchecked Sendable {
     /// The folder the executor may write in (its working folder and TMPDIR), removed with it.
     let scratchPath: String
     private(set) var pythonVersion = ""
+    /// The address space it may map (`RLIMIT_AS`), as it set it.
+    private(set) var addressSpace: UInt64 = 0
 
     init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int) throws {
         socketPath = folder + "/executor-\(index).sock"
@@ -376,7 +381,7 @@ final class PythonExecutor: @unchecked Sendable {
         // One thread per executor: the worker runs as many calls at once as it has threads.
         for k in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] { env[k] = "1" }
         env["PYTHONUNBUFFERED"] = "1"
-        env["TESSERA_EXECUTOR_ADDRESS_SPACE"] = "\(PythonExecutors.addressSpace(settings))"
+        env["TESSERA_EXECUTOR_ADDRESS_ROOM"] = "\(PythonExecutors.addressRoom(settings))"
         env[PythonExecutors.workerMarker] = "\(getpid())"
         let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard log >= 0 else { throw PythonStartError(message: "cannot open its log \(logPath): \(String(cString: strerror(errno)))") }
@@ -407,6 +412,7 @@ final class PythonExecutor: @unchecked Sendable {
                     throw PythonStartError(message: "it did not confine itself (the sandbox is on; --python-sandbox none turns it off)")
                 }
                 pythonVersion = h["python"] as? String ?? ""
+                addressSpace = (h["address_space"] as? NSNumber)?.uint64Value ?? 0
                 return
             }
             if !process.isRunning {
@@ -445,12 +451,56 @@ final class PythonExecutor: @unchecked Sendable {
         return process.ending
     }
 
-    /// Resident memory of the process, from /proc (0 when it cannot be read).
+    /// Checks since the process group was last summed.
+    private var checksSinceGroupScan = 0
+    /// What the rest of the group held at the last scan.
+    private var groupExtraBytes: UInt64 = 0
+
+    /// Resident memory of the executor and what it forked (its process group), from /proc (0
+    /// when it cannot be read). A function's children count toward its limit: each may map
+    /// up to the address-space limit, and ten of them would hold ten times it. The executor is
+    /// read at every check, the rest of its group every tenth (scanning /proc costs about a
+    /// millisecond per thousand processes).
     func residentBytes() -> UInt64 {
-        guard let text = try? String(contentsOfFile: "/proc/\(process.pid)/statm", encoding: .utf8) else { return 0 }
+        if checksSinceGroupScan % 10 == 0 {
+            groupExtraBytes = Self.groupResidentBytes(group: process.pid, except: process.pid)
+        }
+        checksSinceGroupScan += 1
+        return Self.residentBytes(of: process.pid) + groupExtraBytes
+    }
+
+    static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+
+    static func residentBytes(of pid: pid_t) -> UInt64 {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/statm", encoding: .utf8) else { return 0 }
         let fields = text.split(separator: " ")
         guard fields.count > 1, let pages = UInt64(fields[1]) else { return 0 }
-        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        return pages * pageSize
+    }
+
+    /// Memory of the processes in process group `group` but `except`: each one's proportional
+    /// share of what it has resident (PSS, from /proc/PID/smaps_rollup: a forked child shares
+    /// its parent's pages until it writes them, and its resident size counts them whole). A
+    /// process is in the group when the third field after its command's closing parenthesis in
+    /// /proc/PID/stat says so.
+    static func groupResidentBytes(group: pid_t, except: pid_t) -> UInt64 {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
+        var total: UInt64 = 0
+        for name in entries {
+            guard let pid = Int32(name), pid != except,
+                  let text = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { continue }
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            guard fields.count > 21, Int32(fields[2]) == group else { continue }
+            if let rollup = try? String(contentsOfFile: "/proc/\(name)/smaps_rollup", encoding: .utf8),
+               let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
+               let kb = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) }) {
+                total += kb << 10
+            } else if let pages = UInt64(fields[21]) {
+                total += pages * pageSize
+            }
+        }
+        return total
     }
 
     /// Bytes the process has written to its log.

@@ -86,17 +86,6 @@ def main(argv=None) -> int:
     import pandas as pd
     import zmq
 
-    # The worker checks resident memory every 100 ms; an address-space limit (inherited by what
-    # a function forks) also stops one allocation far past it at once, as a MemoryError.
-    space = os.environ.get("TESSERA_EXECUTOR_ADDRESS_SPACE")
-    if space:
-        import resource
-
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = int(space) if hard == resource.RLIM_INFINITY else min(int(space), hard)
-        # Hard as well as soft: a function may not raise it again.
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     # A process group of its own (the worker's spawn makes one too), so that the worker's kill
     # (deadline, memory, cancel) takes the processes a function forks with it.
     try:
@@ -116,7 +105,27 @@ def main(argv=None) -> int:
     sock = ctx.socket(zmq.PAIR)
     sock.linger = 0
     sock.connect(argv[0])
-    _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2], "confined": bool(sandbox)})
+    # The worker checks resident memory every 100 ms; an address-space limit (inherited by what
+    # a function forks) also stops one allocation far past it at once, as a MemoryError. The
+    # room is beyond what this process maps once it has started its threads and made a first
+    # DataFrame (pandas' first maps about a gigabyte it never touches).
+    pd.DataFrame({"x": np.zeros(1)}).sum()
+    address_space = 0
+    room = os.environ.get("TESSERA_EXECUTOR_ADDRESS_ROOM")
+    if room:
+        import resource
+
+        with open("/proc/self/status") as f:
+            mapped = next((int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:")), 0)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        address_space = mapped + int(room)
+        if hard != resource.RLIM_INFINITY:
+            address_space = min(address_space, hard)
+        # Hard as well as soft: a function may not raise it again.
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2], "confined": bool(sandbox),
+                  "address_space": address_space})
     functions: dict = {}
     while True:
         frames = sock.recv_multipart(copy=False)

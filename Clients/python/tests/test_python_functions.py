@@ -112,12 +112,25 @@ def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_pat
                 client.catalog("object").map_partitions(hog, columns=["coord_ra"])
 
             # One allocation far past it (not touched, so resident memory never shows it): refused
-            # by the executor's address-space limit, 2 × 300 MiB + 1 GiB.
+            # by the executor's address-space limit: what it maps once started, 2 × 300 MiB and 256 MiB more.
             def grab(df):
                 return np.empty(4 << 30, dtype=np.uint8).size
 
-            with pytest.raises(tessera.PythonFunctionError, match=r"more memory than it may map \(1624 MiB of address space"):
+            with pytest.raises(tessera.PythonFunctionError, match=r"more memory than it may map \(\d+ MiB of address space; 300 MiB resident\)"):
                 client.catalog("object").map_partitions(grab, columns=["coord_ra"])
+            # What it forks counts too: each child may map up to the address-space limit, so ten
+            # would hold ten times the limit. Eight children of 40 MB each while their parent
+            # waits (the executor maps some 1.5 GB already: each has little room of its own).
+            def fork_hog(df):
+                for _ in range(8):
+                    if os.fork() == 0:
+                        block = np.ones(40_000_000, dtype=np.uint8)
+                        time.sleep(60 + block[0])
+                        os._exit(0)
+                time.sleep(60)
+
+            with pytest.raises(tessera.PythonFunctionError, match=r"with what it forked\), over its memory limit of 300 MiB: killed"):
+                client.catalog("object").map_partitions(fork_hog, columns=["coord_ra"], timeout=30)
             assert client.catalog("object").map_partitions(len, columns=["coord_ra"]) == [30000]
 
 

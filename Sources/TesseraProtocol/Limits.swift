@@ -94,6 +94,10 @@ public enum Limits {
     /// Most pairs one left row group (up to 65,536 rows) may find: pairs are held in memory
     /// before the filter and the result see them.
     public static let crossmatchPairsPerRowGroup = 4_000_000
+    /// Positions of the right side one row group's left rows may be compared with (each within
+    /// its window, pair or not): a nearest match of a dense right side at a wide radius cost
+    /// hours of a worker without finding many pairs.
+    public static let crossmatchComparisonsPerRowGroup = 1_000_000_000
 
     // MARK: Python
 
@@ -137,6 +141,7 @@ extension Limits {
         ("cross-match radius", "\(Int(crossmatchRadiusArcsec))″", "cross-match (and at most the right dataset's margin)"),
         ("nearest neighbours per row", "\(crossmatchNeighbours)", "cross-match (`k`)"),
         ("pairs per left row group", "\(crossmatchPairsPerRowGroup)", "cross-match (a radius is also bounded by the right dataset's margin)"),
+        ("comparisons per left row group", "\(crossmatchComparisonsPerRowGroup)", "cross-match (positions of the right side compared, pairs or not)"),
         ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),
         ("value of one Python call, pickled", bytes(pythonValueBytes), "worker Python executors"),
     ]

@@ -221,18 +221,22 @@ public struct SkyPairIndex: Sendable {
 
     /// Indexed positions within the radius of each of `ra`/`dec` (degrees), by position then
     /// separation (ties by indexed number); with `nearest`, only the first that many per position.
-    /// - Returns: nil as soon as more than `limit` pairs are found (their memory is bounded).
-    public func pairs(ra qra: [Double], dec qdec: [Double], nearest: Int? = nil, limit: Int = .max) -> Pairs? {
+    /// - Returns: nil as soon as more than `limit` pairs are found (their memory is bounded), or
+    ///   more than `examineLimit` indexed positions were compared (their time is: a dense right
+    ///   side and a wide radius cost every left row the whole window, pairs or not).
+    public func pairs(ra qra: [Double], dec qdec: [Double], nearest: Int? = nil, limit: Int = .max, examineLimit: Int = .max) -> Pairs? {
         var out = Pairs()
         if row.isEmpty { return out }
         let keep = nearest.map { max(1, $0) } ?? Int.max
+        var examined = 0
         if keep == 1 {
             // The nearest alone: kept as the candidates come, nothing to sort.
             for i in 0..<min(qra.count, qdec.count) {
                 var best = Double.infinity, bestRow: Int32 = -1
-                candidates(qra[i], qdec[i]) { r, c2 in
+                examined &+= candidates(qra[i], qdec[i]) { r, c2 in
                     if c2 < best || (c2 == best && r < bestRow) { best = c2; bestRow = r }
                 }
+                if examined > examineLimit { return nil }
                 if bestRow >= 0 {
                     out.left.append(Int32(i))
                     out.right.append(bestRow)
@@ -245,7 +249,8 @@ public struct SkyPairIndex: Sendable {
         var found: [(c2: Double, row: Int32)] = []
         for i in 0..<min(qra.count, qdec.count) {
             found.removeAll(keepingCapacity: true)
-            candidates(qra[i], qdec[i]) { r, c2 in found.append((c2, r)) }
+            examined &+= candidates(qra[i], qdec[i]) { r, c2 in found.append((c2, r)) }
+            if examined > examineLimit { return nil }
             if found.isEmpty { continue }
             if found.count > 1 { found.sort { $0.c2 < $1.c2 || ($0.c2 == $1.c2 && $0.row < $1.row) } }
             for f in found.prefix(keep) {
@@ -259,16 +264,17 @@ public struct SkyPairIndex: Sendable {
     }
 
     /// Calls `body` with each indexed position's number and squared chord within the radius of
-    /// (ra, dec), in no particular order.
-    @inline(__always)
-    func candidates(_ qra: Double, _ qdec: Double, _ body: (Int32, Double) -> Void) {
-        guard Self.usable(qra, qdec) else { return }
+    /// (ra, dec), in no particular order; returns how many indexed positions it compared.
+    @inline(__always) @discardableResult
+    func candidates(_ qra: Double, _ qdec: Double, _ body: (Int32, Double) -> Void) -> Int {
+        guard Self.usable(qra, qdec) else { return 0 }
         let q = Self.unitVector(qra, qdec)
         let key = Self.wrapped(qra - raOrigin)
         let lastZone = firstZone + binCount.count - 1
         let zLo = max(firstZone, Self.zone(max(-90, qdec - reach), zoneHeight))
         let zHi = min(lastZone, Self.zone(min(90, qdec + reach), zoneHeight))
-        if zLo > zHi { return }
+        if zLo > zHi { return 0 }
+        var examined = 0
         let own = Self.zone(qdec, zoneHeight) - firstZone
         let half = own >= 0 && own < windowHalf.count ? windowHalf[own] : Self.windowHalf(edge: abs(qdec) + reach, reach: reach)
         let limit = chordSquared
@@ -279,6 +285,7 @@ public struct SkyPairIndex: Sendable {
                     row.withUnsafeBufferPointer { rows in
                         cellStart.withUnsafeBufferPointer { starts in
                             func scan(_ a: Int, _ b: Int) {
+                                examined &+= max(0, b - a)
                                 var k = a
                                 while k < b {
                                     let dx = xs[k] - q.x, dy = ys[k] - q.y, dz = zs[k] - q.z
@@ -313,5 +320,6 @@ public struct SkyPairIndex: Sendable {
                 }
             }
         }
+        return examined
     }
 }

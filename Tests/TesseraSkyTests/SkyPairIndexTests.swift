@@ -96,6 +96,22 @@ struct SkyPairIndexTests {
         #expect(zip(three.left, three.left.dropFirst()).allSatisfy { $0 <= $1 }, "by left position")
     }
 
+    /// A nearest match against a dense right side at a wide radius compares each left row with
+    /// its whole window, pairs or not: bounded by `examineLimit`, for k = 1 and for more.
+    @Test func comparisonsAreBounded() {
+        // 400 positions within 0.01° of (10, 20); a radius of 60″ reaches them all.
+        let n = 400
+        let ra = (0..<n).map { 10 + Double($0 % 20) * 0.0005 }, dec = (0..<n).map { 20 + Double($0 / 20) * 0.0005 }
+        let index = SkyPairIndex(ra: ra, dec: dec, radiusArcsec: 60)
+        let left = (ra: [Double](repeating: 10.005, count: 10), dec: [Double](repeating: 20.005, count: 10))
+        for k in [1, 3] {
+            // Each left row compares at least the 400 (its window holds them all).
+            #expect(index.pairs(ra: left.ra, dec: left.dec, nearest: k, examineLimit: 10 * n) != nil)
+            #expect(index.pairs(ra: left.ra, dec: left.dec, nearest: k, examineLimit: 5 * n) == nil, "k = \(k)")
+        }
+        #expect(index.pairs(ra: left.ra, dec: left.dec, nearest: 1, examineLimit: 10 * n)?.count == 10)
+    }
+
     @Test func degenerateIndexes() {
         let empty = SkyPairIndex(ra: [.nan], dec: [0], radiusArcsec: 1)
         #expect(empty.count == 0)

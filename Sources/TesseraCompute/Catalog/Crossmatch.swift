@@ -492,8 +492,8 @@ struct CrossmatchTask {
             }
             if candidates.isEmpty { _ = try acc.absorb(piece); continue }
             guard let found = index.pairs(ra: candidates.map { ra[$0] }, dec: candidates.map { dec[$0] }, nearest: checked.nearest,
-                                          limit: Limits.crossmatchPairsPerRowGroup) else {
-                throw CatalogQueryError("a cross-match found more than \(Limits.crossmatchPairsPerRowGroup) pairs for \(candidates.count) rows of one row group (the limit): use a smaller radius, a nearest match, or a filter on the left rows")
+                                          limit: Limits.crossmatchPairsPerRowGroup, examineLimit: Limits.crossmatchComparisonsPerRowGroup) else {
+                throw CatalogQueryError("a cross-match found more than \(Limits.crossmatchPairsPerRowGroup) pairs, or compared more than \(Limits.crossmatchComparisonsPerRowGroup) positions, for \(candidates.count) rows of one row group (the limits): use a smaller radius, or a filter on the left rows")
             }
             let n = found.count
             if n == 0 { _ = try acc.absorb(piece); continue }

@@ -127,6 +127,14 @@ def main(argv=None) -> int:
     _reply(sock, {"ready": True, "pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2], "confined": bool(sandbox),
                   "address_space": address_space})
     functions: dict = {}
+    me = os.getpid()
+
+    def forked_child():
+        """Whether this is a process the function forked, come back from it (it returned or
+        raised rather than calling os._exit): it must not answer on the executor's socket,
+        whose ZeroMQ context does not survive a fork, nor read its next call."""
+        return os.getpid() != me
+
     while True:
         frames = sock.recv_multipart(copy=False)
         try:
@@ -158,10 +166,14 @@ def main(argv=None) -> int:
                 _reply(sock, {"ok": False, "kind": "exception", "message": f"unknown op {header.get('op')!r}"})
                 continue
         except BaseException as e:  # noqa: BLE001 - everything the user's code raises is reported
+            if forked_child():
+                os._exit(1)
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
                 raise
             _reply(sock, _failure(e))
             continue
+        if forked_child():
+            os._exit(0)
         try:
             payload = cloudpickle.dumps(value, protocol=5)
         except BaseException as e:  # noqa: BLE001

@@ -351,6 +351,30 @@ def test_a_killed_function_takes_what_it_forked_with_it(client, function_dir):
     assert not _running(child)
 
 
+def test_a_forked_child_that_returns_does_not_answer_for_the_executor(client, function_dir):
+    """A function that forks and whose child returns (or raises) instead of calling os._exit
+    brought a second process into the executor's loop, on the same ZeroMQ socket: the child
+    now ends there, and the parent's answer is the one the client gets."""
+    marker = str(function_dir / "children")
+
+    def forks_and_returns(df):
+        child = os.fork()
+        if child == 0:
+            with open(f"{marker}-{os.getpid()}", "w") as f:
+                f.write("child")
+            return "from the child"
+        os.waitpid(child, 0)
+        return "from the parent"
+
+    answers = client.catalog("object").map_partitions(forks_and_returns, columns=["coord_ra"], timeout=20)
+    assert set(answers) == {"from the parent"}
+    children = [int(p.rsplit("-", 1)[1]) for p in glob.glob(marker + "-*")]
+    assert len(children) == len(answers)
+    assert not any(_running(p) for p in children)
+    # The executors answer on afterwards.
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
+
+
 def test_a_function_that_prints_without_end_is_killed(client):
     def chatty(df):
         line = "x" * 1_000_000

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 target="${1:?usage: scripts/fuzz.sh TARGET SECONDS [RUNS]}"
 seconds="${2:-30}"
 runs="${3:--1}"
-targets="envelope scheduler worker expression plan shard csv fits adql votable"
+targets="envelope scheduler worker expression plan shard csv fits adql votable images"
 if [ "$target" = all ]; then
   for t in $targets; do "$0" "$t" "$seconds" "$runs"; done
   exit 0

@@ -35,6 +35,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case adql
     /// VOTable documents (a TAP UPLOAD's table): read within small limits, each column as stored.
     case votable
+    /// Image questions as JSON (cutouts, pixel statistics, HiPS of the image dataset `coadd`;
+    /// forced photometry and stacks of `object` on it), checked and expanded by the scheduler
+    /// against tract patches of two bands and an image on its own grid.
+    case images
 }
 
 /// Runs fuzz inputs; holds the live state some targets keep between inputs.
@@ -61,6 +65,7 @@ public final class FuzzHarness: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: registryPath)
         registry = try Registry(path: registryPath)
         try Self.registerFixture(registry, root: scratch)
+        try Self.registerImages(registry)
         scheduler = SchedulerCore(now: now)
         resetScheduler()
         worker.registered(as: 1)
@@ -102,6 +107,39 @@ public final class FuzzHarness: @unchecked Sendable {
         try registry.commitIngest(d, shards: shards, replicas: shards.map { _ in ["w1", "w2"] }, replace: true)
     }
 
+    /// The image dataset's tiling: tracts of order 5, patches of order 8, 0.2″ pixels.
+    static let imageTiling = SkyTiling(tractOrder: 5, patchOrder: 8, pixelScaleArcsec: 0.2, borderPixels: 100)
+
+    /// `coadd`: the patch holding the fixture's first row and its three siblings, in bands g
+    /// and r, and a 1000 × 1000 image of band g on its own grid a degree away.
+    static func registerImages(_ registry: Registry) throws {
+        let (_, data) = try fixtureShard()
+        let ra = data[1].doubles[0], dec = data[2].doubles[0]
+        let t = imageTiling
+        var info = Tessera_V1_ImageDatasetInfo()
+        info.bands = ["g", "r"]
+        (info.tractOrder, info.patchOrder, info.pixelScaleArcsec, info.borderPixels) = (5, 8, 0.2, 100)
+        var headers: [ImagePatchHeader] = []
+        let first = t.patch(ra: ra, dec: dec) & ~3
+        for p in first..<(first + 4) {
+            let tract = t.tract(ofPatch: p), box = t.patchBox(p)
+            for band in info.bands {
+                headers.append(ImagePatchHeader(band: band, tract: tract, patch: p, tractOrder: 5, patchOrder: 8, x0: box.x0, y0: box.y0,
+                                                width: box.width, height: box.height, wcs: t.tractWCS(tract).shifted(x0: box.x0, y0: box.y0)))
+            }
+        }
+        headers.append(ImagePatchHeader(band: "g", tract: -1, patch: -1, tractOrder: -1, patchOrder: -1, x0: 0, y0: 0, width: 1000, height: 1000,
+                                        wcs: .northUp(ra: ra + 1, dec: dec, x: 500, y: 500, scaleArcsec: 0.5)))
+        let shards = headers.map { h -> ShardRecord in
+            let place = ImageDataset.shardPlace(header: h, bandIndex: info.bands.firstIndex(of: h.band) ?? 0)
+            return ShardRecord(order: place.order, pixel: place.pixel, rows: 0, marginRows: 0, bytes: Int64(h.width * h.height * 12), checksum: 0,
+                               statistics: (try? ImageDataset.info(h).serializedData()) ?? Data())
+        }
+        let d = DatasetRecord(name: "coadd", kind: ImageDataset.kind, schema: try info.serializedData(), raColumn: "", decColumn: "",
+                              maxRowsPerShard: 0, marginArcsec: 0, rows: 0, ingestId: "i2")
+        try registry.commitIngest(d, shards: shards, replicas: shards.map { _ in ["w1", "w2"] }, replace: true)
+    }
+
     func resetScheduler() {
         var config = SchedulerConfig()
         config.maxTasksPerJob = 100_000
@@ -137,6 +175,7 @@ public final class FuzzHarness: @unchecked Sendable {
         case .fits: fits(bytes)
         case .adql: adql(bytes)
         case .votable: votable(bytes)
+        case .images: images(bytes)
         }
     }
 
@@ -266,6 +305,30 @@ public final class FuzzHarness: @unchecked Sendable {
         guard case .bytes(let merged)? = try? CatalogOperators.catalogMerge.run(merge),
               let partial = try? CatalogPartial(serializedBytes: merged) else { return }
         _ = CatalogResult(plan: p, partial: partial).table
+    }
+
+    /// A plan on the image dataset, or (with forced photometry or a stack) on the catalog with
+    /// the image dataset's pixels, as a client would send it.
+    func images(_ b: [UInt8]) {
+        _ = imagePlan(b)
+    }
+
+    /// "N tasks" for the plan `images` makes of `b`, or why it refused (for a test that the
+    /// fixture is reached: a harness whose plans all fail early fuzzes nothing).
+    public func imagePlan(_ b: [UInt8]) -> String? {
+        guard var p = try? CatalogQueryPlan(jsonUTF8Bytes: b) else { return nil }
+        if p.hasForcedPhotometry || p.hasStack {
+            p.dataset = "object"
+            if p.hasForcedPhotometry { p.forcedPhotometry.images = "coadd" }
+            if p.hasStack { p.stack.images = "coadd" }
+        } else {
+            p.dataset = "coadd"
+        }
+        do throws(ProtocolError) {
+            return "\(try scheduler.expandCatalogQuery(p, user: "alice").taskCount) tasks"
+        } catch {
+            return "refused: \(error)"
+        }
     }
 
     func temporaryFile(_ b: [UInt8], _ suffix: String) -> String {

@@ -30,6 +30,20 @@ public enum FuzzSeeds {
                 .enumerated().map { ("q\($0.offset)", Array($0.element.utf8)) }
         case .plan:
             return try plans().enumerated().map { ("p\($0.offset)", Array(try $0.element.jsonUTF8Data())) }
+        case .images:
+            // Cutouts (a cone, a box pole to pole, a polygon), pixel statistics, a HiPS, forced
+            // photometry and a median stack, with numbers near their limits.
+            // (The fixture's first row, which the patches hold, is at 52.1269, -37.8783; the
+            // image on its own grid a degree east of it.)
+            return ["{\"cutout\":{\"bands\":[\"g\",\"r\"],\"width\":256,\"height\":256},\"cone\":{\"ra\":52.1269,\"dec\":-37.8783,\"radius\":0.01}}",
+                    "{\"cutout\":{\"bands\":[\"g\"]},\"cone\":{\"ra\":53.1269,\"dec\":-37.8783,\"radius\":0.02}}",
+                    "{\"cutout\":{},\"box\":{\"raMin\":10,\"raMax\":12,\"decMin\":-90,\"decMax\":90}}",
+                    "{\"cutout\":{\"width\":4096},\"polygon\":{\"ra\":[52.1,52.2,52.15],\"dec\":[-37.9,-37.9,-37.8]}}",
+                    "{\"imageStatistics\":{\"bands\":[\"g\"],\"mapOrder\":16}}",
+                    "{\"hips\":{\"band\":\"r\",\"order\":9,\"tileWidth\":512,\"cutLow\":0,\"cutHigh\":1000}}",
+                    "{\"forcedPhotometry\":{\"bands\":[\"g\"],\"apertureArcsec\":1,\"annulusOuterArcsec\":1e300},\"filter\":\"r_psfFlux > 0\"}",
+                    "{\"stack\":{\"band\":\"g\",\"size\":31,\"kind\":\"STACK_MEDIAN\",\"medianMin\":0,\"medianMax\":1e-322}}"]
+                .enumerated().map { ("i\($0.offset)", Array($0.element.utf8)) }
         case .shard:
             // A small shard: two row groups of 64 rows of every column kind.
             let (columns, data) = try FuzzHarness.fixtureShard()

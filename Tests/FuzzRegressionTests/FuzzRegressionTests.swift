@@ -21,4 +21,24 @@ struct FuzzRegressionTests {
             h.run(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
         }
     }
+
+    /// The image target's seeds reach the planning they are for: cutouts on the tract's patches
+    /// and on the image on its own grid, a depth map of order 16 over four patches, a HiPS are
+    /// planned into tasks; the pole-to-pole box, the 1e300″ annulus and the 1e-322-wide median
+    /// histogram are refused in words (each once trapped the scheduler or a worker).
+    @Test func imageSeedsReachTheirPlanning() throws {
+        let h = try FuzzHarness(.images, scratch: NSTemporaryDirectory() + "tessera-fuzz-test-images-plan-\(getpid())")
+        var outcomes: [String: String] = [:]
+        for path in Self.files("corpus", .images) {
+            outcomes[URL(fileURLWithPath: path).lastPathComponent] = h.imagePlan(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+        }
+        func planned(_ seed: String) -> Bool { outcomes[seed].map { $0.hasSuffix(" tasks") && !$0.hasPrefix("0 ") } ?? false }
+        func refused(_ seed: String, _ words: String) -> Bool { outcomes[seed].map { $0.hasPrefix("refused:") && $0.contains(words) } ?? false }
+        #expect(planned("i0") && planned("i1") && planned("i5"), "\(outcomes)")
+        #expect(refused("i2", "larger than the limit"), "\(String(describing: outcomes["i2"]))")
+        #expect(planned("i3") || refused("i3", "larger than the limit"), "\(String(describing: outcomes["i3"]))")
+        #expect(planned("i4"), "\(String(describing: outcomes["i4"]))")
+        #expect(refused("i6", "the annulus reaches"), "\(String(describing: outcomes["i6"]))")
+        #expect(refused("i7", "cannot be cut into"), "\(String(describing: outcomes["i7"]))")
+    }
 }

@@ -56,7 +56,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "A folder users' Python functions may read (repeatable; never within --data or the key).")
     var pythonRead: [String] = []
 
-    @Option(help: "A folder users' Python functions may read and write (repeatable; never within --data or the key).")
+    @Option(help: "A folder users' Python functions may write in, each user in a folder of their own in it, FOLDER/USER (repeatable; never within --data or the key).")
     var pythonWrite: [String] = []
 
     @Option(help: "Exit when the process with this pid is no longer the parent.")

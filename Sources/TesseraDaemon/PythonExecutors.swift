@@ -18,8 +18,10 @@ public struct PythonSettings: Sendable {
     /// Whether executors confine themselves with Landlock before running any function (they
     /// refuse to start where the kernel cannot): see `tessera/_sandbox.py`.
     public var sandboxed = true
-    /// Folders functions may read (besides the interpreter's and the system's) and write
-    /// (besides their executor's scratch folder), when sandboxed.
+    /// Folders functions may read (besides the interpreter's and the system's) and write in
+    /// (besides their executor's scratch folder), when sandboxed: each user's functions write
+    /// in a folder of their own in each, named after the user (`userFolder`), and see no other
+    /// user's there.
     public var readPaths: [String] = []
     public var writePaths: [String] = []
     /// What functions may never read, whatever folder holds it: the worker's data folder and
@@ -70,6 +72,13 @@ public struct PythonSettings: Sendable {
         return p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
     }
 
+    /// A user's folder's name in a `--python-write` folder: the user's name with anything but
+    /// letters, digits, `-`, `_` and `.` as `_` (and never `.` or `..`).
+    public static func userFolder(_ user: String) -> String {
+        let safe = String(user.prefix(64).map { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) ? $0 : "_" })
+        return safe.isEmpty || safe.first == "." ? "u" + safe : safe
+    }
+
     static func realPath(_ p: String) -> String {
         guard let r = realpath(p, nil) else { return p }
         defer { free(r) }
@@ -77,10 +86,10 @@ public struct PythonSettings: Sendable {
     }
 
     /// What the executor reads from `TESSERA_EXECUTOR_SANDBOX` (JSON), for an executor whose
-    /// scratch folder is `scratch`; nil when not sandboxed.
-    func sandboxConfiguration(scratch: String) -> String? {
+    /// scratch folder is `scratch` and which writes in `writes`; nil when not sandboxed.
+    func sandboxConfiguration(scratch: String, writes: [String]) -> String? {
         guard sandboxed else { return nil }
-        let config: [String: Any] = ["read": readPaths, "write": writePaths, "private": privatePaths, "scratch": scratch]
+        let config: [String: Any] = ["read": readPaths, "write": writes, "private": privatePaths, "scratch": scratch]
         guard let data = try? JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
@@ -324,7 +333,7 @@ public final class PythonExecutors: Sendable {
         }
         let n = started.add(1, ordering: .relaxed).newValue
         do {
-            return try PythonExecutor(settings: settings, context: context, folder: folder, index: n)
+            return try PythonExecutor(settings: settings, context: context, folder: folder, index: n, user: user)
         } catch let e as PythonStartError {
             throw OperatorError(name, "cannot start a Python executor (`\(settings.executable) -m tessera.executor`) on worker \(workerName): \(e.message)", retryable: false)
         } catch {
@@ -360,7 +369,7 @@ final class PythonExecutor: @unchecked Sendable {
     /// The address space it may map (`RLIMIT_AS`), as it set it.
     private(set) var addressSpace: UInt64 = 0
 
-    init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int) throws {
+    init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int, user: String) throws {
         socketPath = folder + "/executor-\(index).sock"
         logPath = folder + "/executor-\(index).log"
         scratchPath = folder + "/executor-\(index).scratch"
@@ -374,7 +383,20 @@ final class PythonExecutor: @unchecked Sendable {
         _ = try socket.bind("ipc://" + socketPath)
         // Nothing of the worker's own configuration (its key's path, say) reaches users' code.
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TESSERA_") }
-        if let sandbox = settings.sandboxConfiguration(scratch: scratchPath) { env["TESSERA_EXECUTOR_SANDBOX"] = sandbox }
+        // In each --python-write folder, the user's own.
+        var writes: [String] = []
+        if settings.sandboxed {
+            for w in settings.writePaths {
+                let mine = w + "/" + PythonSettings.userFolder(user)
+                do {
+                    try FileManager.default.createDirectory(atPath: mine, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                } catch {
+                    throw PythonStartError(message: "cannot make the folder \(mine) for the user's functions to write in: \(error)")
+                }
+                writes.append(mine)
+            }
+        }
+        if let sandbox = settings.sandboxConfiguration(scratch: scratchPath, writes: writes) { env["TESSERA_EXECUTOR_SANDBOX"] = sandbox }
         // Its working folder: `python -m` put the worker's own first on sys.path (it may hold
         // the data folder), which the executor takes off and moves here.
         env["TESSERA_EXECUTOR_SCRATCH"] = scratchPath

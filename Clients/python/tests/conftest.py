@@ -74,10 +74,11 @@ def functions_folder(tmp_path_factory):
 
 
 @pytest.fixture
-def function_dir(functions_folder, request):
-    """A folder of this test's own in `functions_folder`."""
-    d = functions_folder / request.node.name
-    d.mkdir()
+def function_dir(functions_folder, client, request):
+    """A folder of this test's own where the session client's functions may write: in the
+    user's own folder of `functions_folder` (each user's functions write only in theirs)."""
+    d = functions_folder / client.user / request.node.name
+    d.mkdir(parents=True)
     return d
 
 

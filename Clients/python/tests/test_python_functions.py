@@ -233,6 +233,45 @@ def test_executors_serve_one_user_each(cluster, bins):
         assert "mallory" in set(mallory.catalog("object").map_partitions(look, columns=["coord_ra"]))
 
 
+@pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock: functions write where the worker may")
+def test_each_users_functions_write_in_their_own_folder(cluster, bins, functions_folder):
+    """In a --python-write folder each user's functions get a folder of their own: Mallory's
+    cannot read, list or write Victor's, nor the shared folder itself."""
+    keys = os.path.dirname(cluster.key_path)
+    for user in ("mallory", "victor"):
+        subprocess.run([os.path.join(bins, "tessera"), "keys", "add-user", user, "--dir", keys], check=True, capture_output=True)
+    shared = str(functions_folder)
+
+    def write(df):
+        import os
+        mine = os.path.join(shared, "victor")
+        with open(os.path.join(mine, "notes.txt"), "w") as f:
+            f.write("victor's")
+        return len(df)
+
+    def pry(df):
+        import os
+
+        def attempt(f):
+            try:
+                f()
+                return "allowed"
+            except OSError as e:
+                return type(e).__name__
+        return (attempt(lambda: open(os.path.join(shared, "victor", "notes.txt")).read()),
+                attempt(lambda: os.listdir(os.path.join(shared, "victor"))),
+                attempt(lambda: open(os.path.join(shared, "victor", "planted.txt"), "w").write("x")),
+                attempt(lambda: open(os.path.join(shared, "planted.txt"), "w").write("x")),
+                attempt(lambda: open(os.path.join(shared, "mallory", "mine.txt"), "w").write("x")))
+
+    with tessera.Client(cluster, key=os.path.join(keys, "user-mallory.key"), progress=False) as mallory, \
+            tessera.Client(cluster, key=os.path.join(keys, "user-victor.key"), progress=False) as victor:
+        assert sum(victor.catalog("object").map_partitions(write, columns=["coord_ra"])) == ROWS
+        for answer in mallory.catalog("object").map_partitions(pry, columns=["coord_ra"]):
+            assert answer == ("PermissionError",) * 4 + ("allowed",), answer
+    assert open(os.path.join(shared, "victor", "notes.txt")).read() == "victor's"
+
+
 def _take_from_worker_socket(path, key=(1 << 32) | 1, token=b"", detail=False):
     """A take of a direct result (by default a made-up one) from a worker's same-host socket:
     what it answers (with `detail`, also the keys it sent and those it reported missing)."""

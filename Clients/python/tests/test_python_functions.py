@@ -343,9 +343,12 @@ def test_a_function_may_not_take_results_from_its_worker(client, function_dir):
             if os.fork() == 0:
                 time.sleep(0.5)
                 answer = _take_from_worker_socket(path)
-                with open(out + ".part", "w") as f:
+                # A file of its own first: the function runs on every shard, and a grandchild
+                # truncating a shared one under another's rename left the test an empty file.
+                part = f"{out}.{os.getpid()}.part"
+                with open(part, "w") as f:
                     f.write(answer)
-                os.rename(out + ".part", out)
+                os.rename(part, out)
             os._exit(0)
         os.waitpid(child, 0)
         return 1

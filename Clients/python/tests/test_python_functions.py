@@ -233,6 +233,15 @@ def test_executors_serve_one_user_each(cluster, bins):
         assert "mallory" in set(mallory.catalog("object").map_partitions(look, columns=["coord_ra"]))
 
 
+def _attempt(f):
+    """What a function's attempt at `f()` came to: "allowed", or the name of its OSError."""
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+
+
 @pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock: functions write where the worker may")
 def test_each_users_functions_write_in_their_own_folder(cluster, bins, functions_folder):
     """In a --python-write folder each user's functions get a folder of their own: Mallory's
@@ -252,12 +261,7 @@ def test_each_users_functions_write_in_their_own_folder(cluster, bins, functions
     def pry(df):
         import os
 
-        def attempt(f):
-            try:
-                f()
-                return "allowed"
-            except OSError as e:
-                return type(e).__name__
+        attempt = _attempt
         return (attempt(lambda: open(os.path.join(shared, "victor", "notes.txt")).read()),
                 attempt(lambda: os.listdir(os.path.join(shared, "victor"))),
                 attempt(lambda: open(os.path.join(shared, "victor", "planted.txt"), "w").write("x")),
@@ -437,12 +441,7 @@ def _probe_access(paths, port, writable):
         import socket
         import tempfile
 
-        def attempt(f):
-            try:
-                f()
-                return "allowed"
-            except OSError as e:
-                return type(e).__name__
+        attempt = _attempt
 
         out = {p: attempt(lambda p=p: open(p, "rb").read(1)) for p in paths}
         out["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close())

@@ -146,6 +146,51 @@ struct UploadTests {
         #expect(UploadFetcher.isPublic("172.32.0.1") && UploadFetcher.isPublic("11.0.0.1"))
     }
 
+    /// A one-row table of one text column holding `characters` characters.
+    func oneTextCell(_ characters: Int) throws -> UploadedTable {
+        let xml = "<?xml version=\"1.0\"?><VOTABLE version=\"1.4\"><RESOURCE><TABLE><FIELD name=\"s\" datatype=\"char\" arraysize=\"*\"/><DATA><TABLEDATA><TR><TD>"
+            + String(repeating: "a", count: characters) + "</TD></TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"
+        return try VOTableReader.read(Array(xml.utf8))
+    }
+
+    /// Async jobs hold their uploads until they run: charged by what they hold, not by cells (a
+    /// one-cell table of 20 MB of text is one cell). Twice one upload's limit (64 MiB) a user.
+    @Test func asyncUploadsAreChargedByWhatTheyHold() async throws {
+        let big = try oneTextCell(20 << 20)
+        #expect(big.rows * big.columns.count == 1 && big.heldBytes >= 20 << 20)
+        let jobs = AsyncJobs(service: TAPService(endpoint: "tcp://127.0.0.1:9"))
+        let query = ["LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM TAP_UPLOAD.a"]
+        let two = [TAPUpload(name: "a", table: big), TAPUpload(name: "b", table: big)]
+        _ = try await jobs.create(owner: "carol", parameters: query, uploads: two)
+        do throws(TAPError) {
+            _ = try await jobs.create(owner: "carol", parameters: query, uploads: two)
+            Issue.record("a second 40 MB of uploads was taken")
+        } catch {
+            #expect(error.status == 429 && error.message.contains("MiB of uploads"), "\(error.message)")
+        }
+        // Another user's are her own.
+        _ = try await jobs.create(owner: "dan", parameters: query, uploads: two)
+    }
+
+    /// An upload without positions is answered in the gateway from rows of cells (24 bytes each,
+    /// held several times): at most a million cells.
+    @Test func localUploadsAreBoundedByCells() throws {
+        let columns = 200, rows = 5_001
+        var xml = "<?xml version=\"1.0\"?><VOTABLE version=\"1.4\"><RESOURCE><TABLE>"
+        for c in 0..<columns { xml += "<FIELD name=\"c\(c)\" datatype=\"unsignedByte\"/>" }
+        xml += "<DATA><TABLEDATA>"
+        let row = "<TR>" + String(repeating: "<TD>1</TD>", count: columns) + "</TR>"
+        xml += String(repeating: row, count: rows) + "</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"
+        let table = try VOTableReader.read(Array(xml.utf8))
+        do throws(TAPError) {
+            _ = try TAPService.localTable(TAPUpload(name: "wide", table: table))
+            Issue.record("\(rows) × \(columns) cells were taken")
+        } catch {
+            #expect(error.status == 400 && error.message.contains("\(TAPService.maxLocalUploadCells) cells"), "\(error.message)")
+        }
+        #expect(try TAPService.localTable(TAPUpload(name: "small", table: try oneTextCell(10))).rows.count == 1)
+    }
+
     @Test func textColumnsAreSelectedByRowNumberAndNothingElse() throws {
         let upload = ADQLTable(schema: "TAP_UPLOAD", name: "mine", columns: [
             ADQLColumn(name: "ra", type: .columnFloat64), ADQLColumn(name: "dec", type: .columnFloat64),

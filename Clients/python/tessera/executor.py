@@ -98,7 +98,12 @@ def main(argv=None) -> int:
     def watch_parent():
         while os.getppid() == parent:
             time.sleep(0.5)
-        os._exit(0)
+        # What the functions forked goes too (they have no such thread: a worker killed at
+        # once left them running for good). The executor leads their process group.
+        try:
+            os.killpg(os.getpgid(0), 9)
+        finally:
+            os._exit(0)
 
     threading.Thread(target=watch_parent, daemon=True).start()
     ctx = zmq.Context()

@@ -421,6 +421,37 @@ def test_a_forked_child_that_returns_does_not_answer_for_the_executor(client, fu
     assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
 
 
+def test_what_a_function_forked_ends_when_its_worker_is_killed(bins, catalog_files, tmp_path):
+    """An executor ends when its worker does (it watches its parent); the processes its
+    functions forked have no such watch, and outlived a worker killed at once. The executor
+    takes its process group with it."""
+    marker = tmp_path / "shared"
+    marker.mkdir()
+    with tessera.LocalCluster(workers=1, threads=1, data=str(tmp_path / "data"), bin_dir=bins,
+                              extra_args=["--python-write", str(marker), *SANDBOX_ARGS]) as c:
+        ingest(bins, c, "object", catalog_files[:1], 30000)
+        with tessera.Client(c, progress=False) as client:
+            out = str(marker / client.user) if LANDLOCK else str(marker)
+
+            def leave_a_child(df):
+                child = os.fork()
+                if child == 0:
+                    time.sleep(300)
+                    os._exit(0)
+                with open(os.path.join(out, "child"), "w") as f:
+                    f.write(str(child))
+                return os.getppid()
+
+            worker = client.catalog("object").map_partitions(leave_a_child, columns=["coord_ra"])[0]
+            child = int(open(os.path.join(out, "child")).read())
+            assert _running(child)
+            os.kill(worker, signal.SIGKILL)
+            gone_by = time.monotonic() + 15
+            while _running(child) and time.monotonic() < gone_by:
+                time.sleep(0.1)
+            assert not _running(child), "a process a function forked outlived its killed worker by 15 s"
+
+
 def test_a_function_that_prints_without_end_is_killed(client):
     def chatty(df):
         line = "x" * 1_000_000

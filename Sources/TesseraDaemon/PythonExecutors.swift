@@ -38,8 +38,7 @@ public struct PythonSettings: Sendable {
     public func problem() -> String? {
         for (option, paths) in [("--python-read", readPaths), ("--python-write", writePaths)] {
             for p in paths {
-                var isFolder: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: p, isDirectory: &isFolder) else { return "\(option) \(p): no such file or folder" }
+                guard FileManager.default.fileExists(atPath: p) else { return "\(option) \(p): no such file or folder" }
                 let real = Self.realPath(p)
                 for q in privatePaths where !q.isEmpty {
                     let r = Self.realPath(q)

@@ -239,9 +239,6 @@ final class SODAService: Sendable {
         // hundred times, so each ID is answered once, and the rows are bounded.
         var seen = Set<String>()
         for raw in ids where seen.insert(raw).inserted {
-            guard rows.count <= Self.maxLinkRows else {
-                throw SODAError.usage("these IDs list over \(Self.maxLinkRows) links: ask for fewer datasets, or for patches by their IDs")
-            }
             guard let id = ImageID(raw) else {
                 rows.append(Link(id: raw, error: "UsageError: `\(raw.prefix(120))` is not \(ImageID.authority)DATASET or \(ImageID.authority)DATASET?BAND/PATCH"))
                 continue
@@ -260,7 +257,11 @@ final class SODAService: Sendable {
             } else {
                 patches = d.patches.filter { $0.tract >= 0 && $0.width > 0 }.sorted { ($0.band, $0.patch) < ($1.band, $1.patch) }
             }
+            // Checked per patch: one dataset's ID alone lists every patch it has.
             for p in patches {
+                guard rows.count < Self.maxLinkRows else {
+                    throw SODAError.usage("these IDs list over \(Self.maxLinkRows) links: ask for fewer datasets, or for patches by their IDs")
+                }
                 let pid = ImageID(dataset: id.dataset, patch: (p.band, p.patch)).text
                 var link = Link(id: raw, description: "band \(p.band), patch \(p.patch) of tract \(p.tract): \(p.width) × \(p.height) pixels", semantics: "#this")
                 if Int(p.width) <= CutoutGeometry.maxSide, Int(p.height) <= CutoutGeometry.maxSide {

@@ -940,19 +940,25 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     }
                 } else {
                     var q = 0
-                    while true {
+                    while q + 4 <= count {
+                        let v = unsafeBitCast(planes.bits4(planes.image, start + q), to: SIMD4<Float>.self)
+                        UnsafeMutableRawPointer(to + q).storeBytes(of: v, as: SIMD4<Float>.self)
+                        let s2 = unsafeBitCast(planes.bits4(planes.variance, start + q), to: SIMD4<Float>.self)
+                        sums += SIMD4<Double>(s2)
+                        flags |= planes.bits4(planes.mask, start + q)
+                        finite += v - v + s2 - s2   // NaN from a NaN or an infinity
+                        q += 4
+                    }
+                    if q < count {
                         // The last vector ends at the run's end; its lanes before `q` were copied.
-                        let at = min(q, count - 4)
+                        let at = count - 4
                         let keep = lane .>= SIMD4<Int32>(repeating: Int32(q - at)), keepWide = wide .>= SIMD4<Int64>(repeating: Int64(q - at))
                         let v = unsafeBitCast(planes.bits4(planes.image, start + at), to: SIMD4<Float>.self)
                         UnsafeMutableRawPointer(to + at).storeBytes(of: v, as: SIMD4<Float>.self)
-                        let s2f = unsafeBitCast(planes.bits4(planes.variance, start + at), to: SIMD4<Float>.self)
-                        let s2 = SIMD4<Double>(s2f)
-                        sums += s2.replacing(with: 0, where: .!keepWide)
+                        let s2 = unsafeBitCast(planes.bits4(planes.variance, start + at), to: SIMD4<Float>.self)
+                        sums += SIMD4<Double>(s2).replacing(with: 0, where: .!keepWide)
                         flags |= planes.bits4(planes.mask, start + at).replacing(with: 0, where: .!keep)
-                        finite += (v - v + s2f - s2f).replacing(with: 0, where: .!keep)
-                        q = at + 4
-                        if q >= count { break }
+                        finite += (v - v + s2 - s2).replacing(with: 0, where: .!keep)
                     }
                 }
                 gathered += count

@@ -417,7 +417,8 @@ extension ImageOperatorTests {
     /// clip): at random positions with the ring cut by the planes' edges (a box with negative
     /// coordinates), at whole and half pixels, radii whole (pixel centres exactly on a circle)
     /// and not, a hole of less than a pixel; with masked pixels, NaN images or variances, an
-    /// infinity, in some trials, which the vectorised copy must hand to the careful one.
+    /// infinity, in some trials, which the vectorised copy must hand to the careful one. The
+    /// aperture likewise, against every pixel's exact overlap.
     @Test func annulusMatchesBruteForce() {
         var state: UInt64 = 41
         func unit() -> Double {
@@ -481,6 +482,24 @@ extension ImageOperatorTests {
                 }
             }
             if left > 0 { spoiled += 1 }
+            // The aperture: every pixel of the box weighed by its exact overlap.
+            var apertureSum = 0.0, apertureArea = 0.0
+            for j in box.y0..<box.y1 {
+                for i in box.x0..<box.x1 {
+                    let (dx, dy) = (Double(i) - x, Double(j) - y)
+                    let weight = CircleOverlap.area(x0: dx - 0.5, y0: dy - 0.5, x1: dx + 0.5, y1: dy + 0.5, radius: r)
+                    let k = (j - box.y0) * box.width + (i - box.x0)
+                    guard weight > 1e-13, mask[k] & ImageMask.bad == 0, image[k].isFinite, variance[k].isFinite else { continue }
+                    apertureSum += weight * Double(image[k])
+                    apertureArea += weight
+                }
+            }
+            if apertureArea > 0 {
+                #expect(abs(got.area - apertureArea) <= 1e-9 && abs(got.sum - apertureSum) <= 1e-9 * max(1, abs(apertureSum)),
+                        "trial \(trial) at \(x), \(y), r \(r): aperture \(got.sum) over \(got.area) pixels against \(apertureSum) over \(apertureArea)")
+            } else {
+                #expect(got.area == 0, "trial \(trial) at \(x), \(y), r \(r): aperture of \(got.area) pixels where none meets the planes")
+            }
             let want = Self.sortAndClip(values, sigma: 3, iterations: 10)
             let wantVariance = variancePixels == 0 ? Double.nan : varianceSum / Double(variancePixels)
             if values.isEmpty {

@@ -415,7 +415,7 @@ extension ImageOperatorTests {
     /// The annulus's background against a brute force over every pixel of the planes (centre
     /// at r_in ≤ d < r_out, not masked bad, image and variance finite, then a plain sort and
     /// clip): at random positions with the ring cut by the planes' edges (a box with negative
-    /// coordinates), at whole and half pixels, radii whole (pixel centres exactly on a circle)
+    /// coordinates, or beyond 32 bits), at whole and half pixels, radii whole (pixel centres exactly on a circle)
     /// and not, a hole of less than a pixel; with masked pixels, NaN images or variances, an
     /// infinity, in some trials, which the vectorised copy must hand to the careful one. The
     /// aperture likewise, against every pixel's exact overlap.
@@ -425,11 +425,14 @@ extension ImageOperatorTests {
             state = state &* 6364136223846793005 &+ 1442695040888963407
             return Double(state >> 11) / Double(1 << 53)
         }
-        let box = PixelBox(x0: -7, y0: 5, width: 61, height: 47)
+        let near = PixelBox(x0: -7, y0: 5, width: 61, height: 47)
+        // A grid's numbers beyond 32 bits (runs are counted from the box's first column).
+        let far = PixelBox(x0: 3_000_000_007, y0: -2_500_000_000, width: 61, height: 47)
         let radii: [(Double, Double, Double)] = [(2, 4, 7), (1.5, 3, 5), (1, 5, 5.0000001), (0.5, 0.3, 1.2), (3, 6.5, 11.25), (5, 10, 17.5)]
         var scratch = SigmaClippedMedian.Scratch()
         var spoiled = 0, checked = 0
         for trial in 0..<600 {
+            let box = trial % 4 == 3 ? far : near
             let n = box.width * box.height
             var image = (0..<n).map { _ in Float((unit() + unit() + unit() - 1.5) * 10 + (unit() < 0.03 ? 400 * unit() : 0)) }
             var variance = (0..<n).map { _ in Float(1 + unit()) }

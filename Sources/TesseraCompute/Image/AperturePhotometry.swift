@@ -831,7 +831,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
             if scratch.runs.count < by1 - by0 + 5 { scratch.runs = [SIMD4<Int32>](repeating: .zero, count: by1 - by0 + 5) }
             ring = scratch.floats.withUnsafeMutableBufferPointer { ring in
                 scratch.runs.withUnsafeMutableBufferPointer { runs in
-                    Self.ringRuns(x: x, y: y, inner2: ri2, outer2: ro2, columns: bx0...bx1, rows: by0...by1, into: runs.baseAddress!)
+                    Self.ringRuns(x: x, y: y, inner2: ri2, outer2: ro2, columns: bx0...bx1, from: box.x0, rows: by0...by1, into: runs.baseAddress!)
                     return Self.gatherRing(planes, runs: UnsafePointer(runs.baseAddress!), rows: by0...by1, bad: bad, into: ring.baseAddress!)
                 }
             }
@@ -863,7 +863,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
         var ring = RingPixels()
         for j in rows {
             let parts = runs[j - rows.lowerBound]
-            let base = (j - box.y0) * box.width - box.x0
+            let base = (j - box.y0) * box.width
             for part in 0..<2 where parts[2 * part] <= parts[2 * part + 1] {
                 for k in (base + Int(parts[2 * part]))...(base + Int(parts[2 * part + 1])) {
                     let v = planes.image(k)
@@ -888,14 +888,15 @@ public struct ForcedPhotometry: Sendable, Equatable {
     }
 
     /// Each row's pixels in the ring (centres at inner ≤ d < outer, squared distances given,
-    /// from (x, y)), within `columns`: one run or two, as (first, last, first, last), a run
-    /// with last < first empty, into `runs` (room for the rows rounded up to four). Along a
+    /// from (x, y)), within `columns`: one run or two, as (first, last, first, last) counted
+    /// from column `origin` (the columns must lie within 2³¹ of it), a run with last < first
+    /// empty, into `runs` (room for the rows rounded up to four). Along a
     /// row the pixels with d² < r² are a run around the nearest one (d² grows with |i − x|),
     /// whose first pixel is one of three around x − √(r² − dy²) and last one of three around
     /// x + √(r² − dy²) (the square root's rounding is far below a pixel): the right ones found
     /// by the test itself, four rows at a time. (A loop per row moving each end until exact
     /// was a tenth of a measurement.)
-    static func ringRuns(x: Double, y: Double, inner2 ri2: Double, outer2 ro2: Double, columns: ClosedRange<Int>,
+    static func ringRuns(x: Double, y: Double, inner2 ri2: Double, outer2 ro2: Double, columns: ClosedRange<Int>, from origin: Int,
                          rows: ClosedRange<Int>, into runs: UnsafeMutablePointer<SIMD4<Int32>>) {
         let vx = SIMD4<Double>(repeating: x), c = SIMD4<Double>(repeating: x.rounded())
         let c0 = SIMD4<Double>(repeating: Double(columns.lowerBound)), c1 = SIMD4<Double>(repeating: Double(columns.upperBound))
@@ -927,11 +928,20 @@ public struct ForcedPhotometry: Sendable, Equatable {
             b = b.replacing(with: zero, where: .!outer.any)
             e = e.replacing(with: one, where: .!outer.any)
             f = f.replacing(with: zero, where: .!outer.any)
-            // Within the columns (a run emptied stays empty: its ends only move inwards).
+            // Within the columns (a run emptied stays empty: its ends only move inwards), as
+            // columns from `origin` (so a few thousand at most, whatever the grid's numbers).
+            // A run left is within the columns; an empty one is (1, 0).
+            let o = SIMD4<Double>(repeating: Double(origin))
             a = a.replacing(with: c0, where: a .< c0)
             b = b.replacing(with: c1, where: b .> c1)
             e = e.replacing(with: c0, where: e .< c0)
             f = f.replacing(with: c1, where: f .> c1)
+            let empty1 = a .> b, empty2 = e .> f
+            (a, b, e, f) = (a - o, b - o, e - o, f - o)
+            a = a.replacing(with: one, where: empty1)
+            b = b.replacing(with: zero, where: empty1)
+            e = e.replacing(with: one, where: empty2)
+            f = f.replacing(with: zero, where: empty2)
             // Whole numbers (far below 2⁵¹) to integers by adding 1.5·2⁵² (its low bits are then
             // the number): a checked conversion per lane was a third of this function.
             let magic = SIMD4<Double>(repeating: 6_755_399_441_055_744), bits = Int64(bitPattern: magic[0].bitPattern)
@@ -959,7 +969,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
         let lane = SIMD4<Int32>(0, 1, 2, 3), wide = SIMD4<Int64>(0, 1, 2, 3)
         for j in rows {
             let parts = SIMD4<Int>(truncatingIfNeeded: runs[j - rows.lowerBound])
-            let base = (j - box.y0) * box.width - box.x0
+            let base = (j - box.y0) * box.width
             for part in 0..<2 where parts[2 * part] <= parts[2 * part + 1] {
                 let (lo, hi) = (parts[2 * part], parts[2 * part + 1])
                 let start = base + lo, count = hi - lo + 1, to = out + gathered

@@ -255,7 +255,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         let zero = SIMD4<Double>(repeating: 0), none = SIMD4<Int64>(repeating: 0)
         var under = none, inside = none, s0 = zero, s1 = zero, q0 = zero, q1 = zero
         var i = 0
-        while i + 8 <= n {
+        while i &+ 8 <= n {
             let p = UnsafeRawPointer(base + i)
             let x = SIMD4<Double>(p.loadUnaligned(as: SIMD4<Float>.self)), y = SIMD4<Double>(p.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self))
             let xin = (x .>= va) .& (x .<= vb), yin = (y .>= va) .& (y .<= vb)
@@ -267,7 +267,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             s1 += dy
             q0 += dx * dx
             q1 += dy * dy
-            i += 8
+            i &+= 8
         }
         var t = Tally(below: Int(under.wrappedSum()), inside: Int(inside.wrappedSum()), sum: (s0 + s1).sum(), squares: (q0 + q1).sum())
         while i < n {
@@ -278,7 +278,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 t.sum += d
                 t.squares += d * d
             }
-            i += 1
+            i &+= 1
         }
         return t
     }
@@ -365,17 +365,18 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 }
                 let b = Self.buckets(of: lane, lowEdge: lowEdge, scale: self.scale)
                 UnsafeMutableRawPointer(indices + k).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: b), as: SIMD8<UInt8>.self)
-                k += 8
+                k &+= 8
             }
             // Counted in two tables, even and odd values, and stored through two sets of
             // places: each chain of increments is half as long.
             let even = tables + (t + 1), odd = even + t, evenAt = odd + t, oddAt = evenAt + t
             even.initialize(repeating: 0, count: 2 * t)
+            // (Unchecked arithmetic on the places: i < n, far from overflowing.)
             var i = 0
-            while i + 1 < n {
+            while i &+ 1 < n {
                 even[Int(indices[i])] &+= 1
-                odd[Int(indices[i + 1])] &+= 1
-                i += 2
+                odd[Int(indices[i &+ 1])] &+= 1
+                i &+= 2
             }
             if i < n { even[Int(indices[i])] &+= 1 }
             starts[0] = 0
@@ -385,13 +386,13 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 starts[b + 1] = oddAt[b] &+ odd[b]
             }
             i = 0
-            while i + 1 < n {
-                let e = Int(indices[i]), o = Int(indices[i + 1])
+            while i &+ 1 < n {
+                let e = Int(indices[i]), o = Int(indices[i &+ 1])
                 values[Int(evenAt[e])] = src[i]
                 evenAt[e] &+= 1
-                values[Int(oddAt[o])] = src[i + 1]
+                values[Int(oddAt[o])] = src[i &+ 1]
                 oddAt[o] &+= 1
-                i += 2
+                i &+= 2
             }
             if i < n {
                 let e = Int(indices[i])
@@ -472,7 +473,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
                 var j = 0
                 while j < padded {
                     less &-= unsafeBitCast(UnsafeRawPointer(v + j).loadUnaligned(as: SIMD8<Float>.self) .< vx, to: SIMD8<Int32>.self)
-                    j += 8
+                    j &+= 8
                 }
                 out[Int(less.wrappedSum())] = x
             }
@@ -785,11 +786,26 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     while !inside(innerLast) { innerLast -= 1 }
                     while inside(innerLast + 1) { innerLast += 1 }
                 }
-                guard max(first, ax0) <= min(last, ax1) else { continue }
-                for i in max(first, ax0)...min(last, ax1) {
+                let (lo, hi) = (max(first, ax0), min(last, ax1))
+                guard lo <= hi else { continue }
+                // The pixels wholly inside, summed four at a time (one by one, checked, when one
+                // of them is masked or not finite).
+                let (insideLo, insideHi) = (max(innerFirst, lo), min(innerLast, hi))
+                var i = lo
+                while i <= hi {
+                    if i == insideLo, insideLo <= insideHi {
+                        if let run = Self.sumRun(planes, from: (j - box.y0) * w + (i - box.x0), count: insideHi - insideLo + 1, bad: bad) {
+                            sum += run.image
+                            sumVariance += run.variance
+                            area += Double(insideHi - insideLo + 1)
+                            i = insideHi &+ 1
+                            continue
+                        }
+                    }
+                    defer { i &+= 1 }
                     let dx = Double(i) - x
                     let weight: Double
-                    if i >= innerFirst, i <= innerLast {
+                    if i >= insideLo, i <= insideHi {
                         weight = 1
                     } else {
                         // CircleOverlap.area, term for term.
@@ -851,6 +867,34 @@ public struct ForcedPhotometry: Sendable, Equatable {
         return m
     }
 
+    /// The sums of `count` pixels' images and variances from offset `start`, four at a time;
+    /// nil if one is masked `bad` or has an image or variance not finite.
+    @inline(__always) static func sumRun<Order>(_ planes: PixelPlanes<Order>, from start: Int, count: Int, bad: Int32) -> (image: Double, variance: Double)? {
+        var image = SIMD4<Double>(repeating: 0), variance = image, flags = SIMD4<UInt32>(repeating: 0), finite = SIMD4<Float>(repeating: 0)
+        var q = 0
+        while q &+ 4 <= count {
+            let v = unsafeBitCast(planes.bits4(planes.image, start &+ q), to: SIMD4<Float>.self)
+            let s2 = unsafeBitCast(planes.bits4(planes.variance, start &+ q), to: SIMD4<Float>.self)
+            image += SIMD4<Double>(v)
+            variance += SIMD4<Double>(s2)
+            flags |= planes.bits4(planes.mask, start &+ q)
+            finite += v - v + s2 - s2   // NaN from a NaN or an infinity
+            q &+= 4
+        }
+        var total = (image.sum(), variance.sum())
+        var anyFlags = flags[0] | flags[1] | flags[2] | flags[3], check = finite.sum()
+        while q < count {
+            let v = planes.image(start &+ q), s2 = planes.variance(start &+ q)
+            total.0 += Double(v)
+            total.1 += Double(s2)
+            anyFlags |= UInt32(bitPattern: planes.mask(start &+ q))
+            check += v - v + s2 - s2
+            q &+= 1
+        }
+        guard Int32(bitPattern: anyFlags) & bad == 0, !check.isNaN else { return nil }
+        return total
+    }
+
     /// The annulus's pixels, the runs `ringRuns` found for `rows`, into `out`, less those masked
     /// `bad` or whose image is not finite (photutils leaves out only those), and the mean of
     /// their finite variances. Its own function, its running counts its own variables:
@@ -869,11 +913,11 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     let v = planes.image(k)
                     guard planes.mask(k) & bad == 0, v.isFinite else { continue }
                     out[ring.count] = v
-                    ring.count += 1
+                    ring.count &+= 1
                     let s2 = planes.variance(k)
                     if s2.isFinite {
                         ring.variance += Double(s2)
-                        ring.variancePixels += 1
+                        ring.variancePixels &+= 1
                     }
                 }
             }
@@ -951,8 +995,8 @@ public struct ForcedPhotometry: Sendable, Equatable {
                 runs[k + lane] = SIMD4<Int32>(Int32(truncatingIfNeeded: wa[lane]), Int32(truncatingIfNeeded: wb[lane]),
                                               Int32(truncatingIfNeeded: we[lane]), Int32(truncatingIfNeeded: wf[lane]))
             }
-            j += 4
-            k += 4
+            j &+= 4
+            k &+= 4
         }
     }
 
@@ -985,14 +1029,14 @@ public struct ForcedPhotometry: Sendable, Equatable {
                     }
                 } else {
                     var q = 0
-                    while q + 4 <= count {
+                    while q &+ 4 <= count {
                         let v = unsafeBitCast(planes.bits4(planes.image, start + q), to: SIMD4<Float>.self)
                         UnsafeMutableRawPointer(to + q).storeBytes(of: v, as: SIMD4<Float>.self)
                         let s2 = unsafeBitCast(planes.bits4(planes.variance, start + q), to: SIMD4<Float>.self)
                         sums += SIMD4<Double>(s2)
                         flags |= planes.bits4(planes.mask, start + q)
                         finite += v - v + s2 - s2   // NaN from a NaN or an infinity
-                        q += 4
+                        q &+= 4
                     }
                     if q < count {
                         // The last vector ends at the run's end; its lanes before `q` were copied.
@@ -1006,7 +1050,7 @@ public struct ForcedPhotometry: Sendable, Equatable {
                         finite += (v - v + s2 - s2).replacing(with: 0, where: .!keep)
                     }
                 }
-                gathered += count
+                gathered &+= count
             }
         }
         let anyFlags = Int32(bitPattern: flags[0] | flags[1] | flags[2] | flags[3])

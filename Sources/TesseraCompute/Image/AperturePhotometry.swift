@@ -945,9 +945,15 @@ public struct ForcedPhotometry: Sendable, Equatable {
         let vx = SIMD4<Double>(repeating: x), c = SIMD4<Double>(repeating: x.rounded())
         let c0 = SIMD4<Double>(repeating: Double(columns.lowerBound)), c1 = SIMD4<Double>(repeating: Double(columns.upperBound))
         let one = SIMD4<Double>(repeating: 1), zero = SIMD4<Double>(repeating: 0)
+        /// `yes` where the mask holds, else `no`, by the mask's bits (the library's
+        /// `replacing(with:where:)` became a branch per lane).
+        @inline(__always) func pick(_ mask: SIMDMask<SIMD4<Int64>>, _ yes: SIMD4<Double>, _ no: SIMD4<Double>) -> SIMD4<Double> {
+            let m = unsafeBitCast(mask, to: SIMD4<Int64>.self)
+            return unsafeBitCast((unsafeBitCast(yes, to: SIMD4<Int64>.self) & m) | (unsafeBitCast(no, to: SIMD4<Int64>.self) & ~m), to: SIMD4<Double>.self)
+        }
         var j = rows.lowerBound, k = 0
         while j <= rows.upperBound {
-            let dy = SIMD4<Double>(Double(j), Double(j + 1), Double(j + 2), Double(j + 3)) - SIMD4<Double>(repeating: y)
+            let dy = SIMD4<Double>(Double(j), Double(j &+ 1), Double(j &+ 2), Double(j &+ 3)) - SIMD4<Double>(repeating: y)
             let dy2 = dy * dy
             @inline(__always) func inside(_ i: SIMD4<Double>, _ r2: Double) -> SIMDMask<SIMD4<Int64>> {
                 let dx = i - vx
@@ -955,37 +961,26 @@ public struct ForcedPhotometry: Sendable, Equatable {
             }
             @inline(__always) func run(_ r2: Double) -> (first: SIMD4<Double>, last: SIMD4<Double>, any: SIMDMask<SIMD4<Int64>>) {
                 // Lane by lane: the vectors' square root and rounding went through generic code.
-                let a = (SIMD4<Double>(repeating: r2) - dy2).replacing(with: 0, where: dy2 .>= SIMD4<Double>(repeating: r2))
+                let a = pick(dy2 .>= SIMD4<Double>(repeating: r2), zero, SIMD4<Double>(repeating: r2) - dy2)
                 let reach = SIMD4<Double>(a[0].squareRoot(), a[1].squareRoot(), a[2].squareRoot(), a[3].squareRoot())
                 let below = vx - reach, above = vx + reach
                 let l = SIMD4<Double>(below[0].rounded(.down), below[1].rounded(.down), below[2].rounded(.down), below[3].rounded(.down))
                 let h = SIMD4<Double>(above[0].rounded(.up), above[1].rounded(.up), above[2].rounded(.up), above[3].rounded(.up))
-                let first = (l + one + one).replacing(with: l + one, where: inside(l + one, r2)).replacing(with: l, where: inside(l, r2))
-                let last = (h - one - one).replacing(with: h - one, where: inside(h - one, r2)).replacing(with: h, where: inside(h, r2))
+                let first = pick(inside(l, r2), l, pick(inside(l + one, r2), l + one, l + one + one))
+                let last = pick(inside(h, r2), h, pick(inside(h - one, r2), h - one, h - one - one))
                 return (first, last, inside(c, r2))
             }
             let outer = run(ro2), hole = run(ri2)
             // With no hole the second run is empty; with no ring, both.
-            var a = outer.first, b = (hole.first - one).replacing(with: outer.last, where: .!hole.any)
-            var e = (hole.last + one).replacing(with: one, where: .!hole.any), f = outer.last.replacing(with: zero, where: .!hole.any)
-            a = a.replacing(with: one, where: .!outer.any)
-            b = b.replacing(with: zero, where: .!outer.any)
-            e = e.replacing(with: one, where: .!outer.any)
-            f = f.replacing(with: zero, where: .!outer.any)
+            var a = pick(outer.any, outer.first, one), b = pick(outer.any, pick(hole.any, hole.first - one, outer.last), zero)
+            var e = pick(outer.any .& hole.any, hole.last + one, one), f = pick(outer.any .& hole.any, outer.last, zero)
             // Within the columns (a run emptied stays empty: its ends only move inwards), as
             // columns from `origin` (so a few thousand at most, whatever the grid's numbers).
             // A run left is within the columns; an empty one is (1, 0).
             let o = SIMD4<Double>(repeating: Double(origin))
-            a = a.replacing(with: c0, where: a .< c0)
-            b = b.replacing(with: c1, where: b .> c1)
-            e = e.replacing(with: c0, where: e .< c0)
-            f = f.replacing(with: c1, where: f .> c1)
+            (a, b, e, f) = (pick(a .< c0, c0, a), pick(b .> c1, c1, b), pick(e .< c0, c0, e), pick(f .> c1, c1, f))
             let empty1 = a .> b, empty2 = e .> f
-            (a, b, e, f) = (a - o, b - o, e - o, f - o)
-            a = a.replacing(with: one, where: empty1)
-            b = b.replacing(with: zero, where: empty1)
-            e = e.replacing(with: one, where: empty2)
-            f = f.replacing(with: zero, where: empty2)
+            (a, b, e, f) = (pick(empty1, one, a - o), pick(empty1, zero, b - o), pick(empty2, one, e - o), pick(empty2, zero, f - o))
             // Whole numbers (far below 2⁵¹) to integers by adding 1.5·2⁵² (its low bits are then
             // the number): a checked conversion per lane was a third of this function.
             let magic = SIMD4<Double>(repeating: 6_755_399_441_055_744), bits = Int64(bitPattern: magic[0].bitPattern)

@@ -111,6 +111,11 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// The same for the first `n` of `scratch.floats` (room reserved for them).
     func median(gathered n: Int, scratch: inout Scratch) -> (median: Double, kept: Int) {
         guard n > 0 else { return (.nan, 0) }
+        // The buckets count and place values in 32 bits; more values than that are sorted.
+        guard n < Int(Int32.max) else {
+            var values = scratch.floats[0..<n].map(Double.init)
+            return median(&values)
+        }
         return scratch.floats.withUnsafeBufferPointer { f in
             scratch.window.withUnsafeMutableBufferPointer { w in
                 scratch.indices.withUnsafeMutableBufferPointer { i in

@@ -68,6 +68,9 @@ struct ImageBenchData: ParsableArguments {
         let patches = try coadd.write(region: region, bands: ["r"], sources: try CoaddSources(catalogFiles: [catalogFile], bands: ["r"]), to: coaddFolder) { done, total in
             FileHandle.standardError.write(Data("\r  \(done)/\(total) patches".utf8))
         }
+        // The count's line ended, so that the JSON lines after it start lines of their own when
+        // both streams go to one terminal or file.
+        if !patches.isEmpty { FileHandle.standardError.write(Data("\n".utf8)) }
         var o = LocalCluster.Options()
         o.workers = workers
         o.threadsPerWorker = 1

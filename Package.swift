@@ -197,7 +197,8 @@ let package = Package(
         .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraADQLTests", dependencies: ["TesseraADQL", "TesseraProtocol", "TesseraCompute"]),
         .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraADQL", "TesseraCompute", "TesseraStorage", "TesseraProtocol"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute"]),
+        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky",
+                                                               .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
         .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky"]),
         .testTarget(

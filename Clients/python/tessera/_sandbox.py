@@ -45,6 +45,11 @@ _READ = _EXECUTE | _READ_FILE | _READ_DIR
 
 # What a system folder is read for, besides the interpreter's own.
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt")
+# The host's secrets in those folders, kept out like the worker's own: a worker run as root
+# (as CI runs it) owns them, and with every capability given up its functions could still read
+# what root owns and may read, its password hashes and host keys among them.
+SYSTEM_PRIVATE = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/ssh", "/etc/ssl/private",
+                  "/etc/sudoers", "/etc/sudoers.d", "/etc/security/opasswd")
 # Devices functions may use.
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 
@@ -135,14 +140,16 @@ def interpreter_folders() -> list:
 # numbers of socket() and socketpair(), which may make only Unix sockets: Landlock governs
 # TCP alone (an MPTCP socket connected past it), so no Internet, packet or netlink sockets.
 # Also no io_uring (it makes sockets without socket()), no ptrace or process_vm_*, no kernel
-# keyrings, bpf or perf; no chmod, chown, utime or xattr by path (Landlock does not govern a
-# file's metadata: a function could make the worker's shards readable by every local user).
+# keyrings, bpf or perf; no chmod, chown, utime or xattr, by path or by descriptor (Landlock
+# does not govern a file's metadata: a function could make the worker's shards readable by
+# every local user, or, by a descriptor opened for reading, any file of its user it may read:
+# as root, /etc/shadow).
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _SOCKET_CALLS = {"x86_64": (41, 53), "aarch64": (198, 199)}
 _DENIED_CALLS = {
-    "x86_64": (90, 92, 94, 268, 452, 260, 132, 235, 261, 280, 188, 189, 197, 198, 463, 466,
+    "x86_64": (90, 91, 92, 93, 94, 268, 452, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199, 463, 466,
                425, 426, 427, 101, 310, 311, 248, 249, 250, 321, 298, 323),
-    "aarch64": (53, 452, 54, 88, 5, 6, 14, 15, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282),
+    "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282),
 }
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _AF_UNIX = 1
@@ -244,6 +251,7 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
     net = _NET_BIND_TCP | _NET_CONNECT_TCP if abi >= 4 else 0
     scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0
     writes = list(write) + ([scratch] if scratch else [])
+    private = list(private) + [p for p in SYSTEM_PRIVATE if os.path.lexists(p)]
     reads, dropped = rules(interpreter_folders() + list(SYSTEM_READ) + list(read), private)
     writes, dropped_writes = rules(writes, private)
     dropped += dropped_writes

@@ -482,7 +482,18 @@ def _probe_access(paths, port, writable):
         # Nor does it govern metadata: a shard's mode (set to what it is) and the worker's
         # environment (a root worker's capabilities passed Landlock's check of it).
         out["chmod"] = attempt(lambda: os.chmod(paths[0], os.stat(paths[0]).st_mode & 0o777))
+        # Nor by a descriptor: any file the function may open for reading and its user owns
+        # (the test takes one of its own; as root it could be /etc/shadow).
+
+        def by_descriptor(change):
+            with tempfile.TemporaryFile() as f:
+                change(f.fileno())
+        out["fchmod"] = attempt(lambda: by_descriptor(lambda fd: os.fchmod(fd, 0o600)))
+        out["fchown"] = attempt(lambda: by_descriptor(lambda fd: os.fchown(fd, -1, -1)))
+        out["fsetxattr"] = attempt(lambda: by_descriptor(lambda fd: os.setxattr(fd, "user.tessera", b"1")))
         out["worker environ"] = attempt(lambda: open(f"/proc/{os.getppid()}/environ", "rb").read(1))
+        # The host's password hashes, which a worker run as root could read in /etc.
+        out["/etc/shadow"] = attempt(lambda: open("/etc/shadow", "rb").read(1))
         # An executor's socket is gone from the file system once it answered (its argument).
         import sys
         own = sys.argv[-1][len("ipc://"):]
@@ -514,10 +525,10 @@ def test_functions_are_confined(cluster, client, function_dir):
     for answer in client.catalog("object").map_partitions(probe, columns=["coord_ra"]):
         for p in secrets:
             assert answer[p] == "PermissionError", (p, answer)
-        for what in ("tcp", "mptcp", "udp", "chmod", "worker environ", "signal worker"):
+        for what in ("tcp", "mptcp", "udp", "chmod", "fchmod", "fchown", "fsetxattr", "worker environ", "signal worker"):
             assert answer[what] == "PermissionError", (what, answer)
         assert answer["own socket"] is False, answer
-        assert answer["/tmp"] == "PermissionError", answer
+        assert answer["/tmp"] == "PermissionError" and answer["/etc/shadow"] == "PermissionError", answer
         assert answer["scratch"] == "allowed" and answer["writable"] == "allowed", answer
 
 
@@ -534,8 +545,10 @@ def test_without_the_sandbox_a_function_has_the_workers_access(bins, catalog_fil
             answers = client.catalog("object").map_partitions(_probe_access(secrets, c.port, str(shared)), columns=["coord_ra"])
     for answer in answers:
         assert all(answer[p] == "allowed" for p in secrets), answer
-        for what in ("tcp", "udp", "chmod", "worker environ", "signal worker"):
+        for what in ("tcp", "udp", "chmod", "fchmod", "fchown", "worker environ", "signal worker"):
             assert answer[what] == "allowed", (what, answer)
+        # Run as root, as CI runs it, a worker reads the host's password hashes.
+        assert answer["/etc/shadow"] == ("allowed" if os.geteuid() == 0 and os.path.exists("/etc/shadow") else "PermissionError"), answer
 
 
 def test_an_executor_must_be_the_process_the_worker_started(bins, catalog_files, tmp_path):

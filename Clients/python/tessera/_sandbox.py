@@ -10,14 +10,16 @@ it forks, irrevocably. After `confine`:
   `sys.path`), the system's (`/usr`, `/lib*`, `/bin`, `/etc`, `/proc`, `/sys`) and folders the
   worker's operator named (`--python-read`); read and write only in the executor's scratch
   folder (its `TMPDIR` and working folder) and folders named with `--python-write`; nothing
-  else (the worker's data folder and key among it);
+  else (the worker's data folder and key among it, and the host's secrets in `/etc`:
+  `SYSTEM_PRIVATE`);
 - TCP: no bind, no connect (Landlock ABI 4, Linux 6.7);
 - no signals to processes outside the sandbox, no abstract Unix sockets outside it (ABI 6,
   Linux 6.12); ptrace of processes outside it is refused by Landlock at every ABI, and with it
   `/proc/PID/mem` and `environ` of the worker.
 
-What it does not cover: UDP and other non-TCP sockets, connecting to Unix sockets by path
-(the worker's same-host socket checks who connects), CPU and memory (the worker's limits).
+What it does not cover: UDP and other non-TCP sockets and a file's metadata (a seccomp filter,
+below, refuses those), connecting to Unix sockets by path (the worker's same-host socket checks
+who connects), CPU and memory (the worker's limits).
 """
 from __future__ import annotations
 

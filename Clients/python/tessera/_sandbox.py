@@ -51,7 +51,12 @@ SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/pr
 # (as CI runs it) owns them, and with every capability given up its functions could still read
 # what root owns and may read, its password hashes and host keys among them.
 SYSTEM_PRIVATE = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/ssh", "/etc/ssl/private",
-                  "/etc/sudoers", "/etc/sudoers.d", "/etc/security/opasswd")
+                  "/etc/sudoers", "/etc/sudoers.d", "/etc/security/opasswd", "/etc/krb5.keytab", "/etc/pki/tls/private",
+                  "/etc/letsencrypt", "/etc/wireguard", "/etc/NetworkManager/system-connections", "/etc/ipsec.secrets",
+                  "/etc/ipsec.d/private", "/etc/openvpn", "/etc/kubernetes", "/etc/docker", "/etc/munge",
+                  "/etc/slurm/slurmdbd.conf",
+                  # Tessera's own (deploy/systemd keeps every daemon's and user's key beneath it).
+                  "/etc/tessera")
 # Devices functions may use.
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 

@@ -200,7 +200,7 @@ let package = Package(
         .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky",
                                                                .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
-        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky"]),
+        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky", "TesseraDaemon"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

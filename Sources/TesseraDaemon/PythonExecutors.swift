@@ -72,9 +72,12 @@ public struct PythonSettings: Sendable {
     }
 
     /// A user's folder's name in a `--python-write` folder: the user's name with anything but
-    /// letters, digits, `-`, `_` and `.` as `_` (and never `.` or `..`).
+    /// letters, digits, `-`, `_` and `.` as `_` (and never `.` or `..`). A valid user name
+    /// (`Validate.name`, up to `Limits.workerNameCharacters`) is its own folder's name, so no
+    /// two users share one; before, names were cut at 64 characters, and two users whose names
+    /// began alike shared a folder.
     public static func userFolder(_ user: String) -> String {
-        let safe = String(user.prefix(64).map { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) ? $0 : "_" })
+        let safe = String(user.prefix(Limits.workerNameCharacters).map { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) ? $0 : "_" })
         return safe.isEmpty || safe.first == "." ? "u" + safe : safe
     }
 

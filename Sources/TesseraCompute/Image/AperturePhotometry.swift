@@ -316,8 +316,6 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         let sorted: UnsafeMutablePointer<Int32>
         /// The middle and spread of a sample of the values (where the buckets lie).
         let estimate: (middle: Double, spread: Double)
-        /// An inner bucket's width.
-        let width: Double
         /// The bucket of the rank last asked for.
         var recent = total / 2
         /// The inner buckets' low edge and their count per unit, as every lane of a vector.
@@ -334,7 +332,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             sorted = tables + (t + 1) + 4 * t
             sorted.initialize(repeating: 0, count: t)
             guard let src = floats.baseAddress else {
-                (estimate, width, lowEdge, scale) = ((.nan, .nan), .nan, .zero, .zero)
+                (estimate, lowEdge, scale) = ((.nan, .nan), .zero, .zero)
                 return
             }
             // Fifteen values spread through the list (or all of fewer), sorted by insertion.
@@ -354,7 +352,7 @@ public struct SigmaClippedMedian: Sendable, Equatable {
             // Any width keeps the buckets in order; a poor one only makes a bucket long (many
             // equal values: one bucket, sorted by the library's sort).
             let spread = estimate.spread > 0 && estimate.spread.isFinite ? estimate.spread : max(abs(estimate.middle) * 1e-6, 1e-30)
-            width = 2 * Self.reach * spread / Double(Self.inner)
+            let width = 2 * Self.reach * spread / Double(Self.inner)
             let low = Float(estimate.middle - Self.reach * spread)
             let scale = Float(1 / width)
             lowEdge = SIMD8<Float>(repeating: low.isFinite ? low : 0)

@@ -941,64 +941,49 @@ public struct ForcedPhotometry: Sendable, Equatable {
     /// Each row's pixels in the ring (centres at inner ≤ d < outer, squared distances given,
     /// from (x, y)), within `columns`: one run or two, as (first, last, first, last) counted
     /// from column `origin` (the columns must lie within 2³¹ of it), a run with last < first
-    /// empty, into `runs` (room for the rows rounded up to four). Along a
-    /// row the pixels with d² < r² are a run around the nearest one (d² grows with |i − x|),
-    /// whose first pixel is one of three around x − √(r² − dy²) and last one of three around
-    /// x + √(r² − dy²) (the square root's rounding is far below a pixel): the right ones found
-    /// by the test itself, four rows at a time. (A loop per row moving each end until exact
-    /// was a tenth of a measurement.)
+    /// empty, into `runs` (room for every row). Along a row the pixels with d² < r² are a run
+    /// around the nearest one (d² grows with |i − x|), whose first pixel is one of three around
+    /// x − √(r² − dy²) and last one of three around x + √(r² − dy²) (the square root's rounding
+    /// is far below a pixel): the right ones found by the test itself. Row by row, in scalars:
+    /// the candidates' tests nearly always go the same way, so their branches are predicted.
+    /// (A loop per row moving each end until exact was a tenth of a measurement; four rows at
+    /// a time in vectors, the lanes' square roots and masks went back and forth between
+    /// vector and scalar registers, and with AVX-512 through mask registers lane by lane, half
+    /// as slow again.)
     static func ringRuns(x: Double, y: Double, inner2 ri2: Double, outer2 ro2: Double, columns: ClosedRange<Int>, from origin: Int,
                          rows: ClosedRange<Int>, into runs: UnsafeMutablePointer<SIMD4<Int32>>) {
-        let vx = SIMD4<Double>(repeating: x), c = SIMD4<Double>(repeating: x.rounded())
-        let c0 = SIMD4<Double>(repeating: Double(columns.lowerBound)), c1 = SIMD4<Double>(repeating: Double(columns.upperBound))
-        let one = SIMD4<Double>(repeating: 1), zero = SIMD4<Double>(repeating: 0)
-        /// `yes` where the mask holds, else `no`, by the mask's bits (the library's
-        /// `replacing(with:where:)` became a branch per lane).
-        @inline(__always) func pick(_ mask: SIMDMask<SIMD4<Int64>>, _ yes: SIMD4<Double>, _ no: SIMD4<Double>) -> SIMD4<Double> {
-            let m = unsafeBitCast(mask, to: SIMD4<Int64>.self)
-            return unsafeBitCast((unsafeBitCast(yes, to: SIMD4<Int64>.self) & m) | (unsafeBitCast(no, to: SIMD4<Int64>.self) & ~m), to: SIMD4<Double>.self)
-        }
-        var j = rows.lowerBound, k = 0
-        while j <= rows.upperBound {
-            let dy = SIMD4<Double>(Double(j), Double(j &+ 1), Double(j &+ 2), Double(j &+ 3)) - SIMD4<Double>(repeating: y)
-            let dy2 = dy * dy
-            @inline(__always) func inside(_ i: SIMD4<Double>, _ r2: Double) -> SIMDMask<SIMD4<Int64>> {
-                let dx = i - vx
-                return dx * dx + dy2 .< SIMD4<Double>(repeating: r2)
+        let nearest = x.rounded(), dn = nearest - x
+        let c0 = Double(columns.lowerBound), c1 = Double(columns.upperBound), o = Double(origin)
+        var k = 0
+        for j in rows {
+            let dy = Double(j) - y, dy2 = dy * dy
+            /// The run of pixels with d² < r² along this row, nil when even the nearest is out.
+            @inline(__always) func run(_ r2: Double) -> (first: Double, last: Double)? {
+                guard dn * dn + dy2 < r2 else { return nil }
+                @inline(__always) func inside(_ i: Double) -> Bool {
+                    let dx = i - x
+                    return dx * dx + dy2 < r2
+                }
+                let reach = (r2 - dy2).squareRoot()   // r2 > dy2 here
+                let l = (x - reach).rounded(.down), h = (x + reach).rounded(.up)
+                return (inside(l) ? l : inside(l + 1) ? l + 1 : l + 2, inside(h) ? h : inside(h - 1) ? h - 1 : h - 2)
             }
-            @inline(__always) func run(_ r2: Double) -> (first: SIMD4<Double>, last: SIMD4<Double>, any: SIMDMask<SIMD4<Int64>>) {
-                // Lane by lane: the vectors' square root and rounding went through generic code.
-                let a = pick(dy2 .>= SIMD4<Double>(repeating: r2), zero, SIMD4<Double>(repeating: r2) - dy2)
-                let reach = SIMD4<Double>(a[0].squareRoot(), a[1].squareRoot(), a[2].squareRoot(), a[3].squareRoot())
-                let below = vx - reach, above = vx + reach
-                let l = SIMD4<Double>(below[0].rounded(.down), below[1].rounded(.down), below[2].rounded(.down), below[3].rounded(.down))
-                let h = SIMD4<Double>(above[0].rounded(.up), above[1].rounded(.up), above[2].rounded(.up), above[3].rounded(.up))
-                let first = pick(inside(l, r2), l, pick(inside(l + one, r2), l + one, l + one + one))
-                let last = pick(inside(h, r2), h, pick(inside(h - one, r2), h - one, h - one - one))
-                return (first, last, inside(c, r2))
+            // Within the columns, counted from `origin`; an empty run is (1, 0).
+            @inline(__always) func part(_ first: Double, _ last: Double) -> (Int32, Int32) {
+                let a = max(first, c0), b = min(last, c1)
+                return a <= b ? (Int32(truncatingIfNeeded: Int(a - o)), Int32(truncatingIfNeeded: Int(b - o))) : (1, 0)
             }
-            let outer = run(ro2), hole = run(ri2)
-            // With no hole the second run is empty; with no ring, both.
-            var a = pick(outer.any, outer.first, one), b = pick(outer.any, pick(hole.any, hole.first - one, outer.last), zero)
-            var e = pick(outer.any .& hole.any, hole.last + one, one), f = pick(outer.any .& hole.any, outer.last, zero)
-            // Within the columns (a run emptied stays empty: its ends only move inwards), as
-            // columns from `origin` (so a few thousand at most, whatever the grid's numbers).
-            // A run left is within the columns; an empty one is (1, 0).
-            let o = SIMD4<Double>(repeating: Double(origin))
-            (a, b, e, f) = (pick(a .< c0, c0, a), pick(b .> c1, c1, b), pick(e .< c0, c0, e), pick(f .> c1, c1, f))
-            let empty1 = a .> b, empty2 = e .> f
-            (a, b, e, f) = (pick(empty1, one, a - o), pick(empty1, zero, b - o), pick(empty2, one, e - o), pick(empty2, zero, f - o))
-            // Whole numbers (far below 2⁵¹) to integers by adding 1.5·2⁵² (its low bits are then
-            // the number): a checked conversion per lane was a third of this function.
-            let magic = SIMD4<Double>(repeating: 6_755_399_441_055_744), bits = Int64(bitPattern: magic[0].bitPattern)
-            @inline(__always) func whole(_ v: SIMD4<Double>) -> SIMD4<Int64> { unsafeBitCast(v + magic, to: SIMD4<Int64>.self) &- bits }
-            let (wa, wb, we, wf) = (whole(a), whole(b), whole(e), whole(f))
-            for lane in 0..<4 {
-                runs[k + lane] = SIMD4<Int32>(Int32(truncatingIfNeeded: wa[lane]), Int32(truncatingIfNeeded: wb[lane]),
-                                              Int32(truncatingIfNeeded: we[lane]), Int32(truncatingIfNeeded: wf[lane]))
+            var left: (Int32, Int32) = (1, 0), right: (Int32, Int32) = (1, 0)
+            if let outer = run(ro2) {
+                if let hole = run(ri2) {
+                    left = part(outer.first, hole.first - 1)
+                    right = part(hole.last + 1, outer.last)
+                } else {
+                    left = part(outer.first, outer.last)
+                }
             }
-            j &+= 4
-            k &+= 4
+            runs[k] = SIMD4<Int32>(left.0, left.1, right.0, right.1)
+            k &+= 1
         }
     }
 

@@ -3,19 +3,26 @@ import Glibc
 #endif
 import Foundation
 
-/// The processor features a build was compiled for. A release build on an x86-64-v3 host targets
-/// them (`Package.swift`: the scans' kernels run four Float64 lanes wide instead of two); such a
-/// binary on an older processor would die of SIGILL somewhere in a scan, so each program checks
-/// first and says what to do. This module alone is compiled for the baseline, so that the check
-/// itself runs anywhere.
+/// The processor features a build was compiled for. A release build on an x86-64-v3 or v4 host
+/// targets them (`Package.swift`: the scans' kernels run four Float64 lanes wide instead of two,
+/// and with AVX-512 compare into mask registers); such a binary on an older processor would die
+/// of SIGILL somewhere in a scan, so each program checks first and says what to do. This module
+/// alone is compiled for the baseline, so that the check itself runs anywhere.
 public enum BuildTarget {
+    /// What the compiler's "haswell" may emit on its own, as /proc/cpuinfo names it (lzcnt is
+    /// "abm"). Package.swift tests the build host for the same lists (a manifest cannot import
+    /// this module): change both together.
+    public static let x86_64_v3 = ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "popcnt", "xsave"]
+    /// What its "skylake-avx512" may emit on its own: v3 and AVX-512 F, CD, BW, DQ and VL (its
+    /// other features, such as AES or CLWB, come only from intrinsics, which Tessera does not use).
+    public static let x86_64_v4 = x86_64_v3 + ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"]
+
     /// The CPU features this binary was compiled to use (empty: the baseline of its architecture).
     public static var requiredFeatures: [String] {
-        #if TESSERA_X86_64_V3
-        // What the compiler's "haswell" may emit on its own, as /proc/cpuinfo names it (lzcnt is
-        // "abm"). Package.swift tests the build host for the same list (a manifest cannot import
-        // this module): change both together.
-        ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "popcnt", "xsave"]
+        #if TESSERA_X86_64_V4
+        x86_64_v4
+        #elseif TESSERA_X86_64_V3
+        x86_64_v3
         #else
         []
         #endif
@@ -36,7 +43,7 @@ public enum BuildTarget {
     public static func requireProcessor(program: String) {
         guard let missing = missingFeatures(), !missing.isEmpty else { return }
         let message = "\(program): this build uses \(missing.joined(separator: ", ")), which this processor lacks; "
-            + "rebuild on this machine, or with TESSERA_TARGET_CPU=x86-64 for a build any x86-64 runs\n"
+            + "rebuild on this machine, or with TESSERA_TARGET_CPU=x86-64 (any x86-64 runs it) or x86-64-v3 (any since 2015)\n"
         FileHandle.standardError.write(Data(message.utf8))
         exit(70)  // EX_SOFTWARE
     }

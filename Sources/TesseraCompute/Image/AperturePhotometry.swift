@@ -253,39 +253,38 @@ public struct SigmaClippedMedian: Sendable, Equatable {
 
     /// Over `n` values from `base`: how many are below `a`, how many lie in [a, b], and for
     /// those, the sum of their offsets from `c` and of its squares (in running sums, as `sum`
-    /// has them).
+    /// has them). Eight values at a time, the last eight read past the end (up to seven values
+    /// there must be readable) with the lanes past it made NaN, which no comparison counts: a
+    /// bound's bucket holds values on both sides of the bound, and one at a time the branches
+    /// on them mispredicted.
     @inline(__always) static func tally(_ base: UnsafePointer<Float>, _ n: Int, _ a: Double, _ b: Double,
                                         around c: Double) -> Tally {
         let va = SIMD4<Double>(repeating: a), vb = SIMD4<Double>(repeating: b), shift = SIMD4<Double>(repeating: c)
         let zero = SIMD4<Double>(repeating: 0), none = SIMD4<Int64>(repeating: 0)
         var under = none, inside = none, s0 = zero, s1 = zero, q0 = zero, q1 = zero
+        let lane = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7), nan = SIMD8<UInt32>(repeating: Float.nan.bitPattern)
         var i = 0
-        while i &+ 8 <= n {
-            let p = UnsafeRawPointer(base + i)
-            let x = SIMD4<Double>(p.loadUnaligned(as: SIMD4<Float>.self)), y = SIMD4<Double>(p.loadUnaligned(fromByteOffset: 16, as: SIMD4<Float>.self))
+        while i < n {
+            var v = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<Float>.self)
+            if i &+ 8 > n {
+                let keep = unsafeBitCast(lane .< SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: n &- i)), to: SIMD8<UInt32>.self)
+                v = unsafeBitCast((unsafeBitCast(v, to: SIMD8<UInt32>.self) & keep) | (nan & ~keep), to: SIMD8<Float>.self)
+            }
+            let x = SIMD4<Double>(v.lowHalf), y = SIMD4<Double>(v.highHalf)
             let xin = (x .>= va) .& (x .<= vb), yin = (y .>= va) .& (y .<= vb)
             // A mask's true lanes are −1.
             under &-= unsafeBitCast(x .< va, to: SIMD4<Int64>.self) &+ unsafeBitCast(y .< va, to: SIMD4<Int64>.self)
             inside &-= unsafeBitCast(xin, to: SIMD4<Int64>.self) &+ unsafeBitCast(yin, to: SIMD4<Int64>.self)
-            let dx = (x - shift).replacing(with: 0, where: .!xin), dy = (y - shift).replacing(with: 0, where: .!yin)
+            // The offsets where inside, else 0, by the masks' bits.
+            let dx = unsafeBitCast(unsafeBitCast(x - shift, to: SIMD4<Int64>.self) & unsafeBitCast(xin, to: SIMD4<Int64>.self), to: SIMD4<Double>.self)
+            let dy = unsafeBitCast(unsafeBitCast(y - shift, to: SIMD4<Int64>.self) & unsafeBitCast(yin, to: SIMD4<Int64>.self), to: SIMD4<Double>.self)
             s0 += dx
             s1 += dy
             q0 += dx * dx
             q1 += dy * dy
             i &+= 8
         }
-        var t = Tally(below: Int(under.wrappedSum()), inside: Int(inside.wrappedSum()), sum: (s0 + s1).sum(), squares: (q0 + q1).sum())
-        while i < n {
-            let x = Double(base[i])
-            if x < a { t.below += 1 } else if x <= b {
-                t.inside += 1
-                let d = x - c
-                t.sum += d
-                t.squares += d * d
-            }
-            i &+= 1
-        }
-        return t
+        return Tally(below: Int(under.wrappedSum()), inside: Int(inside.wrappedSum()), sum: (s0 + s1).sum(), squares: (q0 + q1).sum())
     }
 
     /// The values as a counting sort's first pass leaves them: counted into buckets of equal

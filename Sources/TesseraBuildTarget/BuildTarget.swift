@@ -42,8 +42,13 @@ public enum BuildTarget {
     /// processor cannot run this build.
     public static func requireProcessor(program: String) {
         guard let missing = missingFeatures(), !missing.isEmpty else { return }
+        #if TESSERA_X86_64_V4
+        let lower = ", or x86-64-v3 for AVX2 without AVX-512"
+        #else
+        let lower = ""
+        #endif
         let message = "\(program): this build uses \(missing.joined(separator: ", ")), which this processor lacks; "
-            + "rebuild on this machine, or with TESSERA_TARGET_CPU=x86-64 (any x86-64 runs it) or x86-64-v3 (any since 2015)\n"
+            + "rebuild on this machine, or with TESSERA_TARGET_CPU=x86-64 for a build any x86-64 runs\(lower)\n"
         FileHandle.standardError.write(Data(message.utf8))
         exit(70)  // EX_SOFTWARE
     }

@@ -90,8 +90,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
         /// Room for `n` values.
         mutating func reserve(_ n: Int) {
             if floats.count < n + 1 { floats = [Float](repeating: 0, count: n + 1) }
-            // The values bucket by bucket, then room to sort a bucket by rank (padded) and
-            // the rank sort's output.
+            // The values bucket by bucket, then room for a bucket sorted by rank (at most
+            // `rankedUpTo`), which the rank sort and the tallies also read up to seven values
+            // into, past the last bucket (twice that and more: room to spare).
             let room = n + 2 * (RankBuckets.rankedUpTo + 8)
             if window.count < room { window = [Float](repeating: 0, count: room) }
             if indices.count < n + 8 { indices = [UInt8](repeating: 0, count: n + 8) }
@@ -154,7 +155,9 @@ public struct SigmaClippedMedian: Sendable, Equatable {
     /// buckets' sums is over 10⁴ times what stayed (the subtraction's rounding, relative to what
     /// stays). (Before: a pass over the values outside a core of the first median each
     /// iteration, and the values copied as doubles, a fifth of a measurement in all.)
-    /// `window` has room for every value and twice `RankBuckets.rankedUpTo` and sixteen more;
+    /// `window` has room for every value and twice `RankBuckets.rankedUpTo` and sixteen more (a
+    /// bucket sorted by rank needs `rankedUpTo`, and the sorts and tallies read up to seven
+    /// values past the last one);
     /// `indices` for every value and eight more; `tables` for `RankBuckets.tableRoom`.
     func clipSelected(_ floats: UnsafeBufferPointer<Float>, window: UnsafeMutableBufferPointer<Float>,
                       indices: UnsafeMutableBufferPointer<UInt8>, tables: UnsafeMutableBufferPointer<Int32>) -> (median: Double, kept: Int) {

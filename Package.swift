@@ -12,8 +12,8 @@ import PackageDescription
 ///   photometry (README, Catalogs).
 /// The programs refuse to start, with a message, on a processor without the level's features
 /// (`TesseraBuildTarget`, itself built for the baseline). TESSERA_TARGET_CPU=x86-64 builds for
-/// any x86-64, TESSERA_TARGET_CPU=x86-64-v3 or x86-64-v4 for that level whatever the host
-/// (valgrind runs v3 builds, not v4). Debug builds (the tests) always use the baseline.
+/// any x86-64, TESSERA_TARGET_CPU=x86-64-v3 or x86-64-v4 for that level whatever the host (unset
+/// or empty: the host's; valgrind runs v3 builds, not v4). Debug builds (the tests) always use the baseline.
 let releaseTarget: (cpu: String, level: String)? = {
     #if arch(x86_64)
     let v3 = (cpu: "haswell", level: "TESSERA_X86_64_V3"), v4 = (cpu: "skylake-avx512", level: "TESSERA_X86_64_V4")
@@ -21,7 +21,7 @@ let releaseTarget: (cpu: String, level: String)? = {
     case "x86-64": return nil
     case "x86-64-v3": return v3
     case "x86-64-v4": return v4
-    case nil: break
+    case nil, ""?: break   // the build host's level
     case let other?: fatalError("TESSERA_TARGET_CPU=\(other): use x86-64 (any x86-64), x86-64-v3 or x86-64-v4")
     }
     #if os(Linux)

@@ -420,11 +420,8 @@ extension ImageOperatorTests {
     /// infinity, in some trials, which the vectorised copy must hand to the careful one. The
     /// aperture likewise, against every pixel's exact overlap.
     @Test func annulusMatchesBruteForce() {
-        var state: UInt64 = 41
-        func unit() -> Double {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Double(state >> 11) / Double(1 << 53)
-        }
+        var rng = SplitMix64(seed: 41)
+        func unit() -> Double { rng.nextUnit() }
         let near = PixelBox(x0: -7, y0: 5, width: 61, height: 47)
         // A grid's numbers beyond 32 bits (runs are counted from the box's first column).
         let far = PixelBox(x0: 3_000_000_007, y0: -2_500_000_000, width: 61, height: 47)

@@ -200,17 +200,17 @@ let package = Package(
 
         .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity", "ZeroMQ"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
-        .testTarget(name: "FuzzRegressionTests", dependencies: ["TesseraFuzzHarness"]),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["TesseraFuzzHarness", "TesseraTestKit"]),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol", "TesseraCompute", "TesseraBuildTarget"]),
-        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraTestKit", "TesseraStorage", "TesseraSky", "TesseraSurvey", "TesseraProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraSkyTests", dependencies: ["TesseraSky"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraStorageTests", dependencies: ["TesseraStorage", "TesseraTestKit", "TesseraSky", "TesseraProtocol", "TesseraSurvey"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraADQLTests", dependencies: ["TesseraADQL", "TesseraProtocol", "TesseraCompute"]),
-        .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraADQL", "TesseraCompute", "TesseraStorage", "TesseraProtocol"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky",
+        .testTarget(name: "TesseraGatewayTests", dependencies: ["TesseraGateway", "TesseraTestKit", "TesseraADQL", "TesseraCompute", "TesseraStorage", "TesseraProtocol"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraSchedulerTests", dependencies: ["TesseraScheduler", "TesseraTestKit", "TesseraProtocol", "TesseraCompute", "TesseraStorage", "TesseraSky",
                                                                .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SimulationTests", dependencies: ["TesseraSimulation"]),
-        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky", "TesseraDaemon"]),
+        .testTarget(name: "TesseraWorkerTests", dependencies: ["TesseraWorker", "TesseraTestKit", "TesseraCompute", "TesseraProtocol", "TesseraStorage", "TesseraSky", "TesseraDaemon"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

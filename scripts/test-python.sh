@@ -9,5 +9,11 @@ venv="${VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "./Clients/python[test]"
 export TESSERA_BIN_DIR="${TESSERA_BIN_DIR:-$(swift build --show-bin-path)}"
+# What the tests, and the daemons, executors and browsers they start, put in the temporary
+# folder goes in one folder of this run's, removed at the end (over 2 GB a run; a CI host shares
+# its /tmp). TESSERA_KEEP_TEST_FILES=1 keeps it.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pytest-XXXXXX")"
+[ -n "${TESSERA_KEEP_TEST_FILES:-}" ] || trap 'rm -rf "$scratch" || true' EXIT
+export TMPDIR="$scratch"
 cd Clients/python/tests
-exec "../../../$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" "$@"

@@ -115,6 +115,8 @@ public final class LocalCluster: Sendable {
     public let keys: KeyDirectory?
     /// The key of the local admin user, which this process's connections use.
     public let credentials: Credentials
+    /// Whether the key folder is a temporary one this cluster made (removed by `stop()`).
+    private let ownsKeysDirectory: Bool
 
     public init(_ options: Options = .init()) throws {
         self.options = options
@@ -126,11 +128,13 @@ public final class LocalCluster: Sendable {
         } else {
             logHandle = nil
         }
+        let chosenKeys = options.keysDirectory ?? options.dataDirectory.map { $0 + "/keys" }
+        ownsKeysDirectory = !options.insecure && chosenKeys == nil
         if options.insecure {
             keys = nil
             credentials = .insecure
         } else {
-            let dir = options.keysDirectory ?? options.dataDirectory.map { $0 + "/keys" }
+            let dir = chosenKeys
                 ?? FileManager.default.temporaryDirectory.appendingPathComponent("tessera-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
             let k = KeyDirectory(dir)
             try k.initialize()
@@ -243,7 +247,8 @@ public final class LocalCluster: Sendable {
         p.waitUntilExit()
     }
 
-    /// Stops every process: SIGTERM, then SIGKILL for any still running after 5 s.
+    /// Stops every process: SIGTERM, then SIGKILL for any still running after 5 s; then removes
+    /// the temporary key folder, if this cluster made one.
     public func stop() {
         let all: [Process]? = state.withLock { s in
             if s.stopping { return nil }
@@ -258,6 +263,7 @@ public final class LocalCluster: Sendable {
             if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
+        if ownsKeysDirectory, let keys { try? FileManager.default.removeItem(atPath: keys.path) }
     }
 
     // MARK: Supervision

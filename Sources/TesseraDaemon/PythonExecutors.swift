@@ -135,8 +135,11 @@ public final class PythonExecutors: Sendable {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     }
 
-    deinit {
-        for e in idle.withLock({ $0 }) { e.executor.stop() }
+    deinit { stop() }
+
+    /// Stops the idle executors and removes this worker's folder of their sockets and logs.
+    public func stop() {
+        for e in idle.withLock({ all in defer { all.removeAll() }; return all }) { e.executor.stop() }
         try? FileManager.default.removeItem(atPath: folder)
     }
 

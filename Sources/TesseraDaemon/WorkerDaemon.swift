@@ -192,6 +192,9 @@ public final class WorkerDaemon {
         try shutDown()
         localTakes?.close()
         if let localTakesPath { unlink(localTakesPath) }
+        // What this worker made in the shared temporary folder goes with it.
+        python?.stop()
+        if settings.dataDirectory == nil { try? FileManager.default.removeItem(atPath: spillWriter.folder.path) }
     }
 
     private func makePoller() -> Poller {

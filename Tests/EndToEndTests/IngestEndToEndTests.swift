@@ -176,7 +176,9 @@ struct IngestEndToEndTests {
         defer { cluster.stop() }
         let tessera = Process()
         tessera.executableURL = URL(fileURLWithPath: (cluster.scheduler.executableURL!.path as NSString).deletingLastPathComponent + "/tessera")
+        // Its spill folder is the test's: a killed client cannot remove it.
         tessera.arguments = ["ingest", "object"] + files + ["--scheduler", cluster.clientEndpoint, "--max-rows-per-shard", "500",
+                                                      "--spill-dir", temporaryFolder("ingest-kill-spill"),
                                                       "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
         tessera.standardOutput = FileHandle.nullDevice
         tessera.standardError = FileHandle.nullDevice

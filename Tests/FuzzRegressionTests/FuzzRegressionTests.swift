@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TesseraFuzzHarness
+import TesseraTestKit
 
 /// Every committed fuzz input — the seed corpora, and each crash the fuzzer ever found
 /// (`Fuzz/regressions/TARGET/`) — runs through its harness without trapping.
@@ -16,7 +17,7 @@ struct FuzzRegressionTests {
     func committedInputsRunWithoutTrapping(_ target: FuzzTarget) throws {
         let corpus = Self.files("corpus", target)
         #expect(!corpus.isEmpty, "Fuzz/corpus/\(target.rawValue) has no seeds: run `tessera-fuzz seeds Fuzz/corpus`")
-        let h = try FuzzHarness(target, scratch: NSTemporaryDirectory() + "tessera-fuzz-test-\(target.rawValue)-\(getpid())")
+        let h = try FuzzHarness(target, scratch: temporaryFolder("fuzz-\(target.rawValue)"))
         for path in corpus + Self.files("regressions", target) {
             h.run(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
         }
@@ -27,7 +28,7 @@ struct FuzzRegressionTests {
     /// planned into tasks; the pole-to-pole box, the 1e300″ annulus and the 1e-322-wide median
     /// histogram are refused in words (each once trapped the scheduler or a worker).
     @Test func imageSeedsReachTheirPlanning() throws {
-        let h = try FuzzHarness(.images, scratch: NSTemporaryDirectory() + "tessera-fuzz-test-images-plan-\(getpid())")
+        let h = try FuzzHarness(.images, scratch: temporaryFolder("fuzz-images-plan"))
         var outcomes: [String: String] = [:]
         for path in Self.files("corpus", .images) {
             outcomes[URL(fileURLWithPath: path).lastPathComponent] = h.imagePlan(Array(try Data(contentsOf: URL(fileURLWithPath: path))))

@@ -6,6 +6,7 @@ import TesseraProtocol
 import TesseraSky
 import TesseraStorage
 import TesseraSurvey
+import TesseraTestKit
 
 /// A synthetic catalog written as real shard files at a chosen shard size, plus its rows in
 /// memory for brute force.
@@ -35,8 +36,7 @@ final class ShardedCatalog: Sendable {
     /// Writes the catalog as shards of at most `maxRows` rows (row groups of `groupRows`) and
     /// returns their readers.
     func shards(maxRows: Int, groupRows: Int = 1_000) throws -> [ShardReader] {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-engine-\(getpid())-\(maxRows)-\(UInt32.random(in: 0...UInt32.max))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = temporaryFolder("engine-\(maxRows)")
         let order = index.indices.sorted { index[$0] < index[$1] }
         let data = (rawData + [.int64(index)]).map { $0.gathered(order) }
         let plans = SkyPartitioner.partition(sortedIndex: order.map { index[$0] }, maxRows: maxRows)

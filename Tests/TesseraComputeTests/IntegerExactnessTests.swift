@@ -4,6 +4,7 @@ import TesseraCompute
 import TesseraProtocol
 import TesseraSky
 import TesseraStorage
+import TesseraTestKit
 
 /// Object ids beyond 2^53 (Rubin's are about 2^59, where Doubles are 128 apart): comparisons with
 /// integer literals and between Int64 columns are exact, row-group pruning keeps every group that
@@ -38,8 +39,7 @@ import TesseraStorage
         let other = ids.map { $0 % 3 == 0 ? $0 : $0 + 1 }
         let schema = [ColumnSpec("coord_ra", .columnFloat64), ColumnSpec("coord_dec", .columnFloat64),
                       ColumnSpec("objectId", .columnInt64), ColumnSpec("parentId", .columnInt64), ColumnSpec("_healpix_29", .columnInt64)]
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-int-\(getpid())").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = temporaryFolder("int")
         let path = dir + "/ids.shard"
         try ShardWriter.write(to: path, columns: schema, data: [.float64(ra), .float64(dec), .int64(ids), .int64(other), .int64(index)],
                               indexColumn: "_healpix_29", order: 0, pixel: 0, rowGroupRows: 100)

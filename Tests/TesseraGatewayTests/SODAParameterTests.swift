@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TesseraClient
 @testable import TesseraGateway
+import TesseraTestKit
 
 /// SODA's parameters as the standard spells them (DALI shapes and intervals), and the errors
 /// a client gets for the rest.
@@ -60,11 +61,10 @@ struct SODAParameterTests {
     }
 
     @Test func hipsPathsStayInsideTheRoot() throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("hips-\(UUID().uuidString)").path
+        let root = temporaryFolder("hips")
         try FileManager.default.createDirectory(atPath: root + "/t/Norder3/Dir0", withIntermediateDirectories: true)
         try Data("x".utf8).write(to: URL(fileURLWithPath: root + "/t/Norder3/Dir0/Npix5.fits"))
         try Data("x".utf8).write(to: URL(fileURLWithPath: root + "/t/properties"))
-        defer { try? FileManager.default.removeItem(atPath: root) }
         let s = SODAService(pool: SchedulerPool(endpoint: "tcp://127.0.0.1:1"), hipsRoot: root)
         #expect(try s.hipsFile("t/Norder3/Dir0/Npix5.fits").contentType == "application/fits")
         #expect(try s.hipsFile("t/properties").contentType.hasPrefix("text/plain"))

@@ -4,6 +4,7 @@ import TesseraADQL
 @testable import TesseraGateway
 import TesseraProtocol
 import TesseraStorage
+import TesseraTestKit
 
 /// TAP UPLOAD's parts: VOTables written by astropy in each serialization (fixtures, with the
 /// values astropy wrote as JSON: scripts/make_votable_fixtures.py), multipart bodies, the
@@ -213,10 +214,7 @@ struct UploadTests {
 /// Bearer tokens: a new one works at once, a removed one stops within a second.
 struct TokenStoreTests {
     @Test func tokensComeAndGoWithTheFile() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokens-\(UInt64.random(in: 0...UInt64.max))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("gateway-tokens").path
+        let path = temporaryFolder("tokens") + "/gateway-tokens"
         let store = TokenStore(path: path)
         let alice = try TokenStore.create(user: "alice", path: path)
         #expect(store.user(for: alice) == "alice")

@@ -6,6 +6,7 @@ import TesseraProtocol
 import TesseraScheduler
 import TesseraSky
 import TesseraStorage
+import TesseraTestKit
 
 /// A depth map's size is bounded before it is planned: its pixels grow four times an order and
 /// with the area asked for.
@@ -13,9 +14,7 @@ struct DepthMapLimitTests {
     /// An image dataset of one image on its own grid, `side` × `side` pixels of `scale`″, in
     /// band r, registered in a fresh registry beside a scheduler reading it.
     static func scheduler(side: Int, scaleArcsec: Double) throws -> (SchedulerCore, Registry, String) {
-        let folder = NSTemporaryDirectory() + "tessera-depth-map-\(getpid())-\(side)"
-        try? FileManager.default.removeItem(atPath: folder)
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let folder = temporaryFolder("depth-map-\(side)")
         let registry = try Registry(path: folder + "/registry.sqlite")
         var info = Tessera_V1_ImageDatasetInfo()
         info.bands = ["r"]

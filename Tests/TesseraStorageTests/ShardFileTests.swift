@@ -3,6 +3,7 @@ import Testing
 import TesseraProtocol
 import TesseraSky
 @testable import TesseraStorage
+import TesseraTestKit
 
 /// Reference values from Python's `xxhash` package (xxhash.xxh64(data).intdigest()).
 let xxHashVectors: [(data: [UInt8], hash: UInt64)] = [
@@ -52,10 +53,9 @@ struct TestCatalog {
     }
 }
 
+/// A path for one test file, in a folder of its own under the test process's root.
 func tempPath(_ name: String) -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-shard-tests-\(getpid())")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent(name).path
+    temporaryFolder("shard-tests") + "/" + name
 }
 
 @Suite struct ShardFileTests {

@@ -3,6 +3,7 @@ import Testing
 import TesseraProtocol
 import TesseraStorage
 import TesseraSurvey
+import TesseraTestKit
 
 @Suite struct SyntheticCatalogTests {
     @Test func sameRowsHoweverTheCatalogIsSplit() {
@@ -36,8 +37,7 @@ import TesseraSurvey
     }
 
     @Test func fitsFilesReadBackAsGenerated() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-gen-\(getpid())").path
-        try? FileManager.default.removeItem(atPath: dir)
+        let dir = temporaryFolder("gen")
         let c = SyntheticCatalog(seed: 3)
         let paths = try c.writeFITS(rows: 10_000, rowsPerFile: 4_000, to: dir)
         #expect(paths.count == 3)

@@ -26,8 +26,7 @@ public enum TestCluster {
         o.threadsPerWorker = threads
         o.heartbeatMs = heartbeatMs
         o.workerTimeoutMs = workerTimeoutMs
-        o.logFile = FileManager.default.temporaryDirectory
-            .appendingPathComponent("tessera-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log").path
+        o.logFile = TestFolders.file("cluster.log")
         return try LocalCluster(o)
     }
 
@@ -40,13 +39,6 @@ public enum TestCluster {
     public static func treeReduce(_ leaves: Int, fanIn: UInt32 = 8, sleepMicros: Double = 0) -> Tessera_V1_Plan {
         Workloads.treeReduce(leaves: UInt64(leaves), fanIn: fanIn, leafParams: Workloads.sleeping(microseconds: sleepMicros))
     }
-}
-
-/// A fresh temporary folder.
-public func temporaryFolder(_ name: String) -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    return dir
 }
 
 /// A tiny tmpfs mounted at `path` (root only), to run out of disk space on purpose.

@@ -5,6 +5,7 @@ import TesseraProtocol
 import TesseraSky
 import TesseraStorage
 import TesseraWorker
+import TesseraTestKit
 
 /// Shards are written off the event loop: `submit` returns at once, the wake-up comes when the
 /// file is on disk, and the reply (or the refusal of a bad request) comes out of `drainFinished`.
@@ -32,8 +33,7 @@ import TesseraWorker
     }
 
     @Test func answersOnceTheFileIsOnDisk() throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bgwriter-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        defer { try? FileManager.default.removeItem(atPath: root) }
+        let root = temporaryFolder("bgwriter")
         let store = try ShardStore(root: root)
         let wakes = Atomic<Int>(0)
         let writer = BackgroundShardWriter(store: store, workerName: "w1") { wakes.add(1, ordering: .relaxed) }

@@ -4,6 +4,7 @@ import TesseraProtocol
 import TesseraSky
 import TesseraStorage
 import TesseraWorker
+import TesseraTestKit
 
 /// A worker told the position columns computes each row's spatial index itself: a client's
 /// index column (off in the last bit, or hostile) never reaches the file, and a row outside
@@ -24,8 +25,7 @@ import TesseraWorker
     }
 
     @Test func theIndexIsTheWorkersOwn() throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-index-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        defer { try? FileManager.default.removeItem(atPath: root) }
+        let root = temporaryFolder("index")
         let store = try ShardStore(root: root)
         let ra = (0..<500).map { 45 + Double($0 % 50) * 0.01 }, dec = (0..<500).map { 20 + Double($0 / 50) * 0.01 }
         let pixel = HEALPix.pixel(order: 3, ra: 45.2, dec: 20.05)

@@ -7,6 +7,7 @@ import Glibc
 import TesseraCompute
 import TesseraProtocol
 @testable import TesseraWorker
+import TesseraTestKit
 
 // MARK: Helpers
 
@@ -791,7 +792,7 @@ struct WorkerEnginePipelineTests {
 @Suite("WorkerEngine memory limit: spilling and oversized values")
 struct WorkerEngineSpillTests {
     func spillFolder() throws -> SpillFolder {
-        try SpillFolder(path: FileManager.default.temporaryDirectory.appendingPathComponent("tessera-spill-test-\(UInt32.random(in: 0...UInt32.max))").path)
+        try SpillFolder(path: temporaryFolder("spill-test"))
     }
 
     /// Performs the engine's spills as the daemon's writer would, synchronously.
@@ -916,7 +917,7 @@ struct WorkerEngineSpillTests {
 @Suite struct SpillFileHostilityTests {
     @Test("a spill file claiming a huge decoded length reads as nothing instead of allocating it")
     func hugeClaimedLength() throws {
-        let folder = try SpillFolder(path: FileManager.default.temporaryDirectory.appendingPathComponent("tessera-spill-hostile-\(UInt32.random(in: 0...UInt32.max))").path)
+        let folder = try SpillFolder(path: temporaryFolder("spill-hostile"))
         try folder.write(1, .int64Column(Array(0..<2_000)))
         let path = folder.path + "/1.spill"
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))

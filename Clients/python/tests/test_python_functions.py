@@ -501,7 +501,10 @@ def _probe_access(paths, port, writable):
         out["signal worker"] = attempt(lambda: os.kill(os.getppid(), 0))
         out["scratch"] = attempt(lambda: tempfile.TemporaryFile().write(b"x"))
         out["writable"] = attempt(lambda: open(os.path.join(writable, f"{os.getpid()}.txt"), "w").write("x"))
-        out["/tmp"] = attempt(lambda: open(f"/tmp/tessera-probe-{os.getpid()}", "w").write("x"))
+        probe_file = f"/tmp/tessera-probe-{os.getpid()}"
+        out["/tmp"] = attempt(lambda: open(probe_file, "w").write("x"))
+        if out["/tmp"] == "allowed":
+            os.remove(probe_file)
         return out
     return probe
 

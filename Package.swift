@@ -145,7 +145,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tessera-sim",
-            dependencies: ["TesseraSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TesseraSimulation", "TesseraBuildTarget", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Simulator"
         ),
         .executableTarget(
@@ -196,7 +196,7 @@ let package = Package(
             ],
             path: "Fuzz/Harness"
         ),
-        .executableTarget(name: "tessera-fuzz", dependencies: ["TesseraFuzzHarness"], path: "Fuzz/Main"),
+        .executableTarget(name: "tessera-fuzz", dependencies: ["TesseraFuzzHarness", "TesseraBuildTarget"], path: "Fuzz/Main"),
 
         .target(name: "TesseraTestKit", dependencies: ["TesseraCluster", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity", "ZeroMQ"], path: "Tests/TesseraTestKit"),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Synchronization
+import TesseraBuildTarget
 import TesseraSimulation
 
 #if canImport(Glibc)
@@ -96,4 +97,5 @@ if getenv("SWIFT_DETERMINISTIC_HASHING") == nil {
     var args = CommandLine.arguments.map { strdup($0) } + [nil]
     execv("/proc/self/exe", &args)
 }
+BuildTarget.requireProcessor(program: "tessera-sim")
 SimCommand.main()

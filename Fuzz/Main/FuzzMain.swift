@@ -1,4 +1,5 @@
 import Foundation
+import TesseraBuildTarget
 import TesseraFuzzHarness
 
 #if canImport(Glibc)
@@ -7,6 +8,7 @@ import Glibc
 
 /// The target this process fuzzes: `TESSERA_FUZZ_TARGET` (scripts/fuzz.sh sets it).
 func makeHarness() -> FuzzHarness {
+    BuildTarget.requireProcessor(program: "tessera-fuzz")
     let env = ProcessInfo.processInfo.environment
     guard let name = env["TESSERA_FUZZ_TARGET"], let target = FuzzTarget(rawValue: name) else {
         FileHandle.standardError.write(Data("set TESSERA_FUZZ_TARGET to one of: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", "))\n".utf8))
@@ -54,6 +56,7 @@ public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePo
 @main
 struct FuzzMain {
     static func main() throws {
+        BuildTarget.requireProcessor(program: "tessera-fuzz")
         let args = Array(CommandLine.arguments.dropFirst())
         switch args.first {
         case "seeds" where args.count == 2:

@@ -71,6 +71,9 @@ public final class LocalCluster: Sendable {
         public var schedulerArguments: [String] = []
         /// Called with each supervision event (a daemon died, was started again), besides the log.
         public var onEvent: (@Sendable (String) -> Void)?
+        /// The daemons' temporary folder (`TMPDIR`; nil: this process's): where a worker without
+        /// a data folder spills, and its Python executors' sockets and logs go.
+        public var temporaryDirectory: String?
 
         public init() {}
     }
@@ -157,7 +160,8 @@ public final class LocalCluster: Sendable {
         }
         if let t = options.clientTimeoutSeconds { schedulerArgs += ["--client-timeout-s", "\(t)"] }
         schedulerArgs += options.schedulerArguments
-        let scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle)
+        let scheduler = try Self.launch(binDirectory + "/tessera-scheduler", schedulerArgs, stdout: out, stderr: logHandle,
+                                        temporaryDirectory: options.temporaryDirectory)
         guard let line = Self.readLine(out.fileHandleForReading, timeoutMs: 10_000) else {
             scheduler.terminate()
             throw ClusterError.startFailed("tessera-scheduler printed no endpoints (is the port \(port.map(String.init) ?? "?") in use? see its log)")
@@ -218,7 +222,7 @@ public final class LocalCluster: Sendable {
         if let m = options.pythonMemoryMb { args += ["--python-memory-mb", "\(m)"] }
         args += options.workerArguments
         let executable = binDirectory + "/tessera-worker"
-        let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle)
+        let p = try Self.launch(executable, args, stdout: nil, stderr: logHandle, temporaryDirectory: options.temporaryDirectory)
         state.withLock { $0.workers.append(Daemon(name: name, executable: executable, arguments: args, process: p, startedAt: Date())) }
     }
 
@@ -300,7 +304,8 @@ public final class LocalCluster: Sendable {
             for (isScheduler, index, d) in due {
                 // Launched outside the lock: a scheduler takes a moment to print its endpoints.
                 let out = isScheduler ? Pipe() : nil
-                guard let p = try? Self.launch(d.executable, d.arguments, stdout: out, stderr: logHandle) else {
+                guard let p = try? Self.launch(d.executable, d.arguments, stdout: out, stderr: logHandle,
+                                               temporaryDirectory: options.temporaryDirectory) else {
                     report("\(d.name) could not be started again; trying later")
                     state.withLock { s in
                         if isScheduler { s.scheduler.restartAt = Date().addingTimeInterval(d.backoff) } else { s.workers[index].restartAt = Date().addingTimeInterval(d.backoff) }
@@ -354,11 +359,16 @@ public final class LocalCluster: Sendable {
         return URL(fileURLWithPath: exe).deletingLastPathComponent().path
     }
 
-    static func launch(_ path: String, _ args: [String], stdout: Pipe?, stderr: FileHandle?) throws -> Process {
+    static func launch(_ path: String, _ args: [String], stdout: Pipe?, stderr: FileHandle?, temporaryDirectory: String?) throws -> Process {
         guard FileManager.default.isExecutableFile(atPath: path) else { throw ClusterError.executableMissing(path) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
+        if let temporaryDirectory {
+            var environment = ProcessInfo.processInfo.environment
+            environment["TMPDIR"] = temporaryDirectory
+            p.environment = environment
+        }
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = stdout ?? FileHandle.nullDevice
         if let stderr { p.standardError = stderr }

@@ -27,6 +27,9 @@ public enum TestCluster {
         o.heartbeatMs = heartbeatMs
         o.workerTimeoutMs = workerTimeoutMs
         o.logFile = TestFolders.file("cluster.log")
+        // What the daemons put in the temporary folder goes with the test process's, even from
+        // a worker a test kills.
+        o.temporaryDirectory = TestFolders.root
         return try LocalCluster(o)
     }
 

@@ -90,6 +90,7 @@ struct SimCommand: ParsableCommand {
     }
 }
 
+BuildTarget.requireProcessor(program: "tessera-sim")
 // Swift seeds its hash function per process: the simulation never lets an order come from a
 // hash, and this makes sure of it for seeds replayed in another process.
 if getenv("SWIFT_DETERMINISTIC_HASHING") == nil {
@@ -97,5 +98,4 @@ if getenv("SWIFT_DETERMINISTIC_HASHING") == nil {
     var args = CommandLine.arguments.map { strdup($0) } + [nil]
     execv("/proc/self/exe", &args)
 }
-BuildTarget.requireProcessor(program: "tessera-sim")
 SimCommand.main()

@@ -13,7 +13,16 @@ export TESSERA_BIN_DIR="${TESSERA_BIN_DIR:-$(swift build --show-bin-path)}"
 # folder goes in one folder of this run's, removed at the end (over 2 GB a run; a CI host shares
 # its /tmp). TESSERA_KEEP_TEST_FILES=1 keeps it.
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pytest-XXXXXX")"
-[ -n "${TESSERA_KEEP_TEST_FILES:-}" ] || trap 'rm -rf "$scratch" || true' EXIT
+if [ -n "${TESSERA_KEEP_TEST_FILES:-}" ]; then
+  trap 'echo "the Python tests'"'"' files are kept in $scratch" >&2' EXIT
+else
+  trap 'rm -rf "$scratch" || true' EXIT
+fi
 export TMPDIR="$scratch"
 cd Clients/python/tests
-"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" "$@"
+# In the background, so that a signal to this script (a CI timeout) reaches pytest, which
+# stops its clusters, before the folder goes.
+"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" "$@" &
+pytest_pid=$!
+trap 'kill -TERM "$pytest_pid" 2>/dev/null; wait "$pytest_pid"; exit 143' TERM INT
+wait "$pytest_pid"

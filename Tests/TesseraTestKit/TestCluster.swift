@@ -22,6 +22,8 @@ public enum TestCluster {
         o.memoryLimitMb = memoryLimitMb
         o.orphanGraceSeconds = orphanGraceSeconds
         o.dataDirectory = dataDirectory
+        // With a data folder the keys are in it; without, in a folder under the tests' root.
+        if dataDirectory == nil { o.keysDirectory = TestFolders.file("keys") }
         o.workers = workers
         o.threadsPerWorker = threads
         o.heartbeatMs = heartbeatMs

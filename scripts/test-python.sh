@@ -24,5 +24,6 @@ cd Clients/python/tests
 # stops its clusters, before the folder goes.
 "../../../$venv/bin/python" -m pytest -q -p no:cacheprovider --basetemp "$scratch/pytest" "$@" &
 pytest_pid=$!
-trap 'kill -TERM "$pytest_pid" 2>/dev/null; wait "$pytest_pid"; exit 143' TERM INT
+trap 'kill -TERM "$pytest_pid" 2>/dev/null; wait "$pytest_pid"; exit 143' TERM
+trap 'kill -TERM "$pytest_pid" 2>/dev/null; wait "$pytest_pid"; exit 130' INT
 wait "$pytest_pid"

@@ -8,7 +8,6 @@ import Glibc
 
 /// The target this process fuzzes: `TESSERA_FUZZ_TARGET` (scripts/fuzz.sh sets it).
 func makeHarness() -> FuzzHarness {
-    BuildTarget.requireProcessor(program: "tessera-fuzz")
     let env = ProcessInfo.processInfo.environment
     guard let name = env["TESSERA_FUZZ_TARGET"], let target = FuzzTarget(rawValue: name) else {
         FileHandle.standardError.write(Data("set TESSERA_FUZZ_TARGET to one of: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", "))\n".utf8))
@@ -43,6 +42,7 @@ func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>,
 /// and hands over to libFuzzer's driver.
 @_cdecl("tessera_fuzz_main")
 public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    BuildTarget.requireProcessor(program: "tessera-fuzz")
     // The target's fixture (a shard, a registry) is made before the first input, so its
     // one-time allocations are not charged to an input.
     harness = makeHarness()

@@ -130,9 +130,7 @@ public final class PythonExecutors: Sendable {
         self.workerName = workerName
         maxIdle = max(8, 2 * threads)
         context = try ZMQContext()
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-python-\(getpid())").path
-        try? FileManager.default.removeItem(atPath: folder)
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        folder = try PrivateFolder.make("tessera-python")
     }
 
     deinit { stop() }
@@ -410,7 +408,7 @@ final class PythonExecutor: @unchecked Sendable {
         env["PYTHONUNBUFFERED"] = "1"
         env["TESSERA_EXECUTOR_ADDRESS_ROOM"] = "\(PythonExecutors.addressRoom(settings))"
         env[PythonExecutors.workerMarker] = "\(getpid())"
-        let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard log >= 0 else { throw PythonStartError(message: "cannot open its log \(logPath): \(String(cString: strerror(errno)))") }
         defer { close(log) }
         do {

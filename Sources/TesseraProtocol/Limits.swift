@@ -35,6 +35,13 @@ public enum Limits {
     /// Most groups a group-by may ask for (`max_groups`): each holds its key, count and every
     /// aggregate's moments on every worker and in every merge.
     public static let groups = 1_000_000
+    /// A catalog question's reduction tree merges at most this many partials in one task (its
+    /// `fan_in`; 0 takes the default, 8): a merge holds all its inputs at once, and a partial may
+    /// be a histogram of millions of bins.
+    public static let catalogFanIn: ClosedRange<UInt32> = 2...64
+    /// Most bytes a group-by's moments may take, groups (`max_groups`) times aggregated
+    /// expressions (48 bytes each): 256 MiB, so 55 expressions at the default 100,000 groups.
+    public static let groupMomentsBytes = 256 << 20
     /// Groups a group-by may produce unless the question sets `max_groups`.
     public static let groupsDefault = 100_000
     /// Most buckets of one question's quantile sketches, all groups and expressions together
@@ -105,6 +112,19 @@ public enum Limits {
     public static let pythonFunctionBytes = 16 << 20
     /// Largest value one Python call may return (pickled).
     public static let pythonValueBytes = 256 << 20
+
+    /// Longest failure message a task's report carries (a Python exception's text and
+    /// traceback are the user's to choose): its start and end are kept, the middle cut.
+    public static let failureMessageBytes = 64 << 10
+
+    /// `message` within ``failureMessageBytes``: its first and last halves, and how much was cut.
+    public static func boundedFailureMessage(_ message: String) -> String {
+        let bytes = message.utf8
+        guard bytes.count > failureMessageBytes else { return message }
+        let half = failureMessageBytes / 2
+        return String(decoding: bytes.prefix(half), as: UTF8.self) + "\n… (\(bytes.count - 2 * half) bytes cut) …\n"
+            + String(decoding: bytes.suffix(half), as: UTF8.self)
+    }
 }
 
 extension Limits {
@@ -144,6 +164,9 @@ extension Limits {
         ("comparisons per left row group", "\(crossmatchComparisonsPerRowGroup)", "cross-match (positions of the right side compared, pairs or not)"),
         ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),
         ("value of one Python call, pickled", bytes(pythonValueBytes), "worker Python executors"),
+        ("partials one merge reads (`fan_in`)", "\(catalogFanIn.lowerBound)…\(catalogFanIn.upperBound) (default 8)", "catalog questions"),
+        ("a group-by's moments (groups × aggregated expressions × 48 bytes)", bytes(groupMomentsBytes), "catalog questions"),
+        ("a task's failure message", "\(failureMessageBytes >> 10) KiB (start and end kept)", "worker task reports"),
     ]
 
     static func bytes(_ n: Int) -> String { n >= 1 << 30 ? "\(n >> 30) GiB" : "\(n >> 20) MiB" }

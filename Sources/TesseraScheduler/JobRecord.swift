@@ -86,6 +86,10 @@ final class JobRecord {
     var failedOn: [Int: Set<WorkerID>] = [:]
     /// Runs of a task cancelled past their deadline (sparse, like `failedOn`).
     var timeouts: [Int: Int] = [:]
+    /// Runs of a task that found an input missing on a holder the scheduler still counted live
+    /// (sparse, like `failedOn`): a value no fetch can bring (a peer that cannot be reached, a
+    /// value over the fetcher's budget) must fail the job rather than be recomputed forever.
+    var missingInputRounds: [Int: Int] = [:]
     /// The job's own task deadline (nil: the scheduler's, from the data size).
     var taskTimeoutNs: UInt64?
     var lostRuns: [UInt8]

@@ -24,6 +24,9 @@ public struct SchedulerConfig: Sendable {
     public var maxOperatorFailures = 3
     /// A task that was running on this many workers that died fails its job (a poison task).
     public var maxLostRuns = 4
+    /// A task that found an input missing this many times on a worker still registered (so not
+    /// explained by the holder's death) fails its job, naming the holder.
+    public var maxMissingInputRounds = 10
     /// Largest explicit graph or expanded plan accepted, in tasks.
     public var maxTasksPerJob = 50_000_000
     /// Fewest milliseconds between two streamed result messages of one job (0 = as soon as ready).

@@ -528,9 +528,13 @@ extension SchedulerCore {
             s.shared = d.record.shared
             if let e = d.record.expiresAt { s.expiresInS = max(0, e.timeIntervalSince(now)) }
             s.kind = d.record.kind
-            s.rows = UInt64(d.record.rows)
+            // Clamped and saturating: a damaged registry row must not stop the scheduler here.
+            s.rows = UInt64(clamping: d.record.rows)
             s.shards = UInt64(d.keys.count)
-            s.bytes = UInt64(d.bytes.reduce(0, +))
+            s.bytes = d.bytes.reduce(UInt64(0)) { t, b in
+                let (sum, over) = t.addingReportingOverflow(UInt64(clamping: b))
+                return over ? .max : sum
+            }
             let liveCopies = d.workers.map { $0.filter(live.contains).count }
             s.minReplicas = UInt32(liveCopies.min() ?? 0)
             s.shardsWithoutLiveReplica = UInt64(liveCopies.filter { $0 == 0 }.count)

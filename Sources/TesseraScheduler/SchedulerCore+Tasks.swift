@@ -455,6 +455,22 @@ extension SchedulerCore {
                 if job.runCount[t] > 0 { job.runCount[t] -= 1 }
                 refundCharge(job, t)
                 let hasHolders = f.missingHolders.count == f.missingInputs.count
+                // Holders still registered: their loss does not explain the failure.
+                let liveHolders = f.missingInputs.indices.compactMap { n -> String? in
+                    let m = f.missingInputs[n]
+                    guard TaskKey.job(m) == job.id, Int(TaskKey.task(m)) < job.taskCount else { return nil }
+                    let holder = hasHolders ? f.missingHolders[n] : job.worker[Int(TaskKey.task(m))]
+                    return workers[holder]?.name
+                }
+                if !liveHolders.isEmpty {
+                    let rounds = job.missingInputRounds[t, default: 0] + 1
+                    job.missingInputRounds[t] = rounds
+                    if rounds >= config.maxMissingInputRounds {
+                        finish(job, .jobFailed, error: "task \(t) could not fetch its input from worker \(liveHolders[0]) in \(rounds) attempts "
+                               + "(the limit is \(config.maxMissingInputRounds)); last: \(f.message)", now: now)
+                        continue
+                    }
+                }
                 for (n, m) in f.missingInputs.enumerated() where TaskKey.job(m) == job.id {
                     let i = Int(TaskKey.task(m))
                     guard i < job.taskCount, job.state[i] == .done else { continue }
@@ -598,39 +614,75 @@ extension SchedulerCore {
     /// Makes sure a needed value will be produced: nothing to do if it is on its way; a finished
     /// task whose value was lost or released runs again.
     mutating func ensureComputing(_ job: JobRecord, _ i: Int) {
-        switch job.state[i] {
-        case .done, .released: undo(job, i)
-        case .waiting, .ready, .running, .recovering: break
+        if Self.mustRecompute(job.state[i]) { undo(job, i) }
+    }
+
+    /// Whether a task whose value is not available must run again to produce it (a waiting,
+    /// ready, running or recovering one is already on its way).
+    static func mustRecompute(_ state: TaskState) -> Bool {
+        switch state {
+        case .done, .released: true
+        case .waiting, .ready, .running, .recovering: false
         }
     }
 
-    /// Turns a finished task back into one to run (its value is gone but still needed).
-    mutating func undo(_ job: JobRecord, _ i: Int) {
-        job.doneCount -= 1
-        job.state[i] = .recovering
-        job.worker[i] = 0
-        for j in job.inputRange(i) { job.pendingDependents[Int(job.inputs[j])] += 1 }
-        for j in job.dependentRange(i) {
-            let d = Int(job.dependents[j])
-            switch job.state[d] {
-            case .waiting: job.waitCount[d] += 1
-            case .ready: job.state[d] = .waiting; job.waitCount[d] = 1  // recounted below if needed
-            default: break  // running ones fail to fetch it and are rescheduled
+    /// Turns a finished task back into one to run (its value is gone but still needed), and
+    /// with it every ancestor whose value is gone too, depth first.
+    ///
+    /// The walk keeps its own stack: in a chain whose earlier links were released, the ancestors
+    /// to recompute are as many as the links before, and a recursion per ancestor overflowed the
+    /// thread's stack (and the scheduler with it) at some tens of thousands. Each task is undone
+    /// in the order the recursion had: first its own state and its dependents' counts, then its
+    /// missing inputs one by one, each undone whole before the next is looked at, and only then
+    /// its own wait count and its dependents' (so that undoing an input never counts a task that
+    /// is itself being undone as waiting).
+    mutating func undo(_ job: JobRecord, _ root: Int) {
+        var stack: [(task: Int, next: Int)] = []
+        var entering: Int? = root
+        while true {
+            if let i = entering {
+                entering = nil
+                job.doneCount -= 1
+                job.state[i] = .recovering
+                job.worker[i] = 0
+                for j in job.inputRange(i) { job.pendingDependents[Int(job.inputs[j])] += 1 }
+                for j in job.dependentRange(i) {
+                    let d = Int(job.dependents[j])
+                    switch job.state[d] {
+                    case .waiting: job.waitCount[d] += 1
+                    case .ready: job.state[d] = .waiting; job.waitCount[d] = 1  // recounted below if needed
+                    default: break  // running ones fail to fetch it and are rescheduled
+                    }
+                }
+                stack.append((i, job.inputRange(i).lowerBound))
             }
-        }
-        for j in job.inputRange(i) {
-            let k = Int(job.inputs[j])
-            if !isAvailable(job, k) { ensureComputing(job, k) }
-        }
-        waitForInputs(job, i)
-        // Dependents pulled back from the ready queue recount what they miss.
-        for j in job.dependentRange(i) {
-            let d = Int(job.dependents[j])
-            if job.state[d] == .waiting {
-                var missing: UInt32 = 0
-                for q in job.inputRange(d) where !isAvailable(job, Int(job.inputs[q])) { missing += 1 }
-                job.waitCount[d] = missing
-                if missing == 0 { makeReady(job, d) }
+            guard let top = stack.last else { return }
+            // The next input of the task on top that must be recomputed, if any.
+            var j = top.next
+            let end = job.inputRange(top.task).upperBound
+            while j < end {
+                let k = Int(job.inputs[j])
+                j += 1
+                if !isAvailable(job, k) && Self.mustRecompute(job.state[k]) {
+                    entering = k
+                    break
+                }
+            }
+            stack[stack.count - 1].next = j
+            if entering != nil { continue }
+            // Every input of the task on top is available or on its way.
+            stack.removeLast()
+            let i = top.task
+            waitForInputs(job, i)
+            // Dependents pulled back from the ready queue recount what they miss.
+            for j in job.dependentRange(i) {
+                let d = Int(job.dependents[j])
+                if job.state[d] == .waiting {
+                    var missing: UInt32 = 0
+                    for q in job.inputRange(d) where !isAvailable(job, Int(job.inputs[q])) { missing += 1 }
+                    job.waitCount[d] = missing
+                    if missing == 0 { makeReady(job, d) }
+                }
             }
         }
     }

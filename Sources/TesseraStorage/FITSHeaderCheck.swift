@@ -29,8 +29,13 @@ enum FITSHeaderCheck {
         func refuse(_ why: String) -> FITSError { .cfitsio(path: path, operation: "check the header", status: 0, message: why) }
         var offset = 0
         var buffer = [UInt8](repeating: 0, count: block)
-        for unit in 0..<maxUnits where offset < size {
+        var unit = 0
+        while offset < size {
+            // cfitsio walks every unit at open: one past the limit is refused, not left unchecked.
+            guard unit < maxUnits else { throw refuse("the file has more than \(maxUnits) header-and-data units") }
+            defer { unit += 1 }
             var ints: [String: Int] = [:]
+            var randomGroups = false
             var ended = false
             var blocks = 0
             while !ended {
@@ -51,7 +56,9 @@ enum FITSHeaderCheck {
                     if keyword == "END" { ended = true; break }
                     guard card.count >= 10, card[card.startIndex + 8] == UInt8(ascii: "="), card[card.startIndex + 9] == UInt8(ascii: " ") else { continue }
                     let value = String(decoding: card.dropFirst(10), as: UTF8.self).trimmingSpaces
-                    if isStringKeyword(keyword) {
+                    if keyword == "GROUPS" {
+                        randomGroups = value.hasPrefix("T")
+                    } else if isStringKeyword(keyword) {
                         // A quoted string, closed on this card: at most 68 characters.
                         guard value.hasPrefix("'"), value.dropFirst().contains("'") else {
                             throw refuse("header \(unit): \(keyword) must be a quoted string")
@@ -65,6 +72,10 @@ enum FITSHeaderCheck {
                 if got < block { return }
             }
             // Skip the data unit: |BITPIX|/8 × GCOUNT × (PCOUNT + NAXIS1 × … × NAXISn), in blocks.
+            // Every way this walk and cfitsio's could disagree on where the next header starts
+            // is refused: random groups (sized without NAXIS1), an overflowing size (cfitsio's
+            // own product wraps), a data unit past the end of the file.
+            guard !randomGroups else { throw refuse("header \(unit): random groups (GROUPS = T) are not supported") }
             let naxis = ints["NAXIS"] ?? 0
             guard naxis >= 0, naxis <= 999 else { throw refuse("header \(unit): NAXIS = \(naxis)") }
             var elements = naxis == 0 ? 0 : 1
@@ -75,12 +86,18 @@ enum FITSHeaderCheck {
                 guard !o else { throw refuse("header \(unit): the data size overflows") }
                 elements = p
             }
-            let bitpix = abs(ints["BITPIX"] ?? 8), pcount = ints["PCOUNT"] ?? 0, gcount = ints["GCOUNT"] ?? 1
-            guard [8, 16, 32, 64].contains(bitpix), pcount >= 0, gcount >= 0 else { throw refuse("header \(unit): BITPIX, PCOUNT or GCOUNT out of range") }
+            let bitpix = ints["BITPIX"] ?? 8, pcount = ints["PCOUNT"] ?? 0, gcount = ints["GCOUNT"] ?? 1
+            guard [8, 16, 32, 64, -32, -64].contains(bitpix), pcount >= 0, gcount >= 0 else {
+                throw refuse("header \(unit): BITPIX, PCOUNT or GCOUNT out of range (BITPIX is one of 8, 16, 32, 64, -32, -64)")
+            }
             let (withHeap, o1) = elements.addingReportingOverflow(naxis == 0 ? 0 : pcount)
             let (groups, o2) = withHeap.multipliedReportingOverflow(by: gcount)
-            let (bytes, o3) = groups.multipliedReportingOverflow(by: bitpix / 8)
-            guard !o1, !o2, !o3, bytes <= size else { return }  // beyond the file: cfitsio reports it
+            let (bytes, o3) = groups.multipliedReportingOverflow(by: abs(bitpix) / 8)
+            guard !o1, !o2, !o3 else { throw refuse("header \(unit): the data size overflows") }
+            let dataStart = offset + blocks * block
+            guard bytes <= size - dataStart else {
+                throw refuse("header \(unit): its data unit of \(bytes) bytes runs past the end of the file (\(size - dataStart) bytes left)")
+            }
             offset += blocks * block + (bytes + block - 1) / block * block
         }
     }

@@ -828,7 +828,7 @@ public struct WorkerEngine {
                 var f = Tessera_V1_TaskFailure()
                 f.key = c.key
                 f.kind = err.retryable ? .failureOperator : .failureRefused
-                f.message = err.description
+                f.message = Limits.boundedFailureMessage(err.description)
                 report.failures.append(f)
                 failWaiting(on: [c.key], "its input task failed here")
             }
@@ -915,7 +915,7 @@ public struct WorkerEngine {
         var f = Tessera_V1_TaskFailure()
         f.key = key
         f.kind = kind
-        f.message = message
+        f.message = Limits.boundedFailureMessage(message)
         f.missingInputs = missing
         if holders.count == missing.count { f.missingHolders = holders }
         failures.append(f)

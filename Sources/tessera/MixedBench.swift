@@ -30,6 +30,9 @@ struct MixedBench: ParsableCommand {
     @Option(help: "Rounds of each cones-under-scans figure, a JSON line each, and of idle cones, pooled into one line (timings here are noisy).")
     var rounds = 1
 
+    @Option(help: "Rounds of the warm full-scans figure (a JSON line each; more make a profile of the shared passes).")
+    var scanRounds = 1
+
     @Option(help: "Batch jobs each of the two users submits for the fair-share figure (0 skips it).")
     var fairJobs = 50
 
@@ -75,18 +78,20 @@ struct MixedBench: ParsableCommand {
         for i in 0..<3 { alone.append(try conn.run(scanQuestions[i % scanQuestions.count].priority(.batch)).seconds) }
         alone.sort()
         let one = alone[alone.count / 2]
-        let passesBefore = try sharedPasses(conn)
-        let together = try runConcurrently(endpoint, scanQuestions.map { $0.priority(.batch) })
-        // The workers' counts arrive with their heartbeats.
-        Thread.sleep(forTimeInterval: 1.2)
-        let passesAfter = try sharedPasses(conn)
-        print(jsonLine([("engine", "tessera"), ("workload", "full_scans"), ("rows", rows), ("scans", scans),
-                        ("one_scan_s", one), ("all_scans_s", together.wall), ("ratio_to_one", together.wall / one),
-                        ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
-                        ("shard_passes", passesAfter.passes - passesBefore.passes),
-                        ("scan_tasks_in_passes", passesAfter.tasks - passesBefore.tasks), ("most_in_one_pass", passesAfter.most),
-                        ("max_pass_riders", anchor.maxPassRiders ?? 31),
-                        ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+        for round in 1...max(1, scanRounds) {
+            let passesBefore = try sharedPasses(conn)
+            let together = try runConcurrently(endpoint, scanQuestions.map { $0.priority(.batch) })
+            // The workers' counts arrive with their heartbeats.
+            Thread.sleep(forTimeInterval: 1.2)
+            let passesAfter = try sharedPasses(conn)
+            print(jsonLine([("engine", "tessera"), ("workload", "full_scans"), ("round", round), ("rows", rows), ("scans", scans),
+                            ("one_scan_s", one), ("all_scans_s", together.wall), ("ratio_to_one", together.wall / one),
+                            ("scan_s_p50", together.percentile(0.5)), ("scan_s_max", together.percentile(1)),
+                            ("shard_passes", passesAfter.passes - passesBefore.passes),
+                            ("scan_tasks_in_passes", passesAfter.tasks - passesBefore.tasks), ("most_in_one_pass", passesAfter.most),
+                            ("max_pass_riders", anchor.maxPassRiders ?? 31),
+                            ("worker_peak_rss_mib", try workerPeakRSS(conn))]))
+        }
 
         // 3. Cones while the scans run: as interactive questions, then as normal ones beside
         //    normal scans (what first come, first served gives).

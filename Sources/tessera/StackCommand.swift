@@ -73,6 +73,7 @@ struct StackCommand: ParsableCommand {
         let done = try conn.run(q, name: "stack \(images) on \(dataset)")
         let s = done.result.partial.stack
         guard s.size > 0 else { throw ValidationError("the cluster sent no stack") }
+        guard s.size <= UInt32(ImageStack.maxSize) else { throw ValidationError("the cluster sent a stack of \(s.size) pixels a side, over the limit of \(ImageStack.maxSize)") }
         let (img, vari, msk) = ImageStack.planes(s)
         let n = Int(s.size)
         let header = ImagePatchHeader(band: band, tract: -1, patch: -1, tractOrder: -1, patchOrder: -1, x0: 0, y0: 0, width: n, height: n,

@@ -467,6 +467,18 @@ struct CatalogEngineTests {
         #expect(refusal { var h = Tessera_V1_HistogramSpec(); (h.x, h.xBins, h.xMax, h.yBins) = ("coord_ra", 100, 1, .max); $0.histogram = h } == "accepted")
         #expect(refusal { $0.groupBy = "cell"; $0.maxGroups = .max }.contains("over the limit of \(Limits.groups) groups"))
         #expect(refusal { $0.groupBy = "cell"; $0.maxGroups = UInt64(Limits.groups) } == "accepted")
+        // Groups times aggregated expressions: memory on every worker and merge.
+        let many = (0..<60).map { aggregate(.aggMean, "coord_ra + \($0)") }
+        #expect(refusal { $0.groupBy = "cell"; $0.aggregates = many }.contains("over the limit of \(Limits.groupMomentsBytes)"))
+        #expect(refusal { $0.groupBy = "cell"; $0.aggregates = Array(many.prefix(50)) } == "accepted")
+        #expect(refusal { $0.groupBy = "cell"; $0.aggregates = many; $0.maxGroups = 10_000 } == "accepted")
+        #expect(refusal { $0.aggregates = many } == "accepted")
+        // A merge's fan-in: within bounds, or 0 for the default.
+        #expect(refusal { $0.fanIn = 65 }.contains("outside the allowed 2…64"))
+        #expect(refusal { $0.fanIn = 1 }.contains("outside the allowed 2…64"))
+        #expect(refusal { $0.fanIn = .max }.contains("outside the allowed 2…64"))
+        #expect(refusal { $0.fanIn = 64 } == "accepted")
+        #expect(refusal { $0.fanIn = 0 } == "accepted")
         #expect(refusal { $0.rows.sortBy = "coord_ra" }.contains("needs a limit"))
         #expect(refusal { var c = Tessera_V1_ConeSpec(); c.dec = 95; c.radius = 1; $0.cone = c }.contains("not on the sky"))
         #expect(refusal { $0.aggregates = [aggregate(.aggQuantile, "coord_ra", q: 1.5)] }.contains("within 0…1"))

@@ -33,6 +33,8 @@ final class FakeWorker {
     var assignedKeys: [UInt64] = []
     /// Keys to report as missing-input failures once even though the holder has them (a fetch timeout).
     var failFetchOf: Set<UInt64> = []
+    /// Keys to report as missing-input failures every time (a value no read can bring).
+    var neverFetch: Set<UInt64> = []
 
     init(connection: ConnectionID, name: String, threads: Int, operators: [String]) {
         self.connection = connection
@@ -340,7 +342,7 @@ final class FakeCluster {
         var missing: [UInt64] = []
         var missingHolders: [WorkerID] = []
         for (k, h) in zip(t.inputKeys, t.inputHolders) {
-            if w.failFetchOf.remove(k) != nil { missing.append(k); missingHolders.append(h); continue }
+            if w.failFetchOf.remove(k) != nil || w.neverFetch.contains(k) { missing.append(k); missingHolders.append(h); continue }
             if h == w.id || h == 0 {
                 if let v = w.store[k] { inputs.append(v) } else { missing.append(k); missingHolders.append(h) }
             } else if let other = workerByID[h], other.alive, let v = other.store[k] {

@@ -63,6 +63,55 @@ struct SchedulerRecoveryTests {
         expectClean(c)
     }
 
+    /// Losing the last value of a long chain whose earlier links were all released recomputes
+    /// the whole chain from its first link: the scheduler walks back over 60,000 ancestors.
+    /// Walked by recursion, one level per ancestor, that overflowed the stack and killed the
+    /// process.
+    @Test("losing the end of a long chain recomputes it all without deep recursion")
+    func longChainLost() throws {
+        let n = 60_000
+        let c = FakeCluster()
+        _ = c.addWorkers(2)
+        let id = try #require(c.submit(Workloads.chain(length: UInt64(n))))
+        func frontier() -> (FakeWorker, Int)? {
+            c.liveWorkers.compactMap { w in
+                w.store.keys.filter { TaskKey.job($0) == id }.map { Int(TaskKey.task($0)) }.max().map { (w, $0) }
+            }.max { $0.1 < $1.1 }
+        }
+        var steps = 0
+        while (frontier()?.1 ?? 0) < n - 300 && steps < 10 * n {
+            c.step()
+            steps += 1
+        }
+        let (holder, t) = try #require(frontier())
+        #expect(t >= n - 300 && t < n - 1, "stopped at link \(t)")
+        // Every link before the last few was released: the loss reaches back to link 0.
+        #expect(c.liveWorkers.allSatisfy { w in w.store.keys.allSatisfy { TaskKey.job($0) != id || Int(TaskKey.task($0)) > 1_000 } })
+        c.kill(holder)
+        c.detectDeaths()
+        #expect(c.run(until: [id], maxSteps: 20 * n))
+        #expect(c.jobs[id]?.finished?.state == .jobDone)
+        #expect(int(c.jobs[id]?.results[UInt32(n - 1)]) == Int64(n))
+        expectClean(c)
+    }
+
+    /// A value no fetch can bring (a holder the others cannot reach) would be recomputed and
+    /// fetched forever; the job fails after the limit of rounds, naming the holder.
+    @Test("an input no fetch can bring fails the job after the limit of rounds")
+    func unreachableHolder() throws {
+        let c = FakeCluster()
+        let ws = c.addWorkers(3)
+        let id = try #require(c.submit(Workloads.treeReduce(leaves: 64, fanIn: 4)))
+        // Every leaf's value is out of reach from any other worker.
+        for w in ws { w.neverFetch = Set((0..<64).map { TaskKey.make(job: id, task: UInt32($0)) }) }
+        #expect(c.run(until: [id]))
+        let f = try #require(c.jobs[id]?.finished)
+        #expect(f.state == .jobFailed)
+        #expect(f.error.contains("could not fetch its input from worker") && f.error.contains("the limit is \(c.core.config.maxMissingInputRounds)"), "\(f.error)")
+        #expect(c.missingInputReports >= c.core.config.maxMissingInputRounds)
+        #expect(c.violations.isEmpty, "\(c.violations.prefix(5))")
+    }
+
     @Test("two workers die in the same tick")
     func twoDeaths() throws {
         let c = FakeCluster()

@@ -103,6 +103,56 @@ struct FITSHeaderCheckTests {
     }
 }
 
+/// Headers whose data sizes this check and cfitsio could read differently are refused: the walk
+/// must never stop early while cfitsio reads on into headers nobody checked.
+struct FITSHeaderWalkTests {
+    /// A header of `cards` (keyword, value), padded to whole blocks, then `data` zero bytes.
+    static func unit(_ cards: [(String, String)], data: Int = 0) -> [UInt8] {
+        var text = ""
+        for (k, v) in cards { text += (k.padding(toLength: 8, withPad: " ", startingAt: 0) + "= " + v).padding(toLength: 80, withPad: " ", startingAt: 0) }
+        text += "END".padding(toLength: 80, withPad: " ", startingAt: 0)
+        var bytes = Array(text.utf8)
+        bytes += [UInt8](repeating: 0x20, count: (2880 - bytes.count % 2880) % 2880)
+        return bytes + [UInt8](repeating: 0, count: (data + 2879) / 2880 * 2880)
+    }
+    static let primary = unit([("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "0")])
+
+    func refusal(_ bytes: [UInt8]) throws -> String {
+        let path = tempPath("walk.fits")
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        do {
+            try FITSHeaderCheck.validate(path: path)
+            return "accepted"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func sizesTheWalkCannotFollowAreRefused() throws {
+        let image = { (bitpix: String, axes: [String]) in
+            Self.unit([("XTENSION", "'IMAGE   '"), ("BITPIX", bitpix), ("NAXIS", "\(axes.count)")]
+                      + axes.enumerated().map { ("NAXIS\($0.offset + 1)", $0.element) } + [("PCOUNT", "0"), ("GCOUNT", "1")])
+        }
+        // A small image: accepted (with its data).
+        #expect(try refusal(Self.primary + image("-32", ["10", "10"]) + [UInt8](repeating: 0, count: 2880)) == "accepted")
+        // BITPIX of Int.min: abs() of it trapped.
+        #expect(try refusal(Self.primary + image("-9223372036854775808", ["1"])).contains("BITPIX, PCOUNT or GCOUNT out of range"))
+        #expect(try refusal(Self.primary + image("12", ["1"])).contains("BITPIX, PCOUNT or GCOUNT out of range"))
+        // A size whose product overflows 64 bits (cfitsio's wraps to a small one and reads on).
+        #expect(try refusal(Self.primary + image("-64", ["2305843009213694312"])).contains("the data size overflows"))
+        // A data unit past the end of the file (a table of 10^15 rows in a few blocks).
+        #expect(try refusal(Self.primary + image("8", ["1000000000000000"])).contains("runs past the end of the file"))
+        // Random groups: cfitsio sizes them without NAXIS1.
+        let groups = Self.unit([("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "2"), ("NAXIS1", "0"), ("NAXIS2", "1"), ("GROUPS", "T"), ("PCOUNT", "0"), ("GCOUNT", "1")])
+        #expect(try refusal(groups + [UInt8](repeating: 0, count: 2880)).contains("random groups"))
+        // More units than the walk looks at: refused, not left unchecked.
+        let empty = Self.unit([("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0"), ("PCOUNT", "0"), ("GCOUNT", "1")])
+        let many = Self.primary + Array([[UInt8]](repeating: empty, count: FITSHeaderCheck.maxUnits).joined())
+        #expect(try refusal(many).contains("more than \(FITSHeaderCheck.maxUnits) header-and-data units"))
+        #expect(try refusal(Array(many.dropLast(2880))) == "accepted")
+    }
+}
+
 /// FITS checksums (the convention astropy checks) computed by us: the same planes make the same
 /// bytes, and every HDU then sums to −0 as 32-bit ones'-complement words.
 struct FITSChecksumTests {

@@ -51,6 +51,55 @@ def _failure(e: BaseException) -> dict:
     return {"ok": False, "kind": "exception", "message": f"{type(e).__name__}: {e}", "traceback": tb}
 
 
+def _children() -> list:
+    """This process's living and dead children: from each thread's `children` file, or where
+    the kernel has none, from every process's parent in /proc."""
+    pids = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        return pids
+    except OSError:
+        pass
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    after = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if len(after) > 1 and int(after[1]) == me:
+                pids.append(int(name))
+    return pids
+
+
+def _end_forked() -> None:
+    """Kills and reaps every process the last call forked, at any depth: a function's work ends
+    with its call, and what it left running would outlive the call's deadline and memory check.
+    This process is their subreaper, so a grandchild whose parent is gone (or that left the
+    process group with setsid) comes back to it as a child and goes in the next round."""
+    for _ in range(100):
+        pids = _children()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+    # Forking faster than it is killed: the whole process group goes, this executor with it
+    # (the worker reports its end and starts another).
+    os.killpg(os.getpgid(0), 9)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not argv[0].startswith("ipc://"):
@@ -91,6 +140,14 @@ def main(argv=None) -> int:
     try:
         os.setpgid(0, 0)
     except OSError:
+        pass
+    # What a function forks comes back to this process when its parent ends (PR_SET_CHILD_SUBREAPER),
+    # so that `_end_forked` finds all of it.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
         pass
     # The worker that started this process owns it: when the worker is gone, so is this.
     parent = os.getppid()
@@ -173,12 +230,14 @@ def main(argv=None) -> int:
         except BaseException as e:  # noqa: BLE001 - everything the user's code raises is reported
             if forked_child():
                 os._exit(1)
+            _end_forked()
             if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
                 raise
             _reply(sock, _failure(e))
             continue
         if forked_child():
             os._exit(0)
+        _end_forked()
         try:
             payload = cloudpickle.dumps(value, protocol=5)
         except BaseException as e:  # noqa: BLE001

@@ -337,11 +337,13 @@ def test_a_function_may_not_take_results_from_its_worker(client, function_dir):
     workers = {worker for worker, _ in probes}
 
     # Nor a process it forked twice, whose middle process is gone: re-parented away from the
-    # worker, it keeps the executor's process group and environment.
+    # worker, it keeps the executor's process group and environment. (The call waits for it:
+    # what a call forked ends with the call.)
     out = str(function_dir / "grandchild.txt")
 
     def escape(df):
         path = f"/tmp/tessera-{os.getuid()}/worker-{os.getppid()}.sock"
+        mine = f"{out}.{os.getpid()}"
         child = os.fork()
         if child == 0:
             if os.fork() == 0:
@@ -349,22 +351,31 @@ def test_a_function_may_not_take_results_from_its_worker(client, function_dir):
                 answer = _take_from_worker_socket(path)
                 # A file of its own first: the function runs on every shard, and a grandchild
                 # truncating a shared one under another's rename left the test an empty file.
-                part = f"{out}.{os.getpid()}.part"
-                with open(part, "w") as f:
+                with open(mine + ".part", "w") as f:
                     f.write(answer)
-                os.rename(part, out)
+                os.rename(mine + ".part", mine)
+                os.rename(mine, out)
             os._exit(0)
         os.waitpid(child, 0)
+        written_by = time.monotonic() + 15
+        while os.path.exists(mine + ".part") or not os.path.exists(out):
+            if time.monotonic() > written_by:
+                break
+            time.sleep(0.05)
         return 1
 
-    client.catalog("object").map_partitions(escape, columns=["coord_ra"])
-    written_by = time.monotonic() + 15
-    while not os.path.exists(out) and time.monotonic() < written_by:
-        time.sleep(0.1)
+    client.catalog("object").map_partitions(escape, columns=["coord_ra"], timeout=60)
     assert "may not take direct results" in open(out).read()
     # This process, not a worker's: served (the made-up key is reported missing).
     for worker in workers:
         assert _take_from_worker_socket(f"/tmp/tessera-{os.getuid()}/worker-{worker}.sock") == "fetch_reply"
+
+
+def _ignore_errors(call):
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the call's worker is killed under it
+        pass
 
 
 def _running(pid):
@@ -395,6 +406,49 @@ def test_a_killed_function_takes_what_it_forked_with_it(client, function_dir):
     while _running(child) and time.monotonic() < gone_by:
         time.sleep(0.1)
     assert not _running(child)
+
+
+def test_what_a_call_forked_ends_with_the_call(client, function_dir):
+    """A process a function forks and leaves running would outlive the call, past its deadline
+    and its memory check: when the call ends, the executor kills and reaps everything it
+    forked, a grandchild whose parent is gone and one that left the process group too."""
+    marker = str(function_dir / "left")
+
+    def leaves_children(df):
+        pids = []
+        child = os.fork()
+        if child == 0:
+            time.sleep(300)
+            os._exit(0)
+        pids.append(child)
+        # A grandchild, orphaned when its parent exits at once.
+        r, w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
+                time.sleep(300)
+                os._exit(0)
+            os.write(w, str(grandchild).encode())
+            os._exit(0)
+        os.waitpid(middle, 0)
+        pids.append(int(os.read(r, 32)))
+        # A child that leaves the process group.
+        loner = os.fork()
+        if loner == 0:
+            os.setsid()
+            time.sleep(300)
+            os._exit(0)
+        pids.append(loner)
+        with open(f"{marker}-{os.getpid()}-{len(df)}", "w") as f:
+            f.write(" ".join(map(str, pids)))
+        return "returned"
+
+    answers = client.catalog("object").map_partitions(leaves_children, columns=["coord_ra"], timeout=30)
+    assert set(answers) == {"returned"}
+    left = [int(p) for path in glob.glob(marker + "-*") for p in open(path).read().split()]
+    assert len(left) == 3 * len(answers)
+    assert not [p for p in left if _running(p)], "processes a call forked outlived it"
 
 
 def test_a_forked_child_that_returns_does_not_answer_for_the_executor(client, function_dir):
@@ -433,23 +487,48 @@ def test_what_a_function_forked_ends_when_its_worker_is_killed(bins, catalog_fil
         with tessera.Client(c, progress=False) as client:
             out = str(marker / client.user) if LANDLOCK else str(marker)
 
-            def leave_a_child(df):
+            def fork_and_wait(df):
                 child = os.fork()
                 if child == 0:
                     time.sleep(300)
                     os._exit(0)
-                with open(os.path.join(out, "child"), "w") as f:
-                    f.write(str(child))
-                return os.getppid()
+                with open(os.path.join(out, "child.part"), "w") as f:
+                    f.write(f"{child} {os.getppid()}")
+                os.rename(os.path.join(out, "child.part"), os.path.join(out, "child"))
+                time.sleep(120)
 
-            worker = client.catalog("object").map_partitions(leave_a_child, columns=["coord_ra"])[0]
-            child = int(open(os.path.join(out, "child")).read())
+            # The call is still running (and its child with it) when its worker is killed.
+            def call():
+                with tessera.Client(c, progress=False) as other:
+                    other.catalog("object").map_partitions(fork_and_wait, columns=["coord_ra"], timeout=200)
+
+            pending = threading.Thread(target=lambda: _ignore_errors(call), daemon=True)
+            pending.start()
+            started_by = time.monotonic() + 60
+            while not os.path.exists(os.path.join(out, "child")) and time.monotonic() < started_by:
+                time.sleep(0.1)
+            child, worker = map(int, open(os.path.join(out, "child")).read().split())
             assert _running(child)
             os.kill(worker, signal.SIGKILL)
             gone_by = time.monotonic() + 15
             while _running(child) and time.monotonic() < gone_by:
                 time.sleep(0.1)
             assert not _running(child), "a process a function forked outlived its killed worker by 15 s"
+
+
+def test_a_long_exception_message_is_cut_to_its_start_and_end(client):
+    """A failure's message travels in the worker's report with other tasks' news; one of tens
+    of megabytes (the user's to choose) made the scheduler drop the whole report. Its start and
+    end are kept, within 64 KiB."""
+    def shouts(df):
+        raise ValueError("start " + "x" * 2_000_000 + " end")
+
+    with pytest.raises(tessera.PythonFunctionError, match=r"bytes cut") as failed:
+        client.catalog("object").map_partitions(shouts, columns=["coord_ra"])
+    text = str(failed.value)
+    assert "ValueError: start xxx" in text and "xxx end" in text
+    assert len(text) < 100_000
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
 
 
 def test_a_function_that_prints_without_end_is_killed(client):

@@ -106,6 +106,9 @@ public struct CheckedCatalogQuery: Sendable {
         guard plan.maxGroups <= Limits.groups else {
             throw CatalogQueryError("max_groups \(plan.maxGroups) is over the limit of \(Limits.groups) groups: group by a coarser key")
         }
+        guard plan.fanIn == 0 || Limits.catalogFanIn.contains(plan.fanIn) else {
+            throw CatalogQueryError("a fan-in of \(plan.fanIn) is outside the allowed \(Limits.catalogFanIn.lowerBound)…\(Limits.catalogFanIn.upperBound) partials a merge (0 takes the default, 8)")
+        }
         maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(plan.maxGroups)
         maxRows = Self.rowCap(plan)
 
@@ -179,6 +182,12 @@ public struct CheckedCatalogQuery: Sendable {
                 }
             }
             let group = plan.groupBy.isEmpty ? nil : try check(plan.groupBy, "group-by key", .number)
+            // Each group holds every expression's moments, in every scan piece and merge.
+            let perGroup = moments.count * MemoryLayout<Moments>.stride
+            if group != nil && perGroup > 0 && maxGroups > Limits.groupMomentsBytes / perGroup {
+                throw CatalogQueryError("\(moments.count) aggregated expressions over up to \(maxGroups) groups need \(maxGroups * perGroup) bytes, "
+                                        + "over the limit of \(Limits.groupMomentsBytes): ask for fewer groups (max_groups) or fewer expressions")
+            }
             output = .aggregates(groupBy: group, moments: moments, sketches: sketches)
             momentExtremes = extremes
         }

@@ -85,9 +85,10 @@ public enum ImageDataset {
 
     /// A piece read back, or why it cannot be (sizes that do not agree).
     public static func cutout(_ p: Tessera_V1_ImageCutoutPiece) -> ImageCutout? {
+        // The sides first: the product of two unchecked 32-bit sides can overflow.
+        guard p.width <= 1 << 16, p.height <= 1 << 16, let w = wcs(p.gridWcs) else { return nil }
         let n = Int(p.width) * Int(p.height)
-        guard let w = wcs(p.gridWcs), p.width <= 1 << 16, p.height <= 1 << 16,
-              p.image.count == 4 * n, p.variance.count == 4 * n, p.mask.count == 4 * n else { return nil }
+        guard p.image.count == 4 * n, p.variance.count == 4 * n, p.mask.count == 4 * n else { return nil }
         var c = ImageCutout(band: p.band, box: PixelBox(x0: Int(p.x0), y0: Int(p.y0), width: Int(p.width), height: Int(p.height)), gridWCS: w, tract: p.tract)
         c.image = values(p.image)
         c.variance = values(p.variance)

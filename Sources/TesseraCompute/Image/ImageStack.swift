@@ -119,7 +119,8 @@ public enum ImageStack {
     /// The stack's planes: the image, its variance, and the mask (NO_DATA where no row covered a
     /// pixel; BAD where a median fell outside its range).
     public static func planes(_ p: StackPartial) -> (image: [Float], variance: [Float], mask: [Int32]) {
-        let n = Int(p.size) * Int(p.size)
+        // A partial from elsewhere: a side past the limit is no stack (its square could overflow).
+        let n = p.size <= UInt32(maxSize) ? Int(p.size) * Int(p.size) : 0
         guard p.sum.count == n, p.weight.count == n, p.variance.count == n else {
             return ([Float](repeating: .nan, count: n), [Float](repeating: .nan, count: n), [Int32](repeating: ImageMask.noData, count: n))
         }

@@ -45,6 +45,12 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Jobs one user may have running at once (0: no limit).")
     var maxJobsPerUser = 256
 
+    @Option(help: "Tasks one user's unfinished jobs may hold, all told (0: no limit; about 100 bytes of the scheduler's memory each).")
+    var maxTasksPerUser = 50_000_000
+
+    @Option(help: "Tasks all unfinished jobs may hold (0: no limit).")
+    var maxLiveTasks = 100_000_000
+
     @Option(help: "Rows one question may return (a plan's max_rows may ask up to this).")
     var maxRowsPerJob: UInt64 = 100_000_000
 
@@ -78,6 +84,7 @@ struct SchedulerCommand: ParsableCommand {
         guard taskDeadlineS.isFinite, taskDeadlineS >= 0.1, taskDeadlineS <= 604_800 else { throw ValidationError("--task-deadline-s must be within 0.1…604,800") }
         guard fairShareHalfLifeS.isFinite, fairShareHalfLifeS >= 1, fairShareHalfLifeS <= 1e7 else { throw ValidationError("--fair-share-half-life-s must be within 1…10,000,000") }
         guard maxJobsPerUser >= 0 else { throw ValidationError("--max-jobs-per-user must be 0 (no limit) or more") }
+        guard maxTasksPerUser >= 0, maxLiveTasks >= 0 else { throw ValidationError("--max-tasks-per-user and --max-live-tasks must be 0 (no limit) or more") }
         _ = try weights()
         guard workerTimeoutMs > UInt64(heartbeatMs) else {
             throw ValidationError("--worker-timeout-ms (\(workerTimeoutMs)) must exceed --heartbeat-ms (\(heartbeatMs))")
@@ -99,6 +106,8 @@ struct SchedulerCommand: ParsableCommand {
         config.taskDeadlineNs = UInt64(taskDeadlineS * 1e9)
         config.interactiveMaxRows = interactiveMaxRows
         config.maxJobsPerUser = maxJobsPerUser
+        config.maxTasksPerUser = maxTasksPerUser
+        config.maxLiveTasks = maxLiveTasks
         config.maxPassRiders = max(0, maxPassRiders)
         config.interactiveMaxTasks = max(0, interactiveMaxTasks)
         config.maxRowsPerJob = maxRowsPerJob

@@ -227,10 +227,12 @@ public actor AsyncJobs {
     }
 
     /// Waits while the job is in `phase` (or active), at most `seconds` (UWS 1.1's blocking GET).
+    /// A `phase` the job can leave only by a request (COMPLETED, ERROR, ABORTED) returns at once,
+    /// as UWS 1.1 says: waiting on one held a request slot for the whole minute.
     public func wait(_ id: String, owner: String, seconds: Double, whilePhase: Phase?) async throws(TAPError) -> Job {
         let deadline = Date().addingTimeInterval(min(max(seconds, 0), 60))
         var j = try job(id, owner: owner)
-        while Date() < deadline, whilePhase.map({ $0 == j.phase }) ?? j.phase.isActive {
+        while Date() < deadline, whilePhase.map({ $0 == j.phase && ($0 == .pending || $0.isActive) }) ?? j.phase.isActive {
             try? await Task.sleep(nanoseconds: 20_000_000)
             j = try job(id, owner: owner)
         }

@@ -141,9 +141,12 @@ struct GatewayMiddleware: RouterMiddleware {
             response = Gateway.errorResponse(e.status, e.message)
         } catch let e as HTTPError {
             response = Gateway.errorResponse(Int(e.status.code), e.body ?? "\(e.status)")
+        } catch let e as ClientError {
+            // The cluster's answer to a route that does not name its own errors.
+            response = Gateway.errorResponse(TAPService.status(of: e), "\(e)")
         } catch {
-            slot.release()
-            throw error
+            // Anything else a route let through gets its message, not a bare 500.
+            response = Gateway.errorResponse(500, "\(error)")
         }
         let body = response.body
         response.body = ResponseBody(contentLength: body.contentLength) { writer in

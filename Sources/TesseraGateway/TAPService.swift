@@ -17,6 +17,9 @@ public struct GatewayLimits: Sendable {
     /// Rows returned when MAXREC is not given, and the most it may ask for.
     public var defaultMaxrec = 100_000
     public var maxrecLimit = 2_000_000
+    /// The most cells (rows × fields) one answer may hold: a query over many columns gets fewer
+    /// rows than MAXREC (with the overflow flag), as a wide one at MAXREC would take gigabytes.
+    public var answerCells = 20_000_000
     /// Async jobs one user may hold, and how long a finished one is kept.
     public var asyncJobsPerUser = 32
     public var asyncRetentionSeconds = 24 * 3600.0
@@ -238,9 +241,17 @@ public final class TAPService: Sendable {
             if !named.contains(where: { $0.table.name == upload.name }) { named.append(try Self.prepare(upload, lifetime: uploadLifetime)) }
         }
         var translator = ADQLTranslator(tables: try await tables(for: user) + named.map(\.table))
-        let plan: ADQLPlan
+        var plan: ADQLPlan
+        // MAXREC bounds the rows; the gateway holds the answer whole, so a wide SELECT is bounded
+        // by its cells (rows × fields) too: fewer rows, with the overflow flag MAXREC gives.
+        var maxrec = maxrec
         do {
             plan = try translator.translate(query, maxrec: maxrec)
+            let cellRows = limits.answerCells / max(1, plan.fields.count)
+            if maxrec > cellRows {
+                maxrec = cellRows
+                plan = try translator.translate(query, maxrec: maxrec)
+            }
         } catch {
             throw TAPError(400, "ADQL error: \(error)")
         }
@@ -262,9 +273,22 @@ public final class TAPService: Sendable {
             }
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
+        } catch let e as ClientError {
+            throw TAPError(Self.status(of: e), "query failed: \(e)")
         } catch {
             throw TAPError(400, "query failed: \(error)")
         }
     }
 
+
+    /// The HTTP status of a failed question: the cluster's trouble (worth asking again) is 503,
+    /// a user over their share 429, the question itself 400. A VO client retries only the first two.
+    static func status(of e: ClientError) -> Int {
+        switch e {
+        case .noScheduler, .timedOut, .transport, .schedulerRestarted: 503
+        case .rejected(.errorDataUnavailable, _): 503
+        case .rejected(.errorOverBudget, _): 429
+        default: 400
+        }
+    }
 }

@@ -139,8 +139,12 @@ final class JobRecord {
     var isComplete: Bool { doneCount == graphTaskCount }
     @inline(__always) func isSnapshot(_ t: Int) -> Bool { t >= graphTaskCount }
 
+    /// Its tasks when admitted (snapshots added later are not counted against its user's budget).
+    let admittedTasks: Int
+
     init(id: JobID, client: ConnectionID, submit: Tessera_V1_SubmitJob, graph: TaskGraph, now: UInt64) {
         self.id = id
+        admittedTasks = graph.taskCount
         self.client = client
         clientTag = submit.clientTag
         name = submit.name

@@ -82,6 +82,12 @@ public struct SchedulerConfig: Sendable {
     public var sharedPassOperators: Set<String> = ["catalog_scan"]
     /// Jobs one user may have running at once (0: no limit).
     public var maxJobsPerUser = 256
+    /// Tasks one user's unfinished jobs may hold, all told (0: no limit): a job's tasks are about
+    /// a hundred bytes each of the scheduler's memory, and a plan of a few bytes can ask for
+    /// fifty million of them.
+    public var maxTasksPerUser = 50_000_000
+    /// Tasks all unfinished jobs may hold (0: no limit).
+    public var maxLiveTasks = 100_000_000
     /// Rows one collect may return (a plan's `max_rows` may ask up to this; its default is
     /// lower): what one user may pull out in one question.
     public var maxRowsPerJob: UInt64 = 100_000_000

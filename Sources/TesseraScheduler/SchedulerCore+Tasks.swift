@@ -793,6 +793,8 @@ extension SchedulerCore {
         }
         jobs.removeValue(forKey: job.id)
         if let n = jobsPerUser[job.user] { jobsPerUser[job.user] = n > 1 ? n - 1 : nil }
+        if let n = tasksPerUser[job.user] { tasksPerUser[job.user] = n > job.admittedTasks ? n - job.admittedTasks : nil }
+        liveTasks = max(0, liveTasks - job.admittedTasks)
         jobsWithResults.remove(job.id)
         progressiveJobs.remove(job.id)
         if state == .jobDone { jobsCompleted += 1 }

@@ -101,6 +101,9 @@ public struct SchedulerCore {
     var fairShare: FairShare
     /// Jobs running per user.
     var jobsPerUser: [String: Int] = [:]
+    /// Tasks of each user's unfinished jobs as admitted, and of all of them.
+    var tasksPerUser: [String: Int] = [:]
+    var liveTasks = 0
     /// Progressive snapshots ready to run, placed before any other queued task.
     var snapshotsReady: Deque<UInt64> = []
     var outbox: [OutgoingMessage] = []
@@ -409,6 +412,18 @@ public struct SchedulerCore {
                 clientTag: s.clientTag))
             return
         }
+        if config.maxTasksPerUser > 0, tasksPerUser[user, default: 0] + graph.taskCount > config.maxTasksPerUser {
+            send(.client(connection), errorEnvelope(
+                .errorOverBudget, "user `\(user)` has \(tasksPerUser[user, default: 0]) tasks in unfinished jobs and this job adds \(graph.taskCount), over the \(config.maxTasksPerUser) one user may hold (scheduler --max-tasks-per-user); submit it as these finish",
+                clientTag: s.clientTag))
+            return
+        }
+        if config.maxLiveTasks > 0, liveTasks + graph.taskCount > config.maxLiveTasks {
+            send(.client(connection), errorEnvelope(
+                .errorOverBudget, "the cluster holds \(liveTasks) tasks in unfinished jobs and this job adds \(graph.taskCount), over its limit of \(config.maxLiveTasks) (scheduler --max-live-tasks); submit it later",
+                clientTag: s.clientTag))
+            return
+        }
         // Operators no live worker knows are refused up front (with no workers, the workers will say).
         if !workers.isEmpty {
             let known = workers.values.reduce(into: Set<String>()) { $0.formUnion($1.operators) }
@@ -445,6 +460,8 @@ public struct SchedulerCore {
         job.lane = Lane(priority: priority, user: fairShare.id(of: user), job: id)
         job.estimate = estimate
         jobsPerUser[user, default: 0] += 1
+        tasksPerUser[user, default: 0] += job.admittedTasks
+        liveTasks += job.admittedTasks
         job.clientKey = identity.publicKey
         if job.directResults { job.takeToken = JobRecord.newTakeToken() }
         if s.taskTimeoutS > 0 { job.taskTimeoutNs = UInt64(s.taskTimeoutS * 1e9) }

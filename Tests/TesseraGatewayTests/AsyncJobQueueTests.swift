@@ -33,4 +33,21 @@ struct AsyncJobQueueTests {
         // Every one of hers ran in the end.
         for id in carol { #expect(try await jobs.job(id, owner: "carol").phase == .error) }
     }
+
+    /// UWS 1.1's blocking GET waits only on a phase the job leaves by itself: PENDING, QUEUED or
+    /// EXECUTING. Asked to wait on a final phase it answers at once.
+    @Test func waitingOnAFinalPhaseReturnsAtOnce() async throws {
+        let jobs = AsyncJobs(service: TAPService(endpoint: "tcp://127.0.0.1:9"))
+        let id = try await jobs.create(owner: "erin", parameters: ["LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object"]).id
+        _ = try await jobs.update(id, owner: "erin") { $0.phase = .aborted }
+        let start = Date()
+        let j = try await jobs.wait(id, owner: "erin", seconds: 30, whilePhase: .aborted)
+        #expect(j.phase == .aborted)
+        #expect(Date().timeIntervalSince(start) < 10)
+        // A PENDING job waited on as PENDING does block (until the time asked).
+        let pending = try await jobs.create(owner: "erin", parameters: ["LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object"]).id
+        let before = Date()
+        #expect(try await jobs.wait(pending, owner: "erin", seconds: 0.3, whilePhase: .pending).phase == .pending)
+        #expect(Date().timeIntervalSince(before) >= 0.3)
+    }
 }

@@ -402,6 +402,35 @@ struct SchedulerErrorTests {
         #expect(c.submit(Workloads.independent(tasks: 100), client: 5) != nil)
     }
 
+    /// A plan of a few bytes may ask for fifty million tasks, about 100 bytes of the scheduler's
+    /// memory each: a user's unfinished jobs hold at most `maxTasksPerUser` of them, and all
+    /// users' `maxLiveTasks`; a finished job gives its tasks back.
+    @Test("tasks held by a user's and by all unfinished jobs are bounded")
+    func liveTaskBudgets() throws {
+        var cfg = SchedulerConfig()
+        cfg.maxTasksPerUser = 100
+        cfg.maxLiveTasks = 150
+        let c = FakeCluster(config: cfg)
+        _ = c.addWorkers(1)
+        let alice = ClientIdentity(user: "alice", isAdmin: false, publicKey: "a")
+        let bob = ClientIdentity(user: "bob", isAdmin: false, publicKey: "b")
+        let first = try #require(c.submit(Workloads.independent(tasks: 60), client: 5, identity: alice))
+        #expect(c.submit(Workloads.independent(tasks: 41), client: 5, identity: alice) == nil)
+        let refusal = try #require(c.clientErrors[5]?.last)
+        #expect(refusal.code == .errorOverBudget && refusal.message.contains("has 60 tasks in unfinished jobs and this job adds 41, over the 100 one user may hold"), "\(refusal.message)")
+        #expect(c.submit(Workloads.independent(tasks: 40), client: 5, identity: alice) != nil)
+        // Bob is within his own budget but not the cluster's (100 held of 150).
+        #expect(c.submit(Workloads.independent(tasks: 51), client: 6, identity: bob) == nil)
+        #expect(try #require(c.clientErrors[6]?.last).message.contains("the cluster holds 100 tasks in unfinished jobs and this job adds 51, over its limit of 150"))
+        #expect(c.submit(Workloads.independent(tasks: 50), client: 6, identity: bob) != nil)
+        // Done jobs give their tasks back.
+        #expect(c.run(until: [first]))
+        #expect(c.core.tasksPerUser["alice"] ?? 0 <= 40)
+        #expect(c.run(until: Array(c.jobs.keys)))
+        #expect(c.core.liveTasks == 0 && c.core.tasksPerUser.isEmpty)
+        #expect(c.submit(Workloads.independent(tasks: 100), client: 5, identity: alice) != nil)
+    }
+
     @Test("a message from an unregistered worker connection gets errorUnknownWorker")
     func unknownWorker() {
         var core = SchedulerCore(now: 0)

@@ -6,6 +6,7 @@ The Swift binaries come from $TESSERA_BIN_DIR (scripts/test.sh sets it), else `s
 --show-bin-path` of this repository."""
 import glob
 import os
+import signal
 import subprocess
 
 import numpy as np
@@ -13,6 +14,11 @@ import pandas as pd
 import pytest
 
 import tessera
+
+# scripts/test-python.sh runs pytest in the background (so that a signal to the script reaches
+# it), and a non-interactive shell starts background commands with SIGINT ignored, which Python
+# then keeps: the Ctrl-C tests need the handler a terminal or a notebook has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 ROWS = 60_000

@@ -50,7 +50,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Resident memory, in MiB, one Python executor may reach during a call before it is killed.")
     var pythonMemoryMb: UInt64 = 2048
 
-    @Option(help: "How users' Python functions are confined: landlock (they read only the interpreter's, the system's and --python-read folders, write only their scratch folder and --python-write folders, open no TCP connection and signal no process outside; executors refuse to start where the kernel lacks Landlock) or none (they run with all of this worker's access).")
+    @Option(help: "How users' Python functions are confined: landlock (they read only the interpreter's, the system's and --python-read folders, write only their scratch folder and --python-write folders, open no TCP connection and signal no process outside; executors refuse to start where the kernel lacks Landlock, or cannot scope signals: before Linux 6.12), landlock-unscoped-signals (the same, but on a kernel before 6.12 a function may signal any process of this worker's user: the worker, other users' executors) or none (they run with all of this worker's access).")
     var pythonSandbox: PythonSandboxOption = .landlock
 
     @Option(help: "A folder users' Python functions may read (repeatable; never within --data or the key).")
@@ -96,7 +96,8 @@ struct WorkerCommand: ParsableCommand {
         s.columnCacheBytes = (columnCacheMb ?? memoryLimitMb / 4) << 20
         if !noPython {
             var py = PythonSettings(executable: python, memoryLimitBytes: pythonMemoryMb << 20)
-            py.sandboxed = pythonSandbox == .landlock
+            py.sandboxed = pythonSandbox != .none
+            py.allowsUnscopedSignals = pythonSandbox == .landlockUnscopedSignals
             (py.readPaths, py.writePaths) = (pythonRead, pythonWrite)
             py.privatePaths = PythonSettings.privatePaths(data: data, key: key ?? ProcessInfo.processInfo.environment["TESSERA_WORKER_KEY"])
             if let problem = py.problem() { throw ValidationError(problem) }
@@ -111,7 +112,7 @@ struct WorkerCommand: ParsableCommand {
 
 /// `--python-sandbox`.
 enum PythonSandboxOption: String, ExpressibleByArgument, CaseIterable {
-    case landlock, none
+    case landlock, landlockUnscopedSignals = "landlock-unscoped-signals", none
 }
 
 BuildTarget.requireProcessor(program: "tessera-worker")

@@ -74,6 +74,10 @@ public enum CatalogIngest {
         let t0 = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> String { String(format: "%.2f s", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
         guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
+        guard o.maxRowsPerShard > 0 else { throw IngestError.input("max_rows_per_shard must be positive, not \(o.maxRowsPerShard)") }
+        if let problem = IngestOptionsCheck.problem(marginArcsec: o.marginArcsec, maxRowsPerShard: UInt64(o.maxRowsPerShard)) {
+            throw IngestError.input(problem)
+        }
 
         // Pass 1: positions only, counted per pixel for the partition (memory grows with the sky
         // covered, not with the rows).

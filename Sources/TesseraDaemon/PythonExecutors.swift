@@ -18,6 +18,9 @@ public struct PythonSettings: Sendable {
     /// Whether executors confine themselves with Landlock before running any function (they
     /// refuse to start where the kernel cannot): see `tessera/_sandbox.py`.
     public var sandboxed = true
+    /// Whether a sandboxed executor may run on a kernel whose Landlock cannot scope signals
+    /// (before Linux 6.12): there a function could signal the worker and other users' executors.
+    public var allowsUnscopedSignals = false
     /// Folders functions may read (besides the interpreter's and the system's) and write in
     /// (besides their executor's scratch folder), when sandboxed: each user's functions write
     /// in a folder of their own in each, named after the user (`userFolder`), and see no other
@@ -91,7 +94,8 @@ public struct PythonSettings: Sendable {
     /// scratch folder is `scratch` and which writes in `writes`; nil when not sandboxed.
     func sandboxConfiguration(scratch: String, writes: [String]) -> String? {
         guard sandboxed else { return nil }
-        let config: [String: Any] = ["read": readPaths, "write": writes, "private": privatePaths, "scratch": scratch]
+        let config: [String: Any] = ["read": readPaths, "write": writes, "private": privatePaths, "scratch": scratch,
+                                     "unscoped_signals": allowsUnscopedSignals]
         guard let data = try? JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }

@@ -28,6 +28,8 @@ public enum Limits {
 
     // MARK: Catalog questions
 
+    /// Widest margin a catalog's shards may keep of their neighbours' rows, in arcseconds.
+    public static let marginArcsec = 3_600.0
     /// Most vertices of a polygon region.
     public static let polygonVertices = 1_024
     /// Most histogram bins (x times y).
@@ -127,6 +129,20 @@ public enum Limits {
     }
 }
 
+/// An ingest's margin and shard size, checked where the client starts (before reading a file)
+/// and again at the scheduler's commit, with the same words.
+public enum IngestOptionsCheck {
+    public static func problem(marginArcsec: Double, maxRowsPerShard: UInt64) -> String? {
+        guard marginArcsec.isFinite, marginArcsec >= 0, marginArcsec <= Limits.marginArcsec else {
+            return "a margin of \(marginArcsec)″ is outside 0…\(Int(Limits.marginArcsec))″"
+        }
+        guard maxRowsPerShard <= Limits.shardRows else {
+            return "max_rows_per_shard \(maxRowsPerShard) is over the limit of \(Limits.shardRows) rows per shard"
+        }
+        return nil
+    }
+}
+
 extension Limits {
     /// Every limit as the README's table lists it: what it bounds, its value, and where it applies.
     public static let documented: [(limit: String, value: String, appliesTo: String)] = [
@@ -153,6 +169,7 @@ extension Limits {
         ("ingests begun and not committed, per user", "\(pendingIngestsPerUser)", "ingest (one more abandons the oldest)"),
         ("replicas", "\(replicas)", "ingest"),
         ("rows per shard (and per margin)", "\(shardRows)", "ingest, worker shard writes"),
+        ("a shard's margin of its neighbours' rows", "\(Int(marginArcsec))″", "ingest (`--margin-arcsec`)"),
         ("shard HEALPix order", "0…\(shardOrder)", "ingest, registry rows"),
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),

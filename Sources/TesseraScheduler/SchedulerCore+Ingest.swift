@@ -382,12 +382,7 @@ extension SchedulerCore {
         guard seen.contains(c.raColumn), seen.contains(c.decColumn) else {
             return "the position columns `\(c.raColumn.prefix(100))` and `\(c.decColumn.prefix(100))` are not among the dataset's columns"
         }
-        guard c.marginArcsec.isFinite, c.marginArcsec >= 0, c.marginArcsec <= 3_600 else {
-            return "a margin of \(c.marginArcsec)″ is outside 0…3600″"
-        }
-        guard c.maxRowsPerShard <= Limits.shardRows else {
-            return "max_rows_per_shard \(c.maxRowsPerShard) is over the limit of \(Limits.shardRows) rows per shard"
-        }
+        if let problem = IngestOptionsCheck.problem(marginArcsec: c.marginArcsec, maxRowsPerShard: c.maxRowsPerShard) { return problem }
         return nil
     }
 

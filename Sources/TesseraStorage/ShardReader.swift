@@ -78,6 +78,17 @@ public final class ShardReader: @unchecked Sendable {
         guard ShardWriter.readableVersions.contains(f.formatVersion) else {
             throw fail("format version \(f.formatVersion) is not supported (this build reads \(ShardWriter.readableVersions))")
         }
+        // Fields the readers index and range by: a planted footer (its checksum made to match)
+        // must fail here, not trap later.
+        guard f.marginFirstGroup <= UInt64(f.rowGroups.count) else {
+            throw fail("the margin starts at row group \(f.marginFirstGroup) of \(f.rowGroups.count)")
+        }
+        for column in f.columns {
+            switch column.type {
+            case .columnFloat64, .columnFloat32, .columnInt64, .columnInt32, .columnInt16, .columnUint8, .columnBool: continue
+            case .UNRECOGNIZED(let n): throw fail("column `\(column.name)` has type \(n), which this build does not know")
+            }
+        }
         for (g, group) in f.rowGroups.enumerated() {
             guard group.chunks.count == f.columns.count else { throw fail("row group \(g) has \(group.chunks.count) chunks for \(f.columns.count) columns") }
             // Rows times a column's width may not overflow (a planted footer's count would trap).

@@ -32,7 +32,9 @@ struct TableInput: ParsableArguments {
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("give at least one input file") }
         guard maxRowsPerShard > 0 else { throw ValidationError("--max-rows-per-shard must be positive") }
-        guard marginArcsec >= 0 else { throw ValidationError("--margin-arcsec cannot be negative") }
+        if let problem = IngestOptionsCheck.problem(marginArcsec: marginArcsec, maxRowsPerShard: UInt64(maxRowsPerShard)) {
+            throw ValidationError("--margin-arcsec, --max-rows-per-shard: \(problem)")
+        }
     }
 
     func options() -> IngestOptions {

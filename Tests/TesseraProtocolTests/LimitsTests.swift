@@ -34,4 +34,15 @@ struct LimitsTests {
             #expect(Validate.name(bad, what: "x", limit: 64) != nil, "\(bad)")
         }
     }
+
+    /// An ingest's options are refused where the client starts, before it reads a file, with the
+    /// words the scheduler's commit uses.
+    @Test func ingestOptionsAreCheckedWithTheirLimits() {
+        #expect(IngestOptionsCheck.problem(marginArcsec: 10, maxRowsPerShard: 1_000_000) == nil)
+        #expect(IngestOptionsCheck.problem(marginArcsec: .infinity, maxRowsPerShard: 1)?.contains("outside 0…3600″") == true)
+        #expect(IngestOptionsCheck.problem(marginArcsec: 1e9, maxRowsPerShard: 1)?.contains("outside 0…3600″") == true)
+        #expect(IngestOptionsCheck.problem(marginArcsec: .nan, maxRowsPerShard: 1) != nil)
+        #expect(IngestOptionsCheck.problem(marginArcsec: -1, maxRowsPerShard: 1) != nil)
+        #expect(IngestOptionsCheck.problem(marginArcsec: 0, maxRowsPerShard: UInt64(Limits.shardRows) + 1)?.contains("over the limit of \(Limits.shardRows) rows per shard") == true)
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SwiftProtobuf
 import Testing
 import TesseraProtocol
 import TesseraSky
@@ -223,6 +224,29 @@ func tempPath(_ name: String) -> String {
         #expect { _ = try ShardReader(path: p3) } throws: { e in
             if case ShardError.corruptFile = e { return true } else { return false }
         }
+
+        // Footers planted with a matching checksum: fields the readers index by are checked.
+        let footerLength = Int(good[(good.count - 24)..<(good.count - 16)].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
+        func planted(_ change: (inout Tessera_V1_ShardFooter) -> Void) throws -> String {
+            var f = r.footer
+            change(&f)
+            let bytes: [UInt8] = try f.serializedBytes()
+            var file = Array(good.prefix(good.count - 24 - footerLength)) + bytes
+            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { file.append(contentsOf: $0) }
+            withUnsafeBytes(of: XXHash64.hash(bytes).littleEndian) { file.append(contentsOf: $0) }
+            file += ShardWriter.magic
+            let p = tempPath("planted.shard")
+            try Data(file).write(to: URL(fileURLWithPath: p))
+            do {
+                _ = try ShardReader(path: p)
+                return "opened"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(try planted { _ in } == "opened")
+        #expect(try planted { $0.marginFirstGroup = 99 }.contains("the margin starts at row group 99 of 3"))
+        #expect(try planted { $0.columns[2].type = .UNRECOGNIZED(9) }.contains("has type 9, which this build does not know"))
 
         // Not a shard file at all; a missing file.
         let p4 = tempPath("text.shard")

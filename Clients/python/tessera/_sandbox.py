@@ -158,6 +158,9 @@ _DENIED_CALLS = {
                425, 426, 427, 101, 310, 311, 248, 249, 250, 321, 298, 323),
     "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282),
 }
+# truncate() by path: Landlock governs it from ABI 3 (Linux 6.2) on; before, the filter refuses
+# it (ftruncate needs a descriptor open for writing, which Landlock governs at every ABI).
+_TRUNCATE_CALLS = {"x86_64": (76,), "aarch64": (45,)}
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _AF_UNIX = 1
 
@@ -170,13 +173,16 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def seccomp_program(machine: str) -> list:
+def seccomp_program(machine: str, landlock_abi: int = 3) -> list:
     """The filter as (code, jt, jf, k) instructions: other architectures' calls (i386 through
-    int 0x80, x32) and the denied ones fail with EPERM; socket() and socketpair() unless for a
-    Unix socket fail with EACCES; everything else is allowed."""
+    int 0x80, x32) and the denied ones fail with EPERM (truncate too where Landlock's ABI is
+    below 3); socket() and socketpair() unless for a Unix socket fail with EACCES; everything
+    else is allowed."""
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, eperm, eacces = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 13
     arch, (sock, pair), denied = _AUDIT_ARCH[machine], _SOCKET_CALLS[machine], _DENIED_CALLS[machine]
+    if landlock_abi < 3:
+        denied = tuple(denied) + _TRUNCATE_CALLS[machine]
     # Laid out from the end: [.. checks ..] allow; check_domain: ld args[0]; jeq AF_UNIX; eacces; allow; eperm
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
     if machine == "x86_64":
@@ -219,8 +225,8 @@ def _drop_capabilities(libc, machine: str) -> None:
         raise SandboxUnavailable(f"capset failed: {os.strerror(ctypes.get_errno())}")
 
 
-def _install_seccomp(libc, machine: str) -> None:
-    prog = seccomp_program(machine)
+def _install_seccomp(libc, machine: str, landlock_abi: int) -> None:
+    prog = seccomp_program(machine, landlock_abi)
     filters = (_SockFilter * len(prog))(*[_SockFilter(*i) for i in prog])
     fprog = _SockFprog(len(prog), filters)
     # PR_SET_SECCOMP, SECCOMP_MODE_FILTER (no_new_privs is already set).
@@ -228,7 +234,17 @@ def _install_seccomp(libc, machine: str) -> None:
         raise SandboxUnavailable(f"installing the seccomp filter failed: {os.strerror(ctypes.get_errno())}")
 
 
-def confine(read=(), write=(), private=(), scratch=None) -> dict:
+def signal_scope_problem(abi: int, allowed: bool, release: str) -> str | None:
+    """Why Landlock's `abi` is not enough for functions that must not signal the worker or other
+    users' executors (scoping signals came with ABI 6, Linux 6.12), unless the operator `allowed` it."""
+    if abi >= 6 or allowed:
+        return None
+    return (f"Landlock on this kernel ({release}, ABI {abi}) cannot keep users' functions from signalling the worker "
+            "and other users' executors (that needs Linux 6.12): start the worker with --python-sandbox "
+            "landlock-unscoped-signals to run them so anyway")
+
+
+def confine(read=(), write=(), private=(), scratch=None, allow_unscoped_signals=False) -> dict:
     """Confines this process and what it forks, for good (see the module's docstring): reads
     beneath the interpreter's and the system's folders and `read`, writes beneath `write` and
     `scratch`, none beneath `private`. Also moves into `scratch` and takes `sys.path` entries
@@ -247,6 +263,9 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
         raise SandboxUnavailable(
             f"Landlock is not available on this kernel ({os.uname().release}): users' functions would run with all of "
             "the worker's access; start the worker with --python-sandbox none to run them so anyway")
+    problem = signal_scope_problem(abi, allow_unscoped_signals, os.uname().release)
+    if problem:
+        raise SandboxUnavailable(problem)
     fs = (_EXECUTE | _WRITE_FILE | _READ_FILE | _READ_DIR | _REMOVE_DIR | _REMOVE_FILE | _MAKE_CHAR | _MAKE_DIR
           | _MAKE_REG | _MAKE_SOCK | _MAKE_FIFO | _MAKE_BLOCK | _MAKE_SYM)
     if abi >= 2:
@@ -305,7 +324,7 @@ def confine(read=(), write=(), private=(), scratch=None) -> dict:
         _drop_capabilities(libc, machine)
         if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             raise SandboxUnavailable(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
-        _install_seccomp(libc, machine)
+        _install_seccomp(libc, machine, abi)
     finally:
         os.close(ruleset)
     return {"abi": abi, "read": reads, "write": writes, "dropped": dropped, "tcp": bool(net), "signals": bool(scoped)}

@@ -89,14 +89,15 @@ def _end_forked() -> None:
                 os.kill(pid, 9)
             except OSError:
                 pass
-        while True:
+        # Each waited for until it is gone (a SIGKILL takes a moment to land, longer for a
+        # process that maps much), so that the next round sees only what was reparented here.
+        for pid in pids:
             try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
+                os.waitpid(pid, 0)
             except ChildProcessError:
-                break
-    # Forking faster than it is killed: the whole process group goes, this executor with it
-    # (the worker reports its end and starts another).
+                pass
+    # A hundred generations and still forking: the whole process group goes, this executor
+    # with it (the worker reports its end and starts another).
     os.killpg(os.getpgid(0), 9)
 
 
@@ -123,7 +124,8 @@ def main(argv=None) -> int:
         try:
             config = json.loads(sandbox)
             done = _sandbox.confine(read=config.get("read", []), write=config.get("write", []),
-                                    private=config.get("private", []), scratch=config.get("scratch"))
+                                    private=config.get("private", []), scratch=config.get("scratch"),
+                                    allow_unscoped_signals=bool(config.get("unscoped_signals", False)))
         except (_sandbox.SandboxUnavailable, OSError, ValueError) as e:
             print(f"tessera executor: cannot confine users' functions: {e}", file=sys.stderr)
             return 3

@@ -674,6 +674,25 @@ def test_the_sandbox_keeps_private_paths_out_of_granted_folders(tmp_path):
 
 
 @pytest.mark.skipif(not LANDLOCK, reason="this kernel has no Landlock")
+def test_the_sandbox_on_older_kernels():
+    """Before Landlock's ABI 6 (Linux 6.12) signals are not scoped: the sandbox refuses unless
+    the worker's operator accepts it; before ABI 3 (Linux 6.2) the filter refuses truncate."""
+    from tessera import _sandbox
+
+    assert _sandbox.signal_scope_problem(6, False, "6.12") is None
+    assert _sandbox.signal_scope_problem(5, True, "6.10") is None
+    problem = _sandbox.signal_scope_problem(5, False, "6.10")
+    assert "landlock-unscoped-signals" in problem and "ABI 5" in problem
+
+    def denied(machine, abi):
+        return {k for code, _, _, k in _sandbox.seccomp_program(machine, abi) if code == 0x15}
+
+    for machine, truncate in (("x86_64", 76), ("aarch64", 45)):
+        assert truncate in denied(machine, 2)
+        assert truncate not in denied(machine, 3)
+        assert denied(machine, 2) - denied(machine, 3) == {truncate}
+
+
 def test_the_sandbox_refuses_when_a_thread_already_runs(tmp_path):
     """Landlock confines the calling thread and what it starts later: with another thread
     running, confining would leave it free, so the executor refuses."""

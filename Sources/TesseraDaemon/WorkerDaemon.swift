@@ -124,7 +124,7 @@ public final class WorkerDaemon {
         // Spilled values go under the data folder when there is one (a local disk), else to a
         // private temporary folder; either is emptied at start.
         let spillPath = try settings.dataDirectory.map { $0 + "/spill" } ?? PrivateFolder.make("tessera-spill-\(settings.name)")
-        spillWriter = SpillWriter(folder: try SpillFolder(path: spillPath)) { wake.signal() }
+        spillWriter = SpillWriter(folder: try SpillFolder(path: spillPath, made: settings.dataDirectory == nil)) { wake.signal() }
         engine.spillStore = spillWriter.folder
         engine.memoryLimitBytes = Int(clamping: settings.memoryLimit)
     }

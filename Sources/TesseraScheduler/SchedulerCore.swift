@@ -414,13 +414,15 @@ public struct SchedulerCore {
         }
         if config.maxTasksPerUser > 0, tasksPerUser[user, default: 0] + graph.taskCount > config.maxTasksPerUser {
             send(.client(connection), errorEnvelope(
-                .errorOverBudget, "user `\(user)` has \(tasksPerUser[user, default: 0]) tasks in unfinished jobs and this job adds \(graph.taskCount), over the \(config.maxTasksPerUser) one user may hold (scheduler --max-tasks-per-user); submit it as these finish",
+                .errorOverBudget, "user `\(user)` has \(tasksPerUser[user, default: 0]) tasks in unfinished jobs and this job adds \(graph.taskCount), over the \(config.maxTasksPerUser) one user may hold (scheduler --max-tasks-per-user); "
+                    + (graph.taskCount > config.maxTasksPerUser ? "the job alone is over it: split it" : "submit it as these finish"),
                 clientTag: s.clientTag))
             return
         }
         if config.maxLiveTasks > 0, liveTasks + graph.taskCount > config.maxLiveTasks {
             send(.client(connection), errorEnvelope(
-                .errorOverBudget, "the cluster holds \(liveTasks) tasks in unfinished jobs and this job adds \(graph.taskCount), over its limit of \(config.maxLiveTasks) (scheduler --max-live-tasks); submit it later",
+                .errorOverBudget, "the cluster holds \(liveTasks) tasks in unfinished jobs and this job adds \(graph.taskCount), over its limit of \(config.maxLiveTasks) (scheduler --max-live-tasks); "
+                    + (graph.taskCount > config.maxLiveTasks ? "the job alone is over it: split it" : "submit it later"),
                 clientTag: s.clientTag))
             return
         }

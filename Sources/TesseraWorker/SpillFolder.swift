@@ -17,8 +17,12 @@ public final class SpillFolder: SpillStore, Sendable {
     public let path: String
     static let magic: [UInt8] = Array("TSPL".utf8)
 
-    public init(path: String) throws {
+    /// - Parameter made: the folder was just made, empty and private (`mkdtemp`): it is used as
+    ///   it is. Removing and making it again by name would leave a moment in which another local
+    ///   account could put its own folder, or a link, at the name.
+    public init(path: String, made: Bool = false) throws {
         self.path = path
+        if made { return }
         try? FileManager.default.removeItem(atPath: path)
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     }

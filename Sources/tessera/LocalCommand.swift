@@ -56,7 +56,7 @@ struct LocalCommand: ParsableCommand {
     @Flag(help: "The gateway serves the HiPS trees in DATA/hips without a token.")
     var publicHips = false
 
-    @Option(help: "How workers confine users' Python functions: landlock (the default) or none (see tessera-worker --help).")
+    @Option(help: "How workers confine users' Python functions: landlock (the default; refused on kernels before Linux 6.12, which cannot scope signals), landlock-unscoped-signals (accepts those) or none (see tessera-worker --help).")
     var pythonSandbox: String?
 
     @Option(help: "A folder users' Python functions may read (repeatable).")

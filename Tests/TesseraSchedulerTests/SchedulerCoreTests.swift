@@ -422,11 +422,16 @@ struct SchedulerErrorTests {
         // Bob is within his own budget but not the cluster's (100 held of 150).
         #expect(c.submit(Workloads.independent(tasks: 51), client: 6, identity: bob) == nil)
         #expect(try #require(c.clientErrors[6]?.last).message.contains("the cluster holds 100 tasks in unfinished jobs and this job adds 51, over its limit of 150"))
-        #expect(c.submit(Workloads.independent(tasks: 50), client: 6, identity: bob) != nil)
+        let bobs = try #require(c.submit(Workloads.independent(tasks: 50), client: 6, identity: bob))
+        // A cancelled job gives its tasks back at once; a job over a budget by itself is told so.
+        c.cancel(bobs, client: 6, identity: bob)
+        #expect(c.core.liveTasks == 100 && c.core.tasksPerUser["bob"] == nil)
+        #expect(c.submit(Workloads.independent(tasks: 101), client: 5, identity: alice) == nil)
+        #expect(try #require(c.clientErrors[5]?.last).message.contains("the job alone is over it: split it"))
         // Done jobs give their tasks back.
         #expect(c.run(until: [first]))
         #expect(c.core.tasksPerUser["alice"] ?? 0 <= 40)
-        #expect(c.run(until: Array(c.jobs.keys)))
+        #expect(c.run(until: Array(c.jobs.keys.filter { $0 != bobs })))
         #expect(c.core.liveTasks == 0 && c.core.tasksPerUser.isEmpty)
         #expect(c.submit(Workloads.independent(tasks: 100), client: 5, identity: alice) != nil)
     }

@@ -75,11 +75,26 @@ def _children() -> list:
     return pids
 
 
+def _stop_multiprocessing_helpers() -> None:
+    """multiprocessing's forkserver and resource tracker serve call after call from the process
+    that started them: stopped their own way (each exits when the descriptor it watches closes)
+    so that the next call's multiprocessing starts them afresh, rather than finding killed and
+    reaped the pids it still holds (its forkserver then fails on a `waitpid`)."""
+    for module, helper in (("multiprocessing.forkserver", "_forkserver"), ("multiprocessing.resource_tracker", "_resource_tracker")):
+        stop = getattr(getattr(sys.modules.get(module), helper, None), "_stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - what is left is killed below
+                pass
+
+
 def _end_forked() -> None:
     """Kills and reaps every process the last call forked, at any depth: a function's work ends
     with its call, and what it left running would outlive the call's deadline and memory check.
     This process is their subreaper, so a grandchild whose parent is gone (or that left the
     process group with setsid) comes back to it as a child and goes in the next round."""
+    _stop_multiprocessing_helpers()
     for _ in range(100):
         pids = _children()
         if not pids:

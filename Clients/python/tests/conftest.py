@@ -24,8 +24,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 ROWS = 60_000
 # Whether this kernel has Landlock, which the workers' Python sandbox needs (where it has not,
 # the session's cluster runs functions unconfined and the sandbox's own tests are skipped).
-LANDLOCK = __import__("tessera._sandbox", fromlist=["abi_version"]).abi_version() > 0
-SANDBOX_ARGS = [] if LANDLOCK else ["--python-sandbox", "none"]
+LANDLOCK_ABI = __import__("tessera._sandbox", fromlist=["abi_version"]).abi_version()
+LANDLOCK = LANDLOCK_ABI > 0
+# Before ABI 6 (Linux 6.12) Landlock cannot scope signals, and the workers refuse to confine
+# functions unless told to accept that.
+SANDBOX_ARGS = ([] if LANDLOCK_ABI >= 6 else ["--python-sandbox", "landlock-unscoped-signals"]) if LANDLOCK else ["--python-sandbox", "none"]
 ZP = 31.4
 
 

@@ -92,6 +92,15 @@ public struct ADQLTranslator {
 
     public init(tables: [ADQLTable]) { self.tables = tables }
 
+    /// `terms` joined by `op` as a balanced tree, in parentheses: the engine's parser makes a
+    /// chain of `a or b or c …` as deep as it is long, and a 250-value `IN` under a few `AND`s
+    /// then passed the engine's depth limit with an error about text the user never wrote.
+    static func balanced(_ terms: [String], _ op: String) -> String {
+        guard terms.count > 2 else { return "(" + terms.joined(separator: " \(op) ") + ")" }
+        let half = terms.count / 2
+        return "(" + balanced(Array(terms[..<half]), op) + " \(op) " + balanced(Array(terms[half...]), op) + ")"
+    }
+
     /// Scalar functions: ADQL's name → the expression language's, with their argument counts.
     static let functions: [String: (name: String, arity: Int)] = [
         "ABS": ("abs", 1), "SQRT": ("sqrt", 1), "LOG10": ("log10", 1), "LOG": ("ln", 1), "EXP": ("exp", 1),
@@ -150,7 +159,7 @@ public struct ADQLTranslator {
             if plan.region == nil, try region(c, into: &plan) { continue }
             filters.append(try condition(c))
         }
-        if !filters.isEmpty { plan.filter = filters.count == 1 ? filters[0] : filters.map { "(\($0))" }.joined(separator: " and ") }
+        if !filters.isEmpty { plan.filter = filters.count == 1 ? filters[0] : Self.balanced(filters.map { "(\($0))" }, "and") }
 
         let aggregated = !query.groupBy.isEmpty || query.items.contains { if case .expression(let e, _) = $0 { e.containsAggregate } else { false } }
         var result = aggregated ? try aggregatePlan(query, plan: plan) : try rowsPlan(query, plan: plan, maxrec: maxrec)
@@ -635,8 +644,8 @@ public struct ADQLTranslator {
             let v = try value(x)
             var terms: [String] = []
             for item in list { terms.append(try value(item)) }
-            if n != negated { return "(" + terms.map { "(\(v) < \($0) or \(v) > \($0))" }.joined(separator: " and ") + ")" }
-            return "(" + terms.map { "\(v) == \($0)" }.joined(separator: " or ") + ")"
+            if n != negated { return Self.balanced(terms.map { "(\(v) < \($0) or \(v) > \($0))" }, "and") }
+            return Self.balanced(terms.map { "(\(v) == \($0))" }, "or")
         case .isNull(let x, let n):
             // IS NULL is never unknown: negation is plain.
             return n != negated ? "not isnan(\(try value(x)))" : "isnan(\(try value(x)))"

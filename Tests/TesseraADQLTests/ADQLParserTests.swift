@@ -188,6 +188,13 @@ struct ADQLParserTests {
         #expect(try plan(rounds).plan.rows.select[0].utf8.count < 600)
         let wide = "SELECT objectId FROM object WHERE cell NOT IN (" + (0..<250).map { "\(1_000_000 + $0) + cell * 2 - r_psfFlux" }.joined(separator: ",") + ")"
         #expect(error(wide)?.message.contains("over the engine's limit") == true)
+        // The longest IN list accepted, under ten more conditions: within the engine's depth
+        // (its terms, and the conditions, are joined as balanced trees, not chains).
+        let conditions = (0..<10).map { "cell > \(-$0 - 1)" }.joined(separator: " AND ")
+        let listed = try plan("SELECT objectId FROM object WHERE " + conditions + " AND cell IN (" + (0..<250).map(String.init).joined(separator: ",") + ")")
+        let checked = try ExpressionChecker.check(listed.plan.filter, schema: ["cell": .number], expecting: .boolean)
+        #expect(ExpressionEvaluator.evaluate(checked, columns: ["cell": .numbers([-1, 0, 7, 249, 250, 3.5])], rows: 6)
+                == .booleans([false, true, true, true, false, false]))
         let long = "SELECT objectId FROM object WHERE cell IN (" + (0..<2000).map(String.init).joined(separator: ",") + ")"
         #expect(error(long)?.message.contains("longer than the limit of \(ADQLParser.maxInList)") == true)
         let huge = "SELECT objectId FROM object WHERE cell > " + String(repeating: "1", count: ADQLParser.maxCharacters)

@@ -132,4 +132,26 @@ struct SharedShardPassTests {
         guard case .failure(let c)? = answers.got.withLock({ $0[2] }) else { Issue.record("a cancelled question must stop"); return }
         #expect(c.message == "cancelled" && c.retryable)
     }
+
+    /// A row group with no row to count holds none of a histogram's bins (ten million of them
+    /// are 80 MB a piece, and a question that joins a pass mid-way keeps its later pieces
+    /// waiting); the answer still has every bin.
+    @Test func aPieceWithNoRowsHoldsNoBins() throws {
+        let reader = try shards()[0]
+        let big = plan {
+            $0.filter = "r_psfFlux * 0 > 1"   // no row, and no zone map rules a row group out
+            var h = Tessera_V1_HistogramSpec()
+            (h.x, h.xBins, h.xMin, h.xMax) = ("r_psfFlux", 10_000_000, 0, 1)
+            $0.histogram = h
+        }
+        let q = try CheckedCatalogQuery(big, columns: reader.footer.columns, raColumn: "coord_ra", decColumn: "coord_dec")
+        let scan = try ShardScanPlan(q, reader: reader, raColumn: "coord_ra", decColumn: "coord_dec")
+        let g = try #require(scan.groups.first)
+        let piece = try scan.scan(rowGroup: g) { (c) throws(ShardError) in try reader.read(column: c, rowGroup: g) }
+        #expect(piece.histogram.isEmpty)
+        var whole = scan.accumulator()
+        _ = try whole.absorb(piece)
+        let answer = try whole.finish()
+        #expect(answer.histogram.count == 10_000_000 && answer.histogram.allSatisfy { $0 == 0 })
+    }
 }

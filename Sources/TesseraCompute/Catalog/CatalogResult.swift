@@ -87,17 +87,18 @@ public struct CatalogResult: Sendable {
 
     var histogramTable: ResultTable {
         let h = plan.histogram
-        let xb = Bins(count: Int(h.xBins), lo: h.xMin, hi: h.xMax)
+        // The edges are made on each use: once per axis here.
+        let xe = Bins(count: Int(h.xBins), lo: h.xMin, hi: h.xMax).edges
         let counts = histogram
         if h.y.isEmpty {
             return ResultTable(names: ["\(h.x) from", "to", "count"],
-                               columns: [.doubles(Array(xb.edges.dropLast())), .doubles(Array(xb.edges.dropFirst())), .int64s(counts.map { Int64($0) })])
+                               columns: [.doubles(Array(xe.dropLast())), .doubles(Array(xe.dropFirst())), .int64s(counts.map { Int64($0) })])
         }
-        let yb = Bins(count: Int(h.yBins), lo: h.yMin, hi: h.yMax)
+        let ye = Bins(count: Int(h.yBins), lo: h.yMin, hi: h.yMax).edges
         var x0: [Double] = [], x1: [Double] = [], y0: [Double] = [], y1: [Double] = []
-        for i in 0..<xb.count {
-            for j in 0..<yb.count {
-                x0.append(xb.edges[i]); x1.append(xb.edges[i + 1]); y0.append(yb.edges[j]); y1.append(yb.edges[j + 1])
+        for i in 0..<(xe.count - 1) {
+            for j in 0..<(ye.count - 1) {
+                x0.append(xe[i]); x1.append(xe[i + 1]); y0.append(ye[j]); y1.append(ye[j + 1])
             }
         }
         return ResultTable(names: ["\(h.x) from", "to", "\(h.y) from", "to", "count"],

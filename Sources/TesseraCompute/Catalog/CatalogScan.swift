@@ -349,8 +349,14 @@ struct ColumnBound: Equatable {
 struct Bins: Sendable {
     let lo: Double, hi: Double, count: Int
     let norm: Double, step: Double
-    /// `linspace(lo, hi, count + 1)`: edge k is k·step + lo, the last one `hi` itself.
-    let edges: [Double]
+    /// `linspace(lo, hi, count + 1)`: edge k is k·step + lo, the last one `hi` itself. Made when
+    /// an answer is written, not with the bins: each row group's piece of a scan makes its own
+    /// `Bins`, and ten million bins' edges are 80 MB.
+    var edges: [Double] {
+        var e = (0...count).map { Double($0) * step + lo }
+        e[count] = hi
+        return e
+    }
     /// The largest scaled value that converts to the last bin.
     let lastScaled: Double
 
@@ -359,11 +365,7 @@ struct Bins: Sendable {
         self.hi = hi
         self.count = count
         norm = Double(count) / (hi - lo)
-        let step = (hi - lo) / Double(count)
-        self.step = step
-        var e = (0...count).map { Double($0) * step + lo }
-        e[count] = hi
-        edges = e
+        step = (hi - lo) / Double(count)
         lastScaled = Double(count) - 0.5
     }
 
@@ -468,7 +470,11 @@ struct ScanAccumulator {
     // Histogram.
     var xBins: Bins?
     var yBins: Bins?
+    /// The counts, made when the first row is counted (empty until then): a row group's piece
+    /// with no row in it holds none of a large histogram's bins, in a shared pass's waiting
+    /// pieces too.
     var histogram: [UInt64] = []
+    var histogramBins = 0
 
     // Sky map.
     var pixels: [UInt64] = []
@@ -490,7 +496,7 @@ struct ScanAccumulator {
             let h = q.plan.histogram
             xBins = Bins(count: Int(h.xBins), lo: h.xMin, hi: h.xMax)
             if y != nil { yBins = Bins(count: Int(h.yBins), lo: h.yMin, hi: h.yMax) }
-            histogram = [UInt64](repeating: 0, count: Int(h.xBins) * Int(y == nil ? 1 : h.yBins))
+            histogramBins = Int(h.xBins) * Int(y == nil ? 1 : h.yBins)
         case .skyMap, .rows:
             break
         }
@@ -656,6 +662,7 @@ struct ScanAccumulator {
             if !sExprs.isEmpty { try QuantileSketch.checkBudget(sketches) }
         case .histogram(let x, let y):
             let xb = xBins!
+            if histogram.isEmpty { histogram = [UInt64](repeating: 0, count: histogramBins) }
             if let y, let yb = yBins {
                 let yValues = evaluate(y)
                 let ys = yValues.numbers(n)
@@ -831,7 +838,11 @@ struct ScanAccumulator {
             }
             if !sketches.isEmpty { try QuantileSketch.checkBudget(sketches) }
         case .histogram:
-            for i in histogram.indices { histogram[i] += piece.histogram[i] }
+            if histogram.isEmpty {
+                histogram = piece.histogram
+            } else if !piece.histogram.isEmpty {
+                for i in histogram.indices { histogram[i] += piece.histogram[i] }
+            }
         case .skyMap(_, let expr):
             for j in piece.pixels.indices {
                 if j == 0, let last = pixels.last, last == piece.pixels[0] {
@@ -901,7 +912,7 @@ struct ScanAccumulator {
                 return c
             }
         case .histogram:
-            partial.histogram = histogram
+            partial.histogram = histogram.isEmpty ? [UInt64](repeating: 0, count: histogramBins) : histogram
         case .skyMap(let order, let expr):
             var m = Tessera_V1_SkyMapPartial()
             m.order = UInt32(order)

@@ -60,14 +60,18 @@ public actor AsyncJobs {
     /// Result values (rows × columns) one user's jobs may hold at once: about 160 MB of numbers.
     public static let maxResultCellsPerUser = 20_000_000
 
-    /// `parameters` without what a job does not keep, each value at most `limit` characters.
-    static func kept(_ parameters: [String: String], limit: Int) -> [String: String] {
-        parameters.filter { keptParameters.contains($0.key) && $0.value.count <= limit }
+    /// `parameters` without what a job does not keep; a kept value over `limit` characters is
+    /// refused, naming it (dropped without a word, the job failed later for want of it).
+    static func kept(_ parameters: [String: String], limit: Int) throws(TAPError) -> [String: String] {
+        for (name, value) in parameters where keptParameters.contains(name) && value.count > limit {
+            throw TAPError(400, "\(name) is \(value.count) characters long, over this service's limit of \(limit)")
+        }
+        return parameters.filter { keptParameters.contains($0.key) }
     }
 
     public func create(owner: String, parameters: [String: String], uploads: [TAPUpload] = []) throws(TAPError) -> Job {
         sweep()
-        let parameters = Self.kept(parameters, limit: service.limits.queryCharacters)
+        let parameters = try Self.kept(parameters, limit: service.limits.queryCharacters)
         let mine = jobs.values.filter { $0.owner == owner }
         guard mine.count < service.limits.asyncJobsPerUser else {
             throw TAPError(429, "user \(owner) holds \(mine.count) async jobs, the most one user may (\(service.limits.asyncJobsPerUser)): delete finished ones")

@@ -394,9 +394,15 @@ public enum Gateway {
                 _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in j.destruction = min(d, latest) }
             case "parameters":
                 try checkSize(params, limits: config.limits)
+                // A job's uploads are read from the request that creates it; here they would be
+                // named and never stored, and the query would fail later for want of the table.
+                guard params["UPLOAD"] == nil else {
+                    throw TAPError(400, "UPLOAD goes with the request that creates the job (POST /tap/async), not with a change to its parameters")
+                }
+                let changed = try AsyncJobs.kept(params, limit: config.limits.queryCharacters)
                 _ = try await jobs.update(id, owner: context.user) { j throws(TAPError) in
                     guard j.phase == .pending else { throw TAPError(409, "job \(id) is \(j.phase.rawValue): parameters change only while PENDING") }
-                    j.parameters.merge(AsyncJobs.kept(params, limit: config.limits.queryCharacters)) { $1 }
+                    j.parameters.merge(changed) { $1 }
                 }
             default:
                 throw TAPError(404, "a job has no part `\(part.prefix(40))` to change")

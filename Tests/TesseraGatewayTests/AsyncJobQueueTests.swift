@@ -50,4 +50,21 @@ struct AsyncJobQueueTests {
         #expect(try await jobs.wait(pending, owner: "erin", seconds: 0.3, whilePhase: .pending).phase == .pending)
         #expect(Date().timeIntervalSince(before) >= 0.3)
     }
+
+    /// A kept parameter over the limit is refused, naming it: dropped without a word, the job
+    /// failed later for want of its QUERY.
+    @Test func aParameterOverTheLimitIsRefusedByName() async throws {
+        let jobs = AsyncJobs(service: TAPService(endpoint: "tcp://127.0.0.1:9"))
+        let limit = GatewayLimits().queryCharacters
+        let long = "SELECT COUNT(*) FROM tessera.object WHERE " + String(repeating: "cell > 1 AND ", count: limit / 10) + "cell > 1"
+        do {
+            _ = try await jobs.create(owner: "finn", parameters: ["LANG": "ADQL", "QUERY": long])
+            Issue.record("a QUERY of \(long.count) characters was taken")
+        } catch {
+            #expect(error.status == 400 && error.message.contains("QUERY is \(long.count) characters long, over this service's limit of \(limit)"), "\(error.message)")
+        }
+        // Parameters a job does not keep are dropped as before.
+        let j = try await jobs.create(owner: "finn", parameters: ["LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object", "PHASE": "RUN", "X": String(repeating: "y", count: limit + 1)])
+        #expect(j.parameters["X"] == nil && j.parameters["QUERY"] != nil)
+    }
 }

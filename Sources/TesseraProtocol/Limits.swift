@@ -38,9 +38,10 @@ public enum Limits {
     /// aggregate's moments on every worker and in every merge.
     public static let groups = 1_000_000
     /// A catalog question's reduction tree merges at most this many partials in one task (its
-    /// `fan_in`; 0 takes the default, 8): a merge holds all its inputs at once, and a partial may
-    /// be a histogram of millions of bins.
+    /// `fan_in`; 0 takes `catalogFanInDefault`): a merge holds all its inputs at once, and a
+    /// partial may be a histogram of millions of bins.
     public static let catalogFanIn: ClosedRange<UInt32> = 2...64
+    public static let catalogFanInDefault: UInt32 = 8
     /// Most bytes a group-by's moments may take, groups (`max_groups`) times aggregated
     /// expressions (48 bytes each): 256 MiB, so 55 expressions at the default 100,000 groups.
     public static let groupMomentsBytes = 256 << 20
@@ -181,7 +182,7 @@ extension Limits {
         ("comparisons per left row group", "\(crossmatchComparisonsPerRowGroup)", "cross-match (positions of the right side compared, pairs or not)"),
         ("pickled Python function", bytes(pythonFunctionBytes), "`map_partitions` and `reduce` (function and combine together)"),
         ("value of one Python call, pickled", bytes(pythonValueBytes), "worker Python executors"),
-        ("partials one merge reads (`fan_in`)", "\(catalogFanIn.lowerBound)…\(catalogFanIn.upperBound) (default 8)", "catalog questions"),
+        ("partials one merge reads (`fan_in`)", "\(catalogFanIn.lowerBound)…\(catalogFanIn.upperBound) (default \(catalogFanInDefault))", "catalog questions"),
         ("a group-by's moments (groups × aggregated expressions × 48 bytes)", bytes(groupMomentsBytes), "catalog questions"),
         ("a task's failure message", "\(failureMessageBytes >> 10) KiB (start and end kept)", "worker task reports"),
     ]

@@ -81,7 +81,11 @@ extension SchedulerCore {
         if leaves.isEmpty {
             g.add(operatorIndex: mergeOperator, paramIndex: 1)
         } else if !isCollect(plan) {
-            g.addReduction(of: leaves, operatorIndex: mergeOperator, fanIn: max(2, Int(plan.fanIn == 0 ? 8 : plan.fanIn)), paramIndex: 1)
+            // Questions are refused outside the bounds when checked; every plan that reaches here
+            // (an image question's statistics too) is held to them all the same.
+            let fanIn = plan.fanIn == 0 ? Limits.catalogFanInDefault : plan.fanIn
+            g.addReduction(of: leaves, operatorIndex: mergeOperator,
+                           fanIn: Int(min(max(fanIn, Limits.catalogFanIn.lowerBound), Limits.catalogFanIn.upperBound)), paramIndex: 1)
         }
         while g.dataKey.count < g.taskCount { g.dataKey.append(0) }
     }

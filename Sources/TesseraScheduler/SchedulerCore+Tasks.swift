@@ -455,18 +455,16 @@ extension SchedulerCore {
                 if job.runCount[t] > 0 { job.runCount[t] -= 1 }
                 refundCharge(job, t)
                 let hasHolders = f.missingHolders.count == f.missingInputs.count
-                // Holders still registered: their loss does not explain the failure.
-                let liveHolders = f.missingInputs.indices.compactMap { n -> String? in
-                    let m = f.missingInputs[n]
-                    guard TaskKey.job(m) == job.id, Int(TaskKey.task(m)) < job.taskCount else { return nil }
-                    let holder = hasHolders ? f.missingHolders[n] : job.worker[Int(TaskKey.task(m))]
-                    return workers[holder]?.name
+                // A holder still registered: its loss does not explain the failure.
+                var liveHolder: String?
+                for (n, m) in f.missingInputs.enumerated() where liveHolder == nil && TaskKey.job(m) == job.id && Int(TaskKey.task(m)) < job.taskCount {
+                    liveHolder = workers[hasHolders ? f.missingHolders[n] : job.worker[Int(TaskKey.task(m))]]?.name
                 }
-                if !liveHolders.isEmpty {
+                if let liveHolder {
                     let rounds = job.missingInputRounds[t, default: 0] + 1
                     job.missingInputRounds[t] = rounds
                     if rounds >= config.maxMissingInputRounds {
-                        finish(job, .jobFailed, error: "task \(t) could not fetch its input from worker \(liveHolders[0]) in \(rounds) attempts "
+                        finish(job, .jobFailed, error: "task \(t) could not fetch its input from worker \(liveHolder) in \(rounds) attempts "
                                + "(the limit is \(config.maxMissingInputRounds)); last: \(f.message)", now: now)
                         continue
                     }

@@ -102,7 +102,8 @@ struct SchedulerRecoveryTests {
         let c = FakeCluster()
         let ws = c.addWorkers(3)
         let id = try #require(c.submit(Workloads.treeReduce(leaves: 64, fanIn: 4)))
-        // Every leaf's value is out of reach from any other worker.
+        // No read of a leaf's value succeeds, on any worker (as for a value over every
+        // fetcher's budget), while its holders stay registered.
         for w in ws { w.neverFetch = Set((0..<64).map { TaskKey.make(job: id, task: UInt32($0)) }) }
         #expect(c.run(until: [id]))
         let f = try #require(c.jobs[id]?.finished)

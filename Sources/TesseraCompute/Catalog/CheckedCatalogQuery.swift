@@ -107,7 +107,7 @@ public struct CheckedCatalogQuery: Sendable {
             throw CatalogQueryError("max_groups \(plan.maxGroups) is over the limit of \(Limits.groups) groups: group by a coarser key")
         }
         guard plan.fanIn == 0 || Limits.catalogFanIn.contains(plan.fanIn) else {
-            throw CatalogQueryError("a fan-in of \(plan.fanIn) is outside the allowed \(Limits.catalogFanIn.lowerBound)…\(Limits.catalogFanIn.upperBound) partials a merge (0 takes the default, 8)")
+            throw CatalogQueryError("a fan-in of \(plan.fanIn) is outside the allowed \(Limits.catalogFanIn.lowerBound)…\(Limits.catalogFanIn.upperBound) partials a merge (0 takes the default, \(Limits.catalogFanInDefault))")
         }
         maxGroups = plan.maxGroups == 0 ? Self.defaultMaxGroups : Int(plan.maxGroups)
         maxRows = Self.rowCap(plan)

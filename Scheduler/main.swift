@@ -39,6 +39,9 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Most tasks of an interactive job that is not a catalog question (0: no limit).")
     var interactiveMaxTasks = 1_000
 
+    @Option(help: "Seconds an interactive job's task may run; one that runs longer fails its job (0: only the usual task deadline).")
+    var interactiveTaskDeadlineS: Double = 30
+
     @Option(help: "Shared scans: other jobs' scans of a shard (same class) sent along with one, to ride one pass over it on the worker (0: every scan reads alone).")
     var maxPassRiders = 31
 
@@ -82,6 +85,9 @@ struct SchedulerCommand: ParsableCommand {
         guard orphanGraceS.isFinite, orphanGraceS >= 0, orphanGraceS <= 1e7 else { throw ValidationError("--orphan-grace-s must be within 0…10,000,000") }
         guard clientTimeoutS.isFinite, clientTimeoutS >= 1, clientTimeoutS <= 86_400 else { throw ValidationError("--client-timeout-s must be within 1…86,400") }
         guard taskDeadlineS.isFinite, taskDeadlineS >= 0.1, taskDeadlineS <= 604_800 else { throw ValidationError("--task-deadline-s must be within 0.1…604,800") }
+        guard interactiveTaskDeadlineS.isFinite, interactiveTaskDeadlineS >= 0, interactiveTaskDeadlineS <= 604_800 else {
+            throw ValidationError("--interactive-task-deadline-s must be within 0…604,800")
+        }
         guard fairShareHalfLifeS.isFinite, fairShareHalfLifeS >= 1, fairShareHalfLifeS <= 1e7 else { throw ValidationError("--fair-share-half-life-s must be within 1…10,000,000") }
         guard maxJobsPerUser >= 0 else { throw ValidationError("--max-jobs-per-user must be 0 (no limit) or more") }
         guard maxTasksPerUser >= 0, maxLiveTasks >= 0 else { throw ValidationError("--max-tasks-per-user and --max-live-tasks must be 0 (no limit) or more") }
@@ -110,6 +116,7 @@ struct SchedulerCommand: ParsableCommand {
         config.maxLiveTasks = maxLiveTasks
         config.maxPassRiders = max(0, maxPassRiders)
         config.interactiveMaxTasks = max(0, interactiveMaxTasks)
+        config.interactiveTaskDeadlineNs = UInt64(interactiveTaskDeadlineS * 1e9)
         config.maxRowsPerJob = maxRowsPerJob
         config.workspaceQuotaBytes = workspaceQuotaMb.multipliedReportingOverflow(by: 1 << 20).overflow ? .max : workspaceQuotaMb << 20
         config.fairShareHalfLifeNs = UInt64(fairShareHalfLifeS * 1e9)

@@ -41,10 +41,20 @@ public final class SchedulerDaemon {
     /// Most messages read from one socket per turn, so one busy socket cannot starve the other.
     private let drainBudget = 4096
     /// Messages for clients whose send queue is full (they are not reading), in order: the core
-    /// holds back their jobs meanwhile, so this stays small.
+    /// holds back their jobs' results meanwhile, and a client that keeps asking without reading
+    /// (a status reply is kilobytes) has its requests dropped once this is over
+    /// `Limits.clientBacklogMessages` or `Limits.clientBacklogBytes`.
     private var backlog: [ConnectionID: [[[UInt8]]]] = [:]
+    /// The bytes of each client's backlog.
+    private var backlogBytes: [ConnectionID: Int] = [:]
     /// Messages queued in libzmq per client before it counts as not reading.
     static let clientQueueMessages: Int32 = 64
+    /// Clients whose requests are being dropped (logged once per episode).
+    private var droppingFrom: Set<ConnectionID> = []
+    /// Connections silent this long, with no job or ingest, are forgotten (libzmq says nothing
+    /// when a peer goes; every new connection is a new routing id).
+    private let idleConnectionNs: UInt64
+    private var lastPrune: UInt64 = 0
     /// With a registry: the job ids this start may hand out.
     private var jobIDs: JobIDReservation?
     /// This start's epoch.
@@ -105,6 +115,7 @@ public final class SchedulerDaemon {
         }
         epoch = config.epoch
         core = SchedulerCore(config: config, now: monotonicNanos())
+        idleConnectionNs = max(config.clientTimeoutNs, 60_000_000_000)
         if keys != nil { try reloadAccess(force: true) }
         if let registry {
             core.catalog = registry
@@ -147,6 +158,10 @@ public final class SchedulerDaemon {
                 lastAccessCheck = now
                 do { try reloadAccess(force: false) } catch { logger.error("cannot read the access lists", metadata: ["scheduler/error": "\(error)"]) }
             }
+            if now &- lastPrune >= 5_000_000_000 {
+                lastPrune = now
+                pruneConnections(now: now)
+            }
             flushBacklog()
             try send(core.flush(now: now))
             for n in core.notices { logger.notice("\(n)") }
@@ -164,14 +179,29 @@ public final class SchedulerDaemon {
             n += 1
             guard parts.count >= 2 else { continue }  // ROUTER always prepends the identity
             let identity = parts[0].array
-            let conn = fromWorkers ? workerTable.id(for: identity) : clientTable.id(for: identity)
             // The connection's CURVE key, as the ZAP handler admitted it; a key removed from
             // the lists since is no longer served.
+            let key = keys == nil ? nil : parts[1].property("User-Id")
+            let now = monotonicNanos()
+            let (conn, forgotten) = fromWorkers ? workerTable.id(for: identity, key: key, now: now) : clientTable.id(for: identity, key: key, now: now)
+            if let forgotten {
+                logger.warning("a routing id in use came from another key: the earlier connection is forgotten", metadata: [
+                    "scheduler/from": "\(fromWorkers ? "worker" : "client") \(forgotten)", "scheduler/now": "\(conn)",
+                ])
+                if !fromWorkers { forgetClient(forgotten, reason: "its connection's routing id was taken by another key", now: now) }
+            }
+            if !fromWorkers, isBacklogFull(conn) {
+                if droppingFrom.insert(conn).inserted {
+                    logger.warning("dropping requests from a client that does not read its replies", metadata: [
+                        "scheduler/from": "client \(conn)", "scheduler/backlog": "\(backlog[conn]?.count ?? 0) messages, \(backlogBytes[conn] ?? 0) bytes",
+                    ])
+                }
+                continue
+            }
             var workerIdentity: WorkerIdentity?
             var clientIdentity = ClientIdentity.local
             if keys != nil {
-                guard let key = parts[1].property("User-Id"),
-                      let entry = fromWorkers ? access.workers[key] : access.users[key] else {
+                guard let key, let entry = fromWorkers ? access.workers[key] : access.users[key] else {
                     logger.warning("dropped a message from a key no longer admitted", metadata: ["scheduler/from": "\(fromWorkers ? "worker" : "client") \(conn)"])
                     continue
                 }
@@ -182,7 +212,6 @@ public final class SchedulerDaemon {
                 }
             }
             let body = Array(parts.dropFirst())
-            let now = monotonicNanos()
             do throws(ProtocolError) {
                 let (env, frames) = try WireProtocol.decode(body, budget: fromWorkers ? Limits.workerMessageBytes : Limits.clientMessageBytes)
                 if fromWorkers {
@@ -246,7 +275,7 @@ public final class SchedulerDaemon {
         for m in messages {
             switch m.destination {
             case .worker(let c):
-                guard let identity = workerTable.identity(c) else { continue }
+                guard let identity = workerTable.routingID(c) else { continue }
                 do throws(ZeroMQError) {
                     try workerSocket.sendMessage(to: identity, m.envelope, frames: m.frames, compress: !EndpointScope.isLoopback(workerEndpoint))
                 } catch {
@@ -254,18 +283,16 @@ public final class SchedulerDaemon {
                     if error.code != EHOSTUNREACH && !error.isWouldBlock { throw error }
                 }
             case .client(let c):
-                guard let identity = clientTable.identity(c) else { continue }
+                guard let identity = clientTable.routingID(c) else { continue }
                 // Results for clients on this machine go uncompressed (see `sendMessage`).
                 var parts = WireProtocol.encode(m.envelope, frames: m.frames, compress: !EndpointScope.isLoopback(clientEndpoint))
                 parts.insert(identity, at: 0)
-                if backlog[c] != nil {
-                    backlog[c]!.append(parts)
-                    continue
-                }
-                if try !sendToClient(c, parts) {
-                    backlog[c] = [parts]
+                if backlog[c] == nil {
+                    if try sendToClient(c, parts) { continue }
                     core.setClientBlocked(c, true)
                 }
+                backlog[c, default: []].append(parts)
+                backlogBytes[c, default: 0] += parts.reduce(0) { $0 + $1.count }
             }
         }
     }
@@ -287,13 +314,45 @@ public final class SchedulerDaemon {
             var queued = backlog[c]!
             var sent = 0
             while sent < queued.count, (try? sendToClient(c, queued[sent])) == true { sent += 1 }
+            backlogBytes[c, default: 0] -= queued[..<sent].reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } }
             queued.removeFirst(sent)
             if queued.isEmpty {
-                backlog.removeValue(forKey: c)
+                dropBacklog(c)
                 core.setClientBlocked(c, false)
             } else {
                 backlog[c] = queued
             }
         }
+    }
+
+    private func isBacklogFull(_ c: ConnectionID) -> Bool {
+        guard let queued = backlog[c] else { return false }
+        if queued.count >= Limits.clientBacklogMessages || backlogBytes[c, default: 0] >= Limits.clientBacklogBytes { return true }
+        droppingFrom.remove(c)
+        return false
+    }
+
+    private func dropBacklog(_ c: ConnectionID) {
+        backlog.removeValue(forKey: c)
+        backlogBytes.removeValue(forKey: c)
+        droppingFrom.remove(c)
+    }
+
+    /// The state machine and this loop forget a client connection together.
+    private func forgetClient(_ c: ConnectionID, reason: String, now: UInt64) {
+        dropBacklog(c)
+        core.forgetClient(c, reason: reason, now: now)
+    }
+
+    /// Forgets connections silent past `idleConnectionNs` that nothing refers to any more: the
+    /// tables would otherwise hold every connection ever made. A client's unread backlog goes
+    /// with it.
+    private func pruneConnections(now: UInt64) {
+        let inUse = core.clientConnectionsInUse()
+        for c in clientTable.prune(idleNs: idleConnectionNs, now: now, keep: { inUse.contains($0) }) {
+            forgetClient(c, reason: "its connection was silent and unused", now: now)
+        }
+        let workerConnections = core.workerConnections
+        _ = workerTable.prune(idleNs: idleConnectionNs, now: now, keep: { workerConnections.contains($0) })
     }
 }

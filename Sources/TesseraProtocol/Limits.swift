@@ -91,6 +91,11 @@ public enum Limits {
     public static let taskTimeoutSeconds: ClosedRange<Double> = 0.1...604_800
     /// Most job ids in one client heartbeat.
     public static let heartbeatJobs = 4_096
+    /// Replies a client that does not read may have waiting in the scheduler (beyond libzmq's
+    /// own queue of 64), by count and by bytes: past either, its further requests are dropped
+    /// unanswered until it reads.
+    public static let clientBacklogMessages = 1_024
+    public static let clientBacklogBytes = 64 << 20
 
     /// Lifetime of a user's table, in seconds: at least, and at most (30 days).
     public static let workspaceLifetimeSeconds: ClosedRange<Double> = 1...(30 * 86_400)
@@ -167,7 +172,7 @@ extension Limits {
         ("operators a worker offers", "\(workerOperators)", "worker registration"),
         ("dataset name", "\(datasetNameCharacters) characters of `A-Za-z0-9-_.`", "ingest"),
         ("shards per ingest", "\(ingestShards)", "ingest"),
-        ("ingests begun and not committed, per user", "\(pendingIngestsPerUser)", "ingest (one more abandons the oldest)"),
+        ("ingests begun and not committed, per user", "\(pendingIngestsPerUser)", "ingest (one more abandons the oldest, as do 15 minutes with no shard stored)"),
         ("replicas", "\(replicas)", "ingest"),
         ("rows per shard (and per margin)", "\(shardRows)", "ingest, worker shard writes"),
         ("a shard's margin of its neighbours' rows", "\(Int(marginArcsec))″", "ingest (`--margin-arcsec`)"),
@@ -175,6 +180,7 @@ extension Limits {
         ("job name", "\(jobNameCharacters) bytes", "job submission"),
         ("task deadline asked by a job", "\(taskTimeoutSeconds.lowerBound)…\(Int(taskTimeoutSeconds.upperBound)) s", "job submission (`task_timeout_s`)"),
         ("job ids per client heartbeat", "\(heartbeatJobs)", "scheduler client port"),
+        ("replies waiting for a client that does not read", "\(clientBacklogMessages) or \(bytes(clientBacklogBytes))", "scheduler client port (its further requests are dropped until it reads)"),
         ("lifetime of a user's table", "\(Int(workspaceLifetimeSeconds.lowerBound)) s…\(Int(workspaceLifetimeSeconds.upperBound / 86_400)) days (default 1 day)", "uploads (`tessera upload --lifetime-hours`)"),
         ("cross-match radius", "\(Int(crossmatchRadiusArcsec))″", "cross-match (and at most the right dataset's margin)"),
         ("nearest neighbours per row", "\(crossmatchNeighbours)", "cross-match (`k`)"),

@@ -104,6 +104,9 @@ struct PendingIngest {
     var commit: Tessera_V1_IngestCommit?
     /// When the commit arrived (it fails if the reports do not follow in time).
     var commitAt: UInt64 = 0
+    /// When it was begun, or a worker last reported one of its shards (see
+    /// `SchedulerConfig.ingestIdleNs`).
+    var lastActivity: UInt64 = 0
 }
 
 extension SchedulerCore {
@@ -253,7 +256,7 @@ extension SchedulerCore {
         pendingIngests[plan.ingestID] = PendingIngest(
             workspace: workspace, lifetime: Self.lifetime(of: b), askedBytes: workspace == nil ? 0 : Self.askedBytes(b),
             client: connection, user: identity.user, sequence: nextIngest, dataset: dataset, replace: b.replace, shards: b.shards.map { ($0.order, $0.pixel) },
-            index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count))
+            index: index, placements: names, stored: Array(repeating: [:], count: b.shards.count), lastActivity: lastNow)
         var e = Envelope()
         e.ingestPlan = plan
         send(.client(connection), e)
@@ -344,6 +347,7 @@ extension SchedulerCore {
             return
         }
         p.stored[k][w.name] = r
+        p.lastActivity = now
         pendingIngests[r.ingestID] = p
         if p.commit != nil { tryCommit(r.ingestID, now: now) }
     }
@@ -502,10 +506,16 @@ extension SchedulerCore {
         }
     }
 
-    /// Commits whose workers' reports never came are refused.
-    mutating func expireCommits(now: UInt64) {
-        for (id, p) in pendingIngests where p.commit != nil && now &- p.commitAt >= commitWaitNs {
-            tryCommit(id, now: now)
+    /// Commits whose workers' reports never came are refused; ingests begun and left idle past
+    /// `SchedulerConfig.ingestIdleNs` without a commit are abandoned.
+    mutating func expireIngests(now: UInt64) {
+        for (id, p) in pendingIngests.sorted(by: { $0.key < $1.key }) {
+            if p.commit != nil {
+                if now &- p.commitAt >= commitWaitNs { tryCommit(id, now: now) }
+            } else if now &- p.lastActivity >= config.ingestIdleNs {
+                abandonIngest(id)
+                notices.append("abandoned ingest \(id) of `\(p.dataset)` (\(p.user)): nothing was heard of it for \(config.ingestIdleNs / 1_000_000_000) s and it was never committed")
+            }
         }
     }
 

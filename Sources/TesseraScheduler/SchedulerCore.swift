@@ -494,6 +494,33 @@ public struct SchedulerCore {
         }
     }
 
+    /// The connections of registered workers.
+    public var workerConnections: Set<ConnectionID> { Set(workerByConnection.keys) }
+
+    /// Client connections something here still answers to: their jobs and their ingests not yet
+    /// ended. The socket loop keeps these in its table however long they are silent.
+    public func clientConnectionsInUse() -> Set<ConnectionID> {
+        Set(jobs.values.map(\.client)).union(pendingIngests.values.map(\.client))
+    }
+
+    /// The socket loop has forgotten a client connection: silent and unused, or its routing id
+    /// taken by another peer (another key). Its jobs are cancelled and its ingests not yet
+    /// committed abandoned, since nothing sent to it can arrive any more.
+    public mutating func forgetClient(_ connection: ConnectionID, reason: String, now: UInt64) {
+        lastNow = now
+        for id in jobs.keys.sorted() {
+            guard let job = jobs[id], job.client == connection else { continue }
+            notices.append("job \(id) (\(job.user)) cancelled: \(reason)")
+            finish(job, .jobCancelled, error: reason, now: now)
+        }
+        for (id, p) in pendingIngests.sorted(by: { $0.key < $1.key }) where p.client == connection && p.commit == nil {
+            abandonIngest(id)
+            notices.append("abandoned ingest \(id) of `\(p.dataset)` (\(p.user)): \(reason)")
+        }
+        clientLastHeard.removeValue(forKey: connection)
+        blockedClients.remove(connection)
+    }
+
     /// The daemon could not queue a message for a client (it is not reading), or could again.
     /// While blocked, its jobs' results are held, and a job holding `maxHeldResultBytes` runs no
     /// more tasks until the client reads: backpressure to the workers, not growth here.
@@ -548,7 +575,7 @@ public struct SchedulerCore {
         for id in dead.sorted() {
             removeWorker(id, now: now, handedBack: [], reason: "missed heartbeats")
         }
-        if !pendingIngests.isEmpty { expireCommits(now: now) }
+        if !pendingIngests.isEmpty { expireIngests(now: now) }
         if !orphans.isEmpty { removeOrphans(now: now) }
         expireWorkspaces(now: now)
         if now &- lastSweep >= Self.sweepIntervalNs {

@@ -163,6 +163,11 @@ struct HostileInputEndToEndTests {
         return try WireProtocol.decode(parts).0
     }
 
+    /// The next message, or nil when none came within the socket's receive timeout.
+    static func nextMessage(_ s: Socket) throws -> [[UInt8]]? {
+        do throws(ZeroMQError) { return try s.receiveParts() } catch where error.isWouldBlock { return nil }
+    }
+
     static func residentKilobytes(_ pid: Int32) -> Int {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return -1 }
@@ -250,6 +255,89 @@ struct HostileInputEndToEndTests {
         let rssAfter = Self.residentKilobytes(f.cluster.scheduler.processIdentifier)
         #expect(rssAfter - rssBefore < 64 * 1024, "scheduler grew from \(rssBefore) kB to \(rssAfter) kB")
         try f.expectHealthy(after: "LZ4 bombs")
+    }
+
+    /// A member that keeps asking and never reads: each status reply waited in the scheduler
+    /// for good. Past the bound its requests are dropped until it reads.
+    @Test func aClientThatNeverReadsCannotGrowTheScheduler() throws {
+        let f = try Fixture(workers: 1)
+        defer { f.cluster.stop() }
+        let context = try ZMQContext()
+        let client = try rawDealer(context, f.cluster.clientEndpoint, f.cluster.credentials, receiveTimeoutMs: 3_000)
+        defer { client.close() }
+        var e = Envelope()
+        var request = Tessera_V1_StatusRequest()
+        request.withCoverage = true
+        e.statusRequest = request
+        let asking = try WireProtocol.encode(e)
+        let rssBefore = Self.residentKilobytes(f.cluster.scheduler.processIdentifier)
+        let sent = 60_000
+        for _ in 0..<sent { _ = try client.send(parts: asking) }
+        // A question from another connection is answered meanwhile.
+        try f.expectHealthy(after: "\(sent) unread status requests")
+        let rssAfter = Self.residentKilobytes(f.cluster.scheduler.processIdentifier)
+        var replies = 0, replyBytes = 0
+        while let parts = try Self.nextMessage(client) {
+            replies += 1
+            replyBytes += parts.reduce(0) { $0 + $1.count }
+        }
+        // Those answered: what libzmq, the kernel's buffers and the scheduler's backlog held.
+        #expect(replies >= 1_024 && replies < sent / 2, "\(replies) of \(sent) requests answered")
+        #expect(rssAfter - rssBefore < 96 * 1024, "scheduler grew from \(rssBefore) kB to \(rssAfter) kB (replies of \(replyBytes / max(replies, 1)) bytes)")
+        // Once it has read, it is served again.
+        var ping = Tessera_V1_Ping()
+        ping.nonce = 42
+        e = Envelope()
+        e.ping = ping
+        _ = try client.send(parts: WireProtocol.encode(e))
+        guard case .pong(let pong) = try Self.reply(client).body else { Issue.record("no pong after reading"); return }
+        #expect(pong.nonce == 42)
+    }
+
+    /// A peer that connects under another's routing id (a client may choose its own) after that
+    /// one went away was sent the first one's results: replies go to a routing id. Now the first
+    /// connection is forgotten and its jobs cancelled.
+    @Test func aRoutingIDTakenByAnotherKeyGetsNothingOfTheFirst() throws {
+        let f = try Fixture(workers: 1, ingest: false)
+        defer { f.cluster.stop() }
+        let context = try ZMQContext()
+        let keys = try #require(f.cluster.keys)
+        let alice: Credentials = .curve(try keys.add(.user, name: "alice"))
+        let mallory: Credentials = .curve(try keys.add(.user, name: "mallory"))
+        let shared: [UInt8] = Array("chosen-id".utf8)
+
+        let first = try rawDealer(context, f.cluster.clientEndpoint, alice, routingID: shared)
+        var submit = Tessera_V1_SubmitJob()
+        submit.clientTag = 5
+        submit.plan = Workloads.independent(tasks: 4, params: Workloads.sleeping(microseconds: 1_500_000))
+        var e = Envelope()
+        e.submitJob = submit
+        _ = try first.send(parts: WireProtocol.encode(e))
+        guard case .jobAccepted(let accepted) = try Self.reply(first).body else { Issue.record("alice's job was refused"); return }
+        first.close()
+        Thread.sleep(forTimeInterval: 0.5)
+
+        let second = try rawDealer(context, f.cluster.clientEndpoint, mallory, receiveTimeoutMs: 500, routingID: shared)
+        defer { second.close() }
+        var ping = Tessera_V1_Ping()
+        ping.nonce = 9
+        e = Envelope()
+        e.ping = ping
+        _ = try second.send(parts: WireProtocol.encode(e))
+        // Alice's four tasks take 6 s on the worker's threads: listen past that.
+        var heard: [String] = []
+        let until = Date().addingTimeInterval(8)
+        while Date() < until {
+            guard let parts = try Self.nextMessage(second) else { continue }
+            let body = try WireProtocol.decode(parts).0.body
+            if case .pong(let p) = body, p.nonce == 9 { heard.append("pong"); continue }
+            heard.append("\(String(describing: body).prefix(120))")
+        }
+        #expect(heard == ["pong"], "mallory heard \(heard)")
+        let status = try f.conn.status()
+        let job = status.jobs.first { $0.jobID == accepted.jobID }
+        #expect(job?.state == .jobCancelled, "alice's job, whose connection is gone: \(String(describing: job))")
+        #expect(status.workers.map(\.id) == f.workerIDs)
     }
 
     @Test func workersStoreOnlyPlannedShardsAndBoundTheirSizes() throws {

@@ -193,6 +193,35 @@ struct SchedulerLivenessTests {
         }
     }
 
+    @Test("an interactive task past the interactive deadline fails its job at once, whatever deadline the job asked for; a normal job's runs on")
+    func interactiveTasksHaveAShortDeadline() throws {
+        var config = SchedulerConfig()
+        config.interactiveTaskDeadlineNs = 2_000_000_000
+        let c = FakeCluster(config: config)
+        let w = c.addWorker(threads: 2)
+        w.paused = true
+        var s = Tessera_V1_SubmitJob()
+        s.plan = Workloads.independent(tasks: 2)
+        s.taskTimeoutS = 600
+        s.priority = .priorityInteractive
+        let quick = try #require(c.submit(s, frames: [], client: 1000, name: "interactive"))
+        s.priority = .priorityNormal
+        let normal = try #require(c.submit(s, frames: [], client: 1000, name: "normal"))
+        pass(c, seconds: 1.5, beating: [1000])
+        #expect(c.jobs[quick]?.finished == nil, "failed before its deadline")
+        pass(c, seconds: 1, beating: [1000])
+        let f = try #require(c.jobs[quick]?.finished)
+        #expect(f.state == .jobFailed)
+        #expect(f.error.contains("interactive task may run 2 s at most") && f.error.contains("normal or batch"), "\(f.error)")
+        // Tried once, never again: the worker was told to drop the job.
+        #expect(w.cancelMessages.contains { $0.jobIds.contains(quick) })
+        #expect(w.assignedKeys.filter { TaskKey.job($0) == quick }.count == 2)
+        #expect(c.jobs[normal]?.finished == nil)
+        w.paused = false
+        #expect(c.run(until: [normal]))
+        #expect(c.jobs[normal]?.finished?.state == .jobDone)
+    }
+
     @Test("status counts a worker's registrations under one name as restarts")
     func restartsAreCounted() throws {
         let c = FakeCluster()

@@ -78,10 +78,11 @@ extension LocalCluster {
 /// A DEALER connected to `endpoint` with `credentials` (the scheduler's key by default, or a
 /// worker's peer key): what a hand-made client or worker sends, unchecked by our client code.
 public func rawDealer(_ context: ZMQContext, _ endpoint: String, _ credentials: Credentials, serverKey: String? = nil,
-                      receiveTimeoutMs: Int32 = 10_000) throws -> Socket {
+                      receiveTimeoutMs: Int32 = 10_000, routingID: [UInt8]? = nil) throws -> Socket {
     let s = try context.socket(.dealer)
     try s.setLinger(milliseconds: 0)
     try s.setReceiveTimeout(milliseconds: receiveTimeoutMs)
+    if let routingID { try s.setRoutingID(routingID) }
     if let serverKey { try credentials.secure(s, serverKey: serverKey) } else { try credentials.secure(s) }
     try s.connect(endpoint)
     return s

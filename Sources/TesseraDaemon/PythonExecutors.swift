@@ -242,6 +242,10 @@ public final class PythonExecutors: Sendable {
         let name = header["op"] as? String == "map" ? PythonOperatorNames.map : PythonOperatorNames.combine
         let timeout = plan.python.timeoutS > 0 ? plan.python.timeoutS : 300
         let executor = try checkout(name, user: user)
+        // The executor measures the pickled value against this before sending it: one over it
+        // would be cut off by libzmq's size limit and the call would end only at its deadline.
+        var header = header
+        header["max_value_bytes"] = Limits.pythonValueBytes
         guard let head = try? JSONSerialization.data(withJSONObject: header) else {
             throw OperatorError(name, "cannot encode the request header")
         }
@@ -318,7 +322,7 @@ public final class PythonExecutors: Sendable {
             throw OperatorError(name, "Python function \(what): module `\(module)` is not installed on worker \(workerName) (\(settings.executable)): install it there, or avoid it\(version)", retryable: false)
         case "memory":
             throw OperatorError(name, "Python function \(what) on worker \(workerName) asked for more memory than it may map (\(executor.addressSpace >> 20) MiB of address space; \(settings.memoryLimitBytes >> 20) MiB resident): \(message)", retryable: false)
-        case "unpicklable":
+        case "unpicklable", "too_large":
             throw OperatorError(name, "Python function \(what) on worker \(workerName): \(message)", retryable: false)
         default:
             throw OperatorError(name, "Python function failed \(what) on worker \(workerName): \(message)\n\(traceback)\(version)", retryable: false)
@@ -385,7 +389,8 @@ final class PythonExecutor: @unchecked Sendable {
         try socket.setReceiveTimeout(milliseconds: 100)
         try socket.setSendHighWaterMark(0)
         // A reply larger than any value may be is refused by libzmq before it is buffered (the
-        // executor is then disconnected, and the call ends at its deadline).
+        // executor is then disconnected, and the call ends at its deadline; the executor refuses
+        // such a value itself first, by name).
         try socket.setMaxMessageSize(Int64(Limits.pythonValueBytes + (1 << 20)))
         _ = try socket.bind("ipc://" + socketPath)
         // Nothing of the worker's own configuration (its key's path, say) reaches users' code.

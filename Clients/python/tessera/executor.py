@@ -260,6 +260,12 @@ def main(argv=None) -> int:
         except BaseException as e:  # noqa: BLE001
             _reply(sock, {"ok": False, "kind": "unpicklable", "message": f"the function's value cannot be pickled: {type(e).__name__}: {e}"})
             continue
+        limit = header.get("max_value_bytes")
+        if isinstance(limit, int) and len(payload) > limit:
+            # Sent anyway, the worker's socket would cut it off and the call would look stuck.
+            _reply(sock, {"ok": False, "kind": "too_large",
+                          "message": f"the function's value is {len(payload)} bytes pickled, over the limit of {limit} (return less, or reduce it first)"})
+            continue
         _reply(sock, {"ok": True}, payload)
 
 

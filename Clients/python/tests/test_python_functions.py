@@ -96,6 +96,15 @@ def test_a_function_past_its_deadline_is_killed(client):
     assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
 
 
+def test_a_value_over_the_limit_is_refused_by_name(client):
+    # It used to be cut off by the worker's socket, and the call ended only at its deadline.
+    t0 = time.monotonic()
+    with pytest.raises(tessera.PythonFunctionError, match=r"value is 268435\d\d\d bytes pickled, over the limit of 268435456"):
+        client.catalog("object").map_partitions(lambda df: b"x" * ((256 << 20) + 1), columns=["coord_ra"], timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert sum(client.catalog("object").map_partitions(len, columns=["coord_ra"])) == ROWS
+
+
 def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_path):
     from conftest import ingest
 

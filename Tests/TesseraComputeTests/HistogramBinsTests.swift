@@ -54,10 +54,16 @@ struct HistogramBinsTests {
             for (x, k) in zip(xs, keep) where k {
                 if let b = Self.reference(x, edges) { want[b] += 1 }
             }
-            var got = [UInt64](repeating: 0, count: s.bins)
-            ScanAccumulator.count(into: &got, rows: xs.count, keep: keep, xs: xs, xBins: Bins(count: s.bins, lo: s.lo, hi: s.hi))
+            var got = [UInt64](repeating: 0, count: s.bins), noHits: [UInt32] = []
+            ScanAccumulator.count(into: &got, hits: &noHits, rows: xs.count, keep: keep, xs: xs, xBins: Bins(count: s.bins, lo: s.lo, hi: s.hi))
             #expect(got == want, "\(s)")
+            #expect(noHits.isEmpty)
             #expect(want.reduce(0, +) > 100)
+            // With no counts (a piece of a histogram of many bins): the counted rows' bins,
+            // after what was there.
+            #expect(Self.countedAsHits(bins: s.bins, want) { empty, hits in
+                ScanAccumulator.count(into: &empty, hits: &hits, rows: xs.count, keep: keep, xs: xs, xBins: Bins(count: s.bins, lo: s.lo, hi: s.hi))
+            }, "\(s)")
             // Each value alone, four at a time and one at a time, so that a slip is named.
             let bins = Bins(count: s.bins, lo: s.lo, hi: s.hi)
             for x in xs {
@@ -86,10 +92,24 @@ struct HistogramBinsTests {
                 want[bx * y.bins + by] += 1
             }
         }
-        var got = [UInt64](repeating: 0, count: x.bins * y.bins)
-        ScanAccumulator.count(into: &got, rows: n, keep: keep, xs: xs, xBins: Bins(count: x.bins, lo: x.lo, hi: x.hi),
+        var got = [UInt64](repeating: 0, count: x.bins * y.bins), noHits: [UInt32] = []
+        ScanAccumulator.count(into: &got, hits: &noHits, rows: n, keep: keep, xs: xs, xBins: Bins(count: x.bins, lo: x.lo, hi: x.hi),
                               ys: ys, yBins: Bins(count: y.bins, lo: y.lo, hi: y.hi))
         #expect(got == want)
         #expect(want.reduce(0, +) > 100)
+        #expect(Self.countedAsHits(bins: x.bins * y.bins, want) { empty, hits in
+            ScanAccumulator.count(into: &empty, hits: &hits, rows: n, keep: keep, xs: xs, xBins: Bins(count: x.bins, lo: x.lo, hi: x.hi),
+                                  ys: ys, yBins: Bins(count: y.bins, lo: y.lo, hi: y.hi))
+        })
+    }
+
+    /// Whether `count`, given no counts and hits holding one bin already, leaves the counts
+    /// empty and appends bins that count up to `want`.
+    static func countedAsHits(bins: Int, _ want: [UInt64], _ count: (inout [UInt64], inout [UInt32]) -> Void) -> Bool {
+        var empty: [UInt64] = [], hits: [UInt32] = [UInt32(bins - 1)]
+        count(&empty, &hits)
+        var counts = [UInt64](repeating: 0, count: bins)
+        for b in hits.dropFirst() { counts[Int(b)] += 1 }
+        return empty.isEmpty && hits.first == UInt32(bins - 1) && counts == want
     }
 }

@@ -37,6 +37,13 @@ struct SharedShardPassTests {
             (h.y, h.yBins, h.yMin, h.yMax) = ("mag(r_psfFlux)", 20, 16, 24)
             $0.histogram = h
         },
+        // More bins than a row group has rows: its pieces keep their rows' bins.
+        plan {
+            var h = Tessera_V1_HistogramSpec()
+            (h.x, h.xBins, h.xMin, h.xMax) = ("mag(g_psfFlux) - mag(r_psfFlux)", 400, -1, 2)
+            (h.y, h.yBins, h.yMin, h.yMax) = ("mag(r_psfFlux)", 300, 16, 24)
+            $0.histogram = h
+        },
         plan { var m = Tessera_V1_SkyMapSpec(); m.order = 9; m.expression = "mag(r_psfFlux)"; $0.skyMap = m },
         plan { $0.filter = "coord_dec < -44"; $0.rows.select = ["objectId", "coord_dec", "r_mag = mag(r_psfFlux)", "detect_isPrimary"] },
         plan { $0.filter = "coord_dec < -40"; $0.rows.select = ["objectId"]; $0.rows.limit = 40 },
@@ -153,5 +160,35 @@ struct SharedShardPassTests {
         _ = try whole.absorb(piece)
         let answer = try whole.finish()
         #expect(answer.histogram.count == 10_000_000 && answer.histogram.allSatisfy { $0 == 0 })
+
+        // With rows, a piece holds their bins, not ten million counts; the answer's counts are
+        // those of a count by hand.
+        let some = plan {
+            $0.filter = "r_psfFlux > 0"
+            var h = Tessera_V1_HistogramSpec()
+            (h.x, h.xBins, h.xMin, h.xMax) = ("coord_dec", 10_000_000, -60, -20)
+            $0.histogram = h
+        }
+        let q2 = try CheckedCatalogQuery(some, columns: reader.footer.columns, raColumn: "coord_ra", decColumn: "coord_dec")
+        let scan2 = try ShardScanPlan(q2, reader: reader, raColumn: "coord_ra", decColumn: "coord_dec")
+        var whole2 = scan2.accumulator()
+        var want = [Int: UInt64]()
+        let edges = HistogramBinsTests.edges(-60, -20, 10_000_000)
+        for g in scan2.groups {
+            let piece = try scan2.scan(rowGroup: g) { (c) throws(ShardError) in try reader.read(column: c, rowGroup: g) }
+            #expect(piece.histogram.isEmpty && piece.histogramHits.count <= Int(piece.partial.rowsMatched))
+            _ = try whole2.absorb(piece)
+            let dec = try reader.read(column: reader.footer.columns.firstIndex { $0.name == "coord_dec" }!, rowGroup: g).doubles
+            let flux = try reader.read(column: reader.footer.columns.firstIndex { $0.name == "r_psfFlux" }!, rowGroup: g).doubles
+            for (d, f) in zip(dec, flux) where f > 0 {
+                if let b = HistogramBinsTests.reference(d, edges) { want[b, default: 0] += 1 }
+            }
+        }
+        let counts = try whole2.finish().histogram
+        #expect(want.values.reduce(0, +) > 100)
+        #expect(counts.count == 10_000_000)
+        var got = [Int: UInt64]()
+        for (b, c) in counts.enumerated() where c > 0 { got[b] = c }
+        #expect(got == want)
     }
 }

@@ -475,6 +475,15 @@ struct ScanAccumulator {
     /// pieces too.
     var histogram: [UInt64] = []
     var histogramBins = 0
+    /// A histogram of more bins than `sparseHistogramBins` is counted by its pieces as the bins
+    /// of the rows they counted, folded into the counts when a piece is absorbed: a count per
+    /// bin was made, zeroed and summed for every row group (80 MB for ten million bins, so a
+    /// question joining a shared pass mid-way held 80 MB for each of its waiting pieces, and
+    /// the zeroing and summing cost far more than the row group's rows).
+    var histogramHits: [UInt32] = []
+    /// A row group has at most 65,536 rows: a piece's rows' bins are then never more than this
+    /// many counts would be.
+    static let sparseHistogramBins = 65_536
 
     // Sky map.
     var pixels: [UInt64] = []
@@ -662,7 +671,7 @@ struct ScanAccumulator {
             if !sExprs.isEmpty { try QuantileSketch.checkBudget(sketches) }
         case .histogram(let x, let y):
             let xb = xBins!
-            if histogram.isEmpty { histogram = [UInt64](repeating: 0, count: histogramBins) }
+            if histogram.isEmpty && histogramBins <= Self.sparseHistogramBins { histogram = [UInt64](repeating: 0, count: histogramBins) }
             if let y, let yb = yBins {
                 let yValues = evaluate(y)
                 let ys = yValues.numbers(n)
@@ -673,9 +682,9 @@ struct ScanAccumulator {
                 let xs = ExpressionEvaluator.evaluate(x, columns: columns, rows: n, known: { e in
                     e.canonical == yText ? yValues : sharedValues?(e)
                 }).numbers(n)
-                Self.count(into: &histogram, rows: n, keep: keep, xs: xs, xBins: xb, ys: ys, yBins: yb)
+                Self.count(into: &histogram, hits: &histogramHits, rows: n, keep: keep, xs: xs, xBins: xb, ys: ys, yBins: yb)
             } else {
-                Self.count(into: &histogram, rows: n, keep: keep, xs: evaluate(x).numbers(n), xBins: xb)
+                Self.count(into: &histogram, hits: &histogramHits, rows: n, keep: keep, xs: evaluate(x).numbers(n), xBins: xb)
             }
         case .skyMap(let order, let expr):
             let shift = Int64(2 * (HEALPix.maxOrder - order))
@@ -737,7 +746,11 @@ struct ScanAccumulator {
     /// group, would cost more than the waits). The bins are found four rows at a time: one at
     /// a time, with the edges read from a table, they were a third of twenty shared-pass
     /// questions' time.
-    @inline(__always) static func count<Rows: HistogramRows>(into histogram: inout [UInt64], rows n: Int, keep: [Bool], bins rows: Rows) {
+    ///
+    /// With no counts (`histogram` empty: a piece of a histogram over `sparseHistogramBins`),
+    /// the counted rows' bins are appended to `hits` instead.
+    @inline(__always) static func count<Rows: HistogramRows>(into histogram: inout [UInt64], hits: inout [UInt32], rows n: Int, keep: [Bool], bins rows: Rows) {
+        if histogram.isEmpty { return collect(into: &hits, rows: n, keep: keep, bins: rows) }
         let bins = histogram.count
         let shift = bins <= 1024 ? 3 : 0, lanes = (1 << shift) - 1
         var copies = shift == 0 ? [] : [UInt64](repeating: 0, count: bins << shift)
@@ -771,25 +784,69 @@ struct ScanAccumulator {
         }
     }
 
+    /// Appends the bin of each kept row inside the range to `hits`, with no branch on whether
+    /// it counts: every row's bin is written at the next place, which moves on by its 0 or 1.
+    @inline(__always) static func collect<Rows: HistogramRows>(into hits: inout [UInt32], rows n: Int, keep: [Bool], bins rows: Rows) {
+        let start = hits.count
+        hits.append(contentsOf: repeatElement(0, count: n))
+        var end = start
+        keep.withUnsafeBufferPointer { kp in
+            kp.withMemoryRebound(to: UInt8.self) { kb in
+                hits.withUnsafeMutableBufferPointer { h in
+                    // The place written is at most `start + i` for row i: inside the room made.
+                    var k = start, i = 0
+                    while i + 4 <= n {
+                        let (b, inside) = rows.four(i)
+                        for l in 0..<4 {
+                            h[k] = UInt32(truncatingIfNeeded: b[l])
+                            k &+= Int(kb[i | l] & UInt8(truncatingIfNeeded: inside[l]) & 1)
+                        }
+                        i += 4
+                    }
+                    while i < n {
+                        let (b, inside) = rows.one(i)
+                        h[k] = UInt32(truncatingIfNeeded: b)
+                        k &+= Int(kb[i] & inside)
+                        i += 1
+                    }
+                    end = k
+                }
+            }
+        }
+        hits.removeLast(hits.count - end)
+    }
+
     /// A 1-D histogram's rows. Its own small function, so that the bins are inlined into the
     /// loop (inside `add`, too large for the inliner, they stayed a call per row).
-    @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool], xs: [Double], xBins xb: Bins) {
+    @inline(never) static func count(into histogram: inout [UInt64], hits: inout [UInt32], rows n: Int, keep: [Bool], xs: [Double], xBins xb: Bins) {
         precondition(xs.count >= n)
         xs.withUnsafeBufferPointer { xp in
             guard let base = xp.baseAddress else { return }
-            count(into: &histogram, rows: n, keep: keep, bins: OneAxisRows(xs: base, x: xb))
+            count(into: &histogram, hits: &hits, rows: n, keep: keep, bins: OneAxisRows(xs: base, x: xb))
         }
     }
 
     /// A 2-D histogram's rows (x major), for the same reason its own function.
-    @inline(never) static func count(into histogram: inout [UInt64], rows n: Int, keep: [Bool],
+    @inline(never) static func count(into histogram: inout [UInt64], hits: inout [UInt32], rows n: Int, keep: [Bool],
                                      xs: [Double], xBins xb: Bins, ys: [Double], yBins yb: Bins) {
         precondition(xs.count >= n && ys.count >= n)
         xs.withUnsafeBufferPointer { xp in
             ys.withUnsafeBufferPointer { yp in
                 guard let bx = xp.baseAddress, let by = yp.baseAddress else { return }
-                count(into: &histogram, rows: n, keep: keep, bins: TwoAxesRows(x: OneAxisRows(xs: bx, x: xb), y: OneAxisRows(xs: by, x: yb)))
+                count(into: &histogram, hits: &hits, rows: n, keep: keep, bins: TwoAxesRows(x: OneAxisRows(xs: bx, x: xb), y: OneAxisRows(xs: by, x: yb)))
             }
+        }
+    }
+
+    /// Adds one to the counts for each bin in `hits` (rows counted as their bins).
+    mutating func fold(hits: [UInt32]) {
+        guard !hits.isEmpty else { return }
+        if histogram.isEmpty { histogram = [UInt64](repeating: 0, count: histogramBins) }
+        let bins = histogram.count
+        histogram.withUnsafeMutableBufferPointer { h in
+            // A bin from the plan's own Bins is below `bins`; the check keeps a bad one from
+            // writing out of place.
+            for b in hits where Int(b) < bins { h[Int(b)] &+= 1 }
         }
     }
 
@@ -843,6 +900,7 @@ struct ScanAccumulator {
             } else if !piece.histogram.isEmpty {
                 for i in histogram.indices { histogram[i] += piece.histogram[i] }
             }
+            fold(hits: piece.histogramHits)
         case .skyMap(_, let expr):
             for j in piece.pixels.indices {
                 if j == 0, let last = pixels.last, last == piece.pixels[0] {
@@ -912,6 +970,8 @@ struct ScanAccumulator {
                 return c
             }
         case .histogram:
+            fold(hits: histogramHits)
+            histogramHits = []
             partial.histogram = histogram.isEmpty ? [UInt64](repeating: 0, count: histogramBins) : histogram
         case .skyMap(let order, let expr):
             var m = Tessera_V1_SkyMapPartial()

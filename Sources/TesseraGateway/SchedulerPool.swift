@@ -37,16 +37,12 @@ final class SchedulerPool: Sendable {
     func run<T: Sendable>(as user: String, _ body: @escaping @Sendable (SchedulerConnection, _ isStopped: @escaping @Sendable () -> Bool) throws -> T) async throws -> T {
         let flag = StopSignal()
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-                self.threads.run {
-                    c.resume(with: Result {
-                        let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5, sharedContext: self.context))
-                        pooled.connection.onBehalfOf = user
-                        let value = try body(pooled.connection, flag.isSet)
-                        self.idle.withLock { if $0.count < self.maxIdle { $0.append(pooled) } }
-                        return value
-                    })
-                }
+            try await threads.perform {
+                let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5, sharedContext: self.context))
+                pooled.connection.onBehalfOf = user
+                let value = try body(pooled.connection, flag.isSet)
+                self.idle.withLock { if $0.count < self.maxIdle { $0.append(pooled) } }
+                return value
             }
         } onCancel: {
             flag.set()
@@ -69,6 +65,15 @@ final class BlockingThreads: @unchecked Sendable {
     private var queue: [@Sendable () -> Void] = []
     private var idle = 0
     static let idleSeconds = 60.0
+
+    /// Runs `body` on one of these threads and returns what it returns: work that blocks or
+    /// computes for long (a scheduler connection's wait, a query over an upload held here, an
+    /// upload's parsing) must not hold one of the few threads every request's async code shares.
+    func perform<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            run { c.resume(with: Result { try body() }) }
+        }
+    }
 
     func run(_ work: @escaping @Sendable () -> Void) {
         condition.lock()

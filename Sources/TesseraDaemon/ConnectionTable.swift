@@ -6,8 +6,8 @@ import TesseraProtocol
 /// A routing id alone does not name a peer for good: a client may choose its own, and after a
 /// peer disconnects another may connect under the same one. Replies are sent to a routing id, so
 /// when a message arrives under a known routing id from another key, the earlier connection is
-/// forgotten (what is still sent to it goes nowhere, and its jobs are cancelled once it is
-/// silent) and the newcomer gets a number of its own: it never reads the earlier one's answers.
+/// forgotten (what is still sent to it goes nowhere, and the scheduler cancels its jobs) and the
+/// newcomer gets a number of its own: it never reads the earlier one's answers.
 struct ConnectionTable {
     private struct Peer {
         var routingID: [UInt8]
@@ -35,9 +35,11 @@ struct ConnectionTable {
             peers.removeValue(forKey: id)
             forgotten = id
         }
+        // 0 names no peer; after four billion connections the numbers go round, past those
+        // still in use.
+        while next == 0 || peers[next] != nil { next &+= 1 }
         let id = next
         next &+= 1
-        if next == 0 { next = 1 }  // 0 names no peer
         byRoutingID[routingID] = id
         peers[id] = Peer(routingID: routingID, key: key, lastSeen: now)
         return (id, forgotten)

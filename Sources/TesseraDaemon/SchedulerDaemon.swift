@@ -54,7 +54,15 @@ public final class SchedulerDaemon {
     /// Connections silent this long, with no job or ingest, are forgotten (libzmq says nothing
     /// when a peer goes; every new connection is a new routing id).
     private let idleConnectionNs: UInt64
+    /// A connection with replies waiting is kept this long (a client between calls reads
+    /// nothing; its last job's answer waits for it).
+    static let idleWithBacklogNs: UInt64 = 900_000_000_000
     private var lastPrune: UInt64 = 0
+    /// Requests read from each client in this turn of the loop: every
+    /// `requestsBetweenFlushes` of them, the replies so far are sent, so that a client that
+    /// does not read shows a backlog before the turn has read thousands of its requests.
+    private var readThisTurn: [ConnectionID: Int] = [:]
+    static let requestsBetweenFlushes = 64
     /// With a registry: the job ids this start may hand out.
     private var jobIDs: JobIDReservation?
     /// This start's epoch.
@@ -175,6 +183,7 @@ public final class SchedulerDaemon {
     @discardableResult
     private func drain(_ socket: Socket, fromWorkers: Bool) throws -> Int {
         var n = 0
+        readThisTurn.removeAll(keepingCapacity: true)
         while n < drainBudget, let parts = try socket.receive(dontWait: true) {
             n += 1
             guard parts.count >= 2 else { continue }  // ROUTER always prepends the identity
@@ -188,15 +197,28 @@ public final class SchedulerDaemon {
                 logger.warning("a routing id in use came from another key: the earlier connection is forgotten", metadata: [
                     "scheduler/from": "\(fromWorkers ? "worker" : "client") \(forgotten)", "scheduler/now": "\(conn)",
                 ])
-                if !fromWorkers { forgetClient(forgotten, reason: "its connection's routing id was taken by another key", now: now) }
-            }
-            if !fromWorkers, isBacklogFull(conn) {
-                if droppingFrom.insert(conn).inserted {
-                    logger.warning("dropping requests from a client that does not read its replies", metadata: [
-                        "scheduler/from": "client \(conn)", "scheduler/backlog": "\(backlog[conn]?.count ?? 0) messages, \(backlogBytes[conn] ?? 0) bytes",
-                    ])
+                if fromWorkers {
+                    core.forgetWorkerConnection(forgotten, now: now)
+                } else {
+                    forgetClient(forgotten, reason: "its connection's routing id was taken by another key", now: now)
                 }
-                continue
+            }
+            if !fromWorkers {
+                readThisTurn[conn, default: 0] += 1
+                if readThisTurn[conn]! % Self.requestsBetweenFlushes == 0 {
+                    flushBacklog()
+                    try send(core.flush(now: now))
+                }
+                if isBacklogFull(conn) {
+                    if droppingFrom.insert(conn).inserted {
+                        logger.warning("dropping requests from a client that does not read its replies", metadata: [
+                            "scheduler/from": "client \(conn)", "scheduler/backlog": "\(backlog[conn]?.count ?? 0) messages, \(backlogBytes[conn] ?? 0) bytes",
+                        ])
+                    }
+                    // Unread, but it is alive: its heartbeats must not go stale.
+                    core.clientHeard(conn, now: now)
+                    continue
+                }
             }
             var workerIdentity: WorkerIdentity?
             var clientIdentity = ClientIdentity.local
@@ -349,7 +371,11 @@ public final class SchedulerDaemon {
     /// with it.
     private func pruneConnections(now: UInt64) {
         let inUse = core.clientConnectionsInUse()
-        for c in clientTable.prune(idleNs: idleConnectionNs, now: now, keep: { inUse.contains($0) }) {
+        let waiting = Set(backlog.keys)
+        for c in clientTable.prune(idleNs: idleConnectionNs, now: now, keep: { inUse.contains($0) || waiting.contains($0) }) {
+            forgetClient(c, reason: "its connection was silent and unused", now: now)
+        }
+        for c in clientTable.prune(idleNs: Self.idleWithBacklogNs, now: now, keep: { inUse.contains($0) }) {
             forgetClient(c, reason: "its connection was silent and unused", now: now)
         }
         let workerConnections = core.workerConnections

@@ -271,6 +271,10 @@ public final class TAPService: Sendable {
                     // Too big to answer at once: a sync query waits anyway, so it runs in the
                     // normal class rather than being refused (the interactive lane stays free).
                     return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
+                } catch ClientError.jobEnded(.jobFailed, let message) where priority == .interactive && message.contains("an interactive task may run") {
+                    // Slower than the interactive class allows (a busy worker, a heavy question):
+                    // asked again as normal, as one over the interactive budget is.
+                    return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
                 }
             }
             return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in

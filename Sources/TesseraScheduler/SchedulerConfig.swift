@@ -38,6 +38,7 @@ public struct SchedulerConfig: Sendable {
     /// neither its client nor a worker storing its shards has said anything of it for this
     /// long: a client killed mid-upload says nothing, and its plan would hold its user's quota
     /// and its shard files for good. Longer than a client waits for one shard (five minutes).
+    /// 0: never.
     public var ingestIdleNs: UInt64 = 900_000_000_000
     /// This start's epoch (from the registry: every start has a new one). Worker messages of
     /// another epoch are refused with "register again"; 0 in tests that never restart.
@@ -77,10 +78,12 @@ public struct SchedulerConfig: Sendable {
     /// An interactive job that is not a catalog question (a graph, a plan of tasks) may have at
     /// most this many tasks (0: no limit).
     public var interactiveMaxTasks = 1_000
-    /// The longest an interactive job's task may run (0: no cap beyond the usual deadline). The
-    /// class is the client's word and its tasks take the foreground threads first, so without a
-    /// cap one user's slow tasks (a large image plan, a sleeping graph) could hold every
-    /// foreground thread for the whole task deadline; a task past it fails its job at once.
+    /// The longest an interactive job's task may take from being sent to its worker, whatever
+    /// the job asks (0: no cap beyond the usual deadline). The class is the client's word and
+    /// its tasks take the foreground threads first, so without a cap one user's slow tasks (a
+    /// large image plan, a sleeping graph) could hold every foreground thread for the whole task
+    /// deadline. A task past it is run elsewhere, as any overdue task is, and its job fails after
+    /// `maxTaskTimeouts` tries with a message naming the cap.
     public var interactiveTaskDeadlineNs: UInt64 = 30_000_000_000
     /// Shared scans (convoy scheduling): when a scan of a shard is sent to a worker, up to this
     /// many other jobs' ready scans of the same shard, in the same class, go with it, and the

@@ -512,7 +512,7 @@ extension SchedulerCore {
         for (id, p) in pendingIngests.sorted(by: { $0.key < $1.key }) {
             if p.commit != nil {
                 if now &- p.commitAt >= commitWaitNs { tryCommit(id, now: now) }
-            } else if now &- p.lastActivity >= config.ingestIdleNs {
+            } else if config.ingestIdleNs > 0, now &- p.lastActivity >= config.ingestIdleNs {
                 abandonIngest(id)
                 notices.append("abandoned ingest \(id) of `\(p.dataset)` (\(p.user)): nothing was heard of it for \(config.ingestIdleNs / 1_000_000_000) s and it was never committed")
             }

@@ -754,18 +754,14 @@ extension SchedulerCore {
                 job.timeouts[t, default: 0] += 1
                 job.failedOn[t, default: []].insert(w.id)
                 let opName = job.operators[Int(job.op[t])]
-                if job.priority == .interactive, config.interactiveTaskDeadlineNs > 0 {
-                    // Run again elsewhere it would hold another foreground thread as long.
-                    let cap = config.interactiveTaskDeadlineNs
-                    let seconds = cap % 1_000_000_000 == 0 ? "\(cap / 1_000_000_000)" : "\(Double(cap) / 1e9)"
-                    finish(job, .jobFailed, error: "task \(t) (`\(opName)`) of this interactive job ran past its deadline on worker \(w.name) (an interactive task may run "
-                        + "\(seconds) s at most: scheduler --interactive-task-deadline-s); submit it as normal or batch, or ask for less", now: now)
-                    continue
-                }
                 notices.append("job \(job.id) task \(t) (`\(opName)`) passed its deadline on worker \(w.name); running it elsewhere")
                 if job.timeouts[t]! >= config.maxTaskTimeouts {
-                    finish(job, .jobFailed, error: "task \(t) (`\(opName)`) ran past its deadline \(job.timeouts[t]!) times (last on worker \(w.name)); "
-                        + "it is stuck, or needs longer than the deadline (set the job's task timeout)", now: now)
+                    let cap = config.interactiveTaskDeadlineNs
+                    let hint = job.priority == .interactive && cap > 0
+                        ? "an interactive task may run \(cap % 1_000_000_000 == 0 ? "\(cap / 1_000_000_000)" : "\(Double(cap) / 1e9)") s at most, its wait on the worker included "
+                            + "(scheduler --interactive-task-deadline-s): submit it as normal or batch, or ask for less"
+                        : "it is stuck, or needs longer than the deadline (set the job's task timeout)"
+                    finish(job, .jobFailed, error: "task \(t) (`\(opName)`) ran past its deadline \(job.timeouts[t]!) times (last on worker \(w.name)); \(hint)", now: now)
                 } else {
                     reschedule(job, t)
                 }

@@ -521,6 +521,18 @@ public struct SchedulerCore {
         blockedClients.remove(connection)
     }
 
+    /// A client sent a message the socket loop dropped unread (its replies wait unread): it is
+    /// alive, so its jobs are not cancelled as a silent client's.
+    public mutating func clientHeard(_ connection: ConnectionID, now: UInt64) {
+        clientLastHeard[connection] = now
+    }
+
+    /// A worker's routing id came from another key: the worker behind the connection is gone.
+    public mutating func forgetWorkerConnection(_ connection: ConnectionID, now: UInt64) {
+        guard let id = workerByConnection[connection] else { return }
+        removeWorker(id, now: now, handedBack: [], reason: "its connection's routing id was taken by another key")
+    }
+
     /// The daemon could not queue a message for a client (it is not reading), or could again.
     /// While blocked, its jobs' results are held, and a job holding `maxHeldResultBytes` runs no
     /// more tasks until the client reads: backpressure to the workers, not growth here.

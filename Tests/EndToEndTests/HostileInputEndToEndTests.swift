@@ -281,8 +281,10 @@ struct HostileInputEndToEndTests {
             replies += 1
             replyBytes += parts.reduce(0) { $0 + $1.count }
         }
-        // Those answered: what libzmq, the kernel's buffers and the scheduler's backlog held.
-        #expect(replies >= 1_024 && replies < sent / 2, "\(replies) of \(sent) requests answered")
+        // Those answered: what the scheduler's backlog held, and what libzmq's queues and the
+        // kernel's socket buffers at both ends took (some 20,000 of these 630-byte replies
+        // here; all 60,000 before the bound).
+        #expect(replies >= Limits.clientBacklogMessages && replies < sent / 2, "\(replies) of \(sent) requests answered")
         #expect(rssAfter - rssBefore < 96 * 1024, "scheduler grew from \(rssBefore) kB to \(rssAfter) kB (replies of \(replyBytes / max(replies, 1)) bytes)")
         // Once it has read, it is served again.
         var ping = Tessera_V1_Ping()

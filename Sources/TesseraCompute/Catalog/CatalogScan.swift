@@ -482,7 +482,8 @@ struct ScanAccumulator {
     /// the zeroing and summing cost far more than the row group's rows).
     var histogramHits: [UInt32] = []
     /// A row group has at most 65,536 rows: a piece's rows' bins are then never more than this
-    /// many counts would be.
+    /// many counts would be (a cross-match's piece, up to `Limits.crossmatchPairsPerRowGroup`
+    /// pairs, 16 MB of them).
     static let sparseHistogramBins = 65_536
 
     // Sky map.

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraADQL
+import TesseraCompute
 
 /// The formats an answer can be written in (TAP's RESPONSEFORMAT).
 public enum ResultFormat: String, Sendable, CaseIterable {
@@ -69,7 +70,7 @@ public struct ResultWriter: Sendable {
         }
         switch format {
         case .csv:
-            out += Array((table.fields.map { Self.csvField($0.name) }.joined(separator: ",") + "\r\n").utf8)
+            out += Array((table.fields.map { ResultTable.csvField($0.name) }.joined(separator: ",") + "\r\n").utf8)
             for r in 0..<table.rowCount {
                 for (c, column) in table.columns.enumerated() {
                     if c > 0 { out.append(UInt8(ascii: ",")) }
@@ -193,7 +194,7 @@ public struct ResultWriter: Sendable {
         case .null: return
         case .integer(let v): out += Array("\(v)".utf8)
         case .real(let v): number(v, into: &out)
-        case .text(let s): out += Array((csv ? csvField(s) : xml(s)).utf8)
+        case .text(let s): out += Array((csv ? ResultTable.csvField(s) : xml(s)).utf8)
         }
     }
 
@@ -278,10 +279,6 @@ public struct ResultWriter: Sendable {
             }
         }
         return o
-    }
-
-    static func csvField(_ s: String) -> String {
-        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
     }
 
     static func json(_ s: String) -> String {

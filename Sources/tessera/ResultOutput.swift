@@ -35,9 +35,13 @@ enum ResultOutput {
         var text = ""
         switch format {
         case "csv":
-            text += t.names.map(csvField).joined(separator: ",") + "\n"
+            text += t.names.map(ResultTable.csvField).joined(separator: ",") + "\n"
             for r in 0..<t.rowCount {
-                text += (0..<t.names.count).map { csvField(t.text(row: r, column: $0)) }.joined(separator: ",") + "\n"
+                for c in t.names.indices {
+                    if c > 0 { text += "," }
+                    text += ResultTable.csvField(t.text(row: r, column: c))
+                }
+                text += "\n"
             }
         case "json":
             for r in 0..<t.rowCount {
@@ -66,9 +70,5 @@ enum ResultOutput {
         } else {
             print(text, terminator: "")
         }
-    }
-
-    static func csvField(_ s: String) -> String {
-        s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
     }
 }

@@ -32,27 +32,27 @@ enum ResultOutput {
             try FITSTableWriter.write(to: path, columns: specs, data: data, extensionName: "RESULT")
             return
         }
-        var text = ""
+        var out = try TextSink(path: path)
         switch format {
         case "csv":
-            text += t.names.map(ResultTable.csvField).joined(separator: ",") + "\n"
+            out.write(t.names.map(ResultTable.csvField).joined(separator: ",") + "\n")
             for r in 0..<t.rowCount {
                 for c in t.names.indices {
-                    if c > 0 { text += "," }
-                    text += ResultTable.csvField(t.text(row: r, column: c))
+                    if c > 0 { out.write(",") }
+                    out.write(ResultTable.csvField(t.text(row: r, column: c)))
                 }
-                text += "\n"
+                out.write("\n")
             }
         case "json":
             for r in 0..<t.rowCount {
-                text += jsonLine(t.names.indices.map { c -> (String, Any) in
+                out.write(jsonLine(t.names.indices.map { c -> (String, Any) in
                     switch t.columns[c] {
                     case .doubles(let a): (t.names[c], a[r])
                     case .int64s(let a): (t.names[c], a[r])
                     case .bools(let a): (t.names[c], a[r])
                     case .floats(let a): (t.names[c], Double(a[r]))
                     }
-                }) + "\n"
+                }) + "\n")
             }
         default:
             let shown = path == nil ? min(t.rowCount, terminalRows) : t.rowCount
@@ -61,14 +61,70 @@ enum ResultOutput {
             func line(_ v: [String]) -> String {
                 zip(v, widths).map { String(repeating: " ", count: $1 - $0.count) + $0 }.joined(separator: "  ")
             }
-            text += line(t.names) + "\n"
-            for row in cells { text += line(row) + "\n" }
-            if shown < t.rowCount { text += "… \(t.rowCount - shown) more rows (write them all with -o FILE or --format csv)\n" }
+            out.write(line(t.names) + "\n")
+            for row in cells { out.write(line(row) + "\n") }
+            if shown < t.rowCount { out.write("… \(t.rowCount - shown) more rows (write them all with -o FILE or --format csv)\n") }
         }
-        if let path {
-            do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch { throw ValidationError("cannot write \(path): \(error.localizedDescription)") }
+        try out.finish()
+    }
+}
+
+/// Text written as it is made, a megabyte at a time, to standard output or to a file (through a
+/// file beside it, renamed into place when complete): a result of ten million rows was built as
+/// one string first, twice its size in memory.
+struct TextSink {
+    private let path: String?
+    private let partial: String?
+    /// The file being written (nil: standard output, through `print`, in order with the
+    /// command's other output).
+    private let handle: FileHandle?
+    private var buffer: [UInt8] = []
+    private var failed: (any Error)?
+
+    init(path: String?) throws {
+        self.path = path
+        guard let path else {
+            partial = nil
+            handle = nil
+            return
+        }
+        let partial = path + ".partial-\(getpid())"
+        guard FileManager.default.createFile(atPath: partial, contents: nil), let h = FileHandle(forWritingAtPath: partial) else {
+            throw ValidationError("cannot write \(path): cannot create \(partial)")
+        }
+        self.partial = partial
+        handle = h
+        buffer.reserveCapacity(1 << 20)
+    }
+
+    mutating func write(_ s: String) {
+        buffer.append(contentsOf: s.utf8)
+        if buffer.count >= 1 << 20 { flush() }
+    }
+
+    private mutating func flush() {
+        guard failed == nil, !buffer.isEmpty else { return }
+        if let handle {
+            do { try handle.write(contentsOf: buffer) } catch { failed = error }
         } else {
-            print(text, terminator: "")
+            print(String(decoding: buffer, as: UTF8.self), terminator: "")
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes what is left; a file is renamed into place only if every write succeeded.
+    mutating func finish() throws {
+        flush()
+        guard let path, let partial, let handle else { return }
+        try? handle.close()
+        if let failed {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw ValidationError("cannot write \(path): \(failed.localizedDescription)")
+        }
+        guard rename(partial, path) == 0 else {
+            let why = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(atPath: partial)
+            throw ValidationError("cannot write \(path): \(why)")
         }
     }
 }

@@ -277,7 +277,7 @@ public final class PythonExecutors: Sendable {
             let elapsed = Date().timeIntervalSince(start)
             if elapsed > timeout {
                 executor.stop()
-                throw OperatorError(name, "Python function \(what) on worker \(workerName) ran past its deadline of \(Self.seconds(timeout)) s: killed", retryable: false)
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) ran past its deadline of \(timeout.shortText) s: killed", retryable: false)
             }
             if !executor.isRunning {
                 let tail = executor.logTail()
@@ -328,8 +328,6 @@ public final class PythonExecutors: Sendable {
             throw OperatorError(name, "Python function failed \(what) on worker \(workerName): \(message)\n\(traceback)\(version)", retryable: false)
         }
     }
-
-    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s))" : "\(s)" }
 
     // MARK: The pool
 

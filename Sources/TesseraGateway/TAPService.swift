@@ -216,10 +216,7 @@ public final class TAPService: Sendable {
                 throw TAPError(400, "ADQL error: no table named `\(query.from.qualifiedName)` (TAP_SCHEMA has schemas, tables, columns, keys and key_columns) (at \(query.from.position))")
             }
             do {
-                return try await pool.threads.perform {
-                    let r = try table.run(query, maxrec: maxrec)
-                    return TAPTable(local: r.columns, rows: r.rows, overflow: r.overflow)
-                }
+                return try await answer(query, from: table, maxrec: maxrec)
             } catch {
                 throw TAPError(400, "ADQL error: \(error)")
             }
@@ -229,11 +226,7 @@ public final class TAPService: Sendable {
            let upload = uploads.first(where: { $0.name.lowercased() == query.from.name.lowercased() }), Self.positionColumns(upload.table) == nil {
             let table = try Self.localTable(upload)
             do {
-                // Up to its cell limit, with LIKEs on every row: on a thread of its own.
-                return try await pool.threads.perform {
-                    let r = try table.run(query, maxrec: maxrec)
-                    return TAPTable(local: r.columns, rows: r.rows, overflow: r.overflow)
-                }
+                return try await answer(query, from: table, maxrec: maxrec)
             } catch {
                 throw TAPError(400, "ADQL error: \(error) (UPLOAD `\(upload.name)` has no position columns, so it is queried in the gateway: columns, WHERE, ORDER BY and TOP)")
             }
@@ -289,6 +282,15 @@ public final class TAPService: Sendable {
         }
     }
 
+
+    /// A query over a table held here (TAP_SCHEMA's, or an upload without positions, up to its
+    /// cell limit with LIKEs on every row), on a thread of the pool's own.
+    func answer(_ query: ADQLQuery, from table: LocalTable, maxrec: Int) async throws -> TAPTable {
+        try await pool.threads.perform {
+            let r = try table.run(query, maxrec: maxrec)
+            return TAPTable(local: r.columns, rows: r.rows, overflow: r.overflow)
+        }
+    }
 
     /// The HTTP status of a failed question: the cluster's trouble (worth asking again) is 503,
     /// a user over their share 429, the question itself 400. A VO client retries only the first two.

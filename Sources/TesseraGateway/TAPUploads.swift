@@ -81,20 +81,14 @@ extension TAPService {
             // Parsing takes about 25 times the upload's size and seconds of work for the largest:
             // on a thread of its own, not one every request's async code shares.
             let limits = limits.upload
-            let parsed: Result<UploadedTable, VOTableError>
             do {
-                parsed = try await pool.threads.perform { () -> Result<UploadedTable, VOTableError> in
-                    do throws(VOTableError) { return .success(try VOTableReader.read(bytes, limits: limits)) } catch { return .failure(error) }
-                }
-            } catch {
-                throw TAPError(503, "UPLOAD `\(name)`: \(error)")
-            }
-            switch parsed {
-            case .success(let table):
+                let table = try await pool.threads.perform { try VOTableReader.read(bytes, limits: limits) }
                 read[key] = table
                 out.append(TAPUpload(name: name, table: table))
-            case .failure(let error):
+            } catch let error as VOTableError {
                 throw TAPError(400, "UPLOAD `\(name)`: \(error.message)")
+            } catch {
+                throw TAPError(400, "UPLOAD `\(name)`: \(error)")
             }
         }
         return out

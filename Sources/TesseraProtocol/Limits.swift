@@ -209,6 +209,12 @@ extension Double {
     public var wholeText: String {
         isFinite && magnitude < 0x1p62 ? String(Int(rounded())) : "\(self)"
     }
+
+    /// The number without a needless ".0" ("30", "0.5"): a whole number as an integer, any
+    /// other as it is.
+    public var shortText: String {
+        self == rounded() && magnitude < 0x1p62 ? String(Int(self)) : "\(self)"
+    }
 }
 
 /// Checks shared by every daemon for names and endpoints that come from outside.

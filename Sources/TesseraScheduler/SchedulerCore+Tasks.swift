@@ -758,7 +758,7 @@ extension SchedulerCore {
                 if job.timeouts[t]! >= config.maxTaskTimeouts {
                     let cap = config.interactiveTaskDeadlineNs
                     let hint = job.priority == .interactive && cap > 0
-                        ? "an interactive task may run \(cap % 1_000_000_000 == 0 ? "\(cap / 1_000_000_000)" : "\(Double(cap) / 1e9)") s at most, its wait on the worker included "
+                        ? "an interactive task may run \((Double(cap) / 1e9).shortText) s at most, its wait on the worker included "
                             + "(scheduler --interactive-task-deadline-s): submit it as normal or batch, or ask for less"
                         : "it is stuck, or needs longer than the deadline (set the job's task timeout)"
                     finish(job, .jobFailed, error: "task \(t) (`\(opName)`) ran past its deadline \(job.timeouts[t]!) times (last on worker \(w.name)); \(hint)", now: now)

@@ -73,27 +73,22 @@ enum ResultOutput {
 /// file beside it, renamed into place when complete): a result of ten million rows was built as
 /// one string first, twice its size in memory.
 struct TextSink {
-    private let path: String?
-    private let partial: String?
-    /// The file being written (nil: standard output, through `print`, in order with the
-    /// command's other output).
-    private let handle: FileHandle?
+    /// The file asked for, the one beside it being written, and its handle (nil: standard
+    /// output, through `print`, in order with the command's other output).
+    private let file: (path: String, partial: String, handle: FileHandle)?
     private var buffer: [UInt8] = []
     private var failed: (any Error)?
 
     init(path: String?) throws {
-        self.path = path
         guard let path else {
-            partial = nil
-            handle = nil
+            file = nil
             return
         }
         let partial = path + ".partial-\(getpid())"
         guard FileManager.default.createFile(atPath: partial, contents: nil), let h = FileHandle(forWritingAtPath: partial) else {
             throw ValidationError("cannot write \(path): cannot create \(partial)")
         }
-        self.partial = partial
-        handle = h
+        file = (path, partial, h)
         buffer.reserveCapacity(1 << 20)
     }
 
@@ -104,8 +99,8 @@ struct TextSink {
 
     private mutating func flush() {
         guard failed == nil, !buffer.isEmpty else { return }
-        if let handle {
-            do { try handle.write(contentsOf: buffer) } catch { failed = error }
+        if let file {
+            do { try file.handle.write(contentsOf: buffer) } catch { failed = error }
         } else {
             print(String(decoding: buffer, as: UTF8.self), terminator: "")
         }
@@ -115,16 +110,16 @@ struct TextSink {
     /// Writes what is left; a file is renamed into place only if every write succeeded.
     mutating func finish() throws {
         flush()
-        guard let path, let partial, let handle else { return }
-        try? handle.close()
+        guard let file else { return }
+        try? file.handle.close()
         if let failed {
-            try? FileManager.default.removeItem(atPath: partial)
-            throw ValidationError("cannot write \(path): \(failed.localizedDescription)")
+            try? FileManager.default.removeItem(atPath: file.partial)
+            throw ValidationError("cannot write \(file.path): \(failed.localizedDescription)")
         }
-        guard rename(partial, path) == 0 else {
+        guard rename(file.partial, file.path) == 0 else {
             let why = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: partial)
-            throw ValidationError("cannot write \(path): \(why)")
+            try? FileManager.default.removeItem(atPath: file.partial)
+            throw ValidationError("cannot write \(file.path): \(why)")
         }
     }
 }

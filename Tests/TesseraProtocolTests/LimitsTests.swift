@@ -45,4 +45,16 @@ struct LimitsTests {
         #expect(IngestOptionsCheck.problem(marginArcsec: -1, maxRowsPerShard: 1) != nil)
         #expect(IngestOptionsCheck.problem(marginArcsec: 0, maxRowsPerShard: UInt64(Limits.shardRows) + 1)?.contains("over the limit of \(Limits.shardRows) rows per shard") == true)
     }
+
+    /// Seconds in messages: whole ones without ".0", others as they are, and no trap on values
+    /// no `Int` holds.
+    @Test func shortTextDropsOnlyANeedlessFraction() {
+        #expect(30.0.shortText == "30")
+        #expect(0.5.shortText == "0.5")
+        #expect(2.25.shortText == "2.25")
+        #expect((-4.0).shortText == "-4")
+        #expect(1e300.shortText == "1e+300")
+        #expect(Double.nan.shortText == "nan")
+        #expect(Double.infinity.shortText == "inf")
+    }
 }

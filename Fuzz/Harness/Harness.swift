@@ -243,7 +243,9 @@ public final class FuzzHarness: @unchecked Sendable {
         switch env.body {
         case .fetchRequest(let r): _ = worker.serveFetch(r, epoch: env.epoch, from: [1])
         case .fetchReply(let r): _ = worker.fetched(r, frames: frames)
-        case .storeShard(let s): _ = worker.storeProblem(s)
+        case .storeShard(let s):
+            // As the daemon does: admitted, then (its write done) finished.
+            if worker.admitStore(s, frameBytes: frames.reduce(0) { $0 &+ UInt64($1.count) }) == nil { worker.stored(s) }
         // Everything else as the daemon hands it over: what the scheduler might send.
         default: _ = worker.handleScheduler(env, now: now, pool: nil)
         }

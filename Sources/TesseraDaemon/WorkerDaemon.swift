@@ -322,7 +322,8 @@ public final class WorkerDaemon {
                 try perform([engine.serveFetch(r, epoch: env.epoch, from: identity)])
             case .storeShard(let r):
                 let sender = zap == nil ? nil : role.hasPrefix(WorkerEngine.clientRolePrefix) ? String(role.dropFirst(WorkerEngine.clientRolePrefix.count)) : ""
-                if let why = engine.storeProblem(r, clientKey: sender) {
+                let frameBytes = frames.reduce(UInt64(0)) { $0 &+ UInt64($1.count) }
+                if let why = engine.admitStore(r, frameBytes: frameBytes, clientKey: sender) {
                     var reply = Envelope()
                     var s = Tessera_V1_ShardStored()
                     s.requestID = r.requestID
@@ -334,6 +335,7 @@ public final class WorkerDaemon {
                     // Answered from `answerStoredShards` once the file is on disk.
                     shardWriter.submit(r, frames: frames, identity: identity)
                 } else {
+                    engine.stored(r)
                     var reply = Envelope()
                     var s = Tessera_V1_ShardStored()
                     s.requestID = r.requestID
@@ -354,6 +356,7 @@ public final class WorkerDaemon {
         guard let shardWriter else { return }
         for f in shardWriter.drainFinished() {
             let r = f.request
+            engine.stored(r)
             if f.reply.error.isEmpty {
                 logger.info("stored shard", metadata: ["worker/shard": "\(r.dataset)/order\(r.order)-pix\(r.pixel)", "worker/rows": "\(r.rows)"])
                 // The scheduler commits only shards their workers reported, with the sizes and

@@ -230,6 +230,7 @@ extension SchedulerCore {
                 load[k] = overflow ? .max : sum
                 expected[live[k].id, default: .init()].orders.append(s.order)
                 expected[live[k].id]!.pixels.append(s.pixel)
+                expected[live[k].id]!.bytes.append(s.bytes)
             }
             plan.placements.append(p)
             names.append(chosen.map { live[$0].name })

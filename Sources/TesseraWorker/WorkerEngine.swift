@@ -156,7 +156,7 @@ public struct WorkerEngine {
     var failures: [Tessera_V1_TaskFailure] = []
     public private(set) var tasksDone: UInt64 = 0
     /// Shards the scheduler planned for this worker, by ingest: the only ones it will store.
-    var expectedShards: [String: (dataset: String, clientKey: String, pixels: Set<ShardPlace>)] = [:]
+    var expectedShards: [String: ExpectedIngest] = [:]
     /// CURVE public keys of the cluster's workers (from the scheduler): admitted to fetch here.
     public var admittedPeerKeys: Set<String> = []
     /// Direct results waiting for their clients: which job each value is of, and per job who may
@@ -620,10 +620,22 @@ public struct WorkerEngine {
             expectedShards.removeValue(forKey: x.ingestID)
             return
         }
-        var entry = expectedShards[x.ingestID] ?? (x.dataset, x.clientKey, [])
+        var entry = expectedShards[x.ingestID] ?? ExpectedIngest(dataset: x.dataset, clientKey: x.clientKey)
         guard entry.dataset == x.dataset else { return }
-        for (o, p) in zip(x.orders, x.pixels) { entry.pixels.insert(ShardPlace(order: o, pixel: p)) }
+        // A shard without a stated size (a scheduler that sends none) may hold nothing.
+        for (k, (o, p)) in zip(x.orders, x.pixels).enumerated() {
+            entry.bytes[ShardPlace(order: o, pixel: p)] = k < x.bytes.count ? x.bytes[k] : 0
+        }
         expectedShards[x.ingestID] = entry
+    }
+
+    /// An ingest whose shards this worker will store: each planned shard's stated size, and the
+    /// shards being written now (one copy of each at a time).
+    struct ExpectedIngest {
+        var dataset: String
+        var clientKey: String
+        var bytes: [ShardPlace: UInt64] = [:]
+        var storing: Set<ShardPlace> = []
     }
 
     /// Who a connecting key is to this worker's peer endpoint: `worker` (it may fetch),
@@ -643,12 +655,29 @@ public struct WorkerEngine {
     /// - Parameter clientKey: the sender's CURVE key (nil on an insecure cluster): it must be the
     ///   key the scheduler announced for that ingest, not merely one admitted for another reason
     ///   (a user taking direct results).
-    public func storeProblem(_ r: Tessera_V1_StoreShard, clientKey: String? = nil) -> String? {
-        guard let e = expectedShards[r.ingestID], e.dataset == r.dataset, e.pixels.contains(ShardPlace(order: r.order, pixel: r.pixel)),
+    ///
+    /// A shard admitted counts as being stored until `stored(_:)`: a second copy of it meanwhile
+    /// is refused, so a client cannot queue the same planned shard over and over in memory.
+    /// - Parameter frameBytes: the message's frames, decoded: at most the size the ingest stated.
+    public mutating func admitStore(_ r: Tessera_V1_StoreShard, frameBytes: UInt64, clientKey: String? = nil) -> String? {
+        let place = ShardPlace(order: r.order, pixel: r.pixel)
+        guard var e = expectedShards[r.ingestID], e.dataset == r.dataset, let stated = e.bytes[place],
               clientKey == nil || clientKey == e.clientKey else {
             return "the scheduler planned no shard order\(r.order)-pix\(r.pixel) of `\(r.dataset.prefix(100))` (ingest `\(r.ingestID.prefix(100))`) for this worker and sender"
         }
+        guard frameBytes <= stated else {
+            return "shard order\(r.order)-pix\(r.pixel) sent \(frameBytes) bytes, over the \(stated) its ingest stated when it began (the size a workspace's quota was checked against)"
+        }
+        guard e.storing.insert(place).inserted else {
+            return "shard order\(r.order)-pix\(r.pixel) is being stored already: wait for its answer before sending it again"
+        }
+        expectedShards[r.ingestID] = e
         return nil
+    }
+
+    /// A shard admitted by `admitStore` is written (or failed): another copy may be sent.
+    public mutating func stored(_ r: Tessera_V1_StoreShard) {
+        expectedShards[r.ingestID]?.storing.remove(ShardPlace(order: r.order, pixel: r.pixel))
     }
 
     // MARK: From peers

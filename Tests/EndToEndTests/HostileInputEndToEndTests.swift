@@ -354,6 +354,7 @@ struct HostileInputEndToEndTests {
         var spec = Tessera_V1_ShardSpec()
         spec.order = 5
         spec.rows = 8
+        spec.bytes = 64
         begin.shards = [spec]
         var e = Envelope()
         e.ingestBegin = begin
@@ -362,7 +363,7 @@ struct HostileInputEndToEndTests {
         let peer = try rawDealer(context, target.endpoint, f.cluster.credentials, serverKey: target.publicKey)
         defer { peer.close() }
 
-        func store(_ ingest: String, rows: UInt64) throws -> Tessera_V1_ShardStored {
+        func store(_ ingest: String, rows: UInt64, frameBytes: Int = 64) throws -> Tessera_V1_ShardStored {
             var s = Tessera_V1_StoreShard()
             s.requestID = 9
             s.ingestID = ingest
@@ -377,7 +378,7 @@ struct HostileInputEndToEndTests {
             s.rows = rows
             var e = Envelope()
             e.storeShard = s
-            _ = try peer.send(parts: WireProtocol.encode(e, frames: [[UInt8](repeating: 0, count: 64)]))
+            _ = try peer.send(parts: WireProtocol.encode(e, frames: [[UInt8](repeating: 0, count: frameBytes)]))
             guard case .shardStored(let r) = try Self.reply(peer).body else { throw ClientError.timedOut("no ShardStored") }
             return r
         }
@@ -386,6 +387,9 @@ struct HostileInputEndToEndTests {
         // The planned shard, with a row count that would overflow the byte arithmetic: refused.
         #expect(try store(plan.ingestID, rows: .max).error.contains("over the limit"))
         #expect(try store(plan.ingestID, rows: 1 << 62).error.contains("over the limit"))
+        // More than the ingest's begin stated (what a workspace quota is checked against): refused
+        // before it is queued for writing, whatever it says of its rows.
+        #expect(try store(plan.ingestID, rows: 9, frameBytes: 72).error.contains("sent 72 bytes, over the 64 its ingest stated"))
         let planted = FileManager.default.enumerator(atPath: f.data)?.allObjects.compactMap { $0 as? String }.filter { $0.contains("planted") } ?? []
         #expect(planted.filter { $0.hasSuffix(".shard") }.isEmpty)
         // Ingests begun and never committed are bounded per user: beginning more abandons the

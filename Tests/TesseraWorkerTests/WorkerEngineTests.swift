@@ -928,3 +928,38 @@ struct WorkerEngineSpillTests {
         #expect(folder.read(1) == nil)
     }
 }
+
+@Suite struct ShardStoreAdmissionTests {
+    static func store(_ ingest: String, pixel: Int64) -> Tessera_V1_StoreShard {
+        var r = Tessera_V1_StoreShard()
+        (r.ingestID, r.dataset, r.order, r.pixel) = (ingest, "table", 5, pixel)
+        return r
+    }
+
+    @Test("a worker stores a planned shard up to its stated size, one copy at a time, from the announced key only")
+    func plannedSizesBound() {
+        var e = engine(id: 1)
+        var x = Tessera_V1_ExpectShards()
+        (x.ingestID, x.dataset, x.clientKey) = ("i1", "table", "alice")
+        (x.orders, x.pixels, x.bytes) = ([5, 5], [0, 1], [1_000, 64])
+        e.expect(x)
+        let first = Self.store("i1", pixel: 0)
+        #expect(e.admitStore(first, frameBytes: 1_001, clientKey: "alice")?.contains("sent 1001 bytes, over the 1000 its ingest stated") == true)
+        #expect(e.admitStore(first, frameBytes: 1_000, clientKey: "mallory")?.contains("planned no shard") == true)
+        #expect(e.admitStore(first, frameBytes: 1_000, clientKey: "alice") == nil)
+        // While that copy is written, another of the same shard would only queue in memory.
+        #expect(e.admitStore(first, frameBytes: 10, clientKey: "alice")?.contains("being stored already") == true)
+        #expect(e.admitStore(Self.store("i1", pixel: 1), frameBytes: 64, clientKey: "alice") == nil)
+        e.stored(first)
+        #expect(e.admitStore(first, frameBytes: 1_000, clientKey: "alice") == nil)
+        // A shard the scheduler gave no size for may hold nothing; a finished ingest none.
+        var old = Tessera_V1_ExpectShards()
+        (old.ingestID, old.dataset, old.clientKey, old.orders, old.pixels) = ("i2", "table", "alice", [5], [2])
+        e.expect(old)
+        #expect(e.admitStore(Self.store("i2", pixel: 2), frameBytes: 1, clientKey: "alice")?.contains("over the 0") == true)
+        #expect(e.admitStore(Self.store("i2", pixel: 2), frameBytes: 0, clientKey: "alice") == nil)
+        x.finished = true
+        e.expect(x)
+        #expect(e.admitStore(Self.store("i1", pixel: 1), frameBytes: 1, clientKey: "alice")?.contains("planned no shard") == true)
+    }
+}

@@ -1895,6 +1895,11 @@ public nonisolated struct Tessera_V1_ExpectShards: Sendable {
   /// while the ingest is expected.
   public var clientKey: String = String()
 
+  /// Parallel to orders: each shard's size as the ingest's begin stated it (its columns' bytes, or
+  /// an image's file). A StoreShard whose frames are larger is refused, so a client cannot write
+  /// more than it declared (and a user's workspace quota was checked against).
+  public var bytes: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -5207,7 +5212,7 @@ nonisolated extension Tessera_V1_ShardStored: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExpectShards"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ingest_id\0\u{1}dataset\0\u{1}orders\0\u{1}pixels\0\u{1}finished\0\u{3}client_key\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ingest_id\0\u{1}dataset\0\u{1}orders\0\u{1}pixels\0\u{1}finished\0\u{3}client_key\0\u{1}bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5221,6 +5226,7 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
       case 4: try { try decoder.decodeRepeatedInt64Field(value: &self.pixels) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.finished) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.clientKey) }()
+      case 7: try { try decoder.decodeRepeatedUInt64Field(value: &self.bytes) }()
       default: break
       }
     }
@@ -5245,6 +5251,9 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
     if !self.clientKey.isEmpty {
       try visitor.visitSingularStringField(value: self.clientKey, fieldNumber: 6)
     }
+    if !self.bytes.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.bytes, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5255,6 +5264,7 @@ nonisolated extension Tessera_V1_ExpectShards: SwiftProtobuf.Message, SwiftProto
     if lhs.pixels != rhs.pixels {return false}
     if lhs.finished != rhs.finished {return false}
     if lhs.clientKey != rhs.clientKey {return false}
+    if lhs.bytes != rhs.bytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

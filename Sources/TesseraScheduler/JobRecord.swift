@@ -121,6 +121,10 @@ final class JobRecord {
     var pendingBytes: [UInt8] = []
     /// Direct results: outputs stay on their workers and the client takes them there.
     let directResults: Bool
+    /// A collect's row cap (every shard's rows are an output of their own, each capped on its
+    /// worker): the rows its outputs reported, together, may not pass it.
+    var rowCap: UInt64?
+    var rowsReturned: UInt64 = 0
     /// The CURVE key of the client that submitted the job (empty when insecure).
     var clientKey = ""
     var pendingLocations: [Tessera_V1_ValueLocation] = []

@@ -1,5 +1,6 @@
 import struct Foundation.Data
 import DequeModule
+import TesseraCompute
 import TesseraProtocol
 import TesseraStorage
 
@@ -383,6 +384,7 @@ extension SchedulerCore {
     mutating func taskReport(_ w: WorkerRecord, _ r: Tessera_V1_TaskReport, frames: [[UInt8]], now: UInt64) {
         let hasCompute = r.computeUs.count == r.doneKeys.count
         let hasBytes = r.resultBytes.count == r.doneKeys.count
+        let hasRows = r.resultRows.count == r.doneKeys.count
         for (n, key) in r.doneKeys.enumerated() {
             guard let job = jobs[TaskKey.job(key)] else { continue }
             let t = Int(TaskKey.task(key))
@@ -403,6 +405,17 @@ extension SchedulerCore {
                 fairShare.charge(job.lane.user, micros: max(1, Double(r.computeUs[n])), now: now)
             }
             job.resultBytes[t] = hasBytes ? UInt32(clamping: r.resultBytes[n]) : 0
+            if let cap = job.rowCap, job.isOutput[t], !job.delivered[t], !job.isSnapshot(t) {
+                let (sum, overflow) = job.rowsReturned.addingReportingOverflow(hasRows ? r.resultRows[n] : 0)
+                job.rowsReturned = overflow ? .max : sum
+                if job.rowsReturned > cap {
+                    // Not delivered, and no longer running (the job's end releases its values).
+                    job.state[t] = .recovering
+                    job.worker[t] = 0
+                    finish(job, .jobFailed, error: CatalogQueryError.overRowCap(Int(clamping: cap)).message, now: now)
+                    continue
+                }
+            }
             if job.directResults && job.isOutput[t] && !job.delivered[t] && !job.isSnapshot(t) {
                 // The value waits on this worker for the client to take it.
                 var loc = Tessera_V1_ValueLocation()

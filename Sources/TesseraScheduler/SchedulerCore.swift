@@ -461,6 +461,9 @@ public struct SchedulerCore {
         job.priority = priority
         job.lane = Lane(priority: priority, user: fairShare.id(of: user), job: id)
         job.estimate = estimate
+        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
+            job.rowCap = UInt64(CheckedCatalogQuery.rowCap(q))
+        }
         jobsPerUser[user, default: 0] += 1
         tasksPerUser[user, default: 0] += job.admittedTasks
         liveTasks += job.admittedTasks

@@ -815,6 +815,12 @@ public struct WorkerEngine {
 
     // MARK: From the executor pool
 
+    /// The rows of an output that is a catalog answer (its wire form read, not decoded), else 0.
+    static func rows(of v: Value) -> UInt64 {
+        guard case .bytes(let b) = v else { return 0 }
+        return UInt64(CatalogPartial.rowCount(serialized: b) ?? 0)
+    }
+
     /// Finished tasks: keep values others need, report all of them in one message.
     public mutating func completed(_ done: [Completion]) -> [WorkerAction] {
         var report = Tessera_V1_TaskReport()
@@ -838,6 +844,7 @@ public struct WorkerEngine {
                 tasksDone += 1
                 report.doneKeys.append(c.key)
                 report.resultBytes.append(UInt64(v.byteCount))
+                report.resultRows.append(c.flags & (1 | AssignFlagBits.clientTakes) != 0 ? Self.rows(of: v) : 0)
                 report.computeUs.append(c.micros)
                 if c.flags & 2 != 0, let s = keep(c.key, v) { spills.append(s) }
                 if c.flags & AssignFlagBits.clientTakes != 0 {

@@ -174,6 +174,53 @@ struct HostileInputEndToEndTests {
         return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
     }
 
+    /// Every shard of a collect is an output of its own, held to the row cap on its worker: the
+    /// scheduler holds their rows together to it, whether they pass through it or wait on the
+    /// workers for the client. Our clients count as well; a member's own client need not.
+    @Test func aCollectIsHeldToItsRowCapAcrossShards() throws {
+        let f = try Fixture()
+        defer { f.cluster.stop() }
+        let context = try ZMQContext()
+        let client = try rawDealer(context, f.cluster.clientEndpoint, f.cluster.credentials)
+        defer { client.close() }
+        var tag: UInt64 = 100
+        func collect(maxRows: Int, direct: Bool) throws -> (state: Tessera_V1_JobState, error: String, rows: Int) {
+            tag += 1
+            var submit = Tessera_V1_SubmitJob()
+            submit.clientTag = tag
+            submit.plan.catalog = CatalogQuery(dataset: "object").select(["coord_ra"]).maxRows(maxRows).plan
+            submit.directResults = direct
+            var e = Envelope()
+            e.submitJob = submit
+            _ = try client.send(parts: WireProtocol.encode(e))
+            var rows = 0
+            while true {
+                guard let parts = try Self.nextMessage(client) else { throw ClientError.timedOut("no JobFinished") }
+                let (env, frames) = try WireProtocol.decode(parts)
+                switch env.body {
+                case .error(let r): return (.jobFailed, "refused: \(r.message)", rows)
+                case .jobResults(let r):
+                    for v in r.values {
+                        let bytes = Array(frames[Int(v.frame)][Int(v.offset)..<Int(v.offset + v.length)])
+                        rows += try CatalogPartial(serializedBytes: bytes).rows.rowCount
+                    }
+                case .jobFinished(let done): return (done.state, done.error, rows)
+                default: continue
+                }
+            }
+        }
+        // Shards of at most 3,000 rows: each is under a cap of 5,000, the 20,000 together not.
+        for direct in [false, true] {
+            let over = try collect(maxRows: 5_000, direct: direct)
+            #expect(over.state == .jobFailed && over.error.contains("more than 5000 rows (the row cap)"), "direct \(direct): \(over)")
+            #expect(over.rows <= 5_000)
+        }
+        let all = try collect(maxRows: Self.rows, direct: false)
+        #expect(all.state == .jobDone && all.rows == Self.rows, "\(all)")
+        #expect(try collect(maxRows: Self.rows, direct: true).state == .jobDone)
+        try f.expectHealthy(after: "collects over their row cap")
+    }
+
     @Test func handMadeMessagesNeitherTrapNorBloatTheScheduler() throws {
         let f = try Fixture()
         defer { f.cluster.stop() }

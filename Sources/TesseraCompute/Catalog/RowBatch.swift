@@ -329,3 +329,95 @@ extension RowValues {
         }
     }
 }
+
+extension Tessera_V1_CatalogPartial {
+    /// The rows a serialized partial carries (its batch's first column's length, as `rows.rowCount`
+    /// of the decoded message), read from the wire form without decoding it: a worker reports
+    /// the rows of each answer it returns, so the scheduler can hold a whole collect to its row
+    /// cap. Nil when the bytes are not a well-formed message.
+    public static func rowCount(serialized b: [UInt8]) -> Int? {
+        b.withUnsafeBufferPointer { whole -> Int? in
+            // CatalogPartial.rows (10) → RowBatch.columns (2), the first → its one list (1…4)
+            // → the list's values (1).
+            var partial = ProtobufWire(whole[...])
+            guard let batch = partial.firstField(10) else { return partial.failed ? nil : 0 }
+            var columns = ProtobufWire(batch)
+            guard let column = columns.firstField(2) else { return columns.failed ? nil : 0 }
+            var lists = ProtobufWire(column)
+            guard let (kind, list) = lists.nextLengthDelimited() else { return lists.failed ? nil : 0 }
+            guard (1...4).contains(kind) else { return nil }
+            // Every occurrence of the values field counts, packed or not, as a parser's would.
+            var values = ProtobufWire(list)
+            var count = 0
+            while let (field, packed) = values.next() {
+                guard field == 1 else { continue }
+                guard let packed else { count += 1; continue }
+                switch kind {
+                case 1, 2: count += packed.count / 8               // doubles, sfixed64
+                case 4: count += packed.count / 4                  // floats
+                default: count += packed.lazy.filter { $0 & 0x80 == 0 }.count  // bools: varints
+                }
+            }
+            return values.failed ? nil : count
+        }
+    }
+}
+
+/// A reader of protocol buffers' wire form over a buffer: fields in order, length-delimited
+/// ones as slices of the buffer; anything malformed stops it, with `failed` set.
+struct ProtobufWire {
+    let bytes: UnsafeBufferPointer<UInt8>
+    var at: Int
+    let end: Int
+    private(set) var failed = false
+
+    init(_ s: Slice<UnsafeBufferPointer<UInt8>>) {
+        bytes = s.base
+        at = s.startIndex
+        end = s.endIndex
+    }
+
+    mutating func varint() -> UInt64? {
+        var v: UInt64 = 0
+        var shift: UInt64 = 0
+        while at < end, shift < 64 {
+            let byte = bytes[at]
+            at += 1
+            v |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { return v }
+            shift += 7
+        }
+        failed = true
+        return nil
+    }
+
+    /// The next field of any wire type: its number, and its bytes if length-delimited (nil
+    /// for the other types, skipped). Nil at the end or on malformed input.
+    mutating func next() -> (field: UInt64, value: Slice<UnsafeBufferPointer<UInt8>>?)? {
+        guard at < end, let tag = varint() else { return nil }
+        let field = tag >> 3
+        switch tag & 7 {
+        case 0: guard varint() != nil else { return nil }; return (field, nil)
+        case 1: guard end - at >= 8 else { failed = true; return nil }; at += 8; return (field, nil)
+        case 5: guard end - at >= 4 else { failed = true; return nil }; at += 4; return (field, nil)
+        case 2:
+            guard let n = varint(), n <= UInt64(end - at) else { failed = true; return nil }
+            let s = bytes[at..<(at + Int(n))]
+            at += Int(n)
+            return (field, s)
+        default: failed = true; return nil
+        }
+    }
+
+    /// The first length-delimited occurrence of `field`.
+    mutating func firstField(_ field: UInt64) -> Slice<UnsafeBufferPointer<UInt8>>? {
+        while let (f, v) = next() { if f == field, let v { return v } }
+        return nil
+    }
+
+    /// The next length-delimited field, whatever its number.
+    mutating func nextLengthDelimited() -> (UInt64, Slice<UnsafeBufferPointer<UInt8>>)? {
+        while let (f, v) = next() { if let v { return (f, v) } }
+        return nil
+    }
+}

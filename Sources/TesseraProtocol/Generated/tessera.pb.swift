@@ -1042,6 +1042,10 @@ public nonisolated struct Tessera_V1_TaskReport: Sendable {
 
   public var failures: [Tessera_V1_TaskFailure] = []
 
+  /// Per done key: the rows of an output that is a catalog answer (0 for other values), so the
+  /// scheduler holds a whole collect, whose every shard is an output, to its row cap.
+  public var resultRows: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3501,7 +3505,7 @@ nonisolated extension Tessera_V1_TaskFailure: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tessera_V1_TaskReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}done_keys\0\u{3}result_bytes\0\u{3}compute_us\0\u{1}outputs\0\u{1}failures\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}done_keys\0\u{3}result_bytes\0\u{3}compute_us\0\u{1}outputs\0\u{1}failures\0\u{3}result_rows\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3515,6 +3519,7 @@ nonisolated extension Tessera_V1_TaskReport: SwiftProtobuf.Message, SwiftProtobu
       case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.computeUs) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.outputs) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.failures) }()
+      case 7: try { try decoder.decodeRepeatedUInt64Field(value: &self.resultRows) }()
       default: break
       }
     }
@@ -3539,6 +3544,9 @@ nonisolated extension Tessera_V1_TaskReport: SwiftProtobuf.Message, SwiftProtobu
     if !self.failures.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.failures, fieldNumber: 6)
     }
+    if !self.resultRows.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.resultRows, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3549,6 +3557,7 @@ nonisolated extension Tessera_V1_TaskReport: SwiftProtobuf.Message, SwiftProtobu
     if lhs.computeUs != rhs.computeUs {return false}
     if lhs.outputs != rhs.outputs {return false}
     if lhs.failures != rhs.failures {return false}
+    if lhs.resultRows != rhs.resultRows {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

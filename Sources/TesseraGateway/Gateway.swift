@@ -6,6 +6,7 @@ import ServiceLifecycle
 import Synchronization
 import TesseraADQL
 import TesseraClient
+import TesseraCompute
 import TesseraProtocol
 import TesseraStorage
 import UnixSignals
@@ -206,7 +207,7 @@ public enum Gateway {
                     do {
                         message = "data: \(try await feed.snapshot(for: user))\n\n"
                     } catch {
-                        message = "event: failure\ndata: \(ResultWriter.json("the scheduler did not answer: \(error)"))\n\n"
+                        message = "event: failure\ndata: \(ResultTable.jsonString("the scheduler did not answer: \(error)"))\n\n"
                     }
                     try await body.write(ByteBuffer(string: message))
                     for _ in 0..<10 where !Task.isShuttingDownGracefully { try await Task.sleep(nanoseconds: 100_000_000) }

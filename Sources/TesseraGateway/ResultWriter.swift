@@ -81,7 +81,7 @@ public struct ResultWriter: Sendable {
             }
         case .json:
             var head = "{\"metadata\":["
-            head += table.fields.map { "{\"name\":\(Self.json($0.name)),\"datatype\":\"\($0.datatype)\",\"unit\":\(Self.json($0.unit)),\"ucd\":\(Self.json($0.ucd))}" }.joined(separator: ",")
+            head += table.fields.map { "{\"name\":\(ResultTable.jsonString($0.name)),\"datatype\":\"\($0.datatype)\",\"unit\":\(ResultTable.jsonString($0.unit)),\"ucd\":\(ResultTable.jsonString($0.ucd))}" }.joined(separator: ",")
             head += "],\"overflow\":\(table.overflow),\"data\":["
             out += Array(head.utf8)
             for r in 0..<table.rowCount {
@@ -209,7 +209,7 @@ public struct ResultWriter: Sendable {
             case .null: out += Array("null".utf8)
             case .integer(let v): out += Array("\(v)".utf8)
             case .real(let v): out += Array((v.isFinite ? "\(v)" : "null").utf8)
-            case .text(let s): out += Array(json(s).utf8)
+            case .text(let s): out += Array(ResultTable.jsonString(s).utf8)
             }
         }
     }
@@ -279,19 +279,5 @@ public struct ResultWriter: Sendable {
             }
         }
         return o
-    }
-
-    static func json(_ s: String) -> String {
-        var o = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": o += "\\\""
-            case "\\": o += "\\\\"
-            case "\n": o += "\\n"
-            default:
-                if ch.value < 0x20 { o += String(format: "\\u%04x", ch.value) } else { o.unicodeScalars.append(ch) }
-            }
-        }
-        return o + "\""
     }
 }

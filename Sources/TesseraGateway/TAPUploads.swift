@@ -78,8 +78,10 @@ extension TAPService {
             guard total <= 2 * limits.upload.bytes else {
                 throw TAPError(400, "UPLOAD: these tables come to over \(2 * limits.upload.bytes >> 20) MiB together, the most one request may upload")
             }
-            // Parsing takes about 25 times the upload's size and seconds of work for the largest:
-            // on a thread of its own, not one every request's async code shares.
+            // Parsing takes seconds of work for the largest (a 71 MB TABLEDATA document 14 s in a
+            // debug build), and memory beyond the document's own of about its size (TABLEDATA) to
+            // four times it (BINARY2: the base64 text, its decoding, the columns): on a thread of
+            // its own, not one every request's async code shares.
             let limits = limits.upload
             do {
                 let table = try await pool.threads.perform { try VOTableReader.read(bytes, limits: limits) }

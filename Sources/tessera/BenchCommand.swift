@@ -44,7 +44,7 @@ struct ClusterTarget: ParsableArguments {
 func jsonLine(_ fields: [(String, Any)]) -> String {
     func enc(_ v: Any) -> String {
         switch v {
-        case let s as String: return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        case let s as String: return ResultTable.jsonString(s)
         // The shortest text that reads back as the same double (results must survive the trip).
         case let d as Double: return d.isFinite ? "\(d)" : "null"
         case let b as Bool: return b ? "true" : "false"
@@ -52,7 +52,7 @@ func jsonLine(_ fields: [(String, Any)]) -> String {
         default: return "\(v)"
         }
     }
-    return "{" + fields.map { "\"\($0.0)\":\(enc($0.1))" }.joined(separator: ",") + "}"
+    return "{" + fields.map { ResultTable.jsonString($0.0) + ":" + enc($0.1) }.joined(separator: ",") + "}"
 }
 
 struct SchedulerBench: ParsableCommand {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TesseraCompute
 
@@ -20,5 +21,21 @@ struct CSVFieldTests {
         for (field, written) in cases {
             #expect(ResultTable.csvField(field) == written, "\(field.debugDescription)")
         }
+    }
+}
+
+/// JSON strings as RFC 8259 has them, read back by Foundation's own JSON parser.
+struct JSONStringTests {
+    @Test func everyStringReadsBackAsItself() throws {
+        let controls = String(String.UnicodeScalarView((0..<0x20).compactMap(Unicode.Scalar.init)))
+        let cases = ["plain", "", "say \"hi\"", "back\\slash", "two\nlines", "tab\there", controls, "Ångström µJy 🌌", "\u{7F}\u{2028}", "mag(\"r\")"]
+        for s in cases {
+            let written = ResultTable.jsonString(s)
+            let data = Data("[\(written)]".utf8)
+            let back = try JSONSerialization.jsonObject(with: data) as? [String]
+            #expect(back == [s], "\(s.debugDescription) written as \(written)")
+        }
+        #expect(ResultTable.jsonString("a\u{1}b") == "\"a\\u0001b\"")
+        #expect(ResultTable.jsonString("plain") == "\"plain\"")
     }
 }

@@ -24,6 +24,27 @@ public struct ResultTable: Sendable, Equatable {
         return quoted + "\""
     }
 
+    /// `s` as a JSON string (RFC 8259): quotes, backslashes and control characters escaped.
+    public static func jsonString(_ s: String) -> String {
+        guard s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return "\"" + s + "\"" }
+        var o = "\""
+        for ch in s.unicodeScalars {
+            switch ch {
+            case "\"": o += "\\\""
+            case "\\": o += "\\\\"
+            case "\n": o += "\\n"
+            default:
+                if ch.value < 0x20 {
+                    let hex = String(ch.value, radix: 16)
+                    o += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    o.unicodeScalars.append(ch)
+                }
+            }
+        }
+        return o + "\""
+    }
+
     /// A cell as text (integers exactly, floats to 17 significant digits, NaN as `nan`).
     public func text(row: Int, column: Int) -> String {
         switch columns[column] {

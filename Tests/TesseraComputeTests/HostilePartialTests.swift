@@ -42,6 +42,31 @@ struct HostilePartialTests {
         #expect(throws: Never.self) { try QuantileSketch.checkBudget(Array(repeating: [left], count: 100)) }
     }
 
+    /// Image statistics from two workers: a depth map whose counts are shorter than its pixels
+    /// read past their end in the merge; counts near 2⁶⁴ overflowed the sum.
+    @Test func malformedImageStatisticsAreACorruptPartial() throws {
+        func partial(band: String, pixels: [UInt64], counts: [UInt64], total: UInt64) -> CatalogPartial {
+            var s = ImageStatisticsPartial()
+            s.band = band
+            s.pixels = total
+            s.depth.order = 8
+            s.depth.pixels = pixels
+            s.depth.counts = counts
+            var p = CatalogPartial()
+            p.imageStatistics = [s]
+            return p
+        }
+        var plan = CatalogQueryPlan()
+        plan.dataset = "coadd"
+        let good = partial(band: "r", pixels: [3, 9], counts: [10, 20], total: 30)
+        let merged = try CatalogMerge.merge([good, partial(band: "r", pixels: [9, 12], counts: [1, 2], total: 3)], plan: plan)
+        #expect(merged.imageStatistics.count == 1 && merged.imageStatistics[0].pixels == 33)
+        #expect(merged.imageStatistics[0].depth.pixels == [3, 9, 12] && merged.imageStatistics[0].depth.counts == [10, 21, 2])
+        #expect(throws: CatalogQueryError.self) { _ = try CatalogMerge.merge([good, partial(band: "r", pixels: [9, 12], counts: [1], total: 3)], plan: plan) }
+        #expect(throws: CatalogQueryError.self) { _ = try CatalogMerge.merge([good, partial(band: "r", pixels: [12, 9], counts: [1, 2], total: 3)], plan: plan) }
+        #expect(throws: Never.self) { _ = try CatalogMerge.merge([partial(band: "g", pixels: [], counts: [], total: .max), partial(band: "g", pixels: [], counts: [], total: .max)], plan: plan) }
+    }
+
     /// `count` over moments whose count is not a whole number that fits (NaN, or doubled
     /// past 2⁶³ by a graph feeding a merge its own output twice) is an error, not a trap.
     @Test func countOfImpossibleMomentsIsAnError() {

@@ -59,10 +59,7 @@ public enum CatalogMerge {
               zip(p.intGroupKeys, p.intGroupKeys.dropFirst()).allSatisfy({ $0 < $1 }) else {
             throw CatalogQueryError("a partial aggregate's group keys are not ascending (corrupt partial)")
         }
-        let m = p.skyMap
-        guard m.counts.count == m.pixels.count, m.sums.isEmpty || m.sums.count == m.pixels.count,
-              m.valueCounts.count == m.sums.count,
-              zip(m.pixels, m.pixels.dropFirst()).allSatisfy({ $0 < $1 }) else {
+        guard isWellFormed(p.skyMap) else {
             throw CatalogQueryError("a partial sky map has mismatched or unordered pixels (corrupt partial)")
         }
         for s in p.sketches {
@@ -70,6 +67,16 @@ public enum CatalogMerge {
                 throw CatalogQueryError("a partial quantile sketch has buckets out of range (corrupt partial)")
             }
         }
+        // An image question's statistics: a sketch of pixel values and a map of depth per band.
+        for s in p.imageStatistics where !QuantileSketch(s.values).isWellFormed || !isWellFormed(s.depth) {
+            throw CatalogQueryError("a partial's image statistics of band `\(s.band.prefix(40))` have a sketch out of range or a depth map with mismatched or unordered pixels (corrupt partial)")
+        }
+    }
+
+    /// A map's columns are as long as its pixels, which ascend (what ``mergeMaps(_:_:)`` reads).
+    static func isWellFormed(_ m: Tessera_V1_SkyMapPartial) -> Bool {
+        m.counts.count == m.pixels.count && (m.sums.isEmpty || m.sums.count == m.pixels.count)
+            && m.valueCounts.count == m.sums.count && zip(m.pixels, m.pixels.dropFirst()).allSatisfy { $0 < $1 }
     }
 
     static func merge(_ a: CatalogPartial, _ b: CatalogPartial, plan: CatalogQueryPlan) throws(CatalogQueryError) -> CatalogPartial {
@@ -215,7 +222,7 @@ public enum CatalogMerge {
             } else {
                 p = a.pixels[i]; c = a.counts[i] &+ b.counts[j]
                 let (s1, v1) = sum(a, i), (s2, v2) = sum(b, j)
-                s = s1 + s2; v = v1 + v2; i += 1; j += 1
+                s = s1 + s2; v = v1 &+ v2; i += 1; j += 1
             }
             m.pixels.append(p)
             m.counts.append(c)

@@ -64,8 +64,8 @@ public enum ImageStatistics {
             var sketch = QuantileSketch(out[k].values)
             sketch.merge(QuantileSketch(s.values))
             out[k].values = sketch.proto
-            out[k].pixels += s.pixels
-            out[k].masked += s.masked
+            out[k].pixels &+= s.pixels
+            out[k].masked &+= s.masked
             out[k].depth = CatalogMerge.mergeMaps(out[k].depth, s.depth)
             if out[k].pixelScaleArcsec == 0 { out[k].pixelScaleArcsec = s.pixelScaleArcsec }
         }

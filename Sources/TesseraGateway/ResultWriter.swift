@@ -70,7 +70,7 @@ public struct ResultWriter: Sendable {
         }
         switch format {
         case .csv:
-            out += Array((table.fields.map { ResultTable.csvField($0.name) }.joined(separator: ",") + "\r\n").utf8)
+            out.append(contentsOf: (table.fields.map { ResultTable.csvField($0.name) }.joined(separator: ",") + "\r\n").utf8)
             for r in 0..<table.rowCount {
                 for (c, column) in table.columns.enumerated() {
                     if c > 0 { out.append(UInt8(ascii: ",")) }
@@ -83,7 +83,7 @@ public struct ResultWriter: Sendable {
             var head = "{\"metadata\":["
             head += table.fields.map { "{\"name\":\(ResultTable.jsonString($0.name)),\"datatype\":\"\($0.datatype)\",\"unit\":\(ResultTable.jsonString($0.unit)),\"ucd\":\(ResultTable.jsonString($0.ucd))}" }.joined(separator: ",")
             head += "],\"overflow\":\(table.overflow),\"data\":["
-            out += Array(head.utf8)
+            out.append(contentsOf: head.utf8)
             for r in 0..<table.rowCount {
                 if r > 0 { out.append(UInt8(ascii: ",")) }
                 out.append(UInt8(ascii: "["))
@@ -94,24 +94,24 @@ public struct ResultWriter: Sendable {
                 out.append(UInt8(ascii: "]"))
                 try await flushIfFull()
             }
-            out += Array("]}\n".utf8)
+            out.append(contentsOf: "]}\n".utf8)
         case .votableTabledata, .votableBinary2:
-            out += Array(votableHead().utf8)
+            out.append(contentsOf: votableHead().utf8)
             if format == .votableTabledata {
-                out += Array("<DATA><TABLEDATA>\n".utf8)
+                out.append(contentsOf: "<DATA><TABLEDATA>\n".utf8)
                 for r in 0..<table.rowCount {
-                    out += Array("<TR>".utf8)
+                    out.append(contentsOf: "<TR>".utf8)
                     for column in table.columns {
-                        out += Array("<TD>".utf8)
+                        out.append(contentsOf: "<TD>".utf8)
                         Self.text(column, r, into: &out, csv: false)
-                        out += Array("</TD>".utf8)
+                        out.append(contentsOf: "</TD>".utf8)
                     }
-                    out += Array("</TR>\n".utf8)
+                    out.append(contentsOf: "</TR>\n".utf8)
                     try await flushIfFull()
                 }
-                out += Array("</TABLEDATA></DATA>\n".utf8)
+                out.append(contentsOf: "</TABLEDATA></DATA>\n".utf8)
             } else {
-                out += Array("<DATA><BINARY2><STREAM encoding=\"base64\">\n".utf8)
+                out.append(contentsOf: "<DATA><BINARY2><STREAM encoding=\"base64\">\n".utf8)
                 // Rows are packed into a staging buffer and base64-encoded 3 bytes at a time;
                 // the 0–2 bytes left over carry into the next round.
                 var raw: [UInt8] = []
@@ -119,7 +119,7 @@ public struct ResultWriter: Sendable {
                 let flagBytes = (table.columns.count + 7) / 8
                 for r in 0..<table.rowCount {
                     let flagAt = raw.count
-                    raw += [UInt8](repeating: 0, count: flagBytes)
+                    raw.append(contentsOf: repeatElement(0, count: flagBytes))
                     for (c, column) in table.columns.enumerated() {
                         if Self.binary(column, r, datatype: table.fields[c].datatype, into: &raw) { raw[flagAt + c / 8] |= UInt8(0x80) >> UInt8(c % 8) }
                     }
@@ -131,11 +131,11 @@ public struct ResultWriter: Sendable {
                     }
                 }
                 Self.base64(raw[...], into: &out)
-                out += Array("\n</STREAM></BINARY2></DATA>\n".utf8)
+                out.append(contentsOf: "\n</STREAM></BINARY2></DATA>\n".utf8)
             }
-            out += Array("</TABLE>\n".utf8)
+            out.append(contentsOf: "</TABLE>\n".utf8)
             if table.overflow { out += Array("<INFO name=\"QUERY_STATUS\" value=\"OVERFLOW\"/>\n".utf8) }
-            out += Array("</RESOURCE>\n</VOTABLE>\n".utf8)
+            out.append(contentsOf: "</RESOURCE>\n</VOTABLE>\n".utf8)
         }
         if !out.isEmpty { try await emit(out) }
     }
@@ -173,8 +173,8 @@ public struct ResultWriter: Sendable {
         switch column {
         case .doubles(let a): number(a[r], into: &out)
         case .floats(let a): number(Double(a[r]), into: &out, float: a[r])
-        case .longs(let a): out += Array("\(a[r])".utf8)
-        case .bools(let a): out += Array((a[r] ? "T" : "F").utf8)
+        case .longs(let a): out.append(contentsOf: a[r].description.utf8)
+        case .bools(let a): out.append(contentsOf: (a[r] ? "T" : "F").utf8)
         case .cells(let a): cell(a[r], into: &out, csv: csv)
         }
     }
@@ -183,33 +183,33 @@ public struct ResultWriter: Sendable {
     static func number(_ v: Double, into out: inout [UInt8], float: Float? = nil) {
         if v.isNaN { return }
         if v.isInfinite {
-            out += Array((v > 0 ? "+Inf" : "-Inf").utf8)
+            out.append(contentsOf: (v > 0 ? "+Inf" : "-Inf").utf8)
             return
         }
-        out += Array((float.map { "\($0)" } ?? "\(v)").utf8)
+        out.append(contentsOf: (float.map(\.description) ?? v.description).utf8)
     }
 
     static func cell(_ c: LocalCell, into out: inout [UInt8], csv: Bool) {
         switch c {
         case .null: return
-        case .integer(let v): out += Array("\(v)".utf8)
+        case .integer(let v): out.append(contentsOf: v.description.utf8)
         case .real(let v): number(v, into: &out)
-        case .text(let s): out += Array((csv ? ResultTable.csvField(s) : xml(s)).utf8)
+        case .text(let s): out.append(contentsOf: (csv ? ResultTable.csvField(s) : xml(s)).utf8)
         }
     }
 
     static func jsonValue(_ column: TAPColumn, _ r: Int, into out: inout [UInt8]) {
         switch column {
-        case .doubles(let a): out += Array((a[r].isFinite ? "\(a[r])" : "null").utf8)
-        case .floats(let a): out += Array((a[r].isFinite ? "\(a[r])" : "null").utf8)
-        case .longs(let a): out += Array("\(a[r])".utf8)
-        case .bools(let a): out += Array((a[r] ? "true" : "false").utf8)
+        case .doubles(let a): out.append(contentsOf: (a[r].isFinite ? a[r].description : "null").utf8)
+        case .floats(let a): out.append(contentsOf: (a[r].isFinite ? a[r].description : "null").utf8)
+        case .longs(let a): out.append(contentsOf: a[r].description.utf8)
+        case .bools(let a): out.append(contentsOf: (a[r] ? "true" : "false").utf8)
         case .cells(let a):
             switch a[r] {
-            case .null: out += Array("null".utf8)
-            case .integer(let v): out += Array("\(v)".utf8)
-            case .real(let v): out += Array((v.isFinite ? "\(v)" : "null").utf8)
-            case .text(let s): out += Array(ResultTable.jsonString(s).utf8)
+            case .null: out.append(contentsOf: "null".utf8)
+            case .integer(let v): out.append(contentsOf: v.description.utf8)
+            case .real(let v): out.append(contentsOf: (v.isFinite ? v.description : "null").utf8)
+            case .text(let s): out.append(contentsOf: ResultTable.jsonString(s).utf8)
             }
         }
     }
@@ -266,6 +266,8 @@ public struct ResultWriter: Sendable {
     }
 
     static func xml(_ s: String) -> String {
+        // Most text (names, ids) has nothing to escape.
+        guard s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") || $0 == UInt8(ascii: "\"") }) else { return s }
         var o = ""
         for ch in s.unicodeScalars {
             switch ch {

@@ -288,10 +288,15 @@ public final class PythonExecutors: Sendable {
                 executor.stop()
                 throw OperatorError(name, "Python function \(what) on worker \(workerName) printed over \(Self.maxLogBytes >> 20) MiB: killed (return values rather than print them)", retryable: false)
             }
-            let rss = executor.residentBytes()
-            if rss > settings.memoryLimitBytes {
+            let held = executor.heldBytes()
+            guard let files = held.files else {
                 executor.stop()
-                throw OperatorError(name, "Python function \(what) on worker \(workerName) grew to \(rss >> 20) MiB (with what it forked), over its memory limit of \(settings.memoryLimitBytes >> 20) MiB: killed", retryable: false)
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) made more than \(PythonExecutor.scratchEntryLimit) files and folders in its scratch folder (its TMPDIR): killed", retryable: false)
+            }
+            if held.resident &+ files > settings.memoryLimitBytes {
+                executor.stop()
+                let inFiles = files >= 1 << 20 ? ", \(files >> 20) MiB of it in files of its scratch folder or held open (its TMPDIR is often memory)" : ""
+                throw OperatorError(name, "Python function \(what) on worker \(workerName) grew to \((held.resident &+ files) >> 20) MiB (with what it forked\(inFiles)), over its memory limit of \(settings.memoryLimitBytes >> 20) MiB: killed", retryable: false)
             }
         }
     }
@@ -493,12 +498,71 @@ final class PythonExecutor: @unchecked Sendable {
     /// up to the address-space limit, and ten of them would hold ten times it. The executor is
     /// read at every check, the rest of its group every tenth (scanning /proc costs about a
     /// millisecond per thousand processes).
-    func residentBytes() -> UInt64 {
+    ///
+    /// With it, what its files take: those in its scratch folder, its TMPDIR, often a tmpfs
+    /// where a file is memory no process's resident size shows, and those the group holds open
+    /// that no folder lists (deleted, made with O_TMPFILE as Python's `TemporaryFile` does, or
+    /// memory files). Summed at the same scans; nil when the folder holds more than
+    /// `scratchEntryLimit` entries.
+    func heldBytes() -> (resident: UInt64, files: UInt64?) {
         if checksSinceGroupScan % 10 == 0 {
-            groupExtraBytes = Self.groupResidentBytes(group: process.pid, except: process.pid)
+            let group = Self.groupResidentBytes(group: process.pid, except: process.pid)
+            groupExtraBytes = group.bytes
+            fileBytes = Self.folderBytes(scratchPath, entryLimit: Self.scratchEntryLimit)
+                .map { $0 &+ Self.unlistedOpenFileBytes(of: [process.pid] + group.members) }
         }
         checksSinceGroupScan += 1
-        return Self.residentBytes(of: process.pid) + groupExtraBytes
+        return (Self.residentBytes(of: process.pid) + groupExtraBytes, fileBytes)
+    }
+
+    /// What its files took at the last scan (nil: too many to count).
+    private var fileBytes: UInt64? = 0
+    /// Entries of a scratch folder counted at most (a scan costs about a microsecond each).
+    static let scratchEntryLimit = 100_000
+
+    /// The blocks allocated to the files under `path` (symbolic links not followed), in bytes;
+    /// nil past `entryLimit` entries.
+    static func folderBytes(_ path: String, entryLimit: Int) -> UInt64? {
+        var total: UInt64 = 0
+        var entries = 0
+        var folders = [path]
+        while let folder = folders.popLast() {
+            guard let dir = opendir(folder) else { continue }
+            defer { closedir(dir) }
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name == "." || name == ".." { continue }
+                entries += 1
+                if entries > entryLimit { return nil }
+                let child = folder + "/" + name
+                var st = stat()
+                guard lstat(child, &st) == 0 else { continue }
+                total &+= UInt64(max(0, st.st_blocks)) &* 512
+                if st.st_mode & S_IFMT == S_IFDIR { folders.append(child) }
+            }
+        }
+        return total
+    }
+
+    /// The blocks, in bytes, of the regular files processes `pids` hold open that have no name
+    /// left (each file once, however many descriptors or processes hold it).
+    static func unlistedOpenFileBytes(of pids: [pid_t]) -> UInt64 {
+        struct FileID: Hashable { let device: UInt64, inode: UInt64 }
+        var seen: Set<FileID> = []
+        var total: UInt64 = 0
+        for pid in pids {
+            guard let dir = opendir("/proc/\(pid)/fd") else { continue }
+            defer { closedir(dir) }
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                var st = stat()
+                // (stat follows the descriptor's link to the file itself, named or not.)
+                guard name.first != ".", stat("/proc/\(pid)/fd/\(name)", &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 0,
+                      seen.insert(FileID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))).inserted else { continue }
+                total &+= UInt64(max(0, st.st_blocks)) &* 512
+            }
+        }
+        return total
     }
 
     static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
@@ -514,16 +578,18 @@ final class PythonExecutor: @unchecked Sendable {
     /// share of what it has resident (PSS, from /proc/PID/smaps_rollup: a forked child shares
     /// its parent's pages until it writes them, and its resident size counts them whole). A
     /// process is in the group when the third field after its command's closing parenthesis in
-    /// /proc/PID/stat says so.
-    static func groupResidentBytes(group: pid_t, except: pid_t) -> UInt64 {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
+    /// /proc/PID/stat says so. With the pids of those processes.
+    static func groupResidentBytes(group: pid_t, except: pid_t) -> (bytes: UInt64, members: [pid_t]) {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return (0, []) }
         var total: UInt64 = 0
+        var members: [pid_t] = []
         for name in entries {
             guard let pid = Int32(name), pid != except,
                   let text = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
                   let close = text.lastIndex(of: ")") else { continue }
             let fields = text[text.index(after: close)...].split(separator: " ")
             guard fields.count > 21, Int32(fields[2]) == group else { continue }
+            members.append(pid)
             if let rollup = try? String(contentsOfFile: "/proc/\(name)/smaps_rollup", encoding: .utf8),
                let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
                let kb = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) }) {
@@ -532,7 +598,7 @@ final class PythonExecutor: @unchecked Sendable {
                 total += pages * pageSize
             }
         }
-        return total
+        return (total, members)
     }
 
     /// Bytes the process has written to its log.

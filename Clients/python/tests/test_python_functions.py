@@ -140,6 +140,29 @@ def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_pat
 
             with pytest.raises(tessera.PythonFunctionError, match=r"with what it forked\), over its memory limit of 300 MiB: killed"):
                 client.catalog("object").map_partitions(fork_hog, columns=["coord_ra"], timeout=30)
+            # Files in its scratch folder (its TMPDIR: on a tmpfs they are memory no process's
+            # resident size shows) count too: 400 MB of them, written and kept open, with no
+            # name (TemporaryFile), and then with one.
+            def file_hog(df):
+                import tempfile
+                kept = []
+                for _ in range(8):
+                    f = tempfile.TemporaryFile()
+                    f.write(b"x" * 50_000_000)
+                    f.flush()
+                    kept.append(f)
+                time.sleep(60)
+
+            def named_file_hog(df):
+                import tempfile
+                for _ in range(8):
+                    with tempfile.NamedTemporaryFile(delete=False) as f:
+                        f.write(b"x" * 50_000_000)
+                time.sleep(60)
+
+            for hog in (file_hog, named_file_hog):
+                with pytest.raises(tessera.PythonFunctionError, match=r"MiB of it in files of its scratch folder or held open \(its TMPDIR is often memory\)\), over its memory limit of 300 MiB: killed"):
+                    client.catalog("object").map_partitions(hog, columns=["coord_ra"], timeout=30)
             assert client.catalog("object").map_partitions(len, columns=["coord_ra"]) == [30000]
 
 
@@ -587,6 +610,8 @@ def _probe_access(paths, port, writable):
         own = sys.argv[-1][len("ipc://"):]
         out["own socket"] = os.path.exists(own) if own.endswith(".sock") else "no socket argument"
         out["signal worker"] = attempt(lambda: os.kill(os.getppid(), 0))
+        # A memory file's pages are in no process's resident size until mapped.
+        out["memfd"] = attempt(lambda: os.close(os.memfd_create("probe")))
         out["scratch"] = attempt(lambda: tempfile.TemporaryFile().write(b"x"))
         out["writable"] = attempt(lambda: open(os.path.join(writable, f"{os.getpid()}.txt"), "w").write("x"))
         probe_file = f"/tmp/tessera-probe-{os.getpid()}"
@@ -616,7 +641,7 @@ def test_functions_are_confined(cluster, client, function_dir):
     for answer in client.catalog("object").map_partitions(probe, columns=["coord_ra"]):
         for p in secrets:
             assert answer[p] == "PermissionError", (p, answer)
-        for what in ("tcp", "mptcp", "udp", "chmod", "fchmod", "fchown", "fsetxattr", "worker environ", "signal worker"):
+        for what in ("tcp", "mptcp", "udp", "chmod", "fchmod", "fchown", "fsetxattr", "worker environ", "signal worker", "memfd"):
             assert answer[what] == "PermissionError", (what, answer)
         assert answer["own socket"] is False, answer
         assert answer["/tmp"] == "PermissionError" and answer["/etc/shadow"] == "PermissionError", answer
@@ -651,7 +676,7 @@ def test_without_the_sandbox_a_function_has_the_workers_access(bins, catalog_fil
                 assert set(client.catalog("object").map_partitions(_forkserver_process, columns=["coord_ra"], timeout=60)) == {0}
     for answer in answers:
         assert all(answer[p] == "allowed" for p in secrets), answer
-        for what in ("tcp", "udp", "chmod", "fchmod", "fchown", "worker environ", "signal worker"):
+        for what in ("tcp", "udp", "chmod", "fchmod", "fchown", "worker environ", "signal worker", "memfd"):
             assert answer[what] == "allowed", (what, answer)
         # Run as root, as CI runs it, a worker reads the host's password hashes.
         assert answer["/etc/shadow"] == ("allowed" if os.geteuid() == 0 and os.path.exists("/etc/shadow") else "PermissionError"), answer

@@ -128,12 +128,16 @@ public final class PythonExecutors: Sendable {
     /// What an executor may print (its log file) before it is killed.
     static let maxLogBytes: UInt64 = 64 << 20
     private let started = Atomic<Int>(0)
+    /// Who may connect to a starting executor's socket: only the process started for it.
+    let admission: ExecutorAdmission
 
     public init(_ settings: PythonSettings, workerName: String, threads: Int = 1) throws {
         self.settings = settings
         self.workerName = workerName
         maxIdle = max(8, 2 * threads)
         context = try ZMQContext()
+        // Bound before any executor's socket, whose connections it then answers.
+        admission = try ExecutorAdmission(context: context)
         folder = try PrivateFolder.make("tessera-python")
     }
 
@@ -347,7 +351,7 @@ public final class PythonExecutors: Sendable {
         }
         let n = started.add(1, ordering: .relaxed).newValue
         do {
-            return try PythonExecutor(settings: settings, context: context, folder: folder, index: n, user: user)
+            return try PythonExecutor(settings: settings, context: context, folder: folder, index: n, user: user, admission: admission)
         } catch let e as PythonStartError {
             throw OperatorError(name, "cannot start a Python executor (`\(settings.executable) -m tessera.executor`) on worker \(workerName): \(e.message)", retryable: false)
         } catch {
@@ -383,7 +387,7 @@ final class PythonExecutor: @unchecked Sendable {
     /// The address space it may map (`RLIMIT_AS`), as it set it.
     private(set) var addressSpace: UInt64 = 0
 
-    init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int, user: String) throws {
+    init(settings: PythonSettings, context: ZMQContext, folder: String, index: Int, user: String, admission: ExecutorAdmission) throws {
         socketPath = folder + "/executor-\(index).sock"
         logPath = folder + "/executor-\(index).log"
         scratchPath = folder + "/executor-\(index).scratch"
@@ -395,6 +399,9 @@ final class PythonExecutor: @unchecked Sendable {
         // executor is then disconnected, and the call ends at its deadline; the executor refuses
         // such a value itself first, by name).
         try socket.setMaxMessageSize(Int64(Limits.pythonValueBytes + (1 << 20)))
+        // Each connection is put to `admission` (ZAP) before it is attached: one from another
+        // process is refused, and leaves the socket free for the executor's own.
+        try socket.setZAPDomain(ExecutorAdmission.domain)
         _ = try socket.bind("ipc://" + socketPath)
         // Nothing of the worker's own configuration (its key's path, say) reaches users' code.
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TESSERA_") }
@@ -430,15 +437,20 @@ final class PythonExecutor: @unchecked Sendable {
         }
         // The first message says it is ready (importing numpy and pandas takes about a second).
         let deadline = Date().addingTimeInterval(60)
+        admission.expect(process.pid)
+        defer { admission.forget(process.pid) }
         while true {
+            admission.answer()
+            if let refused = admission.refusedDescendant(of: process.pid) {
+                stop()
+                throw PythonStartError(message: "a process other than the executor started (\(process.pid)) connected to its socket (process \(refused), started by it): refused (the executor must be the process the worker starts: a wrapper must exec Python)")
+            }
             if let hello = try? socket.receive(), let first = hello.first,
                let h = try? JSONSerialization.jsonObject(with: Data(first.bytes)) as? [String: Any], h["ready"] as? Bool == true {
-                // Whoever connects first to the socket's path is answered: a function of
-                // another executor (same Unix user; /proc/net/unix lists the path) could, and
-                // would then be handed the next user's function and data. The kernel says who
-                // is on the other end (SO_PEERCRED, as libzmq's `Peer-Address`).
+                // Admission let only the executor's process in (a function of another executor
+                // could connect first: /proc/net/unix lists the path); checked again here.
                 let peer = first.property("Peer-Address") ?? ""
-                guard peer.split(separator: ":").last.flatMap({ Int32($0) }) == process.pid else {
+                guard ExecutorAdmission.pid(ofPeer: peer) == process.pid else {
                     stop()
                     throw PythonStartError(message: "a process other than the executor started (\(process.pid)) answered on its socket (\(peer)): refused")
                 }
@@ -615,5 +627,67 @@ final class PythonExecutor: @unchecked Sendable {
         try? h.seek(toOffset: size > UInt64(bytes) ? size - UInt64(bytes) : 0)
         let data = (try? h.read(upToCount: bytes)) ?? Data()
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Admits to a starting executor's socket only the process the worker started for it. A PAIR
+/// socket is answered by whoever connects first, and a function of another executor could
+/// connect first (same Unix user; /proc/net/unix lists the path): that executor could not start
+/// while the function ran, or, unchecked, would be handed the next user's function and data.
+/// The ZAP handler of the executors' context sees each connecting process (SO_PEERCRED, as
+/// libzmq's address of an IPC peer: `:uid:gid:pid`); the starting executors' threads answer it.
+final class ExecutorAdmission: @unchecked Sendable {
+    static let domain = "tessera-executor"
+    private let lock = NSLock()
+    private let zap: ZAPHandler
+    /// Executors starting now: the only processes admitted.
+    private var starting: Set<pid_t> = []
+    /// Processes refused lately (the last 64).
+    private var refused: [pid_t] = []
+
+    init(context: ZMQContext) throws {
+        zap = try ZAPHandler(context: context)
+    }
+
+    func expect(_ pid: pid_t) { lock.withLock { _ = starting.insert(pid) } }
+    func forget(_ pid: pid_t) { lock.withLock { _ = starting.remove(pid) } }
+
+    /// Answers the connections waiting (the ZAP socket is used under the lock, by whichever
+    /// starting executor's thread comes first).
+    func answer() {
+        lock.withLock {
+            _ = try? zap.answerPending { request in
+                guard request.domain == Self.domain, let pid = Self.pid(ofPeer: request.address) else { return nil }
+                if starting.contains(pid) { return "executor" }
+                refused.append(pid)
+                if refused.count > 64 { refused.removeFirst(refused.count - 64) }
+                return nil
+            }
+        }
+    }
+
+    /// A refused process that `pid` started (or its children did): a wrapper that runs Python
+    /// as its child rather than becoming it, which will never be admitted.
+    func refusedDescendant(of pid: pid_t) -> pid_t? {
+        let seen = lock.withLock { refused }
+        return seen.first { Self.ancestors(of: $0).contains(pid) }
+    }
+
+    /// The pid at the end of an IPC peer's address (`:uid:gid:pid`).
+    static func pid(ofPeer address: String) -> pid_t? {
+        address.split(separator: ":").last.flatMap { Int32($0) }
+    }
+
+    /// Parents of `pid`, nearest first (from /proc/PID/stat; at most 64).
+    static func ancestors(of pid: pid_t) -> [pid_t] {
+        var out: [pid_t] = []
+        var p = pid
+        while out.count < 64, let text = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") {
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, let parent = Int32(fields[1]), parent > 1 else { break }
+            out.append(parent)
+            p = parent
+        }
+        return out
     }
 }

@@ -698,6 +698,51 @@ def test_an_executor_must_be_the_process_the_worker_started(bins, catalog_files,
                 client.catalog("object").map_partitions(len, columns=["coord_ra"])
 
 
+def _squat(df):
+    """Connects to the next executor socket that appears on this host (/proc/net/unix lists
+    them) before its executor does, and holds the connection a while."""
+    import time as t
+
+    import zmq
+
+    def sockets():
+        with open("/proc/net/unix") as f:
+            return {line.split()[-1] for line in f.read().splitlines()[1:] if line.split()[-1].endswith(".sock")}
+
+    before = sockets()
+    deadline = t.monotonic() + 30
+    while t.monotonic() < deadline:
+        new = [p for p in sockets() - before if "/executor-" in p]
+        if new:
+            s = zmq.Context.instance().socket(zmq.PAIR)
+            s.connect("ipc://" + new[0])
+            t.sleep(8)
+            s.close(0)
+            return new[0]
+        t.sleep(0.005)
+    return None
+
+
+def test_a_function_cannot_take_another_executors_socket(bins, catalog_files, tmp_path):
+    """Mallory's function connects to the socket of the executor starting for Victor before
+    that executor can: only the process the worker started is let in (ZAP, by the peer's pid),
+    so Victor's executor starts and answers while she holds her connection."""
+    with tessera.LocalCluster(workers=1, threads=2, data=str(tmp_path / "data"), bin_dir=bins, extra_args=SANDBOX_ARGS) as c:
+        ingest(bins, c, "object", catalog_files[:1], 30000)
+        keys = os.path.dirname(c.key_path)
+        for user in ("mallory", "victor"):
+            subprocess.run([os.path.join(bins, "tessera"), "keys", "add-user", user, "--dir", keys], check=True, capture_output=True)
+        with tessera.Client(c, key=os.path.join(keys, "user-mallory.key"), progress=False) as mallory, \
+                tessera.Client(c, key=os.path.join(keys, "user-victor.key"), progress=False) as victor:
+            squatted = []
+            attacker = threading.Thread(target=lambda: squatted.extend(mallory.catalog("object").map_partitions(_squat, columns=["coord_ra"], timeout=60)))
+            attacker.start()
+            time.sleep(3)  # her executor started and her function watches for the next socket
+            assert victor.catalog("object").map_partitions(len, columns=["coord_ra"], timeout=60) == [30000]
+            attacker.join()
+            assert squatted and squatted[0] is not None and "/executor-" in squatted[0], squatted
+
+
 def test_a_worker_refuses_a_function_folder_within_its_data(bins, tmp_path):
     """--python-read of a folder inside the worker's data folder would hand functions its
     shards: the worker does not start, and says why."""

@@ -266,20 +266,16 @@ public struct ResultWriter: Sendable {
     }
 
     static func xml(_ s: String) -> String {
-        // Most text (names, ids) has nothing to escape.
-        guard s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") || $0 == UInt8(ascii: "\"") }) else { return s }
-        var o = ""
-        for ch in s.unicodeScalars {
+        ResultTable.replacing(s, where: { $0 < 0x20 || $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") || $0 == UInt8(ascii: "\"") }) { ch in
             switch ch {
-            case "&": o += "&amp;"
-            case "<": o += "&lt;"
-            case ">": o += "&gt;"
-            case "\"": o += "&quot;"
-            default:
-                // XML 1.0 forbids most control characters even as references.
-                if ch.value < 0x20 && ch != "\n" && ch != "\t" && ch != "\r" { o += "?" } else { o.unicodeScalars.append(ch) }
+            case "&": "&amp;"
+            case "<": "&lt;"
+            case ">": "&gt;"
+            case "\"": "&quot;"
+            // XML 1.0 forbids most control characters even as references.
+            case _ where ch.value < 0x20 && ch != "\n" && ch != "\t" && ch != "\r": "?"
+            default: nil
             }
         }
-        return o
     }
 }

@@ -17,32 +17,34 @@ public struct ResultTable: Sendable, Equatable {
     /// through NSString's search, and took 20 times the rest of writing a cell.
     public static func csvField(_ s: String) -> String {
         guard s.utf8.contains(where: { $0 == UInt8(ascii: ",") || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) else { return s }
-        var quoted = "\""
-        for ch in s.unicodeScalars {
-            if ch == "\"" { quoted += "\"\"" } else { quoted.unicodeScalars.append(ch) }
-        }
-        return quoted + "\""
+        return "\"" + replacing(s, where: { $0 == UInt8(ascii: "\"") }) { $0 == "\"" ? "\"\"" : nil } + "\""
     }
 
     /// `s` as a JSON string (RFC 8259): quotes, backslashes and control characters escaped.
     public static func jsonString(_ s: String) -> String {
-        guard s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return "\"" + s + "\"" }
-        var o = "\""
-        for ch in s.unicodeScalars {
+        let inner = replacing(s, where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) { ch in
             switch ch {
-            case "\"": o += "\\\""
-            case "\\": o += "\\\\"
-            case "\n": o += "\\n"
-            default:
-                if ch.value < 0x20 {
-                    let hex = String(ch.value, radix: 16)
-                    o += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    o.unicodeScalars.append(ch)
-                }
+            case "\"": return "\\\""
+            case "\\": return "\\\\"
+            case "\n": return "\\n"
+            case _ where ch.value < 0x20:
+                let hex = String(ch.value, radix: 16)
+                return "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: return nil
             }
         }
-        return o + "\""
+        return "\"" + inner + "\""
+    }
+
+    /// `s` with each character `replacement` gives text for replaced by it, the others kept;
+    /// `s` itself when no UTF-8 byte of it is one `mayNeed` flags (most text, looked at fast).
+    public static func replacing(_ s: String, where mayNeed: (UInt8) -> Bool, _ replacement: (Unicode.Scalar) -> String?) -> String {
+        guard s.utf8.contains(where: mayNeed) else { return s }
+        var out = ""
+        for ch in s.unicodeScalars {
+            if let r = replacement(ch) { out += r } else { out.unicodeScalars.append(ch) }
+        }
+        return out
     }
 
     /// A cell as text (integers exactly, floats to 17 significant digits, NaN as `nan`).

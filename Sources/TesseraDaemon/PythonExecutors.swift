@@ -135,6 +135,12 @@ public final class PythonExecutors: Sendable {
         self.settings = settings
         self.workerName = workerName
         maxIdle = max(8, 2 * threads)
+        // Before libzmq 4.3.3 a connection was attached to a socket before ZAP had admitted it,
+        // so a PAIR socket was still the first connecting process's.
+        let v = ZMQContext.versionNumbers
+        guard (v.major, v.minor, v.patch) >= (4, 3, 3) else {
+            throw PythonStartError(message: "libzmq \(ZMQContext.version) gives a new Python executor's socket to whichever process connects first, before it is authenticated (fixed in libzmq 4.3.3): upgrade libzmq, or start the worker with --no-python")
+        }
         context = try ZMQContext()
         // Bound before any executor's socket, whose connections it then answers.
         admission = try ExecutorAdmission(context: context)
@@ -370,14 +376,18 @@ public final class PythonExecutors: Sendable {
     }
 }
 
-struct PythonStartError: Error {
+struct PythonStartError: Error, CustomStringConvertible {
     let message: String
+    var description: String { message }
 }
 
 /// One executor process and the socket to it; used by one call at a time (the pool hands it
 /// from thread to thread under a lock, which orders the socket's uses).
 final class PythonExecutor: @unchecked Sendable {
     let process: SpawnedProcess
+    let admission: ExecutorAdmission
+    /// The ZAP domain of its socket: its own, so refusals are told apart per executor.
+    let admissionDomain: String
     let socket: Socket
     let logPath: String
     let socketPath: String
@@ -401,7 +411,9 @@ final class PythonExecutor: @unchecked Sendable {
         try socket.setMaxMessageSize(Int64(Limits.pythonValueBytes + (1 << 20)))
         // Each connection is put to `admission` (ZAP) before it is attached: one from another
         // process is refused, and leaves the socket free for the executor's own.
-        try socket.setZAPDomain(ExecutorAdmission.domain)
+        admissionDomain = ExecutorAdmission.domain(index)
+        self.admission = admission
+        try socket.setZAPDomain(admissionDomain)
         _ = try socket.bind("ipc://" + socketPath)
         // Nothing of the worker's own configuration (its key's path, say) reaches users' code.
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TESSERA_") }
@@ -431,19 +443,27 @@ final class PythonExecutor: @unchecked Sendable {
         guard log >= 0 else { throw PythonStartError(message: "cannot open its log \(logPath): \(String(cString: strerror(errno)))") }
         defer { close(log) }
         do {
-            process = try SpawnedProcess(settings.executable, arguments: ["-m", "tessera.executor", "ipc://" + socketPath], environment: env, output: log)
+            // Its pid is admitted before any connection can be answered.
+            let (executable, arguments) = (settings.executable, ["-m", "tessera.executor", "ipc://" + socketPath])
+            process = try admission.start(domain: admissionDomain) {
+                try SpawnedProcess(executable, arguments: arguments, environment: env, output: log)
+            }
         } catch {
             throw PythonStartError(message: "\(error)")
         }
         // The first message says it is ready (importing numpy and pandas takes about a second).
         let deadline = Date().addingTimeInterval(60)
-        admission.expect(process.pid)
-        defer { admission.forget(process.pid) }
+        defer { admission.forget(domain: admissionDomain) }
         while true {
             admission.answer()
-            if let refused = admission.refusedDescendant(of: process.pid) {
+            let refused = admission.refusals(domain: admissionDomain)
+            if refused.contains(0) {
                 stop()
-                throw PythonStartError(message: "a process other than the executor started (\(process.pid)) connected to its socket (process \(refused), started by it): refused (the executor must be the process the worker starts: a wrapper must exec Python)")
+                throw PythonStartError(message: "a connection to its socket came without a process id (the socket admits its process by the pid the kernel gives for the other end, which this libzmq does not pass on)")
+            }
+            if let child = refused.first(where: { ExecutorAdmission.ancestors(of: $0).contains(process.pid) }) {
+                stop()
+                throw PythonStartError(message: "a process other than the executor started (\(process.pid)) connected to its socket (process \(child), started by it): refused (the executor must be the process the worker starts: a wrapper must exec Python)")
             }
             if let hello = try? socket.receive(), let first = hello.first,
                let h = try? JSONSerialization.jsonObject(with: Data(first.bytes)) as? [String: Any], h["ready"] as? Bool == true {
@@ -635,45 +655,60 @@ final class PythonExecutor: @unchecked Sendable {
 /// connect first (same Unix user; /proc/net/unix lists the path): that executor could not start
 /// while the function ran, or, unchecked, would be handed the next user's function and data.
 /// The ZAP handler of the executors' context sees each connecting process (SO_PEERCRED, as
-/// libzmq's address of an IPC peer: `:uid:gid:pid`); the starting executors' threads answer it.
+/// libzmq's address of an IPC peer: `…:uid:gid:pid`); the starting executors' threads answer it.
+/// Each executor's socket has a ZAP domain of its own, naming it here.
 final class ExecutorAdmission: @unchecked Sendable {
-    static let domain = "tessera-executor"
     private let lock = NSLock()
     private let zap: ZAPHandler
-    /// Executors starting now: the only processes admitted.
-    private var starting: Set<pid_t> = []
-    /// Processes refused lately (the last 64).
-    private var refused: [pid_t] = []
+    /// The process each starting executor's socket admits, by domain.
+    private var expected: [String: pid_t] = [:]
+    /// Processes each refused (at most 64 per socket).
+    private var refused: [String: [pid_t]] = [:]
 
     init(context: ZMQContext) throws {
         zap = try ZAPHandler(context: context)
     }
 
-    func expect(_ pid: pid_t) { lock.withLock { _ = starting.insert(pid) } }
-    func forget(_ pid: pid_t) { lock.withLock { _ = starting.remove(pid) } }
+    static func domain(_ index: Int) -> String { "tessera-executor-\(index)" }
+
+    /// Starts the executor's process (`spawn`) and admits it, under the lock, so no connection
+    /// is answered in between.
+    func start(domain: String, _ spawn: () throws -> SpawnedProcess) throws -> SpawnedProcess {
+        try lock.withLock {
+            let p = try spawn()
+            expected[domain] = p.pid
+            return p
+        }
+    }
+
+    /// The socket is no longer starting: later connections to it are refused.
+    func forget(domain: String) {
+        lock.withLock {
+            expected[domain] = nil
+            refused[domain] = nil
+        }
+    }
 
     /// Answers the connections waiting (the ZAP socket is used under the lock, by whichever
     /// starting executor's thread comes first).
     func answer() {
         lock.withLock {
             _ = try? zap.answerPending { request in
-                guard request.domain == Self.domain, let pid = Self.pid(ofPeer: request.address) else { return nil }
-                if starting.contains(pid) { return "executor" }
-                refused.append(pid)
-                if refused.count > 64 { refused.removeFirst(refused.count - 64) }
+                let pid = Self.pid(ofPeer: request.address) ?? 0
+                if let want = expected[request.domain], want == pid { return "executor" }
+                if expected[request.domain] != nil {
+                    refused[request.domain, default: []].append(pid)
+                    if refused[request.domain]!.count > 64 { refused[request.domain]!.removeFirst() }
+                }
                 return nil
             }
         }
     }
 
-    /// A refused process that `pid` started (or its children did): a wrapper that runs Python
-    /// as its child rather than becoming it, which will never be admitted.
-    func refusedDescendant(of pid: pid_t) -> pid_t? {
-        let seen = lock.withLock { refused }
-        return seen.first { Self.ancestors(of: $0).contains(pid) }
-    }
+    /// The processes the socket of `domain` refused while it started.
+    func refusals(domain: String) -> [pid_t] { lock.withLock { refused[domain] ?? [] } }
 
-    /// The pid at the end of an IPC peer's address (`:uid:gid:pid`).
+    /// The pid at the end of an IPC peer's address (`…:uid:gid:pid`).
     static func pid(ofPeer address: String) -> pid_t? {
         address.split(separator: ":").last.flatMap { Int32($0) }
     }

@@ -462,7 +462,8 @@ public struct SchedulerCore {
         job.lane = Lane(priority: priority, user: fairShare.id(of: user), job: id)
         job.estimate = estimate
         if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
-            job.rowCap = UInt64(CheckedCatalogQuery.rowCap(q))
+            // (A plan that sets no max_rows has the default cap, within this cluster's own.)
+            job.rowCap = min(UInt64(CheckedCatalogQuery.rowCap(q)), config.maxRowsPerJob)
         }
         jobsPerUser[user, default: 0] += 1
         tasksPerUser[user, default: 0] += job.admittedTasks

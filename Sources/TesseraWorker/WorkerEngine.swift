@@ -623,6 +623,7 @@ public struct WorkerEngine {
         var entry = expectedShards[x.ingestID] ?? ExpectedIngest(dataset: x.dataset, clientKey: x.clientKey)
         guard entry.dataset == x.dataset else { return }
         // A shard without a stated size (a scheduler that sends none) may hold nothing.
+        if x.bytes.count != x.orders.count { entry.sized = false }
         for (k, (o, p)) in zip(x.orders, x.pixels).enumerated() {
             entry.bytes[ShardPlace(order: o, pixel: p)] = k < x.bytes.count ? x.bytes[k] : 0
         }
@@ -636,6 +637,8 @@ public struct WorkerEngine {
         var clientKey: String
         var bytes: [ShardPlace: UInt64] = [:]
         var storing: Set<ShardPlace> = []
+        /// Whether the scheduler stated every shard's size.
+        var sized = true
     }
 
     /// Who a connecting key is to this worker's peer endpoint: `worker` (it may fetch),
@@ -666,6 +669,7 @@ public struct WorkerEngine {
             return "the scheduler planned no shard order\(r.order)-pix\(r.pixel) of `\(r.dataset.prefix(100))` (ingest `\(r.ingestID.prefix(100))`) for this worker and sender"
         }
         guard frameBytes <= stated else {
+            if !e.sized { return "the scheduler gave this worker no shard sizes for ingest `\(r.ingestID.prefix(100))` (a scheduler older than the worker): upgrade the scheduler" }
             return "shard order\(r.order)-pix\(r.pixel) sent \(frameBytes) bytes, over the \(stated) its ingest stated when it began (the size a workspace's quota was checked against)"
         }
         guard e.storing.insert(place).inserted else {

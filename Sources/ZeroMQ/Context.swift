@@ -26,9 +26,15 @@ public final class ZMQContext: @unchecked Sendable {
 
     /// The libzmq version linked at run time, e.g. "4.3.4".
     public static var version: String {
+        let v = versionNumbers
+        return "\(v.major).\(v.minor).\(v.patch)"
+    }
+
+    /// The libzmq version linked at run time, as numbers.
+    public static var versionNumbers: (major: Int, minor: Int, patch: Int) {
         var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
         zmq_version(&major, &minor, &patch)
-        return "\(major).\(minor).\(patch)"
+        return (Int(major), Int(minor), Int(patch))
     }
 }
 

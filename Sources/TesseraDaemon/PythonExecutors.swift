@@ -541,7 +541,7 @@ final class PythonExecutor: @unchecked Sendable {
             let group = Self.groupResidentBytes(group: process.pid, except: process.pid)
             groupExtraBytes = group.bytes
             fileBytes = Self.folderBytes(scratchPath, entryLimit: Self.scratchEntryLimit)
-                .map { $0 &+ Self.unlistedOpenFileBytes(of: [process.pid] + group.members) }
+                .map { $0 &+ Self.unlistedFileBytes(of: [process.pid] + group.members, scratch: scratchPath) }
         }
         checksSinceGroupScan += 1
         return (Self.residentBytes(of: process.pid) + groupExtraBytes, fileBytes)
@@ -576,9 +576,12 @@ final class PythonExecutor: @unchecked Sendable {
         return total
     }
 
-    /// The blocks, in bytes, of the regular files processes `pids` hold open that have no name
-    /// left (each file once, however many descriptors or processes hold it).
-    static func unlistedOpenFileBytes(of pids: [pid_t]) -> UInt64 {
+    /// The bytes of the files processes `pids` hold that no folder lists, each file once: the
+    /// blocks of those open with no name left, and the largest extent mapped of those deleted
+    /// and mapped (a file written, mapped and closed holds its memory with no descriptor and,
+    /// untouched, no resident page) that were in the scratch folder or are on a memory file
+    /// system (device major 0: a tmpfs, or shared anonymous memory, `/dev/zero (deleted)`).
+    static func unlistedFileBytes(of pids: [pid_t], scratch: String) -> UInt64 {
         struct FileID: Hashable { let device: UInt64, inode: UInt64 }
         var seen: Set<FileID> = []
         var total: UInt64 = 0
@@ -594,7 +597,27 @@ final class PythonExecutor: @unchecked Sendable {
                 total &+= UInt64(max(0, st.st_blocks)) &* 512
             }
         }
-        return total
+        var mapped: [FileID: UInt64] = [:]
+        for pid in pids {
+            guard let maps = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else { continue }
+            for line in maps.split(separator: "\n") where line.hasSuffix(" (deleted)") {
+                // start-end perms offset major:minor inode path (deleted)
+                let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+                guard f.count == 6, let dash = f[0].firstIndex(of: "-"),
+                      let start = UInt64(f[0][..<dash], radix: 16), let end = UInt64(f[0][f[0].index(after: dash)...], radix: 16),
+                      let offset = UInt64(f[2], radix: 16), let colon = f[3].firstIndex(of: ":"),
+                      let major = UInt64(f[3][..<colon], radix: 16), let minor = UInt64(f[3][f[3].index(after: colon)...], radix: 16),
+                      let inode = UInt64(f[4]), end > start else { continue }
+                let path = f[5].trimmingCharacters(in: .whitespaces)
+                guard major == 0 || path.hasPrefix(scratch + "/") else { continue }
+                // The device as stat gives it (glibc's makedev), to meet the descriptors' files.
+                let device = (major & 0xFFFF_F000) << 32 | (major & 0xFFF) << 8 | (minor & 0xFFFF_FF00) << 12 | (minor & 0xFF)
+                let id = FileID(device: device, inode: inode)
+                if seen.contains(id) { continue }
+                mapped[id] = max(mapped[id] ?? 0, offset &+ (end - start))
+            }
+        }
+        return mapped.values.reduce(total) { $0 &+ $1 }
     }
 
     static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))

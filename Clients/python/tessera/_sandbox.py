@@ -151,13 +151,14 @@ def interpreter_folders() -> list:
 # does not govern a file's metadata: a function could make the worker's shards readable by
 # every local user, or, by a descriptor opened for reading, any file of its user it may read:
 # as root, /etc/shadow). No memfd_create or memfd_secret: a memory file's pages are in no
-# process's resident size until mapped, so a function could hold memory past its limit.
+# process's resident size until mapped, so a function could hold memory past its limit; nor
+# System V shared memory (shmget, shmat, shmctl, shmdt), which outlives the process that made it.
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _SOCKET_CALLS = {"x86_64": (41, 53), "aarch64": (198, 199)}
 _DENIED_CALLS = {
     "x86_64": (90, 91, 92, 93, 94, 268, 452, 260, 132, 235, 261, 280, 188, 189, 190, 197, 198, 199, 463, 466,
-               425, 426, 427, 101, 310, 311, 248, 249, 250, 321, 298, 323, 319, 447),
-    "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282, 279, 447),
+               425, 426, 427, 101, 310, 311, 248, 249, 250, 321, 298, 323, 319, 447, 29, 30, 31, 67),
+    "aarch64": (52, 53, 452, 54, 55, 88, 5, 6, 7, 14, 15, 16, 463, 466, 425, 426, 427, 117, 270, 271, 217, 218, 219, 280, 241, 282, 279, 447, 194, 195, 196, 197),
 }
 # truncate() by path: Landlock governs it from ABI 3 (Linux 6.2) on; before, the filter refuses
 # it (ftruncate needs a descriptor open for writing, which Landlock governs at every ABI).

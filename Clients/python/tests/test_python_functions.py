@@ -160,7 +160,17 @@ def test_a_function_over_its_memory_limit_is_killed(bins, catalog_files, tmp_pat
                         f.write(b"x" * 50_000_000)
                 time.sleep(60)
 
-            for hog in (file_hog, named_file_hog):
+            def mapped_file_hog(df):
+                import mmap
+                import tempfile
+                with tempfile.TemporaryFile() as f:
+                    for _ in range(8):
+                        f.write(b"x" * 50_000_000)
+                    f.flush()
+                    kept = mmap.mmap(f.fileno(), 0)  # the mapping alone holds it once closed
+                time.sleep(60 + len(kept))
+
+            for hog in (file_hog, named_file_hog, mapped_file_hog):
                 with pytest.raises(tessera.PythonFunctionError, match=r"MiB of it in files of its scratch folder or held open \(its TMPDIR is often memory\)\), over its memory limit of 300 MiB: killed"):
                     client.catalog("object").map_partitions(hog, columns=["coord_ra"], timeout=30)
             assert client.catalog("object").map_partitions(len, columns=["coord_ra"]) == [30000]
@@ -612,6 +622,16 @@ def _probe_access(paths, port, writable):
         out["signal worker"] = attempt(lambda: os.kill(os.getppid(), 0))
         # A memory file's pages are in no process's resident size until mapped.
         out["memfd"] = attempt(lambda: os.close(os.memfd_create("probe")))
+        # System V shared memory outlives the process that made it (ctypes: Python has no shmget).
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def shmget():
+            segment = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+            if segment < 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            libc.shmctl(segment, 0, None)  # IPC_RMID: not left behind
+        out["sysv shm"] = attempt(shmget)
         out["scratch"] = attempt(lambda: tempfile.TemporaryFile().write(b"x"))
         out["writable"] = attempt(lambda: open(os.path.join(writable, f"{os.getpid()}.txt"), "w").write("x"))
         probe_file = f"/tmp/tessera-probe-{os.getpid()}"
@@ -641,7 +661,7 @@ def test_functions_are_confined(cluster, client, function_dir):
     for answer in client.catalog("object").map_partitions(probe, columns=["coord_ra"]):
         for p in secrets:
             assert answer[p] == "PermissionError", (p, answer)
-        for what in ("tcp", "mptcp", "udp", "chmod", "fchmod", "fchown", "fsetxattr", "worker environ", "signal worker", "memfd"):
+        for what in ("tcp", "mptcp", "udp", "chmod", "fchmod", "fchown", "fsetxattr", "worker environ", "signal worker", "memfd", "sysv shm"):
             assert answer[what] == "PermissionError", (what, answer)
         assert answer["own socket"] is False, answer
         assert answer["/tmp"] == "PermissionError" and answer["/etc/shadow"] == "PermissionError", answer
@@ -676,7 +696,7 @@ def test_without_the_sandbox_a_function_has_the_workers_access(bins, catalog_fil
                 assert set(client.catalog("object").map_partitions(_forkserver_process, columns=["coord_ra"], timeout=60)) == {0}
     for answer in answers:
         assert all(answer[p] == "allowed" for p in secrets), answer
-        for what in ("tcp", "udp", "chmod", "fchmod", "fchown", "worker environ", "signal worker", "memfd"):
+        for what in ("tcp", "udp", "chmod", "fchmod", "fchown", "worker environ", "signal worker", "memfd", "sysv shm"):
             assert answer[what] == "allowed", (what, answer)
         # Run as root, as CI runs it, a worker reads the host's password hashes.
         assert answer["/etc/shadow"] == ("allowed" if os.geteuid() == 0 and os.path.exists("/etc/shadow") else "PermissionError"), answer

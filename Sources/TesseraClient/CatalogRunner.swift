@@ -72,7 +72,11 @@ extension SchedulerConnection {
     /// A question lost to a scheduler restart before any of its rows came is asked again (its
     /// progressive snapshots restart from nothing); a collect that had already streamed rows
     /// fails with ``ClientError/schedulerRestarted(job:message:)``, since the caller has them.
-    public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120,
+    ///
+    /// - Parameter keepsRows: false for a collect whose caller takes each batch from `onUpdate`
+    ///   as it comes: the batches are then not kept, and the final answer has the counts
+    ///   (shards, rows read and matched) without the rows.
+    public func run(_ query: CatalogQuery, name: String = "", idleTimeout: Double = 120, keepsRows: Bool = true,
                     onUpdate: (CatalogUpdate) -> Void = { _ in }, isStopped: () -> Bool = { false }) throws -> CatalogUpdate {
         let plan = query.plan
         let start = DispatchTime.now().uptimeNanoseconds
@@ -85,6 +89,8 @@ extension SchedulerConnection {
         // A collect's batches, joined once at the end; their rows, against the cap as they come.
         var collected: [CatalogPartial] = []
         var collectedRows = 0
+        // Batches handed on and not kept: their counts only.
+        var handedOn: CatalogPartial?
         var lastHeard = DispatchTime.now().uptimeNanoseconds
         var resubmitted = 0
         while true {
@@ -95,7 +101,7 @@ extension SchedulerConnection {
             let event: JobEvent?
             do {
                 event = try nextEvent(job: job, timeout: 0.1)
-            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected.isEmpty && final == nil {
+            } catch ClientError.schedulerRestarted where resubmitted < Self.resubmissions && collected.isEmpty && handedOn == nil && final == nil {
                 resubmitted += 1
                 job = try resubmit(.plan(query.wirePlan), name: jobName, priority: query.priority, directResults: direct).jobID
                 lastHeard = DispatchTime.now().uptimeNanoseconds
@@ -123,7 +129,15 @@ extension SchedulerConnection {
                                                tasksDone: Int(done), taskCount: Int(total)))
                     } else if plan.hasRows && plan.rows.limit == 0 {
                         // A collect: each shard's rows arrive as a batch of their own.
-                        collected.append(p)
+                        if keepsRows {
+                            collected.append(p)
+                        } else {
+                            var counts = handedOn ?? CatalogPartial()
+                            counts.shards &+= p.shards
+                            counts.rowsScanned &+= p.rowsScanned
+                            counts.rowsMatched &+= p.rowsMatched
+                            handedOn = counts
+                        }
                         collectedRows += p.rows.rowCount
                         let cap = CheckedCatalogQuery.rowCap(plan)
                         if collectedRows > cap {
@@ -140,7 +154,7 @@ extension SchedulerConnection {
                 guard f.state == .jobDone else {
                     throw ClientError.jobEnded(state: f.state, message: f.error)
                 }
-                var answer = final ?? CatalogPartial()
+                var answer = final ?? handedOn ?? CatalogPartial()
                 if final == nil && !collected.isEmpty {
                     do throws(CatalogQueryError) {
                         answer = try CatalogMerge.merge(collected, plan: plan)

@@ -225,13 +225,36 @@ struct QueryCommand: ParsableCommand {
 func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, job: JobOptions) throws {
     let conn = try target.connect()
     job.apply(to: conn)
-    let final = try conn.run(q, onUpdate: { u in
-        guard out.progress else { return }
-        let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
-        FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
-    })
+    // A collect written as CSV or JSON goes out a batch at a time as the shards answer (in the
+    // order the whole answer would have had), and no batch is kept.
+    let streams = q.plan.hasRows && q.plan.rows.limit == 0 && !q.plan.hasPython && out.store == nil && (out.format == "csv" || out.format == "json")
+    var rows = streams ? try RowTextWriter(format: out.format, to: out.output) : nil
+    var wroteRows = false
+    let final: CatalogUpdate
+    do {
+        final = try conn.run(q, keepsRows: !streams, onUpdate: { u in
+            if streams && !u.isFinal {
+                let t = u.result.table
+                if t.rowCount > 0 {
+                    rows?.append(t)
+                    wroteRows = true
+                }
+                return
+            }
+            guard out.progress else { return }
+            let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
+            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+        })
+    } catch {
+        rows?.discard()
+        throw error
+    }
     if let name = out.store {
         try storeRows(final.result.table, as: name, of: q, conn: conn, replace: out.replaceStored)
+    } else if var rows {
+        // No shard had a row: the answer's own (empty) table, with its columns' names.
+        if !wroteRows { rows.append(final.result.table) }
+        try rows.finish()
     } else {
         try ResultOutput.write(final.result.table, format: out.format, to: out.output)
     }

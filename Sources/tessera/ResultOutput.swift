@@ -32,28 +32,14 @@ enum ResultOutput {
             try FITSTableWriter.write(to: path, columns: specs, data: data, extensionName: "RESULT")
             return
         }
+        if format == "csv" || format == "json" {
+            var rows = try RowTextWriter(format: format, to: path)
+            rows.append(t)
+            try rows.finish()
+            return
+        }
         var out = try TextSink(path: path)
         switch format {
-        case "csv":
-            out.write(t.names.map(ResultTable.csvField).joined(separator: ",") + "\n")
-            for r in 0..<t.rowCount {
-                for c in t.names.indices {
-                    if c > 0 { out.write(",") }
-                    out.write(ResultTable.csvField(t.text(row: r, column: c)))
-                }
-                out.write("\n")
-            }
-        case "json":
-            for r in 0..<t.rowCount {
-                out.write(jsonLine(t.names.indices.map { c -> (String, Any) in
-                    switch t.columns[c] {
-                    case .doubles(let a): (t.names[c], a[r])
-                    case .int64s(let a): (t.names[c], a[r])
-                    case .bools(let a): (t.names[c], a[r])
-                    case .floats(let a): (t.names[c], Double(a[r]))
-                    }
-                }) + "\n")
-            }
         default:
             let shown = path == nil ? min(t.rowCount, terminalRows) : t.rowCount
             let cells = (0..<shown).map { r in (0..<t.names.count).map { t.text(row: r, column: $0) } }
@@ -67,6 +53,47 @@ enum ResultOutput {
         }
         try out.finish()
     }
+}
+
+/// Rows written as CSV (a header, then a line per row) or JSON (an object per line), a table
+/// at a time: a collect's batches are written as they arrive, and none is kept.
+struct RowTextWriter {
+    private var sink: TextSink
+    private let csv: Bool
+    private var wroteHeader = false
+
+    init(format: String, to path: String?) throws {
+        sink = try TextSink(path: path)
+        csv = format == "csv"
+    }
+
+    mutating func append(_ t: ResultTable) {
+        if csv {
+            if !wroteHeader { sink.write(t.names.map(ResultTable.csvField).joined(separator: ",") + "\n") }
+            wroteHeader = true
+            for r in 0..<t.rowCount {
+                for c in t.names.indices {
+                    if c > 0 { sink.write(",") }
+                    sink.write(ResultTable.csvField(t.text(row: r, column: c)))
+                }
+                sink.write("\n")
+            }
+            return
+        }
+        for r in 0..<t.rowCount {
+            sink.write(jsonLine(t.names.indices.map { c -> (String, Any) in
+                switch t.columns[c] {
+                case .doubles(let a): (t.names[c], a[r])
+                case .int64s(let a): (t.names[c], a[r])
+                case .bools(let a): (t.names[c], a[r])
+                case .floats(let a): (t.names[c], Double(a[r]))
+                }
+            }) + "\n")
+        }
+    }
+
+    mutating func finish() throws { try sink.finish() }
+    func discard() { sink.discard() }
 }
 
 /// Text written as it is made, a megabyte at a time, to standard output or to a file (through a
@@ -121,5 +148,12 @@ struct TextSink {
             try? FileManager.default.removeItem(atPath: file.partial)
             throw ValidationError("cannot write \(file.path): \(why)")
         }
+    }
+
+    /// Drops what was written (the question failed): the file asked for is not touched.
+    func discard() {
+        guard let file else { return }
+        try? file.handle.close()
+        try? FileManager.default.removeItem(atPath: file.partial)
     }
 }

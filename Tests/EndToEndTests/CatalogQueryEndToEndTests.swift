@@ -226,6 +226,21 @@ struct QueryCommandLineTests {
         #expect(rowLines.dropFirst().map { Double($0.split(separator: ",")[1])! } == reference.numbers("distance(coord_ra, coord_dec, 60, -35)"))
         #expect(rowLines.count == 6)
 
+        // A collect as CSV or JSON is written a batch at a time as its shards answer, none kept:
+        // the whole answer's rows; one with no row is the header alone.
+        let collect = CatalogQuery(dataset: "object").region(.cone(ra: 60, dec: -35, radius: 5)).select(["objectId", "coord_ra"])
+        let whole = try conn.run(collect).result.table
+        #expect(whole.rowCount > 0)
+        let streamed = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--select", "objectId,coord_ra", "--format", "csv"] + ep)
+        #expect(streamed.status == 0, "\(streamed.err)")
+        let csvLines = streamed.out.split(separator: "\n")
+        #expect(csvLines.first == "objectId,coord_ra")
+        #expect(csvLines.dropFirst().map { Double($0.split(separator: ",")[0])! }.sorted() == whole.numbers("objectId")?.sorted())
+        let json = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--select", "objectId,coord_ra", "--format", "json"] + ep)
+        #expect(json.status == 0 && json.out.split(separator: "\n").count == whole.rowCount, "\(json.err)")
+        let none = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--where", "coord_ra < -1", "--select", "objectId,coord_ra", "--format", "csv"] + ep)
+        #expect(none.status == 0 && none.out.split(separator: "\n").count <= 1, "\(none.out) \(none.err)")
+
         // FITS: a binary table cfitsio reads back.
         let fits = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",
                                 "--format", "fits", "-o", dir + "/cells.fits"] + ep)

@@ -559,21 +559,39 @@ final class PythonExecutor: @unchecked Sendable {
         var entries = 0
         var folders = [path]
         while let folder = folders.popLast() {
-            guard let dir = opendir(folder) else { continue }
-            defer { closedir(dir) }
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if name == "." || name == ".." { continue }
+            let complete = forEachEntry(of: folder) { name in
                 entries += 1
-                if entries > entryLimit { return nil }
+                if entries > entryLimit { return false }
                 let child = folder + "/" + name
                 var st = stat()
-                guard lstat(child, &st) == 0 else { continue }
+                guard lstat(child, &st) == 0 else { return true }
                 total &+= UInt64(max(0, st.st_blocks)) &* 512
                 if st.st_mode & S_IFMT == S_IFDIR { folders.append(child) }
+                return true
             }
+            if !complete { return nil }
         }
         return total
+    }
+
+    /// Calls `body` with the name of each entry of the folder at `path` (not `.` or `..`) until
+    /// it returns false; false then (true at the end, or when the folder cannot be read).
+    static func forEachEntry(of path: String, _ body: (String) -> Bool) -> Bool {
+        guard let dir = opendir(path) else { return true }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            if !body(name) { return false }
+        }
+        return true
+    }
+
+    /// The fields of /proc/PID/stat after the command's closing parenthesis (the command may
+    /// hold spaces and parentheses): state, parent, process group, …; nil if it cannot be read.
+    static func statFields(of pid: pid_t) -> [Substring]? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ")
     }
 
     /// The bytes of the files processes `pids` hold that no folder lists, each file once: the
@@ -586,15 +604,14 @@ final class PythonExecutor: @unchecked Sendable {
         var seen: Set<FileID> = []
         var total: UInt64 = 0
         for pid in pids {
-            guard let dir = opendir("/proc/\(pid)/fd") else { continue }
-            defer { closedir(dir) }
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            _ = forEachEntry(of: "/proc/\(pid)/fd") { name in
                 var st = stat()
                 // (stat follows the descriptor's link to the file itself, named or not.)
-                guard name.first != ".", stat("/proc/\(pid)/fd/\(name)", &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 0,
-                      seen.insert(FileID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))).inserted else { continue }
-                total &+= UInt64(max(0, st.st_blocks)) &* 512
+                if stat("/proc/\(pid)/fd/\(name)", &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 0,
+                   seen.insert(FileID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))).inserted {
+                    total &+= UInt64(max(0, st.st_blocks)) &* 512
+                }
+                return true
             }
         }
         var mapped: [FileID: UInt64] = [:]
@@ -639,11 +656,8 @@ final class PythonExecutor: @unchecked Sendable {
         var total: UInt64 = 0
         var members: [pid_t] = []
         for name in entries {
-            guard let pid = Int32(name), pid != except,
-                  let text = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
-                  let close = text.lastIndex(of: ")") else { continue }
-            let fields = text[text.index(after: close)...].split(separator: " ")
-            guard fields.count > 21, Int32(fields[2]) == group else { continue }
+            guard let pid = Int32(name), pid != except, let fields = statFields(of: pid),
+                  fields.count > 21, Int32(fields[2]) == group else { continue }
             members.append(pid)
             if let rollup = try? String(contentsOfFile: "/proc/\(name)/smaps_rollup", encoding: .utf8),
                let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
@@ -740,8 +754,7 @@ final class ExecutorAdmission: @unchecked Sendable {
     static func ancestors(of pid: pid_t) -> [pid_t] {
         var out: [pid_t] = []
         var p = pid
-        while out.count < 64, let text = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") {
-            let fields = text[text.index(after: close)...].split(separator: " ")
+        while out.count < 64, let fields = PythonExecutor.statFields(of: p) {
             guard fields.count > 1, let parent = Int32(fields[1]), parent > 1 else { break }
             out.append(parent)
             p = parent

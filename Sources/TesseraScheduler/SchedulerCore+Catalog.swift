@@ -227,7 +227,7 @@ extension SchedulerCore {
 
     /// Rows without a limit: every shard's rows go to the client as they are read.
     static func isCollect(_ plan: CatalogQueryPlan) -> Bool {
-        plan.hasPython ? plan.python.combine.isEmpty : plan.hasRows && plan.rows.limit == 0
+        plan.hasPython ? plan.python.combine.isEmpty : plan.collectsRows
     }
 
     /// How a progressive plan's snapshots are taken: by `catalog_merge` (operator 1, params 1),

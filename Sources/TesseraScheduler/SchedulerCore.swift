@@ -461,7 +461,7 @@ public struct SchedulerCore {
         job.priority = priority
         job.lane = Lane(priority: priority, user: fairShare.id(of: user), job: id)
         job.estimate = estimate
-        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, Self.isCollect(q), !q.hasPython {
+        if case .plan(let plan) = s.work, case .catalog(let q) = plan.kind, q.collectsRows {
             // (A plan that sets no max_rows has the default cap, within this cluster's own.)
             job.rowCap = min(UInt64(CheckedCatalogQuery.rowCap(q)), config.maxRowsPerJob)
         }

@@ -227,7 +227,7 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
     job.apply(to: conn)
     // A collect written as CSV or JSON goes out a batch at a time as the shards answer (in the
     // order the whole answer would have had), and no batch is kept.
-    let streams = q.plan.hasRows && q.plan.rows.limit == 0 && !q.plan.hasPython && out.store == nil && (out.format == "csv" || out.format == "json")
+    let streams = q.plan.collectsRows && out.store == nil && (out.format == "csv" || out.format == "json")
     var rows = streams ? try RowTextWriter(format: out.format, to: out.output) : nil
     var wroteRows = false
     let final: CatalogUpdate

@@ -23,6 +23,12 @@ public struct CatalogQueryError: Error, CustomStringConvertible, Sendable, Equat
     }
 }
 
+extension CatalogQueryPlan {
+    /// Rows without a limit (not for a Python function): each shard's rows are an answer of
+    /// their own, held together to the row cap.
+    public var collectsRows: Bool { hasRows && rows.limit == 0 && !hasPython }
+}
+
 /// A catalog plan checked against a dataset's schema: every expression parsed and typed, every
 /// number in range. The scheduler checks a plan this way before expanding it (so a typo fails
 /// the submission, not a thousand tasks) and each worker checks it again against the shard it opens.

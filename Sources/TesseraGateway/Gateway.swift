@@ -16,9 +16,12 @@ public struct GatewayContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     /// The authenticated user, or the anonymous one when the gateway allows it.
     public var user: String = ""
+    /// The address of the connection's other end (a proxy's, behind one).
+    public let peerAddress: String?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        peerAddress = source.channel.remoteAddress?.ipAddress
     }
 
     public var maxUploadSize: Int { 1 << 20 }
@@ -46,6 +49,13 @@ public struct GatewayConfiguration: Sendable {
     public var hipsRoot: String?
     /// Serves the HiPS trees without a token (a portal's sky viewer fetches tiles by URL alone).
     public var publicHiPS = false
+    /// The proxies (their ``ClientAddress/key(_:)``s) whose `X-Forwarded-For` names the client
+    /// of a request without a token; from any other peer the header is the client's own word
+    /// and is ignored.
+    public var trustedProxies: Set<String> = []
+    /// Seconds a stopping gateway (SIGTERM, SIGINT) waits for the requests in progress before
+    /// it closes their connections.
+    public var shutdownGraceSeconds = 20
 
     public init(scheduler: String) { self.scheduler = scheduler }
 
@@ -77,7 +87,10 @@ final class RequestSlot: Sendable {
 }
 
 /// Authenticates each request, holds it to its user's share of concurrent requests, and
-/// writes one structured access-log line for it.
+/// writes one structured access-log line for it. A request without a token (a public path, or
+/// a HiPS tile under `--public-hips`) is held to its client address's share instead, and all of
+/// them together to ``GatewayLimits/requestsWithoutToken``: a portal's viewers each get a share
+/// of their own, and no crowd of them can take the whole gateway.
 struct GatewayMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
     let tokens: TokenStore?
@@ -86,6 +99,9 @@ struct GatewayMiddleware: RouterMiddleware {
     let inFlight: RequestCounts
     let logger: Logger
     var publicHiPS = false
+    var trustedProxies: Set<String> = []
+    /// The count that every request without a token also takes a place in.
+    static let withoutTokenKey = "@"
 
     /// Paths anyone may read: VOSI's availability and capabilities (clients discover the
     /// service before they authenticate), and the dashboard's static page.
@@ -98,6 +114,10 @@ struct GatewayMiddleware: RouterMiddleware {
         var context = context
         var response: Response
         let path = request.uri.path
+        // `X-Forwarded-For`: the client and the proxies the request passed through (RFC
+        // 7239's `Forwarded` says the same, and is not read).
+        let forwardedFor = request.headers.filter { $0.name.canonicalName == "x-forwarded-for" }.map(\.value)
+        let client = ClientAddress.client(peer: context.peerAddress, forwardedFor: forwardedFor, trustedProxies: trustedProxies)
         // The dashboard's EventSource cannot send headers: its token comes as `?token=`.
         var header = request.headers[.authorization]
         if header == nil, path.hasPrefix("/api/") {
@@ -111,31 +131,44 @@ struct GatewayMiddleware: RouterMiddleware {
                 context.user = user
             } else {
                 response = Self.unauthorized("the bearer token is not valid (ask for one: tessera token create USER)")
-                log(request, response, user: "-", start: start)
+                log(request, response, user: "-", client: client, start: start)
                 return response
             }
         } else if anonymous {
             context.user = GatewayConfiguration.anonymousUser
         } else if !Self.isPublic(path) && !(publicHiPS && path.hasPrefix("/hips/")) {
             response = Self.unauthorized("this service needs a bearer token: `Authorization: Bearer TOKEN` (tessera token create USER)")
-            log(request, response, user: "-", start: start)
+            log(request, response, user: "-", client: client, start: start)
             return response
         }
         let user = context.user.isEmpty ? "-" : context.user
-        let admitted = inFlight.counts.withLock { counts -> Bool in
-            guard counts[user, default: 0] < limits.concurrentRequestsPerUser else { return false }
-            counts[user, default: 0] += 1
-            return true
+        // The counts this request takes a place in, each with its bound.
+        var places = [(key: user, bound: limits.concurrentRequestsPerUser)]
+        if context.user.isEmpty {
+            places = [(Self.withoutTokenKey + client, limits.concurrentRequestsPerUser), (Self.withoutTokenKey, limits.requestsWithoutToken)]
         }
-        guard admitted else {
-            response = Gateway.errorResponse(429, "user \(user) has \(limits.concurrentRequestsPerUser) requests in progress, the most one user may: wait for one to finish")
-            log(request, response, user: user, start: start)
+        let refused = inFlight.counts.withLock { counts -> Int? in
+            if let full = places.firstIndex(where: { counts[$0.key, default: 0] >= $0.bound }) { return full }
+            for p in places { counts[p.key, default: 0] += 1 }
+            return nil
+        }
+        if let refused {
+            let message = switch (context.user.isEmpty, refused) {
+            case (false, _): "user \(user) has \(limits.concurrentRequestsPerUser) requests in progress, the most one user may: wait for one to finish"
+            case (true, 0): "the address \(places[0].key.dropFirst()) has \(limits.concurrentRequestsPerUser) requests without a token in progress, the most one address may: wait for one to finish"
+            default: "the gateway has \(limits.requestsWithoutToken) requests without a token in progress, the most it serves at once: try again shortly, or send a token"
+            }
+            response = Gateway.errorResponse(429, message)
+            response.headers[.retryAfter] = "1"
+            log(request, response, user: user, client: client, start: start)
             return response
         }
         // The slot is held until the response's body is written (a streamed answer, or an
         // event stream, is most of a request's life), or dropped unwritten.
         let counts = inFlight
-        let slot = RequestSlot { counts.counts.withLock { $0[user, default: 1] -= 1 } }
+        let keys = places.map(\.key)
+        // A count back to 0 is removed: there are as many keys as client addresses.
+        let slot = RequestSlot { counts.counts.withLock { c in for k in keys { c[k] = c[k].flatMap { $0 > 1 ? $0 - 1 : nil } } } }
         do {
             response = try await next(request, context)
         } catch let e as TAPError {
@@ -154,15 +187,15 @@ struct GatewayMiddleware: RouterMiddleware {
             defer { slot.release() }
             try await body.write(writer)
         }
-        log(request, response, user: user, start: start)
+        log(request, response, user: user, client: client, start: start)
         return response
     }
 
-    func log(_ request: Request, _ response: Response, user: String, start: UInt64) {
+    func log(_ request: Request, _ response: Response, user: String, client: String, start: UInt64) {
         let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
         logger.info("request", metadata: [
             "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
-            "user": "\(user)", "ms": "\((ms * 10).rounded() / 10)",
+            "user": "\(user)", "client": "\(client)", "ms": "\((ms * 10).rounded() / 10)",
         ])
     }
 
@@ -182,7 +215,8 @@ public enum Gateway {
         let jobs = AsyncJobs(service: service)
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(tokens: config.tokensPath.map(TokenStore.init), anonymous: config.anonymous,
-                                                 limits: config.limits, inFlight: RequestCounts(), logger: logger, publicHiPS: config.publicHiPS))
+                                                 limits: config.limits, inFlight: RequestCounts(), logger: logger, publicHiPS: config.publicHiPS,
+                                                 trustedProxies: config.trustedProxies))
 
         let feed = DashboardFeed(pool: service.pool)
         router.get("/") { _, _ in
@@ -260,7 +294,8 @@ public enum Gateway {
         router.get("/hips/list") { request, _ in
             text(200, soda.hipsList(base: base(request)))
         }
-        router.get("/hips/**") { request, _ in
+        let hipsFiles = FileIO()
+        router.get("/hips/**") { request, context in
             do {
                 let file = try soda.hipsFile(String(request.uri.path.dropFirst("/hips/".count)))
                 let attributes = try FileManager.default.attributesOfItem(atPath: file.path)
@@ -272,8 +307,9 @@ public enum Gateway {
                                            .lastModified: httpDate(modified), .accessControlAllowOrigin: "*"]
                 if request.headers[.ifNoneMatch] == tag { return Response(status: .notModified, headers: headers, body: .init()) }
                 headers[.contentType] = file.contentType
-                let bytes = try Data(contentsOf: URL(fileURLWithPath: file.path))
-                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+                // Streamed a chunk at a time, as the client reads: an Allsky or a deep tile is
+                // not held whole in memory, and the request keeps its place until it is sent.
+                return Response(status: .ok, headers: headers, body: try await hipsFiles.loadFile(path: file.path, context: context))
             } catch let e as SODAError {
                 return e.response
             }
@@ -424,7 +460,14 @@ public enum Gateway {
                               configuration: .init(address: .hostname(config.host, port: config.port), serverName: "tessera-gateway"),
                               onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
                               logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        var lifecycle = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // On SIGTERM the requests in progress get this long to finish; then the server is
+        // cancelled and their connections closed. Without a bound, a client that stopped
+        // reading (or a dashboard's event stream) held the gateway up until its idle timeout,
+        // past a Kubernetes pod's 30 s grace.
+        lifecycle.maximumGracefulShutdownDuration = .seconds(config.shutdownGraceSeconds)
+        lifecycle.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: lifecycle)
         try await group.run()
     }
 

@@ -12,8 +12,11 @@ public struct GatewayLimits: Sendable {
     public var queryCharacters = 16_384
     /// The largest request body (a POSTed form), in bytes.
     public var bodyBytes = 1 << 20
-    /// Requests one user may have in progress at once.
+    /// Requests one user may have in progress at once; one client address, for requests
+    /// without a token.
     public var concurrentRequestsPerUser = 8
+    /// Requests without a token the gateway serves at once, from all addresses together.
+    public var requestsWithoutToken = 256
     /// Rows returned when MAXREC is not given, and the most it may ask for.
     public var defaultMaxrec = 100_000
     public var maxrecLimit = 2_000_000

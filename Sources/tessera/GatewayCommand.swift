@@ -36,8 +36,17 @@ struct GatewayCommand: ParsableCommand {
     @Flag(help: "Serve the HiPS trees without a token (a portal's sky viewer fetches tiles by URL alone).")
     var publicHips = false
 
-    @Option(help: "Requests one user may have in progress at once.")
+    @Option(help: "Requests one user may have in progress at once (one client address, for requests without a token).")
     var maxRequestsPerUser = 8
+
+    @Option(help: "Requests without a token (public paths, and --public-hips tiles) served at once, from all addresses together.")
+    var maxRequestsWithoutToken = 256
+
+    @Option(help: "A proxy in front of the gateway whose X-Forwarded-For names the client of a request without a token (repeatable; an IP address). From any other address that header is ignored.")
+    var trustedProxy: [String] = []
+
+    @Option(help: "Seconds a stopping gateway (SIGTERM, Ctrl-C) waits for the requests in progress before it closes their connections; keep it below the platform's own grace (Kubernetes: 30 s).")
+    var shutdownGraceSeconds = 20
 
     @Option(help: "The longest QUERY, in characters.")
     var maxQueryChars = 16_384
@@ -50,6 +59,11 @@ struct GatewayCommand: ParsableCommand {
 
     func validate() throws {
         guard (1...1024).contains(maxRequestsPerUser) else { throw ValidationError("--max-requests-per-user must be 1…1024") }
+        guard (0...3600).contains(shutdownGraceSeconds) else { throw ValidationError("--shutdown-grace-seconds must be 0…3600") }
+        guard (1...65536).contains(maxRequestsWithoutToken) else { throw ValidationError("--max-requests-without-token must be 1…65536") }
+        for proxy in trustedProxy where ClientAddress.key(proxy) == nil {
+            throw ValidationError("--trusted-proxy must be an IP address (203.0.113.5, 2001:db8::1), got `\(proxy.prefix(80))`")
+        }
         guard (64...1_000_000).contains(maxQueryChars) else { throw ValidationError("--max-query-chars must be 64…1000000") }
         guard maxrecLimit >= 1, (0...maxrecLimit).contains(defaultMaxrec) else { throw ValidationError("--default-maxrec must be 0…--maxrec-limit") }
         _ = try GatewayCommand.hostPort(listen)
@@ -75,6 +89,9 @@ struct GatewayCommand: ParsableCommand {
         c.hipsRoot = hipsDir
         c.publicHiPS = publicHips
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
+        c.limits.requestsWithoutToken = maxRequestsWithoutToken
+        c.shutdownGraceSeconds = shutdownGraceSeconds
+        c.trustedProxies = Set(trustedProxy.compactMap { ClientAddress.key($0) })
         c.limits.queryCharacters = maxQueryChars
         c.limits.defaultMaxrec = defaultMaxrec
         c.limits.maxrecLimit = maxrecLimit

@@ -1,5 +1,6 @@
 """The HTTP gateway as VO clients use it: pyvo's TAPService (sync, async, tables) and plain HTTP,
 against a real cluster. Every answer is checked against the same rows read with astropy."""
+import contextlib
 import io
 import json
 import os
@@ -237,6 +238,16 @@ def anonymous_gateway(cluster, bins):
     """A second gateway, `tessera gateway --anonymous`, on the same scheduler: for clients that
     send no token (Debian's stilts 3.4 has no authentication). Its TAP UPLOAD may fetch from
     this machine (`--uploads-from-private-addresses`)."""
+    with standalone_gateway(bins, cluster, "--anonymous", "--tokens", os.path.join(cluster.data, "gateway-tokens"),
+                            "--uploads-from-private-addresses") as (url, _):
+        yield url + "/tap"
+
+
+@contextlib.contextmanager
+def standalone_gateway(bins, cluster, *options):
+    """`tessera gateway OPTIONS` on the cluster's scheduler, at a free loopback port: yields its
+    base URL and its process once it answers, and stops it at the end (SIGTERM: a graceful
+    shutdown, exit 0)."""
     import subprocess
     import urllib.request
 
@@ -244,22 +255,29 @@ def anonymous_gateway(cluster, bins):
 
     port = _free_port()
     p = subprocess.Popen([os.path.join(bins, "tessera"), "gateway", "--scheduler", cluster.endpoint, "--key", cluster.key_path,
-                          "--listen", f"127.0.0.1:{port}", "--anonymous", "--tokens", os.path.join(cluster.data, "gateway-tokens"),
-                          "--uploads-from-private-addresses"],
+                          "--listen", f"127.0.0.1:{port}", *options],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/tap"
-    deadline = time.monotonic() + 30
-    while True:
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/tap/availability", timeout=1):
+                    break
+            except OSError:
+                assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.poll() is not None else "no answer"
+                time.sleep(0.1)
+        yield url, p
+    finally:
+        p.terminate()
         try:
-            with urllib.request.urlopen(url + "/availability", timeout=1):
-                break
-        except OSError:
-            assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.poll() is not None else "no answer"
-            time.sleep(0.1)
-    yield url
-    # SIGTERM: a graceful shutdown, exit status 0.
-    p.terminate()
-    assert p.wait(timeout=30) == 0, p.stdout.read()
+            code = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            code = p.wait()
+        log = p.stdout.read()
+        print(log)  # pytest shows it when the test fails
+    assert code == 0, log
 
 
 def test_stilts_tapquery_fetches_the_same_answer(anonymous_gateway, reference, centre, tmp_path):
@@ -352,33 +370,126 @@ def test_open_streams_count_against_their_users_requests(cluster):
         time.sleep(0.2)
 
 
+def big_hips_tree(tmp_path):
+    """A HiPS folder with one tree, `big`: its properties and a 64 MiB Allsky, far more than
+    loopback's socket buffers hold."""
+    tree = tmp_path / "hips" / "big"
+    (tree / "Norder3").mkdir(parents=True)
+    (tree / "properties").write_text("hips_order = 3\n")
+    with open(tree / "Norder3" / "Allsky.fits", "wb") as f:
+        f.truncate(64 << 20)
+    return str(tmp_path / "hips")
+
+
+def stalled_download(port, path, source="127.0.0.1", forwarded=None):
+    """Asks the gateway at `port` for `path` from `source`, and once it is being sent reads no
+    more of it: the socket, its answer stuck in the gateway's writer. (The place of a request
+    just answered is given back a moment after its client has read it all: a 429 is tried again.)"""
+    import socket
+
+    deadline = time.monotonic() + 10
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        extra = f"X-Forwarded-For: {forwarded}\r\n" if forwarded else ""
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode())
+        status = s.recv(12)
+        if status == b"HTTP/1.1 200":
+            return s
+        s.close()
+        assert status == b"HTTP/1.1 429" and time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def test_requests_without_a_token_are_shared_by_client_address(cluster, bins, tmp_path):
+    """Public HiPS trees (`--public-hips`) and VOSI are served without a token. Each client
+    address gets a share of its own (here one request at a time), all addresses together a bound
+    (here three), and `X-Forwarded-For` names the client only when a trusted proxy sends it. A
+    client holds its place while its answer is being sent: here it stops reading a 64 MiB file."""
+    import http.client
+
+    token = cluster.create_token("alice")
+    with standalone_gateway(bins, cluster, "--hips-dir", big_hips_tree(tmp_path), "--public-hips",
+                            "--tokens", os.path.join(cluster.data, "gateway-tokens"), "--max-requests-per-user", "1",
+                            "--max-requests-without-token", "3", "--trusted-proxy", "127.0.0.1") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+
+        def stall(source="127.0.0.1", forwarded=None):
+            return stalled_download(port, "/hips/big/Norder3/Allsky.fits", source, forwarded)
+
+        def ask(source="127.0.0.1", forwarded=None, token=None):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+            headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            c.request("GET", "/hips/big/properties", headers=headers)
+            r = c.getresponse()
+            body = r.read().decode()
+            c.close()
+            return r.status, body, r.headers.get("Retry-After")
+
+        def until(status, **who):
+            deadline = time.monotonic() + 10
+            while (got := ask(**who))[0] != status:
+                assert time.monotonic() < deadline, f"{who}: still {got[0]}, not {status}: {got[1]}"
+                time.sleep(0.05)
+            return got
+
+        assert ask(forwarded="203.0.113.5")[0] == 200
+        held = []
+        try:
+            held.append(stall(forwarded="203.0.113.5"))
+            _, body, retry = until(429, forwarded="203.0.113.5")
+            assert "the address 203.0.113.5 has 1 requests without a token in progress" in body and retry == "1"
+            # Another client behind the proxy has its own place; one that writes a client of its
+            # own to the left of the proxy's entry is still the client the proxy saw.
+            assert ask(forwarded="203.0.113.6")[0] == 200
+            assert ask(forwarded="203.0.113.6, 203.0.113.5")[0] == 429
+            # Not from the trusted proxy, the header is ignored: the client is its address.
+            held.append(stall(source="127.0.0.2", forwarded="203.0.113.9"))
+            _, body, _ = until(429, source="127.0.0.2", forwarded="203.0.113.7")
+            assert "the address 127.0.0.2 has 1" in body
+            assert ask(source="127.0.0.3")[0] == 200
+            # Three held: every address without a token now waits; a user with a token does not.
+            held.append(stall(source="127.0.0.3"))
+            status, body, retry = until(429, source="127.0.0.4")
+            assert "the gateway has 3 requests without a token in progress" in body and retry == "1"
+            assert ask(source="127.0.0.4", token=token)[0] == 200
+        finally:
+            # A client that goes away gives its place back.
+            for s in held:
+                s.close()
+        until(200, source="127.0.0.4")
+        until(200, forwarded="203.0.113.5")
+
+
+def test_a_stopping_gateway_waits_no_longer_than_its_grace(cluster, bins, tmp_path):
+    """SIGTERM lets the requests in progress finish for `--shutdown-grace-seconds`, then closes
+    them: a client that stopped reading does not hold the gateway up (it did until the idle
+    timeout, a minute, past a Kubernetes pod's 30 s)."""
+    import signal
+
+    with standalone_gateway(bins, cluster, "--hips-dir", big_hips_tree(tmp_path), "--public-hips",
+                            "--shutdown-grace-seconds", "2") as (url, p):
+        stalled = stalled_download(int(url.rsplit(":", 1)[1]), "/hips/big/Norder3/Allsky.fits")
+        start = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=50)
+        took = time.monotonic() - start
+        stalled.close()
+    assert took < 20, f"the gateway took {took:.1f} s to stop with a stalled client, past its 2 s grace and 5 s to cancel"
+
+
 def test_a_public_url_is_what_links_name(cluster, bins):
     """Behind a proxy, `--public-url` is the address in capabilities and in UWS redirects; a
     request's Host never is, unless it is a plain host[:port]."""
-    import subprocess
-
-    from tessera.cluster import _free_port
-
-    port = _free_port()
-    p = subprocess.Popen([os.path.join(bins, "tessera"), "gateway", "--scheduler", cluster.endpoint, "--key", cluster.key_path,
-                          "--listen", f"127.0.0.1:{port}", "--anonymous", "--public-url", "https://archive.example/tessera/"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                caps = requests.get(url + "/tap/capabilities", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert p.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+    with standalone_gateway(bins, cluster, "--anonymous", "--public-url", "https://archive.example/tessera/") as (url, _):
+        caps = requests.get(url + "/tap/capabilities", timeout=10)
         assert "<accessURL use=\"base\">https://archive.example/tessera/tap</accessURL>" in caps.text
         r = requests.post(url + "/tap/async", data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object"}, allow_redirects=False)
         assert r.status_code == 303 and r.headers["Location"].startswith("https://archive.example/tessera/tap/async/")
-    finally:
-        p.terminate()
-        p.wait(timeout=30)
     # Without one, a Host that is not a plain host[:port] never reaches a link.
     evil = requests.get(cluster.tap_url + "/capabilities", headers={"Host": "evil.example/x\"><y"})
     assert "evil.example" not in evil.text

@@ -136,6 +136,9 @@ extension SchedulerConnection {
                             counts.shards &+= p.shards
                             counts.rowsScanned &+= p.rowsScanned
                             counts.rowsMatched &+= p.rowsMatched
+                            // A batch of no rows still names the columns: kept for the final
+                            // answer, whose table then has them when no batch had a row.
+                            if counts.rows.names.isEmpty && p.rows.rowCount == 0 { counts.rows = p.rows }
                             handedOn = counts
                         }
                         collectedRows += p.rows.rowCount
@@ -161,9 +164,6 @@ extension SchedulerConnection {
                     } catch {
                         throw ClientError.invalidQuery(error.message)
                     }
-                }
-                if final == nil && collected.isEmpty && plan.hasRows {
-                    answer.rows = Tessera_V1_RowBatch()
                 }
                 return CatalogUpdate(result: CatalogResult(plan: plan, partial: answer), isFinal: true, seconds: seconds(),
                                      tasksDone: Int(f.tasksDone), taskCount: Int(f.taskCount))

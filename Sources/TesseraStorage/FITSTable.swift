@@ -205,11 +205,36 @@ public struct FITSKeyword: Sendable, Equatable {
 public enum FITSTableWriter {
     public static func write(to path: String, columns: [ColumnSpec], data: [ColumnData], extensionName: String = "CATALOG",
                              keywords: [FITSKeyword] = []) throws(FITSError) {
-        let tmp = "\(path).tmp-\(getpid())"
-        unlink(tmp)
+        let table = try FITSTableAppender(path: path, columns: columns, extensionName: extensionName, keywords: keywords)
+        do {
+            try table.append(data)
+            try table.finish()
+        } catch {
+            table.discard()
+            throw error
+        }
+    }
+}
+
+/// A FITS binary table written a batch of rows at a time (cfitsio extends the table and its
+/// `NAXIS2` as rows are added), so that a large answer need never be held whole. The file is
+/// written beside `path` and renamed into place by ``finish()``; ``discard()`` leaves `path`
+/// untouched.
+public final class FITSTableAppender {
+    public let path: String
+    public let columns: [ColumnSpec]
+    private let partial: String
+    private var file: UnsafeMutablePointer<fitsfile>?
+    /// Rows written so far.
+    public private(set) var rows: Int64 = 0
+
+    public init(path: String, columns: [ColumnSpec], extensionName: String = "CATALOG", keywords: [FITSKeyword] = []) throws(FITSError) {
+        self.path = path
+        self.columns = columns
+        partial = "\(path).tmp-\(getpid())"
+        unlink(partial)
         var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        ffinit(&f, tmp, &status)
+        ffinit(&file, partial, &status)
         try FITSError.check(status, path, "create")
         func form(_ t: ColumnType) -> String {
             switch t {
@@ -233,36 +258,70 @@ public enum FITSTableWriter {
         var ttype = columns.map { c($0.name) }
         var tform = columns.map { c(form($0.type)) }
         var tunit = columns.map { c($0.unit) }
-        let rows = data.first?.count ?? 0
-        ffcrtb(f, BINARY_TBL, Int64(rows), Int32(columns.count), &ttype, &tform, &tunit, extensionName, &status)
+        ffcrtb(file, BINARY_TBL, 0, Int32(columns.count), &ttype, &tform, &tunit, extensionName, &status)
         for k in keywords where status == 0 {
             switch k.value {
-            case .text(let v): ffpkys(f, k.name, v, k.comment, &status)
-            case .integer(let v): ffpkyj(f, k.name, Int64(v), k.comment, &status)
+            case .text(let v): ffpkys(file, k.name, v, k.comment, &status)
+            case .integer(let v): ffpkyj(file, k.name, Int64(v), k.comment, &status)
             }
         }
-        for (i, d) in data.enumerated() where rows > 0 && status == 0 {
+        if status != 0 {
+            discard()
+            try FITSError.check(status, path, "write the table's header")
+        }
+    }
+
+    /// Adds rows: one array per column, in the columns' order and types, all of one length.
+    public func append(_ data: [ColumnData]) throws(FITSError) {
+        guard let file else { throw .cfitsio(path: path, operation: "add rows", status: 0, message: "the table is already closed") }
+        let count = data.first?.count ?? 0
+        guard data.count == columns.count, zip(data, columns).allSatisfy({ $0.type == $1.type && $0.count == count }) else {
+            throw .cfitsio(path: path, operation: "add rows", status: 0,
+                           message: "the rows' columns (\(data.map { "\($0.type)×\($0.count)" }.joined(separator: ", "))) are not the table's (\(columns.map { "\($0.type)" }.joined(separator: ", ")))")
+        }
+        guard count > 0 else { return }
+        var status: Int32 = 0
+        let first = rows + 1
+        for (i, d) in data.enumerated() where status == 0 {
             let col = Int32(i + 1)
             switch d {
-            case .float64(var a): ffpcl(f, TDOUBLE, col, 1, 1, Int64(rows), &a, &status)
-            case .float32(var a): ffpcl(f, TFLOAT, col, 1, 1, Int64(rows), &a, &status)
-            case .int64(var a): ffpcl(f, TLONGLONG, col, 1, 1, Int64(rows), &a, &status)
-            case .int32(var a): ffpcl(f, TINT, col, 1, 1, Int64(rows), &a, &status)
-            case .int16(var a): ffpcl(f, TSHORT, col, 1, 1, Int64(rows), &a, &status)
-            case .uint8(var a): ffpcl(f, TBYTE, col, 1, 1, Int64(rows), &a, &status)
+            case .float64(var a): ffpcl(file, TDOUBLE, col, first, 1, Int64(count), &a, &status)
+            case .float32(var a): ffpcl(file, TFLOAT, col, first, 1, Int64(count), &a, &status)
+            case .int64(var a): ffpcl(file, TLONGLONG, col, first, 1, Int64(count), &a, &status)
+            case .int32(var a): ffpcl(file, TINT, col, first, 1, Int64(count), &a, &status)
+            case .int16(var a): ffpcl(file, TSHORT, col, first, 1, Int64(count), &a, &status)
+            case .uint8(var a): ffpcl(file, TBYTE, col, first, 1, Int64(count), &a, &status)
             case .bool(let b):
                 var a = b.map { CChar($0 ? 1 : 0) }
-                ffpcl(f, TLOGICAL, col, 1, 1, Int64(rows), &a, &status)
+                ffpcl(file, TLOGICAL, col, first, 1, Int64(count), &a, &status)
             }
         }
-        var closeStatus: Int32 = 0
-        ffclos(f, &closeStatus)
-        if status == 0 { status = closeStatus }
-        if status != 0 { unlink(tmp) }
+        try FITSError.check(status, path, "write rows \(first)…\(rows + Int64(count))")
+        rows += Int64(count)
+    }
+
+    /// Closes the file and renames it into place.
+    public func finish() throws(FITSError) {
+        guard let f = file else { throw .cfitsio(path: path, operation: "finish", status: 0, message: "the table is already closed") }
+        file = nil
+        var status: Int32 = 0
+        ffclos(f, &status)
+        if status != 0 { unlink(partial) }
         try FITSError.check(status, path, "write the table")
-        guard rename(tmp, path) == 0 else {
-            unlink(tmp)
+        guard rename(partial, path) == 0 else {
+            unlink(partial)
             throw .cfitsio(path: path, operation: "rename into place", status: 0, message: String(cString: strerror(errno)))
         }
     }
+
+    /// Closes and removes what was written (nothing, once finished).
+    public func discard() {
+        guard let f = file else { return }
+        var status: Int32 = 0
+        ffclos(f, &status)
+        file = nil
+        unlink(partial)
+    }
+
+    deinit { discard() }
 }

@@ -225,18 +225,20 @@ struct QueryCommand: ParsableCommand {
 func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, job: JobOptions) throws {
     let conn = try target.connect()
     job.apply(to: conn)
-    // A collect written as CSV or JSON goes out a batch at a time as the shards answer (in the
-    // order the whole answer would have had), and no batch is kept.
-    let streams = q.plan.collectsRows && out.store == nil && (out.format == "csv" || out.format == "json")
-    var rows = streams ? try RowTextWriter(format: out.format, to: out.output) : nil
+    // A collect written as CSV, JSON or FITS goes out a batch at a time as the shards answer (in
+    // the order the whole answer would have had), and no batch is kept.
+    let streams = q.plan.collectsRows && out.store == nil && RowWriter.formats.contains(out.format)
+    var rows = streams ? try RowWriter(format: out.format, to: out.output) : nil
     var wroteRows = false
+    // A batch that could not be written stops the question (it is cancelled), with this error.
+    var writeFailure: (any Error)?
     let final: CatalogUpdate
     do {
         final = try conn.run(q, keepsRows: !streams, onUpdate: { u in
             if streams && !u.isFinal {
                 let t = u.result.table
-                if t.rowCount > 0 {
-                    rows?.append(t)
+                if t.rowCount > 0 && writeFailure == nil {
+                    do { try rows?.append(t) } catch { writeFailure = error }
                     wroteRows = true
                 }
                 return
@@ -244,17 +246,22 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
             guard out.progress else { return }
             let line = "partial after \(String(format: "%.2f", u.seconds)) s: \(u.result.shards) shards, \(u.result.rowsMatched) rows matched"
             FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
-        })
+        }, isStopped: { writeFailure != nil })
     } catch {
         rows?.discard()
-        throw error
+        throw writeFailure ?? error
     }
     if let name = out.store {
         try storeRows(final.result.table, as: name, of: q, conn: conn, replace: out.replaceStored)
     } else if var rows {
         // No shard had a row: the answer's own (empty) table, with its columns' names.
-        if !wroteRows { rows.append(final.result.table) }
-        try rows.finish()
+        do {
+            if !wroteRows { try rows.append(final.result.table) }
+            try rows.finish()
+        } catch {
+            rows.discard()
+            throw error
+        }
     } else {
         try ResultOutput.write(final.result.table, format: out.format, to: out.output)
     }

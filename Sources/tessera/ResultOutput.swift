@@ -11,31 +11,15 @@ enum ResultOutput {
     static let terminalRows = 60
 
     static func write(_ t: ResultTable, format: String, to path: String?) throws {
-        if format == "fits" {
-            guard let path else { throw ValidationError("--format fits needs -o FILE") }
-            let specs = zip(t.names, t.columns).map { name, c -> ColumnSpec in
-                switch c {
-                case .doubles: ColumnSpec(name, .columnFloat64)
-                case .int64s: ColumnSpec(name, .columnInt64)
-                case .bools: ColumnSpec(name, .columnBool)
-                case .floats: ColumnSpec(name, .columnFloat32)
-                }
+        if RowWriter.formats.contains(format) {
+            var rows = try RowWriter(format: format, to: path)
+            do {
+                try rows.append(t)
+                try rows.finish()
+            } catch {
+                rows.discard()
+                throw error
             }
-            let data = t.columns.map { c -> ColumnData in
-                switch c {
-                case .doubles(let a): .float64(a)
-                case .int64s(let a): .int64(a)
-                case .bools(let a): .bool(a)
-                case .floats(let a): .float32(a)
-                }
-            }
-            try FITSTableWriter.write(to: path, columns: specs, data: data, extensionName: "RESULT")
-            return
-        }
-        if format == "csv" || format == "json" {
-            var rows = try RowTextWriter(format: format, to: path)
-            rows.append(t)
-            try rows.finish()
             return
         }
         var out = try TextSink(path: path)
@@ -55,8 +39,56 @@ enum ResultOutput {
     }
 }
 
+/// Rows written as CSV, JSON or a FITS binary table, a table at a time: a collect's batches are
+/// written as they arrive, and none is kept. A file appears, whole, only at ``finish()``.
+struct RowWriter {
+    /// The formats written a batch at a time.
+    static let formats: Set = ["csv", "json", "fits"]
+    private var text: RowTextWriter?
+    private var fits: FITSTableAppender?
+    private let path: String?
+
+    init(format: String, to path: String?) throws {
+        self.path = path
+        if format == "fits" {
+            guard path != nil else { throw ValidationError("--format fits needs -o FILE") }
+        } else {
+            text = try RowTextWriter(format: format, to: path)
+        }
+    }
+
+    mutating func append(_ t: ResultTable) throws {
+        if text != nil {
+            text?.append(t)
+            return
+        }
+        guard let path else { return }
+        let data = t.columns.map { c -> ColumnData in
+            switch c {
+            case .doubles(let a): .float64(a)
+            case .int64s(let a): .int64(a)
+            case .bools(let a): .bool(a)
+            case .floats(let a): .float32(a)
+            }
+        }
+        // The first batch names the columns and their types; the table has them from then on.
+        let table = try fits ?? FITSTableAppender(path: path, columns: zip(t.names, data).map { ColumnSpec($0, $1.type) }, extensionName: "RESULT")
+        fits = table
+        try table.append(data)
+    }
+
+    mutating func finish() throws {
+        if text != nil { try text?.finish() } else { try fits?.finish() }
+    }
+
+    func discard() {
+        text?.discard()
+        fits?.discard()
+    }
+}
+
 /// Rows written as CSV (a header, then a line per row) or JSON (an object per line), a table
-/// at a time: a collect's batches are written as they arrive, and none is kept.
+/// at a time.
 struct RowTextWriter {
     private var sink: TextSink
     private let csv: Bool

@@ -227,7 +227,8 @@ struct QueryCommandLineTests {
         #expect(rowLines.count == 6)
 
         // A collect as CSV or JSON is written a batch at a time as its shards answer, none kept:
-        // the whole answer's rows; one with no row is the header alone.
+        // the whole answer's rows; one with no row is the header alone (each shard names its
+        // columns, rows or none).
         let collect = CatalogQuery(dataset: "object").region(.cone(ra: 60, dec: -35, radius: 5)).select(["objectId", "coord_ra"])
         let whole = try conn.run(collect).result.table
         #expect(whole.rowCount > 0)
@@ -239,7 +240,26 @@ struct QueryCommandLineTests {
         let json = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--select", "objectId,coord_ra", "--format", "json"] + ep)
         #expect(json.status == 0 && json.out.split(separator: "\n").count == whole.rowCount, "\(json.err)")
         let none = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--where", "coord_ra < -1", "--select", "objectId,coord_ra", "--format", "csv"] + ep)
-        #expect(none.status == 0 && none.out.split(separator: "\n").count <= 1, "\(none.out) \(none.err)")
+        #expect(none.status == 0 && none.out.split(separator: "\n") == ["objectId,coord_ra"], "\(none.out) \(none.err)")
+        // As FITS too: the same rows in a binary table (objectId with its coord_ra); none, a table of none.
+        let collected = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--select", "objectId,coord_ra", "--format", "fits",
+                                     "-o", dir + "/collect.fits"] + ep)
+        #expect(collected.status == 0, "\(collected.err)")
+        let fitsRows = try FITSTableReader(path: dir + "/collect.fits")
+        #expect(fitsRows.rowCount == whole.rowCount)
+        if case .int64(let ids) = try fitsRows.read(column: "objectId"), case .float64(let ras) = try fitsRows.read(column: "coord_ra"),
+           let wholeIDs = whole.numbers("objectId"), let wholeRAs = whole.numbers("coord_ra") {
+            let got: [[Double]] = zip(ids, ras).map { [Double($0), $1] }.sorted { $0[0] < $1[0] }
+            let want: [[Double]] = zip(wholeIDs, wholeRAs).map { [$0, $1] }.sorted { $0[0] < $1[0] }
+            #expect(got == want)
+        } else {
+            Issue.record("objectId and coord_ra are not int64 and float64 in \(dir)/collect.fits")
+        }
+        let noneFITS = try tessera(["query", "--dataset", "object", "--cone", "60,-35,5", "--where", "coord_ra < -1", "--select", "objectId,coord_ra",
+                                    "--format", "fits", "-o", dir + "/none.fits"] + ep)
+        #expect(noneFITS.status == 0, "\(noneFITS.err)")
+        let empty = try FITSTableReader(path: dir + "/none.fits")
+        #expect(empty.rowCount == 0 && empty.columns.map(\.name) == ["objectId", "coord_ra"], "\(empty.columns.map(\.name)) \(none.out)")
 
         // FITS: a binary table cfitsio reads back.
         let fits = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",

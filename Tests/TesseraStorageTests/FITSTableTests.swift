@@ -84,6 +84,42 @@ let astropyFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         guard case .float64(let a) = try t.read(column: "a") else { return }
         #expect(a[0] == 1.5 && a[1] == -2 && a[2].isNaN)
     }
+
+    @Test func tablesWrittenABatchAtATimeReadBackWhole() throws {
+        let path = tempPath("batches.fits")
+        let specs = [ColumnSpec("id", .columnInt64), ColumnSpec("ra", .columnFloat64), ColumnSpec("flux", .columnFloat32), ColumnSpec("ok", .columnBool)]
+        // Batches of 0, 1, 2,879 (a block's worth of bytes is 2,880) and 10,000 rows.
+        let sizes = [0, 1, 2_879, 10_000, 3]
+        let table = try FITSTableAppender(path: path, columns: specs, extensionName: "RESULT")
+        var ids: [Int64] = [], ras: [Double] = [], fluxes: [Float] = [], oks: [Bool] = []
+        for n in sizes {
+            let base = ids.count
+            let batch: [ColumnData] = [.int64((0..<n).map { Int64(base + $0) * 7 - 3 }), .float64((0..<n).map { Double(base + $0) * 0.001 }),
+                                       .float32((0..<n).map { Float(base + $0) / 3 }), .bool((0..<n).map { (base + $0) % 3 == 0 })]
+            try table.append(batch)
+            guard case .int64(let i) = batch[0], case .float64(let r) = batch[1], case .float32(let f) = batch[2], case .bool(let o) = batch[3] else { return }
+            (ids, ras, fluxes, oks) = (ids + i, ras + r, fluxes + f, oks + o)
+            // Nothing at the path until the table is finished.
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+        // Rows whose columns are not the table's are refused by name, and the table goes on.
+        #expect(throws: FITSError.self) { try table.append([.float64([1]), .float64([1]), .float32([1]), .bool([true])]) }
+        #expect(throws: FITSError.self) { try table.append([.int64([1, 2]), .float64([1]), .float32([1]), .bool([true])]) }
+        try table.finish()
+        let t = try FITSTableReader(path: path)
+        #expect(t.rowCount == ids.count)
+        #expect(try t.read(column: "id") == .int64(ids))
+        #expect(try t.read(column: "ra") == .float64(ras))
+        #expect(try t.read(column: "flux") == .float32(fluxes))
+        #expect(try t.read(column: "ok") == .bool(oks))
+        // A table discarded leaves nothing, and what was at the path stays.
+        let other = try FITSTableAppender(path: path, columns: specs)
+        try other.append([.int64([1]), .float64([1]), .float32([1]), .bool([true])])
+        other.discard()
+        #expect(try FITSTableReader(path: path).rowCount == ids.count)
+        let folder = (path as NSString).deletingLastPathComponent
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.contains("batches.fits.tmp") }.isEmpty)
+    }
 }
 
 /// Headers cfitsio would mis-handle are refused before cfitsio reads them (found by fuzzing:

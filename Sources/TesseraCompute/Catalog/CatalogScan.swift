@@ -84,6 +84,10 @@ struct ShardScanPlan {
     /// gathered from. Neither, for a count: the mask alone answers it.
     let outputColumns: Set<String>
     let outputReadsIndex: Bool
+    /// For a rows question, its columns with none of its rows: each stored column's type from
+    /// the shard's footer, an expression's doubles. A shard with no row passing still names
+    /// them (a CSV's header, a FITS table's columns).
+    let noRows: (names: [String], columns: [RowValues])?
 
     init(_ q: CheckedCatalogQuery, reader: ShardReader, raColumn: String, decColumn: String) throws(CatalogQueryError) {
         self.q = q
@@ -104,6 +108,14 @@ struct ShardScanPlan {
             throw CatalogQueryError("\(error)")   // a column this shard lacks: the same on every copy
         }
         columnNumbers = numbers
+        if case .rows(let select, _) = q.output {
+            noRows = (select.map(\.name), select.map { s in
+                guard let c = s.column, let i = columnIndex[c], i < footer.columns.count else { return .doubles([]) }
+                return RowValues(ColumnData.empty(footer.columns[i].type))
+            })
+        } else {
+            noRows = nil
+        }
         let indexColumn = footer.indexColumn
         var needsIndex = q.region != nil
         switch q.output {
@@ -181,6 +193,7 @@ struct ShardScanPlan {
             // answer once (growing one array per column would copy them about three times).
             acc.rows.keepsChunks = true
         }
+        if let noRows { acc.rows.append(names: noRows.names, values: noRows.columns, index: [], sortKeys: nil) }
         return acc
     }
 

@@ -117,8 +117,10 @@ struct RowBatchBuilder {
     var count: Int { keepsChunks ? chunkRows : columns.first?.count ?? index.count }
 
     mutating func append(names n: [String], values: [RowValues], index ix: [Int64], sortKeys keys: [Double]?) {
+        // Columns with no row yet (a shard's, named before any row group) are replaced, not
+        // appended to: a collect's one chunk is then its answer's column as it is.
         if keepsChunks {
-            if chunks.isEmpty {
+            if chunkRows == 0 {
                 names = n
                 chunks = values.map { [$0] }
             } else {
@@ -127,7 +129,7 @@ struct RowBatchBuilder {
             chunkRows += values.first?.count ?? 0
             return   // (a collect has no sort key: sorting needs a limit)
         }
-        if columns.isEmpty {
+        if count == 0 {
             names = n
             columns = values
         } else {
@@ -141,7 +143,7 @@ struct RowBatchBuilder {
     mutating func absorb(_ o: RowBatchBuilder) {
         if o.count == 0 { return }
         if keepsChunks {
-            if chunks.isEmpty {
+            if chunkRows == 0 {
                 names = o.names
                 chunks = o.chunks
             } else {

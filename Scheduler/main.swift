@@ -39,7 +39,7 @@ struct SchedulerCommand: ParsableCommand {
     @Option(help: "Most tasks of an interactive job that is not a catalog question (0: no limit).")
     var interactiveMaxTasks = 1_000
 
-    @Option(help: "Seconds an interactive job's task may take from being sent to its worker, whatever the job asks; one that takes longer runs elsewhere, and its job fails after three tries (0: only the usual task deadline).")
+    @Option(help: "Seconds an interactive job's task may run from when its worker begins it (its wait there aside), whatever the job asks; one that takes longer runs elsewhere, and its job fails after three tries (0: only the usual task deadline).")
     var interactiveTaskDeadlineS: Double = 30
 
     @Option(help: "Shared scans: other jobs' scans of a shard (same class) sent along with one, to ride one pass over it on the worker (0: every scan reads alone).")

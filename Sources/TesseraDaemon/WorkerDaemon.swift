@@ -115,6 +115,7 @@ public final class WorkerDaemon {
             engine.shardReaders = ShardReaderPool(capacity: WorkerEngine.openShardFiles,
                                                   cache: DecodedColumnCache(capacityBytes: Int(clamping: settings.columnCacheBytes)))
         }
+        engine.startedTasks = { [pool] in pool.drainStarted() }
         engine.scanStatistics = { [pool] in
             let p = pool.passStatistics
             var s = Tessera_V1_ScanStats()

@@ -78,11 +78,13 @@ public struct SchedulerConfig: Sendable {
     /// An interactive job that is not a catalog question (a graph, a plan of tasks) may have at
     /// most this many tasks (0: no limit).
     public var interactiveMaxTasks = 1_000
-    /// The longest an interactive job's task may take from being sent to its worker, whatever
-    /// the job asks (0: no cap beyond the usual deadline). The class is the client's word and
-    /// its tasks take the foreground threads first, so without a cap one user's slow tasks (a
-    /// large image plan, a sleeping graph) could hold every foreground thread for the whole task
-    /// deadline. A task past it is run elsewhere, as any overdue task is, and its job fails after
+    /// The longest an interactive job's task may run, whatever the job asks (0: no cap beyond
+    /// the usual deadline), from when its worker reports it begun (a worker that reports no
+    /// starts: from when it was sent). The class is the client's word and its tasks take the
+    /// foreground threads first, so without a cap one user's slow tasks (a large image plan, a
+    /// sleeping graph) could hold every foreground thread for the whole task deadline. Its wait
+    /// behind other tasks on the worker is not counted (the usual deadline bounds it). A task
+    /// past it is run elsewhere, as any overdue task is, and its job fails after
     /// `maxTaskTimeouts` tries with a message naming the cap.
     public var interactiveTaskDeadlineNs: UInt64 = 30_000_000_000
     /// Shared scans (convoy scheduling): when a scan of a shard is sent to a worker, up to this

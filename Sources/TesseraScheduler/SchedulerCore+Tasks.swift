@@ -374,7 +374,15 @@ extension SchedulerCore {
             if let dk = job.dataKeyName(t), let shard = registeredShards[dk] { inputBytes &+= shard.bytes }
             deadline &+= config.taskDeadlineNsPerMiB &* (inputBytes >> 20)
         }
-        if job.priority == .interactive, config.interactiveTaskDeadlineNs > 0 { deadline = min(deadline, config.interactiveTaskDeadlineNs) }
+        // An interactive task's cap runs from when its worker reports it begun (its wait behind
+        // others there is not its own doing); until then the usual deadline holds.
+        if job.priority == .interactive, config.interactiveTaskDeadlineNs > 0 {
+            if w.reportsStarts {
+                w.awaitingStart[key] = config.interactiveTaskDeadlineNs
+            } else {
+                deadline = min(deadline, config.interactiveTaskDeadlineNs)
+            }
+        }
         w.deadlines[key] = lastNow &+ deadline
         if job.priority == .interactive { w.interactive.insert(key) }
     }
@@ -771,7 +779,7 @@ extension SchedulerCore {
                 if job.timeouts[t]! >= config.maxTaskTimeouts {
                     let cap = config.interactiveTaskDeadlineNs
                     let hint = job.priority == .interactive && cap > 0
-                        ? "an interactive task may run \((Double(cap) / 1e9).shortText) s at most, its wait on the worker included "
+                        ? "an interactive task may run \((Double(cap) / 1e9).shortText) s at most "
                             + "(scheduler --interactive-task-deadline-s): submit it as normal or batch, or ask for less"
                         : "it is stuck, or needs longer than the deadline (set the job's task timeout)"
                     finish(job, .jobFailed, error: "task \(t) (`\(opName)`) ran past its deadline \(job.timeouts[t]!) times (last on worker \(w.name)); \(hint)", now: now)

@@ -206,6 +206,10 @@ public struct SchedulerCore {
             w.spilledBytes = h.spilledBytes
             w.storedResults = h.storedResults
             w.scans = h.scans
+            for key in h.started {
+                guard let cap = w.awaitingStart.removeValue(forKey: key), let d = w.deadlines[key] else { continue }
+                w.deadlines[key] = min(d, now &+ cap)
+            }
         case .taskReport(let r):
             taskReport(w, r, frames: frames, now: now)
         case .deregister(let d):

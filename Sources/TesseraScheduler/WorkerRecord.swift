@@ -37,6 +37,11 @@ final class WorkerRecord {
     /// Interactive tasks in flight (riders too): counted apart, so that batch work queued at
     /// the worker never keeps them from being sent.
     var interactive: Set<UInt64> = []
+    /// Interactive tasks sent and not yet begun, with their cap: once the worker reports one
+    /// begun, its deadline becomes at most the cap from then.
+    var awaitingStart: [UInt64: UInt64] = [:]
+    /// Whether its heartbeats report begun interactive tasks (`Heartbeat.started`).
+    let reportsStarts: Bool
     /// Tasks sent and not yet reported, riders aside.
     var inFlight: Int { deadlines.count - riders.count }
 
@@ -45,6 +50,7 @@ final class WorkerRecord {
         deadlines.removeValue(forKey: key)
         riders.remove(key)
         interactive.remove(key)
+        awaitingStart.removeValue(forKey: key)
     }
 
     /// Whether a task of `job` may be sent now: below the limit for that job's tasks
@@ -94,6 +100,7 @@ final class WorkerRecord {
         pid = r.pid
         holdings = Set(r.holdings)
         operators = Set(r.operators)
+        reportsStarts = r.reportsStarts
         registeredAt = now
         lastSeen = now
         lastHeartbeat = now

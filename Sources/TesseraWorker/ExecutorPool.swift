@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import TesseraCompute
+import TesseraProtocol
 
 /// A task ready to run: its operator, everything it reads, and what to do with its value.
 public struct ExecutableTask: Sendable {
@@ -188,6 +189,8 @@ public final class ExecutorPool: TaskPool, Sendable {
     /// Smoothed durations per task profile, in microseconds.
     private let durations = LockedBox<[UInt64: Double]>([:])
     private let passCounts = LockedBox<(passes: UInt64, tasks: UInt64, most: UInt32)>((0, 0, 0))
+    /// Interactive tasks begun since the last ``drainStarted()``.
+    private let startedInteractive = LockedBox<[UInt64]>([])
 
     /// Shared passes run since the pool started, the tasks they answered, and the most in one.
     public var passStatistics: (passes: UInt64, tasks: UInt64, most: UInt32) { passCounts.withLock { $0 } }
@@ -250,6 +253,21 @@ public final class ExecutorPool: TaskPool, Sendable {
         durations.withLock { d in d = d.filter { !jobs.contains(UInt32(truncatingIfNeeded: $0.key >> 32)) } }
     }
 
+    /// The keys of the interactive tasks that began to run since the last call (the scheduler
+    /// times their short deadline from their start, not from their wait in the queue).
+    public func drainStarted() -> [UInt64] {
+        startedInteractive.withLock { s in
+            let out = s
+            s.removeAll(keepingCapacity: true)
+            return out
+        }
+    }
+
+    private func noteStarted(_ task: ExecutableTask) {
+        guard task.priority == PriorityClass.interactive.rawValue else { return }
+        startedInteractive.withLock { $0.append(task.key) }
+    }
+
     /// Completions since the last call.
     public func drainCompletions() -> [Completion] {
         completions.withLock { c in
@@ -292,7 +310,10 @@ public final class ExecutorPool: TaskPool, Sendable {
                 let passKey = PassKey(key: key, priority: task.priority)
                 // A pass over the same data in the same class is running: the task rides it,
                 // without a slot of its own.
-                if let pass = s.passes[passKey], pass.attach(task.context, done: finisher(task)) { continue }
+                if let pass = s.passes[passKey], pass.attach(task.context, done: finisher(task)) {
+                    noteStarted(task)
+                    continue
+                }
                 // Else it starts one, and the same data's queued tasks of the class go with it.
                 let riders = s.queue.take { t in t.priority == task.priority && t.op.name == task.op.name && support.key(t.context) == key }
                 newPass = (support, passKey, [task] + riders)
@@ -320,6 +341,7 @@ public final class ExecutorPool: TaskPool, Sendable {
 
     /// Opens a pass for `tasks`, registers it for later riders, and runs it on this thread.
     private func runPass(_ support: SharedPassSupport, _ passKey: PassKey, _ tasks: [ExecutableTask]) {
+        for t in tasks { noteStarted(t) }
         let pass: any TaskPass
         do throws(OperatorError) {
             pass = try support.open(tasks[0].context)
@@ -381,6 +403,7 @@ public final class ExecutorPool: TaskPool, Sendable {
     /// Runs one task, records its duration and completion. Returns true when the completion list was empty.
     @discardableResult
     private func execute(_ task: ExecutableTask) -> Bool {
+        noteStarted(task)
         let start = DispatchTime.now().uptimeNanoseconds
         let result: Result<Value, OperatorError>
         do throws(OperatorError) {

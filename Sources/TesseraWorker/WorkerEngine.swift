@@ -121,6 +121,9 @@ public struct WorkerEngine {
     public var columnCache: DecodedColumnCache? { shardReaders.cache }
     /// The pool's shared-pass counts, for heartbeats (the daemon's pool; nil: none).
     public var scanStatistics: (@Sendable () -> Tessera_V1_ScanStats)?
+    /// The interactive tasks begun since the last heartbeat, which it reports (the daemon's
+    /// pool; nil: none reported, and the scheduler times them from when it sent them).
+    public var startedTasks: (@Sendable () -> [UInt64])?
     let cancelled = CancelledJobs()
 
     var jobs: [JobID: JobSetup] = [:]
@@ -269,6 +272,7 @@ public struct WorkerEngine {
         r.pid = pid
         r.holdings = holdings
         r.operators = registry.names
+        r.reportsStarts = startedTasks != nil
         var e = Envelope()
         e.registerWorker = r
         return e
@@ -311,6 +315,7 @@ public struct WorkerEngine {
         h.spilledBytes = UInt64(spilledBytes)
         h.running = UInt32(executing.count)
         if let scanStatistics { h.scans = scanStatistics() }
+        if let startedTasks { h.started = startedTasks() }
         if let c = columnCache {
             let s = c.statistics
             (h.scans.cacheHits, h.scans.cacheMisses, h.scans.cacheEvictions) = (s.hits, s.misses, s.evictions)

@@ -35,6 +35,10 @@ final class FakeWorker {
     var failFetchOf: Set<UInt64> = []
     /// Keys to report as missing-input failures every time (a value no read can bring).
     var neverFetch: Set<UInt64> = []
+    /// Whether it registers as reporting the interactive tasks it begins, and those its next
+    /// heartbeat reports begun.
+    var reportsStarts = false
+    var startsToReport: [UInt64] = []
 
     init(connection: ConnectionID, name: String, threads: Int, operators: [String]) {
         self.connection = connection
@@ -100,7 +104,7 @@ final class FakeCluster {
 
     @discardableResult
     func addWorker(name: String? = nil, threads: Int = 1, operators: [String] = standardOperators, holdings: [String] = [],
-                   flush: Bool = true) -> FakeWorker {
+                   reportsStarts: Bool = false, flush: Bool = true) -> FakeWorker {
         let c = nextConnection
         nextConnection += 1
         let w = FakeWorker(connection: c, name: name ?? "w\(c)", threads: threads, operators: operators)
@@ -113,6 +117,8 @@ final class FakeCluster {
         r.pid = Int32(c)
         r.operators = operators
         r.holdings = holdings
+        r.reportsStarts = reportsStarts
+        w.reportsStarts = reportsStarts
         var e = Envelope()
         e.registerWorker = r
         core.handleWorker(c, e, frames: [], now: now)
@@ -161,6 +167,8 @@ final class FakeCluster {
         var h = Tessera_V1_Heartbeat()
         h.workerID = w.id
         h.storedResults = UInt32(w.store.count)
+        h.started = w.startsToReport
+        w.startsToReport = []
         var e = Envelope()
         e.heartbeat = h
         e.epoch = core.config.epoch

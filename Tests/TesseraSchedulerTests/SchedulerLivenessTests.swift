@@ -223,6 +223,35 @@ struct SchedulerLivenessTests {
         #expect(c.jobs[normal]?.finished?.state == .jobDone)
     }
 
+    @Test("an interactive task's cap runs from when its worker reports it begun, not while it waits there")
+    func interactiveDeadlineRunsFromTheStart() throws {
+        var config = SchedulerConfig()
+        config.interactiveTaskDeadlineNs = 2_000_000_000
+        let c = FakeCluster(config: config)
+        let w = c.addWorker(threads: 2, reportsStarts: true)
+        w.paused = true
+        var s = Tessera_V1_SubmitJob()
+        s.plan = Workloads.independent(tasks: 2)
+        s.taskTimeoutS = 600
+        s.priority = .priorityInteractive
+        let quick = try #require(c.submit(s, frames: [], client: 1000, name: "interactive"))
+        let keys = w.queue.map(\.key)
+        #expect(keys.count == 2)
+        // Queued on the worker behind others' tasks for ten times the cap: not overdue.
+        pass(c, seconds: 20, beating: [1000])
+        #expect(c.requestStatus()?.tasksTimedOut == 0, "timed out while it waited to begin")
+        // A start reported for a task the scheduler does not know is ignored.
+        w.startsToReport = [keys[0], 0xDEAD_BEEF]
+        pass(c, seconds: 1.5, beating: [1000])
+        #expect(c.requestStatus()?.tasksTimedOut == 0, "overdue before the cap from its start")
+        pass(c, seconds: 1, beating: [1000])
+        #expect(c.requestStatus()?.tasksTimedOut == 1, "the task begun was not taken back at the cap from its start")
+        // The other, never reported begun, is held to the usual deadline (600 s) only.
+        pass(c, seconds: 10, beating: [1000])
+        #expect(c.requestStatus()?.tasksTimedOut == 1)
+        #expect(c.jobs[quick]?.finished == nil)
+    }
+
     @Test("status counts a worker's registrations under one name as restarts")
     func restartsAreCounted() throws {
         let c = FakeCluster()

@@ -74,6 +74,29 @@ struct ExecutorPoolPriorityTests {
         #expect(done == [10, 11, 1, 2, 3, 4])
     }
 
+    @Test("the pool reports an interactive task begun when it begins, not when it is queued, and no other class's")
+    func interactiveStartsAreReported() throws {
+        let pool = ExecutorPool(threads: 1, wake: {})
+        defer { pool.stop() }
+        let first = Started(), second = Started()
+        pool.submit([Self.task(1, .interactive, sleepMicros: 200_000, started: first), Self.task(2, .interactive, sleepMicros: 1_000, started: second),
+                     Self.task(3, .normal, sleepMicros: 1_000), Self.task(4, .batch, sleepMicros: 1_000)])
+        for _ in 0..<5000 where !first.isSet { usleep(1000) }
+        // Task 1 runs on the one foreground slot; task 2 waits behind it.
+        #expect(pool.drainStarted() == [1])
+        #expect(!second.isSet)
+        var started: [UInt64] = []
+        var done: [UInt64] = []
+        for _ in 0..<5000 where done.count < 4 {
+            started += pool.drainStarted()
+            done += pool.drainCompletions().map(\.key)
+            usleep(1000)
+        }
+        started += pool.drainStarted()
+        #expect(started == [2])
+        #expect(Set(done) == [1, 2, 3, 4])
+    }
+
     /// Nice values of this process's threads by name (Linux: /proc/self/task/TID/{comm,stat}).
     static func threadNices() -> [String: Int32] {
         var out: [String: Int32] = [:]

@@ -768,6 +768,10 @@ public nonisolated struct Tessera_V1_RegisterWorker: Sendable {
   /// them). Empty when there is none.
   public var localEndpoint: String = String()
 
+  /// The worker's heartbeats report the interactive tasks it has begun (Heartbeat.started), so
+  /// their short deadline may run from then. An older worker's run from when they were sent.
+  public var reportsStarts: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -833,6 +837,10 @@ public nonisolated struct Tessera_V1_Heartbeat: Sendable {
   public var hasScans: Bool {self._scans != nil}
   /// Clears the value of `scans`. Subsequent reads from it will return its default value.
   public mutating func clearScans() {self._scans = nil}
+
+  /// Interactive tasks that began to run since the last heartbeat: their short deadline runs
+  /// from now, not from when they were sent (they may have waited behind others on the worker).
+  public var started: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2926,7 +2934,7 @@ nonisolated extension Tessera_V1_ValueInfo: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterWorker"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}threads\0\u{3}memory_limit\0\u{3}peer_endpoint\0\u{1}pid\0\u{1}holdings\0\u{1}operators\0\u{3}local_endpoint\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}threads\0\u{3}memory_limit\0\u{3}peer_endpoint\0\u{1}pid\0\u{1}holdings\0\u{1}operators\0\u{3}local_endpoint\0\u{3}reports_starts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2942,6 +2950,7 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.holdings) }()
       case 7: try { try decoder.decodeRepeatedStringField(value: &self.operators) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.localEndpoint) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.reportsStarts) }()
       default: break
       }
     }
@@ -2972,6 +2981,9 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
     if !self.localEndpoint.isEmpty {
       try visitor.visitSingularStringField(value: self.localEndpoint, fieldNumber: 8)
     }
+    if self.reportsStarts != false {
+      try visitor.visitSingularBoolField(value: self.reportsStarts, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2984,6 +2996,7 @@ nonisolated extension Tessera_V1_RegisterWorker: SwiftProtobuf.Message, SwiftPro
     if lhs.holdings != rhs.holdings {return false}
     if lhs.operators != rhs.operators {return false}
     if lhs.localEndpoint != rhs.localEndpoint {return false}
+    if lhs.reportsStarts != rhs.reportsStarts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3061,7 +3074,7 @@ nonisolated extension Tessera_V1_PeerKeys: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0\u{3}spilled_bytes\0\u{1}scans\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}rss_bytes\0\u{3}stored_bytes\0\u{3}stored_results\0\u{1}running\0\u{3}peak_rss_bytes\0\u{3}spilled_bytes\0\u{1}scans\0\u{1}started\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3077,6 +3090,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peakRssBytes) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._scans) }()
+      case 9: try { try decoder.decodeRepeatedFixed64Field(value: &self.started) }()
       default: break
       }
     }
@@ -3111,6 +3125,9 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     try { if let v = self._scans {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if !self.started.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.started, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3123,6 +3140,7 @@ nonisolated extension Tessera_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.peakRssBytes != rhs.peakRssBytes {return false}
     if lhs.spilledBytes != rhs.spilledBytes {return false}
     if lhs._scans != rhs._scans {return false}
+    if lhs.started != rhs.started {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -125,6 +125,7 @@ let package = Package(
             dependencies: [
                 "TesseraADQL", "TesseraClient", "TesseraProtocol", "TesseraCompute", "TesseraSecurity", "TesseraSky", "TesseraStorage",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),

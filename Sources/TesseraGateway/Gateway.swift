@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 import TesseraADQL
@@ -18,9 +19,12 @@ public struct GatewayContext: RequestContext {
     public var user: String = ""
     /// The address of the connection's other end (a proxy's, behind one).
     public let peerAddress: String?
+    /// The connection (closed when its client stops taking an answer).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        channel = source.channel
         peerAddress = source.channel.remoteAddress?.ipAddress
     }
 
@@ -49,7 +53,7 @@ public struct GatewayConfiguration: Sendable {
     public var hipsRoot: String?
     /// Serves the HiPS trees without a token (a portal's sky viewer fetches tiles by URL alone).
     public var publicHiPS = false
-    /// The proxies (their ``ClientAddress/key(_:)``s) whose `X-Forwarded-For` names the client
+    /// The proxies (their ``ClientAddress/address(_:)``es) whose `X-Forwarded-For` names the client
     /// of a request without a token; from any other peer the header is the client's own word
     /// and is ignored.
     public var trustedProxies: Set<String> = []
@@ -66,6 +70,28 @@ public struct GatewayConfiguration: Sendable {
 /// Requests in progress per user.
 final class RequestCounts: Sendable {
     let counts = Mutex<[String: Int]>([:])
+}
+
+/// A response's writer whose every write must be taken by the client within `timeout`, else its
+/// connection is closed (the write then fails, and the request gives its place back).
+/// Hummingbird's idle timeout does not run while a response is being sent, so a client that
+/// stopped reading held its place, and what was queued for it, for good.
+struct SendTimeoutWriter: ResponseBodyWriter {
+    var inner: any ResponseBodyWriter
+    let channel: any Channel
+    let timeout: TimeAmount
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        let cutOff = channel.eventLoop.scheduleTask(in: timeout) { [channel] in channel.close(promise: nil) }
+        defer { cutOff.cancel() }
+        try await inner.write(buffer)
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        let cutOff = channel.eventLoop.scheduleTask(in: timeout) { [channel] in channel.close(promise: nil) }
+        defer { cutOff.cancel() }
+        try await inner.finish(trailingHeaders)
+    }
 }
 
 /// One request's place in its user's count: given back once, when its body has been written,
@@ -142,6 +168,13 @@ struct GatewayMiddleware: RouterMiddleware {
             return response
         }
         let user = context.user.isEmpty ? "-" : context.user
+        // VOSI availability is a constant answer, and what a load balancer's health check asks:
+        // it takes no place, so a crowd that fills the places does not make the gateway look down.
+        if path == "/tap/availability" {
+            response = try await next(request, context)
+            log(request, response, user: user, client: client, start: start)
+            return response
+        }
         // The counts this request takes a place in, each with its bound.
         var places = [(key: user, bound: limits.concurrentRequestsPerUser)]
         if context.user.isEmpty {
@@ -183,9 +216,10 @@ struct GatewayMiddleware: RouterMiddleware {
             response = Gateway.errorResponse(500, "\(error)")
         }
         let body = response.body
+        let (channel, sendTimeout) = (context.channel, TimeAmount.seconds(Int64(limits.sendTimeoutSeconds)))
         response.body = ResponseBody(contentLength: body.contentLength) { writer in
             defer { slot.release() }
-            try await body.write(writer)
+            try await body.write(SendTimeoutWriter(inner: writer, channel: channel, timeout: sendTimeout))
         }
         log(request, response, user: user, client: client, start: start)
         return response
@@ -454,8 +488,9 @@ public enum Gateway {
         if config.anonymous && !isLoopbackHost(config.host) {
             throw TAPError(400, "--anonymous is allowed on loopback addresses only (127.0.0.1, ::1); give users tokens (tessera token create) to serve beyond this machine")
         }
-        // A connection that neither sends nor takes anything for a minute is closed (a reader
-        // that stopped holds its answer in memory until then).
+        // A connection idle between requests for a minute is closed (Hummingbird's timer does not
+        // run while an answer is sent: a client that stops taking one is cut off by
+        // `SendTimeoutWriter`).
         let app = Application(router: router(config, logger: logger), server: .http1(configuration: .init(idleTimeout: .seconds(60))),
                               configuration: .init(address: .hostname(config.host, port: config.port), serverName: "tessera-gateway"),
                               onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
@@ -466,7 +501,6 @@ public enum Gateway {
         // reading (or a dashboard's event stream) held the gateway up until its idle timeout,
         // past a Kubernetes pod's 30 s grace.
         lifecycle.maximumGracefulShutdownDuration = .seconds(config.shutdownGraceSeconds)
-        lifecycle.maximumCancellationDuration = .seconds(5)
         let group = ServiceGroup(configuration: lifecycle)
         try await group.run()
     }

@@ -17,6 +17,8 @@ public struct GatewayLimits: Sendable {
     public var concurrentRequestsPerUser = 8
     /// Requests without a token the gateway serves at once, from all addresses together.
     public var requestsWithoutToken = 256
+    /// Seconds a client may leave a part of an answer untaken before its connection is closed.
+    public var sendTimeoutSeconds = 60
     /// Rows returned when MAXREC is not given, and the most it may ask for.
     public var defaultMaxrec = 100_000
     public var maxrecLimit = 2_000_000

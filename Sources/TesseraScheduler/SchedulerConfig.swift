@@ -83,10 +83,13 @@ public struct SchedulerConfig: Sendable {
     /// starts: from when it was sent). The class is the client's word and its tasks take the
     /// foreground threads first, so without a cap one user's slow tasks (a large image plan, a
     /// sleeping graph) could hold every foreground thread for the whole task deadline. Its wait
-    /// behind other tasks on the worker is not counted (the usual deadline bounds it). A task
+    /// behind other tasks on the worker is not counted (``interactiveWaitCaps`` bounds it). A task
     /// past it is run elsewhere, as any overdue task is, and its job fails after
     /// `maxTaskTimeouts` tries with a message naming the cap.
     public var interactiveTaskDeadlineNs: UInt64 = 30_000_000_000
+    /// How many caps an interactive task may wait on its worker to begin, when the worker
+    /// reports starts: past that it is run elsewhere (its worker's threads may be stuck).
+    public static let interactiveWaitCaps: UInt64 = 4
     /// Shared scans (convoy scheduling): when a scan of a shard is sent to a worker, up to this
     /// many other jobs' ready scans of the same shard, in the same class, go with it, and the
     /// worker answers them all in one pass over the shard (0: every scan reads alone). They do

@@ -375,12 +375,15 @@ extension SchedulerCore {
             deadline &+= config.taskDeadlineNsPerMiB &* (inputBytes >> 20)
         }
         // An interactive task's cap runs from when its worker reports it begun (its wait behind
-        // others there is not its own doing); until then the usual deadline holds.
+        // others there is not its own doing). Until then it may wait four caps: a task queued
+        // behind stuck ones is then run elsewhere, not after the usual deadline.
         if job.priority == .interactive, config.interactiveTaskDeadlineNs > 0 {
+            let cap = config.interactiveTaskDeadlineNs
             if w.reportsStarts {
-                w.awaitingStart[key] = config.interactiveTaskDeadlineNs
+                w.awaitingStart[key] = (cap: cap, latest: lastNow &+ deadline)
+                deadline = min(deadline, cap &* SchedulerConfig.interactiveWaitCaps)
             } else {
-                deadline = min(deadline, config.interactiveTaskDeadlineNs)
+                deadline = min(deadline, cap)
             }
         }
         w.deadlines[key] = lastNow &+ deadline

@@ -207,8 +207,8 @@ public struct SchedulerCore {
             w.storedResults = h.storedResults
             w.scans = h.scans
             for key in h.started {
-                guard let cap = w.awaitingStart.removeValue(forKey: key), let d = w.deadlines[key] else { continue }
-                w.deadlines[key] = min(d, now &+ cap)
+                guard let (cap, latest) = w.awaitingStart.removeValue(forKey: key), w.deadlines[key] != nil else { continue }
+                w.deadlines[key] = min(latest, now &+ cap)
             }
         case .taskReport(let r):
             taskReport(w, r, frames: frames, now: now)

@@ -45,6 +45,9 @@ struct GatewayCommand: ParsableCommand {
     @Option(help: "A proxy in front of the gateway whose X-Forwarded-For names the client of a request without a token (repeatable; an IP address). From any other address that header is ignored.")
     var trustedProxy: [String] = []
 
+    @Option(help: "Seconds a client may leave a part of an answer untaken before its connection is closed (and its request's place given back).")
+    var sendTimeoutSeconds = 60
+
     @Option(help: "Seconds a stopping gateway (SIGTERM, Ctrl-C) waits for the requests in progress before it closes their connections; keep it below the platform's own grace (Kubernetes: 30 s).")
     var shutdownGraceSeconds = 20
 
@@ -59,9 +62,10 @@ struct GatewayCommand: ParsableCommand {
 
     func validate() throws {
         guard (1...1024).contains(maxRequestsPerUser) else { throw ValidationError("--max-requests-per-user must be 1…1024") }
+        guard (1...86_400).contains(sendTimeoutSeconds) else { throw ValidationError("--send-timeout-seconds must be 1…86400") }
         guard (0...3600).contains(shutdownGraceSeconds) else { throw ValidationError("--shutdown-grace-seconds must be 0…3600") }
         guard (1...65536).contains(maxRequestsWithoutToken) else { throw ValidationError("--max-requests-without-token must be 1…65536") }
-        for proxy in trustedProxy where ClientAddress.key(proxy) == nil {
+        for proxy in trustedProxy where ClientAddress.address(proxy) == nil {
             throw ValidationError("--trusted-proxy must be an IP address (203.0.113.5, 2001:db8::1), got `\(proxy.prefix(80))`")
         }
         guard (64...1_000_000).contains(maxQueryChars) else { throw ValidationError("--max-query-chars must be 64…1000000") }
@@ -90,8 +94,9 @@ struct GatewayCommand: ParsableCommand {
         c.publicHiPS = publicHips
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
         c.limits.requestsWithoutToken = maxRequestsWithoutToken
+        c.limits.sendTimeoutSeconds = sendTimeoutSeconds
         c.shutdownGraceSeconds = shutdownGraceSeconds
-        c.trustedProxies = Set(trustedProxy.compactMap { ClientAddress.key($0) })
+        c.trustedProxies = Set(trustedProxy.compactMap { ClientAddress.address($0) })
         c.limits.queryCharacters = maxQueryChars
         c.limits.defaultMaxrec = defaultMaxrec
         c.limits.maxrecLimit = maxrecLimit

@@ -37,5 +37,13 @@ struct ClientAddressTests {
         #expect(ClientAddress.client(peer: "127.0.0.1", forwardedFor: ["10.0.0.2"], trustedProxies: proxy) == "127.0.0.1")
         #expect(ClientAddress.client(peer: "127.0.0.1", forwardedFor: ["203.0.113.5, not-an-address"], trustedProxies: proxy) == "127.0.0.1")
         #expect(ClientAddress.client(peer: nil, forwardedFor: ["203.0.113.5"], trustedProxies: proxy) == "unknown")
+        // An IPv6 proxy is trusted alone, not its /64: a neighbour's header is its own word, and
+        // an entry from a neighbour is a client, not a proxy.
+        let v6: Set = [ClientAddress.address("2001:db8:1:2::10")!]
+        #expect(v6 == ["2001:db8:1:2::10"])
+        #expect(ClientAddress.client(peer: "2001:db8:1:2::99", forwardedFor: ["198.51.100.1"], trustedProxies: v6) == "2001:db8:1:2::/64")
+        #expect(ClientAddress.client(peer: "2001:db8:1:2:0:0:0:10", forwardedFor: ["198.51.100.1"], trustedProxies: v6) == "198.51.100.1")
+        #expect(ClientAddress.client(peer: "2001:db8:1:2::10", forwardedFor: ["198.51.100.1, 2001:db8:1:2::99"], trustedProxies: v6) == "2001:db8:1:2::/64")
+        #expect(ClientAddress.address("::ffff:203.0.113.5") == "203.0.113.5" && ClientAddress.address("[2001:DB8::1]") == "2001:db8::1")
     }
 }

@@ -456,6 +456,8 @@ def test_requests_without_a_token_are_shared_by_client_address(cluster, bins, tm
             held.append(stall(source="127.0.0.3"))
             status, body, retry = until(429, source="127.0.0.4")
             assert "the gateway has 3 requests without a token in progress" in body and retry == "1"
+            # VOSI availability (a load balancer's health check) takes no place.
+            assert requests.get(url + "/tap/availability", timeout=10).status_code == 200
             assert ask(source="127.0.0.4", token=token)[0] == 200
         finally:
             # A client that goes away gives its place back.
@@ -463,6 +465,32 @@ def test_requests_without_a_token_are_shared_by_client_address(cluster, bins, tm
                 s.close()
         until(200, source="127.0.0.4")
         until(200, forwarded="203.0.113.5")
+
+
+def test_a_client_that_stops_reading_is_cut_off(cluster, bins, tmp_path):
+    """A client that leaves part of an answer untaken for `--send-timeout-seconds` has its
+    connection closed and its request's place given back. (Hummingbird's idle timeout does not
+    run while an answer is being sent: such a client held its place for good.)"""
+    with standalone_gateway(bins, cluster, "--hips-dir", big_hips_tree(tmp_path), "--public-hips",
+                            "--max-requests-per-user", "1", "--send-timeout-seconds", "2") as (url, _):
+        stalled = stalled_download(int(url.rsplit(":", 1)[1]), "/hips/big/Norder3/Allsky.fits")
+        try:
+            assert requests.get(url + "/hips/big/properties", timeout=10).status_code == 429
+            deadline = time.monotonic() + 30
+            while requests.get(url + "/hips/big/properties", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "the stalled download still holds its place"
+                time.sleep(0.2)
+            # Its connection was closed: what it can still read ends well before the 64 MiB.
+            stalled.settimeout(10)
+            got = 0
+            try:
+                while chunk := stalled.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert got < 64 << 20
+        finally:
+            stalled.close()
 
 
 def test_a_stopping_gateway_waits_no_longer_than_its_grace(cluster, bins, tmp_path):

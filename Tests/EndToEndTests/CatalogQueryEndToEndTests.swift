@@ -260,6 +260,17 @@ struct QueryCommandLineTests {
         #expect(noneFITS.status == 0, "\(noneFITS.err)")
         let empty = try FITSTableReader(path: dir + "/none.fits")
         #expect(empty.rowCount == 0 && empty.columns.map(\.name) == ["objectId", "coord_ra"], "\(empty.columns.map(\.name)) \(none.out)")
+        #expect(fitsRows.columns.map(\.typeCode) == empty.columns.map(\.typeCode))
+        // A region no shard covers: no worker answers, and the command line names the columns
+        // as shards do (the same names and types as the shards' own empty answer above).
+        let off = try tessera(["query", "--dataset", "object", "--cone", "200,60,0.1", "--select", "objectId, ra = coord_ra", "--format", "csv"] + ep)
+        #expect(off.status == 0 && off.out.split(separator: "\n") == ["objectId,ra"], "\(off.out) \(off.err)")
+        let offFITS = try tessera(["query", "--dataset", "object", "--cone", "200,60,0.1", "--select", "objectId,coord_ra",
+                                   "--format", "fits", "-o", dir + "/off.fits"] + ep)
+        #expect(offFITS.status == 0, "\(offFITS.err)")
+        let offTable = try FITSTableReader(path: dir + "/off.fits")
+        #expect(offTable.rowCount == 0 && offTable.columns.map(\.name) == ["objectId", "coord_ra"])
+        #expect(offTable.columns.map(\.typeCode) == empty.columns.map(\.typeCode))
 
         // FITS: a binary table cfitsio reads back.
         let fits = try tessera(["query", "--dataset", "object", "--where", "refExtendedness == 1", "--group-by", "cell", "--agg", "count",

@@ -423,3 +423,16 @@ struct ProtobufWire {
         return nil
     }
 }
+
+extension ResultTable {
+    /// A rows question's columns with no row, for an answer no shard gave (a region off the
+    /// footprint): named as shards name them (`name = expression` names its column; nothing
+    /// selected, every stored column), each stored column of its stored type, an expression's
+    /// doubles.
+    public static func noRows(selecting select: [String], schema: [(name: String, type: ColumnType)]) -> ResultTable {
+        let selections = select.isEmpty ? schema.map { ($0.name, $0.name) } : select.map { CheckedCatalogQuery.namedSelection(trimmed($0)) }
+        return ResultTable(names: selections.map(\.0), columns: selections.map { _, expression in
+            schema.first { $0.name == expression }.map { RowValues(ColumnData.empty($0.type)) } ?? .doubles([])
+        })
+    }
+}

@@ -186,6 +186,48 @@ struct RecoveryEndToEndTests {
         #expect(try conn.status().workers.allSatisfy { $0.inFlight == 0 })
         raw.close()
     }
+
+    /// A client over its backlog bound (it asks and never reads) has its further requests
+    /// dropped unread, but it is still heard: its job runs on past the client timeout (a silent
+    /// client's is cancelled, above), and once it reads it learns the job's end.
+    @Test func aClientOverItsBacklogIsStillHeard() throws {
+        let cluster = try TestCluster.start(workers: 1, threads: 1, clientTimeoutSeconds: 2)
+        defer { cluster.stop() }
+        let context = try ZMQContext()
+        let raw = try rawDealer(context, cluster.clientEndpoint, cluster.credentials, receiveTimeoutMs: 2_000)
+        defer { raw.close() }
+        var submit = Envelope()
+        submit.submitJob.plan = TestCluster.independent(6, sleepMicros: 1_000_000)
+        submit.submitJob.name = "asks and never reads"
+        _ = try raw.send(parts: WireProtocol.encode(submit))
+        var e = Envelope()
+        var request = Tessera_V1_StatusRequest()
+        request.withCoverage = true
+        e.statusRequest = request
+        let asking = try WireProtocol.encode(e)
+        // Far past the backlog at once (libzmq's queues and the sockets' buffers take some
+        // 20,000 of these replies first), then a request every 50 ms, reading nothing, for
+        // four client timeouts; the job's six 1 s tasks run meanwhile on the worker's one thread.
+        var sent = 60_000
+        for _ in 0..<sent { _ = try raw.send(parts: asking) }
+        let until = Date().addingTimeInterval(8)
+        while Date() < until {
+            _ = try raw.send(parts: asking)
+            sent += 1
+            usleep(50_000)
+        }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let job = try conn.status().jobs.first { $0.name == "asks and never reads" }
+        #expect(job?.state == .jobDone, "\(String(describing: job))")
+        var replies = 0
+        var finished: Tessera_V1_JobFinished?
+        while let parts = try HostileInputEndToEndTests.nextMessage(raw) {
+            replies += 1
+            if case .jobFinished(let f) = try WireProtocol.decode(parts).0.body { finished = f }
+        }
+        #expect(replies < sent / 2, "\(replies) replies to \(sent) requests: the backlog bound was never reached")
+        #expect(finished?.state == .jobDone, "\(String(describing: finished))")
+    }
 }
 
 /// The worker's memory limit, on real processes: kept values past it spill to disk and come

@@ -10,17 +10,13 @@ public enum ClientAddress {
     /// IPv6 socket, `::ffff:203.0.113.5`, as IPv4), or nil when it is not one. Brackets
     /// (`[2001:db8::1]`, as some proxies write them) and a zone (`%eth0`) are dropped.
     public static func address(_ text: some StringProtocol) -> String? {
-        guard let bytes = bytes(text) else { return nil }
-        return spelled(bytes)
+        bytes(text).flatMap(spelled)
     }
 
     /// The address's key: an IPv4 address itself, an IPv6 address its /64
     /// (`2001:db8:1:2::/64`); nil when it is not an IP address.
     public static func key(_ text: some StringProtocol) -> String? {
-        guard var bytes = bytes(text) else { return nil }
-        if bytes.count == 4 { return spelled(bytes) }
-        for i in 8..<16 { bytes[i] = 0 }
-        return spelled(bytes).map { $0 + "/64" }
+        bytes(text).flatMap(key(of:))
     }
 
     /// The key of the client a request comes from: its connection's `peer`, or behind a trusted
@@ -29,11 +25,11 @@ public enum ClientAddress {
     /// (trusting a proxy is not trusting its neighbours). A proxy that sends no usable entry
     /// stands for its clients itself.
     public static func client(peer: String?, forwardedFor: [String], trustedProxies: Set<String>) -> String {
-        guard let peer = peer.flatMap({ address($0) }), let peerKey = key(peer) else { return "unknown" }
-        guard trustedProxies.contains(peer) else { return peerKey }
+        guard let peer = peer.flatMap({ bytes($0) }), let peerKey = key(of: peer) else { return "unknown" }
+        guard let spelled = spelled(peer), trustedProxies.contains(spelled) else { return peerKey }
         let entries = forwardedFor.flatMap { $0.split(separator: ",") }.suffix(64)
         for entry in entries.reversed() {
-            guard let a = address(entry), let k = key(a) else { return peerKey }
+            guard let b = bytes(entry), let a = Self.spelled(b), let k = key(of: b) else { return peerKey }
             if !trustedProxies.contains(a) { return k }
         }
         return peerKey
@@ -52,6 +48,11 @@ public enum ClientAddress {
         let b = withUnsafeBytes(of: v6) { Array($0) }
         if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff { return Array(b[12..<16]) }
         return b
+    }
+
+    private static func key(of bytes: [UInt8]) -> String? {
+        guard bytes.count == 16 else { return spelled(bytes) }
+        return spelled(Array(bytes[0..<8]) + [UInt8](repeating: 0, count: 8)).map { $0 + "/64" }
     }
 
     private static func spelled(_ bytes: [UInt8]) -> String? {

@@ -380,7 +380,7 @@ extension SchedulerCore {
         if job.priority == .interactive, config.interactiveTaskDeadlineNs > 0 {
             let cap = config.interactiveTaskDeadlineNs
             if w.reportsStarts {
-                w.awaitingStart[key] = (cap: cap, latest: lastNow &+ deadline)
+                w.awaitingStart[key] = lastNow &+ deadline
                 deadline = min(deadline, cap &* SchedulerConfig.interactiveWaitCaps)
             } else {
                 deadline = min(deadline, cap)

@@ -207,8 +207,8 @@ public struct SchedulerCore {
             w.storedResults = h.storedResults
             w.scans = h.scans
             for key in h.started {
-                guard let (cap, latest) = w.awaitingStart.removeValue(forKey: key), w.deadlines[key] != nil else { continue }
-                w.deadlines[key] = min(latest, now &+ cap)
+                guard let latest = w.awaitingStart.removeValue(forKey: key), w.deadlines[key] != nil else { continue }
+                w.deadlines[key] = min(latest, now &+ config.interactiveTaskDeadlineNs)
             }
         case .taskReport(let r):
             taskReport(w, r, frames: frames, now: now)

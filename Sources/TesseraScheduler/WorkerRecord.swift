@@ -37,10 +37,10 @@ final class WorkerRecord {
     /// Interactive tasks in flight (riders too): counted apart, so that batch work queued at
     /// the worker never keeps them from being sent.
     var interactive: Set<UInt64> = []
-    /// Interactive tasks sent and not yet begun, with their cap and their usual deadline: once
-    /// the worker reports one begun, its deadline becomes the cap from then, or the usual one
+    /// Interactive tasks sent and not yet begun, with their usual deadline: once the worker
+    /// reports one begun, its deadline becomes the interactive cap from then, or the usual one
     /// if sooner.
-    var awaitingStart: [UInt64: (cap: UInt64, latest: UInt64)] = [:]
+    var awaitingStart: [UInt64: UInt64] = [:]
     /// Whether its heartbeats report begun interactive tasks (`Heartbeat.started`).
     let reportsStarts: Bool
     /// Tasks sent and not yet reported, riders aside.

@@ -252,7 +252,7 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
         throw writeFailure ?? error
     }
     var table = final.result.table
-    if table.names.isEmpty && out.store == nil && q.plan.hasRows && !q.plan.hasPython && !q.plan.hasCrossmatch,
+    if table.names.isEmpty && !wroteRows && out.store == nil && q.plan.hasRows && !q.plan.hasPython && !q.plan.hasCrossmatch,
        let d = try? conn.status().datasets.first(where: { $0.name == q.plan.dataset }) {
         // No shard answered (a region off the footprint): the columns as a shard would name them.
         table = .noRows(selecting: q.plan.rows.select, schema: d.columns.map { ($0.name, $0.type) })
@@ -261,13 +261,7 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
         try storeRows(final.result.table, as: name, of: q, conn: conn, replace: out.replaceStored)
     } else if var rows {
         // No shard had a row: the answer's own (empty) table, with its columns' names.
-        do {
-            if !wroteRows { try rows.append(table) }
-            try rows.finish()
-        } catch {
-            rows.discard()
-            throw error
-        }
+        try rows.complete(appending: wroteRows ? nil : table)
     } else {
         try ResultOutput.write(table, format: out.format, to: out.output)
     }

@@ -13,13 +13,7 @@ enum ResultOutput {
     static func write(_ t: ResultTable, format: String, to path: String?) throws {
         if RowWriter.formats.contains(format) {
             var rows = try RowWriter(format: format, to: path)
-            do {
-                try rows.append(t)
-                try rows.finish()
-            } catch {
-                rows.discard()
-                throw error
-            }
+            try rows.complete(appending: t)
             return
         }
         var out = try TextSink(path: path)
@@ -44,46 +38,62 @@ enum ResultOutput {
 struct RowWriter {
     /// The formats written a batch at a time.
     static let formats: Set = ["csv", "json", "fits"]
-    private var text: RowTextWriter?
-    private var fits: FITSTableAppender?
-    private let path: String?
+    private enum Sink {
+        case text(RowTextWriter)
+        /// The table is made from the first batch: it names the columns and their types.
+        case fits(path: String, table: FITSTableAppender?)
+    }
+    private var sink: Sink
 
     init(format: String, to path: String?) throws {
-        self.path = path
         if format == "fits" {
-            guard path != nil else { throw ValidationError("--format fits needs -o FILE") }
+            guard let path else { throw ValidationError("--format fits needs -o FILE") }
+            sink = .fits(path: path, table: nil)
         } else {
-            text = try RowTextWriter(format: format, to: path)
+            sink = .text(try RowTextWriter(format: format, to: path))
         }
     }
 
     mutating func append(_ t: ResultTable) throws {
-        if text != nil {
-            text?.append(t)
-            return
-        }
-        guard let path else { return }
-        let data = t.columns.map { c -> ColumnData in
-            switch c {
-            case .doubles(let a): .float64(a)
-            case .int64s(let a): .int64(a)
-            case .bools(let a): .bool(a)
-            case .floats(let a): .float32(a)
+        switch sink {
+        case .text(var text):
+            text.append(t)
+            sink = .text(text)
+        case .fits(let path, let made):
+            let data = t.columns.map { c -> ColumnData in
+                switch c {
+                case .doubles(let a): .float64(a)
+                case .int64s(let a): .int64(a)
+                case .bools(let a): .bool(a)
+                case .floats(let a): .float32(a)
+                }
             }
+            let table = try made ?? FITSTableAppender(path: path, columns: zip(t.names, data).map { ColumnSpec($0, $1.type) }, extensionName: "RESULT")
+            sink = .fits(path: path, table: table)
+            try table.append(data)
         }
-        // The first batch names the columns and their types; the table has them from then on.
-        let table = try fits ?? FITSTableAppender(path: path, columns: zip(t.names, data).map { ColumnSpec($0, $1.type) }, extensionName: "RESULT")
-        fits = table
-        try table.append(data)
     }
 
-    mutating func finish() throws {
-        if text != nil { try text?.finish() } else { try fits?.finish() }
+    /// Appends `last` (when given) and puts the file in place; on any failure nothing is left
+    /// at the path.
+    mutating func complete(appending last: ResultTable? = nil) throws {
+        do {
+            if let last { try append(last) }
+            switch sink {
+            case .text(var text): try text.finish()
+            case .fits(_, let table): try table?.finish()
+            }
+        } catch {
+            discard()
+            throw error
+        }
     }
 
     func discard() {
-        text?.discard()
-        fits?.discard()
+        switch sink {
+        case .text(let text): text.discard()
+        case .fits(_, let table): table?.discard()
+        }
     }
 }
 

@@ -18,6 +18,9 @@ public enum ClientError: Error, CustomStringConvertible {
     case invalidQuery(String)
     /// The scheduler restarted after accepting the job, which was lost with it.
     case schedulerRestarted(job: JobID, message: String)
+    /// The connection's ``SchedulerConnection/isInterrupted`` turned true (Ctrl-C): these jobs of
+    /// its were cancelled on the cluster (`confirmed`: the scheduler said each had ended).
+    case interrupted(jobs: [JobID], confirmed: Bool)
 
     public var description: String {
         switch self {
@@ -30,6 +33,11 @@ public enum ClientError: Error, CustomStringConvertible {
         case .transport(let m): "transport error: \(m)"
         case .invalidQuery(let m): m
         case .schedulerRestarted(_, let m): m
+        case .interrupted(let jobs, let confirmed):
+            jobs.isEmpty ? (confirmed ? "interrupted (no job was running)"
+                            : "interrupted before the scheduler accepted the job (it stops once this client is silent for its client timeout)")
+                : "interrupted: \(jobs.count == 1 ? "job" : "jobs") \(jobs.map { "\($0)" }.joined(separator: ", ")) "
+                    + (confirmed ? "cancelled on the cluster" : "asked to stop (the scheduler did not confirm in time; it stops them once this client is silent for its client timeout)")
         }
     }
 }

@@ -77,6 +77,14 @@ public final class SchedulerConnection {
     /// Takes a worker's direct results over its same-host socket (no encryption; this Unix user
     /// must be able to open it) when the worker is on this machine.
     public var sameHostResults = true
+    /// Polled whenever this connection waits (at least every 100 ms while a job runs). Once it
+    /// is true, every job this connection waits for is cancelled on the cluster, and the wait
+    /// throws ``ClientError/interrupted(jobs:confirmed:)``: a command line's Ctrl-C stops its
+    /// work on the workers at once, not a client timeout later.
+    public var isInterrupted: () -> Bool = { false }
+    /// How long an interrupted connection waits for the scheduler to confirm its cancellations
+    /// (so that they have been sent before the process exits).
+    public static let interruptConfirmSeconds = 1.5
 
     /// Connects and checks that a scheduler answers within `timeout` seconds.
     /// - Parameter credentials: the user's key; nil finds it as the `tessera` command does (a
@@ -140,7 +148,25 @@ public final class SchedulerConnection {
         var e = Envelope()
         e.submitJob = s
         try send(e, frames: frames)
-        try waitUntil(timeout: timeout, onTimeout: .timedOut("the scheduler did not accept the job within \(timeout) s")) { $0.accepted[tag] != nil }
+        do {
+            try waitUntil(timeout: timeout, onTimeout: .timedOut("the scheduler did not accept the job within \(timeout) s")) { $0.accepted[tag] != nil }
+        } catch ClientError.interrupted(let earlier, let earlierConfirmed) {
+            // Interrupted before this job's acceptance came: it is cancelled once it comes.
+            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(Self.interruptConfirmSeconds * 1e9)
+            while accepted[tag] == nil && DispatchTime.now().uptimeNanoseconds < deadline { try? fileOne(timeoutMs: 50) }
+            switch accepted.removeValue(forKey: tag) {
+            case .success(let acc)?:
+                waiting[acc.jobID] = epoch
+                guard case .interrupted(let jobs, let confirmed) = interruption() else { break }
+                throw ClientError.interrupted(jobs: (earlier + jobs).sorted(), confirmed: earlierConfirmed && confirmed)
+            case .failure?:
+                break
+            case nil:
+                // Neither accepted nor refused in time: it may yet run, until its client timeout.
+                throw ClientError.interrupted(jobs: earlier, confirmed: false)
+            }
+            throw ClientError.interrupted(jobs: earlier, confirmed: earlierConfirmed)
+        }
         let acc = try accepted.removeValue(forKey: tag)!.get()
         waiting[acc.jobID] = epoch
         lastAccepted = acc
@@ -290,8 +316,30 @@ public final class SchedulerConnection {
     }
 
     /// Receives and files at most one message (waiting at most a heartbeat interval, so that
-    /// heartbeats go out while the caller waits longer).
+    /// heartbeats go out while the caller waits longer), unless the connection is interrupted.
     private func receiveOne(timeoutMs: Int) throws {
+        if isInterrupted() { throw interruption() }
+        try fileOne(timeoutMs: min(timeoutMs, 100))
+    }
+
+    /// Cancels every job this connection waits for and waits, for at most
+    /// ``interruptConfirmSeconds``, until the scheduler says each has ended.
+    private func interruption() -> ClientError {
+        let jobs = waiting.keys.sorted()
+        for job in jobs { try? cancel(job: job) }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(Self.interruptConfirmSeconds * 1e9)
+        func ended(_ job: JobID) -> Bool {
+            jobErrors[job] != nil || events[job, default: []].contains { if case .finished = $0 { true } else { false } }
+        }
+        while !jobs.allSatisfy(ended) && DispatchTime.now().uptimeNanoseconds < deadline {
+            do { try fileOne(timeoutMs: 50) } catch { break }
+        }
+        return .interrupted(jobs: jobs, confirmed: jobs.allSatisfy(ended))
+    }
+
+    /// Receives and files at most one message, waiting at most `timeoutMs` (and a heartbeat
+    /// interval).
+    private func fileOne(timeoutMs: Int) throws {
         try heartbeatIfDue()
         var poller = Poller()
         poller.add(socket)
@@ -380,9 +428,10 @@ public final class SchedulerConnection {
                 while true {
                     let now = DispatchTime.now().uptimeNanoseconds
                     guard now < deadline else { throw ClientError.timedOut("worker \(endpoint) did not hand over its results within 60 s") }
+                    if isInterrupted() { throw interruption() }
                     var poller = Poller()
                     poller.add(socket)
-                    guard try poller.wait(timeoutMs: Int((deadline - now) / 1_000_000) + 1) > 0, let parts = try socket.receiveParts(dontWait: true) else { continue }
+                    guard try poller.wait(timeoutMs: min(Int((deadline - now) / 1_000_000) + 1, 100)) > 0, let parts = try socket.receiveParts(dontWait: true) else { continue }
                     let (reply, frames) = try WireProtocol.decode(parts)
                     guard case .fetchReply(let r) = reply.body, r.requestID == id else { continue }
                     guard r.missing.isEmpty else {

@@ -15,7 +15,16 @@ struct TesseraCommand: ParsableCommand {
     /// Refuses, with a message, a processor this build cannot run on; then parses and runs.
     static func main() {
         BuildTarget.requireProcessor(program: "tessera")
-        main(nil)
+        do {
+            var command = try parseAsRoot(nil)
+            try command.run()
+        } catch ClientError.interrupted(let jobs, let confirmed) {
+            // Ctrl-C: the jobs were cancelled and the command's partial files removed.
+            FileHandle.standardError.write(Data("\(ClientError.interrupted(jobs: jobs, confirmed: confirmed))\n".utf8))
+            Foundation.exit(128 + max(Interrupts.signal, 0))
+        } catch {
+            exit(withError: error)
+        }
     }
 }
 
@@ -31,8 +40,15 @@ struct SchedulerTarget: ParsableArguments {
     var key: String?
 
     /// A connection to the scheduler, authenticated with the key.
-    func connect(timeout: Double = 5) throws -> SchedulerConnection {
+    /// - Parameter interruptible: Ctrl-C cancels the connection's jobs on the cluster, then ends
+    ///   the command (``Interrupts``); false for an ingest, whose commit could not be called back.
+    func connect(timeout: Double = 5, interruptible: Bool = true) throws -> SchedulerConnection {
         let credentials: Credentials? = try key.map { .curve(try KeyFile.read($0)) }
-        return try SchedulerConnection(endpoint: scheduler, timeout: timeout, credentials: credentials)
+        let conn = try SchedulerConnection(endpoint: scheduler, timeout: timeout, credentials: credentials)
+        if interruptible {
+            Interrupts.install()
+            conn.isInterrupted = Interrupts.isInterrupted
+        }
+        return conn
     }
 }

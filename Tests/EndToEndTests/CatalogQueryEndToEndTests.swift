@@ -299,4 +299,61 @@ struct QueryCommandLineTests {
         let typo = try tessera(["query", "--dataset", "object", "--group-by", "cel"] + ep)
         #expect(typo.status != 0 && typo.err.contains("did you mean `cell`"))
     }
+
+    /// Ctrl-C on a command waiting for its job cancels the job on the cluster at once (not a
+    /// client timeout later), removes the file it was writing, and exits with 130. Before, the
+    /// process died by the signal and its job ran on until the scheduler gave up on its client.
+    @Test func ctrlCCancelsTheJobOnTheCluster() throws {
+        let files = try SyntheticCatalog(seed: 9).writeFITS(rows: 3_000, to: temporaryFolder("cli-ctrl-c-input"))
+        // A client timeout far past the test's wait: only a cancellation ends the job in time.
+        let cluster = try TestCluster.start(workers: 1, threads: 1, dataDirectory: temporaryFolder("cli-ctrl-c-data"), clientTimeoutSeconds: 120)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        var o = IngestOptions(dataset: "object", files: files)
+        (o.maxRowsPerShard, o.replicas) = (1_000, 1)
+        try CatalogIngest.run(o, connection: conn)
+        // The one worker thread is kept busy, so the command's batch job waits while it is interrupted.
+        let busy = try conn.submit(.plan(TestCluster.independent(4_000, sleepMicros: 5_000)))
+        defer { try? conn.cancel(job: busy.jobID) }
+
+        let dir = temporaryFolder("cli-ctrl-c-out")
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin + "/tessera")
+        p.arguments = ["query", "--dataset", "object", "--select", "objectId", "--format", "csv", "-o", dir + "/rows.csv", "--priority", "batch",
+                       "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        func commandJob() throws -> Tessera_V1_JobStatus? { try conn.status().jobs.first { $0.name == "catalog object" && $0.state == .jobRunning } }
+        var deadline = Date().addingTimeInterval(20)
+        while try commandJob() == nil && Date() < deadline { usleep(50_000) }
+        let job = try #require(try commandJob(), "the command's job never showed in the status")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).count == 1, "the command writes beside its output")
+
+        let interrupted = Date()
+        p.interrupt()
+        deadline = Date().addingTimeInterval(10)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        guard !p.isRunning else {
+            Issue.record("the command still runs 10 s after Ctrl-C")
+            return
+        }
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationReason == .exit && p.terminationStatus == 130, "\(p.terminationReason.rawValue) \(p.terminationStatus): \(message)")
+        #expect(message.contains("interrupted: job \(job.jobID) cancelled on the cluster"), "\(message)")
+        // The job is gone from the cluster within seconds, cancelled (not abandoned as silent).
+        while try commandJob() != nil && Date().timeIntervalSince(interrupted) < 10 { usleep(50_000) }
+        #expect(try commandJob() == nil, "the interrupted command's job still runs")
+        #expect(Date().timeIntervalSince(interrupted) < 10)
+        #expect(try conn.status().jobs.first { $0.jobID == job.jobID }?.state == .jobCancelled)
+        #expect(try conn.status().jobsAbandoned == 0)
+        // Nothing is left where it was writing.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == [])
+        // The job that kept the worker busy is untouched.
+        #expect(try conn.status().jobs.contains { $0.jobID == busy.jobID && $0.state == .jobRunning })
+    }
 }

@@ -274,6 +274,8 @@ func runQuery(_ q: CatalogQuery, target: SchedulerTarget, out: OutputOptions, jo
 /// cross-match), which the rows must hold.
 func storeRows(_ t: ResultTable, as name: String, of q: CatalogQuery, conn: SchedulerConnection, replace: Bool) throws {
     guard q.plan.hasRows else { throw ValidationError("--store keeps rows: give --select") }
+    // A table needs rows: an ingest refuses an empty file, which would be named by its temporary path.
+    guard t.rowCount > 0 else { throw ValidationError("--store: the question matched no rows, so there is no table to store (nothing was stored as `\(name)`)") }
     guard let d = try conn.status().datasets.first(where: { $0.name == q.plan.dataset }) else {
         throw ValidationError("no dataset named `\(q.plan.dataset)`")
     }

@@ -185,6 +185,10 @@ struct CrossmatchEndToEndTests {
         #expect(close.out.split(separator: "\n").last.flatMap { Double($0) } == Double(nearest.values.filter { $0 < 0.5 }.count), "\(close.out)\(close.err)")
         let noPositions = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "2", "--select", "left_id", "--store", "p2"] + ep)
         #expect(noPositions.status != 0 && noPositions.err.contains("add left_ra and left_dec to --select"), "\(noPositions.err)")
+        // No rows to keep: refused as such (it was an ingest error naming a temporary file).
+        let nothing = try cli.tessera(["query", "--dataset", "mine", "--select", "id,ra,dec", "--where", "ra < -1", "--store", "p3"] + ep)
+        #expect(nothing.status != 0 && nothing.err.contains("the question matched no rows, so there is no table to store"), "\(nothing.err)")
+        #expect(try !conn.status().datasets.contains { $0.name == "p3" })
         let tooWide = try cli.tessera(["crossmatch", "mine", "survey", "--radius-arcsec", "11"] + ep)
         #expect(tooWide.status != 0 && tooWide.err.contains("margin of 10.0″"), "\(tooWide.err)")
     }

@@ -42,6 +42,8 @@ public enum IngestError: Error, CustomStringConvertible {
     case badCoordinate(file: String, row: Int, what: String)
     case schemaMismatch(file: String, reason: String)
     case store(String)
+    /// The connection's ``SchedulerConnection/isInterrupted`` turned true (Ctrl-C) before the commit.
+    case interrupted
 
     public var description: String {
         switch self {
@@ -49,6 +51,7 @@ public enum IngestError: Error, CustomStringConvertible {
         case .badCoordinate(let f, let r, let what): "\(f), row \(r): \(what); fix or drop the row and ingest again"
         case .schemaMismatch(let f, let why): "\(f) does not match the first file's columns: \(why)"
         case .store(let m): "ingest failed, nothing was committed: \(m)"
+        case .interrupted: "interrupted: nothing was committed, and the rows spilled to local disk were removed (the scheduler drops the shards already sent once the ingest has been idle for its limit)"
         }
     }
 }
@@ -83,6 +86,7 @@ public enum CatalogIngest {
         // covered, not with the rows).
         var histogram = SkyHistogram(order: partitionOrder)
         for path in o.files {
+            if conn.isInterrupted() { throw IngestError.interrupted }
             let (ra, dec) = try readPositions(path, o)
             histogram.add(indexes: (0..<ra.count).map { HEALPix.spatialIndex(ra: ra[$0], dec: dec[$0]) })
         }
@@ -101,6 +105,7 @@ public enum CatalogIngest {
         var finder = MarginFinder(shards: ranges, radius: o.marginArcsec / 3600 * .pi / 180)
         var specs: [ColumnSpec] = []
         for (n, path) in o.files.enumerated() {
+            if conn.isInterrupted() { throw IngestError.interrupted }
             var (fileSpecs, data, warnings) = try readFile(path, first: n == 0, o)
             for w in warnings { progress("warning: \(w)") }
             if let k = fileSpecs.firstIndex(where: { $0.name == indexColumn }) {
@@ -176,11 +181,7 @@ public enum CatalogIngest {
             s.bytes = UInt64((shard.rows.count + spill.marginRows[k]) * rowBytes)
             return s
         }
-        var be = Envelope()
-        be.ingestBegin = begin
-        guard case .ingestPlan(let plan) = try conn.request(be, tag: begin.clientTag).body else {
-            throw IngestError.store("unexpected reply to the ingest request")
-        }
+        let plan = try self.begin(begin, connection: conn)
         // The name it is stored under (a table's in the user's workspace is theirs alone).
         let storedName = plan.dataset.isEmpty ? o.dataset : plan.dataset
         let schema = specs.map {
@@ -207,7 +208,7 @@ public enum CatalogIngest {
             req.marginRows = UInt64(spill.marginRows[k])
             return req
         }
-        let stored = try store(plan: plan, count: shards.count, storeTimeout: o.storeTimeout, credentials: conn.credentials, progress: progress,
+        let stored = try store(plan: plan, count: shards.count, storeTimeout: o.storeTimeout, connection: conn, progress: progress,
                                request: request) { (k) throws(IngestError) in
             // A shard's copies are sent one after another: read its spill once for all of them.
             if let l = loaded, l.shard == k { return l.frames }
@@ -231,6 +232,20 @@ public enum CatalogIngest {
         return try self.commit(commit, places: shards.map { ($0.order, $0.pixel) }, stored: stored, connection: conn)
     }
 
+    /// Asks the scheduler where each shard goes (and to expect them).
+    static func begin(_ begin: Tessera_V1_IngestBegin, connection conn: SchedulerConnection) throws -> Tessera_V1_IngestPlan {
+        var be = Envelope()
+        be.ingestBegin = begin
+        let reply: Envelope
+        do {
+            reply = try conn.request(be, tag: begin.clientTag)
+        } catch ClientError.interrupted {
+            throw IngestError.interrupted
+        }
+        guard case .ingestPlan(let plan) = reply.body else { throw IngestError.store("unexpected reply to the ingest request") }
+        return plan
+    }
+
     /// Commits an ingest: `commit` with each shard (`places[k]`) as its workers reported storing
     /// it (`stored[k]`; the scheduler checks the copies agree), and the scheduler's answer.
     static func commit(_ commit: Tessera_V1_IngestCommit, places: [(order: Int, pixel: Int64)], stored: [[Tessera_V1_ShardStored]],
@@ -251,6 +266,11 @@ public enum CatalogIngest {
         }
         var ce = Envelope()
         ce.ingestCommit = commit
+        if conn.isInterrupted() { throw IngestError.interrupted }
+        // A commit once sent cannot be called back: it is waited for, not interrupted.
+        let isInterrupted = conn.isInterrupted
+        conn.isInterrupted = { false }
+        defer { conn.isInterrupted = isInterrupted }
         guard case .ingestCommitted(let done) = try conn.request(ce, tag: commit.clientTag).body else {
             throw IngestError.store("unexpected reply to the commit")
         }
@@ -260,7 +280,8 @@ public enum CatalogIngest {
     /// Sends every copy of every shard (`frames(k)`: shard k's own columns, then its margin
     /// columns if it has margin rows), a few at a time per worker, and collects the confirmations.
     /// - Parameter request: shard k's message (without its request id).
-    static func store(plan: Tessera_V1_IngestPlan, count: Int, storeTimeout: Double, credentials: Credentials, progress: (String) -> Void,
+    /// Stops with ``IngestError/interrupted`` once the connection is interrupted.
+    static func store(plan: Tessera_V1_IngestPlan, count: Int, storeTimeout: Double, connection conn: SchedulerConnection, progress: (String) -> Void,
                       request: (Int) -> Tessera_V1_StoreShard,
                       frames: (Int) throws(IngestError) -> [[UInt8]]) throws -> [[Tessera_V1_ShardStored]] {
         let ctx = try ZMQContext()
@@ -271,7 +292,7 @@ public enum CatalogIngest {
         for (peer, _) in zip(plan.workers, plan.workerNames) where chosen.contains(peer.workerID) {
             let s = try ctx.socket(.dealer)
             try s.setSendHighWaterMark(0)
-            try credentials.secure(s, serverKey: peer.publicKey)
+            try conn.credentials.secure(s, serverKey: peer.publicKey)
             try s.connect(peer.endpoint)
             sockets[peer.workerID] = s
         }
@@ -286,6 +307,7 @@ public enum CatalogIngest {
         var done = 0
         var lastReport = DispatchTime.now().uptimeNanoseconds
         while done < totalCopies {
+            if conn.isInterrupted() { throw IngestError.interrupted }
             // Keep up to 2 shards in flight per worker.
             var i = 0
             while i < queue.count {

@@ -70,6 +70,7 @@ public enum ImageIngest {
         guard !o.files.isEmpty else { throw IngestError.input("no input files given") }
         var prepared: [Prepared] = []
         for path in o.files {
+            if conn.isInterrupted() { throw IngestError.interrupted }
             var p = try prepare(path, band: o.band)
             // Converted images are kept in memory only while there are few; else re-read when sent.
             if prepared.reduce(0, { $0 + ($1.converted?.count ?? 0) }) > 1 << 30 { p.converted = nil }
@@ -122,11 +123,7 @@ public enum ImageIngest {
             s.bytes = UInt64(p.bytes)
             return s
         }
-        var be = Envelope()
-        be.ingestBegin = begin
-        guard case .ingestPlan(let plan) = try conn.request(be, tag: begin.clientTag).body else {
-            throw IngestError.store("unexpected reply to the ingest request")
-        }
+        let plan = try CatalogIngest.begin(begin, connection: conn)
         let storedName = plan.dataset.isEmpty ? o.dataset : plan.dataset
         let request = { (k: Int) -> Tessera_V1_StoreShard in
             var r = Tessera_V1_StoreShard()
@@ -137,7 +134,7 @@ public enum ImageIngest {
             r.image = true
             return r
         }
-        let stored = try CatalogIngest.store(plan: plan, count: prepared.count, storeTimeout: o.storeTimeout, credentials: conn.credentials,
+        let stored = try CatalogIngest.store(plan: plan, count: prepared.count, storeTimeout: o.storeTimeout, connection: conn,
                                              progress: progress, request: request) { (k) throws(IngestError) in
             if let b = prepared[k].converted { return [b] }
             if prepared[k].header.tract < 0 {

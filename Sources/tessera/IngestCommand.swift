@@ -86,7 +86,7 @@ struct IngestCommand: ParsableCommand {
     }
 
     func run() throws {
-        let conn = try target.connect(interruptible: false)
+        let conn = try target.connect()
         if images {
             var o = ImageIngestOptions(dataset: table.name, files: table.files)
             o.replicas = min(replicas, max(1, try conn.status().workers.count))
@@ -134,7 +134,7 @@ struct UploadCommand: ParsableCommand {
     }
 
     func run() throws {
-        let conn = try target.connect(interruptible: false)
+        let conn = try target.connect()
         var o = table.options()
         o.workspace = true
         o.shared = shared

@@ -14,7 +14,7 @@ private let caughtSignal = Atomic<Int32>(0)
 /// ``graceSeconds`` after the first, ends the process at once, as the signal would have.
 enum Interrupts {
     /// How long an interrupted command may take to stop its jobs before it is ended anyway.
-    static let graceSeconds = 3.0
+    static let graceSeconds = 10.0
     private static let installed = Mutex(false)
 
     /// The signal that interrupted the command, or 0.

@@ -22,6 +22,9 @@ struct TesseraCommand: ParsableCommand {
             // Ctrl-C: the jobs were cancelled and the command's partial files removed.
             FileHandle.standardError.write(Data("\(ClientError.interrupted(jobs: jobs, confirmed: confirmed))\n".utf8))
             Foundation.exit(128 + max(Interrupts.signal, 0))
+        } catch IngestError.interrupted {
+            FileHandle.standardError.write(Data("\(IngestError.interrupted)\n".utf8))
+            Foundation.exit(128 + max(Interrupts.signal, 0))
         } catch {
             exit(withError: error)
         }
@@ -40,15 +43,13 @@ struct SchedulerTarget: ParsableArguments {
     var key: String?
 
     /// A connection to the scheduler, authenticated with the key.
-    /// - Parameter interruptible: Ctrl-C cancels the connection's jobs on the cluster, then ends
-    ///   the command (``Interrupts``); false for an ingest, whose commit could not be called back.
-    func connect(timeout: Double = 5, interruptible: Bool = true) throws -> SchedulerConnection {
+    /// Ctrl-C cancels the connection's jobs on the cluster, or stops its ingest before the
+    /// commit, then ends the command (``Interrupts``).
+    func connect(timeout: Double = 5) throws -> SchedulerConnection {
         let credentials: Credentials? = try key.map { .curve(try KeyFile.read($0)) }
         let conn = try SchedulerConnection(endpoint: scheduler, timeout: timeout, credentials: credentials)
-        if interruptible {
-            Interrupts.install()
-            conn.isInterrupted = Interrupts.isInterrupted
-        }
+        Interrupts.install()
+        conn.isInterrupted = Interrupts.isInterrupted
         return conn
     }
 }

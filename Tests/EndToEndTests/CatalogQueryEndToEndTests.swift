@@ -175,6 +175,41 @@ struct CatalogQueryEndToEndTests {
     }
 }
 
+/// A `tessera` command started in the background, to be interrupted as a user's Ctrl-C would.
+struct Interrupted {
+    let process = Process()
+    private let err = Pipe()
+
+    init(_ args: [String]) throws {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
+        process.executableURL = URL(fileURLWithPath: bin + "/tessera")
+        process.arguments = args
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    /// Sends SIGINT; the command's standard error once it exited with 130 within 10 s, or nil
+    /// (an issue recorded, the process killed).
+    func interrupt() -> String? {
+        process.interrupt()
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        guard !process.isRunning else {
+            Issue.record("the command still runs 10 s after Ctrl-C")
+            process.terminate()
+            return nil
+        }
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard process.terminationReason == .exit && process.terminationStatus == 130 else {
+            Issue.record("ended by \(process.terminationReason.rawValue) with \(process.terminationStatus): \(message)")
+            return nil
+        }
+        return message
+    }
+}
+
 /// The `tessera` command line against a real cluster: CSV, JSON and FITS output, and plans from
 /// JSON files, agreeing with the library's answer.
 @Suite(.serialized)
@@ -317,33 +352,16 @@ struct QueryCommandLineTests {
         defer { try? conn.cancel(job: busy.jobID) }
 
         let dir = temporaryFolder("cli-ctrl-c-out")
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin + "/tessera")
-        p.arguments = ["query", "--dataset", "object", "--select", "objectId", "--format", "csv", "-o", dir + "/rows.csv", "--priority", "batch",
-                       "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)]
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        defer { if p.isRunning { p.terminate() } }
+        let command = try Interrupted(["query", "--dataset", "object", "--select", "objectId", "--format", "csv", "-o", dir + "/rows.csv", "--priority", "batch",
+                                       "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)])
         func commandJob() throws -> Tessera_V1_JobStatus? { try conn.status().jobs.first { $0.name == "catalog object" && $0.state == .jobRunning } }
-        var deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(20)
         while try commandJob() == nil && Date() < deadline { usleep(50_000) }
         let job = try #require(try commandJob(), "the command's job never showed in the status")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).count == 1, "the command writes beside its output")
 
         let interrupted = Date()
-        p.interrupt()
-        deadline = Date().addingTimeInterval(10)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        guard !p.isRunning else {
-            Issue.record("the command still runs 10 s after Ctrl-C")
-            return
-        }
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(p.terminationReason == .exit && p.terminationStatus == 130, "\(p.terminationReason.rawValue) \(p.terminationStatus): \(message)")
+        let message = try #require(command.interrupt())
         #expect(message.contains("interrupted: job \(job.jobID) cancelled on the cluster"), "\(message)")
         // The job is gone from the cluster within seconds, cancelled (not abandoned as silent).
         while try commandJob() != nil && Date().timeIntervalSince(interrupted) < 10 { usleep(50_000) }
@@ -355,5 +373,26 @@ struct QueryCommandLineTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == [])
         // The job that kept the worker busy is untouched.
         #expect(try conn.status().jobs.contains { $0.jobID == busy.jobID && $0.state == .jobRunning })
+    }
+
+    /// Ctrl-C during an ingest, while its rows are being spilled to local disk: the spill
+    /// (about the input's size) is removed, nothing is committed, and the command exits with 130.
+    @Test func ctrlCStopsAnIngestAndRemovesItsSpill() throws {
+        let file = try SyntheticCatalog(seed: 10).writeFITS(rows: 20_000, to: temporaryFolder("cli-ctrl-c-ingest-input"))[0]
+        let cluster = try TestCluster.start(workers: 1, threads: 1, dataDirectory: temporaryFolder("cli-ctrl-c-ingest-data"))
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        let spill = temporaryFolder("cli-ctrl-c-spill")
+        // The same file 100 times (2M rows): long enough to be caught spilling.
+        let command = try Interrupted(["ingest", "object"] + Array(repeating: file, count: 100) + ["--spill-dir", spill, "--replicas", "1",
+                                       "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)])
+        let deadline = Date().addingTimeInterval(60)
+        while try FileManager.default.contentsOfDirectory(atPath: spill).isEmpty && command.process.isRunning && Date() < deadline { usleep(20_000) }
+        let spilling = try FileManager.default.contentsOfDirectory(atPath: spill)
+        try #require(spilling.count == 1 && spilling[0].hasPrefix("tessera-ingest-"), "no spill folder: \(spilling)")
+        let message = try #require(command.interrupt())
+        #expect(message.contains("interrupted: nothing was committed, and the rows spilled to local disk were removed"), "\(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: spill) == [])
+        #expect(try !conn.status().datasets.contains { $0.name == "object" })
     }
 }

@@ -328,22 +328,30 @@ public enum Gateway {
         router.get("/hips/list") { request, _ in
             text(200, soda.hipsList(base: base(request)))
         }
-        let hipsFiles = FileIO()
-        router.get("/hips/**") { request, context in
+        router.get("/hips/**") { request, _ in
             do {
                 let file = try soda.hipsFile(String(request.uri.path.dropFirst("/hips/".count)))
-                let attributes = try FileManager.default.attributesOfItem(atPath: file.path)
-                let modified = (attributes[.modificationDate] as? Date) ?? Date(timeIntervalSince1970: 0)
-                let size = (attributes[.size] as? Int) ?? 0
                 // A tree is replaced whole when made again: its files' time and size name the version.
-                let tag = "\"\(String(Int(modified.timeIntervalSince1970 * 1000), radix: 16))-\(String(size, radix: 16))\""
+                let tag = file.entityTag
                 var headers: HTTPFields = [.eTag: tag, .cacheControl: config.publicHiPS ? "public, max-age=3600" : "private, max-age=3600",
-                                           .lastModified: httpDate(modified), .accessControlAllowOrigin: "*"]
+                                           .lastModified: httpDate(file.modified), .accessControlAllowOrigin: "*"]
                 if request.headers[.ifNoneMatch] == tag { return Response(status: .notModified, headers: headers, body: .init()) }
                 headers[.contentType] = file.contentType
-                // Streamed a chunk at a time, as the client reads: an Allsky or a deep tile is
-                // not held whole in memory, and the request keeps its place until it is sent.
-                return Response(status: .ok, headers: headers, body: try await hipsFiles.loadFile(path: file.path, context: context))
+                // Streamed 128 KiB at a time as the client reads, from the file opened above: an
+                // Allsky or a deep tile is not held whole in memory, and the request keeps its
+                // place until it is sent.
+                let threads = service.pool.threads
+                return Response(status: .ok, headers: headers, body: ResponseBody(contentLength: file.size) { writer in
+                    var offset = 0
+                    while offset < file.size {
+                        let chunk = try await threads.perform { [offset] in try file.read(at: offset, count: min(1 << 17, file.size - offset)) }
+                        // Cut short in place (not replaced by a rename): the answer cannot be completed.
+                        guard chunk.readableBytes > 0 else { throw SODAError.notFound("a HiPS file was cut short while it was sent") }
+                        offset += chunk.readableBytes
+                        try await writer.write(chunk)
+                    }
+                    try await writer.finish(nil)
+                })
             } catch let e as SODAError {
                 return e.response
             }

@@ -726,6 +726,62 @@ def test_hips_trees_are_served_with_caching(cluster, hips_tree):
     assert s.get(gateway(cluster) + "/hips/coadd_r/Norder9/Dir0/Npix1.fits").status_code == 404
 
 
+def test_a_hips_file_and_its_etag_come_from_one_version_of_a_replaced_tree(cluster):
+    """A tree replaced by renaming folders (as `tessera hips` does) while its file is fetched:
+    every answer's bytes are one version's whole file, under that version's ETag (time and size).
+    The gateway once took the tag from a stat by path and the bytes from a later open, so a swap
+    between them sent one version's bytes under the other's tag, which a browser then keeps."""
+    import threading
+    root = os.path.join(cluster.data, "hips")
+    live = os.path.join(root, "swapped")
+    versions = {}
+    for name, fill, size in (("a", b"A", 300_000), ("b", b"B", 500_000)):
+        d = os.path.join(root, f"swapped.v{name}")
+        os.makedirs(os.path.join(d, "Norder3", "Dir0"), exist_ok=True)
+        with open(os.path.join(d, "properties"), "w") as f:
+            f.write("hips_order = 3\n")
+        with open(os.path.join(d, "Norder3", "Dir0", "Npix7.fits"), "wb") as f:
+            f.write(fill * size)
+        versions[size] = (fill, d)
+    spare = {d for (_, d) in versions.values()}
+    first = spare.pop()
+    os.rename(first, live)
+    stop = threading.Event()
+
+    def swap():
+        current = first
+        while not stop.is_set():
+            nxt = next(iter(spare))
+            os.rename(live, current)
+            os.rename(nxt, live)
+            spare.discard(nxt)
+            spare.add(current)
+            current = nxt
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    s = http_session(cluster)
+    url = gateway(cluster) + "/hips/swapped/Norder3/Dir0/Npix7.fits"
+    seen = {}
+    try:
+        for _ in range(400):
+            r = s.get(url)
+            if r.status_code == 404:  # between the two renames
+                continue
+            assert r.status_code == 200, r.text
+            size = int(r.headers["ETag"].strip('"').split("-")[1], 16)
+            assert size in versions, r.headers["ETag"]
+            fill, _ = versions[size]
+            assert r.content == fill * size, (r.headers["ETag"], len(r.content), r.content[:1])
+            seen[size] = seen.get(size, 0) + 1
+    finally:
+        stop.set()
+        swapper.join()
+        import shutil
+        for d in [live] + sorted(spare):
+            shutil.rmtree(d, ignore_errors=True)
+    assert len(seen) == 2, seen  # both versions were served
+
+
 def test_soda_errors(cluster, coadd):
     s = http_session(cluster)
     url = gateway(cluster) + "/soda/sync"

@@ -51,7 +51,7 @@ public enum IngestError: Error, CustomStringConvertible {
         case .badCoordinate(let f, let r, let what): "\(f), row \(r): \(what); fix or drop the row and ingest again"
         case .schemaMismatch(let f, let why): "\(f) does not match the first file's columns: \(why)"
         case .store(let m): "ingest failed, nothing was committed: \(m)"
-        case .interrupted: "interrupted: nothing was committed, and the rows spilled to local disk were removed (the scheduler drops the shards already sent once the ingest has been idle for its limit)"
+        case .interrupted: "interrupted before the commit: nothing was committed, and nothing was left on local disk (the scheduler drops any shards already sent once the ingest has been idle for its limit)"
         }
     }
 }
@@ -268,10 +268,7 @@ public enum CatalogIngest {
         ce.ingestCommit = commit
         if conn.isInterrupted() { throw IngestError.interrupted }
         // A commit once sent cannot be called back: it is waited for, not interrupted.
-        let isInterrupted = conn.isInterrupted
-        conn.isInterrupted = { false }
-        defer { conn.isInterrupted = isInterrupted }
-        guard case .ingestCommitted(let done) = try conn.request(ce, tag: commit.clientTag).body else {
+        guard case .ingestCommitted(let done) = try conn.uninterruptible({ try conn.request(ce, tag: commit.clientTag) }).body else {
             throw IngestError.store("unexpected reply to the commit")
         }
         return done

@@ -37,7 +37,7 @@ public enum ClientError: Error, CustomStringConvertible {
             jobs.isEmpty ? (confirmed ? "interrupted (no job was running)"
                             : "interrupted before the scheduler accepted the job (it stops once this client is silent for its client timeout)")
                 : "interrupted: \(jobs.count == 1 ? "job" : "jobs") \(jobs.map { "\($0)" }.joined(separator: ", ")) "
-                    + (confirmed ? "cancelled on the cluster" : "asked to stop (the scheduler did not confirm in time; it stops them once this client is silent for its client timeout)")
+                    + (confirmed ? "cancelled on the cluster" : "cancelled, but the scheduler did not confirm every cancellation in time (a job it did not hear of stops once this client has been silent for its client timeout)")
         }
     }
 }

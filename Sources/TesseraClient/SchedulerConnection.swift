@@ -82,6 +82,15 @@ public final class SchedulerConnection {
     /// throws ``ClientError/interrupted(jobs:confirmed:)``: a command line's Ctrl-C stops its
     /// work on the workers at once, not a client timeout later.
     public var isInterrupted: () -> Bool = { false }
+    /// Told when a step that cannot be called back begins (true) and ends (false), such as an
+    /// ingest's commit once sent: a command line's watchdog waits for it rather than end the
+    /// process in the middle.
+    public var onUninterruptible: (Bool) -> Void = { _ in }
+    /// Steps in progress that an interruption must not cut (``uninterruptible(_:)``).
+    private var uninterruptibleDepth = 0
+    /// Set while an interruption cancels this connection's jobs: results still arriving are
+    /// not taken from their workers.
+    private var interrupting = false
     /// How long an interrupted connection waits for the scheduler to confirm its cancellations
     /// (so that they have been sent before the process exits).
     public static let interruptConfirmSeconds = 1.5
@@ -182,6 +191,7 @@ public final class SchedulerConnection {
             do {
                 return try submit(work, name: name, priority: priority, directResults: directResults)
             } catch ClientError.rejected(let code, _) where code == .errorDataUnavailable && DispatchTime.now().uptimeNanoseconds < deadline {
+                if isInterrupted() && uninterruptibleDepth == 0 { throw interruption() }
                 try? receiveOne(timeoutMs: 250)
             }
         }
@@ -318,22 +328,34 @@ public final class SchedulerConnection {
     /// Receives and files at most one message (waiting at most a heartbeat interval, so that
     /// heartbeats go out while the caller waits longer), unless the connection is interrupted.
     private func receiveOne(timeoutMs: Int) throws {
-        if isInterrupted() { throw interruption() }
+        if uninterruptibleDepth == 0 && isInterrupted() { throw interruption() }
         try fileOne(timeoutMs: min(timeoutMs, 100))
+    }
+
+    /// Runs `body`, which no interruption cuts: once begun it is waited for (an ingest's commit).
+    public func uninterruptible<T>(_ body: () throws -> T) rethrows -> T {
+        uninterruptibleDepth += 1
+        if uninterruptibleDepth == 1 { onUninterruptible(true) }
+        defer {
+            uninterruptibleDepth -= 1
+            if uninterruptibleDepth == 0 { onUninterruptible(false) }
+        }
+        return try body()
     }
 
     /// Cancels every job this connection waits for and waits, for at most
     /// ``interruptConfirmSeconds``, until the scheduler says each has ended.
     private func interruption() -> ClientError {
+        interrupting = true
+        defer { interrupting = false }
         let jobs = waiting.keys.sorted()
         for job in jobs { try? cancel(job: job) }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(Self.interruptConfirmSeconds * 1e9)
         func ended(_ job: JobID) -> Bool {
             jobErrors[job] != nil || events[job, default: []].contains { if case .finished = $0 { true } else { false } }
         }
-        while !jobs.allSatisfy(ended) && DispatchTime.now().uptimeNanoseconds < deadline {
-            do { try fileOne(timeoutMs: 50) } catch { break }
-        }
+        // A message that cannot be filed (one job's bad value) does not end the wait for the others.
+        while !jobs.allSatisfy(ended) && DispatchTime.now().uptimeNanoseconds < deadline { try? fileOne(timeoutMs: 50) }
         return .interrupted(jobs: jobs, confirmed: jobs.allSatisfy(ended))
     }
 
@@ -372,7 +394,7 @@ public final class SchedulerConnection {
                     throw ClientError.protocolError(error)
                 }
             }
-            if !r.locations.isEmpty { vs += try take(r.locations) }
+            if !r.locations.isEmpty && !interrupting { vs += try take(r.locations) }
             events[r.jobID, default: []].append(.results(vs, tasksDone: r.tasksDone, taskCount: r.taskCount))
         case .jobFinished(let f):
             waiting.removeValue(forKey: f.jobID)
@@ -428,7 +450,7 @@ public final class SchedulerConnection {
                 while true {
                     let now = DispatchTime.now().uptimeNanoseconds
                     guard now < deadline else { throw ClientError.timedOut("worker \(endpoint) did not hand over its results within 60 s") }
-                    if isInterrupted() { throw interruption() }
+                    if uninterruptibleDepth == 0 && isInterrupted() { throw interruption() }
                     var poller = Poller()
                     poller.add(socket)
                     guard try poller.wait(timeoutMs: min(Int((deadline - now) / 1_000_000) + 1, 100)) > 0, let parts = try socket.receiveParts(dontWait: true) else { continue }

@@ -48,8 +48,7 @@ struct SchedulerTarget: ParsableArguments {
     func connect(timeout: Double = 5) throws -> SchedulerConnection {
         let credentials: Credentials? = try key.map { .curve(try KeyFile.read($0)) }
         let conn = try SchedulerConnection(endpoint: scheduler, timeout: timeout, credentials: credentials)
-        Interrupts.install()
-        conn.isInterrupted = Interrupts.isInterrupted
+        Interrupts.arm(conn)
         return conn
     }
 }

@@ -198,7 +198,7 @@ struct Interrupted {
         while process.isRunning && Date() < deadline { usleep(20_000) }
         guard !process.isRunning else {
             Issue.record("the command still runs 10 s after Ctrl-C")
-            process.terminate()
+            kill()
             return nil
         }
         let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -207,6 +207,13 @@ struct Interrupted {
             return nil
         }
         return message
+    }
+
+    /// Ends the command if it still runs (SIGKILL: it handles SIGTERM as it does Ctrl-C).
+    func kill() {
+        guard process.isRunning else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 }
 
@@ -354,6 +361,7 @@ struct QueryCommandLineTests {
         let dir = temporaryFolder("cli-ctrl-c-out")
         let command = try Interrupted(["query", "--dataset", "object", "--select", "objectId", "--format", "csv", "-o", dir + "/rows.csv", "--priority", "batch",
                                        "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)])
+        defer { command.kill() }
         func commandJob() throws -> Tessera_V1_JobStatus? { try conn.status().jobs.first { $0.name == "catalog object" && $0.state == .jobRunning } }
         let deadline = Date().addingTimeInterval(20)
         while try commandJob() == nil && Date() < deadline { usleep(50_000) }
@@ -386,12 +394,13 @@ struct QueryCommandLineTests {
         // The same file 100 times (2M rows): long enough to be caught spilling.
         let command = try Interrupted(["ingest", "object"] + Array(repeating: file, count: 100) + ["--spill-dir", spill, "--replicas", "1",
                                        "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)])
+        defer { command.kill() }
         let deadline = Date().addingTimeInterval(60)
         while try FileManager.default.contentsOfDirectory(atPath: spill).isEmpty && command.process.isRunning && Date() < deadline { usleep(20_000) }
         let spilling = try FileManager.default.contentsOfDirectory(atPath: spill)
         try #require(spilling.count == 1 && spilling[0].hasPrefix("tessera-ingest-"), "no spill folder: \(spilling)")
         let message = try #require(command.interrupt())
-        #expect(message.contains("interrupted: nothing was committed, and the rows spilled to local disk were removed"), "\(message)")
+        #expect(message.contains("interrupted before the commit: nothing was committed"), "\(message)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: spill) == [])
         #expect(try !conn.status().datasets.contains { $0.name == "object" })
     }

@@ -625,6 +625,37 @@ def test_hips_errors(bins, cluster, coadd, tmp_path):
     assert "--tile-width must be one of" in fails("--dataset", coadd, "--band", "r", "--tile-width", "100")
 
 
+def test_ctrl_c_stops_a_hips_job_on_the_cluster(bins, cluster, client, coadd, tmp_path):
+    """Ctrl-C while `tessera hips` takes its tiles straight from the workers: the job is
+    cancelled on the cluster (the scheduler confirms it), the staging folder is removed, no tree
+    is left, and the command exits with 130."""
+    import re
+    import signal
+    import time
+    env = dict(os.environ, TESSERA_KEY=cluster.key_path or "")
+    # Order 10 at 512 pixels: many tiles a patch, long enough to be caught while they come.
+    p = subprocess.Popen([os.path.join(bins, "tessera"), "hips", "--dataset", coadd, "--band", "r", "--order", "10", "--tile-width", "512",
+                          "--cut", "0,1", "-o", str(tmp_path / "deep"), "--scheduler", cluster.endpoint],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None and not glob.glob(str(tmp_path / "deep.partial-*" / "Norder*" / "Dir*" / "*")):
+            time.sleep(0.02)
+        assert p.poll() is None, f"the HiPS job ended before it was interrupted: {p.communicate()[1]}"
+        job = next(j for j in client.status().jobs if j.name == f"HiPS {coadd} r" and j.state == 0)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert re.search(rf"interrupted: job {job.job_id} cancelled on the cluster", err), err
+    assert os.listdir(tmp_path) == []
+    ended = next(j for j in client.status().jobs if j.job_id == job.job_id)
+    assert ended.state == 3, ended  # JOB_CANCELLED
+
+
 # SODA, DataLink and the HiPS trees over HTTP, with pyvo as the client.
 def http_session(cluster, user="soda_user"):
     import requests

@@ -1,9 +1,5 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import Hummingbird
-import NIOCore
 import Synchronization
 import TesseraClient
 import TesseraCompute
@@ -381,54 +377,5 @@ final class SODAService: Sendable {
             out += props + "hips_service_url     = \(base)/hips/\(name)\n\n"
         }
         return out
-    }
-}
-
-/// A HiPS file, open: its version (time and size, its ETag) and the bytes sent come from the same
-/// open file. A tree is replaced by renaming folders; a stat by path, then an open by path, could
-/// send the new tree's bytes under the old tree's tag, which a browser would then keep.
-final class OpenHiPSFile: Sendable {
-    private let descriptor: Int32
-    let size: Int
-    let modified: Date
-    let contentType: String
-
-    /// Nil when there is no regular file at `path`.
-    init?(path: String, contentType: String) {
-        // Non-blocking: opening a FIFO left in the folder must not hold the request.
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            close(fd)
-            return nil
-        }
-        descriptor = fd
-        size = Int(st.st_size)
-        modified = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
-        self.contentType = contentType
-    }
-
-    deinit { close(descriptor) }
-
-    /// The file's version as an HTTP entity tag: its time (ms) and size.
-    var entityTag: String { "\"\(String(Int(modified.timeIntervalSince1970 * 1000), radix: 16))-\(String(size, radix: 16))\"" }
-
-    /// Up to `count` bytes from `offset` (fewer only at the end of the file), read straight into
-    /// the buffer that is sent.
-    func read(at offset: Int, count: Int) throws(SODAError) -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: count)
-        while buffer.readableBytes < count {
-            let filled = buffer.readableBytes
-            var result = 0
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count - filled) { space in
-                result = pread(descriptor, space.baseAddress!, count - filled, off_t(offset + filled))
-                return max(0, result)
-            }
-            if result > 0 || (result < 0 && errno == EINTR) { continue }
-            guard result == 0 else { throw .notFound("a HiPS file could not be read: \(String(cString: strerror(errno)))") }
-            break  // the end of the file
-        }
-        return buffer
     }
 }

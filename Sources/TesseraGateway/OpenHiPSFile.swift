@@ -1,0 +1,56 @@
+import Foundation
+import Glibc
+import NIOCore
+import TesseraStorage
+
+/// A HiPS file, open: its version (time and size, its ETag) and the bytes sent come from the same
+/// open file. A tree is replaced by renaming folders; a stat by path, then an open by path, could
+/// send the new tree's bytes under the old tree's tag, which a browser would then keep.
+final class OpenHiPSFile: Sendable {
+    private let descriptor: Int32
+    let size: Int
+    let modified: Date
+    private let inode: UInt64
+    let contentType: String
+
+    /// Nil when there is no regular file at `path`.
+    init?(path: String, contentType: String) {
+        // Non-blocking: opening a FIFO left in the folder must not hold the request.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        guard let version = FileVersion(descriptor: fd) else {
+            close(fd)
+            return nil
+        }
+        descriptor = fd
+        size = version.size
+        // Whole seconds (HTTP dates have no finer ones); the inode tells apart two versions
+        // written within a second: a replaced tree's files are new files.
+        modified = Date(timeIntervalSince1970: Double(version.modifiedSeconds))
+        inode = version.inode
+        self.contentType = contentType
+    }
+
+    deinit { close(descriptor) }
+
+    /// The file's version as an HTTP entity tag: its time, size and inode.
+    var entityTag: String { "\"\(String(Int(modified.timeIntervalSince1970), radix: 16))-\(String(size, radix: 16))-\(String(inode, radix: 16))\"" }
+
+    /// Up to `count` bytes from `offset` (fewer only at the end of the file), read straight into
+    /// the buffer that is sent.
+    func read(at offset: Int, count: Int) throws(SODAError) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        while buffer.readableBytes < count {
+            let filled = buffer.readableBytes
+            var result = 0
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count - filled) { space in
+                result = pread(descriptor, space.baseAddress!, count - filled, off_t(offset + filled))
+                return max(0, result)
+            }
+            if result > 0 || (result < 0 && errno == EINTR) { continue }
+            guard result == 0 else { throw .notFound("a HiPS file could not be read: \(String(cString: strerror(errno)))") }
+            break  // the end of the file
+        }
+        return buffer
+    }
+}

@@ -13,14 +13,22 @@ final class OpenHiPSFile: Sendable {
     private let inode: UInt64
     let contentType: String
 
-    /// Nil when there is no regular file at `path`.
-    init?(path: String, contentType: String) {
+    /// Opens the file at `path` (`name` in messages): a 404 when there is no regular file there,
+    /// a 503 when the gateway is out of file descriptors (worth asking again), else a 500.
+    init(path: String, contentType: String, name: String) throws(SODAError) {
         // Non-blocking: opening a FIFO left in the folder must not hold the request.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else {
+            let code = errno
+            switch code {
+            case ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG: throw .notFound("no HiPS file `\(name)`")
+            case EMFILE, ENFILE: throw .serviceError(status: 503, "the gateway has too many files open; ask again shortly")
+            default: throw .serviceError("HiPS file `\(name)` cannot be opened: \(String(cString: strerror(code)))")
+            }
+        }
         guard let version = FileVersion(descriptor: fd) else {
             close(fd)
-            return nil
+            throw .notFound("no HiPS file `\(name)`")
         }
         descriptor = fd
         size = version.size

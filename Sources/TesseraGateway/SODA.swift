@@ -17,6 +17,8 @@ struct SODAError: Error {
     static func usage(_ m: String) -> SODAError { SODAError(status: 400, label: "UsageError", message: m) }
     static func notFound(_ m: String) -> SODAError { SODAError(status: 404, label: "NotFoundFault", message: m) }
     static func multiValued(_ m: String) -> SODAError { SODAError(status: 400, label: "MultiValuedParamNotSupported", message: m) }
+    /// The service's own trouble (a file it cannot open for a reason other than its absence).
+    static func serviceError(status: Int = 500, _ m: String) -> SODAError { SODAError(status: status, label: "ServiceUnavailable", message: m) }
 
     var response: Response { Gateway.text(status, "\(label): \(message)\n") }
 }
@@ -364,8 +366,7 @@ final class SODAService: Sendable {
         let ext = file.split(separator: ".").dropFirst().last.map(String.init) ?? ""
         let type = file == "properties" ? "text/plain;charset=utf-8" : types[ext]
         guard let type else { throw .notFound("`\(path.prefix(120))` is not a file a HiPS holds") }
-        guard let file = OpenHiPSFile(path: hipsRoot + "/" + path, contentType: type) else { throw .notFound("no HiPS file `\(path.prefix(120))`") }
-        return file
+        return try OpenHiPSFile(path: hipsRoot + "/" + path, contentType: type, name: String(path.prefix(120)))
     }
 
     /// The HiPS trees served, as a HiPS list (their properties, one block each).

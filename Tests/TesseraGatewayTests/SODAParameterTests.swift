@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Testing
 @testable import TesseraClient
 @testable import TesseraGateway
@@ -70,6 +71,46 @@ struct SODAParameterTests {
         #expect(try s.hipsFile("t/properties").contentType.hasPrefix("text/plain"))
         for bad in ["t/../t/properties", "../x", "t//properties", "t/./properties", "t/Norder3/Dir0/Npix5.exe", "t/Norder3", "t/%2e%2e/properties"] {
             #expect(throws: SODAError.self, "\(bad)") { try s.hipsFile(bad) }
+        }
+    }
+
+    /// A HiPS file is opened once: its tag, length and bytes are of that open file, whatever
+    /// replaces the path meanwhile; what is not a regular file is a 404 (a FIFO without waiting).
+    @Test func aHiPSFileIsItsOpenVersion() throws {
+        let root = temporaryFolder("hips-open")
+        try FileManager.default.createDirectory(atPath: root + "/t/Norder3/Dir0", withIntermediateDirectories: true)
+        let path = root + "/t/Norder3/Dir0/Npix5.fits"
+        let first = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try Data(first).write(to: URL(fileURLWithPath: path))
+        let s = SODAService(pool: SchedulerPool(endpoint: "tcp://127.0.0.1:1"), hipsRoot: root)
+        let open = try s.hipsFile("t/Norder3/Dir0/Npix5.fits")
+        #expect(open.size == first.count)
+        #expect(try s.hipsFile("t/Norder3/Dir0/Npix5.fits").entityTag == open.entityTag)
+        // Replaced by a rename, as a new tree's files are.
+        try Data([UInt8](repeating: 9, count: 1_000)).write(to: URL(fileURLWithPath: root + "/new"))
+        #expect(rename(root + "/new", path) == 0)
+        let replaced = try s.hipsFile("t/Norder3/Dir0/Npix5.fits")
+        #expect(replaced.entityTag != open.entityTag && replaced.size == 1_000)
+        // The file opened first still reads whole, in chunks, as it was.
+        var bytes: [UInt8] = []
+        while bytes.count < open.size {
+            let chunk = try open.read(at: bytes.count, count: min(1 << 17, open.size - bytes.count))
+            #expect(chunk.readableBytes > 0)
+            if chunk.readableBytes == 0 { break }
+            bytes += chunk.getBytes(at: chunk.readerIndex, length: chunk.readableBytes) ?? []
+        }
+        #expect(bytes == first)
+        #expect(try open.read(at: open.size, count: 10).readableBytes == 0)
+        // Not a regular file: a folder named like a tile, a FIFO (opened without blocking), nothing.
+        try FileManager.default.createDirectory(atPath: root + "/t/Norder3/Dir0/Npix6.fits", withIntermediateDirectories: true)
+        #expect(mkfifo(root + "/t/Norder3/Dir0/Npix7.fits", 0o600) == 0)
+        for name in ["Npix6.fits", "Npix7.fits", "Npix8.fits"] {
+            do {
+                _ = try s.hipsFile("t/Norder3/Dir0/" + name)
+                Issue.record("\(name) was served")
+            } catch {
+                #expect(error.status == 404 && error.message.contains("no HiPS file"), "\(name): \(error.message)")
+            }
         }
     }
 }

@@ -17,8 +17,11 @@ struct SODAError: Error {
     static func usage(_ m: String) -> SODAError { SODAError(status: 400, label: "UsageError", message: m) }
     static func notFound(_ m: String) -> SODAError { SODAError(status: 404, label: "NotFoundFault", message: m) }
     static func multiValued(_ m: String) -> SODAError { SODAError(status: 400, label: "MultiValuedParamNotSupported", message: m) }
-    /// The service's own trouble (a file it cannot open for a reason other than its absence).
-    static func serviceError(status: Int = 500, _ m: String) -> SODAError { SODAError(status: status, label: "ServiceUnavailable", message: m) }
+    /// The service's own trouble (a file it cannot open for a reason other than its absence):
+    /// SODA's `ServiceUnavailable` when it is worth asking again (503), else its `Error`.
+    static func serviceError(status: Int = 500, _ m: String) -> SODAError {
+        SODAError(status: status, label: status == 503 ? "ServiceUnavailable" : "Error", message: m)
+    }
 
     var response: Response { Gateway.text(status, "\(label): \(message)\n") }
 }

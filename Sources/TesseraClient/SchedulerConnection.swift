@@ -88,6 +88,8 @@ public final class SchedulerConnection {
     public var onUninterruptible: (Bool) -> Void = { _ in }
     /// Steps in progress that an interruption must not cut (``uninterruptible(_:)``).
     private var uninterruptibleDepth = 0
+    /// Interrupted, and not in a step that must finish.
+    private var mustStop: Bool { uninterruptibleDepth == 0 && isInterrupted() }
     /// Set while an interruption cancels this connection's jobs: results still arriving are
     /// not taken from their workers.
     private var interrupting = false
@@ -191,7 +193,7 @@ public final class SchedulerConnection {
             do {
                 return try submit(work, name: name, priority: priority, directResults: directResults)
             } catch ClientError.rejected(let code, _) where code == .errorDataUnavailable && DispatchTime.now().uptimeNanoseconds < deadline {
-                if isInterrupted() && uninterruptibleDepth == 0 { throw interruption() }
+                if mustStop { throw interruption() }
                 try? receiveOne(timeoutMs: 250)
             }
         }
@@ -328,7 +330,7 @@ public final class SchedulerConnection {
     /// Receives and files at most one message (waiting at most a heartbeat interval, so that
     /// heartbeats go out while the caller waits longer), unless the connection is interrupted.
     private func receiveOne(timeoutMs: Int) throws {
-        if uninterruptibleDepth == 0 && isInterrupted() { throw interruption() }
+        if mustStop { throw interruption() }
         try fileOne(timeoutMs: min(timeoutMs, 100))
     }
 
@@ -450,7 +452,7 @@ public final class SchedulerConnection {
                 while true {
                     let now = DispatchTime.now().uptimeNanoseconds
                     guard now < deadline else { throw ClientError.timedOut("worker \(endpoint) did not hand over its results within 60 s") }
-                    if uninterruptibleDepth == 0 && isInterrupted() { throw interruption() }
+                    if mustStop { throw interruption() }
                     var poller = Poller()
                     poller.add(socket)
                     guard try poller.wait(timeoutMs: min(Int((deadline - now) / 1_000_000) + 1, 100)) > 0, let parts = try socket.receiveParts(dontWait: true) else { continue }

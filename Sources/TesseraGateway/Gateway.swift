@@ -331,7 +331,7 @@ public enum Gateway {
         router.get("/hips/**") { request, _ in
             do {
                 let file = try soda.hipsFile(String(request.uri.path.dropFirst("/hips/".count)))
-                // A tree is replaced whole when made again: its files' time and size name the version.
+                // A tree is replaced whole when made again: its files' time, size and inode name the version.
                 let tag = file.entityTag
                 var headers: HTTPFields = [.eTag: tag, .cacheControl: config.publicHiPS ? "public, max-age=3600" : "private, max-age=3600",
                                            .lastModified: httpDate(file.modified), .accessControlAllowOrigin: "*"]

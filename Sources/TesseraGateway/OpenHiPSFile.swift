@@ -8,10 +8,11 @@ import TesseraStorage
 /// send the new tree's bytes under the old tree's tag, which a browser would then keep.
 final class OpenHiPSFile: Sendable {
     private let descriptor: Int32
-    let size: Int
-    let modified: Date
-    private let inode: UInt64
+    private let version: FileVersion
     let contentType: String
+    var size: Int { version.size }
+    /// Whole seconds, as HTTP dates have them.
+    var modified: Date { Date(timeIntervalSince1970: Double(version.modifiedSeconds)) }
 
     /// Opens the file at `path` (`name` in messages): a 404 when there is no regular file there,
     /// a 503 when the gateway is out of file descriptors (worth asking again), else a 500.
@@ -31,18 +32,17 @@ final class OpenHiPSFile: Sendable {
             throw .notFound("no HiPS file `\(name)`")
         }
         descriptor = fd
-        size = version.size
-        // Whole seconds (HTTP dates have no finer ones); the inode tells apart two versions
-        // written within a second: a replaced tree's files are new files.
-        modified = Date(timeIntervalSince1970: Double(version.modifiedSeconds))
-        inode = version.inode
+        self.version = version
         self.contentType = contentType
     }
 
     deinit { close(descriptor) }
 
-    /// The file's version as an HTTP entity tag: its time, size and inode.
-    var entityTag: String { "\"\(String(Int(modified.timeIntervalSince1970), radix: 16))-\(String(size, radix: 16))-\(String(inode, radix: 16))\"" }
+    /// The file's version as an HTTP entity tag: its time, size and inode (the inode tells apart
+    /// two versions written within a second: a replaced tree's files are new files).
+    var entityTag: String {
+        "\"\(String(version.modifiedSeconds, radix: 16))-\(String(version.size, radix: 16))-\(String(version.inode, radix: 16))\""
+    }
 
     /// Up to `count` bytes from `offset` (fewer only at the end of the file), read straight into
     /// the buffer that is sent.
@@ -56,7 +56,7 @@ final class OpenHiPSFile: Sendable {
                 return max(0, result)
             }
             if result > 0 || (result < 0 && errno == EINTR) { continue }
-            guard result == 0 else { throw .notFound("a HiPS file could not be read: \(String(cString: strerror(errno)))") }
+            guard result == 0 else { throw .serviceError("a HiPS file could not be read: \(String(cString: strerror(errno)))") }
             break  // the end of the file
         }
         return buffer

@@ -181,9 +181,7 @@ struct Interrupted {
     private let err = Pipe()
 
     init(_ args: [String]) throws {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
-        process.executableURL = URL(fileURLWithPath: bin + "/tessera")
+        process.executableURL = URL(fileURLWithPath: QueryCommandLineTests.executable)
         process.arguments = args
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
@@ -221,12 +219,15 @@ struct Interrupted {
 /// JSON files, agreeing with the library's answer.
 @Suite(.serialized)
 struct QueryCommandLineTests {
+    /// The `tessera` binary: in `$TESSERA_BIN_DIR`, else built next to the test runner.
+    static var executable: String {
+        (ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? LocalCluster.defaultBinDirectory()) + "/tessera"
+    }
+
     /// Runs the `tessera` binary built next to the test runner; returns its exit code and output.
     func tessera(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let bin = ProcessInfo.processInfo.environment["TESSERA_BIN_DIR"] ?? URL(fileURLWithPath: exe).deletingLastPathComponent().path
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin + "/tessera")
+        p.executableURL = URL(fileURLWithPath: Self.executable)
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

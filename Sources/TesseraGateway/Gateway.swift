@@ -208,6 +208,9 @@ struct GatewayMiddleware: RouterMiddleware {
             response = Gateway.errorResponse(e.status, e.message)
         } catch let e as HTTPError {
             response = Gateway.errorResponse(Int(e.status.code), e.body ?? "\(e.status)")
+        } catch is CancellationError {
+            // The request's client left while its question ran (the question was cancelled).
+            response = Gateway.errorResponse(TAPError.clientLeft.status, TAPError.clientLeft.message)
         } catch let e as ClientError {
             // The cluster's answer to a route that does not name its own errors.
             response = Gateway.errorResponse(TAPService.status(of: e), "\(e)")
@@ -291,7 +294,9 @@ public enum Gateway {
             guard let order = Int(raw), (0...CoverageService.maxOrder).contains(order) else {
                 throw TAPError(400, "ORDER=\(raw.prefix(20)) is not a HEALPix order of 0…\(CoverageService.maxOrder)")
             }
-            let doc = try await coverage.document(try context.parameters.require("file"), order: order, user: context.user)
+            let doc = try await whileClientStays(context) {
+                try await coverage.document(try context.parameters.require("file"), order: order, user: context.user)
+            }
             let tag = "\"" + SHA256.hash(data: doc.body).prefix(12).map { String(format: "%02x", $0) }.joined() + "\""
             var headers: HTTPFields = [.contentType: doc.contentType, .eTag: tag, .cacheControl: "private, max-age=60"]
             if request.headers[.ifNoneMatch] == tag {
@@ -304,11 +309,14 @@ public enum Gateway {
         let soda = SODAService(pool: service.pool, hipsRoot: config.hipsRoot)
         let sodaSync: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
             do {
-                let (bytes, name) = try await soda.cutout(try await parameterLists(request, limit: config.limits.bodyBytes), user: context.user)
+                let parameters = try await parameterLists(request, limit: config.limits.bodyBytes)
+                let (bytes, name) = try await whileClientStays(context) { try await soda.cutout(parameters, user: context.user) }
                 return Response(status: .ok, headers: [.contentType: "application/fits", .contentDisposition: "inline; filename=\"\(name)\""],
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
             } catch let e as SODAError {
                 return e.response
+            } catch is CancellationError {
+                throw TAPError.clientLeft
             } catch let e as TAPError {
                 return SODAError(status: e.status, label: "UsageError", message: e.message).response
             } catch {
@@ -380,7 +388,7 @@ public enum Gateway {
         }
         let sync: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
             let form = try await form(request, limit: config.limits.bodyBytes, multipartLimit: config.limits.upload.bytes)
-            return try await runSync(form, service: service, user: context.user)
+            return try await whileClientStays(context) { try await runSync(form, service: service, user: context.user) }
         }
         router.get("/tap/sync", use: sync)
         router.post("/tap/sync", use: sync)
@@ -499,7 +507,9 @@ public enum Gateway {
         // A connection idle between requests for a minute is closed (Hummingbird's timer does not
         // run while an answer is sent: a client that stops taking one is cut off by
         // `SendTimeoutWriter`).
-        let app = Application(router: router(config, logger: logger), server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+        // Each connection notes when its client leaves, for the requests that wait on the cluster.
+        let app = Application(router: router(config, logger: logger),
+                              server: .http1(configuration: .init(additionalChannelHandlers: [ClientDepartureHandler()], idleTimeout: .seconds(60))),
                               configuration: .init(address: .hostname(config.host, port: config.port), serverName: "tessera-gateway"),
                               onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
                               logger: logger)
@@ -532,6 +542,13 @@ public enum Gateway {
     }
 
     // MARK: Sync
+
+    /// Runs `body`, a route's wait for the cluster, so that the questions it asks are cancelled
+    /// on the cluster once the request's client leaves (``ClientDeparture``); they then throw
+    /// `CancellationError`, answered as ``TAPError/clientLeft``.
+    static func whileClientStays<T>(_ context: GatewayContext, _ body: () async throws -> T) async throws -> T {
+        try await ClientDeparture.$ofRequest.withValue(await ClientDeparture.of(context.channel), operation: body)
+    }
 
     static func runSync(_ form: RequestForm, service: TAPService, user: String) async throws -> Response {
         let params = form.first

@@ -32,15 +32,18 @@ final class SchedulerPool: Sendable {
         context = try? ZMQContext(ioThreads: 1)
     }
 
-    /// Runs `body` with a connection acting for `user`; cancelling the task sets the flag
-    /// `body` is handed, which a running question polls (and then cancels its job).
+    /// Runs `body` with a connection acting for `user`. `body` is handed a flag that a running
+    /// question polls (and then cancels its job): it turns true when the task is cancelled, or
+    /// when the client of the request being served leaves (``ClientDeparture/ofRequest``).
     func run<T: Sendable>(as user: String, _ body: @escaping @Sendable (SchedulerConnection, _ isStopped: @escaping @Sendable () -> Bool) throws -> T) async throws -> T {
         let flag = StopSignal()
+        let departure = ClientDeparture.ofRequest
+        let isStopped: @Sendable () -> Bool = { flag.isSet() || departure?.hasLeft == true }
         return try await withTaskCancellationHandler {
             try await threads.perform {
                 let pooled = try self.idle.withLock { $0.popLast() } ?? Pooled(SchedulerConnection(endpoint: self.endpoint, timeout: 5, sharedContext: self.context))
                 pooled.connection.onBehalfOf = user
-                let value = try body(pooled.connection, flag.isSet)
+                let value = try body(pooled.connection, isStopped)
                 self.idle.withLock { if $0.count < self.maxIdle { $0.append(pooled) } }
                 return value
             }

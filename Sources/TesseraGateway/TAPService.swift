@@ -42,6 +42,10 @@ public struct TAPError: Error, Sendable {
         self.status = status
         self.message = message
     }
+
+    /// A request whose client left before its answer was ready (nginx's 499, "client closed
+    /// request"): no one reads it, but the access log tells it from the service's own failures.
+    static let clientLeft = TAPError(499, "the client left before the answer was ready: its question was cancelled on the cluster")
 }
 
 /// The TAP service: turns ADQL into catalog plans for the scheduler, and describes the tables
@@ -278,6 +282,8 @@ public final class TAPService: Sendable {
             return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
                 named.first { $0.table.qualifiedName == table }?.texts[column]
             }
+        } catch is CancellationError {
+            throw TAPError.clientLeft
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
         } catch let e as ClientError {

@@ -46,6 +46,15 @@ def mag(flux):
         return np.where(f > 0, -2.5 * np.log10(np.where(f > 0, f, 1.0)) + ZP, np.nan)
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def bins():
     return bin_dir()

@@ -14,7 +14,7 @@ import pytest
 
 import cloudpickle
 import tessera
-from conftest import LANDLOCK, ROWS, SANDBOX_ARGS, ingest, mag
+from conftest import LANDLOCK, ROWS, SANDBOX_ARGS, alive, ingest, mag
 
 # The functions below use this module's helpers, which the workers cannot import (their
 # executors run in a scratch folder, not here): they travel by value.
@@ -190,14 +190,6 @@ def test_workers_may_refuse_python(bins, tmp_path):
                 client.catalog("object").map_partitions(len)
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, function_dir):
     """A KeyboardInterrupt during a call cancels the job: the executors running the function are
     killed, and the scheduler sees no job running."""
@@ -222,7 +214,7 @@ def test_ctrl_c_cancels_the_job_and_frees_the_workers(client, function_dir):
     assert time.monotonic() - t_call < 60, "the call did not stop at the interrupt"
     t0 = time.monotonic()
     pids = [int(p) for p in os.listdir(marks)]
-    while any(_alive(p) for p in pids) or any(j.state == 0 for j in client.status().jobs):
+    while any(alive(p) for p in pids) or any(j.state == 0 for j in client.status().jobs):
         assert time.monotonic() - t0 < 20, "the workers were still busy 20 s after Ctrl-C"
         time.sleep(0.02)
     print(f"workers idle {time.monotonic() - t0:.3f} s after Ctrl-C")

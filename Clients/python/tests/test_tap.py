@@ -16,7 +16,7 @@ import requests
 from astropy.coordinates import SkyCoord, search_around_sky
 from astropy.io.votable import parse_single_table
 
-from conftest import mag
+from conftest import alive, mag
 
 
 def session(token):
@@ -465,6 +465,63 @@ def test_requests_without_a_token_are_shared_by_client_address(cluster, bins, tm
                 s.close()
         until(200, source="127.0.0.4")
         until(200, forwarded="203.0.113.5")
+
+
+def test_a_sync_query_whose_client_leaves_is_cancelled(cluster, client, alice, function_dir):
+    """A sync request's question is cancelled on the cluster once its client closes the
+    connection. (It ran to its end, however long, holding the user's places and the workers; one
+    over the interactive budget was even asked again as normal.) Here every worker thread is kept
+    busy, so the question waits on the cluster while its client leaves."""
+    import socket
+    import urllib.parse
+
+    marks = function_dir / "pids"
+    marks.mkdir()
+
+    def slow(df, marks=str(marks)):
+        open(os.path.join(marks, str(os.getpid())), "w").close()
+        time.sleep(120)
+
+    busy = client._conn.submit(client.catalog("object")._python_plan(slow, None, ["coord_ra"], 300), name="busy",
+                               task_timeout=330, direct=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(marks)) < 4:  # the session's cluster: 2 workers of 2 threads
+            assert time.monotonic() < deadline, "the workers never all ran the busy function"
+            time.sleep(0.02)
+
+        def running_tap_job():
+            return next((j for j in client.status().jobs if j.name == "tap alice" and j.state == 0), None)
+
+        port = int(urllib.parse.urlsplit(cluster.tap_url).port)
+        s = socket.create_connection(("127.0.0.1", port))
+        query = urllib.parse.quote("SELECT AVG(coord_ra) FROM tessera.object")
+        s.sendall(f"GET /tap/sync?LANG=ADQL&QUERY={query} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {alice}\r\n\r\n".encode())
+        deadline = time.monotonic() + 30
+        while (job := running_tap_job()) is None:
+            assert time.monotonic() < deadline, "the sync query's job never showed as running"
+            time.sleep(0.02)
+        left = time.monotonic()
+        s.close()
+        while (ended := next(j for j in client.status().jobs if j.job_id == job.job_id)).state == 0:
+            assert time.monotonic() - left < 10, "the job of a client that left still runs 10 s later"
+            time.sleep(0.02)
+        print(f"job {job.job_id} ended {time.monotonic() - left:.3f} s after its client left")
+        assert ended.state == 3, ended  # JOB_CANCELLED
+        assert client.status().jobs_abandoned == 0
+        # The gateway's access log tells it from its own failures: 499, as nginx logs a client that left.
+        deadline = time.monotonic() + 5
+        while not any("path=/tap/sync" in line and "status=499" in line and "user=alice" in line for line in cluster.log):
+            assert time.monotonic() < deadline, "\n".join(cluster.log[-20:])
+            time.sleep(0.05)
+    finally:
+        client._conn.cancel(busy.job_id)
+    # The busy function's executors are killed and the workers free again.
+    pids = [int(p) for p in os.listdir(marks)]
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) or any(j.state == 0 for j in client.status().jobs):
+        assert time.monotonic() < deadline, "the workers were still busy 30 s after the busy job was cancelled"
+        time.sleep(0.05)
 
 
 def test_a_client_that_stops_reading_is_cut_off(cluster, bins, tmp_path):

@@ -236,7 +236,9 @@ public actor AsyncJobs {
     public func wait(_ id: String, owner: String, seconds: Double, whilePhase: Phase?) async throws(TAPError) -> Job {
         let deadline = Date().addingTimeInterval(min(max(seconds, 0), 60))
         var j = try job(id, owner: owner)
-        while Date() < deadline, whilePhase.map({ $0 == j.phase && ($0 == .pending || $0.isActive) }) ?? j.phase.isActive {
+        // A client that leaves ends its wait: its place is not held for the rest of the minute.
+        let departure = ClientDeparture.ofRequest
+        while Date() < deadline, departure?.hasLeft != true, whilePhase.map({ $0 == j.phase && ($0 == .pending || $0.isActive) }) ?? j.phase.isActive {
             try? await Task.sleep(nanoseconds: 20_000_000)
             j = try job(id, owner: owner)
         }

@@ -420,7 +420,7 @@ public enum Gateway {
             var job = try await jobs.job(id, owner: context.user)
             if let wait = params["WAIT"].flatMap(Double.init) {
                 let phase = params["PHASE"].flatMap { AsyncJobs.Phase(rawValue: $0.uppercased()) }
-                job = try await jobs.wait(id, owner: context.user, seconds: wait < 0 ? 60 : wait, whilePhase: phase)
+                job = try await whileClientStays(context) { try await jobs.wait(id, owner: context.user, seconds: wait < 0 ? 60 : wait, whilePhase: phase) }
             }
             return xml(200, jobDocument(job, base: base(request)))
         }

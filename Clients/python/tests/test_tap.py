@@ -370,6 +370,36 @@ def test_open_streams_count_against_their_users_requests(cluster):
         time.sleep(0.2)
 
 
+def test_a_blocking_wait_ends_when_its_client_leaves(cluster):
+    """UWS's blocking GET (`WAIT=60`) holds its user's slot while it waits; a client that leaves
+    gives it back at once, not a minute later."""
+    import socket
+    import urllib.parse
+
+    token = cluster.create_token("erin")
+    erin = session(token)
+    created = erin.post(cluster.tap_url + "/async", data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) FROM tessera.object"},
+                        allow_redirects=False)
+    assert created.status_code == 303
+    path = urllib.parse.urlsplit(created.headers["Location"]).path
+    port = urllib.parse.urlsplit(cluster.tap_url).port
+    waits = []
+    for _ in range(8):  # the user's eight places, each waiting while the job is PENDING
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET {path}?WAIT=60&PHASE=PENDING HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        waits.append(s)
+    time.sleep(0.5)  # all eight in (a request asked sooner could take a place first)
+    r = erin.get(cluster.tap_url + "/tables")
+    assert r.status_code == 429 and "8 requests in progress" in error_of(r), r.text
+    for s in waits:
+        s.close()
+    left = time.monotonic()
+    while erin.get(cluster.tap_url + "/tables").status_code != 200:
+        assert time.monotonic() - left < 10, "the waits of clients that left still hold erin's places"
+        time.sleep(0.05)
+    print(f"places back {time.monotonic() - left:.3f} s after the clients left")
+
+
 def big_hips_tree(tmp_path):
     """A HiPS folder with one tree, `big`: its properties and a 64 MiB Allsky, far more than
     loopback's socket buffers hold."""

@@ -193,6 +193,12 @@ public enum FuzzSeeds {
             c.columns = [col]
             e.ingestCommit = c
         }
+        add("ingest-abort") { e in
+            var a = Tessera_V1_IngestAbort()
+            a.ingestID = "i1"
+            a.dataset = "more"
+            e.ingestAbort = a
+        }
         add("register", fromWorker: true) { e in
             var r = Tessera_V1_RegisterWorker()
             r.name = "w9"

@@ -51,7 +51,7 @@ public enum IngestError: Error, CustomStringConvertible {
         case .badCoordinate(let f, let r, let what): "\(f), row \(r): \(what); fix or drop the row and ingest again"
         case .schemaMismatch(let f, let why): "\(f) does not match the first file's columns: \(why)"
         case .store(let m): "ingest failed, nothing was committed: \(m)"
-        case .interrupted: "interrupted before the commit: nothing was committed, and nothing was left on local disk (the scheduler drops any shards already sent once the ingest has been idle for its limit)"
+        case .interrupted: "interrupted before the commit: nothing was committed, the shards already sent are removed from their workers, and nothing was left on local disk"
         }
     }
 }
@@ -208,14 +208,16 @@ public enum CatalogIngest {
             req.marginRows = UInt64(spill.marginRows[k])
             return req
         }
-        let stored = try store(plan: plan, count: shards.count, storeTimeout: o.storeTimeout, connection: conn, progress: progress,
-                               request: request) { (k) throws(IngestError) in
-            // A shard's copies are sent one after another: read its spill once for all of them.
-            if let l = loaded, l.shard == k { return l.frames }
-            var frames = try spill.load(shard: k, margin: false, types: types).map(\.storedBytes)
-            if spill.marginRows[k] > 0 { frames += try spill.load(shard: k, margin: true, types: types).map(\.storedBytes) }
-            loaded = (k, frames)
-            return frames
+        let stored = try sending(plan, dataset: storedName, connection: conn) {
+            try store(plan: plan, count: shards.count, storeTimeout: o.storeTimeout, connection: conn, progress: progress,
+                      request: request) { (k) throws(IngestError) in
+                // A shard's copies are sent one after another: read its spill once for all of them.
+                if let l = loaded, l.shard == k { return l.frames }
+                var frames = try spill.load(shard: k, margin: false, types: types).map(\.storedBytes)
+                if spill.marginRows[k] > 0 { frames += try spill.load(shard: k, margin: true, types: types).map(\.storedBytes) }
+                loaded = (k, frames)
+                return frames
+            }
         }
         progress("stored [\(elapsed())]")
 
@@ -246,6 +248,31 @@ public enum CatalogIngest {
         return plan
     }
 
+    /// Runs `body`, an ingest's sending once `plan` was given, and then checks for an
+    /// interruption one last time before the commit. If it stops (an interruption, a worker's
+    /// refusal, a file that changed), the scheduler is told to abandon the ingest at once
+    /// (`IngestAbort`): the copies already stored are removed from their workers within a tick.
+    /// Without it they stayed for the scheduler's idle limit and the orphans' grace (15 min and
+    /// an hour), and the pending ingest held its user's places and quota meanwhile.
+    static func sending<T>(_ plan: Tessera_V1_IngestPlan, dataset: String, connection conn: SchedulerConnection, _ body: () throws -> T) throws -> T {
+        do {
+            let value = try body()
+            if conn.isInterrupted() { throw IngestError.interrupted }
+            return value
+        } catch {
+            var abort = Tessera_V1_IngestAbort()
+            abort.clientTag = conn.makeTag()
+            abort.ingestID = plan.ingestID
+            abort.dataset = dataset
+            var e = Envelope()
+            e.ingestAbort = abort
+            // Waited for briefly, so that it has left before an interrupted process exits; if it
+            // is lost, the scheduler abandons the ingest by itself once it has been idle too long.
+            _ = try? conn.uninterruptible { try conn.request(e, tag: abort.clientTag, timeout: SchedulerConnection.interruptConfirmSeconds) }
+            throw error
+        }
+    }
+
     /// Commits an ingest: `commit` with each shard (`places[k]`) as its workers reported storing
     /// it (`stored[k]`; the scheduler checks the copies agree), and the scheduler's answer.
     static func commit(_ commit: Tessera_V1_IngestCommit, places: [(order: Int, pixel: Int64)], stored: [[Tessera_V1_ShardStored]],
@@ -266,7 +293,6 @@ public enum CatalogIngest {
         }
         var ce = Envelope()
         ce.ingestCommit = commit
-        if conn.isInterrupted() { throw IngestError.interrupted }
         // A commit once sent cannot be called back: it is waited for, not interrupted.
         guard case .ingestCommitted(let done) = try conn.uninterruptible({ try conn.request(ce, tag: commit.clientTag) }).body else {
             throw IngestError.store("unexpected reply to the commit")

@@ -134,16 +134,18 @@ public enum ImageIngest {
             r.image = true
             return r
         }
-        let stored = try CatalogIngest.store(plan: plan, count: prepared.count, storeTimeout: o.storeTimeout, connection: conn,
-                                             progress: progress, request: request) { (k) throws(IngestError) in
-            if let b = prepared[k].converted { return [b] }
-            if prepared[k].header.tract < 0 {
-                return [try prepare(prepared[k].path, band: o.band).converted ?? []]
+        let stored = try CatalogIngest.sending(plan, dataset: storedName, connection: conn) {
+            try CatalogIngest.store(plan: plan, count: prepared.count, storeTimeout: o.storeTimeout, connection: conn,
+                                    progress: progress, request: request) { (k) throws(IngestError) in
+                if let b = prepared[k].converted { return [b] }
+                if prepared[k].header.tract < 0 {
+                    return [try prepare(prepared[k].path, band: o.band).converted ?? []]
+                }
+                guard let d = FileManager.default.contents(atPath: prepared[k].path) else {
+                    throw IngestError.input("\(prepared[k].path) could not be read again")
+                }
+                return [[UInt8](d)]
             }
-            guard let d = FileManager.default.contents(atPath: prepared[k].path) else {
-                throw IngestError.input("\(prepared[k].path) could not be read again")
-            }
-            return [[UInt8](d)]
         }
         var commit = Tessera_V1_IngestCommit()
         commit.clientTag = conn.makeTag()

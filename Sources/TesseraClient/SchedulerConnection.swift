@@ -409,6 +409,8 @@ public final class SchedulerConnection {
             tagged[p.clientTag] = .success(env)
         case .ingestCommitted(let c):
             tagged[c.clientTag] = .success(env)
+        case .ingestAborted(let a):
+            tagged[a.clientTag] = .success(env)
         case .error(let err):
             let e = ClientError.rejected(code: err.code, message: err.message)
             if err.clientTag != 0 {

@@ -330,7 +330,7 @@ extension SchedulerCore {
     /// worker after the grace period.
     mutating func orphan(_ d: PlannedDataset, now: UInt64) {
         for (key, names) in zip(d.keys, d.workers) {
-            for n in names { orphans[n, default: [:]][key] = orphans[n]?[key] ?? now }
+            for n in names { markOrphan(key, on: n, now: now) }
         }
     }
 
@@ -341,6 +341,13 @@ extension SchedulerCore {
               let k = p.index[ShardPlace(order: r.order, pixel: r.pixel)], p.placements[k].contains(w.name)
         else {
             notices.append("worker \(w.name) reported shard \(r.dataset)/\(r.ingestID)/order\(r.order)-pix\(r.pixel), which no pending ingest planned for it")
+            // Written after its ingest was stopped or abandoned (it was under way then): an
+            // orphan (no ingest of this id will commit), removed at once if its client stopped
+            // it, else after the grace. It used to stay until the worker next registered.
+            let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
+            if r.error.isEmpty, pendingIngests[r.ingestID] == nil, key.problem == nil {
+                markOrphan(key.description, on: w.name, now: now, atOnce: stoppedIngests[r.ingestID] != nil)
+            }
             return
         }
         guard r.rows <= Limits.shardRows, r.marginRows <= Limits.shardRows, r.bytes <= UInt64(Int64.max) else {
@@ -369,6 +376,40 @@ extension SchedulerCore {
         p.commitAt = now
         pendingIngests[c.ingestID] = p
         tryCommit(c.ingestID, now: now)
+    }
+
+    /// How long a stopped ingest's late copies are removed at once (twice a client's wait for one).
+    static let stoppedIngestMemoryNs: UInt64 = 600_000_000_000
+    static let stoppedIngestsRemembered = 1_024
+
+    /// The client stops an ingest it began and has not committed: it is forgotten at once, and
+    /// the copies its workers stored are removed on the next tick (nothing can ever claim them:
+    /// their keys name this ingest), not after the grace an idle ingest's get.
+    mutating func ingestAbort(_ connection: ConnectionID, _ a: Tessera_V1_IngestAbort, now: UInt64) {
+        func refuse(_ why: String) {
+            send(.client(connection), errorEnvelope(.errorInvalidGraph, why, clientTag: a.clientTag))
+        }
+        guard let p = pendingIngests[a.ingestID], p.client == connection, p.dataset == a.dataset else {
+            return refuse("no ingest `\(a.ingestID.prefix(100))` of `\(a.dataset.prefix(100))` is in progress for this client")
+        }
+        guard p.commit == nil else { return refuse("ingest \(a.ingestID) of `\(p.dataset)` is being committed: it can no longer be stopped") }
+        let copies = p.stored.reduce(0) { $0 + $1.count }
+        abandonIngest(a.ingestID, atOnce: true)
+        // Remembered while a copy under way may still be reported (a client waits five minutes
+        // for one): 1,024 at most, the oldest forgotten first.
+        stoppedIngests = stoppedIngests.filter { now &- $0.value < Self.stoppedIngestMemoryNs }
+        if stoppedIngests.count >= Self.stoppedIngestsRemembered, let oldest = stoppedIngests.min(by: { $0.value < $1.value }) {
+            stoppedIngests.removeValue(forKey: oldest.key)
+        }
+        stoppedIngests[a.ingestID] = now
+        notices.append("abandoned ingest \(a.ingestID) of `\(p.dataset)` (\(p.user)): its client stopped it; \(copies) shard copies stored are removed")
+        var done = Tessera_V1_IngestAborted()
+        done.clientTag = a.clientTag
+        done.ingestID = a.ingestID
+        done.copiesRemoved = UInt64(copies)
+        var e = Envelope()
+        e.ingestAborted = done
+        send(.client(connection), e)
     }
 
     /// Why the client's description of a dataset cannot be recorded, or nil.
@@ -461,13 +502,13 @@ extension SchedulerCore {
     }
 
     /// Forgets an ingest and tells its workers to stop expecting its shards. Shards stored for
-    /// an ingest that never committed are orphans.
-    mutating func abandonIngest(_ id: String, committed: Bool = false) {
+    /// an ingest that never committed are orphans (removed `atOnce`, or after the grace).
+    mutating func abandonIngest(_ id: String, committed: Bool = false, atOnce: Bool = false) {
         guard let p = pendingIngests.removeValue(forKey: id) else { return }
         if !committed {
             for (k, s) in p.shards.enumerated() {
                 let key = ShardKey(dataset: p.dataset, ingestId: id, order: Int(s.order), pixel: s.pixel).description
-                for n in p.stored[k].keys { orphans[n, default: [:]][key] = orphans[n]?[key] ?? lastNow }
+                for n in p.stored[k].keys { markOrphan(key, on: n, now: lastNow, atOnce: atOnce) }
             }
         }
         let names = Set(p.placements.joined())
@@ -482,6 +523,13 @@ extension SchedulerCore {
         }
     }
 
+    /// Notes shard file `key` on worker `worker` as an orphan, to be removed after the grace
+    /// period (or on the next tick, `atOnce`); an orphan already noted keeps its earlier time.
+    mutating func markOrphan(_ key: String, on worker: String, now: UInt64, atOnce: Bool = false) {
+        let at = atOnce ? now : (now > UInt64.max - config.orphanGraceNs ? UInt64.max : now + config.orphanGraceNs)
+        orphans[worker, default: [:]][key] = min(orphans[worker]?[key] ?? .max, at)
+    }
+
     /// Tells workers to delete orphaned shard files past their grace period, unless a dataset or
     /// an ingest under way has claimed them since.
     mutating func removeOrphans(now: UInt64) {
@@ -489,7 +537,7 @@ extension SchedulerCore {
         var referenced: Set<String>?
         for (name, keys) in orphans {
             guard let w = byName[name] else { continue }
-            let due = keys.filter { now &- $0.value >= config.orphanGraceNs }.map(\.key)
+            let due = keys.filter { now >= $0.value }.map(\.key)
             guard !due.isEmpty else { continue }
             if referenced == nil { referenced = Set(((try? plannedDatasets()) ?? [:]).values.flatMap(\.keys)) }
             let remove = due.filter { key in
@@ -574,7 +622,7 @@ extension SchedulerCore {
         let unclaimed = orphans.filter { key in ShardKey(key).map { pendingIngests[$0.ingestId] == nil } ?? false }
         if !unclaimed.isEmpty {
             notices.append("worker \(w.name) holds \(unclaimed.count) shard file(s) no dataset lists (an ingest that never committed, a replaced dataset, or a planted file), e.g. \(unclaimed[0]); removed after \(config.orphanGraceNs / 1_000_000_000) s unless a dataset claims them")
-            for key in unclaimed { self.orphans[w.name, default: [:]][key] = self.orphans[w.name]?[key] ?? lastNow }
+            for key in unclaimed { markOrphan(key, on: w.name, now: lastNow) }
         }
     }
 }

@@ -128,8 +128,11 @@ public struct SchedulerCore {
     /// tasks that read it (the worker compares it with the file it opens), its size sets their deadline.
     var registeredShards: [String: RegisteredShard] = [:]
     var pendingIngests: [String: PendingIngest] = [:]
-    /// Shard files workers hold that no dataset references, by worker name, with when they were
-    /// first seen so; removed after the grace period.
+    /// Ingests their clients stopped lately (id → when): a copy whose write was under way then,
+    /// reported afterwards, is removed at once too (see `ingestAbort`).
+    var stoppedIngests: [String: UInt64] = [:]
+    /// Shard files workers hold that no dataset references, by worker name, with when they may
+    /// be removed (the grace period after they were first seen so; see `markOrphan`).
     var orphans: [String: [String: UInt64]] = [:]
     /// When users' tables were last checked for expiry.
     var lastWorkspaceSweep: UInt64 = 0
@@ -310,6 +313,8 @@ public struct SchedulerCore {
             ingestBegin(connection, b, identity: identity)
         case .ingestCommit(let c):
             ingestCommit(connection, c, now: now)
+        case .ingestAbort(let a):
+            ingestAbort(connection, a, now: now)
         case .ping(let p):
             var e = Envelope()
             var pong = Tessera_V1_Pong()

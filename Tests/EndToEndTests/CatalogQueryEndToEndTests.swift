@@ -405,4 +405,30 @@ struct QueryCommandLineTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: spill) == [])
         #expect(try !conn.status().datasets.contains { $0.name == "object" })
     }
+
+    /// Ctrl-C while an ingest sends its shards: the command tells the scheduler it stopped the
+    /// ingest, and the copies already stored leave their worker within seconds (they stayed for
+    /// the scheduler's idle limit and the orphans' grace, an hour and a quarter).
+    @Test func ctrlCWhileSendingRemovesTheShardsAlreadyStored() throws {
+        let file = try SyntheticCatalog(seed: 11).writeFITS(rows: 20_000, to: temporaryFolder("cli-ctrl-c-send-input"))[0]
+        let data = temporaryFolder("cli-ctrl-c-send-data")
+        let cluster = try TestCluster.start(workers: 1, threads: 1, dataDirectory: data)
+        defer { cluster.stop() }
+        let conn = try SchedulerConnection(endpoint: cluster.clientEndpoint)
+        func stored() -> [String] { HostileInputEndToEndTests.shardFiles(data).filter { $0.contains("/catalogs/object/") } }
+        // The same file 40 times (800,000 rows) in shards of 5,000: 160 shards, sent two at a time.
+        let command = try Interrupted(["ingest", "object"] + Array(repeating: file, count: 40) + ["--max-rows-per-shard", "5000", "--replicas", "1",
+                                       "--scheduler", cluster.clientEndpoint, "--key", try #require(cluster.keys).userKeyPath(LocalKeys.userName)])
+        defer { command.kill() }
+        let deadline = Date().addingTimeInterval(120)
+        while stored().count < 3 && command.process.isRunning && Date() < deadline { usleep(10_000) }
+        try #require(stored().count >= 3, "no shard was stored before the command ended")
+        let message = try #require(command.interrupt())
+        #expect(message.contains("interrupted before the commit: nothing was committed, the shards already sent are removed"), "\(message)")
+        let interrupted = Date()
+        while !stored().isEmpty && Date().timeIntervalSince(interrupted) < 15 { usleep(50_000) }
+        #expect(stored() == [], "the stopped ingest's copies are still on the worker")
+        print("the stopped ingest's copies were removed \(Date().timeIntervalSince(interrupted)) s after the command exited")
+        #expect(try !conn.status().datasets.contains { $0.name == "object" })
+    }
 }

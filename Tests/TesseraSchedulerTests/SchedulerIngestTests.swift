@@ -87,6 +87,117 @@ struct SchedulerIngestTests {
         guard case .success = Self.begin(c, table: "second", bytes: 1_500_000) else { Issue.record("the abandoned upload still holds the quota"); return }
     }
 
+    /// Sends `e` from client connection `connection` (as alice) and returns what it was answered
+    /// (and what else went out, in `sent`).
+    static func answer(_ c: FakeCluster, _ e: Envelope, from connection: ConnectionID = 2000, sent: inout [OutgoingMessage]) -> [Envelope] {
+        c.core.handleClient(connection, e, frames: [], now: c.now, identity: alice)
+        sent = c.core.flush(now: c.now)
+        return sent.filter { $0.destination == .client(connection) }.map(\.envelope)
+    }
+
+    static func answer(_ c: FakeCluster, _ e: Envelope, from connection: ConnectionID = 2000) -> [Envelope] {
+        var sent: [OutgoingMessage] = []
+        return answer(c, e, from: connection, sent: &sent)
+    }
+
+    static func abort(_ plan: Tessera_V1_IngestPlan, dataset: String? = nil) -> Envelope {
+        var a = Tessera_V1_IngestAbort()
+        (a.clientTag, a.ingestID, a.dataset) = (9, plan.ingestID, dataset ?? plan.dataset)
+        var e = Envelope()
+        e.ingestAbort = a
+        return e
+    }
+
+    static func report(_ c: FakeCluster, _ plan: Tessera_V1_IngestPlan, bytes: UInt64) {
+        var r = Tessera_V1_ShardStored()
+        (r.ingestID, r.dataset, r.order, r.pixel, r.rows, r.bytes, r.workerName) = (plan.ingestID, plan.dataset, 0, 3, 1_000, bytes, "w1")
+        var e = Envelope()
+        e.shardStored = r
+        e.epoch = c.core.config.epoch
+        c.core.handleWorker(c.workers[0].connection, e, frames: [], now: c.now)
+    }
+
+    /// The shard keys the scheduler asked worker w1 to remove since the last flush.
+    static func removals(_ c: FakeCluster) -> [String] {
+        c.core.flush(now: c.now).flatMap { m -> [String] in
+            guard m.destination == .worker(c.workers[0].connection), case .removeShards(let r) = m.envelope.body else { return [] }
+            return r.keys
+        }
+    }
+
+    /// A client that stops its ingest (Ctrl-C, a failure while sending) has it forgotten at
+    /// once: the quota is free, and the copy its worker stored is removed on the next tick, not
+    /// after the idle limit and the orphans' grace. Only the ingest's own client may stop it, and
+    /// not once it is committing.
+    @Test func aStoppedIngestIsForgottenAtOnceAndItsCopiesRemoved() throws {
+        let c = try Self.cluster()
+        c.core.config.orphanGraceNs = 60 * Self.minute
+        guard case .success(let plan) = Self.begin(c, table: "first", bytes: 1_500_000) else { Issue.record("the upload was refused"); return }
+        Self.report(c, plan, bytes: 1_500_000)
+        _ = c.core.flush(now: c.now)
+
+        // Another connection's, or one naming another dataset: refused, and nothing changes.
+        for (e, from) in [(Self.abort(plan), ConnectionID(2001)), (Self.abort(plan, dataset: "other"), 2000)] {
+            let refused = Self.answer(c, e, from: from)
+            #expect(refused.count == 1 && refused.allSatisfy { if case .error(let r) = $0.body { r.message.contains("is in progress for this client") } else { false } }, "\(refused)")
+        }
+        guard case .failure = Self.begin(c, table: "second", bytes: 1_500_000) else { Issue.record("a refused stop freed the quota"); return }
+
+        c.now += 1_000_000_000
+        var sent: [OutgoingMessage] = []
+        let answered = Self.answer(c, Self.abort(plan), sent: &sent)
+        guard answered.count == 1, case .ingestAborted(let done) = answered[0].body else { Issue.record("\(answered)"); return }
+        #expect(done.clientTag == 9 && done.ingestID == plan.ingestID && done.copiesRemoved == 1)
+        #expect(c.core.notices.contains { $0.contains("abandoned ingest \(plan.ingestID)") && $0.contains("its client stopped it") }, "\(c.core.notices)")
+        // Its worker stops expecting it, and the stored copy goes on the next tick.
+        let told = sent.contains { m in
+            guard m.destination == .worker(c.workers[0].connection), case .expectShards(let x) = m.envelope.body else { return false }
+            return x.ingestID == plan.ingestID && x.finished
+        }
+        #expect(told, "the worker was not told the ingest ended")
+        Self.advance(c, by: 100_000_000)
+        #expect(Self.removals(c) == ["\(plan.dataset)/\(plan.ingestID)/order0-pix3"])
+        guard case .success = Self.begin(c, table: "second", bytes: 1_500_000) else { Issue.record("the stopped upload still holds the quota"); return }
+        _ = c.core.flush(now: c.now)
+
+        // Stopped twice: the second is refused. A copy whose write was under way when it was
+        // stopped, reported late, is removed at once too (it stayed until the worker next
+        // registered).
+        let again = Self.answer(c, Self.abort(plan))
+        #expect(again.count == 1 && again.allSatisfy { if case .error = $0.body { true } else { false } })
+        Self.report(c, plan, bytes: 1_500_000)
+        Self.advance(c, by: 100_000_000)
+        #expect(Self.removals(c) == ["\(plan.dataset)/\(plan.ingestID)/order0-pix3"])
+
+        // One of an ingest abandoned for its silence, reported late: an orphan for the grace.
+        guard case .success(let idle) = Self.begin(c, table: "idle", bytes: 1_000) else { Issue.record("refused"); return }
+        Self.advance(c, by: Self.minute + 1)
+        #expect(c.core.notices.contains { $0.contains("abandoned ingest \(idle.ingestID)") })
+        Self.report(c, idle, bytes: 1_000)
+        Self.advance(c, by: 100_000_000)
+        #expect(Self.removals(c).isEmpty, "a late copy of an idle ingest was removed before its grace")
+        Self.advance(c, by: 60 * Self.minute)
+        #expect(Self.removals(c) == ["\(idle.dataset)/\(idle.ingestID)/order0-pix3"])
+    }
+
+    @Test func anIngestBeingCommittedCannotBeStopped() throws {
+        let c = try Self.cluster()
+        guard case .success(let plan) = Self.begin(c, table: "t", bytes: 1_000) else { Issue.record("refused"); return }
+        // Committed before its worker's report came: the commit waits for it.
+        var commit = Tessera_V1_IngestCommit()
+        (commit.clientTag, commit.ingestID, commit.dataset, commit.raColumn, commit.decColumn, commit.maxRowsPerShard) = (8, plan.ingestID, plan.dataset, "ra", "dec", 1_000)
+        commit.columns = ["ra", "dec"].map { name in
+            var col = Tessera_V1_ColumnSchema()
+            (col.name, col.type) = (name, .columnFloat64)
+            return col
+        }
+        var e = Envelope()
+        e.ingestCommit = commit
+        #expect(Self.answer(c, e).isEmpty, "the commit did not wait for its worker's report")
+        let refused = Self.answer(c, Self.abort(plan))
+        #expect(refused.count == 1 && refused.allSatisfy { if case .error(let r) = $0.body { r.message.contains("is being committed") } else { false } }, "\(refused)")
+    }
+
     @Test func aCommitArrivingAfterTheIngestWasAbandonedIsRefused() throws {
         let c = try Self.cluster()
         guard case .success(let plan) = Self.begin(c, table: "late", bytes: 1_000) else { Issue.record("refused"); return }

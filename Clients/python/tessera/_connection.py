@@ -291,7 +291,7 @@ class Connection:
             q = self._tagged.get(acc.client_tag)
             if q is not None:
                 q.put(env)
-        elif body in ("ingest_plan", "ingest_committed"):
+        elif body in ("ingest_plan", "ingest_committed", "ingest_aborted"):
             q = self._tagged.get(getattr(env, body).client_tag)
             if q is not None:
                 q.put(env)

@@ -131,6 +131,21 @@ def columns_of(table, ra: str, dec: str):
     return names, arrays, r, d
 
 
+def _abort(conn, ingest_id: str, dataset: str) -> None:
+    """Tells the scheduler an upload stopped before its commit: it forgets it at once, and the
+    copies already stored leave their workers (they stayed for its idle limit and the orphans'
+    grace, over an hour, holding the user's quota meanwhile). Waited for briefly; if it is lost,
+    the scheduler abandons the upload by itself once it has been idle too long."""
+    tag = next(conn._tags)
+    env = tessera_pb2.Envelope()
+    a = env.ingest_abort
+    a.client_tag, a.ingest_id, a.dataset = tag, ingest_id, dataset
+    try:
+        conn._request(env, tag, 1.5, "the scheduler did not confirm the upload's stop")
+    except Exception:
+        pass
+
+
 def upload(conn, table, name: str, ra: str, dec: str, *, lifetime_s: float, shared: bool, replace: bool,
            max_rows_per_shard: int):
     names, arrays, r, d = columns_of(table, ra, dec)
@@ -213,6 +228,9 @@ def upload(conn, table, name: str, ra: str, dec: str, *, lifetime_s: float, shar
                 k, wid = pending.pop(rep.request_id, (None, None))
                 if k is not None:
                     stored[k][names_by_id.get(wid, str(wid))] = rep
+    except BaseException:  # a failure, or Ctrl-C
+        _abort(conn, plan.ingest_id, stored_as)
+        raise
     finally:
         for sock in sockets.values():
             sock.close(0)

@@ -113,3 +113,36 @@ def test_uploads_refuse_what_cannot_be_stored(client, tables):
     text = left.assign(label="x")
     with pytest.raises(tessera.QueryError, match="column `label` is object"):
         client.upload(text, "t3")
+
+
+def test_ctrl_c_during_an_upload_removes_what_it_stored(client, cluster):
+    """Ctrl-C while an upload's shards are being stored: the scheduler is told the upload
+    stopped, and the copies already on the workers are removed within seconds (they stayed for
+    its idle limit and the orphans' grace, over an hour, counting against the user's quota)."""
+    import glob
+    import signal
+    import threading
+    import time
+
+    n = 1_000_000
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"ra": rng.uniform(0, 360, n), "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n))), "flux": rng.normal(size=n)})
+    stored = os.path.join(cluster.data, "worker-*", "catalogs", f"{client.user}..stopped_upload", "*", "*.shard")
+    main = threading.main_thread().ident
+
+    def interrupt_once_stored():
+        deadline = time.monotonic() + 60
+        while not glob.glob(stored) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C does
+
+    threading.Thread(target=interrupt_once_stored, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        client.upload(df, "stopped_upload", max_rows_per_shard=2_000)
+        time.sleep(60)  # finished before the interrupt came: it lands here, and the check below fails
+    t0 = time.monotonic()
+    while left := glob.glob(stored):
+        assert time.monotonic() - t0 < 15, f"{len(left)} copies of the stopped upload are still on the workers"
+        time.sleep(0.05)
+    print(f"the stopped upload's copies were removed {time.monotonic() - t0:.3f} s after the interrupt")
+    assert "stopped_upload" not in set(client.datasets()["name"])

@@ -622,6 +622,22 @@ public nonisolated struct Tessera_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .ingestCommitted(newValue)}
   }
 
+  public var ingestAbort: Tessera_V1_IngestAbort {
+    get {
+      if case .ingestAbort(let v)? = _storage._body {return v}
+      return Tessera_V1_IngestAbort()
+    }
+    set {_uniqueStorage()._body = .ingestAbort(newValue)}
+  }
+
+  public var ingestAborted: Tessera_V1_IngestAborted {
+    get {
+      if case .ingestAborted(let v)? = _storage._body {return v}
+      return Tessera_V1_IngestAborted()
+    }
+    set {_uniqueStorage()._body = .ingestAborted(newValue)}
+  }
+
   /// any direction
   public var error: Tessera_V1_ErrorReply {
     get {
@@ -669,6 +685,8 @@ public nonisolated struct Tessera_V1_Envelope: @unchecked Sendable {
     case shardStored(Tessera_V1_ShardStored)
     case ingestCommit(Tessera_V1_IngestCommit)
     case ingestCommitted(Tessera_V1_IngestCommitted)
+    case ingestAbort(Tessera_V1_IngestAbort)
+    case ingestAborted(Tessera_V1_IngestAborted)
     /// any direction
     case error(Tessera_V1_ErrorReply)
 
@@ -2020,6 +2038,45 @@ public nonisolated struct Tessera_V1_IngestCommitted: Sendable {
   public init() {}
 }
 
+/// Client -> scheduler: the client stops an ingest it began and has not committed (interrupted, or
+/// failed while sending). The scheduler forgets it at once: its user's places and quota are free
+/// again, and the shard files already stored are removed from their workers without the grace
+/// an ingest left idle gets. Answered by IngestAborted, or an ErrorReply (no such ingest of this
+/// client, or one already committing).
+public nonisolated struct Tessera_V1_IngestAbort: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var ingestID: String = String()
+
+  /// as in IngestCommit
+  public var dataset: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tessera_V1_IngestAborted: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clientTag: UInt64 = 0
+
+  public var ingestID: String = String()
+
+  /// The shard copies the workers had reported stored, now being removed.
+  public var copiesRemoved: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Tessera_V1_DatasetStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -2199,7 +2256,7 @@ nonisolated extension Tessera_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{1}epoch\0\u{4}\u{7}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{3}client_heartbeat\0\u{4}\u{6}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}frames\0\u{1}epoch\0\u{4}\u{7}register_worker\0\u{1}heartbeat\0\u{3}task_report\0\u{1}deregister\0\u{4}\u{7}register_ack\0\u{3}assign_tasks\0\u{3}release_results\0\u{3}cancel_tasks\0\u{3}expect_shards\0\u{3}remove_shards\0\u{3}peer_keys\0\u{4}\u{4}fetch_request\0\u{3}fetch_reply\0\u{4}\u{9}submit_job\0\u{3}cancel_job\0\u{3}status_request\0\u{1}ping\0\u{3}client_heartbeat\0\u{4}\u{6}job_accepted\0\u{3}job_results\0\u{3}job_finished\0\u{3}status_reply\0\u{1}pong\0\u{2}\u{6}error\0\u{4}\u{a}ingest_begin\0\u{3}ingest_plan\0\u{3}store_shard\0\u{3}shard_stored\0\u{3}ingest_commit\0\u{3}ingest_committed\0\u{3}ingest_abort\0\u{3}ingest_aborted\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -2631,6 +2688,32 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
             _storage._body = .ingestCommitted(v)
           }
         }()
+        case 76: try {
+          var v: Tessera_V1_IngestAbort?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestAbort(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestAbort(v)
+          }
+        }()
+        case 77: try {
+          var v: Tessera_V1_IngestAborted?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ingestAborted(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ingestAborted(v)
+          }
+        }()
         default: break
         }
       }
@@ -2772,6 +2855,14 @@ nonisolated extension Tessera_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
       case .ingestCommitted?: try {
         guard case .ingestCommitted(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 75)
+      }()
+      case .ingestAbort?: try {
+        guard case .ingestAbort(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 76)
+      }()
+      case .ingestAborted?: try {
+        guard case .ingestAborted(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 77)
       }()
       case nil: break
       }
@@ -5521,6 +5612,86 @@ nonisolated extension Tessera_V1_IngestCommitted: SwiftProtobuf.Message, SwiftPr
     if lhs.dataset != rhs.dataset {return false}
     if lhs.rows != rhs.rows {return false}
     if lhs.shards != rhs.shards {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestAbort: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestAbort"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{1}dataset\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.dataset) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 2)
+    }
+    if !self.dataset.isEmpty {
+      try visitor.visitSingularStringField(value: self.dataset, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestAbort, rhs: Tessera_V1_IngestAbort) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.dataset != rhs.dataset {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tessera_V1_IngestAborted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IngestAborted"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_tag\0\u{3}ingest_id\0\u{3}copies_removed\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clientTag) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.ingestID) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.copiesRemoved) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clientTag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientTag, fieldNumber: 1)
+    }
+    if !self.ingestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.ingestID, fieldNumber: 2)
+    }
+    if self.copiesRemoved != 0 {
+      try visitor.visitSingularUInt64Field(value: self.copiesRemoved, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tessera_V1_IngestAborted, rhs: Tessera_V1_IngestAborted) -> Bool {
+    if lhs.clientTag != rhs.clientTag {return false}
+    if lhs.ingestID != rhs.ingestID {return false}
+    if lhs.copiesRemoved != rhs.copiesRemoved {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

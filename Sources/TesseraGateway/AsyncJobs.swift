@@ -135,7 +135,8 @@ public actor AsyncJobs {
         let uploads = j.uploads
         jobs[id]?.uploads = []
         let limit = Double(j.executionDuration)
-        running[id] = (owner, Task {
+        // Not the request's own task: its client leaving (a WAIT that started it) must not stop it.
+        running[id] = (owner, ClientDeparture.unwatched { Task {
             self.started(id)
             let outcome: Result<TAPTable, TAPError>
             do {
@@ -152,7 +153,7 @@ public actor AsyncJobs {
                 outcome = .failure(TAPError(500, "\(error)"))
             }
             self.finished(id, outcome)
-        })
+        } })
     }
 
     static func withDeadline(_ seconds: Double, _ body: @escaping @Sendable () async throws(TAPError) -> TAPTable) async throws(TAPError) -> TAPTable {

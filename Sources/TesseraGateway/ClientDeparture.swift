@@ -23,15 +23,28 @@ final class ClientDeparture: Sendable {
     /// The departure of the client whose request is being served, for the scheduler pool to
     /// poll while its question runs; set by ``Gateway/whileClientStays(_:_:)`` around the routes
     /// that wait for the cluster. (A task-local, not a parameter: the pool is reached through
-    /// the services, and a background job, such as a UWS one, must not inherit it: it is set
-    /// only around a request's own wait.)
+    /// the services.) A task started meanwhile would inherit it: one that outlives the request
+    /// (a UWS job, a cached table list) is started ``unwatched(_:)``.
     @TaskLocal static var ofRequest: ClientDeparture?
 
-    /// The departure of `channel`'s client, or nil when its pipeline does not watch for one.
+    /// `make`'s result, with no request's departure in force: for starting a task that is not
+    /// the request's own, which would otherwise be stopped when this request's client leaves.
+    static func unwatched<T>(_ make: () -> T) -> T {
+        $ofRequest.withValue(nil, operation: make)
+    }
+
+    /// The departure of `channel`'s client; one already marked when the connection is closed
+    /// (its handlers are gone); nil when its pipeline does not watch for one.
     static func of(_ channel: any Channel) async -> ClientDeparture? {
-        try? await channel.eventLoop.submit {
+        if let departure = try? await channel.eventLoop.submit({
             try channel.pipeline.syncOperations.handler(type: ClientDepartureHandler.self).departure
-        }.get()
+        }).get() {
+            return departure
+        }
+        guard !channel.isActive else { return nil }
+        let gone = ClientDeparture()
+        gone.markLeft()
+        return gone
     }
 }
 

@@ -208,9 +208,6 @@ struct GatewayMiddleware: RouterMiddleware {
             response = Gateway.errorResponse(e.status, e.message)
         } catch let e as HTTPError {
             response = Gateway.errorResponse(Int(e.status.code), e.body ?? "\(e.status)")
-        } catch is CancellationError {
-            // The request's client left while its question ran (the question was cancelled).
-            response = Gateway.errorResponse(TAPError.clientLeft.status, TAPError.clientLeft.message)
         } catch let e as ClientError {
             // The cluster's answer to a route that does not name its own errors.
             response = Gateway.errorResponse(TAPService.status(of: e), "\(e)")
@@ -315,8 +312,6 @@ public enum Gateway {
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
             } catch let e as SODAError {
                 return e.response
-            } catch is CancellationError {
-                throw TAPError.clientLeft
             } catch let e as TAPError {
                 return SODAError(status: e.status, label: "UsageError", message: e.message).response
             } catch {
@@ -544,10 +539,15 @@ public enum Gateway {
     // MARK: Sync
 
     /// Runs `body`, a route's wait for the cluster, so that the questions it asks are cancelled
-    /// on the cluster once the request's client leaves (``ClientDeparture``); they then throw
-    /// `CancellationError`, answered as ``TAPError/clientLeft``.
+    /// on the cluster once the request's client leaves (``ClientDeparture``): it then throws
+    /// ``TAPError/clientLeft``.
     static func whileClientStays<T>(_ context: GatewayContext, _ body: () async throws -> T) async throws -> T {
-        try await ClientDeparture.$ofRequest.withValue(await ClientDeparture.of(context.channel), operation: body)
+        let departure = await ClientDeparture.of(context.channel)
+        do {
+            return try await ClientDeparture.$ofRequest.withValue(departure, operation: body)
+        } catch is CancellationError where departure?.hasLeft == true {
+            throw TAPError.clientLeft
+        }
     }
 
     static func runSync(_ form: RequestForm, service: TAPService, user: String) async throws -> Response {

@@ -82,10 +82,13 @@ public final class TAPService: Sendable {
         let pool = self.pool
         let fetch = cache.withLock { c -> Task<[ADQLTable], any Error> in
             if let hit = c[user], now - hit.at < 2 { return hit.tables }
-            let t = Task {
-                let reply = try await pool.run(as: user) { conn, _ in try conn.status() }
-                // (A query's own uploads are named in TAP_UPLOAD, by that query alone.)
-                return reply.datasets.filter { ($0.kind.isEmpty || $0.kind == "catalog") && !$0.name.hasPrefix(Self.uploadPrefix) }.map(Self.table)
+            // Shared by the requests of the next 2 s: not stopped when this one's client leaves.
+            let t = ClientDeparture.unwatched {
+                Task {
+                    let reply = try await pool.run(as: user) { conn, _ in try conn.status() }
+                    // (A query's own uploads are named in TAP_UPLOAD, by that query alone.)
+                    return reply.datasets.filter { ($0.kind.isEmpty || $0.kind == "catalog") && !$0.name.hasPrefix(Self.uploadPrefix) }.map(Self.table)
+                }
             }
             c[user] = (now, t)
             return t
@@ -282,7 +285,7 @@ public final class TAPService: Sendable {
             return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
                 named.first { $0.table.qualifiedName == table }?.texts[column]
             }
-        } catch is CancellationError {
+        } catch is CancellationError where ClientDeparture.ofRequest?.hasLeft == true {
             throw TAPError.clientLeft
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")

@@ -342,11 +342,11 @@ extension SchedulerCore {
         else {
             notices.append("worker \(w.name) reported shard \(r.dataset)/\(r.ingestID)/order\(r.order)-pix\(r.pixel), which no pending ingest planned for it")
             // Written after its ingest was stopped or abandoned (it was under way then): an
-            // orphan (no ingest of this id will commit), removed at once if its client stopped
+            // orphan (an abandoned ingest never commits), removed at once if its client stopped
             // it, else after the grace. It used to stay until the worker next registered.
             let key = ShardKey(dataset: r.dataset, ingestId: r.ingestID, order: Int(r.order), pixel: r.pixel)
-            if r.error.isEmpty, pendingIngests[r.ingestID] == nil, key.problem == nil {
-                markOrphan(key.description, on: w.name, now: now, atOnce: stoppedIngests[r.ingestID] != nil)
+            if r.error.isEmpty, let ended = endedIngests[r.ingestID], key.problem == nil {
+                markOrphan(key.description, on: w.name, now: now, atOnce: ended.stoppedByClient)
             }
             return
         }
@@ -378,9 +378,10 @@ extension SchedulerCore {
         tryCommit(c.ingestID, now: now)
     }
 
-    /// How long a stopped ingest's late copies are removed at once (twice a client's wait for one).
-    static let stoppedIngestMemoryNs: UInt64 = 600_000_000_000
-    static let stoppedIngestsRemembered = 1_024
+    /// How long an abandoned ingest's late copies are recognised: five times the clients' wait
+    /// for one copy (their store timeout, two minutes), the 1,024 latest at most.
+    static let endedIngestMemoryNs: UInt64 = 600_000_000_000
+    static let endedIngestsRemembered = 1_024
 
     /// The client stops an ingest it began and has not committed: it is forgotten at once, and
     /// the copies its workers stored are removed on the next tick (nothing can ever claim them:
@@ -395,13 +396,6 @@ extension SchedulerCore {
         guard p.commit == nil else { return refuse("ingest \(a.ingestID) of `\(p.dataset)` is being committed: it can no longer be stopped") }
         let copies = p.stored.reduce(0) { $0 + $1.count }
         abandonIngest(a.ingestID, atOnce: true)
-        // Remembered while a copy under way may still be reported (a client waits five minutes
-        // for one): 1,024 at most, the oldest forgotten first.
-        stoppedIngests = stoppedIngests.filter { now &- $0.value < Self.stoppedIngestMemoryNs }
-        if stoppedIngests.count >= Self.stoppedIngestsRemembered, let oldest = stoppedIngests.min(by: { $0.value < $1.value }) {
-            stoppedIngests.removeValue(forKey: oldest.key)
-        }
-        stoppedIngests[a.ingestID] = now
         notices.append("abandoned ingest \(a.ingestID) of `\(p.dataset)` (\(p.user)): its client stopped it; \(copies) shard copies stored are removed")
         var done = Tessera_V1_IngestAborted()
         done.clientTag = a.clientTag
@@ -510,6 +504,12 @@ extension SchedulerCore {
                 let key = ShardKey(dataset: p.dataset, ingestId: id, order: Int(s.order), pixel: s.pixel).description
                 for n in p.stored[k].keys { markOrphan(key, on: n, now: lastNow, atOnce: atOnce) }
             }
+            // Remembered while a copy under way may still be reported; the oldest forgotten first.
+            endedIngests = endedIngests.filter { lastNow &- $0.value.at < Self.endedIngestMemoryNs }
+            if endedIngests.count >= Self.endedIngestsRemembered, let oldest = endedIngests.min(by: { $0.value.at < $1.value.at }) {
+                endedIngests.removeValue(forKey: oldest.key)
+            }
+            endedIngests[id] = (lastNow, atOnce)
         }
         let names = Set(p.placements.joined())
         for w in workers.values where names.contains(w.name) {
@@ -539,7 +539,11 @@ extension SchedulerCore {
             guard let w = byName[name] else { continue }
             let due = keys.filter { now >= $0.value }.map(\.key)
             guard !due.isEmpty else { continue }
-            if referenced == nil { referenced = Set(((try? plannedDatasets()) ?? [:]).values.flatMap(\.keys)) }
+            // Fails closed: with the registry unreadable, nothing is known unreferenced.
+            if referenced == nil {
+                guard let all = try? plannedDatasets() else { return }
+                referenced = Set(all.values.flatMap(\.keys))
+            }
             let remove = due.filter { key in
                 !(referenced?.contains(key) ?? true) && !(ShardKey(key).map { pendingIngests[$0.ingestId] != nil } ?? true)
             }.sorted()

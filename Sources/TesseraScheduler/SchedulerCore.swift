@@ -128,9 +128,10 @@ public struct SchedulerCore {
     /// tasks that read it (the worker compares it with the file it opens), its size sets their deadline.
     var registeredShards: [String: RegisteredShard] = [:]
     var pendingIngests: [String: PendingIngest] = [:]
-    /// Ingests their clients stopped lately (id → when): a copy whose write was under way then,
-    /// reported afterwards, is removed at once too (see `ingestAbort`).
-    var stoppedIngests: [String: UInt64] = [:]
+    /// Ingests abandoned lately without a commit (id → when, and whether their client stopped
+    /// them): a copy whose write was under way then, reported afterwards, is an orphan too (at
+    /// once if the client stopped it). A report naming any other unknown ingest is only noted.
+    var endedIngests: [String: (at: UInt64, stoppedByClient: Bool)] = [:]
     /// Shard files workers hold that no dataset references, by worker name, with when they may
     /// be removed (the grace period after they were first seen so; see `markOrphan`).
     var orphans: [String: [String: UInt64]] = [:]

@@ -128,6 +128,8 @@ struct GatewayMiddleware: RouterMiddleware {
     var trustedProxies: Set<String> = []
     /// The count that every request without a token also takes a place in.
     static let withoutTokenKey = "@"
+    /// The count that every request takes a place in (no user or address is named `*`).
+    static let everyoneKey = "*"
 
     /// Paths anyone may read: VOSI's availability and capabilities (clients discover the
     /// service before they authenticate), and the dashboard's static page.
@@ -175,23 +177,22 @@ struct GatewayMiddleware: RouterMiddleware {
             log(request, response, user: user, client: client, start: start)
             return response
         }
-        // The counts this request takes a place in, each with its bound.
-        var places = [(key: user, bound: limits.concurrentRequestsPerUser)]
-        if context.user.isEmpty {
-            places = [(Self.withoutTokenKey + client, limits.concurrentRequestsPerUser), (Self.withoutTokenKey, limits.requestsWithoutToken)]
-        }
+        // The counts this request takes a place in, each with its bound and what a refusal says.
+        let n = limits.concurrentRequestsPerUser
+        var places: [(key: String, bound: Int, full: String)] = context.user.isEmpty ? [
+            (Self.withoutTokenKey + client, n, "the address \(client) has \(n) requests without a token in progress, the most one address may: wait for one to finish"),
+            (Self.withoutTokenKey, limits.requestsWithoutToken,
+             "the gateway has \(limits.requestsWithoutToken) requests without a token in progress, the most it serves at once: try again shortly, or send a token"),
+        ] : [(user, n, "user \(user) has \(n) requests in progress, the most one user may: wait for one to finish")]
+        places.append((Self.everyoneKey, limits.requestsInProgress,
+                       "the gateway has \(limits.requestsInProgress) requests in progress, the most it serves at once: try again shortly"))
         let refused = inFlight.counts.withLock { counts -> Int? in
             if let full = places.firstIndex(where: { counts[$0.key, default: 0] >= $0.bound }) { return full }
             for p in places { counts[p.key, default: 0] += 1 }
             return nil
         }
         if let refused {
-            let message = switch (context.user.isEmpty, refused) {
-            case (false, _): "user \(user) has \(limits.concurrentRequestsPerUser) requests in progress, the most one user may: wait for one to finish"
-            case (true, 0): "the address \(places[0].key.dropFirst()) has \(limits.concurrentRequestsPerUser) requests without a token in progress, the most one address may: wait for one to finish"
-            default: "the gateway has \(limits.requestsWithoutToken) requests without a token in progress, the most it serves at once: try again shortly, or send a token"
-            }
-            response = Gateway.errorResponse(429, message)
+            response = Gateway.errorResponse(429, places[refused].full)
             response.headers[.retryAfter] = "1"
             log(request, response, user: user, client: client, start: start)
             return response

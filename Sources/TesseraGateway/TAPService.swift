@@ -17,6 +17,10 @@ public struct GatewayLimits: Sendable {
     public var concurrentRequestsPerUser = 8
     /// Requests without a token the gateway serves at once, from all addresses together.
     public var requestsWithoutToken = 256
+    /// Requests the gateway serves at once, from everyone together (with a token or without):
+    /// each user's share bounds one user, this bounds the many (each request waiting on the
+    /// cluster holds a thread, and its answer is held whole).
+    public var requestsInProgress = 1_024
     /// Seconds a client may leave a part of an answer untaken before its connection is closed.
     public var sendTimeoutSeconds = 60
     /// Rows returned when MAXREC is not given, and the most it may ask for.

@@ -42,6 +42,9 @@ struct GatewayCommand: ParsableCommand {
     @Option(help: "Requests without a token (public paths, and --public-hips tiles) served at once, from all addresses together.")
     var maxRequestsWithoutToken = 256
 
+    @Option(help: "Requests served at once, from everyone together (with a token or without); beyond it, 429 with Retry-After.")
+    var maxRequests = 1_024
+
     @Option(help: "A proxy in front of the gateway whose X-Forwarded-For names the client of a request without a token (repeatable; an IP address). From any other address that header is ignored.")
     var trustedProxy: [String] = []
 
@@ -65,6 +68,7 @@ struct GatewayCommand: ParsableCommand {
         guard (1...86_400).contains(sendTimeoutSeconds) else { throw ValidationError("--send-timeout-seconds must be 1…86400") }
         guard (0...3600).contains(shutdownGraceSeconds) else { throw ValidationError("--shutdown-grace-seconds must be 0…3600") }
         guard (1...65536).contains(maxRequestsWithoutToken) else { throw ValidationError("--max-requests-without-token must be 1…65536") }
+        guard (1...65536).contains(maxRequests) else { throw ValidationError("--max-requests must be 1…65536") }
         for proxy in trustedProxy where ClientAddress.address(proxy) == nil {
             throw ValidationError("--trusted-proxy must be an IP address (203.0.113.5, 2001:db8::1), got `\(proxy.prefix(80))`")
         }
@@ -94,6 +98,7 @@ struct GatewayCommand: ParsableCommand {
         c.publicHiPS = publicHips
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
         c.limits.requestsWithoutToken = maxRequestsWithoutToken
+        c.limits.requestsInProgress = maxRequests
         c.limits.sendTimeoutSeconds = sendTimeoutSeconds
         c.shutdownGraceSeconds = shutdownGraceSeconds
         c.trustedProxies = Set(trustedProxy.compactMap { ClientAddress.address($0) })

@@ -370,6 +370,29 @@ def test_open_streams_count_against_their_users_requests(cluster):
         time.sleep(0.2)
 
 
+def test_the_gateway_serves_at_most_its_requests_at_once(cluster, bins):
+    """`--max-requests` bounds the requests in progress from everyone together: each user's
+    share bounds one user, and this the many (each request waiting on the cluster holds a thread
+    of the gateway's, and its answer is held whole)."""
+    with standalone_gateway(bins, cluster, "--tokens", os.path.join(cluster.data, "gateway-tokens"), "--max-requests", "2") as (url, _):
+        streams = [session(cluster.create_token(u)).get(url + "/api/events", stream=True, timeout=30) for u in ("gus", "hal")]
+        ida = session(cluster.create_token("ida"))
+        try:
+            assert all(s.status_code == 200 for s in streams)
+            refused = ida.get(url + "/tap/tables")
+            assert refused.status_code == 429 and "the gateway has 2 requests in progress" in error_of(refused), refused.text
+            assert refused.headers["Retry-After"] == "1"
+            # A health check is still answered.
+            assert requests.get(url + "/tap/availability", timeout=10).status_code == 200
+        finally:
+            for s in streams:
+                s.close()
+        deadline = time.monotonic() + 15
+        while ida.get(url + "/tap/tables").status_code != 200:
+            assert time.monotonic() < deadline, "the closed streams still hold the gateway's places"
+            time.sleep(0.2)
+
+
 def test_a_blocking_wait_ends_when_its_client_leaves(cluster):
     """UWS's blocking GET (`WAIT=60`) holds its user's slot while it waits; a client that leaves
     gives it back at once, not a minute later."""

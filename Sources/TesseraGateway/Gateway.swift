@@ -559,8 +559,9 @@ public enum Gateway {
         let maxrec = try service.maxrec(params["MAXREC"])
         let format = try responseFormat(params)
         let uploads = try await service.uploads(form.lists["UPLOAD"] ?? [], parts: form.parts)
-        let table = try await service.run(adql: query, maxrec: maxrec, user: user, priority: .interactive, uploads: uploads)
-        return tableResponse(table, format: format, query: query)
+        let cells = AnswerCells(service.answerBudget)
+        let table = try await service.run(adql: query, maxrec: maxrec, user: user, priority: .interactive, uploads: uploads, cells: cells)
+        return tableResponse(table, format: format, query: query, holding: cells)
     }
 
     static func checkSize(_ params: [String: String], limits: GatewayLimits) throws(TAPError) {
@@ -584,9 +585,12 @@ public enum Gateway {
         return f
     }
 
-    static func tableResponse(_ table: TAPTable, format: ResultFormat, query: String) -> Response {
+    /// `table` written in `format`; `holding` (its cells in the gateway's budget) is given back
+    /// once it has been written or dropped.
+    static func tableResponse(_ table: TAPTable, format: ResultFormat, query: String, holding cells: AnswerCells? = nil) -> Response {
         let writer = ResultWriter(table: table, format: format, infos: [("QUERY", String(query.prefix(4096)))])
         return Response(status: .ok, headers: [.contentType: format.contentType], body: ResponseBody { body in
+            defer { withExtendedLifetime(cells) {} }
             try await writer.write { chunk in try await body.write(ByteBuffer(bytes: chunk)) }
             try await body.finish(nil)
         })

@@ -21,6 +21,8 @@ public struct GatewayLimits: Sendable {
     /// each user's share bounds one user, this bounds the many (each request waiting on the
     /// cluster holds a thread, and its answer is held whole).
     public var requestsInProgress = 1_024
+    /// The cells (rows × columns) of sync answers held at once, for all requests together.
+    public var answerCellsInProgress = 100_000_000
     /// Seconds a client may leave a part of an answer untaken before its connection is closed.
     public var sendTimeoutSeconds = 60
     /// Rows returned when MAXREC is not given, and the most it may ask for.
@@ -64,6 +66,8 @@ public final class TAPService: Sendable {
     /// for 2 s after (a burst of queries costs one status round trip, not one each).
     private let cache = Mutex<[String: (at: Double, tables: Task<[ADQLTable], any Error>)]>([:])
     let pool: SchedulerPool
+    /// The sync answers held now (``GatewayLimits/answerCellsInProgress``).
+    let answerBudget: AnswerBudget
     /// Uploads in progress per user: as many as the scheduler keeps open ingests for one.
     let uploadSlots = PerUserSlots(limit: Limits.pendingIngestsPerUser)
 
@@ -76,6 +80,7 @@ public final class TAPService: Sendable {
         self.limits = limits
         self.allowPrivateUploadURLs = allowPrivateUploadURLs
         pool = SchedulerPool(endpoint: endpoint)
+        answerBudget = AnswerBudget(limit: limits.answerCellsInProgress)
     }
 
     // MARK: Tables
@@ -215,8 +220,11 @@ public final class TAPService: Sendable {
     /// Answers an ADQL query for `user`, with the tables of its `UPLOAD` (stored in the user's
     /// workspace for this query, when it names them).
     /// `uploadLifetime`: seconds the stored uploads are kept (at least as long as the query may run).
+    /// `cells`: the answer's share of the gateway's budget, taken as its rows arrive (a sync
+    /// answer's; an async job's results have their owner's bound instead). Over it, the question
+    /// is stopped and refused.
     public func run(adql: String, maxrec: Int, user: String, priority: PriorityClass, uploads: [TAPUpload] = [],
-                    uploadLifetime: Double = TAPService.uploadLifetimeSeconds) async throws(TAPError) -> TAPTable {
+                    uploadLifetime: Double = TAPService.uploadLifetimeSeconds, cells: AnswerCells? = nil) async throws(TAPError) -> TAPTable {
         guard adql.count <= limits.queryCharacters else {
             throw TAPError(400, "the query is \(adql.count) characters long, over this service's limit of \(limits.queryCharacters)")
         }
@@ -274,23 +282,36 @@ public final class TAPService: Sendable {
         let question = CatalogQuery(plan: plan.plan).priority(priority)
         do {
             let answer = try await pool.run(as: user) { conn, isStopped in
+                // Each batch of rows takes its cells as it comes; a refusal stops the question.
+                let taking: (CatalogUpdate) -> Void = { u in
+                    let rows = u.result.partial.rows
+                    cells?.take(rows.rowCount * max(1, rows.names.count))
+                }
+                let stopped = { isStopped() || cells?.isRefused == true }
                 do {
-                    return try conn.run(question, name: "tap \(user)", isStopped: isStopped).result
+                    return try conn.run(question, name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
                 } catch ClientError.rejected(.errorOverBudget, let message) where priority == .interactive && message.contains("interactive budget") {
                     // Too big to answer at once: a sync query waits anyway, so it runs in the
                     // normal class rather than being refused (the interactive lane stays free).
-                    return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
+                    return try conn.run(question.priority(.normal), name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
                 } catch ClientError.jobEnded(.jobFailed, let message) where priority == .interactive && message.contains("an interactive task may run") {
                     // Slower than the interactive class allows (a busy worker, a heavy question):
                     // asked again as normal, as one over the interactive budget is.
-                    return try conn.run(question.priority(.normal), name: "tap \(user)", isStopped: isStopped).result
+                    return try conn.run(question.priority(.normal), name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
                 }
             }
-            return TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
+            let table = TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
                 named.first { $0.table.qualifiedName == table }?.texts[column]
             }
+            // An answer that came whole at the end (a TOP, an aggregate) takes its cells now.
+            if let cells, !cells.cover(table.rowCount * max(1, table.fields.count)) { throw cells.refusal }
+            return table
+        } catch let e as TAPError {
+            throw e
         } catch is CancellationError where ClientDeparture.ofRequest?.hasLeft == true {
             throw TAPError.clientLeft
+        } catch is CancellationError where cells?.isRefused == true {
+            throw cells?.refusal ?? TAPError.clientLeft
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
         } catch let e as ClientError {

@@ -45,6 +45,9 @@ struct GatewayCommand: ParsableCommand {
     @Option(help: "Requests served at once, from everyone together (with a token or without); beyond it, 429 with Retry-After.")
     var maxRequests = 1_024
 
+    @Option(help: "Cells (rows × columns) of TAP sync answers held at once, for all requests together; an answer that would pass it is stopped and refused (503).")
+    var maxAnswerCells = 100_000_000
+
     @Option(help: "A proxy in front of the gateway whose X-Forwarded-For names the client of a request without a token (repeatable; an IP address). From any other address that header is ignored.")
     var trustedProxy: [String] = []
 
@@ -69,6 +72,7 @@ struct GatewayCommand: ParsableCommand {
         guard (0...3600).contains(shutdownGraceSeconds) else { throw ValidationError("--shutdown-grace-seconds must be 0…3600") }
         guard (1...65536).contains(maxRequestsWithoutToken) else { throw ValidationError("--max-requests-without-token must be 1…65536") }
         guard (1...65536).contains(maxRequests) else { throw ValidationError("--max-requests must be 1…65536") }
+        guard (1...10_000_000_000).contains(maxAnswerCells) else { throw ValidationError("--max-answer-cells must be 1…10000000000") }
         for proxy in trustedProxy where ClientAddress.address(proxy) == nil {
             throw ValidationError("--trusted-proxy must be an IP address (203.0.113.5, 2001:db8::1), got `\(proxy.prefix(80))`")
         }
@@ -99,6 +103,7 @@ struct GatewayCommand: ParsableCommand {
         c.limits.concurrentRequestsPerUser = maxRequestsPerUser
         c.limits.requestsWithoutToken = maxRequestsWithoutToken
         c.limits.requestsInProgress = maxRequests
+        c.limits.answerCellsInProgress = maxAnswerCells
         c.limits.sendTimeoutSeconds = sendTimeoutSeconds
         c.shutdownGraceSeconds = shutdownGraceSeconds
         c.trustedProxies = Set(trustedProxy.compactMap { ClientAddress.address($0) })

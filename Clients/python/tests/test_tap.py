@@ -393,6 +393,37 @@ def test_the_gateway_serves_at_most_its_requests_at_once(cluster, bins):
             time.sleep(0.2)
 
 
+def test_sync_answers_held_at_once_are_bounded(cluster, bins):
+    """The gateway holds a sync answer whole until it is written: all of them together are held
+    to `--max-answer-cells`. One that would pass it is stopped and refused (503, worth asking
+    again), and the cells of an answer come back once it has been written or dropped."""
+    import urllib.parse
+
+    def sync(rows):  # rows × the catalog's 15 columns, as TABLEDATA (18 MB for 40,000 rows: more than the sockets hold)
+        query = f"SELECT TOP {rows} * FROM tessera.object"
+        return "/tap/sync?" + urllib.parse.urlencode({"LANG": "ADQL", "RESPONSEFORMAT": "votable/td", "QUERY": query})
+
+    with standalone_gateway(bins, cluster, "--anonymous", "--max-answer-cells", "750000") as (url, _):
+        # Alone, over the whole budget (the catalog's 60,000 rows): refused.
+        r = requests.get(url + sync(60_000), timeout=30)
+        assert r.status_code == 503 and "750000 cells" in error_of(r), r.text
+        # 600,000 cells held by a client that stops reading; a second such answer does not fit.
+        stalled = stalled_download(int(url.rsplit(":", 1)[1]), sync(40_000))
+        try:
+            r = requests.get(url + sync(40_000), timeout=30)
+            assert r.status_code == 503 and "ask for fewer rows" in error_of(r), r.text[:2000]
+            small = requests.get(url + sync(10), timeout=30)
+            assert small.status_code == 200 and small.text.count("<TR>") == 10
+        finally:
+            stalled.close()
+        # Its cells come back once its answer is dropped.
+        deadline = time.monotonic() + 15
+        while (r := requests.get(url + sync(40_000), timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, "the dropped answer still holds its cells"
+            time.sleep(0.2)
+        assert r.text.count("<TR>") == 40_000
+
+
 def test_a_blocking_wait_ends_when_its_client_leaves(cluster):
     """UWS's blocking GET (`WAIT=60`) holds its user's slot while it waits; a client that leaves
     gives it back at once, not a minute later."""

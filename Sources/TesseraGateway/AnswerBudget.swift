@@ -12,8 +12,10 @@ public final class AnswerBudget: Sendable {
 
     init(limit: Int) { self.limit = limit }
 
-    /// Cells held now.
-    var inUse: Int { used.withLock { $0 } }
+    /// Why an answer is refused.
+    var refusal: TAPError {
+        TAPError(503, "the gateway holds \(limit) cells (rows × columns) of answers at most, for all queries together, and this answer would pass that: try again shortly, or ask for fewer rows (MAXREC) or columns")
+    }
 
     /// Takes `cells` more; false, taking nothing, when that would pass the limit.
     fileprivate func take(_ cells: Int) -> Bool {
@@ -60,10 +62,13 @@ public final class AnswerCells: Sendable {
 
     var isRefused: Bool { refused.load(ordering: .relaxed) }
 
-    /// The refusal's error.
-    var refusal: TAPError {
-        TAPError(503, "the gateway holds \(budget.limit) cells (rows × columns) of answers at most, for all queries together, and this answer would pass that: try again shortly, or ask for fewer rows (MAXREC) or columns")
+    /// Gives back every cell held (the rows they were for were dropped).
+    func giveBack() {
+        budget.giveBack(held.withLock { h in
+            defer { h = 0 }
+            return h
+        })
     }
 
-    deinit { budget.giveBack(held.withLock { $0 }) }
+    deinit { giveBack() }
 }

@@ -288,30 +288,35 @@ public final class TAPService: Sendable {
                     cells?.take(rows.rowCount * max(1, rows.names.count))
                 }
                 let stopped = { isStopped() || cells?.isRefused == true }
+                func asNormal() throws -> CatalogResult {
+                    // The first try's rows are dropped: so are their cells.
+                    cells?.giveBack()
+                    return try conn.run(question.priority(.normal), name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
+                }
                 do {
                     return try conn.run(question, name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
                 } catch ClientError.rejected(.errorOverBudget, let message) where priority == .interactive && message.contains("interactive budget") {
                     // Too big to answer at once: a sync query waits anyway, so it runs in the
                     // normal class rather than being refused (the interactive lane stays free).
-                    return try conn.run(question.priority(.normal), name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
+                    return try asNormal()
                 } catch ClientError.jobEnded(.jobFailed, let message) where priority == .interactive && message.contains("an interactive task may run") {
                     // Slower than the interactive class allows (a busy worker, a heavy question):
                     // asked again as normal, as one over the interactive budget is.
-                    return try conn.run(question.priority(.normal), name: "tap \(user)", onUpdate: taking, isStopped: stopped).result
+                    return try asNormal()
                 }
             }
             let table = TAPTable(answer.table, plan: plan, maxrec: maxrec) { table, column in
                 named.first { $0.table.qualifiedName == table }?.texts[column]
             }
             // An answer that came whole at the end (a TOP, an aggregate) takes its cells now.
-            if let cells, !cells.cover(table.rowCount * max(1, table.fields.count)) { throw cells.refusal }
+            if let cells, !cells.cover(table.rowCount * max(1, table.fields.count)) { throw answerBudget.refusal }
             return table
         } catch let e as TAPError {
             throw e
         } catch is CancellationError where ClientDeparture.ofRequest?.hasLeft == true {
             throw TAPError.clientLeft
         } catch is CancellationError where cells?.isRefused == true {
-            throw cells?.refusal ?? TAPError.clientLeft
+            throw answerBudget.refusal
         } catch ClientError.noScheduler(let e, let s) {
             throw TAPError(503, "the scheduler at \(e) did not answer within \(s) s")
         } catch let e as ClientError {
